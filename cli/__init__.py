@@ -1,0 +1,1 @@
+"""distnode's command line: parses arguments and delegates to `node`."""

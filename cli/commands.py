@@ -1,0 +1,157 @@
+"""What each subcommand does once its arguments are parsed."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+from cli.main import EXIT_OK, UsageError, print_json
+from node.client import Answer, AsyncClient, ClusterStatus
+from node.config import (
+    ConfigError,
+    NodeConfig,
+    default_data_dir,
+    parse_address,
+    parse_addresses,
+    parse_range_ms,
+)
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    try:
+        listen = parse_address(args.listen, "listen")
+        peers = parse_addresses(args.peers, "peers")
+        advertise = parse_address(args.advertise, "advertise") if args.advertise else ""
+        options: dict[str, Any] = {}
+        if args.heartbeat_ms is not None:
+            options["heartbeat_ms"] = args.heartbeat_ms
+        if args.election_ms is not None:
+            options["election_ms_min"], options["election_ms_max"] = parse_range_ms(args.election_ms)
+        if args.tick_ms is not None:
+            options["tick_ms"] = args.tick_ms
+        if args.shard_elems is not None:
+            options["shard_elems"] = args.shard_elems
+        config = NodeConfig(
+            node_id=args.id, listen=listen, peers=peers,
+            data_dir=args.data_dir or default_data_dir(args.id, listen),
+            data_root=args.data_root, advertise=advertise, parent_pid=args.parent_pid, **options,
+        )
+        config.validate()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return config
+
+
+def run_start(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from node.daemon import run
+
+    return run(config)
+
+
+async def run_submit(args: argparse.Namespace) -> int:
+    progress = _ProgressBar() if sys.stderr.isatty() and not args.json else None
+    async with AsyncClient(args.cluster, timeout=args.timeout) as client:
+        try:
+            answer = await client.submit(
+                op=args.op, source=args.source, map=args.map, axis=args.axis,
+                bins=args.bins, range=args.range, job_id=args.job_id,
+                on_progress=progress.update if progress else None,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+    if args.json:
+        print_json(answer.as_dict())
+    else:
+        _print_answer(answer)
+    return EXIT_OK
+
+
+def _print_answer(answer: Answer) -> None:
+    import json
+
+    print(json.dumps(answer.result), flush=True)
+    if sys.stderr.isatty():
+        print(
+            f"{answer.op}: {answer.shards} shard(s) on {','.join(answer.nodes)} in "
+            f"{answer.elapsed_ms:.1f} ms (leader {answer.leader}, term {answer.term}, "
+            f"retries {answer.retries})",
+            file=sys.stderr,
+        )
+
+
+class _ProgressBar:
+    """Shards done / total on the terminal; appears only once a job takes a while."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), transient=True,
+        )
+        self._task: Any = None
+
+    def update(self, done: int, total: int) -> None:
+        if self._task is None:
+            self._progress.start()
+            self._task = self._progress.add_task("shards", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._progress.stop()
+
+
+async def run_status(args: argparse.Namespace) -> int:
+    async with AsyncClient(args.cluster, timeout=args.timeout) as client:
+        view = await client.status()
+    if args.json:
+        print_json(view.as_dict())
+    else:
+        _print_status(view)
+    return EXIT_OK
+
+
+def _print_status(view: ClusterStatus) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"leader {view.leader or '(none)'}, term {view.term}")
+    for column in ("id", "address", "role", "term", "alive", "last heartbeat"):
+        table.add_column(column)
+    for node in view.nodes:
+        heard = "-" if node.last_heartbeat_ms is None else f"{node.last_heartbeat_ms:.0f} ms"
+        table.add_row(node.id, node.address, node.role, str(node.term),
+                      "yes" if node.alive else "no", heard)
+    Console().print(table)
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from node.harness import LocalCluster
+
+    options: dict[str, Any] = {}
+    if args.heartbeat_ms is not None:
+        options["heartbeat_ms"] = args.heartbeat_ms
+    if args.election_ms is not None:
+        try:
+            options["election_ms"] = parse_range_ms(args.election_ms)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalCluster(nodes=args.nodes, base_port=args.base_port, **options) as cluster:
+        cluster_arg = ",".join(cluster.addresses)
+        for node_id in cluster.ids:
+            print(f"{node_id} {cluster.address(node_id)}", flush=True)
+        print(f"leader {cluster.leader()}", flush=True)
+        print(f"logs in {cluster.workdir}", flush=True)
+        print(f"try: distnode submit --cluster {cluster_arg} --op sum --source range:n=1e6", flush=True)
+        print("Ctrl-C stops the cluster.", flush=True)
+        stop.wait()
+    return EXIT_OK

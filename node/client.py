@@ -1,0 +1,378 @@
+"""The Python API: `AsyncClient` and its blocking twin `Client`.
+
+A client knows some of the cluster's addresses, not which node leads. It
+sends a job to the leader it last saw (or to any node; followers relay to
+the leader) and keeps trying, with the same `job_id`, until the deadline:
+
+- UNAVAILABLE (node down, no leader yet, leader lost mid-job) or a node that
+  stops answering progress probes (paused, partitioned): try the next node.
+- INVALID_ARGUMENT: `InvalidJob`, at once. Other statuses: `JobError`.
+- Deadline with no node reachable or no leader: `ClusterUnavailable`.
+
+Resubmitting a `job_id` never runs the job twice to the user's eye: the leader
+answers from its memory, and a new leader recomputes the same bits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node._proto import distnode_pb2_grpc as pb_grpc
+from node.compute import Job, parse_count
+from node.config import ConfigError, parse_address
+from node.errors import ClusterUnavailable, InvalidJob, JobError
+from node.peers import CHANNEL_OPTIONS
+from node.wire import job_to_proto, result_to_python, tensor_from_proto
+
+T = TypeVar("T")
+ProgressCallback = Callable[[int, int], None]
+
+DEFAULT_TIMEOUT_S = 120.0
+#: A Submit in flight is checked this often with a Progress probe; two failed
+#: probes in a row mean the node is gone (paused, cut off) and we move on.
+PROBE_INTERVAL_S = 0.5
+PROBE_FAILURES = 2
+_RETRY_ELSEWHERE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNKNOWN,
+}
+_INVALID = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One job's answer; `as_dict()` is the CLI's `--json` object."""
+
+    job_id: str
+    op: str
+    result: int | float | list[int] | list[float]
+    shards: int
+    nodes: list[str]
+    elapsed_ms: float
+    leader: str
+    term: int
+    retries: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "op": self.op, "result": self.result,
+            "shards": self.shards, "nodes": self.nodes,
+            "elapsed_ms": round(self.elapsed_ms, 3), "leader": self.leader,
+            "term": self.term, "retries": self.retries,
+        }
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    id: str
+    address: str
+    role: str
+    term: int
+    alive: bool
+    last_heartbeat_ms: float | None
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    leader: str | None
+    term: int
+    nodes: list[NodeInfo] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "leader": self.leader,
+            "term": self.term,
+            "nodes": [vars(node).copy() for node in self.nodes],
+        }
+
+
+class _Retry(Exception):
+    """This attempt failed in a way another node may not."""
+
+    def __init__(self, message: str, accepted: bool = False) -> None:
+        super().__init__(message)
+        #: The cluster had accepted the job before the attempt failed.
+        self.accepted = accepted
+
+
+def build_job(
+    op: str,
+    source: str,
+    map: str | None = None,
+    axis: int | None = None,
+    bins: int | None = None,
+    range: tuple[float, float] | None = None,
+) -> Job:
+    lo, hi = range if range is not None else (None, None)
+    return Job(
+        op=op, source=source, kernel=map or "identity", axis=axis,
+        bins=bins or 0, range_lo=lo, range_hi=hi,
+    )
+
+
+class AsyncClient:
+    """Talks to a distnode cluster from asyncio code. Use as `async with`."""
+
+    def __init__(self, addresses: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        if isinstance(addresses, str):
+            addresses = [a for a in addresses.split(",") if a.strip()]
+        if not addresses:
+            raise InvalidJob("cluster: give at least one HOST:PORT", field="cluster")
+        try:
+            self._addresses = [parse_address(a, "cluster") for a in addresses]
+        except ConfigError as exc:
+            raise InvalidJob(str(exc), field="cluster") from None
+        self.timeout = timeout
+        self._channels: dict[str, Any] = {}
+        self._preferred: str | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close(grace=None)
+
+    def _stub(self, address: str) -> Any:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+            self._channels[address] = channel
+        return pb_grpc.NodeStub(channel)
+
+    def _order(self) -> list[str]:
+        """Addresses to try: the last known leader first, then the rest in order."""
+        if self._preferred is None:
+            return list(self._addresses)
+        return [self._preferred] + [a for a in self._addresses if a != self._preferred]
+
+    async def submit(
+        self,
+        op: str,
+        source: str,
+        map: str | None = None,
+        axis: int | None = None,
+        bins: int | None = None,
+        range: tuple[float, float] | None = None,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Answer:
+        """Run one job and return its answer. Raises InvalidJob, JobError, ClusterUnavailable."""
+        job = build_job(op, source, map, axis, bins, range)
+        job_id = job_id or str(uuid.uuid4())
+        request = pb.SubmitRequest(job=job_to_proto(job_id, job))
+        started = time.perf_counter()
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        reply, retries = await self._submit_until(request, deadline, on_progress)
+        self._preferred = self._known(reply.leader_address)
+        return Answer(
+            job_id=reply.job_id, op=reply.op,
+            result=result_to_python(tensor_from_proto(reply.result)),
+            shards=reply.shards, nodes=list(reply.nodes),
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+            leader=reply.leader, term=reply.term, retries=retries,
+        )
+
+    def _known(self, address: str) -> str | None:
+        if not address:
+            return None
+        if address not in self._addresses:
+            self._addresses.append(address)
+        return address
+
+    async def _submit_until(
+        self, request: Any, deadline: float, on_progress: ProgressCallback | None
+    ) -> tuple[Any, int]:
+        last_error = "no node tried"
+        accepted = False
+        for attempt in itertools.count():
+            for address in self._order():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    reply = await self._attempt(address, request, remaining, on_progress)
+                    return reply, attempt
+                except _Retry as exc:
+                    last_error = f"{address}: {exc}"
+                    accepted = accepted or exc.accepted
+                    if self._preferred == address:
+                        self._preferred = None
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(0.05 * 2**attempt, 0.5, max(0.0, deadline - time.monotonic())))
+        if accepted:
+            raise JobError(f"job {request.job.job_id} did not finish in time ({last_error})")
+        raise ClusterUnavailable(f"no leader answered in time; last error: {last_error}")
+
+    async def _attempt(
+        self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
+    ) -> Any:
+        stub = self._stub(address)
+        call = asyncio.ensure_future(stub.Submit(request, timeout=remaining))
+        failures, ever_known = 0, False
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=PROBE_INTERVAL_S)
+                if done:
+                    return self._reply_or_raise(call)
+                if await self._probe(stub, request.job.job_id, on_progress):
+                    failures, ever_known = 0, True
+                    continue
+                failures += 1
+                if failures >= PROBE_FAILURES:
+                    raise _Retry("node stopped answering progress probes", accepted=ever_known)
+        finally:
+            call.cancel()
+
+    def _reply_or_raise(self, call: asyncio.Future[Any]) -> Any:
+        try:
+            return call.result()
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code in _RETRY_ELSEWHERE:
+                raise _Retry(f"{code.name}: {details}") from None
+            if code in _INVALID:
+                raise InvalidJob(details, field=details.partition(":")[0]) from None
+            raise JobError(f"{code.name}: {details}") from None
+
+    async def _probe(self, stub: Any, job_id: str, on_progress: ProgressCallback | None) -> bool:
+        try:
+            reply = await stub.Progress(pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S)
+        except grpc.aio.AioRpcError:
+            return False
+        if reply.known and on_progress is not None:
+            on_progress(reply.shards_done, reply.shards_total)
+        return bool(reply.known)
+
+    async def progress(self, job_id: str) -> tuple[int, int] | None:
+        """(shards received, shards total) of a running or answered job; None if no node knows it."""
+        for address in self._order():
+            try:
+                reply = await self._stub(address).Progress(
+                    pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            if reply.known:
+                return reply.shards_done, reply.shards_total
+        return None
+
+    async def status(self, timeout: float | None = None) -> ClusterStatus:
+        """The leader's view of the cluster (or the best view available without one)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        views: list[Any] = []
+        for address in self._order():
+            reply = await self._status_of(address, deadline)
+            if reply is None:
+                continue
+            if reply.role == "leader":
+                return _cluster_status(reply)
+            views.append(reply)
+            if reply.leader_address:
+                leader_view = await self._status_of(reply.leader_address, deadline)
+                if leader_view is not None and leader_view.role == "leader":
+                    return _cluster_status(leader_view)
+        if not views:
+            raise ClusterUnavailable("no node answered: " + ",".join(self._addresses))
+        return _cluster_status(max(views, key=lambda v: v.term), leaderless=True)
+
+    async def _status_of(self, address: str, deadline: float) -> Any:
+        remaining = min(2.0, deadline - time.monotonic())
+        if remaining <= 0:
+            return None
+        try:
+            return await self._stub(address).Status(pb.StatusRequest(), timeout=remaining)
+        except grpc.aio.AioRpcError:
+            return None
+
+    async def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
+        """Poll `status()` until a leader is known; ClusterUnavailable at the deadline."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            try:
+                view = await self.status(timeout=max(0.1, deadline - time.monotonic()))
+                if view.leader is not None:
+                    return view
+            except ClusterUnavailable:
+                pass
+            if time.monotonic() >= deadline:
+                raise ClusterUnavailable("no leader elected in time")
+            await asyncio.sleep(0.05)
+
+
+def _cluster_status(reply: Any, leaderless: bool = False) -> ClusterStatus:
+    nodes = [
+        NodeInfo(
+            id=n.id or n.address, address=n.address, role=n.role, term=n.term, alive=n.alive,
+            last_heartbeat_ms=None if n.last_heartbeat_ms < 0 else round(n.last_heartbeat_ms, 1),
+        )
+        for n in reply.nodes
+    ]
+    nodes.sort(key=lambda n: n.id)
+    leader = None if leaderless else (reply.leader_id or None)
+    return ClusterStatus(leader=leader, term=reply.term, nodes=nodes)
+
+
+class Client:
+    """The blocking client: the same methods as `AsyncClient`, run on a private loop thread."""
+
+    def __init__(self, addresses: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="distnode-client", daemon=True)
+        self._thread.start()
+        self._async = self._call(_make_async(addresses, timeout))
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def submit(self, op: str, source: str, **options: Any) -> Answer:
+        return self._call(self._async.submit(op, source, **options))
+
+    def status(self, timeout: float | None = None) -> ClusterStatus:
+        return self._call(self._async.status(timeout))
+
+    def progress(self, job_id: str) -> tuple[int, int] | None:
+        return self._call(self._async.progress(job_id))
+
+    def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
+        return self._call(self._async.wait_for_leader(timeout))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._call(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _make_async(addresses: Sequence[str] | str, timeout: float) -> AsyncClient:
+    return AsyncClient(addresses, timeout)
+
+
+__all__ = ["Answer", "AsyncClient", "Client", "ClusterStatus", "NodeInfo", "parse_count"]

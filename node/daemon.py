@@ -1,0 +1,321 @@
+"""The daemon: the only place with a wall clock, signals and tasks.
+
+It owns the gRPC server, ticks the pure election core every `tick_ms`, and
+executes the core's outputs in order: persist (fsync) before send, so a vote
+is durable before anyone hears it. Election RPC replies are fed back into the
+core as messages. The leader's heartbeat replies also feed the failure
+detector (`PeerTable`), which the job scheduler watches.
+
+Shutdown is ordered: stop ticking, stop the server with a grace period, close
+the peer channels, drop the compute pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from node._proto import distnode_pb2 as pb
+from node._proto import distnode_pb2_grpc as pb_grpc
+from node.compute import Job
+from node.config import NodeConfig
+from node.election import (
+    Election,
+    ElectionConfig,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    Output,
+    Persist,
+    Role,
+    RoleChanged,
+    Send,
+    VoteRequest,
+    VoteResponse,
+)
+from node.jobs import JobManager, ShardRange
+from node.membership import PeerTable
+from node.peers import CHANNEL_OPTIONS, PeerChannels
+from node.service import NodeServicer
+from node.statestore import ElectionState, StateStore
+from node.wire import job_from_proto, job_to_proto
+from node.worker import Worker
+
+log = logging.getLogger("distnode")
+
+SERVICE_NAME = "distnode.v1.Node"
+#: How long shutdown waits for in-flight RPCs.
+SHUTDOWN_GRACE_S = 1.0
+#: Upper bound on one Compute batch; the failure detector normally acts first.
+COMPUTE_TIMEOUT_S = 600.0
+
+
+class Daemon:
+    def __init__(self, config: NodeConfig) -> None:
+        config.validate()
+        self.config = config
+        self.node_id = config.node_id
+        self.store = StateStore(config.data_dir)
+        saved = self.store.load()
+        lo, hi = config.election_ticks
+        self.election = Election(
+            ElectionConfig(
+                node_id=config.node_id,
+                peers=config.peers,
+                heartbeat_ticks=config.heartbeat_ticks,
+                election_ticks_min=lo,
+                election_ticks_max=hi,
+            ),
+            rng=random.Random(),
+            term=saved.term,
+            voted_for=saved.voted_for,
+        )
+        self.peers = PeerTable(config.peers, config.failure_ms)
+        self.channels = PeerChannels()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.jobs = JobManager(
+            config.node_id, self.peers, self._remote_compute, self.executor,
+            config.shard_elems, config.data_root,
+        )
+        self.worker = Worker(config.node_id, self.channels, self.executor, config.data_root)
+        self.leader_address = ""
+        self._leader_heard_s: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self.port = 0
+
+    # -- queries used by the servicer ------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.election.role is Role.LEADER
+
+    def job_of(self, request: Any) -> Job:
+        return job_from_proto(request.job)
+
+    def status(self) -> Any:
+        now = time.monotonic()
+        reply = pb.StatusReply(
+            node_id=self.node_id,
+            role=self.election.role.value,
+            term=self.election.term,
+            leader_id=self.election.leader or "",
+            leader_address=self.leader_address,
+        )
+        reply.nodes.append(
+            pb.NodeStatus(
+                id=self.node_id, address=self.config.address, role=self.election.role.value,
+                term=self.election.term, alive=True, last_heartbeat_ms=0.0,
+            )
+        )
+        for peer in self.peers:
+            heard = peer.last_heard_s
+            alive = peer.alive
+            if not self.is_leader and peer.address == self.leader_address:
+                heard = self._leader_heard_s
+                alive = heard is not None and now - heard <= self.peers.failure_s
+            reply.nodes.append(
+                pb.NodeStatus(
+                    id=peer.node_id, address=peer.address, role=peer.role, term=peer.term,
+                    alive=alive, last_heartbeat_ms=-1.0 if heard is None else (now - heard) * 1000,
+                )
+            )
+        return reply
+
+    # -- election: inbound -----------------------------------------------
+
+    def handle_vote(self, request: Any) -> Any:
+        message = VoteRequest(
+            src=request.candidate_id, dst=self.node_id, term=request.term, pre_vote=request.pre_vote
+        )
+        response = self._step_request(message, VoteResponse)
+        granted = bool(response is not None and response.granted)
+        term = response.term if response is not None else self.election.term
+        return pb.VoteReply(term=term, granted=granted, voter_id=self.node_id)
+
+    def handle_heartbeat(self, request: Any) -> Any:
+        message = Heartbeat(src=request.leader_id, dst=self.node_id, term=request.term)
+        self._step_request(message, HeartbeatResponse)
+        if self.election.leader == request.leader_id and request.term == self.election.term:
+            self.leader_address = request.leader_address
+            self._leader_heard_s = time.monotonic()
+            peer = self.peers.get(request.leader_address)
+            if peer is not None:
+                peer.node_id, peer.role, peer.term = request.leader_id, "leader", request.term
+        return pb.HeartbeatReply(
+            term=self.election.term, node_id=self.node_id, role=self.election.role.value
+        )
+
+    def _step_request(self, message: Message, reply_type: type) -> Any:
+        """Step a request; return the core's reply to it, execute everything else first."""
+        outputs = self.election.step(message)
+        reply = None
+        rest: list[Output] = []
+        for out in outputs:
+            if (isinstance(out, Send) and isinstance(out.message, reply_type)
+                    and out.message.dst == message.src and reply is None):
+                reply = out.message
+            else:
+                rest.append(out)
+        # Persist outputs come first in `rest`, so the reply leaves after the fsync.
+        self._execute(rest)
+        return reply
+
+    # -- election: outbound ----------------------------------------------
+
+    def _execute(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Persist):
+                self.store.save(ElectionState(out.term, out.voted_for))
+            elif isinstance(out, Send):
+                self._send(out.message)
+            elif isinstance(out, RoleChanged):
+                self._on_role_changed(out)
+
+    def _send(self, message: Message) -> None:
+        if isinstance(message, VoteRequest):
+            self._spawn(self._send_vote(message))
+        elif isinstance(message, Heartbeat):
+            self._spawn(self._send_heartbeat(message))
+        # Responses are returned by the RPC handlers; the core never emits
+        # them outside `step`, so there is nothing else to route.
+
+    async def _send_vote(self, message: VoteRequest) -> None:
+        request = pb.VoteRequest(
+            term=message.term, candidate_id=self.node_id, pre_vote=message.pre_vote
+        )
+        try:
+            reply = await self.channels.stub(message.dst).RequestVote(
+                request, timeout=self.config.election_ms_min / 1000
+            )
+        except grpc.aio.AioRpcError:
+            return
+        response = VoteResponse(
+            src=message.dst, dst=self.node_id, term=reply.term,
+            granted=reply.granted, pre_vote=message.pre_vote,
+        )
+        self._execute(self.election.step(response))
+
+    async def _send_heartbeat(self, message: Heartbeat) -> None:
+        request = pb.HeartbeatRequest(
+            term=message.term, leader_id=self.node_id, leader_address=self.config.address
+        )
+        try:
+            reply = await self.channels.stub(message.dst).Heartbeat(
+                request, timeout=max(2 * self.config.heartbeat_ms, 100) / 1000
+            )
+        except grpc.aio.AioRpcError:
+            return
+        self.peers.heard(message.dst, reply.node_id, reply.role, reply.term, time.monotonic())
+        self._execute(
+            self.election.step(HeartbeatResponse(src=message.dst, dst=self.node_id, term=reply.term))
+        )
+
+    def _on_role_changed(self, change: RoleChanged) -> None:
+        leader = f" leader={change.leader}" if change.leader else ""
+        log.info("became %s term=%d%s", change.role.value, change.term, leader)
+        if change.role is Role.LEADER:
+            self.leader_address = self.config.address
+            self.peers.forget_liveness()
+        else:
+            self.jobs.abort_all(f"{self.node_id} became {change.role.value} in term {change.term}")
+            if change.leader is None or change.leader == self.node_id:
+                self.leader_address = ""
+
+    # -- jobs -------------------------------------------------------------
+
+    async def _remote_compute(
+        self, address: str, job_id: str, job: Job, ranges: list[ShardRange]
+    ) -> None:
+        request = pb.ComputeRequest(
+            job=job_to_proto(job_id, job),
+            shards=[pb.Shard(index=i, start=start, stop=stop) for i, start, stop in ranges],
+            reduce_to=self.config.address,
+            term=self.election.term,
+            leader_id=self.node_id,
+        )
+        await self.channels.stub(address).Compute(request, timeout=COMPUTE_TIMEOUT_S)
+
+    # -- lifecycle --------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval_s = self.config.tick_ms / 1000
+        next_s = loop.time()
+        while not self._stopping.is_set():
+            next_s += interval_s
+            await asyncio.sleep(max(0.0, next_s - loop.time()))
+            if loop.time() - next_s > 5 * interval_s:
+                next_s = loop.time()  # after a stall (SIGSTOP), do not replay missed ticks
+            self._execute(self.election.tick())
+            if self.is_leader:
+                for peer in self.peers.check(time.monotonic()):
+                    log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address)
+            if self.config.parent_pid and os.getppid() != self.config.parent_pid:
+                log.warning("parent process %d is gone; shutting down", self.config.parent_pid)
+                self._stopping.set()
+
+    def stop(self) -> None:
+        """Ask `serve()` to shut down (what SIGINT and SIGTERM do)."""
+        self._stopping.set()
+
+    async def serve(self, handle_signals: bool = True) -> None:
+        """Run until SIGINT/SIGTERM, `stop()`, or the parent's death; then shut down in order."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *CHANNEL_OPTIONS])
+        pb_grpc.add_NodeServicer_to_server(NodeServicer(self), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        port = server.add_insecure_port(self.config.listen)
+        self.port = port
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self._stopping.set)
+        print(f"DISTNODE_LISTENING id={self.node_id} port={port}", flush=True)
+        log.info("serving on %s; peers %s", self.config.listen, ",".join(self.config.peers) or "none")
+        ticker = asyncio.create_task(self._tick_loop())
+        await self._stopping.wait()
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        log.info("shutting down")
+        await server.stop(SHUTDOWN_GRACE_S)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.channels.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def configure_logging(node_id: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format=f"%(asctime)s {node_id} %(levelname)s %(message)s",
+    )
+
+
+def run(config: NodeConfig) -> int:
+    """Blocking entry point used by `distnode start`."""
+    configure_logging(config.node_id)
+    asyncio.run(Daemon(config).serve())
+    return 0

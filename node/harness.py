@@ -1,0 +1,285 @@
+"""LocalCluster: a real multi-process cluster on 127.0.0.1, for tests and demos.
+
+It starts N daemon processes (`python -m cli start ...`) on free ports,
+waits until each prints `DISTNODE_LISTENING`, then until a leader is known,
+and can kill (SIGKILL), pause (SIGSTOP), resume (SIGCONT) and restart any
+node. Every wait polls with a deadline; nothing sleeps and hopes.
+
+Children never outlive the harness: each daemon gets `--parent-pid` and exits
+when its parent changes (the harness process died, however it died), and the
+harness stops its nodes on `close()`, on exit of its `with` block, and at
+interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.client import Client, ClusterStatus
+from node.errors import ClusterUnavailable
+
+READY_LINE = "DISTNODE_LISTENING"
+#: Fast timing for tests: failover in ~0.2 s, still 3 heartbeats per timeout.
+FAST_TIMING = {"heartbeat_ms": 30, "election_ms": (150, 300)}
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel reports free right now (a daemon that loses the race is restarted)."""
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+            ports.append(sock.getsockname()[1])
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
+@dataclass
+class _Node:
+    node_id: str
+    port: int
+    data_dir: Path
+    stdout_path: Path
+    stderr_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class LocalCluster:
+    """N daemons on this machine. Use as a context manager, or call start()/close()."""
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        base_port: int | None = None,
+        heartbeat_ms: int | None = None,
+        election_ms: tuple[int, int] | None = None,
+        shard_elems: int | None = None,
+        data_root: str | Path | None = None,
+        workdir: str | Path | None = None,
+        extra_args: Sequence[str] = (),
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError(f"nodes must be at least 1, got {nodes}")
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="distnode-cluster-"))
+        self.heartbeat_ms = heartbeat_ms
+        self.election_ms = election_ms
+        self.shard_elems = shard_elems
+        self.data_root = Path(data_root) if data_root is not None else None
+        self.extra_args = list(extra_args)
+        self.start_timeout_s = start_timeout_s
+        ports = list(range(base_port, base_port + nodes)) if base_port else free_ports(nodes)
+        self._nodes = {
+            f"n{i + 1}": self._make_node(f"n{i + 1}", port) for i, port in enumerate(ports)
+        }
+        self._client: Client | None = None
+        # Every process ever started; the finalizer must not hold `self`.
+        self._started: list[subprocess.Popen[bytes]] = []
+        self._finalizer = weakref.finalize(self, _stop_processes, self._started)
+        atexit.register(self._finalizer)
+
+    def _make_node(self, node_id: str, port: int) -> _Node:
+        return _Node(
+            node_id, port, self.workdir / node_id,
+            self.workdir / f"{node_id}.out", self.workdir / f"{node_id}.log",
+        )
+
+    # -- introspection ----------------------------------------------------
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._nodes)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [node.address for node in self._nodes.values()]
+
+    def address(self, node_id: str) -> str:
+        return self._node(node_id).address
+
+    def id_of(self, address: str) -> str:
+        for node in self._nodes.values():
+            if node.address == address:
+                return node.node_id
+        raise KeyError(address)
+
+    def pid(self, node_id: str) -> int | None:
+        process = self._node(node_id).process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def log(self, node_id: str) -> str:
+        """The node's stderr so far (role changes, warnings), for test failure messages."""
+        path = self._node(node_id).stderr_path
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {nid} ---\n{self.log(nid)}" for nid in self._nodes)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.addresses, timeout=self.start_timeout_s)
+        return self._client
+
+    def _node(self, node_id: str) -> _Node:
+        try:
+            return self._nodes[node_id]
+        except KeyError:
+            raise KeyError(f"no node {node_id!r}; nodes are {', '.join(self._nodes)}") from None
+
+    # -- lifecycle --------------------------------------------------------
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> LocalCluster:
+        for node in self._nodes.values():
+            self._spawn(node)
+        for node in self._nodes.values():
+            self._wait_listening(node, time.monotonic() + self.start_timeout_s)
+        self.wait_for_leader()
+        return self
+
+    def _command(self, node: _Node) -> list[str]:
+        peers = ",".join(n.address for n in self._nodes.values() if n is not node)
+        command = [
+            sys.executable, "-m", "cli", "start", "--id", node.node_id,
+            "--listen", node.address, "--peers", peers, "--data-dir", str(node.data_dir),
+            "--parent-pid", str(os.getpid()),
+        ]
+        if self.heartbeat_ms is not None:
+            command += ["--heartbeat-ms", str(self.heartbeat_ms)]
+        if self.election_ms is not None:
+            command += ["--election-ms", f"{self.election_ms[0]}-{self.election_ms[1]}"]
+        if self.shard_elems is not None:
+            command += ["--shard-elems", str(self.shard_elems)]
+        if self.data_root is not None:
+            command += ["--data-root", str(self.data_root)]
+        return command + self.extra_args
+
+    def _spawn(self, node: _Node) -> None:
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(node.stdout_path, "ab") as out, open(node.stderr_path, "ab") as err:
+            node.process = subprocess.Popen(
+                self._command(node), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self._started.append(node.process)
+        node.paused = False
+
+    def _wait_listening(self, node: _Node, deadline: float) -> None:
+        process = node.process
+        assert process is not None
+        while time.monotonic() < deadline:
+            text = node.stdout_path.read_text(errors="replace")
+            if any(line.startswith(f"{READY_LINE} id={node.node_id} ") for line in text.splitlines()):
+                return
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"node {node.node_id} exited with {process.returncode} before listening:\n"
+                    + self.log(node.node_id)
+                )
+            time.sleep(0.01)
+        raise TimeoutError(f"node {node.node_id} did not listen within the deadline")
+
+    def wait_for_leader(self, timeout_s: float | None = None, exclude: Sequence[str] = ()) -> str:
+        """Poll until a leader (not in `exclude`) is known and return its id."""
+        deadline = time.monotonic() + (self.start_timeout_s if timeout_s is None else timeout_s)
+        while True:
+            try:
+                view = self.client.status(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                if view.leader is not None and view.leader not in exclude:
+                    return view.leader
+            except ClusterUnavailable:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError("no leader within the deadline\n" + self.logs())
+            time.sleep(0.02)
+
+    def leader(self, timeout_s: float | None = None) -> str:
+        """The current leader's id (waits for one)."""
+        return self.wait_for_leader(timeout_s)
+
+    def status(self) -> ClusterStatus:
+        return self.client.status()
+
+    # -- faults -----------------------------------------------------------
+
+    def kill(self, node_id: str) -> None:
+        """SIGKILL: no goodbye, like a crashed machine."""
+        node = self._node(node_id)
+        if node.process is not None and node.process.poll() is None:
+            node.process.kill()
+            node.process.wait()
+
+    def pause(self, node_id: str) -> None:
+        """SIGSTOP: the process stays, its sockets stay open, it answers nothing."""
+        node = self._node(node_id)
+        if node.process is not None and node.process.poll() is None:
+            node.process.send_signal(signal.SIGSTOP)
+            node.paused = True
+
+    def resume(self, node_id: str) -> None:
+        node = self._node(node_id)
+        if node.process is not None and node.process.poll() is None:
+            node.process.send_signal(signal.SIGCONT)
+            node.paused = False
+
+    def restart(self, node_id: str) -> None:
+        """Kill if running, then start again with the same port and data dir."""
+        node = self._node(node_id)
+        self.kill(node_id)
+        self._spawn(node)
+        self._wait_listening(node, time.monotonic() + self.start_timeout_s)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._finalizer()
+        atexit.unregister(self._finalizer)
+        if self._own_workdir and not os.environ.get("DISTNODE_KEEP_LOGS"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _stop_processes(processes: list[subprocess.Popen[bytes]], grace_s: float = 3.0) -> None:
+    """SIGCONT + SIGINT every live process, then SIGKILL what is left after the grace."""
+    live = [p for p in processes if p.poll() is None]
+    for process in live:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)
+            process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for process in live:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,47 @@
+"""Outbound gRPC to other nodes: one channel per address, reused.
+
+Channel options matter for failover speed: gRPC's default reconnect backoff
+grows to minutes, so a restarted node would stay unreachable long after it is
+back. We cap it well under an election timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from node._proto import distnode_pb2_grpc as pb_grpc
+
+#: Options shared by every channel distnode opens (peers and clients).
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 300),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # Each channel gets its own TCP connection; sharing a subchannel between
+    # the election and job traffic would couple heartbeats to big transfers.
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+
+class PeerChannels:
+    """Lazily opened channels and stubs keyed by HOST:PORT."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, Any] = {}
+        self._stubs: dict[str, Any] = {}
+
+    def stub(self, address: str) -> Any:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+            self._channels[address] = channel
+            stub = self._stubs[address] = pb_grpc.NodeStub(channel)
+        return stub
+
+    async def close(self) -> None:
+        channels, self._channels, self._stubs = self._channels, {}, {}
+        for channel in channels.values():
+            await channel.close(grace=None)

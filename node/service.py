@@ -1,0 +1,140 @@
+"""The gRPC servicer: translate requests into calls on the node, errors into statuses.
+
+Expected failures become a status whose message names the field and the
+problem (`INVALID_ARGUMENT: op: unknown op 'sums' ...`); anything unexpected
+is logged with its traceback and answered `INTERNAL`. Nothing a client sends
+can stop the node from serving the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node._proto import distnode_pb2_grpc as pb_grpc
+from node.compute import JobSpecError, SourceNotFound
+from node.jobs import JobConflict, JobFailed, NotLeader
+from node.wire import partial_from_proto, tensor_to_proto
+
+if TYPE_CHECKING:
+    from node.daemon import Daemon
+
+log = logging.getLogger("distnode.service")
+
+#: How long a follower waits for the leader when it relays a Progress probe.
+RELAY_PROBE_S = 1.0
+
+
+async def abort(context: Any, code: Any, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+async def abort_for(context: Any, exc: Exception) -> NoReturn:
+    """Map a core exception to its status; unknown ones are bugs → INTERNAL."""
+    if isinstance(exc, SourceNotFound):
+        await abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, JobSpecError):
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, JobConflict):
+        await abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, NotLeader):
+        await abort(context, grpc.StatusCode.UNAVAILABLE, f"not the leader any more: {exc}")
+    if isinstance(exc, JobFailed):
+        await abort(context, grpc.StatusCode.INTERNAL, str(exc))
+    log.error("unexpected error", exc_info=exc)
+    await abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def RequestVote(self, request: Any, context: Any) -> Any:
+        if not request.candidate_id:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "candidate_id: must not be empty")
+        return self.daemon.handle_vote(request)
+
+    async def Heartbeat(self, request: Any, context: Any) -> Any:
+        if not request.leader_id:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "leader_id: must not be empty")
+        return self.daemon.handle_heartbeat(request)
+
+    async def Submit(self, request: Any, context: Any) -> Any:
+        if not request.job.job_id:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")
+        if not self.daemon.is_leader:
+            return await self._forward(request, context)
+        try:
+            outcome = await self.daemon.jobs.submit(request.job.job_id, self.daemon.job_of(request))
+        except (JobSpecError, JobConflict, NotLeader, JobFailed) as exc:
+            await abort_for(context, exc)
+        return pb.SubmitReply(
+            job_id=outcome.job_id,
+            op=outcome.op,
+            result=tensor_to_proto(outcome.result),
+            shards=outcome.shards,
+            nodes=list(outcome.nodes),
+            elapsed_ms=outcome.elapsed_ms,
+            leader=self.daemon.node_id,
+            term=self.daemon.election.term,
+            leader_address=self.daemon.config.address,
+        )
+
+    async def _forward(self, request: Any, context: Any) -> Any:
+        """A follower relays a submission to the leader it knows, once."""
+        leader = self.daemon.leader_address
+        if request.forwarded or not leader:
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"no leader known to {self.daemon.node_id} (term {self.daemon.election.term}); retry",
+            )
+        relayed = pb.SubmitRequest(job=request.job, forwarded=True)
+        try:
+            return await self.daemon.channels.stub(leader).Submit(
+                relayed, timeout=context.time_remaining()
+            )
+        except grpc.aio.AioRpcError as exc:
+            await abort(context, exc.code(), exc.details() or "leader unreachable")
+
+    async def Compute(self, request: Any, context: Any) -> Any:
+        try:
+            sent = await self.daemon.worker.compute(request, context.time_remaining())
+        except JobSpecError as exc:
+            await abort_for(context, exc)
+        except grpc.aio.AioRpcError as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"reduce_to: {exc.details()}")
+        return pb.ComputeReply(shards_sent=sent)
+
+    async def Reduce(self, request_iterator: AsyncIterator[Any], context: Any) -> Any:
+        accepted = dropped = 0
+        async for partial in request_iterator:
+            try:
+                state = partial_from_proto(partial)
+            except ValueError as exc:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"state: {exc}")
+            if self.daemon.jobs.accept_partial(partial.job_id, partial.shard, partial.node_id, state):
+                accepted += 1
+            else:
+                dropped += 1
+        return pb.ReduceReply(accepted=accepted, dropped=dropped)
+
+    async def Progress(self, request: Any, context: Any) -> Any:
+        if self.daemon.is_leader:
+            known, done, total = self.daemon.jobs.progress(request.job_id)
+            return pb.ProgressReply(known=known, shards_done=done, shards_total=total)
+        leader = self.daemon.leader_address
+        if not leader:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "no leader known; retry")
+        try:
+            return await self.daemon.channels.stub(leader).Progress(request, timeout=RELAY_PROBE_S)
+        except grpc.aio.AioRpcError as exc:
+            await abort(context, exc.code(), exc.details() or "leader unreachable")
+
+    async def Status(self, request: Any, context: Any) -> Any:
+        return self.daemon.status()

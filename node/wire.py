@@ -1,0 +1,94 @@
+"""Translation between protobuf messages and the core's numpy/dataclass types.
+
+Only this module and the servicer know protobuf; compute.py and jobs.py see
+numpy arrays and `Job` dataclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from node._proto import distnode_pb2 as pb
+from node.compute import Job, Partial
+
+#: dtypes allowed to cross the wire: fixed-size numerics only, never objects.
+_WIRE_KINDS = frozenset("biuf")
+
+
+def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
+    # Not np.ascontiguousarray: it turns a 0-d scalar answer into shape (1,).
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    return pb.Tensor(
+        dtype=dtype.str, shape=list(array.shape), data=array.astype(dtype, copy=False).tobytes()
+    )
+
+
+def tensor_from_proto(tensor: pb.Tensor) -> np.ndarray:
+    """Rebuild an array; rejects non-numeric dtypes and size mismatches with ValueError."""
+    dtype = np.dtype(tensor.dtype)
+    if dtype.kind not in _WIRE_KINDS:
+        raise ValueError(f"tensor dtype {tensor.dtype!r} is not numeric")
+    shape = tuple(int(n) for n in tensor.shape)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if expected != len(tensor.data) or any(n < 0 for n in shape):
+        raise ValueError(f"tensor of shape {shape} and dtype {dtype} cannot hold {len(tensor.data)} bytes")
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def partial_to_proto(job_id: str, shard: int, node_id: str, partial: Partial) -> pb.Partial:
+    message = pb.Partial(job_id=job_id, shard=shard, node_id=node_id)
+    for name, array in partial.items():
+        message.state[name].CopyFrom(tensor_to_proto(np.asarray(array)))
+    return message
+
+
+def partial_from_proto(message: pb.Partial) -> Partial:
+    return {name: tensor_from_proto(tensor) for name, tensor in message.state.items()}
+
+
+def job_to_proto(job_id: str, job: Job) -> pb.JobSpec:
+    spec = pb.JobSpec(
+        job_id=job_id, op=job.op, source=job.source, map=job.kernel, bins=job.bins
+    )
+    if job.axis is not None:
+        spec.axis = job.axis
+    if job.range_lo is not None:
+        spec.range_lo = job.range_lo
+    if job.range_hi is not None:
+        spec.range_hi = job.range_hi
+    return spec
+
+
+def job_from_proto(spec: pb.JobSpec) -> Job:
+    return Job(
+        op=spec.op,
+        source=spec.source,
+        kernel=spec.map or "identity",
+        axis=spec.axis if spec.HasField("axis") else None,
+        bins=spec.bins,
+        range_lo=spec.range_lo if spec.HasField("range_lo") else None,
+        range_hi=spec.range_hi if spec.HasField("range_hi") else None,
+    )
+
+
+def result_to_python(array: np.ndarray) -> int | float | list[int] | list[float]:
+    """A 0-d array becomes a Python number, a 1-d one a list (JSON-ready)."""
+    value = array.tolist()
+    return value  # type: ignore[no-any-return]
+
+
+def job_key(job: Job) -> Mapping[str, object]:
+    """What must match for two submissions with one job_id to be the same job."""
+    return {
+        "op": job.op,
+        "source": job.source,
+        "kernel": job.kernel,
+        "axis": job.axis,
+        "bins": job.bins,
+        "range": (job.range_lo, job.range_hi),
+    }

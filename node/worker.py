@@ -1,0 +1,59 @@
+"""The worker's side of a job: compute the shards it was handed, stream partials.
+
+`Compute(job, shards, reduce_to)` is answered only after every partial has
+been written to the aggregator's `Reduce` stream and the stream was acknowledged,
+so "Compute returned OK" means "the leader holds these partials". If the leader
+cancels the call (the job ended, or the leader moved on), the remaining shards
+are skipped; the shard under way in the thread pool finishes and is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+from node.compute import DataSource, JobSpecError, compute_partial, validate_job
+from node.peers import PeerChannels
+from node.wire import job_from_proto, partial_to_proto
+
+
+class Worker:
+    def __init__(
+        self, node_id: str, channels: PeerChannels, executor: Executor, data_root: Path | None
+    ) -> None:
+        self.node_id = node_id
+        self.channels = channels
+        self.executor = executor
+        self.data_root = data_root
+
+    async def compute(self, request: Any, timeout_s: float | None) -> int:
+        """Compute `request.shards`, send each partial to `request.reduce_to`."""
+        job = job_from_proto(request.job)
+        source = validate_job(job, self.data_root)
+        ranges = [(s.index, s.start, s.stop) for s in request.shards]
+        check_ranges(ranges, source)
+        loop = asyncio.get_running_loop()
+        call = self.channels.stub(request.reduce_to).Reduce(timeout=timeout_s)
+        try:
+            for index, start, stop in ranges:
+                partial = await loop.run_in_executor(
+                    self.executor, compute_partial, job, source, start, stop
+                )
+                await call.write(partial_to_proto(request.job.job_id, index, self.node_id, partial))
+            await call.done_writing()
+            await call
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        return len(ranges)
+
+
+def check_ranges(ranges: list[tuple[int, int, int]], source: DataSource) -> None:
+    """Shard ranges come from the network: they must lie inside the data."""
+    for index, start, stop in ranges:
+        if not 0 <= start < stop <= source.rows:
+            raise JobSpecError(
+                "shards", f"shard {index} rows [{start}, {stop}) outside the source's {source.rows} rows"
+            )

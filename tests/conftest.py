@@ -1,0 +1,53 @@
+"""Shared fixtures: in-process daemons on 127.0.0.1 (the in-process RPC layer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from inproc import FAST, InProcessCluster, StartCluster, poll
+
+from node.config import NodeConfig
+from node.daemon import Daemon
+from node.harness import free_ports
+
+
+
+@pytest.fixture
+async def start_cluster(tmp_path: Path) -> AsyncIterator[StartCluster]:
+    clusters: list[InProcessCluster] = []
+
+    async def start(nodes: int = 1, **overrides: Any) -> InProcessCluster:
+        ports = free_ports(nodes)
+        addresses = [f"127.0.0.1:{p}" for p in ports]
+        daemons = []
+        for i, address in enumerate(addresses):
+            node_id = f"n{i + 1}"
+            options = {**FAST, **overrides}
+            config = NodeConfig(
+                node_id=node_id, listen=address,
+                peers=tuple(a for a in addresses if a != address),
+                data_dir=tmp_path / f"c{len(clusters)}" / node_id, **options,
+            )
+            daemons.append(Daemon(config))
+        tasks = [asyncio.create_task(d.serve(handle_signals=False)) for d in daemons]
+        cluster = InProcessCluster(daemons, tasks)
+        cluster._channels = []
+        clusters.append(cluster)
+        await poll(lambda: all(d.port for d in daemons), what="daemons listening")
+        await cluster.wait_for_leader()
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        for channel in cluster._channels:
+            await channel.close()
+        for daemon in cluster.daemons:
+            daemon.stop()
+        for task in cluster.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5)

@@ -1,0 +1,61 @@
+"""In-process daemons on 127.0.0.1 (the in-process RPC layer), shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from node._proto import distnode_pb2_grpc as pb_grpc
+from node.config import NodeConfig
+from node.daemon import Daemon
+from node.harness import free_ports
+
+#: Fast in-process timing: a leader in well under 100 ms.
+FAST = {"tick_ms": 5, "heartbeat_ms": 10, "election_ms_min": 40, "election_ms_max": 80}
+
+
+async def poll(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Wait until `predicate()` holds, checking every 5 ms, failing at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class InProcessCluster:
+    """N daemons sharing this test's event loop; real gRPC over loopback."""
+
+    def __init__(self, daemons: list[Daemon], tasks: list[asyncio.Task[None]]) -> None:
+        self.daemons = daemons
+        self.tasks = tasks
+        self.addresses = [d.config.address for d in daemons]
+
+    def leader(self) -> Daemon | None:
+        leaders = [d for d in self.daemons if d.is_leader]
+        return leaders[0] if len(leaders) == 1 else None
+
+    async def wait_for_leader(self) -> Daemon:
+        await poll(lambda: self.leader() is not None and all(
+            d.election.leader == self.leader().node_id for d in self.daemons  # type: ignore[union-attr]
+        ), what="one leader known to all")
+        leader = self.leader()
+        assert leader is not None
+        return leader
+
+    def stub(self, address: str) -> Any:
+        channel = grpc.aio.insecure_channel(address)
+        self._channels.append(channel)
+        return pb_grpc.NodeStub(channel)
+
+    _channels: list[Any] = []
+
+
+StartCluster = Callable[..., Awaitable[InProcessCluster]]

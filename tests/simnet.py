@@ -1,0 +1,224 @@
+"""A deterministic in-memory network that drives `node.election.Election` objects by ticks.
+
+Every random choice (drops, delays, duplicates, timeouts) comes from one seeded
+`random.Random`, so a schedule replays exactly from its seed. Messages take at
+least one tick to arrive; `max_delay` adds up to that many more, which also
+reorders them. Links can be cut (`cut`, `isolate`) and healed (`heal`); a
+link that is cut when a message is sent *or* when it would arrive loses it.
+
+Crash and restart: a crashed node neither ticks nor receives; `restart`
+rebuilds it from the last `Persist` it emitted. Outputs are executed in list
+order, so a Persist is stored before any later Send of the same list is even
+queued ("persist before you send"); with `crash_mid_outputs` a node may also
+crash after any prefix of a list, which is what makes a Send placed before
+its Persist a detectable double vote.
+
+Invariants are checked after every step and tick, and raise `InvariantError`:
+at most one leader per term over the whole run, no node's term ever
+decreases (restarts included), and no node grants two candidates a vote in
+one term (restarts included).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from node.election import (
+    Election,
+    ElectionConfig,
+    Message,
+    Output,
+    Persist,
+    Role,
+    RoleChanged,
+    Send,
+    VoteResponse,
+)
+
+
+class InvariantError(AssertionError):
+    pass
+
+
+@dataclass
+class SimNet:
+    ids: list[str]
+    seed: int
+    pre_vote: bool = True
+    check_quorum: bool = True
+    heartbeat_ticks: int = 2
+    election_ticks_min: int = 10
+    election_ticks_max: int = 20
+    drop: float = 0.0
+    duplicate: float = 0.0
+    max_delay: int = 0
+    # Probability that a node crashes part-way through executing an output list.
+    crash_mid_outputs: float = 0.0
+    # If False, a restart forgets the persisted state: only to prove the checks bite.
+    restore_on_restart: bool = True
+    now: int = 0
+    nodes: dict[str, Election] = field(default_factory=dict)
+    persisted: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+    cuts: set[frozenset[str]] = field(default_factory=set)
+    leader_of_term: dict[int, str] = field(default_factory=dict)
+    max_term: dict[str, int] = field(default_factory=dict)
+    vote_of: dict[tuple[str, int], str] = field(default_factory=dict)
+    delivered: int = 0
+    _queue: list[tuple[int, float, int, Message]] = field(default_factory=list)
+    _seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        for node_id in self.ids:
+            self.persisted[node_id] = (0, None)
+            self.max_term[node_id] = 0
+            self._build(node_id)
+
+    # ---- topology -----------------------------------------------------------
+
+    def config(self, node_id: str) -> ElectionConfig:
+        return ElectionConfig(
+            node_id=node_id,
+            peers=tuple(p for p in self.ids if p != node_id),
+            heartbeat_ticks=self.heartbeat_ticks,
+            election_ticks_min=self.election_ticks_min,
+            election_ticks_max=self.election_ticks_max,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+        )
+
+    def cut(self, a: str, b: str) -> None:
+        self.cuts.add(frozenset((a, b)))
+
+    def isolate(self, a: str) -> None:
+        for b in self.ids:
+            if b != a:
+                self.cut(a, b)
+
+    def heal(self) -> None:
+        self.cuts.clear()
+
+    def crash(self, node_id: str) -> None:
+        self.down.add(node_id)
+
+    def restart(self, node_id: str) -> None:
+        self.down.discard(node_id)
+        self._build(node_id)
+
+    def _build(self, node_id: str) -> None:
+        term, voted_for = self.persisted[node_id] if self.restore_on_restart else (0, None)
+        rng = random.Random(self.rng.getrandbits(64))
+        self.nodes[node_id] = Election(self.config(node_id), rng, term, voted_for)
+        self._check_term(node_id)
+
+    # ---- driving ------------------------------------------------------------
+
+    def run(self, ticks: int) -> None:
+        for _ in range(ticks):
+            self.step_tick()
+
+    def step_tick(self) -> None:
+        """Advance one tick: deliver what is due, then tick every live node in random order."""
+        self.now += 1
+        while self._queue and self._queue[0][0] <= self.now:
+            _, _, _, message = heapq.heappop(self._queue)
+            self._deliver(message)
+        order = [n for n in self.ids if n not in self.down]
+        self.rng.shuffle(order)
+        for node_id in order:
+            self.execute(node_id, self.nodes[node_id].tick())
+
+    def campaign(self, node_id: str) -> None:
+        self.execute(node_id, self.nodes[node_id].campaign())
+
+    def execute(self, node_id: str, outputs: list[Output], crash_after: int | None = None) -> None:
+        """Carry out outputs in order; crash after `crash_after` of them (or at random)."""
+        if crash_after is None and outputs and self.rng.random() < self.crash_mid_outputs:
+            crash_after = self.rng.randrange(len(outputs))
+        if crash_after is not None:
+            self.down.add(node_id)  # its memory is gone; only what it persisted counts
+            outputs = outputs[:crash_after]
+        for output in outputs:
+            if isinstance(output, Persist):
+                self.persisted[node_id] = (output.term, output.voted_for)
+            elif isinstance(output, Send):
+                self._check_vote(output.message)
+                self._send(output.message)
+            elif isinstance(output, RoleChanged) and output.role is Role.LEADER:
+                self._check_leader(node_id, output.term)
+        if crash_after is None:
+            self._check_term(node_id)
+
+    def _send(self, message: Message) -> None:
+        copies = 1 + (self.rng.random() < self.duplicate)
+        for _ in range(copies):
+            if self._is_cut(message) or self.rng.random() < self.drop:
+                continue
+            at = self.now + 1 + self.rng.randint(0, self.max_delay)
+            self._seq += 1
+            heapq.heappush(self._queue, (at, self.rng.random(), self._seq, message))
+
+    def _deliver(self, message: Message) -> None:
+        if message.dst in self.down or self._is_cut(message):
+            return
+        self.delivered += 1
+        self.execute(message.dst, self.nodes[message.dst].step(message))
+
+    def _is_cut(self, message: Message) -> bool:
+        return frozenset((message.src, message.dst)) in self.cuts
+
+    # ---- observation --------------------------------------------------------
+
+    def leaders(self) -> list[str]:
+        return [n for n in self.ids if n not in self.down and self.nodes[n].role is Role.LEADER]
+
+    def stable_leader(self) -> str | None:
+        """The leader every live node follows at the leader's term, if there is one."""
+        leaders = self.leaders()
+        if len(leaders) != 1:
+            return None
+        leader = self.nodes[leaders[0]]
+        for node_id in self.ids:
+            node = self.nodes[node_id]
+            if node_id in self.down or node is leader:
+                continue
+            if node.term != leader.term or node.leader != leaders[0]:
+                return None
+        return leaders[0]
+
+    def run_until_stable(self, max_ticks: int) -> str | None:
+        for _ in range(max_ticks):
+            leader = self.stable_leader()
+            if leader is not None:
+                return leader
+            self.step_tick()
+        return self.stable_leader()
+
+    # ---- invariants ---------------------------------------------------------
+
+    def _fail(self, what: str) -> None:
+        raise InvariantError(f"seed={self.seed} tick={self.now}: {what}")
+
+    def _check_leader(self, node_id: str, term: int) -> None:
+        """Raft §5.2 Election Safety: at most one leader can be elected in a given term."""
+        first = self.leader_of_term.setdefault(term, node_id)
+        if first != node_id:
+            self._fail(f"two leaders in term {term}: {first} and {node_id}")
+
+    def _check_term(self, node_id: str) -> None:
+        """Raft §5.1: current_term increases monotonically, also across restarts."""
+        term = self.nodes[node_id].term
+        if term < self.max_term[node_id]:
+            self._fail(f"{node_id} term went back from {self.max_term[node_id]} to {term}")
+        self.max_term[node_id] = term
+
+    def _check_vote(self, message: Message) -> None:
+        """Raft §5.2: each server votes for at most one candidate in a given term."""
+        if not isinstance(message, VoteResponse) or message.pre_vote or not message.granted:
+            return
+        first = self.vote_of.setdefault((message.src, message.term), message.dst)
+        if first != message.dst:
+            self._fail(f"{message.src} voted for {first} and {message.dst} in term {message.term}")

@@ -1,0 +1,396 @@
+"""One test per rule of the election, on single nodes fed messages by hand.
+
+Each docstring cites the sentence of the Raft paper (§) or Ongaro's thesis it checks.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from node.election import (
+    Election,
+    ElectionConfig,
+    Heartbeat,
+    HeartbeatResponse,
+    Output,
+    Persist,
+    Role,
+    RoleChanged,
+    Send,
+    VoteRequest,
+    VoteResponse,
+)
+
+PEERS = ("b", "c")
+
+
+def make(
+    node_id: str = "a",
+    peers: tuple[str, ...] = PEERS,
+    *,
+    term: int = 0,
+    voted_for: str | None = None,
+    seed: int = 0,
+    **kw: object,
+) -> Election:
+    config = ElectionConfig(node_id, peers, **kw)  # type: ignore[arg-type]
+    return Election(config, random.Random(seed), term=term, voted_for=voted_for)
+
+
+def sends(outputs: list[Output]) -> list[object]:
+    return [o.message for o in outputs if isinstance(o, Send)]
+
+
+def run_until_timeout(node: Election, limit: int = 1000) -> list[Output]:
+    for _ in range(limit):
+        out = node.tick()
+        if out:
+            return out
+    raise AssertionError("the election timer never fired")
+
+
+def elect(node: Election) -> list[Output]:
+    """Drive a node with pre-vote through both rounds to leadership."""
+    node.campaign()
+    node.step(VoteResponse("b", "a", node.term + 1, granted=True, pre_vote=True))
+    node.step(VoteResponse("b", "a", node.term, granted=True))
+    assert node.role is Role.LEADER
+    return []
+
+
+# ---- configuration ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (
+            {"election_ticks_min": 2},
+            "election_ticks_min (2) must be greater than 2 * heartbeat_ticks (1)",
+        ),
+        (
+            {"heartbeat_ticks": 5},
+            "election_ticks_min (10) must be greater than 2 * heartbeat_ticks (5)",
+        ),
+        (
+            {"election_ticks_max": 9},
+            "election_ticks_max (9) must be at least election_ticks_min (10)",
+        ),
+        ({"heartbeat_ticks": 0}, "heartbeat_ticks (0) must be at least 1"),
+        ({"peers": ("b", "a")}, "node_id ('a') must not be in peers"),
+        ({"peers": ("b", "b")}, "contain duplicates"),
+        ({"node_id": ""}, "node_id must be non-empty"),
+    ],
+)
+def test_config_validation_names_both_values(kw: dict[str, object], message: str) -> None:
+    """Configuration people can trust: a broken relation names both values."""
+    fields: dict[str, object] = {"node_id": "a", "peers": PEERS, **kw}
+    config = ElectionConfig(**fields)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Election(config, random.Random(0))
+
+
+def test_default_config_is_valid_and_quorum_is_a_majority() -> None:
+    """Raft §5.2: a candidate wins with votes from a majority of the full cluster."""
+    ElectionConfig("a", PEERS).validate()
+    assert [ElectionConfig("a", tuple("bcdef"[:n])).quorum for n in range(5)] == [1, 2, 2, 3, 3]
+
+
+# ---- election timer -------------------------------------------------------------
+
+
+def test_randomized_timeouts_within_bounds() -> None:
+    """Raft §5.2: election timeouts are chosen randomly from a fixed interval."""
+    seen = set()
+    for seed in range(200):
+        node = make(seed=seed, election_ticks_min=10, election_ticks_max=14)
+        ticks = 0
+        while node.role is Role.FOLLOWER:
+            node.tick()
+            ticks += 1
+        seen.add(ticks)
+    assert seen == {10, 11, 12, 13, 14}
+
+
+def test_follower_timeout_starts_pre_vote_without_changing_term() -> None:
+    """Thesis §9.6: a pre-candidate asks for term+1 but does not increment its own term."""
+    node = make(term=3, voted_for="b")
+    out = run_until_timeout(node)
+    assert node.role is Role.PRE_CANDIDATE
+    assert (node.term, node.voted_for) == (3, "b")
+    assert not any(isinstance(o, Persist) for o in out)
+    assert sends(out) == [VoteRequest("a", p, 4, pre_vote=True) for p in PEERS]
+    assert RoleChanged(Role.PRE_CANDIDATE, 3, None) in out
+
+
+def test_pre_vote_quorum_makes_candidate_and_persists_before_sending() -> None:
+    """Raft §5.2 + Figure 2: increment term, vote for self, persist before any RPC."""
+    node = make(term=3)
+    node.campaign()
+    out = node.step(VoteResponse("b", "a", 4, granted=True, pre_vote=True))
+    assert node.role is Role.CANDIDATE
+    assert (node.term, node.voted_for) == (4, "a")
+    first_send = next(i for i, o in enumerate(out) if isinstance(o, Send))
+    assert out.index(Persist(4, "a")) < first_send
+    assert sends(out) == [VoteRequest("a", p, 4) for p in PEERS]
+
+
+def test_without_pre_vote_timeout_starts_real_election() -> None:
+    """Raft §5.2: on timeout a follower increments its term and becomes a candidate."""
+    node = make(pre_vote=False, term=1)
+    out = run_until_timeout(node)
+    assert (node.role, node.term, node.voted_for) == (Role.CANDIDATE, 2, "a")
+    assert out[0] == Persist(2, "a")
+
+
+def test_candidate_timeout_restarts_with_pre_vote() -> None:
+    """Raft §5.2: a candidate that neither wins nor loses times out and starts anew."""
+    node = make()
+    node.campaign()
+    node.step(VoteResponse("b", "a", 1, granted=True, pre_vote=True))
+    assert node.role is Role.CANDIDATE
+    out = run_until_timeout(node)
+    assert node.role is Role.PRE_CANDIDATE and node.term == 1
+    assert sends(out) == [VoteRequest("a", p, 2, pre_vote=True) for p in PEERS]
+
+
+def test_votes_from_a_majority_make_a_leader_that_heartbeats_at_once() -> None:
+    """Raft §5.2: a winner sends heartbeats to all others to establish its authority."""
+    node = make(pre_vote=False)
+    node.campaign()
+    out = node.step(VoteResponse("c", "a", 1, granted=True))
+    assert node.role is Role.LEADER and node.leader == "a"
+    assert RoleChanged(Role.LEADER, 1, "a") in out
+    assert sends(out) == [Heartbeat("a", p, 1) for p in PEERS]
+
+
+def test_votes_counted_once_per_peer_key_and_strangers_ignored() -> None:
+    """Raft §5.2: a majority of distinct servers; response src is the dialled peer key."""
+    node = make("a", ("b", "c", "d", "e"), pre_vote=False)
+    node.campaign()
+    node.step(VoteResponse("b", "a", 1, granted=True))
+    node.step(VoteResponse("b", "a", 1, granted=True))  # duplicate
+    node.step(VoteResponse("zz", "a", 1, granted=True))  # not a peer key
+    assert node.role is Role.CANDIDATE
+    node.step(VoteResponse("c", "a", 1, granted=True))
+    assert node.role is Role.LEADER
+
+
+def test_majority_of_rejections_returns_candidate_to_follower() -> None:
+    """Raft §5.2: a candidate that cannot win waits for a new timeout as a follower."""
+    node = make(pre_vote=False)
+    node.campaign()
+    node.step(VoteResponse("b", "a", 1, granted=False))
+    node.step(VoteResponse("c", "a", 1, granted=False))
+    assert (node.role, node.term, node.voted_for) == (Role.FOLLOWER, 1, "a")
+
+
+def test_leader_heartbeats_every_heartbeat_ticks() -> None:
+    """Raft §5.2: leaders send periodic heartbeats to maintain their authority."""
+    node = make(heartbeat_ticks=3, check_quorum=False)
+    elect(node)
+    beats = [bool(sends(node.tick())) for _ in range(9)]
+    assert beats == [False, False, True] * 3
+
+
+def test_single_node_elects_itself() -> None:
+    """Raft §5.2: a majority of a one-server cluster is the server itself."""
+    node = make(peers=())
+    out = run_until_timeout(node)
+    assert (node.role, node.term, node.voted_for) == (Role.LEADER, 1, "a")
+    assert Persist(1, "a") in out and not sends(out)
+    for _ in range(100):
+        node.tick()
+        assert node.role is Role.LEADER
+
+
+# ---- terms ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        VoteRequest("x", "a", 7),
+        Heartbeat("x", "a", 7),
+        HeartbeatResponse("b", "a", 7),
+        VoteResponse("b", "a", 7, granted=False),
+        VoteResponse("b", "a", 7, granted=False, pre_vote=True),
+    ],
+)
+def test_higher_term_makes_leader_follower_and_persists(message: object) -> None:
+    """Raft §5.1: if a server sees a larger term it updates its term and reverts to follower."""
+    node = make(check_quorum=False)
+    elect(node)
+    out = node.step(message)  # type: ignore[arg-type]
+    assert node.role is Role.FOLLOWER and node.term == 7
+    persists = [o for o in out if isinstance(o, Persist)]
+    assert persists == [Persist(7, "x" if isinstance(message, VoteRequest) else None)]
+
+
+def test_pre_vote_messages_never_change_term() -> None:
+    """Thesis §9.6: a pre-vote request and a granted pre-vote carry a future term only."""
+    node = make(term=2)
+    out = node.step(VoteRequest("x", "a", 9, pre_vote=True))
+    assert out == [Send(VoteResponse("a", "x", 9, granted=True, pre_vote=True))]
+    assert (node.role, node.term, node.voted_for) == (Role.FOLLOWER, 2, None)
+    assert node.step(VoteResponse("b", "a", 9, granted=True, pre_vote=True)) == []
+    assert node.term == 2
+
+
+def test_stale_requests_answered_with_current_term_and_stale_responses_dropped() -> None:
+    """Raft §5.1: a request with a stale term is rejected; the reply carries the newer term."""
+    node = make(term=5)
+    assert node.step(VoteRequest("x", "a", 4)) == [Send(VoteResponse("a", "x", 5, granted=False))]
+    assert node.step(Heartbeat("x", "a", 4)) == [Send(HeartbeatResponse("a", "x", 5))]
+    assert node.step(VoteResponse("b", "a", 4, granted=True)) == []
+    assert node.step(HeartbeatResponse("b", "a", 4)) == []
+    assert (node.role, node.term, node.voted_for, node.leader) == (Role.FOLLOWER, 5, None, None)
+
+
+def test_stale_leader_steps_down_on_heartbeat_response() -> None:
+    """Raft §5.1: a leader that learns its term is out of date reverts to follower."""
+    node = make(check_quorum=False)
+    elect(node)
+    node.step(HeartbeatResponse("b", "a", node.term + 1))
+    assert node.role is Role.FOLLOWER and node.leader is None
+
+
+# ---- voting ---------------------------------------------------------------------
+
+
+def test_one_vote_per_term_first_come_first_served() -> None:
+    """Raft §5.2: each server will vote for at most one candidate in a given term."""
+    node = make(check_quorum=False)
+    out = node.step(VoteRequest("x", "a", 1))
+    assert out == [Persist(1, "x"), Send(VoteResponse("a", "x", 1, granted=True))]
+    assert node.step(VoteRequest("y", "a", 1)) == [Send(VoteResponse("a", "y", 1, granted=False))]
+    # The same candidate asking again (a retry) gets the same answer, and nothing new to persist.
+    assert node.step(VoteRequest("x", "a", 1)) == [Send(VoteResponse("a", "x", 1, granted=True))]
+
+
+def test_restart_with_persisted_vote_does_not_vote_again() -> None:
+    """Raft Figure 2: votedFor is persistent, so a restarted server never votes twice."""
+    before = make(check_quorum=False)
+    persisted = [o for o in before.step(VoteRequest("x", "a", 3)) if isinstance(o, Persist)][-1]
+    after = make(term=persisted.term, voted_for=persisted.voted_for, seed=1)
+    assert after.step(VoteRequest("y", "a", 3)) == [Send(VoteResponse("a", "y", 3, granted=False))]
+    assert (after.term, after.voted_for) == (3, "x")
+
+
+def test_granting_a_vote_resets_the_election_timer() -> None:
+    """Raft §5.2 (Figure 2): a follower that grants a vote restarts its election timeout."""
+    node = make(election_ticks_min=10, election_ticks_max=10, check_quorum=False)
+    for _ in range(9):
+        node.tick()
+    node.step(VoteRequest("x", "a", 1))
+    assert all(node.tick() == [] for _ in range(9))
+    assert node.tick() != []
+
+
+def test_pre_vote_granted_only_for_a_later_term() -> None:
+    """Thesis §9.6: a pre-vote is granted only if the proposed term is ahead of ours."""
+    node = make(term=4, check_quorum=False)
+    assert node.step(VoteRequest("x", "a", 4, pre_vote=True)) == [
+        Send(VoteResponse("a", "x", 4, granted=False, pre_vote=True))
+    ]
+    assert node.voted_for is None
+
+
+# ---- heartbeats and leader lease -------------------------------------------------
+
+
+def test_heartbeat_makes_candidate_follow_and_resets_the_election_timer() -> None:
+    """Raft §5.2: a candidate that hears from a leader of its term returns to follower."""
+    node = make(election_ticks_min=10, election_ticks_max=10)
+    node.campaign()
+    node.step(VoteResponse("b", "a", 1, granted=True, pre_vote=True))
+    assert node.role is Role.CANDIDATE
+    for _ in range(9):
+        node.tick()
+    out = node.step(Heartbeat("x", "a", 1))
+    assert out == [RoleChanged(Role.FOLLOWER, 1, "x"), Send(HeartbeatResponse("a", "x", 1))]
+    assert (node.leader, node.ticks_since_leader) == ("x", 0)
+    assert all(node.tick() == [] for _ in range(9))
+    assert node.ticks_since_leader == 9
+
+
+def test_heartbeat_timer_reset_keeps_a_follower_following() -> None:
+    """Raft §5.2: followers remain followers as long as they receive heartbeats."""
+    node = make()
+    for _ in range(100):
+        node.step(Heartbeat("x", "a", 1))
+        node.tick()
+    assert (node.role, node.term, node.leader) == (Role.FOLLOWER, 1, "x")
+
+
+def test_leader_lease_rejects_votes_without_changing_term() -> None:
+    """Thesis §4.2.3/§6.2: a server that heard from a leader within the minimum
+    election timeout neither grants a vote nor updates its term."""
+    node = make(election_ticks_min=10)
+    node.step(Heartbeat("x", "a", 1))
+    for _ in range(9):
+        node.tick()
+    assert node.step(VoteRequest("y", "a", 2)) == [Send(VoteResponse("a", "y", 1, granted=False))]
+    assert node.step(VoteRequest("y", "a", 2, pre_vote=True)) == [
+        Send(VoteResponse("a", "y", 1, granted=False, pre_vote=True))
+    ]
+    assert (node.term, node.voted_for, node.leader) == (1, None, "x")
+    node.tick()  # lease over
+    out = node.step(VoteRequest("y", "a", 2))
+    assert Persist(2, "y") in out and node.voted_for == "y"
+
+
+def test_leader_lease_needs_check_quorum() -> None:
+    """Thesis §6.2: without CheckQuorum there is no lease; a higher term always wins."""
+    node = make(check_quorum=False)
+    node.step(Heartbeat("x", "a", 1))
+    node.step(VoteRequest("y", "a", 2))
+    assert (node.term, node.voted_for, node.leader) == (2, "y", None)
+
+
+def test_leader_in_lease_ignores_higher_term_vote_requests() -> None:
+    """Thesis §6.2: with CheckQuorum the leader itself holds the lease."""
+    node = make()
+    elect(node)
+    assert sends(node.step(VoteRequest("y", "a", 9))) == [VoteResponse("a", "y", 1, False)]
+    assert node.role is Role.LEADER and node.term == 1
+
+
+# ---- CheckQuorum ------------------------------------------------------------------
+
+
+def test_check_quorum_steps_down_leader_that_hears_no_majority() -> None:
+    """Thesis §6.2: a leader steps down if an election timeout passes without a majority."""
+    node = make("a", ("b", "c", "d", "e"), election_ticks_min=10)
+    node.campaign()
+    for peer in ("b", "c"):
+        node.step(VoteResponse(peer, "a", 1, granted=True, pre_vote=True))
+    for peer in ("b", "c"):
+        node.step(VoteResponse(peer, "a", 1, granted=True))
+    assert node.role is Role.LEADER
+    for tick in range(1, 31):
+        if tick <= 20:
+            node.step(HeartbeatResponse("b", "a", 1))
+            node.step(HeartbeatResponse("c", "a", 1))
+        elif tick <= 25:
+            node.step(HeartbeatResponse("b", "a", 1))  # only two of five now
+        out = node.tick()
+        if node.role is not Role.LEADER:
+            break
+    assert tick == 30
+    assert out == [RoleChanged(Role.FOLLOWER, 1, None)]
+    assert (node.term, node.voted_for, node.leader) == (1, "a", None)
+
+
+def test_peer_ticks_since_heard_is_the_failure_detector() -> None:
+    """Thesis §6.2: the leader tracks which followers answered recently."""
+    node = make()
+    assert node.peer_ticks_since_heard() == {"b": None, "c": None}
+    elect(node)  # b answered during the election
+    node.tick()
+    node.step(HeartbeatResponse("c", "a", node.term))
+    node.tick()
+    assert node.peer_ticks_since_heard() == {"b": 2, "c": 1}
