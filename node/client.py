@@ -201,24 +201,27 @@ class AsyncClient:
     async def _submit_until(
         self, request: Any, deadline: float, on_progress: ProgressCallback | None
     ) -> tuple[Any, int]:
+        """Try nodes until one answers; returns the reply and the number of failed attempts."""
         last_error = "no node tried"
         accepted = False
-        for attempt in itertools.count():
+        failed = 0
+        for round_ in itertools.count():
             for address in self._order():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    reply = await self._attempt(address, request, remaining, on_progress)
-                    return reply, attempt
+                    return await self._attempt(address, request, remaining, on_progress), failed
                 except _Retry as exc:
+                    failed += 1
                     last_error = f"{address}: {exc}"
                     accepted = accepted or exc.accepted
                     if self._preferred == address:
                         self._preferred = None
             if time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(min(0.05 * 2**attempt, 0.5, max(0.0, deadline - time.monotonic())))
+            pause_s = min(0.05 * 2**round_, 0.5, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(pause_s)
         if accepted:
             raise JobError(f"job {request.job.job_id} did not finish in time ({last_error})")
         raise ClusterUnavailable(f"no leader answered in time; last error: {last_error}")

@@ -421,9 +421,7 @@ class Election:
     def _set_hard_state(self, term: int, voted_for: str | None, out: list[Output]) -> None:
         if term < self._term or (term == self._term and self._voted_for not in (None, voted_for)):
             # The invariant guard of Raft §5.2: never move back, never change a vote.
-            raise AssertionError(
-                f"refusing ({term}, {voted_for}) over ({self._term}, {self._voted_for})"
-            )
+            raise AssertionError(f"refusing ({term}, {voted_for}) over ({self._term}, {self._voted_for})")
         if (term, voted_for) != (self._term, self._voted_for):
             self._term, self._voted_for = term, voted_for
             self._drop_unsent_persist(out)

@@ -16,7 +16,6 @@ from node.daemon import Daemon
 from node.harness import free_ports
 
 
-
 @pytest.fixture
 async def start_cluster(tmp_path: Path) -> AsyncIterator[StartCluster]:
     clusters: list[InProcessCluster] = []
@@ -36,7 +35,6 @@ async def start_cluster(tmp_path: Path) -> AsyncIterator[StartCluster]:
             daemons.append(Daemon(config))
         tasks = [asyncio.create_task(d.serve(handle_signals=False)) for d in daemons]
         cluster = InProcessCluster(daemons, tasks)
-        cluster._channels = []
         clusters.append(cluster)
         await poll(lambda: all(d.port for d in daemons), what="daemons listening")
         await cluster.wait_for_leader()

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import pytest
 
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.config import NodeConfig
 from node.daemon import Daemon
-from node.harness import free_ports
 
 #: Fast in-process timing: a leader in well under 100 ms.
 FAST = {"tick_ms": 5, "heartbeat_ms": 10, "election_ms_min": 40, "election_ms_max": 80}
@@ -34,6 +29,7 @@ class InProcessCluster:
     """N daemons sharing this test's event loop; real gRPC over loopback."""
 
     def __init__(self, daemons: list[Daemon], tasks: list[asyncio.Task[None]]) -> None:
+        self._channels: list[Any] = []
         self.daemons = daemons
         self.tasks = tasks
         self.addresses = [d.config.address for d in daemons]
@@ -54,8 +50,6 @@ class InProcessCluster:
         channel = grpc.aio.insecure_channel(address)
         self._channels.append(channel)
         return pb_grpc.NodeStub(channel)
-
-    _channels: list[Any] = []
 
 
 StartCluster = Callable[..., Awaitable[InProcessCluster]]

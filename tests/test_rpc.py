@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from inproc import StartCluster
 
 from node import AsyncClient, InvalidJob, JobError
 from node._proto import distnode_pb2 as pb
 from node.compute import Job, reduce_all, validate_job
-from inproc import StartCluster
 
 SMALL_SHARDS = 1 << 12
 

@@ -1,0 +1,242 @@
+"""The multi-process layer: real daemons started by LocalCluster, real faults.
+
+Every wait polls with a deadline; on failure the nodes' logs are printed.
+Jobs are made long enough (many small shards) that "mid-job" is reached by
+polling the job's progress, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from node import Answer, Client, LocalCluster
+from node.compute import Job, reduce_all, validate_job
+from node.harness import FAST_TIMING
+
+pytestmark = pytest.mark.process
+
+SHARD_ELEMS = 1 << 18
+BIG_SOURCE = "random:n=6e7,seed=5"
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, logs: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{logs()}")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(nodes=3, shard_elems=SHARD_ELEMS, **FAST_TIMING) as running:  # type: ignore[arg-type]
+        yield running
+
+
+@pytest.fixture(scope="module")
+def big_reference() -> float:
+    job = Job(op="sum", source=BIG_SOURCE)
+    return float(reduce_all(job, validate_job(job), SHARD_ELEMS).item())
+
+
+class BackgroundJob:
+    """A submit running in a thread, so the test can break things meanwhile."""
+
+    def __init__(self, client: Client, job_id: str, **job: Any) -> None:
+        self.answer: Answer | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(client, job_id, job))
+        self._thread.start()
+
+    def _run(self, client: Client, job_id: str, job: dict[str, Any]) -> None:
+        try:
+            self.answer = client.submit(job_id=job_id, timeout=60, **job)
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self, timeout_s: float = 90) -> Answer:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "job did not finish"
+        if self.error is not None:
+            raise self.error
+        assert self.answer is not None
+        return self.answer
+
+
+def wait_mid_job(cluster: LocalCluster, job_id: str) -> None:
+    """Block until the job has some but not all of its shards."""
+    def started() -> bool:
+        progress = cluster.client.progress(job_id)
+        return progress is not None and progress[0] >= 1
+    wait_until(started, 30, f"job {job_id} to start", cluster.logs)
+    progress = cluster.client.progress(job_id)
+    assert progress is not None and progress[0] < progress[1], f"job finished too soon: {progress}"
+
+
+def test_leader_killed_mid_job_the_retry_completes(cluster: LocalCluster, big_reference: float) -> None:
+    old_leader = cluster.leader()
+    old_term = cluster.status().term
+    with Client(cluster.addresses) as client:
+        job = BackgroundJob(client, "leader-kill", op="sum", source=BIG_SOURCE)
+        wait_mid_job(cluster, "leader-kill")
+        cluster.kill(old_leader)
+        answer = job.result()
+    assert answer.result == big_reference, cluster.logs()  # bit for bit, as without the kill
+    assert answer.leader != old_leader and answer.term > old_term
+    assert answer.retries >= 1
+
+
+def test_worker_killed_mid_job_its_shards_move(cluster: LocalCluster, big_reference: float) -> None:
+    leader = cluster.leader()
+    worker = next(node for node in cluster.ids if node != leader)
+    with Client(cluster.addresses) as client:
+        job = BackgroundJob(client, "worker-kill", op="sum", source=BIG_SOURCE)
+        wait_mid_job(cluster, "worker-kill")
+        cluster.kill(worker)
+        answer = job.result()
+    assert answer.result == big_reference
+    assert answer.leader == leader and answer.retries == 0
+    assert f"worker {worker} failed" in cluster.log(leader) or "missed heartbeats" in cluster.log(leader)
+
+
+def test_paused_follower_rejoins_without_deposing_the_leader(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    term = cluster.status().term
+    follower = next(node for node in cluster.ids if node != leader)
+
+    def alive(node: str) -> bool:
+        return any(n.id == node and n.alive for n in cluster.status().nodes)
+
+    cluster.pause(follower)
+    wait_until(lambda: not alive(follower), 10, f"{follower} to be declared dead", cluster.logs)
+    time.sleep(0)  # the pause now exceeds the failure timeout, itself >= the election timeout
+    cluster.resume(follower)
+    wait_until(lambda: alive(follower), 10, f"{follower} to be alive again", cluster.logs)
+    view = cluster.status()
+    assert (view.leader, view.term) == (leader, term), cluster.logs()
+    assert "became candidate" not in cluster.log(follower)
+    assert cluster.client.submit(op="sum", source="range:n=1000").result == 499500
+
+
+def test_paused_leader_is_replaced_and_clients_move_on(cluster: LocalCluster) -> None:
+    old_leader = cluster.leader()
+    others = [node for node in cluster.ids if node != old_leader]
+    with Client([cluster.address(old_leader)] + [cluster.address(n) for n in others]) as client:
+        cluster.pause(old_leader)
+        answer = client.submit(op="sum", source="range:n=5000", timeout=30)
+        assert answer.result == sum(range(5000))
+        assert answer.leader in others and answer.retries >= 1
+        cluster.resume(old_leader)
+        wait_until(
+            lambda: "became follower" in cluster.log(old_leader).split("became leader")[-1],
+            10, "the old leader to step down", cluster.logs,
+        )
+    assert cluster.leader() in others
+
+
+def test_submit_to_a_follower(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    follower = next(node for node in cluster.ids if node != leader)
+    with Client([cluster.address(follower)]) as client:
+        answer = client.submit(op="mean", source="values:1,2,3,4")
+    assert answer.result == 2.5 and answer.leader == leader
+
+
+def test_restarted_node_rejoins(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    follower = next(node for node in cluster.ids if node != leader)
+    cluster.restart(follower)
+    wait_until(
+        lambda: any(n.id == follower and n.alive for n in cluster.status().nodes),
+        10, "restarted node to rejoin", cluster.logs,
+    )
+    assert cluster.leader() == leader
+
+
+def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def test_cli_bad_jobs_then_a_good_one(cluster: LocalCluster, tmp_path: Any) -> None:
+    addresses = ",".join(cluster.addresses)
+    bad = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", "range:n=0")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "source: n must be a positive integer" in bad.stderr
+    missing = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", f"npy:{tmp_path}/no.npy")
+    assert missing.returncode == 1 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    nobins = run_cli("submit", "--cluster", addresses, "--op", "histogram", "--source", "range:n=9")
+    assert nobins.returncode == 2 and "bins" in nobins.stderr
+    good = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", "range:n=1e6", "--json")
+    assert good.returncode == 0, good.stderr
+    answer = json.loads(good.stdout)
+    assert list(answer) == ["job_id", "op", "result", "shards", "nodes", "elapsed_ms", "leader", "term", "retries"]
+    assert answer["result"] == 499999500000 and answer["leader"] == cluster.leader()
+    plain = run_cli("submit", "--cluster", addresses, "--op", "max", "--source", "values:3,9,2")
+    assert plain.returncode == 0 and plain.stdout == "9\n"
+    status = run_cli("status", "--cluster", addresses, "--json")
+    view = json.loads(status.stdout)
+    assert list(view) == ["leader", "term", "nodes"] and view["leader"] == cluster.leader()
+    assert sorted(view["nodes"][0]) == sorted(["id", "address", "role", "term", "alive", "last_heartbeat_ms"])
+    assert [n["id"] for n in view["nodes"]] == cluster.ids and all(n["alive"] for n in view["nodes"])
+    table = run_cli("status", "--cluster", addresses)
+    assert table.returncode == 0 and "leader" in table.stdout and cluster.ids[0] in table.stdout
+
+
+def test_children_never_outlive_the_harness(tmp_path: Any) -> None:
+    """Kill the harness process with SIGKILL: its daemons must exit on their own."""
+    script = (
+        "import os, sys\n"
+        "from node import LocalCluster\n"
+        "c = LocalCluster(nodes=2, heartbeat_ms=30, election_ms=(150, 300)).start()\n"
+        "print(' '.join(str(c.pid(n)) for n in c.ids), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie is gone too: it only waits for init to reap it.
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] == "Z"
+
+    wait_until(lambda: all(gone(pid) for pid in pids), 10, "orphaned daemons to exit", lambda: "")
+
+
+def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "local", "--nodes", "2", "--heartbeat-ms", "30", "--election-ms", "150-300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert lines[0].startswith("n1 127.0.0.1:") and lines[1].startswith("n2 127.0.0.1:")
+        assert lines[2].startswith("leader n")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
