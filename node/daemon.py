@@ -89,7 +89,9 @@ class Daemon:
             config.node_id, self.peers, self._remote_compute, self.executor,
             config.shard_elems, config.data_root,
         )
-        self.worker = Worker(config.node_id, self.channels, self.executor, config.data_root)
+        self.worker = Worker(
+            config.node_id, self.channels, self.executor, config.data_root, self.peers.address_of
+        )
         self.leader_address = ""
         self._leader_heard_s: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -149,7 +151,7 @@ class Daemon:
         message = Heartbeat(src=request.leader_id, dst=self.node_id, term=request.term)
         self._step_request(message, HeartbeatResponse)
         if self.election.leader == request.leader_id and request.term == self.election.term:
-            self.leader_address = request.leader_address
+            self.leader_address = self.peers.address_of(request.leader_id) or request.leader_address
             self._leader_heard_s = time.monotonic()
             peer = self.peers.get(request.leader_address)
             if peer is not None:
@@ -202,6 +204,7 @@ class Daemon:
             )
         except grpc.aio.AioRpcError:
             return
+        self.peers.learn(message.dst, reply.voter_id)
         response = VoteResponse(
             src=message.dst, dst=self.node_id, term=reply.term,
             granted=reply.granted, pre_vote=message.pre_vote,
@@ -255,6 +258,21 @@ class Daemon:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _discover_ids(self) -> None:
+        """Ask every peer whose id is unknown for its Status, until all are known.
+
+        Ids let this node map a leader id or a `reduce_to` back onto its own
+        --peers entry, so all peer traffic follows the configured addresses.
+        """
+        while self.peers.unknown_ids() and not self._stopping.is_set():
+            for address in self.peers.unknown_ids():
+                try:
+                    reply = await self.channels.stub(address).Status(pb.StatusRequest(), timeout=0.5)
+                except grpc.aio.AioRpcError:
+                    continue
+                self.peers.learn(address, reply.node_id)
+            await asyncio.sleep(0.2)
+
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         interval_s = self.config.tick_ms / 1000
@@ -294,6 +312,7 @@ class Daemon:
         print(f"DISTNODE_LISTENING id={self.node_id} port={port}", flush=True)
         log.info("serving on %s; peers %s", self.config.listen, ",".join(self.config.peers) or "none")
         ticker = asyncio.create_task(self._tick_loop())
+        self._spawn(self._discover_ids())
         await self._stopping.wait()
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):

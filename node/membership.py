@@ -38,6 +38,27 @@ class PeerTable:
     def get(self, address: str) -> Peer | None:
         return self._peers.get(address)
 
+    def learn(self, address: str, node_id: str) -> None:
+        """Record the id of the node behind `address` (from any reply it sent)."""
+        peer = self._peers.get(address)
+        if peer is not None and node_id:
+            peer.node_id = node_id
+
+    def address_of(self, node_id: str) -> str | None:
+        """The address *this* node dials to reach `node_id`, if known.
+
+        Nodes always dial each other through their own --peers entries (which
+        may be proxies, NAT addresses or names), never through an address
+        another node advertised about itself.
+        """
+        for peer in self._peers.values():
+            if peer.node_id == node_id:
+                return peer.address
+        return None
+
+    def unknown_ids(self) -> list[str]:
+        return [peer.address for peer in self._peers.values() if not peer.node_id]
+
     def heard(self, address: str, node_id: str, role: str, term: int, now_s: float) -> None:
         peer = self._peers.get(address)
         if peer is None:

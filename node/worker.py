@@ -10,6 +10,7 @@ are skipped; the shard under way in the thread pool finishes and is dropped.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,16 @@ from node.wire import job_from_proto, partial_to_proto
 
 class Worker:
     def __init__(
-        self, node_id: str, channels: PeerChannels, executor: Executor, data_root: Path | None
+        self,
+        node_id: str,
+        channels: PeerChannels,
+        executor: Executor,
+        data_root: Path | None,
+        address_of: Callable[[str], str | None],
     ) -> None:
         self.node_id = node_id
+        #: Maps the leader's id to the address this node dials it by.
+        self.address_of = address_of
         self.channels = channels
         self.executor = executor
         self.data_root = data_root
@@ -35,7 +43,8 @@ class Worker:
         ranges = [(s.index, s.start, s.stop) for s in request.shards]
         check_ranges(ranges, source)
         loop = asyncio.get_running_loop()
-        call = self.channels.stub(request.reduce_to).Reduce(timeout=timeout_s)
+        reduce_to = self.address_of(request.leader_id) or request.reduce_to
+        call = self.channels.stub(reduce_to).Reduce(timeout=timeout_s)
         try:
             for index, start, stop in ranges:
                 partial = await loop.run_in_executor(

@@ -99,7 +99,7 @@ def test_leader_killed_mid_job_the_retry_completes(cluster: LocalCluster, big_re
 def test_worker_killed_mid_job_its_shards_move(cluster: LocalCluster, big_reference: float) -> None:
     leader = cluster.leader()
     worker = next(node for node in cluster.ids if node != leader)
-    with Client(cluster.addresses) as client:
+    with Client([cluster.address(leader)]) as client:  # not through the worker we kill
         job = BackgroundJob(client, "worker-kill", op="sum", source=BIG_SOURCE)
         wait_mid_job(cluster, "worker-kill")
         cluster.kill(worker)
