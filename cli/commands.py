@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from cli.main import EXIT_OK, UsageError, print_json
@@ -18,6 +19,8 @@ from node.config import (
     parse_addresses,
     parse_range_ms,
 )
+from node.limits import Limits
+from node.security import SecurityError, TlsFiles, load_token
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -34,15 +37,45 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             options["tick_ms"] = args.tick_ms
         if args.shard_elems is not None:
             options["shard_elems"] = args.shard_elems
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+        tls.validate_server()
         config = NodeConfig(
             node_id=args.id, listen=listen, peers=peers,
             data_dir=args.data_dir or default_data_dir(args.id, listen),
-            data_root=args.data_root, advertise=advertise, parent_pid=args.parent_pid, **options,
+            data_root=args.data_root, advertise=advertise, parent_pid=args.parent_pid,
+            tls=tls, token=load_token(args.token_file), insecure=args.insecure,
+            limits=limits_from_args(args), **options,
         )
         config.validate()
-    except ConfigError as exc:
+    except (ConfigError, SecurityError) as exc:
         raise UsageError(str(exc)) from None
     return config
+
+
+LIMIT_FLAGS = (
+    "max_elements", "max_inline_bytes", "max_vector", "max_jobs",
+    "max_jobs_per_client", "max_message_bytes", "job_timeout_s",
+)
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    given = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
+    return Limits(**given)
+
+
+def client_security(args: argparse.Namespace) -> tuple[str | None, TlsFiles | None]:
+    """Token and TLS files from a client command's flags (usage error if unreadable)."""
+    try:
+        token = load_token(args.token_file)
+    except SecurityError as exc:
+        raise UsageError(str(exc)) from None
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    if (tls.cert is None) != (tls.key is None):
+        raise UsageError("tls-cert and tls-key: give both or neither")
+    for name, path in (("tls-cert", tls.cert), ("tls-key", tls.key), ("tls-ca", tls.ca)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{name}: no such file {path}")
+    return token, (tls if tls.enabled else None)
 
 
 def run_start(args: argparse.Namespace) -> int:
@@ -53,8 +86,9 @@ def run_start(args: argparse.Namespace) -> int:
 
 
 async def run_submit(args: argparse.Namespace) -> int:
+    token, tls = client_security(args)
     progress = _ProgressBar() if sys.stderr.isatty() and not args.json else None
-    async with AsyncClient(args.cluster, timeout=args.timeout) as client:
+    async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
         try:
             answer = await client.submit(
                 op=args.op, source=args.source, map=args.map, axis=args.axis,
@@ -108,7 +142,8 @@ class _ProgressBar:
 
 
 async def run_status(args: argparse.Namespace) -> int:
-    async with AsyncClient(args.cluster, timeout=args.timeout) as client:
+    token, tls = client_security(args)
+    async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
         view = await client.status()
     if args.json:
         print_json(view.as_dict())
@@ -129,6 +164,15 @@ def _print_status(view: ClusterStatus) -> None:
         table.add_row(node.id, node.address, node.role, str(node.term),
                       "yes" if node.alive else "no", heard)
     Console().print(table)
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from node.certs import make_certs
+
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    for path in make_certs(Path(args.out), args.nodes, hosts):
+        print(path)
+    return EXIT_OK
 
 
 def run_local(args: argparse.Namespace) -> int:

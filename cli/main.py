@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submit(commands)
     _add_status(commands)
     _add_local(commands)
+    _add_certs(commands)
     return parser
 
 
@@ -84,8 +85,30 @@ def _add_start(commands: Any) -> None:
                        help="directory that relative npy: paths are resolved against")
     start.add_argument("--shard-elems", type=_positive_int, default=None,
                        help="elements per shard; keep it equal on every node")
+    _add_tls_options(start, server=True)
+    start.add_argument("--insecure", action="store_true",
+                       help="allow listening beyond loopback without TLS and a token")
+    limits = start.add_argument_group("limits (RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED beyond them)")
+    limits.add_argument("--max-elements", type=_positive_int, default=None)
+    limits.add_argument("--max-inline-bytes", type=_positive_int, default=None)
+    limits.add_argument("--max-vector", type=_positive_int, default=None)
+    limits.add_argument("--max-jobs", type=_positive_int, default=None)
+    limits.add_argument("--max-jobs-per-client", type=_positive_int, default=None)
+    limits.add_argument("--max-message-bytes", type=_positive_int, default=None)
+    limits.add_argument("--job-timeout-s", type=_positive_float, default=None)
     start.add_argument("--tick-ms", type=_positive_int, default=None, help=argparse.SUPPRESS)
     start.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _add_tls_options(parser: argparse.ArgumentParser, server: bool) -> None:
+    group = parser.add_argument_group("security")
+    who = "this node's" if server else "the client's (for mutual TLS)"
+    group.add_argument("--tls-cert", type=Path, default=None, help=f"{who} certificate (PEM)")
+    group.add_argument("--tls-key", type=Path, default=None, help=f"{who} private key (PEM)")
+    group.add_argument("--tls-ca", type=Path, default=None,
+                       help="CA to trust" + ("; also requires client certificates (mTLS)" if server else ""))
+    group.add_argument("--token-file", type=Path, default=None,
+                       help="file holding the cluster token (default: $DISTNODE_TOKEN)")
 
 
 def _add_submit(commands: Any) -> None:
@@ -102,6 +125,7 @@ def _add_submit(commands: Any) -> None:
     submit.add_argument("--job-id", default=None)
     submit.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_tls_options(submit, server=False)
 
 
 def _add_status(commands: Any) -> None:
@@ -109,6 +133,7 @@ def _add_status(commands: Any) -> None:
     status.add_argument("--cluster", required=True, metavar="HOST:PORT[,...]")
     status.add_argument("--timeout", type=_positive_float, default=5.0, metavar="S")
     status.add_argument("--json", action="store_true")
+    _add_tls_options(status, server=False)
 
 
 def _add_local(commands: Any) -> None:
@@ -117,6 +142,16 @@ def _add_local(commands: Any) -> None:
     local.add_argument("--base-port", type=_positive_int, default=None, metavar="PORT")
     local.add_argument("--heartbeat-ms", type=_positive_int, default=None)
     local.add_argument("--election-ms", metavar="MIN-MAX", default=None)
+
+
+def _add_certs(commands: Any) -> None:
+    certs = commands.add_parser("certs", help="make a throwaway CA and certificates for a test cluster")
+    certs.add_argument("--out", type=Path, required=True, metavar="DIR")
+    certs.add_argument("--nodes", type=_positive_int, default=3)
+    certs.add_argument(
+        "--hosts", default="", metavar="HOST[,...]",
+        help="extra names or IPs the certificates are valid for (127.0.0.1 and localhost always)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             from cli.commands import run_status
             return asyncio.run(run_status(args))
+        if args.command == "certs":
+            from cli.commands import run_certs
+            return run_certs(args)
         from cli.commands import run_local
         return run_local(args)
     except UsageError as exc:

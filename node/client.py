@@ -32,6 +32,7 @@ from node.compute import Job, parse_count
 from node.config import ConfigError, parse_address
 from node.errors import ClusterUnavailable, InvalidJob, JobError
 from node.peers import CHANNEL_OPTIONS
+from node.security import TlsFiles, load_token, open_channel
 from node.wire import job_to_proto, result_to_python, tensor_from_proto
 
 T = TypeVar("T")
@@ -124,9 +125,19 @@ def build_job(
 
 
 class AsyncClient:
-    """Talks to a distnode cluster from asyncio code. Use as `async with`."""
+    """Talks to a distnode cluster from asyncio code. Use as `async with`.
 
-    def __init__(self, addresses: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    `token`: the cluster token (default: $DISTNODE_TOKEN, if set). `tls`:
+    `TlsFiles(ca=...)` to verify the nodes, plus `cert`/`key` for mutual TLS.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a.strip()]
         if not addresses:
@@ -136,8 +147,11 @@ class AsyncClient:
         except ConfigError as exc:
             raise InvalidJob(str(exc), field="cluster") from None
         self.timeout = timeout
+        self._token = token if token is not None else load_token(None)
+        self._tls = tls
         self._channels: dict[str, Any] = {}
         self._preferred: str | None = None
+        self._status_error = ""
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -153,7 +167,7 @@ class AsyncClient:
     def _stub(self, address: str) -> Any:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+            channel = open_channel(address, list(CHANNEL_OPTIONS), self._tls, self._token)
             self._channels[address] = channel
         return pb_grpc.NodeStub(channel)
 
@@ -255,6 +269,8 @@ class AsyncClient:
                 raise _Retry(f"{code.name}: {details}") from None
             if code in _INVALID:
                 raise InvalidJob(details, field=details.partition(":")[0]) from None
+            if code is grpc.StatusCode.UNAUTHENTICATED:
+                raise ClusterUnavailable(f"UNAUTHENTICATED: {details}") from None
             raise JobError(f"{code.name}: {details}") from None
 
     async def _probe(self, stub: Any, job_id: str, on_progress: ProgressCallback | None) -> bool:
@@ -295,7 +311,9 @@ class AsyncClient:
                 if leader_view is not None and leader_view.role == "leader":
                     return _cluster_status(leader_view)
         if not views:
-            raise ClusterUnavailable("no node answered: " + ",".join(self._addresses))
+            raise ClusterUnavailable(
+                f"no node answered ({self._status_error or 'no reply'}): " + ",".join(self._addresses)
+            )
         return _cluster_status(max(views, key=lambda v: v.term), leaderless=True)
 
     async def _status_of(self, address: str, deadline: float) -> Any:
@@ -304,7 +322,8 @@ class AsyncClient:
             return None
         try:
             return await self._stub(address).Status(pb.StatusRequest(), timeout=remaining)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            self._status_error = f"{exc.code().name}: {exc.details()}"
             return None
 
     async def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
@@ -338,11 +357,17 @@ def _cluster_status(reply: Any, leaderless: bool = False) -> ClusterStatus:
 class Client:
     """The blocking client: the same methods as `AsyncClient`, run on a private loop thread."""
 
-    def __init__(self, addresses: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="distnode-client", daemon=True)
         self._thread.start()
-        self._async = self._call(_make_async(addresses, timeout))
+        self._async = self._call(_make_async(addresses, timeout, token, tls))
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -374,8 +399,10 @@ class Client:
         self.close()
 
 
-async def _make_async(addresses: Sequence[str] | str, timeout: float) -> AsyncClient:
-    return AsyncClient(addresses, timeout)
+async def _make_async(
+    addresses: Sequence[str] | str, timeout: float, token: str | None, tls: TlsFiles | None
+) -> AsyncClient:
+    return AsyncClient(addresses, timeout, token, tls)
 
 
 __all__ = ["Answer", "AsyncClient", "Client", "ClusterStatus", "NodeInfo", "parse_count"]

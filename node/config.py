@@ -16,11 +16,14 @@ Why the defaults (heartbeat 50 ms, election 250-500 ms, tick 10 ms):
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.compute import SHARD_ELEMS
+from node.limits import Limits
+from node.security import TlsFiles
 
 DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_ELECTION_MS = (250, 500)
@@ -57,6 +60,15 @@ def parse_range_ms(text: str, field_name: str = "election-ms") -> tuple[int, int
     except ValueError:
         raise ConfigError(f"{field_name}: expected MIN-MAX in ms, got {text!r}") from None
     return lo, hi
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_data_dir(node_id: str, listen: str) -> Path:
@@ -96,7 +108,13 @@ class NodeConfig:
     #: Exit when this process's parent changes (used by the harness so that
     #: daemons never outlive it). 0 disables.
     parent_pid: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+    #: TLS files; mutual TLS when `tls.ca` is set (for both peer and client traffic).
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    #: Cluster token every RPC must carry; None disables authentication.
+    token: str | None = None
+    #: Allow listening beyond loopback without TLS and a token.
+    insecure: bool = False
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def address(self) -> str:
@@ -112,6 +130,20 @@ class NodeConfig:
         self._validate_timing()
         if self.shard_elems < 1:
             raise ConfigError(f"shard-elems: must be positive, got {self.shard_elems}")
+        self._validate_exposure()
+
+    def _validate_exposure(self) -> None:
+        """Refuse to serve a network unlocked: Ray's open job API became CVE-2023-48022."""
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if is_loopback(host) or self.insecure:
+            return
+        missing = [name for name, ok in (("TLS", self.tls.enabled), ("a token", bool(self.token))) if not ok]
+        if missing:
+            raise ConfigError(
+                f"listen: {self.listen} is reachable from the network but has no "
+                f"{' and no '.join(missing)}; add --tls-cert/--tls-key/--tls-ca and --token-file, "
+                "or pass --insecure if this network is trusted"
+            )
 
     def _validate_timing(self) -> None:
         if self.tick_ms < 1:

@@ -47,7 +47,8 @@ from node.election import (
 )
 from node.jobs import JobManager, ShardRange
 from node.membership import PeerTable
-from node.peers import CHANNEL_OPTIONS, PeerChannels
+from node.peers import PeerChannels
+from node.security import TokenServerInterceptor
 from node.service import NodeServicer
 from node.statestore import ElectionState, StateStore
 from node.wire import job_from_proto, job_to_proto
@@ -83,11 +84,11 @@ class Daemon:
             voted_for=saved.voted_for,
         )
         self.peers = PeerTable(config.peers, config.failure_ms)
-        self.channels = PeerChannels()
+        self.channels = PeerChannels(config.tls, config.token)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self.jobs = JobManager(
             config.node_id, self.peers, self._remote_compute, self.executor,
-            config.shard_elems, config.data_root,
+            config.shard_elems, config.data_root, config.limits,
         )
         self.worker = Worker(
             config.node_id, self.channels, self.executor, config.data_root, self.peers.address_of
@@ -103,6 +104,10 @@ class Daemon:
     @property
     def is_leader(self) -> bool:
         return self.election.role is Role.LEADER
+
+    def is_member(self, node_id: str) -> bool:
+        """Only nodes behind our --peers addresses may vote, lead, or send partials."""
+        return node_id == self.node_id or self.peers.is_member(node_id)
 
     def job_of(self, request: Any) -> Job:
         return job_from_proto(request.job)
@@ -294,13 +299,26 @@ class Daemon:
         """Ask `serve()` to shut down (what SIGINT and SIGTERM do)."""
         self._stopping.set()
 
+    def _make_server(self) -> Any:
+        size = self.config.limits.max_message_bytes
+        options = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+        ]
+        interceptors = [TokenServerInterceptor(self.config.token)] if self.config.token else []
+        return grpc.aio.server(options=options, interceptors=interceptors)
+
     async def serve(self, handle_signals: bool = True) -> None:
         """Run until SIGINT/SIGTERM, `stop()`, or the parent's death; then shut down in order."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *CHANNEL_OPTIONS])
+        server = self._make_server()
         pb_grpc.add_NodeServicer_to_server(NodeServicer(self), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        port = server.add_insecure_port(self.config.listen)
+        if self.config.tls.enabled:
+            port = server.add_secure_port(self.config.listen, self.config.tls.server_credentials())
+        else:
+            port = server.add_insecure_port(self.config.listen)
         self.port = port
         await server.start()
         for name in ("", SERVICE_NAME):

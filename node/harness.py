@@ -9,6 +9,14 @@ Children never outlive the harness: each daemon gets `--parent-pid` and exits
 when its parent changes (the harness process died, however it died), and the
 harness stops its nodes on `close()`, on exit of its `with` block, and at
 interpreter exit.
+
+Link faults (`link_faults=True`): every node dials its peers only through its
+own `--peers` entries, so the harness gives node i one proxy per peer j
+(`node.faults`, a TCP proxy in this process) and can then `cut`, `heal`,
+`isolate` and `delay` the link i -> j without touching the processes.
+Clients keep the real addresses (`addresses`) and are unaffected, unless they
+use `client_addresses`, which go through one more proxy per node (link
+"client" -> j).
 """
 
 from __future__ import annotations
@@ -30,10 +38,13 @@ from pathlib import Path
 
 from node.client import Client, ClusterStatus
 from node.errors import ClusterUnavailable
+from node.faults import FaultProxy, Mode
 
 READY_LINE = "DISTNODE_LISTENING"
 #: Fast timing for tests: failover in ~0.2 s, still 3 heartbeats per timeout.
 FAST_TIMING = {"heartbeat_ms": 30, "election_ms": (150, 300)}
+#: The pseudo node id of clients in the link-fault API: `cut(CLIENT, "n2")`.
+CLIENT = "client"
 
 
 def free_ports(count: int) -> list[int]:
@@ -80,6 +91,8 @@ class LocalCluster:
         workdir: str | Path | None = None,
         extra_args: Sequence[str] = (),
         start_timeout_s: float = 30.0,
+        link_faults: bool = False,
+        link_mode: Mode = "blackhole",
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
@@ -100,6 +113,11 @@ class LocalCluster:
         self._started: list[subprocess.Popen[bytes]] = []
         self._finalizer = weakref.finalize(self, _stop_processes, self._started)
         atexit.register(self._finalizer)
+        self.link_faults = link_faults
+        self.link_mode: Mode = link_mode
+        self._proxy: FaultProxy | None = None
+        #: (from, to) -> the address `from` dials to reach `to` through a proxy.
+        self._links: dict[tuple[str, str], str] = {}
 
     def _make_node(self, node_id: str, port: int) -> _Node:
         return _Node(
@@ -121,10 +139,29 @@ class LocalCluster:
         return self._node(node_id).address
 
     def id_of(self, address: str) -> str:
+        """The node behind a real address or a link's address."""
         for node in self._nodes.values():
             if node.address == address:
                 return node.node_id
+        for (_, to), link_address in self._links.items():
+            if link_address == address:
+                return to
         raise KeyError(address)
+
+    def peer_addresses(self, node_id: str) -> list[str]:
+        """What `node_id` gets as `--peers`: its links to the others, or their real addresses."""
+        node = self._node(node_id)
+        if not self.link_faults:
+            return [n.address for n in self._nodes.values() if n is not node]
+        self._start_links()
+        return [self._links[node_id, other] for other in self._nodes if other != node_id]
+
+    @property
+    def client_addresses(self) -> list[str]:
+        """Addresses that reach the nodes through the links CLIENT -> node (link_faults only)."""
+        self._require_links()
+        self._start_links()
+        return [self._links[CLIENT, node_id] for node_id in self._nodes]
 
     def pid(self, node_id: str) -> int | None:
         process = self._node(node_id).process
@@ -168,7 +205,7 @@ class LocalCluster:
         return self
 
     def _command(self, node: _Node) -> list[str]:
-        peers = ",".join(n.address for n in self._nodes.values() if n is not node)
+        peers = ",".join(self.peer_addresses(node.node_id))
         command = [
             sys.executable, "-m", "cli", "start", "--id", node.node_id,
             "--listen", node.address, "--peers", peers, "--data-dir", str(node.data_dir),
@@ -259,14 +296,103 @@ class LocalCluster:
         self._spawn(node)
         self._wait_listening(node, time.monotonic() + self.start_timeout_s)
 
+    # -- link faults (link_faults=True) ----------------------------------
+
+    def _require_links(self) -> None:
+        if not self.link_faults:
+            raise RuntimeError("link faults need LocalCluster(..., link_faults=True)")
+
+    def _start_links(self) -> None:
+        """One proxy per ordered pair of nodes, and one from clients to each node."""
+        if self._proxy is not None:
+            return
+        self._proxy = FaultProxy()
+        for to, node in self._nodes.items():
+            for src in [*self._nodes, CLIENT]:
+                if src != to:
+                    self._links[src, to] = self._proxy.add(
+                        _link_name(src, to), node.address, self.link_mode
+                    )
+
+    def _link_names(self, a: str, b: str, both: bool) -> list[str]:
+        for node_id in (a, b):
+            if node_id != CLIENT:
+                self._node(node_id)
+        if a == b:
+            raise ValueError(f"a link joins two different nodes, got {a!r} twice")
+        pairs = [(a, b), (b, a)] if both else [(a, b)]
+        return [_link_name(*pair) for pair in pairs if pair in self._links]
+
+    def _proxy_or_fail(self) -> FaultProxy:
+        self._require_links()
+        self._start_links()
+        assert self._proxy is not None
+        return self._proxy
+
+    def cut(self, a: str, b: str, both: bool = True) -> None:
+        """Cut the link a -> b (the connections a initiates to b), and b -> a if `both`.
+
+        Established connections are closed; new ones are blackholed (or refused,
+        with link_mode="refuse") until `heal`. gRPC replies travel on the
+        initiator's connection, so a one-way cut a -> b fails a's RPCs to b
+        while b's RPCs to a still work.
+        """
+        proxy = self._proxy_or_fail()
+        for name in self._link_names(a, b, both):
+            proxy.cut(name)
+
+    def heal(self, a: str | None = None, b: str | None = None) -> None:
+        """Reopen links and remove their delays: a <-> b, every link of a, or all of them."""
+        proxy = self._proxy_or_fail()
+        if a is not None and b is not None:
+            names = self._link_names(a, b, both=True)
+        elif a is not None or b is not None:
+            node_id = a if a is not None else b
+            names = [_link_name(*pair) for pair in self._links if node_id in pair]
+        else:
+            names = proxy.names
+        for name in names:
+            proxy.heal(name)
+
+    def isolate(self, a: str, clients: bool = False) -> None:
+        """Cut every link to and from `a` (and from clients to it, if `clients`)."""
+        proxy = self._proxy_or_fail()
+        for src, to in self._links:
+            if a in (src, to) and (clients or CLIENT not in (src, to)):
+                proxy.cut(_link_name(src, to))
+
+    def delay(self, a: str, b: str, ms: float, both: bool = True) -> None:
+        """Hold every chunk on the link a -> b (and b -> a if `both`) for `ms`, each way.
+
+        A request and its reply each wait `ms`, so an RPC a -> b takes 2 x ms more.
+        `delay(a, b, 0)` removes the delay and leaves a cut in place.
+        """
+        proxy = self._proxy_or_fail()
+        for name in self._link_names(a, b, both):
+            proxy.delay(name, ms)
+
+    def link_cut(self, a: str, b: str) -> bool:
+        """Whether the link a -> b is cut now."""
+        return self._proxy_or_fail().link(_link_name(a, b)).cut
+
+    # -- teardown ---------------------------------------------------------
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
         self._finalizer()
         atexit.unregister(self._finalizer)
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
+            self._links.clear()
         if self._own_workdir and not os.environ.get("DISTNODE_KEEP_LOGS"):
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _link_name(src: str, to: str) -> str:
+    return f"{src}->{to}"
 
 
 def _stop_processes(processes: list[subprocess.Popen[bytes]], grace_s: float = 3.0) -> None:

@@ -48,6 +48,7 @@ from node.compute import (
     plan_shards,
     validate_job,
 )
+from node.limits import JobTimedOut, LimitExceeded, Limits
 from node.membership import PeerTable
 
 log = logging.getLogger("distnode.jobs")
@@ -171,7 +172,9 @@ class JobManager:
         executor: Executor,
         shard_elems: int,
         data_root: Path | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         self.node_id = node_id
         self.peers = peers
         self.remote = remote
@@ -197,6 +200,8 @@ class JobManager:
         if run is not None:
             self._check_same(job_id, run.job, job)
             return await asyncio.shield(run.done)
+        if len(self._running) >= self.limits.max_jobs:
+            raise LimitExceeded(f"max-jobs: {self.limits.max_jobs} jobs already running on the leader")
         return await self._run(job_id, job)
 
     def _check_same(self, job_id: str, old: Job, new: Job) -> None:
@@ -204,7 +209,9 @@ class JobManager:
             raise JobConflict(f"job_id: {job_id!r} was already used for a different job")
 
     async def _run(self, job_id: str, job: Job) -> Outcome:
+        self.limits.check_spec(job)
         source = validate_job(job, self.data_root)
+        self.limits.check_shape(job, source.rows, source.cols)
         shard_rows = max(1, self.shard_elems // (source.cols or 1))
         if math.ceil(source.rows / shard_rows) > MAX_SHARDS:
             raise JobSpecError(
@@ -220,7 +227,14 @@ class JobManager:
                 await self._run_alone(run, source)
             else:
                 self._start_lanes(run, source)
-            outcome = await asyncio.shield(run.done)
+            async with asyncio.timeout(self.limits.job_timeout_s):
+                outcome = await asyncio.shield(run.done)
+        except TimeoutError:
+            timed_out = JobTimedOut(f"job-timeout-s: job ran past {self.limits.job_timeout_s} s")
+            if not run.finished:
+                run.done.set_exception(timed_out)  # joiners of this job id fail too
+                run.done.exception()  # mark retrieved: our caller gets it by the raise below
+            raise timed_out from None
         finally:
             self._running.pop(job_id, None)
             for task in run.tasks:

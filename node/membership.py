@@ -56,6 +56,10 @@ class PeerTable:
                 return peer.address
         return None
 
+    def is_member(self, node_id: str) -> bool:
+        """True if `node_id` answers at one of this node's --peers addresses."""
+        return any(peer.node_id == node_id for peer in self._peers.values())
+
     def unknown_ids(self) -> list[str]:
         return [peer.address for peer in self._peers.values() if not peer.node_id]
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
 from node._proto import distnode_pb2_grpc as pb_grpc
+from node.security import TlsFiles, open_channel
 
 #: Options shared by every channel distnode opens (peers and clients).
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -27,16 +26,22 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 
 class PeerChannels:
-    """Lazily opened channels and stubs keyed by HOST:PORT."""
+    """Lazily opened channels and stubs keyed by HOST:PORT.
 
-    def __init__(self) -> None:
+    With TLS, a node dials its peers presenting its own certificate (so mutual
+    TLS needs no separate client identity); with a token, every call carries it.
+    """
+
+    def __init__(self, tls: TlsFiles | None = None, token: str | None = None) -> None:
+        self.tls = tls
+        self.token = token
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
 
     def stub(self, address: str) -> Any:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+            channel = open_channel(address, list(CHANNEL_OPTIONS), self.tls, self.token)
             self._channels[address] = channel
             stub = self._stubs[address] = pb_grpc.NodeStub(channel)
         return stub

@@ -16,8 +16,9 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.compute import JobSpecError, SourceNotFound
+from node.compute import JobSpecError, SourceForbidden, SourceNotFound
 from node.jobs import JobConflict, JobFailed, NotLeader
+from node.limits import JobTimedOut, LimitExceeded
 from node.wire import partial_from_proto, tensor_to_proto
 
 if TYPE_CHECKING:
@@ -36,6 +37,12 @@ async def abort(context: Any, code: Any, message: str) -> NoReturn:
 
 async def abort_for(context: Any, exc: Exception) -> NoReturn:
     """Map a core exception to its status; unknown ones are bugs → INTERNAL."""
+    if isinstance(exc, LimitExceeded):
+        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, JobTimedOut):
+        await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+    if isinstance(exc, SourceForbidden):
+        await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
     if isinstance(exc, SourceNotFound):
         await abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, JobSpecError):
@@ -50,28 +57,56 @@ async def abort_for(context: Any, exc: Exception) -> NoReturn:
     await abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
 
+async def check_member(context: Any, daemon: Daemon, field: str, node_id: str) -> None:
+    if not node_id:
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field}: must not be empty")
+    if not daemon.is_member(node_id):
+        await abort(
+            context, grpc.StatusCode.PERMISSION_DENIED,
+            f"{field}: {node_id!r} is not a member of this cluster",
+        )
+
+
 class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        #: Jobs in flight per client connection (`context.peer()`), first hop only.
+        self._in_flight: dict[str, int] = {}
 
     async def RequestVote(self, request: Any, context: Any) -> Any:
-        if not request.candidate_id:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "candidate_id: must not be empty")
+        await check_member(context, self.daemon, "candidate_id", request.candidate_id)
         return self.daemon.handle_vote(request)
 
     async def Heartbeat(self, request: Any, context: Any) -> Any:
-        if not request.leader_id:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "leader_id: must not be empty")
+        await check_member(context, self.daemon, "leader_id", request.leader_id)
         return self.daemon.handle_heartbeat(request)
 
     async def Submit(self, request: Any, context: Any) -> Any:
         if not request.job.job_id:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")
+        if request.forwarded:
+            return await self._submit(request, context)
+        client = context.peer()
+        limit = self.daemon.config.limits.max_jobs_per_client
+        if self._in_flight.get(client, 0) >= limit:
+            await abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"max-jobs-per-client: {limit} jobs already in flight from {client}",
+            )
+        self._in_flight[client] = self._in_flight.get(client, 0) + 1
+        try:
+            return await self._submit(request, context)
+        finally:
+            self._in_flight[client] -= 1
+            if not self._in_flight[client]:
+                del self._in_flight[client]
+
+    async def _submit(self, request: Any, context: Any) -> Any:
         if not self.daemon.is_leader:
             return await self._forward(request, context)
         try:
             outcome = await self.daemon.jobs.submit(request.job.job_id, self.daemon.job_of(request))
-        except (JobSpecError, JobConflict, NotLeader, JobFailed) as exc:
+        except (JobSpecError, JobConflict, NotLeader, JobFailed, LimitExceeded, JobTimedOut) as exc:
             await abort_for(context, exc)
         return pb.SubmitReply(
             job_id=outcome.job_id,
@@ -103,6 +138,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             await abort(context, exc.code(), exc.details() or "leader unreachable")
 
     async def Compute(self, request: Any, context: Any) -> Any:
+        await check_member(context, self.daemon, "leader_id", request.leader_id)
         try:
             sent = await self.daemon.worker.compute(request, context.time_remaining())
         except JobSpecError as exc:
@@ -118,7 +154,10 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
                 state = partial_from_proto(partial)
             except ValueError as exc:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"state: {exc}")
-            if self.daemon.jobs.accept_partial(partial.job_id, partial.shard, partial.node_id, state):
+            member = self.daemon.is_member(partial.node_id)
+            if member and self.daemon.jobs.accept_partial(
+                partial.job_id, partial.shard, partial.node_id, state
+            ):
                 accepted += 1
             else:
                 dropped += 1

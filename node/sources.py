@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -40,6 +41,9 @@ SOURCE_KINDS = ("range", "random", "npy", "values")
 NUMERIC_KINDS = "biuf"
 MAX_COUNT = (1 << 63) - 1
 NPY_CACHE_SIZE = 16
+NPY_MAGIC = b"\x93NUMPY"
+#: numpy itself writes headers of a few hundred bytes; anything this big is hostile.
+MAX_NPY_HEADER_BYTES = 64 * 1024
 
 _COUNT_RE = re.compile(r"[0-9][0-9_]*(\.[0-9_]*)?([eE]\+?[0-9]+)?")
 
@@ -55,6 +59,10 @@ class JobSpecError(ValueError):
 
 class SourceNotFound(JobSpecError):
     """The source names a file that does not exist (gRPC NOT_FOUND)."""
+
+
+class SourceForbidden(JobSpecError):
+    """The source names a file outside the data root (gRPC PERMISSION_DENIED)."""
 
 
 class DataSource(Protocol):
@@ -270,20 +278,50 @@ def _is_float(token: str) -> bool:
 
 
 def _open_npy(text: str, data_root: Path | None) -> NpySource:
+    """Open `npy:PATH` if, and only if, it is a regular file inside the data root.
+
+    The path comes from the network, so: relative paths resolve under the
+    root (default: the daemon's working directory); after resolving `..` and
+    symlinks the file must still lie inside the root; it must be a regular
+    file (a FIFO or device would block or never end); and its header must be
+    of sane size before numpy parses it.
+    """
     if not text:
         raise JobSpecError("source", "npy: needs a path (npy:PATH)")
-    path = Path(text).expanduser()
-    if data_root is not None and not path.is_absolute():
-        # TODO(hardening): reject symlinks and '..' that escape data_root.
-        path = data_root / path
+    root = (data_root if data_root is not None else Path.cwd()).resolve()
+    path = Path(text) if Path(text).is_absolute() else root / text
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise SourceForbidden("source", f"{text!r} is outside the data root {str(root)!r}")
     try:
-        stat = os.stat(path)
+        info = os.stat(resolved)
     except FileNotFoundError:
-        raise SourceNotFound("source", f"no such file: {str(path)!r}") from None
+        raise SourceNotFound("source", f"no such file: {text!r} under {str(root)!r}") from None
     except OSError as exc:
-        raise JobSpecError("source", f"cannot read {str(path)!r}: {exc.strerror}") from None
-    array = _load_memmap(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    return NpySource(path=path, array=array)
+        raise JobSpecError("source", f"cannot read {text!r}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise JobSpecError("source", f"{text!r} is not a regular file (directory, FIFO or device)")
+    _check_npy_header(resolved, text)
+    array = _load_memmap(str(resolved), info.st_mtime_ns, info.st_size)
+    return NpySource(path=resolved, array=array)
+
+
+def _check_npy_header(path: Path, text: str) -> None:
+    """Refuse files that are not .npy or whose header is absurdly long."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(12)
+    if not prefix.startswith(NPY_MAGIC) or len(prefix) < 10:
+        raise JobSpecError("source", f"not a valid .npy file: {text!r} (bad magic)")
+    major = prefix[6]
+    if major == 1:
+        header_bytes = int.from_bytes(prefix[8:10], "little")
+    elif len(prefix) == 12:
+        header_bytes = int.from_bytes(prefix[8:12], "little")
+    else:
+        raise JobSpecError("source", f"not a valid .npy file: {text!r} (truncated header)")
+    if header_bytes > MAX_NPY_HEADER_BYTES:
+        problem = f"{text!r} has a {header_bytes}-byte header (limit {MAX_NPY_HEADER_BYTES})"
+        raise JobSpecError("source", problem)
 
 
 @functools.lru_cache(maxsize=NPY_CACHE_SIZE)

@@ -30,7 +30,7 @@ async def start_cluster(tmp_path: Path) -> AsyncIterator[StartCluster]:
             config = NodeConfig(
                 node_id=node_id, listen=address,
                 peers=tuple(a for a in addresses if a != address),
-                data_dir=tmp_path / f"c{len(clusters)}" / node_id, **options,
+                data_dir=tmp_path / f"c{len(clusters)}" / node_id, data_root=tmp_path, **options,
             )
             daemons.append(Daemon(config))
         tasks = [asyncio.create_task(d.serve(handle_signals=False)) for d in daemons]

@@ -162,6 +162,12 @@ CASES = [  # (dataset, axis, op); histogram takes no axis
 ]
 
 
+@pytest.fixture(autouse=True)
+def _data_root_is_the_temp_tree(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """npy: paths must lie under the data root, by default the working directory."""
+    monkeypatch.chdir(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("npy")

@@ -117,7 +117,11 @@ BAD_JOBS: list[tuple[dict[str, Any], grpc.StatusCode, str]] = [
     ({"op": "sum", "source": "range:n=-5"}, grpc.StatusCode.INVALID_ARGUMENT, "source:"),
     ({"op": "sum", "source": "random:n=10"}, grpc.StatusCode.INVALID_ARGUMENT, "source:"),
     ({"op": "sum", "source": "values:"}, grpc.StatusCode.INVALID_ARGUMENT, "source:"),
-    ({"op": "sum", "source": "npy:/no/such/file.npy"}, grpc.StatusCode.NOT_FOUND, "source: no such file"),
+    ({"op": "sum", "source": "npy:no/such/file.npy"}, grpc.StatusCode.NOT_FOUND, "source: no such file"),
+    ({"op": "sum", "source": "npy:/etc/passwd"}, grpc.StatusCode.PERMISSION_DENIED, "outside the data root"),
+    ({"op": "sum", "source": "npy:../../x.npy"}, grpc.StatusCode.PERMISSION_DENIED, "outside the data root"),
+    ({"op": "sum", "source": "values:" + "1," * 600_000 + "1"}, grpc.StatusCode.RESOURCE_EXHAUSTED, "max-inline-bytes"),
+    ({"op": "sum", "source": "range:n=1e12"}, grpc.StatusCode.RESOURCE_EXHAUSTED, "max-elements"),
     ({"op": "sum", "source": "npy:{text}"}, grpc.StatusCode.INVALID_ARGUMENT, "source:"),
     ({"op": "sum", "source": "npy:{objects}"}, grpc.StatusCode.INVALID_ARGUMENT, "source:"),
     ({"op": "sum", "source": "range:n=10", "axis": 0}, grpc.StatusCode.INVALID_ARGUMENT, "axis:"),
@@ -155,7 +159,7 @@ async def test_client_maps_statuses_to_typed_errors(start_cluster: StartCluster)
             await client.submit(op="sum", source="range:n=0")
         assert invalid.value.field == "source"
         with pytest.raises(JobError, match="NOT_FOUND"):
-            await client.submit(op="sum", source="npy:/definitely/missing.npy")
+            await client.submit(op="sum", source="npy:definitely/missing.npy")
 
 
 async def test_health_service_reports_serving(start_cluster: StartCluster) -> None:
@@ -178,7 +182,8 @@ async def test_hostile_peer_messages_are_rejected(start_cluster: StartCluster) -
         (stub.RequestVote(pb.VoteRequest(term=99)), "candidate_id"),
         (stub.Heartbeat(pb.HeartbeatRequest(term=99)), "leader_id"),
         (stub.Compute(pb.ComputeRequest(job=job, shards=[pb.Shard(index=0, start=5, stop=50)],
-                                        reduce_to=cluster.addresses[0])), "shards:"),
+                                        reduce_to=cluster.addresses[0], leader_id="n1")), "shards:"),
+        (stub.Compute(pb.ComputeRequest(job=job, reduce_to=cluster.addresses[0])), "leader_id"),
         (stub.Submit(pb.SubmitRequest(job=pb.JobSpec(op="sum", source="range:n=3"))), "job_id"),
     ]
     for call, needle in cases:
@@ -196,5 +201,33 @@ async def test_hostile_peer_messages_are_rejected(start_cluster: StartCluster) -
     reply = await stub.Reduce(iter([unknown_job]))
     assert (reply.accepted, reply.dropped) == (0, 1)
     assert cluster.daemons[0].is_leader  # a vote request at term 99 without an id changed nothing
+
+
+async def test_outsiders_cannot_vote_lead_or_send_partials(start_cluster: StartCluster) -> None:
+    """A node with the right token but not in --peers changes nothing (rogue peer)."""
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    term = leader.election.term
+    follower = next(d for d in cluster.daemons if d is not leader)
+    stub = cluster.stub(follower.config.address)
+    forged = [
+        stub.RequestVote(pb.VoteRequest(term=term + 50, candidate_id="rogue")),
+        stub.RequestVote(pb.VoteRequest(term=term + 50, candidate_id="rogue", pre_vote=True)),
+        stub.Heartbeat(pb.HeartbeatRequest(term=term + 50, leader_id="rogue", leader_address="127.0.0.1:1")),
+        stub.Compute(pb.ComputeRequest(job=pb.JobSpec(job_id="r", op="sum", source="range:n=10"),
+                                       shards=[pb.Shard(index=0, start=0, stop=10)],
+                                       reduce_to="127.0.0.1:1", leader_id="rogue")),
+    ]
+    for call in forged:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'rogue' is not a member" in (info.value.details() or "")
+    partial = pb.Partial(job_id="any", shard=0, node_id="rogue")
+    partial.state["sum"].CopyFrom(pb.Tensor(dtype="<i8", shape=[], data=b"\0" * 8))
+    reply = await cluster.stub(leader.config.address).Reduce(iter([partial]))
+    assert reply.dropped == 1
+    assert all(d.election.term == term for d in cluster.daemons)
+    assert cluster.leader() is leader
     async with AsyncClient(cluster.addresses) as client:
         assert (await client.submit(op="sum", source="range:n=10")).result == 45

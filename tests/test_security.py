@@ -1,0 +1,152 @@
+"""TLS, mutual TLS and the cluster token: who gets in, and what they are told.
+
+The matrix test is the figure asked for in the security issue: every client
+kind against every server mode, with the outcome each must get.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from inproc import StartCluster
+
+from node import AsyncClient, ClusterUnavailable
+from node._proto import distnode_pb2 as pb
+from node.certs import make_certs
+from node.config import ConfigError, NodeConfig
+from node.security import SecurityError, TlsFiles, load_token, open_channel
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    make_certs(out, nodes=1)
+    other = out / "other"
+    make_certs(other, nodes=1)  # a second CA: its certificates are strangers
+    return out
+
+
+SERVER_MODES = {
+    "plain": lambda c: TlsFiles(),
+    "tls": lambda c: TlsFiles(c / "n1.pem", c / "n1.key"),
+    "mtls": lambda c: TlsFiles(c / "n1.pem", c / "n1.key", c / "ca.pem"),
+}
+CLIENT_KINDS = {
+    "plain": lambda c: None,
+    "tls": lambda c: TlsFiles(ca=c / "ca.pem"),
+    "mtls": lambda c: TlsFiles(c / "client.pem", c / "client.key", c / "ca.pem"),
+    "mtls-foreign-cert": lambda c: TlsFiles(c / "other" / "client.pem", c / "other" / "client.key", c / "ca.pem"),
+}
+
+
+def expected(server: str, client: str, server_token: bool, client_token: str | None) -> str:
+    transport_ok = {
+        "plain": client == "plain",
+        "tls": client != "plain",
+        "mtls": client == "mtls",
+    }[server]
+    if not transport_ok:
+        return "UNAVAILABLE"
+    if server_token and client_token != TOKEN:
+        return "UNAUTHENTICATED"
+    return "OK"
+
+
+async def outcome(address: str, tls: TlsFiles | None, token: str | None) -> str:
+    channel = open_channel(address, [], tls, token)
+    try:
+        from node._proto import distnode_pb2_grpc as pb_grpc
+
+        await pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=3)
+        return "OK"
+    except grpc.aio.AioRpcError as exc:
+        return str(exc.code().name)
+    finally:
+        await channel.close()
+
+
+@pytest.mark.parametrize(("server", "server_token"), list(itertools.product(SERVER_MODES, [False, True])))
+async def test_tls_token_matrix(
+    start_cluster: StartCluster, certs: Path, server: str, server_token: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster = await start_cluster(1, tls=SERVER_MODES[server](certs), token=TOKEN if server_token else None)
+    rows = []
+    for client, token in itertools.product(CLIENT_KINDS, [None, TOKEN, "wrong"]):
+        got = await outcome(cluster.addresses[0], CLIENT_KINDS[client](certs), token)
+        want = expected(server, client, server_token, token)
+        rows.append(f"| {server}{'+token' if server_token else ''} | {client} | {token or '-'} | {got} |")
+        assert got == want, (server, server_token, client, token)
+    with capsys.disabled():
+        print("\n" + "\n".join(rows))
+
+
+async def test_health_check_stays_open_without_the_token(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(1, token=TOKEN)
+    channel = grpc.aio.insecure_channel(cluster.addresses[0])
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await channel.close()
+
+
+async def test_cluster_under_mtls_and_token_elects_and_computes(start_cluster: StartCluster, certs: Path) -> None:
+    cluster = await start_cluster(
+        3, tls=SERVER_MODES["mtls"](certs), token=TOKEN, shard_elems=1 << 12
+    )
+    client_tls = CLIENT_KINDS["mtls"](certs)
+    async with AsyncClient(cluster.addresses, token=TOKEN, tls=client_tls) as client:
+        answer = await client.submit(op="sum", source="range:n=100000")
+        assert answer.result == sum(range(100000))
+        assert len(answer.nodes) >= 2  # peers talked to each other through mTLS with the token
+    async with AsyncClient(cluster.addresses, token="wrong", tls=client_tls, timeout=1) as client:
+        with pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
+            await client.submit(op="sum", source="range:n=10")
+        with pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
+            await client.status()
+
+
+def test_token_loading(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("  abc \n")
+    assert load_token(path) == "abc"
+    assert load_token(None, {"DISTNODE_TOKEN": "env"}) == "env"
+    assert load_token(None, {}) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(SecurityError, match="token-file: .* is empty"):
+        load_token(tmp_path / "empty")
+    with pytest.raises(SecurityError, match="token-file: cannot read"):
+        load_token(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("listen", "tls", "token", "insecure", "ok"),
+    [
+        ("127.0.0.1:1", False, False, False, True),
+        ("localhost:1", False, False, False, True),
+        ("0.0.0.0:1", False, False, False, False),
+        ("0.0.0.0:1", True, False, False, False),
+        ("0.0.0.0:1", False, True, False, False),
+        ("0.0.0.0:1", True, True, False, True),
+        ("0.0.0.0:1", False, False, True, True),
+    ],
+)
+def test_exposed_listen_needs_tls_and_token_or_insecure(
+    certs: Path, listen: str, tls: bool, token: bool, insecure: bool, ok: bool
+) -> None:
+    config = NodeConfig(
+        node_id="n1", listen=listen, peers=(), data_dir=Path("unused"),
+        tls=SERVER_MODES["tls"](certs) if tls else TlsFiles(),
+        token=TOKEN if token else None, insecure=insecure,
+    )
+    if ok:
+        config.validate()
+    else:
+        with pytest.raises(ConfigError, match="reachable from the network"):
+            config.validate()
