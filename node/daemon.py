@@ -106,8 +106,11 @@ class Daemon:
         return self.election.role is Role.LEADER
 
     def is_member(self, node_id: str) -> bool:
-        """Only nodes behind our --peers addresses may vote, lead, or send partials."""
-        return node_id == self.node_id or self.peers.is_member(node_id)
+        """Only nodes behind our --peers addresses may vote, lead, or send partials.
+
+        Our own id arriving over the network is forged by definition.
+        """
+        return node_id != self.node_id and self.peers.is_member(node_id)
 
     def job_of(self, request: Any) -> Job:
         return job_from_proto(request.job)
@@ -343,12 +346,27 @@ class Daemon:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+class _MalformedRequestFilter(logging.Filter):
+    """gRPC logs a full traceback when a request is not valid protobuf.
+
+    That is a client's mistake (or a fuzzer's), not ours: keep one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "DecodeError":
+            record.msg, record.args = "rejected a request that is not valid protobuf: %s", (exc,)
+            record.exc_info, record.levelno, record.levelname = None, logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging(node_id: str) -> None:
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
         format=f"%(asctime)s {node_id} %(levelname)s %(message)s",
     )
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_MalformedRequestFilter())
 
 
 def run(config: NodeConfig) -> int:

@@ -111,6 +111,10 @@ class JobRun:
     failed_nodes: set[str] = field(default_factory=set)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Keys, shapes and dtypes every partial of this job must have (from a
+    #: one-row partial computed locally), so a malformed partial from the
+    #: network is dropped before it can poison the merge.
+    template: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -133,9 +137,22 @@ class JobRun:
         if missing:
             self.wakeup.set()
 
+    def well_formed(self, partial: Partial) -> bool:
+        if not self.template:
+            return True
+        if partial.keys() != self.template.keys():
+            return False
+        return all(
+            (partial[key].shape, partial[key].dtype) == self.template[key] for key in self.template
+        )
+
     def accept(self, shard: int, node_id: str, partial: Partial) -> bool:
-        """Store a partial and merge the contiguous prefix. False for a duplicate."""
+        """Store a partial and merge the contiguous prefix. False for a duplicate or a misfit."""
         if not 0 <= shard < len(self.shards) or shard < self.next_merge or shard in self.received:
+            return False
+        if not self.well_formed(partial):
+            log.warning("job %s: dropped a malformed partial for shard %d from %s",
+                        self.job_id, shard, node_id)
             return False
         self.received[shard] = partial
         self.contributors.add(node_id)
@@ -254,6 +271,8 @@ class JobManager:
         run.accept(0, self.node_id, partial)
 
     def _start_lanes(self, run: JobRun, source: DataSource) -> None:
+        sample = compute_partial(run.job, source, 0, 1)
+        run.template = {key: (value.shape, value.dtype) for key, value in sample.items()}
         workers = self.peers.alive_addresses()
         lanes = 1 + REMOTE_LANES * len(workers)
         batch = max(1, math.ceil(len(run.shards) / (2 * lanes)))

@@ -57,14 +57,28 @@ async def abort_for(context: Any, exc: Exception) -> NoReturn:
     await abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
 
+#: No honest cluster gets near this many terms; a bigger one is an attack on
+#: the election (term + 1 would overflow the wire's uint64).
+MAX_TERM = 1 << 62
+
+
 async def check_member(context: Any, daemon: Daemon, field: str, node_id: str) -> None:
     if not node_id:
         await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field}: must not be empty")
+    if node_id == daemon.node_id:
+        await abort(
+            context, grpc.StatusCode.PERMISSION_DENIED, f"{field}: {node_id!r} is this node's own id"
+        )
     if not daemon.is_member(node_id):
         await abort(
             context, grpc.StatusCode.PERMISSION_DENIED,
             f"{field}: {node_id!r} is not a member of this cluster",
         )
+
+
+async def check_term(context: Any, term: int) -> None:
+    if term > MAX_TERM:
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"term: {term} is beyond {MAX_TERM}")
 
 
 class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
@@ -75,10 +89,12 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
 
     async def RequestVote(self, request: Any, context: Any) -> Any:
         await check_member(context, self.daemon, "candidate_id", request.candidate_id)
+        await check_term(context, request.term)
         return self.daemon.handle_vote(request)
 
     async def Heartbeat(self, request: Any, context: Any) -> Any:
         await check_member(context, self.daemon, "leader_id", request.leader_id)
+        await check_term(context, request.term)
         return self.daemon.handle_heartbeat(request)
 
     async def Submit(self, request: Any, context: Any) -> Any:

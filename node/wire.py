@@ -30,7 +30,10 @@ def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
 
 def tensor_from_proto(tensor: pb.Tensor) -> np.ndarray:
     """Rebuild an array; rejects non-numeric dtypes and size mismatches with ValueError."""
-    dtype = np.dtype(tensor.dtype)
+    try:
+        dtype = np.dtype(tensor.dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"tensor dtype {tensor.dtype!r} is not a numpy dtype") from None
     if dtype.kind not in _WIRE_KINDS:
         raise ValueError(f"tensor dtype {tensor.dtype!r} is not numeric")
     shape = tuple(int(n) for n in tensor.shape)

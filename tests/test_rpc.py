@@ -182,14 +182,15 @@ async def test_hostile_peer_messages_are_rejected(start_cluster: StartCluster) -
         (stub.RequestVote(pb.VoteRequest(term=99)), "candidate_id"),
         (stub.Heartbeat(pb.HeartbeatRequest(term=99)), "leader_id"),
         (stub.Compute(pb.ComputeRequest(job=job, shards=[pb.Shard(index=0, start=5, stop=50)],
-                                        reduce_to=cluster.addresses[0], leader_id="n1")), "shards:"),
+                                        reduce_to=cluster.addresses[0], leader_id="n1")), "own id"),
+        (stub.RequestVote(pb.VoteRequest(term=2**63, candidate_id="n1")), "own id"),
         (stub.Compute(pb.ComputeRequest(job=job, reduce_to=cluster.addresses[0])), "leader_id"),
         (stub.Submit(pb.SubmitRequest(job=pb.JobSpec(op="sum", source="range:n=3"))), "job_id"),
     ]
     for call, needle in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
         assert needle in (info.value.details() or "")
     bad_tensor = pb.Partial(job_id="x", shard=0, node_id="evil")
     bad_tensor.state["sum"].CopyFrom(pb.Tensor(dtype="<f8", shape=[4], data=b"123"))
@@ -231,3 +232,14 @@ async def test_outsiders_cannot_vote_lead_or_send_partials(start_cluster: StartC
     assert cluster.leader() is leader
     async with AsyncClient(cluster.addresses) as client:
         assert (await client.submit(op="sum", source="range:n=10")).result == 45
+
+
+def test_worker_rejects_shards_outside_the_source() -> None:
+    from node.compute import JobSpecError, open_source
+    from node.worker import check_ranges
+
+    source = open_source("range:n=10")
+    check_ranges([(0, 0, 5), (1, 5, 10)], source)
+    for bad in [(0, 5, 50), (0, 5, 5), (0, 7, 3)]:
+        with pytest.raises(JobSpecError, match="shards: shard 0 rows"):
+            check_ranges([bad], source)
