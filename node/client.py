@@ -150,6 +150,7 @@ class AsyncClient:
         self._token = token if token is not None else load_token(None)
         self._tls = tls
         self._channels: dict[str, Any] = {}
+        self._stubs: dict[str, Any] = {}
         self._preferred: str | None = None
         self._status_error = ""
 
@@ -160,16 +161,17 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        channels, self._channels = self._channels, {}
+        channels, self._channels, self._stubs = self._channels, {}, {}
         for channel in channels.values():
             await channel.close(grace=None)
 
     def _stub(self, address: str) -> Any:
-        channel = self._channels.get(address)
-        if channel is None:
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = open_channel(address, list(CHANNEL_OPTIONS), self._tls, self._token)
             self._channels[address] = channel
-        return pb_grpc.NodeStub(channel)
+            stub = self._stubs[address] = pb_grpc.NodeStub(channel)
+        return stub
 
     def _order(self) -> list[str]:
         """Addresses to try: the last known leader first, then the rest in order."""
@@ -243,35 +245,60 @@ class AsyncClient:
     async def _attempt(
         self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
     ) -> Any:
+        """One Submit to one node. A watchdog starts probing only if the job runs long.
+
+        Most jobs answer in about a millisecond, so the fast path is a bare
+        `await call`: no task, no wait set. After PROBE_INTERVAL_S a watchdog
+        task probes Progress; if the node stops answering it cancels the call
+        and leaves a `_Retry` behind for us to raise.
+        """
         stub = self._stub(address)
-        call = asyncio.ensure_future(stub.Submit(request, timeout=remaining))
-        failures, ever_known = 0, False
+        call = stub.Submit(request, timeout=remaining)
+        loop = asyncio.get_running_loop()
+        watchdog: list[asyncio.Task[_Retry]] = []
+        timer = loop.call_later(
+            PROBE_INTERVAL_S,
+            lambda: watchdog.append(
+                loop.create_task(self._watch(stub, request.job.job_id, call, on_progress))
+            ),
+        )
         try:
-            while True:
-                done, _ = await asyncio.wait({call}, timeout=PROBE_INTERVAL_S)
-                if done:
-                    return self._reply_or_raise(call)
-                if await self._probe(stub, request.job.job_id, on_progress):
-                    failures, ever_known = 0, True
-                    continue
+            return await call
+        except asyncio.CancelledError:
+            if watchdog and watchdog[0].done() and not watchdog[0].cancelled():
+                raise watchdog[0].result() from None
+            raise
+        except grpc.aio.AioRpcError as exc:
+            raise self._classify(exc) from None
+        finally:
+            timer.cancel()
+            if watchdog:
+                watchdog[0].cancel()
+
+    async def _watch(
+        self, stub: Any, job_id: str, call: Any, on_progress: ProgressCallback | None
+    ) -> _Retry:
+        """Probe the node every PROBE_INTERVAL_S; cancel `call` once it misses PROBE_FAILURES."""
+        failures, ever_known = 0, False
+        while True:
+            if await self._probe(stub, job_id, on_progress):
+                failures, ever_known = 0, True
+            else:
                 failures += 1
                 if failures >= PROBE_FAILURES:
-                    raise _Retry("node stopped answering progress probes", accepted=ever_known)
-        finally:
-            call.cancel()
+                    call.cancel()
+                    return _Retry("node stopped answering progress probes", accepted=ever_known)
+            await asyncio.sleep(PROBE_INTERVAL_S)
 
-    def _reply_or_raise(self, call: asyncio.Future[Any]) -> Any:
-        try:
-            return call.result()
-        except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            if code in _RETRY_ELSEWHERE:
-                raise _Retry(f"{code.name}: {details}") from None
-            if code in _INVALID:
-                raise InvalidJob(details, field=details.partition(":")[0]) from None
-            if code is grpc.StatusCode.UNAUTHENTICATED:
-                raise ClusterUnavailable(f"UNAUTHENTICATED: {details}") from None
-            raise JobError(f"{code.name}: {details}") from None
+    def _classify(self, exc: Any) -> Exception:
+        code, details = exc.code(), exc.details() or ""
+        if code in _RETRY_ELSEWHERE:
+            return _Retry(f"{code.name}: {details}")
+        if code in _INVALID:
+            return InvalidJob(details, field=details.partition(":")[0])
+        if code is grpc.StatusCode.UNAUTHENTICATED:
+            return ClusterUnavailable(f"UNAUTHENTICATED: {details}")
+        return JobError(f"{code.name}: {details}")
 
     async def _probe(self, stub: Any, job_id: str, on_progress: ProgressCallback | None) -> bool:
         try:

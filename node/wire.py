@@ -6,6 +6,7 @@ numpy arrays and `Job` dataclasses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -37,7 +38,7 @@ def tensor_from_proto(tensor: pb.Tensor) -> np.ndarray:
     if dtype.kind not in _WIRE_KINDS:
         raise ValueError(f"tensor dtype {tensor.dtype!r} is not numeric")
     shape = tuple(int(n) for n in tensor.shape)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if expected != len(tensor.data) or any(n < 0 for n in shape):
         raise ValueError(f"tensor of shape {shape} and dtype {dtype} cannot hold {len(tensor.data)} bytes")
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)

@@ -174,8 +174,10 @@ def test_cli_bad_jobs_then_a_good_one(cluster: LocalCluster, tmp_path: Any) -> N
     bad = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", "range:n=0")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "source: n must be a positive integer" in bad.stderr
-    missing = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", f"npy:{tmp_path}/no.npy")
+    missing = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", "npy:no-such.npy")
     assert missing.returncode == 1 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    outside = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", f"npy:{tmp_path}/x.npy")
+    assert outside.returncode == 1 and "PERMISSION_DENIED" in outside.stderr and "outside the data root" in outside.stderr
     nobins = run_cli("submit", "--cluster", addresses, "--op", "histogram", "--source", "range:n=9")
     assert nobins.returncode == 2 and "bins" in nobins.stderr
     good = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", "range:n=1e6", "--json")
