@@ -43,9 +43,10 @@ DEFAULT_TIMEOUT_S = 120.0
 #: probes in a row mean the node is gone (paused, cut off) and we move on.
 PROBE_INTERVAL_S = 0.5
 PROBE_FAILURES = 2
+# DEADLINE_EXCEEDED is final: either our own deadline passed (nothing left to
+# retry with) or the leader's job deadline did (the job is too long anywhere).
 _RETRY_ELSEWHERE = {
     grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.ABORTED,
     grpc.StatusCode.UNKNOWN,
@@ -98,6 +99,13 @@ class ClusterStatus:
             "term": self.term,
             "nodes": [vars(node).copy() for node in self.nodes],
         }
+
+
+@dataclass
+class _Seen:
+    """What the watchdog learnt: did the node ever confirm it holds the job?"""
+
+    known: bool = False
 
 
 class _Retry(Exception):
@@ -256,10 +264,11 @@ class AsyncClient:
         call = stub.Submit(request, timeout=remaining)
         loop = asyncio.get_running_loop()
         watchdog: list[asyncio.Task[_Retry]] = []
+        seen = _Seen()
         timer = loop.call_later(
             PROBE_INTERVAL_S,
             lambda: watchdog.append(
-                loop.create_task(self._watch(stub, request.job.job_id, call, on_progress))
+                loop.create_task(self._watch(stub, request.job.job_id, call, on_progress, seen))
             ),
         )
         try:
@@ -269,31 +278,34 @@ class AsyncClient:
                 raise watchdog[0].result() from None
             raise
         except grpc.aio.AioRpcError as exc:
-            raise self._classify(exc) from None
+            raise self._classify(exc, seen.known) from None
         finally:
             timer.cancel()
             if watchdog:
                 watchdog[0].cancel()
 
     async def _watch(
-        self, stub: Any, job_id: str, call: Any, on_progress: ProgressCallback | None
+        self, stub: Any, job_id: str, call: Any, on_progress: ProgressCallback | None, seen: _Seen
     ) -> _Retry:
         """Probe the node every PROBE_INTERVAL_S; cancel `call` once it misses PROBE_FAILURES."""
-        failures, ever_known = 0, False
+        failures = 0
         while True:
             if await self._probe(stub, job_id, on_progress):
-                failures, ever_known = 0, True
+                failures, seen.known = 0, True
             else:
                 failures += 1
                 if failures >= PROBE_FAILURES:
                     call.cancel()
-                    return _Retry("node stopped answering progress probes", accepted=ever_known)
+                    return _Retry("node stopped answering progress probes", accepted=seen.known)
             await asyncio.sleep(PROBE_INTERVAL_S)
 
-    def _classify(self, exc: Any) -> Exception:
+    def _classify(self, exc: Any, accepted: bool) -> Exception:
         code, details = exc.code(), exc.details() or ""
         if code in _RETRY_ELSEWHERE:
-            return _Retry(f"{code.name}: {details}")
+            return _Retry(f"{code.name}: {details}", accepted=accepted)
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and not details.startswith("job-timeout-s"):
+            # Our own deadline: the loop in _submit_until ends and reports it.
+            return _Retry("no answer before the client's timeout", accepted=accepted)
         if code in _INVALID:
             return InvalidJob(details, field=details.partition(":")[0])
         if code is grpc.StatusCode.UNAUTHENTICATED:
