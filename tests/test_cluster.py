@@ -242,3 +242,38 @@ def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_submit_shows_a_progress_bar_on_a_terminal_only(cluster: LocalCluster) -> None:
+    """On a tty, a long job draws `shards N/M`; piped, the output is the answer alone."""
+    import pty
+
+    source = "random:n=2e8,seed=9"
+    argv = [sys.executable, "-m", "cli", "submit", "--cluster", ",".join(cluster.addresses),
+            "--op", "sum", "--source", source]
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(argv, stdin=secondary, stdout=secondary, stderr=secondary,
+                               env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
+    os.close(secondary)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(primary)
+        if process.poll() is None:
+            process.kill()
+    screen = b"".join(chunks).decode(errors="replace")
+    import re
+
+    assert re.search(r"shards\S*\s.*\d+/\d+", screen), screen[-2000:]  # e.g. "shards ━━━━╸ 120/763"
+    piped = run_cli("submit", "--cluster", ",".join(cluster.addresses), "--op", "sum", "--source", source)
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert float(piped.stdout) == float(json.loads(piped.stdout)) and piped.stdout.count("\n") == 1
