@@ -16,6 +16,7 @@ answers from its memory, and a new leader recomputes the same bits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
@@ -54,19 +56,28 @@ _RETRY_ELSEWHERE = {
 _INVALID = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Answer:
-    """One job's answer; `as_dict()` is the CLI's `--json` object."""
+    """One job's answer; `as_dict()` is the CLI's `--json` object.
+
+    `array` is the answer as numpy gives it (0-d for a scalar); `result` is the
+    same as a Python number or list, made on first use (a million-element
+    vector costs ~25 ms to turn into a list, so numpy users should use `array`).
+    """
 
     job_id: str
     op: str
-    result: int | float | list[int] | list[float]
+    array: np.ndarray
     shards: int
     nodes: list[str]
     elapsed_ms: float
     leader: str
     term: int
     retries: int
+
+    @functools.cached_property
+    def result(self) -> int | float | list[int] | list[float]:
+        return result_to_python(self.array)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -209,7 +220,7 @@ class AsyncClient:
         self._preferred = self._known(reply.leader_address)
         return Answer(
             job_id=reply.job_id, op=reply.op,
-            result=result_to_python(tensor_from_proto(reply.result)),
+            array=tensor_from_proto(reply.result),
             shards=reply.shards, nodes=list(reply.nodes),
             elapsed_ms=(time.perf_counter() - started) * 1000,
             leader=reply.leader, term=reply.term, retries=retries,

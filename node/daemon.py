@@ -45,6 +45,7 @@ from node.election import (
     VoteRequest,
     VoteResponse,
 )
+from node.heartbeats import HeartbeatLinks
 from node.jobs import JobManager, ShardRange
 from node.membership import PeerTable
 from node.peers import PeerChannels
@@ -85,6 +86,9 @@ class Daemon:
         )
         self.peers = PeerTable(config.peers, config.failure_ms)
         self.channels = PeerChannels(config.tls, config.token)
+        self.heartbeats = HeartbeatLinks(
+            self.channels, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000
+        )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self.jobs = JobManager(
             config.node_id, self.peers, self._remote_compute, self.executor,
@@ -198,7 +202,7 @@ class Daemon:
         if isinstance(message, VoteRequest):
             self._spawn(self._send_vote(message))
         elif isinstance(message, Heartbeat):
-            self._spawn(self._send_heartbeat(message))
+            self._send_heartbeat(message)
         # Responses are returned by the RPC handlers; the core never emits
         # them outside `step`, so there is nothing else to route.
 
@@ -219,19 +223,16 @@ class Daemon:
         )
         self._execute(self.election.step(response))
 
-    async def _send_heartbeat(self, message: Heartbeat) -> None:
+    def _send_heartbeat(self, message: Heartbeat) -> None:
         request = pb.HeartbeatRequest(
             term=message.term, leader_id=self.node_id, leader_address=self.config.address
         )
-        try:
-            reply = await self.channels.stub(message.dst).Heartbeat(
-                request, timeout=max(2 * self.config.heartbeat_ms, 100) / 1000
-            )
-        except grpc.aio.AioRpcError:
-            return
-        self.peers.heard(message.dst, reply.node_id, reply.role, reply.term, time.monotonic())
+        self.heartbeats.send(message.dst, request)
+
+    def _on_heartbeat_reply(self, address: str, reply: Any) -> None:
+        self.peers.heard(address, reply.node_id, reply.role, reply.term, time.monotonic())
         self._execute(
-            self.election.step(HeartbeatResponse(src=message.dst, dst=self.node_id, term=reply.term))
+            self.election.step(HeartbeatResponse(src=address, dst=self.node_id, term=reply.term))
         )
 
     def _on_role_changed(self, change: RoleChanged) -> None:
@@ -241,6 +242,7 @@ class Daemon:
             self.leader_address = self.config.address
             self.peers.forget_liveness()
         else:
+            self.heartbeats.close()
             self.jobs.abort_all(f"{self.node_id} became {change.role.value} in term {change.term}")
             if change.leader is None or change.leader == self.node_id:
                 self.leader_address = ""
@@ -308,6 +310,8 @@ class Daemon:
             ("grpc.so_reuseport", 0),
             ("grpc.max_send_message_length", size),
             ("grpc.max_receive_message_length", size),
+            ("grpc.http2.max_frame_size", (1 << 24) - 1),
+            ("grpc.http2.lookahead_bytes", 16 << 20),
         ]
         interceptors = [TokenServerInterceptor(self.config.token)] if self.config.token else []
         return grpc.aio.server(options=options, interceptors=interceptors)
@@ -340,6 +344,7 @@ class Daemon:
             await ticker
         log.info("shutting down")
         await server.stop(SHUTDOWN_GRACE_S)
+        self.heartbeats.close()
         for task in list(self._tasks):
             task.cancel()
         await self.channels.close()

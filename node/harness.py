@@ -111,6 +111,8 @@ class LocalCluster:
         self._client: Client | None = None
         # Every process ever started; the finalizer must not hold `self`.
         self._started: list[subprocess.Popen[bytes]] = []
+        #: The same processes with their node ids, for `exits()`.
+        self._history: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._finalizer = weakref.finalize(self, _stop_processes, self._started)
         atexit.register(self._finalizer)
         self.link_faults = link_faults
@@ -175,6 +177,17 @@ class LocalCluster:
     def logs(self) -> str:
         return "\n".join(f"--- {nid} ---\n{self.log(nid)}" for nid in self._nodes)
 
+    def exits(self) -> list[tuple[str, int, int]]:
+        """(node id, pid, return code) of every daemon process that has ended so far.
+
+        -9 is a `kill`; anything else before `close()` is a crash worth a look.
+        """
+        return [
+            (node_id, process.pid, process.returncode)
+            for node_id, process in self._history
+            if process.poll() is not None
+        ]
+
     @property
     def client(self) -> Client:
         if self._client is None:
@@ -229,6 +242,7 @@ class LocalCluster:
                 cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self._started.append(node.process)
+        self._history.append((node.node_id, node.process))
         node.paused = False
 
     def _wait_listening(self, node: _Node, deadline: float) -> None:
@@ -370,6 +384,12 @@ class LocalCluster:
         proxy = self._proxy_or_fail()
         for name in self._link_names(a, b, both):
             proxy.delay(name, ms)
+
+    def link_address(self, a: str, b: str) -> str:
+        """The address `a` dials to reach `b` (CLIENT for `a`: the client's link to `b`)."""
+        self._proxy_or_fail()
+        self._link_names(a, b, both=False)  # validates the ids
+        return self._links[a, b]
 
     def link_cut(self, a: str, b: str) -> bool:
         """Whether the link a -> b is cut now."""

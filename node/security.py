@@ -116,11 +116,23 @@ class TokenStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[m
         return await continuation(_with_token(details, self.header), request_iterator)
 
 
+class TokenStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self.header = (AUTH_HEADER, f"Bearer {token}")
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self.header), request_iterator)
+
+
 def open_channel(
     address: str, options: list[tuple[str, Any]], tls: TlsFiles | None, token: str | None
 ) -> Any:
     """A grpc.aio channel to `address`, secured and authenticated as configured."""
-    interceptors = [TokenUnaryUnary(token), TokenStreamUnary(token)] if token else None
+    interceptors = (
+        [TokenUnaryUnary(token), TokenStreamUnary(token), TokenStreamStream(token)] if token else None
+    )
     if tls is not None and tls.enabled:
         return grpc.aio.secure_channel(
             address, tls.channel_credentials(), options=options, interceptors=interceptors

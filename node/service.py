@@ -92,10 +92,12 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
         await check_term(context, request.term)
         return self.daemon.handle_vote(request)
 
-    async def Heartbeat(self, request: Any, context: Any) -> Any:
-        await check_member(context, self.daemon, "leader_id", request.leader_id)
-        await check_term(context, request.term)
-        return self.daemon.handle_heartbeat(request)
+    async def Heartbeat(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """One reply per heartbeat on the leader's long-lived stream."""
+        async for request in request_iterator:
+            await check_member(context, self.daemon, "leader_id", request.leader_id)
+            await check_term(context, request.term)
+            yield self.daemon.handle_heartbeat(request)
 
     async def Submit(self, request: Any, context: Any) -> Any:
         if not request.job.job_id:

@@ -63,7 +63,12 @@ async def test_concurrent_job_limits_and_job_deadline(start_cluster: StartCluste
 
 
 async def test_job_deadline_and_leader_stays(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(3, shard_elems=1 << 16, limits=Limits(job_timeout_s=0.2))
+    # Three daemons share this process's GIL with the job's threads: give the
+    # election the slack a real deployment has (5+ heartbeats per timeout).
+    cluster = await start_cluster(
+        3, shard_elems=1 << 16, limits=Limits(job_timeout_s=0.2),
+        heartbeat_ms=20, election_ms_min=200, election_ms_max=400,
+    )
     leader = await cluster.wait_for_leader()
     term = leader.election.term
     async with AsyncClient(cluster.addresses) as client:

@@ -23,6 +23,11 @@ from node.compute import Job, reduce_all, validate_job
 SMALL_SHARDS = 1 << 12
 
 
+async def heartbeat_once(stub: Any, request: Any) -> list[Any]:
+    """One request on the Heartbeat stream; the replies (or the stream's error)."""
+    return [reply async for reply in stub.Heartbeat(iter([request]))]
+
+
 async def test_single_node_answers_sum_exactly(start_cluster: StartCluster) -> None:
     cluster = await start_cluster(1)
     async with AsyncClient(cluster.addresses) as client:
@@ -180,7 +185,7 @@ async def test_hostile_peer_messages_are_rejected(start_cluster: StartCluster) -
     job = pb.JobSpec(job_id="x", op="sum", source="range:n=10")
     cases = [
         (stub.RequestVote(pb.VoteRequest(term=99)), "candidate_id"),
-        (stub.Heartbeat(pb.HeartbeatRequest(term=99)), "leader_id"),
+        (heartbeat_once(stub, pb.HeartbeatRequest(term=99)), "leader_id"),
         (stub.Compute(pb.ComputeRequest(job=job, shards=[pb.Shard(index=0, start=5, stop=50)],
                                         reduce_to=cluster.addresses[0], leader_id="n1")), "own id"),
         (stub.RequestVote(pb.VoteRequest(term=2**63, candidate_id="n1")), "own id"),
@@ -214,7 +219,7 @@ async def test_outsiders_cannot_vote_lead_or_send_partials(start_cluster: StartC
     forged = [
         stub.RequestVote(pb.VoteRequest(term=term + 50, candidate_id="rogue")),
         stub.RequestVote(pb.VoteRequest(term=term + 50, candidate_id="rogue", pre_vote=True)),
-        stub.Heartbeat(pb.HeartbeatRequest(term=term + 50, leader_id="rogue", leader_address="127.0.0.1:1")),
+        heartbeat_once(stub, pb.HeartbeatRequest(term=term + 50, leader_id="rogue", leader_address="127.0.0.1:1")),
         stub.Compute(pb.ComputeRequest(job=pb.JobSpec(job_id="r", op="sum", source="range:n=10"),
                                        shards=[pb.Shard(index=0, start=0, stop=10)],
                                        reduce_to="127.0.0.1:1", leader_id="rogue")),
