@@ -60,6 +60,8 @@ log = logging.getLogger("distnode")
 SERVICE_NAME = "distnode.v1.Node"
 #: How long shutdown waits for in-flight RPCs.
 SHUTDOWN_GRACE_S = 1.0
+#: Longest the tick loop sleeps, so the parent-process watch stays prompt.
+MAX_SLEEP_S = 0.25
 #: Upper bound on one Compute batch; the failure detector normally acts first.
 COMPUTE_TIMEOUT_S = 600.0
 
@@ -101,6 +103,10 @@ class Daemon:
         self._leader_heard_s: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
+        #: Set when a role change may have moved the election's next deadline earlier.
+        self._rearm = asyncio.Event()
+        self._clock_origin_s = 0.0
+        self._ticks_done = 0
         self.port = 0
 
     # -- queries used by the servicer ------------------------------------
@@ -174,6 +180,7 @@ class Daemon:
 
     def _step_request(self, message: Message, reply_type: type) -> Any:
         """Step a request; return the core's reply to it, execute everything else first."""
+        self._catch_up()
         outputs = self.election.step(message)
         reply = None
         rest: list[Output] = []
@@ -221,6 +228,7 @@ class Daemon:
             src=message.dst, dst=self.node_id, term=reply.term,
             granted=reply.granted, pre_vote=message.pre_vote,
         )
+        self._catch_up()
         self._execute(self.election.step(response))
 
     def _send_heartbeat(self, message: Heartbeat) -> None:
@@ -231,11 +239,13 @@ class Daemon:
 
     def _on_heartbeat_reply(self, address: str, reply: Any) -> None:
         self.peers.heard(address, reply.node_id, reply.role, reply.term, time.monotonic())
+        self._catch_up()
         self._execute(
             self.election.step(HeartbeatResponse(src=address, dst=self.node_id, term=reply.term))
         )
 
     def _on_role_changed(self, change: RoleChanged) -> None:
+        self._rearm.set()
         leader = f" leader={change.leader}" if change.leader else ""
         log.info("became %s term=%d%s", change.role.value, change.term, leader)
         if change.role is Role.LEADER:
@@ -283,22 +293,38 @@ class Daemon:
                 self.peers.learn(address, reply.node_id)
             await asyncio.sleep(0.2)
 
-    async def _tick_loop(self) -> None:
+    def _catch_up(self) -> None:
+        """Feed the election every tick that has elapsed on the wall clock.
+
+        Called before anything is stepped, so the core always sees time and
+        messages in their real order. After a stall (SIGSTOP, a frozen VM) at
+        most one election timeout's worth of ticks is replayed.
+        """
         loop = asyncio.get_running_loop()
-        interval_s = self.config.tick_ms / 1000
-        next_s = loop.time()
-        while not self._stopping.is_set():
-            next_s += interval_s
-            await asyncio.sleep(max(0.0, next_s - loop.time()))
-            if loop.time() - next_s > 5 * interval_s:
-                next_s = loop.time()  # after a stall (SIGSTOP), do not replay missed ticks
+        elapsed = int((loop.time() - self._clock_origin_s) * 1000 / self.config.tick_ms)
+        due = elapsed - self._ticks_done
+        self._ticks_done = elapsed
+        for _ in range(min(due, self.config.election_ticks[1] + 1)):
             self._execute(self.election.tick())
+
+    async def _tick_loop(self) -> None:
+        """Sleep until the election's next deadline (or a role change), then catch up."""
+        tick_s = self.config.tick_ms / 1000
+        while not self._stopping.is_set():
+            self._catch_up()
             if self.is_leader:
                 for peer in self.peers.check(time.monotonic()):
                     log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address)
             if self.config.parent_pid and os.getppid() != self.config.parent_pid:
                 log.warning("parent process %d is gone; shutting down", self.config.parent_pid)
                 self._stopping.set()
+            sleep_s = min(self.election.ticks_until_due() * tick_s, MAX_SLEEP_S)
+            if self.is_leader:  # the failure detector runs on the heartbeat grain
+                sleep_s = min(sleep_s, self.config.heartbeat_ms / 1000)
+            self._rearm.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sleep_s):
+                    await self._rearm.wait()
 
     def stop(self) -> None:
         """Ask `serve()` to shut down (what SIGINT and SIGTERM do)."""
@@ -318,6 +344,7 @@ class Daemon:
 
     async def serve(self, handle_signals: bool = True) -> None:
         """Run until SIGINT/SIGTERM, `stop()`, or the parent's death; then shut down in order."""
+        self._clock_origin_s = asyncio.get_running_loop().time()  # tick 0: before any RPC arrives
         server = self._make_server()
         pb_grpc.add_NodeServicer_to_server(NodeServicer(self), server)
         health_servicer = health.aio.HealthServicer()

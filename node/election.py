@@ -218,6 +218,21 @@ class Election:
         """Ticks since each peer last answered us (None if never): the leader's failure detector."""
         return dict(self._peer_heard)
 
+    def ticks_until_due(self) -> int:
+        """How many `tick()` calls from now until one can produce output (at least 1).
+
+        Ticks before that only advance counters, so a caller may sleep this
+        long and then catch up, instead of waking every tick. Any `step()` can
+        move the deadline, so ask again after stepping.
+        """
+        if self._role is Role.LEADER:
+            due = self._config.heartbeat_ticks - self._heartbeat_elapsed
+            if self._config.check_quorum:
+                due = min(due, self._config.election_ticks_min - self._check_elapsed)
+        else:
+            due = self._election_timeout - self._election_elapsed
+        return max(1, due)
+
     # ---- inputs -------------------------------------------------------------
 
     def tick(self) -> list[Output]:

@@ -36,6 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node._proto import distnode_pb2_grpc as pb_grpc
 from node.client import Client, ClusterStatus
 from node.errors import ClusterUnavailable
 from node.faults import FaultProxy, Mode
@@ -215,6 +219,9 @@ class LocalCluster:
         for node in self._nodes.values():
             self._wait_listening(node, time.monotonic() + self.start_timeout_s)
         self.wait_for_leader()
+        if self.link_faults:
+            for node in self._nodes.values():
+                self._wait_peer_ids(node, time.monotonic() + self.start_timeout_s)
         return self
 
     def _command(self, node: _Node) -> list[str]:
@@ -309,8 +316,37 @@ class LocalCluster:
         self.kill(node_id)
         self._spawn(node)
         self._wait_listening(node, time.monotonic() + self.start_timeout_s)
+        if self.link_faults:
+            self._wait_peer_ids(node, time.monotonic() + self.start_timeout_s)
 
     # -- link faults (link_faults=True) ----------------------------------
+
+    def _wait_peer_ids(self, node: _Node, deadline: float) -> None:
+        """Wait until `node` knows the id behind each link it can use right now.
+
+        Until it does, a daemon may fall back to an address a peer advertised
+        (its real one) and so bypass the links; faults would then miss that
+        traffic. Peers that are down, paused or behind a cut link are not waited for.
+        """
+        while True:
+            expected = {
+                other for other, peer in self._nodes.items()
+                if other != node.node_id and peer.process is not None and peer.process.poll() is None
+                and not peer.paused and not self.link_cut(node.node_id, other)
+            }
+            if expected <= self._known_peer_ids(node):
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{node.node_id} did not learn its peers' ids\n" + self.logs())
+            time.sleep(0.02)
+
+    def _known_peer_ids(self, node: _Node) -> set[str]:
+        with grpc.insecure_channel(node.address) as channel:
+            try:
+                reply = pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=1.0)
+            except grpc.RpcError:
+                return set()
+        return {n.id for n in reply.nodes if n.id and n.id != node.node_id}
 
     def _require_links(self) -> None:
         if not self.link_faults:

@@ -394,3 +394,20 @@ def test_peer_ticks_since_heard_is_the_failure_detector() -> None:
     node.step(HeartbeatResponse("c", "a", node.term))
     node.tick()
     assert node.peer_ticks_since_heard() == {"b": 2, "c": 1}
+
+
+def test_ticks_until_due_lets_a_caller_sleep_until_the_next_deadline() -> None:
+    """Ticks before the reported deadline produce nothing; the one at it does."""
+    import random
+
+    from node.election import Election, ElectionConfig, Role
+
+    config = ElectionConfig(node_id="a", peers=("b", "c"), heartbeat_ticks=3,
+                            election_ticks_min=10, election_ticks_max=20)
+    node = Election(config, random.Random(4))
+    due = node.ticks_until_due()
+    assert 10 <= due <= 20
+    for _ in range(due - 1):
+        assert node.tick() == []
+    assert node.tick() != []  # the election timer fired: a pre-vote goes out
+    assert node.role is Role.PRE_CANDIDATE
