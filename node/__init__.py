@@ -5,7 +5,8 @@
 See README.md for the user's view and DESIGN.md for the architecture.
 """
 
-from node.client import Answer, AsyncClient, Client, ClusterStatus, NodeInfo
+from node.blocking import Client
+from node.client import Answer, AsyncClient, ClusterStatus, NodeInfo
 from node.errors import ClusterUnavailable, DistnodeError, InvalidJob, JobError
 from node.harness import LocalCluster
 

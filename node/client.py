@@ -18,12 +18,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -37,7 +36,6 @@ from node.peers import CHANNEL_OPTIONS
 from node.security import TlsFiles, load_token, open_channel
 from node.wire import job_to_proto, result_to_python, tensor_from_proto
 
-T = TypeVar("T")
 ProgressCallback = Callable[[int, int], None]
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -113,19 +111,60 @@ class ClusterStatus:
 
 
 @dataclass
-class _Seen:
+class Seen:
     """What the watchdog learnt: did the node ever confirm it holds the job?"""
 
     known: bool = False
 
 
-class _Retry(Exception):
+class Retry(Exception):
     """This attempt failed in a way another node may not."""
 
     def __init__(self, message: str, accepted: bool = False) -> None:
         super().__init__(message)
         #: The cluster had accepted the job before the attempt failed.
         self.accepted = accepted
+
+
+def classify(exc: Any, accepted: bool) -> Exception:
+    """Turn a failed Submit's status into what the caller should do with it."""
+    code, details = exc.code(), exc.details() or ""
+    if code in _RETRY_ELSEWHERE:
+        return Retry(f"{code.name}: {details}", accepted=accepted)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED and not details.startswith("job-timeout-s"):
+        # Our own deadline: the retry loop ends and reports it.
+        return Retry("no answer before the client's timeout", accepted=accepted)
+    if code in _INVALID:
+        return InvalidJob(details, field=details.partition(":")[0])
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return ClusterUnavailable(f"UNAUTHENTICATED: {details}")
+    return JobError(f"{code.name}: {details}")
+
+
+def out_of_time(job_id: str, accepted: bool, last_error: str) -> Exception:
+    if accepted:
+        return JobError(f"job {job_id} did not finish in time ({last_error})")
+    return ClusterUnavailable(f"no leader answered in time; last error: {last_error}")
+
+
+def answer_from(reply: Any, started_s: float, retries: int) -> Answer:
+    return Answer(
+        job_id=reply.job_id, op=reply.op, array=tensor_from_proto(reply.result),
+        shards=reply.shards, nodes=list(reply.nodes),
+        elapsed_ms=(time.perf_counter() - started_s) * 1000,
+        leader=reply.leader, term=reply.term, retries=retries,
+    )
+
+
+def parse_addresses(addresses: Sequence[str] | str) -> list[str]:
+    if isinstance(addresses, str):
+        addresses = [a for a in addresses.split(",") if a.strip()]
+    if not addresses:
+        raise InvalidJob("cluster: give at least one HOST:PORT", field="cluster")
+    try:
+        return [parse_address(a, "cluster") for a in addresses]
+    except ConfigError as exc:
+        raise InvalidJob(str(exc), field="cluster") from None
 
 
 def build_job(
@@ -157,14 +196,7 @@ class AsyncClient:
         token: str | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
-        if isinstance(addresses, str):
-            addresses = [a for a in addresses.split(",") if a.strip()]
-        if not addresses:
-            raise InvalidJob("cluster: give at least one HOST:PORT", field="cluster")
-        try:
-            self._addresses = [parse_address(a, "cluster") for a in addresses]
-        except ConfigError as exc:
-            raise InvalidJob(str(exc), field="cluster") from None
+        self._addresses = parse_addresses(addresses)
         self.timeout = timeout
         self._token = token if token is not None else load_token(None)
         self._tls = tls
@@ -218,13 +250,7 @@ class AsyncClient:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         reply, retries = await self._submit_until(request, deadline, on_progress)
         self._preferred = self._known(reply.leader_address)
-        return Answer(
-            job_id=reply.job_id, op=reply.op,
-            array=tensor_from_proto(reply.result),
-            shards=reply.shards, nodes=list(reply.nodes),
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-            leader=reply.leader, term=reply.term, retries=retries,
-        )
+        return answer_from(reply, started, retries)
 
     def _known(self, address: str) -> str | None:
         if not address:
@@ -247,7 +273,7 @@ class AsyncClient:
                     break
                 try:
                     return await self._attempt(address, request, remaining, on_progress), failed
-                except _Retry as exc:
+                except Retry as exc:
                     failed += 1
                     last_error = f"{address}: {exc}"
                     accepted = accepted or exc.accepted
@@ -257,9 +283,7 @@ class AsyncClient:
                 break
             pause_s = min(0.05 * 2**round_, 0.5, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(pause_s)
-        if accepted:
-            raise JobError(f"job {request.job.job_id} did not finish in time ({last_error})")
-        raise ClusterUnavailable(f"no leader answered in time; last error: {last_error}")
+        raise out_of_time(request.job.job_id, accepted, last_error)
 
     async def _attempt(
         self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
@@ -269,13 +293,13 @@ class AsyncClient:
         Most jobs answer in about a millisecond, so the fast path is a bare
         `await call`: no task, no wait set. After PROBE_INTERVAL_S a watchdog
         task probes Progress; if the node stops answering it cancels the call
-        and leaves a `_Retry` behind for us to raise.
+        and leaves a `Retry` behind for us to raise.
         """
         stub = self._stub(address)
         call = stub.Submit(request, timeout=remaining)
         loop = asyncio.get_running_loop()
-        watchdog: list[asyncio.Task[_Retry]] = []
-        seen = _Seen()
+        watchdog: list[asyncio.Task[Retry]] = []
+        seen = Seen()
         timer = loop.call_later(
             PROBE_INTERVAL_S,
             lambda: watchdog.append(
@@ -289,15 +313,15 @@ class AsyncClient:
                 raise watchdog[0].result() from None
             raise
         except grpc.aio.AioRpcError as exc:
-            raise self._classify(exc, seen.known) from None
+            raise classify(exc, seen.known) from None
         finally:
             timer.cancel()
             if watchdog:
                 watchdog[0].cancel()
 
     async def _watch(
-        self, stub: Any, job_id: str, call: Any, on_progress: ProgressCallback | None, seen: _Seen
-    ) -> _Retry:
+        self, stub: Any, job_id: str, call: Any, on_progress: ProgressCallback | None, seen: Seen
+    ) -> Retry:
         """Probe the node every PROBE_INTERVAL_S; cancel `call` once it misses PROBE_FAILURES."""
         failures = 0
         while True:
@@ -307,21 +331,8 @@ class AsyncClient:
                 failures += 1
                 if failures >= PROBE_FAILURES:
                     call.cancel()
-                    return _Retry("node stopped answering progress probes", accepted=seen.known)
+                    return Retry("node stopped answering progress probes", accepted=seen.known)
             await asyncio.sleep(PROBE_INTERVAL_S)
-
-    def _classify(self, exc: Any, accepted: bool) -> Exception:
-        code, details = exc.code(), exc.details() or ""
-        if code in _RETRY_ELSEWHERE:
-            return _Retry(f"{code.name}: {details}", accepted=accepted)
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED and not details.startswith("job-timeout-s"):
-            # Our own deadline: the loop in _submit_until ends and reports it.
-            return _Retry("no answer before the client's timeout", accepted=accepted)
-        if code in _INVALID:
-            return InvalidJob(details, field=details.partition(":")[0])
-        if code is grpc.StatusCode.UNAUTHENTICATED:
-            return ClusterUnavailable(f"UNAUTHENTICATED: {details}")
-        return JobError(f"{code.name}: {details}")
 
     async def _probe(self, stub: Any, job_id: str, on_progress: ProgressCallback | None) -> bool:
         try:
@@ -404,55 +415,4 @@ def _cluster_status(reply: Any, leaderless: bool = False) -> ClusterStatus:
     return ClusterStatus(leader=leader, term=reply.term, nodes=nodes)
 
 
-class Client:
-    """The blocking client: the same methods as `AsyncClient`, run on a private loop thread."""
-
-    def __init__(
-        self,
-        addresses: Sequence[str] | str,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        token: str | None = None,
-        tls: TlsFiles | None = None,
-    ) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="distnode-client", daemon=True)
-        self._thread.start()
-        self._async = self._call(_make_async(addresses, timeout, token, tls))
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def submit(self, op: str, source: str, **options: Any) -> Answer:
-        return self._call(self._async.submit(op, source, **options))
-
-    def status(self, timeout: float | None = None) -> ClusterStatus:
-        return self._call(self._async.status(timeout))
-
-    def progress(self, job_id: str) -> tuple[int, int] | None:
-        return self._call(self._async.progress(job_id))
-
-    def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
-        return self._call(self._async.wait_for_leader(timeout))
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._call(self._async.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-async def _make_async(
-    addresses: Sequence[str] | str, timeout: float, token: str | None, tls: TlsFiles | None
-) -> AsyncClient:
-    return AsyncClient(addresses, timeout, token, tls)
-
-
-__all__ = ["Answer", "AsyncClient", "Client", "ClusterStatus", "NodeInfo", "parse_count"]
+__all__ = ["Answer", "AsyncClient", "ClusterStatus", "NodeInfo", "parse_count"]

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from node.blocking import Client
 from node.certs import make_certs
-from node.client import Client
 from node.harness import free_ports
 from node.security import TlsFiles
 

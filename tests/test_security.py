@@ -6,6 +6,7 @@ kind against every server mode, with the outcome each must get.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inproc import StartCluster
 
-from node import AsyncClient, ClusterUnavailable
+from node import AsyncClient, Client, ClusterUnavailable
 from node._proto import distnode_pb2 as pb
 from node.certs import make_certs
 from node.config import ConfigError, NodeConfig
@@ -105,6 +106,13 @@ async def test_cluster_under_mtls_and_token_elects_and_computes(start_cluster: S
         answer = await client.submit(op="sum", source="range:n=100000")
         assert answer.result == sum(range(100000))
         assert len(answer.nodes) >= 2  # peers talked to each other through mTLS with the token
+    # The blocking Client's synchronous path carries the token and certificate too.
+    with Client(cluster.addresses, token=TOKEN, tls=client_tls) as blocking:
+        answer = await asyncio.to_thread(blocking.submit, op="max", source="range:n=1000")
+        assert answer.result == 999
+    with Client(cluster.addresses, token="wrong", tls=client_tls, timeout=1) as blocking:
+        with pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
+            await asyncio.to_thread(blocking.submit, op="max", source="range:n=1000")
     async with AsyncClient(cluster.addresses, token="wrong", tls=client_tls, timeout=1) as client:
         with pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
             await client.submit(op="sum", source="range:n=10")
