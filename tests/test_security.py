@@ -110,9 +110,11 @@ async def test_cluster_under_mtls_and_token_elects_and_computes(start_cluster: S
     with Client(cluster.addresses, token=TOKEN, tls=client_tls) as blocking:
         answer = await asyncio.to_thread(blocking.submit, op="max", source="range:n=1000")
         assert answer.result == 999
-    with Client(cluster.addresses, token="wrong", tls=client_tls, timeout=1) as blocking:
-        with pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
-            await asyncio.to_thread(blocking.submit, op="max", source="range:n=1000")
+    with (
+        Client(cluster.addresses, token="wrong", tls=client_tls, timeout=1) as blocking,
+        pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"),
+    ):
+        await asyncio.to_thread(blocking.submit, op="max", source="range:n=1000")
     async with AsyncClient(cluster.addresses, token="wrong", tls=client_tls, timeout=1) as client:
         with pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
             await client.submit(op="sum", source="range:n=10")
@@ -127,7 +129,7 @@ def test_token_loading(tmp_path: Path) -> None:
     assert load_token(None, {"DISTNODE_TOKEN": "env"}) == "env"
     assert load_token(None, {}) is None
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(SecurityError, match="token-file: .* is empty"):
+    with pytest.raises(SecurityError, match=r"token-file: .* is empty"):
         load_token(tmp_path / "empty")
     with pytest.raises(SecurityError, match="token-file: cannot read"):
         load_token(tmp_path / "missing")

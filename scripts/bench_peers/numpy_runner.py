@@ -1,0 +1,60 @@
+"""Plain numpy on one process: the memory-bandwidth ceiling of one core.
+
+`python numpy_runner.py SPEC_JSON`. The map is opened once and reused
+across reps. Sum: `np.sum(map)`. Square-then-sum: `np.sum(np.square(c))`
+over chunks of 2^22 elements (no 800 MB temporary). Vector reduce:
+`np.sum(matrix, axis=0)` over the (3, N) map. Warm-ups dropped; prints one
+`BENCH_RESULT {json}` line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def main() -> int:
+    import peerdata
+
+    spec = json.loads(sys.argv[1])
+    reps, warmup = int(spec["reps"]), int(spec["warmup"])
+    out: dict[str, Any] = {"processes": 1, "numpy": np.__version__}
+
+    def timed(body: Callable[[], Any]) -> tuple[list[float], Any]:
+        samples, value = [], None
+        for rep in range(warmup + reps):
+            t0 = time.perf_counter()
+            value = body()
+            elapsed = time.perf_counter() - t0
+            if rep >= warmup:
+                samples.append(elapsed)
+        return samples, value
+
+    figures = spec["figures"]
+    if "big_sum" in figures or "big_square_sum" in figures:
+        data = peerdata.memmap(spec["big"])
+        n = int(data.shape[0])
+        if "big_sum" in figures:
+            samples, value = timed(lambda: float(np.sum(data)))
+            out["big_sum"] = {**peerdata.summary(samples), "result": value}
+        if "big_square_sum" in figures:
+            parts = peerdata.chunks(n)
+            samples, value = timed(
+                lambda: float(sum(float(np.sum(np.square(data[a:b]))) for a, b in parts))
+            )
+            out["big_square_sum"] = {**peerdata.summary(samples), "result": value}
+    if "vector_reduce" in figures:
+        matrix = peerdata.memmap(spec["vec"])
+        samples, value = timed(lambda: float(np.sum(matrix, axis=0)[0]))
+        out["vector_reduce"] = {**peerdata.summary(samples), "result_first": value}
+    peerdata.emit(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

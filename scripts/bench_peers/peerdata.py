@@ -1,0 +1,73 @@
+"""Helpers shared by the peer runners (imported by their worker processes too).
+
+Every peer opens the benchmark's `.npy` files as read-only memory maps and
+keeps them open across repetitions (one map per process, like distnode's
+per-node memmap cache), so no system pays for re-opening the file per rep.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import statistics
+import sys
+from typing import Any
+
+import numpy as np
+
+RESULT_PREFIX = "BENCH_RESULT "
+#: Dask/Ray chunk size in elements: distnode's default --shard-elems.
+CHUNK = 1 << 22
+
+
+@functools.lru_cache(maxsize=8)
+def memmap(path: str) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def part_sum(path: str, start: int, stop: int, square: bool = False) -> float:
+    """Sum (of squares) of elements [start, stop) of a 1-D .npy."""
+    part = memmap(path)[start:stop]
+    if square:
+        return float(np.sum(np.square(part)))
+    return float(np.sum(part))
+
+
+def row(path: str, index: int) -> np.ndarray:
+    """Row `index` of a 2-D .npy, as a view of the map."""
+    return np.asarray(memmap(path)[index])
+
+
+def small_sum(n: int) -> float:
+    """The small job: sum of 0..n-1, generated where it runs (like distnode's `range:n=N`)."""
+    return float(np.arange(n, dtype=np.int64).sum())
+
+
+def thirds(n: int, parts: int = 3) -> list[tuple[int, int]]:
+    step = math.ceil(n / parts)
+    return [(i * step, min(n, (i + 1) * step)) for i in range(parts)]
+
+
+def chunks(n: int, size: int = CHUNK) -> list[tuple[int, int]]:
+    return [(start, min(n, start + size)) for start in range(0, n, size)]
+
+
+def summary(samples_s: list[float]) -> dict[str, Any]:
+    """Median and nearest-rank p99 in ms, with the raw samples."""
+    if not samples_s:
+        return {"samples_s": [], "median_ms": None, "p99_ms": None}
+    ordered = sorted(samples_s)
+    p99 = ordered[max(1, math.ceil(0.99 * len(ordered))) - 1]
+    return {
+        "samples_s": samples_s,
+        "median_ms": statistics.median(samples_s) * 1000,
+        "p99_ms": p99 * 1000,
+        "n": len(samples_s),
+    }
+
+
+def emit(payload: dict[str, Any]) -> None:
+    """The runner's only machine-read output: one line on stdout."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(payload) + "\n")
+    sys.stdout.flush()
