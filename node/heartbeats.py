@@ -38,20 +38,21 @@ class HeartbeatLink:
         self.stale_s = stale_s
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._writing = False
+        #: The call whose write is still pending, if any (one write at a time per stream).
+        self._pending: Any = None
         self._last_reply_s = 0.0
         self._opened_s = 0.0
 
     def send(self, request: Any) -> None:
         """Queue one heartbeat; returns at once."""
-        if self._writing:
-            return  # the previous beat has not left yet: the peer is not reading
         now = time.monotonic()
         if self._call is not None and now - max(self._last_reply_s, self._opened_s) > self.stale_s:
-            self.close()  # unanswered for too long: start over on a fresh stream
+            self.close()  # unanswered for too long (even a write stuck): start over
+        if self._call is not None and self._pending is self._call:
+            return  # the previous beat has not left yet: the peer is not reading
         if self._call is None:
             self._open(now)
-        self._writing = True
+        self._pending = self._call
         asyncio.get_running_loop().create_task(self._write(self._call, request))
 
     def _open(self, now: float) -> None:
@@ -65,7 +66,8 @@ class HeartbeatLink:
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             self._drop(call)
         finally:
-            self._writing = False
+            if self._pending is call:
+                self._pending = None
 
     async def _read(self, call: Any) -> None:
         try:
