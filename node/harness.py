@@ -40,7 +40,8 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.client import Client, ClusterStatus
+from node.blocking import Client
+from node.client import ClusterStatus
 from node.errors import ClusterUnavailable
 from node.faults import FaultProxy, Mode
 
@@ -75,6 +76,8 @@ class _Node:
     stderr_path: Path
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    #: Where this incarnation's stdout starts: the file is appended to across restarts.
+    stdout_offset: int = 0
 
     @property
     def address(self) -> str:
@@ -244,6 +247,7 @@ class LocalCluster:
     def _spawn(self, node: _Node) -> None:
         node.data_dir.mkdir(parents=True, exist_ok=True)
         with open(node.stdout_path, "ab") as out, open(node.stderr_path, "ab") as err:
+            node.stdout_offset = out.tell()
             node.process = subprocess.Popen(
                 self._command(node), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                 cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -256,7 +260,10 @@ class LocalCluster:
         process = node.process
         assert process is not None
         while time.monotonic() < deadline:
-            text = node.stdout_path.read_text(errors="replace")
+            # Only this incarnation's lines: an earlier one's ready line must not count.
+            with open(node.stdout_path, "rb") as out:
+                out.seek(node.stdout_offset)
+                text = out.read().decode(errors="replace")
             if any(line.startswith(f"{READY_LINE} id={node.node_id} ") for line in text.splitlines()):
                 return
             if process.poll() is not None:

@@ -40,6 +40,7 @@ class HeartbeatLink:
         self._reader: asyncio.Task[None] | None = None
         #: The call whose write is still pending, if any (one write at a time per stream).
         self._pending: Any = None
+        self._writers: set[asyncio.Task[None]] = set()
         self._last_reply_s = 0.0
         self._opened_s = 0.0
 
@@ -53,7 +54,9 @@ class HeartbeatLink:
         if self._call is None:
             self._open(now)
         self._pending = self._call
-        asyncio.get_running_loop().create_task(self._write(self._call, request))
+        writer = asyncio.get_running_loop().create_task(self._write(self._call, request))
+        self._writers.add(writer)  # hold a reference: a collected pending task is lost
+        writer.add_done_callback(self._writers.discard)
 
     def _open(self, now: float) -> None:
         self._call = self.channels.stub(self.address).Heartbeat()
@@ -91,6 +94,8 @@ class HeartbeatLink:
             call.cancel()
         if reader is not None:
             reader.cancel()
+        for writer in list(self._writers):
+            writer.cancel()
 
 
 class HeartbeatLinks:

@@ -68,6 +68,22 @@ ShardRange = tuple[int, int, int]  # (index, start_row, stop_row)
 RemoteCompute = Callable[[str, str, Job, list[ShardRange]], Coroutine[Any, Any, None]]
 
 
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a cancelled RPC task's outcome as seen, so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An RPC error's first line (its repr spans several)."""
+    details = getattr(exc, "details", None)
+    if callable(details):
+        code = exc.code().name if callable(getattr(exc, "code", None)) else ""  # type: ignore[attr-defined]
+        return f"{code}: {details()}"
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class NotLeader(Exception):
     """This node lost leadership while the job ran; the client should retry."""
 
@@ -352,13 +368,16 @@ class JobManager:
         try:
             await asyncio.wait({call, dead}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # Also on our own cancellation (the job ended): never orphan the RPC.
             dead.cancel()
-        if not call.done():
-            call.cancel()
+            if not call.done():
+                call.cancel()
+                call.add_done_callback(_retrieve)
+        if call.cancelled():
             raise WorkerFailed("missed heartbeats")
         exc = call.exception()
         if exc is not None:
-            raise WorkerFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise WorkerFailed(_one_line(exc))
 
     async def _idle(self, run: JobRun) -> None:
         """Nothing to take: wait until shards come back or the job ends."""

@@ -20,6 +20,7 @@ from node.compute import JobSpecError, SourceForbidden, SourceNotFound
 from node.jobs import JobConflict, JobFailed, NotLeader
 from node.limits import JobTimedOut, LimitExceeded
 from node.wire import partial_from_proto, tensor_to_proto
+from node.worker import ReduceFailed
 
 if TYPE_CHECKING:
     from node.daemon import Daemon
@@ -163,6 +164,8 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             await abort_for(context, exc)
         except grpc.aio.AioRpcError as exc:
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"reduce_to: {exc.details()}")
+        except ReduceFailed as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         return pb.ComputeReply(shards_sent=sent)
 
     async def Reduce(self, request_iterator: AsyncIterator[Any], context: Any) -> Any:

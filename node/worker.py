@@ -15,6 +15,8 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from node.compute import DataSource, JobSpecError, compute_partial, validate_job
 from node.peers import PeerChannels
 from node.wire import job_from_proto, partial_to_proto
@@ -56,7 +58,19 @@ class Worker:
         except asyncio.CancelledError:
             call.cancel()
             raise
+        except grpc.aio.AioRpcError:
+            raise
+        except Exception as exc:
+            # A Reduce stream that the aggregator dropped fails writes with
+            # InvalidStateError or gRPC's ExecuteBatchError rather than an
+            # AioRpcError; to the leader it is the same thing: unreachable.
+            call.cancel()
+            raise ReduceFailed(f"reduce_to {reduce_to}: {type(exc).__name__}: {exc}") from None
         return len(ranges)
+
+
+class ReduceFailed(Exception):
+    """The partials could not be delivered to the aggregator."""
 
 
 def check_ranges(ranges: list[tuple[int, int, int]], source: DataSource) -> None:
