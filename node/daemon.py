@@ -318,7 +318,11 @@ class Daemon:
             if self.config.parent_pid and os.getppid() != self.config.parent_pid:
                 log.warning("parent process %d is gone; shutting down", self.config.parent_pid)
                 self._stopping.set()
-            sleep_s = min(self.election.ticks_until_due() * tick_s, MAX_SLEEP_S)
+            # Wake at the wall-clock time of the due tick, not `due` ticks from
+            # now: ticks are counted from the origin, so this never drifts.
+            due_tick = self._ticks_done + self.election.ticks_until_due()
+            due_s = self._clock_origin_s + due_tick * tick_s + 1e-4
+            sleep_s = min(max(0.0, due_s - asyncio.get_running_loop().time()), MAX_SLEEP_S)
             if self.is_leader:  # the failure detector runs on the heartbeat grain
                 sleep_s = min(sleep_s, self.config.heartbeat_ms / 1000)
             self._rearm.clear()
