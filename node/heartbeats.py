@@ -48,6 +48,8 @@ class HeartbeatLink:
         """Queue one heartbeat; returns at once."""
         now = time.monotonic()
         if self._call is not None and now - max(self._last_reply_s, self._opened_s) > self.stale_s:
+            log.info("heartbeat stream to %s unanswered for %.0f ms; reopening", self.address,
+                     (now - max(self._last_reply_s, self._opened_s)) * 1000)
             self.close()  # unanswered for too long (even a write stuck): start over
         if self._call is not None and self._pending is self._call:
             return  # the previous beat has not left yet: the peer is not reading
@@ -78,7 +80,7 @@ class HeartbeatLink:
                 self._last_reply_s = time.monotonic()
                 self.on_reply(self.address, reply)
         except grpc.aio.AioRpcError as exc:
-            log.debug("heartbeat stream to %s ended: %s", self.address, exc.code().name)
+            log.info("heartbeat stream to %s ended: %s", self.address, exc.code().name)
         finally:
             self._drop(call)
 
