@@ -169,11 +169,13 @@ class Daemon:
         message = Heartbeat(src=request.leader_id, dst=self.node_id, term=request.term)
         self._step_request(message, HeartbeatResponse)
         if self.election.leader == request.leader_id and request.term == self.election.term:
-            self.leader_address = self.peers.address_of(request.leader_id) or request.leader_address
+            # Our own --peers entry for the leader; "" until discovery maps its id
+            # (then Submit answers UNAVAILABLE for a moment and the client retries).
+            self.leader_address = self.peers.address_of(request.leader_id) or ""
             self._leader_heard_s = time.monotonic()
-            peer = self.peers.get(request.leader_address)
+            peer = self.peers.get(self.leader_address)
             if peer is not None:
-                peer.node_id, peer.role, peer.term = request.leader_id, "leader", request.term
+                peer.role, peer.term = "leader", request.term
         return pb.HeartbeatReply(
             term=self.election.term, node_id=self.node_id, role=self.election.role.value
         )
@@ -310,9 +312,15 @@ class Daemon:
     async def _tick_loop(self) -> None:
         """Sleep until the election's next deadline (or a role change), then catch up."""
         tick_s = self.config.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        wake_by_s = loop.time()
         while not self._stopping.is_set():
+            # Woken far past the planned time: the process was stopped or starved.
+            # Replies queued meanwhile are still unread, so judging peers now would
+            # declare them all dead at once; skip this one check.
+            stalled = loop.time() - wake_by_s > 2 * self.config.heartbeat_ms / 1000
             self._catch_up()
-            if self.is_leader:
+            if self.is_leader and not stalled:
                 for peer in self.peers.check(time.monotonic()):
                     log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address)
             if self.config.parent_pid and os.getppid() != self.config.parent_pid:
@@ -322,9 +330,10 @@ class Daemon:
             # now: ticks are counted from the origin, so this never drifts.
             due_tick = self._ticks_done + self.election.ticks_until_due()
             due_s = self._clock_origin_s + due_tick * tick_s + 1e-4
-            sleep_s = min(max(0.0, due_s - asyncio.get_running_loop().time()), MAX_SLEEP_S)
+            sleep_s = min(max(0.0, due_s - loop.time()), MAX_SLEEP_S)
             if self.is_leader:  # the failure detector runs on the heartbeat grain
                 sleep_s = min(sleep_s, self.config.heartbeat_ms / 1000)
+            wake_by_s = loop.time() + sleep_s
             self._rearm.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(sleep_s):

@@ -358,12 +358,19 @@ class JobManager:
                 log.warning("job %s: worker %s failed (%s); reassigning %d shards",
                             run.job_id, self.peers.id_of(address), exc, len(batch))
                 run.failed_nodes.add(address)
-            # Anything the worker claimed but did not deliver goes back.
-            run.requeue(batch)
+            except Exception:
+                # A bug here must not strand the batch: log it, drop the worker.
+                log.exception("job %s: lane to %s failed", run.job_id, address)
+                run.failed_nodes.add(address)
+            finally:
+                # Anything the worker claimed but did not deliver goes back,
+                # also when this lane is cancelled because the job ended.
+                run.requeue(batch)
 
     async def _compute_remote(self, run: JobRun, address: str, batch: list[int]) -> None:
         ranges = [(i, *run.shards[i]) for i in batch]
         call = asyncio.create_task(self.remote(address, run.job_id, run.job, ranges))
+        call.add_done_callback(_retrieve)  # whoever wins below, asyncio never logs it as lost
         dead = asyncio.create_task(self.peers.dead_event(address).wait())
         try:
             await asyncio.wait({call, dead}, return_when=asyncio.FIRST_COMPLETED)
@@ -372,9 +379,10 @@ class JobManager:
             dead.cancel()
             if not call.done():
                 call.cancel()
-                call.add_done_callback(_retrieve)
-        if call.cancelled():
+        if not call.done():  # cancelled just above: cancellation lands on a later loop turn
             raise WorkerFailed("missed heartbeats")
+        if call.cancelled():
+            raise WorkerFailed("cancelled")
         exc = call.exception()
         if exc is not None:
             raise WorkerFailed(_one_line(exc))

@@ -45,7 +45,13 @@ class Worker:
         ranges = [(s.index, s.start, s.stop) for s in request.shards]
         check_ranges(ranges, source)
         loop = asyncio.get_running_loop()
-        reduce_to = self.address_of(request.leader_id) or request.reduce_to
+        # Dial the aggregator only through our own --peers entry for it (which
+        # may be a proxy or NAT address), never the address it advertises.
+        reduce_to = self.address_of(request.leader_id)
+        if reduce_to is None:
+            raise ReduceFailed(
+                f"leader_id: {request.leader_id!r} is not yet known behind any --peers address"
+            )
         call = self.channels.stub(reduce_to).Reduce(timeout=timeout_s)
         try:
             for index, start, stop in ranges:

@@ -5,6 +5,14 @@ Every random choice (drops, delays, duplicates, timeouts) comes from one seeded
 least one tick to arrive; `max_delay` adds up to that many more, which also
 reorders them. Links can be cut (`cut`, `isolate`) and healed (`heal`); a
 link that is cut when a message is sent *or* when it would arrive loses it.
+Cuts follow the real transport (gRPC over the harness's TCP proxies): a
+request and its response travel on the requester's connection, so the
+one-way `cut(a, b, both=False)` loses a's requests to b and b's responses to
+a, while b's requests to a (and a's answers) get through.
+
+Pause and resume (SIGSTOP/SIGCONT): a paused node neither ticks nor handles
+messages; what arrives meanwhile waits in its socket buffer and is handled,
+stale, right after it resumes; its timers resume where they stopped.
 
 Crash and restart: a crashed node neither ticks nor receives; `restart`
 rebuilds it from the last `Persist` it emitted. Outputs are executed in list
@@ -21,6 +29,7 @@ one term (restarts included).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import random
 from dataclasses import dataclass, field
@@ -28,6 +37,7 @@ from dataclasses import dataclass, field
 from node.election import (
     Election,
     ElectionConfig,
+    HeartbeatResponse,
     Message,
     Output,
     Persist,
@@ -62,12 +72,17 @@ class SimNet:
     nodes: dict[str, Election] = field(default_factory=dict)
     persisted: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
-    cuts: set[frozenset[str]] = field(default_factory=set)
+    paused: set[str] = field(default_factory=set)
+    #: (requester, target) pairs whose RPCs fail: see `cut`.
+    cuts: set[tuple[str, str]] = field(default_factory=set)
     leader_of_term: dict[int, str] = field(default_factory=dict)
     max_term: dict[str, int] = field(default_factory=dict)
     vote_of: dict[tuple[str, int], str] = field(default_factory=dict)
     delivered: int = 0
+    #: Faults applied so far, by kind ("cut", "one-way", "pause", "crash"), for coverage checks.
+    stats: collections.Counter[str] = field(default_factory=collections.Counter)
     _queue: list[tuple[int, float, int, Message]] = field(default_factory=list)
+    _held: list[Message] = field(default_factory=list)
     _seq: int = 0
 
     def __post_init__(self) -> None:
@@ -90,8 +105,13 @@ class SimNet:
             check_quorum=self.check_quorum,
         )
 
-    def cut(self, a: str, b: str) -> None:
-        self.cuts.add(frozenset((a, b)))
+    def cut(self, a: str, b: str, both: bool = True) -> None:
+        """Fail a's RPCs to b (requests a -> b, responses b -> a); and b's to a if `both`."""
+        if a != b:
+            self.stats["cut" if both else "one-way"] += 1
+            self.cuts.add((a, b))
+            if both:
+                self.cuts.add((b, a))
 
     def isolate(self, a: str) -> None:
         for b in self.ids:
@@ -102,11 +122,27 @@ class SimNet:
         self.cuts.clear()
 
     def crash(self, node_id: str) -> None:
+        self.stats["crash"] += 1
         self.down.add(node_id)
+        self.paused.discard(node_id)
+        self._held = [m for m in self._held if m.dst != node_id]  # its socket buffers die too
 
     def restart(self, node_id: str) -> None:
         self.down.discard(node_id)
         self._build(node_id)
+
+    def pause(self, node_id: str) -> None:
+        if node_id not in self.down and node_id not in self.paused:
+            self.stats["pause"] += 1
+            self.paused.add(node_id)
+
+    def resume(self, node_id: str) -> None:
+        """The node handles what queued up for it while paused, in arrival order, then ticks on."""
+        self.paused.discard(node_id)
+        backlog = [m for m in self._held if m.dst == node_id]
+        self._held = [m for m in self._held if m.dst != node_id]
+        for message in backlog:
+            self._deliver(message)
 
     def _build(self, node_id: str) -> None:
         term, voted_for = self.persisted[node_id] if self.restore_on_restart else (0, None)
@@ -126,7 +162,7 @@ class SimNet:
         while self._queue and self._queue[0][0] <= self.now:
             _, _, _, message = heapq.heappop(self._queue)
             self._deliver(message)
-        order = [n for n in self.ids if n not in self.down]
+        order = [n for n in self.ids if n not in self.down and n not in self.paused]
         self.rng.shuffle(order)
         for node_id in order:
             self.execute(node_id, self.nodes[node_id].tick())
@@ -139,7 +175,7 @@ class SimNet:
         if crash_after is None and outputs and self.rng.random() < self.crash_mid_outputs:
             crash_after = self.rng.randrange(len(outputs))
         if crash_after is not None:
-            self.down.add(node_id)  # its memory is gone; only what it persisted counts
+            self.crash(node_id)  # its memory is gone; only what it persisted counts
             outputs = outputs[:crash_after]
         for output in outputs:
             if isinstance(output, Persist):
@@ -164,15 +200,23 @@ class SimNet:
     def _deliver(self, message: Message) -> None:
         if message.dst in self.down or self._is_cut(message):
             return
+        if message.dst in self.paused:
+            self._held.append(message)  # in its socket buffer: handled on resume
+            return
         self.delivered += 1
         self.execute(message.dst, self.nodes[message.dst].step(message))
 
     def _is_cut(self, message: Message) -> bool:
-        return frozenset((message.src, message.dst)) in self.cuts
+        if not self.cuts:
+            return False
+        if isinstance(message, VoteResponse | HeartbeatResponse):
+            return (message.dst, message.src) in self.cuts  # it rides the requester's connection
+        return (message.src, message.dst) in self.cuts
 
     # ---- observation --------------------------------------------------------
 
     def leaders(self) -> list[str]:
+        """Live nodes that believe they lead (a paused one still does)."""
         return [n for n in self.ids if n not in self.down and self.nodes[n].role is Role.LEADER]
 
     def stable_leader(self) -> str | None:
@@ -183,7 +227,7 @@ class SimNet:
         leader = self.nodes[leaders[0]]
         for node_id in self.ids:
             node = self.nodes[node_id]
-            if node_id in self.down or node is leader:
+            if node_id in self.down or node_id in self.paused or node is leader:
                 continue
             if node.term != leader.term or node.leader != leaders[0]:
                 return None
