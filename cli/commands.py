@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,16 +186,31 @@ def run_local(args: argparse.Namespace) -> int:
             options["election_ms"] = parse_range_ms(args.election_ms)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with LocalCluster(nodes=args.nodes, base_port=args.base_port, **options) as cluster:
+    try:
+        token = load_token(args.token_file)
+    except SecurityError as exc:
+        raise UsageError(str(exc)) from None
+    # The handlers only flip a flag: taking a lock (Event.set) inside a signal
+    # handler can deadlock against the main thread holding that same lock.
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
+    with LocalCluster(
+        nodes=args.nodes, base_port=args.base_port, tls=args.tls, token=token, **options
+    ) as cluster:
         cluster_arg = ",".join(cluster.addresses)
         for node_id in cluster.ids:
             print(f"{node_id} {cluster.address(node_id)}", flush=True)
         print(f"leader {cluster.leader()}", flush=True)
         print(f"logs in {cluster.workdir}", flush=True)
-        print(f"try: distnode submit --cluster {cluster_arg} --op sum --source range:n=1e6", flush=True)
+        hint = f"distnode submit --cluster {cluster_arg} --op sum --source range:n=1e6"
+        if cluster.certs_dir is not None:
+            c = cluster.certs_dir
+            hint += f" --tls-ca {c}/ca.pem --tls-cert {c}/client.pem --tls-key {c}/client.key"
+        if token:
+            hint += " --token-file FILE"
+        print(f"try: {hint}", flush=True)
         print("Ctrl-C stops the cluster.", flush=True)
-        stop.wait()
+        while not stop:
+            time.sleep(0.1)
     return EXIT_OK

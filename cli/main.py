@@ -142,6 +142,10 @@ def _add_local(commands: Any) -> None:
     local.add_argument("--base-port", type=_positive_int, default=None, metavar="PORT")
     local.add_argument("--heartbeat-ms", type=_positive_int, default=None)
     local.add_argument("--election-ms", metavar="MIN-MAX", default=None)
+    local.add_argument("--tls", action="store_true",
+                       help="make a throwaway CA and run every link with mutual TLS")
+    local.add_argument("--token-file", type=Path, default=None,
+                       help="require this cluster token on every RPC (default: $DISTNODE_TOKEN)")
 
 
 def _add_certs(commands: Any) -> None:

@@ -44,6 +44,7 @@ from node.blocking import Client
 from node.client import ClusterStatus
 from node.errors import ClusterUnavailable
 from node.faults import FaultProxy, Mode
+from node.security import AUTH_HEADER, TlsFiles
 
 READY_LINE = "DISTNODE_LISTENING"
 #: Fast timing for tests: failover in ~0.2 s, still 3 heartbeats per timeout.
@@ -100,11 +101,26 @@ class LocalCluster:
         start_timeout_s: float = 30.0,
         link_faults: bool = False,
         link_mode: Mode = "blackhole",
+        tls: bool = False,
+        token: str | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="distnode-cluster-"))
+        #: With `tls`, a throwaway CA and per-node certificates in workdir/certs, and
+        #: mutual TLS everywhere; `token` is required on every RPC. `client_tls`
+        #: and `token` are what a client of this cluster needs.
+        self.certs_dir = self.workdir / "certs" if tls else None
+        if self.certs_dir is not None:
+            from node.certs import make_certs  # cryptography: only when asked for
+
+            make_certs(self.certs_dir, nodes)
+        self.token = token
+        self._token_file = self.workdir / "token" if token else None
+        if self._token_file is not None and token is not None:
+            self._token_file.write_text(token)
+            self._token_file.chmod(0o600)
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.shard_elems = shard_elems
@@ -198,7 +214,9 @@ class LocalCluster:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.addresses, timeout=self.start_timeout_s)
+            self._client = Client(
+                self.addresses, timeout=self.start_timeout_s, token=self.token, tls=self.client_tls
+            )
         return self._client
 
     def _node(self, node_id: str) -> _Node:
@@ -242,7 +260,21 @@ class LocalCluster:
             command += ["--shard-elems", str(self.shard_elems)]
         if self.data_root is not None:
             command += ["--data-root", str(self.data_root)]
+        if self.certs_dir is not None:
+            certs = self.certs_dir
+            command += ["--tls-cert", str(certs / f"{node.node_id}.pem"),
+                        "--tls-key", str(certs / f"{node.node_id}.key"), "--tls-ca", str(certs / "ca.pem")]
+        if self._token_file is not None:
+            command += ["--token-file", str(self._token_file)]
         return command + self.extra_args
+
+    @property
+    def client_tls(self) -> TlsFiles | None:
+        """The client certificate (mutual TLS) for this cluster, if it uses TLS."""
+        if self.certs_dir is None:
+            return None
+        certs = self.certs_dir
+        return TlsFiles(certs / "client.pem", certs / "client.key", certs / "ca.pem")
 
     def _spawn(self, node: _Node) -> None:
         node.data_dir.mkdir(parents=True, exist_ok=True)
@@ -348,9 +380,15 @@ class LocalCluster:
             time.sleep(0.02)
 
     def _known_peer_ids(self, node: _Node) -> set[str]:
-        with grpc.insecure_channel(node.address) as channel:
+        tls = self.client_tls
+        if tls is not None:
+            channel = grpc.secure_channel(node.address, tls.channel_credentials())
+        else:
+            channel = grpc.insecure_channel(node.address)
+        metadata = ((AUTH_HEADER, f"Bearer {self.token}"),) if self.token else None
+        with channel:
             try:
-                reply = pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=1.0)
+                reply = pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=1.0, metadata=metadata)
             except grpc.RpcError:
                 return set()
         return {n.id for n in reply.nodes if n.id and n.id != node.node_id}

@@ -160,3 +160,19 @@ def test_exposed_listen_needs_tls_and_token_or_insecure(
     else:
         with pytest.raises(ConfigError, match="reachable from the network"):
             config.validate()
+
+
+@pytest.mark.process
+def test_local_cluster_with_mtls_and_token_end_to_end() -> None:
+    """The harness runs real daemons under mutual TLS + token; outsiders get nothing."""
+    from node import LocalCluster
+    from node.harness import FAST_TIMING
+
+    with LocalCluster(nodes=3, tls=True, token=TOKEN, shard_elems=1 << 12, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
+        answer = cluster.client.submit(op="sum", source="range:n=100000")
+        assert answer.result == sum(range(100000)) and len(answer.nodes) >= 2
+        with Client(cluster.addresses, token=TOKEN, timeout=1) as no_cert, pytest.raises(ClusterUnavailable):
+            no_cert.submit(op="sum", source="range:n=10")
+        with Client(cluster.addresses, token="wrong", tls=cluster.client_tls, timeout=1) as bad_token, \
+                pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
+            bad_token.submit(op="sum", source="range:n=10")
