@@ -221,7 +221,7 @@ def measure_big(n: int, reps: int) -> dict[str, Any]:
         expected = float(np.sum(np.load(path, mmap_mode="r")))
         log(f"big: wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s, "
             f"np.sum = {expected!r}")
-        with LocalCluster(nodes=3) as cluster:
+        with LocalCluster(nodes=3, data_root=path.parent) as cluster:
             wait_all_alive(cluster)
             times_s: list[float] = []
             results: list[float] = []
