@@ -54,7 +54,11 @@ CLIENT = "client"
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel reports free right now (a daemon that loses the race is restarted)."""
+    """Ports the kernel reports free right now.
+
+    Another process may take one before the daemon binds it; the daemon then
+    exits and `start()` raises with its log (scripts/bench.py retries).
+    """
     sockets, ports = [], []
     try:
         for _ in range(count):
