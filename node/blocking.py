@@ -2,8 +2,8 @@
 
 `submit` runs on gRPC's synchronous API in the caller's thread: handing each
 call to an event-loop thread and back cost a third of a millisecond, half the
-small-job budget. Its retry rules are AsyncClient's (`classify`, the same
-order of nodes, the same progress probes); only the waiting differs: a
+small-job budget. Its retry rules are AsyncClient's (one `RetryPlan` over
+one `Nodes` list, one `classify`, the same progress probes); only the waiting differs: a
 blocking `future.result(timeout=PROBE_INTERVAL_S)` instead of a timer.
 `status`, `progress` and `wait_for_leader` are not latency-critical and run on
 an AsyncClient in a private loop thread.
@@ -12,10 +12,8 @@ an AsyncClient in a private loop thread.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
-import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -30,17 +28,16 @@ from node.client import (
     Answer,
     AsyncClient,
     ClusterStatus,
+    Nodes,
     ProgressCallback,
     Retry,
+    RetryPlan,
     answer_from,
-    build_job,
     classify,
-    out_of_time,
-    parse_addresses,
+    new_request,
 )
 from node.peers import CHANNEL_OPTIONS
 from node.security import AUTH_HEADER, TlsFiles, load_token
-from node.wire import job_to_proto
 
 T = TypeVar("T")
 
@@ -55,19 +52,18 @@ class Client:
         token: str | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
-        self._addresses = parse_addresses(addresses)
+        self._nodes = Nodes(addresses)
         self.timeout = timeout
         self._tls = tls
         token = token if token is not None else load_token(None)
         self._metadata = ((AUTH_HEADER, f"Bearer {token}"),) if token else None
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
-        self._preferred: str | None = None
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="distnode-client", daemon=True)
         self._thread.start()
-        self._async = self._call(_make_async(self._addresses, timeout, token, tls))
+        self._async = self._call(_make_async(self._nodes.all(), timeout, token, tls))
 
     # -- the synchronous submit path --------------------------------------
 
@@ -84,44 +80,23 @@ class Client:
         on_progress: ProgressCallback | None = None,
     ) -> Answer:
         """Run one job and return its answer. Raises InvalidJob, JobError, ClusterUnavailable."""
-        job = build_job(op, source, map, axis, bins, range)
-        request = pb.SubmitRequest(job=job_to_proto(job_id or str(uuid.uuid4()), job))
+        request = new_request(op, source, map, axis, bins, range, job_id)
         started = time.perf_counter()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        reply, retries = self._submit_until(request, deadline, on_progress)
-        if reply.leader_address:
-            with self._lock:
-                if reply.leader_address not in self._addresses:
-                    self._addresses.append(reply.leader_address)
-                self._preferred = reply.leader_address
-        return answer_from(reply, started, retries)
-
-    def _order(self) -> list[str]:
-        with self._lock:
-            first = self._preferred
-            return ([first] if first else []) + [a for a in self._addresses if a != first]
-
-    def _submit_until(
-        self, request: Any, deadline: float, on_progress: ProgressCallback | None
-    ) -> tuple[Any, int]:
-        last_error, accepted, failed = "no node tried", False, 0
-        for round_ in itertools.count():
-            for address in self._order():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    return self._attempt(address, request, remaining, on_progress), failed
-                except Retry as exc:
-                    failed += 1
-                    last_error, accepted = f"{address}: {exc}", accepted or exc.accepted
-                    with self._lock:
-                        if self._preferred == address:
-                            self._preferred = None
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(min(0.05 * 2**round_, 0.5, max(0.0, deadline - time.monotonic())))
-        raise out_of_time(request.job.job_id, accepted, last_error)
+        plan = RetryPlan(self._nodes, request.job.job_id, deadline)
+        for step in plan:
+            if isinstance(step, float):
+                time.sleep(step)
+                continue
+            address, remaining = step
+            try:
+                reply = self._attempt(address, request, remaining, on_progress)
+            except Retry as exc:
+                plan.failed_at(address, exc)
+                continue
+            self._nodes.prefer(reply.leader_address)
+            return answer_from(reply, started, plan.failed)
+        raise plan.out_of_time()
 
     def _attempt(
         self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +183,93 @@ def build_job(
     )
 
 
+def new_request(
+    op: str,
+    source: str,
+    map: str | None,
+    axis: int | None,
+    bins: int | None,
+    range: tuple[float, float] | None,
+    job_id: str | None,
+) -> Any:
+    """The Submit request for one job; a fresh UUID unless the caller names the job."""
+    job = build_job(op, source, map, axis, bins, range)
+    return pb.SubmitRequest(job=job_to_proto(job_id or str(uuid.uuid4()), job))
+
+
+class Nodes:
+    """The addresses a client knows, the last leader it saw first. Thread-safe."""
+
+    def __init__(self, addresses: Sequence[str] | str) -> None:
+        self._addresses = parse_addresses(addresses)
+        self._preferred: str | None = None
+        self._lock = threading.Lock()
+
+    def all(self) -> list[str]:
+        with self._lock:
+            return list(self._addresses)
+
+    def order(self) -> list[str]:
+        """Addresses to try: the last known leader first, then the rest in order."""
+        with self._lock:
+            first = self._preferred
+            return ([first] if first else []) + [a for a in self._addresses if a != first]
+
+    def prefer(self, address: str) -> None:
+        """A reply named the leader: learn its address and try it first next time."""
+        if not address:
+            return
+        with self._lock:
+            if address not in self._addresses:
+                self._addresses.append(address)
+            self._preferred = address
+
+    def forget(self, address: str) -> None:
+        """An attempt at `address` failed: stop trying it first."""
+        with self._lock:
+            if self._preferred == address:
+                self._preferred = None
+
+
+class RetryPlan:
+    """The retry rules of a submission, without the I/O (both clients drive it).
+
+    Iterating yields `(address, remaining_s)` for the next attempt, or a float:
+    seconds to pause before the next round (backoff 50 ms doubling to 500 ms).
+    Report each failed attempt with `failed_at`; when the iteration ends, the
+    deadline has passed and `out_of_time()` is the error to raise.
+    """
+
+    def __init__(self, nodes: Nodes, job_id: str, deadline: float) -> None:
+        self.nodes = nodes
+        self.job_id = job_id
+        self.deadline = deadline
+        self.failed = 0
+        self._accepted = False
+        self._last_error = "no node tried"
+
+    def __iter__(self) -> Iterator[tuple[str, float] | float]:
+        for round_ in itertools.count():
+            for address in self.nodes.order():
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                yield address, remaining
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                return
+            yield min(0.05 * 2**round_, 0.5, left)
+
+    def failed_at(self, address: str, exc: Retry) -> None:
+        self.failed += 1
+        self._last_error = f"{address}: {exc}"
+        self._accepted = self._accepted or exc.accepted
+        self.nodes.forget(address)
+
+    def out_of_time(self) -> Exception:
+        return out_of_time(self.job_id, self._accepted, self._last_error)
+
+
 class AsyncClient:
     """Talks to a distnode cluster from asyncio code. Use as `async with`.
 
@@ -196,13 +284,12 @@ class AsyncClient:
         token: str | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
-        self._addresses = parse_addresses(addresses)
+        self._nodes = Nodes(addresses)
         self.timeout = timeout
         self._token = token if token is not None else load_token(None)
         self._tls = tls
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
-        self._preferred: str | None = None
         self._status_error = ""
 
     async def __aenter__(self) -> AsyncClient:
@@ -224,12 +311,6 @@ class AsyncClient:
             stub = self._stubs[address] = pb_grpc.NodeStub(channel)
         return stub
 
-    def _order(self) -> list[str]:
-        """Addresses to try: the last known leader first, then the rest in order."""
-        if self._preferred is None:
-            return list(self._addresses)
-        return [self._preferred] + [a for a in self._addresses if a != self._preferred]
-
     async def submit(
         self,
         op: str,
@@ -243,47 +324,23 @@ class AsyncClient:
         on_progress: ProgressCallback | None = None,
     ) -> Answer:
         """Run one job and return its answer. Raises InvalidJob, JobError, ClusterUnavailable."""
-        job = build_job(op, source, map, axis, bins, range)
-        job_id = job_id or str(uuid.uuid4())
-        request = pb.SubmitRequest(job=job_to_proto(job_id, job))
+        request = new_request(op, source, map, axis, bins, range, job_id)
         started = time.perf_counter()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        reply, retries = await self._submit_until(request, deadline, on_progress)
-        self._preferred = self._known(reply.leader_address)
-        return answer_from(reply, started, retries)
-
-    def _known(self, address: str) -> str | None:
-        if not address:
-            return None
-        if address not in self._addresses:
-            self._addresses.append(address)
-        return address
-
-    async def _submit_until(
-        self, request: Any, deadline: float, on_progress: ProgressCallback | None
-    ) -> tuple[Any, int]:
-        """Try nodes until one answers; returns the reply and the number of failed attempts."""
-        last_error = "no node tried"
-        accepted = False
-        failed = 0
-        for round_ in itertools.count():
-            for address in self._order():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    return await self._attempt(address, request, remaining, on_progress), failed
-                except Retry as exc:
-                    failed += 1
-                    last_error = f"{address}: {exc}"
-                    accepted = accepted or exc.accepted
-                    if self._preferred == address:
-                        self._preferred = None
-            if time.monotonic() >= deadline:
-                break
-            pause_s = min(0.05 * 2**round_, 0.5, max(0.0, deadline - time.monotonic()))
-            await asyncio.sleep(pause_s)
-        raise out_of_time(request.job.job_id, accepted, last_error)
+        plan = RetryPlan(self._nodes, request.job.job_id, deadline)
+        for step in plan:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+                continue
+            address, remaining = step
+            try:
+                reply = await self._attempt(address, request, remaining, on_progress)
+            except Retry as exc:
+                plan.failed_at(address, exc)
+                continue
+            self._nodes.prefer(reply.leader_address)
+            return answer_from(reply, started, plan.failed)
+        raise plan.out_of_time()
 
     async def _attempt(
         self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
@@ -345,7 +402,7 @@ class AsyncClient:
 
     async def progress(self, job_id: str) -> tuple[int, int] | None:
         """(shards received, shards total) of a running or answered job; None if no node knows it."""
-        for address in self._order():
+        for address in self._nodes.order():
             try:
                 reply = await self._stub(address).Progress(
                     pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S
@@ -360,7 +417,7 @@ class AsyncClient:
         """The leader's view of the cluster (or the best view available without one)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         views: list[Any] = []
-        for address in self._order():
+        for address in self._nodes.order():
             reply = await self._status_of(address, deadline)
             if reply is None:
                 continue
@@ -373,7 +430,7 @@ class AsyncClient:
                     return _cluster_status(leader_view)
         if not views:
             raise ClusterUnavailable(
-                f"no node answered ({self._status_error or 'no reply'}): " + ",".join(self._addresses)
+                f"no node answered ({self._status_error or 'no reply'}): " + ",".join(self._nodes.all())
             )
         return _cluster_status(max(views, key=lambda v: v.term), leaderless=True)
 
