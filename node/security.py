@@ -98,32 +98,34 @@ def _with_token(details: Any, header: tuple[str, str]) -> Any:
     )
 
 
-class TokenUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _Bearer:
+    """Adds `authorization: Bearer <token>` to a call. gRPC files an interceptor
+    under one call shape only, hence one small class per shape below."""
+
     def __init__(self, token: str) -> None:
         self.header = (AUTH_HEADER, f"Bearer {token}")
 
+    def _details(self, details: Any) -> Any:
+        return _with_token(details, self.header)
+
+
+class TokenUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_token(details, self.header), request)
+        return await continuation(self._details(details), request)
 
 
-class TokenStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self.header = (AUTH_HEADER, f"Bearer {token}")
-
+class TokenStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(_with_token(details, self.header), request_iterator)
+        return await continuation(self._details(details), request_iterator)
 
 
-class TokenStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self.header = (AUTH_HEADER, f"Bearer {token}")
-
+class TokenStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(_with_token(details, self.header), request_iterator)
+        return await continuation(self._details(details), request_iterator)
 
 
 def open_channel(

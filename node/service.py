@@ -36,24 +36,27 @@ async def abort(context: Any, code: Any, message: str) -> NoReturn:
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
+#: Expected failures and their statuses, most specific class first (the
+#: Source* errors are JobSpecErrors). Anything else is a bug: INTERNAL.
+STATUS_OF: tuple[tuple[type[Exception], Any], ...] = (
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (JobTimedOut, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (SourceForbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (SourceNotFound, grpc.StatusCode.NOT_FOUND),
+    (JobSpecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (JobConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (NotLeader, grpc.StatusCode.UNAVAILABLE),
+    (JobFailed, grpc.StatusCode.INTERNAL),
+)
+EXPECTED_ERRORS = tuple(cls for cls, _ in STATUS_OF)
+
+
 async def abort_for(context: Any, exc: Exception) -> NoReturn:
     """Map a core exception to its status; unknown ones are bugs → INTERNAL."""
-    if isinstance(exc, LimitExceeded):
-        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-    if isinstance(exc, JobTimedOut):
-        await abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-    if isinstance(exc, SourceForbidden):
-        await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-    if isinstance(exc, SourceNotFound):
-        await abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-    if isinstance(exc, JobSpecError):
-        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, JobConflict):
-        await abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
-    if isinstance(exc, NotLeader):
-        await abort(context, grpc.StatusCode.UNAVAILABLE, f"not the leader any more: {exc}")
-    if isinstance(exc, JobFailed):
-        await abort(context, grpc.StatusCode.INTERNAL, str(exc))
+    for cls, code in STATUS_OF:
+        if isinstance(exc, cls):
+            message = f"not the leader any more: {exc}" if cls is NotLeader else str(exc)
+            await abort(context, code, message)
     log.error("unexpected error", exc_info=exc)
     await abort(context, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
@@ -125,7 +128,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             return await self._forward(request, context)
         try:
             outcome = await self.daemon.jobs.submit(request.job.job_id, self.daemon.job_of(request))
-        except (JobSpecError, JobConflict, NotLeader, JobFailed, LimitExceeded, JobTimedOut) as exc:
+        except EXPECTED_ERRORS as exc:
             await abort_for(context, exc)
         return pb.SubmitReply(
             job_id=outcome.job_id,
