@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -312,17 +312,38 @@ class LocalCluster:
 
     def wait_for_leader(self, timeout_s: float | None = None, exclude: Sequence[str] = ()) -> str:
         """Poll until a leader (not in `exclude`) is known and return its id."""
+        return self._poll_status(
+            lambda view: view.leader is not None and view.leader not in exclude,
+            timeout_s, "no leader within the deadline",
+        )
+
+    def wait_all_alive(self, timeout_s: float | None = None) -> str:
+        """Poll until the leader has heard every node; return the leader's id.
+
+        Then each node gets a share of the next job (a leader counts a peer as
+        alive only once it has answered a heartbeat).
+        """
+        return self._poll_status(
+            lambda view: view.leader is not None and len(view.nodes) == len(self._nodes)
+            and all(node.alive for node in view.nodes),
+            timeout_s, "not all nodes alive within the deadline",
+        )
+
+    def _poll_status(
+        self, done: Callable[[ClusterStatus], bool], timeout_s: float | None, failure: str
+    ) -> str:
         deadline = time.monotonic() + (self.start_timeout_s if timeout_s is None else timeout_s)
         while True:
             try:
                 view = self.client.status(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
-                if view.leader is not None and view.leader not in exclude:
+                if done(view):
+                    assert view.leader is not None
                     return view.leader
             except ClusterUnavailable:
                 pass
             if time.monotonic() >= deadline:
-                raise TimeoutError("no leader within the deadline\n" + self.logs())
-            time.sleep(0.02)
+                raise TimeoutError(f"{failure}\n" + self.logs())
+            time.sleep(0.01)
 
     def leader(self, timeout_s: float | None = None) -> str:
         """The current leader's id (waits for one)."""

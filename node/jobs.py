@@ -253,6 +253,12 @@ class JobManager:
             if len(shards) == 1:
                 await self._run_alone(run, source)
             else:
+                # The template reads a row: for `random:` that makes a 2^20 block,
+                # milliseconds the event loop (and the heartbeats) must not wait for.
+                sample = await loop.run_in_executor(
+                    self.executor, compute_partial, job, source, 0, 1
+                )
+                run.template = {key: (value.shape, value.dtype) for key, value in sample.items()}
                 self._start_lanes(run, source)
             async with asyncio.timeout(self.limits.job_timeout_s):
                 outcome = await asyncio.shield(run.done)
@@ -313,8 +319,6 @@ class JobManager:
         run.accept(0, self.node_id, partial)
 
     def _start_lanes(self, run: JobRun, source: DataSource) -> None:
-        sample = compute_partial(run.job, source, 0, 1)
-        run.template = {key: (value.shape, value.dtype) for key, value in sample.items()}
         workers = self.peers.alive_addresses()
         lanes = 1 + REMOTE_LANES * len(workers)
         batch = max(1, math.ceil(len(run.shards) / (2 * lanes)))

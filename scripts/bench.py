@@ -432,20 +432,6 @@ def started_cluster(attempts: int = 3, **options: Any) -> LocalCluster:
     raise AssertionError("unreachable")
 
 
-def wait_all_alive(cluster: LocalCluster, timeout_s: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(ClusterUnavailable):
-            view = cluster.client.status(timeout=1.0)
-            if view.leader is not None and len(view.nodes) == len(cluster.ids) and all(
-                node.alive for node in view.nodes
-            ):
-                return view.leader
-        if time.monotonic() >= deadline:
-            raise TimeoutError("not all nodes alive within the deadline\n" + cluster.logs())
-        time.sleep(0.01)
-
-
 def client_process(cluster: LocalCluster, mode: str, **options: Any) -> dict[str, Any]:
     """Run this script as a separate client process; return its JSON answer."""
     command = [sys.executable, str(Path(__file__).resolve()), "--client-worker", mode,
@@ -566,7 +552,7 @@ def measure_kill_crossing(cluster: LocalCluster, data: Data, pairs: int) -> dict
     with Client(cluster.addresses, timeout=300.0) as client, \
             Client(cluster.addresses, timeout=5.0) as prober:
         for pair in range(pairs):
-            wait_all_alive(cluster)
+            cluster.wait_all_alive(timeout_s=30.0)
             time.sleep(SETTLE_S)
             clean = client.submit(op="sum", source=source)
             leader = cluster.leader()
@@ -621,7 +607,7 @@ def measure_kill_crossing(cluster: LocalCluster, data: Data, pairs: int) -> dict
 def measure_failover(cluster: LocalCluster, kills: int) -> dict[str, Any]:
     times_s: list[float] = []
     for kill in range(kills):
-        wait_all_alive(cluster)
+        cluster.wait_all_alive(timeout_s=30.0)
         time.sleep(SETTLE_S)
         old = cluster.leader()
         survivors = [cluster.address(nid) for nid in cluster.ids if nid != old]
@@ -644,7 +630,7 @@ def measure_failover(cluster: LocalCluster, kills: int) -> dict[str, Any]:
         times_s.append(elapsed)
         log(f"failover {kill + 1}/{kills}: {old} killed, {new} leads after {elapsed * 1000:.0f} ms")
         cluster.restart(old)
-    wait_all_alive(cluster)
+    cluster.wait_all_alive(timeout_s=30.0)
     return {**summary(times_s), "max_ms": max(times_s) * 1000}
 
 
@@ -652,7 +638,7 @@ def measure_main_cluster(data: Data, p: Params, out: dict[str, Any], errors: dic
     """Everything that runs on one 3-node cluster, in an order that keeps each figure clean."""
     # The daemons read npy: files only under their --data-root.
     with contextlib.closing(started_cluster(nodes=3, data_root=data.big.parent)) as cluster:
-        wait_all_alive(cluster)
+        cluster.wait_all_alive(timeout_s=30.0)
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("idle", lambda: measure_idle(cluster, p.idle_s)),
             ("small", lambda: _small(cluster, p.small_jobs, p.small_warmup)),
@@ -665,7 +651,7 @@ def measure_main_cluster(data: Data, p: Params, out: dict[str, Any], errors: dic
         for name, step in steps:
             phase(f"distnode: {name}")
             try:
-                wait_all_alive(cluster)
+                cluster.wait_all_alive(timeout_s=30.0)
                 out[name] = step()
             except Exception as exc:
                 errors[f"distnode.{name}"] = f"{type(exc).__name__}: {exc}"[:4000]
@@ -744,7 +730,7 @@ def measure_scale(p: Params) -> dict[str, Any]:
         before = election_counts(cluster)
         log(f"scale: {p.scale_nodes} nodes, leader after {leader_s * 1000:.0f} ms "
             f"(all listening after {listening_s * 1000:.0f} ms); watching for {p.scale_window_s:.0f} s")
-        wait_all_alive(cluster, timeout_s=60.0)
+        cluster.wait_all_alive(timeout_s=60.0)
         small = _small(cluster, p.scale_small_jobs, p.small_warmup)
         while time.monotonic() - window0 < p.scale_window_s:
             time.sleep(min(1.0, max(0.0, p.scale_window_s - (time.monotonic() - window0))))

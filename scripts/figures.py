@@ -80,23 +80,6 @@ def election_counts(cluster: LocalCluster) -> dict[str, int]:
     }
 
 
-def wait_all_alive(cluster: LocalCluster, timeout_s: float = 30.0) -> str:
-    """Poll until the leader's status shows every node alive; return the leader."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            view = cluster.client.status(timeout=1.0)
-            if view.leader is not None and len(view.nodes) == len(cluster.ids) and all(
-                node.alive for node in view.nodes
-            ):
-                return view.leader
-        except ClusterUnavailable:
-            pass
-        if time.monotonic() >= deadline:
-            raise TimeoutError("not all nodes alive within the deadline\n" + cluster.logs())
-        time.sleep(0.01)
-
-
 # -- figures ------------------------------------------------------------------
 
 
@@ -132,7 +115,7 @@ def measure_failover(kills: int) -> dict[str, Any]:
     times_s: list[float] = []
     with LocalCluster(nodes=3) as cluster:
         for kill in range(kills):
-            wait_all_alive(cluster)
+            cluster.wait_all_alive(timeout_s=30.0)
             time.sleep(SETTLE_S)
             old = cluster.leader()
             survivors = [cluster.address(nid) for nid in cluster.ids if nid != old]
@@ -157,7 +140,7 @@ def measure_failover(kills: int) -> dict[str, Any]:
             times_s.append(elapsed)
             log(f"failover {kill + 1}/{kills}: {old} killed, {new} leads after {elapsed * 1000:.0f} ms")
             cluster.restart(old)
-        wait_all_alive(cluster)
+        cluster.wait_all_alive(timeout_s=30.0)
         elections = election_counts(cluster)
     log(f"failover logs: {elections}")
     return {
@@ -183,7 +166,7 @@ def client_worker(cluster: str, jobs: int, warmup: int) -> None:
 
 def measure_small(jobs: int) -> dict[str, Any]:
     with LocalCluster(nodes=3) as cluster:
-        wait_all_alive(cluster)
+        cluster.wait_all_alive(timeout_s=30.0)
         command = [
             sys.executable, str(Path(__file__).resolve()), "--client-worker",
             "--cluster", ",".join(cluster.addresses), "--jobs", str(jobs),
@@ -222,7 +205,7 @@ def measure_big(n: int, reps: int) -> dict[str, Any]:
         log(f"big: wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s, "
             f"np.sum = {expected!r}")
         with LocalCluster(nodes=3, data_root=path.parent) as cluster:
-            wait_all_alive(cluster)
+            cluster.wait_all_alive(timeout_s=30.0)
             times_s: list[float] = []
             results: list[float] = []
             answers: list[dict[str, Any]] = []

@@ -73,12 +73,6 @@ class BackgroundJob:
         return self.answer
 
 
-def wait_all_alive(cluster: LocalCluster) -> None:
-    """The leader has heard every node: each will get a share of the next job."""
-    wait_until(lambda: all(n.alive for n in cluster.status().nodes) and len(cluster.status().nodes) == 3,
-               10, "the leader to hear every node", cluster.logs)
-
-
 def wait_mid_job(cluster: LocalCluster, job_id: str) -> None:
     """Block until the job has some but not all of its shards."""
     def started() -> bool:
@@ -105,7 +99,7 @@ def test_leader_killed_mid_job_the_retry_completes(cluster: LocalCluster, big_re
 def test_worker_killed_mid_job_its_shards_move(cluster: LocalCluster, big_reference: float) -> None:
     leader = cluster.leader()
     worker = next(node for node in cluster.ids if node != leader)
-    wait_all_alive(cluster)
+    cluster.wait_all_alive(timeout_s=10)  # every node gets a share of the job
     with Client([cluster.address(leader)]) as client:  # not through the worker we kill
         job = BackgroundJob(client, "worker-kill", op="sum", source=BIG_SOURCE)
         wait_mid_job(cluster, "worker-kill")
