@@ -7,8 +7,6 @@ numpy arrays and `Job` dataclasses.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-
 import numpy as np
 
 from node._proto import distnode_pb2 as pb
@@ -84,15 +82,3 @@ def result_to_python(array: np.ndarray) -> int | float | list[int] | list[float]
     """A 0-d array becomes a Python number, a 1-d one a list (JSON-ready)."""
     value = array.tolist()
     return value  # type: ignore[no-any-return]
-
-
-def job_key(job: Job) -> Mapping[str, object]:
-    """What must match for two submissions with one job_id to be the same job."""
-    return {
-        "op": job.op,
-        "source": job.source,
-        "kernel": job.kernel,
-        "axis": job.axis,
-        "bins": job.bins,
-        "range": (job.range_lo, job.range_hi),
-    }
