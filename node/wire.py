@@ -7,6 +7,7 @@ numpy arrays and `Job` dataclasses.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from node._proto import distnode_pb2 as pb
