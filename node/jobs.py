@@ -58,8 +58,10 @@ log = logging.getLogger("distnode.jobs")
 INLINE_ELEMS = 1 << 16
 #: Batches in flight per remote worker, so it never idles waiting for the next.
 REMOTE_LANES = 2
-#: Answers kept for deduplication of retried job ids.
+#: Answers kept for deduplication of retried job ids: at most this many, and
+#: at most this many bytes of results (vector answers are megabytes each).
 ANSWER_CACHE = 10_000
+ANSWER_CACHE_BYTES = 128 << 20
 #: A job of more shards than this is refused before planning (the plan alone
 #: would not fit in memory): 100,000 default shards are 4 x 10^11 elements.
 MAX_SHARDS = 100_000
@@ -218,6 +220,7 @@ class JobManager:
         self._answers: collections.OrderedDict[str, tuple[Job, Outcome]] = (
             collections.OrderedDict()
         )
+        self._answer_bytes = 0
 
     async def submit(self, job_id: str, job: Job) -> Outcome:
         """Run `job` (or join its earlier run) and return the merged answer.
@@ -397,9 +400,15 @@ class JobManager:
         await run.wakeup.wait()
 
     def _remember(self, job_id: str, job: Job, outcome: Outcome) -> None:
+        """Keep the answer for retries, oldest out first when over either bound."""
+        old = self._answers.pop(job_id, None)
+        if old is not None:
+            self._answer_bytes -= old[1].result.nbytes
         self._answers[job_id] = (job, outcome)
-        while len(self._answers) > ANSWER_CACHE:
-            self._answers.popitem(last=False)
+        self._answer_bytes += outcome.result.nbytes
+        while len(self._answers) > ANSWER_CACHE or self._answer_bytes > ANSWER_CACHE_BYTES:
+            _, (_, evicted) = self._answers.popitem(last=False)
+            self._answer_bytes -= evicted.result.nbytes
 
     def accept_partial(self, job_id: str, shard: int, node_id: str, partial: Partial) -> bool:
         run = self._running.get(job_id)
