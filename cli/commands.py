@@ -79,6 +79,9 @@ def client_security(args: argparse.Namespace) -> tuple[str | None, TlsFiles | No
 
 
 def run_start(args: argparse.Namespace) -> int:
+    from node.memory import tune_malloc
+
+    tune_malloc()  # before any thread has made its own malloc arena
     config = config_from_args(args)
     from node.daemon import run
 

@@ -1,0 +1,22 @@
+"""The daemon's malloc settings: applied on glibc, skipped when asked."""
+
+from __future__ import annotations
+
+import ctypes.util
+import platform
+
+import pytest
+
+from node.memory import tune_malloc
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,
+                    reason="mallopt is glibc's")
+def test_glibc_takes_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISTNODE_MALLOC", raising=False)
+    assert tune_malloc() is True
+
+
+def test_default_leaves_malloc_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTNODE_MALLOC", "default")
+    assert tune_malloc() is False
