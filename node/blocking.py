@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import grpc
 
 from node._proto import distnode_pb2 as pb
-from node._proto import distnode_pb2_grpc as pb_grpc
+from node.answerwire import node_stub
 from node.client import (
     DEFAULT_TIMEOUT_S,
     PROBE_FAILURES,
@@ -94,7 +94,7 @@ class Client:
             except Retry as exc:
                 plan.failed_at(address, exc)
                 continue
-            self._nodes.prefer(reply.leader_address)
+            self._nodes.prefer(reply.head.leader_address)
             return answer_from(reply, started, plan.failed)
         raise plan.out_of_time()
 
@@ -142,7 +142,7 @@ class Client:
                 else:
                     channel = grpc.insecure_channel(address, options)
                 self._channels[address] = channel
-                stub = self._stubs[address] = pb_grpc.NodeStub(channel)
+                stub = self._stubs[address] = node_stub(channel)
             return stub
 
     # -- everything else, through the AsyncClient --------------------------

@@ -29,13 +29,13 @@ import grpc
 import numpy as np
 
 from node._proto import distnode_pb2 as pb
-from node._proto import distnode_pb2_grpc as pb_grpc
+from node.answerwire import SubmitAnswer, node_stub
 from node.compute import Job, parse_count
 from node.config import ConfigError, parse_address
 from node.errors import ClusterUnavailable, InvalidJob, JobError
 from node.peers import CHANNEL_OPTIONS
 from node.security import TlsFiles, load_token, open_channel
-from node.wire import job_to_proto, result_to_python, tensor_from_proto
+from node.wire import job_to_proto, result_to_python
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -148,12 +148,13 @@ def out_of_time(job_id: str, accepted: bool, last_error: str) -> Exception:
     return ClusterUnavailable(f"no leader answered in time; last error: {last_error}")
 
 
-def answer_from(reply: Any, started_s: float, retries: int) -> Answer:
+def answer_from(reply: SubmitAnswer, started_s: float, retries: int) -> Answer:
+    head = reply.head
     return Answer(
-        job_id=reply.job_id, op=reply.op, array=tensor_from_proto(reply.result),
-        shards=reply.shards, nodes=list(reply.nodes),
+        job_id=head.job_id, op=head.op, array=reply.array,
+        shards=head.shards, nodes=list(head.nodes),
         elapsed_ms=(time.perf_counter() - started_s) * 1000,
-        leader=reply.leader, term=reply.term, retries=retries,
+        leader=head.leader, term=head.term, retries=retries,
     )
 
 
@@ -308,7 +309,7 @@ class AsyncClient:
         if stub is None:
             channel = open_channel(address, list(CHANNEL_OPTIONS), self._tls, self._token)
             self._channels[address] = channel
-            stub = self._stubs[address] = pb_grpc.NodeStub(channel)
+            stub = self._stubs[address] = node_stub(channel)
         return stub
 
     async def submit(
@@ -338,7 +339,7 @@ class AsyncClient:
             except Retry as exc:
                 plan.failed_at(address, exc)
                 continue
-            self._nodes.prefer(reply.leader_address)
+            self._nodes.prefer(reply.head.leader_address)
             return answer_from(reply, started, plan.failed)
         raise plan.out_of_time()
 

@@ -28,7 +28,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node._proto import distnode_pb2 as pb
-from node._proto import distnode_pb2_grpc as pb_grpc
 from node.compute import Job
 from node.config import NodeConfig
 from node.election import (
@@ -50,7 +49,7 @@ from node.jobs import JobManager, ShardRange
 from node.membership import PeerTable
 from node.peers import PeerChannels
 from node.security import TokenServerInterceptor
-from node.service import NodeServicer
+from node.service import NodeServicer, add_to_server
 from node.statestore import ElectionState, StateStore
 from node.wire import job_from_proto, job_to_proto
 from node.worker import Worker
@@ -359,7 +358,7 @@ class Daemon:
         """Run until SIGINT/SIGTERM, `stop()`, or the parent's death; then shut down in order."""
         self._clock_origin_s = asyncio.get_running_loop().time()  # tick 0: before any RPC arrives
         server = self._make_server()
-        pb_grpc.add_NodeServicer_to_server(NodeServicer(self), server)
+        add_to_server(NodeServicer(self), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if self.config.tls.enabled:

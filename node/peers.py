@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node._proto import distnode_pb2_grpc as pb_grpc
+from node.answerwire import node_stub
 from node.security import TlsFiles, open_channel
 
 #: Options shared by every channel distnode opens (peers and clients).
@@ -47,7 +47,7 @@ class PeerChannels:
         if stub is None:
             channel = open_channel(address, list(CHANNEL_OPTIONS), self.tls, self.token)
             self._channels[address] = channel
-            stub = self._stubs[address] = pb_grpc.NodeStub(channel)
+            stub = self._stubs[address] = node_stub(channel)
         return stub
 
     async def close(self) -> None:

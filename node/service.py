@@ -16,10 +16,11 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
+from node.answerwire import SERVICE, serialize_submit_reply, submit_answer
 from node.compute import JobSpecError, SourceForbidden, SourceNotFound
 from node.jobs import JobConflict, JobFailed, NotLeader
 from node.limits import JobTimedOut, LimitExceeded
-from node.wire import partial_from_proto, tensor_to_proto
+from node.wire import partial_from_proto
 from node.worker import ReduceFailed
 
 if TYPE_CHECKING:
@@ -85,6 +86,30 @@ async def check_term(context: Any, term: int) -> None:
         await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"term: {term} is beyond {MAX_TERM}")
 
 
+class _Handlers:
+    """Stands in for a server to catch the generated code's handler table."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, table: dict[str, Any]) -> None:
+        self.table = dict(table)
+
+
+def add_to_server(servicer: NodeServicer, server: Any) -> None:
+    """The generated registration, except that Submit's answer is serialised by
+    `answerwire.serialize_submit_reply` (one copy of a vector answer, not four)."""
+    caught = _Handlers()
+    pb_grpc.add_NodeServicer_to_server(servicer, caught)
+    table = caught.table
+    table["Submit"] = table["Submit"]._replace(response_serializer=serialize_submit_reply)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, table),))
+    server.add_registered_method_handlers(SERVICE, table)
+
+
 class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -130,10 +155,10 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             outcome = await self.daemon.jobs.submit(request.job.job_id, self.daemon.job_of(request))
         except EXPECTED_ERRORS as exc:
             await abort_for(context, exc)
-        return pb.SubmitReply(
+        return submit_answer(
+            outcome.result,
             job_id=outcome.job_id,
             op=outcome.op,
-            result=tensor_to_proto(outcome.result),
             shards=outcome.shards,
             nodes=list(outcome.nodes),
             elapsed_ms=outcome.elapsed_ms,
@@ -153,7 +178,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             )
         relayed = pb.SubmitRequest(job=request.job, forwarded=True)
         try:
-            return await self.daemon.channels.stub(leader).Submit(
+            return await self.daemon.channels.stub(leader).SubmitRelay(
                 relayed, timeout=context.time_remaining()
             )
         except grpc.aio.AioRpcError as exc:

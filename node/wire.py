@@ -17,19 +17,28 @@ from node.compute import Job, Partial
 _WIRE_KINDS = frozenset("biuf")
 
 
-def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
+def wire_array(array: np.ndarray) -> np.ndarray:
+    """`array` as C-contiguous little-endian (a view when it already is)."""
     # Not np.ascontiguousarray: it turns a 0-d scalar answer into shape (1,).
     array = np.asarray(array)
     if not array.flags.c_contiguous:
         array = array.copy(order="C")
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    return pb.Tensor(
-        dtype=dtype.str, shape=list(array.shape), data=array.astype(dtype, copy=False).tobytes()
-    )
+    return array.astype(dtype, copy=False)
 
 
-def tensor_from_proto(tensor: pb.Tensor) -> np.ndarray:
-    """Rebuild an array; rejects non-numeric dtypes and size mismatches with ValueError."""
+def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
+    array = wire_array(array)
+    return pb.Tensor(dtype=array.dtype.str, shape=list(array.shape), data=array.tobytes())
+
+
+def tensor_from_proto(tensor: pb.Tensor, data: bytes | memoryview | None = None) -> np.ndarray:
+    """Rebuild an array (over `data` if given, else `tensor.data`, without copying).
+
+    Rejects non-numeric dtypes and size mismatches with ValueError.
+    """
+    if data is None:
+        data = tensor.data
     try:
         dtype = np.dtype(tensor.dtype)
     except (TypeError, ValueError):
@@ -38,9 +47,9 @@ def tensor_from_proto(tensor: pb.Tensor) -> np.ndarray:
         raise ValueError(f"tensor dtype {tensor.dtype!r} is not numeric")
     shape = tuple(int(n) for n in tensor.shape)
     expected = math.prod(shape) * dtype.itemsize
-    if expected != len(tensor.data) or any(n < 0 for n in shape):
-        raise ValueError(f"tensor of shape {shape} and dtype {dtype} cannot hold {len(tensor.data)} bytes")
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    if expected != len(data) or any(n < 0 for n in shape):
+        raise ValueError(f"tensor of shape {shape} and dtype {dtype} cannot hold {len(data)} bytes")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def partial_to_proto(job_id: str, shard: int, node_id: str, partial: Partial) -> pb.Partial:
