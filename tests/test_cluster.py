@@ -153,6 +153,23 @@ def test_submit_to_a_follower(cluster: LocalCluster) -> None:
     assert answer.result == 2.5 and answer.leader == leader
 
 
+def test_vector_answer_relayed_by_a_follower(tmp_path: Any) -> None:
+    """A follower passes the leader's answer bytes through (answerwire's relay)."""
+    import numpy as np
+
+    matrix = np.random.default_rng(5).random((4, 50_000))
+    np.save(tmp_path / "m.npy", matrix)
+    with LocalCluster(nodes=3, data_root=tmp_path, **FAST_TIMING) as running:  # type: ignore[arg-type]
+        leader = running.leader()
+        follower = next(node for node in running.ids if node != leader)
+        with Client([running.address(follower)]) as client:
+            answer = client.submit(op="sum", source="npy:m.npy", axis=0)
+        logs = running.logs()
+    assert answer.leader == leader
+    np.testing.assert_array_equal(answer.array, matrix.sum(axis=0))
+    assert logs.count("event loop uvloop") == 3, logs  # the daemons run on uvloop
+
+
 def test_restarted_node_rejoins(cluster: LocalCluster) -> None:
     leader = cluster.leader()
     follower = next(node for node in cluster.ids if node != leader)
