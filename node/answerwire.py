@@ -32,6 +32,9 @@ from node.wire import tensor_from_proto, wire_array
 SERVICE = pb.DESCRIPTOR.services_by_name["Node"].full_name
 SUBMIT_METHOD = f"/{SERVICE}/Submit"
 _LENGTH_DELIMITED = 2
+#: Replies up to this size are parsed by protobuf alone (copying the data is
+#: cheaper than walking the fields in Python).
+SMALL_REPLY_BYTES = 4096
 
 
 def _varint(value: int) -> bytes:
@@ -126,11 +129,24 @@ def serialize_submit_reply(reply: SubmitAnswer | pb.SubmitReply | bytes) -> byte
 
 
 def parse_submit_reply(raw: bytes) -> SubmitAnswer:
-    """Submit's response deserializer: the reply, with `data` a view into `raw`.
+    """Submit's response deserializer: the reply, with `data` a view into `raw`
+    (small replies: a copy, by protobuf).
 
     Raises ValueError (or protobuf's DecodeError) for malformed bytes; gRPC
     then fails the call with INTERNAL.
     """
+    if len(raw) > SMALL_REPLY_BYTES:
+        return split_submit_reply(raw)
+    whole = pb.SubmitReply.FromString(raw)
+    data = memoryview(whole.result.data)
+    if whole.HasField("result"):
+        whole.result.data = b""
+    return SubmitAnswer(whole, data)
+
+
+def split_submit_reply(raw: bytes) -> SubmitAnswer:
+    """Walk the top-level fields: `result.data` becomes a view into `raw`,
+    everything else is handed to protobuf."""
     view = memoryview(raw)
     head: list[bytes | memoryview] = []
     data = view[0:0]

@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from node._proto import distnode_pb2 as pb
-from node.answerwire import parse_submit_reply, serialize_submit_reply, submit_answer
+from node.answerwire import (
+    SMALL_REPLY_BYTES,
+    parse_submit_reply,
+    serialize_submit_reply,
+    split_submit_reply,
+    submit_answer,
+)
 from node.wire import tensor_to_proto
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
@@ -48,13 +54,16 @@ def test_our_bytes_are_the_protobuf_reply(array: np.ndarray, extra: dict[str, An
     assert pb.SubmitReply.FromString(raw) == reference(array, extra)
 
 
+PARSERS = pytest.mark.parametrize("parse", [parse_submit_reply, split_submit_reply])
+
+
+@PARSERS
 @SETTINGS
-@given(arrays, fields)
-def test_we_read_any_protobuf_reply_without_copying(array: np.ndarray, extra: dict[str, Any]) -> None:
+@given(array=arrays, extra=fields)
+def test_we_read_any_protobuf_reply(parse: Any, array: np.ndarray, extra: dict[str, Any]) -> None:
     expected = reference(array, extra)
     raw = expected.SerializeToString()
-    answer = parse_submit_reply(raw)
-    assert answer.data.obj is raw  # a view of the received bytes, not a copy
+    answer = parse(raw)
     assert answer.array.dtype.str == expected.result.dtype
     np.testing.assert_array_equal(answer.array, array)
     head = pb.SubmitReply()
@@ -63,22 +72,31 @@ def test_we_read_any_protobuf_reply_without_copying(array: np.ndarray, extra: di
     assert answer.head == head
 
 
+def test_a_big_answer_is_a_view_of_the_received_bytes() -> None:
+    array = np.arange(SMALL_REPLY_BYTES, dtype=np.float64)
+    raw = serialize_submit_reply(submit_answer(array, job_id="j"))
+    answer = parse_submit_reply(raw)
+    assert answer.data.obj is raw  # not a copy
+    np.testing.assert_array_equal(answer.array, array)
+
+
 def test_a_repeated_result_field_merges_like_protobuf() -> None:
     first = pb.SubmitReply(job_id="j", result=pb.Tensor(dtype="<i8", shape=[2], data=bytes(16)))
     second = pb.SubmitReply(result=pb.Tensor(data=np.arange(2, dtype="<i8").tobytes()))
     raw = first.SerializeToString() + second.SerializeToString()
-    answer = parse_submit_reply(raw)
+    answer = split_submit_reply(raw)
     merged = pb.SubmitReply.FromString(raw)
     assert answer.head.job_id == "j"
     assert bytes(answer.data) == merged.result.data
     assert answer.array.tolist() == [0, 1]
 
 
+@PARSERS
 @SETTINGS
-@given(st.binary(max_size=200))
-def test_garbage_fails_cleanly_or_parses_like_protobuf(raw: bytes) -> None:
+@given(raw=st.binary(max_size=200))
+def test_garbage_fails_cleanly_or_parses_like_protobuf(parse: Any, raw: bytes) -> None:
     try:
-        answer = parse_submit_reply(raw)
+        answer = parse(raw)
     except (ValueError, DecodeError):
         return
     expected = pb.SubmitReply.FromString(raw)

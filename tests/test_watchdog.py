@@ -1,0 +1,102 @@
+"""The blocking Client's watchdog on its own: fake probes, short intervals.
+
+Waits poll with deadlines; the only sleeps stand in for a call in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from node.watchdog import Watchdog
+
+INTERVAL_S = 0.02
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+class Node:
+    """Answers probes (or not) and records what the watchdog did to it."""
+
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+        self.probes: list[str] = []
+        self.abandoned: list[str] = []
+        self.progress: list[tuple[int, int]] = []
+
+    def probe(self, address: str, job_id: str, on_progress: Callable[[int, int], None] | None) -> bool:
+        self.probes.append(job_id)
+        if self.answers and on_progress is not None:
+            on_progress(len(self.probes), 10)
+        return self.answers
+
+    def abandon(self, address: str) -> None:
+        self.abandoned.append(address)
+
+
+def test_a_short_call_is_never_probed() -> None:
+    node = Node(answers=True)
+    dog = Watchdog(node.probe, node.abandon, interval_s=10.0, failures=2)
+    for i in range(100):
+        with dog.watch("a:1", f"job-{i}", None) as watch:
+            pass
+    dog.close()
+    assert node.probes == [] and not watch.abandoned
+
+
+def test_a_long_call_on_a_live_node_is_probed_and_kept() -> None:
+    node = Node(answers=True)
+    dog = Watchdog(node.probe, node.abandon, interval_s=INTERVAL_S, failures=2)
+    with dog.watch("a:1", "long", lambda done, total: node.progress.append((done, total))) as watch:
+        wait_until(lambda: len(node.probes) >= 3, "three probes")
+    dog.close()
+    assert watch.known and not watch.abandoned and node.abandoned == []
+    assert node.progress[:2] == [(1, 10), (2, 10)]
+
+
+def test_a_silent_node_is_abandoned_after_the_allowed_misses() -> None:
+    node = Node(answers=False)
+    dog = Watchdog(node.probe, node.abandon, interval_s=INTERVAL_S, failures=3)
+    with dog.watch("b:2", "stuck", None) as watch:
+        wait_until(lambda: watch.abandoned, "the watch to be abandoned")
+        assert node.abandoned == ["b:2"]
+        assert len(node.probes) == 3 and not watch.known
+    dog.close()
+
+
+def test_one_answer_resets_the_miss_count() -> None:
+    answers = [False, True, False, True, False, False]
+    asked: list[bool] = []
+
+    def probe(*args: object) -> bool:
+        asked.append(answers[len(asked)])
+        return asked[-1]
+
+    node = Node(answers=True)
+    dog = Watchdog(probe, node.abandon, interval_s=INTERVAL_S, failures=2)
+    with dog.watch("c:3", "flaky", None) as watch:
+        wait_until(lambda: watch.abandoned, "the watch to be abandoned")
+    dog.close()
+    assert watch.known and node.abandoned == ["c:3"]
+    assert len(asked) == 6  # only two misses in a row count
+
+
+def test_close_stops_the_thread_and_refuses_new_watches() -> None:
+    node = Node(answers=True)
+    dog = Watchdog(node.probe, node.abandon, interval_s=INTERVAL_S, failures=2)
+    with dog.watch("a:1", "x", None):
+        pass
+    threads = [t for t in threading.enumerate() if t.name == "distnode-watchdog"]
+    dog.close()
+    assert threads and not any(t.is_alive() for t in threads)
+    with pytest.raises(RuntimeError, match="closed"), dog.watch("a:1", "y", None):
+        pass
