@@ -80,6 +80,7 @@ class Daemon:
                 heartbeat_ticks=config.heartbeat_ticks,
                 election_ticks_min=lo,
                 election_ticks_max=hi,
+                fast_first_election=True,
             ),
             rng=random.Random(),
             term=saved.term,

@@ -103,6 +103,7 @@ class SimNet:
             election_ticks_max=self.election_ticks_max,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
+            fast_first_election=self.pre_vote,  # as the daemon boots, whenever it may
         )
 
     def cut(self, a: str, b: str, both: bool = True) -> None:

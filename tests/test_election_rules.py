@@ -411,3 +411,25 @@ def test_ticks_until_due_lets_a_caller_sleep_until_the_next_deadline() -> None:
         assert node.tick() == []
     assert node.tick() != []  # the election timer fired: a pre-vote goes out
     assert node.role is Role.PRE_CANDIDATE
+
+
+# ---- boot ---------------------------------------------------------------------------
+
+
+def test_fast_first_election_campaigns_within_the_spread_after_boot() -> None:
+    """etcd's initial election tick advance: the first timer at boot runs only
+    its random part (1..max-min+1 ticks); every later one runs min..max."""
+    for seed in range(50):
+        node = make(seed=seed, election_ticks_min=10, election_ticks_max=20, fast_first_election=True)
+        ticks = 0
+        while not node.tick():
+            ticks += 1
+        assert 0 <= ticks <= 10, f"seed={seed}: first campaign after {ticks + 1} ticks"
+        assert node.role is Role.PRE_CANDIDATE
+    plain = make(seed=0, election_ticks_min=10, election_ticks_max=20)
+    assert all(not plain.tick() for _ in range(9))
+
+
+def test_fast_first_election_needs_pre_vote() -> None:
+    with pytest.raises(ValueError, match="fast_first_election needs pre_vote"):
+        make(pre_vote=False, fast_first_election=True)

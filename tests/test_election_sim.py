@@ -42,6 +42,23 @@ def test_healthy_cluster_elects_one_leader_quickly(n: int, seed: int) -> None:
     assert net.stable_leader() == leader and net.nodes[leader].term == term
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_a_node_rebooting_fast_into_a_live_cluster_disturbs_no_one(seed: int) -> None:
+    """A restarted node campaigns early (fast_first_election), but its peers are
+    inside the leader's lease: the Pre-Vote fails and the term stays."""
+    net = SimNet(ids(3), seed)
+    leader = net.run_until_stable(ELECTION_BOUND_TICKS)
+    assert leader is not None
+    term = net.nodes[leader].term
+    follower = next(n for n in net.ids if n != leader)
+    net.crash(follower)
+    net.run(1)
+    net.restart(follower)
+    net.campaign(follower)  # its fast first timer fired before any heartbeat came
+    net.run(net.election_ticks_max * 5)
+    assert net.stable_leader() == leader and net.nodes[leader].term == term
+
+
 def test_dueling_candidates_resolve() -> None:
     """Raft §5.2: a split vote ends when one candidate times out first and wins."""
     net = SimNet(ids(4), seed=7, pre_vote=False)
