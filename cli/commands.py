@@ -7,10 +7,9 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.main import EXIT_OK, UsageError, print_json
-from node.client import Answer, AsyncClient, ClusterStatus
 from node.config import (
     ConfigError,
     NodeConfig,
@@ -21,6 +20,9 @@ from node.config import (
 )
 from node.limits import Limits
 from node.security import SecurityError, TlsFiles, load_token
+
+if TYPE_CHECKING:  # the client side (and numpy) is imported by the commands that use it
+    from node.client import Answer, ClusterStatus
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -91,6 +93,8 @@ def run_start(args: argparse.Namespace) -> int:
 async def run_submit(args: argparse.Namespace) -> int:
     token, tls = client_security(args)
     progress = _ProgressBar() if sys.stderr.isatty() and not args.json else None
+    from node.client import AsyncClient
+
     async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
         try:
             answer = await client.submit(
@@ -146,6 +150,8 @@ class _ProgressBar:
 
 async def run_status(args: argparse.Namespace) -> int:
     token, tls = client_security(args)
+    from node.client import AsyncClient
+
     async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
         view = await client.status()
     if args.json:

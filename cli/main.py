@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from node.compute import KERNELS, OPS
 from node.errors import ClusterUnavailable, InvalidJob, JobError
+from node.jobtypes import KERNELS, OPS
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.wire import tensor_from_proto, wire_array
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Node"].full_name
 SUBMIT_METHOD = f"/{SERVICE}/Submit"
@@ -101,11 +101,17 @@ class SubmitAnswer:
     @property
     def array(self) -> np.ndarray:
         """The result, a read-only view of `data`."""
+        from node.wire import tensor_from_proto  # numpy, not needed to relay or serialise
+
         return tensor_from_proto(self.head.result, self.data)
 
 
 def submit_answer(result: np.ndarray, **fields: Any) -> SubmitAnswer:
     """What the leader's Submit handler returns; `fields` are SubmitReply's others."""
+    import numpy as np
+
+    from node.wire import wire_array
+
     array = wire_array(result)
     head = pb.SubmitReply(**fields)
     head.result.dtype = array.dtype.str

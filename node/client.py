@@ -33,9 +33,10 @@ from node.answerwire import SubmitAnswer, node_stub
 from node.compute import Job, parse_count
 from node.config import ConfigError, parse_address
 from node.errors import ClusterUnavailable, InvalidJob, JobError
+from node.jobtypes import job_to_proto
 from node.peers import CHANNEL_OPTIONS
 from node.security import TlsFiles, load_token, open_channel
-from node.wire import job_to_proto, result_to_python
+from node.wire import result_to_python
 
 ProgressCallback = Callable[[int, int], None]
 

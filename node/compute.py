@@ -37,22 +37,21 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from node.sources import (
-    RANDOM_BLOCK,
-    Array,
-    DataSource,
+from node.jobtypes import (
+    KERNELS,
+    OPS,
+    SHARD_ELEMS,
+    Job,
     JobSpecError,
     SourceForbidden,
     SourceNotFound,
-    open_source,
-    parse_count,
 )
+from node.sources import RANDOM_BLOCK, Array, DataSource, open_source, parse_count
 
 __all__ = [
     "KERNELS",
@@ -77,11 +76,6 @@ __all__ = [
     "validate_job",
 ]
 
-OPS: tuple[str, ...] = (
-    "sum", "prod", "min", "max", "mean", "count", "var", "std", "argmin", "argmax", "histogram",
-)  # fmt: skip
-KERNELS: tuple[str, ...] = ("identity", "square", "abs", "sqrt", "exp", "log", "negative")
-SHARD_ELEMS: int = 1 << 22  # default shard size in elements (32 MiB of float64)
 MAX_BINS = 1_000_000  # a histogram partial travels over the wire on every shard
 
 Partial = dict[str, Array]
@@ -94,19 +88,6 @@ _UFUNCS: dict[str, np.ufunc] = {
     "log": np.log,
     "negative": np.negative,
 }
-
-
-@dataclass(frozen=True)
-class Job:
-    """What to compute; `source` is the spec string, e.g. "range:n=1e6"."""
-
-    op: str
-    source: str
-    kernel: str = "identity"
-    axis: int | None = None
-    bins: int = 0
-    range_lo: float | None = None
-    range_hi: float | None = None
 
 
 # --- validation and planning ---------------------------------------------------

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.compute import SHARD_ELEMS
+from node.jobtypes import SHARD_ELEMS
 from node.limits import Limits
 from node.security import TlsFiles
 

@@ -22,13 +22,12 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node._proto import distnode_pb2 as pb
-from node.compute import Job
 from node.config import NodeConfig
 from node.election import (
     Election,
@@ -45,14 +44,16 @@ from node.election import (
     VoteResponse,
 )
 from node.heartbeats import HeartbeatLinks
-from node.jobs import JobManager, ShardRange
+from node.jobtypes import Job, job_from_proto, job_to_proto
 from node.membership import PeerTable
 from node.peers import PeerChannels
 from node.security import TokenServerInterceptor
 from node.service import NodeServicer, add_to_server
 from node.statestore import ElectionState, StateStore
-from node.wire import job_from_proto, job_to_proto
-from node.worker import Worker
+
+if TYPE_CHECKING:
+    from node.jobs import JobManager, ShardRange
+    from node.worker import Worker
 
 log = logging.getLogger("distnode")
 
@@ -92,13 +93,11 @@ class Daemon:
             self.channels, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000
         )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-        self.jobs = JobManager(
-            config.node_id, self.peers, self._remote_compute, self.executor,
-            config.shard_elems, config.data_root, config.limits,
-        )
-        self.worker = Worker(
-            config.node_id, self.channels, self.executor, config.data_root, self.peers.address_of
-        )
+        # The compute side (numpy and all) is built on first use, or in the
+        # background once a leader is known (see node/jobtypes.py for why).
+        self._jobs: JobManager | None = None
+        self._worker: Worker | None = None
+        self._preloading = False
         self.leader_address = ""
         self._leader_heard_s: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -108,6 +107,39 @@ class Daemon:
         self._clock_origin_s = 0.0
         self._ticks_done = 0
         self.port = 0
+
+    # -- the compute side, loaded after the election ----------------------
+
+    @property
+    def jobs(self) -> JobManager:
+        if self._jobs is None:
+            from node.jobs import JobManager
+
+            config = self.config
+            self._jobs = JobManager(
+                config.node_id, self.peers, self._remote_compute, self.executor,
+                config.shard_elems, config.data_root, config.limits,
+            )
+        return self._jobs
+
+    @property
+    def worker(self) -> Worker:
+        if self._worker is None:
+            from node.worker import Worker
+
+            config = self.config
+            self._worker = Worker(
+                config.node_id, self.channels, self.executor, config.data_root, self.peers.address_of
+            )
+        return self._worker
+
+    def _preload_compute(self) -> None:
+        """Import the compute stack in the compute thread, once, when a leader is
+        known: off the event loop and after the start-up storm of elections."""
+        if self._preloading or self._jobs is not None:
+            return
+        self._preloading = True
+        self.executor.submit(_import_compute_stack)
 
     # -- queries used by the servicer ------------------------------------
 
@@ -250,12 +282,15 @@ class Daemon:
         self._rearm.set()
         leader = f" leader={change.leader}" if change.leader else ""
         log.info("became %s term=%d%s", change.role.value, change.term, leader)
+        if change.leader is not None:
+            self._preload_compute()
         if change.role is Role.LEADER:
             self.leader_address = self.config.address
             self.peers.forget_liveness()
         else:
             self.heartbeats.close()
-            self.jobs.abort_all(f"{self.node_id} became {change.role.value} in term {change.term}")
+            if self._jobs is not None:
+                self._jobs.abort_all(f"{self.node_id} became {change.role.value} in term {change.term}")
             if change.leader is None or change.leader == self.node_id:
                 self.leader_address = ""
 
@@ -392,6 +427,11 @@ class Daemon:
             task.cancel()
         await self.channels.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _import_compute_stack() -> None:
+    import node.jobs
+    import node.worker  # noqa: F401
 
 
 class _MalformedRequestFilter(logging.Filter):

@@ -48,6 +48,7 @@ from node.compute import (
     plan_shards,
     validate_job,
 )
+from node.jobtypes import JobConflict, JobFailed, NotLeader
 from node.limits import JobTimedOut, LimitExceeded, Limits
 from node.membership import PeerTable
 
@@ -84,18 +85,6 @@ def _one_line(exc: BaseException) -> str:
         return f"{code}: {details()}"
     text = str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-class NotLeader(Exception):
-    """This node lost leadership while the job ran; the client should retry."""
-
-
-class JobConflict(Exception):
-    """The job id is already taken by a different job."""
-
-
-class JobFailed(Exception):
-    """The leader itself could not compute a shard: the job cannot finish."""
 
 
 class WorkerFailed(Exception):

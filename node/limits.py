@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.compute import Job
+from node.jobtypes import Job
 
 
 class LimitExceeded(Exception):

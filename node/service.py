@@ -17,11 +17,16 @@ import grpc
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
 from node.answerwire import SERVICE, serialize_submit_reply, submit_answer
-from node.compute import JobSpecError, SourceForbidden, SourceNotFound
-from node.jobs import JobConflict, JobFailed, NotLeader
+from node.jobtypes import (
+    JobConflict,
+    JobFailed,
+    JobSpecError,
+    NotLeader,
+    ReduceFailed,
+    SourceForbidden,
+    SourceNotFound,
+)
 from node.limits import JobTimedOut, LimitExceeded
-from node.wire import partial_from_proto
-from node.worker import ReduceFailed
 
 if TYPE_CHECKING:
     from node.daemon import Daemon
@@ -198,6 +203,8 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
 
     async def Reduce(self, request_iterator: AsyncIterator[Any], context: Any) -> Any:
         accepted = dropped = 0
+        from node.wire import partial_from_proto  # loaded with the compute stack, not at start-up
+
         async for partial in request_iterator:
             try:
                 state = partial_from_proto(partial)

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from node.jobtypes import JobSpecError, SourceForbidden, SourceNotFound
+
 Array = npt.NDArray[Any]
 
 RANDOM_BLOCK = 1 << 20
@@ -46,23 +48,6 @@ NPY_MAGIC = b"\x93NUMPY"
 MAX_NPY_HEADER_BYTES = 64 * 1024
 
 _COUNT_RE = re.compile(r"[0-9][0-9_]*(\.[0-9_]*)?([eE]\+?[0-9]+)?")
-
-
-class JobSpecError(ValueError):
-    """The job as submitted cannot run; `field` names the offending option."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
-class SourceNotFound(JobSpecError):
-    """The source names a file that does not exist (gRPC NOT_FOUND)."""
-
-
-class SourceForbidden(JobSpecError):
-    """The source names a file outside the data root (gRPC PERMISSION_DENIED)."""
 
 
 class DataSource(Protocol):

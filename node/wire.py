@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from node._proto import distnode_pb2 as pb
-from node.compute import Job, Partial
+from node.compute import Partial
 
 #: dtypes allowed to cross the wire: fixed-size numerics only, never objects.
 _WIRE_KINDS = frozenset("biuf")
@@ -61,31 +61,6 @@ def partial_to_proto(job_id: str, shard: int, node_id: str, partial: Partial) ->
 
 def partial_from_proto(message: pb.Partial) -> Partial:
     return {name: tensor_from_proto(tensor) for name, tensor in message.state.items()}
-
-
-def job_to_proto(job_id: str, job: Job) -> pb.JobSpec:
-    spec = pb.JobSpec(
-        job_id=job_id, op=job.op, source=job.source, map=job.kernel, bins=job.bins
-    )
-    if job.axis is not None:
-        spec.axis = job.axis
-    if job.range_lo is not None:
-        spec.range_lo = job.range_lo
-    if job.range_hi is not None:
-        spec.range_hi = job.range_hi
-    return spec
-
-
-def job_from_proto(spec: pb.JobSpec) -> Job:
-    return Job(
-        op=spec.op,
-        source=spec.source,
-        kernel=spec.map or "identity",
-        axis=spec.axis if spec.HasField("axis") else None,
-        bins=spec.bins,
-        range_lo=spec.range_lo if spec.HasField("range_lo") else None,
-        range_hi=spec.range_hi if spec.HasField("range_hi") else None,
-    )
 
 
 def result_to_python(array: np.ndarray) -> int | float | list[int] | list[float]:

@@ -18,8 +18,9 @@ from typing import Any
 import grpc
 
 from node.compute import DataSource, JobSpecError, compute_partial, validate_job
+from node.jobtypes import ReduceFailed, job_from_proto
 from node.peers import PeerChannels
-from node.wire import job_from_proto, partial_to_proto
+from node.wire import partial_to_proto
 
 
 class Worker:
@@ -73,10 +74,6 @@ class Worker:
             call.cancel()
             raise ReduceFailed(f"reduce_to {reduce_to}: {type(exc).__name__}: {exc}") from None
         return len(ranges)
-
-
-class ReduceFailed(Exception):
-    """The partials could not be delivered to the aggregator."""
 
 
 def check_ranges(ranges: list[tuple[int, int, int]], source: DataSource) -> None:

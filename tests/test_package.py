@@ -22,10 +22,13 @@ def test_every_public_name_resolves() -> None:
     assert set(node.__all__) == set(node._HOMES)
 
 
-def test_a_daemon_does_not_import_the_client_side() -> None:
-    loaded = run_python("import sys, cli.commands, node.daemon; print(' '.join(sorted(sys.modules)))")
-    assert "node.daemon" in loaded.split()
-    assert "node.harness" not in loaded.split() and "node.blocking" not in loaded.split()
+def test_a_daemon_starts_without_the_client_side_or_numpy() -> None:
+    """numpy and the compute stack load after the election (node/jobtypes.py)."""
+    loaded = run_python("import sys, cli.main, cli.commands, node.daemon; print(' '.join(sorted(sys.modules)))")
+    modules = loaded.split()
+    assert "node.daemon" in modules
+    for heavy in ("numpy", "node.jobs", "node.compute", "node.client", "node.harness", "node.blocking"):
+        assert heavy not in modules, heavy
 
 
 def test_cli_keeps_openblas_to_one_thread_unless_told() -> None:
