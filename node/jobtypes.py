@@ -22,7 +22,7 @@ OPS: tuple[str, ...] = (
     "sum", "prod", "min", "max", "mean", "count", "var", "std", "argmin", "argmax", "histogram",
 )  # fmt: skip
 KERNELS: tuple[str, ...] = ("identity", "square", "abs", "sqrt", "exp", "log", "negative")
-SHARD_ELEMS: int = 1 << 22  # default shard size in elements (32 MiB of float64)
+SHARD_ELEMS: int = 1 << 23  # default shard size in elements (64 MiB of float64)
 
 
 @dataclass(frozen=True)

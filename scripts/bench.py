@@ -40,8 +40,8 @@ How it is kept fair (all systems, same machine, same run, one at a time):
   (and nearest-rank p99 where it matters) of the timed reps.
 - What a job is. distnode: `Client.submit(op="sum", source="npy:PATH")`
   (`map="square"`; `axis=0` on the (3, 10^6) file), client wall time in this
-  process, with default timing and shard size (2^22 elements). Dask: a
-  `dask.array` of 2^22-element chunks, each a `from_delayed` view of the
+  process, with default timing and shard size (2^23 elements). Dask: a
+  `dask.array` of 2^23-element chunks, each a `from_delayed` view of the
   worker's memory map (graph built per job), `.sum().compute()`. Ray: three
   tasks, one per contiguous third, partials summed by the driver. Vector
   reduce: distnode `--axis 0`; MPI `comm.Reduce` of each rank's row (a view of

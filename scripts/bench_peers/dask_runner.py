@@ -4,7 +4,7 @@
 processes, no dashboard) and a `Client` in this process. Cluster start-up is
 outside the timed region.
 
-- big sum / square-then-sum: a `dask.array` of 2^22-element chunks (distnode's
+- big sum / square-then-sum: a `dask.array` of 2^23-element chunks (distnode's
   shard size), each chunk a `from_delayed` view of the worker's own memory map
   of the .npy (opened once per worker process and reused, so no data crosses
   the network; `da.from_array(memmap)` would pickle the whole 800 MB map into

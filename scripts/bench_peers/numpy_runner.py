@@ -2,7 +2,7 @@
 
 `python numpy_runner.py SPEC_JSON`. The map is opened once and reused
 across reps. Sum: `np.sum(map)`. Square-then-sum: `np.sum(np.square(c))`
-over chunks of 2^22 elements (no 800 MB temporary). Vector reduce:
+over chunks of 2^23 elements (no 800 MB temporary). Vector reduce:
 `np.sum(matrix, axis=0)` over the (3, N) map. Warm-ups dropped; prints one
 `BENCH_RESULT {json}` line.
 """

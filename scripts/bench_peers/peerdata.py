@@ -18,7 +18,7 @@ import numpy as np
 
 RESULT_PREFIX = "BENCH_RESULT "
 #: Dask/Ray chunk size in elements: distnode's default --shard-elems.
-CHUNK = 1 << 22
+CHUNK = 1 << 23
 
 
 @functools.lru_cache(maxsize=8)
