@@ -488,18 +488,25 @@ async def _throughput(addresses: list[str], seconds: float, inflight: int) -> di
     return {"jobs": done, "seconds": elapsed, "jobs_per_s": done / elapsed, "inflight": inflight}
 
 
-def timed_jobs(client: Client, p: Params, **job: Any) -> tuple[list[float], list[Any]]:
-    """Client wall time per job; the answers as numpy gives them (`Answer.array`,
-    what a numpy user keeps; the peers' runners keep their arrays too)."""
-    samples, results = [], []
+def timed_jobs(
+    client: Client, p: Params, keep: Callable[[Any], Any] = float, **job: Any
+) -> tuple[list[float], list[Any]]:
+    """Client wall time per job, and `keep(answer.array)` of each answer.
+
+    `keep` runs after the clock stops and should return something small (a
+    float, a correctness flag): like the peers' runners, which keep one float
+    per rep, the bench holds no answer array across reps.
+    """
+    samples, kept = [], []
     for rep in range(p.warmup + p.reps):
         t0 = time.perf_counter()
         answer = client.submit(**job)
         elapsed = time.perf_counter() - t0
-        results.append(answer.array)
+        kept.append(keep(answer.array))
+        del answer
         if rep >= p.warmup:
             samples.append(elapsed)
-    return samples, results
+    return samples, kept
 
 
 def proc_sample(pid: int) -> tuple[float, int, int]:
@@ -676,10 +683,12 @@ def _big(cluster: LocalCluster, data: Data, p: Params) -> dict[str, Any]:
         samples, results = timed_jobs(client, p, op="sum", source=f"npy:{data.big}", map="square")
         out["big_square_sum"] = {**summary(samples), "result": float(results[-1]),
                                  "correct": all(close_enough(r, data.expected_square_sum) for r in results)}
-        samples, results = timed_jobs(client, p, op="sum", source=f"npy:{data.vec}", axis=0)
-        out["vector_reduce"] = {**summary(samples), "result_first": float(results[-1][0]),
-                                "correct": all(np.allclose(r, data.expected_vec, rtol=1e-12, atol=1e-9)
-                                               for r in results)}
+        def vector_check(array: Any) -> tuple[bool, float]:
+            return bool(np.allclose(array, data.expected_vec, rtol=1e-12, atol=1e-9)), float(array[0])
+
+        samples, results = timed_jobs(client, p, vector_check, op="sum", source=f"npy:{data.vec}", axis=0)
+        out["vector_reduce"] = {**summary(samples), "result_first": results[-1][1],
+                                "correct": all(ok for ok, _ in results)}
     for key in ("big_sum", "big_square_sum", "vector_reduce"):
         log(f"distnode {key}: median {out[key]['median_ms']:.1f} ms, correct {out[key]['correct']}")
     return out
