@@ -64,7 +64,7 @@ REMOTE_LANES = 2
 ANSWER_CACHE = 10_000
 ANSWER_CACHE_BYTES = 128 << 20
 #: A job of more shards than this is refused before planning (the plan alone
-#: would not fit in memory): 100,000 default shards are 4 x 10^11 elements.
+#: would not fit in memory): 100,000 default shards are 8.4 x 10^11 elements.
 MAX_SHARDS = 100_000
 
 ShardRange = tuple[int, int, int]  # (index, start_row, stop_row)
@@ -136,6 +136,15 @@ class JobRun:
         while self.pending and len(batch) < count:
             batch.append(self.pending.popleft())
         return batch
+
+    def fail(self, exc: Exception) -> None:
+        """End the run with `exc` for whoever awaits it. Marked as retrieved: the
+        submit that started the run may itself have been cancelled meanwhile
+        (its client went away), and then nobody awaits it, which asyncio would
+        log as an error when the future is collected."""
+        if not self.finished:
+            self.done.set_exception(exc)
+            self.done.exception()
 
     def requeue(self, batch: list[int]) -> None:
         """Put back the shards of `batch` that never arrived, in front of the queue."""
@@ -256,9 +265,7 @@ class JobManager:
                 outcome = await asyncio.shield(run.done)
         except TimeoutError:
             timed_out = JobTimedOut(f"job-timeout-s: job ran past {self.limits.job_timeout_s} s")
-            if not run.finished:
-                run.done.set_exception(timed_out)  # joiners of this job id fail too
-                run.done.exception()  # mark retrieved: our caller gets it by the raise below
+            run.fail(timed_out)  # joiners of this job id fail too; our caller by the raise below
             raise timed_out from None
         finally:
             self._running.pop(job_id, None)
@@ -306,7 +313,7 @@ class JobManager:
             )
         except Exception as exc:
             log.exception("job %s: computation failed", run.job_id)
-            run.done.set_exception(JobFailed(f"computation failed: {exc}"))  # _run raises it
+            run.fail(JobFailed(f"computation failed: {exc}"))  # _run raises it
             return
         run.accept(0, self.node_id, partial)
 
@@ -325,8 +332,7 @@ class JobManager:
         except Exception as exc:
             # Workers may fail and be replaced; the leader is the last resort.
             log.exception("job %s: local computation failed", run.job_id)
-            if not run.finished:
-                run.done.set_exception(JobFailed(f"computation failed: {exc}"))
+            run.fail(JobFailed(f"computation failed: {exc}"))
 
     async def _compute_local(self, run: JobRun, source: DataSource, batch_size: int) -> None:
         loop = asyncio.get_running_loop()
@@ -416,7 +422,6 @@ class JobManager:
     def abort_all(self, reason: str) -> None:
         """Leadership is gone: fail every running job so clients retry elsewhere."""
         for run in list(self._running.values()):
-            if not run.finished:
-                run.done.set_exception(NotLeader(reason))
+            run.fail(NotLeader(reason))
             for task in run.tasks:
                 task.cancel()
