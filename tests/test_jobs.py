@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import pytest
 
 from node.compute import Job
 from node.jobs import ANSWER_CACHE_BYTES, JobManager
@@ -35,3 +36,53 @@ async def test_answer_cache_is_bounded_by_bytes(tmp_path: Any) -> None:
 async def _no_remote(*args: Any) -> None:
     await asyncio.sleep(0)
     raise AssertionError("a one-node job must not call workers")
+
+
+async def test_an_answer_bigger_than_the_budget_is_returned_not_kept(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    import node.jobs
+
+    monkeypatch.setattr(node.jobs, "ANSWER_CACHE_BYTES", 1000)
+    np.save(tmp_path / "m.npy", np.ones((2, 1000)))
+    jobs = JobManager(
+        "n1", PeerTable((), failure_ms=1000), remote=_no_remote, executor=ThreadPoolExecutor(1),
+        shard_elems=1 << 22, data_root=tmp_path,
+    )
+    outcome = await jobs.submit("big", Job(op="sum", source="npy:m.npy", axis=0))
+    assert outcome.result.tolist() == [2.0] * 1000
+    assert jobs.progress("big") == (False, 0, 0)  # 8,000 bytes: over the budget, not kept
+    small = await jobs.submit("small", Job(op="sum", source="values:1,2"))
+    assert small.result == 3 and jobs.progress("small")[0]
+
+
+async def test_a_job_aborted_after_its_submitter_left_logs_nothing() -> None:
+    """Leadership lost while the only submitter was cancelled (its client gone):
+    the run's NotLeader must not surface as 'Future exception was never retrieved'."""
+    import gc
+    import threading
+
+    from inproc import poll
+
+    from node.jobs import INLINE_ELEMS
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    gate = threading.Event()
+    executor = ThreadPoolExecutor(1)
+    executor.submit(gate.wait)  # the job's computation queues behind this
+    jobs = JobManager("n1", PeerTable((), failure_ms=1000), remote=_no_remote, executor=executor,
+                      shard_elems=1 << 22)
+    submitter = asyncio.create_task(jobs.submit("j", Job(op="sum", source=f"range:n={4 * INLINE_ELEMS}")))
+    await poll(lambda: jobs.progress("j")[0], what="the run to start")
+    jobs.abort_all("n1 became follower in term 2")
+    submitter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await submitter
+    gate.set()
+    executor.shutdown(wait=True)
+    del submitter
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [c for c in reported if "never retrieved" in c.get("message", "")], reported
