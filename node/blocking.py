@@ -41,7 +41,7 @@ from node.client import (
 )
 from node.peers import CHANNEL_OPTIONS
 from node.security import AUTH_HEADER, TlsFiles, load_token
-from node.watchdog import Watchdog
+from node.watchdog import Watch, Watchdog
 
 T = TypeVar("T")
 
@@ -106,8 +106,8 @@ class Client:
     def _attempt(
         self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
     ) -> Any:
-        stub = self._stub(address)
-        with self._watchdog.watch(address, request.job.job_id, on_progress) as watch:
+        stub, channel = self._stub_and_channel(address)
+        with self._watchdog.watch(address, request.job.job_id, on_progress, channel) as watch:
             try:
                 return stub.Submit(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
@@ -117,27 +117,29 @@ class Client:
             except ValueError as exc:  # another thread's watch closed this channel just now
                 raise Retry(f"channel closed: {exc}", accepted=False) from None
 
-    def _probe(self, address: str, job_id: str, on_progress: ProgressCallback | None) -> bool:
-        """The watchdog's question to `address`: do you hold `job_id`?"""
+    def _probe(self, address: str, job_id: str) -> tuple[int, int] | None:
+        """The watchdog's question to `address`: how far is `job_id`? None: not known there."""
         try:
             reply = self._stub(address).Progress(
                 pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S, metadata=self._metadata
             )
         except (grpc.RpcError, ValueError):
-            return False
-        if reply.known and on_progress is not None:
-            on_progress(reply.shards_done, reply.shards_total)
-        return bool(reply.known)
+            return None
+        return (reply.shards_done, reply.shards_total) if reply.known else None
 
-    def _abandon(self, address: str) -> None:
-        """Close the channel to `address`: its calls end with CANCELLED; the next one reconnects."""
+    def _abandon(self, watch: Watch) -> None:
+        """Close the watched call's channel: its calls end with CANCELLED, and the
+        next call to that node opens a fresh one (unless one was opened meanwhile)."""
         with self._lock:
-            channel = self._channels.pop(address, None)
-            self._stubs.pop(address, None)
-        if channel is not None:
-            channel.close()
+            if self._channels.get(watch.address) is watch.channel:
+                del self._channels[watch.address]
+                self._stubs.pop(watch.address, None)
+        watch.channel.close()
 
     def _stub(self, address: str) -> Any:
+        return self._stub_and_channel(address)[0]
+
+    def _stub_and_channel(self, address: str) -> tuple[Any, Any]:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
@@ -148,7 +150,7 @@ class Client:
                     channel = grpc.insecure_channel(address, options)
                 self._channels[address] = channel
                 stub = self._stubs[address] = node_stub(channel)
-            return stub
+            return stub, self._channels[address]
 
     # -- everything else, through the AsyncClient --------------------------
 

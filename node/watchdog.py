@@ -9,8 +9,11 @@ partitioned away) must not hang the caller until the deadline.
 So each call registers a `Watch` here. Once a call has run PROBE_INTERVAL_S,
 this thread asks its node for the job's Progress; every answer resets the
 count, and after `failures` misses in a row it marks the watch abandoned and
-has the node's channel closed, which ends the blocking call with CANCELLED.
+has the call's channel closed, which ends the blocking call with CANCELLED
+(and any other call on that channel: the node is silent for them too).
 The caller sees `abandoned` and retries elsewhere, as AsyncClient does.
+A probe or a progress callback that raises is logged and never stops the
+thread: a probe that raised counts as a miss.
 
 Cost on the hot path: a lock and a set insert per call, and a wake-up of
 this thread only when it was idle. A stream of short calls wakes it about
@@ -20,15 +23,19 @@ once per PROBE_INTERVAL_S; with no call in flight it sleeps.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from node.client import ProgressCallback
 
-#: (address, job_id, on_progress) -> did the node confirm it holds the job?
-Probe = Callable[[str, str, ProgressCallback | None], bool]
+log = logging.getLogger("distnode.watchdog")
+
+#: (address, job_id) -> (shards done, shards total) if the node holds the job, else None.
+Probe = Callable[[str, str], "tuple[int, int] | None"]
 
 
 @dataclass(eq=False)
@@ -38,6 +45,8 @@ class Watch:
     address: str
     job_id: str
     on_progress: ProgressCallback | None
+    #: The caller's handle on what to close when abandoning (its channel).
+    channel: Any
     due_s: float  # monotonic time of the next probe
     known: bool = False  # the node has confirmed it holds the job
     failures: int = 0  # probes missed in a row
@@ -46,7 +55,7 @@ class Watch:
 
 class Watchdog:
     def __init__(
-        self, probe: Probe, abandon: Callable[[str], None], interval_s: float, failures: int
+        self, probe: Probe, abandon: Callable[[Watch], None], interval_s: float, failures: int
     ) -> None:
         self._probe = probe
         self._abandon = abandon
@@ -59,9 +68,11 @@ class Watchdog:
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def watch(self, address: str, job_id: str, on_progress: ProgressCallback | None) -> Iterator[Watch]:
-        """Watch the call made inside the `with` block."""
-        watch = Watch(address, job_id, on_progress, time.monotonic() + self.interval_s)
+    def watch(
+        self, address: str, job_id: str, on_progress: ProgressCallback | None, channel: Any = None
+    ) -> Iterator[Watch]:
+        """Watch the call made inside the `with` block (on `channel`, to `address`)."""
+        watch = Watch(address, job_id, on_progress, channel, time.monotonic() + self.interval_s)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the client is closed")
@@ -103,16 +114,27 @@ class Watchdog:
                 self._check(watch)
 
     def _check(self, watch: Watch) -> None:
-        known = self._probe(watch.address, watch.job_id, watch.on_progress)
+        try:
+            progress = self._probe(watch.address, watch.job_id)
+        except Exception:
+            log.exception("progress probe of %s failed; counted as a miss", watch.address)
+            progress = None
         with self._cond:
             if watch not in self._watches:  # the call ended while we probed
                 return
             watch.due_s = time.monotonic() + self.interval_s
-            if known:
+            if progress is not None:
                 watch.known, watch.failures = True, 0
-                return
-            watch.failures += 1
-            if watch.failures < self.failures:
-                return
-            watch.abandoned = True
-        self._abandon(watch.address)
+            else:
+                watch.failures += 1
+                watch.abandoned = watch.failures >= self.failures
+        if progress is not None and watch.on_progress is not None:
+            try:
+                watch.on_progress(*progress)
+            except Exception:
+                log.exception("on_progress callback raised; ignored")
+        if watch.abandoned:
+            try:
+                self._abandon(watch)
+            except Exception:
+                log.exception("abandoning the call to %s failed", watch.address)

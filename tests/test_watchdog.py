@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from node.watchdog import Watchdog
+from node.watchdog import Watch, Watchdog
 
 INTERVAL_S = 0.02
 
@@ -33,14 +33,12 @@ class Node:
         self.abandoned: list[str] = []
         self.progress: list[tuple[int, int]] = []
 
-    def probe(self, address: str, job_id: str, on_progress: Callable[[int, int], None] | None) -> bool:
+    def probe(self, address: str, job_id: str) -> tuple[int, int] | None:
         self.probes.append(job_id)
-        if self.answers and on_progress is not None:
-            on_progress(len(self.probes), 10)
-        return self.answers
+        return (len(self.probes), 10) if self.answers else None
 
-    def abandon(self, address: str) -> None:
-        self.abandoned.append(address)
+    def abandon(self, watch: Watch) -> None:
+        self.abandoned.append(watch.address)
 
 
 def test_a_short_call_is_never_probed() -> None:
@@ -77,9 +75,9 @@ def test_one_answer_resets_the_miss_count() -> None:
     answers = [False, True, False, True, False, False]
     asked: list[bool] = []
 
-    def probe(*args: object) -> bool:
+    def probe(*args: object) -> tuple[int, int] | None:
         asked.append(answers[len(asked)])
-        return asked[-1]
+        return (1, 2) if asked[-1] else None
 
     node = Node(answers=True)
     dog = Watchdog(probe, node.abandon, interval_s=INTERVAL_S, failures=2)
@@ -100,3 +98,48 @@ def test_close_stops_the_thread_and_refuses_new_watches() -> None:
     assert threads and not any(t.is_alive() for t in threads)
     with pytest.raises(RuntimeError, match="closed"), dog.watch("a:1", "y", None):
         pass
+
+
+def test_a_probe_that_raises_is_a_miss_and_the_thread_lives_on() -> None:
+    calls: list[str] = []
+
+    def probe(address: str, job_id: str) -> tuple[int, int] | None:
+        calls.append(job_id)
+        if job_id == "broken":
+            raise OSError("certificate file vanished")
+        return (1, 1)
+
+    node = Node(answers=True)
+    dog = Watchdog(probe, node.abandon, interval_s=INTERVAL_S, failures=2)
+    with dog.watch("d:4", "broken", None) as broken:
+        wait_until(lambda: broken.abandoned, "the raising probe to count as misses")
+    with dog.watch("d:4", "fine", None) as fine:
+        wait_until(lambda: calls.count("fine") >= 2, "probes after the failure")
+    dog.close()
+    assert fine.known and not fine.abandoned and node.abandoned == ["d:4"]
+
+
+def test_a_progress_callback_that_raises_is_ignored() -> None:
+    node = Node(answers=True)
+    seen: list[tuple[int, int]] = []
+
+    def on_progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        raise ValueError("a user's bug")
+
+    dog = Watchdog(node.probe, node.abandon, interval_s=INTERVAL_S, failures=2)
+    with dog.watch("e:5", "job", on_progress) as watch:
+        wait_until(lambda: len(seen) >= 3, "three progress calls")
+    dog.close()
+    assert watch.known and not watch.abandoned
+
+
+def test_abandon_is_handed_the_watched_calls_channel() -> None:
+    node = Node(answers=False)
+    handed: list[object] = []
+    token = object()
+    dog = Watchdog(node.probe, lambda watch: handed.append(watch.channel), interval_s=INTERVAL_S, failures=1)
+    with dog.watch("f:6", "job", None, channel=token) as watch:
+        wait_until(lambda: watch.abandoned, "abandonment")
+    dog.close()
+    assert handed == [token]
