@@ -13,6 +13,7 @@ the peer channels, drop the compute pool.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -97,7 +98,7 @@ class Daemon:
         # background once a leader is known (see node/jobtypes.py for why).
         self._jobs: JobManager | None = None
         self._worker: Worker | None = None
-        self._preloading = False
+        self._preload: concurrent.futures.Future[None] | None = None
         self.leader_address = ""
         self._leader_heard_s: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -133,13 +134,24 @@ class Daemon:
             )
         return self._worker
 
-    def _preload_compute(self) -> None:
-        """Import the compute stack in the compute thread, once, when a leader is
-        known: off the event loop and after the start-up storm of elections."""
-        if self._preloading or self._jobs is not None:
+    def _preload_compute(self) -> concurrent.futures.Future[None]:
+        """Import the compute stack in the compute thread, once (started when a
+        leader is known: off the event loop, after the start-up storm of elections)."""
+        if self._preload is None:
+            self._preload = self.executor.submit(_import_compute_stack)
+            self._preload.add_done_callback(_log_preload_failure)
+        return self._preload
+
+    async def compute_ready(self) -> None:
+        """Wait, without blocking the event loop, until `jobs` and `worker` can be
+        built: the servicer awaits this before its first use of either."""
+        try:
+            preload = self._preload_compute()
+        except RuntimeError:  # shutting down: the executor is gone
             return
-        self._preloading = True
-        self.executor.submit(_import_compute_stack)
+        if not preload.done():
+            with contextlib.suppress(Exception):  # logged; the import is retried on use
+                await asyncio.wrap_future(preload)
 
     # -- queries used by the servicer ------------------------------------
 
@@ -432,6 +444,11 @@ class Daemon:
 def _import_compute_stack() -> None:
     import node.jobs
     import node.worker  # noqa: F401
+
+
+def _log_preload_failure(preload: concurrent.futures.Future[None]) -> None:
+    if not preload.cancelled() and preload.exception() is not None:
+        log.error("loading the compute stack failed", exc_info=preload.exception())
 
 
 class _MalformedRequestFilter(logging.Filter):

@@ -156,6 +156,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
     async def _submit(self, request: Any, context: Any) -> Any:
         if not self.daemon.is_leader:
             return await self._forward(request, context)
+        await self.daemon.compute_ready()
         try:
             outcome = await self.daemon.jobs.submit(request.job.job_id, self.daemon.job_of(request))
         except EXPECTED_ERRORS as exc:
@@ -191,6 +192,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
 
     async def Compute(self, request: Any, context: Any) -> Any:
         await check_member(context, self.daemon, "leader_id", request.leader_id)
+        await self.daemon.compute_ready()
         try:
             sent = await self.daemon.worker.compute(request, context.time_remaining())
         except JobSpecError as exc:
@@ -203,6 +205,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
 
     async def Reduce(self, request_iterator: AsyncIterator[Any], context: Any) -> Any:
         accepted = dropped = 0
+        await self.daemon.compute_ready()
         from node.wire import partial_from_proto  # loaded with the compute stack, not at start-up
 
         async for partial in request_iterator:
@@ -221,6 +224,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
 
     async def Progress(self, request: Any, context: Any) -> Any:
         if self.daemon.is_leader:
+            await self.daemon.compute_ready()
             known, done, total = self.daemon.jobs.progress(request.job_id)
             return pb.ProgressReply(known=known, shards_done=done, shards_total=total)
         leader = self.daemon.leader_address
