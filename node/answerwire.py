@@ -13,8 +13,9 @@ one back, so for this one message we do the last step by hand:
 
 The bytes are ordinary protobuf: a parser merges a second occurrence of the
 `result` field into the first, so generated clients in any language read
-our replies unchanged, and our parser reads anyone's. A follower relaying a
-Submit passes the leader's bytes through untouched.
+our replies unchanged, and our parser reads any reply protobuf writes (it
+refuses the deprecated group wire types, which proto3 never emits). A
+follower relaying a Submit passes the leader's bytes through untouched.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ once a leader is known (see `Daemon._preload_compute`). With sixteen daemons
 starting on two cores, numpy's import alone is ~0.8 CPU-seconds of the
 start-up storm.
 
-`node.compute`, `node.sources`, `node.jobs`, `node.worker` and `node.wire`
-re-export what they used to define, so their importers are unchanged.
+`node.compute` re-exports `Job`, the op and kernel names and the source errors
+for its importers; the job errors and the proto conversions are imported
+from here.
 """
 
 from __future__ import annotations

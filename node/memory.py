@@ -11,7 +11,9 @@ job on our 2-core test machine, several times the arithmetic.
 `tune_malloc()` asks glibc to keep them: one arena for all threads (so the
 compute thread's blocks come from the main heap, which is only trimmed above
 the threshold below), blocks up to 32 MiB from the heap instead of their own
-mapping, and freed memory kept until 256 MiB is free. The cost is that a
+mapping, and freed memory kept until 256 MiB is free (glibc caps the mmap
+threshold at 32 MiB, so shard-sized temporaries of a 2^23-element shard,
+64 MiB, are still fresh mappings each time). The cost is that a
 daemon keeps the memory of its biggest recent job resident (bounded by the
 trim threshold); it does not raise the idle footprint of a fresh daemon.
 Measured with `scripts/bench.py` (vector reduce) before and after; see the
