@@ -39,9 +39,10 @@ from node.client import (
     classify,
     new_request,
 )
+from node.errors import ClusterUnavailable
 from node.peers import CHANNEL_OPTIONS
 from node.security import AUTH_HEADER, TlsFiles, load_token
-from node.watchdog import Watch, Watchdog
+from node.watchdog import Watch, Watchdog, WatchdogClosed
 
 T = TypeVar("T")
 
@@ -85,6 +86,8 @@ class Client:
         on_progress: ProgressCallback | None = None,
     ) -> Answer:
         """Run one job and return its answer. Raises InvalidJob, JobError, ClusterUnavailable."""
+        if self._loop.is_closed():
+            raise ClusterUnavailable("this client is closed")
         request = new_request(op, source, map, axis, bins, range, job_id)
         started = time.perf_counter()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -107,15 +110,18 @@ class Client:
         self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
     ) -> Any:
         stub, channel = self._stub_and_channel(address)
-        with self._watchdog.watch(address, request.job.job_id, on_progress, channel) as watch:
-            try:
-                return stub.Submit(request, timeout=remaining, metadata=self._metadata)
-            except grpc.RpcError as exc:
-                if watch.abandoned:
-                    raise Retry("node stopped answering progress probes", accepted=watch.known) from None
-                raise classify(exc, watch.known) from None
-            except ValueError as exc:  # another thread's watch closed this channel just now
-                raise Retry(f"channel closed: {exc}", accepted=False) from None
+        try:
+            with self._watchdog.watch(address, request.job.job_id, on_progress, channel) as watch:
+                try:
+                    return stub.Submit(request, timeout=remaining, metadata=self._metadata)
+                except grpc.RpcError as exc:
+                    if watch.abandoned:
+                        raise Retry("node stopped answering progress probes", accepted=watch.known) from None
+                    raise classify(exc, watch.known) from None
+                except ValueError as exc:  # another thread's watch closed this channel just now
+                    raise Retry(f"channel closed: {exc}", accepted=False) from None
+        except WatchdogClosed:  # close() ran in another thread meanwhile
+            raise ClusterUnavailable("this client was closed during submit") from None
 
     def _probe(self, address: str, job_id: str) -> tuple[int, int] | None:
         """The watchdog's question to `address`: how far is `job_id`? None: not known there."""

@@ -38,6 +38,10 @@ log = logging.getLogger("distnode.watchdog")
 Probe = Callable[[str, str], "tuple[int, int] | None"]
 
 
+class WatchdogClosed(RuntimeError):
+    """`watch()` after `close()`: the client that owns this watchdog is closed."""
+
+
 @dataclass(eq=False)
 class Watch:
     """One blocking Submit under watch (compared by identity)."""
@@ -75,7 +79,7 @@ class Watchdog:
         watch = Watch(address, job_id, on_progress, channel, time.monotonic() + self.interval_s)
         with self._cond:
             if self._closed:
-                raise RuntimeError("the client is closed")
+                raise WatchdogClosed("the client is closed")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="distnode-watchdog", daemon=True)
                 self._thread.start()

@@ -143,3 +143,12 @@ def test_abandon_is_handed_the_watched_calls_channel() -> None:
         wait_until(lambda: watch.abandoned, "abandonment")
     dog.close()
     assert handed == [token]
+
+
+def test_a_closed_client_refuses_to_submit() -> None:
+    from node import Client, ClusterUnavailable
+
+    client = Client(["127.0.0.1:1"])  # never dialled
+    client.close()
+    with pytest.raises(ClusterUnavailable, match="closed"):
+        client.submit(op="sum", source="range:n=10")
