@@ -101,9 +101,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from failover_timing import SETTLE_S, time_failovers
 
 from node import AsyncClient, Client, LocalCluster
-from node.errors import ClusterUnavailable
 
 HERE = Path(__file__).resolve().parent
 PEERS_DIR = HERE / "bench_peers"
@@ -112,8 +112,6 @@ RESULT_PREFIX = "BENCH_RESULT "
 SMALL_SOURCE = "range:n=1000"
 SMALL_EXPECTED = 999 * 1000 // 2
 WRITE_CHUNK = 10**7
-FAILOVER_POLL_S = 0.005
-SETTLE_S = 0.5
 REL_TOL = 1e-9
 
 
@@ -614,32 +612,7 @@ def measure_kill_crossing(cluster: LocalCluster, data: Data, pairs: int) -> dict
 
 
 def measure_failover(cluster: LocalCluster, kills: int) -> dict[str, Any]:
-    times_s: list[float] = []
-    for kill in range(kills):
-        cluster.wait_all_alive(timeout_s=30.0)
-        time.sleep(SETTLE_S)
-        old = cluster.leader()
-        survivors = [cluster.address(nid) for nid in cluster.ids if nid != old]
-        with Client(survivors, timeout=30.0) as client:
-            client.status(timeout=5.0)  # channels open before the clock starts
-            t0 = time.perf_counter()
-            cluster.kill(old)
-            deadline = time.monotonic() + 30.0
-            new = None
-            while time.monotonic() < deadline:
-                with contextlib.suppress(ClusterUnavailable):
-                    view = client.status(timeout=0.5)
-                    if view.leader is not None and view.leader != old:
-                        new = view.leader
-                        break
-                time.sleep(FAILOVER_POLL_S)
-            elapsed = time.perf_counter() - t0
-        if new is None:
-            raise TimeoutError(f"no new leader after killing {old}\n{cluster.logs()}")
-        times_s.append(elapsed)
-        log(f"failover {kill + 1}/{kills}: {old} killed, {new} leads after {elapsed * 1000:.0f} ms")
-        cluster.restart(old)
-    cluster.wait_all_alive(timeout_s=30.0)
+    times_s = time_failovers(cluster, kills, log)
     return {**summary(times_s), "max_ms": max(times_s) * 1000}
 
 

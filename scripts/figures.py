@@ -42,14 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from failover_timing import time_failovers
 
 from node import Client, LocalCluster
-from node.errors import ClusterUnavailable
 
-FAILOVER_POLL_S = 0.005
-#: Pause after a restarted node is seen alive, so its start-up CPU does not
-#: land in the next failover measurement.
-SETTLE_S = 0.5
 SMALL_SOURCE = "range:n=1000"
 SMALL_WARMUP = 20
 BIG_CHUNK = 10**7
@@ -112,35 +108,8 @@ def measure_start(reps: int) -> dict[str, Any]:
 
 
 def measure_failover(kills: int) -> dict[str, Any]:
-    times_s: list[float] = []
     with LocalCluster(nodes=3) as cluster:
-        for kill in range(kills):
-            cluster.wait_all_alive(timeout_s=30.0)
-            time.sleep(SETTLE_S)
-            old = cluster.leader()
-            survivors = [cluster.address(nid) for nid in cluster.ids if nid != old]
-            with Client(survivors, timeout=30.0) as client:
-                client.status(timeout=5.0)  # open the channels before the clock starts
-                t0 = time.perf_counter()
-                cluster.kill(old)
-                deadline = time.monotonic() + 30.0
-                new = None
-                while time.monotonic() < deadline:
-                    try:
-                        view = client.status(timeout=0.5)
-                        if view.leader is not None and view.leader != old:
-                            new = view.leader
-                            break
-                    except ClusterUnavailable:
-                        pass
-                    time.sleep(FAILOVER_POLL_S)
-                elapsed = time.perf_counter() - t0
-            if new is None:
-                raise TimeoutError(f"no new leader after killing {old}\n" + cluster.logs())
-            times_s.append(elapsed)
-            log(f"failover {kill + 1}/{kills}: {old} killed, {new} leads after {elapsed * 1000:.0f} ms")
-            cluster.restart(old)
-        cluster.wait_all_alive(timeout_s=30.0)
+        times_s = time_failovers(cluster, kills, log)
         elections = election_counts(cluster)
     log(f"failover logs: {elections}")
     return {

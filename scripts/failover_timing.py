@@ -1,0 +1,50 @@
+"""Leader kill -9 → new leader, timed from a client's view (shared by bench.py and figures.py).
+
+Both scripts import this module by name: Python puts the running script's
+folder first on the import path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+from node import Client, ClusterUnavailable, LocalCluster
+
+#: How often the client asks the survivors who leads while a failover runs.
+FAILOVER_POLL_S = 0.005
+#: Pause between failovers so the restarted node is a settled follower again.
+SETTLE_S = 0.5
+
+
+def time_failovers(cluster: LocalCluster, kills: int, log: Callable[[str], None]) -> list[float]:
+    """Kill the leader `kills` times; seconds from each kill to a new leader
+    seen by a client of the survivors. The killed node is restarted each time."""
+    times_s: list[float] = []
+    for kill in range(kills):
+        cluster.wait_all_alive(timeout_s=30.0)
+        time.sleep(SETTLE_S)
+        old = cluster.leader()
+        survivors = [cluster.address(nid) for nid in cluster.ids if nid != old]
+        with Client(survivors, timeout=30.0) as client:
+            client.status(timeout=5.0)  # channels open before the clock starts
+            t0 = time.perf_counter()
+            cluster.kill(old)
+            deadline = time.monotonic() + 30.0
+            new = None
+            while time.monotonic() < deadline:
+                with contextlib.suppress(ClusterUnavailable):
+                    view = client.status(timeout=0.5)
+                    if view.leader is not None and view.leader != old:
+                        new = view.leader
+                        break
+                time.sleep(FAILOVER_POLL_S)
+            elapsed = time.perf_counter() - t0
+        if new is None:
+            raise TimeoutError(f"no new leader after killing {old}\n{cluster.logs()}")
+        times_s.append(elapsed)
+        log(f"failover {kill + 1}/{kills}: {old} killed, {new} leads after {elapsed * 1000:.0f} ms")
+        cluster.restart(old)
+    cluster.wait_all_alive(timeout_s=30.0)
+    return times_s
