@@ -101,7 +101,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from failover_timing import SETTLE_S, time_failovers
+from cluster_timing import SETTLE_S, election_counts, last_listening_s, time_failovers
 
 from node import AsyncClient, Client, LocalCluster
 
@@ -522,11 +522,6 @@ def proc_sample(pid: int) -> tuple[float, int, int]:
     return cpu, rss, anon
 
 
-def election_counts(cluster: LocalCluster) -> dict[str, int]:
-    text = cluster.logs()
-    return {key: text.count(f"became {key}") for key in ("candidate", "pre-candidate", "leader")}
-
-
 # -- distnode figures ---------------------------------------------------------------
 
 
@@ -677,7 +672,7 @@ def measure_start(reps: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             cluster.start()
             leader_s.append(time.perf_counter() - t0)
-            listening_s.append(_last_listening(cluster, wall0))
+            listening_s.append(last_listening_s(cluster, wall0))
         except RuntimeError as exc:  # a port taken by another process: not a start-up time
             lost += 1
             if "bind" not in str(exc) or lost > reps:
@@ -685,12 +680,6 @@ def measure_start(reps: int) -> dict[str, Any]:
         finally:
             cluster.close()
     return {**summary(leader_s), "listening_median_ms": statistics.median(listening_s) * 1000}
-
-
-def _last_listening(cluster: LocalCluster, wall0_ns: int) -> float:
-    """Seconds from wall0 until the last daemon printed its (only) stdout line."""
-    last = max((cluster.workdir / f"{nid}.out").stat().st_mtime_ns for nid in cluster.ids)
-    return (last - wall0_ns) / 1e9
 
 
 def measure_scale(p: Params) -> dict[str, Any]:
@@ -708,7 +697,7 @@ def measure_scale(p: Params) -> dict[str, Any]:
             log("scale: a daemon lost its port to another process; starting again")
     try:
         leader_s = time.perf_counter() - t0
-        listening_s = _last_listening(cluster, wall0)
+        listening_s = last_listening_s(cluster, wall0)
         first_term = cluster.client.status().term
         window0 = time.monotonic()
         before = election_counts(cluster)
@@ -726,7 +715,7 @@ def measure_scale(p: Params) -> dict[str, Any]:
         "nodes": p.scale_nodes, "leader_ms": leader_s * 1000, "listening_ms": listening_s * 1000,
         "small": small, "window_s": p.scale_window_s,
         "spurious_candidates": after["candidate"] - before["candidate"],
-        "spurious_pre_candidates": after["pre-candidate"] - before["pre-candidate"],
+        "spurious_pre_candidates": after["pre_candidate"] - before["pre_candidate"],
         "term_first": first_term, "term_last": last_term,
     }
 

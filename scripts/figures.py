@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from failover_timing import time_failovers
+from cluster_timing import election_counts, last_listening_s, time_failovers
 
 from node import Client, LocalCluster
 
@@ -66,16 +66,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def election_counts(cluster: LocalCluster) -> dict[str, int]:
-    """How often any node of the cluster logged a (pre-)candidacy so far."""
-    text = cluster.logs()
-    return {
-        "candidate": text.count("became candidate"),
-        "pre_candidate": text.count("became pre-candidate"),
-        "leader": text.count("became leader"),
-    }
-
-
 # -- figures ------------------------------------------------------------------
 
 
@@ -90,12 +80,7 @@ def measure_start(reps: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             cluster.start()
             leader_s.append(time.perf_counter() - t0)
-            # Each daemon writes exactly one stdout line, DISTNODE_LISTENING, so
-            # the file's mtime is when that node started serving.
-            last_ready = max(
-                (cluster.workdir / f"{node_id}.out").stat().st_mtime_ns for node_id in cluster.ids
-            )
-            listening_s.append((last_ready - wall0) / 1e9)
+            listening_s.append(last_listening_s(cluster, wall0))
             elections.append(election_counts(cluster))
         finally:
             cluster.close()

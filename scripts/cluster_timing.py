@@ -1,4 +1,4 @@
-"""Leader kill -9 → new leader, timed from a client's view (shared by bench.py and figures.py).
+"""Cluster timings and log counts shared by bench.py and figures.py.
 
 Both scripts import this module by name: Python puts the running script's
 folder first on the import path.
@@ -48,3 +48,23 @@ def time_failovers(cluster: LocalCluster, kills: int, log: Callable[[str], None]
         cluster.restart(old)
     cluster.wait_all_alive(timeout_s=30.0)
     return times_s
+
+
+def last_listening_s(cluster: LocalCluster, wall0_ns: int) -> float:
+    """Seconds from `wall0_ns` (time.time_ns) until the last daemon started serving.
+
+    Each daemon writes exactly one stdout line, DISTNODE_LISTENING, so the
+    file's mtime is when that node started serving.
+    """
+    last = max((cluster.workdir / f"{nid}.out").stat().st_mtime_ns for nid in cluster.ids)
+    return (last - wall0_ns) / 1e9
+
+
+def election_counts(cluster: LocalCluster) -> dict[str, int]:
+    """How often any node of the cluster logged a (pre-)candidacy or leadership so far."""
+    text = cluster.logs()
+    return {
+        "candidate": text.count("became candidate"),
+        "pre_candidate": text.count("became pre-candidate"),
+        "leader": text.count("became leader"),
+    }
