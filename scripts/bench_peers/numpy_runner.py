@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,14 +25,7 @@ def main() -> int:
     out: dict[str, Any] = {"processes": 1, "numpy": np.__version__}
 
     def timed(body: Callable[[], Any]) -> tuple[list[float], Any]:
-        samples, value = [], None
-        for rep in range(warmup + reps):
-            t0 = time.perf_counter()
-            value = body()
-            elapsed = time.perf_counter() - t0
-            if rep >= warmup:
-                samples.append(elapsed)
-        return samples, value
+        return peerdata.timed(body, reps, warmup)
 
     figures = spec["figures"]
     if "big_sum" in figures or "big_square_sum" in figures:

@@ -12,6 +12,8 @@ import json
 import math
 import statistics
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,19 @@ def thirds(n: int, parts: int = 3) -> list[tuple[int, int]]:
 
 def chunks(n: int, size: int = CHUNK) -> list[tuple[int, int]]:
     return [(start, min(n, start + size)) for start in range(0, n, size)]
+
+
+def timed(body: Callable[[], Any], count: int, skip: int) -> tuple[list[float], Any]:
+    """Run `body` skip + count times; the wall times of the last `count` runs and
+    the last value. (mpi_reduce.py times its own way: Barrier and MPI.Wtime.)"""
+    samples, value = [], None
+    for rep in range(skip + count):
+        t0 = time.perf_counter()
+        value = body()
+        elapsed = time.perf_counter() - t0
+        if rep >= skip:
+            samples.append(elapsed)
+    return samples, value
 
 
 def summary(samples_s: list[float]) -> dict[str, Any]:

@@ -33,14 +33,7 @@ def main() -> int:
     out: dict[str, Any] = {"num_cpus": 3, "ray": ray.__version__}
 
     def timed(body: Callable[[], Any], count: int = reps, skip: int = warmup) -> tuple[list[float], Any]:
-        samples, value = [], None
-        for rep in range(skip + count):
-            t0 = time.perf_counter()
-            value = body()
-            elapsed = time.perf_counter() - t0
-            if rep >= skip:
-                samples.append(elapsed)
-        return samples, value
+        return peerdata.timed(body, count, skip)
 
     t0 = time.perf_counter()
     # Workers inherit this process's environment (PYTHONPATH names this folder).
