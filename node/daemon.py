@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -63,6 +64,12 @@ SERVICE_NAME = "distnode.v1.Node"
 SHUTDOWN_GRACE_S = 1.0
 #: Longest the tick loop sleeps, so the parent-process watch stays prompt.
 MAX_SLEEP_S = 0.25
+#: uvloop keeps time in whole milliseconds and truncates a timer's delay, so a
+#: timer may fire up to 1 ms before the asked-for time. Had the tick loop asked
+#: for the exact deadline, it would then spin on 0 ms re-sleeps until the clock
+#: caught up: about seven idle loop turns per wake-up, most of an idle node's CPU.
+#: So it sleeps to the next whole millisecond past the deadline, plus this.
+TIMER_SLACK_S = 0.001
 #: Upper bound on one Compute batch; the failure detector normally acts first.
 COMPUTE_TIMEOUT_S = 600.0
 
@@ -91,7 +98,7 @@ class Daemon:
         self.peers = PeerTable(config.peers, config.failure_ms)
         self.channels = PeerChannels(config.tls, config.token)
         self.heartbeats = HeartbeatLinks(
-            self.channels, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000
+            self.channels, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000,
         )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         # The compute side (numpy and all) is built on first use, or in the
@@ -103,8 +110,10 @@ class Daemon:
         self._leader_heard_s: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
-        #: Set when a role change may have moved the election's next deadline earlier.
-        self._rearm = asyncio.Event()
+        #: The clock's next wake (see `_tick`), and the time it was planned for.
+        self._tick_timer: asyncio.Handle | None = None
+        self._ticking = False
+        self._wake_by_s = 0.0
         self._clock_origin_s = 0.0
         self._ticks_done = 0
         self.port = 0
@@ -291,7 +300,7 @@ class Daemon:
         )
 
     def _on_role_changed(self, change: RoleChanged) -> None:
-        self._rearm.set()
+        self._wake_now()  # the next deadline may now be earlier
         leader = f" leader={change.leader}" if change.leader else ""
         log.info("became %s term=%d%s", change.role.value, change.term, leader)
         if change.leader is not None:
@@ -349,23 +358,28 @@ class Daemon:
         messages in their real order. After a stall (SIGSTOP, a frozen VM) at
         most one election timeout's worth of ticks is replayed.
         """
-        loop = asyncio.get_running_loop()
-        elapsed = int((loop.time() - self._clock_origin_s) * 1000 / self.config.tick_ms)
+        elapsed = int((time.monotonic() - self._clock_origin_s) * 1000 / self.config.tick_ms)
         due = elapsed - self._ticks_done
         self._ticks_done = elapsed
         for _ in range(min(due, self.config.election_ticks[1] + 1)):
             self._execute(self.election.tick())
 
-    async def _tick_loop(self) -> None:
-        """Sleep until the election's next deadline (or a role change), then catch up."""
-        tick_s = self.config.tick_ms / 1000
-        loop = asyncio.get_running_loop()
-        wake_by_s = loop.time()
-        while not self._stopping.is_set():
+    def _tick(self) -> None:
+        """One wake of the clock: catch up, judge peers, plan the next wake.
+
+        A plain timer callback rather than a task sleeping in a loop: idle, a
+        node does little else, and a callback costs the fewest wake-ups.
+        """
+        self._tick_timer = None
+        if self._stopping.is_set():
+            return
+        sleep_s = MAX_SLEEP_S
+        self._ticking = True
+        try:
             # Woken far past the planned time: the process was stopped or starved.
             # Replies queued meanwhile are still unread, so judging peers now would
             # declare them all dead at once; skip this one check.
-            stalled = loop.time() - wake_by_s > 2 * self.config.heartbeat_ms / 1000
+            stalled = time.monotonic() - self._wake_by_s > 2 * self.config.heartbeat_ms / 1000
             self._catch_up()
             if self.is_leader and not stalled:
                 for peer in self.peers.check(time.monotonic()):
@@ -376,15 +390,22 @@ class Daemon:
             # Wake at the wall-clock time of the due tick, not `due` ticks from
             # now: ticks are counted from the origin, so this never drifts.
             due_tick = self._ticks_done + self.election.ticks_until_due()
-            due_s = self._clock_origin_s + due_tick * tick_s + 1e-4
-            sleep_s = min(max(0.0, due_s - loop.time()), MAX_SLEEP_S)
+            due_s = self._clock_origin_s + due_tick * self.config.tick_ms / 1000
+            sleep_s = min(max(0.0, due_s - time.monotonic()), MAX_SLEEP_S)
             if self.is_leader:  # the failure detector runs on the heartbeat grain
                 sleep_s = min(sleep_s, self.config.heartbeat_ms / 1000)
-            wake_by_s = loop.time() + sleep_s
-            self._rearm.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(sleep_s):
-                    await self._rearm.wait()
+            sleep_s = math.ceil(sleep_s * 1000) / 1000 + TIMER_SLACK_S
+        finally:  # whatever went wrong, the clock keeps running
+            self._ticking = False
+            self._wake_by_s = time.monotonic() + sleep_s
+            self._tick_timer = asyncio.get_running_loop().call_later(sleep_s, self._tick)
+
+    def _wake_now(self) -> None:
+        """Run `_tick` at once instead of at its planned time (no-op from inside it)."""
+        if self._ticking or self._tick_timer is None:
+            return
+        self._tick_timer.cancel()
+        self._tick_timer = asyncio.get_running_loop().call_soon(self._tick)
 
     def stop(self) -> None:
         """Ask `serve()` to shut down (what SIGINT and SIGTERM do)."""
@@ -404,7 +425,7 @@ class Daemon:
 
     async def serve(self, handle_signals: bool = True) -> None:
         """Run until SIGINT/SIGTERM, `stop()`, or the parent's death; then shut down in order."""
-        self._clock_origin_s = asyncio.get_running_loop().time()  # tick 0: before any RPC arrives
+        self._clock_origin_s = time.monotonic()  # tick 0: before any RPC arrives
         server = self._make_server()
         add_to_server(NodeServicer(self), server)
         health_servicer = health.aio.HealthServicer()
@@ -426,12 +447,12 @@ class Daemon:
             "serving on %s; peers %s; event loop %s", self.config.listen,
             ",".join(self.config.peers) or "none", type(asyncio.get_running_loop()).__module__,
         )
-        ticker = asyncio.create_task(self._tick_loop())
+        self._wake_by_s = time.monotonic()
+        self._tick_timer = asyncio.get_running_loop().call_soon(self._tick)
         self._spawn(self._discover_ids())
         await self._stopping.wait()
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
         log.info("shutting down")
         await server.stop(SHUTDOWN_GRACE_S)
         self.heartbeats.close()
