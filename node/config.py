@@ -115,6 +115,9 @@ class NodeConfig:
     #: Allow listening beyond loopback without TLS and a token.
     insecure: bool = False
     limits: Limits = field(default_factory=Limits)
+    #: Send heartbeats as sealed UDP datagrams beside gRPC (node/beacons.py).
+    #: Off: every heartbeat goes on the gRPC stream, at about three times the CPU.
+    udp_heartbeats: bool = True
 
     @property
     def address(self) -> str:

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from node import beacons
 from node._proto import distnode_pb2 as pb
+from node.beacons import BeaconListener
 from node.config import NodeConfig
 from node.election import (
     Election,
@@ -99,7 +101,10 @@ class Daemon:
         self.channels = PeerChannels(config.tls, config.token)
         self.heartbeats = HeartbeatLinks(
             self.channels, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000,
+            udp=config.udp_heartbeats,
         )
+        #: This node's UDP socket for the leader's beats; None until serving, or if off.
+        self.beacons: BeaconListener | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         # The compute side (numpy and all) is built on first use, or in the
         # background once a leader is known (see node/jobtypes.py for why).
@@ -229,6 +234,8 @@ class Daemon:
             peer = self.peers.get(self.leader_address)
             if peer is not None:
                 peer.role, peer.term = "leader", request.term
+            if request.beacon_key and self.beacons is not None:
+                self.beacons.grant(request.leader_id, request.term, request.beacon_key)
         return pb.HeartbeatReply(
             term=self.election.term, node_id=self.node_id, role=self.election.role.value
         )
@@ -436,6 +443,8 @@ class Daemon:
             port = server.add_insecure_port(self.config.listen)
         self.port = port
         await server.start()
+        if self.config.udp_heartbeats:
+            self.beacons = await beacons.listen(self.config.listen, port, self.handle_heartbeat)
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         if handle_signals:
@@ -456,6 +465,8 @@ class Daemon:
         log.info("shutting down")
         await server.stop(SHUTDOWN_GRACE_S)
         self.heartbeats.close()
+        if self.beacons is not None:
+            self.beacons.close()
         for task in list(self._tasks):
             task.cancel()
         await self.channels.close()

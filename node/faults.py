@@ -24,6 +24,13 @@ A delay holds every chunk for `delay_ms` before forwarding it, in both
 directions of the connection, so a request/reply pair costs 2 x delay_ms
 more; order is kept and backpressure is preserved (bounded queues).
 
+Each link also relays UDP on the same port number, because a node sends its
+heartbeats as datagrams to the UDP twin of a peer's address
+(node/beacons.py). Datagrams to the link go to the target's UDP port; the
+target's answers go back to whoever sent to the link last (only the near-end
+node does). A cut drops datagrams both ways, in either mode (UDP has no
+connection to refuse); a delay holds each one for `delay_ms`.
+
 All links run on one asyncio loop in a daemon thread (`FaultProxy`); its
 methods are thread-safe and return once the change is in effect, so a caller
 that cuts a link knows the established connections are already gone. The
@@ -35,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -51,6 +58,8 @@ QUEUE_CHUNKS = 64
 CONNECT_TIMEOUT_S = 2.0
 #: How long a thread-safe call waits for the proxy loop to act.
 CALL_TIMEOUT_S = 10.0
+#: Fresh ports tried when a link's UDP twin port is taken.
+BIND_TRIES = 20
 
 
 @dataclass(eq=False)  # kept in sets: identity, not value, is what counts
@@ -83,22 +92,47 @@ class Link:
         self._held: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
+        self._udp_front: Any = None  # DatagramTransport on `port`
+        self._udp_back: Any = None  # DatagramTransport connected to the target
+        self._udp_sender: Any = None  # the address that last sent to the link
         #: Counters, for tests and reports.
         self.accepted = 0
         self.blackholed = 0
         self.refused = 0
+        self.datagrams = 0
+        self.datagrams_dropped = 0
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        for _ in range(BIND_TRIES):
+            server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                self._udp_front, _ = await loop.create_datagram_endpoint(
+                    lambda: _Datagrams(self._from_sender), local_addr=("127.0.0.1", port)
+                )
+            except OSError:  # the UDP twin is taken: try another port
+                server.close()
+                continue
+            self._server, self.port = server, port
+            break
+        else:
+            raise OSError(f"link {self.name}: no port free for both TCP and UDP in {BIND_TRIES} tries")
+        host, _, target_port = self.target.rpartition(":")
+        self._udp_back, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._from_target), remote_addr=(host, int(target_port))
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        for transport in (self._udp_front, self._udp_back):
+            if transport is not None:
+                transport.close()
         for conn in [*self._open, *self._held]:
             conn.abort()
         self._open.clear()
@@ -111,6 +145,33 @@ class Link:
         for conn in list(doomed):
             conn.abort()
         doomed.clear()
+
+    # -- datagrams ---------------------------------------------------------
+
+    def _from_sender(self, data: bytes, addr: Any) -> None:
+        self._udp_sender = addr
+        self._relay(lambda: self._udp_back.sendto(data))
+
+    def _from_target(self, data: bytes, addr: Any) -> None:
+        sender = self._udp_sender
+        if sender is not None:
+            self._relay(lambda: self._udp_front.sendto(data, sender))
+
+    def _relay(self, send: Callable[[], None]) -> None:
+        if self.cut:
+            self.datagrams_dropped += 1
+        elif self.delay_s > 0:
+            asyncio.get_running_loop().call_later(self.delay_s, self._deliver, send)
+        else:
+            self._deliver(send)
+
+    def _deliver(self, send: Callable[[], None]) -> None:
+        if self.cut:  # cut while it was held
+            self.datagrams_dropped += 1
+            return
+        self.datagrams += 1
+        with contextlib.suppress(OSError):
+            send()
 
     # -- per connection ---------------------------------------------------
 
@@ -190,6 +251,17 @@ class Link:
         except OSError:
             self._open.discard(conn)
             conn.abort()  # the other side is gone: so is the connection
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, Any], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # nothing listens at the target (yet): the datagram is lost, as UDP allows
 
 
 class FaultProxy:

@@ -54,18 +54,26 @@ CLIENT = "client"
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel reports free right now.
+    """Ports the kernel reports free right now, for TCP and UDP both.
 
     Another process may take one before the daemon binds it; the daemon then
     exits and `start()` raises with its log (scripts/bench.py retries).
     """
-    sockets, ports = [], []
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for _ in range(count):
+        while len(ports) < count:
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)
-            ports.append(sock.getsockname()[1])
+            port = sock.getsockname()[1]
+            twin = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # heartbeats' UDP port
+            sockets.append(twin)
+            try:
+                twin.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
     finally:
         for sock in sockets:
             sock.close()
@@ -496,6 +504,11 @@ class LocalCluster:
         self._proxy_or_fail()
         self._link_names(a, b, both=False)  # validates the ids
         return self._links[a, b]
+
+    def link_datagrams(self, a: str, b: str) -> int:
+        """Datagrams (heartbeats) the link a -> b has delivered, both directions together."""
+        (name,) = self._link_names(a, b, both=False)
+        return self._proxy_or_fail().link(name).datagrams
 
     def link_cut(self, a: str, b: str) -> bool:
         """Whether the link a -> b is cut now."""

@@ -62,7 +62,9 @@ How it is kept fair (all systems, same machine, same run, one at a time):
   SIGKILL the leader once `progress()` shows >= 1 shard merged, compare with
   a clean run just before (median of 3 pairs), answer checked bit-for-bit
   against the clean run; idle = VmRSS and utime+stime from /proc of each
-  daemon over 10 s after one small job (max over nodes); scale = 16 nodes:
+  daemon over 10 s after one small job (max over nodes), then the same on a
+  fresh cluster started with `--no-udp-heartbeats` (every heartbeat on gRPC,
+  for reference); scale = 16 nodes:
   spawn-to-leader wall time, small-job p50 (separate client), and
   `became candidate` lines logged during a 2-minute window (10 s quick)
   after the first leader.
@@ -662,6 +664,13 @@ def _big(cluster: LocalCluster, data: Data, p: Params) -> dict[str, Any]:
     return out
 
 
+def measure_idle_grpc(seconds: float) -> dict[str, Any]:
+    """The idle figure again on a cluster whose heartbeats all go on gRPC (the fallback path)."""
+    with contextlib.closing(started_cluster(nodes=3, extra_args=["--no-udp-heartbeats"])) as cluster:
+        cluster.wait_all_alive(timeout_s=30.0)
+        return measure_idle(cluster, seconds)
+
+
 def measure_start(reps: int) -> dict[str, Any]:
     leader_s, listening_s = [], []
     lost = 0
@@ -799,6 +808,9 @@ def build_rows(res: dict[str, Any], p: Params) -> list[Row]:
             values={"distnode": get(d, "idle", "rss_mb")}),
         Row("idle_cpu", "idle node CPU (max over nodes)", "% core", [("abs", 1.0)],
             values={"distnode": get(d, "idle", "cpu_pct")}),
+        Row("idle_cpu_grpc", "idle node CPU, every heartbeat on gRPC", "% core", [],
+            values={"distnode": get(d, "idle_grpc", "cpu_pct")},
+            note="`--no-udp-heartbeats`, for reference"),
         Row("scale_leader", f"scale: {p.scale_nodes} nodes, spawn → leader", "ms", [("abs", 2000.0)],
             values={"distnode": get(d, "scale", "leader_ms")}),
         Row("scale_small_p50", f"scale: {p.scale_nodes} nodes, small job p50", "ms", [("abs", 2.0)],
@@ -847,7 +859,9 @@ def evaluate(row: Row, skipped: dict[str, str]) -> tuple[str, str, str, list[dic
             check.update(ratio=ratio, met=met)
             verdicts.append("yes" if met else f"**NO**{'' if ref == 'abs' else f' (vs {ref})'}")
         checks.append(check)
-    if all(v == "yes" for v in verdicts):
+    if not verdicts:
+        met_cell = "—"  # shown for reference, no target
+    elif all(v == "yes" for v in verdicts):
         met_cell = "yes"
     elif any(v.startswith("**NO**") for v in verdicts):
         met_cell = "; ".join(v for v in verdicts if v != "yes")
@@ -967,7 +981,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="before each phase wait up to S seconds until other processes use "
                              f"< {QUIET_CORES} core (default 20, quick 0)")
     parser.add_argument("--skip-distnode", default="",
-                        help="comma-separated distnode groups to skip: main,start,scale (for debugging)")
+                        help="comma-separated distnode groups to skip: "
+                             "main,start,idle_grpc,scale (for debugging)")
     parser.add_argument("--client-worker", help=argparse.SUPPRESS)
     parser.add_argument("--cluster", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=int, default=100, help=argparse.SUPPRESS)
@@ -1013,7 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
         d = res["distnode"]
         if "main" not in skip_groups:
             measure_main_cluster(data, p, d, res["errors"])
-        groups = (("start", lambda: measure_start(p.start_reps)), ("scale", lambda: measure_scale(p)))
+        groups = (("start", lambda: measure_start(p.start_reps)),
+                  ("idle_grpc", lambda: measure_idle_grpc(p.idle_s)),
+                  ("scale", lambda: measure_scale(p)))
         for group, step in groups:
             if group in skip_groups:
                 continue

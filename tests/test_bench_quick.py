@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {
     "big_sum", "big_square_sum", "small_p50", "small_p99", "throughput", "vector_reduce", "start",
-    "failover_median", "failover_max", "kill_crossing", "idle_rss", "idle_cpu",
+    "failover_median", "failover_max", "kill_crossing", "idle_rss", "idle_cpu", "idle_cpu_grpc",
     "scale_leader", "scale_small_p50", "scale_elections",
 }
 

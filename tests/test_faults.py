@@ -101,6 +101,42 @@ def closed_by_peer(sock: socket.socket, timeout_s: float = 2.0) -> bool:
         return False
 
 
+class UdpEcho:
+    """A threaded UDP echo server on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(2048)
+                self.sock.sendto(data, addr)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def udp_round_trip_s(address: str, timeout_s: float) -> float | None:
+    """Seconds for one datagram to come back through `address`, None if it does not."""
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout_s)
+        started = time.monotonic()
+        sock.sendto(b"beat", (host, int(port)))
+        try:
+            data, _ = sock.recvfrom(2048)
+        except TimeoutError:
+            return None
+    assert data == b"beat"
+    return time.monotonic() - started
+
+
 @pytest.fixture
 def echo() -> Iterator[EchoServer]:
     server = EchoServer()
@@ -171,6 +207,25 @@ def test_delay_holds_each_direction(echo: EchoServer, proxy: FaultProxy) -> None
         healed_s = time.monotonic() - started
     assert slow_s >= 0.3 > fast_s, (fast_s, slow_s)  # 150 ms out, 150 ms back
     assert healed_s < 0.3
+
+
+def test_link_relays_datagrams_cut_drops_them_delay_holds_them(proxy: FaultProxy) -> None:
+    echo = UdpEcho()
+    try:
+        address = proxy.add("a->b", echo.address)
+        fast_s = udp_round_trip_s(address, 2.0)
+        assert fast_s is not None
+        proxy.cut("a->b")
+        assert udp_round_trip_s(address, 0.3) is None
+        assert proxy.link("a->b").datagrams_dropped == 1
+        proxy.heal("a->b")
+        assert udp_round_trip_s(address, 2.0) is not None
+        proxy.delay("a->b", 150)
+        slow_s = udp_round_trip_s(address, 2.0)
+        assert slow_s is not None and slow_s >= 0.3 > fast_s, (fast_s, slow_s)  # held both ways
+        assert proxy.link("a->b").datagrams == 6
+    finally:
+        echo.close()
 
 
 def test_dead_target_closes_the_connection(proxy: FaultProxy) -> None:
@@ -248,6 +303,10 @@ def test_nodes_dial_each_other_only_through_links(cluster: LocalCluster) -> None
         assert all(cluster.id_of(cluster.link_address(node_id, o)) == o for o in cluster.ids if o != node_id)
     leader = cluster.leader()
     wait_until(lambda: agreed_leader(cluster) == leader, 10, "every node to follow the leader", cluster.logs)
+    # Heartbeats go as datagrams, and those too cross the links.
+    for follower in (n for n in cluster.ids if n != leader):
+        wait_until(lambda f=follower: cluster.link_datagrams(leader, f) >= 20, 10,  # type: ignore[misc]
+                   f"heartbeat datagrams {leader} -> {follower}", cluster.logs)
 
 
 @pytest.mark.process

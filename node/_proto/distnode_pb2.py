@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x64istnode.proto\x12\x0b\x64istnode.v1\"C\n\x0bVoteRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x02 \x01(\t\x12\x10\n\x08pre_vote\x18\x03 \x01(\x08\"<\n\tVoteReply\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x10\n\x08voter_id\x18\x03 \x01(\t\"K\n\x10HeartbeatRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\"=\n\x0eHeartbeatReply\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb4\x01\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0b\n\x03map\x18\x04 \x01(\t\x12\x11\n\x04\x61xis\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x62ins\x18\x06 \x01(\r\x12\x15\n\x08range_lo\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08range_hi\x18\x08 \x01(\x01H\x02\x88\x01\x01\x42\x07\n\x05_axisB\x0b\n\t_range_loB\x0b\n\t_range_hi\"E\n\rSubmitRequest\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.distnode.v1.JobSpec\x12\x11\n\tforwarded\x18\x02 \x01(\x08\"\xb7\x01\n\x0bSubmitReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12#\n\x06result\x18\x03 \x01(\x0b\x32\x13.distnode.v1.Tensor\x12\x0e\n\x06shards\x18\x04 \x01(\r\x12\r\n\x05nodes\x18\x05 \x03(\t\x12\x12\n\nelapsed_ms\x18\x06 \x01(\x01\x12\x0e\n\x06leader\x18\x07 \x01(\t\x12\x0c\n\x04term\x18\x08 \x01(\x04\x12\x16\n\x0eleader_address\x18\t \x01(\t\"3\n\x05Shard\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\x04\x12\x0c\n\x04stop\x18\x03 \x01(\x04\"\x8b\x01\n\x0e\x43omputeRequest\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.distnode.v1.JobSpec\x12\"\n\x06shards\x18\x02 \x03(\x0b\x32\x12.distnode.v1.Shard\x12\x11\n\treduce_to\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\t\"#\n\x0c\x43omputeReply\x12\x13\n\x0bshards_sent\x18\x01 \x01(\r\"\xac\x01\n\x07Partial\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12.\n\x05state\x18\x04 \x03(\x0b\x32\x1f.distnode.v1.Partial.StateEntry\x1a\x41\n\nStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.distnode.v1.Tensor:\x02\x38\x01\"0\n\x0bReduceReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\r\"!\n\x0fProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"I\n\rProgressReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x13\n\x0bshards_done\x18\x02 \x01(\r\x12\x14\n\x0cshards_total\x18\x03 \x01(\r\"\x0f\n\rStatusRequest\"o\n\nNodeStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\r\n\x05\x61live\x18\x05 \x01(\x08\x12\x19\n\x11last_heartbeat_ms\x18\x06 \x01(\x01\"\x8d\x01\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\t\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12&\n\x05nodes\x18\x06 \x03(\x0b\x32\x17.distnode.v1.NodeStatus2\xd9\x03\n\x04Node\x12?\n\x0bRequestVote\x12\x18.distnode.v1.VoteRequest\x1a\x16.distnode.v1.VoteReply\x12K\n\tHeartbeat\x12\x1d.distnode.v1.HeartbeatRequest\x1a\x1b.distnode.v1.HeartbeatReply(\x01\x30\x01\x12>\n\x06Submit\x12\x1a.distnode.v1.SubmitRequest\x1a\x18.distnode.v1.SubmitReply\x12\x41\n\x07\x43ompute\x12\x1b.distnode.v1.ComputeRequest\x1a\x19.distnode.v1.ComputeReply\x12:\n\x06Reduce\x12\x14.distnode.v1.Partial\x1a\x18.distnode.v1.ReduceReply(\x01\x12\x44\n\x08Progress\x12\x1c.distnode.v1.ProgressRequest\x1a\x1a.distnode.v1.ProgressReply\x12>\n\x06Status\x12\x1a.distnode.v1.StatusRequest\x1a\x18.distnode.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x64istnode.proto\x12\x0b\x64istnode.v1\"C\n\x0bVoteRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x02 \x01(\t\x12\x10\n\x08pre_vote\x18\x03 \x01(\x08\"<\n\tVoteReply\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x10\n\x08voter_id\x18\x03 \x01(\t\"l\n\x10HeartbeatRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x12\n\nbeacon_key\x18\x04 \x01(\x0c\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"J\n\x0eHeartbeatReply\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb4\x01\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0b\n\x03map\x18\x04 \x01(\t\x12\x11\n\x04\x61xis\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04\x62ins\x18\x06 \x01(\r\x12\x15\n\x08range_lo\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08range_hi\x18\x08 \x01(\x01H\x02\x88\x01\x01\x42\x07\n\x05_axisB\x0b\n\t_range_loB\x0b\n\t_range_hi\"E\n\rSubmitRequest\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.distnode.v1.JobSpec\x12\x11\n\tforwarded\x18\x02 \x01(\x08\"\xb7\x01\n\x0bSubmitReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12#\n\x06result\x18\x03 \x01(\x0b\x32\x13.distnode.v1.Tensor\x12\x0e\n\x06shards\x18\x04 \x01(\r\x12\r\n\x05nodes\x18\x05 \x03(\t\x12\x12\n\nelapsed_ms\x18\x06 \x01(\x01\x12\x0e\n\x06leader\x18\x07 \x01(\t\x12\x0c\n\x04term\x18\x08 \x01(\x04\x12\x16\n\x0eleader_address\x18\t \x01(\t\"3\n\x05Shard\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\x04\x12\x0c\n\x04stop\x18\x03 \x01(\x04\"\x8b\x01\n\x0e\x43omputeRequest\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.distnode.v1.JobSpec\x12\"\n\x06shards\x18\x02 \x03(\x0b\x32\x12.distnode.v1.Shard\x12\x11\n\treduce_to\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\t\"#\n\x0c\x43omputeReply\x12\x13\n\x0bshards_sent\x18\x01 \x01(\r\"\xac\x01\n\x07Partial\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\r\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12.\n\x05state\x18\x04 \x03(\x0b\x32\x1f.distnode.v1.Partial.StateEntry\x1a\x41\n\nStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.distnode.v1.Tensor:\x02\x38\x01\"0\n\x0bReduceReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\r\"!\n\x0fProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"I\n\rProgressReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x13\n\x0bshards_done\x18\x02 \x01(\r\x12\x14\n\x0cshards_total\x18\x03 \x01(\r\"\x0f\n\rStatusRequest\"o\n\nNodeStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\r\n\x05\x61live\x18\x05 \x01(\x08\x12\x19\n\x11last_heartbeat_ms\x18\x06 \x01(\x01\"\x8d\x01\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x11\n\tleader_id\x18\x04 \x01(\t\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12&\n\x05nodes\x18\x06 \x03(\x0b\x32\x17.distnode.v1.NodeStatus2\xd9\x03\n\x04Node\x12?\n\x0bRequestVote\x12\x18.distnode.v1.VoteRequest\x1a\x16.distnode.v1.VoteReply\x12K\n\tHeartbeat\x12\x1d.distnode.v1.HeartbeatRequest\x1a\x1b.distnode.v1.HeartbeatReply(\x01\x30\x01\x12>\n\x06Submit\x12\x1a.distnode.v1.SubmitRequest\x1a\x18.distnode.v1.SubmitReply\x12\x41\n\x07\x43ompute\x12\x1b.distnode.v1.ComputeRequest\x1a\x19.distnode.v1.ComputeReply\x12:\n\x06Reduce\x12\x14.distnode.v1.Partial\x1a\x18.distnode.v1.ReduceReply(\x01\x12\x44\n\x08Progress\x12\x1c.distnode.v1.ProgressRequest\x1a\x1a.distnode.v1.ProgressReply\x12>\n\x06Status\x12\x1a.distnode.v1.StatusRequest\x1a\x18.distnode.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,39 +38,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VOTEREPLY']._serialized_start=100
   _globals['_VOTEREPLY']._serialized_end=160
   _globals['_HEARTBEATREQUEST']._serialized_start=162
-  _globals['_HEARTBEATREQUEST']._serialized_end=237
-  _globals['_HEARTBEATREPLY']._serialized_start=239
-  _globals['_HEARTBEATREPLY']._serialized_end=300
-  _globals['_TENSOR']._serialized_start=302
-  _globals['_TENSOR']._serialized_end=354
-  _globals['_JOBSPEC']._serialized_start=357
-  _globals['_JOBSPEC']._serialized_end=537
-  _globals['_SUBMITREQUEST']._serialized_start=539
-  _globals['_SUBMITREQUEST']._serialized_end=608
-  _globals['_SUBMITREPLY']._serialized_start=611
-  _globals['_SUBMITREPLY']._serialized_end=794
-  _globals['_SHARD']._serialized_start=796
-  _globals['_SHARD']._serialized_end=847
-  _globals['_COMPUTEREQUEST']._serialized_start=850
-  _globals['_COMPUTEREQUEST']._serialized_end=989
-  _globals['_COMPUTEREPLY']._serialized_start=991
-  _globals['_COMPUTEREPLY']._serialized_end=1026
-  _globals['_PARTIAL']._serialized_start=1029
-  _globals['_PARTIAL']._serialized_end=1201
-  _globals['_PARTIAL_STATEENTRY']._serialized_start=1136
-  _globals['_PARTIAL_STATEENTRY']._serialized_end=1201
-  _globals['_REDUCEREPLY']._serialized_start=1203
-  _globals['_REDUCEREPLY']._serialized_end=1251
-  _globals['_PROGRESSREQUEST']._serialized_start=1253
-  _globals['_PROGRESSREQUEST']._serialized_end=1286
-  _globals['_PROGRESSREPLY']._serialized_start=1288
-  _globals['_PROGRESSREPLY']._serialized_end=1361
-  _globals['_STATUSREQUEST']._serialized_start=1363
-  _globals['_STATUSREQUEST']._serialized_end=1378
-  _globals['_NODESTATUS']._serialized_start=1380
-  _globals['_NODESTATUS']._serialized_end=1491
-  _globals['_STATUSREPLY']._serialized_start=1494
-  _globals['_STATUSREPLY']._serialized_end=1635
-  _globals['_NODE']._serialized_start=1638
-  _globals['_NODE']._serialized_end=2111
+  _globals['_HEARTBEATREQUEST']._serialized_end=270
+  _globals['_HEARTBEATREPLY']._serialized_start=272
+  _globals['_HEARTBEATREPLY']._serialized_end=346
+  _globals['_TENSOR']._serialized_start=348
+  _globals['_TENSOR']._serialized_end=400
+  _globals['_JOBSPEC']._serialized_start=403
+  _globals['_JOBSPEC']._serialized_end=583
+  _globals['_SUBMITREQUEST']._serialized_start=585
+  _globals['_SUBMITREQUEST']._serialized_end=654
+  _globals['_SUBMITREPLY']._serialized_start=657
+  _globals['_SUBMITREPLY']._serialized_end=840
+  _globals['_SHARD']._serialized_start=842
+  _globals['_SHARD']._serialized_end=893
+  _globals['_COMPUTEREQUEST']._serialized_start=896
+  _globals['_COMPUTEREQUEST']._serialized_end=1035
+  _globals['_COMPUTEREPLY']._serialized_start=1037
+  _globals['_COMPUTEREPLY']._serialized_end=1072
+  _globals['_PARTIAL']._serialized_start=1075
+  _globals['_PARTIAL']._serialized_end=1247
+  _globals['_PARTIAL_STATEENTRY']._serialized_start=1182
+  _globals['_PARTIAL_STATEENTRY']._serialized_end=1247
+  _globals['_REDUCEREPLY']._serialized_start=1249
+  _globals['_REDUCEREPLY']._serialized_end=1297
+  _globals['_PROGRESSREQUEST']._serialized_start=1299
+  _globals['_PROGRESSREQUEST']._serialized_end=1332
+  _globals['_PROGRESSREPLY']._serialized_start=1334
+  _globals['_PROGRESSREPLY']._serialized_end=1407
+  _globals['_STATUSREQUEST']._serialized_start=1409
+  _globals['_STATUSREQUEST']._serialized_end=1424
+  _globals['_NODESTATUS']._serialized_start=1426
+  _globals['_NODESTATUS']._serialized_end=1537
+  _globals['_STATUSREPLY']._serialized_start=1540
+  _globals['_STATUSREPLY']._serialized_end=1681
+  _globals['_NODE']._serialized_start=1684
+  _globals['_NODE']._serialized_end=2157
 # @@protoc_insertion_point(module_scope)

@@ -27,24 +27,30 @@ class VoteReply(_message.Message):
     def __init__(self, term: _Optional[int] = ..., granted: _Optional[bool] = ..., voter_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("term", "leader_id", "leader_address")
+    __slots__ = ("term", "leader_id", "leader_address", "beacon_key", "seq")
     TERM_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BEACON_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     term: int
     leader_id: str
     leader_address: str
-    def __init__(self, term: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ...) -> None: ...
+    beacon_key: bytes
+    seq: int
+    def __init__(self, term: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., beacon_key: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("term", "node_id", "role")
+    __slots__ = ("term", "node_id", "role", "seq")
     TERM_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     term: int
     node_id: str
     role: str
-    def __init__(self, term: _Optional[int] = ..., node_id: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+    seq: int
+    def __init__(self, term: _Optional[int] = ..., node_id: _Optional[str] = ..., role: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")

@@ -1,0 +1,270 @@
+"""UDP heartbeats (node/beacons.py, node/heartbeats.py).
+
+Three layers: the sealed wire format on bytes; a listener and a sender on real
+127.0.0.1 sockets (grants, replays, forged answers); and in-process clusters,
+where idle heartbeats must leave gRPC, come back to it when a follower stops
+answering datagrams, and leave it again once the follower listens anew.
+Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from inproc import InProcessCluster, StartCluster, poll
+
+from node import beacons
+from node._proto import distnode_pb2 as pb
+from node.beacons import BEAT, REPLY, BeaconListener, BeaconSender, seal, unseal
+from node.daemon import Daemon
+from node.heartbeats import HeartbeatLink
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+# ---- the wire format ------------------------------------------------------------------------
+
+
+def test_seal_then_unseal_gives_the_payload_back() -> None:
+    payload = pb.HeartbeatRequest(term=7, leader_id="n1", seq=3).SerializeToString()
+    assert unseal(KEY, BEAT, seal(KEY, BEAT, payload)) == payload
+
+
+def test_any_flipped_byte_is_rejected() -> None:
+    sealed = seal(KEY, BEAT, b"payload bytes")
+    for i in range(len(sealed)):
+        forged = bytearray(sealed)
+        forged[i] ^= 0x01
+        assert unseal(KEY, BEAT, bytes(forged)) is None, f"byte {i} flipped went through"
+
+
+def test_wrong_key_kind_or_size_is_rejected() -> None:
+    sealed = seal(KEY, BEAT, b"x")
+    assert unseal(OTHER_KEY, BEAT, sealed) is None
+    assert unseal(KEY, REPLY, sealed) is None  # a beat cannot pass for a reply
+    assert unseal(KEY, BEAT, sealed[:-1]) is None
+    assert unseal(KEY, BEAT, b"") is None
+    assert unseal(KEY, BEAT, seal(KEY, BEAT, b"x" * beacons.MAX_DATAGRAM_BYTES)) is None
+
+
+@given(st.binary(max_size=200))
+def test_garbage_never_unseals_or_raises(data: bytes) -> None:
+    assert unseal(KEY, BEAT, data) is None
+    assert unseal(KEY, REPLY, data) is None
+
+
+def test_split_host_port() -> None:
+    assert beacons.split_host_port("127.0.0.1:5000") == ("127.0.0.1", 5000)
+    assert beacons.split_host_port("[::1]:5001") == ("::1", 5001)
+
+
+# ---- a listener and a sender on real sockets ------------------------------------------------
+
+
+class Follower:
+    """A BeaconListener answering as a follower in term 3 would."""
+
+    def __init__(self) -> None:
+        self.beats: list[Any] = []
+        self.listener: BeaconListener | None = None
+        self.port = 0
+
+    def on_beat(self, beat: Any) -> Any:
+        self.beats.append(beat)
+        return pb.HeartbeatReply(term=beat.term, node_id="n2", role="follower")
+
+    async def start(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.listener = await beacons.listen(f"127.0.0.1:{self.port}", self.port, self.on_beat)
+        assert self.listener is not None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def follower() -> Any:
+    f = Follower()
+    await f.start()
+    yield f
+    assert f.listener is not None
+    f.listener.close()
+
+
+async def make_sender(address: str, replies: list[Any], key: bytes = KEY) -> BeaconSender:
+    sender = await beacons.connect(address, key, replies.append)
+    assert sender is not None
+    return sender
+
+
+def beat(term: int = 3, leader: str = "n1") -> Any:
+    return pb.HeartbeatRequest(term=term, leader_id=leader, leader_address="127.0.0.1:1")
+
+
+async def test_without_a_grant_beats_are_dropped(follower: Follower) -> None:
+    replies: list[Any] = []
+    sender = await make_sender(follower.address, replies)
+    sender.send(1, beat())
+    assert follower.listener is not None
+    await poll(lambda: follower.listener.dropped == 1, 5.0, "the beat dropped")  # type: ignore[union-attr]
+    assert follower.beats == [] and replies == [] and not sender.answering
+    sender.close()
+
+
+async def test_granted_beats_are_answered_and_replays_dropped(follower: Follower) -> None:
+    assert follower.listener is not None
+    follower.listener.grant("n1", 3, KEY)
+    replies: list[Any] = []
+    sender = await make_sender(follower.address, replies)
+    sender.send(1, beat())
+    await poll(lambda: len(replies) == 1, 5.0, "the first answer")
+    assert sender.answering and replies[0].seq == 1 and replies[0].node_id == "n2"
+    assert [(b.term, b.leader_id, b.seq) for b in follower.beats] == [(3, "n1", 1)]
+
+    # A recording of beat 1, sent again from elsewhere, is not taken.
+    recorded = seal(KEY, BEAT, pb.HeartbeatRequest(term=3, leader_id="n1", seq=1).SerializeToString())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+        attacker.sendto(recorded, ("127.0.0.1", follower.port))
+    await poll(lambda: follower.listener.dropped == 1, 5.0, "the replay dropped")  # type: ignore[union-attr]
+
+    sender.send(2, beat())
+    await poll(lambda: len(replies) == 2, 5.0, "the second answer")
+    assert len(follower.beats) == 2 and follower.listener.taken == 2
+    sender.close()
+
+
+async def test_beats_of_another_term_or_leader_are_dropped(follower: Follower) -> None:
+    assert follower.listener is not None
+    follower.listener.grant("n1", 3, KEY)
+    replies: list[Any] = []
+    sender = await make_sender(follower.address, replies)
+    sender.send(1, beat(term=4))
+    sender.send(2, beat(leader="n3"))
+    await poll(lambda: follower.listener.dropped == 2, 5.0, "both dropped")  # type: ignore[union-attr]
+    assert follower.beats == [] and replies == []
+    sender.close()
+
+
+async def test_a_new_grant_replaces_the_old_key(follower: Follower) -> None:
+    assert follower.listener is not None
+    follower.listener.grant("n1", 3, KEY)
+    follower.listener.grant("n1", 4, OTHER_KEY)  # a new term's leader
+    replies: list[Any] = []
+    old = await make_sender(follower.address, replies, KEY)
+    old.send(1, beat(term=3))
+    await poll(lambda: follower.listener.dropped == 1, 5.0, "the old key's beat dropped")  # type: ignore[union-attr]
+    new = await make_sender(follower.address, replies, OTHER_KEY)
+    new.send(1, beat(term=4))
+    await poll(lambda: len(replies) == 1, 5.0, "the new key's answer")
+    assert new.answering and not old.answering
+    old.close()
+    new.close()
+
+
+async def test_sender_takes_each_answer_once_and_only_under_its_key() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.setblocking(False)
+        replies: list[Any] = []
+        sender = await make_sender(f"127.0.0.1:{peer.getsockname()[1]}", replies)
+        sender.send(1, beat())
+        loop = asyncio.get_running_loop()
+        _, leader_addr = await asyncio.wait_for(loop.sock_recvfrom(peer, 1024), 5.0)
+
+        def answer(seq: int, key: bytes = KEY) -> None:
+            reply = pb.HeartbeatReply(term=3, node_id="n2", role="follower", seq=seq)
+            peer.sendto(seal(key, REPLY, reply.SerializeToString()), leader_addr)
+
+        answer(1, OTHER_KEY)  # forged: not our key
+        answer(2)  # an answer to a beat never sent
+        answer(1)
+        answer(1)  # the same answer replayed
+        await poll(lambda: len(replies) + sender.rejected == 4, 5.0, "four answers judged")
+        assert [r.seq for r in replies] == [1] and sender.rejected == 3
+        sender.send(2, beat())
+        answer(2)
+        await poll(lambda: len(replies) == 2, 5.0, "the second genuine answer")
+        assert [r.seq for r in replies] == [1, 2] and sender.answering
+        sender.close()
+
+
+# ---- in-process clusters --------------------------------------------------------------------
+
+
+def links(cluster: InProcessCluster, leader: Daemon) -> list[HeartbeatLink]:
+    found = [leader.heartbeats.link(a) for a in leader.config.peers]
+    assert all(link is not None for link in found)
+    return found  # type: ignore[return-value]
+
+
+async def test_idle_heartbeats_leave_grpc(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    term = leader.election.term
+    await poll(lambda: all(link.on_udp for link in links(cluster, leader)), 5.0, "both links on UDP")
+    grpc_before = [link.sent_grpc for link in links(cluster, leader)]
+    udp_before = [link.sent_udp for link in links(cluster, leader)]
+    await poll(lambda: all(link.sent_udp >= n + 30 for link, n in zip(links(cluster, leader), udp_before, strict=True)),
+               10.0, "30 more beats to each follower")
+    grpc_after = [link.sent_grpc for link in links(cluster, leader)]
+    # A datagram lost on loopback sends one beat on gRPC too; 30 beats should lose none.
+    assert grpc_after == grpc_before, f"beats went on gRPC while UDP answered: {grpc_before} -> {grpc_after}"
+    followers = [d for d in cluster.daemons if d is not leader]
+    assert all(d.beacons is not None and d.beacons.taken >= 30 for d in followers)
+    assert all(d.election.term == term and d.election.leader == leader.node_id for d in cluster.daemons)
+
+
+async def test_a_follower_deaf_to_udp_is_kept_on_grpc_then_taken_back(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    term = leader.election.term
+    await poll(lambda: all(link.on_udp for link in links(cluster, leader)), 5.0, "both links on UDP")
+    deaf = next(d for d in cluster.daemons if d is not leader)
+    link = leader.heartbeats.link(deaf.config.address)
+    assert link is not None and deaf.beacons is not None
+    deaf.beacons.close()  # its datagrams now go nowhere
+    grpc_before = link.sent_grpc
+    # Ten times the election timeout: without the gRPC fallback the follower would campaign.
+    await poll(lambda: link.sent_grpc >= grpc_before + 40, 10.0, "40 beats on gRPC")
+    assert not link.on_udp
+    assert all(d.election.term == term and d.election.leader == leader.node_id for d in cluster.daemons)
+    assert deaf.election.role.value == "follower"
+
+    # Listening again, with no key until the next gRPC beat grants one.
+    deaf.beacons = await beacons.listen(deaf.config.listen, deaf.port, deaf.handle_heartbeat)
+    await poll(lambda: link.on_udp, 5.0, "the link back on UDP")
+    assert deaf.beacons is not None and deaf.beacons.taken >= 1
+    assert all(d.election.term == term for d in cluster.daemons)
+
+
+async def test_udp_heartbeats_off_means_grpc_only(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3, udp_heartbeats=False)
+    leader = await cluster.wait_for_leader()
+    term = leader.election.term
+    await poll(lambda: all(link.sent_grpc >= 20 for link in links(cluster, leader)), 10.0, "20 gRPC beats each")
+    assert all(link.sent_udp == 0 and link.key is None for link in links(cluster, leader))
+    assert all(d.beacons is None for d in cluster.daemons)
+    assert all(d.election.term == term for d in cluster.daemons)
+
+
+async def test_a_new_leader_draws_a_new_key(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3)
+    first = await cluster.wait_for_leader()
+    await poll(lambda: all(link.on_udp for link in links(cluster, first)), 5.0, "first leader on UDP")
+    old_key = links(cluster, first)[0].key
+    first.stop()  # the others elect a new leader, which must not reuse the key
+    await poll(lambda: any(d.is_leader for d in cluster.daemons if d is not first), 10.0, "a new leader")
+    second = next(d for d in cluster.daemons if d is not first and d.is_leader)
+    await poll(lambda: (link := second.heartbeats.link(next(
+        d.config.address for d in cluster.daemons if d not in (first, second)))) is not None and link.on_udp,
+        5.0, "the new leader's link to the remaining follower on UDP")
+    new_link = second.heartbeats.link(next(d.config.address for d in cluster.daemons if d not in (first, second)))
+    assert new_link is not None and new_link.key is not None and new_link.key != old_key
