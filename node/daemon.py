@@ -1,10 +1,12 @@
 """The daemon: the only place with a wall clock, signals and tasks.
 
-It owns the gRPC server, ticks the pure election core every `tick_ms`, and
-executes the core's outputs in order: persist (fsync) before send, so a vote
-is durable before anyone hears it. Election RPC replies are fed back into the
-core as messages. The leader's heartbeat replies also feed the failure
-detector (`PeerTable`), which the job scheduler watches.
+It owns the gRPC server and the UDP heartbeat socket (node/beacons.py), feeds
+the pure election core its ticks (sleeping until the core's next deadline,
+then catching up on the ticks elapsed), and executes the core's outputs in
+order: persist (fsync) before send, so a vote is durable before anyone hears
+it. Election RPC replies are fed back into the core as messages. The leader's
+heartbeat replies also feed the failure detector (`PeerTable`), which the job
+scheduler watches.
 
 Shutdown is ordered: stop ticking, stop the server with a grace period, close
 the peer channels, drop the compute pool.

@@ -196,6 +196,19 @@ async def test_sender_takes_each_answer_once_and_only_under_its_key() -> None:
         sender.close()
 
 
+async def test_nobody_listening_is_no_answer_and_no_error() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    replies: list[Any] = []
+    sender = await make_sender(f"127.0.0.1:{port}", replies)  # closed: ICMP "unreachable" comes back
+    for seq in range(1, 4):
+        sender.send(seq, beat())
+        await asyncio.sleep(0.01)
+    assert replies == [] and not sender.answering and sender.sent_seq == 3
+    sender.close()
+
+
 # ---- in-process clusters --------------------------------------------------------------------
 
 
