@@ -61,8 +61,9 @@ How it is kept fair (all systems, same machine, same run, one at a time):
   median and max of 20 kills; big job crossing a kill = submit the big sum,
   SIGKILL the leader once `progress()` shows >= 1 shard merged, compare with
   a clean run just before (median of 3 pairs), answer checked bit-for-bit
-  against the clean run; idle = VmRSS and utime+stime from /proc of each
-  daemon over 10 s after one small job (max over nodes), then the same on a
+  against the clean run; idle = VmRSS and the CPU time of each daemon's
+  threads (/proc schedstat, ns; utime+stime kept in the JSON) over 30 s after
+  one small job (max over nodes), then the same on a
   fresh cluster started with `--no-udp-heartbeats` (every heartbeat on gRPC,
   for reference); scale = 16 nodes:
   spawn-to-leader wall time, small-job p50 (separate client), and
@@ -147,7 +148,7 @@ class Params:
     kills: int = 20
     kill_pairs: int = 3
     start_reps: int = 5
-    idle_s: float = 10.0
+    idle_s: float = 30.0
     scale_nodes: int = 16
     scale_window_s: float = 120.0
     scale_small_jobs: int = 300
@@ -524,6 +525,19 @@ def proc_sample(pid: int) -> tuple[float, int, int]:
     return cpu, rss, anon
 
 
+def run_time_s(pid: int) -> float | None:
+    """CPU time of a process's live threads in nanoseconds' precision (schedstat), None if unknown.
+
+    utime+stime count whole clock ticks (10 ms): over an idle window of 30 s
+    that is a 0.03 % grain, and a ~1 % figure deserves better.
+    """
+    try:
+        return sum(int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+                   for tid in os.listdir(f"/proc/{pid}/task")) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # -- distnode figures ---------------------------------------------------------------
 
 
@@ -532,6 +546,7 @@ def measure_idle(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
     time.sleep(1.0)
     pids = {nid: cluster.pid(nid) for nid in cluster.ids}
     before = {nid: proc_sample(pid) for nid, pid in pids.items() if pid}
+    before_run = {nid: run_time_s(pid) for nid, pid in pids.items() if pid}
     t0 = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - t0
@@ -540,8 +555,11 @@ def measure_idle(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
         if not pid:
             continue
         cpu, rss, anon = proc_sample(pid)
-        nodes[nid] = {"cpu_pct": (cpu - before[nid][0]) / wall * 100, "rss_mb": rss / 2**20,
-                      "rss_anon_mb": anon / 2**20}
+        run0, run1 = before_run[nid], run_time_s(pid)
+        ticks_pct = (cpu - before[nid][0]) / wall * 100
+        cpu_pct = ticks_pct if run0 is None or run1 is None else (run1 - run0) / wall * 100
+        nodes[nid] = {"cpu_pct": cpu_pct, "cpu_pct_ticks": ticks_pct,
+                      "rss_mb": rss / 2**20, "rss_anon_mb": anon / 2**20}
     return {
         "seconds": wall, "nodes": nodes, "leader": cluster.leader(),
         "rss_mb": max(v["rss_mb"] for v in nodes.values()),
