@@ -6,8 +6,8 @@ An idle cluster does nothing but heartbeats, and on gRPC's asyncio stack a
 message on an open stream wakes several threads in each process (gRPC's event
 engine, its completion-queue poller, then the event loop). At the default 50 ms
 beat that alone is 1.3-1.9 % of a core on an idle leader; a datagram wakes the
-event loop once, and costs about a third of that. `scripts/heartbeat_floor.py
---transport udp|grpc` measures both without distnode around them.
+event loop once, and costs about a third of that (`scripts/heartbeat_floor.py`
+measures both transports side by side, without distnode around them).
 
 Theory of operation
 -------------------
@@ -25,7 +25,8 @@ gRPC stays the authority; UDP only makes the common case cheap.
 - While the previous datagram to a follower was answered, a beat goes as a
   datagram only. When it was not (UDP filtered, a datagram lost, a follower
   that restarted and has no key), the beat also goes on gRPC, so the failure
-  detector never depends on UDP: at worst every beat costs what it did before.
+  detector never depends on UDP: at worst every beat costs what it did before,
+  plus one datagram.
 - Each datagram carries `seq`, which grows through the leader's term. A
   follower takes a beat only with a seq above the last it took under that key,
   and a leader takes a reply only above the last it took from that peer, so a
