@@ -52,7 +52,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from node._proto import distnode_pb2 as pb
 
@@ -99,6 +99,37 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class _Endpoint(asyncio.DatagramProtocol):
+    """A datagram socket's transport, held from `connection_made` until `close`."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier datagram: unanswered, so gRPC carries the beats
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+E = TypeVar("E", bound=_Endpoint)
+
+
+async def _open(endpoint: E, level: int, why_not: str, **where: Any) -> E | None:
+    """`endpoint` on a new datagram socket (`local_addr=` or `remote_addr=`); None, logged, if refused."""
+    try:
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, **where)
+    except OSError as exc:
+        log.log(level, "%s (%s); gRPC carries them", why_not, exc)
+        return None
+    return endpoint
+
+
 # -- follower side --------------------------------------------------------
 
 
@@ -116,13 +147,13 @@ class _Grant:
 OnBeat = Callable[[Any], Any]
 
 
-class BeaconListener(asyncio.DatagramProtocol):
+class BeaconListener(_Endpoint):
     """A node's UDP socket: takes sealed beats from the leader it knows, answers them."""
 
     def __init__(self, on_beat: OnBeat) -> None:
+        super().__init__()
         self.on_beat = on_beat
         self._grant: _Grant | None = None
-        self._transport: asyncio.DatagramTransport | None = None
         #: Counters, for tests and logs.
         self.taken = 0
         self.dropped = 0
@@ -133,9 +164,6 @@ class BeaconListener(asyncio.DatagramProtocol):
         if current is not None and (current.leader_id, current.term, current.key) == (leader_id, term, key):
             return  # the same grant again: keep the replay window
         self._grant = _Grant(leader_id, term, bytes(key))
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         grant = self._grant
@@ -159,27 +187,13 @@ class BeaconListener(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.sendto(seal(grant.key, REPLY, reply.SerializeToString()), addr)
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP error for an earlier reply: the leader falls back to gRPC by itself
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
-
 
 async def listen(listen_address: str, port: int, on_beat: OnBeat) -> BeaconListener | None:
     """Bind the UDP twin of the gRPC port; None (logged) if it cannot be had."""
     host, _ = split_host_port(listen_address)
-    listener = BeaconListener(on_beat)
-    try:
-        await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: listener, local_addr=(host or "0.0.0.0", port)
-        )
-    except OSError as exc:
-        log.warning("UDP heartbeats off: cannot bind udp %s:%d (%s); gRPC carries them", host, port, exc)
-        return None
-    return listener
+    return await _open(BeaconListener(on_beat), logging.WARNING,
+                       f"UDP heartbeats off: cannot bind udp {host}:{port}",
+                       local_addr=(host or "0.0.0.0", port))
 
 
 # -- leader side ----------------------------------------------------------
@@ -188,13 +202,13 @@ async def listen(listen_address: str, port: int, on_beat: OnBeat) -> BeaconListe
 OnReply = Callable[[Any], None]
 
 
-class BeaconSender(asyncio.DatagramProtocol):
+class BeaconSender(_Endpoint):
     """The leader's socket to one follower, connected so only its answers arrive."""
 
     def __init__(self, key: bytes, on_reply: OnReply) -> None:
+        super().__init__()
         self.key = key
         self.on_reply = on_reply
-        self._transport: asyncio.DatagramTransport | None = None
         self.sent_seq = 0
         self.answered_seq = 0
         #: Datagrams refused (forged, replayed, unasked-for), for tests and logs.
@@ -204,9 +218,6 @@ class BeaconSender(asyncio.DatagramProtocol):
     def answering(self) -> bool:
         """True when the last datagram sent has been answered."""
         return self.sent_seq > 0 and self.answered_seq == self.sent_seq
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
 
     def send(self, seq: int, beat: Any) -> None:
         if self._transport is None:
@@ -227,24 +238,9 @@ class BeaconSender(asyncio.DatagramProtocol):
         self.answered_seq = reply.seq
         self.on_reply(reply)
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # nothing listens there (yet): unanswered, so gRPC carries the beats
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
-
 
 async def connect(address: str, key: bytes, on_reply: OnReply) -> BeaconSender | None:
-    host, port = split_host_port(address)
-    sender = BeaconSender(key, on_reply)
-    try:
-        await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: sender, remote_addr=(host, port)
-        )
-    except OSError as exc:
-        log.info("no UDP heartbeats to %s (%s); gRPC carries them", address, exc)
-        return None
-    return sender
+    """A socket to the UDP twin of `address`; None (logged) if it cannot be had."""
+    return await _open(BeaconSender(key, on_reply), logging.INFO, f"no UDP heartbeats to {address}",
+                       remote_addr=split_host_port(address))
 

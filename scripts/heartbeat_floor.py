@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +30,8 @@ from typing import Any
 
 import grpc
 import uvloop
+
+from node.harness import free_ports  # free for TCP and UDP both
 
 METHOD = "/floor.Floor/Beat"
 MESSAGE = b"x" * 40
@@ -40,19 +41,6 @@ TRANSPORTS = ("grpc", "udp")
 def cpu_s(pid: int | None = None) -> float:
     stat = open(f"/proc/{pid or 'self'}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    """A port free for TCP and UDP both."""
-    while True:
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 async def idle_grpc_server(port: int, handler: Any = None) -> Any:
@@ -140,7 +128,7 @@ async def udp_beats(ports: list[int], cleanup: list[Callable[[], Any]]) -> Calla
 
 async def lead(transport: str, ports: list[int], follower_pids: list[int], beat_s: float,
                seconds: float) -> tuple[float, float]:
-    server = await idle_grpc_server(free_port())
+    server = await idle_grpc_server(free_ports(1)[0])
     cleanup: list[Callable[[], Any]] = []
     beat = await (grpc_beats if transport == "grpc" else udp_beats)(ports, cleanup)
     for _ in range(20):  # warm-up: connections up, streams open
@@ -169,7 +157,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    ports = [free_port() for _ in range(args.followers)]
+    ports = free_ports(args.followers)
     processes = [multiprocessing.Process(target=follower, args=(port,), daemon=True) for port in ports]
     for process in processes:
         process.start()

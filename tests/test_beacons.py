@@ -209,6 +209,14 @@ async def test_nobody_listening_is_no_answer_and_no_error() -> None:
     sender.close()
 
 
+async def test_a_taken_udp_port_means_no_listener(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert await beacons.listen(f"127.0.0.1:{port}", port, lambda beat: beat) is None
+    assert f"UDP heartbeats off: cannot bind udp 127.0.0.1:{port}" in caplog.text
+
+
 # ---- in-process clusters --------------------------------------------------------------------
 
 
