@@ -1,4 +1,4 @@
-"""In-process daemons on 127.0.0.1 (the in-process RPC layer), shared by the tests."""
+"""Helpers shared by the tests: waiting with a deadline, and in-process daemons on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,6 +14,16 @@ from node.daemon import Daemon
 
 #: Fast in-process timing: a leader in well under 100 ms.
 FAST = {"tick_ms": 5, "heartbeat_ms": 10, "election_ms_min": 40, "election_ms_max": 80}
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
+               logs: Callable[[], str] = lambda: "", interval_s: float = 0.005) -> None:
+    """Block until `predicate()` holds, checking every `interval_s`; fail at the deadline with `logs()`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{logs()}")
+        time.sleep(interval_s)
 
 
 async def poll(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:

@@ -15,10 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from inproc import wait_until
 
 from node import Answer, Client, LocalCluster
 from node.compute import Job, reduce_all, validate_job
@@ -28,14 +29,6 @@ pytestmark = pytest.mark.process
 
 SHARD_ELEMS = 1 << 18
 BIG_SOURCE = "random:n=6e7,seed=5"
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, logs: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{logs()}")
-        time.sleep(0.005)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
+import inproc
 import pytest
 
 from node import Client, LocalCluster
@@ -29,11 +30,7 @@ from node.harness import CLIENT, FAST_TIMING
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
                logs: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{logs()}")
-        time.sleep(0.01)
+    inproc.wait_until(predicate, timeout_s, what, logs, interval_s=0.01)  # each check may be an RPC
 
 
 class EchoServer:

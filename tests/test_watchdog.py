@@ -6,9 +6,9 @@ Waits poll with deadlines; the only sleeps stand in for a call in flight.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
+import inproc
 import pytest
 
 from node.watchdog import Watch, Watchdog
@@ -16,12 +16,8 @@ from node.watchdog import Watch, Watchdog
 INTERVAL_S = 0.02
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    inproc.wait_until(predicate, 5.0, what, interval_s=0.001)
 
 
 class Node:
