@@ -182,16 +182,15 @@ def compute_partial(job: Job, source: DataSource, start: int, stop: int) -> Part
 
 def _compute_op(job: Job, x: Array, axis: int | None, offset: int) -> Partial:
     op = job.op
+    # The ufuncs' own reduce, as np.sum/np.prod/np.min/np.max call it for an
+    # ndarray (same pairwise summation, same bits), minus their Python wrapper:
+    # a small job is mostly such overhead.
+    if op in ("sum", "prod", "mean", "min", "max") and x.dtype.kind != "f":
+        # Integer reductions wrap or raise nothing: no warnings to silence.
+        return _reduce_op(op, x, axis)
     with np.errstate(all="ignore"):  # overflow and NaN behave as in numpy, silently
-        if op in ("sum", "prod", "mean"):
-            reducer = np.prod if op == "prod" else np.sum
-            value = np.asarray(reducer(x, axis=axis, dtype=_accumulator(x, op)))
-            if op == "mean":
-                return {"n": _rows(x, axis), "sum": value}
-            return {op: value}
-        if op in ("min", "max"):
-            extreme = np.min if op == "min" else np.max
-            return {op: np.asarray(extreme(x, axis=axis))}
+        if op in ("sum", "prod", "mean", "min", "max"):
+            return _reduce_op(op, x, axis)
         if op in ("var", "std"):
             mean = np.mean(x, axis=axis, dtype=np.float64)
             deviation = np.subtract(x, mean, dtype=np.float64)  # one temporary, squared in place
@@ -204,6 +203,17 @@ def _compute_op(job: Job, x: Array, axis: int | None, offset: int) -> Partial:
             counts, _ = np.histogram(x, bins=job.bins, range=(job.range_lo, job.range_hi))
             return {"counts": counts.astype(np.int64, copy=False)}
     raise JobSpecError("op", f"unknown op {op!r} (expected {', '.join(OPS)})")
+
+
+def _reduce_op(op: str, x: Array, axis: int | None) -> Partial:
+    if op in ("min", "max"):
+        extreme = np.minimum if op == "min" else np.maximum
+        return {op: np.asarray(extreme.reduce(x, axis=axis))}
+    reducer = np.multiply if op == "prod" else np.add
+    value = np.asarray(reducer.reduce(x, axis=axis, dtype=_accumulator(x, op)))
+    if op == "mean":
+        return {"n": _rows(x, axis), "sum": value}
+    return {op: value}
 
 
 def _accumulator(x: Array, op: str) -> type[np.floating[Any]] | None:
@@ -295,10 +305,10 @@ _MERGERS: dict[str, Callable[[Partial, Partial], Partial]] = {
 def finalize(job: Job, partial: Partial) -> Array:
     """The answer: a 0-d array (scalar) or 1-d (vector, counts, indices)."""
     op = job.op
-    with np.errstate(all="ignore"):
-        if op == "mean":
-            return np.asarray(partial["sum"] / partial["n"], dtype=np.float64)
-        if op in ("var", "std"):
+    if op in ("mean", "var", "std"):
+        with np.errstate(all="ignore"):
+            if op == "mean":
+                return np.asarray(partial["sum"] / partial["n"], dtype=np.float64)
             var = np.asarray(partial["m2"] / partial["n"], dtype=np.float64)
             return np.asarray(np.sqrt(var)) if op == "std" else var
     key = {"argmin": "index", "argmax": "index", "histogram": "counts"}.get(op, op)

@@ -64,6 +64,10 @@ class DataSource(Protocol):
 
 def parse_count(text: str, field: str) -> int:
     """`"1e8"`, `"1000000"`, `"1_000"` -> int; anything else is a JobSpecError."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:  # the common case, "1000"
+        count = int(text)
+        if count > 0:
+            return count
     problem = f"must be a positive integer, got {text!r}"
     if not _COUNT_RE.fullmatch(text):
         raise JobSpecError(field, problem)
@@ -199,15 +203,16 @@ def _parse_params(
 ) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in text.split(","):
-        key, sep, value = (part.strip() for part in item.partition("="))
+        key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise JobSpecError("source", f"expected KEY=VALUE, got {item.strip()!r}")
-        if key not in required + optional:
+        if key not in required and key not in optional:
             known = ", ".join(required + optional)
             raise JobSpecError("source", f"unknown parameter {key!r} (expected {known})")
         if key in params:
             raise JobSpecError("source", f"parameter {key!r} given twice")
-        params[key] = value
+        params[key] = value.strip()
     for key in required:
         if key not in params:
             raise JobSpecError("source", f"missing parameter {key}=...")
