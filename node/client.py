@@ -119,6 +119,19 @@ class Seen:
     known: bool = False
 
 
+@dataclass(eq=False)
+class _Flight:
+    """One AsyncClient attempt in flight, as its sweeper sees it."""
+
+    stub: Any
+    job_id: str
+    call: Any
+    on_progress: ProgressCallback | None
+    started_s: float
+    seen: Seen = field(default_factory=Seen)
+    watchdog: asyncio.Task[Retry] | None = None
+
+
 class Retry(Exception):
     """This attempt failed in a way another node may not."""
 
@@ -293,6 +306,8 @@ class AsyncClient:
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
         self._status_error = ""
+        self._flights: set[_Flight] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -301,6 +316,9 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         channels, self._channels, self._stubs = self._channels, {}, {}
         for channel in channels.values():
             await channel.close(grace=None)
@@ -350,33 +368,50 @@ class AsyncClient:
         """One Submit to one node. A watchdog starts probing only if the job runs long.
 
         Most jobs answer in about a millisecond, so the fast path is a bare
-        `await call`: no task, no wait set. After PROBE_INTERVAL_S a watchdog
-        task probes Progress; if the node stops answering it cancels the call
-        and leaves a `Retry` behind for us to raise.
+        `await call`, registered in a set: no task, no timer per call. One
+        sweeper task per client, alive only while calls are in flight, gives
+        each call that has run PROBE_INTERVAL_S a watchdog task; that probes
+        Progress, and if the node stops answering it cancels the call and
+        leaves a `Retry` behind for us to raise.
         """
         stub = self._stub(address)
         call = stub.Submit(request, timeout=remaining)
-        loop = asyncio.get_running_loop()
-        watchdog: list[asyncio.Task[Retry]] = []
-        seen = Seen()
-        timer = loop.call_later(
-            PROBE_INTERVAL_S,
-            lambda: watchdog.append(
-                loop.create_task(self._watch(stub, request.job.job_id, call, on_progress, seen))
-            ),
-        )
+        flight = _Flight(stub, request.job.job_id, call, on_progress, time.monotonic())
+        self._flights.add(flight)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         try:
             return await call
         except asyncio.CancelledError:
-            if watchdog and watchdog[0].done() and not watchdog[0].cancelled():
-                raise watchdog[0].result() from None
+            watchdog = flight.watchdog
+            if watchdog is not None and watchdog.done() and not watchdog.cancelled():
+                raise watchdog.result() from None
             raise
         except grpc.aio.AioRpcError as exc:
-            raise classify(exc, seen.known) from None
+            raise classify(exc, flight.seen.known) from None
         finally:
-            timer.cancel()
-            if watchdog:
-                watchdog[0].cancel()
+            self._flights.discard(flight)
+            if flight.watchdog is not None:
+                flight.watchdog.cancel()
+
+    async def _sweep(self) -> None:
+        """Start a watchdog for each call in flight for PROBE_INTERVAL_S or more.
+
+        Wakes every half interval, so probing starts 0.5-0.75 s into a call;
+        ends (and forgets itself) as soon as nothing is in flight.
+        """
+        try:
+            while self._flights:
+                await asyncio.sleep(PROBE_INTERVAL_S / 2)
+                due = time.monotonic() - PROBE_INTERVAL_S
+                for flight in self._flights:
+                    if flight.watchdog is None and flight.started_s <= due:
+                        flight.watchdog = asyncio.get_running_loop().create_task(self._watch(
+                            flight.stub, flight.job_id, flight.call, flight.on_progress, flight.seen
+                        ))
+        finally:
+            if self._sweeper is asyncio.current_task():
+                self._sweeper = None
 
     async def _watch(
         self, stub: Any, job_id: str, call: Any, on_progress: ProgressCallback | None, seen: Seen
