@@ -104,7 +104,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cluster_timing import SETTLE_S, election_counts, last_listening_s, time_failovers
+from cluster_timing import SETTLE_S, election_counts, first_leader_s, last_listening_s, time_failovers
 
 from node import AsyncClient, Client, LocalCluster
 
@@ -150,6 +150,7 @@ class Params:
     start_reps: int = 5
     idle_s: float = 30.0
     scale_nodes: int = 16
+    scale_starts: int = 3
     scale_window_s: float = 120.0
     scale_small_jobs: int = 300
 
@@ -159,7 +160,8 @@ class Params:
             return cls(quick=False, n=10**8)
         return cls(
             quick=True, n=10**7, reps=3, small_jobs=200, small_warmup=20, throughput_s=1.0,
-            kills=3, kill_pairs=1, start_reps=2, idle_s=2.0, scale_window_s=10.0, scale_small_jobs=100,
+            kills=3, kill_pairs=1, start_reps=2, idle_s=2.0, scale_starts=1, scale_window_s=10.0,
+            scale_small_jobs=100,
         )
 
 
@@ -690,7 +692,7 @@ def measure_idle_grpc(seconds: float) -> dict[str, Any]:
 
 
 def measure_start(reps: int) -> dict[str, Any]:
-    leader_s, listening_s = [], []
+    leader_s, listening_s, elected_s = [], [], []
     lost = 0
     while len(leader_s) < reps:
         cluster = LocalCluster(nodes=3)
@@ -700,16 +702,23 @@ def measure_start(reps: int) -> dict[str, Any]:
             cluster.start()
             leader_s.append(time.perf_counter() - t0)
             listening_s.append(last_listening_s(cluster, wall0))
+            elected = first_leader_s(cluster, wall0)
+            if elected is not None:
+                elected_s.append(elected)
         except RuntimeError as exc:  # a port taken by another process: not a start-up time
             lost += 1
             if "bind" not in str(exc) or lost > reps:
                 raise
         finally:
             cluster.close()
-    return {**summary(leader_s), "listening_median_ms": statistics.median(listening_s) * 1000}
+    return {**summary(leader_s), "listening_median_ms": statistics.median(listening_s) * 1000,
+            "elected_median_ms": statistics.median(elected_s) * 1000 if elected_s else None}
 
 
-def measure_scale(p: Params) -> dict[str, Any]:
+def start_scale_cluster(p: Params) -> tuple[LocalCluster, dict[str, float | None]]:
+    """Start `p.scale_nodes` daemons; the times from spawn (seconds): a leader
+    in its own log, the last daemon listening, and `start()` returning (every
+    daemon listening, then a leader seen by a client)."""
     for attempt in range(3):
         cluster = LocalCluster(nodes=p.scale_nodes, start_timeout_s=60.0)
         try:
@@ -722,14 +731,28 @@ def measure_scale(p: Params) -> dict[str, Any]:
             if "bind" not in str(exc) or attempt == 2:
                 raise
             log("scale: a daemon lost its port to another process; starting again")
+    times = {"harness_s": time.perf_counter() - t0, "listening_s": last_listening_s(cluster, wall0),
+             "elected_s": first_leader_s(cluster, wall0)}
+    return cluster, times
+
+
+def measure_scale(p: Params) -> dict[str, Any]:
+    starts: list[dict[str, float | None]] = []
+    for number in range(p.scale_starts):
+        cluster, times = start_scale_cluster(p)
+        starts.append(times)
+        elected = times["elected_s"]
+        log(f"scale: start {number + 1}/{p.scale_starts} of {p.scale_nodes} nodes: leader elected after "
+            f"{'?' if elected is None else f'{elected * 1000:.0f}'} ms, all listening after "
+            f"{(times['listening_s'] or 0) * 1000:.0f} ms, start() returned after "
+            f"{(times['harness_s'] or 0) * 1000:.0f} ms")
+        if number < p.scale_starts - 1:
+            cluster.close()
     try:
-        leader_s = time.perf_counter() - t0
-        listening_s = last_listening_s(cluster, wall0)
         first_term = cluster.client.status().term
         window0 = time.monotonic()
         before = election_counts(cluster)
-        log(f"scale: {p.scale_nodes} nodes, leader after {leader_s * 1000:.0f} ms "
-            f"(all listening after {listening_s * 1000:.0f} ms); watching for {p.scale_window_s:.0f} s")
+        log(f"scale: watching the last cluster for {p.scale_window_s:.0f} s")
         cluster.wait_all_alive(timeout_s=60.0)
         small = _small(cluster, p.scale_small_jobs, p.small_warmup)
         while time.monotonic() - window0 < p.scale_window_s:
@@ -738,8 +761,14 @@ def measure_scale(p: Params) -> dict[str, Any]:
         last_term = cluster.client.status().term
     finally:
         cluster.close()
+
+    def median_ms(key: str) -> float | None:
+        values = [t[key] for t in starts if t[key] is not None]
+        return statistics.median(values) * 1000 if values else None
+
     return {
-        "nodes": p.scale_nodes, "leader_ms": leader_s * 1000, "listening_ms": listening_s * 1000,
+        "nodes": p.scale_nodes, "starts": starts, "elected_ms": median_ms("elected_s"),
+        "leader_ms": median_ms("harness_s"), "listening_ms": median_ms("listening_s"),
         "small": small, "window_s": p.scale_window_s,
         "spurious_candidates": after["candidate"] - before["candidate"],
         "spurious_pre_candidates": after["pre_candidate"] - before["pre_candidate"],
@@ -829,8 +858,13 @@ def build_rows(res: dict[str, Any], p: Params) -> list[Row]:
         Row("idle_cpu_grpc", "idle node CPU, every heartbeat on gRPC", "% core", [],
             values={"distnode": get(d, "idle_grpc", "cpu_pct")},
             note="`--no-udp-heartbeats`, for reference"),
-        Row("scale_leader", f"scale: {p.scale_nodes} nodes, spawn → leader", "ms", [("abs", 2000.0)],
-            values={"distnode": get(d, "scale", "leader_ms")}),
+        Row("scale_leader", f"scale: {p.scale_nodes} nodes, spawn → leader elected, median of "
+            f"{p.scale_starts}", "ms", [("abs", 2000.0)],
+            values={"distnode": get(d, "scale", "elected_ms")},
+            note="from the leader's own log line"),
+        Row("scale_ready", f"scale: {p.scale_nodes} nodes, spawn → all listening and a client "
+            "sees the leader", "ms", [],
+            values={"distnode": get(d, "scale", "leader_ms")}, note="the harness's start(), for reference"),
         Row("scale_small_p50", f"scale: {p.scale_nodes} nodes, small job p50", "ms", [("abs", 2.0)],
             values={"distnode": get(d, "scale", "small", "median_ms")}),
         Row("scale_elections", f"scale: spurious elections in {p.scale_window_s:.0f} s", "count",

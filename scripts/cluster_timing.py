@@ -7,6 +7,8 @@ folder first on the import path.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import re
 import time
 from collections.abc import Callable
 
@@ -58,6 +60,21 @@ def last_listening_s(cluster: LocalCluster, wall0_ns: int) -> float:
     """
     last = max((cluster.workdir / f"{nid}.out").stat().st_mtime_ns for nid in cluster.ids)
     return (last - wall0_ns) / 1e9
+
+
+#: A daemon's log line announcing its leadership; the time is local, in ms.
+_LEADER_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ INFO became leader ", re.M)
+
+
+def first_leader_s(cluster: LocalCluster, wall0_ns: int) -> float | None:
+    """Seconds from `wall0_ns` (time.time_ns) until the first node logged
+    "became leader": when the cluster had a leader, to the millisecond, as
+    opposed to when a client polling the nodes first saw one."""
+    stamps = [
+        datetime.datetime.strptime(match, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for nid in cluster.ids for match in _LEADER_LINE.findall(cluster.log(nid))
+    ]
+    return min(stamps) - wall0_ns / 1e9 if stamps else None
 
 
 def election_counts(cluster: LocalCluster) -> dict[str, int]:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {
     "big_sum", "big_square_sum", "small_p50", "small_p99", "throughput", "vector_reduce", "start",
     "failover_median", "failover_max", "kill_crossing", "idle_rss", "idle_cpu", "idle_cpu_grpc",
-    "scale_leader", "scale_small_p50", "scale_elections",
+    "scale_leader", "scale_ready", "scale_small_p50", "scale_elections",
 }
 
 
@@ -50,6 +50,8 @@ def test_bench_quick_writes_table_and_json(tmp_path: Path) -> None:
     assert distnode["throughput"]["jobs"] > 0
     assert distnode["failover"]["n"] >= 1
     assert distnode["scale"]["nodes"] == 16
+    # The leader's own "became leader" line was found and lies after the spawn.
+    assert distnode["scale"]["elected_ms"] > 0 and distnode["start"]["elected_median_ms"] > 0
     # Every peer either ran or is listed as skipped with a reason.
     for peer in ("mpi4py", "dask", "ray", "numpy"):
         assert peer in result["peers"] or result["skipped"].get(peer), peer
