@@ -29,6 +29,23 @@
 #   It also gives followers a "leader lease": a follower that heard from a live
 #   leader within the minimum election timeout refuses votes (thesis §4.2.3).
 #
+# Two rules of ours keep the survivors of a dead leader from splitting the
+# vote, which costs a whole extra election timeout (Raft §5.2's remedy is
+# only the randomized timeout). Both concern pre-votes, which change no term
+# and no vote, so neither can affect safety:
+#
+# - A follower that grants a pre-vote restarts its election timer (as Raft
+#   §5.2 has it do for a real vote): it gives that pre-candidate the time to
+#   win instead of starting a rival campaign on its heels.
+# - Two pre-candidates that start within a heartbeat of each other: the one
+#   with the larger node id refuses the other's pre-vote; the smaller grants
+#   the larger's and gives up its own campaign (back to follower, timer
+#   restarted), so only one goes on to a real election even when the
+#   followers granted both. The larger never yields, so the two cannot both
+#   stand down. After that first heartbeat a pre-candidate grants like anybody
+#   else, so a campaign that cannot finish (its own requests cut off) never
+#   blocks another node for long.
+#
 # There is no log here, so the "candidate's log is at least as up-to-date"
 # condition of Raft §5.4.1 does not apply: any candidate is electable.
 #
@@ -324,8 +341,15 @@ class Election:
     def _step_vote_request(self, message: VoteRequest, out: list[Output]) -> None:
         if message.pre_vote:
             # Thesis §9.6: grant if the proposed term is ahead of ours and we
-            # have no live leader; changes no state at all.
+            # have no live leader; changes no term and no vote.
             grant = message.term > self._term and not self._in_lease(message.src)
+            if grant and self._role is Role.FOLLOWER:
+                self._reset_election_timer()  # no rival campaign on its heels
+            elif grant and self._concurrent_pre_candidate(message):
+                if message.src < self._config.node_id:
+                    grant = False  # we go on; the requester yields to us
+                else:
+                    self._become_follower(self._term, None, out)  # we yield to it
             self._respond_vote(message, grant, out)
             return
         # Raft §5.2: at most one vote per term, first come first served. No
@@ -335,6 +359,15 @@ class Election:
             self._set_hard_state(self._term, message.src, out)
             self._reset_election_timer()
         self._respond_vote(message, grant, out)
+
+    def _concurrent_pre_candidate(self, request: VoteRequest) -> bool:
+        """We are a pre-candidate for the requester's term and started within a
+        heartbeat: two campaigns that would split the vote."""
+        return (
+            self._role is Role.PRE_CANDIDATE
+            and request.term == self._term + 1
+            and self._election_elapsed < self._config.heartbeat_ticks
+        )
 
     def _in_lease(self, src: str) -> bool:
         """CheckQuorum lease: we know of a live leader other than `src` (thesis §6.2)."""

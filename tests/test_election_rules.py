@@ -299,6 +299,74 @@ def test_pre_vote_granted_only_for_a_later_term() -> None:
     assert node.voted_for is None
 
 
+def test_granting_a_pre_vote_resets_a_followers_election_timer() -> None:
+    """Ours: a follower that grants a pre-vote gives that pre-candidate its
+    time to win instead of campaigning on its heels (and splitting the vote)."""
+    node = make(election_ticks_min=10, election_ticks_max=10, check_quorum=False)
+    for _ in range(9):
+        node.tick()
+    assert node.step(VoteRequest("x", "a", 1, pre_vote=True)) == [
+        Send(VoteResponse("a", "x", 1, granted=True, pre_vote=True))
+    ]
+    assert all(node.tick() == [] for _ in range(9))
+    assert node.tick() != []
+    assert node.term == 0 and node.voted_for is None  # still no state changed
+
+
+def test_refusing_a_pre_vote_leaves_the_timer_alone() -> None:
+    node = make(term=4, election_ticks_min=10, election_ticks_max=10, check_quorum=False)
+    for _ in range(9):
+        node.tick()
+    node.step(VoteRequest("x", "a", 4, pre_vote=True))  # not ahead of our term: refused
+    assert node.tick() != []
+
+
+def test_fresh_pre_candidates_the_larger_id_refuses_the_smaller_and_goes_on() -> None:
+    """Ours: two pre-candidates for one term, started within a heartbeat of each
+    other: the larger id refuses the smaller one's pre-vote and campaigns on."""
+    node = make("b", ("a", "c"), heartbeat_ticks=2, check_quorum=False)
+    node.campaign()
+    assert node.role is Role.PRE_CANDIDATE
+    # A refusal carries our own term.
+    assert sends(node.step(VoteRequest("a", "b", 1, pre_vote=True))) == [
+        VoteResponse("b", "a", 0, granted=False, pre_vote=True)
+    ]
+    assert node.role is Role.PRE_CANDIDATE and node.term == 0
+    node.step(VoteResponse("c", "b", 1, granted=True, pre_vote=True))
+    assert node.role is Role.CANDIDATE and node.term == 1
+
+
+def test_fresh_pre_candidates_the_smaller_id_grants_the_larger_and_stands_down() -> None:
+    """...and the smaller grants the larger one's pre-vote and gives up its own
+    campaign, so it does not go on to split the vote even if a follower
+    granted it too."""
+    node = make("a", ("b", "c"), heartbeat_ticks=2, election_ticks_min=10,
+                election_ticks_max=10, check_quorum=False)
+    node.campaign()
+    out = node.step(VoteRequest("b", "a", 1, pre_vote=True))
+    assert sends(out) == [VoteResponse("a", "b", 1, granted=True, pre_vote=True)]
+    assert RoleChanged(Role.FOLLOWER, 0, None) in out
+    assert node.role is Role.FOLLOWER and node.term == 0 and node.voted_for is None
+    node.step(VoteResponse("c", "a", 1, granted=True, pre_vote=True))  # a leftover now
+    assert node.role is Role.FOLLOWER and node.term == 0
+    # Its timer restarted: no campaign for a whole timeout.
+    assert all(node.tick() == [] for _ in range(9))
+    assert node.tick() != []
+
+
+def test_a_pre_candidate_past_its_first_heartbeat_grants_like_anyone() -> None:
+    """A campaign that cannot finish (its requests cut off) must not keep
+    refusing a smaller id whose requests do get through."""
+    node = make("b", ("a", "c"), heartbeat_ticks=2, election_ticks_min=10, check_quorum=False)
+    node.campaign()
+    node.tick()
+    node.tick()
+    assert node.role is Role.PRE_CANDIDATE
+    assert sends(node.step(VoteRequest("a", "b", 1, pre_vote=True))) == [
+        VoteResponse("b", "a", 1, granted=True, pre_vote=True)
+    ]
+
+
 # ---- heartbeats and leader lease -------------------------------------------------
 
 
