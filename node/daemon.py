@@ -485,17 +485,26 @@ def _log_preload_failure(preload: concurrent.futures.Future[None]) -> None:
         log.error("loading the compute stack failed", exc_info=preload.exception())
 
 
-class _MalformedRequestFilter(logging.Filter):
-    """gRPC logs a full traceback when a request is not valid protobuf.
+class GrpcCoreLogFilter(logging.Filter):
+    """Turns two of gRPC's tracebacks about other parties' doings into one line.
 
-    That is a client's mistake (or a fuzzer's), not ours: keep one line.
+    - A request that is not valid protobuf: a client's mistake (or a fuzzer's).
+    - `ExecuteBatchError` after a handler returned: its reply could not be
+      sent because the caller had already cancelled the call or gone, as a
+      leader does with the Compute calls of a job that finished meanwhile.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and type(exc).__name__ == "DecodeError":
+        kind = type(exc).__name__ if exc is not None else ""
+        if kind == "DecodeError":
             record.msg, record.args = "rejected a request that is not valid protobuf: %s", (exc,)
             record.exc_info, record.levelno, record.levelname = None, logging.WARNING, "WARNING"
+        elif kind == "ExecuteBatchError":
+            record.msg, record.args = "a reply was not sent, its caller had gone: %s", (
+                record.getMessage(),
+            )
+            record.exc_info, record.levelno, record.levelname = None, logging.INFO, "INFO"
         return True
 
 
@@ -505,7 +514,7 @@ def configure_logging(node_id: str) -> None:
         level=logging.INFO,
         format=f"%(asctime)s {node_id} %(levelname)s %(message)s",
     )
-    logging.getLogger("grpc._cython.cygrpc").addFilter(_MalformedRequestFilter())
+    logging.getLogger("grpc._cython.cygrpc").addFilter(GrpcCoreLogFilter())
 
 
 def run(config: NodeConfig) -> int:
