@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from node._proto import distnode_pb2 as pb
+from node.config import split_host_port
 
 log = logging.getLogger("distnode.beacons")
 
@@ -91,12 +92,6 @@ def unseal(key: bytes, kind: int, datagram: bytes) -> bytes | None:
     if not hmac.compare_digest(_tag(key, body), tag):
         return None
     return body[_HEAD:]
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """("::1", 5000) from "[::1]:5000"; ("10.0.0.2", 5000) from "10.0.0.2:5000"."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class _Endpoint(asyncio.DatagramProtocol):

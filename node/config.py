@@ -45,6 +45,12 @@ def parse_address(text: str, field_name: str = "address") -> str:
     return f"{host}:{int(port)}"
 
 
+def split_host_port(address: str) -> tuple[str, int]:
+    """("::1", 5000) from "[::1]:5000"; ("10.0.0.2", 5000) from "10.0.0.2:5000"."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def parse_addresses(text: str, field_name: str) -> tuple[str, ...]:
     """Parse a comma-separated list of HOST:PORT; empty items are skipped."""
     items = [item for item in text.split(",") if item.strip()]
@@ -137,7 +143,7 @@ class NodeConfig:
 
     def _validate_exposure(self) -> None:
         """Refuse to serve a network unlocked: Ray's open job API became CVE-2023-48022."""
-        host = self.listen.rpartition(":")[0].strip("[]")
+        host, _ = split_host_port(self.listen)
         if is_loopback(host) or self.insecure:
             return
         missing = [name for name, ok in (("TLS", self.tls.enabled), ("a token", bool(self.token))) if not ok]

@@ -46,6 +46,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from node.config import split_host_port
+
 T = TypeVar("T")
 Mode = Literal["blackhole", "refuse"]
 MODES: tuple[Mode, ...] = ("blackhole", "refuse")
@@ -122,9 +124,8 @@ class Link:
             break
         else:
             raise OSError(f"link {self.name}: no port free for both TCP and UDP in {BIND_TRIES} tries")
-        host, _, target_port = self.target.rpartition(":")
         self._udp_back, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._from_target), remote_addr=(host, int(target_port))
+            lambda: _Datagrams(self._from_target), remote_addr=split_host_port(self.target)
         )
 
     async def stop(self) -> None:
@@ -181,10 +182,9 @@ class Link:
         if self.cut:
             await self._refuse_or_hold(conn, reader)
             return
-        host, _, port = self.target.rpartition(":")
         try:
             up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S
+                asyncio.open_connection(*split_host_port(self.target)), CONNECT_TIMEOUT_S
             )
         except OSError:  # refused, or timed out (TimeoutError is an OSError)
             conn.abort()  # the target is down: the initiator sees the connection die

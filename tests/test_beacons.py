@@ -58,11 +58,6 @@ def test_garbage_never_unseals_or_raises(data: bytes) -> None:
     assert unseal(KEY, REPLY, data) is None
 
 
-def test_split_host_port() -> None:
-    assert beacons.split_host_port("127.0.0.1:5000") == ("127.0.0.1", 5000)
-    assert beacons.split_host_port("[::1]:5001") == ("::1", 5001)
-
-
 # ---- a listener and a sender on real sockets ------------------------------------------------
 
 

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from cli.main import EXIT_USAGE, main
-from node.config import ConfigError, NodeConfig, parse_address, parse_addresses, parse_range_ms
+from node.config import (
+    ConfigError,
+    NodeConfig,
+    parse_address,
+    parse_addresses,
+    parse_range_ms,
+    split_host_port,
+)
 
 
 def config(**overrides: object) -> NodeConfig:
@@ -49,6 +56,11 @@ def test_address_parsing() -> None:
     for bad in ("nohost", ":80", "h:port", "h:70000"):
         with pytest.raises(ConfigError):
             parse_address(bad, "listen")
+
+
+def test_split_host_port() -> None:
+    assert split_host_port("127.0.0.1:5000") == ("127.0.0.1", 5000)
+    assert split_host_port("[::1]:5001") == ("::1", 5001)
 
 
 def test_range_ms_parsing() -> None:
