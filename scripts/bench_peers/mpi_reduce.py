@@ -31,15 +31,7 @@ def main() -> int:
     out: dict[str, Any] = {"ranks": size, "library": MPI.Get_library_version().splitlines()[0].strip()}
 
     def timed(body: Callable[[], Any]) -> tuple[list[float], Any]:
-        samples, value = [], None
-        for rep in range(warmup + reps):
-            comm.Barrier()
-            t0 = MPI.Wtime()
-            value = body()
-            elapsed = MPI.Wtime() - t0
-            if rep >= warmup:
-                samples.append(elapsed)
-        return samples, value
+        return peerdata.timed(body, reps, warmup, clock=MPI.Wtime, before=comm.Barrier)
 
     figures = spec["figures"]
     if "big_sum" in figures or "big_square_sum" in figures:
