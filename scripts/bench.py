@@ -421,18 +421,28 @@ def run_peer(name: str, data: Data, p: Params, timeout_s: float) -> dict[str, An
 # -- distnode helpers -------------------------------------------------------------
 
 
-def started_cluster(attempts: int = 3, **options: Any) -> LocalCluster:
-    """A started LocalCluster; a daemon that lost the race for its free port means a fresh try."""
+def timed_start(attempts: int = 3, **options: Any) -> tuple[LocalCluster, int, float]:
+    """A started LocalCluster, when its successful start began (time.time_ns) and
+    how long `start()` took (s); a daemon that lost the race for its free port
+    means a fresh try."""
     for attempt in range(attempts):
         cluster = LocalCluster(**options)
+        wall0 = time.time_ns()
+        t0 = time.perf_counter()
         try:
-            return cluster.start()
+            cluster.start()
         except RuntimeError as exc:
             cluster.close()
             if "bind" not in str(exc) or attempt == attempts - 1:
                 raise
             log(f"a daemon lost its port to another process; starting the cluster again ({exc!s:.80})")
+            continue
+        return cluster, wall0, time.perf_counter() - t0
     raise AssertionError("unreachable")
+
+
+def started_cluster(attempts: int = 3, **options: Any) -> LocalCluster:
+    return timed_start(attempts, **options)[0]
 
 
 def client_process(cluster: LocalCluster, mode: str, **options: Any) -> dict[str, Any]:
@@ -719,19 +729,8 @@ def start_scale_cluster(p: Params) -> tuple[LocalCluster, dict[str, float | None
     """Start `p.scale_nodes` daemons; the times from spawn (seconds): a leader
     in its own log, the last daemon listening, and `start()` returning (every
     daemon listening, then a leader seen by a client)."""
-    for attempt in range(3):
-        cluster = LocalCluster(nodes=p.scale_nodes, start_timeout_s=60.0)
-        try:
-            wall0 = time.time_ns()
-            t0 = time.perf_counter()
-            cluster.start()
-            break
-        except RuntimeError as exc:  # a port taken by another process: try again
-            cluster.close()
-            if "bind" not in str(exc) or attempt == 2:
-                raise
-            log("scale: a daemon lost its port to another process; starting again")
-    times = {"harness_s": time.perf_counter() - t0, "listening_s": last_listening_s(cluster, wall0),
+    cluster, wall0, harness_s = timed_start(nodes=p.scale_nodes, start_timeout_s=60.0)
+    times = {"harness_s": harness_s, "listening_s": last_listening_s(cluster, wall0),
              "elected_s": first_leader_s(cluster, wall0)}
     return cluster, times
 
