@@ -182,15 +182,12 @@ def compute_partial(job: Job, source: DataSource, start: int, stop: int) -> Part
 
 def _compute_op(job: Job, x: Array, axis: int | None, offset: int) -> Partial:
     op = job.op
-    # The ufuncs' own reduce, as np.sum/np.prod/np.min/np.max call it for an
-    # ndarray (same pairwise summation, same bits), minus their Python wrapper:
-    # a small job is mostly such overhead.
-    if op in ("sum", "prod", "mean", "min", "max") and x.dtype.kind != "f":
-        # Integer reductions wrap or raise nothing: no warnings to silence.
-        return _reduce_op(op, x, axis)
-    with np.errstate(all="ignore"):  # overflow and NaN behave as in numpy, silently
-        if op in ("sum", "prod", "mean", "min", "max"):
+    if op in ("sum", "prod", "mean", "min", "max"):
+        if x.dtype.kind != "f":  # integer reductions wrap and warn of nothing
             return _reduce_op(op, x, axis)
+        with np.errstate(all="ignore"):  # overflow and NaN behave as in numpy, silently
+            return _reduce_op(op, x, axis)
+    with np.errstate(all="ignore"):
         if op in ("var", "std"):
             mean = np.mean(x, axis=axis, dtype=np.float64)
             deviation = np.subtract(x, mean, dtype=np.float64)  # one temporary, squared in place
@@ -206,6 +203,9 @@ def _compute_op(job: Job, x: Array, axis: int | None, offset: int) -> Partial:
 
 
 def _reduce_op(op: str, x: Array, axis: int | None) -> Partial:
+    """The ufuncs' own reduce, as np.sum/np.prod/np.min/np.max call it for an
+    ndarray (same pairwise summation, same bits), minus their Python wrapper:
+    a small job is mostly such overhead."""
     if op in ("min", "max"):
         extreme = np.minimum if op == "min" else np.maximum
         return {op: np.asarray(extreme.reduce(x, axis=axis))}
