@@ -1,4 +1,5 @@
-"""What each subcommand does once its arguments are parsed."""
+"""What each subcommand does once its arguments are parsed: build the config or
+the client from the flags, call `node`, print the result (render.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cli.main import EXIT_OK, UsageError, print_json
-from node.config import (
-    ConfigError,
-    NodeConfig,
-    default_data_dir,
-    parse_address,
-    parse_addresses,
-    parse_range_ms,
-)
-from node.limits import Limits
-from node.security import SecurityError, TlsFiles, load_token
-
-if TYPE_CHECKING:  # the client side (and numpy) is imported by the commands that use it
-    from node.client import Answer, ClusterStatus
+from cli.exits import EXIT_OK, UsageError
+from cli.render import ProgressBar, print_answer, print_json, print_status
+from node.addresses import parse_address, parse_addresses
+from node.core.limits import Limits
+from node.errors import ConfigError, SecurityError
+from node.security import TlsFiles, load_token
+from node.server.config import NodeConfig, default_data_dir, parse_range_ms
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -81,19 +75,19 @@ def client_security(args: argparse.Namespace) -> tuple[str | None, TlsFiles | No
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from node.memory import tune_malloc
+    from node.server.memory import tune_malloc
 
     tune_malloc()  # before any thread has made its own malloc arena
     config = config_from_args(args)
-    from node.daemon import run
+    from node.server.daemon import run
 
     return run(config)
 
 
 async def run_submit(args: argparse.Namespace) -> int:
     token, tls = client_security(args)
-    progress = _ProgressBar() if sys.stderr.isatty() and not args.json else None
-    from node.client import AsyncClient
+    progress = ProgressBar() if sys.stderr.isatty() and not args.json else None
+    from node.client.async_client import AsyncClient
 
     async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
         try:
@@ -108,75 +102,25 @@ async def run_submit(args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer.as_dict())
     else:
-        _print_answer(answer)
+        print_answer(answer)
     return EXIT_OK
-
-
-def _print_answer(answer: Answer) -> None:
-    import json
-
-    print(json.dumps(answer.result), flush=True)
-    if sys.stderr.isatty():
-        print(
-            f"{answer.op}: {answer.shards} shard(s) on {','.join(answer.nodes)} in "
-            f"{answer.elapsed_ms:.1f} ms (leader {answer.leader}, term {answer.term}, "
-            f"retries {answer.retries})",
-            file=sys.stderr,
-        )
-
-
-class _ProgressBar:
-    """Shards done / total on the terminal; appears only once a job takes a while."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self._progress = Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), transient=True,
-        )
-        self._task: Any = None
-
-    def update(self, done: int, total: int) -> None:
-        if self._task is None:
-            self._progress.start()
-            self._task = self._progress.add_task("shards", total=total)
-        self._progress.update(self._task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._progress.stop()
 
 
 async def run_status(args: argparse.Namespace) -> int:
     token, tls = client_security(args)
-    from node.client import AsyncClient
+    from node.client.async_client import AsyncClient
 
     async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
         view = await client.status()
     if args.json:
         print_json(view.as_dict())
     else:
-        _print_status(view)
+        print_status(view)
     return EXIT_OK
 
 
-def _print_status(view: ClusterStatus) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"leader {view.leader or '(none)'}, term {view.term}")
-    for column in ("id", "address", "role", "term", "alive", "last heartbeat"):
-        table.add_column(column)
-    for node in view.nodes:
-        heard = "-" if node.last_heartbeat_ms is None else f"{node.last_heartbeat_ms:.0f} ms"
-        table.add_row(node.id, node.address, node.role, str(node.term),
-                      "yes" if node.alive else "no", heard)
-    Console().print(table)
-
-
 def run_certs(args: argparse.Namespace) -> int:
-    from node.certs import make_certs
+    from node.testing.certs import make_certs
 
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     for path in make_certs(Path(args.out), args.nodes, hosts):
@@ -185,7 +129,7 @@ def run_certs(args: argparse.Namespace) -> int:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from node.harness import LocalCluster
+    from node.testing.cluster import LocalCluster
 
     options: dict[str, Any] = {}
     if args.heartbeat_ms is not None:

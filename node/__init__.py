@@ -2,7 +2,9 @@
 
     from node import Client, AsyncClient, LocalCluster
 
-See README.md for the user's view and DESIGN.md for the architecture.
+See README.md for the user's view and docs/design.md for the architecture:
+node/core/ is the pure part (election, compute, sources), node/server/ one
+daemon, node/client/ the two clients, node/testing/ the local cluster harness.
 
 The names below are imported on first use (PEP 562), so a daemon, which
 needs none of the client or harness code, does not pay for importing it.
@@ -14,23 +16,26 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from node.blocking import Client
-    from node.client import Answer, AsyncClient, ClusterStatus, NodeInfo
+    from node.client.answer import Answer, ClusterStatus, NodeInfo
+    from node.client.async_client import AsyncClient
+    from node.client.blocking import Client
     from node.errors import ClusterUnavailable, DistnodeError, InvalidJob, JobError
-    from node.harness import LocalCluster
+    from node.security import TlsFiles
+    from node.testing.cluster import LocalCluster
 
 #: Public name -> the module that defines it.
 _HOMES = {
-    "Answer": "node.client",
-    "AsyncClient": "node.client",
-    "Client": "node.blocking",
-    "ClusterStatus": "node.client",
+    "Answer": "node.client.answer",
+    "AsyncClient": "node.client.async_client",
+    "Client": "node.client.blocking",
+    "ClusterStatus": "node.client.answer",
     "ClusterUnavailable": "node.errors",
     "DistnodeError": "node.errors",
     "InvalidJob": "node.errors",
     "JobError": "node.errors",
-    "LocalCluster": "node.harness",
-    "NodeInfo": "node.client",
+    "LocalCluster": "node.testing.cluster",
+    "NodeInfo": "node.client.answer",
+    "TlsFiles": "node.security",
 }
 
 __all__ = [
@@ -44,6 +49,7 @@ __all__ = [
     "JobError",
     "LocalCluster",
     "NodeInfo",
+    "TlsFiles",
 ]
 
 

@@ -1,18 +1,32 @@
-"""The errors a distnode user can catch.
+"""Every exception distnode raises, in two families (as h11 splits local and remote errors).
 
-Two families, as in h11: `InvalidJob` means the caller asked for something
-that cannot run (fix the request); `JobError` and `ClusterUnavailable` mean
-the cluster could not deliver (retry later, or look at the cluster).
+- `CallerError`: the caller asked for something that cannot be done. Fix the
+  request, the flags or the files; retrying the same thing fails the same way.
+- `ClusterError`: the cluster could not deliver. Retry later, or look at the
+  cluster; the request itself may be fine.
+
+The client raises the four public names (`InvalidJob`, `JobError`,
+`ClusterUnavailable`, and their base `DistnodeError`). The daemon raises the
+finer classes below them, and its servicer turns each into one gRPC status
+(node/server/service.py, `STATUS_OF`), which the client turns back into the
+public names. Messages name the field and the problem: "op: unknown op 'sums'".
 """
 
 from __future__ import annotations
 
 
 class DistnodeError(Exception):
-    """Base class of every error the client raises."""
+    """Base class of every error distnode raises."""
 
 
-class InvalidJob(DistnodeError):
+# -- the caller's mistakes -------------------------------------------------------
+
+
+class CallerError(DistnodeError):
+    """The request or the configuration is wrong; the same call fails again."""
+
+
+class InvalidJob(CallerError):
     """The job was rejected before running: bad op, source, kernel or option.
 
     `field` names the offending field ("op", "source", "axis", ...).
@@ -23,9 +37,112 @@ class InvalidJob(DistnodeError):
         self.field = field
 
 
-class JobError(DistnodeError):
+class InvalidField(InvalidJob):
+    """A field of a request is malformed (gRPC INVALID_ARGUMENT)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}", field)
+        self.problem = problem
+
+
+class SourceNotFound(InvalidField):
+    """The source names a file that does not exist (gRPC NOT_FOUND)."""
+
+
+class Forbidden(InvalidField):
+    """The request names something it may not touch (gRPC PERMISSION_DENIED)."""
+
+
+class SourceForbidden(Forbidden):
+    """The source names a file outside the data root."""
+
+
+class NotAMember(Forbidden):
+    """A node id that is not behind any of this node's --peers addresses."""
+
+
+class JobConflict(InvalidJob):
+    """The job id is already taken by a different job (gRPC ALREADY_EXISTS)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "job_id")
+
+
+class LimitExceeded(CallerError):
+    """A request is over a configured limit; the message names the limit (RESOURCE_EXHAUSTED)."""
+
+
+class ConfigError(CallerError, ValueError):
+    """A configuration value is malformed or inconsistent with another one."""
+
+
+class SecurityError(ConfigError):
+    """A token or certificate file is missing, empty or unreadable."""
+
+
+class StateFileError(ConfigError):
+    """The node's durable election state cannot be read; it refuses to guess."""
+
+
+# -- the cluster's failures ------------------------------------------------------
+
+
+class ClusterError(DistnodeError):
+    """The cluster could not deliver; the request may succeed later or elsewhere."""
+
+
+class JobError(ClusterError):
     """The job was accepted but did not produce an answer."""
 
 
-class ClusterUnavailable(DistnodeError):
+class JobFailed(JobError):
+    """The leader itself could not compute a shard: the job cannot finish (INTERNAL)."""
+
+
+class JobTimedOut(JobError):
+    """A job ran past the node's job deadline (DEADLINE_EXCEEDED)."""
+
+
+class WorkerFailed(JobError):
+    """A worker could not finish its batch (dead, unreachable, or it errored).
+
+    Never reaches a caller: the leader moves the batch to another lane.
+    """
+
+
+class ClusterUnavailable(ClusterError):
     """No node answered, or no leader was elected, within the timeout."""
+
+
+class NotLeader(ClusterUnavailable):
+    """This node is not (or no longer) the leader; the client retries elsewhere (UNAVAILABLE)."""
+
+
+class NoLeader(ClusterUnavailable):
+    """This node knows no leader to relay a call to; the client retries (UNAVAILABLE)."""
+
+
+class ReduceFailed(ClusterUnavailable):
+    """A worker's partials could not be delivered to the aggregator (UNAVAILABLE)."""
+
+
+class RelayFailed(ClusterUnavailable):
+    """A follower could not relay a call to its leader; `code` is the leader's
+    gRPC status name, passed on to the caller unchanged."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+
+
+class AttemptFailed(ClusterUnavailable):
+    """One client attempt at one node failed in a way another node may not.
+
+    The client's retry loop catches it and tries the next node; it reaches a
+    caller only as the last error inside `ClusterUnavailable` or `JobError`.
+    """
+
+    def __init__(self, message: str, accepted: bool = False) -> None:
+        super().__init__(message)
+        #: The cluster had accepted the job before the attempt failed.
+        self.accepted = accepted

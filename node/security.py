@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+
+from node.errors import SecurityError
 
 TOKEN_ENV = "DISTNODE_TOKEN"
 AUTH_HEADER = "authorization"
 #: RPCs anyone may call: liveness probes must work without the secret.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
-
-
-class SecurityError(ValueError):
-    """A token or certificate file is missing, empty or unreadable."""
 
 
 def load_token(token_file: str | Path | None, environ: dict[str, str] | None = None) -> str | None:
@@ -71,31 +69,27 @@ class TlsFiles:
             if path is not None and not path.is_file():
                 raise SecurityError(f"{name}: no such file {path}")
 
-    def _read(self, path: Path | None) -> bytes | None:
-        return path.read_bytes() if path is not None else None
-
-    def server_credentials(self) -> Any:
+    def server_credentials(self) -> grpc.ServerCredentials:
         assert self.cert is not None and self.key is not None
         return grpc.ssl_server_credentials(
-            [(self._read(self.key), self._read(self.cert))],
-            root_certificates=self._read(self.ca),
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=_read(self.ca),
             require_client_auth=self.ca is not None,
         )
 
-    def channel_credentials(self) -> Any:
+    def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
-            root_certificates=self._read(self.ca),
-            private_key=self._read(self.key),
-            certificate_chain=self._read(self.cert),
+            root_certificates=_read(self.ca), private_key=_read(self.key), certificate_chain=_read(self.cert)
         )
 
 
-def _with_token(details: Any, header: tuple[str, str]) -> Any:
-    metadata = list(details.metadata or [])
-    metadata.append(header)
-    return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-    )
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Requests = AsyncIterable[Req] | Iterable[Req]
 
 
 class _Bearer:
@@ -105,50 +99,67 @@ class _Bearer:
     def __init__(self, token: str) -> None:
         self.header = (AUTH_HEADER, f"Bearer {token}")
 
-    def _details(self, details: Any) -> Any:
-        return _with_token(details, self.header)
-
-
-class TokenUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
-
-
-class TokenStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_unary(
-        self, continuation: Any, details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(details), request_iterator)
-
-
-class TokenStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_stream(
-        self, continuation: Any, details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(details), request_iterator)
-
-
-def open_channel(
-    address: str, options: list[tuple[str, Any]], tls: TlsFiles | None, token: str | None
-) -> Any:
-    """A grpc.aio channel to `address`, secured and authenticated as configured."""
-    interceptors = (
-        [TokenUnaryUnary(token), TokenStreamUnary(token), TokenStreamStream(token)] if token else None
-    )
-    if tls is not None and tls.enabled:
-        return grpc.aio.secure_channel(
-            address, tls.channel_credentials(), options=options, interceptors=interceptors
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add(*self.header)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
-    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
 
 
-class TokenServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TokenUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, Req], Awaitable[grpc.aio.UnaryUnaryCall[Req, Resp]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Req,
+    ) -> grpc.aio.UnaryUnaryCall[Req, Resp]:
+        return await continuation(self._details(client_call_details), request)
+
+
+class TokenStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, Requests[Req]], Awaitable[grpc.aio.StreamUnaryCall[Req, Resp]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Requests[Req],
+    ) -> grpc.aio.StreamUnaryCall[Req, Resp]:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class TokenStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, Requests[Req]], Awaitable[grpc.aio.StreamStreamCall[Req, Resp]]
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Requests[Req],
+    ) -> grpc.aio.StreamStreamCall[Req, Resp]:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that add the token to every call of an asyncio channel."""
+    return [TokenUnaryUnary(token), TokenStreamUnary(token), TokenStreamStream(token)]
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The token as call metadata, for blocking calls (cheaper than an interceptor)."""
+    return ((AUTH_HEADER, f"Bearer {token}"),) if token else None
+
+
+class TokenServerInterceptor(grpc.aio.ServerInterceptor):
     """Rejects every RPC without the cluster token, except the health service."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
-    def _authorized(self, metadata: Any) -> bool:
+    def _authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
         for key, value in metadata or ():
             if key == AUTH_HEADER:
                 given = value.encode() if isinstance(value, str) else bytes(value)
@@ -156,28 +167,32 @@ class TokenServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return False
 
     async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
-    ) -> Any:
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
+        details = handler_call_details
         if details.method.startswith(OPEN_METHOD_PREFIXES) or self._authorized(
             details.invocation_metadata
         ):
             return await continuation(details)
         handler = await continuation(details)
-        return _refusing_handler(handler)
+        return None if handler is None else _refusing_handler(handler)
 
 
-async def _refuse(request: Any, context: Any) -> Any:
+async def _refuse(request: object, context: grpc.aio.ServicerContext[object, object]) -> None:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong cluster token")
 
 
-def _refusing_handler(handler: Any) -> Any:
+def _refusing_handler(handler: grpc.RpcMethodHandler[Req, Resp]) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
-    if handler is None:
-        return None
+    refuse: Any = _refuse  # gRPC runs async handlers, whose shape its stubs do not describe
     if handler.request_streaming and not handler.response_streaming:
-        return grpc.stream_unary_rpc_method_handler(_refuse)
+        return grpc.stream_unary_rpc_method_handler(refuse)
     if handler.request_streaming:
-        return grpc.stream_stream_rpc_method_handler(_refuse)
+        return grpc.stream_stream_rpc_method_handler(refuse)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_refuse)
-    return grpc.unary_unary_rpc_method_handler(_refuse)
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)

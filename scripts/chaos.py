@@ -57,9 +57,10 @@ import grpc
 from node import AsyncClient, InvalidJob, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.compute import Job, reduce_all, validate_job
-from node.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
+from node.core.compute import reduce_all, validate_job
+from node.core.job import Job
 from node.errors import ClusterUnavailable, JobError
+from node.server.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
 
 #: Shards of 2^20 elements: a 4e6-element job fans out to 4 nodes' worth of work.
 SHARD_ELEMS = 1 << 20

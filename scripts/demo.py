@@ -18,29 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 
-from node import Answer, Client, LocalCluster
-from node.compute import parse_count
+from node import Client, DistnodeError, LocalCluster
+from node.core.sources import parse_count
 
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def run_in_background(client: Client, **job: object) -> tuple[threading.Thread, dict[str, object]]:
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            box["answer"] = client.submit(**job)  # type: ignore[arg-type]
-        except Exception as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread, box
 
 
 def main() -> int:
@@ -54,17 +39,21 @@ def main() -> int:
     with LocalCluster(nodes=args.nodes) as cluster, Client(cluster.addresses) as client:
         leader = cluster.leader()
         say(f"{args.nodes} nodes up, leader {leader} elected in {time.perf_counter() - started:.2f} s")
-        say(f"submitting sum over {source}")
-        thread, box = run_in_background(client, op="sum", source=source, job_id="demo-job")
-        progress = wait_for_progress(cluster)
-        cluster.kill(leader)
-        say(f"killed the leader {leader} (SIGKILL) with {progress[0]}/{progress[1]} shards merged")
-        thread.join()
-        if "error" in box:
-            say(f"FAILED: {box['error']}")
+        say(f"submitting sum over {source}; the leader is killed (SIGKILL) once a shard is merged")
+        try:
+            run = cluster.run_with_fault(
+                lambda: cluster.kill(leader), client=client, timeout_s=120,
+                op="sum", source=source, job_id="demo-job",
+            )
+        except DistnodeError as exc:
+            say(f"FAILED: {exc}")
             return 1
-        answer = box["answer"]
-        assert isinstance(answer, Answer)
+        if run.progress_at_fault is None:
+            say("FAILED: the job finished before the kill could land; try a bigger --n")
+            return 1
+        done, total = run.progress_at_fault
+        say(f"killed the leader {leader} after {run.fault_after_s:.2f} s with {done}/{total} shards merged")
+        answer = run.answer
         say(
             f"answer {answer.result!r} from new leader {answer.leader} (term {answer.term}) "
             f"after {answer.retries} retries, {answer.elapsed_ms / 1000:.2f} s in all"
@@ -80,16 +69,6 @@ def main() -> int:
         for name, ok in checks.items():
             say(f"{'ok ' if ok else 'BAD'} {name}")
         return 0 if all(checks.values()) else 1
-
-
-def wait_for_progress(cluster: LocalCluster, timeout_s: float = 60) -> tuple[int, int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        progress = cluster.client.progress("demo-job")
-        if progress is not None and progress[0] >= 1:
-            return progress
-        time.sleep(0.005)
-    raise SystemExit("the job never started")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@
 
 The generated files are committed; tests/test_proto_fresh.py regenerates them
 into a temporary directory and fails when they differ, so edit the .proto and
-rerun this script, never the generated code. grpcio-tools is pinned exactly in
-pyproject.toml because its output changes between releases.
+rerun this script, never the generated code. grpcio-tools and mypy-protobuf
+are pinned exactly in pyproject.toml because their output changes between
+releases. mypy-protobuf writes the type stubs (`.pyi`) of both the messages
+and the service, so mypy checks the servicer's handlers and every stub call.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,25 +27,36 @@ DEFAULT_OUT = ROOT / "node" / "_proto"
 INIT = '"""Generated from protos/distnode.proto by scripts/gen_proto.py; do not edit."""\n'
 
 
+def _plugin(name: str) -> str:
+    """mypy-protobuf's protoc plugin, installed beside this interpreter (a venv's bin/)."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: pip install -e '.[dev]' (it comes with mypy-protobuf)")
+    return found
+
+
 def generate(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     status = protoc.main(
         [
             "grpc_tools.protoc",
             f"-I{PROTO_DIR}",
+            f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+            f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
             f"--python_out={out_dir}",
-            f"--pyi_out={out_dir}",
+            f"--mypy_out={out_dir}",
             f"--grpc_python_out={out_dir}",
+            f"--mypy_grpc_out={out_dir}",
             str(PROTO_DIR / PROTO),
         ]
     )
     if status != 0:
         raise SystemExit(f"protoc failed with status {status}")
-    # protoc writes an absolute import; inside a package it must be relative.
-    grpc_file = out_dir / "distnode_pb2_grpc.py"
-    text = grpc_file.read_text()
-    text = text.replace("import distnode_pb2 as", "from . import distnode_pb2 as")
-    grpc_file.write_text(text)
+    # protoc writes absolute imports; inside a package they must be relative.
+    for name, old in (("distnode_pb2_grpc.py", "import distnode_pb2 as"),
+                      ("distnode_pb2_grpc.pyi", "import distnode_pb2 as")):
+        path = out_dir / name
+        path.write_text(path.read_text().replace(old, "from . " + old, 1))
     (out_dir / "__init__.py").write_text(INIT)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import uvloop
 
-from node.harness import free_ports  # free for TCP and UDP both
+from node.testing.ports import free_ports  # free for TCP and UDP both
 
 METHOD = "/floor.Floor/Beat"
 MESSAGE = b"x" * 40

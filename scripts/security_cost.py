@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.blocking import Client
-from node.certs import make_certs
-from node.harness import free_ports
+from node.client.blocking import Client
 from node.security import TlsFiles
+from node.testing.certs import make_certs
+from node.testing.ports import free_ports
 
 MODES = ("plain", "tls+token", "mtls+token")
 TOKEN = "bench-token-0123456789abcdef"

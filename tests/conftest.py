@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from inproc import FAST, InProcessCluster, StartCluster, poll
 
-from node.config import NodeConfig
-from node.daemon import Daemon
-from node.harness import free_ports
+from node.server.config import NodeConfig
+from node.server.daemon import Daemon
+from node.testing.ports import free_ports
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.daemon import Daemon
+from node.server.daemon import Daemon
 
 #: Fast in-process timing: a leader in well under 100 ms.
 FAST = {"tick_ms": 5, "heartbeat_ms": 10, "election_ms_min": 40, "election_ms_max": 80}

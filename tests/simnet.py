@@ -34,9 +34,8 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from node.election import (
-    Election,
-    ElectionConfig,
+from node.core.election import Election, ElectionConfig
+from node.core.messages import (
     HeartbeatResponse,
     Message,
     Output,

@@ -16,10 +16,10 @@ import grpc
 import numpy as np
 import pytest
 
-import node.client
+import node.client.async_client
 from node import AsyncClient
 from node._proto import distnode_pb2 as pb
-from node.answerwire import SERVICE, serialize_submit_reply, submit_answer
+from node.wire.answers import SERVICE, serialize_submit_reply, submit_answer
 
 INTERVAL_S = 0.05
 DEADLINE_S = 10.0
@@ -85,7 +85,7 @@ async def unknown(request: Any) -> Any:
 
 @pytest.fixture(autouse=True)
 def short_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(node.client, "PROBE_INTERVAL_S", INTERVAL_S)
+    monkeypatch.setattr(node.client.async_client, "PROBE_INTERVAL_S", INTERVAL_S)
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ async def test_a_silent_node_is_left_for_the_next_address(fake_nodes: list[FakeN
     async with AsyncClient([mute.address, live.address], timeout=DEADLINE_S) as client:
         got = await client.submit(op="sum", source="range:n=10")
     assert got.result == 42 and got.retries == 1
-    assert mute.submits == 1 and mute.probes >= node.client.PROBE_FAILURES
+    assert mute.submits == 1 and mute.probes >= node.client.async_client.PROBE_FAILURES
     assert live.submits == 1
 
 

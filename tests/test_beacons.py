@@ -18,11 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from inproc import InProcessCluster, StartCluster, poll
 
-from node import beacons
 from node._proto import distnode_pb2 as pb
-from node.beacons import BEAT, REPLY, BeaconListener, BeaconSender, seal, unseal
-from node.daemon import Daemon
-from node.heartbeats import HeartbeatLink
+from node.server import beacons
+from node.server.beacons import BEAT, REPLY, BeaconListener, BeaconSender, seal, unseal
+from node.server.daemon import Daemon
+from node.server.heartbeats import HeartbeatLink
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -255,7 +255,7 @@ async def test_a_follower_deaf_to_udp_is_kept_on_grpc_then_taken_back(start_clus
     assert deaf.election.role.value == "follower"
 
     # Listening again, with no key until the next gRPC beat grants one.
-    deaf.beacons = await beacons.listen(deaf.config.listen, deaf.port, deaf.handle_heartbeat)
+    deaf.beacons = await beacons.listen(deaf.config.listen, deaf.port, deaf.beat_reply)
     await poll(lambda: link.on_udp, 5.0, "the link back on UDP")
     assert deaf.beacons is not None and deaf.beacons.taken >= 1
     assert all(d.election.term == term for d in cluster.daemons)

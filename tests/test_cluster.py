@@ -10,20 +10,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from inproc import wait_until
 
-from node import Answer, Client, LocalCluster
-from node.compute import Job, reduce_all, validate_job
-from node.harness import FAST_TIMING
+from node import Client, LocalCluster
+from node.core.compute import reduce_all, validate_job
+from node.core.job import Job
+from node.testing.cluster import FAST_TIMING
 
 pytestmark = pytest.mark.process
 
@@ -43,48 +43,14 @@ def big_reference() -> float:
     return float(reduce_all(job, validate_job(job), SHARD_ELEMS).item())
 
 
-class BackgroundJob:
-    """A submit running in a thread, so the test can break things meanwhile."""
-
-    def __init__(self, client: Client, job_id: str, **job: Any) -> None:
-        self.answer: Answer | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(client, job_id, job))
-        self._thread.start()
-
-    def _run(self, client: Client, job_id: str, job: dict[str, Any]) -> None:
-        try:
-            self.answer = client.submit(job_id=job_id, timeout=60, **job)
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self, timeout_s: float = 90) -> Answer:
-        self._thread.join(timeout_s)
-        assert not self._thread.is_alive(), "job did not finish"
-        if self.error is not None:
-            raise self.error
-        assert self.answer is not None
-        return self.answer
-
-
-def wait_mid_job(cluster: LocalCluster, job_id: str) -> None:
-    """Block until the job has some but not all of its shards."""
-    def started() -> bool:
-        progress = cluster.client.progress(job_id)
-        return progress is not None and progress[0] >= 1
-    wait_until(started, 30, f"job {job_id} to start", cluster.logs)
-    progress = cluster.client.progress(job_id)
-    assert progress is not None and progress[0] < progress[1], f"job finished too soon: {progress}"
-
-
 def test_leader_killed_mid_job_the_retry_completes(cluster: LocalCluster, big_reference: float) -> None:
     old_leader = cluster.leader()
     old_term = cluster.status().term
     with Client(cluster.addresses) as client:
-        job = BackgroundJob(client, "leader-kill", op="sum", source=BIG_SOURCE)
-        wait_mid_job(cluster, "leader-kill")
-        cluster.kill(old_leader)
-        answer = job.result()
+        run = cluster.run_with_fault(lambda: cluster.kill(old_leader), client=client,
+                                     op="sum", source=BIG_SOURCE, job_id="leader-kill")
+    assert run.landed_mid_job, f"the kill did not land mid-job: {run.progress_at_fault}"
+    answer = run.answer
     assert answer.result == big_reference, cluster.logs()  # bit for bit, as without the kill
     assert answer.leader != old_leader and answer.term > old_term
     assert answer.retries >= 1
@@ -94,33 +60,45 @@ def test_worker_killed_mid_job_its_shards_move(cluster: LocalCluster, big_refere
     leader = cluster.leader()
     worker = next(node for node in cluster.ids if node != leader)
     cluster.wait_all_alive(timeout_s=10)  # every node gets a share of the job
+    logged_before = len(cluster.log(leader))
     with Client([cluster.address(leader)]) as client:  # not through the worker we kill
-        job = BackgroundJob(client, "worker-kill", op="sum", source=BIG_SOURCE)
-        wait_mid_job(cluster, "worker-kill")
-        cluster.kill(worker)
-        answer = job.result()
-    assert answer.result == big_reference
-    assert answer.leader == leader and answer.retries == 0
-    assert f"worker {worker} failed" in cluster.log(leader) or "missed heartbeats" in cluster.log(leader)
+        run = cluster.run_with_fault(lambda: cluster.kill(worker), client=client,
+                                     op="sum", source=BIG_SOURCE, job_id="worker-kill")
+    assert run.landed_mid_job, f"the kill did not land mid-job: {run.progress_at_fault}"
+    assert run.answer.result == big_reference
+    assert run.answer.leader == leader and run.answer.retries == 0
+    # The leader gave the dead worker's batch to the others: it says so for this job and worker.
+    moved = re.search(rf"job worker-kill: worker {worker} failed \(.*\); reassigning (\d+) shards",
+                      cluster.log(leader)[logged_before:])
+    assert moved and int(moved.group(1)) >= 1, cluster.log(leader)
 
 
 def test_paused_follower_rejoins_without_deposing_the_leader(cluster: LocalCluster) -> None:
-    leader = cluster.leader()
+    leader = cluster.wait_all_alive(timeout_s=10)  # the leader must have heard it before it goes quiet
     term = cluster.status().term
     follower = next(node for node in cluster.ids if node != leader)
+    election_max_ms = FAST_TIMING["election_ms"][1]  # type: ignore[index]
 
-    def alive(node: str) -> bool:
-        return any(n.id == node and n.alive for n in cluster.status().nodes)
+    def heard_ms(node: str) -> float:
+        """How long ago the leader last heard `node` (its status says); -1 while alive and fresh."""
+        view = cluster.status()
+        seen = [n for n in view.nodes if n.id == node and not n.alive]
+        return seen[0].last_heartbeat_ms or 0.0 if seen else -1.0
 
     before_pause = len(cluster.log(follower))  # the start-up election may have made it a candidate
     cluster.pause(follower)
-    wait_until(lambda: not alive(follower), 10, f"{follower} to be declared dead", cluster.logs)
-    time.sleep(0)  # the pause now exceeds the failure timeout, itself >= the election timeout
+    # Long enough that the follower's own election timer (at most election_max_ms) has run out:
+    # on resume it must try to campaign, so Pre-Vote is what keeps the leader in place.
+    wait_until(lambda: heard_ms(follower) > 1.5 * election_max_ms, 10,
+               f"{follower} silent for 1.5 election timeouts", cluster.logs)
     cluster.resume(follower)
-    wait_until(lambda: alive(follower), 10, f"{follower} to be alive again", cluster.logs)
+    wait_until(lambda: any(n.id == follower and n.alive for n in cluster.status().nodes), 10,
+               f"{follower} to be alive again", cluster.logs)
+    after = cluster.log(follower)[before_pause:]
+    assert "became pre-candidate" in after, after  # its timer did run out: it asked for votes
+    assert "became candidate" not in after, after  # and was refused before touching its term
     view = cluster.status()
     assert (view.leader, view.term) == (leader, term), cluster.logs()
-    assert "became candidate" not in cluster.log(follower)[before_pause:]
     assert cluster.client.submit(op="sum", source="range:n=1000").result == 499500
 
 

@@ -28,26 +28,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.compute import (
-    KERNELS,
+from node.core.compute import (
     MAX_BINS,
-    OPS,
-    RANDOM_BLOCK,
-    SHARD_ELEMS,
-    DataSource,
-    Job,
-    JobSpecError,
     Partial,
-    SourceNotFound,
     compute_partial,
     finalize,
     merge,
-    open_source,
-    parse_count,
     plan_shards,
     reduce_all,
     validate_job,
 )
+from node.core.job import KERNELS, OPS, SHARD_ELEMS, Job
+from node.core.sources import RANDOM_BLOCK, DataSource, open_source, parse_count
+from node.errors import InvalidField, SourceNotFound
 
 Array = npt.NDArray[Any]
 
@@ -499,7 +492,7 @@ def test_npy_fortran_order_flattens_in_c_order(tmp_path: Path) -> None:
 def test_npy_missing_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(SourceNotFound, match=r"^source: no such file") as info:
         open_source(f"npy:{tmp_path / 'nope.npy'}")
-    assert isinstance(info.value, JobSpecError) and info.value.field == "source"
+    assert isinstance(info.value, InvalidField) and info.value.field == "source"
 
 
 @pytest.mark.parametrize(("name", "content", "match"), [
@@ -508,7 +501,7 @@ def test_npy_missing_file_is_not_found(tmp_path: Path) -> None:
 ])  # fmt: skip
 def test_npy_not_an_npy_file(tmp_path: Path, name: str, content: bytes, match: str) -> None:
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(JobSpecError, match=match) as info:
+    with pytest.raises(InvalidField, match=match) as info:
         open_source(f"npy:{tmp_path / name}")
     assert info.value.field == "source" and not isinstance(info.value, SourceNotFound)
 
@@ -524,7 +517,7 @@ def test_npy_not_an_npy_file(tmp_path: Path, name: str, content: bytes, match: s
 ])  # fmt: skip
 def test_npy_rejected_arrays(tmp_path: Path, array: Any, match: str) -> None:
     np.save(tmp_path / "x.npy", array, allow_pickle=True)
-    with pytest.raises(JobSpecError, match=match) as info:
+    with pytest.raises(InvalidField, match=match) as info:
         open_source(f"npy:{tmp_path / 'x.npy'}")
     assert info.value.field == "source"
 
@@ -543,7 +536,7 @@ def test_parse_count_accepts(text: str, expected: int) -> None:
     "text", ["1.5", "-3", "0", "", "abc", "1e-3", "nan", "inf", "0x10", "1e30"]
 )
 def test_parse_count_rejects(text: str) -> None:
-    with pytest.raises(JobSpecError, match=r"^n: must be") as info:
+    with pytest.raises(InvalidField, match=r"^n: must be") as info:
         parse_count(text, "n")
     assert info.value.field == "n"
 
@@ -566,7 +559,7 @@ def test_parse_count_rejects(text: str) -> None:
     ("npy:", "needs a path"),
 ])  # fmt: skip
 def test_bad_sources(spec: str, match: str) -> None:
-    with pytest.raises(JobSpecError) as info:
+    with pytest.raises(InvalidField) as info:
         open_source(spec)
     assert info.value.field == "source"
     assert str(info.value).startswith("source: ")
@@ -574,7 +567,7 @@ def test_bad_sources(spec: str, match: str) -> None:
 
 
 def test_bad_sources_inside_validate_job() -> None:
-    with pytest.raises(JobSpecError, match=r"^source: unknown kind"):
+    with pytest.raises(InvalidField, match=r"^source: unknown kind"):
         validate_job(Job("sum", "bogus:1"))
 
 
@@ -597,7 +590,7 @@ def test_bad_sources_inside_validate_job() -> None:
     (Job("histogram", "range:n=3", bins=4, range_lo=np.nan, range_hi=1), "range", "finite"),
 ])  # fmt: skip
 def test_bad_jobs_name_their_field(job: Job, field: str, match: str) -> None:
-    with pytest.raises(JobSpecError) as info:
+    with pytest.raises(InvalidField) as info:
         validate_job(job)
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ")
@@ -607,7 +600,7 @@ def test_bad_jobs_name_their_field(job: Job, field: str, match: str) -> None:
 def test_histogram_with_axis_rejected(tmp_path: Path) -> None:
     np.save(tmp_path / "h.npy", np.ones((2, 2)))
     job = Job("histogram", f"npy:{tmp_path / 'h.npy'}", axis=0, bins=2, range_lo=0, range_hi=1)
-    with pytest.raises(JobSpecError, match=r"^axis: histogram"):
+    with pytest.raises(InvalidField, match=r"^axis: histogram"):
         validate_job(job)
 
 
@@ -620,7 +613,7 @@ def test_compute_partial_rejects_empty_shard() -> None:
 
 
 def test_merge_rejects_unknown_op() -> None:
-    with pytest.raises(JobSpecError, match=r"^op: "):
+    with pytest.raises(InvalidField, match=r"^op: "):
         merge("median", {}, {})
 
 

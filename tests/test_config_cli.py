@@ -7,14 +7,9 @@ from pathlib import Path
 import pytest
 
 from cli.main import EXIT_USAGE, main
-from node.config import (
-    ConfigError,
-    NodeConfig,
-    parse_address,
-    parse_addresses,
-    parse_range_ms,
-    split_host_port,
-)
+from node.addresses import parse_address, parse_addresses, split_host_port
+from node.errors import ConfigError
+from node.server.config import NodeConfig, parse_range_ms
 
 
 def config(**overrides: object) -> NodeConfig:
@@ -96,7 +91,7 @@ def test_usage_errors_exit_2_with_one_message(argv: list[str], needle: str, caps
 
 
 def test_submit_to_unreachable_cluster_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    from node.harness import free_ports
+    from node.testing.ports import free_ports
 
     (port,) = free_ports(1)
     code = main(["submit", "--cluster", f"127.0.0.1:{port}", "--op", "sum", "--source", "range:n=3", "--timeout", "0.5"])
@@ -106,7 +101,7 @@ def test_submit_to_unreachable_cluster_exits_3(capsys: pytest.CaptureFixture[str
 
 
 def test_status_of_unreachable_cluster_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    from node.harness import free_ports
+    from node.testing.ports import free_ports
 
     (port,) = free_ports(1)
     assert main(["status", "--cluster", f"127.0.0.1:{port}", "--timeout", "0.3"]) == 3

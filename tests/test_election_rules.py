@@ -10,9 +10,8 @@ import re
 
 import pytest
 
-from node.election import (
-    Election,
-    ElectionConfig,
+from node.core.election import Election, ElectionConfig
+from node.core.messages import (
     Heartbeat,
     HeartbeatResponse,
     Output,
@@ -453,22 +452,40 @@ def test_check_quorum_steps_down_leader_that_hears_no_majority() -> None:
     assert (node.term, node.voted_for, node.leader) == (1, "a", None)
 
 
-def test_peer_ticks_since_heard_is_the_failure_detector() -> None:
-    """Thesis §6.2: the leader tracks which followers answered recently."""
-    node = make()
-    assert node.peer_ticks_since_heard() == {"b": None, "c": None}
-    elect(node)  # b answered during the election
+def test_active_peers_are_the_failure_detector() -> None:
+    """Thesis §6.2: the leader tracks which followers answered within an election
+    timeout (`election_ticks_min`); a new leader starts with no evidence."""
+    node = make()  # election_ticks_min 10
+    elect(node)  # b answered during the election: that is no evidence for the new term
+    assert node.peer_ticks_since_heard() == {"b": None, "c": None} and node.active_peers() == set()
+    node.step(HeartbeatResponse("b", "a", node.term))
     node.tick()
     node.step(HeartbeatResponse("c", "a", node.term))
     node.tick()
     assert node.peer_ticks_since_heard() == {"b": 2, "c": 1}
+    for _ in range(8):
+        node.tick()
+    assert node.peer_ticks_since_heard()["b"] == 10 and node.active_peers() == {"b", "c"}
+    node.tick()
+    assert node.active_peers() == {"c"}
+
+
+def test_a_stale_answer_is_no_evidence_of_life() -> None:
+    """Raft §5.1: a message of an older term is stale; a late reply says nothing about now."""
+    node = make(term=3)
+    elect(node)
+    node.step(HeartbeatResponse("b", "a", node.term - 1))
+    assert node.active_peers() == set()
+    node.step(HeartbeatResponse("b", "a", node.term))
+    assert node.active_peers() == {"b"}
 
 
 def test_ticks_until_due_lets_a_caller_sleep_until_the_next_deadline() -> None:
     """Ticks before the reported deadline produce nothing; the one at it does."""
     import random
 
-    from node.election import Election, ElectionConfig, Role
+    from node.core.election import Election, ElectionConfig
+    from node.core.messages import Role
 
     config = ElectionConfig(node_id="a", peers=("b", "c"), heartbeat_ticks=3,
                             election_ticks_min=10, election_ticks_max=20)

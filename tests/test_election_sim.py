@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from simnet import InvariantError, SimNet
 
-from node.election import Role, VoteRequest
+from node.core.messages import Role, VoteRequest
 
 ELECTION_BOUND_TICKS = 300  # a leader must emerge this soon after the network is healthy
 

@@ -22,8 +22,8 @@ import pytest
 from node import Client, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.faults import FaultProxy
-from node.harness import CLIENT, FAST_TIMING
+from node.testing.cluster import CLIENT, FAST_TIMING
+from node.testing.faults import FaultProxy
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -425,19 +425,19 @@ def test_worker_paused_mid_job_its_shards_move_promptly() -> None:
     with LocalCluster(nodes=3, shard_elems=1 << 18, link_faults=True, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
         leader = cluster.leader()
         worker = next(n for n in cluster.ids if n != leader)
-        with Client([cluster.address(leader)]) as client:
-            answers: list[object] = []
-            thread = threading.Thread(target=lambda: answers.append(
-                client.submit(op="sum", source="range:n=6e7", job_id="paused-worker", timeout=20)))
-            thread.start()
-            wait_until(lambda: (client.progress("paused-worker") or (0, 0))[0] >= 3, 30,
-                       "the job to start", cluster.logs)
+
+        def pause_until_declared_dead() -> None:
+            logged = len(cluster.log(leader))
             cluster.pause(worker)
-            started = time.monotonic()
-            wait_until(lambda: "missed heartbeats" in cluster.log(leader), 10,
+            wait_until(lambda: f"peer {worker} (" in cluster.log(leader)[logged:], 10,
                        f"{leader} to declare {worker} dead", cluster.logs)
             cluster.resume(worker)
-            thread.join(30)
-            took_s = time.monotonic() - started
-        assert answers and answers[0].result == 60_000_000 * 59_999_999 // 2, cluster.logs()  # type: ignore[attr-defined]
+
+        with Client([cluster.address(leader)]) as client:
+            run = cluster.run_with_fault(pause_until_declared_dead, after_shards=3, client=client,
+                                         timeout_s=30, op="sum", source="range:n=6e7", job_id="paused-worker")
+        assert run.landed_mid_job, f"the pause did not land mid-job: {run.progress_at_fault}"
+        assert run.fault_after_s is not None
+        took_s = run.elapsed_s - run.fault_after_s
+        assert run.answer.result == 60_000_000 * 59_999_999 // 2, cluster.logs()
         assert took_s < 15, f"the job took {took_s:.1f} s after the pause\n{cluster.logs()}"

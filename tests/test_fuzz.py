@@ -25,7 +25,7 @@ from cli.main import main as cli_main
 from node import Client, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.compute import KERNELS, OPS
+from node.core.job import KERNELS, OPS
 
 pytestmark = pytest.mark.process
 

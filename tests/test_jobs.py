@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from node.compute import Job
-from node.jobs import ANSWER_CACHE_BYTES, JobManager
-from node.membership import PeerTable
+from node.core.job import Job
+from node.server.jobs import ANSWER_CACHE_BYTES, JobManager
+from node.server.peers import PeerTable
 
 
 async def test_answer_cache_is_bounded_by_bytes(tmp_path: Any) -> None:
@@ -20,7 +20,7 @@ async def test_answer_cache_is_bounded_by_bytes(tmp_path: Any) -> None:
     matrix = tmp_path / "m.npy"
     np.save(matrix, np.ones((2, vector_elems)))
     jobs = JobManager(
-        "n1", PeerTable((), failure_ms=1000), remote=_no_remote, executor=ThreadPoolExecutor(1),
+        "n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1),
         shard_elems=1 << 22, data_root=tmp_path,
     )
     job = Job(op="sum", source="npy:m.npy", axis=0)
@@ -41,12 +41,12 @@ async def _no_remote(*args: Any) -> None:
 async def test_an_answer_bigger_than_the_budget_is_returned_not_kept(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
-    import node.jobs
+    import node.server.jobs
 
-    monkeypatch.setattr(node.jobs, "ANSWER_CACHE_BYTES", 1000)
+    monkeypatch.setattr(node.server.jobs, "ANSWER_CACHE_BYTES", 1000)
     np.save(tmp_path / "m.npy", np.ones((2, 1000)))
     jobs = JobManager(
-        "n1", PeerTable((), failure_ms=1000), remote=_no_remote, executor=ThreadPoolExecutor(1),
+        "n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1),
         shard_elems=1 << 22, data_root=tmp_path,
     )
     outcome = await jobs.submit("big", Job(op="sum", source="npy:m.npy", axis=0))
@@ -64,7 +64,7 @@ async def test_a_job_aborted_after_its_submitter_left_logs_nothing() -> None:
 
     from inproc import poll
 
-    from node.jobs import INLINE_ELEMS
+    from node.server.jobs import INLINE_ELEMS
 
     loop = asyncio.get_running_loop()
     reported: list[dict[str, Any]] = []
@@ -72,7 +72,7 @@ async def test_a_job_aborted_after_its_submitter_left_logs_nothing() -> None:
     gate = threading.Event()
     executor = ThreadPoolExecutor(1)
     executor.submit(gate.wait)  # the job's computation queues behind this
-    jobs = JobManager("n1", PeerTable((), failure_ms=1000), remote=_no_remote, executor=executor,
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=executor,
                       shard_elems=1 << 22)
     submitter = asyncio.create_task(jobs.submit("j", Job(op="sum", source=f"range:n={4 * INLINE_ELEMS}")))
     await poll(lambda: jobs.progress("j")[0], what="the run to start")

@@ -12,7 +12,7 @@ from inproc import StartCluster, poll
 
 from node import AsyncClient, JobError
 from node._proto import distnode_pb2 as pb
-from node.limits import Limits
+from node.core.limits import Limits
 
 LONG_JOB = {"op": "sum", "source": "random:n=3e7,seed=1"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from node.daemon import GrpcCoreLogFilter
+from node.server.logs import GrpcCoreLogFilter
 
 
 class ExecuteBatchError(Exception):

@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from node.memory import tune_malloc
+from node.server.memory import tune_malloc
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or ctypes.util.find_library("c") is None,

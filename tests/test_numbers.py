@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from node.compute import OPS, Job, reduce_all, validate_job
+from node.core.compute import reduce_all, validate_job
+from node.core.job import OPS, Job
 
 SPECIAL = {
     "nan-first": [np.nan, 1.0, 2.0, -3.0, 4.0, np.nan, 0.5],

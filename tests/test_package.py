@@ -24,10 +24,10 @@ def test_every_public_name_resolves() -> None:
 
 def test_a_daemon_starts_without_the_client_side_or_numpy() -> None:
     """numpy and the compute stack load after the election (node/jobtypes.py)."""
-    loaded = run_python("import sys, cli.main, cli.commands, node.daemon; print(' '.join(sorted(sys.modules)))")
+    loaded = run_python("import sys, cli.main, cli.commands, node.server.daemon; print(' '.join(sorted(sys.modules)))")
     modules = loaded.split()
-    assert "node.daemon" in modules
-    for heavy in ("numpy", "node.jobs", "node.compute", "node.client", "node.harness", "node.blocking"):
+    assert "node.server.daemon" in modules
+    for heavy in ("numpy", "node.server.jobs", "node.core.compute", "node.client.async_client", "node.testing.cluster", "node.client.blocking"):
         assert heavy not in modules, heavy
 
 

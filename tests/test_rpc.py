@@ -18,7 +18,8 @@ from inproc import StartCluster
 
 from node import AsyncClient, InvalidJob, JobError
 from node._proto import distnode_pb2 as pb
-from node.compute import Job, reduce_all, validate_job
+from node.core.compute import reduce_all, validate_job
+from node.core.job import Job
 
 SMALL_SHARDS = 1 << 12
 
@@ -240,11 +241,11 @@ async def test_outsiders_cannot_vote_lead_or_send_partials(start_cluster: StartC
 
 
 def test_worker_rejects_shards_outside_the_source() -> None:
-    from node.compute import JobSpecError, open_source
-    from node.worker import check_ranges
+    from node.core.compute import InvalidField, open_source
+    from node.server.worker import check_ranges
 
     source = open_source("range:n=10")
     check_ranges([(0, 0, 5), (1, 5, 10)], source)
     for bad in [(0, 5, 50), (0, 5, 5), (0, 7, 3)]:
-        with pytest.raises(JobSpecError, match="shards: shard 0 rows"):
+        with pytest.raises(InvalidField, match="shards: shard 0 rows"):
             check_ranges([bad], source)

@@ -17,9 +17,11 @@ from inproc import StartCluster
 
 from node import AsyncClient, Client, ClusterUnavailable
 from node._proto import distnode_pb2 as pb
-from node.certs import make_certs
-from node.config import ConfigError, NodeConfig
-from node.security import SecurityError, TlsFiles, load_token, open_channel
+from node.channels import ChannelFactory
+from node.errors import ConfigError, SecurityError
+from node.security import TlsFiles, load_token
+from node.server.config import NodeConfig
+from node.testing.certs import make_certs
 
 TOKEN = "s3cret-token"
 
@@ -60,7 +62,7 @@ def expected(server: str, client: str, server_token: bool, client_token: str | N
 
 
 async def outcome(address: str, tls: TlsFiles | None, token: str | None) -> str:
-    channel = open_channel(address, [], tls, token)
+    channel = ChannelFactory(tls, token).aio(address)
     try:
         from node._proto import distnode_pb2_grpc as pb_grpc
 
@@ -166,7 +168,7 @@ def test_exposed_listen_needs_tls_and_token_or_insecure(
 def test_local_cluster_with_mtls_and_token_end_to_end() -> None:
     """The harness runs real daemons under mutual TLS + token; outsiders get nothing."""
     from node import LocalCluster
-    from node.harness import FAST_TIMING
+    from node.testing.cluster import FAST_TIMING
 
     with LocalCluster(nodes=3, tls=True, token=TOKEN, shard_elems=1 << 12, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
         answer = cluster.client.submit(op="sum", source="range:n=100000")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.compute import JobSpecError, SourceForbidden, SourceNotFound, open_source
+from node.core.sources import open_source
+from node.errors import InvalidField, SourceForbidden, SourceNotFound
 
 
 @pytest.fixture
@@ -48,19 +49,19 @@ def test_fifo_and_directory_are_rejected_without_blocking(root: Path) -> None:
     os.mkfifo(root / "pipe.npy")
     (root / "dir.npy").mkdir()
     for name in ("pipe.npy", "dir.npy"):
-        with pytest.raises(JobSpecError, match="not a regular file"):
+        with pytest.raises(InvalidField, match="not a regular file"):
             open_source(f"npy:{name}", data_root=root)
 
 
 def test_device_file_is_rejected() -> None:
-    with pytest.raises(JobSpecError, match="not a regular file"):
+    with pytest.raises(InvalidField, match="not a regular file"):
         open_source("npy:/dev/zero", data_root=Path("/dev"))
 
 
 def test_huge_header_is_rejected(root: Path) -> None:
     header = b"\x93NUMPY" + bytes([2, 0]) + struct.pack("<I", 10_000_000)
     (root / "huge.npy").write_bytes(header + b" " * 64)
-    with pytest.raises(JobSpecError, match="header"):
+    with pytest.raises(InvalidField, match="header"):
         open_source("npy:huge.npy", data_root=root)
 
 
@@ -71,5 +72,5 @@ def test_missing_file_inside_the_root_is_not_found(root: Path) -> None:
 
 def test_pickled_object_arrays_are_never_unpickled(root: Path) -> None:
     np.save(root / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(JobSpecError, match="source:"):
+    with pytest.raises(InvalidField, match="source:"):
         open_source("npy:obj.npy", data_root=root)

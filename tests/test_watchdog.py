@@ -11,7 +11,8 @@ from collections.abc import Callable
 import inproc
 import pytest
 
-from node.watchdog import Watch, Watchdog
+from node.client.watchdog import Watch, Watchdog
+from node.errors import ClusterUnavailable
 
 INTERVAL_S = 0.02
 
@@ -92,7 +93,7 @@ def test_close_stops_the_thread_and_refuses_new_watches() -> None:
     threads = [t for t in threading.enumerate() if t.name == "distnode-watchdog"]
     dog.close()
     assert threads and not any(t.is_alive() for t in threads)
-    with pytest.raises(RuntimeError, match="closed"), dog.watch("a:1", "y", None):
+    with pytest.raises(ClusterUnavailable, match="closed"), dog.watch("a:1", "y", None):
         pass
 
 
@@ -142,7 +143,7 @@ def test_abandon_is_handed_the_watched_calls_channel() -> None:
 
 
 def test_a_closed_client_refuses_to_submit() -> None:
-    from node import Client, ClusterUnavailable
+    from node import Client
 
     client = Client(["127.0.0.1:1"])  # never dialled
     client.close()

@@ -1,0 +1,97 @@
+"""What the clients return: a job's `Answer` and the cluster's `ClusterStatus`."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from node._proto import distnode_pb2 as pb
+from node.wire.answers import SubmitAnswer
+from node.wire.tensors import result_to_python
+
+#: Called with (shards merged, shards in all) while a long job runs.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, eq=False)
+class Answer:
+    """One job's answer; `as_dict()` is the CLI's `--json` object.
+
+    `array` is the answer as numpy gives it (0-d for a scalar); `result` is the
+    same as a Python number or list, made on first use (a million-element
+    vector costs ~25 ms to turn into a list, so numpy users should use `array`).
+    """
+
+    job_id: str
+    op: str
+    array: np.ndarray
+    shards: int
+    nodes: list[str]
+    elapsed_ms: float
+    leader: str
+    term: int
+    retries: int
+
+    @functools.cached_property
+    def result(self) -> int | float | list[int] | list[float]:
+        return result_to_python(self.array)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "op": self.op, "result": self.result,
+            "shards": self.shards, "nodes": self.nodes,
+            "elapsed_ms": round(self.elapsed_ms, 3), "leader": self.leader,
+            "term": self.term, "retries": self.retries,
+        }
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    id: str
+    address: str
+    role: str
+    term: int
+    alive: bool
+    last_heartbeat_ms: float | None
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    leader: str | None
+    term: int
+    nodes: list[NodeInfo] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "leader": self.leader,
+            "term": self.term,
+            "nodes": [vars(node).copy() for node in self.nodes],
+        }
+
+
+def answer_from(reply: SubmitAnswer, started_s: float, retries: int) -> Answer:
+    head = reply.head
+    return Answer(
+        job_id=head.job_id, op=head.op, array=reply.array,
+        shards=head.shards, nodes=list(head.nodes),
+        elapsed_ms=(time.perf_counter() - started_s) * 1000,
+        leader=head.leader, term=head.term, retries=retries,
+    )
+
+
+def cluster_status(reply: pb.StatusReply, leaderless: bool = False) -> ClusterStatus:
+    nodes = [
+        NodeInfo(
+            id=n.id or n.address, address=n.address, role=n.role, term=n.term, alive=n.alive,
+            last_heartbeat_ms=None if n.last_heartbeat_ms < 0 else round(n.last_heartbeat_ms, 1),
+        )
+        for n in reply.nodes
+    ]
+    nodes.sort(key=lambda n: n.id)
+    leader = None if leaderless else (reply.leader_id or None)
+    return ClusterStatus(leader=leader, term=reply.term, nodes=nodes)

@@ -1,0 +1,265 @@
+"""`AsyncClient`: the Python API for asyncio code (`Client` in blocking.py is its twin).
+
+Both follow one set of retry rules (retry.py): send the job to the last
+leader seen, or any node (followers relay), and on a failure another node
+may not share, try the next node with the same `job_id` until the deadline.
+
+Most jobs answer in about a millisecond, so a submission is a bare `await`
+of the call. Calls that run long are watched: one sweeper task per client,
+alive only while calls are in flight, gives each call older than
+PROBE_INTERVAL_S a watchdog that probes the node's Progress, reports it to
+`on_progress`, and cancels the call when the node stops answering (paused,
+cut off), so the retry moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node.channels import ChannelFactory, StubCache
+from node.client.answer import Answer, ClusterStatus, ProgressCallback, answer_from, cluster_status
+from node.client.retry import (
+    DEFAULT_TIMEOUT_S,
+    PROBE_FAILURES,
+    PROBE_INTERVAL_S,
+    Nodes,
+    RetryPlan,
+    classify,
+    new_request,
+)
+from node.core.limits import MAX_MESSAGE_BYTES
+from node.errors import AttemptFailed, ClusterUnavailable
+from node.security import TlsFiles, load_token
+from node.wire.answers import NodeStub
+
+
+@dataclass
+class Seen:
+    """What the watchdog learnt: did the node ever confirm it holds the job?"""
+
+    known: bool = False
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One AsyncClient attempt in flight, as its sweeper sees it."""
+
+    stub: Any
+    job_id: str
+    call: Any
+    on_progress: ProgressCallback | None
+    started_s: float
+    seen: Seen = field(default_factory=Seen)
+    watchdog: asyncio.Task[AttemptFailed] | None = None
+
+
+class AsyncClient:
+    """Talks to a distnode cluster from asyncio code. Use as `async with`.
+
+    `token`: the cluster token (default: $DISTNODE_TOKEN, if set). `tls`:
+    `TlsFiles(ca=...)` to verify the nodes, plus `cert`/`key` for mutual TLS.
+    `max_message_bytes`: the largest answer accepted (the nodes' own
+    `--max-message-bytes` bounds what they send).
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        tls: TlsFiles | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._nodes = Nodes(addresses)
+        self.timeout = timeout
+        token = token if token is not None else load_token(None)
+        self._stubs = StubCache(ChannelFactory(tls, token, max_message_bytes))
+        self._status_error = ""
+        self._flights: set[_Flight] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await self._stubs.close()
+
+    def _stub(self, address: str) -> NodeStub:
+        return self._stubs.stub(address)
+
+    async def submit(
+        self,
+        op: str,
+        source: str,
+        map: str | None = None,
+        axis: int | None = None,
+        bins: int | None = None,
+        range: tuple[float, float] | None = None,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Answer:
+        """Run one job and return its answer. Raises InvalidJob, JobError, ClusterUnavailable."""
+        request = new_request(op, source, map, axis, bins, range, job_id)
+        started = time.perf_counter()
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        plan = RetryPlan(self._nodes, request.job.job_id, deadline)
+        for step in plan:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+                continue
+            address, remaining = step
+            try:
+                reply = await self._attempt(address, request, remaining, on_progress)
+            except AttemptFailed as exc:
+                plan.failed_at(address, exc)
+                continue
+            self._nodes.prefer(reply.head.leader_address)
+            return answer_from(reply, started, plan.failed)
+        raise plan.out_of_time()
+
+    async def _attempt(
+        self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
+    ) -> Any:
+        """One Submit to one node. A watchdog starts probing only if the job runs long.
+
+        Most jobs answer in about a millisecond, so the fast path is a bare
+        `await call`, registered in a set: no task, no timer per call. One
+        sweeper task per client, alive only while calls are in flight, gives
+        each call that has run PROBE_INTERVAL_S a watchdog task; that probes
+        Progress, and if the node stops answering it cancels the call and
+        leaves a `AttemptFailed` behind for us to raise.
+        """
+        stub = self._stub(address)
+        call = stub.Submit(request, timeout=remaining)
+        flight = _Flight(stub, request.job.job_id, call, on_progress, time.monotonic())
+        self._flights.add(flight)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        try:
+            return await call
+        except asyncio.CancelledError:
+            watchdog = flight.watchdog
+            if watchdog is not None and watchdog.done() and not watchdog.cancelled():
+                raise watchdog.result() from None
+            raise
+        except grpc.aio.AioRpcError as exc:
+            raise classify(exc, flight.seen.known) from None
+        finally:
+            self._flights.discard(flight)
+            if flight.watchdog is not None:
+                flight.watchdog.cancel()
+
+    async def _sweep(self) -> None:
+        """Start a watchdog for each call in flight for PROBE_INTERVAL_S or more.
+
+        Wakes every half interval, so probing starts 0.5-0.75 s into a call;
+        ends (and forgets itself) as soon as nothing is in flight.
+        """
+        try:
+            while self._flights:
+                await asyncio.sleep(PROBE_INTERVAL_S / 2)
+                due = time.monotonic() - PROBE_INTERVAL_S
+                for flight in self._flights:
+                    if flight.watchdog is None and flight.started_s <= due:
+                        flight.watchdog = asyncio.get_running_loop().create_task(self._watch(
+                            flight.stub, flight.job_id, flight.call, flight.on_progress, flight.seen
+                        ))
+        finally:
+            if self._sweeper is asyncio.current_task():
+                self._sweeper = None
+
+    async def _watch(
+        self, stub: Any, job_id: str, call: Any, on_progress: ProgressCallback | None, seen: Seen
+    ) -> AttemptFailed:
+        """Probe the node every PROBE_INTERVAL_S; cancel `call` once it misses PROBE_FAILURES."""
+        failures = 0
+        while True:
+            if await self._probe(stub, job_id, on_progress):
+                failures, seen.known = 0, True
+            else:
+                failures += 1
+                if failures >= PROBE_FAILURES:
+                    call.cancel()
+                    return AttemptFailed("node stopped answering progress probes", accepted=seen.known)
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _probe(self, stub: Any, job_id: str, on_progress: ProgressCallback | None) -> bool:
+        try:
+            reply = await stub.Progress(pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S)
+        except grpc.aio.AioRpcError:
+            return False
+        if reply.known and on_progress is not None:
+            on_progress(reply.shards_done, reply.shards_total)
+        return bool(reply.known)
+
+    async def progress(self, job_id: str) -> tuple[int, int] | None:
+        """(shards received, shards total) of a running or answered job; None if no node knows it."""
+        for address in self._nodes.order():
+            try:
+                reply = await self._stub(address).Progress(
+                    pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            if reply.known:
+                return reply.shards_done, reply.shards_total
+        return None
+
+    async def status(self, timeout: float | None = None) -> ClusterStatus:
+        """The leader's view of the cluster (or the best view available without one)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        views: list[Any] = []
+        for address in self._nodes.order():
+            reply = await self._status_of(address, deadline)
+            if reply is None:
+                continue
+            if reply.role == "leader":
+                return cluster_status(reply)
+            views.append(reply)
+            if reply.leader_address:
+                leader_view = await self._status_of(reply.leader_address, deadline)
+                if leader_view is not None and leader_view.role == "leader":
+                    return cluster_status(leader_view)
+        if not views:
+            raise ClusterUnavailable(
+                f"no node answered ({self._status_error or 'no reply'}): " + ",".join(self._nodes.all())
+            )
+        return cluster_status(max(views, key=lambda v: v.term), leaderless=True)
+
+    async def _status_of(self, address: str, deadline: float) -> Any:
+        remaining = min(2.0, deadline - time.monotonic())
+        if remaining <= 0:
+            return None
+        try:
+            return await self._stub(address).Status(pb.StatusRequest(), timeout=remaining)
+        except grpc.aio.AioRpcError as exc:
+            self._status_error = f"{exc.code().name}: {exc.details()}"
+            return None
+
+    async def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
+        """Poll `status()` until a leader is known; ClusterUnavailable at the deadline."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            try:
+                view = await self.status(timeout=max(0.1, deadline - time.monotonic()))
+                if view.leader is not None:
+                    return view
+            except ClusterUnavailable:
+                pass
+            if time.monotonic() >= deadline:
+                raise ClusterUnavailable("no leader elected in time")
+            await asyncio.sleep(0.05)

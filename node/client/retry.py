@@ -1,0 +1,191 @@
+"""The retry rules of a submission, shared by both clients, without any I/O.
+
+A client knows some of the cluster's addresses, not which node leads. It
+sends a job to the leader it last saw (or to any node; followers relay to
+the leader) and keeps trying, with the same `job_id`, until the deadline:
+
+- UNAVAILABLE (node down, no leader yet, leader lost mid-job) or a node that
+  stops answering progress probes (paused, partitioned): try the next node.
+- INVALID_ARGUMENT, ALREADY_EXISTS: `InvalidJob`, at once. Other statuses:
+  `JobError`.
+- Deadline with no node reachable or no leader: `ClusterUnavailable`.
+
+Resubmitting a `job_id` never runs the job twice to the user's eye: the leader
+answers from its memory, and a new leader recomputes the same bits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node.addresses import parse_address
+from node.core.job import Job
+from node.errors import AttemptFailed, ClusterUnavailable, ConfigError, InvalidJob, JobError
+from node.wire.jobs import job_to_proto
+
+DEFAULT_TIMEOUT_S = 120.0
+#: A Submit in flight is checked this often with a Progress probe; two failed
+#: probes in a row mean the node is gone (paused, cut off) and we move on.
+PROBE_INTERVAL_S = 0.5
+PROBE_FAILURES = 2
+# DEADLINE_EXCEEDED is final: either our own deadline passed (nothing left to
+# retry with) or the leader's job deadline did (the job is too long anywhere).
+_RETRY_ELSEWHERE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNKNOWN,
+}
+_INVALID = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
+
+
+class FailedCall(Protocol):
+    """A failed call, blocking or asyncio: both carry a status code and details."""
+
+    def code(self) -> grpc.StatusCode: ...
+
+    def details(self) -> str | None: ...
+
+
+def classify(exc: FailedCall, accepted: bool) -> Exception:
+    """Turn a failed Submit's status into what the caller should do with it."""
+    code, details = exc.code(), exc.details() or ""
+    if code in _RETRY_ELSEWHERE:
+        return AttemptFailed(f"{code.name}: {details}", accepted=accepted)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED and not details.startswith("job-timeout-s"):
+        # Our own deadline: the retry loop ends and reports it.
+        return AttemptFailed("no answer before the client's timeout", accepted=accepted)
+    if code in _INVALID:
+        return InvalidJob(details, field=details.partition(":")[0])
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return ClusterUnavailable(f"UNAUTHENTICATED: {details}")
+    return JobError(f"{code.name}: {details}")
+
+
+def out_of_time(job_id: str, accepted: bool, last_error: str) -> Exception:
+    if accepted:
+        return JobError(f"job {job_id} did not finish in time ({last_error})")
+    return ClusterUnavailable(f"no leader answered in time; last error: {last_error}")
+
+
+def parse_addresses(addresses: Sequence[str] | str) -> list[str]:
+    if isinstance(addresses, str):
+        addresses = [a for a in addresses.split(",") if a.strip()]
+    if not addresses:
+        raise InvalidJob("cluster: give at least one HOST:PORT", field="cluster")
+    try:
+        return [parse_address(a, "cluster") for a in addresses]
+    except ConfigError as exc:
+        raise InvalidJob(str(exc), field="cluster") from None
+
+
+def build_job(
+    op: str,
+    source: str,
+    map: str | None = None,
+    axis: int | None = None,
+    bins: int | None = None,
+    range: tuple[float, float] | None = None,
+) -> Job:
+    lo, hi = range if range is not None else (None, None)
+    return Job(
+        op=op, source=source, kernel=map or "identity", axis=axis,
+        bins=bins or 0, range_lo=lo, range_hi=hi,
+    )
+
+
+def new_request(
+    op: str,
+    source: str,
+    map: str | None,
+    axis: int | None,
+    bins: int | None,
+    range: tuple[float, float] | None,
+    job_id: str | None,
+) -> pb.SubmitRequest:
+    """The Submit request for one job; a fresh UUID unless the caller names the job."""
+    job = build_job(op, source, map, axis, bins, range)
+    return pb.SubmitRequest(job=job_to_proto(job_id or str(uuid.uuid4()), job))
+
+
+class Nodes:
+    """The addresses a client knows, the last leader it saw first. Thread-safe."""
+
+    def __init__(self, addresses: Sequence[str] | str) -> None:
+        self._addresses = parse_addresses(addresses)
+        self._preferred: str | None = None
+        self._lock = threading.Lock()
+
+    def all(self) -> list[str]:
+        with self._lock:
+            return list(self._addresses)
+
+    def order(self) -> list[str]:
+        """Addresses to try: the last known leader first, then the rest in order."""
+        with self._lock:
+            first = self._preferred
+            return ([first] if first else []) + [a for a in self._addresses if a != first]
+
+    def prefer(self, address: str) -> None:
+        """A reply named the leader: learn its address and try it first next time."""
+        if not address:
+            return
+        with self._lock:
+            if address not in self._addresses:
+                self._addresses.append(address)
+            self._preferred = address
+
+    def forget(self, address: str) -> None:
+        """An attempt at `address` failed: stop trying it first."""
+        with self._lock:
+            if self._preferred == address:
+                self._preferred = None
+
+
+class RetryPlan:
+    """The retry rules of a submission, without the I/O (both clients drive it).
+
+    Iterating yields `(address, remaining_s)` for the next attempt, or a float:
+    seconds to pause before the next round (backoff 50 ms doubling to 500 ms).
+    Report each failed attempt with `failed_at`; when the iteration ends, the
+    deadline has passed and `out_of_time()` is the error to raise.
+    """
+
+    def __init__(self, nodes: Nodes, job_id: str, deadline: float) -> None:
+        self.nodes = nodes
+        self.job_id = job_id
+        self.deadline = deadline
+        self.failed = 0
+        self._accepted = False
+        self._last_error = "no node tried"
+
+    def __iter__(self) -> Iterator[tuple[str, float] | float]:
+        for round_ in itertools.count():
+            for address in self.nodes.order():
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                yield address, remaining
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                return
+            yield min(0.05 * 2**round_, 0.5, left)
+
+    def failed_at(self, address: str, exc: AttemptFailed) -> None:
+        self.failed += 1
+        self._last_error = f"{address}: {exc}"
+        self._accepted = self._accepted or exc.accepted
+        self.nodes.forget(address)
+
+    def out_of_time(self) -> Exception:
+        return out_of_time(self.job_id, self._accepted, self._last_error)
+
+

@@ -1,0 +1,449 @@
+# Leader election for distnode: a pure, tick-driven Raft election state machine.
+#
+# Theory of operation
+# -------------------
+# Everything that decides who leads lives in this file, which never touches
+# the network, the disk or a clock. The daemon drives it with `tick()` (one
+# unit of logical time passed) and `step(message)` (a peer's message arrived);
+# both return outputs (node/core/messages.py): `Persist`, `Send`,
+# `RoleChanged`. The caller executes them in order and makes every `Persist`
+# durable (fsync) BEFORE any later `Send` of the same list, so a restarted
+# node never votes twice in one term (Raft §5.2, Figure 2).
+#
+# The protocol is Raft's election (§5.2) plus, from Ongaro's thesis, Pre-Vote
+# (§9.6: a node asks "would you vote for me at term+1?" before changing its
+# term, so a node that was cut off cannot depose a healthy leader on return)
+# and CheckQuorum (§6.2: a leader that has not heard from a quorum within an
+# election timeout steps down; a follower that heard from its leader within
+# that time refuses votes, the "leader lease" of §4.2.3). The same record of
+# who answered lately (`active_peers`) is the daemon's failure detector.
+#
+# Two rules of ours keep the survivors of a dead leader from splitting the
+# vote, which costs a whole extra election timeout. Both concern pre-votes,
+# which change no term and no vote, so neither can affect safety:
+#
+# - A follower that grants a pre-vote restarts its election timer (as §5.2
+#   has it do for a real vote), instead of starting a rival campaign.
+# - Of two pre-candidates that start within a heartbeat of each other, the
+#   larger node id refuses the smaller's pre-vote, and the smaller grants the
+#   larger's and stands down. The larger never yields, so both cannot stand
+#   down; after that first heartbeat a pre-candidate grants like anybody
+#   else, so a campaign cut off from its voters never blocks another for long.
+#
+# Without a log, the up-to-date check of §5.4.1 does not apply: any candidate
+# is electable. A request's `src` is the sender's id; a response's `src` is
+# the peer key the request was sent to (the daemon fills in the address it
+# dialled), and votes and liveness are counted per response `src`. The timer
+# firing goes through `campaign()`, so a campaign has one code path.
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from node.core.messages import (
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    Output,
+    Persist,
+    Role,
+    RoleChanged,
+    Send,
+    VoteRequest,
+    VoteResponse,
+)
+
+
+@dataclass(frozen=True)
+class ElectionConfig:
+    """Static election settings. All durations are in ticks of the daemon's clock."""
+
+    node_id: str  # this node's key
+    peers: tuple[str, ...]  # the other nodes' keys, self excluded
+    # The leader sends a Heartbeat to every peer every `heartbeat_ticks` ticks.
+    heartbeat_ticks: int = 1
+    # Each reset draws the election timeout uniformly from [min, max] inclusive;
+    # randomness keeps candidates from splitting the vote forever (Raft §5.2).
+    # `election_ticks_min` is also the CheckQuorum window and the leader lease.
+    election_ticks_min: int = 10
+    election_ticks_max: int = 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+    # Boot with the election timer wound forward by `election_ticks_min - 1`,
+    # so the first campaign comes 1..(max - min + 1) ticks after start instead
+    # of min..max (etcd's "initial election tick advance"). Safe only with
+    # Pre-Vote: a node booting into a cluster with a live leader then asks
+    # peers that are inside their lease, is refused, and disturbs no one.
+    fast_first_election: bool = False
+
+    @property
+    def quorum(self) -> int:
+        """Votes (self included) needed to win: a strict majority of the cluster."""
+        return (len(self.peers) + 1) // 2 + 1
+
+    def validate(self) -> None:
+        """Raise ValueError naming both values when a relation between fields breaks."""
+        if not self.node_id:
+            raise ValueError("node_id must be non-empty")
+        if self.node_id in self.peers:
+            raise ValueError(f"node_id ({self.node_id!r}) must not be in peers {self.peers!r}")
+        if len(set(self.peers)) != len(self.peers):
+            raise ValueError(f"peers {self.peers!r} contain duplicates")
+        if self.heartbeat_ticks < 1:
+            raise ValueError(f"heartbeat_ticks ({self.heartbeat_ticks}) must be at least 1")
+        # A follower must be able to miss a heartbeat and still hear the next
+        # one before it starts an election, or load alone causes elections.
+        if self.election_ticks_min <= 2 * self.heartbeat_ticks:
+            raise ValueError(
+                f"election_ticks_min ({self.election_ticks_min}) must be greater than"
+                f" 2 * heartbeat_ticks ({self.heartbeat_ticks})"
+            )
+        if self.election_ticks_max < self.election_ticks_min:
+            raise ValueError(
+                f"election_ticks_max ({self.election_ticks_max}) must be at least"
+                f" election_ticks_min ({self.election_ticks_min})"
+            )
+        if self.fast_first_election and not self.pre_vote:
+            raise ValueError("fast_first_election needs pre_vote: an early vote would disrupt a live leader")
+
+
+class Election:
+    def __init__(
+        self,
+        config: ElectionConfig,
+        rng: random.Random,
+        term: int = 0,
+        voted_for: str | None = None,
+    ) -> None:
+        config.validate()
+        self._config = config
+        self._rng = rng
+        # Persistent state (Raft Figure 2), restored by the caller after a restart.
+        self._term = term
+        self._voted_for = voted_for
+        self._role = Role.FOLLOWER
+        self._leader: str | None = None
+        self._election_elapsed = 0
+        self._election_timeout = 0
+        self._heartbeat_elapsed = 0
+        self._ticks_since_leader = 0
+        self._granted: set[str] = set()
+        self._rejected: set[str] = set()
+        self._check_elapsed = 0
+        # Ticks since each peer last answered us; None: not since we became leader.
+        self._peer_heard: dict[str, int | None] = {p: None for p in config.peers}
+        self._reset_election_timer()
+        if config.fast_first_election:
+            self._election_elapsed = config.election_ticks_min - 1
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def voted_for(self) -> str | None:
+        return self._voted_for
+
+    @property
+    def leader(self) -> str | None:
+        return self._leader
+
+    @property
+    def ticks_since_leader(self) -> int:
+        """On a follower: ticks since the leader's last Heartbeat (or since becoming follower)."""
+        return self._ticks_since_leader
+
+    def peer_ticks_since_heard(self) -> dict[str, int | None]:
+        """Ticks since each peer last answered us (None: never, or not since we became leader)."""
+        return dict(self._peer_heard)
+
+    def active_peers(self) -> set[str]:
+        """Peers that answered within the last `election_ticks_min` ticks.
+
+        The one failure detector: a leader keeps its role only while these and
+        itself are a quorum (CheckQuorum, thesis §6.2), and hands work only to
+        these. A new leader starts with no evidence, so none is active until
+        it answers a heartbeat.
+        """
+        limit = self._config.election_ticks_min
+        return {peer for peer, ticks in self._peer_heard.items() if ticks is not None and ticks <= limit}
+
+    def ticks_until_due(self) -> int:
+        """How many `tick()` calls from now until one can produce output (at least 1).
+
+        Ticks before that only advance counters, so a caller may sleep this
+        long and then catch up, instead of waking every tick. Any `step()` can
+        move the deadline, so ask again after stepping.
+        """
+        if self._role is Role.LEADER:
+            due = self._config.heartbeat_ticks - self._heartbeat_elapsed
+            if self._config.check_quorum:
+                due = min(due, self._config.election_ticks_min - self._check_elapsed)
+        else:
+            due = self._election_timeout - self._election_elapsed
+        return max(1, due)
+
+    # ---- inputs -------------------------------------------------------------
+
+    def tick(self) -> list[Output]:
+        for peer, ticks in self._peer_heard.items():
+            if ticks is not None:
+                self._peer_heard[peer] = ticks + 1
+        if self._role is Role.LEADER:
+            return self._tick_leader()
+        self._ticks_since_leader += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._election_timeout:
+            return self.campaign()
+        return []
+
+    def campaign(self) -> list[Output]:
+        """Start a (pre-)election now, as if the election timer had fired."""
+        out: list[Output] = []
+        if self._role is Role.LEADER:
+            return out
+        if self._config.pre_vote:
+            self._become_pre_candidate(out)
+        else:
+            self._become_candidate(out)
+        return out
+
+    def step(self, message: Message) -> list[Output]:
+        out: list[Output] = []
+        # Rules for every role first (Raft §5.1): terms order everything.
+        if message.term > self._term and not self._step_higher_term(message, out):
+            return out
+        if message.term < self._term:
+            self._step_stale(message, out)  # a late answer is no evidence the peer is up now
+            return out
+        if isinstance(message, VoteResponse | HeartbeatResponse):
+            self._note_heard(message.src)
+        if isinstance(message, VoteRequest):
+            self._step_vote_request(message, out)
+        elif self._role is Role.LEADER:
+            self._step_leader(message, out)
+        elif self._role is Role.FOLLOWER:
+            self._step_follower(message, out)
+        else:
+            self._step_candidate(message, out)
+        return out
+
+    # ---- rules for every role -----------------------------------------------
+
+    def _bumps_term(self, message: Message) -> bool:
+        """Messages whose term is a future term, not a claim about the sender's term.
+
+        A pre-vote request and a granted pre-vote response carry the term the
+        candidate *would* use (thesis §9.6); they never move anybody's term.
+        """
+        if isinstance(message, VoteRequest | VoteResponse) and message.pre_vote:
+            return not isinstance(message, VoteRequest) and not message.granted
+        return True
+
+    def _step_higher_term(self, message: Message, out: list[Output]) -> bool:
+        """Raft §5.1: a higher term makes us a follower. Returns False if the message is done."""
+        if not self._bumps_term(message):
+            return True
+        if isinstance(message, VoteRequest) and self._in_lease(message.src):
+            # Thesis §4.2.3/§6.2: a node that hears from a live leader ignores
+            # disruptive candidates, and keeps its term.
+            self._respond_vote(message, False, out)
+            return False
+        leader = message.src if isinstance(message, Heartbeat) else None
+        self._become_follower(message.term, leader, out)
+        return True
+
+    def _step_stale(self, message: Message, out: list[Output]) -> None:
+        """Raft §5.1: answer stale requests with our term so the sender catches up."""
+        if isinstance(message, VoteRequest):
+            self._respond_vote(message, False, out)
+        elif isinstance(message, Heartbeat):
+            # A deposed leader learns the new term from this and steps down.
+            self._send(HeartbeatResponse(self._config.node_id, message.src, self._term), out)
+
+    def _step_vote_request(self, message: VoteRequest, out: list[Output]) -> None:
+        if message.pre_vote:
+            # Thesis §9.6: grant if the proposed term is ahead of ours and we
+            # have no live leader; changes no term and no vote.
+            grant = message.term > self._term and not self._in_lease(message.src)
+            if grant and self._role is Role.FOLLOWER:
+                self._reset_election_timer()  # no rival campaign on its heels
+            elif grant and self._concurrent_pre_candidate(message):
+                if message.src < self._config.node_id:
+                    grant = False  # we go on; the requester yields to us
+                else:
+                    self._become_follower(self._term, None, out)  # we yield to it
+            self._respond_vote(message, grant, out)
+            return
+        # Raft §5.2: at most one vote per term, first come first served. No
+        # log, so no §5.4.1 up-to-date check.
+        grant = self._voted_for in (None, message.src) and not self._in_lease(message.src)
+        if grant:
+            self._set_hard_state(self._term, message.src, out)
+            self._reset_election_timer()
+        self._respond_vote(message, grant, out)
+
+    def _concurrent_pre_candidate(self, request: VoteRequest) -> bool:
+        """We are a pre-candidate for the requester's term and started within a
+        heartbeat: two campaigns that would split the vote."""
+        return (
+            self._role is Role.PRE_CANDIDATE
+            and request.term == self._term + 1
+            and self._election_elapsed < self._config.heartbeat_ticks
+        )
+
+    def _in_lease(self, src: str) -> bool:
+        """CheckQuorum lease: we know of a live leader other than `src` (thesis §6.2)."""
+        if not self._config.check_quorum or self._leader is None or src == self._leader:
+            return False
+        if self._role is Role.LEADER:
+            return True  # CheckQuorum steps us down when we lose the quorum
+        return self._ticks_since_leader < self._config.election_ticks_min
+
+    # ---- role-specific steps ------------------------------------------------
+
+    def _step_leader(self, message: Message, out: list[Output]) -> None:
+        # Responses were counted as evidence in `step`; nothing else to do with them.
+        if isinstance(message, Heartbeat):
+            # Two leaders in one term would break Raft §5.2; answer, change nothing.
+            self._send(HeartbeatResponse(self._config.node_id, message.src, self._term), out)
+
+    def _step_follower(self, message: Message, out: list[Output]) -> None:
+        if isinstance(message, Heartbeat):
+            self._accept_heartbeat(message, out)
+
+    def _step_candidate(self, message: Message, out: list[Output]) -> None:
+        """Pre-candidate and candidate: count votes, yield to a leader of our term (Raft §5.2)."""
+        if isinstance(message, Heartbeat):
+            self._accept_heartbeat(message, out)
+            return
+        if not isinstance(message, VoteResponse) or message.src not in self._peer_heard:
+            return
+        pre = self._role is Role.PRE_CANDIDATE
+        expected_term = self._term + 1 if pre and message.granted else self._term
+        if message.pre_vote != pre or message.term != expected_term:
+            return  # a leftover from another phase or campaign
+        (self._granted if message.granted else self._rejected).add(message.src)
+        self._count_votes(out)
+
+    def _accept_heartbeat(self, message: Heartbeat, out: list[Output]) -> None:
+        self._become_follower(self._term, message.src, out)
+        self._send(HeartbeatResponse(self._config.node_id, message.src, self._term), out)
+
+    def _count_votes(self, out: list[Output]) -> None:
+        quorum = self._config.quorum
+        if len(self._granted) + 1 >= quorum:
+            if self._role is Role.PRE_CANDIDATE:
+                self._become_candidate(out)
+            else:
+                self._become_leader(out)
+        elif len(self._rejected) >= quorum:
+            self._become_follower(self._term, None, out)  # lost; wait for a new timeout
+
+    def _tick_leader(self) -> list[Output]:
+        out: list[Output] = []
+        self._check_elapsed += 1
+        if self._config.check_quorum and self._check_elapsed >= self._config.election_ticks_min:
+            self._check_elapsed = 0
+            if len(self.active_peers()) + 1 < self._config.quorum:
+                # Thesis §6.2: a leader cut off from a quorum steps down.
+                self._become_follower(self._term, None, out)
+                return out
+        self._heartbeat_elapsed += 1
+        if self._heartbeat_elapsed >= self._config.heartbeat_ticks:
+            self._broadcast_heartbeats(out)
+        return out
+
+    # ---- transitions --------------------------------------------------------
+
+    def _become_follower(self, term: int, leader: str | None, out: list[Output]) -> None:
+        voted_for = self._voted_for if term == self._term else None
+        self._set_hard_state(term, voted_for, out)
+        self._set_role(Role.FOLLOWER, leader, out)
+        self._reset_election_timer()
+        self._ticks_since_leader = 0
+
+    def _become_pre_candidate(self, out: list[Output]) -> None:
+        """Thesis §9.6: ask for votes at term+1 without touching term or vote."""
+        self._set_role(Role.PRE_CANDIDATE, None, out)
+        self._start_count()
+        self._broadcast_vote_requests(self._term + 1, True, out)
+        self._count_votes(out)
+
+    def _become_candidate(self, out: list[Output]) -> None:
+        """Raft §5.2: increment the term, vote for self, persist, then ask the others."""
+        self._set_hard_state(self._term + 1, self._config.node_id, out)
+        self._set_role(Role.CANDIDATE, None, out)
+        self._start_count()
+        self._broadcast_vote_requests(self._term, False, out)
+        self._count_votes(out)
+
+    def _become_leader(self, out: list[Output]) -> None:
+        self._set_role(Role.LEADER, self._config.node_id, out)
+        self._peer_heard = dict.fromkeys(self._peer_heard)  # no evidence yet of this term
+        self._check_elapsed = 0
+        self._broadcast_heartbeats(out)  # Raft §5.2: assert authority at once
+
+    def _start_count(self) -> None:
+        self._granted.clear()
+        self._rejected.clear()
+        self._reset_election_timer()
+
+    def _set_role(self, role: Role, leader: str | None, out: list[Output]) -> None:
+        if role is not self._role or leader != self._leader:
+            out.append(RoleChanged(role, self._term, leader))
+        self._role = role
+        self._leader = leader
+
+    def _set_hard_state(self, term: int, voted_for: str | None, out: list[Output]) -> None:
+        if term < self._term or (term == self._term and self._voted_for not in (None, voted_for)):
+            # The invariant guard of Raft §5.2: never move back, never change a vote.
+            raise AssertionError(f"refusing ({term}, {voted_for}) over ({self._term}, {self._voted_for})")
+        if (term, voted_for) != (self._term, self._voted_for):
+            self._term, self._voted_for = term, voted_for
+            self._drop_unsent_persist(out)
+            out.append(Persist(term, voted_for))
+
+    def _drop_unsent_persist(self, out: list[Output]) -> None:
+        """A Persist with no Send after it yet is superseded: one fsync instead of two."""
+        for i in range(len(out) - 1, -1, -1):
+            if isinstance(out[i], Send):
+                return
+            if isinstance(out[i], Persist):
+                del out[i]
+                return
+
+    def _reset_election_timer(self) -> None:
+        self._election_elapsed = 0
+        cfg = self._config
+        self._election_timeout = self._rng.randint(cfg.election_ticks_min, cfg.election_ticks_max)
+
+    # ---- sending ------------------------------------------------------------
+
+    def _broadcast_vote_requests(self, term: int, pre_vote: bool, out: list[Output]) -> None:
+        for peer in self._config.peers:
+            self._send(VoteRequest(self._config.node_id, peer, term, pre_vote), out)
+
+    def _broadcast_heartbeats(self, out: list[Output]) -> None:
+        self._heartbeat_elapsed = 0
+        for peer in self._config.peers:
+            self._send(Heartbeat(self._config.node_id, peer, self._term), out)
+
+    def _respond_vote(self, request: VoteRequest, granted: bool, out: list[Output]) -> None:
+        # A granted pre-vote echoes the proposed term (thesis §9.6); anything
+        # else carries our own term so the candidate can catch up.
+        term = request.term if request.pre_vote and granted else self._term
+        response = VoteResponse(self._config.node_id, request.src, term, granted, request.pre_vote)
+        self._send(response, out)
+
+    def _send(self, message: Message, out: list[Output]) -> None:
+        out.append(Send(message))
+
+    def _note_heard(self, src: str) -> None:
+        if src in self._peer_heard:
+            self._peer_heard[src] = 0

@@ -1,0 +1,338 @@
+"""Data sources: the `--source` spec strings and the arrays they name.
+
+A source is addressed by row ranges, never read whole: the leader only needs
+its shape (`rows`, `cols`, `dtype`) to cut fixed shards, and each node reads
+just the rows of the shards it was given. So every source here is defined by
+its spec string alone and `read(start, stop)` returns the same rows whoever
+calls it, in whatever pieces:
+
+- `range:n=N`        int64 0..N-1, computed on demand.
+- `random:n=N,seed=S[,dist=uniform|normal]`  float64 made in fixed blocks of
+  RANDOM_BLOCK elements, block b from `default_rng([seed, b])`; a read only
+  generates the blocks it overlaps.
+- `npy:PATH`         a 1-D or 2-D numeric `.npy` file, memory-mapped; a read
+  slices the map, so only the pages of those rows are touched.
+- `values:1,2,3`     small inline data (int64 if every token is an integer).
+
+Errors are `InvalidField(field, problem)`; the service turns them into
+INVALID_ARGUMENT (and `SourceNotFound` into NOT_FOUND) with the message as is.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import stat
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from node.errors import InvalidField, SourceForbidden, SourceNotFound
+
+Array = npt.NDArray[Any]
+
+RANDOM_BLOCK = 1 << 20
+DISTRIBUTIONS = ("uniform", "normal")
+SOURCE_KINDS = ("range", "random", "npy", "values")
+# Kinds of numpy dtype a source may hold: bool, signed, unsigned, float.
+NUMERIC_KINDS = "biuf"
+MAX_COUNT = (1 << 63) - 1
+NPY_CACHE_SIZE = 16
+NPY_MAGIC = b"\x93NUMPY"
+#: numpy itself writes headers of a few hundred bytes; anything this big is hostile.
+MAX_NPY_HEADER_BYTES = 64 * 1024
+
+_COUNT_RE = re.compile(r"[0-9][0-9_]*(\.[0-9_]*)?([eE]\+?[0-9]+)?")
+
+
+class DataSource(Protocol):
+    """What the planner and the kernels need to know about a source."""
+
+    @property
+    def rows(self) -> int: ...  # length of axis 0
+    @property
+    def cols(self) -> int | None: ...  # None for 1-D data
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    def read(self, start: int, stop: int) -> Array: ...  # rows [start, stop)
+
+
+def parse_count(text: str, field: str) -> int:
+    """`"1e8"`, `"1000000"`, `"1_000"` -> int; anything else is a InvalidField."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:  # the common case, "1000"
+        count = int(text)
+        if count > 0:
+            return count
+    problem = f"must be a positive integer, got {text!r}"
+    if not _COUNT_RE.fullmatch(text):
+        raise InvalidField(field, problem)
+    try:
+        number = Decimal(text.replace("_", ""))
+    except InvalidOperation:
+        raise InvalidField(field, problem) from None
+    # Check the magnitude before int(): "1e999999999" must not build a huge int.
+    if number.adjusted() > 18:
+        raise InvalidField(field, f"must be at most {MAX_COUNT}, got {text!r}")
+    if number != number.to_integral_value() or number <= 0:
+        raise InvalidField(field, problem)
+    count = int(number)
+    if count > MAX_COUNT:
+        raise InvalidField(field, f"must be at most {MAX_COUNT}, got {text!r}")
+    return count
+
+
+@dataclass(frozen=True)
+class RangeSource:
+    """`range:n=N`: 0..N-1 as int64, so exact answers are known."""
+
+    rows: int
+    cols: None = None
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.int64)
+
+    def read(self, start: int, stop: int) -> Array:
+        return np.arange(start, stop, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class RandomSource:
+    """`random:...`: element i depends on (n, seed, dist) only."""
+
+    rows: int
+    seed: int
+    dist: str = "uniform"
+    cols: None = None
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.float64)
+
+    def read(self, start: int, stop: int) -> Array:
+        out = np.empty(max(0, stop - start), dtype=np.float64)
+        if stop <= start:
+            return out
+        for block in range(start // RANDOM_BLOCK, (stop - 1) // RANDOM_BLOCK + 1):
+            block_start = block * RANDOM_BLOCK
+            values = self.block(block)
+            lo, hi = max(start, block_start), min(stop, block_start + len(values))
+            out[lo - start : hi - start] = values[lo - block_start : hi - block_start]
+        return out
+
+    def block(self, block: int) -> Array:
+        """The whole of block `block` (the last one is shorter)."""
+        length = min(RANDOM_BLOCK, self.rows - block * RANDOM_BLOCK)
+        rng = np.random.default_rng([self.seed, block])
+        if self.dist == "normal":
+            return rng.standard_normal(length)
+        return rng.random(length)
+
+
+@dataclass(frozen=True, eq=False)
+class NpySource:
+    """`npy:PATH`: a memory-mapped 1-D or 2-D numeric array."""
+
+    path: Path
+    array: np.memmap[Any, np.dtype[Any]]
+
+    @property
+    def rows(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def cols(self) -> int | None:
+        return int(self.array.shape[1]) if self.array.ndim == 2 else None
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.array.dtype
+
+    def read(self, start: int, stop: int) -> Array:
+        # A plain-ndarray view of the map: no copy, pages load as they are used.
+        return np.asarray(self.array[start:stop])
+
+
+@dataclass(frozen=True, eq=False)
+class ValuesSource:
+    """`values:1,2,3`: small inline 1-D data."""
+
+    array: Array
+
+    @property
+    def rows(self) -> int:
+        return len(self.array)
+
+    @property
+    def cols(self) -> None:
+        return None
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.array.dtype
+
+    def read(self, start: int, stop: int) -> Array:
+        return self.array[start:stop]
+
+
+def open_source(spec: str, data_root: Path | None = None) -> DataSource:
+    """Parse a `--source` spec and open what it names (cheaply: no data is read)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        raise InvalidField("source", f"expected KIND:ARGS, got {spec!r}")
+    if kind == "range":
+        params = _parse_params(rest, required=("n",), optional=())
+        return RangeSource(rows=_count_param(params, "n"))
+    if kind == "random":
+        return _open_random(rest)
+    if kind == "npy":
+        return _open_npy(rest, data_root)
+    if kind == "values":
+        return ValuesSource(_parse_values(rest))
+    expected = ", ".join(SOURCE_KINDS)
+    raise InvalidField("source", f"unknown kind {kind!r} (expected {expected})")
+
+
+def _parse_params(
+    text: str, required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidField("source", f"expected KEY=VALUE, got {item.strip()!r}")
+        if key not in required and key not in optional:
+            known = ", ".join(required + optional)
+            raise InvalidField("source", f"unknown parameter {key!r} (expected {known})")
+        if key in params:
+            raise InvalidField("source", f"parameter {key!r} given twice")
+        params[key] = value.strip()
+    for key in required:
+        if key not in params:
+            raise InvalidField("source", f"missing parameter {key}=...")
+    return params
+
+
+def _count_param(params: dict[str, str], key: str) -> int:
+    try:
+        return parse_count(params[key], key)
+    except InvalidField as exc:  # report it against --source, naming the parameter
+        raise InvalidField("source", f"{key} {exc.problem}") from None
+
+
+def _open_random(text: str) -> RandomSource:
+    params = _parse_params(text, required=("n", "seed"), optional=("dist",))
+    rows = _count_param(params, "n")
+    seed_text = params["seed"]
+    if not seed_text.isascii() or not seed_text.isdigit() or len(seed_text) > 39:
+        problem = f"seed must be a non-negative integer below 2**128, got {seed_text!r}"
+        raise InvalidField("source", problem)
+    dist = params.get("dist", "uniform")
+    if dist not in DISTRIBUTIONS:
+        expected = ", ".join(DISTRIBUTIONS)
+        raise InvalidField("source", f"unknown dist {dist!r} (expected {expected})")
+    return RandomSource(rows=rows, seed=int(seed_text), dist=dist)
+
+
+def _parse_values(text: str) -> Array:
+    tokens = [token.strip() for token in text.split(",")]
+    if not text.strip():
+        raise InvalidField("source", "values: needs at least one number")
+    if "" in tokens:
+        raise InvalidField("source", f"values: empty item in {text!r}")
+    try:
+        return np.array([int(token) for token in tokens], dtype=np.int64)
+    except OverflowError:
+        raise InvalidField("source", "values: integer out of int64 range") from None
+    except ValueError:
+        pass
+    try:
+        return np.array([float(token) for token in tokens], dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in tokens if not _is_float(t))
+        raise InvalidField("source", f"values: not a number: {bad!r}") from None
+
+
+def _is_float(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _open_npy(text: str, data_root: Path | None) -> NpySource:
+    """Open `npy:PATH` if, and only if, it is a regular file inside the data root.
+
+    The path comes from the network, so: relative paths resolve under the
+    root (default: the daemon's working directory); after resolving `..` and
+    symlinks the file must still lie inside the root; it must be a regular
+    file (a FIFO or device would block or never end); and its header must be
+    of sane size before numpy parses it.
+    """
+    if not text:
+        raise InvalidField("source", "npy: needs a path (npy:PATH)")
+    root = (data_root if data_root is not None else Path.cwd()).resolve()
+    path = Path(text) if Path(text).is_absolute() else root / text
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise SourceForbidden("source", f"{text!r} is outside the data root {str(root)!r}")
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        raise SourceNotFound("source", f"no such file: {text!r} under {str(root)!r}") from None
+    except OSError as exc:
+        raise InvalidField("source", f"cannot read {text!r}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidField("source", f"{text!r} is not a regular file (directory, FIFO or device)")
+    _check_npy_header(resolved, text)
+    array = _load_memmap(str(resolved), info.st_mtime_ns, info.st_size)
+    return NpySource(path=resolved, array=array)
+
+
+def _check_npy_header(path: Path, text: str) -> None:
+    """Refuse files that are not .npy or whose header is absurdly long."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(12)
+    if not prefix.startswith(NPY_MAGIC) or len(prefix) < 10:
+        raise InvalidField("source", f"not a valid .npy file: {text!r} (bad magic)")
+    major = prefix[6]
+    if major == 1:
+        header_bytes = int.from_bytes(prefix[8:10], "little")
+    elif len(prefix) == 12:
+        header_bytes = int.from_bytes(prefix[8:12], "little")
+    else:
+        raise InvalidField("source", f"not a valid .npy file: {text!r} (truncated header)")
+    if header_bytes > MAX_NPY_HEADER_BYTES:
+        problem = f"{text!r} has a {header_bytes}-byte header (limit {MAX_NPY_HEADER_BYTES})"
+        raise InvalidField("source", problem)
+
+
+@functools.lru_cache(maxsize=NPY_CACHE_SIZE)
+def _load_memmap(path: str, mtime_ns: int, size: int) -> np.memmap[Any, np.dtype[Any]]:
+    """Map a .npy file once per (path, mtime, size): a rewritten file is remapped.
+
+    Errors are not cached (lru_cache does not store exceptions).
+    """
+    del mtime_ns, size  # only part of the cache key
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidField("source", f"not a valid .npy file: {path!r} ({exc})") from None
+    if not isinstance(array, np.memmap):  # e.g. an .npz archive
+        getattr(array, "close", lambda: None)()
+        raise InvalidField("source", f"not a .npy array file: {path!r}")
+    if array.dtype.kind not in NUMERIC_KINDS:
+        problem = f"{path!r} has dtype {array.dtype}; need bool, integer or float data"
+        raise InvalidField("source", problem)
+    if array.ndim not in (1, 2):
+        raise InvalidField("source", f"{path!r} is {array.ndim}-D; need 1-D or 2-D data")
+    if array.size == 0:
+        raise InvalidField("source", f"{path!r} holds no elements (shape {array.shape})")
+    return array

@@ -1,0 +1,141 @@
+"""The calls the gRPC servicer makes on its node, and what they return.
+
+The servicer (service.py) turns each request into one of these calls and the
+result, or the exception from node/errors.py, into a reply or a status; the
+daemon (daemon.py) implements them. Nothing here knows protobuf or gRPC, so
+the servicer can be tested against a fake node (tests/test_service.py) and
+the daemon without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from node.core.job import Job
+
+if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
+    import numpy as np
+
+    from node.core.compute import Partial
+
+#: (shard index, first row, end row) of one shard handed to a worker.
+ShardRange = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished job on the leader: its answer and how it was made."""
+
+    job_id: str
+    op: str
+    result: np.ndarray
+    shards: int
+    nodes: tuple[str, ...]
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class VoteAnswer:
+    term: int
+    granted: bool
+
+
+@dataclass(frozen=True)
+class BeatAnswer:
+    """A follower's answer to one heartbeat: its term and role."""
+
+    term: int
+    role: str
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The leader ran the job (or remembered it): the answer and who gave it."""
+
+    outcome: Outcome
+    leader: str
+    term: int
+    leader_address: str
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """A follower relayed the job: the leader's reply, passed on byte for byte."""
+
+    reply: bytes
+
+
+Submitted = Answered | Relayed
+
+
+@dataclass(frozen=True)
+class IncomingPartial:
+    """One partial from a worker's Reduce stream, already turned into arrays."""
+
+    job_id: str
+    shard: int
+    node_id: str
+    state: Partial
+
+
+@dataclass(frozen=True)
+class ReduceCount:
+    accepted: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    known: bool
+    shards_done: int
+    shards_total: int
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node as the answering node sees it."""
+
+    id: str
+    address: str
+    role: str
+    term: int
+    alive: bool
+    #: Milliseconds since it was last heard; None if never.
+    last_heartbeat_ms: float | None
+
+
+@dataclass(frozen=True)
+class StatusView:
+    node_id: str
+    role: str
+    term: int
+    leader_id: str
+    leader_address: str
+    nodes: list[NodeView]
+
+
+class NodeApi(Protocol):
+    """What a node does for the servicer. Errors are node.errors classes."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer: ...
+
+    def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer: ...
+
+    async def submit(
+        self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
+    ) -> Submitted: ...
+
+    async def compute(
+        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None
+    ) -> int: ...
+
+    async def reduce(self, partials: AsyncIterator[IncomingPartial]) -> ReduceCount: ...
+
+    async def progress(self, job_id: str) -> JobProgress: ...
+
+    def status(self) -> StatusView: ...

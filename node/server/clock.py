@@ -1,0 +1,95 @@
+"""The daemon's clock: logical ticks from the wall clock, and a wake-up only when one is due.
+
+Ticks are counted from an origin (`tick_ms` each), so the count never drifts
+however late a wake-up is. The owner steps its pure core with `due_ticks()`
+before anything else it steps, so the core sees time and messages in their
+real order; after a stall (SIGSTOP, a frozen VM) at most `max_replay_ticks`
+are replayed.
+
+Idle, a node does little but keep time, so the clock wakes only when its
+owner says something is due (`on_wake` returns the ticks until then) and at
+least every `max_sleep_s`, as a plain timer callback: a callback costs fewer
+wake-ups than a task sleeping in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+
+#: uvloop keeps time in whole milliseconds and truncates a timer's delay, so a
+#: timer may fire up to 1 ms before the asked-for time. Had the clock asked for
+#: the exact deadline, it would then spin on 0 ms re-sleeps until the clock
+#: caught up: about seven idle loop turns per wake-up, most of an idle node's
+#: CPU. So it sleeps to the next whole millisecond past the deadline, plus this.
+TIMER_SLACK_S = 0.001
+
+
+class Clock:
+    def __init__(
+        self, tick_ms: int, max_replay_ticks: int, stall_s: float, max_sleep_s: float
+    ) -> None:
+        self.tick_ms = tick_ms
+        self.max_replay_ticks = max_replay_ticks
+        #: A wake-up later than planned by more than this means the process stalled.
+        self.stall_s = stall_s
+        self.max_sleep_s = max_sleep_s
+        self._origin_s = time.monotonic()
+        self._ticks_done = 0
+        self._timer: asyncio.Handle | None = None
+        self._on_wake: Callable[[bool], int] | None = None
+        self._waking = False
+        self._wake_by_s = 0.0
+
+    def restart(self) -> None:
+        """Tick 0 is now: call before anything can be stepped."""
+        self._origin_s = time.monotonic()
+        self._ticks_done = 0
+
+    def due_ticks(self) -> int:
+        """How many ticks to feed the core now (those elapsed since the last call, capped)."""
+        elapsed = int((time.monotonic() - self._origin_s) * 1000 / self.tick_ms)
+        due = elapsed - self._ticks_done
+        self._ticks_done = elapsed
+        return min(due, self.max_replay_ticks)
+
+    def start(self, on_wake: Callable[[bool], int]) -> None:
+        """Call `on_wake(stalled)` now and whenever it is due; it returns ticks until the next due."""
+        self._on_wake = on_wake
+        self._wake_by_s = time.monotonic()
+        self._timer = asyncio.get_running_loop().call_soon(self._wake)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._on_wake = None
+
+    def wake_now(self) -> None:
+        """Wake at once instead of at the planned time (no-op from inside `on_wake`)."""
+        if self._waking or self._timer is None:
+            return
+        self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        on_wake = self._on_wake
+        if on_wake is None:
+            return
+        sleep_s = self.max_sleep_s
+        self._waking = True
+        try:
+            stalled = time.monotonic() - self._wake_by_s > self.stall_s
+            ticks = on_wake(stalled)
+            # Wake at the wall-clock time of the due tick, counted from the origin.
+            due_s = self._origin_s + (self._ticks_done + ticks) * self.tick_ms / 1000
+            sleep_s = min(max(0.0, due_s - time.monotonic()), self.max_sleep_s)
+            sleep_s = math.ceil(sleep_s * 1000) / 1000 + TIMER_SLACK_S
+        finally:  # whatever went wrong, the clock keeps running
+            self._waking = False
+            if self._on_wake is not None:
+                self._wake_by_s = time.monotonic() + sleep_s
+                self._timer = asyncio.get_running_loop().call_later(sleep_s, self._wake)

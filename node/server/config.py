@@ -1,0 +1,151 @@
+"""Node configuration: addresses, timing, and the checks that keep them sane.
+
+Every timing field carries its unit in its name. The election core counts in
+ticks; this module turns milliseconds into ticks once, here, so the rest of
+the daemon never converts.
+
+Why the defaults (heartbeat 50 ms, election 250-500 ms, tick 10 ms):
+- A follower needs about five missed heartbeats before it suspects the
+  leader, so a loaded 2-core box that stalls a process for 100-150 ms does not
+  start spurious elections.
+- The median failover is roughly the smallest of the followers' randomized
+  timeouts plus one pre-vote and one vote round trip: about 350 ms.
+- The spread (max = 2 x min) is what Raft §5.2 relies on to make split votes
+  rare; a 10 ms tick gives the randomization 25 distinct values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.addresses import is_loopback, split_host_port
+from node.core.job import SHARD_ELEMS
+from node.core.limits import Limits
+from node.errors import ConfigError
+from node.security import TlsFiles
+
+DEFAULT_HEARTBEAT_MS = 50
+DEFAULT_ELECTION_MS = (250, 500)
+DEFAULT_TICK_MS = 10
+
+
+def parse_range_ms(text: str, field_name: str = "election-ms") -> tuple[int, int]:
+    """Parse "MIN-MAX" (or a single number, meaning MIN-2*MIN) in milliseconds."""
+    lo_text, sep, hi_text = text.partition("-")
+    try:
+        lo = int(lo_text)
+        hi = int(hi_text) if sep else 2 * lo
+    except ValueError:
+        raise ConfigError(f"{field_name}: expected MIN-MAX in ms, got {text!r}") from None
+    return lo, hi
+
+
+def default_data_dir(node_id: str, listen: str) -> Path:
+    """Where term and vote live when --data-dir is not given.
+
+    Keyed by id and port so two local nodes never share it, and stable so a
+    restarted node finds its vote again (the whole point of persisting it).
+    """
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    port = listen.rpartition(":")[2]
+    return Path(base) / "distnode" / f"{node_id}-{port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a daemon needs to run. Build with `NodeConfig(...)`, then `validate()`."""
+
+    node_id: str
+    listen: str
+    peers: tuple[str, ...]
+    data_dir: Path
+    #: How often the leader sends heartbeats. Also the follower's failure-detection grain.
+    heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
+    #: Randomized election timeout range; also the leader's CheckQuorum window
+    #: and the time after which a silent worker is declared dead.
+    election_ms_min: int = DEFAULT_ELECTION_MS[0]
+    election_ms_max: int = DEFAULT_ELECTION_MS[1]
+    #: Resolution of the daemon's clock. Timers are whole numbers of ticks.
+    tick_ms: int = DEFAULT_TICK_MS
+    #: Shard size in elements. Must be the same on every node for answers to
+    #: be bit-identical across leaders (the leader's value is the one used).
+    shard_elems: int = SHARD_ELEMS
+    #: Where relative npy: paths are resolved. None: the working directory.
+    data_root: Path | None = None
+    #: The address other nodes and clients use to reach this one.
+    advertise: str = ""
+    #: Exit when this process's parent changes (used by the harness so that
+    #: daemons never outlive it). 0 disables.
+    parent_pid: int = 0
+    #: TLS files; mutual TLS when `tls.ca` is set (for both peer and client traffic).
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    #: Cluster token every RPC must carry; None disables authentication.
+    token: str | None = None
+    #: Allow listening beyond loopback without TLS and a token.
+    insecure: bool = False
+    limits: Limits = field(default_factory=Limits)
+    #: Send heartbeats as sealed UDP datagrams beside gRPC (node/beacons.py).
+    #: Off: every heartbeat goes on the gRPC stream, at about three times the CPU.
+    udp_heartbeats: bool = True
+
+    @property
+    def address(self) -> str:
+        return self.advertise or self.listen
+
+    def validate(self) -> None:
+        if not self.node_id or any(c.isspace() for c in self.node_id):
+            raise ConfigError(f"id: must be non-empty without spaces, got {self.node_id!r}")
+        if self.address in self.peers:
+            raise ConfigError(f"peers: lists this node's own address {self.address}")
+        if len(set(self.peers)) != len(self.peers):
+            raise ConfigError(f"peers: duplicate address in {','.join(self.peers)}")
+        self._validate_timing()
+        if self.shard_elems < 1:
+            raise ConfigError(f"shard-elems: must be positive, got {self.shard_elems}")
+        self._validate_exposure()
+
+    def _validate_exposure(self) -> None:
+        """Refuse to serve a network unlocked: Ray's open job API became CVE-2023-48022."""
+        host, _ = split_host_port(self.listen)
+        if is_loopback(host) or self.insecure:
+            return
+        missing = [name for name, ok in (("TLS", self.tls.enabled), ("a token", bool(self.token))) if not ok]
+        if missing:
+            raise ConfigError(
+                f"listen: {self.listen} is reachable from the network but has no "
+                f"{' and no '.join(missing)}; add --tls-cert/--tls-key/--tls-ca and --token-file, "
+                "or pass --insecure if this network is trusted"
+            )
+
+    def _validate_timing(self) -> None:
+        if self.tick_ms < 1:
+            raise ConfigError(f"tick-ms: must be at least 1, got {self.tick_ms}")
+        if self.heartbeat_ms < self.tick_ms:
+            raise ConfigError(
+                f"heartbeat-ms ({self.heartbeat_ms}) must be at least tick-ms ({self.tick_ms})"
+            )
+        if self.election_ms_min < 3 * self.heartbeat_ms:
+            raise ConfigError(
+                f"election-ms minimum ({self.election_ms_min}) must be at least "
+                f"3 x heartbeat-ms ({self.heartbeat_ms})"
+            )
+        if self.election_ms_max < self.election_ms_min:
+            raise ConfigError(
+                f"election-ms maximum ({self.election_ms_max}) must be at least "
+                f"its minimum ({self.election_ms_min})"
+            )
+
+    @property
+    def heartbeat_ticks(self) -> int:
+        return max(1, self.heartbeat_ms // self.tick_ms)
+
+    @property
+    def election_ticks(self) -> tuple[int, int]:
+        return self.election_ms_min // self.tick_ms, self.election_ms_max // self.tick_ms
+
+    @property
+    def failure_ms(self) -> int:
+        """A worker silent this long is dead to the leader (its shards move on)."""
+        return self.election_ms_min

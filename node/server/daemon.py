@@ -1,0 +1,383 @@
+"""The daemon: one node's process. The only place with a wall clock, signals and tasks.
+
+It owns the gRPC server and the UDP heartbeat socket (beacons.py), feeds the
+pure election core its ticks (clock.py) and executes the core's outputs in
+order: persist (fsync) before send, so a vote is durable before anyone hears
+it. Election RPC replies go back into the core as messages; the core's
+failure detector (`Election.active_peers`) tells the job scheduler which
+workers are alive (peers.py).
+
+It implements the calls the servicer makes (`api.NodeApi`): elections, jobs
+(as leader: jobs.py; as follower: relayed, relay.py), the worker's Compute
+(worker.py) and status.
+
+Shutdown is ordered: stop ticking, stop the server with a grace period, close
+the peer channels, drop the compute pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import random
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from node._proto import distnode_pb2 as pb
+from node.channels import ChannelFactory, StubCache, server_options
+from node.core.election import Election, ElectionConfig
+from node.core.job import Job
+from node.core.messages import (
+    Role,
+)
+from node.errors import InvalidField, NotAMember
+from node.security import TokenServerInterceptor
+from node.server import beacons
+from node.server.admission import ClientSlots
+from node.server.api import (
+    Answered,
+    BeatAnswer,
+    IncomingPartial,
+    JobProgress,
+    ReduceCount,
+    ShardRange,
+    StatusView,
+    Submitted,
+    VoteAnswer,
+)
+from node.server.beacons import BeaconListener
+from node.server.clock import Clock
+from node.server.config import NodeConfig
+from node.server.elections import ElectionDriver
+from node.server.heartbeats import HeartbeatLinks
+from node.server.logs import configure_logging
+from node.server.peers import PeerTable
+from node.server.relay import Relay
+from node.server.service import NodeServicer, add_to_server, heartbeat_reply
+from node.server.statestore import StateStore
+from node.wire.jobs import job_to_proto
+
+if TYPE_CHECKING:
+    from node.server.jobs import JobManager
+    from node.server.worker import Worker
+
+log = logging.getLogger("distnode")
+
+SERVICE_NAME = "distnode.v1.Node"
+#: How long shutdown waits for in-flight RPCs.
+SHUTDOWN_GRACE_S = 1.0
+#: Longest the clock sleeps, so the parent-process watch stays prompt.
+MAX_SLEEP_S = 0.25
+#: Upper bound on one Compute batch; the failure detector normally acts first.
+COMPUTE_TIMEOUT_S = 600.0
+#: No honest cluster gets near this many terms; a bigger one is an attack on
+#: the election (term + 1 would overflow the wire's uint64).
+MAX_TERM = 1 << 62
+
+
+class Daemon:
+    def __init__(self, config: NodeConfig) -> None:
+        config.validate()
+        self.config = config
+        self.store = StateStore(config.data_dir)
+        saved = self.store.load()
+        lo, hi = config.election_ticks
+        election = Election(
+            ElectionConfig(
+                node_id=config.node_id, peers=config.peers, heartbeat_ticks=config.heartbeat_ticks,
+                election_ticks_min=lo, election_ticks_max=hi, fast_first_election=True,
+            ),
+            rng=random.Random(), term=saved.term, voted_for=saved.voted_for,
+        )
+        self.peers = PeerTable(config.peers)
+        self.stubs = StubCache(ChannelFactory(config.tls, config.token, config.limits.max_message_bytes))
+        self.clock = Clock(
+            config.tick_ms, max_replay_ticks=hi + 1, stall_s=2 * config.heartbeat_ms / 1000,
+            max_sleep_s=MAX_SLEEP_S,
+        )
+        self.heartbeats = HeartbeatLinks(
+            self.stubs, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000,
+            udp=config.udp_heartbeats,
+        )
+        self.elections = ElectionDriver(
+            election, self.store, self.clock, self.peers, self.stubs, self.heartbeats, config,
+            self._spawn, self._on_role_changed,
+        )
+        self.relay = Relay(self.stubs, lambda: self.elections.leader_address, self._who)
+        self.clients = ClientSlots(config.limits.max_jobs_per_client)
+        #: This node's UDP socket for the leader's beats; None until serving, or if off.
+        self.beacons: BeaconListener | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        # The compute side (numpy and all) is built on first use, or in the
+        # background once a leader is known (see node/core/job.py for why).
+        self._jobs: JobManager | None = None
+        self._worker: Worker | None = None
+        self._preload: concurrent.futures.Future[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self.port = 0
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    @property
+    def election(self) -> Election:
+        return self.elections.election
+
+    @property
+    def is_leader(self) -> bool:
+        return self.election.role is Role.LEADER
+
+    def _who(self) -> str:
+        return f"{self.node_id} (term {self.election.term})"
+
+    # -- the compute side, loaded after the election ----------------------
+
+    @property
+    def jobs(self) -> JobManager:
+        if self._jobs is None:
+            from node.server.jobs import JobManager
+
+            config = self.config
+            self._jobs = JobManager(
+                config.node_id, self.peers, self._remote_compute, self.executor,
+                config.shard_elems, config.data_root, config.limits,
+            )
+        return self._jobs
+
+    @property
+    def worker(self) -> Worker:
+        if self._worker is None:
+            from node.server.worker import Worker
+
+            config = self.config
+            self._worker = Worker(
+                config.node_id, self.stubs, self.executor, config.data_root, self.peers.address_of
+            )
+        return self._worker
+
+    def _preload_compute(self) -> concurrent.futures.Future[None]:
+        """Import the compute stack in the compute thread, once (started when a
+        leader is known: off the event loop, after the start-up storm of elections)."""
+        if self._preload is None:
+            self._preload = self.executor.submit(_import_compute_stack)
+            self._preload.add_done_callback(_log_preload_failure)
+        return self._preload
+
+    async def compute_ready(self) -> None:
+        """Wait, without blocking the event loop, until `jobs` and `worker` can be built."""
+        try:
+            preload = self._preload_compute()
+        except RuntimeError:  # shutting down: the executor is gone
+            return
+        if not preload.done():
+            with contextlib.suppress(Exception):  # logged; the import is retried on use
+                await asyncio.wrap_future(preload)
+
+    # -- the servicer's calls (api.NodeApi) -------------------------------
+
+    def _check_member(self, field: str, node_id: str) -> None:
+        """Only nodes behind our --peers addresses may vote, lead, or send partials;
+        our own id arriving over the network is forged by definition."""
+        if not node_id:
+            raise InvalidField(field, "must not be empty")
+        if node_id == self.node_id:
+            raise NotAMember(field, f"{node_id!r} is this node's own id")
+        if not self.peers.is_member(node_id):
+            raise NotAMember(field, f"{node_id!r} is not a member of this cluster")
+
+    def _check_term(self, term: int) -> None:
+        if term > MAX_TERM:
+            raise InvalidField("term", f"{term} is beyond {MAX_TERM}")
+
+    def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
+        self._check_member("candidate_id", candidate_id)
+        self._check_term(term)
+        return self.elections.vote(candidate_id, term, pre_vote)
+
+    def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
+        self._check_member("leader_id", leader_id)
+        self._check_term(term)
+        answer = self.elections.heartbeat(leader_id, term)
+        if beacon_key and self.beacons is not None and self.elections.follows(leader_id, term):
+            self.beacons.grant(leader_id, term, beacon_key)
+        return answer
+
+    async def submit(
+        self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
+    ) -> Submitted:
+        if forwarded:
+            return await self._submit(job_id, job, forwarded, timeout_s)
+        with self.clients.take(client):
+            return await self._submit(job_id, job, forwarded, timeout_s)
+
+    async def _submit(self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None) -> Submitted:
+        if not self.is_leader:
+            return await self.relay.submit(job_id, job, forwarded, timeout_s)
+        await self.compute_ready()
+        outcome = await self.jobs.submit(job_id, job)
+        return Answered(outcome, self.node_id, self.election.term, self.config.address)
+
+    async def compute(
+        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None
+    ) -> int:
+        self._check_member("leader_id", leader_id)
+        await self.compute_ready()
+        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s)
+
+    async def reduce(self, partials: AsyncIterator[IncomingPartial]) -> ReduceCount:
+        await self.compute_ready()
+        accepted = dropped = 0
+        async for partial in partials:
+            member = partial.node_id != self.node_id and self.peers.is_member(partial.node_id)
+            if member and self.jobs.accept_partial(
+                partial.job_id, partial.shard, partial.node_id, partial.state
+            ):
+                accepted += 1
+            else:
+                dropped += 1
+        return ReduceCount(accepted, dropped)
+
+    async def progress(self, job_id: str) -> JobProgress:
+        if not self.is_leader:
+            return await self.relay.progress(job_id)
+        await self.compute_ready()
+        return JobProgress(*self.jobs.progress(job_id))
+
+    def status(self) -> StatusView:
+        return self.elections.status()
+
+    def beat_reply(self, beat: pb.HeartbeatRequest) -> pb.HeartbeatReply:
+        """A beat that came as a UDP datagram, answered as the gRPC stream answers it."""
+        return heartbeat_reply(self, beat)
+
+    # -- what the election does to the rest -------------------------------
+
+    def _on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
+        self.elections.on_heartbeat_reply(address, reply)
+
+    def _on_role_changed(self, role: Role, term: int, leader: str | None) -> None:
+        if leader is not None:
+            self._preload_compute()
+        if role is not Role.LEADER and self._jobs is not None:
+            self._jobs.abort_all(f"{self.node_id} became {role.value} in term {term}")
+
+    async def _remote_compute(self, address: str, job_id: str, job: Job, ranges: list[ShardRange]) -> None:
+        request = pb.ComputeRequest(
+            job=job_to_proto(job_id, job),
+            shards=[pb.Shard(index=i, start=start, stop=stop) for i, start, stop in ranges],
+            reduce_to=self.config.address, term=self.election.term, leader_id=self.node_id,
+        )
+        await self.stubs.stub(address).Compute(request, timeout=COMPUTE_TIMEOUT_S)
+
+    # -- lifecycle --------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_wake(self, stalled: bool) -> int:
+        """One wake of the clock: tick the core, judge peers, watch the parent."""
+        self.elections.catch_up()
+        if self.is_leader:
+            for peer in self.elections.judge_peers(deaths=not stalled):
+                log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address)
+        if self.config.parent_pid and os.getppid() != self.config.parent_pid:
+            log.warning("parent process %d is gone; shutting down", self.config.parent_pid)
+            self._stopping.set()
+        return self.election.ticks_until_due()
+
+    def stop(self) -> None:
+        """Ask `serve()` to shut down (what SIGINT and SIGTERM do)."""
+        self._stopping.set()
+
+    def _make_server(self) -> grpc.aio.Server:
+        interceptors = [TokenServerInterceptor(self.config.token)] if self.config.token else []
+        return grpc.aio.server(
+            options=server_options(self.config.limits.max_message_bytes), interceptors=interceptors
+        )
+
+    async def serve(self, handle_signals: bool = True) -> None:
+        """Run until SIGINT/SIGTERM, `stop()`, or the parent's death; then shut down in order."""
+        self.clock.restart()  # tick 0: before any RPC arrives
+        server = self._make_server()
+        add_to_server(NodeServicer(self), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if self.config.tls.enabled:
+            port = server.add_secure_port(self.config.listen, self.config.tls.server_credentials())
+        else:
+            port = server.add_insecure_port(self.config.listen)
+        self.port = port
+        await server.start()
+        if self.config.udp_heartbeats:
+            self.beacons = await beacons.listen(self.config.listen, port, self.beat_reply)
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self._stopping.set)
+        print(f"DISTNODE_LISTENING id={self.node_id} port={port}", flush=True)
+        log.info(
+            "serving on %s; peers %s; event loop %s", self.config.listen,
+            ",".join(self.config.peers) or "none", type(asyncio.get_running_loop()).__module__,
+        )
+        self.clock.start(self._on_wake)
+        self._spawn(self.elections.discover_ids(self._stopping))
+        await self._stopping.wait()
+        self.clock.stop()
+        log.info("shutting down")
+        await server.stop(SHUTDOWN_GRACE_S)
+        self.heartbeats.close()
+        if self.beacons is not None:
+            self.beacons.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.stubs.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _import_compute_stack() -> None:
+    import node.server.jobs
+    import node.server.worker  # noqa: F401
+
+
+def _log_preload_failure(preload: concurrent.futures.Future[None]) -> None:
+    if not preload.cancelled() and preload.exception() is not None:
+        log.error("loading the compute stack failed", exc_info=preload.exception())
+
+
+def run(config: NodeConfig) -> int:
+    """Blocking entry point used by `distnode start`."""
+    configure_logging(config.node_id)
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(Daemon(config).serve())
+    return 0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed, else asyncio's own loop (None).
+
+    gRPC's asyncio server spends most of a small job's CPU in event-loop
+    machinery; on uvloop the leader answers ~5-7 % more small jobs per second
+    (scripts/bench.py, throughput). DISTNODE_LOOP=asyncio keeps the standard
+    loop, e.g. to rule uvloop out when chasing a bug.
+    """
+    if os.environ.get("DISTNODE_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -1,0 +1,225 @@
+"""The election's I/O: the pure core (node/core/election.py) wired to the clock, the disk and the network.
+
+Every input reaches the core through here, after the clock has fed it the
+ticks elapsed (`catch_up`), so it sees time and messages in their real order.
+Its outputs are executed in list order: `Persist` is written and fsync'd
+(statestore.py) before any later `Send` leaves ("persist before you send"),
+vote requests go out as RPCs whose replies are stepped back in, heartbeats go
+out on the leader's links (heartbeats.py), and `RoleChanged` is logged and
+passed on to the daemon.
+
+The core is also the failure detector: `judge_peers` copies its verdict into
+the peer table that the job scheduler reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node.channels import StubCache
+from node.core.election import Election
+from node.core.messages import (
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    Output,
+    Persist,
+    Role,
+    RoleChanged,
+    Send,
+    VoteRequest,
+    VoteResponse,
+)
+from node.server.api import BeatAnswer, NodeView, StatusView, VoteAnswer
+from node.server.clock import Clock
+from node.server.config import NodeConfig
+from node.server.heartbeats import HeartbeatLinks
+from node.server.peers import Peer, PeerTable
+from node.server.statestore import ElectionState, StateStore
+
+log = logging.getLogger("distnode")
+
+#: How often a node asks the peers whose ids it does not know yet.
+DISCOVERY_INTERVAL_S = 0.2
+
+R = TypeVar("R", VoteResponse, HeartbeatResponse)
+OnRoleChanged = Callable[[Role, int, "str | None"], None]
+
+
+class ElectionDriver:
+    def __init__(
+        self,
+        election: Election,
+        store: StateStore,
+        clock: Clock,
+        peers: PeerTable,
+        stubs: StubCache,
+        heartbeats: HeartbeatLinks,
+        config: NodeConfig,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        on_role_changed: OnRoleChanged,
+    ) -> None:
+        self.election = election
+        self.store = store
+        self.clock = clock
+        self.peers = peers
+        self.stubs = stubs
+        self.heartbeats = heartbeats
+        self.config = config
+        self.spawn = spawn
+        self.on_role_changed = on_role_changed
+        #: The leader's address as this node dials it (its own --peers entry);
+        #: "" while no leader is known, or its id is not mapped to an address yet.
+        self.leader_address = ""
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    def catch_up(self) -> None:
+        """Feed the core every tick that has elapsed on the wall clock."""
+        for _ in range(self.clock.due_ticks()):
+            self._execute(self.election.tick())
+
+    def judge_peers(self, deaths: bool = True) -> list[Peer]:
+        """Copy the failure detector's verdict into the peer table; the peers that just died."""
+        return self.peers.sync(self.election.active_peers(), deaths)
+
+    # -- inbound ----------------------------------------------------------
+
+    def vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
+        message = VoteRequest(src=candidate_id, dst=self.node_id, term=term, pre_vote=pre_vote)
+        response = self._step_request(message, VoteResponse)
+        if response is None:
+            return VoteAnswer(self.election.term, False)
+        return VoteAnswer(response.term, response.granted)
+
+    def heartbeat(self, leader_id: str, term: int) -> BeatAnswer:
+        self._step_request(Heartbeat(src=leader_id, dst=self.node_id, term=term), HeartbeatResponse)
+        if self.follows(leader_id, term):
+            # Our own --peers entry for the leader; "" until discovery maps its id
+            # (then Submit answers UNAVAILABLE for a moment and the client retries).
+            self.leader_address = self.peers.address_of(leader_id) or ""
+            peer = self.peers.get(self.leader_address)
+            if peer is not None:
+                peer.role, peer.term = "leader", term
+        return BeatAnswer(self.election.term, self.election.role.value)
+
+    def follows(self, leader_id: str, term: int) -> bool:
+        """True if this node takes `leader_id` as its leader in `term`."""
+        return self.election.leader == leader_id and term == self.election.term
+
+    def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
+        self.peers.heard(address, reply.node_id, reply.role, reply.term)
+        self.catch_up()
+        self._execute(self.election.step(HeartbeatResponse(src=address, dst=self.node_id, term=reply.term)))
+        self.judge_peers(deaths=False)  # a reply can only bring a peer back
+
+    def _step_request(self, message: Message, reply_type: type[R]) -> R | None:
+        """Step a request; return the core's reply to it, execute everything else first."""
+        self.catch_up()
+        reply: R | None = None
+        rest: list[Output] = []
+        for out in self.election.step(message):
+            if (reply is None and isinstance(out, Send) and isinstance(out.message, reply_type)
+                    and out.message.dst == message.src):
+                reply = out.message
+            else:
+                rest.append(out)
+        # Persist outputs come first in `rest`, so the reply leaves after the fsync.
+        self._execute(rest)
+        return reply
+
+    # -- outbound ---------------------------------------------------------
+
+    def _execute(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Persist):
+                self.store.save(ElectionState(out.term, out.voted_for))
+            elif isinstance(out, Send):
+                self._send(out.message)
+            elif isinstance(out, RoleChanged):
+                self._role_changed(out)
+
+    def _send(self, message: Message) -> None:
+        if isinstance(message, VoteRequest):
+            self.spawn(self._send_vote(message))
+        elif isinstance(message, Heartbeat):
+            request = pb.HeartbeatRequest(
+                term=message.term, leader_id=self.node_id, leader_address=self.config.address
+            )
+            self.heartbeats.send(message.dst, request)
+        # Responses are returned by the RPC handlers; the core never emits
+        # them outside `step`, so there is nothing else to route.
+
+    async def _send_vote(self, message: VoteRequest) -> None:
+        request = pb.VoteRequest(term=message.term, candidate_id=self.node_id, pre_vote=message.pre_vote)
+        try:
+            reply = await self.stubs.stub(message.dst).RequestVote(
+                request, timeout=self.config.election_ms_min / 1000
+            )
+        except grpc.aio.AioRpcError:
+            return
+        self.peers.learn(message.dst, reply.voter_id)
+        response = VoteResponse(
+            src=message.dst, dst=self.node_id, term=reply.term,
+            granted=reply.granted, pre_vote=message.pre_vote,
+        )
+        self.catch_up()
+        self._execute(self.election.step(response))
+
+    def _role_changed(self, change: RoleChanged) -> None:
+        self.clock.wake_now()  # the next deadline may now be earlier
+        leader = f" leader={change.leader}" if change.leader else ""
+        log.info("became %s term=%d%s", change.role.value, change.term, leader)
+        if change.role is Role.LEADER:
+            self.leader_address = self.config.address
+            self.judge_peers()  # a new leader starts with no evidence: no worker is alive yet
+        else:
+            self.heartbeats.close()
+            if change.leader is None or change.leader == self.node_id:
+                self.leader_address = ""
+        self.on_role_changed(change.role, change.term, change.leader)
+
+    # -- ids and status ---------------------------------------------------
+
+    async def discover_ids(self, stopping: asyncio.Event) -> None:
+        """Ask every peer whose id is unknown for its Status, until all are known.
+
+        Ids let this node map a leader id or a `reduce_to` back onto its own
+        --peers entry, so all peer traffic follows the configured addresses.
+        """
+        while self.peers.unknown_ids() and not stopping.is_set():
+            for address in self.peers.unknown_ids():
+                try:
+                    reply = await self.stubs.stub(address).Status(pb.StatusRequest(), timeout=0.5)
+                except grpc.aio.AioRpcError:
+                    continue
+                self.peers.learn(address, reply.node_id)
+            await asyncio.sleep(DISCOVERY_INTERVAL_S)
+
+    def status(self) -> StatusView:
+        """What this node knows: itself, then each peer (the leader's view is the complete one)."""
+        self.catch_up()
+        election, tick_ms = self.election, self.config.tick_ms
+        failure_ticks = self.config.election_ticks[0]
+        nodes = [NodeView(self.node_id, self.config.address, election.role.value, election.term, True, 0.0)]
+        heard = election.peer_ticks_since_heard()
+        for peer in self.peers:
+            ticks = heard.get(peer.address)
+            alive = peer.alive
+            if election.role is not Role.LEADER and peer.address == self.leader_address:
+                ticks = election.ticks_since_leader  # a follower hears only its leader
+                alive = ticks <= failure_ticks
+            last_ms = None if ticks is None else float(ticks * tick_ms)
+            nodes.append(NodeView(peer.node_id, peer.address, peer.role, peer.term, alive, last_ms))
+        return StatusView(
+            self.node_id, election.role.value, election.term, election.leader or "",
+            self.leader_address, nodes,
+        )

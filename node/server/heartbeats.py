@@ -1,0 +1,201 @@
+"""The leader's heartbeat links: a UDP beacon and a gRPC stream per follower.
+
+Heartbeats are most of what an idle cluster does, so they take the cheapest
+path that works. Each beat goes out as a sealed datagram (node/beacons.py);
+while the follower answers those, that is all. A beat whose previous datagram
+went unanswered also goes on the link's long-lived bidirectional `Heartbeat`
+gRPC stream, which carries the term's beacon key: that is how a follower
+learns the key, and how heartbeats keep flowing where UDP does not.
+
+A link never blocks the caller: `send()` skips a gRPC beat while the previous
+write is still pending (a paused peer whose window is full), and a stream that
+has gone unanswered for `stale_s` is torn down and reopened, so a peer that
+died or restarted is picked up again within about one election timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from node.channels import StubCache
+from node.server import beacons
+from node.server.beacons import BeaconSender
+
+log = logging.getLogger("distnode.heartbeats")
+
+#: Called with (peer address, reply) for every reply that arrives.
+OnReply = Callable[[str, Any], None]
+
+
+class HeartbeatLink:
+    def __init__(
+        self, address: str, stubs: StubCache, on_reply: OnReply, stale_s: float,
+        key: bytes | None = None,
+    ) -> None:
+        self.address = address
+        self.stubs = stubs
+        self.on_reply = on_reply
+        self.stale_s = stale_s
+        #: The term's beacon key; None keeps this link on gRPC alone.
+        self.key = key
+        self._beacon: BeaconSender | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        #: The call whose write is still pending, if any (one write at a time per stream).
+        self._pending: Any = None
+        self._writers: set[asyncio.Task[None]] = set()
+        #: When the oldest gRPC beat still unanswered was written.
+        self._unanswered_since_s: float | None = None
+        #: Beats sent on each path, for tests and reports.
+        self.sent_udp = 0
+        self.sent_grpc = 0
+        self._logged_udp = False
+
+    @property
+    def on_udp(self) -> bool:
+        """True while the follower answers every datagram (beats then skip gRPC)."""
+        return self._beacon is not None and self._beacon.answering
+
+    def send(self, request: Any, seq: int = 0) -> None:
+        """Send one heartbeat (`request` without key or seq); returns at once."""
+        on_udp = self.on_udp
+        if on_udp and not self._logged_udp:
+            self._logged_udp = True
+            log.info("heartbeats to %s go by UDP", self.address)
+        if self._beacon is not None:
+            self._beacon.send(seq, request)
+            self.sent_udp += 1
+        elif self.key is not None and self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect(self.key))
+        if on_udp:
+            self._unanswered_since_s = None  # the stream idles; judge it afresh when next used
+            return
+        request.seq = 0
+        if self.key is not None:
+            request.beacon_key = self.key
+        self._send_grpc(request)
+
+    async def _connect(self, key: bytes) -> None:
+        beacon = await beacons.connect(self.address, key, self._on_beacon_reply)
+        if beacon is not None and self.key is key:
+            self._beacon = beacon
+        elif beacon is not None:
+            beacon.close()  # closed while connecting
+
+    def _on_beacon_reply(self, reply: Any) -> None:
+        self.on_reply(self.address, reply)
+
+    def _send_grpc(self, request: Any) -> None:
+        now = time.monotonic()
+        since = self._unanswered_since_s
+        if self._call is not None and since is not None and now - since > self.stale_s:
+            log.info("heartbeat stream to %s unanswered for %.0f ms; reopening", self.address,
+                     (now - since) * 1000)
+            self.close_stream()  # unanswered for too long (even a write stuck): start over
+        if self._call is not None and self._pending is self._call:
+            return  # the previous beat has not left yet: the peer is not reading
+        if self._call is None:
+            self._open()
+        if self._unanswered_since_s is None:
+            self._unanswered_since_s = now
+        self.sent_grpc += 1
+        self._pending = self._call
+        writer = asyncio.get_running_loop().create_task(self._write(self._call, request))
+        self._writers.add(writer)  # hold a reference: a collected pending task is lost
+        writer.add_done_callback(self._writers.discard)
+
+    def _open(self) -> None:
+        self._call = self.stubs.stub(self.address).Heartbeat()
+        self._unanswered_since_s = None  # a new stream is judged from its first write
+        self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+
+    async def _write(self, call: Any, request: Any) -> None:
+        try:
+            await call.write(request)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            self._drop(call)
+        finally:
+            if self._pending is call:
+                self._pending = None
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for reply in call:
+                self._unanswered_since_s = None
+                self.on_reply(self.address, reply)
+        except grpc.aio.AioRpcError as exc:
+            log.info("heartbeat stream to %s ended: %s", self.address, exc.code().name)
+        finally:
+            self._drop(call)
+
+    def _drop(self, call: Any) -> None:
+        if self._call is call:
+            self._call = None
+            call.cancel()
+
+    def close(self) -> None:
+        self.key = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._beacon is not None:
+            self._beacon.close()
+            self._beacon = None
+        self.close_stream()
+
+    def close_stream(self) -> None:
+        call, reader = self._call, self._reader
+        self._call = self._reader = None
+        self._unanswered_since_s = None
+        if call is not None:
+            call.cancel()
+        if reader is not None:
+            reader.cancel()
+        for writer in list(self._writers):
+            writer.cancel()
+
+
+class HeartbeatLinks:
+    """All of the leader's links, opened lazily, closed when leadership ends.
+
+    With `udp` set, each leadership (from the first `send` after `close`) draws
+    a fresh beacon key and numbers its beats from 1.
+    """
+
+    def __init__(self, stubs: StubCache, on_reply: OnReply, stale_s: float, udp: bool = True) -> None:
+        self.stubs = stubs
+        self.on_reply = on_reply
+        self.stale_s = stale_s
+        self.udp = udp
+        self._links: dict[str, HeartbeatLink] = {}
+        self._key: bytes | None = None
+        self._seq = 0
+
+    def link(self, address: str) -> HeartbeatLink | None:
+        return self._links.get(address)
+
+    def send(self, address: str, request: Any) -> None:
+        link = self._links.get(address)
+        if link is None:
+            if self.udp and self._key is None:
+                self._key, self._seq = beacons.new_key(), 0
+            link = self._links[address] = HeartbeatLink(
+                address, self.stubs, self.on_reply, self.stale_s, self._key
+            )
+        self._seq += 1
+        link.send(request, self._seq)
+
+    def close(self) -> None:
+        self._key = None
+        links, self._links = self._links, {}
+        for link in links.values():
+            with contextlib.suppress(Exception):
+                link.close()
+

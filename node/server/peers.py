@@ -1,0 +1,101 @@
+"""What this node knows about the others: ids, roles, and who is alive.
+
+Peers are keyed by the address this node dials (its own `--peers` entry), and
+an id is learnt from whatever answers there. Liveness is not judged here: the
+election core's failure detector is the one source (`Election.active_peers`,
+a peer that answered within the minimum election timeout), and `sync` copies
+its verdict in after every tick and every reply. A worker's death wakes the
+job scheduler waiting on it through `dead_event()`, so its shards move on at
+once instead of at the end of an RPC timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Peer:
+    address: str
+    node_id: str = ""
+    role: str = "unknown"
+    term: int = 0
+    alive: bool = False
+    _dead: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PeerTable:
+    def __init__(self, addresses: tuple[str, ...]) -> None:
+        self._peers = {address: Peer(address) for address in addresses}
+        for peer in self._peers.values():
+            peer._dead.set()  # never heard: dead until proven alive
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(self._peers.values())
+
+    def get(self, address: str) -> Peer | None:
+        return self._peers.get(address)
+
+    def learn(self, address: str, node_id: str) -> None:
+        """Record the id of the node behind `address` (from any reply it sent)."""
+        peer = self._peers.get(address)
+        if peer is not None and node_id:
+            peer.node_id = node_id
+
+    def heard(self, address: str, node_id: str, role: str, term: int) -> None:
+        """Record what a peer said about itself in a reply."""
+        peer = self._peers.get(address)
+        if peer is not None:
+            peer.node_id, peer.role, peer.term = node_id or peer.node_id, role, term
+
+    def sync(self, active: set[str], deaths: bool = True) -> list[Peer]:
+        """Take the failure detector's verdict (`active`: addresses heard lately).
+
+        With `deaths` off only revivals are taken: after a stall (SIGSTOP, a
+        frozen VM) the replies that arrived meanwhile are still unread, and
+        judging before reading them would declare every peer dead at once.
+        Returns the peers that just died, for the log.
+        """
+        died = []
+        for peer in self._peers.values():
+            alive = peer.address in active
+            if alive and not peer.alive:
+                peer.alive = True
+                peer._dead = asyncio.Event()
+            elif peer.alive and not alive and deaths:
+                peer.alive = False
+                peer._dead.set()
+                died.append(peer)
+        return died
+
+    def address_of(self, node_id: str) -> str | None:
+        """The address *this* node dials to reach `node_id`, if known.
+
+        Nodes always dial each other through their own --peers entries (which
+        may be proxies, NAT addresses or names), never through an address
+        another node advertised about itself.
+        """
+        for peer in self._peers.values():
+            if peer.node_id == node_id:
+                return peer.address
+        return None
+
+    def is_member(self, node_id: str) -> bool:
+        """True if `node_id` answers at one of this node's --peers addresses."""
+        return any(peer.node_id == node_id for peer in self._peers.values())
+
+    def unknown_ids(self) -> list[str]:
+        return [peer.address for peer in self._peers.values() if not peer.node_id]
+
+    def alive_addresses(self) -> list[str]:
+        return [peer.address for peer in self._peers.values() if peer.alive]
+
+    def dead_event(self, address: str) -> asyncio.Event:
+        """An event that is set when (or if already) the peer is considered dead."""
+        return self._peers[address]._dead
+
+    def id_of(self, address: str) -> str:
+        peer = self._peers.get(address)
+        return (peer.node_id if peer else "") or address

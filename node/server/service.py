@@ -1,0 +1,214 @@
+"""The gRPC servicer: protobuf in, one call on the node (`api.NodeApi`), protobuf or a status out.
+
+It holds no state and makes no decision; what a request means is the node's
+business. Expected failures are the classes of node/errors.py and become one
+status each (`STATUS_OF`), with the exception's message, which names the field
+and the problem (`INVALID_ARGUMENT: op: unknown op 'sums' ...`). Anything else
+is a bug: logged with its traceback and answered `INTERNAL`, and the node goes
+on serving.
+
+The UDP heartbeat listener (beacons.py) answers through `heartbeat_reply` too,
+so a beat means the same whichever way it came.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node._proto import distnode_pb2_grpc as pb_grpc
+from node.errors import (
+    Forbidden,
+    InvalidField,
+    InvalidJob,
+    JobConflict,
+    JobFailed,
+    JobTimedOut,
+    LimitExceeded,
+    NoLeader,
+    NotLeader,
+    ReduceFailed,
+    RelayFailed,
+    SourceNotFound,
+)
+from node.server.api import Answered, IncomingPartial, NodeApi, StatusView
+from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
+from node.wire.jobs import job_from_proto
+
+log = logging.getLogger("distnode.service")
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+#: Expected failures and their statuses, most specific class first (the
+#: Source* errors are InvalidFields, JobConflict an InvalidJob).
+STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (JobTimedOut, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (SourceNotFound, grpc.StatusCode.NOT_FOUND),
+    (JobConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (InvalidJob, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotLeader, grpc.StatusCode.UNAVAILABLE),
+    (NoLeader, grpc.StatusCode.UNAVAILABLE),
+    (ReduceFailed, grpc.StatusCode.UNAVAILABLE),
+    (JobFailed, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message a failure is answered with; unknown ones are bugs: INTERNAL."""
+    if isinstance(exc, RelayFailed):
+        return grpc.StatusCode[exc.code], str(exc)
+    for cls, code in STATUS_OF:
+        if isinstance(exc, cls):
+            message = f"not the leader any more: {exc}" if cls is NotLeader else str(exc)
+            return code, message
+    log.error("unexpected error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+async def answer(context: Context, call: Awaitable[T]) -> T:
+    """Await the node's call; a failure becomes the call's status."""
+    try:
+        return await call
+    except Exception as exc:  # CancelledError is not an Exception: a cancelled call stays cancelled
+        failure = exc
+    await context.abort(*status_of(failure))
+
+
+async def answer_now(context: Context, call: Callable[[], T]) -> T:
+    """`answer` for the node's synchronous calls."""
+    try:
+        return call()
+    except Exception as exc:
+        failure = exc
+    await context.abort(*status_of(failure))
+
+
+def heartbeat_reply(node: NodeApi, request: pb.HeartbeatRequest) -> pb.HeartbeatReply:
+    """One heartbeat, from the gRPC stream or a UDP datagram; raises node.errors classes."""
+    beat = node.heartbeat(request.leader_id, request.term, request.beacon_key)
+    return pb.HeartbeatReply(term=beat.term, node_id=node.node_id, role=beat.role)
+
+
+def status_reply(view: StatusView) -> pb.StatusReply:
+    reply = pb.StatusReply(
+        node_id=view.node_id, role=view.role, term=view.term,
+        leader_id=view.leader_id, leader_address=view.leader_address,
+    )
+    for node in view.nodes:
+        heard = -1.0 if node.last_heartbeat_ms is None else node.last_heartbeat_ms
+        reply.nodes.append(pb.NodeStatus(
+            id=node.id, address=node.address, role=node.role, term=node.term,
+            alive=node.alive, last_heartbeat_ms=heard,
+        ))
+    return reply
+
+
+def submit_reply(submitted: Answered | bytes) -> SubmitAnswer | bytes:
+    if isinstance(submitted, bytes):
+        return submitted
+    outcome = submitted.outcome
+    return submit_answer(
+        outcome.result, job_id=outcome.job_id, op=outcome.op, shards=outcome.shards,
+        nodes=list(outcome.nodes), elapsed_ms=outcome.elapsed_ms, leader=submitted.leader,
+        term=submitted.term, leader_address=submitted.leader_address,
+    )
+
+
+class _Handlers:
+    """Stands in for a server to catch the generated code's handler table."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, table: dict[str, Any]) -> None:
+        self.table = dict(table)
+
+
+def add_to_server(servicer: NodeServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that Submit's answer is serialised by
+    `serialize_submit_reply` (one copy of a vector answer, not four)."""
+    caught = _Handlers()
+    pb_grpc.add_NodeServicer_to_server(servicer, caught)  # type: ignore[arg-type]
+    table = caught.table
+    table["Submit"] = table["Submit"]._replace(  # type: ignore[attr-defined]
+        response_serializer=serialize_submit_reply
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, table),))
+    server.add_registered_method_handlers(SERVICE, table)
+
+
+class NodeServicer(pb_grpc.NodeServicer):
+    def __init__(self, node: NodeApi) -> None:
+        self.node = node
+
+    async def RequestVote(self, request: pb.VoteRequest, context: Context) -> pb.VoteReply:
+        vote = await answer_now(
+            context, lambda: self.node.request_vote(request.candidate_id, request.term, request.pre_vote)
+        )
+        return pb.VoteReply(term=vote.term, granted=vote.granted, voter_id=self.node.node_id)
+
+    async def Heartbeat(
+        self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: Context
+    ) -> AsyncIterator[pb.HeartbeatReply]:
+        """One reply per heartbeat on the leader's long-lived stream."""
+        async for request in request_iterator:
+            yield await answer_now(context, functools.partial(heartbeat_reply, self.node, request))
+
+    # The reply is a SubmitAnswer or relayed bytes, not a SubmitReply: add_to_server
+    # gives Submit its own serializer, which the generated signature cannot know.
+    async def Submit(  # type: ignore[override]
+        self, request: pb.SubmitRequest, context: Context
+    ) -> SubmitAnswer | bytes:
+        spec = request.job
+        if not spec.job_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")
+        submitted = await answer(context, self.node.submit(
+            spec.job_id, job_from_proto(spec), context.peer(), request.forwarded, context.time_remaining()
+        ))
+        return submit_reply(submitted if isinstance(submitted, Answered) else submitted.reply)
+
+    async def Compute(self, request: pb.ComputeRequest, context: Context) -> pb.ComputeReply:
+        shards = [(s.index, s.start, s.stop) for s in request.shards]
+        sent = await answer(context, self.node.compute(
+            request.job.job_id, job_from_proto(request.job), shards, request.leader_id,
+            context.time_remaining(),
+        ))
+        return pb.ComputeReply(shards_sent=sent)
+
+    async def Reduce(
+        self, request_iterator: AsyncIterator[pb.Partial], context: Context
+    ) -> pb.ReduceReply:
+        count = await answer(context, self.node.reduce(_partials(request_iterator)))
+        return pb.ReduceReply(accepted=count.accepted, dropped=count.dropped)
+
+    async def Progress(self, request: pb.ProgressRequest, context: Context) -> pb.ProgressReply:
+        progress = await answer(context, self.node.progress(request.job_id))
+        return pb.ProgressReply(
+            known=progress.known, shards_done=progress.shards_done, shards_total=progress.shards_total
+        )
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
+        return status_reply(await answer_now(context, self.node.status))
+
+
+async def _partials(messages: AsyncIterator[pb.Partial]) -> AsyncIterator[IncomingPartial]:
+    # numpy: loaded with the compute stack, after the election, not at start-up.
+    from node.wire.tensors import partial_from_proto
+
+    async for message in messages:
+        try:
+            state = partial_from_proto(message)
+        except ValueError as exc:
+            raise InvalidField("state", str(exc)) from None
+        yield IncomingPartial(message.job_id, message.shard, message.node_id, state)

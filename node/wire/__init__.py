@@ -1,0 +1,6 @@
+"""Protobuf <-> the core's types, shared by clients and servers.
+
+- jobs.py: `Job` <-> `JobSpec` (no numpy: a daemon relays before loading it).
+- tensors.py: numpy arrays and partial states <-> `Tensor` / `Partial`.
+- answers.py: Submit's reply without protobuf's copies, and the stubs that use it.
+"""
