@@ -77,7 +77,7 @@ RemoteCompute = Callable[[str, str, Job, list[ShardRange]], Coroutine[Any, Any, 
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark a cancelled RPC task's outcome as seen, so asyncio does not log it."""
+    """Mark an RPC task's outcome as seen, however it ended, so asyncio never logs it as lost."""
     if not task.cancelled():
         task.exception()
 
