@@ -89,7 +89,8 @@ async def run_submit(args: argparse.Namespace) -> int:
     progress = ProgressBar() if sys.stderr.isatty() and not args.json else None
     from node.client.async_client import AsyncClient
 
-    async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
+    size = {"max_message_bytes": args.max_message_bytes} if args.max_message_bytes else {}
+    async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls, **size) as client:
         try:
             answer = await client.submit(
                 op=args.op, source=args.source, map=args.map, axis=args.axis,

@@ -117,6 +117,8 @@ def _add_submit(commands: Any) -> None:
     submit.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
                         help=f"give up after S seconds, retries included (default {DEFAULT_TIMEOUT_S:g})")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
+    submit.add_argument("--max-message-bytes", type=_positive_int, default=None, metavar="N",
+                        help="largest answer to accept (default 64 MiB, as the nodes' own limit)")
     _add_tls_options(submit, server=False)
 
 

@@ -127,7 +127,7 @@ def test_submit_to_a_follower(cluster: LocalCluster) -> None:
 
 
 def test_vector_answer_relayed_by_a_follower(tmp_path: Any) -> None:
-    """A follower passes the leader's answer bytes through (answerwire's relay)."""
+    """A follower passes the leader's answer bytes through (node/wire/answers.py's relay)."""
     import numpy as np
 
     matrix = np.random.default_rng(5).random((4, 50_000))
@@ -179,6 +179,14 @@ def test_cli_bad_jobs_then_a_good_one(cluster: LocalCluster, tmp_path: Any) -> N
     assert answer["result"] == 499999500000 and answer["leader"] == cluster.leader()
     plain = run_cli("submit", "--cluster", addresses, "--op", "max", "--source", "values:3,9,2")
     assert plain.returncode == 0 and plain.stdout == "9\n"
+    # --max-message-bytes bounds the answer this client accepts: a scalar fits in 256 bytes,
+    # 1,000 histogram counts (8,000 bytes) do not.
+    small = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", "range:n=100",
+                    "--max-message-bytes", "256")
+    assert small.returncode == 0 and small.stdout == "4950\n", small.stderr
+    too_big = run_cli("submit", "--cluster", addresses, "--op", "histogram", "--source", "range:n=100",
+                      "--bins", "1000", "--range", "0:100", "--max-message-bytes", "256")
+    assert too_big.returncode == 1 and "RESOURCE_EXHAUSTED" in too_big.stderr, too_big.stderr
     status = run_cli("status", "--cluster", addresses, "--json")
     view = json.loads(status.stdout)
     assert list(view) == ["leader", "term", "nodes"] and view["leader"] == cluster.leader()
@@ -197,14 +205,14 @@ def test_children_never_outlive_the_harness(tmp_path: Any) -> None:
         "print(' '.join(str(c.pid(n)) for n in c.ids), flush=True)\n"
         "sys.stdin.read()\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 2
-    finally:
-        parent.kill()
-        parent.wait()
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as parent:
+        try:
+            assert parent.stdout is not None
+            pids = [int(p) for p in parent.stdout.readline().split()]
+            assert len(pids) == 2
+        finally:
+            parent.kill()
 
     def gone(pid: int) -> bool:
         try:
@@ -219,21 +227,20 @@ def test_children_never_outlive_the_harness(tmp_path: Any) -> None:
 
 
 def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c() -> None:
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "cli", "local", "--nodes", "2", "--heartbeat-ms", "30", "--election-ms", "150-300"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(3)]
-        assert lines[0].startswith("n1 127.0.0.1:") and lines[1].startswith("n2 127.0.0.1:")
-        assert lines[2].startswith("leader n")
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    ) as process:
+        try:
+            assert process.stdout is not None
+            lines = [process.stdout.readline() for _ in range(3)]
+            assert lines[0].startswith("n1 127.0.0.1:") and lines[1].startswith("n2 127.0.0.1:")
+            assert lines[2].startswith("leader n")
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def test_submit_shows_a_progress_bar_on_a_terminal_only(cluster: LocalCluster) -> None:

@@ -111,7 +111,7 @@ def test_status_of_unreachable_cluster_exits_3(capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(("flags", "udp"), [([], True), (["--no-udp-heartbeats"], False)])
 def test_udp_heartbeats_flag(flags: list[str], udp: bool, tmp_path: Path) -> None:
     from cli.commands import config_from_args
-    from cli.main import build_parser
+    from cli.parser import build_parser
 
     args = build_parser().parse_args(
         ["start", "--id", "n1", "--listen", "127.0.0.1:5001", "--peers", "127.0.0.1:5002",

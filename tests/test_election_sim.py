@@ -92,11 +92,11 @@ def survivors_elect_after(seed: int, n: int, max_delay: int) -> int:
 
 @pytest.mark.parametrize(("n", "max_delay"), [(3, 0), (3, 1), (5, 0), (5, 1)])
 def test_survivors_of_a_dead_leader_rarely_split_the_vote(n: int, max_delay: int) -> None:
-    """A split vote among the survivors costs a second election timeout. With
-    Raft's randomized timeouts alone 2-7 % of these failovers needed one (14
-    to 41 of these 600 seeds); a follower waiting after it grants a pre-vote,
-    and the larger id going on when two pre-candidates start together, leave
-    at most one."""
+    """A split vote among the survivors costs a second election timeout. Raft's
+    randomized timeouts alone leave a few percent of failovers needing one; a
+    follower waiting after it grants a pre-vote, and the larger id going on
+    when two pre-candidates start together (node/core/election.py), leave at
+    most one in these 600 seeds."""
     # One round: the last heartbeat up to 5 ticks before the crash, the longest
     # timeout, then pre-vote and vote there and back, one tick of tick order.
     one_round = 5 + 50 + 4 * (1 + max_delay) + 1

@@ -421,7 +421,7 @@ def test_restart_waits_for_the_new_incarnation() -> None:
 def test_worker_paused_mid_job_its_shards_move_promptly() -> None:
     """A worker stopped mid-batch is declared dead by the failure detector while
     its Compute RPC hangs: the leader must cancel that RPC and requeue the batch
-    at once, not wait for the RPC (chaos seed 99 found a job stuck for 20 s)."""
+    at once, not wait for the RPC, which would hold the job for its whole timeout."""
     with LocalCluster(nodes=3, shard_elems=1 << 18, link_faults=True, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
         leader = cluster.leader()
         worker = next(n for n in cluster.ids if n != leader)

@@ -1,9 +1,10 @@
 """Hostile input: random messages at every RPC, raw non-protobuf bytes, random CLI lines.
 
-A real daemon process (LocalCluster) takes the abuse; after each batch it must
-still be alive, answer a good job, and every reply must have been a proper
-status: never UNKNOWN (an unhandled exception) and never a hang (every call
-has a deadline; DEADLINE_EXCEEDED counts as a hang). Derandomized, so CI runs
+A real daemon process (LocalCluster) takes the abuse; every reply must be a
+proper status, never UNKNOWN (an unhandled exception) and never a hang (every
+call has a deadline; DEADLINE_EXCEEDED counts as a hang), and after its cases
+each test checks that the node is still alive, answers a good job and has
+logged no traceback. Each test stands alone: any one, in any order. Derandomized, so CI runs
 the same cases every time; `FUZZ_EXAMPLES` raises the count for a long run.
 """
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.process
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 CALL_TIMEOUT_S = 10.0
 #: Codes a correct server may answer with to garbage. UNKNOWN means an
@@ -116,73 +117,95 @@ def partials(draw: Any) -> Any:
     return message
 
 
-# -- one test per RPC ------------------------------------------------------------
-
-@FUZZ
-@given(spec=job_specs(), forwarded=st.booleans())
-def test_fuzz_submit(cluster: LocalCluster, channel: Any, spec: Any, forwarded: bool) -> None:
-    check(pb_grpc.NodeStub(channel).Submit, pb.SubmitRequest(job=spec, forwarded=forwarded), "Submit")
+# -- one test per RPC: each runs its cases, then checks the node is still serving -----
 
 
-@FUZZ
-@given(spec=job_specs(), shards=st.lists(st.tuples(u32, u64, u64), max_size=4), leader=st.sampled_from(["n1", "x", ""]))
-def test_fuzz_compute(cluster: LocalCluster, channel: Any, spec: Any, shards: Any, leader: str) -> None:
-    request = pb.ComputeRequest(
-        job=spec, shards=[pb.Shard(index=i, start=a, stop=b) for i, a, b in shards],
-        reduce_to=cluster.addresses[0], leader_id=leader,
-    )
-    check(pb_grpc.NodeStub(channel).Compute, request, "Compute")
+def test_fuzz_submit(cluster: LocalCluster, channel: Any) -> None:
+    @FUZZ
+    @given(spec=job_specs(), forwarded=st.booleans())
+    def case(spec: Any, forwarded: bool) -> None:
+        check(pb_grpc.NodeStub(channel).Submit, pb.SubmitRequest(job=spec, forwarded=forwarded), "Submit")
+
+    case()
+    still_serving(cluster)
 
 
-@FUZZ
-@given(messages=st.lists(partials(), max_size=4))
-def test_fuzz_reduce(cluster: LocalCluster, channel: Any, messages: list[Any]) -> None:
-    TALLY["Reduce"] += 1
-    try:
-        pb_grpc.NodeStub(channel).Reduce(iter(messages), timeout=CALL_TIMEOUT_S)
-    except grpc.RpcError as exc:
-        assert exc.code() not in BAD_CODES, exc.details()
+def test_fuzz_compute(cluster: LocalCluster, channel: Any) -> None:
+    @FUZZ
+    @given(spec=job_specs(), shards=st.lists(st.tuples(u32, u64, u64), max_size=4),
+           leader=st.sampled_from(["n1", "x", ""]))
+    def case(spec: Any, shards: Any, leader: str) -> None:
+        request = pb.ComputeRequest(
+            job=spec, shards=[pb.Shard(index=i, start=a, stop=b) for i, a, b in shards],
+            reduce_to=cluster.addresses[0], leader_id=leader,
+        )
+        check(pb_grpc.NodeStub(channel).Compute, request, "Compute")
+
+    case()
+    still_serving(cluster)
 
 
-@FUZZ
-@given(term=u64, candidate=st.sampled_from(["n1", "x", ""]), pre_vote=st.booleans(),
-       leader_address=texts)
-def test_fuzz_election_rpcs(cluster: LocalCluster, channel: Any, term: int, candidate: str,
-                            pre_vote: bool, leader_address: str) -> None:
-    stub = pb_grpc.NodeStub(channel)
-    check(stub.RequestVote, pb.VoteRequest(term=term, candidate_id=candidate, pre_vote=pre_vote), "RequestVote")
-    TALLY["Heartbeat"] += 1
-    request = pb.HeartbeatRequest(term=term, leader_id=candidate, leader_address=leader_address)
-    try:
-        list(stub.Heartbeat(iter([request, request]), timeout=CALL_TIMEOUT_S))
-    except grpc.RpcError as exc:
-        assert exc.code() not in BAD_CODES, f"Heartbeat: {exc.code()} {exc.details()}"
+def test_fuzz_reduce(cluster: LocalCluster, channel: Any) -> None:
+    @FUZZ
+    @given(messages=st.lists(partials(), max_size=4))
+    def case(messages: list[Any]) -> None:
+        TALLY["Reduce"] += 1
+        try:
+            pb_grpc.NodeStub(channel).Reduce(iter(messages), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            assert exc.code() not in BAD_CODES, exc.details()
+
+    case()
+    still_serving(cluster)
 
 
-@FUZZ
-@given(job_id=texts)
-def test_fuzz_progress_and_status(cluster: LocalCluster, channel: Any, job_id: str) -> None:
-    stub = pb_grpc.NodeStub(channel)
-    check(stub.Progress, pb.ProgressRequest(job_id=job_id), "Progress")
-    check(stub.Status, pb.StatusRequest(), "Status")
+def test_fuzz_election_rpcs(cluster: LocalCluster, channel: Any) -> None:
+    @FUZZ
+    @given(term=u64, candidate=st.sampled_from(["n1", "x", ""]), pre_vote=st.booleans(), leader_address=texts)
+    def case(term: int, candidate: str, pre_vote: bool, leader_address: str) -> None:
+        stub = pb_grpc.NodeStub(channel)
+        check(stub.RequestVote, pb.VoteRequest(term=term, candidate_id=candidate, pre_vote=pre_vote),
+              "RequestVote")
+        TALLY["Heartbeat"] += 1
+        request = pb.HeartbeatRequest(term=term, leader_id=candidate, leader_address=leader_address)
+        try:
+            list(stub.Heartbeat(iter([request, request]), timeout=CALL_TIMEOUT_S))
+        except grpc.RpcError as exc:
+            assert exc.code() not in BAD_CODES, f"Heartbeat: {exc.code()} {exc.details()}"
+
+    case()
+    still_serving(cluster)
+
+
+def test_fuzz_progress_and_status(cluster: LocalCluster, channel: Any) -> None:
+    @FUZZ
+    @given(job_id=texts)
+    def case(job_id: str) -> None:
+        stub = pb_grpc.NodeStub(channel)
+        check(stub.Progress, pb.ProgressRequest(job_id=job_id), "Progress")
+        check(stub.Status, pb.StatusRequest(), "Status")
+
+    case()
+    still_serving(cluster)
 
 
 METHODS = ["RequestVote", "Submit", "Compute", "Progress", "Status"]
 
 
-@FUZZ
-@given(method=st.sampled_from(METHODS), payload=st.binary(max_size=256))
-def test_fuzz_raw_bytes(cluster: LocalCluster, channel: Any, method: str, payload: bytes) -> None:
+def test_fuzz_raw_bytes(cluster: LocalCluster, channel: Any) -> None:
     """Bytes that are mostly not valid protobuf, straight onto the wire."""
-    call = channel.unary_unary(f"/distnode.v1.Node/{method}")  # no serializer: raw bytes
-    TALLY["raw-bytes"] += 1
-    try:
-        call(payload, timeout=CALL_TIMEOUT_S)
-    except grpc.RpcError as exc:
-        assert exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} hung on {payload!r}"
 
+    @FUZZ
+    @given(method=st.sampled_from(METHODS), payload=st.binary(max_size=256))
+    def case(method: str, payload: bytes) -> None:
+        call = channel.unary_unary(f"/distnode.v1.Node/{method}")  # no serializer: raw bytes
+        TALLY["raw-bytes"] += 1
+        try:
+            call(payload, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            assert exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} hung on {payload!r}"
 
-def test_node_survived_the_rpc_fuzzing(cluster: LocalCluster) -> None:
+    case()
     still_serving(cluster)
 
 
@@ -194,23 +217,24 @@ CLI_WORDS = [
 ]
 
 
-@FUZZ
-@given(words=st.lists(st.one_of(st.sampled_from(CLI_WORDS), st.text(max_size=12)), max_size=10),
-       command=st.sampled_from(["submit", "status"]))
-def test_fuzz_cli(cluster: LocalCluster, words: list[str], command: str) -> None:
+def test_fuzz_cli(cluster: LocalCluster) -> None:
     """Random argument lists: exit 0-3 with a message, never a traceback, never a hang."""
-    TALLY["cli"] += 1
-    # Every fuzzed line talks to the fuzz node only, and quickly.
-    argv = [command, "--cluster", cluster.addresses[0], "--timeout", "3", *words]
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = cli_main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 2
-    assert code in (0, 1, 2, 3), (argv, code)
-    assert "Traceback" not in err.getvalue(), (argv, err.getvalue())
 
+    @FUZZ
+    @given(words=st.lists(st.one_of(st.sampled_from(CLI_WORDS), st.text(max_size=12)), max_size=10),
+           command=st.sampled_from(["submit", "status"]))
+    def case(words: list[str], command: str) -> None:
+        TALLY["cli"] += 1
+        # Every fuzzed line talks to the fuzz node only, and quickly.
+        argv = [command, "--cluster", cluster.addresses[0], "--timeout", "3", *words]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = cli_main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 2
+        assert code in (0, 1, 2, 3), (argv, code)
+        assert "Traceback" not in err.getvalue(), (argv, err.getvalue())
 
-def test_node_survived_the_cli_fuzzing(cluster: LocalCluster) -> None:
+    case()
     still_serving(cluster)

@@ -28,6 +28,25 @@ async def test_message_size_limit(start_cluster: StartCluster) -> None:
         assert (await client.submit(op="sum", source="values:1,2")).result == 3
 
 
+async def test_one_message_size_setting_reaches_server_peers_and_clients(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    """--max-message-bytes sets the server's limit and the node's own channels to its
+    peers; a client's `max_message_bytes` bounds what it accepts."""
+    limit = 1 << 20
+    cluster = await start_cluster(2, limits=Limits(max_message_bytes=limit))
+    for daemon in cluster.daemons:
+        options = dict(daemon.stubs.factory.options())
+        assert options["grpc.max_receive_message_length"] == limit
+        assert options["grpc.max_send_message_length"] == limit
+    np.save(tmp_path / "wide.npy", np.ones((2, 1000)))  # an 8,000-byte answer
+    async with AsyncClient(cluster.addresses, max_message_bytes=4096) as client:
+        with pytest.raises(JobError, match="RESOURCE_EXHAUSTED"):
+            await client.submit(op="sum", source="npy:wide.npy", axis=0)
+    async with AsyncClient(cluster.addresses) as client:
+        assert (await client.submit(op="sum", source="npy:wide.npy", axis=0)).result == [2.0] * 1000
+
+
 async def test_vector_limit(start_cluster: StartCluster, tmp_path: Path) -> None:
     np.save(tmp_path / "wide.npy", np.ones((2, 100)))
     cluster = await start_cluster(1, limits=Limits(max_vector=50))

@@ -1,6 +1,6 @@
 """Submit's hand-made encoding must be protobuf's, both ways, for any answer.
 
-`answerwire` writes the result's bytes straight from the array and reads them
+`node.wire.answers` writes the result's bytes straight from the array and reads them
 back as a view of the received buffer; these tests hold it to what protobuf
 itself writes and reads, on random replies and on random bytes.
 """

@@ -18,7 +18,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 
@@ -37,7 +36,9 @@ from node.client.retry import (
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
-from node.wire.answers import NodeStub
+from node.wire.answers import NodeStub, SubmitAnswer
+
+SubmitCall = grpc.aio.UnaryUnaryCall[pb.SubmitRequest, SubmitAnswer]
 
 
 @dataclass
@@ -51,9 +52,9 @@ class Seen:
 class _Flight:
     """One AsyncClient attempt in flight, as its sweeper sees it."""
 
-    stub: Any
+    stub: NodeStub
     job_id: str
-    call: Any
+    call: SubmitCall
     on_progress: ProgressCallback | None
     started_s: float
     seen: Seen = field(default_factory=Seen)
@@ -132,8 +133,8 @@ class AsyncClient:
         raise plan.out_of_time()
 
     async def _attempt(
-        self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
-    ) -> Any:
+        self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None
+    ) -> SubmitAnswer:
         """One Submit to one node. A watchdog starts probing only if the job runs long.
 
         Most jobs answer in about a millisecond, so the fast path is a bare
@@ -183,7 +184,7 @@ class AsyncClient:
                 self._sweeper = None
 
     async def _watch(
-        self, stub: Any, job_id: str, call: Any, on_progress: ProgressCallback | None, seen: Seen
+        self, stub: NodeStub, job_id: str, call: SubmitCall, on_progress: ProgressCallback | None, seen: Seen
     ) -> AttemptFailed:
         """Probe the node every PROBE_INTERVAL_S; cancel `call` once it misses PROBE_FAILURES."""
         failures = 0
@@ -197,7 +198,7 @@ class AsyncClient:
                     return AttemptFailed("node stopped answering progress probes", accepted=seen.known)
             await asyncio.sleep(PROBE_INTERVAL_S)
 
-    async def _probe(self, stub: Any, job_id: str, on_progress: ProgressCallback | None) -> bool:
+    async def _probe(self, stub: NodeStub, job_id: str, on_progress: ProgressCallback | None) -> bool:
         try:
             reply = await stub.Progress(pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S)
         except grpc.aio.AioRpcError:
@@ -222,7 +223,7 @@ class AsyncClient:
     async def status(self, timeout: float | None = None) -> ClusterStatus:
         """The leader's view of the cluster (or the best view available without one)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        views: list[Any] = []
+        views: list[pb.StatusReply] = []
         for address in self._nodes.order():
             reply = await self._status_of(address, deadline)
             if reply is None:
@@ -240,7 +241,7 @@ class AsyncClient:
             )
         return cluster_status(max(views, key=lambda v: v.term), leaderless=True)
 
-    async def _status_of(self, address: str, deadline: float) -> Any:
+    async def _status_of(self, address: str, deadline: float) -> pb.StatusReply | None:
         remaining = min(2.0, deadline - time.monotonic())
         if remaining <= 0:
             return None

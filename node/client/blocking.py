@@ -39,7 +39,7 @@ from node.client.watchdog import Watch, Watchdog
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
-from node.wire.answers import BlockingNodeStub
+from node.wire.answers import BlockingNodeStub, SubmitAnswer
 
 T = TypeVar("T")
 
@@ -105,8 +105,8 @@ class Client:
         raise plan.out_of_time()
 
     def _attempt(
-        self, address: str, request: Any, remaining: float, on_progress: ProgressCallback | None
-    ) -> Any:
+        self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None
+    ) -> SubmitAnswer:
         stub, channel = self._stub_and_channel(address)
         # watch() raises ClusterUnavailable if close() ran in another thread meanwhile.
         with self._watchdog.watch(address, request.job.job_id, on_progress, channel) as watch:
@@ -140,7 +140,7 @@ class Client:
                 self._stubs.pop(watch.address, None)
         watch.channel.close()
 
-    def _stub(self, address: str) -> Any:
+    def _stub(self, address: str) -> BlockingNodeStub:
         return self._stub_and_channel(address)[0]
 
     def _stub_and_channel(self, address: str) -> tuple[BlockingNodeStub, grpc.Channel]:

@@ -140,7 +140,7 @@ class _Grant:
 
 
 #: Steps a beat that passed every check; returns the reply to send back.
-OnBeat = Callable[[Any], Any]
+OnBeat = Callable[[pb.HeartbeatRequest], pb.HeartbeatReply]
 
 
 class BeaconListener(_Endpoint):
@@ -199,7 +199,7 @@ async def listen(listen_address: str, port: int, on_beat: OnBeat) -> BeaconListe
 # -- leader side ----------------------------------------------------------
 
 #: Called with each reply that passed every check.
-OnReply = Callable[[Any], None]
+OnReply = Callable[[pb.HeartbeatReply], None]
 
 
 class BeaconSender(_Endpoint):
@@ -219,7 +219,7 @@ class BeaconSender(_Endpoint):
         """True when the last datagram sent has been answered."""
         return self.sent_seq > 0 and self.answered_seq == self.sent_seq
 
-    def send(self, seq: int, beat: Any) -> None:
+    def send(self, seq: int, beat: pb.HeartbeatRequest) -> None:
         if self._transport is None:
             return
         beat.seq = seq

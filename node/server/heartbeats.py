@@ -20,10 +20,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 
+from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.server import beacons
 from node.server.beacons import BeaconSender
@@ -31,7 +31,8 @@ from node.server.beacons import BeaconSender
 log = logging.getLogger("distnode.heartbeats")
 
 #: Called with (peer address, reply) for every reply that arrives.
-OnReply = Callable[[str, Any], None]
+OnReply = Callable[[str, pb.HeartbeatReply], None]
+Stream = grpc.aio.StreamStreamCall[pb.HeartbeatRequest, pb.HeartbeatReply]
 
 
 class HeartbeatLink:
@@ -47,10 +48,10 @@ class HeartbeatLink:
         self.key = key
         self._beacon: BeaconSender | None = None
         self._connecting: asyncio.Task[None] | None = None
-        self._call: Any = None
+        self._call: Stream | None = None
         self._reader: asyncio.Task[None] | None = None
         #: The call whose write is still pending, if any (one write at a time per stream).
-        self._pending: Any = None
+        self._pending: Stream | None = None
         self._writers: set[asyncio.Task[None]] = set()
         #: When the oldest gRPC beat still unanswered was written.
         self._unanswered_since_s: float | None = None
@@ -64,7 +65,7 @@ class HeartbeatLink:
         """True while the follower answers every datagram (beats then skip gRPC)."""
         return self._beacon is not None and self._beacon.answering
 
-    def send(self, request: Any, seq: int = 0) -> None:
+    def send(self, request: pb.HeartbeatRequest, seq: int = 0) -> None:
         """Send one heartbeat (`request` without key or seq); returns at once."""
         on_udp = self.on_udp
         if on_udp and not self._logged_udp:
@@ -90,10 +91,10 @@ class HeartbeatLink:
         elif beacon is not None:
             beacon.close()  # closed while connecting
 
-    def _on_beacon_reply(self, reply: Any) -> None:
+    def _on_beacon_reply(self, reply: pb.HeartbeatReply) -> None:
         self.on_reply(self.address, reply)
 
-    def _send_grpc(self, request: Any) -> None:
+    def _send_grpc(self, request: pb.HeartbeatRequest) -> None:
         now = time.monotonic()
         since = self._unanswered_since_s
         if self._call is not None and since is not None and now - since > self.stale_s:
@@ -102,22 +103,22 @@ class HeartbeatLink:
             self.close_stream()  # unanswered for too long (even a write stuck): start over
         if self._call is not None and self._pending is self._call:
             return  # the previous beat has not left yet: the peer is not reading
-        if self._call is None:
-            self._open()
+        call = self._call if self._call is not None else self._open()
         if self._unanswered_since_s is None:
             self._unanswered_since_s = now
         self.sent_grpc += 1
-        self._pending = self._call
-        writer = asyncio.get_running_loop().create_task(self._write(self._call, request))
+        self._pending = call
+        writer = asyncio.get_running_loop().create_task(self._write(call, request))
         self._writers.add(writer)  # hold a reference: a collected pending task is lost
         writer.add_done_callback(self._writers.discard)
 
-    def _open(self) -> None:
-        self._call = self.stubs.stub(self.address).Heartbeat()
+    def _open(self) -> Stream:
+        call = self._call = self.stubs.stub(self.address).Heartbeat()
         self._unanswered_since_s = None  # a new stream is judged from its first write
-        self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+        self._reader = asyncio.get_running_loop().create_task(self._read(call))
+        return call
 
-    async def _write(self, call: Any, request: Any) -> None:
+    async def _write(self, call: Stream, request: pb.HeartbeatRequest) -> None:
         try:
             await call.write(request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
@@ -126,7 +127,7 @@ class HeartbeatLink:
             if self._pending is call:
                 self._pending = None
 
-    async def _read(self, call: Any) -> None:
+    async def _read(self, call: Stream) -> None:
         try:
             async for reply in call:
                 self._unanswered_since_s = None
@@ -136,7 +137,7 @@ class HeartbeatLink:
         finally:
             self._drop(call)
 
-    def _drop(self, call: Any) -> None:
+    def _drop(self, call: Stream) -> None:
         if self._call is call:
             self._call = None
             call.cancel()
@@ -181,7 +182,7 @@ class HeartbeatLinks:
     def link(self, address: str) -> HeartbeatLink | None:
         return self._links.get(address)
 
-    def send(self, address: str, request: Any) -> None:
+    def send(self, address: str, request: pb.HeartbeatRequest) -> None:
         link = self._links.get(address)
         if link is None:
             if self.udp and self._key is None:

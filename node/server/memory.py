@@ -16,8 +16,7 @@ threshold at 32 MiB, so shard-sized temporaries of a 2^23-element shard,
 64 MiB, are still fresh mappings each time). The cost is that a
 daemon keeps the memory of its biggest recent job resident (bounded by the
 trim threshold); it does not raise the idle footprint of a fresh daemon.
-Measured with `scripts/bench.py` (vector reduce) before and after; see the
-README's Performance section.
+The bench's vector reduce is the figure this serves (docs/benchmarks.md).
 
 Set DISTNODE_MALLOC=default to leave glibc alone. On other C libraries
 (musl, macOS) this does nothing. ctypes rather than the GLIBC_TUNABLES

@@ -1,7 +1,9 @@
-"""Translation between protobuf messages and the core's numpy/dataclass types.
+"""numpy arrays and partial states <-> protobuf `Tensor` and `Partial`.
 
-Only this module and the servicer know protobuf; compute.py and jobs.py see
-numpy arrays and `Job` dataclasses.
+The core computes on arrays and never sees protobuf; the worker sends its
+partials through here, the servicer reads them back, and the client turns an
+answer into Python numbers. Arrays cross the wire as little-endian raw bytes
+of a fixed-size numeric dtype, never pickled objects.
 """
 
 from __future__ import annotations
