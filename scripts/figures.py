@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -42,13 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cluster_timing import election_counts, last_listening_s, time_failovers
+from bench_peers.peerdata import percentile
+from benchlib.clients import SMALL_SOURCE, latencies_s
+from benchlib.data import fill_uniform
+from cluster_timing import election_counts, last_listening_s, time_failovers, timed_start
 
 from node import Client, LocalCluster
 
-SMALL_SOURCE = "range:n=1000"
 SMALL_WARMUP = 20
-BIG_CHUNK = 10**7
 
 
 def log(message: str) -> None:
@@ -59,13 +59,6 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 # -- figures ------------------------------------------------------------------
 
 
@@ -74,13 +67,10 @@ def measure_start(reps: int) -> dict[str, Any]:
     listening_s: list[float] = []
     elections: list[dict[str, int]] = []
     for rep in range(reps):
-        cluster = LocalCluster(nodes=3)
+        cluster, wall0_ns, start_s = timed_start(log, nodes=3)
         try:
-            wall0 = time.time_ns()
-            t0 = time.perf_counter()
-            cluster.start()
-            leader_s.append(time.perf_counter() - t0)
-            listening_s.append(last_listening_s(cluster, wall0))
+            leader_s.append(start_s)
+            listening_s.append(last_listening_s(cluster, wall0_ns))
             elections.append(election_counts(cluster))
         finally:
             cluster.close()
@@ -105,17 +95,7 @@ def measure_failover(kills: int) -> dict[str, Any]:
 
 def client_worker(cluster: str, jobs: int, warmup: int) -> None:
     """Child process: run the small job `warmup + jobs` times, print latencies (s) as JSON."""
-    latencies: list[float] = []
-    with Client(cluster.split(","), timeout=30.0) as client:
-        for i in range(warmup + jobs):
-            t0 = time.perf_counter()
-            answer = client.submit(op="sum", source=SMALL_SOURCE)
-            elapsed = time.perf_counter() - t0
-            if answer.result != 999 * 1000 // 2:
-                raise SystemExit(f"wrong answer {answer.result!r}")
-            if i >= warmup:
-                latencies.append(elapsed)
-    print(json.dumps({"latencies_s": latencies}), flush=True)
+    print(json.dumps({"latencies_s": latencies_s(cluster.split(","), jobs, warmup)}), flush=True)
 
 
 def measure_small(jobs: int) -> dict[str, Any]:
@@ -139,22 +119,12 @@ def measure_small(jobs: int) -> dict[str, Any]:
     }
 
 
-def make_npy(path: Path, n: int) -> None:
-    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n,))
-    rng = np.random.default_rng(0)
-    for start in range(0, n, BIG_CHUNK):
-        stop = min(n, start + BIG_CHUNK)
-        data[start:stop] = rng.random(stop - start)
-    data.flush()
-    del data
-
-
 def measure_big(n: int, reps: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="distnode-figures-"))
     try:
         path = tmp / "big.npy"
         t0 = time.perf_counter()
-        make_npy(path, n)
+        fill_uniform(path, n, np.random.default_rng(0))
         expected = float(np.sum(np.load(path, mmap_mode="r")))
         log(f"big: wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s, "
             f"np.sum = {expected!r}")

@@ -1,7 +1,10 @@
-"""`scripts/bench.py --quick` runs end to end and writes its table and JSON.
+"""`scripts/bench.py --quick` runs end to end and writes its table, JSON and page.
 
 No timing assertions: the numbers depend on the machine. Peers that are not
 installed (CI installs only `.[dev]`) must be skipped with a note, not fail.
+The page (`--markdown`) must be a function of the JSON: `--render-from` the
+JSON writes it again byte for byte, so docs/benchmarks.md can be trusted to
+show what the bench printed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "scripts" / "bench.py"
 FIGURES = {
     "big_sum", "big_square_sum", "small_p50", "small_p99", "throughput", "vector_reduce", "start",
     "failover_median", "failover_max", "kill_crossing", "idle_rss", "idle_cpu", "idle_cpu_grpc",
@@ -23,12 +27,12 @@ FIGURES = {
 
 @pytest.mark.process
 @pytest.mark.timeout(240)
-def test_bench_quick_writes_table_and_json(tmp_path: Path) -> None:
-    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+def test_bench_quick_writes_table_json_and_page(tmp_path: Path) -> None:
+    out_json, out_png, out_page = tmp_path / "bench.json", tmp_path / "bench.png", tmp_path / "page.md"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick",
-         "--json", str(out_json), "--png", str(out_png), "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=220, cwd=tmp_path, check=False,
+        [sys.executable, str(BENCH), "--quick", "--json", str(out_json), "--png", str(out_png),
+         "--markdown", str(out_page), "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=200, cwd=tmp_path, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
 
@@ -59,3 +63,23 @@ def test_bench_quick_writes_table_and_json(tmp_path: Path) -> None:
     assert out_png.exists() or any("chart skipped" in note for note in result["notes"])
     # The data dir given on the command line is kept only with --keep-data.
     assert not list((tmp_path / "data").glob("*.npy"))
+    # Each timed figure keeps its spread beside its median.
+    assert {"min_ms", "p25_ms", "p75_ms", "max_ms"} <= set(distnode["big"]["big_sum"])
+    assert distnode["big"]["big_sum"]["min_ms"] <= distnode["big"]["big_sum"]["median_ms"]
+
+    page = out_page.read_text()
+    assert table[0] in page and all(line in page for line in table), page
+    assert "## Machine" in page and f"{result['environment']['nproc']} CPUs" in page
+    assert "quick run" in page and "--render-from" in page
+    assert "## Spread of the timed figures" in page
+    assert ("](bench.png)" in page) == out_png.exists()
+
+    # The page is a function of the JSON alone: rebuilt elsewhere, it is the same bytes.
+    again = tmp_path / "again"
+    rebuilt = subprocess.run(
+        [sys.executable, str(BENCH), "--render-from", str(out_json),
+         "--markdown", str(again / "page.md"), "--png", str(again / "bench.png")],
+        capture_output=True, text=True, timeout=30, cwd=again.parent, check=False,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr[-4000:]
+    assert (again / "page.md").read_bytes() == out_page.read_bytes()

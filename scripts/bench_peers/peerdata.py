@@ -3,6 +3,10 @@
 Every peer opens the benchmark's `.npy` files as read-only memory maps and
 keeps them open across repetitions (one map per process, like distnode's
 per-node memmap cache), so no system pays for re-opening the file per rep.
+
+`summary` is also the bench's own (scripts/benchlib imports it as
+`bench_peers.peerdata`): every system's reps are summarised by one function.
+This module imports nothing but numpy, because Dask and Ray workers import it.
 """
 
 from __future__ import annotations
@@ -74,18 +78,24 @@ def timed(
     return samples, value
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, q in 0..100: always one of the measured values."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
 def summary(samples_s: list[float]) -> dict[str, Any]:
-    """Median and nearest-rank p99 in ms, with the raw samples."""
-    if not samples_s:
-        return {"samples_s": [], "median_ms": None, "p99_ms": None}
-    ordered = sorted(samples_s)
-    p99 = ordered[max(1, math.ceil(0.99 * len(ordered))) - 1]
-    return {
-        "samples_s": samples_s,
-        "median_ms": statistics.median(samples_s) * 1000,
-        "p99_ms": p99 * 1000,
-        "n": len(samples_s),
-    }
+    """Median and nearest-rank p99 in ms, the spread (min, p25, p75, max in ms)
+    and the raw samples; None for each figure when there are no samples."""
+    figures_ms: dict[str, float | None] = dict.fromkeys(
+        ("median_ms", "p99_ms", "min_ms", "p25_ms", "p75_ms", "max_ms"))
+    if samples_s:
+        figures_ms.update(
+            median_ms=statistics.median(samples_s) * 1000, p99_ms=percentile(samples_s, 99) * 1000,
+            min_ms=min(samples_s) * 1000, p25_ms=percentile(samples_s, 25) * 1000,
+            p75_ms=percentile(samples_s, 75) * 1000, max_ms=max(samples_s) * 1000,
+        )
+    return {"samples_s": samples_s, "n": len(samples_s), **figures_ms}
 
 
 def emit(payload: dict[str, Any]) -> None:

@@ -1,0 +1,25 @@
+"""The parts of scripts/bench.py, one job per module; bench.py's docstring is the method.
+
+- `data`: the run's parameters, the shared `.npy` files and their known answers, the machine.
+- `loadwatch`: how busy the rest of the machine is, per phase; waiting for quiet.
+- `peers`: running MPI, Dask, Ray and numpy, each in its own process.
+- `clients`: the separate client process (small jobs, throughput).
+- `cluster_phases`: the figures measured on one 3-node distnode cluster.
+- `fresh_phases`: the figures that need fresh clusters (start, idle on gRPC, 16 nodes).
+- `rows`: the JSON read back as the table's rows.
+- `report`: targets, the table and the notes under it.
+- `page`: docs/benchmarks.md; `chart`: the PNG.
+
+Everything after the measuring (rows, table, notes, page, chart) reads only
+the JSON, so `--render-from` rebuilds the page without measuring.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so stdout holds only the table and its notes."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,233 @@
+"""The distnode figures measured on one 3-node cluster: idle, small jobs, throughput, big jobs,
+a big job crossing a leader kill, failover.
+
+They share a cluster because starting one costs a second and they do not
+disturb each other in this order: idle first (nothing has run but one small
+job), the kills last (each restarts the killed node and waits until all are
+alive again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_peers.peerdata import summary
+from cluster_timing import SETTLE_S, election_counts, started_cluster, time_failovers
+
+from benchlib import log
+from benchlib.clients import SMALL_SOURCE, client_process
+from benchlib.data import Data, Params, close_enough
+from benchlib.loadwatch import LoadWatch
+from node import Client, LocalCluster
+
+#: The big job's own deadline: a full-size job crossing a kill takes seconds, not minutes.
+BIG_JOB_TIMEOUT_S = 300.0
+
+
+def record(out: dict[str, Any], errors: dict[str, str], name: str, step: Callable[[], Any]) -> None:
+    """`out[name] = step()`; a failure goes to `errors` and the run goes on with the next figure."""
+    try:
+        out[name] = step()
+    except Exception as exc:
+        errors[f"distnode.{name}"] = f"{type(exc).__name__}: {exc}"[:4000]
+        log(f"distnode {name} failed: {exc!r}")
+
+
+def measure_main_cluster(
+    data: Data, p: Params, out: dict[str, Any], errors: dict[str, str], watch: LoadWatch
+) -> None:
+    """Everything that runs on one 3-node cluster, in an order that keeps each figure clean."""
+    # The daemons read npy: files only under their --data-root.
+    with contextlib.closing(started_cluster(log, nodes=3, data_root=data.big.parent)) as cluster:
+        cluster.wait_all_alive(timeout_s=30.0)
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("idle", lambda: measure_idle(cluster, p.idle_s)),
+            ("small", lambda: small_jobs(cluster, p.small_jobs, p.small_warmup)),
+            ("throughput", lambda: client_process(
+                cluster, "throughput", seconds=p.throughput_s, inflight=p.inflight)),
+            ("big", lambda: measure_big(cluster, data, p)),
+            ("kill_crossing", lambda: measure_kill_crossing(cluster, data, p.kill_pairs)),
+            ("failover", lambda: measure_failover(cluster, p.kills)),
+        ]
+        for name, step in steps:
+            watch.enter(f"distnode: {name}")
+            record(out, errors, name, when_all_alive(cluster, step))
+        out["elections_main"] = election_counts(cluster)
+
+
+def when_all_alive(cluster: LocalCluster, step: Callable[[], Any]) -> Callable[[], Any]:
+    """`step`, started only once every node is alive: a figure never begins on a node still restarting."""
+    def run() -> Any:
+        cluster.wait_all_alive(timeout_s=30.0)
+        return step()
+
+    return run
+
+
+# -- idle -------------------------------------------------------------------------
+
+
+def proc_sample(pid: int) -> tuple[float, int, int]:
+    """(cpu seconds, VmRSS bytes, RssAnon bytes) of a process, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = anon = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+        elif line.startswith("RssAnon:"):
+            anon = int(line.split()[1]) * 1024
+    return cpu, rss, anon
+
+
+def run_time_s(pid: int) -> float | None:
+    """CPU time of a process's live threads in nanoseconds' precision (schedstat), None if unknown.
+
+    utime+stime count whole clock ticks (10 ms): over an idle window of 30 s
+    that is a 0.03 % grain, and a ~1 % figure deserves better.
+    """
+    try:
+        return sum(int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+                   for tid in os.listdir(f"/proc/{pid}/task")) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def measure_idle(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
+    """RSS and CPU of each daemon over `seconds` of doing nothing after one small job; max over nodes."""
+    cluster.client.submit(op="sum", source=SMALL_SOURCE)
+    time.sleep(1.0)
+    pids = {nid: pid for nid in cluster.ids if (pid := cluster.pid(nid))}
+    before = {nid: (proc_sample(pid)[0], run_time_s(pid)) for nid, pid in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    wall_s = time.monotonic() - t0
+    nodes = {}
+    for nid, pid in pids.items():
+        cpu_s, rss, anon = proc_sample(pid)
+        (cpu0_s, run0_s), run1_s = before[nid], run_time_s(pid)
+        ticks_pct = (cpu_s - cpu0_s) / wall_s * 100
+        cpu_pct = ticks_pct if run0_s is None or run1_s is None else (run1_s - run0_s) / wall_s * 100
+        nodes[nid] = {"cpu_pct": cpu_pct, "cpu_pct_ticks": ticks_pct,
+                      "rss_mb": rss / 2**20, "rss_anon_mb": anon / 2**20}
+    return {
+        "seconds": wall_s, "nodes": nodes, "leader": cluster.leader(),
+        "rss_mb": max(v["rss_mb"] for v in nodes.values()),
+        "cpu_pct": max(v["cpu_pct"] for v in nodes.values()),
+    }
+
+
+# -- jobs -------------------------------------------------------------------------
+
+
+def small_jobs(cluster: LocalCluster, jobs: int, warmup: int) -> dict[str, Any]:
+    latencies = client_process(cluster, "latency", jobs=jobs, warmup=warmup)["latencies_s"]
+    return summary(latencies)
+
+
+def timed_jobs(
+    client: Client, p: Params, keep: Callable[[Any], Any] = float, **job: Any
+) -> tuple[list[float], list[Any]]:
+    """Client wall time per job, and `keep(answer.array)` of each answer.
+
+    `keep` runs after the clock stops and should return something small (a
+    float, a correctness flag): like the peers' runners, which keep one float
+    per rep, the bench holds no answer array across reps.
+    """
+    samples, kept = [], []
+    for rep in range(p.warmup + p.reps):
+        t0 = time.perf_counter()
+        answer = client.submit(**job)
+        elapsed = time.perf_counter() - t0
+        kept.append(keep(answer.array))
+        del answer
+        if rep >= p.warmup:
+            samples.append(elapsed)
+    return samples, kept
+
+
+def measure_big(cluster: LocalCluster, data: Data, p: Params) -> dict[str, Any]:
+    """Big sum, square-then-sum and the vector reduce, each answer checked against numpy's."""
+    out: dict[str, Any] = {}
+    big = f"npy:{data.big}"
+
+    def vector_check(array: Any) -> tuple[bool, float]:
+        return bool(np.allclose(array, data.expected_vec, rtol=1e-12, atol=1e-9)), float(array[0])
+
+    with Client(cluster.addresses, timeout=BIG_JOB_TIMEOUT_S) as client:
+        samples, results = timed_jobs(client, p, op="sum", source=big)
+        out["big_sum"] = {**summary(samples), "result": float(results[-1]),
+                          "correct": all(close_enough(r, data.expected_sum) for r in results),
+                          "bit_identical": len({float(r).hex() for r in results}) == 1}
+        samples, results = timed_jobs(client, p, op="sum", source=big, map="square")
+        out["big_square_sum"] = {**summary(samples), "result": float(results[-1]),
+                                 "correct": all(close_enough(r, data.expected_square_sum) for r in results)}
+        samples, results = timed_jobs(client, p, vector_check, op="sum", source=f"npy:{data.vec}", axis=0)
+        out["vector_reduce"] = {**summary(samples), "result_first": results[-1][1],
+                                "correct": all(ok for ok, _ in results)}
+    for key in ("big_sum", "big_square_sum", "vector_reduce"):
+        log(f"distnode {key}: median {out[key]['median_ms']:.1f} ms, correct {out[key]['correct']}")
+    return out
+
+
+# -- faults -----------------------------------------------------------------------
+
+
+def measure_kill_crossing(cluster: LocalCluster, data: Data, pairs: int) -> dict[str, Any]:
+    """`pairs` times: the big sum clean, then again with the leader killed once a shard is merged."""
+    with Client(cluster.addresses, timeout=BIG_JOB_TIMEOUT_S) as client:
+        runs = [kill_pair(cluster, client, f"npy:{data.big}", pair, pairs) for pair in range(pairs)]
+    # A kill after the last shard was merged crosses nothing: only mid-job kills are the figure.
+    crossed = [run for run in runs if run["landed_mid_job"]]
+    clean_s, kill_s = [run["clean_s"] for run in crossed], [run["kill_s"] for run in crossed]
+    correct = all(run["bit_identical"] and close_enough(run["result"], data.expected_sum) for run in runs)
+    result: dict[str, Any] = {"runs": runs, "correct": correct}
+    if not kill_s:
+        result["note"] = "no kill landed mid-job (the job was merged before the kill); no figure"
+        return result
+    result.update(clean_median_ms=statistics.median(clean_s) * 1000,
+                  kill_median_ms=statistics.median(kill_s) * 1000)
+    result["extra_ms"] = result["kill_median_ms"] - result["clean_median_ms"]
+    result.update(clean=summary(clean_s), crossing=summary(kill_s))
+    return result
+
+
+def kill_pair(cluster: LocalCluster, client: Client, source: str, pair: int, pairs: int) -> dict[str, Any]:
+    """One clean run, then one with a leader kill; the killed node is restarted afterwards."""
+    cluster.wait_all_alive(timeout_s=30.0)
+    time.sleep(SETTLE_S)
+    clean = client.submit(op="sum", source=source)
+    leader = cluster.leader()
+    try:
+        run = cluster.run_with_fault(
+            lambda: cluster.kill(leader), after_shards=1, client=client, timeout_s=BIG_JOB_TIMEOUT_S,
+            op="sum", source=source, job_id=f"bench-kill-{uuid.uuid4()}",
+        )
+    except Exception as exc:
+        raise RuntimeError(f"job across the kill failed: {exc!r}\n{cluster.logs()}") from exc
+    answer, killed = run.answer, run.fault_after_s is not None
+    same = float(answer.result).hex() == float(clean.result).hex()
+    log(f"kill crossing {pair + 1}/{pairs}: clean {clean.elapsed_ms:.0f} ms, with kill of "
+        f"{leader} at {(run.fault_after_s or 0) * 1000:.0f} ms: {run.elapsed_s * 1000:.0f} ms, "
+        f"retries {answer.retries}, bit-identical {same}, mid-job {run.landed_mid_job}")
+    if killed:
+        cluster.restart(leader)
+    return {"clean_s": clean.elapsed_ms / 1000, "kill_s": run.elapsed_s, "killed_at_s": run.fault_after_s,
+            "killed": leader if killed else None, "retries": answer.retries,
+            "new_leader": answer.leader, "bit_identical": same, "result": answer.result,
+            "landed_mid_job": run.landed_mid_job}
+
+
+def measure_failover(cluster: LocalCluster, kills: int) -> dict[str, Any]:
+    times_s = time_failovers(cluster, kills, log)
+    return {**summary(times_s), "max_ms": max(times_s) * 1000}
