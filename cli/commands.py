@@ -8,15 +8,19 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.exits import EXIT_OK, UsageError
+from cli.parser import CLUSTER_ENV
 from cli.render import ProgressBar, print_answer, print_json, print_status
 from node.addresses import parse_address, parse_addresses
 from node.core.limits import Limits
 from node.errors import ConfigError, SecurityError
 from node.security import TlsFiles, load_token
 from node.server.config import NodeConfig, default_data_dir, parse_range_ms
+
+if TYPE_CHECKING:
+    from node.testing.cluster import LocalCluster
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -85,6 +89,8 @@ def run_start(args: argparse.Namespace) -> int:
 
 
 async def run_submit(args: argparse.Namespace) -> int:
+    if args.op == "histogram" and (args.bins is None or args.range is None):
+        raise UsageError("histogram needs --bins N and --range LO:HI")
     token, tls = client_security(args)
     progress = ProgressBar() if sys.stderr.isatty() and not args.json else None
     from node.client.async_client import AsyncClient
@@ -150,21 +156,30 @@ def run_local(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
     signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
     with LocalCluster(
-        nodes=args.nodes, base_port=args.base_port, tls=args.tls, token=token, **options
+        nodes=args.nodes, base_port=args.base_port, tls=args.tls, token=token,
+        keep_logs=args.keep_logs, **options,
     ) as cluster:
-        cluster_arg = ",".join(cluster.addresses)
-        for node_id in cluster.ids:
-            print(f"{node_id} {cluster.address(node_id)}", flush=True)
-        print(f"leader {cluster.leader()}", flush=True)
-        print(f"logs in {cluster.workdir}", flush=True)
-        hint = f"distnode submit --cluster {cluster_arg} --op sum --source range:n=1e6"
-        if cluster.certs_dir is not None:
-            c = cluster.certs_dir
-            hint += f" --tls-ca {c}/ca.pem --tls-cert {c}/client.pem --tls-key {c}/client.key"
-        if token:
-            hint += " --token-file FILE"
-        print(f"try: {hint}", flush=True)
-        print("Ctrl-C stops the cluster.", flush=True)
+        _announce(cluster, args.cluster_file, token is not None)
         while not stop:
             time.sleep(0.1)
     return EXIT_OK
+
+
+def _announce(cluster: LocalCluster, cluster_file: Path | None, token: bool) -> None:
+    """What another shell needs to use the cluster: addresses, leader, logs, a first command."""
+    addresses = ",".join(cluster.addresses)
+    for node_id in cluster.ids:
+        print(f"{node_id} {cluster.address(node_id)}", flush=True)
+    print(f"leader {cluster.leader()}", flush=True)
+    print(f"logs in {cluster.workdir}", flush=True)
+    if cluster_file is not None:
+        cluster_file.write_text(addresses + "\n")
+        print(f"addresses in {cluster_file}: export {CLUSTER_ENV}=$(cat {cluster_file})", flush=True)
+    hint = f"distnode submit --cluster {addresses} --op sum --source range:n=1e6"
+    if cluster.certs_dir is not None:
+        c = cluster.certs_dir
+        hint += f" --tls-ca {c}/ca.pem --tls-cert {c}/client.pem --tls-key {c}/client.key"
+    if token:
+        hint += " --token-file FILE"
+    print(f"try: {hint}", flush=True)
+    print("Ctrl-C stops the cluster.", flush=True)

@@ -1,8 +1,11 @@
 """`distnode`: parse the arguments, run the command, turn errors into exit codes.
 
-Exit codes (DESIGN §1): 0 done, 1 job failed, 2 usage error or invalid job,
-3 cluster unreachable or no leader within --timeout. `main(argv)` returns the
-code, so tests call it directly; `entry()` is the console script.
+Exit codes (DESIGN §1): 0 done; 1 the job failed or a limit refused it;
+2 a usage error or a request the cluster refused as wrong (the caller's
+mistakes, node.errors.CallerError: a bad field, a missing or forbidden file,
+a reused job id, a missing or wrong token); 3 no node reachable, or no
+leader within --timeout. `main(argv)` returns the code, so tests call it
+directly; `entry()` is the console script.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from cli import commands
 from cli.exits import EXIT_JOB_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
 from cli.parser import build_parser
-from node.errors import ClusterUnavailable, InvalidJob, JobError
+from node.errors import CallerError, ClusterUnavailable, InvalidJob, JobError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"distnode {args.command}: error: {exc}\n")
     except InvalidJob as exc:
         return _fail(EXIT_USAGE, f"distnode {args.command}: invalid job: {exc}")
+    except CallerError as exc:
+        return _fail(EXIT_USAGE, f"distnode {args.command}: {exc}")
     except JobError as exc:
         return _fail(EXIT_JOB_FAILED, f"distnode {args.command}: job failed: {exc}")
     except ClusterUnavailable as exc:

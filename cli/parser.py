@@ -1,17 +1,27 @@
 """The command line's grammar: `build_parser()` and the flag types it checks.
 
-Values argparse cannot check alone (addresses, timing relations, files) are
-checked by `node` when the command runs and reported as usage errors too.
+Every flag's help names its unit and its default. Values argparse cannot
+check alone (addresses, timing relations, files) are checked by `node` when
+the command runs and reported as usage errors too.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 from pathlib import Path
 from typing import Any
 
 from node.client.retry import DEFAULT_TIMEOUT_S
-from node.core.job import KERNELS, OPS
+from node.core.job import KERNELS, OPS, SHARD_ELEMS
+from node.core.limits import MAX_MESSAGE_BYTES, Limits
+from node.server.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
+
+#: Where client commands find the cluster when --cluster is not given.
+CLUSTER_ENV = "DISTNODE_CLUSTER"
+STATUS_TIMEOUT_S = 5.0
+SOURCES = "range:n=N | random:n=N,seed=S[,dist=uniform|normal] | npy:PATH | values:1,2,3"
 
 
 def _positive_int(text: str) -> int:
@@ -45,10 +55,18 @@ def _value_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("distnode")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distnode", description="A self-healing peer-to-peer reduction cluster."
     )
+    parser.add_argument("--version", action="version", version=f"distnode {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_start(commands)
     _add_submit(commands)
@@ -61,92 +79,132 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_start(commands: Any) -> None:
     start = commands.add_parser("start", help="run one node in the foreground")
     start.add_argument("--id", required=True, help="this node's id, unique in the cluster")
-    start.add_argument("--listen", required=True, metavar="HOST:PORT")
-    start.add_argument("--peers", required=True, metavar="HOST:PORT[,...]",
-                       help="the other nodes (may be empty for a one-node cluster)")
-    start.add_argument("--data-dir", type=Path, help="where term and vote are kept (fsync)")
-    start.add_argument("--heartbeat-ms", type=_positive_int, default=None)
-    start.add_argument("--election-ms", metavar="MIN-MAX", default=None)
+    start.add_argument("--listen", required=True, metavar="HOST:PORT",
+                       help="where to serve gRPC (TCP) and take heartbeats (UDP, same port)")
+    start.add_argument("--peers", default="", metavar="HOST:PORT[,...]",
+                       help="the other nodes (default: none, a one-node cluster)")
+    start.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="where term and vote are kept, fsync'd "
+                            "(default: $XDG_STATE_HOME/distnode/ID-PORT, ~/.local/state without it)")
+    _add_timing(start)
     start.add_argument("--advertise", metavar="HOST:PORT", default="",
                        help="address others use to reach this node (default: --listen)")
-    start.add_argument("--data-root", type=Path, default=None,
-                       help="directory that relative npy: paths are resolved against")
-    start.add_argument("--shard-elems", type=_positive_int, default=None,
-                       help="elements per shard; keep it equal on every node")
+    start.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                       help="directory npy: paths are confined to (default: the working directory)")
+    start.add_argument("--shard-elems", type=_positive_int, default=None, metavar="N",
+                       help=f"elements per shard, the same on every node (default {SHARD_ELEMS:,})")
     _add_tls_options(start, server=True)
     start.add_argument("--insecure", action="store_true",
                        help="allow listening beyond loopback without TLS and a token")
     start.add_argument("--no-udp-heartbeats", dest="udp_heartbeats", action="store_false",
                        help="send every heartbeat on gRPC, none as a UDP datagram "
                             "(costs an idle node about three times the CPU)")
-    limits = start.add_argument_group("limits (RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED beyond them)")
-    limits.add_argument("--max-elements", type=_positive_int, default=None)
-    limits.add_argument("--max-inline-bytes", type=_positive_int, default=None)
-    limits.add_argument("--max-vector", type=_positive_int, default=None)
-    limits.add_argument("--max-jobs", type=_positive_int, default=None)
-    limits.add_argument("--max-jobs-per-client", type=_positive_int, default=None)
-    limits.add_argument("--max-message-bytes", type=_positive_int, default=None)
-    limits.add_argument("--job-timeout-s", type=_positive_float, default=None)
+    _add_limits(start)
     start.add_argument("--tick-ms", type=_positive_int, default=None, help=argparse.SUPPRESS)
     start.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _add_timing(parser: argparse.ArgumentParser) -> None:
+    lo, hi = DEFAULT_ELECTION_MS
+    parser.add_argument("--heartbeat-ms", type=_positive_int, default=None, metavar="MS",
+                        help=f"milliseconds between the leader's heartbeats (default {DEFAULT_HEARTBEAT_MS})")
+    parser.add_argument("--election-ms", metavar="MIN-MAX", default=None,
+                        help="milliseconds of silence before a follower campaigns, drawn from MIN-MAX; "
+                             f"one number N means N-2N; MIN >= 3 x --heartbeat-ms (default {lo}-{hi})")
+
+
+def _add_limits(start: argparse.ArgumentParser) -> None:
+    default = Limits()
+    limits = start.add_argument_group("limits (RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED beyond them)")
+    for flag, unit, value in (
+        ("--max-elements", "elements per job", f"{default.max_elements:.0e}"),
+        ("--max-inline-bytes", "bytes of a values: source", f"{default.max_inline_bytes:,}"),
+        ("--max-vector", "elements of an --axis 0 answer", f"{default.max_vector:.0e}"),
+        ("--max-jobs", "jobs running on the leader", f"{default.max_jobs}"),
+        ("--max-jobs-per-client", "jobs in flight per client connection", f"{default.max_jobs_per_client}"),
+        ("--max-message-bytes", "bytes of any gRPC message, also to peers", f"{default.max_message_bytes:,}"),
+    ):
+        limits.add_argument(flag, type=_positive_int, default=None, metavar="N",
+                            help=f"{unit} (default {value})")
+    limits.add_argument("--job-timeout-s", type=_positive_float, default=None, metavar="S",
+                        help=f"seconds one job may run (default {default.job_timeout_s:g})")
 
 
 def _add_tls_options(parser: argparse.ArgumentParser, server: bool) -> None:
     group = parser.add_argument_group("security")
     who = "this node's" if server else "the client's (for mutual TLS)"
-    group.add_argument("--tls-cert", type=Path, default=None, help=f"{who} certificate (PEM)")
-    group.add_argument("--tls-key", type=Path, default=None, help=f"{who} private key (PEM)")
-    group.add_argument("--tls-ca", type=Path, default=None,
+    group.add_argument("--tls-cert", type=Path, default=None, metavar="PEM", help=f"{who} certificate")
+    group.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help=f"{who} private key")
+    group.add_argument("--tls-ca", type=Path, default=None, metavar="PEM",
                        help="CA to trust" + ("; also requires client certificates (mTLS)" if server else ""))
-    group.add_argument("--token-file", type=Path, default=None,
-                       help="file holding the cluster token (default: $DISTNODE_TOKEN)")
+    group.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                       help="file holding the cluster token (default: $DISTNODE_TOKEN, or none)")
+
+
+def _add_cluster(parser: argparse.ArgumentParser) -> None:
+    from_env = os.environ.get(CLUSTER_ENV, "")
+    parser.add_argument(
+        "--cluster", default=from_env or None, required=not from_env, metavar="HOST:PORT[,...]",
+        help=f"any of the cluster's nodes (default: ${CLUSTER_ENV})",
+    )
 
 
 def _add_submit(commands: Any) -> None:
     submit = commands.add_parser("submit", help="run one job and print its answer")
-    submit.add_argument("--cluster", required=True, metavar="HOST:PORT[,...]")
+    _add_cluster(submit)
     submit.add_argument("--op", required=True, choices=OPS)
-    submit.add_argument("--source", required=True, metavar="SPEC",
-                        help="range:n=N | random:n=N,seed=S[,dist=uniform|normal] | npy:PATH | values:1,2,3")
+    submit.add_argument("--source", required=True, metavar="SPEC", help=SOURCES)
     submit.add_argument("--map", choices=KERNELS, default=None, metavar="KERNEL",
-                        help="one of: " + ", ".join(KERNELS))
-    submit.add_argument("--axis", type=int, choices=[0], default=None)
-    submit.add_argument("--bins", type=_positive_int, default=None)
-    submit.add_argument("--range", type=_value_range, default=None, metavar="LO:HI")
-    submit.add_argument("--job-id", default=None)
+                        help="applied to each element first, one of: " + ", ".join(KERNELS))
+    submit.add_argument("--axis", type=int, choices=[0], default=None,
+                        help="0: reduce the rows of 2-D data to a vector (default: everything to one value)")
+    submit.add_argument("--bins", type=_positive_int, default=None, metavar="N",
+                        help="histogram: number of bins (required for histogram)")
+    submit.add_argument("--range", type=_value_range, default=None, metavar="LO:HI",
+                        help="histogram: the bins' span (required for histogram)")
+    submit.add_argument("--job-id", default=None, metavar="ID",
+                        help="resubmitting an id returns its answer, never a second run (default: a UUID)")
     submit.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                        help=f"give up after S seconds, retries included (default {DEFAULT_TIMEOUT_S:g})")
+                        help=f"seconds for the whole job, retries included (default {DEFAULT_TIMEOUT_S:g})")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
     submit.add_argument("--max-message-bytes", type=_positive_int, default=None, metavar="N",
-                        help="largest answer to accept (default 64 MiB, as the nodes' own limit)")
+                        help=f"bytes of the largest answer to accept (default {MAX_MESSAGE_BYTES:,})")
     _add_tls_options(submit, server=False)
 
 
 def _add_status(commands: Any) -> None:
     status = commands.add_parser("status", help="show the leader and every node")
-    status.add_argument("--cluster", required=True, metavar="HOST:PORT[,...]")
-    status.add_argument("--timeout", type=_positive_float, default=5.0, metavar="S")
-    status.add_argument("--json", action="store_true")
+    _add_cluster(status)
+    status.add_argument("--timeout", type=_positive_float, default=STATUS_TIMEOUT_S, metavar="S",
+                        help=f"seconds to wait for an answer (default {STATUS_TIMEOUT_S:g})")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
     _add_tls_options(status, server=False)
 
 
 def _add_local(commands: Any) -> None:
     local = commands.add_parser("local", help="run a whole cluster in the foreground")
-    local.add_argument("--nodes", type=_positive_int, default=3)
-    local.add_argument("--base-port", type=_positive_int, default=None, metavar="PORT")
-    local.add_argument("--heartbeat-ms", type=_positive_int, default=None)
-    local.add_argument("--election-ms", metavar="MIN-MAX", default=None)
+    local.add_argument("--nodes", type=_positive_int, default=3, metavar="N", help="nodes (default 3)")
+    local.add_argument("--base-port", type=_positive_int, default=None, metavar="PORT",
+                       help="ports PORT, PORT+1, ... (default: free ports)")
+    _add_timing(local)
     local.add_argument("--tls", action="store_true",
                        help="make a throwaway CA and run every link with mutual TLS")
-    local.add_argument("--token-file", type=Path, default=None,
-                       help="require this cluster token on every RPC (default: $DISTNODE_TOKEN)")
+    local.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                       help="require this cluster token on every RPC (default: $DISTNODE_TOKEN, or none)")
+    local.add_argument("--cluster-file", type=Path, default=None, metavar="FILE",
+                       help=f"write the nodes' addresses there, one line, for ${CLUSTER_ENV} elsewhere")
+    local.add_argument("--keep-logs", action="store_true",
+                       help="keep the nodes' logs and data after Ctrl-C (their directory is printed)")
 
 
 def _add_certs(commands: Any) -> None:
-    certs = commands.add_parser("certs", help="make a throwaway CA and certificates for a test cluster")
+    certs = commands.add_parser(
+        "certs", help="make a throwaway CA and certificates for a test cluster (valid 30 days)"
+    )
     certs.add_argument("--out", type=Path, required=True, metavar="DIR")
-    certs.add_argument("--nodes", type=_positive_int, default=3)
+    certs.add_argument("--nodes", type=_positive_int, default=3, metavar="N",
+                       help="node certificates n1..nN (default 3), plus one client certificate")
     certs.add_argument(
         "--hosts", default="", metavar="HOST[,...]",
-        help="extra names or IPs the certificates are valid for (127.0.0.1 and localhost always)",
+        help="names or IPs the nodes are reached at (127.0.0.1, ::1 and localhost always)",
     )

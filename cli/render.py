@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -10,13 +11,36 @@ if TYPE_CHECKING:  # the client side (and numpy) is imported by the commands tha
     from node.client.answer import Answer, ClusterStatus
 
 
+#: JSON has no NaN or infinities (strict parsers and jq refuse Python's NaN):
+#: they are printed as these strings, which float() and JavaScript's Number() read back.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict_json(value: Any) -> str:
+    """`value` as strict JSON: non-finite floats become the strings of NON_FINITE."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere: rare, so only then walk the value
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return NON_FINITE[repr(value)]
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
+
+
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.write(strict_json(value) + "\n")
     sys.stdout.flush()
 
 
 def print_answer(answer: Answer) -> None:
-    print(json.dumps(answer.result), flush=True)
+    print(strict_json(answer.result), flush=True)
     if sys.stderr.isatty():
         print(
             f"{answer.op}: {answer.shards} shard(s) on {','.join(answer.nodes)} in "
@@ -53,11 +77,12 @@ def print_status(view: ClusterStatus) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"leader {view.leader or '(none)'}, term {view.term}")
-    for column in ("id", "address", "role", "term", "alive", "last heartbeat"):
+    seen_by = f", as {view.answered_by} sees it" if view.answered_by else ""
+    table = Table(title=f"leader {view.leader or '(none)'}, term {view.term}{seen_by}")
+    for column in ("id", "address", "role", "term", "alive", "last heard"):
         table.add_column(column)
     for node in view.nodes:
-        heard = "-" if node.last_heartbeat_ms is None else f"{node.last_heartbeat_ms:.0f} ms"
-        table.add_row(node.id, node.address, node.role, str(node.term),
+        heard = "-" if node.last_heartbeat_ms is None else f"{node.last_heartbeat_ms:.0f} ms ago"
+        table.add_row(node.id or "?", node.address, node.role, str(node.term),
                       "yes" if node.alive else "no", heard)
     Console().print(table)

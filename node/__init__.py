@@ -19,12 +19,13 @@ if TYPE_CHECKING:
     from node.client.answer import Answer, ClusterStatus, NodeInfo
     from node.client.async_client import AsyncClient
     from node.client.blocking import Client
-    from node.errors import ClusterUnavailable, DistnodeError, InvalidJob, JobError
+    from node.errors import AccessDenied, ClusterUnavailable, DistnodeError, InvalidJob, JobError
     from node.security import TlsFiles
     from node.testing.cluster import LocalCluster
 
 #: Public name -> the module that defines it.
 _HOMES = {
+    "AccessDenied": "node.errors",
     "Answer": "node.client.answer",
     "AsyncClient": "node.client.async_client",
     "Client": "node.client.blocking",
@@ -39,6 +40,7 @@ _HOMES = {
 }
 
 __all__ = [
+    "AccessDenied",
     "Answer",
     "AsyncClient",
     "Client",

@@ -21,9 +21,8 @@ Why these options:
 
 With TLS a party dials presenting its own certificate, if it has one (so a
 node needs no separate client identity under mutual TLS). The token rides on
-asyncio channels through interceptors, and on blocking calls as metadata
-passed per call (`metadata`), which costs less than an interceptor on the
-small-job path.
+every call as metadata, bound into the stubs (node/wire/answers.py says why
+not an interceptor).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from typing import Any
 import grpc
 
 from node.core.limits import MAX_MESSAGE_BYTES
-from node.security import TlsFiles, token_interceptors, token_metadata
+from node.security import TlsFiles, token_metadata
 from node.wire.answers import NodeStub
 
 #: HTTP/2 options shared by servers and channels (see the module docstring).
@@ -80,22 +79,18 @@ class ChannelFactory:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
-        """What a blocking call passes as `metadata=` (the token, if any)."""
+        """What every call carries (the token, if any); the stubs bind it in."""
         return token_metadata(self.token)
 
     def aio(self, address: str) -> grpc.aio.Channel:
-        """An asyncio channel; the token is added to every call."""
-        interceptors = token_interceptors(self.token) if self.token else None
+        """An asyncio channel; calls on it need `metadata` (a NodeStub adds it)."""
         if self.secure:
             assert self.tls is not None
-            return grpc.aio.secure_channel(
-                address, self.tls.channel_credentials(), options=self.options(),
-                interceptors=interceptors,
-            )
-        return grpc.aio.insecure_channel(address, options=self.options(), interceptors=interceptors)
+            return grpc.aio.secure_channel(address, self.tls.channel_credentials(), options=self.options())
+        return grpc.aio.insecure_channel(address, options=self.options())
 
     def blocking(self, address: str) -> grpc.Channel:
-        """A blocking channel; pass `metadata` on each call for the token."""
+        """A blocking channel; calls on it need `metadata` (a BlockingNodeStub adds it)."""
         if self.secure:
             assert self.tls is not None
             return grpc.secure_channel(address, self.tls.channel_credentials(), self.options())
@@ -115,7 +110,7 @@ class StubCache:
         if stub is None:
             channel = self.factory.aio(address)
             self._channels[address] = channel
-            stub = self._stubs[address] = NodeStub(channel)
+            stub = self._stubs[address] = NodeStub(channel, self.factory.metadata)
         return stub
 
     async def close(self) -> None:

@@ -68,6 +68,10 @@ class JobConflict(InvalidJob):
         super().__init__(message, "job_id")
 
 
+class AccessDenied(CallerError):
+    """The cluster refused this client: no token, or the wrong one (gRPC UNAUTHENTICATED)."""
+
+
 class LimitExceeded(CallerError):
     """A request is over a configured limit; the message names the limit (RESOURCE_EXHAUSTED)."""
 
@@ -142,7 +146,10 @@ class AttemptFailed(ClusterUnavailable):
     caller only as the last error inside `ClusterUnavailable` or `JobError`.
     """
 
-    def __init__(self, message: str, accepted: bool = False) -> None:
+    def __init__(self, message: str, accepted: bool = False, reached: bool = True) -> None:
         super().__init__(message)
         #: The cluster had accepted the job before the attempt failed.
         self.accepted = accepted
+        #: A node answered (a status it signed): the failure is the cluster's,
+        #: not a connection that never reached a node.
+        self.reached = reached

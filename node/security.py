@@ -8,8 +8,9 @@ Two independent locks, both optional, both recommended off loopback:
   certificate, so with mTLS a machine without a cluster certificate cannot
   even finish the handshake.
 - **A cluster token** (`--token-file` or `DISTNODE_TOKEN`): every RPC carries
-  `authorization: Bearer <token>`; a server interceptor compares it in
-  constant time and answers `UNAUTHENTICATED` otherwise. The standard health
+  `authorization: Bearer <token>` (the stubs add it to each call); a server
+  interceptor compares it in constant time and answers `UNAUTHENTICATED`
+  otherwise. The standard health
   service stays open so load balancers and probes keep working.
 
 The token travels in clear text without TLS: use both on a shared network.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -89,63 +90,6 @@ def _read(path: Path | None) -> bytes | None:
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Requests = AsyncIterable[Req] | Iterable[Req]
-
-
-class _Bearer:
-    """Adds `authorization: Bearer <token>` to a call. gRPC files an interceptor
-    under one call shape only, hence one small class per shape below."""
-
-    def __init__(self, token: str) -> None:
-        self.header = (AUTH_HEADER, f"Bearer {token}")
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add(*self.header)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
-
-class TokenUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, Req], Awaitable[grpc.aio.UnaryUnaryCall[Req, Resp]]
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Req,
-    ) -> grpc.aio.UnaryUnaryCall[Req, Resp]:
-        return await continuation(self._details(client_call_details), request)
-
-
-class TokenStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(
-        self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, Requests[Req]], Awaitable[grpc.aio.StreamUnaryCall[Req, Resp]]
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Requests[Req],
-    ) -> grpc.aio.StreamUnaryCall[Req, Resp]:
-        return await continuation(self._details(client_call_details), request_iterator)
-
-
-class TokenStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, Requests[Req]], Awaitable[grpc.aio.StreamStreamCall[Req, Resp]]
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Requests[Req],
-    ) -> grpc.aio.StreamStreamCall[Req, Resp]:
-        return await continuation(self._details(client_call_details), request_iterator)
-
-
-def token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
-    """Client interceptors that add the token to every call of an asyncio channel."""
-    return [TokenUnaryUnary(token), TokenStreamUnary(token), TokenStreamStream(token)]
 
 
 def token_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:

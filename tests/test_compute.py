@@ -580,7 +580,7 @@ def test_bad_sources_inside_validate_job() -> None:
     (Job("sum", "range:n=3", bins=4), "bins", "only applies to --op histogram"),
     (Job("sum", "range:n=3", range_lo=0, range_hi=1), "range", "only applies"),
     (Job("histogram", "range:n=3", range_lo=0, range_hi=1), "bins", "histogram needs --bins N"),
-    (Job("histogram", "range:n=3", bins=-2, range_lo=0, range_hi=1), "bins", "needs --bins"),
+    (Job("histogram", "range:n=3", bins=-2, range_lo=0, range_hi=1), "bins", "must be a positive integer, got -2"),
     (Job("histogram", "range:n=3", bins=MAX_BINS + 1, range_lo=0, range_hi=1), "bins", "1000000"),
     (Job("histogram", "range:n=3", bins=4), "range", "histogram needs --range LO:HI"),
     (Job("histogram", "range:n=3", bins=4, range_lo=0), "range", "needs --range"),

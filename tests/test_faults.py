@@ -19,7 +19,7 @@ import grpc
 import inproc
 import pytest
 
-from node import Client, LocalCluster
+from node import Client, ClusterUnavailable, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
 from node.testing.cluster import CLIENT, FAST_TIMING
@@ -405,6 +405,32 @@ def test_client_links_are_cut_only_when_asked(cluster: LocalCluster) -> None:
     with Client(cluster.client_addresses) as client:
         answer = client.submit(op="sum", source="range:n=1000", timeout=20)
     assert answer.result == 499500
+
+
+@pytest.mark.process
+def test_a_client_cut_off_from_every_node_gets_no_answer(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nodes advertise their client link, so a client on the links that learnt the leader
+    from a reply stays on them (it used to move to the leader's real address): cutting every
+    CLIENT link leaves it nothing, as a real partition would. Closing a cluster with client
+    links cut logs no error."""
+    with Client(cluster.client_addresses, timeout=2) as client:
+        first = client.submit(op="sum", source="range:n=10")
+        assert first.result == 45
+        for node_id in cluster.ids:
+            cluster.cut(CLIENT, node_id)
+        with pytest.raises(ClusterUnavailable):
+            client.submit(op="sum", source="range:n=10", timeout=2)
+        cluster.heal()
+        assert client.submit(op="sum", source="range:n=10", timeout=10).result == 45
+        for node_id in cluster.ids:
+            cluster.cut(CLIENT, node_id)
+        with pytest.raises(ClusterUnavailable):  # its new connections are held by the cut links
+            client.submit(op="sum", source="range:n=10", timeout=1)
+        with caplog.at_level("ERROR", logger="asyncio"):
+            cluster.close()
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
 
 
 @pytest.mark.process

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inproc import StartCluster
 
-from node import AsyncClient, InvalidJob, JobError
+from node import AsyncClient, InvalidJob
 from node._proto import distnode_pb2 as pb
 from node.core.compute import reduce_all, validate_job
 from node.core.job import Job
@@ -164,8 +164,9 @@ async def test_client_maps_statuses_to_typed_errors(start_cluster: StartCluster)
         with pytest.raises(InvalidJob) as invalid:
             await client.submit(op="sum", source="range:n=0")
         assert invalid.value.field == "source"
-        with pytest.raises(JobError, match="NOT_FOUND"):
+        with pytest.raises(InvalidJob, match="NOT_FOUND: source: no such file") as missing:
             await client.submit(op="sum", source="npy:definitely/missing.npy")
+        assert missing.value.field == "source"
 
 
 async def test_health_service_reports_serving(start_cluster: StartCluster) -> None:

@@ -15,13 +15,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inproc import StartCluster
 
-from node import AsyncClient, Client, ClusterUnavailable
+from node import AccessDenied, AsyncClient, Client, ClusterUnavailable
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory
 from node.errors import ConfigError, SecurityError
 from node.security import TlsFiles, load_token
 from node.server.config import NodeConfig
 from node.testing.certs import make_certs
+from node.wire.answers import NodeStub
 
 TOKEN = "s3cret-token"
 
@@ -62,11 +63,10 @@ def expected(server: str, client: str, server_token: bool, client_token: str | N
 
 
 async def outcome(address: str, tls: TlsFiles | None, token: str | None) -> str:
-    channel = ChannelFactory(tls, token).aio(address)
+    factory = ChannelFactory(tls, token)
+    channel = factory.aio(address)
     try:
-        from node._proto import distnode_pb2_grpc as pb_grpc
-
-        await pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=3)
+        await NodeStub(channel, factory.metadata).Status(pb.StatusRequest(), timeout=3)
         return "OK"
     except grpc.aio.AioRpcError as exc:
         return str(exc.code().name)
@@ -114,13 +114,13 @@ async def test_cluster_under_mtls_and_token_elects_and_computes(start_cluster: S
         assert answer.result == 999
     with (
         Client(cluster.addresses, token="wrong", tls=client_tls, timeout=1) as blocking,
-        pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"),
+        pytest.raises(AccessDenied, match="UNAUTHENTICATED"),
     ):
         await asyncio.to_thread(blocking.submit, op="max", source="range:n=1000")
     async with AsyncClient(cluster.addresses, token="wrong", tls=client_tls, timeout=1) as client:
-        with pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
+        with pytest.raises(AccessDenied, match="UNAUTHENTICATED"):
             await client.submit(op="sum", source="range:n=10")
-        with pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
+        with pytest.raises(AccessDenied, match="UNAUTHENTICATED"):
             await client.status()
 
 
@@ -176,5 +176,5 @@ def test_local_cluster_with_mtls_and_token_end_to_end() -> None:
         with Client(cluster.addresses, token=TOKEN, timeout=1) as no_cert, pytest.raises(ClusterUnavailable):
             no_cert.submit(op="sum", source="range:n=10")
         with Client(cluster.addresses, token="wrong", tls=cluster.client_tls, timeout=1) as bad_token, \
-                pytest.raises(ClusterUnavailable, match="UNAUTHENTICATED"):
+                pytest.raises(AccessDenied, match="UNAUTHENTICATED"):
             bad_token.submit(op="sum", source="range:n=10")

@@ -50,6 +50,7 @@ from node.server.api import (
 )
 from node.server.service import NodeServicer, add_to_server
 from node.wire.answers import NodeStub, parse_submit_reply, serialize_submit_reply, submit_answer
+from node.wire.status import signed_by
 from node.wire.tensors import tensor_to_proto
 
 
@@ -70,10 +71,10 @@ class FakeNode:
             raise self.raises[name]
         return self.results[name]
 
-    def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
+    async def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
         return self._call("request_vote", candidate_id, term, pre_vote)  # type: ignore[no-any-return]
 
-    def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
+    async def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
         return self._call("heartbeat", leader_id, term, beacon_key)  # type: ignore[no-any-return]
 
     async def submit(
@@ -94,7 +95,7 @@ class FakeNode:
     async def progress(self, job_id: str) -> JobProgress:
         return self._call("progress", job_id)  # type: ignore[no-any-return]
 
-    def status(self) -> StatusView:
+    async def status(self) -> StatusView:
         return self._call("status")  # type: ignore[no-any-return]
 
 
@@ -235,6 +236,7 @@ async def test_each_error_is_its_status(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Submit(pb.SubmitRequest(job=SUM_SPEC))
     assert (caught.value.code().name, caught.value.details()) == (code, details)
+    assert signed_by(caught.value.trailing_metadata()) == "n1"  # a node's answer, not a transport's
 
 
 @pytest.mark.parametrize("rpc", ["RequestVote", "Heartbeat", "Compute", "Progress", "Status"])
@@ -254,6 +256,7 @@ async def test_every_rpc_maps_errors_the_same_way(served: tuple[FakeNode, NodeSt
         await calls[rpc]()
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert caught.value.details() == "candidate_id: 'x' is not a member of this cluster"
+    assert signed_by(caught.value.trailing_metadata()) == "n1"
 
 
 async def test_a_bug_is_logged_with_its_traceback(

@@ -52,7 +52,8 @@ class Answer:
 
 @dataclass(frozen=True)
 class NodeInfo:
-    id: str
+    #: None until the answering node has learnt who answers at `address`.
+    id: str | None
     address: str
     role: str
     term: int
@@ -62,15 +63,24 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class ClusterStatus:
+    """The cluster as one node sees it (`answered_by`): the leader's view when it answered.
+
+    `leader` is a node that answered as leader, or None if none could be
+    reached; a follower's belief in a leader that did not answer is not
+    repeated (its role shows as "unknown").
+    """
+
     leader: str | None
     term: int
     nodes: list[NodeInfo] = field(default_factory=list)
+    answered_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "leader": self.leader,
             "term": self.term,
             "nodes": [vars(node).copy() for node in self.nodes],
+            "answered_by": self.answered_by,
         }
 
 
@@ -85,13 +95,16 @@ def answer_from(reply: SubmitAnswer, started_s: float, retries: int) -> Answer:
 
 
 def cluster_status(reply: pb.StatusReply, leaderless: bool = False) -> ClusterStatus:
+    """A node's Status reply as the client shows it; `leaderless`: no leader confirmed it."""
     nodes = [
         NodeInfo(
-            id=n.id or n.address, address=n.address, role=n.role, term=n.term, alive=n.alive,
+            id=n.id or None, address=n.address,
+            role="unknown" if leaderless and n.role == "leader" else n.role,
+            term=n.term, alive=n.alive,
             last_heartbeat_ms=None if n.last_heartbeat_ms < 0 else round(n.last_heartbeat_ms, 1),
         )
         for n in reply.nodes
     ]
-    nodes.sort(key=lambda n: n.id)
+    nodes.sort(key=lambda n: (n.id or "", n.address))
     leader = None if leaderless else (reply.leader_id or None)
-    return ClusterStatus(leader=leader, term=reply.term, nodes=nodes)
+    return ClusterStatus(leader=leader, term=reply.term, nodes=nodes, answered_by=reply.node_id or None)

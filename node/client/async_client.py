@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache
 from node.client.answer import Answer, ClusterStatus, ProgressCallback, answer_from, cluster_status
+from node.client.reach import unreachable
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
     PROBE_FAILURES,
@@ -37,6 +39,7 @@ from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
 from node.wire.answers import NodeStub, SubmitAnswer
+from node.wire.status import signed_by
 
 SubmitCall = grpc.aio.UnaryUnaryCall[pb.SubmitRequest, SubmitAnswer]
 
@@ -128,8 +131,11 @@ class AsyncClient:
             except AttemptFailed as exc:
                 plan.failed_at(address, exc)
                 continue
+            self._nodes.reached = True
             self._nodes.prefer(reply.head.leader_address)
             return answer_from(reply, started, plan.failed)
+        if plan.unreachable:
+            raise await asyncio.to_thread(unreachable, self._nodes.all(), self._stubs.factory.tls)
         raise plan.out_of_time()
 
     async def _attempt(
@@ -208,47 +214,72 @@ class AsyncClient:
         return bool(reply.known)
 
     async def progress(self, job_id: str) -> tuple[int, int] | None:
-        """(shards received, shards total) of a running or answered job; None if no node knows it."""
-        for address in self._nodes.order():
+        """(shards received, shards total) of a running or answered job; None if no node knows it.
+
+        Every node is asked at once (followers relay to their leader): a paused
+        node costs nothing while another answers.
+        """
+        async def ask(address: str) -> pb.ProgressReply | None:
             try:
-                reply = await self._stub(address).Progress(
+                return await self._stub(address).Progress(
                     pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S
                 )
             except grpc.aio.AioRpcError:
-                continue
-            if reply.known:
-                return reply.shards_done, reply.shards_total
+                return None
+
+        async with Fanout(ask, self._nodes.order()) as answers:
+            async for _, reply in answers:
+                if reply is not None and reply.known:
+                    return reply.shards_done, reply.shards_total
         return None
 
     async def status(self, timeout: float | None = None) -> ClusterStatus:
-        """The leader's view of the cluster (or the best view available without one)."""
+        """The leader's view of the cluster, or the freshest view without one.
+
+        Every node is asked at once, and the first leader to answer wins; a
+        follower's answer points at its leader, which is asked too. So one
+        paused or partitioned node costs nothing while the others answer. If
+        no leader answers, the view of the node with the highest term is
+        returned with `leader` None, and its claims about a leader dropped.
+        """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         views: list[pb.StatusReply] = []
-        for address in self._nodes.order():
-            reply = await self._status_of(address, deadline)
-            if reply is None:
-                continue
-            if reply.role == "leader":
-                return cluster_status(reply)
-            views.append(reply)
-            if reply.leader_address:
-                leader_view = await self._status_of(reply.leader_address, deadline)
-                if leader_view is not None and leader_view.role == "leader":
-                    return cluster_status(leader_view)
-        if not views:
-            raise ClusterUnavailable(
-                f"no node answered ({self._status_error or 'no reply'}): " + ",".join(self._nodes.all())
-            )
-        return cluster_status(max(views, key=lambda v: v.term), leaderless=True)
+        errors: dict[str, str] = {}
 
-    async def _status_of(self, address: str, deadline: float) -> pb.StatusReply | None:
+        async def ask(address: str) -> pb.StatusReply | None:
+            return await self._status_of(address, deadline, errors)
+
+        async with Fanout(ask, self._nodes.order()) as answers:
+            async for _, reply in answers:
+                if reply is None:
+                    continue
+                self._nodes.reached = True
+                if reply.role == "leader":
+                    return cluster_status(reply)
+                views.append(reply)
+                if reply.leader_address:
+                    answers.add(reply.leader_address)
+        if views:
+            return cluster_status(max(views, key=lambda v: v.term), leaderless=True)
+        if not self._nodes.reached:
+            raise await asyncio.to_thread(unreachable, self._nodes.all(), self._stubs.factory.tls)
+        detail = "; ".join(f"{address}: {error}" for address, error in errors.items()) or "no reply"
+        raise ClusterUnavailable(f"no node answered ({detail})")
+
+    async def _status_of(
+        self, address: str, deadline: float, errors: dict[str, str]
+    ) -> pb.StatusReply | None:
         remaining = min(2.0, deadline - time.monotonic())
         if remaining <= 0:
             return None
         try:
             return await self._stub(address).Status(pb.StatusRequest(), timeout=remaining)
         except grpc.aio.AioRpcError as exc:
-            self._status_error = f"{exc.code().name}: {exc.details()}"
+            if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+                raise classify(exc, accepted=False) from None  # the same everywhere: no use asking on
+            errors[address] = f"{exc.code().name}: {exc.details()}"
+            if signed_by(exc.trailing_metadata()) is not None:
+                self._nodes.reached = True
             return None
 
     async def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
@@ -264,3 +295,45 @@ class AsyncClient:
             if time.monotonic() >= deadline:
                 raise ClusterUnavailable("no leader elected in time")
             await asyncio.sleep(0.05)
+
+
+R = TypeVar("R")
+
+
+class Fanout(Generic[R]):
+    """`ask(address)` for every address at once; iterate for (address, answer) as they come.
+
+    More addresses may be added while iterating (each is asked once); the calls
+    still pending when the `async with` block ends are cancelled and awaited.
+    """
+
+    def __init__(self, ask: Callable[[str], Awaitable[R]], addresses: list[str]) -> None:
+        self._ask = ask
+        self._pending: dict[asyncio.Future[R], str] = {}
+        self._asked: set[str] = set()
+        for address in addresses:
+            self.add(address)
+
+    def add(self, address: str) -> None:
+        if address not in self._asked:
+            self._asked.add(address)
+            self._pending[asyncio.ensure_future(self._ask(address))] = address
+
+    async def __aenter__(self) -> Fanout[R]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._pending:
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        self._pending.clear()
+
+    def __aiter__(self) -> Fanout[R]:
+        return self
+
+    async def __anext__(self) -> tuple[str, R]:
+        if not self._pending:
+            raise StopAsyncIteration
+        done, _ = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+        task = next(iter(done))
+        return self._pending.pop(task), task.result()

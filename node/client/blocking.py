@@ -26,6 +26,7 @@ from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory
 from node.client.answer import Answer, ClusterStatus, ProgressCallback, answer_from
 from node.client.async_client import AsyncClient
+from node.client.reach import unreachable
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
     PROBE_FAILURES,
@@ -59,7 +60,6 @@ class Client:
         self.timeout = timeout
         token = token if token is not None else load_token(None)
         self._factory = ChannelFactory(tls, token, max_message_bytes)
-        self._metadata = self._factory.metadata
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, BlockingNodeStub] = {}
         self._lock = threading.Lock()
@@ -100,8 +100,11 @@ class Client:
             except AttemptFailed as exc:
                 plan.failed_at(address, exc)
                 continue
+            self._nodes.reached = True
             self._nodes.prefer(reply.head.leader_address)
             return answer_from(reply, started, plan.failed)
+        if plan.unreachable:
+            raise unreachable(self._nodes.all(), self._factory.tls)
         raise plan.out_of_time()
 
     def _attempt(
@@ -111,7 +114,7 @@ class Client:
         # watch() raises ClusterUnavailable if close() ran in another thread meanwhile.
         with self._watchdog.watch(address, request.job.job_id, on_progress, channel) as watch:
             try:
-                return stub.Submit(request, timeout=remaining, metadata=self._metadata)
+                return stub.Submit(request, timeout=remaining)
             except grpc.RpcError as exc:
                 if watch.abandoned:
                     raise AttemptFailed(
@@ -125,7 +128,7 @@ class Client:
         """The watchdog's question to `address`: how far is `job_id`? None: not known there."""
         try:
             reply = self._stub(address).Progress(
-                pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S, metadata=self._metadata
+                pb.ProgressRequest(job_id=job_id), timeout=PROBE_INTERVAL_S
             )
         except (grpc.RpcError, ValueError):
             return None
@@ -149,7 +152,7 @@ class Client:
             if stub is None:
                 channel = self._factory.blocking(address)
                 self._channels[address] = channel
-                stub = self._stubs[address] = BlockingNodeStub(channel)
+                stub = self._stubs[address] = BlockingNodeStub(channel, self._factory.metadata)
             return stub, self._channels[address]
 
     # -- everything else, through the AsyncClient --------------------------

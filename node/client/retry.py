@@ -6,9 +6,12 @@ the leader) and keeps trying, with the same `job_id`, until the deadline:
 
 - UNAVAILABLE (node down, no leader yet, leader lost mid-job) or a node that
   stops answering progress probes (paused, partitioned): try the next node.
-- INVALID_ARGUMENT, ALREADY_EXISTS: `InvalidJob`, at once. Other statuses:
-  `JobError`.
-- Deadline with no node reachable or no leader: `ClusterUnavailable`.
+- INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND, PERMISSION_DENIED: the
+  request is wrong: `InvalidJob`, at once. UNAUTHENTICATED: `AccessDenied`.
+  Other statuses: `JobError`.
+- Deadline with no node reachable or no leader: `ClusterUnavailable`; and
+  sooner, after UNREACHABLE_AFTER_S, if no node has ever answered: then the
+  client names what is at each address (reach.py).
 
 Resubmitting a `job_id` never runs the job twice to the user's eye: the leader
 answers from its memory, and a new leader recomputes the same bits.
@@ -21,15 +24,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.addresses import parse_address
 from node.core.job import Job
-from node.errors import AttemptFailed, ClusterUnavailable, ConfigError, InvalidJob, JobError
+from node.errors import AccessDenied, AttemptFailed, ClusterUnavailable, ConfigError, InvalidJob, JobError
 from node.wire.jobs import job_to_proto
+from node.wire.status import signed_by
 
 DEFAULT_TIMEOUT_S = 120.0
 #: A Submit in flight is checked this often with a Progress probe; two failed
@@ -44,29 +48,39 @@ _RETRY_ELSEWHERE = {
     grpc.StatusCode.ABORTED,
     grpc.StatusCode.UNKNOWN,
 }
-_INVALID = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
+#: The request itself is wrong (a field, a missing or forbidden file, a reused id).
+_INVALID = {
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+}
+#: No node sent this status and no node may ever answer: giving up after this
+#: long without a single node's answer is better than waiting for the deadline.
+UNREACHABLE_AFTER_S = 3.0
 
 
 class FailedCall(Protocol):
-    """A failed call, blocking or asyncio: both carry a status code and details."""
+    """A failed call, blocking or asyncio: a status code, details and trailers."""
 
     def code(self) -> grpc.StatusCode: ...
 
     def details(self) -> str | None: ...
 
+    def trailing_metadata(self) -> Any: ...
+
 
 def classify(exc: FailedCall, accepted: bool) -> Exception:
-    """Turn a failed Submit's status into what the caller should do with it."""
+    """Turn a failed call's status into what the caller should do with it."""
     code, details = exc.code(), exc.details() or ""
+    reached = signed_by(exc.trailing_metadata()) is not None
     if code in _RETRY_ELSEWHERE:
-        return AttemptFailed(f"{code.name}: {details}", accepted=accepted)
+        return AttemptFailed(f"{code.name}: {details}", accepted=accepted, reached=reached)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED and not details.startswith("job-timeout-s"):
         # Our own deadline: the retry loop ends and reports it.
-        return AttemptFailed("no answer before the client's timeout", accepted=accepted)
+        return AttemptFailed("no answer before the client's timeout", accepted=accepted, reached=reached)
     if code in _INVALID:
-        return InvalidJob(details, field=details.partition(":")[0])
+        return InvalidJob(f"{code.name}: {details}", field=details.partition(":")[0])
     if code is grpc.StatusCode.UNAUTHENTICATED:
-        return ClusterUnavailable(f"UNAUTHENTICATED: {details}")
+        return AccessDenied(f"UNAUTHENTICATED: {details} (the token: --token-file or $DISTNODE_TOKEN)")
     return JobError(f"{code.name}: {details}")
 
 
@@ -123,6 +137,8 @@ class Nodes:
         self._addresses = parse_addresses(addresses)
         self._preferred: str | None = None
         self._lock = threading.Lock()
+        #: Some node has answered this client (a reply, or a status it signed).
+        self.reached = False
 
     def all(self) -> list[str]:
         with self._lock:
@@ -155,17 +171,21 @@ class RetryPlan:
 
     Iterating yields `(address, remaining_s)` for the next attempt, or a float:
     seconds to pause before the next round (backoff 50 ms doubling to 500 ms).
-    Report each failed attempt with `failed_at`; when the iteration ends, the
-    deadline has passed and `out_of_time()` is the error to raise.
+    Report each failed attempt with `failed_at`; when the iteration ends,
+    either `unreachable` holds (say why, with reach.diagnose) or the deadline
+    has passed and `out_of_time()` is the error to raise.
     """
 
     def __init__(self, nodes: Nodes, job_id: str, deadline: float) -> None:
         self.nodes = nodes
         self.job_id = job_id
         self.deadline = deadline
+        self.started = time.monotonic()
         self.failed = 0
         self._accepted = False
         self._last_error = "no node tried"
+        #: Addresses whose attempts failed without any node answering.
+        self._unreached: set[str] = set()
 
     def __iter__(self) -> Iterator[tuple[str, float] | float]:
         for round_ in itertools.count():
@@ -175,7 +195,7 @@ class RetryPlan:
                     break
                 yield address, remaining
             left = self.deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self.unreachable:
                 return
             yield min(0.05 * 2**round_, 0.5, left)
 
@@ -183,7 +203,22 @@ class RetryPlan:
         self.failed += 1
         self._last_error = f"{address}: {exc}"
         self._accepted = self._accepted or exc.accepted
+        if exc.reached:
+            self.nodes.reached = True
+        else:
+            self._unreached.add(address)
         self.nodes.forget(address)
+
+    @property
+    def unreachable(self) -> bool:
+        """No node has ever answered this client, every address failed without
+        one answering, and for UNREACHABLE_AFTER_S: the client is likely
+        misconfigured (TLS, port, host), or the whole cluster is down."""
+        return (
+            not self.nodes.reached
+            and set(self.nodes.all()) <= self._unreached
+            and time.monotonic() - self.started >= UNREACHABLE_AFTER_S
+        )
 
     def out_of_time(self) -> Exception:
         return out_of_time(self.job_id, self._accepted, self._last_error)

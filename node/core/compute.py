@@ -93,8 +93,10 @@ def _validate_axis(job: Job, source: DataSource) -> None:
 
 
 def _validate_histogram(job: Job) -> None:
-    if job.bins <= 0:
-        raise InvalidField("bins", f"histogram needs --bins N (a positive integer, got {job.bins})")
+    if job.bins == 0:
+        raise InvalidField("bins", "histogram needs --bins N, the number of bins")
+    if job.bins < 0:
+        raise InvalidField("bins", f"must be a positive integer, got {job.bins}")
     if job.bins > MAX_BINS:
         raise InvalidField("bins", f"--bins {job.bins} is above the limit of {MAX_BINS}")
     lo, hi = job.range_lo, job.range_hi

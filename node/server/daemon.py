@@ -61,7 +61,7 @@ from node.server.heartbeats import HeartbeatLinks
 from node.server.logs import configure_logging
 from node.server.peers import PeerTable
 from node.server.relay import Relay
-from node.server.service import NodeServicer, add_to_server, heartbeat_reply
+from node.server.service import NodeServicer, add_to_server, beat_reply
 from node.server.statestore import StateStore
 from node.wire.jobs import job_to_proto
 
@@ -195,22 +195,40 @@ class Daemon:
         if not self.peers.is_member(node_id):
             raise NotAMember(field, f"{node_id!r} is not a member of this cluster")
 
+    async def _check_member_soon(self, field: str, node_id: str) -> None:
+        """`_check_member`, after asking the peers whose ids we do not know yet.
+
+        At start-up a leader can be elected before this node has learnt its
+        id; refusing its first beats would cost the cluster an election.
+        """
+        if node_id and not self.peers.is_member(node_id) and self.peers.unknown_ids():
+            await self.elections.discover_once()
+        self._check_member(field, node_id)
+
     def _check_term(self, term: int) -> None:
         if term > MAX_TERM:
             raise InvalidField("term", f"{term} is beyond {MAX_TERM}")
 
-    def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
-        self._check_member("candidate_id", candidate_id)
+    async def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
+        await self._check_member_soon("candidate_id", candidate_id)
         self._check_term(term)
         return self.elections.vote(candidate_id, term, pre_vote)
 
-    def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
+    async def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
+        await self._check_member_soon("leader_id", leader_id)
+        return self._beat(leader_id, term, beacon_key)
+
+    def _beat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
         self._check_member("leader_id", leader_id)
         self._check_term(term)
         answer = self.elections.heartbeat(leader_id, term)
         if beacon_key and self.beacons is not None and self.elections.follows(leader_id, term):
             self.beacons.grant(leader_id, term, beacon_key)
         return answer
+
+    def beat_reply(self, beat: pb.HeartbeatRequest) -> pb.HeartbeatReply:
+        """A beat that came as a UDP datagram (its leader was granted over gRPC, so known)."""
+        return beat_reply(self.node_id, self._beat(beat.leader_id, beat.term, b""))
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
@@ -253,12 +271,8 @@ class Daemon:
         await self.compute_ready()
         return JobProgress(*self.jobs.progress(job_id))
 
-    def status(self) -> StatusView:
+    async def status(self) -> StatusView:
         return self.elections.status()
-
-    def beat_reply(self, beat: pb.HeartbeatRequest) -> pb.HeartbeatReply:
-        """A beat that came as a UDP datagram, answered as the gRPC stream answers it."""
-        return heartbeat_reply(self, beat)
 
     # -- what the election does to the rest -------------------------------
 
@@ -344,6 +358,7 @@ class Daemon:
             self.beacons.close()
         for task in list(self._tasks):
             task.cancel()
+        self.elections.close()
         await self.stubs.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

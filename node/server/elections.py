@@ -45,8 +45,9 @@ from node.server.statestore import ElectionState, StateStore
 
 log = logging.getLogger("distnode")
 
-#: How often a node asks the peers whose ids it does not know yet.
+#: How often a node asks the peers whose ids it does not know yet, and how long it waits.
 DISCOVERY_INTERVAL_S = 0.2
+DISCOVERY_TIMEOUT_S = 0.5
 
 R = TypeVar("R", VoteResponse, HeartbeatResponse)
 OnRoleChanged = Callable[[Role, int, "str | None"], None]
@@ -77,6 +78,7 @@ class ElectionDriver:
         #: The leader's address as this node dials it (its own --peers entry);
         #: "" while no leader is known, or its id is not mapped to an address yet.
         self.leader_address = ""
+        self._discovery: asyncio.Future[None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -196,29 +198,59 @@ class ElectionDriver:
         --peers entry, so all peer traffic follows the configured addresses.
         """
         while self.peers.unknown_ids() and not stopping.is_set():
-            for address in self.peers.unknown_ids():
-                try:
-                    reply = await self.stubs.stub(address).Status(pb.StatusRequest(), timeout=0.5)
-                except grpc.aio.AioRpcError:
-                    continue
-                self.peers.learn(address, reply.node_id)
+            await self.discover_once()
             await asyncio.sleep(DISCOVERY_INTERVAL_S)
 
+    def close(self) -> None:
+        if self._discovery is not None:
+            self._discovery.cancel()
+
+    async def discover_once(self) -> None:
+        """One round: every unknown peer asked at once; callers during a round share it."""
+        if self._discovery is None or self._discovery.done():
+            self._discovery = asyncio.ensure_future(self._discover_round())
+        await asyncio.shield(self._discovery)
+
+    async def _discover_round(self) -> None:
+        addresses = self.peers.unknown_ids()
+        replies = await asyncio.gather(
+            # wait_for_ready: a peer that refused a connection a moment ago (it was
+            # not listening yet) leaves its channel backing off; wait, not fail.
+            *(self.stubs.stub(a).Status(pb.StatusRequest(), timeout=DISCOVERY_TIMEOUT_S, wait_for_ready=True)
+              for a in addresses),
+            return_exceptions=True,
+        )
+        for address, reply in zip(addresses, replies, strict=True):
+            if isinstance(reply, pb.StatusReply):
+                self.peers.learn(address, reply.node_id)
+
     def status(self) -> StatusView:
-        """What this node knows: itself, then each peer (the leader's view is the complete one)."""
+        """What this node knows, and nothing it does not.
+
+        A leader hears every peer: a peer is alive if it answered within the
+        failure timeout, and its role is what it last said, or "unknown" once
+        that is stale. A follower hears only its leader: that one is shown as
+        the leader, alive by the same rule; the others as "unknown". So a
+        table never holds two leaders, and a dead former leader is "unknown".
+        """
         self.catch_up()
-        election, tick_ms = self.election, self.config.tick_ms
-        failure_ticks = self.config.election_ticks[0]
+        election = self.election
         nodes = [NodeView(self.node_id, self.config.address, election.role.value, election.term, True, 0.0)]
         heard = election.peer_ticks_since_heard()
+        active = election.active_peers()
+        leading = election.role is Role.LEADER
         for peer in self.peers:
             ticks = heard.get(peer.address)
-            alive = peer.alive
-            if election.role is not Role.LEADER and peer.address == self.leader_address:
-                ticks = election.ticks_since_leader  # a follower hears only its leader
-                alive = ticks <= failure_ticks
-            last_ms = None if ticks is None else float(ticks * tick_ms)
-            nodes.append(NodeView(peer.node_id, peer.address, peer.role, peer.term, alive, last_ms))
+            if leading:
+                alive = peer.address in active
+                role, term = (peer.role, peer.term) if alive else ("unknown", peer.term)
+            elif peer.address == self.leader_address and election.leader is not None:
+                ticks = election.ticks_since_leader
+                alive, role, term = ticks <= self.config.election_ticks[0], "leader", election.term
+            else:
+                alive, role, term = False, "unknown", peer.term
+            last_ms = None if ticks is None else float(ticks * self.config.tick_ms)
+            nodes.append(NodeView(peer.node_id, peer.address, role, term, alive, last_ms))
         return StatusView(
             self.node_id, election.role.value, election.term, election.leader or "",
             self.leader_address, nodes,

@@ -7,15 +7,16 @@ and the problem (`INVALID_ARGUMENT: op: unknown op 'sums' ...`). Anything else
 is a bug: logged with its traceback and answered `INTERNAL`, and the node goes
 on serving.
 
-The UDP heartbeat listener (beacons.py) answers through `heartbeat_reply` too,
+Every error status carries the node's id as a trailer (node/wire/status.py),
+so a client can tell a node's refusal from a connection that never reached
+one. The UDP heartbeat listener (beacons.py) answers with `beat_reply` too,
 so a beat means the same whichever way it came.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import grpc
@@ -36,9 +37,10 @@ from node.errors import (
     RelayFailed,
     SourceNotFound,
 )
-from node.server.api import Answered, IncomingPartial, NodeApi, StatusView
+from node.server.api import Answered, BeatAnswer, IncomingPartial, NodeApi, StatusView, Submitted
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import job_from_proto
+from node.wire.status import node_trailer
 
 log = logging.getLogger("distnode.service")
 
@@ -73,28 +75,18 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
-async def answer(context: Context, call: Awaitable[T]) -> T:
-    """Await the node's call; a failure becomes the call's status."""
+async def answer(node: NodeApi, context: Context, call: Awaitable[T]) -> T:
+    """Await the node's call; a failure becomes the call's status, signed by the node."""
     try:
         return await call
     except Exception as exc:  # CancelledError is not an Exception: a cancelled call stays cancelled
         failure = exc
-    await context.abort(*status_of(failure))
+    await context.abort(*status_of(failure), trailing_metadata=node_trailer(node.node_id))
 
 
-async def answer_now(context: Context, call: Callable[[], T]) -> T:
-    """`answer` for the node's synchronous calls."""
-    try:
-        return call()
-    except Exception as exc:
-        failure = exc
-    await context.abort(*status_of(failure))
-
-
-def heartbeat_reply(node: NodeApi, request: pb.HeartbeatRequest) -> pb.HeartbeatReply:
-    """One heartbeat, from the gRPC stream or a UDP datagram; raises node.errors classes."""
-    beat = node.heartbeat(request.leader_id, request.term, request.beacon_key)
-    return pb.HeartbeatReply(term=beat.term, node_id=node.node_id, role=beat.role)
+def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
+    """The reply to one heartbeat, whichever way it came (gRPC stream or UDP datagram)."""
+    return pb.HeartbeatReply(term=beat.term, node_id=node_id, role=beat.role)
 
 
 def status_reply(view: StatusView) -> pb.StatusReply:
@@ -153,17 +145,30 @@ class NodeServicer(pb_grpc.NodeServicer):
         self.node = node
 
     async def RequestVote(self, request: pb.VoteRequest, context: Context) -> pb.VoteReply:
-        vote = await answer_now(
-            context, lambda: self.node.request_vote(request.candidate_id, request.term, request.pre_vote)
-        )
+        vote = await answer(self.node, context, self.node.request_vote(
+            request.candidate_id, request.term, request.pre_vote
+        ))
         return pb.VoteReply(term=vote.term, granted=vote.granted, voter_id=self.node.node_id)
 
     async def Heartbeat(
         self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: Context
     ) -> AsyncIterator[pb.HeartbeatReply]:
-        """One reply per heartbeat on the leader's long-lived stream."""
+        """One reply per heartbeat on the leader's long-lived stream.
+
+        A refused beat ends the stream with its status; the generator returns
+        rather than raising through `abort`, which gRPC would then have to
+        close while it still runs.
+        """
         async for request in request_iterator:
-            yield await answer_now(context, functools.partial(heartbeat_reply, self.node, request))
+            try:
+                beat = await self.node.heartbeat(request.leader_id, request.term, request.beacon_key)
+            except Exception as exc:
+                code, message = status_of(exc)
+                context.set_code(code)
+                context.set_details(message)
+                context.set_trailing_metadata(node_trailer(self.node.node_id))
+                return
+            yield beat_reply(self.node.node_id, beat)
 
     # The reply is a SubmitAnswer or relayed bytes, not a SubmitReply: add_to_server
     # gives Submit its own serializer, which the generated signature cannot know.
@@ -171,16 +176,19 @@ class NodeServicer(pb_grpc.NodeServicer):
         self, request: pb.SubmitRequest, context: Context
     ) -> SubmitAnswer | bytes:
         spec = request.job
-        if not spec.job_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")
-        submitted = await answer(context, self.node.submit(
-            spec.job_id, job_from_proto(spec), context.peer(), request.forwarded, context.time_remaining()
-        ))
+        submitted = await answer(self.node, context, self._submit(spec, request.forwarded, context))
         return submit_reply(submitted if isinstance(submitted, Answered) else submitted.reply)
+
+    async def _submit(self, spec: pb.JobSpec, forwarded: bool, context: Context) -> Submitted:
+        if not spec.job_id:
+            raise InvalidField("job_id", "must not be empty")
+        return await self.node.submit(
+            spec.job_id, job_from_proto(spec), context.peer(), forwarded, context.time_remaining()
+        )
 
     async def Compute(self, request: pb.ComputeRequest, context: Context) -> pb.ComputeReply:
         shards = [(s.index, s.start, s.stop) for s in request.shards]
-        sent = await answer(context, self.node.compute(
+        sent = await answer(self.node, context, self.node.compute(
             request.job.job_id, job_from_proto(request.job), shards, request.leader_id,
             context.time_remaining(),
         ))
@@ -189,17 +197,17 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def Reduce(
         self, request_iterator: AsyncIterator[pb.Partial], context: Context
     ) -> pb.ReduceReply:
-        count = await answer(context, self.node.reduce(_partials(request_iterator)))
+        count = await answer(self.node, context, self.node.reduce(_partials(request_iterator)))
         return pb.ReduceReply(accepted=count.accepted, dropped=count.dropped)
 
     async def Progress(self, request: pb.ProgressRequest, context: Context) -> pb.ProgressReply:
-        progress = await answer(context, self.node.progress(request.job_id))
+        progress = await answer(self.node, context, self.node.progress(request.job_id))
         return pb.ProgressReply(
             known=progress.known, shards_done=progress.shards_done, shards_total=progress.shards_total
         )
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
-        return status_reply(await answer_now(context, self.node.status))
+        return status_reply(await answer(self.node, context, self.node.status()))
 
 
 async def _partials(messages: AsyncIterator[pb.Partial]) -> AsyncIterator[IncomingPartial]:

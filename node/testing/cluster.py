@@ -14,9 +14,11 @@ Link faults (`link_faults=True`): every node dials its peers only through its
 own `--peers` entries, so the harness gives node i one proxy per peer j
 (`node.testing.faults`, a TCP proxy in this process) and can then `cut`, `heal`,
 `isolate` and `delay` the link i -> j without touching the processes.
-Clients keep the real addresses (`addresses`) and are unaffected, unless they
-use `client_addresses`, which go through one more proxy per node (link
-"client" -> j).
+There is one more link per node for clients (CLIENT -> j), and each node
+advertises that link as its address, so a client that starts from the real
+addresses (`addresses`) moves onto the links once a reply names the leader.
+Client traffic is faulted only when a CLIENT link is cut; `client_addresses`
+are those links, for a client that must never bypass them.
 """
 
 from __future__ import annotations
@@ -73,10 +75,13 @@ class LocalCluster:
         link_mode: Mode = "blackhole",
         tls: bool = False,
         token: str | None = None,
+        keep_logs: bool = False,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
-        self._own_workdir = workdir is None
+        #: A work directory made here is removed on close, unless `keep_logs`
+        #: (or DISTNODE_KEEP_LOGS=1, to keep a failing test's logs).
+        self._own_workdir = workdir is None and not (keep_logs or os.environ.get("DISTNODE_KEEP_LOGS"))
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="distnode-cluster-"))
         #: With `tls`, a throwaway CA and per-node certificates in workdir/certs, and
         #: mutual TLS everywhere; `token` is required on every RPC. `client_tls`
@@ -211,6 +216,10 @@ class LocalCluster:
             "--listen", node.address, "--peers", peers, "--data-dir", str(node.data_dir),
             "--parent-pid", str(os.getpid()),
         ]
+        if self.link_faults:
+            # Replies tell clients where the leader is; with link faults that must be the
+            # client's link to it, or a client would leave the links after one answer.
+            command += ["--advertise", self._links().address(CLIENT, node.node_id)]
         if self.heartbeat_ms is not None:
             command += ["--heartbeat-ms", str(self.heartbeat_ms)]
         if self.election_ms is not None:
@@ -329,9 +338,7 @@ class LocalCluster:
         factory = ChannelFactory(self.client_tls, self.token)
         with factory.blocking(node.address) as channel:
             try:
-                reply = BlockingNodeStub(channel).Status(
-                    pb.StatusRequest(), timeout=1.0, metadata=factory.metadata
-                )
+                reply = BlockingNodeStub(channel, factory.metadata).Status(pb.StatusRequest(), timeout=1.0)
             except grpc.RpcError:
                 return set()
         return {n.id for n in reply.nodes if n.id and n.id != node.node_id}
@@ -406,5 +413,5 @@ class LocalCluster:
         if self._link_set is not None:
             self._link_set.close()
             self._link_set = None
-        if self._own_workdir and not os.environ.get("DISTNODE_KEEP_LOGS"):
+        if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,121 @@
+"""Why a client cannot reach a node: a few cheap socket probes that name the likely cause.
+
+gRPC reports a refused connection, a TLS handshake that failed and an HTTP
+server answering in place of a node alike: UNAVAILABLE, "Socket closed" or
+"failed to connect". The retry loop cannot tell a node that is restarting
+from a client that will never get in, so once no node of the cluster has
+answered for a few seconds, the client asks here what is at each address:
+
+- nothing listening (connection refused), or nothing answering (timeout);
+- a TLS server, and the client speaks plaintext;
+- a plaintext server, and the client speaks TLS;
+- a TLS server that wants a client certificate the client does not have;
+- a TLS server whose certificate the client's CA does not vouch for;
+- something that answers, but not HTTP/2 (so not gRPC, not a distnode).
+
+The probes are plain TCP and TLS handshakes against the address, with a
+short timeout each; they send nothing a node would act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+
+from node.addresses import split_host_port
+from node.errors import ClusterUnavailable
+from node.security import TlsFiles
+
+PROBE_TIMEOUT_S = 1.0
+
+
+def unreachable(addresses: list[str], tls: TlsFiles | None) -> ClusterUnavailable:
+    """The error for a cluster none of whose nodes ever answered, each address diagnosed."""
+    causes = "; ".join(diagnose(address, tls) for address in addresses)
+    return ClusterUnavailable(f"no node answered: {causes}")
+#: The client preface of HTTP/2 (RFC 9113 §3.4), then an empty SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_SETTINGS_FRAME_TYPE = 0x04
+
+
+def diagnose(address: str, tls: TlsFiles | None, timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """One line: what is at `address`, as a client with `tls` sees it, and what to do."""
+    try:
+        host, port = split_host_port(address)
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except ConnectionRefusedError:
+        return f"{address}: nothing is listening there (connection refused): is the node up, the port right?"
+    except TimeoutError:
+        return f"{address}: no answer within {timeout_s:g} s (a wrong host, or a firewall dropping packets)"
+    except (OSError, ValueError) as exc:
+        return f"{address}: cannot connect ({getattr(exc, 'strerror', None) or exc})"
+    server_tls, _ = _handshake(host, port, None, timeout_s)
+    client_tls = tls is not None and tls.enabled
+    if server_tls and not client_tls:
+        return (f"{address}: the node speaks TLS and this client does not; give --tls-ca "
+                "(and --tls-cert/--tls-key if it wants mutual TLS)")
+    if not server_tls and client_tls:
+        return f"{address}: the node does not speak TLS; drop --tls-ca, --tls-cert and --tls-key"
+    if server_tls and tls is not None:
+        return f"{address}: {_tls_problem(host, port, tls, timeout_s)}"
+    if not _speaks_http2(host, port, timeout_s):
+        return f"{address}: something answers there, but not HTTP/2: not a gRPC server, so not a distnode"
+    return f"{address}: the node accepts connections but its calls fail; see its log"
+
+
+def _handshake(host: str, port: int, context: ssl.SSLContext | None, timeout_s: float) -> tuple[bool, str]:
+    """(does the server speak TLS, the TLS error's reason or "" if the handshake and a read succeed).
+
+    A TLS server that refuses us still speaks TLS: it answers with an alert.
+    """
+    if context is None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as conn:
+            # TLS 1.3 servers refuse a missing client certificate after the
+            # handshake, with an alert that arrives on the first read.
+            conn.settimeout(min(0.2, timeout_s))
+            with contextlib.suppress(TimeoutError):
+                conn.recv(1)
+    except ssl.SSLCertVerificationError as exc:
+        return True, f"CERTIFICATE_VERIFY_FAILED {exc.verify_message}"
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or exc)
+        return "ALERT" in reason.upper(), reason
+    except OSError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def _tls_problem(host: str, port: int, tls: TlsFiles, timeout_s: float) -> str:
+    context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    if tls.cert is not None and tls.key is not None:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    _, problem = _handshake(host, port, context, timeout_s)
+    reason = problem.upper()
+    if not problem:
+        return "TLS handshakes succeed, the calls after them fail (a wrong token?); see the node's log"
+    if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and tls.cert is None):
+        return "the node wants a client certificate (mutual TLS); give --tls-cert and --tls-key"
+    if "VERIFY" in reason:
+        return (f"the node's certificate is not trusted by --tls-ca, or not made for {host!r} "
+                "(distnode certs --hosts)")
+    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+        return "the node does not trust this client's certificate (signed by another CA?)"
+    return f"the TLS handshake fails: {problem}"
+
+
+def _speaks_http2(host: str, port: int, timeout_s: float) -> bool:
+    """True if the server answers the HTTP/2 preface with a SETTINGS frame, as gRPC servers do."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            conn.sendall(_H2_PREFACE)
+            head = conn.recv(9)
+    except OSError:
+        return False
+    return len(head) >= 4 and head[3] == _SETTINGS_FRAME_TYPE
