@@ -133,10 +133,13 @@ def _add_limits(start: argparse.ArgumentParser) -> None:
 def _add_tls_options(parser: argparse.ArgumentParser, server: bool) -> None:
     group = parser.add_argument_group("security")
     who = "this node's" if server else "the client's (for mutual TLS)"
-    group.add_argument("--tls-cert", type=Path, default=None, metavar="PEM", help=f"{who} certificate")
-    group.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help=f"{who} private key")
+    group.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                       help=f"{who} certificate (default: none)")
+    group.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
+                       help=f"{who} private key (default: none)")
     group.add_argument("--tls-ca", type=Path, default=None, metavar="PEM",
-                       help="CA to trust" + ("; also requires client certificates (mTLS)" if server else ""))
+                       help="CA to trust" + ("; also requires client certificates (mTLS)" if server else "")
+                       + " (default: none; with --tls-cert alone, the system's CAs)")
     group.add_argument("--token-file", type=Path, default=None, metavar="FILE",
                        help="file holding the cluster token (default: $DISTNODE_TOKEN, or none)")
 
@@ -155,7 +158,8 @@ def _add_submit(commands: Any) -> None:
     submit.add_argument("--op", required=True, choices=OPS)
     submit.add_argument("--source", required=True, metavar="SPEC", help=SOURCES)
     submit.add_argument("--map", choices=KERNELS, default=None, metavar="KERNEL",
-                        help="applied to each element first, one of: " + ", ".join(KERNELS))
+                        help="applied to each element first, one of: " + ", ".join(KERNELS)
+                             + " (default identity)")
     submit.add_argument("--axis", type=int, choices=[0], default=None,
                         help="0: reduce the rows of 2-D data to a vector (default: everything to one value)")
     submit.add_argument("--bins", type=_positive_int, default=None, metavar="N",
@@ -192,7 +196,7 @@ def _add_local(commands: Any) -> None:
     local.add_argument("--token-file", type=Path, default=None, metavar="FILE",
                        help="require this cluster token on every RPC (default: $DISTNODE_TOKEN, or none)")
     local.add_argument("--cluster-file", type=Path, default=None, metavar="FILE",
-                       help=f"write the nodes' addresses there, one line, for ${CLUSTER_ENV} elsewhere")
+                       help=f"write the nodes' addresses there, for ${CLUSTER_ENV} (default: no file)")
     local.add_argument("--keep-logs", action="store_true",
                        help="keep the nodes' logs and data after Ctrl-C (their directory is printed)")
 
@@ -206,5 +210,6 @@ def _add_certs(commands: Any) -> None:
                        help="node certificates n1..nN (default 3), plus one client certificate")
     certs.add_argument(
         "--hosts", default="", metavar="HOST[,...]",
-        help="names or IPs the nodes are reached at (127.0.0.1, ::1 and localhost always)",
+        help="more names or IPs the nodes are reached at (default: none; 127.0.0.1, ::1 and "
+             "localhost are always in)",
     )

@@ -11,10 +11,13 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,9 +158,10 @@ def test_restarted_node_rejoins(cluster: LocalCluster) -> None:
     assert cluster.leader() == leader
 
 
-def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout_s: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout_s
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout_s,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -179,6 +183,13 @@ def test_cli_bad_jobs_then_a_good_one(cluster: LocalCluster, tmp_path: Any) -> N
     assert answer["result"] == 499999500000 and answer["leader"] == cluster.leader()
     plain = run_cli("submit", "--cluster", addresses, "--op", "max", "--source", "values:3,9,2")
     assert plain.returncode == 0 and plain.stdout == "9\n"
+    # JSON has no NaN or Infinity: they are printed as strings a strict parser accepts.
+    for source, expected in (("values:1,nan", "NaN"), ("values:1,inf", "Infinity"), ("values:1,-inf", "-Infinity")):
+        special = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", source, "--json")
+        assert special.returncode == 0, special.stderr
+        assert json.loads(special.stdout, parse_constant=_refuse_constant)["result"] == expected
+        bare = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", source)
+        assert json.loads(bare.stdout, parse_constant=_refuse_constant) == expected
     # --max-message-bytes bounds the answer this client accepts: a scalar fits in 256 bytes,
     # 1,000 histogram counts (8,000 bytes) do not.
     small = run_cli("submit", "--cluster", addresses, "--op", "sum", "--source", "range:n=100",
@@ -197,6 +208,61 @@ def test_cli_bad_jobs_then_a_good_one(cluster: LocalCluster, tmp_path: Any) -> N
     assert table.returncode == 0 and "leader" in table.stdout and cluster.ids[0] in table.stdout
 
 
+def test_status_answers_while_a_node_is_paused(cluster: LocalCluster) -> None:
+    """Every node is asked at once: a paused one, even first in the list, costs nothing."""
+    leader = cluster.wait_all_alive(timeout_s=10)
+    follower = next(node for node in cluster.ids if node != leader)
+    addresses = [cluster.address(follower)] + [a for a in cluster.addresses if a != cluster.address(follower)]
+    with Client(addresses) as client:
+        cluster.pause(follower)
+        try:
+            started = time.monotonic()
+            view = client.status(timeout=2)
+            took_s = time.monotonic() - started
+            assert view.leader == leader and took_s < 1.0, (view, took_s)
+            assert cluster.leader(timeout_s=5) == leader
+        finally:
+            cluster.resume(follower)
+
+
+def test_status_around_a_leader_kill_never_shows_two_leaders(cluster: LocalCluster) -> None:
+    """Each node shows what it knows: only the leader it hears is "leader", and a dead
+    former leader is "unknown" in the new leader's view."""
+    old = cluster.wait_all_alive(timeout_s=10)
+    survivors = [node for node in cluster.ids if node != old]
+    cluster.kill(old)
+    deadline = time.monotonic() + 10
+    new = None
+    while new is None and time.monotonic() < deadline:
+        for node in survivors:
+            view = own_view(cluster.address(node))
+            if view is None:
+                continue
+            leaders = [n.id for n in view.nodes if n.role == "leader"]
+            assert len(leaders) <= 1, (node, view)
+            if view.role == "leader":
+                new = node
+    assert new is not None, cluster.logs()
+    view = cluster.status()
+    assert (view.leader, view.answered_by) == (new, new)
+    dead = next(n for n in view.nodes if n.id == old)
+    assert (dead.role, dead.alive) == ("unknown", False), view
+
+
+def own_view(address: str) -> Any:
+    """One node's own Status reply (no client logic in between); None if it does not answer."""
+    import grpc
+
+    from node._proto import distnode_pb2 as pb
+    from node._proto import distnode_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=0.5)
+        except grpc.RpcError:
+            return None
+
+
 STARTS = 8
 
 
@@ -211,6 +277,10 @@ def test_clusters_start_cleanly_again_and_again() -> None:
         bad = [line for line in logs.splitlines()
                if any(word in line for word in ("ERROR", "Traceback", "PERMISSION_DENIED", "CRITICAL"))]
         assert not bad, f"start {start + 1} of {STARTS}:\n" + "\n".join(bad) + "\n" + logs
+
+
+def _refuse_constant(name: str) -> Any:
+    raise AssertionError(f"{name} is not JSON")
 
 
 def test_children_never_outlive_the_harness(tmp_path: Any) -> None:
@@ -243,21 +313,32 @@ def test_children_never_outlive_the_harness(tmp_path: Any) -> None:
     wait_until(lambda: all(gone(pid) for pid in pids), 10, "orphaned daemons to exit", lambda: "")
 
 
-def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c() -> None:
+def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path: Any) -> None:
+    """It prints the nodes, writes their addresses for another shell, and with --keep-logs
+    leaves its logs behind after Ctrl-C."""
+    cluster_file = tmp_path / "cluster.txt"
     with subprocess.Popen(
-        [sys.executable, "-m", "cli", "local", "--nodes", "2", "--heartbeat-ms", "30", "--election-ms", "150-300"],
+        [sys.executable, "-m", "cli", "local", "--nodes", "2", "--heartbeat-ms", "30", "--election-ms", "150-300",
+         "--cluster-file", str(cluster_file), "--keep-logs"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as process:
         try:
             assert process.stdout is not None
-            lines = [process.stdout.readline() for _ in range(3)]
+            lines = [process.stdout.readline() for _ in range(4)]
             assert lines[0].startswith("n1 127.0.0.1:") and lines[1].startswith("n2 127.0.0.1:")
-            assert lines[2].startswith("leader n")
+            assert lines[2].startswith("leader n") and lines[3].startswith("logs in ")
+            addresses = [line.split()[1] for line in lines[:2]]
+            assert cluster_file.read_text().strip() == ",".join(addresses)
+            status = run_cli("status", "--json", env={"DISTNODE_CLUSTER": cluster_file.read_text().strip()})
+            assert json.loads(status.stdout)["leader"] == lines[2].split()[1]
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=15) == 0
         finally:
             if process.poll() is None:
                 process.kill()
+    workdir = Path(lines[3].split(maxsplit=2)[2].strip())
+    assert (workdir / "n1.log").exists(), "--keep-logs kept nothing"
+    shutil.rmtree(workdir)
 
 
 def test_submit_shows_a_progress_bar_on_a_terminal_only(cluster: LocalCluster) -> None:

@@ -118,3 +118,65 @@ def test_udp_heartbeats_flag(flags: list[str], udp: bool, tmp_path: Path) -> Non
          "--data-dir", str(tmp_path), *flags]
     )
     assert config_from_args(args).udp_heartbeats is udp
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("distnode ")
+
+
+@pytest.mark.parametrize("command", ["start", "submit", "status", "local", "certs"])
+def test_every_flag_says_its_default_or_that_it_is_required(command: str) -> None:
+    """--help tells a newcomer what each flag does when left out."""
+    import argparse
+
+    from cli.parser import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction) or action.required:
+            continue
+        if action.nargs == 0:  # a switch: off unless given
+            assert action.help, action.option_strings
+            continue
+        assert action.help and ("default" in action.help or "required" in action.help), action.option_strings
+
+
+def test_a_one_node_cluster_needs_no_peers(tmp_path: Path) -> None:
+    from cli.commands import config_from_args
+    from cli.parser import build_parser
+
+    args = build_parser().parse_args(["start", "--id", "n1", "--listen", "127.0.0.1:5001", "--data-dir", str(tmp_path)])
+    assert config_from_args(args).peers == ()
+
+
+def test_one_election_number_means_n_to_2n(tmp_path: Path) -> None:
+    from cli.commands import config_from_args
+    from cli.parser import build_parser
+
+    args = build_parser().parse_args(["start", "--id", "n1", "--listen", "127.0.0.1:5001", "--election-ms", "300",
+                                      "--data-dir", str(tmp_path)])
+    config = config_from_args(args)
+    assert (config.election_ms_min, config.election_ms_max) == (300, 600)
+
+
+def test_histogram_without_bins_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["submit", "--cluster", "127.0.0.1:1", "--op", "histogram", "--source", "range:n=9"])
+    assert done.value.code == EXIT_USAGE
+    assert "histogram needs --bins N and --range LO:HI" in capsys.readouterr().err
+
+
+def test_the_cluster_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.parser import build_parser
+
+    monkeypatch.setenv("DISTNODE_CLUSTER", "127.0.0.1:7001,127.0.0.1:7002")
+    args = build_parser().parse_args(["status"])
+    assert args.cluster == "127.0.0.1:7001,127.0.0.1:7002"
+    assert build_parser().parse_args(["status", "--cluster", "h:1"]).cluster == "h:1"
+    monkeypatch.delenv("DISTNODE_CLUSTER")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["status"])

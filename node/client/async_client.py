@@ -135,7 +135,9 @@ class AsyncClient:
             self._nodes.prefer(reply.head.leader_address)
             return answer_from(reply, started, plan.failed)
         if plan.unreachable:
-            raise await asyncio.to_thread(unreachable, self._nodes.all(), self._stubs.factory.tls)
+            raise await asyncio.to_thread(
+                unreachable, self._nodes.all(), self._stubs.factory.tls, plan.unreached
+            )
         raise plan.out_of_time()
 
     async def _attempt(
@@ -262,7 +264,7 @@ class AsyncClient:
         if views:
             return cluster_status(max(views, key=lambda v: v.term), leaderless=True)
         if not self._nodes.reached:
-            raise await asyncio.to_thread(unreachable, self._nodes.all(), self._stubs.factory.tls)
+            raise await asyncio.to_thread(unreachable, self._nodes.all(), self._stubs.factory.tls, errors)
         detail = "; ".join(f"{address}: {error}" for address, error in errors.items()) or "no reply"
         raise ClusterUnavailable(f"no node answered ({detail})")
 

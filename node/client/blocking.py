@@ -104,7 +104,7 @@ class Client:
             self._nodes.prefer(reply.head.leader_address)
             return answer_from(reply, started, plan.failed)
         if plan.unreachable:
-            raise unreachable(self._nodes.all(), self._factory.tls)
+            raise unreachable(self._nodes.all(), self._factory.tls, plan.unreached)
         raise plan.out_of_time()
 
     def _attempt(

@@ -30,16 +30,20 @@ from node.security import TlsFiles
 PROBE_TIMEOUT_S = 1.0
 
 
-def unreachable(addresses: list[str], tls: TlsFiles | None) -> ClusterUnavailable:
-    """The error for a cluster none of whose nodes ever answered, each address diagnosed."""
-    causes = "; ".join(diagnose(address, tls) for address in addresses)
+def unreachable(
+    addresses: list[str], tls: TlsFiles | None, errors: dict[str, str] | None = None
+) -> ClusterUnavailable:
+    """The error for a cluster none of whose nodes ever answered, each address diagnosed
+    (`errors`: the last error gRPC gave for each, a hint when the probes find nothing)."""
+    errors = errors or {}
+    causes = "; ".join(diagnose(address, tls, errors.get(address, "")) for address in addresses)
     return ClusterUnavailable(f"no node answered: {causes}")
 #: The client preface of HTTP/2 (RFC 9113 §3.4), then an empty SETTINGS frame.
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 _SETTINGS_FRAME_TYPE = 0x04
 
 
-def diagnose(address: str, tls: TlsFiles | None, timeout_s: float = PROBE_TIMEOUT_S) -> str:
+def diagnose(address: str, tls: TlsFiles | None, error: str = "", timeout_s: float = PROBE_TIMEOUT_S) -> str:
     """One line: what is at `address`, as a client with `tls` sees it, and what to do."""
     try:
         host, port = split_host_port(address)
@@ -62,7 +66,9 @@ def diagnose(address: str, tls: TlsFiles | None, timeout_s: float = PROBE_TIMEOU
         return f"{address}: {_tls_problem(host, port, tls, timeout_s)}"
     if not _speaks_http2(host, port, timeout_s):
         return f"{address}: something answers there, but not HTTP/2: not a gRPC server, so not a distnode"
-    return f"{address}: the node accepts connections but its calls fail; see its log"
+    if "UNIMPLEMENTED" in error:
+        return f"{address}: a gRPC server, but not a distnode (it has no distnode.v1.Node service)"
+    return f"{address}: a gRPC server that refuses the calls ({error or 'no detail'}); see its log"
 
 
 def _handshake(host: str, port: int, context: ssl.SSLContext | None, timeout_s: float) -> tuple[bool, str]:
@@ -78,10 +84,11 @@ def _handshake(host: str, port: int, context: ssl.SSLContext | None, timeout_s: 
         with socket.create_connection((host, port), timeout=timeout_s) as raw, \
                 context.wrap_socket(raw, server_hostname=host) as conn:
             # TLS 1.3 servers refuse a missing client certificate after the
-            # handshake, with an alert that arrives on the first read.
+            # handshake: an alert, or a close, arrives on the first read.
             conn.settimeout(min(0.2, timeout_s))
             with contextlib.suppress(TimeoutError):
-                conn.recv(1)
+                if conn.recv(1) == b"":
+                    return True, "CLOSED_AFTER_HANDSHAKE"
     except ssl.SSLCertVerificationError as exc:
         return True, f"CERTIFICATE_VERIFY_FAILED {exc.verify_message}"
     except ssl.SSLError as exc:
@@ -100,12 +107,13 @@ def _tls_problem(host: str, port: int, tls: TlsFiles, timeout_s: float) -> str:
     reason = problem.upper()
     if not problem:
         return "TLS handshakes succeed, the calls after them fail (a wrong token?); see the node's log"
-    if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and tls.cert is None):
+    refused = ("CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE", "CLOSED_AFTER_HANDSHAKE")
+    if tls.cert is None and any(word in reason for word in refused):
         return "the node wants a client certificate (mutual TLS); give --tls-cert and --tls-key"
     if "VERIFY" in reason:
         return (f"the node's certificate is not trusted by --tls-ca, or not made for {host!r} "
                 "(distnode certs --hosts)")
-    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+    if any(word in reason for word in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CLOSED_AFTER_HANDSHAKE")):
         return "the node does not trust this client's certificate (signed by another CA?)"
     return f"the TLS handshake fails: {problem}"
 

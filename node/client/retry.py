@@ -72,7 +72,7 @@ def classify(exc: FailedCall, accepted: bool) -> Exception:
     """Turn a failed call's status into what the caller should do with it."""
     code, details = exc.code(), exc.details() or ""
     reached = signed_by(exc.trailing_metadata()) is not None
-    if code in _RETRY_ELSEWHERE:
+    if code in _RETRY_ELSEWHERE or (code is grpc.StatusCode.UNIMPLEMENTED and not reached):
         return AttemptFailed(f"{code.name}: {details}", accepted=accepted, reached=reached)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED and not details.startswith("job-timeout-s"):
         # Our own deadline: the retry loop ends and reports it.
@@ -184,8 +184,8 @@ class RetryPlan:
         self.failed = 0
         self._accepted = False
         self._last_error = "no node tried"
-        #: Addresses whose attempts failed without any node answering.
-        self._unreached: set[str] = set()
+        #: Addresses whose attempts failed without any node answering, and how.
+        self.unreached: dict[str, str] = {}
 
     def __iter__(self) -> Iterator[tuple[str, float] | float]:
         for round_ in itertools.count():
@@ -206,7 +206,7 @@ class RetryPlan:
         if exc.reached:
             self.nodes.reached = True
         else:
-            self._unreached.add(address)
+            self.unreached[address] = str(exc)
         self.nodes.forget(address)
 
     @property
@@ -216,7 +216,7 @@ class RetryPlan:
         misconfigured (TLS, port, host), or the whole cluster is down."""
         return (
             not self.nodes.reached
-            and set(self.nodes.all()) <= self._unreached
+            and set(self.nodes.all()) <= set(self.unreached)
             and time.monotonic() - self.started >= UNREACHABLE_AFTER_S
         )
 

@@ -60,6 +60,9 @@ __all__ = ["CLIENT", "FAST_TIMING", "FaultedJob", "LocalCluster", "free_ports"]
 class LocalCluster:
     """N daemons on this machine. Use as a context manager, or call start()/close()."""
 
+    #: The pseudo node id of clients in the link-fault API: `cut(cluster.CLIENT, "n2")`.
+    CLIENT = CLIENT
+
     def __init__(
         self,
         nodes: int = 3,

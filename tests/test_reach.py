@@ -1,0 +1,147 @@
+"""A client that cannot get in says why, within seconds, instead of retrying until its timeout.
+
+Each case stands a server on 127.0.0.1 (a gRPC server in a thread, with or
+without TLS, an HTTP/1 server, or nothing at all) and points a client, the
+CLI or the probe of node/client/reach.py at it. Nothing here is a distnode
+node: these are the servers a misconfigured client meets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2_grpc
+
+from cli.main import main
+from node import Client, ClusterUnavailable, TlsFiles
+from node.client.reach import diagnose
+from node.testing.certs import make_certs
+from node.testing.ports import free_ports
+
+#: Generous: the client gives up after UNREACHABLE_AFTER_S (3 s) plus a round of probes.
+GIVES_UP_WITHIN_S = 12.0
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    make_certs(out, nodes=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("other-ca")
+    make_certs(out, nodes=1)
+    return out
+
+
+@contextlib.contextmanager
+def grpc_server(certs: Path | None = None, mutual: bool = False) -> Iterator[str]:
+    """A gRPC server with only the health service: reachable, but not a distnode."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    if certs is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        files = TlsFiles(certs / "n1.pem", certs / "n1.key", certs / "ca.pem" if mutual else None)
+        port = server.add_secure_port("127.0.0.1:0", files.server_credentials())
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+@contextlib.contextmanager
+def http1_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def client_tls(certs: Path, with_cert: bool = True) -> TlsFiles:
+    if with_cert:
+        return TlsFiles(certs / "client.pem", certs / "client.key", certs / "ca.pem")
+    return TlsFiles(ca=certs / "ca.pem")
+
+
+def test_nothing_listening() -> None:
+    (port,) = free_ports(1)
+    assert "nothing is listening there" in diagnose(f"127.0.0.1:{port}", None)
+
+
+def test_a_plaintext_client_at_a_tls_server(certs: Path) -> None:
+    with grpc_server(certs) as address:
+        assert "the node speaks TLS and this client does not; give --tls-ca" in diagnose(address, None)
+
+
+def test_a_tls_client_at_a_plaintext_server(certs: Path) -> None:
+    with grpc_server() as address:
+        assert "does not speak TLS" in diagnose(address, client_tls(certs))
+
+
+def test_no_client_certificate_for_mutual_tls(certs: Path) -> None:
+    with grpc_server(certs, mutual=True) as address:
+        assert "wants a client certificate" in diagnose(address, client_tls(certs, with_cert=False))
+
+
+def test_a_server_certificate_from_another_ca(certs: Path, other_ca: Path) -> None:
+    with grpc_server(certs) as address:
+        assert "not trusted by --tls-ca" in diagnose(address, client_tls(other_ca, with_cert=False))
+
+
+def test_an_http1_server() -> None:
+    with http1_server() as address:
+        assert "not HTTP/2" in diagnose(address, None)
+
+
+def test_a_grpc_server_that_is_not_a_distnode() -> None:
+    with grpc_server() as address:
+        assert "not a distnode" in diagnose(address, None, "UNIMPLEMENTED: Method not found!")
+
+
+def submit_takes(addresses: list[str], tls: TlsFiles | None = None) -> tuple[float, str]:
+    started = time.monotonic()
+    with Client(addresses, timeout=60, tls=tls) as client, pytest.raises(ClusterUnavailable) as failed:
+        client.submit(op="sum", source="range:n=10")
+    return time.monotonic() - started, str(failed.value)
+
+
+def test_the_client_gives_up_on_a_tls_cluster_it_cannot_speak_to(certs: Path) -> None:
+    (dead,) = free_ports(1)
+    with grpc_server(certs) as address:
+        took_s, message = submit_takes([address, f"127.0.0.1:{dead}"])
+    assert took_s < GIVES_UP_WITHIN_S, took_s
+    assert f"{address}: the node speaks TLS" in message and f"127.0.0.1:{dead}: nothing is listening" in message
+
+
+def test_the_client_names_a_grpc_server_that_is_not_a_distnode() -> None:
+    with grpc_server() as address:
+        took_s, message = submit_takes([address])
+    assert took_s < GIVES_UP_WITHIN_S and "not a distnode" in message, (took_s, message)
+
+
+def test_cli_submit_and_status_exit_3_with_the_cause(certs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with grpc_server(certs) as address:
+        started = time.monotonic()
+        code = main(["submit", "--cluster", address, "--op", "sum", "--source", "range:n=3", "--timeout", "60"])
+        took_s = time.monotonic() - started
+        err = capsys.readouterr().err
+        assert code == 3 and took_s < GIVES_UP_WITHIN_S, (code, took_s, err)
+        assert "the node speaks TLS" in err and "Traceback" not in err
+        assert main(["status", "--cluster", address]) == 3
+        assert "the node speaks TLS" in capsys.readouterr().err
