@@ -70,11 +70,10 @@ def client_security(args: argparse.Namespace) -> tuple[str | None, TlsFiles | No
     except SecurityError as exc:
         raise UsageError(str(exc)) from None
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
-    if (tls.cert is None) != (tls.key is None):
-        raise UsageError("tls-cert and tls-key: give both or neither")
-    for name, path in (("tls-cert", tls.cert), ("tls-key", tls.key), ("tls-ca", tls.ca)):
-        if path is not None and not path.is_file():
-            raise UsageError(f"{name}: no such file {path}")
+    try:
+        tls.validate_client()
+    except SecurityError as exc:
+        raise UsageError(str(exc)) from None
     return token, (tls if tls.enabled else None)
 
 
@@ -168,12 +167,13 @@ def run_local(args: argparse.Namespace) -> int:
 def _announce(cluster: LocalCluster, cluster_file: Path | None, token: bool) -> None:
     """What another shell needs to use the cluster: addresses, leader, logs, a first command."""
     addresses = ",".join(cluster.addresses)
+    if cluster_file is not None:  # first: once anything is printed, the file is there
+        cluster_file.write_text(addresses + "\n")
     for node_id in cluster.ids:
         print(f"{node_id} {cluster.address(node_id)}", flush=True)
     print(f"leader {cluster.leader()}", flush=True)
     print(f"logs in {cluster.workdir}", flush=True)
     if cluster_file is not None:
-        cluster_file.write_text(addresses + "\n")
         print(f"addresses in {cluster_file}: export {CLUSTER_ENV}=$(cat {cluster_file})", flush=True)
     hint = f"distnode submit --cluster {addresses} --op sum --source range:n=1e6"
     if cluster.certs_dir is not None:

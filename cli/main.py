@@ -5,7 +5,8 @@ Exit codes (DESIGN §1): 0 done; 1 the job failed or a limit refused it;
 mistakes, node.errors.CallerError: a bad field, a missing or forbidden file,
 a reused job id, a missing or wrong token); 3 no node reachable, or no
 leader within --timeout. `main(argv)` returns the code, so tests call it
-directly; `entry()` is the console script.
+directly (argparse's own usage errors still raise SystemExit(2), as it does);
+`entry()` is the console script.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "certs":
             return commands.run_certs(args)
         return commands.run_local(args)
-    except UsageError as exc:
-        parser.exit(EXIT_USAGE, f"distnode {args.command}: error: {exc}\n")
+    except UsageError as exc:  # what argparse says of its own errors, in its words, and exit 2
+        return _fail(EXIT_USAGE, f"distnode {args.command}: error: {exc}")
     except InvalidJob as exc:
         return _fail(EXIT_USAGE, f"distnode {args.command}: invalid job: {exc}")
     except CallerError as exc:

@@ -34,7 +34,7 @@ import grpc
 
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.security import TlsFiles, token_metadata
-from node.wire.answers import NodeStub
+from node.wire.stubs import NodeStub
 
 #: HTTP/2 options shared by servers and channels (see the module docstring).
 HTTP2_OPTIONS: tuple[tuple[str, Any], ...] = (

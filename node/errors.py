@@ -1,12 +1,14 @@
 """Every exception distnode raises, in two families (as h11 splits local and remote errors).
 
 - `CallerError`: the caller asked for something that cannot be done. Fix the
-  request, the flags or the files; retrying the same thing fails the same way.
-- `ClusterError`: the cluster could not deliver. Retry later, or look at the
-  cluster; the request itself may be fine.
+  request, the flags, the files or the token; retrying the same thing fails
+  the same way. The CLI exits 2.
+- `ClusterError`: the cluster could not deliver: `JobError` (exit 1: the job
+  failed, or a limit refused it) and `ClusterUnavailable` (exit 3). Retry
+  later, or look at the cluster; the request itself may be fine.
 
-The client raises the four public names (`InvalidJob`, `JobError`,
-`ClusterUnavailable`, and their base `DistnodeError`). The daemon raises the
+The client raises the public names (`InvalidJob`, `AccessDenied`,
+`JobError`, `ClusterUnavailable`, and their base `DistnodeError`). The daemon raises the
 finer classes below them, and its servicer turns each into one gRPC status
 (node/server/service.py, `STATUS_OF`), which the client turns back into the
 public names. Messages name the field and the problem: "op: unknown op 'sums'".
@@ -72,10 +74,6 @@ class AccessDenied(CallerError):
     """The cluster refused this client: no token, or the wrong one (gRPC UNAUTHENTICATED)."""
 
 
-class LimitExceeded(CallerError):
-    """A request is over a configured limit; the message names the limit (RESOURCE_EXHAUSTED)."""
-
-
 class ConfigError(CallerError, ValueError):
     """A configuration value is malformed or inconsistent with another one."""
 
@@ -97,6 +95,14 @@ class ClusterError(DistnodeError):
 
 class JobError(ClusterError):
     """The job was accepted but did not produce an answer."""
+
+
+class LimitExceeded(JobError):
+    """A node's limit refused the job (RESOURCE_EXHAUSTED); the message names the limit.
+
+    A cluster's failure rather than the caller's: some limits pass later
+    (jobs in flight), and what is too big is the node's setting to decide.
+    """
 
 
 class JobFailed(JobError):
@@ -126,6 +132,10 @@ class NoLeader(ClusterUnavailable):
     """This node knows no leader to relay a call to; the client retries (UNAVAILABLE)."""
 
 
+class RunAbandoned(ClusterUnavailable):
+    """The run a caller joined ended with the caller that started it; retry the job id (UNAVAILABLE)."""
+
+
 class ReduceFailed(ClusterUnavailable):
     """A worker's partials could not be delivered to the aggregator (UNAVAILABLE)."""
 
@@ -150,6 +160,6 @@ class AttemptFailed(ClusterUnavailable):
         super().__init__(message)
         #: The cluster had accepted the job before the attempt failed.
         self.accepted = accepted
-        #: A node answered (a status it signed): the failure is the cluster's,
-        #: not a connection that never reached a node.
+        #: A node was reached (a status it signed, or a call on a connection it
+        #: had accepted): the failure is the cluster's, not a misconfiguration.
         self.reached = reached

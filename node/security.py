@@ -10,8 +10,8 @@ Two independent locks, both optional, both recommended off loopback:
 - **A cluster token** (`--token-file` or `DISTNODE_TOKEN`): every RPC carries
   `authorization: Bearer <token>` (the stubs add it to each call); a server
   interceptor compares it in constant time and answers `UNAUTHENTICATED`
-  otherwise. The standard health
-  service stays open so load balancers and probes keep working.
+  otherwise. The standard health service stays open so load balancers and
+  probes keep working.
 
 The token travels in clear text without TLS: use both on a shared network.
 """
@@ -61,14 +61,19 @@ class TlsFiles:
     def enabled(self) -> bool:
         return self.cert is not None or self.ca is not None
 
-    def validate_server(self) -> None:
+    def validate_client(self) -> None:
+        """A client may give a CA alone; a certificate needs its key. SecurityError names the flag."""
         if (self.cert is None) != (self.key is None):
             raise SecurityError("tls-cert and tls-key: give both or neither")
-        if self.ca is not None and self.cert is None:
-            raise SecurityError("tls-ca: mutual TLS on a server also needs --tls-cert and --tls-key")
         for name, path in (("tls-cert", self.cert), ("tls-key", self.key), ("tls-ca", self.ca)):
             if path is not None and not path.is_file():
                 raise SecurityError(f"{name}: no such file {path}")
+
+    def validate_server(self) -> None:
+        """A server's CA means mutual TLS, which needs its own certificate too."""
+        self.validate_client()
+        if self.ca is not None and self.cert is None:
+            raise SecurityError("tls-ca: mutual TLS on a server also needs --tls-cert and --tls-key")
 
     def server_credentials(self) -> grpc.ServerCredentials:
         assert self.cert is not None and self.key is not None
@@ -93,7 +98,7 @@ Resp = TypeVar("Resp")
 
 
 def token_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
-    """The token as call metadata, for blocking calls (cheaper than an interceptor)."""
+    """The token as call metadata, which the stubs add to every call."""
     return ((AUTH_HEADER, f"Bearer {token}"),) if token else None
 
 

@@ -2,10 +2,10 @@
 
 Usage:
 
-    python scripts/bench.py [--quick] [--json PATH] [--png PATH] [--markdown PATH]
+    python scripts/bench.py [--quick] [--json PATH] [--png PATH] [--markdown PATH] [--readme PATH]
                             [--peers mpi4py,dask,ray,numpy|none] [--data-dir DIR] [--keep-data]
                             [--wait-quiet S]
-    python scripts/bench.py --render-from JSON --markdown PATH [--png PATH]
+    python scripts/bench.py --render-from JSON [--markdown PATH] [--readme PATH] [--png PATH]
 
 Prints one markdown table (figure, distnode, each peer, ratio, target, met?)
 on stdout, progress on stderr, and writes the raw numbers to `--json`
@@ -14,7 +14,8 @@ when matplotlib is installed). `--markdown` also writes the documentation
 page (docs/benchmarks.md: the machine, the table, the spread of every timed
 figure, the notes, the chart) from the JSON; `--render-from JSON` rebuilds
 that page, and the chart when `--png` is given, from an existing JSON
-without measuring anything. Peers come from the optional extra
+without measuring anything. `--readme` rewrites the README's headline
+table (between its bench-summary markers) the same way. Peers come from the optional extra
 `pip install -e '.[bench]'` (Open MPI itself: `apt-get install openmpi-bin
 libopenmpi-dev`); a peer that is not installed is skipped and the table says
 so. `--quick` (10^7 elements, few reps, 10 s scale window) runs in about a
@@ -101,7 +102,7 @@ from benchlib.clients import client_worker
 from benchlib.data import Params, answer_checks, bench_data, environment
 from benchlib.fresh_phases import GROUPS, run_distnode
 from benchlib.loadwatch import QUIET_CORES, LoadWatch
-from benchlib.page import write_page
+from benchlib.page import write_page, write_readme
 from benchlib.peers import PEERS, run_peers, skipped_peers
 from benchlib.report import render_table, result_notes, targets
 from benchlib.rows import Row, build_rows
@@ -117,8 +118,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"chart ({DEFAULT_PNG}; with --render-from, only when given)")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also write the documentation page here (docs/benchmarks.md)")
+    parser.add_argument("--readme", metavar="PATH",
+                        help="also rewrite the headline table between the markers of this README")
     parser.add_argument("--render-from", metavar="JSON",
-                        help="measure nothing: write --markdown (and --png) from this bench JSON")
+                        help="measure nothing: write --markdown, --readme, --png from this bench JSON")
     parser.add_argument("--peers", default=",".join(PEERS),
                         help=f"peers to run, comma-separated, or 'none' (default {','.join(PEERS)})")
     parser.add_argument("--data-dir", help="where the .npy files go (default: a temporary dir)")
@@ -135,8 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--inflight", type=int, default=32, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
-    if opts.render_from and not opts.markdown:
-        parser.error("--render-from writes a page: give it --markdown PATH")
+    if opts.render_from and not (opts.markdown or opts.readme):
+        parser.error("--render-from writes pages: give it --markdown PATH and/or --readme PATH")
     if opts.png is None and not opts.render_from:
         opts.png = DEFAULT_PNG
     return opts
@@ -188,9 +191,11 @@ def write_outputs(res: dict[str, Any], opts: argparse.Namespace) -> None:
     print()
     for note in notes:
         print(f"- {note}")
+    # From the JSON as written, exactly as `--render-from` will read it.
     if opts.markdown:
-        # From the JSON as written, exactly as `--render-from` will read it.
         write_page(json.loads(text), Path(opts.markdown), chart)
+    if opts.readme:
+        write_readme(json.loads(text), Path(opts.readme))
 
 
 def render_from(opts: argparse.Namespace) -> int:
@@ -198,8 +203,12 @@ def render_from(opts: argparse.Namespace) -> int:
     chart, chart_note = draw_chart(opts.png, res, build_rows(res, Params.from_json(res["params"])))
     if chart_note:
         log(chart_note)
-    write_page(res, Path(opts.markdown), chart)
-    log(f"page: {opts.markdown}, from {opts.render_from}")
+    if opts.markdown:
+        write_page(res, Path(opts.markdown), chart)
+        log(f"page: {opts.markdown}, from {opts.render_from}")
+    if opts.readme:
+        write_readme(res, Path(opts.readme))
+        log(f"README summary: {opts.readme}, from {opts.render_from}")
     return 0
 
 

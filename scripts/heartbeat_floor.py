@@ -9,8 +9,8 @@ process is on uvloop and runs an idle gRPC server, as a daemon does. Two
 transports, alternated rep by rep in the same run:
 
 - grpc: one long-lived bidirectional stream per follower (what distnode used
-  for every beat before node/beacons.py, and still uses as the fallback);
-- udp: one connected datagram socket per follower (what node/beacons.py uses).
+  for every beat before node/server/beacons.py, and still uses as the fallback);
+- udp: one connected datagram socket per follower (what node/server/beacons.py uses).
 
 It prints the leader's and the followers' CPU use, medians over the reps, as
 a percentage of one core, and the ratio: the floor under the "idle node CPU"

@@ -1,4 +1,4 @@
-"""UDP heartbeats (node/beacons.py, node/heartbeats.py).
+"""UDP heartbeats (node/server/beacons.py, node/server/heartbeats.py).
 
 Three layers: the sealed wire format on bytes; a listener and a sender on real
 127.0.0.1 sockets (grants, replays, forged answers); and in-process clusters,
@@ -231,8 +231,11 @@ async def test_idle_heartbeats_leave_grpc(start_cluster: StartCluster) -> None:
     await poll(lambda: all(link.sent_udp >= n + 30 for link, n in zip(links(cluster, leader), udp_before, strict=True)),
                10.0, "30 more beats to each follower")
     grpc_after = [link.sent_grpc for link in links(cluster, leader)]
-    # A datagram lost on loopback sends one beat on gRPC too; 30 beats should lose none.
-    assert grpc_after == grpc_before, f"beats went on gRPC while UDP answered: {grpc_before} -> {grpc_after}"
+    # A reply later than one beat (10 ms here, with three daemons and the test on one
+    # event loop) sends the next beat on gRPC too: the fallback at work. Without UDP
+    # all 30 would go on gRPC; a stall of the shared loop may cost a few.
+    extra = [after - before for before, after in zip(grpc_before, grpc_after, strict=True)]
+    assert all(n <= 3 for n in extra), f"beats went on gRPC while UDP answered: {grpc_before} -> {grpc_after}"
     followers = [d for d in cluster.daemons if d is not leader]
     assert all(d.beacons is not None and d.beacons.taken >= 30 for d in followers)
     assert all(d.election.term == term and d.election.leader == leader.node_id for d in cluster.daemons)

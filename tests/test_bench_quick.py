@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, for its markers
 BENCH = ROOT / "scripts" / "bench.py"
 FIGURES = {
     "big_sum", "big_square_sum", "small_p50", "small_p99", "throughput", "vector_reduce", "start",
@@ -83,3 +84,16 @@ def test_bench_quick_writes_table_json_and_page(tmp_path: Path) -> None:
     )
     assert rebuilt.returncode == 0, rebuilt.stderr[-4000:]
     assert (again / "page.md").read_bytes() == out_page.read_bytes()
+
+    # --readme rewrites only the block between the README's markers: the headline rows.
+    from benchlib.page import SUMMARY_END, SUMMARY_START
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# a project\n\n{SUMMARY_START}\nold figures\n{SUMMARY_END}\n\nthe rest\n")
+    written = subprocess.run([sys.executable, str(BENCH), "--render-from", str(out_json), "--readme", str(readme)],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert written.returncode == 0, written.stderr[-4000:]
+    text = readme.read_text()
+    assert text.startswith("# a project\n") and text.endswith(f"{SUMMARY_END}\n\nthe rest\n")
+    assert "old figures" not in text and table[0] in text and "--quick --markdown" in text
+    assert next(line for line in table if "big: `sum`" in line) in text

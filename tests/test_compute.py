@@ -1,4 +1,4 @@
-"""Unit tests for node/compute.py (and the sources it re-exports from node/sources.py).
+"""Unit tests for node/core/compute.py and node/core/sources.py.
 
 What they prove, in the order of the module's contract:
 1. merging fixed shards in shard order gives the same bits however the shards
@@ -39,7 +39,7 @@ from node.core.compute import (
     validate_job,
 )
 from node.core.job import KERNELS, OPS, SHARD_ELEMS, Job
-from node.core.sources import RANDOM_BLOCK, DataSource, open_source, parse_count
+from node.core.sources import RANDOM_BLOCK_ELEMS, DataSource, open_source, parse_count
 from node.errors import InvalidField, SourceNotFound
 
 Array = npt.NDArray[Any]
@@ -411,7 +411,7 @@ def test_arg_axis0_ties_across_boundary(tmp_path: Path) -> None:
 
 # --- 5: random source ---------------------------------------------------------
 
-BIG_N = RANDOM_BLOCK + 1000  # two blocks, the last one short
+BIG_N = RANDOM_BLOCK_ELEMS + 1000  # two blocks, the last one short
 
 
 @pytest.fixture(scope="module")
@@ -424,9 +424,9 @@ def test_random_matches_the_per_block_definition(big_random: tuple[DataSource, A
     source, full = big_random
     assert (source.rows, source.cols, source.dtype) == (BIG_N, None, np.dtype(np.float64))
     np.testing.assert_array_equal(
-        full[:RANDOM_BLOCK], np.random.default_rng([42, 0]).random(RANDOM_BLOCK)
+        full[:RANDOM_BLOCK_ELEMS], np.random.default_rng([42, 0]).random(RANDOM_BLOCK_ELEMS)
     )
-    np.testing.assert_array_equal(full[RANDOM_BLOCK:], np.random.default_rng([42, 1]).random(1000))
+    np.testing.assert_array_equal(full[RANDOM_BLOCK_ELEMS:], np.random.default_rng([42, 1]).random(1000))
 
 
 @settings(max_examples=15, deadline=None)

@@ -1,4 +1,4 @@
-"""Link faults: the TCP proxy of `node/faults.py`, and LocalCluster's link API on real daemons.
+"""Link faults: the TCP proxy of `node/testing/faults.py`, and LocalCluster's link API on real daemons.
 
 The proxy tests talk to a local echo server through one link: cut, blackhole,
 refuse, heal and delay are observed on plain sockets. The process tests run a
@@ -412,7 +412,7 @@ def test_a_client_cut_off_from_every_node_gets_no_answer(
     cluster: LocalCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Nodes advertise their client link, so a client on the links that learnt the leader
-    from a reply stays on them (it used to move to the leader's real address): cutting every
+    from a reply stays on them instead of moving to its real address: cutting every
     CLIENT link leaves it nothing, as a real partition would. Closing a cluster with client
     links cut logs no error."""
     with Client(cluster.client_addresses, timeout=2) as client:

@@ -86,3 +86,24 @@ async def test_a_job_aborted_after_its_submitter_left_logs_nothing() -> None:
     gc.collect()
     await asyncio.sleep(0)
     assert not [c for c in reported if "never retrieved" in c.get("message", "")], reported
+
+
+async def test_a_joiner_is_not_stranded_when_the_first_caller_goes_away() -> None:
+    """The first submit of a job id drives its run; cancelled (its client gone), the run
+    ends, and whoever joined the same id must hear so at once, not wait forever."""
+    from inproc import poll
+
+    from node.errors import RunAbandoned
+
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 16)
+    job = Job(op="sum", source="random:n=1e7,seed=1")  # ~150 shards, one at a time on one thread
+    first = asyncio.ensure_future(jobs.submit("j", job))
+    await poll(lambda: jobs.progress("j")[1] > 0, what="the run to start")
+    joiner = asyncio.ensure_future(jobs.submit("j", job))
+    await asyncio.sleep(0)  # one turn of the loop: the joiner's submit runs up to its wait on the run
+    assert not joiner.done()
+    first.cancel()
+    with pytest.raises(RunAbandoned, match="retry"):
+        await asyncio.wait_for(joiner, 5)
+    assert first.cancelled()
+    assert jobs.progress("j") == (False, 0, 0)

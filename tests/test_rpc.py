@@ -250,3 +250,27 @@ def test_worker_rejects_shards_outside_the_source() -> None:
     for bad in [(0, 5, 50), (0, 5, 5), (0, 7, 3)]:
         with pytest.raises(InvalidField, match="shards: shard 0 rows"):
             check_ranges([bad], source)
+
+
+async def test_a_node_that_cannot_persist_its_vote_stops(
+    start_cluster: StartCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Raft §5.2: a vote that cannot be made durable must not be sent, and a node whose
+    term lives only in memory must not go on: it logs why and stops serving."""
+    import asyncio
+
+    from inproc import poll
+
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    broken = next(d for d in cluster.daemons if d is not leader)
+
+    def full_disk(state: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    broken.elections.store.save = full_disk  # type: ignore[method-assign]
+    leader.stop()  # the survivors campaign: each must persist a term and a vote
+    task = cluster.tasks[cluster.daemons.index(broken)]
+    await poll(task.done, timeout_s=10, what="the node that cannot persist to stop")
+    assert "cannot persist term" in caplog.text and "No space left on device" in caplog.text
+    await asyncio.wait_for(task, 1)  # it shut down in order, without raising

@@ -22,7 +22,7 @@ from node.errors import ConfigError, SecurityError
 from node.security import TlsFiles, load_token
 from node.server.config import NodeConfig
 from node.testing.certs import make_certs
-from node.wire.answers import NodeStub
+from node.wire.stubs import NodeStub
 
 TOKEN = "s3cret-token"
 
@@ -155,7 +155,7 @@ def test_exposed_listen_needs_tls_and_token_or_insecure(
     config = NodeConfig(
         node_id="n1", listen=listen, peers=(), data_dir=Path("unused"),
         tls=SERVER_MODES["tls"](certs) if tls else TlsFiles(),
-        token=TOKEN if token else None, insecure=insecure,
+        token=TOKEN if token else None, insecure=insecure, advertise="10.0.0.1:1",
     )
     if ok:
         config.validate()

@@ -49,8 +49,9 @@ from node.server.api import (
     VoteAnswer,
 )
 from node.server.service import NodeServicer, add_to_server
-from node.wire.answers import NodeStub, parse_submit_reply, serialize_submit_reply, submit_answer
+from node.wire.answers import parse_submit_reply, serialize_submit_reply, submit_answer
 from node.wire.status import signed_by
+from node.wire.stubs import NodeStub
 from node.wire.tensors import tensor_to_proto
 
 

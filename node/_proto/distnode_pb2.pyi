@@ -91,7 +91,7 @@ class HeartbeatRequest(_message.Message):
     """The address workers dial to reach the leader (its --listen address)."""
     beacon_key: _builtins.bytes
     """The key this leader seals its UDP heartbeats with for this term
-    (node/beacons.py). Sent only on this gRPC stream, never in a datagram.
+    (node/server/beacons.py). Sent only on this gRPC stream, never in a datagram.
     """
     seq: _builtins.int
     """In a datagram: the beat's number, growing through the term (replays of

@@ -15,6 +15,7 @@ cut off), so the retry moves on.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,10 +39,14 @@ from node.client.retry import (
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
-from node.wire.answers import NodeStub, SubmitAnswer
+from node.wire.answers import SubmitAnswer
 from node.wire.status import signed_by
+from node.wire.stubs import NodeStub
 
 SubmitCall = grpc.aio.UnaryUnaryCall[pb.SubmitRequest, SubmitAnswer]
+log = logging.getLogger("distnode.client")
+#: The longest one node's Status may take before `status()` stops waiting for it.
+STATUS_PROBE_S = 2.0
 
 
 @dataclass
@@ -161,8 +166,11 @@ class AsyncClient:
         try:
             return await call
         except asyncio.CancelledError:
+            # The watchdog cancelling the call, not our caller cancelling us, is a retry.
+            task = asyncio.current_task()
             watchdog = flight.watchdog
-            if watchdog is not None and watchdog.done() and not watchdog.cancelled():
+            mine = task is not None and task.cancelling() > 0
+            if not mine and watchdog is not None and watchdog.done() and not watchdog.cancelled():
                 raise watchdog.result() from None
             raise
         except grpc.aio.AioRpcError as exc:
@@ -203,7 +211,9 @@ class AsyncClient:
                 failures += 1
                 if failures >= PROBE_FAILURES:
                     call.cancel()
-                    return AttemptFailed("node stopped answering progress probes", accepted=seen.known)
+                    # reached: the call went out on a connection the node had accepted.
+                    return AttemptFailed("node stopped answering progress probes", accepted=seen.known,
+                                         reached=True)
             await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def _probe(self, stub: NodeStub, job_id: str, on_progress: ProgressCallback | None) -> bool:
@@ -212,7 +222,10 @@ class AsyncClient:
         except grpc.aio.AioRpcError:
             return False
         if reply.known and on_progress is not None:
-            on_progress(reply.shards_done, reply.shards_total)
+            try:
+                on_progress(reply.shards_done, reply.shards_total)
+            except Exception:  # the caller's bug must not stop the watching
+                log.exception("on_progress callback raised; ignored")
         return bool(reply.known)
 
     async def progress(self, job_id: str) -> tuple[int, int] | None:
@@ -271,7 +284,7 @@ class AsyncClient:
     async def _status_of(
         self, address: str, deadline: float, errors: dict[str, str]
     ) -> pb.StatusReply | None:
-        remaining = min(2.0, deadline - time.monotonic())
+        remaining = min(STATUS_PROBE_S, deadline - time.monotonic())
         if remaining <= 0:
             return None
         try:

@@ -40,7 +40,8 @@ from node.client.watchdog import Watch, Watchdog
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
-from node.wire.answers import BlockingNodeStub, SubmitAnswer
+from node.wire.answers import SubmitAnswer
+from node.wire.stubs import BlockingNodeStub
 
 T = TypeVar("T")
 
@@ -116,13 +117,13 @@ class Client:
             try:
                 return stub.Submit(request, timeout=remaining)
             except grpc.RpcError as exc:
-                if watch.abandoned:
+                if watch.abandoned:  # reached: the node had accepted the connection
                     raise AttemptFailed(
-                        "node stopped answering progress probes", accepted=watch.known
+                        "node stopped answering progress probes", accepted=watch.known, reached=True
                     ) from None
                 raise classify(exc, watch.known) from None
             except ValueError as exc:  # another thread's watch closed this channel just now
-                raise AttemptFailed(f"channel closed: {exc}", accepted=False) from None
+                raise AttemptFailed(f"channel closed: {exc}", accepted=False, reached=True) from None
 
     def _probe(self, address: str, job_id: str) -> tuple[int, int] | None:
         """The watchdog's question to `address`: how far is `job_id`? None: not known there."""

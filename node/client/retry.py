@@ -4,8 +4,10 @@ A client knows some of the cluster's addresses, not which node leads. It
 sends a job to the leader it last saw (or to any node; followers relay to
 the leader) and keeps trying, with the same `job_id`, until the deadline:
 
-- UNAVAILABLE (node down, no leader yet, leader lost mid-job) or a node that
-  stops answering progress probes (paused, partitioned): try the next node.
+- UNAVAILABLE (node down, no leader yet, leader lost mid-job), CANCELLED,
+  ABORTED, UNKNOWN, UNIMPLEMENTED from something that is not a node, or a
+  node that stops answering progress probes (paused, partitioned): try the
+  next node. DEADLINE_EXCEEDED from our own deadline ends the loop.
 - INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND, PERMISSION_DENIED: the
   request is wrong: `InvalidJob`, at once. UNAUTHENTICATED: `AccessDenied`.
   Other statuses: `JobError`.
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 import grpc
 
 from node._proto import distnode_pb2 as pb
-from node.addresses import parse_address
+from node.addresses import parse_addresses
 from node.core.job import Job
 from node.errors import AccessDenied, AttemptFailed, ClusterUnavailable, ConfigError, InvalidJob, JobError
 from node.wire.jobs import job_to_proto
@@ -90,15 +92,16 @@ def out_of_time(job_id: str, accepted: bool, last_error: str) -> Exception:
     return ClusterUnavailable(f"no leader answered in time; last error: {last_error}")
 
 
-def parse_addresses(addresses: Sequence[str] | str) -> list[str]:
-    if isinstance(addresses, str):
-        addresses = [a for a in addresses.split(",") if a.strip()]
-    if not addresses:
-        raise InvalidJob("cluster: give at least one HOST:PORT", field="cluster")
+def cluster_addresses(addresses: Sequence[str] | str) -> list[str]:
+    """What a client was given (a list, or "HOST:PORT,..."), parsed; InvalidJob names the field."""
+    text = addresses if isinstance(addresses, str) else ",".join(addresses)
     try:
-        return [parse_address(a, "cluster") for a in addresses]
+        parsed = list(parse_addresses(text, "cluster"))
     except ConfigError as exc:
         raise InvalidJob(str(exc), field="cluster") from None
+    if not parsed:
+        raise InvalidJob("cluster: give at least one HOST:PORT", field="cluster")
+    return parsed
 
 
 def build_job(
@@ -134,7 +137,7 @@ class Nodes:
     """The addresses a client knows, the last leader it saw first. Thread-safe."""
 
     def __init__(self, addresses: Sequence[str] | str) -> None:
-        self._addresses = parse_addresses(addresses)
+        self._addresses = cluster_addresses(addresses)
         self._preferred: str | None = None
         self._lock = threading.Lock()
         #: Some node has answered this client (a reply, or a status it signed).
@@ -169,18 +172,19 @@ class Nodes:
 class RetryPlan:
     """The retry rules of a submission, without the I/O (both clients drive it).
 
-    Iterating yields `(address, remaining_s)` for the next attempt, or a float:
-    seconds to pause before the next round (backoff 50 ms doubling to 500 ms).
+    `deadline_s` is a time.monotonic() value. Iterating yields `(address,
+    remaining_s)` for the next attempt, or a float: seconds to pause before
+    the next round (backoff 50 ms doubling to 500 ms).
     Report each failed attempt with `failed_at`; when the iteration ends,
     either `unreachable` holds (say why, with reach.diagnose) or the deadline
     has passed and `out_of_time()` is the error to raise.
     """
 
-    def __init__(self, nodes: Nodes, job_id: str, deadline: float) -> None:
+    def __init__(self, nodes: Nodes, job_id: str, deadline_s: float) -> None:
         self.nodes = nodes
         self.job_id = job_id
-        self.deadline = deadline
-        self.started = time.monotonic()
+        self.deadline_s = deadline_s
+        self.started_s = time.monotonic()
         self.failed = 0
         self._accepted = False
         self._last_error = "no node tried"
@@ -190,11 +194,11 @@ class RetryPlan:
     def __iter__(self) -> Iterator[tuple[str, float] | float]:
         for round_ in itertools.count():
             for address in self.nodes.order():
-                remaining = self.deadline - time.monotonic()
+                remaining = self.deadline_s - time.monotonic()
                 if remaining <= 0:
                     break
                 yield address, remaining
-            left = self.deadline - time.monotonic()
+            left = self.deadline_s - time.monotonic()
             if left <= 0 or self.unreachable:
                 return
             yield min(0.05 * 2**round_, 0.5, left)
@@ -217,7 +221,7 @@ class RetryPlan:
         return (
             not self.nodes.reached
             and set(self.nodes.all()) <= set(self.unreached)
-            and time.monotonic() - self.started >= UNREACHABLE_AFTER_S
+            and time.monotonic() - self.started_s >= UNREACHABLE_AFTER_S
         )
 
     def out_of_time(self) -> Exception:

@@ -108,16 +108,21 @@ def _validate_histogram(job: Job) -> None:
         raise InvalidField("range", f"LO must be below HI, got {lo}:{hi}")
 
 
+def shard_rows(source: DataSource, shard_elems: int = SHARD_ELEMS) -> int:
+    """Rows per shard: as many whole rows as fit in `shard_elems` elements, at least one."""
+    if shard_elems <= 0:
+        raise ValueError(f"shard_elems must be positive, got {shard_elems}")
+    return max(1, shard_elems // (source.cols or 1))
+
+
 def plan_shards(source: DataSource, shard_elems: int = SHARD_ELEMS) -> list[tuple[int, int]]:
     """Row ranges [start, stop) of about `shard_elems` elements each.
 
     Depends only on (rows, cols, shard_elems): this is what makes answers
     independent of the node count.
     """
-    if shard_elems <= 0:
-        raise ValueError(f"shard_elems must be positive, got {shard_elems}")
-    shard_rows = max(1, shard_elems // (source.cols or 1))
-    return [(s, min(s + shard_rows, source.rows)) for s in range(0, source.rows, shard_rows)]
+    rows = shard_rows(source, shard_elems)
+    return [(s, min(s + rows, source.rows)) for s in range(0, source.rows, rows)]
 
 
 # --- kernels and per-shard partials --------------------------------------------

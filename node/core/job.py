@@ -4,7 +4,7 @@ The servicer, the client and the CLI name jobs, ops and kernels but never
 touch an array. Keeping these free of numpy lets a daemon start, vote and
 lead before it loads the compute stack (node/core/compute.py and the server's
 jobs and worker), which it does in the background once a leader is known
-(`Daemon.compute_ready`): with sixteen daemons starting on two cores, numpy's
+(`Daemon._preload_compute`): with sixteen daemons starting on two cores, numpy's
 import alone is ~0.8 CPU-seconds of the start-up storm.
 """
 

@@ -8,7 +8,7 @@ calls it, in whatever pieces:
 
 - `range:n=N`        int64 0..N-1, computed on demand.
 - `random:n=N,seed=S[,dist=uniform|normal]`  float64 made in fixed blocks of
-  RANDOM_BLOCK elements, block b from `default_rng([seed, b])`; a read only
+  RANDOM_BLOCK_ELEMS elements, block b from `default_rng([seed, b])`; a read only
   generates the blocks it overlaps.
 - `npy:PATH`         a 1-D or 2-D numeric `.npy` file, memory-mapped; a read
   slices the map, so only the pages of those rows are touched.
@@ -36,7 +36,7 @@ from node.errors import InvalidField, SourceForbidden, SourceNotFound
 
 Array = npt.NDArray[Any]
 
-RANDOM_BLOCK = 1 << 20
+RANDOM_BLOCK_ELEMS = 1 << 20
 DISTRIBUTIONS = ("uniform", "normal")
 SOURCE_KINDS = ("range", "random", "npy", "values")
 # Kinds of numpy dtype a source may hold: bool, signed, unsigned, float.
@@ -118,8 +118,8 @@ class RandomSource:
         out = np.empty(max(0, stop - start), dtype=np.float64)
         if stop <= start:
             return out
-        for block in range(start // RANDOM_BLOCK, (stop - 1) // RANDOM_BLOCK + 1):
-            block_start = block * RANDOM_BLOCK
+        for block in range(start // RANDOM_BLOCK_ELEMS, (stop - 1) // RANDOM_BLOCK_ELEMS + 1):
+            block_start = block * RANDOM_BLOCK_ELEMS
             values = self.block(block)
             lo, hi = max(start, block_start), min(stop, block_start + len(values))
             out[lo - start : hi - start] = values[lo - block_start : hi - block_start]
@@ -127,7 +127,7 @@ class RandomSource:
 
     def block(self, block: int) -> Array:
         """The whole of block `block` (the last one is shorter)."""
-        length = min(RANDOM_BLOCK, self.rows - block * RANDOM_BLOCK)
+        length = min(RANDOM_BLOCK_ELEMS, self.rows - block * RANDOM_BLOCK_ELEMS)
         rng = np.random.default_rng([self.seed, block])
         if self.dist == "normal":
             return rng.standard_normal(length)

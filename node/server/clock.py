@@ -84,7 +84,7 @@ class Clock:
         try:
             stalled = time.monotonic() - self._wake_by_s > self.stall_s
             ticks = on_wake(stalled)
-            # Wake at the wall-clock time of the due tick, counted from the origin.
+            # Wake at the monotonic time of the due tick, counted from the origin: no drift.
             due_s = self._origin_s + (self._ticks_done + ticks) * self.tick_ms / 1000
             sleep_s = min(max(0.0, due_s - time.monotonic()), self.max_sleep_s)
             sleep_s = math.ceil(sleep_s * 1000) / 1000 + TIMER_SLACK_S

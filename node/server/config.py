@@ -29,6 +29,7 @@ from node.security import TlsFiles
 DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_ELECTION_MS = (250, 500)
 DEFAULT_TICK_MS = 10
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def parse_range_ms(text: str, field_name: str = "election-ms") -> tuple[int, int]:
@@ -86,7 +87,7 @@ class NodeConfig:
     #: Allow listening beyond loopback without TLS and a token.
     insecure: bool = False
     limits: Limits = field(default_factory=Limits)
-    #: Send heartbeats as sealed UDP datagrams beside gRPC (node/beacons.py).
+    #: Send heartbeats as sealed UDP datagrams beside gRPC (node/server/beacons.py).
     #: Off: every heartbeat goes on the gRPC stream, at about three times the CPU.
     udp_heartbeats: bool = True
 
@@ -101,6 +102,12 @@ class NodeConfig:
             raise ConfigError(f"peers: lists this node's own address {self.address}")
         if len(set(self.peers)) != len(self.peers):
             raise ConfigError(f"peers: duplicate address in {','.join(self.peers)}")
+        if not self.advertise and split_host_port(self.listen)[0] in WILDCARD_HOSTS:
+            # Replies tell clients where the leader is: a wildcard would send them to their own host.
+            raise ConfigError(
+                f"listen: {self.listen} is every interface; give --advertise HOST:PORT, "
+                "the address others reach this node at"
+            )
         self._validate_timing()
         if self.shard_elems < 1:
             raise ConfigError(f"shard-elems: must be positive, got {self.shard_elems}")
@@ -145,7 +152,3 @@ class NodeConfig:
     def election_ticks(self) -> tuple[int, int]:
         return self.election_ms_min // self.tick_ms, self.election_ms_max // self.tick_ms
 
-    @property
-    def failure_ms(self) -> int:
-        """A worker silent this long is dead to the leader (its shards move on)."""
-        return self.election_ms_min

@@ -1,9 +1,10 @@
-"""The daemon: one node's process. The only place with a wall clock, signals and tasks.
+"""The daemon: one node's process. It owns the server, the signals and the shutdown.
 
-It owns the gRPC server and the UDP heartbeat socket (beacons.py), feeds the
-pure election core its ticks (clock.py) and executes the core's outputs in
-order: persist (fsync) before send, so a vote is durable before anyone hears
-it. Election RPC replies go back into the core as messages; the core's
+It owns the gRPC server and the UDP heartbeat socket (beacons.py), the
+long-lived tasks, and the order things stop in; it feeds the pure election
+core its ticks (clock.py) and executes the core's outputs in order through
+elections.py: persist (fsync) before send, so a vote is durable before anyone
+hears it. Election RPC replies go back into the core as messages; the core's
 failure detector (`Election.active_peers`) tells the job scheduler which
 workers are alive (peers.py).
 
@@ -35,10 +36,8 @@ from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache, server_options
 from node.core.election import Election, ElectionConfig
 from node.core.job import Job
-from node.core.messages import (
-    Role,
-)
-from node.errors import InvalidField, NotAMember
+from node.core.messages import Role
+from node.errors import InvalidField, NotAMember, NotLeader
 from node.security import TokenServerInterceptor
 from node.server import beacons
 from node.server.admission import ClientSlots
@@ -63,6 +62,7 @@ from node.server.peers import PeerTable
 from node.server.relay import Relay
 from node.server.service import NodeServicer, add_to_server, beat_reply
 from node.server.statestore import StateStore
+from node.wire.answers import SERVICE
 from node.wire.jobs import job_to_proto
 
 if TYPE_CHECKING:
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distnode")
 
-SERVICE_NAME = "distnode.v1.Node"
 #: How long shutdown waits for in-flight RPCs.
 SHUTDOWN_GRACE_S = 1.0
 #: Longest the clock sleeps, so the parent-process watch stays prompt.
@@ -109,9 +108,11 @@ class Daemon:
         )
         self.elections = ElectionDriver(
             election, self.store, self.clock, self.peers, self.stubs, self.heartbeats, config,
-            self._spawn, self._on_role_changed,
+            self._spawn, self._on_role_changed, self.stop,
         )
-        self.relay = Relay(self.stubs, lambda: self.elections.leader_address, self._who)
+        self.relay = Relay(
+            self.stubs, lambda: self.elections.leader_address, self._who, config.limits.job_timeout_s
+        )
         self.clients = ClientSlots(config.limits.max_jobs_per_client)
         #: This node's UDP socket for the leader's beats; None until serving, or if off.
         self.beacons: BeaconListener | None = None
@@ -202,7 +203,7 @@ class Daemon:
         id; refusing its first beats would cost the cluster an election.
         """
         if node_id and not self.peers.is_member(node_id) and self.peers.unknown_ids():
-            await self.elections.discover_once()
+            await self.elections.discover_once(wanted=node_id)
         self._check_member(field, node_id)
 
     def _check_term(self, term: int) -> None:
@@ -227,8 +228,9 @@ class Daemon:
         return answer
 
     def beat_reply(self, beat: pb.HeartbeatRequest) -> pb.HeartbeatReply:
-        """A beat that came as a UDP datagram (its leader was granted over gRPC, so known)."""
-        return beat_reply(self.node_id, self._beat(beat.leader_id, beat.term, b""))
+        """A beat that came as a UDP datagram. The listener took it only under the key a
+        member granted over gRPC, for that leader and term: checked there, not again."""
+        return beat_reply(self.node_id, self.elections.heartbeat(beat.leader_id, beat.term))
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
@@ -242,6 +244,8 @@ class Daemon:
         if not self.is_leader:
             return await self.relay.submit(job_id, job, forwarded, timeout_s)
         await self.compute_ready()
+        if not self.is_leader:  # stepped down while the compute stack loaded
+            raise NotLeader(f"{self.node_id} stepped down in term {self.election.term}")
         outcome = await self.jobs.submit(job_id, job)
         return Answered(outcome, self.node_id, self.election.term, self.config.address)
 
@@ -325,6 +329,13 @@ class Daemon:
         """Run until SIGINT/SIGTERM, `stop()`, or the parent's death; then shut down in order."""
         self.clock.restart()  # tick 0: before any RPC arrives
         server = self._make_server()
+        try:
+            await self._start(server, handle_signals)
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(server)
+
+    async def _start(self, server: grpc.aio.Server, handle_signals: bool) -> None:
         add_to_server(NodeServicer(self), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -336,7 +347,7 @@ class Daemon:
         await server.start()
         if self.config.udp_heartbeats:
             self.beacons = await beacons.listen(self.config.listen, port, self.beat_reply)
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         if handle_signals:
             loop = asyncio.get_running_loop()
@@ -349,16 +360,20 @@ class Daemon:
         )
         self.clock.start(self._on_wake)
         self._spawn(self.elections.discover_ids(self._stopping))
-        await self._stopping.wait()
+
+    async def _shutdown(self, server: grpc.aio.Server) -> None:
+        """In order: no more ticks, no more RPCs, no more tasks, then close what they used."""
         self.clock.stop()
         log.info("shutting down")
         await server.stop(SHUTDOWN_GRACE_S)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.elections.close()
         self.heartbeats.close()
         if self.beacons is not None:
             self.beacons.close()
-        for task in list(self._tasks):
-            task.cancel()
-        self.elections.close()
         await self.stubs.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -65,6 +65,7 @@ class ElectionDriver:
         config: NodeConfig,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         on_role_changed: OnRoleChanged,
+        on_fatal: Callable[[], None],
     ) -> None:
         self.election = election
         self.store = store
@@ -75,10 +76,14 @@ class ElectionDriver:
         self.config = config
         self.spawn = spawn
         self.on_role_changed = on_role_changed
+        #: Called when the node must stop (its state cannot be made durable).
+        self.on_fatal = on_fatal
         #: The leader's address as this node dials it (its own --peers entry);
         #: "" while no leader is known, or its id is not mapped to an address yet.
         self.leader_address = ""
         self._discovery: asyncio.Future[None] | None = None
+        #: Set whenever discovery learns an id (for callers waiting on one).
+        self._learnt = asyncio.Event()
 
     @property
     def node_id(self) -> str:
@@ -118,10 +123,11 @@ class ElectionDriver:
         return self.election.leader == leader_id and term == self.election.term
 
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
-        self.peers.heard(address, reply.node_id, reply.role, reply.term)
+        peer = self.peers.heard(address, reply.node_id, reply.role, reply.term)
         self.catch_up()
         self._execute(self.election.step(HeartbeatResponse(src=address, dst=self.node_id, term=reply.term)))
-        self.judge_peers(deaths=False)  # a reply can only bring a peer back
+        if peer is not None and not peer.alive:  # a reply can only bring a peer back
+            self.judge_peers(deaths=False)
 
     def _step_request(self, message: Message, reply_type: type[R]) -> R | None:
         """Step a request; return the core's reply to it, execute everything else first."""
@@ -143,11 +149,23 @@ class ElectionDriver:
     def _execute(self, outputs: list[Output]) -> None:
         for out in outputs:
             if isinstance(out, Persist):
-                self.store.save(ElectionState(out.term, out.voted_for))
+                self._persist(out)
             elif isinstance(out, Send):
                 self._send(out.message)
             elif isinstance(out, RoleChanged):
                 self._role_changed(out)
+
+    def _persist(self, out: Persist) -> None:
+        """Make term and vote durable. A node that cannot is done: it must not
+        send what it could not keep (Raft §5.2), nor go on with a term only
+        its memory holds; it stops, and a restart reads what the disk has."""
+        try:
+            self.store.save(ElectionState(out.term, out.voted_for))
+        except OSError as exc:
+            log.critical("cannot persist term %d and vote %r in %s: %s; stopping",
+                         out.term, out.voted_for, self.store.path, exc)
+            self.on_fatal()
+            raise
 
     def _send(self, message: Message) -> None:
         if isinstance(message, VoteRequest):
@@ -205,24 +223,40 @@ class ElectionDriver:
         if self._discovery is not None:
             self._discovery.cancel()
 
-    async def discover_once(self) -> None:
-        """One round: every unknown peer asked at once; callers during a round share it."""
+    async def discover_once(self, wanted: str = "") -> None:
+        """One round: every unknown peer asked at once; callers during a round share it.
+
+        With `wanted`, return as soon as that id is known: the slowest (or a
+        dead) peer of the round must not hold up a vote from a live one.
+        """
         if self._discovery is None or self._discovery.done():
             self._discovery = asyncio.ensure_future(self._discover_round())
-        await asyncio.shield(self._discovery)
+        round_ = self._discovery
+        while not (wanted and self.peers.is_member(wanted)) and not round_.done():
+            self._learnt.clear()
+            learnt: asyncio.Future[Any] = asyncio.ensure_future(self._learnt.wait())
+            waits: set[asyncio.Future[Any]] = {round_, learnt}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                learnt.cancel()
 
     async def _discover_round(self) -> None:
-        addresses = self.peers.unknown_ids()
-        replies = await asyncio.gather(
-            # wait_for_ready: a peer that refused a connection a moment ago (it was
-            # not listening yet) leaves its channel backing off; wait, not fail.
-            *(self.stubs.stub(a).Status(pb.StatusRequest(), timeout=DISCOVERY_TIMEOUT_S, wait_for_ready=True)
-              for a in addresses),
-            return_exceptions=True,
-        )
-        for address, reply in zip(addresses, replies, strict=True):
-            if isinstance(reply, pb.StatusReply):
-                self.peers.learn(address, reply.node_id)
+        # One peer at a time: a round runs beside the election and the beats, and
+        # asking (or first dialling) several peers in one step of the event loop
+        # holds it for milliseconds.
+        for address in self.peers.unknown_ids():
+            await self._ask_id(address)
+
+    async def _ask_id(self, address: str) -> None:
+        try:
+            reply = await self.stubs.stub(address).Status(
+                pb.StatusRequest(), timeout=DISCOVERY_TIMEOUT_S, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError:
+            return
+        self.peers.learn(address, reply.node_id)
+        self._learnt.set()
 
     def status(self) -> StatusView:
         """What this node knows, and nothing it does not.

@@ -1,7 +1,7 @@
 """The leader's heartbeat links: a UDP beacon and a gRPC stream per follower.
 
 Heartbeats are most of what an idle cluster does, so they take the cheapest
-path that works. Each beat goes out as a sealed datagram (node/beacons.py);
+path that works. Each beat goes out as a sealed datagram (node/server/beacons.py);
 while the follower answers those, that is all. A beat whose previous datagram
 went unanswered also goes on the link's long-lived bidirectional `Heartbeat`
 gRPC stream, which carries the term's beacon key: that is how a follower
@@ -16,7 +16,6 @@ died or restarted is picked up again within about one election timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -197,6 +196,8 @@ class HeartbeatLinks:
         self._key = None
         links, self._links = self._links, {}
         for link in links.values():
-            with contextlib.suppress(Exception):
+            try:
                 link.close()
+            except Exception:  # one link's trouble must not keep the others open
+                log.debug("closing the heartbeat link to %s failed", link.address, exc_info=True)
 

@@ -37,17 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from node.core.compute import Partial, compute_partial, finalize, merge, plan_shards, validate_job
+from node.core.compute import Partial, compute_partial, finalize, merge, plan_shards, shard_rows, validate_job
 from node.core.job import Job
 from node.core.limits import Limits
 from node.core.sources import DataSource
 from node.errors import (
-    InvalidField,
     JobConflict,
     JobFailed,
     JobTimedOut,
     LimitExceeded,
     NotLeader,
+    RunAbandoned,
     WorkerFailed,
 )
 from node.server.api import Outcome, ShardRange
@@ -67,7 +67,7 @@ REMOTE_LANES = 2
 #: their buffers be reused: each answer held is fresh memory the next job
 #: must fault in (about 4 ms per 8 MB answer on a 2-core VM). An evicted job
 #: that is retried runs again, with the same answer bit for bit.
-ANSWER_CACHE = 10_000
+ANSWER_CACHE_ENTRIES = 10_000
 ANSWER_CACHE_BYTES = 16 << 20
 #: A job of more shards than this is refused before planning (the plan alone
 #: would not fit in memory): 100,000 default shards are 8.4 x 10^11 elements.
@@ -214,8 +214,10 @@ class JobManager:
     async def submit(self, job_id: str, job: Job) -> Outcome:
         """Run `job` (or join its earlier run) and return the merged answer.
 
-        Raises compute.InvalidField for a bad job, JobConflict for a reused id,
-        NotLeader if leadership is lost meanwhile.
+        Raises node.errors classes: InvalidField for a bad job, LimitExceeded
+        over a limit, JobConflict for a reused id, JobTimedOut past the job
+        deadline, NotLeader if leadership is lost meanwhile, RunAbandoned if
+        the caller that started the run went away.
         """
         known = self._answers.get(job_id)
         if known is not None:
@@ -242,17 +244,8 @@ class JobManager:
         run.pending.extend(range(len(shards)))
         self._running[job_id] = run
         try:
-            if len(shards) == 1:
-                await self._run_alone(run, source)
-            else:
-                # The template reads a row: for `random:` that makes a 2^20 block,
-                # milliseconds the event loop (and the heartbeats) must not wait for.
-                sample = await loop.run_in_executor(
-                    self.executor, compute_partial, job, source, 0, 1
-                )
-                run.template = {key: (value.shape, value.dtype) for key, value in sample.items()}
-                self._start_lanes(run, source)
             async with asyncio.timeout(self.limits.job_timeout_s):
+                await self._launch(run, source)
                 outcome = await asyncio.shield(run.done)
         except TimeoutError:
             timed_out = JobTimedOut(f"job-timeout-s: job ran past {self.limits.job_timeout_s} s")
@@ -262,18 +255,33 @@ class JobManager:
             self._running.pop(job_id, None)
             for task in run.tasks:
                 task.cancel()
+            # Ended without an answer (the caller that started it was cancelled):
+            # those who joined it must not wait for a run nobody drives.
+            run.fail(RunAbandoned(f"job_id: the run of {job_id!r} ended with its first caller; retry"))
         self._remember(job_id, job, outcome)
         return outcome
+
+    async def _launch(self, run: JobRun, source: DataSource) -> None:
+        if len(run.shards) == 1:
+            await self._run_alone(run, source)
+            return
+        # The template reads a row: for `random:` that makes a 2^20 block,
+        # milliseconds the event loop (and the heartbeats) must not wait for.
+        sample = await asyncio.get_running_loop().run_in_executor(
+            self.executor, compute_partial, run.job, source, 0, 1
+        )
+        run.template = {key: (value.shape, value.dtype) for key, value in sample.items()}
+        self._start_lanes(run, source)
 
     def _plan(self, job: Job) -> tuple[DataSource, list[tuple[int, int]]]:
         """Validate the job against the limits and its source; cut the fixed shards."""
         self.limits.check_spec(job)
         source = validate_job(job, self.data_root)
         self.limits.check_shape(job, source.rows, source.cols)
-        shard_rows = max(1, self.shard_elems // (source.cols or 1))
-        if math.ceil(source.rows / shard_rows) > MAX_SHARDS:
-            raise InvalidField(
-                "source", f"{source.rows} rows make more than {MAX_SHARDS} shards of {shard_rows} rows"
+        rows = shard_rows(source, self.shard_elems)
+        if math.ceil(source.rows / rows) > MAX_SHARDS:
+            raise LimitExceeded(
+                f"source: {source.rows} rows make more than {MAX_SHARDS} shards of {rows} rows"
             )
         return source, plan_shards(source, self.shard_elems)
 
@@ -392,7 +400,7 @@ class JobManager:
             self._answer_bytes -= old[1].result.nbytes
         self._answers[job_id] = (job, outcome)
         self._answer_bytes += outcome.result.nbytes
-        while len(self._answers) > ANSWER_CACHE or self._answer_bytes > ANSWER_CACHE_BYTES:
+        while len(self._answers) > ANSWER_CACHE_ENTRIES or self._answer_bytes > ANSWER_CACHE_BYTES:
             _, (_, evicted) = self._answers.popitem(last=False)
             self._answer_bytes -= evicted.result.nbytes
 

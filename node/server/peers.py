@@ -44,11 +44,12 @@ class PeerTable:
         if peer is not None and node_id:
             peer.node_id = node_id
 
-    def heard(self, address: str, node_id: str, role: str, term: int) -> None:
-        """Record what a peer said about itself in a reply."""
+    def heard(self, address: str, node_id: str, role: str, term: int) -> Peer | None:
+        """Record what a peer said about itself in a reply; the peer, if it is one of ours."""
         peer = self._peers.get(address)
         if peer is not None:
             peer.node_id, peer.role, peer.term = node_id or peer.node_id, role, term
+        return peer
 
     def sync(self, active: set[str], deaths: bool = True) -> list[Peer]:
         """Take the failure detector's verdict (`active`: addresses heard lately).

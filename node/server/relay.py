@@ -1,10 +1,17 @@
 """A follower's relay of client calls to the leader it knows.
 
 Clients may call any node; a follower passes Submit and Progress on to its
-leader, through its own `--peers` entry for it, once: a relayed call is never
-relayed again, so two nodes that each believe the other leads cannot bounce a
-job between them. Submit's reply comes back as the leader's bytes and goes
-out untouched. Without a known leader the caller gets UNAVAILABLE and retries.
+leader, through its own `--peers` entry for it. A relayed Submit is marked
+and never relayed again, so two nodes that each believe the other leads
+cannot bounce a job between them (a Progress probe is not marked: it has a
+short deadline and changes nothing). Submit's reply comes back as the
+leader's bytes and goes out untouched.
+
+A status the leader signed (node/wire/status.py) is about the job and goes
+back to the client as it is. A failure of the hop itself (the leader
+unreachable, or refusing this node's token or certificate) is not the
+client's doing: it becomes UNAVAILABLE, and the client retries elsewhere.
+Without a known leader the caller gets UNAVAILABLE too.
 """
 
 from __future__ import annotations
@@ -19,18 +26,24 @@ from node.core.job import Job
 from node.errors import NoLeader, RelayFailed
 from node.server.api import JobProgress, Relayed
 from node.wire.jobs import job_to_proto
+from node.wire.status import signed_by
 
 #: How long a follower waits for the leader when it relays a Progress probe.
 RELAY_PROBE_S = 1.0
 
 
 class Relay:
-    def __init__(self, stubs: StubCache, leader_address: Callable[[], str], who: Callable[[], str]) -> None:
+    def __init__(
+        self, stubs: StubCache, leader_address: Callable[[], str], who: Callable[[], str],
+        job_timeout_s: float,
+    ) -> None:
         self.stubs = stubs
         #: The leader's address as this node dials it; "" while none is known.
         self.leader_address = leader_address
-        #: "n2 (term 4)", for the message when there is no leader.
+        #: "n2 (term 4)", for the messages.
         self.who = who
+        #: The deadline of a relayed Submit whose caller set none.
+        self.job_timeout_s = job_timeout_s
 
     def _leader(self) -> str:
         leader = self.leader_address()
@@ -42,10 +55,11 @@ class Relay:
         if forwarded:  # the sender took us for the leader: do not bounce it back
             raise NoLeader(f"no leader known to {self.who()}; retry")
         request = pb.SubmitRequest(job=job_to_proto(job_id, job), forwarded=True)
+        timeout_s = self.job_timeout_s if timeout_s is None else timeout_s
         try:
             reply = await self.stubs.stub(self._leader()).SubmitRelay(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
-            raise RelayFailed(exc.code().name, exc.details() or "leader unreachable") from None
+            raise self._failed(exc) from None
         return Relayed(reply)
 
     async def progress(self, job_id: str) -> JobProgress:
@@ -53,5 +67,12 @@ class Relay:
         try:
             reply = await stub.Progress(pb.ProgressRequest(job_id=job_id), timeout=RELAY_PROBE_S)
         except grpc.aio.AioRpcError as exc:
-            raise RelayFailed(exc.code().name, exc.details() or "leader unreachable") from None
+            raise self._failed(exc) from None
         return JobProgress(reply.known, reply.shards_done, reply.shards_total)
+
+    def _failed(self, exc: grpc.aio.AioRpcError) -> RelayFailed:
+        details = exc.details() or "no detail"
+        if signed_by(exc.trailing_metadata()) is not None:
+            return RelayFailed(exc.code().name, details)  # the leader's answer about the job
+        return RelayFailed("UNAVAILABLE", f"relay from {self.who()} to its leader failed: "
+                                          f"{exc.code().name}: {details}")

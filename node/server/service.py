@@ -35,6 +35,7 @@ from node.errors import (
     NotLeader,
     ReduceFailed,
     RelayFailed,
+    RunAbandoned,
     SourceNotFound,
 )
 from node.server.api import Answered, BeatAnswer, IncomingPartial, NodeApi, StatusView, Submitted
@@ -59,6 +60,7 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotLeader, grpc.StatusCode.UNAVAILABLE),
     (NoLeader, grpc.StatusCode.UNAVAILABLE),
     (ReduceFailed, grpc.StatusCode.UNAVAILABLE),
+    (RunAbandoned, grpc.StatusCode.UNAVAILABLE),
     (JobFailed, grpc.StatusCode.INTERNAL),
 )
 

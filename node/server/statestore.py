@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.errors import StateFileError
+
 STATE_FILE = "election.json"
 
 
@@ -38,8 +40,11 @@ class StateStore:
         except (OSError, ValueError) as exc:
             # A torn write cannot happen (rename is atomic), so this is a
             # foreign or hand-edited file: refuse rather than forget a vote.
-            raise RuntimeError(f"cannot read election state {self.path}: {exc}") from exc
-        return ElectionState(term=int(raw["term"]), voted_for=raw.get("voted_for"))
+            raise StateFileError(f"cannot read election state {self.path}: {exc}") from exc
+        try:
+            return ElectionState(term=int(raw["term"]), voted_for=raw.get("voted_for"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateFileError(f"election state {self.path} is not a term and a vote: {exc!r}") from exc
 
     def save(self, state: ElectionState) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

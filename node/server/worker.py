@@ -16,13 +16,16 @@ from pathlib import Path
 
 import grpc
 
+from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
-from node.core.compute import compute_partial, validate_job
+from node.core.compute import Partial, compute_partial, validate_job
 from node.core.job import Job
 from node.core.sources import DataSource
-from node.errors import InvalidField, ReduceFailed
+from node.errors import InvalidField, JobFailed, ReduceFailed
 from node.server.api import ShardRange
 from node.wire.tensors import partial_to_proto
+
+ReduceCall = grpc.aio.StreamUnaryCall[pb.Partial, pb.ReduceReply]
 
 
 class Worker:
@@ -44,10 +47,13 @@ class Worker:
     async def compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None
     ) -> int:
-        """Compute the shards in `ranges`, send each partial to the leader `leader_id`."""
+        """Compute the shards in `ranges`, send each partial to the leader `leader_id`.
+
+        A shard that cannot be computed is JobFailed (INTERNAL); a leader that
+        cannot be reached, or drops the stream, is ReduceFailed (UNAVAILABLE).
+        """
         source = validate_job(job, self.data_root)
         check_ranges(ranges, source)
-        loop = asyncio.get_running_loop()
         # Dial the aggregator only through our own --peers entry for it (which
         # may be a proxy or NAT address), never the address it advertises.
         reduce_to = self.address_of(leader_id)
@@ -56,24 +62,38 @@ class Worker:
         call = self.stubs.stub(reduce_to).Reduce(timeout=timeout_s)
         try:
             for index, start, stop in ranges:
-                partial = await loop.run_in_executor(
-                    self.executor, compute_partial, job, source, start, stop
-                )
-                await call.write(partial_to_proto(job_id, index, self.node_id, partial))
+                partial = await self._compute(job, source, index, start, stop)
+                await _deliver(call, reduce_to, partial_to_proto(job_id, index, self.node_id, partial))
+            await _deliver(call, reduce_to, None)
+        except BaseException:
+            call.cancel()  # the leader cancelled us, or a shard failed: the stream goes too
+            raise
+        return len(ranges)
+
+    async def _compute(self, job: Job, source: DataSource, index: int, start: int, stop: int) -> Partial:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, compute_partial, job, source, start, stop
+            )
+        except Exception as exc:
+            raise JobFailed(f"shard {index}: computation failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def _deliver(call: ReduceCall, reduce_to: str, partial: pb.Partial | None) -> None:
+    """Write one partial to the Reduce stream, or (None) close it and wait for the leader's ack."""
+    try:
+        if partial is None:
             await call.done_writing()
             await call
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        except grpc.aio.AioRpcError as exc:
-            raise ReduceFailed(f"reduce_to: {exc.details()}") from None
-        except Exception as exc:
-            # A Reduce stream that the aggregator dropped fails writes with
-            # InvalidStateError or gRPC's ExecuteBatchError rather than an
-            # AioRpcError; to the leader it is the same thing: unreachable.
-            call.cancel()
-            raise ReduceFailed(f"reduce_to {reduce_to}: {type(exc).__name__}: {exc}") from None
-        return len(ranges)
+        else:
+            await call.write(partial)
+    except grpc.aio.AioRpcError as exc:
+        raise ReduceFailed(f"reduce_to: {exc.details()}") from None
+    except Exception as exc:
+        # A Reduce stream that the aggregator dropped fails writes with
+        # InvalidStateError or gRPC's ExecuteBatchError rather than an
+        # AioRpcError; to the leader it is the same thing: unreachable.
+        raise ReduceFailed(f"reduce_to {reduce_to}: {type(exc).__name__}: {exc}") from None
 
 
 def check_ranges(ranges: list[ShardRange], source: DataSource) -> None:

@@ -94,6 +94,8 @@ def run_with_fault(
         if seen is not None and seen[0] >= after_shards:
             fault_after_s = time.monotonic() - running.started_s
             fault()
+            if running.done:  # it finished while the fault was being made: nothing crossed it
+                seen = (seen[1], seen[1])
             break
         time.sleep(POLL_S)
     answer = running.result(max(0.0, deadline - time.monotonic()) + 1.0)

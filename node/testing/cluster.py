@@ -14,16 +14,16 @@ Link faults (`link_faults=True`): every node dials its peers only through its
 own `--peers` entries, so the harness gives node i one proxy per peer j
 (`node.testing.faults`, a TCP proxy in this process) and can then `cut`, `heal`,
 `isolate` and `delay` the link i -> j without touching the processes.
-There is one more link per node for clients (CLIENT -> j), and each node
-advertises that link as its address, so a client that starts from the real
-addresses (`addresses`) moves onto the links once a reply names the leader.
-Client traffic is faulted only when a CLIENT link is cut; `client_addresses`
-are those links, for a client that must never bypass them.
+There is one more link per node for clients (CLIENT -> j): a client built on
+`client_addresses` reaches the nodes through them, and stays behind them
+because each node advertises its CLIENT link as its address (replies name
+the leader by it). Clients on the real `addresses`, like the harness's own
+`client`, are never faulted: the harness must see the cluster whatever it
+breaks.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import subprocess
@@ -49,7 +49,7 @@ from node.testing.faults import Mode
 from node.testing.links import CLIENT, Links
 from node.testing.ports import free_ports
 from node.testing.processes import DaemonProcess, stop_processes
-from node.wire.answers import BlockingNodeStub
+from node.wire.stubs import BlockingNodeStub
 
 #: Fast timing for tests: failover in ~0.2 s, still 3 heartbeats per timeout.
 FAST_TIMING = {"heartbeat_ms": 30, "election_ms": (150, 300)}
@@ -84,7 +84,8 @@ class LocalCluster:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
         #: A work directory made here is removed on close, unless `keep_logs`
         #: (or DISTNODE_KEEP_LOGS=1, to keep a failing test's logs).
-        self._own_workdir = workdir is None and not (keep_logs or os.environ.get("DISTNODE_KEEP_LOGS"))
+        keep = keep_logs or os.environ.get("DISTNODE_KEEP_LOGS", "").lower() in ("1", "true", "yes")
+        self._own_workdir = workdir is None and not keep
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="distnode-cluster-"))
         #: With `tls`, a throwaway CA and per-node certificates in workdir/certs, and
         #: mutual TLS everywhere; `token` is required on every RPC. `client_tls`
@@ -115,7 +116,6 @@ class LocalCluster:
         #: The same processes with their node ids, for `exits()`.
         self._history: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._finalizer = weakref.finalize(self, stop_processes, self._started)
-        atexit.register(self._finalizer)
         self.link_faults = link_faults
         self.link_mode: Mode = link_mode
         self._link_set: Links | None = None
@@ -195,7 +195,11 @@ class LocalCluster:
     # -- lifecycle --------------------------------------------------------
 
     def __enter__(self) -> LocalCluster:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # __exit__ will not run: stop what did start
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -412,7 +416,6 @@ class LocalCluster:
             self._client.close()
             self._client = None
         self._finalizer()
-        atexit.unregister(self._finalizer)
         if self._link_set is not None:
             self._link_set.close()
             self._link_set = None

@@ -26,7 +26,7 @@ more; order is kept and backpressure is preserved (bounded queues).
 
 Each link also relays UDP on the same port number, because a node sends its
 heartbeats as datagrams to the UDP twin of a peer's address
-(node/beacons.py). Datagrams to the link go to the target's UDP port; the
+(node/server/beacons.py). Datagrams to the link go to the target's UDP port; the
 target's answers go back to whoever sent to the link last (only the near-end
 node does). A cut drops datagrams both ways, in either mode (UDP has no
 connection to refuse); a delay holds each one for `delay_ms`.

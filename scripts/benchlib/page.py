@@ -25,6 +25,32 @@ CHART = "docs/benchmarks.png"
 #: Where the regenerating commands say the JSON goes: the bench's default.
 JSON = "bench.json"
 SPREAD_KEYS = ("min_ms", "p25_ms", "median_ms", "p75_ms", "max_ms")
+#: The README's headline figures: the rows of the table a user compares first.
+README_ROWS = ("big_sum", "big_square_sum", "vector_reduce", "small_p50", "small_p99", "throughput",
+               "failover_median", "failover_max", "kill_crossing", "idle_rss", "idle_cpu")
+SUMMARY_START = "<!-- bench-summary: written by scripts/bench.py --readme; edit the script, not this -->"
+SUMMARY_END = "<!-- /bench-summary -->"
+
+
+def write_readme(res: dict[str, Any], path: Path) -> None:
+    """Replace the README's block between the summary markers with `readme_summary(res)`."""
+    text = path.read_text()
+    start, end = text.index(SUMMARY_START) + len(SUMMARY_START), text.index(SUMMARY_END)
+    path.write_text(f"{text[:start]}\n{readme_summary(res)}\n{text[end:]}")
+
+
+def readme_summary(res: dict[str, Any]) -> str:
+    """The headline rows of the table, and where they come from."""
+    p = Params.from_json(res["params"])
+    rows = [row for row in build_rows(res, p) if row.key in README_ROWS]
+    env = res["environment"]
+    quick = " --quick" if p.quick else ""
+    command = f"python scripts/bench.py{quick} --markdown {PAGE} --png {CHART} --readme README.md"
+    made = (f"Measured by `{command}` on "
+            f"{env.get('date_utc') or 'an unknown date'}, {env.get('cpu_model') or 'an unknown CPU'}, "
+            f"{env.get('nproc')} CPUs; every figure, its spread and the chart: "
+            "[docs/benchmarks.md](docs/benchmarks.md).")
+    return f"{made}\n\n{render_table(rows, res['skipped'])}"
 
 
 def write_page(res: dict[str, Any], path: Path, chart: Path | None) -> None:

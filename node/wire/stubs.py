@@ -1,0 +1,77 @@
+"""The stubs distnode calls nodes with: the generated ones, Submit's answer without copies,
+and the cluster token on every call."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node._proto import distnode_pb2_grpc as pb_grpc
+from node.wire.answers import SUBMIT_METHOD, SubmitAnswer, parse_submit_reply
+
+Metadata = tuple[tuple[str, str], ...]
+M = TypeVar("M", bound=Callable[..., Any])
+
+
+def _with(metadata: Metadata | None, call: M) -> M:
+    """`call` with `metadata` (the cluster token) on every invocation.
+
+    Per-call metadata rather than a client interceptor: an interceptor costs
+    Python work on every call, and on a stream it runs a request-forwarding
+    task that gRPC leaves pending when the stream ends early.
+    """
+    if not metadata:
+        return call
+    return cast(M, functools.partial(call, metadata=metadata))
+
+
+class NodeStub:
+    """The generated asyncio stub, except that `Submit` returns a SubmitAnswer
+    (no copy of the result's bytes), `SubmitRelay` the reply's raw bytes, for a
+    follower to pass on, and every call carries `metadata`."""
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: Metadata | None = None) -> None:
+        generated = pb_grpc.NodeStub(channel)
+        self.RequestVote = _with(metadata, generated.RequestVote)
+        self.Heartbeat = _with(metadata, generated.Heartbeat)
+        self.Compute = _with(metadata, generated.Compute)
+        self.Reduce = _with(metadata, generated.Reduce)
+        self.Progress = _with(metadata, generated.Progress)
+        self.Status = _with(metadata, generated.Status)
+        # `_registered_method`, as the generated stubs pass it, registers the
+        # method with the channel once instead of on every call; typeshed's
+        # stubs do not list this private argument.
+        submit: grpc.aio.UnaryUnaryMultiCallable[pb.SubmitRequest, SubmitAnswer] = (
+            channel.unary_unary(  # type: ignore[call-arg]
+                SUBMIT_METHOD, request_serializer=pb.SubmitRequest.SerializeToString,
+                response_deserializer=parse_submit_reply, _registered_method=True,
+            )
+        )
+        relay: grpc.aio.UnaryUnaryMultiCallable[pb.SubmitRequest, bytes] = (
+            channel.unary_unary(  # type: ignore[call-arg]
+                SUBMIT_METHOD, request_serializer=pb.SubmitRequest.SerializeToString,
+                response_deserializer=None, _registered_method=True,
+            )
+        )
+        self.Submit = _with(metadata, submit)
+        self.SubmitRelay = _with(metadata, relay)
+
+
+class BlockingNodeStub:
+    """The blocking twin of `NodeStub`, for the calls blocking callers make."""
+
+    def __init__(self, channel: grpc.Channel, metadata: Metadata | None = None) -> None:
+        generated = pb_grpc.NodeStub(channel)
+        self.Progress = _with(metadata, generated.Progress)
+        self.Status = _with(metadata, generated.Status)
+        submit: grpc.UnaryUnaryMultiCallable[pb.SubmitRequest, SubmitAnswer] = (
+            channel.unary_unary(  # type: ignore[call-arg]  # see NodeStub
+                SUBMIT_METHOD, request_serializer=pb.SubmitRequest.SerializeToString,
+                response_deserializer=parse_submit_reply, _registered_method=True,
+            )
+        )
+        self.Submit = _with(metadata, submit)
