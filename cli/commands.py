@@ -37,6 +37,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             options["tick_ms"] = args.tick_ms
         if args.shard_elems is not None:
             options["shard_elems"] = args.shard_elems
+        if args.formats is not None:
+            options["formats"] = tuple(kind.strip() for kind in args.formats.split(",") if kind.strip())
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
         tls.validate_server()
         config = NodeConfig(

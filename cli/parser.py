@@ -90,7 +90,10 @@ def _add_start(commands: Any) -> None:
     start.add_argument("--advertise", metavar="HOST:PORT", default="",
                        help="address others use to reach this node (default: --listen)")
     start.add_argument("--data-root", type=Path, default=None, metavar="DIR",
-                       help="directory npy: paths are confined to (default: the working directory)")
+                       help="directory source paths are confined to (default: the working directory)")
+    start.add_argument("--formats", default=None, metavar="KIND[,...]",
+                       help="the file formats this node reads, of zarr, hdf5, parquet "
+                            "(default: each whose library is installed; '' for none)")
     start.add_argument("--shard-elems", type=_positive_int, default=None, metavar="N",
                        help=f"elements per shard, the same on every node (default {SHARD_ELEMS:,})")
     _add_tls_options(start, server=True)

@@ -105,6 +105,10 @@ class LimitExceeded(JobError):
     """
 
 
+class MissingExtra(JobError):
+    """This node lacks the optional library a source needs (FAILED_PRECONDITION)."""
+
+
 class JobFailed(JobError):
     """The leader itself could not compute a shard: the job cannot finish (INTERNAL)."""
 

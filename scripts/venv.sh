@@ -1,5 +1,5 @@
 # Sourced by demo.sh and test.sh: make .venv (if missing) and install distnode into it.
-# EXTRAS selects the optional dependencies ("" or "dev").
+# EXTRAS selects the optional dependencies ("", "formats", "dev,formats", ...).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then

@@ -20,13 +20,16 @@ from node.testing.ports import free_ports
 async def start_cluster(tmp_path: Path) -> AsyncIterator[StartCluster]:
     clusters: list[InProcessCluster] = []
 
-    async def start(nodes: int = 1, **overrides: Any) -> InProcessCluster:
+    async def start(
+        nodes: int = 1, node_overrides: dict[str, dict[str, Any]] | None = None, **overrides: Any
+    ) -> InProcessCluster:
+        """`nodes` daemons n1, n2, ...: FAST timing and `overrides` for all, `node_overrides[id]` for one."""
         ports = free_ports(nodes)
         addresses = [f"127.0.0.1:{p}" for p in ports]
         daemons = []
         for i, address in enumerate(addresses):
             node_id = f"n{i + 1}"
-            options = {**FAST, **overrides}
+            options = {**FAST, **overrides, **(node_overrides or {}).get(node_id, {})}
             config = NodeConfig(
                 node_id=node_id, listen=address,
                 peers=tuple(a for a in addresses if a != address),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -55,6 +56,24 @@ class InProcessCluster:
         leader = self.leader()
         assert leader is not None
         return leader
+
+    async def restart(self, node_id: str, **overrides: Any) -> Daemon:
+        """Stop `node_id`, wait until the leader has seen it die, and start it again
+        on the same address and state with `overrides` (another build of the node)."""
+        index = next(i for i, d in enumerate(self.daemons) if d.node_id == node_id)
+        old = self.daemons[index]
+        old.stop()
+        await asyncio.wait_for(self.tasks[index], timeout=5)
+        leader = self.leader()
+        assert leader is not None and leader is not old, "restart a follower, not the leader"
+        peer = leader.peers.get(old.config.address)
+        assert peer is not None
+        await poll(lambda: not peer.alive, what=f"the leader to see {node_id} die")
+        new = Daemon(dataclasses.replace(old.config, **overrides))
+        self.daemons[index] = new
+        self.tasks[index] = asyncio.create_task(new.serve(handle_signals=False))
+        await poll(lambda: peer.alive, what=f"the leader to hear {node_id} again")
+        return new
 
     def stub(self, address: str) -> Any:
         channel = grpc.aio.insecure_channel(address)

@@ -107,3 +107,21 @@ async def test_a_joiner_is_not_stranded_when_the_first_caller_goes_away() -> Non
         await asyncio.wait_for(joiner, 5)
     assert first.cancelled()
     assert jobs.progress("j") == (False, 0, 0)
+
+
+@pytest.mark.parametrize("rows", [1000, 200_000], ids=["inline", "one-shard-in-the-pool"])
+async def test_a_damaged_file_is_the_callers_error_not_ours(tmp_path: Any, rows: int) -> None:
+    """A chunk that cannot be decoded is InvalidField naming the file and rows, on every path a
+    job of one shard takes (multi-shard jobs: tests/test_formats_cluster.py)."""
+    from formats_data import write
+
+    from node.errors import InvalidField
+    from node.formats import openers
+
+    spec = write("zarr3-zstd", tmp_path, "bad", np.arange(float(rows)), rows // 4)
+    chunk = tmp_path / "bad.zarr" / "c" / "2"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1),
+                      shard_elems=1 << 22, data_root=tmp_path, openers=openers())
+    with pytest.raises(InvalidField, match=rf"bad.zarr: cannot read rows \[0, {rows}\)"):
+        await jobs.submit("bad", Job(op="sum", source=spec))

@@ -552,6 +552,7 @@ class StatusReply(_message.Message):
     LEADER_ID_FIELD_NUMBER: _builtins.int
     LEADER_ADDRESS_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
     term: _builtins.int
@@ -560,6 +561,12 @@ class StatusReply(_message.Message):
     leader_address: _builtins.str
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]: ...
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The source kinds this node reads (range, npy, ..., and each file format
+        whose library it has): the leader gives it shards of those only.
+        """
+
     def __init__(
         self,
         *,
@@ -569,10 +576,11 @@ class StatusReply(_message.Message):
         leader_id: _builtins.str = ...,
         leader_address: _builtins.str = ...,
         nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leader_address", b"leader_address", "leader_id", b"leader_id", "node_id", b"node_id", "nodes", b"nodes", "role", b"role", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leader_address", b"leader_address", "leader_id", b"leader_id", "node_id", b"node_id", "nodes", b"nodes", "role", b"role", "sources", b"sources", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

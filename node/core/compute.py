@@ -34,16 +34,17 @@ no asyncio. Sources live in node/core/sources.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from node.core.job import KERNELS, OPS, SHARD_ELEMS, Job
-from node.core.sources import Array, DataSource, open_source
+from node.core.sources import Array, BlockedSource, ChunkedSource, DataSource, Opener, open_source
 from node.errors import InvalidField
 
 MAX_BINS = 1_000_000  # a histogram partial travels over the wire on every shard
@@ -63,14 +64,19 @@ _UFUNCS: dict[str, np.ufunc] = {
 # --- validation and planning ---------------------------------------------------
 
 
-def validate_job(job: Job, data_root: Path | None = None) -> DataSource:
-    """Check every option of `job` against its source; return the opened source."""
+def validate_job(
+    job: Job, data_root: Path | None = None, openers: Mapping[str, Opener] | None = None
+) -> DataSource:
+    """Check every option of `job` against its source; return the opened source.
+
+    `openers`: the file formats this node reads (sources.open_source).
+    """
     if job.op not in OPS:
         raise InvalidField("op", f"unknown op {job.op!r} (expected {', '.join(OPS)})")
     if job.kernel not in KERNELS:
         expected = ", ".join(KERNELS)
         raise InvalidField("map", f"unknown kernel {job.kernel!r} (expected {expected})")
-    source = open_source(job.source, data_root)
+    source = open_source(job.source, data_root, openers)
     _validate_axis(job, source)
     if job.op == "histogram":
         _validate_histogram(job)
@@ -109,20 +115,47 @@ def _validate_histogram(job: Job) -> None:
 
 
 def shard_rows(source: DataSource, shard_elems: int = SHARD_ELEMS) -> int:
-    """Rows per shard: as many whole rows as fit in `shard_elems` elements, at least one."""
+    """Rows per shard: as many whole rows as fit in `shard_elems` elements, at least one.
+
+    For a chunked source, rounded down to whole stored units: the coarsest
+    level of which one fits (a Zarr shard file), else one finest chunk.
+    """
     if shard_elems <= 0:
         raise ValueError(f"shard_elems must be positive, got {shard_elems}")
-    return max(1, shard_elems // (source.cols or 1))
+    rows = max(1, shard_elems // (source.cols or 1))
+    if isinstance(source, ChunkedSource):
+        units = source.chunk_rows
+        unit = next((u for u in units if u <= rows), units[-1])
+        rows = max(1, rows // unit) * unit
+    return rows
 
 
 def plan_shards(source: DataSource, shard_elems: int = SHARD_ELEMS) -> list[tuple[int, int]]:
     """Row ranges [start, stop) of about `shard_elems` elements each.
 
-    Depends only on (rows, cols, shard_elems): this is what makes answers
-    independent of the node count.
+    Depends only on the source's shape and storage layout and on
+    `shard_elems`, never on the nodes: this is what makes answers independent
+    of the node count. Shards hold whole chunks, or whole blocks (consecutive
+    blocks gathered until they reach `shard_elems`), so no block is decoded
+    for two shards.
     """
+    if isinstance(source, BlockedSource):
+        return _gather_blocks(source.row_blocks(), shard_rows(source, shard_elems))
     rows = shard_rows(source, shard_elems)
     return [(s, min(s + rows, source.rows)) for s in range(0, source.rows, rows)]
+
+
+def _gather_blocks(blocks: list[int], target_rows: int) -> list[tuple[int, int]]:
+    shards: list[tuple[int, int]] = []
+    start = stop = 0
+    for size in blocks:
+        stop += size
+        if stop - start >= target_rows:
+            shards.append((start, stop))
+            start = stop
+    if stop > start:
+        shards.append((start, stop))
+    return shards
 
 
 # --- kernels and per-shard partials --------------------------------------------
@@ -155,6 +188,37 @@ def compute_partial(job: Job, source: DataSource, start: int, stop: int) -> Part
     # Global index of the first element of this shard, in the reduced layout.
     offset = start if axis == 0 else start * (source.cols or 1)
     return _compute_op(job, x, axis, offset)
+
+
+def partial_template(job: Job, source: DataSource) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """The keys, shapes and dtypes of every partial of `job` over `source`, read from none of it.
+
+    Computed over one row of zeros of the source's dtype and width: a real
+    row might be the first of a chunk that would be decoded for it alone.
+    """
+    shape = (1,) if source.cols is None else (1, source.cols)
+    row = _Row(np.zeros(shape, dtype=source.dtype))
+    return {key: (value.shape, value.dtype) for key, value in compute_partial(job, row, 0, 1).items()}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Row:
+    array: Array
+
+    @property
+    def rows(self) -> int:
+        return 1
+
+    @property
+    def cols(self) -> int | None:
+        return int(self.array.shape[1]) if self.array.ndim == 2 else None
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.array.dtype
+
+    def read(self, start: int, stop: int) -> Array:
+        return self.array[start:stop]
 
 
 def _compute_op(job: Job, x: Array, axis: int | None, offset: int) -> Partial:

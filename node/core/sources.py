@@ -13,35 +13,48 @@ calls it, in whatever pieces:
 - `npy:PATH`         a 1-D or 2-D numeric `.npy` file, memory-mapped; a read
   slices the map, so only the pages of those rows are touched.
 - `values:1,2,3`     small inline data (int64 if every token is an integer).
+- `zarr:PATH`, `hdf5:PATH#/DATASET`, `parquet:PATH#COLUMN`: files in the
+  formats people keep their data in, read by well-kept libraries (the
+  "formats" extra) in node/formats/. The daemon hands their `openers` in;
+  the core never imports them. They are stored in chunks or row groups,
+  which the shard plan follows (`ChunkedSource`, `BlockedSource`).
 
-Errors are `InvalidField(field, problem)`; the service turns them into
-INVALID_ARGUMENT (and `SourceNotFound` into NOT_FOUND) with the message as is.
+Every path obeys the same rules (`confined_path`). Errors are
+`InvalidField(field, problem)`; the service turns them into INVALID_ARGUMENT
+(and `SourceNotFound` into NOT_FOUND) with the message as is.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from node.errors import InvalidField, SourceForbidden, SourceNotFound
+from node.errors import InvalidField, LimitExceeded, MissingExtra, SourceForbidden, SourceNotFound
 
 Array = npt.NDArray[Any]
 
 RANDOM_BLOCK_ELEMS = 1 << 20
 DISTRIBUTIONS = ("uniform", "normal")
-SOURCE_KINDS = ("range", "random", "npy", "values")
+SOURCE_KINDS = ("range", "random", "npy", "values", "zarr", "hdf5", "parquet")
+#: Kinds read by optional libraries (node/formats/, the "formats" extra).
+FORMAT_KINDS = ("zarr", "hdf5", "parquet")
 # Kinds of numpy dtype a source may hold: bool, signed, unsigned, float.
 NUMERIC_KINDS = "biuf"
 MAX_COUNT = (1 << 63) - 1
+#: The largest chunk or row group a node decodes at once (1 GiB of float64):
+#: a file may declare chunks as large as it likes, and each is read whole.
+MAX_CHUNK_ELEMS = 1 << 27
 NPY_CACHE_SIZE = 16
 NPY_MAGIC = b"\x93NUMPY"
 #: numpy itself writes headers of a few hundred bytes; anything this big is hostile.
@@ -60,6 +73,32 @@ class DataSource(Protocol):
     @property
     def dtype(self) -> np.dtype[Any]: ...
     def read(self, start: int, stop: int) -> Array: ...  # rows [start, stop)
+
+
+#: Opens `KIND:TEXT` (TEXT without the kind) under a data root.
+Opener = Callable[[str, Path | None], DataSource]
+
+
+@runtime_checkable
+class ChunkedSource(DataSource, Protocol):
+    """A source stored in chunks along axis 0: reading part of a chunk decodes
+    all of it, so shards hold whole chunks.
+
+    `chunk_rows`: the rows of each level of stored unit, coarsest first (a
+    Zarr 3 shard file, then the chunks inside it); the last level is the one
+    that is decoded whole. The last chunk of the data may be shorter.
+    """
+
+    @property
+    def chunk_rows(self) -> tuple[int, ...]: ...
+
+
+@runtime_checkable
+class BlockedSource(DataSource, Protocol):
+    """A source stored in blocks of differing sizes (Parquet row groups): shards
+    hold whole blocks."""
+
+    def row_blocks(self) -> list[int]: ...  # the blocks' row counts, in order, summing to `rows`
 
 
 def parse_count(text: str, field: str) -> int:
@@ -180,8 +219,20 @@ class ValuesSource:
         return self.array[start:stop]
 
 
-def open_source(spec: str, data_root: Path | None = None) -> DataSource:
-    """Parse a `--source` spec and open what it names (cheaply: no data is read)."""
+def source_kind(spec: str) -> str:
+    """The KIND of a `KIND:ARGS` source spec (what is before the first colon)."""
+    return spec.partition(":")[0]
+
+
+def open_source(
+    spec: str, data_root: Path | None = None, openers: Mapping[str, Opener] | None = None
+) -> DataSource:
+    """Parse a `--source` spec and open what it names (cheaply: no data is read).
+
+    `openers`: the readers of the FORMAT_KINDS this node serves (built by
+    node/formats/, which the core does not import); another kind is
+    MissingExtra.
+    """
     kind, sep, rest = spec.partition(":")
     if not sep:
         raise InvalidField("source", f"expected KIND:ARGS, got {spec!r}")
@@ -194,6 +245,8 @@ def open_source(spec: str, data_root: Path | None = None) -> DataSource:
         return _open_npy(rest, data_root)
     if kind == "values":
         return ValuesSource(_parse_values(rest))
+    if kind in FORMAT_KINDS:
+        return _open_format(kind, rest, data_root, openers)
     expected = ", ".join(SOURCE_KINDS)
     raise InvalidField("source", f"unknown kind {kind!r} (expected {expected})")
 
@@ -268,16 +321,26 @@ def _is_float(token: str) -> bool:
 
 
 def _open_npy(text: str, data_root: Path | None) -> NpySource:
-    """Open `npy:PATH` if, and only if, it is a regular file inside the data root.
+    """Open `npy:PATH` if, and only if, it is a regular file inside the data root."""
+    path, info = confined_path("npy", text, data_root)
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidField("source", f"{text!r} is not a regular file (directory, FIFO or device)")
+    _check_npy_header(path, text)
+    array = _load_memmap(str(path), info.st_mtime_ns, info.st_size)
+    return NpySource(path=path, array=array)
+
+
+def confined_path(kind: str, text: str, data_root: Path | None) -> tuple[Path, os.stat_result]:
+    """The file or directory `text` names, if it lies inside the data root, with its stat.
 
     The path comes from the network, so: relative paths resolve under the
-    root (default: the daemon's working directory); after resolving `..` and
-    symlinks the file must still lie inside the root; it must be a regular
-    file (a FIFO or device would block or never end); and its header must be
-    of sane size before numpy parses it.
+    root (default: the daemon's working directory), and after resolving `..`
+    and symlinks the target must still lie inside the root. Whether a regular
+    file or a directory will do is the caller's to check; FIFOs and devices
+    (which would block, or never end) never do.
     """
     if not text:
-        raise InvalidField("source", "npy: needs a path (npy:PATH)")
+        raise InvalidField("source", f"{kind}: needs a path ({kind}:PATH)")
     root = (data_root if data_root is not None else Path.cwd()).resolve()
     path = Path(text) if Path(text).is_absolute() else root / text
     resolved = path.resolve()
@@ -289,11 +352,53 @@ def _open_npy(text: str, data_root: Path | None) -> NpySource:
         raise SourceNotFound("source", f"no such file: {text!r} under {str(root)!r}") from None
     except OSError as exc:
         raise InvalidField("source", f"cannot read {text!r}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InvalidField("source", f"{text!r} is not a regular file (directory, FIFO or device)")
-    _check_npy_header(resolved, text)
-    array = _load_memmap(str(resolved), info.st_mtime_ns, info.st_size)
-    return NpySource(path=resolved, array=array)
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise InvalidField("source", f"{text!r} is not a regular file or a directory (a FIFO or device?)")
+    return resolved, info
+
+
+def check_array(what: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+    """The shapes and dtypes a source may have: 1-D or 2-D, numeric, not empty."""
+    if dtype.kind not in NUMERIC_KINDS:
+        raise InvalidField("source", f"{what} has dtype {dtype}; need bool, integer or float data")
+    if len(shape) not in (1, 2):
+        raise InvalidField("source", f"{what} is {len(shape)}-D; need 1-D or 2-D data")
+    if math.prod(shape) == 0:
+        raise InvalidField("source", f"{what} holds no elements (shape {shape})")
+
+
+def split_inner(kind: str, text: str, inner: str) -> tuple[str, str]:
+    """`PATH#INNER` -> (PATH, INNER); `inner` names the part ("/DATASET", "COLUMN") for the error."""
+    path, sep, name = text.rpartition("#")
+    if not sep or not path or not name:
+        raise InvalidField("source", f"{kind}: expected {kind}:PATH#{inner}, got {kind}:{text}")
+    return path, name
+
+
+def one_line(exc: BaseException) -> str:
+    """A library's error message on one line (some end theirs in newlines, or span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_chunk(what: str, elements: int) -> None:
+    """A stored unit (chunk, row group) small enough to decode in one piece."""
+    if elements > MAX_CHUNK_ELEMS:
+        raise LimitExceeded(
+            f"source: {what} stores chunks of {elements} elements; a node decodes at most "
+            f"{MAX_CHUNK_ELEMS} at once"
+        )
+
+
+def _open_format(
+    kind: str, text: str, data_root: Path | None, openers: Mapping[str, Opener] | None
+) -> DataSource:
+    opener = (openers or {}).get(kind)
+    if opener is None:
+        raise MissingExtra(
+            f"source: this node does not read {kind}: sources "
+            "(its reader is the 'formats' extra: pip install 'distnode[formats]')"
+        )
+    return opener(text, data_root)
 
 
 def _check_npy_header(path: Path, text: str) -> None:
@@ -328,11 +433,5 @@ def _load_memmap(path: str, mtime_ns: int, size: int) -> np.memmap[Any, np.dtype
     if not isinstance(array, np.memmap):  # e.g. an .npz archive
         getattr(array, "close", lambda: None)()
         raise InvalidField("source", f"not a .npy array file: {path!r}")
-    if array.dtype.kind not in NUMERIC_KINDS:
-        problem = f"{path!r} has dtype {array.dtype}; need bool, integer or float data"
-        raise InvalidField("source", problem)
-    if array.ndim not in (1, 2):
-        raise InvalidField("source", f"{path!r} is {array.ndim}-D; need 1-D or 2-D data")
-    if array.size == 0:
-        raise InvalidField("source", f"{path!r} holds no elements (shape {array.shape})")
+    check_array(repr(path), array.dtype, array.shape)
     return array

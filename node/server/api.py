@@ -114,6 +114,8 @@ class StatusView:
     leader_id: str
     leader_address: str
     nodes: list[NodeView]
+    #: The source kinds this node reads.
+    sources: tuple[str, ...] = ()
 
 
 class NodeApi(Protocol):

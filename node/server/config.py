@@ -87,6 +87,9 @@ class NodeConfig:
     #: Allow listening beyond loopback without TLS and a token.
     insecure: bool = False
     limits: Limits = field(default_factory=Limits)
+    #: The file formats (node/formats/) this node reads; None: every one whose
+    #: library is installed. Nodes advertise them, and get shards only of those.
+    formats: tuple[str, ...] | None = None
     #: Send heartbeats as sealed UDP datagrams beside gRPC (node/server/beacons.py).
     #: Off: every heartbeat goes on the gRPC stream, at about three times the CPU.
     udp_heartbeats: bool = True
@@ -111,7 +114,25 @@ class NodeConfig:
         self._validate_timing()
         if self.shard_elems < 1:
             raise ConfigError(f"shard-elems: must be positive, got {self.shard_elems}")
+        self._validate_formats()
         self._validate_exposure()
+
+    def _validate_formats(self) -> None:
+        if self.formats is None:
+            return
+        from node.formats import LIBRARIES, available
+
+        unknown = [kind for kind in self.formats if kind not in LIBRARIES]
+        if unknown:
+            expected = ", ".join(LIBRARIES)
+            raise ConfigError(f"formats: unknown {', '.join(unknown)} (expected some of {expected})")
+        missing = [kind for kind in self.formats if kind not in available()]
+        if missing:
+            libraries = ", ".join(LIBRARIES[kind] for kind in missing)
+            raise ConfigError(
+                f"formats: {', '.join(missing)} needs {libraries}, not installed here "
+                "(pip install 'distnode[formats]')"
+            )
 
     def _validate_exposure(self) -> None:
         """Refuse to serve a network unlocked: Ray's open job API became CVE-2023-48022."""

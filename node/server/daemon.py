@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
+import functools
 import logging
 import os
 import random
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from node import formats
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache, server_options
 from node.core.election import Election, ElectionConfig
@@ -66,11 +69,14 @@ from node.wire.answers import SERVICE
 from node.wire.jobs import job_to_proto
 
 if TYPE_CHECKING:
+    from node.core.sources import Opener
     from node.server.jobs import JobManager
     from node.server.worker import Worker
 
 log = logging.getLogger("distnode")
 
+#: The source kinds every node reads (node/core/sources.py; the file formats come on top).
+BASE_KINDS = ("range", "random", "npy", "values")
 #: How long shutdown waits for in-flight RPCs.
 SHUTDOWN_GRACE_S = 1.0
 #: Longest the clock sleeps, so the parent-process watch stays prompt.
@@ -151,7 +157,8 @@ class Daemon:
             config = self.config
             self._jobs = JobManager(
                 config.node_id, self.peers, self._remote_compute, self.executor,
-                config.shard_elems, config.data_root, config.limits,
+                config.shard_elems, config.data_root, config.limits, self.openers,
+                self.elections.ask_sources,
             )
         return self._jobs
 
@@ -162,9 +169,15 @@ class Daemon:
 
             config = self.config
             self._worker = Worker(
-                config.node_id, self.stubs, self.executor, config.data_root, self.peers.address_of
+                config.node_id, self.stubs, self.executor, config.data_root, self.peers.address_of,
+                self.openers,
             )
         return self._worker
+
+    @functools.cached_property
+    def openers(self) -> dict[str, Opener]:
+        """The file formats this node reads: --formats, of those whose library is installed."""
+        return formats.openers(self.config.formats)
 
     def _preload_compute(self) -> concurrent.futures.Future[None]:
         """Import the compute stack in the compute thread, once (started when a
@@ -276,7 +289,7 @@ class Daemon:
         return JobProgress(*self.jobs.progress(job_id))
 
     async def status(self) -> StatusView:
-        return self.elections.status()
+        return dataclasses.replace(self.elections.status(), sources=(*BASE_KINDS, *self.openers))
 
     # -- what the election does to the rest -------------------------------
 

@@ -255,8 +255,12 @@ class ElectionDriver:
             )
         except grpc.aio.AioRpcError:
             return
-        self.peers.learn(address, reply.node_id)
+        self.peers.learn(address, reply.node_id, reply.sources)
         self._learnt.set()
+
+    async def ask_sources(self, addresses: list[str]) -> None:
+        """Ask these peers (at once) what source kinds they read; who does not answer stays unknown."""
+        await asyncio.gather(*(self._ask_id(address) for address in addresses))
 
     def status(self) -> StatusView:
         """What this node knows, and nothing it does not.

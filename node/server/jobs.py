@@ -29,19 +29,25 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from node.core.compute import Partial, compute_partial, finalize, merge, plan_shards, shard_rows, validate_job
+from node.core.compute import (
+    Partial,
+    compute_partial,
+    finalize,
+    partial_template,
+    plan_shards,
+    shard_rows,
+    validate_job,
+)
 from node.core.job import Job
 from node.core.limits import Limits
-from node.core.sources import DataSource
+from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import (
+    InvalidField,
     JobConflict,
     JobFailed,
     JobTimedOut,
@@ -51,6 +57,7 @@ from node.errors import (
     WorkerFailed,
 )
 from node.server.api import Outcome, ShardRange
+from node.server.jobrun import JobRun
 from node.server.peers import PeerTable
 
 log = logging.getLogger("distnode.jobs")
@@ -92,99 +99,6 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-@dataclass
-class JobRun:
-    """One running job's bookkeeping; lives on the leader's event loop only."""
-
-    job_id: str
-    job: Job
-    shards: list[tuple[int, int]]
-    done: asyncio.Future[Outcome]
-    started_s: float
-    pending: collections.deque[int] = field(default_factory=collections.deque)
-    received: dict[int, Partial] = field(default_factory=dict)
-    merged: Partial | None = None
-    next_merge: int = 0
-    contributors: set[str] = field(default_factory=set)
-    failed_nodes: set[str] = field(default_factory=set)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    #: Keys, shapes and dtypes every partial of this job must have (from a
-    #: one-row partial computed locally), so a malformed partial from the
-    #: network is dropped before it can poison the merge.
-    template: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = field(default_factory=dict)
-
-    @property
-    def finished(self) -> bool:
-        return self.done.done()
-
-    @property
-    def shards_received(self) -> int:
-        return self.next_merge + len(self.received)
-
-    def take(self, count: int) -> list[int]:
-        batch: list[int] = []
-        while self.pending and len(batch) < count:
-            batch.append(self.pending.popleft())
-        return batch
-
-    def fail(self, exc: Exception) -> None:
-        """End the run with `exc` for whoever awaits it. Marked as retrieved: the
-        submit that started the run may itself have been cancelled meanwhile
-        (its client went away), and then nobody awaits it, which asyncio would
-        log as an error when the future is collected."""
-        if not self.finished:
-            self.done.set_exception(exc)
-            self.done.exception()
-
-    def requeue(self, batch: list[int]) -> None:
-        """Put back the shards of `batch` that never arrived, in front of the queue."""
-        missing = [i for i in batch if i >= self.next_merge and i not in self.received]
-        self.pending.extendleft(reversed(missing))
-        if missing:
-            self.wakeup.set()
-
-    def well_formed(self, partial: Partial) -> bool:
-        if not self.template:
-            return True
-        if partial.keys() != self.template.keys():
-            return False
-        return all(
-            (partial[key].shape, partial[key].dtype) == self.template[key] for key in self.template
-        )
-
-    def accept(self, shard: int, node_id: str, partial: Partial) -> bool:
-        """Store a partial and merge the contiguous prefix. False for a duplicate or a misfit."""
-        if not 0 <= shard < len(self.shards) or shard < self.next_merge or shard in self.received:
-            return False
-        if not self.well_formed(partial):
-            log.warning("job %s: dropped a malformed partial for shard %d from %s",
-                        self.job_id, shard, node_id)
-            return False
-        self.received[shard] = partial
-        self.contributors.add(node_id)
-        while self.next_merge in self.received:
-            part = self.received.pop(self.next_merge)
-            self.merged = part if self.merged is None else merge(self.job.op, self.merged, part)
-            self.next_merge += 1
-        if self.next_merge == len(self.shards) and not self.finished:
-            self._finish()
-        return True
-
-    def _finish(self) -> None:
-        assert self.merged is not None
-        outcome = Outcome(
-            job_id=self.job_id,
-            op=self.job.op,
-            result=finalize(self.job, self.merged),
-            shards=len(self.shards),
-            nodes=tuple(sorted(self.contributors)),
-            elapsed_ms=(time.perf_counter() - self.started_s) * 1000,
-        )
-        self.done.set_result(outcome)
-        self.wakeup.set()
-
-
 class JobManager:
     """Runs jobs while this node is the leader."""
 
@@ -197,8 +111,14 @@ class JobManager:
         shard_elems: int,
         data_root: Path | None = None,
         limits: Limits | None = None,
+        openers: Mapping[str, Opener] | None = None,
+        ask_sources: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        #: The file formats this node reads.
+        self.openers = openers
+        #: Asks peers which source kinds they read (PeerTable.sources_unknown).
+        self.ask_sources = ask_sources
         self.node_id = node_id
         self.peers = peers
         self.remote = remote
@@ -236,7 +156,15 @@ class JobManager:
             raise JobConflict(f"job_id: {job_id!r} was already used for a different job")
 
     async def _run(self, job_id: str, job: Job) -> Outcome:
-        source, shards = self._plan(job)
+        kind = source_kind(job.source)
+        if kind in FORMAT_KINDS:
+            # Opening a file format reads metadata from disk, and the first
+            # one imports its library (a second or so): not on the event loop.
+            source, shards = await asyncio.to_thread(self._plan, job)
+            if self.ask_sources is not None and self.peers.sources_unknown():
+                await self.ask_sources(self.peers.sources_unknown())
+        else:
+            source, shards = self._plan(job)
         if len(shards) == 1 and (shards[0][1] - shards[0][0]) * (source.cols or 1) <= INLINE_ELEMS:
             return self._run_inline(job_id, job, source, shards[0])
         loop = asyncio.get_running_loop()
@@ -265,21 +193,16 @@ class JobManager:
         if len(run.shards) == 1:
             await self._run_alone(run, source)
             return
-        # The template reads a row: for `random:` that makes a 2^20 block,
-        # milliseconds the event loop (and the heartbeats) must not wait for.
-        sample = await asyncio.get_running_loop().run_in_executor(
-            self.executor, compute_partial, run.job, source, 0, 1
-        )
-        run.template = {key: (value.shape, value.dtype) for key, value in sample.items()}
+        run.template = partial_template(run.job, source)
         self._start_lanes(run, source)
 
     def _plan(self, job: Job) -> tuple[DataSource, list[tuple[int, int]]]:
         """Validate the job against the limits and its source; cut the fixed shards."""
         self.limits.check_spec(job)
-        source = validate_job(job, self.data_root)
+        source = validate_job(job, self.data_root, self.openers)
         self.limits.check_shape(job, source.rows, source.cols)
         rows = shard_rows(source, self.shard_elems)
-        if math.ceil(source.rows / rows) > MAX_SHARDS:
+        if math.ceil(source.rows / rows) > MAX_SHARDS:  # before the plan is built: it would not fit
             raise LimitExceeded(
                 f"source: {source.rows} rows make more than {MAX_SHARDS} shards of {rows} rows"
             )
@@ -310,6 +233,9 @@ class JobManager:
             partial = await asyncio.get_running_loop().run_in_executor(
                 self.executor, compute_partial, run.job, source, start, stop
             )
+        except InvalidField as exc:  # the data is bad: the caller's to know
+            run.fail(exc)
+            return
         except Exception as exc:
             log.exception("job %s: computation failed", run.job_id)
             run.fail(JobFailed(f"computation failed: {exc}"))  # _run raises it
@@ -317,7 +243,9 @@ class JobManager:
         run.accept(0, self.node_id, partial)
 
     def _start_lanes(self, run: JobRun, source: DataSource) -> None:
-        workers = self.peers.alive_addresses()
+        # A file format goes only to the peers that said they read it.
+        kind = source_kind(run.job.source)
+        workers = self.peers.alive_addresses(reading=kind if kind in FORMAT_KINDS else None)
         lanes = 1 + REMOTE_LANES * len(workers)
         batch = max(1, math.ceil(len(run.shards) / (2 * lanes)))
         run.tasks.append(asyncio.create_task(self._local_lane(run, source, batch)))
@@ -328,6 +256,9 @@ class JobManager:
     async def _local_lane(self, run: JobRun, source: DataSource, batch_size: int) -> None:
         try:
             await self._compute_local(run, source, batch_size)
+        except InvalidField as exc:
+            # The data itself is bad (a damaged chunk): the caller's to know, not a fault of ours.
+            run.fail(exc)
         except Exception as exc:
             # Workers may fail and be replaced; the leader is the last resort.
             log.exception("job %s: local computation failed", run.job_id)

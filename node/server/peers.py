@@ -12,7 +12,7 @@ once instead of at the end of an RPC timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -23,6 +23,8 @@ class Peer:
     role: str = "unknown"
     term: int = 0
     alive: bool = False
+    #: The source kinds it said it reads (its Status); None: not known since it was last seen alive.
+    sources: frozenset[str] | None = None
     _dead: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -38,11 +40,14 @@ class PeerTable:
     def get(self, address: str) -> Peer | None:
         return self._peers.get(address)
 
-    def learn(self, address: str, node_id: str) -> None:
-        """Record the id of the node behind `address` (from any reply it sent)."""
+    def learn(self, address: str, node_id: str, sources: Iterable[str] | None = None) -> None:
+        """Record the id of the node behind `address` (from any reply it sent),
+        and the source kinds it reads (from its Status)."""
         peer = self._peers.get(address)
         if peer is not None and node_id:
             peer.node_id = node_id
+            if sources is not None:
+                peer.sources = frozenset(sources)
 
     def heard(self, address: str, node_id: str, role: str, term: int) -> Peer | None:
         """Record what a peer said about itself in a reply; the peer, if it is one of ours."""
@@ -67,6 +72,7 @@ class PeerTable:
                 peer._dead = asyncio.Event()
             elif peer.alive and not alive and deaths:
                 peer.alive = False
+                peer.sources = None  # it may come back as another build, with other extras
                 peer._dead.set()
                 died.append(peer)
         return died
@@ -90,8 +96,16 @@ class PeerTable:
     def unknown_ids(self) -> list[str]:
         return [peer.address for peer in self._peers.values() if not peer.node_id]
 
-    def alive_addresses(self) -> list[str]:
-        return [peer.address for peer in self._peers.values() if peer.alive]
+    def alive_addresses(self, reading: str | None = None) -> list[str]:
+        """The live peers; with `reading`, only those known to read that source kind."""
+        return [
+            peer.address for peer in self._peers.values()
+            if peer.alive and (reading is None or (peer.sources is not None and reading in peer.sources))
+        ]
+
+    def sources_unknown(self) -> list[str]:
+        """Live peers whose source kinds are not known (never asked, or since they revived)."""
+        return [peer.address for peer in self._peers.values() if peer.alive and peer.sources is None]
 
     def dead_event(self, address: str) -> asyncio.Event:
         """An event that is set when (or if already) the peer is considered dead."""

@@ -31,6 +31,7 @@ from node.errors import (
     JobFailed,
     JobTimedOut,
     LimitExceeded,
+    MissingExtra,
     NoLeader,
     NotLeader,
     ReduceFailed,
@@ -61,6 +62,7 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NoLeader, grpc.StatusCode.UNAVAILABLE),
     (ReduceFailed, grpc.StatusCode.UNAVAILABLE),
     (RunAbandoned, grpc.StatusCode.UNAVAILABLE),
+    (MissingExtra, grpc.StatusCode.FAILED_PRECONDITION),
     (JobFailed, grpc.StatusCode.INTERNAL),
 )
 
@@ -94,7 +96,7 @@ def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
 def status_reply(view: StatusView) -> pb.StatusReply:
     reply = pb.StatusReply(
         node_id=view.node_id, role=view.role, term=view.term,
-        leader_id=view.leader_id, leader_address=view.leader_address,
+        leader_id=view.leader_id, leader_address=view.leader_address, sources=view.sources,
     )
     for node in view.nodes:
         heard = -1.0 if node.last_heartbeat_ms is None else node.last_heartbeat_ms

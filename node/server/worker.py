@@ -10,7 +10,7 @@ are skipped; the shard under way in the thread pool finishes and is dropped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.core.compute import Partial, compute_partial, validate_job
 from node.core.job import Job
-from node.core.sources import DataSource
+from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import InvalidField, JobFailed, ReduceFailed
 from node.server.api import ShardRange
 from node.wire.tensors import partial_to_proto
@@ -36,8 +36,11 @@ class Worker:
         executor: Executor,
         data_root: Path | None,
         address_of: Callable[[str], str | None],
+        openers: Mapping[str, Opener] | None = None,
     ) -> None:
         self.node_id = node_id
+        #: The file formats this node reads.
+        self.openers = openers
         #: Maps the leader's id to the address this node dials it by.
         self.address_of = address_of
         self.stubs = stubs
@@ -52,7 +55,10 @@ class Worker:
         A shard that cannot be computed is JobFailed (INTERNAL); a leader that
         cannot be reached, or drops the stream, is ReduceFailed (UNAVAILABLE).
         """
-        source = validate_job(job, self.data_root)
+        if source_kind(job.source) in FORMAT_KINDS:  # reads metadata, maybe imports a library: off the loop
+            source = await asyncio.to_thread(validate_job, job, self.data_root, self.openers)
+        else:
+            source = validate_job(job, self.data_root, self.openers)
         check_ranges(ranges, source)
         # Dial the aggregator only through our own --peers entry for it (which
         # may be a proxy or NAT address), never the address it advertises.
@@ -75,6 +81,8 @@ class Worker:
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, compute_partial, job, source, start, stop
             )
+        except InvalidField:
+            raise  # the data is bad (a damaged chunk): INVALID_ARGUMENT, said as is
         except Exception as exc:
             raise JobFailed(f"shard {index}: computation failed: {type(exc).__name__}: {exc}") from exc
 

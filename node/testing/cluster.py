@@ -103,7 +103,7 @@ class LocalCluster:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.shard_elems = shard_elems
-        self.data_root = Path(data_root) if data_root is not None else None
+        self.data_root = Path(data_root).resolve() if data_root is not None else None
         self.extra_args = list(extra_args)
         self.start_timeout_s = start_timeout_s
         ports = list(range(base_port, base_port + nodes)) if base_port else free_ports(nodes)

@@ -1,0 +1,130 @@
+"""`hdf5:PATH#/DATASET`: a dataset of an HDF5 file (netCDF4 variables are HDF5 datasets), read by h5py.
+
+A chunked dataset is planned at chunk boundaries along axis 0 (`chunk_rows`);
+a contiguous one in fixed row blocks, like `npy:`.
+
+Untrusted files: the dataset's path is walked one name at a time and every
+step must be a hard link, so a soft link (which may loop) or an external
+link (which may leave the file and the data root) is refused; so are virtual
+datasets and external storage, which read other files too. Filters must be
+HDF5's own (deflate, shuffle, Fletcher-32, n-bit, scale-offset) or h5py's
+LZF; HDF5's filter plugins are switched off, so no code is ever loaded on a
+file's say-so.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.core.sources import Array, check_array, check_chunk, confined_path, one_line, split_inner
+from node.errors import InvalidField
+
+#: HDF5 filter ids: deflate, shuffle, Fletcher-32, n-bit, scale-offset, and h5py's own LZF.
+ALLOWED_FILTERS = frozenset({1, 2, 3, 5, 6, 32000})
+CACHE_SIZE = 16
+
+
+@dataclass(frozen=True, eq=False)
+class Hdf5Source:
+    """A contiguous dataset: any row range reads as well as another."""
+
+    path: Path
+    dataset: Any  # h5py.Dataset
+
+    @property
+    def rows(self) -> int:
+        return int(self.dataset.shape[0])
+
+    @property
+    def cols(self) -> int | None:
+        return int(self.dataset.shape[1]) if self.dataset.ndim == 2 else None
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        dtype: np.dtype[Any] = np.dtype(self.dataset.dtype)
+        return dtype
+
+    def read(self, start: int, stop: int) -> Array:
+        try:
+            return np.asarray(self.dataset[start:stop])
+        except Exception as exc:  # a truncated file, a corrupt chunk
+            problem = f"cannot read rows [{start}, {stop}): {one_line(exc)}"
+            raise InvalidField("source", f"hdf5: {self.path.name}: {problem}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkedHdf5Source(Hdf5Source):
+    chunk_rows: tuple[int, ...] = (1,)
+
+
+def open_hdf5(text: str, data_root: Path | None) -> Hdf5Source:
+    file_text, name = split_inner("hdf5", text, "/DATASET")
+    path, info = confined_path("hdf5", file_text, data_root)
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidField("source", f"hdf5: {file_text!r} is not a regular file")
+    return _open_cached(str(path), info.st_mtime_ns, info.st_size, name)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _open_cached(path: str, mtime_ns: int, size: int, name: str) -> Hdf5Source:
+    """Open once per (file, mtime, size, dataset); errors are not cached."""
+    del mtime_ns, size  # only part of the cache key
+    h5py = _h5py()
+    label = f"hdf5: {Path(path).name}#{name}"
+    try:
+        handle = h5py.File(path, "r")
+    except Exception as exc:  # not HDF5, truncated superblock
+        raise InvalidField("source", f"{label}: not a readable HDF5 file: {one_line(exc)}") from None
+    dataset = _walk(h5py, handle, name, label)
+    check_array(label, np.dtype(dataset.dtype), tuple(dataset.shape))
+    _check_storage(dataset, label)
+    if dataset.chunks is None:
+        return Hdf5Source(Path(path), dataset)
+    check_chunk(label, math.prod(dataset.chunks))
+    return ChunkedHdf5Source(Path(path), dataset, (int(dataset.chunks[0]),))
+
+
+def _walk(h5py: Any, handle: Any, name: str, label: str) -> Any:
+    """Follow `name` one hard link at a time; anything else is refused."""
+    node = handle
+    for part in (p for p in name.split("/") if p):
+        if not isinstance(node, h5py.Group) or part not in node:
+            raise InvalidField("source", f"{label}: no dataset at {name!r}")
+        link = node.get(part, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            names = {h5py.SoftLink: "a soft link", h5py.ExternalLink: "an external link"}
+            kind = names.get(type(link), "a link")
+            raise InvalidField("source", f"{label}: {part!r} is {kind}; distnode follows no links")
+        node = node[part]
+    if not isinstance(node, h5py.Dataset):
+        raise InvalidField("source", f"{label}: {name!r} is not a dataset")
+    return node
+
+
+def _check_storage(dataset: Any, label: str) -> None:
+    if dataset.is_virtual:
+        raise InvalidField("source", f"{label}: a virtual dataset (it reads other files)")
+    if dataset.external:
+        raise InvalidField("source", f"{label}: its data lives in external files")
+    plist = dataset.id.get_create_plist()
+    filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
+    if filters - ALLOWED_FILTERS:
+        refused = ", ".join(str(f) for f in sorted(filters - ALLOWED_FILTERS))
+        raise InvalidField("source", f"{label}: uses HDF5 filters distnode does not read (ids {refused})")
+
+
+@functools.cache
+def _h5py() -> Any:
+    """h5py, with HDF5's plugin search path emptied: a file never gets a filter loaded."""
+    import h5py
+
+    while h5py.h5pl.size():
+        h5py.h5pl.remove(0)
+    return h5py

@@ -1,0 +1,119 @@
+"""One running job on the leader: its fixed shards, the queue lanes take them from,
+and the merge of partials in shard order (see jobs.py for the whole story).
+
+Partials may arrive in any order and more than once (a shard re-run after
+its worker was declared dead may still arrive from the old one): the first
+well-formed partial of a shard is kept, the contiguous prefix is merged at
+once so memory holds only the out-of-order ones, and the answer is set when
+the last shard is merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from node.core.compute import Partial, finalize, merge
+from node.core.job import Job
+from node.server.api import Outcome
+
+log = logging.getLogger("distnode.jobs")
+
+
+@dataclass
+class JobRun:
+    """One running job's bookkeeping; lives on the leader's event loop only."""
+
+    job_id: str
+    job: Job
+    shards: list[tuple[int, int]]
+    done: asyncio.Future[Outcome]
+    started_s: float
+    pending: collections.deque[int] = field(default_factory=collections.deque)
+    received: dict[int, Partial] = field(default_factory=dict)
+    merged: Partial | None = None
+    next_merge: int = 0
+    contributors: set[str] = field(default_factory=set)
+    failed_nodes: set[str] = field(default_factory=set)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Keys, shapes and dtypes every partial of this job must have (from a
+    #: one-row partial computed locally), so a malformed partial from the
+    #: network is dropped before it can poison the merge.
+    template: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.done.done()
+
+    @property
+    def shards_received(self) -> int:
+        return self.next_merge + len(self.received)
+
+    def take(self, count: int) -> list[int]:
+        batch: list[int] = []
+        while self.pending and len(batch) < count:
+            batch.append(self.pending.popleft())
+        return batch
+
+    def fail(self, exc: Exception) -> None:
+        """End the run with `exc` for whoever awaits it. Marked as retrieved: the
+        submit that started the run may itself have been cancelled meanwhile
+        (its client went away), and then nobody awaits it, which asyncio would
+        log as an error when the future is collected."""
+        if not self.finished:
+            self.done.set_exception(exc)
+            self.done.exception()
+
+    def requeue(self, batch: list[int]) -> None:
+        """Put back the shards of `batch` that never arrived, in front of the queue."""
+        missing = [i for i in batch if i >= self.next_merge and i not in self.received]
+        self.pending.extendleft(reversed(missing))
+        if missing:
+            self.wakeup.set()
+
+    def well_formed(self, partial: Partial) -> bool:
+        if not self.template:
+            return True
+        if partial.keys() != self.template.keys():
+            return False
+        return all(
+            (partial[key].shape, partial[key].dtype) == self.template[key] for key in self.template
+        )
+
+    def accept(self, shard: int, node_id: str, partial: Partial) -> bool:
+        """Store a partial and merge the contiguous prefix. False for a duplicate or a misfit."""
+        if not 0 <= shard < len(self.shards) or shard < self.next_merge or shard in self.received:
+            return False
+        if not self.well_formed(partial):
+            log.warning("job %s: dropped a malformed partial for shard %d from %s",
+                        self.job_id, shard, node_id)
+            return False
+        self.received[shard] = partial
+        self.contributors.add(node_id)
+        while self.next_merge in self.received:
+            part = self.received.pop(self.next_merge)
+            self.merged = part if self.merged is None else merge(self.job.op, self.merged, part)
+            self.next_merge += 1
+        if self.next_merge == len(self.shards) and not self.finished:
+            self._finish()
+        return True
+
+    def _finish(self) -> None:
+        assert self.merged is not None
+        outcome = Outcome(
+            job_id=self.job_id,
+            op=self.job.op,
+            result=finalize(self.job, self.merged),
+            shards=len(self.shards),
+            nodes=tuple(sorted(self.contributors)),
+            elapsed_ms=(time.perf_counter() - self.started_s) * 1000,
+        )
+        self.done.set_result(outcome)
+        self.wakeup.set()
