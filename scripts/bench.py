@@ -60,6 +60,18 @@ How it is kept fair (all systems, same machine, same run, one at a time):
   `ray.get(f.remote(1000))` for Ray). Throughput: one client process keeps 32
   jobs in flight (`AsyncClient` + 32 coroutines) for 3 s (1 s quick);
   Dask/Ray keep 32 tasks in flight the same way (for reference).
+- File formats (with the `formats` extra): the big array again as Zarr 3
+  (chunks of 2^20, uncompressed and Blosc/Zstd), HDF5 (chunks of 2^20, no
+  filter) and a directory of Parquet files (2^23 rows each, row groups of
+  2^20, Snappy), written from the `.npy` and read once before timing
+  (benchlib/format_files.py). `sum` over each: distnode on the 3-node
+  cluster, in interleaved rounds with `.npy` (one job per source per round,
+  medians over the same rounds, so the ratio to `.npy` is fair under
+  drift); Dask with `from_zarr`, `from_array(h5py dataset, its chunks)`,
+  `dask.dataframe.read_parquet`; one process reading all of it with the
+  format's library, then `np.sum` (the "numpy (1 proc)" column), both in
+  interleaved rounds too. Then every op on every source on the 3-node
+  cluster and on a fresh 1-node cluster: the answers' bytes must match.
 - Fault figures (distnode only, default timing): start = wall time of
   `LocalCluster(nodes=3).start()` (spawn until a status names a leader),
   median of 5 clusters; failover = SIGKILL the leader, poll `status()` on the

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, for its markers
 BENCH = ROOT / "scripts" / "bench.py"
 FIGURES = {
-    "big_sum", "big_square_sum", "small_p50", "small_p99", "throughput", "vector_reduce", "start",
+    "big_sum", "big_square_sum", "small_p50", "small_p99", "throughput", "vector_reduce",
+    "formats_npy", "formats_zarr3", "formats_zarr3_zstd", "formats_hdf5", "formats_parquet", "formats_identity",
+    "start",
     "failover_median", "failover_max", "kill_crossing", "idle_rss", "idle_cpu", "idle_cpu_grpc",
     "scale_leader", "scale_ready", "scale_small_p50", "scale_elections",
 }
@@ -54,6 +56,11 @@ def test_bench_quick_writes_table_json_and_page(tmp_path: Path) -> None:
     assert distnode["small"]["median_ms"] > 0
     assert distnode["throughput"]["jobs"] > 0
     assert distnode["failover"]["n"] >= 1
+    # The formats extra is installed by scripts/test.sh: every format was measured, and 1 node agreed with 3.
+    formats = distnode["formats"]
+    assert set(formats["sum"]) == {"npy", "zarr3", "zarr3_zstd", "hdf5", "parquet"}
+    assert all(figure["correct"] and figure["stable"] for figure in formats["sum"].values())
+    assert formats["identity"]["pairs"] == 60 and formats["identity"]["differing"] == []
     assert distnode["scale"]["nodes"] == 16
     # The leader's own "became leader" line was found and lies after the spawn.
     assert distnode["scale"]["elected_ms"] > 0 and distnode["start"]["elected_median_ms"] > 0
@@ -64,6 +71,7 @@ def test_bench_quick_writes_table_json_and_page(tmp_path: Path) -> None:
     assert out_png.exists() or any("chart skipped" in note for note in result["notes"])
     # The data dir given on the command line is kept only with --keep-data.
     assert not list((tmp_path / "data").glob("*.npy"))
+    assert not list((tmp_path / "data").glob("big-*"))  # nor the format copies
     # Each timed figure keeps its spread beside its median.
     assert {"min_ms", "p25_ms", "p75_ms", "max_ms"} <= set(distnode["big"]["big_sum"])
     assert distnode["big"]["big_sum"]["min_ms"] <= distnode["big"]["big_sum"]["median_ms"]

@@ -47,10 +47,17 @@ def open_in(root: Path, spec: str, op: str = "sum", **job: Any) -> DataSource:
 
 
 class ArraySource:
-    """The written array itself, in memory: what a reader must be indistinguishable from."""
+    """The written array itself, in memory: what a reader must be indistinguishable from.
 
-    def __init__(self, array: Array) -> None:
+    For a reader that hands out pieces (mapped chunks), the same pieces, cut from the array.
+    """
+
+    def __init__(self, array: Array, like: DataSource | None = None) -> None:
         self.array = array
+        if like is not None and hasattr(like, "read_pieces"):
+            self.read_pieces = lambda a, b: [
+                (first, array[first:first + len(piece)]) for first, piece in like.read_pieces(a, b)
+            ]
 
     @property
     def rows(self) -> int:
@@ -140,7 +147,7 @@ def test_a_reader_gives_back_what_was_written(
         assert plan_shards(open_in(root, spec), shard_elems) == shards  # the data alone decides
 
         answer = answer_over(job, source, shards)
-        assert same_bits(answer, answer_over(job, ArraySource(data), shards))
+        assert same_bits(answer, answer_over(job, ArraySource(data, like=source), shards))
         assert_matches(job, data, answer)
 
 
@@ -509,3 +516,64 @@ def test_formats_not_installed_are_neither_served_nor_accepted(
         config("zarr", "parquet").validate()
     with pytest.raises(ConfigError, match="formats: unknown netcdf"):
         config("netcdf").validate()
+
+
+# --- uncompressed chunks are read in place (node/formats/mapped.py) -------------
+
+
+@pytest.mark.parametrize(("layout", "mapped"), [
+    ("zarr3", True), ("zarr2", True), ("hdf5-chunked-plain", True), ("hdf5-contiguous", True),
+    ("zarr3-zstd", False), ("zarr3-sharded", False), ("hdf5-chunked", False), ("parquet-file", False),
+])
+def test_uncompressed_chunks_are_mapped_not_copied(tmp_path: Path, layout: str, mapped: bool) -> None:
+    data = np.arange(10_000, dtype=np.float64)
+    source = open_in(tmp_path, write(layout, tmp_path, "m", data, 1000))
+    piece = source.read(1000, 2000)  # one whole chunk
+    assert same_bits(piece, data[1000:2000])
+    assert backed_by_a_map(piece) == mapped  # the page cache's memory, not a copy
+
+
+def backed_by_a_map(array: Array) -> bool:
+    """True if `array` is a view, at some remove, of a memory-mapped file."""
+    import mmap
+
+    base: Any = array
+    while base is not None:
+        if isinstance(base, (np.memmap, mmap.mmap)):
+            return True
+        base = getattr(base, "base", None)
+    return False
+
+
+def test_a_mapped_zarr_chunk_never_written_reads_as_the_fill_value(tmp_path: Path) -> None:
+    data = np.ones(4000)
+    data[1000:2000] = 0.0  # the fill value: zarr writes no file for this chunk
+    spec = write("zarr3", tmp_path, "f", data, 1000)
+    assert not (tmp_path / "f.zarr" / "c" / "1").exists()
+    source = open_in(tmp_path, spec)
+    assert same_bits(source.read(0, 4000), data)
+    assert reduce_all(Job("sum", spec), source, 1000) == 3000.0
+
+
+def test_a_mapped_zarr_chunk_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
+    chunk = plain_zarr(tmp_path) / "c" / "3"
+    assert hasattr(open_in(tmp_path, "zarr:a.zarr"), "read_pieces")
+    chunk.write_bytes(chunk.read_bytes()[:800])
+    refused(tmp_path, "zarr:a.zarr", "a.zarr", "rows [3000, 4000)", "800 bytes")
+    chunk.write_bytes(bytes(8008))
+    refused(tmp_path, "zarr:a.zarr", "a.zarr", "rows [3000, 4000)", "8008 bytes")
+
+
+def test_a_mapped_hdf5_chunk_never_written_reads_as_the_fill_value(tmp_path: Path) -> None:
+    import h5py
+
+    with h5py.File(tmp_path / "f.h5", "w") as handle:
+        dataset = handle.create_dataset("x", shape=(4000, 2), dtype="f8", chunks=(1000, 2), fillvalue=7.0)
+        dataset[:1000] = 1.0
+        dataset[3000:] = 2.0
+    source = open_in(tmp_path, "hdf5:f.h5#/x")
+    assert hasattr(source, "read_pieces")
+    expected = np.full((4000, 2), 7.0)
+    expected[:1000], expected[3000:] = 1.0, 2.0
+    assert same_bits(source.read(0, 4000), expected)
+    assert reduce_all(Job("sum", "hdf5:f.h5#/x"), source, 3000) == expected.sum()

@@ -132,7 +132,7 @@ async def test_hostile_files_are_refused_and_disturb_no_other_job(
         handle["loop/again"] = h5py.SoftLink("/loop")
     (tmp_path / "text.parquet").write_text("not parquet at all")
     hostile = {
-        "zarr:bad.zarr": (InvalidJob, "INVALID_ARGUMENT: source: zarr: bad.zarr: cannot read rows [4000, 6000)"),
+        "zarr:bad.zarr": (InvalidJob, "INVALID_ARGUMENT: source: zarr: bad.zarr: cannot read rows [4000, 5000): the chunk holds 13 bytes"),
         "hdf5:links.h5#/loop/again/x": (InvalidJob, "'again' is a soft link"),
         "parquet:text.parquet#x": (InvalidJob, "text.parquet: not a readable Parquet file"),
         "zarr:../outside.zarr": (InvalidJob, "outside the data root"),

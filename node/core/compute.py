@@ -175,10 +175,24 @@ def apply_kernel(kernel: str, x: Array) -> Array:
 
 
 def compute_partial(job: Job, source: DataSource, start: int, stop: int) -> Partial:
-    """Reduce rows [start, stop) of `source` to the partial state of `job.op`."""
+    """Reduce rows [start, stop) of `source` to the partial state of `job.op`.
+
+    A source stored in pieces it can hand out without copying (`PieceSource`:
+    uncompressed chunk files, each memory-mapped) is reduced piece by piece
+    and the pieces' partials merged in order: joining them first would copy
+    the whole shard. The pieces depend on the data alone, like the shards.
+    """
     if not 0 <= start < stop <= source.rows:
         raise ValueError(f"bad shard [{start}, {stop}) for {source.rows} rows")
-    raw = source.read(start, stop)
+    pieces = getattr(source, "read_pieces", None)
+    if pieces is None:
+        return _partial_of(job, source.read(start, stop), start, source.cols)
+    partials = [_partial_of(job, piece, first, source.cols) for first, piece in pieces(start, stop)]
+    return functools.reduce(functools.partial(merge, job.op), partials)
+
+
+def _partial_of(job: Job, raw: Array, start: int, cols: int | None) -> Partial:
+    """The partial of rows `raw`, the first of which is row `start` of the source."""
     axis = job.axis
     if axis is None and raw.ndim == 2:
         raw = raw.reshape(-1)  # C-order flatten: a view for contiguous rows
@@ -186,7 +200,7 @@ def compute_partial(job: Job, source: DataSource, start: int, stop: int) -> Part
         return {"count": _count(raw, axis)}
     x = apply_kernel(job.kernel, raw)
     # Global index of the first element of this shard, in the reduced layout.
-    offset = start if axis == 0 else start * (source.cols or 1)
+    offset = start if axis == 0 else start * (cols or 1)
     return _compute_op(job, x, axis, offset)
 
 

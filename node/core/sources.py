@@ -94,6 +94,14 @@ class ChunkedSource(DataSource, Protocol):
 
 
 @runtime_checkable
+class PieceSource(DataSource, Protocol):
+    """A source that hands rows out as several arrays without copying them
+    (memory-mapped chunk files); compute.compute_partial reduces each."""
+
+    def read_pieces(self, start: int, stop: int) -> list[tuple[int, Array]]: ...  # (first row, rows)
+
+
+@runtime_checkable
 class BlockedSource(DataSource, Protocol):
     """A source stored in blocks of differing sizes (Parquet row groups): shards
     hold whole blocks."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from node.core.sources import Array, check_array, check_chunk, confined_path, one_line, split_inner
 from node.errors import InvalidField
+from node.formats.mapped import ChunkPieces, file_bytes
 
 #: HDF5 filter ids: deflate, shuffle, Fletcher-32, n-bit, scale-offset, and h5py's own LZF.
 ALLOWED_FILTERS = frozenset({1, 2, 3, 5, 6, 32000})
@@ -64,6 +65,38 @@ class ChunkedHdf5Source(Hdf5Source):
     chunk_rows: tuple[int, ...] = (1,)
 
 
+@dataclass(frozen=True, eq=False)
+class MappedHdf5Source(Hdf5Source):
+    """A contiguous dataset without filters, read in place from the mapped file, like `npy:`."""
+
+    offset: int = 0
+
+    def read(self, start: int, stop: int) -> Array:
+        dtype, shape = self.dtype, tuple(self.dataset.shape)
+        size = math.prod(shape) * dtype.itemsize
+        data = file_bytes(self.path)
+        if len(data) < self.offset + size:
+            raise InvalidField("source", f"hdf5: {self.path.name}: cannot read rows [{start}, {stop}): "
+                                         f"the file ends before its data does")
+        whole: Array = data[self.offset:self.offset + size].view(dtype).reshape(shape)
+        return whole[start:stop]
+
+
+@dataclass(frozen=True, eq=False)
+class MappedChunkedHdf5Source(ChunkedHdf5Source):
+    """Chunks without filters, each read in place from the mapped file (mapped.py)."""
+
+    pieces: ChunkPieces | None = None
+
+    def read(self, start: int, stop: int) -> Array:
+        assert self.pieces is not None
+        return self.pieces.read(start, stop)
+
+    def read_pieces(self, start: int, stop: int) -> list[tuple[int, Array]]:
+        assert self.pieces is not None
+        return self.pieces.read_pieces(start, stop)
+
+
 def open_hdf5(text: str, data_root: Path | None) -> Hdf5Source:
     file_text, name = split_inner("hdf5", text, "/DATASET")
     path, info = confined_path("hdf5", file_text, data_root)
@@ -85,10 +118,53 @@ def _open_cached(path: str, mtime_ns: int, size: int, name: str) -> Hdf5Source:
     dataset = _walk(h5py, handle, name, label)
     check_array(label, np.dtype(dataset.dtype), tuple(dataset.shape))
     _check_storage(dataset, label)
+    plain = _plain_layout(dataset)
     if dataset.chunks is None:
-        return Hdf5Source(Path(path), dataset)
+        offset = dataset.id.get_offset() if plain else None
+        if offset is None:  # filtered, foreign byte order, or never written
+            return Hdf5Source(Path(path), dataset)
+        return MappedHdf5Source(Path(path), dataset, int(offset))
     check_chunk(label, math.prod(dataset.chunks))
-    return ChunkedHdf5Source(Path(path), dataset, (int(dataset.chunks[0]),))
+    units = (int(dataset.chunks[0]),)
+    offsets = _chunk_offsets(dataset) if plain else None
+    if offsets is None:
+        return ChunkedHdf5Source(Path(path), dataset, units)
+
+    def locate(index: int) -> tuple[Path, int] | None:
+        offset = offsets.get(index)
+        return None if offset is None else (Path(path), offset)
+
+    cols = int(dataset.shape[1]) if dataset.ndim == 2 else None
+    pieces = ChunkPieces(label, int(dataset.shape[0]), cols, np.dtype(dataset.dtype), units[0], locate,
+                         dataset.fillvalue, exact_files=False)
+    return MappedChunkedHdf5Source(Path(path), dataset, units, pieces)
+
+
+def _plain_layout(dataset: Any) -> bool:
+    """Stored as numpy lays it out: no filter, this machine's byte order, and (chunked) chunks
+    spanning every column, so a chunk's rows are contiguous bytes."""
+    if dataset.id.get_create_plist().get_nfilters() or not np.dtype(dataset.dtype).isnative:
+        return False
+    return dataset.chunks is None or dataset.ndim == 1 or dataset.chunks[1] == dataset.shape[1]
+
+
+def _chunk_offsets(dataset: Any) -> dict[int, int] | None:
+    """Chunk index (along axis 0) -> its byte offset in the file; None if some chunk is not one
+    plain chunk's size (then h5py reads them). Chunks never written are absent (fill value)."""
+    chunk_bytes = math.prod(dataset.chunks) * np.dtype(dataset.dtype).itemsize
+    rows = int(dataset.chunks[0])
+    offsets: dict[int, int] = {}
+    sizes_ok = True
+
+    def seen(info: Any) -> None:
+        nonlocal sizes_ok
+        sizes_ok = sizes_ok and info.size == chunk_bytes
+        offsets[int(info.chunk_offset[0]) // rows] = int(info.byte_offset)
+
+    if not hasattr(dataset.id, "chunk_iter"):  # HDF5 before 1.12.3 / 1.14
+        return None
+    dataset.id.chunk_iter(seen)
+    return offsets if sizes_ok else None
 
 
 def _walk(h5py: Any, handle: Any, name: str, label: str) -> Any:

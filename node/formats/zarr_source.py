@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 
 from node.core.sources import Array, check_array, check_chunk, confined_path, one_line
 from node.errors import InvalidField
+from node.formats.mapped import ChunkPieces
 
 #: Codec names (Zarr 3) and numcodecs ids (Zarr 2) a store may use.
 ALLOWED_CODECS = frozenset({
@@ -65,6 +67,21 @@ class ZarrSource:
             raise InvalidField("source", f"zarr: {self.path.name}: {problem}") from None
 
 
+@dataclass(frozen=True, eq=False)
+class MappedZarrSource(ZarrSource):
+    """Uncompressed chunk files, read in place (mapped.py) instead of through zarr."""
+
+    pieces: ChunkPieces | None = None
+
+    def read(self, start: int, stop: int) -> Array:
+        assert self.pieces is not None
+        return self.pieces.read(start, stop)
+
+    def read_pieces(self, start: int, stop: int) -> list[tuple[int, Array]]:
+        assert self.pieces is not None
+        return self.pieces.read_pieces(start, stop)
+
+
 def open_zarr(text: str, data_root: Path | None) -> ZarrSource:
     path, info = confined_path("zarr", text, data_root)
     if not stat.S_ISDIR(info.st_mode):
@@ -102,8 +119,37 @@ def _open_cached(path: str, root: str, mtime_ns: int, size: int) -> ZarrSource:
         raise InvalidField("source", f"zarr: {name!r} uses codecs distnode does not read: {refused}")
     check_array(f"zarr: {name!r}", np.dtype(array.dtype), tuple(array.shape))
     check_chunk(f"zarr: {name!r}", math.prod(array.chunks))
-    units = (array.shards[0], array.chunks[0]) if array.shards else (array.chunks[0],)
-    return ZarrSource(Path(path), array, tuple(int(u) for u in units))
+    stored = (array.shards[0], array.chunks[0]) if array.shards else (array.chunks[0],)
+    units = tuple(int(u) for u in stored)
+    if not _plain_layout(array):
+        return ZarrSource(Path(path), array, units)
+    metadata = array.metadata
+    second = (0,) if array.ndim == 2 else ()
+
+    def locate(index: int) -> tuple[Path, int] | None:
+        found = _confined_key(Path(path), Path(root), metadata.encode_chunk_key((index, *second)))
+        return None if found is None else (found, 0)
+
+    pieces = ChunkPieces(
+        f"zarr: {name}", int(array.shape[0]), int(array.shape[1]) if array.ndim == 2 else None,
+        np.dtype(array.dtype), units[-1], locate, array.fill_value, exact_files=True,
+    )
+    return MappedZarrSource(Path(path), array, units, pieces)
+
+
+def _plain_layout(array: Any) -> bool:
+    """Chunk files that are the chunk's bytes as numpy lays them out: no codec but `bytes` in
+    this machine's byte order, chunks spanning every column (so a row range is contiguous)."""
+    if not np.dtype(array.dtype).isnative or (array.ndim == 2 and array.chunks[1] != array.shape[1]):
+        return False
+    metadata = array.metadata
+    if metadata.zarr_format == 2:
+        return bool(metadata.compressor is None and not metadata.filters and metadata.order == "C")
+    codecs = [codec.to_dict() for codec in metadata.codecs]
+    if len(codecs) != 1 or codecs[0].get("name") != "bytes":
+        return False
+    endian = (codecs[0].get("configuration") or {}).get("endian")
+    return endian in (None, sys.byteorder)
 
 
 def _confined_store(path: str, root: Path) -> Any:
@@ -116,15 +162,7 @@ def _confined_store(path: str, root: Path) -> Any:
     from zarr.storage import LocalStore
 
     def check(key: str) -> None:
-        target = (Path(path) / key).resolve()
-        if not target.is_relative_to(root):
-            raise InvalidField("source", f"zarr: {Path(path).name}/{key} leads out of the data root")
-        try:
-            mode = target.stat().st_mode
-        except OSError:
-            return  # missing: zarr's own answer (a chunk never written reads as fill_value)
-        if not stat.S_ISREG(mode):
-            raise InvalidField("source", f"zarr: {Path(path).name}/{key} is not a regular file")
+        _confined_key(Path(path), root, key)
 
     class ConfinedStore(LocalStore):
         async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
@@ -138,6 +176,21 @@ def _confined_store(path: str, root: Path) -> Any:
             return await super().get_partial_values(prototype, key_ranges)
 
     return ConfinedStore(path, read_only=True)
+
+
+def _confined_key(store: Path, root: Path, key: str) -> Path | None:
+    """The regular file inside `root` that `key` names in the store; None if there is none
+    (a chunk never written, which reads as the fill value)."""
+    target = (store / key).resolve()
+    if not target.is_relative_to(root):
+        raise InvalidField("source", f"zarr: {store.name}/{key} leads out of the data root")
+    try:
+        mode = target.stat().st_mode
+    except OSError:
+        return None
+    if not stat.S_ISREG(mode):
+        raise InvalidField("source", f"zarr: {store.name}/{key} is not a regular file")
+    return target
 
 
 def _codec_names(metadata: Any) -> set[str]:

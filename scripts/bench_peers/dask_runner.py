@@ -15,6 +15,8 @@ outside the timed region.
 - small job: `client.submit(small_sum, 1000, pure=False).result()` round trip
   (`pure=False` so no result is served from a cache); throughput: 32 futures
   kept in flight with `as_completed` for the given seconds.
+- formats: `from_zarr`, `from_array(h5py dataset)`, `dask.dataframe.read_parquet`,
+  `.sum().compute()`, in interleaved rounds (format_jobs.py).
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ def main() -> int:
         if "throughput" in figures:
             out["throughput"] = _throughput(client, distributed, float(spec["throughput_s"]),
                                             int(spec["inflight"]))
+        if "formats" in figures:
+            import format_jobs
+
+            jobs = {name: format_jobs.dask_job(file) for name, file in spec["formats"].items()}
+            out["formats"] = format_jobs.interleaved(jobs, reps, warmup)
     finally:
         client.close()
         cluster.close()

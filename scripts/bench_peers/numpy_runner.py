@@ -3,8 +3,9 @@
 `python numpy_runner.py SPEC_JSON`. The map is opened once and reused
 across reps. Sum: `np.sum(map)`. Square-then-sum: `np.sum(np.square(c))`
 over chunks of 2^23 elements (no 800 MB temporary). Vector reduce:
-`np.sum(matrix, axis=0)` over the (3, N) map. Warm-ups dropped; prints one
-`BENCH_RESULT {json}` line.
+`np.sum(matrix, axis=0)` over the (3, N) map. Formats: the format's own
+library reads the whole array, then `np.sum` (format_jobs.py). Warm-ups
+dropped; prints one `BENCH_RESULT {json}` line.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ def main() -> int:
         matrix = peerdata.memmap(spec["vec"])
         samples, value = timed(lambda: float(np.sum(matrix, axis=0)[0]))
         out["vector_reduce"] = {**peerdata.summary(samples), "result_first": value}
+    if "formats" in figures:
+        import format_jobs
+
+        jobs = {name: format_jobs.read_whole(file) for name, file in spec["formats"].items()}
+        out["formats"] = format_jobs.interleaved(jobs, reps, warmup)
     peerdata.emit(out)
     return 0
 

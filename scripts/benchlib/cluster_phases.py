@@ -1,5 +1,5 @@
 """The distnode figures measured on one 3-node cluster: idle, small jobs, throughput, big jobs,
-a big job crossing a leader kill, failover.
+the file formats, a big job crossing a leader kill, failover.
 
 They share a cluster because starting one costs a second and they do not
 disturb each other in this order: idle first (nothing has run but one small
@@ -25,6 +25,7 @@ from cluster_timing import SETTLE_S, election_counts, started_cluster, time_fail
 from benchlib import log
 from benchlib.clients import SMALL_SOURCE, client_process
 from benchlib.data import Data, Params, close_enough
+from benchlib.formats_phase import measure_formats
 from benchlib.loadwatch import LoadWatch
 from node import Client, LocalCluster
 
@@ -54,6 +55,7 @@ def measure_main_cluster(
             ("throughput", lambda: client_process(
                 cluster, "throughput", seconds=p.throughput_s, inflight=p.inflight)),
             ("big", lambda: measure_big(cluster, data, p)),
+            *([("formats", lambda: measure_formats(cluster, data, p))] if data.formats else []),
             ("kill_crossing", lambda: measure_kill_crossing(cluster, data, p.kill_pairs)),
             ("failover", lambda: measure_failover(cluster, p.kills)),
         ]

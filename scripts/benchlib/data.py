@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from benchlib import log
+from benchlib import format_files, log
+from benchlib.format_files import FormatFile
 
 #: Elements written (and squared for the expected answer) per step: 80 MB, not 800 MB, in memory.
 WRITE_CHUNK = 10**7
@@ -83,6 +84,8 @@ class Data:
     expected_sum: float = 0.0
     expected_square_sum: float = 0.0
     expected_vec: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: The big array in each file format (format_files.py); empty without the formats extra.
+    formats: dict[str, FormatFile] = field(default_factory=dict)
 
 
 def big_name(n: int) -> str:
@@ -118,6 +121,9 @@ def make_data(directory: Path, p: Params) -> Data:
     ))
     data.expected_vec = np.load(data.vec).sum(axis=0)
     del mapped
+    data.formats = format_files.write(directory, data.big)
+    for file in data.formats.values():  # into the page cache too
+        _read_through(file.path)
     log(f"data: {data.big} ({data.big.stat().st_size / 1e6:.0f} MB) and {data.vec} ready, "
         f"page cache warm, {time.perf_counter() - t0:.1f} s")
     return data
@@ -129,14 +135,27 @@ def bench_data(directory: str | None, keep: bool, p: Params) -> Iterator[Data]:
     a directory given by the caller stays, only the files this run wrote go."""
     own_dir = directory is None
     path = Path(tempfile.mkdtemp(prefix="distnode-bench-")) if directory is None else Path(directory)
+    data = None
     try:
-        yield make_data(path, p)
+        data = make_data(path, p)
+        yield data
     finally:
         if own_dir and not keep:
             shutil.rmtree(path, ignore_errors=True)
         elif not keep:
             for name in (big_name(p.n), VEC_NAME):
                 (path / name).unlink(missing_ok=True)
+            for file in (data.formats if data is not None else {}).values():
+                format_files.remove(file.path)
+
+
+def _read_through(path: Path) -> None:
+    """Read every byte under `path` once, so the page cache holds it."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        with file.open("rb") as handle:
+            while handle.read(1 << 24):
+                pass
 
 
 def close_enough(value: Any, expected: float) -> bool:
@@ -156,11 +175,21 @@ def answer_checks(res: dict[str, Any], data: Data) -> list[str]:
     kill = res["distnode"].get("kill_crossing")
     if kill and not kill.get("correct"):
         problems.append("distnode answer across the leader kill differs from the clean run")
+    formats = res["distnode"].get("formats") or {}
+    for name, figure in (formats.get("sum") or {}).items():
+        if not (figure.get("correct") and figure.get("stable")):
+            problems.append(f"distnode formats {name}: answer wrong, or not the same bits every round")
+    if (formats.get("identity") or {}).get("differing"):
+        problems.append(f"distnode formats: 1 node and 3 nodes differ on {formats['identity']['differing']}")
     for name, peer in res["peers"].items():
         for key, expected in (("big_sum", data.expected_sum), ("big_square_sum", data.expected_square_sum)):
             value = (peer or {}).get(key, {}).get("result")
             if value is not None and not close_enough(value, expected):
                 problems.append(f"{name} {key} = {value!r}, expected {expected!r}")
+        for fmt_name, figure in ((peer or {}).get("formats") or {}).items():
+            if not close_enough(figure.get("result"), data.expected_sum):
+                value = figure.get("result")
+                problems.append(f"{name} formats {fmt_name} = {value!r}, expected {data.expected_sum!r}")
     return problems
 
 

@@ -40,6 +40,8 @@ NEEDS = {
     "ray": (("ray",), "ray not installed (pip install -e '.[bench]'; no wheel for some platforms)"),
     "numpy": ((), ""),
 }
+#: Peers that also read the file formats: Dask, and one process with the format's library.
+FORMAT_PEERS = ("dask", "numpy")
 RUNNERS = {"numpy": "numpy_runner.py", "dask": "dask_runner.py", "ray": "ray_runner.py"}
 
 
@@ -95,11 +97,12 @@ def mpi_command(spec: str) -> tuple[list[str], dict[str, str]]:
 
 
 def peer_spec(name: str, data: Data, p: Params) -> str:
+    figures = FIGURES[name] + (["formats"] if name in FORMAT_PEERS and data.formats else [])
     return json.dumps({
         "big": str(data.big), "n": data.n, "vec": str(data.vec), "vec_shape": list(data.vec_shape),
         "reps": p.reps, "warmup": p.warmup, "small_jobs": p.small_jobs,
         "small_warmup": p.small_warmup, "throughput_s": p.throughput_s, "inflight": p.inflight,
-        "figures": FIGURES[name],
+        "figures": figures, "formats": {n: f.to_json() for n, f in data.formats.items()},
     })
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchlib.data import Params
+from benchlib.format_files import LABELS
 from benchlib.peers import PEERS
 
 
@@ -83,7 +84,7 @@ class _Figures:
 
 def build_rows(res: dict[str, Any], p: Params) -> list[Row]:
     f = _Figures(res)
-    return _job_rows(f, p) + _cluster_rows(f, p)
+    return _job_rows(f, p) + _format_rows(f, p) + _cluster_rows(f, p)
 
 
 def _job_rows(f: _Figures, p: Params) -> list[Row]:
@@ -111,6 +112,28 @@ def _job_rows(f: _Figures, p: Params) -> list[Row]:
             values=f.values((*vector, "median_ms"), ("vector_reduce", "median_ms")), applies=PEERS,
             reps=f.reps(vector, ("vector_reduce",))),
     ]
+
+
+def _format_rows(f: _Figures, p: Params) -> list[Row]:
+    """The big sum in each file format: distnode (3 nodes) beside Dask and one process reading it
+    all with the format's library, and beside distnode's own `.npy` in the same rounds."""
+    big_n = f"10^{round(math.log10(p.n))}"
+    npy = get(f.d, "formats", "sum", "npy", "median_ms")
+    rows = [Row("formats_npy", f"formats: `sum` over {big_n} float64, .npy in the same rounds", "ms", [],
+                values={"distnode": npy}, reps=f.reps(("formats", "sum", "npy")))]
+    for name, label in LABELS.items():
+        # Uncompressed chunks cost what .npy costs to read: the format itself must add little.
+        checks = ([("npy", 1.3)] if name in ("zarr3", "hdf5") else []) + [("dask", 0.6)]
+        mine, theirs = ("formats", "sum", name, "median_ms"), ("formats", name, "median_ms")
+        rows.append(Row(f"formats_{name}", f"formats: `sum`, {label}", "ms", checks,
+                        values={**f.values(mine, theirs), "npy": npy}, applies=("dask", "numpy"),
+                        note="numpy (1 proc): the format's library reads it all" if name == "zarr3" else "",
+                        reps=f.reps(mine[:-1], theirs[:-1])))
+    identity = f.d.get("formats", {}).get("identity") or {}
+    rows.append(Row("formats_identity", "formats: 1 node vs 3 nodes, answers identical (every source x op)",
+                    "count", [("abs", float(identity.get("pairs") or 0))], higher_better=True,
+                    values={"distnode": get(identity, "identical")}))
+    return rows
 
 
 def _cluster_rows(f: _Figures, p: Params) -> list[Row]:
