@@ -32,7 +32,8 @@ import node.formats
 from node.core.compute import compute_partial, finalize, merge, plan_shards, reduce_all, validate_job
 from node.core.job import KERNELS, OPS, Job
 from node.core.limits import Limits
-from node.core.sources import MAX_CHUNK_ELEMS, DataSource, open_source
+from node.core.sourcechecks import MAX_CHUNK_ELEMS
+from node.core.sources import DataSource, open_source
 from node.errors import ConfigError, InvalidField, LimitExceeded, MissingExtra, SourceForbidden
 from node.formats import openers
 from node.server.config import NodeConfig

@@ -19,7 +19,8 @@ calls it, in whatever pieces:
   the core never imports them. They are stored in chunks or row groups,
   which the shard plan follows (`ChunkedSource`, `BlockedSource`).
 
-Every path obeys the same rules (`confined_path`). Errors are
+Every path obeys the same rules, and every array the same shapes and dtypes
+(sourcechecks.py). Errors are
 `InvalidField(field, problem)`; the service turns them into INVALID_ARGUMENT
 (and `SourceNotFound` into NOT_FOUND) with the message as is.
 """
@@ -27,20 +28,19 @@ Every path obeys the same rules (`confined_path`). Errors are
 from __future__ import annotations
 
 import functools
-import math
-import os
 import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from node.errors import InvalidField, LimitExceeded, MissingExtra, SourceForbidden, SourceNotFound
+from node.core.sourcechecks import check_array, confined_path
+from node.errors import InvalidField, MissingExtra
 
 Array = npt.NDArray[Any]
 
@@ -49,12 +49,7 @@ DISTRIBUTIONS = ("uniform", "normal")
 SOURCE_KINDS = ("range", "random", "npy", "values", "zarr", "hdf5", "parquet")
 #: Kinds read by optional libraries (node/formats/, the "formats" extra).
 FORMAT_KINDS = ("zarr", "hdf5", "parquet")
-# Kinds of numpy dtype a source may hold: bool, signed, unsigned, float.
-NUMERIC_KINDS = "biuf"
 MAX_COUNT = (1 << 63) - 1
-#: The largest chunk or row group a node decodes at once (1 GiB of float64):
-#: a file may declare chunks as large as it likes, and each is read whole.
-MAX_CHUNK_ELEMS = 1 << 27
 NPY_CACHE_SIZE = 16
 NPY_MAGIC = b"\x93NUMPY"
 #: numpy itself writes headers of a few hundred bytes; anything this big is hostile.
@@ -79,7 +74,6 @@ class DataSource(Protocol):
 Opener = Callable[[str, Path | None], DataSource]
 
 
-@runtime_checkable
 class ChunkedSource(DataSource, Protocol):
     """A source stored in chunks along axis 0: reading part of a chunk decodes
     all of it, so shards hold whole chunks.
@@ -93,7 +87,6 @@ class ChunkedSource(DataSource, Protocol):
     def chunk_rows(self) -> tuple[int, ...]: ...
 
 
-@runtime_checkable
 class PieceSource(DataSource, Protocol):
     """A source that hands rows out as several arrays without copying them
     (memory-mapped chunk files); compute.compute_partial reduces each."""
@@ -101,7 +94,6 @@ class PieceSource(DataSource, Protocol):
     def read_pieces(self, start: int, stop: int) -> list[tuple[int, Array]]: ...  # (first row, rows)
 
 
-@runtime_checkable
 class BlockedSource(DataSource, Protocol):
     """A source stored in blocks of differing sizes (Parquet row groups): shards
     hold whole blocks."""
@@ -336,65 +328,6 @@ def _open_npy(text: str, data_root: Path | None) -> NpySource:
     _check_npy_header(path, text)
     array = _load_memmap(str(path), info.st_mtime_ns, info.st_size)
     return NpySource(path=path, array=array)
-
-
-def confined_path(kind: str, text: str, data_root: Path | None) -> tuple[Path, os.stat_result]:
-    """The file or directory `text` names, if it lies inside the data root, with its stat.
-
-    The path comes from the network, so: relative paths resolve under the
-    root (default: the daemon's working directory), and after resolving `..`
-    and symlinks the target must still lie inside the root. Whether a regular
-    file or a directory will do is the caller's to check; FIFOs and devices
-    (which would block, or never end) never do.
-    """
-    if not text:
-        raise InvalidField("source", f"{kind}: needs a path ({kind}:PATH)")
-    root = (data_root if data_root is not None else Path.cwd()).resolve()
-    path = Path(text) if Path(text).is_absolute() else root / text
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        raise SourceForbidden("source", f"{text!r} is outside the data root {str(root)!r}")
-    try:
-        info = os.stat(resolved)
-    except FileNotFoundError:
-        raise SourceNotFound("source", f"no such file: {text!r} under {str(root)!r}") from None
-    except OSError as exc:
-        raise InvalidField("source", f"cannot read {text!r}: {exc.strerror}") from None
-    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
-        raise InvalidField("source", f"{text!r} is not a regular file or a directory (a FIFO or device?)")
-    return resolved, info
-
-
-def check_array(what: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
-    """The shapes and dtypes a source may have: 1-D or 2-D, numeric, not empty."""
-    if dtype.kind not in NUMERIC_KINDS:
-        raise InvalidField("source", f"{what} has dtype {dtype}; need bool, integer or float data")
-    if len(shape) not in (1, 2):
-        raise InvalidField("source", f"{what} is {len(shape)}-D; need 1-D or 2-D data")
-    if math.prod(shape) == 0:
-        raise InvalidField("source", f"{what} holds no elements (shape {shape})")
-
-
-def split_inner(kind: str, text: str, inner: str) -> tuple[str, str]:
-    """`PATH#INNER` -> (PATH, INNER); `inner` names the part ("/DATASET", "COLUMN") for the error."""
-    path, sep, name = text.rpartition("#")
-    if not sep or not path or not name:
-        raise InvalidField("source", f"{kind}: expected {kind}:PATH#{inner}, got {kind}:{text}")
-    return path, name
-
-
-def one_line(exc: BaseException) -> str:
-    """A library's error message on one line (some end theirs in newlines, or span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def check_chunk(what: str, elements: int) -> None:
-    """A stored unit (chunk, row group) small enough to decode in one piece."""
-    if elements > MAX_CHUNK_ELEMS:
-        raise LimitExceeded(
-            f"source: {what} stores chunks of {elements} elements; a node decodes at most "
-            f"{MAX_CHUNK_ELEMS} at once"
-        )
 
 
 def _open_format(

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from node.core.sources import Array, check_array, check_chunk, confined_path, one_line, split_inner
+from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line, split_inner
+from node.core.sources import Array
 from node.errors import InvalidField
 
 #: A directory of more files than this is refused rather than opened file by file.

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from node.core.sources import Array, check_array, check_chunk, confined_path, one_line
+from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line
+from node.core.sources import Array
 from node.errors import InvalidField
 from node.formats.mapped import ChunkPieces
 

@@ -1,0 +1,85 @@
+"""What every source must be, whoever reads it: a path inside the data root, a 1-D or
+2-D numeric array, chunks small enough to decode whole; and the errors that say so.
+
+Shared by `npy:` (sources.py) and the file-format readers (node/formats/).
+Errors are `InvalidField("source", ...)` naming the file and the problem
+(`SourceForbidden` outside the root, `SourceNotFound` for a missing file,
+`LimitExceeded` for an oversized chunk).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.errors import InvalidField, LimitExceeded, SourceForbidden, SourceNotFound
+
+#: Kinds of numpy dtype a source may hold: bool, signed, unsigned, float.
+NUMERIC_KINDS = "biuf"
+#: The largest chunk or row group a node decodes at once (1 GiB of float64):
+#: a file may declare chunks as large as it likes, and each is read whole.
+MAX_CHUNK_ELEMS = 1 << 27
+
+
+def confined_path(kind: str, text: str, data_root: Path | None) -> tuple[Path, os.stat_result]:
+    """The file or directory `text` names, if it lies inside the data root, with its stat.
+
+    The path comes from the network, so: relative paths resolve under the
+    root (default: the daemon's working directory), and after resolving `..`
+    and symlinks the target must still lie inside the root. Whether a regular
+    file or a directory will do is the caller's to check; FIFOs and devices
+    (which would block, or never end) never do.
+    """
+    if not text:
+        raise InvalidField("source", f"{kind}: needs a path ({kind}:PATH)")
+    root = (data_root if data_root is not None else Path.cwd()).resolve()
+    path = Path(text) if Path(text).is_absolute() else root / text
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise SourceForbidden("source", f"{text!r} is outside the data root {str(root)!r}")
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        raise SourceNotFound("source", f"no such file: {text!r} under {str(root)!r}") from None
+    except OSError as exc:
+        raise InvalidField("source", f"cannot read {text!r}: {exc.strerror}") from None
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise InvalidField("source", f"{text!r} is not a regular file or a directory (a FIFO or device?)")
+    return resolved, info
+
+
+def check_array(what: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+    """The shapes and dtypes a source may have: 1-D or 2-D, numeric, not empty."""
+    if dtype.kind not in NUMERIC_KINDS:
+        raise InvalidField("source", f"{what} has dtype {dtype}; need bool, integer or float data")
+    if len(shape) not in (1, 2):
+        raise InvalidField("source", f"{what} is {len(shape)}-D; need 1-D or 2-D data")
+    if math.prod(shape) == 0:
+        raise InvalidField("source", f"{what} holds no elements (shape {shape})")
+
+
+def split_inner(kind: str, text: str, inner: str) -> tuple[str, str]:
+    """`PATH#INNER` -> (PATH, INNER); `inner` names the part ("/DATASET", "COLUMN") for the error."""
+    path, sep, name = text.rpartition("#")
+    if not sep or not path or not name:
+        raise InvalidField("source", f"{kind}: expected {kind}:PATH#{inner}, got {kind}:{text}")
+    return path, name
+
+
+def one_line(exc: BaseException) -> str:
+    """A library's error message on one line (some end theirs in newlines, or span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_chunk(what: str, elements: int) -> None:
+    """A stored unit (chunk, row group) small enough to decode in one piece."""
+    if elements > MAX_CHUNK_ELEMS:
+        raise LimitExceeded(
+            f"source: {what} stores chunks of {elements} elements; a node decodes at most "
+            f"{MAX_CHUNK_ELEMS} at once"
+        )
