@@ -85,4 +85,8 @@ def print_status(view: ClusterStatus) -> None:
         heard = "-" if node.last_heartbeat_ms is None else f"{node.last_heartbeat_ms:.0f} ms ago"
         table.add_row(node.id or "?", node.address, node.role, str(node.term),
                       "yes" if node.alive else "no", heard)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for node in view.nodes:
+        if node.storage_error:
+            console.print(f"{node.id or node.address}: cannot write its state: {node.storage_error}")

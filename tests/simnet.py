@@ -21,10 +21,15 @@ queued ("persist before you send"); with `crash_mid_outputs` a node may also
 crash after any prefix of a list, which is what makes a Send placed before
 its Persist a detectable double vote.
 
+A full disk (`disk_full`): a Persist on that node fails, so, as the daemon
+does, the rest of its list is dropped and the node rolls back to what it
+persisted last (`Election.rollback`).
+
 Invariants are checked after every step and tick, and raise `InvariantError`:
 at most one leader per term over the whole run, no node's term ever
-decreases (restarts included), and no node grants two candidates a vote in
-one term (restarts included).
+decreases (restarts included), no node grants two candidates a vote in
+one term (restarts included), and no node's memory runs ahead of its disk
+(its term and vote are what it persisted, once a list has been executed).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from node.core.election import Election, ElectionConfig
+from node.core.election import Election
+from node.core.electionconfig import ElectionConfig
 from node.core.messages import (
     HeartbeatResponse,
     Message,
@@ -71,6 +77,8 @@ class SimNet:
     nodes: dict[str, Election] = field(default_factory=dict)
     persisted: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
+    #: Nodes whose Persists fail (a full disk).
+    disk_full: set[str] = field(default_factory=set)
     paused: set[str] = field(default_factory=set)
     #: (requester, target) pairs whose RPCs fail: see `cut`.
     cuts: set[tuple[str, str]] = field(default_factory=set)
@@ -131,6 +139,10 @@ class SimNet:
         self.down.discard(node_id)
         self._build(node_id)
 
+    def fill_disk(self, node_id: str) -> None:
+        self.stats["disk"] += 1
+        self.disk_full.add(node_id)
+
     def pause(self, node_id: str) -> None:
         if node_id not in self.down and node_id not in self.paused:
             self.stats["pause"] += 1
@@ -149,6 +161,7 @@ class SimNet:
         rng = random.Random(self.rng.getrandbits(64))
         self.nodes[node_id] = Election(self.config(node_id), rng, term, voted_for)
         self._check_term(node_id)
+        self._check_durable(node_id)
 
     # ---- driving ------------------------------------------------------------
 
@@ -178,6 +191,9 @@ class SimNet:
             self.crash(node_id)  # its memory is gone; only what it persisted counts
             outputs = outputs[:crash_after]
         for output in outputs:
+            if isinstance(output, Persist) and node_id in self.disk_full:
+                self.execute(node_id, self.nodes[node_id].rollback(*self.persisted[node_id]))
+                break
             if isinstance(output, Persist):
                 self.persisted[node_id] = (output.term, output.voted_for)
             elif isinstance(output, Send):
@@ -187,6 +203,7 @@ class SimNet:
                 self._check_leader(node_id, output.term)
         if crash_after is None:
             self._check_term(node_id)
+            self._check_durable(node_id)
 
     def _send(self, message: Message) -> None:
         copies = 1 + (self.rng.random() < self.duplicate)
@@ -219,27 +236,27 @@ class SimNet:
         """Live nodes that believe they lead (a paused one still does)."""
         return [n for n in self.ids if n not in self.down and self.nodes[n].role is Role.LEADER]
 
-    def stable_leader(self) -> str | None:
-        """The leader every live node follows at the leader's term, if there is one."""
+    def stable_leader(self, without: frozenset[str] = frozenset()) -> str | None:
+        """The leader every live node (but those `without`) follows at the leader's term, if any."""
         leaders = self.leaders()
         if len(leaders) != 1:
             return None
         leader = self.nodes[leaders[0]]
         for node_id in self.ids:
             node = self.nodes[node_id]
-            if node_id in self.down or node_id in self.paused or node is leader:
+            if node_id in self.down or node_id in self.paused or node_id in without or node is leader:
                 continue
             if node.term != leader.term or node.leader != leaders[0]:
                 return None
         return leaders[0]
 
-    def run_until_stable(self, max_ticks: int) -> str | None:
+    def run_until_stable(self, max_ticks: int, without: frozenset[str] = frozenset()) -> str | None:
         for _ in range(max_ticks):
-            leader = self.stable_leader()
+            leader = self.stable_leader(without)
             if leader is not None:
                 return leader
             self.step_tick()
-        return self.stable_leader()
+        return self.stable_leader(without)
 
     # ---- invariants ---------------------------------------------------------
 
@@ -258,6 +275,13 @@ class SimNet:
         if term < self.max_term[node_id]:
             self._fail(f"{node_id} term went back from {self.max_term[node_id]} to {term}")
         self.max_term[node_id] = term
+
+    def _check_durable(self, node_id: str) -> None:
+        """Memory never runs ahead of the disk: a term only memory holds would
+        travel in the next message, and peers would follow it."""
+        node = self.nodes[node_id]
+        if node_id not in self.down and (node.term, node.voted_for) != self.persisted[node_id]:
+            self._fail(f"{node_id} holds {(node.term, node.voted_for)} but persisted {self.persisted[node_id]}")
 
     def _check_vote(self, message: Message) -> None:
         """Raft §5.2: each server votes for at most one candidate in a given term."""

@@ -202,7 +202,9 @@ def test_cli_bad_jobs_then_a_good_one(cluster: LocalCluster, tmp_path: Any) -> N
     view = json.loads(status.stdout)
     assert list(view) == ["leader", "term", "nodes", "answered_by"] and view["leader"] == cluster.leader()
     assert view["answered_by"] == view["leader"]  # the leader's own view
-    assert sorted(view["nodes"][0]) == sorted(["id", "address", "role", "term", "alive", "last_heartbeat_ms"])
+    assert sorted(view["nodes"][0]) == sorted(
+        ["id", "address", "role", "term", "alive", "last_heartbeat_ms", "storage_error"]
+    )
     assert [n["id"] for n in view["nodes"]] == cluster.ids and all(n["alive"] for n in view["nodes"])
     table = run_cli("status", "--cluster", addresses)
     assert table.returncode == 0 and "leader" in table.stdout and cluster.ids[0] in table.stdout

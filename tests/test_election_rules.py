@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from node.core.election import Election, ElectionConfig
+from node.core.election import Election
+from node.core.electionconfig import ElectionConfig
 from node.core.messages import (
     Heartbeat,
     HeartbeatResponse,
@@ -484,7 +485,8 @@ def test_ticks_until_due_lets_a_caller_sleep_until_the_next_deadline() -> None:
     """Ticks before the reported deadline produce nothing; the one at it does."""
     import random
 
-    from node.core.election import Election, ElectionConfig
+    from node.core.election import Election
+    from node.core.electionconfig import ElectionConfig
     from node.core.messages import Role
 
     config = ElectionConfig(node_id="a", peers=("b", "c"), heartbeat_ticks=3,
@@ -518,3 +520,36 @@ def test_fast_first_election_campaigns_within_the_spread_after_boot() -> None:
 def test_fast_first_election_needs_pre_vote() -> None:
     with pytest.raises(ValueError, match="fast_first_election needs pre_vote"):
         make(pre_vote=False, fast_first_election=True)
+
+
+def test_rollback_returns_to_the_durable_term_and_vote_as_a_follower() -> None:
+    """A Persist the disk refused leaves memory where the disk is (Raft §5.2:
+    nothing is sent on state that is not durable), so the node's next message
+    carries the durable term, not one only its memory holds."""
+    node = make(term=4, voted_for="b", pre_vote=False)
+    out = run_until_timeout(node)
+    assert Persist(5, "a") in out and node.role is Role.CANDIDATE
+    back = node.rollback(4, "b")
+    assert (node.term, node.voted_for, node.role, node.leader) == (4, "b", Role.FOLLOWER, None)
+    assert back == [RoleChanged(Role.FOLLOWER, 4, None)]
+    assert not node.step(VoteRequest("c", "a", 4))[0].message.granted  # type: ignore[union-attr]
+    assert sends(run_until_timeout(node)) == [VoteRequest("a", p, 5) for p in PEERS]
+
+
+def test_rollback_never_moves_ahead_or_changes_a_vote() -> None:
+    """It may forget a vote the disk never held, never invent a term or a vote."""
+    node = make(term=4, voted_for="b")
+    for term, vote in [(5, None), (4, "c")]:
+        with pytest.raises(AssertionError, match="rollback"):
+            node.rollback(term, vote)
+
+
+def test_rollback_forgets_a_vote_the_disk_refused() -> None:
+    """Raft §5.2: a vote is cast when it is durable; one the disk refused was never
+    sent, so the node may still vote in that term."""
+    node = make(term=4)
+    node.step(VoteRequest("b", "a", 4))
+    assert node.voted_for == "b"
+    node.rollback(4, None)
+    out = node.step(VoteRequest("c", "a", 4))
+    assert VoteResponse("a", "c", 4, granted=True) in sends(out) and node.voted_for == "c"

@@ -193,6 +193,33 @@ def test_forgetful_restart_is_caught() -> None:
         net.execute(c, net.nodes[c].step(VoteRequest(b, c, 1)))
 
 
+# ---- full disks ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_node_with_a_full_disk_neither_votes_nor_drags_terms(seed: int) -> None:
+    """Raft §5.2 (persist before you answer) with a disk that refuses: the node's
+    memory stays at its durable term, the others elect without it and their
+    term does not climb, and once the disk has room it follows the leader."""
+    net = SimNet(ids(5), seed=seed)
+    leader = net.run_until_stable(ELECTION_BOUND_TICKS)
+    assert leader is not None
+    full = next(n for n in net.ids if n != leader)
+    term = net.persisted[full][0]
+    net.fill_disk(full)
+    net.crash(leader)
+    new_leader = net.run_until_stable(ELECTION_BOUND_TICKS, without=frozenset({full}))
+    net.run(20 * net.election_ticks_max)
+    assert new_leader not in (None, full, leader)
+    assert net.stable_leader(without=frozenset({full})) == new_leader
+    assert net.nodes[full].term == net.persisted[full][0] == term
+    assert net.nodes[new_leader].term <= term + 2, f"terms climbed to {net.nodes[new_leader].term}"
+    net.disk_full.clear()
+    net.run(2 * net.election_ticks_max)
+    assert net.nodes[full].leader == new_leader
+    assert net.persisted[full][0] == net.nodes[new_leader].term
+
+
 # ---- one-way cuts and pauses ------------------------------------------------------------
 
 
@@ -259,7 +286,7 @@ TIMINGS = ((1, 4), (1, 6), (2, 10))
 
 def random_schedule(seed: int, **overrides: Any) -> SimNet:
     """One chaotic schedule: loss, duplicates, reordering, symmetric and one-way
-    partitions, pauses, crashes (also mid-output) and restarts; then a heal.
+    partitions, pauses, crashes (also mid-output), restarts and full disks; then a heal.
 
     Invariants are checked inside SimNet after every step; liveness is checked
     here, once the network is healthy again: no loss, and delays well under
@@ -298,8 +325,13 @@ def random_schedule(seed: int, **overrides: Any) -> SimNet:
             net.pause(node)
         elif event < 0.30 and node in net.paused:
             net.resume(node)
+        elif event < 0.32:
+            net.fill_disk(node)
+        elif event < 0.36:
+            net.disk_full.discard(node)
         net.step_tick()
     net.heal()
+    net.disk_full.clear()
     net.drop = net.duplicate = net.crash_mid_outputs = 0.0
     net.max_delay = min(net.max_delay, election_min // 4)
     for node in sorted(net.paused):
@@ -356,13 +388,14 @@ def test_randomized_schedules_catch_a_forgetful_restart() -> None:
 
 def test_schedules_cover_every_fault() -> None:
     """The schedules actually exercise what they claim: elections under every fault kind."""
-    seen = {"one-way": 0, "paused": 0, "crashed": 0, "elections": 0}
+    seen = {"one-way": 0, "paused": 0, "crashed": 0, "disk": 0, "elections": 0}
     for seed in range(200):
         net = random_schedule(seed)
         seen["elections"] += len(net.leader_of_term)
         seen["one-way"] += net.stats["one-way"]
         seen["paused"] += net.stats["pause"]
         seen["crashed"] += net.stats["crash"]
+        seen["disk"] += net.stats["disk"]
     assert all(count > 50 for count in seen.values()), seen
 
 

@@ -122,11 +122,14 @@ class HeartbeatReply(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    STORAGE_ERROR_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
     seq: _builtins.int
     """In a datagram: the seq of the beat answered. 0 on the gRPC stream."""
+    storage_error: _builtins.str
+    """Why this node cannot write its durable state ("" while it can)."""
     def __init__(
         self,
         *,
@@ -134,10 +137,11 @@ class HeartbeatReply(_message.Message):
         node_id: _builtins.str = ...,
         role: _builtins.str = ...,
         seq: _builtins.int = ...,
+        storage_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "role", b"role", "seq", b"seq", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "role", b"role", "seq", b"seq", "storage_error", b"storage_error", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -517,6 +521,7 @@ class NodeStatus(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     ALIVE_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
+    STORAGE_ERROR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     address: _builtins.str
     role: _builtins.str
@@ -524,6 +529,8 @@ class NodeStatus(_message.Message):
     alive: _builtins.bool
     last_heartbeat_ms: _builtins.float
     """Milliseconds since this node was last heard from; -1 if never."""
+    storage_error: _builtins.str
+    """Why that node cannot write its durable state ("" while it can, or unknown)."""
     def __init__(
         self,
         *,
@@ -533,10 +540,11 @@ class NodeStatus(_message.Message):
         term: _builtins.int = ...,
         alive: _builtins.bool = ...,
         last_heartbeat_ms: _builtins.float = ...,
+        storage_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "id", b"id", "last_heartbeat_ms", b"last_heartbeat_ms", "role", b"role", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "id", b"id", "last_heartbeat_ms", b"last_heartbeat_ms", "role", b"role", "storage_error", b"storage_error", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

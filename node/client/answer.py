@@ -59,6 +59,8 @@ class NodeInfo:
     term: int
     alive: bool
     last_heartbeat_ms: float | None
+    #: Why that node cannot write its durable state; None while it can (or not known).
+    storage_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def cluster_status(reply: pb.StatusReply, leaderless: bool = False) -> ClusterSt
             role="unknown" if leaderless and n.role == "leader" else n.role,
             term=n.term, alive=n.alive,
             last_heartbeat_ms=None if n.last_heartbeat_ms < 0 else round(n.last_heartbeat_ms, 1),
+            storage_error=n.storage_error or None,
         )
         for n in reply.nodes
     ]

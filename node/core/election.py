@@ -39,8 +39,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
+from node.core.electionconfig import ElectionConfig
 from node.core.messages import (
     Heartbeat,
     HeartbeatResponse,
@@ -53,59 +53,6 @@ from node.core.messages import (
     VoteRequest,
     VoteResponse,
 )
-
-
-@dataclass(frozen=True)
-class ElectionConfig:
-    """Static election settings. All durations are in ticks of the daemon's clock."""
-
-    node_id: str  # this node's key
-    peers: tuple[str, ...]  # the other nodes' keys, self excluded
-    # The leader sends a Heartbeat to every peer every `heartbeat_ticks` ticks.
-    heartbeat_ticks: int = 1
-    # Each reset draws the election timeout uniformly from [min, max] inclusive;
-    # randomness keeps candidates from splitting the vote forever (Raft §5.2).
-    # `election_ticks_min` is also the CheckQuorum window and the leader lease.
-    election_ticks_min: int = 10
-    election_ticks_max: int = 20
-    pre_vote: bool = True
-    check_quorum: bool = True
-    # Boot with the election timer wound forward by `election_ticks_min - 1`,
-    # so the first campaign comes 1..(max - min + 1) ticks after start instead
-    # of min..max (etcd's "initial election tick advance"). Safe only with
-    # Pre-Vote: a node booting into a cluster with a live leader then asks
-    # peers that are inside their lease, is refused, and disturbs no one.
-    fast_first_election: bool = False
-
-    @property
-    def quorum(self) -> int:
-        """Votes (self included) needed to win: a strict majority of the cluster."""
-        return (len(self.peers) + 1) // 2 + 1
-
-    def validate(self) -> None:
-        """Raise ValueError naming both values when a relation between fields breaks."""
-        if not self.node_id:
-            raise ValueError("node_id must be non-empty")
-        if self.node_id in self.peers:
-            raise ValueError(f"node_id ({self.node_id!r}) must not be in peers {self.peers!r}")
-        if len(set(self.peers)) != len(self.peers):
-            raise ValueError(f"peers {self.peers!r} contain duplicates")
-        if self.heartbeat_ticks < 1:
-            raise ValueError(f"heartbeat_ticks ({self.heartbeat_ticks}) must be at least 1")
-        # A follower must be able to miss a heartbeat and still hear the next
-        # one before it starts an election, or load alone causes elections.
-        if self.election_ticks_min <= 2 * self.heartbeat_ticks:
-            raise ValueError(
-                f"election_ticks_min ({self.election_ticks_min}) must be greater than"
-                f" 2 * heartbeat_ticks ({self.heartbeat_ticks})"
-            )
-        if self.election_ticks_max < self.election_ticks_min:
-            raise ValueError(
-                f"election_ticks_max ({self.election_ticks_max}) must be at least"
-                f" election_ticks_min ({self.election_ticks_min})"
-            )
-        if self.fast_first_election and not self.pre_vote:
-            raise ValueError("fast_first_election needs pre_vote: an early vote would disrupt a live leader")
 
 
 class Election:
@@ -231,6 +178,25 @@ class Election:
             self._step_follower(message, out)
         else:
             self._step_candidate(message, out)
+        return out
+
+    def rollback(self, term: int, voted_for: str | None) -> list[Output]:
+        """The caller could not make the last `Persist` durable: go back to the
+        durable (term, vote), as a follower with no known leader.
+
+        The step that asked for the Persist changed memory first; left there,
+        the next message would carry a term no disk holds, and the peers would
+        follow it (a node with a full disk once drove a cluster's term from 1
+        to 54 in 20 s). The caller sends nothing that followed the failed
+        Persist; from here the node is a follower that can try again.
+        """
+        if term > self._term or (term == self._term and voted_for not in (None, self._voted_for)):
+            raise AssertionError(f"rollback to ({term}, {voted_for}) from ({self._term}, {self._voted_for})")
+        out: list[Output] = []
+        self._term, self._voted_for = term, voted_for
+        self._set_role(Role.FOLLOWER, None, out)
+        self._reset_election_timer()
+        self._ticks_since_leader = 0
         return out
 
     # ---- rules for every role -----------------------------------------------

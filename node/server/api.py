@@ -48,6 +48,8 @@ class BeatAnswer:
 
     term: int
     role: str
+    #: Why this node cannot write its durable state ("" while it can).
+    storage_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class NodeView:
     alive: bool
     #: Milliseconds since it was last heard; None if never.
     last_heartbeat_ms: float | None
+    #: Why it cannot write its durable state ("" while it can, or not known).
+    storage_error: str = ""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from node import formats
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache, server_options
-from node.core.election import Election, ElectionConfig
+from node.core.election import Election
+from node.core.electionconfig import ElectionConfig
 from node.core.job import Job
 from node.core.messages import Role
 from node.errors import InvalidField, NotAMember, NotLeader
@@ -114,7 +115,7 @@ class Daemon:
         )
         self.elections = ElectionDriver(
             election, self.store, self.clock, self.peers, self.stubs, self.heartbeats, config,
-            self._spawn, self._on_role_changed, self.stop,
+            self._spawn, self._on_role_changed,
         )
         self.relay = Relay(
             self.stubs, lambda: self.elections.leader_address, self._who, config.limits.job_timeout_s

@@ -65,7 +65,6 @@ class ElectionDriver:
         config: NodeConfig,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         on_role_changed: OnRoleChanged,
-        on_fatal: Callable[[], None],
     ) -> None:
         self.election = election
         self.store = store
@@ -76,8 +75,14 @@ class ElectionDriver:
         self.config = config
         self.spawn = spawn
         self.on_role_changed = on_role_changed
-        #: Called when the node must stop (its state cannot be made durable).
-        self.on_fatal = on_fatal
+        #: What the disk holds: memory goes back to it when a write fails.
+        self.durable = ElectionState(election.term, election.voted_for)
+        #: Why the last write of term and vote failed ("" while writes work).
+        self.storage_error = ""
+        #: Ticks until the disk is tried again while `storage_error` is set.
+        self._retry_in_ticks = 0
+        #: The last role change carried out, so a rollback to it is not logged twice.
+        self._reported = (election.role, election.term, election.leader)
         #: The leader's address as this node dials it (its own --peers entry);
         #: "" while no leader is known, or its id is not mapped to an address yet.
         self.leader_address = ""
@@ -91,8 +96,19 @@ class ElectionDriver:
 
     def catch_up(self) -> None:
         """Feed the core every tick that has elapsed on the wall clock."""
-        for _ in range(self.clock.due_ticks()):
+        ticks = self.clock.due_ticks()
+        for _ in range(ticks):
             self._execute(self.election.tick())
+        if self.storage_error:
+            self._retry_disk(ticks)
+
+    def _retry_disk(self, ticks: int) -> None:
+        """Write the durable state again about once an election timeout, so a
+        disk that has room again clears the error even if no step needs a write."""
+        self._retry_in_ticks -= ticks
+        if self._retry_in_ticks <= 0:
+            self._retry_in_ticks = self.config.election_ticks[0]
+            self._persist(Persist(self.durable.term, self.durable.voted_for))
 
     def judge_peers(self, deaths: bool = True) -> list[Peer]:
         """Copy the failure detector's verdict into the peer table; the peers that just died."""
@@ -101,6 +117,10 @@ class ElectionDriver:
     # -- inbound ----------------------------------------------------------
 
     def vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
+        if pre_vote and self.storage_error:
+            # It could not back the pre-vote with a real one: a grant would
+            # only move the candidate's term, one failed election at a time.
+            return VoteAnswer(self.election.term, False)
         message = VoteRequest(src=candidate_id, dst=self.node_id, term=term, pre_vote=pre_vote)
         response = self._step_request(message, VoteResponse)
         if response is None:
@@ -116,14 +136,14 @@ class ElectionDriver:
             peer = self.peers.get(self.leader_address)
             if peer is not None:
                 peer.role, peer.term = "leader", term
-        return BeatAnswer(self.election.term, self.election.role.value)
+        return BeatAnswer(self.election.term, self.election.role.value, self.storage_error)
 
     def follows(self, leader_id: str, term: int) -> bool:
         """True if this node takes `leader_id` as its leader in `term`."""
         return self.election.leader == leader_id and term == self.election.term
 
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
-        peer = self.peers.heard(address, reply.node_id, reply.role, reply.term)
+        peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
         self.catch_up()
         self._execute(self.election.step(HeartbeatResponse(src=address, dst=self.node_id, term=reply.term)))
         if peer is not None and not peer.alive:  # a reply can only bring a peer back
@@ -140,32 +160,50 @@ class ElectionDriver:
                 reply = out.message
             else:
                 rest.append(out)
-        # Persist outputs come first in `rest`, so the reply leaves after the fsync.
-        self._execute(rest)
+        # Persist outputs come first in `rest`, so the reply leaves after the
+        # fsync; if the fsync failed, memory went back to the disk's term and
+        # the reply is a refusal at that term (the caller's default).
+        if not self._execute(rest):
+            return None
         return reply
 
     # -- outbound ---------------------------------------------------------
 
-    def _execute(self, outputs: list[Output]) -> None:
+    def _execute(self, outputs: list[Output]) -> bool:
+        """Carry out outputs in order; False if a Persist failed (the rest is dropped)."""
         for out in outputs:
             if isinstance(out, Persist):
-                self._persist(out)
+                if not self._persist(out):
+                    self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
+                    return False
             elif isinstance(out, Send):
                 self._send(out.message)
             elif isinstance(out, RoleChanged):
                 self._role_changed(out)
+        return True
 
-    def _persist(self, out: Persist) -> None:
-        """Make term and vote durable. A node that cannot is done: it must not
-        send what it could not keep (Raft §5.2), nor go on with a term only
-        its memory holds; it stops, and a restart reads what the disk has."""
+    def _persist(self, out: Persist) -> bool:
+        """Make term and vote durable; False if the disk refused.
+
+        Nothing that follows a failed Persist is sent (Raft §5.2), and the core
+        goes back to the disk's term, so this node refuses votes and heartbeats
+        of newer terms instead of dragging its peers' terms along. It keeps
+        serving and tries again at its next step: a disk that frees up heals it.
+        """
+        state = ElectionState(out.term, out.voted_for)
         try:
-            self.store.save(ElectionState(out.term, out.voted_for))
+            self.store.save(state)
         except OSError as exc:
-            log.critical("cannot persist term %d and vote %r in %s: %s; stopping",
-                         out.term, out.voted_for, self.store.path, exc)
-            self.on_fatal()
-            raise
+            if not self.storage_error:
+                log.error("cannot persist term %d and vote %r in %s: %s; refusing newer terms until it can",
+                          out.term, out.voted_for, self.store.path, exc)
+            self.storage_error = f"{self.store.path}: {exc.strerror or exc}"
+            return False
+        self.durable = state
+        if self.storage_error:
+            log.warning("%s is writable again (term %d)", self.store.path, out.term)
+            self.storage_error = ""
+        return True
 
     def _send(self, message: Message) -> None:
         if isinstance(message, VoteRequest):
@@ -195,6 +233,10 @@ class ElectionDriver:
         self._execute(self.election.step(response))
 
     def _role_changed(self, change: RoleChanged) -> None:
+        reported = (change.role, change.term, change.leader)
+        if reported == self._reported:
+            return  # a rollback back to where this node already was
+        self._reported = reported
         self.clock.wake_now()  # the next deadline may now be earlier
         leader = f" leader={change.leader}" if change.leader else ""
         log.info("became %s term=%d%s", change.role.value, change.term, leader)
@@ -273,7 +315,8 @@ class ElectionDriver:
         """
         self.catch_up()
         election = self.election
-        nodes = [NodeView(self.node_id, self.config.address, election.role.value, election.term, True, 0.0)]
+        nodes = [NodeView(self.node_id, self.config.address, election.role.value, election.term, True, 0.0,
+                          self.storage_error)]
         heard = election.peer_ticks_since_heard()
         active = election.active_peers()
         leading = election.role is Role.LEADER
@@ -288,7 +331,8 @@ class ElectionDriver:
             else:
                 alive, role, term = False, "unknown", peer.term
             last_ms = None if ticks is None else float(ticks * self.config.tick_ms)
-            nodes.append(NodeView(peer.node_id, peer.address, role, term, alive, last_ms))
+            storage_error = peer.storage_error if leading and alive else ""
+            nodes.append(NodeView(peer.node_id, peer.address, role, term, alive, last_ms, storage_error))
         return StatusView(
             self.node_id, election.role.value, election.term, election.leader or "",
             self.leader_address, nodes,

@@ -25,6 +25,8 @@ class Peer:
     alive: bool = False
     #: The source kinds it said it reads (its Status); None: not known since it was last seen alive.
     sources: frozenset[str] | None = None
+    #: Why it cannot write its durable state, as its last reply said.
+    storage_error: str = ""
     _dead: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -49,11 +51,12 @@ class PeerTable:
             if sources is not None:
                 peer.sources = frozenset(sources)
 
-    def heard(self, address: str, node_id: str, role: str, term: int) -> Peer | None:
+    def heard(self, address: str, node_id: str, role: str, term: int, storage_error: str = "") -> Peer | None:
         """Record what a peer said about itself in a reply; the peer, if it is one of ours."""
         peer = self._peers.get(address)
         if peer is not None:
             peer.node_id, peer.role, peer.term = node_id or peer.node_id, role, term
+            peer.storage_error = storage_error
         return peer
 
     def sync(self, active: set[str], deaths: bool = True) -> list[Peer]:

@@ -90,7 +90,9 @@ async def answer(node: NodeApi, context: Context, call: Awaitable[T]) -> T:
 
 def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
     """The reply to one heartbeat, whichever way it came (gRPC stream or UDP datagram)."""
-    return pb.HeartbeatReply(term=beat.term, node_id=node_id, role=beat.role)
+    return pb.HeartbeatReply(
+        term=beat.term, node_id=node_id, role=beat.role, storage_error=beat.storage_error
+    )
 
 
 def status_reply(view: StatusView) -> pb.StatusReply:
@@ -102,7 +104,7 @@ def status_reply(view: StatusView) -> pb.StatusReply:
         heard = -1.0 if node.last_heartbeat_ms is None else node.last_heartbeat_ms
         reply.nodes.append(pb.NodeStatus(
             id=node.id, address=node.address, role=node.role, term=node.term,
-            alive=node.alive, last_heartbeat_ms=heard,
+            alive=node.alive, last_heartbeat_ms=heard, storage_error=node.storage_error,
         ))
     return reply
 
