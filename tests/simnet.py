@@ -21,6 +21,16 @@ queued ("persist before you send"); with `crash_mid_outputs` a node may also
 crash after any prefix of a list, which is what makes a Send placed before
 its Persist a detectable double vote.
 
+The log (`replicate=True`): clients `submit` jobs (commands naming a job
+id) to whoever leads; a node persists `AppendLog` and `RestoreSnapshot` in
+list order like `Persist` (a crash mid-list keeps a prefix), applies `Apply`
+to its state machine (the jobs done, in order, each id once, like the
+daemon's job table) and may `compact` it into a snapshot. A job is
+acknowledged when the leader it was submitted to applies it. The log checks
+(Raft §5.4's properties, each where it can first be seen): log matching, a
+leader never overwrites or deletes its entries, every leader holds every
+committed entry, and no two nodes apply different entries at one index.
+
 A full disk (`disk_full`): a Persist on that node fails, so, as the daemon
 does, the rest of its list is dropped and the node rolls back to what it
 persisted last (`Election.rollback`).
@@ -42,15 +52,19 @@ from dataclasses import dataclass, field
 from node.core.election import Election
 from node.core.electionconfig import ElectionConfig
 from node.core.messages import (
+    AppendLog,
+    Apply,
     HeartbeatResponse,
     Message,
     Output,
     Persist,
+    RestoreSnapshot,
     Role,
     RoleChanged,
     Send,
     VoteResponse,
 )
+from node.core.raftlog import Entry, RaftLog
 
 
 class InvariantError(AssertionError):
@@ -64,6 +78,7 @@ class SimNet:
     pre_vote: bool = True
     check_quorum: bool = True
     heartbeat_ticks: int = 2
+    replicate: bool = False
     election_ticks_min: int = 10
     election_ticks_max: int = 20
     drop: float = 0.0
@@ -76,6 +91,20 @@ class SimNet:
     now: int = 0
     nodes: dict[str, Election] = field(default_factory=dict)
     persisted: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    #: Each node's durable log and snapshot (the state machine's done jobs, in order).
+    disk_log: dict[str, RaftLog] = field(default_factory=dict)
+    disk_snapshot: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Each node's state machine: the job ids done, in the order applied.
+    done: dict[str, list[str]] = field(default_factory=dict)
+    #: Every entry ever stored, by (index, term): (kind, data, term before it). Log matching.
+    seen: dict[tuple[int, int], tuple[str, bytes, int]] = field(default_factory=dict)
+    #: The entry applied at each index, by whoever applied it first. State machine safety.
+    applied_at: dict[int, Entry] = field(default_factory=dict)
+    #: The term in which each index was first applied: the committing leader's term.
+    committed_in: dict[int, int] = field(default_factory=dict)
+    #: Jobs submitted, by id: (leader, entry) of the last submission.
+    submitted: dict[str, tuple[str, Entry]] = field(default_factory=dict)
+    acknowledged: set[str] = field(default_factory=set)
     down: set[str] = field(default_factory=set)
     #: Nodes whose Persists fail (a full disk).
     disk_full: set[str] = field(default_factory=set)
@@ -96,6 +125,8 @@ class SimNet:
         self.rng = random.Random(self.seed)
         for node_id in self.ids:
             self.persisted[node_id] = (0, None)
+            self.disk_log[node_id] = RaftLog()
+            self.disk_snapshot[node_id] = ()
             self.max_term[node_id] = 0
             self._build(node_id)
 
@@ -111,6 +142,8 @@ class SimNet:
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
             fast_first_election=self.pre_vote,  # as the daemon boots, whenever it may
+            replicate=self.replicate,
+            max_append_entries=4,  # small, so catching up takes several round trips
         )
 
     def cut(self, a: str, b: str, both: bool = True) -> None:
@@ -159,7 +192,11 @@ class SimNet:
     def _build(self, node_id: str) -> None:
         term, voted_for = self.persisted[node_id] if self.restore_on_restart else (0, None)
         rng = random.Random(self.rng.getrandbits(64))
-        self.nodes[node_id] = Election(self.config(node_id), rng, term, voted_for)
+        disk = self.disk_log[node_id]
+        log = RaftLog(disk.snapshot_index, disk.snapshot_term, disk.entries(disk.snapshot_index + 1))
+        snapshot = self.disk_snapshot[node_id]
+        self.done[node_id] = list(snapshot)
+        self.nodes[node_id] = Election(self.config(node_id), rng, term, voted_for, log, encode(snapshot))
         self._check_term(node_id)
         self._check_durable(node_id)
 
@@ -196,14 +233,88 @@ class SimNet:
                 break
             if isinstance(output, Persist):
                 self.persisted[node_id] = (output.term, output.voted_for)
+            elif isinstance(output, AppendLog):
+                self._store(node_id, output)
+            elif isinstance(output, RestoreSnapshot):
+                self.disk_log[node_id].restore(output.index, output.term)
+                self.disk_snapshot[node_id] = decode(output.data)
+                self.done[node_id] = list(decode(output.data))
+            elif isinstance(output, Apply):
+                self._apply(node_id, output.entries)
             elif isinstance(output, Send):
                 self._check_vote(output.message)
                 self._send(output.message)
             elif isinstance(output, RoleChanged) and output.role is Role.LEADER:
                 self._check_leader(node_id, output.term)
+                self._check_complete(node_id)
         if crash_after is None:
             self._check_term(node_id)
             self._check_durable(node_id)
+
+    # ---- the log and its state machine -------------------------------------------
+
+    def submit(self, job_id: str) -> bool:
+        """A client hands `job_id` to a node that believes it leads; False if none does."""
+        for node_id in self.leaders():
+            if node_id in self.paused:
+                continue
+            entry, outputs = self.nodes[node_id].propose(job_id.encode())
+            if entry is not None:
+                self.submitted[job_id] = (node_id, entry)
+                self.execute(node_id, outputs)
+                return True
+        return False
+
+    def compact(self, node_id: str) -> None:
+        """The node snapshots its state machine and drops the log it covers (memory and disk)."""
+        node = self.nodes[node_id]
+        index = node.commit_index
+        if node_id in self.down or index <= node.log.snapshot_index:
+            return
+        self.stats["snapshot"] += 1
+        state = tuple(self.done[node_id])
+        node.compact(index, encode(state))
+        self.disk_log[node_id].compact(index)
+        self.disk_snapshot[node_id] = state
+
+    def _store(self, node_id: str, output: AppendLog) -> None:
+        disk = self.disk_log[node_id]
+        if self.nodes[node_id].role is Role.LEADER and output.after != disk.last_index:
+            self._fail(f"leader {node_id} overwrote its log after {output.after} (it ends at {disk.last_index})")
+        if output.entries:
+            disk.replace_after(output.after, output.entries)
+        for entry in output.entries:
+            before = disk.term_at(entry.index - 1)
+            assert before is not None
+            record = (entry.kind, entry.data, before)
+            first = self.seen.setdefault((entry.index, entry.term), record)
+            if first != record:
+                self._fail(f"log matching: ({entry.index}, {entry.term}) is {record} on {node_id}, {first} elsewhere")
+
+    def _apply(self, node_id: str, entries: tuple[Entry, ...]) -> None:
+        done = self.done[node_id]
+        for entry in entries:
+            self.committed_in.setdefault(entry.index, self.nodes[node_id].term)
+            first = self.applied_at.setdefault(entry.index, entry)
+            if first != entry:
+                self._fail(f"{node_id} applied {entry} where another node applied {first}")
+            job_id = entry.data.decode()
+            if entry.kind == "command" and job_id not in done:  # a resubmitted job runs once
+                done.append(job_id)
+            submitted = self.submitted.get(job_id)
+            if submitted is not None and submitted == (node_id, entry):
+                self.acknowledged.add(job_id)
+
+    def _check_complete(self, node_id: str) -> None:
+        """Raft §5.4 Leader Completeness: a leader holds every entry committed in an
+        earlier term (a leader of an older term, late to learn it won, need not)."""
+        node = self.nodes[node_id]
+        log = node.log
+        for index, entry in self.applied_at.items():
+            if self.committed_in[index] >= node.term:
+                continue
+            if index > log.snapshot_index and log.term_at(index) != entry.term:
+                self._fail(f"leader {node_id} lacks committed entry {entry}")
 
     def _send(self, message: Message) -> None:
         copies = 1 + (self.rng.random() < self.duplicate)
@@ -250,6 +361,18 @@ class SimNet:
                 return None
         return leaders[0]
 
+    def settle(self, max_ticks: int) -> str | None:
+        """Run until one leader has committed its whole log and every live node applied it."""
+        for _ in range(max_ticks + 1):
+            leader = self.stable_leader()
+            if leader is not None:
+                commit = self.nodes[leader].commit_index
+                live = [self.nodes[n] for n in self.ids if n not in self.down]
+                if commit == self.nodes[leader].log.last_index and all(n.commit_index == commit for n in live):
+                    return leader
+            self.step_tick()
+        return None
+
     def run_until_stable(self, max_ticks: int, without: frozenset[str] = frozenset()) -> str | None:
         for _ in range(max_ticks):
             leader = self.stable_leader(without)
@@ -280,8 +403,14 @@ class SimNet:
         """Memory never runs ahead of the disk: a term only memory holds would
         travel in the next message, and peers would follow it."""
         node = self.nodes[node_id]
-        if node_id not in self.down and (node.term, node.voted_for) != self.persisted[node_id]:
+        if node_id in self.down:
+            return
+        if (node.term, node.voted_for) != self.persisted[node_id]:
             self._fail(f"{node_id} holds {(node.term, node.voted_for)} but persisted {self.persisted[node_id]}")
+        disk, log = self.disk_log[node_id], node.log
+        held = (log.snapshot_index, log.last_index, log.last_term)
+        if held != (disk.snapshot_index, disk.last_index, disk.last_term):
+            self._fail(f"{node_id} holds log {held} but stored {(disk.snapshot_index, disk.last_index, disk.last_term)}")
 
     def _check_vote(self, message: Message) -> None:
         """Raft §5.2: each server votes for at most one candidate in a given term."""
@@ -290,3 +419,11 @@ class SimNet:
         first = self.vote_of.setdefault((message.src, message.term), message.dst)
         if first != message.dst:
             self._fail(f"{message.src} voted for {first} and {message.dst} in term {message.term}")
+
+
+def encode(state: tuple[str, ...]) -> bytes:
+    return "\n".join(state).encode()
+
+
+def decode(data: bytes) -> tuple[str, ...]:
+    return tuple(data.decode().split("\n")) if data else ()

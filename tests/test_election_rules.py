@@ -244,7 +244,7 @@ def test_stale_requests_answered_with_current_term_and_stale_responses_dropped()
     """Raft §5.1: a request with a stale term is rejected; the reply carries the newer term."""
     node = make(term=5)
     assert node.step(VoteRequest("x", "a", 4)) == [Send(VoteResponse("a", "x", 5, granted=False))]
-    assert node.step(Heartbeat("x", "a", 4)) == [Send(HeartbeatResponse("a", "x", 5))]
+    assert node.step(Heartbeat("x", "a", 4)) == [Send(HeartbeatResponse("a", "x", 5, success=False))]
     assert node.step(VoteResponse("b", "a", 4, granted=True)) == []
     assert node.step(HeartbeatResponse("b", "a", 4)) == []
     assert (node.role, node.term, node.voted_for, node.leader) == (Role.FOLLOWER, 5, None, None)

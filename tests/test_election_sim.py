@@ -297,6 +297,7 @@ def random_schedule(seed: int, **overrides: Any) -> SimNet:
     net = SimNet(
         ids(rng.choice((3, 5))),
         seed,
+        replicate=True,
         heartbeat_ticks=heartbeat_ticks,
         election_ticks_min=election_min,
         election_ticks_max=2 * election_min,
@@ -329,6 +330,10 @@ def random_schedule(seed: int, **overrides: Any) -> SimNet:
             net.fill_disk(node)
         elif event < 0.36:
             net.disk_full.discard(node)
+        elif event < 0.38:
+            net.compact(node)
+        if rng.random() < 0.3:
+            net.submit(f"job-{len(net.submitted)}")
         net.step_tick()
     net.heal()
     net.disk_full.clear()
@@ -341,7 +346,22 @@ def random_schedule(seed: int, **overrides: Any) -> SimNet:
     assert net.run_until_stable(ELECTION_BOUND_TICKS) is not None, (
         f"seed={seed}: no leader {ELECTION_BOUND_TICKS} ticks after healing"
     )
+    # The clients resubmit what was never acknowledged (same job ids), then every
+    # node must hold the same jobs, each once, and every acknowledged one.
+    for job_id in sorted(set(net.submitted) - net.acknowledged):
+        net.submit(job_id)
+    assert net.settle(ELECTION_BOUND_TICKS) is not None, f"seed={seed}: the log did not settle"
+    check_jobs(net, seed)
     return net
+
+
+def check_jobs(net: SimNet, seed: int) -> None:
+    """Every live node did the same jobs in the same order, each once, all of them."""
+    done = {tuple(net.done[n]) for n in net.ids if n not in net.down}
+    assert len(done) == 1, f"seed={seed}: nodes disagree on the jobs done: {done}"
+    order = done.pop()
+    assert len(order) == len(set(order)), f"seed={seed}: a job was done twice: {order}"
+    assert set(order) == set(net.submitted), f"seed={seed}: lost {set(net.submitted) - set(order)}"
 
 
 SCHEDULES = 10_000

@@ -1,40 +1,34 @@
-# Leader election for distnode: a pure, tick-driven Raft election state machine.
+# The consensus core: Raft's election, tick-driven and pure, with its log (replication.py).
 #
-# Theory of operation
-# -------------------
-# Everything that decides who leads lives in this file, which never touches
-# the network, the disk or a clock. The daemon drives it with `tick()` (one
-# unit of logical time passed) and `step(message)` (a peer's message arrived);
-# both return outputs (node/core/messages.py): `Persist`, `Send`,
-# `RoleChanged`. The caller executes them in order and makes every `Persist`
-# durable (fsync) BEFORE any later `Send` of the same list, so a restarted
-# node never votes twice in one term (Raft §5.2, Figure 2).
+# Nothing here touches the network, the disk or a clock. The daemon drives it
+# with `tick()` (one unit of logical time) and `step(message)`; both return
+# outputs (messages.py) that the caller executes in order, making every
+# `Persist`, `AppendLog` and `RestoreSnapshot` durable (fsync) BEFORE any
+# later `Send` of the list: a restarted node never votes twice in a term and
+# never forgets an entry it acknowledged (Raft §5.2, §5.3, Figure 2).
 #
-# The protocol is Raft's election (§5.2) plus, from Ongaro's thesis, Pre-Vote
-# (§9.6: a node asks "would you vote for me at term+1?" before changing its
-# term, so a node that was cut off cannot depose a healthy leader on return)
+# The protocol is Raft's election (§5.2) and up-to-date check (§5.4.1), plus
+# Ongaro's thesis: Pre-Vote (§9.6: "would you vote for me at term+1?" before
+# changing its term, so a node that was cut off cannot depose a healthy leader)
 # and CheckQuorum (§6.2: a leader that has not heard from a quorum within an
 # election timeout steps down; a follower that heard from its leader within
-# that time refuses votes, the "leader lease" of §4.2.3). The same record of
-# who answered lately (`active_peers`) is the daemon's failure detector.
+# that time refuses votes, the lease of §4.2.3). Who answered lately
+# (`active_peers`) is also the daemon's failure detector. Heartbeats are
+# AppendEntries; with `replicate` off the log stays empty.
 #
 # Two rules of ours keep the survivors of a dead leader from splitting the
-# vote, which costs a whole extra election timeout. Both concern pre-votes,
-# which change no term and no vote, so neither can affect safety:
+# vote (an extra election timeout). Both concern pre-votes, which change no
+# term and no vote, so neither can affect safety:
+# - a follower that grants a pre-vote restarts its election timer (as §5.2
+#   has it do for a real vote), instead of starting a rival campaign;
+# - of two pre-candidates that start within a heartbeat of each other, the
+#   larger id refuses the smaller's pre-vote, and the smaller grants the
+#   larger's and stands down. After that heartbeat a pre-candidate grants like
+#   anybody else, so a campaign cut off from its voters never blocks another.
 #
-# - A follower that grants a pre-vote restarts its election timer (as §5.2
-#   has it do for a real vote), instead of starting a rival campaign.
-# - Of two pre-candidates that start within a heartbeat of each other, the
-#   larger node id refuses the smaller's pre-vote, and the smaller grants the
-#   larger's and stands down. The larger never yields, so both cannot stand
-#   down; after that first heartbeat a pre-candidate grants like anybody
-#   else, so a campaign cut off from its voters never blocks another for long.
-#
-# Without a log, the up-to-date check of §5.4.1 does not apply: any candidate
-# is electable. A request's `src` is the sender's id; a response's `src` is
-# the peer key the request was sent to (the daemon fills in the address it
-# dialled), and votes and liveness are counted per response `src`. The timer
-# firing goes through `campaign()`, so a campaign has one code path.
+# A request's `src` is the sender's id; a response's `src` is the peer key the
+# request was sent to (the daemon fills in the address it dialled); votes and
+# liveness are counted per response `src`. The timer goes through `campaign()`.
 
 from __future__ import annotations
 
@@ -44,6 +38,7 @@ from node.core.electionconfig import ElectionConfig
 from node.core.messages import (
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     Message,
     Output,
     Persist,
@@ -53,6 +48,8 @@ from node.core.messages import (
     VoteRequest,
     VoteResponse,
 )
+from node.core.raftlog import Entry, RaftLog
+from node.core.replication import Replication
 
 
 class Election:
@@ -62,6 +59,8 @@ class Election:
         rng: random.Random,
         term: int = 0,
         voted_for: str | None = None,
+        log: RaftLog | None = None,
+        snapshot: bytes = b"",
     ) -> None:
         config.validate()
         self._config = config
@@ -80,6 +79,7 @@ class Election:
         self._check_elapsed = 0
         # Ticks since each peer last answered us; None: not since we became leader.
         self._peer_heard: dict[str, int | None] = {p: None for p in config.peers}
+        self._log = Replication(config, log if log is not None else RaftLog(), snapshot)
         self._reset_election_timer()
         if config.fast_first_election:
             self._election_elapsed = config.election_ticks_min - 1
@@ -99,6 +99,28 @@ class Election:
     @property
     def leader(self) -> str | None:
         return self._leader
+
+    @property
+    def log(self) -> RaftLog:
+        return self._log.log
+
+    @property
+    def commit_index(self) -> int:
+        return self._log.commit
+
+    def propose(self, data: bytes) -> tuple[Entry | None, list[Output]]:
+        """On a leader (with `replicate`): append a command; None if not leading."""
+        out: list[Output] = []
+        if self._role is not Role.LEADER or not self._config.replicate:
+            return None, out
+        entry = self._log.append(self._term, "command", data, out)
+        for peer in self._config.peers:
+            self._send(self._log.message_for(peer, self._term), out)
+        return entry, out
+
+    def compact(self, index: int, snapshot: bytes) -> None:
+        """The caller's state machine, applied through `index`, is `snapshot` (§7)."""
+        self._log.compact(index, snapshot)
 
     @property
     def ticks_since_leader(self) -> int:
@@ -181,15 +203,10 @@ class Election:
         return out
 
     def rollback(self, term: int, voted_for: str | None) -> list[Output]:
-        """The caller could not make the last `Persist` durable: go back to the
-        durable (term, vote), as a follower with no known leader.
-
-        The step that asked for the Persist changed memory first; left there,
-        the next message would carry a term no disk holds, and the peers would
-        follow it (a node with a full disk once drove a cluster's term from 1
-        to 54 in 20 s). The caller sends nothing that followed the failed
-        Persist; from here the node is a follower that can try again.
-        """
+        """The last `Persist` failed: back to the durable (term, vote), a follower
+        with no leader. Left ahead of the disk, memory would put a term no disk
+        holds in the next message, and peers would follow it. The caller sends
+        nothing that followed the failed Persist."""
         if term > self._term or (term == self._term and voted_for not in (None, self._voted_for)):
             raise AssertionError(f"rollback to ({term}, {voted_for}) from ({self._term}, {self._voted_for})")
         out: list[Output] = []
@@ -220,7 +237,7 @@ class Election:
             # disruptive candidates, and keeps its term.
             self._respond_vote(message, False, out)
             return False
-        leader = message.src if isinstance(message, Heartbeat) else None
+        leader = message.src if isinstance(message, Heartbeat | InstallSnapshot) else None
         self._become_follower(message.term, leader, out)
         return True
 
@@ -228,15 +245,16 @@ class Election:
         """Raft §5.1: answer stale requests with our term so the sender catches up."""
         if isinstance(message, VoteRequest):
             self._respond_vote(message, False, out)
-        elif isinstance(message, Heartbeat):
+        elif isinstance(message, Heartbeat | InstallSnapshot):
             # A deposed leader learns the new term from this and steps down.
-            self._send(HeartbeatResponse(self._config.node_id, message.src, self._term), out)
+            self._send(HeartbeatResponse(self._config.node_id, message.src, self._term, False), out)
 
     def _step_vote_request(self, message: VoteRequest, out: list[Output]) -> None:
         if message.pre_vote:
             # Thesis §9.6: grant if the proposed term is ahead of ours and we
             # have no live leader; changes no term and no vote.
             grant = message.term > self._term and not self._in_lease(message.src)
+            grant = grant and self._up_to_date(message)
             if grant and self._role is Role.FOLLOWER:
                 self._reset_election_timer()  # no rival campaign on its heels
             elif grant and self._concurrent_pre_candidate(message):
@@ -246,13 +264,17 @@ class Election:
                     self._become_follower(self._term, None, out)  # we yield to it
             self._respond_vote(message, grant, out)
             return
-        # Raft §5.2: at most one vote per term, first come first served. No
-        # log, so no §5.4.1 up-to-date check.
-        grant = self._voted_for in (None, message.src) and not self._in_lease(message.src)
+        # Raft §5.2: at most one vote per term, first come first served, and
+        # §5.4.1: only for a candidate whose log is at least as up to date.
+        grant = (self._voted_for in (None, message.src) and not self._in_lease(message.src)
+                 and self._up_to_date(message))
         if grant:
             self._set_hard_state(self._term, message.src, out)
             self._reset_election_timer()
         self._respond_vote(message, grant, out)
+
+    def _up_to_date(self, request: VoteRequest) -> bool:
+        return self._log.log.up_to_date(request.last_index, request.last_term)
 
     def _concurrent_pre_candidate(self, request: VoteRequest) -> bool:
         """We are a pre-candidate for the requester's term and started within a
@@ -274,18 +296,20 @@ class Election:
     # ---- role-specific steps ------------------------------------------------
 
     def _step_leader(self, message: Message, out: list[Output]) -> None:
-        # Responses were counted as evidence in `step`; nothing else to do with them.
-        if isinstance(message, Heartbeat):
+        # Responses were counted as evidence in `step`; they also carry the log's progress.
+        if isinstance(message, HeartbeatResponse):
+            self._log.on_response(message, self._term, out)
+        elif isinstance(message, Heartbeat | InstallSnapshot):
             # Two leaders in one term would break Raft §5.2; answer, change nothing.
-            self._send(HeartbeatResponse(self._config.node_id, message.src, self._term), out)
+            self._send(HeartbeatResponse(self._config.node_id, message.src, self._term, False), out)
 
     def _step_follower(self, message: Message, out: list[Output]) -> None:
-        if isinstance(message, Heartbeat):
+        if isinstance(message, Heartbeat | InstallSnapshot):
             self._accept_heartbeat(message, out)
 
     def _step_candidate(self, message: Message, out: list[Output]) -> None:
         """Pre-candidate and candidate: count votes, yield to a leader of our term (Raft §5.2)."""
-        if isinstance(message, Heartbeat):
+        if isinstance(message, Heartbeat | InstallSnapshot):
             self._accept_heartbeat(message, out)
             return
         if not isinstance(message, VoteResponse) or message.src not in self._peer_heard:
@@ -297,9 +321,17 @@ class Election:
         (self._granted if message.granted else self._rejected).add(message.src)
         self._count_votes(out)
 
-    def _accept_heartbeat(self, message: Heartbeat, out: list[Output]) -> None:
+    def _accept_heartbeat(self, message: Heartbeat | InstallSnapshot, out: list[Output]) -> None:
         self._become_follower(self._term, message.src, out)
-        self._send(HeartbeatResponse(self._config.node_id, message.src, self._term), out)
+        if any(isinstance(o, Persist) for o in out):
+            # The message moved our term: take its entries from the next one, so a
+            # Persist the disk refuses (and `rollback`) never leaves the log changed.
+            response = self._log.refuse(message, self._term)
+        elif isinstance(message, Heartbeat):
+            response = self._log.on_append(message, self._term, out)
+        else:
+            response = self._log.on_snapshot(message, self._term, out)
+        self._send(response, out)  # after any AppendLog: stored before acknowledged
 
     def _count_votes(self, out: list[Output]) -> None:
         quorum = self._config.quorum
@@ -353,6 +385,7 @@ class Election:
         self._set_role(Role.LEADER, self._config.node_id, out)
         self._peer_heard = dict.fromkeys(self._peer_heard)  # no evidence yet of this term
         self._check_elapsed = 0
+        self._log.start_leading(self._term, out)
         self._broadcast_heartbeats(out)  # Raft §5.2: assert authority at once
 
     def _start_count(self) -> None:
@@ -392,13 +425,14 @@ class Election:
     # ---- sending ------------------------------------------------------------
 
     def _broadcast_vote_requests(self, term: int, pre_vote: bool, out: list[Output]) -> None:
+        last_index, last_term = self._log.log.last_index, self._log.log.last_term
         for peer in self._config.peers:
-            self._send(VoteRequest(self._config.node_id, peer, term, pre_vote), out)
+            self._send(VoteRequest(self._config.node_id, peer, term, pre_vote, last_index, last_term), out)
 
     def _broadcast_heartbeats(self, out: list[Output]) -> None:
         self._heartbeat_elapsed = 0
         for peer in self._config.peers:
-            self._send(Heartbeat(self._config.node_id, peer, self._term), out)
+            self._send(self._log.message_for(peer, self._term), out)
 
     def _respond_vote(self, request: VoteRequest, granted: bool, out: list[Output]) -> None:
         # A granted pre-vote echoes the proposed term (thesis §9.6); anything

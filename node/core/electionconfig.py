@@ -26,6 +26,12 @@ class ElectionConfig:
     # Pre-Vote: a node booting into a cluster with a live leader then asks
     # peers that are inside their lease, is refused, and disturbs no one.
     fast_first_election: bool = False
+    # Log replication (replication.py): a new leader appends a no-op entry and
+    # `propose` appends commands. Off, the log stays empty and the core is the
+    # election alone, as the daemon runs it until it carries entries.
+    replicate: bool = False
+    # At most this many entries in one AppendEntries.
+    max_append_entries: int = 64
 
     @property
     def quorum(self) -> int:
@@ -54,5 +60,7 @@ class ElectionConfig:
                 f"election_ticks_max ({self.election_ticks_max}) must be at least"
                 f" election_ticks_min ({self.election_ticks_min})"
             )
+        if self.max_append_entries < 1:
+            raise ValueError(f"max_append_entries ({self.max_append_entries}) must be at least 1")
         if self.fast_first_election and not self.pre_vote:
             raise ValueError("fast_first_election needs pre_vote: an early vote would disrupt a live leader")

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from node.core.raftlog import Entry
+
 
 class Role(enum.Enum):
     FOLLOWER = "follower"
@@ -29,6 +31,9 @@ class VoteRequest:
     dst: str
     term: int
     pre_vote: bool = False
+    #: The candidate's last log entry, for the up-to-date check of §5.4.1.
+    last_index: int = 0
+    last_term: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,17 @@ class VoteResponse:
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """AppendEntries (§5.3); with no entries, the leader's heartbeat."""
+
     src: str
     dst: str
     term: int
+    #: The entry just before `entries`, which the follower's log must hold.
+    prev_index: int = 0
+    prev_term: int = 0
+    entries: tuple[Entry, ...] = ()
+    #: The leader's commit index.
+    commit: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,9 +65,27 @@ class HeartbeatResponse:
     src: str
     dst: str
     term: int
+    #: False: the follower's log did not hold the leader's `prev_index` entry.
+    success: bool = True
+    #: On success the last index known to match the leader's log; on failure
+    #: the index the leader should try next (fast back-off, §5.3).
+    match_index: int = 0
 
 
-Message: TypeAlias = VoteRequest | VoteResponse | Heartbeat | HeartbeatResponse
+@dataclass(frozen=True)
+class InstallSnapshot:
+    """§7: the leader's snapshot, for a follower that needs compacted entries.
+    Answered with a HeartbeatResponse whose `match_index` is `index`."""
+
+    src: str
+    dst: str
+    term: int
+    index: int
+    snapshot_term: int
+    data: bytes
+
+
+Message: TypeAlias = VoteRequest | VoteResponse | Heartbeat | HeartbeatResponse | InstallSnapshot
 
 
 # Outputs, executed by the caller in list order.
@@ -82,4 +113,30 @@ class RoleChanged:
     leader: str | None
 
 
-Output: TypeAlias = Persist | Send | RoleChanged
+@dataclass(frozen=True)
+class AppendLog:
+    """Make durable, before executing any later Send in the list: drop the log's
+    entries after index `after`, then append `entries` (possibly none)."""
+
+    after: int
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class RestoreSnapshot:
+    """Replace the state machine with this snapshot and keep it durable (with the
+    log cut at `index`) before executing any later Send."""
+
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Apply:
+    """These entries are committed: apply them to the state machine, in order."""
+
+    entries: tuple[Entry, ...]
+
+
+Output: TypeAlias = Persist | Send | RoleChanged | AppendLog | RestoreSnapshot | Apply

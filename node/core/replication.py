@@ -1,0 +1,145 @@
+"""Raft's log replication (§5.3, §5.4.2, §7) for the consensus core: pure, no I/O.
+
+`Election` (election.py) owns one `Replication` and calls it at the moments
+the paper names: a new leader starts tracking each follower (`start_leading`,
+and appends its no-op so that entries of earlier terms can commit, §5.4.2);
+each heartbeat is an AppendEntries built by `message_for`; a follower checks
+and stores what the leader sent (`on_append`, `on_snapshot`); the leader
+counts matches and commits (`on_response`). Every change to the log comes out
+as an `AppendLog` or `RestoreSnapshot` output placed before the Send that
+acknowledges it, so the caller's fsync happens before the acknowledgement;
+committed entries come out as `Apply`, each exactly once per node life.
+"""
+
+from __future__ import annotations
+
+from node.core.electionconfig import ElectionConfig
+from node.core.messages import (
+    AppendLog,
+    Apply,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Output,
+    RestoreSnapshot,
+    Send,
+)
+from node.core.raftlog import Entry, RaftLog
+
+
+class Replication:
+    def __init__(self, config: ElectionConfig, log: RaftLog, snapshot: bytes) -> None:
+        self._config = config
+        self.log = log
+        #: The state machine's snapshot at `log.snapshot_index` (sent to followers that lag behind it).
+        self.snapshot = snapshot
+        # Volatile state (Figure 2): a restarted node learns the commit index again.
+        self.commit = log.snapshot_index
+        self.applied = log.snapshot_index
+        # Leader state, reset at every election win.
+        self._next: dict[str, int] = {}
+        self._match: dict[str, int] = {}
+
+    # ---- leader ---------------------------------------------------------------
+
+    def start_leading(self, term: int, out: list[Output]) -> None:
+        self._next = dict.fromkeys(self._config.peers, self.log.last_index + 1)
+        self._match = dict.fromkeys(self._config.peers, 0)
+        if self._config.replicate:
+            self.append(term, "noop", b"", out)
+
+    def append(self, term: int, kind: str, data: bytes, out: list[Output]) -> Entry:
+        """A leader's new entry; it commits once a quorum holds it (at once when alone)."""
+        entry = Entry(self.log.last_index + 1, term, kind, data)
+        self.log.append(entry)
+        out.append(AppendLog(entry.index - 1, (entry,)))
+        self._advance_commit(term, out)
+        return entry
+
+    def message_for(self, peer: str, term: int) -> Heartbeat | InstallSnapshot:
+        """What `peer` needs next: the entries from its next index, or our snapshot."""
+        log = self.log
+        next_index = min(self._next.get(peer, log.last_index + 1), log.last_index + 1)
+        prev = next_index - 1
+        prev_term = log.term_at(prev)
+        if prev_term is None:  # compacted: only the snapshot can bring it along (§7)
+            return InstallSnapshot(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
+                                   self.snapshot)
+        last = prev + self._config.max_append_entries
+        entries = log.entries(next_index, last) if prev < log.last_index else ()
+        return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit)
+
+    def on_response(self, response: HeartbeatResponse, term: int, out: list[Output]) -> None:
+        peer = response.src
+        if peer not in self._next:
+            return
+        if response.success:
+            if response.match_index > self._match[peer]:
+                self._match[peer] = response.match_index
+                self._advance_commit(term, out)
+            self._next[peer] = max(self._next[peer], response.match_index + 1)
+        else:
+            # Fast back-off: the follower's hint, but always strictly down and
+            # never below what it already matched.
+            hint = min(response.match_index, self._next[peer] - 1)
+            self._next[peer] = max(self._match[peer] + 1, hint)
+        if self._next[peer] <= self.log.last_index or not response.success:
+            out.append(Send(self.message_for(peer, term)))  # catch it up without waiting a heartbeat
+
+    def _advance_commit(self, term: int, out: list[Output]) -> None:
+        matched = sorted([self.log.last_index, *self._match.values()], reverse=True)
+        index = matched[self._config.quorum - 1]
+        if index > self.commit and self.log.term_at(index) == term:  # §5.4.2: only our own term's
+            self._commit_to(index, out)
+
+    # ---- follower -------------------------------------------------------------
+
+    def on_append(self, message: Heartbeat, term: int, out: list[Output]) -> HeartbeatResponse:
+        """§5.3's receiver rules; the caller has already checked the term and taken the leader."""
+        log = self.log
+        prev_index, entries = message.prev_index, message.entries
+        if prev_index < log.snapshot_index:
+            # Everything up to our snapshot is committed, so it matches any leader's log (§5.4.3).
+            entries = tuple(e for e in entries if e.index > log.snapshot_index)
+            prev_index = log.snapshot_index
+        elif log.term_at(prev_index) != message.prev_term:
+            hint = log.conflict_hint(prev_index)
+            return HeartbeatResponse(self._config.node_id, message.src, term, False, hint)
+        after, appended = log.merge(entries)
+        if appended:
+            out.append(AppendLog(after, appended))
+        last_new = prev_index + len(entries)
+        if min(message.commit, last_new) > self.commit:
+            self._commit_to(min(message.commit, last_new), out)
+        return HeartbeatResponse(self._config.node_id, message.src, term, True, last_new)
+
+    def refuse(self, message: Heartbeat | InstallSnapshot, term: int) -> HeartbeatResponse:
+        """Answer without looking at the entries; the leader tries again at once."""
+        hint = min(message.index if isinstance(message, InstallSnapshot) else message.prev_index + 1,
+                   self.log.last_index + 1)
+        return HeartbeatResponse(self._config.node_id, message.src, term, False, hint)
+
+    def on_snapshot(self, message: InstallSnapshot, term: int, out: list[Output]) -> HeartbeatResponse:
+        if message.index > self.commit:
+            self.log.restore(message.index, message.snapshot_term)
+            self.snapshot = message.data
+            self.commit = self.applied = message.index
+            out.append(RestoreSnapshot(message.index, message.snapshot_term, message.data))
+        # Our log matches the leader's up to our commit index, which is at least the snapshot's.
+        return HeartbeatResponse(self._config.node_id, message.src, term, True, message.index)
+
+    # ---- both -----------------------------------------------------------------
+
+    def _commit_to(self, index: int, out: list[Output]) -> None:
+        self.commit = index
+        if index > self.applied:
+            out.append(Apply(self.log.entries(self.applied + 1, index)))
+            self.applied = index
+
+    def compact(self, index: int, snapshot: bytes) -> None:
+        """The caller's state machine, applied up to `index`, is `snapshot`: forget the entries it holds."""
+        if index > self.applied:
+            raise ValueError(f"cannot compact to {index}: only {self.applied} applied")
+        if index > self.log.snapshot_index:
+            self.log.compact(index)
+            self.snapshot = snapshot

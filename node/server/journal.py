@@ -1,0 +1,276 @@
+"""The journal on disk: Raft's log as append-only, checksummed segment files, and a snapshot.
+
+What the consensus core asks (`AppendLog(after, entries)`: drop what follows
+`after`, append these) becomes one record appended to the active segment and
+one fsync, however many entries arrived together. Replaying the records in
+order rebuilds the log; the snapshot (one file, replaced atomically) holds the
+state machine up to its index, and segments wholly below it are deleted.
+
+A record is `length (u32) | crc32 (u32) | payload`, the payload `after (u64)`
+then per entry `index (u64) | term (u64) | kind (u8) | size (u32) | data`.
+Segments are `segment-SEQ.log`, replayed in SEQ order. On open, a damaged
+record in the newest segment with no valid record anywhere after it is a
+write that never finished: it is cut, never trusted, and logged. Any other
+damage may hold entries this node acknowledged: the node refuses to start,
+naming the file and the offset, rather than silently forget them.
+
+Why our own format rather than SQLite in WAL mode (stdlib, checksummed): its
+recovery stops at the first frame whose cumulative checksum fails, so one bad
+sector in the middle of the WAL silently drops every commit after it; it
+cannot tell a torn tail from damage, and Raft must (a node that forgets an
+acknowledged entry can undo a majority). LMDB would need a binding and a fixed
+map size. The access pattern, append and sometimes cut a suffix or a prefix,
+is a log's, and this module is the whole of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.core.raftlog import Entry, RaftLog
+from node.errors import StateFileError
+
+log = logging.getLogger("distnode")
+
+JOURNAL_DIR = "journal"
+SNAPSHOT_FILE = "snapshot"
+#: A new segment is started once the active one passes this size.
+SEGMENT_BYTES = 8 << 20
+
+_RECORD = struct.Struct("<II")  # payload length, crc32 of the payload
+_AFTER = struct.Struct("<Q")
+_ENTRY = struct.Struct("<QQBI")  # index, term, kind, data size
+_SNAPSHOT = struct.Struct("<QQQII")  # index, term, first segment replayed, crc32 of data, data size
+KINDS = ("noop", "command", "config")
+
+
+class JournalDamaged(StateFileError):
+    """The journal holds damage that is not a torn last write; the node will not guess."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    index: int = 0
+    term: int = 0
+    data: bytes = b""
+
+
+@dataclass
+class _Segment:
+    seq: int
+    path: Path
+    last_index: int  # the largest index a record in it holds (0: none)
+
+
+def encode_record(after: int, entries: tuple[Entry, ...]) -> bytes:
+    parts = [_AFTER.pack(after)]
+    for entry in entries:
+        parts.append(_ENTRY.pack(entry.index, entry.term, KINDS.index(entry.kind), len(entry.data)))
+        parts.append(entry.data)
+    payload = b"".join(parts)
+    return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> tuple[int, tuple[Entry, ...]]:
+    """A checksummed payload back into (after, entries); ValueError if it does not parse."""
+    try:
+        (after,) = _AFTER.unpack_from(payload)
+        entries = []
+        offset = _AFTER.size
+        while offset < len(payload):
+            index, term, kind, size = _ENTRY.unpack_from(payload, offset)
+            offset += _ENTRY.size
+            if offset + size > len(payload):
+                raise ValueError("an entry runs past its record")
+            entries.append(Entry(index, term, KINDS[kind], payload[offset:offset + size]))
+            offset += size
+    except (struct.error, IndexError) as exc:
+        raise ValueError(str(exc)) from exc
+    return after, tuple(entries)
+
+
+def _damage(data: bytes, offset: int) -> str | None:
+    """Why the record at `offset` is not whole and valid, or None if it is."""
+    if len(data) - offset < _RECORD.size:
+        return "short header"
+    length, crc = _RECORD.unpack_from(data, offset)
+    end = offset + _RECORD.size + length
+    if end > len(data):
+        return "length past the end"
+    if length < _AFTER.size or zlib.crc32(data[offset + _RECORD.size:end]) != crc:
+        return "checksum"
+    return None
+
+
+def _valid_record_after(data: bytes, offset: int) -> bool:
+    """Is there a whole, valid record starting anywhere after `offset`? (Slow; only on damage.)"""
+    return any(_damage(data, start) is None for start in range(offset + 1, len(data) - _RECORD.size + 1))
+
+
+class Journal:
+    """One node's durable log. `open()` once; then `append`, `save_snapshot`, `restore`."""
+
+    def __init__(self, data_dir: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.dir = data_dir / JOURNAL_DIR
+        self.segment_bytes = segment_bytes
+        self._segments: list[_Segment] = []
+        self._fd = -1
+        self._size = 0
+        self.snapshot = Snapshot()
+
+    # ---- opening --------------------------------------------------------------
+
+    def open(self) -> RaftLog:
+        """Read the snapshot and replay the segments after it; cut a torn tail; the log they hold."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.snapshot, first_seq = self._read_snapshot()
+        # Entries after the snapshot. Records of older segments may hold entries that a
+        # later record cut, so the log is only checked once every record is replayed.
+        held: list[Entry] = []
+        found = sorted((int(p.stem.removeprefix("segment-")), p) for p in self.dir.glob("segment-*.log"))
+        for number, (seq, path) in enumerate(found):
+            if seq < first_seq:
+                path.unlink()  # void: a snapshot installed without the log before it
+                continue
+            last = 0
+            for after, entries in self._records(path, newest=number == len(found) - 1):
+                self._replay(held, path, after, entries)
+                last = max([last, *(e.index for e in entries)])
+            self._segments.append(_Segment(seq, path, last))
+        try:
+            raft_log = RaftLog(self.snapshot.index, self.snapshot.term, held)
+        except ValueError as exc:
+            raise JournalDamaged(f"journal {self.dir}: the replayed log is not a log: {exc}") from exc
+        self._roll()
+        return raft_log
+
+    def _records(self, path: Path, newest: bool) -> Iterator[tuple[int, tuple[Entry, ...]]]:
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            problem = _damage(data, offset)
+            if problem is None:
+                length, _ = _RECORD.unpack_from(data, offset)
+                try:
+                    yield decode_payload(data[offset + _RECORD.size:offset + _RECORD.size + length])
+                except ValueError as exc:
+                    raise JournalDamaged(
+                        f"journal {path}: the record at offset {offset} does not parse: {exc}"
+                    ) from exc
+                offset += _RECORD.size + length
+                continue
+            if not newest or _valid_record_after(data, offset):
+                raise JournalDamaged(
+                    f"journal {path} is damaged at offset {offset} ({problem}), with records after it;"
+                    " it may hold entries this node acknowledged: restore the file, or empty this"
+                    " node's --data-dir so that it rejoins and catches up (docs/operations.md)"
+                )
+            log.warning("journal %s: cut %d bytes of a write that never finished, at offset %d (%s)",
+                        path, len(data) - offset, offset, problem)
+            with open(path, "r+b") as handle:
+                handle.truncate(offset)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return
+
+    def _replay(self, held: list[Entry], path: Path, after: int, entries: tuple[Entry, ...]) -> None:
+        base = self.snapshot.index
+        kept = [e for e in entries if e.index > base]
+        after = max(after, base)
+        if after > base + len(held) or (kept and kept[0].index != after + 1):
+            raise JournalDamaged(f"journal {path}: a record appends after {after} to a log that ends at"
+                                 f" {base + len(held)}: a segment is missing")
+        del held[after - base:]
+        held.extend(kept)
+
+    def _read_snapshot(self) -> tuple[Snapshot, int]:
+        path = self.dir / SNAPSHOT_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return Snapshot(), 0
+        if len(data) < _SNAPSHOT.size:
+            raise JournalDamaged(f"snapshot {path} is damaged at offset 0: {len(data)} bytes, no header")
+        index, term, first_seq, crc, size = _SNAPSHOT.unpack_from(data)
+        body = data[_SNAPSHOT.size:]
+        if len(body) != size or zlib.crc32(body) != crc:
+            raise JournalDamaged(f"snapshot {path} is damaged at offset {_SNAPSHOT.size} (checksum)")
+        return Snapshot(index, term, body), first_seq
+
+    # ---- writing --------------------------------------------------------------
+
+    def append(self, after: int, entries: tuple[Entry, ...]) -> None:
+        """One record, one fsync: durable when this returns. OSError if the disk refused
+        (the segment is cut back to its last whole record, so a later append is clean)."""
+        if self._size >= self.segment_bytes:
+            self._roll()
+        record = encode_record(after, entries)
+        try:
+            written = os.write(self._fd, record)
+            if written != len(record):
+                raise OSError(28, f"short write to {self._segments[-1].path}")
+            os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, self._size)
+            raise
+        self._size += written
+        if entries:
+            segment = self._segments[-1]
+            segment.last_index = max(segment.last_index, entries[-1].index)
+
+    def save_snapshot(self, snapshot: Snapshot, keep_log: bool = True) -> None:
+        """Replace the snapshot atomically, then delete the segments it covers. Without
+        `keep_log` (a follower given the leader's snapshot over a log that disagrees) every
+        older segment is void; the snapshot file says so, so a crash at any point is whole."""
+        self._roll()
+        first_seq = 0 if keep_log else self._segments[-1].seq
+        path = self.dir / SNAPSHOT_FILE
+        tmp = path.with_suffix(".tmp")
+        header = _SNAPSHOT.pack(snapshot.index, snapshot.term, first_seq, zlib.crc32(snapshot.data),
+                                len(snapshot.data))
+        with open(tmp, "wb") as handle:
+            handle.write(header + snapshot.data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        self._sync_dir()
+        self.snapshot = snapshot
+        # Oldest first, and only while a whole segment is covered: a later segment may
+        # cut entries of an earlier one, so none is dropped from the middle.
+        while len(self._segments) > 1 and (not keep_log or self._segments[0].last_index <= snapshot.index):
+            self._segments.pop(0).path.unlink()
+
+    def disk_bytes(self) -> int:
+        total = sum(s.path.stat().st_size for s in self._segments)
+        snapshot = self.dir / SNAPSHOT_FILE
+        return total + (snapshot.stat().st_size if snapshot.exists() else 0)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _roll(self) -> None:
+        """Start a new, empty segment (unless the active one is still empty)."""
+        if self._fd >= 0 and self._size == 0:
+            return
+        seq = self._segments[-1].seq + 1 if self._segments else 1
+        path = self.dir / f"segment-{seq:010d}.log"
+        self.close()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._size = 0
+        self._sync_dir()
+        self._segments.append(_Segment(seq, path, 0))
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,266 @@
+"""One test per rule of Raft's log replication, on single nodes fed messages by hand.
+
+Each test is named after the section of the Raft paper (or Figure) it checks;
+whole clusters under faults are in tests/test_election_sim.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from node.core.election import Election
+from node.core.electionconfig import ElectionConfig
+from node.core.messages import (
+    AppendLog,
+    Apply,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Output,
+    RestoreSnapshot,
+    Role,
+    Send,
+    VoteRequest,
+    VoteResponse,
+)
+from node.core.raftlog import Entry, RaftLog
+
+PEERS = ("b", "c")
+
+
+def make(node_id: str = "a", *, term: int = 0, log: RaftLog | None = None, peers: tuple[str, ...] = PEERS,
+         snapshot: bytes = b"") -> Election:
+    config = ElectionConfig(node_id, peers, replicate=True, max_append_entries=2)
+    return Election(config, random.Random(0), term=term, log=log, snapshot=snapshot)
+
+
+def log_of(*terms: int) -> RaftLog:
+    return RaftLog(entries=[Entry(i, t, "command", f"e{i}".encode()) for i, t in enumerate(terms, 1)])
+
+
+def sends(outputs: list[Output]) -> list[object]:
+    return [o.message for o in outputs if isinstance(o, Send)]
+
+
+def elect(node: Election, peers: tuple[str, ...] = PEERS) -> list[Output]:
+    """Every peer grants the pre-vote and the vote; the outputs of the winning step."""
+    node.campaign()
+    term = node.term + 1
+    for peer in peers:
+        if node.role is Role.PRE_CANDIDATE:
+            node.step(VoteResponse(peer, "a", term, granted=True, pre_vote=True))
+    out: list[Output] = []
+    for peer in peers:
+        if node.role is Role.CANDIDATE:
+            out = node.step(VoteResponse(peer, "a", term, granted=True))
+    assert node.role is Role.LEADER
+    return out
+
+
+def respond(node: Election, peer: str, success: bool, match: int) -> list[Output]:
+    return node.step(HeartbeatResponse(peer, "a", node.term, success, match))
+
+
+# ---- §5.3 AppendEntries, receiver side -----------------------------------------------------
+
+
+def test_5_3_a_follower_refuses_entries_whose_previous_entry_it_lacks() -> None:
+    """§5.3: "If the follower does not find an entry in its log with the same index and
+    term, then it refuses the new entries"; its hint points at its own end (fast back-off)."""
+    node = make(term=2, log=log_of(1, 1))
+    out = node.step(Heartbeat("b", "a", 2, prev_index=5, prev_term=2, entries=(Entry(6, 2),)))
+    assert sends(out) == [HeartbeatResponse("a", "b", 2, False, 3)]
+    assert node.log.last_index == 2 and not any(isinstance(o, AppendLog) for o in out)
+
+
+def test_5_3_a_refusal_hints_at_the_first_index_of_the_conflicting_term() -> None:
+    """§5.3 (the optimization at the end): the follower names where its conflicting term starts."""
+    node = make(term=3, log=log_of(1, 2, 2, 2))
+    out = node.step(Heartbeat("b", "a", 3, prev_index=4, prev_term=3))
+    assert sends(out) == [HeartbeatResponse("a", "b", 3, False, 2)]
+
+
+def test_5_3_conflicting_entries_are_replaced_and_stored_before_the_ack() -> None:
+    """§5.3: "If an existing entry conflicts with a new one, delete the existing entry and all
+    that follow it"; the AppendLog output comes before the Send that acknowledges it."""
+    node = make(term=3, log=log_of(1, 2, 2))
+    new = (Entry(2, 3, data=b"x"), Entry(3, 3, data=b"y"))
+    out = node.step(Heartbeat("b", "a", 3, prev_index=1, prev_term=1, entries=new))
+    kinds = [type(o) for o in out if isinstance(o, AppendLog | Send)]
+    assert kinds == [AppendLog, Send]
+    assert next(o for o in out if isinstance(o, AppendLog)) == AppendLog(1, new)
+    assert sends(out)[-1] == HeartbeatResponse("a", "b", 3, True, 3)
+    assert [node.log.term_at(i) for i in (1, 2, 3)] == [1, 3, 3]
+
+
+def test_5_3_a_repeated_append_changes_nothing_and_stores_nothing() -> None:
+    """Duplicated or reordered AppendEntries are idempotent: entries already held are kept,
+    a stale shorter message does not truncate what a later one appended."""
+    node = make(term=2, log=log_of(1, 2, 2))
+    out = node.step(Heartbeat("b", "a", 2, prev_index=0, prev_term=0, entries=(Entry(1, 1, data=b"e1"),)))
+    assert not any(isinstance(o, AppendLog) for o in out)
+    assert node.log.last_index == 3
+    assert sends(out)[-1] == HeartbeatResponse("a", "b", 2, True, 1)
+
+
+def test_5_3_a_follower_commits_up_to_the_leaders_commit_but_not_past_what_it_matched() -> None:
+    """Figure 2: "If leaderCommit > commitIndex, set commitIndex = min(leaderCommit, index of
+    last new entry)"; the newly committed entries come out as one Apply, in order."""
+    node = make(term=2, log=log_of(1, 1, 1, 1))
+    out = node.step(Heartbeat("b", "a", 2, prev_index=2, prev_term=1, commit=4))
+    assert node.commit_index == 2
+    assert [o for o in out if isinstance(o, Apply)] == [Apply(node.log.entries(1, 2))]
+    out = node.step(Heartbeat("b", "a", 2, prev_index=4, prev_term=1, commit=4))
+    assert node.commit_index == 4 and [o for o in out if isinstance(o, Apply)] == [Apply(node.log.entries(3, 4))]
+    assert not [o for o in node.step(Heartbeat("b", "a", 2, prev_index=4, prev_term=1, commit=4))
+                if isinstance(o, Apply)], "an entry was applied twice"
+
+
+def test_5_3_entries_wait_for_the_message_after_the_one_that_moved_the_term() -> None:
+    """A term change must be durable before anything else of its step is acted on; if the
+    disk refuses it, `rollback` restores term and vote only. So a message that moves the
+    term is refused (with a hint, and the leader retries at once) and changes no log."""
+    for message in (Heartbeat("b", "a", 3, 2, 1, (Entry(3, 3),), commit=2),
+                    InstallSnapshot("b", "a", 3, 2, 1, b"state@2")):
+        node = make(term=2, log=log_of(1, 1))
+        out = node.step(message)
+        assert node.term == 3 and node.leader == "b" and node.log.last_index == 2 and node.commit_index == 0
+        assert not [o for o in out if isinstance(o, AppendLog | RestoreSnapshot | Apply)]
+        assert sends(out)[-1] == HeartbeatResponse("a", "b", 3, False, 3 if isinstance(message, Heartbeat) else 2)
+    out = node.step(Heartbeat("b", "a", 3, 2, 1, (Entry(3, 3),), commit=2))
+    assert node.log.last_index == 3 and sends(out)[-1] == HeartbeatResponse("a", "b", 3, True, 3)
+
+
+# ---- §5.3 AppendEntries, leader side -----------------------------------------------------------
+
+
+def test_5_3_a_leader_backs_off_to_the_hint_and_resends_at_once() -> None:
+    """§5.3: after a rejection the leader decrements nextIndex and retries; with the hint
+    it jumps there, and it does not wait for the next heartbeat to try."""
+    node = make(term=3, log=log_of(1, 1, 2, 3))
+    elect(node)
+    out = respond(node, "b", False, 2)
+    assert sends(out) == [Heartbeat("a", "b", 4, 1, 1, node.log.entries(2, 3), 0)]
+    out = respond(node, "b", False, 9)  # a stale hint above the current try never moves it up
+    assert sends(out)[0].prev_index == 0  # type: ignore[attr-defined]
+
+
+def test_5_3_a_leader_sends_what_a_follower_lacks_in_batches() -> None:
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)  # appends its no-op at index 4
+    respond(node, "b", False, 1)
+    out = respond(node, "b", True, 2)
+    assert sends(out) == [Heartbeat("a", "b", 2, 2, 1, node.log.entries(3, 4), 0)]
+    assert not sends(respond(node, "b", True, 4)), "caught up: nothing more until the heartbeat"
+
+
+# ---- §5.4.1 election restriction ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_5_4_1_no_vote_for_a_candidate_whose_log_is_behind(pre_vote: bool) -> None:
+    """§5.4.1: "the voter denies its vote if its own log is more up-to-date than that of the
+    candidate" (by last term, then by length); Pre-Vote applies the same check (thesis §9.6)."""
+    for last_index, last_term, granted in [(5, 2, False), (1, 3, False), (2, 3, True), (1, 4, True)]:
+        voter = make(term=3, log=log_of(1, 3))
+        out = voter.step(VoteRequest("b", "a", 4, pre_vote, last_index, last_term))
+        assert [m.granted for m in sends(out)] == [granted], (last_index, last_term)  # type: ignore[attr-defined]
+
+
+def test_5_4_1_pre_candidates_and_candidates_send_their_last_entry() -> None:
+    node = make(term=2, log=log_of(1, 2, 2))
+    pre = sends(node.campaign())
+    real = sends(node.step(VoteResponse("b", "a", 3, granted=True, pre_vote=True)))
+    assert node.role is Role.CANDIDATE
+    assert [(m.pre_vote, m.last_index, m.last_term) for m in pre + real] == (  # type: ignore[attr-defined]
+        [(True, 3, 2)] * 2 + [(False, 3, 2)] * 2
+    )
+
+
+# ---- §5.4.2 committing entries from previous terms ---------------------------------------------
+
+
+def test_5_4_2_a_new_leader_appends_a_noop_of_its_term() -> None:
+    """§5.4.2 / §8: a leader commits an entry of its own term first, which commits the rest."""
+    node = make(term=1, log=log_of(1))
+    out = elect(node)
+    assert node.log.entry(2) == Entry(2, 2, "noop", b"")
+    assert AppendLog(1, (Entry(2, 2, "noop", b""),)) in out
+    assert all(m.entries[-1].index == 2 for m in sends(out))  # type: ignore[attr-defined]
+
+
+def test_5_4_2_entries_of_earlier_terms_are_not_committed_by_counting_replicas() -> None:
+    """§5.4.2, Figure 8: an entry of an earlier term on a majority is not committed by
+    counting; it commits only with an entry of the leader's current term after it."""
+    peers = ("b", "c", "d", "e")
+    node = make(term=1, log=log_of(1, 1), peers=peers)
+    elect(node, peers)  # term 2, no-op at 3
+    respond(node, "b", True, 2)
+    respond(node, "c", True, 2)
+    assert node.commit_index == 0, "a term-1 entry was committed by counting replicas"
+    respond(node, "b", True, 3)
+    out = respond(node, "c", True, 3)
+    assert node.commit_index == 3
+    assert [o for o in out if isinstance(o, Apply)] == [Apply(node.log.entries(1, 3))]
+
+
+def test_5_4_2_a_lone_node_commits_its_entries_at_once() -> None:
+    node = make(peers=())
+    node.campaign()
+    assert node.role is Role.LEADER and node.commit_index == 1
+    entry, out = node.propose(b"job")
+    assert entry is not None and node.commit_index == 2
+    assert out == [AppendLog(1, (entry,)), Apply((entry,))]
+
+
+def test_propose_is_refused_off_the_leader_and_without_replicate() -> None:
+    assert make().propose(b"job") == (None, [])
+    plain = Election(ElectionConfig("a", PEERS), random.Random(0))
+    plain.campaign()
+    plain.step(VoteResponse("b", "a", 1, granted=True, pre_vote=True))
+    plain.step(VoteResponse("b", "a", 1, granted=True))
+    assert plain.role is Role.LEADER and plain.log.last_index == 0 and plain.propose(b"job") == (None, [])
+
+
+# ---- §7 log compaction -------------------------------------------------------------------------
+
+
+def test_7_a_follower_behind_the_snapshot_gets_the_snapshot() -> None:
+    """§7: "the leader uses InstallSnapshot to send snapshots to followers that are too far behind"."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)
+    respond(node, "c", True, 4)
+    assert node.commit_index == 4
+    node.compact(3, b"state@3")
+    assert node.log.snapshot_index == 3 and len(node.log) == 1
+    out = respond(node, "b", False, 1)  # b lost its disk: it needs entry 1
+    assert sends(out) == [InstallSnapshot("a", "b", 2, 3, 1, b"state@3")]
+    with pytest.raises(ValueError, match="only 4 applied"):
+        node.compact(5, b"")
+
+
+def test_7_a_follower_installs_a_snapshot_and_drops_a_conflicting_log() -> None:
+    node = make(term=3, log=log_of(1, 2, 2))
+    out = node.step(InstallSnapshot("b", "a", 3, 4, 3, b"state@4"))
+    assert out.index(RestoreSnapshot(4, 3, b"state@4")) < next(i for i, o in enumerate(out) if isinstance(o, Send))
+    assert (node.log.snapshot_index, node.log.last_index, node.commit_index) == (4, 4, 4)
+    assert sends(out)[-1] == HeartbeatResponse("a", "b", 3, True, 4)
+
+
+def test_7_a_follower_keeps_the_entries_after_a_snapshot_it_agrees_with() -> None:
+    """§7: "If the follower receives a snapshot that describes a prefix of its log, log
+    entries covered by the snapshot are deleted but entries following it are retained"."""
+    node = make(term=2, log=log_of(1, 1, 2, 2))
+    node.step(InstallSnapshot("b", "a", 2, 2, 1, b"state@2"))
+    assert (node.log.snapshot_index, node.log.last_index, node.log.term_at(4)) == (2, 4, 2)
+    assert not [o for o in node.step(InstallSnapshot("b", "a", 2, 1, 1, b"old")) if isinstance(o, RestoreSnapshot)]
+
+
+def test_7_entries_covered_by_a_snapshot_match_any_leader() -> None:
+    """A follower whose snapshot is ahead of a leader's prev_index takes the rest after it."""
+    node = make(term=2, log=RaftLog(snapshot_index=3, snapshot_term=1))
+    out = node.step(Heartbeat("b", "a", 2, 1, 1, (Entry(2, 1), Entry(3, 1), Entry(4, 2)), commit=4))
+    assert node.log.last_index == 4 and node.commit_index == 4
+    assert sends(out)[-1] == HeartbeatResponse("a", "b", 2, True, 4)
