@@ -20,6 +20,8 @@ import pytest
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache
 from node.core.job import Job
+from node.core.messages import Heartbeat, InstallSnapshot
+from node.core.raftlog import Entry
 from node.errors import (
     InvalidField,
     JobConflict,
@@ -72,11 +74,15 @@ class FakeNode:
             raise self.raises[name]
         return self.results[name]
 
-    async def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
-        return self._call("request_vote", candidate_id, term, pre_vote)  # type: ignore[no-any-return]
+    async def request_vote(
+        self, candidate_id: str, term: int, pre_vote: bool, last_index: int, last_term: int
+    ) -> VoteAnswer:
+        return self._call(  # type: ignore[no-any-return]
+            "request_vote", candidate_id, term, pre_vote, last_index, last_term
+        )
 
-    async def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
-        return self._call("heartbeat", leader_id, term, beacon_key)  # type: ignore[no-any-return]
+    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
+        return self._call("heartbeat", beat, beacon_key)  # type: ignore[no-any-return]
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
@@ -119,18 +125,44 @@ SUM_SPEC = pb.JobSpec(job_id="j1", op="sum", source="range:n=10", map="square", 
 async def test_request_vote_is_one_call_with_the_fields(served: tuple[FakeNode, NodeStub]) -> None:
     node, stub = served
     node.results["request_vote"] = VoteAnswer(term=7, granted=True)
-    reply = await stub.RequestVote(pb.VoteRequest(term=7, candidate_id="n2", pre_vote=True))
-    assert node.calls == [("request_vote", ("n2", 7, True))]
+    reply = await stub.RequestVote(pb.VoteRequest(term=7, candidate_id="n2", pre_vote=True, last_index=4,
+                                                  last_term=6))
+    assert node.calls == [("request_vote", ("n2", 7, True, 4, 6))]
     assert (reply.term, reply.granted, reply.voter_id) == (7, True, "n1")
 
 
 async def test_heartbeat_stream_answers_each_beat(served: tuple[FakeNode, NodeStub]) -> None:
     node, stub = served
-    node.results["heartbeat"] = BeatAnswer(term=3, role="follower")
-    beats = [pb.HeartbeatRequest(term=3, leader_id="n2", beacon_key=b"k" * 32)] * 3
+    node.results["heartbeat"] = BeatAnswer(term=3, role="follower", refused=True, match_index=5)
+    entry = pb.LogEntry(index=5, term=3, kind="command", data=b"x")
+    beats = [pb.HeartbeatRequest(term=3, leader_id="n2", beacon_key=b"k" * 32, prev_index=4, prev_term=2,
+                                 entries=[entry], commit=4)] * 3
     replies = [reply async for reply in stub.Heartbeat(iter(beats))]
-    assert [(r.term, r.role, r.node_id) for r in replies] == [(3, "follower", "n1")] * 3
-    assert node.calls == [("heartbeat", ("n2", 3, b"k" * 32))] * 3
+    assert [(r.term, r.role, r.node_id, r.refused, r.match_index) for r in replies] == [
+        (3, "follower", "n1", True, 5)
+    ] * 3
+    beat = Heartbeat("n2", "n1", 3, 4, 2, (Entry(5, 3, "command", b"x"),), 4)
+    assert node.calls == [("heartbeat", (beat, b"k" * 32))] * 3
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"prev_term": 4}, "prev_term: 4 is past the beat's term 3"),
+    ({"entries": [pb.LogEntry(index=9, term=3, kind="noop")]}, "entries[0]: index 9 does not follow 4"),
+    ({"entries": [pb.LogEntry(index=5, term=1, kind="noop")]}, "entries[0]: term 1 is not within [2, 3]"),
+    ({"entries": [pb.LogEntry(index=5, term=3, kind="exec")]}, "entries[0]: kind 'exec' is not one of"),
+    ({"is_snapshot": True, "snapshot_term": 8}, "snapshot_term: 8 is past the beat's term 3"),
+])
+async def test_a_beat_that_no_log_could_send_is_refused_naming_the_field(
+    served: tuple[FakeNode, NodeStub], fields: dict[str, Any], problem: str
+) -> None:
+    """The consensus core never sees a beat whose entries do not follow its prev entry."""
+    node, stub = served
+    request = pb.HeartbeatRequest(**{"term": 3, "leader_id": "n2", "prev_index": 4, "prev_term": 2, **fields})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        [reply async for reply in stub.Heartbeat(iter([request]))]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert problem in (caught.value.details() or "")
+    assert node.calls == []
 
 
 async def test_submit_passes_the_job_and_serialises_the_answer(served: tuple[FakeNode, NodeStub]) -> None:

@@ -33,19 +33,28 @@ class VoteRequest(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     CANDIDATE_ID_FIELD_NUMBER: _builtins.int
     PRE_VOTE_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_TERM_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     candidate_id: _builtins.str
     pre_vote: _builtins.bool
+    last_index: _builtins.int
+    """The candidate's last log entry (Raft §5.4.1: a voter refuses a candidate
+    whose log is behind its own).
+    """
+    last_term: _builtins.int
     def __init__(
         self,
         *,
         term: _builtins.int = ...,
         candidate_id: _builtins.str = ...,
         pre_vote: _builtins.bool = ...,
+        last_index: _builtins.int = ...,
+        last_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_id", b"candidate_id", "pre_vote", b"pre_vote", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_id", b"candidate_id", "last_index", b"last_index", "last_term", b"last_term", "pre_vote", b"pre_vote", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -85,6 +94,14 @@ class HeartbeatRequest(_message.Message):
     LEADER_ADDRESS_FIELD_NUMBER: _builtins.int
     BEACON_KEY_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    PREV_INDEX_FIELD_NUMBER: _builtins.int
+    PREV_TERM_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
+    IS_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_INDEX_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_TERM_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_DATA_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     leader_id: _builtins.str
     leader_address: _builtins.str
@@ -97,6 +114,20 @@ class HeartbeatRequest(_message.Message):
     """In a datagram: the beat's number, growing through the term (replays of
     older datagrams are dropped). 0 on the gRPC stream.
     """
+    prev_index: _builtins.int
+    """Raft §5.3 AppendEntries: the entry before `entries`, the entries (only on
+    the gRPC stream), and the leader's commit index. A beat with none is a
+    heartbeat that still checks the follower's log and carries the commit.
+    """
+    prev_term: _builtins.int
+    commit: _builtins.int
+    is_snapshot: _builtins.bool
+    """Raft §7 InstallSnapshot instead (only on the gRPC stream)."""
+    snapshot_index: _builtins.int
+    snapshot_term: _builtins.int
+    snapshot_data: _builtins.bytes
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
     def __init__(
         self,
         *,
@@ -105,14 +136,51 @@ class HeartbeatRequest(_message.Message):
         leader_address: _builtins.str = ...,
         beacon_key: _builtins.bytes = ...,
         seq: _builtins.int = ...,
+        prev_index: _builtins.int = ...,
+        prev_term: _builtins.int = ...,
+        entries: _abc.Iterable[Global___LogEntry] | None = ...,
+        commit: _builtins.int = ...,
+        is_snapshot: _builtins.bool = ...,
+        snapshot_index: _builtins.int = ...,
+        snapshot_term: _builtins.int = ...,
+        snapshot_data: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "leader_address", b"leader_address", "leader_id", b"leader_id", "seq", b"seq", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class LogEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    term: _builtins.int
+    kind: _builtins.str
+    """"noop", "command" (the job table's records), "config" (reserved)."""
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        term: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "kind", b"kind", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015
 
 @_typing.final
 class HeartbeatReply(_message.Message):
@@ -123,6 +191,8 @@ class HeartbeatReply(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     STORAGE_ERROR_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    MATCH_INDEX_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
@@ -130,6 +200,12 @@ class HeartbeatReply(_message.Message):
     """In a datagram: the seq of the beat answered. 0 on the gRPC stream."""
     storage_error: _builtins.str
     """Why this node cannot write its durable state ("" while it can)."""
+    refused: _builtins.bool
+    """The follower's log did not hold the beat's prev entry; `match_index` is
+    then where the leader should try next. Otherwise `match_index` is the
+    last index known to match the leader's log.
+    """
+    match_index: _builtins.int
     def __init__(
         self,
         *,
@@ -138,10 +214,12 @@ class HeartbeatReply(_message.Message):
         role: _builtins.str = ...,
         seq: _builtins.int = ...,
         storage_error: _builtins.str = ...,
+        refused: _builtins.bool = ...,
+        match_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "role", b"role", "seq", b"seq", "storage_error", b"storage_error", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "storage_error", b"storage_error", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,12 +639,17 @@ class StatusReply(_message.Message):
     LEADER_ADDRESS_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
+    COMMIT_INDEX_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
     term: _builtins.int
     leader_id: _builtins.str
     """Empty while no leader is known."""
     leader_address: _builtins.str
+    log_index: _builtins.int
+    """This node's log: its last index and its commit index."""
+    commit_index: _builtins.int
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]: ...
     @_builtins.property
@@ -585,10 +668,12 @@ class StatusReply(_message.Message):
         leader_address: _builtins.str = ...,
         nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
+        log_index: _builtins.int = ...,
+        commit_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leader_address", b"leader_address", "leader_id", b"leader_id", "node_id", b"node_id", "nodes", b"nodes", "role", b"role", "sources", b"sources", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_index", b"commit_index", "leader_address", b"leader_address", "leader_id", b"leader_id", "log_index", b"log_index", "node_id", b"node_id", "nodes", b"nodes", "role", b"role", "sources", b"sources", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -63,19 +63,14 @@ class Election:
         snapshot: bytes = b"",
     ) -> None:
         config.validate()
-        self._config = config
-        self._rng = rng
+        self._config, self._rng = config, rng
         # Persistent state (Raft Figure 2), restored by the caller after a restart.
-        self._term = term
-        self._voted_for = voted_for
+        self._term, self._voted_for = term, voted_for
         self._role = Role.FOLLOWER
         self._leader: str | None = None
-        self._election_elapsed = 0
-        self._election_timeout = 0
-        self._heartbeat_elapsed = 0
+        self._election_elapsed = self._election_timeout = self._heartbeat_elapsed = 0
         self._ticks_since_leader = 0
-        self._granted: set[str] = set()
-        self._rejected: set[str] = set()
+        self._granted, self._rejected = set[str](), set[str]()
         self._check_elapsed = 0
         # Ticks since each peer last answered us; None: not since we became leader.
         self._peer_heard: dict[str, int | None] = {p: None for p in config.peers}
@@ -114,13 +109,16 @@ class Election:
         if self._role is not Role.LEADER or not self._config.replicate:
             return None, out
         entry = self._log.append(self._term, "command", data, out)
-        for peer in self._config.peers:
-            self._send(self._log.message_for(peer, self._term), out)
+        self._broadcast_heartbeats(out)  # AppendEntries now; it also counts as the heartbeat
         return entry, out
 
     def compact(self, index: int, snapshot: bytes) -> None:
         """The caller's state machine, applied through `index`, is `snapshot` (§7)."""
         self._log.compact(index, snapshot)
+
+    def restore_log(self, log: RaftLog, snapshot: bytes) -> None:
+        """The journal refused an append: back to the log it holds, still following."""
+        self._log.reset(log, snapshot)
 
     @property
     def ticks_since_leader(self) -> int:
@@ -202,15 +200,18 @@ class Election:
             self._step_candidate(message, out)
         return out
 
-    def rollback(self, term: int, voted_for: str | None) -> list[Output]:
-        """The last `Persist` failed: back to the durable (term, vote), a follower
-        with no leader. Left ahead of the disk, memory would put a term no disk
-        holds in the next message, and peers would follow it. The caller sends
-        nothing that followed the failed Persist."""
+    def rollback(
+        self, term: int, voted_for: str | None, log: RaftLog | None = None, snapshot: bytes = b""
+    ) -> list[Output]:
+        """A write failed: back to the durable (term, vote) (and log), a follower with
+        no leader. Ahead of the disk, memory would put a term no disk holds in the
+        next message. The caller sends nothing that followed the failed write."""
         if term > self._term or (term == self._term and voted_for not in (None, self._voted_for)):
             raise AssertionError(f"rollback to ({term}, {voted_for}) from ({self._term}, {self._voted_for})")
         out: list[Output] = []
         self._term, self._voted_for = term, voted_for
+        if log is not None:  # the journal refused: back to its log, as a restart would read it
+            self._log.reset(log, snapshot)
         self._set_role(Role.FOLLOWER, None, out)
         self._reset_election_timer()
         self._ticks_since_leader = 0
@@ -396,8 +397,7 @@ class Election:
     def _set_role(self, role: Role, leader: str | None, out: list[Output]) -> None:
         if role is not self._role or leader != self._leader:
             out.append(RoleChanged(role, self._term, leader))
-        self._role = role
-        self._leader = leader
+        self._role, self._leader = role, leader
 
     def _set_hard_state(self, term: int, voted_for: str | None, out: list[Output]) -> None:
         if term < self._term or (term == self._term and self._voted_for not in (None, voted_for)):

@@ -130,6 +130,8 @@ class RestoreSnapshot:
     index: int
     term: int
     data: bytes
+    #: The log after `index` agreed with the snapshot and is kept (§7).
+    keep_log: bool = False
 
 
 @dataclass(frozen=True)

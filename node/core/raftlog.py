@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+#: What an entry's `data` is for (see Entry).
+KINDS = ("noop", "command", "config")
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -39,6 +42,9 @@ class RaftLog:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def copy(self) -> RaftLog:
+        return RaftLog(self.snapshot_index, self.snapshot_term, self._entries)
 
     @property
     def last_index(self) -> int:

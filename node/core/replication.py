@@ -81,8 +81,11 @@ class Replication:
         else:
             # Fast back-off: the follower's hint, but always strictly down and
             # never below what it already matched.
-            hint = min(response.match_index, self._next[peer] - 1)
+            before = self._next[peer]
+            hint = min(response.match_index, before - 1)
             self._next[peer] = max(self._match[peer] + 1, hint)
+            if self._next[peer] == before:
+                return  # it refused what it must take (its disk?): try again at the next beat
         if self._next[peer] <= self.log.last_index or not response.success:
             out.append(Send(self.message_for(peer, term)))  # catch it up without waiting a heartbeat
 
@@ -121,10 +124,10 @@ class Replication:
 
     def on_snapshot(self, message: InstallSnapshot, term: int, out: list[Output]) -> HeartbeatResponse:
         if message.index > self.commit:
-            self.log.restore(message.index, message.snapshot_term)
+            kept = self.log.restore(message.index, message.snapshot_term)
             self.snapshot = message.data
             self.commit = self.applied = message.index
-            out.append(RestoreSnapshot(message.index, message.snapshot_term, message.data))
+            out.append(RestoreSnapshot(message.index, message.snapshot_term, message.data, kept))
         # Our log matches the leader's up to our commit index, which is at least the snapshot's.
         return HeartbeatResponse(self._config.node_id, message.src, term, True, message.index)
 
@@ -135,6 +138,13 @@ class Replication:
         if index > self.applied:
             out.append(Apply(self.log.entries(self.applied + 1, index)))
             self.applied = index
+
+    def reset(self, log: RaftLog, snapshot: bytes) -> None:
+        """Go back to the log the disk holds. What was applied was stored first (an
+        Apply follows its AppendLog), so the commit and apply indexes still hold."""
+        self.log, self.snapshot = log, snapshot
+        self.commit = max(min(self.commit, log.last_index), log.snapshot_index)
+        self.applied = max(min(self.applied, log.last_index), log.snapshot_index)
 
     def compact(self, index: int, snapshot: bytes) -> None:
         """The caller's state machine, applied up to `index`, is `snapshot`: forget the entries it holds."""

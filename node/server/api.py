@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from node.core.job import Job
+from node.core.messages import Heartbeat, InstallSnapshot
 
 if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
     import numpy as np
@@ -50,6 +51,10 @@ class BeatAnswer:
     role: str
     #: Why this node cannot write its durable state ("" while it can).
     storage_error: str = ""
+    #: AppendEntries: the beat's previous entry was not in this node's log.
+    refused: bool = False
+    #: The last index known to match the leader's log (refused: where to try next).
+    match_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,9 @@ class StatusView:
     nodes: list[NodeView]
     #: The source kinds this node reads.
     sources: tuple[str, ...] = ()
+    #: This node's log: its last index and its commit index.
+    log_index: int = 0
+    commit_index: int = 0
 
 
 class NodeApi(Protocol):
@@ -128,9 +136,11 @@ class NodeApi(Protocol):
     @property
     def node_id(self) -> str: ...
 
-    async def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer: ...
+    async def request_vote(
+        self, candidate_id: str, term: int, pre_vote: bool, last_index: int, last_term: int
+    ) -> VoteAnswer: ...
 
-    async def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer: ...
+    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer: ...
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None

@@ -40,7 +40,8 @@ from node.channels import ChannelFactory, StubCache, server_options
 from node.core.election import Election
 from node.core.electionconfig import ElectionConfig
 from node.core.job import Job
-from node.core.messages import Role
+from node.core.messages import Heartbeat, InstallSnapshot, Role
+from node.core.raftlog import Entry
 from node.errors import InvalidField, NotAMember, NotLeader
 from node.security import TokenServerInterceptor
 from node.server import beacons
@@ -61,6 +62,7 @@ from node.server.clock import Clock
 from node.server.config import NodeConfig
 from node.server.elections import ElectionDriver
 from node.server.heartbeats import HeartbeatLinks
+from node.server.journal import Journal
 from node.server.logs import configure_logging
 from node.server.peers import PeerTable
 from node.server.relay import Relay
@@ -68,6 +70,7 @@ from node.server.service import NodeServicer, add_to_server, beat_reply
 from node.server.statestore import StateStore
 from node.wire.answers import SERVICE
 from node.wire.jobs import job_to_proto
+from node.wire.log import beat_from_proto
 
 if TYPE_CHECKING:
     from node.core.sources import Opener
@@ -95,14 +98,19 @@ class Daemon:
         self.config = config
         self.store = StateStore(config.data_dir)
         saved = self.store.load()
+        self.journal = Journal(config.data_dir)
+        raft_log = self.journal.open()  # JournalDamaged (one line, exit 2) if it cannot be trusted
         lo, hi = config.election_ticks
         election = Election(
             ElectionConfig(
                 node_id=config.node_id, peers=config.peers, heartbeat_ticks=config.heartbeat_ticks,
-                election_ticks_min=lo, election_ticks_max=hi, fast_first_election=True,
+                election_ticks_min=lo, election_ticks_max=hi, fast_first_election=True, replicate=True,
             ),
             rng=random.Random(), term=saved.term, voted_for=saved.voted_for,
+            log=raft_log, snapshot=self.journal.snapshot.data,
         )
+        #: Entries applied since start (the job table comes with detached jobs).
+        self.applied_entries = 0
         self.peers = PeerTable(config.peers)
         self.stubs = StubCache(ChannelFactory(config.tls, config.token, config.limits.max_message_bytes))
         self.clock = Clock(
@@ -114,8 +122,8 @@ class Daemon:
             udp=config.udp_heartbeats,
         )
         self.elections = ElectionDriver(
-            election, self.store, self.clock, self.peers, self.stubs, self.heartbeats, config,
-            self._spawn, self._on_role_changed,
+            election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
+            config, self._spawn, self._on_role_changed, self._on_apply, lambda: b"",
         )
         self.relay = Relay(
             self.stubs, lambda: self.elections.leader_address, self._who, config.limits.job_timeout_s
@@ -224,27 +232,30 @@ class Daemon:
         if term > MAX_TERM:
             raise InvalidField("term", f"{term} is beyond {MAX_TERM}")
 
-    async def request_vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
+    async def request_vote(
+        self, candidate_id: str, term: int, pre_vote: bool, last_index: int, last_term: int
+    ) -> VoteAnswer:
         await self._check_member_soon("candidate_id", candidate_id)
         self._check_term(term)
-        return self.elections.vote(candidate_id, term, pre_vote)
+        return self.elections.vote(candidate_id, term, pre_vote, last_index, last_term)
 
-    async def heartbeat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
-        await self._check_member_soon("leader_id", leader_id)
-        return self._beat(leader_id, term, beacon_key)
+    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
+        await self._check_member_soon("leader_id", beat.src)
+        return self._beat(beat, beacon_key)
 
-    def _beat(self, leader_id: str, term: int, beacon_key: bytes) -> BeatAnswer:
-        self._check_member("leader_id", leader_id)
-        self._check_term(term)
-        answer = self.elections.heartbeat(leader_id, term)
-        if beacon_key and self.beacons is not None and self.elections.follows(leader_id, term):
-            self.beacons.grant(leader_id, term, beacon_key)
+    def _beat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
+        self._check_member("leader_id", beat.src)
+        self._check_term(beat.term)
+        answer = self.elections.heartbeat(beat)
+        if beacon_key and self.beacons is not None and self.elections.follows(beat.src, beat.term):
+            self.beacons.grant(beat.src, beat.term, beacon_key)
         return answer
 
-    def beat_reply(self, beat: pb.HeartbeatRequest) -> pb.HeartbeatReply:
+    def beat_reply(self, request: pb.HeartbeatRequest) -> pb.HeartbeatReply:
         """A beat that came as a UDP datagram. The listener took it only under the key a
-        member granted over gRPC, for that leader and term: checked there, not again."""
-        return beat_reply(self.node_id, self.elections.heartbeat(beat.leader_id, beat.term))
+        member granted over gRPC, for that leader and term: checked there, not again.
+        It carries no entries (those take the stream), but it is checked all the same."""
+        return beat_reply(self.node_id, self.elections.heartbeat(beat_from_proto(request, self.node_id)))
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
@@ -290,9 +301,15 @@ class Daemon:
         return JobProgress(*self.jobs.progress(job_id))
 
     async def status(self) -> StatusView:
-        return dataclasses.replace(self.elections.status(), sources=(*BASE_KINDS, *self.openers))
+        return dataclasses.replace(
+            self.elections.status(), sources=(*BASE_KINDS, *self.openers),
+            log_index=self.election.log.last_index, commit_index=self.election.commit_index,
+        )
 
     # -- what the election does to the rest -------------------------------
+
+    def _on_apply(self, entries: tuple[Entry, ...]) -> None:
+        self.applied_entries += len(entries)
 
     def _on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
         self.elections.on_heartbeat_reply(address, reply)
@@ -389,6 +406,7 @@ class Daemon:
         if self.beacons is not None:
             self.beacons.close()
         await self.stubs.close()
+        self.journal.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

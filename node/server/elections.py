@@ -25,23 +25,30 @@ from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.core.election import Election
 from node.core.messages import (
+    AppendLog,
+    Apply,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     Message,
     Output,
     Persist,
+    RestoreSnapshot,
     Role,
     RoleChanged,
     Send,
     VoteRequest,
     VoteResponse,
 )
+from node.core.raftlog import Entry
 from node.server.api import BeatAnswer, NodeView, StatusView, VoteAnswer
 from node.server.clock import Clock
 from node.server.config import NodeConfig
 from node.server.heartbeats import HeartbeatLinks
+from node.server.journal import Journal, Snapshot
 from node.server.peers import Peer, PeerTable
 from node.server.statestore import ElectionState, StateStore
+from node.wire.log import beat_to_proto, response_from_reply
 
 log = logging.getLogger("distnode")
 
@@ -49,8 +56,13 @@ log = logging.getLogger("distnode")
 DISCOVERY_INTERVAL_S = 0.2
 DISCOVERY_TIMEOUT_S = 0.5
 
+#: Compact the log into a snapshot once it holds this many applied entries.
+COMPACT_ENTRIES = 4096
+
 R = TypeVar("R", VoteResponse, HeartbeatResponse)
 OnRoleChanged = Callable[[Role, int, "str | None"], None]
+#: Committed entries, in order, for the state machine.
+OnApply = Callable[[tuple[Entry, ...]], None]
 
 
 class ElectionDriver:
@@ -58,6 +70,7 @@ class ElectionDriver:
         self,
         election: Election,
         store: StateStore,
+        journal: Journal,
         clock: Clock,
         peers: PeerTable,
         stubs: StubCache,
@@ -65,9 +78,12 @@ class ElectionDriver:
         config: NodeConfig,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         on_role_changed: OnRoleChanged,
+        on_apply: OnApply,
+        snapshot_state: Callable[[], bytes],
     ) -> None:
         self.election = election
         self.store = store
+        self.journal = journal
         self.clock = clock
         self.peers = peers
         self.stubs = stubs
@@ -75,10 +91,15 @@ class ElectionDriver:
         self.config = config
         self.spawn = spawn
         self.on_role_changed = on_role_changed
+        self.on_apply = on_apply
+        #: The state machine's snapshot, taken at the commit index.
+        self.snapshot_state = snapshot_state
         #: What the disk holds: memory goes back to it when a write fails.
         self.durable = ElectionState(election.term, election.voted_for)
         #: Why the last write of term and vote failed ("" while writes work).
         self.storage_error = ""
+        #: Why the last append to the journal failed ("" while appends work).
+        self.journal_error = ""
         #: Ticks until the disk is tried again while `storage_error` is set.
         self._retry_in_ticks = 0
         #: The last role change carried out, so a rollback to it is not logged twice.
@@ -116,19 +137,22 @@ class ElectionDriver:
 
     # -- inbound ----------------------------------------------------------
 
-    def vote(self, candidate_id: str, term: int, pre_vote: bool) -> VoteAnswer:
+    def vote(
+        self, candidate_id: str, term: int, pre_vote: bool, last_index: int = 0, last_term: int = 0
+    ) -> VoteAnswer:
         if pre_vote and self.storage_error:
             # It could not back the pre-vote with a real one: a grant would
             # only move the candidate's term, one failed election at a time.
             return VoteAnswer(self.election.term, False)
-        message = VoteRequest(src=candidate_id, dst=self.node_id, term=term, pre_vote=pre_vote)
+        message = VoteRequest(candidate_id, self.node_id, term, pre_vote, last_index, last_term)
         response = self._step_request(message, VoteResponse)
         if response is None:
             return VoteAnswer(self.election.term, False)
         return VoteAnswer(response.term, response.granted)
 
-    def heartbeat(self, leader_id: str, term: int) -> BeatAnswer:
-        self._step_request(Heartbeat(src=leader_id, dst=self.node_id, term=term), HeartbeatResponse)
+    def heartbeat(self, beat: Heartbeat | InstallSnapshot) -> BeatAnswer:
+        leader_id, term = beat.src, beat.term
+        response = self._step_request(beat, HeartbeatResponse)
         if self.follows(leader_id, term):
             # Our own --peers entry for the leader; "" until discovery maps its id
             # (then Submit answers UNAVAILABLE for a moment and the client retries).
@@ -136,7 +160,14 @@ class ElectionDriver:
             peer = self.peers.get(self.leader_address)
             if peer is not None:
                 peer.role, peer.term = "leader", term
-        return BeatAnswer(self.election.term, self.election.role.value, self.storage_error)
+        refused = response is None or not response.success
+        match = 0 if response is None else response.match_index
+        return BeatAnswer(self.election.term, self.election.role.value, self.disk_error, refused, match)
+
+    @property
+    def disk_error(self) -> str:
+        """Why this node cannot write its durable state (term and vote, or journal); "" if it can."""
+        return self.storage_error or self.journal_error
 
     def follows(self, leader_id: str, term: int) -> bool:
         """True if this node takes `leader_id` as its leader in `term`."""
@@ -145,7 +176,7 @@ class ElectionDriver:
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
         peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
         self.catch_up()
-        self._execute(self.election.step(HeartbeatResponse(src=address, dst=self.node_id, term=reply.term)))
+        self._execute(self.election.step(response_from_reply(reply, address, self.node_id)))
         if peer is not None and not peer.alive:  # a reply can only bring a peer back
             self.judge_peers(deaths=False)
 
@@ -176,11 +207,56 @@ class ElectionDriver:
                 if not self._persist(out):
                     self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
                     return False
+            elif isinstance(out, AppendLog | RestoreSnapshot):
+                if not self._store(out):
+                    durable_log, snapshot = self.journal.log.copy(), self.journal.snapshot.data
+                    if self.election.role is Role.LEADER:  # it cannot hold its own entries: step down
+                        self._execute(self.election.rollback(
+                            self.durable.term, self.durable.voted_for, durable_log, snapshot))
+                    else:  # a follower goes on following; the leader sends the entries again
+                        self.election.restore_log(durable_log, snapshot)
+                    return False
             elif isinstance(out, Send):
                 self._send(out.message)
             elif isinstance(out, RoleChanged):
                 self._role_changed(out)
+            elif isinstance(out, Apply):
+                self.on_apply(out.entries)
+        self._compact()
         return True
+
+    def _store(self, out: AppendLog | RestoreSnapshot) -> bool:
+        """Make a change to the log durable; False (said once per episode) if the disk refused."""
+        try:
+            if isinstance(out, AppendLog):
+                self.journal.append(out.after, out.entries)
+            else:
+                self.journal.save_snapshot(Snapshot(out.index, out.term, out.data), out.keep_log)
+        except OSError as exc:
+            if not self.journal_error:
+                log.error("cannot write the journal in %s: %s; refusing entries until it can",
+                          self.journal.dir, exc)
+            self.journal_error = f"{self.journal.dir}: {exc.strerror or exc}"
+            return False
+        if self.journal_error:
+            log.warning("the journal in %s is writable again", self.journal.dir)
+            self.journal_error = ""
+        return True
+
+    def _compact(self) -> None:
+        """Snapshot the state machine once the log holds enough applied entries (§7)."""
+        raft_log = self.election.log
+        applied = self.election.commit_index
+        if applied - raft_log.snapshot_index < COMPACT_ENTRIES:
+            return
+        term = raft_log.term_at(applied) or 0
+        data = self.snapshot_state()
+        try:
+            self.journal.save_snapshot(Snapshot(applied, term, data))
+        except OSError as exc:
+            log.warning("cannot write a snapshot in %s: %s; the log keeps growing", self.journal.dir, exc)
+            return
+        self.election.compact(applied, data)
 
     def _persist(self, out: Persist) -> bool:
         """Make term and vote durable; False if the disk refused.
@@ -208,16 +284,19 @@ class ElectionDriver:
     def _send(self, message: Message) -> None:
         if isinstance(message, VoteRequest):
             self.spawn(self._send_vote(message))
-        elif isinstance(message, Heartbeat):
-            request = pb.HeartbeatRequest(
-                term=message.term, leader_id=self.node_id, leader_address=self.config.address
-            )
-            self.heartbeats.send(message.dst, request)
+        elif isinstance(message, Heartbeat | InstallSnapshot):
+            request = beat_to_proto(message, self.config.address)
+            # Entries and snapshots need the stream; a bare beat may go by UDP.
+            reliable = isinstance(message, InstallSnapshot) or bool(message.entries)
+            self.heartbeats.send(message.dst, request, reliable)
         # Responses are returned by the RPC handlers; the core never emits
         # them outside `step`, so there is nothing else to route.
 
     async def _send_vote(self, message: VoteRequest) -> None:
-        request = pb.VoteRequest(term=message.term, candidate_id=self.node_id, pre_vote=message.pre_vote)
+        request = pb.VoteRequest(
+            term=message.term, candidate_id=self.node_id, pre_vote=message.pre_vote,
+            last_index=message.last_index, last_term=message.last_term,
+        )
         try:
             reply = await self.stubs.stub(message.dst).RequestVote(
                 request, timeout=self.config.election_ms_min / 1000
@@ -316,7 +395,7 @@ class ElectionDriver:
         self.catch_up()
         election = self.election
         nodes = [NodeView(self.node_id, self.config.address, election.role.value, election.term, True, 0.0,
-                          self.storage_error)]
+                          self.disk_error)]
         heard = election.peer_ticks_since_heard()
         active = election.active_peers()
         leading = election.role is Role.LEADER

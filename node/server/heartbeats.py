@@ -64,8 +64,14 @@ class HeartbeatLink:
         """True while the follower answers every datagram (beats then skip gRPC)."""
         return self._beacon is not None and self._beacon.answering
 
-    def send(self, request: pb.HeartbeatRequest, seq: int = 0) -> None:
-        """Send one heartbeat (`request` without key or seq); returns at once."""
+    def send(self, request: pb.HeartbeatRequest, seq: int = 0, reliable: bool = False) -> None:
+        """Send one heartbeat (`request` without key or seq); returns at once. A
+        `reliable` one (it carries log entries or a snapshot) takes the stream only."""
+        if reliable:
+            if self.key is not None:
+                request.beacon_key = self.key
+            self._send_grpc(request)
+            return
         on_udp = self.on_udp
         if on_udp and not self._logged_udp:
             self._logged_udp = True
@@ -181,7 +187,7 @@ class HeartbeatLinks:
     def link(self, address: str) -> HeartbeatLink | None:
         return self._links.get(address)
 
-    def send(self, address: str, request: pb.HeartbeatRequest) -> None:
+    def send(self, address: str, request: pb.HeartbeatRequest, reliable: bool = False) -> None:
         link = self._links.get(address)
         if link is None:
             if self.udp and self._key is None:
@@ -190,7 +196,7 @@ class HeartbeatLinks:
                 address, self.stubs, self.on_reply, self.stale_s, self._key
             )
         self._seq += 1
-        link.send(request, self._seq)
+        link.send(request, self._seq, reliable)
 
     def close(self) -> None:
         self._key = None

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.core.raftlog import Entry, RaftLog
+from node.core.raftlog import KINDS, Entry, RaftLog
 from node.errors import StateFileError
 
 log = logging.getLogger("distnode")
@@ -47,7 +47,6 @@ _RECORD = struct.Struct("<II")  # payload length, crc32 of the payload
 _AFTER = struct.Struct("<Q")
 _ENTRY = struct.Struct("<QQBI")  # index, term, kind, data size
 _SNAPSHOT = struct.Struct("<QQQII")  # index, term, first segment replayed, crc32 of data, data size
-KINDS = ("noop", "command", "config")
 
 
 class JournalDamaged(StateFileError):
@@ -123,6 +122,8 @@ class Journal:
         self._fd = -1
         self._size = 0
         self.snapshot = Snapshot()
+        #: What the disk holds, kept in step with every write that returned.
+        self.log = RaftLog()
 
     # ---- opening --------------------------------------------------------------
 
@@ -148,6 +149,7 @@ class Journal:
         except ValueError as exc:
             raise JournalDamaged(f"journal {self.dir}: the replayed log is not a log: {exc}") from exc
         self._roll()
+        self.log = raft_log.copy()
         return raft_log
 
     def _records(self, path: Path, newest: bool) -> Iterator[tuple[int, tuple[Entry, ...]]]:
@@ -168,8 +170,8 @@ class Journal:
             if not newest or _valid_record_after(data, offset):
                 raise JournalDamaged(
                     f"journal {path} is damaged at offset {offset} ({problem}), with records after it;"
-                    " it may hold entries this node acknowledged: restore the file, or empty this"
-                    " node's --data-dir so that it rejoins and catches up (docs/operations.md)"
+                    " it may hold entries this node acknowledged: restore the file, or move"
+                    f" {self.dir} aside and let the node catch up (when that is safe: docs/operations.md)"
                 )
             log.warning("journal %s: cut %d bytes of a write that never finished, at offset %d (%s)",
                         path, len(data) - offset, offset, problem)
@@ -220,6 +222,7 @@ class Journal:
             os.ftruncate(self._fd, self._size)
             raise
         self._size += written
+        self.log.replace_after(after, entries)
         if entries:
             segment = self._segments[-1]
             segment.last_index = max(segment.last_index, entries[-1].index)
@@ -241,6 +244,10 @@ class Journal:
         os.replace(tmp, path)
         self._sync_dir()
         self.snapshot = snapshot
+        if keep_log and self.log.term_at(snapshot.index) == snapshot.term:
+            self.log.compact(snapshot.index)
+        else:
+            self.log = RaftLog(snapshot.index, snapshot.term)
         # Oldest first, and only while a whole segment is covered: a later segment may
         # cut entries of an earlier one, so none is dropped from the middle.
         while len(self._segments) > 1 and (not keep_log or self._segments[0].last_index <= snapshot.index):

@@ -42,6 +42,7 @@ from node.errors import (
 from node.server.api import Answered, BeatAnswer, IncomingPartial, NodeApi, StatusView, Submitted
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import job_from_proto
+from node.wire.log import beat_from_proto
 from node.wire.status import node_trailer
 
 log = logging.getLogger("distnode.service")
@@ -91,7 +92,8 @@ async def answer(node: NodeApi, context: Context, call: Awaitable[T]) -> T:
 def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
     """The reply to one heartbeat, whichever way it came (gRPC stream or UDP datagram)."""
     return pb.HeartbeatReply(
-        term=beat.term, node_id=node_id, role=beat.role, storage_error=beat.storage_error
+        term=beat.term, node_id=node_id, role=beat.role, storage_error=beat.storage_error,
+        refused=beat.refused, match_index=beat.match_index,
     )
 
 
@@ -99,6 +101,7 @@ def status_reply(view: StatusView) -> pb.StatusReply:
     reply = pb.StatusReply(
         node_id=view.node_id, role=view.role, term=view.term,
         leader_id=view.leader_id, leader_address=view.leader_address, sources=view.sources,
+        log_index=view.log_index, commit_index=view.commit_index,
     )
     for node in view.nodes:
         heard = -1.0 if node.last_heartbeat_ms is None else node.last_heartbeat_ms
@@ -152,7 +155,7 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     async def RequestVote(self, request: pb.VoteRequest, context: Context) -> pb.VoteReply:
         vote = await answer(self.node, context, self.node.request_vote(
-            request.candidate_id, request.term, request.pre_vote
+            request.candidate_id, request.term, request.pre_vote, request.last_index, request.last_term
         ))
         return pb.VoteReply(term=vote.term, granted=vote.granted, voter_id=self.node.node_id)
 
@@ -167,11 +170,12 @@ class NodeServicer(pb_grpc.NodeServicer):
         """
         async for request in request_iterator:
             try:
-                beat = await self.node.heartbeat(request.leader_id, request.term, request.beacon_key)
+                message = beat_from_proto(request, self.node.node_id)
+                beat = await self.node.heartbeat(message, request.beacon_key)
             except Exception as exc:
-                code, message = status_of(exc)
+                code, details = status_of(exc)
                 context.set_code(code)
-                context.set_details(message)
+                context.set_details(details)
                 context.set_trailing_metadata(node_trailer(self.node.node_id))
                 return
             yield beat_reply(self.node.node_id, beat)

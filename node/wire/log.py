@@ -1,0 +1,59 @@
+"""Raft's log on the wire: the core's AppendEntries / InstallSnapshot <-> `HeartbeatRequest`.
+
+A beat comes from a member, but it is still checked here before the core sees
+it: entries must follow `prev_index` one by one with terms that never go down
+and never pass the beat's own term, so a malformed beat is INVALID_ARGUMENT,
+never an exception inside the consensus core.
+"""
+
+from __future__ import annotations
+
+from node._proto import distnode_pb2 as pb
+from node.core.messages import Heartbeat, HeartbeatResponse, InstallSnapshot
+from node.core.raftlog import KINDS, Entry
+from node.errors import InvalidField
+
+
+def beat_to_proto(message: Heartbeat | InstallSnapshot, leader_address: str) -> pb.HeartbeatRequest:
+    request = pb.HeartbeatRequest(term=message.term, leader_id=message.src, leader_address=leader_address)
+    if isinstance(message, InstallSnapshot):
+        request.is_snapshot = True
+        request.snapshot_index, request.snapshot_term = message.index, message.snapshot_term
+        request.snapshot_data = message.data
+        return request
+    request.prev_index, request.prev_term = message.prev_index, message.prev_term
+    request.commit = message.commit
+    request.entries.extend(
+        pb.LogEntry(index=e.index, term=e.term, kind=e.kind, data=e.data) for e in message.entries
+    )
+    return request
+
+
+def beat_from_proto(request: pb.HeartbeatRequest, dst: str) -> Heartbeat | InstallSnapshot:
+    """The core's message for a beat; InvalidField if it could not come from a leader's log."""
+    if request.is_snapshot:
+        if request.snapshot_term > request.term:
+            problem = f"{request.snapshot_term} is past the beat's term {request.term}"
+            raise InvalidField("snapshot_term", problem)
+        return InstallSnapshot(request.leader_id, dst, request.term, request.snapshot_index,
+                               request.snapshot_term, request.snapshot_data)
+    if request.prev_term > request.term:
+        raise InvalidField("prev_term", f"{request.prev_term} is past the beat's term {request.term}")
+    entries = []
+    previous = request.prev_term
+    for position, entry in enumerate(request.entries):
+        where = f"entries[{position}]"
+        if entry.index != request.prev_index + 1 + position:
+            raise InvalidField(where, f"index {entry.index} does not follow {request.prev_index + position}")
+        if not previous <= entry.term <= request.term:
+            raise InvalidField(where, f"term {entry.term} is not within [{previous}, {request.term}]")
+        if entry.kind not in KINDS:
+            raise InvalidField(where, f"kind {entry.kind!r} is not one of {', '.join(KINDS)}")
+        previous = entry.term
+        entries.append(Entry(entry.index, entry.term, entry.kind, entry.data))
+    return Heartbeat(request.leader_id, dst, request.term, request.prev_index, request.prev_term,
+                     tuple(entries), request.commit)
+
+
+def response_from_reply(reply: pb.HeartbeatReply, src: str, dst: str) -> HeartbeatResponse:
+    return HeartbeatResponse(src, dst, reply.term, not reply.refused, reply.match_index)

@@ -1,0 +1,107 @@
+"""The replicated log in real daemons (in-process, real gRPC and UDP): every leader's
+no-op reaches every node's journal, survives a restart and a leader's death, and a
+journal that refuses a write makes its node refuse, never fail."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+
+import pytest
+from inproc import StartCluster, poll
+
+from node import AsyncClient
+from node._proto import distnode_pb2 as pb
+from node.server.daemon import Daemon
+
+
+def log_of(daemon: Daemon) -> list[tuple[int, str]]:
+    raft_log = daemon.election.log
+    return [(e.term, e.kind) for e in raft_log.entries(raft_log.snapshot_index + 1)]
+
+
+def settled(daemons: list[Daemon]) -> bool:
+    """One of `daemons` leads, and all of them hold and have committed its whole log."""
+    leaders = [d for d in daemons if d.is_leader]
+    if len(leaders) != 1:
+        return False
+    leader = leaders[0]
+    want = leader.election.log.last_index
+    return want >= 1 and all(
+        d.election.log.last_index == want and d.election.commit_index == want for d in daemons
+    )
+
+
+async def test_every_node_journals_the_leaders_log_and_keeps_it_across_a_leader_kill(
+    start_cluster: StartCluster,
+) -> None:
+    """Raft §5.3 in the daemon: the new leader's no-op is committed on every node and
+    stored in each journal (the disk's log equals memory's); after the leader dies, the
+    next leader's no-op follows it and log matching holds across the survivors."""
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    first = log_of(cluster.daemons[0])
+    assert first and first[0][1] == "noop"
+    assert all(log_of(d) == first for d in cluster.daemons)
+    assert all(d.journal.log.entries(1) == d.election.log.entries(1) for d in cluster.daemons)
+    assert all(d.applied_entries == d.election.commit_index for d in cluster.daemons)
+
+    leader = cluster.leader()
+    assert leader is not None
+    leader.stop()
+    survivors = [d for d in cluster.daemons if d is not leader]
+    await poll(lambda: settled(survivors) and survivors[0].election.log.last_index > len(first),
+               what="a new leader's no-op on both survivors")
+    logs = [log_of(d) for d in survivors]
+    assert logs[0] == logs[1] and logs[0][: len(first)] == first and logs[0][-1][1] == "noop"
+    status = await cluster.stub(survivors[0].config.address).Status(pb.StatusRequest())
+    assert (status.log_index, status.commit_index) == (len(logs[0]), len(logs[0]))
+    async with AsyncClient([d.config.address for d in survivors]) as client:
+        assert (await client.submit(op="sum", source="range:n=100", timeout=10)).result == 4950
+
+
+async def test_a_restarted_node_reads_its_journal_back(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    follower = next(d for d in cluster.daemons if d is not leader)
+    before = log_of(follower)
+    restarted = await cluster.restart(follower.node_id)
+    assert log_of(restarted)[: len(before)] == before, "the restarted node lost entries it had stored"
+    await poll(lambda: settled(cluster.daemons), what="the restarted node to catch up")
+
+
+async def test_a_journal_that_refuses_a_write_makes_its_node_refuse_and_heal(
+    start_cluster: StartCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same as for the term and vote: an append the disk refuses is not acknowledged,
+    memory goes back to what the journal holds, one ERROR line names the directory, and
+    the node catches up by itself once the disk takes writes again."""
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    broken = next(d for d in cluster.daemons if d is not leader)
+    real_append = broken.journal.append
+    refused: list[int] = []
+
+    def full_disk(after: int, entries: object) -> None:
+        refused.append(after)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    broken.journal.append = full_disk  # type: ignore[method-assign]
+    durable = broken.journal.log.last_index
+    leader.stop()  # the next leader's no-op must be appended everywhere
+    await poll(lambda: len(refused) >= 3, what="the broken node to be asked to append")
+    assert broken.election.log.last_index == durable, "memory ran ahead of the journal"
+    start, count = time.monotonic(), len(refused)
+    await asyncio.sleep(0.5)  # a window to measure a rate in, not a wait for a condition
+    rate = (len(refused) - count) / (time.monotonic() - start)
+    assert rate < 4 * 1000 / broken.config.heartbeat_ms, f"{rate:.0f} refused appends a second: a hot loop"
+    lines = [r for r in caplog.records if "cannot write the journal" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "ERROR" and "No space left on device" in lines[0].getMessage()
+    broken.journal.append = real_append  # type: ignore[method-assign]
+    survivors = [d for d in cluster.daemons if d is not leader]
+    await poll(lambda: settled(survivors), what="the broken node to catch up")
+    assert log_of(survivors[0]) == log_of(survivors[1])
