@@ -258,9 +258,9 @@ class SimNet:
         for node_id in self.leaders():
             if node_id in self.paused:
                 continue
-            entry, outputs = self.nodes[node_id].propose(job_id.encode())
-            if entry is not None:
-                self.submitted[job_id] = (node_id, entry)
+            entries, outputs = self.nodes[node_id].propose(job_id.encode())
+            if entries:
+                self.submitted[job_id] = (node_id, entries[0])
                 self.execute(node_id, outputs)
                 return True
         return False

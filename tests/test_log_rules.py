@@ -210,18 +210,18 @@ def test_5_4_2_a_lone_node_commits_its_entries_at_once() -> None:
     node = make(peers=())
     node.campaign()
     assert node.role is Role.LEADER and node.commit_index == 1
-    entry, out = node.propose(b"job")
-    assert entry is not None and node.commit_index == 2
-    assert out == [AppendLog(1, (entry,)), Apply((entry,))]
+    entries, out = node.propose(b"job", b"job2")
+    assert [e.index for e in entries] == [2, 3] and node.commit_index == 3
+    assert out == [AppendLog(1, entries), Apply(entries)], "one AppendLog (one fsync) for the batch"
 
 
 def test_propose_is_refused_off_the_leader_and_without_replicate() -> None:
-    assert make().propose(b"job") == (None, [])
+    assert make().propose(b"job") == ((), [])
     plain = Election(ElectionConfig("a", PEERS), random.Random(0))
     plain.campaign()
     plain.step(VoteResponse("b", "a", 1, granted=True, pre_vote=True))
     plain.step(VoteResponse("b", "a", 1, granted=True))
-    assert plain.role is Role.LEADER and plain.log.last_index == 0 and plain.propose(b"job") == (None, [])
+    assert plain.role is Role.LEADER and plain.log.last_index == 0 and plain.propose(b"job") == ((), [])
 
 
 # ---- §7 log compaction -------------------------------------------------------------------------
@@ -264,3 +264,17 @@ def test_7_entries_covered_by_a_snapshot_match_any_leader() -> None:
     out = node.step(Heartbeat("b", "a", 2, 1, 1, (Entry(2, 1), Entry(3, 1), Entry(4, 2)), commit=4))
     assert node.log.last_index == 4 and node.commit_index == 4
     assert sends(out)[-1] == HeartbeatResponse("a", "b", 2, True, 4)
+
+
+def test_a_leader_never_counts_a_match_past_its_own_log() -> None:
+    """A reply claiming entries the leader never sent (a bug, or a confused peer) must not
+    commit anything: with one honest follower behind, nothing new commits."""
+    node = make(term=1, log=log_of(1))
+    elect(node)  # no-op at 2
+    respond(node, "b", True, 999)
+    assert node.commit_index == 2, "the no-op commits with b (it holds 2), nothing past it"
+    entries, _ = node.propose(b"job")
+    respond(node, "b", True, 2)
+    assert node.commit_index == 2
+    respond(node, "c", True, 3)
+    assert node.commit_index == 3 and entries[0].index == 3

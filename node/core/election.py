@@ -103,14 +103,14 @@ class Election:
     def commit_index(self) -> int:
         return self._log.commit
 
-    def propose(self, data: bytes) -> tuple[Entry | None, list[Output]]:
-        """On a leader (with `replicate`): append a command; None if not leading."""
+    def propose(self, *data: bytes) -> tuple[tuple[Entry, ...], list[Output]]:
+        """On a leader (with `replicate`): append commands; none if not leading."""
         out: list[Output] = []
-        if self._role is not Role.LEADER or not self._config.replicate:
-            return None, out
-        entry = self._log.append(self._term, "command", data, out)
+        if self._role is not Role.LEADER or not self._config.replicate or not data:
+            return (), out
+        entries = self._log.append(self._term, "command", data, out)
         self._broadcast_heartbeats(out)  # AppendEntries now; it also counts as the heartbeat
-        return entry, out
+        return entries, out
 
     def compact(self, index: int, snapshot: bytes) -> None:
         """The caller's state machine, applied through `index`, is `snapshot` (§7)."""

@@ -46,15 +46,18 @@ class Replication:
         self._next = dict.fromkeys(self._config.peers, self.log.last_index + 1)
         self._match = dict.fromkeys(self._config.peers, 0)
         if self._config.replicate:
-            self.append(term, "noop", b"", out)
+            self.append(term, "noop", (b"",), out)
 
-    def append(self, term: int, kind: str, data: bytes, out: list[Output]) -> Entry:
-        """A leader's new entry; it commits once a quorum holds it (at once when alone)."""
-        entry = Entry(self.log.last_index + 1, term, kind, data)
-        self.log.append(entry)
-        out.append(AppendLog(entry.index - 1, (entry,)))
+    def append(self, term: int, kind: str, data: tuple[bytes, ...], out: list[Output]) -> tuple[Entry, ...]:
+        """A leader's new entries, one AppendLog (one fsync) for all; they commit once a
+        quorum holds them (at once when alone)."""
+        after = self.log.last_index
+        entries = tuple(Entry(after + 1 + i, term, kind, item) for i, item in enumerate(data))
+        for entry in entries:
+            self.log.append(entry)
+        out.append(AppendLog(after, entries))
         self._advance_commit(term, out)
-        return entry
+        return entries
 
     def message_for(self, peer: str, term: int) -> Heartbeat | InstallSnapshot:
         """What `peer` needs next: the entries from its next index, or our snapshot."""
@@ -74,10 +77,11 @@ class Replication:
         if peer not in self._next:
             return
         if response.success:
-            if response.match_index > self._match[peer]:
-                self._match[peer] = response.match_index
+            matched = min(response.match_index, self.log.last_index)  # never count what we never sent
+            if matched > self._match[peer]:
+                self._match[peer] = matched
                 self._advance_commit(term, out)
-            self._next[peer] = max(self._next[peer], response.match_index + 1)
+            self._next[peer] = max(self._next[peer], matched + 1)
         else:
             # Fast back-off: the follower's hint, but always strictly down and
             # never below what it already matched.

@@ -1,0 +1,165 @@
+"""The job table: the state machine that the journal's committed commands drive. Pure.
+
+Every node applies the same commands in the same order (Raft's state machine
+safety), so every node's table is the same, and any node can say what became
+of a job. A command is one JSON object in a "command" entry; its fields are
+set by the leader when it proposes the command (times included), never read
+from the applying node's clock, so applying is deterministic.
+
+States only move forward, `queued -> running -> done | failed | cancelled`,
+and a command for a state the job has passed changes nothing, so a command
+proposed twice (a leader that retries) changes the table once. Each node
+applies each entry once (from its snapshot on), in log order, so every table
+is the same: applying is a function of the log alone.
+
+Retention: finished jobs beyond `keep_jobs`, or whose results together pass
+`keep_result_bytes`, are forgotten oldest first, so the table, its snapshots
+and the journal stay bounded however long the cluster runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from node.core.raftlog import Entry
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = frozenset({"done", "failed", "cancelled"})
+_RANK = {state: rank for rank, state in enumerate(STATES)}
+
+
+@dataclass(frozen=True)
+class Result:
+    """An answer as bytes: numpy's dtype string, shape and raw little-endian data."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    op: str
+    source: str
+    state: str
+    #: The job as the client gave it (map, axis, bins, range), for `jobs` and resubmission checks.
+    spec: dict[str, Any] = field(default_factory=dict)
+    shards: int = 0
+    nodes: tuple[str, ...] = ()
+    submitted_at: float | None = None  # seconds since the epoch, the leader's clock
+    finished_at: float | None = None
+    elapsed_ms: float | None = None
+    result: Result | None = None
+    error: str = ""
+
+
+def encode_command(record: JobRecord) -> bytes:
+    """A record as the bytes of a "command" entry."""
+    fields = asdict(record)
+    if record.result is not None:
+        fields["result"] = {"dtype": record.result.dtype, "shape": list(record.result.shape),
+                            "data": base64.b64encode(record.result.data).decode()}
+    fields["nodes"] = list(record.nodes)
+    return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_command(data: bytes) -> JobRecord:
+    """The record in a command; ValueError if it is not one (a command is never trusted blindly)."""
+    try:
+        fields = json.loads(data)
+        result = fields.pop("result", None)
+        if result is not None:
+            result = Result(str(result["dtype"]), tuple(int(n) for n in result["shape"]),
+                            base64.b64decode(result["data"], validate=True))
+        record = JobRecord(**{**fields, "nodes": tuple(fields.get("nodes", ())), "result": result})
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"not a job command: {exc}") from exc
+    if record.state not in _RANK or not record.job_id:
+        raise ValueError(f"not a job command: state {record.state!r}, job id {record.job_id!r}")
+    return record
+
+
+class JobTable:
+    def __init__(self, keep_jobs: int = 10_000, keep_result_bytes: int = 64 << 20) -> None:
+        self.keep_jobs = keep_jobs
+        self.keep_result_bytes = keep_result_bytes
+        #: Every job known, in the order it was first applied (oldest first).
+        self._jobs: OrderedDict[str, JobRecord] = OrderedDict()
+        self._finished = 0
+        self._result_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._jobs.get(job_id)
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """Newest first, at most `limit`, only those in `state` if given."""
+        found = []
+        for record in reversed(self._jobs.values()):
+            if state is None or record.state == state:
+                found.append(record)
+                if len(found) == limit:
+                    break
+        return found
+
+    def apply(self, entries: tuple[Entry, ...]) -> list[str]:
+        """Apply committed entries in order; the job ids that changed. A command that does
+        not decode is skipped (it changes no table, on any node, the same way)."""
+        changed = []
+        for entry in entries:
+            if entry.kind != "command":
+                continue
+            try:
+                record = decode_command(entry.data)
+            except ValueError:
+                continue
+            if self._put(record):
+                changed.append(record.job_id)
+            self._retain()  # after every entry: the table must not depend on how entries were batched
+        return changed
+
+    def _put(self, record: JobRecord) -> bool:
+        old = self._jobs.get(record.job_id)
+        if old is not None and _RANK[record.state] <= _RANK[old.state]:
+            return False  # a repeat, or news older than what the table holds
+        if old is not None:
+            record = replace(record, submitted_at=old.submitted_at or record.submitted_at)
+            self._count(old, -1)
+        self._jobs[record.job_id] = record
+        self._count(record, +1)
+        return True
+
+    def _count(self, record: JobRecord, sign: int) -> None:
+        if record.state in FINISHED:
+            self._finished += sign
+        if record.result is not None:
+            self._result_bytes += sign * len(record.result.data)
+
+    def _retain(self) -> None:
+        while self._finished > self.keep_jobs or self._result_bytes > self.keep_result_bytes:
+            # The oldest finished job; the live ones before it are few (admission bounds them).
+            victim = next((j for j, r in self._jobs.items() if r.state in FINISHED), None)
+            if victim is None:
+                return
+            self._count(self._jobs.pop(victim), -1)
+
+    # ---- snapshots (§7) -----------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        return b"\n".join(encode_command(record) for record in self._jobs.values())
+
+    def restore(self, data: bytes) -> None:
+        """Replace the table with a snapshot's (ValueError if it does not decode)."""
+        self._jobs.clear()
+        self._finished = self._result_bytes = 0
+        for line in data.split(b"\n") if data else ():
+            record = decode_command(line)
+            self._jobs[record.job_id] = record
+            self._count(record, +1)

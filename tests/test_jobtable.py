@@ -1,0 +1,95 @@
+"""The job table (node/core/jobtable.py): commands in, the same table on every node out."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from node.core.jobtable import JobRecord, JobTable, Result, decode_command, encode_command
+from node.core.raftlog import Entry
+
+
+def record(job_id: str, state: str, result_bytes: int = 0, **fields: object) -> JobRecord:
+    result = Result("<u1", (result_bytes,), bytes(range(256))[:result_bytes] * 1) if result_bytes else None
+    return JobRecord(job_id, "sum", "range:n=10", state, result=result, **fields)  # type: ignore[arg-type]
+
+
+def commands(*records: JobRecord, first: int = 1) -> tuple[Entry, ...]:
+    return tuple(Entry(first + i, 1, "command", encode_command(r)) for i, r in enumerate(records))
+
+
+def test_a_command_round_trips_with_its_result_bytes() -> None:
+    done = JobRecord("j1", "mean", "npy:a.npy", "done", {"map": "square", "axis": 0}, 12, ("n1", "n2"),
+                     1.5e9, 1.5e9 + 2, 2000.0, Result("<f8", (3,), b"\x00\xff" * 12))
+    assert decode_command(encode_command(done)) == done
+    assert decode_command(encode_command(record("j2", "failed", error="boom"))).error == "boom"
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"{", b"[]", b'{"job_id": "j"}', b'{"job_id": "j", "op": "sum", "source": "s", "state": "lost"}',
+    b'{"job_id": "", "op": "sum", "source": "s", "state": "done"}',
+    b'{"job_id": "j", "op": "sum", "source": "s", "state": "done", "result": {"dtype": "<f8", "shape": [1],'
+    b' "data": "!!"}}',
+    b'{"job_id": "j", "op": "sum", "source": "s", "state": "done", "owner": "x"}',
+])
+def test_what_is_not_a_command_is_refused(data: bytes) -> None:
+    with pytest.raises(ValueError, match="not a job command"):
+        decode_command(data)
+
+
+def test_states_only_move_forward_and_repeats_change_nothing() -> None:
+    table = JobTable()
+    assert table.apply(commands(record("j1", "queued", submitted_at=10.0))) == ["j1"]
+    assert table.apply(commands(record("j1", "running"), record("j1", "queued"), record("j1", "running"))) == ["j1"]
+    assert table.apply(commands(record("j1", "done", 8), record("j1", "running"), record("j1", "done", 8))) == ["j1"]
+    job = table.get("j1")
+    assert job is not None and job.state == "done" and job.result is not None
+    assert job.submitted_at == 10.0, "the first submission time is kept"
+    assert table.apply(commands(record("j1", "cancelled"))) == ["j1"]  # only cancel passes done
+    assert table.apply((Entry(9, 1, "noop"), Entry(10, 1, "command", b"garbage"))) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_node_that_applies_the_same_log_has_the_same_table(seed: int) -> None:
+    """State machine safety, as the table sees it: the same log (repeated and stale
+    commands included) applied in batches of any size, or restored from a snapshot
+    taken anywhere and then applied on, gives the same table."""
+    rng = random.Random(seed)
+    states = ["queued", "running", "done", "failed", "cancelled"]
+    log = commands(*[record(f"j{rng.randint(0, 30)}", rng.choice(states), rng.choice((0, 8, 64)))
+                     for _ in range(400)])
+    once, batched = JobTable(keep_jobs=20, keep_result_bytes=600), JobTable(keep_jobs=20, keep_result_bytes=600)
+    once.apply(log)
+    position = 0
+    while position < len(log):
+        step = rng.randint(1, 20)
+        batched.apply(log[position:position + step])
+        position += step
+        if rng.random() < 0.1:  # a snapshot here, and a restart from it
+            restarted = JobTable(keep_jobs=20, keep_result_bytes=600)
+            restarted.restore(batched.snapshot())
+            batched = restarted
+    assert once.snapshot() == batched.snapshot() and len(once) <= 20 + 31
+
+
+def test_retention_bounds_the_finished_jobs_and_their_results_but_never_drops_a_live_one() -> None:
+    table = JobTable(keep_jobs=3, keep_result_bytes=100)
+    table.apply(commands(record("live", "running")))
+    table.apply(commands(*[record(f"d{i}", "done", 40) for i in range(6)], first=2))
+    assert [r.job_id for r in table.jobs()] == ["d5", "d4", "live"], "two 40-byte results fit in 100"
+    table.apply(commands(*[record(f"f{i}", "failed") for i in range(5)], first=10))
+    assert [r.job_id for r in table.jobs()] == ["f4", "f3", "f2", "live"]
+    assert table.jobs(state="running")[0].job_id == "live" and len(table.jobs(limit=2)) == 2
+
+
+def test_a_snapshot_restores_the_same_table() -> None:
+    table = JobTable()
+    table.apply(commands(record("a", "queued"), record("b", "done", 16), record("a", "running")))
+    copy = JobTable()
+    copy.restore(table.snapshot())
+    assert copy.snapshot() == table.snapshot() and [r.job_id for r in copy.jobs()] == ["b", "a"]
+    copy.restore(b"")
+    assert len(copy) == 0
+    with pytest.raises(ValueError):
+        copy.restore(b"not json")
