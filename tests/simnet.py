@@ -94,8 +94,9 @@ class SimNet:
     #: Each node's durable log and snapshot (the state machine's done jobs, in order).
     disk_log: dict[str, RaftLog] = field(default_factory=dict)
     disk_snapshot: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    #: Each node's state machine: the job ids done, in the order applied.
+    #: Each node's state machine: the job ids done, in the order applied, and the last index applied.
     done: dict[str, list[str]] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=dict)
     #: Every entry ever stored, by (index, term): (kind, data, term before it). Log matching.
     seen: dict[tuple[int, int], tuple[str, bytes, int]] = field(default_factory=dict)
     #: The entry applied at each index, by whoever applied it first. State machine safety.
@@ -196,6 +197,7 @@ class SimNet:
         log = RaftLog(disk.snapshot_index, disk.snapshot_term, disk.entries(disk.snapshot_index + 1))
         snapshot = self.disk_snapshot[node_id]
         self.done[node_id] = list(snapshot)
+        self.applied[node_id] = disk.snapshot_index
         self.nodes[node_id] = Election(self.config(node_id), rng, term, voted_for, log, encode(snapshot))
         self._check_term(node_id)
         self._check_durable(node_id)
@@ -231,6 +233,15 @@ class SimNet:
             if isinstance(output, Persist) and node_id in self.disk_full:
                 self.execute(node_id, self.nodes[node_id].rollback(*self.persisted[node_id]))
                 break
+            if isinstance(output, AppendLog | RestoreSnapshot) and node_id in self.disk_full:
+                # As the daemon does: back to the journal's log and to what was applied;
+                # a leader that cannot hold its own entries steps down.
+                node = self.nodes[node_id]
+                disk = self.disk_log[node_id]
+                node.restore_log(disk.copy(), encode(self.disk_snapshot[node_id]), self.applied[node_id])
+                if node.role is Role.LEADER:
+                    self.execute(node_id, node.rollback(*self.persisted[node_id]))
+                break
             if isinstance(output, Persist):
                 self.persisted[node_id] = (output.term, output.voted_for)
             elif isinstance(output, AppendLog):
@@ -239,6 +250,7 @@ class SimNet:
                 self.disk_log[node_id].restore(output.index, output.term)
                 self.disk_snapshot[node_id] = decode(output.data)
                 self.done[node_id] = list(decode(output.data))
+                self.applied[node_id] = output.index
             elif isinstance(output, Apply):
                 self._apply(node_id, output.entries)
             elif isinstance(output, Send):
@@ -268,7 +280,7 @@ class SimNet:
     def compact(self, node_id: str) -> None:
         """The node snapshots its state machine and drops the log it covers (memory and disk)."""
         node = self.nodes[node_id]
-        index = node.commit_index
+        index = self.applied[node_id]
         if node_id in self.down or index <= node.log.snapshot_index:
             return
         self.stats["snapshot"] += 1
@@ -292,6 +304,9 @@ class SimNet:
                 self._fail(f"log matching: ({entry.index}, {entry.term}) is {record} on {node_id}, {first} elsewhere")
 
     def _apply(self, node_id: str, entries: tuple[Entry, ...]) -> None:
+        if entries[0].index != self.applied[node_id] + 1:
+            self._fail(f"{node_id} applies {entries[0].index} after {self.applied[node_id]}: a gap or a repeat")
+        self.applied[node_id] = entries[-1].index
         done = self.done[node_id]
         for entry in entries:
             self.committed_in.setdefault(entry.index, self.nodes[node_id].term)

@@ -278,3 +278,20 @@ def test_a_leader_never_counts_a_match_past_its_own_log() -> None:
     assert node.commit_index == 2
     respond(node, "c", True, 3)
     assert node.commit_index == 3 and entries[0].index == 3
+
+
+def test_entries_an_apply_dropped_with_a_refused_append_are_applied_later() -> None:
+    """The journal refused an append whose step also committed entries: the caller drops
+    that Apply, goes back to the journal's log and to what it applied; the entries come
+    out again, once, when the leader's commit arrives again."""
+    node = make(term=1, log=log_of(*[1] * 10))
+    node.step(Heartbeat("b", "a", 1, 8, 1, commit=8))
+    assert node.commit_index == 8
+    out = node.step(Heartbeat("b", "a", 1, 10, 1, (Entry(11, 1), Entry(12, 1)), commit=12))
+    assert [o for o in out if isinstance(o, Apply)] == [Apply(node.log.entries(9, 12))]
+    node.restore_log(log_of(*[1] * 10), b"", applied=8)  # the AppendLog failed: nothing applied past 8
+    assert (node.log.last_index, node.commit_index) == (10, 8)
+    out = node.step(Heartbeat("b", "a", 1, 10, 1, (Entry(11, 1), Entry(12, 1)), commit=12))
+    assert [o for o in out if isinstance(o, Apply)] == [Apply(node.log.entries(9, 12))]
+    with pytest.raises(ValueError, match="applied 11 is outside the log"):
+        node.restore_log(log_of(*[1] * 10), b"", applied=11)

@@ -116,9 +116,10 @@ class Election:
         """The caller's state machine, applied through `index`, is `snapshot` (§7)."""
         self._log.compact(index, snapshot)
 
-    def restore_log(self, log: RaftLog, snapshot: bytes) -> None:
-        """The journal refused an append: back to the log it holds, still following."""
-        self._log.reset(log, snapshot)
+    def restore_log(self, log: RaftLog, snapshot: bytes, applied: int) -> None:
+        """The journal refused an append: back to the log it holds and to what the state
+        machine applied (through `applied`); the role is the caller's to change."""
+        self._log.reset(log, snapshot, applied)
 
     @property
     def ticks_since_leader(self) -> int:
@@ -200,18 +201,14 @@ class Election:
             self._step_candidate(message, out)
         return out
 
-    def rollback(
-        self, term: int, voted_for: str | None, log: RaftLog | None = None, snapshot: bytes = b""
-    ) -> list[Output]:
-        """A write failed: back to the durable (term, vote) (and log), a follower with
+    def rollback(self, term: int, voted_for: str | None) -> list[Output]:
+        """A write failed: back to the durable (term, vote), a follower with
         no leader. Ahead of the disk, memory would put a term no disk holds in the
         next message. The caller sends nothing that followed the failed write."""
         if term > self._term or (term == self._term and voted_for not in (None, self._voted_for)):
             raise AssertionError(f"rollback to ({term}, {voted_for}) from ({self._term}, {self._voted_for})")
         out: list[Output] = []
         self._term, self._voted_for = term, voted_for
-        if log is not None:  # the journal refused: back to its log, as a restart would read it
-            self._log.reset(log, snapshot)
         self._set_role(Role.FOLLOWER, None, out)
         self._reset_election_timer()
         self._ticks_since_leader = 0

@@ -143,12 +143,14 @@ class Replication:
             out.append(Apply(self.log.entries(self.applied + 1, index)))
             self.applied = index
 
-    def reset(self, log: RaftLog, snapshot: bytes) -> None:
-        """Go back to the log the disk holds. What was applied was stored first (an
-        Apply follows its AppendLog), so the commit and apply indexes still hold."""
+    def reset(self, log: RaftLog, snapshot: bytes, applied: int) -> None:
+        """Go back to the log the disk holds and to what the caller's state machine has
+        applied. The commit index is learnt again from the leader, and the entries an
+        Apply dropped with the failed write carried are applied then."""
+        if not log.snapshot_index <= applied <= log.last_index:
+            raise ValueError(f"applied {applied} is outside the log ({log.snapshot_index}, {log.last_index}]")
         self.log, self.snapshot = log, snapshot
-        self.commit = max(min(self.commit, log.last_index), log.snapshot_index)
-        self.applied = max(min(self.applied, log.last_index), log.snapshot_index)
+        self.commit = self.applied = applied
 
     def compact(self, index: int, snapshot: bytes) -> None:
         """The caller's state machine, applied up to `index`, is `snapshot`: forget the entries it holds."""

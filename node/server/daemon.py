@@ -123,7 +123,7 @@ class Daemon:
         )
         self.elections = ElectionDriver(
             election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
-            config, self._spawn, self._on_role_changed, self._on_apply, lambda: b"",
+            config, self._spawn, self._on_role_changed, self._on_apply, lambda: b"", lambda data: None,
         )
         self.relay = Relay(
             self.stubs, lambda: self.elections.leader_address, self._who, config.limits.job_timeout_s

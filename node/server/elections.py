@@ -80,6 +80,7 @@ class ElectionDriver:
         on_role_changed: OnRoleChanged,
         on_apply: OnApply,
         snapshot_state: Callable[[], bytes],
+        on_restore: Callable[[bytes], None],
     ) -> None:
         self.election = election
         self.store = store
@@ -92,14 +93,17 @@ class ElectionDriver:
         self.spawn = spawn
         self.on_role_changed = on_role_changed
         self.on_apply = on_apply
-        #: The state machine's snapshot, taken at the commit index.
+        #: The state machine's snapshot (at `applied`), and how to replace it with the leader's.
         self.snapshot_state = snapshot_state
+        self.on_restore = on_restore
         #: What the disk holds: memory goes back to it when a write fails.
         self.durable = ElectionState(election.term, election.voted_for)
         #: Why the last write of term and vote failed ("" while writes work).
         self.storage_error = ""
         #: Why the last append to the journal failed ("" while appends work).
         self.journal_error = ""
+        #: The last index handed to the state machine (`on_apply`) or restored from a snapshot.
+        self.applied = election.commit_index
         #: Ticks until the disk is tried again while `storage_error` is set.
         self._retry_in_ticks = 0
         #: The last role change carried out, so a rollback to it is not logged twice.
@@ -209,19 +213,23 @@ class ElectionDriver:
                     return False
             elif isinstance(out, AppendLog | RestoreSnapshot):
                 if not self._store(out):
-                    durable_log, snapshot = self.journal.log.copy(), self.journal.snapshot.data
-                    if self.election.role is Role.LEADER:  # it cannot hold its own entries: step down
-                        self._execute(self.election.rollback(
-                            self.durable.term, self.durable.voted_for, durable_log, snapshot))
-                    else:  # a follower goes on following; the leader sends the entries again
-                        self.election.restore_log(durable_log, snapshot)
+                    # Back to the journal's log; the leader sends the entries again. A
+                    # leader that cannot hold its own entries also steps down.
+                    durable = self.journal.log.copy()
+                    self.election.restore_log(durable, self.journal.snapshot.data, self.applied)
+                    if self.election.role is Role.LEADER:
+                        self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
                     return False
+                if isinstance(out, RestoreSnapshot):
+                    self.on_restore(out.data)
+                    self.applied = out.index
             elif isinstance(out, Send):
                 self._send(out.message)
             elif isinstance(out, RoleChanged):
                 self._role_changed(out)
             elif isinstance(out, Apply):
                 self.on_apply(out.entries)
+                self.applied = out.entries[-1].index
         self._compact()
         return True
 
@@ -246,7 +254,7 @@ class ElectionDriver:
     def _compact(self) -> None:
         """Snapshot the state machine once the log holds enough applied entries (§7)."""
         raft_log = self.election.log
-        applied = self.election.commit_index
+        applied = self.applied
         if applied - raft_log.snapshot_index < COMPACT_ENTRIES:
             return
         term = raft_log.term_at(applied) or 0
