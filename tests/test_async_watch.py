@@ -104,8 +104,20 @@ async def poll(predicate: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_short_calls_are_never_probed_and_leave_no_task(fake_nodes: list[FakeNode]) -> None:
-    fake = await FakeNode(quick, unknown).start()
+async def test_short_calls_are_never_probed_and_leave_no_task(
+    fake_nodes: list[FakeNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Short against the interval by a wide margin, so a loaded machine keeps them short
+    # (50 calls at once to an instant node once took longer than a 50-ms interval), and
+    # still in flight when the sweeper first wakes (at half the interval), so a sweeper
+    # that probed calls younger than the interval would be caught.
+    monkeypatch.setattr(node.client.async_client, "PROBE_INTERVAL_S", 2.0)
+
+    async def takes_1_2_s(request: Any) -> Any:
+        await asyncio.sleep(1.2)  # the job's own duration on the fake node
+        return answer(request, 42)
+
+    fake = await FakeNode(takes_1_2_s, unknown).start()
     fake_nodes.append(fake)
     async with AsyncClient([fake.address], timeout=DEADLINE_S) as client:
         answers = await asyncio.gather(*(client.submit(op="sum", source="range:n=10") for _ in range(50)))
