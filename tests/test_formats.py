@@ -33,7 +33,7 @@ from node.core.compute import compute_partial, finalize, merge, plan_shards, red
 from node.core.job import KERNELS, OPS, Job
 from node.core.limits import Limits
 from node.core.sourcechecks import MAX_CHUNK_ELEMS
-from node.core.sources import DataSource, open_source
+from node.core.sources import ArrayBacked, DataSource, open_source
 from node.errors import ConfigError, InvalidField, LimitExceeded, MissingExtra, SourceForbidden
 from node.formats import openers
 from node.server.config import NodeConfig
@@ -47,7 +47,7 @@ def open_in(root: Path, spec: str, op: str = "sum", **job: Any) -> DataSource:
     return validate_job(Job(op=op, source=spec, **job), root, OPENERS)
 
 
-class ArraySource:
+class ArraySource(ArrayBacked):
     """The written array itself, in memory: what a reader must be indistinguishable from.
 
     For a reader that hands out pieces (mapped chunks), the same pieces, cut from the array.
@@ -60,20 +60,6 @@ class ArraySource:
                 (first, array[first:first + len(piece)]) for first, piece in like.read_pieces(a, b)
             ]
 
-    @property
-    def rows(self) -> int:
-        return int(self.array.shape[0])
-
-    @property
-    def cols(self) -> int | None:
-        return int(self.array.shape[1]) if self.array.ndim == 2 else None
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return self.array.dtype
-
-    def read(self, start: int, stop: int) -> Array:
-        return self.array[start:stop]
 
 
 def answer_over(job: Job, source: DataSource, shards: list[tuple[int, int]]) -> Array:

@@ -34,7 +34,6 @@ no asyncio. Sources live in node/core/sources.py.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from node.core.job import KERNELS, OPS, SHARD_ELEMS, Job
-from node.core.sources import Array, DataSource, Opener, open_source
+from node.core.sources import Array, DataSource, Opener, ValuesSource, open_source
 from node.errors import InvalidField
 
 MAX_BINS = 1_000_000  # a histogram partial travels over the wire on every shard
@@ -213,28 +212,8 @@ def partial_template(job: Job, source: DataSource) -> dict[str, tuple[tuple[int,
     row might be the first of a chunk that would be decoded for it alone.
     """
     shape = (1,) if source.cols is None else (1, source.cols)
-    row = _Row(np.zeros(shape, dtype=source.dtype))
+    row = ValuesSource(np.zeros(shape, dtype=source.dtype))
     return {key: (value.shape, value.dtype) for key, value in compute_partial(job, row, 0, 1).items()}
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Row:
-    array: Array
-
-    @property
-    def rows(self) -> int:
-        return 1
-
-    @property
-    def cols(self) -> int | None:
-        return int(self.array.shape[1]) if self.array.ndim == 2 else None
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return self.array.dtype
-
-    def read(self, start: int, stop: int) -> Array:
-        return self.array[start:stop]
 
 
 def _compute_op(job: Job, x: Array, axis: int | None, offset: int) -> Partial:

@@ -173,12 +173,12 @@ class RandomSource:
         return rng.random(length)
 
 
-@dataclass(frozen=True, eq=False)
-class NpySource:
-    """`npy:PATH`: a memory-mapped 1-D or 2-D numeric array."""
+class ArrayBacked:
+    """What a source that holds an array-like in `array` (a numpy array or memory map,
+    a zarr array, an h5py dataset) says about it: shape, dtype, and a row slice as a
+    plain ndarray (a view where the array is one: no copy)."""
 
-    path: Path
-    array: np.memmap[Any, np.dtype[Any]]
+    array: Any
 
     @property
     def rows(self) -> int:
@@ -190,33 +190,26 @@ class NpySource:
 
     @property
     def dtype(self) -> np.dtype[Any]:
-        return self.array.dtype
+        dtype: np.dtype[Any] = np.dtype(self.array.dtype)
+        return dtype
 
     def read(self, start: int, stop: int) -> Array:
-        # A plain-ndarray view of the map: no copy, pages load as they are used.
         return np.asarray(self.array[start:stop])
 
 
 @dataclass(frozen=True, eq=False)
-class ValuesSource:
-    """`values:1,2,3`: small inline 1-D data."""
+class NpySource(ArrayBacked):
+    """`npy:PATH`: a memory-mapped 1-D or 2-D numeric array (pages load as they are read)."""
+
+    path: Path
+    array: np.memmap[Any, np.dtype[Any]]
+
+
+@dataclass(frozen=True, eq=False)
+class ValuesSource(ArrayBacked):
+    """`values:1,2,3`: small inline 1-D data; also any array already in memory."""
 
     array: Array
-
-    @property
-    def rows(self) -> int:
-        return len(self.array)
-
-    @property
-    def cols(self) -> None:
-        return None
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return self.array.dtype
-
-    def read(self, start: int, stop: int) -> Array:
-        return self.array[start:stop]
 
 
 def source_kind(spec: str) -> str:

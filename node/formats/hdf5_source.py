@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line, split_inner
-from node.core.sources import Array
+from node.core.sources import Array, ArrayBacked
 from node.errors import InvalidField
 from node.formats.mapped import ChunkPieces, file_bytes
 
@@ -34,28 +34,15 @@ CACHE_SIZE = 16
 
 
 @dataclass(frozen=True, eq=False)
-class Hdf5Source:
+class Hdf5Source(ArrayBacked):
     """A contiguous dataset: any row range reads as well as another."""
 
     path: Path
-    dataset: Any  # h5py.Dataset
-
-    @property
-    def rows(self) -> int:
-        return int(self.dataset.shape[0])
-
-    @property
-    def cols(self) -> int | None:
-        return int(self.dataset.shape[1]) if self.dataset.ndim == 2 else None
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        dtype: np.dtype[Any] = np.dtype(self.dataset.dtype)
-        return dtype
+    array: Any  # h5py.Dataset
 
     def read(self, start: int, stop: int) -> Array:
         try:
-            return np.asarray(self.dataset[start:stop])
+            return np.asarray(self.array[start:stop])
         except Exception as exc:  # a truncated file, a corrupt chunk
             problem = f"cannot read rows [{start}, {stop}): {one_line(exc)}"
             raise InvalidField("source", f"hdf5: {self.path.name}: {problem}") from None
@@ -73,7 +60,7 @@ class MappedHdf5Source(Hdf5Source):
     offset: int = 0
 
     def read(self, start: int, stop: int) -> Array:
-        dtype, shape = self.dtype, tuple(self.dataset.shape)
+        dtype, shape = self.dtype, tuple(self.array.shape)
         size = math.prod(shape) * dtype.itemsize
         data = file_bytes(self.path)
         if len(data) < self.offset + size:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line
-from node.core.sources import Array
+from node.core.sources import Array, ArrayBacked
 from node.errors import InvalidField
 from node.formats.mapped import ChunkPieces
 
@@ -40,23 +40,10 @@ CACHE_SIZE = 16
 
 
 @dataclass(frozen=True, eq=False)
-class ZarrSource:
+class ZarrSource(ArrayBacked):
     path: Path
     array: Any  # zarr.Array
     chunk_rows: tuple[int, ...]  # (shard rows, chunk rows) with Zarr 3 sharding, else (chunk rows,)
-
-    @property
-    def rows(self) -> int:
-        return int(self.array.shape[0])
-
-    @property
-    def cols(self) -> int | None:
-        return int(self.array.shape[1]) if self.array.ndim == 2 else None
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        dtype: np.dtype[Any] = np.dtype(self.array.dtype)
-        return dtype
 
     def read(self, start: int, stop: int) -> Array:
         try:
