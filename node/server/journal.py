@@ -35,6 +35,7 @@ from pathlib import Path
 
 from node.core.raftlog import KINDS, Entry, RaftLog
 from node.errors import StateFileError
+from node.server.durable import fsync_dir, replace_durably
 
 log = logging.getLogger("distnode")
 
@@ -233,16 +234,9 @@ class Journal:
         older segment is void; the snapshot file says so, so a crash at any point is whole."""
         self._roll()
         first_seq = 0 if keep_log else self._segments[-1].seq
-        path = self.dir / SNAPSHOT_FILE
-        tmp = path.with_suffix(".tmp")
         header = _SNAPSHOT.pack(snapshot.index, snapshot.term, first_seq, zlib.crc32(snapshot.data),
                                 len(snapshot.data))
-        with open(tmp, "wb") as handle:
-            handle.write(header + snapshot.data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        self._sync_dir()
+        replace_durably(self.dir / SNAPSHOT_FILE, header + snapshot.data)
         self.snapshot = snapshot
         if keep_log and self.log.term_at(snapshot.index) == snapshot.term:
             self.log.compact(snapshot.index)
@@ -272,12 +266,5 @@ class Journal:
         self.close()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._size = 0
-        self._sync_dir()
+        fsync_dir(self.dir)
         self._segments.append(_Segment(seq, path, 0))
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

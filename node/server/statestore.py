@@ -2,18 +2,18 @@
 
 Raft §5.2 only works if a node never votes twice in one term, including
 across a crash. So `save()` writes a temporary file, fsyncs it, renames it over
-the old one and fsyncs the directory; the caller sends the vote only after
+the old one and fsyncs the directory (durable.py); the caller sends the vote only after
 `save()` returns ("persist before you send").
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import StateFileError
+from node.server.durable import replace_durably
 
 STATE_FILE = "election.json"
 
@@ -48,15 +48,5 @@ class StateStore:
 
     def save(self, state: ElectionState) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
         payload = json.dumps({"term": state.term, "voted_for": state.voted_for})
-        with open(tmp, "w") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(self.path, payload.encode())
