@@ -227,3 +227,14 @@ def test_random_histories_replay_exactly(tmp_path: Path, seed: int) -> None:
             journal = Journal(tmp_path, journal.segment_bytes)
             model = journal.open()
             assert content(model) == before, f"seed={seed}: a torn tail lost more than its batch"
+
+
+def test_a_restart_that_wrote_nothing_adds_no_segment(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, entries(1, 2, 1))
+    for _ in range(3):
+        journal = reopen(journal)[0]
+    assert len(segments(tmp_path)) == 2, [p.name for p in segments(tmp_path)]
+    journal.append(2, entries(3, 1, 1))
+    assert content(reopen(journal)[1]) == (0, 0, entries(1, 3, 1))

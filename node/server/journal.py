@@ -149,7 +149,11 @@ class Journal:
             raft_log = RaftLog(self.snapshot.index, self.snapshot.term, held)
         except ValueError as exc:
             raise JournalDamaged(f"journal {self.dir}: the replayed log is not a log: {exc}") from exc
-        self._roll()
+        if self._segments and self._segments[-1].path.stat().st_size == 0:
+            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)  # nothing in it yet: go on
+            self._size = 0
+        else:
+            self._roll()
         self.log = raft_log.copy()
         return raft_log
 
