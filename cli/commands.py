@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cli.exits import EXIT_OK, UsageError
 from cli.parser import CLUSTER_ENV
-from cli.render import ProgressBar, print_answer, print_json, print_status
+from cli.render import ProgressBar, print_answer, print_jobs, print_json, print_status
 from node.addresses import parse_address, parse_addresses
 from node.core.limits import Limits
 from node.errors import ConfigError, SecurityError
@@ -37,6 +37,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             options["tick_ms"] = args.tick_ms
         if args.shard_elems is not None:
             options["shard_elems"] = args.shard_elems
+        for name in ("keep_jobs", "keep_result_bytes"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
         if args.formats is not None:
             options["formats"] = tuple(kind.strip() for kind in args.formats.split(",") if kind.strip())
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
@@ -84,7 +87,7 @@ def run_start(args: argparse.Namespace) -> int:
 
     tune_malloc()  # before any thread has made its own malloc arena
     config = config_from_args(args)
-    from node.server.daemon import run
+    from node.server.main import run
 
     return run(config)
 
@@ -98,6 +101,13 @@ async def run_submit(args: argparse.Namespace) -> int:
 
     size = {"max_message_bytes": args.max_message_bytes} if args.max_message_bytes else {}
     async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls, **size) as client:
+        if args.detach:
+            job_id = await client.submit(
+                op=args.op, source=args.source, map=args.map, axis=args.axis, bins=args.bins,
+                range=args.range, job_id=args.job_id, detach=True,
+            )
+            print_json({"job_id": job_id, "state": "queued"}) if args.json else print(job_id, flush=True)
+            return EXIT_OK
         try:
             answer = await client.submit(
                 op=args.op, source=args.source, map=args.map, axis=args.axis,
@@ -111,6 +121,24 @@ async def run_submit(args: argparse.Namespace) -> int:
         print_json(answer.as_dict())
     else:
         print_answer(answer)
+    return EXIT_OK
+
+
+async def run_journal(args: argparse.Namespace) -> int:
+    """`result`, `jobs` and `cancel`: the job table, from any node."""
+    token, tls = client_security(args)
+    from node.client.async_client import AsyncClient
+
+    async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
+        if args.command == "result":
+            answer = await client.result(args.job_id, wait=args.wait)
+            print_json(answer.as_dict()) if args.json else print_answer(answer)
+        elif args.command == "jobs":
+            jobs = await client.jobs(state=args.state, limit=args.limit)
+            print_json({"jobs": [job.as_dict() for job in jobs]}) if args.json else print_jobs(jobs)
+        else:
+            job = await client.cancel(args.job_id)
+            print(f"{job.job_id} {job.state}", flush=True)
     return EXIT_OK
 
 

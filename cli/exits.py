@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_PENDING = 4  # `result`: the job had not finished within --wait
 
 
 class UsageError(Exception):

@@ -4,8 +4,9 @@ Exit codes (DESIGN §1): 0 done; 1 the job failed or a limit refused it;
 2 a usage error or a request the cluster refused as wrong (the caller's
 mistakes, node.errors.CallerError: a bad field, a missing or forbidden file,
 a reused job id, a missing or wrong token); 3 no node reachable, or no
-leader within --timeout. `main(argv)` returns the code, so tests call it
-directly (argparse's own usage errors still raise SystemExit(2), as it does);
+leader within --timeout; 4 (`result`) the job had not finished within
+--wait. `main(argv)` returns the code, so tests call it directly
+(argparse's own usage errors still raise SystemExit(2), as it does);
 `entry()` is the console script.
 """
 
@@ -17,9 +18,9 @@ import sys
 from collections.abc import Sequence
 
 from cli import commands
-from cli.exits import EXIT_JOB_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
+from cli.exits import EXIT_JOB_FAILED, EXIT_PENDING, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
 from cli.parser import build_parser
-from node.errors import CallerError, ClusterUnavailable, InvalidJob, JobError
+from node.errors import CallerError, ClusterUnavailable, InvalidJob, JobError, JobPending
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(commands.run_submit(args))
         if args.command == "status":
             return asyncio.run(commands.run_status(args))
+        if args.command in ("result", "jobs", "cancel"):
+            return asyncio.run(commands.run_journal(args))
         if args.command == "certs":
             return commands.run_certs(args)
         return commands.run_local(args)
@@ -41,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_USAGE, f"distnode {args.command}: invalid job: {exc}")
     except CallerError as exc:
         return _fail(EXIT_USAGE, f"distnode {args.command}: {exc}")
+    except JobPending as exc:
+        return _fail(EXIT_PENDING, f"distnode {args.command}: {exc}")
     except JobError as exc:
         return _fail(EXIT_JOB_FAILED, f"distnode {args.command}: job failed: {exc}")
     except ClusterUnavailable as exc:

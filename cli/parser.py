@@ -15,8 +15,14 @@ from typing import Any
 
 from node.client.retry import DEFAULT_TIMEOUT_S
 from node.core.job import KERNELS, OPS, SHARD_ELEMS
+from node.core.jobtable import STATES
 from node.core.limits import MAX_MESSAGE_BYTES, Limits
-from node.server.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
+from node.server.config import (
+    DEFAULT_ELECTION_MS,
+    DEFAULT_HEARTBEAT_MS,
+    DEFAULT_KEEP_JOBS,
+    DEFAULT_KEEP_RESULT_BYTES,
+)
 
 #: Where client commands find the cluster when --cluster is not given.
 CLUSTER_ENV = "DISTNODE_CLUSTER"
@@ -31,6 +37,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {text!r}")
     return value
 
 
@@ -70,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_start(commands)
     _add_submit(commands)
+    _add_journal_commands(commands)
     _add_status(commands)
     _add_local(commands)
     _add_certs(commands)
@@ -102,6 +129,12 @@ def _add_start(commands: Any) -> None:
     start.add_argument("--no-udp-heartbeats", dest="udp_heartbeats", action="store_false",
                        help="send every heartbeat on gRPC, none as a UDP datagram "
                             "(costs an idle node about three times the CPU)")
+    start.add_argument("--keep-jobs", type=_non_negative_int, default=None, metavar="N",
+                       help=f"finished jobs the job table keeps, oldest dropped first "
+                            f"(default {DEFAULT_KEEP_JOBS:,})")
+    start.add_argument("--keep-result-bytes", type=_non_negative_int, default=None, metavar="B",
+                       help=f"bytes of finished jobs' results the job table keeps "
+                            f"(default {DEFAULT_KEEP_RESULT_BYTES:,})")
     _add_limits(start)
     start.add_argument("--tick-ms", type=_positive_int, default=None, help=argparse.SUPPRESS)
     start.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
@@ -174,9 +207,34 @@ def _add_submit(commands: Any) -> None:
     submit.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
                         help=f"seconds for the whole job, retries included (default {DEFAULT_TIMEOUT_S:g})")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
+    submit.add_argument("--detach", action="store_true",
+                        help="print the job id once the cluster has committed the job, and exit; "
+                             "the job runs to completion without this client (see `result`)")
     submit.add_argument("--max-message-bytes", type=_positive_int, default=None, metavar="N",
                         help=f"bytes of the largest answer to accept (default {MAX_MESSAGE_BYTES:,})")
     _add_tls_options(submit, server=False)
+
+
+def _add_journal_commands(commands: Any) -> None:
+    result = commands.add_parser("result", help="print a job's answer (exit 4 if it is not done in time)")
+    _add_cluster(result)
+    result.add_argument("job_id", metavar="JOB_ID")
+    result.add_argument("--wait", type=_non_negative_float, default=0.0, metavar="S",
+                        help="seconds to wait for the job to end (default 0: answer at once)")
+    result.add_argument("--json", action="store_true", help="print one JSON object, as submit --json")
+    jobs = commands.add_parser("jobs", help="list jobs from the job table, newest first")
+    _add_cluster(jobs)
+    jobs.add_argument("--state", choices=STATES, default=None, help="only jobs in this state")
+    jobs.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                      help="at most N jobs (default 100)")
+    jobs.add_argument("--json", action="store_true", help="print one JSON object")
+    cancel = commands.add_parser("cancel", help="cancel a queued or running job")
+    _add_cluster(cancel)
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    for command in (result, jobs, cancel):
+        command.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                             help=f"seconds to find a node that answers (default {DEFAULT_TIMEOUT_S:g})")
+        _add_tls_options(command, server=False)
 
 
 def _add_status(commands: Any) -> None:

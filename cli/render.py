@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the client side (and numpy) is imported by the commands that use it
     from node.client.answer import Answer, ClusterStatus
+    from node.client.jobs import JobStatus
 
 
 #: JSON has no NaN or infinities (strict parsers and jq refuse Python's NaN):
@@ -90,3 +91,18 @@ def print_status(view: ClusterStatus) -> None:
     for node in view.nodes:
         if node.storage_error:
             console.print(f"{node.id or node.address}: cannot write its state: {node.storage_error}")
+
+
+def print_jobs(jobs: list[JobStatus]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(jobs)} job(s), newest first")
+    for column in ("job id", "op", "source", "state", "shards", "submitted", "result"):
+        table.add_column(column)
+    for job in jobs:
+        shards = f"{job.shards_done}/{job.shards}" if job.shards else "-"
+        result = strict_json(job.result) if job.result is not None else job.error or "-"
+        table.add_row(job.job_id, job.op, job.source, job.state, shards, job.submitted_at or "-",
+                      result if len(result) <= 40 else result[:37] + "...")
+    Console().print(table)

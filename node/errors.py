@@ -117,6 +117,28 @@ class JobTimedOut(JobError):
     """A job ran past the node's job deadline (DEADLINE_EXCEEDED)."""
 
 
+class UnknownJob(JobError):
+    """No node's job table holds this job id (NOT_FOUND): never submitted, or past retention."""
+
+
+class JobFinished(JobError):
+    """The job already ended, so it cannot be cancelled (FAILED_PRECONDITION); names its state."""
+
+
+class JobCancelled(JobError):
+    """The job was cancelled before it finished; it has no answer."""
+
+
+class JobPending(JobError):
+    """The job has not finished within the wait; `state`, `shards_done` and `shards` say how far it is."""
+
+    def __init__(self, message: str, state: str, shards_done: int = 0, shards: int = 0) -> None:
+        super().__init__(message)
+        self.state = state
+        self.shards_done = shards_done
+        self.shards = shards
+
+
 class WorkerFailed(JobError):
     """A worker could not finish its batch (dead, unreachable, or it errored).
 

@@ -11,6 +11,10 @@ A LocalCluster (link_faults=True, default timing unless --fast) runs for
   `job_id` until answered;
 - a probe task submits tiny jobs back to back, to measure from the client's
   side how long the cluster could not take a job;
+- a detacher submits detached jobs (`detach=True`), and a dying client runs
+  `distnode submit --detach` in its own process and kills it at a random
+  moment (a job id it printed first is acknowledged); a watcher asks random
+  nodes about random acknowledged jobs all along;
 - a seeded nemesis injects one fault at a time at random moments: kill -9 and
   restart, SIGSTOP/SIGCONT longer than the election timeout, a partition
   into a minority and a majority, one-way cuts, delays. The leader is the
@@ -27,7 +31,11 @@ Then everything is healed and the invariants are checked:
 5. no process ended except those killed on purpose, and no log entry shows
    a traceback, an ERROR or a CRITICAL. None is excused: a known bug fails
    the run until it is fixed;
-6. no job waited longer than STALL_S from its first submit to its answer.
+6. no job waited longer than STALL_S from its first submit to its answer;
+7. no acknowledged detached job is lost: each is done after healing, with
+   the right answer, and every node answers it with the same bits;
+8. job states only move forward, as leaders report them (a follower's own
+   table may lag its leader's, so its answers are not held to this).
 
 The exit status is 0 only if all hold. The seed fixes the fault schedule
 (kinds, targets, durations, gaps) and the job stream; the interleaving with
@@ -48,6 +56,7 @@ import json
 import random
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -64,6 +73,7 @@ from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
 from node.core.compute import reduce_all, validate_job
 from node.core.job import Job
+from node.core.jobtable import STATES
 from node.errors import ClusterUnavailable, JobError
 from node.server.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
 
@@ -156,6 +166,19 @@ class Record:
     probe_ok: list[float] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
     fault_counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Detached jobs whose id a client was given (acknowledged: committed), and their specs.
+    acked: dict[str, Spec] = field(default_factory=dict)
+    ack_ms: list[float] = field(default_factory=list)
+    #: Detached submits whose client was killed before it printed the job id.
+    died_before_ack: int = 0
+    detached_answers: dict[str, Any] = field(default_factory=dict)
+    detached_wrong: list[str] = field(default_factory=list)
+    #: A detached job answered with other bits by another node, or at another time.
+    disagreeing: list[str] = field(default_factory=list)
+    #: (job id, state seen after a later one) as answered by leaders.
+    backwards: list[str] = field(default_factory=list)
+    #: The furthest state a leader has reported per detached job, and its answer's bits.
+    furthest: dict[str, int] = field(default_factory=dict)
 
 
 def same(expected: Any, got: Any) -> bool:
@@ -215,6 +238,142 @@ async def prober(addresses: list[str], seed: int, record: Record, stop: asyncio.
                 if answer.result == 6:
                     record.probe_ok.append(time.monotonic())
             await asyncio.sleep(0.05)
+
+
+async def detacher(addresses: list[str], stream: JobStream, record: Record, stop: asyncio.Event) -> None:
+    """Detached submits, each retried with its id until acknowledged."""
+    async with AsyncClient(addresses, timeout=ATTEMPT_S) as client:
+        while not stop.is_set():
+            job_id, spec = stream.next()
+            job_id = f"d-{job_id}"
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await client.submit(op=spec.op, source=spec.source, job_id=job_id, detach=True,
+                                        timeout=ATTEMPT_S)
+                except (ClusterUnavailable, JobError):
+                    record.failed_attempts += 1
+                    continue
+                except InvalidJob as exc:
+                    record.invalid.append(f"{job_id}: {exc}")
+                    break
+                record.ack_ms.append((time.monotonic() - started) * 1000)
+                record.acked[job_id] = spec
+                break
+            await asyncio.sleep(0.1)
+
+
+async def dying_client(addresses: list[str], stream: JobStream, record: Record, stop: asyncio.Event,
+                       seed: int) -> None:
+    """`distnode submit --detach` in its own process, killed at a random moment: a job id
+    it printed before dying is acknowledged, and must be done in the end like any other."""
+    rng = random.Random(seed ^ 0xD1E)
+    while not stop.is_set():
+        job_id, spec = stream.next()
+        job_id = f"dying-{job_id}"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "submit", "--cluster", ",".join(addresses), "--op", spec.op,
+            "--source", spec.source, "--job-id", job_id, "--detach", "--timeout", str(ATTEMPT_S),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), rng.uniform(0.3, 2.0))
+        except TimeoutError:
+            line = b""
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        if line.decode().strip() == job_id:
+            record.acked[job_id] = spec
+        else:
+            record.died_before_ack += 1
+        await asyncio.sleep(rng.uniform(0.2, 1.0))
+
+
+def note_state(record: Record, info: pb.JobInfo) -> None:
+    """What a leader said of a detached job: states only move forward, answers never change."""
+    if info.answered_by != info.leader or info.job_id not in record.acked:
+        return  # a follower's own table may lag its leader's: only leaders' answers are checked
+    rank = STATES.index(info.state)
+    furthest = record.furthest.get(info.job_id, -1)
+    if rank < furthest or (furthest >= STATES.index("done") and rank != furthest):
+        record.backwards.append(f"{info.job_id}: {STATES[furthest]} then {info.state} "
+                                f"(from {info.answered_by})")
+    record.furthest[info.job_id] = max(rank, furthest)
+    if info.state == "done" and info.result_kept:
+        bits = (info.result.dtype, tuple(info.result.shape), info.result.data)
+        seen = record.detached_answers.setdefault(info.job_id, bits)
+        if seen != bits:
+            record.disagreeing.append(f"{info.job_id}: {seen!r} then {bits!r} from {info.answered_by}")
+
+
+async def state_watcher(addresses: list[str], record: Record, stop: asyncio.Event, seed: int) -> None:
+    """Ask random nodes about random acknowledged detached jobs, all run long."""
+    rng = random.Random(seed ^ 0x57A7E)
+    channels = {a: grpc.aio.insecure_channel(a) for a in addresses}
+    try:
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+            if not record.acked:
+                continue
+            job_id = rng.choice(list(record.acked))
+            stub = pb_grpc.NodeStub(channels[rng.choice(addresses)])
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                note_state(record, await stub.Result(pb.ResultRequest(job_id=job_id), timeout=1.0))
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+async def own_answer(stub: Any, job_id: str, within_s: float = 10.0) -> pb.JobInfo | None:
+    """A node's own table's record of a job, once it says done (it may be a beat behind)."""
+    deadline = time.monotonic() + within_s
+    info: pb.JobInfo | None = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            info = await stub.Result(pb.ResultRequest(job_id=job_id, forwarded=True), timeout=2)
+            if info.state == "done":
+                return info
+        await asyncio.sleep(0.05)
+    return info
+
+
+async def collect_detached(cluster: LocalCluster, record: Record, deadline_s: float) -> list[str]:
+    """After healing: every acknowledged job done, with the right answer, the same bits on
+    every node. Returns the jobs not done by the deadline (lost)."""
+    lost = []
+    async with AsyncClient(cluster.addresses, timeout=ATTEMPT_S) as client:
+        for job_id, spec in record.acked.items():
+            try:
+                answer = await client.result(job_id, wait=max(0.0, deadline_s - time.monotonic()))
+            except (ClusterUnavailable, JobError, InvalidJob) as exc:
+                lost.append(f"{job_id}: {type(exc).__name__}: {exc}")
+                continue
+            if not same(spec.expected, answer.result):
+                record.detached_wrong.append(f"{job_id} {spec.op} {spec.source}: expected "
+                                             f"{spec.expected!r}, got {answer.result!r}")
+            bits = (answer.array.dtype.str, tuple(answer.array.shape), answer.array.tobytes())
+            if record.detached_answers.setdefault(job_id, bits) != bits:
+                record.disagreeing.append(f"{job_id}: other bits after healing than before")
+    for address in cluster.addresses:  # and from each node's own table, once it has caught up
+        channel = grpc.aio.insecure_channel(address)
+        try:
+            stub = pb_grpc.NodeStub(channel)
+            for job_id in record.acked:
+                if job_id not in record.detached_answers:
+                    continue
+                info = await own_answer(stub, job_id)
+                if info is None or info.state != "done":
+                    state = "no answer" if info is None else info.state
+                    record.disagreeing.append(f"{job_id}: {state} on {address} after healing")
+                    continue
+                bits = (info.result.dtype, tuple(info.result.shape), info.result.data)
+                if bits != record.detached_answers[job_id]:
+                    record.disagreeing.append(f"{job_id}: other bits from {info.answered_by}")
+        finally:
+            await channel.close()
+    return lost
 
 
 # ---- per-node views ------------------------------------------------------------------
@@ -451,6 +610,12 @@ async def workload(
     tasks = [asyncio.create_task(submitter(addresses, stream, record, stop, deadline))
              for _ in range(settings.clients)]
     probe = asyncio.create_task(prober(addresses, settings.seed, record, stop))
+    detached_stream = JobStream(settings.seed ^ 0xDE7A, pool)
+    background = [
+        asyncio.create_task(detacher(addresses, detached_stream, record, stop)),
+        asyncio.create_task(dying_client(addresses, detached_stream, record, stop, settings.seed)),
+        asyncio.create_task(state_watcher(addresses, record, stop, settings.seed)),
+    ]
     nemesis.started = started  # fault times and gap times share one origin
     nemesis.thread.start()
     await asyncio.sleep(settings.duration_s)
@@ -470,8 +635,10 @@ async def workload(
         wait_converged, cluster, 4 * settings.election_ms[1] / 1000 + 2
     )
     deadline[0] = time.monotonic() + DRAIN_S
-    await asyncio.gather(probe, *tasks)
+    await asyncio.gather(probe, *tasks, *background)
+    lost_detached = await collect_detached(cluster, record, time.monotonic() + DRAIN_S)
     return {
+        "lost_detached": lost_detached,
         "run_s": round(ended - started, 1),
         "leader_after_heal": leader,
         "converge_s": round(converge_s, 3),
@@ -504,6 +671,11 @@ def check(cluster: LocalCluster, settings: Settings, record: Record, outcome: di
         ),
         "no crash, traceback or ERROR": not crashed and not bad_entries,
         f"no job waited more than {STALL_S:g} s": record.slowest[0] <= STALL_S,
+        "no acknowledged detached job lost": not outcome["lost_detached"],
+        "detached answers right, and the same bits from every node": (
+            not record.detached_wrong and not record.disagreeing
+        ),
+        "job states only move forward (as leaders answer)": not record.backwards,
     }
     return {
         "seed": settings.seed,
@@ -517,6 +689,14 @@ def check(cluster: LocalCluster, settings: Settings, record: Record, outcome: di
             "wrong": len(record.wrong) + len(record.invalid), "lost": len(lost),
             "failed_attempts": record.failed_attempts,
             "attempt_errors": dict(record.attempt_errors),
+        },
+        "detached": {
+            "acknowledged": len(record.acked),
+            "by_dying_clients": sum(1 for j in record.acked if j.startswith("dying-")),
+            "clients_killed_before_ack": record.died_before_ack,
+            "lost": len(outcome["lost_detached"]), "wrong": len(record.detached_wrong),
+            "disagreeing": len(record.disagreeing), "states_backwards": len(record.backwards),
+            "ack_ms_p50": round(statistics.median(record.ack_ms), 2) if record.ack_ms else None,
         },
         "probes_ok": outcome["probes_ok"],
         "longest_unavailable_s": outcome["longest_probe_gap_s"],
@@ -535,6 +715,8 @@ def check(cluster: LocalCluster, settings: Settings, record: Record, outcome: di
         "ok": all(invariants.values()),
         "details": {
             "wrong": record.wrong[:20], "invalid": record.invalid[:20], "lost": lost[:20],
+            "detached_lost": outcome["lost_detached"][:20], "detached_wrong": record.detached_wrong[:20],
+            "disagreeing": record.disagreeing[:20], "backwards": record.backwards[:20],
             "crashed": crashed, "bad_log_entries": [e[:1500] for e in bad_entries[:10]],
             "split_terms": {str(t): sorted(n) for t, n in terms.items() if len(n) > 1},
         },
@@ -555,6 +737,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("jobs wrong", jobs["wrong"]),
         ("jobs lost", jobs["lost"]),
         ("failed attempts (retried)", jobs["failed_attempts"]),
+        ("detached acknowledged", f"{summary['detached']['acknowledged']} "
+                                  f"({summary['detached']['by_dying_clients']} by clients killed after, "
+                                  f"{summary['detached']['clients_killed_before_ack']} killed before)"),
+        ("detached lost / wrong", f"{summary['detached']['lost']} / {summary['detached']['wrong']}"),
         ("probe jobs answered", summary["probes_ok"]),
         ("longest unavailability (probes)", f"{summary['longest_unavailable_s']:.2f} s"
                                             f" (from t={summary['longest_unavailable_at_s']:g} s)"),

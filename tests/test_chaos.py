@@ -189,5 +189,8 @@ def test_short_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     assert summary["invariants"]["no crash, traceback or ERROR"], report
     assert summary["details"]["bad_log_entries"] == [], report
     assert "known_bugs" not in summary["details"], report
+    detached = summary["detached"]
+    assert detached["acknowledged"] > 10 and detached["lost"] == 0 and detached["wrong"] == 0, report
+    assert detached["by_dying_clients"] + detached["clients_killed_before_ack"] > 3, report
     assert all(summary["invariants"].values()), report
     assert run.returncode == 0, report

@@ -6,7 +6,16 @@ import random
 
 import pytest
 
-from node.core.jobtable import JobRecord, JobTable, Result, decode_command, encode_command
+from node.core.job import Job
+from node.core.jobtable import (
+    JobRecord,
+    JobTable,
+    Result,
+    decode_command,
+    encode_command,
+    job_spec,
+    record_job,
+)
 from node.core.raftlog import Entry
 
 
@@ -24,6 +33,15 @@ def test_a_command_round_trips_with_its_result_bytes() -> None:
                      1.5e9, 1.5e9 + 2, 2000.0, Result("<f8", (3,), b"\x00\xff" * 12))
     assert decode_command(encode_command(done)) == done
     assert decode_command(encode_command(record("j2", "failed", error="boom"))).error == "boom"
+
+
+def test_a_record_gives_back_the_job_it_was_made_from() -> None:
+    job = Job("histogram", "npy:a.npy", "square", 0, 16, -1.5, 2.5)
+    made = JobRecord("j", job.op, job.source, "queued", job_spec(job))
+    assert record_job(decode_command(encode_command(made))) == job
+    assert record_job(JobRecord("j", "sum", "range:n=5", "queued")) == Job("sum", "range:n=5")
+    with pytest.raises(ValueError, match="is not a job"):
+        record_job(JobRecord("j", "sum", "range:n=5", "queued", {"axis": "zero"}))
 
 
 @pytest.mark.parametrize("data", [
@@ -46,7 +64,9 @@ def test_states_only_move_forward_and_repeats_change_nothing() -> None:
     job = table.get("j1")
     assert job is not None and job.state == "done" and job.result is not None
     assert job.submitted_at == 10.0, "the first submission time is kept"
-    assert table.apply(commands(record("j1", "cancelled"))) == ["j1"]  # only cancel passes done
+    assert table.apply(commands(record("j1", "cancelled"), record("j1", "failed"))) == [], "done is final"
+    table.apply(commands(record("j2", "running"), record("j2", "cancelled"), record("j2", "done", 8)))
+    assert table.get("j2").state == "cancelled" and table.get("j2").result is None  # type: ignore[union-attr]
     assert table.apply((Entry(9, 1, "noop"), Entry(10, 1, "command", b"garbage"))) == []
 
 

@@ -45,7 +45,7 @@ async def test_every_node_journals_the_leaders_log_and_keeps_it_across_a_leader_
     assert first and first[0][1] == "noop"
     assert all(log_of(d) == first for d in cluster.daemons)
     assert all(d.journal.log.entries(1) == d.election.log.entries(1) for d in cluster.daemons)
-    assert all(d.applied_entries == d.election.commit_index for d in cluster.daemons)
+    assert all(d.ledger.applied == d.election.commit_index for d in cluster.daemons)
 
     leader = cluster.leader()
     assert leader is not None

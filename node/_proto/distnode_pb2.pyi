@@ -678,3 +678,199 @@ class StatusReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusReply: _TypeAlias = StatusReply  # noqa: Y015
+
+@_typing.final
+class JobInfo(_message.Message):
+    """One job as the job table holds it (node/core/jobtable.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SHARDS_DONE_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    RESULT_KEPT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    ANSWERED_BY_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    MAP_FIELD_NUMBER: _builtins.int
+    AXIS_FIELD_NUMBER: _builtins.int
+    BINS_FIELD_NUMBER: _builtins.int
+    RANGE_LO_FIELD_NUMBER: _builtins.int
+    RANGE_HI_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    op: _builtins.str
+    source: _builtins.str
+    state: _builtins.str
+    """queued, running, done, failed, cancelled"""
+    shards_done: _builtins.int
+    shards: _builtins.int
+    submitted_at: _builtins.float
+    """Seconds since the epoch, the leader's clock; 0 if not yet."""
+    finished_at: _builtins.float
+    elapsed_ms: _builtins.float
+    result_kept: _builtins.bool
+    error: _builtins.str
+    """Why it failed, or why a done job's result was not kept."""
+    answered_by: _builtins.str
+    """The node that answered, the leader it knows and its term."""
+    leader: _builtins.str
+    term: _builtins.int
+    map: _builtins.str
+    axis: _builtins.int
+    bins: _builtins.int
+    range_lo: _builtins.float
+    range_hi: _builtins.float
+    @_builtins.property
+    def result(self) -> Global___Tensor:
+        """Set when done and the result was kept (result_kept)."""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        op: _builtins.str = ...,
+        source: _builtins.str = ...,
+        state: _builtins.str = ...,
+        shards_done: _builtins.int = ...,
+        shards: _builtins.int = ...,
+        submitted_at: _builtins.float = ...,
+        finished_at: _builtins.float = ...,
+        elapsed_ms: _builtins.float = ...,
+        result: Global___Tensor | None = ...,
+        result_kept: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        nodes: _abc.Iterable[_builtins.str] | None = ...,
+        answered_by: _builtins.str = ...,
+        leader: _builtins.str = ...,
+        term: _builtins.int = ...,
+        map: _builtins.str = ...,
+        axis: _builtins.int | None = ...,
+        bins: _builtins.int = ...,
+        range_lo: _builtins.float | None = ...,
+        range_hi: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_axis", b"_axis", "_range_hi", b"_range_hi", "_range_lo", b"_range_lo", "axis", b"axis", "range_hi", b"range_hi", "range_lo", b"range_lo", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_axis", b"_axis", "_range_hi", b"_range_hi", "_range_lo", b"_range_lo", "answered_by", b"answered_by", "axis", b"axis", "bins", b"bins", "elapsed_ms", b"elapsed_ms", "error", b"error", "finished_at", b"finished_at", "job_id", b"job_id", "leader", b"leader", "map", b"map", "nodes", b"nodes", "op", b"op", "range_hi", b"range_hi", "range_lo", b"range_lo", "result", b"result", "result_kept", b"result_kept", "shards", b"shards", "shards_done", b"shards_done", "source", b"source", "state", b"state", "submitted_at", b"submitted_at", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__axis: _TypeAlias = _typing.Literal["axis"]  # noqa: Y015
+    _WhichOneofArgType__axis: _TypeAlias = _typing.Literal["_axis", b"_axis"]  # noqa: Y015
+    _WhichOneofReturnType__range_hi: _TypeAlias = _typing.Literal["range_hi"]  # noqa: Y015
+    _WhichOneofArgType__range_hi: _TypeAlias = _typing.Literal["_range_hi", b"_range_hi"]  # noqa: Y015
+    _WhichOneofReturnType__range_lo: _TypeAlias = _typing.Literal["range_lo"]  # noqa: Y015
+    _WhichOneofArgType__range_lo: _TypeAlias = _typing.Literal["_range_lo", b"_range_lo"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__axis) -> _WhichOneofReturnType__axis | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__range_hi) -> _WhichOneofReturnType__range_hi | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__range_lo) -> _WhichOneofReturnType__range_lo | None: ...
+
+Global___JobInfo: _TypeAlias = JobInfo  # noqa: Y015
+
+@_typing.final
+class ResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
+    FORWARDED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    wait_s: _builtins.float
+    """Seconds to wait for the job to end; 0 answers at once."""
+    forwarded: _builtins.bool
+    """Relayed by a follower that did not know the job (never relayed again)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        wait_s: _builtins.float = ...,
+        forwarded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwarded", b"forwarded", "job_id", b"job_id", "wait_s", b"wait_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultRequest: _TypeAlias = ResultRequest  # noqa: Y015
+
+@_typing.final
+class JobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    FORWARDED_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """Only jobs in this state; "" for all."""
+    limit: _builtins.int
+    forwarded: _builtins.bool
+    """Relayed by a follower to its leader (never relayed again)."""
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        forwarded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwarded", b"forwarded", "limit", b"limit", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobsRequest: _TypeAlias = JobsRequest  # noqa: Y015
+
+@_typing.final
+class JobsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobInfo]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___JobInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobsReply: _TypeAlias = JobsReply  # noqa: Y015
+
+@_typing.final
+class CancelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    FORWARDED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    forwarded: _builtins.bool
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        forwarded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwarded", b"forwarded", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015

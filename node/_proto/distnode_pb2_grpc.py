@@ -69,6 +69,26 @@ class NodeStub:
                 request_serializer=distnode__pb2.StatusRequest.SerializeToString,
                 response_deserializer=distnode__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Enqueue = channel.unary_unary(
+                '/distnode.v1.Node/Enqueue',
+                request_serializer=distnode__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=distnode__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.Result = channel.unary_unary(
+                '/distnode.v1.Node/Result',
+                request_serializer=distnode__pb2.ResultRequest.SerializeToString,
+                response_deserializer=distnode__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.Jobs = channel.unary_unary(
+                '/distnode.v1.Node/Jobs',
+                request_serializer=distnode__pb2.JobsRequest.SerializeToString,
+                response_deserializer=distnode__pb2.JobsReply.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/distnode.v1.Node/Cancel',
+                request_serializer=distnode__pb2.CancelRequest.SerializeToString,
+                response_deserializer=distnode__pb2.JobInfo.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -128,6 +148,35 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Enqueue(self, request, context):
+        """Client -> any node (followers relay): a detached job, answered once its
+        "queued" record is committed (stored and fsync'd on a majority).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Result(self, request, context):
+        """Client -> any node: one job from the node's job table, waiting up to wait_s for it to end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Jobs(self, request, context):
+        """Client -> any node: jobs from the node's job table, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Client -> any node (followers relay): cancel a queued or running job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +214,26 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=distnode__pb2.StatusRequest.FromString,
                     response_serializer=distnode__pb2.StatusReply.SerializeToString,
+            ),
+            'Enqueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enqueue,
+                    request_deserializer=distnode__pb2.SubmitRequest.FromString,
+                    response_serializer=distnode__pb2.JobInfo.SerializeToString,
+            ),
+            'Result': grpc.unary_unary_rpc_method_handler(
+                    servicer.Result,
+                    request_deserializer=distnode__pb2.ResultRequest.FromString,
+                    response_serializer=distnode__pb2.JobInfo.SerializeToString,
+            ),
+            'Jobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.Jobs,
+                    request_deserializer=distnode__pb2.JobsRequest.FromString,
+                    response_serializer=distnode__pb2.JobsReply.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=distnode__pb2.CancelRequest.FromString,
+                    response_serializer=distnode__pb2.JobInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +425,114 @@ class Node:
             '/distnode.v1.Node/Status',
             distnode__pb2.StatusRequest.SerializeToString,
             distnode__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enqueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distnode.v1.Node/Enqueue',
+            distnode__pb2.SubmitRequest.SerializeToString,
+            distnode__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Result(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distnode.v1.Node/Result',
+            distnode__pb2.ResultRequest.SerializeToString,
+            distnode__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Jobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distnode.v1.Node/Jobs',
+            distnode__pb2.JobsRequest.SerializeToString,
+            distnode__pb2.JobsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distnode.v1.Node/Cancel',
+            distnode__pb2.CancelRequest.SerializeToString,
+            distnode__pb2.JobInfo.FromString,
             options,
             channel_credentials,
             insecure,

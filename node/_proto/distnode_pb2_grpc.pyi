@@ -61,6 +61,16 @@ class NodeStub:
     """Client -> any node: how far a running job has got."""
     Status: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.StatusRequest, _distnode_pb2.StatusReply]
     """Client -> any node: the node's (or, on the leader, the cluster's) view."""
+    Enqueue: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.SubmitRequest, _distnode_pb2.JobInfo]
+    """Client -> any node (followers relay): a detached job, answered once its
+    "queued" record is committed (stored and fsync'd on a majority).
+    """
+    Result: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.ResultRequest, _distnode_pb2.JobInfo]
+    """Client -> any node: one job from the node's job table, waiting up to wait_s for it to end."""
+    Jobs: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.JobsRequest, _distnode_pb2.JobsReply]
+    """Client -> any node: jobs from the node's job table, newest first."""
+    Cancel: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.CancelRequest, _distnode_pb2.JobInfo]
+    """Client -> any node (followers relay): cancel a queued or running job."""
 
 @_typing.type_check_only
 class NodeAsyncStub(NodeStub):
@@ -87,6 +97,16 @@ class NodeAsyncStub(NodeStub):
     """Client -> any node: how far a running job has got."""
     Status: _aio.UnaryUnaryMultiCallable[_distnode_pb2.StatusRequest, _distnode_pb2.StatusReply]  # type: ignore[assignment]
     """Client -> any node: the node's (or, on the leader, the cluster's) view."""
+    Enqueue: _aio.UnaryUnaryMultiCallable[_distnode_pb2.SubmitRequest, _distnode_pb2.JobInfo]  # type: ignore[assignment]
+    """Client -> any node (followers relay): a detached job, answered once its
+    "queued" record is committed (stored and fsync'd on a majority).
+    """
+    Result: _aio.UnaryUnaryMultiCallable[_distnode_pb2.ResultRequest, _distnode_pb2.JobInfo]  # type: ignore[assignment]
+    """Client -> any node: one job from the node's job table, waiting up to wait_s for it to end."""
+    Jobs: _aio.UnaryUnaryMultiCallable[_distnode_pb2.JobsRequest, _distnode_pb2.JobsReply]  # type: ignore[assignment]
+    """Client -> any node: jobs from the node's job table, newest first."""
+    Cancel: _aio.UnaryUnaryMultiCallable[_distnode_pb2.CancelRequest, _distnode_pb2.JobInfo]  # type: ignore[assignment]
+    """Client -> any node (followers relay): cancel a queued or running job."""
 
 class NodeServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -152,5 +172,39 @@ class NodeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_distnode_pb2.StatusReply, _abc.Awaitable[_distnode_pb2.StatusReply]]:
         """Client -> any node: the node's (or, on the leader, the cluster's) view."""
+
+    @_abc_1.abstractmethod
+    def Enqueue(
+        self,
+        request: _distnode_pb2.SubmitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distnode_pb2.JobInfo, _abc.Awaitable[_distnode_pb2.JobInfo]]:
+        """Client -> any node (followers relay): a detached job, answered once its
+        "queued" record is committed (stored and fsync'd on a majority).
+        """
+
+    @_abc_1.abstractmethod
+    def Result(
+        self,
+        request: _distnode_pb2.ResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distnode_pb2.JobInfo, _abc.Awaitable[_distnode_pb2.JobInfo]]:
+        """Client -> any node: one job from the node's job table, waiting up to wait_s for it to end."""
+
+    @_abc_1.abstractmethod
+    def Jobs(
+        self,
+        request: _distnode_pb2.JobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distnode_pb2.JobsReply, _abc.Awaitable[_distnode_pb2.JobsReply]]:
+        """Client -> any node: jobs from the node's job table, newest first."""
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _distnode_pb2.CancelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distnode_pb2.JobInfo, _abc.Awaitable[_distnode_pb2.JobInfo]]:
+        """Client -> any node (followers relay): cancel a queued or running job."""
 
 def add_NodeServicer_to_server(servicer: NodeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

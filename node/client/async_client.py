@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import grpc
 
@@ -26,6 +27,7 @@ from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache
 from node.client.answer import Answer, ClusterStatus, ProgressCallback, answer_from, cluster_status
 from node.client.fanout import Fanout
+from node.client.jobs import JobStatus, answer_of, call_any, job_status
 from node.client.reach import unreachable
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
@@ -109,6 +111,22 @@ class AsyncClient:
     def _stub(self, address: str) -> NodeStub:
         return self._stubs.stub(address)
 
+    @overload
+    async def submit(
+        self, op: str, source: str, map: str | None = None, axis: int | None = None,
+        bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
+        timeout: float | None = None, on_progress: ProgressCallback | None = None,
+        detach: Literal[False] = False,
+    ) -> Answer: ...
+
+    @overload
+    async def submit(
+        self, op: str, source: str, map: str | None = None, axis: int | None = None,
+        bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
+        timeout: float | None = None, on_progress: ProgressCallback | None = None, *,
+        detach: Literal[True],
+    ) -> str: ...
+
     async def submit(
         self,
         op: str,
@@ -120,9 +138,13 @@ class AsyncClient:
         job_id: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
-    ) -> Answer:
-        """Run one job and return its answer. Raises InvalidJob, JobError, ClusterUnavailable."""
+        detach: bool = False,
+    ) -> Answer | str:
+        """Run one job and return its answer; with `detach`, return its job id as soon as
+        the cluster has committed it (see `result`). Raises InvalidJob, JobError, ClusterUnavailable."""
         request = new_request(op, source, map, axis, bins, range, job_id)
+        if detach:
+            return await self._enqueue(request, timeout)
         started = time.perf_counter()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         plan = RetryPlan(self._nodes, request.job.job_id, deadline)
@@ -144,6 +166,53 @@ class AsyncClient:
                 unreachable, self._nodes.all(), self._stubs.factory.tls, plan.unreached
             )
         raise plan.out_of_time()
+
+    async def _enqueue(self, request: pb.SubmitRequest, timeout: float | None) -> str:
+        async def call(address: str, remaining: float) -> pb.JobInfo:
+            return await self._stub(address).Enqueue(request, timeout=remaining)
+
+        info, _ = await call_any(self._nodes, call, request.job.job_id, self._deadline(timeout), self._tls)
+        return info.job_id
+
+    async def result(self, job_id: str, wait: float = 0.0, timeout: float | None = None) -> Answer:
+        """A job's answer from the job table of any node, waiting up to `wait` seconds for it
+        to end. Raises JobPending (not done in time), JobFailed, JobCancelled, UnknownJob."""
+        request = pb.ResultRequest(job_id=job_id, wait_s=wait)
+
+        async def call(address: str, remaining: float) -> pb.JobInfo:
+            request.wait_s = max(0.0, min(wait, remaining - 0.1))
+            return await self._stub(address).Result(request, timeout=remaining)
+
+        info, retries = await call_any(self._nodes, call, job_id, self._deadline(timeout, wait), self._tls)
+        return answer_of(info, retries)
+
+    async def jobs(self, state: str | None = None, limit: int = 100, timeout: float | None = None
+                   ) -> list[JobStatus]:
+        """Jobs from the job table of any node, newest first; only those in `state` if given."""
+        request = pb.JobsRequest(state=state or "", limit=limit)
+
+        async def call(address: str, remaining: float) -> pb.JobsReply:
+            return await self._stub(address).Jobs(request, timeout=remaining)
+
+        reply, _ = await call_any(self._nodes, call, "jobs", self._deadline(timeout), self._tls)
+        return [job_status(info) for info in reply.jobs]
+
+    async def cancel(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Cancel a queued or running job. Raises JobFinished if it has ended, UnknownJob."""
+        request = pb.CancelRequest(job_id=job_id)
+
+        async def call(address: str, remaining: float) -> pb.JobInfo:
+            return await self._stub(address).Cancel(request, timeout=remaining)
+
+        info, _ = await call_any(self._nodes, call, job_id, self._deadline(timeout), self._tls)
+        return job_status(info)
+
+    def _deadline(self, timeout: float | None, wait: float = 0.0) -> float:
+        return time.monotonic() + (self.timeout if timeout is None else timeout) + wait
+
+    @property
+    def _tls(self) -> TlsFiles | None:
+        return self._stubs.factory.tls
 
     async def _attempt(
         self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None

@@ -18,7 +18,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import grpc
 
@@ -26,6 +26,7 @@ from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory
 from node.client.answer import Answer, ClusterStatus, ProgressCallback, answer_from
 from node.client.async_client import AsyncClient
+from node.client.jobs import JobStatus
 from node.client.reach import unreachable
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
@@ -47,7 +48,8 @@ T = TypeVar("T")
 
 
 class Client:
-    """Blocking client: `submit`, `status`, `progress`, `wait_for_leader`, `close`."""
+    """Blocking client: `submit`, `result`, `jobs`, `cancel`, `status`, `progress`,
+    `wait_for_leader`, `close`."""
 
     def __init__(
         self,
@@ -72,6 +74,22 @@ class Client:
 
     # -- the synchronous submit path --------------------------------------
 
+    @overload
+    def submit(
+        self, op: str, source: str, map: str | None = None, axis: int | None = None,
+        bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
+        timeout: float | None = None, on_progress: ProgressCallback | None = None,
+        detach: Literal[False] = False,
+    ) -> Answer: ...
+
+    @overload
+    def submit(
+        self, op: str, source: str, map: str | None = None, axis: int | None = None,
+        bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
+        timeout: float | None = None, on_progress: ProgressCallback | None = None, *,
+        detach: Literal[True],
+    ) -> str: ...
+
     def submit(
         self,
         op: str,
@@ -83,10 +101,15 @@ class Client:
         job_id: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
-    ) -> Answer:
-        """Run one job and return its answer. Raises InvalidJob, JobError, ClusterUnavailable."""
+        detach: bool = False,
+    ) -> Answer | str:
+        """Run one job and return its answer; with `detach`, return its job id once the
+        cluster has committed it. Raises InvalidJob, JobError, ClusterUnavailable."""
         if self._loop.is_closed():
             raise ClusterUnavailable("this client is closed")
+        if detach:
+            return self._call(self._async.submit(
+                op, source, map, axis, bins, range, job_id, timeout, detach=True))
         request = new_request(op, source, map, axis, bins, range, job_id)
         started = time.perf_counter()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -166,6 +189,17 @@ class Client:
 
     def progress(self, job_id: str) -> tuple[int, int] | None:
         return self._call(self._async.progress(job_id))
+
+    def result(self, job_id: str, wait: float = 0.0, timeout: float | None = None) -> Answer:
+        return self._call(self._async.result(job_id, wait, timeout))
+
+    def jobs(
+        self, state: str | None = None, limit: int = 100, timeout: float | None = None
+    ) -> list[JobStatus]:
+        return self._call(self._async.jobs(state, limit, timeout))
+
+    def cancel(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        return self._call(self._async.cancel(job_id, timeout))
 
     def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
         return self._call(self._async.wait_for_leader(timeout))

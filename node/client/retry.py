@@ -10,7 +10,7 @@ the leader) and keeps trying, with the same `job_id`, until the deadline:
   next node. DEADLINE_EXCEEDED from our own deadline ends the loop.
 - INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND, PERMISSION_DENIED: the
   request is wrong: `InvalidJob`, at once. UNAUTHENTICATED: `AccessDenied`.
-  Other statuses: `JobError`.
+  RESOURCE_EXHAUSTED: `LimitExceeded`. Other statuses: `JobError`.
 - Deadline with no node reachable or no leader: `ClusterUnavailable`; and
   sooner, after UNREACHABLE_AFTER_S, if no node has ever answered: then the
   client names what is at each address (reach.py).
@@ -33,7 +33,15 @@ import grpc
 from node._proto import distnode_pb2 as pb
 from node.addresses import parse_addresses
 from node.core.job import Job
-from node.errors import AccessDenied, AttemptFailed, ClusterUnavailable, ConfigError, InvalidJob, JobError
+from node.errors import (
+    AccessDenied,
+    AttemptFailed,
+    ClusterUnavailable,
+    ConfigError,
+    InvalidJob,
+    JobError,
+    LimitExceeded,
+)
 from node.wire.jobs import job_to_proto
 from node.wire.status import signed_by
 
@@ -83,6 +91,8 @@ def classify(exc: FailedCall, accepted: bool) -> Exception:
         return InvalidJob(f"{code.name}: {details}", field=details.partition(":")[0])
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return AccessDenied(f"UNAUTHENTICATED: {details} (the token: --token-file or $DISTNODE_TOKEN)")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return LimitExceeded(f"{code.name}: {details}")
     return JobError(f"{code.name}: {details}")
 
 

@@ -7,8 +7,10 @@ set by the leader when it proposes the command (times included), never read
 from the applying node's clock, so applying is deterministic.
 
 States only move forward, `queued -> running -> done | failed | cancelled`,
-and a command for a state the job has passed changes nothing, so a command
-proposed twice (a leader that retries) changes the table once. Each node
+and the three finished states are final: a command for a state the job has
+passed, or for a job that has finished, changes nothing. So a command
+proposed twice (a leader that retries) changes the table once, and a cancel
+that races the job's end loses to whichever was committed first. Each node
 applies each entry once (from its snapshot on), in log order, so every table
 is the same: applying is a function of the log alone.
 
@@ -25,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from node.core.job import Job
 from node.core.raftlog import Entry
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -56,6 +59,24 @@ class JobRecord:
     elapsed_ms: float | None = None
     result: Result | None = None
     error: str = ""
+
+
+def job_spec(job: Job) -> dict[str, Any]:
+    """What a record keeps of a job besides its op and source (`record_job` gives it back)."""
+    return {"map": job.kernel, "axis": job.axis, "bins": job.bins,
+            "range_lo": job.range_lo, "range_hi": job.range_hi}
+
+
+def record_job(record: JobRecord) -> Job:
+    """The job a record describes, as the leader runs it (ValueError for a malformed spec)."""
+    spec = record.spec
+    try:
+        return Job(record.op, record.source, str(spec.get("map", "identity")),
+                   None if spec.get("axis") is None else int(spec["axis"]), int(spec.get("bins", 0)),
+                   None if spec.get("range_lo") is None else float(spec["range_lo"]),
+                   None if spec.get("range_hi") is None else float(spec["range_hi"]))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"job {record.job_id}: spec {spec!r} is not a job: {exc}") from None
 
 
 def encode_command(record: JobRecord) -> bytes:
@@ -96,6 +117,11 @@ class JobTable:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    @property
+    def live(self) -> int:
+        """Jobs queued or running."""
+        return len(self._jobs) - self._finished
+
     def get(self, job_id: str) -> JobRecord | None:
         return self._jobs.get(job_id)
 
@@ -127,8 +153,8 @@ class JobTable:
 
     def _put(self, record: JobRecord) -> bool:
         old = self._jobs.get(record.job_id)
-        if old is not None and _RANK[record.state] <= _RANK[old.state]:
-            return False  # a repeat, or news older than what the table holds
+        if old is not None and (old.state in FINISHED or _RANK[record.state] <= _RANK[old.state]):
+            return False  # a repeat, news older than what the table holds, or a finished job
         if old is not None:
             record = replace(record, submitted_at=old.submitted_at or record.submitted_at)
             self._count(old, -1)

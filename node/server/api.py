@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from node.core.job import Job
+from node.core.jobtable import JobRecord
 from node.core.messages import Heartbeat, InstallSnapshot
 
 if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
@@ -101,6 +102,18 @@ class JobProgress:
 
 
 @dataclass(frozen=True)
+class JobView:
+    """One job as the answering node's job table holds it, and who answered."""
+
+    record: JobRecord
+    answered_by: str
+    leader: str
+    term: int
+    #: Shards merged so far; known only on the leader that runs the job.
+    shards_done: int = 0
+
+
+@dataclass(frozen=True)
 class NodeView:
     """One node as the answering node sees it."""
 
@@ -155,3 +168,11 @@ class NodeApi(Protocol):
     async def progress(self, job_id: str) -> JobProgress: ...
 
     async def status(self) -> StatusView: ...
+
+    async def enqueue(self, job_id: str, job: Job, client: str, forwarded: bool) -> JobView: ...
+
+    async def result(self, job_id: str, wait_s: float, forwarded: bool) -> JobView: ...
+
+    async def list_jobs(self, state: str | None, limit: int, forwarded: bool) -> list[JobView]: ...
+
+    async def cancel(self, job_id: str, forwarded: bool) -> JobView: ...

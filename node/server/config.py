@@ -43,6 +43,11 @@ def parse_range_ms(text: str, field_name: str = "election-ms") -> tuple[int, int
     return lo, hi
 
 
+#: Finished jobs the job table keeps by default, and bytes of their results.
+DEFAULT_KEEP_JOBS = 10_000
+DEFAULT_KEEP_RESULT_BYTES = 64 << 20
+
+
 def default_data_dir(node_id: str, listen: str) -> Path:
     """Where term and vote live when --data-dir is not given.
 
@@ -93,6 +98,10 @@ class NodeConfig:
     #: Send heartbeats as sealed UDP datagrams beside gRPC (node/server/beacons.py).
     #: Off: every heartbeat goes on the gRPC stream, at about three times the CPU.
     udp_heartbeats: bool = True
+    #: The job table's retention (node/core/jobtable.py): finished jobs kept, and
+    #: bytes of their results kept; the oldest finished jobs go first.
+    keep_jobs: int = DEFAULT_KEEP_JOBS
+    keep_result_bytes: int = DEFAULT_KEEP_RESULT_BYTES
 
     @property
     def address(self) -> str:
@@ -112,6 +121,9 @@ class NodeConfig:
                 "the address others reach this node at"
             )
         self._validate_timing()
+        if self.keep_jobs < 0 or self.keep_result_bytes < 0:
+            raise ConfigError(f"keep-jobs, keep-result-bytes: must not be negative, got "
+                              f"{self.keep_jobs}, {self.keep_result_bytes}")
         if self.shard_elems < 1:
             raise ConfigError(f"shard-elems: must be positive, got {self.shard_elems}")
         self._validate_formats()

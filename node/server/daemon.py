@@ -19,15 +19,15 @@ the peer channels, drop the compute pool.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import random
+import shutil
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +40,9 @@ from node.channels import ChannelFactory, StubCache, server_options
 from node.core.election import Election
 from node.core.electionconfig import ElectionConfig
 from node.core.job import Job
+from node.core.jobtable import JobTable
 from node.core.messages import Heartbeat, InstallSnapshot, Role
-from node.core.raftlog import Entry
-from node.errors import InvalidField, NotAMember, NotLeader
+from node.errors import InvalidField, NotLeader
 from node.security import TokenServerInterceptor
 from node.server import beacons
 from node.server.admission import ClientSlots
@@ -51,6 +51,8 @@ from node.server.api import (
     BeatAnswer,
     IncomingPartial,
     JobProgress,
+    JobView,
+    Outcome,
     ReduceCount,
     ShardRange,
     StatusView,
@@ -59,11 +61,14 @@ from node.server.api import (
 )
 from node.server.beacons import BeaconListener
 from node.server.clock import Clock
+from node.server.computestack import ComputeStack
 from node.server.config import NodeConfig
 from node.server.elections import ElectionDriver
 from node.server.heartbeats import HeartbeatLinks
+from node.server.jobdesk import JobDesk
 from node.server.journal import Journal
-from node.server.logs import configure_logging
+from node.server.ledger import JobLedger
+from node.server.ledger import outcome_of as answer_of
 from node.server.peers import PeerTable
 from node.server.relay import Relay
 from node.server.service import NodeServicer, add_to_server, beat_reply
@@ -109,8 +114,14 @@ class Daemon:
             rng=random.Random(), term=saved.term, voted_for=saved.voted_for,
             log=raft_log, snapshot=self.journal.snapshot.data,
         )
-        #: Entries applied since start (the job table comes with detached jobs).
-        self.applied_entries = 0
+        table = JobTable(config.keep_jobs, config.keep_result_bytes)
+        table.restore(self.journal.snapshot.data)
+        self.ledger = JobLedger(
+            table, lambda data: self.elections.propose(data), lambda: self.is_leader,
+            lambda: self.election.term, self._run_detached, lambda job_id: self.jobs.cancel(job_id),
+            lambda: shutil.disk_usage(config.data_dir).free, config.limits.max_jobs // 2, self.who,
+        )
+        self.ledger.applied = election.commit_index
         self.peers = PeerTable(config.peers)
         self.stubs = StubCache(ChannelFactory(config.tls, config.token, config.limits.max_message_bytes))
         self.clock = Clock(
@@ -123,12 +134,14 @@ class Daemon:
         )
         self.elections = ElectionDriver(
             election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
-            config, self._spawn, self._on_role_changed, self._on_apply, lambda: b"", lambda data: None,
+            config, self._spawn, self._on_role_changed, self.ledger.apply, table.snapshot,
+            self.ledger.restore,
         )
         self.relay = Relay(
-            self.stubs, lambda: self.elections.leader_address, self._who, config.limits.job_timeout_s
+            self.stubs, lambda: self.elections.leader_address, self.who, config.limits.job_timeout_s
         )
         self.clients = ClientSlots(config.limits.max_jobs_per_client)
+        self.desk = JobDesk(self)
         #: This node's UDP socket for the leader's beats; None until serving, or if off.
         self.beacons: BeaconListener | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
@@ -136,7 +149,7 @@ class Daemon:
         # background once a leader is known (see node/core/job.py for why).
         self._jobs: JobManager | None = None
         self._worker: Worker | None = None
-        self._preload: concurrent.futures.Future[None] | None = None
+        self.compute_stack = ComputeStack(self.executor)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self.port = 0
@@ -153,7 +166,7 @@ class Daemon:
     def is_leader(self) -> bool:
         return self.election.role is Role.LEADER
 
-    def _who(self) -> str:
+    def who(self) -> str:
         return f"{self.node_id} (term {self.election.term})"
 
     # -- the compute side, loaded after the election ----------------------
@@ -188,35 +201,13 @@ class Daemon:
         """The file formats this node reads: --formats, of those whose library is installed."""
         return formats.openers(self.config.formats)
 
-    def _preload_compute(self) -> concurrent.futures.Future[None]:
-        """Import the compute stack in the compute thread, once (started when a
-        leader is known: off the event loop, after the start-up storm of elections)."""
-        if self._preload is None:
-            self._preload = self.executor.submit(_import_compute_stack)
-            self._preload.add_done_callback(_log_preload_failure)
-        return self._preload
-
     async def compute_ready(self) -> None:
-        """Wait, without blocking the event loop, until `jobs` and `worker` can be built."""
-        try:
-            preload = self._preload_compute()
-        except RuntimeError:  # shutting down: the executor is gone
-            return
-        if not preload.done():
-            with contextlib.suppress(Exception):  # logged; the import is retried on use
-                await asyncio.wrap_future(preload)
+        await self.compute_stack.ready()
 
     # -- the servicer's calls (api.NodeApi) -------------------------------
 
     def _check_member(self, field: str, node_id: str) -> None:
-        """Only nodes behind our --peers addresses may vote, lead, or send partials;
-        our own id arriving over the network is forged by definition."""
-        if not node_id:
-            raise InvalidField(field, "must not be empty")
-        if node_id == self.node_id:
-            raise NotAMember(field, f"{node_id!r} is this node's own id")
-        if not self.peers.is_member(node_id):
-            raise NotAMember(field, f"{node_id!r} is not a member of this cluster")
+        self.peers.check_member(field, node_id, self.node_id)
 
     async def _check_member_soon(self, field: str, node_id: str) -> None:
         """`_check_member`, after asking the peers whose ids we do not know yet.
@@ -268,11 +259,40 @@ class Daemon:
     async def _submit(self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None) -> Submitted:
         if not self.is_leader:
             return await self.relay.submit(job_id, job, forwarded, timeout_s)
+        submitted_at = time.time()
         await self.compute_ready()
         if not self.is_leader:  # stepped down while the compute stack loaded
             raise NotLeader(f"{self.node_id} stepped down in term {self.election.term}")
-        outcome = await self.jobs.submit(job_id, job)
+        record = self.ledger.known(job_id, job)  # JobConflict for a reused id
+        outcome = answer_of(record) if record is not None else None
+        if outcome is None:
+            outcome = await self.jobs.submit(job_id, job)
+            self.ledger.record_attached(job_id, job, outcome, submitted_at)
         return Answered(outcome, self.node_id, self.election.term, self.config.address)
+
+    async def _run_detached(self, job_id: str, job: Job) -> Outcome:
+        await self.compute_ready()
+        if not self.is_leader:
+            raise NotLeader(f"{self.node_id} stepped down in term {self.election.term}")
+        return await self.jobs.submit(job_id, job)
+
+    # -- detached jobs and the job table (jobdesk.py) ---------------------
+
+    def shards_done(self, job_id: str) -> int:
+        """Shards merged so far of a job this leader runs; 0 if it runs none."""
+        return self._jobs.progress(job_id)[1] if self._jobs is not None else 0
+
+    async def enqueue(self, job_id: str, job: Job, client: str, forwarded: bool) -> JobView:
+        return await self.desk.enqueue(job_id, job, client, forwarded)
+
+    async def result(self, job_id: str, wait_s: float, forwarded: bool) -> JobView:
+        return await self.desk.result(job_id, wait_s, forwarded)
+
+    async def list_jobs(self, state: str | None, limit: int, forwarded: bool) -> list[JobView]:
+        return await self.desk.list_jobs(state, limit, forwarded)
+
+    async def cancel(self, job_id: str, forwarded: bool) -> JobView:
+        return await self.desk.cancel(job_id, forwarded)
 
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None
@@ -308,15 +328,14 @@ class Daemon:
 
     # -- what the election does to the rest -------------------------------
 
-    def _on_apply(self, entries: tuple[Entry, ...]) -> None:
-        self.applied_entries += len(entries)
-
     def _on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
         self.elections.on_heartbeat_reply(address, reply)
 
     def _on_role_changed(self, role: Role, term: int, leader: str | None) -> None:
         if leader is not None:
-            self._preload_compute()
+            self.compute_stack.preload()
+        if role is not Role.LEADER:
+            self.ledger.step_down()
         if role is not Role.LEADER and self._jobs is not None:
             self._jobs.abort_all(f"{self.node_id} became {role.value} in term {term}")
 
@@ -408,38 +427,3 @@ class Daemon:
         await self.stubs.close()
         self.journal.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _import_compute_stack() -> None:
-    import node.server.jobs
-    import node.server.worker  # noqa: F401
-
-
-def _log_preload_failure(preload: concurrent.futures.Future[None]) -> None:
-    if not preload.cancelled() and preload.exception() is not None:
-        log.error("loading the compute stack failed", exc_info=preload.exception())
-
-
-def run(config: NodeConfig) -> int:
-    """Blocking entry point used by `distnode start`."""
-    configure_logging(config.node_id)
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(Daemon(config).serve())
-    return 0
-
-
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed, else asyncio's own loop (None).
-
-    gRPC's asyncio server spends most of a small job's CPU in event-loop
-    machinery; on uvloop the leader answers ~5-7 % more small jobs per second
-    (scripts/bench.py, throughput). DISTNODE_LOOP=asyncio keeps the standard
-    loop, e.g. to rule uvloop out when chasing a bug.
-    """
-    if os.environ.get("DISTNODE_LOOP", "") == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop

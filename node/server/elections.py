@@ -80,7 +80,7 @@ class ElectionDriver:
         on_role_changed: OnRoleChanged,
         on_apply: OnApply,
         snapshot_state: Callable[[], bytes],
-        on_restore: Callable[[bytes], None],
+        on_restore: Callable[[bytes, int], None],
     ) -> None:
         self.election = election
         self.store = store
@@ -202,6 +202,13 @@ class ElectionDriver:
             return None
         return reply
 
+    def propose(self, data: tuple[bytes, ...]) -> tuple[Entry, ...]:
+        """On the leader: append commands (one fsync) and send them; () if not leading,
+        or if the journal refused them (then this node steps down)."""
+        self.catch_up()
+        entries, outputs = self.election.propose(*data)
+        return entries if self._execute(outputs) else ()
+
     # -- outbound ---------------------------------------------------------
 
     def _execute(self, outputs: list[Output]) -> bool:
@@ -221,7 +228,7 @@ class ElectionDriver:
                         self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
                     return False
                 if isinstance(out, RestoreSnapshot):
-                    self.on_restore(out.data)
+                    self.on_restore(out.data, out.index)
                     self.applied = out.index
             elif isinstance(out, Send):
                 self._send(out.message)

@@ -48,6 +48,7 @@ from node.core.limits import Limits
 from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import (
     InvalidField,
+    JobCancelled,
     JobConflict,
     JobFailed,
     JobTimedOut,
@@ -150,6 +151,13 @@ class JobManager:
         if len(self._running) >= self.limits.max_jobs:
             raise LimitExceeded(f"max-jobs: {self.limits.max_jobs} jobs already running on the leader")
         return await self._run(job_id, job)
+
+    async def validate(self, job: Job) -> None:
+        """Refuse a bad job (InvalidField, LimitExceeded) as `submit` would, without running it."""
+        if source_kind(job.source) in FORMAT_KINDS:
+            await asyncio.to_thread(self._plan, job)  # reads metadata from disk
+        else:
+            self._plan(job)
 
     def _check_same(self, job_id: str, old: Job, new: Job) -> None:
         if old != new:
@@ -348,6 +356,14 @@ class JobManager:
         if known is not None:
             return True, known[1].shards, known[1].shards
         return False, 0, 0
+
+    def cancel(self, job_id: str) -> None:
+        """The job was cancelled: end its run, if one is going (its caller gets JobCancelled)."""
+        run = self._running.get(job_id)
+        if run is not None:
+            run.fail(JobCancelled(f"job {job_id} was cancelled"))
+            for task in run.tasks:
+                task.cancel()
 
     def abort_all(self, reason: str) -> None:
         """Leadership is gone: fail every running job so clients retry elsewhere."""

@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from node.errors import InvalidField, NotAMember
+
 
 @dataclass
 class Peer:
@@ -91,6 +93,16 @@ class PeerTable:
             if peer.node_id == node_id:
                 return peer.address
         return None
+
+    def check_member(self, field: str, node_id: str, own_id: str) -> None:
+        """Only nodes behind our --peers addresses may vote, lead, or send partials;
+        our own id arriving over the network is forged by definition."""
+        if not node_id:
+            raise InvalidField(field, "must not be empty")
+        if node_id == own_id:
+            raise NotAMember(field, f"{node_id!r} is this node's own id")
+        if not self.is_member(node_id):
+            raise NotAMember(field, f"{node_id!r} is not a member of this cluster")
 
     def is_member(self, node_id: str) -> bool:
         """True if `node_id` answers at one of this node's --peers addresses."""

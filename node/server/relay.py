@@ -1,7 +1,7 @@
 """A follower's relay of client calls to the leader it knows.
 
-Clients may call any node; a follower passes Submit and Progress on to its
-leader, through its own `--peers` entry for it. A relayed Submit is marked
+Clients may call any node; a follower passes Submit, Enqueue, Cancel and
+Progress on to its leader, through its own `--peers` entry for it. A relayed Submit is marked
 and never relayed again, so two nodes that each believe the other leads
 cannot bounce a job between them (a Progress probe is not marked: it has a
 short deadline and changes nothing). Submit's reply comes back as the
@@ -24,12 +24,15 @@ from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.core.job import Job
 from node.errors import NoLeader, RelayFailed
-from node.server.api import JobProgress, Relayed
+from node.server.api import JobProgress, JobView, Relayed
+from node.server.jobinfo import view_from_info
 from node.wire.jobs import job_to_proto
 from node.wire.status import signed_by
 
 #: How long a follower waits for the leader when it relays a Progress probe.
 RELAY_PROBE_S = 1.0
+#: How long a follower waits for the leader when it relays Enqueue or Cancel without a deadline.
+RELAY_CALL_S = 30.0
 
 
 class Relay:
@@ -61,6 +64,55 @@ class Relay:
         except grpc.aio.AioRpcError as exc:
             raise self._failed(exc) from None
         return Relayed(reply)
+
+    async def enqueue(self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None) -> JobView:
+        if forwarded:
+            raise NoLeader(f"no leader known to {self.who()}; retry")
+        request = pb.SubmitRequest(job=job_to_proto(job_id, job), forwarded=True)
+        try:
+            reply = await self.stubs.stub(self._leader()).Enqueue(request, timeout=timeout_s or RELAY_CALL_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc) from None
+        return view_from_info(reply)
+
+    async def result(self, job_id: str, wait_s: float) -> JobView | None:
+        """The leader's record of a job this follower has not applied yet; None without a leader."""
+        leader = self.leader_address()
+        if not leader:
+            return None
+        request = pb.ResultRequest(job_id=job_id, wait_s=wait_s, forwarded=True)
+        try:
+            reply = await self.stubs.stub(leader).Result(request, timeout=wait_s + RELAY_PROBE_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE) or signed_by(
+                    exc.trailing_metadata()) is None:
+                return None  # unknown there too, or no answer from it: this node's table answers
+            raise self._failed(exc) from None
+        return view_from_info(reply)
+
+    async def jobs(self, state: str | None, limit: int) -> list[JobView] | None:
+        """The leader's job table; None without a leader, or if it cannot be reached."""
+        leader = self.leader_address()
+        if not leader:
+            return None
+        request = pb.JobsRequest(state=state or "", limit=limit, forwarded=True)
+        try:
+            reply = await self.stubs.stub(leader).Jobs(request, timeout=RELAY_PROBE_S)
+        except grpc.aio.AioRpcError as exc:
+            if signed_by(exc.trailing_metadata()) is None or exc.code() is grpc.StatusCode.UNAVAILABLE:
+                return None
+            raise self._failed(exc) from None
+        return [view_from_info(info) for info in reply.jobs]
+
+    async def cancel(self, job_id: str, forwarded: bool, timeout_s: float | None) -> JobView:
+        if forwarded:
+            raise NoLeader(f"no leader known to {self.who()}; retry")
+        request = pb.CancelRequest(job_id=job_id, forwarded=True)
+        try:
+            reply = await self.stubs.stub(self._leader()).Cancel(request, timeout=timeout_s or RELAY_CALL_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc) from None
+        return view_from_info(reply)
 
     async def progress(self, job_id: str) -> JobProgress:
         stub = self.stubs.stub(self._leader())

@@ -23,12 +23,15 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
+from node.core.jobtable import STATES
 from node.errors import (
     Forbidden,
     InvalidField,
     InvalidJob,
+    JobCancelled,
     JobConflict,
     JobFailed,
+    JobFinished,
     JobTimedOut,
     LimitExceeded,
     MissingExtra,
@@ -38,8 +41,10 @@ from node.errors import (
     RelayFailed,
     RunAbandoned,
     SourceNotFound,
+    UnknownJob,
 )
-from node.server.api import Answered, BeatAnswer, IncomingPartial, NodeApi, StatusView, Submitted
+from node.server.api import Answered, BeatAnswer, IncomingPartial, JobView, NodeApi, StatusView, Submitted
+from node.server.jobinfo import view_to_info
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import job_from_proto
 from node.wire.log import beat_from_proto
@@ -48,6 +53,10 @@ from node.wire.status import node_trailer
 log = logging.getLogger("distnode.service")
 
 T = TypeVar("T")
+#: The longest `Result` waits for a job to end (a client waits longer by asking again).
+MAX_WAIT_S = 3600.0
+DEFAULT_JOBS_LIMIT = 100
+MAX_JOBS_LIMIT = 10_000
 Context = grpc.aio.ServicerContext[Any, Any]
 
 #: Expected failures and their statuses, most specific class first (the
@@ -64,6 +73,9 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ReduceFailed, grpc.StatusCode.UNAVAILABLE),
     (RunAbandoned, grpc.StatusCode.UNAVAILABLE),
     (MissingExtra, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnknownJob, grpc.StatusCode.NOT_FOUND),
+    (JobFinished, grpc.StatusCode.FAILED_PRECONDITION),
+    (JobCancelled, grpc.StatusCode.FAILED_PRECONDITION),
     (JobFailed, grpc.StatusCode.INTERNAL),
 )
 
@@ -218,6 +230,47 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
         return status_reply(await answer(self.node, context, self.node.status()))
+
+    async def Enqueue(self, request: pb.SubmitRequest, context: Context) -> pb.JobInfo:
+        return view_to_info(await answer(self.node, context, self._enqueue(request, context)))
+
+    async def _enqueue(self, request: pb.SubmitRequest, context: Context) -> JobView:
+        if not request.job.job_id:
+            raise InvalidField("job_id", "must not be empty")
+        job = job_from_proto(request.job)
+        return await self.node.enqueue(request.job.job_id, job, context.peer(), request.forwarded)
+
+    async def Result(self, request: pb.ResultRequest, context: Context) -> pb.JobInfo:
+        return view_to_info(await answer(self.node, context, self._result(request, context)))
+
+    async def _result(self, request: pb.ResultRequest, context: Context) -> JobView:
+        if not request.job_id:
+            raise InvalidField("job_id", "must not be empty")
+        if not 0 <= request.wait_s <= MAX_WAIT_S:  # NaN fails both
+            raise InvalidField("wait_s", f"must be 0 to {MAX_WAIT_S:g} seconds, got {request.wait_s}")
+        remaining = context.time_remaining()
+        wait_s = request.wait_s if remaining is None else min(request.wait_s, max(0.0, remaining - 0.05))
+        return await self.node.result(request.job_id, wait_s, request.forwarded)
+
+    async def Jobs(self, request: pb.JobsRequest, context: Context) -> pb.JobsReply:
+        views = await answer(self.node, context, self._jobs(request))
+        return pb.JobsReply(jobs=[view_to_info(view) for view in views])
+
+    async def _jobs(self, request: pb.JobsRequest) -> list[JobView]:
+        if request.state and request.state not in STATES:
+            raise InvalidField("state", f"unknown state {request.state!r}; one of {', '.join(STATES)}")
+        limit = request.limit or DEFAULT_JOBS_LIMIT
+        if limit > MAX_JOBS_LIMIT:
+            raise InvalidField("limit", f"{limit} is more than {MAX_JOBS_LIMIT}")
+        return await self.node.list_jobs(request.state or None, limit, request.forwarded)
+
+    async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.JobInfo:
+        return view_to_info(await answer(self.node, context, self._cancel(request)))
+
+    async def _cancel(self, request: pb.CancelRequest) -> JobView:
+        if not request.job_id:
+            raise InvalidField("job_id", "must not be empty")
+        return await self.node.cancel(request.job_id, request.forwarded)
 
 
 async def _partials(messages: AsyncIterator[pb.Partial]) -> AsyncIterator[IncomingPartial]:

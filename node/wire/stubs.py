@@ -42,6 +42,10 @@ class NodeStub:
         self.Reduce = _with(metadata, generated.Reduce)
         self.Progress = _with(metadata, generated.Progress)
         self.Status = _with(metadata, generated.Status)
+        self.Enqueue = _with(metadata, generated.Enqueue)
+        self.Result = _with(metadata, generated.Result)
+        self.Jobs = _with(metadata, generated.Jobs)
+        self.Cancel = _with(metadata, generated.Cancel)
         # `_registered_method`, as the generated stubs pass it, registers the
         # method with the channel once instead of on every call; typeshed's
         # stubs do not list this private argument.

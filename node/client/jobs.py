@@ -1,0 +1,135 @@
+"""The job table as a client sees it: `JobStatus`, a finished job's `Answer`, and the
+calls that may go to any node (`call_any`), with the clients' retry rules."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node.client.answer import Answer
+from node.client.reach import unreachable
+from node.client.retry import Nodes, RetryPlan, classify
+from node.errors import AttemptFailed, JobCancelled, JobError, JobFailed, JobFinished, JobPending, UnknownJob
+from node.security import TlsFiles
+from node.wire.status import signed_by
+from node.wire.tensors import result_to_python, tensor_from_proto
+
+R = TypeVar("R")
+
+
+def rfc3339(seconds: float) -> str | None:
+    """Seconds since the epoch as RFC 3339 UTC (None for 0: not yet)."""
+    if not seconds:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job from a node's job table; `as_dict()` is one entry of `jobs --json`."""
+
+    job_id: str
+    op: str
+    source: str
+    state: str
+    shards_done: int
+    shards: int
+    submitted_at: str | None
+    finished_at: str | None
+    elapsed_ms: float | None
+    #: The answer (a number or a list) when done and kept; else None.
+    result: int | float | list[int] | list[float] | None
+    #: Why it failed, or why a done job's result was not kept.
+    error: str
+
+    def as_dict(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "job_id": self.job_id, "op": self.op, "source": self.source, "state": self.state,
+            "shards_done": self.shards_done, "shards": self.shards, "submitted_at": self.submitted_at,
+            "finished_at": self.finished_at,
+            "elapsed_ms": None if self.elapsed_ms is None else round(self.elapsed_ms, 3),
+        }
+        if self.state == "done":
+            fields["result"] = self.result
+        if self.error:
+            fields["error"] = self.error
+        return fields
+
+
+def job_status(info: pb.JobInfo) -> JobStatus:
+    result = None
+    if info.state == "done" and info.result_kept:
+        result = result_to_python(tensor_from_proto(info.result))
+    return JobStatus(
+        info.job_id, info.op, info.source, info.state, info.shards_done, info.shards,
+        rfc3339(info.submitted_at), rfc3339(info.finished_at), info.elapsed_ms or None, result, info.error,
+    )
+
+
+def answer_of(info: pb.JobInfo, retries: int) -> Answer:
+    """A finished job's Answer, as `submit` returns it; else the error its state means."""
+    if info.state == "failed":
+        raise JobFailed(f"job {info.job_id} failed: {info.error}")
+    if info.state == "cancelled":
+        raise JobCancelled(f"job {info.job_id} was cancelled")
+    if info.state != "done":
+        progress = f", {info.shards_done}/{info.shards} shards" if info.shards else ""
+        raise JobPending(f"job {info.job_id} is {info.state}{progress}", info.state, info.shards_done,
+                         info.shards)
+    if not info.result_kept:
+        raise JobError(f"job {info.job_id} is done, but {info.error}")
+    return Answer(
+        job_id=info.job_id, op=info.op, array=tensor_from_proto(info.result), shards=info.shards,
+        nodes=list(info.nodes), elapsed_ms=info.elapsed_ms, leader=info.leader, term=info.term,
+        retries=retries,
+    )
+
+
+def failure(exc: grpc.aio.AioRpcError) -> Exception:
+    """A job-table call's failed status: NOT_FOUND and FAILED_PRECONDITION are about the
+    job (exit 1), not the request; the rest as for submit (retry.classify)."""
+    if signed_by(exc.trailing_metadata()) is not None:
+        details = exc.details() or ""
+        if exc.code() is grpc.StatusCode.NOT_FOUND:
+            return UnknownJob(f"NOT_FOUND: {details}")
+        if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
+            return JobFinished(f"FAILED_PRECONDITION: {details}")
+    return classify(exc, accepted=False)
+
+
+async def call_any(
+    nodes: Nodes, call: Callable[[str, float], Awaitable[R]], what: str, deadline_s: float,
+    tls: TlsFiles | None,
+) -> tuple[R, int]:
+    """`call(address, remaining_s)` on the last leader seen, else any node, until one answers;
+    (its reply, the failed attempts before it)."""
+    plan = RetryPlan(nodes, what, deadline_s)
+    for step in plan:
+        if isinstance(step, float):
+            await asyncio.sleep(step)
+            continue
+        address, remaining = step
+        try:
+            reply = await call(address, remaining)
+        except grpc.aio.AioRpcError as exc:
+            error = failure(exc)
+            if not isinstance(error, AttemptFailed):
+                raise error from None
+            plan.failed_at(address, error)
+            continue
+        nodes.reached = True
+        return reply, plan.failed
+    if plan.unreachable:
+        raise await asyncio.to_thread(unreachable, nodes.all(), tls, plan.unreached)
+    raise plan.out_of_time()
+
+
+def deadline(timeout_s: float, wait_s: float = 0.0) -> float:
+    return time.monotonic() + timeout_s + wait_s

@@ -1,0 +1,110 @@
+"""The job table's calls, as the servicer makes them on a node: Enqueue, Result, Jobs, Cancel.
+
+A follower relays what needs the leader (Enqueue and Cancel always; Result and
+Jobs while its own table may be behind the leader's), and answers from its own
+table when no leader can be asked, so finished jobs stay readable from any node.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from node.core.job import Job
+from node.core.jobtable import JobRecord
+from node.errors import NotLeader, UnknownJob
+from node.server.api import JobView
+from node.server.ledger import LIVE
+
+if TYPE_CHECKING:
+    from node.core.election import Election
+    from node.server.admission import ClientSlots
+    from node.server.config import NodeConfig
+    from node.server.jobs import JobManager
+    from node.server.ledger import JobLedger
+    from node.server.relay import Relay
+
+
+class DeskNode(Protocol):
+    """What the desk uses of its node (the daemon)."""
+
+    config: NodeConfig
+    relay: Relay
+    clients: ClientSlots
+    ledger: JobLedger
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def election(self) -> Election: ...
+
+    @property
+    def jobs(self) -> JobManager: ...
+
+    def who(self) -> str: ...
+
+    def shards_done(self, job_id: str) -> int: ...
+
+    async def compute_ready(self) -> None: ...
+
+
+class JobDesk:
+    def __init__(self, node: DeskNode) -> None:
+        self.node = node
+
+    def _view(self, record: JobRecord) -> JobView:
+        done = 0
+        if self.node.is_leader and record.state == "running":
+            done = self.node.shards_done(record.job_id)
+        election = self.node.election
+        return JobView(record, self.node.node_id, election.leader or "", election.term, done)
+
+    async def enqueue(self, job_id: str, job: Job, client: str, forwarded: bool) -> JobView:
+        if not self.node.is_leader:
+            return await self.node.relay.enqueue(job_id, job, forwarded, None)
+        with self.node.clients.take(client):
+            await self.node.compute_ready()
+            await self.node.jobs.validate(job)  # a bad job is refused now, not failed later
+            return self._view(await self.node.ledger.enqueue(job_id, job))
+
+    async def result(self, job_id: str, wait_s: float, forwarded: bool) -> JobView:
+        known = self.node.ledger.table.get(job_id)
+        if (known is None or known.state in LIVE) and not self.node.is_leader and not forwarded:
+            # The leader commits before its followers hear of it: ask it, so a client reads
+            # its own submit or cancel at once; without a leader, this node's table answers.
+            relayed = await self.node.relay.result(job_id, wait_s)
+            if relayed is not None:
+                return relayed
+        self._check_reads()
+        record = await self.node.ledger.wait(job_id, wait_s)
+        if record is None:
+            raise UnknownJob(f"job_id: no job {job_id!r} in the job table of {self.node.who()}")
+        return self._view(record)
+
+    async def list_jobs(self, state: str | None, limit: int, forwarded: bool) -> list[JobView]:
+        if not self.node.is_leader and not forwarded:
+            relayed = await self.node.relay.jobs(state, limit)
+            if relayed is not None:
+                return relayed
+        self._check_reads()
+        return [self._view(record) for record in self.node.ledger.table.jobs(state, limit)]
+
+    def _check_reads(self) -> None:
+        """A leader answers from its table only once that holds everything committed before
+        its term (its no-op is applied) and while a quorum hears it: never an older state
+        than a client may already have seen (Raft §8). Followers answer from theirs."""
+        if not self.node.is_leader:
+            return
+        quorum = len(self.node.config.peers) // 2 + 1
+        election = self.node.election
+        if self.node.ledger.caught_up_term != election.term or len(election.active_peers()) < quorum - 1:
+            raise NotLeader(f"{self.node.who()} leads but has not caught up with a quorum yet; retry")
+
+    async def cancel(self, job_id: str, forwarded: bool) -> JobView:
+        if not self.node.is_leader:
+            return await self.node.relay.cancel(job_id, forwarded, None)
+        return self._view(await self.node.ledger.cancel(job_id))
+

@@ -1,0 +1,364 @@
+"""The daemon's job table, kept from the log; and, on the leader, the jobs it drives.
+
+Every node applies the committed log to a JobTable (node/core/jobtable.py),
+so any node answers `Result` and `Jobs`, and the table survives a restart of
+every node (the journal holds the log and the table's snapshot).
+
+Only the leader proposes, and only these records:
+- a detached job's `queued` record, acknowledged to the client once it is
+  committed: from then on the job is a fact the cluster cannot forget;
+- `running`, then `done` (with the result's bytes) or `failed`, as the leader
+  drives a detached job; a new leader drives every job the table shows
+  queued or running once its own first entry (the no-op) is applied, so it
+  resumes them without any client. Shards are not recorded: a resumed job is
+  recomputed, and the fixed shard plan gives the same bits;
+- `cancelled`, which ends the run on the leader when it is applied;
+- an attached job's `done`, after its client has its answer: a client that
+  waits pays no replication round trip. These are batched, one proposal (one
+  fsync) every ATTACHED_FLUSH_S, and skipped while the disk is nearly full,
+  so attached jobs keep being served when detached ones are refused.
+
+Proposals made in the same turn of the event loop share one entry batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from node.core.job import Job
+from node.core.jobtable import FINISHED, JobRecord, JobTable, Result, encode_command, job_spec, record_job
+from node.core.raftlog import Entry
+from node.errors import (
+    ClusterUnavailable,
+    InvalidJob,
+    JobCancelled,
+    JobConflict,
+    JobError,
+    JobFailed,
+    JobFinished,
+    LimitExceeded,
+    NotLeader,
+    UnknownJob,
+)
+
+if TYPE_CHECKING:
+    from node.server.api import Outcome
+
+log = logging.getLogger("distnode.ledger")
+
+LIVE = ("queued", "running")
+#: Attached jobs' records wait this long for company before they are proposed.
+ATTACHED_FLUSH_S = 0.005
+#: Results up to this size go into an attached job's record (vector answers
+#: are megabytes; replicating each would cost more than the job).
+ATTACHED_RESULT_MAX_BYTES = 64 << 10
+#: Results up to this size go into a detached job's record; a bigger one is
+#: recorded as done without its bytes, and the error says so.
+DETACHED_RESULT_MAX_BYTES = 16 << 20
+#: Below this much free space in --data-dir, detached jobs are refused and
+#: attached jobs' records skipped: what is left is kept for the log's own entries.
+MIN_FREE_BYTES = 1 << 20
+#: Detached jobs queued or running at once; more are refused (RESOURCE_EXHAUSTED).
+MAX_LIVE_JOBS = 10_000
+#: After the leader's max-jobs refused a detached run, try again this much later.
+BUSY_RETRY_S = 0.05
+
+Propose = Callable[[tuple[bytes, ...]], tuple[Entry, ...]]
+Run = Callable[[str, Job], Awaitable["Outcome"]]
+
+
+def result_of(outcome: Outcome, cap: int) -> tuple[Result | None, str]:
+    """The outcome's answer as a record keeps it, or None and why not."""
+    from node.wire.tensors import wire_array  # numpy: with the compute stack
+
+    array = wire_array(outcome.result)
+    if array.nbytes > cap:
+        return None, f"the result ({array.nbytes} bytes) was not kept, being over {cap}; submit again"
+    return Result(array.dtype.str, tuple(array.shape), array.tobytes()), ""
+
+
+def outcome_of(record: JobRecord) -> Outcome | None:
+    """What an attached submit of a recorded job answers: the answer of a done one (None
+    without its bytes, or while it runs: then it is run, or joined); JobFailed or JobCancelled."""
+    if record.state == "failed":
+        raise JobFailed(f"job {record.job_id} failed: {record.error}")
+    if record.state == "cancelled":
+        raise JobCancelled(f"job {record.job_id} was cancelled")
+    kept = record.result
+    if kept is None:
+        return None
+    import numpy as np
+
+    from node.server.api import Outcome
+
+    result = np.frombuffer(kept.data, dtype=np.dtype(kept.dtype)).reshape(kept.shape)
+    return Outcome(record.job_id, record.op, result, record.shards, record.nodes, record.elapsed_ms or 0.0)
+
+
+class JobLedger:
+    def __init__(
+        self, table: JobTable, propose: Propose, is_leader: Callable[[], bool], term: Callable[[], int],
+        run: Run, stop_run: Callable[[str], None], disk_free: Callable[[], int],
+        max_running: int, who: Callable[[], str],
+    ) -> None:
+        self.table = table
+        self._propose = propose
+        self._is_leader = is_leader
+        self._term = term
+        self._run = run
+        self._stop_run = stop_run
+        self._disk_free = disk_free
+        self._max_running = max(1, max_running)
+        self._who = who
+        #: The last index applied to the table.
+        self.applied = 0
+        self._pending: list[tuple[bytes, asyncio.Future[bool] | None]] = []
+        self._flush_soon: asyncio.Handle | None = None
+        self._flush_later: asyncio.TimerHandle | None = None
+        #: Index -> (term, future) of proposals whose client waits for their commit.
+        self._commits: dict[int, tuple[int, asyncio.Future[bool]]] = {}
+        #: Detached jobs whose `queued` record is proposed, not yet committed.
+        self._enqueuing: dict[str, asyncio.Future[bool]] = {}
+        self._watchers: dict[str, list[asyncio.Future[None]]] = collections.defaultdict(list)
+        #: Leader only: jobs waiting for a slot, and the tasks driving the others.
+        self._waiting: collections.deque[str] = collections.deque()
+        self._driving: dict[str, asyncio.Task[None]] = {}
+        self.skipped_records = 0
+        #: The term whose leader's no-op this node has applied: as leader, its table holds
+        #: everything committed before its term, and it may answer reads (Raft §8).
+        self.caught_up_term = 0
+
+    # ---- the state machine ----------------------------------------------------
+
+    def apply(self, entries: tuple[Entry, ...]) -> None:
+        changed = self.table.apply(entries)
+        for entry in entries:
+            waiter = self._commits.pop(entry.index, None)
+            if waiter is not None and not waiter[1].done():
+                waiter[1].set_result(entry.term == waiter[0])
+        self.applied = entries[-1].index
+        for job_id in changed:
+            for future in self._watchers.pop(job_id, ()):
+                if not future.done():
+                    future.set_result(None)
+        if not self._is_leader():
+            return
+        term = self._term()
+        if any(entry.kind == "noop" and entry.term == term for entry in entries):
+            self.caught_up_term = term
+            self._resume_all()  # the table now holds everything committed before this term
+            return
+        for job_id in changed:
+            record = self.table.get(job_id)
+            if record is not None and record.state == "queued":
+                self._schedule(job_id)
+            elif record is not None and record.state == "cancelled":
+                self._stop_run(job_id)
+
+    def restore(self, data: bytes, index: int) -> None:
+        """The leader's snapshot replaced our log: the table is the snapshot's."""
+        self.table.restore(data)
+        self.applied = index
+        for futures in self._watchers.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+        self._watchers.clear()
+
+    # ---- proposals --------------------------------------------------------------
+
+    def _propose_record(self, record: JobRecord, urgent: bool) -> asyncio.Future[bool]:
+        """Queue a record for the next proposal; the future says whether it committed."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((encode_command(record), future))
+        loop = asyncio.get_running_loop()
+        if urgent and self._flush_soon is None:
+            self._flush_soon = loop.call_soon(self._flush)
+        elif self._flush_later is None and self._flush_soon is None:
+            self._flush_later = loop.call_later(ATTACHED_FLUSH_S, self._flush)
+        return future
+
+    def _flush(self) -> None:
+        for handle in (self._flush_soon, self._flush_later):
+            if handle is not None:
+                handle.cancel()
+        self._flush_soon = self._flush_later = None
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        entries = self._propose(tuple(data for data, _ in pending)) if self._is_leader() else ()
+        if not entries:
+            for _, future in pending:
+                if future is not None and not future.done():
+                    future.set_exception(NotLeader(f"{self._who()} could not append the job's record"))
+            return
+        for entry, (_, future) in zip(entries, pending, strict=True):
+            if future is None or future.done():
+                continue
+            if entry.index <= self.applied:  # committed within the proposal: a one-node cluster
+                future.set_result(True)
+            else:
+                self._commits[entry.index] = (entry.term, future)
+
+    async def _committed(self, future: asyncio.Future[bool]) -> None:
+        if not await asyncio.shield(future):
+            raise NotLeader(f"{self._who()} lost the leadership before the job's record was committed; retry")
+
+    def record_attached(self, job_id: str, job: Job, outcome: Outcome, submitted_at: float) -> None:
+        """An attached job was answered: record it, batched, if the table does not know it yet."""
+        if self.table.get(job_id) is not None or not self._is_leader():
+            return
+        if self._disk_free() < MIN_FREE_BYTES:
+            self.skipped_records += 1
+            return
+        result, note = result_of(outcome, ATTACHED_RESULT_MAX_BYTES)
+        record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
+                           submitted_at, time.time(), outcome.elapsed_ms, result, note)
+        self._propose_record(record, urgent=False).add_done_callback(_retrieve)
+
+    # ---- client calls -----------------------------------------------------------
+
+    def known(self, job_id: str, job: Job) -> JobRecord | None:
+        """The record of `job_id` if the table has one; JobConflict if it is for another job."""
+        record = self.table.get(job_id)
+        if record is not None and (record.op, record.source, record.spec) != (
+                job.op, job.source, job_spec(job)):
+            raise JobConflict(f"job_id: {job_id!r} was already used for a different job")
+        return record
+
+    async def enqueue(self, job_id: str, job: Job) -> JobRecord:
+        """A detached job: its `queued` record committed (or the record already there)."""
+        record = self.known(job_id, job)
+        if record is not None:
+            return record
+        joining = self._enqueuing.get(job_id)
+        if joining is None:
+            self._check_room()
+            queued = JobRecord(job_id, job.op, job.source, "queued", job_spec(job), submitted_at=time.time())
+            joining = self._enqueuing[job_id] = self._propose_record(queued, urgent=True)
+            joining.add_done_callback(lambda _: self._enqueuing.pop(job_id, None))
+        await self._committed(joining)
+        record = self.known(job_id, job)
+        if record is None:  # committed, then dropped by retention at once: keep-jobs of 0
+            raise JobError(f"job {job_id} was committed but is past retention already (--keep-jobs)")
+        return record
+
+    def _check_room(self) -> None:
+        free = self._disk_free()
+        if free < MIN_FREE_BYTES:
+            raise LimitExceeded(f"data-dir: {free} bytes free on {self._who()}, under {MIN_FREE_BYTES}; "
+                                "detached jobs are refused until there is room (attached jobs still run)")
+        live = self.table.live
+        if live >= MAX_LIVE_JOBS:
+            raise LimitExceeded(f"detached jobs: {live} queued or running, the most a cluster holds")
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        record = self.table.get(job_id)
+        if record is None:
+            raise UnknownJob(f"job_id: no job {job_id!r} on {self._who()}")
+        if record.state in FINISHED:
+            raise JobFinished(f"job_id: job {job_id} is already {record.state}; only a queued or running "
+                              "job can be cancelled")
+        await self._committed(self._propose_record(replace(record, state="cancelled",
+                                                           finished_at=time.time()), urgent=True))
+        final = self.table.get(job_id)
+        if final is None or final.state != "cancelled":
+            state = "gone" if final is None else final.state
+            raise JobFinished(f"job_id: job {job_id} ended ({state}) before the cancel was committed")
+        return final
+
+    async def wait(self, job_id: str, wait_s: float) -> JobRecord | None:
+        """The job's record once it is finished, or as it is when `wait_s` has passed."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            record = self.table.get(job_id)
+            left = deadline - time.monotonic()
+            if record is None or record.state in FINISHED or left <= 0:
+                return record
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._watchers[job_id].append(future)
+            try:
+                await asyncio.wait_for(future, left)
+            except TimeoutError:
+                return self.table.get(job_id)
+
+    # ---- the leader's runs ------------------------------------------------------
+
+    def _resume_all(self) -> None:
+        for record in reversed(self.table.jobs(state="running", limit=MAX_LIVE_JOBS)):
+            self._schedule(record.job_id)
+        for record in reversed(self.table.jobs(state="queued", limit=MAX_LIVE_JOBS)):
+            self._schedule(record.job_id)
+
+    def _schedule(self, job_id: str) -> None:
+        if job_id in self._driving or job_id in self._waiting:
+            return
+        self._waiting.append(job_id)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._waiting and len(self._driving) < self._max_running and self._is_leader():
+            job_id = self._waiting.popleft()
+            task = asyncio.get_running_loop().create_task(self._drive(job_id))
+            self._driving[job_id] = task
+            task.add_done_callback(functools.partial(self._drove, job_id))
+
+    def _drove(self, job_id: str, _: asyncio.Task[None]) -> None:
+        self._driving.pop(job_id, None)
+        self._pump()
+
+    async def _drive(self, job_id: str) -> None:
+        record = self.table.get(job_id)
+        if record is None or record.state in FINISHED:
+            return
+        try:
+            job = record_job(record)
+        except ValueError as exc:
+            self._finish(record, "failed", error=str(exc))
+            return
+        if record.state == "queued":
+            self._propose_record(replace(record, state="running"), urgent=True).add_done_callback(_retrieve)
+        while True:
+            try:
+                outcome = await self._run(job_id, job)
+                break
+            except LimitExceeded as exc:
+                if not str(exc).startswith("max-jobs"):
+                    self._finish(record, "failed", error=str(exc))
+                    return
+                await asyncio.sleep(BUSY_RETRY_S)  # attached jobs fill the leader: wait for a slot
+            except (ClusterUnavailable, JobCancelled):
+                return  # not the leader any more (the next one resumes it), or cancelled
+            except (InvalidJob, JobError) as exc:
+                self._finish(record, "failed", error=str(exc))
+                return
+        result, note = result_of(outcome, DETACHED_RESULT_MAX_BYTES)
+        ran = replace(record, shards=outcome.shards, nodes=outcome.nodes, elapsed_ms=outcome.elapsed_ms)
+        self._finish(replace(ran, result=result, error=note), "done")
+
+    def _finish(self, record: JobRecord, state: str, error: str = "") -> None:
+        final = replace(record, state=state, finished_at=time.time(), error=error or record.error)
+        self._propose_record(final, urgent=True).add_done_callback(_retrieve)
+
+    def step_down(self) -> None:
+        """Not the leader any more: the next one drives the jobs; waiting clients retry."""
+        self._waiting.clear()
+        for task in list(self._driving.values()):
+            task.cancel()
+        for _, future in self._commits.values():
+            if not future.done():
+                future.set_exception(NotLeader(f"{self._who()} lost the leadership; retry"))
+        self._commits.clear()
+
+
+def _retrieve(future: asyncio.Future[bool]) -> None:
+    """A proposal nobody waits for: its outcome is seen here, so asyncio never logs it as lost."""
+    if not future.cancelled():
+        future.exception()

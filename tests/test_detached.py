@@ -1,0 +1,274 @@
+"""Detached jobs and the job table in real daemons (in-process, real gRPC and UDP):
+acknowledged only once committed, resumed by a new leader, readable from any node,
+kept across a restart of every node, cancelled, refused when the disk is full."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inproc import InProcessCluster, StartCluster, poll
+
+from node import AsyncClient
+from node.core.jobtable import decode_command
+from node.core.limits import Limits
+from node.core.raftlog import Entry
+from node.errors import (
+    InvalidJob,
+    JobCancelled,
+    JobError,
+    JobFinished,
+    JobPending,
+    LimitExceeded,
+    NotLeader,
+    UnknownJob,
+)
+from node.server import elections
+from node.server.daemon import Daemon
+
+#: Jobs of many shards (shard_elems below): long enough to be caught running.
+SHARDS = {"shard_elems": 1 << 16}
+BIG = "range:n=4e7"
+
+
+def records_in_journal(daemon: Daemon, job_id: str) -> list[str]:
+    """The states of `job_id` in what this node's journal holds (fsync'd), in log order."""
+    raft_log = daemon.journal.log
+    states = []
+    for entry in raft_log.entries(raft_log.snapshot_index + 1) if raft_log.last_index > raft_log.snapshot_index else ():
+        if entry.kind == "command" and decode_command(entry.data).job_id == job_id:
+            states.append(decode_command(entry.data).state)
+    return states
+
+
+async def other_client(cluster: InProcessCluster, but: Daemon) -> AsyncClient:
+    return AsyncClient([d.config.address for d in cluster.daemons if d is not but], timeout=20)
+
+
+async def test_a_detached_job_is_acknowledged_only_once_a_majority_has_it_on_disk(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = await start_cluster(3, **SHARDS)
+    async with AsyncClient(cluster.addresses, timeout=20) as client:
+        job_id = await client.submit(op="sum", source=BIG, detach=True)
+        holders = [d.node_id for d in cluster.daemons if records_in_journal(d, job_id)[:1] == ["queued"]]
+        assert len(holders) >= 2, f"acknowledged with the record on disk at {holders} only"
+        answer = await client.result(job_id, wait=20)
+        attached = await client.submit(op="sum", source=BIG)
+    assert answer.array.tobytes() == attached.array.tobytes() and answer.result == 4e7 * (4e7 - 1) / 2
+    for daemon in cluster.daemons:  # every node applied the same states, forward only
+        await poll(lambda d=daemon: d.ledger.table.get(job_id) is not None
+                   and d.ledger.table.get(job_id).state == "done", what="done everywhere")  # type: ignore[union-attr]
+    leader = cluster.leader()
+    assert leader is not None and records_in_journal(leader, job_id) == ["queued", "running", "done"]
+
+
+async def test_a_new_leader_resumes_every_queued_and_running_job_without_a_client(
+    start_cluster: StartCluster,
+) -> None:
+    # max-jobs 2: detached jobs run one at a time, so most are still queued when the leader dies.
+    cluster = await start_cluster(3, limits=Limits(max_jobs=2), **SHARDS)
+    leader = cluster.leader()
+    assert leader is not None
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        ids = [await client.submit(op="sum", source=f"range:n={30_000_000 + i}", detach=True) for i in range(8)]
+    states = {leader.ledger.table.get(i).state for i in ids}  # type: ignore[union-attr]
+    assert "queued" in states, states
+    leader.stop()
+    async with await other_client(cluster, leader) as client:
+        answers = [await client.result(i, wait=60) for i in ids]
+    assert [a.result for a in answers] == [(30_000_000 + i) * (29_999_999 + i) // 2 for i in range(8)]
+    new_leader = cluster.leader()
+    assert new_leader is not None and new_leader is not leader
+
+
+async def test_finished_jobs_survive_a_restart_of_every_node_with_snapshots(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(elections, "COMPACT_ENTRIES", 16)  # several snapshots within this test
+    cluster = await start_cluster(3)
+    async with AsyncClient(cluster.addresses, timeout=20) as client:
+        detached = [await client.submit(op="mean", source=f"values:{i},2,3", detach=True) for i in range(30)]
+        for i in range(30):
+            await client.submit(op="max", source=f"values:{i},7", job_id=f"a{i}")
+        answers = [await client.result(i, wait=10) for i in detached]
+    leader = cluster.leader()
+    assert leader is not None
+    await poll(lambda: all(d.ledger.table.get("a29") is not None for d in cluster.daemons),
+               what="the attached jobs' records everywhere")
+    assert leader.journal.snapshot.index > 0, "no snapshot was taken"
+    configs = [d.config for d in cluster.daemons]
+    for daemon, task in zip(cluster.daemons, cluster.tasks, strict=True):
+        daemon.stop()
+        await task
+    restarted = [Daemon(dataclasses.replace(c)) for c in configs]
+    cluster.daemons[:] = restarted
+    cluster.tasks[:] = [asyncio.create_task(d.serve(handle_signals=False)) for d in restarted]
+    await cluster.wait_for_leader()
+    async with AsyncClient(cluster.addresses, timeout=20) as client:
+        again = [await client.result(i) for i in detached]
+        assert [a.result for a in again] == [a.result for a in answers] == [(i + 5) / 3 for i in range(30)]
+        assert (await client.result("a7")).result == 7
+        listed = await client.jobs(limit=1000)
+    assert {j.job_id for j in listed} >= {*detached, *(f"a{i}" for i in range(30))}
+    assert all(j.state == "done" for j in listed)
+
+
+async def test_any_node_answers_result_and_jobs_and_a_reused_id_is_refused_on_any_leader(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = await start_cluster(3)
+    leader = cluster.leader()
+    assert leader is not None
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        await client.submit(op="sum", source="values:1,2,3", job_id="j1")
+    # Recorded after the answer, batched: a leader that dies within ATTACHED_FLUSH_S may not have.
+    await poll(lambda: all(d.ledger.table.get("j1") is not None for d in cluster.daemons), what="j1's record")
+    leader.stop()
+    async with await other_client(cluster, leader) as client:
+        for daemon in cluster.daemons:
+            if daemon is not leader:
+                async with AsyncClient(daemon.config.address, timeout=20) as one:
+                    assert (await one.result("j1", wait=5)).result == 6
+        with pytest.raises(InvalidJob, match=r"ALREADY_EXISTS.*j1"):
+            await client.submit(op="max", source="values:1,2,3", job_id="j1")
+        with pytest.raises(InvalidJob, match=r"ALREADY_EXISTS.*j1"):
+            await client.submit(op="sum", source="values:1,2,3", map="square", job_id="j1", detach=True)
+        assert (await client.submit(op="sum", source="values:1,2,3", job_id="j1")).result == 6
+        assert await client.submit(op="sum", source="values:1,2,3", job_id="j1", detach=True) == "j1"
+
+
+async def test_cancel_ends_the_run_and_what_cannot_be_cancelled_is_refused(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3, **SHARDS)
+    async with AsyncClient(cluster.addresses, timeout=20) as client:
+        job_id = await client.submit(op="sum", source="range:n=3e9", detach=True)
+
+        def running() -> Daemon | None:
+            leader = cluster.leader()
+            record = leader.ledger.table.get(job_id) if leader is not None else None
+            if leader is None or record is None or record.state != "running":
+                return None
+            return leader if leader.jobs.progress(job_id)[1] > 0 else None
+
+        await poll(lambda: running() is not None, what="the job running")
+        leader = running()
+        assert leader is not None
+        status = await client.cancel(job_id)
+        assert status.state == "cancelled"
+        await poll(lambda: not leader.jobs.progress(job_id)[0], what="the run to end")
+        with pytest.raises(JobCancelled, match=job_id):
+            await client.result(job_id)
+        with pytest.raises(JobFinished, match=r"FAILED_PRECONDITION.*already cancelled"):
+            await client.cancel(job_id)
+        with pytest.raises(UnknownJob, match=r"NOT_FOUND.*nope"):
+            await client.cancel("nope")
+        with pytest.raises(UnknownJob, match=r"NOT_FOUND.*nope"):
+            await client.result("nope", wait=1)
+        with pytest.raises(JobPending, match=r"queued|running") as pending:
+            await client.result(await client.submit(op="sum", source="range:n=3e9", detach=True), wait=0.2)
+        assert pending.value.state in ("queued", "running")
+        done = await client.submit(op="sum", source="values:1", detach=True)
+        await client.result(done, wait=5)
+        with pytest.raises(JobFinished, match="already done"):
+            await client.cancel(done)
+    await asyncio.sleep(0)
+    assert leader.ledger.table.get(job_id).state == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_bad_requests_name_the_field(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(1)
+    async with AsyncClient(cluster.addresses, timeout=5) as client:
+        with pytest.raises(InvalidJob, match="INVALID_ARGUMENT: op"):
+            await client.submit(op="sums", source="values:1", detach=True)
+        with pytest.raises(InvalidJob, match="INVALID_ARGUMENT: state"):
+            await client.jobs(state="lost")
+        with pytest.raises(InvalidJob, match="INVALID_ARGUMENT: limit"):
+            await client.jobs(limit=10**6)
+        with pytest.raises(InvalidJob, match="INVALID_ARGUMENT: job_id"):
+            await client.result("")
+        assert await client.jobs() == [], "a refused job leaves no record"
+
+
+async def test_a_full_disk_refuses_detached_jobs_and_keeps_serving_attached_ones(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = await start_cluster(3)
+    leader = cluster.leader()
+    assert leader is not None
+    leader.ledger._disk_free = lambda: 4096
+    async with AsyncClient(leader.config.address, timeout=5) as client:
+        with pytest.raises(LimitExceeded, match="RESOURCE_EXHAUSTED: data-dir: 4096 bytes free"):
+            await client.submit(op="sum", source="values:1,2", detach=True)
+        answers = [await client.submit(op="sum", source=f"values:1,{i}") for i in range(20)]
+        assert [a.result for a in answers] == [1 + i for i in range(20)]
+        assert leader.is_leader and leader.ledger.skipped_records == 20
+        leader.ledger._disk_free = lambda: 1 << 30  # room again: detached jobs are taken at once
+        job_id = await client.submit(op="sum", source="values:1,2", detach=True)
+        assert (await client.result(job_id, wait=5)).result == 3
+
+
+async def test_attached_jobs_are_recorded_after_their_answer_in_batches(
+    start_cluster: StartCluster, tmp_path: Path
+) -> None:
+    cluster = await start_cluster(3)
+    leader = cluster.leader()
+    assert leader is not None
+    appends: list[int] = []
+    real_append = leader.journal.append
+
+    def counted(after: int, entries: tuple[Entry, ...]) -> None:
+        appends.append(len(entries))
+        real_append(after, entries)
+
+    leader.journal.append = counted  # type: ignore[method-assign]
+    async with AsyncClient(leader.config.address, timeout=5) as client:
+        answers = await asyncio.gather(*(client.submit(op="sum", source=f"values:{i}", job_id=f"b{i}")
+                                         for i in range(50)))
+        big = await client.submit(op="sum", source="random:n=40000,seed=1", axis=None, job_id="v")
+        await poll(lambda: all(d.ledger.table.get("v") is not None for d in cluster.daemons), what="records")
+        assert [a.result for a in answers] == list(range(50))
+        assert sum(appends) == 51 and len(appends) < 51, f"one fsync per job: {appends}"
+        for daemon in cluster.daemons:
+            record = daemon.ledger.table.get("b7")
+            assert record is not None and record.state == "done" and record.result is not None
+            assert np.frombuffer(record.result.data, record.result.dtype).item() == 7
+        assert (await client.result("v")).array.tobytes() == big.array.tobytes()
+        np.save(tmp_path / "wide.npy", np.ones((3, 20_000)))  # a 160-kB vector answer
+        wide = await client.submit(op="sum", source="npy:wide.npy", axis=0, job_id="w")
+        assert wide.array.shape == (20_000,)
+        await poll(lambda: leader.ledger.table.get("w") is not None, what="the wide job's record")
+        with pytest.raises(JobError, match=r"160000 bytes.*not kept"):
+            await client.result("w")
+        again = await client.submit(op="sum", source="npy:wide.npy", axis=0, job_id="w")
+        assert again.array.tobytes() == wide.array.tobytes(), "a job whose bytes were not kept runs again"
+
+
+async def test_a_leader_answers_reads_only_once_caught_up_and_heard_by_a_quorum(
+    start_cluster: StartCluster,
+) -> None:
+    """Raft §8: a new leader's table may lack entries committed before its term until its
+    no-op is applied, and a deposed leader may not know it is; either must not answer."""
+    cluster = await start_cluster(3)
+    await poll(lambda: cluster.leader() is not None and cluster.leader().ledger.caught_up_term > 0,  # type: ignore[union-attr]
+               what="the leader's no-op applied")
+    leader = cluster.leader()
+    assert leader is not None
+    async with AsyncClient(leader.config.address, timeout=5) as client:
+        await client.submit(op="sum", source="values:1", job_id="r1")
+        await poll(lambda: leader.ledger.table.get("r1") is not None, what="r1 recorded")
+        assert (await leader.result("r1", 0, forwarded=True)).record.state == "done"
+        leader.ledger.caught_up_term -= 1  # as if its no-op were not applied yet
+        with pytest.raises(NotLeader, match="not caught up"):
+            await leader.result("r1", 0, forwarded=True)
+        with pytest.raises(NotLeader, match="not caught up"):
+            await leader.list_jobs(None, 10, forwarded=True)
+        leader.ledger.caught_up_term += 1
+        # As if no peer had answered it lately: it may be deposed without knowing yet.
+        leader.election.active_peers = lambda: set()  # type: ignore[method-assign]
+        with pytest.raises(NotLeader, match="quorum"):
+            await leader.list_jobs(None, 10, forwarded=True)
+        del leader.election.active_peers
+        assert len(await leader.list_jobs(None, 10, forwarded=True)) == 1
