@@ -19,7 +19,19 @@ if TYPE_CHECKING:
     from node.client.answer import Answer, ClusterStatus, NodeInfo
     from node.client.async_client import AsyncClient
     from node.client.blocking import Client
-    from node.errors import AccessDenied, ClusterUnavailable, DistnodeError, InvalidJob, JobError
+    from node.client.jobs import JobStatus
+    from node.errors import (
+        AccessDenied,
+        ClusterUnavailable,
+        DistnodeError,
+        InvalidJob,
+        JobCancelled,
+        JobError,
+        JobFailed,
+        JobFinished,
+        JobPending,
+        UnknownJob,
+    )
     from node.security import TlsFiles
     from node.testing.cluster import LocalCluster
 
@@ -33,7 +45,13 @@ _HOMES = {
     "ClusterUnavailable": "node.errors",
     "DistnodeError": "node.errors",
     "InvalidJob": "node.errors",
+    "JobCancelled": "node.errors",
     "JobError": "node.errors",
+    "JobFailed": "node.errors",
+    "JobFinished": "node.errors",
+    "JobPending": "node.errors",
+    "JobStatus": "node.client.jobs",
+    "UnknownJob": "node.errors",
     "LocalCluster": "node.testing.cluster",
     "NodeInfo": "node.client.answer",
     "TlsFiles": "node.security",
@@ -48,10 +66,16 @@ __all__ = [
     "ClusterUnavailable",
     "DistnodeError",
     "InvalidJob",
+    "JobCancelled",
     "JobError",
+    "JobFailed",
+    "JobFinished",
+    "JobPending",
+    "JobStatus",
     "LocalCluster",
     "NodeInfo",
     "TlsFiles",
+    "UnknownJob",
 ]
 
 

@@ -81,8 +81,7 @@ async def test_a_new_leader_resumes_every_queued_and_running_job_without_a_clien
     async with await other_client(cluster, leader) as client:
         answers = [await client.result(i, wait=60) for i in ids]
     assert [a.result for a in answers] == [(30_000_000 + i) * (29_999_999 + i) // 2 for i in range(8)]
-    new_leader = cluster.leader()
-    assert new_leader is not None and new_leader is not leader
+    assert any(d.is_leader for d in cluster.daemons if d is not leader), "answered without a new leader"
 
 
 async def test_finished_jobs_survive_a_restart_of_every_node_with_snapshots(
@@ -142,9 +141,9 @@ async def test_any_node_answers_result_and_jobs_and_a_reused_id_is_refused_on_an
 
 
 async def test_cancel_ends_the_run_and_what_cannot_be_cancelled_is_refused(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(3, **SHARDS)
+    cluster = await start_cluster(3, shard_elems=1 << 22)  # 4,768 shards of 4 M elements: seconds of work
     async with AsyncClient(cluster.addresses, timeout=20) as client:
-        job_id = await client.submit(op="sum", source="range:n=3e9", detach=True)
+        job_id = await client.submit(op="sum", source="range:n=2e10", detach=True)
 
         def running() -> Daemon | None:
             leader = cluster.leader()
@@ -153,7 +152,7 @@ async def test_cancel_ends_the_run_and_what_cannot_be_cancelled_is_refused(start
                 return None
             return leader if leader.jobs.progress(job_id)[1] > 0 else None
 
-        await poll(lambda: running() is not None, what="the job running")
+        await poll(lambda: running() is not None, timeout_s=30, what="the job running")
         leader = running()
         assert leader is not None
         status = await client.cancel(job_id)
@@ -168,7 +167,7 @@ async def test_cancel_ends_the_run_and_what_cannot_be_cancelled_is_refused(start
         with pytest.raises(UnknownJob, match=r"NOT_FOUND.*nope"):
             await client.result("nope", wait=1)
         with pytest.raises(JobPending, match=r"queued|running") as pending:
-            await client.result(await client.submit(op="sum", source="range:n=3e9", detach=True), wait=0.2)
+            await client.result(await client.submit(op="sum", source="range:n=2e10", detach=True), wait=0.2)
         assert pending.value.state in ("queued", "running")
         done = await client.submit(op="sum", source="values:1", detach=True)
         await client.result(done, wait=5)

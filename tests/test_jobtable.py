@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -67,6 +68,8 @@ def test_states_only_move_forward_and_repeats_change_nothing() -> None:
     assert table.apply(commands(record("j1", "cancelled"), record("j1", "failed"))) == [], "done is final"
     table.apply(commands(record("j2", "running"), record("j2", "cancelled"), record("j2", "done", 8)))
     assert table.get("j2").state == "cancelled" and table.get("j2").result is None  # type: ignore[union-attr]
+    table.apply(commands(record("j3", "queued"), replace(record("j3", "done", 8), op="max")))
+    assert table.get("j3").state == "queued", "another job under the same id"  # type: ignore[union-attr]
     assert table.apply((Entry(9, 1, "noop"), Entry(10, 1, "command", b"garbage"))) == []
 
 
@@ -103,12 +106,23 @@ def test_retention_bounds_the_finished_jobs_and_their_results_but_never_drops_a_
     assert table.jobs(state="running")[0].job_id == "live" and len(table.jobs(limit=2)) == 2
 
 
+def test_attached_jobs_never_push_a_detached_answer_out() -> None:
+    table = JobTable(keep_jobs=3, keep_result_bytes=100)
+    table.apply(commands(replace(record("d", "queued"), detached=True), first=1))
+    table.apply(commands(record("d", "done", 40), first=2))  # the detached flag stays with the job
+    table.apply(commands(*[record(f"a{i}", "done", 40) for i in range(50)], first=3))
+    assert table.get("d") is not None and table.get("d").detached, "evicted by attached jobs"  # type: ignore[union-attr]
+    assert [r.job_id for r in table.jobs()] == ["a49", "a48", "d"], "two 40-byte attached results fit"
+    table.apply(commands(*[replace(record(f"e{i}", "failed"), detached=True) for i in range(3)], first=60))
+    assert table.get("d") is None and len(table.jobs(limit=100)) == 5, "the oldest detached one goes first"
+
+
 def test_a_snapshot_restores_the_same_table() -> None:
     table = JobTable()
     table.apply(commands(record("a", "queued"), record("b", "done", 16), record("a", "running")))
     copy = JobTable()
     copy.restore(table.snapshot())
-    assert copy.snapshot() == table.snapshot() and [r.job_id for r in copy.jobs()] == ["b", "a"]
+    assert copy.snapshot() == table.snapshot() and [r.job_id for r in copy.jobs()] == ["a", "b"]
     copy.restore(b"")
     assert len(copy) == 0
     with pytest.raises(ValueError):

@@ -8,7 +8,8 @@ from the applying node's clock, so applying is deterministic.
 
 States only move forward, `queued -> running -> done | failed | cancelled`,
 and the three finished states are final: a command for a state the job has
-passed, or for a job that has finished, changes nothing. So a command
+passed, for a job that has finished, or for another job under the same id,
+changes nothing. So a command
 proposed twice (a leader that retries) changes the table once, and a cancel
 that races the job's end loses to whichever was committed first. Each node
 applies each entry once (from its snapshot on), in log order, so every table
@@ -16,7 +17,12 @@ is the same: applying is a function of the log alone.
 
 Retention: finished jobs beyond `keep_jobs`, or whose results together pass
 `keep_result_bytes`, are forgotten oldest first, so the table, its snapshots
-and the journal stay bounded however long the cluster runs.
+and the journal stay bounded however long the cluster runs. Detached and
+attached jobs are bounded apiece: a flood of small attached jobs must not
+push out a detached job's answer before its client came back for it. The
+order is that of each job's last change, and a snapshot keeps it, so a
+table restored from one forgets the same jobs next as the table it was
+taken from.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class JobRecord:
     elapsed_ms: float | None = None
     result: Result | None = None
     error: str = ""
+    #: Submitted with `--detach` (retention keeps each kind within its own bounds).
+    detached: bool = False
 
 
 def job_spec(job: Job) -> dict[str, Any]:
@@ -109,10 +117,11 @@ class JobTable:
     def __init__(self, keep_jobs: int = 10_000, keep_result_bytes: int = 64 << 20) -> None:
         self.keep_jobs = keep_jobs
         self.keep_result_bytes = keep_result_bytes
-        #: Every job known, in the order it was first applied (oldest first).
+        #: Every job known, in the order of its last change (oldest first).
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()
-        self._finished = 0
-        self._result_bytes = 0
+        #: Finished jobs per kind (detached or not), in the order they finished.
+        self._finished: dict[bool, OrderedDict[str, None]] = {True: OrderedDict(), False: OrderedDict()}
+        self._result_bytes = {True: 0, False: 0}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -120,13 +129,13 @@ class JobTable:
     @property
     def live(self) -> int:
         """Jobs queued or running."""
-        return len(self._jobs) - self._finished
+        return len(self._jobs) - len(self._finished[True]) - len(self._finished[False])
 
     def get(self, job_id: str) -> JobRecord | None:
         return self._jobs.get(job_id)
 
     def jobs(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
-        """Newest first, at most `limit`, only those in `state` if given."""
+        """Newest first (by their last change), at most `limit`, only those in `state` if given."""
         found = []
         for record in reversed(self._jobs.values()):
             if state is None or record.state == state:
@@ -155,26 +164,34 @@ class JobTable:
         old = self._jobs.get(record.job_id)
         if old is not None and (old.state in FINISHED or _RANK[record.state] <= _RANK[old.state]):
             return False  # a repeat, news older than what the table holds, or a finished job
+        if old is not None and (old.op, old.source, old.spec) != (record.op, record.source, record.spec):
+            return False  # the first record of an id says what the job is; another job under it is not news
         if old is not None:
-            record = replace(record, submitted_at=old.submitted_at or record.submitted_at)
+            record = replace(record, submitted_at=old.submitted_at or record.submitted_at,
+                             detached=old.detached)
             self._count(old, -1)
         self._jobs[record.job_id] = record
+        self._jobs.move_to_end(record.job_id)
         self._count(record, +1)
         return True
 
     def _count(self, record: JobRecord, sign: int) -> None:
         if record.state in FINISHED:
-            self._finished += sign
+            finished = self._finished[record.detached]
+            if sign > 0:
+                finished[record.job_id] = None
+            else:
+                del finished[record.job_id]
         if record.result is not None:
-            self._result_bytes += sign * len(record.result.data)
+            self._result_bytes[record.detached] += sign * len(record.result.data)
 
     def _retain(self) -> None:
-        while self._finished > self.keep_jobs or self._result_bytes > self.keep_result_bytes:
-            # The oldest finished job; the live ones before it are few (admission bounds them).
-            victim = next((j for j, r in self._jobs.items() if r.state in FINISHED), None)
-            if victim is None:
-                return
-            self._count(self._jobs.pop(victim), -1)
+        """Each kind within its own bounds: attached jobs, often thousands a second, must
+        not push a detached job's answer out before its client came for it."""
+        for kind, finished in self._finished.items():
+            while finished and (len(finished) > self.keep_jobs
+                                or self._result_bytes[kind] > self.keep_result_bytes):
+                self._count(self._jobs.pop(next(iter(finished))), -1)
 
     # ---- snapshots (§7) -----------------------------------------------------
 
@@ -184,7 +201,9 @@ class JobTable:
     def restore(self, data: bytes) -> None:
         """Replace the table with a snapshot's (ValueError if it does not decode)."""
         self._jobs.clear()
-        self._finished = self._result_bytes = 0
+        for finished in self._finished.values():
+            finished.clear()
+        self._result_bytes = {True: 0, False: 0}
         for line in data.split(b"\n") if data else ():
             record = decode_command(line)
             self._jobs[record.job_id] = record

@@ -263,6 +263,9 @@ class Daemon:
         await self.compute_ready()
         if not self.is_leader:  # stepped down while the compute stack loaded
             raise NotLeader(f"{self.node_id} stepped down in term {self.election.term}")
+        if self.ledger.caught_up_term != self.election.term:
+            # Its table may lack what was committed before its term: a reused id would pass.
+            raise NotLeader(f"{self.who()} leads but has not caught up yet; retry")
         record = self.ledger.known(job_id, job)  # JobConflict for a reused id
         outcome = answer_of(record) if record is not None else None
         if outcome is None:

@@ -241,7 +241,8 @@ class JobLedger:
         joining = self._enqueuing.get(job_id)
         if joining is None:
             self._check_room()
-            queued = JobRecord(job_id, job.op, job.source, "queued", job_spec(job), submitted_at=time.time())
+            queued = JobRecord(job_id, job.op, job.source, "queued", job_spec(job), submitted_at=time.time(),
+                               detached=True)
             joining = self._enqueuing[job_id] = self._propose_record(queued, urgent=True)
             joining.add_done_callback(lambda _: self._enqueuing.pop(job_id, None))
         await self._committed(joining)

@@ -56,6 +56,9 @@ T = TypeVar("T")
 #: The longest `Result` waits for a job to end (a client waits longer by asking again).
 MAX_WAIT_S = 3600.0
 DEFAULT_JOBS_LIMIT = 100
+#: A `Jobs` listing carries results up to this size each, and this much in all.
+JOBS_RESULT_MAX_BYTES = 64 << 10
+JOBS_RESULT_BYTES = 4 << 20
 MAX_JOBS_LIMIT = 10_000
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -254,7 +257,17 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     async def Jobs(self, request: pb.JobsRequest, context: Context) -> pb.JobsReply:
         views = await answer(self.node, context, self._jobs(request))
-        return pb.JobsReply(jobs=[view_to_info(view) for view in views])
+        reply = pb.JobsReply()
+        budget = JOBS_RESULT_BYTES  # a listing shows results while they are small; `Result` shows any
+        for view in views:
+            info = view_to_info(view)
+            if info.result_kept and len(info.result.data) > min(budget, JOBS_RESULT_MAX_BYTES):
+                info.ClearField("result")
+                info.result_kept = False
+                info.error = info.error or "result not listed (too big for a listing): use Result"
+            budget -= len(info.result.data)
+            reply.jobs.append(info)
+        return reply
 
     async def _jobs(self, request: pb.JobsRequest) -> list[JobView]:
         if request.state and request.state not in STATES:
