@@ -98,11 +98,14 @@ def print_jobs(jobs: list[JobStatus]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(jobs)} job(s), newest first")
-    for column in ("job id", "op", "source", "state", "shards", "submitted", "result"):
-        table.add_column(column)
+    # The id is what a user copies into `result`: never cut; the others give way.
+    table.add_column("job id", no_wrap=True, min_width=max((len(job.job_id) for job in jobs), default=6))
+    for column in ("op", "source", "state", "shards", "submitted", "result"):
+        table.add_column(column, overflow="ellipsis")
     for job in jobs:
         shards = f"{job.shards_done}/{job.shards}" if job.shards else "-"
         result = strict_json(job.result) if job.result is not None else job.error or "-"
         table.add_row(job.job_id, job.op, job.source, job.state, shards, job.submitted_at or "-",
                       result if len(result) <= 40 else result[:37] + "...")
-    Console().print(table)
+    # Piped or redirected, rich would squeeze the table into 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)

@@ -177,6 +177,8 @@ class JobLedger:
     def _propose_record(self, record: JobRecord, urgent: bool) -> asyncio.Future[bool]:
         """Queue a record for the next proposal; the future says whether it committed."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        # Whoever awaits it may be gone (a client that hung up): its outcome is seen all the same.
+        future.add_done_callback(_retrieve)
         self._pending.append((encode_command(record), future))
         loop = asyncio.get_running_loop()
         if urgent and self._flush_soon is None:
@@ -221,7 +223,7 @@ class JobLedger:
         result, note = result_of(outcome, ATTACHED_RESULT_MAX_BYTES)
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
-        self._propose_record(record, urgent=False).add_done_callback(_retrieve)
+        self._propose_record(record, urgent=False)
 
     # ---- client calls -----------------------------------------------------------
 
@@ -325,7 +327,7 @@ class JobLedger:
             self._finish(record, "failed", error=str(exc))
             return
         if record.state == "queued":
-            self._propose_record(replace(record, state="running"), urgent=True).add_done_callback(_retrieve)
+            self._propose_record(replace(record, state="running"), urgent=True)
         while True:
             try:
                 outcome = await self._run(job_id, job)
@@ -346,7 +348,7 @@ class JobLedger:
 
     def _finish(self, record: JobRecord, state: str, error: str = "") -> None:
         final = replace(record, state=state, finished_at=time.time(), error=error or record.error)
-        self._propose_record(final, urgent=True).add_done_callback(_retrieve)
+        self._propose_record(final, urgent=True)
 
     def step_down(self) -> None:
         """Not the leader any more: the next one drives the jobs; waiting clients retry."""
@@ -360,6 +362,6 @@ class JobLedger:
 
 
 def _retrieve(future: asyncio.Future[bool]) -> None:
-    """A proposal nobody waits for: its outcome is seen here, so asyncio never logs it as lost."""
+    """A proposal's outcome, seen here, so asyncio never logs it as lost when nobody waits."""
     if not future.cancelled():
         future.exception()
