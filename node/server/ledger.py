@@ -131,6 +131,8 @@ class JobLedger:
         self._waiting: collections.deque[str] = collections.deque()
         self._driving: dict[str, asyncio.Task[None]] = {}
         self.skipped_records = 0
+        #: Attached jobs whose record is proposed and not yet committed.
+        self._recording: set[str] = set()
         #: The term whose leader's no-op this node has applied: as leader, its table holds
         #: everything committed before its term, and it may answer reads (Raft §8).
         self.caught_up_term = 0
@@ -215,15 +217,17 @@ class JobLedger:
 
     def record_attached(self, job_id: str, job: Job, outcome: Outcome, submitted_at: float) -> None:
         """An attached job was answered: record it, batched, if the table does not know it yet."""
-        if self.table.get(job_id) is not None or not self._is_leader():
-            return
+        if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
+            return  # known, or on its way (a retried submit answered twice)
         if self._disk_free() < MIN_FREE_BYTES:
             self.skipped_records += 1
             return
         result, note = result_of(outcome, ATTACHED_RESULT_MAX_BYTES)
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
-        self._propose_record(record, urgent=False)
+        self._recording.add(job_id)
+        self._propose_record(record, urgent=False).add_done_callback(
+            lambda _: self._recording.discard(job_id))
 
     # ---- client calls -----------------------------------------------------------
 
