@@ -148,15 +148,19 @@ async def throughput(addresses: list[str], seconds: float, inflight: int = 32) -
 
 
 def side_by_side(
-    ref: str, workdir: Path, rounds: int, jobs: int, seconds: float, acks: int
+    ref: str, workdir: Path, rounds: int, jobs: int, seconds: float, acks: int, after: Path = ROOT
 ) -> dict[str, Any]:
-    before = workdir / "before-tree"
-    before.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    if Path(ref).is_dir():  # a tree already unpacked (e.g. this one with a change undone)
+        before = Path(ref)
+        workdir.mkdir(parents=True)
+    else:
+        before = workdir / "before-tree"
+        before.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
     clusters, processes = {}, []
     try:
-        for name, tree in (("before", before), ("after", ROOT)):
+        for name, tree in (("before", before), ("after", after)):
             (workdir / name).mkdir()
             clusters[name], started = start_cluster(tree, workdir / name)
             processes += started
@@ -259,11 +263,14 @@ async def journal_size(workdir: Path, total: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--ref", default=BEFORE_REF, help=f"the 'before' tree (default {BEFORE_REF})")
+    parser.add_argument("--ref", default=BEFORE_REF, help=f"the 'before' tree: a git revision or a directory (default {BEFORE_REF})")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=300, help="sequential small jobs per round and cluster")
     parser.add_argument("--acks", type=int, default=1000, help="detached submits timed")
     parser.add_argument("--quick", action="store_true", help="2 rounds, 10^5 journal jobs, 20 queued")
+    parser.add_argument("--after", type=Path, default=ROOT, help="the 'after' tree (default: this one)")
+    parser.add_argument("--parts", default="fsync,ab,kill,size",
+                        help="which figures: fsync, ab (attached before/after and detached acks), kill, size")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--client-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -274,17 +281,23 @@ def main() -> int:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="distnode-journal-bench-") as tmp:
         workdir = Path(tmp)
-        out["fsync"] = fsync_cost(workdir, 2000)
-        print(f"fsync: {out['fsync']}", file=sys.stderr, flush=True)
-        out["attached"] = side_by_side(args.ref, workdir / "ab", rounds, args.jobs, 2.0, args.acks)
-        print(f"attached: {out['attached']['ratio_after_over_before']}", file=sys.stderr, flush=True)
-        out["leader_kill"] = {
-            "queued_jobs": queued,
-            "with_kill_s": round(leader_kill(workdir / "kill", queued, kill=True), 2),
-            "without_kill_s": round(leader_kill(workdir / "nokill", queued, kill=False), 2),
-        }
-        print(f"leader kill: {out['leader_kill']}", file=sys.stderr, flush=True)
-        out["journal_size"] = asyncio.run(journal_size(workdir / "size", total))
+        parts = set(args.parts.split(","))
+        if "fsync" in parts:
+            out["fsync"] = fsync_cost(workdir, 2000)
+            print(f"fsync: {out['fsync']}", file=sys.stderr, flush=True)
+        if "ab" in parts:
+            out["attached"] = side_by_side(args.ref, workdir / "ab", rounds, args.jobs, 2.0, args.acks,
+                                           args.after)
+            print(f"attached: {out['attached']['ratio_after_over_before']}", file=sys.stderr, flush=True)
+        if "kill" in parts:
+            out["leader_kill"] = {
+                "queued_jobs": queued,
+                "with_kill_s": round(leader_kill(workdir / "kill", queued, kill=True), 2),
+                "without_kill_s": round(leader_kill(workdir / "nokill", queued, kill=False), 2),
+            }
+            print(f"leader kill: {out['leader_kill']}", file=sys.stderr, flush=True)
+        if "size" in parts:
+            out["journal_size"] = asyncio.run(journal_size(workdir / "size", total))
     text = json.dumps(out, indent=2)
     print(text)
     if args.json is not None:

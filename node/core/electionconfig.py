@@ -30,8 +30,11 @@ class ElectionConfig:
     # `propose` appends commands. Off, the log stays empty and the core is the
     # election alone, as the daemon runs it until it carries entries.
     replicate: bool = False
-    # At most this many entries in one AppendEntries.
-    max_append_entries: int = 64
+    # At most this many entries in one AppendEntries, and (past the first) this many
+    # bytes of their data: each message is one fsync on the follower, so it carries
+    # a whole batch of small records, but never a run of big results at once.
+    max_append_entries: int = 1024
+    max_append_bytes: int = 4 << 20
 
     @property
     def quorum(self) -> int:

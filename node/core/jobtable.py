@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from node.core.job import Job
@@ -69,6 +69,9 @@ class JobRecord:
     detached: bool = False
 
 
+_FIELDS = tuple(f.name for f in fields(JobRecord))
+
+
 def job_spec(job: Job) -> dict[str, Any]:
     """What a record keeps of a job besides its op and source (`record_job` gives it back)."""
     return {"map": job.kernel, "axis": job.axis, "bins": job.bins,
@@ -89,11 +92,13 @@ def record_job(record: JobRecord) -> Job:
 
 def encode_command(record: JobRecord) -> bytes:
     """A record as the bytes of a "command" entry."""
-    fields = asdict(record)
+    # Field by field: dataclasses.asdict deep-copies, and this runs once per job on the leader.
+    fields = {name: getattr(record, name) for name in _FIELDS}
     if record.result is not None:
         fields["result"] = {"dtype": record.result.dtype, "shape": list(record.result.shape),
                             "data": base64.b64encode(record.result.data).decode()}
     fields["nodes"] = list(record.nodes)
+    fields["spec"] = dict(record.spec)
     return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -119,6 +124,8 @@ class JobTable:
         self.keep_result_bytes = keep_result_bytes
         #: Every job known, in the order of its last change (oldest first).
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()
+        #: Each record's encoding (its command's bytes, mostly): a snapshot only joins them.
+        self._encoded: dict[str, bytes] = {}
         #: Finished jobs per kind (detached or not), in the order they finished.
         self._finished: dict[bool, OrderedDict[str, None]] = {True: OrderedDict(), False: OrderedDict()}
         self._result_bytes = {True: 0, False: 0}
@@ -155,23 +162,28 @@ class JobTable:
                 record = decode_command(entry.data)
             except ValueError:
                 continue
-            if self._put(record):
+            if self._put(record, entry.data):
                 changed.append(record.job_id)
             self._retain()  # after every entry: the table must not depend on how entries were batched
         return changed
 
-    def _put(self, record: JobRecord) -> bool:
+    def _put(self, record: JobRecord, encoded: bytes) -> bool:
         old = self._jobs.get(record.job_id)
         if old is not None and (old.state in FINISHED or _RANK[record.state] <= _RANK[old.state]):
             return False  # a repeat, news older than what the table holds, or a finished job
         if old is not None and (old.op, old.source, old.spec) != (record.op, record.source, record.spec):
             return False  # the first record of an id says what the job is; another job under it is not news
         if old is not None:
-            record = replace(record, submitted_at=old.submitted_at or record.submitted_at,
-                             detached=old.detached)
+            kept = replace(record, submitted_at=old.submitted_at or record.submitted_at,
+                           detached=old.detached)
+            if kept != record:
+                record, encoded = kept, encode_command(kept)
             self._count(old, -1)
+        if b"\n" in encoded:  # a snapshot is one record per line: only our own encoding goes in
+            encoded = encode_command(record)
         self._jobs[record.job_id] = record
         self._jobs.move_to_end(record.job_id)
+        self._encoded[record.job_id] = encoded
         self._count(record, +1)
         return True
 
@@ -191,20 +203,24 @@ class JobTable:
         for kind, finished in self._finished.items():
             while finished and (len(finished) > self.keep_jobs
                                 or self._result_bytes[kind] > self.keep_result_bytes):
-                self._count(self._jobs.pop(next(iter(finished))), -1)
+                victim = next(iter(finished))
+                del self._encoded[victim]
+                self._count(self._jobs.pop(victim), -1)
 
     # ---- snapshots (§7) -----------------------------------------------------
 
     def snapshot(self) -> bytes:
-        return b"\n".join(encode_command(record) for record in self._jobs.values())
+        return b"\n".join(self._encoded[job_id] for job_id in self._jobs)
 
     def restore(self, data: bytes) -> None:
         """Replace the table with a snapshot's (ValueError if it does not decode)."""
         self._jobs.clear()
+        self._encoded.clear()
         for finished in self._finished.values():
             finished.clear()
         self._result_bytes = {True: 0, False: 0}
         for line in data.split(b"\n") if data else ():
             record = decode_command(line)
             self._jobs[record.job_id] = record
+            self._encoded[record.job_id] = line
             self._count(record, +1)

@@ -70,6 +70,12 @@ class Replication:
                                    self.snapshot)
         last = prev + self._config.max_append_entries
         entries = log.entries(next_index, last) if prev < log.last_index else ()
+        size = 0
+        for count, entry in enumerate(entries):
+            size += len(entry.data)
+            if size > self._config.max_append_bytes and count > 0:
+                entries = entries[:count]
+                break
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit)
 
     def on_response(self, response: HeartbeatResponse, term: int, out: list[Output]) -> None:

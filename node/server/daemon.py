@@ -419,6 +419,7 @@ class Daemon:
         self.clock.stop()
         log.info("shutting down")
         await server.stop(SHUTDOWN_GRACE_S)
+        await self.ledger.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
