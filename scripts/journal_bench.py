@@ -263,7 +263,8 @@ async def journal_size(workdir: Path, total: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--ref", default=BEFORE_REF, help=f"the 'before' tree: a git revision or a directory (default {BEFORE_REF})")
+    parser.add_argument("--ref", default=BEFORE_REF,
+                        help=f"the 'before' tree: a git revision or a directory (default {BEFORE_REF})")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=300, help="sequential small jobs per round and cluster")
     parser.add_argument("--acks", type=int, default=1000, help="detached submits timed")

@@ -99,7 +99,8 @@ def encode_command(record: JobRecord) -> bytes:
                             "data": base64.b64encode(record.result.data).decode()}
     fields["nodes"] = list(record.nodes)
     fields["spec"] = dict(record.spec)
-    return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+    # Keys in field order (no sort): every node reads these bytes, none re-encodes them.
+    return json.dumps(fields, separators=(",", ":")).encode()
 
 
 def decode_command(data: bytes) -> JobRecord:

@@ -66,6 +66,8 @@ DETACHED_RESULT_MAX_BYTES = 16 << 20
 #: Below this much free space in --data-dir, detached jobs are refused and
 #: attached jobs' records skipped: what is left is kept for the log's own entries.
 MIN_FREE_BYTES = 1 << 20
+#: How long the attached path trusts its last look at the free space.
+FREE_SPACE_TTL_S = 1.0
 #: Detached jobs queued or running at once; more are refused (RESOURCE_EXHAUSTED).
 MAX_LIVE_JOBS = 10_000
 #: A detached job still running after this long is recorded as running.
@@ -134,6 +136,7 @@ class JobLedger:
         self._waiting: collections.deque[str] = collections.deque()
         self._driving: dict[str, asyncio.Task[None]] = {}
         self.skipped_records = 0
+        self._free, self._free_at = 0, -FREE_SPACE_TTL_S
         #: Attached jobs whose record is proposed and not yet committed.
         self._recording: set[str] = set()
         #: The term whose leader's no-op this node has applied: as leader, its table holds
@@ -222,7 +225,7 @@ class JobLedger:
         """An attached job was answered: record it, batched, if the table does not know it yet."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
-        if self._disk_free() < MIN_FREE_BYTES:
+        if self._free_bytes() < MIN_FREE_BYTES:
             self.skipped_records += 1
             return
         result, note = result_of(outcome, ATTACHED_RESULT_MAX_BYTES)
@@ -259,6 +262,14 @@ class JobLedger:
         if record is None:  # committed, then dropped by retention at once: keep-jobs of 0
             raise JobError(f"job {job_id} was committed but is past retention already (--keep-jobs)")
         return record
+
+    def _free_bytes(self) -> int:
+        """Free space in --data-dir, asked of the disk at most every FREE_SPACE_TTL_S on the
+        attached path (a statvfs per job is a few percent of the leader's time)."""
+        now = time.monotonic()
+        if now - self._free_at > FREE_SPACE_TTL_S:
+            self._free, self._free_at = self._disk_free(), now
+        return self._free
 
     def _check_room(self) -> None:
         free = self._disk_free()
