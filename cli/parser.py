@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from node.client.retry import DEFAULT_TIMEOUT_S
 from node.core.job import KERNELS, OPS, SHARD_ELEMS
@@ -30,44 +31,28 @@ STATUS_TIMEOUT_S = 5.0
 SOURCES = "range:n=N | random:n=N,seed=S[,dist=uniform|normal] | npy:PATH | values:1,2,3"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+N = TypeVar("N", int, float)
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {text!r}")
-    return value
+def _checked(
+    convert: Callable[[str], N], accept: Callable[[N], bool], unparsed: str, rejected: str
+) -> Callable[[str], N]:
+    """An argparse type: `convert`, then `accept` (NaN fails every comparison, so it is refused)."""
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unparsed}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {rejected}, got {text!r}")
+        return value
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+_positive_int = _checked(int, lambda v: v > 0, "a positive integer", "a positive integer")
+_non_negative_int = _checked(int, lambda v: v >= 0, "an integer of 0 or more", "an integer of 0 or more")
+_non_negative_float = _checked(float, lambda v: v >= 0, "a number of 0 or more", "a number of 0 or more")
+_positive_float = _checked(float, lambda v: v > 0, "a number of seconds", "a positive number of seconds")
 
 
 def _value_range(text: str) -> tuple[float, float]:

@@ -291,6 +291,11 @@ async def dying_client(addresses: list[str], stream: JobStream, record: Record, 
         await asyncio.sleep(rng.uniform(0.2, 1.0))
 
 
+def bits_of(info: pb.JobInfo) -> tuple[str, tuple[int, ...], bytes]:
+    """A done job's answer as it came: dtype, shape and the bytes."""
+    return info.result.dtype, tuple(info.result.shape), info.result.data
+
+
 def note_state(record: Record, info: pb.JobInfo) -> None:
     """What a leader said of a detached job: states only move forward, answers never change."""
     if info.answered_by != info.leader or info.job_id not in record.acked:
@@ -302,7 +307,7 @@ def note_state(record: Record, info: pb.JobInfo) -> None:
                                 f"(from {info.answered_by})")
     record.furthest[info.job_id] = max(rank, furthest)
     if info.state == "done" and info.result_kept:
-        bits = (info.result.dtype, tuple(info.result.shape), info.result.data)
+        bits = bits_of(info)
         seen = record.detached_answers.setdefault(info.job_id, bits)
         if seen != bits:
             record.disagreeing.append(f"{info.job_id}: {seen!r} then {bits!r} from {info.answered_by}")
@@ -368,7 +373,7 @@ async def collect_detached(cluster: LocalCluster, record: Record, deadline_s: fl
                     state = "no answer" if info is None else info.state
                     record.disagreeing.append(f"{job_id}: {state} on {address} after healing")
                     continue
-                bits = (info.result.dtype, tuple(info.result.shape), info.result.data)
+                bits = bits_of(info)
                 if bits != record.detached_answers[job_id]:
                     record.disagreeing.append(f"{job_id}: other bits from {info.answered_by}")
         finally:

@@ -34,7 +34,6 @@ from node.client.retry import (
     PROBE_FAILURES,
     PROBE_INTERVAL_S,
     Nodes,
-    RetryPlan,
     classify,
     new_request,
 )
@@ -146,26 +145,15 @@ class AsyncClient:
         if detach:
             return await self._enqueue(request, timeout)
         started = time.perf_counter()
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        plan = RetryPlan(self._nodes, request.job.job_id, deadline)
-        for step in plan:
-            if isinstance(step, float):
-                await asyncio.sleep(step)
-                continue
-            address, remaining = step
-            try:
-                reply = await self._attempt(address, request, remaining, on_progress)
-            except AttemptFailed as exc:
-                plan.failed_at(address, exc)
-                continue
-            self._nodes.reached = True
-            self._nodes.prefer(reply.head.leader_address)
-            return answer_from(reply, started, plan.failed)
-        if plan.unreachable:
-            raise await asyncio.to_thread(
-                unreachable, self._nodes.all(), self._stubs.factory.tls, plan.unreached
-            )
-        raise plan.out_of_time()
+
+        async def attempt(address: str, remaining: float) -> SubmitAnswer:
+            return await self._attempt(address, request, remaining, on_progress)
+
+        reply, failed = await call_any(
+            self._nodes, attempt, request.job.job_id, self._deadline(timeout), self._tls
+        )
+        self._nodes.prefer(reply.head.leader_address)
+        return answer_from(reply, started, failed)
 
     async def _enqueue(self, request: pb.SubmitRequest, timeout: float | None) -> str:
         async def call(address: str, remaining: float) -> pb.JobInfo:

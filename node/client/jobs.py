@@ -1,5 +1,5 @@
-"""The job table as a client sees it: `JobStatus`, a finished job's `Answer`, and the
-calls that may go to any node (`call_any`), with the clients' retry rules."""
+"""The job table as a client sees it (`JobStatus`, a finished job's `Answer`), and
+`call_any`: the AsyncClient's retry loop (retry.py's rules) for every call it makes."""
 
 from __future__ import annotations
 
@@ -109,7 +109,9 @@ async def call_any(
     tls: TlsFiles | None,
 ) -> tuple[R, int]:
     """`call(address, remaining_s)` on the last leader seen, else any node, until one answers;
-    (its reply, the failed attempts before it)."""
+    (its reply, the failed attempts before it). The AsyncClient's retry loop, for every call:
+    `call` raises AttemptFailed to have the next node tried, or lets a failed RPC through
+    (`failure` says what it means)."""
     plan = RetryPlan(nodes, what, deadline_s)
     for step in plan:
         if isinstance(step, float):
@@ -117,11 +119,11 @@ async def call_any(
             continue
         address, remaining = step
         try:
-            reply = await call(address, remaining)
-        except grpc.aio.AioRpcError as exc:
-            error = failure(exc)
-            if not isinstance(error, AttemptFailed):
-                raise error from None
+            try:
+                reply = await call(address, remaining)
+            except grpc.aio.AioRpcError as exc:
+                raise failure(exc) from None
+        except AttemptFailed as error:
             plan.failed_at(address, error)
             continue
         nodes.reached = True

@@ -141,6 +141,10 @@ class Election:
         limit = self._config.election_ticks_min
         return {peer for peer, ticks in self._peer_heard.items() if ticks is not None and ticks <= limit}
 
+    def hears_quorum(self) -> bool:
+        """The active peers and this node are a quorum (what CheckQuorum asks of a leader)."""
+        return len(self.active_peers()) + 1 >= self._config.quorum
+
     def ticks_until_due(self) -> int:
         """How many `tick()` calls from now until one can produce output (at least 1).
 
@@ -346,7 +350,7 @@ class Election:
         self._check_elapsed += 1
         if self._config.check_quorum and self._check_elapsed >= self._config.election_ticks_min:
             self._check_elapsed = 0
-            if len(self.active_peers()) + 1 < self._config.quorum:
+            if not self.hears_quorum():
                 # Thesis §6.2: a leader cut off from a quorum steps down.
                 self._become_follower(self._term, None, out)
                 return out

@@ -260,10 +260,8 @@ class Daemon:
         if not self.is_leader:
             return await self.relay.submit(job_id, job, forwarded, timeout_s)
         submitted_at = time.time()
-        await self.compute_ready()
-        if not self.is_leader:  # stepped down while the compute stack loaded
-            raise NotLeader(f"{self.node_id} stepped down in term {self.election.term}")
-        if self.ledger.caught_up_term != self.election.term:
+        await self._leading()
+        if not self.ledger.caught_up:
             # Its table may lack what was committed before its term: a reused id would pass.
             raise NotLeader(f"{self.who()} leads but has not caught up yet; retry")
         record = self.ledger.known(job_id, job)  # JobConflict for a reused id
@@ -274,10 +272,14 @@ class Daemon:
         return Answered(outcome, self.node_id, self.election.term, self.config.address)
 
     async def _run_detached(self, job_id: str, job: Job) -> Outcome:
+        await self._leading()
+        return await self.jobs.submit(job_id, job)
+
+    async def _leading(self) -> None:
+        """Load the compute stack; NotLeader if this node stepped down meanwhile."""
         await self.compute_ready()
         if not self.is_leader:
             raise NotLeader(f"{self.node_id} stepped down in term {self.election.term}")
-        return await self.jobs.submit(job_id, job)
 
     # -- detached jobs and the job table (jobdesk.py) ---------------------
 

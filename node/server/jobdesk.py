@@ -18,7 +18,6 @@ from node.server.ledger import LIVE
 if TYPE_CHECKING:
     from node.core.election import Election
     from node.server.admission import ClientSlots
-    from node.server.config import NodeConfig
     from node.server.jobs import JobManager
     from node.server.ledger import JobLedger
     from node.server.relay import Relay
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 class DeskNode(Protocol):
     """What the desk uses of its node (the daemon)."""
 
-    config: NodeConfig
     relay: Relay
     clients: ClientSlots
     ledger: JobLedger
@@ -98,9 +96,7 @@ class JobDesk:
         than a client may already have seen (Raft §8). Followers answer from theirs."""
         if not self.node.is_leader:
             return
-        quorum = len(self.node.config.peers) // 2 + 1
-        election = self.node.election
-        if self.node.ledger.caught_up_term != election.term or len(election.active_peers()) < quorum - 1:
+        if not self.node.ledger.caught_up or not self.node.election.hears_quorum():
             raise NotLeader(f"{self.node.who()} leads but has not caught up with a quorum yet; retry")
 
     async def cancel(self, job_id: str, forwarded: bool) -> JobView:

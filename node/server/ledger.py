@@ -143,6 +143,11 @@ class JobLedger:
         #: everything committed before its term, and it may answer reads (Raft §8).
         self.caught_up_term = 0
 
+    @property
+    def caught_up(self) -> bool:
+        """As leader: the table holds everything committed before this term (Raft §8)."""
+        return self.caught_up_term == self._term()
+
     # ---- the state machine ----------------------------------------------------
 
     def apply(self, entries: tuple[Entry, ...]) -> None:
