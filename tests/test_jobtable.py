@@ -50,11 +50,27 @@ def test_a_record_gives_back_the_job_it_was_made_from() -> None:
     b'{"job_id": "", "op": "sum", "source": "s", "state": "done"}',
     b'{"job_id": "j", "op": "sum", "source": "s", "state": "done", "result": {"dtype": "<f8", "shape": [1],'
     b' "data": "!!"}}',
-    b'{"job_id": "j", "op": "sum", "source": "s", "state": "done", "owner": "x"}',
+    b'{"job_id": "j", "op": "sum", "source": "s", "state": "done", "nodes": [1]}',
+    b'{"job_id": "j", "op": "sum", "source": "s", "state": "done", "shards": "twelve"}',
 ])
 def test_what_is_not_a_command_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError, match="not a job command"):
         decode_command(data)
+
+
+def test_a_field_this_version_does_not_know_is_ignored_as_protobuf_does() -> None:
+    # A newer leader's record still applies on an older node during an upgrade.
+    data = b'{"job_id": "j", "op": "sum", "source": "s", "state": "done", "owner": "x", "submitted_at": 5}'
+    assert decode_command(data) == JobRecord("j", "sum", "s", "done", submitted_at=5.0)
+
+
+def test_an_entry_of_several_records_applies_each_as_if_it_came_alone() -> None:
+    records = [record("j1", "done", 4), record("j2", "failed", error="boom"), record("j3", "queued")]
+    batched = b"\n".join([encode_command(records[0]), b"not a record", *map(encode_command, records[1:])])
+    one, alone = JobTable(keep_jobs=1), JobTable(keep_jobs=1)
+    assert one.apply((Entry(1, 1, "command", batched),)) == ["j1", "j2", "j3"], "a bad line skips only itself"
+    alone.apply(commands(*records))
+    assert one.snapshot() == alone.snapshot() and len(one) == 2, "retention runs after every record"
 
 
 def test_states_only_move_forward_and_repeats_change_nothing() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import threading
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from inproc import StartCluster, poll
 
 from node import AsyncClient
 from node._proto import distnode_pb2 as pb
+from node.core.raftlog import Entry
 from node.server.daemon import Daemon
 
 
@@ -105,3 +107,65 @@ async def test_a_journal_that_refuses_a_write_makes_its_node_refuse_and_heal(
     survivors = [d for d in cluster.daemons if d is not leader]
     await poll(lambda: settled(survivors), what="the broken node to catch up")
     assert log_of(survivors[0]) == log_of(survivors[1])
+
+
+async def test_a_leader_sends_its_entries_while_writing_them_and_counts_itself_once_they_are_durable(
+    start_cluster: StartCluster,
+) -> None:
+    """Raft thesis §10.2.1: the leader's own append runs beside its AppendEntries (the
+    followers hold the entry while the leader's write is still pending), and the entry
+    commits only after that write returned, however early the followers answered."""
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    gate = threading.Event()
+    real_append = leader.journal.append
+
+    def slow_disk(after: int, entries: tuple[Entry, ...]) -> None:
+        assert gate.wait(20), "the test never opened the gate"
+        real_append(after, entries)
+
+    leader.journal.append = slow_disk  # type: ignore[method-assign]
+    index = leader.election.log.last_index + 1
+    followers = [d for d in cluster.daemons if d is not leader]
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        submit = asyncio.create_task(client.submit(op="sum", source="values:1,2,3", detach=True))
+        try:
+            await poll(lambda: all(f.journal.log.last_index >= index for f in followers),
+                       what="the followers to store the entry before the leader's write returned")
+            await poll(lambda: len(leader.elections._held_replies) >= 2 or leader.election.commit_index >= index,
+                       what="both followers' answers")
+            assert leader.election.commit_index < index and not submit.done(), "counted before its own fsync"
+        finally:
+            gate.set()
+        job_id = await submit
+        assert (await client.result(job_id, wait=10)).result == 6
+    assert leader.journal.log.last_index >= index and leader.is_leader
+
+
+async def test_a_leader_whose_own_write_fails_steps_down_and_the_job_still_lands(
+    start_cluster: StartCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    real_append = leader.journal.append
+
+    def full_disk(after: int, entries: tuple[Entry, ...]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    leader.journal.append = full_disk  # type: ignore[method-assign]
+    durable = leader.journal.log.last_index
+    async with AsyncClient(cluster.addresses, timeout=30) as client:
+        submit = asyncio.create_task(client.submit(op="sum", source="values:4,5", detach=True))
+        await poll(lambda: not leader.is_leader, what="the leader to step down")
+        assert leader.election.log.last_index <= durable or leader.election.leader != leader.node_id
+        assert leader.election.commit_index <= durable, "committed what its own disk refused"
+        leader.journal.append = real_append  # type: ignore[method-assign]
+        job_id = await submit
+        assert (await client.result(job_id, wait=20)).result == 9
+    lines = [r for r in caplog.records if "cannot write the journal" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "ERROR"
+    await poll(lambda: settled(cluster.daemons), what="the old leader to catch up")

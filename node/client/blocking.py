@@ -26,14 +26,12 @@ from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory
 from node.client.answer import Answer, ClusterStatus, ProgressCallback, answer_from
 from node.client.async_client import AsyncClient
-from node.client.jobs import JobStatus
-from node.client.reach import unreachable
+from node.client.jobs import JobStatus, call_any_blocking
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
     PROBE_FAILURES,
     PROBE_INTERVAL_S,
     Nodes,
-    RetryPlan,
     classify,
     new_request,
 )
@@ -107,29 +105,21 @@ class Client:
         cluster has committed it. Raises InvalidJob, JobError, ClusterUnavailable."""
         if self._loop.is_closed():
             raise ClusterUnavailable("this client is closed")
-        if detach:
-            return self._call(self._async.submit(
-                op, source, map, axis, bins, range, job_id, timeout, detach=True))
         request = new_request(op, source, map, axis, bins, range, job_id)
-        started = time.perf_counter()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        plan = RetryPlan(self._nodes, request.job.job_id, deadline)
-        for step in plan:
-            if isinstance(step, float):
-                time.sleep(step)
-                continue
-            address, remaining = step
-            try:
-                reply = self._attempt(address, request, remaining, on_progress)
-            except AttemptFailed as exc:
-                plan.failed_at(address, exc)
-                continue
-            self._nodes.reached = True
-            self._nodes.prefer(reply.head.leader_address)
-            return answer_from(reply, started, plan.failed)
-        if plan.unreachable:
-            raise unreachable(self._nodes.all(), self._factory.tls, plan.unreached)
-        raise plan.out_of_time()
+        if detach:
+            def enqueue(address: str, remaining: float) -> pb.JobInfo:
+                info: pb.JobInfo = self._stub(address).Enqueue(request, timeout=remaining)
+                return info
+
+            info, _ = call_any_blocking(self._nodes, enqueue, request.job.job_id, deadline, self._factory.tls)
+            return info.job_id
+        started = time.perf_counter()
+        reply, failed = call_any_blocking(
+            self._nodes, lambda address, remaining: self._attempt(address, request, remaining, on_progress),
+            request.job.job_id, deadline, self._factory.tls)
+        self._nodes.prefer(reply.head.leader_address)
+        return answer_from(reply, started, failed)
 
     def _attempt(
         self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None

@@ -1,5 +1,6 @@
 """The job table as a client sees it (`JobStatus`, a finished job's `Answer`), and
-`call_any`: the AsyncClient's retry loop (retry.py's rules) for every call it makes."""
+`call_any`: the clients' retry loop (retry.py's rules) for every call they make, in
+an asyncio flavour and a blocking one."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import grpc
 from node._proto import distnode_pb2 as pb
 from node.client.answer import Answer
 from node.client.reach import unreachable
-from node.client.retry import Nodes, RetryPlan, classify
+from node.client.retry import FailedCall, Nodes, RetryPlan, classify
 from node.errors import AttemptFailed, JobCancelled, JobError, JobFailed, JobFinished, JobPending, UnknownJob
 from node.security import TlsFiles
 from node.wire.status import signed_by
@@ -92,7 +93,7 @@ def answer_of(info: pb.JobInfo, retries: int) -> Answer:
     )
 
 
-def failure(exc: grpc.aio.AioRpcError) -> Exception:
+def failure(exc: FailedCall) -> Exception:
     """A job-table call's failed status: NOT_FOUND and FAILED_PRECONDITION are about the
     job (exit 1), not the request; the rest as for submit (retry.classify)."""
     if signed_by(exc.trailing_metadata()) is not None:
@@ -135,3 +136,29 @@ async def call_any(
 
 def deadline(timeout_s: float, wait_s: float = 0.0) -> float:
     return time.monotonic() + timeout_s + wait_s
+
+
+def call_any_blocking(
+    nodes: Nodes, call: Callable[[str, float], R], what: str, deadline_s: float, tls: TlsFiles | None,
+) -> tuple[R, int]:
+    """`call_any` for the blocking Client: its calls run on its own thread, with no
+    hop to an event loop (a detached submit is a round trip, and it shows)."""
+    plan = RetryPlan(nodes, what, deadline_s)
+    for step in plan:
+        if isinstance(step, float):
+            time.sleep(step)
+            continue
+        address, remaining = step
+        try:
+            try:
+                reply = call(address, remaining)
+            except grpc.RpcError as exc:
+                raise failure(exc) from None
+        except AttemptFailed as error:
+            plan.failed_at(address, error)
+            continue
+        nodes.reached = True
+        return reply, plan.failed
+    if plan.unreachable:
+        raise unreachable(nodes.all(), tls, plan.unreached)
+    raise plan.out_of_time()

@@ -63,6 +63,7 @@ from node.server.beacons import BeaconListener
 from node.server.clock import Clock
 from node.server.computestack import ComputeStack
 from node.server.config import NodeConfig
+from node.server.discovery import IdDiscovery
 from node.server.elections import ElectionDriver
 from node.server.heartbeats import HeartbeatLinks
 from node.server.jobdesk import JobDesk
@@ -132,6 +133,7 @@ class Daemon:
             self.stubs, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000,
             udp=config.udp_heartbeats,
         )
+        self.discovery = IdDiscovery(self.peers, self.stubs)
         self.elections = ElectionDriver(
             election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
             config, self._spawn, self._on_role_changed, self.ledger.apply, table.snapshot,
@@ -180,7 +182,7 @@ class Daemon:
             self._jobs = JobManager(
                 config.node_id, self.peers, self._remote_compute, self.executor,
                 config.shard_elems, config.data_root, config.limits, self.openers,
-                self.elections.ask_sources,
+                self.discovery.ask_sources,
             )
         return self._jobs
 
@@ -216,7 +218,7 @@ class Daemon:
         id; refusing its first beats would cost the cluster an election.
         """
         if node_id and not self.peers.is_member(node_id) and self.peers.unknown_ids():
-            await self.elections.discover_once(wanted=node_id)
+            await self.discovery.discover_once(wanted=node_id)
         self._check_member(field, node_id)
 
     def _check_term(self, term: int) -> None:
@@ -414,7 +416,7 @@ class Daemon:
             ",".join(self.config.peers) or "none", type(asyncio.get_running_loop()).__module__,
         )
         self.clock.start(self._on_wake)
-        self._spawn(self.elections.discover_ids(self._stopping))
+        self._spawn(self.discovery.discover_ids(self._stopping))
 
     async def _shutdown(self, server: grpc.aio.Server) -> None:
         """In order: no more ticks, no more RPCs, no more tasks, then close what they used."""
@@ -426,10 +428,11 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.elections.close()
+        self.discovery.close()
         self.heartbeats.close()
         if self.beacons is not None:
             self.beacons.close()
         await self.stubs.close()
+        self.elections.writer.close()
         self.journal.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

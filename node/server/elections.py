@@ -14,7 +14,7 @@ the peer table that the job scheduler reads.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -46,18 +46,17 @@ from node.server.clock import Clock
 from node.server.config import NodeConfig
 from node.server.heartbeats import HeartbeatLinks
 from node.server.journal import Journal, Snapshot
+from node.server.logwriter import LogWriter
 from node.server.peers import Peer, PeerTable
 from node.server.statestore import ElectionState, StateStore
 from node.wire.log import beat_to_proto, response_from_reply
 
 log = logging.getLogger("distnode")
 
-#: How often a node asks the peers whose ids it does not know yet, and how long it waits.
-DISCOVERY_INTERVAL_S = 0.2
-DISCOVERY_TIMEOUT_S = 0.5
-
-#: Compact the log into a snapshot once it holds this many applied entries.
+#: Compact the log into a snapshot once it holds this many applied entries, or
+#: this many bytes of them (one entry may batch hundreds of attached jobs' records).
 COMPACT_ENTRIES = 4096
+COMPACT_BYTES = 4 << 20
 
 R = TypeVar("R", VoteResponse, HeartbeatResponse)
 OnRoleChanged = Callable[[Role, int, "str | None"], None]
@@ -85,6 +84,11 @@ class ElectionDriver:
         self.election = election
         self.store = store
         self.journal = journal
+        self.writer = LogWriter(journal)
+        #: Followers' replies held while this leader's own append is being written.
+        self._held_replies: list[tuple[str, pb.HeartbeatReply]] = []
+        #: The first background append that failed, until the writes pending behind it return.
+        self._write_error: OSError | None = None
         self.clock = clock
         self.peers = peers
         self.stubs = stubs
@@ -100,10 +104,10 @@ class ElectionDriver:
         self.durable = ElectionState(election.term, election.voted_for)
         #: Why the last write of term and vote failed ("" while writes work).
         self.storage_error = ""
-        #: Why the last append to the journal failed ("" while appends work).
-        self.journal_error = ""
         #: The last index handed to the state machine (`on_apply`) or restored from a snapshot.
         self.applied = election.commit_index
+        #: Bytes of the entries applied since the last snapshot this node took or was given.
+        self._applied_bytes = 0
         #: Ticks until the disk is tried again while `storage_error` is set.
         self._retry_in_ticks = 0
         #: The last role change carried out, so a rollback to it is not logged twice.
@@ -111,9 +115,6 @@ class ElectionDriver:
         #: The leader's address as this node dials it (its own --peers entry);
         #: "" while no leader is known, or its id is not mapped to an address yet.
         self.leader_address = ""
-        self._discovery: asyncio.Future[None] | None = None
-        #: Set whenever discovery learns an id (for callers waiting on one).
-        self._learnt = asyncio.Event()
 
     @property
     def node_id(self) -> str:
@@ -171,7 +172,7 @@ class ElectionDriver:
     @property
     def disk_error(self) -> str:
         """Why this node cannot write its durable state (term and vote, or journal); "" if it can."""
-        return self.storage_error or self.journal_error
+        return self.storage_error or self.writer.error
 
     def follows(self, leader_id: str, term: int) -> bool:
         """True if this node takes `leader_id` as its leader in `term`."""
@@ -179,10 +180,16 @@ class ElectionDriver:
 
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
         peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
-        self.catch_up()
-        self._execute(self.election.step(response_from_reply(reply, address, self.node_id)))
+        if self.writer.in_flight:
+            self._held_replies.append((address, reply))  # see _leader_wrote
+        else:
+            self._step_reply(address, reply)
         if peer is not None and not peer.alive:  # a reply can only bring a peer back
             self.judge_peers(deaths=False)
+
+    def _step_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
+        self.catch_up()
+        self._execute(self.election.step(response_from_reply(reply, address, self.node_id)))
 
     def _step_request(self, message: Message, reply_type: type[R]) -> R | None:
         """Step a request; return the core's reply to it, execute everything else first."""
@@ -212,24 +219,32 @@ class ElectionDriver:
     # -- outbound ---------------------------------------------------------
 
     def _execute(self, outputs: list[Output]) -> bool:
-        """Carry out outputs in order; False if a Persist failed (the rest is dropped)."""
-        for out in outputs:
+        """Carry out outputs in order; False if a Persist or a write failed (the rest is dropped).
+
+        A leader's own append is written in the background (logwriter.py): the
+        Sends right after it go at once, what else follows waits for the write."""
+        for position, out in enumerate(outputs):
+            if isinstance(out, AppendLog) and self.election.role is Role.LEADER:
+                rest = outputs[position + 1:]
+                sends = 0
+                while sends < len(rest) and isinstance(rest[sends], Send):
+                    sends += 1
+                later = rest[sends:]
+                self.writer.append_later(out.after, out.entries, functools.partial(self._leader_wrote, later))
+                self._execute(rest[:sends])
+                return True
             if isinstance(out, Persist):
                 if not self._persist(out):
                     self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
                     return False
             elif isinstance(out, AppendLog | RestoreSnapshot):
-                if not self._store(out):
-                    # Back to the journal's log; the leader sends the entries again. A
-                    # leader that cannot hold its own entries also steps down.
-                    durable = self.journal.log.copy()
-                    self.election.restore_log(durable, self.journal.snapshot.data, self.applied)
-                    if self.election.role is Role.LEADER:
-                        self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
+                if not self.writer.store(out):
+                    self._refused()
                     return False
                 if isinstance(out, RestoreSnapshot):
                     self.on_restore(out.data, out.index)
                     self.applied = out.index
+                    self._applied_bytes = 0
             elif isinstance(out, Send):
                 self._send(out.message)
             elif isinstance(out, RoleChanged):
@@ -237,41 +252,54 @@ class ElectionDriver:
             elif isinstance(out, Apply):
                 self.on_apply(out.entries)
                 self.applied = out.entries[-1].index
+                self._applied_bytes += sum(len(entry.data) for entry in out.entries)
         self._compact()
         return True
 
-    def _store(self, out: AppendLog | RestoreSnapshot) -> bool:
-        """Make a change to the log durable; False (said once per episode) if the disk refused."""
-        try:
-            if isinstance(out, AppendLog):
-                self.journal.append(out.after, out.entries)
-            else:
-                self.journal.save_snapshot(Snapshot(out.index, out.term, out.data), out.keep_log)
-        except OSError as exc:
-            if not self.journal_error:
-                log.error("cannot write the journal in %s: %s; refusing entries until it can",
-                          self.journal.dir, exc)
-            self.journal_error = f"{self.journal.dir}: {exc.strerror or exc}"
-            return False
-        if self.journal_error:
-            log.warning("the journal in %s is writable again", self.journal.dir)
-            self.journal_error = ""
-        return True
+    def _leader_wrote(self, later: list[Output], error: OSError | None) -> None:
+        """A leader's own append returned. Replies that arrived meanwhile were held (they
+        would have counted this node's entries before its disk had them); once no write
+        is pending, they are stepped in, or, if a write failed, dropped with the entries."""
+        if error is not None:
+            self._write_error = self._write_error or error
+        elif self._write_error is None:
+            self.writer.wrote()
+            self._execute(later)
+        if self.writer.in_flight:
+            return
+        held, self._held_replies = self._held_replies, []
+        if self._write_error is not None:
+            self.writer.refused(self._write_error)
+            self._write_error = None
+            self._refused()
+            return
+        for address, reply in held:
+            self._step_reply(address, reply)
+
+    def _refused(self) -> None:
+        """Back to the journal's log; the leader sends the entries again. A leader that
+        cannot hold its own entries also steps down."""
+        durable = self.journal.log.copy()
+        self.election.restore_log(durable, self.journal.snapshot.data, self.applied)
+        self.writer.reset()
+        if self.election.role is Role.LEADER:
+            self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
 
     def _compact(self) -> None:
         """Snapshot the state machine once the log holds enough applied entries (§7)."""
+        if self.writer.in_flight:
+            return  # the log is being written: next time
         raft_log = self.election.log
         applied = self.applied
-        if applied - raft_log.snapshot_index < COMPACT_ENTRIES:
+        held = applied - raft_log.snapshot_index
+        if held == 0 or (held < COMPACT_ENTRIES and self._applied_bytes < COMPACT_BYTES):
             return
         term = raft_log.term_at(applied) or 0
         data = self.snapshot_state()
-        try:
-            self.journal.save_snapshot(Snapshot(applied, term, data))
-        except OSError as exc:
-            log.warning("cannot write a snapshot in %s: %s; the log keeps growing", self.journal.dir, exc)
+        if not self.writer.snapshot(Snapshot(applied, term, data)):
             return
         self.election.compact(applied, data)
+        self._applied_bytes = 0
 
     def _persist(self, out: Persist) -> bool:
         """Make term and vote durable; False if the disk refused.
@@ -344,59 +372,6 @@ class ElectionDriver:
         self.on_role_changed(change.role, change.term, change.leader)
 
     # -- ids and status ---------------------------------------------------
-
-    async def discover_ids(self, stopping: asyncio.Event) -> None:
-        """Ask every peer whose id is unknown for its Status, until all are known.
-
-        Ids let this node map a leader id or a `reduce_to` back onto its own
-        --peers entry, so all peer traffic follows the configured addresses.
-        """
-        while self.peers.unknown_ids() and not stopping.is_set():
-            await self.discover_once()
-            await asyncio.sleep(DISCOVERY_INTERVAL_S)
-
-    def close(self) -> None:
-        if self._discovery is not None:
-            self._discovery.cancel()
-
-    async def discover_once(self, wanted: str = "") -> None:
-        """One round: every unknown peer asked at once; callers during a round share it.
-
-        With `wanted`, return as soon as that id is known: the slowest (or a
-        dead) peer of the round must not hold up a vote from a live one.
-        """
-        if self._discovery is None or self._discovery.done():
-            self._discovery = asyncio.ensure_future(self._discover_round())
-        round_ = self._discovery
-        while not (wanted and self.peers.is_member(wanted)) and not round_.done():
-            self._learnt.clear()
-            learnt: asyncio.Future[Any] = asyncio.ensure_future(self._learnt.wait())
-            waits: set[asyncio.Future[Any]] = {round_, learnt}
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                learnt.cancel()
-
-    async def _discover_round(self) -> None:
-        # One peer at a time: a round runs beside the election and the beats, and
-        # asking (or first dialling) several peers in one step of the event loop
-        # holds it for milliseconds.
-        for address in self.peers.unknown_ids():
-            await self._ask_id(address)
-
-    async def _ask_id(self, address: str) -> None:
-        try:
-            reply = await self.stubs.stub(address).Status(
-                pb.StatusRequest(), timeout=DISCOVERY_TIMEOUT_S, wait_for_ready=True
-            )
-        except grpc.aio.AioRpcError:
-            return
-        self.peers.learn(address, reply.node_id, reply.sources)
-        self._learnt.set()
-
-    async def ask_sources(self, addresses: list[str]) -> None:
-        """Ask these peers (at once) what source kinds they read; who does not answer stays unknown."""
-        await asyncio.gather(*(self._ask_id(address) for address in addresses))
 
     def status(self) -> StatusView:
         """What this node knows, and nothing it does not.

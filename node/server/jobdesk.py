@@ -2,7 +2,8 @@
 
 A follower relays what needs the leader (Enqueue and Cancel always; Result and
 Jobs while its own table may be behind the leader's), and answers from its own
-table when no leader can be asked, so finished jobs stay readable from any node.
+table when no leader can be asked, so finished jobs stay readable from any node;
+but only a leader says that a job id is unknown.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class JobDesk:
             relayed = await self.node.relay.result(job_id, wait_s)
             if relayed is not None:
                 return relayed
+        if known is None and not self.node.is_leader:
+            # A job acknowledged just before its leader died may be in no follower's table
+            # yet (the commit index reaches them with the next beat): only a leader that has
+            # caught up may say an id is unknown. The client asks again, elsewhere.
+            raise NotLeader(f"{self.node.who()} has no leader to ask, and job_id {job_id!r} is not in its"
+                            " table (yet); retry")
         self._check_reads()
         record = await self.node.ledger.wait(job_id, wait_s)
         if record is None:

@@ -14,8 +14,8 @@ Only the leader proposes, and only these records:
   recomputed, and the fixed shard plan gives the same bits;
 - `cancelled`, which ends the run on the leader when it is applied;
 - an attached job's `done`, after its client has its answer: a client that
-  waits pays no replication round trip. These are batched, one proposal (one
-  fsync) every ATTACHED_FLUSH_S, and skipped while the disk is nearly full,
+  waits pays no replication round trip. These are batched, one entry (one
+  record per line, one fsync) every ATTACHED_FLUSH_S, and skipped while the disk is nearly full,
   so attached jobs keep being served when detached ones are refused.
 
 Proposals made in the same turn of the event loop share one entry batch.
@@ -137,8 +137,10 @@ class JobLedger:
         self._driving: dict[str, asyncio.Task[None]] = {}
         self.skipped_records = 0
         self._free, self._free_at = 0, -FREE_SPACE_TTL_S
-        #: Attached jobs whose record is proposed and not yet committed.
+        #: Attached jobs whose record is waiting for the next flush, or proposed and not yet committed.
         self._recording: set[str] = set()
+        #: Attached jobs' records (job id, command bytes) waiting for the next flush.
+        self._attached: list[tuple[str, bytes]] = []
         #: The term whose leader's no-op this node has applied: as leader, its table holds
         #: everything committed before its term, and it may answer reads (Raft §8).
         self.caught_up_term = 0
@@ -206,6 +208,8 @@ class JobLedger:
                 handle.cancel()
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
+        if self._attached:
+            pending.append(self._attached_batch())
         if not pending:
             return
         entries = self._propose(tuple(data for data, _ in pending)) if self._is_leader() else ()
@@ -222,6 +226,15 @@ class JobLedger:
             else:
                 self._commits[entry.index] = (entry.term, future)
 
+    def _attached_batch(self) -> tuple[bytes, asyncio.Future[bool]]:
+        """The attached records since the last flush as one entry (one record per line):
+        whatever the rate, recording them costs the log a few entries a second."""
+        batch, self._attached = self._attached, []
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        future.add_done_callback(lambda _: self._recording.difference_update(job_id for job_id, _ in batch))
+        return b"\n".join(data for _, data in batch), future
+
     async def _committed(self, future: asyncio.Future[bool]) -> None:
         if not await asyncio.shield(future):
             raise NotLeader(f"{self._who()} lost the leadership before the job's record was committed; retry")
@@ -237,8 +250,9 @@ class JobLedger:
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
         self._recording.add(job_id)
-        self._propose_record(record, urgent=False).add_done_callback(
-            lambda _: self._recording.discard(job_id))
+        self._attached.append((job_id, encode_command(record)))
+        if self._flush_later is None and self._flush_soon is None:
+            self._flush_later = asyncio.get_running_loop().call_later(ATTACHED_FLUSH_S, self._flush)
 
     # ---- client calls -----------------------------------------------------------
 
@@ -393,6 +407,8 @@ class JobLedger:
                 handle.cancel()
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
+        self._attached.clear()  # answered already; a record not yet proposed is only a record lost
+        self._recording.clear()
         for _, future in pending:
             if future is not None and not future.done():
                 future.set_exception(NotLeader(f"{self._who()} is shutting down; retry"))

@@ -83,10 +83,9 @@ class Relay:
 
     async def result(self, job_id: str, wait_s: float) -> JobView | None:
         """The leader's record of a job this follower has not applied yet; None if there is
-        no leader to ask, or it does not know the job either (this node's table answers)."""
+        no leader to ask (its NOT_FOUND is passed on: only a leader knows a job is unknown)."""
         request = pb.ResultRequest(job_id=job_id, wait_s=wait_s, forwarded=True)
-        reply = await self._ask(lambda stub: stub.Result(request, timeout=wait_s + RELAY_PROBE_S),
-                                grpc.StatusCode.NOT_FOUND)
+        reply = await self._ask(lambda stub: stub.Result(request, timeout=wait_s + RELAY_PROBE_S))
         return None if reply is None else view_from_info(reply)
 
     async def jobs(self, state: str | None, limit: int) -> list[JobView] | None:

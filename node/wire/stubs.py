@@ -72,6 +72,7 @@ class BlockingNodeStub:
         generated = pb_grpc.NodeStub(channel)
         self.Progress = _with(metadata, generated.Progress)
         self.Status = _with(metadata, generated.Status)
+        self.Enqueue = _with(metadata, generated.Enqueue)
         submit: grpc.UnaryUnaryMultiCallable[pb.SubmitRequest, SubmitAnswer] = (
             channel.unary_unary(  # type: ignore[call-arg]  # see NodeStub
                 SUBMIT_METHOD, request_serializer=pb.SubmitRequest.SerializeToString,

@@ -1,0 +1,118 @@
+"""The journal's writes, in order, with the leader's own appends off the event loop.
+
+A leader may send AppendEntries before its own write of the same entries
+has finished, as long as it counts itself towards a commit only once that
+write is durable (Raft thesis §10.2.1; etcd does the same). So a leader's
+append goes to one writer thread and the event loop goes on sending; the
+caller holds back whatever would count the leader (the followers' replies,
+an Apply) until `in_flight` is back to 0. Every other write (a follower's
+append, a snapshot) runs at once on the caller's thread, after all the
+pending ones: one writer at a time, so the file stays in log order.
+
+A write that fails makes every write queued behind it fail too (their
+entries follow the failed ones), until the caller has put its memory back
+to what the disk holds and calls `reset`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from node.core.messages import AppendLog, RestoreSnapshot
+from node.core.raftlog import Entry
+from node.server.journal import Journal, Snapshot
+
+log = logging.getLogger("distnode")
+
+T = TypeVar("T")
+#: Called on the event loop once a background append returned: None, or why it failed.
+Done = Callable[["OSError | None"], None]
+
+
+class LogWriter:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        #: Background appends not yet reported back to the event loop.
+        self.in_flight = 0
+        #: Set by the first failed write; refuses the ones queued after it until `reset`.
+        self._failed: OSError | None = None
+        #: Why the last write to the journal failed ("" while writes work).
+        self.error = ""
+
+    def append_later(self, after: int, entries: tuple[Entry, ...], done: Done) -> None:
+        """Append in the writer thread; `done` runs on the event loop when it is durable (or not)."""
+        self.in_flight += 1
+        future = asyncio.get_running_loop().run_in_executor(
+            self._thread, self._guarded, self.journal.append, after, entries)
+
+        def finished(future: asyncio.Future[None]) -> None:
+            self.in_flight -= 1
+            error = None if future.cancelled() else future.exception()
+            if error is not None and not isinstance(error, OSError):
+                error = OSError(f"journal write failed: {error!r}")
+            done(error)
+
+        future.add_done_callback(finished)
+
+    def run(self, write: Callable[..., T], *args: object) -> T:
+        """A write now, after every pending one (the caller's thread waits for them)."""
+        if self.in_flight == 0:
+            return self._guarded(write, *args)
+        return self._thread.submit(self._guarded, write, *args).result()
+
+    def store(self, out: AppendLog | RestoreSnapshot) -> bool:
+        """Make a change to the log durable now; False (said once per episode) if the disk refused."""
+        try:
+            if isinstance(out, AppendLog):
+                self.run(self.journal.append, out.after, out.entries)
+            else:
+                self.run(self.journal.save_snapshot, Snapshot(out.index, out.term, out.data), out.keep_log)
+        except OSError as exc:
+            self.refused(exc)
+            return False
+        self.wrote()
+        return True
+
+    def snapshot(self, snapshot: Snapshot) -> bool:
+        """Our own snapshot (compaction); False, and the log keeps growing, if the disk refused."""
+        try:
+            self.run(self.journal.save_snapshot, snapshot)
+        except OSError as exc:
+            log.warning("cannot write a snapshot in %s: %s; the log keeps growing", self.journal.dir, exc)
+            self.reset()  # nothing in memory depends on a snapshot that was not taken
+            return False
+        return True
+
+    def refused(self, exc: OSError) -> None:
+        if not self.error:
+            log.error("cannot write the journal in %s: %s; refusing entries until it can",
+                      self.journal.dir, exc)
+        self.error = f"{self.journal.dir}: {exc.strerror or exc}"
+
+    def wrote(self) -> None:
+        if self.error:
+            log.warning("the journal in %s is writable again", self.journal.dir)
+            self.error = ""
+
+    def _guarded(self, write: Callable[..., T], *args: object) -> T:
+        if self._failed is not None:
+            why = self._failed.strerror or self._failed
+            raise OSError(self._failed.errno, f"an earlier write failed: {why}")
+        try:
+            return write(*args)
+        except OSError as exc:
+            self._failed = exc
+            raise
+
+    def reset(self) -> None:
+        """Memory matches the disk again: writes may go on."""
+        self._failed = None
+
+    def close(self) -> None:
+        """Wait for the pending writes (the daemon closes the journal next)."""
+        self._thread.shutdown(wait=True)
