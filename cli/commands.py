@@ -49,7 +49,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             data_dir=args.data_dir or default_data_dir(args.id, listen),
             data_root=args.data_root, advertise=advertise, parent_pid=args.parent_pid,
             tls=tls, token=load_token(args.token_file), insecure=args.insecure,
-            limits=limits_from_args(args), udp_heartbeats=args.udp_heartbeats, **options,
+            limits=limits_from_args(args), udp_heartbeats=args.udp_heartbeats,
+            reset_state=args.reset_state, **options,
         )
         config.validate()
     except (ConfigError, SecurityError) as exc:

@@ -120,6 +120,9 @@ def _add_start(commands: Any) -> None:
     start.add_argument("--keep-result-bytes", type=_non_negative_int, default=None, metavar="B",
                        help=f"bytes of finished jobs' results the job table keeps "
                             f"(default {DEFAULT_KEEP_RESULT_BYTES:,})")
+    start.add_argument("--reset-state", action="store_true",
+                       help="replace a damaged election.json: the journal's last term, no vote "
+                            "(this node may vote twice in a term it forgot; docs/operations.md)")
     _add_limits(start)
     start.add_argument("--tick-ms", type=_positive_int, default=None, help=argparse.SUPPRESS)
     start.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)

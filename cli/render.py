@@ -91,6 +91,9 @@ def print_status(view: ClusterStatus) -> None:
     for node in view.nodes:
         if node.storage_error:
             console.print(f"{node.id or node.address}: cannot write its state: {node.storage_error}")
+        if node.problem:
+            console.print(f"{node.id or node.address}: unreachable ({node.failures} failed contacts):"
+                          f" {node.problem}")
 
 
 def print_jobs(jobs: list[JobStatus]) -> None:

@@ -86,6 +86,10 @@ class StateFileError(ConfigError):
     """The node's durable election state cannot be read; it refuses to guess."""
 
 
+class CannotStart(ConfigError):
+    """This machine refuses what the node was configured with: its port, its data dir."""
+
+
 # -- the cluster's failures ------------------------------------------------------
 
 

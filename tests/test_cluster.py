@@ -203,7 +203,7 @@ def test_cli_bad_jobs_then_a_good_one(cluster: LocalCluster, tmp_path: Any) -> N
     assert list(view) == ["leader", "term", "nodes", "answered_by"] and view["leader"] == cluster.leader()
     assert view["answered_by"] == view["leader"]  # the leader's own view
     assert sorted(view["nodes"][0]) == sorted(
-        ["id", "address", "role", "term", "alive", "last_heartbeat_ms", "storage_error"]
+        ["id", "address", "role", "term", "alive", "last_heartbeat_ms", "storage_error", "problem", "failures"]
     )
     assert [n["id"] for n in view["nodes"]] == cluster.ids and all(n["alive"] for n in view["nodes"])
     table = run_cli("status", "--cluster", addresses)

@@ -36,18 +36,6 @@ def test_a_wildcard_listen_needs_an_advertised_address(listen: str) -> None:
     config(listen=listen, insecure=True, advertise="10.0.0.1:7001").validate()
 
 
-def test_a_damaged_state_file_stops_the_start_with_one_line(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    (tmp_path / "election.json").write_text('{"term": "x"')
-    done = subprocess.run([sys.executable, "-m", "cli", "start", "--id", "n1", "--listen", "127.0.0.1:0",
-                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == EXIT_USAGE, done.stderr
-    assert "cannot read election state" in done.stderr and "Traceback" not in done.stderr
-    assert done.stderr.strip().count("\n") == 0, done.stderr
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -296,7 +296,7 @@ async def test_only_a_leader_says_a_job_id_is_unknown(start_cluster: StartCluste
         with pytest.raises(UnknownJob, match=r"NOT_FOUND.*no job 'nope'.*" + leader.node_id):
             await client.result("nope")  # the leader's NOT_FOUND, passed on
     follower.relay.leader_address = lambda: ""  # type: ignore[method-assign]  # as if it had none
-    with pytest.raises(NotLeader, match="no leader to ask.*nope"):
+    with pytest.raises(NotLeader, match=r"no leader to ask.*nope"):
         await follower.result("nope", 0, forwarded=False)
-    with pytest.raises(NotLeader, match="no leader to ask.*nope"):
+    with pytest.raises(NotLeader, match=r"no leader to ask.*nope"):
         await follower.result("nope", 0, forwarded=True)

@@ -600,6 +600,8 @@ class NodeStatus(_message.Message):
     ALIVE_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
     STORAGE_ERROR_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     address: _builtins.str
     role: _builtins.str
@@ -609,6 +611,10 @@ class NodeStatus(_message.Message):
     """Milliseconds since this node was last heard from; -1 if never."""
     storage_error: _builtins.str
     """Why that node cannot write its durable state ("" while it can, or unknown)."""
+    problem: _builtins.str
+    """Why the answering node's last contact with it failed ("" once it answered since)."""
+    failures: _builtins.int
+    """The answering node's failed contacts with it since it started."""
     def __init__(
         self,
         *,
@@ -619,10 +625,12 @@ class NodeStatus(_message.Message):
         alive: _builtins.bool = ...,
         last_heartbeat_ms: _builtins.float = ...,
         storage_error: _builtins.str = ...,
+        problem: _builtins.str = ...,
+        failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "id", b"id", "last_heartbeat_ms", b"last_heartbeat_ms", "role", b"role", "storage_error", b"storage_error", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "failures", b"failures", "id", b"id", "last_heartbeat_ms", b"last_heartbeat_ms", "problem", b"problem", "role", b"role", "storage_error", b"storage_error", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -61,6 +61,10 @@ class NodeInfo:
     last_heartbeat_ms: float | None
     #: Why that node cannot write its durable state; None while it can (or not known).
     storage_error: str | None = None
+    #: Why the answering node's last contact with it failed; None once it answered since.
+    problem: str | None = None
+    #: The answering node's failed contacts with it since it started.
+    failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def cluster_status(reply: pb.StatusReply, leaderless: bool = False) -> ClusterSt
             role="unknown" if leaderless and n.role == "leader" else n.role,
             term=n.term, alive=n.alive,
             last_heartbeat_ms=None if n.last_heartbeat_ms < 0 else round(n.last_heartbeat_ms, 1),
-            storage_error=n.storage_error or None,
+            storage_error=n.storage_error or None, problem=n.problem or None, failures=n.failures,
         )
         for n in reply.nodes
     ]

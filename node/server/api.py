@@ -126,6 +126,10 @@ class NodeView:
     last_heartbeat_ms: float | None
     #: Why it cannot write its durable state ("" while it can, or not known).
     storage_error: str = ""
+    #: Why the answering node's last contact with it failed ("" once it answered since).
+    problem: str = ""
+    #: The answering node's failed contacts with it since it started.
+    failures: int = 0
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,8 @@ class NodeConfig:
     #: bytes of their results kept; the oldest finished jobs go first.
     keep_jobs: int = DEFAULT_KEEP_JOBS
     keep_result_bytes: int = DEFAULT_KEEP_RESULT_BYTES
+    #: Replace election.json with the journal's last term and no vote (statestore.py).
+    reset_state: bool = False
 
     @property
     def address(self) -> str:

@@ -42,7 +42,7 @@ from node.core.electionconfig import ElectionConfig
 from node.core.job import Job
 from node.core.jobtable import JobTable
 from node.core.messages import Heartbeat, InstallSnapshot, Role
-from node.errors import InvalidField, NotLeader
+from node.errors import CannotStart, InvalidField, NotLeader
 from node.security import TokenServerInterceptor
 from node.server import beacons
 from node.server.admission import ClientSlots
@@ -73,7 +73,8 @@ from node.server.ledger import outcome_of as answer_of
 from node.server.peers import PeerTable
 from node.server.relay import Relay
 from node.server.service import NodeServicer, add_to_server, beat_reply
-from node.server.statestore import StateStore
+from node.server.startchecks import bind_port, check_data_dir
+from node.server.statestore import MAX_TERM, StateStore
 from node.wire.answers import SERVICE
 from node.wire.jobs import job_to_proto
 from node.wire.log import beat_from_proto
@@ -93,19 +94,19 @@ SHUTDOWN_GRACE_S = 1.0
 MAX_SLEEP_S = 0.25
 #: Upper bound on one Compute batch; the failure detector normally acts first.
 COMPUTE_TIMEOUT_S = 600.0
-#: No honest cluster gets near this many terms; a bigger one is an attack on
-#: the election (term + 1 would overflow the wire's uint64).
-MAX_TERM = 1 << 62
 
 
 class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         config.validate()
         self.config = config
+        check_data_dir(config.data_dir)  # CannotStart now, not at the first vote
         self.store = StateStore(config.data_dir)
-        saved = self.store.load()
         self.journal = Journal(config.data_dir)
         raft_log = self.journal.open()  # JournalDamaged (one line, exit 2) if it cannot be trusted
+        if config.reset_state:
+            self.store.reset(raft_log.last_term)
+        saved = self.store.load()  # StateFileError (one line, exit 2) if damaged
         lo, hi = config.election_ticks
         election = Election(
             ElectionConfig(
@@ -131,7 +132,7 @@ class Daemon:
         )
         self.heartbeats = HeartbeatLinks(
             self.stubs, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000,
-            udp=config.udp_heartbeats,
+            udp=config.udp_heartbeats, on_failure=self.peers.failed,
         )
         self.discovery = IdDiscovery(self.peers, self.stubs)
         self.elections = ElectionDriver(
@@ -387,6 +388,11 @@ class Daemon:
         self.clock.restart()  # tick 0: before any RPC arrives
         server = self._make_server()
         try:
+            self.port = bind_port(server, self.config.listen, self.config.tls)
+        except CannotStart:
+            self.journal.close()
+            raise
+        try:
             await self._start(server, handle_signals)
             await self._stopping.wait()
         finally:
@@ -396,11 +402,7 @@ class Daemon:
         add_to_server(NodeServicer(self), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        if self.config.tls.enabled:
-            port = server.add_secure_port(self.config.listen, self.config.tls.server_credentials())
-        else:
-            port = server.add_insecure_port(self.config.listen)
-        self.port = port
+        port = self.port
         await server.start()
         if self.config.udp_heartbeats:
             self.beacons = await beacons.listen(self.config.listen, port, self.beat_reply)

@@ -21,6 +21,13 @@ DISCOVERY_INTERVAL_S = 0.2
 DISCOVERY_TIMEOUT_S = 0.5
 
 
+def describe(exc: grpc.aio.AioRpcError, timeout_s: float) -> str:
+    """A failed call to a peer, as its operator needs to read it."""
+    if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within {timeout_s * 1000:.0f} ms (nothing listening there, or not a distnode)"
+    return f"{exc.code().name}: {exc.details()}"
+
+
 class IdDiscovery:
     def __init__(self, peers: PeerTable, stubs: StubCache) -> None:
         self.peers = peers
@@ -69,7 +76,8 @@ class IdDiscovery:
             reply = await self.stubs.stub(address).Status(
                 pb.StatusRequest(), timeout=DISCOVERY_TIMEOUT_S, wait_for_ready=True
             )
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            self.peers.failed(address, describe(exc, DISCOVERY_TIMEOUT_S))
             return
         self.peers.learn(address, reply.node_id, reply.sources)
         self._learnt.set()

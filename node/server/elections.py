@@ -44,6 +44,7 @@ from node.core.raftlog import Entry
 from node.server.api import BeatAnswer, NodeView, StatusView, VoteAnswer
 from node.server.clock import Clock
 from node.server.config import NodeConfig
+from node.server.discovery import describe
 from node.server.heartbeats import HeartbeatLinks
 from node.server.journal import Journal, Snapshot
 from node.server.logwriter import LogWriter
@@ -222,9 +223,10 @@ class ElectionDriver:
         """Carry out outputs in order; False if a Persist or a write failed (the rest is dropped).
 
         A leader's own append is written in the background (logwriter.py): the
-        Sends right after it go at once, what else follows waits for the write."""
+        Sends right after it go at once, what else follows waits for the write.
+        Alone, it has nobody to send to while it writes: it writes at once."""
         for position, out in enumerate(outputs):
-            if isinstance(out, AppendLog) and self.election.role is Role.LEADER:
+            if isinstance(out, AppendLog) and self.election.role is Role.LEADER and self.config.peers:
                 rest = outputs[position + 1:]
                 sends = 0
                 while sends < len(rest) and isinstance(rest[sends], Send):
@@ -344,7 +346,8 @@ class ElectionDriver:
             reply = await self.stubs.stub(message.dst).RequestVote(
                 request, timeout=self.config.election_ms_min / 1000
             )
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            self.peers.failed(message.dst, describe(exc, self.config.election_ms_min / 1000))
             return
         self.peers.learn(message.dst, reply.voter_id)
         response = VoteResponse(
@@ -401,7 +404,8 @@ class ElectionDriver:
                 alive, role, term = False, "unknown", peer.term
             last_ms = None if ticks is None else float(ticks * self.config.tick_ms)
             storage_error = peer.storage_error if leading and alive else ""
-            nodes.append(NodeView(peer.node_id, peer.address, role, term, alive, last_ms, storage_error))
+            nodes.append(NodeView(peer.node_id, peer.address, role, term, alive, last_ms, storage_error,
+                                  peer.problem, peer.failures))
         return StatusView(
             self.node_id, election.role.value, election.term, election.leader or "",
             self.leader_address, nodes,

@@ -31,17 +31,20 @@ log = logging.getLogger("distnode.heartbeats")
 
 #: Called with (peer address, reply) for every reply that arrives.
 OnReply = Callable[[str, pb.HeartbeatReply], None]
+#: Called with (peer address, why) when a stream fails or goes unanswered.
+OnFailure = Callable[[str, str], None]
 Stream = grpc.aio.StreamStreamCall[pb.HeartbeatRequest, pb.HeartbeatReply]
 
 
 class HeartbeatLink:
     def __init__(
         self, address: str, stubs: StubCache, on_reply: OnReply, stale_s: float,
-        key: bytes | None = None,
+        key: bytes | None = None, on_failure: OnFailure | None = None,
     ) -> None:
         self.address = address
         self.stubs = stubs
         self.on_reply = on_reply
+        self.on_failure = on_failure or (lambda address, why: None)
         self.stale_s = stale_s
         #: The term's beacon key; None keeps this link on gRPC alone.
         self.key = key
@@ -103,8 +106,7 @@ class HeartbeatLink:
         now = time.monotonic()
         since = self._unanswered_since_s
         if self._call is not None and since is not None and now - since > self.stale_s:
-            log.info("heartbeat stream to %s unanswered for %.0f ms; reopening", self.address,
-                     (now - since) * 1000)
+            self.on_failure(self.address, f"heartbeat stream unanswered for {(now - since) * 1000:.0f} ms")
             self.close_stream()  # unanswered for too long (even a write stuck): start over
         if self._call is not None and self._pending is self._call:
             return  # the previous beat has not left yet: the peer is not reading
@@ -138,7 +140,8 @@ class HeartbeatLink:
                 self._unanswered_since_s = None
                 self.on_reply(self.address, reply)
         except grpc.aio.AioRpcError as exc:
-            log.info("heartbeat stream to %s ended: %s", self.address, exc.code().name)
+            if exc.code() is not grpc.StatusCode.CANCELLED:  # cancelled: closed by us
+                self.on_failure(self.address, f"heartbeat stream ended: {exc.code().name}: {exc.details()}")
         finally:
             self._drop(call)
 
@@ -175,9 +178,13 @@ class HeartbeatLinks:
     a fresh beacon key and numbers its beats from 1.
     """
 
-    def __init__(self, stubs: StubCache, on_reply: OnReply, stale_s: float, udp: bool = True) -> None:
+    def __init__(
+        self, stubs: StubCache, on_reply: OnReply, stale_s: float, udp: bool = True,
+        on_failure: OnFailure | None = None,
+    ) -> None:
         self.stubs = stubs
         self.on_reply = on_reply
+        self.on_failure = on_failure
         self.stale_s = stale_s
         self.udp = udp
         self._links: dict[str, HeartbeatLink] = {}
@@ -193,7 +200,7 @@ class HeartbeatLinks:
             if self.udp and self._key is None:
                 self._key, self._seq = beacons.new_key(), 0
             link = self._links[address] = HeartbeatLink(
-                address, self.stubs, self.on_reply, self.stale_s, self._key
+                address, self.stubs, self.on_reply, self.stale_s, self._key, self.on_failure
             )
         self._seq += 1
         link.send(request, self._seq, reliable)

@@ -7,15 +7,27 @@ a peer that answered within the minimum election timeout), and `sync` copies
 its verdict in after every tick and every reply. A worker's death wakes the
 job scheduler waiting on it through `dead_event()`, so its shards move on at
 once instead of at the end of an RPC timeout.
+
+Contacts that fail (a heartbeat stream, a vote request, an id probe) are
+counted per peer, and said once per episode: one WARNING when a peer stops
+answering, with the reason, one INFO when it answers again; `status` shows
+the reason and the count meanwhile. A peer that is down is tried 20 times a
+second by a leader, and the log must not say so 20 times a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from node.errors import InvalidField, NotAMember
+
+log = logging.getLogger("distnode")
+
+#: A failure's reason is cut to this many characters (gRPC's details can run long).
+REASON_CHARS = 200
 
 
 @dataclass
@@ -29,6 +41,10 @@ class Peer:
     sources: frozenset[str] | None = None
     #: Why it cannot write its durable state, as its last reply said.
     storage_error: str = ""
+    #: Why the last contact with it failed ("" once it answered since).
+    problem: str = ""
+    #: Failed contacts since this node started.
+    failures: int = 0
     _dead: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -52,6 +68,7 @@ class PeerTable:
             peer.node_id = node_id
             if sources is not None:
                 peer.sources = frozenset(sources)
+            self.reached(address)
 
     def heard(self, address: str, node_id: str, role: str, term: int, storage_error: str = "") -> Peer | None:
         """Record what a peer said about itself in a reply; the peer, if it is one of ours."""
@@ -59,7 +76,30 @@ class PeerTable:
         if peer is not None:
             peer.node_id, peer.role, peer.term = node_id or peer.node_id, role, term
             peer.storage_error = storage_error
+            self.reached(address)
         return peer
+
+    def failed(self, address: str, reason: str) -> None:
+        """A contact with `address` failed: counted, and said if it had answered till now."""
+        peer = self._peers.get(address)
+        if peer is None:
+            return
+        peer.failures += 1
+        reason = " ".join(reason.split())[:REASON_CHARS] or "no reason given"
+        if not peer.problem:
+            log.warning("peer %s does not answer: %s", self.name(address), reason)
+        peer.problem = reason
+
+    def reached(self, address: str) -> None:
+        """`address` answered: the end of its episode of failures, if it was in one."""
+        peer = self._peers.get(address)
+        if peer is not None and peer.problem:
+            log.info("peer %s answers again (%d failed contacts so far)", self.name(address), peer.failures)
+            peer.problem = ""
+
+    def name(self, address: str) -> str:
+        peer = self._peers.get(address)
+        return f"{peer.node_id} ({address})" if peer is not None and peer.node_id else address
 
     def sync(self, active: set[str], deaths: bool = True) -> list[Peer]:
         """Take the failure detector's verdict (`active`: addresses heard lately).

@@ -123,6 +123,7 @@ def status_reply(view: StatusView) -> pb.StatusReply:
         reply.nodes.append(pb.NodeStatus(
             id=node.id, address=node.address, role=node.role, term=node.term,
             alive=node.alive, last_heartbeat_ms=heard, storage_error=node.storage_error,
+            problem=node.problem, failures=node.failures,
         ))
     return reply
 

@@ -9,13 +9,19 @@ the old one and fsyncs the directory (durable.py); the caller sends the vote onl
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import StateFileError
 from node.server.durable import replace_durably
 
+log = logging.getLogger("distnode")
+
 STATE_FILE = "election.json"
+#: No honest cluster gets near this many terms; a bigger one is an attack on
+#: the election (term + 1 would overflow the wire's uint64).
+MAX_TERM = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -34,17 +40,45 @@ class StateStore:
     def load(self) -> ElectionState:
         """The last saved state, or term 0 with no vote for a new node."""
         try:
-            raw = json.loads(self.path.read_text())
+            text = self.path.read_text()
         except FileNotFoundError:
             return ElectionState()
-        except (OSError, ValueError) as exc:
-            # A torn write cannot happen (rename is atomic), so this is a
-            # foreign or hand-edited file: refuse rather than forget a vote.
-            raise StateFileError(f"cannot read election state {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise StateFileError(f"cannot read election state {self.path}: {exc.strerror or exc}") from None
         try:
-            return ElectionState(term=int(raw["term"]), voted_for=raw.get("voted_for"))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StateFileError(f"election state {self.path} is not a term and a vote: {exc!r}") from exc
+            raw = json.loads(text)
+        except ValueError as exc:
+            # A torn write cannot happen (rename is atomic), so this is a damaged,
+            # foreign or hand-edited file: refuse rather than forget a vote.
+            raise self._damaged(f"is not JSON ({len(text)} bytes: {exc})") from None
+        if not isinstance(raw, dict) or "term" not in raw:
+            raise self._damaged('is not {"term": N, "voted_for": ID or null}')
+        term, voted_for = raw["term"], raw.get("voted_for")
+        if isinstance(term, bool) or not isinstance(term, int) or not 0 <= term <= MAX_TERM:
+            raise self._damaged(f"has term {term!r}: not an integer from 0 to {MAX_TERM}")
+        if voted_for is not None and (not isinstance(voted_for, str) or not voted_for):
+            raise self._damaged(f"has voted_for {voted_for!r}: not a node id or null")
+        return ElectionState(term, voted_for)
+
+    def _damaged(self, problem: str) -> StateFileError:
+        return StateFileError(
+            f"election state {self.path} {problem}; restore it from a backup, or start with"
+            " --reset-state once you have read what that risks (docs/operations.md)"
+        )
+
+    def reset(self, last_log_term: int) -> None:
+        """Replace the state with the journal's last term and no vote (`--reset-state`).
+
+        The term a node may have voted in is lost with the file: with no vote
+        recorded it could vote again in that term, and two leaders of one term
+        become possible. The journal's last term is only a floor. Safe when the
+        cluster has moved past every term this node could have voted in (a
+        leader elected since it stopped, which is what docs/operations.md asks
+        the operator to check first).
+        """
+        log.warning("--reset-state: %s replaced with term %d and no vote; this node may vote a"
+                    " second time in a term it had voted in", self.path, last_log_term)
+        self.save(ElectionState(last_log_term, None))
 
     def save(self, state: ElectionState) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

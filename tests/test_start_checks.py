@@ -1,0 +1,116 @@
+"""`distnode start` on a machine or a configuration that cannot work: one line naming the
+thing and the problem, exit 2, no traceback, and nothing served (#15's table, rows 1-4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.exits import EXIT_USAGE
+from node.core.raftlog import Entry
+from node.server.journal import Journal
+from node.server.statestore import MAX_TERM
+from node.testing.ports import free_ports
+
+pytestmark = pytest.mark.process
+
+
+def start(data_dir: Path, port: int = 0, *flags: str) -> subprocess.CompletedProcess[str]:
+    port = port or free_ports(1)[0]
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "start", "--id", "n1", "--listen", f"127.0.0.1:{port}",
+         "--data-dir", str(data_dir), *flags],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The refusal: exit 2, one line on stderr, no traceback, never a node that served."""
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert "Traceback" not in done.stderr and "DISTNODE_LISTENING" not in done.stdout, done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    return done.stderr.strip()
+
+
+def test_a_port_already_taken_is_named_with_the_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line(start(tmp_path / "n1", port))
+    assert line == f"distnode start: cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+def test_a_data_dir_that_cannot_be_created_is_refused_before_listening(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    line = one_line(start(tmp_path / "file" / "n1"))
+    assert line == f"distnode start: data-dir {tmp_path}/file/n1: cannot create it: Not a directory"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a read-only file system (a tmpfs mounted ro; the suite runs as root)."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_data_dir_on_a_read_only_file_system_is_refused_before_listening(read_only_dir: Path) -> None:
+    line = one_line(start(read_only_dir))
+    assert line == f"distnode start: data-dir {read_only_dir}: cannot write a file in it: Read-only file system"
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ('{"term": 3, "vot', "is not JSON (16 bytes: "),
+    ('{"term": -5, "voted_for": 7}', f"has term -5: not an integer from 0 to {MAX_TERM}"),
+    ('{"term": 5, "voted_for": 7}', "has voted_for 7: not a node id or null"),
+    ('{"term": true}', "has term True"),
+    ('[5, "n2"]', 'is not {"term": N, "voted_for": ID or null}'),
+    ("", "is not JSON (0 bytes"),
+])
+def test_a_damaged_election_state_is_named_with_what_to_do(tmp_path: Path, content: str, problem: str) -> None:
+    (tmp_path / "election.json").write_text(content)
+    line = one_line(start(tmp_path))
+    assert line.startswith(f"distnode start: election state {tmp_path}/election.json {problem}"), line
+    assert line.endswith("restore it from a backup, or start with --reset-state once you have read what"
+                         " that risks (docs/operations.md)"), line
+
+
+def test_reset_state_replaces_a_damaged_state_with_the_journals_last_term(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, (Entry(1, 2, "noop"), Entry(2, 4, "noop")))
+    journal.close()
+    (tmp_path / "election.json").write_text('{"term": 3, "vot')
+    port = free_ports(1)[0]
+    node = subprocess.Popen(
+        [sys.executable, "-m", "cli", "start", "--id", "n1", "--listen", f"127.0.0.1:{port}",
+         "--data-dir", str(tmp_path), "--reset-state", "--parent-pid", str(os.getpid())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert node.stdout is not None
+        assert node.stdout.readline().startswith("DISTNODE_LISTENING id=n1"), "it did not start"
+        deadline = time.monotonic() + 20
+        while json.loads((tmp_path / "election.json").read_text())["term"] < 5:  # it has led since
+            assert time.monotonic() < deadline and node.poll() is None, "it never became leader"
+            time.sleep(0.05)
+    finally:
+        node.send_signal(signal.SIGTERM)
+        _, stderr = node.communicate(timeout=30)
+    assert node.returncode == 0, stderr
+    assert "--reset-state: " in stderr and "replaced with term 4 and no vote" in stderr, stderr
+    assert "Traceback" not in stderr
