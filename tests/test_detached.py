@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -300,3 +301,41 @@ async def test_only_a_leader_says_a_job_id_is_unknown(start_cluster: StartCluste
         await follower.result("nope", 0, forwarded=False)
     with pytest.raises(NotLeader, match=r"no leader to ask.*nope"):
         await follower.result("nope", 0, forwarded=True)
+
+
+async def test_a_detached_job_keeps_the_shard_size_of_the_leader_that_took_it(start_cluster: StartCluster) -> None:
+    """Nodes with different --shard-elems: the leader that takes a detached job writes its
+    shard size into the record, and the leader that resumes the job cuts those shards,
+    not its own (so the answer's bits do not depend on who finished it)."""
+    sizes = {"n1": 1000, "n2": 3000, "n3": 7000}
+    cluster = await start_cluster(3, node_overrides={n: {"shard_elems": v} for n, v in sizes.items()})
+    hold = asyncio.Event()
+
+    async def never_ends(job_id: str, job: object) -> Any:
+        await hold.wait()  # the job stays running on its leader until that one dies
+        raise AssertionError("unreachable")
+
+    runs = {d.node_id: d.ledger._run for d in cluster.daemons}
+    for daemon in cluster.daemons:
+        daemon.ledger._run = never_ends  # type: ignore[assignment]
+    async with AsyncClient(cluster.addresses, timeout=20) as client:
+        job_id = await client.submit(op="sum", source="random:n=20000,seed=3", detach=True)
+    await poll(lambda: cluster.leader() is not None and cluster.leader().ledger.table.get(job_id) is not None,  # type: ignore[union-attr]
+               what="the record on the leader")
+    leader = cluster.leader()
+    assert leader is not None
+    record = leader.ledger.table.get(job_id)
+    assert record is not None and record.state in ("queued", "running")
+    size = record.spec["shard_elems"]
+    stamper = next(n for n, v in sizes.items() if v == size)
+    leader.stop()
+    for daemon in cluster.daemons:
+        if daemon is not leader:
+            daemon.ledger._run = runs[daemon.node_id]  # type: ignore[method-assign]
+    async with await other_client(cluster, leader) as client:
+        answer = await client.result(job_id, wait=30)
+        again = await client.submit(op="sum", source="random:n=20000,seed=3")  # the new leader's own cut
+    successor = next(d for d in cluster.daemons if d is not leader and d.is_leader)
+    assert stamper == leader.node_id or successor.node_id != stamper
+    assert answer.shards == -(-20000 // size), "resumed with the successor's shard size"
+    assert again.shards == -(-20000 // sizes[successor.node_id]) != answer.shards

@@ -649,6 +649,11 @@ class StatusReply(_message.Message):
     SOURCES_FIELD_NUMBER: _builtins.int
     LOG_INDEX_FIELD_NUMBER: _builtins.int
     COMMIT_INDEX_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
+    ELECTION_MS_MIN_FIELD_NUMBER: _builtins.int
+    ELECTION_MS_MAX_FIELD_NUMBER: _builtins.int
+    SHARD_ELEMS_FIELD_NUMBER: _builtins.int
+    CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
     term: _builtins.int
@@ -658,6 +663,15 @@ class StatusReply(_message.Message):
     log_index: _builtins.int
     """This node's log: its last index and its commit index."""
     commit_index: _builtins.int
+    heartbeat_ms: _builtins.int
+    """This node's settings that must agree across the cluster (a peer compares
+    them with its own and warns of a mismatch); 0: not stated.
+    """
+    election_ms_min: _builtins.int
+    election_ms_max: _builtins.int
+    shard_elems: _builtins.int
+    cluster_size: _builtins.int
+    """The nodes this node counts in its cluster: its --peers and itself."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]: ...
     @_builtins.property
@@ -678,10 +692,15 @@ class StatusReply(_message.Message):
         sources: _abc.Iterable[_builtins.str] | None = ...,
         log_index: _builtins.int = ...,
         commit_index: _builtins.int = ...,
+        heartbeat_ms: _builtins.int = ...,
+        election_ms_min: _builtins.int = ...,
+        election_ms_max: _builtins.int = ...,
+        shard_elems: _builtins.int = ...,
+        cluster_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_index", b"commit_index", "leader_address", b"leader_address", "leader_id", b"leader_id", "log_index", b"log_index", "node_id", b"node_id", "nodes", b"nodes", "role", b"role", "sources", b"sources", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_size", b"cluster_size", "commit_index", b"commit_index", "election_ms_max", b"election_ms_max", "election_ms_min", b"election_ms_min", "heartbeat_ms", b"heartbeat_ms", "leader_address", b"leader_address", "leader_id", b"leader_id", "log_index", b"log_index", "node_id", b"node_id", "nodes", b"nodes", "role", b"role", "shard_elems", b"shard_elems", "sources", b"sources", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,3 +30,7 @@ class Job:
     bins: int = 0
     range_lo: float | None = None
     range_hi: float | None = None
+    #: Elements per shard, when the job brings its own: a detached job keeps the shard
+    #: size of the leader that took it, so any leader that resumes it cuts the same
+    #: shards (the same bits). None: the running leader's --shard-elems.
+    shard_elems: int | None = None

@@ -73,7 +73,12 @@ class JobRecord:
 def job_spec(job: Job) -> dict[str, Any]:
     """What a record keeps of a job besides its op and source (`record_job` gives it back)."""
     return {"map": job.kernel, "axis": job.axis, "bins": job.bins,
-            "range_lo": job.range_lo, "range_hi": job.range_hi}
+            "range_lo": job.range_lo, "range_hi": job.range_hi, "shard_elems": job.shard_elems}
+
+
+def same_job(spec: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Do two specs name the same job? The shard size is how a leader cut it, not what it is."""
+    return {**spec, "shard_elems": None} == {**other, "shard_elems": None}
 
 
 def record_job(record: JobRecord) -> Job:
@@ -83,7 +88,8 @@ def record_job(record: JobRecord) -> Job:
         return Job(record.op, record.source, str(spec.get("map", "identity")),
                    None if spec.get("axis") is None else int(spec["axis"]), int(spec.get("bins", 0)),
                    None if spec.get("range_lo") is None else float(spec["range_lo"]),
-                   None if spec.get("range_hi") is None else float(spec["range_hi"]))
+                   None if spec.get("range_hi") is None else float(spec["range_hi"]),
+                   None if spec.get("shard_elems") is None else int(spec["shard_elems"]))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"job {record.job_id}: spec {spec!r} is not a job: {exc}") from None
 
@@ -167,7 +173,8 @@ class JobTable:
         old = self._jobs.get(record.job_id)
         if old is not None and (old.state in FINISHED or _RANK[record.state] <= _RANK[old.state]):
             return False  # a repeat, news older than what the table holds, or a finished job
-        if old is not None and (old.op, old.source, old.spec) != (record.op, record.source, record.spec):
+        if old is not None and ((old.op, old.source) != (record.op, record.source)
+                                or not same_job(old.spec, record.spec)):
             return False  # the first record of an id says what the job is; another job under it is not news
         if old is not None:
             kept = replace(record, submitted_at=old.submitted_at or record.submitted_at,

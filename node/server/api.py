@@ -10,7 +10,7 @@ the daemon without a server.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from node.core.job import Job
@@ -145,6 +145,8 @@ class StatusView:
     #: This node's log: its last index and its commit index.
     log_index: int = 0
     commit_index: int = 0
+    #: The settings peers compare with theirs (discovery.py), by StatusReply field name.
+    settings: dict[str, int] = field(default_factory=dict)
 
 
 class NodeApi(Protocol):

@@ -63,7 +63,7 @@ from node.server.beacons import BeaconListener
 from node.server.clock import Clock
 from node.server.computestack import ComputeStack
 from node.server.config import NodeConfig
-from node.server.discovery import IdDiscovery
+from node.server.discovery import IdDiscovery, shared_settings
 from node.server.elections import ElectionDriver
 from node.server.heartbeats import HeartbeatLinks
 from node.server.jobdesk import JobDesk
@@ -124,7 +124,7 @@ class Daemon:
             lambda: shutil.disk_usage(config.data_dir).free, config.limits.max_jobs // 2, self.who,
         )
         self.ledger.applied = election.commit_index
-        self.peers = PeerTable(config.peers)
+        self.peers = PeerTable(config.peers, config.node_id)
         self.stubs = StubCache(ChannelFactory(config.tls, config.token, config.limits.max_message_bytes))
         self.clock = Clock(
             config.tick_ms, max_replay_ticks=hi + 1, stall_s=2 * config.heartbeat_ms / 1000,
@@ -134,7 +134,7 @@ class Daemon:
             self.stubs, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000,
             udp=config.udp_heartbeats, on_failure=self.peers.failed,
         )
-        self.discovery = IdDiscovery(self.peers, self.stubs)
+        self.discovery = IdDiscovery(self.peers, self.stubs, shared_settings(config))
         self.elections = ElectionDriver(
             election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
             config, self._spawn, self._on_role_changed, self.ledger.apply, table.snapshot,
@@ -332,6 +332,7 @@ class Daemon:
         return dataclasses.replace(
             self.elections.status(), sources=(*BASE_KINDS, *self.openers),
             log_index=self.election.log.last_index, commit_index=self.election.commit_index,
+            settings=self.discovery.settings,
         )
 
     # -- what the election does to the rest -------------------------------

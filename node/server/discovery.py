@@ -2,23 +2,57 @@
 
 Ids let this node map a leader id or a `reduce_to` back onto its own
 --peers entry, so all peer traffic follows the configured addresses. The
-same answer says which source kinds the peer reads.
+same answer says which source kinds the peer reads, and the settings that
+must agree across the cluster: a mismatch is a WARNING, once per peer and
+setting, naming both values. None of them is refused: timings that differ
+still elect (within the ranges each node checks of its own), and a shard
+size that differs only changes which leader cuts which shards (a detached
+job keeps the shard size of the leader that took it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
+from node.server.config import NodeConfig
 from node.server.peers import PeerTable
+
+log = logging.getLogger("distnode")
 
 #: How often a node asks the peers whose ids it does not know yet, and how long it waits.
 DISCOVERY_INTERVAL_S = 0.2
 DISCOVERY_TIMEOUT_S = 0.5
+
+
+def shared_settings(config: NodeConfig) -> dict[str, int]:
+    """What this node states in its Status for its peers to compare, by field name."""
+    return {"heartbeat_ms": config.heartbeat_ms, "election_ms_min": config.election_ms_min,
+            "election_ms_max": config.election_ms_max, "shard_elems": config.shard_elems,
+            "cluster_size": len(config.peers) + 1}
+
+
+def mismatches(own: dict[str, int], reply: pb.StatusReply) -> dict[str, str]:
+    """What differs between our settings and a peer's Status: key -> "the peer's, ours"."""
+    theirs = {name: int(getattr(reply, name)) for name in own}
+    found = {}
+    if theirs["heartbeat_ms"] and theirs["heartbeat_ms"] != own["heartbeat_ms"]:
+        found["heartbeat_ms"] = f"--heartbeat-ms {theirs['heartbeat_ms']}, this node {own['heartbeat_ms']}"
+    ranges = [f"{d['election_ms_min']}-{d['election_ms_max']}" for d in (theirs, own)]
+    if theirs["election_ms_min"] and ranges[0] != ranges[1]:
+        found["election_ms"] = f"--election-ms {ranges[0]}, this node {ranges[1]}"
+    if theirs["shard_elems"] and theirs["shard_elems"] != own["shard_elems"]:
+        found["shard_elems"] = (f"--shard-elems {theirs['shard_elems']}, this node {own['shard_elems']}"
+                                " (an attached job's last bits may depend on the leader)")
+    if theirs["cluster_size"] and theirs["cluster_size"] != own["cluster_size"]:
+        found["cluster_size"] = (f"a cluster of {theirs['cluster_size']} nodes (its --peers and itself),"
+                                 f" this node {own['cluster_size']}: the --peers lists differ")
+    return found
 
 
 def describe(exc: grpc.aio.AioRpcError, timeout_s: float) -> str:
@@ -29,16 +63,28 @@ def describe(exc: grpc.aio.AioRpcError, timeout_s: float) -> str:
 
 
 class IdDiscovery:
-    def __init__(self, peers: PeerTable, stubs: StubCache) -> None:
+    def __init__(self, peers: PeerTable, stubs: StubCache, settings: dict[str, int] | None = None) -> None:
         self.peers = peers
         self.stubs = stubs
+        #: Ours, as our Status states them (shared_settings).
+        self.settings = settings or {}
+        #: (address, setting) already warned of.
+        self._warned: set[tuple[str, str]] = set()
+        #: Peers whose Status was read at least once (its settings compared).
+        self._asked: set[str] = set()
         self._discovery: asyncio.Future[None] | None = None
         #: Set whenever discovery learns an id (for callers waiting on one).
         self._learnt = asyncio.Event()
 
+    def _unasked(self) -> list[str]:
+        """Peers whose id is unknown, or whose Status was never read (a reply to a beat or a
+        vote names the id, not the settings)."""
+        unknown = self.peers.unknown_ids()
+        return unknown + [p.address for p in self.peers if p.address not in self._asked and p.node_id]
+
     async def discover_ids(self, stopping: asyncio.Event) -> None:
-        """Ask every peer whose id is unknown for its Status, until all are known."""
-        while self.peers.unknown_ids() and not stopping.is_set():
+        """Ask every peer for its Status, until each answered once."""
+        while self._unasked() and not stopping.is_set():
             await self.discover_once()
             await asyncio.sleep(DISCOVERY_INTERVAL_S)
 
@@ -68,7 +114,7 @@ class IdDiscovery:
         # One peer at a time: a round runs beside the election and the beats, and
         # asking (or first dialling) several peers in one step of the event loop
         # holds it for milliseconds.
-        for address in self.peers.unknown_ids():
+        for address in self._unasked():
             await self._ask_id(address)
 
     async def _ask_id(self, address: str) -> None:
@@ -77,9 +123,15 @@ class IdDiscovery:
                 pb.StatusRequest(), timeout=DISCOVERY_TIMEOUT_S, wait_for_ready=True
             )
         except grpc.aio.AioRpcError as exc:
-            self.peers.failed(address, describe(exc, DISCOVERY_TIMEOUT_S))
+            if exc.code() is not grpc.StatusCode.CANCELLED:  # cancelled: this node is stopping
+                self.peers.failed(address, describe(exc, DISCOVERY_TIMEOUT_S))
             return
         self.peers.learn(address, reply.node_id, reply.sources)
+        self._asked.add(address)
+        for setting, what in mismatches(self.settings, reply).items() if self.settings else ():
+            if (address, setting) not in self._warned:
+                self._warned.add((address, setting))
+                log.warning("peer %s runs with %s; give every node the same", self.peers.name(address), what)
         self._learnt.set()
 
     async def ask_sources(self, addresses: list[str]) -> None:

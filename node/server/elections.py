@@ -347,7 +347,8 @@ class ElectionDriver:
                 request, timeout=self.config.election_ms_min / 1000
             )
         except grpc.aio.AioRpcError as exc:
-            self.peers.failed(message.dst, describe(exc, self.config.election_ms_min / 1000))
+            if exc.code() is not grpc.StatusCode.CANCELLED:  # cancelled: this node is stopping
+                self.peers.failed(message.dst, describe(exc, self.config.election_ms_min / 1000))
             return
         self.peers.learn(message.dst, reply.voter_id)
         response = VoteResponse(
@@ -404,8 +405,9 @@ class ElectionDriver:
                 alive, role, term = False, "unknown", peer.term
             last_ms = None if ticks is None else float(ticks * self.config.tick_ms)
             storage_error = peer.storage_error if leading and alive else ""
+            problem = self.peers.conflicts.get(peer.address, peer.problem)
             nodes.append(NodeView(peer.node_id, peer.address, role, term, alive, last_ms, storage_error,
-                                  peer.problem, peer.failures))
+                                  problem, peer.failures))
         return StatusView(
             self.node_id, election.role.value, election.term, election.leader or "",
             self.leader_address, nodes,

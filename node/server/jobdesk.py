@@ -8,6 +8,7 @@ but only a leader says that a job id is unknown.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from node.core.job import Job
@@ -67,6 +68,8 @@ class JobDesk:
         with self.node.clients.take(client):
             await self.node.compute_ready()
             await self.node.jobs.validate(job)  # a bad job is refused now, not failed later
+            # The shard size goes into the record: whichever leader resumes it cuts the same shards.
+            job = replace(job, shard_elems=job.shard_elems or self.node.jobs.shard_elems)
             return self._view(await self.node.ledger.enqueue(job_id, job))
 
     async def result(self, job_id: str, wait_s: float, forwarded: bool) -> JobView:

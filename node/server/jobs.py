@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import Executor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,7 @@ class JobManager:
             self._plan(job)
 
     def _check_same(self, job_id: str, old: Job, new: Job) -> None:
-        if old != new:
+        if replace(old, shard_elems=None) != replace(new, shard_elems=None):
             raise JobConflict(f"job_id: {job_id!r} was already used for a different job")
 
     async def _run(self, job_id: str, job: Job) -> Outcome:
@@ -209,12 +210,13 @@ class JobManager:
         self.limits.check_spec(job)
         source = validate_job(job, self.data_root, self.openers)
         self.limits.check_shape(job, source.rows, source.cols)
-        rows = shard_rows(source, self.shard_elems)
+        shard_elems = job.shard_elems or self.shard_elems
+        rows = shard_rows(source, shard_elems)
         if math.ceil(source.rows / rows) > MAX_SHARDS:  # before the plan is built: it would not fit
             raise LimitExceeded(
                 f"source: {source.rows} rows make more than {MAX_SHARDS} shards of {rows} rows"
             )
-        return source, plan_shards(source, self.shard_elems)
+        return source, plan_shards(source, shard_elems)
 
     def _run_inline(
         self, job_id: str, job: Job, source: DataSource, shard: tuple[int, int]

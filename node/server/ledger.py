@@ -33,7 +33,16 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from node.core.job import Job
-from node.core.jobtable import FINISHED, JobRecord, JobTable, Result, encode_command, job_spec, record_job
+from node.core.jobtable import (
+    FINISHED,
+    JobRecord,
+    JobTable,
+    Result,
+    encode_command,
+    job_spec,
+    record_job,
+    same_job,
+)
 from node.core.raftlog import Entry
 from node.errors import (
     ClusterUnavailable,
@@ -259,8 +268,8 @@ class JobLedger:
     def known(self, job_id: str, job: Job) -> JobRecord | None:
         """The record of `job_id` if the table has one; JobConflict if it is for another job."""
         record = self.table.get(job_id)
-        if record is not None and (record.op, record.source, record.spec) != (
-                job.op, job.source, job_spec(job)):
+        if record is not None and ((record.op, record.source) != (job.op, job.source)
+                                   or not same_job(record.spec, job_spec(job))):
             raise JobConflict(f"job_id: {job_id!r} was already used for a different job")
         return record
 

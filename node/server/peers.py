@@ -49,8 +49,12 @@ class Peer:
 
 
 class PeerTable:
-    def __init__(self, addresses: tuple[str, ...]) -> None:
+    def __init__(self, addresses: tuple[str, ...], own_id: str = "") -> None:
         self._peers = {address: Peer(address) for address in addresses}
+        self.own_id = own_id
+        #: Address -> why its id cannot be trusted: this node's own, or one that
+        #: another --peers entry answers as too. Such an id gets no vote here.
+        self.conflicts: dict[str, str] = {}
         for peer in self._peers.values():
             peer._dead.set()  # never heard: dead until proven alive
 
@@ -65,10 +69,34 @@ class PeerTable:
         and the source kinds it reads (from its Status)."""
         peer = self._peers.get(address)
         if peer is not None and node_id:
+            changed = peer.node_id != node_id
             peer.node_id = node_id
             if sources is not None:
                 peer.sources = frozenset(sources)
             self.reached(address)
+            if changed:
+                self._check_ids()
+
+    def _check_ids(self) -> None:
+        """Ids must be unique: two nodes answering as one id would share one vote record
+        (a voter grants both), and a leader id would name two addresses. Said once."""
+        at: dict[str, list[str]] = {}
+        for peer in self._peers.values():
+            if peer.node_id:
+                at.setdefault(peer.node_id, []).append(peer.address)
+        conflicts = {}
+        for node_id, addresses in at.items():
+            if node_id == self.own_id:
+                why = f"answers as {node_id}, this node's own id"
+            elif len(addresses) > 1:
+                why = f"{node_id} answers at {' and '.join(addresses)}"
+            else:
+                continue
+            if any(self.conflicts.get(address) != why for address in addresses):
+                log.error("peer %s: %s: ids must be unique; %s gets no vote from this node",
+                          " and ".join(addresses), why, node_id)
+            conflicts.update(dict.fromkeys(addresses, why))
+        self.conflicts = conflicts
 
     def heard(self, address: str, node_id: str, role: str, term: int, storage_error: str = "") -> Peer | None:
         """Record what a peer said about itself in a reply; the peer, if it is one of ours."""
@@ -87,14 +115,14 @@ class PeerTable:
         peer.failures += 1
         reason = " ".join(reason.split())[:REASON_CHARS] or "no reason given"
         if not peer.problem:
-            log.warning("peer %s does not answer: %s", self.name(address), reason)
+            log.warning("peer %s: contact failed: %s", self.name(address), reason)
         peer.problem = reason
 
     def reached(self, address: str) -> None:
         """`address` answered: the end of its episode of failures, if it was in one."""
         peer = self._peers.get(address)
         if peer is not None and peer.problem:
-            log.info("peer %s answers again (%d failed contacts so far)", self.name(address), peer.failures)
+            log.info("peer %s: contact works again (%d failed so far)", self.name(address), peer.failures)
             peer.problem = ""
 
     def name(self, address: str) -> str:
@@ -143,6 +171,9 @@ class PeerTable:
             raise NotAMember(field, f"{node_id!r} is this node's own id")
         if not self.is_member(node_id):
             raise NotAMember(field, f"{node_id!r} is not a member of this cluster")
+        for address, why in self.conflicts.items():
+            if self._peers[address].node_id == node_id:
+                raise NotAMember(field, f"{why}: ids must be unique")
 
     def is_member(self, node_id: str) -> bool:
         """True if `node_id` answers at one of this node's --peers addresses."""

@@ -118,6 +118,8 @@ def status_reply(view: StatusView) -> pb.StatusReply:
         leader_id=view.leader_id, leader_address=view.leader_address, sources=view.sources,
         log_index=view.log_index, commit_index=view.commit_index,
     )
+    for name, value in view.settings.items():
+        setattr(reply, name, value)
     for node in view.nodes:
         heard = -1.0 if node.last_heartbeat_ms is None else node.last_heartbeat_ms
         reply.nodes.append(pb.NodeStatus(
