@@ -204,3 +204,71 @@ def test_peers_that_are_not_distnodes_are_said_once_and_shown_in_status(nodes: N
     finally:
         web.shutdown()
         web.server_close()
+
+
+def _cert_for_another_name(certs: Path, stem: str) -> None:
+    """Replace `stem`'s certificate by one from the same CA for a name nobody dials."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+    ca_key: Any = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("elsewhere.invalid")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (certs / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (certs / f"{stem}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def test_a_peer_with_a_wrong_tls_name_is_said_once_and_shown_in_status(nodes: Nodes, tmp_path: Path) -> None:
+    """Mutual TLS, and n3's certificate names another host: n1 and n2 cannot dial it
+    (it can dial them). They elect, serve, and each says so once, with the reason."""
+    from node.channels import ChannelFactory
+    from node.security import TlsFiles
+    from node.testing.certs import make_certs
+
+    certs = tmp_path / "certs"
+    make_certs(certs, 3)
+    _cert_for_another_name(certs, "n3")
+    n1, n2, n3 = (f"127.0.0.1:{p}" for p in free_ports(3))
+    everyone = [n1, n2, n3]
+    for node_id, address in zip(["n1", "n2", "n3"], everyone, strict=True):
+        nodes.start(node_id, address, [a for a in everyone if a != address], *FAST,
+                    "--tls-cert", str(certs / f"{node_id}.pem"), "--tls-key", str(certs / f"{node_id}.key"),
+                    "--tls-ca", str(certs / "ca.pem"))
+    client_tls = TlsFiles(certs / "client.pem", certs / "client.key", certs / "ca.pem")
+
+    def n1_sees_n3_failing() -> Any:
+        with ChannelFactory(client_tls).blocking(n1) as channel:
+            try:
+                status = pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=1)
+            except grpc.RpcError:
+                return None
+        row = next(n for n in status.nodes if n.address == n3)
+        return status.leader_id in ("n1", "n2") and row.problem and row.failures >= 5 and row
+
+    row = until(n1_sees_n3_failing, "n1 to lead or follow n2, failing to reach n3", nodes)
+    with Client([n1, n2], timeout=30, tls=client_tls) as client:
+        assert client.submit(op="sum", source="values:1,2,3").result == 6
+    for index in (0, 1):
+        lines = [line for line in nodes.log(index).splitlines() if f"{n3}): contact failed" in line
+                 or f"peer {n3}: contact failed" in line]
+        assert len(lines) == 1, f"one line per episode: {lines}"
+    assert "Traceback" not in nodes.all_logs()
+    assert row.problem, "status names the reason"
+

@@ -10,7 +10,8 @@ once instead of at the end of an RPC timeout.
 
 Contacts that fail (a heartbeat stream, a vote request, an id probe) are
 counted per peer, and said once per episode: one WARNING when a peer stops
-answering, with the reason, one INFO when it answers again; `status` shows
+answering, with the reason (INFO for one never reached yet: at start, peers
+come up one by one), one INFO when it answers again; `status` shows
 the reason and the count meanwhile. A peer that is down is tried 20 times a
 second by a leader, and the log must not say so 20 times a second.
 """
@@ -45,6 +46,8 @@ class Peer:
     problem: str = ""
     #: Failed contacts since this node started.
     failures: int = 0
+    #: It answered at least once (a peer not up yet at start is not news).
+    reached: bool = False
     _dead: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -115,7 +118,8 @@ class PeerTable:
         peer.failures += 1
         reason = " ".join(reason.split())[:REASON_CHARS] or "no reason given"
         if not peer.problem:
-            log.warning("peer %s: contact failed: %s", self.name(address), reason)
+            level = logging.WARNING if peer.reached else logging.INFO
+            log.log(level, "peer %s: contact failed: %s", self.name(address), reason)
         peer.problem = reason
 
     def reached(self, address: str) -> None:
@@ -124,6 +128,8 @@ class PeerTable:
         if peer is not None and peer.problem:
             log.info("peer %s: contact works again (%d failed so far)", self.name(address), peer.failures)
             peer.problem = ""
+        if peer is not None:
+            peer.reached = True
 
     def name(self, address: str) -> str:
         peer = self._peers.get(address)
