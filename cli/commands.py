@@ -50,7 +50,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             data_root=args.data_root, advertise=advertise, parent_pid=args.parent_pid,
             tls=tls, token=load_token(args.token_file), insecure=args.insecure,
             limits=limits_from_args(args), udp_heartbeats=args.udp_heartbeats,
-            reset_state=args.reset_state, **options,
+            reset_state=args.reset_state, log_format=args.log_format, **options,
         )
         config.validate()
     except (ConfigError, SecurityError) as exc:

@@ -120,6 +120,8 @@ def _add_start(commands: Any) -> None:
     start.add_argument("--keep-result-bytes", type=_non_negative_int, default=None, metavar="B",
                        help=f"bytes of finished jobs' results the job table keeps "
                             f"(default {DEFAULT_KEEP_RESULT_BYTES:,})")
+    start.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="stderr as lines of text, or one JSON object per line (default text)")
     start.add_argument("--reset-state", action="store_true",
                        help="replace a damaged election.json: the journal's last term, no vote "
                             "(this node may vote twice in a term it forgot; docs/operations.md)")

@@ -11,7 +11,7 @@ Two independent locks, both optional, both recommended off loopback:
   `authorization: Bearer <token>` (the stubs add it to each call); a server
   interceptor compares it in constant time and answers `UNAUTHENTICATED`
   otherwise. The standard health service stays open so load balancers and
-  probes keep working.
+  probes keep working, and so does reflection (the schema, which is public).
 
 The token travels in clear text without TLS: use both on a shared network.
 """
@@ -31,8 +31,10 @@ from node.errors import SecurityError
 
 TOKEN_ENV = "DISTNODE_TOKEN"
 AUTH_HEADER = "authorization"
-#: RPCs anyone may call: liveness probes must work without the secret.
-OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+#: RPCs anyone may call: liveness probes must work without the secret, and the
+#: schema (reflection: what grpcurl lists) is no secret; every call it names is.
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                        "/grpc.reflection.v1.ServerReflection/")
 
 
 def load_token(token_file: str | Path | None, environ: dict[str, str] | None = None) -> str | None:

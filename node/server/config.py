@@ -104,6 +104,8 @@ class NodeConfig:
     keep_result_bytes: int = DEFAULT_KEEP_RESULT_BYTES
     #: Replace election.json with the journal's last term and no vote (statestore.py).
     reset_state: bool = False
+    #: "text" (the default) or "json", one object per line (logs.py).
+    log_format: str = "text"
 
     @property
     def address(self) -> str:

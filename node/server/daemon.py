@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from node import formats
 from node._proto import distnode_pb2 as pb
@@ -368,7 +369,8 @@ class Daemon:
         self.elections.catch_up()
         if self.is_leader:
             for peer in self.elections.judge_peers(deaths=not stalled):
-                log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address)
+                log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address,
+                            extra={"peer": peer.address})
         if self.config.parent_pid and os.getppid() != self.config.parent_pid:
             log.warning("parent process %d is gone; shutting down", self.config.parent_pid)
             self._stopping.set()
@@ -403,6 +405,8 @@ class Daemon:
         add_to_server(NodeServicer(self), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        # Reflection: grpcurl and other stock clients need no .proto file.
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         port = self.port
         await server.start()
         if self.config.udp_heartbeats:

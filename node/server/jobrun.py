@@ -93,7 +93,7 @@ class JobRun:
             return False
         if not self.well_formed(partial):
             log.warning("job %s: dropped a malformed partial for shard %d from %s",
-                        self.job_id, shard, node_id)
+                        self.job_id, shard, node_id, extra={"job_id": self.job_id, "shard": shard})
             return False
         self.received[shard] = partial
         self.contributors.add(node_id)

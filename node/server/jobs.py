@@ -298,7 +298,8 @@ class JobManager:
                 await self._compute_remote(run, address, batch)
             except WorkerFailed as exc:
                 log.warning("job %s: worker %s failed (%s); reassigning %d shards",
-                            run.job_id, self.peers.id_of(address), exc, len(batch))
+                            run.job_id, self.peers.id_of(address), exc, len(batch),
+                            extra={"job_id": run.job_id, "peer": address})
                 run.failed_nodes.add(address)
             except Exception:
                 # A bug here must not strand the batch: log it, drop the worker.

@@ -1,13 +1,22 @@
 """The daemon's log: one line per event on stderr, and gRPC's tracebacks tamed.
 
 Role changes are logged as `became leader term=5` (DESIGN §1: tools and tests
-read these lines).
+read these lines). `--log-format json` makes each line one JSON object for a
+log pipeline: time (UTC, RFC 3339), level, node, term, message, and `peer`,
+`job_id` or `shard` where the line is about one (a log call's `extra`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
+from collections.abc import Callable
+
+LOG_FORMATS = ("text", "json")
+#: Fields a log call may add (`extra=`), copied into a JSON line when present.
+CONTEXT_FIELDS = ("peer", "job_id", "shard")
 
 
 class GrpcCoreLogFilter(logging.Filter):
@@ -33,10 +42,35 @@ class GrpcCoreLogFilter(logging.Filter):
         return True
 
 
-def configure_logging(node_id: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format=f"%(asctime)s {node_id} %(levelname)s %(message)s",
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; `term` asks the node for its current term."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.term: Callable[[], int] | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line: dict[str, object] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname, "node": self.node_id,
+            "term": self.term() if self.term is not None else None, "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(node_id: str, log_format: str = "text") -> JsonFormatter | None:
+    """Log to stderr; the JSON formatter, when that is the format (the daemon tells it the term)."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JsonFormatter(node_id) if log_format == "json" else None
+    handler.setFormatter(formatter or logging.Formatter(f"%(asctime)s {node_id} %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
     logging.getLogger("grpc._cython.cygrpc").addFilter(GrpcCoreLogFilter())
+    return formatter

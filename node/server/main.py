@@ -13,9 +13,12 @@ from node.server.logs import configure_logging
 
 def run(config: NodeConfig) -> int:
     """Blocking entry point used by `distnode start`."""
-    configure_logging(config.node_id)
+    formatter = configure_logging(config.node_id, config.log_format)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(Daemon(config).serve())
+        daemon = Daemon(config)
+        if formatter is not None:
+            formatter.term = lambda: daemon.election.term
+        runner.run(daemon.serve())
     return 0
 
 

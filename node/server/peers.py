@@ -119,14 +119,15 @@ class PeerTable:
         reason = " ".join(reason.split())[:REASON_CHARS] or "no reason given"
         if not peer.problem:
             level = logging.WARNING if peer.reached else logging.INFO
-            log.log(level, "peer %s: contact failed: %s", self.name(address), reason)
+            log.log(level, "peer %s: contact failed: %s", self.name(address), reason, extra={"peer": address})
         peer.problem = reason
 
     def reached(self, address: str) -> None:
         """`address` answered: the end of its episode of failures, if it was in one."""
         peer = self._peers.get(address)
         if peer is not None and peer.problem:
-            log.info("peer %s: contact works again (%d failed so far)", self.name(address), peer.failures)
+            log.info("peer %s: contact works again (%d failed so far)", self.name(address), peer.failures,
+                     extra={"peer": address})
             peer.problem = ""
         if peer is not None:
             peer.reached = True
