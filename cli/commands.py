@@ -28,6 +28,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         listen = parse_address(args.listen, "listen")
         peers = parse_addresses(args.peers, "peers")
         advertise = parse_address(args.advertise, "advertise") if args.advertise else ""
+        http = parse_address(args.http, "http") if args.http else ""
         options: dict[str, Any] = {}
         if args.heartbeat_ms is not None:
             options["heartbeat_ms"] = args.heartbeat_ms
@@ -50,7 +51,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             data_root=args.data_root, advertise=advertise, parent_pid=args.parent_pid,
             tls=tls, token=load_token(args.token_file), insecure=args.insecure,
             limits=limits_from_args(args), udp_heartbeats=args.udp_heartbeats,
-            reset_state=args.reset_state, log_format=args.log_format, **options,
+            reset_state=args.reset_state, log_format=args.log_format, http=http, **options,
         )
         config.validate()
     except (ConfigError, SecurityError) as exc:

@@ -120,6 +120,9 @@ def _add_start(commands: Any) -> None:
     start.add_argument("--keep-result-bytes", type=_non_negative_int, default=None, metavar="B",
                        help=f"bytes of finished jobs' results the job table keeps "
                             f"(default {DEFAULT_KEEP_RESULT_BYTES:,})")
+    start.add_argument("--http", metavar="HOST:PORT", default="",
+                       help="serve /metrics (Prometheus) and /status.json over HTTP, read-only "
+                            "(default: off)")
     start.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="stderr as lines of text, or one JSON object per line (default text)")
     start.add_argument("--reset-state", action="store_true",

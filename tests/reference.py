@@ -37,7 +37,8 @@ def kernel_ref(kernel: str, data: Array) -> Array:
 def histogram_range(values: Array) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    return (lo, hi) if lo < hi else (lo, lo + 1.0)
+    # A range too narrow for 9 distinct edges is refused (InvalidField): widen it as a user would.
+    return (lo, hi) if lo < hi and np.all(np.diff(np.linspace(lo, hi, 10)) > 0) else (lo, lo + 1.0)
 
 
 def make_job(op: str, spec: str, kernel: str = "identity", axis: int | None = None,

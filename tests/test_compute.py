@@ -504,6 +504,8 @@ def test_bad_sources_inside_validate_job() -> None:
     (Job("histogram", "range:n=3", bins=4, range_lo=1, range_hi=1), "range", "below"),
     (Job("histogram", "range:n=3", bins=4, range_lo=0, range_hi=np.inf), "range", "finite"),
     (Job("histogram", "range:n=3", bins=4, range_lo=np.nan, range_hi=1), "range", "finite"),
+    # Found by Hypothesis: numpy refuses bins that would not be of finite size (it raised ValueError).
+    (Job("histogram", "range:n=3", bins=9, range_lo=1.0, range_hi=1.0000000000000002), "range", "too narrow"),
 ])  # fmt: skip
 def test_bad_jobs_name_their_field(job: Job, field: str, match: str) -> None:
     with pytest.raises(InvalidField) as info:

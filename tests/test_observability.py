@@ -73,3 +73,176 @@ def test_json_logs_are_one_object_per_line_with_node_term_and_peer(tmp_path: Pat
     peer_lines = [line for line in lines if "contact failed" in str(line["message"])]
     assert len(peer_lines) == 1 and peer_lines[0]["peer"] == f"127.0.0.1:{closed}", peer_lines
     assert any(line["message"] == "shutting down" for line in lines)
+
+
+# ---- /metrics and /status.json (in-process daemons, real HTTP) ---------------------------
+
+import asyncio  # noqa: E402
+import socket  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from typing import Any  # noqa: E402
+
+from inproc import StartCluster, poll  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from node import AsyncClient  # noqa: E402
+from node.core.limits import Limits  # noqa: E402
+from node.errors import InvalidJob, JobError  # noqa: E402
+from node.server.daemon import Daemon  # noqa: E402
+from node.testing.ports import free_ports  # noqa: E402
+
+DESIGN_NAMES = {  # DESIGN §8: at least these
+    "distnode_is_leader", "distnode_has_leader", "distnode_term", "distnode_leader_changes_seen",
+    "distnode_peer_up", "distnode_jobs", "distnode_job_duration_seconds", "distnode_shard_duration_seconds",
+    "distnode_shards_computed",
+}
+
+
+async def fetch(url: str, method: str = "GET", data: bytes | None = None) -> tuple[int, str]:
+    def call() -> tuple[int, str]:
+        request = urllib.request.Request(url, method=method, data=data)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+    return await asyncio.to_thread(call)
+
+
+async def scrape(daemon: Daemon) -> dict[str, Any]:
+    """{sample name with sorted labels: value} from the node's /metrics, checked by Prometheus' parser."""
+    status, text = await fetch(f"http://{daemon.config.http}/metrics")
+    assert status == 200
+    samples: dict[str, Any] = {"_families": set()}
+    for family in text_string_to_metric_families(text):
+        samples["_families"].add(family.name)
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+async def http_cluster(start_cluster: StartCluster, **overrides: Any) -> Any:
+    ports = free_ports(3)
+    return await start_cluster(
+        3, node_overrides={f"n{i + 1}": {"http": f"127.0.0.1:{port}"} for i, port in enumerate(ports)},
+        **overrides)
+
+
+async def test_every_node_exports_the_metrics_and_they_move_with_what_they_count(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = await http_cluster(start_cluster, shard_elems=1 << 14, limits=Limits(job_timeout_s=0.2))
+    leader = cluster.leader()
+    assert leader is not None
+    for daemon in cluster.daemons:
+        metrics = await scrape(daemon)
+        assert metrics["_families"] >= DESIGN_NAMES, DESIGN_NAMES - metrics["_families"]
+        assert metrics["distnode_is_leader"] == (daemon is leader) and metrics["distnode_has_leader"] == 1
+        assert metrics["distnode_term"] == leader.election.term
+        assert not any(key.count("job_id") for key in metrics if isinstance(key, str)), "a job id in a label"
+    before = await scrape(leader)
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        for _ in range(3):
+            assert (await client.submit(op="sum", source="range:n=100000")).result == 4999950000
+        with pytest.raises(InvalidJob):
+            await client.submit(op="sum", source="range:n=0")
+        with pytest.raises(JobError, match="job-timeout-s"):
+            await client.submit(op="sum", source="random:n=300000000,seed=1")
+    after = await scrape(leader)
+    assert after["distnode_jobs_total{outcome=done}"] == before["distnode_jobs_total{outcome=done}"] + 3
+    assert after["distnode_jobs_total{outcome=refused}"] == before["distnode_jobs_total{outcome=refused}"] + 1
+    failed = "distnode_jobs_total{outcome=failed}"
+    assert after[failed] == before[failed] + 1, (before[failed], after[failed], before, after)
+    assert after["distnode_job_duration_seconds_count{op=sum}"] >= 3
+    workers = [await scrape(d) for d in cluster.daemons]
+    assert sum(m["distnode_shards_computed_total"] for m in workers) >= 3 * 7, "7 shards a job"
+    assert all(m["distnode_shard_duration_seconds_count"] == m["distnode_shards_computed_total"] for m in workers)
+    assert after["distnode_journal_writes_total"] > before["distnode_journal_writes_total"]
+    for daemon in cluster.daemons:
+        assert (await scrape(daemon))["distnode_leader_changes_seen_total"] == 1, "each saw one leader"
+    leader.stop()  # the worker that dies is the old leader: its peer gauge drops on the new one
+    await poll(lambda: any(d.is_leader for d in cluster.daemons if d is not leader), timeout_s=20,
+               what="a new leader")
+    successor = next(d for d in cluster.daemons if d is not leader and d.is_leader)
+    others = [d for d in cluster.daemons if d not in (leader, successor)]
+    await poll(lambda: successor.peers.get(others[0].config.address).alive,  # type: ignore[union-attr]
+               what="the new leader to hear the live follower")
+    metrics = await scrape(successor)
+    assert metrics[f"distnode_peer_up{{peer={leader.config.address}}}"] == 0
+    assert metrics[f"distnode_peer_up{{peer={others[0].config.address}}}"] == 1
+    assert metrics["distnode_leader_changes_seen_total"] == 2 and metrics["distnode_is_leader"] == 1
+    assert metrics["distnode_elections_started_total"] >= 1
+
+
+async def test_status_json_is_the_status_object_with_running_and_recent_jobs(start_cluster: StartCluster) -> None:
+    cluster = await http_cluster(start_cluster, shard_elems=1 << 16)
+    leader = cluster.leader()
+    assert leader is not None
+    async with AsyncClient(leader.config.address, timeout=30) as client:
+        await client.submit(op="max", source="values:4,2", job_id="small")
+        big = asyncio.create_task(client.submit(op="sum", source="random:n=60000000,seed=2", job_id="big"))
+
+        async def running() -> dict[str, Any] | None:
+            status, text = await fetch(f"http://{leader.config.http}/status.json")
+            document: dict[str, Any] = json.loads(text)
+            assert status == 200
+            jobs = [j for j in document["running"] if j["job_id"] == "big"]
+            return document if jobs and 0 < jobs[0]["shards_done"] < jobs[0]["shards"] else None
+
+        found = None
+        deadline = asyncio.get_running_loop().time() + 30
+        while found is None:
+            assert asyncio.get_running_loop().time() < deadline, "never saw the big job part done"
+            found = await running()
+        await big
+    assert list(found) == ["leader", "term", "nodes", "answered_by", "running", "recent"]
+    assert found["leader"] == leader.node_id and len(found["nodes"]) == 3
+    assert {n["id"] for n in found["nodes"]} == {d.node_id for d in cluster.daemons}
+
+    async def recent() -> list[dict[str, Any]]:
+        return list(json.loads((await fetch(f"http://{leader.config.http}/status.json"))[1])["recent"])
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not any(j["job_id"] == "small" and j["state"] == "done" for j in await recent()):
+        assert asyncio.get_running_loop().time() < deadline, "the attached job never listed as done"
+
+
+async def test_http_is_read_only_and_a_slow_or_huge_request_stalls_nothing(start_cluster: StartCluster) -> None:
+    cluster = await http_cluster(start_cluster)
+    leader = cluster.leader()
+    assert leader is not None
+    base = f"http://{leader.config.http}"
+    assert (await fetch(f"{base}/nope"))[0] == 404
+    assert (await fetch(f"{base}/metrics", "POST", b"x"))[0] == 405
+    assert (await fetch(f"{base}/status.json", "DELETE"))[0] == 405
+    host, port = leader.config.http.split(":")
+    slow = socket.create_connection((host, int(port)))
+    huge = socket.create_connection((host, int(port)))
+    try:
+        slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        huge.sendall(b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        term = leader.election.term
+        async with AsyncClient(leader.config.address, timeout=20) as client:
+            for i in range(20):
+                assert (await client.submit(op="sum", source=f"values:{i},1")).result == i + 1
+        assert leader.is_leader and leader.election.term == term, "the election moved while HTTP was stuck"
+        answer = await asyncio.to_thread(huge.recv, 100)
+        assert answer.split(b" ")[1].startswith(b"4"), answer  # refused (400), not served
+        assert (await fetch(f"{base}/metrics"))[0] == 200
+    finally:
+        slow.close()
+        huge.close()
+
+
+def test_http_beyond_loopback_needs_insecure() -> None:
+    from node.errors import ConfigError
+    from node.server.config import NodeConfig
+
+    base = NodeConfig(node_id="n1", listen="127.0.0.1:7001", peers=(), data_dir=Path("unused"))
+    with pytest.raises(ConfigError, match=r"http: 10\.0\.0\.1:9100 is reachable from the network.*--insecure"):
+        replace(base, http="10.0.0.1:9100").validate()
+    replace(base, http="127.0.0.1:9100").validate()
+    replace(base, http="10.0.0.1:9100", insecure=True).validate()

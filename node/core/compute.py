@@ -111,6 +111,8 @@ def _validate_histogram(job: Job) -> None:
         raise InvalidField("range", f"LO and HI must be finite, got {lo}:{hi}")
     if not lo < hi:
         raise InvalidField("range", f"LO must be below HI, got {lo}:{hi}")
+    if np.any(np.diff(np.linspace(lo, hi, job.bins + 1)) <= 0):  # numpy's own test of the edges
+        raise InvalidField("range", f"{lo}:{hi} is too narrow for {job.bins} bins: two edges would be equal")
 
 
 def shard_rows(source: DataSource, shard_elems: int = SHARD_ELEMS) -> int:

@@ -106,6 +106,8 @@ class NodeConfig:
     reset_state: bool = False
     #: "text" (the default) or "json", one object per line (logs.py).
     log_format: str = "text"
+    #: HOST:PORT of the read-only HTTP side (/metrics, /status.json; httpd.py); "" for none.
+    http: str = ""
 
     @property
     def address(self) -> str:
@@ -152,6 +154,10 @@ class NodeConfig:
 
     def _validate_exposure(self) -> None:
         """Refuse to serve a network unlocked: Ray's open job API became CVE-2023-48022."""
+        if self.http and not (is_loopback(split_host_port(self.http)[0]) or self.insecure):
+            raise ConfigError(f"http: {self.http} is reachable from the network, and the HTTP side has"
+                              " no TLS and no token; keep it on loopback, or pass --insecure if this"
+                              " network is trusted")
         host, _ = split_host_port(self.listen)
         if is_loopback(host) or self.insecure:
             return

@@ -37,14 +37,13 @@ from grpc_reflection.v1alpha import reflection
 
 from node import formats
 from node._proto import distnode_pb2 as pb
-from node.channels import ChannelFactory, StubCache, server_options
+from node.channels import ChannelFactory, StubCache
 from node.core.election import Election
 from node.core.electionconfig import ElectionConfig
 from node.core.job import Job
 from node.core.jobtable import JobTable
 from node.core.messages import Heartbeat, InstallSnapshot, Role
 from node.errors import CannotStart, InvalidField, NotLeader
-from node.security import TokenServerInterceptor
 from node.server import beacons
 from node.server.admission import ClientSlots
 from node.server.api import (
@@ -71,9 +70,10 @@ from node.server.jobdesk import JobDesk
 from node.server.journal import Journal
 from node.server.ledger import JobLedger
 from node.server.ledger import outcome_of as answer_of
+from node.server.metrics import NodeMetrics, node_state
 from node.server.peers import PeerTable
 from node.server.relay import Relay
-from node.server.service import NodeServicer, add_to_server, beat_reply
+from node.server.service import NodeServicer, add_to_server, beat_reply, make_server
 from node.server.startchecks import bind_port, check_data_dir
 from node.server.statestore import MAX_TERM, StateStore
 from node.wire.answers import SERVICE
@@ -81,6 +81,8 @@ from node.wire.jobs import job_to_proto
 from node.wire.log import beat_from_proto
 
 if TYPE_CHECKING:
+    from aiohttp.web import AppRunner
+
     from node.core.sources import Opener
     from node.server.jobs import JobManager
     from node.server.worker import Worker
@@ -136,11 +138,15 @@ class Daemon:
             udp=config.udp_heartbeats, on_failure=self.peers.failed,
         )
         self.discovery = IdDiscovery(self.peers, self.stubs, shared_settings(config))
+        self.metrics = NodeMetrics()
+        self._http: AppRunner | None = None
         self.elections = ElectionDriver(
             election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
             config, self._spawn, self._on_role_changed, self.ledger.apply, table.snapshot,
             self.ledger.restore,
         )
+        self.elections.writer.on_append = self.metrics.journal_appended
+        self.metrics.watch(functools.partial(node_state, self))
         self.relay = Relay(
             self.stubs, lambda: self.elections.leader_address, self.who, config.limits.job_timeout_s
         )
@@ -184,7 +190,7 @@ class Daemon:
             self._jobs = JobManager(
                 config.node_id, self.peers, self._remote_compute, self.executor,
                 config.shard_elems, config.data_root, config.limits, self.openers,
-                self.discovery.ask_sources,
+                self.discovery.ask_sources, self.metrics,
             )
         return self._jobs
 
@@ -196,7 +202,7 @@ class Daemon:
             config = self.config
             self._worker = Worker(
                 config.node_id, self.stubs, self.executor, config.data_root, self.peers.address_of,
-                self.openers,
+                self.openers, self.metrics,
             )
         return self._worker
 
@@ -210,19 +216,6 @@ class Daemon:
 
     # -- the servicer's calls (api.NodeApi) -------------------------------
 
-    def _check_member(self, field: str, node_id: str) -> None:
-        self.peers.check_member(field, node_id, self.node_id)
-
-    async def _check_member_soon(self, field: str, node_id: str) -> None:
-        """`_check_member`, after asking the peers whose ids we do not know yet.
-
-        At start-up a leader can be elected before this node has learnt its
-        id; refusing its first beats would cost the cluster an election.
-        """
-        if node_id and not self.peers.is_member(node_id) and self.peers.unknown_ids():
-            await self.discovery.discover_once(wanted=node_id)
-        self._check_member(field, node_id)
-
     def _check_term(self, term: int) -> None:
         if term > MAX_TERM:
             raise InvalidField("term", f"{term} is beyond {MAX_TERM}")
@@ -230,16 +223,16 @@ class Daemon:
     async def request_vote(
         self, candidate_id: str, term: int, pre_vote: bool, last_index: int, last_term: int
     ) -> VoteAnswer:
-        await self._check_member_soon("candidate_id", candidate_id)
+        await self.discovery.admit("candidate_id", candidate_id)
         self._check_term(term)
         return self.elections.vote(candidate_id, term, pre_vote, last_index, last_term)
 
     async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
-        await self._check_member_soon("leader_id", beat.src)
+        await self.discovery.admit("leader_id", beat.src)
         return self._beat(beat, beacon_key)
 
     def _beat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
-        self._check_member("leader_id", beat.src)
+        self.peers.check_member("leader_id", beat.src, self.node_id)
         self._check_term(beat.term)
         answer = self.elections.heartbeat(beat)
         if beacon_key and self.beacons is not None and self.elections.follows(beat.src, beat.term):
@@ -287,6 +280,15 @@ class Daemon:
 
     # -- detached jobs and the job table (jobdesk.py) ---------------------
 
+    async def _status_document(self) -> dict[str, Any]:
+        from node.server.httpd import recent_jobs, status_document
+
+        running = self._jobs.running() if self._jobs is not None else []
+        return status_document(await self.status(), running, recent_jobs(self.ledger.table))
+
+    def jobs_running(self) -> int:
+        return self._jobs.running_count if self._jobs is not None else 0
+
     def shards_done(self, job_id: str) -> int:
         """Shards merged so far of a job this leader runs; 0 if it runs none."""
         return self._jobs.progress(job_id)[1] if self._jobs is not None else 0
@@ -306,7 +308,7 @@ class Daemon:
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None
     ) -> int:
-        self._check_member("leader_id", leader_id)
+        self.peers.check_member("leader_id", leader_id, self.node_id)
         await self.compute_ready()
         return await self.worker.compute(job_id, job, shards, leader_id, timeout_s)
 
@@ -342,6 +344,7 @@ class Daemon:
         self.elections.on_heartbeat_reply(address, reply)
 
     def _on_role_changed(self, role: Role, term: int, leader: str | None) -> None:
+        self.metrics.role_changed(role, leader)
         if leader is not None:
             self.compute_stack.preload()
         if role is not Role.LEADER:
@@ -380,16 +383,10 @@ class Daemon:
         """Ask `serve()` to shut down (what SIGINT and SIGTERM do)."""
         self._stopping.set()
 
-    def _make_server(self) -> grpc.aio.Server:
-        interceptors = [TokenServerInterceptor(self.config.token)] if self.config.token else []
-        return grpc.aio.server(
-            options=server_options(self.config.limits.max_message_bytes), interceptors=interceptors
-        )
-
     async def serve(self, handle_signals: bool = True) -> None:
         """Run until SIGINT/SIGTERM, `stop()`, or the parent's death; then shut down in order."""
         self.clock.restart()  # tick 0: before any RPC arrives
-        server = self._make_server()
+        server = make_server(self.config.limits.max_message_bytes, self.config.token)
         try:
             self.port = bind_port(server, self.config.listen, self.config.tls)
         except CannotStart:
@@ -409,6 +406,10 @@ class Daemon:
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         port = self.port
         await server.start()
+        if self.config.http:
+            from node.server.httpd import serve_http  # aiohttp: imported only by a node that serves it
+
+            self._http = await serve_http(self.config.http, self.metrics, self._status_document)
         if self.config.udp_heartbeats:
             self.beacons = await beacons.listen(self.config.listen, port, self.beat_reply)
         for name in ("", SERVICE):
@@ -430,6 +431,8 @@ class Daemon:
         self.clock.stop()
         log.info("shutting down")
         await server.stop(SHUTDOWN_GRACE_S)
+        if self._http is not None:
+            await self._http.cleanup()
         await self.ledger.close()
         tasks = list(self._tasks)
         for task in tasks:

@@ -82,6 +82,16 @@ class IdDiscovery:
         unknown = self.peers.unknown_ids()
         return unknown + [p.address for p in self.peers if p.address not in self._asked and p.node_id]
 
+    async def admit(self, field: str, node_id: str) -> None:
+        """`PeerTable.check_member`, after asking the peers whose ids we do not know yet.
+
+        At start-up a leader can be elected before this node has learnt its
+        id; refusing its first beats would cost the cluster an election.
+        """
+        if node_id and not self.peers.is_member(node_id) and self.peers.unknown_ids():
+            await self.discover_once(wanted=node_id)
+        self.peers.check_member(field, node_id, self.peers.own_id)
+
     async def discover_ids(self, stopping: asyncio.Event) -> None:
         """Ask every peer for its Status, until each answered once."""
         while self._unasked() and not stopping.is_set():

@@ -60,6 +60,7 @@ from node.errors import (
 )
 from node.server.api import Outcome, ShardRange
 from node.server.jobrun import JobRun
+from node.server.metrics import NodeMetrics, outcome_of
 from node.server.peers import PeerTable
 
 log = logging.getLogger("distnode.jobs")
@@ -115,8 +116,12 @@ class JobManager:
         limits: Limits | None = None,
         openers: Mapping[str, Opener] | None = None,
         ask_sources: Callable[[list[str]], Awaitable[None]] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self.metrics = metrics or NodeMetrics()
+        #: One shard's computation, counted and timed.
+        self.compute = self.metrics.timed_shard(compute_partial)
         #: The file formats this node reads.
         self.openers = openers
         #: Asks peers which source kinds they read (PeerTable.sources_unknown).
@@ -164,7 +169,21 @@ class JobManager:
         if replace(old, shard_elems=None) != replace(new, shard_elems=None):
             raise JobConflict(f"job_id: {job_id!r} was already used for a different job")
 
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
     async def _run(self, job_id: str, job: Job) -> Outcome:
+        started = time.perf_counter()
+        try:
+            outcome = await self._execute(job_id, job)
+        except BaseException as exc:
+            self.metrics.job_ended(job.op, outcome_of(exc), time.perf_counter() - started)
+            raise
+        self.metrics.job_ended(job.op, "done", time.perf_counter() - started)
+        return outcome
+
+    async def _execute(self, job_id: str, job: Job) -> Outcome:
         kind = source_kind(job.source)
         if kind in FORMAT_KINDS:
             # Opening a file format reads metadata from disk, and the first
@@ -228,7 +247,7 @@ class JobManager:
         runs. This path is most of the small-job latency budget.
         """
         started = time.perf_counter()
-        partial = compute_partial(job, source, *shard)
+        partial = self.compute(job, source, *shard)
         outcome = Outcome(
             job_id=job_id, op=job.op, result=finalize(job, partial), shards=1,
             nodes=(self.node_id,), elapsed_ms=(time.perf_counter() - started) * 1000,
@@ -241,7 +260,7 @@ class JobManager:
         start, stop = run.shards[0]
         try:
             partial = await asyncio.get_running_loop().run_in_executor(
-                self.executor, compute_partial, run.job, source, start, stop
+                self.executor, self.compute, run.job, source, start, stop
             )
         except InvalidField as exc:  # the data is bad: the caller's to know
             run.fail(exc)
@@ -284,7 +303,7 @@ class JobManager:
             for index in batch:
                 start, stop = run.shards[index]
                 partial = await loop.run_in_executor(
-                    self.executor, compute_partial, run.job, source, start, stop
+                    self.executor, self.compute, run.job, source, start, stop
                 )
                 run.accept(index, self.node_id, partial)
 
@@ -349,6 +368,11 @@ class JobManager:
     def accept_partial(self, job_id: str, shard: int, node_id: str, partial: Partial) -> bool:
         run = self._running.get(job_id)
         return run.accept(shard, node_id, partial) if run is not None else False
+
+    def running(self) -> list[dict[str, object]]:
+        """The jobs running now, with their shard progress (for /status.json)."""
+        return [{"job_id": job_id, "op": run.job.op, "source": run.job.source, "shards": len(run.shards),
+                 "shards_done": run.shards_received} for job_id, run in self._running.items()]
 
     def progress(self, job_id: str) -> tuple[bool, int, int]:
         """(known, shards received, shards total) for a running or answered job."""

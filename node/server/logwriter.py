@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -43,12 +44,14 @@ class LogWriter:
         self._failed: OSError | None = None
         #: Why the last write to the journal failed ("" while writes work).
         self.error = ""
+        #: Told of every append that returned: (entries, seconds), from the writing thread.
+        self.on_append: Callable[[int, float], None] = lambda entries, seconds: None
 
     def append_later(self, after: int, entries: tuple[Entry, ...], done: Done) -> None:
         """Append in the writer thread; `done` runs on the event loop when it is durable (or not)."""
         self.in_flight += 1
         future = asyncio.get_running_loop().run_in_executor(
-            self._thread, self._guarded, self.journal.append, after, entries)
+            self._thread, self._guarded, self._append, after, entries)
 
         def finished(future: asyncio.Future[None]) -> None:
             self.in_flight -= 1
@@ -69,7 +72,7 @@ class LogWriter:
         """Make a change to the log durable now; False (said once per episode) if the disk refused."""
         try:
             if isinstance(out, AppendLog):
-                self.run(self.journal.append, out.after, out.entries)
+                self.run(self._append, out.after, out.entries)
             else:
                 self.run(self.journal.save_snapshot, Snapshot(out.index, out.term, out.data), out.keep_log)
         except OSError as exc:
@@ -77,6 +80,11 @@ class LogWriter:
             return False
         self.wrote()
         return True
+
+    def _append(self, after: int, entries: tuple[Entry, ...]) -> None:
+        started = time.perf_counter()
+        self.journal.append(after, entries)
+        self.on_append(len(entries), time.perf_counter() - started)
 
     def snapshot(self, snapshot: Snapshot) -> bool:
         """Our own snapshot (compaction); False, and the log keeps growing, if the disk refused."""

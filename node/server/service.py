@@ -23,6 +23,7 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
+from node.channels import server_options
 from node.core.jobtable import STATES
 from node.errors import (
     Forbidden,
@@ -43,6 +44,7 @@ from node.errors import (
     SourceNotFound,
     UnknownJob,
 )
+from node.security import TokenServerInterceptor
 from node.server.api import Answered, BeatAnswer, IncomingPartial, JobView, NodeApi, StatusView, Submitted
 from node.server.jobinfo import view_to_info
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
@@ -110,6 +112,12 @@ def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
         term=beat.term, node_id=node_id, role=beat.role, storage_error=beat.storage_error,
         refused=beat.refused, match_index=beat.match_index,
     )
+
+
+def make_server(max_message_bytes: int, token: str | None) -> grpc.aio.Server:
+    """The daemon's gRPC server: its message size, and the token checked on every call."""
+    interceptors = [TokenServerInterceptor(token)] if token else []
+    return grpc.aio.server(options=server_options(max_message_bytes), interceptors=interceptors)
 
 
 def status_reply(view: StatusView) -> pb.StatusReply:

@@ -23,6 +23,7 @@ from node.core.job import Job
 from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import InvalidField, JobFailed, ReduceFailed
 from node.server.api import ShardRange
+from node.server.metrics import NodeMetrics
 from node.wire.tensors import partial_to_proto
 
 ReduceCall = grpc.aio.StreamUnaryCall[pb.Partial, pb.ReduceReply]
@@ -37,8 +38,11 @@ class Worker:
         data_root: Path | None,
         address_of: Callable[[str], str | None],
         openers: Mapping[str, Opener] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.node_id = node_id
+        #: One shard's computation, counted and timed.
+        self._compute_shard = (metrics or NodeMetrics()).timed_shard(compute_partial)
         #: The file formats this node reads.
         self.openers = openers
         #: Maps the leader's id to the address this node dials it by.
@@ -79,7 +83,7 @@ class Worker:
     async def _compute(self, job: Job, source: DataSource, index: int, start: int, stop: int) -> Partial:
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self.executor, compute_partial, job, source, start, stop
+                self.executor, self._compute_shard, job, source, start, stop
             )
         except InvalidField:
             raise  # the data is bad (a damaged chunk): INVALID_ARGUMENT, said as is

@@ -1,0 +1,191 @@
+"""The node's Prometheus metrics (prometheus-client), one registry per daemon.
+
+Two kinds. What the node *is* (leader or not, its term, which peers answer,
+its log and journal) is read from the daemon's state when Prometheus
+scrapes (`StateCollector`), so it costs nothing between scrapes. What
+*happens* (leader changes, jobs ending, shards computed, journal writes) is
+counted where it happens: one counter increment or histogram observation
+each, a microsecond or two.
+
+Names follow etcd's style and Prometheus' rules: `distnode_` prefix, base
+units, `_total` counters. No label carries a job id, a path or a client
+address; `peer` is the --peers address of a cluster member, `op` one of the
+eleven ops, `outcome` one of OUTCOMES.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from node.core.messages import Role
+from node.errors import ClusterUnavailable, InvalidJob, JobCancelled, JobError, LimitExceeded
+
+if TYPE_CHECKING:
+    from node.core.election import Election
+    from node.server.elections import ElectionDriver
+    from node.server.journal import Journal
+    from node.server.ledger import JobLedger
+    from node.server.peers import PeerTable
+
+
+class Observed(Protocol):
+    """What a scrape reads of the daemon."""
+
+    ledger: JobLedger
+    peers: PeerTable
+    journal: Journal
+    elections: ElectionDriver
+
+    @property
+    def election(self) -> Election: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    def jobs_running(self) -> int: ...
+
+#: Seconds, from a tenth of a millisecond (an fsync, a small shard) to a minute (a big job).
+BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+             1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: How a job run on the leader ended.
+OUTCOMES = ("done", "failed", "refused", "cancelled", "abandoned")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The `outcome` label of a run that raised `exc`."""
+    if isinstance(exc, JobCancelled):
+        return "cancelled"
+    if isinstance(exc, InvalidJob | LimitExceeded):
+        return "refused"  # the job or a limit said no before anything ran
+    if isinstance(exc, JobError):
+        return "failed"
+    if isinstance(exc, ClusterUnavailable):
+        return "abandoned"  # leadership lost, or the caller that drove it went away
+    return "failed"
+
+
+@dataclass
+class NodeState:
+    """What the daemon is, as the scrape reads it (daemon.py fills it in on each scrape)."""
+
+    is_leader: bool = False
+    has_leader: bool = False
+    term: int = 0
+    log_index: int = 0
+    commit_index: int = 0
+    journal_bytes: int = 0
+    storage_error: bool = False
+    jobs_running: int = 0
+    table_jobs: int = 0
+    #: --peers address -> (answered lately, failed contacts so far).
+    peers: dict[str, tuple[bool, int]] = field(default_factory=dict)
+
+
+class StateCollector(Collector):
+    def __init__(self, state: Callable[[], NodeState]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.state()
+        gauges = (
+            ("distnode_is_leader", "1 if this node is the leader", now.is_leader),
+            ("distnode_has_leader", "1 if this node knows a leader", now.has_leader),
+            ("distnode_term", "the current Raft term", now.term),
+            ("distnode_log_index", "the last index of this node's log", now.log_index),
+            ("distnode_commit_index", "the last index this node knows committed", now.commit_index),
+            ("distnode_journal_bytes", "bytes of the journal on disk (segments and snapshot)",
+             now.journal_bytes),
+            ("distnode_storage_error", "1 while this node cannot write its term, vote or journal",
+             now.storage_error),
+            ("distnode_jobs_in_flight", "jobs this node runs as leader now", now.jobs_running),
+            ("distnode_job_table_jobs", "jobs in this node's job table", now.table_jobs),
+        )
+        for name, help_text, value in gauges:
+            yield GaugeMetricFamily(name, help_text, value=float(value))
+        up = GaugeMetricFamily("distnode_peer_up", "1 if the peer answered within the failure timeout",
+                               labels=["peer"])
+        failures = CounterMetricFamily("distnode_peer_contact_failures", "failed contacts with the peer",
+                                       labels=["peer"])
+        for address, (alive, failed) in sorted(now.peers.items()):
+            up.add_metric([address], float(alive))
+            failures.add_metric([address], float(failed))
+        yield up
+        yield failures
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.leader_changes = Counter("distnode_leader_changes_seen", "leaders seen to change", registry=r)
+        self.elections = Counter("distnode_elections_started", "elections this node started", registry=r)
+        self.jobs = Counter("distnode_jobs", "jobs run as leader, by how they ended", ["outcome"], registry=r)
+        self.job_seconds = Histogram("distnode_job_duration_seconds", "jobs run as leader, start to answer",
+                                     ["op"], buckets=BUCKETS_S, registry=r)
+        self.shards = Counter("distnode_shards_computed", "shards this node computed", registry=r)
+        self.shard_seconds = Histogram("distnode_shard_duration_seconds", "one shard's computation",
+                                       buckets=BUCKETS_S, registry=r)
+        self.journal_writes = Counter("distnode_journal_writes", "records appended to the journal",
+                                      registry=r)
+        self.journal_entries = Counter("distnode_journal_entries", "log entries appended", registry=r)
+        self.journal_seconds = Histogram("distnode_journal_write_seconds", "one append: write and fsync",
+                                         buckets=BUCKETS_S, registry=r)
+        for outcome in OUTCOMES:
+            self.jobs.labels(outcome)  # every outcome exported from the start, at 0
+        #: The last leader seen (a change of it is counted).
+        self._leader: str | None = None
+
+    def watch(self, state: Callable[[], NodeState]) -> None:
+        self.registry.register(StateCollector(state))
+
+    def job_ended(self, op: str, outcome: str, seconds: float) -> None:
+        self.jobs.labels(outcome).inc()
+        if outcome == "done":
+            self.job_seconds.labels(op).observe(seconds)
+
+    def timed_shard(self, compute: Callable[P, R]) -> Callable[P, R]:
+        """`compute` (one shard, in the compute thread), counted and timed."""
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            started = time.perf_counter()
+            result = compute(*args, **kwargs)
+            self.shard_seconds.observe(time.perf_counter() - started)
+            self.shards.inc()
+            return result
+        return run
+
+    def journal_appended(self, entries: int, seconds: float) -> None:
+        self.journal_writes.inc()
+        self.journal_entries.inc(entries)
+        self.journal_seconds.observe(seconds)
+
+    def role_changed(self, role: Role, leader: str | None) -> None:
+        if role is Role.CANDIDATE:
+            self.elections.inc()
+        if leader is not None and leader != self._leader:
+            self.leader_changes.inc()
+        if leader is not None:
+            self._leader = leader
+
+
+def node_state(daemon: Observed) -> NodeState:
+    """The daemon as a scrape reads it."""
+    election = daemon.election
+    table = daemon.ledger.table
+    running = daemon.jobs_running()
+    peers = {p.address: (p.alive, p.failures) for p in daemon.peers}
+    return NodeState(
+        is_leader=daemon.is_leader, has_leader=election.leader is not None, term=election.term,
+        log_index=election.log.last_index, commit_index=election.commit_index,
+        journal_bytes=daemon.journal.disk_bytes(), storage_error=bool(daemon.elections.disk_error),
+        jobs_running=running, table_jobs=len(table), peers=peers,
+    )
