@@ -188,7 +188,7 @@ def run_local(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
     with LocalCluster(
         nodes=args.nodes, base_port=args.base_port, tls=args.tls, token=token,
-        keep_logs=args.keep_logs, **options,
+        keep_logs=args.keep_logs, http=True, **options,
     ) as cluster:
         _announce(cluster, args.cluster_file, token is not None)
         while not stop:
@@ -203,6 +203,8 @@ def _announce(cluster: LocalCluster, cluster_file: Path | None, token: bool) -> 
         cluster_file.write_text(addresses + "\n")
     for node_id in cluster.ids:
         print(f"{node_id} {cluster.address(node_id)}", flush=True)
+    for node_id, http in cluster.http_addresses.items():
+        print(f"{node_id} http://{http}/metrics http://{http}/status.json", flush=True)
     print(f"leader {cluster.leader()}", flush=True)
     print(f"logs in {cluster.workdir}", flush=True)
     if cluster_file is not None:

@@ -246,3 +246,17 @@ def test_http_beyond_loopback_needs_insecure() -> None:
         replace(base, http="10.0.0.1:9100").validate()
     replace(base, http="127.0.0.1:9100").validate()
     replace(base, http="10.0.0.1:9100", insecure=True).validate()
+
+
+def test_local_cluster_gives_every_node_an_http_side(tmp_path: Path) -> None:
+    with LocalCluster(nodes=2, workdir=tmp_path, http=True, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
+        leader = cluster.wait_for_leader()
+        leaders = 0.0
+        for node_id in cluster.ids:
+            with urllib.request.urlopen(f"http://{cluster.http_addresses[node_id]}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+            samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            leaders += samples["distnode_is_leader"]
+            with urllib.request.urlopen(f"http://{cluster.http_addresses[node_id]}/status.json", timeout=5) as reply:
+                assert json.loads(reply.read())["answered_by"] == node_id
+        assert leaders == 1 and leader in cluster.ids

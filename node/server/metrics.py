@@ -140,8 +140,9 @@ class NodeMetrics:
         self.journal_entries = Counter("distnode_journal_entries", "log entries appended", registry=r)
         self.journal_seconds = Histogram("distnode_journal_write_seconds", "one append: write and fsync",
                                          buckets=BUCKETS_S, registry=r)
-        for outcome in OUTCOMES:
-            self.jobs.labels(outcome)  # every outcome exported from the start, at 0
+        # Children looked up once: `labels()` takes a lock and builds a key on every call.
+        self._ended = {outcome: self.jobs.labels(outcome) for outcome in OUTCOMES}  # all exported, at 0
+        self._took: dict[str, Histogram] = {}
         #: The last leader seen (a change of it is counted).
         self._leader: str | None = None
 
@@ -149,9 +150,12 @@ class NodeMetrics:
         self.registry.register(StateCollector(state))
 
     def job_ended(self, op: str, outcome: str, seconds: float) -> None:
-        self.jobs.labels(outcome).inc()
+        self._ended[outcome].inc()
         if outcome == "done":
-            self.job_seconds.labels(op).observe(seconds)
+            took = self._took.get(op)
+            if took is None:
+                took = self._took[op] = self.job_seconds.labels(op)
+            took.observe(seconds)
 
     def timed_shard(self, compute: Callable[P, R]) -> Callable[P, R]:
         """`compute` (one shard, in the compute thread), counted and timed."""

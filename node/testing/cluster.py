@@ -79,6 +79,7 @@ class LocalCluster:
         tls: bool = False,
         token: str | None = None,
         keep_logs: bool = False,
+        http: bool = False,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
@@ -110,6 +111,11 @@ class LocalCluster:
         self._nodes = {
             f"n{i + 1}": DaemonProcess(f"n{i + 1}", port, self.workdir) for i, port in enumerate(ports)
         }
+        #: With `http`, each node's --http address (/metrics, /status.json).
+        self.http_addresses: dict[str, str] = {}
+        if http:
+            ports_for_http = free_ports(nodes)
+            self.http_addresses = {n: f"127.0.0.1:{ports_for_http[i]}" for i, n in enumerate(self._nodes)}
         self._client: Client | None = None
         # Every process ever started; the finalizer must not hold `self`.
         self._started: list[subprocess.Popen[bytes]] = []
@@ -241,6 +247,8 @@ class LocalCluster:
                         "--tls-key", str(certs / f"{node.node_id}.key"), "--tls-ca", str(certs / "ca.pem")]
         if self._token_file is not None:
             command += ["--token-file", str(self._token_file)]
+        if node.node_id in self.http_addresses:
+            command += ["--http", self.http_addresses[node.node_id]]
         return command + self.extra_args
 
     @property
