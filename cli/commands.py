@@ -203,10 +203,10 @@ def _announce(cluster: LocalCluster, cluster_file: Path | None, token: bool) -> 
         cluster_file.write_text(addresses + "\n")
     for node_id in cluster.ids:
         print(f"{node_id} {cluster.address(node_id)}", flush=True)
-    for node_id, http in cluster.http_addresses.items():
-        print(f"{node_id} http://{http}/metrics http://{http}/status.json", flush=True)
     print(f"leader {cluster.leader()}", flush=True)
     print(f"logs in {cluster.workdir}", flush=True)
+    for node_id, http in cluster.http_addresses.items():
+        print(f"{node_id} page http://{http}/ metrics http://{http}/metrics", flush=True)
     if cluster_file is not None:
         print(f"addresses in {cluster_file}: export {CLUSTER_ENV}=$(cat {cluster_file})", flush=True)
     hint = f"distnode submit --cluster {addresses} --op sum --source range:n=1e6"

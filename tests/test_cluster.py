@@ -326,9 +326,10 @@ def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path: Any
     ) as process:
         try:
             assert process.stdout is not None
-            lines = [process.stdout.readline() for _ in range(4)]
+            lines = [process.stdout.readline() for _ in range(6)]
             assert lines[0].startswith("n1 127.0.0.1:") and lines[1].startswith("n2 127.0.0.1:")
             assert lines[2].startswith("leader n") and lines[3].startswith("logs in ")
+            assert lines[4].startswith("n1 page http://127.0.0.1:") and lines[5].startswith("n2 page http://")
             addresses = [line.split()[1] for line in lines[:2]]
             assert cluster_file.read_text().strip() == ",".join(addresses)
             status = run_cli("status", "--json", env={"DISTNODE_CLUSTER": cluster_file.read_text().strip()})

@@ -281,9 +281,10 @@ class Daemon:
     # -- detached jobs and the job table (jobdesk.py) ---------------------
 
     async def _status_document(self) -> dict[str, Any]:
-        from node.server.httpd import recent_jobs, status_document
+        from node.server.httpd import recent_jobs, running_jobs, status_document
 
-        running = self._jobs.running() if self._jobs is not None else []
+        own = self._jobs.running() if self._jobs is not None and self.is_leader else []
+        running = await running_jobs(own, self.ledger.table, self.progress)
         return status_document(await self.status(), running, recent_jobs(self.ledger.table))
 
     def jobs_running(self) -> int:

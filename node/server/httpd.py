@@ -2,8 +2,8 @@
 
 `/metrics` is the Prometheus text of the node's registry (metrics.py);
 `/status.json` is what `distnode status --json` prints, as this node sees
-it, plus the jobs it runs as leader (with their shard progress) and the
-last jobs of its table. Only GET (and HEAD) of these paths: any other
+it, plus the running jobs (with their shard progress) and the last jobs of
+its table; `/` is the live page that draws it (statuspage.py). Only GET (and HEAD) of these paths: any other
 method is 405, any other path 404, and a request with a body is refused
 (nothing can be submitted or changed over HTTP).
 
@@ -25,10 +25,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node.addresses import split_host_port
 from node.core.jobtable import JobTable
-from node.errors import CannotStart
-from node.server.api import StatusView
+from node.errors import CannotStart, ClusterError
+from node.server.api import JobProgress, StatusView
 from node.server.metrics import NodeMetrics
 from node.server.startchecks import why_not_listening
+from node.server.statuspage import PAGE
 
 #: The largest request accepted: a GET has no body.
 MAX_REQUEST_BYTES = 1024
@@ -48,6 +49,25 @@ def status_document(
     ]
     return {"leader": view.leader_id or None, "term": view.term, "nodes": nodes, "answered_by": view.node_id,
             "running": running, "recent": recent}
+
+
+async def running_jobs(
+    own: list[dict[str, Any]], table: JobTable, progress: Callable[[str], Awaitable[JobProgress]]
+) -> list[dict[str, Any]]:
+    """The jobs this node runs as leader; on a follower, the table's running jobs with their
+    progress asked of the leader (a follower's page shows them too, and goes on showing
+    them when the leader changes)."""
+    if own:
+        return own
+    found = []
+    for record in table.jobs(state="running", limit=RECENT_JOBS):
+        try:
+            known = await progress(record.job_id)
+        except ClusterError:
+            continue  # no leader to ask just now
+        found.append({"job_id": record.job_id, "op": record.op, "source": record.source,
+                      "shards": known.shards_total, "shards_done": known.shards_done})
+    return found
 
 
 def recent_jobs(table: JobTable, limit: int = RECENT_JOBS) -> list[dict[str, Any]]:
@@ -71,7 +91,11 @@ async def serve_http(
     async def status_page(request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(await status()), content_type="application/json")
 
+    async def live_page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app.router.add_get("/", live_page)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/status.json", status_page)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
