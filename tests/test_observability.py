@@ -161,6 +161,26 @@ async def test_every_node_exports_the_metrics_and_they_move_with_what_they_count
     assert sum(m["distnode_shards_computed_total"] for m in workers) >= 3 * 7, "7 shards a job"
     assert all(m["distnode_shard_duration_seconds_count"] == m["distnode_shards_computed_total"] for m in workers)
     assert after["distnode_journal_writes_total"] > before["distnode_journal_writes_total"]
+    assert sum(m.get("distnode_source_bytes_read_total{kind=range}", 0) for m in workers) >= 3 * 100_000 * 8
+    for follower in (d for d in cluster.daemons if d is not leader):
+        address = follower.config.address
+        assert after[f"distnode_heartbeat_replies_total{{peer={address}}}"] > 0
+        assert sum(v for k, v in after.items() if str(k).startswith("distnode_heartbeats_sent_total{")
+                   and f"peer={address}" in str(k)) > 0
+        assert after[f"distnode_heartbeat_udp{{peer={address}}}"] in (0, 1)
+        async with AsyncClient(address, timeout=20) as relayed:  # a follower passes it on
+            await relayed.submit(op="max", source="values:1,5")
+        assert (await scrape(follower))["distnode_relayed_total"] >= 1
+    committed = 0.0
+
+    async def commits() -> float:
+        nonlocal committed
+        committed = (await scrape(leader))["distnode_commit_seconds_count"]
+        return committed
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while await commits() == 0:  # the attached jobs' records, flushed every 100 ms
+        assert asyncio.get_running_loop().time() < deadline, "no commit timed"
     for daemon in cluster.daemons:
         assert (await scrape(daemon))["distnode_leader_changes_seen_total"] == 1, "each saw one leader"
     leader.stop()  # the worker that dies is the old leader: its peer gauge drops on the new one
@@ -174,7 +194,7 @@ async def test_every_node_exports_the_metrics_and_they_move_with_what_they_count
     assert metrics[f"distnode_peer_up{{peer={leader.config.address}}}"] == 0
     assert metrics[f"distnode_peer_up{{peer={others[0].config.address}}}"] == 1
     assert metrics["distnode_leader_changes_seen_total"] == 2 and metrics["distnode_is_leader"] == 1
-    assert metrics["distnode_elections_started_total"] >= 1
+    assert metrics["distnode_elections_started_total"] >= 1 and metrics["distnode_pre_votes_started_total"] >= 1
 
 
 async def test_status_json_is_the_status_object_with_running_and_recent_jobs(start_cluster: StartCluster) -> None:
@@ -190,7 +210,8 @@ async def test_status_json_is_the_status_object_with_running_and_recent_jobs(sta
             document: dict[str, Any] = json.loads(text)
             assert status == 200
             jobs = [j for j in document["running"] if j["job_id"] == "big"]
-            return document if jobs and 0 < jobs[0]["shards_done"] < jobs[0]["shards"] else None
+            part_done = jobs and 0 < jobs[0]["shards_done"] < jobs[0]["shards"]
+            return document if part_done and sum(jobs[0]["nodes"].values()) > 0 else None
 
         found = None
         deadline = asyncio.get_running_loop().time() + 30
@@ -200,6 +221,9 @@ async def test_status_json_is_the_status_object_with_running_and_recent_jobs(sta
         await big
     assert list(found) == ["leader", "term", "nodes", "answered_by", "running", "recent"]
     assert found["leader"] == leader.node_id and len(found["nodes"]) == 3
+    (big_row,) = [j for j in found["running"] if j["job_id"] == "big"]
+    assert set(big_row["nodes"]) <= {d.node_id for d in cluster.daemons}
+    assert sum(big_row["nodes"].values()) <= big_row["shards_done"] + len(big_row["nodes"]), "counts add up"
     assert {n["id"] for n in found["nodes"]} == {d.node_id for d in cluster.daemons}
 
     async def recent() -> list[dict[str, Any]]:

@@ -70,7 +70,7 @@ from node.server.jobdesk import JobDesk
 from node.server.journal import Journal
 from node.server.ledger import JobLedger
 from node.server.ledger import outcome_of as answer_of
-from node.server.metrics import NodeMetrics, node_state
+from node.server.metrics import NodeMetrics
 from node.server.peers import PeerTable
 from node.server.relay import Relay
 from node.server.service import NodeServicer, add_to_server, beat_reply, make_server
@@ -145,11 +145,10 @@ class Daemon:
             config, self._spawn, self._on_role_changed, self.ledger.apply, table.snapshot,
             self.ledger.restore,
         )
-        self.elections.writer.on_append = self.metrics.journal_appended
-        self.metrics.watch(functools.partial(node_state, self))
         self.relay = Relay(
             self.stubs, lambda: self.elections.leader_address, self.who, config.limits.job_timeout_s
         )
+        self.metrics.observe(self)  # hooks in the journal, the log and the relay; state read at scrapes
         self.clients = ClientSlots(config.limits.max_jobs_per_client)
         self.desk = JobDesk(self)
         #: This node's UDP socket for the leader's beats; None until serving, or if off.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -90,6 +91,10 @@ class ElectionDriver:
         self._held_replies: list[tuple[str, pb.HeartbeatReply]] = []
         #: The first background append that failed, until the writes pending behind it return.
         self._write_error: OSError | None = None
+        #: Leader only: when each entry it proposed left (index -> perf_counter); who hears the
+        #: seconds from proposal to commit.
+        self._proposed_at: dict[int, float] = {}
+        self.on_committed: Callable[[float], None] = lambda seconds: None
         self.clock = clock
         self.peers = peers
         self.stubs = stubs
@@ -215,6 +220,9 @@ class ElectionDriver:
         or if the journal refused them (then this node steps down)."""
         self.catch_up()
         entries, outputs = self.election.propose(*data)
+        proposed = time.perf_counter()
+        for entry in entries:
+            self._proposed_at[entry.index] = proposed
         return entries if self._execute(outputs) else ()
 
     # -- outbound ---------------------------------------------------------
@@ -252,11 +260,21 @@ class ElectionDriver:
             elif isinstance(out, RoleChanged):
                 self._role_changed(out)
             elif isinstance(out, Apply):
+                self._timed(out.entries)
                 self.on_apply(out.entries)
                 self.applied = out.entries[-1].index
                 self._applied_bytes += sum(len(entry.data) for entry in out.entries)
         self._compact()
         return True
+
+    def _timed(self, entries: tuple[Entry, ...]) -> None:
+        """Proposal to commit, for each entry this leader proposed (the metrics' histogram)."""
+        if self._proposed_at:
+            now = time.perf_counter()
+            for entry in entries:
+                proposed = self._proposed_at.pop(entry.index, None)
+                if proposed is not None:
+                    self.on_committed(now - proposed)
 
     def _leader_wrote(self, later: list[Output], error: OSError | None) -> None:
         """A leader's own append returned. Replies that arrived meanwhile were held (they
@@ -371,6 +389,7 @@ class ElectionDriver:
             self.judge_peers()  # a new leader starts with no evidence: no worker is alive yet
         else:
             self.heartbeats.close()
+            self._proposed_at.clear()
             if change.leader is None or change.leader == self.node_id:
                 self.leader_address = ""
         self.on_role_changed(change.role, change.term, change.leader)

@@ -40,6 +40,7 @@ class HeartbeatLink:
     def __init__(
         self, address: str, stubs: StubCache, on_reply: OnReply, stale_s: float,
         key: bytes | None = None, on_failure: OnFailure | None = None,
+        totals: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.address = address
         self.stubs = stubs
@@ -60,6 +61,8 @@ class HeartbeatLink:
         #: Beats sent on each path, for tests and reports.
         self.sent_udp = 0
         self.sent_grpc = 0
+        #: Beats sent to each (peer, transport) over every leadership, for the metrics.
+        self.totals = totals if totals is not None else {}
         self._logged_udp = False
 
     @property
@@ -82,6 +85,7 @@ class HeartbeatLink:
         if self._beacon is not None:
             self._beacon.send(seq, request)
             self.sent_udp += 1
+            self.totals[(self.address, "udp")] = self.totals.get((self.address, "udp"), 0) + 1
         elif self.key is not None and self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect(self.key))
         if on_udp:
@@ -114,6 +118,7 @@ class HeartbeatLink:
         if self._unanswered_since_s is None:
             self._unanswered_since_s = now
         self.sent_grpc += 1
+        self.totals[(self.address, "grpc")] = self.totals.get((self.address, "grpc"), 0) + 1
         self._pending = call
         writer = asyncio.get_running_loop().create_task(self._write(call, request))
         self._writers.add(writer)  # hold a reference: a collected pending task is lost
@@ -185,6 +190,8 @@ class HeartbeatLinks:
         self.stubs = stubs
         self.on_reply = on_reply
         self.on_failure = on_failure
+        #: Beats sent to each (peer, transport), kept across leaderships.
+        self.totals: dict[tuple[str, str], int] = {}
         self.stale_s = stale_s
         self.udp = udp
         self._links: dict[str, HeartbeatLink] = {}
@@ -200,7 +207,7 @@ class HeartbeatLinks:
             if self.udp and self._key is None:
                 self._key, self._seq = beacons.new_key(), 0
             link = self._links[address] = HeartbeatLink(
-                address, self.stubs, self.on_reply, self.stale_s, self._key, self.on_failure
+                address, self.stubs, self.on_reply, self.stale_s, self._key, self.on_failure, self.totals
             )
         self._seq += 1
         link.send(request, self._seq, reliable)

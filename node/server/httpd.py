@@ -66,7 +66,8 @@ async def running_jobs(
         except ClusterError:
             continue  # no leader to ask just now
         found.append({"job_id": record.job_id, "op": record.op, "source": record.source,
-                      "shards": known.shards_total, "shards_done": known.shards_done})
+                      "shards": known.shards_total, "shards_done": known.shards_done,
+                      "nodes": {}})  # who computed which: the leader's page shows it
     return found
 
 

@@ -40,6 +40,8 @@ class JobRun:
     merged: Partial | None = None
     next_merge: int = 0
     contributors: set[str] = field(default_factory=set)
+    #: Shards received from each node so far (for /status.json: which node computed what).
+    by_node: dict[str, int] = field(default_factory=dict)
     failed_nodes: set[str] = field(default_factory=set)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -97,6 +99,7 @@ class JobRun:
             return False
         self.received[shard] = partial
         self.contributors.add(node_id)
+        self.by_node[node_id] = self.by_node.get(node_id, 0) + 1
         while self.next_merge in self.received:
             part = self.received.pop(self.next_merge)
             self.merged = part if self.merged is None else merge(self.job.op, self.merged, part)

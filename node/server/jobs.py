@@ -372,7 +372,8 @@ class JobManager:
     def running(self) -> list[dict[str, object]]:
         """The jobs running now, with their shard progress (for /status.json)."""
         return [{"job_id": job_id, "op": run.job.op, "source": run.job.source, "shards": len(run.shards),
-                 "shards_done": run.shards_received} for job_id, run in self._running.items()]
+                 "shards_done": run.shards_received, "nodes": dict(sorted(run.by_node.items()))}
+                for job_id, run in self._running.items()]
 
     def progress(self, job_id: str) -> tuple[bool, int, int]:
         """(known, shards received, shards total) for a running or answered job."""

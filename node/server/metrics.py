@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,9 +30,11 @@ from node.errors import ClusterUnavailable, InvalidJob, JobCancelled, JobError, 
 if TYPE_CHECKING:
     from node.core.election import Election
     from node.server.elections import ElectionDriver
+    from node.server.heartbeats import HeartbeatLinks
     from node.server.journal import Journal
     from node.server.ledger import JobLedger
     from node.server.peers import PeerTable
+    from node.server.relay import Relay
 
 
 class Observed(Protocol):
@@ -42,6 +44,8 @@ class Observed(Protocol):
     peers: PeerTable
     journal: Journal
     elections: ElectionDriver
+    heartbeats: HeartbeatLinks
+    relay: Relay
 
     @property
     def election(self) -> Election: ...
@@ -57,7 +61,6 @@ BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 #: How a job run on the leader ended.
 OUTCOMES = ("done", "failed", "refused", "cancelled", "abandoned")
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -87,8 +90,12 @@ class NodeState:
     storage_error: bool = False
     jobs_running: int = 0
     table_jobs: int = 0
-    #: --peers address -> (answered lately, failed contacts so far).
-    peers: dict[str, tuple[bool, int]] = field(default_factory=dict)
+    #: --peers address -> (answered lately, failed contacts so far, heartbeat replies so far).
+    peers: dict[str, tuple[bool, int, int]] = field(default_factory=dict)
+    #: (peer, transport) -> heartbeats sent, as leader, over every leadership.
+    beats: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Peers whose heartbeats go by UDP now (the leader's links).
+    on_udp: set[str] = field(default_factory=set)
 
 
 class StateCollector(Collector):
@@ -116,11 +123,20 @@ class StateCollector(Collector):
                                labels=["peer"])
         failures = CounterMetricFamily("distnode_peer_contact_failures", "failed contacts with the peer",
                                        labels=["peer"])
-        for address, (alive, failed) in sorted(now.peers.items()):
+        replies = CounterMetricFamily("distnode_heartbeat_replies", "heartbeat replies from the peer",
+                                      labels=["peer"])
+        udp = GaugeMetricFamily("distnode_heartbeat_udp", "1 while this leader's beats to the peer go by UDP",
+                                labels=["peer"])
+        for address, (alive, failed, answered) in sorted(now.peers.items()):
             up.add_metric([address], float(alive))
             failures.add_metric([address], float(failed))
-        yield up
-        yield failures
+            replies.add_metric([address], float(answered))
+            udp.add_metric([address], float(address in now.on_udp))
+        beats = CounterMetricFamily("distnode_heartbeats_sent", "heartbeats sent as leader",
+                                    labels=["peer", "transport"])
+        for (address, transport), count in sorted(now.beats.items()):
+            beats.add_metric([address, transport], float(count))
+        yield from (up, failures, replies, udp, beats)
 
 
 class NodeMetrics:
@@ -140,14 +156,25 @@ class NodeMetrics:
         self.journal_entries = Counter("distnode_journal_entries", "log entries appended", registry=r)
         self.journal_seconds = Histogram("distnode_journal_write_seconds", "one append: write and fsync",
                                          buckets=BUCKETS_S, registry=r)
+        self.commit_seconds = Histogram("distnode_commit_seconds", "a leader's entry, proposed to committed",
+                                        buckets=BUCKETS_S, registry=r)
+        self.pre_votes = Counter("distnode_pre_votes_started", "pre-vote rounds this node started",
+                                 registry=r)
+        self.relayed = Counter("distnode_relayed", "calls this node passed on to its leader", registry=r)
+        self.bytes_read = Counter("distnode_source_bytes_read", "bytes of source data this node computed on",
+                                  ["kind"], registry=r)
         # Children looked up once: `labels()` takes a lock and builds a key on every call.
         self._ended = {outcome: self.jobs.labels(outcome) for outcome in OUTCOMES}  # all exported, at 0
         self._took: dict[str, Histogram] = {}
         #: The last leader seen (a change of it is counted).
         self._leader: str | None = None
 
-    def watch(self, state: Callable[[], NodeState]) -> None:
-        self.registry.register(StateCollector(state))
+    def observe(self, daemon: Observed) -> None:
+        """Hook the counters into the daemon's parts, and read its state at each scrape."""
+        daemon.elections.writer.on_append = self.journal_appended
+        daemon.elections.on_committed = self.commit_seconds.observe
+        daemon.relay.on_relay = self.relayed.inc
+        self.registry.register(StateCollector(lambda: node_state(daemon)))
 
     def job_ended(self, op: str, outcome: str, seconds: float) -> None:
         self._ended[outcome].inc()
@@ -157,13 +184,16 @@ class NodeMetrics:
                 took = self._took[op] = self.job_seconds.labels(op)
             took.observe(seconds)
 
-    def timed_shard(self, compute: Callable[P, R]) -> Callable[P, R]:
-        """`compute` (one shard, in the compute thread), counted and timed."""
-        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+    def timed_shard(self, compute: Callable[[Any, Any, int, int], R]) -> Callable[[Any, Any, int, int], R]:
+        """`compute(job, source, start, stop)` (one shard, in the compute thread): counted,
+        timed, and its bytes read counted by source kind."""
+        def run(job: Any, source: Any, start: int, stop: int) -> R:
             started = time.perf_counter()
-            result = compute(*args, **kwargs)
+            result = compute(job, source, start, stop)
             self.shard_seconds.observe(time.perf_counter() - started)
             self.shards.inc()
+            kind = job.source.split(":", 1)[0]
+            self.bytes_read.labels(kind).inc((stop - start) * (source.cols or 1) * source.dtype.itemsize)
             return result
         return run
 
@@ -173,6 +203,8 @@ class NodeMetrics:
         self.journal_seconds.observe(seconds)
 
     def role_changed(self, role: Role, leader: str | None) -> None:
+        if role is Role.PRE_CANDIDATE:
+            self.pre_votes.inc()
         if role is Role.CANDIDATE:
             self.elections.inc()
         if leader is not None and leader != self._leader:
@@ -186,10 +218,12 @@ def node_state(daemon: Observed) -> NodeState:
     election = daemon.election
     table = daemon.ledger.table
     running = daemon.jobs_running()
-    peers = {p.address: (p.alive, p.failures) for p in daemon.peers}
+    peers = {p.address: (p.alive, p.failures, p.replies) for p in daemon.peers}
+    links = daemon.heartbeats
+    on_udp = {p.address for p in daemon.peers if (link := links.link(p.address)) is not None and link.on_udp}
     return NodeState(
         is_leader=daemon.is_leader, has_leader=election.leader is not None, term=election.term,
         log_index=election.log.last_index, commit_index=election.commit_index,
         journal_bytes=daemon.journal.disk_bytes(), storage_error=bool(daemon.elections.disk_error),
-        jobs_running=running, table_jobs=len(table), peers=peers,
+        jobs_running=running, table_jobs=len(table), peers=peers, beats=dict(links.totals), on_udp=on_udp,
     )

@@ -48,6 +48,8 @@ class Peer:
     failures: int = 0
     #: It answered at least once (a peer not up yet at start is not news).
     reached: bool = False
+    #: Heartbeat replies from it since this node started.
+    replies: int = 0
     _dead: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -107,6 +109,7 @@ class PeerTable:
         if peer is not None:
             peer.node_id, peer.role, peer.term = node_id or peer.node_id, role, term
             peer.storage_error = storage_error
+            peer.replies += 1
             self.reached(address)
         return peer
 

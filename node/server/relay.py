@@ -53,6 +53,8 @@ class Relay:
         self.who = who
         #: The deadline of a relayed Submit whose caller set none.
         self.job_timeout_s = job_timeout_s
+        #: Told of every call passed to the leader (the metrics count them).
+        self.on_relay: Callable[[], None] = lambda: None
 
     def _leader(self) -> str:
         leader = self.leader_address()
@@ -101,6 +103,7 @@ class Relay:
 
     async def _relay(self, call: Awaitable[R]) -> R:
         """A call to the leader; its failure as the caller should see it (`_failed`)."""
+        self.on_relay()
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
@@ -112,6 +115,7 @@ class Relay:
         leader = self.leader_address()
         if not leader:
             return None
+        self.on_relay()
         try:
             return await call(self.stubs.stub(leader))
         except grpc.aio.AioRpcError as exc:

@@ -2,7 +2,8 @@
 
 It polls `/status.json` twice a second and redraws in place: the nodes as
 the serving node sees them (the leader's row marked), the running jobs with
-a progress bar each, and the last jobs of the job table. No build step, no
+a progress bar each and, on the leader's page, how many shards each node
+has computed, and the last jobs of the job table. No build step, no
 CDN, no framework: a page an air-gapped operator can open.
 """
 
@@ -31,7 +32,7 @@ PAGE = """<!doctype html>
 <th>last heard</th><th>problem</th></tr></thead><tbody></tbody></table>
 <h2>Running jobs</h2>
 <table id="running"><thead><tr><th>job</th><th>op</th><th>source</th><th>progress</th>
-<th>shards</th></tr></thead>
+<th>shards</th><th>by node</th></tr></thead>
 <tbody></tbody></table>
 <h2>Recent jobs</h2>
 <table id="recent"><thead><tr><th>job</th><th>op</th><th>source</th><th>state</th><th>ms</th></tr></thead>
@@ -63,6 +64,9 @@ function render(s) {
     bar.max = Math.max(j.shards, 1); bar.value = j.shards_done;
     cell(row, "").appendChild(bar);
     cell(row, j.shards_done + " / " + j.shards);
+    const nodes = Object.entries(j.nodes || {});
+    const held = nodes.map(([id, n]) => id + ": " + n).join(", ");
+    cell(row, nodes.length ? held : "(the leader's page shows it)");
   });
   fill("recent", s.recent, (row, j) => {
     cell(row, j.job_id); cell(row, j.op); cell(row, j.source); cell(row, j.state);
