@@ -171,6 +171,7 @@ async def test_every_node_exports_the_metrics_and_they_move_with_what_they_count
         async with AsyncClient(address, timeout=20) as relayed:  # a follower passes it on
             await relayed.submit(op="max", source="values:1,5")
         assert (await scrape(follower))["distnode_relayed_total"] >= 1
+    assert after["distnode_heartbeat_rtt_seconds_count"] > 0 and after["distnode_heartbeat_rtt_seconds_sum"] > 0
     committed = 0.0
 
     async def commits() -> float:

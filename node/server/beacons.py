@@ -50,6 +50,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -211,6 +212,9 @@ class BeaconSender(_Endpoint):
         self.on_reply = on_reply
         self.sent_seq = 0
         self.answered_seq = 0
+        #: When the last datagram left, and the round trip of the last one answered (seconds).
+        self._sent_at_s = 0.0
+        self.last_rtt_s: float | None = None
         #: Datagrams refused (forged, replayed, unasked-for), for tests and logs.
         self.rejected = 0
 
@@ -224,6 +228,7 @@ class BeaconSender(_Endpoint):
             return
         beat.seq = seq
         self.sent_seq = seq
+        self._sent_at_s = time.perf_counter()
         self._transport.sendto(seal(self.key, BEAT, beat.SerializeToString()))
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -236,6 +241,8 @@ class BeaconSender(_Endpoint):
             self.rejected += 1  # forged, a replay, or an answer to a beat we never sent
             return
         self.answered_seq = reply.seq
+        # Only an answer to the newest beat times it: an older one left before `_sent_at_s`.
+        self.last_rtt_s = time.perf_counter() - self._sent_at_s if reply.seq == self.sent_seq else None
         self.on_reply(reply)
 
 

@@ -40,7 +40,7 @@ class HeartbeatLink:
     def __init__(
         self, address: str, stubs: StubCache, on_reply: OnReply, stale_s: float,
         key: bytes | None = None, on_failure: OnFailure | None = None,
-        totals: dict[tuple[str, str], int] | None = None,
+        totals: dict[tuple[str, str], int] | None = None, on_rtt: Callable[[float], None] | None = None,
     ) -> None:
         self.address = address
         self.stubs = stubs
@@ -63,6 +63,8 @@ class HeartbeatLink:
         self.sent_grpc = 0
         #: Beats sent to each (peer, transport) over every leadership, for the metrics.
         self.totals = totals if totals is not None else {}
+        #: Told each beat's round trip, in seconds, when one can be timed.
+        self.on_rtt = on_rtt or (lambda seconds: None)
         self._logged_udp = False
 
     @property
@@ -104,6 +106,8 @@ class HeartbeatLink:
             beacon.close()  # closed while connecting
 
     def _on_beacon_reply(self, reply: pb.HeartbeatReply) -> None:
+        if self._beacon is not None and self._beacon.last_rtt_s is not None:
+            self.on_rtt(self._beacon.last_rtt_s)
         self.on_reply(self.address, reply)
 
     def _send_grpc(self, request: pb.HeartbeatRequest) -> None:
@@ -142,6 +146,8 @@ class HeartbeatLink:
     async def _read(self, call: Stream) -> None:
         try:
             async for reply in call:
+                if self._unanswered_since_s is not None:  # from the oldest beat still unanswered
+                    self.on_rtt(time.monotonic() - self._unanswered_since_s)
                 self._unanswered_since_s = None
                 self.on_reply(self.address, reply)
         except grpc.aio.AioRpcError as exc:
@@ -192,6 +198,8 @@ class HeartbeatLinks:
         self.on_failure = on_failure
         #: Beats sent to each (peer, transport), kept across leaderships.
         self.totals: dict[tuple[str, str], int] = {}
+        #: Told each beat's round trip (the metrics' histogram).
+        self.on_rtt: Callable[[float], None] = lambda seconds: None
         self.stale_s = stale_s
         self.udp = udp
         self._links: dict[str, HeartbeatLink] = {}
@@ -207,7 +215,8 @@ class HeartbeatLinks:
             if self.udp and self._key is None:
                 self._key, self._seq = beacons.new_key(), 0
             link = self._links[address] = HeartbeatLink(
-                address, self.stubs, self.on_reply, self.stale_s, self._key, self.on_failure, self.totals
+                address, self.stubs, self.on_reply, self.stale_s, self._key, self.on_failure, self.totals,
+                self.on_rtt,
             )
         self._seq += 1
         link.send(request, self._seq, reliable)

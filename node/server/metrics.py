@@ -158,6 +158,8 @@ class NodeMetrics:
                                          buckets=BUCKETS_S, registry=r)
         self.commit_seconds = Histogram("distnode_commit_seconds", "a leader's entry, proposed to committed",
                                         buckets=BUCKETS_S, registry=r)
+        self.heartbeat_rtt = Histogram("distnode_heartbeat_rtt_seconds", "a leader's beat, sent to answered",
+                                       buckets=BUCKETS_S, registry=r)
         self.pre_votes = Counter("distnode_pre_votes_started", "pre-vote rounds this node started",
                                  registry=r)
         self.relayed = Counter("distnode_relayed", "calls this node passed on to its leader", registry=r)
@@ -174,6 +176,7 @@ class NodeMetrics:
         daemon.elections.writer.on_append = self.journal_appended
         daemon.elections.on_committed = self.commit_seconds.observe
         daemon.relay.on_relay = self.relayed.inc
+        daemon.heartbeats.on_rtt = self.heartbeat_rtt.observe
         self.registry.register(StateCollector(lambda: node_state(daemon)))
 
     def job_ended(self, op: str, outcome: str, seconds: float) -> None:
