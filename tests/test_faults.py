@@ -455,7 +455,9 @@ def test_worker_paused_mid_job_its_shards_move_promptly() -> None:
         def pause_until_declared_dead() -> None:
             logged = len(cluster.log(leader))
             cluster.pause(worker)
-            wait_until(lambda: f"peer {worker} (" in cluster.log(leader)[logged:], 10,
+            declared = f"peer {worker} ("  # then its address, then "missed heartbeats: dead"
+            wait_until(lambda: any(declared in line and "missed heartbeats: dead" in line
+                                   for line in cluster.log(leader)[logged:].splitlines()), 10,
                        f"{leader} to declare {worker} dead", cluster.logs)
             cluster.resume(worker)
 
