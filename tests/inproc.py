@@ -10,7 +10,10 @@ from typing import Any
 
 import grpc
 
+from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
+from node.channels import ChannelFactory
+from node.security import TlsFiles
 from node.server.daemon import Daemon
 
 #: Fast in-process timing: a leader in well under 100 ms.
@@ -25,6 +28,15 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{logs()}")
         time.sleep(interval_s)
+
+
+def own_status(address: str, timeout_s: float = 0.5, tls: TlsFiles | None = None) -> Any:
+    """One node's own Status reply (its view, no client logic in between); None if it does not answer."""
+    with ChannelFactory(tls).blocking(address) as channel:
+        try:
+            return pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return None
 
 
 async def poll(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc import wait_until
+from inproc import own_status, wait_until
 
 from node import Client, LocalCluster
 from node.core.compute import reduce_all, validate_job
@@ -237,7 +237,7 @@ def test_status_around_a_leader_kill_never_shows_two_leaders(cluster: LocalClust
     new = None
     while new is None and time.monotonic() < deadline:
         for node in survivors:
-            view = own_view(cluster.address(node))
+            view = own_status(cluster.address(node))
             if view is None:
                 continue
             leaders = [n.id for n in view.nodes if n.role == "leader"]
@@ -249,20 +249,6 @@ def test_status_around_a_leader_kill_never_shows_two_leaders(cluster: LocalClust
     assert (view.leader, view.answered_by) == (new, new)
     dead = next(n for n in view.nodes if n.id == old)
     assert (dead.role, dead.alive) == ("unknown", False), view
-
-
-def own_view(address: str) -> Any:
-    """One node's own Status reply (no client logic in between); None if it does not answer."""
-    import grpc
-
-    from node._proto import distnode_pb2 as pb
-    from node._proto import distnode_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            return pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=0.5)
-        except grpc.RpcError:
-            return None
 
 
 STARTS = 8

@@ -9,10 +9,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from inproc import wait_until
+from inproc import own_status, wait_until
 
 from cli.main import EXIT_USAGE
 from node import LocalCluster
@@ -25,16 +24,9 @@ pytestmark = pytest.mark.process
 
 def own_log(address: str) -> tuple[int, int] | None:
     """(log_index, commit_index) from one node's own Status; None if it does not answer."""
-    import grpc
-
-    from node._proto import distnode_pb2 as pb
-    from node._proto import distnode_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply: Any = pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=0.5)
-        except grpc.RpcError:
-            return None
+    reply = own_status(address)
+    if reply is None:
+        return None
     return int(reply.log_index), int(reply.commit_index)
 
 

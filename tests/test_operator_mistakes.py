@@ -15,12 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
+from inproc import own_status
 
 from node import Client
-from node._proto import distnode_pb2 as pb
-from node._proto import distnode_pb2_grpc as pb_grpc
 from node.testing.ports import free_ports
 
 pytestmark = pytest.mark.process
@@ -70,15 +68,6 @@ def nodes(tmp_path: Path) -> Iterator[Nodes]:
         started.stop()
 
 
-def own_status(address: str) -> Any:
-    """A node's own Status (its view, not its leader's); None if it does not answer."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            return pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=1)
-        except grpc.RpcError:
-            return None
-
-
 def until(check: Callable[[], Any], what: str, nodes: Nodes, timeout_s: float = 30) -> Any:
     deadline = time.monotonic() + timeout_s
     while not (found := check()):
@@ -90,7 +79,8 @@ def until(check: Callable[[], Any], what: str, nodes: Nodes, timeout_s: float = 
 
 def leader_of(addresses: list[str]) -> tuple[str, int] | None:
     """(leader id, term) if every one of `addresses` names the same leader in the same term."""
-    views = {(s.leader_id, s.term) if s is not None else None for s in map(own_status, addresses)}
+    replies = [own_status(address, timeout_s=1) for address in addresses]
+    views = {(s.leader_id, s.term) if s is not None else None for s in replies}
     if len(views) != 1:
         return None
     (view,) = views
@@ -126,7 +116,7 @@ def test_two_nodes_with_one_id_are_refused_and_the_others_elect(nodes: Nodes) ->
         else:
             other = n2b if address == n2a else n2a
             assert len(lines) == 1 and f"peer {other}: answers as n2, this node's own id" in lines[0], lines
-    status = own_status(n1 if leader == "n1" else n3)
+    status = own_status(n1 if leader == "n1" else n3, timeout_s=1)
     problems = {n.address: n.problem for n in status.nodes}
     assert problems[n2a] == problems[n2b] == f"n2 answers at {n2a} and {n2b}"
 
@@ -166,7 +156,7 @@ def test_peer_lists_that_differ_are_named_and_terms_do_not_climb(nodes: Nodes) -
                                         f"{name}'s warning", nodes).splitlines() if "cluster of 2" in line]
         assert len(lines) == 1 and f"peer n3 ({n3}) runs with a cluster of 2 nodes (its --peers and" \
             " itself), this node 3: the --peers lists differ" in lines[0], lines
-    terms = [s.term for s in map(own_status, (n1, n2, n3)) if s is not None]
+    terms = [s.term for s in (own_status(a, timeout_s=1) for a in (n1, n2, n3)) if s is not None]
     assert len(terms) == 3 and max(terms) <= term + 1, f"terms climbed: {terms} from {term}\n{nodes.all_logs()}"
 
 
@@ -191,7 +181,7 @@ def test_peers_that_are_not_distnodes_are_said_once_and_shown_in_status(nodes: N
         stays_elected([n1, n2, n3], nodes)
 
         def both_failing_often() -> Any:
-            status = own_status(n1)
+            status = own_status(n1, timeout_s=1)
             bad = [n for n in status.nodes if n.address in (http_address, closed)] if status else []
             return len(bad) == 2 and all(n.problem and n.failures >= 10 for n in bad) and bad
 
@@ -238,7 +228,6 @@ def _cert_for_another_name(certs: Path, stem: str) -> None:
 def test_a_peer_with_a_wrong_tls_name_is_said_once_and_shown_in_status(nodes: Nodes, tmp_path: Path) -> None:
     """Mutual TLS, and n3's certificate names another host: n1 and n2 cannot dial it
     (it can dial them). They elect, serve, and each says so once, with the reason."""
-    from node.channels import ChannelFactory
     from node.security import TlsFiles
     from node.testing.certs import make_certs
 
@@ -255,11 +244,9 @@ def test_a_peer_with_a_wrong_tls_name_is_said_once_and_shown_in_status(nodes: No
 
     def failing_on(address: str) -> Any:
         """`address`'s own view of n3, once it has failed to reach it a few times."""
-        with ChannelFactory(client_tls).blocking(address) as channel:
-            try:
-                status = pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=1)
-            except grpc.RpcError:
-                return None
+        status = own_status(address, timeout_s=1, tls=client_tls)
+        if status is None:
+            return None
         row = next(n for n in status.nodes if n.address == n3)
         return status.leader_id in ("n1", "n2") and row.problem and row.failures >= 3 and row
 
