@@ -15,6 +15,7 @@ eleven ops, `outcome` one of OUTCOMES.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from node.core.messages import Role
-from node.errors import ClusterUnavailable, InvalidJob, JobCancelled, JobError, LimitExceeded
+from node.errors import ClusterUnavailable, InvalidJob, JobCancelled, LimitExceeded
 
 if TYPE_CHECKING:
     from node.core.election import Election
@@ -70,11 +71,9 @@ def outcome_of(exc: BaseException) -> str:
         return "cancelled"
     if isinstance(exc, InvalidJob | LimitExceeded):
         return "refused"  # the job or a limit said no before anything ran
-    if isinstance(exc, JobError):
-        return "failed"
     if isinstance(exc, ClusterUnavailable):
         return "abandoned"  # leadership lost, or the caller that drove it went away
-    return "failed"
+    return "failed"  # a JobError (a worker, a timeout), or anything unforeseen
 
 
 @dataclass
@@ -142,32 +141,28 @@ class StateCollector(Collector):
 class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.leader_changes = Counter("distnode_leader_changes_seen", "leaders seen to change", registry=r)
-        self.elections = Counter("distnode_elections_started", "elections this node started", registry=r)
-        self.jobs = Counter("distnode_jobs", "jobs run as leader, by how they ended", ["outcome"], registry=r)
-        self.job_seconds = Histogram("distnode_job_duration_seconds", "jobs run as leader, start to answer",
-                                     ["op"], buckets=BUCKETS_S, registry=r)
-        self.shards = Counter("distnode_shards_computed", "shards this node computed", registry=r)
-        self.shard_seconds = Histogram("distnode_shard_duration_seconds", "one shard's computation",
-                                       buckets=BUCKETS_S, registry=r)
-        self.journal_writes = Counter("distnode_journal_writes", "records appended to the journal",
-                                      registry=r)
-        self.journal_entries = Counter("distnode_journal_entries", "log entries appended", registry=r)
-        self.journal_seconds = Histogram("distnode_journal_write_seconds", "one append: write and fsync",
-                                         buckets=BUCKETS_S, registry=r)
-        self.commit_seconds = Histogram("distnode_commit_seconds", "a leader's entry, proposed to committed",
-                                        buckets=BUCKETS_S, registry=r)
-        self.heartbeat_rtt = Histogram("distnode_heartbeat_rtt_seconds", "a leader's beat, sent to answered",
-                                       buckets=BUCKETS_S, registry=r)
-        self.pre_votes = Counter("distnode_pre_votes_started", "pre-vote rounds this node started",
-                                 registry=r)
-        self.relayed = Counter("distnode_relayed", "calls this node passed on to its leader", registry=r)
-        self.bytes_read = Counter("distnode_source_bytes_read", "bytes of source data this node computed on",
-                                  ["kind"], registry=r)
+        count = functools.partial(Counter, registry=self.registry)
+        timing = functools.partial(Histogram, buckets=BUCKETS_S, registry=self.registry)
+        self.leader_changes = count("distnode_leader_changes_seen", "leaders seen to change")
+        self.elections = count("distnode_elections_started", "elections this node started")
+        self.pre_votes = count("distnode_pre_votes_started", "pre-vote rounds this node started")
+        self.jobs = count("distnode_jobs", "jobs run as leader, by how they ended", ["outcome"])
+        self.job_seconds = timing("distnode_job_duration_seconds", "jobs run as leader, start to answer",
+                                  ["op"])
+        self.shards = count("distnode_shards_computed", "shards this node computed")
+        self.shard_seconds = timing("distnode_shard_duration_seconds", "one shard's computation")
+        self.bytes_read = count("distnode_source_bytes_read", "bytes of source data this node computed on",
+                                ["kind"])
+        self.journal_writes = count("distnode_journal_writes", "records appended to the journal")
+        self.journal_entries = count("distnode_journal_entries", "log entries appended")
+        self.journal_seconds = timing("distnode_journal_write_seconds", "one append: write and fsync")
+        self.commit_seconds = timing("distnode_commit_seconds", "a leader's entry, proposed to committed")
+        self.heartbeat_rtt = timing("distnode_heartbeat_rtt_seconds", "a leader's beat, sent to answered")
+        self.relayed = count("distnode_relayed", "calls this node passed on to its leader")
         # Children looked up once: `labels()` takes a lock and builds a key on every call.
         self._ended = {outcome: self.jobs.labels(outcome) for outcome in OUTCOMES}  # all exported, at 0
         self._took: dict[str, Histogram] = {}
+        self._read: dict[str, Counter] = {}
         #: The last leader seen (a change of it is counted).
         self._leader: str | None = None
 
@@ -196,7 +191,10 @@ class NodeMetrics:
             self.shard_seconds.observe(time.perf_counter() - started)
             self.shards.inc()
             kind = job.source.split(":", 1)[0]
-            self.bytes_read.labels(kind).inc((stop - start) * (source.cols or 1) * source.dtype.itemsize)
+            read = self._read.get(kind)
+            if read is None:
+                read = self._read[kind] = self.bytes_read.labels(kind)
+            read.inc((stop - start) * (source.cols or 1) * source.dtype.itemsize)
             return result
         return run
 
