@@ -63,11 +63,11 @@ def describe(exc: grpc.aio.AioRpcError, timeout_s: float) -> str:
 
 
 class IdDiscovery:
-    def __init__(self, peers: PeerTable, stubs: StubCache, settings: dict[str, int] | None = None) -> None:
+    def __init__(self, peers: PeerTable, stubs: StubCache, settings: dict[str, int]) -> None:
         self.peers = peers
         self.stubs = stubs
         #: Ours, as our Status states them (shared_settings).
-        self.settings = settings or {}
+        self.settings = settings
         #: (address, setting) already warned of.
         self._warned: set[tuple[str, str]] = set()
         #: Peers whose Status was read at least once (its settings compared).
@@ -138,7 +138,7 @@ class IdDiscovery:
             return
         self.peers.learn(address, reply.node_id, reply.sources)
         self._asked.add(address)
-        for setting, what in mismatches(self.settings, reply).items() if self.settings else ():
+        for setting, what in mismatches(self.settings, reply).items():
             if (address, setting) not in self._warned:
                 self._warned.add((address, setting))
                 log.warning("peer %s runs with %s; give every node the same", self.peers.name(address), what)
