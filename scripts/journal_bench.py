@@ -20,7 +20,7 @@
    the same run without a kill, for reference.
 5. Journal size after 1,000,000 small jobs with default retention: a one-node
    daemon in this process records 10^6 answered jobs through its ledger (the
-   attached path: batches, fsync, the table, snapshots every 4096 entries),
+   attached path: batches, fsync, the table, snapshots every 4096 entries or 4 MiB),
    and the journal's bytes on disk are read at 10^4, 10^5 and 10^6 jobs.
 """
 

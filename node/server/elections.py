@@ -4,9 +4,11 @@ Every input reaches the core through here, after the clock has fed it the
 ticks elapsed (`catch_up`), so it sees time and messages in their real order.
 Its outputs are executed in list order: `Persist` is written and fsync'd
 (statestore.py) before any later `Send` leaves ("persist before you send"),
-vote requests go out as RPCs whose replies are stepped back in, heartbeats go
-out on the leader's links (heartbeats.py), and `RoleChanged` is logged and
-passed on to the daemon.
+and so is a follower's `AppendLog` before its reply; a leader's own `AppendLog`
+is written in a thread while its AppendEntries go out, and the replies wait
+for it (logwriter.py). Vote requests go out as RPCs whose replies are stepped
+back in, heartbeats go out on the leader's links (heartbeats.py), and
+`RoleChanged` is logged and passed on to the daemon.
 
 The core is also the failure detector: `judge_peers` copies its verdict into
 the peer table that the job scheduler reads.
