@@ -553,22 +553,48 @@ Global___ProgressRequest: _TypeAlias = ProgressRequest  # noqa: Y015
 class ProgressReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ShardsByNodeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     KNOWN_FIELD_NUMBER: _builtins.int
     SHARDS_DONE_FIELD_NUMBER: _builtins.int
     SHARDS_TOTAL_FIELD_NUMBER: _builtins.int
+    SHARDS_BY_NODE_FIELD_NUMBER: _builtins.int
     known: _builtins.bool
     shards_done: _builtins.int
     shards_total: _builtins.int
+    @_builtins.property
+    def shards_by_node(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Shards each node (by id) has delivered so far, while the job runs."""
+
     def __init__(
         self,
         *,
         known: _builtins.bool = ...,
         shards_done: _builtins.int = ...,
         shards_total: _builtins.int = ...,
+        shards_by_node: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["known", b"known", "shards_done", b"shards_done", "shards_total", b"shards_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known", b"known", "shards_by_node", b"shards_by_node", "shards_done", b"shards_done", "shards_total", b"shards_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,6 +99,8 @@ class JobProgress:
     known: bool
     shards_done: int
     shards_total: int
+    #: Shards each node (by id) has delivered, while the job runs on this leader.
+    by_node: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

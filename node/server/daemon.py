@@ -329,7 +329,7 @@ class Daemon:
         if not self.is_leader:
             return await self.relay.progress(job_id)
         await self.compute_ready()
-        return JobProgress(*self.jobs.progress(job_id))
+        return JobProgress(*self.jobs.progress(job_id), self.jobs.shards_by_node(job_id))
 
     async def status(self) -> StatusView:
         return dataclasses.replace(

@@ -16,6 +16,7 @@ only with --insecure, as this side has no TLS and no token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -54,20 +55,22 @@ def status_document(
 async def running_jobs(
     own: list[dict[str, Any]], table: JobTable, progress: Callable[[str], Awaitable[JobProgress]]
 ) -> list[dict[str, Any]]:
-    """The jobs this node runs as leader; on a follower, the table's running jobs with their
-    progress asked of the leader (a follower's page shows them too, and goes on showing
-    them when the leader changes)."""
+    """The jobs this node runs as leader; on a follower, the table's running (detached) jobs
+    with their progress asked of the leader, all at once (a follower's page shows them too,
+    and goes on showing them when the leader changes)."""
     if own:
         return own
+    records = table.jobs(state="running", limit=RECENT_JOBS)
+    asked = await asyncio.gather(*(progress(r.job_id) for r in records), return_exceptions=True)
     found = []
-    for record in table.jobs(state="running", limit=RECENT_JOBS):
-        try:
-            known = await progress(record.job_id)
-        except ClusterError:
+    for record, known in zip(records, asked, strict=True):
+        if isinstance(known, ClusterError):
             continue  # no leader to ask just now
+        if isinstance(known, BaseException):
+            raise known
         found.append({"job_id": record.job_id, "op": record.op, "source": record.source,
                       "shards": known.shards_total, "shards_done": known.shards_done,
-                      "nodes": {}})  # who computed which: the leader's page shows it
+                      "nodes": known.by_node})
     return found
 
 

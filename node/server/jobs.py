@@ -372,7 +372,7 @@ class JobManager:
     def running(self) -> list[dict[str, object]]:
         """The jobs running now, with their shard progress (for /status.json)."""
         return [{"job_id": job_id, "op": run.job.op, "source": run.job.source, "shards": len(run.shards),
-                 "shards_done": run.shards_received, "nodes": dict(sorted(run.by_node.items()))}
+                 "shards_done": run.shards_received, "nodes": self.shards_by_node(job_id)}
                 for job_id, run in self._running.items()]
 
     def progress(self, job_id: str) -> tuple[bool, int, int]:
@@ -384,6 +384,11 @@ class JobManager:
         if known is not None:
             return True, known[1].shards, known[1].shards
         return False, 0, 0
+
+    def shards_by_node(self, job_id: str) -> dict[str, int]:
+        """Shards each node has delivered so far of a running job (empty once it has ended)."""
+        run = self._running.get(job_id)
+        return dict(sorted(run.by_node.items())) if run is not None else {}
 
     def cancel(self, job_id: str) -> None:
         """The job was cancelled: end its run, if one is going (its caller gets JobCancelled)."""

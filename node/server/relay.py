@@ -81,7 +81,7 @@ class Relay:
     async def progress(self, job_id: str) -> JobProgress:
         stub = self.stubs.stub(self._leader())
         reply = await self._relay(stub.Progress(pb.ProgressRequest(job_id=job_id), timeout=RELAY_PROBE_S))
-        return JobProgress(reply.known, reply.shards_done, reply.shards_total)
+        return JobProgress(reply.known, reply.shards_done, reply.shards_total, dict(reply.shards_by_node))
 
     async def result(self, job_id: str, wait_s: float) -> JobView | None:
         """The leader's record of a job this follower has not applied yet; None if there is

@@ -239,7 +239,8 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def Progress(self, request: pb.ProgressRequest, context: Context) -> pb.ProgressReply:
         progress = await answer(self.node, context, self.node.progress(request.job_id))
         return pb.ProgressReply(
-            known=progress.known, shards_done=progress.shards_done, shards_total=progress.shards_total
+            known=progress.known, shards_done=progress.shards_done, shards_total=progress.shards_total,
+            shards_by_node=progress.by_node,
         )
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusReply:
