@@ -41,6 +41,18 @@ How it is kept fair (all systems, same machine, same run, one at a time):
   timed; MPI times inside one `mpiexec` launch (`Barrier`, `Wtime`, partial
   sum of the rank's contiguous third, `comm.reduce(op=SUM, root=0)`, clock
   stopped on rank 0); Dask and Ray time after their cluster is up.
+- Interleaved rounds for the big figures (benchlib/rounds.py): distnode,
+  mpi4py and numpy stay up (the peers as servers reading one figure per
+  line) and each runs the figure once per round, the order turned by one
+  each round, so the machine's drift (15-60 % within an hour here) lands on
+  all alike. The table's ratio is the median of the rounds' ratios; each
+  system's absolute median is kept. Dask and Ray keep their own phase:
+  their idle schedulers would use CPU charged to whoever runs beside them.
+- Scaling: the big sum on 1, 2, 3 and 4 nodes beside mpi4py at 1..4 ranks
+  and numpy, all up at once and all in the same rounds (so "2 nodes over 1"
+  is a ratio within rounds too), with the CPU time every system's processes
+  spend per job (the runners' own process time summed over ranks;
+  distnode's daemons from /proc schedstat plus this process, the client).
 - Warm-ups excluded, medians reported. Every timed figure runs `warmup`
   untimed reps first (2 for big jobs, 50/20 for small jobs), then the median
   (and nearest-rank p99 where it matters) of the timed reps; the JSON keeps

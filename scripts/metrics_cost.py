@@ -52,8 +52,8 @@ def main() -> int:
         off = unpack(args.rev, Path(tmp) / "off")
         with (off / "node/server/metrics.py").open("a") as metrics:
             metrics.write(SWITCH_OFF)
-        command = [sys.executable, str(on / "scripts/journal_bench.py"), "--ref", str(off), "--after", str(on),
-                   "--parts", "ab", "--rounds", str(args.rounds), "--acks", "20"]
+        command = [sys.executable, str(on / "scripts/journal_bench.py"), "--ref", str(off),
+                   "--after", str(on), "--parts", "ab", "--rounds", str(args.rounds), "--acks", "20"]
         if args.json is not None:
             command += ["--json", str(args.json.resolve())]
         return subprocess.run(command, check=False).returncode

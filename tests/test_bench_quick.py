@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT / "scripts"))  # benchlib, for its markers
 BENCH = ROOT / "scripts" / "bench.py"
 FIGURES = {
     "big_sum", "big_square_sum", "small_p50", "small_p99", "throughput", "vector_reduce",
+    "scaling_1", "scaling_2", "scaling_3", "scaling_4", "scaling_2_over_1",
+    "scaling_cpu_1", "scaling_cpu_2", "scaling_cpu_3", "scaling_cpu_4",
     "formats_npy", "formats_zarr3", "formats_zarr3_zstd", "formats_hdf5", "formats_parquet", "formats_identity",
     "start",
     "failover_median", "failover_max", "kill_crossing", "idle_rss", "idle_cpu", "idle_cpu_grpc",
@@ -72,6 +74,17 @@ def test_bench_quick_writes_table_json_and_page(tmp_path: Path) -> None:
     # The data dir given on the command line is kept only with --keep-data.
     assert not list((tmp_path / "data").glob("*.npy"))
     assert not list((tmp_path / "data").glob("big-*"))  # nor the format copies
+    # The big figures ran in rounds beside numpy (always there) and mpi4py (when installed): one
+    # ratio per round, and the median the table checks; numpy's reps were timed in the same rounds.
+    for figure in ("big_sum", "big_square_sum", "vector_reduce"):
+        ratios = result["rounds"][figure]["numpy"]
+        assert len(ratios["per_round"]) == result["params"]["reps"] and ratios["median"] > 0
+        assert result["peers"]["numpy"][figure]["n"] == result["params"]["reps"]
+        assert ("mpi4py" in result["rounds"][figure]) == ("mpi4py" not in result["skipped"])
+    scaling = distnode["scaling"]
+    assert scaling["wrong_answers"] == [] and scaling["nodes"] == [1, 2, 3, 4]
+    assert all(scaling["systems"][f"distnode {n}"]["cpu_ms"] > 0 for n in scaling["nodes"])
+    assert scaling["distnode_2_over_1"] > 0 and set(scaling["ratios"]["3"]) >= {"numpy"}
     # Each timed figure keeps its spread beside its median.
     assert {"min_ms", "p25_ms", "p75_ms", "max_ms"} <= set(distnode["big"]["big_sum"])
     assert distnode["big"]["big_sum"]["min_ms"] <= distnode["big"]["big_sum"]["median_ms"]

@@ -8,12 +8,21 @@ when the reduced value arrives. Vector reduce: each rank holds one row of the
 Process start-up and `MPI_Init` are outside the timed region, as distnode's
 daemons are already running when its jobs are timed. Warm-up reps are run
 and dropped. Rank 0 prints one `BENCH_RESULT {json}` line.
+
+With `"serve": true` in the spec the ranks time nothing by themselves: rank 0
+reads one figure name per line on stdin and passes it to every rank
+(`Ibcast`, waited on with short sleeps so idle ranks do not spin on a
+core the other systems need); the ranks run it once, timed as above, and
+rank 0 prints one `BENCH_REP` line with the CPU time of all ranks summed,
+until `quit` (the bench's interleaved rounds, benchlib/rounds.py). Any
+number of ranks: the vector reduce is offered when there is a row per rank.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +35,8 @@ def main() -> int:
 
     spec = json.loads(sys.argv[1])
     comm = MPI.COMM_WORLD
+    if spec.get("serve"):
+        return serve(spec, comm, MPI)
     rank, size = comm.Get_rank(), comm.Get_size()
     reps, warmup = int(spec["reps"]), int(spec["warmup"])
     out: dict[str, Any] = {"ranks": size, "library": MPI.Get_library_version().splitlines()[0].strip()}
@@ -63,6 +74,51 @@ def main() -> int:
     if rank == 0:
         peerdata.emit(out)
     return 0
+
+
+#: How often an idle rank looks for the next command: far below a big job's time, and
+#: spent before the Barrier, off the clock.
+IDLE_POLL_S = 0.001
+
+
+def serve(spec: dict[str, Any], comm: Any, mpi: Any) -> int:
+    import peerdata
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    data = peerdata.memmap(spec["big"])
+    start, stop = peerdata.thirds(int(data.shape[0]), size)[rank]
+    mine = data[start:stop]
+    bodies: dict[str, Callable[[], Any]] = {
+        "big_sum": lambda: comm.reduce(float(np.sum(mine)), op=mpi.SUM, root=0),
+        "big_square_sum": lambda: comm.reduce(float(np.sum(np.square(mine))), op=mpi.SUM, root=0),
+    }
+    if peerdata.memmap(spec["vec"]).shape[0] == size:
+        row = peerdata.row(spec["vec"], rank)
+        total = np.empty_like(row) if rank == 0 else None
+
+        def reduce_vector() -> float | None:
+            comm.Reduce(row, total, op=mpi.SUM, root=0)
+            return float(total[0]) if total is not None else None
+
+        bodies["vector_reduce"] = reduce_vector
+    names = [peerdata.QUIT, *bodies]
+    command = np.zeros(1, dtype=np.int64)
+    while True:
+        if rank == 0:
+            command[0] = names.index(sys.stdin.readline().strip() or peerdata.QUIT)
+        request = comm.Ibcast(command, root=0)
+        while not request.Test():
+            time.sleep(IDLE_POLL_S)
+        figure = names[int(command[0])]
+        if figure == peerdata.QUIT:
+            return 0
+        comm.Barrier()
+        cpu0_s, t0 = time.process_time(), mpi.Wtime()
+        value = bodies[figure]()
+        elapsed_s = mpi.Wtime() - t0
+        cpu_s = comm.reduce(time.process_time() - cpu0_s, op=mpi.SUM, root=0)
+        if rank == 0:
+            peerdata.emit_rep(figure, elapsed_s, value, cpu_s)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,17 @@ over chunks of 2^23 elements (no 800 MB temporary). Vector reduce:
 `np.sum(matrix, axis=0)` over the (3, N) map. Formats: the format's own
 library reads the whole array, then `np.sum` (format_jobs.py). Warm-ups
 dropped; prints one `BENCH_RESULT {json}` line.
+
+With `"serve": true` in the spec it times nothing by itself: it reads one
+figure name per line on stdin, runs it once and prints one `BENCH_REP`
+line, until `quit` (the bench's interleaved rounds, benchlib/rounds.py).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +27,8 @@ def main() -> int:
     import peerdata
 
     spec = json.loads(sys.argv[1])
+    if spec.get("serve"):
+        return serve(spec)
     reps, warmup = int(spec["reps"]), int(spec["warmup"])
     out: dict[str, Any] = {"processes": 1, "numpy": np.__version__}
 
@@ -51,6 +58,28 @@ def main() -> int:
         jobs = {name: format_jobs.read_whole(file) for name, file in spec["formats"].items()}
         out["formats"] = format_jobs.interleaved(jobs, reps, warmup)
     peerdata.emit(out)
+    return 0
+
+
+def serve(spec: dict[str, Any]) -> int:
+    import peerdata
+
+    data = peerdata.memmap(spec["big"])
+    parts = peerdata.chunks(int(data.shape[0]))
+    matrix = peerdata.memmap(spec["vec"])
+    bodies: dict[str, Callable[[], float]] = {
+        "big_sum": lambda: float(np.sum(data)),
+        "big_square_sum": lambda: float(sum(float(np.sum(np.square(data[a:b]))) for a, b in parts)),
+        "vector_reduce": lambda: float(np.sum(matrix, axis=0)[0]),
+    }
+    for line in sys.stdin:
+        figure = line.strip()
+        if figure == peerdata.QUIT:
+            break
+        cpu0_s, t0 = time.process_time(), time.perf_counter()
+        value = bodies[figure]()
+        elapsed_s = time.perf_counter() - t0
+        peerdata.emit_rep(figure, elapsed_s, value, time.process_time() - cpu0_s)
     return 0
 
 

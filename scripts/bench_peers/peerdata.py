@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 
 RESULT_PREFIX = "BENCH_RESULT "
+#: A serving runner's answer to one figure it was asked for on stdin (`emit_rep`).
+REP_PREFIX = "BENCH_REP "
+#: What a serving runner reads on stdin to end.
+QUIT = "quit"
 #: Dask/Ray chunk size in elements: distnode's default --shard-elems.
 CHUNK = 1 << 23
 
@@ -101,4 +105,12 @@ def summary(samples_s: list[float]) -> dict[str, Any]:
 def emit(payload: dict[str, Any]) -> None:
     """The runner's only machine-read output: one line on stdout."""
     sys.stdout.write(RESULT_PREFIX + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def emit_rep(figure: str, seconds: float, value: Any, cpu_s: float) -> None:
+    """A serving runner's answer to one figure: its wall time, its value and the CPU time the
+    system spent on it (every process of it, summed)."""
+    sys.stdout.write(REP_PREFIX + json.dumps({"figure": figure, "s": seconds, "value": value,
+                                              "cpu_s": cpu_s}) + "\n")
     sys.stdout.flush()

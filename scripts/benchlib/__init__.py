@@ -4,8 +4,10 @@
 - `loadwatch`: how busy the rest of the machine is, per phase; waiting for quiet.
 - `peers`: running MPI, Dask, Ray and numpy, each in its own process.
 - `clients`: the separate client process (small jobs, throughput).
+- `rounds`: interleaved rounds (one rep of every system per round) and the peers as servers.
+- `big_rounds`: the big-job figures and the 1..4-node scaling figure, in rounds.
 - `cluster_phases`: the figures measured on one 3-node distnode cluster.
-- `fresh_phases`: the figures that need fresh clusters (start, idle on gRPC, 16 nodes).
+- `fresh_phases`: the figures that need fresh clusters (scaling, start, idle on gRPC, 16 nodes).
 - `rows`: the JSON read back as the table's rows.
 - `report`: targets, the table and the notes under it.
 - `page`: docs/benchmarks.md; `chart`: the PNG.

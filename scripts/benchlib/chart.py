@@ -1,4 +1,5 @@
-"""The bar chart of the big-job and small-job figures per system, drawn from the rows.
+"""The chart: bars of the big-job and small-job figures per system, and the big sum's time
+against the node count (distnode, mpi4py at as many ranks, numpy's one process), from the rows.
 
 matplotlib is optional (the `[bench]` extra): without it the chart is
 skipped with a reason, and the run goes on.
@@ -28,9 +29,12 @@ def write_png(path: Path, res: dict[str, Any], rows: list[Row]) -> str | None:
     import matplotlib.pyplot as plt
 
     by_key = {row.key: row for row in rows}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, (title, keys) in zip(axes, PANELS, strict=True):
+    scaling = [row for row in rows if row.key.startswith("scaling_") and row.key[8:].isdigit()]
+    fig, axes = plt.subplots(1, 3 if scaling else 2, figsize=(18 if scaling else 12, 4.5))
+    for ax, (title, keys) in zip(axes, PANELS, strict=False):
         _panel(ax, title, [by_key[k] for k in keys], plt.get_cmap("tab10"))
+    if scaling:
+        _scaling_panel(axes[2], scaling, plt.get_cmap("tab10"))
     fig.suptitle(f"distnode vs peers ({'quick' if res['params']['quick'] else 'full'} run, "
                  f"{res['environment']['nproc']} CPUs)")
     fig.tight_layout()
@@ -57,4 +61,24 @@ def _panel(ax: Any, title: str, rows: list[Row], colours: Any) -> None:
     if rows[0].key.startswith("small") and shown:
         ax.set_yscale("log")
         ax.set_ylim(bottom=min(shown) / 2)
+    ax.legend(fontsize=8)
+
+
+def _scaling_panel(ax: Any, rows: list[Row], colours: Any) -> None:
+    """Big sum time against nodes (ranks for mpi4py); numpy's one process as a flat line."""
+    nodes = [int(row.key.rsplit("_", 1)[1]) for row in rows]
+    systems = ["distnode", *PEERS]
+    for i, system in enumerate(systems):
+        points = [(n, row.values.get(system)) for n, row in zip(nodes, rows, strict=True)]
+        shown = [(n, v) for n, v in points if v]
+        if not shown:
+            continue
+        label = f"{system} (1 process)" if system == "numpy" else system
+        ax.plot([n for n, _ in shown], [v for _, v in shown], marker="o", label=label, color=colours(i),
+                linestyle="--" if system == "numpy" else "-")
+    ax.set_xticks(nodes)
+    ax.set_xlabel("nodes (distnode) / ranks (mpi4py)")
+    ax.set_ylabel("ms")
+    ax.set_ylim(bottom=0)
+    ax.set_title("big sum vs nodes (median ms, lower is better)")
     ax.legend(fontsize=8)

@@ -18,19 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from bench_peers.peerdata import summary
 from cluster_timing import SETTLE_S, election_counts, started_cluster, time_failovers
 
 from benchlib import log
+from benchlib.big_rounds import BIG_JOB_TIMEOUT_S, measure_big
 from benchlib.clients import SMALL_SOURCE, client_process
 from benchlib.data import Data, Params, close_enough
 from benchlib.formats_phase import measure_formats
 from benchlib.loadwatch import LoadWatch
+from benchlib.rounds import run_time_s
 from node import Client, LocalCluster
-
-#: The big job's own deadline: a full-size job crossing a kill takes seconds, not minutes.
-BIG_JOB_TIMEOUT_S = 300.0
 
 
 def record(out: dict[str, Any], errors: dict[str, str], name: str, step: Callable[[], Any]) -> None:
@@ -42,10 +40,9 @@ def record(out: dict[str, Any], errors: dict[str, str], name: str, step: Callabl
         log(f"distnode {name} failed: {exc!r}")
 
 
-def measure_main_cluster(
-    data: Data, p: Params, out: dict[str, Any], errors: dict[str, str], watch: LoadWatch
-) -> None:
+def measure_main_cluster(data: Data, p: Params, res: dict[str, Any], watch: LoadWatch) -> None:
     """Everything that runs on one 3-node cluster, in an order that keeps each figure clean."""
+    out, errors = res["distnode"], res["errors"]
     # The daemons read npy: files only under their --data-root.
     with contextlib.closing(started_cluster(log, nodes=3, data_root=data.big.parent)) as cluster:
         cluster.wait_all_alive(timeout_s=30.0)
@@ -54,7 +51,7 @@ def measure_main_cluster(
             ("small", lambda: small_jobs(cluster, p.small_jobs, p.small_warmup)),
             ("throughput", lambda: client_process(
                 cluster, "throughput", seconds=p.throughput_s, inflight=p.inflight)),
-            ("big", lambda: measure_big(cluster, data, p)),
+            ("big", lambda: measure_big(cluster, data, p, res)),
             *([("formats", lambda: measure_formats(cluster, data, p))] if data.formats else []),
             ("kill_crossing", lambda: measure_kill_crossing(cluster, data, p.kill_pairs)),
             ("failover", lambda: measure_failover(cluster, p.kills)),
@@ -92,19 +89,6 @@ def proc_sample(pid: int) -> tuple[float, int, int]:
     return cpu, rss, anon
 
 
-def run_time_s(pid: int) -> float | None:
-    """CPU time of a process's live threads in nanoseconds' precision (schedstat), None if unknown.
-
-    utime+stime count whole clock ticks (10 ms): over an idle window of 30 s
-    that is a 0.03 % grain, and a ~1 % figure deserves better.
-    """
-    try:
-        return sum(int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-                   for tid in os.listdir(f"/proc/{pid}/task")) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def measure_idle(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
     """RSS and CPU of each daemon over `seconds` of doing nothing after one small job; max over nodes."""
     cluster.client.submit(op="sum", source=SMALL_SOURCE)
@@ -135,51 +119,6 @@ def measure_idle(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
 def small_jobs(cluster: LocalCluster, jobs: int, warmup: int) -> dict[str, Any]:
     latencies = client_process(cluster, "latency", jobs=jobs, warmup=warmup)["latencies_s"]
     return summary(latencies)
-
-
-def timed_jobs(
-    client: Client, p: Params, keep: Callable[[Any], Any] = float, **job: Any
-) -> tuple[list[float], list[Any]]:
-    """Client wall time per job, and `keep(answer.array)` of each answer.
-
-    `keep` runs after the clock stops and should return something small (a
-    float, a correctness flag): like the peers' runners, which keep one float
-    per rep, the bench holds no answer array across reps.
-    """
-    samples, kept = [], []
-    for rep in range(p.warmup + p.reps):
-        t0 = time.perf_counter()
-        answer = client.submit(**job)
-        elapsed = time.perf_counter() - t0
-        kept.append(keep(answer.array))
-        del answer
-        if rep >= p.warmup:
-            samples.append(elapsed)
-    return samples, kept
-
-
-def measure_big(cluster: LocalCluster, data: Data, p: Params) -> dict[str, Any]:
-    """Big sum, square-then-sum and the vector reduce, each answer checked against numpy's."""
-    out: dict[str, Any] = {}
-    big = f"npy:{data.big}"
-
-    def vector_check(array: Any) -> tuple[bool, float]:
-        return bool(np.allclose(array, data.expected_vec, rtol=1e-12, atol=1e-9)), float(array[0])
-
-    with Client(cluster.addresses, timeout=BIG_JOB_TIMEOUT_S) as client:
-        samples, results = timed_jobs(client, p, op="sum", source=big)
-        out["big_sum"] = {**summary(samples), "result": float(results[-1]),
-                          "correct": all(close_enough(r, data.expected_sum) for r in results),
-                          "bit_identical": len({float(r).hex() for r in results}) == 1}
-        samples, results = timed_jobs(client, p, op="sum", source=big, map="square")
-        out["big_square_sum"] = {**summary(samples), "result": float(results[-1]),
-                                 "correct": all(close_enough(r, data.expected_square_sum) for r in results)}
-        samples, results = timed_jobs(client, p, vector_check, op="sum", source=f"npy:{data.vec}", axis=0)
-        out["vector_reduce"] = {**summary(samples), "result_first": results[-1][1],
-                                "correct": all(ok for ok, _ in results)}
-    for key in ("big_sum", "big_square_sum", "vector_reduce"):
-        log(f"distnode {key}: median {out[key]['median_ms']:.1f} ms, correct {out[key]['correct']}")
-    return out
 
 
 # -- faults -----------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The distnode figures that need clusters of their own: start-up, idle with every heartbeat
-on gRPC, and 16 nodes; and `run_distnode`, the order in which a run measures distnode.
+"""The distnode figures that need clusters of their own: the big sum on 1..4 nodes, start-up,
+idle with every heartbeat on gRPC, and 16 nodes; and `run_distnode`, the order in which a run
+measures distnode.
 
 Start-up is measured on fresh clusters because a start is the figure; the
 gRPC-heartbeat idle figure needs daemons started with `--no-udp-heartbeats`;
@@ -18,21 +19,23 @@ from bench_peers.peerdata import summary
 from cluster_timing import election_counts, first_leader_s, last_listening_s, started_cluster, timed_start
 
 from benchlib import log
+from benchlib.big_rounds import measure_scaling
 from benchlib.cluster_phases import measure_idle, measure_main_cluster, record, small_jobs
 from benchlib.data import Data, Params
 from benchlib.loadwatch import LoadWatch
 from node import LocalCluster
 
 #: Groups `--skip-distnode` can leave out, "main" being the 3-node cluster's figures.
-GROUPS = ("main", "start", "idle_grpc", "scale")
+GROUPS = ("main", "scaling", "start", "idle_grpc", "scale")
 
 
 def run_distnode(res: dict[str, Any], data: Data, p: Params, watch: LoadWatch, skip: set[str]) -> None:
     """Every distnode figure into `res["distnode"]`; a figure that fails goes to `res["errors"]`."""
     d, errors = res["distnode"], res["errors"]
     if "main" not in skip:
-        measure_main_cluster(data, p, d, errors, watch)
+        measure_main_cluster(data, p, res, watch)
     groups: dict[str, Callable[[], Any]] = {
+        "scaling": lambda: measure_scaling(data, p, res["skipped"]),
         "start": lambda: measure_start(p.start_reps),
         "idle_grpc": lambda: measure_idle_grpc(p.idle_s),
         "scale": lambda: measure_scale(p),

@@ -64,7 +64,7 @@ def write_page(res: dict[str, Any], path: Path, chart: Path | None) -> None:
 def render_page(res: dict[str, Any], chart_link: str | None) -> str:
     p = Params.from_json(res["params"])
     rows = build_rows(res, p)
-    parts = [_header(p), _machine(res["environment"]), _results(res, rows), _spread(rows)]
+    parts = [_header(p), _machine(res["environment"]), _results(res, rows), _rounds(res), _spread(rows)]
     if chart_link is not None:
         parts.append(f"## Chart\n\n![distnode and its peers, big jobs and small jobs]({chart_link})")
     return "\n\n".join(parts) + "\n"
@@ -118,6 +118,19 @@ def _results(res: dict[str, Any], rows: list[Row]) -> str:
              "the peer did not run (the notes say why); \"—\": not measured for that system.")
     notes = "\n".join(f"- {note}" for note in result_notes(res))
     return f"## Results\n\n{intro}\n\n{render_table(rows, res['skipped'])}\n\n{notes}"
+
+
+def _rounds(res: dict[str, Any]) -> str:
+    """Each interleaved round's ratio, distnode over the peer, for the big figures."""
+    intro = ("The big figures ran in interleaved rounds: one rep of every system per round, the order "
+             "turned by one each round, so the machine's drift lands on all alike. Each cell is "
+             "distnode's time over the peer's in one round; the table's ratio is their median.")
+    lines = ["| figure | against | median | each round |", "|---|---|---|---|"]
+    for figure, against in (res.get("rounds") or {}).items():
+        for peer, found in against.items():
+            each = " ".join(f"{ratio:.2f}" for ratio in found["per_round"])
+            lines.append(f"| {figure} | {peer} | {found['median']:.2f} | {each} |")
+    return f"## Interleaved rounds\n\n{intro}\n\n" + "\n".join(lines)
 
 
 def _spread(rows: list[Row]) -> str:

@@ -26,10 +26,12 @@ from benchlib.loadwatch import LoadWatch
 
 PEERS_DIR = Path(__file__).resolve().parents[1] / "bench_peers"
 PEERS = ("mpi4py", "dask", "ray", "numpy")
-#: The figures each peer measures; the small-job figures need a task system, which MPI and numpy are not.
-FIGURES = {
-    "mpi4py": ["big_sum", "big_square_sum", "vector_reduce"],
-    "numpy": ["big_sum", "big_square_sum", "vector_reduce"],
+#: The figures each peer measures in a phase of its own; the small-job figures need a task system,
+#: which MPI and numpy are not. mpi4py's and numpy's big figures are measured in rounds beside
+#: distnode's (benchlib/big_rounds.py).
+FIGURES: dict[str, list[str]] = {
+    "mpi4py": [],
+    "numpy": [],
     "dask": ["big_sum", "big_square_sum", "vector_reduce", "small", "throughput"],
     "ray": ["big_sum", "big_square_sum", "vector_reduce", "small", "throughput"],
 }
@@ -79,7 +81,7 @@ def peer_env() -> dict[str, str]:
     return env
 
 
-def mpi_command(spec: str) -> tuple[list[str], dict[str, str]]:
+def mpi_command(spec: str, ranks: int = 3) -> tuple[list[str], dict[str, str]]:
     mpiexec = shutil.which("mpiexec") or "mpiexec"
     version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, check=False).stdout
     command = [mpiexec]
@@ -92,7 +94,7 @@ def mpi_command(spec: str) -> tuple[list[str], dict[str, str]]:
         env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         env.setdefault("OMPI_MCA_btl", "self,vader")
         env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
-    command += ["-n", "3", sys.executable, str(PEERS_DIR / "mpi_reduce.py"), spec]
+    command += ["-n", str(ranks), sys.executable, str(PEERS_DIR / "mpi_reduce.py"), spec]
     return command, env
 
 
@@ -133,9 +135,12 @@ def run_peers(res: dict[str, Any], data: Data, p: Params, watch: LoadWatch) -> N
         if name in res["skipped"]:
             log(f"{name}: skipped ({res['skipped'][name]})")
             continue
+        if not FIGURES[name] and not (name in FORMAT_PEERS and data.formats):
+            continue  # all its figures are measured in the rounds
         watch.enter(f"{name}: running")
         try:
-            res["peers"][name] = run_peer(name, data, p, timeout_s=300 if p.quick else 1200)
+            found = run_peer(name, data, p, timeout_s=300 if p.quick else 1200)
+            res["peers"].setdefault(name, {}).update(found)
             log(f"{name}: done in {res['peers'][name]['wall_s']:.1f} s")
         except Exception as exc:
             res["skipped"][name] = f"failed: {exc}"[:2000]

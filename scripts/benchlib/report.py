@@ -41,13 +41,14 @@ def _check(
     if mine is None or reference is None:
         check["met"] = None
         return None, target, f"n/a ({f'{ref} skipped' if ref in skipped else 'no value'})", check
-    ratio = mine / reference if reference else None
+    ratio = row.round_ratios.get(ref) or (mine / reference if reference else None)
     if absolute:
         met = mine >= reference if row.higher_better else mine <= reference
         ratio_cell = None if ratio is None else f"{ratio:.2f}x target"
     else:
         met = ratio is not None and ratio <= factor
-        ratio_cell = f"{ratio:.2f}x {ref}" if ratio is not None else f"? x {ref}"
+        rounds = " (rounds)" if ref in row.round_ratios else ""
+        ratio_cell = f"{ratio:.2f}x {ref}{rounds}" if ratio is not None else f"? x {ref}"
     check.update(ratio=ratio, met=met)
     return ratio_cell, target, "yes" if met else f"**NO**{'' if absolute else f' (vs {ref})'}", check
 

@@ -1,0 +1,165 @@
+"""Interleaved rounds: one rep of every system per round, the order rotated each round.
+
+This machine's speed drifts by 15-60 % within an hour, more than the systems
+differ, so a figure measured minutes after another compares the hours, not
+the systems. In rounds, every system runs the same job once per round and
+the order turns by one each round: drift lands on all alike. The figure is
+the ratio of two systems within one round, and the headline its median
+over the rounds; each system's absolute median is kept beside it.
+
+mpi4py and numpy run as servers (`"serve": true` in their spec, see
+bench_peers/): they stay up between reps, as distnode's daemons do, and run
+one figure per line they read. Dask and Ray keep a phase of their own: their
+idle schedulers and raylets use CPU that would be charged to whoever runs
+beside them.
+
+CPU per job is the CPU time all of a system's processes spend on one rep:
+the runners report their own (summed over the ranks); distnode's is read
+from the daemons' /proc schedstat before and after, plus this process's own,
+where the client runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from bench_peers.peerdata import QUIT, REP_PREFIX, summary
+
+from node import Client, LocalCluster
+
+#: How long one rep may take before the server is declared stuck.
+REP_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Rep:
+    seconds: float
+    cpu_s: float
+    value: Any
+
+
+class Server:
+    """A peer runner in serve mode: one figure name in, one `BENCH_REP` line out."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self._stderr: IO[str] = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by close())
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self._stderr, text=True, env=env)
+        self._lines: queue.Queue[str] = queue.Queue()
+        # A thread reads stdout, so a rep can wait with a deadline and a peer's other output
+        # (MPI's warnings) never fills the pipe.
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(REP_PREFIX):
+                self._lines.put(line[len(REP_PREFIX):])
+        self._lines.put("")
+
+    def rep(self, figure: str) -> Rep:
+        assert self.process.stdin is not None
+        self.process.stdin.write(figure + "\n")
+        self.process.stdin.flush()
+        try:
+            line = self._lines.get(timeout=REP_TIMEOUT_S)
+        except queue.Empty:
+            raise RuntimeError(f"{self.name}: no answer to {figure} in {REP_TIMEOUT_S:.0f} s") from None
+        if not line:
+            raise RuntimeError(f"{self.name} ended (exit {self.process.wait()}): {self.stderr_tail()}")
+        found = json.loads(line)
+        return Rep(found["s"], found["cpu_s"], found["value"])
+
+    def stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return "\n".join(self._stderr.read().strip().splitlines()[-15:])
+
+    def close(self) -> None:
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.write(QUIT + "\n")
+            self.process.stdin.close()
+        except (OSError, ValueError):
+            pass  # already gone
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._stderr.close()
+
+
+def run_time_s(pid: int) -> float | None:
+    """CPU time of a process's live threads in nanoseconds' precision (schedstat), None if unknown.
+
+    utime+stime count whole clock ticks (10 ms): over an idle window of 30 s
+    that is a 0.03 % grain, and a ~1 % figure deserves better.
+    """
+    try:
+        return sum(int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+                   for tid in os.listdir(f"/proc/{pid}/task")) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class DistnodeJobs:
+    """distnode's reps on one running cluster, through one blocking client in this process."""
+
+    def __init__(self, cluster: LocalCluster, jobs: dict[str, dict[str, Any]],
+                 keep: dict[str, Callable[[Any], Any]], timeout_s: float) -> None:
+        self.cluster, self.jobs, self.keep = cluster, jobs, keep
+        self.client = Client(cluster.addresses, timeout=timeout_s)
+
+    def _cpu_s(self) -> float:
+        pids = [pid for nid in self.cluster.ids if (pid := self.cluster.pid(nid))]
+        return sum(run_time_s(pid) or 0.0 for pid in pids) + time.process_time()
+
+    def rep(self, figure: str) -> Rep:
+        cpu0_s, t0 = self._cpu_s(), time.perf_counter()
+        answer = self.client.submit(**self.jobs[figure])
+        elapsed_s = time.perf_counter() - t0
+        cpu_s = self._cpu_s() - cpu0_s
+        return Rep(elapsed_s, cpu_s, self.keep[figure](answer.array))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def interleaved(systems: dict[str, Callable[[], Rep]], rounds: int, warmup: int) -> dict[str, list[Rep]]:
+    """`warmup` untimed rounds, then `rounds` timed ones; round r starts at system r mod n."""
+    names = list(systems)
+    kept: dict[str, list[Rep]] = {name: [] for name in names}
+    for number in range(warmup + rounds):
+        turn = number % len(names)
+        for name in names[turn:] + names[:turn]:
+            rep = systems[name]()
+            if number >= warmup:
+                kept[name].append(rep)
+    return kept
+
+
+def described(reps: list[Rep]) -> dict[str, Any]:
+    """A system's reps as the JSON holds a figure: the time summary, and the median CPU per job."""
+    return {**summary([r.seconds for r in reps]), "cpu_ms": statistics.median(r.cpu_s for r in reps) * 1000,
+            "cpu_samples_s": [r.cpu_s for r in reps]}
+
+
+def round_ratios(reps: dict[str, list[Rep]], mine: str, others: Iterable[str]) -> dict[str, Any]:
+    """Per other system: `mine`'s time over its time, round by round, and the median."""
+    out: dict[str, Any] = {}
+    for other in others:
+        ratios = [a.seconds / b.seconds for a, b in zip(reps[mine], reps[other], strict=True)]
+        out[other] = {"per_round": ratios, "median": statistics.median(ratios)}
+    return out
