@@ -4,6 +4,8 @@ the client from the flags, call `node`, print the result (render.py)."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import time
@@ -97,6 +99,8 @@ def run_start(args: argparse.Namespace) -> int:
 async def run_submit(args: argparse.Namespace) -> int:
     if args.op == "histogram" and (args.bins is None or args.range is None):
         raise UsageError("histogram needs --bins N and --range LO:HI")
+    if args.trace is not None:
+        check_trace_file(args.trace, args.detach)
     token, tls = client_security(args)
     progress = ProgressBar() if sys.stderr.isatty() and not args.json else None
     from node.client.async_client import AsyncClient
@@ -114,16 +118,30 @@ async def run_submit(args: argparse.Namespace) -> int:
             answer = await client.submit(
                 op=args.op, source=args.source, map=args.map, axis=args.axis,
                 bins=args.bins, range=args.range, job_id=args.job_id,
-                on_progress=progress.update if progress else None,
+                on_progress=progress.update if progress else None, trace=args.trace is not None,
             )
         finally:
             if progress is not None:
                 progress.close()
+    if args.trace is not None:
+        args.trace.write_text(json.dumps(answer.trace))
     if args.json:
         print_json(answer.as_dict())
     else:
         print_answer(answer)
     return EXIT_OK
+
+
+def check_trace_file(path: Path, detach: bool) -> None:
+    """--trace: refused before anything is submitted if it cannot be written."""
+    if detach:
+        raise UsageError("--trace: a detached job has no timeline to send back; submit it without --detach")
+    if path.is_dir():
+        raise UsageError(f"--trace {path}: is a directory")
+    if not path.parent.is_dir():
+        raise UsageError(f"--trace {path}: directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"--trace {path}: not writable")
 
 
 async def run_journal(args: argparse.Namespace) -> int:

@@ -85,7 +85,8 @@ class FakeNode:
         return self._call("heartbeat", beat, beacon_key)  # type: ignore[no-any-return]
 
     async def submit(
-        self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
+        self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
+        trace: bool = False,
     ) -> Submitted:
         return self._call("submit", job_id, job, forwarded)  # type: ignore[no-any-return]
 

@@ -311,8 +311,11 @@ class SubmitRequest(_message.Message):
 
     JOB_FIELD_NUMBER: _builtins.int
     FORWARDED_FIELD_NUMBER: _builtins.int
+    TRACE_FIELD_NUMBER: _builtins.int
     forwarded: _builtins.bool
     """Set by a follower that forwards the request, so it is forwarded once only."""
+    trace: _builtins.bool
+    """Send the job's timeline with the answer (SubmitReply.trace_json)."""
     @_builtins.property
     def job(self) -> Global___JobSpec: ...
     def __init__(
@@ -320,10 +323,11 @@ class SubmitRequest(_message.Message):
         *,
         job: Global___JobSpec | None = ...,
         forwarded: _builtins.bool = ...,
+        trace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwarded", b"forwarded", "job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwarded", b"forwarded", "job", b"job", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,6 +346,7 @@ class SubmitReply(_message.Message):
     LEADER_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
     LEADER_ADDRESS_FIELD_NUMBER: _builtins.int
+    TRACE_JSON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     op: _builtins.str
     shards: _builtins.int
@@ -350,6 +355,8 @@ class SubmitReply(_message.Message):
     term: _builtins.int
     leader_address: _builtins.str
     """The leader's address, so a client can go straight there next time."""
+    trace_json: _builtins.str
+    """With SubmitRequest.trace: the job's spans as a JSON list (node/wire/trace.py)."""
     @_builtins.property
     def result(self) -> Global___Tensor: ...
     @_builtins.property
@@ -368,10 +375,11 @@ class SubmitReply(_message.Message):
         leader: _builtins.str = ...,
         term: _builtins.int = ...,
         leader_address: _builtins.str = ...,
+        trace_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "job_id", b"job_id", "leader", b"leader", "leader_address", b"leader_address", "nodes", b"nodes", "op", b"op", "result", b"result", "shards", b"shards", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "job_id", b"job_id", "leader", b"leader", "leader_address", b"leader_address", "nodes", b"nodes", "op", b"op", "result", b"result", "shards", b"shards", "term", b"term", "trace_json", b"trace_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -485,9 +493,16 @@ class Partial(_message.Message):
     SHARD_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    QUEUED_NS_FIELD_NUMBER: _builtins.int
+    STARTED_NS_FIELD_NUMBER: _builtins.int
+    FINISHED_NS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     shard: _builtins.int
     node_id: _builtins.str
+    queued_ns: _builtins.int
+    """The worker's wall clock (ns): the shard handed to its compute pool, begun, done."""
+    started_ns: _builtins.int
+    finished_ns: _builtins.int
     @_builtins.property
     def state(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
         """The op's mergeable state, e.g. {"n", "mean", "m2"} for var."""
@@ -499,10 +514,13 @@ class Partial(_message.Message):
         shard: _builtins.int = ...,
         node_id: _builtins.str = ...,
         state: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
+        queued_ns: _builtins.int = ...,
+        started_ns: _builtins.int = ...,
+        finished_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "node_id", b"node_id", "shard", b"shard", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_ns", b"finished_ns", "job_id", b"job_id", "node_id", b"node_id", "queued_ns", b"queued_ns", "shard", b"shard", "started_ns", b"started_ns", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,7 @@ import numpy as np
 from node._proto import distnode_pb2 as pb
 from node.wire.answers import SubmitAnswer
 from node.wire.tensors import result_to_python
+from node.wire.trace import Span, spans_from_json, trace_document
 
 #: Called with (shards merged, shards in all) while a long job runs.
 ProgressCallback = Callable[[int, int], None]
@@ -36,6 +37,9 @@ class Answer:
     leader: str
     term: int
     retries: int
+    #: With `submit(..., trace=True)`: the job's timeline, a Trace Event Format object
+    #: (`json.dump` it and open it in Perfetto or chrome://tracing).
+    trace: dict[str, Any] | None = None
 
     @functools.cached_property
     def result(self) -> int | float | list[int] | list[float]:
@@ -90,13 +94,24 @@ class ClusterStatus:
         }
 
 
-def answer_from(reply: SubmitAnswer, started_s: float, retries: int) -> Answer:
+def answer_from(reply: SubmitAnswer, started_s: float, retries: int, traced_from_ns: int | None = None
+                ) -> Answer:
+    """The client's answer; with `traced_from_ns` (when the client began), its timeline too."""
     head = reply.head
+    elapsed_ms = (time.perf_counter() - started_s) * 1000
+    trace = None
+    if traced_from_ns is not None:
+        notes: dict[str, Any] = {"retries": retries, "leader": head.leader}
+        try:
+            spans = spans_from_json(head.trace_json) if head.trace_json else []
+        except ValueError as exc:  # the answer stands; only its timeline is lost
+            spans, notes["trace_error"] = [], str(exc)
+        spans.append(Span("submit: round trip", "client", "submit", traced_from_ns, time.time_ns(), notes))
+        trace = trace_document(spans)
     return Answer(
         job_id=head.job_id, op=head.op, array=reply.array,
-        shards=head.shards, nodes=list(head.nodes),
-        elapsed_ms=(time.perf_counter() - started_s) * 1000,
-        leader=head.leader, term=head.term, retries=retries,
+        shards=head.shards, nodes=list(head.nodes), elapsed_ms=elapsed_ms,
+        leader=head.leader, term=head.term, retries=retries, trace=trace,
     )
 
 

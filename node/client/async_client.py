@@ -115,7 +115,7 @@ class AsyncClient:
         self, op: str, source: str, map: str | None = None, axis: int | None = None,
         bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
         timeout: float | None = None, on_progress: ProgressCallback | None = None,
-        detach: Literal[False] = False,
+        detach: Literal[False] = False, trace: bool = False,
     ) -> Answer: ...
 
     @overload
@@ -123,7 +123,7 @@ class AsyncClient:
         self, op: str, source: str, map: str | None = None, axis: int | None = None,
         bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
         timeout: float | None = None, on_progress: ProgressCallback | None = None, *,
-        detach: Literal[True],
+        detach: Literal[True], trace: Literal[False] = False,
     ) -> str: ...
 
     async def submit(
@@ -138,13 +138,15 @@ class AsyncClient:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         detach: bool = False,
+        trace: bool = False,
     ) -> Answer | str:
         """Run one job and return its answer; with `detach`, return its job id as soon as
-        the cluster has committed it (see `result`). Raises InvalidJob, JobError, ClusterUnavailable."""
-        request = new_request(op, source, map, axis, bins, range, job_id)
+        the cluster has committed it (see `result`); with `trace`, the answer's `trace` is the
+        job's timeline (Trace Event Format). Raises InvalidJob, JobError, ClusterUnavailable."""
+        request = new_request(op, source, map, axis, bins, range, job_id, trace=trace, detach=detach)
         if detach:
             return await self._enqueue(request, timeout)
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
 
         async def attempt(address: str, remaining: float) -> SubmitAnswer:
             return await self._attempt(address, request, remaining, on_progress)
@@ -153,7 +155,7 @@ class AsyncClient:
             self._nodes, attempt, request.job.job_id, self._deadline(timeout), self._tls
         )
         self._nodes.prefer(reply.head.leader_address)
-        return answer_from(reply, started, failed)
+        return answer_from(reply, started, failed, started_ns if trace else None)
 
     async def _enqueue(self, request: pb.SubmitRequest, timeout: float | None) -> str:
         async def call(address: str, remaining: float) -> pb.JobInfo:

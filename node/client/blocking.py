@@ -77,7 +77,7 @@ class Client:
         self, op: str, source: str, map: str | None = None, axis: int | None = None,
         bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
         timeout: float | None = None, on_progress: ProgressCallback | None = None,
-        detach: Literal[False] = False,
+        detach: Literal[False] = False, trace: bool = False,
     ) -> Answer: ...
 
     @overload
@@ -85,7 +85,7 @@ class Client:
         self, op: str, source: str, map: str | None = None, axis: int | None = None,
         bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
         timeout: float | None = None, on_progress: ProgressCallback | None = None, *,
-        detach: Literal[True],
+        detach: Literal[True], trace: Literal[False] = False,
     ) -> str: ...
 
     def submit(
@@ -100,12 +100,14 @@ class Client:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         detach: bool = False,
+        trace: bool = False,
     ) -> Answer | str:
         """Run one job and return its answer; with `detach`, return its job id once the
-        cluster has committed it. Raises InvalidJob, JobError, ClusterUnavailable."""
+        cluster has committed it; with `trace`, the answer's `trace` is the job's timeline
+        (Trace Event Format). Raises InvalidJob, JobError, ClusterUnavailable."""
         if self._loop.is_closed():
             raise ClusterUnavailable("this client is closed")
-        request = new_request(op, source, map, axis, bins, range, job_id)
+        request = new_request(op, source, map, axis, bins, range, job_id, trace=trace, detach=detach)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         if detach:
             def enqueue(address: str, remaining: float) -> pb.JobInfo:
@@ -114,12 +116,12 @@ class Client:
 
             info, _ = call_any_blocking(self._nodes, enqueue, request.job.job_id, deadline, self._factory.tls)
             return info.job_id
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         reply, failed = call_any_blocking(
             self._nodes, lambda address, remaining: self._attempt(address, request, remaining, on_progress),
             request.job.job_id, deadline, self._factory.tls)
         self._nodes.prefer(reply.head.leader_address)
-        return answer_from(reply, started, failed)
+        return answer_from(reply, started, failed, started_ns if trace else None)
 
     def _attempt(
         self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None

@@ -137,10 +137,14 @@ def new_request(
     bins: int | None,
     range: tuple[float, float] | None,
     job_id: str | None,
+    trace: bool = False,
+    detach: bool = False,
 ) -> pb.SubmitRequest:
     """The Submit request for one job; a fresh UUID unless the caller names the job."""
     job = build_job(op, source, map, axis, bins, range)
-    return pb.SubmitRequest(job=job_to_proto(job_id or str(uuid.uuid4()), job))
+    if trace and detach:
+        raise InvalidJob("trace: a detached job has no timeline to send back; submit it attached")
+    return pb.SubmitRequest(job=job_to_proto(job_id or str(uuid.uuid4()), job), trace=trace)
 
 
 class Nodes:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 from node.core.job import Job
 from node.core.jobtable import JobRecord
 from node.core.messages import Heartbeat, InstallSnapshot
+from node.server.tracing import ShardTimes
+from node.wire.trace import Span
 
 if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
     import numpy as np
@@ -36,6 +38,8 @@ class Outcome:
     shards: int
     nodes: tuple[str, ...]
     elapsed_ms: float
+    #: The run's timeline, when it was asked for with `trace`.
+    trace: tuple[Span, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class IncomingPartial:
     shard: int
     node_id: str
     state: Partial
+    times: ShardTimes | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,8 @@ class NodeApi(Protocol):
     async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer: ...
 
     async def submit(
-        self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
+        self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
+        trace: bool = False,
     ) -> Submitted: ...
 
     async def compute(

@@ -116,9 +116,8 @@ class Daemon:
                 node_id=config.node_id, peers=config.peers, heartbeat_ticks=config.heartbeat_ticks,
                 election_ticks_min=lo, election_ticks_max=hi, fast_first_election=True, replicate=True,
             ),
-            rng=random.Random(), term=saved.term, voted_for=saved.voted_for,
-            log=raft_log, snapshot=self.journal.snapshot.data,
-        )
+            rng=random.Random(), term=saved.term, voted_for=saved.voted_for, log=raft_log,
+            snapshot=self.journal.snapshot.data)
         table = JobTable(config.keep_jobs, config.keep_result_bytes)
         table.restore(self.journal.snapshot.data)
         self.ledger = JobLedger(
@@ -245,16 +244,19 @@ class Daemon:
         return beat_reply(self.node_id, self.elections.heartbeat(beat_from_proto(request, self.node_id)))
 
     async def submit(
-        self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None
+        self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
+        trace: bool = False,
     ) -> Submitted:
         if forwarded:
-            return await self._submit(job_id, job, forwarded, timeout_s)
+            return await self._submit(job_id, job, forwarded, timeout_s, trace)
         with self.clients.take(client):
-            return await self._submit(job_id, job, forwarded, timeout_s)
+            return await self._submit(job_id, job, forwarded, timeout_s, trace)
 
-    async def _submit(self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None) -> Submitted:
+    async def _submit(
+        self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None, trace: bool
+    ) -> Submitted:
         if not self.is_leader:
-            return await self.relay.submit(job_id, job, forwarded, timeout_s)
+            return await self.relay.submit(job_id, job, forwarded, timeout_s, trace)
         submitted_at = time.time()
         await self._leading()
         if not self.ledger.caught_up:
@@ -263,7 +265,7 @@ class Daemon:
         record = self.ledger.known(job_id, job)  # JobConflict for a reused id
         outcome = answer_of(record) if record is not None else None
         if outcome is None:
-            outcome = await self.jobs.submit(job_id, job)
+            outcome = await self.jobs.submit(job_id, job, trace)
             self.ledger.record_attached(job_id, job, outcome, submitted_at)
         return Answered(outcome, self.node_id, self.election.term, self.config.address)
 
@@ -318,7 +320,7 @@ class Daemon:
         async for partial in partials:
             member = partial.node_id != self.node_id and self.peers.is_member(partial.node_id)
             if member and self.jobs.accept_partial(
-                partial.job_id, partial.shard, partial.node_id, partial.state
+                partial.job_id, partial.shard, partial.node_id, partial.state, partial.times
             ):
                 accepted += 1
             else:

@@ -22,6 +22,7 @@ import numpy as np
 from node.core.compute import Partial, finalize, merge
 from node.core.job import Job
 from node.server.api import Outcome
+from node.server.tracing import JobTrace
 
 log = logging.getLogger("distnode.jobs")
 
@@ -49,6 +50,8 @@ class JobRun:
     #: one-row partial computed locally), so a malformed partial from the
     #: network is dropped before it can poison the merge.
     template: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = field(default_factory=dict)
+    #: The run's timeline, when the job was submitted with `trace`.
+    trace: JobTrace | None = None
 
     @property
     def finished(self) -> bool:
@@ -89,9 +92,13 @@ class JobRun:
             (partial[key].shape, partial[key].dtype) == self.template[key] for key in self.template
         )
 
+    def wants(self, shard: int) -> bool:
+        """Whether a partial for `shard` would be new."""
+        return 0 <= shard < len(self.shards) and shard >= self.next_merge and shard not in self.received
+
     def accept(self, shard: int, node_id: str, partial: Partial) -> bool:
         """Store a partial and merge the contiguous prefix. False for a duplicate or a misfit."""
-        if not 0 <= shard < len(self.shards) or shard < self.next_merge or shard in self.received:
+        if not self.wants(shard):
             return False
         if not self.well_formed(partial):
             log.warning("job %s: dropped a malformed partial for shard %d from %s",
@@ -102,7 +109,11 @@ class JobRun:
         self.by_node[node_id] = self.by_node.get(node_id, 0) + 1
         while self.next_merge in self.received:
             part = self.received.pop(self.next_merge)
+            merge_ns = time.time_ns()
             self.merged = part if self.merged is None else merge(self.job.op, self.merged, part)
+            if self.trace is not None:
+                self.trace.span(f"merge shard {self.next_merge}", "merge", merge_ns, time.time_ns(),
+                                shard=self.next_merge)
             self.next_merge += 1
         if self.next_merge == len(self.shards) and not self.finished:
             self._finish()
@@ -117,6 +128,7 @@ class JobRun:
             shards=len(self.shards),
             nodes=tuple(sorted(self.contributors)),
             elapsed_ms=(time.perf_counter() - self.started_s) * 1000,
+            trace=tuple(self.trace.finish(self.job.op, len(self.shards))) if self.trace is not None else (),
         )
         self.done.set_result(outcome)
         self.wakeup.set()

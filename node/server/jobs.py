@@ -62,6 +62,7 @@ from node.server.api import Outcome, ShardRange
 from node.server.jobrun import JobRun
 from node.server.metrics import NodeMetrics, outcome_of
 from node.server.peers import PeerTable
+from node.server.tracing import JobTrace, ShardTimes, clocked
 
 log = logging.getLogger("distnode.jobs")
 
@@ -120,8 +121,9 @@ class JobManager:
     ) -> None:
         self.limits = limits or Limits()
         self.metrics = metrics or NodeMetrics()
-        #: One shard's computation, counted and timed.
+        #: One shard's computation, counted and timed (and clocked, for a traced run).
         self.compute = self.metrics.timed_shard(compute_partial)
+        self._clocked_compute = clocked(self.compute)
         #: The file formats this node reads.
         self.openers = openers
         #: Asks peers which source kinds they read (PeerTable.sources_unknown).
@@ -138,8 +140,9 @@ class JobManager:
         )
         self._answer_bytes = 0
 
-    async def submit(self, job_id: str, job: Job) -> Outcome:
-        """Run `job` (or join its earlier run) and return the merged answer.
+    async def submit(self, job_id: str, job: Job, trace: bool = False) -> Outcome:
+        """Run `job` (or join its earlier run) and return the merged answer; with `trace`,
+        a run this call starts records its timeline in `Outcome.trace`.
 
         Raises node.errors classes: InvalidField for a bad job, LimitExceeded
         over a limit, JobConflict for a reused id, JobTimedOut past the job
@@ -156,7 +159,7 @@ class JobManager:
             return await asyncio.shield(run.done)
         if len(self._running) >= self.limits.max_jobs:
             raise LimitExceeded(f"max-jobs: {self.limits.max_jobs} jobs already running on the leader")
-        return await self._run(job_id, job)
+        return await self._run(job_id, job, JobTrace(self.node_id) if trace else None)
 
     async def validate(self, job: Job) -> None:
         """Refuse a bad job (InvalidField, LimitExceeded) as `submit` would, without running it."""
@@ -173,17 +176,17 @@ class JobManager:
     def running_count(self) -> int:
         return len(self._running)
 
-    async def _run(self, job_id: str, job: Job) -> Outcome:
+    async def _run(self, job_id: str, job: Job, trace: JobTrace | None) -> Outcome:
         started = time.perf_counter()
         try:
-            outcome = await self._execute(job_id, job)
+            outcome = await self._execute(job_id, job, trace)
         except BaseException as exc:
             self.metrics.job_ended(job.op, outcome_of(exc), time.perf_counter() - started)
             raise
         self.metrics.job_ended(job.op, "done", time.perf_counter() - started)
         return outcome
 
-    async def _execute(self, job_id: str, job: Job) -> Outcome:
+    async def _execute(self, job_id: str, job: Job, trace: JobTrace | None) -> Outcome:
         kind = source_kind(job.source)
         if kind in FORMAT_KINDS:
             # Opening a file format reads metadata from disk, and the first
@@ -194,9 +197,9 @@ class JobManager:
         else:
             source, shards = self._plan(job)
         if len(shards) == 1 and (shards[0][1] - shards[0][0]) * (source.cols or 1) <= INLINE_ELEMS:
-            return self._run_inline(job_id, job, source, shards[0])
+            return self._run_inline(job_id, job, source, shards[0], trace)
         loop = asyncio.get_running_loop()
-        run = JobRun(job_id, job, shards, loop.create_future(), time.perf_counter())
+        run = JobRun(job_id, job, shards, loop.create_future(), time.perf_counter(), trace=trace)
         run.pending.extend(range(len(shards)))
         self._running[job_id] = run
         try:
@@ -238,7 +241,7 @@ class JobManager:
         return source, plan_shards(source, shard_elems)
 
     def _run_inline(
-        self, job_id: str, job: Job, source: DataSource, shard: tuple[int, int]
+        self, job_id: str, job: Job, source: DataSource, shard: tuple[int, int], trace: JobTrace | None
     ) -> Outcome:
         """Tiny jobs: computed on the event loop, no bookkeeping, no await.
 
@@ -247,10 +250,13 @@ class JobManager:
         runs. This path is most of the small-job latency budget.
         """
         started = time.perf_counter()
-        partial = self.compute(job, source, *shard)
+        partial, started_ns, finished_ns = self._clocked_compute(job, source, *shard)
+        if trace is not None:
+            trace.span("shard 0 (on the event loop: tiny)", "compute", started_ns, finished_ns, shard=0)
         outcome = Outcome(
             job_id=job_id, op=job.op, result=finalize(job, partial), shards=1,
             nodes=(self.node_id,), elapsed_ms=(time.perf_counter() - started) * 1000,
+            trace=tuple(trace.finish(job.op, 1)) if trace is not None else (),
         )
         self._remember(job_id, job, outcome)
         return outcome
@@ -259,8 +265,9 @@ class JobManager:
         """Data smaller than one shard but not tiny: the leader computes it in its pool."""
         start, stop = run.shards[0]
         try:
-            partial = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.compute, run.job, source, start, stop
+            queued_ns = time.time_ns()
+            partial, started_ns, finished_ns = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._clocked_compute, run.job, source, start, stop
             )
         except InvalidField as exc:  # the data is bad: the caller's to know
             run.fail(exc)
@@ -269,6 +276,8 @@ class JobManager:
             log.exception("job %s: computation failed", run.job_id)
             run.fail(JobFailed(f"computation failed: {exc}"))  # _run raises it
             return
+        if run.trace is not None:
+            run.trace.shard(0, self.node_id, ShardTimes(queued_ns, started_ns, finished_ns))
         run.accept(0, self.node_id, partial)
 
     def _start_lanes(self, run: JobRun, source: DataSource) -> None:
@@ -279,8 +288,9 @@ class JobManager:
         batch = max(1, math.ceil(len(run.shards) / (2 * lanes)))
         run.tasks.append(asyncio.create_task(self._local_lane(run, source, batch)))
         for address in workers:
-            for _ in range(REMOTE_LANES):
-                run.tasks.append(asyncio.create_task(self._remote_lane(run, address, batch)))
+            for number in range(REMOTE_LANES):
+                lane = f"rpc to {self.peers.id_of(address)} #{number + 1}"
+                run.tasks.append(asyncio.create_task(self._remote_lane(run, address, batch, lane)))
 
     async def _local_lane(self, run: JobRun, source: DataSource, batch_size: int) -> None:
         try:
@@ -302,17 +312,23 @@ class JobManager:
                 continue
             for index in batch:
                 start, stop = run.shards[index]
-                partial = await loop.run_in_executor(
-                    self.executor, self.compute, run.job, source, start, stop
+                queued_ns = time.time_ns()
+                partial, started_ns, finished_ns = await loop.run_in_executor(
+                    self.executor, self._clocked_compute, run.job, source, start, stop
                 )
+                if run.trace is not None and run.wants(index):
+                    run.trace.shard(index, self.node_id, ShardTimes(queued_ns, started_ns, finished_ns))
                 run.accept(index, self.node_id, partial)
 
-    async def _remote_lane(self, run: JobRun, address: str, batch_size: int) -> None:
+    async def _remote_lane(self, run: JobRun, address: str, batch_size: int, lane: str) -> None:
         while not run.finished and address not in run.failed_nodes:
             batch = run.take(batch_size)
             if not batch:
                 await self._idle(run)
                 continue
+            if run.trace is not None:
+                run.trace.lane_of.update(dict.fromkeys(batch, lane))
+                rpc = run.trace.begin(f"Compute: {len(batch)} shards", lane, shards=batch)
             try:
                 await self._compute_remote(run, address, batch)
             except WorkerFailed as exc:
@@ -328,6 +344,8 @@ class JobManager:
                 # Anything the worker claimed but did not deliver goes back,
                 # also when this lane is cancelled because the job ended.
                 run.requeue(batch)
+                if run.trace is not None:
+                    run.trace.end(rpc)
 
     async def _compute_remote(self, run: JobRun, address: str, batch: list[int]) -> None:
         ranges = [(i, *run.shards[i]) for i in batch]
@@ -365,9 +383,15 @@ class JobManager:
             _, (_, evicted) = self._answers.popitem(last=False)
             self._answer_bytes -= evicted.result.nbytes
 
-    def accept_partial(self, job_id: str, shard: int, node_id: str, partial: Partial) -> bool:
+    def accept_partial(
+        self, job_id: str, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None
+    ) -> bool:
         run = self._running.get(job_id)
-        return run.accept(shard, node_id, partial) if run is not None else False
+        if run is None:
+            return False
+        if run.trace is not None and times is not None and run.wants(shard):
+            run.trace.shard(shard, node_id, times, received_ns=time.time_ns())
+        return run.accept(shard, node_id, partial)
 
     def running(self) -> list[dict[str, object]]:
         """The jobs running now, with their shard progress (for /status.json)."""

@@ -62,8 +62,10 @@ class Relay:
             raise NoLeader(f"no leader known to {self.who()}; retry")
         return leader
 
-    async def submit(self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None) -> Relayed:
-        request = pb.SubmitRequest(job=job_to_proto(job_id, job), forwarded=True)
+    async def submit(
+        self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None, trace: bool = False
+    ) -> Relayed:
+        request = pb.SubmitRequest(job=job_to_proto(job_id, job), forwarded=True, trace=trace)
         timeout_s = self.job_timeout_s if timeout_s is None else timeout_s
         stub = self.stubs.stub(self._leader_for(forwarded))
         return Relayed(await self._relay(stub.SubmitRelay(request, timeout=timeout_s)))

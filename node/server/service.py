@@ -47,10 +47,12 @@ from node.errors import (
 from node.security import TokenServerInterceptor
 from node.server.api import Answered, BeatAnswer, IncomingPartial, JobView, NodeApi, StatusView, Submitted
 from node.server.jobinfo import view_to_info
+from node.server.tracing import ShardTimes
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import job_from_proto
 from node.wire.log import beat_from_proto
 from node.wire.status import node_trailer
+from node.wire.trace import spans_to_json
 
 log = logging.getLogger("distnode.service")
 
@@ -138,7 +140,9 @@ def status_reply(view: StatusView) -> pb.StatusReply:
     return reply
 
 
-def submit_reply(submitted: Answered | bytes) -> SubmitAnswer | bytes:
+def submit_reply(submitted: Answered | bytes, trace: bool = False) -> SubmitAnswer | bytes:
+    """The reply to Submit; with `trace`, the run's spans go with it (none for an answer the
+    leader remembered rather than ran)."""
     if isinstance(submitted, bytes):
         return submitted
     outcome = submitted.outcome
@@ -146,6 +150,7 @@ def submit_reply(submitted: Answered | bytes) -> SubmitAnswer | bytes:
         outcome.result, job_id=outcome.job_id, op=outcome.op, shards=outcome.shards,
         nodes=list(outcome.nodes), elapsed_ms=outcome.elapsed_ms, leader=submitted.leader,
         term=submitted.term, leader_address=submitted.leader_address,
+        trace_json=spans_to_json(outcome.trace) if trace else "",
     )
 
 
@@ -211,15 +216,18 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def Submit(  # type: ignore[override]
         self, request: pb.SubmitRequest, context: Context
     ) -> SubmitAnswer | bytes:
-        spec = request.job
-        submitted = await answer(self.node, context, self._submit(spec, request.forwarded, context))
-        return submit_reply(submitted if isinstance(submitted, Answered) else submitted.reply)
+        submitted = await answer(self.node, context, self._submit(request, context))
+        if isinstance(submitted, Answered):
+            return submit_reply(submitted, request.trace)
+        return submit_reply(submitted.reply)
 
-    async def _submit(self, spec: pb.JobSpec, forwarded: bool, context: Context) -> Submitted:
+    async def _submit(self, request: pb.SubmitRequest, context: Context) -> Submitted:
+        spec = request.job
         if not spec.job_id:
             raise InvalidField("job_id", "must not be empty")
         return await self.node.submit(
-            spec.job_id, job_from_proto(spec), context.peer(), forwarded, context.time_remaining()
+            spec.job_id, job_from_proto(spec), context.peer(), request.forwarded, context.time_remaining(),
+            request.trace,
         )
 
     async def Compute(self, request: pb.ComputeRequest, context: Context) -> pb.ComputeReply:
@@ -307,4 +315,7 @@ async def _partials(messages: AsyncIterator[pb.Partial]) -> AsyncIterator[Incomi
             state = partial_from_proto(message)
         except ValueError as exc:
             raise InvalidField("state", str(exc)) from None
-        yield IncomingPartial(message.job_id, message.shard, message.node_id, state)
+        times = None
+        if message.started_ns:  # a worker of an older version sends no times
+            times = ShardTimes(message.queued_ns, message.started_ns, message.finished_ns)
+        yield IncomingPartial(message.job_id, message.shard, message.node_id, state, times)

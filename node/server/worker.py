@@ -10,6 +10,7 @@ are skipped; the shard under way in the thread pool finishes and is dropped.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
@@ -24,6 +25,7 @@ from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import InvalidField, JobFailed, ReduceFailed
 from node.server.api import ShardRange
 from node.server.metrics import NodeMetrics
+from node.server.tracing import clocked
 from node.wire.tensors import partial_to_proto
 
 ReduceCall = grpc.aio.StreamUnaryCall[pb.Partial, pb.ReduceReply]
@@ -41,8 +43,8 @@ class Worker:
         metrics: NodeMetrics | None = None,
     ) -> None:
         self.node_id = node_id
-        #: One shard's computation, counted and timed.
-        self._compute_shard = (metrics or NodeMetrics()).timed_shard(compute_partial)
+        #: One shard's computation, counted, timed, and clocked for the leader's trace.
+        self._compute_shard = clocked((metrics or NodeMetrics()).timed_shard(compute_partial))
         #: The file formats this node reads.
         self.openers = openers
         #: Maps the leader's id to the address this node dials it by.
@@ -72,15 +74,22 @@ class Worker:
         call = self.stubs.stub(reduce_to).Reduce(timeout=timeout_s)
         try:
             for index, start, stop in ranges:
-                partial = await self._compute(job, source, index, start, stop)
-                await _deliver(call, reduce_to, partial_to_proto(job_id, index, self.node_id, partial))
+                queued_ns = time.time_ns()
+                partial, started_ns, finished_ns = await self._compute(job, source, index, start, stop)
+                message = partial_to_proto(job_id, index, self.node_id, partial)
+                message.queued_ns, message.started_ns = queued_ns, started_ns
+                message.finished_ns = finished_ns
+                await _deliver(call, reduce_to, message)
             await _deliver(call, reduce_to, None)
         except BaseException:
             call.cancel()  # the leader cancelled us, or a shard failed: the stream goes too
             raise
         return len(ranges)
 
-    async def _compute(self, job: Job, source: DataSource, index: int, start: int, stop: int) -> Partial:
+    async def _compute(
+        self, job: Job, source: DataSource, index: int, start: int, stop: int
+    ) -> tuple[Partial, int, int]:
+        """The shard's partial, and when the pool's thread began and ended it (ns)."""
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._compute_shard, job, source, start, stop
