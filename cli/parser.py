@@ -202,7 +202,8 @@ def _add_submit(commands: Any) -> None:
     submit.add_argument("--json", action="store_true", help="print one JSON object")
     submit.add_argument("--trace", type=Path, default=None, metavar="FILE",
                         help="write the job's timeline here (Trace Event Format: open it in "
-                             "https://ui.perfetto.dev or chrome://tracing); not with --detach")
+                             "https://ui.perfetto.dev or chrome://tracing); not with --detach "
+                             "(default: no timeline)")
     submit.add_argument("--detach", action="store_true",
                         help="print the job id once the cluster has committed the job, and exit; "
                              "the job runs to completion without this client (see `result`)")

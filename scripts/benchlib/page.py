@@ -19,6 +19,8 @@ from benchlib.data import Params
 from benchlib.report import render_table, result_notes
 from benchlib.rows import Row, build_rows, fmt
 
+#: The repository's docs/, where the pages written by hand are.
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 TITLE = "# Benchmarks: distnode against MPI, Dask, Ray and numpy"
 PAGE = "docs/benchmarks.md"
 CHART = "docs/benchmarks.png"
@@ -55,19 +57,35 @@ def readme_summary(res: dict[str, Any]) -> str:
 
 
 def write_page(res: dict[str, Any], path: Path, chart: Path | None) -> None:
-    """Write the page to `path`; `chart` (a PNG just written) is linked relative to the page."""
-    link = None if chart is None else Path(os.path.relpath(chart.resolve(), path.resolve().parent)).as_posix()
+    """Write the page to `path`; `chart` (a PNG just written) is linked relative to the page.
+    Written into the repository's docs/, the page also links the measured pages beside it."""
+    where = path.resolve().parent
+    link = None if chart is None else Path(os.path.relpath(chart.resolve(), where)).as_posix()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_page(res, link))
+    path.write_text(render_page(res, link, in_docs=where == DOCS.resolve()))
 
 
-def render_page(res: dict[str, Any], chart_link: str | None) -> str:
+def render_page(res: dict[str, Any], chart_link: str | None, in_docs: bool = False) -> str:
     p = Params.from_json(res["params"])
     rows = build_rows(res, p)
     parts = [_header(p), _machine(res["environment"]), _results(res, rows), _rounds(res), _spread(rows)]
     if chart_link is not None:
         parts.append(f"## Chart\n\n![distnode and its peers, big jobs and small jobs]({chart_link})")
+    if in_docs:
+        parts.append(_elsewhere())
     return "\n\n".join(parts) + "\n"
+
+
+def _elsewhere() -> str:
+    """The measured pages written by hand beside this one (which must not overwrite them)."""
+    return (
+        "## Where a big job's time goes, and other measurements\n\n"
+        "![one traced sum of 10^8 elements on 3 nodes](big-job-timeline.png)\n\n"
+        "One big sum on 3 nodes, traced (`python scripts/trace_png.py --big docs/big-job-timeline.png`); "
+        "[timeline.md](timeline.md) reads it, with the CPU a cluster spends per job by kind of thread. "
+        "[observability.md](observability.md): what metrics and the status page cost. "
+        "[journal.md](journal.md): what recording jobs costs. "
+        "[fault-tolerance.md](fault-tolerance.md): failures under load.")
 
 
 def _header(p: Params) -> str:
