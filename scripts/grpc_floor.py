@@ -1,0 +1,130 @@
+"""The floor under a small job: what one gRPC round trip costs in Python on this host.
+
+    python scripts/grpc_floor.py [--calls 2000] [--json PATH]
+
+An echo server (grpc.aio, in a process of its own, as a daemon is) answers
+one byte; a client times round trips after 300 untimed ones, a unary call
+and a write-then-read on one open bidirectional stream in turn (so the
+host's drift lands on both), from the blocking and from the asyncio API.
+Medians, in ms.
+
+Why: a small job is one round trip plus microseconds of work, so its p50
+cannot go below the unary figure; a multiplexed submit stream (many jobs on
+one stream) would pay the stream's figure instead. docs/timeline.md quotes
+the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import queue
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+SERVICE = "floor.Echo"
+WARMUP = 300
+
+
+async def _serve(ports: multiprocessing.Queue[int]) -> None:
+    async def unary(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def stream(requests: Any, context: Any) -> Any:
+        async for request in requests:
+            yield request
+
+    handler = grpc.method_handlers_generic_handler(SERVICE, {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.stream_stream_rpc_method_handler(stream),
+    })
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ports.put(port)
+    await server.wait_for_termination()
+
+
+def serve(ports: multiprocessing.Queue[int]) -> None:
+    asyncio.run(_serve(ports))
+
+
+def median_ms(samples_s: list[float]) -> float:
+    return round(statistics.median(samples_s) * 1000, 3)
+
+
+def blocking_figures(address: str, calls: int) -> dict[str, float]:
+    with grpc.insecure_channel(address) as channel:
+        unary = channel.unary_unary(f"/{SERVICE}/Unary")
+        requests: queue.Queue[bytes | None] = queue.Queue()
+
+        def feed() -> Iterator[bytes]:
+            while (request := requests.get()) is not None:
+                yield request
+
+        replies = channel.stream_stream(f"/{SERVICE}/Stream")(feed())
+        unary_s, stream_s = [], []
+        for number in range(WARMUP + calls):  # one of each in turn: drift lands on both
+            started = time.perf_counter()
+            unary(b"x")
+            between = time.perf_counter()
+            requests.put(b"x")
+            next(replies)
+            if number >= WARMUP:
+                unary_s.append(between - started)
+                stream_s.append(time.perf_counter() - between)
+        requests.put(None)
+    return {"blocking_unary_ms": median_ms(unary_s), "blocking_stream_ms": median_ms(stream_s)}
+
+
+async def asyncio_figures(address: str, calls: int) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        unary = channel.unary_unary(f"/{SERVICE}/Unary")
+        call = channel.stream_stream(f"/{SERVICE}/Stream")()
+        unary_s, stream_s = [], []
+        for number in range(WARMUP + calls):
+            started = time.perf_counter()
+            await unary(b"x")
+            between = time.perf_counter()
+            await call.write(b"x")
+            await call.read()
+            if number >= WARMUP:
+                unary_s.append(between - started)
+                stream_s.append(time.perf_counter() - between)
+        await call.done_writing()
+    return {"asyncio_unary_ms": median_ms(unary_s), "asyncio_stream_ms": median_ms(stream_s)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    ports: multiprocessing.Queue[int] = multiprocessing.Queue()
+    server = multiprocessing.Process(target=serve, args=(ports,), daemon=True)
+    server.start()
+    try:
+        address = f"127.0.0.1:{ports.get(timeout=30)}"
+        found = {"grpcio": grpc.__version__, **blocking_figures(address, args.calls),
+                 **asyncio.run(asyncio_figures(address, args.calls))}
+    finally:
+        server.terminate()
+        server.join(timeout=10)
+    text = json.dumps(found, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
