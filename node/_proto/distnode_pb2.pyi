@@ -312,10 +312,15 @@ class SubmitRequest(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     FORWARDED_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
     forwarded: _builtins.bool
     """Set by a follower that forwards the request, so it is forwarded once only."""
     trace: _builtins.bool
     """Send the job's timeline with the answer (SubmitReply.trace_json)."""
+    timeout_s: _builtins.float
+    """On SubmitStream, where a call has no deadline of its own: this job's, in
+    seconds from its arrival (0: the node's --job-timeout-s alone).
+    """
     @_builtins.property
     def job(self) -> Global___JobSpec: ...
     def __init__(
@@ -324,14 +329,51 @@ class SubmitRequest(_message.Message):
         job: Global___JobSpec | None = ...,
         forwarded: _builtins.bool = ...,
         trace: _builtins.bool = ...,
+        timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwarded", b"forwarded", "job", b"job", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwarded", b"forwarded", "job", b"job", "timeout_s", b"timeout_s", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
+
+@_typing.final
+class SubmitStreamReply(_message.Message):
+    """One job's end on a SubmitStream: its answer, or the status a unary Submit
+    would have ended with (code, message, and the id of the node that said so).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    code: _builtins.int
+    message: _builtins.str
+    node_id: _builtins.str
+    @_builtins.property
+    def reply(self) -> Global___SubmitReply: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        reply: Global___SubmitReply | None = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "job_id", b"job_id", "message", b"message", "node_id", b"node_id", "reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitStreamReply: _TypeAlias = SubmitStreamReply  # noqa: Y015
 
 @_typing.final
 class SubmitReply(_message.Message):

@@ -59,6 +59,11 @@ class NodeStub:
     """Worker -> aggregator: partial states, one message per shard."""
     Progress: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.ProgressRequest, _distnode_pb2.ProgressReply]
     """Client -> any node: how far a running job has got."""
+    SubmitStream: _grpc.StreamStreamMultiCallable[_distnode_pb2.SubmitRequest, _distnode_pb2.SubmitStreamReply]
+    """Client -> any node (followers relay each job): many attached jobs on one
+    stream, each answered when it ends, in any order, tagged by its job id.
+    One message each way costs about half a unary call, so small jobs use it.
+    """
     Status: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.StatusRequest, _distnode_pb2.StatusReply]
     """Client -> any node: the node's (or, on the leader, the cluster's) view."""
     Enqueue: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.SubmitRequest, _distnode_pb2.JobInfo]
@@ -95,6 +100,11 @@ class NodeAsyncStub(NodeStub):
     """Worker -> aggregator: partial states, one message per shard."""
     Progress: _aio.UnaryUnaryMultiCallable[_distnode_pb2.ProgressRequest, _distnode_pb2.ProgressReply]  # type: ignore[assignment]
     """Client -> any node: how far a running job has got."""
+    SubmitStream: _aio.StreamStreamMultiCallable[_distnode_pb2.SubmitRequest, _distnode_pb2.SubmitStreamReply]  # type: ignore[assignment]
+    """Client -> any node (followers relay each job): many attached jobs on one
+    stream, each answered when it ends, in any order, tagged by its job id.
+    One message each way costs about half a unary call, so small jobs use it.
+    """
     Status: _aio.UnaryUnaryMultiCallable[_distnode_pb2.StatusRequest, _distnode_pb2.StatusReply]  # type: ignore[assignment]
     """Client -> any node: the node's (or, on the leader, the cluster's) view."""
     Enqueue: _aio.UnaryUnaryMultiCallable[_distnode_pb2.SubmitRequest, _distnode_pb2.JobInfo]  # type: ignore[assignment]
@@ -164,6 +174,17 @@ class NodeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_distnode_pb2.ProgressReply, _abc.Awaitable[_distnode_pb2.ProgressReply]]:
         """Client -> any node: how far a running job has got."""
+
+    @_abc_1.abstractmethod
+    def SubmitStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_distnode_pb2.SubmitRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_distnode_pb2.SubmitStreamReply], _abc.AsyncIterator[_distnode_pb2.SubmitStreamReply]]:
+        """Client -> any node (followers relay each job): many attached jobs on one
+        stream, each answered when it ends, in any order, tagged by its job id.
+        One message each way costs about half a unary call, so small jobs use it.
+        """
 
     @_abc_1.abstractmethod
     def Status(

@@ -37,6 +37,7 @@ from node.client.retry import (
     classify,
     new_request,
 )
+from node.client.streams import SubmitStream, SubmitStreams, stream_answer
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
@@ -63,7 +64,8 @@ class _Flight:
 
     stub: NodeStub
     job_id: str
-    call: SubmitCall
+    #: The unary call, or the future of the job's reply on a SubmitStream; the watchdog cancels it.
+    call: SubmitCall | asyncio.Future[pb.SubmitStreamReply]
     on_progress: ProgressCallback | None
     started_s: float
     seen: Seen = field(default_factory=Seen)
@@ -94,6 +96,7 @@ class AsyncClient:
         self._status_error = ""
         self._flights: set[_Flight] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._streams = SubmitStreams()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -105,6 +108,7 @@ class AsyncClient:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        await self._streams.close()
         await self._stubs.close()
 
     def _stub(self, address: str) -> NodeStub:
@@ -148,8 +152,10 @@ class AsyncClient:
             return await self._enqueue(request, timeout)
         started, started_ns = time.perf_counter(), time.time_ns()
 
+        on_stream = axis is None  # a vector answer keeps the unary Submit, read without copies
+
         async def attempt(address: str, remaining: float) -> SubmitAnswer:
-            return await self._attempt(address, request, remaining, on_progress)
+            return await self._attempt(address, request, remaining, on_progress, on_stream)
 
         reply, failed = await call_any(
             self._nodes, attempt, request.job.job_id, self._deadline(timeout), self._tls
@@ -205,7 +211,26 @@ class AsyncClient:
         return self._stubs.factory.tls
 
     async def _attempt(
-        self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None
+        self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None,
+        on_stream: bool = False,
+    ) -> SubmitAnswer:
+        """One job at one node: on its SubmitStream if `on_stream`; as a unary Submit if the
+        node has none (an older version: remembered), or if the stream failed before it
+        ever answered (then the unary call finds out whether the node is there)."""
+        if on_stream and self._streams.usable(address):
+            stream = self._streams.to(address, self._stub(address))
+            try:
+                return await self._attempt_once(address, request, remaining, on_progress, stream)
+            except AttemptFailed:
+                if stream.unsupported:
+                    self._streams.unsupported.add(address)
+                elif stream.replied or stream.ended is None:  # answered before, or only this job failed
+                    raise
+        return await self._attempt_once(address, request, remaining, on_progress, None)
+
+    async def _attempt_once(
+        self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None,
+        stream: SubmitStream | None,
     ) -> SubmitAnswer:
         """One Submit to one node. A watchdog starts probing only if the job runs long.
 
@@ -217,13 +242,29 @@ class AsyncClient:
         leaves a `AttemptFailed` behind for us to raise.
         """
         stub = self._stub(address)
-        call = stub.Submit(request, timeout=remaining)
-        flight = _Flight(stub, request.job.job_id, call, on_progress, time.monotonic())
+        waiting, unary = None, None
+        if stream is not None:
+            request.timeout_s = remaining
+            waiting = await stream.send(request)
+        else:
+            unary = stub.Submit(request, timeout=remaining)
+        handle = waiting if waiting is not None else unary
+        assert handle is not None
+        flight = _Flight(stub, request.job.job_id, handle, on_progress, time.monotonic())
         self._flights.add(flight)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         try:
-            return await call
+            if unary is not None:
+                return await unary
+            assert waiting is not None
+            try:
+                async with asyncio.timeout(remaining):
+                    reply = await waiting
+            except TimeoutError:
+                raise AttemptFailed("no answer before the client's timeout",
+                                    accepted=flight.seen.known) from None
+            return stream_answer(reply, flight.seen.known)
         except asyncio.CancelledError:
             # The watchdog cancelling the call, not our caller cancelling us, is a retry.
             task = asyncio.current_task()
@@ -238,6 +279,8 @@ class AsyncClient:
             self._flights.discard(flight)
             if flight.watchdog is not None:
                 flight.watchdog.cancel()
+            if stream is not None:
+                stream.forget(request.job.job_id)
 
     async def _sweep(self) -> None:
         """Start a watchdog for each call in flight for PROBE_INTERVAL_S or more.
@@ -259,7 +302,8 @@ class AsyncClient:
                 self._sweeper = None
 
     async def _watch(
-        self, stub: NodeStub, job_id: str, call: SubmitCall, on_progress: ProgressCallback | None, seen: Seen
+        self, stub: NodeStub, job_id: str, call: SubmitCall | asyncio.Future[pb.SubmitStreamReply],
+        on_progress: ProgressCallback | None, seen: Seen,
     ) -> AttemptFailed:
         """Probe the node every PROBE_INTERVAL_S; cancel `call` once it misses PROBE_FAILURES."""
         failures = 0

@@ -41,6 +41,7 @@ class NodeStub:
         self.Compute = _with(metadata, generated.Compute)
         self.Reduce = _with(metadata, generated.Reduce)
         self.Progress = _with(metadata, generated.Progress)
+        self.SubmitStream = _with(metadata, generated.SubmitStream)
         self.Status = _with(metadata, generated.Status)
         self.Enqueue = _with(metadata, generated.Enqueue)
         self.Result = _with(metadata, generated.Result)

@@ -1,0 +1,175 @@
+"""Attached jobs on one open `SubmitStream` per node: many jobs, one stream, replies by job id.
+
+On this project's 2-core host a unary gRPC call costs 0.8-1.2 ms from Python
+and one message each way on an open stream half that
+(`scripts/grpc_floor.py`, docs/timeline.md), and a small job is little more
+than its round trip. So the AsyncClient sends jobs with a scalar answer on a
+stream it keeps open to each node it talks to; vector answers keep the unary
+`Submit`, whose reply is read without copies.
+
+A job's failure comes back as its own reply (the status a unary Submit
+would have ended with, signed by the node), and `classify` treats it the
+same way. If the stream breaks (the node died, the connection dropped),
+every job waiting on it fails with `AttemptFailed` and the client's retry
+loop sends it again, elsewhere or on a new stream, with the same job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node.client.retry import classify
+from node.errors import AccessDenied, AttemptFailed
+from node.wire.answers import SubmitAnswer
+from node.wire.status import NODE_TRAILER
+from node.wire.stubs import NodeStub
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """A job's failure on a stream, shaped as a failed call for `classify`."""
+
+    status: grpc.StatusCode
+    message: str
+    node_id: str
+
+    def code(self) -> grpc.StatusCode:
+        return self.status
+
+    def details(self) -> str:
+        return self.message
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((NODE_TRAILER, self.node_id),) if self.node_id else ()
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+#: How long closing a client waits for its streams' last answers before cancelling them.
+CLOSE_WAIT_S = 1.0
+
+
+def stream_answer(reply: pb.SubmitStreamReply, accepted: bool) -> SubmitAnswer:
+    """The job's answer, or the exception its status means (`classify`)."""
+    if reply.code:
+        raise classify(StreamStatus(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message,
+                                    reply.node_id), accepted)
+    return SubmitAnswer(reply.reply, memoryview(reply.reply.result.data))
+
+
+def _retrieved(future: asyncio.Future[pb.SubmitStreamReply]) -> None:
+    """A reply nobody waits for any more (its caller gave up) is not an error to log."""
+    if not future.cancelled():
+        future.exception()
+
+
+class SubmitStream:
+    """One open SubmitStream to one node, and the jobs waiting on it."""
+
+    def __init__(self, stub: NodeStub) -> None:
+        self._call = stub.SubmitStream()
+        self._waiting: dict[str, asyncio.Future[pb.SubmitStreamReply]] = {}
+        self._writing = asyncio.Lock()  # one write at a time, as gRPC requires
+        #: Why the stream ended (what the jobs still waiting on it raise); None while it is open.
+        self.ended: Exception | None = None
+        #: The node does not have SubmitStream (an older version): use unary Submit there.
+        self.unsupported = False
+        #: Replies read so far: a stream that failed before its first worked nowhere yet.
+        self.replied = 0
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def send(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]:
+        """Write the job; the future is its reply. AttemptFailed if the stream is gone."""
+        if self.ended is not None:
+            raise self.ended
+        job_id = request.job.job_id
+        waiting = self._waiting.get(job_id)
+        if waiting is None:
+            waiting = self._waiting[job_id] = asyncio.get_running_loop().create_future()
+            waiting.add_done_callback(_retrieved)
+        try:
+            async with self._writing:
+                await self._call.write(request)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError) as exc:
+            self._waiting.pop(job_id, None)
+            # The stream's own status says why (and whether the node has SubmitStream at all).
+            await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
+            raise self.ended or AttemptFailed(f"SubmitStream: the job could not be sent: {exc}") from None
+        return waiting
+
+    def forget(self, job_id: str) -> None:
+        """The caller stopped waiting (cancelled, or its deadline passed)."""
+        waiting = self._waiting.pop(job_id, None)
+        if waiting is not None:
+            waiting.cancel()
+
+    async def _read(self) -> None:
+        ended: Exception = AttemptFailed("SubmitStream: the node closed the stream", accepted=True)
+        try:
+            async for reply in self._call:
+                self.replied += 1
+                waiting = self._waiting.pop(reply.job_id, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(reply)
+        except grpc.aio.AioRpcError as exc:
+            # A status for the whole stream is every waiting job's: a wrong token is final; the
+            # rest (the node going away, a broken connection) is worth another attempt.
+            # A node without the method says UNIMPLEMENTED, or, when the client was writing
+            # as it refused the call, gRPC's own INTERNAL ("error from Core"): before any reply,
+            # both mean the same.
+            self.unsupported = exc.code() is grpc.StatusCode.UNIMPLEMENTED or (
+                exc.code() is grpc.StatusCode.INTERNAL and not self.replied)
+            found = classify(exc, True)
+            if not isinstance(found, AccessDenied):
+                found = AttemptFailed(f"SubmitStream: {exc.code().name}: {exc.details()}", accepted=True)
+            ended = found
+        finally:
+            self.ended = ended
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_exception(ended)
+            self._waiting.clear()
+
+    async def close(self) -> None:
+        """Half-close; the node ends the stream once its jobs are answered. Waited for, briefly:
+        gRPC must see the call end while this loop still runs, or its poller thread later
+        calls into a closed loop."""
+        if self.ended is None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError):
+                async with self._writing:
+                    await self._call.done_writing()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
+        if not self._reader.done():
+            self._call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._call.code()
+
+
+class SubmitStreams:
+    """The AsyncClient's streams, one per node address, opened when first needed and
+    opened again after one ends."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, SubmitStream] = {}
+        #: Nodes that said they have no SubmitStream: unary Submit there.
+        self.unsupported: set[str] = set()
+
+    def usable(self, address: str) -> bool:
+        return address not in self.unsupported
+
+    def to(self, address: str, stub: NodeStub) -> SubmitStream:
+        stream = self._open.get(address)
+        if stream is None or stream.ended is not None:
+            stream = self._open[address] = SubmitStream(stub)
+        return stream
+
+    async def close(self) -> None:
+        streams, self._open = list(self._open.values()), {}
+        await asyncio.gather(*(stream.close() for stream in streams))
