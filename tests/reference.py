@@ -37,8 +37,11 @@ def kernel_ref(kernel: str, data: Array) -> Array:
 def histogram_range(values: Array) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    # A range too narrow for 9 distinct edges is refused (InvalidField): widen it as a user would.
-    return (lo, hi) if lo < hi and np.all(np.diff(np.linspace(lo, hi, 10)) > 0) else (lo, lo + 1.0)
+    # A range too narrow for 9 distinct edges is refused (InvalidField): widen it as a user would,
+    # by more than the float spacing where the values are huge (exp of an int64: 1e18 + 1 == 1e18).
+    if lo < hi and np.all(np.diff(np.linspace(lo, hi, 10)) > 0):
+        return lo, hi
+    return lo, lo + max(1.0, abs(lo) * 1e-6)
 
 
 def make_job(op: str, spec: str, kernel: str = "identity", axis: int | None = None,
