@@ -22,7 +22,7 @@ import numpy as np
 from node.core.compute import Partial, finalize, merge
 from node.core.job import Job
 from node.server.api import Outcome
-from node.server.tracing import JobTrace
+from node.server.tracing import JobTrace, ShardTimes
 
 log = logging.getLogger("distnode.jobs")
 
@@ -92,19 +92,22 @@ class JobRun:
             (partial[key].shape, partial[key].dtype) == self.template[key] for key in self.template
         )
 
-    def wants(self, shard: int) -> bool:
-        """Whether a partial for `shard` would be new."""
-        return 0 <= shard < len(self.shards) and shard >= self.next_merge and shard not in self.received
-
-    def accept(self, shard: int, node_id: str, partial: Partial) -> bool:
-        """Store a partial and merge the contiguous prefix. False for a duplicate or a misfit."""
-        if not self.wants(shard):
+    def accept(
+        self, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None,
+        received_ns: int | None = None,
+    ) -> bool:
+        """Store a partial and merge the contiguous prefix. False for a duplicate or a misfit.
+        A traced run records the shard's `times` (and, for a remote one, its trip to
+        `received_ns`) before the merge that may end the run."""
+        if not 0 <= shard < len(self.shards) or shard < self.next_merge or shard in self.received:
             return False
         if not self.well_formed(partial):
             log.warning("job %s: dropped a malformed partial for shard %d from %s",
                         self.job_id, shard, node_id, extra={"job_id": self.job_id, "shard": shard})
             return False
         self.received[shard] = partial
+        if self.trace is not None and times is not None:
+            self.trace.shard(shard, node_id, times, received_ns)
         self.contributors.add(node_id)
         self.by_node[node_id] = self.by_node.get(node_id, 0) + 1
         while self.next_merge in self.received:

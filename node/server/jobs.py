@@ -121,9 +121,8 @@ class JobManager:
     ) -> None:
         self.limits = limits or Limits()
         self.metrics = metrics or NodeMetrics()
-        #: One shard's computation, counted and timed (and clocked, for a traced run).
-        self.compute = self.metrics.timed_shard(compute_partial)
-        self._clocked_compute = clocked(self.compute)
+        #: One shard's computation, counted, timed, and clocked for a traced run.
+        self.compute = clocked(self.metrics.timed_shard(compute_partial))
         #: The file formats this node reads.
         self.openers = openers
         #: Asks peers which source kinds they read (PeerTable.sources_unknown).
@@ -250,7 +249,7 @@ class JobManager:
         runs. This path is most of the small-job latency budget.
         """
         started = time.perf_counter()
-        partial, started_ns, finished_ns = self._clocked_compute(job, source, *shard)
+        partial, started_ns, finished_ns = self.compute(job, source, *shard)
         if trace is not None:
             trace.span("shard 0 (on the event loop: tiny)", "compute", started_ns, finished_ns, shard=0)
         outcome = Outcome(
@@ -263,12 +262,8 @@ class JobManager:
 
     async def _run_alone(self, run: JobRun, source: DataSource) -> None:
         """Data smaller than one shard but not tiny: the leader computes it in its pool."""
-        start, stop = run.shards[0]
         try:
-            queued_ns = time.time_ns()
-            partial, started_ns, finished_ns = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._clocked_compute, run.job, source, start, stop
-            )
+            partial, times = await self._compute_here(run, source, 0)
         except InvalidField as exc:  # the data is bad: the caller's to know
             run.fail(exc)
             return
@@ -276,9 +271,16 @@ class JobManager:
             log.exception("job %s: computation failed", run.job_id)
             run.fail(JobFailed(f"computation failed: {exc}"))  # _run raises it
             return
-        if run.trace is not None:
-            run.trace.shard(0, self.node_id, ShardTimes(queued_ns, started_ns, finished_ns))
-        run.accept(0, self.node_id, partial)
+        run.accept(0, self.node_id, partial, times)
+
+    async def _compute_here(self, run: JobRun, source: DataSource, index: int) -> tuple[Partial, ShardTimes]:
+        """One shard in this node's pool: its partial, and when it was queued, begun and done."""
+        start, stop = run.shards[index]
+        queued_ns = time.time_ns()
+        partial, started_ns, finished_ns = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.compute, run.job, source, start, stop
+        )
+        return partial, ShardTimes(queued_ns, started_ns, finished_ns)
 
     def _start_lanes(self, run: JobRun, source: DataSource) -> None:
         # A file format goes only to the peers that said they read it.
@@ -304,21 +306,14 @@ class JobManager:
             run.fail(JobFailed(f"computation failed: {exc}"))
 
     async def _compute_local(self, run: JobRun, source: DataSource, batch_size: int) -> None:
-        loop = asyncio.get_running_loop()
         while not run.finished:
             batch = run.take(batch_size)
             if not batch:
                 await self._idle(run)
                 continue
             for index in batch:
-                start, stop = run.shards[index]
-                queued_ns = time.time_ns()
-                partial, started_ns, finished_ns = await loop.run_in_executor(
-                    self.executor, self._clocked_compute, run.job, source, start, stop
-                )
-                if run.trace is not None and run.wants(index):
-                    run.trace.shard(index, self.node_id, ShardTimes(queued_ns, started_ns, finished_ns))
-                run.accept(index, self.node_id, partial)
+                partial, times = await self._compute_here(run, source, index)
+                run.accept(index, self.node_id, partial, times)
 
     async def _remote_lane(self, run: JobRun, address: str, batch_size: int, lane: str) -> None:
         while not run.finished and address not in run.failed_nodes:
@@ -387,11 +382,7 @@ class JobManager:
         self, job_id: str, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None
     ) -> bool:
         run = self._running.get(job_id)
-        if run is None:
-            return False
-        if run.trace is not None and times is not None and run.wants(shard):
-            run.trace.shard(shard, node_id, times, received_ns=time.time_ns())
-        return run.accept(shard, node_id, partial)
+        return run.accept(shard, node_id, partial, times, time.time_ns()) if run is not None else False
 
     def running(self) -> list[dict[str, object]]:
         """The jobs running now, with their shard progress (for /status.json)."""
