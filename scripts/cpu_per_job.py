@@ -19,7 +19,6 @@ docs/timeline.md has the figures and what they say.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import print_json  # noqa: E402
 
 
 def thread_cpu_ns(pid: int) -> dict[str, int]:
@@ -90,10 +91,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="distnode-cpu-per-job-") as tmp:
         found = measure(args.nodes, args.n, args.seconds, Path(tmp))
-    text = json.dumps(found, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text)
+    print_json(found, args.json)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import queue
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from benchlib import print_json
 
 SERVICE = "floor.Echo"
 WARMUP = 300
@@ -119,10 +119,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.join(timeout=10)
-    text = json.dumps(found, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text)
+    print_json(found, args.json)
     return 0
 
 

@@ -43,6 +43,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import print_json  # noqa: E402
+
 from node import AsyncClient, Client, LocalCluster  # noqa: E402
 from node.testing.ports import free_ports  # noqa: E402
 
@@ -299,10 +301,7 @@ def main() -> int:
             print(f"leader kill: {out['leader_kill']}", file=sys.stderr, flush=True)
         if "size" in parts:
             out["journal_size"] = asyncio.run(journal_size(workdir / "size", total))
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text)
+    print_json(out, args.json)
     return 0
 
 

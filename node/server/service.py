@@ -278,9 +278,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         self, request: pb.SubmitRequest, context: Context
     ) -> SubmitAnswer | bytes:
         submitted = await answer(self.node, context, self._submit(request, context))
-        if isinstance(submitted, Answered):
-            return submit_reply(submitted, request.trace)
-        return submit_reply(submitted.reply)
+        return submit_reply(submitted if isinstance(submitted, Answered) else submitted.reply, request.trace)
 
     async def _submit(
         self, request: pb.SubmitRequest, context: Context, timeout_s: float | None = None

@@ -18,10 +18,21 @@ the JSON, so `--render-from` rebuilds the page without measuring.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 
 def log(message: str) -> None:
     """Progress goes to stderr so stdout holds only the table and its notes."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def print_json(found: Any, path: Path | None) -> None:
+    """A measuring script's result: indented JSON on stdout, and in `path` as well if given."""
+    text = json.dumps(found, indent=2)
+    print(text)
+    if path is not None:
+        path.write_text(text)

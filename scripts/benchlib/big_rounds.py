@@ -81,7 +81,7 @@ def measure_big(cluster: Any, data: Data, p: Params, res: dict[str, Any]) -> dic
     peers = [name for name in ROUND_PEERS if name not in res["skipped"]]
     out: dict[str, Any] = {}
     jobs = distnode_jobs(cluster, data)
-    with servers({name: (name, 3) for name in peers}, data) as running:
+    with contextlib.closing(jobs), servers({name: (name, 3) for name in peers}, data) as running:
         for figure in FIGURES:
             systems: dict[str, Callable[[], Rep]] = {"distnode": lambda f=figure: jobs.rep(f)}
             systems |= {name: (lambda s=server, f=figure: s.rep(f)) for name, server in running.items()}
@@ -95,7 +95,6 @@ def measure_big(cluster: Any, data: Data, p: Params, res: dict[str, Any]) -> dic
             medians = {n: f"{v['median']:.2f}" for n, v in res["rounds"][figure].items()}
             log(f"distnode {figure}: median {out[figure]['median_ms']:.1f} ms, ratios {medians}, "
                 f"correct {out[figure]['correct']}")
-    jobs.close()
     return out
 
 
