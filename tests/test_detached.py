@@ -98,8 +98,8 @@ async def test_finished_jobs_survive_a_restart_of_every_node_with_snapshots(
         for i in range(30):
             await client.submit(op="max", source=f"values:{i},7", job_id=f"a{i}")
         answers = [await client.result(i, wait=10) for i in detached]
-    leader = cluster.leader()
-    assert leader is not None
+    # Under load the leader may change meanwhile (two nodes may both think they lead for a moment).
+    leader = await cluster.wait_for_leader()
     await poll(lambda: all(d.ledger.table.get("a29") is not None for d in cluster.daemons),
                what="the attached jobs' records everywhere")
     assert leader.journal.snapshot.index > 0, "no snapshot was taken"
