@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from inproc import InProcessCluster, StartCluster, poll
 
+from node import AsyncClient
 from node._proto import distnode_pb2 as pb
 from node.server import beacons
 from node.server.beacons import BEAT, REPLY, BeaconListener, BeaconSender, seal, unseal
@@ -287,3 +288,23 @@ async def test_a_new_leader_draws_a_new_key(start_cluster: StartCluster) -> None
         5.0, "the new leader's link to the remaining follower on UDP")
     new_link = second.heartbeats.link(next(d.config.address for d in cluster.daemons if d not in (first, second)))
     assert new_link is not None and new_link.key is not None and new_link.key != old_key
+
+
+async def test_small_log_entries_go_by_datagram_and_large_ones_by_the_stream(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    await poll(lambda: all(link.on_udp for link in links(cluster, leader)), 5.0, "both links on UDP")
+    by_datagram = sum(link.entries_udp for link in links(cluster, leader))
+    async with AsyncClient(cluster.addresses) as client:
+        small = [await client.submit(op="sum", source="values:1,2,3", detach=True) for _ in range(5)]
+        assert [(await client.result(job, wait=10)).result for job in small] == [6] * 5
+        assert sum(link.entries_udp for link in links(cluster, leader)) > by_datagram, "no entry went by datagram"
+
+        # A record bigger than one datagram: its entries must take the stream.
+        by_datagram = sum(link.entries_udp for link in links(cluster, leader))
+        big = await client.submit(op="sum", source="values:" + ",".join(["1"] * 800), detach=True)
+        assert (await client.result(big, wait=10)).result == 800
+        assert sum(link.entries_udp for link in links(cluster, leader)) == by_datagram
+    for job in [*small, big]:  # every node stored and applied them, whichever way they came
+        await poll(lambda job=job: all((r := d.ledger.table.get(job)) is not None and r.state == "done"
+                                       for d in cluster.daemons), 5.0, f"{job} done on every node")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from inproc import InProcessCluster, StartCluster, poll
 
-from node import AsyncClient
+from node import AsyncClient, Client
 from node.core.jobtable import decode_command
 from node.core.limits import Limits
 from node.core.raftlog import Entry
@@ -339,3 +339,22 @@ async def test_a_detached_job_keeps_the_shard_size_of_the_leader_that_took_it(st
     assert stamper == leader.node_id or successor.node_id != stamper
     assert answer.shards == -(-20000 // size), "resumed with the successor's shard size"
     assert again.shards == -(-20000 // sizes[successor.node_id]) != answer.shards
+
+
+async def test_a_client_goes_straight_to_the_leader_once_a_job_reply_named_it(start_cluster: StartCluster) -> None:
+    """A follower relays Enqueue, Result and Cancel; each reply names the leader's address,
+    so a client relays through it once, not on every call."""
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    follower = next(d for d in cluster.daemons if d is not leader)
+    relayed: list[str] = []
+    follower.relay.on_relay = lambda: relayed.append("call")
+    addresses = [follower.config.address, leader.config.address]  # the follower is tried first
+    async with AsyncClient(addresses) as client:
+        jobs = [await client.submit(op="sum", source="values:1,2,3", detach=True) for _ in range(3)]
+        assert relayed == ["call"], "the first submit reached the follower and was relayed"
+        assert [(await client.result(job, wait=10)).result for job in jobs] == [6] * 3
+    with Client(addresses) as blocking:
+        await asyncio.to_thread(blocking.submit, op="sum", source="values:1", detach=True)
+        await asyncio.to_thread(blocking.submit, op="sum", source="values:1", detach=True)
+    assert relayed == ["call", "call"], "each client went through the follower once"

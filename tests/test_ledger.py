@@ -8,10 +8,11 @@ import contextlib
 import gc
 import itertools
 
+import numpy as np
 import pytest
 
 from node.core.job import Job
-from node.core.jobtable import JobTable
+from node.core.jobtable import JobTable, decode_command
 from node.core.raftlog import Entry
 from node.errors import NotLeader
 from node.server.api import Outcome
@@ -69,3 +70,60 @@ async def test_a_client_that_hung_up_leaves_no_unretrieved_error_when_the_leader
     gc.collect()
     await asyncio.sleep(0)
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def running_ledger(proposed: list[Entry]) -> JobLedger:
+    """A leader's ledger whose runs end at once with the answer 6."""
+    indices = itertools.count(1)
+
+    def propose(data: tuple[bytes, ...]) -> tuple[Entry, ...]:
+        entries = tuple(Entry(next(indices), 1, "command", item) for item in data)
+        proposed.extend(entries)
+        return entries
+
+    async def run(job_id: str, job: Job) -> Outcome:
+        return Outcome(job_id, job.op, np.array(6.0), 1, ("n1",), 0.1)
+
+    desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run, lambda job_id: None,
+                     lambda: 1 << 30, 4, lambda: "n1 (term 1)")
+    desk.caught_up_term = 1
+    return desk
+
+
+async def turns(count: int = 10) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def states(entries: list[Entry]) -> list[tuple[str, str]]:
+    return [(decode_command(entry.data).job_id, decode_command(entry.data).state) for entry in entries]
+
+
+async def test_a_final_record_nobody_waits_for_waits_for_the_flush_and_a_waiter_hurries_it() -> None:
+    proposed: list[Entry] = []
+    desk = running_ledger(proposed)
+    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
+    await turns()
+    desk.apply(tuple(proposed))
+    assert (await ack).state == "queued"
+    await turns()  # the run ends; its `done` record waits for company (ATTACHED_FLUSH_S)
+    assert states(proposed) == [("a", "queued")]
+    waiter = asyncio.create_task(desk.wait("a", 5.0))
+    await turns()  # a client waits: the record goes at once
+    assert states(proposed) == [("a", "queued"), ("a", "done")]
+    desk.apply(tuple(proposed[1:]))
+    record = await waiter
+    assert record is not None and record.state == "done"
+
+    # A client already waiting when the run ends: proposed at the next turn.
+    ack = asyncio.create_task(desk.enqueue("b", Job("sum", "values:1,2,3")))
+    await turns()
+    desk.apply(tuple(proposed[2:]))
+    waiter = asyncio.create_task(desk.wait("b", 5.0))  # registered before the run starts
+    assert (await ack).state == "queued"
+    await turns()
+    assert states(proposed)[-1] == ("b", "done")
+    desk.apply(tuple(proposed[3:]))
+    record = await waiter
+    assert record is not None and record.state == "done"
+    await desk.close()

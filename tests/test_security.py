@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from inproc import StartCluster
+from inproc import StartCluster, poll
 
 from node import AccessDenied, AsyncClient, Client, ClusterUnavailable
 from node._proto import distnode_pb2 as pb
@@ -97,6 +98,22 @@ async def test_health_check_stays_open_without_the_token(start_cluster: StartClu
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await channel.close()
+
+
+async def test_under_tls_log_entries_never_go_by_datagram(start_cluster: StartCluster, certs: Path) -> None:
+    """Datagrams are sealed, not encrypted: with TLS the job records (sources, answers)
+    keep to the stream, while idle beats still go by UDP."""
+    cluster = await start_cluster(3, tls=SERVER_MODES["mtls"](certs), token=TOKEN)
+    leader = await cluster.wait_for_leader()
+
+    def links() -> list[Any]:
+        return [leader.heartbeats.link(address) for address in leader.config.peers]
+
+    await poll(lambda: all(link is not None and link.on_udp for link in links()), 5.0, "beats on UDP")
+    async with AsyncClient(cluster.addresses, token=TOKEN, tls=CLIENT_KINDS["mtls"](certs)) as client:
+        jobs = [await client.submit(op="sum", source="values:1,2,3", detach=True) for _ in range(5)]
+        assert [(await client.result(job, wait=10)).result for job in jobs] == [6] * 5
+    assert all(link.sent_udp > 0 and link.entries_udp == 0 for link in links())
 
 
 async def test_cluster_under_mtls_and_token_elects_and_computes(start_cluster: StartCluster, certs: Path) -> None:

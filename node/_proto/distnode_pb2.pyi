@@ -115,9 +115,10 @@ class HeartbeatRequest(_message.Message):
     older datagrams are dropped). 0 on the gRPC stream.
     """
     prev_index: _builtins.int
-    """Raft §5.3 AppendEntries: the entry before `entries`, the entries (only on
-    the gRPC stream), and the leader's commit index. A beat with none is a
-    heartbeat that still checks the follower's log and carries the commit.
+    """Raft §5.3 AppendEntries: the entry before `entries`, the entries (in a
+    datagram only where the links are plaintext and they fit), and the
+    leader's commit index. A beat with none is a heartbeat that still checks
+    the follower's log and carries the commit.
     """
     prev_term: _builtins.int
     commit: _builtins.int
@@ -819,6 +820,7 @@ class JobInfo(_message.Message):
     BINS_FIELD_NUMBER: _builtins.int
     RANGE_LO_FIELD_NUMBER: _builtins.int
     RANGE_HI_FIELD_NUMBER: _builtins.int
+    LEADER_ADDRESS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     op: _builtins.str
     source: _builtins.str
@@ -842,6 +844,10 @@ class JobInfo(_message.Message):
     bins: _builtins.int
     range_lo: _builtins.float
     range_hi: _builtins.float
+    leader_address: _builtins.str
+    """The leader's address as the answering node knows it ("" if none), so a
+    client can go straight there next time instead of through a relay.
+    """
     @_builtins.property
     def result(self) -> Global___Tensor:
         """Set when done and the result was kept (result_kept)."""
@@ -872,10 +878,11 @@ class JobInfo(_message.Message):
         bins: _builtins.int = ...,
         range_lo: _builtins.float | None = ...,
         range_hi: _builtins.float | None = ...,
+        leader_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_axis", b"_axis", "_range_hi", b"_range_hi", "_range_lo", b"_range_lo", "axis", b"axis", "range_hi", b"range_hi", "range_lo", b"range_lo", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_axis", b"_axis", "_range_hi", b"_range_hi", "_range_lo", b"_range_lo", "answered_by", b"answered_by", "axis", b"axis", "bins", b"bins", "elapsed_ms", b"elapsed_ms", "error", b"error", "finished_at", b"finished_at", "job_id", b"job_id", "leader", b"leader", "map", b"map", "nodes", b"nodes", "op", b"op", "range_hi", b"range_hi", "range_lo", b"range_lo", "result", b"result", "result_kept", b"result_kept", "shards", b"shards", "shards_done", b"shards_done", "source", b"source", "state", b"state", "submitted_at", b"submitted_at", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_axis", b"_axis", "_range_hi", b"_range_hi", "_range_lo", b"_range_lo", "answered_by", b"answered_by", "axis", b"axis", "bins", b"bins", "elapsed_ms", b"elapsed_ms", "error", b"error", "finished_at", b"finished_at", "job_id", b"job_id", "leader", b"leader", "leader_address", b"leader_address", "map", b"map", "nodes", b"nodes", "op", b"op", "range_hi", b"range_hi", "range_lo", b"range_lo", "result", b"result", "result_kept", b"result_kept", "shards", b"shards", "shards_done", b"shards_done", "source", b"source", "state", b"state", "submitted_at", b"submitted_at", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__axis: _TypeAlias = _typing.Literal["axis"]  # noqa: Y015
     _WhichOneofArgType__axis: _TypeAlias = _typing.Literal["_axis", b"_axis"]  # noqa: Y015

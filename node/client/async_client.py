@@ -168,6 +168,7 @@ class AsyncClient:
             return await self._stub(address).Enqueue(request, timeout=remaining)
 
         info, _ = await call_any(self._nodes, call, request.job.job_id, self._deadline(timeout), self._tls)
+        self._nodes.prefer(info.leader_address)  # a follower relays Enqueue: one hop each way saved
         return info.job_id
 
     async def result(self, job_id: str, wait: float = 0.0, timeout: float | None = None) -> Answer:
@@ -180,6 +181,7 @@ class AsyncClient:
             return await self._stub(address).Result(request, timeout=remaining)
 
         info, retries = await call_any(self._nodes, call, job_id, self._deadline(timeout, wait), self._tls)
+        self._nodes.prefer(info.leader_address)
         return answer_of(info, retries)
 
     async def jobs(self, state: str | None = None, limit: int = 100, timeout: float | None = None
@@ -201,6 +203,7 @@ class AsyncClient:
             return await self._stub(address).Cancel(request, timeout=remaining)
 
         info, _ = await call_any(self._nodes, call, job_id, self._deadline(timeout), self._tls)
+        self._nodes.prefer(info.leader_address)
         return job_status(info)
 
     def _deadline(self, timeout: float | None, wait: float = 0.0) -> float:

@@ -115,6 +115,7 @@ class Client:
                 return info
 
             info, _ = call_any_blocking(self._nodes, enqueue, request.job.job_id, deadline, self._factory.tls)
+            self._nodes.prefer(info.leader_address)  # a follower relays Enqueue: one hop each way saved
             return info.job_id
         started, started_ns = time.perf_counter(), time.time_ns()
         reply, failed = call_any_blocking(

@@ -118,6 +118,8 @@ class JobView:
     term: int
     #: Shards merged so far; known only on the leader that runs the job.
     shards_done: int = 0
+    #: The leader's address as the answering node knows it; "" if none.
+    leader_address: str = ""
 
 
 @dataclass(frozen=True)

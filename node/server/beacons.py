@@ -32,6 +32,15 @@ gRPC stays the authority; UDP only makes the common case cheap.
   and a leader takes a reply only above the last it took from that peer, so a
   recorded datagram cannot be replayed to keep a dead leader or peer "alive".
 
+Log entries: where the links are plaintext (no TLS), an AppendEntries that
+fits in one datagram goes as a datagram instead of on the stream, while the
+follower answers datagrams; the follower stores it and answers as it answers
+the stream (fsync first). A detached submit's acknowledgement waits for one
+such round trip, and a datagram is its cheapest form. A lost one is sent
+again at the next beat, which then also takes the stream, as any unanswered
+beat does. With TLS, entries take the stream only: a datagram is authenticated,
+not encrypted, and the records hold the jobs' sources and answers.
+
 Wire format: MAGIC (4 bytes) | kind (1 byte) | protobuf message | tag (16
 bytes: keyed BLAKE2s of everything before it, BLAKE2's own MAC mode, three
 times cheaper than HMAC-SHA256 on messages this small). A beat holds a
@@ -67,8 +76,11 @@ REPLY = 2
 KEY_BYTES = 32
 TAG_BYTES = 16
 _HEAD = len(MAGIC) + 1
-#: Larger datagrams are not ours (a beat is under 100 bytes).
-MAX_DATAGRAM_BYTES = 1024
+#: Larger datagrams are not ours: a beat is under 100 bytes, a small job's record a few
+#: hundred, and 1400 fits one Ethernet frame (1500 less the IP and UDP headers) unfragmented.
+MAX_DATAGRAM_BYTES = 1400
+#: The most a sealed message's protobuf may take.
+MAX_PAYLOAD_BYTES = MAX_DATAGRAM_BYTES - _HEAD - TAG_BYTES
 
 
 def new_key() -> bytes:

@@ -69,8 +69,8 @@ from node.server.heartbeats import HeartbeatLinks
 from node.server.jobdesk import JobDesk
 from node.server.journal import Journal
 from node.server.ledger import JobLedger
-from node.server.ledger import outcome_of as answer_of
 from node.server.metrics import NodeMetrics
+from node.server.outcomes import outcome_of as answer_of
 from node.server.peers import PeerTable
 from node.server.relay import Relay
 from node.server.service import NodeServicer, add_to_server, beat_reply, make_server
@@ -240,7 +240,7 @@ class Daemon:
     def beat_reply(self, request: pb.HeartbeatRequest) -> pb.HeartbeatReply:
         """A beat that came as a UDP datagram. The listener took it only under the key a
         member granted over gRPC, for that leader and term: checked there, not again.
-        It carries no entries (those take the stream), but it is checked all the same."""
+        Its entries, if any, are stored before the answer, as on the stream."""
         return beat_reply(self.node_id, self.elections.heartbeat(beat_from_proto(request, self.node_id)))
 
     async def submit(

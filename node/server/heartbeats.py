@@ -2,7 +2,8 @@
 
 Heartbeats are most of what an idle cluster does, so they take the cheapest
 path that works. Each beat goes out as a sealed datagram (node/server/beacons.py);
-while the follower answers those, that is all. A beat whose previous datagram
+while the follower answers those, that is all. So do small AppendEntries
+where the links are plaintext (beacons.py says when and why). A beat whose previous datagram
 went unanswered also goes on the link's long-lived bidirectional `Heartbeat`
 gRPC stream, which carries the term's beacon key: that is how a follower
 learns the key, and how heartbeats keep flowing where UDP does not.
@@ -41,6 +42,7 @@ class HeartbeatLink:
         self, address: str, stubs: StubCache, on_reply: OnReply, stale_s: float,
         key: bytes | None = None, on_failure: OnFailure | None = None,
         totals: dict[tuple[str, str], int] | None = None, on_rtt: Callable[[float], None] | None = None,
+        entries_by_udp: bool = False,
     ) -> None:
         self.address = address
         self.stubs = stubs
@@ -58,9 +60,12 @@ class HeartbeatLink:
         self._writers: set[asyncio.Task[None]] = set()
         #: When the oldest gRPC beat still unanswered was written.
         self._unanswered_since_s: float | None = None
-        #: Beats sent on each path, for tests and reports.
+        #: Whether entries that fit may go as a datagram (only where the links are plaintext).
+        self.entries_by_udp = entries_by_udp
+        #: Beats sent on each path, for tests and reports; `entries_udp` of `sent_udp` carried entries.
         self.sent_udp = 0
         self.sent_grpc = 0
+        self.entries_udp = 0
         #: Beats sent to each (peer, transport) over every leadership, for the metrics.
         self.totals = totals if totals is not None else {}
         #: Told each beat's round trip, in seconds, when one can be timed.
@@ -74,8 +79,11 @@ class HeartbeatLink:
 
     def send(self, request: pb.HeartbeatRequest, seq: int = 0, reliable: bool = False) -> None:
         """Send one heartbeat (`request` without key or seq); returns at once. A
-        `reliable` one (it carries log entries or a snapshot) takes the stream only."""
+        `reliable` one (it carries log entries or a snapshot) takes the stream, or a
+        datagram alone if it carries entries that fit and datagrams are answered."""
         if reliable:
+            if self._entries_by_datagram(request, seq):
+                return
             if self.key is not None:
                 request.beacon_key = self.key
             self._send_grpc(request)
@@ -97,6 +105,21 @@ class HeartbeatLink:
         if self.key is not None:
             request.beacon_key = self.key
         self._send_grpc(request)
+
+    def _entries_by_datagram(self, request: pb.HeartbeatRequest, seq: int) -> bool:
+        """Send `request` (entries, not a snapshot) as a datagram if allowed; True if sent."""
+        beacon = self._beacon
+        if not self.entries_by_udp or beacon is None or not beacon.answering or request.is_snapshot:
+            return False
+        request.seq = seq
+        if request.ByteSize() > beacons.MAX_PAYLOAD_BYTES:
+            request.seq = 0
+            return False
+        beacon.send(seq, request)
+        self.sent_udp += 1
+        self.entries_udp += 1
+        self.totals[(self.address, "udp")] = self.totals.get((self.address, "udp"), 0) + 1
+        return True
 
     async def _connect(self, key: bytes) -> None:
         beacon = await beacons.connect(self.address, key, self._on_beacon_reply)
@@ -202,6 +225,9 @@ class HeartbeatLinks:
         self.on_rtt: Callable[[float], None] = lambda seconds: None
         self.stale_s = stale_s
         self.udp = udp
+        #: Datagrams are sealed, not encrypted: entries (jobs' sources, answers) take
+        #: them only where gRPC is plaintext too.
+        self.entries_by_udp = udp and not stubs.factory.secure
         self._links: dict[str, HeartbeatLink] = {}
         self._key: bytes | None = None
         self._seq = 0
@@ -216,7 +242,7 @@ class HeartbeatLinks:
                 self._key, self._seq = beacons.new_key(), 0
             link = self._links[address] = HeartbeatLink(
                 address, self.stubs, self.on_reply, self.stale_s, self._key, self.on_failure, self.totals,
-                self.on_rtt,
+                self.on_rtt, self.entries_by_udp,
             )
         self._seq += 1
         link.send(request, self._seq, reliable)

@@ -60,7 +60,8 @@ class JobDesk:
         if self.node.is_leader and record.state == "running":
             done = self.node.shards_done(record.job_id)
         election = self.node.election
-        return JobView(record, self.node.node_id, election.leader or "", election.term, done)
+        return JobView(record, self.node.node_id, election.leader or "", election.term, done,
+                       self.node.relay.leader_address())
 
     async def enqueue(self, job_id: str, job: Job, client: str, forwarded: bool) -> JobView:
         if not self.node.is_leader:

@@ -15,7 +15,7 @@ def view_to_info(view: JobView) -> pb.JobInfo:
         shards_done=record.shards if record.state == "done" else view.shards_done, shards=record.shards,
         submitted_at=record.submitted_at or 0.0, finished_at=record.finished_at or 0.0,
         elapsed_ms=record.elapsed_ms or 0.0, error=record.error, nodes=record.nodes,
-        answered_by=view.answered_by, leader=view.leader, term=view.term,
+        answered_by=view.answered_by, leader=view.leader, term=view.term, leader_address=view.leader_address,
         map=str(spec.get("map") or "identity"), bins=int(spec.get("bins") or 0),
     )
     for name in ("axis", "range_lo", "range_hi"):
@@ -40,4 +40,4 @@ def view_from_info(info: pb.JobInfo) -> JobView:
         info.job_id, info.op, info.source, info.state, spec, info.shards, tuple(info.nodes),
         info.submitted_at or None, info.finished_at or None, info.elapsed_ms or None, result, info.error,
     )
-    return JobView(record, info.answered_by, info.leader, info.term, info.shards_done)
+    return JobView(record, info.answered_by, info.leader, info.term, info.shards_done, info.leader_address)

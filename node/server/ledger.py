@@ -37,7 +37,6 @@ from node.core.jobtable import (
     FINISHED,
     JobRecord,
     JobTable,
-    Result,
     encode_command,
     job_spec,
     record_job,
@@ -50,12 +49,12 @@ from node.errors import (
     JobCancelled,
     JobConflict,
     JobError,
-    JobFailed,
     JobFinished,
     LimitExceeded,
     NotLeader,
     UnknownJob,
 )
+from node.server.outcomes import result_of
 
 if TYPE_CHECKING:
     from node.server.api import Outcome
@@ -86,34 +85,6 @@ BUSY_RETRY_S = 0.05
 
 Propose = Callable[[tuple[bytes, ...]], tuple[Entry, ...]]
 Run = Callable[[str, Job], Awaitable["Outcome"]]
-
-
-def result_of(outcome: Outcome, cap: int) -> tuple[Result | None, str]:
-    """The outcome's answer as a record keeps it, or None and why not."""
-    from node.wire.tensors import wire_array  # numpy: with the compute stack
-
-    array = wire_array(outcome.result)
-    if array.nbytes > cap:
-        return None, f"the result ({array.nbytes} bytes) was not kept, being over {cap}; submit again"
-    return Result(array.dtype.str, tuple(array.shape), array.tobytes()), ""
-
-
-def outcome_of(record: JobRecord) -> Outcome | None:
-    """What an attached submit of a recorded job answers: the answer of a done one (None
-    without its bytes, or while it runs: then it is run, or joined); JobFailed or JobCancelled."""
-    if record.state == "failed":
-        raise JobFailed(f"job {record.job_id} failed: {record.error}")
-    if record.state == "cancelled":
-        raise JobCancelled(f"job {record.job_id} was cancelled")
-    kept = record.result
-    if kept is None:
-        return None
-    import numpy as np
-
-    from node.server.api import Outcome
-
-    result = np.frombuffer(kept.data, dtype=np.dtype(kept.dtype)).reshape(kept.shape)
-    return Outcome(record.job_id, record.op, result, record.shards, record.nodes, record.elapsed_ms or 0.0)
 
 
 class JobLedger:
@@ -179,10 +150,13 @@ class JobLedger:
             self.caught_up_term = term
             self._resume_all()  # the table now holds everything committed before this term
             return
+        loop = asyncio.get_running_loop()
         for job_id in changed:
             record = self.table.get(job_id)
             if record is not None and record.state == "queued":
-                self._schedule(job_id)
+                # A turn later: the acknowledgement this commit releases goes out
+                # before the job's first step takes the loop (a small job's ~0.3 ms).
+                loop.call_soon(self._schedule, job_id)
             elif record is not None and record.state == "cancelled":
                 self._stop_run(job_id)
 
@@ -204,12 +178,16 @@ class JobLedger:
         # Whoever awaits it may be gone (a client that hung up): its outcome is seen all the same.
         future.add_done_callback(_retrieve)
         self._pending.append((encode_command(record), future))
-        loop = asyncio.get_running_loop()
-        if urgent and self._flush_soon is None:
-            self._flush_soon = loop.call_soon(self._flush)
+        if urgent:
+            self._hurry()
         elif self._flush_later is None and self._flush_soon is None:
-            self._flush_later = loop.call_later(ATTACHED_FLUSH_S, self._flush)
+            self._flush_later = asyncio.get_running_loop().call_later(ATTACHED_FLUSH_S, self._flush)
         return future
+
+    def _hurry(self) -> None:
+        """Propose what is pending at the next turn rather than at the flush timer."""
+        if self._pending and self._flush_soon is None:
+            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         for handle in (self._flush_soon, self._flush_later):
@@ -333,6 +311,7 @@ class JobLedger:
                 return record
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._watchers[job_id].append(future)
+            self._hurry()  # its final record may be waiting for company (_finish)
             try:
                 await asyncio.wait_for(future, left)
             except TimeoutError:
@@ -406,8 +385,11 @@ class JobLedger:
         self._finish(replace(ran, result=result, error=note), "done")
 
     def _finish(self, record: JobRecord, state: str, error: str = "") -> None:
+        """Propose the job's final record: at once if a client waits for it, else with the
+        next flush (ATTACHED_FLUSH_S), where many jobs' records share one proposal, so a
+        stream of small detached jobs costs the log one round trip each, not two."""
         final = replace(record, state=state, finished_at=time.time(), error=error or record.error)
-        self._propose_record(final, urgent=True)
+        self._propose_record(final, urgent=bool(self._watchers.get(record.job_id)))
 
     async def close(self) -> None:
         """The daemon stops: no more proposals, no run left behind, no waiter left hanging."""
