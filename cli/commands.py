@@ -32,8 +32,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         advertise = parse_address(args.advertise, "advertise") if args.advertise else ""
         http = parse_address(args.http, "http") if args.http else ""
         options: dict[str, Any] = {}
-        if args.heartbeat_ms is not None:
-            options["heartbeat_ms"] = args.heartbeat_ms
+        for name in ("heartbeat_ms", "idle_heartbeat_ms"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
         if args.election_ms is not None:
             options["election_ms_min"], options["election_ms_max"] = parse_range_ms(args.election_ms)
         if args.tick_ms is not None:
@@ -190,6 +191,8 @@ def run_local(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.heartbeat_ms is not None:
         options["heartbeat_ms"] = args.heartbeat_ms
+    if args.idle_heartbeat_ms is not None:
+        options["extra_args"] = ["--idle-heartbeat-ms", str(args.idle_heartbeat_ms)]
     if args.election_ms is not None:
         try:
             options["election_ms"] = parse_range_ms(args.election_ms)

@@ -78,6 +78,9 @@ class SimNet:
     pre_vote: bool = True
     check_quorum: bool = True
     heartbeat_ticks: int = 2
+    #: Beats thin to this while a node is `quiet` (no job runs) and all is committed; 0: never.
+    idle_heartbeat_ticks: int = 0
+    quiet: bool = False
     replicate: bool = False
     election_ticks_min: int = 10
     election_ticks_max: int = 20
@@ -138,6 +141,7 @@ class SimNet:
             node_id=node_id,
             peers=tuple(p for p in self.ids if p != node_id),
             heartbeat_ticks=self.heartbeat_ticks,
+            idle_heartbeat_ticks=self.idle_heartbeat_ticks,
             election_ticks_min=self.election_ticks_min,
             election_ticks_max=self.election_ticks_max,
             pre_vote=self.pre_vote,
@@ -199,6 +203,7 @@ class SimNet:
         self.done[node_id] = list(snapshot)
         self.applied[node_id] = disk.snapshot_index
         self.nodes[node_id] = Election(self.config(node_id), rng, term, voted_for, log, encode(snapshot))
+        self.nodes[node_id].quiet = self.quiet
         self._check_term(node_id)
         self._check_durable(node_id)
 

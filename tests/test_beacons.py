@@ -308,3 +308,22 @@ async def test_small_log_entries_go_by_datagram_and_large_ones_by_the_stream(sta
     for job in [*small, big]:  # every node stored and applied them, whichever way they came
         await poll(lambda job=job: all((r := d.ledger.table.get(job)) is not None and r.state == "done"
                                        for d in cluster.daemons), 5.0, f"{job} done on every node")
+
+
+async def test_an_idle_leader_is_quiet_and_a_running_job_brings_the_full_beat_back(
+    start_cluster: StartCluster,
+) -> None:
+    """Beats thin only while no job runs (the core's rule is tested in test_election_rules):
+    a job needs its workers' deaths seen at the full beat."""
+    cluster = await start_cluster(3, idle_heartbeat_ms=15)  # FAST beats every 10 ms
+    leader = await cluster.wait_for_leader()
+    beat_ticks = leader.config.heartbeat_ticks
+    assert leader.config.idle_heartbeat_ticks > beat_ticks
+    await poll(lambda: leader.election.quiet and leader.election.ticks_until_due() > beat_ticks, 5.0,
+               "an idle leader waiting longer than one beat")
+    async with AsyncClient(cluster.addresses) as client:
+        job = asyncio.create_task(client.submit(op="sum", source="random:n=5e7,seed=1"))
+        await poll(lambda: not leader.election.quiet, 10.0, "the leader busy while the job runs")
+        assert leader.election.ticks_until_due() <= beat_ticks
+        await job
+    await poll(lambda: leader.election.quiet, 5.0, "quiet again once the job ended")

@@ -118,3 +118,16 @@ def test_bench_quick_writes_table_json_and_page(tmp_path: Path) -> None:
     assert text.startswith("# a project\n") and text.endswith(f"{SUMMARY_END}\n\nthe rest\n")
     assert "old figures" not in text and table[0] in text and "--quick --markdown" in text
     assert next(line for line in table if "big: `sum`" in line) in text
+
+
+def test_idle_cpu_measures_each_interval_side_by_side(tmp_path: Path) -> None:
+    """scripts/idle_cpu.py: one cluster per --idle-heartbeat-ms value, a leader and followers each."""
+    out = tmp_path / "idle.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "idle_cpu.py"), "--idle-ms", "50,100",
+                    "--windows", "1", "--window-s", "0.5", "--json", str(out)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    found = json.loads(out.read_text())
+    assert sorted(found) == ["100", "50"]
+    for figures in found.values():
+        assert sorted(figures) == ["followers_pct", "leader_pct"]
+        assert all(0 <= value < 100 for value in figures.values())

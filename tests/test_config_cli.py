@@ -26,6 +26,24 @@ def test_defaults_are_valid_and_convert_to_ticks() -> None:
     cfg.validate()
     assert cfg.heartbeat_ticks == 5
     assert cfg.election_ticks == (25, 50)
+    assert cfg.idle_heartbeat_ticks == 10
+
+
+@pytest.mark.parametrize(
+    ("overrides", "idle_ticks"),
+    [
+        ({"heartbeat_ms": 30, "election_ms_min": 150, "election_ms_max": 300}, 6),  # LocalCluster's fast timing
+        ({"heartbeat_ms": 60, "election_ms_min": 250}, 6),  # election minimum under 5 beats: not thinned
+        ({"idle_heartbeat_ms": 120}, 12),
+        ({"idle_heartbeat_ms": 50}, 5),  # equal to heartbeat-ms: never thinned
+    ],
+)
+def test_idle_heartbeats_are_twice_the_beat_where_the_election_minimum_leaves_room(
+    overrides: dict[str, object], idle_ticks: int,
+) -> None:
+    cfg = config(**overrides)
+    cfg.validate()
+    assert cfg.idle_heartbeat_ticks == idle_ticks
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:7001", "[::]:7001"])
@@ -42,6 +60,9 @@ def test_a_wildcard_listen_needs_an_advertised_address(listen: str) -> None:
         ({"election_ms_min": 120, "heartbeat_ms": 50}, "election-ms minimum (120) must be at least 3 x heartbeat-ms (50)"),
         ({"election_ms_min": 300, "election_ms_max": 200}, "election-ms maximum (200) must be at least its minimum (300)"),
         ({"heartbeat_ms": 5}, "heartbeat-ms (5) must be at least tick-ms (10)"),
+        ({"idle_heartbeat_ms": 40}, "idle-heartbeat-ms (40) must be at least heartbeat-ms (50)"),
+        ({"idle_heartbeat_ms": 130}, "idle-heartbeat-ms (130) must be at least heartbeat-ms (50) and under half "
+                                     "the election-ms minimum (250)"),
         ({"node_id": ""}, "id: must be non-empty"),
         ({"peers": ("127.0.0.1:5001",)}, "peers: lists this node's own address"),
         ({"peers": ("h:1", "h:1")}, "peers: duplicate address"),
@@ -84,6 +105,7 @@ def test_range_ms_parsing() -> None:
         (["submit", "--cluster", "h:1", "--op", "sum"], "--source"),
         (["start", "--id", "n1", "--listen", "nope", "--peers", ""], "listen: expected HOST:PORT"),
         (["start", "--id", "n1", "--listen", "h:1", "--peers", "h:2", "--heartbeat-ms", "100", "--election-ms", "200-400"], "election-ms minimum (200)"),
+        (["start", "--id", "n1", "--listen", "h:1", "--peers", "h:2", "--idle-heartbeat-ms", "200"], "idle-heartbeat-ms (200)"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],

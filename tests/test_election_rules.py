@@ -80,6 +80,14 @@ def elect(node: Election) -> list[Output]:
             "election_ticks_max (9) must be at least election_ticks_min (10)",
         ),
         ({"heartbeat_ticks": 0}, "heartbeat_ticks (0) must be at least 1"),
+        (
+            {"heartbeat_ticks": 2, "idle_heartbeat_ticks": 1},
+            "idle_heartbeat_ticks (1) must be at least heartbeat_ticks (2) and under half election_ticks_min (10)",
+        ),
+        (
+            {"idle_heartbeat_ticks": 5},
+            "idle_heartbeat_ticks (5) must be at least heartbeat_ticks (1) and under half election_ticks_min (10)",
+        ),
         ({"peers": ("b", "a")}, "node_id ('a') must not be in peers"),
         ({"peers": ("b", "b")}, "contain duplicates"),
         ({"node_id": ""}, "node_id must be non-empty"),
@@ -194,6 +202,24 @@ def test_leader_heartbeats_every_heartbeat_ticks() -> None:
     elect(node)
     beats = [bool(sends(node.tick())) for _ in range(9)]
     assert beats == [False, False, True] * 3
+
+
+def test_a_quiet_leader_with_everything_committed_beats_every_idle_heartbeat_ticks() -> None:
+    """Ours, not the paper's: beats are most of what an idle cluster does. While the caller
+    says no job runs (`quiet`) and every entry is committed, the leader beats every
+    `idle_heartbeat_ticks`; an entry not yet committed, or a job, brings `heartbeat_ticks`
+    back at once. Under half `election_ticks_min`, a lost idle beat still leaves one in time."""
+    node = make(heartbeat_ticks=2, idle_heartbeat_ticks=4, check_quorum=False, replicate=True)
+    elect(node)
+    node.quiet = True
+    assert [bool(sends(node.tick())) for _ in range(4)] == [False, True] * 2, "the no-op is uncommitted"
+    node.step(HeartbeatResponse("b", "a", node.term, True, node.log.last_index))
+    assert node.commit_index == node.log.last_index
+    assert [bool(sends(node.tick())) for _ in range(8)] == [False, False, False, True] * 2
+    assert node.ticks_until_due() == 4
+    node.quiet = False  # a job started
+    assert node.ticks_until_due() == 2
+    assert [bool(sends(node.tick())) for _ in range(4)] == [False, True] * 2
 
 
 def test_single_node_elects_itself() -> None:

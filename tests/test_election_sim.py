@@ -43,6 +43,21 @@ def test_healthy_cluster_elects_one_leader_quickly(n: int, seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(20))
+def test_a_quiet_cluster_beating_at_the_idle_interval_keeps_its_leader(seed: int) -> None:
+    """Idle beats (`quiet`, every entry committed): with the idle interval under half the
+    election minimum, messages late by up to three ticks never start an election."""
+    net = SimNet(ids(3), seed, replicate=True, idle_heartbeat_ticks=4, quiet=True, max_delay=3)
+    leader = net.run_until_stable(ELECTION_BOUND_TICKS)
+    assert leader is not None, f"seed={seed}: no leader"
+    term = net.nodes[leader].term
+    net.run(400)
+    node = net.nodes[leader]
+    assert node.quiet and node.commit_index == node.log.last_index, "the leader would not thin its beats"
+    net.run(2000)
+    assert net.stable_leader() == leader and net.nodes[leader].term == term
+
+
+@pytest.mark.parametrize("seed", range(20))
 def test_a_node_rebooting_fast_into_a_live_cluster_disturbs_no_one(seed: int) -> None:
     """A restarted node campaigns early (fast_first_election), but its peers are
     inside the leader's lease: the Pre-Vote fails and the term stays."""

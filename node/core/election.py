@@ -69,9 +69,9 @@ class Election:
         self._role = Role.FOLLOWER
         self._leader: str | None = None
         self._election_elapsed = self._election_timeout = self._heartbeat_elapsed = 0
-        self._ticks_since_leader = 0
+        self._ticks_since_leader = self._check_elapsed = 0
         self._granted, self._rejected = set[str](), set[str]()
-        self._check_elapsed = 0
+        self.quiet = False  # set by the caller while no job runs: beats may thin (beat_ticks)
         # Ticks since each peer last answered us; None: not since we became leader.
         self._peer_heard: dict[str, int | None] = {p: None for p in config.peers}
         self._log = Replication(config, log if log is not None else RaftLog(), snapshot)
@@ -153,7 +153,7 @@ class Election:
         move the deadline, so ask again after stepping.
         """
         if self._role is Role.LEADER:
-            due = self._config.heartbeat_ticks - self._heartbeat_elapsed
+            due = self._log.beat_ticks(self.quiet) - self._heartbeat_elapsed
             if self._config.check_quorum:
                 due = min(due, self._config.election_ticks_min - self._check_elapsed)
         else:
@@ -355,7 +355,7 @@ class Election:
                 self._become_follower(self._term, None, out)
                 return out
         self._heartbeat_elapsed += 1
-        if self._heartbeat_elapsed >= self._config.heartbeat_ticks:
+        if self._heartbeat_elapsed >= self._log.beat_ticks(self.quiet):
             self._broadcast_heartbeats(out)
         return out
 

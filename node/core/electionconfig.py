@@ -11,8 +11,10 @@ class ElectionConfig:
 
     node_id: str  # this node's key
     peers: tuple[str, ...]  # the other nodes' keys, self excluded
-    # The leader sends a Heartbeat to every peer every `heartbeat_ticks` ticks.
+    # The leader sends a Heartbeat to every peer every `heartbeat_ticks` ticks, or
+    # every `idle_heartbeat_ticks` while idle (Replication.beat_ticks); 0: never thinned.
     heartbeat_ticks: int = 1
+    idle_heartbeat_ticks: int = 0
     # Each reset draws the election timeout uniformly from [min, max] inclusive;
     # randomness keeps candidates from splitting the vote forever (Raft §5.2).
     # `election_ticks_min` is also the CheckQuorum window and the leader lease.
@@ -57,6 +59,12 @@ class ElectionConfig:
             raise ValueError(
                 f"election_ticks_min ({self.election_ticks_min}) must be greater than"
                 f" 2 * heartbeat_ticks ({self.heartbeat_ticks})"
+            )
+        idle = self.idle_heartbeat_ticks
+        if idle and not self.heartbeat_ticks <= idle < self.election_ticks_min / 2:
+            raise ValueError(
+                f"idle_heartbeat_ticks ({idle}) must be at least heartbeat_ticks ({self.heartbeat_ticks})"
+                f" and under half election_ticks_min ({self.election_ticks_min})"
             )
         if self.election_ticks_max < self.election_ticks_min:
             raise ValueError(

@@ -78,6 +78,12 @@ class Replication:
                 break
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit)
 
+    def beat_ticks(self, quiet: bool) -> int:
+        """Ticks between a leader's beats: the idle interval while the caller says nothing
+        needs fast failure detection (`quiet`: no job runs) and every entry is committed."""
+        idle = self._config.idle_heartbeat_ticks
+        return idle if quiet and idle and self.commit == self.log.last_index else self._config.heartbeat_ticks
+
     def on_response(self, response: HeartbeatResponse, term: int, out: list[Output]) -> None:
         peer = response.src
         if peer not in self._next:

@@ -69,6 +69,10 @@ class NodeConfig:
     data_dir: Path
     #: How often the leader sends heartbeats. Also the follower's failure-detection grain.
     heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
+    #: How often while no job runs and every entry is committed: an idle cluster's CPU is
+    #: mostly beats. None: twice `heartbeat_ms` where the election minimum is at least
+    #: five beats (so a lost idle beat is still followed by one in time), else unthinned.
+    idle_heartbeat_ms: int | None = None
     #: Randomized election timeout range; also the leader's CheckQuorum window
     #: and the time after which a silent worker is declared dead.
     election_ms_min: int = DEFAULT_ELECTION_MS[0]
@@ -181,6 +185,12 @@ class NodeConfig:
                 f"election-ms minimum ({self.election_ms_min}) must be at least "
                 f"3 x heartbeat-ms ({self.heartbeat_ms})"
             )
+        idle, idle_ticks = self.idle_heartbeat_ms, self.idle_heartbeat_ticks
+        if idle is not None and (idle < self.heartbeat_ms or 2 * idle_ticks >= self.election_ticks[0]):
+            raise ConfigError(
+                f"idle-heartbeat-ms ({idle}) must be at least heartbeat-ms ({self.heartbeat_ms}) "
+                f"and under half the election-ms minimum ({self.election_ms_min})"
+            )
         if self.election_ms_max < self.election_ms_min:
             raise ConfigError(
                 f"election-ms maximum ({self.election_ms_max}) must be at least "
@@ -190,6 +200,13 @@ class NodeConfig:
     @property
     def heartbeat_ticks(self) -> int:
         return max(1, self.heartbeat_ms // self.tick_ms)
+
+    @property
+    def idle_heartbeat_ticks(self) -> int:
+        if self.idle_heartbeat_ms is not None:
+            return max(self.heartbeat_ticks, self.idle_heartbeat_ms // self.tick_ms)
+        beat, election_min = self.heartbeat_ticks, self.election_ticks[0]
+        return 2 * beat if election_min >= 5 * beat else beat
 
     @property
     def election_ticks(self) -> tuple[int, int]:

@@ -32,8 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from node import formats
 from node._proto import distnode_pb2 as pb
@@ -73,7 +72,7 @@ from node.server.metrics import NodeMetrics
 from node.server.outcomes import outcome_of as answer_of
 from node.server.peers import PeerTable
 from node.server.relay import Relay
-from node.server.service import NodeServicer, add_to_server, beat_reply, make_server
+from node.server.service import add_services, beat_reply, make_server
 from node.server.startchecks import bind_port, check_data_dir
 from node.server.statestore import MAX_TERM, StateStore
 from node.wire.answers import SERVICE
@@ -114,6 +113,7 @@ class Daemon:
         election = Election(
             ElectionConfig(
                 node_id=config.node_id, peers=config.peers, heartbeat_ticks=config.heartbeat_ticks,
+                idle_heartbeat_ticks=config.idle_heartbeat_ticks,
                 election_ticks_min=lo, election_ticks_max=hi, fast_first_election=True, replicate=True,
             ),
             rng=random.Random(), term=saved.term, voted_for=saved.voted_for, log=raft_log,
@@ -371,6 +371,7 @@ class Daemon:
 
     def _on_wake(self, stalled: bool) -> int:
         """One wake of the clock: tick the core, judge peers, watch the parent."""
+        self.election.quiet = self.jobs_running() == 0  # beats thin while idle (Replication.beat_ticks)
         self.elections.catch_up()
         if self.is_leader:
             for peer in self.elections.judge_peers(deaths=not stalled):
@@ -401,11 +402,7 @@ class Daemon:
             await self._shutdown(server)
 
     async def _start(self, server: grpc.aio.Server, handle_signals: bool) -> None:
-        add_to_server(NodeServicer(self), server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        # Reflection: grpcurl and other stock clients need no .proto file.
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        health_servicer = add_services(self, server)
         port = self.port
         await server.start()
         if self.config.http:

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
@@ -239,6 +241,16 @@ def add_to_server(servicer: NodeServicer, server: grpc.aio.Server) -> None:
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, table),))
     server.add_registered_method_handlers(SERVICE, table)
+
+
+def add_services(node: NodeApi, server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """Our service, gRPC health (serving nothing until the caller says so) and reflection,
+    so grpcurl and other stock clients need no .proto file."""
+    add_to_server(NodeServicer(node), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return health_servicer
 
 
 class NodeServicer(pb_grpc.NodeServicer):

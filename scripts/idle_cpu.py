@@ -1,0 +1,120 @@
+"""What an idle cluster costs at each idle heartbeat interval, measured side by side.
+
+    python scripts/idle_cpu.py [--idle-ms 50,100] [--windows 6] [--window-s 15] [--browser] [--json PATH]
+
+One idle 3-node `LocalCluster` per `--idle-heartbeat-ms` value (50 at the
+default `--heartbeat-ms` of 50 is the unthinned beat), all running at once,
+so the host's drift lands on every one alike. Each window reads every
+daemon's CPU time from /proc before and after; the leader is asked anew in
+each window. Medians over the windows, in % of one core, for the leader and
+for the followers. /proc counts in clock ticks (10 ms), so one 15 s window
+resolves 0.07 points. With `--browser`, every node serves `--http` and a
+headless chromium per cluster keeps one follower's status page open (it
+polls `/status.json` twice a second); that follower is reported apart.
+
+Why: an idle node's CPU is mostly heartbeats (docs/observability.md), and
+`--idle-heartbeat-ms` is the knob; this is the figure behind its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchlib import print_json  # noqa: E402
+
+from node import LocalCluster  # noqa: E402
+
+SETTLE_S = 5.0
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_page(stack: contextlib.ExitStack, url: str) -> None:
+    """A headless chromium showing `url` until `stack` closes (the status page's test's settings)."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    driver = webdriver.Chrome(options=options, service=service)
+    stack.callback(driver.quit)
+    driver.get(url)
+
+
+def measure(
+    idle_ms: list[int], windows: int, window_s: float, browser: bool = False,
+) -> dict[str, dict[str, float]]:
+    with contextlib.ExitStack() as stack:
+        clusters: dict[int, LocalCluster] = {}
+        polled: dict[int, str] = {}
+        for value in idle_ms:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory())
+            cluster = stack.enter_context(LocalCluster(
+                nodes=3, workdir=workdir, extra_args=["--idle-heartbeat-ms", str(value)], http=browser))
+            leader = cluster.wait_for_leader()
+            clusters[value] = cluster
+            if browser:
+                polled[value] = next(node for node in cluster.ids if node != leader)
+                open_page(stack, f"http://{cluster.http_addresses[polled[value]]}/")
+        time.sleep(SETTLE_S)  # start-up's own work (imports, first elections) is not idling
+        leaders: dict[int, list[float]] = {value: [] for value in idle_ms}
+        followers: dict[int, list[float]] = {value: [] for value in idle_ms}
+        pages: dict[int, list[float]] = {value: [] for value in idle_ms}
+        for _ in range(windows):
+            pids = {value: {node: pid for node in cluster.ids if (pid := cluster.pid(node))}
+                    for value, cluster in clusters.items()}
+            leader_of = {value: cluster.leader() for value, cluster in clusters.items()}
+            before = {value: {node: cpu_s(pid) for node, pid in found.items()}
+                      for value, found in pids.items()}
+            started = time.monotonic()
+            time.sleep(window_s)
+            elapsed = time.monotonic() - started
+            for value, found in pids.items():
+                for node, pid in found.items():
+                    percent = 100 * (cpu_s(pid) - before[value][node]) / elapsed
+                    if node == leader_of[value]:
+                        leaders[value].append(percent)
+                    else:
+                        (pages if node == polled.get(value) else followers)[value].append(percent)
+    found = {}
+    for value in idle_ms:
+        figures = {"leader_pct": statistics.median(leaders[value]),
+                   "followers_pct": statistics.median(followers[value])}
+        if pages[value]:
+            figures["polled_follower_pct"] = statistics.median(pages[value])
+        found[str(value)] = {name: round(figure, 2) for name, figure in figures.items()}
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--idle-ms", default="50,100", help="--idle-heartbeat-ms values, one cluster each")
+    parser.add_argument("--windows", type=int, default=6)
+    parser.add_argument("--window-s", type=float, default=15.0)
+    parser.add_argument("--browser", action="store_true", help="chromium on a follower's page, per cluster")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    idle_ms = [int(value) for value in args.idle_ms.split(",")]
+    print_json(measure(idle_ms, args.windows, args.window_s, args.browser), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
