@@ -76,6 +76,10 @@ async def test_a_new_leader_resumes_every_queued_and_running_job_without_a_clien
     assert leader is not None
     async with AsyncClient(leader.config.address, timeout=20) as client:
         ids = [await client.submit(op="sum", source=f"range:n={30_000_000 + i}", detach=True) for i in range(8)]
+    # Under load the leader may have changed meanwhile (its follower then relayed the submits), and a
+    # new one applies what it inherited only once its own no-op commits: ask the leader of now.
+    leader = await cluster.wait_for_leader()
+    await poll(lambda: all(leader.ledger.table.get(i) is not None for i in ids), 10.0, "every job in its table")
     states = {leader.ledger.table.get(i).state for i in ids}  # type: ignore[union-attr]
     assert "queued" in states, states
     leader.stop()
