@@ -26,19 +26,20 @@ def test_defaults_are_valid_and_convert_to_ticks() -> None:
     cfg.validate()
     assert cfg.heartbeat_ticks == 5
     assert cfg.election_ticks == (25, 50)
-    assert cfg.idle_heartbeat_ticks == 10
+    assert cfg.idle_heartbeat_ticks == 5  # never thinned unless asked
 
 
 @pytest.mark.parametrize(
     ("overrides", "idle_ticks"),
     [
-        ({"heartbeat_ms": 30, "election_ms_min": 150, "election_ms_max": 300}, 6),  # LocalCluster's fast timing
-        ({"heartbeat_ms": 60, "election_ms_min": 250}, 6),  # election minimum under 5 beats: not thinned
+        ({"heartbeat_ms": 30, "election_ms_min": 150, "election_ms_max": 300}, 3),
+        ({"idle_heartbeat_ms": 100}, 10),
         ({"idle_heartbeat_ms": 120}, 12),
         ({"idle_heartbeat_ms": 50}, 5),  # equal to heartbeat-ms: never thinned
+        ({"heartbeat_ms": 30, "election_ms_min": 150, "election_ms_max": 300, "idle_heartbeat_ms": 74}, 7),
     ],
 )
-def test_idle_heartbeats_are_twice_the_beat_where_the_election_minimum_leaves_room(
+def test_idle_heartbeats_are_the_beat_unless_asked_and_counted_in_ticks(
     overrides: dict[str, object], idle_ticks: int,
 ) -> None:
     cfg = config(**overrides)

@@ -70,8 +70,8 @@ class NodeConfig:
     #: How often the leader sends heartbeats. Also the follower's failure-detection grain.
     heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
     #: How often while no job runs and every entry is committed: an idle cluster's CPU is
-    #: mostly beats. None: twice `heartbeat_ms` where the election minimum is at least
-    #: five beats (so a lost idle beat is still followed by one in time), else unthinned.
+    #: mostly beats. None: `heartbeat_ms`, never thinned. Thinning trades stall tolerance
+    #: for idle CPU (docs/operations.md, "Timing"), so it is the operator's choice.
     idle_heartbeat_ms: int | None = None
     #: Randomized election timeout range; also the leader's CheckQuorum window
     #: and the time after which a silent worker is declared dead.
@@ -203,10 +203,9 @@ class NodeConfig:
 
     @property
     def idle_heartbeat_ticks(self) -> int:
-        if self.idle_heartbeat_ms is not None:
-            return max(self.heartbeat_ticks, self.idle_heartbeat_ms // self.tick_ms)
-        beat, election_min = self.heartbeat_ticks, self.election_ticks[0]
-        return 2 * beat if election_min >= 5 * beat else beat
+        if self.idle_heartbeat_ms is None:
+            return self.heartbeat_ticks
+        return max(self.heartbeat_ticks, self.idle_heartbeat_ms // self.tick_ms)
 
     @property
     def election_ticks(self) -> tuple[int, int]:
