@@ -463,9 +463,9 @@ def test_worker_paused_mid_job_its_shards_move_promptly() -> None:
 
         with Client([cluster.address(leader)]) as client:
             run = cluster.run_with_fault(pause_until_declared_dead, after_shards=3, client=client,
-                                         timeout_s=30, op="sum", source="range:n=6e7", job_id="paused-worker")
+                                         timeout_s=30, op="sum", source="range:n=3e8", job_id="paused-worker")
         assert run.landed_mid_job, f"the pause did not land mid-job: {run.progress_at_fault}"
         assert run.fault_after_s is not None
         took_s = run.elapsed_s - run.fault_after_s
-        assert run.answer.result == 60_000_000 * 59_999_999 // 2, cluster.logs()
+        assert run.answer.result == 300_000_000 * 299_999_999 // 2, cluster.logs()
         assert took_s < 15, f"the job took {took_s:.1f} s after the pause\n{cluster.logs()}"

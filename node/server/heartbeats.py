@@ -2,11 +2,11 @@
 
 Heartbeats are most of what an idle cluster does, so they take the cheapest
 path that works. Each beat goes out as a sealed datagram (node/server/beacons.py);
-while the follower answers those, that is all. So do small AppendEntries
-where the links are plaintext (beacons.py says when and why). A beat whose previous datagram
-went unanswered also goes on the link's long-lived bidirectional `Heartbeat`
-gRPC stream, which carries the term's beacon key: that is how a follower
-learns the key, and how heartbeats keep flowing where UDP does not.
+while the follower answers those, that is all. So do small AppendEntries where
+the links are plaintext (beacons.py says when and why). A beat whose previous
+datagram went unanswered also goes on the link's long-lived bidirectional
+`Heartbeat` gRPC stream, which carries the term's beacon key: that is how a
+follower learns the key, and how heartbeats keep flowing where UDP does not.
 
 A link never blocks the caller: `send()` skips a gRPC beat while the previous
 write is still pending (a paused peer whose window is full), and a stream that
