@@ -1,6 +1,7 @@
 """What an idle cluster costs at each idle heartbeat interval, measured side by side.
 
-    python scripts/idle_cpu.py [--idle-ms 50,100] [--windows 6] [--window-s 15] [--browser] [--json PATH]
+    python scripts/idle_cpu.py [--idle-ms 50,100] [--windows 6] [--window-s 15] [--browser]
+                               [--kills N] [--json PATH]
 
 One idle 3-node `LocalCluster` per `--idle-heartbeat-ms` value (50 at the
 default `--heartbeat-ms` of 50 is the unthinned beat), all running at once,
@@ -11,6 +12,9 @@ for the followers. /proc counts in clock ticks (10 ms), so one 15 s window
 resolves 0.07 points. With `--browser`, every node serves `--http` and a
 headless chromium per cluster keeps one follower's status page open (it
 polls `/status.json` twice a second); that follower is reported apart.
+With `--kills N`, what the thinner beat costs comes after: N leader kills
+per cluster, the clusters taking turns (bench.py's failover: SIGKILL, poll
+the survivors' status every 5 ms until a new leader is named, restart).
 
 Why: an idle node's CPU is mostly heartbeats (docs/observability.md), and
 `--idle-heartbeat-ms` is the knob; this is the figure behind its default.
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchlib import print_json  # noqa: E402
+from cluster_timing import time_failovers  # noqa: E402
 
 from node import LocalCluster  # noqa: E402
 
@@ -59,7 +64,7 @@ def open_page(stack: contextlib.ExitStack, url: str) -> None:
 
 
 def measure(
-    idle_ms: list[int], windows: int, window_s: float, browser: bool = False,
+    idle_ms: list[int], windows: int, window_s: float, browser: bool = False, kills: int = 0,
 ) -> dict[str, dict[str, float]]:
     with contextlib.ExitStack() as stack:
         clusters: dict[int, LocalCluster] = {}
@@ -93,12 +98,19 @@ def measure(
                         leaders[value].append(percent)
                     else:
                         (pages if node == polled.get(value) else followers)[value].append(percent)
+        failovers: dict[int, list[float]] = {value: [] for value in idle_ms}
+        for kill in range(kills):
+            for value in idle_ms[::-1] if kill % 2 else idle_ms:
+                failovers[value] += time_failovers(clusters[value], 1, lambda line: None)
     found = {}
     for value in idle_ms:
         figures = {"leader_pct": statistics.median(leaders[value]),
                    "followers_pct": statistics.median(followers[value])}
         if pages[value]:
             figures["polled_follower_pct"] = statistics.median(pages[value])
+        if failovers[value]:
+            figures["failover_median_ms"] = 1000 * statistics.median(failovers[value])
+            figures["failover_max_ms"] = 1000 * max(failovers[value])
         found[str(value)] = {name: round(figure, 2) for name, figure in figures.items()}
     return found
 
@@ -109,10 +121,11 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=6)
     parser.add_argument("--window-s", type=float, default=15.0)
     parser.add_argument("--browser", action="store_true", help="chromium on a follower's page, per cluster")
+    parser.add_argument("--kills", type=int, default=0, help="then this many leader kills per cluster")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     idle_ms = [int(value) for value in args.idle_ms.split(",")]
-    print_json(measure(idle_ms, args.windows, args.window_s, args.browser), args.json)
+    print_json(measure(idle_ms, args.windows, args.window_s, args.browser, args.kills), args.json)
     return 0
 
 

@@ -181,6 +181,12 @@ class SimNet:
         self.stats["disk"] += 1
         self.disk_full.add(node_id)
 
+    def set_quiet(self, quiet: bool) -> None:
+        """Every node's caller says whether a job runs (beats thin while none does)."""
+        self.quiet = quiet
+        for node in self.nodes.values():
+            node.quiet = quiet
+
     def pause(self, node_id: str) -> None:
         if node_id not in self.down and node_id not in self.paused:
             self.stats["pause"] += 1

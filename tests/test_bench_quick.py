@@ -124,10 +124,11 @@ def test_idle_cpu_measures_each_interval_side_by_side(tmp_path: Path) -> None:
     """scripts/idle_cpu.py: one cluster per --idle-heartbeat-ms value, a leader and followers each."""
     out = tmp_path / "idle.json"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "idle_cpu.py"), "--idle-ms", "50,100",
-                    "--windows", "1", "--window-s", "0.5", "--json", str(out)],
+                    "--windows", "1", "--window-s", "0.5", "--kills", "1", "--json", str(out)],
                    check=True, capture_output=True, text=True, timeout=120)
     found = json.loads(out.read_text())
     assert sorted(found) == ["100", "50"]
     for figures in found.values():
-        assert sorted(figures) == ["followers_pct", "leader_pct"]
-        assert all(0 <= value < 100 for value in figures.values())
+        assert sorted(figures) == ["failover_max_ms", "failover_median_ms", "followers_pct", "leader_pct"]
+        assert all(0 <= figures[name] < 100 for name in ("followers_pct", "leader_pct"))
+        assert 0 < figures["failover_median_ms"] == figures["failover_max_ms"] < 10_000

@@ -208,18 +208,62 @@ def test_a_quiet_leader_with_everything_committed_beats_every_idle_heartbeat_tic
     """Ours, not the paper's: beats are most of what an idle cluster does. While the caller
     says no job runs (`quiet`) and every entry is committed, the leader beats every
     `idle_heartbeat_ticks`; an entry not yet committed, or a job, brings `heartbeat_ticks`
-    back at once. Under half `election_ticks_min`, a lost idle beat still leaves one in time."""
+    back at once. A beat promised the next one within its own interval, and that holds:
+    the first thinned beat follows the last full-rate one at `heartbeat_ticks`."""
     node = make(heartbeat_ticks=2, idle_heartbeat_ticks=4, check_quorum=False, replicate=True)
     elect(node)
     node.quiet = True
     assert [bool(sends(node.tick())) for _ in range(4)] == [False, True] * 2, "the no-op is uncommitted"
     node.step(HeartbeatResponse("b", "a", node.term, True, node.log.last_index))
     assert node.commit_index == node.log.last_index
+    assert [bool(sends(node.tick())) for _ in range(2)] == [False, True], "the last beat promised 2"
     assert [bool(sends(node.tick())) for _ in range(8)] == [False, False, False, True] * 2
     assert node.ticks_until_due() == 4
     node.quiet = False  # a job started
     assert node.ticks_until_due() == 2
     assert [bool(sends(node.tick())) for _ in range(4)] == [False, True] * 2
+
+
+def test_every_append_entries_says_how_late_the_next_beat_may_be() -> None:
+    """Ours: `Heartbeat.slack` is what the next beat may take past `heartbeat_ticks`, so a
+    follower waits that much longer. A quiet beat carries the idle interval's extra; a
+    catch-up AppendEntries between beats carries what is left of its beat's promise."""
+    node = make(heartbeat_ticks=2, idle_heartbeat_ticks=5, election_ticks_min=12, election_ticks_max=20,
+                check_quorum=False, replicate=True)
+    elect(node)
+    node.quiet = True
+    node.step(HeartbeatResponse("b", "a", node.term, True, node.log.last_index))
+    beats = [m for _ in range(2) for m in sends(node.tick())]
+    assert [(m.dst, m.slack) for m in beats] == [("b", 3), ("c", 3)], "when promised; it promises 5"
+    beats = [m for _ in range(5) for m in sends(node.tick())]
+    assert [(m.dst, m.slack) for m in beats] == [("b", 3), ("c", 3)]
+    node.tick()
+    # "c" answers without the no-op: its catch-up goes at once, one tick into a 5-tick promise.
+    out = node.step(HeartbeatResponse("c", "a", node.term, True, 0))
+    assert [(m.dst, m.slack, len(m.entries)) for m in sends(out)] == [("c", 2, 1)]
+    node.quiet = False
+    assert [m.slack for _ in range(4) for m in sends(node.tick())] == [0] * 4, "busy: no slack"
+
+
+def test_a_follower_waits_the_slack_its_leader_promised_before_it_campaigns() -> None:
+    """Ours: a beat with slack S moves the follower's election timer and its lease
+    (thesis §6.2) S ticks later, so a thinned beat keeps the unthinned stall tolerance;
+    the next beat without slack takes it back."""
+    node = make(election_ticks_min=10, election_ticks_max=10)
+    node.step(Heartbeat("x", "a", 1, slack=3))
+    assert node.ticks_until_due() == 13
+    for _ in range(12):
+        assert node.tick() == []
+    # Still in the lease at tick 12: a pre-vote is refused, as at tick 9 without slack.
+    assert sends(node.step(VoteRequest("y", "a", 2, pre_vote=True))) == [VoteResponse("a", "y", 1, False, True)]
+    assert node.role is Role.PRE_CANDIDATE or sends(node.tick()), "it campaigns at tick 13"
+    node = make(election_ticks_min=10, election_ticks_max=10)
+    node.step(Heartbeat("x", "a", 1, slack=3))
+    node.step(Heartbeat("x", "a", 1))
+    assert node.ticks_until_due() == 10
+    node = make(election_ticks_min=10, election_ticks_max=10)
+    node.step(Heartbeat("x", "a", 1, slack=10**6))
+    assert node.ticks_until_due() == 20, "capped at election_ticks_min: a beat never pins a follower"
 
 
 def test_single_node_elects_itself() -> None:

@@ -57,6 +57,26 @@ def test_a_quiet_cluster_beating_at_the_idle_interval_keeps_its_leader(seed: int
     assert net.stable_leader() == leader and net.nodes[leader].term == term
 
 
+@pytest.mark.parametrize("thinned", [False, True])
+@pytest.mark.parametrize("seed", range(10))
+def test_a_quiet_leader_survives_the_stalls_a_busy_one_survives(seed: int, thinned: bool) -> None:
+    """A thinned beat says how late the next may be (`Heartbeat.slack`) and followers wait
+    that much longer: a leader paused for 7 ticks, ten times, keeps its term whether it
+    beats every 2 ticks or every 4 (without the slack, 4 + 7 ticks of silence would
+    outlast a follower's timer of 10 or 11 ticks, about one pause in five)."""
+    net = SimNet(ids(3), seed, replicate=True, idle_heartbeat_ticks=4 if thinned else 0, quiet=True)
+    leader = net.run_until_stable(ELECTION_BOUND_TICKS)
+    assert leader is not None, f"seed={seed}: no leader"
+    term = net.nodes[leader].term
+    net.run(50)
+    for _ in range(10):
+        net.pause(leader)
+        net.run(7)
+        net.resume(leader)
+        net.run(net.rng.randint(20, 30))
+        assert net.stable_leader() == leader and net.nodes[leader].term == term, f"seed={seed}"
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_a_node_rebooting_fast_into_a_live_cluster_disturbs_no_one(seed: int) -> None:
     """A restarted node campaigns early (fast_first_election), but its peers are
@@ -309,6 +329,8 @@ def random_schedule(seed: int, **overrides: Any) -> SimNet:
     """
     rng = random.Random(seed)
     heartbeat_ticks, election_min = rng.choice(TIMINGS)
+    # Half the schedules thin their beats while quiet (the largest idle interval allowed).
+    idle = max(t for t in range(heartbeat_ticks, election_min) if 2 * t < election_min)
     net = SimNet(
         ids(rng.choice((3, 5))),
         seed,
@@ -322,6 +344,8 @@ def random_schedule(seed: int, **overrides: Any) -> SimNet:
         pre_vote=rng.random() < 0.5,
         check_quorum=rng.random() < 0.8,
         crash_mid_outputs=rng.choice((0.0, 0.05, 0.1)),
+        idle_heartbeat_ticks=idle if rng.random() < 0.5 else 0,
+        quiet=rng.random() < 0.5,
         **overrides,
     )
     for _ in range(rng.randint(20, 70)):
@@ -347,6 +371,8 @@ def random_schedule(seed: int, **overrides: Any) -> SimNet:
             net.disk_full.discard(node)
         elif event < 0.38:
             net.compact(node)
+        elif event < 0.42:
+            net.set_quiet(not net.quiet)  # a job starts, or the last one ends
         if rng.random() < 0.3:
             net.submit(f"job-{len(net.submitted)}")
         net.step_tick()

@@ -61,6 +61,7 @@ class FakeNode:
     """Implements api.NodeApi: records calls, answers `results[name]`, raises `raises[name]`."""
 
     node_id = "n1"
+    tick_ms = 10
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -137,12 +138,12 @@ async def test_heartbeat_stream_answers_each_beat(served: tuple[FakeNode, NodeSt
     node.results["heartbeat"] = BeatAnswer(term=3, role="follower", refused=True, match_index=5)
     entry = pb.LogEntry(index=5, term=3, kind="command", data=b"x")
     beats = [pb.HeartbeatRequest(term=3, leader_id="n2", beacon_key=b"k" * 32, prev_index=4, prev_term=2,
-                                 entries=[entry], commit=4)] * 3
+                                 entries=[entry], commit=4, idle_slack_ms=59)] * 3
     replies = [reply async for reply in stub.Heartbeat(iter(beats))]
     assert [(r.term, r.role, r.node_id, r.refused, r.match_index) for r in replies] == [
         (3, "follower", "n1", True, 5)
     ] * 3
-    beat = Heartbeat("n2", "n1", 3, 4, 2, (Entry(5, 3, "command", b"x"),), 4)
+    beat = Heartbeat("n2", "n1", 3, 4, 2, (Entry(5, 3, "command", b"x"),), 4, slack=5)  # whole 10 ms ticks
     assert node.calls == [("heartbeat", (beat, b"k" * 32))] * 3
 
 
@@ -152,6 +153,7 @@ async def test_heartbeat_stream_answers_each_beat(served: tuple[FakeNode, NodeSt
     ({"entries": [pb.LogEntry(index=5, term=1, kind="noop")]}, "entries[0]: term 1 is not within [2, 3]"),
     ({"entries": [pb.LogEntry(index=5, term=3, kind="exec")]}, "entries[0]: kind 'exec' is not one of"),
     ({"is_snapshot": True, "snapshot_term": 8}, "snapshot_term: 8 is past the beat's term 3"),
+    ({"idle_slack_ms": 60_001}, "idle_slack_ms: 60001 is over 60000"),
 ])
 async def test_a_beat_that_no_log_could_send_is_refused_naming_the_field(
     served: tuple[FakeNode, NodeStub], fields: dict[str, Any], problem: str

@@ -102,6 +102,7 @@ class HeartbeatRequest(_message.Message):
     SNAPSHOT_INDEX_FIELD_NUMBER: _builtins.int
     SNAPSHOT_TERM_FIELD_NUMBER: _builtins.int
     SNAPSHOT_DATA_FIELD_NUMBER: _builtins.int
+    IDLE_SLACK_MS_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     leader_id: _builtins.str
     leader_address: _builtins.str
@@ -127,6 +128,11 @@ class HeartbeatRequest(_message.Message):
     snapshot_index: _builtins.int
     snapshot_term: _builtins.int
     snapshot_data: _builtins.bytes
+    idle_slack_ms: _builtins.int
+    """How much later than --heartbeat-ms the leader's next beat may come (an
+    idle leader thins its beats, --idle-heartbeat-ms): the follower waits that
+    much longer before it campaigns. 0 from a leader that never thins.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
     def __init__(
@@ -145,10 +151,11 @@ class HeartbeatRequest(_message.Message):
         snapshot_index: _builtins.int = ...,
         snapshot_term: _builtins.int = ...,
         snapshot_data: _builtins.bytes = ...,
+        idle_slack_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "idle_slack_ms", b"idle_slack_ms", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import random
 
 from node.core.electionconfig import ElectionConfig
+from node.core.liveness import Liveness
 from node.core.messages import (
     Heartbeat,
     HeartbeatResponse,
@@ -72,8 +73,9 @@ class Election:
         self._ticks_since_leader = self._check_elapsed = 0
         self._granted, self._rejected = set[str](), set[str]()
         self.quiet = False  # set by the caller while no job runs: beats may thin (beat_ticks)
+        self._lease_slack = 0  # a follower's lease and timer run longer by its leader's Heartbeat.slack
         # Ticks since each peer last answered us; None: not since we became leader.
-        self._peer_heard: dict[str, int | None] = {p: None for p in config.peers}
+        self._peers = Liveness(config.peers)
         self._log = Replication(config, log if log is not None else RaftLog(), snapshot)
         self._reset_election_timer()
         if config.fast_first_election:
@@ -128,18 +130,11 @@ class Election:
 
     def peer_ticks_since_heard(self) -> dict[str, int | None]:
         """Ticks since each peer last answered us (None: never, or not since we became leader)."""
-        return dict(self._peer_heard)
+        return self._peers.ticks_since_heard()
 
     def active_peers(self) -> set[str]:
-        """Peers that answered within the last `election_ticks_min` ticks.
-
-        The one failure detector: a leader keeps its role only while these and
-        itself are a quorum (CheckQuorum, thesis §6.2), and hands work only to
-        these. A new leader starts with no evidence, so none is active until
-        it answers a heartbeat.
-        """
-        limit = self._config.election_ticks_min
-        return {peer for peer, ticks in self._peer_heard.items() if ticks is not None and ticks <= limit}
+        """Peers that answered within the last `election_ticks_min` ticks (liveness.py)."""
+        return self._peers.active(self._config.election_ticks_min)
 
     def hears_quorum(self) -> bool:
         """The active peers and this node are a quorum (what CheckQuorum asks of a leader)."""
@@ -153,7 +148,7 @@ class Election:
         move the deadline, so ask again after stepping.
         """
         if self._role is Role.LEADER:
-            due = self._log.beat_ticks(self.quiet) - self._heartbeat_elapsed
+            due = self._log.beat_interval(self.quiet) - self._heartbeat_elapsed
             if self._config.check_quorum:
                 due = min(due, self._config.election_ticks_min - self._check_elapsed)
         else:
@@ -163,9 +158,7 @@ class Election:
     # ---- inputs -------------------------------------------------------------
 
     def tick(self) -> list[Output]:
-        for peer, ticks in self._peer_heard.items():
-            if ticks is not None:
-                self._peer_heard[peer] = ticks + 1
+        self._peers.tick()
         if self._role is Role.LEADER:
             return self._tick_leader()
         self._ticks_since_leader += 1
@@ -194,7 +187,7 @@ class Election:
             self._step_stale(message, out)  # a late answer is no evidence the peer is up now
             return out
         if isinstance(message, VoteResponse | HeartbeatResponse):
-            self._note_heard(message.src)
+            self._peers.heard(message.src)
         if isinstance(message, VoteRequest):
             self._step_vote_request(message, out)
         elif self._role is Role.LEADER:
@@ -215,7 +208,7 @@ class Election:
         self._term, self._voted_for = term, voted_for
         self._set_role(Role.FOLLOWER, None, out)
         self._reset_election_timer()
-        self._ticks_since_leader = 0
+        self._ticks_since_leader = self._lease_slack = 0
         return out
 
     # ---- rules for every role -----------------------------------------------
@@ -293,14 +286,14 @@ class Election:
             return False
         if self._role is Role.LEADER:
             return True  # CheckQuorum steps us down when we lose the quorum
-        return self._ticks_since_leader < self._config.election_ticks_min
+        return self._ticks_since_leader < self._config.election_ticks_min + self._lease_slack
 
     # ---- role-specific steps ------------------------------------------------
 
     def _step_leader(self, message: Message, out: list[Output]) -> None:
         # Responses were counted as evidence in `step`; they also carry the log's progress.
         if isinstance(message, HeartbeatResponse):
-            self._log.on_response(message, self._term, out)
+            self._log.on_response(message, self._term, out, self._heartbeat_elapsed)
         elif isinstance(message, Heartbeat | InstallSnapshot):
             # Two leaders in one term would break Raft §5.2; answer, change nothing.
             self._send(HeartbeatResponse(self._config.node_id, message.src, self._term, False), out)
@@ -314,7 +307,7 @@ class Election:
         if isinstance(message, Heartbeat | InstallSnapshot):
             self._accept_heartbeat(message, out)
             return
-        if not isinstance(message, VoteResponse) or message.src not in self._peer_heard:
+        if not isinstance(message, VoteResponse) or message.src not in self._peers:
             return
         pre = self._role is Role.PRE_CANDIDATE
         expected_term = self._term + 1 if pre and message.granted else self._term
@@ -325,6 +318,10 @@ class Election:
 
     def _accept_heartbeat(self, message: Heartbeat | InstallSnapshot, out: list[Output]) -> None:
         self._become_follower(self._term, message.src, out)
+        if isinstance(message, Heartbeat) and message.slack > 0:
+            # Capped: an honest idle beat is under half the election minimum.
+            self._lease_slack = min(message.slack, self._config.election_ticks_min)
+            self._election_elapsed = -self._lease_slack
         if any(isinstance(o, Persist) for o in out):
             # The message moved our term: take its entries from the next one, so a
             # Persist the disk refuses (and `rollback`) never leaves the log changed.
@@ -355,7 +352,7 @@ class Election:
                 self._become_follower(self._term, None, out)
                 return out
         self._heartbeat_elapsed += 1
-        if self._heartbeat_elapsed >= self._log.beat_ticks(self.quiet):
+        if self._heartbeat_elapsed >= self._log.beat_interval(self.quiet):
             self._broadcast_heartbeats(out)
         return out
 
@@ -366,7 +363,7 @@ class Election:
         self._set_hard_state(term, voted_for, out)
         self._set_role(Role.FOLLOWER, leader, out)
         self._reset_election_timer()
-        self._ticks_since_leader = 0
+        self._ticks_since_leader = self._lease_slack = 0
 
     def _become_pre_candidate(self, out: list[Output]) -> None:
         """Thesis §9.6: ask for votes at term+1 without touching term or vote."""
@@ -385,7 +382,7 @@ class Election:
 
     def _become_leader(self, out: list[Output]) -> None:
         self._set_role(Role.LEADER, self._config.node_id, out)
-        self._peer_heard = dict.fromkeys(self._peer_heard)  # no evidence yet of this term
+        self._peers.forget()  # no evidence yet of this term
         self._check_elapsed = 0
         self._log.start_leading(self._term, out)
         self._broadcast_heartbeats(out)  # Raft §5.2: assert authority at once
@@ -432,6 +429,7 @@ class Election:
 
     def _broadcast_heartbeats(self, out: list[Output]) -> None:
         self._heartbeat_elapsed = 0
+        self._log.promise_beat(self.quiet)
         for peer in self._config.peers:
             self._send(self._log.message_for(peer, self._term), out)
 
@@ -444,7 +442,3 @@ class Election:
 
     def _send(self, message: Message, out: list[Output]) -> None:
         out.append(Send(message))
-
-    def _note_heard(self, src: str) -> None:
-        if src in self._peer_heard:
-            self._peer_heard[src] = 0

@@ -58,6 +58,10 @@ class Heartbeat:
     entries: tuple[Entry, ...] = ()
     #: The leader's commit index.
     commit: int = 0
+    #: Ticks past `heartbeat_ticks` the leader's next beat may take (an idle
+    #: leader's promise, Replication.beat_ticks); the follower waits that much
+    #: longer before it campaigns, so a thinned beat keeps the stall tolerance.
+    slack: int = 0
 
 
 @dataclass(frozen=True)

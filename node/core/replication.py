@@ -39,6 +39,10 @@ class Replication:
         # Leader state, reset at every election win.
         self._next: dict[str, int] = {}
         self._match: dict[str, int] = {}
+        # The last beat told followers the next comes within `_promised_ticks`; every
+        # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
+        self._promised_ticks = config.heartbeat_ticks
+        self._slack_ticks = 0
 
     # ---- leader ---------------------------------------------------------------
 
@@ -76,7 +80,8 @@ class Replication:
             if size > self._config.max_append_bytes and count > 0:
                 entries = entries[:count]
                 break
-        return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit)
+        return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
+                         self._slack_ticks)
 
     def beat_ticks(self, quiet: bool) -> int:
         """Ticks between a leader's beats: the idle interval while the caller says nothing
@@ -84,7 +89,22 @@ class Replication:
         idle = self._config.idle_heartbeat_ticks
         return idle if quiet and idle and self.commit == self.log.last_index else self._config.heartbeat_ticks
 
-    def on_response(self, response: HeartbeatResponse, term: int, out: list[Output]) -> None:
+    def promise_beat(self, quiet: bool) -> None:
+        """A beat goes to every peer now; it promises the next within `beat_ticks(quiet)`."""
+        self._promised_ticks = self.beat_ticks(quiet)
+        self._slack_ticks = self._promised_ticks - self._config.heartbeat_ticks
+
+    def beat_interval(self, quiet: bool) -> int:
+        """Ticks from the last beat to the next: what `beat_ticks` asks now, never more
+        than the last beat promised (a job or a new entry brings the next one sooner)."""
+        return min(self._promised_ticks, self.beat_ticks(quiet))
+
+    def on_response(
+        self, response: HeartbeatResponse, term: int, out: list[Output], beat_elapsed: int
+    ) -> None:
+        """Count a follower's answer; `beat_elapsed`: ticks since the last beat, so a
+        catch-up AppendEntries sent now carries the slack left of that beat's promise."""
+        self._slack_ticks = max(0, self._promised_ticks - beat_elapsed - self._config.heartbeat_ticks)
         peer = response.src
         if peer not in self._next:
             return

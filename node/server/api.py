@@ -164,6 +164,9 @@ class NodeApi(Protocol):
     @property
     def node_id(self) -> str: ...
 
+    #: The node's clock grain: durations in a beat travel in ms, the core counts ticks.
+    tick_ms: int
+
     async def request_vote(
         self, candidate_id: str, term: int, pre_vote: bool, last_index: int, last_term: int
     ) -> VoteAnswer: ...

@@ -160,7 +160,7 @@ class Daemon:
         self.compute_stack = ComputeStack(self.executor)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
-        self.port = 0
+        self.port, self.tick_ms = 0, config.tick_ms
 
     @property
     def node_id(self) -> str:
@@ -241,7 +241,8 @@ class Daemon:
         """A beat that came as a UDP datagram. The listener took it only under the key a
         member granted over gRPC, for that leader and term: checked there, not again.
         Its entries, if any, are stored before the answer, as on the stream."""
-        return beat_reply(self.node_id, self.elections.heartbeat(beat_from_proto(request, self.node_id)))
+        beat = beat_from_proto(request, self.node_id, self.config.tick_ms)
+        return beat_reply(self.node_id, self.elections.heartbeat(beat))
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,

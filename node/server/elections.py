@@ -350,7 +350,7 @@ class ElectionDriver:
         if isinstance(message, VoteRequest):
             self.spawn(self._send_vote(message))
         elif isinstance(message, Heartbeat | InstallSnapshot):
-            request = beat_to_proto(message, self.config.address)
+            request = beat_to_proto(message, self.config.address, self.config.tick_ms)
             # Entries and snapshots need the stream; a bare beat may go by UDP.
             reliable = isinstance(message, InstallSnapshot) or bool(message.entries)
             self.heartbeats.send(message.dst, request, reliable)

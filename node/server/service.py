@@ -274,7 +274,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         """
         async for request in request_iterator:
             try:
-                message = beat_from_proto(request, self.node.node_id)
+                message = beat_from_proto(request, self.node.node_id, self.node.tick_ms)
                 beat = await self.node.heartbeat(message, request.beacon_key)
             except Exception as exc:
                 code, details = status_of(exc)

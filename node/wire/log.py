@@ -13,8 +13,14 @@ from node.core.messages import Heartbeat, HeartbeatResponse, InstallSnapshot
 from node.core.raftlog import KINDS, Entry
 from node.errors import InvalidField
 
+#: The most slack a beat may claim: far past any idle interval a leader accepts
+#: (under half the election minimum), near enough to never pin a follower.
+MAX_IDLE_SLACK_MS = 60_000
 
-def beat_to_proto(message: Heartbeat | InstallSnapshot, leader_address: str) -> pb.HeartbeatRequest:
+
+def beat_to_proto(
+    message: Heartbeat | InstallSnapshot, leader_address: str, tick_ms: int
+) -> pb.HeartbeatRequest:
     request = pb.HeartbeatRequest(term=message.term, leader_id=message.src, leader_address=leader_address)
     if isinstance(message, InstallSnapshot):
         request.is_snapshot = True
@@ -23,20 +29,24 @@ def beat_to_proto(message: Heartbeat | InstallSnapshot, leader_address: str) -> 
         return request
     request.prev_index, request.prev_term = message.prev_index, message.prev_term
     request.commit = message.commit
+    request.idle_slack_ms = message.slack * tick_ms
     request.entries.extend(
         pb.LogEntry(index=e.index, term=e.term, kind=e.kind, data=e.data) for e in message.entries
     )
     return request
 
 
-def beat_from_proto(request: pb.HeartbeatRequest, dst: str) -> Heartbeat | InstallSnapshot:
-    """The core's message for a beat; InvalidField if it could not come from a leader's log."""
+def beat_from_proto(request: pb.HeartbeatRequest, dst: str, tick_ms: int) -> Heartbeat | InstallSnapshot:
+    """The core's message for a beat, in this node's ticks; InvalidField if it could not
+    come from a leader's log."""
     if request.is_snapshot:
         if request.snapshot_term > request.term:
             problem = f"{request.snapshot_term} is past the beat's term {request.term}"
             raise InvalidField("snapshot_term", problem)
         return InstallSnapshot(request.leader_id, dst, request.term, request.snapshot_index,
                                request.snapshot_term, request.snapshot_data)
+    if request.idle_slack_ms > MAX_IDLE_SLACK_MS:
+        raise InvalidField("idle_slack_ms", f"{request.idle_slack_ms} is over {MAX_IDLE_SLACK_MS}")
     if request.prev_term > request.term:
         raise InvalidField("prev_term", f"{request.prev_term} is past the beat's term {request.term}")
     entries = []
@@ -52,7 +62,7 @@ def beat_from_proto(request: pb.HeartbeatRequest, dst: str) -> Heartbeat | Insta
         previous = entry.term
         entries.append(Entry(entry.index, entry.term, entry.kind, entry.data))
     return Heartbeat(request.leader_id, dst, request.term, request.prev_index, request.prev_term,
-                     tuple(entries), request.commit)
+                     tuple(entries), request.commit, request.idle_slack_ms // tick_ms)
 
 
 def response_from_reply(reply: pb.HeartbeatReply, src: str, dst: str) -> HeartbeatResponse:
