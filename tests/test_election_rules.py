@@ -623,3 +623,41 @@ def test_rollback_forgets_a_vote_the_disk_refused() -> None:
     node.rollback(4, None)
     out = node.step(VoteRequest("c", "a", 4))
     assert VoteResponse("a", "c", 4, granted=True) in sends(out) and node.voted_for == "c"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_skipping_the_ticks_before_the_due_one_is_the_same_as_ticking_them(seed: int) -> None:
+    """Ours: the daemon passes idle ticks with `skip` (one step) instead of one `tick()`
+    each. Two nodes, one ticked one by one and one by skip-then-tick, given the same
+    random beats, votes and answers, must say and be the same at every moment."""
+    rng = random.Random(seed)
+    options = {"heartbeat_ticks": 2, "idle_heartbeat_ticks": 4, "election_ticks_min": 10,
+               "election_ticks_max": 20, "replicate": True, "check_quorum": rng.random() < 0.8}
+    one, batched = make(seed=seed, **options), make(seed=seed, **options)
+    for _ in range(60):
+        ticks = rng.randint(1, 25)
+        singly = [o for _ in range(ticks) for o in one.tick()]
+        grouped: list[Output] = []
+        left = ticks
+        while left:
+            left -= batched.skip(left)
+            if left:
+                grouped += batched.tick()
+                left -= 1
+        assert grouped == singly
+        quiet = rng.random() < 0.5
+        one.quiet = batched.quiet = quiet
+        event = rng.choice([
+            Heartbeat("x", "a", one.term, slack=rng.randint(0, 3)),
+            VoteResponse("b", "a", one.term + 1, granted=True, pre_vote=True),
+            VoteResponse("b", "a", one.term, granted=True),
+            HeartbeatResponse(rng.choice(PEERS), "a", one.term, True, one.log.last_index),
+            VoteRequest("c", "a", one.term + 1, pre_vote=rng.random() < 0.5),
+        ])
+        assert one.step(event) == batched.step(event)
+        for node in (one, batched):
+            assert node.ticks_until_due() >= 1
+        assert (one.role, one.term, one.voted_for, one.leader, one.ticks_until_due(), one.ticks_since_leader,
+                one.peer_ticks_since_heard()) == (
+                batched.role, batched.term, batched.voted_for, batched.leader, batched.ticks_until_due(),
+                batched.ticks_since_leader, batched.peer_ticks_since_heard())

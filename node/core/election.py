@@ -48,6 +48,7 @@ from node.core.messages import (
     Send,
     VoteRequest,
     VoteResponse,
+    drop_unsent_persist,
 )
 from node.core.raftlog import Entry, RaftLog
 from node.core.replication import Replication
@@ -156,6 +157,19 @@ class Election:
         return max(1, due)
 
     # ---- inputs -------------------------------------------------------------
+
+    def skip(self, ticks: int) -> int:
+        """Pass up to `ticks` ticks that cannot produce output (before `ticks_until_due`)
+        in one step, as that many `tick()` calls would; how many were passed."""
+        n = max(0, min(ticks, self.ticks_until_due() - 1))
+        self._peers.tick(n)
+        if self._role is Role.LEADER:
+            self._check_elapsed += n
+            self._heartbeat_elapsed += n
+        else:
+            self._ticks_since_leader += n
+            self._election_elapsed += n
+        return n
 
     def tick(self) -> list[Output]:
         self._peers.tick()
@@ -403,17 +417,8 @@ class Election:
             raise AssertionError(f"refusing ({term}, {voted_for}) over ({self._term}, {self._voted_for})")
         if (term, voted_for) != (self._term, self._voted_for):
             self._term, self._voted_for = term, voted_for
-            self._drop_unsent_persist(out)
+            drop_unsent_persist(out)
             out.append(Persist(term, voted_for))
-
-    def _drop_unsent_persist(self, out: list[Output]) -> None:
-        """A Persist with no Send after it yet is superseded: one fsync instead of two."""
-        for i in range(len(out) - 1, -1, -1):
-            if isinstance(out[i], Send):
-                return
-            if isinstance(out[i], Persist):
-                del out[i]
-                return
 
     def _reset_election_timer(self) -> None:
         self._election_elapsed = 0

@@ -16,10 +16,10 @@ class Liveness:
     def __contains__(self, peer: str) -> bool:
         return peer in self._heard
 
-    def tick(self) -> None:
-        for peer, ticks in self._heard.items():
-            if ticks is not None:
-                self._heard[peer] = ticks + 1
+    def tick(self, ticks: int = 1) -> None:
+        for peer, heard in self._heard.items():
+            if heard is not None:
+                self._heard[peer] = heard + ticks
 
     def heard(self, peer: str) -> None:
         if peer in self._heard:

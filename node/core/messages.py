@@ -146,3 +146,13 @@ class Apply:
 
 
 Output: TypeAlias = Persist | Send | RoleChanged | AppendLog | RestoreSnapshot | Apply
+
+
+def drop_unsent_persist(out: list[Output]) -> None:
+    """A Persist with no Send after it yet is superseded by the next: one fsync instead of two."""
+    for i in range(len(out) - 1, -1, -1):
+        if isinstance(out[i], Send):
+            return
+        if isinstance(out[i], Persist):
+            del out[i]
+            return
