@@ -70,8 +70,9 @@ class NodeConfig:
     #: How often the leader sends heartbeats. Also the follower's failure-detection grain.
     heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
     #: How often while no job runs and every entry is committed: an idle cluster's CPU is
-    #: mostly beats. None: `heartbeat_ms`, never thinned. Thinning trades stall tolerance
-    #: for idle CPU (docs/operations.md, "Timing"), so it is the operator's choice.
+    #: mostly beats. None: twice `heartbeat_ms` where that is under half the election
+    #: minimum, else `heartbeat_ms`. Each beat says how late the next may be, and
+    #: followers wait that much longer (Heartbeat.slack): the stall tolerance stays.
     idle_heartbeat_ms: int | None = None
     #: Randomized election timeout range; also the leader's CheckQuorum window
     #: and the time after which a silent worker is declared dead.
@@ -204,7 +205,8 @@ class NodeConfig:
     @property
     def idle_heartbeat_ticks(self) -> int:
         if self.idle_heartbeat_ms is None:
-            return self.heartbeat_ticks
+            doubled = 2 * self.heartbeat_ticks
+            return doubled if 2 * doubled < self.election_ticks[0] else self.heartbeat_ticks
         return max(self.heartbeat_ticks, self.idle_heartbeat_ms // self.tick_ms)
 
     @property
