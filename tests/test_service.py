@@ -10,12 +10,14 @@ node/errors.py becomes its status with the message unchanged.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache
@@ -50,7 +52,7 @@ from node.server.api import (
     Submitted,
     VoteAnswer,
 )
-from node.server.service import NodeServicer, add_to_server
+from node.server.service import NodeServicer, add_services, add_to_server
 from node.wire.answers import parse_submit_reply, serialize_submit_reply, submit_answer
 from node.wire.status import signed_by
 from node.wire.stubs import NodeStub
@@ -308,3 +310,30 @@ async def test_a_bug_is_logged_with_its_traceback(
 
 async def _drain(call: Any) -> list[Any]:
     return [reply async for reply in call]
+
+
+def _registered_call_waiters() -> int:
+    """grpc's asyncio server keeps one task waiting per registered method."""
+    return sum("_request_registered_call" in repr(task) for task in asyncio.all_tasks())
+
+
+async def test_every_method_is_found_by_name_not_registered_one_by_one() -> None:
+    """grpc's asyncio server waits again on every registered method's task after each call
+    (`asyncio.wait` over all of them): with our 15 methods registered that cost the leader
+    7-8 % of its small-job throughput. Found by name, ours, health's and reflection's
+    cost one waiting task in all, and each still answers."""
+    node = FakeNode()
+    node.results["status"] = StatusView("n1", "leader", 1, "n1", "127.0.0.1:1", [])
+    server = grpc.aio.server()
+    health_servicer = add_services(node, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert (await NodeStub(channel).Status(pb.StatusRequest())).node_id == "n1"
+            check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+        assert _registered_call_waiters() == 0
+    finally:
+        await server.stop(None)

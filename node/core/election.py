@@ -148,7 +148,9 @@ class Election:
         long and then catch up, instead of waking every tick. Any `step()` can
         move the deadline, so ask again after stepping.
         """
-        if self._role is Role.LEADER:
+        if self._role is Role.LEADER and not self._config.peers:
+            due = self._config.election_ticks_max  # alone: no beat to send, no quorum to lose
+        elif self._role is Role.LEADER:
             due = self._log.beat_interval(self.quiet) - self._heartbeat_elapsed
             if self._config.check_quorum:
                 due = min(due, self._config.election_ticks_min - self._check_elapsed)
@@ -159,8 +161,7 @@ class Election:
     # ---- inputs -------------------------------------------------------------
 
     def skip(self, ticks: int) -> int:
-        """Pass up to `ticks` ticks that cannot produce output (before `ticks_until_due`)
-        in one step, as that many `tick()` calls would; how many were passed."""
+        """Pass up to `ticks` output-less ticks (before the due one) at once; how many passed."""
         n = max(0, min(ticks, self.ticks_until_due() - 1))
         self._peers.tick(n)
         if self._role is Role.LEADER:
