@@ -242,7 +242,7 @@ def _add_by_name(server: grpc.aio.Server, caught: _Handlers) -> None:
     """Methods found by name rather than registered one by one: grpc's asyncio server
     keeps a waiting task per registered method and waits on all of them again after
     every call, which cost the leader 7-8 % of its small-job throughput with ours
-    (docs/benchmarks.md)."""
+    (docs/journal.md, "The attached path")."""
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(caught.service, caught.table),))
 
 
