@@ -320,7 +320,7 @@ def _registered_call_waiters() -> int:
 async def test_every_method_is_found_by_name_not_registered_one_by_one() -> None:
     """grpc's asyncio server waits again on every registered method's task after each call
     (`asyncio.wait` over all of them): with our 15 methods registered that cost the leader
-    7-8 % of its small-job throughput. Found by name, ours, health's and reflection's
+    2-8 % of its small-job throughput. Found by name, ours, health's and reflection's
     cost one waiting task in all, and each still answers."""
     node = FakeNode()
     node.results["status"] = StatusView("n1", "leader", 1, "n1", "127.0.0.1:1", [])

@@ -163,21 +163,13 @@ class Election:
     def skip(self, ticks: int) -> int:
         """Pass up to `ticks` output-less ticks (before the due one) at once; how many passed."""
         n = max(0, min(ticks, self.ticks_until_due() - 1))
-        self._peers.tick(n)
-        if self._role is Role.LEADER:
-            self._check_elapsed += n
-            self._heartbeat_elapsed += n
-        else:
-            self._ticks_since_leader += n
-            self._election_elapsed += n
+        self._count_ticks(n)
         return n
 
     def tick(self) -> list[Output]:
-        self._peers.tick()
+        self._count_ticks(1)
         if self._role is Role.LEADER:
             return self._tick_leader()
-        self._ticks_since_leader += 1
-        self._election_elapsed += 1
         if self._election_elapsed >= self._election_timeout:
             return self.campaign()
         return []
@@ -357,16 +349,24 @@ class Election:
         elif len(self._rejected) >= quorum:
             self._become_follower(self._term, None, out)  # lost; wait for a new timeout
 
+    def _count_ticks(self, n: int) -> None:
+        """The counters `n` ticks move, before anything acts on them."""
+        self._peers.tick(n)
+        if self._role is Role.LEADER:
+            self._check_elapsed += n
+            self._heartbeat_elapsed += n
+        else:
+            self._ticks_since_leader += n
+            self._election_elapsed += n
+
     def _tick_leader(self) -> list[Output]:
         out: list[Output] = []
-        self._check_elapsed += 1
         if self._config.check_quorum and self._check_elapsed >= self._config.election_ticks_min:
             self._check_elapsed = 0
             if not self.hears_quorum():
                 # Thesis §6.2: a leader cut off from a quorum steps down.
                 self._become_follower(self._term, None, out)
                 return out
-        self._heartbeat_elapsed += 1
         if self._heartbeat_elapsed >= self._log.beat_interval(self.quiet):
             self._broadcast_heartbeats(out)
         return out
