@@ -74,6 +74,7 @@ class BlockingNodeStub:
         self.Progress = _with(metadata, generated.Progress)
         self.Status = _with(metadata, generated.Status)
         self.Enqueue = _with(metadata, generated.Enqueue)
+        self.SubmitStream = _with(metadata, generated.SubmitStream)
         submit: grpc.UnaryUnaryMultiCallable[pb.SubmitRequest, SubmitAnswer] = (
             channel.unary_unary(  # type: ignore[call-arg]  # see NodeStub
                 SUBMIT_METHOD, request_serializer=pb.SubmitRequest.SerializeToString,

@@ -1,0 +1,131 @@
+"""The blocking Client's SubmitStreams: one open stream per calling thread and node.
+
+A small job is little more than its round trip, and one message each way on
+an open stream costs 0.6-0.7 of a unary call here (`scripts/grpc_floor.py`,
+docs/timeline.md). The blocking Client keeps its calls in the caller's thread
+(a hand-off to another thread costs as much as it saves), so each thread
+gets its own stream to each node: the thread writes its job and reads the
+stream until its reply comes, and no reply ever needs routing to another
+thread. gRPC's blocking API takes a stream's requests from an iterator, read
+by a thread of its own; here that iterator drains a queue the caller puts
+the job on.
+
+A stream belongs to its thread: a stream whose thread has ended is closed
+when the next stream is opened, so a client used from many short-lived
+threads does not collect them. Why a stream ends, and what the jobs then
+raise, follows `client/streams.py` (the AsyncClient's streams).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from node._proto import distnode_pb2 as pb
+from node.client.retry import classify
+from node.errors import AccessDenied, AttemptFailed
+from node.wire.stubs import BlockingNodeStub
+
+
+class ThreadStream:
+    """One open SubmitStream, written and read by the thread that opened it."""
+
+    def __init__(self, stub: BlockingNodeStub, channel: grpc.Channel) -> None:
+        self._requests: queue.SimpleQueue[pb.SubmitRequest | None] = queue.SimpleQueue()
+        self._replies: Iterator[pb.SubmitStreamReply] = stub.SubmitStream(self._feed())
+        #: What it was opened on: once the watchdog closes that channel, the stream is done.
+        self.channel = channel
+        self.thread = threading.current_thread()
+        #: Why the stream ended (what its next job raises); None while it is open.
+        self.ended: Exception | None = None
+        #: The node does not have SubmitStream (an older version): use unary Submit there.
+        self.unsupported = False
+        #: Replies read so far: a stream that failed before its first worked nowhere yet.
+        self.replied = 0
+
+    def _feed(self) -> Iterator[pb.SubmitRequest]:
+        while (request := self._requests.get()) is not None:
+            yield request
+
+    def run(self, request: pb.SubmitRequest) -> pb.SubmitStreamReply:
+        """Send the job and wait for its reply (the job's deadline is in the request: the
+        node answers DEADLINE_EXCEEDED for it). AttemptFailed/AccessDenied if the stream ends."""
+        if self.ended is not None:
+            raise self.ended
+        job_id = request.job.job_id
+        self._requests.put(request)
+        try:
+            for reply in self._replies:
+                self.replied += 1
+                if reply.job_id == job_id:
+                    return reply
+                # Not ours: only a job this thread stopped waiting for can answer late.
+            self.ended = AttemptFailed("SubmitStream: the node closed the stream")
+        except grpc.RpcError as exc:
+            self.ended = self._why(exc)
+        except ValueError as exc:  # the watchdog closed the channel under the call
+            self.ended = AttemptFailed(f"SubmitStream: channel closed: {exc}")
+        raise self.ended
+
+    def _why(self, exc: grpc.RpcError) -> Exception:
+        """A status for the whole stream: a wrong token is final; the rest (the node going
+        away, a broken connection) is worth another attempt. A node without the method says
+        UNIMPLEMENTED, or gRPC's own INTERNAL when it refused the call as it was written:
+        before any reply, both mean the same. Whether the node had accepted the job is the
+        caller's to say (its watchdog's probes), as for a unary call."""
+        assert isinstance(exc, grpc.Call)
+        code = exc.code()
+        self.unsupported = code is grpc.StatusCode.UNIMPLEMENTED or (
+            code is grpc.StatusCode.INTERNAL and not self.replied)
+        found = classify(exc, False)
+        if isinstance(found, AccessDenied):
+            return found
+        reached = found.reached if isinstance(found, AttemptFailed) else True
+        return AttemptFailed(f"SubmitStream: {code.name}: {exc.details()}", reached=reached)
+
+    def close(self) -> None:
+        """Half-close and cancel: a job still running on it is the node's to finish."""
+        if self.ended is None:
+            self.ended = AttemptFailed("SubmitStream: closed by the client")
+        self._requests.put(None)
+        cancel = getattr(self._replies, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+
+class ThreadStreams:
+    """The blocking Client's streams, by (thread, node address); thread-safe."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[int, str], ThreadStream] = {}
+        #: Nodes that said they have no SubmitStream: unary Submit there.
+        self.unsupported: set[str] = set()
+        self._lock = threading.Lock()
+
+    def usable(self, address: str) -> bool:
+        return address not in self.unsupported
+
+    def to(self, address: str, stub: BlockingNodeStub, channel: grpc.Channel) -> ThreadStream:
+        """This thread's stream to `address`, opened (again) if it has none that is open."""
+        key = (threading.get_ident(), address)
+        stream = self._open.get(key)
+        if (stream is not None and stream.ended is None and stream.channel is channel
+                and stream.thread is threading.current_thread()):
+            return stream
+        fresh = ThreadStream(stub, channel)
+        with self._lock:
+            stale = [k for k, s in self._open.items() if not s.thread.is_alive() or k == key]
+            gone = [self._open.pop(k) for k in stale]
+            self._open[key] = fresh
+        for old in gone:
+            old.close()
+        return fresh
+
+    def close(self) -> None:
+        with self._lock:
+            streams, self._open = list(self._open.values()), {}
+        for stream in streams:
+            stream.close()

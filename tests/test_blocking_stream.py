@@ -1,0 +1,133 @@
+"""The blocking Client's SubmitStreams: one per calling thread and node.
+
+Against in-process daemons (the blocking Client runs in worker threads, so
+the daemons' loop keeps running): scalar jobs go on the thread's own stream
+and vector answers on unary Submit, a failed job leaves its stream open, a
+finished thread's stream is closed, a node without the method is served by
+unary Submit and remembered. Against processes: a stream that breaks under a
+job (its leader killed) sends the job elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inproc import StartCluster
+from test_async_watch import FakeNode, quick, unknown
+
+from node import Client, LocalCluster
+from node.client.answer import Answer
+from node.errors import InvalidJob
+
+
+async def test_scalar_jobs_go_on_each_threads_own_stream(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3)
+    leader = cluster.leader()
+    assert leader is not None
+    client = Client(leader.config.address, timeout=30)
+    threads_seen: set[int] = set()
+
+    def lane(first: int) -> list[object]:
+        threads_seen.add(threading.get_ident())
+        return [client.submit(op="sum", source=f"range:n={n}").result for n in range(first + 1, first + 11)]
+
+    try:
+        lanes = await asyncio.gather(*(asyncio.to_thread(lane, 10 * k) for k in range(4)))
+        assert lanes == [[n * (n - 1) // 2 for n in range(10 * k + 1, 10 * k + 11)] for k in range(4)]
+        streams = dict(client._streams._open)
+        # One stream per thread that submitted, all to the leader, each carrying its own jobs.
+        assert {thread for thread, _ in streams} == threads_seen
+        assert {address for _, address in streams} == {leader.config.address}
+        assert sum(stream.replied for stream in streams.values()) == 40
+        assert not client._streams.unsupported
+    finally:
+        await asyncio.to_thread(client.close)
+    assert all(stream.ended is not None for stream in streams.values())  # closed with the client
+
+
+async def test_a_failed_job_is_its_own_error_and_the_stream_goes_on(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(1)
+    address = cluster.daemons[0].config.address
+
+    def run() -> tuple[object, object, bool]:
+        with Client(address, timeout=30) as client:
+            first = client.submit(op="sum", source="values:1,2").result
+            stream = next(iter(client._streams._open.values()))
+            with pytest.raises(InvalidJob, match="op"):
+                client.submit(op="sums", source="values:1,2")
+            after = client.submit(op="max", source="values:3,9,4").result
+            same = list(client._streams._open.values()) == [stream] and stream.ended is None
+            return first, after, same and stream.replied == 3
+
+    assert await asyncio.to_thread(run) == (3, 9, True)
+
+
+async def test_a_vector_answer_keeps_the_unary_submit(start_cluster: StartCluster, tmp_path: Path) -> None:
+    cluster = await start_cluster(1)
+    matrix = tmp_path / "m.npy"
+    np.save(matrix, np.arange(12, dtype=np.float64).reshape(4, 3))
+
+    def run() -> tuple[list[float], int]:
+        with Client(cluster.daemons[0].config.address, timeout=30) as client:
+            answer = client.submit(op="sum", source=f"npy:{matrix}", axis=0)
+            return list(answer.result), len(client._streams._open)
+
+    assert await asyncio.to_thread(run) == ([18.0, 22.0, 26.0], 0)
+
+
+async def test_a_finished_threads_stream_is_closed_when_the_next_opens(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(1)
+    client = Client(cluster.daemons[0].config.address, timeout=30)
+    try:
+        first = threading.Thread(target=lambda: client.submit(op="sum", source="values:1"))
+        first.start()
+        await asyncio.to_thread(first.join)
+        [old] = client._streams._open.values()
+        assert old.ended is None and old.thread is first
+        assert (await asyncio.to_thread(client.submit, op="sum", source="values:2")).result == 2
+        [new] = client._streams._open.values()
+        assert new is not old and old.ended is not None
+    finally:
+        await asyncio.to_thread(client.close)
+
+
+async def test_a_node_without_the_stream_is_served_by_unary_submit_and_remembered() -> None:
+    fake = await FakeNode(quick, unknown).start()  # Submit and Progress only: an older node
+    try:
+        def run() -> tuple[list[object], set[str]]:
+            with Client(fake.address, timeout=10) as client:
+                results = [client.submit(op="sum", source="range:n=10").result for _ in range(5)]
+                return results, set(client._streams.unsupported)
+
+        assert await asyncio.to_thread(run) == ([42] * 5, {fake.address})
+        assert fake.submits == 5
+    finally:
+        await fake.server.stop(grace=None)
+
+
+@pytest.mark.process
+def test_a_blocking_job_whose_stream_breaks_is_sent_again_elsewhere(tmp_path: Path) -> None:
+    with LocalCluster(nodes=3, shard_elems=1 << 16, workdir=tmp_path) as cluster:
+        cluster.wait_all_alive(timeout_s=30)
+        leader = cluster.leader()
+        first = [cluster.address(leader)] + [cluster.address(n) for n in cluster.ids if n != leader]
+        with Client(first, timeout=120) as client:
+            answers: list[Answer] = []
+            job = threading.Thread(target=lambda: answers.append(
+                client.submit(op="sum", source="range:n=1000000000", job_id="x")))
+            job.start()
+            deadline = time.monotonic() + 60
+            while (client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
+                assert time.monotonic() < deadline and job.is_alive(), "the job never started"
+                time.sleep(0.01)
+            assert any(stream.replied == 0 for stream in client._streams._open.values())
+            cluster.kill(leader)  # its stream breaks mid-job
+            job.join(timeout=120)
+    [answer] = answers
+    assert answer.result == 1000000000 * 999999999 // 2
+    assert answer.retries >= 1 and answer.leader != leader
