@@ -13,16 +13,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from inproc import StartCluster
 from test_async_watch import FakeNode, quick, unknown
 
 from node import Client, LocalCluster
+from node._proto import distnode_pb2 as pb
 from node.client.answer import Answer
-from node.errors import InvalidJob
+from node.errors import ClusterUnavailable, InvalidJob, JobError
+from node.wire.answers import SERVICE
 
 
 async def test_scalar_jobs_go_on_each_threads_own_stream(start_cluster: StartCluster) -> None:
@@ -108,6 +113,46 @@ async def test_a_node_without_the_stream_is_served_by_unary_submit_and_remembere
         assert fake.submits == 5
     finally:
         await fake.server.stop(grace=None)
+
+
+async def test_the_clients_timeout_ends_a_job_on_a_stream_whose_node_never_answers() -> None:
+    """A job on a stream has no gRPC deadline; a node that holds the job (its Progress says
+    so, so the watchdog keeps the call) but never answers must not hold the caller past
+    its timeout."""
+    async def stream(requests: AsyncIterator[pb.SubmitRequest], context: Any) -> AsyncIterator[Any]:
+        async for _ in requests:
+            pass  # takes every job, answers none
+        await asyncio.Event().wait()
+        yield pb.SubmitStreamReply()  # unreachable: makes this an async generator
+
+    async def progress(request: pb.ProgressRequest, context: Any) -> pb.ProgressReply:
+        return pb.ProgressReply(known=True, shards_done=0, shards_total=1)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "SubmitStream": grpc.stream_stream_rpc_method_handler(
+            stream, request_deserializer=pb.SubmitRequest.FromString,
+            response_serializer=pb.SubmitStreamReply.SerializeToString),
+        "Progress": grpc.unary_unary_rpc_method_handler(
+            progress, request_deserializer=pb.ProgressRequest.FromString,
+            response_serializer=pb.ProgressReply.SerializeToString),
+    }),))
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        def run() -> tuple[str, float, bool]:
+            with Client(address, timeout=1.0) as client:
+                started = time.monotonic()
+                with pytest.raises((JobError, ClusterUnavailable)) as failed:
+                    client.submit(op="sum", source="range:n=10")
+                took_s = time.monotonic() - started
+                return str(failed.value), took_s, bool(client._streams._open)
+
+        message, took_s, streamed = await asyncio.to_thread(run)
+        assert streamed and "in time" in message
+        assert took_s < 10.0  # without the deadline the call never returns (pytest-timeout ends it)
+    finally:
+        await server.stop(grace=None)
 
 
 @pytest.mark.process

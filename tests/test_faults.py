@@ -9,6 +9,7 @@ Every wait polls with a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -19,7 +20,7 @@ import grpc
 import inproc
 import pytest
 
-from node import Client, ClusterUnavailable, LocalCluster
+from node import AsyncClient, Client, ClusterUnavailable, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
 from node.testing.cluster import CLIENT, FAST_TIMING
@@ -431,6 +432,24 @@ def test_a_client_cut_off_from_every_node_gets_no_answer(
         with caplog.at_level("ERROR", logger="asyncio"):
             cluster.close()
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+
+
+def test_an_async_client_cut_off_on_its_open_stream_gets_no_answer(cluster: LocalCluster) -> None:
+    """The AsyncClient's twin of the test above, where a stream carried the first job: its
+    break after the cut does not count as the cluster having accepted the next job (the
+    answer would be "job did not finish in time" instead of "cluster unavailable")."""
+    async def run() -> None:
+        async with AsyncClient(cluster.client_addresses, timeout=2) as client:
+            assert (await client.submit(op="sum", source="range:n=10")).result == 45
+            assert client._streams._open  # the first job went on a stream
+            for node_id in cluster.ids:
+                cluster.cut(CLIENT, node_id)
+            with pytest.raises(ClusterUnavailable):
+                await client.submit(op="sum", source="range:n=10", timeout=2)
+            cluster.heal()
+            assert (await client.submit(op="sum", source="range:n=10", timeout=10)).result == 45
+
+    asyncio.run(run())
 
 
 @pytest.mark.process

@@ -267,6 +267,8 @@ class AsyncClient:
             except TimeoutError:
                 raise AttemptFailed("no answer before the client's timeout",
                                     accepted=flight.seen.known) from None
+            except AttemptFailed as exc:  # the stream ended under the job
+                raise AttemptFailed(str(exc), accepted=flight.seen.known, reached=exc.reached) from None
             return stream_answer(reply, flight.seen.known)
         except asyncio.CancelledError:
             # The watchdog cancelling the call, not our caller cancelling us, is a retry.

@@ -156,8 +156,12 @@ class Client:
         stream: ThreadStream | None,
     ) -> SubmitAnswer:
         stub, channel = self._stub_and_channel(address)
-        # watch() raises ClusterUnavailable if close() ran in another thread meanwhile.
-        with self._watchdog.watch(address, request.job.job_id, on_progress, channel) as watch:
+        # A job on a stream has no gRPC deadline: the watchdog ends its stream at the
+        # client's. watch() raises ClusterUnavailable if close() ran in another thread meanwhile.
+        with self._watchdog.watch(
+            address, request.job.job_id, on_progress, channel, time.monotonic() + remaining,
+            stream.cancel if stream is not None else None,
+        ) as watch:
             try:
                 if stream is None:
                     return stub.Submit(request, timeout=remaining)
@@ -165,6 +169,9 @@ class Client:
                 try:
                     reply = stream.run(request)
                 except AttemptFailed as exc:
+                    if watch.timed_out:
+                        raise AttemptFailed("no answer before the client's timeout",
+                                            accepted=watch.known, reached=True) from None
                     if watch.abandoned:
                         raise AttemptFailed("node stopped answering progress probes",
                                             accepted=watch.known, reached=True) from None

@@ -86,14 +86,19 @@ class ThreadStream:
         reached = found.reached if isinstance(found, AttemptFailed) else True
         return AttemptFailed(f"SubmitStream: {code.name}: {exc.details()}", reached=reached)
 
+    def cancel(self) -> None:
+        """End the stream from another thread (the watchdog, at a job's deadline): the
+        owner's read ends with CANCELLED."""
+        cancel = getattr(self._replies, "cancel", None)
+        if cancel is not None:
+            cancel()
+
     def close(self) -> None:
         """Half-close and cancel: a job still running on it is the node's to finish."""
         if self.ended is None:
             self.ended = AttemptFailed("SubmitStream: closed by the client")
         self._requests.put(None)
-        cancel = getattr(self._replies, "cancel", None)
-        if cancel is not None:
-            cancel()
+        self.cancel()
 
 
 class ThreadStreams:

@@ -108,7 +108,9 @@ class SubmitStream:
             waiting.cancel()
 
     async def _read(self) -> None:
-        ended: Exception = AttemptFailed("SubmitStream: the node closed the stream", accepted=True)
+        # Whether the node had accepted a job is for its caller to say (its watchdog's
+        # probes), as for a unary call: a broken stream alone does not tell.
+        ended: Exception = AttemptFailed("SubmitStream: the node closed the stream")
         try:
             async for reply in self._call:
                 self.replied += 1
@@ -123,9 +125,10 @@ class SubmitStream:
             # both mean the same.
             self.unsupported = exc.code() is grpc.StatusCode.UNIMPLEMENTED or (
                 exc.code() is grpc.StatusCode.INTERNAL and not self.replied)
-            found = classify(exc, True)
+            found = classify(exc, False)
             if not isinstance(found, AccessDenied):
-                found = AttemptFailed(f"SubmitStream: {exc.code().name}: {exc.details()}", accepted=True)
+                reached = found.reached if isinstance(found, AttemptFailed) else True
+                found = AttemptFailed(f"SubmitStream: {exc.code().name}: {exc.details()}", reached=reached)
             ended = found
         finally:
             self.ended = ended

@@ -52,6 +52,10 @@ class Watch:
     known: bool = False  # the node has confirmed it holds the job
     failures: int = 0  # probes missed in a row
     abandoned: bool = False  # the watchdog gave up and closed the channel
+    #: For a call with no deadline of its own (a job on a stream): when to end it, and how.
+    deadline_s: float | None = None
+    on_deadline: Callable[[], None] | None = None
+    timed_out: bool = False  # the watchdog ended the call at its deadline
 
 
 class Watchdog:
@@ -70,10 +74,13 @@ class Watchdog:
 
     @contextlib.contextmanager
     def watch(
-        self, address: str, job_id: str, on_progress: ProgressCallback | None, channel: Any = None
+        self, address: str, job_id: str, on_progress: ProgressCallback | None, channel: Any = None,
+        deadline_s: float | None = None, on_deadline: Callable[[], None] | None = None,
     ) -> Iterator[Watch]:
-        """Watch the call made inside the `with` block (on `channel`, to `address`)."""
-        watch = Watch(address, job_id, on_progress, channel, time.monotonic() + self.interval_s)
+        """Watch the call made inside the `with` block (on `channel`, to `address`); at the
+        monotonic `deadline_s`, if given, call `on_deadline` (it must end the call)."""
+        watch = Watch(address, job_id, on_progress, channel, time.monotonic() + self.interval_s,
+                      deadline_s=deadline_s if on_deadline is not None else None, on_deadline=on_deadline)
         with self._cond:
             if self._closed:  # the client that owns this watchdog was closed, maybe meanwhile
                 raise ClusterUnavailable("this client was closed during submit")
@@ -104,15 +111,29 @@ class Watchdog:
                     if self._closed:
                         return
                     now = time.monotonic()
-                    due = [w for w in self._watches if w.due_s <= now]
+                    due = [w for w in self._watches if _next_s(w) <= now]
                     if due:
                         break
                     self._idle = not self._watches
-                    wait_s = None if self._idle else min(w.due_s for w in self._watches) - now
+                    wait_s = None if self._idle else min(_next_s(w) for w in self._watches) - now
                     self._cond.wait(wait_s)
                     self._idle = False
             for watch in due:
-                self._check(watch)
+                if watch.deadline_s is not None and watch.deadline_s <= now:
+                    self._expire(watch)
+                else:
+                    self._check(watch)
+
+    def _expire(self, watch: Watch) -> None:
+        with self._cond:
+            if watch not in self._watches:  # the call ended meanwhile
+                return
+            watch.timed_out, watch.deadline_s = True, None
+        assert watch.on_deadline is not None
+        try:
+            watch.on_deadline()
+        except Exception:
+            log.exception("ending a call at its deadline failed")
 
     def _check(self, watch: Watch) -> None:
         try:
@@ -139,3 +160,8 @@ class Watchdog:
                 self._abandon(watch)
             except Exception:
                 log.exception("abandoning the call to %s failed", watch.address)
+
+
+def _next_s(watch: Watch) -> float:
+    """When the watchdog must next look at `watch`: its probe, or its deadline if sooner."""
+    return watch.due_s if watch.deadline_s is None else min(watch.due_s, watch.deadline_s)
