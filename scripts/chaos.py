@@ -6,6 +6,7 @@ A LocalCluster (link_faults=True, default timing unless --fast) runs for
 `--duration` seconds while
 
 - a few client tasks submit a steady stream of jobs with known answers
+  (asyncio clients, and one blocking `Client` in a thread of its own)
   (`range:` closed forms; `random:` answers computed here beforehand with
   `reduce_all` and the cluster's shard size), each retried with the same
   `job_id` until answered;
@@ -68,9 +69,10 @@ from typing import Any
 
 import grpc
 
-from node import AsyncClient, InvalidJob, LocalCluster
+from node import AsyncClient, Client, InvalidJob, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
+from node.client.answer import Answer
 from node.core.compute import reduce_all, validate_job
 from node.core.job import Job
 from node.core.jobtable import STATES
@@ -171,6 +173,8 @@ class Record:
     ack_ms: list[float] = field(default_factory=list)
     #: Detached submits whose client was killed before it printed the job id.
     died_before_ack: int = 0
+    #: Attached jobs answered to the blocking Client's thread.
+    blocking_answered: int = 0
     detached_answers: dict[str, Any] = field(default_factory=dict)
     detached_wrong: list[str] = field(default_factory=list)
     #: A detached job answered with other bits by another node, or at another time.
@@ -202,17 +206,48 @@ async def submit_until_answered(
         except InvalidJob as exc:
             record.invalid.append(f"{job_id}: {exc}")
             return
-        record.answered[job_id] = answer.result
-        record.completions.append(time.monotonic())
-        took_s = time.monotonic() - started
-        if took_s > record.slowest[0]:
-            by = f"{answer.leader} term {answer.term}"
-            record.slowest = (took_s, job_id, f"{spec.op} {spec.source}", by)
-        if not same(spec.expected, answer.result):
-            record.wrong.append(
-                f"{job_id} {spec.op} {spec.source}: expected {spec.expected!r}, got {answer.result!r}"
-            )
+        note_answer(record, job_id, spec, answer, started)
         return
+
+
+def note_answer(record: Record, job_id: str, spec: Spec, answer: Answer, started: float) -> None:
+    """An attached job's answer: counted, timed, and checked bit for bit."""
+    record.answered[job_id] = answer.result
+    record.completions.append(time.monotonic())
+    took_s = time.monotonic() - started
+    if took_s > record.slowest[0]:
+        by = f"{answer.leader} term {answer.term}"
+        record.slowest = (took_s, job_id, f"{spec.op} {spec.source}", by)
+    if not same(spec.expected, answer.result):
+        record.wrong.append(
+            f"{job_id} {spec.op} {spec.source}: expected {spec.expected!r}, got {answer.result!r}"
+        )
+
+
+def blocking_submitter(
+    addresses: list[str], stream: JobStream, record: Record, stop: asyncio.Event, deadline: list[float]
+) -> None:
+    """The blocking Client in a thread of its own (its jobs go on that thread's SubmitStream),
+    each job retried with its id until answered, as the asyncio submitters do."""
+    with Client(addresses, timeout=ATTEMPT_S) as client:
+        while not stop.is_set():
+            job_id, spec = stream.next()
+            record.submitted[job_id] = spec
+            started = time.monotonic()
+            while time.monotonic() < deadline[0]:
+                timeout = min(ATTEMPT_S, max(0.5, deadline[0] - time.monotonic()))
+                try:
+                    answer = client.submit(op=spec.op, source=spec.source, job_id=job_id, timeout=timeout)
+                except (ClusterUnavailable, JobError) as exc:
+                    record.failed_attempts += 1
+                    record.attempt_errors[type(exc).__name__] += 1
+                    continue
+                except InvalidJob as exc:
+                    record.invalid.append(f"{job_id}: {exc}")
+                    break
+                note_answer(record, job_id, spec, answer, started)
+                record.blocking_answered += 1
+                break
 
 
 async def submitter(
@@ -614,6 +649,9 @@ async def workload(
     started = time.monotonic()
     tasks = [asyncio.create_task(submitter(addresses, stream, record, stop, deadline))
              for _ in range(settings.clients)]
+    # Its own job sequence (another seed, so other ids): a JobStream is not shared across threads.
+    tasks.append(asyncio.create_task(asyncio.to_thread(
+        blocking_submitter, addresses, JobStream(settings.seed ^ 0xB10C, pool), record, stop, deadline)))
     probe = asyncio.create_task(prober(addresses, settings.seed, record, stop))
     detached_stream = JobStream(settings.seed ^ 0xDE7A, pool)
     background = [
@@ -691,6 +729,7 @@ def check(cluster: LocalCluster, settings: Settings, record: Record, outcome: di
         "fault_log": record.faults,
         "jobs": {
             "submitted": len(record.submitted), "answered": len(record.answered),
+            "answered_by_blocking_client": record.blocking_answered,
             "wrong": len(record.wrong) + len(record.invalid), "lost": len(lost),
             "failed_attempts": record.failed_attempts,
             "attempt_errors": dict(record.attempt_errors),
@@ -739,6 +778,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("faults: total", sum(summary["faults"].values())),
         ("jobs submitted", jobs["submitted"]),
         ("jobs answered", jobs["answered"]),
+        ("  of them by the blocking Client", jobs["answered_by_blocking_client"]),
         ("jobs wrong", jobs["wrong"]),
         ("jobs lost", jobs["lost"]),
         ("failed attempts (retried)", jobs["failed_attempts"]),

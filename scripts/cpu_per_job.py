@@ -1,9 +1,11 @@
 """CPU time per big job, per node and per kind of thread: where a cluster's CPU goes.
 
     python scripts/cpu_per_job.py [--nodes 3] [--n 100000000] [--seconds 6] [--json PATH]
+    python scripts/cpu_per_job.py --source range:n=1000    # the same for a small job
 
 A float64 `.npy` of `--n` elements is written to a temporary directory and
-read once (page cache); a `LocalCluster` of `--nodes` nodes sums it three
+read once (page cache), unless `--source` names what to sum instead; a
+`LocalCluster` of `--nodes` nodes sums it three
 times untimed, then as many times as fit in `--seconds`, one job after the
 other from this process. Each daemon's threads are read from /proc
 (schedstat: nanoseconds on a CPU) before and after, and the difference is
@@ -47,10 +49,9 @@ def thread_cpu_ns(pid: int) -> dict[str, int]:
     return kinds
 
 
-def measure(nodes: int, n: int, seconds: float, workdir: Path) -> dict[str, Any]:
+def write_big(n: int, workdir: Path) -> str:
+    """A float64 .npy of `n` random elements, read once (into the page cache); its source."""
     import numpy as np
-
-    from node import LocalCluster
 
     path = workdir / "big.npy"
     data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n,))
@@ -59,7 +60,13 @@ def measure(nodes: int, n: int, seconds: float, workdir: Path) -> dict[str, Any]
     data.flush()
     del data
     float(np.load(path, mmap_mode="r").sum())
-    job = {"op": "sum", "source": f"npy:{path}"}
+    return f"npy:{path}"
+
+
+def measure(nodes: int, source: str, seconds: float, workdir: Path) -> dict[str, Any]:
+    from node import LocalCluster
+
+    job = {"op": "sum", "source": source}
     with LocalCluster(nodes=nodes, data_root=workdir) as cluster:
         for _ in range(3):
             cluster.client.submit(**job)
@@ -73,13 +80,13 @@ def measure(nodes: int, n: int, seconds: float, workdir: Path) -> dict[str, Any]
     jobs = len(elapsed_ms)
     per_node = {}
     for nid, kinds in after.items():
-        per_node[nid] = {kind: round((ns - before[nid].get(kind, 0)) / jobs / 1e6, 2)
+        per_node[nid] = {kind: round((ns - before[nid].get(kind, 0)) / jobs / 1e6, 3)
                          for kind, ns in kinds.items()}
-        per_node[nid]["total"] = round(sum(per_node[nid].values()), 2)
-    return {"nodes": nodes, "n": n, "jobs": jobs, "leader": leader,
-            "median_ms": round(statistics.median(elapsed_ms), 1),
-            "client_ms_per_job": round(client_s / jobs * 1000, 2), "cpu_ms_per_job": per_node,
-            "cluster_total_ms_per_job": round(sum(v["total"] for v in per_node.values()), 1)}
+        per_node[nid]["total"] = round(sum(per_node[nid].values()), 3)
+    return {"nodes": nodes, "source": source, "jobs": jobs, "leader": leader,
+            "median_ms": round(statistics.median(elapsed_ms), 3),
+            "client_ms_per_job": round(client_s / jobs * 1000, 3), "cpu_ms_per_job": per_node,
+            "cluster_total_ms_per_job": round(sum(v["total"] for v in per_node.values()), 3)}
 
 
 def main() -> int:
@@ -87,10 +94,12 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--n", type=int, default=10**8)
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--source", default=None, help="sum this source instead of a --n .npy")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="distnode-cpu-per-job-") as tmp:
-        found = measure(args.nodes, args.n, args.seconds, Path(tmp))
+        source = args.source or write_big(args.n, Path(tmp))
+        found = measure(args.nodes, source, args.seconds, Path(tmp))
     print_json(found, args.json)
     return 0
 

@@ -2,11 +2,13 @@
 
     python scripts/grpc_floor.py [--calls 2000] [--json PATH]
 
-An echo server (grpc.aio, in a process of its own, as a daemon is) answers
+An echo server (grpc.aio on uvloop, in a process of its own, as a daemon is) answers
 one byte; a client times round trips after 300 untimed ones, a unary call
 and a write-then-read on one open bidirectional stream in turn (so the
 host's drift lands on both), from the blocking and from the asyncio API.
-Medians, in ms.
+Medians, in ms. Then the CPU one stream round trip costs each side: the
+server process's CPU time (/proc) and the client's, over 5,000 round trips
+on one stream of the blocking API (what the blocking Client does), in µs.
 
 Why: a small job is one round trip plus microseconds of work, so its p50
 cannot go below the unary figure; a multiplexed submit stream (many jobs on
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import queue
 import statistics
 import sys
@@ -55,7 +58,13 @@ async def _serve(ports: multiprocessing.Queue[int]) -> None:
 
 
 def serve(ports: multiprocessing.Queue[int]) -> None:
-    asyncio.run(_serve(ports))
+    """The echo server, on uvloop where it is installed, as a daemon runs."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(ports))
+        return
+    uvloop.run(_serve(ports))
 
 
 def median_ms(samples_s: list[float]) -> float:
@@ -84,6 +93,35 @@ def blocking_figures(address: str, calls: int) -> dict[str, float]:
                 stream_s.append(time.perf_counter() - between)
         requests.put(None)
     return {"blocking_unary_ms": median_ms(unary_s), "blocking_stream_ms": median_ms(stream_s)}
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_figures(address: str, server_pid: int, calls: int = 5000) -> dict[str, float]:
+    """CPU per round trip on an open blocking stream: the server's, and this client's."""
+    with grpc.insecure_channel(address) as channel:
+        requests: queue.Queue[bytes | None] = queue.Queue()
+
+        def feed() -> Iterator[bytes]:
+            while (request := requests.get()) is not None:
+                yield request
+
+        replies = channel.stream_stream(f"/{SERVICE}/Stream")(feed())
+        for _ in range(WARMUP):
+            requests.put(b"x")
+            next(replies)
+        server0_s, client0_s = process_cpu_s(server_pid), time.process_time()
+        for _ in range(calls):
+            requests.put(b"x")
+            next(replies)
+        server_s, client_s = process_cpu_s(server_pid) - server0_s, time.process_time() - client0_s
+        requests.put(None)
+    return {"stream_server_cpu_us": round(server_s / calls * 1e6, 1),
+            "stream_client_cpu_us": round(client_s / calls * 1e6, 1)}
 
 
 async def asyncio_figures(address: str, calls: int) -> dict[str, float]:
@@ -116,6 +154,8 @@ def main() -> int:
         address = f"127.0.0.1:{ports.get(timeout=30)}"
         found = {"grpcio": grpc.__version__, **blocking_figures(address, args.calls),
                  **asyncio.run(asyncio_figures(address, args.calls))}
+        assert server.pid is not None
+        found.update(cpu_figures(address, server.pid))
     finally:
         server.terminate()
         server.join(timeout=10)
