@@ -101,16 +101,22 @@ def watch_window(cluster: LocalCluster, p: Params) -> dict[str, Any]:
     first_term = cluster.client.status().term
     window0 = time.monotonic()
     before = election_counts(cluster)
+    logged_before = {node: len(cluster.log(node)) for node in cluster.ids}
     log(f"scale: watching the last cluster for {p.scale_window_s:.0f} s")
     cluster.wait_all_alive(timeout_s=60.0)
     small = small_jobs(cluster, p.scale_small_jobs, p.small_warmup)
     while time.monotonic() - window0 < p.scale_window_s:
         time.sleep(min(1.0, max(0.0, p.scale_window_s - (time.monotonic() - window0))))
     after = election_counts(cluster)
+    # Every role change in the window, as its node logged it: the cluster and its logs are
+    # gone once the bench ends, and a spurious election needs its when and who to be read.
+    changes = [f"{node}: {line}" for node in cluster.ids
+               for line in cluster.log(node)[logged_before[node]:].splitlines() if "became " in line]
     return {
         "small": small, "window_s": p.scale_window_s,
         "spurious_candidates": after["candidate"] - before["candidate"],
         "spurious_pre_candidates": after["pre_candidate"] - before["pre_candidate"],
+        "role_changes": sorted(changes, key=lambda line: line.partition(": ")[2]),
         "term_first": first_term, "term_last": cluster.client.status().term,
     }
 
