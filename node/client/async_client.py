@@ -37,7 +37,7 @@ from node.client.retry import (
     classify,
     new_request,
 )
-from node.client.streams import SubmitStream, SubmitStreams, stream_answer
+from node.client.streams import SubmitStream, SubmitStreams, stream_answer, unary_instead
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
@@ -225,9 +225,7 @@ class AsyncClient:
             try:
                 return await self._attempt_once(address, request, remaining, on_progress, stream)
             except AttemptFailed:
-                if stream.unsupported:
-                    self._streams.unsupported.add(address)
-                elif stream.replied or stream.ended is None:  # answered before, or only this job failed
+                if not unary_instead(stream, self._streams.unsupported, address):
                     raise
         return await self._attempt_once(address, request, remaining, on_progress, None)
 

@@ -6,10 +6,11 @@ millisecond) and no call future (gRPC's channel thread handing the answer
 over cost ~0.15-0.2 ms). A job with a scalar answer goes on the calling
 thread's own SubmitStream to the node (`client/blocking_stream.py`; one
 message each way on an open stream costs 0.6-0.7 of a unary call), a vector
-answer on a unary `Submit`, read without copies, as in AsyncClient. Jobs that run long are watched from one
-background thread (`node.client.watchdog`), which probes Progress as AsyncClient's
-watchdog does and, if the node stops answering, closes its channel so the
-call ends and the caller retries elsewhere. The retry rules are AsyncClient's
+answer on a unary `Submit`, read without copies, as in AsyncClient. Jobs
+that run long are watched from one background thread (`node.client.watchdog`),
+which probes Progress as AsyncClient's watchdog does and, if the node stops
+answering, closes its channel so the call ends and the caller retries
+elsewhere; it also ends a streamed job at the client's timeout. The retry rules are AsyncClient's
 (one `RetryPlan` over one `Nodes` list, one `classify`). `on_progress` is
 called from the watchdog thread. `status`, `progress` and `wait_for_leader`
 are not latency-critical and run on an AsyncClient in a private loop thread.
@@ -39,7 +40,7 @@ from node.client.retry import (
     classify,
     new_request,
 )
-from node.client.streams import stream_answer
+from node.client.streams import stream_answer, unary_instead
 from node.client.watchdog import Watch, Watchdog
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
@@ -145,9 +146,7 @@ class Client:
             try:
                 return self._attempt_once(address, request, remaining, on_progress, stream)
             except AttemptFailed:
-                if stream.unsupported:
-                    self._streams.unsupported.add(address)
-                elif stream.replied or stream.ended is None:  # answered before, or only this job failed
+                if not unary_instead(stream, self._streams.unsupported, address):
                     raise
         return self._attempt_once(address, request, remaining, on_progress, None)
 

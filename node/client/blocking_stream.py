@@ -12,8 +12,9 @@ the job on.
 
 A stream belongs to its thread: a stream whose thread has ended is closed
 when the next stream is opened, so a client used from many short-lived
-threads does not collect them. Why a stream ends, and what the jobs then
-raise, follows `client/streams.py` (the AsyncClient's streams).
+threads does not collect them. What a stream's end means for its jobs
+(`stream_ended`), and when a failed job goes unary instead (`unary_instead`),
+are `client/streams.py`'s, shared with the AsyncClient's streams.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from collections.abc import Iterator
 import grpc
 
 from node._proto import distnode_pb2 as pb
-from node.client.retry import classify
-from node.errors import AccessDenied, AttemptFailed
+from node.client.streams import stream_ended
+from node.errors import AttemptFailed
 from node.wire.stubs import BlockingNodeStub
 
 
@@ -65,26 +66,11 @@ class ThreadStream:
                 # Not ours: only a job this thread stopped waiting for can answer late.
             self.ended = AttemptFailed("SubmitStream: the node closed the stream")
         except grpc.RpcError as exc:
-            self.ended = self._why(exc)
+            assert isinstance(exc, grpc.Call)  # a failed call is both
+            self.ended, self.unsupported = stream_ended(exc, self.replied)
         except ValueError as exc:  # the watchdog closed the channel under the call
             self.ended = AttemptFailed(f"SubmitStream: channel closed: {exc}")
         raise self.ended
-
-    def _why(self, exc: grpc.RpcError) -> Exception:
-        """A status for the whole stream: a wrong token is final; the rest (the node going
-        away, a broken connection) is worth another attempt. A node without the method says
-        UNIMPLEMENTED, or gRPC's own INTERNAL when it refused the call as it was written:
-        before any reply, both mean the same. Whether the node had accepted the job is the
-        caller's to say (its watchdog's probes), as for a unary call."""
-        assert isinstance(exc, grpc.Call)
-        code = exc.code()
-        self.unsupported = code is grpc.StatusCode.UNIMPLEMENTED or (
-            code is grpc.StatusCode.INTERNAL and not self.replied)
-        found = classify(exc, False)
-        if isinstance(found, AccessDenied):
-            return found
-        reached = found.reached if isinstance(found, AttemptFailed) else True
-        return AttemptFailed(f"SubmitStream: {code.name}: {exc.details()}", reached=reached)
 
     def cancel(self) -> None:
         """End the stream from another thread (the watchdog, at a job's deadline): the

@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
 from node._proto import distnode_pb2 as pb
-from node.client.retry import classify
+from node.client.retry import FailedCall, classify
 from node.errors import AccessDenied, AttemptFailed
 from node.wire.answers import SubmitAnswer
 from node.wire.status import NODE_TRAILER
@@ -59,6 +60,44 @@ def stream_answer(reply: pb.SubmitStreamReply, accepted: bool) -> SubmitAnswer:
         raise classify(StreamStatus(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message,
                                     reply.node_id), accepted)
     return SubmitAnswer(reply.reply, memoryview(reply.reply.result.data))
+
+
+def stream_ended(exc: FailedCall, replied: int) -> tuple[Exception, bool]:
+    """What a status for a whole stream means for every job waiting on it, and whether the
+    node has no SubmitStream at all.
+
+    A wrong token is final; the rest (the node going away, a broken connection) is worth
+    another attempt. A node without the method says UNIMPLEMENTED, or, when the client was
+    writing as it refused the call, gRPC's own INTERNAL ("error from Core"): before any
+    reply, both mean the same. Whether the node had accepted a job is for its caller to say
+    (its watchdog's probes), as for a unary call: a broken stream alone does not tell.
+    """
+    code = exc.code()
+    unsupported = code is grpc.StatusCode.UNIMPLEMENTED or (code is grpc.StatusCode.INTERNAL and not replied)
+    found = classify(exc, False)
+    if not isinstance(found, AccessDenied):
+        reached = found.reached if isinstance(found, AttemptFailed) else True
+        found = AttemptFailed(f"SubmitStream: {code.name}: {exc.details()}", reached=reached)
+    return found, unsupported
+
+
+class OpenedStream(Protocol):
+    """What both clients' streams say about themselves once a job on them failed."""
+
+    unsupported: bool
+    replied: int
+    ended: Exception | None
+
+
+def unary_instead(stream: OpenedStream, unsupported: set[str], address: str) -> bool:
+    """After a job failed on `stream` to `address`: send it as a unary Submit to that node?
+    Yes if the node has no SubmitStream (remembered in `unsupported`), or if the stream
+    failed before it ever answered (the unary call finds out whether the node is there);
+    no if it had answered before, or only this job failed."""
+    if stream.unsupported:
+        unsupported.add(address)
+        return True
+    return not stream.replied and stream.ended is not None
 
 
 def _retrieved(future: asyncio.Future[pb.SubmitStreamReply]) -> None:
@@ -108,8 +147,6 @@ class SubmitStream:
             waiting.cancel()
 
     async def _read(self) -> None:
-        # Whether the node had accepted a job is for its caller to say (its watchdog's
-        # probes), as for a unary call: a broken stream alone does not tell.
         ended: Exception = AttemptFailed("SubmitStream: the node closed the stream")
         try:
             async for reply in self._call:
@@ -118,18 +155,7 @@ class SubmitStream:
                 if waiting is not None and not waiting.done():
                     waiting.set_result(reply)
         except grpc.aio.AioRpcError as exc:
-            # A status for the whole stream is every waiting job's: a wrong token is final; the
-            # rest (the node going away, a broken connection) is worth another attempt.
-            # A node without the method says UNIMPLEMENTED, or, when the client was writing
-            # as it refused the call, gRPC's own INTERNAL ("error from Core"): before any reply,
-            # both mean the same.
-            self.unsupported = exc.code() is grpc.StatusCode.UNIMPLEMENTED or (
-                exc.code() is grpc.StatusCode.INTERNAL and not self.replied)
-            found = classify(exc, False)
-            if not isinstance(found, AccessDenied):
-                reached = found.reached if isinstance(found, AttemptFailed) else True
-                found = AttemptFailed(f"SubmitStream: {exc.code().name}: {exc.details()}", reached=reached)
-            ended = found
+            ended, self.unsupported = stream_ended(exc, self.replied)
         finally:
             self.ended = ended
             for waiting in self._waiting.values():
