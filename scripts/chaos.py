@@ -62,7 +62,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,24 +190,29 @@ def same(expected: Any, got: Any) -> bool:
     return type(expected) is type(got) and bool(expected == got)
 
 
+#: One attempt at a job: (job id, spec, timeout in s) -> its answer.
+Submit = Callable[[str, Spec, float], Awaitable[Answer]]
+
+
 async def submit_until_answered(
-    client: AsyncClient, job_id: str, spec: Spec, record: Record, deadline: list[float]
-) -> None:
-    """Retry the same job id until answered or until the (movable) final deadline."""
+    submit: Submit, job_id: str, spec: Spec, record: Record, deadline: list[float]
+) -> bool:
+    """Retry the same job id until answered (True) or until the (movable) final deadline."""
     started = time.monotonic()
     while time.monotonic() < deadline[0]:
         timeout = min(ATTEMPT_S, max(0.5, deadline[0] - time.monotonic()))
         try:
-            answer = await client.submit(op=spec.op, source=spec.source, job_id=job_id, timeout=timeout)
+            answer = await submit(job_id, spec, timeout)
         except (ClusterUnavailable, JobError) as exc:
             record.failed_attempts += 1
             record.attempt_errors[type(exc).__name__] += 1
             continue
         except InvalidJob as exc:
             record.invalid.append(f"{job_id}: {exc}")
-            return
+            return False
         note_answer(record, job_id, spec, answer, started)
-        return
+        return True
+    return False
 
 
 def note_answer(record: Record, job_id: str, spec: Spec, answer: Answer, started: float) -> None:
@@ -224,40 +229,39 @@ def note_answer(record: Record, job_id: str, spec: Spec, answer: Answer, started
         )
 
 
-def blocking_submitter(
-    addresses: list[str], stream: JobStream, record: Record, stop: asyncio.Event, deadline: list[float]
-) -> None:
-    """The blocking Client in a thread of its own (its jobs go on that thread's SubmitStream),
-    each job retried with its id until answered, as the asyncio submitters do."""
-    with Client(addresses, timeout=ATTEMPT_S) as client:
-        while not stop.is_set():
-            job_id, spec = stream.next()
-            record.submitted[job_id] = spec
-            started = time.monotonic()
-            while time.monotonic() < deadline[0]:
-                timeout = min(ATTEMPT_S, max(0.5, deadline[0] - time.monotonic()))
-                try:
-                    answer = client.submit(op=spec.op, source=spec.source, job_id=job_id, timeout=timeout)
-                except (ClusterUnavailable, JobError) as exc:
-                    record.failed_attempts += 1
-                    record.attempt_errors[type(exc).__name__] += 1
-                    continue
-                except InvalidJob as exc:
-                    record.invalid.append(f"{job_id}: {exc}")
-                    break
-                note_answer(record, job_id, spec, answer, started)
-                record.blocking_answered += 1
-                break
+async def submit_all(
+    submit: Submit, stream: JobStream, record: Record, stop: asyncio.Event, deadline: list[float]
+) -> int:
+    """Jobs from `stream`, one after the other, each until answered; how many were."""
+    answered = 0
+    while not stop.is_set():
+        job_id, spec = stream.next()
+        record.submitted[job_id] = spec
+        answered += await submit_until_answered(submit, job_id, spec, record, deadline)
+    return answered
 
 
 async def submitter(
     addresses: list[str], stream: JobStream, record: Record, stop: asyncio.Event, deadline: list[float]
 ) -> None:
     async with AsyncClient(addresses, timeout=ATTEMPT_S) as client:
-        while not stop.is_set():
-            job_id, spec = stream.next()
-            record.submitted[job_id] = spec
-            await submit_until_answered(client, job_id, spec, record, deadline)
+        async def submit(job_id: str, spec: Spec, timeout: float) -> Answer:
+            return await client.submit(op=spec.op, source=spec.source, job_id=job_id, timeout=timeout)
+
+        await submit_all(submit, stream, record, stop, deadline)
+
+
+def blocking_submitter(
+    addresses: list[str], stream: JobStream, record: Record, stop: asyncio.Event, deadline: list[float]
+) -> None:
+    """The blocking Client in a thread of its own (its jobs go on that thread's SubmitStream),
+    through the same retry loop as the asyncio submitters, run on a loop private to this
+    thread: each call blocks that loop, which has nothing else to run."""
+    with Client(addresses, timeout=ATTEMPT_S) as client:
+        async def submit(job_id: str, spec: Spec, timeout: float) -> Answer:
+            return client.submit(op=spec.op, source=spec.source, job_id=job_id, timeout=timeout)
+
+        record.blocking_answered = asyncio.run(submit_all(submit, stream, record, stop, deadline))
 
 
 async def prober(addresses: list[str], seed: int, record: Record, stop: asyncio.Event) -> None:
