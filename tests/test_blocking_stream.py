@@ -4,8 +4,8 @@ Against in-process daemons (the blocking Client runs in worker threads, so
 the daemons' loop keeps running): scalar jobs go on the thread's own stream
 and vector answers on unary Submit, a failed job leaves its stream open, a
 finished thread's stream is closed, a node without the method is served by
-unary Submit and remembered. Against processes: a stream that breaks under a
-job (its leader killed) sends the job elsewhere.
+unary Submit and remembered. A stream that breaks under a job (its leader
+killed) is test_submit_stream.py's, for both clients.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import pytest
 from inproc import StartCluster
 from test_async_watch import FakeNode, quick, unknown
 
-from node import Client, LocalCluster
+from node import Client
 from node._proto import distnode_pb2 as pb
-from node.client.answer import Answer
 from node.errors import ClusterUnavailable, InvalidJob, JobError
 from node.wire.answers import SERVICE
 
@@ -153,26 +152,3 @@ async def test_the_clients_timeout_ends_a_job_on_a_stream_whose_node_never_answe
         assert took_s < 10.0  # without the deadline the call never returns (pytest-timeout ends it)
     finally:
         await server.stop(grace=None)
-
-
-@pytest.mark.process
-def test_a_blocking_job_whose_stream_breaks_is_sent_again_elsewhere(tmp_path: Path) -> None:
-    with LocalCluster(nodes=3, shard_elems=1 << 16, workdir=tmp_path) as cluster:
-        cluster.wait_all_alive(timeout_s=30)
-        leader = cluster.leader()
-        first = [cluster.address(leader)] + [cluster.address(n) for n in cluster.ids if n != leader]
-        with Client(first, timeout=120) as client:
-            answers: list[Answer] = []
-            job = threading.Thread(target=lambda: answers.append(
-                client.submit(op="sum", source="range:n=1000000000", job_id="x")))
-            job.start()
-            deadline = time.monotonic() + 60
-            while (client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
-                assert time.monotonic() < deadline and job.is_alive(), "the job never started"
-                time.sleep(0.01)
-            assert any(stream.replied == 0 for stream in client._streams._open.values())
-            cluster.kill(leader)  # its stream breaks mid-job
-            job.join(timeout=120)
-    [answer] = answers
-    assert answer.result == 1000000000 * 999999999 // 2
-    assert answer.retries >= 1 and answer.leader != leader

@@ -4,21 +4,23 @@ The node's side against real in-process daemons (a raw stub): each job is
 run as a unary Submit would run it, a failed job is its own reply and the
 stream goes on, a follower relays, the per-client limit holds per job. The
 client's side: AsyncClient sends scalar jobs on one stream per node, and a
-stream that breaks under a job (its node stopped) sends the job elsewhere.
+stream that breaks under a job (its node stopped) sends the job elsewhere,
+from either client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from inproc import StartCluster
 
-from node import AsyncClient, LocalCluster
+from node import AsyncClient, Client, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node.client.answer import Answer
 from node.core.limits import Limits
@@ -91,24 +93,51 @@ async def test_the_async_client_sends_scalar_jobs_on_one_stream_per_node(start_c
         assert again.result == 6 and len(client._streams._open) == 1
 
 
+JOB = {"op": "sum", "source": "range:n=1000000000", "job_id": "x"}
+
+
+def crossing_async(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
+    """The AsyncClient's job, its leader killed once the job is under way."""
+    async def crossing() -> Answer:
+        async with AsyncClient(first, timeout=120) as client:
+            job = asyncio.create_task(client.submit(**JOB))
+            deadline = time.monotonic() + 60
+            while (await client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
+                assert time.monotonic() < deadline and not job.done(), "the job never started"
+                await asyncio.sleep(0.01)
+            cluster.kill(leader)  # its stream breaks mid-job
+            return await job
+
+    return asyncio.run(crossing())
+
+
+def crossing_blocking(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
+    """The blocking Client's job, from a thread of its own, on that thread's stream."""
+    with Client(first, timeout=120) as client:
+        answers: list[Answer] = []
+        job = threading.Thread(target=lambda: answers.append(client.submit(**JOB)))
+        job.start()
+        deadline = time.monotonic() + 60
+        while (client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
+            assert time.monotonic() < deadline and job.is_alive(), "the job never started"
+            time.sleep(0.01)
+        assert any(stream.replied == 0 for stream in client._streams._open.values())  # on a stream
+        cluster.kill(leader)  # its stream breaks mid-job
+        job.join(timeout=120)
+    [answer] = answers
+    return answer
+
+
 @pytest.mark.process
-def test_a_job_whose_stream_breaks_is_sent_again_elsewhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crossing", [crossing_async, crossing_blocking], ids=["async", "blocking"])
+def test_a_job_whose_stream_breaks_is_sent_again_elsewhere(
+    tmp_path: Path, crossing: Callable[[LocalCluster, list[str], str], Answer]
+) -> None:
     with LocalCluster(nodes=3, shard_elems=1 << 16, workdir=tmp_path) as cluster:
         cluster.wait_all_alive(timeout_s=30)
         leader = cluster.leader()
         first = [cluster.address(leader)] + [cluster.address(n) for n in cluster.ids if n != leader]
-
-        async def crossing() -> Answer:
-            async with AsyncClient(first, timeout=120) as client:
-                job = asyncio.create_task(client.submit(op="sum", source="range:n=1000000000", job_id="x"))
-                deadline = time.monotonic() + 60
-                while (await client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
-                    assert time.monotonic() < deadline and not job.done(), "the job never started"
-                    await asyncio.sleep(0.01)
-                cluster.kill(leader)  # its stream breaks mid-job
-                return await job
-
-        answer = asyncio.run(crossing())
+        answer = crossing(cluster, first, leader)
     assert answer.result == 1000000000 * 999999999 // 2
     assert answer.retries >= 1 and answer.leader != leader
 
