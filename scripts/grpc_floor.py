@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import queue
 import statistics
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from benchlib import print_json
+from benchlib import print_json, process_cpu_s
 
 SERVICE = "floor.Echo"
 WARMUP = 300
@@ -71,55 +70,54 @@ def median_ms(samples_s: list[float]) -> float:
     return round(statistics.median(samples_s) * 1000, 3)
 
 
+class StreamEcho:
+    """One open echo stream on gRPC's blocking API, fed from a queue as the blocking Client
+    feeds its streams: `round_trip` writes one byte and reads it back."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._requests: queue.Queue[bytes | None] = queue.Queue()
+        self._replies = channel.stream_stream(f"/{SERVICE}/Stream")(self._feed())
+
+    def _feed(self) -> Iterator[bytes]:
+        while (request := self._requests.get()) is not None:
+            yield request
+
+    def round_trip(self) -> None:
+        self._requests.put(b"x")
+        next(self._replies)
+
+    def close(self) -> None:
+        self._requests.put(None)
+
+
 def blocking_figures(address: str, calls: int) -> dict[str, float]:
     with grpc.insecure_channel(address) as channel:
         unary = channel.unary_unary(f"/{SERVICE}/Unary")
-        requests: queue.Queue[bytes | None] = queue.Queue()
-
-        def feed() -> Iterator[bytes]:
-            while (request := requests.get()) is not None:
-                yield request
-
-        replies = channel.stream_stream(f"/{SERVICE}/Stream")(feed())
+        stream = StreamEcho(channel)
         unary_s, stream_s = [], []
         for number in range(WARMUP + calls):  # one of each in turn: drift lands on both
             started = time.perf_counter()
             unary(b"x")
             between = time.perf_counter()
-            requests.put(b"x")
-            next(replies)
+            stream.round_trip()
             if number >= WARMUP:
                 unary_s.append(between - started)
                 stream_s.append(time.perf_counter() - between)
-        requests.put(None)
+        stream.close()
     return {"blocking_unary_ms": median_ms(unary_s), "blocking_stream_ms": median_ms(stream_s)}
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid`, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_figures(address: str, server_pid: int, calls: int = 5000) -> dict[str, float]:
     """CPU per round trip on an open blocking stream: the server's, and this client's."""
     with grpc.insecure_channel(address) as channel:
-        requests: queue.Queue[bytes | None] = queue.Queue()
-
-        def feed() -> Iterator[bytes]:
-            while (request := requests.get()) is not None:
-                yield request
-
-        replies = channel.stream_stream(f"/{SERVICE}/Stream")(feed())
+        stream = StreamEcho(channel)
         for _ in range(WARMUP):
-            requests.put(b"x")
-            next(replies)
+            stream.round_trip()
         server0_s, client0_s = process_cpu_s(server_pid), time.process_time()
         for _ in range(calls):
-            requests.put(b"x")
-            next(replies)
+            stream.round_trip()
         server_s, client_s = process_cpu_s(server_pid) - server0_s, time.process_time() - client0_s
-        requests.put(None)
+        stream.close()
     return {"stream_server_cpu_us": round(server_s / calls * 1e6, 1),
             "stream_client_cpu_us": round(client_s / calls * 1e6, 1)}
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import statistics
 import sys
@@ -35,18 +34,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import print_json  # noqa: E402
+from benchlib import print_json, process_cpu_s  # noqa: E402
 from cluster_timing import time_failovers  # noqa: E402
 
 from node import LocalCluster  # noqa: E402
 
 SETTLE_S = 5.0
-
-
-def cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of one process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def open_page(stack: contextlib.ExitStack, url: str) -> None:
@@ -86,14 +79,14 @@ def measure(
             pids = {value: {node: pid for node in cluster.ids if (pid := cluster.pid(node))}
                     for value, cluster in clusters.items()}
             leader_of = {value: cluster.leader() for value, cluster in clusters.items()}
-            before = {value: {node: cpu_s(pid) for node, pid in found.items()}
+            before = {value: {node: process_cpu_s(pid) for node, pid in found.items()}
                       for value, found in pids.items()}
             started = time.monotonic()
             time.sleep(window_s)
             elapsed = time.monotonic() - started
             for value, found in pids.items():
                 for node, pid in found.items():
-                    percent = 100 * (cpu_s(pid) - before[value][node]) / elapsed
+                    percent = 100 * (process_cpu_s(pid) - before[value][node]) / elapsed
                     if node == leader_of[value]:
                         leaders[value].append(percent)
                     else:

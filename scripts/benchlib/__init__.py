@@ -19,6 +19,7 @@ the JSON, so `--render-from` rebuilds the page without measuring.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,3 +37,10 @@ def print_json(found: Any, path: Path | None) -> None:
     print(text)
     if path is not None:
         path.write_text(text)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process `pid` so far, all its threads (/proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -10,7 +10,6 @@ alive again).
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import time
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 from bench_peers.peerdata import summary
 from cluster_timing import SETTLE_S, election_counts, started_cluster, time_failovers
 
-from benchlib import log
+from benchlib import log, process_cpu_s
 from benchlib.big_rounds import BIG_JOB_TIMEOUT_S, measure_big
 from benchlib.clients import SMALL_SOURCE, client_process
 from benchlib.data import Data, Params, close_enough
@@ -76,10 +75,7 @@ def when_all_alive(cluster: LocalCluster, step: Callable[[], Any]) -> Callable[[
 
 def proc_sample(pid: int) -> tuple[float, int, int]:
     """(cpu seconds, VmRSS bytes, RssAnon bytes) of a process, from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    cpu = process_cpu_s(pid)
     rss = anon = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
