@@ -468,7 +468,9 @@ def test_worker_paused_mid_job_its_shards_move_promptly() -> None:
     its Compute RPC hangs: the leader must cancel that RPC and requeue the batch
     at once, not wait for the RPC, which would hold the job for its whole timeout."""
     with LocalCluster(nodes=3, shard_elems=1 << 18, link_faults=True, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
-        leader = cluster.leader()
+        # Only a peer the leader has heard can be declared dead: one paused before
+        # its first answer never is, and the wait below would time out.
+        leader = cluster.wait_all_alive(timeout_s=10)
         worker = next(n for n in cluster.ids if n != leader)
 
         def pause_until_declared_dead() -> None:
