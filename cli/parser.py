@@ -8,7 +8,6 @@ the command runs and reported as usage errors too.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -67,17 +66,31 @@ def _value_range(text: str) -> tuple[float, float]:
 
 
 def version() -> str:
+    import importlib.metadata  # only for --version: importing it costs every command ~15 ms
+
     try:
         return importlib.metadata.version("distnode")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """argparse's "version" action, with the version looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"distnode {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distnode", description="A self-healing peer-to-peer reduction cluster."
     )
-    parser.add_argument("--version", action="version", version=f"distnode {version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_start(commands)
     _add_submit(commands)
