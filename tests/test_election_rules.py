@@ -502,16 +502,23 @@ def test_leader_in_lease_ignores_higher_term_vote_requests() -> None:
 # ---- CheckQuorum ------------------------------------------------------------------
 
 
-def test_check_quorum_steps_down_leader_that_hears_no_majority() -> None:
-    """Thesis §6.2: a leader steps down if an election timeout passes without a majority."""
-    node = make("a", ("b", "c", "d", "e"), election_ticks_min=10)
+def _five_node_leader(**kw: object) -> Election:
+    node = make("a", ("b", "c", "d", "e"), election_ticks_min=10, **kw)
     node.campaign()
-    for peer in ("b", "c"):
-        node.step(VoteResponse(peer, "a", 1, granted=True, pre_vote=True))
-    for peer in ("b", "c"):
-        node.step(VoteResponse(peer, "a", 1, granted=True))
+    for pre_vote in (True, False):
+        for peer in ("b", "c"):
+            node.step(VoteResponse(peer, "a", 1, granted=True, pre_vote=pre_vote))
     assert node.role is Role.LEADER
-    for tick in range(1, 31):
+    return node
+
+
+@pytest.mark.parametrize("heartbeat_ticks", [1, 3, 4])
+def test_check_quorum_steps_down_leader_that_hears_no_majority(heartbeat_ticks: int) -> None:
+    """Thesis §6.2: a leader steps down once an election timeout passes without
+    answers from a majority, and never while a majority answers."""
+    node = _five_node_leader(heartbeat_ticks=heartbeat_ticks)
+    stepped_down_at = None
+    for tick in range(1, 61):
         if tick <= 20:
             node.step(HeartbeatResponse("b", "a", 1))
             node.step(HeartbeatResponse("c", "a", 1))
@@ -519,10 +526,35 @@ def test_check_quorum_steps_down_leader_that_hears_no_majority() -> None:
             node.step(HeartbeatResponse("b", "a", 1))  # only two of five now
         out = node.tick()
         if node.role is not Role.LEADER:
+            stepped_down_at = tick
             break
-    assert tick == 30
+    # c's last answer (before tick 20) counts through tick 29: a majority until then.
+    assert stepped_down_at is not None and 30 <= stepped_down_at <= 30 + 10, stepped_down_at
     assert out == [RoleChanged(Role.FOLLOWER, 1, None)]
     assert (node.term, node.voted_for, node.leader) == (1, "a", None)
+
+
+@pytest.mark.parametrize(("heartbeat_ticks", "idle_heartbeat_ticks"), [(1, 0), (1, 4), (2, 4), (3, 3)])
+def test_check_quorum_rides_the_beats_so_a_leader_wakes_only_to_beat(
+    heartbeat_ticks: int, idle_heartbeat_ticks: int
+) -> None:
+    """An idle leader's wakes cost more than their work (docs/observability.md): the
+    quorum check comes on a beat tick, so the leader is never due for it alone.
+    (That it still comes within an election timeout is the test above.)"""
+    node = _five_node_leader(heartbeat_ticks=heartbeat_ticks, idle_heartbeat_ticks=idle_heartbeat_ticks,
+                             replicate=True)
+    node.quiet = True
+    wakes = 0
+    for tick in range(1, 200):
+        for peer in ("b", "c", "d", "e"):
+            node.step(HeartbeatResponse(peer, "a", 1, success=True, match_index=node.log.last_index))
+        due = node.ticks_until_due() == 1
+        out = node.tick()
+        if due:
+            wakes += 1
+            assert any(isinstance(o, Send) for o in out), f"tick {tick}: a wake with no beat"
+    assert node.role is Role.LEADER
+    assert wakes == pytest.approx(199 / (idle_heartbeat_ticks or heartbeat_ticks), abs=2)
 
 
 def test_active_peers_are_the_failure_detector() -> None:

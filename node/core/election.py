@@ -71,12 +71,12 @@ class Election:
         self._role = Role.FOLLOWER
         self._leader: str | None = None
         self._election_elapsed = self._election_timeout = self._heartbeat_elapsed = 0
-        self._ticks_since_leader = self._check_elapsed = 0
+        self._ticks_since_leader = 0
         self._granted, self._rejected = set[str](), set[str]()
         self.quiet = False  # set by the caller while no job runs: beats may thin (beat_ticks)
         self._lease_slack = 0  # a follower's lease and timer run longer by its leader's Heartbeat.slack
         # Ticks since each peer last answered us; None: not since we became leader.
-        self._peers = Liveness(config.peers)
+        self._peers = Liveness(config.peers, config.election_ticks_min)  # and when CheckQuorum asks
         self._log = Replication(config, log if log is not None else RaftLog(), snapshot)
         self._reset_election_timer()
         if config.fast_first_election:
@@ -135,7 +135,7 @@ class Election:
 
     def active_peers(self) -> set[str]:
         """Peers that answered within the last `election_ticks_min` ticks (liveness.py)."""
-        return self._peers.active(self._config.election_ticks_min)
+        return self._peers.active(self._peers.window)
 
     def hears_quorum(self) -> bool:
         """The active peers and this node are a quorum (what CheckQuorum asks of a leader)."""
@@ -153,7 +153,7 @@ class Election:
         elif self._role is Role.LEADER:
             due = self._log.beat_interval(self.quiet) - self._heartbeat_elapsed
             if self._config.check_quorum:
-                due = min(due, self._config.election_ticks_min - self._check_elapsed)
+                due = min(due, self._peers.window - self._peers.since_check)
         else:
             due = self._election_timeout - self._election_elapsed
         return max(1, due)
@@ -353,7 +353,6 @@ class Election:
         """The counters `n` ticks move, before anything acts on them."""
         self._peers.tick(n)
         if self._role is Role.LEADER:
-            self._check_elapsed += n
             self._heartbeat_elapsed += n
         else:
             self._ticks_since_leader += n
@@ -361,13 +360,15 @@ class Election:
 
     def _tick_leader(self) -> list[Output]:
         out: list[Output] = []
-        if self._config.check_quorum and self._check_elapsed >= self._config.election_ticks_min:
-            self._check_elapsed = 0
+        interval = self._log.beat_interval(self.quiet)
+        beat = self._heartbeat_elapsed >= interval
+        if self._config.check_quorum and self._peers.check_due(beat, interval):
+            self._peers.since_check = 0
             if not self.hears_quorum():
                 # Thesis §6.2: a leader cut off from a quorum steps down.
                 self._become_follower(self._term, None, out)
                 return out
-        if self._heartbeat_elapsed >= self._log.beat_interval(self.quiet):
+        if beat:
             self._broadcast_heartbeats(out)
         return out
 
@@ -398,7 +399,6 @@ class Election:
     def _become_leader(self, out: list[Output]) -> None:
         self._set_role(Role.LEADER, self._config.node_id, out)
         self._peers.forget()  # no evidence yet of this term
-        self._check_elapsed = 0
         self._log.start_leading(self._term, out)
         self._broadcast_heartbeats(out)  # Raft §5.2: assert authority at once
 

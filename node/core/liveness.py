@@ -3,20 +3,30 @@
 A leader keeps its role only while the peers that answered within the last
 election timeout and itself are a quorum (CheckQuorum, thesis §6.2), and the
 daemon hands work only to those peers. A new leader starts with no evidence.
+
+When to ask (`check_due`): every `window` ticks at the latest, and on a beat
+tick from one beat interval before that. Some beat lands in that last
+interval, so the check rides a wake the leader has anyway: a wake of its own
+costs an idle leader more than the check (docs/observability.md). The
+question is the same (answers within the last `window` ticks), asked earlier.
 """
 
 from __future__ import annotations
 
 
 class Liveness:
-    def __init__(self, peers: tuple[str, ...]) -> None:
+    def __init__(self, peers: tuple[str, ...], window: int) -> None:
         # Ticks since each peer last answered us; None: not since `forget()`.
         self._heard: dict[str, int | None] = dict.fromkeys(peers)
+        self.window = window
+        #: Ticks since the quorum was last checked (or since `forget()`).
+        self.since_check = 0
 
     def __contains__(self, peer: str) -> bool:
         return peer in self._heard
 
     def tick(self, ticks: int = 1) -> None:
+        self.since_check += ticks
         for peer, heard in self._heard.items():
             if heard is not None:
                 self._heard[peer] = heard + ticks
@@ -26,8 +36,13 @@ class Liveness:
             self._heard[peer] = 0
 
     def forget(self) -> None:
-        """No evidence from anybody yet (a new term's leader)."""
+        """No evidence from anybody yet (a new term's leader), and no check for a window."""
         self._heard = dict.fromkeys(self._heard)
+        self.since_check = 0
+
+    def check_due(self, beat: bool, beat_interval: int) -> bool:
+        """Is CheckQuorum to run on this tick (`beat`: a beat goes out on it)?"""
+        return self.since_check >= self.window or (beat and self.since_check >= self.window - beat_interval)
 
     def ticks_since_heard(self) -> dict[str, int | None]:
         return dict(self._heard)
