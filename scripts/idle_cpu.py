@@ -16,6 +16,11 @@ With `--kills N`, what the thinner beat costs comes after: N leader kills
 per cluster, the clusters taking turns (bench.py's failover: SIGKILL, poll
 the survivors' status every 5 ms until a new leader is named, restart).
 
+With `--ref DIR` (an unpacked tree, `git archive REV | tar -x -C DIR`), the
+comparison is between trees instead: one idle 3-node cluster with default
+settings from each of this tree and DIR, side by side, the same windows.
+Each tree's daemons run its own code (they start in its folder).
+
 Why: an idle node's CPU is mostly heartbeats (docs/observability.md), and
 `--idle-heartbeat-ms` is the knob; this is the figure behind its default.
 """
@@ -24,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,6 +115,49 @@ def measure(
     return found
 
 
+#: Run in a tree's folder: an idle 3-node cluster of its code; prints the leader and
+#: the daemons' pids as JSON, then holds the cluster until its stdin closes.
+HOLD_CLUSTER = r"""
+import json, os, sys, tempfile
+sys.path.insert(0, os.getcwd())
+from node import LocalCluster
+with LocalCluster(nodes=3, workdir=tempfile.mkdtemp()) as cluster:
+    leader = cluster.wait_all_alive()
+    print(json.dumps({"leader": leader, "pids": {n: cluster.pid(n) for n in cluster.ids}}), flush=True)
+    sys.stdin.read()
+"""
+
+
+def compare_trees(ref: Path, windows: int, window_s: float) -> dict[str, dict[str, float]]:
+    """Leader and follower CPU of one idle default cluster per tree (this one, `ref`), side by side."""
+    trees = {"this tree": ROOT, "ref": ref}
+    with contextlib.ExitStack() as stack:
+        held: dict[str, dict[str, int]] = {}
+        leader_of: dict[str, str] = {}
+        for name, tree in trees.items():
+            process = subprocess.Popen([sys.executable, "-c", HOLD_CLUSTER], cwd=tree, text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            stack.callback(process.wait, 60)
+            stack.callback(process.stdin.close)  # type: ignore[union-attr]
+            found = json.loads(process.stdout.readline())  # type: ignore[union-attr]
+            held[name], leader_of[name] = found["pids"], found["leader"]
+        time.sleep(SETTLE_S)
+        leaders: dict[str, list[float]] = {name: [] for name in trees}
+        followers: dict[str, list[float]] = {name: [] for name in trees}
+        for _ in range(windows):
+            before = {name: {node: process_cpu_s(pid) for node, pid in pids.items()}
+                      for name, pids in held.items()}
+            started = time.monotonic()
+            time.sleep(window_s)
+            elapsed = time.monotonic() - started
+            for name, pids in held.items():
+                for node, pid in pids.items():
+                    percent = 100 * (process_cpu_s(pid) - before[name][node]) / elapsed
+                    (leaders if node == leader_of[name] else followers)[name].append(percent)
+    return {name: {"leader_pct": round(statistics.median(leaders[name]), 2),
+                   "followers_pct": round(statistics.median(followers[name]), 2)} for name in trees}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--idle-ms", default="50,100", help="--idle-heartbeat-ms values, one cluster each")
@@ -115,8 +165,12 @@ def main() -> int:
     parser.add_argument("--window-s", type=float, default=15.0)
     parser.add_argument("--browser", action="store_true", help="chromium on a follower's page, per cluster")
     parser.add_argument("--kills", type=int, default=0, help="then this many leader kills per cluster")
+    parser.add_argument("--ref", type=Path, default=None, help="compare this tree with DIR instead")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.ref is not None:
+        print_json(compare_trees(args.ref.resolve(), args.windows, args.window_s), args.json)
+        return 0
     idle_ms = [int(value) for value in args.idle_ms.split(",")]
     print_json(measure(idle_ms, args.windows, args.window_s, args.browser, args.kills), args.json)
     return 0
