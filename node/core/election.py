@@ -151,9 +151,7 @@ class Election:
         if self._role is Role.LEADER and not self._config.peers:
             due = self._config.election_ticks_max  # alone: no beat to send, no quorum to lose
         elif self._role is Role.LEADER:
-            due = self._log.beat_interval(self.quiet) - self._heartbeat_elapsed
-            if self._config.check_quorum:
-                due = min(due, self._peers.window - self._peers.since_check)
+            due = self._log.beat_interval(self.quiet) - self._heartbeat_elapsed  # CheckQuorum rides it
         else:
             due = self._election_timeout - self._election_elapsed
         return max(1, due)
@@ -362,7 +360,7 @@ class Election:
         out: list[Output] = []
         interval = self._log.beat_interval(self.quiet)
         beat = self._heartbeat_elapsed >= interval
-        if self._config.check_quorum and self._peers.check_due(beat, interval):
+        if self._config.check_quorum and self._peers.check_due(beat):
             self._peers.since_check = 0
             if not self.hears_quorum():
                 # Thesis §6.2: a leader cut off from a quorum steps down.
