@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,6 +64,19 @@ def open_page(stack: contextlib.ExitStack, url: str) -> None:
     driver.get(url)
 
 
+K = TypeVar("K")
+
+
+def window_cpu_pct(pids: dict[K, dict[str, int]], window_s: float) -> dict[K, dict[str, float]]:
+    """Every daemon's CPU over one window of `window_s`, in % of one core, all clusters at once."""
+    before = {key: {node: process_cpu_s(pid) for node, pid in found.items()} for key, found in pids.items()}
+    started = time.monotonic()
+    time.sleep(window_s)
+    elapsed = time.monotonic() - started
+    return {key: {node: 100 * (process_cpu_s(pid) - before[key][node]) / elapsed
+                  for node, pid in found.items()} for key, found in pids.items()}
+
+
 def measure(
     idle_ms: list[int], windows: int, window_s: float, browser: bool = False, kills: int = 0,
 ) -> dict[str, dict[str, float]]:
@@ -86,14 +100,8 @@ def measure(
             pids = {value: {node: pid for node in cluster.ids if (pid := cluster.pid(node))}
                     for value, cluster in clusters.items()}
             leader_of = {value: cluster.leader() for value, cluster in clusters.items()}
-            before = {value: {node: process_cpu_s(pid) for node, pid in found.items()}
-                      for value, found in pids.items()}
-            started = time.monotonic()
-            time.sleep(window_s)
-            elapsed = time.monotonic() - started
-            for value, found in pids.items():
-                for node, pid in found.items():
-                    percent = 100 * (process_cpu_s(pid) - before[value][node]) / elapsed
+            for value, cpu in window_cpu_pct(pids, window_s).items():
+                for node, percent in cpu.items():
                     if node == leader_of[value]:
                         leaders[value].append(percent)
                     else:
@@ -145,14 +153,8 @@ def compare_trees(ref: Path, windows: int, window_s: float) -> dict[str, dict[st
         leaders: dict[str, list[float]] = {name: [] for name in trees}
         followers: dict[str, list[float]] = {name: [] for name in trees}
         for _ in range(windows):
-            before = {name: {node: process_cpu_s(pid) for node, pid in pids.items()}
-                      for name, pids in held.items()}
-            started = time.monotonic()
-            time.sleep(window_s)
-            elapsed = time.monotonic() - started
-            for name, pids in held.items():
-                for node, pid in pids.items():
-                    percent = 100 * (process_cpu_s(pid) - before[name][node]) / elapsed
+            for name, cpu in window_cpu_pct(held, window_s).items():
+                for node, percent in cpu.items():
                     (leaders if node == leader_of[name] else followers)[name].append(percent)
     return {name: {"leader_pct": round(statistics.median(leaders[name]), 2),
                    "followers_pct": round(statistics.median(followers[name]), 2)} for name in trees}
