@@ -358,8 +358,7 @@ class Election:
 
     def _tick_leader(self) -> list[Output]:
         out: list[Output] = []
-        interval = self._log.beat_interval(self.quiet)
-        beat = self._heartbeat_elapsed >= interval
+        beat = self._heartbeat_elapsed >= self._log.beat_interval(self.quiet)
         if self._config.check_quorum and self._peers.check_due(beat):
             self._peers.since_check = 0
             if not self.hears_quorum():
