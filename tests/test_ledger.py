@@ -11,8 +11,9 @@ import itertools
 import numpy as np
 import pytest
 
+from node.core import jobtable
 from node.core.job import Job
-from node.core.jobtable import JobTable, decode_command
+from node.core.jobtable import JobRecord, JobTable, decode_command
 from node.core.raftlog import Entry
 from node.errors import NotLeader
 from node.server.api import Outcome
@@ -126,4 +127,47 @@ async def test_a_final_record_nobody_waits_for_waits_for_the_flush_and_a_waiter_
     desk.apply(tuple(proposed[3:]))
     record = await waiter
     assert record is not None and record.state == "done"
+    await desk.close()
+
+
+async def test_the_leader_applies_its_own_records_without_decoding_them_and_to_the_same_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("node.server.ledger.ATTACHED_FLUSH_S", 0.0)
+    proposed: list[Entry] = []
+    desk = running_ledger(proposed)
+    for number in range(5):
+        job = Job("sum", f"values:{number}")
+        desk.record_attached(f"a{number}", job, Outcome(f"a{number}", "sum", np.array(float(number)), 1,
+                                                        ("n1",), 0.2), 1.5e9)
+    ack = asyncio.create_task(desk.enqueue("d", Job("sum", "values:7")))
+    await turns()
+    assert len(proposed) == 2, "the detached record, and the attached ones as one entry"
+
+    decodes = 0
+    real_decode = jobtable.decode_command
+
+    def counted(data: bytes) -> JobRecord:
+        nonlocal decodes
+        decodes += 1
+        return real_decode(data)
+
+    monkeypatch.setattr(jobtable, "decode_command", counted)
+    desk.apply(tuple(proposed))
+    assert decodes == 0, "the leader decoded what it had proposed"
+    assert (await ack).state == "queued"
+    follower = JobTable()
+    follower.apply(tuple(proposed))
+    assert decodes == 6 and follower.snapshot() == desk.table.snapshot()
+    assert [r.job_id for r in follower.jobs()] == [r.job_id for r in desk.table.jobs()]
+
+    # Another leader's entry at an index this one proposed at (it lost the leadership
+    # before the commit) is that entry's records, not the ones proposed here.
+    desk.record_attached("mine", Job("sum", "values:1"), Outcome("mine", "sum", np.array(1.0), 1, ("n1",), 0.2),
+                         1.5e9)
+    await turns()
+    theirs = JobRecord("theirs", "sum", "values:2", "queued")
+    overwritten = Entry(proposed[-1].index, 2, "command", jobtable.encode_command(theirs))
+    desk.apply((overwritten,))
+    assert desk.table.get("theirs") == theirs and desk.table.get("mine") is None
     await desk.close()

@@ -37,6 +37,7 @@ from node.core.jobtable import (
     FINISHED,
     JobRecord,
     JobTable,
+    Proposed,
     encode_command,
     job_spec,
     record_job,
@@ -104,7 +105,9 @@ class JobLedger:
         self._who = who
         #: The last index applied to the table.
         self.applied = 0
-        self._pending: list[tuple[bytes, asyncio.Future[bool] | None]] = []
+        self._pending: list[tuple[Proposed, asyncio.Future[bool] | None]] = []
+        #: Index -> what this leader proposed there, until it is applied (JobTable.apply).
+        self._proposed: dict[int, Proposed] = {}
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
         #: Index -> (term, future) of proposals whose client waits for their commit.
@@ -119,8 +122,8 @@ class JobLedger:
         self._free, self._free_at = 0, -FREE_SPACE_TTL_S
         #: Attached jobs whose record is waiting for the next flush, or proposed and not yet committed.
         self._recording: set[str] = set()
-        #: Attached jobs' records (job id, command bytes) waiting for the next flush.
-        self._attached: list[tuple[str, bytes]] = []
+        #: Attached jobs' records (job id, record, command bytes) waiting for the next flush.
+        self._attached: list[tuple[str, JobRecord, bytes]] = []
         #: The term whose leader's no-op this node has applied: as leader, its table holds
         #: everything committed before its term, and it may answer reads (Raft §8).
         self.caught_up_term = 0
@@ -133,8 +136,9 @@ class JobLedger:
     # ---- the state machine ----------------------------------------------------
 
     def apply(self, entries: tuple[Entry, ...]) -> None:
-        changed = self.table.apply(entries)
+        changed = self.table.apply(entries, self._proposed)
         for entry in entries:
+            self._proposed.pop(entry.index, None)
             waiter = self._commits.pop(entry.index, None)
             if waiter is not None and not waiter[1].done():
                 waiter[1].set_result(entry.term == waiter[0])
@@ -177,7 +181,7 @@ class JobLedger:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         # Whoever awaits it may be gone (a client that hung up): its outcome is seen all the same.
         future.add_done_callback(_retrieve)
-        self._pending.append((encode_command(record), future))
+        self._pending.append((Proposed.of(((record, encode_command(record)),)), future))
         if urgent:
             self._hurry()
         elif self._flush_later is None and self._flush_soon is None:
@@ -199,13 +203,15 @@ class JobLedger:
             pending.append(self._attached_batch())
         if not pending:
             return
-        entries = self._propose(tuple(data for data, _ in pending)) if self._is_leader() else ()
+        entries = self._propose(tuple(proposed.data for proposed, _ in pending)) if self._is_leader() else ()
         if not entries:
             for _, future in pending:
                 if future is not None and not future.done():
                     future.set_exception(NotLeader(f"{self._who()} could not append the job's record"))
             return
-        for entry, (_, future) in zip(entries, pending, strict=True):
+        for entry, (proposed, future) in zip(entries, pending, strict=True):
+            if entry.index > self.applied:
+                self._proposed[entry.index] = proposed
             if future is None or future.done():
                 continue
             if entry.index <= self.applied:  # committed within the proposal: a one-node cluster
@@ -213,14 +219,15 @@ class JobLedger:
             else:
                 self._commits[entry.index] = (entry.term, future)
 
-    def _attached_batch(self) -> tuple[bytes, asyncio.Future[bool]]:
+    def _attached_batch(self) -> tuple[Proposed, asyncio.Future[bool]]:
         """The attached records since the last flush as one entry (one record per line):
         whatever the rate, recording them costs the log a few entries a second."""
         batch, self._attached = self._attached, []
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        future.add_done_callback(lambda _: self._recording.difference_update(job_id for job_id, _ in batch))
-        return b"\n".join(data for _, data in batch), future
+        job_ids = [job_id for job_id, _, _ in batch]
+        future.add_done_callback(lambda _: self._recording.difference_update(job_ids))
+        return Proposed.of([(record, data) for _, record, data in batch]), future
 
     async def _committed(self, future: asyncio.Future[bool]) -> None:
         if not await asyncio.shield(future):
@@ -237,7 +244,7 @@ class JobLedger:
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
         self._recording.add(job_id)
-        self._attached.append((job_id, encode_command(record)))
+        self._attached.append((job_id, record, encode_command(record)))
         if self._flush_later is None and self._flush_soon is None:
             self._flush_later = asyncio.get_running_loop().call_later(ATTACHED_FLUSH_S, self._flush)
 
@@ -417,6 +424,7 @@ class JobLedger:
             if not future.done():
                 future.set_exception(NotLeader(f"{self._who()} lost the leadership; retry"))
         self._commits.clear()
+        self._proposed.clear()
 
 
 def _retrieve(future: asyncio.Future[bool]) -> None:
