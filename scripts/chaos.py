@@ -254,7 +254,7 @@ async def submitter(
 def blocking_submitter(
     addresses: list[str], stream: JobStream, record: Record, stop: asyncio.Event, deadline: list[float]
 ) -> None:
-    """The blocking Client in a thread of its own (its jobs go on that thread's SubmitStream),
+    """The blocking Client in a thread of its own (its jobs go on that thread's SubmitBatches stream),
     through the same retry loop as the asyncio submitters, run on a loop private to this
     thread: each call blocks that loop, which has nothing else to run."""
     with Client(addresses, timeout=ATTEMPT_S) as client:

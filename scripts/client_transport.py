@@ -4,7 +4,7 @@
 
 A 3-node `LocalCluster`; for each run a separate client process sends
 `sum` over `range:n=1000` with one blocking `Client`, in blocks of
-`--block-jobs` jobs that alternate between its SubmitStream and unary
+`--block-jobs` jobs that alternate between its SubmitBatches stream and unary
 `Submit` (the order flips every block, the first four blocks are warm-up),
 so the machine's drift lands on both alike. Prints p50/p90/p99 of each and
 the p50 ratio, stream over unary, per run.
@@ -42,7 +42,7 @@ def client(addresses: list[str], blocks: int, block_jobs: int) -> None:
         for block in range(blocks):
             for way in ("stream", "unary") if block % 2 == 0 else ("unary", "stream"):
                 # A node in this set gets unary Submit: what the Client does for a node
-                # without SubmitStream. Private, and only for this measurement.
+                # without SubmitBatches. Private, and only for this measurement.
                 blocking._streams.unsupported = set(addresses) if way == "unary" else set()
                 for _ in range(block_jobs):
                     started = time.perf_counter()

@@ -10,10 +10,16 @@ Medians, in ms. Then the CPU one stream round trip costs each side: the
 server process's CPU time (/proc) and the client's, over 5,000 round trips
 on one stream of the blocking API (what the blocking Client does), in µs.
 
+Last, what batching buys: on one asyncio stream, a writer and a reader
+run at once (as the AsyncClient's 32 jobs in flight do), with every message
+holding 1, 4 or 16 items of 120 bytes (a small job's request); CPU per item
+of each side, in µs, over 16,000 items per size.
+
 Why: a small job is one round trip plus microseconds of work, so its p50
 cannot go below the unary figure; a multiplexed submit stream (many jobs on
-one stream) would pay the stream's figure instead. docs/timeline.md quotes
-the result.
+one stream) pays the stream's figure instead, and a batched one (SubmitBatches)
+the stream's figure divided among the jobs a message holds.
+docs/timeline.md quotes the result.
 """
 
 from __future__ import annotations
@@ -140,6 +146,42 @@ async def asyncio_figures(address: str, calls: int) -> dict[str, float]:
     return {"asyncio_unary_ms": median_ms(unary_s), "asyncio_stream_ms": median_ms(stream_s)}
 
 
+async def _batched(address: str, per_message: int, items: int) -> float:
+    """This process's CPU per item, streaming `items` echoes `per_message` to a message."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.stream_stream(f"/{SERVICE}/Stream")()
+        message = b"x" * (120 * per_message)
+        for _ in range(WARMUP):
+            await call.write(message)
+            await call.read()
+
+        async def write() -> None:
+            for _ in range(items // per_message):
+                await call.write(message)
+
+        async def read() -> None:
+            for _ in range(items // per_message):
+                await call.read()
+
+        started_s = time.process_time()
+        await asyncio.gather(write(), read())
+        took_s = time.process_time() - started_s
+        await call.done_writing()
+    return took_s / items * 1e6
+
+
+def batch_figures(address: str, server_pid: int, items: int = 16_000) -> dict[str, float]:
+    """CPU per item of each side, for messages of 1, 4 and 16 items."""
+    found = {}
+    for per_message in (1, 4, 16):
+        server0_s = process_cpu_s(server_pid)
+        client_us = asyncio.run(_batched(address, per_message, items))
+        server_us = (process_cpu_s(server_pid) - server0_s) / items * 1e6
+        found[f"batch_{per_message}_client_cpu_us"] = round(client_us, 1)
+        found[f"batch_{per_message}_server_cpu_us"] = round(server_us, 1)
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -154,6 +196,7 @@ def main() -> int:
                  **asyncio.run(asyncio_figures(address, args.calls))}
         assert server.pid is not None
         found.update(cpu_figures(address, server.pid))
+        found.update(batch_figures(address, server.pid))
     finally:
         server.terminate()
         server.join(timeout=10)

@@ -9,7 +9,7 @@
    tree is unpacked with `git archive`) and one from this tree. A separate
    client process alternates between them round by round (the order flips
    every round): `--jobs` sequential `sum` over `range:n=1000` on unary Submit
-   (p50, p99; the server's cost, as the "before" tree has no SubmitStream), then
+   (p50, p99; the server's cost, as the "before" tree has no SubmitBatches), then
    32 in flight for 2 s (jobs/s). Medians over the rounds, and ratios
    after/before: machine drift lands on both alike.
 3. Detached submit -> acknowledged, p50/p99, on this tree's cluster: sequential
@@ -103,7 +103,7 @@ def client_main(spec_path: str) -> None:
     for name, addresses in spec["clusters"].items():
         client = Client(addresses, timeout=30)
         # Unary Submit on both sides: the figure is what the journal costs the server, and the
-        # "before" tree has no SubmitStream (the blocking Client would fall back there anyway).
+        # "before" tree has no SubmitBatches (the blocking Client would fall back there anyway).
         client._streams.unsupported.update(addresses)
         client.wait_for_leader(timeout=30)
         for _ in range(100):  # warm-up: connections, leader discovery, the compute stack

@@ -124,7 +124,7 @@ async def test_short_calls_are_never_probed_and_leave_no_task(
         assert [a.result for a in answers] == [42] * 50
         # The sweeper ends once nothing is in flight: an idle client runs no task.
         await poll(lambda: client._sweeper is None, "the sweeper to end")
-        # The fake has no SubmitStream (an older node): the client fell back to unary Submit.
+        # The fake has no SubmitBatches (an older node): the client fell back to unary Submit.
         assert client._streams.unsupported == {fake.address}
     assert fake.submits == 50 and fake.probes == 0
 

@@ -1,4 +1,4 @@
-"""The blocking Client's SubmitStreams: one per calling thread and node.
+"""The blocking Client's SubmitBatches streams: one per calling thread and node.
 
 Against in-process daemons (the blocking Client runs in worker threads, so
 the daemons' loop keeps running): scalar jobs go on the thread's own stream
@@ -118,20 +118,22 @@ async def test_the_clients_timeout_ends_a_job_on_a_stream_whose_node_never_answe
     """A job on a stream has no gRPC deadline; a node that holds the job (its Progress says
     so, so the watchdog keeps the call) but never answers must not hold the caller past
     its timeout."""
-    async def stream(requests: AsyncIterator[pb.SubmitRequest], context: Any) -> AsyncIterator[Any]:
-        async for _ in requests:
-            pass  # takes every job, answers none
+    taken: list[str] = []
+
+    async def stream(batches: AsyncIterator[pb.SubmitBatch], context: Any) -> AsyncIterator[Any]:
+        async for batch in batches:
+            taken.extend(job.job.job_id for job in batch.jobs)  # takes every job, answers none
         await asyncio.Event().wait()
-        yield pb.SubmitStreamReply()  # unreachable: makes this an async generator
+        yield pb.SubmitBatchReply()  # unreachable: makes this an async generator
 
     async def progress(request: pb.ProgressRequest, context: Any) -> pb.ProgressReply:
         return pb.ProgressReply(known=True, shards_done=0, shards_total=1)
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-        "SubmitStream": grpc.stream_stream_rpc_method_handler(
-            stream, request_deserializer=pb.SubmitRequest.FromString,
-            response_serializer=pb.SubmitStreamReply.SerializeToString),
+        "SubmitBatches": grpc.stream_stream_rpc_method_handler(
+            stream, request_deserializer=pb.SubmitBatch.FromString,
+            response_serializer=pb.SubmitBatchReply.SerializeToString),
         "Progress": grpc.unary_unary_rpc_method_handler(
             progress, request_deserializer=pb.ProgressRequest.FromString,
             response_serializer=pb.ProgressReply.SerializeToString),
@@ -148,7 +150,7 @@ async def test_the_clients_timeout_ends_a_job_on_a_stream_whose_node_never_answe
                 return str(failed.value), took_s, bool(client._streams._open)
 
         message, took_s, streamed = await asyncio.to_thread(run)
-        assert streamed and "in time" in message
+        assert streamed and len(taken) == 1 and "in time" in message
         assert took_s < 10.0  # without the deadline the call never returns (pytest-timeout ends it)
     finally:
         await server.stop(grace=None)

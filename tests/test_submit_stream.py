@@ -1,9 +1,11 @@
-"""`SubmitStream`: many attached jobs on one stream, answered by job id as each ends.
+"""`SubmitBatches`: many attached jobs on one stream, answered by job id as each ends.
 
 The node's side against real in-process daemons (a raw stub): each job is
 run as a unary Submit would run it, a failed job is its own reply and the
-stream goes on, a follower relays, the per-client limit holds per job. The
-client's side: AsyncClient sends scalar jobs on one stream per node, and a
+stream goes on, a follower relays, the per-client and per-stream limits hold
+per job, and replies that are ready together go as one message, within a
+size. The client's side: AsyncClient sends scalar jobs on one stream per
+node, the jobs that wait while one message is written go in the next, and a
 stream that breaks under a job (its node stopped) sends the job elsewhere,
 from either client.
 """
@@ -33,16 +35,29 @@ def request(job_id: str, op: str, source: str) -> pb.SubmitRequest:
     return pb.SubmitRequest(job=pb.JobSpec(job_id=job_id, op=op, source=source))
 
 
-async def exchange(address: str, requests: list[pb.SubmitRequest]) -> dict[str, pb.SubmitStreamReply]:
-    """Send every request on one stream, half-close, and collect the replies by job id."""
-    async def feed() -> AsyncIterator[pb.SubmitRequest]:
-        for one in requests:
-            yield one
+async def exchange_batches(
+    address: str, batches: list[list[pb.SubmitRequest]]
+) -> tuple[dict[str, pb.SubmitStreamReply], list[int]]:
+    """Send each batch as one message, half-close; the replies by job id, and how many
+    replies each reply message held."""
+    async def feed() -> AsyncIterator[pb.SubmitBatch]:
+        for batch in batches:
+            yield pb.SubmitBatch(jobs=batch)
 
+    replies: dict[str, pb.SubmitStreamReply] = {}
+    sizes = []
     async with grpc.aio.insecure_channel(address) as channel:
-        call = NodeStub(channel).SubmitStream(feed(), timeout=60)
-        replies = {reply.job_id: reply async for reply in call}
+        call = NodeStub(channel).SubmitBatches(feed(), timeout=60)
+        async for message in call:
+            sizes.append(len(message.replies))
+            replies.update((reply.job_id, reply) for reply in message.replies)
         assert await call.code() == grpc.StatusCode.OK
+    return replies, sizes
+
+
+async def exchange(address: str, requests: list[pb.SubmitRequest]) -> dict[str, pb.SubmitStreamReply]:
+    """Send every request as a message of its own, half-close, and collect the replies by job id."""
+    replies, _ = await exchange_batches(address, [[one] for one in requests])
     return replies
 
 
@@ -69,6 +84,39 @@ async def test_each_job_is_answered_by_id_and_a_bad_one_stops_nothing(start_clus
         assert all(reply.node_id == daemon.node_id for reply in replies.values()), "signed by who answered"
 
 
+async def test_jobs_sent_together_are_each_answered_and_replies_ready_together_go_together(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = await start_cluster(3)
+    leader = cluster.leader()
+    assert leader is not None
+    follower = next(d for d in cluster.daemons if d is not leader)
+    jobs = [request(f"j{n}", "sum", f"range:n={n}") for n in range(1, 41)] + [request("bad", "sums", "range:n=1")]
+    for daemon in (leader, follower):  # a follower relays each job, and answers each as it comes back
+        replies, sizes = await exchange_batches(daemon.config.address, [jobs[:20], jobs[20:]])
+        assert [value(replies[f"j{n}"]) for n in range(1, 41)] == [n * (n - 1) // 2 for n in range(1, 41)]
+        assert replies["bad"].code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and sum(sizes) == 41
+        if daemon is leader:  # tiny jobs end in the turn they start: all of a batch's replies are ready
+            assert sizes == [20, 21], f"not one message per batch of replies: {sizes}"
+
+    # A batch of replies stops growing at its size limit: here, every reply goes alone.
+    monkeypatch.setattr("node.server.jobstream.REPLY_BATCH_BYTES", 1)
+    replies, sizes = await exchange_batches(leader.config.address, [jobs[:10]])
+    assert len(replies) == 10 and sizes == [1] * 10
+
+
+async def test_a_stream_refuses_jobs_beyond_its_limit_one_by_one(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("node.server.jobstream.MAX_STREAM_JOBS", 2)
+    cluster = await start_cluster(1)
+    jobs = [request(f"slow-{i}", "sum", f"random:n=20000000,seed={i}") for i in range(5)]
+    replies, _ = await exchange_batches(cluster.daemons[0].config.address, [jobs])
+    refused = [r for r in replies.values() if r.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]]
+    assert len(replies) == 5 and len(refused) == 3, [r.message for r in replies.values()]
+    assert all("2 jobs already in flight on this stream" in r.message for r in refused)
+
+
 async def test_the_per_client_limit_holds_for_each_job_on_a_stream(start_cluster: StartCluster) -> None:
     cluster = await start_cluster(3, limits=Limits(max_jobs_per_client=2))
     leader = cluster.leader()
@@ -91,6 +139,20 @@ async def test_the_async_client_sends_scalar_jobs_on_one_stream_per_node(start_c
         assert list(client._streams._open) == [leader.config.address] and not client._streams.unsupported
         again = await client.submit(op="sum", source="values:1,2,3")  # the same stream, no new one
         assert again.result == 6 and len(client._streams._open) == 1
+
+        # The jobs sent while a message is written go in the next one.
+        stream = client._streams._open[leader.config.address]
+        written: list[int] = []
+        write = stream._call.write
+
+        async def counted(batch: pb.SubmitBatch) -> None:
+            written.append(len(batch.jobs))
+            await write(batch)
+
+        stream._call.write = counted  # type: ignore[method-assign]
+        answers = await asyncio.gather(*(client.submit(op="sum", source=f"range:n={n}") for n in range(1, 41)))
+        assert [a.result for a in answers] == [n * (n - 1) // 2 for n in range(1, 41)]
+        assert sum(written) == 40 and len(written) <= 2, written
 
 
 JOB = {"op": "sum", "source": "range:n=1000000000", "job_id": "x"}

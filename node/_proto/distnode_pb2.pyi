@@ -326,7 +326,7 @@ class SubmitRequest(_message.Message):
     trace: _builtins.bool
     """Send the job's timeline with the answer (SubmitReply.trace_json)."""
     timeout_s: _builtins.float
-    """On SubmitStream, where a call has no deadline of its own: this job's, in
+    """On SubmitBatches, where a call has no deadline of its own: this job's, in
     seconds from its arrival (0: the node's --job-timeout-s alone).
     """
     @_builtins.property
@@ -348,9 +348,53 @@ class SubmitRequest(_message.Message):
 Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
 
 @_typing.final
+class SubmitBatch(_message.Message):
+    """The jobs a client had waiting when it wrote to its SubmitBatches stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitRequest]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___SubmitRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitBatch: _TypeAlias = SubmitBatch  # noqa: Y015
+
+@_typing.final
+class SubmitBatchReply(_message.Message):
+    """The answers a node had ready when it wrote to a SubmitBatches stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitStreamReply]: ...
+    def __init__(
+        self,
+        *,
+        replies: _abc.Iterable[Global___SubmitStreamReply] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitBatchReply: _TypeAlias = SubmitBatchReply  # noqa: Y015
+
+@_typing.final
 class SubmitStreamReply(_message.Message):
-    """One job's end on a SubmitStream: its answer, or the status a unary Submit
-    would have ended with (code, message, and the id of the node that said so).
+    """One job's end on a SubmitBatches stream: its answer, or the status a unary
+    Submit would have ended with (code, message, and the id of the node that said so).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

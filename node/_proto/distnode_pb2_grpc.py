@@ -64,10 +64,10 @@ class NodeStub:
                 request_serializer=distnode__pb2.ProgressRequest.SerializeToString,
                 response_deserializer=distnode__pb2.ProgressReply.FromString,
                 _registered_method=True)
-        self.SubmitStream = channel.stream_stream(
-                '/distnode.v1.Node/SubmitStream',
-                request_serializer=distnode__pb2.SubmitRequest.SerializeToString,
-                response_deserializer=distnode__pb2.SubmitStreamReply.FromString,
+        self.SubmitBatches = channel.stream_stream(
+                '/distnode.v1.Node/SubmitBatches',
+                request_serializer=distnode__pb2.SubmitBatch.SerializeToString,
+                response_deserializer=distnode__pb2.SubmitBatchReply.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/distnode.v1.Node/Status',
@@ -146,10 +146,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SubmitStream(self, request_iterator, context):
+    def SubmitBatches(self, request_iterator, context):
         """Client -> any node (followers relay each job): many attached jobs on one
         stream, each answered when it ends, in any order, tagged by its job id.
-        One message each way costs about half a unary call, so small jobs use it.
+        One message each way costs about half a unary call, so small jobs use it;
+        and a message costs about the same whatever it holds, so each carries
+        every job the client had waiting to be written, and each reply every
+        answer the node had ready.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,10 +227,10 @@ def add_NodeServicer_to_server(servicer, server):
                     request_deserializer=distnode__pb2.ProgressRequest.FromString,
                     response_serializer=distnode__pb2.ProgressReply.SerializeToString,
             ),
-            'SubmitStream': grpc.stream_stream_rpc_method_handler(
-                    servicer.SubmitStream,
-                    request_deserializer=distnode__pb2.SubmitRequest.FromString,
-                    response_serializer=distnode__pb2.SubmitStreamReply.SerializeToString,
+            'SubmitBatches': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitBatches,
+                    request_deserializer=distnode__pb2.SubmitBatch.FromString,
+                    response_serializer=distnode__pb2.SubmitBatchReply.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -428,7 +431,7 @@ class Node:
             _registered_method=True)
 
     @staticmethod
-    def SubmitStream(request_iterator,
+    def SubmitBatches(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -441,9 +444,9 @@ class Node:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/distnode.v1.Node/SubmitStream',
-            distnode__pb2.SubmitRequest.SerializeToString,
-            distnode__pb2.SubmitStreamReply.FromString,
+            '/distnode.v1.Node/SubmitBatches',
+            distnode__pb2.SubmitBatch.SerializeToString,
+            distnode__pb2.SubmitBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,10 +59,13 @@ class NodeStub:
     """Worker -> aggregator: partial states, one message per shard."""
     Progress: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.ProgressRequest, _distnode_pb2.ProgressReply]
     """Client -> any node: how far a running job has got."""
-    SubmitStream: _grpc.StreamStreamMultiCallable[_distnode_pb2.SubmitRequest, _distnode_pb2.SubmitStreamReply]
+    SubmitBatches: _grpc.StreamStreamMultiCallable[_distnode_pb2.SubmitBatch, _distnode_pb2.SubmitBatchReply]
     """Client -> any node (followers relay each job): many attached jobs on one
     stream, each answered when it ends, in any order, tagged by its job id.
-    One message each way costs about half a unary call, so small jobs use it.
+    One message each way costs about half a unary call, so small jobs use it;
+    and a message costs about the same whatever it holds, so each carries
+    every job the client had waiting to be written, and each reply every
+    answer the node had ready.
     """
     Status: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.StatusRequest, _distnode_pb2.StatusReply]
     """Client -> any node: the node's (or, on the leader, the cluster's) view."""
@@ -100,10 +103,13 @@ class NodeAsyncStub(NodeStub):
     """Worker -> aggregator: partial states, one message per shard."""
     Progress: _aio.UnaryUnaryMultiCallable[_distnode_pb2.ProgressRequest, _distnode_pb2.ProgressReply]  # type: ignore[assignment]
     """Client -> any node: how far a running job has got."""
-    SubmitStream: _aio.StreamStreamMultiCallable[_distnode_pb2.SubmitRequest, _distnode_pb2.SubmitStreamReply]  # type: ignore[assignment]
+    SubmitBatches: _aio.StreamStreamMultiCallable[_distnode_pb2.SubmitBatch, _distnode_pb2.SubmitBatchReply]  # type: ignore[assignment]
     """Client -> any node (followers relay each job): many attached jobs on one
     stream, each answered when it ends, in any order, tagged by its job id.
-    One message each way costs about half a unary call, so small jobs use it.
+    One message each way costs about half a unary call, so small jobs use it;
+    and a message costs about the same whatever it holds, so each carries
+    every job the client had waiting to be written, and each reply every
+    answer the node had ready.
     """
     Status: _aio.UnaryUnaryMultiCallable[_distnode_pb2.StatusRequest, _distnode_pb2.StatusReply]  # type: ignore[assignment]
     """Client -> any node: the node's (or, on the leader, the cluster's) view."""
@@ -176,14 +182,17 @@ class NodeServicer(metaclass=_abc_1.ABCMeta):
         """Client -> any node: how far a running job has got."""
 
     @_abc_1.abstractmethod
-    def SubmitStream(
+    def SubmitBatches(
         self,
-        request_iterator: _MaybeAsyncIterator[_distnode_pb2.SubmitRequest],
+        request_iterator: _MaybeAsyncIterator[_distnode_pb2.SubmitBatch],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_distnode_pb2.SubmitStreamReply], _abc.AsyncIterator[_distnode_pb2.SubmitStreamReply]]:
+    ) -> _typing.Union[_abc.Iterator[_distnode_pb2.SubmitBatchReply], _abc.AsyncIterator[_distnode_pb2.SubmitBatchReply]]:
         """Client -> any node (followers relay each job): many attached jobs on one
         stream, each answered when it ends, in any order, tagged by its job id.
-        One message each way costs about half a unary call, so small jobs use it.
+        One message each way costs about half a unary call, so small jobs use it;
+        and a message costs about the same whatever it holds, so each carries
+        every job the client had waiting to be written, and each reply every
+        answer the node had ready.
         """
 
     @_abc_1.abstractmethod

@@ -64,7 +64,7 @@ class _Flight:
 
     stub: NodeStub
     job_id: str
-    #: The unary call, or the future of the job's reply on a SubmitStream; the watchdog cancels it.
+    #: The unary call, or the future of the job's reply on a SubmitBatches stream; the watchdog cancels it.
     call: SubmitCall | asyncio.Future[pb.SubmitStreamReply]
     on_progress: ProgressCallback | None
     started_s: float
@@ -217,7 +217,7 @@ class AsyncClient:
         self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None,
         on_stream: bool = False,
     ) -> SubmitAnswer:
-        """One job at one node: on its SubmitStream if `on_stream`; as a unary Submit if the
+        """One job at one node: on its SubmitBatches stream if `on_stream`; as a unary Submit if the
         node has none (an older version: remembered), or if the stream failed before it
         ever answered (then the unary call finds out whether the node is there)."""
         if on_stream and self._streams.usable(address):

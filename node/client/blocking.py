@@ -4,7 +4,7 @@
 event-loop thread (handing each call to one and back cost a third of a
 millisecond) and no call future (gRPC's channel thread handing the answer
 over cost ~0.15-0.2 ms). A job with a scalar answer goes on the calling
-thread's own SubmitStream to the node (`client/blocking_stream.py`; one
+thread's own SubmitBatches stream to the node (`client/blocking_stream.py`; one
 message each way on an open stream costs 0.6-0.7 of a unary call), a vector
 answer on a unary `Submit`, read without copies, as in AsyncClient. Jobs
 that run long are watched from one background thread (`node.client.watchdog`),
@@ -137,7 +137,7 @@ class Client:
         self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None,
         on_stream: bool,
     ) -> SubmitAnswer:
-        """One job at one node: on this thread's SubmitStream if `on_stream`; as a unary
+        """One job at one node: on this thread's SubmitBatches stream if `on_stream`; as a unary
         Submit if the node has none (an older version: remembered), or if the stream failed
         before it ever answered (then the unary call finds out whether the node is there)."""
         if on_stream and self._streams.usable(address):

@@ -1,4 +1,4 @@
-"""The blocking Client's SubmitStreams: one open stream per calling thread and node.
+"""The blocking Client's SubmitBatches streams: one open stream per calling thread and node.
 
 A small job is little more than its round trip, and one message each way on
 an open stream costs 0.6-0.7 of a unary call here (`scripts/grpc_floor.py`,
@@ -32,24 +32,25 @@ from node.wire.stubs import BlockingNodeStub
 
 
 class ThreadStream:
-    """One open SubmitStream, written and read by the thread that opened it."""
+    """One open SubmitBatches stream, written and read by the thread that opened it: a
+    thread has one job at a time, so each of its messages holds one job."""
 
     def __init__(self, stub: BlockingNodeStub, channel: grpc.Channel) -> None:
         self._requests: queue.SimpleQueue[pb.SubmitRequest | None] = queue.SimpleQueue()
-        self._replies: Iterator[pb.SubmitStreamReply] = stub.SubmitStream(self._feed())
+        self._replies: Iterator[pb.SubmitBatchReply] = stub.SubmitBatches(self._feed())
         #: What it was opened on: once the watchdog closes that channel, the stream is done.
         self.channel = channel
         self.thread = threading.current_thread()
         #: Why the stream ended (what its next job raises); None while it is open.
         self.ended: Exception | None = None
-        #: The node does not have SubmitStream (an older version): use unary Submit there.
+        #: The node does not have SubmitBatches (an older version): use unary Submit there.
         self.unsupported = False
         #: Replies read so far: a stream that failed before its first worked nowhere yet.
         self.replied = 0
 
-    def _feed(self) -> Iterator[pb.SubmitRequest]:
+    def _feed(self) -> Iterator[pb.SubmitBatch]:
         while (request := self._requests.get()) is not None:
-            yield request
+            yield pb.SubmitBatch(jobs=[request])
 
     def run(self, request: pb.SubmitRequest) -> pb.SubmitStreamReply:
         """Send the job and wait for its reply (the job's deadline is in the request: the
@@ -59,17 +60,18 @@ class ThreadStream:
         job_id = request.job.job_id
         self._requests.put(request)
         try:
-            for reply in self._replies:
-                self.replied += 1
-                if reply.job_id == job_id:
-                    return reply
-                # Not ours: only a job this thread stopped waiting for can answer late.
-            self.ended = AttemptFailed("SubmitStream: the node closed the stream")
+            for batch in self._replies:
+                self.replied += len(batch.replies)
+                for reply in batch.replies:
+                    if reply.job_id == job_id:
+                        return reply
+                    # Not ours: only a job this thread stopped waiting for can answer late.
+            self.ended = AttemptFailed("SubmitBatches: the node closed the stream")
         except grpc.RpcError as exc:
             assert isinstance(exc, grpc.Call)  # a failed call is both
             self.ended, self.unsupported = stream_ended(exc, self.replied)
         except ValueError as exc:  # the watchdog closed the channel under the call
-            self.ended = AttemptFailed(f"SubmitStream: channel closed: {exc}")
+            self.ended = AttemptFailed(f"SubmitBatches: channel closed: {exc}")
         raise self.ended
 
     def cancel(self) -> None:
@@ -82,7 +84,7 @@ class ThreadStream:
     def close(self) -> None:
         """Half-close and cancel: a job still running on it is the node's to finish."""
         if self.ended is None:
-            self.ended = AttemptFailed("SubmitStream: closed by the client")
+            self.ended = AttemptFailed("SubmitBatches: closed by the client")
         self._requests.put(None)
         self.cancel()
 
@@ -92,7 +94,7 @@ class ThreadStreams:
 
     def __init__(self) -> None:
         self._open: dict[tuple[int, str], ThreadStream] = {}
-        #: Nodes that said they have no SubmitStream: unary Submit there.
+        #: Nodes that said they have no SubmitBatches: unary Submit there.
         self.unsupported: set[str] = set()
         self._lock = threading.Lock()
 

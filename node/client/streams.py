@@ -1,11 +1,14 @@
-"""Attached jobs on one open `SubmitStream` per node: many jobs, one stream, replies by job id.
+"""Attached jobs on one open `SubmitBatches` stream per node: many jobs, one stream,
+replies by job id.
 
 On this project's 2-core host a unary gRPC call costs 0.8-1.2 ms from Python
 and one message each way on an open stream half that
 (`scripts/grpc_floor.py`, docs/timeline.md), and a small job is little more
 than its round trip. So the AsyncClient sends jobs with a scalar answer on a
 stream it keeps open to each node it talks to; vector answers keep the unary
-`Submit`, whose reply is read without copies.
+`Submit`, whose reply is read without copies. A message costs about the same
+whatever it holds (`scripts/grpc_floor.py`), so the jobs that wait while
+one is written go together in the next.
 
 A job's failure comes back as its own reply (the status a unary Submit
 would have ended with, signed by the node), and `classify` treats it the
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -64,7 +67,7 @@ def stream_answer(reply: pb.SubmitStreamReply, accepted: bool) -> SubmitAnswer:
 
 def stream_ended(exc: FailedCall, replied: int) -> tuple[Exception, bool]:
     """What a status for a whole stream means for every job waiting on it, and whether the
-    node has no SubmitStream at all.
+    node has no SubmitBatches at all.
 
     A wrong token is final; the rest (the node going away, a broken connection) is worth
     another attempt. A node without the method says UNIMPLEMENTED, or, when the client was
@@ -77,7 +80,7 @@ def stream_ended(exc: FailedCall, replied: int) -> tuple[Exception, bool]:
     found = classify(exc, False)
     if not isinstance(found, AccessDenied):
         reached = found.reached if isinstance(found, AttemptFailed) else True
-        found = AttemptFailed(f"SubmitStream: {code.name}: {exc.details()}", reached=reached)
+        found = AttemptFailed(f"SubmitBatches: {code.name}: {exc.details()}", reached=reached)
     return found, unsupported
 
 
@@ -91,7 +94,7 @@ class OpenedStream(Protocol):
 
 def unary_instead(stream: OpenedStream, unsupported: set[str], address: str) -> bool:
     """After a job failed on `stream` to `address`: send it as a unary Submit to that node?
-    Yes if the node has no SubmitStream (remembered in `unsupported`), or if the stream
+    Yes if the node has no SubmitBatches (remembered in `unsupported`), or if the stream
     failed before it ever answered (the unary call finds out whether the node is there);
     no if it had answered before, or only this job failed."""
     if stream.unsupported:
@@ -100,22 +103,32 @@ def unary_instead(stream: OpenedStream, unsupported: set[str], address: str) -> 
     return not stream.replied and stream.ended is not None
 
 
-def _retrieved(future: asyncio.Future[pb.SubmitStreamReply]) -> None:
-    """A reply nobody waits for any more (its caller gave up) is not an error to log."""
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """An outcome nobody waits for any more (its caller gave up) is not an error to log."""
     if not future.cancelled():
         future.exception()
 
 
 class SubmitStream:
-    """One open SubmitStream to one node, and the jobs waiting on it."""
+    """One open SubmitBatches stream to one node, and the jobs waiting on it.
+
+    Jobs are written by one task per burst: whatever was sent while it wrote
+    goes as the next message, so 32 jobs in flight cost a few messages, not
+    32 (a message costs the same ~0.1 ms of CPU whatever it holds), while a
+    lone job goes at once. A caller that gives up does not stop a write that
+    carries other callers' jobs.
+    """
 
     def __init__(self, stub: NodeStub) -> None:
-        self._call = stub.SubmitStream()
+        self._call = stub.SubmitBatches()
         self._waiting: dict[str, asyncio.Future[pb.SubmitStreamReply]] = {}
-        self._writing = asyncio.Lock()  # one write at a time, as gRPC requires
+        #: Jobs sent and not yet written, and the future their write will resolve.
+        self._unsent: list[pb.SubmitRequest] = []
+        self._written: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         #: Why the stream ended (what the jobs still waiting on it raise); None while it is open.
         self.ended: Exception | None = None
-        #: The node does not have SubmitStream (an older version): use unary Submit there.
+        #: The node does not have SubmitBatches (an older version): use unary Submit there.
         self.unsupported = False
         #: Replies read so far: a stream that failed before its first worked nowhere yet.
         self.replied = 0
@@ -125,20 +138,50 @@ class SubmitStream:
         """Write the job; the future is its reply. AttemptFailed if the stream is gone."""
         if self.ended is not None:
             raise self.ended
+        loop = asyncio.get_running_loop()
         job_id = request.job.job_id
         waiting = self._waiting.get(job_id)
         if waiting is None:
-            waiting = self._waiting[job_id] = asyncio.get_running_loop().create_future()
+            waiting = self._waiting[job_id] = loop.create_future()
             waiting.add_done_callback(_retrieved)
+        if self._written is None:
+            self._written = loop.create_future()
+            self._written.add_done_callback(_retrieved)
+        written = self._written
+        self._unsent.append(request)
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_all())
         try:
-            async with self._writing:
-                await self._call.write(request)
+            await asyncio.shield(written)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError) as exc:
             self._waiting.pop(job_id, None)
-            # The stream's own status says why (and whether the node has SubmitStream at all).
+            # The stream's own status says why (and whether the node has SubmitBatches at all).
             await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
-            raise self.ended or AttemptFailed(f"SubmitStream: the job could not be sent: {exc}") from None
+            raise self.ended or AttemptFailed(f"SubmitBatches: the job could not be sent: {exc}") from None
+        except asyncio.CancelledError:
+            self._unsent = [other for other in self._unsent if other is not request]  # if not written yet
+            raise
         return waiting
+
+    async def _write_all(self) -> None:
+        """Write what is unsent, as one message, until nothing is."""
+        try:
+            while self._unsent and self._written is not None:
+                batch, self._unsent = self._unsent, []
+                written, self._written = self._written, None
+                try:
+                    await self._call.write(pb.SubmitBatch(jobs=batch))
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError) as exc:
+                    written.set_exception(exc)
+                else:
+                    written.set_result(None)
+        except asyncio.CancelledError:  # the loop stops: whoever still waits must hear of it
+            for future in (written, self._written):
+                if future is not None and not future.done():
+                    future.set_exception(AttemptFailed("SubmitBatches: the client stopped writing"))
+            raise
+        finally:
+            self._writer = None
 
     def forget(self, job_id: str) -> None:
         """The caller stopped waiting (cancelled, or its deadline passed)."""
@@ -147,13 +190,14 @@ class SubmitStream:
             waiting.cancel()
 
     async def _read(self) -> None:
-        ended: Exception = AttemptFailed("SubmitStream: the node closed the stream")
+        ended: Exception = AttemptFailed("SubmitBatches: the node closed the stream")
         try:
-            async for reply in self._call:
-                self.replied += 1
-                waiting = self._waiting.pop(reply.job_id, None)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(reply)
+            async for batch in self._call:
+                for reply in batch.replies:
+                    self.replied += 1
+                    waiting = self._waiting.pop(reply.job_id, None)
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(reply)
         except grpc.aio.AioRpcError as exc:
             ended, self.unsupported = stream_ended(exc, self.replied)
         finally:
@@ -167,10 +211,11 @@ class SubmitStream:
         """Half-close; the node ends the stream once its jobs are answered. Waited for, briefly:
         gRPC must see the call end while this loop still runs, or its poller thread later
         calls into a closed loop."""
+        if self._writer is not None:  # gRPC allows one write at a time, half-closing included
+            await asyncio.wait({self._writer})
         if self.ended is None:
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError):
-                async with self._writing:
-                    await self._call.done_writing()
+                await self._call.done_writing()
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
             await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
         if not self._reader.done():
@@ -187,7 +232,7 @@ class SubmitStreams:
 
     def __init__(self) -> None:
         self._open: dict[str, SubmitStream] = {}
-        #: Nodes that said they have no SubmitStream: unary Submit there.
+        #: Nodes that said they have no SubmitBatches: unary Submit there.
         self.unsupported: set[str] = set()
 
     def usable(self, address: str) -> bool:

@@ -15,7 +15,7 @@ so a beat means the same whichever way it came.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -50,6 +50,7 @@ from node.errors import (
 from node.security import TokenServerInterceptor
 from node.server.api import Answered, BeatAnswer, IncomingPartial, JobView, NodeApi, StatusView, Submitted
 from node.server.jobinfo import view_to_info
+from node.server.jobstream import JobStream
 from node.server.tracing import ShardTimes
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import job_from_proto
@@ -67,9 +68,6 @@ DEFAULT_JOBS_LIMIT = 100
 JOBS_RESULT_MAX_BYTES = 64 << 10
 JOBS_RESULT_BYTES = 4 << 20
 MAX_JOBS_LIMIT = 10_000
-#: Jobs one SubmitStream may have running at once; more are refused (RESOURCE_EXHAUSTED)
-#: without a task each. The node's per-client limit applies to each job as well.
-MAX_STREAM_JOBS = 1024
 Context = grpc.aio.ServicerContext[Any, Any]
 
 #: Expected failures and their statuses, most specific class first (the
@@ -112,63 +110,6 @@ async def answer(node: NodeApi, context: Context, call: Awaitable[T]) -> T:
     except Exception as exc:  # CancelledError is not an Exception: a cancelled call stays cancelled
         failure = exc
     await context.abort(*status_of(failure), trailing_metadata=node_trailer(node.node_id))
-
-
-class JobStream:
-    """The jobs of one SubmitStream: a task each, their replies in the order they end."""
-
-    def __init__(self, servicer: NodeServicer, context: Context) -> None:
-        self.servicer = servicer
-        self.context = context
-        self.node_id = servicer.node.node_id
-        self._replies: asyncio.Queue[pb.SubmitStreamReply | None] = asyncio.Queue()
-        self._running: set[asyncio.Task[None]] = set()
-
-    async def replies(self, requests: AsyncIterator[pb.SubmitRequest]) -> AsyncIterator[pb.SubmitStreamReply]:
-        reader = asyncio.create_task(self._read(requests))
-        try:
-            while (reply := await self._replies.get()) is not None:
-                yield reply
-        finally:  # the client went away, or the server stops: its jobs' callers are gone too
-            reader.cancel()
-            for task in list(self._running):
-                task.cancel()
-
-    async def _read(self, requests: AsyncIterator[pb.SubmitRequest]) -> None:
-        try:
-            async for request in requests:
-                if len(self._running) >= MAX_STREAM_JOBS:
-                    self._replies.put_nowait(self._failed(request.job.job_id, LimitExceeded(
-                        f"SubmitStream: {MAX_STREAM_JOBS} jobs already in flight on this stream")))
-                    continue
-                task = asyncio.create_task(self._one(request))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-            if self._running:
-                await asyncio.wait(set(self._running))
-        finally:
-            self._replies.put_nowait(None)
-
-    async def _one(self, request: pb.SubmitRequest) -> None:
-        job_id = request.job.job_id
-        timeout_s = request.timeout_s if request.timeout_s > 0 else None
-        try:
-            submitted = await self.servicer._submit(request, self.context, timeout_s)
-        except Exception as exc:  # a job's failure is its reply; the stream goes on
-            self._replies.put_nowait(self._failed(job_id, exc))
-            return
-        if isinstance(submitted, Answered):
-            answer = submit_reply(submitted, request.trace)
-            assert isinstance(answer, SubmitAnswer)
-            reply = answer.head
-            reply.result.data = bytes(answer.data)
-        else:  # relayed: the leader's reply, as it sent it
-            reply = pb.SubmitReply.FromString(submitted.reply)
-        self._replies.put_nowait(pb.SubmitStreamReply(job_id=job_id, reply=reply, node_id=self.node_id))
-
-    def _failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply:
-        code, message = status_of(exc)
-        return pb.SubmitStreamReply(job_id=job_id, code=code.value[0], message=message, node_id=self.node_id)
 
 
 def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
@@ -319,14 +260,36 @@ class NodeServicer(pb_grpc.NodeServicer):
             context.time_remaining() if timeout_s is None else timeout_s, request.trace,
         )
 
-    async def SubmitStream(
-        self, request_iterator: AsyncIterator[pb.SubmitRequest], context: Context
-    ) -> AsyncIterator[pb.SubmitStreamReply]:
-        """Each job as Submit would run it, at once, answered when it ends; the stream ends
-        when the client has half-closed and every job has been answered."""
-        stream = JobStream(self, context)
-        async for reply in stream.replies(request_iterator):
-            yield reply
+    async def SubmitBatches(
+        self, request_iterator: AsyncIterator[pb.SubmitBatch], context: Context
+    ) -> AsyncIterator[pb.SubmitBatchReply]:
+        """Each job as Submit would run it, at once, answered when it ends (jobstream.py);
+        the stream ends when the client has half-closed and every job has been answered."""
+        stream = JobStream(functools.partial(self._stream_job, context), self._stream_failed)
+        async for batch in stream.replies(request_iterator):
+            yield batch
+
+    async def _stream_job(self, context: Context, request: pb.SubmitRequest) -> pb.SubmitStreamReply:
+        """One job of a stream, run as Submit would run it; its failure is its reply."""
+        job_id = request.job.job_id
+        timeout_s = request.timeout_s if request.timeout_s > 0 else None
+        try:
+            submitted = await self._submit(request, context, timeout_s)
+        except Exception as exc:  # the stream goes on
+            return self._stream_failed(job_id, exc)
+        if isinstance(submitted, Answered):
+            answer = submit_reply(submitted, request.trace)
+            assert isinstance(answer, SubmitAnswer)
+            reply = answer.head
+            reply.result.data = bytes(answer.data)
+        else:  # relayed: the leader's reply, as it sent it
+            reply = pb.SubmitReply.FromString(submitted.reply)
+        return pb.SubmitStreamReply(job_id=job_id, reply=reply, node_id=self.node.node_id)
+
+    def _stream_failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply:
+        code, message = status_of(exc)
+        return pb.SubmitStreamReply(job_id=job_id, code=code.value[0], message=message,
+                                    node_id=self.node.node_id)
 
     async def Compute(self, request: pb.ComputeRequest, context: Context) -> pb.ComputeReply:
         shards = [(s.index, s.start, s.stop) for s in request.shards]

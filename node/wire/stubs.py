@@ -41,7 +41,7 @@ class NodeStub:
         self.Compute = _with(metadata, generated.Compute)
         self.Reduce = _with(metadata, generated.Reduce)
         self.Progress = _with(metadata, generated.Progress)
-        self.SubmitStream = _with(metadata, generated.SubmitStream)
+        self.SubmitBatches = _with(metadata, generated.SubmitBatches)
         self.Status = _with(metadata, generated.Status)
         self.Enqueue = _with(metadata, generated.Enqueue)
         self.Result = _with(metadata, generated.Result)
@@ -74,7 +74,7 @@ class BlockingNodeStub:
         self.Progress = _with(metadata, generated.Progress)
         self.Status = _with(metadata, generated.Status)
         self.Enqueue = _with(metadata, generated.Enqueue)
-        self.SubmitStream = _with(metadata, generated.SubmitStream)
+        self.SubmitBatches = _with(metadata, generated.SubmitBatches)
         submit: grpc.UnaryUnaryMultiCallable[pb.SubmitRequest, SubmitAnswer] = (
             channel.unary_unary(  # type: ignore[call-arg]  # see NodeStub
                 SUBMIT_METHOD, request_serializer=pb.SubmitRequest.SerializeToString,

@@ -1,0 +1,86 @@
+"""The jobs of one SubmitBatches stream: a task each, answered in batches as they end.
+
+A gRPC message costs about 0.1 ms of CPU on each side on this project's
+2-core host, and hardly more for holding ten jobs than one
+(`scripts/grpc_floor.py`, docs/timeline.md). So a client writes every job
+it has waiting as one `SubmitBatch`, and this stream answers with every
+reply it has ready as one `SubmitBatchReply`. Nothing waits to fill a
+batch: a lone job goes alone at once; batches form only when jobs arrive,
+or end, while the previous message is still being written.
+
+Each job runs as a unary Submit would (the servicer's `run`), its failure
+is its own reply, and the stream goes on. A stream has at most
+MAX_STREAM_JOBS jobs in flight; more are refused one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from node._proto import distnode_pb2 as pb
+from node.errors import LimitExceeded
+
+#: Jobs one stream may have running at once; more are refused (RESOURCE_EXHAUSTED)
+#: without a task each. The node's per-client limit applies to each job as well.
+MAX_STREAM_JOBS = 1024
+#: A reply batch takes more replies while under this size: a batch of vector
+#: answers stays within what a client accepts in one message.
+REPLY_BATCH_BYTES = 1 << 20
+
+Run = Callable[[pb.SubmitRequest], Awaitable[pb.SubmitStreamReply]]
+Failed = Callable[[str, Exception], pb.SubmitStreamReply]
+
+
+class JobStream:
+    def __init__(self, run: Run, failed: Failed) -> None:
+        self._run = run
+        self._failed = failed
+        #: Replies in the order their jobs ended; None once the client half-closed and all ended.
+        self._replies: asyncio.Queue[pb.SubmitStreamReply | None] = asyncio.Queue()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def replies(self, batches: AsyncIterator[pb.SubmitBatch]) -> AsyncIterator[pb.SubmitBatchReply]:
+        """The stream's answers, as many per message as have ended since the last one."""
+        reader = asyncio.create_task(self._read(batches))
+        try:
+            while (first := await self._replies.get()) is not None:
+                batch = [first]
+                size = first.ByteSize()
+                ended = False
+                while size < REPLY_BATCH_BYTES and not self._replies.empty():
+                    reply = self._replies.get_nowait()
+                    if reply is None:
+                        ended = True
+                        break
+                    batch.append(reply)
+                    size += reply.ByteSize()
+                yield pb.SubmitBatchReply(replies=batch)
+                if ended:
+                    break
+        finally:  # the client went away, or the server stops: its jobs' callers are gone too
+            reader.cancel()
+            for task in list(self._running):
+                task.cancel()
+
+    async def _read(self, batches: AsyncIterator[pb.SubmitBatch]) -> None:
+        try:
+            async for batch in batches:
+                for request in batch.jobs:
+                    self._start(request)
+            if self._running:
+                await asyncio.wait(set(self._running))
+        finally:
+            self._replies.put_nowait(None)
+
+    def _start(self, request: pb.SubmitRequest) -> None:
+        if len(self._running) >= MAX_STREAM_JOBS:
+            self._replies.put_nowait(self._failed(request.job.job_id, LimitExceeded(
+                f"SubmitBatches: {MAX_STREAM_JOBS} jobs already in flight on this stream")))
+            return
+        task = asyncio.create_task(self._one(request))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _one(self, request: pb.SubmitRequest) -> None:
+        self._replies.put_nowait(await self._run(request))
