@@ -171,7 +171,7 @@ class SubmitStream:
                 written, self._written = self._written, None
                 try:
                     await self._call.write(pb.SubmitBatch(jobs=batch))
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError) as exc:
+                except Exception as exc:  # the senders say what it means (send)
                     written.set_exception(exc)
                 else:
                     written.set_result(None)
