@@ -330,6 +330,7 @@ def test_cut_fails_rpcs_across_the_link_and_heal_restores_them(cluster: LocalClu
 
 @pytest.mark.process
 def test_one_way_cut_leaves_the_other_direction(cluster: LocalCluster) -> None:
+    cluster.wait_all_alive(timeout_s=10)  # else "not alive in the leader's view" would hold from the start
     leader = cluster.leader()
     term = cluster.status().term
     follower = next(n for n in cluster.ids if n != leader)
