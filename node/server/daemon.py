@@ -349,7 +349,7 @@ class Daemon:
     def _on_role_changed(self, role: Role, term: int, leader: str | None) -> None:
         self.metrics.role_changed(role, leader)
         if leader is not None:
-            self.compute_stack.preload()
+            self.compute_stack.preload_soon(leading=role is Role.LEADER)
         if role is not Role.LEADER:
             self.ledger.step_down()
         if role is not Role.LEADER and self._jobs is not None:
