@@ -180,8 +180,8 @@ class JobTable:
 
         `known`, on the leader: what it proposed, by index. An entry whose data is the very
         bytes object proposed is taken as those records instead of decoded again: the same
-        records (`decode_command` gives back what `encode_command` wrote), for a fifth of
-        the cost, off the loop that answers clients."""
+        records (`decode_command` gives back what `encode_command` wrote), for about half
+        the cost (2.7 instead of 5.2 µs a record), on the loop that answers clients."""
         changed = []
         for entry in entries:
             if entry.kind != "command":

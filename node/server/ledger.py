@@ -122,8 +122,8 @@ class JobLedger:
         self._free, self._free_at = 0, -FREE_SPACE_TTL_S
         #: Attached jobs whose record is waiting for the next flush, or proposed and not yet committed.
         self._recording: set[str] = set()
-        #: Attached jobs' records (job id, record, command bytes) waiting for the next flush.
-        self._attached: list[tuple[str, JobRecord, bytes]] = []
+        #: Attached jobs' records (record, command bytes) waiting for the next flush.
+        self._attached: list[tuple[JobRecord, bytes]] = []
         #: The term whose leader's no-op this node has applied: as leader, its table holds
         #: everything committed before its term, and it may answer reads (Raft §8).
         self.caught_up_term = 0
@@ -225,9 +225,9 @@ class JobLedger:
         batch, self._attached = self._attached, []
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        job_ids = [job_id for job_id, _, _ in batch]
+        job_ids = [record.job_id for record, _ in batch]
         future.add_done_callback(lambda _: self._recording.difference_update(job_ids))
-        return Proposed.of([(record, data) for _, record, data in batch]), future
+        return Proposed.of(batch), future
 
     async def _committed(self, future: asyncio.Future[bool]) -> None:
         if not await asyncio.shield(future):
@@ -244,7 +244,7 @@ class JobLedger:
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
         self._recording.add(job_id)
-        self._attached.append((job_id, record, encode_command(record)))
+        self._attached.append((record, encode_command(record)))
         if self._flush_later is None and self._flush_soon is None:
             self._flush_later = asyncio.get_running_loop().call_later(ATTACHED_FLUSH_S, self._flush)
 
