@@ -551,6 +551,43 @@ def test_a_mapped_zarr_chunk_of_the_wrong_size_is_refused(tmp_path: Path) -> Non
     refused(tmp_path, "zarr:a.zarr", "a.zarr", "rows [3000, 4000)", "8008 bytes")
 
 
+def test_hdf5_chunks_stored_back_to_back_are_reduced_as_one_piece(tmp_path: Path) -> None:
+    """Adjacent chunks are one view, so a shard's sum is numpy's own over its rows, bit for bit;
+    a chunk written out of order starts a new piece, and the rows still come out whole."""
+    import h5py
+
+    data = np.random.default_rng(7).standard_normal(8000)
+    with h5py.File(tmp_path / "f.h5", "w") as handle:
+        in_order = handle.create_dataset("a", shape=(8000,), dtype="f8", chunks=(1000,))
+        in_order[:] = data
+        shuffled = handle.create_dataset("b", shape=(8000,), dtype="f8", chunks=(1000,))
+        shuffled[5000:6000] = data[5000:6000]  # stored first, so not after chunk 4
+        shuffled[:5000] = data[:5000]
+        shuffled[6000:] = data[6000:]
+    whole = open_in(tmp_path, "hdf5:f.h5#/a")
+    assert [(first, len(rows)) for first, rows in whole.read_pieces(500, 7500)] == [(500, 7000)]
+    sum_job = Job("sum", "hdf5:f.h5#/a")
+    assert same_bits(compute_partial(sum_job, whole, 500, 7500)["sum"], np.add.reduce(data[500:7500]))
+    split = open_in(tmp_path, "hdf5:f.h5#/b")
+    pieces = split.read_pieces(0, 8000)
+    assert [first for first, _ in pieces] == [0, 5000, 6000]
+    assert same_bits(np.concatenate([rows for _, rows in pieces]), data)
+
+
+def test_a_run_of_mapped_chunks_cut_short_names_the_first_missing_chunk(tmp_path: Path) -> None:
+    from node.formats.mapped import ChunkPieces
+
+    (tmp_path / "chunks").write_bytes(np.arange(2500.0).tobytes())  # 2.5 chunks of 1000
+
+    def locate(index: int) -> tuple[Path, int]:
+        return tmp_path / "chunks", index * 8000
+
+    pieces = ChunkPieces("f", 4000, None, np.dtype("f8"), 1000, locate, 0.0, exact_files=False)
+    assert same_bits(pieces.read(0, 2000), np.arange(2000.0))
+    with pytest.raises(InvalidField, match=r"f: cannot read rows \[2000, 3000\): the chunk holds 4000 bytes"):
+        pieces.read(0, 4000)
+
+
 def test_a_mapped_hdf5_chunk_never_written_reads_as_the_fill_value(tmp_path: Path) -> None:
     import h5py
 
