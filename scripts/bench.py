@@ -37,6 +37,9 @@ How it is kept fair (all systems, same machine, same run, one at a time):
   unchanged by every system.
 - Same caching. Every peer process opens the `.npy` as a read-only memory map
   once and reuses it across reps; distnode caches its npy memmaps per node.
+- Installed code. distnode's own modules are byte-compiled first, as `pip
+  install` does; where PYTHONDONTWRITEBYTECODE is set, an uncompiled tree
+  would compile in every daemon at start.
 - Start-up excluded. distnode's daemons are running before its jobs are
   timed; MPI times inside one `mpiexec` launch (`Barrier`, `Wtime`, partial
   sum of the rank's contiguous third, `comm.reduce(op=SUM, root=0)`, clock
@@ -120,7 +123,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import log
+from benchlib import compile_tree, log
 from benchlib.chart import write_png
 from benchlib.clients import client_worker
 from benchlib.data import Params, answer_checks, bench_data, environment
@@ -130,6 +133,8 @@ from benchlib.page import write_page, write_readme
 from benchlib.peers import PEERS, run_peers, skipped_peers
 from benchlib.report import render_table, result_notes, targets
 from benchlib.rows import Row, build_rows
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_PNG = "bench.png"
 
@@ -175,6 +180,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     wait_quiet_s = opts.wait_quiet if opts.wait_quiet is not None else (0.0 if opts.quick else 20.0)
     skip = {x.strip() for x in opts.skip_distnode.split(",") if x.strip()}
     began = time.perf_counter()
+    compile_tree(ROOT)
     res: dict[str, Any] = {"params": p.to_json(), "environment": environment(), "distnode": {}, "peers": {},
                            "skipped": skipped_peers(opts.peers), "errors": {}, "targets": {}}
     with LoadWatch(wait_quiet_s=wait_quiet_s) as watch, bench_data(opts.data_dir, opts.keep_data, p) as data:

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import print_json  # noqa: E402
+from benchlib import compile_tree, print_json  # noqa: E402
 
 #: Run in each tree's folder: start a cluster, print its start-up times as JSON.
 START = r"""
@@ -102,6 +102,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     trees = {"before": args.ref.resolve(), "after": args.after.resolve()}
+    for tree in trees.values():
+        compile_tree(tree)  # as installed: neither tree pays the compiler
     print_json(measure(trees, args.rounds, args.nodes, args.cli_runs), args.json)
     return 0
 

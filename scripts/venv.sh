@@ -7,3 +7,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}"
+# An editable install compiles nothing; where PYTHONDONTWRITEBYTECODE is set,
+# every daemon would compile distnode's modules again at each start.
+.venv/bin/python -m compileall -q node cli
