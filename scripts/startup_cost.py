@@ -1,7 +1,7 @@
 """What starting costs, this tree against another, in interleaved rounds.
 
     python scripts/startup_cost.py --ref DIR [--after DIR] [--rounds 6] [--nodes 16]
-                                   [--cli-runs 16] [--json PATH]
+                                   [--cli-runs 16] [--json PATH] [--as-is]
 
 DIR is an unpacked tree (`git archive REV | tar -x -C DIR`); `--after`
 defaults to this one. Two figures, each tree taking turns (the order flips
@@ -13,6 +13,11 @@ every round, so the host's drift lands on both alike):
 - a `--nodes`-node `LocalCluster`: spawn until the first node logs "became
   leader", and until the last one serves (bench.py's scale figure, taken the
   same way), medians of `--rounds`.
+
+Both trees are byte-compiled first, as an installed package is, unless
+`--as-is`: then each runs as it is, which is how to measure what compiling
+saves (DIR a fresh `git archive`, --after the same tree compiled with
+`python -m compileall node cli`).
 
 Each tree's code runs from its own folder: the daemons are spawned with that
 folder as their working directory, so `python -m cli` is that tree's.
@@ -100,9 +105,11 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--cli-runs", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--as-is", action="store_true",
+                        help="do not byte-compile the trees first (to measure what compiling saves)")
     args = parser.parse_args()
     trees = {"before": args.ref.resolve(), "after": args.after.resolve()}
-    for tree in trees.values():
+    for tree in trees.values() if not args.as_is else ():
         compile_tree(tree)  # as installed: neither tree pays the compiler
     print_json(measure(trees, args.rounds, args.nodes, args.cli_runs), args.json)
     return 0
