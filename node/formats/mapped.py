@@ -5,7 +5,8 @@ HDF5 chunk without filters) is its array's bytes, so the reader can hand
 out a view of the mapped file instead of copying it into a fresh buffer:
 the library's read costs two copies of every byte, the map none (about 3x
 the `.npy` time becomes about 1x; docs/benchmarks.md). The rows come out as
-`pieces`, one per chunk, which `compute_partial` reduces one by one.
+`pieces`, one per run of chunks that lie back to back in one file, which
+`compute_partial` reduces one by one.
 
 Maps are cached per file version (path, inode, mtime, size), at most
 MAX_MAPS of them, like `npy:`'s memmaps. As for `npy:`, a file truncated
