@@ -15,6 +15,7 @@ wake-ups than a task sleeping in a loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -26,15 +27,21 @@ from collections.abc import Callable
 #: CPU. So it sleeps to the next whole millisecond past the deadline, plus this.
 TIMER_SLACK_S = 0.001
 
+log = logging.getLogger("distnode.clock")
+
 
 class Clock:
     def __init__(
-        self, tick_ms: int, max_replay_ticks: int, stall_s: float, max_sleep_s: float
+        self, tick_ms: int, max_replay_ticks: int, stall_s: float, max_sleep_s: float,
+        warn_late_s: float | None = None,
     ) -> None:
         self.tick_ms = tick_ms
         self.max_replay_ticks = max_replay_ticks
         #: A wake-up later than planned by more than this means the process stalled.
         self.stall_s = stall_s
+        #: A wake-up this late is logged: a node that stalls for an election timeout can
+        #: lose its leader or its followers, and the log should say why it did.
+        self.warn_late_s = warn_late_s
         self.max_sleep_s = max_sleep_s
         self._origin_s = time.monotonic()
         self._ticks_done = 0
@@ -82,7 +89,10 @@ class Clock:
         sleep_s = self.max_sleep_s
         self._waking = True
         try:
-            stalled = time.monotonic() - self._wake_by_s > self.stall_s
+            late_s = time.monotonic() - self._wake_by_s
+            stalled = late_s > self.stall_s
+            if self.warn_late_s is not None and late_s > self.warn_late_s:
+                log.warning("the clock woke %.0f ms late: this process or the machine stalled", late_s * 1000)
             ticks = on_wake(stalled)
             # Wake at the monotonic time of the due tick, counted from the origin: no drift.
             due_s = self._origin_s + (self._ticks_done + ticks) * self.tick_ms / 1000

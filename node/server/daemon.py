@@ -130,7 +130,7 @@ class Daemon:
         self.stubs = StubCache(ChannelFactory(config.tls, config.token, config.limits.max_message_bytes))
         self.clock = Clock(
             config.tick_ms, max_replay_ticks=hi + 1, stall_s=2 * config.heartbeat_ms / 1000,
-            max_sleep_s=MAX_SLEEP_S,
+            max_sleep_s=MAX_SLEEP_S, warn_late_s=lo * config.tick_ms / 1000,
         )
         self.heartbeats = HeartbeatLinks(
             self.stubs, self._on_heartbeat_reply, stale_s=config.election_ms_max / 1000,

@@ -108,15 +108,18 @@ def watch_window(cluster: LocalCluster, p: Params) -> dict[str, Any]:
     while time.monotonic() - window0 < p.scale_window_s:
         time.sleep(min(1.0, max(0.0, p.scale_window_s - (time.monotonic() - window0))))
     after = election_counts(cluster)
-    # Every role change in the window, as its node logged it: the cluster and its logs are
-    # gone once the bench ends, and a spurious election needs its when and who to be read.
-    changes = [f"{node}: {line}" for node in cluster.ids
-               for line in cluster.log(node)[logged_before[node]:].splitlines() if "became " in line]
+    # Every role change and every stall in the window, as its node logged it: the cluster and
+    # its logs are gone once the bench ends, and a spurious election needs its when, who and why.
+    lines = [f"{node}: {line}" for node in cluster.ids
+             for line in cluster.log(node)[logged_before[node]:].splitlines()]
+    changes = [line for line in lines if "became " in line]
+    stalls = [line for line in lines if "the clock woke" in line]  # a node that stalled an election timeout
     return {
         "small": small, "window_s": p.scale_window_s,
         "spurious_candidates": after["candidate"] - before["candidate"],
         "spurious_pre_candidates": after["pre_candidate"] - before["pre_candidate"],
         "role_changes": sorted(changes, key=lambda line: line.partition(": ")[2]),
+        "stalls": sorted(stalls, key=lambda line: line.partition(": ")[2]),
         "term_first": first_term, "term_last": cluster.client.status().term,
     }
 
