@@ -431,6 +431,8 @@ class Daemon:
         self.clock.stop()
         log.info("shutting down")
         await server.stop(SHUTDOWN_GRACE_S)
+        if self._worker is not None:
+            await self._worker.close()
         if self._http is not None:
             await self._http.cleanup()
         await self.ledger.close()

@@ -45,6 +45,8 @@ class JobRun:
     by_node: dict[str, int] = field(default_factory=dict)
     failed_nodes: set[str] = field(default_factory=set)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set whenever a partial is stored (lanes wait on it for their batch's partials).
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: Keys, shapes and dtypes every partial of this job must have (from a
     #: one-row partial computed locally), so a malformed partial from the
@@ -76,9 +78,31 @@ class JobRun:
             self.done.set_exception(exc)
             self.done.exception()
 
+    def missing(self, batch: list[int]) -> list[int]:
+        """The shards of `batch` whose partial has not arrived."""
+        return [i for i in batch if i >= self.next_merge and i not in self.received]
+
+    async def arrival(self, batch: list[int], give_up: asyncio.Event, grace_s: float) -> bool:
+        """Wait until every partial of `batch` has arrived or the run ends (True), or
+        until `give_up` is set or `grace_s` passes with some still missing (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while not self.finished and self.missing(batch):
+            remaining_s = deadline - loop.time()
+            if give_up.is_set() or remaining_s <= 0:
+                return False
+            self.arrived.clear()
+            waits = [asyncio.ensure_future(self.arrived.wait()), asyncio.ensure_future(give_up.wait())]
+            try:
+                await asyncio.wait(waits, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+        return True
+
     def requeue(self, batch: list[int]) -> None:
         """Put back the shards of `batch` that never arrived, in front of the queue."""
-        missing = [i for i in batch if i >= self.next_merge and i not in self.received]
+        missing = self.missing(batch)
         self.pending.extendleft(reversed(missing))
         if missing:
             self.wakeup.set()
@@ -106,6 +130,7 @@ class JobRun:
                         self.job_id, shard, node_id, extra={"job_id": self.job_id, "shard": shard})
             return False
         self.received[shard] = partial
+        self.arrived.set()
         if self.trace is not None and times is not None:
             self.trace.shard(shard, node_id, times, received_ns)
         self.contributors.add(node_id)

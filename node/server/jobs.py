@@ -6,8 +6,11 @@ A job's data is cut into fixed shards (`compute.plan_shards`): boundaries
 depend on the data size and the shard size only. Each live node gets *lanes*
 that pull small batches of shard indices from the job's queue and compute
 them: the leader's own lane calls numpy in a thread, a worker's lane sends
-`Compute(batch, reduce_to=leader)`; the worker streams one partial per shard
-back through `Reduce`, and `accept_partial` stores it. Partials are merged
+`Compute(batch, reduce_to=leader)`; the worker writes one partial per shard
+to its `Reduce` stream (one per worker, open across jobs: reducestream.py),
+and `accept_partial` stores it. `Compute` returns once the partials are
+written, which is not received: the lane then waits for them (at most
+PARTIALS_GRACE_S) before it gives back any that did not come. Partials are merged
 strictly in shard order (a prefix merge as they arrive), so the answer is
 bit-for-bit the same on 1 node or 16, with or without failures.
 
@@ -71,6 +74,9 @@ log = logging.getLogger("distnode.jobs")
 INLINE_ELEMS = 1 << 16
 #: Batches in flight per remote worker, so it never idles waiting for the next.
 REMOTE_LANES = 2
+#: After a worker's Compute returned, how long its lane waits for the batch's partials
+#: (written to the worker's Reduce stream, maybe not yet read) before giving back the rest.
+PARTIALS_GRACE_S = 1.0
 #: Answers kept for deduplication of retried job ids: at most this many, and
 #: at most this many bytes of results. Vector answers are megabytes each; a
 #: retry comes seconds after its failure, so the newest few are what matter.
@@ -326,6 +332,9 @@ class JobManager:
                 rpc = run.trace.begin(f"Compute: {len(batch)} shards", lane, shards=batch)
             try:
                 await self._compute_remote(run, address, batch)
+                # Written is not received: the partials may still be on the worker's stream.
+                if not await run.arrival(batch, self.peers.dead_event(address), PARTIALS_GRACE_S):
+                    raise WorkerFailed(f"its partials did not arrive within {PARTIALS_GRACE_S} s")
             except WorkerFailed as exc:
                 log.warning("job %s: worker %s failed (%s); reassigning %d shards",
                             run.job_id, self.peers.id_of(address), exc, len(batch),

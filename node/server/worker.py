@@ -1,10 +1,12 @@
 """The worker's side of a job: compute the shards it was handed, stream partials.
 
-`Compute(job, shards, reduce_to)` is answered only after every partial has
-been written to the aggregator's `Reduce` stream and the stream was acknowledged,
-so "Compute returned OK" means "the leader holds these partials". If the leader
-cancels the call (the job ended, or the leader moved on), the remaining shards
-are skipped; the shard under way in the thread pool finishes and is dropped.
+`Compute(job, shards, reduce_to)` hands each partial, as soon as it is
+computed, to this worker's one open `Reduce` stream to the aggregator
+(reducestream.py), and is answered once every partial is written. The
+leader then waits for them to arrive (jobs.py). If the leader cancels the
+call (the job ended, or the leader moved on), the remaining shards are
+skipped; the shard under way in the thread pool finishes and is dropped,
+and a partial already handed over is still written.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
-import grpc
-
-from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.core.compute import Partial, compute_partial, validate_job
 from node.core.job import Job
@@ -25,10 +24,9 @@ from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import InvalidField, JobFailed, ReduceFailed
 from node.server.api import ShardRange
 from node.server.metrics import NodeMetrics
+from node.server.reducestream import ReduceStreams
 from node.server.tracing import clocked
 from node.wire.tensors import partial_to_proto
-
-ReduceCall = grpc.aio.StreamUnaryCall[pb.Partial, pb.ReduceReply]
 
 
 class Worker:
@@ -52,6 +50,7 @@ class Worker:
         self.stubs = stubs
         self.executor = executor
         self.data_root = data_root
+        self.streams = ReduceStreams(lambda address: stubs.stub(address).Reduce())
 
     async def compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None
@@ -71,20 +70,19 @@ class Worker:
         reduce_to = self.address_of(leader_id)
         if reduce_to is None:
             raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
-        call = self.stubs.stub(reduce_to).Reduce(timeout=timeout_s)
-        try:
-            for index, start, stop in ranges:
-                queued_ns = time.time_ns()
-                partial, started_ns, finished_ns = await self._compute(job, source, index, start, stop)
-                message = partial_to_proto(job_id, index, self.node_id, partial)
-                message.queued_ns, message.started_ns = queued_ns, started_ns
-                message.finished_ns = finished_ns
-                await _deliver(call, reduce_to, message)
-            await _deliver(call, reduce_to, None)
-        except BaseException:
-            call.cancel()  # the leader cancelled us, or a shard failed: the stream goes too
-            raise
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for index, start, stop in ranges:
+            queued_ns = time.time_ns()
+            partial, started_ns, finished_ns = await self._compute(job, source, index, start, stop)
+            message = partial_to_proto(job_id, index, self.node_id, partial)
+            message.queued_ns, message.started_ns = queued_ns, started_ns
+            message.finished_ns = finished_ns
+            await self.streams.send(reduce_to, message, deadline)
         return len(ranges)
+
+    async def close(self) -> None:
+        """Close the Reduce stream, once what is queued on it is written."""
+        await self.streams.close()
 
     async def _compute(
         self, job: Job, source: DataSource, index: int, start: int, stop: int
@@ -98,23 +96,6 @@ class Worker:
             raise  # the data is bad (a damaged chunk): INVALID_ARGUMENT, said as is
         except Exception as exc:
             raise JobFailed(f"shard {index}: computation failed: {type(exc).__name__}: {exc}") from exc
-
-
-async def _deliver(call: ReduceCall, reduce_to: str, partial: pb.Partial | None) -> None:
-    """Write one partial to the Reduce stream, or (None) close it and wait for the leader's ack."""
-    try:
-        if partial is None:
-            await call.done_writing()
-            await call
-        else:
-            await call.write(partial)
-    except grpc.aio.AioRpcError as exc:
-        raise ReduceFailed(f"reduce_to: {exc.details()}") from None
-    except Exception as exc:
-        # A Reduce stream that the aggregator dropped fails writes with
-        # InvalidStateError or gRPC's ExecuteBatchError rather than an
-        # AioRpcError; to the leader it is the same thing: unreachable.
-        raise ReduceFailed(f"reduce_to {reduce_to}: {type(exc).__name__}: {exc}") from None
 
 
 def check_ranges(ranges: list[ShardRange], source: DataSource) -> None:

@@ -1,0 +1,112 @@
+"""A job's time on this tree against another, clusters side by side, in interleaved rounds.
+
+    python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector] [--rounds 15]
+                              [--reps 3] [--n 100000000] [--json PATH]
+
+DIR is an unpacked tree (`git archive REV | tar -x -C DIR`); `--after`
+defaults to this one. Both trees are byte-compiled, then one 3-node
+`LocalCluster` per tree starts, each daemon in its tree's folder (so it runs
+that tree's code), and both stay up. Each round runs `--reps` jobs on one
+cluster then on the other, the order turned every round, so the host's
+drift lands on both alike; the figure is the median over rounds of
+after / before (each round's medians), beside each tree's absolute median.
+
+`--job big`: `sum` over a float64 `.npy` of `--n` elements; `vector`: `sum
+--axis 0` over a (3, 10^6) float64 `.npy` (bench.py's vector reduce). The
+files are written to a temporary directory and read once first (page cache).
+
+Why: a change to the job path moves a big job by a few per cent, less than
+this host drifts in a quarter of an hour (docs/timeline.md); only a
+comparison within one run, turn by turn, resolves it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import compile_tree, print_json  # noqa: E402
+from cpu_per_job import write_big  # noqa: E402
+
+
+def write_vector(workdir: Path) -> str:
+    import numpy as np
+
+    path = workdir / "vec.npy"
+    np.save(path, np.random.default_rng(1).random((3, 10**6)))
+    float(np.load(path, mmap_mode="r").sum())
+    return f"npy:{path}"
+
+
+def compare(
+    trees: dict[str, Path], job: dict[str, Any], rounds: int, reps: int, workdir: Path
+) -> dict[str, Any]:
+    from node import LocalCluster
+
+    clusters: dict[str, Any] = {}
+    here = os.getcwd()
+    try:
+        for name, tree in trees.items():
+            os.chdir(tree)  # the daemons start in the tree's folder: `python -m cli` is its own
+            clusters[name] = LocalCluster(nodes=3, data_root=workdir).start()
+        os.chdir(here)
+        for cluster in clusters.values():
+            for _ in range(2 * reps):
+                cluster.client.submit(**job)
+        times: dict[str, list[float]] = {name: [] for name in trees}
+        ratios = []
+        names = list(trees)
+        for number in range(rounds):
+            medians = {}
+            for name in names if number % 2 == 0 else names[::-1]:
+                elapsed = [clusters[name].client.submit(**job).elapsed_ms for _ in range(reps)]
+                times[name].extend(elapsed)
+                medians[name] = statistics.median(elapsed)
+            ratios.append(medians["after"] / medians["before"])
+    finally:
+        os.chdir(here)
+        for cluster in clusters.values():
+            cluster.close()
+    return {
+        "job": job, "rounds": rounds, "reps": reps,
+        "before_median_ms": round(statistics.median(times["before"]), 2),
+        "after_median_ms": round(statistics.median(times["after"]), 2),
+        "after_over_before": round(statistics.median(ratios), 3),
+        "each_round": [round(r, 3) for r in ratios],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--ref", type=Path, required=True, help="the tree to compare against")
+    parser.add_argument("--after", type=Path, default=ROOT, help="the tree measured (default: this one)")
+    parser.add_argument("--job", choices=("big", "vector"), default="big")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--n", type=int, default=10**8)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    trees = {"before": args.ref.resolve(), "after": args.after.resolve()}
+    for tree in trees.values():
+        compile_tree(tree)
+    with tempfile.TemporaryDirectory(prefix="distnode-tree-ab-") as tmp:
+        workdir = Path(tmp)
+        if args.job == "big":
+            job = {"op": "sum", "source": write_big(args.n, workdir)}
+        else:
+            job = {"op": "sum", "axis": 0, "source": write_vector(workdir)}
+        print_json(compare(trees, job, args.rounds, args.reps, workdir), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
