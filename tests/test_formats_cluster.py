@@ -75,9 +75,12 @@ async def test_a_node_restarted_without_a_format_is_given_none_of_its_shards(
     cluster = await start_cluster(3, shard_elems=SHARD_ELEMS, **calm)
     leader = await cluster.wait_for_leader()
     others = [d for d in cluster.daemons if d is not leader]
+    # A worker gets lanes once the leader has heard it: the first job must not race that.
+    await poll(lambda: len(leader.peers.alive_addresses()) == 2, what="the leader hearing both workers")
     async with AsyncClient([leader.config.address]) as client:
-        before = await client.submit(op="sum", source=spec)
-        assert set(before.nodes) == {"n1", "n2", "n3"}  # all three read zarr at first
+        with caplog.at_level(logging.INFO, logger="distnode.jobs"):
+            before = await client.submit(op="sum", source=spec)
+        assert set(before.nodes) == {"n1", "n2", "n3"}, caplog.text  # all three read zarr at first
 
         plain = await cluster.restart(others[0].node_id, formats=("hdf5", "parquet"))
         status = await cluster.stub(plain.config.address).Status(pb.StatusRequest())

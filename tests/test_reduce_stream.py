@@ -178,12 +178,17 @@ async def test_close_gives_up_on_an_aggregator_that_never_answers(monkeypatch: p
 # ---- the leader's side: a lane waits for what its Compute call wrote -------------------
 
 
+def stall_the_loop(seconds: float) -> None:
+    """Called from a coroutine, it holds the event loop: the stall under test."""
+    time.sleep(seconds)
+
+
 class LateWorker:
     """A worker whose Compute returns as soon as its partials are computed and
     delivers them `delay_s` later (None: never), as a Reduce stream may."""
 
-    def __init__(self, root: Path, delay_s: float | None) -> None:
-        self.root, self.delay_s = root, delay_s
+    def __init__(self, root: Path, delay_s: float | None, stall_s: float = 0.0) -> None:
+        self.root, self.delay_s, self.stall_s = root, delay_s, stall_s
         self.jobs: JobManager | None = None
         self.batches: list[list[int]] = []
         self.later: set[asyncio.Task[None]] = set()
@@ -199,6 +204,9 @@ class LateWorker:
 
     async def _deliver(self, job_id: str, partials: list[tuple[int, Any]], delay_s: float) -> None:
         await asyncio.sleep(delay_s)  # the partials' trip on the stream
+        if self.stall_s:
+            stall_the_loop(self.stall_s)  # the leader's event loop stalls with them unread...
+            await asyncio.sleep(0.001)  # ...and reads them only after the timers that fell due
         assert self.jobs is not None
         for shard, state in partials:
             self.jobs.accept_partial(job_id, shard, "n2", state)
@@ -245,6 +253,22 @@ async def test_partials_that_never_come_are_given_back_after_the_grace(
     worker = LateWorker(tmp_path, delay_s=None)
     jobs, local = cluster_of_two(tmp_path, worker)
     outcome = await asyncio.wait_for(jobs.submit("j1", Job("sum", "npy:d.npy")), DEADLINE_S)
-    assert sorted(local) == list(range(20))  # the leader computed them all in the end
-    assert 1 <= len(worker.batches) <= node.server.jobs.REMOTE_LANES  # one batch per lane, then no more
+    assert sorted(local) == list(range(20))  # each batch given back, then computed by the leader
+    assert 1 <= len(worker.batches) <= node.server.jobs.REMOTE_LANES  # one batch per lane, then dropped
     assert outcome.result == data.sum() and outcome.nodes == ("n1",)
+
+
+async def test_a_stalled_event_loop_does_not_use_up_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stall longer than the grace, with the partials waiting to be read, must not drop
+    the worker: the grace is counted in waits that ended with nothing new."""
+    monkeypatch.setattr(node.server.jobs, "PARTIALS_GRACE_S", 0.1)
+    data = np.random.default_rng(4).standard_normal(20_000)
+    np.save(tmp_path / "d.npy", data)
+    worker = LateWorker(tmp_path, delay_s=0.0, stall_s=0.3)
+    jobs, local = cluster_of_two(tmp_path, worker)
+    outcome = await asyncio.wait_for(jobs.submit("j1", Job("sum", "npy:d.npy")), DEADLINE_S)
+    remote = [i for batch in worker.batches for i in batch]
+    assert remote and sorted(remote + local) == list(range(20)), "the worker was dropped, its shards redone"
+    assert "n2" in outcome.nodes

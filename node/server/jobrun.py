@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,9 @@ from node.server.api import Outcome
 from node.server.tracing import JobTrace, ShardTimes
 
 log = logging.getLogger("distnode.jobs")
+
+#: A lane waiting for its batch's partials looks again this often (see JobRun.arrival).
+ARRIVAL_STEP_S = 0.05
 
 
 @dataclass
@@ -83,21 +87,27 @@ class JobRun:
         return [i for i in batch if i >= self.next_merge and i not in self.received]
 
     async def arrival(self, batch: list[int], give_up: asyncio.Event, grace_s: float) -> bool:
-        """Wait until every partial of `batch` has arrived or the run ends (True), or
-        until `give_up` is set or `grace_s` passes with some still missing (False)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_s
+        """Wait until every partial of `batch` has arrived or the run ends (True), or until
+        `give_up` is set or `grace_s` passes with some still missing (False).
+
+        The grace is counted in waits of ARRIVAL_STEP_S that ended with nothing new, so
+        an event loop that stalls (its partials unread in the socket meanwhile) does
+        not use it up in one late wake-up."""
+        steps = max(1, math.ceil(grace_s / ARRIVAL_STEP_S))
         while not self.finished and self.missing(batch):
-            remaining_s = deadline - loop.time()
-            if give_up.is_set() or remaining_s <= 0:
+            if give_up.is_set() or steps == 0:
                 return False
             self.arrived.clear()
             waits = [asyncio.ensure_future(self.arrived.wait()), asyncio.ensure_future(give_up.wait())]
             try:
-                await asyncio.wait(waits, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waits, timeout=ARRIVAL_STEP_S, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for waiting in waits:
                     waiting.cancel()
+            if not done:
+                steps -= 1
         return True
 
     def requeue(self, batch: list[int]) -> None:
