@@ -39,6 +39,14 @@ async def wait_for(predicate: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.001)
 
 
+async def stall_then_wake(wakes: list[bool], seconds: float) -> bool:
+    """Block the loop for `seconds`, then wait for the clock's next wake-up; was it marked stalled?"""
+    seen = len(wakes)
+    block_the_loop(seconds)
+    await wait_for(lambda: len(wakes) > seen, "the wake-up after the stall")
+    return wakes[seen]
+
+
 async def test_a_wake_up_later_than_warn_late_s_is_logged_and_marked_stalled(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -50,10 +58,8 @@ async def test_a_wake_up_later_than_warn_late_s_is_logged_and_marked_stalled(
         assert not any(wakes), "an idle loop is not a stall"
         assert "late" not in caplog.text
         with caplog.at_level(logging.WARNING, logger="distnode.clock"):
-            seen = len(wakes)
-            block_the_loop(0.2)
-            await wait_for(lambda: len(wakes) > seen, "the wake-up after the stall")
-        assert wakes[seen] is True
+            stalled = await stall_then_wake(wakes, 0.2)
+        assert stalled is True
         (record,) = [r for r in caplog.records if r.name == "distnode.clock"]
         assert record.levelno == logging.WARNING
         late_ms = float(record.getMessage().split("woke ")[1].split(" ms")[0])
@@ -71,10 +77,8 @@ async def test_a_stall_shorter_than_warn_late_s_is_a_stall_but_not_logged(
     try:
         await wait_for(lambda: len(wakes) >= 2, "two wake-ups")
         with caplog.at_level(logging.WARNING, logger="distnode.clock"):
-            seen = len(wakes)
-            block_the_loop(0.1)
-            await wait_for(lambda: len(wakes) > seen, "the wake-up after the stall")
-        assert wakes[seen] is True
+            stalled = await stall_then_wake(wakes, 0.1)
+        assert stalled is True
         assert not [r for r in caplog.records if r.name == "distnode.clock"]
     finally:
         clock.stop()

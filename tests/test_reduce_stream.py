@@ -95,6 +95,16 @@ def partial(shard: int) -> pb.Partial:
     return pb.Partial(job_id="j", shard=shard, node_id="n2")
 
 
+async def held_write(streams: ReduceStreams, calls: Calls, address: str) -> tuple[FakeCall, asyncio.Task[None]]:
+    """A stream to `address` with partial 0 written and partial 1's write held at the call's gate."""
+    await streams.send(address, partial(0), None)
+    call = calls.opened[-1]
+    call.gate = asyncio.Event()
+    sender = asyncio.create_task(streams.send(address, partial(1), None))
+    await poll(lambda: call.in_flight == 1, "a write under way")
+    return call, sender
+
+
 async def test_concurrent_compute_calls_share_one_stream_one_write_at_a_time() -> None:
     calls = Calls()
     streams = ReduceStreams(calls)
@@ -109,11 +119,7 @@ async def test_concurrent_compute_calls_share_one_stream_one_write_at_a_time() -
 async def test_a_sender_cancelled_mid_write_leaves_the_stream_whole() -> None:
     calls = Calls()
     streams = ReduceStreams(calls)
-    await streams.send("leader:1", partial(0), None)
-    call = calls.opened[0]
-    call.gate = asyncio.Event()
-    sender = asyncio.create_task(streams.send("leader:1", partial(1), None))
-    await poll(lambda: call.in_flight == 1, "the write under way")
+    call, sender = await held_write(streams, calls, "leader:1")
     sender.cancel()  # the leader cancelled that Compute call
     call.gate.set()
     await poll(lambda: call.written == [0, 1], "the cancelled caller's partial still written")
@@ -152,11 +158,7 @@ async def test_a_write_past_its_compute_calls_deadline_breaks_the_stream() -> No
 async def test_a_compute_for_another_aggregator_closes_the_old_stream_after_its_queue() -> None:
     calls = Calls()
     streams = ReduceStreams(calls)
-    await streams.send("old:1", partial(0), None)
-    old = calls.opened[0]
-    old.gate = asyncio.Event()
-    queued = asyncio.create_task(streams.send("old:1", partial(1), None))
-    await poll(lambda: old.in_flight == 1, "a write to the old aggregator under way")
+    old, queued = await held_write(streams, calls, "old:1")
     new_send = asyncio.create_task(streams.send("new:1", partial(2), None))
     old.gate.set()
     await asyncio.gather(queued, new_send)

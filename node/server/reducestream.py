@@ -90,10 +90,6 @@ class ReduceStream:
         """The task that writes the queued partials; done once the stream is closed or broken."""
         return self._writer
 
-    def closed_callback(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once the writer is done."""
-        self._writer.add_done_callback(lambda _: callback())
-
     def cancel(self) -> None:
         self.call.cancel()
         self._writer.cancel()
@@ -136,11 +132,6 @@ class ReduceStreams:
         #: Streams replaced while their writer finishes (asyncio holds tasks only weakly).
         self._closing: set[ReduceStream] = set()
 
-    @property
-    def opened(self) -> ReduceStream | None:
-        """The stream partials go to now, if one is open."""
-        return self._stream
-
     async def send(self, reduce_to: str, partial: pb.Partial, deadline: float | None) -> None:
         stream = self._stream
         if stream is None or stream.address != reduce_to or stream.broken is not None:
@@ -153,7 +144,7 @@ class ReduceStreams:
         """What is queued on it still goes (another aggregator's partials, or nothing)."""
         stream.close()
         self._closing.add(stream)
-        stream.closed_callback(lambda: self._closing.discard(stream))
+        stream.writer.add_done_callback(lambda _: self._closing.discard(stream))
 
     async def close(self) -> None:
         """Close every stream, waiting up to CLOSE_WAIT_S for what is queued on them."""
