@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -125,3 +126,41 @@ async def test_a_damaged_file_is_the_callers_error_not_ours(tmp_path: Any, rows:
                       shard_elems=1 << 22, data_root=tmp_path, openers=openers())
     with pytest.raises(InvalidField, match=rf"bad.zarr: cannot read rows \[0, {rows}\)"):
         await jobs.submit("bad", Job(op="sum", source=spec))
+
+
+class NextQueuedPool(ThreadPoolExecutor):
+    """One thread; each shard waits (up to 5 s) for the next shard to be queued before it
+    computes, and records whether it was: the leader must queue ahead, not one at a time."""
+
+    def __init__(self, total_rows: int) -> None:
+        super().__init__(1)
+        self.total_rows = total_rows
+        self.lock = threading.Lock()
+        self.queued: dict[int, threading.Event] = {}
+        self.next_was_queued: list[bool] = []
+
+    def _queued(self, start: int) -> threading.Event:
+        with self.lock:
+            return self.queued.setdefault(start, threading.Event())
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        start, stop = args[2], args[3]  # compute(job, source, start, stop)
+        self._queued(start).set()
+
+        def run() -> Any:
+            if stop < self.total_rows:
+                self.next_was_queued.append(self._queued(stop).wait(5))
+            return fn(*args, **kwargs)
+
+        return super().submit(run)
+
+
+async def test_the_leader_queues_its_next_shard_before_the_last_one_ends() -> None:
+    """The pool's thread never waits for a turn of the event loop between two of the
+    leader's shards (jobs.py `_compute_local`)."""
+    pool = NextQueuedPool(total_rows=4_000_000)
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=pool, shard_elems=1 << 20)
+    outcome = await jobs.submit("j", Job(op="count", source="random:n=4e6,seed=1"))
+    pool.shutdown(wait=True)
+    assert outcome.result == 4_000_000 and outcome.shards == 4
+    assert pool.next_was_queued == [True, True, True]

@@ -5,7 +5,10 @@ Theory of operation
 A job's data is cut into fixed shards (`compute.plan_shards`): boundaries
 depend on the data size and the shard size only. Each live node gets *lanes*
 that pull small batches of shard indices from the job's queue and compute
-them: the leader's own lane calls numpy in a thread, a worker's lane sends
+them: the leader's own lane queues them in its pool's thread, the next batch
+before the last shard of this one ends, so the thread never waits for the
+event loop between two shards (a worker's two lanes do that for its pool);
+a worker's lane sends
 `Compute(batch, reduce_to=leader)`; the worker writes one partial per shard
 to its `Reduce` stream (one per worker, open across jobs: reducestream.py),
 and `accept_partial` stores it. `Compute` returns once the partials are
@@ -91,6 +94,8 @@ ANSWER_CACHE_BYTES = 16 << 20
 MAX_SHARDS = 100_000
 
 RemoteCompute = Callable[[str, str, Job, list[ShardRange]], Coroutine[Any, Any, None]]
+#: A shard in this node's pool: its partial, and when the thread began and ended it (ns).
+Computing = asyncio.Future[tuple[Partial, int, int]]
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -281,12 +286,17 @@ class JobManager:
 
     async def _compute_here(self, run: JobRun, source: DataSource, index: int) -> tuple[Partial, ShardTimes]:
         """One shard in this node's pool: its partial, and when it was queued, begun and done."""
+        queued_ns, computing = self._queue_here(run, source, index)
+        partial, started_ns, finished_ns = await computing
+        return partial, ShardTimes(queued_ns, started_ns, finished_ns)
+
+    def _queue_here(self, run: JobRun, source: DataSource, index: int) -> tuple[int, Computing]:
+        """Hand shard `index` to this node's pool now; when it was queued, and its future."""
         start, stop = run.shards[index]
         queued_ns = time.time_ns()
-        partial, started_ns, finished_ns = await asyncio.get_running_loop().run_in_executor(
+        return queued_ns, asyncio.get_running_loop().run_in_executor(
             self.executor, self.compute, run.job, source, start, stop
         )
-        return partial, ShardTimes(queued_ns, started_ns, finished_ns)
 
     def _start_lanes(self, run: JobRun, source: DataSource) -> None:
         # A file format goes only to the peers that said they read it.
@@ -312,14 +322,24 @@ class JobManager:
             run.fail(JobFailed(f"computation failed: {exc}"))
 
     async def _compute_local(self, run: JobRun, source: DataSource, batch_size: int) -> None:
-        while not run.finished:
-            batch = run.take(batch_size)
-            if not batch:
-                await self._idle(run)
-                continue
-            for index in batch:
-                partial, times = await self._compute_here(run, source, index)
-                run.accept(index, self.node_id, partial, times)
+        """Keep the pool's thread fed: a batch's shards are queued at once, and the next
+        batch is taken while the last shard of this one computes, so the thread never
+        waits for a turn of the event loop between two shards."""
+        queued: collections.deque[tuple[int, int, Computing]] = collections.deque()
+        try:
+            while not run.finished:
+                if len(queued) <= 1:
+                    for index in run.take(batch_size):
+                        queued.append((index, *self._queue_here(run, source, index)))
+                if not queued:
+                    await self._idle(run)
+                    continue
+                index, queued_ns, computing = queued.popleft()
+                partial, started_ns, finished_ns = await computing
+                run.accept(index, self.node_id, partial, ShardTimes(queued_ns, started_ns, finished_ns))
+        finally:
+            for _, _, computing in queued:  # the run ended or failed: what has not begun never will
+                computing.cancel()
 
     async def _remote_lane(self, run: JobRun, address: str, batch_size: int, lane: str) -> None:
         while not run.finished and address not in run.failed_nodes:
