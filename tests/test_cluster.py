@@ -138,19 +138,35 @@ def test_submit_to_a_follower(cluster: LocalCluster) -> None:
 
 
 def test_vector_answer_relayed_by_a_follower(tmp_path: Any) -> None:
-    """A follower passes the leader's answer bytes through (node/wire/answers.py's relay)."""
+    """A follower passes the leader's answer bytes through (node/wire/answers.py's relay);
+    the next job goes to the leader, whose answer comes through the client's shared-memory
+    file (node/wire/answerfile.py), and no file is left behind."""
+    import mmap
+
     import numpy as np
 
     matrix = np.random.default_rng(5).random((4, 50_000))
     np.save(tmp_path / "m.npy", matrix)
+    shm = Path("/dev/shm")
+    files_before = set(shm.glob("distnode-answer-*"))
     with LocalCluster(nodes=3, data_root=tmp_path, **FAST_TIMING) as running:  # type: ignore[arg-type]
         leader = running.leader()
         follower = next(node for node in running.ids if node != leader)
         with Client([running.address(follower)]) as client:
             answer = client.submit(op="sum", source="npy:m.npy", axis=0)
+            direct = client.submit(op="sum", source="npy:m.npy", axis=0)
         logs = running.logs()
     assert answer.leader == leader
     np.testing.assert_array_equal(answer.array, matrix.sum(axis=0))
+    np.testing.assert_array_equal(direct.array, matrix.sum(axis=0))
+
+    def buffer_of(array: Any) -> Any:
+        while isinstance(array, np.ndarray):
+            array = array.base
+        return array.obj  # a memoryview's: the received bytes, or the mapped file
+
+    assert isinstance(buffer_of(answer.array), bytes) and isinstance(buffer_of(direct.array), mmap.mmap)
+    assert set(shm.glob("distnode-answer-*")) == files_before
     if importlib.util.find_spec("uvloop") and os.environ.get("DISTNODE_LOOP") != "asyncio":
         assert logs.count("event loop uvloop") == 3, logs  # the daemons run on uvloop
 

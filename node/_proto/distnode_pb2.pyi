@@ -242,8 +242,11 @@ class Tensor(_message.Message):
     DTYPE_FIELD_NUMBER: _builtins.int
     SHAPE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    IN_ANSWER_FILE_FIELD_NUMBER: _builtins.int
     dtype: _builtins.str
     data: _builtins.bytes
+    in_answer_file: _builtins.bool
+    """The bytes are not in `data` but in the request's answer file (AnswerFile)."""
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -252,14 +255,45 @@ class Tensor(_message.Message):
         dtype: _builtins.str = ...,
         shape: _abc.Iterable[_builtins.int] | None = ...,
         data: _builtins.bytes = ...,
+        in_answer_file: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dtype", b"dtype", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dtype", b"dtype", "in_answer_file", b"in_answer_file", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Tensor: _TypeAlias = Tensor  # noqa: Y015
+
+@_typing.final
+class AnswerFile(_message.Message):
+    """A file the client made, empty, in a shared-memory directory, for the leader to
+    write a large answer into instead of the reply (node/wire/answerfile.py). Used
+    only when `host` is the leader's own: the same machine, the same directory
+    and the same user; otherwise the answer comes in the reply as always.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The file's name in that directory: "distnode-answer-" and 32 hex digits."""
+    host: _builtins.str
+    """The client's host key: boot id, the directory's device and inode, user id."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerFile: _TypeAlias = AnswerFile  # noqa: Y015
 
 @_typing.final
 class JobSpec(_message.Message):
@@ -321,6 +355,7 @@ class SubmitRequest(_message.Message):
     FORWARDED_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    ANSWER_FILE_FIELD_NUMBER: _builtins.int
     forwarded: _builtins.bool
     """Set by a follower that forwards the request, so it is forwarded once only."""
     trace: _builtins.bool
@@ -331,6 +366,10 @@ class SubmitRequest(_message.Message):
     """
     @_builtins.property
     def job(self) -> Global___JobSpec: ...
+    @_builtins.property
+    def answer_file(self) -> Global___AnswerFile:
+        """Where a large answer may go instead of the reply (unary Submit only)."""
+
     def __init__(
         self,
         *,
@@ -338,10 +377,11 @@ class SubmitRequest(_message.Message):
         forwarded: _builtins.bool = ...,
         trace: _builtins.bool = ...,
         timeout_s: _builtins.float = ...,
+        answer_file: Global___AnswerFile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_file", b"answer_file", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwarded", b"forwarded", "job", b"job", "timeout_s", b"timeout_s", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_file", b"answer_file", "forwarded", b"forwarded", "job", b"job", "timeout_s", b"timeout_s", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

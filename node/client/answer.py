@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from node._proto import distnode_pb2 as pb
+from node.errors import AttemptFailed
+from node.wire.answerfile import AnswerFile
 from node.wire.answers import SubmitAnswer
 from node.wire.tensors import result_to_python
 from node.wire.trace import Span, spans_from_json, trace_document
@@ -92,6 +95,28 @@ class ClusterStatus:
             "nodes": [vars(node).copy() for node in self.nodes],
             "answered_by": self.answered_by,
         }
+
+
+@contextlib.contextmanager
+def answer_file(request: pb.SubmitRequest, on_stream: bool) -> Iterator[AnswerFile | None]:
+    """A file for a vector answer to come through if the leader is on this machine
+    (node/wire/answerfile.py), named in `request`; removed when the submit ends."""
+    target = None if on_stream else AnswerFile.create()
+    if target is None:
+        yield None
+        return
+    request.answer_file.CopyFrom(target.spec)
+    with target:
+        yield target
+
+
+def read_answer_file(target: AnswerFile, reply: SubmitAnswer) -> SubmitAnswer:
+    """`reply` with its data from `target` where the leader wrote it there. A file removed
+    under us fails the attempt: asked again, the leader answers inline."""
+    try:
+        return target.answer(reply)
+    except OSError as exc:
+        raise AttemptFailed(f"answer file {target.path.name}: {exc}", accepted=True, reached=True) from None
 
 
 def answer_from(reply: SubmitAnswer, started_s: float, retries: int, traced_from_ns: int | None = None

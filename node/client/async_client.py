@@ -25,7 +25,15 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache
-from node.client.answer import Answer, ClusterStatus, ProgressCallback, answer_from, cluster_status
+from node.client.answer import (
+    Answer,
+    ClusterStatus,
+    ProgressCallback,
+    answer_file,
+    answer_from,
+    cluster_status,
+    read_answer_file,
+)
 from node.client.fanout import Fanout
 from node.client.jobs import JobStatus, answer_of, call_any, job_status
 from node.client.reach import unreachable
@@ -153,13 +161,14 @@ class AsyncClient:
         started, started_ns = time.perf_counter(), time.time_ns()
 
         on_stream = axis is None  # a vector answer keeps the unary Submit, read without copies
+        with answer_file(request, on_stream) as target:
+            async def attempt(address: str, remaining: float) -> SubmitAnswer:
+                reply = await self._attempt(address, request, remaining, on_progress, on_stream)
+                return reply if target is None else read_answer_file(target, reply)
 
-        async def attempt(address: str, remaining: float) -> SubmitAnswer:
-            return await self._attempt(address, request, remaining, on_progress, on_stream)
-
-        reply, failed = await call_any(
-            self._nodes, attempt, request.job.job_id, self._deadline(timeout), self._tls
-        )
+            reply, failed = await call_any(
+                self._nodes, attempt, request.job.job_id, self._deadline(timeout), self._tls
+            )
         self._nodes.prefer(reply.head.leader_address)
         return answer_from(reply, started, failed, started_ns if trace else None)
 

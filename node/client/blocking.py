@@ -28,7 +28,14 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory
-from node.client.answer import Answer, ClusterStatus, ProgressCallback, answer_from
+from node.client.answer import (
+    Answer,
+    ClusterStatus,
+    ProgressCallback,
+    answer_file,
+    answer_from,
+    read_answer_file,
+)
 from node.client.async_client import AsyncClient
 from node.client.blocking_stream import ThreadStream, ThreadStreams
 from node.client.jobs import JobStatus, call_any_blocking
@@ -126,10 +133,13 @@ class Client:
             return info.job_id
         started, started_ns = time.perf_counter(), time.time_ns()
         on_stream = axis is None  # a vector answer keeps the unary Submit, read without copies
-        reply, failed = call_any_blocking(
-            self._nodes,
-            lambda address, remaining: self._attempt(address, request, remaining, on_progress, on_stream),
-            request.job.job_id, deadline, self._factory.tls)
+        with answer_file(request, on_stream) as target:
+            def attempt(address: str, remaining: float) -> SubmitAnswer:
+                reply = self._attempt(address, request, remaining, on_progress, on_stream)
+                return reply if target is None else read_answer_file(target, reply)
+
+            reply, failed = call_any_blocking(self._nodes, attempt, request.job.job_id, deadline,
+                                              self._factory.tls)
         self._nodes.prefer(reply.head.leader_address)
         return answer_from(reply, started, failed, started_ns if trace else None)
 

@@ -52,6 +52,7 @@ from node.server.api import Answered, BeatAnswer, IncomingPartial, JobView, Node
 from node.server.jobinfo import view_to_info
 from node.server.jobstream import JobStream
 from node.server.tracing import ShardTimes
+from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import job_from_proto
 from node.wire.log import beat_from_proto
@@ -247,7 +248,10 @@ class NodeServicer(pb_grpc.NodeServicer):
         self, request: pb.SubmitRequest, context: Context
     ) -> SubmitAnswer | bytes:
         submitted = await answer(self.node, context, self._submit(request, context))
-        return submit_reply(submitted if isinstance(submitted, Answered) else submitted.reply, request.trace)
+        reply = submit_reply(submitted if isinstance(submitted, Answered) else submitted.reply, request.trace)
+        if isinstance(reply, SubmitAnswer) and request.HasField("answer_file"):
+            return deliver(reply, request.answer_file)
+        return reply
 
     async def _submit(
         self, request: pb.SubmitRequest, context: Context, timeout_s: float | None = None
@@ -255,6 +259,9 @@ class NodeServicer(pb_grpc.NodeServicer):
         spec = request.job
         if not spec.job_id:
             raise InvalidField("job_id", "must not be empty")
+        malformed = check_name(request.answer_file)
+        if malformed is not None:
+            raise InvalidField("answer_file.name", malformed)
         return await self.node.submit(
             spec.job_id, job_from_proto(spec), context.peer(), request.forwarded,
             context.time_remaining() if timeout_s is None else timeout_s, request.trace,
