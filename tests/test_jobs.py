@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from node.core.job import Job
-from node.server.jobs import ANSWER_CACHE_BYTES, JobManager
+from node.server.answercache import ANSWER_CACHE_BYTES
+from node.server.jobs import JobManager
 from node.server.peers import PeerTable
 
 
@@ -42,9 +43,9 @@ async def _no_remote(*args: Any) -> None:
 async def test_an_answer_bigger_than_the_budget_is_returned_not_kept(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
-    import node.server.jobs
+    import node.server.answercache
 
-    monkeypatch.setattr(node.server.jobs, "ANSWER_CACHE_BYTES", 1000)
+    monkeypatch.setattr(node.server.answercache, "ANSWER_CACHE_BYTES", 1000)
     np.save(tmp_path / "m.npy", np.ones((2, 1000)))
     jobs = JobManager(
         "n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1),
@@ -130,7 +131,8 @@ async def test_a_damaged_file_is_the_callers_error_not_ours(tmp_path: Any, rows:
 
 class NextQueuedPool(ThreadPoolExecutor):
     """One thread; each shard waits (up to 5 s) for the next shard to be queued before it
-    computes, and records whether it was: the leader must queue ahead, not one at a time."""
+    computes, and records whether it was: the leader must queue ahead, not one at a time.
+    It also records how many shards were in the pool, the one computing included."""
 
     def __init__(self, total_rows: int) -> None:
         super().__init__(1)
@@ -138,6 +140,7 @@ class NextQueuedPool(ThreadPoolExecutor):
         self.lock = threading.Lock()
         self.queued: dict[int, threading.Event] = {}
         self.next_was_queued: list[bool] = []
+        self.in_pool = self.most_in_pool = 0
 
     def _queued(self, start: int) -> threading.Event:
         with self.lock:
@@ -145,22 +148,34 @@ class NextQueuedPool(ThreadPoolExecutor):
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         start, stop = args[2], args[3]  # compute(job, source, start, stop)
+        with self.lock:
+            self.in_pool += 1
+            self.most_in_pool = max(self.most_in_pool, self.in_pool)
         self._queued(start).set()
 
         def run() -> Any:
-            if stop < self.total_rows:
-                self.next_was_queued.append(self._queued(stop).wait(5))
-            return fn(*args, **kwargs)
+            try:
+                if stop < self.total_rows:
+                    self.next_was_queued.append(self._queued(stop).wait(5))
+                return fn(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.in_pool -= 1
 
         return super().submit(run)
 
 
-async def test_the_leader_queues_its_next_shard_before_the_last_one_ends() -> None:
+@pytest.mark.parametrize("shards", [4, 40])
+async def test_the_leader_queues_its_next_shard_before_the_last_one_ends(shards: int) -> None:
     """The pool's thread never waits for a turn of the event loop between two of the
-    leader's shards (jobs.py `_compute_local`)."""
-    pool = NextQueuedPool(total_rows=4_000_000)
-    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=pool, shard_elems=1 << 20)
-    outcome = await jobs.submit("j", Job(op="count", source="random:n=4e6,seed=1"))
+    leader's shards (jobs.py `_compute_local`), and never holds more than the one computing
+    and one queued: a whole batch (20 of 40 here) queued at once would keep the thread
+    holding the GIL through tiny shards, and the event loop waiting."""
+    rows = shards << 16
+    pool = NextQueuedPool(total_rows=rows)
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=pool, shard_elems=1 << 16)
+    outcome = await jobs.submit("j", Job(op="count", source=f"random:n={rows},seed=1"))
     pool.shutdown(wait=True)
-    assert outcome.result == 4_000_000 and outcome.shards == 4
-    assert pool.next_was_queued == [True, True, True]
+    assert outcome.result == rows and outcome.shards == shards
+    assert pool.next_was_queued == [True] * (shards - 1)
+    assert pool.most_in_pool == 2

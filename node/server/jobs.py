@@ -5,10 +5,8 @@ Theory of operation
 A job's data is cut into fixed shards (`compute.plan_shards`): boundaries
 depend on the data size and the shard size only. Each live node gets *lanes*
 that pull small batches of shard indices from the job's queue and compute
-them: the leader's own lane queues them in its pool's thread, the next batch
-before the last shard of this one ends, so the thread never waits for the
-event loop between two shards (a worker's two lanes do that for its pool);
-a worker's lane sends
+them: the leader's own lane in its pool's thread, always one shard queued
+ahead (`_compute_local`), a worker's lane sends
 `Compute(batch, reduce_to=leader)`; the worker writes one partial per shard
 to its `Reduce` stream (one per worker, open across jobs: reducestream.py),
 and `accept_partial` stores it. `Compute` returns once the partials are
@@ -64,6 +62,7 @@ from node.errors import (
     RunAbandoned,
     WorkerFailed,
 )
+from node.server.answercache import AnswerCache
 from node.server.api import Outcome, ShardRange
 from node.server.jobrun import JobRun
 from node.server.metrics import NodeMetrics, outcome_of
@@ -77,18 +76,11 @@ log = logging.getLogger("distnode.jobs")
 INLINE_ELEMS = 1 << 16
 #: Batches in flight per remote worker, so it never idles waiting for the next.
 REMOTE_LANES = 2
+#: The leader's own shards queued in its pool behind the one computing.
+POOL_AHEAD = 1
 #: After a worker's Compute returned, how long its lane waits for the batch's partials
 #: (written to the worker's Reduce stream, maybe not yet read) before giving back the rest.
 PARTIALS_GRACE_S = 1.0
-#: Answers kept for deduplication of retried job ids: at most this many, and
-#: at most this many bytes of results. Vector answers are megabytes each; a
-#: retry comes seconds after its failure, so the newest few are what matter.
-#: The byte bound keeps an idle leader small after a burst of them, and lets
-#: their buffers be reused: each answer held is fresh memory the next job
-#: must fault in (about 4 ms per 8 MB answer on a 2-core VM). An evicted job
-#: that is retried runs again, with the same answer bit for bit.
-ANSWER_CACHE_ENTRIES = 10_000
-ANSWER_CACHE_BYTES = 16 << 20
 #: A job of more shards than this is refused before planning (the plan alone
 #: would not fit in memory): 100,000 default shards are 8.4 x 10^11 elements.
 MAX_SHARDS = 100_000
@@ -145,10 +137,7 @@ class JobManager:
         self.shard_elems = shard_elems
         self.data_root = data_root
         self._running: dict[str, JobRun] = {}
-        self._answers: collections.OrderedDict[str, tuple[Job, Outcome]] = (
-            collections.OrderedDict()
-        )
-        self._answer_bytes = 0
+        self._answers = AnswerCache()
 
     async def submit(self, job_id: str, job: Job, trace: bool = False) -> Outcome:
         """Run `job` (or join its earlier run) and return the merged answer; with `trace`,
@@ -227,7 +216,7 @@ class JobManager:
             # Ended without an answer (the caller that started it was cancelled):
             # those who joined it must not wait for a run nobody drives.
             run.fail(RunAbandoned(f"job_id: the run of {job_id!r} ended with its first caller; retry"))
-        self._remember(job_id, job, outcome)
+        self._answers.remember(job_id, job, outcome)
         return outcome
 
     async def _launch(self, run: JobRun, source: DataSource) -> None:
@@ -268,7 +257,7 @@ class JobManager:
             nodes=(self.node_id,), elapsed_ms=(time.perf_counter() - started) * 1000,
             trace=tuple(trace.finish(job.op, 1)) if trace is not None else (),
         )
-        self._remember(job_id, job, outcome)
+        self._answers.remember(job_id, job, outcome)
         return outcome
 
     async def _run_alone(self, run: JobRun, source: DataSource) -> None:
@@ -322,15 +311,18 @@ class JobManager:
             run.fail(JobFailed(f"computation failed: {exc}"))
 
     async def _compute_local(self, run: JobRun, source: DataSource, batch_size: int) -> None:
-        """Keep the pool's thread fed: a batch's shards are queued at once, and the next
-        batch is taken while the last shard of this one computes, so the thread never
-        waits for a turn of the event loop between two shards."""
+        """The next shard is queued before the last one ends, so the pool's thread never
+        waits for the event loop between shards; only POOL_AHEAD, or a thread that never
+        ran dry would hold the GIL through tiny shards and starve the loop (heartbeats)."""
+        claimed: collections.deque[int] = collections.deque()
         queued: collections.deque[tuple[int, int, Computing]] = collections.deque()
         try:
             while not run.finished:
-                if len(queued) <= 1:
-                    for index in run.take(batch_size):
-                        queued.append((index, *self._queue_here(run, source, index)))
+                if not claimed and len(queued) <= POOL_AHEAD:
+                    claimed.extend(run.take(batch_size))
+                while claimed and len(queued) <= POOL_AHEAD:
+                    index = claimed.popleft()
+                    queued.append((index, *self._queue_here(run, source, index)))
                 if not queued:
                     await self._idle(run)
                     continue
@@ -395,17 +387,6 @@ class JobManager:
         """Nothing to take: wait until shards come back or the job ends."""
         run.wakeup.clear()
         await run.wakeup.wait()
-
-    def _remember(self, job_id: str, job: Job, outcome: Outcome) -> None:
-        """Keep the answer for retries, oldest out first when over either bound."""
-        old = self._answers.pop(job_id, None)
-        if old is not None:
-            self._answer_bytes -= old[1].result.nbytes
-        self._answers[job_id] = (job, outcome)
-        self._answer_bytes += outcome.result.nbytes
-        while len(self._answers) > ANSWER_CACHE_ENTRIES or self._answer_bytes > ANSWER_CACHE_BYTES:
-            _, (_, evicted) = self._answers.popitem(last=False)
-            self._answer_bytes -= evicted.result.nbytes
 
     def accept_partial(
         self, job_id: str, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None
