@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,25 @@ def test_the_leader_answers_inline_when_the_file_cannot_be_used(tmp_path: Path, 
         assert target.path.read_bytes() == b"theirs"
     if case == "symlink":
         assert (tmp_path / "victim").read_bytes() == b""
+
+
+def test_a_fifo_in_the_files_place_is_refused_at_once(tmp_path: Path) -> None:
+    """Opening a FIFO for writing waits for a reader: the leader must not (its event loop
+    would stop), so the open does not wait, and the answer comes inline."""
+    target = make_file(tmp_path)
+    target.path.unlink()
+    os.mkfifo(target.path, 0o600)
+    answer = submit_answer(BIG, job_id="j")
+    sent: list[Any] = []
+    writer = threading.Thread(target=lambda: sent.append(deliver(answer, target.spec, tmp_path)), daemon=True)
+    writer.start()
+    writer.join(5)
+    blocked = writer.is_alive()
+    if blocked:  # let the blocked open go before failing, so nothing is left behind
+        os.close(os.open(target.path, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(5)
+    assert not blocked, "the leader's open waited on a FIFO"
+    assert sent == [answer] and not answer.head.result.in_answer_file
 
 
 def test_a_failed_write_leaves_the_file_empty_and_answers_inline(

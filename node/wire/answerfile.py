@@ -19,7 +19,8 @@ The leader writes there only if all of these hold:
 - the host key is its own: the same boot, the same directory (device and
   inode, so not another container's) and the same user;
 - the name has the client's form, and it names a regular, empty file of the
-  leader's user with one link, opened without following a symbolic link.
+  leader's user with one link, opened without following a symbolic link and
+  without waiting (so a FIFO in its place cannot block the leader).
 
 Otherwise, or if the write fails (a small /dev/shm, full), the answer comes
 in the reply as before. The file is a shortcut, never a requirement, and
@@ -79,7 +80,7 @@ def check_name(spec: pb.AnswerFile) -> str | None:
 
 class AnswerFile:
     """The client's end: `with AnswerFile.create() as target:` then `target.spec` in the
-    request and `target.read()` for an answer the leader wrote; removed on leaving."""
+    request and `target.answer(reply)` for the reply; the file is removed on leaving."""
 
     def __init__(self, path: Path, host: str) -> None:
         self.path = path
@@ -142,7 +143,9 @@ def _write(path: Path, data: memoryview) -> bool:
     if not _NAME.fullmatch(path.name):
         return False
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put in the client's place would otherwise block this open, and
+        # the event loop with it, until someone read it; non-blocking, it fails (ENXIO).
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:  # the client gave up and removed it, or it was never a file of ours
         log.debug("answer file %s: %s; answering inline", path.name, exc)
         return False
