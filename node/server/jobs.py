@@ -311,9 +311,9 @@ class JobManager:
             run.fail(JobFailed(f"computation failed: {exc}"))
 
     async def _compute_local(self, run: JobRun, source: DataSource, batch_size: int) -> None:
-        """The next shard is queued before the last one ends, so the pool's thread never
-        waits for the event loop between shards; only POOL_AHEAD, or a thread that never
-        ran dry would hold the GIL through tiny shards and starve the loop (heartbeats)."""
+        """Keep the next shard queued behind the one computing, so the pool's thread never
+        waits for the event loop between shards. Never more than POOL_AHEAD: a thread that
+        never ran dry would hold the GIL through runs of tiny shards and starve the loop."""
         claimed: collections.deque[int] = collections.deque()
         queued: collections.deque[tuple[int, int, Computing]] = collections.deque()
         try:
