@@ -25,7 +25,14 @@ from node._proto import distnode_pb2 as pb
 from node.client.answer import answer_file, read_answer_file
 from node.errors import AttemptFailed
 from node.wire import answerfile
-from node.wire.answerfile import ANSWER_FILE_MIN_BYTES, SHM_DIR, AnswerFile, check_name, deliver
+from node.wire.answerfile import (
+    ANSWER_FILE_MIN_BYTES,
+    NAME_PREFIX,
+    SHM_DIR,
+    AnswerFile,
+    check_name,
+    deliver,
+)
 from node.wire.answers import parse_submit_reply, serialize_submit_reply, submit_answer
 from node.wire.tensors import tensor_from_proto
 
@@ -155,12 +162,12 @@ async def test_a_vector_answer_from_the_leader_comes_mapped_and_leaves_no_file(
     matrix = np.random.default_rng(3).random((3, 100_000))
     np.save(tmp_path / "m.npy", matrix)
     cluster = await start_cluster(nodes=1)
-    before = set(SHM_DIR.glob("distnode-answer-*"))
+    before = set(SHM_DIR.glob(f"{NAME_PREFIX}*"))
     async with AsyncClient(cluster.addresses[0], timeout=30) as client:
         answer = await client.submit(op="sum", source="npy:m.npy", axis=0)
     np.testing.assert_array_equal(answer.array, matrix.sum(axis=0))
     assert mapped(answer.array)
-    assert set(SHM_DIR.glob("distnode-answer-*")) == before
+    assert set(SHM_DIR.glob(f"{NAME_PREFIX}*")) == before
 
 
 async def test_a_malformed_answer_file_name_is_invalid_argument(start_cluster: StartCluster) -> None:

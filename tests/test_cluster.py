@@ -147,8 +147,9 @@ def test_vector_answer_relayed_by_a_follower(tmp_path: Any) -> None:
 
     matrix = np.random.default_rng(5).random((4, 50_000))
     np.save(tmp_path / "m.npy", matrix)
-    shm = Path("/dev/shm")
-    files_before = set(shm.glob("distnode-answer-*"))
+    from node.wire.answerfile import NAME_PREFIX, SHM_DIR
+
+    files_before = set(SHM_DIR.glob(f"{NAME_PREFIX}*"))
     with LocalCluster(nodes=3, data_root=tmp_path, **FAST_TIMING) as running:  # type: ignore[arg-type]
         leader = running.leader()
         follower = next(node for node in running.ids if node != leader)
@@ -166,7 +167,7 @@ def test_vector_answer_relayed_by_a_follower(tmp_path: Any) -> None:
         return array.obj  # a memoryview's: the received bytes, or the mapped file
 
     assert isinstance(buffer_of(answer.array), bytes) and isinstance(buffer_of(direct.array), mmap.mmap)
-    assert set(shm.glob("distnode-answer-*")) == files_before
+    assert set(SHM_DIR.glob(f"{NAME_PREFIX}*")) == files_before
     if importlib.util.find_spec("uvloop") and os.environ.get("DISTNODE_LOOP") != "asyncio":
         assert logs.count("event loop uvloop") == 3, logs  # the daemons run on uvloop
 
