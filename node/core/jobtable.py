@@ -131,7 +131,11 @@ class Proposed:
         return cls(b"\n".join(line for _, line in records), tuple(records))
 
 
-def decoded(data: bytes) -> Iterator[tuple[JobRecord, bytes]]:
+#: A command entry's records, each with its line (the bytes the record was encoded as).
+Records = Iterator[tuple[JobRecord, bytes]]
+
+
+def decoded(data: bytes) -> Records:
     """Each record of a command entry with its line; a line that is not one is skipped."""
     for line in data.split(b"\n"):
         try:
@@ -176,22 +180,34 @@ class JobTable:
     def apply(self, entries: tuple[Entry, ...], known: Mapping[int, Proposed] | None = None) -> list[str]:
         """Apply committed entries in order; the job ids that changed. A command entry
         holds one record per line (the leader batches attached jobs' records); a line
-        that does not decode is skipped (it changes no table, on any node, the same way).
+        that does not decode is skipped (it changes no table, on any node, the same way)."""
+        changed = []
+        for entry in entries:
+            for record, line in self.records(entry, known):
+                if self.put(record, line):
+                    changed.append(record.job_id)
+        return changed
+
+    @staticmethod
+    def records(entry: Entry, known: Mapping[int, Proposed] | None = None) -> Records:
+        """The records of a committed entry with their lines, decoded as they are taken
+        (so an entry can be applied a slice at a time); none for an entry of another kind.
 
         `known`, on the leader: what it proposed, by index. An entry whose data is the very
         bytes object proposed is taken as those records instead of decoded again: the same
         records (`decode_command` gives back what `encode_command` wrote), for about half
         the cost (2.7 instead of 5.2 µs a record), on the loop that answers clients."""
-        changed = []
-        for entry in entries:
-            if entry.kind != "command":
-                continue
-            mine = known.get(entry.index) if known else None
-            records = mine.records if mine is not None and mine.data is entry.data else decoded(entry.data)
-            for record, line in records:
-                if self._put(record, line):
-                    changed.append(record.job_id)
-                self._retain()  # after every record: the table must not depend on how they were batched
+        if entry.kind != "command":
+            return iter(())
+        mine = known.get(entry.index) if known else None
+        return iter(mine.records) if mine is not None and mine.data is entry.data else decoded(entry.data)
+
+    def put(self, record: JobRecord, line: bytes) -> bool:
+        """Apply one record (its command's line); False if it changed nothing. Records must
+        come in log order, whole entries or slices of them alike: the table after each
+        record is a function of the records before it, however they were batched."""
+        changed = self._put(record, line)
+        self._retain()
         return changed
 
     def _put(self, record: JobRecord, encoded: bytes) -> bool:

@@ -141,8 +141,8 @@ class Daemon:
         self._http: AppRunner | None = None
         self.elections = ElectionDriver(
             election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
-            config, self._spawn, self._on_role_changed, self.ledger.apply, table.snapshot,
-            self.ledger.restore,
+            config, self._spawn, self._on_role_changed, self.ledger.apply,
+            lambda: self.ledger.table.snapshot(), self.ledger.restore,
         )
         self.relay = Relay(
             self.stubs, lambda: self.elections.leader_address, self.who, config.limits.job_timeout_s

@@ -18,7 +18,9 @@ Only the leader proposes, and only these records:
   record per line, one fsync) every ATTACHED_FLUSH_S, and skipped while the disk is nearly full,
   so attached jobs keep being served when detached ones are refused.
 
-Proposals made in the same turn of the event loop share one entry batch.
+Proposals made in the same turn of the event loop share one entry batch. A
+follower applies committed records a slice at a time (backlog.py); whatever
+reads `table` applies the rest first. The leader applies them at once.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from node.errors import (
     NotLeader,
     UnknownJob,
 )
+from node.server.backlog import Backlog
 from node.server.outcomes import result_of
 
 if TYPE_CHECKING:
@@ -94,7 +97,7 @@ class JobLedger:
         run: Run, stop_run: Callable[[str], None], disk_free: Callable[[], int],
         max_running: int, who: Callable[[], str],
     ) -> None:
-        self.table = table
+        self._table = table
         self._propose = propose
         self._is_leader = is_leader
         self._term = term
@@ -127,6 +130,13 @@ class JobLedger:
         #: The term whose leader's no-op this node has applied: as leader, its table holds
         #: everything committed before its term, and it may answer reads (Raft §8).
         self.caught_up_term = 0
+        self._backlog = Backlog(table, self._applied)  # committed entries not yet wholly applied
+
+    @property
+    def table(self) -> JobTable:
+        """The job table with every committed entry applied."""
+        self._backlog.drain()
+        return self._table
 
     @property
     def caught_up(self) -> bool:
@@ -136,13 +146,17 @@ class JobLedger:
     # ---- the state machine ----------------------------------------------------
 
     def apply(self, entries: tuple[Entry, ...]) -> None:
-        changed = self.table.apply(entries, self._proposed)
+        """Committed entries, in log order: the leader applies them now, a follower in slices."""
+        self._backlog.feed(entries, self._proposed, at_once=self._is_leader())
+
+    def _applied(self, entries: list[Entry], changed: list[str]) -> None:
+        """Release the waiters of what was applied (`entries` wholly); as leader, act on it."""
         for entry in entries:
             self._proposed.pop(entry.index, None)
             waiter = self._commits.pop(entry.index, None)
             if waiter is not None and not waiter[1].done():
                 waiter[1].set_result(entry.term == waiter[0])
-        self.applied = entries[-1].index
+        self.applied = entries[-1].index if entries else self.applied
         for job_id in changed:
             for future in self._watchers.pop(job_id, ()):
                 if not future.done():
@@ -156,7 +170,7 @@ class JobLedger:
             return
         loop = asyncio.get_running_loop()
         for job_id in changed:
-            record = self.table.get(job_id)
+            record = self._table.get(job_id)
             if record is not None and record.state == "queued":
                 # A turn later: the acknowledgement this commit releases goes out
                 # before the job's first step takes the loop (a small job's ~0.3 ms).
@@ -400,6 +414,7 @@ class JobLedger:
 
     async def close(self) -> None:
         """The daemon stops: no more proposals, no run left behind, no waiter left hanging."""
+        self._backlog.close()
         for handle in (self._flush_soon, self._flush_later):
             if handle is not None:
                 handle.cancel()
