@@ -1,6 +1,6 @@
 """A job's time on this tree against another, clusters side by side, in interleaved rounds.
 
-    python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector] [--rounds 15]
+    python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector|small] [--rounds 15]
                               [--reps 3] [--n 100000000] [--json PATH]
 
 DIR is an unpacked tree (`git archive REV | tar -x -C DIR`); `--after`
@@ -14,6 +14,11 @@ after / before (each round's medians), beside each tree's absolute median.
 `--job big`: `sum` over a float64 `.npy` of `--n` elements; `vector`: `sum
 --axis 0` over a (3, 10^6) float64 `.npy` (bench.py's vector reduce). The
 files are written to a temporary directory and read once first (page cache).
+`small`: `--reps` sequential `sum` jobs over `range:n=1000` per turn, sent
+by a separate client process of the tree's own code (bench.py's latency
+client, 50 untimed first), so a change to the client is measured too; the
+figures are p50 and p99 of each tree over all rounds, and the per-round
+ratios of each (a p99 needs thousands of jobs: `--reps 500 --rounds 12`).
 
 Why: a change to the job path moves a big job by a few per cent, less than
 this host drifts in a quarter of an hour (docs/timeline.md); only a
@@ -23,8 +28,10 @@ comparison within one run, turn by turn, resolves it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +43,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib import compile_tree, print_json  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
+
+SMALL_SOURCE = "range:n=1000"
 
 
 def write_vector(workdir: Path) -> str:
@@ -59,6 +68,8 @@ def compare(
             os.chdir(tree)  # the daemons start in the tree's folder: `python -m cli` is its own
             clusters[name] = LocalCluster(nodes=3, data_root=workdir).start()
         os.chdir(here)
+        if job.get("source") == SMALL_SOURCE:
+            return compare_small(trees, clusters, rounds, reps)
         for cluster in clusters.values():
             for _ in range(2 * reps):
                 cluster.client.submit(**job)
@@ -85,11 +96,48 @@ def compare(
     }
 
 
+def small_turn(tree: Path, cluster: Any, jobs: int) -> list[float]:
+    """`jobs` sequential small jobs' round trips (s) from a client process of `tree`'s code."""
+    command = [sys.executable, str(tree / "scripts" / "bench.py"), "--client-worker", "latency",
+               "--cluster", ",".join(cluster.addresses), "--jobs", str(jobs), "--warmup", "50"]
+    done = subprocess.run(command, cwd=tree, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"client of {tree.name} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    latencies: list[float] = json.loads(done.stdout.strip().splitlines()[-1])["latencies_s"]
+    return latencies
+
+
+def quantile_ms(samples_s: list[float], q: float) -> float:
+    ordered = sorted(samples_s)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+def compare_small(trees: dict[str, Path], clusters: dict[str, Any], rounds: int, reps: int) -> dict[str, Any]:
+    """Small jobs: each round one client process per tree in turn (order flipped every round)."""
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    ratios: dict[str, list[float]] = {"p50": [], "p99": []}
+    names = list(trees)
+    for number in range(rounds):
+        turn = {}
+        for name in names if number % 2 == 0 else names[::-1]:
+            turn[name] = small_turn(trees[name], clusters[name], reps)
+            times[name].extend(turn[name])
+        for label, q in (("p50", 0.5), ("p99", 0.99)):
+            ratios[label].append(quantile_ms(turn["after"], q) / quantile_ms(turn["before"], q))
+    result: dict[str, Any] = {"job": "small", "rounds": rounds, "reps": reps}
+    for label, q in (("p50", 0.5), ("p99", 0.99)):
+        for name in names:
+            result[f"{name}_{label}_ms"] = round(quantile_ms(times[name], q), 3)
+        result[f"after_over_before_{label}"] = round(statistics.median(ratios[label]), 3)
+        result[f"each_round_{label}"] = [round(r, 3) for r in ratios[label]]
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--ref", type=Path, required=True, help="the tree to compare against")
     parser.add_argument("--after", type=Path, default=ROOT, help="the tree measured (default: this one)")
-    parser.add_argument("--job", choices=("big", "vector"), default="big")
+    parser.add_argument("--job", choices=("big", "vector", "small"), default="big")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n", type=int, default=10**8)
@@ -100,10 +148,13 @@ def main() -> int:
         compile_tree(tree)
     with tempfile.TemporaryDirectory(prefix="distnode-tree-ab-") as tmp:
         workdir = Path(tmp)
+        job: dict[str, Any]
         if args.job == "big":
             job = {"op": "sum", "source": write_big(args.n, workdir)}
-        else:
+        elif args.job == "vector":
             job = {"op": "sum", "axis": 0, "source": write_vector(workdir)}
+        else:
+            job = {"op": "sum", "source": SMALL_SOURCE}
         print_json(compare(trees, job, args.rounds, args.reps, workdir), args.json)
     return 0
 
