@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_jobs import NextQueuedPool
 
 import node.server.jobs
 import node.server.reducestream
@@ -24,6 +25,7 @@ from node.errors import ReduceFailed
 from node.server.jobs import JobManager
 from node.server.peers import PeerTable
 from node.server.reducestream import ReduceStreams
+from node.server.worker import Worker
 
 DEADLINE_S = 5.0
 
@@ -274,3 +276,21 @@ async def test_a_stalled_event_loop_does_not_use_up_the_grace(
     remote = [i for batch in worker.batches for i in batch]
     assert remote and sorted(remote + local) == list(range(20)), "the worker was dropped, its shards redone"
     assert "n2" in outcome.nodes
+
+
+@pytest.mark.parametrize("shards", [3, 12])
+async def test_a_worker_queues_its_next_shard_before_it_sends_the_last_ones_partial(shards: int) -> None:
+    """The pool's thread goes straight on to a Compute call's next shard while the event
+    loop sends the last one's partial (worker.py), and holds at most that one ahead."""
+    rows_per_shard = 1 << 12
+    pool = NextQueuedPool(total_rows=shards * rows_per_shard)
+    calls = Calls()
+    worker = Worker("n2", None, pool, None, lambda leader_id: "n1:1")  # type: ignore[arg-type]
+    worker.streams = ReduceStreams(calls)
+    ranges = [(i, i * rows_per_shard, (i + 1) * rows_per_shard) for i in range(shards)]
+    job = Job(op="count", source=f"random:n={shards * rows_per_shard},seed=1")
+    assert await worker.compute("j", job, ranges, "n1", timeout_s=DEADLINE_S) == shards
+    pool.shutdown(wait=True)
+    assert calls.opened[0].written == list(range(shards))
+    assert pool.next_was_queued == [True] * (shards - 1)
+    assert pool.most_in_pool == 2

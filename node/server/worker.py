@@ -3,15 +3,20 @@
 `Compute(job, shards, reduce_to)` hands each partial, as soon as it is
 computed, to this worker's one open `Reduce` stream to the aggregator
 (reducestream.py), and is answered once every partial is written. The
-leader then waits for them to arrive (jobs.py). If the leader cancels the
-call (the job ended, or the leader moved on), the remaining shards are
-skipped; the shard under way in the thread pool finishes and is dropped,
-and a partial already handed over is still written.
+leader then waits for them to arrive (jobs.py). The next shard of the call
+always waits in the pool behind the one computing, so the pool's thread
+goes straight on while the event loop sends a partial (one ahead, never
+more: see jobs.py's `_compute_local`). If the leader cancels the call (the
+job ended, or the leader moved on), the remaining shards are skipped; a
+shard under way in the thread pool finishes and is dropped, and a partial
+already handed over is still written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -27,6 +32,9 @@ from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
 from node.server.tracing import clocked
 from node.wire.tensors import partial_to_proto
+
+#: A shard in the pool: its partial, and when the thread began and ended it (ns).
+Computing = asyncio.Future[tuple[Partial, int, int]]
 
 
 class Worker:
@@ -71,27 +79,41 @@ class Worker:
         if reduce_to is None:
             raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        for index, start, stop in ranges:
-            queued_ns = time.time_ns()
-            partial, started_ns, finished_ns = await self._compute(job, source, index, start, stop)
-            message = partial_to_proto(job_id, index, self.node_id, partial)
-            message.queued_ns, message.started_ns = queued_ns, started_ns
-            message.finished_ns = finished_ns
-            await self.streams.send(reduce_to, message, deadline)
+        loop = asyncio.get_running_loop()
+        todo = iter(ranges)
+        queued: collections.deque[tuple[int, int, Computing]] = collections.deque()
+
+        def queue_next() -> None:
+            for index, start, stop in itertools.islice(todo, 1):
+                queued.append((index, time.time_ns(), loop.run_in_executor(
+                    self.executor, self._compute_shard, job, source, start, stop)))
+
+        try:
+            queue_next()
+            while queued:
+                queue_next()  # it waits in the pool behind this one: the thread goes on while we send
+                index, queued_ns, computing = queued.popleft()
+                partial, started_ns, finished_ns = await self._computed(index, computing)
+                message = partial_to_proto(job_id, index, self.node_id, partial)
+                message.queued_ns, message.started_ns = queued_ns, started_ns
+                message.finished_ns = finished_ns
+                await self.streams.send(reduce_to, message, deadline)
+        finally:
+            for _, _, computing in queued:  # cancelled, or a shard failed: what has not begun never will
+                computing.cancel()
         return len(ranges)
 
     async def close(self) -> None:
         """Close the Reduce stream, once what is queued on it is written."""
         await self.streams.close()
 
-    async def _compute(
-        self, job: Job, source: DataSource, index: int, start: int, stop: int
+    @staticmethod
+    async def _computed(
+        index: int, computing: Computing
     ) -> tuple[Partial, int, int]:
         """The shard's partial, and when the pool's thread began and ended it (ns)."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._compute_shard, job, source, start, stop
-            )
+            return await computing
         except InvalidField:
             raise  # the data is bad (a damaged chunk): INVALID_ARGUMENT, said as is
         except Exception as exc:
