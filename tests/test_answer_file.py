@@ -170,6 +170,24 @@ async def test_a_vector_answer_from_the_leader_comes_mapped_and_leaves_no_file(
     assert set(SHM_DIR.glob(f"{NAME_PREFIX}*")) == before
 
 
+async def test_a_follower_relays_the_answer_file_to_the_leader(start_cluster: StartCluster, tmp_path: Path) -> None:
+    """A client that reached a follower first (it learns the leader from this answer) still
+    gets the answer through its file: the follower passes the file's name on, the leader
+    writes it, and the follower relays the leader's reply, which says so."""
+    matrix = np.random.default_rng(4).random((3, 100_000))
+    np.save(tmp_path / "m.npy", matrix)
+    cluster = await start_cluster(nodes=3)
+    leader = await cluster.wait_for_leader()
+    follower = next(d for d in cluster.daemons if d is not leader)
+    before = set(SHM_DIR.glob(f"{NAME_PREFIX}*"))
+    async with AsyncClient(follower.config.address, timeout=30) as client:
+        answer = await client.submit(op="sum", source="npy:m.npy", axis=0)
+    assert answer.leader == leader.node_id
+    np.testing.assert_array_equal(answer.array, matrix.sum(axis=0))
+    assert mapped(answer.array), "the follower's relay dropped the answer file: the answer came inline"
+    assert set(SHM_DIR.glob(f"{NAME_PREFIX}*")) == before
+
+
 async def test_a_malformed_answer_file_name_is_invalid_argument(start_cluster: StartCluster) -> None:
     cluster = await start_cluster(nodes=1)
     stub = cluster.stub(cluster.addresses[0])

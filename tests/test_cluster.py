@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from inproc import own_status, wait_until
 
@@ -57,6 +59,34 @@ def test_leader_killed_mid_job_the_retry_completes(cluster: LocalCluster, big_re
     assert answer.result == big_reference, cluster.logs()  # bit for bit, as without the kill
     assert answer.leader != old_leader and answer.term > old_term
     assert answer.retries >= 1
+
+
+def test_leader_killed_mid_vector_job_the_answer_still_comes_whole(tmp_path: Path) -> None:
+    """A vector answer big enough for the shared-memory file (node/wire/answerfile.py): the
+    leader dies mid-job, the client's retry reaches the new leader with the same file, and
+    the answer is numpy's own bits (shard order) with no file left behind."""
+    from node.wire.answerfile import ANSWER_FILE_MIN_BYTES, NAME_PREFIX, SHM_DIR
+
+    cols = ANSWER_FILE_MIN_BYTES // 8 + 4096  # an answer just over the file's threshold
+    matrix = np.random.default_rng(7).random((384, cols))
+    np.save(tmp_path / "m.npy", matrix)
+    job = Job(op="sum", source="npy:m.npy", axis=0)
+    expected = reduce_all(job, validate_job(job, tmp_path), SHARD_ELEMS)
+    before = set(SHM_DIR.glob(NAME_PREFIX + "*"))
+    with LocalCluster(nodes=3, shard_elems=SHARD_ELEMS, data_root=tmp_path,
+                      **FAST_TIMING) as cluster:  # type: ignore[arg-type]
+        old_leader = cluster.leader()
+        with Client(cluster.addresses) as client:
+            run = cluster.run_with_fault(lambda: cluster.kill(old_leader), client=client,
+                                         op="sum", source="npy:m.npy", axis=0, job_id="vector-kill")
+        assert run.landed_mid_job, f"the kill did not land mid-job: {run.progress_at_fault}"
+        assert run.answer.leader != old_leader and run.answer.retries >= 1
+        assert run.answer.array.tobytes() == expected.tobytes(), cluster.logs()
+        base: Any = run.answer.array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        assert isinstance(getattr(base, "obj", None), mmap.mmap), "the answer did not come through the file"
+    assert set(SHM_DIR.glob(NAME_PREFIX + "*")) <= before, "an answer file was left behind"
 
 
 def test_worker_killed_mid_job_its_shards_move(cluster: LocalCluster, big_reference: float) -> None:

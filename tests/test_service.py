@@ -89,7 +89,7 @@ class FakeNode:
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
-        trace: bool = False,
+        trace: bool = False, answer_file: pb.AnswerFile | None = None,
     ) -> Submitted:
         return self._call("submit", job_id, job, forwarded)  # type: ignore[no-any-return]
 

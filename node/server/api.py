@@ -22,6 +22,7 @@ from node.wire.trace import Span
 if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
     import numpy as np
 
+    from node._proto import distnode_pb2 as pb
     from node.core.compute import Partial
 
 #: (shard index, first row, end row) of one shard handed to a worker.
@@ -175,7 +176,7 @@ class NodeApi(Protocol):
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
-        trace: bool = False,
+        trace: bool = False, answer_file: pb.AnswerFile | None = None,
     ) -> Submitted: ...
 
     async def compute(

@@ -144,9 +144,8 @@ class Daemon:
             config, self._spawn, self._on_role_changed, self.ledger.apply,
             lambda: self.ledger.table.snapshot(), self.ledger.restore,
         )
-        self.relay = Relay(
-            self.stubs, lambda: self.elections.leader_address, self.who, config.limits.job_timeout_s
-        )
+        self.relay = Relay(self.stubs, lambda: self.elections.leader_address, self.who,
+                           config.limits.job_timeout_s)
         self.metrics.observe(self)  # hooks in the journal, the log and the relay; state read at scrapes
         self.clients = ClientSlots(config.limits.max_jobs_per_client)
         self.desk = JobDesk(self)
@@ -246,18 +245,19 @@ class Daemon:
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
-        trace: bool = False,
+        trace: bool = False, answer_file: pb.AnswerFile | None = None,
     ) -> Submitted:
         if forwarded:
-            return await self._submit(job_id, job, forwarded, timeout_s, trace)
+            return await self._submit(job_id, job, forwarded, timeout_s, trace, answer_file)
         with self.clients.take(client):
-            return await self._submit(job_id, job, forwarded, timeout_s, trace)
+            return await self._submit(job_id, job, forwarded, timeout_s, trace, answer_file)
 
     async def _submit(
-        self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None, trace: bool
+        self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None, trace: bool,
+        answer_file: pb.AnswerFile | None,
     ) -> Submitted:
-        if not self.is_leader:
-            return await self.relay.submit(job_id, job, forwarded, timeout_s, trace)
+        if not self.is_leader:  # the leader writes the client's answer file, if it shares its host
+            return await self.relay.submit(job_id, job, forwarded, timeout_s, trace, answer_file)
         submitted_at = time.time()
         await self._leading()
         if not self.ledger.caught_up:

@@ -63,9 +63,11 @@ class Relay:
         return leader
 
     async def submit(
-        self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None, trace: bool = False
+        self, job_id: str, job: Job, forwarded: bool, timeout_s: float | None, trace: bool = False,
+        answer_file: pb.AnswerFile | None = None,
     ) -> Relayed:
-        request = pb.SubmitRequest(job=job_to_proto(job_id, job), forwarded=True, trace=trace)
+        request = pb.SubmitRequest(job=job_to_proto(job_id, job), forwarded=True, trace=trace,
+                                   answer_file=answer_file)
         timeout_s = self.job_timeout_s if timeout_s is None else timeout_s
         stub = self.stubs.stub(self._leader_for(forwarded))
         return Relayed(await self._relay(stub.SubmitRelay(request, timeout=timeout_s)))

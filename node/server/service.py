@@ -265,6 +265,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         return await self.node.submit(
             spec.job_id, job_from_proto(spec), context.peer(), request.forwarded,
             context.time_remaining() if timeout_s is None else timeout_s, request.trace,
+            request.answer_file if request.HasField("answer_file") else None,
         )
 
     async def SubmitBatches(
