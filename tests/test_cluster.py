@@ -169,26 +169,32 @@ def test_submit_to_a_follower(cluster: LocalCluster) -> None:
 
 def test_vector_answer_relayed_by_a_follower(tmp_path: Any) -> None:
     """A follower passes the leader's answer bytes through (node/wire/answers.py's relay);
-    the next job goes to the leader, whose answer comes through the client's shared-memory
-    file (node/wire/answerfile.py), and no file is left behind."""
+    a large answer comes through the client's shared-memory file whether the job went to
+    a follower or to the leader (node/wire/answerfile.py), and no file is left behind."""
     import mmap
 
     import numpy as np
 
+    from node.wire.answerfile import ANSWER_FILE_MIN_BYTES, NAME_PREFIX, SHM_DIR
+
+    small = np.random.default_rng(6).random((4, ANSWER_FILE_MIN_BYTES // 16))  # half the threshold
     matrix = np.random.default_rng(5).random((4, 50_000))
+    np.save(tmp_path / "small.npy", small)
     np.save(tmp_path / "m.npy", matrix)
-    from node.wire.answerfile import NAME_PREFIX, SHM_DIR
 
     files_before = set(SHM_DIR.glob(f"{NAME_PREFIX}*"))
     with LocalCluster(nodes=3, data_root=tmp_path, **FAST_TIMING) as running:  # type: ignore[arg-type]
         leader = running.leader()
         follower = next(node for node in running.ids if node != leader)
         with Client([running.address(follower)]) as client:
-            answer = client.submit(op="sum", source="npy:m.npy", axis=0)
+            inline = client.submit(op="sum", source="npy:small.npy", axis=0, job_id="inline")
+        with Client([running.address(follower)]) as client:  # a new client starts at the follower again
+            relayed = client.submit(op="sum", source="npy:m.npy", axis=0)
             direct = client.submit(op="sum", source="npy:m.npy", axis=0)
         logs = running.logs()
-    assert answer.leader == leader
-    np.testing.assert_array_equal(answer.array, matrix.sum(axis=0))
+    assert inline.leader == relayed.leader == leader
+    np.testing.assert_array_equal(inline.array, small.sum(axis=0))
+    np.testing.assert_array_equal(relayed.array, matrix.sum(axis=0))
     np.testing.assert_array_equal(direct.array, matrix.sum(axis=0))
 
     def buffer_of(array: Any) -> Any:
@@ -196,7 +202,8 @@ def test_vector_answer_relayed_by_a_follower(tmp_path: Any) -> None:
             array = array.base
         return array.obj  # a memoryview's: the received bytes, or the mapped file
 
-    assert isinstance(buffer_of(answer.array), bytes) and isinstance(buffer_of(direct.array), mmap.mmap)
+    assert isinstance(buffer_of(inline.array), bytes), "a small answer comes inline, relayed as the leader's bytes"
+    assert isinstance(buffer_of(relayed.array), mmap.mmap) and isinstance(buffer_of(direct.array), mmap.mmap)
     assert set(SHM_DIR.glob(f"{NAME_PREFIX}*")) == files_before
     if importlib.util.find_spec("uvloop") and os.environ.get("DISTNODE_LOOP") != "asyncio":
         assert logs.count("event loop uvloop") == 3, logs  # the daemons run on uvloop
