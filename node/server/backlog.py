@@ -104,7 +104,7 @@ class Backlog:
                     changed.append(record.job_id)
                 if limit is not None:
                     limit -= 1
-                    if limit == 0:
+                    if limit <= 0:
                         break
             else:
                 self._entries.popleft()
