@@ -67,7 +67,7 @@ from node.server.api import Outcome, ShardRange
 from node.server.jobrun import JobRun
 from node.server.metrics import NodeMetrics, outcome_of
 from node.server.peers import PeerTable
-from node.server.tracing import JobTrace, ShardTimes, clocked
+from node.server.tracing import InPool, JobTrace, ShardTimes, clocked, to_pool
 
 log = logging.getLogger("distnode.jobs")
 
@@ -86,8 +86,6 @@ PARTIALS_GRACE_S = 1.0
 MAX_SHARDS = 100_000
 
 RemoteCompute = Callable[[str, str, Job, list[ShardRange]], Coroutine[Any, Any, None]]
-#: A shard in this node's pool: its partial, and when the thread began and ended it (ns).
-Computing = asyncio.Future[tuple[Partial, int, int]]
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -279,13 +277,9 @@ class JobManager:
         partial, started_ns, finished_ns = await computing
         return partial, ShardTimes(queued_ns, started_ns, finished_ns)
 
-    def _queue_here(self, run: JobRun, source: DataSource, index: int) -> tuple[int, Computing]:
+    def _queue_here(self, run: JobRun, source: DataSource, index: int) -> tuple[int, InPool[Partial]]:
         """Hand shard `index` to this node's pool now; when it was queued, and its future."""
-        start, stop = run.shards[index]
-        queued_ns = time.time_ns()
-        return queued_ns, asyncio.get_running_loop().run_in_executor(
-            self.executor, self.compute, run.job, source, start, stop
-        )
+        return to_pool(self.executor, self.compute, run.job, source, *run.shards[index])
 
     def _start_lanes(self, run: JobRun, source: DataSource) -> None:
         # A file format goes only to the peers that said they read it.
@@ -315,7 +309,7 @@ class JobManager:
         waits for the event loop between shards. Never more than POOL_AHEAD: a thread that
         never ran dry would hold the GIL through runs of tiny shards and starve the loop."""
         claimed: collections.deque[int] = collections.deque()
-        queued: collections.deque[tuple[int, int, Computing]] = collections.deque()
+        queued: collections.deque[tuple[int, int, InPool[Partial]]] = collections.deque()
         try:
             while not run.finished:
                 if not claimed and len(queued) <= POOL_AHEAD:

@@ -1,22 +1,27 @@
 """What the leader records of a job asked for with `trace` (node/wire/trace.py says the format).
 
 Shard times are taken wherever a shard is computed, traced or not: three
-clock reads a shard (`clocked`), which travel in every partial so a worker
-need not know whether anyone looks. The leader keeps spans only for a traced
-run (`JobTrace`), so an untraced job pays nothing more.
+clock reads a shard (`to_pool` when it is queued, `clocked` when its thread
+begins and ends it), which travel in every partial so a worker need not
+know whether anyone looks. The leader keeps spans only for a traced run
+(`JobTrace`), so an untraced job pays nothing more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from node.wire.trace import Span
 
 R = TypeVar("R")
+#: A `clocked` computation handed to a pool: its result, and when the thread began and ended it.
+InPool = asyncio.Future[tuple[R, int, int]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,14 @@ def clocked(compute: Callable[..., R]) -> Callable[..., tuple[R, int, int]]:
         result = compute(*args)
         return result, started_ns, time.time_ns()
     return run
+
+
+def to_pool(
+    executor: Executor, compute: Callable[..., tuple[R, int, int]], *args: Any
+) -> tuple[int, InPool[R]]:
+    """Hand `compute(*args)` (a `clocked` function) to `executor` now: when (ns), and its future."""
+    queued_ns = time.time_ns()
+    return queued_ns, asyncio.get_running_loop().run_in_executor(executor, compute, *args)
 
 
 class JobTrace:

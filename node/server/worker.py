@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -30,11 +29,8 @@ from node.errors import InvalidField, JobFailed, ReduceFailed
 from node.server.api import ShardRange
 from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
-from node.server.tracing import clocked
+from node.server.tracing import InPool, clocked, to_pool
 from node.wire.tensors import partial_to_proto
-
-#: A shard in the pool: its partial, and when the thread began and ended it (ns).
-Computing = asyncio.Future[tuple[Partial, int, int]]
 
 
 class Worker:
@@ -79,14 +75,14 @@ class Worker:
         if reduce_to is None:
             raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        loop = asyncio.get_running_loop()
         todo = iter(ranges)
-        queued: collections.deque[tuple[int, int, Computing]] = collections.deque()
+        queued: collections.deque[tuple[int, int, InPool[Partial]]] = collections.deque()
 
         def queue_next() -> None:
-            for index, start, stop in itertools.islice(todo, 1):
-                queued.append((index, time.time_ns(), loop.run_in_executor(
-                    self.executor, self._compute_shard, job, source, start, stop)))
+            shard = next(todo, None)
+            if shard is not None:
+                index, start, stop = shard
+                queued.append((index, *to_pool(self.executor, self._compute_shard, job, source, start, stop)))
 
         try:
             queue_next()
@@ -108,9 +104,7 @@ class Worker:
         await self.streams.close()
 
     @staticmethod
-    async def _computed(
-        index: int, computing: Computing
-    ) -> tuple[Partial, int, int]:
+    async def _computed(index: int, computing: InPool[Partial]) -> tuple[Partial, int, int]:
         """The shard's partial, and when the pool's thread began and ended it (ns)."""
         try:
             return await computing
