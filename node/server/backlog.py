@@ -12,10 +12,10 @@ in slices").
 So a follower applies SLICE_RECORDS records a turn, one turn every GAP_S,
 or more a turn when its backlog would otherwise outlast WITHIN_S (whatever
 the rate, a backlog ends inside the leader's flush interval), decoding each
-record only when its turn comes. Records go in in log order
-and the table after each is a function of the records before it
-(JobTable.put), so slicing changes nothing a reader can see once the backlog
-is applied, and every reader of the table applies it first (`drain`).
+record only when its turn comes. Records go in in log order and the table
+after each is a function of the records before it (JobTable.put), so
+slicing changes nothing a reader can see once the backlog is applied, and
+every reader of the table applies it first (`drain`).
 """
 
 from __future__ import annotations

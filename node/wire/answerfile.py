@@ -24,8 +24,8 @@ The leader writes there only if all of these hold:
 
 Otherwise, or if the write fails (a small /dev/shm, full), the answer comes
 in the reply as before. A follower that relays the job passes the file's
-name on to the leader, which decides as above. The file is a shortcut, never a requirement, and
-nodes or clients that predate it ignore the field.
+name on to the leader, which decides as above. The file is a shortcut,
+never a requirement, and nodes or clients that predate it ignore the field.
 
 The client's answer is a read-only view of the mapped file. Its memory is
 shared memory (`Shmem` in /proc/meminfo) until the array is freed, like any
