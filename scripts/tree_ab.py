@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_peers.peerdata import percentile  # noqa: E402
 from benchlib import compile_tree, print_json  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
 
@@ -108,8 +109,8 @@ def small_turn(tree: Path, cluster: Any, jobs: int) -> list[float]:
 
 
 def quantile_ms(samples_s: list[float], q: float) -> float:
-    ordered = sorted(samples_s)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+    """The median, or a nearest-rank percentile (bench.py's p99), in ms."""
+    return (statistics.median(samples_s) if q == 50 else percentile(samples_s, q)) * 1000
 
 
 def compare_small(trees: dict[str, Path], clusters: dict[str, Any], rounds: int, reps: int) -> dict[str, Any]:
@@ -122,10 +123,10 @@ def compare_small(trees: dict[str, Path], clusters: dict[str, Any], rounds: int,
         for name in names if number % 2 == 0 else names[::-1]:
             turn[name] = small_turn(trees[name], clusters[name], reps)
             times[name].extend(turn[name])
-        for label, q in (("p50", 0.5), ("p99", 0.99)):
+        for label, q in (("p50", 50), ("p99", 99)):
             ratios[label].append(quantile_ms(turn["after"], q) / quantile_ms(turn["before"], q))
     result: dict[str, Any] = {"job": "small", "rounds": rounds, "reps": reps}
-    for label, q in (("p50", 0.5), ("p99", 0.99)):
+    for label, q in (("p50", 50), ("p99", 99)):
         for name in names:
             result[f"{name}_{label}_ms"] = round(quantile_ms(times[name], q), 3)
         result[f"after_over_before_{label}"] = round(statistics.median(ratios[label]), 3)
