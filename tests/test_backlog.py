@@ -4,17 +4,15 @@ ledger that reads, waits and snapshots as if everything were applied at once."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 
 import pytest
 from inproc import poll
+from test_ledger import ledger
 
-from node.core.job import Job
 from node.core.jobtable import JobRecord, JobTable, Result, encode_command
 from node.core.raftlog import Entry
 from node.server import backlog as backlog_module
-from node.server.api import Outcome
 from node.server.backlog import Backlog
 from node.server.ledger import JobLedger
 
@@ -107,16 +105,8 @@ async def test_a_large_backlog_takes_larger_slices_so_it_ends_within_its_time(
 
 
 def follower(leading: list[bool]) -> JobLedger:
-    indices = itertools.count(1)
-
-    def propose(data: tuple[bytes, ...]) -> tuple[Entry, ...]:
-        return tuple(Entry(next(indices), 1, "command", item) for item in data)
-
-    async def run(job_id: str, job: Job) -> Outcome:
-        raise AssertionError("not run in these tests")
-
-    return JobLedger(JobTable(), propose, lambda: leading[0], lambda: 1, run, lambda job_id: None,
-                     lambda: 1 << 30, 4, lambda: "n2 (term 1)")
+    """A ledger that follows until `leading[0]` is set."""
+    return ledger([], lambda: leading[0])
 
 
 async def test_a_follower_applies_in_slices_yet_reads_and_snapshots_everything() -> None:

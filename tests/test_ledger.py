@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ from node.server.api import Outcome
 from node.server.ledger import JobLedger
 
 
-def ledger(proposed: list[Entry]) -> JobLedger:
+def ledger(proposed: list[Entry], leading: Callable[[], bool] = lambda: True) -> JobLedger:
+    """A ledger whose proposals commit as `proposed` entries; it leads while `leading()`."""
     indices = itertools.count(1)
 
     def propose(data: tuple[bytes, ...]) -> tuple[Entry, ...]:
@@ -31,7 +33,7 @@ def ledger(proposed: list[Entry]) -> JobLedger:
     async def run(job_id: str, job: Job) -> Outcome:
         raise AssertionError("not run in these tests")
 
-    return JobLedger(JobTable(), propose, lambda: True, lambda: 1, run, lambda job_id: None,
+    return JobLedger(JobTable(), propose, leading, lambda: 1, run, lambda job_id: None,
                      lambda: 1 << 30, 4, lambda: "n1 (term 1)")
 
 
