@@ -53,7 +53,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             data_dir=args.data_dir or default_data_dir(args.id, listen),
             data_root=args.data_root, advertise=advertise, parent_pid=args.parent_pid,
             tls=tls, token=load_token(args.token_file), insecure=args.insecure,
-            limits=limits_from_args(args), udp_heartbeats=args.udp_heartbeats,
+            limits=limits_from_args(args), udp_heartbeats=args.udp_heartbeats, local_socket=args.local_socket,
             reset_state=args.reset_state, log_format=args.log_format, http=http, **options,
         )
         config.validate()

@@ -4,8 +4,10 @@ Against in-process daemons (the blocking Client runs in worker threads, so
 the daemons' loop keeps running): scalar jobs go on the thread's own stream
 and vector answers on unary Submit, a failed job leaves its stream open, a
 finished thread's stream is closed, a node without the method is served by
-unary Submit and remembered. A stream that breaks under a job (its leader
-killed) is test_submit_stream.py's, for both clients.
+unary Submit and remembered. These clusters have no local socket, so every
+job stays on gRPC; the move to a node's local socket is test_local_socket.py's.
+A stream that breaks under a job (its leader killed) is
+test_submit_stream.py's, for both clients.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from node.wire.answers import SERVICE
 
 
 async def test_scalar_jobs_go_on_each_threads_own_stream(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(3)
+    cluster = await start_cluster(3, local_socket=False)
     leader = cluster.leader()
     assert leader is not None
     client = Client(leader.config.address, timeout=30)
@@ -55,7 +57,7 @@ async def test_scalar_jobs_go_on_each_threads_own_stream(start_cluster: StartClu
 
 
 async def test_a_failed_job_is_its_own_error_and_the_stream_goes_on(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(1)
+    cluster = await start_cluster(1, local_socket=False)
     address = cluster.daemons[0].config.address
 
     def run() -> tuple[object, object, bool]:
@@ -85,7 +87,7 @@ async def test_a_vector_answer_keeps_the_unary_submit(start_cluster: StartCluste
 
 
 async def test_a_finished_threads_stream_is_closed_when_the_next_opens(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(1)
+    cluster = await start_cluster(1, local_socket=False)
     client = Client(cluster.daemons[0].config.address, timeout=30)
     try:
         first = threading.Thread(target=lambda: client.submit(op="sum", source="values:1"))

@@ -325,7 +325,7 @@ async def test_every_method_is_found_by_name_not_registered_one_by_one() -> None
     node = FakeNode()
     node.results["status"] = StatusView("n1", "leader", 1, "n1", "127.0.0.1:1", [])
     server = grpc.aio.server()
-    health_servicer = add_services(node, server)
+    health_servicer, _ = add_services(node, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -25,6 +25,8 @@ from inproc import StartCluster
 from node import AsyncClient, Client, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node.client.answer import Answer
+from node.client.async_local_stream import AsyncLocalStream
+from node.client.local_stream import LocalStream
 from node.core.limits import Limits
 from node.errors import ClusterUnavailable, JobError
 from node.wire.stubs import NodeStub
@@ -87,7 +89,7 @@ async def test_each_job_is_answered_by_id_and_a_bad_one_stops_nothing(start_clus
 async def test_jobs_sent_together_are_each_answered_and_replies_ready_together_go_together(
     start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cluster = await start_cluster(3)
+    cluster = await start_cluster(3, local_socket=False)  # no first message naming a socket
     leader = cluster.leader()
     assert leader is not None
     follower = next(d for d in cluster.daemons if d is not leader)
@@ -130,7 +132,7 @@ async def test_the_per_client_limit_holds_for_each_job_on_a_stream(start_cluster
 
 
 async def test_the_async_client_sends_scalar_jobs_on_one_stream_per_node(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(3)
+    cluster = await start_cluster(3, local_socket=False)  # the local socket: test_local_socket_async.py
     leader = cluster.leader()
     assert leader is not None
     async with AsyncClient(leader.config.address, timeout=30) as client:
@@ -173,6 +175,27 @@ def crossing_async(cluster: LocalCluster, first: list[str], leader: str) -> Answ
     return asyncio.run(crossing())
 
 
+def crossing_async_local(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
+    """The AsyncClient's job on the leader's local socket, once its first job named it."""
+    async def crossing() -> Answer:
+        async with AsyncClient(first, timeout=120) as client:
+            await client.submit(op="sum", source="values:1")
+            address = cluster.address(leader)
+            deadline = time.monotonic() + 10
+            while not isinstance(client._streams._open.get(address), AsyncLocalStream):
+                assert time.monotonic() < deadline, "never moved to the local socket"
+                await asyncio.sleep(0.01)
+            job = asyncio.create_task(client.submit(**JOB))
+            deadline = time.monotonic() + 60
+            while (await client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
+                assert time.monotonic() < deadline and not job.done(), "the job never started"
+                await asyncio.sleep(0.01)
+            cluster.kill(leader)  # its socket closes mid-job
+            return await job
+
+    return asyncio.run(crossing())
+
+
 def crossing_blocking(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
     """The blocking Client's job, from a thread of its own, on that thread's stream."""
     with Client(first, timeout=120) as client:
@@ -190,8 +213,33 @@ def crossing_blocking(cluster: LocalCluster, first: list[str], leader: str) -> A
     return answer
 
 
+def crossing_local(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
+    """The blocking Client's job on the leader's local socket: its thread's second job (the
+    first, on gRPC, tells it the socket)."""
+    with Client(first, timeout=120) as client:
+        answers: list[Answer] = []
+
+        def run() -> None:
+            client.submit(op="sum", source="values:1")
+            answers.append(client.submit(**JOB))
+
+        job = threading.Thread(target=run)
+        job.start()
+        deadline = time.monotonic() + 60
+        while (client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
+            assert time.monotonic() < deadline and job.is_alive(), "the job never started"
+            time.sleep(0.01)
+        [on] = client._streams._open.values()
+        assert isinstance(on, LocalStream) and on.replied == 0
+        cluster.kill(leader)  # its socket closes mid-job
+        job.join(timeout=120)
+    [answer] = answers
+    return answer
+
+
 @pytest.mark.process
-@pytest.mark.parametrize("crossing", [crossing_async, crossing_blocking], ids=["async", "blocking"])
+@pytest.mark.parametrize("crossing", [crossing_async, crossing_async_local, crossing_blocking, crossing_local],
+                         ids=["async", "async-local", "blocking", "blocking-local"])
 def test_a_job_whose_stream_breaks_is_sent_again_elsewhere(
     tmp_path: Path, crossing: Callable[[LocalCluster, list[str], str], Answer]
 ) -> None:

@@ -416,20 +416,104 @@ class SubmitBatchReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLIES_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitStreamReply]: ...
+    @_builtins.property
+    def local(self) -> Global___LocalEndpoint:
+        """Alone in a stream's first message, from a node that has one: where a client in
+        its network namespace can send the same batches without gRPC (node/server/localsocket.py).
+        """
+
     def __init__(
         self,
         *,
         replies: _abc.Iterable[Global___SubmitStreamReply] | None = ...,
+        local: Global___LocalEndpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "replies", b"replies"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitBatchReply: _TypeAlias = SubmitBatchReply  # noqa: Y015
+
+@_typing.final
+class LocalEndpoint(_message.Message):
+    """A node's local socket: an abstract Unix socket, and the key that a client
+    learned here over the cluster's authenticated gRPC proves it has.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The socket's name in the abstract namespace (without the leading NUL)."""
+    key: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalEndpoint: _TypeAlias = LocalEndpoint  # noqa: Y015
+
+@_typing.final
+class LocalHello(_message.Message):
+    """The first frame a client writes on a local socket; then SubmitBatch frames."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    nonce: _builtins.bytes
+    """Random bytes the node answers with proof = HMAC-SHA256(key, nonce)."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalHello: _TypeAlias = LocalHello  # noqa: Y015
+
+@_typing.final
+class LocalWelcome(_message.Message):
+    """The node's first frame on a local socket; then SubmitBatchReply frames."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    proof: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        proof: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalWelcome: _TypeAlias = LocalWelcome  # noqa: Y015
 
 @_typing.final
 class SubmitStreamReply(_message.Message):

@@ -15,6 +15,7 @@ cut off), so the retry moves on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from node.client.answer import (
     cluster_status,
     read_answer_file,
 )
+from node.client.async_local_stream import open_local
 from node.client.fanout import Fanout
 from node.client.jobs import JobStatus, answer_of, call_any, job_status
 from node.client.reach import unreachable
@@ -45,7 +47,7 @@ from node.client.retry import (
     classify,
     new_request,
 )
-from node.client.streams import SubmitStream, SubmitStreams, stream_answer, unary_instead
+from node.client.streams import LocalStream, SubmitStream, SubmitStreams, stream_answer, unary_instead
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
@@ -104,7 +106,7 @@ class AsyncClient:
         self._status_error = ""
         self._flights: set[_Flight] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._streams = SubmitStreams()
+        self._streams = SubmitStreams(functools.partial(open_local, max_message_bytes=max_message_bytes))
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -240,7 +242,7 @@ class AsyncClient:
 
     async def _attempt_once(
         self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None,
-        stream: SubmitStream | None,
+        stream: SubmitStream | LocalStream | None,
     ) -> SubmitAnswer:
         """One Submit to one node. A watchdog starts probing only if the job runs long.
 

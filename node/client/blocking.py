@@ -39,6 +39,7 @@ from node.client.answer import (
 from node.client.async_client import AsyncClient
 from node.client.blocking_stream import ThreadStream, ThreadStreams
 from node.client.jobs import JobStatus, call_any_blocking
+from node.client.local_stream import LocalStream
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
     PROBE_FAILURES,
@@ -77,7 +78,7 @@ class Client:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, BlockingNodeStub] = {}
         self._lock = threading.Lock()
-        self._streams = ThreadStreams()
+        self._streams = ThreadStreams(max_message_bytes)
         self._watchdog = Watchdog(self._probe, self._abandon, PROBE_INTERVAL_S, PROBE_FAILURES)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="distnode-client", daemon=True)
@@ -162,7 +163,7 @@ class Client:
 
     def _attempt_once(
         self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None,
-        stream: ThreadStream | None,
+        stream: ThreadStream | LocalStream | None,
     ) -> SubmitAnswer:
         stub, channel = self._stub_and_channel(address)
         # A job on a stream has no gRPC deadline: the watchdog ends its stream at the
@@ -213,6 +214,8 @@ class Client:
                 del self._channels[watch.address]
                 self._stubs.pop(watch.address, None)
         watch.channel.close()
+        if watch.on_deadline is not None:  # a job on a stream: a local socket's is not the channel's
+            watch.on_deadline()
 
     def _stub(self, address: str) -> BlockingNodeStub:
         return self._stub_and_channel(address)[0]

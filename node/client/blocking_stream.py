@@ -10,6 +10,10 @@ thread. gRPC's blocking API takes a stream's requests from an iterator, read
 by a thread of its own; here that iterator drains a queue the caller puts
 the job on.
 
+A node that has a local socket names it first on a stream; the
+thread's next job to that node goes there instead (`LocalStream`,
+client/local_stream.py), and stays on gRPC if it cannot connect.
+
 A stream belongs to its thread: a stream whose thread has ended is closed
 when the next stream is opened, so a client used from many short-lived
 threads does not collect them. What a stream's end means for its jobs
@@ -21,13 +25,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
+from node.client.local_stream import LocalStream
 from node.client.streams import stream_ended
-from node.errors import AttemptFailed
+from node.errors import AttemptFailed, LimitExceeded
 from node.wire.stubs import BlockingNodeStub
 
 
@@ -35,7 +41,12 @@ class ThreadStream:
     """One open SubmitBatches stream, written and read by the thread that opened it: a
     thread has one job at a time, so each of its messages holds one job."""
 
-    def __init__(self, stub: BlockingNodeStub, channel: grpc.Channel) -> None:
+    def __init__(
+        self, stub: BlockingNodeStub, channel: grpc.Channel,
+        on_local: Callable[[pb.LocalEndpoint], None] | None = None,
+    ) -> None:
+        #: Told where the node's local socket is, if the node names one.
+        self._on_local = on_local
         self._requests: queue.SimpleQueue[pb.SubmitRequest | None] = queue.SimpleQueue()
         self._replies: Iterator[pb.SubmitBatchReply] = stub.SubmitBatches(self._feed())
         #: What it was opened on: once the watchdog closes that channel, the stream is done.
@@ -61,6 +72,8 @@ class ThreadStream:
         self._requests.put(request)
         try:
             for batch in self._replies:
+                if batch.HasField("local") and self._on_local is not None:
+                    self._on_local(batch.local)
                 self.replied += len(batch.replies)
                 for reply in batch.replies:
                     if reply.job_id == job_id:
@@ -92,23 +105,38 @@ class ThreadStream:
 class ThreadStreams:
     """The blocking Client's streams, by (thread, node address); thread-safe."""
 
-    def __init__(self) -> None:
-        self._open: dict[tuple[int, str], ThreadStream] = {}
+    def __init__(self, max_message_bytes: int) -> None:
+        self._open: dict[tuple[int, str], ThreadStream | LocalStream] = {}
         #: Nodes that said they have no SubmitBatches: unary Submit there.
         self.unsupported: set[str] = set()
+        #: The local socket each node last named, and the names this client could not use.
+        self._local: dict[str, pb.LocalEndpoint] = {}
+        self._unusable: set[str] = set()
+        self._max_bytes = max_message_bytes
         self._lock = threading.Lock()
 
     def usable(self, address: str) -> bool:
         return address not in self.unsupported
 
-    def to(self, address: str, stub: BlockingNodeStub, channel: grpc.Channel) -> ThreadStream:
-        """This thread's stream to `address`, opened (again) if it has none that is open."""
+    def to(self, address: str, stub: BlockingNodeStub, channel: grpc.Channel) -> ThreadStream | LocalStream:
+        """This thread's stream to `address`: on the node's local socket once it has named one
+        this client can reach, else on gRPC; opened (again) if it has none that is open."""
         key = (threading.get_ident(), address)
         stream = self._open.get(key)
+        endpoint = self._local.get(address)
         if (stream is not None and stream.ended is None and stream.channel is channel
                 and stream.thread is threading.current_thread()):
-            return stream
-        fresh = ThreadStream(stub, channel)
+            if endpoint is None or isinstance(stream, LocalStream):
+                return stream
+        else:
+            stream = None
+        fresh: ThreadStream | LocalStream | None = None
+        if endpoint is not None:
+            fresh = self._connect(endpoint, channel)
+        if fresh is None:
+            if stream is not None:
+                return stream
+            fresh = ThreadStream(stub, channel, lambda told: self._told(address, told))
         with self._lock:
             stale = [k for k, s in self._open.items() if not s.thread.is_alive() or k == key]
             gone = [self._open.pop(k) for k in stale]
@@ -116,6 +144,20 @@ class ThreadStreams:
         for old in gone:
             old.close()
         return fresh
+
+    def _told(self, address: str, endpoint: pb.LocalEndpoint) -> None:
+        with self._lock:
+            if endpoint.name not in self._unusable:
+                self._local[address] = endpoint
+
+    def _connect(self, endpoint: pb.LocalEndpoint, channel: grpc.Channel) -> LocalStream | None:
+        try:
+            return LocalStream(endpoint, channel, self._max_bytes)
+        except (OSError, LimitExceeded, DecodeError):  # not ours to reach: gRPC it is
+            with self._lock:
+                self._unusable.add(endpoint.name)
+                self._local = {a: e for a, e in self._local.items() if e.name != endpoint.name}
+            return None
 
     def close(self) -> None:
         with self._lock:

@@ -15,12 +15,18 @@ would have ended with, signed by the node), and `classify` treats it the
 same way. If the stream breaks (the node died, the connection dropped),
 every job waiting on it fails with `AttemptFailed` and the client's retry
 loop sends it again, elsewhere or on a new stream, with the same job id.
+
+A node that has a local socket names it first on a stream; the
+client connects to it in the background and, once connected, sends that
+node's jobs there instead (client/async_local_stream.py). A socket it
+cannot reach leaves it on gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,7 +109,7 @@ def unary_instead(stream: OpenedStream, unsupported: set[str], address: str) -> 
     return not stream.replied and stream.ended is not None
 
 
-def _retrieved(future: asyncio.Future[Any]) -> None:
+def retrieved(future: asyncio.Future[Any]) -> None:
     """An outcome nobody waits for any more (its caller gave up) is not an error to log."""
     if not future.cancelled():
         future.exception()
@@ -119,8 +125,10 @@ class SubmitStream:
     carries other callers' jobs.
     """
 
-    def __init__(self, stub: NodeStub) -> None:
+    def __init__(self, stub: NodeStub, on_local: Callable[[pb.LocalEndpoint], None] | None = None) -> None:
         self._call = stub.SubmitBatches()
+        #: Told where the node's local socket is, if the node names one.
+        self._on_local = on_local
         self._waiting: dict[str, asyncio.Future[pb.SubmitStreamReply]] = {}
         #: Jobs sent and not yet written, and the future their write will resolve.
         self._unsent: list[pb.SubmitRequest] = []
@@ -143,10 +151,10 @@ class SubmitStream:
         waiting = self._waiting.get(job_id)
         if waiting is None:
             waiting = self._waiting[job_id] = loop.create_future()
-            waiting.add_done_callback(_retrieved)
+            waiting.add_done_callback(retrieved)
         if self._written is None:
             self._written = loop.create_future()
-            self._written.add_done_callback(_retrieved)
+            self._written.add_done_callback(retrieved)
         written = self._written
         self._unsent.append(request)
         if self._writer is None:
@@ -193,6 +201,8 @@ class SubmitStream:
         ended: Exception = AttemptFailed("SubmitBatches: the node closed the stream")
         try:
             async for batch in self._call:
+                if batch.HasField("local") and self._on_local is not None:
+                    self._on_local(batch.local)
                 for reply in batch.replies:
                     self.replied += 1
                     waiting = self._waiting.pop(reply.job_id, None)
@@ -226,24 +236,67 @@ class SubmitStream:
             await self._call.code()
 
 
+class LocalStream(OpenedStream, Protocol):
+    """What SubmitStreams needs of a stream on a local socket (AsyncLocalStream)."""
+
+    async def send(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]: ...
+    def forget(self, job_id: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+#: Connects to a node's local socket and shakes hands; raises if it cannot.
+OpenLocal = Callable[[pb.LocalEndpoint], Awaitable[LocalStream]]
+
+
 class SubmitStreams:
     """The AsyncClient's streams, one per node address, opened when first needed and
-    opened again after one ends."""
+    opened again after one ends; on the node's local socket once one is connected."""
 
-    def __init__(self) -> None:
-        self._open: dict[str, SubmitStream] = {}
+    def __init__(self, open_local: OpenLocal | None = None) -> None:
+        self._open: dict[str, SubmitStream | LocalStream] = {}
         #: Nodes that said they have no SubmitBatches: unary Submit there.
         self.unsupported: set[str] = set()
+        self._open_local = open_local
+        #: Local sockets being connected to, and names this client could not use.
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._unusable: set[str] = set()
+        #: gRPC streams a local one replaced: left to answer their jobs, closed with the rest.
+        self._retired: list[SubmitStream] = []
 
     def usable(self, address: str) -> bool:
         return address not in self.unsupported
 
-    def to(self, address: str, stub: NodeStub) -> SubmitStream:
+    def to(self, address: str, stub: NodeStub) -> SubmitStream | LocalStream:
         stream = self._open.get(address)
         if stream is None or stream.ended is not None:
-            stream = self._open[address] = SubmitStream(stub)
+            stream = self._open[address] = SubmitStream(stub, lambda told: self._told(address, told))
         return stream
 
+    def _told(self, address: str, endpoint: pb.LocalEndpoint) -> None:
+        if self._open_local is None or endpoint.name in self._unusable:
+            return
+        task = asyncio.get_running_loop().create_task(self._connect(address, endpoint))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, address: str, endpoint: pb.LocalEndpoint) -> None:
+        assert self._open_local is not None
+        try:
+            local = await self._open_local(endpoint)
+        except Exception:  # not ours to reach (another namespace, a node gone): gRPC it is
+            self._unusable.add(endpoint.name)
+            return
+        old = self._open.get(address)
+        self._open[address] = local
+        if isinstance(old, SubmitStream) and old._waiting:
+            self._retired.append(old)
+        elif old is not None:
+            await old.close()
+
     async def close(self) -> None:
-        streams, self._open = list(self._open.values()), {}
+        for task in list(self._connecting):
+            task.cancel()
+        await asyncio.gather(*self._connecting, return_exceptions=True)
+        streams, self._open = [*self._open.values(), *self._retired], {}
+        self._retired = []
         await asyncio.gather(*(stream.close() for stream in streams))

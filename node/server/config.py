@@ -103,6 +103,9 @@ class NodeConfig:
     #: Send heartbeats as sealed UDP datagrams beside gRPC (node/server/beacons.py).
     #: Off: every heartbeat goes on the gRPC stream, at about three times the CPU.
     udp_heartbeats: bool = True
+    #: Also take SubmitBatches jobs on an abstract Unix socket, for clients in this
+    #: node's network namespace (node/server/localsocket.py).
+    local_socket: bool = True
     #: The job table's retention (node/core/jobtable.py): finished jobs kept, and
     #: bytes of their results kept; the oldest finished jobs go first.
     keep_jobs: int = DEFAULT_KEEP_JOBS

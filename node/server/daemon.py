@@ -1,21 +1,15 @@
 """The daemon: one node's process. It owns the server, the signals and the shutdown.
 
-It owns the gRPC server and the UDP heartbeat socket (beacons.py), the
-long-lived tasks, and the order things stop in; it feeds the pure election
-core its ticks (clock.py) and executes the core's outputs in order through
-elections.py: persist (fsync) before send, so a vote is durable before anyone
-hears it. Election RPC replies go back into the core as messages; the core's
-failure detector (`Election.active_peers`) tells the job scheduler which
-workers are alive (peers.py).
-
-It implements the calls the servicer makes (`api.NodeApi`): elections, jobs
-(as leader: jobs.py; as follower: relayed, relay.py), the worker's Compute
-(worker.py) and status.
-
-Shutdown is ordered: stop ticking, stop the server with a grace period, close
-the peer channels, drop the compute pool.
+It owns the gRPC server, the UDP heartbeat socket (beacons.py) and the local
+socket (localsocket.py), the long-lived tasks, and the order things stop in;
+it feeds the pure election core its ticks (clock.py) and executes the core's
+outputs in order through elections.py: persist (fsync) before send, so a vote
+is durable before anyone hears it. It implements the calls the servicer makes
+(`api.NodeApi`): elections, jobs (as leader: jobs.py; as follower: relayed,
+relay.py), the worker's Compute (worker.py) and status. Shutdown is ordered:
+stop ticking, stop the servers with a grace period, close the peer channels,
+drop the compute pool.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -43,7 +37,7 @@ from node.core.job import Job
 from node.core.jobtable import JobTable
 from node.core.messages import Heartbeat, InstallSnapshot, Role
 from node.errors import CannotStart, InvalidField, NotLeader
-from node.server import beacons
+from node.server import beacons, localsocket
 from node.server.admission import ClientSlots
 from node.server.api import (
     Answered,
@@ -139,6 +133,7 @@ class Daemon:
         self.discovery = IdDiscovery(self.peers, self.stubs, shared_settings(config))
         self.metrics = NodeMetrics()
         self._http: AppRunner | None = None
+        self._local: localsocket.LocalSocket | None = None
         self.elections = ElectionDriver(
             election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
             config, self._spawn, self._on_role_changed, self.ledger.apply,
@@ -403,9 +398,11 @@ class Daemon:
             await self._shutdown(server)
 
     async def _start(self, server: grpc.aio.Server, handle_signals: bool) -> None:
-        health_servicer = add_services(self, server)
+        health_servicer, servicer = add_services(self, server)
         port = self.port
         await server.start()
+        if self.config.local_socket:
+            self._local = await localsocket.listen(servicer, self.config.limits.max_message_bytes)
         if self.config.http:
             from node.server.httpd import serve_http  # aiohttp: imported only by a node that serves it
 
@@ -431,6 +428,8 @@ class Daemon:
         self.clock.stop()
         log.info("shutting down")
         await server.stop(SHUTDOWN_GRACE_S)
+        if self._local is not None:
+            await self._local.close()
         if self._worker is not None:
             await self._worker.close()
         if self._http is not None:

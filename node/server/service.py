@@ -51,6 +51,7 @@ from node.security import TokenServerInterceptor
 from node.server.api import Answered, BeatAnswer, IncomingPartial, JobView, NodeApi, StatusView, Submitted
 from node.server.jobinfo import view_to_info
 from node.server.jobstream import JobStream
+from node.server.localsocket import Caller
 from node.server.tracing import ShardTimes
 from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
@@ -198,22 +199,25 @@ def add_to_server(servicer: NodeServicer, server: grpc.aio.Server) -> None:
     _add_by_name(server, caught)
 
 
-def add_services(node: NodeApi, server: grpc.aio.Server) -> health.aio.HealthServicer:
+def add_services(node: NodeApi, server: grpc.aio.Server) -> tuple[health.aio.HealthServicer, NodeServicer]:
     """Our service, gRPC health (serving nothing until the caller says so) and reflection,
     so grpcurl and other stock clients need no .proto file."""
-    add_to_server(NodeServicer(node), server)
+    servicer = NodeServicer(node)
+    add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     _add_by_name(server, _handlers_of(health_pb2_grpc.add_HealthServicer_to_server, health_servicer))
     # What reflection.enable_server_reflection does, by name.
     names = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
     _add_by_name(server, _handlers_of(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
                                       reflection.aio.ReflectionServicer(names)))
-    return health_servicer
+    return health_servicer, servicer
 
 
 class NodeServicer(pb_grpc.NodeServicer):
     def __init__(self, node: NodeApi) -> None:
         self.node = node
+        #: The node's local socket (localsocket.py), told to SubmitBatches clients; None: none.
+        self.local: pb.LocalEndpoint | None = None
 
     async def RequestVote(self, request: pb.VoteRequest, context: Context) -> pb.VoteReply:
         vote = await answer(self.node, context, self.node.request_vote(
@@ -254,7 +258,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         return reply
 
     async def _submit(
-        self, request: pb.SubmitRequest, context: Context, timeout_s: float | None = None
+        self, request: pb.SubmitRequest, caller: Caller, timeout_s: float | None = None
     ) -> Submitted:
         spec = request.job
         if not spec.job_id:
@@ -263,8 +267,8 @@ class NodeServicer(pb_grpc.NodeServicer):
         if malformed is not None:
             raise InvalidField("answer_file.name", malformed)
         return await self.node.submit(
-            spec.job_id, job_from_proto(spec), context.peer(), request.forwarded,
-            context.time_remaining() if timeout_s is None else timeout_s, request.trace,
+            spec.job_id, job_from_proto(spec), caller.peer(), request.forwarded,
+            caller.time_remaining() if timeout_s is None else timeout_s, request.trace,
             request.answer_file if request.HasField("answer_file") else None,
         )
 
@@ -272,19 +276,24 @@ class NodeServicer(pb_grpc.NodeServicer):
         self, request_iterator: AsyncIterator[pb.SubmitBatch], context: Context
     ) -> AsyncIterator[pb.SubmitBatchReply]:
         """Each job as Submit would run it, at once, answered when it ends (jobstream.py);
-        the stream ends when the client has half-closed and every job has been answered."""
-        stream = JobStream(functools.partial(self._stream_job, context), self._stream_failed)
+        the stream ends when the client has half-closed and every job has been answered.
+        A node with a local socket names it first, so the client can move before its
+        first job ends."""
+        stream = JobStream(functools.partial(self.stream_job, context), self.stream_failed)
+        if self.local is not None:
+            yield pb.SubmitBatchReply(local=self.local)
         async for batch in stream.replies(request_iterator):
             yield batch
 
-    async def _stream_job(self, context: Context, request: pb.SubmitRequest) -> pb.SubmitStreamReply:
-        """One job of a stream, run as Submit would run it; its failure is its reply."""
+    async def stream_job(self, caller: Caller, request: pb.SubmitRequest) -> pb.SubmitStreamReply:
+        """One job of a stream (gRPC's or the local socket's), run as Submit would run it;
+        its failure is its reply."""
         job_id = request.job.job_id
         timeout_s = request.timeout_s if request.timeout_s > 0 else None
         try:
-            submitted = await self._submit(request, context, timeout_s)
+            submitted = await self._submit(request, caller, timeout_s)
         except Exception as exc:  # the stream goes on
-            return self._stream_failed(job_id, exc)
+            return self.stream_failed(job_id, exc)
         if isinstance(submitted, Answered):
             answer = submit_reply(submitted, request.trace)
             assert isinstance(answer, SubmitAnswer)
@@ -294,7 +303,7 @@ class NodeServicer(pb_grpc.NodeServicer):
             reply = pb.SubmitReply.FromString(submitted.reply)
         return pb.SubmitStreamReply(job_id=job_id, reply=reply, node_id=self.node.node_id)
 
-    def _stream_failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply:
+    def stream_failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply:
         code, message = status_of(exc)
         return pb.SubmitStreamReply(job_id=job_id, code=code.value[0], message=message,
                                     node_id=self.node.node_id)

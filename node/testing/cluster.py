@@ -17,9 +17,10 @@ own `--peers` entries, so the harness gives node i one proxy per peer j
 There is one more link per node for clients (CLIENT -> j): a client built on
 `client_addresses` reaches the nodes through them, and stays behind them
 because each node advertises its CLIENT link as its address (replies name
-the leader by it). Clients on the real `addresses`, like the harness's own
-`client`, are never faulted: the harness must see the cluster whatever it
-breaks.
+the leader by it). Such clients play clients on other machines, so these
+nodes offer no local socket (node/server/localsocket.py). Clients on the
+real `addresses`, like the harness's own `client`, are never faulted: the
+harness must see the cluster whatever it breaks.
 """
 
 from __future__ import annotations
@@ -233,6 +234,9 @@ class LocalCluster:
             # Replies tell clients where the leader is; with link faults that must be the
             # client's link to it, or a client would leave the links after one answer.
             command += ["--advertise", self._links().address(CLIENT, node.node_id)]
+            # Clients on the links play clients on other machines, which no link fault
+            # could cut from a node's same-host socket: the nodes offer them none.
+            command += ["--no-local-socket"]
         if self.heartbeat_ms is not None:
             command += ["--heartbeat-ms", str(self.heartbeat_ms)]
         if self.election_ms is not None:

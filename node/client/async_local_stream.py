@@ -1,0 +1,133 @@
+"""The AsyncClient's jobs on a node's local socket (node/server/localsocket.py).
+
+The AsyncClient's twin of client/local_stream.py: once a node has named its
+local socket on a SubmitBatches stream, the client connects
+in the background and, once connected, sends that node's jobs there
+(`SubmitStreams`, client/streams.py). It keeps `SubmitStream`'s interface
+and its batching: every job sent in one turn of the event loop goes in one
+frame, and replies are matched by job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from node._proto import distnode_pb2 as pb
+from node.client.local_stream import CONNECT_TIMEOUT_S, WELCOME_MAX_BYTES
+from node.client.streams import CLOSE_WAIT_S, StreamStatus, retrieved, stream_ended
+from node.errors import AttemptFailed, LimitExceeded
+from node.wire.localframes import ABSTRACT_PREFIX, NONCE_BYTES, frame, proves, read_async
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+#: Wait for the socket to drain once this much is written and not yet sent.
+HIGH_WATER_BYTES = 1 << 20
+
+
+async def open_local(endpoint: pb.LocalEndpoint, max_message_bytes: int) -> AsyncLocalStream:
+    """Connect and shake hands; OSError, ConnectionError, TimeoutError or DecodeError if that fails."""
+    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+        reader, writer = await asyncio.open_unix_connection(ABSTRACT_PREFIX + endpoint.name)
+        try:
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            writer.write(frame(pb.LocalHello(key=endpoint.key, nonce=nonce)))
+            welcome = await read_async(reader, pb.LocalWelcome, WELCOME_MAX_BYTES)
+            if welcome is None or not proves(endpoint.key, nonce, welcome.proof):
+                raise ConnectionError("local socket: the node did not prove it holds the key")
+        except BaseException:
+            writer.close()
+            raise
+    return AsyncLocalStream(reader, writer, welcome.node_id, max_message_bytes)
+
+
+class AsyncLocalStream:
+    """One connection to one node's local socket, and the jobs waiting on it."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, node_id: str, max_message_bytes: int
+    ) -> None:
+        self._replies = reader
+        self._writer = writer
+        self.node_id = node_id
+        self._max_bytes = max_message_bytes
+        self._waiting: dict[str, asyncio.Future[pb.SubmitStreamReply]] = {}
+        self._unsent: list[pb.SubmitRequest] = []
+        self.ended: Exception | None = None
+        self.unsupported = False  # a node that names a socket has SubmitBatches
+        self.replied = 0
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def send(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]:
+        """Queue the job for this turn's frame; the future is its reply."""
+        if self.ended is not None:
+            raise self.ended
+        loop = asyncio.get_running_loop()
+        job_id = request.job.job_id
+        waiting = self._waiting.get(job_id)
+        if waiting is None:
+            waiting = self._waiting[job_id] = loop.create_future()
+            waiting.add_done_callback(retrieved)
+        if not self._unsent:
+            loop.call_soon(self._flush)
+        self._unsent.append(request)
+        transport = self._writer.transport
+        if transport.get_write_buffer_size() > HIGH_WATER_BYTES:
+            try:
+                await self._writer.drain()
+            except ConnectionError as exc:
+                self._waiting.pop(job_id, None)
+                raise self.ended or AttemptFailed(f"local socket: {exc}", reached=True) from None
+        return waiting
+
+    def _flush(self) -> None:
+        batch, self._unsent = self._unsent, []
+        if batch and self.ended is None and not self._writer.is_closing():
+            self._writer.write(frame(pb.SubmitBatch(jobs=batch)))
+
+    def forget(self, job_id: str) -> None:
+        waiting = self._waiting.pop(job_id, None)
+        if waiting is not None:
+            waiting.cancel()
+
+    async def _read(self) -> None:
+        ended: Exception = AttemptFailed("local socket: closed by the node", reached=True)
+        try:
+            while (batch := await read_async(self._replies, pb.SubmitBatchReply, self._max_bytes)):
+                for reply in batch.replies:
+                    self.replied += 1
+                    if not reply.job_id:  # the node could not read a frame of ours; it closes
+                        ended, _ = stream_ended(StreamStatus(
+                            _CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message, reply.node_id,
+                        ), self.replied)
+                        continue
+                    waiting = self._waiting.pop(reply.job_id, None)
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(reply)
+        except (OSError, asyncio.IncompleteReadError, LimitExceeded, DecodeError) as exc:
+            ended = AttemptFailed(f"local socket: {exc}", reached=True)
+        finally:
+            self.ended = ended
+            self._writer.close()  # nothing more can be read: the connection is done
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_exception(ended)
+            self._waiting.clear()
+
+    async def close(self) -> None:
+        """Half-close; the node closes once its jobs are answered. Waited for, briefly."""
+        if self.ended is None:
+            self._flush()
+            with contextlib.suppress(OSError, RuntimeError):
+                self._writer.write_eof()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
+        self._writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._writer.wait_closed()
