@@ -10,6 +10,10 @@ Medians, in ms. Then the CPU one stream round trip costs each side: the
 server process's CPU time (/proc) and the client's, over 5,000 round trips
 on one stream of the blocking API (what the blocking Client does), in µs.
 
+Beside the two gRPC round trips, one on an abstract Unix socket framed as a
+node's local socket is (node/server/localsocket.py), with its CPU per round
+trip too.
+
 Last, what batching buys: on one asyncio stream, a writer and a reader
 run at once (as the AsyncClient's 32 jobs in flight do), with every message
 holding 1, 4 or 16 items of 120 bytes (a small job's request); CPU per item
@@ -27,7 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import queue
+import socket
 import statistics
 import sys
 import time
@@ -38,8 +44,23 @@ from typing import Any
 import grpc
 from benchlib import print_json, process_cpu_s
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from node.wire.localframes import ABSTRACT_PREFIX, HEADER
+
 SERVICE = "floor.Echo"
+#: The echo's abstract Unix socket, named by the server's pid.
+UNIX_NAME = "distnode-grpc-floor-"
 WARMUP = 300
+
+
+async def _echo_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The local socket's framing (node/wire/localframes.py): a 4-byte length, then the body."""
+    try:
+        while True:
+            header = await reader.readexactly(HEADER.size)
+            writer.write(header + await reader.readexactly(HEADER.unpack(header)[0]))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
 
 
 async def _serve(ports: multiprocessing.Queue[int]) -> None:
@@ -58,6 +79,7 @@ async def _serve(ports: multiprocessing.Queue[int]) -> None:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    await asyncio.start_unix_server(_echo_frames, path=ABSTRACT_PREFIX + UNIX_NAME + str(os.getpid()))
     ports.put(port)
     await server.wait_for_termination()
 
@@ -96,21 +118,46 @@ class StreamEcho:
         self._requests.put(None)
 
 
-def blocking_figures(address: str, calls: int) -> dict[str, float]:
+class UnixEcho:
+    """One connection to the server's abstract Unix socket, framed as a node's local socket
+    is: `round_trip` writes one byte in a frame and reads the frame back."""
+
+    def __init__(self, server_pid: int) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.connect(ABSTRACT_PREFIX + UNIX_NAME + str(server_pid))
+        self._frame = HEADER.pack(1) + b"x"
+
+    def round_trip(self) -> None:
+        self._sock.sendall(self._frame)
+        got = 0
+        while got < len(self._frame):
+            got += len(self._sock.recv(64))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def blocking_figures(address: str, server_pid: int, calls: int) -> dict[str, float]:
     with grpc.insecure_channel(address) as channel:
         unary = channel.unary_unary(f"/{SERVICE}/Unary")
         stream = StreamEcho(channel)
-        unary_s, stream_s = [], []
-        for number in range(WARMUP + calls):  # one of each in turn: drift lands on both
+        unix = UnixEcho(server_pid)
+        unary_s, stream_s, unix_s = [], [], []
+        for number in range(WARMUP + calls):  # one of each in turn: drift lands on all
             started = time.perf_counter()
             unary(b"x")
             between = time.perf_counter()
             stream.round_trip()
+            streamed = time.perf_counter()
+            unix.round_trip()
             if number >= WARMUP:
                 unary_s.append(between - started)
-                stream_s.append(time.perf_counter() - between)
+                stream_s.append(streamed - between)
+                unix_s.append(time.perf_counter() - streamed)
         stream.close()
-    return {"blocking_unary_ms": median_ms(unary_s), "blocking_stream_ms": median_ms(stream_s)}
+        unix.close()
+    return {"blocking_unary_ms": median_ms(unary_s), "blocking_stream_ms": median_ms(stream_s),
+            "unix_socket_ms": median_ms(unix_s)}
 
 
 def cpu_figures(address: str, server_pid: int, calls: int = 5000) -> dict[str, float]:
@@ -124,8 +171,16 @@ def cpu_figures(address: str, server_pid: int, calls: int = 5000) -> dict[str, f
             stream.round_trip()
         server_s, client_s = process_cpu_s(server_pid) - server0_s, time.process_time() - client0_s
         stream.close()
+    unix = UnixEcho(server_pid)
+    server0_s, client0_s = process_cpu_s(server_pid), time.process_time()
+    for _ in range(calls):
+        unix.round_trip()
+    unix_server_s, unix_client_s = process_cpu_s(server_pid) - server0_s, time.process_time() - client0_s
+    unix.close()
     return {"stream_server_cpu_us": round(server_s / calls * 1e6, 1),
-            "stream_client_cpu_us": round(client_s / calls * 1e6, 1)}
+            "stream_client_cpu_us": round(client_s / calls * 1e6, 1),
+            "unix_server_cpu_us": round(unix_server_s / calls * 1e6, 1),
+            "unix_client_cpu_us": round(unix_client_s / calls * 1e6, 1)}
 
 
 async def asyncio_figures(address: str, calls: int) -> dict[str, float]:
@@ -192,9 +247,9 @@ def main() -> int:
     server.start()
     try:
         address = f"127.0.0.1:{ports.get(timeout=30)}"
-        found = {"grpcio": grpc.__version__, **blocking_figures(address, args.calls),
-                 **asyncio.run(asyncio_figures(address, args.calls))}
         assert server.pid is not None
+        found = {"grpcio": grpc.__version__, **blocking_figures(address, server.pid, args.calls),
+                 **asyncio.run(asyncio_figures(address, args.calls))}
         found.update(cpu_figures(address, server.pid))
         found.update(batch_figures(address, server.pid))
     finally:

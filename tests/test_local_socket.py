@@ -347,3 +347,14 @@ def test_a_welcome_proves_the_key_for_this_nonce_only() -> None:
     assert proves(key, nonce, proof(key, nonce))
     assert not proves(key, secrets.token_bytes(16), proof(key, nonce))
     assert not proves(secrets.token_bytes(32), nonce, proof(key, nonce))
+
+
+async def test_a_client_told_not_to_keeps_grpc(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(1)
+
+    def run() -> tuple[list[object], list[type]]:
+        with Client(cluster.daemons[0].config.address, timeout=30, local_socket=False) as client:
+            results = [client.submit(op="sum", source=f"range:n={n}").result for n in range(1, 6)]
+            return results, [type(stream) for stream in client._streams._open.values()]
+
+    assert await asyncio.to_thread(run) == ([n * (n - 1) // 2 for n in range(1, 6)], [ThreadStream])

@@ -106,3 +106,13 @@ async def test_a_socket_closed_under_a_job_fails_it_for_the_retry_loop(start_clu
         assert stream.ended is not None and "local socket: closed by the node" in str(stream.ended)
         assert (await client.submit(op="sum", source="values:7")).result == 7  # on gRPC again
         assert client._streams._open[address] is not stream
+
+
+async def test_an_async_client_told_not_to_keeps_grpc(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(1)
+    address = cluster.daemons[0].config.address
+    async with AsyncClient(address, timeout=30, local_socket=False) as client:
+        answers = [await client.submit(op="sum", source=f"range:n={n}") for n in range(1, 6)]
+        await asyncio.sleep(0)  # a connection, had one been started, would have its turn
+        assert [a.result for a in answers] == [n * (n - 1) // 2 for n in range(1, 6)]
+        assert isinstance(client._streams._open[address], SubmitStream) and not client._streams._connecting

@@ -88,7 +88,8 @@ class AsyncClient:
     `token`: the cluster token (default: $DISTNODE_TOKEN, if set). `tls`:
     `TlsFiles(ca=...)` to verify the nodes, plus `cert`/`key` for mutual TLS.
     `max_message_bytes`: the largest answer accepted (the nodes' own
-    `--max-message-bytes` bounds what they send).
+    `--max-message-bytes` bounds what they send). `local_socket`: send a node's
+    jobs on its local socket once it names one (a node on this machine).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class AsyncClient:
         token: str | None = None,
         tls: TlsFiles | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        local_socket: bool = True,
     ) -> None:
         self._nodes = Nodes(addresses)
         self.timeout = timeout
@@ -106,7 +108,9 @@ class AsyncClient:
         self._status_error = ""
         self._flights: set[_Flight] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._streams = SubmitStreams(functools.partial(open_local, max_message_bytes=max_message_bytes))
+        self._streams = SubmitStreams(
+            functools.partial(open_local, max_message_bytes=max_message_bytes) if local_socket else None
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -70,6 +70,7 @@ class Client:
         token: str | None = None,
         tls: TlsFiles | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        local_socket: bool = True,
     ) -> None:
         self._nodes = Nodes(addresses)
         self.timeout = timeout
@@ -78,7 +79,7 @@ class Client:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, BlockingNodeStub] = {}
         self._lock = threading.Lock()
-        self._streams = ThreadStreams(max_message_bytes)
+        self._streams = ThreadStreams(max_message_bytes, local_socket)
         self._watchdog = Watchdog(self._probe, self._abandon, PROBE_INTERVAL_S, PROBE_FAILURES)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="distnode-client", daemon=True)

@@ -105,7 +105,7 @@ class ThreadStream:
 class ThreadStreams:
     """The blocking Client's streams, by (thread, node address); thread-safe."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, local_socket: bool = True) -> None:
         self._open: dict[tuple[int, str], ThreadStream | LocalStream] = {}
         #: Nodes that said they have no SubmitBatches: unary Submit there.
         self.unsupported: set[str] = set()
@@ -113,6 +113,8 @@ class ThreadStreams:
         self._local: dict[str, pb.LocalEndpoint] = {}
         self._unusable: set[str] = set()
         self._max_bytes = max_message_bytes
+        #: Use a node's local socket when it names one (the Client's `local_socket`).
+        self._use_local = local_socket
         self._lock = threading.Lock()
 
     def usable(self, address: str) -> bool:
@@ -147,7 +149,7 @@ class ThreadStreams:
 
     def _told(self, address: str, endpoint: pb.LocalEndpoint) -> None:
         with self._lock:
-            if endpoint.name not in self._unusable:
+            if self._use_local and endpoint.name not in self._unusable:
                 self._local[address] = endpoint
 
     def _connect(self, endpoint: pb.LocalEndpoint, channel: grpc.Channel) -> LocalStream | None:
