@@ -2,13 +2,15 @@
 
 Against in-process daemons, with the blocking Client in worker threads: a
 thread's jobs move to the node's local socket after the first, and answer
-as on gRPC; a stream's first reply alone names the socket; a connection
-without the key gets nothing; a frame over the limit, or not a batch, is
-refused with a status and costs the node nothing; the per-client limit
-counts a process's local jobs; a socket the Client cannot reach, or whose
-node cannot prove the key, leaves it on gRPC; the Client's timeout ends a
-job whose node never answers on the socket. The leader killed under a job
-on its local socket is test_submit_stream.py's.
+as on gRPC; a stream names the socket first and alone; a connection that
+does not prove the key, or does not say hello, gets nothing, and costs the
+node no error; a frame over the limit, or not a batch, is refused with a
+status; the per-client limit counts a process's local jobs, and a client
+gone mid-job has them cancelled; a socket the Client cannot reach, or whose
+node cannot prove the key (a process on a dead node's name), leaves it on
+gRPC and learns nothing; the Client's timeout ends a job whose node never
+answers on the socket. The leader killed under a job on its local socket
+is test_submit_stream.py's.
 """
 
 from __future__ import annotations
@@ -24,22 +26,29 @@ from typing import Any
 
 import grpc
 import pytest
-from inproc import StartCluster
+from inproc import StartCluster, poll
 
 from node import Client
 from node._proto import distnode_pb2 as pb
 from node.client.blocking_stream import ThreadStream
 from node.client.local_stream import LocalStream
-from node.client.streams import stream_answer
 from node.core.limits import Limits
-from node.errors import ClusterUnavailable, JobError, LimitExceeded
+from node.errors import AttemptFailed, ClusterUnavailable, JobError, LimitExceeded
 from node.server.daemon import Daemon
 from node.wire.answers import SERVICE
-from node.wire.localframes import ABSTRACT_PREFIX, HEADER, frame, proof, proves, read_async, read_blocking
+from node.wire.localframes import (
+    ABSTRACT_PREFIX,
+    HEADER,
+    client_proof,
+    frame,
+    node_proof,
+    read_async,
+    read_blocking,
+)
 from node.wire.stubs import BlockingNodeStub
 from node.wire.tensors import tensor_from_proto
 
-MAX_READ = 1 << 20
+MAX_READ_BYTES = 1 << 20
 
 
 def job(job_id: str, source: str, op: str = "sum") -> pb.SubmitRequest:
@@ -55,12 +64,23 @@ def endpoint_of(daemon: Daemon) -> pb.LocalEndpoint:
     return daemon._local.endpoint
 
 
-def shake_hands(endpoint: pb.LocalEndpoint, key: bytes | None = None) -> socket.socket:
-    """A raw connection that has said hello (with `key`, the right one by default)."""
+def raw(endpoint: pb.LocalEndpoint) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.connect(ABSTRACT_PREFIX + endpoint.name)
-    sock.sendall(frame(pb.LocalHello(key=endpoint.key if key is None else key, nonce=b"n" * 16)))
+    return sock
+
+
+def shake_hands(endpoint: pb.LocalEndpoint, key: bytes | None = None) -> socket.socket:
+    """A raw connection through the handshake, proving `key` (the right one by default);
+    the node's own proof is checked against the right key."""
+    sock = raw(endpoint)
+    nonce = secrets.token_bytes(16)
+    sock.sendall(frame(pb.LocalHello(nonce=nonce)))
+    welcome = read_blocking(sock, pb.LocalWelcome, MAX_READ_BYTES)
+    assert welcome.proof == node_proof(endpoint.key, nonce, welcome.nonce)
+    proof = client_proof(endpoint.key if key is None else key, nonce, welcome.nonce)
+    sock.sendall(frame(pb.LocalProof(proof=proof)))
     return sock
 
 
@@ -121,30 +141,30 @@ async def test_a_stream_names_the_socket_first_and_alone_and_a_node_without_one_
     assert not any(batch.HasField("local") for batch in unnamed)
 
 
-async def test_a_connection_without_the_key_is_closed_unanswered_and_the_node_serves_on(
-    start_cluster: StartCluster,
+async def test_a_connection_without_the_key_gets_nothing_and_the_node_serves_on(
+    start_cluster: StartCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster = await start_cluster(1)
     endpoint = endpoint_of(cluster.daemons[0])
 
-    def run() -> tuple[bool, bool, object]:
-        wrong = shake_hands(endpoint, key=secrets.token_bytes(32))
-        # A job where the hello should be: read as a hello, it holds no key.
-        jumped = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        jumped.settimeout(10)
-        jumped.connect(ABSTRACT_PREFIX + endpoint.name)
-        jumped.sendall(frame(pb.SubmitBatch(jobs=[job("j", "values:1")])))
-        refused = closed_unanswered(wrong), closed_unanswered(jumped)
+    def run() -> tuple[bool, bool, bool, object]:
+        with shake_hands(endpoint, key=secrets.token_bytes(32)) as wrong:
+            wrong.sendall(frame(pb.SubmitBatch(jobs=[job("w", "values:1")])))
+            wrong_closed = closed_unanswered(wrong)
+        with raw(endpoint) as jumped:  # a job where the hello should be
+            jumped.sendall(frame(pb.SubmitBatch(jobs=[job("j", "values:1")])))
+            jumped_closed = closed_unanswered(jumped)
+        with raw(endpoint) as huge:  # a hello far over any hello's size
+            huge.sendall(HEADER.pack(10 << 20) + b"x" * 64)
+            huge_closed = closed_unanswered(huge)
         with shake_hands(endpoint) as good:
-            welcome = read_blocking(good, pb.LocalWelcome, MAX_READ)
-            assert welcome.proof == proof(endpoint.key, b"n" * 16)
             good.sendall(frame(pb.SubmitBatch(jobs=[job("k", "values:4,5")])))
-            [reply] = read_blocking(good, pb.SubmitBatchReply, MAX_READ).replies
-        wrong.close()
-        jumped.close()
-        return *refused, value(reply)
+            [reply] = read_blocking(good, pb.SubmitBatchReply, MAX_READ_BYTES).replies
+        return wrong_closed, jumped_closed, huge_closed, value(reply)
 
-    assert await asyncio.to_thread(run) == (True, True, 9)
+    assert await asyncio.to_thread(run) == (True, True, True, 9)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # refused, not crashed
+    assert any("without the key refused" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("what, code, message", [
@@ -159,9 +179,8 @@ async def test_a_frame_the_node_cannot_take_is_refused_with_a_status_and_costs_n
 
     def run() -> tuple[list[pb.SubmitStreamReply], bool, object]:
         with shake_hands(endpoint) as sock:
-            read_blocking(sock, pb.LocalWelcome, MAX_READ)
             sock.sendall(what)
-            replies = list(read_blocking(sock, pb.SubmitBatchReply, MAX_READ).replies)
+            replies = list(read_blocking(sock, pb.SubmitBatchReply, MAX_READ_BYTES).replies)
             closed = sock.recv(1) == b""
         with Client(cluster.daemons[0].config.address, timeout=30) as client:
             after = [client.submit(op="sum", source="range:n=100").result for _ in range(3)]
@@ -174,25 +193,27 @@ async def test_a_frame_the_node_cannot_take_is_refused_with_a_status_and_costs_n
     assert closed and after == [4950] * 3
 
 
-async def test_the_client_gets_a_refused_frames_status_as_its_jobs_error(start_cluster: StartCluster) -> None:
+async def test_a_refused_frame_fails_the_clients_attempt_with_the_nodes_status(start_cluster: StartCluster) -> None:
+    """As a gRPC stream whose message is over the limit: the attempt fails with the status,
+    for the retry loop (every node has its own limit)."""
     cluster = await start_cluster(1, limits=Limits(max_message_bytes=64 * 1024))
     daemon = cluster.daemons[0]
 
     def run() -> str:
         channel = grpc.insecure_channel(daemon.config.address)
-        stream = LocalStream(endpoint_of(daemon), channel, MAX_READ)
+        stream = LocalStream(endpoint_of(daemon), channel, MAX_READ_BYTES)
         try:
             big = job("big", "values:" + ",".join(["1"] * 40_000))  # 80 KB: over the node's 64 KiB
-            reply = stream.run(big)
-            assert reply.job_id == "big" and stream.ended is not None
-            with pytest.raises(LimitExceeded):
-                stream_answer(reply, False)
-            return reply.message
+            with pytest.raises(AttemptFailed) as failed:
+                stream.run(big)
+            assert stream.ended is failed.value
+            return str(failed.value)
         finally:
             stream.close()
             channel.close()
 
-    assert "over the limit of 65536" in await asyncio.to_thread(run)
+    message = await asyncio.to_thread(run)
+    assert "RESOURCE_EXHAUSTED" in message and "over the limit of 65536" in message
 
 
 async def test_the_per_client_limit_counts_a_process_s_local_jobs(start_cluster: StartCluster) -> None:
@@ -201,13 +222,12 @@ async def test_the_per_client_limit_counts_a_process_s_local_jobs(start_cluster:
 
     def run() -> dict[str, pb.SubmitStreamReply]:
         with shake_hands(endpoint) as sock:
-            read_blocking(sock, pb.LocalWelcome, MAX_READ)
             sock.sendall(frame(pb.SubmitBatch(jobs=[
                 job("slow", "random:n=100000000,seed=1"), job("second", "values:1"),
             ])))
             replies: dict[str, pb.SubmitStreamReply] = {}
             while len(replies) < 2:
-                for reply in read_blocking(sock, pb.SubmitBatchReply, MAX_READ).replies:
+                for reply in read_blocking(sock, pb.SubmitBatchReply, MAX_READ_BYTES).replies:
                     replies[reply.job_id] = reply
             return replies
 
@@ -218,7 +238,8 @@ async def test_the_per_client_limit_counts_a_process_s_local_jobs(start_cluster:
 
 
 class Impostor:
-    """An abstract socket that takes a hello and answers with a welcome it cannot prove."""
+    """An abstract socket, as a process that took the name of a node that died: it answers a
+    hello with the best proof it can make without the key."""
 
     def __init__(self) -> None:
         self.name = f"distnode-test-{secrets.token_hex(8)}"
@@ -228,11 +249,13 @@ class Impostor:
     async def start(self) -> asyncio.Server:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                hello = await read_async(reader, pb.LocalHello, MAX_READ)
+                hello = await read_async(reader, pb.LocalHello, MAX_READ_BYTES)
                 assert hello is not None
                 self.hellos.append(hello)
-                writer.write(frame(pb.LocalWelcome(node_id="n1", proof=proof(b"not the key", hello.nonce))))
-                while await read_async(reader, pb.SubmitBatch, MAX_READ) is not None:
+                nonce = secrets.token_bytes(16)
+                guess = node_proof(hello.SerializeToString(), hello.nonce, nonce)  # all it was sent
+                writer.write(frame(pb.LocalWelcome(node_id="n1", nonce=nonce, proof=guess)))
+                while await read_async(reader, pb.SubmitBatch, MAX_READ_BYTES) is not None:
                     self.frames_after += 1
             finally:
                 writer.close()
@@ -260,8 +283,9 @@ async def test_a_socket_the_client_cannot_use_leaves_it_on_grpc(start_cluster: S
         await server.wait_closed()
     assert results == [n * (n - 1) // 2 for n in range(1, 6)]
     assert kinds == [ThreadStream] and unusable == {told.name}
-    if where == "impostor":  # it was asked once, and never sent a job
+    if where == "impostor":  # asked once, told nothing of the key, never sent a job
         assert len(impostor.hellos) == 1 and impostor.frames_after == 0
+        assert told.key not in impostor.hellos[0].SerializeToString()
 
 
 async def test_the_clients_timeout_ends_a_job_on_a_local_socket_whose_node_never_answers() -> None:
@@ -272,11 +296,14 @@ async def test_the_clients_timeout_ends_a_job_on_a_local_socket_whose_node_never
     taken: list[str] = []
 
     async def local(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello = await read_async(reader, pb.LocalHello, MAX_READ)
-        assert hello is not None and hello.key == key
-        writer.write(frame(pb.LocalWelcome(node_id="n1", proof=proof(key, hello.nonce))))
+        hello = await read_async(reader, pb.LocalHello, MAX_READ_BYTES)
+        assert hello is not None
+        nonce = secrets.token_bytes(16)
+        writer.write(frame(pb.LocalWelcome(node_id="n1", nonce=nonce, proof=node_proof(key, hello.nonce, nonce))))
+        claimed = await read_async(reader, pb.LocalProof, MAX_READ_BYTES)
+        assert claimed is not None and claimed.proof == client_proof(key, hello.nonce, nonce)
         try:
-            while (batch := await read_async(reader, pb.SubmitBatch, MAX_READ)) is not None:
+            while (batch := await read_async(reader, pb.SubmitBatch, MAX_READ_BYTES)) is not None:
                 taken.extend(request.job.job_id for request in batch.jobs)  # answers none
         finally:
             writer.close()
@@ -331,7 +358,7 @@ def test_frames_read_back_whole_and_a_frame_over_the_limit_is_refused_unread() -
     with left, right:
         message = pb.SubmitBatch(jobs=[job("a", "values:1,2")])
         left.sendall(frame(message) + frame(message))
-        assert read_blocking(right, pb.SubmitBatch, MAX_READ) == message
+        assert read_blocking(right, pb.SubmitBatch, MAX_READ_BYTES) == message
         with pytest.raises(LimitExceeded, match="frame of 24 bytes is over the limit of 10"):
             read_blocking(right, pb.SubmitBatch, 10)  # its body is left unread: the reader closes
     left, right = socket.socketpair()
@@ -339,14 +366,43 @@ def test_frames_read_back_whole_and_a_frame_over_the_limit_is_refused_unread() -
         left.sendall(frame(message)[:5])
         left.close()
         with pytest.raises(ConnectionError, match="closed by the node"):
-            read_blocking(right, pb.SubmitBatch, MAX_READ)
+            read_blocking(right, pb.SubmitBatch, MAX_READ_BYTES)
 
 
-def test_a_welcome_proves_the_key_for_this_nonce_only() -> None:
-    key, nonce = secrets.token_bytes(32), secrets.token_bytes(16)
-    assert proves(key, nonce, proof(key, nonce))
-    assert not proves(key, secrets.token_bytes(16), proof(key, nonce))
-    assert not proves(secrets.token_bytes(32), nonce, proof(key, nonce))
+def test_each_proof_holds_for_its_own_end_and_nonces_only() -> None:
+    key, mine, theirs = secrets.token_bytes(32), secrets.token_bytes(16), secrets.token_bytes(16)
+    assert node_proof(key, mine, theirs) == node_proof(key, mine, theirs)
+    assert node_proof(key, mine, theirs) != client_proof(key, mine, theirs)  # no reflecting one as the other
+    assert node_proof(key, mine, theirs) != node_proof(key, theirs, mine)
+    assert node_proof(key, mine, theirs) != node_proof(secrets.token_bytes(32), mine, theirs)
+
+
+async def test_a_client_gone_mid_job_has_its_jobs_cancelled_and_its_slot_back(start_cluster: StartCluster) -> None:
+    """As when gRPC cancels a stream: with one job in flight allowed per client, a process
+    whose connection ended mid-job may send the next job at once."""
+    cluster = await start_cluster(1, limits=Limits(max_jobs_per_client=1))
+    daemon = cluster.daemons[0]
+    endpoint = endpoint_of(daemon)
+
+    def gone() -> None:
+        with shake_hands(endpoint) as sock:
+            sock.sendall(frame(pb.SubmitBatch(jobs=[job("long", "random:n=2000000000,seed=5")])))
+            deadline = time.monotonic() + 10
+            while daemon.clients.held(f"local:pid={os.getpid()}") == 0:
+                assert time.monotonic() < deadline, "the job never took its slot"
+                time.sleep(0.005)
+        # closed without the empty batch that says "no more jobs"
+
+    await asyncio.to_thread(gone)
+    await poll(lambda: daemon.clients.held(f"local:pid={os.getpid()}") == 0, 10, "the slot given back")
+
+    def next_job() -> object:
+        with shake_hands(endpoint) as sock:
+            sock.sendall(frame(pb.SubmitBatch(jobs=[job("next", "values:2,3")])))
+            [reply] = read_blocking(sock, pb.SubmitBatchReply, MAX_READ_BYTES).replies
+            return value(reply) if reply.code == 0 else reply.message
+
+    assert await asyncio.to_thread(next_job) == 5
 
 
 async def test_a_client_told_not_to_keeps_grpc(start_cluster: StartCluster) -> None:

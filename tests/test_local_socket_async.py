@@ -21,8 +21,11 @@ from inproc import StartCluster, poll
 from test_local_socket import Impostor, endpoint_of
 
 from node import AsyncClient
-from node.client.async_local_stream import AsyncLocalStream
+from node._proto import distnode_pb2 as pb
+from node.client.async_local_stream import AsyncLocalStream, open_local
 from node.client.streams import SubmitStream
+from node.core.limits import Limits
+from node.errors import AttemptFailed
 
 
 async def test_a_nodes_jobs_move_to_its_local_socket_and_go_together_in_frames(
@@ -61,7 +64,9 @@ async def test_a_job_on_the_grpc_stream_a_socket_replaced_is_still_answered(star
         [retired] = client._streams._retired
         assert isinstance(retired, SubmitStream) and not slow.done()
         answer = await slow
-        assert answer.retries == 0 and retired.ended is None  # answered where it was sent
+        assert answer.retries == 0  # answered where it was sent
+        # Half-closed when it was replaced: it ends after its last answer, and is let go.
+        await poll(lambda: not client._streams._retired and retired.ended is not None, 5, "the stream let go")
         assert (await client.submit(op="sum", source="values:4")).result == 4
 
 
@@ -116,3 +121,18 @@ async def test_an_async_client_told_not_to_keeps_grpc(start_cluster: StartCluste
         await asyncio.sleep(0)  # a connection, had one been started, would have its turn
         assert [a.result for a in answers] == [n * (n - 1) // 2 for n in range(1, 6)]
         assert isinstance(client._streams._open[address], SubmitStream) and not client._streams._connecting
+
+
+async def test_a_refused_frame_fails_the_jobs_waiting_on_it_with_the_nodes_status(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = await start_cluster(1, limits=Limits(max_message_bytes=64 * 1024))
+    stream = await open_local(endpoint_of(cluster.daemons[0]), 1 << 20)
+    try:
+        big = pb.SubmitRequest(job=pb.JobSpec(job_id="big", op="sum", source="values:" + ",".join(["1"] * 40_000)))
+        waiting = await stream.send(big)
+        with pytest.raises(AttemptFailed, match=r"RESOURCE_EXHAUSTED.*over the limit of 65536"):
+            await waiting
+        assert stream.ended is not None
+    finally:
+        await stream.close()

@@ -468,24 +468,24 @@ Global___LocalEndpoint: _TypeAlias = LocalEndpoint  # noqa: Y015
 
 @_typing.final
 class LocalHello(_message.Message):
-    """The first frame a client writes on a local socket; then SubmitBatch frames."""
+    """A local socket's handshake (node/wire/localframes.py): each end proves it holds
+    the endpoint's key without sending it. The client writes a LocalHello, the node
+    a LocalWelcome, the client a LocalProof; then SubmitBatch frames one way (an
+    empty one: no more jobs, answer those running) and SubmitBatchReply frames the other.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    KEY_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
-    key: _builtins.bytes
     nonce: _builtins.bytes
-    """Random bytes the node answers with proof = HMAC-SHA256(key, nonce)."""
     def __init__(
         self,
         *,
-        key: _builtins.bytes = ...,
         nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "nonce", b"nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -493,27 +493,49 @@ Global___LocalHello: _TypeAlias = LocalHello  # noqa: Y015
 
 @_typing.final
 class LocalWelcome(_message.Message):
-    """The node's first frame on a local socket; then SubmitBatchReply frames."""
-
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
+    nonce: _builtins.bytes
     proof: _builtins.bytes
+    """HMAC-SHA256(key, "node" NUL, the client's nonce, the node's nonce)."""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
         proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "proof", b"proof"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "nonce", b"nonce", "proof", b"proof"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LocalWelcome: _TypeAlias = LocalWelcome  # noqa: Y015
+
+@_typing.final
+class LocalProof(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROOF_FIELD_NUMBER: _builtins.int
+    proof: _builtins.bytes
+    """HMAC-SHA256(key, "client" NUL, the node's nonce, the client's nonce)."""
+    def __init__(
+        self,
+        *,
+        proof: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalProof: _TypeAlias = LocalProof  # noqa: Y015
 
 @_typing.final
 class SubmitStreamReply(_message.Message):

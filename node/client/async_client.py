@@ -47,7 +47,7 @@ from node.client.retry import (
     classify,
     new_request,
 )
-from node.client.streams import LocalStream, SubmitStream, SubmitStreams, stream_answer, unary_instead
+from node.client.streams import SocketStream, SubmitStream, SubmitStreams, stream_answer, unary_instead
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable
 from node.security import TlsFiles, load_token
@@ -246,7 +246,7 @@ class AsyncClient:
 
     async def _attempt_once(
         self, address: str, request: pb.SubmitRequest, remaining: float, on_progress: ProgressCallback | None,
-        stream: SubmitStream | LocalStream | None,
+        stream: SubmitStream | SocketStream | None,
     ) -> SubmitAnswer:
         """One Submit to one node. A watchdog starts probing only if the job runs long.
 

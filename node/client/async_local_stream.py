@@ -12,32 +12,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
-from node.client.local_stream import CONNECT_TIMEOUT_S, WELCOME_MAX_BYTES
+from node.client.local_stream import CONNECT_TIMEOUT_S
 from node.client.streams import CLOSE_WAIT_S, StreamStatus, retrieved, stream_ended
 from node.errors import AttemptFailed, LimitExceeded
-from node.wire.localframes import ABSTRACT_PREFIX, NONCE_BYTES, frame, proves, read_async
+from node.wire.localframes import (
+    ABSTRACT_PREFIX,
+    CODES,
+    HANDSHAKE_MAX_BYTES,
+    answer_welcome,
+    frame,
+    hello,
+    read_async,
+)
 
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 #: Wait for the socket to drain once this much is written and not yet sent.
 HIGH_WATER_BYTES = 1 << 20
 
 
 async def open_local(endpoint: pb.LocalEndpoint, max_message_bytes: int) -> AsyncLocalStream:
-    """Connect and shake hands; OSError, ConnectionError, TimeoutError or DecodeError if that fails."""
+    """Connect and shake hands; OSError (NotProven, TimeoutError, ...) or DecodeError if that fails."""
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
         reader, writer = await asyncio.open_unix_connection(ABSTRACT_PREFIX + endpoint.name)
         try:
-            nonce = secrets.token_bytes(NONCE_BYTES)
-            writer.write(frame(pb.LocalHello(key=endpoint.key, nonce=nonce)))
-            welcome = await read_async(reader, pb.LocalWelcome, WELCOME_MAX_BYTES)
-            if welcome is None or not proves(endpoint.key, nonce, welcome.proof):
-                raise ConnectionError("local socket: the node did not prove it holds the key")
+            nonce, first = hello()
+            writer.write(first)
+            welcome = await read_async(reader, pb.LocalWelcome, HANDSHAKE_MAX_BYTES)
+            writer.write(answer_welcome(endpoint.key, nonce, welcome))
+            assert welcome is not None
         except BaseException:
             writer.close()
             raise
@@ -96,12 +102,15 @@ class AsyncLocalStream:
     async def _read(self) -> None:
         ended: Exception = AttemptFailed("local socket: closed by the node", reached=True)
         try:
-            while (batch := await read_async(self._replies, pb.SubmitBatchReply, self._max_bytes)):
+            while True:
+                batch = await read_async(self._replies, pb.SubmitBatchReply, self._max_bytes)
+                if batch is None:
+                    break
                 for reply in batch.replies:
                     self.replied += 1
-                    if not reply.job_id:  # the node could not read a frame of ours; it closes
-                        ended, _ = stream_ended(StreamStatus(
-                            _CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message, reply.node_id,
+                    if not reply.job_id:  # the node could not take a frame of ours, and closes:
+                        ended, _ = stream_ended(StreamStatus(  # as a gRPC stream it refused
+                            CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message, reply.node_id,
                         ), self.replied)
                         continue
                     waiting = self._waiting.pop(reply.job_id, None)
@@ -118,11 +127,11 @@ class AsyncLocalStream:
             self._waiting.clear()
 
     async def close(self) -> None:
-        """Half-close; the node closes once its jobs are answered. Waited for, briefly."""
-        if self.ended is None:
+        """Say "no more jobs" (an empty batch); the node closes once its jobs are answered.
+        Waited for, briefly; then whatever is left is cancelled, as when the client is gone."""
+        if self.ended is None and not self._writer.is_closing():
             self._flush()
-            with contextlib.suppress(OSError, RuntimeError):
-                self._writer.write_eof()
+            self._writer.write(frame(pb.SubmitBatch()))
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
             await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
         self._reader.cancel()

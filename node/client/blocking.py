@@ -39,7 +39,7 @@ from node.client.answer import (
 from node.client.async_client import AsyncClient
 from node.client.blocking_stream import ThreadStream, ThreadStreams
 from node.client.jobs import JobStatus, call_any_blocking
-from node.client.local_stream import LocalStream
+from node.client.local_stream import CONNECT_TIMEOUT_S, LocalStream
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
     PROBE_FAILURES,
@@ -154,7 +154,7 @@ class Client:
         before it ever answered (then the unary call finds out whether the node is there)."""
         if on_stream and self._streams.usable(address):
             stub, channel = self._stub_and_channel(address)
-            stream = self._streams.to(address, stub, channel)
+            stream = self._streams.to(address, stub, channel, min(CONNECT_TIMEOUT_S, remaining))
             try:
                 return self._attempt_once(address, request, remaining, on_progress, stream)
             except AttemptFailed:

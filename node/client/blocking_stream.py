@@ -31,9 +31,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
-from node.client.local_stream import LocalStream
+from node.client.local_stream import CONNECT_TIMEOUT_S, LocalStream
 from node.client.streams import stream_ended
 from node.errors import AttemptFailed, LimitExceeded
+from node.wire.localframes import NotProven
 from node.wire.stubs import BlockingNodeStub
 
 
@@ -120,11 +121,17 @@ class ThreadStreams:
     def usable(self, address: str) -> bool:
         return address not in self.unsupported
 
-    def to(self, address: str, stub: BlockingNodeStub, channel: grpc.Channel) -> ThreadStream | LocalStream:
+    def to(
+        self, address: str, stub: BlockingNodeStub, channel: grpc.Channel,
+        connect_s: float = CONNECT_TIMEOUT_S,
+    ) -> ThreadStream | LocalStream:
         """This thread's stream to `address`: on the node's local socket once it has named one
-        this client can reach, else on gRPC; opened (again) if it has none that is open."""
+        this client can reach (connecting within `connect_s`), else on gRPC; opened (again) if
+        it has none that is open."""
         key = (threading.get_ident(), address)
         stream = self._open.get(key)
+        if isinstance(stream, LocalStream) and stream.ended is not None:
+            self._forget(address, stream)  # reconnect only to a socket the node names again
         endpoint = self._local.get(address)
         if (stream is not None and stream.ended is None and stream.channel is channel
                 and stream.thread is threading.current_thread()):
@@ -134,7 +141,7 @@ class ThreadStreams:
             stream = None
         fresh: ThreadStream | LocalStream | None = None
         if endpoint is not None:
-            fresh = self._connect(endpoint, channel)
+            fresh = self._connect(endpoint, channel, connect_s)
         if fresh is None:
             if stream is not None:
                 return stream
@@ -152,13 +159,22 @@ class ThreadStreams:
             if self._use_local and endpoint.name not in self._unusable:
                 self._local[address] = endpoint
 
-    def _connect(self, endpoint: pb.LocalEndpoint, channel: grpc.Channel) -> LocalStream | None:
+    def _forget(self, address: str, ended: LocalStream) -> None:
+        with self._lock:
+            if self._local.get(address) is ended.endpoint:
+                del self._local[address]
+
+    def _connect(
+        self, endpoint: pb.LocalEndpoint, channel: grpc.Channel, connect_s: float
+    ) -> LocalStream | None:
         try:
-            return LocalStream(endpoint, channel, self._max_bytes)
-        except (OSError, LimitExceeded, DecodeError):  # not ours to reach: gRPC it is
-            with self._lock:
+            return LocalStream(endpoint, channel, self._max_bytes, connect_s)
+        except (ConnectionRefusedError, FileNotFoundError, NotProven, DecodeError, LimitExceeded):
+            with self._lock:  # nobody there, or not the node: not this name again
                 self._unusable.add(endpoint.name)
                 self._local = {a: e for a, e in self._local.items() if e.name != endpoint.name}
+            return None
+        except OSError:  # slow to answer (a paused node): gRPC this time, the socket next time
             return None
 
     def close(self) -> None:

@@ -8,16 +8,17 @@ is a `ThreadStream` that speaks frames instead of gRPC: `run`, `cancel`,
 `close`, and what a failed job's caller asks (`ended`, `replied`,
 `unsupported`).
 
-Connecting proves both ends: the Client sends the key the node gave it, and
-the node answers with an HMAC of the Client's nonce. Any failure to connect
-(another network namespace, a node that restarted with a new socket) leaves
-the Client on gRPC for that node until the node names a socket again.
+Connecting proves both ends hold the key the node gave over gRPC, without
+sending it (node/wire/localframes.py). A socket nobody listens on (another
+network namespace, a node that restarted) or whose node cannot prove the key
+leaves the Client on gRPC for that node until the node names a socket
+again; a connection that ends drops the name, so the Client reconnects
+only to one a node names anew.
 """
 
 from __future__ import annotations
 
 import contextlib
-import secrets
 import socket
 import threading
 
@@ -27,35 +28,45 @@ from google.protobuf.message import DecodeError
 from node._proto import distnode_pb2 as pb
 from node.client.streams import StreamStatus, stream_ended
 from node.errors import AttemptFailed, LimitExceeded
-from node.wire.localframes import ABSTRACT_PREFIX, NONCE_BYTES, frame, proves, read_blocking
+from node.wire.localframes import (
+    ABSTRACT_PREFIX,
+    CODES,
+    HANDSHAKE_MAX_BYTES,
+    answer_welcome,
+    frame,
+    hello,
+    read_blocking,
+)
 
-#: Connecting and the handshake: a node on this host answers in microseconds.
+#: Connecting and the handshake, at most: a node on this host answers in microseconds.
 CONNECT_TIMEOUT_S = 2.0
-WELCOME_MAX_BYTES = 1024
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class LocalStream:
     """One thread's connection to one node's local socket; jobs one at a time."""
 
-    def __init__(self, endpoint: pb.LocalEndpoint, channel: grpc.Channel, max_message_bytes: int) -> None:
-        """Connect and shake hands; OSError, ConnectionError or DecodeError if that fails."""
+    def __init__(
+        self, endpoint: pb.LocalEndpoint, channel: grpc.Channel, max_message_bytes: int,
+        timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        """Connect and shake hands within `timeout_s`; OSError (NotProven, TimeoutError, ...)
+        or DecodeError if that fails."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.settimeout(timeout_s)
             sock.connect(ABSTRACT_PREFIX + endpoint.name)
-            nonce = secrets.token_bytes(NONCE_BYTES)
-            sock.sendall(frame(pb.LocalHello(key=endpoint.key, nonce=nonce)))
-            welcome = read_blocking(sock, pb.LocalWelcome, WELCOME_MAX_BYTES)
-            if not proves(endpoint.key, nonce, welcome.proof):
-                raise ConnectionError("local socket: the node did not prove it holds the key")
+            nonce, first = hello()
+            sock.sendall(first)
+            welcome = read_blocking(sock, pb.LocalWelcome, HANDSHAKE_MAX_BYTES)
+            sock.sendall(answer_welcome(endpoint.key, nonce, welcome))
             sock.settimeout(None)  # a job's deadline is the node's, and the watchdog's
         except BaseException:
             sock.close()
             raise
         self._sock = sock
         self._max_bytes = max_message_bytes
+        #: What the node named: forgotten by the Client once this ends.
+        self.endpoint = endpoint
         self.node_id = welcome.node_id
         #: The node's gRPC channel when this opened: once the watchdog closes it, this is done too.
         self.channel = channel
@@ -77,23 +88,22 @@ class LocalStream:
                 for reply in batch.replies:
                     if reply.job_id == job_id:
                         return reply
-                    if not reply.job_id:  # the node could not read our frame; it closes
-                        self.ended, _ = stream_ended(StreamStatus(
-                            _CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message, reply.node_id,
+                    if not reply.job_id:  # the node could not take our frame, and closes: as a
+                        self.ended, _ = stream_ended(StreamStatus(  # gRPC stream it refused
+                            CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message, reply.node_id,
                         ), self.replied)
-                        reply.job_id = job_id  # the frame held this job alone
-                        return reply
+                        raise self.ended
         except (OSError, LimitExceeded, DecodeError) as exc:
             self.ended = AttemptFailed(f"local socket: {exc}", reached=True)
         raise self.ended
 
     def cancel(self) -> None:
-        """End the connection from another thread: the owner's read ends at once."""
+        """End the connection from another thread: the owner's read ends at once, and the
+        node cancels what it was running for it."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        """A job still running on it is the node's to finish."""
         if self.ended is None:
             self.ended = AttemptFailed("local socket: closed by the client")
         self.cancel()

@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.client.retry import FailedCall, classify
-from node.errors import AccessDenied, AttemptFailed
+from node.errors import AccessDenied, AttemptFailed, LimitExceeded
 from node.wire.answers import SubmitAnswer
+from node.wire.localframes import NotProven
 from node.wire.status import NODE_TRAILER
 from node.wire.stubs import NodeStub
 
@@ -217,6 +219,16 @@ class SubmitStream:
                     waiting.set_exception(ended)
             self._waiting.clear()
 
+    async def finish(self) -> None:
+        """Half-close, and wait until the node has answered every job and ended the stream."""
+        if self._writer is not None:  # gRPC allows one write at a time, half-closing included
+            await asyncio.wait({self._writer})
+        if self.ended is None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError):
+                await self._call.done_writing()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(self._reader)
+
     async def close(self) -> None:
         """Half-close; the node ends the stream once its jobs are answered. Waited for, briefly:
         gRPC must see the call end while this loop still runs, or its poller thread later
@@ -236,8 +248,8 @@ class SubmitStream:
             await self._call.code()
 
 
-class LocalStream(OpenedStream, Protocol):
-    """What SubmitStreams needs of a stream on a local socket (AsyncLocalStream)."""
+class SocketStream(OpenedStream, Protocol):
+    """What SubmitStreams needs of a stream on a node's local socket (AsyncLocalStream)."""
 
     async def send(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]: ...
     def forget(self, job_id: str) -> None: ...
@@ -245,7 +257,7 @@ class LocalStream(OpenedStream, Protocol):
 
 
 #: Connects to a node's local socket and shakes hands; raises if it cannot.
-OpenLocal = Callable[[pb.LocalEndpoint], Awaitable[LocalStream]]
+OpenLocal = Callable[[pb.LocalEndpoint], Awaitable[SocketStream]]
 
 
 class SubmitStreams:
@@ -253,27 +265,28 @@ class SubmitStreams:
     opened again after one ends; on the node's local socket once one is connected."""
 
     def __init__(self, open_local: OpenLocal | None = None) -> None:
-        self._open: dict[str, SubmitStream | LocalStream] = {}
+        self._open: dict[str, SubmitStream | SocketStream] = {}
         #: Nodes that said they have no SubmitBatches: unary Submit there.
         self.unsupported: set[str] = set()
         self._open_local = open_local
         #: Local sockets being connected to, and names this client could not use.
         self._connecting: set[asyncio.Task[None]] = set()
         self._unusable: set[str] = set()
-        #: gRPC streams a local one replaced: left to answer their jobs, closed with the rest.
-        self._retired: list[SubmitStream] = []
+        #: gRPC streams a local one replaced, half-closed: each ends once its jobs are answered.
+        self._retired: set[SubmitStream] = set()
+        self._closed = False
 
     def usable(self, address: str) -> bool:
         return address not in self.unsupported
 
-    def to(self, address: str, stub: NodeStub) -> SubmitStream | LocalStream:
+    def to(self, address: str, stub: NodeStub) -> SubmitStream | SocketStream:
         stream = self._open.get(address)
         if stream is None or stream.ended is not None:
             stream = self._open[address] = SubmitStream(stub, lambda told: self._told(address, told))
         return stream
 
     def _told(self, address: str, endpoint: pb.LocalEndpoint) -> None:
-        if self._open_local is None or endpoint.name in self._unusable:
+        if self._open_local is None or endpoint.name in self._unusable or self._closed:
             return
         task = asyncio.get_running_loop().create_task(self._connect(address, endpoint))
         self._connecting.add(task)
@@ -283,20 +296,25 @@ class SubmitStreams:
         assert self._open_local is not None
         try:
             local = await self._open_local(endpoint)
-        except Exception:  # not ours to reach (another namespace, a node gone): gRPC it is
-            self._unusable.add(endpoint.name)
+        except (ConnectionRefusedError, FileNotFoundError, NotProven, DecodeError, LimitExceeded):
+            self._unusable.add(endpoint.name)  # nobody there, or not the node: not this name again
+            return
+        except OSError:  # slow to answer (a paused node): gRPC until the node names it again
             return
         old = self._open.get(address)
         self._open[address] = local
-        if isinstance(old, SubmitStream) and old._waiting:
-            self._retired.append(old)
+        if isinstance(old, SubmitStream):
+            self._retired.add(old)
+            await old.finish()
+            self._retired.discard(old)
         elif old is not None:
             await old.close()
 
     async def close(self) -> None:
+        self._closed = True  # a stream's first message may still name a socket: not opened now
         for task in list(self._connecting):
             task.cancel()
         await asyncio.gather(*self._connecting, return_exceptions=True)
         streams, self._open = [*self._open.values(), *self._retired], {}
-        self._retired = []
+        self._retired = set()
         await asyncio.gather(*(stream.close() for stream in streams))

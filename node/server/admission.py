@@ -1,6 +1,7 @@
 """How many jobs one client may have in flight at the node it submits to.
 
-Counted per gRPC connection (the peer string gRPC reports), on the first hop
+Counted per gRPC connection (the peer string gRPC reports), or per process on
+the local socket (`local:pid=N`, localsocket.py), on the first hop
 only: a follower relaying to the leader counts its client's jobs, the leader
 does not count them again. Over the limit is RESOURCE_EXHAUSTED, before the
 job costs anything.

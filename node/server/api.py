@@ -29,6 +29,14 @@ if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
 ShardRange = tuple[int, int, int]
 
 
+class Caller(Protocol):
+    """Who sent a job, as a job's run needs to know it: a gRPC call's context, or a
+    local socket's connection (localsocket.py)."""
+
+    def peer(self) -> str: ...
+    def time_remaining(self) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A finished job on the leader: its answer and how it was made."""

@@ -378,8 +378,7 @@ class Daemon:
             self._stopping.set()
         return self.election.ticks_until_due()
 
-    def stop(self) -> None:
-        """Ask `serve()` to shut down (what SIGINT and SIGTERM do)."""
+    def stop(self) -> None:  # what SIGINT and SIGTERM do
         self._stopping.set()
 
     async def serve(self, handle_signals: bool = True) -> None:
@@ -427,6 +426,8 @@ class Daemon:
         """In order: no more ticks, no more RPCs, no more tasks, then close what they used."""
         self.clock.stop()
         log.info("shutting down")
+        if self._local is not None:  # as gRPC: no new callers, the grace for those it has
+            self._local.stop_accepting()
         await server.stop(SHUTDOWN_GRACE_S)
         if self._local is not None:
             await self._local.close()

@@ -16,7 +16,7 @@ MAX_STREAM_JOBS jobs in flight; more are refused one by one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded
@@ -40,7 +40,9 @@ class JobStream:
         self._replies: asyncio.Queue[pb.SubmitStreamReply | None] = asyncio.Queue()
         self._running: set[asyncio.Task[None]] = set()
 
-    async def replies(self, batches: AsyncIterator[pb.SubmitBatch]) -> AsyncIterator[pb.SubmitBatchReply]:
+    async def replies(
+        self, batches: AsyncIterator[pb.SubmitBatch]
+    ) -> AsyncGenerator[pb.SubmitBatchReply, None]:
         """The stream's answers, as many per message as have ended since the last one."""
         reader = asyncio.create_task(self._read(batches))
         try:
@@ -72,6 +74,12 @@ class JobStream:
                 await asyncio.wait(set(self._running))
         finally:
             self._replies.put_nowait(None)
+
+    def cancel_all(self) -> None:
+        """The client is gone: its running jobs' tasks end now, with no reply (as when gRPC
+        cancels a stream). A job the leader runs goes on for its other callers, if any."""
+        for task in list(self._running):
+            task.cancel()
 
     def _start(self, request: pb.SubmitRequest) -> None:
         if len(self._running) >= MAX_STREAM_JOBS:

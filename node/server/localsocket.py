@@ -2,39 +2,47 @@
 
 A small job is one round trip, and on this project's 2-core host a gRPC
 stream's round trip costs 0.44 ms with nothing behind it, where a Unix
-socket's costs 0.02 ms (`scripts/grpc_floor.py`, docs/timeline.md). MPI
+socket's costs 0.02-0.1 ms (`scripts/grpc_floor.py`, docs/timeline.md). MPI
 ranks on one machine talk through shared memory for the same reason. So a
 node also listens on an abstract Unix socket, which only processes in its
-network namespace can reach, and tells every SubmitBatches client where it
-is in the stream's first message (`SubmitBatchReply.local`); a client that can
-connect sends its next jobs there, and one that cannot keeps gRPC.
+network namespace can reach, and names it, with a random key, as the first
+message of every SubmitBatches stream (`SubmitBatchReply.local`); a client
+that can connect sends its next jobs there, and one that cannot keeps gRPC.
 
 What the socket carries is what the stream carries (node/wire/localframes.py),
 answered by the same code: each job runs as the servicer's SubmitBatches job
 does (`JobStream`, the servicer's `stream_job`), so limits, deadlines,
 relaying and errors are the same. What gRPC gave and this must keep:
 
-- Authentication: the endpoint's key is handed out only over gRPC, where the
-  cluster token (and TLS) apply; a connection must present it first
-  (`LocalHello`), or it is closed without an answer. The node proves itself
-  back with an HMAC of the client's nonce.
+- Authentication: the key is handed out only over gRPC, where the cluster
+  token (and TLS) apply, and never crosses the socket: each end proves it
+  holds it (localframes.py). A connection that does not is closed without an
+  answer.
 - Limits: a frame over `--max-message-bytes` is refused before it is read,
-  with RESOURCE_EXHAUSTED; the per-client limit counts a process's local
-  jobs (`local:pid=N`), as it counts a gRPC connection's.
+  with RESOURCE_EXHAUSTED, and the connection closes; the per-client limit
+  counts a process's local jobs (`local:pid=N`) together, as it counts a gRPC
+  connection's.
+- Cancellation: a client that goes away (the socket ends without the empty
+  batch that says "no more jobs") has its jobs' tasks cancelled, as gRPC
+  cancels a stream's.
+- Shutdown: the node stops taking connections when it stops taking RPCs,
+  serves those it has through gRPC's grace period, then ends them.
 - Privacy: the bytes never leave the kernel, as with TLS on loopback.
 
-`--no-local-socket` turns it off; a node without it sends no endpoint, and
+`--no-local-socket` turns it off; a node without it names none, and
 clients then use gRPC alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
@@ -43,24 +51,17 @@ from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded
+from node.server.api import Caller
 from node.server.jobstream import Failed, JobStream
-from node.wire.localframes import ABSTRACT_PREFIX, frame, proof, read_async
+from node.wire.localframes import ABSTRACT_PREFIX, HANDSHAKE_MAX_BYTES, frame, proven, read_async, welcome
 
 log = logging.getLogger(__name__)
 
-#: A hello is a key and a nonce: anything longer is not one.
-HELLO_MAX_BYTES = 256
-#: A connection that has not said hello by then is closed.
-HELLO_TIMEOUT_S = 5.0
+#: A connection that has not proven itself by then is closed.
+HANDSHAKE_TIMEOUT_S = 5.0
+#: Refused connections are logged at most once per this long (anyone on the host can make them).
+REFUSED_LOG_S = 10.0
 _PEERCRED = struct.Struct("3i")
-
-
-class Caller(Protocol):
-    """What a job's run needs to know about whoever sent it (a gRPC context has both)."""
-
-    def peer(self) -> str: ...
-    def time_remaining(self) -> float | None: ...
-
 
 StreamJob = Callable[[Caller, pb.SubmitRequest], Awaitable[pb.SubmitStreamReply]]
 
@@ -108,16 +109,22 @@ class LocalSocket:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._refused = 0
+        self._refused_logged_s = -REFUSED_LOG_S
 
     async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(
-            self._connected, path=ABSTRACT_PREFIX + self.endpoint.name)
+        path = ABSTRACT_PREFIX + self.endpoint.name
+        self._server = await asyncio.start_unix_server(self._connected, path=path)
 
-    async def close(self) -> None:
-        """Stop listening and end every connection (their jobs' callers retry elsewhere)."""
+    def stop_accepting(self) -> None:
+        """No new connections; those open are served on (what gRPC's grace period does)."""
         self._closing = True
         if self._server is not None:
             self._server.close()
+
+    async def close(self) -> None:
+        """End every connection (their jobs' callers retry elsewhere)."""
+        self.stop_accepting()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -127,10 +134,13 @@ class LocalSocket:
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self._closing:
+            writer.close()
+            return
         self._connections.add(task)
         try:
             await self._serve(reader, writer, _peer_of(writer))
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, DecodeError) as exc:
+        except (OSError, asyncio.IncompleteReadError, DecodeError, LimitExceeded) as exc:
             log.debug("local connection ended: %s", exc)
         except asyncio.CancelledError:
             # asyncio's stream server logs a handler that ends cancelled as an error.
@@ -140,27 +150,46 @@ class LocalSocket:
             self._connections.discard(task)
             writer.close()
 
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> bool:
+        """Prove the node, and have the client prove itself (localframes.py)."""
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            hello = await read_async(reader, pb.LocalHello, HANDSHAKE_MAX_BYTES)
+            answer = welcome(self.endpoint.key, self.node_id, hello)
+            if answer is not None:
+                assert hello is not None
+                node_nonce, welcome_frame = answer
+                writer.write(welcome_frame)
+                claimed = await read_async(reader, pb.LocalProof, HANDSHAKE_MAX_BYTES)
+                if proven(self.endpoint.key, hello.nonce, node_nonce, claimed):
+                    return True
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_s >= REFUSED_LOG_S:
+            log.warning("local socket: %d connection(s) without the key refused, the last from %s",
+                        self._refused, peer)
+            self._refused, self._refused_logged_s = 0, now
+        return False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
-        hello = await asyncio.wait_for(read_async(reader, pb.LocalHello, HELLO_MAX_BYTES), HELLO_TIMEOUT_S)
-        if hello is None or not secrets.compare_digest(hello.key, self.endpoint.key):
-            log.warning("local socket: a connection from %s without the key; closed", peer)
+        if not await self._handshake(reader, writer, peer):
             return
-        welcome = pb.LocalWelcome(node_id=self.node_id, proof=proof(self.endpoint.key, hello.nonce))
-        writer.write(frame(welcome))
         refused: list[pb.SubmitStreamReply] = []
         stream = JobStream(functools.partial(self._run, LocalCaller(peer)), self._failed)
-        async for batch in stream.replies(self._batches(reader, refused)):
-            writer.write(frame(batch))
-            await writer.drain()
+        async with contextlib.aclosing(stream.replies(self._batches(reader, refused, stream))) as replies:
+            async for batch in replies:
+                writer.write(frame(batch))
+                await writer.drain()
         if refused:  # the client's last frame was not one we could read: say why, then close
             writer.write(frame(pb.SubmitBatchReply(replies=refused)))
             await writer.drain()
 
     async def _batches(
-        self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply]
+        self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply], stream: JobStream
     ) -> AsyncIterator[pb.SubmitBatch]:
-        """The client's batches until it closes; a frame over the limit or not a batch ends
-        them, with a reply for no job (an empty job id) that says what was wrong."""
+        """The client's batches until an empty one (no more jobs: those running are answered)
+        or the end of the socket (the client is gone: they are cancelled). A frame over the
+        limit, or not a batch, ends them with a reply for no job (an empty job id) that says
+        what was wrong."""
         while True:
             try:
                 batch = await read_async(reader, pb.SubmitBatch, self._max_bytes)
@@ -172,6 +201,9 @@ class LocalSocket:
                                                   "local socket: a frame that is not a SubmitBatch"))
                 return
             if batch is None:
+                stream.cancel_all()
+                return
+            if not batch.jobs:
                 return
             yield batch
 

@@ -48,10 +48,18 @@ from node.errors import (
     UnknownJob,
 )
 from node.security import TokenServerInterceptor
-from node.server.api import Answered, BeatAnswer, IncomingPartial, JobView, NodeApi, StatusView, Submitted
+from node.server.api import (
+    Answered,
+    BeatAnswer,
+    Caller,
+    IncomingPartial,
+    JobView,
+    NodeApi,
+    StatusView,
+    Submitted,
+)
 from node.server.jobinfo import view_to_info
 from node.server.jobstream import JobStream
-from node.server.localsocket import Caller
 from node.server.tracing import ShardTimes
 from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer

@@ -1,17 +1,24 @@
-"""Frames on a node's local socket: a 4-byte little-endian length, then a protobuf message.
+"""Frames on a node's local socket, and its handshake.
 
-The local socket (node/server/localsocket.py) carries what a SubmitBatches
-stream carries, without gRPC: `SubmitBatch` frames one way, `SubmitBatchReply`
-frames the other, after a `LocalHello` / `LocalWelcome` handshake. A Unix
-socket is reliable and ordered, so a length prefix is all the framing it
-needs. A frame longer than the reader's limit is refused before its body is
-read: the reader names the limit and closes the connection.
+A frame is a 4-byte little-endian length, then a protobuf message. The local
+socket (node/server/localsocket.py) carries what a SubmitBatches stream
+carries, without gRPC: `SubmitBatch` frames one way, `SubmitBatchReply`
+frames the other. A Unix socket is reliable and ordered, so a length prefix
+is all the framing it needs. A frame longer than the reader's limit is
+refused before its body is read: the reader names the limit and closes.
 
-Both ends of the handshake are here so they cannot drift apart: the client
-proves it holds the key it was given over gRPC (`LocalHello.key`), and the
-node proves it is the one that gave it (`proof`, an HMAC of the client's
-random nonce), so a process that took over the name of a node that died
-learns nothing and cannot pose as it.
+The handshake proves to each end that the other holds the endpoint's key,
+which the node hands out only over gRPC (where the cluster token and TLS
+apply), and the key itself never crosses the socket:
+
+1. the client writes `LocalHello(nonce_c)`;
+2. the node answers `LocalWelcome(node_id, nonce_n, HMAC(key, "node", nonce_c, nonce_n))`;
+3. the client checks that, and writes `LocalProof(HMAC(key, "client", nonce_n, nonce_c))`.
+
+So a process that takes over the name of a node that died learns nothing
+from a client that connects, cannot answer it, and gets no job; and a
+process that never had the key gets no answer from a node. Both ends of the
+handshake are written here so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -19,20 +26,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import secrets
 import socket
 import struct
 from typing import TypeVar
 
+import grpc
 from google.protobuf.message import Message
 
+from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded
 
 HEADER = struct.Struct("<I")
 NONCE_BYTES = 16
+#: A handshake message is a nonce, an id and a proof: anything longer is not one.
+HANDSHAKE_MAX_BYTES = 512
 #: Linux abstract socket names start with NUL; the name travels without it.
 ABSTRACT_PREFIX = "\0"
+#: gRPC status codes by number, for statuses that travel in frames.
+CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 M = TypeVar("M", bound=Message)
+
+
+class NotProven(ConnectionError):
+    """The other end of a local socket did not prove it holds the key."""
 
 
 def frame(message: Message) -> bytes:
@@ -40,12 +58,46 @@ def frame(message: Message) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def proof(key: bytes, nonce: bytes) -> bytes:
-    return hmac.new(key, nonce, hashlib.sha256).digest()
+def _mac(key: bytes, *parts: bytes) -> bytes:
+    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
 
 
-def proves(key: bytes, nonce: bytes, claimed: bytes) -> bool:
-    return hmac.compare_digest(proof(key, nonce), claimed)
+def node_proof(key: bytes, client_nonce: bytes, node_nonce: bytes) -> bytes:
+    return _mac(key, b"node\0", client_nonce, node_nonce)
+
+
+def client_proof(key: bytes, client_nonce: bytes, node_nonce: bytes) -> bytes:
+    return _mac(key, b"client\0", node_nonce, client_nonce)
+
+
+def hello() -> tuple[bytes, bytes]:
+    """The client's nonce and its first frame."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce, frame(pb.LocalHello(nonce=nonce))
+
+
+def answer_welcome(key: bytes, nonce: bytes, welcome: pb.LocalWelcome | None) -> bytes:
+    """The client's proof frame, once the node's welcome has proven the node; NotProven if not."""
+    if welcome is None or len(welcome.nonce) != NONCE_BYTES or not hmac.compare_digest(
+        node_proof(key, nonce, welcome.nonce), welcome.proof
+    ):
+        raise NotProven("local socket: the node did not prove it holds the key")
+    return frame(pb.LocalProof(proof=client_proof(key, nonce, welcome.nonce)))
+
+
+def welcome(key: bytes, node_id: str, hello: pb.LocalHello | None) -> tuple[bytes, bytes] | None:
+    """The node's nonce and its welcome frame; None for a hello that is not one."""
+    if hello is None or len(hello.nonce) != NONCE_BYTES:
+        return None
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    proof = node_proof(key, hello.nonce, nonce)
+    return nonce, frame(pb.LocalWelcome(node_id=node_id, nonce=nonce, proof=proof))
+
+
+def proven(key: bytes, client_nonce: bytes, node_nonce: bytes, claimed: pb.LocalProof | None) -> bool:
+    """Whether the client's proof is right (compared in constant time)."""
+    expected = client_proof(key, client_nonce, node_nonce)
+    return claimed is not None and hmac.compare_digest(expected, claimed.proof)
 
 
 def _length(header: bytes, max_bytes: int) -> int:
