@@ -1,6 +1,6 @@
 """A job's time on this tree against another, clusters side by side, in interleaved rounds.
 
-    python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector|small] [--rounds 15]
+    python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector|small|throughput] [--rounds 15]
                               [--reps 3] [--n 100000000] [--json PATH]
 
 DIR is an unpacked tree (`git archive REV | tar -x -C DIR`); `--after`
@@ -19,6 +19,9 @@ by a separate client process of the tree's own code (bench.py's latency
 client, 50 untimed first), so a change to the client is measured too; the
 figures are p50 and p99 of each tree over all rounds, and the per-round
 ratios of each (a p99 needs thousands of jobs: `--reps 500 --rounds 12`).
+`throughput`: per turn, bench.py's throughput client of the tree's own code
+(one AsyncClient, 32 small jobs in flight for `--reps` seconds); the figure
+is the median over rounds of after / before in jobs per second.
 
 Why: a change to the job path moves a big job by a few per cent, less than
 this host drifts in a quarter of an hour (docs/timeline.md); only a
@@ -71,6 +74,8 @@ def compare(
         os.chdir(here)
         if job.get("source") == SMALL_SOURCE:
             return compare_small(trees, clusters, rounds, reps)
+        if job.get("throughput"):
+            return compare_throughput(trees, clusters, rounds, reps)
         for cluster in clusters.values():
             for _ in range(2 * reps):
                 cluster.client.submit(**job)
@@ -108,6 +113,38 @@ def small_turn(tree: Path, cluster: Any, jobs: int) -> list[float]:
     return latencies
 
 
+def throughput_turn(tree: Path, cluster: Any, seconds: float) -> float:
+    """Jobs per second, 32 in flight for `seconds`, from a client process of `tree`'s code."""
+    command = [sys.executable, str(tree / "scripts" / "bench.py"), "--client-worker", "throughput",
+               "--cluster", ",".join(cluster.addresses), "--seconds", str(seconds), "--inflight", "32"]
+    done = subprocess.run(command, cwd=tree, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"client of {tree.name} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    rate: float = json.loads(done.stdout.strip().splitlines()[-1])["jobs_per_s"]
+    return rate
+
+
+def compare_throughput(
+    trees: dict[str, Path], clusters: dict[str, Any], rounds: int, seconds: float
+) -> dict[str, Any]:
+    """Each round one throughput client per tree in turn (order flipped every round)."""
+    rates: dict[str, list[float]] = {name: [] for name in trees}
+    ratios = []
+    names = list(trees)
+    for number in range(rounds):
+        turn = {name: throughput_turn(trees[name], clusters[name], seconds)
+                for name in (names if number % 2 == 0 else names[::-1])}
+        for name, rate in turn.items():
+            rates[name].append(rate)
+        ratios.append(turn["after"] / turn["before"])
+    return {
+        "job": "throughput", "rounds": rounds, "seconds": seconds,
+        **{f"{name}_jobs_per_s": round(statistics.median(rates[name])) for name in names},
+        "after_over_before": round(statistics.median(ratios), 3),
+        "each_round": [round(r, 3) for r in ratios],
+    }
+
+
 def quantile_ms(samples_s: list[float], q: float) -> float:
     """The median, or a nearest-rank percentile (bench.py's p99), in ms."""
     return (statistics.median(samples_s) if q == 50 else percentile(samples_s, q)) * 1000
@@ -138,7 +175,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--ref", type=Path, required=True, help="the tree to compare against")
     parser.add_argument("--after", type=Path, default=ROOT, help="the tree measured (default: this one)")
-    parser.add_argument("--job", choices=("big", "vector", "small"), default="big")
+    parser.add_argument("--job", choices=("big", "vector", "small", "throughput"), default="big")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n", type=int, default=10**8)
@@ -154,6 +191,8 @@ def main() -> int:
             job = {"op": "sum", "source": write_big(args.n, workdir)}
         elif args.job == "vector":
             job = {"op": "sum", "axis": 0, "source": write_vector(workdir)}
+        elif args.job == "throughput":
+            job = {"throughput": True}
         else:
             job = {"op": "sum", "source": SMALL_SOURCE}
         print_json(compare(trees, job, args.rounds, args.reps, workdir), args.json)
