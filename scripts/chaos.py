@@ -821,6 +821,7 @@ def run(settings: Settings, json_path: Path | None) -> int:
     cluster = LocalCluster(
         nodes=settings.nodes, heartbeat_ms=settings.heartbeat_ms, election_ms=settings.election_ms,
         shard_elems=SHARD_ELEMS, workdir=settings.workdir, link_faults=True,
+        local_socket=True,  # its clients are on the real addresses: the faults are between nodes
     )
     nemesis = Nemesis(cluster, settings.seed, settings.election_ms[1], record)
     try:

@@ -17,9 +17,11 @@ own `--peers` entries, so the harness gives node i one proxy per peer j
 There is one more link per node for clients (CLIENT -> j): a client built on
 `client_addresses` reaches the nodes through them, and stays behind them
 because each node advertises its CLIENT link as its address (replies name
-the leader by it). Such clients play clients on other machines, so these
-nodes offer no local socket (node/server/localsocket.py). Clients on the
-real `addresses`, like the harness's own `client`, are never faulted: the
+the leader by it). Such clients play clients on other machines, which no
+link fault could cut from a node's same-host socket, so these nodes offer
+no local socket (node/server/localsocket.py) unless `local_socket=True`
+says every client is on the real `addresses`. Clients on the real
+`addresses`, like the harness's own `client`, are never faulted: the
 harness must see the cluster whatever it breaks.
 """
 
@@ -81,6 +83,7 @@ class LocalCluster:
         token: str | None = None,
         keep_logs: bool = False,
         http: bool = False,
+        local_socket: bool | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
@@ -107,6 +110,8 @@ class LocalCluster:
         self.shard_elems = shard_elems
         self.data_root = Path(data_root).resolve() if data_root is not None else None
         self.extra_args = list(extra_args)
+        #: The nodes' local sockets (off by default with link faults: see the module's docstring).
+        self.local_socket = not link_faults if local_socket is None else local_socket
         self.start_timeout_s = start_timeout_s
         ports = list(range(base_port, base_port + nodes)) if base_port else free_ports(nodes)
         self._nodes = {
@@ -234,8 +239,7 @@ class LocalCluster:
             # Replies tell clients where the leader is; with link faults that must be the
             # client's link to it, or a client would leave the links after one answer.
             command += ["--advertise", self._links().address(CLIENT, node.node_id)]
-            # Clients on the links play clients on other machines, which no link fault
-            # could cut from a node's same-host socket: the nodes offer them none.
+        if not self.local_socket:
             command += ["--no-local-socket"]
         if self.heartbeat_ms is not None:
             command += ["--heartbeat-ms", str(self.heartbeat_ms)]
