@@ -32,6 +32,7 @@ from node import Client
 from node._proto import distnode_pb2 as pb
 from node.client.blocking_stream import ThreadStream
 from node.client.local_stream import LocalStream
+from node.client.streams import unary_instead
 from node.core.limits import Limits
 from node.errors import AttemptFailed, ClusterUnavailable, JobError, LimitExceeded
 from node.server.daemon import Daemon
@@ -416,3 +417,29 @@ async def test_a_client_told_not_to_keeps_grpc(start_cluster: StartCluster) -> N
             return results, [type(stream) for stream in client._streams._open.values()]
 
     assert await asyncio.to_thread(run) == ([n * (n - 1) // 2 for n in range(1, 6)], [ThreadStream])
+
+
+async def test_a_job_failed_on_a_local_socket_is_retried_elsewhere_not_sent_unary_to_that_node(
+    start_cluster: StartCluster,
+) -> None:
+    """A gRPC stream that ended before the node ever answered on it sends its job unary to
+    the same node, to find out whether it is there; on a local socket the handshake was that
+    answer, so a hung node costs the job one watchdog cycle, not two."""
+    cluster = await start_cluster(1)
+    address = cluster.daemons[0].config.address
+    endpoint = endpoint_of(cluster.daemons[0])
+
+    def run() -> tuple[bool, bool]:
+        channel = grpc.insecure_channel(address)
+        try:
+            local = LocalStream(endpoint, channel, MAX_READ_BYTES)
+            local.close()  # ended, no reply read
+            grpc_stream = ThreadStream(BlockingNodeStub(channel, None), channel)
+            grpc_stream.ended = AttemptFailed("ended before any reply")
+            unary_after = unary_instead(grpc_stream, set(), address), unary_instead(local, set(), address)
+            grpc_stream.close()
+            return unary_after
+        finally:
+            channel.close()
+
+    assert await asyncio.to_thread(run) == (True, False)

@@ -65,6 +65,7 @@ class AsyncLocalStream:
         self.ended: Exception | None = None
         self.unsupported = False  # a node that names a socket has SubmitBatches
         self.replied = 0
+        self.answered = True  # the handshake: see LocalStream.answered
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def send(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]:

@@ -60,6 +60,10 @@ class ThreadStream:
         #: Replies read so far: a stream that failed before its first worked nowhere yet.
         self.replied = 0
 
+    @property
+    def answered(self) -> bool:
+        return self.replied > 0
+
     def _feed(self) -> Iterator[pb.SubmitBatch]:
         while (request := self._requests.get()) is not None:
             yield pb.SubmitBatch(jobs=[request])

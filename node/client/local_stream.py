@@ -74,6 +74,9 @@ class LocalStream:
         self.ended: Exception | None = None
         self.unsupported = False  # a node that names a socket has SubmitBatches
         self.replied = 0
+        #: The handshake was the node's answer: a job that fails here is not sent again as a
+        #: unary call to find out whether the node is there (it was), but elsewhere.
+        self.answered = True
 
     def run(self, request: pb.SubmitRequest) -> pb.SubmitStreamReply:
         """Send the job and wait for its reply; AttemptFailed if the connection ends."""

@@ -99,16 +99,20 @@ class OpenedStream(Protocol):
     replied: int
     ended: Exception | None
 
+    @property
+    def answered(self) -> bool:
+        """The node has answered on it: a reply, or (a local socket) the handshake."""
+
 
 def unary_instead(stream: OpenedStream, unsupported: set[str], address: str) -> bool:
     """After a job failed on `stream` to `address`: send it as a unary Submit to that node?
     Yes if the node has no SubmitBatches (remembered in `unsupported`), or if the stream
-    failed before it ever answered (the unary call finds out whether the node is there);
-    no if it had answered before, or only this job failed."""
+    failed before the node ever answered on it (the unary call finds out whether the node
+    is there); no if it had answered, or only this job failed."""
     if stream.unsupported:
         unsupported.add(address)
         return True
-    return not stream.replied and stream.ended is not None
+    return not stream.answered and stream.ended is not None
 
 
 def retrieved(future: asyncio.Future[Any]) -> None:
@@ -143,6 +147,10 @@ class SubmitStream:
         #: Replies read so far: a stream that failed before its first worked nowhere yet.
         self.replied = 0
         self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def answered(self) -> bool:
+        return self.replied > 0
 
     async def send(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]:
         """Write the job; the future is its reply. AttemptFailed if the stream is gone."""
