@@ -31,20 +31,26 @@ from node.errors import ClusterUnavailable, InvalidJob, JobError
 from node.wire.answers import SERVICE
 
 
-async def test_scalar_jobs_go_on_each_threads_own_stream(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(3, local_socket=False)
-    leader = cluster.leader()
-    assert leader is not None
-    client = Client(leader.config.address, timeout=30)
+async def ten_jobs_in_each_of_four_threads(client: Client) -> set[int]:
+    """Each thread's answers checked; the threads that submitted."""
     threads_seen: set[int] = set()
 
     def lane(first: int) -> list[object]:
         threads_seen.add(threading.get_ident())
         return [client.submit(op="sum", source=f"range:n={n}").result for n in range(first + 1, first + 11)]
 
+    lanes = await asyncio.gather(*(asyncio.to_thread(lane, 10 * k) for k in range(4)))
+    assert lanes == [[n * (n - 1) // 2 for n in range(10 * k + 1, 10 * k + 11)] for k in range(4)]
+    return threads_seen
+
+
+async def test_scalar_jobs_go_on_each_threads_own_stream(start_cluster: StartCluster) -> None:
+    cluster = await start_cluster(3, local_socket=False)
+    leader = cluster.leader()
+    assert leader is not None
+    client = Client(leader.config.address, timeout=30)
     try:
-        lanes = await asyncio.gather(*(asyncio.to_thread(lane, 10 * k) for k in range(4)))
-        assert lanes == [[n * (n - 1) // 2 for n in range(10 * k + 1, 10 * k + 11)] for k in range(4)]
+        threads_seen = await ten_jobs_in_each_of_four_threads(client)
         streams = dict(client._streams._open)
         # One stream per thread that submitted, all to the leader, each carrying its own jobs.
         assert {thread for thread, _ in streams} == threads_seen

@@ -19,7 +19,6 @@ import asyncio
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import grpc
 import pytest
 from inproc import StartCluster, poll
+from test_blocking_stream import ten_jobs_in_each_of_four_threads
 
 from node import Client
 from node._proto import distnode_pb2 as pb
@@ -102,15 +102,8 @@ async def test_after_its_first_job_each_thread_sends_its_jobs_on_the_nodes_local
     leader = cluster.leader()
     assert leader is not None
     client = Client(leader.config.address, timeout=30)
-    threads_seen: set[int] = set()
-
-    def lane(first: int) -> list[object]:
-        threads_seen.add(threading.get_ident())
-        return [client.submit(op="sum", source=f"range:n={n}").result for n in range(first + 1, first + 11)]
-
     try:
-        lanes = await asyncio.gather(*(asyncio.to_thread(lane, 10 * k) for k in range(4)))
-        assert lanes == [[n * (n - 1) // 2 for n in range(10 * k + 1, 10 * k + 11)] for k in range(4)]
+        threads_seen = await ten_jobs_in_each_of_four_threads(client)
         streams = dict(client._streams._open)
         assert {thread for thread, _ in streams} == threads_seen
         assert {address for _, address in streams} == {leader.config.address}

@@ -13,6 +13,7 @@ from either client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -160,67 +161,39 @@ async def test_the_async_client_sends_scalar_jobs_on_one_stream_per_node(start_c
 JOB = {"op": "sum", "source": "range:n=1000000000", "job_id": "x"}
 
 
-def crossing_async(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
-    """The AsyncClient's job, its leader killed once the job is under way."""
+def crossing_async(cluster: LocalCluster, first: list[str], leader: str, local: bool = False) -> Answer:
+    """The AsyncClient's job, its leader killed once the job is under way; with `local`, on the
+    leader's local socket, once a first job named it."""
     async def crossing() -> Answer:
         async with AsyncClient(first, timeout=120) as client:
+            if local:
+                await client.submit(op="sum", source="values:1")
+                address = cluster.address(leader)
+                deadline = time.monotonic() + 10
+                while not isinstance(client._streams._open.get(address), AsyncLocalStream):
+                    assert time.monotonic() < deadline, "never moved to the local socket"
+                    await asyncio.sleep(0.01)
             job = asyncio.create_task(client.submit(**JOB))
             deadline = time.monotonic() + 60
             while (await client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
                 assert time.monotonic() < deadline and not job.done(), "the job never started"
                 await asyncio.sleep(0.01)
-            cluster.kill(leader)  # its stream breaks mid-job
+            cluster.kill(leader)  # its stream (or socket) breaks mid-job
             return await job
 
     return asyncio.run(crossing())
 
 
-def crossing_async_local(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
-    """The AsyncClient's job on the leader's local socket, once its first job named it."""
-    async def crossing() -> Answer:
-        async with AsyncClient(first, timeout=120) as client:
-            await client.submit(op="sum", source="values:1")
-            address = cluster.address(leader)
-            deadline = time.monotonic() + 10
-            while not isinstance(client._streams._open.get(address), AsyncLocalStream):
-                assert time.monotonic() < deadline, "never moved to the local socket"
-                await asyncio.sleep(0.01)
-            job = asyncio.create_task(client.submit(**JOB))
-            deadline = time.monotonic() + 60
-            while (await client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
-                assert time.monotonic() < deadline and not job.done(), "the job never started"
-                await asyncio.sleep(0.01)
-            cluster.kill(leader)  # its socket closes mid-job
-            return await job
-
-    return asyncio.run(crossing())
-
-
-def crossing_blocking(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
-    """The blocking Client's job, from a thread of its own, on that thread's stream."""
-    with Client(first, timeout=120) as client:
-        answers: list[Answer] = []
-        job = threading.Thread(target=lambda: answers.append(client.submit(**JOB)))
-        job.start()
-        deadline = time.monotonic() + 60
-        while (client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
-            assert time.monotonic() < deadline and job.is_alive(), "the job never started"
-            time.sleep(0.01)
-        assert any(stream.replied == 0 for stream in client._streams._open.values())  # on a stream
-        cluster.kill(leader)  # its stream breaks mid-job
-        job.join(timeout=120)
-    [answer] = answers
-    return answer
-
-
-def crossing_local(cluster: LocalCluster, first: list[str], leader: str) -> Answer:
-    """The blocking Client's job on the leader's local socket: its thread's second job (the
-    first, on gRPC, tells it the socket)."""
+def crossing_blocking(cluster: LocalCluster, first: list[str], leader: str, local: bool = False) -> Answer:
+    """The blocking Client's job, from a thread of its own, on that thread's stream; with
+    `local`, on the leader's local socket: the thread's second job (the first, on gRPC,
+    tells it the socket)."""
     with Client(first, timeout=120) as client:
         answers: list[Answer] = []
 
         def run() -> None:
-            client.submit(op="sum", source="values:1")
+            if local:
+                client.submit(op="sum", source="values:1")
             answers.append(client.submit(**JOB))
 
         job = threading.Thread(target=run)
@@ -229,17 +202,22 @@ def crossing_local(cluster: LocalCluster, first: list[str], leader: str) -> Answ
         while (client.progress("x") or (0, 0))[0] == 0:  # under way on the leader
             assert time.monotonic() < deadline and job.is_alive(), "the job never started"
             time.sleep(0.01)
-        [on] = client._streams._open.values()
-        assert isinstance(on, LocalStream) and on.replied == 0
-        cluster.kill(leader)  # its socket closes mid-job
+        if local:
+            [on] = client._streams._open.values()
+            assert isinstance(on, LocalStream) and on.replied == 0
+        else:
+            assert any(stream.replied == 0 for stream in client._streams._open.values())  # on a stream
+        cluster.kill(leader)  # its stream (or socket) breaks mid-job
         job.join(timeout=120)
     [answer] = answers
     return answer
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("crossing", [crossing_async, crossing_async_local, crossing_blocking, crossing_local],
-                         ids=["async", "async-local", "blocking", "blocking-local"])
+@pytest.mark.parametrize("crossing", [
+    crossing_async, functools.partial(crossing_async, local=True),
+    crossing_blocking, functools.partial(crossing_blocking, local=True),
+], ids=["async", "async-local", "blocking", "blocking-local"])
 def test_a_job_whose_stream_breaks_is_sent_again_elsewhere(
     tmp_path: Path, crossing: Callable[[LocalCluster, list[str], str], Answer]
 ) -> None:

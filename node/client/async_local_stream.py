@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.client.local_stream import CONNECT_TIMEOUT_S
-from node.client.streams import CLOSE_WAIT_S, StreamStatus, retrieved, stream_ended
+from node.client.streams import CLOSE_WAIT_S, stream_refused, waiting_for
 from node.errors import AttemptFailed, LimitExceeded
 from node.wire.localframes import (
     ABSTRACT_PREFIX,
-    CODES,
     HANDSHAKE_MAX_BYTES,
     answer_welcome,
     frame,
@@ -72,14 +70,10 @@ class AsyncLocalStream:
         """Queue the job for this turn's frame; the future is its reply."""
         if self.ended is not None:
             raise self.ended
-        loop = asyncio.get_running_loop()
         job_id = request.job.job_id
-        waiting = self._waiting.get(job_id)
-        if waiting is None:
-            waiting = self._waiting[job_id] = loop.create_future()
-            waiting.add_done_callback(retrieved)
+        waiting = waiting_for(self._waiting, job_id)
         if not self._unsent:
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         self._unsent.append(request)
         transport = self._writer.transport
         if transport.get_write_buffer_size() > HIGH_WATER_BYTES:
@@ -109,10 +103,8 @@ class AsyncLocalStream:
                     break
                 for reply in batch.replies:
                     self.replied += 1
-                    if not reply.job_id:  # the node could not take a frame of ours, and closes:
-                        ended, _ = stream_ended(StreamStatus(  # as a gRPC stream it refused
-                            CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message, reply.node_id,
-                        ), self.replied)
+                    if not reply.job_id:
+                        ended = stream_refused(reply, self.replied)
                         continue
                     waiting = self._waiting.pop(reply.job_id, None)
                     if waiting is not None and not waiting.done():

@@ -28,13 +28,12 @@ import threading
 from collections.abc import Callable, Iterator
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.client.local_stream import CONNECT_TIMEOUT_S, LocalStream
 from node.client.streams import stream_ended
-from node.errors import AttemptFailed, LimitExceeded
-from node.wire.localframes import NotProven
+from node.errors import AttemptFailed
+from node.wire.localframes import UNREACHABLE
 from node.wire.stubs import BlockingNodeStub
 
 
@@ -173,8 +172,8 @@ class ThreadStreams:
     ) -> LocalStream | None:
         try:
             return LocalStream(endpoint, channel, self._max_bytes, connect_s)
-        except (ConnectionRefusedError, FileNotFoundError, NotProven, DecodeError, LimitExceeded):
-            with self._lock:  # nobody there, or not the node: not this name again
+        except UNREACHABLE:
+            with self._lock:  # not this name again
                 self._unusable.add(endpoint.name)
                 self._local = {a: e for a, e in self._local.items() if e.name != endpoint.name}
             return None

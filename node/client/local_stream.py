@@ -26,11 +26,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
-from node.client.streams import StreamStatus, stream_ended
+from node.client.streams import stream_refused
 from node.errors import AttemptFailed, LimitExceeded
 from node.wire.localframes import (
     ABSTRACT_PREFIX,
-    CODES,
     HANDSHAKE_MAX_BYTES,
     answer_welcome,
     frame,
@@ -91,10 +90,8 @@ class LocalStream:
                 for reply in batch.replies:
                     if reply.job_id == job_id:
                         return reply
-                    if not reply.job_id:  # the node could not take our frame, and closes: as a
-                        self.ended, _ = stream_ended(StreamStatus(  # gRPC stream it refused
-                            CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message, reply.node_id,
-                        ), self.replied)
+                    if not reply.job_id:
+                        self.ended = stream_refused(reply, self.replied)
                         raise self.ended
         except (OSError, LimitExceeded, DecodeError) as exc:
             self.ended = AttemptFailed(f"local socket: {exc}", reached=True)

@@ -31,13 +31,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.client.retry import FailedCall, classify
-from node.errors import AccessDenied, AttemptFailed, LimitExceeded
+from node.errors import AccessDenied, AttemptFailed
 from node.wire.answers import SubmitAnswer
-from node.wire.localframes import NotProven
+from node.wire.localframes import UNREACHABLE
 from node.wire.status import NODE_TRAILER
 from node.wire.stubs import NodeStub
 
@@ -63,6 +62,25 @@ class StreamStatus:
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 #: How long closing a client waits for its streams' last answers before cancelling them.
 CLOSE_WAIT_S = 1.0
+
+
+def stream_refused(reply: pb.SubmitStreamReply, replied: int) -> Exception:
+    """What a reply for no job (an empty id: the node could not take a frame, and closes the
+    connection) means for the jobs still waiting on it: as a status that ends a gRPC stream."""
+    found, _ = stream_ended(
+        StreamStatus(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message, reply.node_id), replied
+    )
+    return found
+
+
+def waiting_for(waiting: dict[str, asyncio.Future[pb.SubmitStreamReply]], job_id: str
+                ) -> asyncio.Future[pb.SubmitStreamReply]:
+    """The future `job_id`'s reply resolves, made if it is not there yet (a retry reuses it)."""
+    future = waiting.get(job_id)
+    if future is None:
+        future = waiting[job_id] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(retrieved)
+    return future
 
 
 def stream_answer(reply: pb.SubmitStreamReply, accepted: bool) -> SubmitAnswer:
@@ -158,10 +176,7 @@ class SubmitStream:
             raise self.ended
         loop = asyncio.get_running_loop()
         job_id = request.job.job_id
-        waiting = self._waiting.get(job_id)
-        if waiting is None:
-            waiting = self._waiting[job_id] = loop.create_future()
-            waiting.add_done_callback(retrieved)
+        waiting = waiting_for(self._waiting, job_id)
         if self._written is None:
             self._written = loop.create_future()
             self._written.add_done_callback(retrieved)
@@ -304,8 +319,8 @@ class SubmitStreams:
         assert self._open_local is not None
         try:
             local = await self._open_local(endpoint)
-        except (ConnectionRefusedError, FileNotFoundError, NotProven, DecodeError, LimitExceeded):
-            self._unusable.add(endpoint.name)  # nobody there, or not the node: not this name again
+        except UNREACHABLE:
+            self._unusable.add(endpoint.name)  # not this name again
             return
         except OSError:  # slow to answer (a paused node): gRPC until the node names it again
             return

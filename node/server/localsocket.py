@@ -46,11 +46,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
-from node.errors import LimitExceeded
+from node.errors import InvalidField, LimitExceeded
 from node.server.api import Caller
 from node.server.jobstream import Failed, JobStream
 from node.wire.localframes import ABSTRACT_PREFIX, HANDSHAKE_MAX_BYTES, frame, proven, read_async, welcome
@@ -194,11 +193,11 @@ class LocalSocket:
             try:
                 batch = await read_async(reader, pb.SubmitBatch, self._max_bytes)
             except LimitExceeded as exc:
-                refused.append(self._stream_error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
+                refused.append(self._failed("", exc))
                 return
             except DecodeError:
-                refused.append(self._stream_error(grpc.StatusCode.INVALID_ARGUMENT,
-                                                  "local socket: a frame that is not a SubmitBatch"))
+                not_a_batch = InvalidField("local socket", "a frame that is not a SubmitBatch")
+                refused.append(self._failed("", not_a_batch))
                 return
             if batch is None:
                 stream.cancel_all()
@@ -206,9 +205,6 @@ class LocalSocket:
             if not batch.jobs:
                 return
             yield batch
-
-    def _stream_error(self, code: grpc.StatusCode, message: str) -> pb.SubmitStreamReply:
-        return pb.SubmitStreamReply(job_id="", code=code.value[0], message=message, node_id=self.node_id)
 
 
 def _peer_of(writer: asyncio.StreamWriter) -> str:

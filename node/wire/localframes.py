@@ -31,8 +31,7 @@ import socket
 import struct
 from typing import TypeVar
 
-import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded
@@ -43,14 +42,18 @@ NONCE_BYTES = 16
 HANDSHAKE_MAX_BYTES = 512
 #: Linux abstract socket names start with NUL; the name travels without it.
 ABSTRACT_PREFIX = "\0"
-#: gRPC status codes by number, for statuses that travel in frames.
-CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 M = TypeVar("M", bound=Message)
 
 
 class NotProven(ConnectionError):
     """The other end of a local socket did not prove it holds the key."""
+
+
+#: Connecting failed in a way that will not change: nobody listens on the name (another
+#: network namespace, a node gone), or whoever does is not the node. Any other OSError
+#: (a timeout: a paused node) may pass.
+UNREACHABLE = (ConnectionRefusedError, FileNotFoundError, NotProven, DecodeError, LimitExceeded)
 
 
 def frame(message: Message) -> bytes:
