@@ -1,7 +1,7 @@
 """A job's time on this tree against another, clusters side by side, in interleaved rounds.
 
     python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector|small|throughput] [--rounds 15]
-                              [--reps 3] [--n 100000000] [--json PATH]
+                              [--reps 3] [--n 100000000] [--map KERNEL] [--json PATH]
 
 DIR is an unpacked tree (`git archive REV | tar -x -C DIR`); `--after`
 defaults to this one. Both trees are byte-compiled, then one 3-node
@@ -11,7 +11,8 @@ cluster then on the other, the order turned every round, so the host's
 drift lands on both alike; the figure is the median over rounds of
 after / before (each round's medians), beside each tree's absolute median.
 
-`--job big`: `sum` over a float64 `.npy` of `--n` elements; `vector`: `sum
+`--job big`: `sum` over a float64 `.npy` of `--n` elements (`--map square`
+applies a kernel first, as bench.py's `--map square` row); `vector`: `sum
 --axis 0` over a (3, 10^6) float64 `.npy` (bench.py's vector reduce). The
 files are written to a temporary directory and read once first (page cache).
 `small`: `--reps` sequential `sum` jobs over `range:n=1000` per turn, sent
@@ -179,6 +180,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n", type=int, default=10**8)
+    parser.add_argument("--map", default=None, help="a kernel applied before a big job's sum")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     trees = {"before": args.ref.resolve(), "after": args.after.resolve()}
@@ -189,6 +191,8 @@ def main() -> int:
         job: dict[str, Any]
         if args.job == "big":
             job = {"op": "sum", "source": write_big(args.n, workdir)}
+            if args.map is not None:
+                job["map"] = args.map
         elif args.job == "vector":
             job = {"op": "sum", "axis": 0, "source": write_vector(workdir)}
         elif args.job == "throughput":
