@@ -26,9 +26,13 @@ How it is kept fair (all systems, same machine, same run, one at a time):
 - Same data. One float64 `.npy` of N = 10^8 elements (800 MB; uniform [0, 1),
   written once in 10^7-element chunks with `open_memmap`) and one (3, 10^6)
   float64 `.npy` for the vector reduce, in a temporary dir (`--data-dir`),
-  deleted at the end unless `--keep-data`. The big file is read once by this
-  process before anything is timed, so every system finds it in the page
-  cache and nobody pays the first disk read.
+  deleted at the end unless `--keep-data`. Every file is dropped from the
+  page cache and read back by this process before anything is timed, so
+  every system finds it there, nobody pays the first disk read, and every
+  run finds it in the same state whatever its history: where the kernel
+  keeps a freshly read file in 2 MiB pages, a kept file read long ago may
+  sit in 4 KiB ones, and summing it then took 1.6 times as long
+  (benchlib/data.py, `refresh_cache`; the JSON's `big_file_huge_mapped`).
 - Same parallelism. 3 distnode nodes / 3 MPI ranks / 3 Dask worker processes
   with one thread each / `ray.init(num_cpus=3)`; numpy is one process, the
   single-core memory-bandwidth ceiling. The machine may have fewer cores than
@@ -184,6 +188,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"params": p.to_json(), "environment": environment(), "distnode": {}, "peers": {},
                            "skipped": skipped_peers(opts.peers), "errors": {}, "targets": {}}
     with LoadWatch(wait_quiet_s=wait_quiet_s) as watch, bench_data(opts.data_dir, opts.keep_data, p) as data:
+        res["environment"]["big_file_huge_mapped"] = round(data.huge_mapped, 3)
         run_peers(res, data, p, watch)
         run_distnode(res, data, p, watch, skip)
         problems = answer_checks(res, data)

@@ -1,7 +1,9 @@
 """What a run works on: its parameters, the shared `.npy` files with their known answers, the machine.
 
-Every system reads the same two files; the big one is read once by this
-process before anything is timed so every system finds it in the page cache.
+Every system reads the same two files; each is dropped from the page cache
+and read back by this process before anything is timed, so every system
+finds it there, in the same state whatever the file's history
+(`refresh_cache`).
 The expected answers come from numpy on the same maps, and `answer_checks`
 holds every system's answers against them.
 """
@@ -86,6 +88,8 @@ class Data:
     expected_vec: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: The big array in each file format (format_files.py); empty without the formats extra.
     formats: dict[str, FormatFile] = field(default_factory=dict)
+    #: The share of the big file this process found mapped in 2 MiB pages (huge_mapped_fraction).
+    huge_mapped: float = 0.0
 
 
 def big_name(n: int) -> str:
@@ -113,7 +117,10 @@ def make_data(directory: Path, p: Params) -> Data:
     vec[:] = rng.standard_normal(p.vec_shape)
     vec.flush()
     del vec
-    # Read everything once: the page cache is warm for every system alike.
+    # Every file dropped from the page cache and read back: warm, and in the same
+    # state for every system and every run, whatever happened to it before.
+    refresh_cache(data.big)
+    refresh_cache(data.vec)
     mapped = np.load(data.big, mmap_mode="r")
     data.expected_sum = float(np.sum(mapped))
     data.expected_square_sum = float(sum(
@@ -123,9 +130,11 @@ def make_data(directory: Path, p: Params) -> Data:
     del mapped
     data.formats = format_files.write(directory, data.big)
     for file in data.formats.values():  # into the page cache too
-        _read_through(file.path)
+        refresh_cache(file.path)
+    data.huge_mapped = huge_mapped_fraction(data.big)
     log(f"data: {data.big} ({data.big.stat().st_size / 1e6:.0f} MB) and {data.vec} ready, "
-        f"page cache warm, {time.perf_counter() - t0:.1f} s")
+        f"page cache warm, {data.huge_mapped:.0%} of the big file mapped in 2 MiB pages, "
+        f"{time.perf_counter() - t0:.1f} s")
     return data
 
 
@@ -149,13 +158,41 @@ def bench_data(directory: str | None, keep: bool, p: Params) -> Iterator[Data]:
                 format_files.remove(file.path)
 
 
-def _read_through(path: Path) -> None:
-    """Read every byte under `path` once, so the page cache holds it."""
+def refresh_cache(path: Path) -> None:
+    """Drop every file under `path` from the page cache, then read it back.
+
+    The kernel keeps a file's pages as they were first read or written: in
+    4 KiB pages, or, where the filesystem has large folios (ext4 on Linux
+    6.x), in 2 MiB ones that a memory map maps whole. One host summed the big
+    file in 78 ms in the first state and 48 ms in the second
+    (docs/timeline.md, "The page cache's page size"), and a file kept in a
+    --data-dir may be in either. Read back here, every run and every system
+    finds it as a freshly read file, the state in which memory is fastest.
+    """
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         with file.open("rb") as handle:
+            os.fsync(handle.fileno())  # only clean pages can be dropped
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             while handle.read(1 << 24):
                 pass
+
+
+def huge_mapped_fraction(path: Path) -> float:
+    """How much of `path`, memory-mapped and read by this process, is mapped in 2 MiB pages."""
+    mapped = np.load(path, mmap_mode="r")
+    float(np.sum(mapped))  # fault every page in
+    fields = {"Rss": 0, "FilePmdMapped": 0}
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            words = line.split()
+            if "-" in words[0] and len(words) >= 6:  # a mapping's header line: address range ... path
+                inside = words[-1] == str(path.resolve())
+            elif inside and words[0].rstrip(":") in fields:
+                fields[words[0].rstrip(":")] += int(words[1])
+    del mapped
+    return fields["FilePmdMapped"] / fields["Rss"] if fields["Rss"] else 0.0
 
 
 def close_enough(value: Any, expected: float) -> bool:

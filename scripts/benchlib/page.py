@@ -125,9 +125,15 @@ def _machine(env: dict[str, Any]) -> str:
         f"- peers: {version('mpi4py')}{mpiexec}, {version('dask')}, {version('distributed')}, "
         f"{version('ray')}; chart: {version('matplotlib')}",
         f"- BLAS, OpenMP and MPI variables, inherited by every system: {variables or 'none set'}",
+        f"- page cache: {_huge_share(env)} of the big file mapped in 2 MiB pages after it was read back",
         f"- date: {env.get('date_utc') or 'unknown'}",
     ]
     return "## Machine\n\n" + "\n".join(lines)
+
+
+def _huge_share(env: dict[str, Any]) -> str:
+    share = env.get("big_file_huge_mapped")
+    return "not measured" if share is None else f"{share:.0%}"
 
 
 def _results(res: dict[str, Any], rows: list[Row]) -> str:

@@ -1,0 +1,117 @@
+"""Does it matter which shards a process reads? Processes sum a big `.npy` with nothing around them.
+
+    python scripts/shard_affinity.py [--procs 3] [--jobs 20] [--n 100000000] [--npy PATH] [--json PATH]
+
+Each job, every process sums its share of the file between two barriers.
+The shares, one after the other within each job:
+- `third`: a fixed 1/procs of the file in one `np.sum` (what bench.py's
+  mpi4py ranks do);
+- `third_shards`: the same fixed part, as the 2^23-element shards inside it;
+- `rotate`: the shards dealt round-robin, the deal turned by one every job;
+- `random`: the shards dealt in a new random order every job.
+The figures: CPU per job summed over the processes (each one's thread time
+while summing) and the wall time from the first process's start to the
+last one's end, medians over the jobs after two warm-ups.
+
+Why: #16 asked whether a stable shard-to-node affinity, as MPI ranks have,
+would save the page-table or TLB cost of touching other pages every job;
+and what a big sum costs on this host with no RPC, no event loop and no
+schedule, only the same numpy in the same number of processes. The answers
+are in docs/timeline.md ("What a big sum costs without a cluster").
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib import print_json  # noqa: E402
+from cpu_per_job import write_big  # noqa: E402
+
+SHARD_ELEMS = 1 << 23
+MODES = ("third", "third_shards", "rotate", "random")
+WARMUP_JOBS = 2
+
+
+def share(mode: str, rank: int, procs: int, job: int, rows: int) -> list[tuple[int, int]]:
+    """The [start, stop) ranges process `rank` sums in job number `job`."""
+    shards = [(start, min(rows, start + SHARD_ELEMS)) for start in range(0, rows, SHARD_ELEMS)]
+    if mode == "third":
+        return [(rank * rows // procs, (rank + 1) * rows // procs)]
+    if mode == "third_shards":
+        return [shard for index, shard in enumerate(shards) if index * procs // len(shards) == rank]
+    if mode == "rotate":
+        return [shard for index, shard in enumerate(shards) if (index + job) % procs == rank]
+    order = list(range(len(shards)))
+    random.Random(job).shuffle(order)
+    return [shards[index] for position, index in enumerate(order) if position % procs == rank]
+
+
+def summer(rank: int, procs: int, path: str, jobs: int, barrier: Any, results: Any) -> None:
+    import numpy as np
+
+    data = np.load(path, mmap_mode="r")
+    rows = int(data.shape[0])
+    timed: list[tuple[int, str, float, float, float]] = []
+    for job in range(jobs):
+        for mode in MODES:
+            ranges = share(mode, rank, procs, job, rows)
+            barrier.wait()
+            start_s, cpu_s = time.monotonic(), time.thread_time()
+            for start, stop in ranges:
+                float(np.sum(data[start:stop]))
+            timed.append((job, mode, time.thread_time() - cpu_s, start_s, time.monotonic()))
+            barrier.wait()
+    results.put(timed)
+
+
+def measure(procs: int, jobs: int, path: str) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(procs), context.Queue()
+    workers = [context.Process(target=summer, args=(rank, procs, path, jobs, barrier, results))
+               for rank in range(procs)]
+    for worker in workers:
+        worker.start()
+    rows = [row for _ in workers for row in results.get()]
+    for worker in workers:
+        worker.join()
+    out: dict[str, Any] = {"procs": procs, "jobs": jobs - WARMUP_JOBS}
+    for mode in MODES:
+        cpu_ms, wall_ms = [], []
+        for job in range(WARMUP_JOBS, jobs):
+            mine = [row for row in rows if row[0] == job and row[1] == mode]
+            cpu_ms.append(sum(row[2] for row in mine) * 1000)
+            wall_ms.append((max(row[4] for row in mine) - min(row[3] for row in mine)) * 1000)
+        out[mode] = {"cpu_ms_per_job": round(statistics.median(cpu_ms), 1),
+                     "wall_ms": round(statistics.median(wall_ms), 1)}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--procs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--n", type=int, default=10**8, help="elements of the file written (without --npy)")
+    parser.add_argument("--npy", type=Path, default=None, help="a float64 .npy to read instead")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if args.jobs <= WARMUP_JOBS:
+        parser.error(f"--jobs: must be more than the {WARMUP_JOBS} warm-ups")
+    with tempfile.TemporaryDirectory(prefix="distnode-shard-affinity-") as tmp:
+        path = str(args.npy) if args.npy is not None else write_big(args.n, Path(tmp)).removeprefix("npy:")
+        print_json(measure(args.procs, args.jobs, path), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
