@@ -1,6 +1,7 @@
 """Does it matter which shards a process reads? Processes sum a big `.npy` with nothing around them.
 
-    python scripts/shard_affinity.py [--procs 3] [--jobs 20] [--n 100000000] [--npy PATH] [--json PATH]
+    python scripts/shard_affinity.py [--procs 3] [--jobs 20] [--n 100000000] [--npy PATH [--refresh]]
+                                     [--json PATH]
 
 Each job, every process sums its share of the file between two barriers.
 The shares, one after the other within each job:
@@ -11,7 +12,10 @@ The shares, one after the other within each job:
 - `random`: the shards dealt in a new random order every job.
 The figures: CPU per job summed over the processes (each one's thread time
 while summing) and the wall time from the first process's start to the
-last one's end, medians over the jobs after two warm-ups.
+last one's end, medians over the jobs after two warm-ups. `huge_mapped` is
+the share of the file a process found mapped in 2 MiB pages; `--refresh`
+drops the `--npy` file from the page cache and reads it back first, as
+bench.py does (a file written here is fresh already).
 
 Why: #16 asked whether a stable shard-to-node affinity, as MPI ranks have,
 would save the page-table or TLB cost of touching other pages every job;
@@ -36,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib import print_json  # noqa: E402
+from benchlib.data import huge_mapped_fraction, refresh_cache  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
 
 SHARD_ELEMS = 1 << 23
@@ -103,13 +108,17 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--n", type=int, default=10**8, help="elements of the file written (without --npy)")
     parser.add_argument("--npy", type=Path, default=None, help="a float64 .npy to read instead")
+    parser.add_argument("--refresh", action="store_true", help="drop --npy from the page cache, read it back")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.jobs <= WARMUP_JOBS:
         parser.error(f"--jobs: must be more than the {WARMUP_JOBS} warm-ups")
     with tempfile.TemporaryDirectory(prefix="distnode-shard-affinity-") as tmp:
         path = str(args.npy) if args.npy is not None else write_big(args.n, Path(tmp)).removeprefix("npy:")
-        print_json(measure(args.procs, args.jobs, path), args.json)
+        if args.refresh:
+            refresh_cache(Path(path))
+        huge = huge_mapped_fraction(Path(path))
+        print_json({**measure(args.procs, args.jobs, path), "huge_mapped": round(huge, 3)}, args.json)
     return 0
 
 

@@ -27,7 +27,9 @@ Every path obeys the same rules, and every array the same shapes and dtypes
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import mmap
 import re
 import stat
 from collections.abc import Callable, Mapping
@@ -353,6 +355,23 @@ def _check_npy_header(path: Path, text: str) -> None:
         raise InvalidField("source", problem)
 
 
+def in_huge_pages(array: np.memmap[Any, np.dtype[Any]]) -> np.memmap[Any, np.dtype[Any]]:
+    """Ask the kernel to map `array`'s file in 2 MiB pages (MADV_HUGEPAGE); returns `array`.
+
+    Pages not yet in the page cache are then read in 2 MiB folios and mapped
+    whole, where the kernel's transparent huge pages allow it: one TLB entry
+    per 2 MiB instead of 512. Summing 10^8 float64 took 48 ms so and 78 ms in
+    4 KiB pages on one host (docs/timeline.md, "The page cache's page size").
+    Where THP is "madvise", the common default, only an advised map gets
+    them. A kernel that refuses the advice costs nothing: the map works as before.
+    """
+    mapped = getattr(array, "_mmap", None)  # numpy's memmap keeps its mmap here
+    if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            mapped.madvise(mmap.MADV_HUGEPAGE)
+    return array
+
+
 @functools.lru_cache(maxsize=NPY_CACHE_SIZE)
 def _load_memmap(path: str, mtime_ns: int, size: int) -> np.memmap[Any, np.dtype[Any]]:
     """Map a .npy file once per (path, mtime, size): a rewritten file is remapped.
@@ -368,4 +387,4 @@ def _load_memmap(path: str, mtime_ns: int, size: int) -> np.memmap[Any, np.dtype
         getattr(array, "close", lambda: None)()
         raise InvalidField("source", f"not a .npy array file: {path!r}")
     check_array(repr(path), array.dtype, array.shape)
-    return array
+    return in_huge_pages(array)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from node.core.sources import Array
+from node.core.sources import Array, in_huge_pages
 from node.errors import InvalidField
 
 #: Files mapped at once per node (each map is one of the kernel's vm.max_map_count, 65,530 by default).
@@ -46,7 +46,7 @@ def _mapped(path: str, inode: int, mtime_ns: int, size: int) -> Array:
     del inode, mtime_ns  # only part of the cache key
     if size == 0:
         return np.zeros(0, dtype=np.uint8)  # mmap refuses an empty file
-    return np.memmap(path, dtype=np.uint8, mode="r")
+    return in_huge_pages(np.memmap(path, dtype=np.uint8, mode="r"))
 
 
 @dataclass(frozen=True)
