@@ -88,9 +88,11 @@ def client_security(args: argparse.Namespace) -> tuple[str | None, TlsFiles | No
 
 
 def run_start(args: argparse.Namespace) -> int:
+    from node.server.fdlimit import raise_open_files_limit
     from node.server.memory import tune_malloc
 
     tune_malloc()  # before any thread has made its own malloc arena
+    raise_open_files_limit()  # cached memory maps hold a descriptor each
     config = config_from_args(args)
     from node.server.main import run
 

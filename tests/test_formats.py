@@ -12,11 +12,13 @@ What they prove:
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,18 @@ from node.core.limits import Limits
 from node.core.sourcechecks import MAX_CHUNK_ELEMS
 from node.core.sources import ArrayBacked, DataSource, open_source
 from node.errors import ConfigError, InvalidField, LimitExceeded, MissingExtra, SourceForbidden
-from node.formats import openers
+from node.formats import mapped, openers
 from node.server.config import NodeConfig
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _maps_let_go() -> Iterator[None]:
+    """This module's hundreds of files are mapped and cached as a node caches them, each map
+    holding a descriptor: let them go, so the test process after it has its usual few."""
+    yield
+    mapped._mapped.cache_clear()
+    node.core.sources._load_memmap.cache_clear()
+    gc.collect()
 
 Array = npt.NDArray[Any]
 OPENERS = openers()
