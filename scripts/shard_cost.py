@@ -1,9 +1,11 @@
 """What reducing a big file's shards costs in one thread, per job, with no cluster around it.
 
     python scripts/shard_cost.py [--ref DIR] [--n 100000000] [--rounds 3] [--json PATH]
+                                 [--data-root DIR --source SPEC] [--only LABEL,...]
 
 A float64 `.npy` of `--n` elements is written to a temporary directory and
-read once (page cache). Each round, this tree (and `--ref DIR`, an unpacked
+read once (page cache), unless `--source` names a source under
+`--data-root` (any format this machine reads). Each round, this tree (and `--ref DIR`, an unpacked
 `git archive`, when given) computes every shard of a few jobs with
 `compute_partial` and merges them, in a fresh process per tree (each job's
 second pass is timed), the trees' order flipped every round; the figure is each tree's median per job and,
@@ -32,7 +34,7 @@ from benchlib import print_json  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
 
 #: (label, op, kernel, bins): what the rounds time; histograms take the range [0, 1).
-JOBS = [
+JOBS: list[tuple[str, str, str, int]] = [
     ("sum", "sum", "identity", 0),
     ("square sum", "sum", "square", 0),
     ("var", "var", "identity", 0),
@@ -48,9 +50,10 @@ from pathlib import Path
 from node.core.compute import compute_partial, merge, plan_shards
 from node.core.job import SHARD_ELEMS, Job
 from node.core.sources import open_source
+from node.formats import openers
 from node.server.memory import tune_malloc
 tune_malloc()  # as a daemon does: freed temporaries stay in the heap for the next shard
-source = open_source(sys.argv[2], Path(sys.argv[3]))
+source = open_source(sys.argv[2], Path(sys.argv[3]), openers())
 times = {}
 for label, op, kernel, bins in json.loads(sys.argv[4]):
     job = Job(op, sys.argv[2], kernel, None, bins, 0.0 if bins else None, 1.0 if bins else None)
@@ -65,8 +68,12 @@ print(json.dumps(times))
 """
 
 
-def one_pass(tree: Path, source: str, workdir: Path) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", TIMER, str(tree), source, str(workdir), json.dumps(JOBS)],
+#: (label, op, kernel, bins)
+Spec = tuple[str, str, str, int]
+
+
+def one_pass(tree: Path, source: str, workdir: Path, jobs: list[Spec]) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", TIMER, str(tree), source, str(workdir), json.dumps(jobs)],
                           check=True, capture_output=True, text=True)
     times: dict[str, float] = json.loads(done.stdout)
     return times
@@ -77,20 +84,27 @@ def main() -> int:
     parser.add_argument("--ref", type=Path, default=None, help="an unpacked tree to compare against")
     parser.add_argument("--n", type=int, default=10**8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-root", type=Path, default=None, help="where --source lies")
+    parser.add_argument("--source", default=None, help="a source to time instead of a written .npy")
+    parser.add_argument("--only", default="", help="comma-separated labels of the jobs to time")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    wanted = {label.strip() for label in args.only.split(",") if label.strip()}
+    jobs = [job for job in JOBS if not wanted or job[0] in wanted]
+    if args.source is not None and args.data_root is None:
+        parser.error("--source needs --data-root")
     trees = {"after": ROOT} if args.ref is None else {"before": args.ref.resolve(), "after": ROOT}
-    times: dict[str, dict[str, list[float]]] = {name: {label: [] for label, *_ in JOBS} for name in trees}
+    times: dict[str, dict[str, list[float]]] = {name: {label: [] for label, *_ in jobs} for name in trees}
     with tempfile.TemporaryDirectory(prefix="distnode-shard-cost-") as tmp:
-        workdir = Path(tmp)
-        source = write_big(args.n, workdir)
+        workdir = Path(tmp) if args.source is None else args.data_root.resolve()
+        source = write_big(args.n, workdir) if args.source is None else args.source
         names = list(trees)
         for number in range(args.rounds):
             for name in names if number % 2 == 0 else names[::-1]:
-                for label, ms in one_pass(trees[name], source, workdir).items():
+                for label, ms in one_pass(trees[name], source, workdir, jobs).items():
                     times[name][label].append(ms)
-    result: dict[str, Any] = {"n": args.n, "rounds": args.rounds}
-    for label, *_ in JOBS:
+    result: dict[str, Any] = {"source": source, "rounds": args.rounds}
+    for label, *_ in jobs:
         row = {f"{name}_ms": round(statistics.median(times[name][label]), 1) for name in trees}
         if "before" in trees:
             row["after_over_before"] = round(row["after_ms"] / row["before_ms"], 3)

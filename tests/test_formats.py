@@ -191,6 +191,30 @@ def test_parquet_shards_gather_row_groups_across_files(tmp_path: Path) -> None:
     assert reduce_all(Job("sum", spec), source, 200) == data.sum()
 
 
+def test_a_parquet_shard_is_reduced_one_row_group_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups are decoded as they are asked for and never joined into one array."""
+    import node.formats.parquet_source as parquet_source
+
+    data = np.arange(1000, dtype=np.float64)
+    source = open_in(tmp_path, write_parquet(tmp_path / "p", data, chunk_rows=100, root=tmp_path))
+    decoded: list[int] = []
+    read_group = parquet_source.ParquetSource._read_group
+
+    def counting(self: Any, group: Any) -> Array:
+        decoded.append(group.index)
+        return read_group(self, group)
+
+    monkeypatch.setattr(parquet_source.ParquetSource, "_read_group", counting)
+    pieces = source.read_pieces(0, 1000)  # type: ignore[attr-defined]
+    first, rows = next(pieces)
+    assert (first, len(rows), decoded) == (0, 100, [0])  # one group decoded, not all ten
+    monkeypatch.setattr(parquet_source.np, "concatenate", lambda *a, **k: pytest.fail("rows were joined"))
+    partial = compute_partial(Job("sum", "x"), source, 300, 700)
+    assert decoded[1:] == [3, 4, 5, 6] and float(partial["sum"]) == float(data[300:700].sum())
+
+
 def test_parquet_directory_order_is_sorted_names_and_skips_markers(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

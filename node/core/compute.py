@@ -194,10 +194,10 @@ def apply_kernel(kernel: str, x: Array, out: Array | None = None) -> Array:
 def compute_partial(job: Job, source: DataSource, start: int, stop: int) -> Partial:
     """Reduce rows [start, stop) of `source` to the partial state of `job.op`.
 
-    A source stored in pieces it can hand out without copying (`PieceSource`:
-    uncompressed chunk files, each memory-mapped) is reduced piece by piece
-    and the pieces' partials merged in order: joining them first would copy
-    the whole shard. The pieces depend on the data alone, like the shards.
+    A source stored in pieces (`PieceSource`: uncompressed chunk files, each
+    memory-mapped; Parquet row groups) is reduced piece by piece and the
+    pieces' partials merged in order: joining them first would copy the
+    whole shard. The pieces depend on the data alone, like the shards.
     """
     if not 0 <= start < stop <= source.rows:
         raise ValueError(f"bad shard [{start}, {stop}) for {source.rows} rows")

@@ -32,7 +32,7 @@ import functools
 import mmap
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -90,10 +90,11 @@ class ChunkedSource(DataSource, Protocol):
 
 
 class PieceSource(DataSource, Protocol):
-    """A source that hands rows out as several arrays without copying them
-    (memory-mapped chunk files); compute.compute_partial reduces each."""
+    """A source that hands rows out as several arrays, without joining them
+    (memory-mapped chunk files; Parquet row groups, each decoded when it is
+    asked for); compute.compute_partial reduces each."""
 
-    def read_pieces(self, start: int, stop: int) -> list[tuple[int, Array]]: ...  # (first row, rows)
+    def read_pieces(self, start: int, stop: int) -> Iterable[tuple[int, Array]]: ...  # (first row, rows)
 
 
 class BlockedSource(DataSource, Protocol):

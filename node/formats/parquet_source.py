@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import functools
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,20 @@ class ParquetSource:
         return list(self.sizes)
 
     def read(self, start: int, stop: int) -> Array:
+        parts = [values for _, values in self.read_pieces(start, stop)]
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def read_pieces(self, start: int, stop: int) -> Iterator[tuple[int, Array]]:
+        """Rows [start, stop) one row group at a time, each decoded when it is asked for:
+        `compute_partial` reduces each as it comes, so a shard's groups are never joined
+        (a copy of every byte) nor all held at once."""
         first = bisect.bisect_right(self.starts, start) - 1
-        parts: list[Array] = []
         for group in self.groups[first:]:
             if group.start >= stop:
                 break
             values = self._read_group(group)
             lo, hi = max(start, group.start) - group.start, min(stop, group.start + len(values)) - group.start
-            parts.append(values[lo:hi])
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+            yield group.start + lo, values[lo:hi]
 
     def _read_group(self, group: _Group) -> Array:
         """One row group, the file opened for it alone (its footer is not parsed again)."""
