@@ -35,6 +35,7 @@ from node.client.local_stream import LocalStream
 from node.client.streams import unary_instead
 from node.core.limits import Limits
 from node.errors import AttemptFailed, ClusterUnavailable, JobError, LimitExceeded
+from node.server import localsocket
 from node.server.daemon import Daemon
 from node.wire.answers import SERVICE
 from node.wire.localframes import (
@@ -436,3 +437,34 @@ async def test_a_job_failed_on_a_local_socket_is_retried_elsewhere_not_sent_unar
             channel.close()
 
     assert await asyncio.to_thread(run) == (True, False)
+
+
+class _Credentials:
+    """A socket whose SO_PEERCRED names `pid` (0: a process in another pid namespace)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        assert (level, option) == (socket.SOL_SOCKET, socket.SO_PEERCRED)
+        if self.pid is None:
+            raise OSError(92, "Protocol not available")
+        return localsocket._PEERCRED.pack(self.pid, 1000, 1000)
+
+
+class _Writer:
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else None
+
+
+@pytest.mark.parametrize(("sock", "expected"), [
+    (_Credentials(4242), "local:pid=4242"),
+    (_Credentials(0), "local:conn=7"),  # another pid namespace: every process there reads 0
+    (_Credentials(None), "local:conn=7"),
+    (None, "local:conn=7"),
+])
+def test_the_per_client_key_is_the_process_or_else_the_connection(sock: object, expected: str) -> None:
+    assert localsocket._peer_of(_Writer(sock), 7) == expected  # type: ignore[arg-type]

@@ -21,7 +21,8 @@ relaying and errors are the same. What gRPC gave and this must keep:
 - Limits: a frame over `--max-message-bytes` is refused before it is read,
   with RESOURCE_EXHAUSTED, and the connection closes; the per-client limit
   counts a process's local jobs (`local:pid=N`) together, as it counts a gRPC
-  connection's.
+  connection's (a process it cannot name, in another pid namespace, is
+  counted by connection).
 - Cancellation: a client that goes away (the socket ends without the empty
   batch that says "no more jobs") has its jobs' tasks cancelled, as gRPC
   cancels a stream's.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import secrets
 import socket
@@ -110,6 +112,7 @@ class LocalSocket:
         self._closing = False
         self._refused = 0
         self._refused_logged_s = -REFUSED_LOG_S
+        self._numbers = itertools.count(1)
 
     async def start(self) -> None:
         path = ABSTRACT_PREFIX + self.endpoint.name
@@ -138,7 +141,7 @@ class LocalSocket:
             return
         self._connections.add(task)
         try:
-            await self._serve(reader, writer, _peer_of(writer))
+            await self._serve(reader, writer, _peer_of(writer, next(self._numbers)))
         except (OSError, asyncio.IncompleteReadError, DecodeError, LimitExceeded) as exc:
             log.debug("local connection ended: %s", exc)
         except asyncio.CancelledError:
@@ -207,15 +210,20 @@ class LocalSocket:
             yield batch
 
 
-def _peer_of(writer: asyncio.StreamWriter) -> str:
-    """`local:pid=N`: the per-client limit counts a process's local jobs together."""
+def _peer_of(writer: asyncio.StreamWriter, number: int) -> str:
+    """`local:pid=N`: the per-client limit counts a process's local jobs together.
+
+    A process in another pid namespace reads as pid 0 (the kernel cannot name
+    it here), and so would every other one there: such a connection, or one
+    whose credentials cannot be read, is a client of its own (`local:conn=N`,
+    N this socket's count of connections), as each gRPC connection is."""
     sock = writer.get_extra_info("socket")
     try:
         credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
         pid, _uid, _gid = _PEERCRED.unpack(credentials)
     except (OSError, AttributeError):
-        return "local:unknown"
-    return f"local:pid={pid}"
+        pid = 0
+    return f"local:pid={pid}" if pid > 0 else f"local:conn={number}"
 
 
 async def listen(servicer: Servicer, max_message_bytes: int) -> LocalSocket | None:
