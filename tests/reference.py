@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from node.core.job import Job
+from node.core.job import OPS, Job
 
 Array = npt.NDArray[Any]
 
@@ -42,6 +42,18 @@ def histogram_range(values: Array) -> tuple[float, float]:
     if lo < hi and np.all(np.diff(np.linspace(lo, hi, 10)) > 0):
         return lo, hi
     return lo, lo + max(1.0, abs(lo) * 1e-6)
+
+
+def op_cases(datasets: dict[str, Array]) -> list[tuple[str, int | None, str]]:
+    """(dataset, axis, op) for every op over every dataset: 2-D data also along axis 0,
+    except for histogram, which takes no axis."""
+    return [
+        (name, axis, op)
+        for name, data in datasets.items()
+        for axis in ((None, 0) if data.ndim == 2 else (None,))
+        for op in OPS
+        if axis is None or op != "histogram"
+    ]
 
 
 def make_job(op: str, spec: str, kernel: str = "identity", axis: int | None = None,

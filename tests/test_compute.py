@@ -26,7 +26,7 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import assert_matches, kernel_ref, make_job, same_bits
+from reference import assert_matches, kernel_ref, make_job, op_cases, same_bits
 
 from node.core.compute import (
     MAX_BINS,
@@ -62,13 +62,7 @@ DATASETS: dict[str, Array] = {
     "int2d": DATASET_RNG.integers(-9, 9, size=(11, 4)).astype(np.int64),
     "float2d": DATASET_RNG.standard_normal((13, 5)),
 }
-CASES = [  # (dataset, axis, op); histogram takes no axis
-    (name, axis, op)
-    for name, data in DATASETS.items()
-    for axis in ((None, 0) if data.ndim == 2 else (None,))
-    for op in OPS
-    if axis is None or op != "histogram"
-]
+CASES = op_cases(DATASETS)  # (dataset, axis, op)
 
 
 @pytest.fixture(autouse=True)

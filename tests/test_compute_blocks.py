@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from reference import assert_matches, make_job
+from reference import assert_matches, make_job, op_cases
 
 from node.core import compute
 from node.core.compute import compute_partial, finalize, reduce_all
-from node.core.job import KERNELS, OPS, Job
+from node.core.job import KERNELS, Job
 from node.core.sources import ValuesSource
 
 Array = npt.NDArray[Any]
@@ -40,13 +40,7 @@ DATASETS: dict[str, Array] = {
     "int2d": RNG.integers(-9, 9, size=(37, 4)).astype(np.int64),
     "float2d": RNG.standard_normal((41, 5)),
 }
-CASES = [  # (dataset, axis, op); histogram takes no axis
-    (name, axis, op)
-    for name, data in DATASETS.items()
-    for axis in ((None, 0) if data.ndim == 2 else (None,))
-    for op in OPS
-    if axis is None or op != "histogram"
-]
+CASES = op_cases(DATASETS)  # (dataset, axis, op)
 SMALL_BLOCK = 8
 SMALL_HISTOGRAM_BLOCK = 16
 SHARD_ELEMS = 64
@@ -97,9 +91,9 @@ def test_a_plain_sum_is_not_cut(kernel_inputs: list[int]) -> None:
     assert kernel_inputs == [min(SHARD_ELEMS, data.size - start) for start in range(0, data.size, SHARD_ELEMS)]
 
 
-def test_real_blocks_bound_the_temporaries_and_match_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = RNG.standard_normal(5 * compute.BLOCK_ELEMS + 123)
-    source = ValuesSource(data)
+@pytest.fixture
+def squared_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every array the `square` kernel is applied to (at the real block sizes)."""
     seen: list[int] = []
     square = compute._UFUNCS["square"]
 
@@ -108,25 +102,23 @@ def test_real_blocks_bound_the_temporaries_and_match_numpy(monkeypatch: pytest.M
         return np.asarray(square(x) if out is None else square(x, out=out))
 
     monkeypatch.setitem(compute._UFUNCS, "square", recording)
+    return seen
+
+
+def test_real_blocks_bound_the_temporaries_and_match_numpy(squared_sizes: list[int]) -> None:
+    data = RNG.standard_normal(5 * compute.BLOCK_ELEMS + 123)
+    source = ValuesSource(data)
     total = finalize(Job("sum", "x", "square"), compute_partial(Job("sum", "x", "square"), source, 0, data.size))
-    assert max(seen) == compute.BLOCK_ELEMS and len(seen) == 6
+    assert max(squared_sizes) == compute.BLOCK_ELEMS and len(squared_sizes) == 6
     np.testing.assert_allclose(total, np.sum(np.square(data)), rtol=1e-12)
     variance = finalize(Job("var", "x"), compute_partial(Job("var", "x"), source, 0, data.size))
     np.testing.assert_allclose(variance, np.var(data), rtol=1e-12)
 
 
-def test_histogram_blocks_are_larger(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_histogram_blocks_are_larger(squared_sizes: list[int]) -> None:
     """np.histogram's own cost per call is ~0.2 ms: its blocks are HISTOGRAM_BLOCK_ELEMS."""
     data = RNG.random(compute.HISTOGRAM_BLOCK_ELEMS + compute.BLOCK_ELEMS)
-    seen: list[int] = []
-    square = compute._UFUNCS["square"]
-
-    def recording(x: Array, out: Array | None = None) -> Array:
-        seen.append(int(x.size))
-        return np.asarray(square(x) if out is None else square(x, out=out))
-
-    monkeypatch.setitem(compute._UFUNCS, "square", recording)
     job = Job("histogram", "x", "square", bins=10, range_lo=0.0, range_hi=1.0)
     counts = finalize(job, compute_partial(job, ValuesSource(data), 0, data.size))
-    assert seen == [compute.HISTOGRAM_BLOCK_ELEMS, compute.BLOCK_ELEMS]
+    assert squared_sizes == [compute.HISTOGRAM_BLOCK_ELEMS, compute.BLOCK_ELEMS]
     np.testing.assert_array_equal(counts, np.histogram(np.square(data), bins=10, range=(0.0, 1.0))[0])
