@@ -34,10 +34,11 @@ from benchlib import print_json  # noqa: E402
 TIMER = """
 import json, os, statistics, sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], str(Path(sys.argv[1]) / "scripts")]
+from benchlib.data import huge_share
 from node.core import sources
-from node.core.compute import compute_partial, plan_shards
-from node.core.job import SHARD_ELEMS, Job
+from node.core.compute import reduce_all
+from node.core.job import Job
 from node.formats import mapped, openers
 if sys.argv[4] == "plain":
     sources.in_huge_pages = mapped.in_huge_pages = lambda array: array
@@ -51,19 +52,9 @@ source = sources.open_source(spec, root, openers())
 job, times = Job("sum", spec), []
 for _ in range(6):
     started = time.perf_counter()
-    for start, stop in plan_shards(source, SHARD_ELEMS):
-        compute_partial(job, source, start, stop)
+    reduce_all(job, source)
     times.append((time.perf_counter() - started) * 1000)
-fields = {"Rss": 0, "FilePmdMapped": 0}
-names = {str(file.resolve()) for file in files}
-inside = False
-for line in open("/proc/self/smaps"):
-    words = line.split()
-    if "-" in words[0] and len(words) >= 6:
-        inside = words[-1] in names
-    elif inside and words[0].rstrip(":") in fields:
-        fields[words[0].rstrip(":")] += int(words[1])
-share = fields["FilePmdMapped"] / fields["Rss"] if fields["Rss"] else 0.0
+share = huge_share(files)
 print(json.dumps({"cold_ms": times[0], "warm_ms": statistics.median(times[2:]), "huge_share": share}))
 """
 

@@ -5,10 +5,11 @@
 
 A float64 `.npy` of `--n` elements is written to a temporary directory and
 read once (page cache), unless `--source` names a source under
-`--data-root` (any format this machine reads). Each round, this tree (and `--ref DIR`, an unpacked
-`git archive`, when given) computes every shard of a few jobs with
-`compute_partial` and merges them, in a fresh process per tree (each job's
-second pass is timed), the trees' order flipped every round; the figure is each tree's median per job and,
+`--data-root` (any format this machine reads). Each round, this tree (and
+`--ref DIR`, an unpacked `git archive`, when given) reduces a few jobs with
+`reduce_all` (every shard's partial, merged in order, as one node does), in
+a fresh process per tree (each job's second pass is timed), the trees'
+order flipped every round; the figure is each tree's median per job and,
 with `--ref`, this tree's median over the ref's.
 
 Why: a change to `node/core/compute.py` moves a job's CPU, which a cluster's
@@ -33,8 +34,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchlib import print_json  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
 
-#: (label, op, kernel, bins): what the rounds time; histograms take the range [0, 1).
-JOBS: list[tuple[str, str, str, int]] = [
+#: (label, op, kernel, bins)
+Spec = tuple[str, str, str, int]
+#: What the rounds time; histograms take the range [0, 1).
+JOBS: list[Spec] = [
     ("sum", "sum", "identity", 0),
     ("square sum", "sum", "square", 0),
     ("var", "var", "identity", 0),
@@ -47,8 +50,8 @@ TIMER = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from node.core.compute import compute_partial, merge, plan_shards
-from node.core.job import SHARD_ELEMS, Job
+from node.core.compute import reduce_all
+from node.core.job import Job
 from node.core.sources import open_source
 from node.formats import openers
 from node.server.memory import tune_malloc
@@ -59,17 +62,11 @@ for label, op, kernel, bins in json.loads(sys.argv[4]):
     job = Job(op, sys.argv[2], kernel, None, bins, 0.0 if bins else None, 1.0 if bins else None)
     for _ in range(2):  # the first pass maps the file and grows the heap, as a daemon's first job does
         started = time.perf_counter()
-        merged = None
-        for start, stop in plan_shards(source, SHARD_ELEMS):
-            partial = compute_partial(job, source, start, stop)
-            merged = partial if merged is None else merge(op, merged, partial)
+        reduce_all(job, source)
         times[label] = (time.perf_counter() - started) * 1000
 print(json.dumps(times))
 """
 
-
-#: (label, op, kernel, bins)
-Spec = tuple[str, str, str, int]
 
 
 def one_pass(tree: Path, source: str, workdir: Path, jobs: list[Spec]) -> dict[str, float]:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ class Data:
     expected_vec: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: The big array in each file format (format_files.py); empty without the formats extra.
     formats: dict[str, FormatFile] = field(default_factory=dict)
-    #: The share of the big file this process found mapped in 2 MiB pages (huge_mapped_fraction).
+    #: The share of the big file this process found mapped in 2 MiB pages (huge_share).
     huge_mapped: float = 0.0
 
 
@@ -128,11 +128,11 @@ def make_data(directory: Path, p: Params) -> Data:
         float(np.sum(np.square(mapped[a:a + WRITE_CHUNK]))) for a in range(0, p.n, WRITE_CHUNK)
     ))
     data.expected_vec = np.load(data.vec).sum(axis=0)
+    data.huge_mapped = huge_share([data.big])  # every page of `mapped` was read just above
     del mapped
     data.formats = format_files.write(directory, data.big)
     for file in data.formats.values():  # into the page cache too
         refresh_cache(file.path)
-    data.huge_mapped = huge_mapped_fraction(data.big)
     log(f"data: {data.big} ({data.big.stat().st_size / 1e6:.0f} MB) and {data.vec} ready, "
         f"page cache warm, {data.huge_mapped:.0%} of the big file mapped in 2 MiB pages, "
         f"{time.perf_counter() - t0:.1f} s")
@@ -184,25 +184,34 @@ def refresh_cache(path: Path) -> None:
             with mmap.mmap(handle.fileno(), size, prot=mmap.PROT_READ) as mapped:
                 if hasattr(mmap, "MADV_HUGEPAGE"):
                     mapped.madvise(mmap.MADV_HUGEPAGE)
-                for offset in range(0, size, mmap.PAGESIZE):  # each read faults a page in
-                    mapped[offset]
+                pages = np.frombuffer(mapped, dtype=np.uint8)[::mmap.PAGESIZE]
+                int(pages.sum())  # a byte of every page read: each page faulted in
+                del pages  # the map closes only once no array views it
 
 
-def huge_mapped_fraction(path: Path) -> float:
-    """How much of `path`, memory-mapped and read by this process, is mapped in 2 MiB pages."""
-    mapped = np.load(path, mmap_mode="r")
-    float(np.sum(mapped))  # fault every page in
+def huge_share(paths: Collection[Path]) -> float:
+    """The share of this process's maps of `paths` held in 2 MiB pages (FilePmdMapped over Rss
+    in /proc/self/smaps); 0.0 where none of it is mapped."""
+    names = {str(path.resolve()) for path in paths}
     fields = {"Rss": 0, "FilePmdMapped": 0}
     inside = False
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             words = line.split()
             if "-" in words[0] and len(words) >= 6:  # a mapping's header line: address range ... path
-                inside = words[-1] == str(path.resolve())
+                inside = words[-1] in names
             elif inside and words[0].rstrip(":") in fields:
                 fields[words[0].rstrip(":")] += int(words[1])
-    del mapped
     return fields["FilePmdMapped"] / fields["Rss"] if fields["Rss"] else 0.0
+
+
+def huge_mapped_fraction(path: Path) -> float:
+    """How much of `path`, memory-mapped and read by this process, is mapped in 2 MiB pages."""
+    mapped = np.load(path, mmap_mode="r")
+    float(np.sum(mapped))  # fault every page in
+    share = huge_share([path])
+    del mapped
+    return share
 
 
 def close_enough(value: Any, expected: float) -> bool:
