@@ -361,10 +361,11 @@ def in_huge_pages(array: np.memmap[Any, np.dtype[Any]]) -> np.memmap[Any, np.dty
 
     Pages not yet in the page cache are then read in 2 MiB folios and mapped
     whole, where the kernel's transparent huge pages allow it: one TLB entry
-    per 2 MiB instead of 512. Summing 10^8 float64 took 48 ms so and 78 ms in
-    4 KiB pages on one host (docs/timeline.md, "The page cache's page size").
-    Where THP is "madvise", the common default, only an advised map gets
-    them. A kernel that refuses the advice costs nothing: the map works as before.
+    per 2 MiB instead of 512. Summing 10^8 float64 took 48 ms that way, 78 ms
+    in 4 KiB pages, on one host (docs/timeline.md, "The page cache's page
+    size"). Where THP is "madvise", the common default, only an advised map
+    gets them. A kernel that refuses the advice costs nothing: the map works
+    as before.
     """
     mapped = getattr(array, "_mmap", None)  # numpy's memmap keeps its mmap here
     if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_HUGEPAGE"):
