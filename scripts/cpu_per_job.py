@@ -99,7 +99,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="distnode-cpu-per-job-") as tmp:
         source = args.source or write_big(args.n, Path(tmp))
-        found = measure(args.nodes, source, args.seconds, Path(tmp))
+        # A given source is read where it lies: its directory is the nodes' data root.
+        root = Path(source.split(":", 1)[1]).resolve().parent if args.source else Path(tmp)
+        found = measure(args.nodes, source, args.seconds, root)
     print_json(found, args.json)
     return 0
 

@@ -1,7 +1,8 @@
 """A job's time on this tree against another, clusters side by side, in interleaved rounds.
 
     python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector|small|throughput] [--rounds 15]
-                              [--reps 3] [--n 100000000] [--map KERNEL] [--json PATH]
+                              [--reps 3] [--n 100000000] [--map KERNEL] [--turn-s S] [--fsync-ms MS]
+                              [--json PATH]
 
 DIR is an unpacked tree (`git archive REV | tar -x -C DIR`); `--after`
 defaults to this one. Both trees are byte-compiled, then one 3-node
@@ -24,6 +25,12 @@ ratios of each (a p99 needs thousands of jobs: `--reps 500 --rounds 12`).
 (one AsyncClient, 32 small jobs in flight for `--reps` seconds); the figure
 is the median over rounds of after / before in jobs per second.
 
+`--turn-s S` (big, vector): each turn runs jobs back to back for S seconds
+instead of `--reps` jobs, and the p90 of each tree is reported beside the
+medians. `--fsync-ms MS` makes every daemon's `os.fsync` take MS longer, as on a
+slow disk (a `sitecustomize` module on the daemons' PYTHONPATH wraps it;
+the journal and the term-and-vote file both fsync through it).
+
 Why: a change to the job path moves a big job by a few per cent, less than
 this host drifts in a quarter of an hour (docs/timeline.md); only a
 comparison within one run, turn by turn, resolves it.
@@ -38,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +69,28 @@ def write_vector(workdir: Path) -> str:
     return f"npy:{path}"
 
 
+#: Imported by every daemon (it is on their PYTHONPATH) when `--fsync-ms` is given.
+SLOW_FSYNC = """import os, time
+_delay_s = float(os.environ["TREE_AB_FSYNC_MS"]) / 1000
+_fsync = os.fsync
+def _slow_fsync(fd):
+    time.sleep(_delay_s)
+    _fsync(fd)
+os.fsync = _slow_fsync
+"""
+
+
+def slow_disks(fsync_ms: float, workdir: Path) -> None:
+    """Every daemon started from now on waits `fsync_ms` more in each fsync."""
+    hook = workdir / "slow-fsync"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_FSYNC)
+    os.environ["TREE_AB_FSYNC_MS"] = str(fsync_ms)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+
+
 def compare(
-    trees: dict[str, Path], job: dict[str, Any], rounds: int, reps: int, workdir: Path
+    trees: dict[str, Path], job: dict[str, Any], rounds: int, reps: int, workdir: Path, turn_s: float = 0.0
 ) -> dict[str, Any]:
     from node import LocalCluster
 
@@ -86,7 +114,7 @@ def compare(
         for number in range(rounds):
             medians = {}
             for name in names if number % 2 == 0 else names[::-1]:
-                elapsed = [clusters[name].client.submit(**job).elapsed_ms for _ in range(reps)]
+                elapsed = timed_turn(clusters[name], job, reps, turn_s)
                 times[name].extend(elapsed)
                 medians[name] = statistics.median(elapsed)
             ratios.append(medians["after"] / medians["before"])
@@ -100,7 +128,22 @@ def compare(
         "after_median_ms": round(statistics.median(times["after"]), 2),
         "after_over_before": round(statistics.median(ratios), 3),
         "each_round": [round(r, 3) for r in ratios],
+        "before_p90_ms": round(percentile(times["before"], 90), 2),
+        "after_p90_ms": round(percentile(times["after"], 90), 2),
+        "jobs": {name: len(samples) for name, samples in times.items()},
     }
+
+
+def timed_turn(cluster: Any, job: dict[str, Any], reps: int, turn_s: float) -> list[float]:
+    """One cluster's turn: `reps` jobs, or as many as `turn_s` seconds take (so that what a
+    cluster does every so often, such as its journal's flush, falls inside the turns)."""
+    if turn_s <= 0:
+        return [cluster.client.submit(**job).elapsed_ms for _ in range(reps)]
+    elapsed: list[float] = []
+    stop_s = time.monotonic() + turn_s
+    while time.monotonic() < stop_s:
+        elapsed.append(cluster.client.submit(**job).elapsed_ms)
+    return elapsed
 
 
 def small_turn(tree: Path, cluster: Any, jobs: int) -> list[float]:
@@ -181,6 +224,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n", type=int, default=10**8)
     parser.add_argument("--map", default=None, help="a kernel applied before a big job's sum")
+    parser.add_argument("--fsync-ms", type=float, default=0.0, help="each daemon fsync takes MS longer")
+    parser.add_argument("--turn-s", type=float, default=0.0, help="big/vector: jobs for S seconds per turn")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     trees = {"before": args.ref.resolve(), "after": args.after.resolve()}
@@ -188,6 +233,8 @@ def main() -> int:
         compile_tree(tree)
     with tempfile.TemporaryDirectory(prefix="distnode-tree-ab-") as tmp:
         workdir = Path(tmp)
+        if args.fsync_ms > 0:
+            slow_disks(args.fsync_ms, workdir)
         job: dict[str, Any]
         if args.job == "big":
             job = {"op": "sum", "source": write_big(args.n, workdir)}
@@ -199,7 +246,8 @@ def main() -> int:
             job = {"throughput": True}
         else:
             job = {"op": "sum", "source": SMALL_SOURCE}
-        print_json(compare(trees, job, args.rounds, args.reps, workdir), args.json)
+        found = compare(trees, job, args.rounds, args.reps, workdir, args.turn_s)
+        print_json({**found, "fsync_ms_added": args.fsync_ms}, args.json)
     return 0
 
 

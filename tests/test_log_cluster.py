@@ -8,6 +8,7 @@ import asyncio
 import errno
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from inproc import StartCluster, poll
@@ -24,14 +25,16 @@ def log_of(daemon: Daemon) -> list[tuple[int, str]]:
 
 
 def settled(daemons: list[Daemon]) -> bool:
-    """One of `daemons` leads, and all of them hold and have committed its whole log."""
+    """One of `daemons` leads, and all of them hold, have committed and have written its
+    whole log (appends are written in the journal's thread, so memory may be ahead)."""
     leaders = [d for d in daemons if d.is_leader]
     if len(leaders) != 1:
         return False
     leader = leaders[0]
     want = leader.election.log.last_index
     return want >= 1 and all(
-        d.election.log.last_index == want and d.election.commit_index == want for d in daemons
+        d.election.log.last_index == want and d.election.commit_index == want
+        and not d.elections.writer.in_flight for d in daemons
     )
 
 
@@ -95,7 +98,9 @@ async def test_a_journal_that_refuses_a_write_makes_its_node_refuse_and_heal(
     broken.journal.append = full_disk  # type: ignore[method-assign]
     durable = broken.journal.log.last_index
     leader.stop()  # the next leader's no-op must be appended everywhere
-    await poll(lambda: len(refused) >= 3, what="the broken node to be asked to append")
+    # Appends are written in the journal's thread: memory is back to the disk once they return.
+    await poll(lambda: len(refused) >= 3 and not broken.elections.writer.in_flight,
+               what="the broken node to be asked to append")
     assert broken.election.log.last_index == durable, "memory ran ahead of the journal"
     start, count = time.monotonic(), len(refused)
     await asyncio.sleep(0.5)  # a window to measure a rate in, not a wait for a condition
@@ -169,3 +174,44 @@ async def test_a_leader_whose_own_write_fails_steps_down_and_the_job_still_lands
     lines = [r for r in caplog.records if "cannot write the journal" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelname == "ERROR"
     await poll(lambda: settled(cluster.daemons), what="the old leader to catch up")
+
+
+async def test_a_follower_on_a_slow_disk_keeps_serving_and_acknowledges_only_what_is_durable(
+    start_cluster: StartCluster,
+) -> None:
+    """A follower's append is written in the journal's thread: while its disk is slow its
+    event loop keeps answering (here it shares one loop with the test, which a write on
+    the loop would block), and its answer to the beat, which counts the entry, waits
+    for the write, so the leader commits only once a follower's disk holds the entry."""
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    followers = [d for d in cluster.daemons if d is not leader]
+    gate = threading.Event()
+    real_appends = [f.journal.append for f in followers]
+
+    def slow_disk(real: Callable[[int, tuple[Entry, ...]], None]) -> Callable[[int, tuple[Entry, ...]], None]:
+        def append(after: int, entries: tuple[Entry, ...]) -> None:
+            assert gate.wait(20), "the test never opened the gate"
+            real(after, entries)
+        return append
+
+    for follower, real in zip(followers, real_appends, strict=True):
+        follower.journal.append = slow_disk(real)  # type: ignore[method-assign]
+    index = leader.election.log.last_index + 1
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        submit = asyncio.create_task(client.submit(op="sum", source="values:1,2,3", detach=True))
+        try:
+            await poll(lambda: all(f.election.log.last_index >= index for f in followers),
+                       what="the followers to take the entry while their disks are slow")
+            for follower in followers:
+                status = await cluster.stub(follower.config.address).Status(pb.StatusRequest(), timeout=5)
+                assert status.node_id == follower.node_id
+                assert follower.journal.log.last_index < index
+            assert leader.election.commit_index < index and not submit.done(), "acknowledged before durable"
+        finally:
+            gate.set()
+        job_id = await submit
+        assert (await client.result(job_id, wait=10)).result == 6
+    assert all(f.journal.log.last_index >= index for f in followers)

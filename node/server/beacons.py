@@ -153,7 +153,9 @@ class _Grant:
 
 
 #: Steps a beat that passed every check; returns the reply to send back.
-OnBeat = Callable[[pb.HeartbeatRequest], pb.HeartbeatReply]
+#: The answer to a beat, or its future while the beat's entries are being written.
+BeatReply = pb.HeartbeatReply | asyncio.Future[pb.HeartbeatReply]
+OnBeat = Callable[[pb.HeartbeatRequest], BeatReply]
 
 
 class BeaconListener(_Endpoint):
@@ -196,9 +198,19 @@ class BeaconListener(_Endpoint):
         except DistnodeError:  # refused as the gRPC stream would refuse it (not a member...)
             self.dropped += 1
             return
-        reply.seq = beat.seq
+        if isinstance(reply, asyncio.Future):
+            reply.add_done_callback(lambda done: self._answer(grant.key, beat.seq, addr, done))
+        else:
+            self._answer(grant.key, beat.seq, addr, reply)
+
+    def _answer(self, key: bytes, seq: int, addr: Any, reply: BeatReply) -> None:
+        if isinstance(reply, asyncio.Future):
+            if reply.cancelled():
+                return
+            reply = reply.result()
+        reply.seq = seq
         if self._transport is not None:
-            self._transport.sendto(seal(grant.key, REPLY, reply.SerializeToString()), addr)
+            self._transport.sendto(seal(key, REPLY, reply.SerializeToString()), addr)
 
 
 async def listen(listen_address: str, port: int, on_beat: OnBeat) -> BeaconListener | None:

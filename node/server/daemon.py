@@ -66,7 +66,7 @@ from node.server.metrics import NodeMetrics
 from node.server.outcomes import outcome_of as answer_of
 from node.server.peers import PeerTable
 from node.server.relay import Relay
-from node.server.service import add_services, beat_reply, make_server
+from node.server.service import add_services, beat_reply_when, make_server
 from node.server.startchecks import bind_port, check_data_dir
 from node.server.statestore import MAX_TERM, StateStore
 from node.wire.answers import SERVICE
@@ -221,22 +221,19 @@ class Daemon:
 
     async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
         await self.discovery.admit("leader_id", beat.src)
-        return self._beat(beat, beacon_key)
-
-    def _beat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
         self.peers.check_member("leader_id", beat.src, self.node_id)
         self._check_term(beat.term)
         answer = self.elections.heartbeat(beat)
         if beacon_key and self.beacons is not None and self.elections.follows(beat.src, beat.term):
             self.beacons.grant(beat.src, beat.term, beacon_key)
-        return answer
+        return answer if isinstance(answer, BeatAnswer) else await answer
 
-    def beat_reply(self, request: pb.HeartbeatRequest) -> pb.HeartbeatReply:
+    def beat_reply(self, request: pb.HeartbeatRequest) -> beacons.BeatReply:
         """A beat that came as a UDP datagram. The listener took it only under the key a
         member granted over gRPC, for that leader and term: checked there, not again.
-        Its entries, if any, are stored before the answer, as on the stream."""
+        Its entries, if any, are stored before the answer (a future), as on the stream."""
         beat = beat_from_proto(request, self.node_id, self.config.tick_ms)
-        return beat_reply(self.node_id, self.elections.heartbeat(beat))
+        return beat_reply_when(self.node_id, self.elections.heartbeat(beat))
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,

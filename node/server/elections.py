@@ -3,10 +3,12 @@
 Every input reaches the core through here, after the clock has fed it the
 ticks elapsed (`catch_up`), so it sees time and messages in their real order.
 Its outputs are executed in list order: `Persist` is written and fsync'd
-(statestore.py) before any later `Send` leaves ("persist before you send"),
-and so is a follower's `AppendLog` before its reply; a leader's own `AppendLog`
-is written in a thread while its AppendEntries go out, and the replies wait
-for it (logwriter.py). Vote requests go out as RPCs whose replies are stepped
+(statestore.py) before any later `Send` leaves ("persist before you send").
+An `AppendLog` is written in the journal's thread (logwriter.py), so a slow
+disk never stalls the event loop: a leader's AppendEntries go out meanwhile
+and the replies wait for it; a follower's answer to a beat, and what it
+applies, wait until every append pending when the beat was stepped is
+durable (the answer is a refusal if one failed). Vote requests go out as RPCs whose replies are stepped
 back in, heartbeats go out on the leader's links (heartbeats.py), and
 `RoleChanged` is logged and passed on to the daemon.
 
@@ -16,6 +18,7 @@ the peer table that the job scheduler reads.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -44,7 +47,7 @@ from node.core.messages import (
     VoteResponse,
 )
 from node.core.raftlog import Entry
-from node.server.api import BeatAnswer, NodeView, StatusView, VoteAnswer
+from node.server.api import BeatAnswer, StatusView, VoteAnswer
 from node.server.clock import Clock
 from node.server.config import NodeConfig
 from node.server.discovery import describe
@@ -52,6 +55,7 @@ from node.server.heartbeats import HeartbeatLinks
 from node.server.journal import Journal, Snapshot
 from node.server.logwriter import LogWriter
 from node.server.peers import Peer, PeerTable
+from node.server.peerview import peer_view
 from node.server.statestore import ElectionState, StateStore
 from node.wire.log import beat_to_proto, response_from_reply
 
@@ -91,6 +95,8 @@ class ElectionDriver:
         self.writer = LogWriter(journal)
         #: Followers' replies held while this leader's own append is being written.
         self._held_replies: list[tuple[str, pb.HeartbeatReply]] = []
+        #: Answers to beats, held until the appends pending when they were stepped are durable.
+        self._held_answers: list[Callable[[bool], None]] = []
         #: The first background append that failed, until the writes pending behind it return.
         self._write_error: OSError | None = None
         #: Leader only: when each entry it proposed left (index -> perf_counter); who hears the
@@ -166,7 +172,9 @@ class ElectionDriver:
             return VoteAnswer(self.election.term, False)
         return VoteAnswer(response.term, response.granted)
 
-    def heartbeat(self, beat: Heartbeat | InstallSnapshot) -> BeatAnswer:
+    def heartbeat(self, beat: Heartbeat | InstallSnapshot) -> BeatAnswer | asyncio.Future[BeatAnswer]:
+        """The answer to a beat; a future of it while appends are being written (it may
+        count entries not yet durable, so it leaves once they are, or as a refusal)."""
         leader_id, term = beat.src, beat.term
         response = self._step_request(beat, HeartbeatResponse)
         if self.follows(leader_id, term):
@@ -176,6 +184,18 @@ class ElectionDriver:
             peer = self.peers.get(self.leader_address)
             if peer is not None:
                 peer.role, peer.term = "leader", term
+        if not self.writer.in_flight:
+            return self._beat_answer(response)
+        answer: asyncio.Future[BeatAnswer] = asyncio.get_running_loop().create_future()
+
+        def release(durable: bool) -> None:
+            if not answer.done():  # its caller may have gone
+                answer.set_result(self._beat_answer(response if durable else None))
+
+        self._held_answers.append(release)
+        return answer
+
+    def _beat_answer(self, response: HeartbeatResponse | None) -> BeatAnswer:
         refused = response is None or not response.success
         match = 0 if response is None else response.match_index
         return BeatAnswer(self.election.term, self.election.role.value, self.disk_error, refused, match)
@@ -192,7 +212,7 @@ class ElectionDriver:
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
         peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
         if self.writer.in_flight:
-            self._held_replies.append((address, reply))  # see _leader_wrote
+            self._held_replies.append((address, reply))  # see _wrote
         else:
             self._step_reply(address, reply)
         if peer is not None and not peer.alive:  # a reply can only bring a peer back
@@ -235,17 +255,17 @@ class ElectionDriver:
     def _execute(self, outputs: list[Output]) -> bool:
         """Carry out outputs in order; False if a Persist or a write failed (the rest is dropped).
 
-        A leader's own append is written in the background (logwriter.py): the
-        Sends right after it go at once, what else follows waits for the write.
-        Alone, it has nobody to send to while it writes: it writes at once."""
+        An append is written in the background (logwriter.py): the Sends right
+        after it go at once, what else follows waits for the write. A leader
+        alone has nobody to send to while it writes: it writes at once."""
         for position, out in enumerate(outputs):
-            if isinstance(out, AppendLog) and self.election.role is Role.LEADER and self.config.peers:
+            if isinstance(out, AppendLog) and self.config.peers:
                 rest = outputs[position + 1:]
                 sends = 0
                 while sends < len(rest) and isinstance(rest[sends], Send):
                     sends += 1
                 later = rest[sends:]
-                self.writer.append_later(out.after, out.entries, functools.partial(self._leader_wrote, later))
+                self.writer.append_later(out.after, out.entries, functools.partial(self._wrote, later))
                 self._execute(rest[:sends])
                 return True
             if isinstance(out, Persist):
@@ -281,10 +301,11 @@ class ElectionDriver:
                 if proposed is not None:
                     self.on_committed(now - proposed)
 
-    def _leader_wrote(self, later: list[Output], error: OSError | None) -> None:
-        """A leader's own append returned. Replies that arrived meanwhile were held (they
-        would have counted this node's entries before its disk had them); once no write
-        is pending, they are stepped in, or, if a write failed, dropped with the entries."""
+    def _wrote(self, later: list[Output], error: OSError | None) -> None:
+        """An append returned. Replies a leader got meanwhile, and a follower's answers to
+        beats, were held (they would have counted entries before this disk had them);
+        once no write is pending, they go on, or, if a write failed, the replies are
+        dropped with the entries and the answers are refusals."""
         if error is not None:
             self._write_error = self._write_error or error
         elif self._write_error is None:
@@ -293,11 +314,14 @@ class ElectionDriver:
         if self.writer.in_flight:
             return
         held, self._held_replies = self._held_replies, []
-        if self._write_error is not None:
-            self.writer.refused(self._write_error)
-            self._write_error = None
+        answers, self._held_answers = self._held_answers, []
+        failed, self._write_error = self._write_error, None
+        if failed is not None:
+            self.writer.refused(failed)
             self._refused()
-            return
+            held = []
+        for release in answers:
+            release(failed is None)
         for address, reply in held:
             self._step_reply(address, reply)
 
@@ -402,37 +426,6 @@ class ElectionDriver:
     # -- ids and status ---------------------------------------------------
 
     def status(self) -> StatusView:
-        """What this node knows, and nothing it does not.
-
-        A leader hears every peer: a peer is alive if it answered within the
-        failure timeout, and its role is what it last said, or "unknown" once
-        that is stale. A follower hears only its leader: that one is shown as
-        the leader, alive by the same rule; the others as "unknown". So a
-        table never holds two leaders, and a dead former leader is "unknown".
-        """
+        """What this node knows, and nothing it does not (peerview.py)."""
         self.catch_up()
-        election = self.election
-        nodes = [NodeView(self.node_id, self.config.address, election.role.value, election.term, True, 0.0,
-                          self.disk_error)]
-        heard = election.peer_ticks_since_heard()
-        active = election.active_peers()
-        leading = election.role is Role.LEADER
-        for peer in self.peers:
-            ticks = heard.get(peer.address)
-            if leading:
-                alive = peer.address in active
-                role, term = (peer.role, peer.term) if alive else ("unknown", peer.term)
-            elif peer.address == self.leader_address and election.leader is not None:
-                ticks = election.ticks_since_leader
-                alive, role, term = ticks <= self.config.election_ticks[0], "leader", election.term
-            else:
-                alive, role, term = False, "unknown", peer.term
-            last_ms = None if ticks is None else float(ticks * self.config.tick_ms)
-            storage_error = peer.storage_error if leading and alive else ""
-            problem = self.peers.conflicts.get(peer.address, peer.problem)
-            nodes.append(NodeView(peer.node_id, peer.address, role, term, alive, last_ms, storage_error,
-                                  problem, peer.failures))
-        return StatusView(
-            self.node_id, election.role.value, election.term, election.leader or "",
-            self.leader_address, nodes,
-        )
+        return peer_view(self.election, self.peers, self.config, self.leader_address, self.disk_error)

@@ -67,7 +67,7 @@ log = logging.getLogger("distnode.ledger")
 
 LIVE = ("queued", "running")
 #: Attached jobs' records wait this long for company before they are proposed:
-#: each proposal is an fsync on every node, on its event loop (docs/journal.md).
+#: each proposal is an fsync on every node (docs/journal.md).
 ATTACHED_FLUSH_S = 0.1
 #: Results up to this size go into an attached job's record (vector answers
 #: are megabytes; replicating each would cost more than the job).
