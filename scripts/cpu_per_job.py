@@ -99,8 +99,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="distnode-cpu-per-job-") as tmp:
         source = args.source or write_big(args.n, Path(tmp))
-        # A given source is read where it lies: its directory is the nodes' data root.
-        root = Path(source.split(":", 1)[1]).resolve().parent if args.source else Path(tmp)
+        # A file given as the source is read where it lies: its directory is the nodes' data root.
+        named = Path(source.partition(":")[2])
+        root = named.resolve().parent if args.source and named.exists() else Path(tmp)
         found = measure(args.nodes, source, args.seconds, root)
     print_json(found, args.json)
     return 0

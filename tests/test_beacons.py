@@ -70,9 +70,9 @@ class Follower:
         self.listener: BeaconListener | None = None
         self.port = 0
 
-    def on_beat(self, beat: Any) -> Any:
+    def on_beat(self, beat: Any, reply: Any) -> None:
         self.beats.append(beat)
-        return pb.HeartbeatReply(term=beat.term, node_id="n2", role="follower")
+        reply(pb.HeartbeatReply(term=beat.term, node_id="n2", role="follower"))
 
     async def start(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:

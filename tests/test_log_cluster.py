@@ -215,3 +215,42 @@ async def test_a_follower_on_a_slow_disk_keeps_serving_and_acknowledges_only_wha
         job_id = await submit
         assert (await client.result(job_id, wait=10)).result == 6
     assert all(f.journal.log.last_index >= index for f in followers)
+
+
+async def test_a_follower_steps_nothing_while_its_append_is_written(start_cluster: StartCluster) -> None:
+    """While one follower's disk is slow, the leader commits with the other one and its
+    next beats tell the slow follower so; those beats wait for the write, so the slow
+    follower neither learns the commit nor applies the entry before its disk holds it,
+    then applies it in order once the write returns."""
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    slow, quick = [d for d in cluster.daemons if d is not leader]
+    gate = threading.Event()
+    real_append = slow.journal.append
+
+    def slow_disk(after: int, entries: tuple[Entry, ...]) -> None:
+        assert gate.wait(20), "the test never opened the gate"
+        real_append(after, entries)
+
+    slow.journal.append = slow_disk  # type: ignore[method-assign]
+    index = leader.election.log.last_index + 1
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        try:
+            job_id = await client.submit(op="sum", source="values:1,2,3", detach=True)
+            await poll(lambda: quick.elections.applied >= index, what="the quick follower to apply the entry")
+            await poll(lambda: slow.elections.gate.closed, what="the slow follower to be writing")
+            await poll(lambda: leader.election.commit_index >= index, what="the leader to have committed")
+            waited = slow.elections.gate.waiting
+            await poll(lambda: slow.elections.gate.waiting >= waited + 2,
+                       what="beats sent after the commit to reach the slow follower")
+            assert slow.election.log.last_index >= index, "the entry is in the slow follower's memory"
+            assert slow.journal.log.last_index < index
+            assert slow.election.commit_index < index, "a beat was stepped while the append was written"
+            assert slow.elections.applied < index, "applied before its disk held the entry"
+        finally:
+            gate.set()
+        await poll(lambda: slow.elections.applied >= index, what="the slow follower to apply it")
+        assert slow.journal.log.last_index >= index
+        assert (await client.result(job_id, wait=10)).result == 6

@@ -3,9 +3,11 @@
 # Nothing here touches the network, the disk or a clock. The daemon drives it
 # with `tick()` (one unit of logical time) and `step(message)`; both return
 # outputs (messages.py) that the caller executes in order, making every
-# `Persist`, `AppendLog` and `RestoreSnapshot` durable (fsync) BEFORE any
-# later `Send` of the list: a restarted node never votes twice in a term and
-# never forgets an entry it acknowledged (Raft §5.2, §5.3, Figure 2).
+# `Persist`, `AppendLog` and `RestoreSnapshot` durable (fsync) before any
+# later `Send` of the list leaves (or, for an append, holding back what the
+# Send would count until it is: the daemon's elections.py): a restarted node
+# never votes twice in a term and never forgets an entry it acknowledged
+# (Raft §5.2, §5.3, Figure 2).
 #
 # The protocol is Raft's election (§5.2) and up-to-date check (§5.4.1), plus
 # Ongaro's thesis: Pre-Vote (§9.6: "would you vote for me at term+1?" before

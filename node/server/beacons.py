@@ -55,6 +55,7 @@ leader's connected socket then drops the answers and that pair stays on gRPC.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -153,9 +154,8 @@ class _Grant:
 
 
 #: Steps a beat that passed every check; returns the reply to send back.
-#: The answer to a beat, or its future while the beat's entries are being written.
-BeatReply = pb.HeartbeatReply | asyncio.Future[pb.HeartbeatReply]
-OnBeat = Callable[[pb.HeartbeatRequest], BeatReply]
+#: Steps a beat; calls its second argument with the reply, at once or once the entries are durable.
+OnBeat = Callable[[pb.HeartbeatRequest, Callable[[pb.HeartbeatReply], None]], None]
 
 
 class BeaconListener(_Endpoint):
@@ -194,20 +194,11 @@ class BeaconListener(_Endpoint):
         self.taken += 1
         beat.ClearField("beacon_key")  # keys are granted over gRPC only
         try:
-            reply = self.on_beat(beat)
+            self.on_beat(beat, functools.partial(self._answer, grant.key, beat.seq, addr))
         except DistnodeError:  # refused as the gRPC stream would refuse it (not a member...)
             self.dropped += 1
-            return
-        if isinstance(reply, asyncio.Future):
-            reply.add_done_callback(lambda done: self._answer(grant.key, beat.seq, addr, done))
-        else:
-            self._answer(grant.key, beat.seq, addr, reply)
 
-    def _answer(self, key: bytes, seq: int, addr: Any, reply: BeatReply) -> None:
-        if isinstance(reply, asyncio.Future):
-            if reply.cancelled():
-                return
-            reply = reply.result()
+    def _answer(self, key: bytes, seq: int, addr: Any, reply: pb.HeartbeatReply) -> None:
         reply.seq = seq
         if self._transport is not None:
             self._transport.sendto(seal(key, REPLY, reply.SerializeToString()), addr)

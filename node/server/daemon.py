@@ -21,7 +21,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from node.core.election import Election
 from node.core.electionconfig import ElectionConfig
 from node.core.job import Job
 from node.core.jobtable import JobTable
-from node.core.messages import Heartbeat, InstallSnapshot, Role
+from node.core.messages import Heartbeat, InstallSnapshot, Role, VoteRequest
 from node.errors import CannotStart, InvalidField, NotLeader
 from node.server import beacons, localsocket
 from node.server.admission import ClientSlots
@@ -66,9 +66,10 @@ from node.server.metrics import NodeMetrics
 from node.server.outcomes import outcome_of as answer_of
 from node.server.peers import PeerTable
 from node.server.relay import Relay
-from node.server.service import add_services, beat_reply_when, make_server
+from node.server.service import add_services, beat_reply, make_server
 from node.server.startchecks import bind_port, check_data_dir
 from node.server.statestore import MAX_TERM, StateStore
+from node.server.stepgate import answered
 from node.wire.answers import SERVICE
 from node.wire.jobs import job_to_proto
 from node.wire.log import beat_from_proto
@@ -217,23 +218,24 @@ class Daemon:
     ) -> VoteAnswer:
         await self.discovery.admit("candidate_id", candidate_id)
         self._check_term(term)
-        return self.elections.vote(candidate_id, term, pre_vote, last_index, last_term)
+        request = VoteRequest(candidate_id, self.node_id, term, pre_vote, last_index, last_term)
+        return await answered(functools.partial(self.elections.vote, request))
 
     async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
         await self.discovery.admit("leader_id", beat.src)
         self.peers.check_member("leader_id", beat.src, self.node_id)
         self._check_term(beat.term)
-        answer = self.elections.heartbeat(beat)
+        answer: BeatAnswer = await answered(functools.partial(self.elections.heartbeat, beat))
         if beacon_key and self.beacons is not None and self.elections.follows(beat.src, beat.term):
             self.beacons.grant(beat.src, beat.term, beacon_key)
-        return answer if isinstance(answer, BeatAnswer) else await answer
+        return answer
 
-    def beat_reply(self, request: pb.HeartbeatRequest) -> beacons.BeatReply:
+    def beat_reply(self, request: pb.HeartbeatRequest, reply: Callable[[pb.HeartbeatReply], None]) -> None:
         """A beat that came as a UDP datagram. The listener took it only under the key a
         member granted over gRPC, for that leader and term: checked there, not again.
-        Its entries, if any, are stored before the answer (a future), as on the stream."""
+        Its entries, if any, are stored before `reply` is called, as on the stream."""
         beat = beat_from_proto(request, self.node_id, self.config.tick_ms)
-        return beat_reply_when(self.node_id, self.elections.heartbeat(beat))
+        self.elections.heartbeat(beat, lambda answer: reply(beat_reply(self.node_id, answer)))
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
@@ -373,7 +375,7 @@ class Daemon:
         if self.config.parent_pid and os.getppid() != self.config.parent_pid:
             log.warning("parent process %d is gone; shutting down", self.config.parent_pid)
             self._stopping.set()
-        return self.election.ticks_until_due()
+        return self.elections.ticks_until_due()
 
     def stop(self) -> None:  # what SIGINT and SIGTERM do
         self._stopping.set()

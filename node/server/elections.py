@@ -6,9 +6,9 @@ Its outputs are executed in list order: `Persist` is written and fsync'd
 (statestore.py) before any later `Send` leaves ("persist before you send").
 An `AppendLog` is written in the journal's thread (logwriter.py), so a slow
 disk never stalls the event loop: a leader's AppendEntries go out meanwhile
-and the replies wait for it; a follower's answer to a beat, and what it
-applies, wait until every append pending when the beat was stepped is
-durable (the answer is a refusal if one failed). Vote requests go out as RPCs whose replies are stepped
+and the replies wait for it; a follower steps nothing else until its write
+has returned, and an answer that counts entries waits for them to be
+durable (stepgate.py). Vote requests go out as RPCs whose replies are stepped
 back in, heartbeats go out on the leader's links (heartbeats.py), and
 `RoleChanged` is logged and passed on to the daemon.
 
@@ -18,14 +18,11 @@ the peer table that the job scheduler reads.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
-
-import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
@@ -50,13 +47,14 @@ from node.core.raftlog import Entry
 from node.server.api import BeatAnswer, StatusView, VoteAnswer
 from node.server.clock import Clock
 from node.server.config import NodeConfig
-from node.server.discovery import describe
 from node.server.heartbeats import HeartbeatLinks
 from node.server.journal import Journal, Snapshot
 from node.server.logwriter import LogWriter
 from node.server.peers import Peer, PeerTable
 from node.server.peerview import peer_view
 from node.server.statestore import ElectionState, StateStore
+from node.server.stepgate import StepGate
+from node.server.voterpc import ask_vote
 from node.wire.log import beat_to_proto, response_from_reply
 
 log = logging.getLogger("distnode")
@@ -67,6 +65,8 @@ COMPACT_ENTRIES = 4096
 COMPACT_BYTES = 4 << 20
 
 R = TypeVar("R", VoteResponse, HeartbeatResponse)
+#: What the clock is told while the gate is closed (it sleeps its longest; the write wakes it).
+CLOSED_GATE_TICKS = 1 << 20
 OnRoleChanged = Callable[[Role, int, "str | None"], None]
 #: Committed entries, in order, for the state machine.
 OnApply = Callable[[tuple[Entry, ...]], None]
@@ -93,10 +93,10 @@ class ElectionDriver:
         self.store = store
         self.journal = journal
         self.writer = LogWriter(journal)
-        #: Followers' replies held while this leader's own append is being written.
+        #: Followers' replies held while an append is being written.
         self._held_replies: list[tuple[str, pb.HeartbeatReply]] = []
-        #: Answers to beats, held until the appends pending when they were stepped are durable.
-        self._held_answers: list[Callable[[bool], None]] = []
+        #: Steps waiting for a follower's append, and answers waiting for appends to be durable.
+        self.gate = StepGate()
         #: The first background append that failed, until the writes pending behind it return.
         self._write_error: OSError | None = None
         #: Leader only: when each entry it proposed left (index -> perf_counter); who hears the
@@ -135,7 +135,10 @@ class ElectionDriver:
         return self.config.node_id
 
     def catch_up(self) -> None:
-        """Feed the core every tick that has elapsed on the wall clock."""
+        """Feed the core every tick that has elapsed on the wall clock (later, while the
+        gate is closed: the ticks are counted from the clock, none is lost)."""
+        if self.gate.closed:
+            return
         ticks = left = self.clock.due_ticks()
         while left > 0:
             left -= self.election.skip(left)  # idle, most of them only move counters
@@ -153,28 +156,35 @@ class ElectionDriver:
             self._retry_in_ticks = self.config.election_ticks[0]
             self._persist(Persist(self.durable.term, self.durable.voted_for))
 
+    def ticks_until_due(self) -> int:
+        """Ticks until the core needs the clock (while the gate is closed, the write wakes it)."""
+        return CLOSED_GATE_TICKS if self.gate.closed else self.election.ticks_until_due()
+
     def judge_peers(self, deaths: bool = True) -> list[Peer]:
         """Copy the failure detector's verdict into the peer table; the peers that just died."""
         return self.peers.sync(self.election.active_peers(), deaths)
 
     # -- inbound ----------------------------------------------------------
 
-    def vote(
-        self, candidate_id: str, term: int, pre_vote: bool, last_index: int = 0, last_term: int = 0
-    ) -> VoteAnswer:
-        if pre_vote and self.storage_error:
+    def vote(self, request: VoteRequest, answer: Callable[[VoteAnswer], None]) -> None:
+        """Step a vote request; `answer` gets the reply (once the gate is open)."""
+        if self.gate.defer(functools.partial(self.vote, request, answer)):
+            return
+        if request.pre_vote and self.storage_error:
             # It could not back the pre-vote with a real one: a grant would
             # only move the candidate's term, one failed election at a time.
-            return VoteAnswer(self.election.term, False)
-        message = VoteRequest(candidate_id, self.node_id, term, pre_vote, last_index, last_term)
-        response = self._step_request(message, VoteResponse)
-        if response is None:
-            return VoteAnswer(self.election.term, False)
-        return VoteAnswer(response.term, response.granted)
+            answer(VoteAnswer(self.election.term, False))
+            return
+        response = self._step_request(request, VoteResponse)
+        answer(VoteAnswer(self.election.term, False) if response is None
+               else VoteAnswer(response.term, response.granted))
 
-    def heartbeat(self, beat: Heartbeat | InstallSnapshot) -> BeatAnswer | asyncio.Future[BeatAnswer]:
-        """The answer to a beat; a future of it while appends are being written (it may
-        count entries not yet durable, so it leaves once they are, or as a refusal)."""
+    def heartbeat(self, beat: Heartbeat | InstallSnapshot, answer: Callable[[BeatAnswer], None]) -> None:
+        """Step a beat and call `answer` with the reply: at once, or once the gate opens
+        if it is closed, or once the entries it counts are durable if appends are pending
+        (then a refusal if one failed)."""
+        if self.gate.defer(functools.partial(self.heartbeat, beat, answer)):
+            return
         leader_id, term = beat.src, beat.term
         response = self._step_request(beat, HeartbeatResponse)
         if self.follows(leader_id, term):
@@ -184,16 +194,10 @@ class ElectionDriver:
             peer = self.peers.get(self.leader_address)
             if peer is not None:
                 peer.role, peer.term = "leader", term
-        if not self.writer.in_flight:
-            return self._beat_answer(response)
-        answer: asyncio.Future[BeatAnswer] = asyncio.get_running_loop().create_future()
-
-        def release(durable: bool) -> None:
-            if not answer.done():  # its caller may have gone
-                answer.set_result(self._beat_answer(response if durable else None))
-
-        self._held_answers.append(release)
-        return answer
+        if self.writer.in_flight:
+            self.gate.hold(lambda durable: answer(self._beat_answer(response if durable else None)))
+        else:
+            answer(self._beat_answer(response))
 
     def _beat_answer(self, response: HeartbeatResponse | None) -> BeatAnswer:
         refused = response is None or not response.success
@@ -210,6 +214,8 @@ class ElectionDriver:
         return self.election.leader == leader_id and term == self.election.term
 
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
+        if self.gate.defer(functools.partial(self.on_heartbeat_reply, address, reply)):
+            return
         peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
         if self.writer.in_flight:
             self._held_replies.append((address, reply))  # see _wrote
@@ -243,6 +249,8 @@ class ElectionDriver:
     def propose(self, data: tuple[bytes, ...]) -> tuple[Entry, ...]:
         """On the leader: append commands (one fsync) and send them; () if not leading,
         or if the journal refused them (then this node steps down)."""
+        if self.gate.closed:  # a follower's append is being written: not leading
+            return ()
         self.catch_up()
         entries, outputs = self.election.propose(*data)
         proposed = time.perf_counter()
@@ -255,12 +263,17 @@ class ElectionDriver:
     def _execute(self, outputs: list[Output]) -> bool:
         """Carry out outputs in order; False if a Persist or a write failed (the rest is dropped).
 
-        An append is written in the background (logwriter.py): the Sends right
-        after it go at once, what else follows waits for the write. A leader
-        alone has nobody to send to while it writes: it writes at once."""
+        An append is written in the background (logwriter.py). A leader's Sends
+        right after it go at once, what else follows waits for the write; a
+        leader alone has nobody to send to while it writes: it writes at once.
+        A follower's append closes the gate: all that follows waits for it."""
         for position, out in enumerate(outputs):
             if isinstance(out, AppendLog) and self.config.peers:
                 rest = outputs[position + 1:]
+                if self.election.role is not Role.LEADER:
+                    self.writer.append_later(out.after, out.entries, functools.partial(self._wrote, rest))
+                    self.gate.close()
+                    return True
                 sends = 0
                 while sends < len(rest) and isinstance(rest[sends], Send):
                     sends += 1
@@ -302,10 +315,10 @@ class ElectionDriver:
                     self.on_committed(now - proposed)
 
     def _wrote(self, later: list[Output], error: OSError | None) -> None:
-        """An append returned. Replies a leader got meanwhile, and a follower's answers to
-        beats, were held (they would have counted entries before this disk had them);
-        once no write is pending, they go on, or, if a write failed, the replies are
-        dropped with the entries and the answers are refusals."""
+        """An append returned. Replies a leader got meanwhile, and answers to beats, were
+        held (they would have counted entries before this disk had them); once no write
+        is pending, they go on, or, if a write failed, memory goes back to the disk, the
+        replies are dropped and the answers are refusals. Then the gate opens."""
         if error is not None:
             self._write_error = self._write_error or error
         elif self._write_error is None:
@@ -314,24 +327,28 @@ class ElectionDriver:
         if self.writer.in_flight:
             return
         held, self._held_replies = self._held_replies, []
-        answers, self._held_answers = self._held_answers, []
         failed, self._write_error = self._write_error, None
-        if failed is not None:
-            self.writer.refused(failed)
-            self._refused()
-            held = []
-        for release in answers:
-            release(failed is None)
+        reopen = self.gate.closed
+        try:
+            if failed is not None:
+                self.writer.refused(failed)
+                self._refused()
+                held = []
+        finally:  # whatever happened, nothing may wait for this write any longer
+            self.gate.open(failed is None)
         for address, reply in held:
             self._step_reply(address, reply)
+        if reopen:
+            self.clock.wake_now()  # the ticks that waited
 
     def _refused(self) -> None:
         """Back to the journal's log; the leader sends the entries again. A leader that
-        cannot hold its own entries also steps down."""
+        cannot hold its own entries steps down, and a candidate stops campaigning on a
+        log its disk does not hold (its vote requests named the longer one)."""
         durable = self.journal.log.copy()
         self.election.restore_log(durable, self.journal.snapshot.data, self.applied)
         self.writer.reset()
-        if self.election.role is Role.LEADER:
+        if self.election.role is not Role.FOLLOWER:
             self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
 
     def _compact(self) -> None:
@@ -385,23 +402,13 @@ class ElectionDriver:
         # them outside `step`, so there is nothing else to route.
 
     async def _send_vote(self, message: VoteRequest) -> None:
-        request = pb.VoteRequest(
-            term=message.term, candidate_id=self.node_id, pre_vote=message.pre_vote,
-            last_index=message.last_index, last_term=message.last_term,
-        )
-        try:
-            reply = await self.stubs.stub(message.dst).RequestVote(
-                request, timeout=self.config.election_ms_min / 1000
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is not grpc.StatusCode.CANCELLED:  # cancelled: this node is stopping
-                self.peers.failed(message.dst, describe(exc, self.config.election_ms_min / 1000))
+        response = await ask_vote(self.stubs, self.peers, self.config, message)
+        if response is not None:
+            self._step_vote_reply(response)
+
+    def _step_vote_reply(self, response: VoteResponse) -> None:
+        if self.gate.defer(functools.partial(self._step_vote_reply, response)):
             return
-        self.peers.learn(message.dst, reply.voter_id)
-        response = VoteResponse(
-            src=message.dst, dst=self.node_id, term=reply.term,
-            granted=reply.granted, pre_vote=message.pre_vote,
-        )
         self.catch_up()
         self._execute(self.election.step(response))
 

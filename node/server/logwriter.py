@@ -1,13 +1,15 @@
-"""The journal's writes, in order, with the leader's own appends off the event loop.
+"""The journal's writes, in order, with appends off the event loop.
 
 A leader may send AppendEntries before its own write of the same entries
 has finished, as long as it counts itself towards a commit only once that
-write is durable (Raft thesis §10.2.1; etcd does the same). So a leader's
-append goes to one writer thread and the event loop goes on sending; the
-caller holds back whatever would count the leader (the followers' replies,
-an Apply) until `in_flight` is back to 0. Every other write (a follower's
-append, a snapshot) runs at once on the caller's thread, after all the
-pending ones: one writer at a time, so the file stays in log order.
+write is durable (Raft thesis §10.2.1; etcd does the same). So an append
+goes to one writer thread and the event loop goes on: a leader's sends
+its AppendEntries and holds back whatever would count it (the followers'
+replies, an Apply) until `in_flight` is back to 0; a follower steps nothing
+until its write has returned (stepgate.py), so a slow disk delays its
+answers but never stops its loop. Every other write (a snapshot) runs on
+the caller's thread, after all the pending ones: one writer at a time, so
+the file stays in log order.
 
 A write that fails makes every write queued behind it fail too (their
 entries follow the failed ones), until the caller has put its memory back
@@ -49,9 +51,9 @@ class LogWriter:
 
     def append_later(self, after: int, entries: tuple[Entry, ...], done: Done) -> None:
         """Append in the writer thread; `done` runs on the event loop when it is durable (or not)."""
-        self.in_flight += 1
         future = asyncio.get_running_loop().run_in_executor(
             self._thread, self._guarded, self._append, after, entries)
+        self.in_flight += 1  # once submitted: a refused submission (shut down) leaves nothing pending
 
         def finished(future: asyncio.Future[None]) -> None:
             self.in_flight -= 1
@@ -113,8 +115,8 @@ class LogWriter:
             raise OSError(self._failed.errno, f"an earlier write failed: {why}")
         try:
             return write(*args)
-        except OSError as exc:
-            self._failed = exc
+        except Exception as exc:  # not only OSError: whatever stopped a write stops those behind it
+            self._failed = exc if isinstance(exc, OSError) else OSError(f"journal write failed: {exc!r}")
             raise
 
     def reset(self) -> None:

@@ -15,7 +15,6 @@ so a beat means the same whichever way it came.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -129,24 +128,6 @@ def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
         term=beat.term, node_id=node_id, role=beat.role, storage_error=beat.storage_error,
         refused=beat.refused, match_index=beat.match_index,
     )
-
-
-def beat_reply_when(
-    node_id: str, beat: BeatAnswer | asyncio.Future[BeatAnswer]
-) -> pb.HeartbeatReply | asyncio.Future[pb.HeartbeatReply]:
-    """`beat_reply`, now or once the answer is known (its entries are being written)."""
-    if isinstance(beat, BeatAnswer):
-        return beat_reply(node_id, beat)
-    reply: asyncio.Future[pb.HeartbeatReply] = asyncio.get_running_loop().create_future()
-
-    def answered(done: asyncio.Future[BeatAnswer]) -> None:
-        if done.cancelled():
-            reply.cancel()
-        else:
-            reply.set_result(beat_reply(node_id, done.result()))
-
-    beat.add_done_callback(answered)
-    return reply
 
 
 def make_server(max_message_bytes: int, token: str | None) -> grpc.aio.Server:

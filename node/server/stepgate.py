@@ -1,0 +1,85 @@
+"""What waits while the journal writes: a follower's next steps, and answers that count entries.
+
+A follower's append is written in the journal's thread (logwriter.py) so
+that a slow disk never stops its event loop. Until the write returns, its
+memory holds entries its disk may never get, so:
+
+- nothing else is stepped into the core: beats, votes, replies and ticks
+  wait here (`defer`) and run in the order they came once the gate opens.
+  No answer, vote or election can then rest on entries not yet durable,
+  and what the write's own step applies is never overtaken;
+- an answer that counts entries (the answer to the beat that brought them,
+  or any answer given while some append is pending) is held (`hold`) and
+  released when no write is pending: the core's answer if the writes
+  succeeded, a refusal if one failed and memory went back to the disk.
+
+One gate per node; it lives on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger("distnode")
+T = TypeVar("T")
+
+#: Told whether the writes it waited for are durable.
+Release = Callable[[bool], None]
+
+
+class StepGate:
+    def __init__(self) -> None:
+        self._waiting: collections.deque[Callable[[], None]] | None = None
+        self._held: list[Release] = []
+
+    @property
+    def closed(self) -> bool:
+        """True while a follower's append is being written: steps must wait."""
+        return self._waiting is not None
+
+    @property
+    def waiting(self) -> int:
+        """Steps waiting for the gate to open."""
+        return len(self._waiting or ())
+
+    def close(self) -> None:
+        if self._waiting is None:
+            self._waiting = collections.deque()
+
+    def defer(self, step: Callable[[], None]) -> bool:
+        """Queue `step` if the gate is closed (True); False: the caller steps now."""
+        if self._waiting is None:
+            return False
+        self._waiting.append(step)
+        return True
+
+    def hold(self, release: Release) -> None:
+        self._held.append(release)
+
+    def open(self, durable: bool) -> None:
+        """No write is pending: release the held answers, then run the waiting steps in
+        order until one of them closes the gate again (the rest keep waiting, first)."""
+        held, self._held = self._held, []
+        for release in held:
+            release(durable)
+        waiting, self._waiting = self._waiting, None
+        while waiting:
+            step = waiting.popleft()
+            try:
+                step()
+            except Exception:  # a bug in one step must not leave the rest waiting forever
+                log.exception("a step that waited for the journal failed")
+            if self._waiting is not None:
+                self._waiting.extendleft(reversed(waiting))
+                return
+
+
+async def answered(start: Callable[[Callable[[T], None]], None]) -> T:
+    """Call `start(reply)` and wait until it calls `reply`: at once, or once the gate opens."""
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    start(lambda value: None if future.done() else future.set_result(value))
+    return await future

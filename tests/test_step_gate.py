@@ -1,0 +1,84 @@
+"""The step gate (node/server/stepgate.py): while a follower's append is being written,
+steps wait in arrival order and answers that count entries wait for the disk."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from node.server.stepgate import StepGate, answered
+
+
+def test_an_open_gate_defers_nothing() -> None:
+    gate = StepGate()
+    assert not gate.closed
+    assert gate.defer(lambda: None) is False
+
+
+def test_steps_wait_while_closed_and_run_in_arrival_order_once_open() -> None:
+    gate, ran = StepGate(), []
+    gate.close()
+    for name in "abc":
+        assert gate.defer(lambda name=name: ran.append(name))
+    assert ran == []
+    gate.open(durable=True)
+    assert ran == ["a", "b", "c"] and not gate.closed
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_held_answers_are_released_before_the_waiting_steps_and_told_whether_durable(durable: bool) -> None:
+    gate, events = StepGate(), []
+    gate.close()
+    gate.hold(lambda ok: events.append(("answer", ok)))
+    gate.defer(lambda: events.append(("step", None)))
+    gate.open(durable)
+    assert events == [("answer", durable), ("step", None)]
+
+
+def test_a_step_that_closes_the_gate_again_keeps_the_rest_waiting_ahead_of_newcomers() -> None:
+    gate, ran = StepGate(), []
+
+    def writes() -> None:  # a beat whose entries start another write
+        ran.append("writes")
+        gate.close()
+        gate.defer(lambda: ran.append("came during that step"))
+
+    gate.close()
+    gate.defer(writes)
+    gate.defer(lambda: ran.append("waited"))
+    gate.open(durable=True)
+    assert ran == ["writes"] and gate.closed
+    gate.defer(lambda: ran.append("came later"))
+    gate.open(durable=True)
+    assert ran == ["writes", "waited", "came during that step", "came later"]
+
+
+def test_a_failing_step_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
+    gate, ran = StepGate(), []
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    gate.close()
+    gate.defer(broken)
+    gate.defer(lambda: ran.append("next"))
+    gate.open(durable=True)
+    assert ran == ["next"]
+    assert any("waited for the journal failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_answered_returns_an_answer_given_now_or_later() -> None:
+    assert await answered(lambda reply: reply(7)) == 7
+    gate = StepGate()
+    gate.close()
+
+    def start(reply: Callable[[int], None]) -> None:
+        gate.defer(lambda: reply(8))
+
+    waiting = asyncio.create_task(answered(start))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    gate.open(durable=True)
+    assert await waiting == 8
