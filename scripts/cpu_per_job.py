@@ -101,7 +101,7 @@ def main() -> int:
         source = args.source or write_big(args.n, Path(tmp))
         # A file given as the source is read where it lies: its directory is the nodes' data root.
         named = Path(source.partition(":")[2])
-        root = named.resolve().parent if args.source and named.exists() else Path(tmp)
+        root = named.resolve().parent if args.source and named.parts and named.exists() else Path(tmp)
         found = measure(args.nodes, source, args.seconds, root)
     print_json(found, args.json)
     return 0

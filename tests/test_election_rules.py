@@ -646,6 +646,15 @@ def test_rollback_returns_to_the_durable_term_and_vote_as_a_follower() -> None:
     assert sends(run_until_timeout(node)) == [VoteRequest("a", p, 5) for p in PEERS]
 
 
+def test_rollback_says_the_role_even_to_a_follower() -> None:
+    """The caller drops every output after a failed write, and the step-down it
+    dropped may have been the one that made this node a follower: the rollback says
+    so again, so whoever follows the role (the daemon) never keeps a stale one."""
+    node = make(term=4, voted_for="b")
+    assert node.role is Role.FOLLOWER
+    assert node.rollback(4, "b") == [RoleChanged(Role.FOLLOWER, 4, None)]
+
+
 def test_rollback_never_moves_ahead_or_changes_a_vote() -> None:
     """It may forget a vote the disk never held, never invent a term or a vote."""
     node = make(term=4, voted_for="b")

@@ -15,6 +15,7 @@ from inproc import StartCluster, poll
 
 from node import AsyncClient
 from node._proto import distnode_pb2 as pb
+from node.core.messages import Role
 from node.core.raftlog import Entry
 from node.server.daemon import Daemon
 
@@ -221,7 +222,9 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(start_cluste
     """While one follower's disk is slow, the leader commits with the other one and its
     next beats tell the slow follower so; those beats wait for the write, so the slow
     follower neither learns the commit nor applies the entry before its disk holds it,
-    then applies it in order once the write returns."""
+    then applies it in order once the write returns. The clock's ticks are dropped
+    meanwhile: a write longer than an election timeout does not make the slow
+    follower think its leader went silent."""
     cluster = await start_cluster(3)
     await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
     leader = cluster.leader()
@@ -235,6 +238,15 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(start_cluste
         real_append(after, entries)
 
     slow.journal.append = slow_disk  # type: ignore[method-assign]
+    roles: list[str] = []
+    report = slow.elections.on_role_changed
+
+    def watched(role: Role, term: int, leader_id: str | None) -> None:
+        roles.append(role.value)
+        report(role, term, leader_id)
+
+    slow.elections.on_role_changed = watched
+    term = slow.election.term
     index = leader.election.log.last_index + 1
     async with AsyncClient(leader.config.address, timeout=20) as client:
         try:
@@ -249,8 +261,13 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(start_cluste
             assert slow.journal.log.last_index < index
             assert slow.election.commit_index < index, "a beat was stepped while the append was written"
             assert slow.elections.applied < index, "applied before its disk held the entry"
+            closed_s = time.monotonic()
+            longer_s = 2 * slow.config.election_ms_max / 1000
+            await poll(lambda: time.monotonic() - closed_s > longer_s, timeout_s=longer_s + 10,
+                       what="the write to outlast two election timeouts")
         finally:
             gate.set()
         await poll(lambda: slow.elections.applied >= index, what="the slow follower to apply it")
         assert slow.journal.log.last_index >= index
+        assert roles == [] and slow.election.term == term, f"the slow follower became {roles}"
         assert (await client.result(job_id, wait=10)).result == 6

@@ -211,9 +211,10 @@ class Election:
         next message. The caller sends nothing that followed the failed write."""
         if term > self._term or (term == self._term and voted_for not in (None, self._voted_for)):
             raise AssertionError(f"rollback to ({term}, {voted_for}) from ({self._term}, {self._voted_for})")
-        out: list[Output] = []
         self._term, self._voted_for = term, voted_for
-        self._set_role(Role.FOLLOWER, None, out)
+        self._role, self._leader = Role.FOLLOWER, None
+        # Said even to a follower: the outputs dropped after the failed write may have held it.
+        out: list[Output] = [RoleChanged(Role.FOLLOWER, term, None)]
         self._reset_election_timer()
         self._ticks_since_leader = self._lease_slack = 0
         return out

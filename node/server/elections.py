@@ -1,16 +1,14 @@
 """The election's I/O: the pure core (node/core/election.py) wired to the clock, the disk and the network.
 
 Every input reaches the core through here, after the clock has fed it the
-ticks elapsed (`catch_up`), so it sees time and messages in their real order.
+ticks elapsed (`catch_up`; dropped while the gate is closed, stepgate.py).
 Its outputs are executed in list order: `Persist` is written and fsync'd
 (statestore.py) before any later `Send` leaves ("persist before you send").
-An `AppendLog` is written in the journal's thread (logwriter.py), so a slow
-disk never stalls the event loop: a leader's AppendEntries go out meanwhile
-and the replies wait for it; a follower steps nothing else until its write
-has returned, and an answer that counts entries waits for them to be
-durable (stepgate.py). Vote requests go out as RPCs whose replies are stepped
-back in, heartbeats go out on the leader's links (heartbeats.py), and
-`RoleChanged` is logged and passed on to the daemon.
+An `AppendLog` is written in the journal's thread (logwriter.py): a leader's
+AppendEntries go out meanwhile and the replies wait for it; a follower
+steps nothing else until it has returned (stepgate.py). Vote requests go
+out as RPCs whose replies are stepped back in, heartbeats on the leader's
+links (heartbeats.py); `RoleChanged` is logged and passed on to the daemon.
 
 The core is also the failure detector: `judge_peers` copies its verdict into
 the peer table that the job scheduler reads.
@@ -65,8 +63,7 @@ COMPACT_ENTRIES = 4096
 COMPACT_BYTES = 4 << 20
 
 R = TypeVar("R", VoteResponse, HeartbeatResponse)
-#: What the clock is told while the gate is closed (it sleeps its longest; the write wakes it).
-CLOSED_GATE_TICKS = 1 << 20
+CLOSED_GATE_TICKS = 1 << 20  # the clock sleeps its longest; the write that opens the gate wakes it
 OnRoleChanged = Callable[[Role, int, "str | None"], None]
 #: Committed entries, in order, for the state machine.
 OnApply = Callable[[tuple[Entry, ...]], None]
@@ -99,8 +96,7 @@ class ElectionDriver:
         self.gate = StepGate()
         #: The first background append that failed, until the writes pending behind it return.
         self._write_error: OSError | None = None
-        #: Leader only: when each entry it proposed left (index -> perf_counter); who hears the
-        #: seconds from proposal to commit.
+        #: Leader only: when each entry it proposed left (index -> perf_counter), for on_committed.
         self._proposed_at: dict[int, float] = {}
         self.on_committed: Callable[[float], None] = lambda seconds: None
         self.clock = clock
@@ -126,8 +122,7 @@ class ElectionDriver:
         self._retry_in_ticks = 0
         #: The last role change carried out, so a rollback to it is not logged twice.
         self._reported = (election.role, election.term, election.leader)
-        #: The leader's address as this node dials it (its own --peers entry);
-        #: "" while no leader is known, or its id is not mapped to an address yet.
+        #: The leader's address as this node dials it (its own --peers entry), or "".
         self.leader_address = ""
 
     @property
@@ -135,11 +130,12 @@ class ElectionDriver:
         return self.config.node_id
 
     def catch_up(self) -> None:
-        """Feed the core every tick that has elapsed on the wall clock (later, while the
-        gate is closed: the ticks are counted from the clock, none is lost)."""
+        """Feed the core every tick that has elapsed on the wall clock. While the gate is
+        closed they are dropped: a node busy writing its leader's entries has not lost
+        touch with it, and one whose own are pending must not campaign (stepgate.py)."""
+        ticks = left = self.clock.due_ticks()
         if self.gate.closed:
             return
-        ticks = left = self.clock.due_ticks()
         while left > 0:
             left -= self.election.skip(left)  # idle, most of them only move counters
             if left > 0:
@@ -149,12 +145,15 @@ class ElectionDriver:
             self._retry_disk(ticks)
 
     def _retry_disk(self, ticks: int) -> None:
-        """Write the durable state again about once an election timeout, so a
-        disk that has room again clears the error even if no step needs a write."""
+        """Write term and vote again once an election timeout, so a healed disk clears the error."""
         self._retry_in_ticks -= ticks
         if self._retry_in_ticks <= 0:
             self._retry_in_ticks = self.config.election_ticks[0]
             self._persist(Persist(self.durable.term, self.durable.voted_for))
+
+    def _waits(self, step: Callable[[], None]) -> bool:
+        """While the gate is closed, queue `step` (True)."""
+        return self.gate.defer(step)
 
     def ticks_until_due(self) -> int:
         """Ticks until the core needs the clock (while the gate is closed, the write wakes it)."""
@@ -168,7 +167,7 @@ class ElectionDriver:
 
     def vote(self, request: VoteRequest, answer: Callable[[VoteAnswer], None]) -> None:
         """Step a vote request; `answer` gets the reply (once the gate is open)."""
-        if self.gate.defer(functools.partial(self.vote, request, answer)):
+        if self._waits(functools.partial(self.vote, request, answer)):
             return
         if request.pre_vote and self.storage_error:
             # It could not back the pre-vote with a real one: a grant would
@@ -180,10 +179,9 @@ class ElectionDriver:
                else VoteAnswer(response.term, response.granted))
 
     def heartbeat(self, beat: Heartbeat | InstallSnapshot, answer: Callable[[BeatAnswer], None]) -> None:
-        """Step a beat and call `answer` with the reply: at once, or once the gate opens
-        if it is closed, or once the entries it counts are durable if appends are pending
-        (then a refusal if one failed)."""
-        if self.gate.defer(functools.partial(self.heartbeat, beat, answer)):
+        """Step a beat; `answer` gets the reply once the gate is open and the entries it
+        counts are durable (a refusal if a write failed)."""
+        if self._waits(functools.partial(self.heartbeat, beat, answer)):
             return
         leader_id, term = beat.src, beat.term
         response = self._step_request(beat, HeartbeatResponse)
@@ -214,7 +212,7 @@ class ElectionDriver:
         return self.election.leader == leader_id and term == self.election.term
 
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
-        if self.gate.defer(functools.partial(self.on_heartbeat_reply, address, reply)):
+        if self._waits(functools.partial(self.on_heartbeat_reply, address, reply)):
             return
         peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
         if self.writer.in_flight:
@@ -229,7 +227,7 @@ class ElectionDriver:
         self._execute(self.election.step(response_from_reply(reply, address, self.node_id)))
 
     def _step_request(self, message: Message, reply_type: type[R]) -> R | None:
-        """Step a request; return the core's reply to it, execute everything else first."""
+        """Step a request; the core's reply to it, once everything else is executed."""
         self.catch_up()
         reply: R | None = None
         rest: list[Output] = []
@@ -315,31 +313,37 @@ class ElectionDriver:
                     self.on_committed(now - proposed)
 
     def _wrote(self, later: list[Output], error: OSError | None) -> None:
-        """An append returned. Replies a leader got meanwhile, and answers to beats, were
-        held (they would have counted entries before this disk had them); once no write
-        is pending, they go on, or, if a write failed, memory goes back to the disk, the
-        replies are dropped and the answers are refusals. Then the gate opens."""
-        if error is not None:
-            self._write_error = self._write_error or error
-        elif self._write_error is None:
-            self.writer.wrote()
-            self._execute(later)
-        if self.writer.in_flight:
-            return
+        """An append returned; once none is pending, `_settle`."""
+        try:
+            if error is not None:
+                self._write_error = self._write_error or error
+            elif self._write_error is None:
+                self.writer.wrote()
+                self._execute(later)
+        finally:  # whatever happened here, nothing may wait for the writes any longer
+            if not self.writer.in_flight:
+                self._settle()
+
+    def _settle(self) -> None:
+        """No write is pending. Held replies and answers counted entries this disk had not
+        got: if a write failed, memory goes back to the disk, the replies are dropped and
+        the answers are refusals. The gate opens (what waited runs); a leader steps the replies."""
         held, self._held_replies = self._held_replies, []
         failed, self._write_error = self._write_error, None
         reopen = self.gate.closed
+        if reopen:
+            self.clock.due_ticks()  # those since the last wake: dropped too (catch_up)
         try:
             if failed is not None:
                 self.writer.refused(failed)
                 self._refused()
-                held = []
-        finally:  # whatever happened, nothing may wait for this write any longer
+        finally:
             self.gate.open(failed is None)
-        for address, reply in held:
-            self._step_reply(address, reply)
+        if failed is None and self.election.role is Role.LEADER:
+            for address, reply in held:
+                self._step_reply(address, reply)
         if reopen:
-            self.clock.wake_now()  # the ticks that waited
+            self.clock.wake_now()  # ticks again
 
     def _refused(self) -> None:
         """Back to the journal's log; the leader sends the entries again. A leader that
@@ -407,12 +411,14 @@ class ElectionDriver:
             self._step_vote_reply(response)
 
     def _step_vote_reply(self, response: VoteResponse) -> None:
-        if self.gate.defer(functools.partial(self._step_vote_reply, response)):
+        if self._waits(functools.partial(self._step_vote_reply, response)):
             return
         self.catch_up()
         self._execute(self.election.step(response))
 
     def _role_changed(self, change: RoleChanged) -> None:
+        if change.role is not Role.LEADER and self.writer.in_flight:
+            self.gate.close()  # a leader's appends are pending: as for a follower's own (stepgate.py)
         reported = (change.role, change.term, change.leader)
         if reported == self._reported:
             return  # a rollback back to where this node already was

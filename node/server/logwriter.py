@@ -3,13 +3,14 @@
 A leader may send AppendEntries before its own write of the same entries
 has finished, as long as it counts itself towards a commit only once that
 write is durable (Raft thesis §10.2.1; etcd does the same). So an append
-goes to one writer thread and the event loop goes on: a leader's sends
-its AppendEntries and holds back whatever would count it (the followers'
+goes to one writer thread and the event loop goes on: a leader sends its
+AppendEntries and holds back whatever would count it (the followers'
 replies, an Apply) until `in_flight` is back to 0; a follower steps nothing
 until its write has returned (stepgate.py), so a slow disk delays its
-answers but never stops its loop. Every other write (a snapshot) runs on
-the caller's thread, after all the pending ones: one writer at a time, so
-the file stays in log order.
+answers but never stops its loop. Every other write (a snapshot, the
+leader's snapshot sent to a follower, a lone leader's append) runs on the
+caller's thread, after all the pending ones: one writer at a time, so the
+file stays in log order.
 
 A write that fails makes every write queued behind it fail too (their
 entries follow the failed ones), until the caller has put its memory back

@@ -4,16 +4,21 @@ A follower's append is written in the journal's thread (logwriter.py) so
 that a slow disk never stops its event loop. Until the write returns, its
 memory holds entries its disk may never get, so:
 
-- nothing else is stepped into the core: beats, votes, replies and ticks
-  wait here (`defer`) and run in the order they came once the gate opens.
-  No answer, vote or election can then rest on entries not yet durable,
-  and what the write's own step applies is never overtaken;
+- nothing else is stepped into the core: beats, votes and replies wait
+  here (`defer`) and run in the order they came once the gate opens, and
+  the clock's ticks are dropped (elections.py `catch_up`): a follower busy
+  writing its leader's entries has not lost touch with it, and a node
+  must not campaign on entries its disk may not get. No answer, vote or
+  election can then rest on entries not yet durable, and what the write's
+  own step applies is never overtaken;
 - an answer that counts entries (the answer to the beat that brought them,
   or any answer given while some append is pending) is held (`hold`) and
   released when no write is pending: the core's answer if the writes
   succeeded, a refusal if one failed and memory went back to the disk.
 
-One gate per node; it lives on the event loop.
+The gate also closes when a leader steps down while its own appends are
+pending: its memory is then ahead of its disk in the same way. One gate
+per node; it lives on the event loop.
 """
 
 from __future__ import annotations
@@ -64,9 +69,12 @@ class StepGate:
         """No write is pending: release the held answers, then run the waiting steps in
         order until one of them closes the gate again (the rest keep waiting, first)."""
         held, self._held = self._held, []
-        for release in held:
-            release(durable)
         waiting, self._waiting = self._waiting, None
+        for release in held:
+            try:
+                release(durable)
+            except Exception:  # one answer that cannot be sent must not keep the others
+                log.exception("an answer that waited for the journal failed")
         while waiting:
             step = waiting.popleft()
             try:
