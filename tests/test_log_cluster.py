@@ -218,13 +218,16 @@ async def test_a_follower_on_a_slow_disk_keeps_serving_and_acknowledges_only_wha
     assert all(f.journal.log.last_index >= index for f in followers)
 
 
-async def test_a_follower_steps_nothing_while_its_append_is_written(start_cluster: StartCluster) -> None:
+async def test_a_follower_steps_nothing_while_its_append_is_written(
+    start_cluster: StartCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     """While one follower's disk is slow, the leader commits with the other one and its
     next beats tell the slow follower so; those beats wait for the write, so the slow
     follower neither learns the commit nor applies the entry before its disk holds it,
     then applies it in order once the write returns. The clock's ticks are dropped
     meanwhile: a write longer than an election timeout does not make the slow
-    follower think its leader went silent."""
+    follower think its leader went silent; the write's delay is said (a WARNING, and
+    the node's disk error) once it outlasts an election timeout, and unsaid after."""
     cluster = await start_cluster(3)
     await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
     leader = cluster.leader()
@@ -265,9 +268,12 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(start_cluste
             longer_s = 2 * slow.config.election_ms_max / 1000
             await poll(lambda: time.monotonic() - closed_s > longer_s, timeout_s=longer_s + 10,
                        what="the write to outlast two election timeouts")
+            assert "a journal write has been pending for" in slow.elections.disk_error
+            assert any("a journal write has been pending" in r.getMessage() for r in caplog.records)
         finally:
             gate.set()
         await poll(lambda: slow.elections.applied >= index, what="the slow follower to apply it")
         assert slow.journal.log.last_index >= index
         assert roles == [] and slow.election.term == term, f"the slow follower became {roles}"
+        assert slow.elections.disk_error == ""
         assert (await client.result(job_id, wait=10)).result == 6

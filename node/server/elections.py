@@ -135,8 +135,9 @@ class ElectionDriver:
         touch with it, and one whose own are pending must not campaign (stepgate.py)."""
         ticks = left = self.clock.due_ticks()
         if self.gate.closed:
+            self.gate.overdue(self.config.election_ms_max / 1000)
             return
-        while left > 0:
+        while left > 0 and not self.gate.closed:  # a step-down with appends pending closes it
             left -= self.election.skip(left)  # idle, most of them only move counters
             if left > 0:
                 self._execute(self.election.tick())
@@ -205,7 +206,9 @@ class ElectionDriver:
     @property
     def disk_error(self) -> str:
         """Why this node cannot write its durable state (term and vote, or journal); "" if it can."""
-        return self.storage_error or self.writer.error
+        slow_s = self.gate.overdue(self.config.election_ms_max / 1000)
+        slow = f"{self.journal.dir}: a journal write has been pending for {slow_s:.1f} s" if slow_s else ""
+        return self.storage_error or self.writer.error or slow
 
     def follows(self, leader_id: str, term: int) -> bool:
         """True if this node takes `leader_id` as its leader in `term`."""
