@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from node.server.stepgate import StepGate, answered
+from node.server.stepgate import MAX_WAITING, StepGate, answered
 
 
 def test_an_open_gate_defers_nothing() -> None:
@@ -94,3 +94,15 @@ def test_a_gate_closed_too_long_is_said_once(caplog: pytest.LogCaptureFixture) -
     assert len(said) == 1 and said[0].levelname == "WARNING"
     gate.open(durable=True)
     assert gate.overdue(-1.0) == 0.0
+
+
+def test_at_most_max_waiting_steps_wait_and_the_oldest_go_first() -> None:
+    """A disk that hangs must not fill memory with beats: past MAX_WAITING the oldest
+    waiting step is dropped (as a lost message); the newest still run, in order."""
+    gate, ran = StepGate(), []
+    gate.close()
+    for number in range(MAX_WAITING + 5):
+        gate.defer(lambda number=number: ran.append(number))
+    assert gate.waiting == MAX_WAITING and gate.dropped == 5
+    gate.open(durable=True)
+    assert ran == list(range(5, MAX_WAITING + 5))

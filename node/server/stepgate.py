@@ -32,6 +32,8 @@ from typing import TypeVar
 
 log = logging.getLogger("distnode")
 T = TypeVar("T")
+#: Steps that may wait at once: beats and votes at the leader's pace for a minute or more.
+MAX_WAITING = 1024
 
 #: Told whether the writes it waited for are durable.
 Release = Callable[[bool], None]
@@ -43,6 +45,8 @@ class StepGate:
         self._held: list[Release] = []
         self._closed_at_s = 0.0
         self._said_slow = False
+        #: Steps dropped because too many waited (MAX_WAITING).
+        self.dropped = 0
 
     @property
     def closed(self) -> bool:
@@ -74,9 +78,16 @@ class StepGate:
         return closed_s
 
     def defer(self, step: Callable[[], None]) -> bool:
-        """Queue `step` if the gate is closed (True); False: the caller steps now."""
+        """Queue `step` if the gate is closed (True); False: the caller steps now.
+
+        At most MAX_WAITING steps wait: past that the oldest is dropped, as the network
+        may drop any message (its sender tries again or times out), so a disk that
+        hangs for minutes does not fill memory with the beats of those minutes."""
         if self._waiting is None:
             return False
+        if len(self._waiting) >= MAX_WAITING:
+            self._waiting.popleft()
+            self.dropped += 1
         self._waiting.append(step)
         return True
 
