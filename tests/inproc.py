@@ -62,9 +62,11 @@ class InProcessCluster:
         return leaders[0] if len(leaders) == 1 else None
 
     async def wait_for_leader(self) -> Daemon:
-        await poll(lambda: self.leader() is not None and all(
-            d.election.leader == self.leader().node_id for d in self.daemons  # type: ignore[union-attr]
-        ), what="one leader known to all")
+        """One leader, known to all, that takes jobs: its no-op is applied (until then it
+        answers NotLeader, which a client retries and a raw stream sees as is)."""
+        await poll(lambda: self.leader() is not None and self.leader().ledger.caught_up  # type: ignore[union-attr]
+                   and all(d.election.leader == self.leader().node_id for d in self.daemons),  # type: ignore[union-attr]
+                   what="one leader known to all and caught up")
         leader = self.leader()
         assert leader is not None
         return leader
