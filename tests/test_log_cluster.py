@@ -8,7 +8,6 @@ import asyncio
 import errno
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 from inproc import StartCluster, poll
@@ -23,6 +22,17 @@ from node.server.daemon import Daemon
 def log_of(daemon: Daemon) -> list[tuple[int, str]]:
     raft_log = daemon.election.log
     return [(e.term, e.kind) for e in raft_log.entries(raft_log.snapshot_index + 1)]
+
+
+def slow_disk(daemon: Daemon, gate: threading.Event) -> None:
+    """`daemon`'s journal appends wait until `gate` is set (20 s at most: then the test failed)."""
+    real_append = daemon.journal.append
+
+    def append(after: int, entries: tuple[Entry, ...]) -> None:
+        assert gate.wait(20), "the test never opened the gate"
+        real_append(after, entries)
+
+    daemon.journal.append = append  # type: ignore[method-assign]
 
 
 def settled(daemons: list[Daemon]) -> bool:
@@ -126,13 +136,7 @@ async def test_a_leader_sends_its_entries_while_writing_them_and_counts_itself_o
     leader = cluster.leader()
     assert leader is not None
     gate = threading.Event()
-    real_append = leader.journal.append
-
-    def slow_disk(after: int, entries: tuple[Entry, ...]) -> None:
-        assert gate.wait(20), "the test never opened the gate"
-        real_append(after, entries)
-
-    leader.journal.append = slow_disk  # type: ignore[method-assign]
+    slow_disk(leader, gate)
     index = leader.election.log.last_index + 1
     followers = [d for d in cluster.daemons if d is not leader]
     async with AsyncClient(leader.config.address, timeout=20) as client:
@@ -190,16 +194,8 @@ async def test_a_follower_on_a_slow_disk_keeps_serving_and_acknowledges_only_wha
     assert leader is not None
     followers = [d for d in cluster.daemons if d is not leader]
     gate = threading.Event()
-    real_appends = [f.journal.append for f in followers]
-
-    def slow_disk(real: Callable[[int, tuple[Entry, ...]], None]) -> Callable[[int, tuple[Entry, ...]], None]:
-        def append(after: int, entries: tuple[Entry, ...]) -> None:
-            assert gate.wait(20), "the test never opened the gate"
-            real(after, entries)
-        return append
-
-    for follower, real in zip(followers, real_appends, strict=True):
-        follower.journal.append = slow_disk(real)  # type: ignore[method-assign]
+    for follower in followers:
+        slow_disk(follower, gate)
     index = leader.election.log.last_index + 1
     async with AsyncClient(leader.config.address, timeout=20) as client:
         submit = asyncio.create_task(client.submit(op="sum", source="values:1,2,3", detach=True))
@@ -234,13 +230,7 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(
     assert leader is not None
     slow, quick = [d for d in cluster.daemons if d is not leader]
     gate = threading.Event()
-    real_append = slow.journal.append
-
-    def slow_disk(after: int, entries: tuple[Entry, ...]) -> None:
-        assert gate.wait(20), "the test never opened the gate"
-        real_append(after, entries)
-
-    slow.journal.append = slow_disk  # type: ignore[method-assign]
+    slow_disk(slow, gate)
     roles: list[str] = []
     report = slow.elections.on_role_changed
 

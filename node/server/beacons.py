@@ -153,8 +153,8 @@ class _Grant:
     last_seq: int = 0
 
 
-#: Steps a beat that passed every check; returns the reply to send back.
-#: Steps a beat; calls its second argument with the reply, at once or once the entries are durable.
+#: Steps a beat that passed every check; calls its second argument with the reply to send
+#: back, at once or once the beat's entries are durable.
 OnBeat = Callable[[pb.HeartbeatRequest, Callable[[pb.HeartbeatReply], None]], None]
 
 

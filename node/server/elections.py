@@ -135,7 +135,7 @@ class ElectionDriver:
         touch with it, and one whose own are pending must not campaign (stepgate.py)."""
         ticks = left = self.clock.due_ticks()
         if self.gate.closed:
-            self.gate.overdue(self.config.election_ms_max / 1000)
+            self._write_overdue_s()  # says so, once, if the write is slow
             return
         while left > 0 and not self.gate.closed:  # a step-down with appends pending closes it
             left -= self.election.skip(left)  # idle, most of them only move counters
@@ -152,10 +152,6 @@ class ElectionDriver:
             self._retry_in_ticks = self.config.election_ticks[0]
             self._persist(Persist(self.durable.term, self.durable.voted_for))
 
-    def _waits(self, step: Callable[[], None]) -> bool:
-        """While the gate is closed, queue `step` (True)."""
-        return self.gate.defer(step)
-
     def ticks_until_due(self) -> int:
         """Ticks until the core needs the clock (while the gate is closed, the write wakes it)."""
         return CLOSED_GATE_TICKS if self.gate.closed else self.election.ticks_until_due()
@@ -168,7 +164,7 @@ class ElectionDriver:
 
     def vote(self, request: VoteRequest, answer: Callable[[VoteAnswer], None]) -> None:
         """Step a vote request; `answer` gets the reply (once the gate is open)."""
-        if self._waits(functools.partial(self.vote, request, answer)):
+        if self.gate.defer(functools.partial(self.vote, request, answer)):
             return
         if request.pre_vote and self.storage_error:
             # It could not back the pre-vote with a real one: a grant would
@@ -182,7 +178,7 @@ class ElectionDriver:
     def heartbeat(self, beat: Heartbeat | InstallSnapshot, answer: Callable[[BeatAnswer], None]) -> None:
         """Step a beat; `answer` gets the reply once the gate is open and the entries it
         counts are durable (a refusal if a write failed)."""
-        if self._waits(functools.partial(self.heartbeat, beat, answer)):
+        if self.gate.defer(functools.partial(self.heartbeat, beat, answer)):
             return
         leader_id, term = beat.src, beat.term
         response = self._step_request(beat, HeartbeatResponse)
@@ -206,16 +202,20 @@ class ElectionDriver:
     @property
     def disk_error(self) -> str:
         """Why this node cannot write its durable state (term and vote, or journal); "" if it can."""
-        slow_s = self.gate.overdue(self.config.election_ms_max / 1000)
+        slow_s = self._write_overdue_s()
         slow = f"{self.journal.dir}: a journal write has been pending for {slow_s:.1f} s" if slow_s else ""
         return self.storage_error or self.writer.error or slow
+
+    def _write_overdue_s(self) -> float:
+        """How long the gate has been closed, once that is longer than an election timeout."""
+        return self.gate.overdue(self.config.election_ms_max / 1000)
 
     def follows(self, leader_id: str, term: int) -> bool:
         """True if this node takes `leader_id` as its leader in `term`."""
         return self.election.leader == leader_id and term == self.election.term
 
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
-        if self._waits(functools.partial(self.on_heartbeat_reply, address, reply)):
+        if self.gate.defer(functools.partial(self.on_heartbeat_reply, address, reply)):
             return
         peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
         if self.writer.in_flight:
@@ -414,7 +414,7 @@ class ElectionDriver:
             self._step_vote_reply(response)
 
     def _step_vote_reply(self, response: VoteResponse) -> None:
-        if self._waits(functools.partial(self._step_vote_reply, response)):
+        if self.gate.defer(functools.partial(self._step_vote_reply, response)):
             return
         self.catch_up()
         self._execute(self.election.step(response))

@@ -50,7 +50,7 @@ class StepGate:
 
     @property
     def closed(self) -> bool:
-        """True while a follower's append is being written: steps must wait."""
+        """True while appends of a node that is not leading are being written: steps wait."""
         return self._waiting is not None
 
     @property
