@@ -15,6 +15,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -25,6 +26,26 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _LocalPurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LocalPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LocalPurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOCAL_SUBMIT: _LocalPurpose.ValueType  # 0
+    """A client's SubmitBatch frames, answered with SubmitBatchReply frames."""
+    LOCAL_COMPUTE: _LocalPurpose.ValueType  # 1
+    """A leader's ComputeCall frames, answered with ComputeEvent frames."""
+
+class LocalPurpose(_LocalPurpose, metaclass=_LocalPurposeEnumTypeWrapper):
+    """What a local socket's connection carries after the handshake."""
+
+LOCAL_SUBMIT: LocalPurpose.ValueType  # 0
+"""A client's SubmitBatch frames, answered with SubmitBatchReply frames."""
+LOCAL_COMPUTE: LocalPurpose.ValueType  # 1
+"""A leader's ComputeCall frames, answered with ComputeEvent frames."""
+Global___LocalPurpose: _TypeAlias = LocalPurpose  # noqa: Y015
 
 @_typing.final
 class VoteRequest(_message.Message):
@@ -470,22 +491,26 @@ Global___LocalEndpoint: _TypeAlias = LocalEndpoint  # noqa: Y015
 class LocalHello(_message.Message):
     """A local socket's handshake (node/wire/localframes.py): each end proves it holds
     the endpoint's key without sending it. The client writes a LocalHello, the node
-    a LocalWelcome, the client a LocalProof; then SubmitBatch frames one way (an
-    empty one: no more jobs, answer those running) and SubmitBatchReply frames the other.
+    a LocalWelcome, the client a LocalProof; then, for LOCAL_SUBMIT, SubmitBatch frames
+    one way (an empty one: no more jobs, answer those running) and SubmitBatchReply
+    frames the other; for LOCAL_COMPUTE, ComputeCall and ComputeEvent frames.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NONCE_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     nonce: _builtins.bytes
+    purpose: Global___LocalPurpose.ValueType
     def __init__(
         self,
         *,
         nonce: _builtins.bytes = ...,
+        purpose: Global___LocalPurpose.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -690,19 +715,99 @@ class ComputeReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SHARDS_SENT_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
     shards_sent: _builtins.int
+    @_builtins.property
+    def local(self) -> Global___LocalEndpoint:
+        """From a worker that has a local socket: where a leader in its network namespace
+        can send its next Compute calls without gRPC (node/server/computelink.py).
+        """
+
     def __init__(
         self,
         *,
         shards_sent: _builtins.int = ...,
+        local: Global___LocalEndpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["shards_sent", b"shards_sent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "shards_sent", b"shards_sent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ComputeReply: _TypeAlias = ComputeReply  # noqa: Y015
+
+@_typing.final
+class ComputeCall(_message.Message):
+    """A leader's frames on a compute link, a worker's local socket opened for
+    LOCAL_COMPUTE: a Compute call (its number, chosen by the leader), or the
+    cancellation of one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    call: _builtins.int
+    timeout_s: _builtins.float
+    """The call's deadline, seconds from when the worker reads it; 0: none."""
+    cancel: _builtins.bool
+    @_builtins.property
+    def request(self) -> Global___ComputeRequest: ...
+    def __init__(
+        self,
+        *,
+        call: _builtins.int = ...,
+        request: Global___ComputeRequest | None = ...,
+        timeout_s: _builtins.float = ...,
+        cancel: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "request", b"request", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeCall: _TypeAlias = ComputeCall  # noqa: Y015
+
+@_typing.final
+class ComputeEvent(_message.Message):
+    """A worker's frames on a compute link: each partial of a call, in the order
+    computed, then how the call ended.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    call: _builtins.int
+    error: _builtins.str
+    """The call failed: what a gRPC Compute would have said, as "CODE: details"."""
+    @_builtins.property
+    def partial(self) -> Global___Partial: ...
+    @_builtins.property
+    def done(self) -> Global___ComputeReply: ...
+    def __init__(
+        self,
+        *,
+        call: _builtins.int = ...,
+        partial: Global___Partial | None = ...,
+        done: Global___ComputeReply | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "error", b"error", "event", b"event", "partial", b"partial"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "done", b"done", "error", b"error", "event", b"event", "partial", b"partial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["partial", "done", "error"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___ComputeEvent: _TypeAlias = ComputeEvent  # noqa: Y015
 
 @_typing.final
 class Partial(_message.Message):

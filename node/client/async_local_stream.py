@@ -20,9 +20,9 @@ from node.client.local_stream import CONNECT_TIMEOUT_S
 from node.client.streams import CLOSE_WAIT_S, stream_refused, waiting_for
 from node.errors import AttemptFailed, LimitExceeded
 from node.wire.localframes import (
-    ABSTRACT_PREFIX,
     HANDSHAKE_MAX_BYTES,
     answer_welcome,
+    connect,
     frame,
     hello,
     read_async,
@@ -35,7 +35,7 @@ HIGH_WATER_BYTES = 1 << 20
 async def open_local(endpoint: pb.LocalEndpoint, max_message_bytes: int) -> AsyncLocalStream:
     """Connect and shake hands; OSError (NotProven, TimeoutError, ...) or DecodeError if that fails."""
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-        reader, writer = await asyncio.open_unix_connection(ABSTRACT_PREFIX + endpoint.name)
+        reader, writer = await connect(endpoint.name)
         try:
             nonce, first = hello()
             writer.write(first)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
 
     from node._proto import distnode_pb2 as pb
     from node.core.compute import Partial
+    from node.server.computelink import SendPartial
 
 #: (shard index, first row, end row) of one shard handed to a worker.
 ShardRange = tuple[int, int, int]
@@ -188,7 +189,8 @@ class NodeApi(Protocol):
     ) -> Submitted: ...
 
     async def compute(
-        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None
+        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
+        send: SendPartial | None = None,
     ) -> int: ...
 
     async def reduce(self, partials: AsyncIterator[IncomingPartial]) -> ReduceCount: ...

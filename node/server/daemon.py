@@ -54,9 +54,11 @@ from node.server.api import (
 )
 from node.server.beacons import BeaconListener
 from node.server.clock import Clock
+from node.server.computelink import SendPartial
 from node.server.computestack import ComputeStack
 from node.server.config import NodeConfig
 from node.server.discovery import IdDiscovery, shared_settings
+from node.server.dispatch import Dispatch, incoming
 from node.server.elections import ElectionDriver
 from node.server.heartbeats import HeartbeatLinks
 from node.server.jobdesk import JobDesk
@@ -71,7 +73,6 @@ from node.server.startchecks import bind_port, check_data_dir
 from node.server.statestore import MAX_TERM, StateStore
 from node.server.stepgate import answered
 from node.wire.answers import SERVICE
-from node.wire.jobs import job_to_proto
 from node.wire.log import beat_from_proto
 
 if TYPE_CHECKING:
@@ -89,8 +90,6 @@ BASE_KINDS = ("range", "random", "npy", "values")
 SHUTDOWN_GRACE_S = 1.0
 #: Longest the clock sleeps, so the parent-process watch stays prompt.
 MAX_SLEEP_S = 0.25
-#: Upper bound on one Compute batch; the failure detector normally acts first.
-COMPUTE_TIMEOUT_S = 600.0
 
 
 class Daemon:
@@ -142,6 +141,10 @@ class Daemon:
         )
         self.relay = Relay(self.stubs, lambda: self.elections.leader_address, self.who,
                            config.limits.job_timeout_s)
+        self.dispatch = Dispatch(
+            config.node_id, config.address, self.stubs, self.peers, lambda: self.election.term,
+            lambda message: self._take(incoming(message)), config.limits.max_message_bytes,
+        )
         self.metrics.observe(self)  # hooks in the journal, the log and the relay; state read at scrapes
         self.clients = ClientSlots(config.limits.max_jobs_per_client)
         self.desk = JobDesk(self)
@@ -181,7 +184,7 @@ class Daemon:
 
             config = self.config
             self._jobs = JobManager(
-                config.node_id, self.peers, self._remote_compute, self.executor,
+                config.node_id, self.peers, self.dispatch, self.executor,
                 config.shard_elems, config.data_root, config.limits, self.openers,
                 self.discovery.ask_sources, self.metrics,
             )
@@ -303,24 +306,29 @@ class Daemon:
         return await self.desk.cancel(job_id, forwarded)
 
     async def compute(
-        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None
+        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
+        send: SendPartial | None = None,
     ) -> int:
         self.peers.check_member("leader_id", leader_id, self.node_id)
         await self.compute_ready()
-        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s)
+        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s, send)
 
     async def reduce(self, partials: AsyncIterator[IncomingPartial]) -> ReduceCount:
         await self.compute_ready()
         accepted = dropped = 0
         async for partial in partials:
-            member = partial.node_id != self.node_id and self.peers.is_member(partial.node_id)
-            if member and self.jobs.accept_partial(
-                partial.job_id, partial.shard, partial.node_id, partial.state, partial.times
-            ):
+            if self._take(partial):
                 accepted += 1
             else:
                 dropped += 1
         return ReduceCount(accepted, dropped)
+
+    def _take(self, partial: IncomingPartial) -> bool:
+        """A worker's partial, from its Reduce stream or its compute link, to its job."""
+        member = partial.node_id != self.node_id and self.peers.is_member(partial.node_id)
+        return member and self.jobs.accept_partial(
+            partial.job_id, partial.shard, partial.node_id, partial.state, partial.times
+        )
 
     async def progress(self, job_id: str) -> JobProgress:
         if not self.is_leader:
@@ -348,14 +356,6 @@ class Daemon:
             self.ledger.step_down()
         if role is not Role.LEADER and self._jobs is not None:
             self._jobs.abort_all(f"{self.node_id} became {role.value} in term {term}")
-
-    async def _remote_compute(self, address: str, job_id: str, job: Job, ranges: list[ShardRange]) -> None:
-        request = pb.ComputeRequest(
-            job=job_to_proto(job_id, job),
-            shards=[pb.Shard(index=i, start=start, stop=stop) for i, start, stop in ranges],
-            reduce_to=self.config.address, term=self.election.term, leader_id=self.node_id,
-        )
-        await self.stubs.stub(address).Compute(request, timeout=COMPUTE_TIMEOUT_S)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -443,6 +443,7 @@ class Daemon:
         self.heartbeats.close()
         if self.beacons is not None:
             self.beacons.close()
+        self.dispatch.close()
         await self.stubs.close()
         self.elections.writer.close()
         self.journal.close()

@@ -7,9 +7,10 @@ depend on the data size and the shard size only. Each live node gets *lanes*
 that pull small batches of shard indices from the job's queue and compute
 them: the leader's own lane in its pool's thread, always one shard queued
 ahead (`_compute_local`), a worker's lane sends
-`Compute(batch, reduce_to=leader)`; the worker writes one partial per shard
-to its `Reduce` stream (one per worker, open across jobs: reducestream.py),
-and `accept_partial` stores it. `Compute` returns once the partials are
+`Compute(batch, reduce_to=leader)` (dispatch.py); the worker writes one
+partial per shard to its `Reduce` stream (one per worker, open across jobs:
+reducestream.py), or back on the compute link the call came on
+(computelink.py), and `accept_partial` stores it. `Compute` returns once the partials are
 written, which is not received: the lane then waits for them (at most
 PARTIALS_GRACE_S) before it gives back any that did not come. Partials are merged
 strictly in shard order (a prefix merge as they arrive), so the answer is

@@ -52,7 +52,9 @@ from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.errors import InvalidField, LimitExceeded
+from node.server import computelink
 from node.server.api import Caller
+from node.server.computelink import LinkCompute, SendPartial
 from node.server.jobstream import Failed, JobStream
 from node.wire.localframes import ABSTRACT_PREFIX, HANDSHAKE_MAX_BYTES, frame, proven, read_async, welcome
 
@@ -82,6 +84,9 @@ class Servicer(Protocol):
 
     async def stream_job(self, caller: Caller, request: pb.SubmitRequest) -> pb.SubmitStreamReply: ...
     def stream_failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply: ...
+    async def link_compute(
+        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial
+    ) -> int: ...
 
 
 class LocalCaller:
@@ -100,12 +105,17 @@ class LocalCaller:
 class LocalSocket:
     """The listening socket and its connections; `endpoint` is what clients are told."""
 
-    def __init__(self, node_id: str, run: StreamJob, failed: Failed, max_message_bytes: int) -> None:
+    def __init__(
+        self, node_id: str, run: StreamJob, failed: Failed, max_message_bytes: int,
+        compute: LinkCompute | None = None,
+    ) -> None:
         self.node_id = node_id
         name = f"distnode-{secrets.token_hex(16)}"
         self.endpoint = pb.LocalEndpoint(name=name, key=secrets.token_bytes(32))
         self._run = run
         self._failed = failed
+        #: Runs a leader's Compute calls on a compute link (computelink.py); None: no links.
+        self._compute = compute
         self._max_bytes = max_message_bytes
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -152,8 +162,11 @@ class LocalSocket:
             self._connections.discard(task)
             writer.close()
 
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> bool:
-        """Prove the node, and have the client prove itself (localframes.py)."""
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> pb.LocalHello | None:
+        """Prove the node, and have the client prove itself (localframes.py): its hello
+        (which says what the connection carries) if it did, else None."""
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             hello = await read_async(reader, pb.LocalHello, HANDSHAKE_MAX_BYTES)
             answer = welcome(self.endpoint.key, self.node_id, hello)
@@ -163,17 +176,24 @@ class LocalSocket:
                 writer.write(welcome_frame)
                 claimed = await read_async(reader, pb.LocalProof, HANDSHAKE_MAX_BYTES)
                 if proven(self.endpoint.key, hello.nonce, node_nonce, claimed):
-                    return True
+                    return hello
         self._refused += 1
         now = time.monotonic()
         if now - self._refused_logged_s >= REFUSED_LOG_S:
             log.warning("local socket: %d connection(s) without the key refused, the last from %s",
                         self._refused, peer)
             self._refused, self._refused_logged_s = 0, now
-        return False
+        return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
-        if not await self._handshake(reader, writer, peer):
+        hello = await self._handshake(reader, writer, peer)
+        if hello is None:
+            return
+        if hello.purpose == pb.LOCAL_COMPUTE:
+            if self._compute is not None:
+                await computelink.serve(reader, writer, self._compute, self._max_bytes)
+            return
+        if hello.purpose != pb.LOCAL_SUBMIT:  # from a newer version: nothing here to serve it
             return
         refused: list[pb.SubmitStreamReply] = []
         stream = JobStream(functools.partial(self._run, LocalCaller(peer)), self._failed)
@@ -229,7 +249,8 @@ def _peer_of(writer: asyncio.StreamWriter, number: int) -> str:
 async def listen(servicer: Servicer, max_message_bytes: int) -> LocalSocket | None:
     """The node's local socket, listening, and told to `servicer` for its SubmitBatches
     clients; None where the platform has no abstract sockets (clients keep gRPC)."""
-    local = LocalSocket(servicer.node.node_id, servicer.stream_job, servicer.stream_failed, max_message_bytes)
+    local = LocalSocket(servicer.node.node_id, servicer.stream_job, servicer.stream_failed, max_message_bytes,
+                        servicer.link_compute)
     try:
         await local.start()
     except (OSError, NotImplementedError) as exc:

@@ -30,6 +30,7 @@ from node.errors import ClusterUnavailable, InvalidJob, JobCancelled, LimitExcee
 
 if TYPE_CHECKING:
     from node.core.election import Election
+    from node.server.dispatch import Dispatch
     from node.server.elections import ElectionDriver
     from node.server.heartbeats import HeartbeatLinks
     from node.server.journal import Journal
@@ -47,6 +48,7 @@ class Observed(Protocol):
     elections: ElectionDriver
     heartbeats: HeartbeatLinks
     relay: Relay
+    dispatch: Dispatch
 
     @property
     def election(self) -> Election: ...
@@ -95,6 +97,8 @@ class NodeState:
     beats: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Peers whose heartbeats go by UDP now (the leader's links).
     on_udp: set[str] = field(default_factory=set)
+    #: (peer, transport) -> Compute calls made, as leader, on a compute link or on gRPC.
+    compute_calls: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class StateCollector(Collector):
@@ -135,7 +139,11 @@ class StateCollector(Collector):
                                     labels=["peer", "transport"])
         for (address, transport), count in sorted(now.beats.items()):
             beats.add_metric([address, transport], float(count))
-        yield from (up, failures, replies, udp, beats)
+        calls = CounterMetricFamily("distnode_compute_calls", "Compute calls made as leader",
+                                    labels=["peer", "transport"])
+        for (address, transport), count in sorted(now.compute_calls.items()):
+            calls.add_metric([address, transport], float(count))
+        yield from (up, failures, replies, udp, beats, calls)
 
 
 class NodeMetrics:
@@ -227,4 +235,5 @@ def node_state(daemon: Observed) -> NodeState:
         log_index=election.log.last_index, commit_index=election.commit_index,
         journal_bytes=daemon.journal.disk_bytes(), storage_error=bool(daemon.elections.disk_error),
         jobs_running=running, table_jobs=len(table), peers=peers, beats=dict(links.totals), on_udp=on_udp,
+        compute_calls=dict(daemon.dispatch.calls),
     )

@@ -58,9 +58,10 @@ from node.server.api import (
     StatusView,
     Submitted,
 )
+from node.server.computelink import LinkCallFailed, SendPartial
+from node.server.dispatch import incoming
 from node.server.jobinfo import view_to_info
 from node.server.jobstream import JobStream
-from node.server.tracing import ShardTimes
 from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import job_from_proto
@@ -322,7 +323,24 @@ class NodeServicer(pb_grpc.NodeServicer):
             request.job.job_id, job_from_proto(request.job), shards, request.leader_id,
             context.time_remaining(),
         ))
-        return pb.ComputeReply(shards_sent=sent)
+        reply = pb.ComputeReply(shards_sent=sent)
+        if self.local is not None:  # a leader in our network namespace calls us there next
+            reply.local.CopyFrom(self.local)
+        return reply
+
+    async def link_compute(
+        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial
+    ) -> int:
+        """`Compute` on a compute link (computelink.py): the same call, its partials sent
+        with `send`; a failure is LinkCallFailed with the status gRPC would have given."""
+        shards = [(s.index, s.start, s.stop) for s in request.shards]
+        try:
+            return await self.node.compute(
+                request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s, send
+            )
+        except Exception as exc:
+            code, message = status_of(exc)
+            raise LinkCallFailed(f"{code.name}: {message}") from None
 
     async def Reduce(
         self, request_iterator: AsyncIterator[pb.Partial], context: Context
@@ -393,15 +411,5 @@ class NodeServicer(pb_grpc.NodeServicer):
 
 
 async def _partials(messages: AsyncIterator[pb.Partial]) -> AsyncIterator[IncomingPartial]:
-    # numpy: loaded with the compute stack, after the election, not at start-up.
-    from node.wire.tensors import partial_from_proto
-
     async for message in messages:
-        try:
-            state = partial_from_proto(message)
-        except ValueError as exc:
-            raise InvalidField("state", str(exc)) from None
-        times = None
-        if message.started_ns:  # a worker of an older version sends no times
-            times = ShardTimes(message.queued_ns, message.started_ns, message.finished_ns)
-        yield IncomingPartial(message.job_id, message.shard, message.node_id, state, times)
+        yield incoming(message)

@@ -2,7 +2,8 @@
 
 `Compute(job, shards, reduce_to)` hands each partial, as soon as it is
 computed, to this worker's one open `Reduce` stream to the aggregator
-(reducestream.py), and is answered once every partial is written. The
+(reducestream.py), or, for a call that came on a compute link, to that link
+(computelink.py), and is answered once every partial is written. The
 leader then waits for them to arrive (jobs.py). The next shard of the call
 always waits in the pool behind the one computing, so the pool's thread
 goes straight on while the event loop sends a partial (one ahead, never
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -27,6 +29,7 @@ from node.core.job import Job
 from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import InvalidField, JobFailed, ReduceFailed
 from node.server.api import ShardRange
+from node.server.computelink import SendPartial
 from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
 from node.server.tracing import InPool, clocked, to_pool
@@ -57,9 +60,11 @@ class Worker:
         self.streams = ReduceStreams(lambda address: stubs.stub(address).Reduce())
 
     async def compute(
-        self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None
+        self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
+        send: SendPartial | None = None,
     ) -> int:
-        """Compute the shards in `ranges`, send each partial to the leader `leader_id`.
+        """Compute the shards in `ranges`, send each partial to the leader `leader_id`: with
+        `send` (the call's compute link) if given, else on the Reduce stream.
 
         A shard that cannot be computed is JobFailed (INTERNAL); a leader that
         cannot be reached, or drops the stream, is ReduceFailed (UNAVAILABLE).
@@ -71,9 +76,11 @@ class Worker:
         check_ranges(ranges, source)
         # Dial the aggregator only through our own --peers entry for it (which
         # may be a proxy or NAT address), never the address it advertises.
-        reduce_to = self.address_of(leader_id)
-        if reduce_to is None:
-            raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
+        if send is None:
+            reduce_to = self.address_of(leader_id)
+            if reduce_to is None:
+                raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
+            send = functools.partial(self.streams.send, reduce_to)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         todo = iter(ranges)
         queued: collections.deque[tuple[int, int, InPool[Partial]]] = collections.deque()
@@ -93,7 +100,7 @@ class Worker:
                 message = partial_to_proto(job_id, index, self.node_id, partial)
                 message.queued_ns, message.started_ns = queued_ns, started_ns
                 message.finished_ns = finished_ns
-                await self.streams.send(reduce_to, message, deadline)
+                await send(message, deadline)
         finally:
             for _, _, computing in queued:  # cancelled, or a shard failed: what has not begun never will
                 computing.cancel()

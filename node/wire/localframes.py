@@ -11,7 +11,8 @@ The handshake proves to each end that the other holds the endpoint's key,
 which the node hands out only over gRPC (where the cluster token and TLS
 apply), and the key itself never crosses the socket:
 
-1. the client writes `LocalHello(nonce_c)`;
+1. the client writes `LocalHello(nonce_c, purpose)`: jobs (a client) or Compute
+   calls (a leader, node/server/computelink.py);
 2. the node answers `LocalWelcome(node_id, nonce_n, HMAC(key, "node", nonce_c, nonce_n))`;
 3. the client checks that, and writes `LocalProof(HMAC(key, "client", nonce_n, nonce_c))`.
 
@@ -56,6 +57,23 @@ class NotProven(ConnectionError):
 UNREACHABLE = (ConnectionRefusedError, FileNotFoundError, NotProven, DecodeError, LimitExceeded)
 
 
+async def connect(name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams on a new connection to the abstract socket `name` (without its NUL).
+
+    The socket is connected here, not by `asyncio.open_unix_connection(path)`:
+    uvloop refuses an abstract path there (EINVAL), and a node's event loop is
+    uvloop. Connecting a Unix socket does not wait: it is made at once or
+    refused (a full backlog raises BlockingIOError, an OSError like the rest)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(ABSTRACT_PREFIX + name)
+        return await asyncio.open_unix_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def frame(message: Message) -> bytes:
     body = message.SerializeToString()
     return HEADER.pack(len(body)) + body
@@ -73,10 +91,10 @@ def client_proof(key: bytes, client_nonce: bytes, node_nonce: bytes) -> bytes:
     return _mac(key, b"client\0", node_nonce, client_nonce)
 
 
-def hello() -> tuple[bytes, bytes]:
-    """The client's nonce and its first frame."""
+def hello(purpose: pb.LocalPurpose.ValueType = pb.LOCAL_SUBMIT) -> tuple[bytes, bytes]:
+    """The client's nonce and its first frame, which says what the connection will carry."""
     nonce = secrets.token_bytes(NONCE_BYTES)
-    return nonce, frame(pb.LocalHello(nonce=nonce))
+    return nonce, frame(pb.LocalHello(nonce=nonce, purpose=purpose))
 
 
 def answer_welcome(key: bytes, nonce: bytes, welcome: pb.LocalWelcome | None) -> bytes:

@@ -1,0 +1,311 @@
+"""Compute calls between a leader and a worker on one host, without gRPC: both ends.
+
+Each remote shard of a big job costs its leader and worker a share of a
+`Compute` call and a `Reduce` message on gRPC's asyncio stack, and on the
+2-core host of the benchmarks that stack was most of the event loops' CPU
+per big job, taken from the computation (docs/timeline.md, "Compute calls
+on the local socket"). A client and its node already skip it on the node's
+local socket (localsocket.py). So does a leader and its worker when they
+share a network namespace: a worker that has a local socket names it in its
+`ComputeReply`, and the leader's next calls to it go on a *compute link*,
+a connection to that socket opened for LOCAL_COMPUTE. The leader writes
+`ComputeCall` frames (a call number it chose, the request, its deadline, or
+a cancellation); the worker answers each call with `ComputeEvent` frames:
+every partial as soon as it is computed, then the call's end.
+
+What the gRPC calls give, the link keeps:
+
+- Authentication: the handshake of the local socket (localframes.py), with
+  the key handed out only over gRPC; the leader also checks that the node
+  that proved itself is the worker it meant to call.
+- Delivery: one ordered connection carries a call's partials and then its
+  end, so when the leader reads the end it holds every partial, where a
+  `Reduce` stream's partials may still be on their way when `Compute`
+  returns (jobs.py waits for them).
+- Cancellation: a cancelled call sends a cancellation, which cancels the
+  call's task on the worker as gRPC cancels a handler; a link that closes
+  cancels every call on it at the worker's end and fails every call at the
+  leader's (`LinkBroken`: the lane gives the batch to others, as for a
+  failed RPC).
+- Deadlines: each call carries its own, and the leader bounds it too.
+- Limits: a frame over `--max-message-bytes` is refused before it is read,
+  and the link closes.
+- Fallback: a leader that cannot reach the socket (another network
+  namespace or host) remembers that and keeps gRPC for that worker; a
+  link that breaks is dropped, and the next call goes on gRPC, whose reply
+  names the worker's socket again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from google.protobuf.message import DecodeError
+
+from node._proto import distnode_pb2 as pb
+from node.errors import LimitExceeded, ReduceFailed
+from node.wire.localframes import (
+    HANDSHAKE_MAX_BYTES,
+    UNREACHABLE,
+    NotProven,
+    answer_welcome,
+    connect,
+    frame,
+    hello,
+    read_async,
+)
+
+log = logging.getLogger(__name__)
+
+#: How long a leader waits to connect to a worker's socket and shake hands before
+#: it uses gRPC for that call.
+CONNECT_TIMEOUT_S = 1.0
+
+#: Writes a partial of the call; returns once it is handed to the socket.
+SendPartial = Callable[[pb.Partial, float | None], Awaitable[None]]
+#: Runs a Compute request: (request, timeout_s, send) -> shards sent.
+LinkCompute = Callable[[pb.ComputeRequest, float | None, SendPartial], Awaitable[int]]
+#: The leader's taker of a partial that arrived on a link.
+AcceptPartial = Callable[[pb.Partial], object]
+
+
+class LinkBroken(ConnectionError):
+    """A compute link closed, or carried something that is not a ComputeEvent."""
+
+
+class LinkCallFailed(Exception):
+    """The worker answered a call on the link with an error ("CODE: details")."""
+
+
+# --- the worker's end --------------------------------------------------------
+
+
+async def serve(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, compute: LinkCompute, max_bytes: int
+) -> None:
+    """Serve one compute link until the leader closes it; then cancel what still runs.
+
+    `compute` raises LinkCallFailed with what a gRPC Compute would have answered."""
+    calls: dict[int, asyncio.Task[None]] = {}
+
+    def sender(number: int) -> SendPartial:
+        async def send(partial: pb.Partial, deadline: float | None) -> None:
+            writer.write(frame(pb.ComputeEvent(call=number, partial=partial)))
+            left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(left_s):
+                    await writer.drain()
+            except TimeoutError:
+                raise ReduceFailed("compute link: a partial outlasted its call's deadline") from None
+            except ConnectionError as exc:
+                raise ReduceFailed(f"compute link: {exc}") from None
+        return send
+
+    async def run(number: int, call: pb.ComputeCall) -> None:
+        try:
+            sent = await compute(call.request, call.timeout_s or None, sender(number))
+            event = pb.ComputeEvent(call=number, done=pb.ComputeReply(shards_sent=sent))
+        except LinkCallFailed as exc:
+            event = pb.ComputeEvent(call=number, error=str(exc))
+        except Exception as exc:  # CancelledError is not one: a cancelled call says nothing
+            log.error("compute link: unexpected error", exc_info=exc)
+            event = pb.ComputeEvent(call=number, error=f"INTERNAL: {type(exc).__name__}: {exc}")
+        finally:
+            calls.pop(number, None)
+        writer.write(frame(event))
+
+    try:
+        while True:
+            call = await read_async(reader, pb.ComputeCall, max_bytes)
+            if call is None:
+                return
+            if call.cancel:
+                cancelled = calls.pop(call.call, None)
+                if cancelled is not None:
+                    cancelled.cancel()
+            elif call.call not in calls:
+                calls[call.call] = asyncio.create_task(run(call.call, call))
+    finally:
+        for task in calls.values():
+            task.cancel()
+        await asyncio.gather(*calls.values(), return_exceptions=True)
+
+
+# --- the leader's end --------------------------------------------------------
+
+
+class ComputeLink:
+    """A leader's open link to one worker, and the calls waiting on it."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, accept: AcceptPartial,
+        max_bytes: int,
+    ) -> None:
+        self._events = reader
+        self._writer = writer
+        self._accept = accept
+        self._max_bytes = max_bytes
+        self._numbers = itertools.count(1)
+        self._calls: dict[int, asyncio.Future[pb.ComputeReply]] = {}
+        #: Why the link is no longer usable (set once); None while it is.
+        self.broken: LinkBroken | None = None
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def compute(self, request: pb.ComputeRequest, timeout_s: float) -> pb.ComputeReply:
+        """One Compute call: its reply once every partial of it has been accepted.
+
+        LinkCallFailed if the worker failed it; LinkBroken if the link ends first;
+        TimeoutError past `timeout_s`."""
+        if self.broken is not None:
+            raise self.broken
+        number = next(self._numbers)
+        done: asyncio.Future[pb.ComputeReply] = asyncio.get_running_loop().create_future()
+        self._calls[number] = done
+        self._writer.write(frame(pb.ComputeCall(call=number, request=request, timeout_s=timeout_s)))
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await done
+        except BaseException:
+            # Cancelled or timed out (either cancels `done`): the worker stops the call.
+            answered = done.done() and not done.cancelled()
+            if self.broken is None and not answered:
+                self._writer.write(frame(pb.ComputeCall(call=number, cancel=True)))
+            raise
+        finally:
+            self._calls.pop(number, None)
+
+    def close(self) -> None:
+        self._break(LinkBroken("compute link: closed by the leader"))
+
+    def _take(self, partial: pb.Partial) -> None:
+        """A partial, of a call given up too (its job drops what it has); one that cannot
+        be read breaks the link, as it ends a Reduce stream."""
+        try:
+            self._accept(partial)
+        except Exception as exc:
+            raise LinkBroken(f"compute link: a partial that cannot be taken: {exc}") from exc
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                event = await read_async(self._events, pb.ComputeEvent, self._max_bytes)
+                if event is None:
+                    raise LinkBroken("compute link: closed by the worker")
+                kind = event.WhichOneof("event")
+                if kind == "partial":
+                    self._take(event.partial)
+                    continue
+                done = self._calls.get(event.call)
+                if done is None or done.done():
+                    continue
+                if kind == "done":
+                    done.set_result(event.done)
+                else:
+                    done.set_exception(LinkCallFailed(event.error or "the worker said nothing"))
+        except asyncio.CancelledError:
+            self._break(LinkBroken("compute link: closed by the leader"))
+        except (OSError, asyncio.IncompleteReadError, DecodeError, LimitExceeded, ValueError) as exc:
+            self._break(exc if isinstance(exc, LinkBroken) else LinkBroken(f"compute link: {exc}"))
+
+    def _break(self, why: LinkBroken) -> None:
+        if self.broken is not None:
+            return
+        self.broken = why
+        for done in self._calls.values():
+            if not done.done():
+                done.set_exception(why)
+                done.exception()  # its caller may have gone: not an error nobody saw
+        self._writer.close()
+        if self._reader is not asyncio.current_task():
+            self._reader.cancel()
+
+
+async def open_link(
+    endpoint: pb.LocalEndpoint, node_id: str, accept: AcceptPartial, max_bytes: int
+) -> ComputeLink:
+    """Connect to a worker's socket and shake hands as a leader.
+
+    NotProven if the node there is not `node_id` or cannot prove it holds the key;
+    the OSErrors of connecting otherwise."""
+    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+        reader, writer = await connect(endpoint.name)
+        try:
+            nonce, first = hello(pb.LOCAL_COMPUTE)
+            writer.write(first)
+            welcome = await read_async(reader, pb.LocalWelcome, HANDSHAKE_MAX_BYTES)
+            writer.write(answer_welcome(endpoint.key, nonce, welcome))
+            assert welcome is not None
+            if welcome.node_id != node_id:
+                raise NotProven(f"local socket: {welcome.node_id!r} answered, not {node_id!r}")
+        except BaseException:
+            writer.close()
+            raise
+    return ComputeLink(reader, writer, accept, max_bytes)
+
+
+class ComputeLinks:
+    """The leader's links, by worker address: learned from `ComputeReply.local`, opened
+    at the next call, dropped when they break."""
+
+    def __init__(self, accept: AcceptPartial, max_bytes: int) -> None:
+        self._accept = accept
+        self._max_bytes = max_bytes
+        self._known: dict[str, tuple[str, pb.LocalEndpoint]] = {}
+        self._links: dict[str, ComputeLink] = {}
+        self._opening: dict[str, asyncio.Task[ComputeLink | None]] = {}
+        #: (worker address, socket name) found out of reach (another network namespace),
+        #: or answered by another node: never tried again.
+        self._unreachable: set[tuple[str, str]] = set()
+
+    def learn(self, address: str, node_id: str, endpoint: pb.LocalEndpoint) -> None:
+        """The worker at `address` (`node_id`) named its local socket in a ComputeReply."""
+        if endpoint.name and (address, endpoint.name) not in self._unreachable and address not in self._links:
+            self._known[address] = (node_id, endpoint)
+
+    def linked(self, address: str) -> bool:
+        """Whether calls to `address` go on a link now."""
+        link = self._links.get(address)
+        return link is not None and link.broken is None
+
+    async def link(self, address: str) -> ComputeLink | None:
+        """The worker's open link, opened now if its socket is known; None: use gRPC."""
+        link = self._links.get(address)
+        if link is not None and link.broken is None:
+            return link
+        return await self._open(address)
+
+    async def _open(self, address: str) -> ComputeLink | None:
+        self._links.pop(address, None)
+        if address not in self._known:
+            return None
+        opening = self._opening.get(address)
+        if opening is None:
+            opening = asyncio.create_task(self._connect(address))
+            self._opening[address] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(address, None))
+        return await asyncio.shield(opening)
+
+    async def _connect(self, address: str) -> ComputeLink | None:
+        node_id, endpoint = self._known.pop(address)  # a link that breaks is learned anew over gRPC
+        try:
+            link = await open_link(endpoint, node_id, self._accept, self._max_bytes)
+        except UNREACHABLE as exc:
+            self._unreachable.add((address, endpoint.name))
+            log.info("worker %s: its local socket is out of reach (%s); Compute stays on gRPC", node_id, exc)
+            return None
+        except (OSError, asyncio.IncompleteReadError) as exc:  # a timeout, a paused node: gRPC this time
+            log.debug("worker %s: no compute link (%s)", node_id, exc)
+            return None
+        self._links[address] = link
+        return link
+
+    def close(self) -> None:
+        for opening in self._opening.values():
+            opening.cancel()
+        for link in self._links.values():
+            link.close()
+        self._links.clear()

@@ -1,0 +1,350 @@
+"""Compute calls on a worker's local socket (node/server/computelink.py, dispatch.py).
+
+Both ends of a link on a real abstract socket, without daemons: a call's
+partials arrive before its end, which carries the shard count; a failure
+comes back as the status gRPC would give, and the link serves on; a
+cancelled or timed-out call is cancelled on the worker; a link closed by
+either end fails the calls waiting at the leader and cancels those running
+at the worker; a frame over the limit, or a partial the leader cannot take,
+breaks the link; `connect` reaches an abstract socket on uvloop, which
+refuses the path form.
+
+Then in-process daemons: after a worker's first gRPC reply the leader's
+calls to it go on a link, the answer stays bit-identical and the calls are
+counted by transport; a node without a local socket keeps gRPC; a socket
+out of reach, or answered by another node, leaves gRPC in place and is not
+tried again; a link closed between jobs is replaced through the next gRPC
+reply. The last test kills a linked worker process mid-job: its shards move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inproc import InProcessCluster, StartCluster, poll
+
+from node import AsyncClient, Client, LocalCluster
+from node._proto import distnode_pb2 as pb
+from node.core.compute import reduce_all, validate_job
+from node.core.job import Job
+from node.errors import InvalidField
+from node.server import computelink
+from node.server.computelink import ComputeLink, LinkBroken, LinkCallFailed, LinkCompute, SendPartial
+from node.server.daemon import Daemon
+from node.testing.cluster import FAST_TIMING
+from node.wire.localframes import ABSTRACT_PREFIX, connect
+
+MAX_BYTES = 1 << 20
+
+
+def request(shards: int, job_id: str = "j1") -> pb.ComputeRequest:
+    return pb.ComputeRequest(job=pb.JobSpec(job_id=job_id, op="sum", source="range:n=10"),
+                             shards=[pb.Shard(index=i, start=i, stop=i + 1) for i in range(shards)])
+
+
+@contextlib.asynccontextmanager
+async def link_to(
+    compute: LinkCompute, accept: Callable[[pb.Partial], object], leader_max_bytes: int = MAX_BYTES
+) -> AsyncIterator[tuple[ComputeLink, list[asyncio.Task[None]]]]:
+    """A leader's link to `serve` on a fresh abstract socket (no handshake: that is the
+    local socket's, tested with the daemons below); and the worker's connection tasks."""
+    name = f"distnode-test-{secrets.token_hex(8)}"
+    served: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await computelink.serve(reader, writer, compute, MAX_BYTES)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(handle, path=ABSTRACT_PREFIX + name)
+    reader, writer = await connect(name)
+    link = ComputeLink(reader, writer, accept, leader_max_bytes)
+    try:
+        yield link, served
+    finally:
+        link.close()
+        server.close()
+        for task in served:
+            task.cancel()
+        await asyncio.gather(*served, return_exceptions=True)
+
+
+async def each_shard(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+    for shard in request.shards:
+        await send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"), None)
+    return len(request.shards)
+
+
+class Blocking:
+    """A worker's compute that waits until cancelled, and says when it started and ended."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.timeouts: list[float | None] = []
+
+    async def __call__(self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+        if request.job.job_id != "block":
+            return await each_shard(request, timeout_s, send)
+        self.timeouts.append(timeout_s)
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return 0
+
+
+async def test_a_calls_partials_arrive_before_its_end_which_counts_them() -> None:
+    taken: list[tuple[str, int]] = []
+    async with link_to(each_shard, lambda p: taken.append((p.job_id, p.shard))) as (link, _):
+        first, second = await asyncio.gather(link.compute(request(3), 5.0), link.compute(request(2, "j2"), 5.0))
+        assert (first.shards_sent, second.shards_sent) == (3, 2)
+        assert sorted(taken) == [("j1", 0), ("j1", 1), ("j1", 2), ("j2", 0), ("j2", 1)]
+        assert link.broken is None
+
+
+async def test_a_failed_call_says_what_grpc_would_and_the_link_serves_on() -> None:
+    async def refuse(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+        if request.job.job_id == "bad":
+            raise LinkCallFailed("INVALID_ARGUMENT: shards: shard 0 rows [5, 9) outside the source's 4 rows")
+        if request.job.job_id == "bug":
+            raise RuntimeError("a bug")
+        return await each_shard(request, timeout_s, send)
+
+    async with link_to(refuse, lambda p: None) as (link, _):
+        with pytest.raises(LinkCallFailed, match=r"^INVALID_ARGUMENT: shards: shard 0 rows \[5, 9\)"):
+            await link.compute(request(1, "bad"), 5.0)
+        with pytest.raises(LinkCallFailed, match=r"^INTERNAL: RuntimeError: a bug"):
+            await link.compute(request(1, "bug"), 5.0)
+        assert (await link.compute(request(2), 5.0)).shards_sent == 2
+
+
+async def test_a_cancelled_call_is_cancelled_on_the_worker_and_the_link_serves_on() -> None:
+    worker = Blocking()
+    async with link_to(worker, lambda p: None) as (link, _):
+        call = asyncio.create_task(link.compute(request(1, "block"), 30.0))
+        await asyncio.wait_for(worker.started.wait(), 5)
+        assert worker.timeouts == [30.0]  # the deadline travels with the call
+        call.cancel()
+        await asyncio.wait_for(worker.cancelled.wait(), 5)
+        assert (await link.compute(request(1), 5.0)).shards_sent == 1
+
+
+async def test_a_call_past_its_deadline_times_out_and_is_cancelled_on_the_worker() -> None:
+    worker = Blocking()
+    async with link_to(worker, lambda p: None) as (link, _):
+        with pytest.raises(TimeoutError):
+            await link.compute(request(1, "block"), 0.2)
+        await asyncio.wait_for(worker.cancelled.wait(), 5)
+        assert link.broken is None
+
+
+async def test_a_link_the_worker_closes_fails_the_calls_waiting_on_it() -> None:
+    worker = Blocking()
+    async with link_to(worker, lambda p: None) as (link, served):
+        call = asyncio.create_task(link.compute(request(1, "block"), 30.0))
+        await asyncio.wait_for(worker.started.wait(), 5)
+        served[0].cancel()  # the worker's end goes away (its process died, say)
+        with pytest.raises(LinkBroken, match="closed by the worker"):
+            await asyncio.wait_for(call, 5)
+        assert isinstance(link.broken, LinkBroken)
+        assert worker.cancelled.is_set()
+        with pytest.raises(LinkBroken):  # and no call goes on it any more
+            await link.compute(request(1), 5.0)
+
+
+async def test_a_link_the_leader_closes_cancels_the_calls_running_on_the_worker() -> None:
+    worker = Blocking()
+    async with link_to(worker, lambda p: None) as (link, _):
+        call = asyncio.create_task(link.compute(request(1, "block"), 30.0))
+        await asyncio.wait_for(worker.started.wait(), 5)
+        link.close()
+        with pytest.raises(LinkBroken, match="closed by the leader"):
+            await asyncio.wait_for(call, 5)
+        await asyncio.wait_for(worker.cancelled.wait(), 5)
+
+
+async def test_a_frame_over_the_limit_breaks_the_link_before_it_is_read() -> None:
+    async def large(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+        partial = pb.Partial(job_id="j1", shard=0, node_id="w")
+        partial.state["sum"].data = b"\0" * 4096
+        await send(partial, None)
+        return 1
+
+    taken: list[pb.Partial] = []
+    async with link_to(large, taken.append, leader_max_bytes=1024) as (link, _):
+        with pytest.raises(LinkBroken, match="over the limit of 1024"):
+            await link.compute(request(1), 5.0)
+        assert taken == []
+
+
+async def test_a_partial_the_leader_cannot_take_breaks_the_link() -> None:
+    def refuse(partial: pb.Partial) -> None:
+        raise InvalidField("state", "a tensor of 3 bytes for 8 elements")
+
+    async with link_to(each_shard, refuse) as (link, _):
+        with pytest.raises(LinkBroken, match="a partial that cannot be taken: state: a tensor of 3 bytes"):
+            await link.compute(request(1), 5.0)
+
+
+def test_connect_reaches_an_abstract_socket_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")  # a dependency of the daemon wherever it installs
+
+    async def main() -> bytes:
+        name = f"distnode-test-{secrets.token_hex(8)}"
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.readexactly(5))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(handle, path=ABSTRACT_PREFIX + name)
+        try:
+            with pytest.raises(OSError):  # why `connect` exists: uvloop refuses the path form
+                await asyncio.open_unix_connection(ABSTRACT_PREFIX + name)
+            reader, writer = await connect(name)
+            writer.write(b"hello")
+            echoed = await reader.readexactly(5)
+            writer.close()
+            return echoed
+        finally:
+            server.close()
+
+    assert uvloop.run(main()) == b"hello"
+
+
+# --- daemons -------------------------------------------------------------------
+
+SHARD_ELEMS = 1 << 18
+ROWS = 1 << 22
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> float:
+    """`x.npy` in the data root: 16 shards; the answer of a sum over it, on one node."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(7).random(ROWS))
+    job = Job(op="sum", source="npy:x.npy")
+    return float(reduce_all(job, validate_job(job, tmp_path), SHARD_ELEMS).item())
+
+
+def workers_of(cluster: InProcessCluster) -> tuple[Daemon, list[Daemon]]:
+    leader = cluster.leader()
+    assert leader is not None
+    return leader, [d for d in cluster.daemons if d is not leader]
+
+
+def calls(leader: Daemon, worker: Daemon, transport: str) -> int:
+    return leader.dispatch.calls.get((worker.config.address, transport), 0)
+
+
+async def sums_until(client: AsyncClient, answer: float, done: Callable[[], bool], what: str) -> int:
+    """Sum `x.npy` until `done()`, each answer checked; how many sums it took."""
+    for count in range(1, 200):
+        result = await client.submit(op="sum", source="npy:x.npy")
+        assert float(result.result) == answer
+        if done():
+            return count
+    raise AssertionError(f"200 sums and still not {what}")
+
+
+async def test_after_its_first_grpc_reply_a_workers_calls_go_on_a_link(
+    start_cluster: StartCluster, data: float
+) -> None:
+    cluster = await start_cluster(3, shard_elems=SHARD_ELEMS)
+    leader, workers = workers_of(cluster)
+    async with AsyncClient(leader.config.address, timeout=30) as client:
+        await sums_until(client, data, lambda: all(calls(leader, w, "link") >= 3 for w in workers),
+                         "three calls on each worker's link")
+    for worker in workers:
+        assert leader.dispatch.links.linked(worker.config.address)
+        # gRPC only until the first reply named the socket (and calls made meanwhile).
+        assert 1 <= calls(leader, worker, "grpc") <= 4
+        sample = leader.metrics.registry.get_sample_value(
+            "distnode_compute_calls_total", {"peer": worker.config.address, "transport": "link"})
+        assert sample == calls(leader, worker, "link")
+
+
+async def test_a_worker_without_a_local_socket_keeps_grpc(start_cluster: StartCluster, data: float) -> None:
+    cluster = await start_cluster(3, shard_elems=SHARD_ELEMS, node_overrides={
+        f"n{i}": {"local_socket": False} for i in (1, 2, 3)})
+    leader, workers = workers_of(cluster)
+    async with AsyncClient(leader.config.address, timeout=30) as client:
+        await sums_until(client, data, lambda: all(calls(leader, w, "grpc") >= 3 for w in workers),
+                         "three gRPC calls to each worker")
+    assert all(calls(leader, w, "link") == 0 for w in workers)
+
+
+async def test_a_socket_out_of_reach_or_held_by_another_node_leaves_grpc_in_place(
+    start_cluster: StartCluster, data: float
+) -> None:
+    cluster = await start_cluster(3, shard_elems=SHARD_ELEMS)
+    leader, (first, second) = workers_of(cluster)
+    links = leader.dispatch.links
+    # Before any call: the first worker named a socket nobody listens on (another network
+    # namespace, say); the second, the first worker's socket, which proves a different node.
+    nowhere = pb.LocalEndpoint(name=f"distnode-nobody-{secrets.token_hex(8)}", key=b"k" * 32)
+    assert second._local is not None and first._local is not None
+    links.learn(first.config.address, first.node_id, nowhere)
+    links.learn(second.config.address, second.node_id, first._local.endpoint)
+    async with AsyncClient(leader.config.address, timeout=30) as client:
+        await sums_until(client, data, lambda: all(calls(leader, w, "grpc") >= 1 for w in (first, second)),
+                         "a gRPC call to each worker")
+        # Each call found the socket out of reach and went on gRPC, whose reply named the real one.
+        await sums_until(client, data, lambda: all(links.linked(w.config.address) for w in (first, second)),
+                         "a link to each worker")
+    # Neither bad socket is tried again, whatever names it.
+    links.learn(first.config.address, first.node_id, nowhere)
+    links.learn(second.config.address, second.node_id, first._local.endpoint)
+    assert first.config.address not in links._known and second.config.address not in links._known
+
+
+async def test_a_link_closed_between_jobs_is_replaced_through_the_next_grpc_reply(
+    start_cluster: StartCluster, data: float
+) -> None:
+    cluster = await start_cluster(3, shard_elems=SHARD_ELEMS)
+    leader, workers = workers_of(cluster)
+    links = leader.dispatch.links
+    async with AsyncClient(leader.config.address, timeout=30) as client:
+        await sums_until(client, data, lambda: all(links.linked(w.config.address) for w in workers),
+                         "a link to each worker")
+        worker = workers[0]
+        grpc_before = calls(leader, worker, "grpc")
+        assert worker._local is not None
+        for connection in list(worker._local._connections):  # the worker ends its side of the link
+            connection.cancel()
+        await poll(lambda: not links.linked(worker.config.address), 5.0, "the leader to see the link end")
+        await sums_until(client, data, lambda: links.linked(worker.config.address), "a new link")
+        assert calls(leader, worker, "grpc") > grpc_before
+
+
+@pytest.mark.process
+def test_a_linked_worker_killed_mid_job_has_its_shards_moved(tmp_path: Path) -> None:
+    source = "random:n=6e7,seed=5"
+    job = Job(op="sum", source=source)
+    expected = float(reduce_all(job, validate_job(job), SHARD_ELEMS).item())
+    with LocalCluster(nodes=3, shard_elems=SHARD_ELEMS, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
+        leader = cluster.wait_all_alive(timeout_s=10)
+        worker = next(node for node in cluster.ids if node != leader)
+        with Client([cluster.address(leader)]) as client:
+            assert client.submit(op="sum", source=source).result == expected  # the links are made here
+            logged_before = len(cluster.log(leader))
+            run = cluster.run_with_fault(lambda: cluster.kill(worker), client=client,
+                                         op="sum", source=source, job_id="linked-kill")
+        assert run.landed_mid_job, f"the kill did not land mid-job: {run.progress_at_fault}"
+        assert run.answer.result == expected
+        # Its calls were on the link, which the kill closed at once (no wait for missed beats).
+        log = cluster.log(leader)[logged_before:]
+        moved = re.search(rf"job linked-kill: worker {worker} failed \(compute link: closed by the worker\); "
+                          r"reassigning (\d+) shards", log)
+        assert moved and int(moved.group(1)) >= 1, log
