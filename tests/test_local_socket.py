@@ -37,6 +37,7 @@ from node.core.limits import Limits
 from node.errors import AttemptFailed, ClusterUnavailable, JobError, LimitExceeded
 from node.server import localsocket
 from node.server.daemon import Daemon
+from node.wire import localframes
 from node.wire.answers import SERVICE
 from node.wire.localframes import (
     ABSTRACT_PREFIX,
@@ -449,7 +450,7 @@ class _Credentials:
         assert (level, option) == (socket.SOL_SOCKET, socket.SO_PEERCRED)
         if self.pid is None:
             raise OSError(92, "Protocol not available")
-        return localsocket._PEERCRED.pack(self.pid, 1000, 1000)
+        return localframes._PEERCRED.pack(self.pid, 1000, 1000)
 
 
 class _Writer:

@@ -17,7 +17,11 @@ What the gRPC calls give, the link keeps:
 
 - Authentication: the handshake of the local socket (localframes.py), with
   the key handed out only over gRPC; the leader also checks that the node
-  that proved itself is the worker it meant to call.
+  that proved itself is the worker it meant to call. The key is also every
+  local client's, and a link's partials come back to whoever opened it,
+  where gRPC's go to the worker's leader: so both ends also require the
+  other to run as their own user (SO_PEERCRED), one who may read the data
+  and the node's memory anyway. Nodes of different users keep gRPC.
 - Delivery: one ordered connection carries a call's partials and then its
   end, so when the leader reads the end it holds every partial, where a
   `Reduce` stream's partials may still be on their way when `Compute`
@@ -27,9 +31,10 @@ What the gRPC calls give, the link keeps:
   cancels every call on it at the worker's end and fails every call at the
   leader's (`LinkBroken`: the lane gives the batch to others, as for a
   failed RPC).
-- Deadlines: each call carries its own, and the leader bounds it too.
-- Limits: a frame over `--max-message-bytes` is refused before it is read,
-  and the link closes.
+- Deadlines: each call carries its own, which the worker enforces as gRPC
+  does (DEADLINE_EXCEEDED), and the leader bounds it too.
+- Limits: a partial over `--max-message-bytes` (or a call: the frame is
+  refused before it is read) breaks the link.
 - Fallback: a leader that cannot reach the socket (another network
   namespace or host) remembers that and keeps gRPC for that worker; a
   link that breaks is dropped, and the next call goes on gRPC, whose reply
@@ -39,6 +44,7 @@ What the gRPC calls give, the link keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -57,6 +63,7 @@ from node.wire.localframes import (
     frame,
     hello,
     read_async,
+    same_user,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,9 @@ log = logging.getLogger(__name__)
 #: How long a leader waits to connect to a worker's socket and shake hands before
 #: it uses gRPC for that call.
 CONNECT_TIMEOUT_S = 1.0
+#: What a ComputeEvent adds around a Partial (call number, tags, lengths): the limit
+#: applies to the partial, as on gRPC, not to its envelope.
+ENVELOPE_BYTES = 64
 
 #: Writes a partial of the call; returns once it is handed to the socket.
 SendPartial = Callable[[pb.Partial, float | None], Awaitable[None]]
@@ -94,29 +104,34 @@ async def serve(
 
     def sender(number: int) -> SendPartial:
         async def send(partial: pb.Partial, deadline: float | None) -> None:
-            writer.write(frame(pb.ComputeEvent(call=number, partial=partial)))
             left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
+                _write(writer, pb.ComputeEvent(call=number, partial=partial))
                 async with asyncio.timeout(left_s):
                     await writer.drain()
             except TimeoutError:
                 raise ReduceFailed("compute link: a partial outlasted its call's deadline") from None
-            except ConnectionError as exc:
+            except (ConnectionError, RuntimeError) as exc:
                 raise ReduceFailed(f"compute link: {exc}") from None
         return send
 
     async def run(number: int, call: pb.ComputeCall) -> None:
+        timeout_s = call.timeout_s or None
         try:
-            sent = await compute(call.request, call.timeout_s or None, sender(number))
+            async with asyncio.timeout(timeout_s):  # what gRPC does to a handler past its deadline
+                sent = await compute(call.request, timeout_s, sender(number))
             event = pb.ComputeEvent(call=number, done=pb.ComputeReply(shards_sent=sent))
         except LinkCallFailed as exc:
             event = pb.ComputeEvent(call=number, error=str(exc))
+        except TimeoutError:
+            event = pb.ComputeEvent(call=number, error=f"DEADLINE_EXCEEDED: the call ran past {timeout_s} s")
         except Exception as exc:  # CancelledError is not one: a cancelled call says nothing
             log.error("compute link: unexpected error", exc_info=exc)
             event = pb.ComputeEvent(call=number, error=f"INTERNAL: {type(exc).__name__}: {exc}")
         finally:
             calls.pop(number, None)
-        writer.write(frame(event))
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the leader is gone: nobody to tell
+            _write(writer, event)
 
     try:
         while True:
@@ -133,6 +148,12 @@ async def serve(
         for task in calls.values():
             task.cancel()
         await asyncio.gather(*calls.values(), return_exceptions=True)
+
+
+def _write(writer: asyncio.StreamWriter, message: pb.ComputeCall | pb.ComputeEvent) -> None:
+    """One frame. On a connection already lost, uvloop raises RuntimeError where asyncio
+    drops the write: both ends catch it."""
+    writer.write(frame(message))
 
 
 # --- the leader's end --------------------------------------------------------
@@ -160,12 +181,10 @@ class ComputeLink:
 
         LinkCallFailed if the worker failed it; LinkBroken if the link ends first;
         TimeoutError past `timeout_s`."""
-        if self.broken is not None:
-            raise self.broken
         number = next(self._numbers)
         done: asyncio.Future[pb.ComputeReply] = asyncio.get_running_loop().create_future()
+        self._send(pb.ComputeCall(call=number, request=request, timeout_s=timeout_s))
         self._calls[number] = done
-        self._writer.write(frame(pb.ComputeCall(call=number, request=request, timeout_s=timeout_s)))
         try:
             async with asyncio.timeout(timeout_s):
                 return await done
@@ -173,10 +192,23 @@ class ComputeLink:
             # Cancelled or timed out (either cancels `done`): the worker stops the call.
             answered = done.done() and not done.cancelled()
             if self.broken is None and not answered:
-                self._writer.write(frame(pb.ComputeCall(call=number, cancel=True)))
+                with contextlib.suppress(LinkBroken):
+                    self._send(pb.ComputeCall(call=number, cancel=True))
             raise
         finally:
             self._calls.pop(number, None)
+
+    def _send(self, call: pb.ComputeCall) -> None:
+        """Write a frame; LinkBroken if the link is (or just turned out to be) gone."""
+        if self.broken is None and self._writer.is_closing():
+            self._break(LinkBroken("compute link: closed"))
+        if self.broken is not None:
+            raise self.broken
+        try:
+            _write(self._writer, call)
+        except (ConnectionError, RuntimeError) as exc:  # uvloop raises on a lost connection
+            self._break(LinkBroken(f"compute link: {exc}"))
+            raise LinkBroken(f"compute link: {exc}") from None
 
     def close(self) -> None:
         self._break(LinkBroken("compute link: closed by the leader"))
@@ -192,7 +224,7 @@ class ComputeLink:
     async def _read(self) -> None:
         try:
             while True:
-                event = await read_async(self._events, pb.ComputeEvent, self._max_bytes)
+                event = await read_async(self._events, pb.ComputeEvent, self._max_bytes + ENVELOPE_BYTES)
                 if event is None:
                     raise LinkBroken("compute link: closed by the worker")
                 kind = event.WhichOneof("event")
@@ -208,7 +240,10 @@ class ComputeLink:
                     done.set_exception(LinkCallFailed(event.error or "the worker said nothing"))
         except asyncio.CancelledError:
             self._break(LinkBroken("compute link: closed by the leader"))
-        except (OSError, asyncio.IncompleteReadError, DecodeError, LimitExceeded, ValueError) as exc:
+        except LimitExceeded as exc:
+            limit = f"--max-message-bytes ({self._max_bytes})"
+            self._break(LinkBroken(f"compute link: a partial over {limit}: {exc}"))
+        except (OSError, asyncio.IncompleteReadError, DecodeError, ValueError) as exc:
             self._break(exc if isinstance(exc, LinkBroken) else LinkBroken(f"compute link: {exc}"))
 
     def _break(self, why: LinkBroken) -> None:
@@ -237,10 +272,11 @@ async def open_link(
             nonce, first = hello(pb.LOCAL_COMPUTE)
             writer.write(first)
             welcome = await read_async(reader, pb.LocalWelcome, HANDSHAKE_MAX_BYTES)
-            writer.write(answer_welcome(endpoint.key, nonce, welcome))
-            assert welcome is not None
-            if welcome.node_id != node_id:
+            if welcome is not None and welcome.node_id != node_id:
                 raise NotProven(f"local socket: {welcome.node_id!r} answered, not {node_id!r}")
+            writer.write(answer_welcome(endpoint.key, nonce, welcome))
+            if not same_user(writer.get_extra_info("socket")):  # the worker refuses us too
+                raise NotProven("local socket: the worker runs as another user")
         except BaseException:
             writer.close()
             raise
@@ -257,14 +293,18 @@ class ComputeLinks:
         self._known: dict[str, tuple[str, pb.LocalEndpoint]] = {}
         self._links: dict[str, ComputeLink] = {}
         self._opening: dict[str, asyncio.Task[ComputeLink | None]] = {}
-        #: (worker address, socket name) found out of reach (another network namespace),
-        #: or answered by another node: never tried again.
-        self._unreachable: set[tuple[str, str]] = set()
+        #: Worker address -> the name of its socket found out of reach (another network
+        #: namespace, another user) or answered by another node: not tried again.
+        self._unreachable: dict[str, str] = {}
+        self._closed = False
 
     def learn(self, address: str, node_id: str, endpoint: pb.LocalEndpoint) -> None:
         """The worker at `address` (`node_id`) named its local socket in a ComputeReply."""
-        if endpoint.name and (address, endpoint.name) not in self._unreachable and address not in self._links:
-            self._known[address] = (node_id, endpoint)
+        if not endpoint.name or self._unreachable.get(address) == endpoint.name:
+            return
+        if self.linked(address) or address in self._opening:
+            return
+        self._known[address] = (node_id, endpoint)
 
     def linked(self, address: str) -> bool:
         """Whether calls to `address` go on a link now."""
@@ -280,7 +320,7 @@ class ComputeLinks:
 
     async def _open(self, address: str) -> ComputeLink | None:
         self._links.pop(address, None)
-        if address not in self._known:
+        if self._closed or address not in self._known:
             return None
         opening = self._opening.get(address)
         if opening is None:
@@ -294,16 +334,20 @@ class ComputeLinks:
         try:
             link = await open_link(endpoint, node_id, self._accept, self._max_bytes)
         except UNREACHABLE as exc:
-            self._unreachable.add((address, endpoint.name))
+            self._unreachable[address] = endpoint.name
             log.info("worker %s: its local socket is out of reach (%s); Compute stays on gRPC", node_id, exc)
             return None
         except (OSError, asyncio.IncompleteReadError) as exc:  # a timeout, a paused node: gRPC this time
             log.debug("worker %s: no compute link (%s)", node_id, exc)
             return None
+        if self._closed:
+            link.close()
+            return None
         self._links[address] = link
         return link
 
     def close(self) -> None:
+        self._closed = True
         for opening in self._opening.values():
             opening.cancel()
         for link in self._links.values():

@@ -141,10 +141,8 @@ class Daemon:
         )
         self.relay = Relay(self.stubs, lambda: self.elections.leader_address, self.who,
                            config.limits.job_timeout_s)
-        self.dispatch = Dispatch(
-            config.node_id, config.address, self.stubs, self.peers, lambda: self.election.term,
-            lambda message: self._take(incoming(message)), config.limits.max_message_bytes,
-        )
+        self.dispatch = Dispatch(config, self.stubs, self.peers, lambda: self.election.term,
+                                 lambda message: self._take(incoming(message)))
         self.metrics.observe(self)  # hooks in the journal, the log and the relay; state read at scrapes
         self.clients = ClientSlots(config.limits.max_jobs_per_client)
         self.desk = JobDesk(self)

@@ -17,6 +17,7 @@ from node.core.job import Job
 from node.errors import InvalidField
 from node.server.api import IncomingPartial, ShardRange
 from node.server.computelink import AcceptPartial, ComputeLinks
+from node.server.config import NodeConfig
 from node.server.peers import PeerTable
 from node.server.tracing import ShardTimes
 from node.wire.jobs import job_to_proto
@@ -43,15 +44,17 @@ class Dispatch:
     """`JobManager`'s way to run a batch of shards on a worker (jobs.RemoteCompute)."""
 
     def __init__(
-        self, node_id: str, address: str, stubs: StubCache, peers: PeerTable, term: Callable[[], int],
-        accept: AcceptPartial, max_message_bytes: int,
+        self, config: NodeConfig, stubs: StubCache, peers: PeerTable, term: Callable[[], int],
+        accept: AcceptPartial,
     ) -> None:
-        self.node_id = node_id
-        self.address = address
+        self.node_id = config.node_id
+        self.address = config.address
         self.stubs = stubs
         self.peers = peers
         self.term = term
-        self.links = ComputeLinks(accept, max_message_bytes)
+        self.links = ComputeLinks(accept, config.limits.max_message_bytes)
+        #: Off with the node's own local socket (--no-local-socket): every call on gRPC.
+        self.use_links = config.local_socket
         #: (worker address, "link" or "grpc") -> Compute calls made, as leader (metrics.py).
         self.calls: dict[tuple[str, str], int] = {}
 
@@ -68,7 +71,7 @@ class Dispatch:
             return
         self._count(address, "grpc")
         reply = await self.stubs.stub(address).Compute(request, timeout=COMPUTE_TIMEOUT_S)
-        if reply.HasField("local"):
+        if self.use_links and reply.HasField("local"):
             self.links.learn(address, self.peers.id_of(address), reply.local)
 
     def _count(self, address: str, transport: str) -> None:

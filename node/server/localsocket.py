@@ -42,8 +42,6 @@ import functools
 import itertools
 import logging
 import secrets
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
@@ -56,7 +54,16 @@ from node.server import computelink
 from node.server.api import Caller
 from node.server.computelink import LinkCompute, SendPartial
 from node.server.jobstream import Failed, JobStream
-from node.wire.localframes import ABSTRACT_PREFIX, HANDSHAKE_MAX_BYTES, frame, proven, read_async, welcome
+from node.wire.localframes import (
+    ABSTRACT_PREFIX,
+    HANDSHAKE_MAX_BYTES,
+    frame,
+    peer_credentials,
+    proven,
+    read_async,
+    same_user,
+    welcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +71,6 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT_S = 5.0
 #: Refused connections are logged at most once per this long (anyone on the host can make them).
 REFUSED_LOG_S = 10.0
-_PEERCRED = struct.Struct("3i")
 
 StreamJob = Callable[[Caller, pb.SubmitRequest], Awaitable[pb.SubmitStreamReply]]
 
@@ -190,7 +196,9 @@ class LocalSocket:
         if hello is None:
             return
         if hello.purpose == pb.LOCAL_COMPUTE:
-            if self._compute is not None:
+            # Compute calls answer with the partials of any data this node reads: only to a
+            # process of this node's own user, who may read that data anyway.
+            if self._compute is not None and same_user(writer.get_extra_info("socket")):
                 await computelink.serve(reader, writer, self._compute, self._max_bytes)
             return
         if hello.purpose != pb.LOCAL_SUBMIT:  # from a newer version: nothing here to serve it
@@ -237,12 +245,8 @@ def _peer_of(writer: asyncio.StreamWriter, number: int) -> str:
     it here), and so would every other one there: such a connection, or one
     whose credentials cannot be read, is a client of its own (`local:conn=N`,
     N this socket's count of connections), as each gRPC connection is."""
-    sock = writer.get_extra_info("socket")
-    try:
-        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        pid, _uid, _gid = _PEERCRED.unpack(credentials)
-    except (OSError, AttributeError):
-        pid = 0
+    credentials = peer_credentials(writer.get_extra_info("socket"))
+    pid = credentials[0] if credentials is not None else 0
     return f"local:pid={pid}" if pid > 0 else f"local:conn={number}"
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import secrets
 import socket
 import struct
@@ -72,6 +73,28 @@ async def connect(name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter
     except BaseException:
         sock.close()
         raise
+
+
+_PEERCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of a Unix socket (SO_PEERCRED); None
+    where they cannot be read. A process in another pid namespace has pid 0 here."""
+    try:
+        assert sock is not None
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except (OSError, AttributeError, AssertionError):
+        return None
+    pid, uid, _gid = _PEERCRED.unpack(credentials)
+    return pid, uid
+
+
+def same_user(sock: socket.socket | None) -> bool:
+    """Whether the other end of `sock` runs as this process's user: one that may read
+    what this node reads, and its memory, anyway (computelink.py)."""
+    credentials = peer_credentials(sock)
+    return credentials is not None and credentials[1] == os.geteuid()
 
 
 def frame(message: Message) -> bytes:
