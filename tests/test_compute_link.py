@@ -6,8 +6,10 @@ comes back as the status gRPC would give, and the link serves on; a
 cancelled or timed-out call is cancelled on the worker; a link closed by
 either end fails the calls waiting at the leader and cancels those running
 at the worker; a frame over the limit, or a partial the leader cannot take,
-breaks the link; `connect` reaches an abstract socket on uvloop, which
-refuses the path form.
+breaks the link (the limit is the partial's, not its envelope's); the
+worker ends a call past its deadline by itself; `connect` reaches an
+abstract socket on uvloop (whose `open_unix_connection` refuses the path
+form).
 
 Then in-process daemons: after a worker's first gRPC reply the leader's
 calls to it go on a link, the answer stays bit-identical and the calls are
@@ -26,6 +28,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,6 +43,7 @@ from node.server import computelink, localsocket
 from node.server.computelink import ComputeLink, LinkBroken, LinkCallFailed, LinkCompute, SendPartial
 from node.server.config import NodeConfig
 from node.server.daemon import Daemon
+from node.server.dispatch import Dispatch
 from node.testing.cluster import FAST_TIMING
 from node.wire.localframes import ABSTRACT_PREFIX, client_proof, connect, frame, read_async, read_blocking
 
@@ -213,6 +217,25 @@ async def test_a_frame_over_the_limit_breaks_the_link_before_it_is_read() -> Non
         assert taken == []
 
 
+async def test_a_partial_at_the_limit_passes_though_its_frame_is_larger() -> None:
+    """As on gRPC, where the limit is the Partial message's."""
+    partial = pb.Partial(job_id="j1", shard=0, node_id="w")
+    size = 1024
+    while partial.ByteSize() != 1024:  # each byte of data may add one to a length before it
+        size -= 1
+        partial.state["sum"].data = b"\0" * size
+    assert pb.ComputeEvent(call=1, partial=partial).ByteSize() > 1024
+
+    async def at_limit(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+        await send(partial, None)
+        return 1
+
+    taken: list[pb.Partial] = []
+    async with link_to(at_limit, taken.append, leader_max_bytes=1024) as (link, _):
+        assert (await link.compute(request(1), 5.0)).shards_sent == 1
+    assert taken == [partial]
+
+
 async def test_a_partial_the_leader_cannot_take_breaks_the_link() -> None:
     def refuse(partial: pb.Partial) -> None:
         raise InvalidField("state", "a tensor of 3 bytes for 8 elements")
@@ -361,7 +384,8 @@ async def test_a_leader_without_a_local_socket_keeps_its_calls_on_grpc(
 ) -> None:
     config = NodeConfig(node_id="n9", listen="127.0.0.1:1", peers=(), data_dir=tmp_path / "n9",
                         local_socket=False)
-    assert Daemon(config).dispatch.use_links is False  # what --no-local-socket sets
+    unused: Any = None
+    assert Dispatch(config, unused, unused, lambda: 0, lambda p: None).use_links is False  # --no-local-socket
     cluster = await start_cluster(3, shard_elems=SHARD_ELEMS)
     leader, workers = workers_of(cluster)
     leader.dispatch.use_links = False  # its workers still name their sockets
@@ -407,10 +431,10 @@ async def test_a_worker_serves_compute_calls_only_to_a_process_of_its_own_user(
 
     def first_event() -> pb.ComputeEvent | None:
         with shake_hands_for_compute(endpoint) as sock:
-            sock.sendall(frame(call))
             try:
+                sock.sendall(frame(call))
                 return read_blocking(sock, pb.ComputeEvent, MAX_BYTES)
-            except ConnectionError:  # closed without a word
+            except ConnectionError:  # closed without a word (BrokenPipeError if before the call)
                 return None
 
     event = await asyncio.to_thread(first_event)
@@ -451,7 +475,6 @@ def test_a_linked_worker_killed_mid_job_has_its_shards_moved(tmp_path: Path) -> 
         assert run.answer.result == expected
         # Its calls were on the link, which the kill closed at once (no wait for missed beats).
         log = cluster.log(leader)[logged_before:]
-        moved = re.search(rf"job linked-kill: worker {worker} failed \(compute link: "
-                          r"(closed by the worker|\[Errno 104\] Connection reset by peer)\); "
+        moved = re.search(rf"job linked-kill: worker {worker} failed \(compute link: [^)]*\); "
                           r"reassigning (\d+) shards", log)
-        assert moved and int(moved.group(2)) >= 1, log
+        assert moved and int(moved.group(1)) >= 1, log

@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import DecodeError
@@ -104,13 +103,10 @@ async def serve(
 
     def sender(number: int) -> SendPartial:
         async def send(partial: pb.Partial, deadline: float | None) -> None:
-            left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+            del deadline  # the call's own, which `run` enforces on everything the call does
             try:
                 _write(writer, pb.ComputeEvent(call=number, partial=partial))
-                async with asyncio.timeout(left_s):
-                    await writer.drain()
-            except TimeoutError:
-                raise ReduceFailed("compute link: a partial outlasted its call's deadline") from None
+                await writer.drain()
             except (ConnectionError, RuntimeError) as exc:
                 raise ReduceFailed(f"compute link: {exc}") from None
         return send
@@ -135,7 +131,7 @@ async def serve(
 
     try:
         while True:
-            call = await read_async(reader, pb.ComputeCall, max_bytes)
+            call = await read_async(reader, pb.ComputeCall, max_bytes + ENVELOPE_BYTES)
             if call is None:
                 return
             if call.cancel:
@@ -191,7 +187,9 @@ class ComputeLink:
         except BaseException:
             # Cancelled or timed out (either cancels `done`): the worker stops the call.
             answered = done.done() and not done.cancelled()
-            if self.broken is None and not answered:
+            if answered:
+                done.exception()  # an error that came as we were cancelled: seen, not logged
+            elif self.broken is None:
                 with contextlib.suppress(LinkBroken):
                     self._send(pb.ComputeCall(call=number, cancel=True))
             raise
@@ -200,15 +198,20 @@ class ComputeLink:
 
     def _send(self, call: pb.ComputeCall) -> None:
         """Write a frame; LinkBroken if the link is (or just turned out to be) gone."""
-        if self.broken is None and self._writer.is_closing():
+        if not self.usable:
             self._break(LinkBroken("compute link: closed"))
-        if self.broken is not None:
-            raise self.broken
+            assert self.broken is not None
+            raise LinkBroken(*self.broken.args)
         try:
             _write(self._writer, call)
         except (ConnectionError, RuntimeError) as exc:  # uvloop raises on a lost connection
             self._break(LinkBroken(f"compute link: {exc}"))
             raise LinkBroken(f"compute link: {exc}") from None
+
+    @property
+    def usable(self) -> bool:
+        """Not broken, and not closing (uvloop may know before our reader does)."""
+        return self.broken is None and not self._writer.is_closing()
 
     def close(self) -> None:
         self._break(LinkBroken("compute link: closed by the leader"))
@@ -309,21 +312,23 @@ class ComputeLinks:
     def linked(self, address: str) -> bool:
         """Whether calls to `address` go on a link now."""
         link = self._links.get(address)
-        return link is not None and link.broken is None
+        return link is not None and link.usable
 
     async def link(self, address: str) -> ComputeLink | None:
         """The worker's open link, opened now if its socket is known; None: use gRPC."""
         link = self._links.get(address)
-        if link is not None and link.broken is None:
+        if link is not None and link.usable:
             return link
         return await self._open(address)
 
     async def _open(self, address: str) -> ComputeLink | None:
-        self._links.pop(address, None)
-        if self._closed or address not in self._known:
-            return None
+        stale = self._links.pop(address, None)
+        if stale is not None:
+            stale.close()
         opening = self._opening.get(address)
         if opening is None:
+            if self._closed or address not in self._known:
+                return None
             opening = asyncio.create_task(self._connect(address))
             self._opening[address] = opening
             opening.add_done_callback(lambda _: self._opening.pop(address, None))
