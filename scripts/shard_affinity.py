@@ -1,7 +1,7 @@
 """Does it matter which shards a process reads? Processes sum a big `.npy` with nothing around them.
 
     python scripts/shard_affinity.py [--procs 3] [--jobs 20] [--n 100000000] [--npy PATH [--refresh]]
-                                     [--json PATH]
+                                     [--mpi-rounds R] [--json PATH]
 
 Each job, every process sums its share of the file between two barriers.
 The shares, one after the other within each job:
@@ -17,6 +17,13 @@ the share of the file a process found mapped in 2 MiB pages; `--refresh`
 drops the `--npy` file from the page cache and reads it back first, as
 bench.py does (a file written here is fresh already).
 
+`--mpi-rounds R` (needs mpi4py and mpiexec, bench.py's peer): R rounds,
+each bench.py's mpi4py peer at `--procs` ranks (its own launch, `--jobs`
+timed sums of its third after two warm-ups) then the processes above,
+so the host's drift lands on both; per round the median of each and
+`third` over mpi4py, and the median of those ratios: how far above MPI
+processes that sleep between jobs start, before any cluster is involved.
+
 Why: #16 asked whether a stable shard-to-node affinity, as MPI ranks have,
 would save the page-table or TLB cost of touching other pages every job;
 and what a big sum costs on this host with no RPC, no event loop and no
@@ -27,9 +34,11 @@ are in docs/timeline.md ("What a big sum costs without a cluster").
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_peers.peerdata import RESULT_PREFIX  # noqa: E402
 from benchlib import print_json  # noqa: E402
 from benchlib.data import huge_mapped_fraction, refresh_cache  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
@@ -102,6 +112,29 @@ def measure(procs: int, jobs: int, path: str) -> dict[str, Any]:
     return out
 
 
+def mpi_median_ms(procs: int, jobs: int, path: str) -> float:
+    """bench.py's mpi4py peer at `procs` ranks: the median of `jobs` timed sums of the file."""
+    from benchlib.peers import mpi_command
+
+    spec = json.dumps({"big": path, "n": 0, "vec": "", "vec_shape": [0, 0], "reps": jobs - WARMUP_JOBS,
+                       "warmup": WARMUP_JOBS, "figures": ["big_sum"]})
+    command, env = mpi_command(spec, procs)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return float(json.loads(line.removeprefix(RESULT_PREFIX))["big_sum"]["median_ms"])
+    raise SystemExit(f"mpi4py peer gave no result (exit {done.returncode}): {done.stderr[-2000:]}")
+
+
+def against_mpi(procs: int, jobs: int, path: str, rounds: int) -> dict[str, Any]:
+    each = []
+    for _ in range(rounds):
+        mpi_ms = mpi_median_ms(procs, jobs, path)
+        bare_ms = measure(procs, jobs, path)["third"]["wall_ms"]
+        each.append({"mpi4py_ms": round(mpi_ms, 2), "third_ms": bare_ms, "ratio": round(bare_ms / mpi_ms, 3)})
+    return {"rounds": each, "third_over_mpi4py": round(statistics.median(r["ratio"] for r in each), 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--procs", type=int, default=3)
@@ -109,6 +142,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=10**8, help="elements of the file written (without --npy)")
     parser.add_argument("--npy", type=Path, default=None, help="a float64 .npy to read instead")
     parser.add_argument("--refresh", action="store_true", help="drop --npy from the page cache, read it back")
+    parser.add_argument("--mpi-rounds", type=int, default=0, help="alternate with mpi4py, this many rounds")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.jobs <= WARMUP_JOBS:
@@ -118,7 +152,11 @@ def main() -> int:
         if args.refresh:
             refresh_cache(Path(path))
         huge = huge_mapped_fraction(Path(path))
-        print_json({**measure(args.procs, args.jobs, path), "huge_mapped": round(huge, 3)}, args.json)
+        if args.mpi_rounds > 0:
+            result = against_mpi(args.procs, args.jobs, path, args.mpi_rounds)
+        else:
+            result = measure(args.procs, args.jobs, path)
+        print_json({**result, "huge_mapped": round(huge, 3)}, args.json)
     return 0
 
 
