@@ -94,8 +94,10 @@ class FakeNode:
         return self._call("submit", job_id, job, forwarded)  # type: ignore[no-any-return]
 
     async def compute(
-        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None
+        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
+        send: object = None,
     ) -> int:
+        assert send is None  # gRPC's Compute: partials go on the Reduce stream
         return self._call("compute", job_id, job, shards, leader_id)  # type: ignore[no-any-return]
 
     async def reduce(self, partials: AsyncIterator[IncomingPartial]) -> ReduceCount:

@@ -19,14 +19,7 @@ from node._proto import distnode_pb2 as pb
 from node.client.local_stream import CONNECT_TIMEOUT_S
 from node.client.streams import CLOSE_WAIT_S, stream_refused, waiting_for
 from node.errors import AttemptFailed, LimitExceeded
-from node.wire.localframes import (
-    HANDSHAKE_MAX_BYTES,
-    answer_welcome,
-    connect,
-    frame,
-    hello,
-    read_async,
-)
+from node.wire.localframes import frame, read_async, shake_hands
 
 #: Wait for the socket to drain once this much is written and not yet sent.
 HIGH_WATER_BYTES = 1 << 20
@@ -35,17 +28,8 @@ HIGH_WATER_BYTES = 1 << 20
 async def open_local(endpoint: pb.LocalEndpoint, max_message_bytes: int) -> AsyncLocalStream:
     """Connect and shake hands; OSError (NotProven, TimeoutError, ...) or DecodeError if that fails."""
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-        reader, writer = await connect(endpoint.name)
-        try:
-            nonce, first = hello()
-            writer.write(first)
-            welcome = await read_async(reader, pb.LocalWelcome, HANDSHAKE_MAX_BYTES)
-            writer.write(answer_welcome(endpoint.key, nonce, welcome))
-            assert welcome is not None
-        except BaseException:
-            writer.close()
-            raise
-    return AsyncLocalStream(reader, writer, welcome.node_id, max_message_bytes)
+        reader, writer, node_id = await shake_hands(endpoint)
+    return AsyncLocalStream(reader, writer, node_id, max_message_bytes)
 
 
 class AsyncLocalStream:

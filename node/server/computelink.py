@@ -54,15 +54,12 @@ from google.protobuf.message import DecodeError
 from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded, ReduceFailed
 from node.wire.localframes import (
-    HANDSHAKE_MAX_BYTES,
     UNREACHABLE,
     NotProven,
-    answer_welcome,
-    connect,
     frame,
-    hello,
     read_async,
     same_user,
+    shake_hands,
 )
 
 log = logging.getLogger(__name__)
@@ -206,7 +203,8 @@ class ComputeLink:
             _write(self._writer, call)
         except (ConnectionError, RuntimeError) as exc:  # uvloop raises on a lost connection
             self._break(LinkBroken(f"compute link: {exc}"))
-            raise LinkBroken(f"compute link: {exc}") from None
+            assert self.broken is not None
+            raise LinkBroken(*self.broken.args) from None
 
     @property
     def usable(self) -> bool:
@@ -267,22 +265,13 @@ async def open_link(
 ) -> ComputeLink:
     """Connect to a worker's socket and shake hands as a leader.
 
-    NotProven if the node there is not `node_id` or cannot prove it holds the key;
-    the OSErrors of connecting otherwise."""
+    NotProven if the node there is not `node_id`, cannot prove it holds the key, or runs
+    as another user; the OSErrors of connecting otherwise."""
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-        reader, writer = await connect(endpoint.name)
-        try:
-            nonce, first = hello(pb.LOCAL_COMPUTE)
-            writer.write(first)
-            welcome = await read_async(reader, pb.LocalWelcome, HANDSHAKE_MAX_BYTES)
-            if welcome is not None and welcome.node_id != node_id:
-                raise NotProven(f"local socket: {welcome.node_id!r} answered, not {node_id!r}")
-            writer.write(answer_welcome(endpoint.key, nonce, welcome))
-            if not same_user(writer.get_extra_info("socket")):  # the worker refuses us too
-                raise NotProven("local socket: the worker runs as another user")
-        except BaseException:
-            writer.close()
-            raise
+        reader, writer, _ = await shake_hands(endpoint, pb.LOCAL_COMPUTE, node_id)
+    if not same_user(writer.get_extra_info("socket")):  # the worker refuses us too
+        writer.close()
+        raise NotProven("local socket: the worker runs as another user")
     return ComputeLink(reader, writer, accept, max_bytes)
 
 
@@ -316,9 +305,8 @@ class ComputeLinks:
 
     async def link(self, address: str) -> ComputeLink | None:
         """The worker's open link, opened now if its socket is known; None: use gRPC."""
-        link = self._links.get(address)
-        if link is not None and link.usable:
-            return link
+        if self.linked(address):
+            return self._links[address]
         return await self._open(address)
 
     async def _open(self, address: str) -> ComputeLink | None:

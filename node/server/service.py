@@ -318,11 +318,7 @@ class NodeServicer(pb_grpc.NodeServicer):
                                     node_id=self.node.node_id)
 
     async def Compute(self, request: pb.ComputeRequest, context: Context) -> pb.ComputeReply:
-        shards = [(s.index, s.start, s.stop) for s in request.shards]
-        sent = await answer(self.node, context, self.node.compute(
-            request.job.job_id, job_from_proto(request.job), shards, request.leader_id,
-            context.time_remaining(),
-        ))
+        sent = await answer(self.node, context, self._compute(request, context.time_remaining()))
         reply = pb.ComputeReply(shards_sent=sent)
         if self.local is not None:  # a leader in our network namespace calls us there next
             reply.local.CopyFrom(self.local)
@@ -333,14 +329,19 @@ class NodeServicer(pb_grpc.NodeServicer):
     ) -> int:
         """`Compute` on a compute link (computelink.py): the same call, its partials sent
         with `send`; a failure is LinkCallFailed with the status gRPC would have given."""
-        shards = [(s.index, s.start, s.stop) for s in request.shards]
         try:
-            return await self.node.compute(
-                request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s, send
-            )
+            return await self._compute(request, timeout_s, send)
         except Exception as exc:
             code, message = status_of(exc)
             raise LinkCallFailed(f"{code.name}: {message}") from None
+
+    async def _compute(
+        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial | None = None
+    ) -> int:
+        shards = [(s.index, s.start, s.stop) for s in request.shards]
+        return await self.node.compute(
+            request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s, send
+        )
 
     async def Reduce(
         self, request_iterator: AsyncIterator[pb.Partial], context: Context
