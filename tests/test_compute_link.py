@@ -40,10 +40,17 @@ from node.core.compute import reduce_all, validate_job
 from node.core.job import Job
 from node.errors import InvalidField
 from node.server import computelink, localsocket
-from node.server.computelink import ComputeLink, LinkBroken, LinkCallFailed, LinkCompute, SendPartial
+from node.server.computelink import (
+    ComputeLink,
+    LinkBroken,
+    LinkCallFailed,
+    LinkCompute,
+    SendPartial,
+)
 from node.server.config import NodeConfig
 from node.server.daemon import Daemon
 from node.server.dispatch import Dispatch
+from node.server.stealing import Skips
 from node.testing.cluster import FAST_TIMING
 from node.wire.localframes import ABSTRACT_PREFIX, client_proof, connect, frame, read_async, read_blocking
 
@@ -93,7 +100,9 @@ async def link_to(
             link.close()
 
 
-async def each_shard(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+async def each_shard(
+    request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+) -> int:
     for shard in request.shards:
         await send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"), None)
     return len(request.shards)
@@ -107,7 +116,9 @@ class Blocking:
         self.cancelled = asyncio.Event()
         self.timeouts: list[float | None] = []
 
-    async def __call__(self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+    async def __call__(
+        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+    ) -> int:
         if request.job.job_id != "block":
             return await each_shard(request, timeout_s, send)
         self.timeouts.append(timeout_s)
@@ -129,8 +140,63 @@ async def test_a_calls_partials_arrive_before_its_end_which_counts_them() -> Non
         assert link.broken is None
 
 
+async def test_a_skip_applies_to_the_calls_of_its_job_read_before_it_and_the_link_serves_on() -> None:
+    """A leader's SkipShards (stealing.py) marks the shards in the Skips of the calls of its
+    job read before it, which the worker checks as it comes to each shard, and is answered
+    with the shards let go; a later call hands a skipped shard back; a skip for a job with
+    no call on the link lets nothing go."""
+    gate = asyncio.Event()
+
+    async def gated(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips) -> int:
+        await gate.wait()  # the skip is read while the call waits here
+        compute = skips.guarded(lambda index: (index, 0, 0))
+        sent = 0
+        for shard in request.shards:
+            if compute(shard.index, shard.index)[0] is not None:
+                await send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"), None)
+                sent += 1
+        return sent
+
+    taken: list[int] = []
+    async with link_to(gated, lambda p: taken.append(p.shard)) as (link, _):
+        first = asyncio.ensure_future(link.compute(request(4), 5.0))
+        await asyncio.sleep(0)  # the call's frame is written
+        assert await link.skip("j1", [1, 3]) == [1, 3] and await link.skip("j2", [0]) == []
+        gate.set()
+        assert (await first).shards_sent == 2 and taken == [0, 2]
+        assert (await link.compute(request(2), 5.0)).shards_sent == 2  # shard 1 handed back
+        assert (await link.compute(request(1, "j2"), 5.0)).shards_sent == 1
+        assert taken == [0, 2, 0, 1, 0] and link.broken is None
+    assert await link.skip("j1", [1]) == []  # a link that is gone lets nothing go
+
+
+async def test_a_worker_of_an_older_version_answers_a_skip_at_once_with_nothing_let_go() -> None:
+    """An older worker takes a skip frame for a call (it knows no `skip` field) and fails
+    it: the leader reads that as a no, at once, not after SKIP_TIMEOUT_S."""
+    async def older(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips) -> int:
+        raise LinkCallFailed("PERMISSION_DENIED: leader_id: '' is not a member of this cluster")
+
+    async with served_on(older) as (name, _):
+        reader, writer = await connect(name)
+        link = ComputeLink(reader, writer, lambda p: None, MAX_BYTES)
+        with_skip = link._send
+
+        def as_an_older_worker_reads_it(call: pb.ComputeCall) -> None:
+            call.ClearField("skip")  # it knows no such field: a numbered frame without a request
+            with_skip(call)
+
+        link._send = as_an_older_worker_reads_it  # type: ignore[method-assign]
+        try:
+            assert await asyncio.wait_for(link.skip("j1", [3]), 1.0) == []
+            assert link.broken is None
+        finally:
+            link.close()
+
+
 async def test_a_failed_call_says_what_grpc_would_and_the_link_serves_on() -> None:
-    async def refuse(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+    async def refuse(
+        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+    ) -> int:
         if request.job.job_id == "bad":
             raise LinkCallFailed("INVALID_ARGUMENT: shards: shard 0 rows [5, 9) outside the source's 4 rows")
         if request.job.job_id == "bug":
@@ -204,7 +270,9 @@ async def test_a_link_the_leader_closes_cancels_the_calls_running_on_the_worker(
 
 
 async def test_a_frame_over_the_limit_breaks_the_link_before_it_is_read() -> None:
-    async def large(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+    async def large(
+        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+    ) -> int:
         partial = pb.Partial(job_id="j1", shard=0, node_id="w")
         partial.state["sum"].data = b"\0" * 4096
         await send(partial, None)
@@ -226,7 +294,9 @@ async def test_a_partial_at_the_limit_passes_though_its_frame_is_larger() -> Non
         partial.state["sum"].data = b"\0" * size
     assert pb.ComputeEvent(call=1, partial=partial).ByteSize() > 1024
 
-    async def at_limit(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial) -> int:
+    async def at_limit(
+        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+    ) -> int:
         await send(partial, None)
         return 1
 

@@ -147,7 +147,7 @@ class NextQueuedPool(ThreadPoolExecutor):
             return self.queued.setdefault(start, threading.Event())
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        start, stop = args[2], args[3]  # compute(job, source, start, stop)
+        start, stop = args[-2], args[-1]  # compute([shard,] job, source, start, stop)
         with self.lock:
             self.in_pool += 1
             self.most_in_pool = max(self.most_in_pool, self.in_pool)
@@ -168,7 +168,7 @@ class NextQueuedPool(ThreadPoolExecutor):
 @pytest.mark.parametrize("shards", [4, 40])
 async def test_the_leader_queues_its_next_shard_before_the_last_one_ends(shards: int) -> None:
     """The pool's thread never waits for a turn of the event loop between two of the
-    leader's shards (jobs.py `_compute_local`), and never holds more than the one computing
+    leader's shards (lanes.py `_compute_local`), and never holds more than the one computing
     and one queued: a whole batch (20 of 40 here) queued at once would keep the thread
     holding the GIL through tiny shards, and the event loop waiting."""
     rows = shards << 16

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_jobs import NextQueuedPool
 
-import node.server.jobs
+import node.server.lanes
 import node.server.reducestream
 from node._proto import distnode_pb2 as pb
 from node.core.compute import compute_partial, validate_job
@@ -224,13 +224,13 @@ def cluster_of_two(root: Path, worker: LateWorker) -> tuple[JobManager, list[int
     local: list[int] = []
     jobs = JobManager("n1", peers, remote=worker, executor=ThreadPoolExecutor(1), shard_elems=1000,
                       data_root=root)
-    compute = jobs.compute
+    compute = jobs.lanes.compute
 
     def counted(job: Job, source: Any, start: int, stop: int) -> Any:
         local.append(start // 1000)
         return compute(job, source, start, stop)
 
-    jobs.compute = counted  # type: ignore[method-assign]
+    jobs.lanes.compute = counted
     worker.jobs = jobs
     return jobs, local
 
@@ -251,14 +251,14 @@ async def test_a_lane_waits_for_partials_still_on_the_stream_and_runs_no_shard_t
 async def test_partials_that_never_come_are_given_back_after_the_grace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(node.server.jobs, "PARTIALS_GRACE_S", 0.05)
+    monkeypatch.setattr(node.server.lanes, "PARTIALS_GRACE_S", 0.05)
     data = np.arange(20_000, dtype=np.float64)
     np.save(tmp_path / "d.npy", data)
     worker = LateWorker(tmp_path, delay_s=None)
     jobs, local = cluster_of_two(tmp_path, worker)
     outcome = await asyncio.wait_for(jobs.submit("j1", Job("sum", "npy:d.npy")), DEADLINE_S)
     assert sorted(local) == list(range(20))  # each batch given back, then computed by the leader
-    assert 1 <= len(worker.batches) <= node.server.jobs.REMOTE_LANES  # one batch per lane, then dropped
+    assert 1 <= len(worker.batches) <= node.server.lanes.REMOTE_LANES  # one batch per lane, then dropped
     assert outcome.result == data.sum() and outcome.nodes == ("n1",)
 
 
@@ -267,7 +267,7 @@ async def test_a_stalled_event_loop_does_not_use_up_the_grace(
 ) -> None:
     """A stall longer than the grace, with the partials waiting to be read, must not drop
     the worker: the grace is counted in waits that ended with nothing new."""
-    monkeypatch.setattr(node.server.jobs, "PARTIALS_GRACE_S", 0.1)
+    monkeypatch.setattr(node.server.lanes, "PARTIALS_GRACE_S", 0.1)
     data = np.random.default_rng(4).standard_normal(20_000)
     np.save(tmp_path / "d.npy", data)
     worker = LateWorker(tmp_path, delay_s=0.0, stall_s=0.3)

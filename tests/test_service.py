@@ -95,10 +95,13 @@ class FakeNode:
 
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
-        send: object = None,
+        send: object = None, skips: object = None,
     ) -> int:
-        assert send is None  # gRPC's Compute: partials go on the Reduce stream
+        assert send is None and skips is None  # gRPC's Compute: partials on the Reduce stream, no skips
         return self._call("compute", job_id, job, shards, leader_id)  # type: ignore[no-any-return]
+
+    async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]:
+        return self._call("skip", job_id, shards, leader_id)  # type: ignore[no-any-return]
 
     async def reduce(self, partials: AsyncIterator[IncomingPartial]) -> ReduceCount:
         async for partial in partials:
@@ -214,6 +217,13 @@ async def test_compute_passes_shards_and_leader(served: tuple[FakeNode, NodeStub
     assert node.calls == [("compute", ("j1", Job("sum", "range:n=10", "square", axis=0), [(0, 0, 5), (1, 5, 10)], "n2"))]
 
 
+async def test_skip_passes_the_job_its_shards_and_the_leader_and_answers_what_was_let_go(served: tuple[FakeNode, NodeStub]) -> None:
+    node, stub = served
+    node.results["skip"] = [7]
+    reply = await stub.Skip(pb.SkipShards(job_id="j1", shards=[3, 7], leader_id="n2"))
+    assert node.calls == [("skip", ("j1", [3, 7], "n2"))] and list(reply.skipped) == [7]
+
+
 async def test_reduce_turns_each_partial_into_arrays(served: tuple[FakeNode, NodeStub]) -> None:
     node, stub = served
     node.results["reduce"] = ReduceCount(accepted=1, dropped=1)
@@ -279,16 +289,17 @@ async def test_each_error_is_its_status(
     assert signed_by(caught.value.trailing_metadata()) == "n1"  # a node's answer, not a transport's
 
 
-@pytest.mark.parametrize("rpc", ["RequestVote", "Heartbeat", "Compute", "Progress", "Status"])
+@pytest.mark.parametrize("rpc", ["RequestVote", "Heartbeat", "Compute", "Skip", "Progress", "Status"])
 async def test_every_rpc_maps_errors_the_same_way(served: tuple[FakeNode, NodeStub], rpc: str) -> None:
     node, stub = served
     error = NotAMember("candidate_id", "'x' is not a member of this cluster")
-    for name in ("request_vote", "heartbeat", "compute", "progress", "status"):
+    for name in ("request_vote", "heartbeat", "compute", "skip", "progress", "status"):
         node.raises[name] = error
     calls: dict[str, Any] = {
         "RequestVote": lambda: stub.RequestVote(pb.VoteRequest(term=1, candidate_id="x")),
         "Heartbeat": lambda: _drain(stub.Heartbeat(iter([pb.HeartbeatRequest(term=1, leader_id="x")]))),
         "Compute": lambda: stub.Compute(pb.ComputeRequest(job=SUM_SPEC, leader_id="x")),
+        "Skip": lambda: stub.Skip(pb.SkipShards(job_id="j1", shards=[0], leader_id="x")),
         "Progress": lambda: stub.Progress(pb.ProgressRequest(job_id="j1")),
         "Status": lambda: stub.Status(pb.StatusRequest()),
     }

@@ -740,8 +740,8 @@ Global___ComputeReply: _TypeAlias = ComputeReply  # noqa: Y015
 @_typing.final
 class ComputeCall(_message.Message):
     """A leader's frames on a compute link, a worker's local socket opened for
-    LOCAL_COMPUTE: a Compute call (its number, chosen by the leader), or the
-    cancellation of one.
+    LOCAL_COMPUTE: a Compute call (its number, chosen by the leader), the
+    cancellation of one, or a skip (numbered as a call, and answered).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -750,12 +750,15 @@ class ComputeCall(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    SKIP_FIELD_NUMBER: _builtins.int
     call: _builtins.int
     timeout_s: _builtins.float
     """The call's deadline, seconds from when the worker reads it; 0: none."""
     cancel: _builtins.bool
     @_builtins.property
     def request(self) -> Global___ComputeRequest: ...
+    @_builtins.property
+    def skip(self) -> Global___SkipShards: ...
     def __init__(
         self,
         *,
@@ -763,14 +766,70 @@ class ComputeCall(_message.Message):
         request: Global___ComputeRequest | None = ...,
         timeout_s: _builtins.float = ...,
         cancel: _builtins.bool = ...,
+        skip: Global___SkipShards | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "skip", b"skip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "request", b"request", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "request", b"request", "skip", b"skip", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ComputeCall: _TypeAlias = ComputeCall  # noqa: Y015
+
+@_typing.final
+class SkipShards(_message.Message):
+    """Shards of a job that the leader would hand to an idle node instead: a
+    worker that has not yet begun one of them drops it (its call sends no
+    partial for it) and says so; one already begun stays its own. It applies
+    to the job's calls that reached the worker before it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    leader_id: _builtins.str
+    """On gRPC, the leader that asks, a member as Compute's leader_id must be."""
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        shards: _abc.Iterable[_builtins.int] | None = ...,
+        leader_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "leader_id", b"leader_id", "shards", b"shards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkipShards: _TypeAlias = SkipShards  # noqa: Y015
+
+@_typing.final
+class SkipReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The shards of the request this worker will not begin."""
+
+    def __init__(
+        self,
+        *,
+        skipped: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkipReply: _TypeAlias = SkipReply  # noqa: Y015
 
 @_typing.final
 class ComputeEvent(_message.Message):
@@ -784,6 +843,7 @@ class ComputeEvent(_message.Message):
     PARTIAL_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
     call: _builtins.int
     error: _builtins.str
     """The call failed: what a gRPC Compute would have said, as "CODE: details"."""
@@ -791,6 +851,10 @@ class ComputeEvent(_message.Message):
     def partial(self) -> Global___Partial: ...
     @_builtins.property
     def done(self) -> Global___ComputeReply: ...
+    @_builtins.property
+    def skipped(self) -> Global___SkipReply:
+        """The answer to a skip."""
+
     def __init__(
         self,
         *,
@@ -798,12 +862,13 @@ class ComputeEvent(_message.Message):
         partial: Global___Partial | None = ...,
         done: Global___ComputeReply | None = ...,
         error: _builtins.str = ...,
+        skipped: Global___SkipReply | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "error", b"error", "event", b"event", "partial", b"partial"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "error", b"error", "event", b"event", "partial", b"partial", "skipped", b"skipped"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "done", b"done", "error", b"error", "event", b"event", "partial", b"partial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "done", b"done", "error", b"error", "event", b"event", "partial", b"partial", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["partial", "done", "error"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["partial", "done", "error", "skipped"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

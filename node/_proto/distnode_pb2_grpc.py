@@ -59,6 +59,11 @@ class NodeStub:
                 request_serializer=distnode__pb2.Partial.SerializeToString,
                 response_deserializer=distnode__pb2.ReduceReply.FromString,
                 _registered_method=True)
+        self.Skip = channel.unary_unary(
+                '/distnode.v1.Node/Skip',
+                request_serializer=distnode__pb2.SkipShards.SerializeToString,
+                response_deserializer=distnode__pb2.SkipReply.FromString,
+                _registered_method=True)
         self.Progress = channel.unary_unary(
                 '/distnode.v1.Node/Progress',
                 request_serializer=distnode__pb2.ProgressRequest.SerializeToString,
@@ -134,6 +139,15 @@ class NodeServicer:
 
     def Reduce(self, request_iterator, context):
         """Worker -> aggregator: partial states, one message per shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Skip(self, request, context):
+        """Leader -> worker: may an idle node have these shards of a running job
+        instead? Those not begun are dropped and named in the reply. A compute
+        link carries the same messages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +235,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Reduce,
                     request_deserializer=distnode__pb2.Partial.FromString,
                     response_serializer=distnode__pb2.ReduceReply.SerializeToString,
+            ),
+            'Skip': grpc.unary_unary_rpc_method_handler(
+                    servicer.Skip,
+                    request_deserializer=distnode__pb2.SkipShards.FromString,
+                    response_serializer=distnode__pb2.SkipReply.SerializeToString,
             ),
             'Progress': grpc.unary_unary_rpc_method_handler(
                     servicer.Progress,
@@ -393,6 +412,33 @@ class Node:
             '/distnode.v1.Node/Reduce',
             distnode__pb2.Partial.SerializeToString,
             distnode__pb2.ReduceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Skip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distnode.v1.Node/Skip',
+            distnode__pb2.SkipShards.SerializeToString,
+            distnode__pb2.SkipReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,11 @@ class NodeStub:
     """
     Reduce: _grpc.StreamUnaryMultiCallable[_distnode_pb2.Partial, _distnode_pb2.ReduceReply]
     """Worker -> aggregator: partial states, one message per shard."""
+    Skip: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.SkipShards, _distnode_pb2.SkipReply]
+    """Leader -> worker: may an idle node have these shards of a running job
+    instead? Those not begun are dropped and named in the reply. A compute
+    link carries the same messages.
+    """
     Progress: _grpc.UnaryUnaryMultiCallable[_distnode_pb2.ProgressRequest, _distnode_pb2.ProgressReply]
     """Client -> any node: how far a running job has got."""
     SubmitBatches: _grpc.StreamStreamMultiCallable[_distnode_pb2.SubmitBatch, _distnode_pb2.SubmitBatchReply]
@@ -101,6 +106,11 @@ class NodeAsyncStub(NodeStub):
     """
     Reduce: _aio.StreamUnaryMultiCallable[_distnode_pb2.Partial, _distnode_pb2.ReduceReply]  # type: ignore[assignment]
     """Worker -> aggregator: partial states, one message per shard."""
+    Skip: _aio.UnaryUnaryMultiCallable[_distnode_pb2.SkipShards, _distnode_pb2.SkipReply]  # type: ignore[assignment]
+    """Leader -> worker: may an idle node have these shards of a running job
+    instead? Those not begun are dropped and named in the reply. A compute
+    link carries the same messages.
+    """
     Progress: _aio.UnaryUnaryMultiCallable[_distnode_pb2.ProgressRequest, _distnode_pb2.ProgressReply]  # type: ignore[assignment]
     """Client -> any node: how far a running job has got."""
     SubmitBatches: _aio.StreamStreamMultiCallable[_distnode_pb2.SubmitBatch, _distnode_pb2.SubmitBatchReply]  # type: ignore[assignment]
@@ -172,6 +182,17 @@ class NodeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_distnode_pb2.ReduceReply, _abc.Awaitable[_distnode_pb2.ReduceReply]]:
         """Worker -> aggregator: partial states, one message per shard."""
+
+    @_abc_1.abstractmethod
+    def Skip(
+        self,
+        request: _distnode_pb2.SkipShards,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distnode_pb2.SkipReply, _abc.Awaitable[_distnode_pb2.SkipReply]]:
+        """Leader -> worker: may an idle node have these shards of a running job
+        instead? Those not begun are dropped and named in the reply. A compute
+        link carries the same messages.
+        """
 
     @_abc_1.abstractmethod
     def Progress(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
     from node._proto import distnode_pb2 as pb
     from node.core.compute import Partial
     from node.server.computelink import SendPartial
+    from node.server.stealing import Skips
 
 #: (shard index, first row, end row) of one shard handed to a worker.
 ShardRange = tuple[int, int, int]
@@ -190,8 +191,10 @@ class NodeApi(Protocol):
 
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
-        send: SendPartial | None = None,
+        send: SendPartial | None = None, skips: Skips | None = None,
     ) -> int: ...
+
+    async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]: ...
 
     async def reduce(self, partials: AsyncIterator[IncomingPartial]) -> ReduceCount: ...
 

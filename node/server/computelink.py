@@ -35,6 +35,10 @@ What the gRPC calls give, the link keeps:
   does (DEADLINE_EXCEEDED), and the leader bounds it too.
 - Limits: a partial over `--max-message-bytes` (or a call: the frame is
   refused before it is read) breaks the link.
+- Skips: the leader may ask the worker to let shards of a job go to an idle
+  node (`SkipShards`, numbered as a call and answered with the shards let
+  go: stealing.py); they apply to the calls of that job read before them,
+  and the answer comes before those calls end.
 - Fallback: a leader that cannot reach the socket (another network
   namespace or host) remembers that and keeps gRPC for that worker; a
   link that breaks is dropped, and the next call goes on gRPC, whose reply
@@ -45,14 +49,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded, ReduceFailed
+from node.server.stealing import Skips
 from node.wire.localframes import (
     UNREACHABLE,
     NotProven,
@@ -67,14 +74,18 @@ log = logging.getLogger(__name__)
 #: How long a leader waits to connect to a worker's socket and shake hands before
 #: it uses gRPC for that call.
 CONNECT_TIMEOUT_S = 1.0
+#: A skip (on a link, or a Skip call) unanswered this long is taken as a no. Had the
+#: worker let a shard go, its partial never comes, and its lane gives the batch back
+#: after the partials' grace (lanes.py).
+SKIP_TIMEOUT_S = 5.0
 #: What a ComputeEvent adds around a Partial (call number, tags, lengths): the limit
 #: applies to the partial, as on gRPC, not to its envelope.
 ENVELOPE_BYTES = 64
 
 #: Writes a partial of the call; returns once it is handed to the socket.
 SendPartial = Callable[[pb.Partial, float | None], Awaitable[None]]
-#: Runs a Compute request: (request, timeout_s, send) -> shards sent.
-LinkCompute = Callable[[pb.ComputeRequest, float | None, SendPartial], Awaitable[int]]
+#: Runs a Compute request: (request, timeout_s, send, skips) -> shards sent.
+LinkCompute = Callable[[pb.ComputeRequest, float | None, SendPartial, Skips], Awaitable[int]]
 #: The leader's taker of a partial that arrived on a link.
 AcceptPartial = Callable[[pb.Partial], object]
 
@@ -95,8 +106,17 @@ async def serve(
 ) -> None:
     """Serve one compute link until the leader closes it; then cancel what still runs.
 
-    `compute` raises LinkCallFailed with what a gRPC Compute would have answered."""
+    `compute` raises LinkCallFailed with what a gRPC Compute would have answered. Each job
+    with calls running here has one `Skips`, updated as frames are read: a call hands its
+    shards to it again, a SkipShards marks them, so a skip always applies to the calls
+    read before it, even one whose task has not begun."""
     calls: dict[int, asyncio.Task[None]] = {}
+    jobs: dict[str, Skips] = {}
+
+    def ended(job_id: str, skips: Skips, task: asyncio.Task[None]) -> None:
+        skips.calls -= 1
+        if not skips.calls and jobs.get(job_id) is skips:
+            del jobs[job_id]
 
     def sender(number: int) -> SendPartial:
         async def send(partial: pb.Partial, deadline: float | None) -> None:
@@ -108,11 +128,11 @@ async def serve(
                 raise ReduceFailed(f"compute link: {exc}") from None
         return send
 
-    async def run(number: int, call: pb.ComputeCall) -> None:
+    async def run(number: int, call: pb.ComputeCall, skips: Skips) -> None:
         timeout_s = call.timeout_s or None
         try:
             async with asyncio.timeout(timeout_s):  # what gRPC does to a handler past its deadline
-                sent = await compute(call.request, timeout_s, sender(number))
+                sent = await compute(call.request, timeout_s, sender(number), skips)
             event = pb.ComputeEvent(call=number, done=pb.ComputeReply(shards_sent=sent))
         except LinkCallFailed as exc:
             event = pb.ComputeEvent(call=number, error=str(exc))
@@ -131,16 +151,31 @@ async def serve(
             call = await read_async(reader, pb.ComputeCall, max_bytes + ENVELOPE_BYTES)
             if call is None:
                 return
-            if call.cancel:
+            if call.HasField("skip"):
+                skipped = pb.SkipReply(skipped=skip(jobs.get(call.skip.job_id), call.skip.shards))
+                with contextlib.suppress(ConnectionError, RuntimeError):  # the leader is gone
+                    _write(writer, pb.ComputeEvent(call=call.call, skipped=skipped))
+            elif call.cancel:
                 cancelled = calls.pop(call.call, None)
                 if cancelled is not None:
                     cancelled.cancel()
             elif call.call not in calls:
-                calls[call.call] = asyncio.create_task(run(call.call, call))
+                job_id = call.request.job.job_id
+                skips = jobs.setdefault(job_id, Skips())
+                skips.calls += 1
+                skips.hand(shard.index for shard in call.request.shards)
+                task = calls[call.call] = asyncio.create_task(run(call.call, call, skips))
+                # On the task, not in it: a call cancelled before its task began never runs it.
+                task.add_done_callback(functools.partial(ended, job_id, skips))
     finally:
         for task in calls.values():
             task.cancel()
         await asyncio.gather(*calls.values(), return_exceptions=True)
+
+
+def skip(skips: Skips | None, shards: Iterable[int]) -> list[int]:
+    """A SkipShards for a job with `skips` here (None: no call of it here): the shards let go."""
+    return [index for index in shards if skips is not None and skips.skip(index)]
 
 
 def _write(writer: asyncio.StreamWriter, message: pb.ComputeCall | pb.ComputeEvent) -> None:
@@ -165,6 +200,7 @@ class ComputeLink:
         self._max_bytes = max_bytes
         self._numbers = itertools.count(1)
         self._calls: dict[int, asyncio.Future[pb.ComputeReply]] = {}
+        self._skips: dict[int, asyncio.Future[pb.SkipReply]] = {}
         #: Why the link is no longer usable (set once); None while it is.
         self.broken: LinkBroken | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -192,6 +228,21 @@ class ComputeLink:
             raise
         finally:
             self._calls.pop(number, None)
+
+    async def skip(self, job_id: str, shards: list[int]) -> list[int]:
+        """Ask the worker to let `shards` of `job_id` go: those it let go, none if the link
+        ends or it does not answer within SKIP_TIMEOUT_S."""
+        number = next(self._numbers)
+        answered: asyncio.Future[pb.SkipReply] = asyncio.get_running_loop().create_future()
+        self._skips[number] = answered
+        try:
+            self._send(pb.ComputeCall(call=number, skip=pb.SkipShards(job_id=job_id, shards=shards)))
+            async with asyncio.timeout(SKIP_TIMEOUT_S):
+                return list((await answered).skipped)
+        except (LinkBroken, TimeoutError):
+            return []
+        finally:
+            self._skips.pop(number, None)
 
     def _send(self, call: pb.ComputeCall) -> None:
         """Write a frame; LinkBroken if the link is (or just turned out to be) gone."""
@@ -232,6 +283,13 @@ class ComputeLink:
                 if kind == "partial":
                     self._take(event.partial)
                     continue
+                answered = self._skips.get(event.call)
+                if answered is not None:
+                    # A worker of an older version takes a skip for a call, and fails it:
+                    # it lets nothing go.
+                    if not answered.done():
+                        answered.set_result(event.skipped if kind == "skipped" else pb.SkipReply())
+                    continue
                 done = self._calls.get(event.call)
                 if done is None or done.done():
                     continue
@@ -251,7 +309,8 @@ class ComputeLink:
         if self.broken is not None:
             return
         self.broken = why
-        for done in self._calls.values():
+        waiting: list[asyncio.Future[Any]] = [*self._calls.values(), *self._skips.values()]
+        for done in waiting:
             if not done.done():
                 done.set_exception(why)
                 done.exception()  # its caller may have gone: not an error nobody saw
@@ -300,14 +359,16 @@ class ComputeLinks:
 
     def linked(self, address: str) -> bool:
         """Whether calls to `address` go on a link now."""
+        return self.current(address) is not None
+
+    def current(self, address: str) -> ComputeLink | None:
+        """The worker's link if it is open and usable now (none is opened)."""
         link = self._links.get(address)
-        return link is not None and link.usable
+        return link if link is not None and link.usable else None
 
     async def link(self, address: str) -> ComputeLink | None:
         """The worker's open link, opened now if its socket is known; None: use gRPC."""
-        if self.linked(address):
-            return self._links[address]
-        return await self._open(address)
+        return self.current(address) or await self._open(address)
 
     async def _open(self, address: str) -> ComputeLink | None:
         stale = self._links.pop(address, None)

@@ -71,6 +71,7 @@ from node.server.relay import Relay
 from node.server.service import add_services, beat_reply, make_server
 from node.server.startchecks import bind_port, check_data_dir
 from node.server.statestore import MAX_TERM, StateStore
+from node.server.stealing import Skips
 from node.server.stepgate import answered
 from node.wire.answers import SERVICE
 from node.wire.log import beat_from_proto
@@ -184,7 +185,7 @@ class Daemon:
             self._jobs = JobManager(
                 config.node_id, self.peers, self.dispatch, self.executor,
                 config.shard_elems, config.data_root, config.limits, self.openers,
-                self.discovery.ask_sources, self.metrics,
+                self.discovery.ask_sources, self.metrics, self.dispatch.skip,
             )
         return self._jobs
 
@@ -193,11 +194,8 @@ class Daemon:
         if self._worker is None:
             from node.server.worker import Worker
 
-            config = self.config
-            self._worker = Worker(
-                config.node_id, self.stubs, self.executor, config.data_root, self.peers.address_of,
-                self.openers, self.metrics,
-            )
+            self._worker = Worker(self.node_id, self.stubs, self.executor, self.config.data_root,
+                                  self.peers.address_of, self.openers, self.metrics)
         return self._worker
 
     @functools.cached_property
@@ -305,11 +303,15 @@ class Daemon:
 
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
-        send: SendPartial | None = None,
+        send: SendPartial | None = None, skips: Skips | None = None,
     ) -> int:
         self.peers.check_member("leader_id", leader_id, self.node_id)
         await self.compute_ready()
-        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s, send)
+        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s, send, skips)
+
+    async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]:
+        self.peers.check_member("leader_id", leader_id, self.node_id)
+        return self._worker.skip(leader_id, job_id, shards) if self._worker is not None else []
 
     async def reduce(self, partials: AsyncIterator[IncomingPartial]) -> ReduceCount:
         await self.compute_ready()

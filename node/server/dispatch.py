@@ -9,18 +9,24 @@ link, or on the worker's `Reduce` stream; both reach the job the same way
 
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import Callable
+
+import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.core.job import Job
 from node.errors import InvalidField
 from node.server.api import IncomingPartial, ShardRange
-from node.server.computelink import AcceptPartial, ComputeLinks
+from node.server.computelink import SKIP_TIMEOUT_S, AcceptPartial, ComputeLinks
 from node.server.config import NodeConfig
 from node.server.peers import PeerTable
 from node.server.tracing import ShardTimes
 from node.wire.jobs import job_to_proto
+
+log = logging.getLogger(__name__)
 
 #: Upper bound on one Compute batch; the failure detector normally acts first.
 COMPUTE_TIMEOUT_S = 600.0
@@ -57,6 +63,8 @@ class Dispatch:
         self.use_links = config.local_socket
         #: (worker address, "link" or "grpc") -> Compute calls made, as leader (metrics.py).
         self.calls: dict[tuple[str, str], int] = {}
+        #: (worker address, job id, "link" or "grpc") -> Compute calls under way: what `skip` tells.
+        self._under_way: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
     async def __call__(self, address: str, job_id: str, job: Job, ranges: list[ShardRange]) -> None:
         request = pb.ComputeRequest(
@@ -65,14 +73,38 @@ class Dispatch:
             reduce_to=self.address, term=self.term(), leader_id=self.node_id,
         )
         link = await self.links.link(address)
-        if link is not None:
-            self._count(address, "link")
-            await link.compute(request, COMPUTE_TIMEOUT_S)
-            return
-        self._count(address, "grpc")
-        reply = await self.stubs.stub(address).Compute(request, timeout=COMPUTE_TIMEOUT_S)
+        transport = "link" if link is not None else "grpc"
+        self._count(address, transport)
+        key = (address, job_id, transport)
+        self._under_way[key] += 1
+        try:
+            if link is not None:
+                await link.compute(request, COMPUTE_TIMEOUT_S)
+                return
+            reply = await self.stubs.stub(address).Compute(request, timeout=COMPUTE_TIMEOUT_S)
+        finally:
+            self._under_way[key] -= 1
+            if not self._under_way[key]:
+                del self._under_way[key]
         if self.use_links and reply.HasField("local"):
             self.links.learn(address, self.peers.id_of(address), reply.local)
+
+    async def skip(self, address: str, job_id: str, shards: list[int]) -> list[int]:
+        """Ask the worker at `address` to let `shards` of `job_id` go (stealing.py), where the
+        job's calls to it went: on its compute link, in order with them, or in a `Skip` call,
+        which may reach the worker before the `Compute` it is about (then it keeps them).
+        The shards it let go; none if it cannot be asked or does not answer."""
+        given: list[int] = []
+        link = self.links.current(address)
+        if link is not None and self._under_way[(address, job_id, "link")]:
+            given += await link.skip(job_id, shards)
+        if self._under_way[(address, job_id, "grpc")]:
+            asked = pb.SkipShards(job_id=job_id, shards=shards, leader_id=self.node_id)
+            try:
+                given += (await self.stubs.stub(address).Skip(asked, timeout=SKIP_TIMEOUT_S)).skipped
+            except grpc.RpcError as exc:
+                log.debug("worker %s: Skip failed: %s", self.peers.id_of(address), exc)
+        return given
 
     def _count(self, address: str, transport: str) -> None:
         key = (address, transport)

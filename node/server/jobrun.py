@@ -23,6 +23,7 @@ import numpy as np
 from node.core.compute import Partial, finalize, merge
 from node.core.job import Job
 from node.server.api import Outcome
+from node.server.stealing import Holdings
 from node.server.tracing import JobTrace, ShardTimes
 
 log = logging.getLogger("distnode.jobs")
@@ -58,6 +59,8 @@ class JobRun:
     template: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = field(default_factory=dict)
     #: The run's timeline, when the job was submitted with `trace`.
     trace: JobTrace | None = None
+    #: Shards handed out and not back yet, by node (an idle lane takes one: stealing.py).
+    holdings: Holdings = field(default_factory=Holdings)
 
     @property
     def finished(self) -> bool:
@@ -113,6 +116,7 @@ class JobRun:
     def requeue(self, batch: list[int]) -> None:
         """Put back the shards of `batch` that never arrived, in front of the queue."""
         missing = self.missing(batch)
+        self.holdings.drop(missing)
         self.pending.extendleft(reversed(missing))
         if missing:
             self.wakeup.set()
@@ -141,6 +145,10 @@ class JobRun:
             return False
         self.received[shard] = partial
         self.arrived.set()
+        took_ns = times.finished_ns - times.started_ns if times is not None else None
+        self.holdings.arrived(shard, time.monotonic_ns(), took_ns)
+        if not self.pending and self.holdings.most() >= 2:  # idle lanes may take one from a busy node
+            self.wakeup.set()
         if self.trace is not None and times is not None:
             self.trace.shard(shard, node_id, times, received_ns)
         self.contributors.add(node_id)

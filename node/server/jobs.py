@@ -4,20 +4,22 @@ Theory of operation
 -------------------
 A job's data is cut into fixed shards (`compute.plan_shards`): boundaries
 depend on the data size and the shard size only. Each live node gets *lanes*
-that pull small batches of shard indices from the job's queue and compute
-them: the leader's own lane in its pool's thread, always one shard queued
-ahead (`_compute_local`), a worker's lane sends
-`Compute(batch, reduce_to=leader)` (dispatch.py); the worker writes one
-partial per shard to its `Reduce` stream (one per worker, open across jobs:
-reducestream.py), or back on the compute link the call came on
-(computelink.py), and `accept_partial` stores it. `Compute` returns once the partials are
-written, which is not received: the lane then waits for them (at most
-PARTIALS_GRACE_S) before it gives back any that did not come. Partials are merged
-strictly in shard order (a prefix merge as they arrive), so the answer is
-bit-for-bit the same on 1 node or 16, with or without failures.
+(lanes.py) that pull small batches of shard indices from the job's queue and
+compute them: the leader's own lane in its pool's thread, always one shard
+queued ahead, a worker's lane sends `Compute(batch, reduce_to=leader)`
+(dispatch.py); the worker writes one partial per shard to its `Reduce`
+stream (one per worker, open across jobs: reducestream.py), or back on the
+compute link the call came on (computelink.py), and `accept_partial` stores
+it. `Compute` returns once the partials are written, which is not received:
+the lane then waits for them (at most PARTIALS_GRACE_S) before it gives back
+any that did not come. Partials are merged strictly in shard order (a prefix
+merge as they arrive), so the answer is bit-for-bit the same on 1 node or
+16, with or without failures.
 
 Pulling instead of pushing a fixed split means a slow or dead node holds at
-most one batch per lane. When a worker dies (its `Compute` RPC fails, or the
+most one batch per lane, and a lane that finds the queue empty takes a shard
+a busier node has not begun (stealing.py), so a slow node does not hold up
+the end of a job. When a worker dies (its `Compute` RPC fails, or the
 failure detector declares it dead while the RPC hangs) the unfinished shards
 of its batch go back to the front of the queue for the other lanes. A partial
 for a shard already received is dropped, so re-running a shard is harmless.
@@ -30,15 +32,13 @@ leader, every running job fails with `NotLeader`; clients retry elsewhere.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from node.core.compute import (
     Partial,
@@ -61,11 +61,11 @@ from node.errors import (
     LimitExceeded,
     NotLeader,
     RunAbandoned,
-    WorkerFailed,
 )
 from node.server.answercache import AnswerCache
-from node.server.api import Outcome, ShardRange
+from node.server.api import Outcome
 from node.server.jobrun import JobRun
+from node.server.lanes import Lanes, RemoteCompute, SkipRemote
 from node.server.metrics import NodeMetrics, outcome_of
 from node.server.peers import PeerTable
 from node.server.tracing import InPool, JobTrace, ShardTimes, clocked, to_pool
@@ -75,34 +75,9 @@ log = logging.getLogger("distnode.jobs")
 #: Jobs at most this many elements are computed on the event loop itself:
 #: the thread hop costs more than summing them.
 INLINE_ELEMS = 1 << 16
-#: Batches in flight per remote worker, so it never idles waiting for the next.
-REMOTE_LANES = 2
-#: The leader's own shards queued in its pool behind the one computing.
-POOL_AHEAD = 1
-#: After a worker's Compute returned, how long its lane waits for the batch's partials
-#: (written to the worker's Reduce stream, maybe not yet read) before giving back the rest.
-PARTIALS_GRACE_S = 1.0
 #: A job of more shards than this is refused before planning (the plan alone
 #: would not fit in memory): 100,000 default shards are 8.4 x 10^11 elements.
 MAX_SHARDS = 100_000
-
-RemoteCompute = Callable[[str, str, Job, list[ShardRange]], Coroutine[Any, Any, None]]
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark an RPC task's outcome as seen, however it ended, so asyncio never logs it as lost."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _one_line(exc: BaseException) -> str:
-    """An RPC error's first line (its repr spans several)."""
-    details = getattr(exc, "details", None)
-    if callable(details):
-        code = exc.code().name if callable(getattr(exc, "code", None)) else ""  # type: ignore[attr-defined]
-        return f"{code}: {details()}"
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class JobManager:
@@ -120,6 +95,7 @@ class JobManager:
         openers: Mapping[str, Opener] | None = None,
         ask_sources: Callable[[list[str]], Awaitable[None]] | None = None,
         metrics: NodeMetrics | None = None,
+        skip_remote: SkipRemote | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.metrics = metrics or NodeMetrics()
@@ -131,8 +107,8 @@ class JobManager:
         self.ask_sources = ask_sources
         self.node_id = node_id
         self.peers = peers
-        self.remote = remote
         self.executor = executor
+        self.lanes = Lanes(node_id, peers, remote, skip_remote, executor, self.compute, self.metrics)
         self.shard_elems = shard_elems
         self.data_root = data_root
         self._running: dict[str, JobRun] = {}
@@ -223,7 +199,7 @@ class JobManager:
             await self._run_alone(run, source)
             return
         run.template = partial_template(run.job, source)
-        self._start_lanes(run, source)
+        self.lanes.start(run, source)
 
     def _plan(self, job: Job) -> tuple[DataSource, list[tuple[int, int]]]:
         """Validate the job against the limits and its source; cut the fixed shards."""
@@ -281,107 +257,6 @@ class JobManager:
     def _queue_here(self, run: JobRun, source: DataSource, index: int) -> tuple[int, InPool[Partial]]:
         """Hand shard `index` to this node's pool now; when it was queued, and its future."""
         return to_pool(self.executor, self.compute, run.job, source, *run.shards[index])
-
-    def _start_lanes(self, run: JobRun, source: DataSource) -> None:
-        # A file format goes only to the peers that said they read it.
-        kind = source_kind(run.job.source)
-        workers = self.peers.alive_addresses(reading=kind if kind in FORMAT_KINDS else None)
-        lanes = 1 + REMOTE_LANES * len(workers)
-        batch = max(1, math.ceil(len(run.shards) / (2 * lanes)))
-        run.tasks.append(asyncio.create_task(self._local_lane(run, source, batch)))
-        for address in workers:
-            for number in range(REMOTE_LANES):
-                lane = f"rpc to {self.peers.id_of(address)} #{number + 1}"
-                run.tasks.append(asyncio.create_task(self._remote_lane(run, address, batch, lane)))
-
-    async def _local_lane(self, run: JobRun, source: DataSource, batch_size: int) -> None:
-        try:
-            await self._compute_local(run, source, batch_size)
-        except InvalidField as exc:
-            # The data itself is bad (a damaged chunk): the caller's to know, not a fault of ours.
-            run.fail(exc)
-        except Exception as exc:
-            # Workers may fail and be replaced; the leader is the last resort.
-            log.exception("job %s: local computation failed", run.job_id)
-            run.fail(JobFailed(f"computation failed: {exc}"))
-
-    async def _compute_local(self, run: JobRun, source: DataSource, batch_size: int) -> None:
-        """Keep the next shard queued behind the one computing, so the pool's thread never
-        waits for the event loop between shards. Never more than POOL_AHEAD: a thread that
-        never ran dry would hold the GIL through runs of tiny shards and starve the loop."""
-        claimed: collections.deque[int] = collections.deque()
-        queued: collections.deque[tuple[int, int, InPool[Partial]]] = collections.deque()
-        try:
-            while not run.finished:
-                if not claimed and len(queued) <= POOL_AHEAD:
-                    claimed.extend(run.take(batch_size))
-                while claimed and len(queued) <= POOL_AHEAD:
-                    index = claimed.popleft()
-                    queued.append((index, *self._queue_here(run, source, index)))
-                if not queued:
-                    await self._idle(run)
-                    continue
-                index, queued_ns, computing = queued.popleft()
-                partial, started_ns, finished_ns = await computing
-                run.accept(index, self.node_id, partial, ShardTimes(queued_ns, started_ns, finished_ns))
-        finally:
-            for _, _, computing in queued:  # the run ended or failed: what has not begun never will
-                computing.cancel()
-
-    async def _remote_lane(self, run: JobRun, address: str, batch_size: int, lane: str) -> None:
-        while not run.finished and address not in run.failed_nodes:
-            batch = run.take(batch_size)
-            if not batch:
-                await self._idle(run)
-                continue
-            if run.trace is not None:
-                run.trace.lane_of.update(dict.fromkeys(batch, lane))
-                rpc = run.trace.begin(f"Compute: {len(batch)} shards", lane, shards=batch)
-            try:
-                await self._compute_remote(run, address, batch)
-                # Written is not received: the partials may still be on the worker's stream.
-                if not await run.arrival(batch, self.peers.dead_event(address), PARTIALS_GRACE_S):
-                    raise WorkerFailed(f"its partials did not arrive within {PARTIALS_GRACE_S} s")
-            except WorkerFailed as exc:
-                log.warning("job %s: worker %s failed (%s); reassigning %d shards",
-                            run.job_id, self.peers.id_of(address), exc, len(batch),
-                            extra={"job_id": run.job_id, "peer": address})
-                run.failed_nodes.add(address)
-            except Exception:
-                # A bug here must not strand the batch: log it, drop the worker.
-                log.exception("job %s: lane to %s failed", run.job_id, address)
-                run.failed_nodes.add(address)
-            finally:
-                # Anything the worker claimed but did not deliver goes back,
-                # also when this lane is cancelled because the job ended.
-                run.requeue(batch)
-                if run.trace is not None:
-                    run.trace.end(rpc)
-
-    async def _compute_remote(self, run: JobRun, address: str, batch: list[int]) -> None:
-        ranges = [(i, *run.shards[i]) for i in batch]
-        call = asyncio.create_task(self.remote(address, run.job_id, run.job, ranges))
-        call.add_done_callback(_retrieve)  # whoever wins below, asyncio never logs it as lost
-        dead = asyncio.create_task(self.peers.dead_event(address).wait())
-        try:
-            await asyncio.wait({call, dead}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # Also on our own cancellation (the job ended): never orphan the RPC.
-            dead.cancel()
-            if not call.done():
-                call.cancel()
-        if not call.done():  # cancelled just above: cancellation lands on a later loop turn
-            raise WorkerFailed("missed heartbeats")
-        if call.cancelled():
-            raise WorkerFailed("cancelled")
-        exc = call.exception()
-        if exc is not None:
-            raise WorkerFailed(_one_line(exc))
-
-    async def _idle(self, run: JobRun) -> None:
-        """Nothing to take: wait until shards come back or the job ends."""
-        run.wakeup.clear()
-        await run.wakeup.wait()
 
     def accept_partial(
         self, job_id: str, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None

@@ -54,6 +54,7 @@ from node.server import computelink
 from node.server.api import Caller
 from node.server.computelink import LinkCompute, SendPartial
 from node.server.jobstream import Failed, JobStream
+from node.server.stealing import Skips
 from node.wire.localframes import (
     ABSTRACT_PREFIX,
     HANDSHAKE_MAX_BYTES,
@@ -91,7 +92,7 @@ class Servicer(Protocol):
     async def stream_job(self, caller: Caller, request: pb.SubmitRequest) -> pb.SubmitStreamReply: ...
     def stream_failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply: ...
     async def link_compute(
-        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial
+        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
     ) -> int: ...
 
 

@@ -158,6 +158,8 @@ class NodeMetrics:
         self.job_seconds = timing("distnode_job_duration_seconds", "jobs run as leader, start to answer",
                                   ["op"])
         self.shards = count("distnode_shards_computed", "shards this node computed")
+        self.shards_moved = count("distnode_shards_moved",
+                                  "shards taken from a busy node for an idle one, as leader")
         self.shard_seconds = timing("distnode_shard_duration_seconds", "one shard's computation")
         self.bytes_read = count("distnode_source_bytes_read", "bytes of source data this node computed on",
                                 ["kind"])

@@ -62,6 +62,7 @@ from node.server.computelink import LinkCallFailed, SendPartial
 from node.server.dispatch import incoming
 from node.server.jobinfo import view_to_info
 from node.server.jobstream import JobStream
+from node.server.stealing import Skips
 from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import job_from_proto
@@ -325,23 +326,30 @@ class NodeServicer(pb_grpc.NodeServicer):
         return reply
 
     async def link_compute(
-        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial
+        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
     ) -> int:
         """`Compute` on a compute link (computelink.py): the same call, its partials sent
-        with `send`; a failure is LinkCallFailed with the status gRPC would have given."""
+        with `send`, its shards skipped as `skips` says; a failure is LinkCallFailed with the
+        status gRPC would have given."""
         try:
-            return await self._compute(request, timeout_s, send)
+            return await self._compute(request, timeout_s, send, skips)
         except Exception as exc:
             code, message = status_of(exc)
             raise LinkCallFailed(f"{code.name}: {message}") from None
 
     async def _compute(
-        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial | None = None
+        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial | None = None,
+        skips: Skips | None = None,
     ) -> int:
         shards = [(s.index, s.start, s.stop) for s in request.shards]
         return await self.node.compute(
-            request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s, send
+            request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s, send, skips
         )
+
+    async def Skip(self, request: pb.SkipShards, context: Context) -> pb.SkipReply:
+        shards = list(request.shards)
+        skipped = await answer(self.node, context, self.node.skip(request.job_id, shards, request.leader_id))
+        return pb.SkipReply(skipped=skipped)
 
     async def Reduce(
         self, request_iterator: AsyncIterator[pb.Partial], context: Context

@@ -7,19 +7,23 @@ computed, to this worker's one open `Reduce` stream to the aggregator
 leader then waits for them to arrive (jobs.py). The next shard of the call
 always waits in the pool behind the one computing, so the pool's thread
 goes straight on while the event loop sends a partial (one ahead, never
-more: see jobs.py's `_compute_local`). If the leader cancels the call (the
+more: see lanes.py's `_compute_local`). If the leader cancels the call (the
 job ended, or the leader moved on), the remaining shards are skipped; a
 shard under way in the thread pool finishes and is dropped, and a partial
-already handed over is still written.
+already handed over is still written. If the leader gives one of a call's
+shards to an idle node instead (a SkipShards, on the compute link or in a
+`Skip` call), the pool's thread drops it unless it has begun it
+(stealing.py), and the call sends no partial for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from node.server.api import ShardRange
 from node.server.computelink import SendPartial
 from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
+from node.server.stealing import Skips
 from node.server.tracing import InPool, clocked, to_pool
 from node.wire.tensors import partial_to_proto
 
@@ -58,17 +63,30 @@ class Worker:
         self.executor = executor
         self.data_root = data_root
         self.streams = ReduceStreams(lambda address: stubs.stub(address).Reduce())
+        #: (leader id, job id) -> what becomes of the shards of its gRPC calls here (Skip calls).
+        self._skips: dict[tuple[str, str], Skips] = {}
 
     async def compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
-        send: SendPartial | None = None,
+        send: SendPartial | None = None, skips: Skips | None = None,
     ) -> int:
         """Compute the shards in `ranges`, send each partial to the leader `leader_id`: with
-        `send` (the call's compute link) if given, else on the Reduce stream.
+        `send` (the call's compute link) if given, else on the Reduce stream. A shard the
+        leader gave to an idle node before the pool's thread began it is dropped: as `skips`
+        (the link's, for this job) says, or for a gRPC call, this worker's record (`skip`).
 
         A shard that cannot be computed is JobFailed (INTERNAL); a leader that
         cannot be reached, or drops the stream, is ReduceFailed (UNAVAILABLE).
         """
+        # The call's shards are here from now on, also while a format's metadata is read:
+        # a Skip that comes meanwhile must find them.
+        with self._skipping(leader_id, job_id, ranges, skips) as skipping:
+            return await self._compute(job_id, job, ranges, leader_id, timeout_s, send, skipping)
+
+    async def _compute(
+        self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
+        send: SendPartial | None, skips: Skips,
+    ) -> int:
         if source_kind(job.source) in FORMAT_KINDS:  # reads metadata, maybe imports a library: off the loop
             source = await asyncio.to_thread(validate_job, job, self.data_root, self.openers)
         else:
@@ -82,36 +100,76 @@ class Worker:
                 raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
             send = functools.partial(self.streams.send, reduce_to)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        compute = skips.guarded(self._compute_shard)
+        return await self._stream(job_id, job, source, ranges, send, deadline, compute)
+
+    async def _stream(
+        self, job_id: str, job: Job, source: DataSource, ranges: list[ShardRange], send: SendPartial,
+        deadline: float | None, compute: Callable[..., tuple[Partial | None, int, int]],
+    ) -> int:
+        """Hand the shards to the pool, one ahead, and send each partial as it is computed."""
         todo = iter(ranges)
-        queued: collections.deque[tuple[int, int, InPool[Partial]]] = collections.deque()
+        queued: collections.deque[tuple[int, int, InPool[Partial | None]]] = collections.deque()
 
         def queue_next() -> None:
             shard = next(todo, None)
             if shard is not None:
                 index, start, stop = shard
-                queued.append((index, *to_pool(self.executor, self._compute_shard, job, source, start, stop)))
+                queued.append((index, *to_pool(self.executor, compute, index, job, source, start, stop)))
 
+        sent = 0
         try:
             queue_next()
             while queued:
                 queue_next()  # it waits in the pool behind this one: the thread goes on while we send
                 index, queued_ns, computing = queued.popleft()
                 partial, started_ns, finished_ns = await self._computed(index, computing)
+                if partial is None:  # the leader gave it to an idle node (skip)
+                    continue
                 message = partial_to_proto(job_id, index, self.node_id, partial)
                 message.queued_ns, message.started_ns = queued_ns, started_ns
                 message.finished_ns = finished_ns
                 await send(message, deadline)
+                sent += 1
         finally:
             for _, _, computing in queued:  # cancelled, or a shard failed: what has not begun never will
                 computing.cancel()
-        return len(ranges)
+        return sent
+
+    @contextlib.contextmanager
+    def _skipping(
+        self, leader_id: str, job_id: str, ranges: list[ShardRange], given: Skips | None
+    ) -> Iterator[Skips]:
+        """The call's Skips: the compute link's (`given`), or for a gRPC call this worker's
+        record of the job from that leader, which its Skip calls mark, kept while a call of
+        it runs. (A job's calls from an old leader have their own.)"""
+        if given is not None:
+            yield given
+            return
+        key = (leader_id, job_id)
+        skips = self._skips.setdefault(key, Skips())
+        skips.calls += 1
+        skips.hand(index for index, _, _ in ranges)
+        try:
+            yield skips
+        finally:
+            skips.calls -= 1
+            if not skips.calls and self._skips.get(key) is skips:
+                del self._skips[key]
+
+    def skip(self, leader_id: str, job_id: str, shards: list[int]) -> list[int]:
+        """A Skip call from `leader_id`: it would give `shards` of `job_id` to an idle node.
+        Those let go: handed here by its gRPC calls and not begun (a Skip that outran its
+        call finds none, and the shards stay here)."""
+        skips = self._skips.get((leader_id, job_id))
+        return [index for index in shards if skips is not None and skips.skip(index)]
 
     async def close(self) -> None:
         """Close the Reduce stream, once what is queued on it is written."""
         await self.streams.close()
 
     @staticmethod
-    async def _computed(index: int, computing: InPool[Partial]) -> tuple[Partial, int, int]:
+    async def _computed(index: int, computing: InPool[Partial | None]) -> tuple[Partial | None, int, int]:
         """The shard's partial, and when the pool's thread began and ended it (ns)."""
         try:
             return await computing

@@ -40,6 +40,7 @@ class NodeStub:
         self.Heartbeat = _with(metadata, generated.Heartbeat)
         self.Compute = _with(metadata, generated.Compute)
         self.Reduce = _with(metadata, generated.Reduce)
+        self.Skip = _with(metadata, generated.Skip)
         self.Progress = _with(metadata, generated.Progress)
         self.SubmitBatches = _with(metadata, generated.SubmitBatches)
         self.Status = _with(metadata, generated.Status)
