@@ -2,7 +2,7 @@
 
     python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector|small|throughput] [--rounds 15]
                               [--reps 3] [--n 100000000] [--map KERNEL] [--turn-s S] [--fsync-ms MS]
-                              [--json PATH]
+                              [--slow-worker-nice N | --busy-worker K] [--json PATH]
 
 DIR is an unpacked tree (`git archive REV | tar -x -C DIR`); `--after`
 defaults to this one. Both trees are byte-compiled, then one 3-node
@@ -27,7 +27,12 @@ is the median over rounds of after / before in jobs per second.
 
 `--turn-s S` (big, vector): each turn runs jobs back to back for S seconds
 instead of `--reps` jobs, and the p90 of each tree is reported beside the
-medians. `--fsync-ms MS` makes every daemon's `os.fsync` take MS longer, as on a
+medians. Two ways to make one worker (a node that is not the leader) of each
+cluster slower than its peers, once the clusters are up: `--slow-worker-nice
+N` renices its every thread to N; `--busy-worker K` pins its threads to the
+last CPU and starts K processes that spin there for the whole run, so it
+gets 1/(K+1) of that CPU, as on a host busy with something else.
+`--fsync-ms MS` makes every daemon's `os.fsync` take MS longer, as on a
 slow disk (a `sitecustomize` module on the daemons' PYTHONPATH wraps it;
 the journal and the term-and-vote file both fsync through it).
 
@@ -58,6 +63,8 @@ from benchlib import compile_tree, print_json  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
 
 SMALL_SOURCE = "range:n=1000"
+#: The CPU `--busy-worker` shares between one worker of each cluster and spinning processes.
+BUSY_CPU = (os.cpu_count() or 1) - 1
 
 
 def write_vector(workdir: Path) -> str:
@@ -89,12 +96,40 @@ def slow_disks(fsync_ms: float, workdir: Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
 
 
+def renice(pid: int, nice: int) -> None:
+    """Every thread of `pid` to `nice` (setpriority on a pid reaches only its main thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+
+
+def one_worker_pid(cluster: Any) -> int:
+    """The process of one node that is not the leader."""
+    worker = next(node_id for node_id in cluster.ids if node_id != cluster.leader())
+    pid = cluster.pid(worker)
+    assert pid is not None
+    return int(pid)
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of `pid` to `cpu` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+
+
+def spinner(cpu: int) -> subprocess.Popen[bytes]:
+    """A process that keeps `cpu` busy until killed."""
+    code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
 def compare(
-    trees: dict[str, Path], job: dict[str, Any], rounds: int, reps: int, workdir: Path, turn_s: float = 0.0
+    trees: dict[str, Path], job: dict[str, Any], rounds: int, reps: int, workdir: Path, turn_s: float = 0.0,
+    slow_nice: int = 0, busy_worker: int = 0,
 ) -> dict[str, Any]:
     from node import LocalCluster
 
     clusters: dict[str, Any] = {}
+    spinners: list[subprocess.Popen[bytes]] = []
     here = os.getcwd()
     try:
         for name, tree in trees.items():
@@ -108,6 +143,11 @@ def compare(
         for cluster in clusters.values():
             for _ in range(2 * reps):
                 cluster.client.submit(**job)
+            if slow_nice:
+                renice(one_worker_pid(cluster), slow_nice)
+            if busy_worker:
+                pin(one_worker_pid(cluster), BUSY_CPU)
+        spinners.extend(spinner(BUSY_CPU) for _ in range(busy_worker))
         times: dict[str, list[float]] = {name: [] for name in trees}
         ratios = []
         names = list(trees)
@@ -122,6 +162,9 @@ def compare(
         os.chdir(here)
         for cluster in clusters.values():
             cluster.close()
+        for spinning in spinners:
+            spinning.kill()
+            spinning.wait()
     return {
         "job": job, "rounds": rounds, "reps": reps,
         "before_median_ms": round(statistics.median(times["before"]), 2),
@@ -225,6 +268,10 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=10**8)
     parser.add_argument("--map", default=None, help="a kernel applied before a big job's sum")
     parser.add_argument("--fsync-ms", type=float, default=0.0, help="each daemon fsync takes MS longer")
+    parser.add_argument("--slow-worker-nice", type=int, default=0, metavar="N",
+                        help="big/vector: one worker of each cluster at nice N")
+    parser.add_argument("--busy-worker", type=int, default=0, metavar="K",
+                        help="big/vector: one worker of each cluster shares a CPU with K spinning processes")
     parser.add_argument("--turn-s", type=float, default=0.0, help="big/vector: jobs for S seconds per turn")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -246,8 +293,10 @@ def main() -> int:
             job = {"throughput": True}
         else:
             job = {"op": "sum", "source": SMALL_SOURCE}
-        found = compare(trees, job, args.rounds, args.reps, workdir, args.turn_s)
-        print_json({**found, "fsync_ms_added": args.fsync_ms}, args.json)
+        found = compare(trees, job, args.rounds, args.reps, workdir, args.turn_s, args.slow_worker_nice,
+                        args.busy_worker)
+        print_json({**found, "fsync_ms_added": args.fsync_ms, "slow_worker_nice": args.slow_worker_nice,
+                    "busy_worker": args.busy_worker}, args.json)
     return 0
 
 
