@@ -155,13 +155,25 @@ def test_a_skip_before_the_thread_comes_to_the_shard_wins_and_after_it_loses() -
     assert not skips.skip(0)  # not handed here yet: nothing to let go
     skips.hand([0, 1, 2])
     assert skips.skip(0)
-    assert run(0, 0) == (None, 0, 0)
-    assert run(1, 1) == ("partial 1", 1, 2)
+    assert run(skips.entry(0), 0) == (None, 0, 0)
+    assert run(skips.entry(1), 1) == ("partial 1", 1, 2)
     assert not skips.skip(1)  # begun: the leader must not count on it being skipped
-    skips.skip(2)
-    skips.hand([2])  # a later call hands it back to this node
-    assert run(2, 2) == ("partial 2", 1, 2)
-    assert computed == [1, 2]
+    assert run(skips.entry(1), 1) == (None, 0, 0)  # a second entry of the same handing: begun already
+    assert computed == [1]
+
+
+def test_a_shard_let_go_then_handed_back_is_computed_once_by_its_new_entry() -> None:
+    """Its thief failed and it came back here while the old pool entry still waited: the old
+    entry stays let go, the new one computes it, once."""
+    skips, computed = Skips(), []
+    run = skips.guarded(lambda shard: (computed.append(shard) or f"partial {shard}", 0, 0))
+    skips.hand([7])
+    old = skips.entry(7)
+    assert skips.skip(7)
+    skips.hand([7])
+    new = skips.entry(7)
+    assert run(new, 7)[0] is not None and run(old, 7)[0] is None and run(new, 7)[0] is None
+    assert computed == [7]
 
 
 def test_a_thread_and_the_event_loop_racing_never_both_win_a_shard() -> None:
@@ -184,7 +196,7 @@ def _race() -> None:
     def thread() -> None:
         go.wait()
         for shard in shards:
-            run(shard, shard)
+            run(skips.entry(shard), shard)
 
     worker = threading.Thread(target=thread)
     worker.start()
@@ -387,6 +399,22 @@ async def test_shards_given_back_while_a_lane_asks_are_not_left_in_the_queue(
     worker.fail_now.set()
     await poll(lambda: jobs._running["j"].pending.__len__() == 8, DEADLINE_S, "the batches given back")
     worker.answer.set()
+    outcome = await asyncio.wait_for(running, DEADLINE_S)
+    assert sorted(local) == list(range(20)) and outcome.nodes == ("n1",)
+    assert outcome.result == await alone(tmp_path)
+
+
+async def test_an_ask_a_worker_never_answers_ends_when_the_worker_is_declared_dead(
+    tmp_path: Path, data: np.ndarray
+) -> None:
+    """A paused worker does not answer the leader's ask; once the failure detector declares it
+    dead the ask is a no, its lanes give their shards back, and the leader computes them,
+    not after the ask's own timeout."""
+    worker = AskedWorker(tmp_path, fail=True)  # its calls hang; its answer never comes
+    jobs, local = leader_with(worker, ThreadPoolExecutor(1))
+    running = asyncio.ensure_future(jobs.submit("j", Job("sum", "npy:d.npy")))
+    await poll(worker.asked.is_set, DEADLINE_S, "the leader's lane to ask the worker")
+    jobs.peers.sync(set())  # missed heartbeats: declared dead
     outcome = await asyncio.wait_for(running, DEADLINE_S)
     assert sorted(local) == list(range(20)) and outcome.nodes == ("n1",)
     assert outcome.result == await alone(tmp_path)

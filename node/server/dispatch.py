@@ -9,11 +9,10 @@ link, or on the worker's `Reduce` stream; both reach the job the same way
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
-from collections.abc import Callable
-
-import grpc
+from collections.abc import Awaitable, Callable
 
 from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
@@ -91,20 +90,27 @@ class Dispatch:
 
     async def skip(self, address: str, job_id: str, shards: list[int]) -> list[int]:
         """Ask the worker at `address` to let `shards` of `job_id` go (stealing.py), where the
-        job's calls to it went: on its compute link, in order with them, or in a `Skip` call,
-        which may reach the worker before the `Compute` it is about (then it keeps them).
-        The shards it let go; none if it cannot be asked or does not answer."""
-        given: list[int] = []
+        job's calls to it went, both at once if both: on its compute link, in order with them,
+        and in a `Skip` call, which may reach the worker before the `Compute` it is about
+        (then it keeps them). The shards it let go; none if it cannot be asked or does not
+        answer."""
+        legs: list[Awaitable[list[int]]] = []
         link = self.links.current(address)
         if link is not None and self._under_way[(address, job_id, "link")]:
-            given += await link.skip(job_id, shards)
+            legs.append(link.skip(job_id, shards))
         if self._under_way[(address, job_id, "grpc")]:
             asked = pb.SkipShards(job_id=job_id, shards=shards, leader_id=self.node_id)
-            try:
-                given += (await self.stubs.stub(address).Skip(asked, timeout=SKIP_TIMEOUT_S)).skipped
-            except grpc.RpcError as exc:
-                log.debug("worker %s: Skip failed: %s", self.peers.id_of(address), exc)
+            legs.append(self._skip_call(address, asked))
+        given: list[int] = []
+        for answer in await asyncio.gather(*legs, return_exceptions=True):
+            if isinstance(answer, BaseException):  # one leg failing keeps what the other got
+                log.debug("worker %s: a skip failed: %r", self.peers.id_of(address), answer)
+            else:
+                given += answer
         return given
+
+    async def _skip_call(self, address: str, asked: pb.SkipShards) -> list[int]:
+        return list((await self.stubs.stub(address).Skip(asked, timeout=SKIP_TIMEOUT_S)).skipped)
 
     def _count(self, address: str, transport: str) -> None:
         key = (address, transport)

@@ -130,7 +130,8 @@ class Lanes:
                 while claimed and len(queued) <= POOL_AHEAD:
                     index = claimed.popleft()
                     skips.hand((index,))
-                    queued.append((index, *to_pool(self.executor, compute, index, run.job, source,
+                    entry = skips.entry(index)
+                    queued.append((index, *to_pool(self.executor, compute, entry, run.job, source,
                                                    *run.shards[index])))
                 if not queued:
                     await self._idle(run)
@@ -152,7 +153,7 @@ class Lanes:
         shard, holder, give_up = picked
         asked_ns, given = time.time_ns(), False
         try:
-            given = await give_up(shard)
+            given = await self._answer(give_up(shard), holder)
         except Exception:  # a best-effort ask: whatever went wrong, the shard stays where it is
             log.exception("job %s: asking %s for shard %d failed", run.job_id, self.peers.id_of(holder),
                           shard)
@@ -165,6 +166,21 @@ class Lanes:
             return []
         self.metrics.shards_moved.inc()
         return [shard]
+
+    async def _answer(self, asking: Awaitable[bool], holder: str) -> bool:
+        """The holder's answer; no if a worker is declared dead first (its lane then gives
+        back what it held, the shard asked for too)."""
+        if holder == self.node_id:
+            return await asking
+        answer = asyncio.ensure_future(asking)
+        dead = asyncio.ensure_future(self.peers.dead_event(holder).wait())
+        try:
+            await asyncio.wait({answer, dead}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dead.cancel()
+            if not answer.done():
+                answer.cancel()
+        return answer.done() and not answer.cancelled() and answer.result()
 
     def _give_up(self, run: JobRun, address: str, batch: list[int]) -> GiveUp | None:
         """How a worker's batch lets a shard go: the worker is asked (dispatch.py)."""
@@ -190,6 +206,9 @@ class Lanes:
     async def _remote_lane(self, run: JobRun, address: str, batch_size: int, lane: str) -> None:
         while not run.finished and address not in run.failed_nodes:
             batch = run.take(batch_size) or await self._steal(run, address, lane)
+            if batch and address in run.failed_nodes:  # it failed while this lane asked for a shard
+                run.requeue(batch)
+                break
             if not batch:
                 await self._idle(run)
                 continue

@@ -19,10 +19,12 @@ it already, through the `GiveUp` it was handed with: the leader's own lane
 drops it from its queue or marks it skipped in its pool; a worker is asked
 on its compute link or in a `Skip` call (`SkipShards`, answered with the
 shards it let go). Either way a pool's thread checks `Skips` just before it
-begins a shard, so each shard is skipped there or begun, decided in one
-step, and the thief computes it only once its holder has let it go: a shard
-is never computed twice for a move. A worker that let a shard go sends no
-partial for it; its lane stops waiting for it.
+begins a shard, so each handing of a shard is let go there or begun,
+decided in one step, and the thief computes it only once its holder has let
+it go: a move never has a shard computed twice (a thief that fails loses
+its shards as any failed node does, and they are computed again). A worker
+that let a shard go sends no partial for it; its lane stops waiting for it.
+The thief's ask ends as a no if its holder is declared dead first.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ GiveUp = Callable[[int], Awaitable[bool]]
 #: would mostly say no).
 LEAD_SHARDS = 0.25
 
-_BEGUN, _SKIPPED = "begun", "skipped"
+#: The fate of a pool entry let go (one begun holds a token of its own).
+_SKIPPED = object()
 
 
 class Holdings:
@@ -152,35 +155,43 @@ class Holdings:
 
 
 class Skips:
-    """One job's shards in one node's pool: each is either begun by the pool's thread or
-    skipped at the leader's word, whichever comes first.
+    """One job's shards in one node's pool: each handing of a shard is begun by the pool's
+    thread or let go at the leader's word, whichever comes first, and begun at most once.
 
-    `dict.setdefault` decides it: one step under the GIL, so the event loop's `skip`
-    and the thread's check cannot both win."""
+    A pool entry is keyed by the shard and which handing of it queued it (`entry`), so a
+    shard let go, then handed here again (its thief failed), is computed by the new entry
+    and not by the old one. `dict.setdefault` decides each key: one step under the GIL, so
+    the event loop's `skip` and a thread's start cannot both win, nor two threads."""
 
     def __init__(self) -> None:
-        self._fate: dict[int, str] = {}
-        #: Shards handed to this node by the calls registered here: only those can be let go.
-        self._handed: set[int] = set()
+        self._fate: dict[tuple[int, int], object] = {}
+        #: Shard -> how many times calls registered here handed it; only these can be let go.
+        self._handings: dict[int, int] = {}
         #: Calls of the job running on this node (a worker's registry drops it at 0).
         self.calls = 0
 
+    def hand(self, shards: Iterable[int]) -> None:
+        """A call hands these shards to this node (again, maybe): a new handing of each."""
+        for shard in shards:
+            self._handings[shard] = self._handings.get(shard, 0) + 1
+
+    def entry(self, shard: int) -> tuple[int, int]:
+        """The key of a pool entry of `shard` queued now: the shard and its latest handing."""
+        return shard, self._handings.get(shard, 0)
+
     def skip(self, shard: int) -> bool:
         """Ask that `shard` not be begun: True if it is let go, False if it is not here (its
-        call not registered yet) or the thread has begun it already."""
-        return shard in self._handed and self._fate.setdefault(shard, _SKIPPED) == _SKIPPED
-
-    def hand(self, shards: Iterable[int]) -> None:
-        """A call hands these shards to this node (again, maybe): earlier skips do not apply."""
-        for shard in shards:
-            self._handed.add(shard)
-            self._fate.pop(shard, None)
+        call not registered yet) or a thread has begun its latest handing already."""
+        if shard not in self._handings:
+            return False
+        return self._fate.setdefault(self.entry(shard), _SKIPPED) is _SKIPPED
 
     def guarded(self, compute: Callable[..., tuple[R, int, int]]) -> Callable[..., tuple[R | None, int, int]]:
-        """`compute(*args)` as `run(shard, *args)`, in the pool's thread: (None, 0, 0) if the
-        shard was skipped before the thread came to it."""
-        def run(shard: int, *args: Any) -> tuple[R | None, int, int]:
-            if self._fate.setdefault(shard, _BEGUN) != _BEGUN:
+        """`compute(*args)` as `run(entry, *args)`, in the pool's thread: (None, 0, 0) if the
+        entry's handing was let go, or begun by another entry, before this one came to it."""
+        def run(entry: tuple[int, int], *args: Any) -> tuple[R | None, int, int]:
+            begun = object()
+            if self._fate.setdefault(entry, begun) is not begun:
                 return None, 0, 0
             return compute(*args)
         return run

@@ -100,14 +100,14 @@ class Worker:
                 raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
             send = functools.partial(self.streams.send, reduce_to)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        compute = skips.guarded(self._compute_shard)
-        return await self._stream(job_id, job, source, ranges, send, deadline, compute)
+        return await self._stream(job_id, job, source, ranges, send, deadline, skips)
 
     async def _stream(
         self, job_id: str, job: Job, source: DataSource, ranges: list[ShardRange], send: SendPartial,
-        deadline: float | None, compute: Callable[..., tuple[Partial | None, int, int]],
+        deadline: float | None, skips: Skips,
     ) -> int:
         """Hand the shards to the pool, one ahead, and send each partial as it is computed."""
+        compute = skips.guarded(self._compute_shard)
         todo = iter(ranges)
         queued: collections.deque[tuple[int, int, InPool[Partial | None]]] = collections.deque()
 
@@ -115,7 +115,8 @@ class Worker:
             shard = next(todo, None)
             if shard is not None:
                 index, start, stop = shard
-                queued.append((index, *to_pool(self.executor, compute, index, job, source, start, stop)))
+                entry = skips.entry(index)
+                queued.append((index, *to_pool(self.executor, compute, entry, job, source, start, stop)))
 
         sent = 0
         try:
