@@ -52,7 +52,9 @@ class Holdings:
     node computes (leader only). Times are the leader's monotonic clock, in ns."""
 
     def __init__(self) -> None:
-        self._by_node: dict[str, list[tuple[int, GiveUp | None]]] = {}
+        #: Node -> the shards it holds, in the order handed (a dict: each step is O(1), as a job
+        #: may hand out a batch of thousands of small shards), each with how to ask for it.
+        self._by_node: dict[str, dict[int, GiveUp | None]] = {}
         self._holder: dict[int, str] = {}
         #: Shards taken once: never taken again, so one shard does not hop from thief to thief.
         self._moved: set[int] = set()
@@ -68,12 +70,13 @@ class Holdings:
         """`node` now holds `shards`; `give_up` asks it to let one go (None: it cannot)."""
         if not shards:
             return
-        held = self._by_node.setdefault(node, [])
+        held = self._by_node.setdefault(node, {})
         if not held:
             self._began_ns[node] = now_ns
         for shard in shards:
-            self.drop((shard,))
-            held.append((shard, give_up))
+            if shard in self._holder:
+                self.drop((shard,))
+            held[shard] = give_up
             self._holder[shard] = node
 
     def arrived(self, shard: int, now_ns: int, took_ns: int | None) -> None:
@@ -90,8 +93,7 @@ class Holdings:
         for shard in shards:
             node = self._holder.pop(shard, None)
             if node is not None:
-                held = self._by_node[node]
-                held[:] = [item for item in held if item[0] != shard]
+                del self._by_node[node][shard]
 
     def holder(self, shard: int) -> str | None:
         return self._holder.get(shard)
@@ -117,7 +119,8 @@ class Holdings:
         for node, held in ranked:
             if len(held) < mine + 2:
                 return None
-            shard, give_up = held[-1]
+            shard = next(reversed(held))
+            give_up = held[shard]
             if node == thief or shard in self._moved or give_up is None:
                 continue
             if self._sooner(thief, mine, node, len(held), now_ns):
