@@ -214,51 +214,55 @@ def _race() -> None:
 # ---- a worker's call ---------------------------------------------------------------
 
 
+class HeldWorker:
+    """A worker whose pool's one thread is held until `release`, and the shards it sent."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1)
+        self.gate = threading.Event()
+        self.pool.submit(self.gate.wait, DEADLINE_S)  # the calls' shards queue behind this
+        self.worker = Worker("n2", None, self.pool, None, lambda leader_id: "n1:1")  # type: ignore[arg-type]
+        self.sent: list[int] = []
+
+    async def send(self, partial: Any, deadline: float | None) -> None:
+        self.sent.append(partial.shard)
+
+    def call(self, skips: Skips | None = None) -> asyncio.Future[int]:
+        """A call of job "j" from leader n1: four shards of `range:n=40`."""
+        ranges = [(i, 10 * i, 10 * (i + 1)) for i in range(4)]
+        return asyncio.ensure_future(
+            self.worker.compute("j", Job(op="sum", source="range:n=40"), ranges, "n1", DEADLINE_S, self.send, skips)
+        )
+
+    async def released(self, call: asyncio.Future[int]) -> int:
+        """Let the pool's thread go; the call's count of partials sent."""
+        self.gate.set()
+        sent = await asyncio.wait_for(call, DEADLINE_S)
+        self.pool.shutdown(wait=True)
+        return sent
+
+
 async def test_a_workers_call_sends_no_partial_for_a_shard_skipped_before_it_began() -> None:
-    pool = ThreadPoolExecutor(1)
-    gate = threading.Event()
-    pool.submit(gate.wait, DEADLINE_S)  # the call's shards queue behind this
-    worker = Worker("n2", None, pool, None, lambda leader_id: "n1:1")  # type: ignore[arg-type]
-    sent: list[int] = []
-
-    async def send(partial: Any, deadline: float | None) -> None:
-        sent.append(partial.shard)
-
-    job = Job(op="sum", source="range:n=40")
-    ranges = [(i, 10 * i, 10 * (i + 1)) for i in range(4)]
+    held = HeldWorker()
     skips = Skips()  # the compute link's, for this job: its calls' shards handed as read (computelink.serve)
     skips.hand(range(4))
-    call = asyncio.ensure_future(worker.compute("j", job, ranges, "n1", DEADLINE_S, send, skips))
+    call = held.call(skips)
     assert skips.skip(1) and skips.skip(3)  # the pool's thread is held: none of them has begun
-    gate.set()
-    assert await asyncio.wait_for(call, DEADLINE_S) == 2
-    pool.shutdown(wait=True)
-    assert sent == [0, 2]
+    assert await held.released(call) == 2
+    assert held.sent == [0, 2]
 
 
 async def test_a_workers_grpc_calls_let_go_only_their_leaders_shards_not_begun() -> None:
     """Without a compute link, the worker keeps what becomes of a job's shards by leader and
     job, from the moment the call arrives (before its source is opened), while it runs."""
-    pool = ThreadPoolExecutor(1)
-    gate = threading.Event()
-    pool.submit(gate.wait, DEADLINE_S)
-    worker = Worker("n2", None, pool, None, lambda leader_id: "n1:1")  # type: ignore[arg-type]
-    sent: list[int] = []
-
-    async def send(partial: Any, deadline: float | None) -> None:
-        sent.append(partial.shard)
-
-    job = Job(op="sum", source="range:n=40")
-    ranges = [(i, 10 * i, 10 * (i + 1)) for i in range(4)]
-    call = asyncio.ensure_future(worker.compute("j", job, ranges, "n1", DEADLINE_S, send))
-    await asyncio.sleep(0)  # the call is entered: its shards are registered
-    assert worker.skip("n9", "j", [2]) == []  # another leader's word does not reach n1's call
-    assert worker.skip("n1", "other", [2]) == []  # nor one about another job
-    assert worker.skip("n1", "j", [2, 9]) == [2]  # 9 was never handed here
-    gate.set()
-    assert await asyncio.wait_for(call, DEADLINE_S) == 3
-    pool.shutdown(wait=True)
-    assert sent == [0, 1, 3] and worker._skips == {}  # dropped with the job's last call
+    held = HeldWorker()
+    call = held.call()
+    await asyncio.sleep(0)  # one turn: the call is entered, its shards registered
+    assert held.worker.skip("n9", "j", [2]) == []  # another leader's word does not reach n1's call
+    assert held.worker.skip("n1", "other", [2]) == []  # nor one about another job
+    assert held.worker.skip("n1", "j", [2, 9]) == [2]  # 9 was never handed here
+    assert await held.released(call) == 3
+    assert held.sent == [0, 1, 3] and len(held.worker._skips) == 0  # dropped with the job's last call
 
 
 # ---- the leader's lanes ----------------------------------------------------------

@@ -52,14 +52,14 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded, ReduceFailed
-from node.server.stealing import Skips
+from node.server.stealing import Skips, SkipsByCall
 from node.wire.localframes import (
     UNREACHABLE,
     NotProven,
@@ -111,12 +111,10 @@ async def serve(
     shards to it again, a SkipShards marks them, so a skip always applies to the calls
     read before it, even one whose task has not begun."""
     calls: dict[int, asyncio.Task[None]] = {}
-    jobs: dict[str, Skips] = {}
+    jobs: SkipsByCall[str] = SkipsByCall()
 
-    def ended(job_id: str, skips: Skips, task: asyncio.Task[None]) -> None:
-        skips.calls -= 1
-        if not skips.calls and jobs.get(job_id) is skips:
-            del jobs[job_id]
+    def ended(job_id: str, task: asyncio.Task[None]) -> None:
+        jobs.unregister(job_id)
 
     def sender(number: int) -> SendPartial:
         async def send(partial: pb.Partial, deadline: float | None) -> None:
@@ -152,7 +150,7 @@ async def serve(
             if call is None:
                 return
             if call.HasField("skip"):
-                skipped = pb.SkipReply(skipped=skip(jobs.get(call.skip.job_id), call.skip.shards))
+                skipped = pb.SkipReply(skipped=jobs.skip(call.skip.job_id, call.skip.shards))
                 with contextlib.suppress(ConnectionError, RuntimeError):  # the leader is gone
                     _write(writer, pb.ComputeEvent(call=call.call, skipped=skipped))
             elif call.cancel:
@@ -161,21 +159,14 @@ async def serve(
                     cancelled.cancel()
             elif call.call not in calls:
                 job_id = call.request.job.job_id
-                skips = jobs.setdefault(job_id, Skips())
-                skips.calls += 1
-                skips.hand(shard.index for shard in call.request.shards)
+                skips = jobs.register(job_id, (shard.index for shard in call.request.shards))
                 task = calls[call.call] = asyncio.create_task(run(call.call, call, skips))
                 # On the task, not in it: a call cancelled before its task began never runs it.
-                task.add_done_callback(functools.partial(ended, job_id, skips))
+                task.add_done_callback(functools.partial(ended, job_id))
     finally:
         for task in calls.values():
             task.cancel()
         await asyncio.gather(*calls.values(), return_exceptions=True)
-
-
-def skip(skips: Skips | None, shards: Iterable[int]) -> list[int]:
-    """A SkipShards for a job with `skips` here (None: no call of it here): the shards let go."""
-    return [index for index in shards if skips is not None and skips.skip(index)]
 
 
 def _write(writer: asyncio.StreamWriter, message: pb.ComputeCall | pb.ComputeEvent) -> None:

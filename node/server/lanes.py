@@ -173,14 +173,19 @@ class Lanes:
         if holder == self.node_id:
             return await asking
         answer = asyncio.ensure_future(asking)
-        dead = asyncio.ensure_future(self.peers.dead_event(holder).wait())
+        await self._unless_dead(answer, holder)
+        return answer.done() and not answer.cancelled() and answer.result()
+
+    async def _unless_dead(self, work: asyncio.Future[Any], address: str) -> None:
+        """Wait for `work` to end, or for the worker at `address` to be declared dead; then
+        cancel `work` if it has not ended (also on our own cancellation: never orphan it)."""
+        dead = asyncio.ensure_future(self.peers.dead_event(address).wait())
         try:
-            await asyncio.wait({answer, dead}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, dead}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             dead.cancel()
-            if not answer.done():
-                answer.cancel()
-        return answer.done() and not answer.cancelled() and answer.result()
+            if not work.done():
+                work.cancel()
 
     def _give_up(self, run: JobRun, address: str, batch: list[int]) -> GiveUp | None:
         """How a worker's batch lets a shard go: the worker is asked (dispatch.py)."""
@@ -242,14 +247,7 @@ class Lanes:
         ranges = [(i, *run.shards[i]) for i in batch]
         call = asyncio.create_task(self.remote(address, run.job_id, run.job, ranges))
         call.add_done_callback(_retrieve)  # whoever wins below, asyncio never logs it as lost
-        dead = asyncio.create_task(self.peers.dead_event(address).wait())
-        try:
-            await asyncio.wait({call, dead}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # Also on our own cancellation (the job ended): never orphan the RPC.
-            dead.cancel()
-            if not call.done():
-                call.cancel()
+        await self._unless_dead(call, address)  # also cancelled if the job ends meanwhile
         if not call.done():  # cancelled just above: cancellation lands on a later loop turn
             raise WorkerFailed("missed heartbeats")
         if call.cancelled():

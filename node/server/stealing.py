@@ -30,9 +30,10 @@ The thief's ask ends as a no if its holder is declared dead first.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 R = TypeVar("R")
+K = TypeVar("K")
 
 #: Asks a shard's holder to give up shard `index`: True once it has, and so will not
 #: compute it; False if it began it, or cannot say.
@@ -170,8 +171,6 @@ class Skips:
         self._fate: dict[tuple[int, int], object] = {}
         #: Shard -> how many times calls registered here handed it; only these can be let go.
         self._handings: dict[int, int] = {}
-        #: Calls of the job running on this node (a worker's registry drops it at 0).
-        self.calls = 0
 
     def hand(self, shards: Iterable[int]) -> None:
         """A call hands these shards to this node (again, maybe): a new handing of each."""
@@ -198,3 +197,34 @@ class Skips:
                 return None, 0, 0
             return compute(*args)
         return run
+
+
+class SkipsByCall(Generic[K]):
+    """A node's `Skips`, one per key (a job on one compute link; a leader and job for gRPC
+    calls), kept while calls of the key run here: a call registers as it arrives, so a
+    skip that comes after it finds its shards, and unregisters as it ends."""
+
+    def __init__(self) -> None:
+        self._skips: dict[K, Skips] = {}
+        self._calls: dict[K, int] = {}
+
+    def register(self, key: K, shards: Iterable[int]) -> Skips:
+        """A call of `key` arrived, handing `shards` here: the Skips it computes them under."""
+        skips = self._skips.setdefault(key, Skips())
+        self._calls[key] = self._calls.get(key, 0) + 1
+        skips.hand(shards)
+        return skips
+
+    def unregister(self, key: K) -> None:
+        """A call of `key` ended; with the last, its Skips goes."""
+        self._calls[key] -= 1
+        if not self._calls[key]:
+            del self._calls[key], self._skips[key]
+
+    def skip(self, key: K, shards: Iterable[int]) -> list[int]:
+        """A skip for `key`: the shards let go (none if no call of `key` runs here)."""
+        skips = self._skips.get(key)
+        return [index for index in shards if skips is not None and skips.skip(index)]
+
+    def __len__(self) -> int:
+        return len(self._skips)

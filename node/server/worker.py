@@ -36,7 +36,7 @@ from node.server.api import ShardRange
 from node.server.computelink import SendPartial
 from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
-from node.server.stealing import Skips
+from node.server.stealing import Skips, SkipsByCall
 from node.server.tracing import InPool, clocked, to_pool
 from node.wire.tensors import partial_to_proto
 
@@ -64,7 +64,7 @@ class Worker:
         self.data_root = data_root
         self.streams = ReduceStreams(lambda address: stubs.stub(address).Reduce())
         #: (leader id, job id) -> what becomes of the shards of its gRPC calls here (Skip calls).
-        self._skips: dict[tuple[str, str], Skips] = {}
+        self._skips: SkipsByCall[tuple[str, str]] = SkipsByCall()
 
     async def compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
@@ -100,13 +100,6 @@ class Worker:
                 raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
             send = functools.partial(self.streams.send, reduce_to)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        return await self._stream(job_id, job, source, ranges, send, deadline, skips)
-
-    async def _stream(
-        self, job_id: str, job: Job, source: DataSource, ranges: list[ShardRange], send: SendPartial,
-        deadline: float | None, skips: Skips,
-    ) -> int:
-        """Hand the shards to the pool, one ahead, and send each partial as it is computed."""
         compute = skips.guarded(self._compute_shard)
         todo = iter(ranges)
         queued: collections.deque[tuple[int, int, InPool[Partial | None]]] = collections.deque()
@@ -148,22 +141,17 @@ class Worker:
             yield given
             return
         key = (leader_id, job_id)
-        skips = self._skips.setdefault(key, Skips())
-        skips.calls += 1
-        skips.hand(index for index, _, _ in ranges)
+        skips = self._skips.register(key, (index for index, _, _ in ranges))
         try:
             yield skips
         finally:
-            skips.calls -= 1
-            if not skips.calls and self._skips.get(key) is skips:
-                del self._skips[key]
+            self._skips.unregister(key)
 
     def skip(self, leader_id: str, job_id: str, shards: list[int]) -> list[int]:
         """A Skip call from `leader_id`: it would give `shards` of `job_id` to an idle node.
         Those let go: handed here by its gRPC calls and not begun (a Skip that outran its
         call finds none, and the shards stay here)."""
-        skips = self._skips.get((leader_id, job_id))
-        return [index for index in shards if skips is not None and skips.skip(index)]
+        return self._skips.skip((leader_id, job_id), shards)
 
     async def close(self) -> None:
         """Close the Reduce stream, once what is queued on it is written."""
