@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from node.core.compute import reduce_all, validate_job
 from node.core.job import Job
 from node.errors import InvalidField
 from node.server import computelink, localsocket
+from node.server.api import Computed
 from node.server.computelink import (
     ComputeLink,
     LinkBroken,
@@ -102,10 +105,10 @@ async def link_to(
 
 async def each_shard(
     request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
-) -> int:
+) -> Computed:
     for shard in request.shards:
         await send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"), None)
-    return len(request.shards)
+    return Computed(len(request.shards))
 
 
 class Blocking:
@@ -118,7 +121,7 @@ class Blocking:
 
     async def __call__(
         self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
-    ) -> int:
+    ) -> Computed:
         if request.job.job_id != "block":
             return await each_shard(request, timeout_s, send)
         self.timeouts.append(timeout_s)
@@ -128,7 +131,7 @@ class Blocking:
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
-        return 0
+        return Computed(0)
 
 
 async def test_a_calls_partials_arrive_before_its_end_which_counts_them() -> None:
@@ -147,15 +150,19 @@ async def test_a_skip_applies_to_the_calls_of_its_job_read_before_it_and_the_lin
     no call on the link lets nothing go."""
     gate = asyncio.Event()
 
-    async def gated(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips) -> int:
+    async def gated(
+        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
+    ) -> Computed:
         await gate.wait()  # the skip is read while the call waits here
         compute = skips.guarded(lambda index: (index, 0, 0))
-        sent = 0
+        sent, skipped = 0, []
         for shard in request.shards:
-            if compute(skips.entry(shard.index), shard.index)[0] is not None:
-                await send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"), None)
-                sent += 1
-        return sent
+            if compute(skips.entry(shard.index), shard.index)[0] is None:
+                skipped.append(shard.index)
+                continue
+            await send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"), None)
+            sent += 1
+        return Computed(sent, tuple(skipped))
 
     taken: list[int] = []
     async with link_to(gated, lambda p: taken.append(p.shard)) as (link, _):
@@ -163,17 +170,48 @@ async def test_a_skip_applies_to_the_calls_of_its_job_read_before_it_and_the_lin
         await asyncio.sleep(0)  # the call's frame is written
         assert await link.skip("j1", [1, 3]) == [1, 3] and await link.skip("j2", [0]) == []
         gate.set()
-        assert (await first).shards_sent == 2 and taken == [0, 2]
+        done = await first
+        assert (done.shards_sent, list(done.skipped), taken) == (2, [1, 3], [0, 2])  # the end names them
         assert (await link.compute(request(2), 5.0)).shards_sent == 2  # shard 1 handed back
         assert (await link.compute(request(1, "j2"), 5.0)).shards_sent == 1
         assert taken == [0, 2, 0, 1, 0] and link.broken is None
     assert await link.skip("j1", [1]) == []  # a link that is gone lets nothing go
 
 
+async def test_a_call_cancelled_before_its_task_began_leaves_no_shards_to_let_go() -> None:
+    """The leader cancels a call in the frame right behind it, so the worker reads both before
+    the call's task has run: the call's shards are no longer handed there, and a skip lets
+    none go. (Undone only by the task's own code, they would stay for the link's life.)"""
+    worker = Blocking()
+    async with served_on(worker) as (name, _):
+        reader, writer = await connect(name)
+        numbers = itertools.count(2)
+
+        async def skip() -> list[int]:
+            asked = pb.SkipShards(job_id="block", shards=[0])
+            writer.write(frame(pb.ComputeCall(call=next(numbers), skip=asked)))
+            event = await read_async(reader, pb.ComputeEvent, MAX_BYTES)
+            assert event is not None and event.HasField("skipped")  # a cancelled call says nothing
+            return list(event.skipped.skipped)
+
+        try:
+            writer.write(frame(pb.ComputeCall(call=1, request=request(2, "block")))
+                         + frame(pb.ComputeCall(call=1, cancel=True)))
+            deadline_s = time.monotonic() + 10.0
+            while await skip():
+                assert time.monotonic() < deadline_s, "the cancelled call's shards are still handed here"
+                await asyncio.sleep(0.005)
+            assert not worker.started.is_set(), "the call's task ran: not the case under test"
+        finally:
+            writer.close()
+
+
 async def test_a_worker_of_an_older_version_answers_a_skip_at_once_with_nothing_let_go() -> None:
     """An older worker takes a skip frame for a call (it knows no `skip` field) and fails
     it: the leader reads that as a no, at once, not after SKIP_TIMEOUT_S."""
-    async def older(request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips) -> int:
+    async def older(
+        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
+    ) -> Computed:
         raise LinkCallFailed("PERMISSION_DENIED: leader_id: '' is not a member of this cluster")
 
     async with served_on(older) as (name, _):
@@ -196,7 +234,7 @@ async def test_a_worker_of_an_older_version_answers_a_skip_at_once_with_nothing_
 async def test_a_failed_call_says_what_grpc_would_and_the_link_serves_on() -> None:
     async def refuse(
         request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
-    ) -> int:
+    ) -> Computed:
         if request.job.job_id == "bad":
             raise LinkCallFailed("INVALID_ARGUMENT: shards: shard 0 rows [5, 9) outside the source's 4 rows")
         if request.job.job_id == "bug":
@@ -272,11 +310,11 @@ async def test_a_link_the_leader_closes_cancels_the_calls_running_on_the_worker(
 async def test_a_frame_over_the_limit_breaks_the_link_before_it_is_read() -> None:
     async def large(
         request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
-    ) -> int:
+    ) -> Computed:
         partial = pb.Partial(job_id="j1", shard=0, node_id="w")
         partial.state["sum"].data = b"\0" * 4096
         await send(partial, None)
-        return 1
+        return Computed(1)
 
     taken: list[pb.Partial] = []
     async with link_to(large, taken.append, leader_max_bytes=1024) as (link, _):
@@ -296,9 +334,9 @@ async def test_a_partial_at_the_limit_passes_though_its_frame_is_larger() -> Non
 
     async def at_limit(
         request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
-    ) -> int:
+    ) -> Computed:
         await send(partial, None)
-        return 1
+        return Computed(1)
 
     taken: list[pb.Partial] = []
     async with link_to(at_limit, taken.append, leader_max_bytes=1024) as (link, _):

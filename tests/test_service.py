@@ -41,6 +41,7 @@ from node.errors import (
 from node.server.api import (
     Answered,
     BeatAnswer,
+    Computed,
     IncomingPartial,
     JobProgress,
     NodeView,
@@ -96,7 +97,7 @@ class FakeNode:
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
         send: object = None, skips: object = None,
-    ) -> int:
+    ) -> Computed:
         assert send is None and skips is None  # gRPC's Compute: partials on the Reduce stream, no skips
         return self._call("compute", job_id, job, shards, leader_id)  # type: ignore[no-any-return]
 
@@ -207,13 +208,13 @@ async def test_an_empty_job_id_is_refused_before_the_node_is_asked(served: tuple
 
 async def test_compute_passes_shards_and_leader(served: tuple[FakeNode, NodeStub]) -> None:
     node, stub = served
-    node.results["compute"] = 2
+    node.results["compute"] = Computed(2, skipped=(3,))
     request = pb.ComputeRequest(
         job=SUM_SPEC, shards=[pb.Shard(index=0, start=0, stop=5), pb.Shard(index=1, start=5, stop=10)],
         leader_id="n2",
     )
     reply = await stub.Compute(request)
-    assert reply.shards_sent == 2
+    assert (reply.shards_sent, list(reply.skipped)) == (2, [3])
     assert node.calls == [("compute", ("j1", Job("sum", "range:n=10", "square", axis=0), [(0, 0, 5), (1, 5, 10)], "n2"))]
 
 

@@ -29,9 +29,14 @@ import pytest
 from inproc import StartCluster, poll
 
 import node.server.lanes
+import node.server.worker
 from node import AsyncClient
 from node.core.compute import compute_partial, reduce_all, validate_job
 from node.core.job import Job
+from node.errors import NotAMember
+from node.server.api import Computed
+from node.server.config import NodeConfig
+from node.server.daemon import Daemon
 from node.server.jobs import JobManager
 from node.server.peers import PeerTable
 from node.server.stealing import Holdings, Skips
@@ -227,19 +232,19 @@ class HeldWorker:
     async def send(self, partial: Any, deadline: float | None) -> None:
         self.sent.append(partial.shard)
 
-    def call(self, skips: Skips | None = None) -> asyncio.Future[int]:
-        """A call of job "j" from leader n1: four shards of `range:n=40`."""
+    def call(self, skips: Skips | None = None, source: str = "range:n=40") -> asyncio.Future[Computed]:
+        """A call of job "j" from leader n1: four shards of 10 rows."""
         ranges = [(i, 10 * i, 10 * (i + 1)) for i in range(4)]
         return asyncio.ensure_future(
-            self.worker.compute("j", Job(op="sum", source="range:n=40"), ranges, "n1", DEADLINE_S, self.send, skips)
+            self.worker.compute("j", Job(op="sum", source=source), ranges, "n1", DEADLINE_S, self.send, skips)
         )
 
-    async def released(self, call: asyncio.Future[int]) -> int:
-        """Let the pool's thread go; the call's count of partials sent."""
+    async def released(self, call: asyncio.Future[Computed]) -> Computed:
+        """Let the pool's thread go; what the call did."""
         self.gate.set()
-        sent = await asyncio.wait_for(call, DEADLINE_S)
+        done = await asyncio.wait_for(call, DEADLINE_S)
         self.pool.shutdown(wait=True)
-        return sent
+        return done
 
 
 async def test_a_workers_call_sends_no_partial_for_a_shard_skipped_before_it_began() -> None:
@@ -248,7 +253,7 @@ async def test_a_workers_call_sends_no_partial_for_a_shard_skipped_before_it_beg
     skips.hand(range(4))
     call = held.call(skips)
     assert skips.skip(1) and skips.skip(3)  # the pool's thread is held: none of them has begun
-    assert await held.released(call) == 2
+    assert await held.released(call) == Computed(sent=2, skipped=(1, 3))  # the reply names them
     assert held.sent == [0, 2]
 
 
@@ -261,8 +266,32 @@ async def test_a_workers_grpc_calls_let_go_only_their_leaders_shards_not_begun()
     assert held.worker.skip("n9", "j", [2]) == []  # another leader's word does not reach n1's call
     assert held.worker.skip("n1", "other", [2]) == []  # nor one about another job
     assert held.worker.skip("n1", "j", [2, 9]) == [2]  # 9 was never handed here
-    assert await held.released(call) == 3
+    assert await held.released(call) == Computed(sent=3, skipped=(2,))
     assert held.sent == [0, 1, 3] and len(held.worker._skips) == 0  # dropped with the job's last call
+
+
+async def test_a_grpc_call_lets_shards_go_while_its_format_file_is_still_opening(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file format's metadata is read off the event loop before the call's first shard; a
+    Skip that comes meanwhile must find the call's shards (the leader takes a no as
+    the shard staying there)."""
+    opening, opened = threading.Event(), threading.Event()
+    validate = node.server.worker.validate_job
+
+    def slowly(job: Job, root: Any, openers: Any) -> Any:
+        opening.set()
+        opened.wait(DEADLINE_S)
+        return validate(Job(op="sum", source="range:n=40"), root, openers)
+
+    monkeypatch.setattr(node.server.worker, "validate_job", slowly)
+    held = HeldWorker()
+    call = held.call(source="zarr:d.zarr")
+    await poll(opening.is_set, DEADLINE_S, "the call to open its file")
+    assert held.worker.skip("n1", "j", [2]) == [2]
+    opened.set()
+    assert await held.released(call) == Computed(sent=3, skipped=(2,))
+    assert held.sent == [0, 1, 3]
 
 
 # ---- the leader's lanes ----------------------------------------------------------
@@ -270,33 +299,51 @@ async def test_a_workers_grpc_calls_let_go_only_their_leaders_shards_not_begun()
 
 class SlowWorker:
     """A fake worker (`remote` and `skip_remote` of JobManager) that computes nothing until
-    `release` is set, then computes the shards of its calls it was not told to skip."""
+    `release` is set, then computes the shards of its calls it was not told to skip. As a
+    real worker's, a skip applies to the shard's handing at the time: handed here again
+    later, it is computed."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.release = asyncio.Event()
         self.thread = asyncio.Lock()
+        #: Every shard let go, in order; and those whose handing here has not come to them yet.
         self.skipped: list[int] = []
+        self.to_skip: set[int] = set()
+        #: What each call ended with: the shards it let go.
+        self.ended: list[list[int]] = []
         self.begun: set[int] = set()
         self.computed: list[int] = []
         self.jobs: JobManager | None = None
 
     async def skip(self, address: str, job_id: str, shards: list[int]) -> list[int]:
         given = [index for index in shards if index not in self.begun]
-        self.skipped.extend(given)
+        self.let_go(*given)
         return given
 
-    async def __call__(self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]) -> None:
+    def let_go(self, *shards: int) -> None:
+        self.skipped.extend(shards)
+        self.to_skip.update(shards)
+
+    async def __call__(
+        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]
+    ) -> list[int]:
+        """A Compute call: the shards of `ranges` it let go, as a real worker's reply names them."""
         source = validate_job(job, self.root)
+        let_go = []
         for index, start, stop in ranges:
             async with self.thread:  # one pool thread: its calls' shards begin one at a time
-                if index in self.skipped:  # checked as the thread would begin it
+                if index in self.to_skip:  # checked as the thread would begin it
+                    self.to_skip.discard(index)
+                    let_go.append(index)
                     continue
                 self.begun.add(index)
                 await self.release.wait()
                 self.computed.append(index)
             assert self.jobs is not None
             self.jobs.accept_partial(job_id, index, "n2", compute_partial(job, source, start, stop))
+        self.ended.append(let_go)
+        return let_go
 
 
 def leader_with(worker: SlowWorker, executor: ThreadPoolExecutor) -> tuple[JobManager, list[int]]:
@@ -383,11 +430,13 @@ class AskedWorker(SlowWorker):
         await self.answer.wait()
         return [] if self.fail else await super().skip(address, job_id, shards)
 
-    async def __call__(self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]) -> None:
+    async def __call__(
+        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]
+    ) -> list[int]:
         if self.fail:
             await self.fail_now.wait()
             raise RuntimeError("the worker died")
-        await super().__call__(address, job_id, job, ranges)
+        return await super().__call__(address, job_id, job, ranges)
 
 
 async def test_shards_given_back_while_a_lane_asks_are_not_left_in_the_queue(
@@ -428,24 +477,63 @@ async def test_a_shard_let_go_after_its_call_ended_is_the_thiefs_and_the_worker_
     tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker's call ends (every shard it kept is sent) before the leader reads that it
-    let one go: that shard is the thief's, and the worker's lane must not wait for its
-    partial (for the grace, then dropping a healthy worker)."""
+    let one go: that shard is computed elsewhere, and the worker's lane must not wait for
+    its partial (for the grace, then dropping a healthy worker)."""
     monkeypatch.setattr(node.server.lanes, "PARTIALS_GRACE_S", 60.0)
     worker = AskedWorker(tmp_path, fail=False)
     jobs, local = leader_with(worker, ThreadPoolExecutor(1))
     running = asyncio.ensure_future(jobs.submit("j", Job("sum", "npy:d.npy")))
     await poll(worker.asked.is_set, DEADLINE_S, "the leader's lane to ask the worker")
-    worker.skipped.append(11)  # the shard asked for: let go, as the worker's thread came to it...
+    worker.let_go(11)  # the shard asked for: let go, as the worker's thread came to it...
     worker.release.set()  # ...so its calls end, with the rest sent...
-    await poll(lambda: 11 not in jobs._running["j"].holdings._holder, DEADLINE_S, "the call to end")
+    await poll(lambda: [11] in worker.ended, DEADLINE_S, "the call to end")
     worker.answer.set()  # ...before the leader reads the answer
     outcome = await asyncio.wait_for(running, DEADLINE_S)
-    assert 11 in local and 11 not in worker.computed
+    assert worker.skipped[0] == 11
     assert sorted(local + worker.computed) == list(range(20)), "a shard computed twice, or never"
     assert outcome.nodes == ("n1", "n2") and outcome.result == await alone(tmp_path)
 
 
+class LostYesWorker(SlowWorker):
+    """A fake worker that lets an asked-for shard go, but whose yes reaches the leader too
+    late (past the ask's timeout): the leader reads a no."""
+
+    async def skip(self, address: str, job_id: str, shards: list[int]) -> list[int]:
+        await super().skip(address, job_id, shards)
+        return []
+
+
+async def test_a_shard_let_go_whose_yes_was_lost_goes_back_to_the_queue_and_the_worker_stays(
+    tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody took the shard the worker let go: its call's reply names it, and its lane puts
+    it back in the queue, not waiting out the partials' grace for a partial that never
+    comes (then dropping a healthy worker)."""
+    monkeypatch.setattr(node.server.lanes, "PARTIALS_GRACE_S", 60.0)
+    worker = LostYesWorker(tmp_path)
+    jobs, local = leader_with(worker, ThreadPoolExecutor(1))
+    running = asyncio.ensure_future(jobs.submit("j", Job("sum", "npy:d.npy")))
+    await poll(lambda: bool(worker.skipped), DEADLINE_S, "the leader's lane to ask the worker")
+    worker.release.set()
+    outcome = await asyncio.wait_for(running, DEADLINE_S)
+    assert len(worker.skipped) == 1 and worker.skipped in worker.ended
+    assert sorted(local + worker.computed) == list(range(20)), "a shard computed twice, or never"
+    assert jobs.metrics.registry.get_sample_value("distnode_shards_moved_total") == 0
+    assert outcome.nodes == ("n1", "n2") and outcome.result == await alone(tmp_path)
+
+
 # ---- daemons -----------------------------------------------------------------------
+
+
+async def test_a_skip_before_any_call_lets_nothing_go_and_builds_no_worker(tmp_path: Path) -> None:
+    """A Skip that reaches a node before any Compute call has nothing to let go; it must not
+    build the worker (importing numpy on the event loop) to say so."""
+    daemon = Daemon(NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=("127.0.0.1:2",), data_dir=tmp_path))
+    daemon.peers.learn("127.0.0.1:2", "n2")
+    assert await daemon.skip("j", [0, 1], "n2") == []
+    assert daemon._worker is None
+    with pytest.raises(NotAMember):  # and only a member may ask
+        await daemon.skip("j", [0], "n7")
 
 SHARD_ELEMS = 1 << 18
 ROWS = 1 << 22  # 16 shards

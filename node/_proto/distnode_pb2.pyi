@@ -716,6 +716,7 @@ class ComputeReply(_message.Message):
 
     SHARDS_SENT_FIELD_NUMBER: _builtins.int
     LOCAL_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
     shards_sent: _builtins.int
     @_builtins.property
     def local(self) -> Global___LocalEndpoint:
@@ -723,15 +724,22 @@ class ComputeReply(_message.Message):
         can send its next Compute calls without gRPC (node/server/computelink.py).
         """
 
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The call's shards this worker let go at the leader's word (SkipShards) and sent
+        no partial for, however late its answer to the skip reached the leader.
+        """
+
     def __init__(
         self,
         *,
         shards_sent: _builtins.int = ...,
         local: Global___LocalEndpoint | None = ...,
+        skipped: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "shards_sent", b"shards_sent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "shards_sent", b"shards_sent", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

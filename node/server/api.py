@@ -105,6 +105,15 @@ class IncomingPartial:
 
 
 @dataclass(frozen=True)
+class Computed:
+    """What a worker's Compute call did: the partials it sent, and the shards it let go
+    to an idle node (stealing.py) and sent none for."""
+
+    sent: int
+    skipped: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ReduceCount:
     accepted: int
     dropped: int
@@ -192,7 +201,7 @@ class NodeApi(Protocol):
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
         send: SendPartial | None = None, skips: Skips | None = None,
-    ) -> int: ...
+    ) -> Computed: ...
 
     async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]: ...
 

@@ -59,6 +59,7 @@ from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded, ReduceFailed
+from node.server.api import Computed
 from node.server.stealing import Skips, SkipsByCall
 from node.wire.localframes import (
     UNREACHABLE,
@@ -75,8 +76,8 @@ log = logging.getLogger(__name__)
 #: it uses gRPC for that call.
 CONNECT_TIMEOUT_S = 1.0
 #: A skip (on a link, or a Skip call) unanswered this long is taken as a no. Had the
-#: worker let a shard go, its partial never comes, and its lane gives the batch back
-#: after the partials' grace (lanes.py).
+#: worker let a shard go, its call's reply says so, and its lane puts it back in the
+#: queue (lanes.py).
 SKIP_TIMEOUT_S = 5.0
 #: What a ComputeEvent adds around a Partial (call number, tags, lengths): the limit
 #: applies to the partial, as on gRPC, not to its envelope.
@@ -84,8 +85,8 @@ ENVELOPE_BYTES = 64
 
 #: Writes a partial of the call; returns once it is handed to the socket.
 SendPartial = Callable[[pb.Partial, float | None], Awaitable[None]]
-#: Runs a Compute request: (request, timeout_s, send, skips) -> shards sent.
-LinkCompute = Callable[[pb.ComputeRequest, float | None, SendPartial, Skips], Awaitable[int]]
+#: Runs a Compute request: (request, timeout_s, send, skips) -> what the call did.
+LinkCompute = Callable[[pb.ComputeRequest, float | None, SendPartial, Skips], Awaitable[Computed]]
 #: The leader's taker of a partial that arrived on a link.
 AcceptPartial = Callable[[pb.Partial], object]
 
@@ -130,8 +131,9 @@ async def serve(
         timeout_s = call.timeout_s or None
         try:
             async with asyncio.timeout(timeout_s):  # what gRPC does to a handler past its deadline
-                sent = await compute(call.request, timeout_s, sender(number), skips)
-            event = pb.ComputeEvent(call=number, done=pb.ComputeReply(shards_sent=sent))
+                done = await compute(call.request, timeout_s, sender(number), skips)
+            event = pb.ComputeEvent(call=number, done=pb.ComputeReply(shards_sent=done.sent,
+                                                                      skipped=done.skipped))
         except LinkCallFailed as exc:
             event = pb.ComputeEvent(call=number, error=str(exc))
         except TimeoutError:

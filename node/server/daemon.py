@@ -42,6 +42,7 @@ from node.server.admission import ClientSlots
 from node.server.api import (
     Answered,
     BeatAnswer,
+    Computed,
     IncomingPartial,
     JobProgress,
     JobView,
@@ -304,7 +305,7 @@ class Daemon:
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
         send: SendPartial | None = None, skips: Skips | None = None,
-    ) -> int:
+    ) -> Computed:
         self.peers.check_member("leader_id", leader_id, self.node_id)
         await self.compute_ready()
         return await self.worker.compute(job_id, job, shards, leader_id, timeout_s, send, skips)

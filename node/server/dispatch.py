@@ -65,7 +65,9 @@ class Dispatch:
         #: (worker address, job id, "link" or "grpc") -> Compute calls under way: what `skip` tells.
         self._under_way: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
-    async def __call__(self, address: str, job_id: str, job: Job, ranges: list[ShardRange]) -> None:
+    async def __call__(self, address: str, job_id: str, job: Job, ranges: list[ShardRange]) -> list[int]:
+        """One Compute call to the worker at `address`: the shards of `ranges` it let go
+        (stealing.py), once it has sent the partials of the others."""
         request = pb.ComputeRequest(
             job=job_to_proto(job_id, job),
             shards=[pb.Shard(index=i, start=start, stop=stop) for i, start, stop in ranges],
@@ -78,8 +80,7 @@ class Dispatch:
         self._under_way[key] += 1
         try:
             if link is not None:
-                await link.compute(request, COMPUTE_TIMEOUT_S)
-                return
+                return list((await link.compute(request, COMPUTE_TIMEOUT_S)).skipped)
             reply = await self.stubs.stub(address).Compute(request, timeout=COMPUTE_TIMEOUT_S)
         finally:
             self._under_way[key] -= 1
@@ -87,6 +88,7 @@ class Dispatch:
                 del self._under_way[key]
         if self.use_links and reply.HasField("local"):
             self.links.learn(address, self.peers.id_of(address), reply.local)
+        return list(reply.skipped)
 
     async def skip(self, address: str, job_id: str, shards: list[int]) -> list[int]:
         """Ask the worker at `address` to let `shards` of `job_id` go (stealing.py), where the

@@ -42,12 +42,14 @@ POOL_AHEAD = 1
 #: (written to the worker's Reduce stream, maybe not yet read) before giving back the rest.
 PARTIALS_GRACE_S = 1.0
 
-RemoteCompute = Callable[[str, str, Job, list[ShardRange]], Coroutine[Any, Any, None]]
+#: (worker address, job id, job, shards) -> those of `shards` the worker let go (SkipRemote):
+#: it sent the partials of the others.
+RemoteCompute = Callable[[str, str, Job, list[ShardRange]], Coroutine[Any, Any, list[int]]]
 #: (worker address, job id, shards) -> those of `shards` the worker let go (it will not begin them).
 SkipRemote = Callable[[str, str, list[int]], Awaitable[list[int]]]
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     """Mark an RPC task's outcome as seen, however it ended, so asyncio never logs it as lost."""
     if not task.cancelled():
         task.exception()
@@ -196,14 +198,15 @@ class Lanes:
         async def give_up(index: int) -> bool:
             if index not in batch or index not in await skip(address, run.job_id, [index]):
                 return False
-            # The worker let it go. Unless its lane gave it back to the queue meanwhile (the
-            # worker failed) or it is done, it is the thief's; the lane, still waiting for
-            # the batch's partials maybe, must no longer wait for it nor put it back.
+            # The worker let it go. Unless the lane put it back in the queue meanwhile (the
+            # call's reply named it, or the worker failed) or it is done, it is the thief's;
+            # the lane, still waiting for the batch's partials maybe, must no longer wait for
+            # it nor put it back.
             holder = run.holdings.holder(index)
-            if index in run.pending or not run.missing([index]) or holder not in (None, address):
+            if (index not in batch or index in run.pending or not run.missing([index])
+                    or holder not in (None, address)):
                 return False
-            if index in batch:
-                batch.remove(index)
+            batch.remove(index)
             run.arrived.set()
             return True
         return give_up
@@ -222,8 +225,14 @@ class Lanes:
                 run.trace.lane_of.update(dict.fromkeys(batch, lane))
                 rpc = run.trace.begin(f"Compute: {len(batch)} shards", lane, shards=batch)
             try:
-                await self._compute_remote(run, address, batch)
+                let_go = await self._compute_remote(run, address, batch)
                 run.holdings.drop(batch)  # all sent: nothing left there to give up
+                # Let go at a skip whose yes came too late, or not at all (the ask was taken
+                # for a no): nobody computes them; back to the queue, not waited for.
+                late = [index for index in let_go if index in batch]
+                if late:
+                    batch[:] = [index for index in batch if index not in late]
+                    run.requeue(late)
                 # Written is not received: the partials may still be on the worker's stream.
                 if not await run.arrival(batch, self.peers.dead_event(address), PARTIALS_GRACE_S):
                     raise WorkerFailed(f"its partials did not arrive within {PARTIALS_GRACE_S} s")
@@ -243,9 +252,10 @@ class Lanes:
                 if run.trace is not None:
                     run.trace.end(rpc)
 
-    async def _compute_remote(self, run: JobRun, address: str, batch: list[int]) -> None:
+    async def _compute_remote(self, run: JobRun, address: str, batch: list[int]) -> list[int]:
+        """The worker's Compute call over `batch`: the shards it let go."""
         ranges = [(i, *run.shards[i]) for i in batch]
-        call = asyncio.create_task(self.remote(address, run.job_id, run.job, ranges))
+        call: asyncio.Task[list[int]] = asyncio.create_task(self.remote(address, run.job_id, run.job, ranges))
         call.add_done_callback(_retrieve)  # whoever wins below, asyncio never logs it as lost
         await self._unless_dead(call, address)  # also cancelled if the job ends meanwhile
         if not call.done():  # cancelled just above: cancellation lands on a later loop turn
@@ -255,6 +265,7 @@ class Lanes:
         exc = call.exception()
         if exc is not None:
             raise WorkerFailed(_one_line(exc))
+        return call.result()
 
     async def _idle(self, run: JobRun) -> None:
         """Nothing to take: wait until shards come back or the job ends. Shards may have come

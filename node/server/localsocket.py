@@ -51,7 +51,7 @@ from google.protobuf.message import DecodeError
 from node._proto import distnode_pb2 as pb
 from node.errors import InvalidField, LimitExceeded
 from node.server import computelink
-from node.server.api import Caller
+from node.server.api import Caller, Computed
 from node.server.computelink import LinkCompute, SendPartial
 from node.server.jobstream import Failed, JobStream
 from node.server.stealing import Skips
@@ -93,7 +93,7 @@ class Servicer(Protocol):
     def stream_failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply: ...
     async def link_compute(
         self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
-    ) -> int: ...
+    ) -> Computed: ...
 
 
 class LocalCaller:

@@ -52,6 +52,7 @@ from node.server.api import (
     Answered,
     BeatAnswer,
     Caller,
+    Computed,
     IncomingPartial,
     JobView,
     NodeApi,
@@ -319,15 +320,15 @@ class NodeServicer(pb_grpc.NodeServicer):
                                     node_id=self.node.node_id)
 
     async def Compute(self, request: pb.ComputeRequest, context: Context) -> pb.ComputeReply:
-        sent = await answer(self.node, context, self._compute(request, context.time_remaining()))
-        reply = pb.ComputeReply(shards_sent=sent)
+        done = await answer(self.node, context, self._compute(request, context.time_remaining()))
+        reply = pb.ComputeReply(shards_sent=done.sent, skipped=done.skipped)
         if self.local is not None:  # a leader in our network namespace calls us there next
             reply.local.CopyFrom(self.local)
         return reply
 
     async def link_compute(
         self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
-    ) -> int:
+    ) -> Computed:
         """`Compute` on a compute link (computelink.py): the same call, its partials sent
         with `send`, its shards skipped as `skips` says; a failure is LinkCallFailed with the
         status gRPC would have given."""
@@ -340,7 +341,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def _compute(
         self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial | None = None,
         skips: Skips | None = None,
-    ) -> int:
+    ) -> Computed:
         shards = [(s.index, s.start, s.stop) for s in request.shards]
         return await self.node.compute(
             request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s, send, skips

@@ -24,7 +24,11 @@ decided in one step, and the thief computes it only once its holder has let
 it go: a move never has a shard computed twice (a thief that fails loses
 its shards as any failed node does, and they are computed again). A worker
 that let a shard go sends no partial for it; its lane stops waiting for it.
-The thief's ask ends as a no if its holder is declared dead first.
+The call's reply names the shards it let go, so one whose yes came too late
+for the thief (read as a no) goes back to the queue when the call ends,
+rather than holding its lane for the partials' grace and then dropping a
+healthy worker. The thief's ask ends as a no if its holder is declared dead
+first.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from node.core.compute import Partial, compute_partial, validate_job
 from node.core.job import Job
 from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import InvalidField, JobFailed, ReduceFailed
-from node.server.api import ShardRange
+from node.server.api import Computed, ShardRange
 from node.server.computelink import SendPartial
 from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
@@ -69,11 +69,12 @@ class Worker:
     async def compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
         send: SendPartial | None = None, skips: Skips | None = None,
-    ) -> int:
+    ) -> Computed:
         """Compute the shards in `ranges`, send each partial to the leader `leader_id`: with
         `send` (the call's compute link) if given, else on the Reduce stream. A shard the
         leader gave to an idle node before the pool's thread began it is dropped: as `skips`
-        (the link's, for this job) says, or for a gRPC call, this worker's record (`skip`).
+        (the link's, for this job) says, or for a gRPC call, this worker's record (`skip`);
+        the answer names it, so the leader knows even if its skip's answer came too late.
 
         A shard that cannot be computed is JobFailed (INTERNAL); a leader that
         cannot be reached, or drops the stream, is ReduceFailed (UNAVAILABLE).
@@ -86,7 +87,7 @@ class Worker:
     async def _compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
         send: SendPartial | None, skips: Skips,
-    ) -> int:
+    ) -> Computed:
         if source_kind(job.source) in FORMAT_KINDS:  # reads metadata, maybe imports a library: off the loop
             source = await asyncio.to_thread(validate_job, job, self.data_root, self.openers)
         else:
@@ -111,7 +112,7 @@ class Worker:
                 entry = skips.entry(index)
                 queued.append((index, *to_pool(self.executor, compute, entry, job, source, start, stop)))
 
-        sent = 0
+        sent, skipped = 0, []
         try:
             queue_next()
             while queued:
@@ -119,6 +120,7 @@ class Worker:
                 index, queued_ns, computing = queued.popleft()
                 partial, started_ns, finished_ns = await self._computed(index, computing)
                 if partial is None:  # the leader gave it to an idle node (skip)
+                    skipped.append(index)
                     continue
                 message = partial_to_proto(job_id, index, self.node_id, partial)
                 message.queued_ns, message.started_ns = queued_ns, started_ns
@@ -128,7 +130,7 @@ class Worker:
         finally:
             for _, _, computing in queued:  # cancelled, or a shard failed: what has not begun never will
                 computing.cancel()
-        return sent
+        return Computed(sent, tuple(skipped))
 
     @contextlib.contextmanager
     def _skipping(
