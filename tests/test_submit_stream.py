@@ -30,6 +30,7 @@ from node.client.async_local_stream import AsyncLocalStream
 from node.client.local_stream import LocalStream
 from node.core.limits import Limits
 from node.errors import ClusterUnavailable, JobError
+from node.server.jobstream import START_CHUNK_JOBS, JobStream
 from node.wire.stubs import NodeStub
 from node.wire.tensors import tensor_from_proto
 
@@ -99,13 +100,34 @@ async def test_jobs_sent_together_are_each_answered_and_replies_ready_together_g
         replies, sizes = await exchange_batches(daemon.config.address, [jobs[:20], jobs[20:]])
         assert [value(replies[f"j{n}"]) for n in range(1, 41)] == [n * (n - 1) // 2 for n in range(1, 41)]
         assert replies["bad"].code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and sum(sizes) == 41
-        if daemon is leader:  # tiny jobs end in the turn they start: all of a batch's replies are ready
-            assert sizes == [20, 21], f"not one message per batch of replies: {sizes}"
+        if daemon is leader:  # tiny jobs end in the turn they start: a group's replies go as one message
+            assert sizes[0] == START_CHUNK_JOBS and len(sizes) <= 4, f"not one message per group: {sizes}"
 
     # A batch of replies stops growing at its size limit: here, every reply goes alone.
     monkeypatch.setattr("node.server.jobstream.REPLY_BATCH_BYTES", 1)
     replies, sizes = await exchange_batches(leader.config.address, [jobs[:10]])
     assert len(replies) == 10 and sizes == [1] * 10
+
+
+async def test_a_large_batch_is_answered_group_by_group_the_first_before_the_next_group_runs() -> None:
+    """A batch's jobs start START_CHUNK_JOBS at a time: the first group's replies go out
+    before a job of the next group has run, so the client can work on them meanwhile."""
+    ran: list[str] = []
+
+    async def run(request: pb.SubmitRequest) -> pb.SubmitStreamReply:
+        ran.append(request.job.job_id)  # a tiny job: it ends in the turn it starts
+        return pb.SubmitStreamReply(job_id=request.job.job_id)
+
+    async def one_batch() -> AsyncIterator[pb.SubmitBatch]:
+        yield pb.SubmitBatch(jobs=[request(f"j{n}", "sum", "range:n=1") for n in range(40)])
+
+    stream = JobStream(run, lambda job_id, exc: pb.SubmitStreamReply(job_id=job_id))
+    messages = []
+    async for message in stream.replies(one_batch()):
+        messages.append(([reply.job_id for reply in message.replies], len(ran)))
+    first, ran_by_then = messages[0]
+    assert first == [f"j{n}" for n in range(START_CHUNK_JOBS)] and ran_by_then == START_CHUNK_JOBS
+    assert sorted(job_id for replies, _ in messages for job_id in replies) == sorted(f"j{n}" for n in range(40))
 
 
 async def test_a_stream_refuses_jobs_beyond_its_limit_one_by_one(
