@@ -536,6 +536,28 @@ def test_check_quorum_steps_down_leader_that_hears_no_majority(heartbeat_ticks: 
     assert (node.term, node.voted_for, node.leader) == (1, "a", None)
 
 
+def test_answers_held_back_still_count_for_check_quorum_but_only_of_the_leaders_term() -> None:
+    """A leader whose own write is pending holds its followers' answers (their log progress
+    waits for it), and tells the core it heard them: CheckQuorum counts those, so a slow
+    disk does not depose it. One of another term, or told to a follower, counts nothing."""
+    node = _five_node_leader(heartbeat_ticks=2)
+    for _ in range(60):
+        node.heard("b", 1)
+        node.heard("c", 1)
+        node.tick()
+    assert node.role is Role.LEADER, "deposed though a majority answered"
+    for _ in range(30):
+        node.heard("b", 0)  # late answers of an older term: no evidence the peers are up now
+        node.heard("c", 2)
+        node.tick()
+        if node.role is not Role.LEADER:
+            break
+    assert node.role is Role.FOLLOWER and node.term == 1, "kept leading on answers of other terms"
+    before = node.peer_ticks_since_heard()
+    node.heard("b", 1)  # a follower keeps no such record
+    assert node.peer_ticks_since_heard() == before
+
+
 @pytest.mark.parametrize(("heartbeat_ticks", "idle_heartbeat_ticks"), [(1, 0), (1, 4), (2, 4), (3, 3)])
 def test_check_quorum_rides_the_beats_so_a_leader_wakes_only_to_beat(
     heartbeat_ticks: int, idle_heartbeat_ticks: int

@@ -154,6 +154,35 @@ async def test_a_leader_sends_its_entries_while_writing_them_and_counts_itself_o
     assert leader.journal.log.last_index >= index and leader.is_leader
 
 
+async def test_a_leader_whose_own_write_outlasts_election_timeouts_keeps_leading(
+    start_cluster: StartCluster,
+) -> None:
+    """The followers' answers wait while the leader's own write is pending, but they still
+    count for CheckQuorum: a leader whose fsync takes several election timeouts is slow,
+    not cut off, and is not deposed; the entry commits once the write returns."""
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    term, gate = leader.election.term, threading.Event()
+    slow_disk(leader, gate)
+    index = leader.election.log.last_index + 1
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        submit = asyncio.create_task(client.submit(op="sum", source="values:1,2,3", detach=True))
+        try:
+            await poll(lambda: leader.elections.writer.in_flight, what="the leader's write to hang")
+            # Three CheckQuorum windows (election timeouts) with the write pending.
+            until_s = time.monotonic() + 3 * leader.config.election_ms_max / 1000
+            await poll(lambda: time.monotonic() >= until_s or not leader.is_leader, what="three windows")
+            assert leader.is_leader and leader.election.term == term, "deposed by its own slow disk"
+            assert leader.election.commit_index < index and len(leader.elections._held_replies) >= 2
+        finally:
+            gate.set()
+        job_id = await submit
+        assert (await client.result(job_id, wait=10)).result == 6
+    assert leader.is_leader and leader.election.term == term
+
+
 async def test_a_leader_whose_own_write_fails_steps_down_and_the_job_still_lands(
     start_cluster: StartCluster, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -205,6 +205,15 @@ class Election:
             self._step_candidate(message, out)
         return out
 
+    def heard(self, peer: str, term: int) -> None:
+        """A leader's answer from `peer` at `term` that the caller holds back for now, as
+        its log progress must wait for the leader's own write (thesis §10.2.1), still
+        shows the peer is up: CheckQuorum counts it. So a leader on a disk whose fsync
+        outlasts an election timeout is not deposed by its own slowness. An answer of
+        another term says nothing here: it is stepped in full once released."""
+        if self._role is Role.LEADER and term == self._term:
+            self._peers.heard(peer)
+
     def rollback(self, term: int, voted_for: str | None) -> list[Output]:
         """A write failed: back to the durable (term, vote), a follower with
         no leader. Ahead of the disk, memory would put a term no disk holds in the
