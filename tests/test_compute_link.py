@@ -42,8 +42,8 @@ from node.core.compute import reduce_all, validate_job
 from node.core.job import Job
 from node.errors import InvalidField
 from node.server import computelink, localsocket
-from node.server.api import Computed
 from node.server.computelink import (
+    Computed,
     ComputeLink,
     LinkBroken,
     LinkCallFailed,

@@ -41,7 +41,6 @@ from node.errors import (
 from node.server.api import (
     Answered,
     BeatAnswer,
-    Computed,
     IncomingPartial,
     JobProgress,
     NodeView,
@@ -53,6 +52,7 @@ from node.server.api import (
     Submitted,
     VoteAnswer,
 )
+from node.server.computelink import Computed
 from node.server.service import NodeServicer, add_services, add_to_server
 from node.wire.answers import parse_submit_reply, serialize_submit_reply, submit_answer
 from node.wire.status import signed_by

@@ -34,7 +34,7 @@ from node import AsyncClient
 from node.core.compute import compute_partial, reduce_all, validate_job
 from node.core.job import Job
 from node.errors import NotAMember
-from node.server.api import Computed
+from node.server.computelink import Computed
 from node.server.config import NodeConfig
 from node.server.daemon import Daemon
 from node.server.jobs import JobManager

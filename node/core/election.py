@@ -1,13 +1,11 @@
 # The consensus core: Raft's election, tick-driven and pure, with its log (replication.py).
 #
-# Nothing here touches the network, the disk or a clock. The daemon drives it
-# with `tick()` (one unit of logical time) and `step(message)`; both return
-# outputs (messages.py) that the caller executes in order, making every
-# `Persist`, `AppendLog` and `RestoreSnapshot` durable (fsync) before any
-# later `Send` of the list leaves (or, for an append, holding back what the
-# Send would count until it is: the daemon's elections.py): a restarted node
-# never votes twice in a term and never forgets an entry it acknowledged
-# (Raft §5.2, §5.3, Figure 2).
+# No network, disk or clock here: the daemon drives it with `tick()` (one unit
+# of logical time) and `step(message)`, and executes the outputs (messages.py)
+# in order, each `Persist`, `AppendLog` and `RestoreSnapshot` durable before a
+# later `Send` leaves (for an append, what the Send would count waits for it:
+# elections.py, `heard`), so a restarted node never votes twice in a term nor
+# forgets an entry it acknowledged (Raft §5.2, §5.3, Figure 2).
 #
 # The protocol is Raft's election (§5.2) and up-to-date check (§5.4.1), plus
 # Ongaro's thesis: Pre-Vote (§9.6: "would you vote for me at term+1?" before
@@ -28,9 +26,8 @@
 #   larger's and stands down. After that heartbeat a pre-candidate grants like
 #   anybody else, so a campaign cut off from its voters never blocks another.
 #
-# A request's `src` is the sender's id; a response's `src` is the peer key the
-# request was sent to (the daemon fills in the address it dialled); votes and
-# liveness are counted per response `src`. The timer goes through `campaign()`.
+# A request's `src` is the sender's id; a response's `src` is the peer key it
+# went to (the address dialled); votes and liveness count per response `src`.
 
 from __future__ import annotations
 
@@ -145,11 +142,8 @@ class Election:
 
     def ticks_until_due(self) -> int:
         """How many `tick()` calls from now until one can produce output (at least 1).
-
-        Ticks before that only advance counters, so a caller may sleep this
-        long and then catch up, instead of waking every tick. Any `step()` can
-        move the deadline, so ask again after stepping.
-        """
+        Ticks before that only advance counters: a caller may sleep this long, then
+        catch up, instead of waking every tick. Any `step()` can move it: ask again."""
         if self._role is Role.LEADER and not self._config.peers:
             due = self._config.election_ticks_max  # alone: no beat to send, no quorum to lose
         elif self._role is Role.LEADER:
@@ -206,11 +200,8 @@ class Election:
         return out
 
     def heard(self, peer: str, term: int) -> None:
-        """A leader's answer from `peer` at `term` that the caller holds back for now, as
-        its log progress must wait for the leader's own write (thesis §10.2.1), still
-        shows the peer is up: CheckQuorum counts it. So a leader on a disk whose fsync
-        outlasts an election timeout is not deposed by its own slowness. An answer of
-        another term says nothing here: it is stepped in full once released."""
+        """An answer of this leader's term that the caller holds back while its own write is
+        pending (thesis §10.2.1): CheckQuorum counts it, so a slow fsync deposes nobody."""
         if self._role is Role.LEADER and term == self._term:
             self._peers.heard(peer)
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
 
     from node._proto import distnode_pb2 as pb
     from node.core.compute import Partial
-    from node.server.computelink import SendPartial
+    from node.server.computelink import Computed, SendPartial
     from node.server.stealing import Skips
 
 #: (shard index, first row, end row) of one shard handed to a worker.
@@ -102,15 +102,6 @@ class IncomingPartial:
     node_id: str
     state: Partial
     times: ShardTimes | None = None
-
-
-@dataclass(frozen=True)
-class Computed:
-    """What a worker's Compute call did: the partials it sent, and the shards it let go
-    to an idle node (stealing.py) and sent none for."""
-
-    sent: int
-    skipped: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

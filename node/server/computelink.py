@@ -53,13 +53,13 @@ import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.errors import LimitExceeded, ReduceFailed
-from node.server.api import Computed
 from node.server.stealing import Skips, SkipsByCall
 from node.wire.localframes import (
     UNREACHABLE,
@@ -82,6 +82,14 @@ SKIP_TIMEOUT_S = 5.0
 #: What a ComputeEvent adds around a Partial (call number, tags, lengths): the limit
 #: applies to the partial, as on gRPC, not to its envelope.
 ENVELOPE_BYTES = 64
+
+@dataclass(frozen=True)
+class Computed:
+    """What a worker's Compute call did: the partials it sent, and the shards it let go
+    to an idle node (stealing.py) and sent none for."""
+
+    sent: int
+    skipped: tuple[int, ...] = ()
 
 #: Writes a partial of the call; returns once it is handed to the socket.
 SendPartial = Callable[[pb.Partial, float | None], Awaitable[None]]

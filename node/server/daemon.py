@@ -42,7 +42,6 @@ from node.server.admission import ClientSlots
 from node.server.api import (
     Answered,
     BeatAnswer,
-    Computed,
     IncomingPartial,
     JobProgress,
     JobView,
@@ -55,7 +54,7 @@ from node.server.api import (
 )
 from node.server.beacons import BeaconListener
 from node.server.clock import Clock
-from node.server.computelink import SendPartial
+from node.server.computelink import Computed, SendPartial
 from node.server.computestack import ComputeStack
 from node.server.config import NodeConfig
 from node.server.discovery import IdDiscovery, shared_settings

@@ -51,8 +51,8 @@ from google.protobuf.message import DecodeError
 from node._proto import distnode_pb2 as pb
 from node.errors import InvalidField, LimitExceeded
 from node.server import computelink
-from node.server.api import Caller, Computed
-from node.server.computelink import LinkCompute, SendPartial
+from node.server.api import Caller
+from node.server.computelink import Computed, LinkCompute, SendPartial
 from node.server.jobstream import Failed, JobStream
 from node.server.stealing import Skips
 from node.wire.localframes import (

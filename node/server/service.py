@@ -52,14 +52,13 @@ from node.server.api import (
     Answered,
     BeatAnswer,
     Caller,
-    Computed,
     IncomingPartial,
     JobView,
     NodeApi,
     StatusView,
     Submitted,
 )
-from node.server.computelink import LinkCallFailed, SendPartial
+from node.server.computelink import Computed, LinkCallFailed, SendPartial
 from node.server.dispatch import incoming
 from node.server.jobinfo import view_to_info
 from node.server.jobstream import JobStream

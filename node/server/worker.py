@@ -32,8 +32,8 @@ from node.core.compute import Partial, compute_partial, validate_job
 from node.core.job import Job
 from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import InvalidField, JobFailed, ReduceFailed
-from node.server.api import Computed, ShardRange
-from node.server.computelink import SendPartial
+from node.server.api import ShardRange
+from node.server.computelink import Computed, SendPartial
 from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
 from node.server.stealing import Skips, SkipsByCall
