@@ -28,6 +28,7 @@ import re
 import secrets
 import socket
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import pytest
 from inproc import InProcessCluster, StartCluster, poll
+from prometheus_client.parser import text_string_to_metric_families
 
 from node import AsyncClient, Client, LocalCluster
 from node._proto import distnode_pb2 as pb
@@ -569,16 +571,30 @@ async def test_a_leader_links_only_to_a_worker_of_its_own_user(
     assert all(calls(leader, w, "link") == 0 for w in workers)
 
 
+def link_calls(cluster: LocalCluster, leader: str, worker: str) -> float:
+    """The Compute calls `leader` made on `worker`'s link, from its /metrics."""
+    with urllib.request.urlopen(f"http://{cluster.http_addresses[leader]}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    want = {"peer": cluster.address(worker), "transport": "link"}
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "distnode_compute_calls_total" and sample.labels == want)
+
+
 @pytest.mark.process
 def test_a_linked_worker_killed_mid_job_has_its_shards_moved(tmp_path: Path) -> None:
     source = "random:n=6e7,seed=5"
     job = Job(op="sum", source=source)
     expected = float(reduce_all(job, validate_job(job), SHARD_ELEMS).item())
-    with LocalCluster(nodes=3, shard_elems=SHARD_ELEMS, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
+    with LocalCluster(nodes=3, shard_elems=SHARD_ELEMS, http=True, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
         leader = cluster.wait_all_alive(timeout_s=10)
         worker = next(node for node in cluster.ids if node != leader)
         with Client([cluster.address(leader)]) as client:
-            assert client.submit(op="sum", source=source).result == expected  # the links are made here
+            # The link is learned from a gRPC call's reply, which a job may end (and cancel) before it
+            # comes: sum until the leader has made a call on the worker's link.
+            deadline_s = time.monotonic() + 30
+            while link_calls(cluster, leader, worker) < 1:
+                assert time.monotonic() < deadline_s, "no call went on the worker's link"
+                assert client.submit(op="sum", source=source).result == expected
             logged_before = len(cluster.log(leader))
             run = cluster.run_with_fault(lambda: cluster.kill(worker), client=client,
                                          op="sum", source=source, job_id="linked-kill")
