@@ -37,7 +37,6 @@ async def test_answer_cache_is_bounded_by_bytes(tmp_path: Any) -> None:
 
 async def _no_remote(*args: Any) -> list[int]:
     await asyncio.sleep(0)
-    return []
     raise AssertionError("a one-node job must not call workers")
 
 

@@ -158,9 +158,10 @@ async def test_a_leader_whose_own_write_outlasts_election_timeouts_keeps_leading
     start_cluster: StartCluster,
 ) -> None:
     """The followers' answers wait while the leader's own write is pending, but they still
-    count for CheckQuorum: a leader whose fsync takes several election timeouts is slow,
-    not cut off, and is not deposed; the entry commits once the write returns."""
-    cluster = await start_cluster(3)
+    count for CheckQuorum: a leader whose fsync takes two election timeouts is slow, not
+    cut off, and is not deposed; the entry commits once the write returns. (Timeouts of
+    300-600 ms: a stall of the three daemons' shared event loop must not depose it.)"""
+    cluster = await start_cluster(3, election_ms_min=300, election_ms_max=600)
     await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
     leader = cluster.leader()
     assert leader is not None
@@ -171,9 +172,10 @@ async def test_a_leader_whose_own_write_outlasts_election_timeouts_keeps_leading
         submit = asyncio.create_task(client.submit(op="sum", source="values:1,2,3", detach=True))
         try:
             await poll(lambda: leader.elections.writer.in_flight, what="the leader's write to hang")
-            # Three CheckQuorum windows (election timeouts) with the write pending.
-            until_s = time.monotonic() + 3 * leader.config.election_ms_max / 1000
-            await poll(lambda: time.monotonic() >= until_s or not leader.is_leader, what="three windows")
+            # Two election timeouts (four CheckQuorum windows) with the write pending: less
+            # than STUCK_WRITE_WINDOWS, past which the disk counts as stuck (the test below).
+            until_s = time.monotonic() + 2 * leader.config.election_ms_max / 1000
+            await poll(lambda: time.monotonic() >= until_s or not leader.is_leader, what="two timeouts")
             assert leader.is_leader and leader.election.term == term, "deposed by its own slow disk"
             assert leader.election.commit_index < index and len(leader.elections._held_replies) >= 2
         finally:
@@ -181,6 +183,35 @@ async def test_a_leader_whose_own_write_outlasts_election_timeouts_keeps_leading
         job_id = await submit
         assert (await client.result(job_id, wait=10)).result == 6
     assert leader.is_leader and leader.election.term == term
+
+
+async def test_a_leader_whose_own_write_is_stuck_steps_down_and_the_job_lands_elsewhere(
+    start_cluster: StartCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past STUCK_WRITE_WINDOWS election timeouts of one pending append, the leader's disk
+    counts as stuck: its held answers no longer count, CheckQuorum deposes it, a follower
+    whose disk works leads, and the job commits there; the old leader catches up once
+    its write returns."""
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    term, gate = leader.election.term, threading.Event()
+    slow_disk(leader, gate)
+    try:
+        async with AsyncClient(cluster.addresses, timeout=30) as client:
+            submit = asyncio.create_task(client.submit(op="sum", source="values:1,2,3", detach=True))
+            await poll(lambda: leader.elections.writer.in_flight, what="the leader's write to hang")
+            await poll(lambda: not leader.is_leader, what="the leader to step down")
+            await poll(lambda: (new := cluster.leader()) is not None and new is not leader
+                       and new.election.term > term, what="a follower to lead")
+            assert leader.elections.writer.in_flight, "stepped down before its write returned: not the case"
+            job_id = await submit
+            assert (await client.result(job_id, wait=10)).result == 6
+    finally:
+        gate.set()
+    assert any("a journal write has been pending" in r.getMessage() for r in caplog.records)
+    await poll(lambda: settled(cluster.daemons), what="the old leader to catch up")
 
 
 async def test_a_leader_whose_own_write_fails_steps_down_and_the_job_still_lands(

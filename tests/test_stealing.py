@@ -473,24 +473,54 @@ async def test_an_ask_a_worker_never_answers_ends_when_the_worker_is_declared_de
     assert outcome.result == await alone(tmp_path)
 
 
-async def test_a_shard_let_go_after_its_call_ended_is_the_thiefs_and_the_worker_stays(
+class GatedWorker(AskedWorker):
+    """An AskedWorker whose calls wait at `gate` before their first shard (none begun, none
+    let go), and which records each call's shards as it arrives."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, fail=False)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.calls: list[list[int]] = []
+
+    async def __call__(
+        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]
+    ) -> list[int]:
+        self.calls.append([index for index, _, _ in ranges])
+        await self.gate.wait()
+        return await super().__call__(address, job_id, job, ranges)
+
+
+async def test_a_yes_that_comes_after_the_shard_went_back_and_out_again_is_a_no(
     tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker's call ends (every shard it kept is sent) before the leader reads that it
-    let one go: that shard is computed elsewhere, and the worker's lane must not wait for
-    its partial (for the grace, then dropping a healthy worker)."""
+    """The worker lets the asked-for shard go, and its call ends, naming it, before the
+    leader reads the yes: the lane puts the shard back, and the same worker gets it again in
+    a new call. The yes that comes then was about the old call: the thief must not take
+    the shard, which the new call's own lane now answers for (else it is computed twice)."""
     monkeypatch.setattr(node.server.lanes, "PARTIALS_GRACE_S", 60.0)
-    worker = AskedWorker(tmp_path, fail=False)
-    jobs, local = leader_with(worker, ThreadPoolExecutor(1))
+    worker = GatedWorker(tmp_path)
+    pool = ThreadPoolExecutor(1)
+    jobs, local = leader_with(worker, pool)
     running = asyncio.ensure_future(jobs.submit("j", Job("sum", "npy:d.npy")))
     await poll(worker.asked.is_set, DEADLINE_S, "the leader's lane to ask the worker")
-    worker.let_go(11)  # the shard asked for: let go, as the worker's thread came to it...
-    worker.release.set()  # ...so its calls end, with the rest sent...
-    await poll(lambda: [11] in worker.ended, DEADLINE_S, "the call to end")
-    worker.answer.set()  # ...before the leader reads the answer
+    asked = jobs._running["j"].holdings
+    shard = next(iter(asked._moved))
+    worker.gate.clear()  # calls from now on wait before their first shard
+    worker.let_go(shard)  # let go, as the worker's thread came to it...
+    worker.release.set()  # ...so its calls end, naming it, and it goes back to the queue...
+    await poll(lambda: [shard] in worker.calls, DEADLINE_S, "the worker to be handed it again")
+    held = threading.Event()
+    pool.submit(held.wait, DEADLINE_S)  # a thief's computation of it would wait here
+    worker.answer.set()  # ...then the leader reads the yes to its old ask
+    await poll(lambda: not asked._asking.get("n1"), DEADLINE_S, "the ask to be answered")
+    worker.gate.set()
+    await poll(lambda: worker.ended.count([shard]) == 2, DEADLINE_S, "the new call to end, naming it")
+    held.set()
     outcome = await asyncio.wait_for(running, DEADLINE_S)
-    assert worker.skipped[0] == 11
+    pool.shutdown(wait=True)
     assert sorted(local + worker.computed) == list(range(20)), "a shard computed twice, or never"
+    assert jobs.metrics.registry.get_sample_value("distnode_shards_moved_total") == 0
     assert outcome.nodes == ("n1", "n2") and outcome.result == await alone(tmp_path)
 
 
@@ -529,11 +559,15 @@ async def test_a_skip_before_any_call_lets_nothing_go_and_builds_no_worker(tmp_p
     """A Skip that reaches a node before any Compute call has nothing to let go; it must not
     build the worker (importing numpy on the event loop) to say so."""
     daemon = Daemon(NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=("127.0.0.1:2",), data_dir=tmp_path))
-    daemon.peers.learn("127.0.0.1:2", "n2")
-    assert await daemon.skip("j", [0, 1], "n2") == []
-    assert daemon._worker is None
-    with pytest.raises(NotAMember):  # and only a member may ask
-        await daemon.skip("j", [0], "n7")
+    try:
+        daemon.peers.learn("127.0.0.1:2", "n2")
+        assert await daemon.skip("j", [0, 1], "n2") == []
+        assert daemon._worker is None
+        with pytest.raises(NotAMember):  # and only a member may ask
+            await daemon.skip("j", [0], "n7")
+    finally:
+        daemon.journal.close()
+
 
 SHARD_ELEMS = 1 << 18
 ROWS = 1 << 22  # 16 shards

@@ -200,8 +200,8 @@ class Election:
         return out
 
     def heard(self, peer: str, term: int) -> None:
-        """An answer of this leader's term that the caller holds back while its own write is
-        pending (thesis §10.2.1): CheckQuorum counts it, so a slow fsync deposes nobody."""
+        """An answer of this leader's term held back while its own write is pending (thesis
+        §10.2.1): CheckQuorum counts it (elections.py stops telling once the disk is stuck)."""
         if self._role is Role.LEADER and term == self._term:
             self._peers.heard(peer)
 

@@ -220,7 +220,8 @@ class ElectionDriver:
         peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
         if self.writer.in_flight:
             self._held_replies.append((address, reply))  # see _wrote
-            self.election.heard(address, reply.term)  # it answered: CheckQuorum counts it now
+            if not self.writer.stuck(self.config.election_ms_max / 1000):  # a slow disk, not a stuck one:
+                self.election.heard(address, reply.term)  # it answered, CheckQuorum counts it now
         else:
             self._step_reply(address, reply)
         if peer is not None and not peer.alive:  # a reply can only bring a peer back

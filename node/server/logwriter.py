@@ -20,6 +20,7 @@ to what the disk holds and calls `reset`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ from node.server.journal import Journal, Snapshot
 log = logging.getLogger("distnode")
 
 T = TypeVar("T")
+#: An append pending this many election timeouts means a stuck disk: a leader's held replies
+#: then stop counting for CheckQuorum, which deposes it for a node whose disk works (elections.py).
+STUCK_WRITE_WINDOWS = 4
 #: Called on the event loop once a background append returned: None, or why it failed.
 Done = Callable[["OSError | None"], None]
 
@@ -43,6 +47,9 @@ class LogWriter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         #: Background appends not yet reported back to the event loop.
         self.in_flight = 0
+        #: When each of them was handed to the thread (monotonic s), oldest first.
+        self._pending_since: collections.deque[float] = collections.deque()
+        self._said_stuck = False
         #: Set by the first failed write; refuses the ones queued after it until `reset`.
         self._failed: OSError | None = None
         #: Why the last write to the journal failed ("" while writes work).
@@ -55,15 +62,29 @@ class LogWriter:
         future = asyncio.get_running_loop().run_in_executor(
             self._thread, self._guarded, self._append, after, entries)
         self.in_flight += 1  # once submitted: a refused submission (shut down) leaves nothing pending
+        self._pending_since.append(time.monotonic())
 
         def finished(future: asyncio.Future[None]) -> None:
             self.in_flight -= 1
+            self._pending_since.popleft()  # one thread: they return in the order handed
+            self._said_stuck = self._said_stuck and bool(self.in_flight)
             error = None if future.cancelled() else future.exception()
             if error is not None and not isinstance(error, OSError):
                 error = OSError(f"journal write failed: {error!r}")
             done(error)
 
         future.add_done_callback(finished)
+
+    def stuck(self, window_s: float) -> bool:
+        """Whether the oldest pending append has been pending more than STUCK_WRITE_WINDOWS
+        election timeouts of `window_s` (said once an episode, as a WARNING)."""
+        pending_s = time.monotonic() - self._pending_since[0] if self._pending_since else 0.0
+        if pending_s <= STUCK_WRITE_WINDOWS * window_s:
+            return False
+        if not self._said_stuck:
+            self._said_stuck = True
+            log.warning("a journal write has been pending for %.1f s: a leader steps down", pending_s)
+        return True
 
     def run(self, write: Callable[..., T], *args: object) -> T:
         """A write now, after every pending one (the caller's thread waits for them)."""
