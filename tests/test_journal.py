@@ -3,16 +3,19 @@ cut, damage anywhere else is refused with the file and the offset, snapshots bou
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
 from node.core.raftlog import Entry, RaftLog
 from node.server.journal import Journal, JournalDamaged, Snapshot
+from node.server.logwriter import LogWriter
 
 
 def entries(first: int, count: int, term: int, size: int = 10) -> tuple[Entry, ...]:
@@ -238,3 +241,31 @@ def test_a_restart_that_wrote_nothing_adds_no_segment(tmp_path: Path) -> None:
     assert len(segments(tmp_path)) == 2, [p.name for p in segments(tmp_path)]
     journal.append(2, entries(3, 1, 1))
     assert content(reopen(journal)[1]) == (0, 0, entries(1, 3, 1))
+
+
+async def test_an_append_pending_too_long_is_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """How long the oldest background append has been pending, past a bound: the measure of
+    a slow or stuck disk (a follower's gate, a leader's CheckQuorum), said once."""
+    journal = Journal(tmp_path)
+    journal.open()
+    disk = threading.Event()
+    append = journal.append
+
+    def slow(after: int, entries: tuple[Entry, ...]) -> None:
+        assert disk.wait(20), "the test never let the write return"
+        append(after, entries)
+
+    journal.append = slow  # type: ignore[method-assign]
+    writer = LogWriter(journal)
+    assert writer.overdue(-1.0) == 0.0 and not writer.stuck(-1.0), "nothing pending is never overdue"
+    returned = asyncio.Event()
+    writer.append_later(0, entries(1, 1, 1), lambda error: returned.set())
+    assert writer.overdue(3600.0) == 0.0 and not writer.stuck(900.0)
+    assert writer.overdue(-1.0) >= 0.0 and writer.overdue(-1.0) >= 0.0 and writer.stuck(-1.0)
+    said = [r for r in caplog.records if "a journal write has been pending" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    disk.set()
+    await asyncio.wait_for(returned.wait(), 20)
+    assert writer.overdue(-1.0) == 0.0 and not writer.stuck(-1.0)
+    writer.close()
+    journal.close()

@@ -84,18 +84,6 @@ async def test_answered_returns_an_answer_given_now_or_later() -> None:
     assert await waiting == 8
 
 
-def test_a_gate_closed_too_long_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
-    gate = StepGate()
-    assert gate.overdue(-1.0) == 0.0, "an open gate is never overdue"
-    gate.close()
-    assert gate.overdue(3600.0) == 0.0
-    assert gate.overdue(-1.0) >= 0.0 and gate.overdue(-1.0) >= 0.0
-    said = [r for r in caplog.records if "a journal write has been pending" in r.getMessage()]
-    assert len(said) == 1 and said[0].levelname == "WARNING"
-    gate.open(durable=True)
-    assert gate.overdue(-1.0) == 0.0
-
-
 def test_at_most_max_waiting_steps_wait_and_the_oldest_go_first() -> None:
     """A disk that hangs must not fill memory with beats: past MAX_WAITING the oldest
     waiting step is dropped (as a lost message); the newest still run, in order."""

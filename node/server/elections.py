@@ -207,8 +207,9 @@ class ElectionDriver:
         return self.storage_error or self.writer.error or slow
 
     def _write_overdue_s(self) -> float:
-        """How long the gate has been closed, once that is longer than an election timeout."""
-        return self.gate.overdue(self.config.election_ms_max / 1000)
+        """While the gate is closed: how long the write it waits for has been pending, once
+        that is longer than an election timeout."""
+        return self.writer.overdue(self.config.election_ms_max / 1000) if self.gate.closed else 0.0
 
     def follows(self, leader_id: str, term: int) -> bool:
         """True if this node takes `leader_id` as its leader in `term`."""

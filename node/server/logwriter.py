@@ -49,7 +49,8 @@ class LogWriter:
         self.in_flight = 0
         #: When each of them was handed to the thread (monotonic s), oldest first.
         self._pending_since: collections.deque[float] = collections.deque()
-        self._said_stuck = False
+        #: Whether `overdue` has said so since appends were last all back.
+        self._said_slow = False
         #: Set by the first failed write; refuses the ones queued after it until `reset`.
         self._failed: OSError | None = None
         #: Why the last write to the journal failed ("" while writes work).
@@ -67,7 +68,7 @@ class LogWriter:
         def finished(future: asyncio.Future[None]) -> None:
             self.in_flight -= 1
             self._pending_since.popleft()  # one thread: they return in the order handed
-            self._said_stuck = self._said_stuck and bool(self.in_flight)
+            self._said_slow = self._said_slow and bool(self.in_flight)
             error = None if future.cancelled() else future.exception()
             if error is not None and not isinstance(error, OSError):
                 error = OSError(f"journal write failed: {error!r}")
@@ -75,16 +76,22 @@ class LogWriter:
 
         future.add_done_callback(finished)
 
-    def stuck(self, window_s: float) -> bool:
-        """Whether the oldest pending append has been pending more than STUCK_WRITE_WINDOWS
-        election timeouts of `window_s` (said once an episode, as a WARNING)."""
+    def overdue(self, after_s: float) -> float:
+        """Seconds the oldest background append has been pending, if more than `after_s`
+        (said once until all are back, as a WARNING: the disk is slow or stuck); else 0."""
         pending_s = time.monotonic() - self._pending_since[0] if self._pending_since else 0.0
-        if pending_s <= STUCK_WRITE_WINDOWS * window_s:
-            return False
-        if not self._said_stuck:
-            self._said_stuck = True
-            log.warning("a journal write has been pending for %.1f s: a leader steps down", pending_s)
-        return True
+        if pending_s <= after_s:
+            return 0.0
+        if not self._said_slow:
+            self._said_slow = True
+            log.warning("a journal write has been pending for %.1f s: a follower answers its leader, votes "
+                        "and ticks once it returns; a leader steps down after %d election timeouts",
+                        pending_s, STUCK_WRITE_WINDOWS)
+        return pending_s
+
+    def stuck(self, window_s: float) -> bool:
+        """Whether an append has been pending STUCK_WRITE_WINDOWS election timeouts of `window_s`."""
+        return self.overdue(STUCK_WRITE_WINDOWS * window_s) > 0
 
     def run(self, write: Callable[..., T], *args: object) -> T:
         """A write now, after every pending one (the caller's thread waits for them)."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -43,8 +42,6 @@ class StepGate:
     def __init__(self) -> None:
         self._waiting: collections.deque[Callable[[], None]] | None = None
         self._held: list[Release] = []
-        self._closed_at_s = 0.0
-        self._said_slow = False
         #: Steps dropped because too many waited (MAX_WAITING).
         self.dropped = 0
 
@@ -61,21 +58,6 @@ class StepGate:
     def close(self) -> None:
         if self._waiting is None:
             self._waiting = collections.deque()
-            self._closed_at_s, self._said_slow = time.monotonic(), False
-
-    def overdue(self, after_s: float) -> float:
-        """Seconds the gate has been closed, if more than `after_s` (said once, as a
-        WARNING: the disk is slow or stuck); else 0."""
-        if self._waiting is None:
-            return 0.0
-        closed_s = time.monotonic() - self._closed_at_s
-        if closed_s <= after_s:
-            return 0.0
-        if not self._said_slow:
-            self._said_slow = True
-            log.warning("a journal write has been pending for %.1f s: this node answers its leader, "
-                        "votes and ticks once it returns", closed_s)
-        return closed_s
 
     def defer(self, step: Callable[[], None]) -> bool:
         """Queue `step` if the gate is closed (True); False: the caller steps now.
