@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
@@ -37,6 +40,13 @@ def own_status(address: str, timeout_s: float = 0.5, tls: TlsFiles | None = None
             return pb_grpc.NodeStub(channel).Status(pb.StatusRequest(), timeout=timeout_s)
         except grpc.RpcError:
             return None
+
+
+def scraped(http_address: str) -> list[Sample]:
+    """Every sample on a node's /metrics at `http_address` (blocking), read by Prometheus' parser."""
+    with urllib.request.urlopen(f"http://{http_address}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 async def poll(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:

@@ -28,15 +28,13 @@ import re
 import secrets
 import socket
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from inproc import InProcessCluster, StartCluster, poll
-from prometheus_client.parser import text_string_to_metric_families
+from inproc import InProcessCluster, StartCluster, poll, scraped
 
 from node import AsyncClient, Client, LocalCluster
 from node._proto import distnode_pb2 as pb
@@ -573,10 +571,8 @@ async def test_a_leader_links_only_to_a_worker_of_its_own_user(
 
 def link_calls(cluster: LocalCluster, leader: str, worker: str) -> float:
     """The Compute calls `leader` made on `worker`'s link, from its /metrics."""
-    with urllib.request.urlopen(f"http://{cluster.http_addresses[leader]}/metrics", timeout=5) as page:
-        text = page.read().decode()
     want = {"peer": cluster.address(worker), "transport": "link"}
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+    return sum(sample.value for sample in scraped(cluster.http_addresses[leader])
                if sample.name == "distnode_compute_calls_total" and sample.labels == want)
 
 

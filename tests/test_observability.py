@@ -84,7 +84,7 @@ import urllib.request  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from typing import Any  # noqa: E402
 
-from inproc import StartCluster, poll  # noqa: E402
+from inproc import StartCluster, poll, scraped  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from node import AsyncClient  # noqa: E402
@@ -359,9 +359,7 @@ def test_local_cluster_gives_every_node_an_http_side(tmp_path: Path) -> None:
         leader = cluster.wait_for_leader()
         leaders = 0.0
         for node_id in cluster.ids:
-            with urllib.request.urlopen(f"http://{cluster.http_addresses[node_id]}/metrics", timeout=5) as reply:
-                text = reply.read().decode()
-            samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            samples = {s.name: s.value for s in scraped(cluster.http_addresses[node_id])}
             leaders += samples["distnode_is_leader"]
             with urllib.request.urlopen(f"http://{cluster.http_addresses[node_id]}/status.json", timeout=5) as reply:
                 assert json.loads(reply.read())["answered_by"] == node_id
