@@ -1,7 +1,8 @@
 """A job's time on this tree against another, clusters side by side, in interleaved rounds.
 
     python scripts/tree_ab.py --ref DIR [--after DIR] [--job big|vector|small|throughput] [--rounds 15]
-                              [--reps 3] [--n 100000000] [--map KERNEL] [--turn-s S] [--fsync-ms MS]
+                              [--reps 3] [--n 100000000] [--map KERNEL] [--source SPEC --data-dir DIR]
+                              [--turn-s S] [--fsync-ms MS]
                               [--slow-worker-nice N | --busy-worker K] [--json PATH]
 
 DIR is an unpacked tree (`git archive REV | tar -x -C DIR`); `--after`
@@ -13,7 +14,8 @@ drift lands on both alike; the figure is the median over rounds of
 after / before (each round's medians), beside each tree's absolute median.
 
 `--job big`: `sum` over a float64 `.npy` of `--n` elements (`--map square`
-applies a kernel first, as bench.py's `--map square` row); `vector`: `sum
+applies a kernel first, as bench.py's `--map square` row), or over
+`--source SPEC` (e.g. `zarr:big.zarr`, a path under `--data-dir`); `vector`: `sum
 --axis 0` over a (3, 10^6) float64 `.npy` (bench.py's vector reduce). The
 files are written to a temporary directory and read once first (page cache).
 `small`: `--reps` sequential `sum` jobs over `range:n=1000` per turn, sent
@@ -267,6 +269,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n", type=int, default=10**8)
     parser.add_argument("--map", default=None, help="a kernel applied before a big job's sum")
+    parser.add_argument("--source", default=None, help="big: sum this source instead of a written .npy")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="with --source: the clusters' data root (where its relative path lies)")
     parser.add_argument("--fsync-ms", type=float, default=0.0, help="each daemon fsync takes MS longer")
     parser.add_argument("--slow-worker-nice", type=int, default=0, metavar="N",
                         help="big/vector: one worker of each cluster at nice N")
@@ -284,7 +289,8 @@ def main() -> int:
             slow_disks(args.fsync_ms, workdir)
         job: dict[str, Any]
         if args.job == "big":
-            job = {"op": "sum", "source": write_big(args.n, workdir)}
+            source = args.source or write_big(args.n, workdir)
+            job = {"op": "sum", "source": source}
             if args.map is not None:
                 job["map"] = args.map
         elif args.job == "vector":
@@ -293,7 +299,8 @@ def main() -> int:
             job = {"throughput": True}
         else:
             job = {"op": "sum", "source": SMALL_SOURCE}
-        found = compare(trees, job, args.rounds, args.reps, workdir, args.turn_s, args.slow_worker_nice,
+        data_root = args.data_dir.resolve() if args.source and args.data_dir else workdir
+        found = compare(trees, job, args.rounds, args.reps, data_root, args.turn_s, args.slow_worker_nice,
                         args.busy_worker)
         print_json({**found, "fsync_ms_added": args.fsync_ms, "slow_worker_nice": args.slow_worker_nice,
                     "busy_worker": args.busy_worker}, args.json)

@@ -16,6 +16,7 @@ import gc
 import itertools
 import json
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -324,6 +325,33 @@ def test_zarr_chunk_that_links_out_of_the_data_root(tmp_path: Path) -> None:
     chunk.unlink()
     chunk.symlink_to(outside)
     refused(root, "zarr:a.zarr", "a.zarr/c/2", "out of the data root")
+
+
+@pytest.mark.parametrize("swapped", ["c/2", "c"])
+def test_zarr_chunk_swapped_for_a_link_out_of_the_root_after_it_was_read(tmp_path: Path, swapped: str) -> None:
+    """Every read checks its chunk file again, also once the store is open and the file mapped:
+    a chunk file, or the directory holding it, replaced by a symlink out of the root is refused."""
+    root = tmp_path / "root"
+    root.mkdir()
+    store = plain_zarr(root)
+    job = Job("sum", "zarr:a.zarr")
+    source = validate_job(job, root, OPENERS)
+    assert float(reduce_all(job, source, 1000)) == float(np.arange(10_000.0).sum())
+    outside = tmp_path / "outside"
+    shutil.copytree(store / "c", outside / "c")
+    (store / swapped).rename(tmp_path / "moved")
+    (store / swapped).symlink_to(outside / swapped)
+    with pytest.raises(InvalidField, match="out of the data root"):
+        reduce_all(job, source, 1000)
+
+
+def test_zarr_chunk_directory_linked_inside_the_root_reads(tmp_path: Path) -> None:
+    store = plain_zarr(tmp_path)
+    (store / "c").rename(tmp_path / "chunks")
+    (store / "c").symlink_to(tmp_path / "chunks")
+    assert float(reduce_all(Job("sum", "zarr:a.zarr"), open_in(tmp_path, "zarr:a.zarr"), 1000)) == float(
+        np.arange(10_000.0).sum()
+    )
 
 
 def test_zarr_chunk_that_is_a_fifo(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.core.sources import open_source
+from node.core.sourcechecks import lstat_beneath
+from node.core.sources import NpySource, open_source
 from node.errors import InvalidField, SourceForbidden, SourceNotFound
 
 
@@ -45,6 +46,30 @@ def test_symlink_inside_the_root_is_fine(root: Path) -> None:
     assert open_source("npy:alias.npy", data_root=root).rows == 4
 
 
+def test_a_directory_on_the_path_that_links_out_of_the_root_is_forbidden(root: Path) -> None:
+    (root / "sub").symlink_to(root.parent)
+    with pytest.raises(SourceForbidden, match="outside the data root"):
+        open_source("npy:sub/secret.npy", data_root=root)
+    with pytest.raises(SourceForbidden, match="outside the data root"):
+        open_source(f"npy:{root / 'sub' / 'secret.npy'}", data_root=root)
+
+
+def test_a_directory_on_the_path_that_links_inside_the_root_is_fine(root: Path) -> None:
+    (root / "real").mkdir()
+    np.save(root / "real" / "x.npy", np.arange(3.0))
+    (root / "sub").symlink_to(root / "real")
+    source = open_source("npy:sub/x.npy", data_root=root)
+    assert isinstance(source, NpySource) and source.path == root / "real" / "x.npy"
+
+
+def test_a_data_root_given_through_a_symlink_is_resolved_first(root: Path) -> None:
+    (root.parent / "alias").symlink_to(root)
+    source = open_source("npy:ok.npy", data_root=root.parent / "alias")
+    assert isinstance(source, NpySource) and source.path == root / "ok.npy"
+    with pytest.raises(SourceForbidden):
+        open_source("npy:../secret.npy", data_root=root.parent / "alias")
+
+
 def test_fifo_and_directory_are_rejected_without_blocking(root: Path) -> None:
     os.mkfifo(root / "pipe.npy")
     (root / "dir.npy").mkdir()
@@ -74,3 +99,15 @@ def test_pickled_object_arrays_are_never_unpickled(root: Path) -> None:
     np.save(root / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InvalidField, match="source:"):
         open_source("npy:obj.npy", data_root=root)
+
+
+def test_lstat_beneath_answers_only_for_a_plain_path_inside_the_root(root: Path) -> None:
+    """The shortcut past resolving: a path as written, no symlink or `..` in it; else None,
+    and the caller resolves."""
+    (root / "sub").mkdir()
+    np.save(root / "sub" / "x.npy", np.arange(2.0))
+    (root / "alias.npy").symlink_to(root / "ok.npy")
+    found = lstat_beneath(str(root), "sub/./x.npy")
+    assert found is not None and found[0] == str(root / "sub" / "x.npy") and found[1].st_size > 0
+    for relative in ("alias.npy", "sub/../ok.npy", "missing.npy", "", None):
+        assert lstat_beneath(str(root), relative) is None, relative

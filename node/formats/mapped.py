@@ -17,6 +17,7 @@ data root are expected to change only by being replaced.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ def _mapped(path: str, inode: int, mtime_ns: int, size: int) -> Array:
     del inode, mtime_ns  # only part of the cache key
     if size == 0:
         return np.zeros(0, dtype=np.uint8)  # mmap refuses an empty file
-    return in_huge_pages(np.memmap(path, dtype=np.uint8, mode="r"))
+    # A plain ndarray over the map (which it keeps alive): a memmap's slices each run
+    # numpy's Python-level __array_finalize__, a tenth of a Zarr job's piecing.
+    return in_huge_pages(np.memmap(path, dtype=np.uint8, mode="r")).view(np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,15 @@ class ChunkPieces:
         """
         c = self.chunk_rows
         pieces = []
-        for first, count in self._runs(start // c, (stop - 1) // c + 1):
+        for first, count, where in self._runs(start // c, (stop - 1) // c + 1):
             lo, hi = max(start, first * c), min(stop, (first + count) * c)
-            pieces.append((lo, self._chunks(first, count)[lo - first * c:hi - first * c]))
+            pieces.append((lo, self._chunks(first, count, where)[lo - first * c:hi - first * c]))
         return pieces
 
-    def _runs(self, begin: int, end: int) -> list[tuple[int, int]]:
-        """Chunks [begin, end) as (first chunk, count) runs, each run contiguous in one file."""
-        runs: list[tuple[int, int]] = []
+    def _runs(self, begin: int, end: int) -> list[tuple[int, int, tuple[Path, int] | None]]:
+        """Chunks [begin, end) as (first chunk, count, where the first lies) runs, each run
+        contiguous in one file."""
+        runs: list[tuple[int, int, tuple[Path, int] | None]] = []
         size = self._chunk_bytes()
         previous: tuple[Path, int] | None = None
         for index in range(begin, end):
@@ -92,22 +96,22 @@ class ChunkPieces:
             if runs and where is not None and previous is not None and not self.exact_files and (
                 where[0] == previous[0] and where[1] == previous[1] + size
             ):
-                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1, runs[-1][2])
             else:
-                runs.append((index, 1))
+                runs.append((index, 1, where))
             previous = where
         return runs
 
     def _chunk_bytes(self) -> int:
-        return int(np.prod(self.chunk_shape)) * self.dtype.itemsize
+        return math.prod(self.chunk_shape) * self.dtype.itemsize
 
     def read(self, start: int, stop: int) -> Array:
         pieces = [piece for _, piece in self.read_pieces(start, stop)]
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
-    def _chunks(self, first: int, count: int) -> Array:
-        """`count` chunks from chunk `first`, which `_runs` found back to back, as one array of rows."""
-        where = self.locate(first)
+    def _chunks(self, first: int, count: int, where: tuple[Path, int] | None) -> Array:
+        """`count` chunks from chunk `first`, which `_runs` found back to back at `where`, as one
+        array of rows."""
         if where is None:
             return np.full(self.chunk_shape, self.fill, dtype=self.dtype)
         path, offset = where

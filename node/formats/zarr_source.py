@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line
+from node.core.sourcechecks import check_array, check_chunk, confined_path, lstat_beneath, one_line
 from node.core.sources import Array, ArrayBacked
 from node.errors import InvalidField
 from node.formats.mapped import ChunkPieces
@@ -114,8 +114,14 @@ def _open_cached(path: str, root: str, mtime_ns: int, size: int) -> ZarrSource:
     metadata = array.metadata
     second = (0,) if array.ndim == 2 else ()
 
+    store, below = Path(path), str(Path(path).relative_to(root))
+
     def locate(index: int) -> tuple[Path, int] | None:
-        found = _confined_key(Path(path), Path(root), metadata.encode_chunk_key((index, *second)))
+        key = metadata.encode_chunk_key((index, *second))
+        plain = lstat_beneath(root, f"{below}/{key}")
+        if plain is not None and stat.S_ISREG(plain[1].st_mode):
+            return Path(plain[0]), 0
+        found = _confined_key(store, Path(root), key)  # the slow road says what is wrong, if anything
         return None if found is None else (found, 0)
 
     pieces = ChunkPieces(
