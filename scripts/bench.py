@@ -45,9 +45,10 @@ How it is kept fair (all systems, same machine, same run, one at a time):
   install` does; where PYTHONDONTWRITEBYTECODE is set, an uncompiled tree
   would compile in every daemon at start.
 - Start-up excluded. distnode's daemons are running before its jobs are
-  timed; MPI times inside one `mpiexec` launch (`Barrier`, `Wtime`, partial
-  sum of the rank's contiguous third, `comm.reduce(op=SUM, root=0)`, clock
-  stopped on rank 0); Dask and Ray time after their cluster is up.
+  timed; MPI times inside one `mpiexec` launch (`Barrier`, partial sum of
+  the rank's contiguous third, `comm.reduce(op=SUM, root=0)`, clock stopped
+  on rank 0 and counted from the earliest rank's start, as a client's clock
+  counts all of a distnode job); Dask and Ray time after their cluster is up.
 - Interleaved rounds for the big figures (benchlib/rounds.py): distnode,
   mpi4py and numpy stay up (the peers as servers reading one figure per
   line) and each runs the figure once per round, the order turned by one

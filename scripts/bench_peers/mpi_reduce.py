@@ -1,9 +1,15 @@
 """mpi4py peer, run as `mpiexec -n 3 python mpi_reduce.py SPEC_JSON`.
 
 Each rank memory-maps the .npy once (the map is reused across reps), then for
-every rep: `Barrier`, `t0 = Wtime()`, its contiguous third summed (or squared
+every rep: `Barrier`, its clock start, its contiguous third summed (or squared
 and summed) with numpy, `comm.reduce(op=SUM, root=0)`; rank 0 stops the clock
-when the reduced value arrives. Vector reduce: each rank holds one row of the
+when the reduced value arrives, and the rep's time runs from the *earliest*
+rank's start (gathered after the rep, off the clock; CLOCK_MONOTONIC, one
+clock for every process of a host). Timing from rank 0's own start, as
+MPI codes often do, left out the head start of the ranks that leave the
+Barrier first: with three ranks on two cores rank 0 left it last in 66 of
+70 reps, 3-3.6 ms after the first (median; docs/timeline.md, "mpi4py's
+clock"). Vector reduce: each rank holds one row of the
 (3, N) .npy (a view of the map) and `comm.Reduce`s it into rank 0's buffer.
 Process start-up and `MPI_Init` are outside the timed region, as distnode's
 daemons are already running when its jobs are timed. Warm-up reps are run
@@ -42,7 +48,12 @@ def main() -> int:
     out: dict[str, Any] = {"ranks": size, "library": MPI.Get_library_version().splitlines()[0].strip()}
 
     def timed(body: Callable[[], Any]) -> tuple[list[float], Any]:
-        return peerdata.timed(body, reps, warmup, clock=MPI.Wtime, before=comm.Barrier)
+        samples, value = [], None
+        for rep in range(warmup + reps):
+            elapsed_s, value = from_first_start(comm, body)
+            if rep >= warmup and elapsed_s is not None:
+                samples.append(elapsed_s)
+        return samples, value
 
     figures = spec["figures"]
     if "big_sum" in figures or "big_square_sum" in figures:
@@ -74,6 +85,17 @@ def main() -> int:
     if rank == 0:
         peerdata.emit(out)
     return 0
+
+
+def from_first_start(comm: Any, body: Callable[[], Any]) -> tuple[float | None, Any]:
+    """After a Barrier, run `body` on every rank; on rank 0, the seconds from the earliest
+    rank's start until `body` returned there (where the reduced value arrives), else None."""
+    comm.Barrier()
+    start_s = time.monotonic()
+    value = body()
+    end_s = time.monotonic()
+    starts = comm.gather(start_s, root=0)
+    return (None if starts is None else end_s - min(starts)), value
 
 
 #: How often an idle rank looks for the next command: far below a big job's time, and
@@ -112,12 +134,11 @@ def serve(spec: dict[str, Any], comm: Any, mpi: Any) -> int:
         figure = names[int(command[0])]
         if figure == peerdata.QUIT:
             return 0
-        comm.Barrier()
-        cpu0_s, t0 = time.process_time(), mpi.Wtime()
-        value = bodies[figure]()
-        elapsed_s = mpi.Wtime() - t0
+        cpu0_s = time.process_time()
+        elapsed_s, value = from_first_start(comm, bodies[figure])
         cpu_s = comm.reduce(time.process_time() - cpu0_s, op=mpi.SUM, root=0)
         if rank == 0:
+            assert elapsed_s is not None
             peerdata.emit_rep(figure, elapsed_s, value, cpu_s)
 
 

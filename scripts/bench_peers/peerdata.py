@@ -63,20 +63,14 @@ def chunks(n: int, size: int = CHUNK) -> list[tuple[int, int]]:
     return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def timed(
-    body: Callable[[], Any], count: int, skip: int,
-    clock: Callable[[], float] = time.perf_counter, before: Callable[[], Any] | None = None,
-) -> tuple[list[float], Any]:
-    """Run `body` skip + count times; the times of the last `count` runs by
-    `clock`, and the last value. `before` runs ahead of each run, off the
-    clock (mpi_reduce.py: a Barrier, and MPI.Wtime as the clock)."""
+def timed(body: Callable[[], Any], count: int, skip: int) -> tuple[list[float], Any]:
+    """Run `body` skip + count times; the times of the last `count` runs and the
+    last value (mpi_reduce.py times its ranks its own way)."""
     samples, value = [], None
     for rep in range(skip + count):
-        if before is not None:
-            before()
-        t0 = clock()
+        t0 = time.perf_counter()
         value = body()
-        elapsed = clock() - t0
+        elapsed = time.perf_counter() - t0
         if rep >= skip:
             samples.append(elapsed)
     return samples, value
