@@ -342,6 +342,10 @@ class SimNet:
             if index > log.snapshot_index and log.term_at(index) != entry.term:
                 self._fail(f"leader {node_id} lacks committed entry {entry}")
 
+    def in_flight_from(self, node_id: str) -> int:
+        """Messages `node_id` sent that have not arrived yet."""
+        return sum(1 for _, _, _, message in self._queue if message.src == node_id)
+
     def _send(self, message: Message) -> None:
         copies = 1 + (self.rng.random() < self.duplicate)
         for _ in range(copies):

@@ -313,6 +313,23 @@ def test_status_around_a_leader_kill_never_shows_two_leaders(cluster: LocalClust
     assert (dead.role, dead.alive) == ("unknown", False), view
 
 
+def test_the_followers_of_a_killed_leader_campaign_when_its_stream_closes() -> None:
+    """kill -9 closes the leader's sockets at once, its Heartbeat streams among them: each
+    survivor says so and campaigns then (`leader_gone`), and one of them leads the next term.
+    Election timeouts of 2-4 s leave the timer path far behind; what is checked is the path
+    taken (the survivors' log lines), not a clock."""
+    with LocalCluster(nodes=3, election_ms=(2000, 4000)) as slow_timers:
+        old = slow_timers.wait_all_alive(timeout_s=30)
+        term = slow_timers.status().term
+        survivors = [node for node in slow_timers.ids if node != old]
+        slow_timers.kill(old)
+        new = slow_timers.wait_for_leader(timeout_s=30, exclude=[old])
+        assert new in survivors and slow_timers.status().term == term + 1, slow_timers.logs()
+        said = f"leader {old}'s heartbeat stream closed: campaigning now"
+        for node in survivors:
+            assert said in slow_timers.log(node), slow_timers.logs()
+
+
 STARTS = 8
 
 

@@ -732,3 +732,48 @@ def test_skipping_the_ticks_before_the_due_one_is_the_same_as_ticking_them(seed:
                 one.peer_ticks_since_heard()) == (
                 batched.role, batched.term, batched.voted_for, batched.leader, batched.ticks_until_due(),
                 batched.ticks_since_leader, batched.peer_ticks_since_heard())
+
+
+# ---- a leader's stream of beats closed (leader_gone) ------------------------------
+
+
+def test_a_follower_whose_leaders_stream_closed_campaigns_at_once() -> None:
+    """Ours: the leader's process ended (its Heartbeat stream closed), so waiting out an
+    election timeout only delays the next leader. The follower forgets it and pre-votes
+    now; a pre-vote changes no term and no vote (thesis §9.6)."""
+    node = make(term=3, voted_for="x", election_ticks_min=10)
+    node.step(Heartbeat("x", "a", 3))
+    node.tick()
+    out = node.leader_gone("x", 3)
+    assert out[0] == RoleChanged(Role.FOLLOWER, 3, None)
+    assert RoleChanged(Role.PRE_CANDIDATE, 3, None) in out
+    assert sends(out) == [VoteRequest("a", p, 4, pre_vote=True) for p in PEERS]
+    assert not any(isinstance(o, Persist) for o in out)
+    assert (node.term, node.voted_for, node.leader) == (3, "x", None)
+
+
+def test_once_its_leader_is_gone_a_follower_grants_at_once() -> None:
+    """The lease of §4.2.3 protects a live leader; a follower told its leader's stream closed
+    grants another survivor's pre-vote within the ticks the lease would have lasted."""
+    node = make(election_ticks_min=10)
+    node.step(Heartbeat("x", "a", 1))
+    request = VoteRequest("c", "a", 2, pre_vote=True)
+    assert sends(node.step(request)) == [VoteResponse("a", "c", 1, granted=False, pre_vote=True)]
+    node.leader_gone("x", 1)
+    assert sends(node.step(request)) == [VoteResponse("a", "c", 2, granted=True, pre_vote=True)]
+
+
+@pytest.mark.parametrize("case", ["another leader", "another term", "a leader", "a candidate"])
+def test_a_closed_stream_that_is_not_our_leaders_changes_nothing(case: str) -> None:
+    """A stream of a former leader, of an older term, or one that ends while this node leads
+    or campaigns itself: no output, no state change."""
+    node = make(term=2, election_ticks_min=10)
+    node.step(Heartbeat("x", "a", 2))
+    if case == "a leader":
+        elect(node)
+    elif case == "a candidate":
+        node.campaign()
+    leader, term = {"another leader": ("y", 2), "another term": ("x", 1)}.get(case, ("x", node.term))
+    before = (node.role, node.term, node.voted_for, node.leader)
+    assert node.leader_gone(leader, term) == []
+    assert (node.role, node.term, node.voted_for, node.leader) == before

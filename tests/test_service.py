@@ -88,6 +88,9 @@ class FakeNode:
     async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
         return self._call("heartbeat", beat, beacon_key)  # type: ignore[no-any-return]
 
+    def leader_stream_closed(self, leader_id: str, term: int) -> None:
+        self.calls.append(("leader_stream_closed", (leader_id, term)))
+
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
         trace: bool = False, answer_file: pb.AnswerFile | None = None,
@@ -152,7 +155,33 @@ async def test_heartbeat_stream_answers_each_beat(served: tuple[FakeNode, NodeSt
         (3, "follower", "n1", True, 5)
     ] * 3
     beat = Heartbeat("n2", "n1", 3, 4, 2, (Entry(5, 3, "command", b"x"),), 4, slack=5)  # whole 10 ms ticks
-    assert node.calls == [("heartbeat", (beat, b"k" * 32))] * 3
+    # The leader ended its stream: the node hears it at once, with the last beat's leader and term.
+    assert node.calls == [("heartbeat", (beat, b"k" * 32))] * 3 + [("leader_stream_closed", ("n2", 3))]
+
+
+async def test_a_stream_the_node_refused_a_beat_on_tells_it_nothing(
+    served: tuple[FakeNode, NodeStub], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream ends because this node refused a beat (here: not a member), not because
+    the leader went away: no `leader_stream_closed`, even after a beat it had answered."""
+    node, stub = served
+    answers: list[BeatAnswer | Exception] = [BeatAnswer(term=3, role="follower"), NotAMember("leader_id", "n2 is not behind any --peers address")]
+
+    def answer_in_turn(name: str, *args: Any) -> Any:
+        node.calls.append((name, args))
+        answered = answers.pop(0)
+        if isinstance(answered, Exception):
+            raise answered
+        return answered
+
+    monkeypatch.setattr(node, "_call", answer_in_turn)
+    beats = [pb.HeartbeatRequest(term=3, leader_id="n2", prev_index=4, prev_term=2)] * 2
+    replies = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for reply in stub.Heartbeat(iter(beats)):
+            replies.append(reply)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED and len(replies) == 1
+    assert [name for name, _ in node.calls] == ["heartbeat", "heartbeat"]
 
 
 @pytest.mark.parametrize(("fields", "problem"), [

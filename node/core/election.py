@@ -16,15 +16,16 @@
 # (`active_peers`) is also the daemon's failure detector. Heartbeats are
 # AppendEntries; with `replicate` off the log stays empty.
 #
-# Two rules of ours keep the survivors of a dead leader from splitting the
-# vote (an extra election timeout). Both concern pre-votes, which change no
-# term and no vote, so neither can affect safety:
-# - a follower that grants a pre-vote restarts its election timer (as §5.2
-#   has it do for a real vote), instead of starting a rival campaign;
-# - of two pre-candidates that start within a heartbeat of each other, the
+# Three rules of ours speed up the survivors of a dead leader; they touch only
+# pre-votes and timers (no term, no vote), so none affects safety.
+# - A follower that grants a pre-vote restarts its election timer (as §5.2
+#   has it do for a real vote), instead of starting a rival campaign.
+# - Of two pre-candidates that start within a heartbeat of each other, the
 #   larger id refuses the smaller's pre-vote, and the smaller grants the
 #   larger's and stands down. After that heartbeat a pre-candidate grants like
 #   anybody else, so a campaign cut off from its voters never blocks another.
+# - A follower told that its leader's beats stopped with the stream carrying
+#   them (`leader_gone`: the process ended) forgets it and campaigns at once.
 #
 # A request's `src` is the sender's id; a response's `src` is the peer key it
 # went to (the address dialled); votes and liveness count per response `src`.
@@ -119,8 +120,7 @@ class Election:
         self._log.compact(index, snapshot)
 
     def restore_log(self, log: RaftLog, snapshot: bytes, applied: int) -> None:
-        """The journal refused an append: back to the log it holds and to what the state
-        machine applied (through `applied`); the role is the caller's to change."""
+        """The journal refused an append: back to its log and the state applied through `applied`."""
         self._log.reset(log, snapshot, applied)
 
     @property
@@ -141,9 +141,8 @@ class Election:
         return len(self.active_peers()) + 1 >= self._config.quorum
 
     def ticks_until_due(self) -> int:
-        """How many `tick()` calls from now until one can produce output (at least 1).
-        Ticks before that only advance counters: a caller may sleep this long, then
-        catch up, instead of waking every tick. Any `step()` can move it: ask again."""
+        """`tick()` calls until one can produce output (at least 1): the caller may sleep that
+        long and catch up. Any `step()` can move it: ask again."""
         if self._role is Role.LEADER and not self._config.peers:
             due = self._config.election_ticks_max  # alone: no beat to send, no quorum to lose
         elif self._role is Role.LEADER:
@@ -171,13 +170,18 @@ class Election:
     def campaign(self) -> list[Output]:
         """Start a (pre-)election now, as if the election timer had fired."""
         out: list[Output] = []
-        if self._role is Role.LEADER:
-            return out
-        if self._config.pre_vote:
-            self._become_pre_candidate(out)
-        else:
-            self._become_candidate(out)
+        if self._role is not Role.LEADER:
+            (self._become_pre_candidate if self._config.pre_vote else self._become_candidate)(out)
         return out
+
+    def leader_gone(self, leader: str, term: int) -> list[Output]:
+        """`leader`'s stream of beats in `term` closed: if it is still ours, forget it (its lease
+        ends) and campaign now, not an election timeout later; a live one keeps its voters."""
+        if self._role is not Role.FOLLOWER or (self._leader, self._term) != (leader, term):
+            return []
+        out: list[Output] = []
+        self._set_role(Role.FOLLOWER, None, out)
+        return out + self.campaign()
 
     def step(self, message: Message) -> list[Output]:
         out: list[Output] = []
@@ -206,9 +210,8 @@ class Election:
             self._peers.heard(peer)
 
     def rollback(self, term: int, voted_for: str | None) -> list[Output]:
-        """A write failed: back to the durable (term, vote), a follower with
-        no leader. Ahead of the disk, memory would put a term no disk holds in the
-        next message. The caller sends nothing that followed the failed write."""
+        """A write failed: back to the durable (term, vote), a follower with no leader (else the
+        next message could carry a term no disk holds); nothing after the write is sent."""
         if term > self._term or (term == self._term and voted_for not in (None, self._voted_for)):
             raise AssertionError(f"rollback to ({term}, {voted_for}) from ({self._term}, {self._voted_for})")
         self._term, self._voted_for = term, voted_for
@@ -222,11 +225,8 @@ class Election:
     # ---- rules for every role -----------------------------------------------
 
     def _bumps_term(self, message: Message) -> bool:
-        """Messages whose term is a future term, not a claim about the sender's term.
-
-        A pre-vote request and a granted pre-vote response carry the term the
-        candidate *would* use (thesis §9.6); they never move anybody's term.
-        """
+        """False for a pre-vote request or grant: its term is the one the candidate *would*
+        use (thesis §9.6), not the sender's, and moves nobody's term."""
         if isinstance(message, VoteRequest | VoteResponse) and message.pre_vote:
             return not isinstance(message, VoteRequest) and not message.granted
         return True
@@ -254,8 +254,7 @@ class Election:
 
     def _step_vote_request(self, message: VoteRequest, out: list[Output]) -> None:
         if message.pre_vote:
-            # Thesis §9.6: grant if the proposed term is ahead of ours and we
-            # have no live leader; changes no term and no vote.
+            # Thesis §9.6: grant if the term is ahead of ours and we know no live leader.
             grant = message.term > self._term and not self._in_lease(message.src)
             grant = grant and self._up_to_date(message)
             if grant and self._role is Role.FOLLOWER:

@@ -184,6 +184,8 @@ class NodeApi(Protocol):
 
     async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer: ...
 
+    def leader_stream_closed(self, leader_id: str, term: int) -> None: ...
+
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
         trace: bool = False, answer_file: pb.AnswerFile | None = None,

@@ -1,14 +1,13 @@
 """The daemon: one node's process. It owns the server, the signals and the shutdown.
 
-It owns the gRPC server, the UDP heartbeat socket (beacons.py) and the local
-socket (localsocket.py), the long-lived tasks, and the order things stop in;
-it feeds the pure election core its ticks (clock.py) and executes the core's
-outputs in order through elections.py: persist (fsync) before send, so a vote
-is durable before anyone hears it. It implements the calls the servicer makes
-(`api.NodeApi`): elections, jobs (as leader: jobs.py; as follower: relayed,
-relay.py), the worker's Compute (worker.py) and status. Shutdown is ordered:
-stop ticking, stop the servers with a grace period, close the peer channels,
-drop the compute pool.
+It owns the gRPC server, the UDP heartbeat socket (beacons.py), the local
+socket (localsocket.py), the long-lived tasks and the order things stop in; it
+feeds the pure election core its ticks (clock.py) and executes its outputs in
+order through elections.py: persist (fsync) before send, so a vote is durable
+before anyone hears it. It implements the servicer's calls (`api.NodeApi`):
+elections, jobs (as leader: jobs.py; as follower: relayed, relay.py), the
+worker's Compute (worker.py) and status. Shutdown is ordered: stop ticking,
+stop the servers with a grace period, close the peer channels, drop the pool.
 """
 from __future__ import annotations
 
@@ -181,12 +180,9 @@ class Daemon:
         if self._jobs is None:
             from node.server.jobs import JobManager
 
-            config = self.config
-            self._jobs = JobManager(
-                config.node_id, self.peers, self.dispatch, self.executor,
-                config.shard_elems, config.data_root, config.limits, self.openers,
-                self.discovery.ask_sources, self.metrics, self.dispatch.skip,
-            )
+            c, d = self.config, self.dispatch
+            self._jobs = JobManager(c.node_id, self.peers, d, self.executor, c.shard_elems, c.data_root,
+                                    c.limits, self.openers, self.discovery.ask_sources, self.metrics, d.skip)
         return self._jobs
 
     @property
@@ -229,10 +225,13 @@ class Daemon:
             self.beacons.grant(beat.src, beat.term, beacon_key)
         return answer
 
+    def leader_stream_closed(self, leader_id: str, term: int) -> None:
+        if not self._stopping.is_set():  # our own shutdown ends the stream too
+            self.elections.leader_gone(leader_id, term)
+
     def beat_reply(self, request: pb.HeartbeatRequest, reply: Callable[[pb.HeartbeatReply], None]) -> None:
-        """A beat that came as a UDP datagram. The listener took it only under the key a
-        member granted over gRPC, for that leader and term: checked there, not again.
-        Its entries, if any, are stored before `reply` is called, as on the stream."""
+        """A beat that came as a UDP datagram, under the key a member granted over gRPC for
+        that leader and term (checked there); its entries are stored before `reply`, as on the stream."""
         beat = beat_from_proto(request, self.node_id, self.config.tick_ms)
         self.elections.heartbeat(beat, lambda answer: reply(beat_reply(self.node_id, answer)))
 

@@ -11,7 +11,9 @@ out as RPCs whose replies are stepped back in, heartbeats on the leader's
 links (heartbeats.py); `RoleChanged` is logged and passed on to the daemon.
 
 The core is also the failure detector: `judge_peers` copies its verdict into
-the peer table that the job scheduler reads.
+the peer table that the job scheduler reads. A leader whose Heartbeat stream
+closes (`leader_gone`: a killed process's sockets close at once) is not waited
+out: its followers campaign then, Pre-Vote asking whoever may still hear one.
 """
 
 from __future__ import annotations
@@ -71,20 +73,10 @@ OnApply = Callable[[tuple[Entry, ...]], None]
 
 class ElectionDriver:
     def __init__(
-        self,
-        election: Election,
-        store: StateStore,
-        journal: Journal,
-        clock: Clock,
-        peers: PeerTable,
-        stubs: StubCache,
-        heartbeats: HeartbeatLinks,
-        config: NodeConfig,
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
-        on_role_changed: OnRoleChanged,
-        on_apply: OnApply,
-        snapshot_state: Callable[[], bytes],
-        on_restore: Callable[[bytes, int], None],
+        self, election: Election, store: StateStore, journal: Journal, clock: Clock, peers: PeerTable,
+        stubs: StubCache, heartbeats: HeartbeatLinks, config: NodeConfig,
+        spawn: Callable[[Coroutine[Any, Any, None]], None], on_role_changed: OnRoleChanged,
+        on_apply: OnApply, snapshot_state: Callable[[], bytes], on_restore: Callable[[bytes, int], None],
     ) -> None:
         self.election = election
         self.store = store
@@ -193,6 +185,14 @@ class ElectionDriver:
             self.gate.hold(lambda durable: answer(self._beat_answer(response if durable else None)))
         else:
             answer(self._beat_answer(response))
+
+    def leader_gone(self, leader_id: str, term: int) -> None:
+        """`leader_id`'s Heartbeat stream of `term` ended (its process died, or it stopped
+        leading): if it still leads us, campaign now instead of an election timeout later."""
+        if self.follows(leader_id, term) and not self.gate.closed:
+            log.info("leader %s's heartbeat stream closed: campaigning now", leader_id)
+            self.catch_up()
+            self._execute(self.election.leader_gone(leader_id, term))
 
     def _beat_answer(self, response: HeartbeatResponse | None) -> BeatAnswer:
         refused = response is None or not response.success

@@ -242,19 +242,28 @@ class NodeServicer(pb_grpc.NodeServicer):
 
         A refused beat ends the stream with its status; the generator returns
         rather than raising through `abort`, which gRPC would then have to
-        close while it still runs.
+        close while it still runs. When the leader ends the stream instead
+        (its process died, or it stopped leading), the node hears of it at
+        once (`leader_stream_closed`), not an election timeout later.
         """
-        async for request in request_iterator:
-            try:
-                message = beat_from_proto(request, self.node.node_id, self.node.tick_ms)
-                beat = await self.node.heartbeat(message, request.beacon_key)
-            except Exception as exc:
-                code, details = status_of(exc)
-                context.set_code(code)
-                context.set_details(details)
-                context.set_trailing_metadata(node_trailer(self.node.node_id))
-                return
-            yield beat_reply(self.node.node_id, beat)
+        sender: tuple[str, int] | None = None  # the leader and term of the last beat answered
+        try:
+            async for request in request_iterator:
+                try:
+                    message = beat_from_proto(request, self.node.node_id, self.node.tick_ms)
+                    beat = await self.node.heartbeat(message, request.beacon_key)
+                except Exception as exc:
+                    sender = None  # our refusal ends it: nothing to learn from that
+                    code, details = status_of(exc)
+                    context.set_code(code)
+                    context.set_details(details)
+                    context.set_trailing_metadata(node_trailer(self.node.node_id))
+                    return
+                sender = (message.src, message.term)
+                yield beat_reply(self.node.node_id, beat)
+        finally:
+            if sender is not None:
+                self.node.leader_stream_closed(*sender)
 
     # The reply is a SubmitAnswer or relayed bytes, not a SubmitReply: add_to_server
     # gives Submit its own serializer, which the generated signature cannot know.
