@@ -315,9 +315,10 @@ def test_status_around_a_leader_kill_never_shows_two_leaders(cluster: LocalClust
 
 def test_the_followers_of_a_killed_leader_campaign_when_its_stream_closes() -> None:
     """kill -9 closes the leader's sockets at once, its Heartbeat streams among them: each
-    survivor says so and campaigns then (`leader_gone`), and one of them leads the next term.
-    Election timeouts of 2-4 s leave the timer path far behind; what is checked is the path
-    taken (the survivors' log lines), not a clock."""
+    survivor dials the leader, is refused, says so and campaigns within a beat
+    (`leader_gone`), and one of them leads the next term. Election timeouts of 2-4 s leave
+    the timer path far behind; what is checked is the path taken (the survivors' log
+    lines), not a clock."""
     with LocalCluster(nodes=3, election_ms=(2000, 4000)) as slow_timers:
         old = slow_timers.wait_all_alive(timeout_s=30)
         term = slow_timers.status().term
@@ -325,9 +326,29 @@ def test_the_followers_of_a_killed_leader_campaign_when_its_stream_closes() -> N
         slow_timers.kill(old)
         new = slow_timers.wait_for_leader(timeout_s=30, exclude=[old])
         assert new in survivors and slow_timers.status().term == term + 1, slow_timers.logs()
-        said = f"leader {old}'s heartbeat stream closed: campaigning now"
+        said = f"leader {old} is gone (its stream closed, nothing serves its port): campaigning"
         for node in survivors:
             assert said in slow_timers.log(node), slow_timers.logs()
+
+
+def test_streams_closed_under_a_live_leader_depose_nobody() -> None:
+    """A stream can close while its leader lives (a NAT or a conntrack flush drops idle
+    connections, all of a leader's at once): here every stream the leader holds is cut and
+    healed at once. Its followers dial it, find it answering, and keep it: same leader, same
+    term. Forgetting it on the closed streams alone, both would have elected another."""
+    with LocalCluster(nodes=3, link_faults=True) as faulty:
+        leader = faulty.wait_all_alive(timeout_s=30)
+        term = faulty.status().term
+        followers = [node for node in faulty.ids if node != leader]
+        for follower in followers:
+            faulty.cut(leader, follower, both=False)
+        faulty.heal()
+        said = f"leader {leader}'s stream closed but"
+        wait_until(lambda: all(said in faulty.log(node) for node in followers), 10.0,
+                   "both followers to find the leader answering", faulty.logs)
+        view = faulty.status()
+        assert (view.leader, view.term) == (leader, term), faulty.logs()
+        assert "campaigning" not in faulty.logs()
 
 
 STARTS = 8

@@ -408,6 +408,18 @@ def test_fresh_pre_candidates_the_larger_id_refuses_the_smaller_and_goes_on() ->
     assert node.role is Role.CANDIDATE and node.term == 1
 
 
+def test_a_larger_pre_candidate_yields_to_a_smaller_one_that_refused_it() -> None:
+    """Ours: the smaller one refused us (it held a lease then, say, and has since learnt its
+    leader died): it will not vote for us, so going on would leave both campaigns short.
+    We grant it and stand down."""
+    node = make("b", ("a", "c"), heartbeat_ticks=2, check_quorum=False)
+    node.campaign()
+    node.step(VoteResponse("a", "b", 0, granted=False, pre_vote=True))
+    out = node.step(VoteRequest("a", "b", 1, pre_vote=True))
+    assert sends(out) == [VoteResponse("b", "a", 1, granted=True, pre_vote=True)]
+    assert node.role is Role.FOLLOWER and node.term == 0 and node.voted_for is None
+
+
 def test_fresh_pre_candidates_the_smaller_id_grants_the_larger_and_stands_down() -> None:
     """...and the smaller grants the larger one's pre-vote and gives up its own
     campaign, so it does not go on to split the vote even if a follower
@@ -734,46 +746,51 @@ def test_skipping_the_ticks_before_the_due_one_is_the_same_as_ticking_them(seed:
                 batched.ticks_since_leader, batched.peer_ticks_since_heard())
 
 
-# ---- a leader's stream of beats closed (leader_gone) ------------------------------
+# ---- a leader known dead (leader_gone) --------------------------------------------
 
 
-def test_a_follower_whose_leaders_stream_closed_campaigns_at_once() -> None:
-    """Ours: the leader's process ended (its Heartbeat stream closed), so waiting out an
-    election timeout only delays the next leader. The follower forgets it and pre-votes
-    now; a pre-vote changes no term and no vote (thesis §9.6)."""
-    node = make(term=3, voted_for="x", election_ticks_min=10)
-    node.step(Heartbeat("x", "a", 3))
-    node.tick()
-    out = node.leader_gone("x", 3)
-    assert out[0] == RoleChanged(Role.FOLLOWER, 3, None)
-    assert RoleChanged(Role.PRE_CANDIDATE, 3, None) in out
-    assert sends(out) == [VoteRequest("a", p, 4, pre_vote=True) for p in PEERS]
-    assert not any(isinstance(o, Persist) for o in out)
-    assert (node.term, node.voted_for, node.leader) == (3, "x", None)
+def test_a_follower_told_its_leader_is_dead_campaigns_within_a_beat() -> None:
+    """Ours: the leader's process ended (its stream closed, its port refuses: leaderprobe.py),
+    so waiting out an election timeout only delays the next leader. The follower forgets it
+    and its timer fires within `heartbeat_ticks`; a pre-vote changes no term and no vote."""
+    for seed in range(20):
+        node = make(term=3, voted_for="x", election_ticks_min=30, election_ticks_max=60,
+                    heartbeat_ticks=4, seed=seed)
+        node.step(Heartbeat("x", "a", 3))
+        node.tick()
+        assert node.leader_gone("x", 3) == [RoleChanged(Role.FOLLOWER, 3, None)]
+        ticks, out = 0, []
+        while not out:
+            out = node.tick()
+            ticks += 1
+        assert 1 <= ticks <= 4, (seed, ticks)
+        assert sends(out) == [VoteRequest("a", p, 4, pre_vote=True) for p in PEERS]
+        assert not any(isinstance(o, Persist) for o in out)
+        assert (node.term, node.voted_for, node.leader) == (3, "x", None)
 
 
-def test_once_its_leader_is_gone_a_follower_grants_at_once() -> None:
-    """The lease of §4.2.3 protects a live leader; a follower told its leader's stream closed
-    grants another survivor's pre-vote within the ticks the lease would have lasted."""
+def test_once_its_leader_is_dead_a_follower_grants_as_its_lease_is_over() -> None:
+    """The lease of §4.2.3 protects a live leader: a follower told its leader is dead grants
+    another survivor's pre-vote (and stays a follower, its timer restarted)."""
     node = make(election_ticks_min=10)
     node.step(Heartbeat("x", "a", 1))
     request = VoteRequest("c", "a", 2, pre_vote=True)
     assert sends(node.step(request)) == [VoteResponse("a", "c", 1, granted=False, pre_vote=True)]
     node.leader_gone("x", 1)
     assert sends(node.step(request)) == [VoteResponse("a", "c", 2, granted=True, pre_vote=True)]
+    assert node.role is Role.FOLLOWER and node.ticks_until_due() >= 10
 
 
-@pytest.mark.parametrize("case", ["another leader", "another term", "a leader", "a candidate"])
-def test_a_closed_stream_that_is_not_our_leaders_changes_nothing(case: str) -> None:
-    """A stream of a former leader, of an older term, or one that ends while this node leads
-    or campaigns itself: no output, no state change."""
-    node = make(term=2, election_ticks_min=10)
+@pytest.mark.parametrize("case", ["another leader", "another term", "a leader", "no pre-vote"])
+def test_a_dead_node_that_is_not_our_leader_changes_nothing(case: str) -> None:
+    """A former leader, an older term, this node itself leading, or a core without Pre-Vote
+    (whose timer firing early would move its term): no output, no state change."""
+    node = make(term=2, election_ticks_min=10, pre_vote=case != "no pre-vote")
     node.step(Heartbeat("x", "a", 2))
+    leader, term = {"another leader": ("y", 2), "another term": ("x", 1)}.get(case, ("x", 2))
     if case == "a leader":
         elect(node)
-    elif case == "a candidate":
-        node.campaign()
-    leader, term = {"another leader": ("y", 2), "another term": ("x", 1)}.get(case, ("x", node.term))
-    before = (node.role, node.term, node.voted_for, node.leader)
+        leader, term = "a", node.term
+    before = (node.role, node.term, node.voted_for, node.leader, node.ticks_until_due())
     assert node.leader_gone(leader, term) == []
-    assert (node.role, node.term, node.voted_for, node.leader) == before
+    assert (node.role, node.term, node.voted_for, node.leader, node.ticks_until_due()) == before

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from simnet import InvariantError, SimNet
 
-from node.core.messages import Role, Send, VoteRequest
+from node.core.messages import Role, VoteRequest
 
 ELECTION_BOUND_TICKS = 300  # a leader must emerge this soon after the network is healthy
 
@@ -140,9 +140,11 @@ def test_survivors_of_a_dead_leader_rarely_split_the_vote(n: int, max_delay: int
     assert len(slow) <= len(times) // 100, sorted(slow)
 
 
-def survivors_told_elect_after(seed: int, n: int, max_delay: int) -> int:
-    """As `survivors_elect_after`, but each survivor's Heartbeat stream from the dead leader
-    closes with it (`Election.leader_gone`), as a killed process's sockets do."""
+def survivors_told_elect_after(seed: int, n: int, max_delay: int, spread: int) -> int:
+    """As `survivors_elect_after`, but the survivors learn that the leader died
+    (`Election.leader_gone`: its stream closed, its port refuses), each at a random tick of
+    the first `spread` after the dead leader's last messages arrived, as a stream closes after
+    the beats it carried."""
     net = SimNet(ids(n), seed=seed, heartbeat_ticks=5, election_ticks_min=25,
                  election_ticks_max=50, max_delay=max_delay)
     old = net.run_until_stable(ELECTION_BOUND_TICKS)
@@ -151,12 +153,14 @@ def survivors_told_elect_after(seed: int, n: int, max_delay: int) -> int:
     term = net.nodes[old].term
     net.crash(old)
     ticks = 0
-    while net.in_flight_from(old):  # a stream closes after the beats it carried arrive
+    while net.in_flight_from(old):
         net.step_tick()
         ticks += 1
-    for survivor in net.rng.sample([node for node in net.ids if node != old], n - 1):
-        net.execute(survivor, net.nodes[survivor].leader_gone(old, term))
+    told_at = {node: ticks + net.rng.randint(0, spread) for node in net.ids if node != old}
     while ticks < ELECTION_BOUND_TICKS:
+        for survivor, at in told_at.items():
+            if at == ticks:
+                net.execute(survivor, net.nodes[survivor].leader_gone(old, term))
         net.step_tick()
         ticks += 1
         if [leader for leader in net.leaders() if leader != old]:
@@ -164,33 +168,40 @@ def survivors_told_elect_after(seed: int, n: int, max_delay: int) -> int:
     raise AssertionError(f"seed {seed}: no new leader within {ELECTION_BOUND_TICKS} ticks")
 
 
+@pytest.mark.parametrize("spread", [0, 3])
 @pytest.mark.parametrize(("n", "max_delay"), [(3, 0), (3, 1), (5, 0), (5, 1)])
-def test_survivors_whose_leaders_stream_closed_elect_in_two_round_trips(n: int, max_delay: int) -> None:
-    """No election timeout to wait out: the dead leader's last messages still arriving, then
-    pre-vote and vote there and back (four messages, each up to 1 + max_delay ticks) and a
-    tick of tick order, in every one of 300 seeds, where waiting takes 25 ticks or more. All
-    survivors campaign at once; the larger id going on (node/core/election.py) keeps them
-    from splitting the vote."""
-    bound = (1 + max_delay) + 4 * (1 + max_delay) + 1
-    times = [survivors_told_elect_after(seed, n, max_delay) for seed in range(300)]
-    assert max(times) <= bound < 25, sorted(times)[-5:]
+def test_survivors_told_their_leader_died_elect_within_a_beat_and_two_round_trips(
+    n: int, max_delay: int, spread: int
+) -> None:
+    """No election timeout to wait out: the dead leader's last messages, the survivors told
+    over `spread` ticks, a timer of at most a beat (5 ticks), then pre-vote and vote there and
+    back (four messages of up to 1 + max_delay ticks) and a tick of tick order, where waiting
+    takes 25 ticks or more. The first to campaign wins, as no survivor holds a lease; the
+    larger id going on settles a tie, unless the smaller refused it (node/core/election.py).
+    Told together, every one of 600 seeds does. Told up to 3 ticks apart with messages late
+    by a tick, a survivor may refuse an early campaign while it still holds its lease, and
+    the two may refuse each other: at most one seed in a hundred then waits for a timer,
+    which is where every failover stood before."""
+    bound = (1 + max_delay) + spread + 5 + 4 * (1 + max_delay) + 1
+    times = [survivors_told_elect_after(seed, n, max_delay, spread) for seed in range(600)]
+    slow = [t for t in times if t > bound]
+    assert bound < 25 and len(slow) <= (0 if spread == 0 else len(times) // 100), sorted(slow)
 
 
 @pytest.mark.parametrize("n", [3, 5])
 @pytest.mark.parametrize("seed", range(20))
-def test_a_stream_closed_under_a_live_leader_does_not_depose_it(n: int, seed: int) -> None:
-    """The leader is alive (it tore a follower's stream down and reopened it): the follower
-    campaigns, but every other node hears the leader and refuses its pre-vote (lease,
-    thesis §6.2), so the leader keeps its term and nobody's term moves."""
+def test_one_follower_wrongly_told_its_leader_died_does_not_depose_it(n: int, seed: int) -> None:
+    """Should one follower forget a live leader (leaderprobe.py keeps a quorum of them from
+    doing so), it campaigns, but every other node hears the leader and refuses its pre-vote
+    (lease, thesis §6.2): the leader keeps its term and nobody's term moves."""
     net = SimNet(ids(n), seed=seed, heartbeat_ticks=5, election_ticks_min=25, election_ticks_max=50)
     leader = net.run_until_stable(ELECTION_BOUND_TICKS)
     assert leader is not None
     net.run(net.rng.randrange(5))
     term = net.nodes[leader].term
     follower = net.rng.choice([node for node in net.ids if node != leader])
-    out = net.nodes[follower].leader_gone(leader, term)
-    assert any(isinstance(o, Send) and isinstance(o.message, VoteRequest) for o in out)
-    net.execute(follower, out)
+    net.execute(follower, net.nodes[follower].leader_gone(leader, term))
+    assert net.nodes[follower].leader is None
     net.run(200)
     assert net.stable_leader() == leader
     assert {node.term for node in net.nodes.values()} == {term}

@@ -155,8 +155,37 @@ async def test_heartbeat_stream_answers_each_beat(served: tuple[FakeNode, NodeSt
         (3, "follower", "n1", True, 5)
     ] * 3
     beat = Heartbeat("n2", "n1", 3, 4, 2, (Entry(5, 3, "command", b"x"),), 4, slack=5)  # whole 10 ms ticks
-    # The leader ended its stream: the node hears it at once, with the last beat's leader and term.
+    # The leader ended its stream: the node hears of it, with the last beat's leader and term.
+    await closed_told(node)
     assert node.calls == [("heartbeat", (beat, b"k" * 32))] * 3 + [("leader_stream_closed", ("n2", 3))]
+
+
+async def closed_told(node: FakeNode, deadline_s: float = 5.0) -> None:
+    """Wait (polling, with a deadline) until the servicer told the node its stream closed:
+    gRPC runs the RPC's done callbacks once the call is over, maybe after the client saw it."""
+    stop_s = asyncio.get_running_loop().time() + deadline_s
+    while not any(name == "leader_stream_closed" for name, _ in node.calls):
+        assert asyncio.get_running_loop().time() < stop_s, node.calls
+        await asyncio.sleep(0.005)
+
+
+async def test_a_stream_the_leader_cancels_tells_the_node(served: tuple[FakeNode, NodeStub]) -> None:
+    """A leader ends its stream by cancelling it (and a killed one's connection just drops):
+    the node hears of it however the RPC ended, not only after a clean end of the requests."""
+    node, stub = served
+    node.results["heartbeat"] = BeatAnswer(term=4, role="follower")
+    beats: asyncio.Queue[pb.HeartbeatRequest] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[pb.HeartbeatRequest]:
+        while True:
+            yield await beats.get()
+
+    call = stub.Heartbeat(requests())
+    await beats.put(pb.HeartbeatRequest(term=4, leader_id="n3", prev_index=0, prev_term=0))
+    await call.read()
+    call.cancel()
+    await closed_told(node)
+    assert node.calls[-1] == ("leader_stream_closed", ("n3", 4))
 
 
 async def test_a_stream_the_node_refused_a_beat_on_tells_it_nothing(

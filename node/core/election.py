@@ -21,11 +21,11 @@
 # - A follower that grants a pre-vote restarts its election timer (as §5.2
 #   has it do for a real vote), instead of starting a rival campaign.
 # - Of two pre-candidates that start within a heartbeat of each other, the
-#   larger id refuses the smaller's pre-vote, and the smaller grants the
-#   larger's and stands down. After that heartbeat a pre-candidate grants like
-#   anybody else, so a campaign cut off from its voters never blocks another.
-# - A follower told that its leader's beats stopped with the stream carrying
-#   them (`leader_gone`: the process ended) forgets it and campaigns at once.
+#   larger id refuses the smaller's pre-vote (unless the smaller refused it),
+#   and the smaller grants the larger's and stands down. After that heartbeat a
+#   pre-candidate grants like anybody, so a cut-off campaign never blocks one.
+# - A follower told its leader's process is gone (`leader_gone`) forgets it
+#   and campaigns within a random beat, as the others told: one goes first.
 #
 # A request's `src` is the sender's id; a response's `src` is the peer key it
 # went to (the address dialled); votes and liveness count per response `src`.
@@ -124,8 +124,7 @@ class Election:
         self._log.reset(log, snapshot, applied)
 
     @property
-    def ticks_since_leader(self) -> int:
-        """On a follower: ticks since the leader's last Heartbeat (or since becoming follower)."""
+    def ticks_since_leader(self) -> int:  # a follower's, since its leader's last beat (or since it followed)
         return self._ticks_since_leader
 
     def peer_ticks_since_heard(self) -> dict[str, int | None]:
@@ -175,13 +174,15 @@ class Election:
         return out
 
     def leader_gone(self, leader: str, term: int) -> list[Output]:
-        """`leader`'s stream of beats in `term` closed: if it is still ours, forget it (its lease
-        ends) and campaign now, not an election timeout later; a live one keeps its voters."""
-        if self._role is not Role.FOLLOWER or (self._leader, self._term) != (leader, term):
+        """`leader` of `term` is known dead (its stream closed, its port refuses): if it is still
+        ours, forget it (its lease ends) and campaign within a beat, not a timeout, from now."""
+        if (not self._config.pre_vote or self._role is not Role.FOLLOWER
+                or (self._leader, self._term) != (leader, term)):
             return []
         out: list[Output] = []
         self._set_role(Role.FOLLOWER, None, out)
-        return out + self.campaign()
+        self._election_elapsed = self._election_timeout - self._rng.randint(1, self._config.heartbeat_ticks)
+        return out
 
     def step(self, message: Message) -> list[Output]:
         out: list[Output] = []
@@ -204,8 +205,8 @@ class Election:
         return out
 
     def heard(self, peer: str, term: int) -> None:
-        """An answer of this leader's term held back while its own write is pending (thesis
-        §10.2.1): CheckQuorum counts it (elections.py stops telling once the disk is stuck)."""
+        """An answer of this leader's term held back while its own write is pending (thesis §10.2.1):
+        CheckQuorum counts it (elections.py stops telling once the disk is stuck)."""
         if self._role is Role.LEADER and term == self._term:
             self._peers.heard(peer)
 
@@ -260,8 +261,8 @@ class Election:
             if grant and self._role is Role.FOLLOWER:
                 self._reset_election_timer()  # no rival campaign on its heels
             elif grant and self._concurrent_pre_candidate(message):
-                if message.src < self._config.node_id:
-                    grant = False  # we go on; the requester yields to us
+                if message.src < self._config.node_id and message.src not in self._rejected:
+                    grant = False  # we go on; the requester yields to us (unless it refused us)
                 else:
                     self._become_follower(self._term, None, out)  # we yield to it
             self._respond_vote(message, grant, out)

@@ -36,7 +36,7 @@ from node.core.job import Job
 from node.core.jobtable import JobTable
 from node.core.messages import Heartbeat, InstallSnapshot, Role, VoteRequest
 from node.errors import CannotStart, InvalidField, NotLeader
-from node.server import beacons, localsocket
+from node.server import beacons, leaderprobe, localsocket
 from node.server.admission import ClientSlots
 from node.server.api import (
     Answered,
@@ -227,7 +227,7 @@ class Daemon:
 
     def leader_stream_closed(self, leader_id: str, term: int) -> None:
         if not self._stopping.is_set():  # our own shutdown ends the stream too
-            self.elections.leader_gone(leader_id, term)
+            self._spawn(leaderprobe.after_stream_closed(self.elections, leader_id, term))
 
     def beat_reply(self, request: pb.HeartbeatRequest, reply: Callable[[pb.HeartbeatReply], None]) -> None:
         """A beat that came as a UDP datagram, under the key a member granted over gRPC for
@@ -422,6 +422,7 @@ class Daemon:
 
     async def _shutdown(self, server: grpc.aio.Server) -> None:
         """In order: no more ticks, no more RPCs, no more tasks, then close what they used."""
+        self._stopping.set()  # also when `serve` was cancelled: its streams' ends are ours
         self.clock.stop()
         log.info("shutting down")
         if self._local is not None:  # as gRPC: no new callers, the grace for those it has

@@ -11,9 +11,8 @@ out as RPCs whose replies are stepped back in, heartbeats on the leader's
 links (heartbeats.py); `RoleChanged` is logged and passed on to the daemon.
 
 The core is also the failure detector: `judge_peers` copies its verdict into
-the peer table that the job scheduler reads. A leader whose Heartbeat stream
-closes (`leader_gone`: a killed process's sockets close at once) is not waited
-out: its followers campaign then, Pre-Vote asking whoever may still hear one.
+the peer table that the job scheduler reads. A leader found dead when its
+Heartbeat stream closes (leaderprobe.py) is not waited out: `leader_gone`.
 """
 
 from __future__ import annotations
@@ -187,12 +186,13 @@ class ElectionDriver:
             answer(self._beat_answer(response))
 
     def leader_gone(self, leader_id: str, term: int) -> None:
-        """`leader_id`'s Heartbeat stream of `term` ended (its process died, or it stopped
-        leading): if it still leads us, campaign now instead of an election timeout later."""
-        if self.follows(leader_id, term) and not self.gate.closed:
-            log.info("leader %s's heartbeat stream closed: campaigning now", leader_id)
-            self.catch_up()
-            self._execute(self.election.leader_gone(leader_id, term))
+        """`leader_id` of `term` is dead (leaderprobe.py): campaign within a beat if it still leads us."""
+        if self.gate.defer(functools.partial(self.leader_gone, leader_id, term)):
+            return
+        self.catch_up()
+        if self._execute(outputs := self.election.leader_gone(leader_id, term)) and outputs:
+            log.info("leader %s is gone (its stream closed, nothing serves its port): campaigning", leader_id)
+            self.clock.wake_now()  # the timer fires within a beat
 
     def _beat_answer(self, response: HeartbeatResponse | None) -> BeatAnswer:
         refused = response is None or not response.success

@@ -246,24 +246,26 @@ class NodeServicer(pb_grpc.NodeServicer):
         (its process died, or it stopped leading), the node hears of it at
         once (`leader_stream_closed`), not an election timeout later.
         """
-        sender: tuple[str, int] | None = None  # the leader and term of the last beat answered
-        try:
-            async for request in request_iterator:
-                try:
-                    message = beat_from_proto(request, self.node.node_id, self.node.tick_ms)
-                    beat = await self.node.heartbeat(message, request.beacon_key)
-                except Exception as exc:
-                    sender = None  # our refusal ends it: nothing to learn from that
-                    code, details = status_of(exc)
-                    context.set_code(code)
-                    context.set_details(details)
-                    context.set_trailing_metadata(node_trailer(self.node.node_id))
-                    return
-                sender = (message.src, message.term)
-                yield beat_reply(self.node.node_id, beat)
-        finally:
-            if sender is not None:
-                self.node.leader_stream_closed(*sender)
+        sender: list[tuple[str, int]] = []  # the leader and term of the last beat answered
+
+        def ended(_: Context) -> None:  # however the RPC ended: run by gRPC, not by this generator
+            if sender:
+                self.node.leader_stream_closed(*sender[-1])
+
+        context.add_done_callback(ended)  # type: ignore[arg-type]  # the stub wants its own class, not a callable
+        async for request in request_iterator:
+            try:
+                message = beat_from_proto(request, self.node.node_id, self.node.tick_ms)
+                beat = await self.node.heartbeat(message, request.beacon_key)
+            except Exception as exc:
+                sender.clear()  # our refusal ends it: nothing to learn from that
+                code, details = status_of(exc)
+                context.set_code(code)
+                context.set_details(details)
+                context.set_trailing_metadata(node_trailer(self.node.node_id))
+                return
+            sender[:] = [(message.src, message.term)]
+            yield beat_reply(self.node.node_id, beat)
 
     # The reply is a SubmitAnswer or relayed bytes, not a SubmitReply: add_to_server
     # gives Submit its own serializer, which the generated signature cannot know.

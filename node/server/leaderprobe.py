@@ -1,0 +1,66 @@
+"""Is a leader whose Heartbeat stream closed dead? One connect to its address says.
+
+A killed process's sockets close at once, and its leader's `Heartbeat`
+streams with them, so its followers hear of the death well before an
+election timeout. But a stream also closes while its leader lives: a
+conntrack flush, a NAT or proxy timing out idle connections, all of a
+leader's streams at once. Forgetting a live leader on that alone would
+let a quorum of followers elect another and abort its jobs. So the
+follower first dials the leader's address (its own `--peers` entry):
+only a refused or reset connection, no process serving there, counts as
+dead. A server that answers, or a dial that takes longer than a beat (a
+host down or cut off, which closes no stream anyway), leaves the leader
+to the election timeout, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from node.addresses import split_host_port
+
+if TYPE_CHECKING:
+    from node.server.elections import ElectionDriver
+
+log = logging.getLogger("distnode")
+
+
+async def gone(address: str, timeout_s: float) -> bool:
+    """True if no process serves `address` (HOST:PORT): the connect is refused, or the
+    connection is reset or closed before a byte comes. A process being killed may close its
+    streams before its listening socket, whose kernel still accepts; it resets what it
+    accepted once that closes too. A live gRPC server writes its HTTP/2 settings at once;
+    with TLS it waits for the client, and silence for `timeout_s` counts as alive."""
+    host, port = split_host_port(address)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError):
+        return False
+    try:
+        first = await asyncio.wait_for(reader.read(1), timeout_s)
+    except ConnectionError:
+        return True
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return first == b""
+
+
+async def after_stream_closed(elections: ElectionDriver, leader_id: str, term: int) -> None:
+    """The stream of `leader_id`'s beats in `term` closed: if it still leads us and nothing
+    serves its address (`gone`, within a beat or two), it is dead (`ElectionDriver.leader_gone`)."""
+    address = elections.peers.address_of(leader_id)
+    if not address or not elections.follows(leader_id, term):
+        return
+    if await gone(address, elections.config.heartbeat_ms / 1000):
+        elections.leader_gone(leader_id, term)
+    else:
+        log.info("leader %s's stream closed but %s answers: waiting for its beats", leader_id, address)

@@ -1,0 +1,102 @@
+"""leaderprobe.py: only a refused connection makes a leader whose stream closed dead."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from node.server.leaderprobe import after_stream_closed, gone
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+class Driver:
+    """The parts of ElectionDriver the probe reads, and a record of `leader_gone`."""
+
+    def __init__(self, address: str, following: bool = True) -> None:
+        self.peers = SimpleNamespace(address_of=lambda node_id: address if node_id == "n1" else None)
+        self.config = SimpleNamespace(heartbeat_ms=50)
+        self.following = following
+        self.gone: list[tuple[str, int]] = []
+
+    def follows(self, leader_id: str, term: int) -> bool:
+        return self.following and (leader_id, term) == ("n1", 7)
+
+    def leader_gone(self, leader_id: str, term: int) -> None:
+        self.gone.append((leader_id, term))
+
+
+async def test_a_port_nothing_listens_on_is_gone() -> None:
+    assert await gone(f"127.0.0.1:{closed_port()}", 1.0)
+
+
+async def serving(answer: bytes | None, close: bool) -> asyncio.Server:
+    """A server on 127.0.0.1 that writes `answer` (if any) to each connection, then closes it
+    if `close`, else keeps it open and silent."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if answer:
+                writer.write(answer)
+                await writer.drain()
+            if not close:
+                await reader.read()  # until the prober hangs up
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(("answer", "close", "dead"), [
+    (b"\x00\x00\x12\x04", False, False),  # gRPC: its HTTP/2 settings at once
+    (None, False, False),  # TLS: silent until the client speaks, for longer than the probe waits
+    (None, True, True),  # accepted by a listening socket whose process is exiting, then closed
+])
+async def test_a_server_is_alive_if_it_speaks_or_stays_silent(answer: bytes | None, close: bool, dead: bool) -> None:
+    server = await serving(answer, close)
+    try:
+        assert await gone(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", 0.2) is dead
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_dead_leader_is_reported_gone() -> None:
+    driver = Driver(f"127.0.0.1:{closed_port()}")
+    await after_stream_closed(driver, "n1", 7)  # type: ignore[arg-type]
+    assert driver.gone == [("n1", 7)]
+
+
+async def test_a_leader_that_answers_is_left_to_its_beats() -> None:
+    """Its stream closed under it (a NAT, a conntrack flush): it still serves, so it lives."""
+    server = await serving(b"\x00", close=False)
+    try:
+        driver = Driver(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        await after_stream_closed(driver, "n1", 7)  # type: ignore[arg-type]
+        assert driver.gone == []
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stream_of_a_leader_we_no_longer_follow_is_not_even_dialled(monkeypatch: Any) -> None:
+    dialled: list[str] = []
+
+    async def record(address: str, timeout_s: float) -> bool:
+        dialled.append(address)
+        return True
+
+    monkeypatch.setattr("node.server.leaderprobe.gone", record)
+    driver = Driver(f"127.0.0.1:{closed_port()}", following=False)
+    await after_stream_closed(driver, "n1", 7)  # type: ignore[arg-type]
+    assert (dialled, driver.gone) == ([], [])
