@@ -32,8 +32,10 @@ def vm_flags(path: Path) -> set[str]:
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             words = line.split()
-            if "-" in words[0] and len(words) >= 6:  # a mapping's header: range, perms, ..., path
-                inside = words[-1] == str(path.resolve())
+            if len(words) >= 5 and "-" in words[0] and len(words[1]) == 4:  # a mapping's header
+                # Anonymous maps have no path: they end the file's block too (numpy advises its
+                # large arrays itself, and one right after the file's map must not lend its flags).
+                inside = len(words) >= 6 and words[-1] == str(path.resolve())
             elif inside and words[0] == "VmFlags:":
                 flags.update(words[1:])
     return flags
