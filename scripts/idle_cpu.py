@@ -12,9 +12,12 @@ for the followers. /proc counts in clock ticks (10 ms), so one 15 s window
 resolves 0.07 points. With `--browser`, every node serves `--http` and a
 headless chromium per cluster keeps one follower's status page open (it
 polls `/status.json` twice a second); that follower is reported apart.
-With `--kills N`, what the thinner beat costs comes after: N leader kills
-per cluster, the clusters taking turns (bench.py's failover: SIGKILL, poll
-the survivors' status every 5 ms until a new leader is named, restart).
+With `--kills N`, N leader kills per cluster come after, the clusters
+taking turns (bench.py's failover: SIGKILL, poll the survivors' status
+every 5 ms until a new leader is named, restart). A killed leader is
+found by its closed streams (leaderprobe.py), which waits out the beat it
+owed: thinner beats cost that much more failover; a hung leader, which
+this does not time, pays the timeout and the slack.
 
 With `--ref DIR` (an unpacked tree, `git archive REV | tar -x -C DIR`), the
 comparison is between trees instead: one idle 3-node cluster with default

@@ -174,34 +174,36 @@ def test_survivors_told_their_leader_died_elect_within_a_beat_and_two_round_trip
     n: int, max_delay: int, spread: int
 ) -> None:
     """No election timeout to wait out: the dead leader's last messages, the survivors told
-    over `spread` ticks, a timer of at most a beat (5 ticks), then pre-vote and vote there and
-    back (four messages of up to 1 + max_delay ticks) and a tick of tick order, where waiting
-    takes 25 ticks or more. The first to campaign wins, as no survivor holds a lease; the
-    larger id going on settles a tie, unless the smaller refused it (node/core/election.py).
-    Told together, every one of 600 seeds does. Told up to 3 ticks apart with messages late
-    by a tick, a survivor may refuse an early campaign while it still holds its lease, and
-    the two may refuse each other: at most one seed in a hundred then waits for a timer,
-    which is where every failover stood before."""
-    bound = (1 + max_delay) + spread + 5 + 4 * (1 + max_delay) + 1
+    over `spread` ticks, the rest of the beat the leader owed and a random beat (up to 5 + 5
+    ticks), then pre-vote and vote there and back (four messages of up to 1 + max_delay
+    ticks) and a tick of tick order, where waiting takes 25 ticks or more. The first to
+    campaign wins, as no survivor holds a lease; the larger id going on settles a tie.
+    With messages late by a tick, campaigns can still cross (one survivor may refuse
+    another's while it holds its lease, and the two then refuse each other): at most one
+    seed in a hundred waits for a timer, which is where every failover stood before (one of
+    the 4,800 did, at 5 nodes)."""
+    bound = (1 + max_delay) + spread + 5 + 5 + 4 * (1 + max_delay) + 1
     times = [survivors_told_elect_after(seed, n, max_delay, spread) for seed in range(600)]
     slow = [t for t in times if t > bound]
-    assert bound < 25 and len(slow) <= (0 if spread == 0 else len(times) // 100), sorted(slow)
+    assert bound < 30 and len(slow) <= (0 if max_delay == 0 else len(times) // 100), sorted(slow)
 
 
+@pytest.mark.parametrize("max_delay", [0, 1])
 @pytest.mark.parametrize("n", [3, 5])
 @pytest.mark.parametrize("seed", range(20))
-def test_one_follower_wrongly_told_its_leader_died_does_not_depose_it(n: int, seed: int) -> None:
-    """Should one follower forget a live leader (leaderprobe.py keeps a quorum of them from
-    doing so), it campaigns, but every other node hears the leader and refuses its pre-vote
-    (lease, thesis §6.2): the leader keeps its term and nobody's term moves."""
-    net = SimNet(ids(n), seed=seed, heartbeat_ticks=5, election_ticks_min=25, election_ticks_max=50)
+def test_followers_wrongly_told_their_live_leader_died_keep_it(n: int, max_delay: int, seed: int) -> None:
+    """Every follower at once is told a live leader died (all its streams reset, a proxy in
+    front of it refusing the dial for a moment): each forgets it, but waits out the beat the
+    leader owes it, and that beat restores it before any timer fires. Nobody's term moves."""
+    net = SimNet(ids(n), seed=seed, heartbeat_ticks=5, election_ticks_min=25, election_ticks_max=50,
+                 max_delay=max_delay)
     leader = net.run_until_stable(ELECTION_BOUND_TICKS)
     assert leader is not None
     net.run(net.rng.randrange(5))
     term = net.nodes[leader].term
-    follower = net.rng.choice([node for node in net.ids if node != leader])
-    net.execute(follower, net.nodes[follower].leader_gone(leader, term))
-    assert net.nodes[follower].leader is None
+    for follower in [node for node in net.ids if node != leader]:
+        net.execute(follower, net.nodes[follower].leader_gone(leader, term))
+        assert net.nodes[follower].leader is None
     net.run(200)
     assert net.stable_leader() == leader
     assert {node.term for node in net.nodes.values()} == {term}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,10 +41,16 @@ async def test_a_port_nothing_listens_on_is_gone() -> None:
     assert await gone(f"127.0.0.1:{closed_port()}", 1.0)
 
 
-async def serving(answer: bytes | None, close: bool) -> asyncio.Server:
+async def serving(answer: bytes | None, close: bool, reset: bool = False) -> asyncio.Server:
     """A server on 127.0.0.1 that writes `answer` (if any) to each connection, then closes it
-    if `close`, else keeps it open and silent."""
+    if `close` (with a reset if `reset`: what a socket closed by an exiting process sends for
+    the connections it had accepted), else keeps it open and silent."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if reset:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                       struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
         try:
             if answer:
                 writer.write(answer)
@@ -57,13 +64,16 @@ async def serving(answer: bytes | None, close: bool) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-@pytest.mark.parametrize(("answer", "close", "dead"), [
-    (b"\x00\x00\x12\x04", False, False),  # gRPC: its HTTP/2 settings at once
-    (None, False, False),  # TLS: silent until the client speaks, for longer than the probe waits
-    (None, True, True),  # accepted by a listening socket whose process is exiting, then closed
+@pytest.mark.parametrize(("answer", "close", "reset", "dead"), [
+    (b"\x00\x00\x12\x04", False, False, False),  # gRPC: its HTTP/2 settings at once
+    (None, False, False, False),  # TLS: silent until the client speaks, longer than the probe waits
+    (None, True, False, True),  # accepted, then closed before a byte
+    (None, True, True, True),  # accepted by a listening socket whose process is exiting, then reset
 ])
-async def test_a_server_is_alive_if_it_speaks_or_stays_silent(answer: bytes | None, close: bool, dead: bool) -> None:
-    server = await serving(answer, close)
+async def test_a_server_is_alive_if_it_speaks_or_stays_silent(
+    answer: bytes | None, close: bool, reset: bool, dead: bool
+) -> None:
+    server = await serving(answer, close, reset)
     try:
         assert await gone(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", 0.2) is dead
     finally:

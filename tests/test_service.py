@@ -210,7 +210,13 @@ async def test_a_stream_the_node_refused_a_beat_on_tells_it_nothing(
         async for reply in stub.Heartbeat(iter(beats)):
             replies.append(reply)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED and len(replies) == 1
-    assert [name for name, _ in node.calls] == ["heartbeat", "heartbeat"]
+    # A second stream, which the node answers and the client ends: once the node is told of
+    # that one, the refused stream's done callback has run too, and told it nothing.
+    answers.append(BeatAnswer(term=5, role="follower"))
+    [reply async for reply in stub.Heartbeat(iter([pb.HeartbeatRequest(term=5, leader_id="n3")]))]
+    await closed_told(node)
+    assert [call for call in node.calls if call[0] == "leader_stream_closed"] == [("leader_stream_closed", ("n3", 5))]
+    assert [name for name, _ in node.calls].count("heartbeat") == 3
 
 
 @pytest.mark.parametrize(("fields", "problem"), [

@@ -21,11 +21,11 @@
 # - A follower that grants a pre-vote restarts its election timer (as §5.2
 #   has it do for a real vote), instead of starting a rival campaign.
 # - Of two pre-candidates that start within a heartbeat of each other, the
-#   larger id refuses the smaller's pre-vote (unless the smaller refused it),
-#   and the smaller grants the larger's and stands down. After that heartbeat a
-#   pre-candidate grants like anybody, so a cut-off campaign never blocks one.
-# - A follower told its leader's process is gone (`leader_gone`) forgets it
-#   and campaigns within a random beat, as the others told: one goes first.
+#   larger id refuses the smaller's pre-vote, and the smaller grants the
+#   larger's and stands down. After that heartbeat a pre-candidate grants like
+#   anybody, so a cut-off campaign never blocks another.
+# - A follower told its leader's process is gone (`leader_gone`) forgets it,
+#   and campaigns once the beat a live leader owes it is overdue, not a timeout.
 #
 # A request's `src` is the sender's id; a response's `src` is the peer key it
 # went to (the address dialled); votes and liveness count per response `src`.
@@ -174,14 +174,16 @@ class Election:
         return out
 
     def leader_gone(self, leader: str, term: int) -> list[Output]:
-        """`leader` of `term` is known dead (its stream closed, its port refuses): if it is still
-        ours, forget it (its lease ends) and campaign within a beat, not a timeout, from now."""
+        """`leader` of `term` looks dead (its stream closed, its port refuses): if it leads us, forget
+        it (the lease ends); campaign once its promised beat is overdue, plus a random beat."""
         if (not self._config.pre_vote or self._role is not Role.FOLLOWER
                 or (self._leader, self._term) != (leader, term)):
             return []
         out: list[Output] = []
         self._set_role(Role.FOLLOWER, None, out)
-        self._election_elapsed = self._election_timeout - self._rng.randint(1, self._config.heartbeat_ticks)
+        beat = self._config.heartbeat_ticks  # a beat that does come (it lives) restores it and the timer
+        owed = max(0, beat + self._lease_slack - self._ticks_since_leader) + self._rng.randint(1, beat)
+        self._election_elapsed = self._election_timeout - owed
         return out
 
     def step(self, message: Message) -> list[Output]:
@@ -261,8 +263,8 @@ class Election:
             if grant and self._role is Role.FOLLOWER:
                 self._reset_election_timer()  # no rival campaign on its heels
             elif grant and self._concurrent_pre_candidate(message):
-                if message.src < self._config.node_id and message.src not in self._rejected:
-                    grant = False  # we go on; the requester yields to us (unless it refused us)
+                if message.src < self._config.node_id:
+                    grant = False  # we go on; the requester yields to us
                 else:
                     self._become_follower(self._term, None, out)  # we yield to it
             self._respond_vote(message, grant, out)
@@ -280,13 +282,9 @@ class Election:
         return self._log.log.up_to_date(request.last_index, request.last_term)
 
     def _concurrent_pre_candidate(self, request: VoteRequest) -> bool:
-        """We are a pre-candidate for the requester's term and started within a
-        heartbeat: two campaigns that would split the vote."""
-        return (
-            self._role is Role.PRE_CANDIDATE
-            and request.term == self._term + 1
-            and self._election_elapsed < self._config.heartbeat_ticks
-        )
+        """We are a pre-candidate for the requester's term and started within a heartbeat."""
+        return (self._role is Role.PRE_CANDIDATE and request.term == self._term + 1
+                and self._election_elapsed < self._config.heartbeat_ticks)
 
     def _in_lease(self, src: str) -> bool:
         """CheckQuorum lease: we know of a live leader other than `src` (thesis §6.2)."""
