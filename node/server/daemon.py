@@ -230,9 +230,9 @@ class Daemon:
             self._spawn(leaderprobe.after_stream_closed(self.elections, leader_id, term))
 
     def beat_reply(self, request: pb.HeartbeatRequest, reply: Callable[[pb.HeartbeatReply], None]) -> None:
-        """A beat that came as a UDP datagram, under the key a member granted over gRPC for
-        that leader and term (checked there); its entries are stored before `reply`, as on the stream."""
+        """A beat by UDP, under a key granted over gRPC; its entries stored before `reply`, as there."""
         beat = beat_from_proto(request, self.node_id, self.config.tick_ms)
+        self.peers.check_member("leader_id", beat.src, self.node_id)  # an id found twice since the grant
         self.elections.heartbeat(beat, lambda answer: reply(beat_reply(self.node_id, answer)))
 
     async def submit(
