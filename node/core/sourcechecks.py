@@ -39,9 +39,9 @@ def confined_path(kind: str, text: str, data_root: Path | None) -> tuple[Path, o
         raise InvalidField("source", f"{kind}: needs a path ({kind}:PATH)")
     root = Path(os.path.realpath(data_root if data_root is not None else Path.cwd()))
     path = Path(text) if Path(text).is_absolute() else root / text
-    plain = lstat_beneath(str(root), _below(str(root), str(path)))
+    plain = plain_path(root, path)
     if plain is not None:  # the path as written: no symlink, no `..`
-        resolved, info = Path(plain[0]), plain[1]
+        resolved, info = plain
     else:
         resolved = path.resolve()
         if not resolved.is_relative_to(root):
@@ -82,6 +82,13 @@ def lstat_beneath(root: str, relative: str | None) -> tuple[str, os.stat_result]
         if stat.S_ISLNK(info.st_mode):
             return None
     return None if info is None else (current, info)
+
+
+def plain_path(root: str | Path, path: str | Path) -> tuple[Path, os.stat_result] | None:
+    """`path` and its lstat, if `path` as written names something inside the resolved `root`
+    (`lstat_beneath`); None if that takes resolving."""
+    found = lstat_beneath(os.fspath(root), _below(os.fspath(root), os.fspath(path)))
+    return None if found is None else (Path(found[0]), found[1])
 
 
 def _below(root: str, path: str) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from node.core.sourcechecks import check_array, check_chunk, confined_path, lstat_beneath, one_line
+from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line, plain_path
 from node.core.sources import Array, ArrayBacked
 from node.errors import InvalidField
 from node.formats.mapped import ChunkPieces
@@ -114,14 +114,10 @@ def _open_cached(path: str, root: str, mtime_ns: int, size: int) -> ZarrSource:
     metadata = array.metadata
     second = (0,) if array.ndim == 2 else ()
 
-    store, below = Path(path), str(Path(path).relative_to(root))
+    store, resolved_root = Path(path), Path(root)
 
     def locate(index: int) -> tuple[Path, int] | None:
-        key = metadata.encode_chunk_key((index, *second))
-        plain = lstat_beneath(root, f"{below}/{key}")
-        if plain is not None and stat.S_ISREG(plain[1].st_mode):
-            return Path(plain[0]), 0
-        found = _confined_key(store, Path(root), key)  # the slow road says what is wrong, if anything
+        found = _confined_key(store, resolved_root, metadata.encode_chunk_key((index, *second)))
         return None if found is None else (found, 0)
 
     pieces = ChunkPieces(
@@ -175,13 +171,17 @@ def _confined_store(path: str, root: Path) -> Any:
 def _confined_key(store: Path, root: Path, key: str) -> Path | None:
     """The regular file inside `root` that `key` names in the store; None if there is none
     (a chunk never written, which reads as the fill value)."""
-    target = (store / key).resolve()
-    if not target.is_relative_to(root):
-        raise InvalidField("source", f"zarr: {store.name}/{key} leads out of the data root")
-    try:
-        mode = target.stat().st_mode
-    except OSError:
-        return None
+    plain = plain_path(root, f"{store}/{key}")  # a few lstat calls where nothing is linked (sourcechecks.py)
+    if plain is not None:
+        target, mode = plain[0], plain[1].st_mode
+    else:
+        target = (store / key).resolve()
+        if not target.is_relative_to(root):
+            raise InvalidField("source", f"zarr: {store.name}/{key} leads out of the data root")
+        try:
+            mode = target.stat().st_mode
+        except OSError:
+            return None
     if not stat.S_ISREG(mode):
         raise InvalidField("source", f"zarr: {store.name}/{key} is not a regular file")
     return target

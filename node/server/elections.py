@@ -186,13 +186,13 @@ class ElectionDriver:
             answer(self._beat_answer(response))
 
     def leader_gone(self, leader_id: str, term: int) -> None:
-        """`leader_id` of `term` is dead (leaderprobe.py): campaign within a beat if it still leads us."""
+        """`leader_id` of `term` looks dead (leaderprobe.py): if it leads us, campaign once it is late."""
         if self.gate.defer(functools.partial(self.leader_gone, leader_id, term)):
             return
         self.catch_up()
         if self._execute(outputs := self.election.leader_gone(leader_id, term)) and outputs:
             log.info("leader %s is gone (its stream closed, nothing serves its port): campaigning", leader_id)
-            self.clock.wake_now()  # the timer fires within a beat
+            self.clock.wake_now()  # the timer now fires sooner than the clock planned
 
     def _beat_answer(self, response: HeartbeatResponse | None) -> BeatAnswer:
         refused = response is None or not response.success
