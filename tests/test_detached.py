@@ -27,7 +27,7 @@ from node.errors import (
     NotLeader,
     UnknownJob,
 )
-from node.server import elections
+from node.server import compaction
 from node.server.daemon import Daemon
 
 #: Jobs of many shards (shard_elems below): long enough to be caught running.
@@ -94,8 +94,8 @@ async def test_finished_jobs_survive_a_restart_of_every_node_with_snapshots(
     start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch, trigger: str
 ) -> None:
     # Several snapshots within this test, taken for either reason.
-    monkeypatch.setattr(elections, "COMPACT_ENTRIES", 16 if trigger == "entries" else 1 << 30)
-    monkeypatch.setattr(elections, "COMPACT_BYTES", 2_000 if trigger == "bytes" else 1 << 30)
+    monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 16 if trigger == "entries" else 1 << 30)
+    monkeypatch.setattr(compaction, "COMPACT_BYTES", 2_000 if trigger == "bytes" else 1 << 30)
     cluster = await start_cluster(3)
     async with AsyncClient(cluster.addresses, timeout=20) as client:
         detached = [await client.submit(op="mean", source=f"values:{i},2,3", detach=True) for i in range(30)]

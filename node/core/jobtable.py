@@ -252,7 +252,12 @@ class JobTable:
     # ---- snapshots (§7) -----------------------------------------------------
 
     def snapshot(self) -> bytes:
-        return b"\n".join(self._encoded[job_id] for job_id in self._jobs)
+        return b"\n".join(self.lines())
+
+    def lines(self) -> list[bytes]:
+        """The snapshot's lines, oldest first: bytes nothing changes later, so another thread
+        may join them while this table goes on (compaction.py)."""
+        return [self._encoded[job_id] for job_id in self._jobs]
 
     def restore(self, data: bytes) -> None:
         """Replace the table with a snapshot's (ValueError if it does not decode)."""

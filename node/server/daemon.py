@@ -137,7 +137,7 @@ class Daemon:
         self.elections = ElectionDriver(
             election, self.store, self.journal, self.clock, self.peers, self.stubs, self.heartbeats,
             config, self._spawn, self._on_role_changed, self.ledger.apply,
-            lambda: self.ledger.table.snapshot(), self.ledger.restore,
+            lambda: self.ledger.table.lines(), self.ledger.restore,
         )
         self.relay = Relay(self.stubs, lambda: self.elections.leader_address, self.who,
                            config.limits.job_timeout_s)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from node._proto import distnode_pb2 as pb
@@ -45,9 +45,10 @@ from node.core.messages import (
 from node.core.raftlog import Entry
 from node.server.api import BeatAnswer, StatusView, VoteAnswer
 from node.server.clock import Clock
+from node.server.compaction import Compactor
 from node.server.config import NodeConfig
 from node.server.heartbeats import HeartbeatLinks
-from node.server.journal import Journal, Snapshot
+from node.server.journal import Journal
 from node.server.logwriter import LogWriter
 from node.server.peers import Peer, PeerTable
 from node.server.peerview import peer_view
@@ -57,11 +58,6 @@ from node.server.voterpc import ask_vote
 from node.wire.log import beat_to_proto, response_from_reply
 
 log = logging.getLogger("distnode")
-
-#: Compact the log into a snapshot once it holds this many applied entries, or
-#: this many bytes of them (one entry may batch hundreds of attached jobs' records).
-COMPACT_ENTRIES = 4096
-COMPACT_BYTES = 4 << 20
 
 R = TypeVar("R", VoteResponse, HeartbeatResponse)
 CLOSED_GATE_TICKS = 1 << 20  # the clock sleeps its longest; the write that opens the gate wakes it
@@ -75,7 +71,7 @@ class ElectionDriver:
         self, election: Election, store: StateStore, journal: Journal, clock: Clock, peers: PeerTable,
         stubs: StubCache, heartbeats: HeartbeatLinks, config: NodeConfig,
         spawn: Callable[[Coroutine[Any, Any, None]], None], on_role_changed: OnRoleChanged,
-        on_apply: OnApply, snapshot_state: Callable[[], bytes], on_restore: Callable[[bytes, int], None],
+        on_apply: OnApply, records: Callable[[], Sequence[bytes]], on_restore: Callable[[bytes, int], None],
     ) -> None:
         self.election = election
         self.store = store
@@ -98,8 +94,8 @@ class ElectionDriver:
         self.spawn = spawn
         self.on_role_changed = on_role_changed
         self.on_apply = on_apply
-        #: The state machine's snapshot (at `applied`), and how to replace it with the leader's.
-        self.snapshot_state = snapshot_state
+        #: Our snapshots of the state machine (its records); replacing it with the leader's.
+        self.compactor = Compactor(journal, self.writer, election, records)
         self.on_restore = on_restore
         #: What the disk holds: memory goes back to it when a write fails.
         self.durable = ElectionState(election.term, election.voted_for)
@@ -107,8 +103,6 @@ class ElectionDriver:
         self.storage_error = ""
         #: The last index handed to the state machine (`on_apply`) or restored from a snapshot.
         self.applied = election.commit_index
-        #: Bytes of the entries applied since the last snapshot this node took or was given.
-        self._applied_bytes = 0
         #: Ticks until the disk is tried again while `storage_error` is set.
         self._retry_in_ticks = 0
         #: The last role change carried out, so a rollback to it is not logged twice.
@@ -296,7 +290,7 @@ class ElectionDriver:
                 if isinstance(out, RestoreSnapshot):
                     self.on_restore(out.data, out.index)
                     self.applied = out.index
-                    self._applied_bytes = 0
+                    self.compactor.restored(out.data)
             elif isinstance(out, Send):
                 self._send(out.message)
             elif isinstance(out, RoleChanged):
@@ -305,8 +299,8 @@ class ElectionDriver:
                 self._timed(out.entries)
                 self.on_apply(out.entries)
                 self.applied = out.entries[-1].index
-                self._applied_bytes += sum(len(entry.data) for entry in out.entries)
-        self._compact()
+                self.compactor.applied(out.entries)
+        self.compactor.step(self.applied)
         return True
 
     def _timed(self, entries: tuple[Entry, ...]) -> None:
@@ -360,22 +354,6 @@ class ElectionDriver:
         self.writer.reset()
         if self.election.role is not Role.FOLLOWER:
             self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
-
-    def _compact(self) -> None:
-        """Snapshot the state machine once the log holds enough applied entries (§7)."""
-        if self.writer.in_flight:
-            return  # the log is being written: next time
-        raft_log = self.election.log
-        applied = self.applied
-        held = applied - raft_log.snapshot_index
-        if held == 0 or (held < COMPACT_ENTRIES and self._applied_bytes < COMPACT_BYTES):
-            return
-        term = raft_log.term_at(applied) or 0
-        data = self.snapshot_state()
-        if not self.writer.snapshot(Snapshot(applied, term, data)):
-            return
-        self.election.compact(applied, data)
-        self._applied_bytes = 0
 
     def _persist(self, out: Persist) -> bool:
         """Make term and vote durable; False if the disk refused.

@@ -7,10 +7,12 @@ goes to one writer thread and the event loop goes on: a leader sends its
 AppendEntries and holds back whatever would count it (the followers'
 replies, an Apply) until `in_flight` is back to 0; a follower steps nothing
 until its write has returned (stepgate.py), so a slow disk delays its
-answers but never stops its loop. Every other write (a snapshot, the
-leader's snapshot sent to a follower, a lone leader's append) runs on the
-caller's thread, after all the pending ones: one writer at a time, so the
-file stays in log order.
+answers but never stops its loop. Every other write (adopting a snapshot,
+the leader's snapshot sent to a follower, a lone leader's append) runs on
+the caller's thread, after all the pending ones: one writer at a time, so
+the file stays in log order. A node's own snapshot is written `aside`
+first, in a thread no append waits for, and only renamed into place here
+(compaction.py).
 
 A write that fails makes every write queued behind it fail too (their
 entries follow the failed ones), until the caller has put its memory back
@@ -45,6 +47,8 @@ class LogWriter:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        #: Writes that touch nothing an append touches (a snapshot's next file): no append waits for them.
+        self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-aside")
         #: Background appends not yet reported back to the event loop.
         self.in_flight = 0
         #: When each of them was handed to the thread (monotonic s), oldest first.
@@ -117,16 +121,6 @@ class LogWriter:
         self.journal.append(after, entries)
         self.on_append(len(entries), time.perf_counter() - started)
 
-    def snapshot(self, snapshot: Snapshot) -> bool:
-        """Our own snapshot (compaction); False, and the log keeps growing, if the disk refused."""
-        try:
-            self.run(self.journal.save_snapshot, snapshot)
-        except OSError as exc:
-            log.warning("cannot write a snapshot in %s: %s; the log keeps growing", self.journal.dir, exc)
-            self.reset()  # nothing in memory depends on a snapshot that was not taken
-            return False
-        return True
-
     def refused(self, exc: OSError) -> None:
         if not self.error:
             log.error("cannot write the journal in %s: %s; refusing entries until it can",
@@ -148,10 +142,15 @@ class LogWriter:
             self._failed = exc if isinstance(exc, OSError) else OSError(f"journal write failed: {exc!r}")
             raise
 
+    def aside(self, write: Callable[..., T], *args: object) -> asyncio.Future[T]:
+        """`write(*args)` in a thread of its own, beside the appends (compaction.py)."""
+        return asyncio.get_running_loop().run_in_executor(self._aside, write, *args)
+
     def reset(self) -> None:
         """Memory matches the disk again: writes may go on."""
         self._failed = None
 
     def close(self) -> None:
         """Wait for the pending writes (the daemon closes the journal next)."""
+        self._aside.shutdown(wait=True, cancel_futures=True)
         self._thread.shutdown(wait=True)

@@ -1,0 +1,224 @@
+"""Snapshots (compaction.py): when one is due, and that it is written beside the event loop,
+adopted after, superseded by the leader's, and tried again after a failed write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from inproc import poll
+
+from node.core.election import Election
+from node.core.raftlog import Entry, RaftLog
+from node.server import compaction
+from node.server.compaction import Compactor
+from node.server.journal import NEXT_SNAPSHOT_FILE, SNAPSHOT_FILE, Journal, Snapshot
+from node.server.logwriter import LogWriter
+
+
+class Core:
+    """What the compactor asks of the consensus core: its log, and `compact`."""
+
+    def __init__(self, log: RaftLog) -> None:
+        self.log = log
+        self.compacted: list[int] = []
+
+    def compact(self, index: int, snapshot: bytes) -> None:
+        self.log.compact(index)
+        self.compacted.append(index)
+
+
+class Node:
+    """A journal, its writer, a core holding the same log, and a table of records."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.journal = Journal(tmp_path)
+        self.core = Core(self.journal.open())
+        self.writer = LogWriter(self.journal)
+        self.records: list[bytes] = []
+        self.compactor = Compactor(self.journal, self.writer, cast(Election, self.core), lambda: self.records)
+
+    def apply(self, count: int, size: int, term: int = 1) -> int:
+        """`count` committed entries of `size` bytes, durable and applied; the last index."""
+        after = self.core.log.last_index
+        entries = tuple(Entry(after + i, term, "command", bytes([i % 256]) * size) for i in range(1, count + 1))
+        self.journal.append(after, entries)
+        self.core.log.replace_after(after, entries)
+        self.records.extend(entry.data for entry in entries)
+        self.compactor.applied(entries)
+        return entries[-1].index
+
+    def on_disk(self) -> Snapshot:
+        reopened = Journal(self.journal.dir.parent)
+        reopened.open()
+        reopened.close()
+        return reopened.snapshot
+
+
+@pytest.fixture
+def small(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compaction, "COMPACT_BYTES", 1_000)
+    monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 1 << 30)
+
+
+def held_write(monkeypatch: pytest.MonkeyPatch, journal: Journal) -> tuple[threading.Event, list[Any]]:
+    """Make `write_next_snapshot` wait for the returned event; the list gets, per call, the
+    thread it ran in and whether the event came within 10 s."""
+    release, calls = threading.Event(), []
+    real = journal.write_next_snapshot
+
+    def held(snapshot: Snapshot) -> bool:
+        call = [threading.get_ident(), None]
+        calls.append(call)
+        call[1] = release.wait(10)
+        return real(snapshot)
+
+    monkeypatch.setattr(journal, "write_next_snapshot", held)
+    return release, calls
+
+
+async def test_a_snapshot_is_written_beside_the_event_loop_then_adopted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None
+) -> None:
+    node = Node(tmp_path)
+    release, calls = held_write(monkeypatch, node.journal)
+    applied = node.apply(5, 300)
+    node.compactor.step(applied)
+    await poll(lambda: calls, what="the write begun")
+    # The loop runs on while the write is held: the snapshot is neither live nor adopted yet.
+    await asyncio.sleep(0.05)
+    assert node.core.compacted == [] and node.journal.snapshot.index == 0
+    assert not (node.journal.dir / SNAPSHOT_FILE).exists()
+    release.set()
+    await poll(lambda: node.core.compacted, what="the snapshot adopted")
+    (thread, released), = calls
+    assert thread != threading.get_ident(), "written on the event loop's thread"
+    assert released, "the write did not wait for the loop's release: it ran before the loop went on"
+    assert node.core.compacted == [applied] and node.journal.snapshot.index == applied
+    assert node.journal.log.snapshot_index == applied, "the journal's own log was not compacted"
+    assert node.on_disk() == Snapshot(applied, 1, b"\n".join(node.records))
+    assert not (node.journal.dir / NEXT_SNAPSHOT_FILE).exists()
+    node.writer.close()
+
+
+async def test_the_next_snapshot_waits_for_as_many_bytes_as_the_last_one_held(
+    tmp_path: Path, small: None
+) -> None:
+    node = Node(tmp_path)
+    node.compactor.step(node.apply(10, 500))  # 5,000 bytes applied: due (1,000)
+    await poll(lambda: node.core.compacted, what="the first snapshot")
+    first = len(node.journal.snapshot.data)
+    assert first > 5_000
+    applied = node.apply(9, 500)  # 4,500 bytes since: past COMPACT_BYTES, short of the snapshot's size
+    node.compactor.step(applied)
+    await asyncio.sleep(0.05)
+    assert len(node.core.compacted) == 1, "a second snapshot before the log held as many bytes as the first"
+    applied = node.apply(2, 500)  # 5,500: past the first snapshot's 5,009 bytes
+    node.compactor.step(applied)
+    await poll(lambda: len(node.core.compacted) == 2, what="the second snapshot")
+    assert node.journal.snapshot.index == applied
+    node.writer.close()
+
+
+async def test_a_leader_snapshot_that_came_meanwhile_supersedes_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None
+) -> None:
+    node = Node(tmp_path)
+    release, calls = held_write(monkeypatch, node.journal)
+    ours = node.apply(5, 300)
+    node.compactor.step(ours)
+    await poll(lambda: calls, what="the write begun")
+    # Meanwhile the leader's snapshot, further on, replaces the follower's state (as
+    # ElectionDriver does for a RestoreSnapshot): journal, core, then the compactor.
+    leaders = Snapshot(ours + 10, 2, b"the leader's table")
+    node.writer.run(node.journal.save_snapshot, leaders, False)
+    node.core.log.restore(leaders.index, leaders.term)
+    node.compactor.restored(leaders.data)
+    release.set()
+    await poll(lambda: not (node.journal.dir / NEXT_SNAPSHOT_FILE).exists(), what="ours dropped")
+    await asyncio.sleep(0.05)
+    assert node.core.compacted == [], "our older snapshot was adopted over the leader's"
+    assert node.journal.snapshot == leaders and node.on_disk() == leaders
+    node.writer.close()
+
+
+async def test_a_write_that_fails_is_said_and_tried_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(compaction, "RETRY_S", 0.3)
+    node = Node(tmp_path)
+    real, tries = node.journal.write_next_snapshot, []
+
+    def full(snapshot: Snapshot) -> bool:
+        tries.append(snapshot.index)
+        if len(tries) == 1:
+            raise OSError(28, "No space left on device")
+        return real(snapshot)
+
+    monkeypatch.setattr(node.journal, "write_next_snapshot", full)
+    applied = node.apply(5, 300)
+    with caplog.at_level(logging.WARNING, logger="distnode"):
+        node.compactor.step(applied)
+        await poll(lambda: "cannot write a snapshot" in caplog.text, what="the warning")
+    node.compactor.step(applied)  # before RETRY_S: no second try
+    await asyncio.sleep(0.05)
+    assert tries == [applied] and node.core.compacted == []
+    await asyncio.sleep(0.3)
+    node.compactor.step(applied)  # the bytes applied before the failure still count
+    await poll(lambda: node.core.compacted, what="the second try adopted")
+    assert tries == [applied, applied] and node.on_disk().index == applied
+    node.writer.close()
+
+
+def test_a_next_snapshot_cut_short_is_removed_at_open_and_never_read(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, (Entry(1, 1, "command", b"a"), Entry(2, 1, "command", b"b")))
+    journal.save_snapshot(Snapshot(1, 1, b"table@1"))
+    (journal.dir / NEXT_SNAPSHOT_FILE).write_bytes(b"half a snap")
+    journal.close()
+    again = Journal(tmp_path)
+    log = again.open()
+    assert again.snapshot == Snapshot(1, 1, b"table@1") and log.last_index == 2
+    assert not (again.dir / NEXT_SNAPSHOT_FILE).exists()
+    again.close()
+
+
+def test_a_next_snapshot_older_than_the_one_on_disk_is_not_renamed_over_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, tuple(Entry(i, 1, "command", b"x") for i in range(1, 6)))
+    journal.save_snapshot(Snapshot(4, 1, b"leader's@4"), keep_log=False)
+    assert journal.write_next_snapshot(Snapshot(3, 1, b"ours@3")) is False
+    assert not journal.adopt_snapshot(Snapshot(3, 1, b"ours@3"))
+    journal.close()
+    again = Journal(tmp_path)
+    again.open()
+    assert again.snapshot == Snapshot(4, 1, b"leader's@4")
+    assert not (again.dir / NEXT_SNAPSHOT_FILE).exists()
+    again.close()
+
+
+async def test_an_adoption_that_fails_leaves_the_journal_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None
+) -> None:
+    node = Node(tmp_path)
+    real = node.journal.adopt_snapshot
+
+    def unlink_fails(snapshot: Snapshot) -> bool:
+        monkeypatch.setattr(node.journal, "adopt_snapshot", real)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(node.journal, "adopt_snapshot", unlink_fails)
+    applied = node.apply(5, 300)
+    node.compactor.step(applied)
+    await poll(lambda: node.journal.adopt_snapshot == real, what="the failed adoption")
+    # The writer's guard (a failed write fails those behind it) was let go: appends go on.
+    after = node.core.log.last_index
+    node.writer.run(node.journal.append, after, (Entry(after + 1, 1, "command", b"next"),))
+    assert node.journal.log.last_index == after + 1 and node.core.compacted == []
+    node.writer.close()
