@@ -4,6 +4,7 @@ adopted after, superseded by the leader's, and tried again after a failed write.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from inproc import poll
 from node.core.election import Election
 from node.core.raftlog import Entry, RaftLog
 from node.server import compaction
+from node.server import journal as journal_module
 from node.server.compaction import Compactor
 from node.server.journal import NEXT_SNAPSHOT_FILE, SNAPSHOT_FILE, Journal, Snapshot
 from node.server.logwriter import LogWriter
@@ -203,22 +205,93 @@ def test_a_next_snapshot_older_than_the_one_on_disk_is_not_renamed_over_it(tmp_p
     again.close()
 
 
-async def test_an_adoption_that_fails_leaves_the_journal_writable(
+async def test_a_covered_segment_that_cannot_be_deleted_leaves_the_snapshot_adopted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = Node(tmp_path)
+    node.journal.segment_bytes = 1_000  # a segment per append: the first snapshot covers some
+    for _ in range(4):
+        node.apply(1, 300)
+    real_unlink = Path.unlink
+
+    def busy(path: Path, missing_ok: bool = False) -> None:
+        if path.name.startswith("segment-"):
+            raise OSError(16, "Device or resource busy")
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", busy)
+    applied = node.apply(1, 300)
+    with caplog.at_level(logging.WARNING, logger="distnode"):
+        node.compactor.step(applied)
+        await poll(lambda: node.core.compacted, what="the snapshot adopted")
+    assert "which the snapshot covers" in caplog.text
+    segments = sorted(node.journal.dir.glob("segment-*.log"))
+    assert len(segments) > 1 and node.journal.snapshot.index == applied
+    # The journal goes on, and the next snapshot deletes what this one could not.
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    node.compactor.step(node.apply(6, 300))  # 1,800 bytes: past the first snapshot's 1,504
+    await poll(lambda: len(node.core.compacted) == 2, what="the second snapshot")
+    assert not any(path.exists() for path in segments[:-1]), "the covered segments are still there"
+    node.writer.close()
+
+
+async def test_adoption_waits_for_the_appends_in_flight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None
 ) -> None:
     node = Node(tmp_path)
-    real = node.journal.adopt_snapshot
-
-    def unlink_fails(snapshot: Snapshot) -> bool:
-        monkeypatch.setattr(node.journal, "adopt_snapshot", real)
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(node.journal, "adopt_snapshot", unlink_fails)
     applied = node.apply(5, 300)
+    release, appended = threading.Event(), []
+    real_append = node.journal.append
+
+    def slow_append(after: int, entries: tuple[Entry, ...]) -> None:
+        release.wait(10)
+        real_append(after, entries)
+
+    monkeypatch.setattr(node.journal, "append", slow_append)
+    node.writer.append_later(applied, (Entry(applied + 1, 1, "command", b"late"),), appended.append)
     node.compactor.step(applied)
-    await poll(lambda: node.journal.adopt_snapshot == real, what="the failed adoption")
-    # The writer's guard (a failed write fails those behind it) was let go: appends go on.
-    after = node.core.log.last_index
-    node.writer.run(node.journal.append, after, (Entry(after + 1, 1, "command", b"next"),))
-    assert node.journal.log.last_index == after + 1 and node.core.compacted == []
+    await poll(lambda: (node.journal.dir / SNAPSHOT_FILE).exists(), what="the snapshot renamed into place")
+    await asyncio.sleep(0.05)
+    node.compactor.step(applied)  # as the driver does after each batch of outputs
+    assert node.core.compacted == [], "adopted while an append was being written"
+    release.set()
+    await poll(lambda: appended, what="the append back")
+    node.compactor.step(applied)
+    assert node.core.compacted == [applied] and node.journal.log.last_index == applied + 1
+    node.writer.close()
+
+
+def test_a_crash_between_the_rename_and_the_adoption_reopens_at_the_snapshot(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, tuple(Entry(i, 1, "command", b"e%d" % i) for i in range(1, 8)))
+    assert journal.write_next_snapshot(Snapshot(5, 1, b"table@5"))
+    journal.close()  # the process stops here: memory never followed
+    again = Journal(tmp_path)
+    log = again.open()
+    assert again.snapshot == Snapshot(5, 1, b"table@5")
+    assert (log.snapshot_index, log.last_index) == (5, 7) and log.entry(6).data == b"e6"
+    again.close()
+
+
+async def test_a_failed_write_leaves_no_file_and_waits_longer_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = Node(tmp_path)
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module, "_sync_data", full)
+    applied = node.apply(5, 300)
+    with caplog.at_level(logging.WARNING, logger="distnode"):
+        for attempt in range(1, 4):
+            node.compactor._retry_at = 0.0  # as if the wait had passed
+            node.compactor.step(applied)
+            said = functools.partial(lambda n: caplog.text.count("cannot write a snapshot") == n, attempt)
+            await poll(said, what="the warning")
+            assert not (node.journal.dir / NEXT_SNAPSHOT_FILE).exists(), "a failed write left its file"
+    waits = [line.rsplit("next try in ", 1)[1] for line in caplog.text.splitlines() if "next try in" in line]
+    assert waits == ["5 s", "10 s", "20 s"]
+    assert node.core.compacted == [] and node.journal.snapshot.index == 0
     node.writer.close()

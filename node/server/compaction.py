@@ -1,13 +1,15 @@
 """When a node snapshots its state machine (Raft §7), and the snapshot's write off the event loop.
 
-When. A snapshot is due once the log holds COMPACT_ENTRIES applied entries,
-or once the entries applied since the last snapshot hold as many bytes as
-that snapshot did (COMPACT_BYTES at least). The second rule keeps what
-compaction writes within about twice what the log took in, whatever the
-table holds. A fixed byte threshold did not: a detached job's answer may be
-16 MiB and the table keeps up to `--keep-result-bytes` of them, so a table
-of large vector answers was rewritten whole, 43-85 MB, on every node after
-every such job (docs/journal.md, "Size").
+When. A snapshot is due once the log holds COMPACT_ENTRIES applied entries
+or COMPACT_BYTES of them, both scaled by how many times COMPACT_BYTES the
+last snapshot held (at least once): so a snapshot of S bytes waits for S
+bytes of entries, or for S / COMPACT_BYTES * COMPACT_ENTRIES entries, and
+compaction writes about as much as the log took in (at most a KiB a small
+entry), whatever the table holds. Fixed thresholds did not: a detached
+job's answer may be 16 MiB and the table keeps up to `--keep-result-bytes`
+of them, so a table of large vector answers was rewritten whole, 43-85 MB,
+on every node after every such job (docs/journal.md, "Large answers in the
+table").
 
 How. The table's records are taken on the event loop (a list of the bytes
 of each, which nothing changes later); they are joined, checksummed and
@@ -22,8 +24,9 @@ it 230-530 ms, and its peers declared it dead.
 
 A snapshot that the leader sent meanwhile (a follower that fell behind)
 supersedes ours: the rename or the adoption finds the journal past it, and
-ours is dropped. A write that fails is said once per failure, and tried
-again after RETRY_S.
+ours is dropped. A write that fails is said, its file removed, and tried
+again after RETRY_S, twice as long after each failure in a row (at most
+MAX_RETRY_S).
 """
 
 from __future__ import annotations
@@ -40,12 +43,14 @@ from node.server.logwriter import LogWriter
 
 log = logging.getLogger("distnode")
 
-#: A snapshot is due once the log holds this many applied entries...
+#: A snapshot is due once the log holds this many applied entries, or this many bytes of
+#: them; both times the last snapshot's size over COMPACT_BYTES, where that is more than 1.
 COMPACT_ENTRIES = 4096
-#: ... or once the entries applied since the last one hold as many bytes as it, and at least these.
 COMPACT_BYTES = 4 << 20
-#: After a snapshot could not be written, the seconds before the next try.
+#: After a snapshot could not be written, the seconds before the next try; doubled after
+#: each failure in a row, up to MAX_RETRY_S.
 RETRY_S = 5.0
+MAX_RETRY_S = 300.0
 
 
 class Compactor:
@@ -70,6 +75,7 @@ class Compactor:
         #: Bytes counted when the write under way began, given back if it fails.
         self._counted = 0
         self._retry_at = 0.0
+        self._failures = 0
 
     def applied(self, entries: tuple[Entry, ...]) -> None:
         self._applied_bytes += sum(len(entry.data) for entry in entries)
@@ -79,6 +85,8 @@ class Compactor:
         self._applied_bytes, self._counted, self._snapshot_bytes = 0, 0, len(data)
 
     def step(self, applied: int) -> None:
+        if self._writer.closed:  # the daemon is stopping
+            return
         if self._written is not None:
             self._adopt()
             return
@@ -86,8 +94,8 @@ class Compactor:
             return
         raft_log = self._election.log
         held = applied - raft_log.snapshot_index
-        if held <= 0 or (held < COMPACT_ENTRIES
-                         and self._applied_bytes < max(COMPACT_BYTES, self._snapshot_bytes)):
+        scale = max(1.0, self._snapshot_bytes / COMPACT_BYTES)
+        if held <= 0 or (held < COMPACT_ENTRIES * scale and self._applied_bytes < COMPACT_BYTES * scale):
             return
         term = raft_log.term_at(applied) or 0
         records = list(self._records())
@@ -119,13 +127,12 @@ class Compactor:
         """Memory follows the snapshot on disk, once no append is pending (one at a time
         touches the journal); until then `step` tries again after each batch of outputs."""
         snapshot = self._written
-        if snapshot is None or self._writer.in_flight:
+        if snapshot is None or self._writer.in_flight or self._writer.closed:
             return
         self._written = None
         try:
             adopted = self._writer.run(self._journal.adopt_snapshot, snapshot)
-        except OSError as exc:  # a covered segment not deleted: the file is live all the same
-            self._writer.reset()  # the journal's memory is whole: later writes may go on
+        except OSError as exc:  # an earlier write failed and memory is going back to the disk
             self._failed(exc)
             return
         raft_log = self._election.log
@@ -135,16 +142,20 @@ class Compactor:
             return
         self._election.compact(snapshot.index, snapshot.data)
         self._snapshot_bytes = len(snapshot.data)
-        self._counted = 0
+        self._counted = self._failures = 0
 
     def _superseded(self) -> None:
-        """The leader's snapshot came while ours was written (`restored` counts from it)."""
-        self._applied_bytes += self._counted
-        self._counted = 0
-
-    def _failed(self, error: BaseException) -> None:
-        log.warning("cannot write a snapshot in %s: %s; the log keeps growing, next try in %.0f s",
-                    self._journal.dir, error, RETRY_S)
+        """The leader's snapshot came while ours was written (`restored` counts from it); the
+        next is not tried at once, should the journal be past ours for another reason."""
         self._applied_bytes += self._counted
         self._counted = 0
         self._retry_at = time.monotonic() + RETRY_S
+
+    def _failed(self, error: BaseException) -> None:
+        wait_s = min(MAX_RETRY_S, RETRY_S * 2 ** self._failures)
+        self._failures += 1
+        log.warning("cannot write a snapshot in %s: %s; the log keeps growing, next try in %.0f s",
+                    self._journal.dir, error, wait_s)
+        self._applied_bytes += self._counted
+        self._counted = 0
+        self._retry_at = time.monotonic() + wait_s

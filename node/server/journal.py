@@ -133,6 +133,7 @@ class Journal:
         #: The index of the snapshot file on disk, and who may replace that file: the event
         #: loop's writes and the thread that writes this node's own (write_next_snapshot).
         self._snapshot_on_disk = 0
+        self._first_seq_on_disk = 0
         self._replacing = threading.Lock()
 
     # ---- opening --------------------------------------------------------------
@@ -142,7 +143,7 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / NEXT_SNAPSHOT_FILE).unlink(missing_ok=True)  # a write cut short: never renamed
         self.snapshot, first_seq = self._read_snapshot()
-        self._snapshot_on_disk = self.snapshot.index
+        self._snapshot_on_disk, self._first_seq_on_disk = self.snapshot.index, first_seq
         # Entries after the snapshot. Records of older segments may hold entries that a
         # later record cut, so the log is only checked once every record is replayed.
         held: list[Entry] = []
@@ -248,10 +249,10 @@ class Journal:
         `keep_log` (a follower given the leader's snapshot over a log that disagrees) every
         older segment is void; the snapshot file says so, so a crash at any point is whole."""
         self._roll()
-        first_seq = 0 if keep_log else self._segments[-1].seq
+        first_seq = self._first_seq_on_disk if keep_log else self._segments[-1].seq  # older ones: void
         with self._replacing:
             replace_durably(self.dir / SNAPSHOT_FILE, _snapshot_header(snapshot, first_seq) + snapshot.data)
-            self._snapshot_on_disk = snapshot.index
+            self._snapshot_on_disk, self._first_seq_on_disk = snapshot.index, first_seq
         self._adopted(snapshot, keep_log)
 
     def write_next_snapshot(self, snapshot: Snapshot) -> bool:
@@ -264,15 +265,20 @@ class Journal:
         next is written: on ext4 (data=ordered) an append's fsync waits for every dirty page
         of the filesystem, and a whole snapshot's worth held the node's appends 100-250 ms."""
         path = self.dir / NEXT_SNAPSHOT_FILE
-        with open(path, "wb") as handle:
-            handle.write(_snapshot_header(snapshot, 0))
-            data = memoryview(snapshot.data)
-            for start in range(0, len(data), SNAPSHOT_SLICE_BYTES):
-                handle.write(data[start:start + SNAPSHOT_SLICE_BYTES])
+        try:
+            with open(path, "wb") as handle:
+                # The live file's first segment stays the first: older ones are void (save_snapshot).
+                handle.write(_snapshot_header(snapshot, self._first_seq_on_disk))
+                data = memoryview(snapshot.data)
+                for start in range(0, len(data), SNAPSHOT_SLICE_BYTES):
+                    handle.write(data[start:start + SNAPSHOT_SLICE_BYTES])
+                    handle.flush()
+                    _sync_data(handle.fileno())
                 handle.flush()
-                os.fdatasync(handle.fileno())
-            handle.flush()
-            os.fsync(handle.fileno())
+                os.fsync(handle.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)  # a full disk gets its space back for the log's appends
+            raise
         with self._replacing:
             if snapshot.index <= self._snapshot_on_disk:
                 path.unlink()
@@ -300,7 +306,13 @@ class Journal:
         # Oldest first, and only while a whole segment is covered: a later segment may
         # cut entries of an earlier one, so none is dropped from the middle.
         while len(self._segments) > 1 and (not keep_log or self._segments[0].last_index <= snapshot.index):
-            self._segments.pop(0).path.unlink()
+            try:
+                self._segments[0].path.unlink(missing_ok=True)
+            except OSError as exc:  # the snapshot stands; a covered segment only costs its space
+                log.warning("cannot delete %s, which the snapshot covers: %s; trying again at the next one",
+                            self._segments[0].path, exc)
+                break
+            self._segments.pop(0)
 
     def disk_bytes(self) -> int:
         total = sum(s.path.stat().st_size for s in self._segments)
@@ -323,6 +335,10 @@ class Journal:
         self._size = 0
         fsync_dir(self.dir)
         self._segments.append(_Segment(seq, path, 0))
+
+
+#: The data of a file, not its times (fsync where there is no fdatasync: macOS).
+_sync_data = getattr(os, "fdatasync", os.fsync)
 
 
 def _snapshot_header(snapshot: Snapshot, first_seq: int) -> bytes:

@@ -7,12 +7,12 @@ goes to one writer thread and the event loop goes on: a leader sends its
 AppendEntries and holds back whatever would count it (the followers'
 replies, an Apply) until `in_flight` is back to 0; a follower steps nothing
 until its write has returned (stepgate.py), so a slow disk delays its
-answers but never stops its loop. Every other write (adopting a snapshot,
-the leader's snapshot sent to a follower, a lone leader's append) runs on
-the caller's thread, after all the pending ones: one writer at a time, so
-the file stays in log order. A node's own snapshot is written `aside`
-first, in a thread no append waits for, and only renamed into place here
-(compaction.py).
+answers but never stops its loop. Every other write (the leader's snapshot
+sent to a follower, a lone leader's append, deleting the segments a
+snapshot covers) runs on the caller's thread, after all the pending ones:
+one writer at a time, so the file stays in log order. A node's own
+snapshot is written and renamed into place `aside`, in a thread no append
+waits for, as it touches no file an append touches (compaction.py).
 
 A write that fails makes every write queued behind it fail too (their
 entries follow the failed ones), until the caller has put its memory back
@@ -49,6 +49,8 @@ class LogWriter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         #: Writes that touch nothing an append touches (a snapshot's next file): no append waits for them.
         self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-aside")
+        #: Set by `close`: nothing more is written.
+        self.closed = False
         #: Background appends not yet reported back to the event loop.
         self.in_flight = 0
         #: When each of them was handed to the thread (monotonic s), oldest first.
@@ -152,5 +154,6 @@ class LogWriter:
 
     def close(self) -> None:
         """Wait for the pending writes (the daemon closes the journal next)."""
+        self.closed = True
         self._aside.shutdown(wait=True, cancel_futures=True)
         self._thread.shutdown(wait=True)
