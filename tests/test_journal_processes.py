@@ -85,6 +85,47 @@ def test_a_torn_tail_is_cut_at_the_next_start_and_the_node_catches_up(tmp_path: 
         until(lambda: all_committed(cluster, 1), 20, "the node to catch up", cluster)
 
 
+def test_a_node_whose_journal_was_moved_aside_catches_up_without_an_election(tmp_path: Path) -> None:
+    """docs/operations.md: move `journal/` aside (keeping election.json) and start the node; it
+    catches up from the leader. The leader kept the match the node had acknowledged and
+    waited for an acknowledgement an empty journal cannot give, until some election reset it."""
+    with LocalCluster(nodes=3, workdir=tmp_path, **FAST_TIMING) as cluster:  # type: ignore[arg-type]
+        leader = cluster.wait_for_leader()
+        for number in range(5):
+            job_id = cluster.client.submit(op="sum", source=f"values:{number},1", detach=True)
+            assert cluster.client.result(job_id, wait=20).result == number + 1
+        held = until(lambda: all_committed(cluster, 6), 20, "the jobs' records on every node", cluster)
+        term = cluster.status().term
+        victim = next(n for n in cluster.ids if n != leader)
+        cluster.kill(victim)
+        (tmp_path / victim / "journal").rename(tmp_path / f"{victim}-journal-aside")
+        cluster.restart(victim)
+        until(lambda: all_committed(cluster, held), 20, "the node to catch up", cluster)
+        status = cluster.status()
+        assert (status.leader, status.term) == (leader, term), "caught up only through an election"
+
+
+def test_a_node_whose_journal_was_moved_aside_gets_the_leaders_snapshot(tmp_path: Path) -> None:
+    """The same, once the leader's log is compacted: detached answers of 8 MB make snapshots at
+    once (compaction.py), so the node can only be caught up with the leader's, 42 MB here."""
+    import numpy as np
+
+    np.save(tmp_path / "vec.npy", np.random.default_rng(3).random((3, 1_000_000)))
+    with LocalCluster(nodes=3, workdir=tmp_path / "nodes", data_root=tmp_path) as cluster:
+        leader = cluster.wait_for_leader()
+        for _ in range(4):
+            job_id = cluster.client.submit(op="sum", source="npy:vec.npy", axis=0, detach=True)
+            cluster.client.result(job_id, wait=60)
+        held = until(lambda: all_committed(cluster, 4), 30, "the jobs' records on every node", cluster)
+        victim = next(n for n in cluster.ids if n != leader)
+        cluster.kill(victim)
+        (tmp_path / "nodes" / victim / "journal").rename(tmp_path / f"{victim}-journal-aside")
+        cluster.restart(victim)
+        until(lambda: all_committed(cluster, held), 30, "the node to catch up", cluster)
+        snapshot = tmp_path / "nodes" / victim / "journal" / "snapshot"
+        assert snapshot.stat().st_size > 30_000_000, "caught up without the leader's snapshot"
+
+
 def test_a_damaged_journal_stops_the_start_with_one_line(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     journal.open()

@@ -14,7 +14,8 @@ from inproc import StartCluster, poll
 
 from node import AsyncClient
 from node._proto import distnode_pb2 as pb
-from node.core.messages import Role
+from node.core.limits import Limits
+from node.core.messages import InstallSnapshot, Role
 from node.core.raftlog import Entry
 from node.server.daemon import Daemon
 
@@ -327,3 +328,23 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(
         assert roles == [] and slow.election.term == term, f"the slow follower became {roles}"
         assert slow.elections.disk_error == ""
         assert (await client.result(job_id, wait=10)).result == 6
+
+
+async def test_a_snapshot_over_the_message_limit_is_said_once_and_never_built(
+    start_cluster: StartCluster, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower behind the leader's snapshot needs it whole, in one message: one over
+    --max-message-bytes can never arrive. Built anew at every beat, it kept the leader's
+    loop busy for nothing; now it is not built, and an ERROR names the flags once."""
+    cluster = await start_cluster(1, limits=Limits(max_message_bytes=64 << 10))
+    leader = cluster.daemons[0]
+    sent: list[pb.HeartbeatRequest] = []
+    monkeypatch.setattr(leader.heartbeats, "send", lambda address, request, reliable=False: sent.append(request))
+    term = leader.election.term
+    for _ in range(3):
+        leader.elections._send(InstallSnapshot("n1", "127.0.0.1:9", term, 7, term, b"x" * (64 << 10)))
+    leader.elections._send(InstallSnapshot("n1", "127.0.0.1:9", term, 7, term, b"x" * (32 << 10)))
+    said = [r for r in caplog.records if "over --max-message-bytes" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR", [r.getMessage() for r in said]
+    assert "127.0.0.1:9" in said[0].getMessage() and "--keep-result-bytes" in said[0].getMessage()
+    assert [len(r.snapshot_data) for r in sent] == [32 << 10], "only the snapshot that fits is sent"

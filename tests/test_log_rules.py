@@ -241,6 +241,39 @@ def test_7_a_follower_behind_the_snapshot_gets_the_snapshot() -> None:
         node.compact(5, b"")
 
 
+def test_7_a_follower_that_lost_what_it_acknowledged_is_caught_up_again() -> None:
+    """A follower that acknowledged entries, then lost its journal (a new disk, or the journal
+    moved aside as docs/operations.md tells an operator to), hints at an entry below what it
+    matched: the leader forgets the match and sends what the follower lacks, the snapshot here,
+    instead of waiting for an acknowledgement that cannot come (which it did until the next
+    election)."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)
+    respond(node, "b", True, 4)
+    respond(node, "c", True, 4)
+    node.compact(3, b"state@3")
+    out = respond(node, "b", False, 1)  # b restarted with an empty journal
+    assert sends(out) == [InstallSnapshot("a", "b", 2, 3, 1, b"state@3")]
+    assert node.commit_index == 4, "nothing committed is taken back"
+    out = respond(node, "b", True, 3)  # the snapshot is in: the entry after it follows
+    assert sends(out) == [Heartbeat("a", "b", 2, 3, 1, node.log.entries(4, 4), 4)]
+
+
+def test_a_follower_that_cannot_store_what_it_must_take_keeps_its_match() -> None:
+    """A refusal at the very entry the leader sent next (the follower's disk refused it) is not
+    a lost log: the match stands, and the leader tries again at the next beat, not at once."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)  # appends its no-op at 4
+    respond(node, "b", True, 4)
+    assert node.commit_index == 4
+    node.propose(b"job")  # at 5
+    out = respond(node, "b", False, 5)
+    assert not sends(out)
+    respond(node, "c", True, 4)  # c behind: had b's match been forgotten, 4 would not be counted twice
+    out = respond(node, "b", True, 5)
+    assert node.commit_index == 5 and not sends(out)
+
+
 def test_7_a_follower_installs_a_snapshot_and_drops_a_conflicting_log() -> None:
     node = make(term=3, log=log_of(1, 2, 2))
     out = node.step(InstallSnapshot("b", "a", 3, 4, 3, b"state@4"))

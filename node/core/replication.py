@@ -116,8 +116,14 @@ class Replication:
             self._next[peer] = max(self._next[peer], matched + 1)
         else:
             # Fast back-off: the follower's hint, but always strictly down and
-            # never below what it already matched.
+            # never below what it already matched, unless it hints at an entry it
+            # acknowledged: it lost its log (a new disk, or its journal moved aside:
+            # docs/operations.md), and is caught up from what it has, snapshot or
+            # entries. (A stale refusal, overtaken by an acknowledgement, costs a
+            # resend: the entries are then acknowledged again.)
             before = self._next[peer]
+            if response.match_index <= self._match[peer]:
+                self._match[peer] = 0
             hint = min(response.match_index, before - 1)
             self._next[peer] = max(self._match[peer] + 1, hint)
             if self._next[peer] == before:

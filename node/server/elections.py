@@ -61,6 +61,7 @@ log = logging.getLogger("distnode")
 
 R = TypeVar("R", VoteResponse, HeartbeatResponse)
 CLOSED_GATE_TICKS = 1 << 20  # the clock sleeps its longest; the write that opens the gate wakes it
+SNAPSHOT_ENVELOPE_BYTES = 4096  # what a HeartbeatRequest adds around a snapshot's data, at most
 OnRoleChanged = Callable[[Role, int, "str | None"], None]
 #: Committed entries, in order, for the state machine.
 OnApply = Callable[[tuple[Entry, ...]], None]
@@ -105,6 +106,8 @@ class ElectionDriver:
         self.applied = election.commit_index
         #: Ticks until the disk is tried again while `storage_error` is set.
         self._retry_in_ticks = 0
+        #: (follower, snapshot index) already said to be over the message limit (`_fits`).
+        self._oversized: set[tuple[str, int]] = set()
         #: The last role change carried out, so a rollback to it is not logged twice.
         self._reported = (election.role, election.term, election.leader)
         #: The leader's address as this node dials it (its own --peers entry), or "".
@@ -382,12 +385,27 @@ class ElectionDriver:
         if isinstance(message, VoteRequest):
             self.spawn(self._send_vote(message))
         elif isinstance(message, Heartbeat | InstallSnapshot):
+            if isinstance(message, InstallSnapshot) and not self._fits(message):
+                return
             request = beat_to_proto(message, self.config.address, self.config.tick_ms)
             # Entries and snapshots need the stream; a bare beat may go by UDP.
             reliable = isinstance(message, InstallSnapshot) or bool(message.entries)
             self.heartbeats.send(message.dst, request, reliable)
         # Responses are returned by the RPC handlers; the core never emits
         # them outside `step`, so there is nothing else to route.
+
+    def _fits(self, snapshot: InstallSnapshot) -> bool:
+        """Whether `snapshot` fits a message (--max-message-bytes). One that does not could
+        never arrive: it is not built (each beat would build it again), and said once."""
+        if len(snapshot.data) + SNAPSHOT_ENVELOPE_BYTES <= self.config.limits.max_message_bytes:
+            return True
+        if (snapshot.dst, snapshot.index) not in self._oversized:
+            self._oversized.add((snapshot.dst, snapshot.index))
+            log.error("%s lacks entries this leader holds only in its snapshot at %d, and the snapshot "
+                      "(%d bytes) is over --max-message-bytes (%d): it cannot be caught up; give every node "
+                      "a larger --max-message-bytes, or a smaller --keep-result-bytes", snapshot.dst,
+                      snapshot.index, len(snapshot.data), self.config.limits.max_message_bytes)
+        return False
 
     async def _send_vote(self, message: VoteRequest) -> None:
         response = await ask_vote(self.stubs, self.peers, self.config, message)
