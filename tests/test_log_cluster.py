@@ -335,7 +335,8 @@ async def test_a_snapshot_over_the_message_limit_is_said_once_and_never_built(
 ) -> None:
     """A follower behind the leader's snapshot needs it whole, in one message: one over
     --max-message-bytes can never arrive. Built anew at every beat, it kept the leader's
-    loop busy for nothing; now it is not built, and an ERROR names the flags once."""
+    loop busy for nothing; now it is not built, an ERROR names the flags once, and a bare
+    beat goes instead, so the follower keeps its leader rather than campaign."""
     cluster = await start_cluster(1, limits=Limits(max_message_bytes=64 << 10))
     leader = cluster.daemons[0]
     sent: list[pb.HeartbeatRequest] = []
@@ -347,4 +348,6 @@ async def test_a_snapshot_over_the_message_limit_is_said_once_and_never_built(
     said = [r for r in caplog.records if "over --max-message-bytes" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "ERROR", [r.getMessage() for r in said]
     assert "127.0.0.1:9" in said[0].getMessage() and "--keep-result-bytes" in said[0].getMessage()
-    assert [len(r.snapshot_data) for r in sent] == [32 << 10], "only the snapshot that fits is sent"
+    assert [len(r.snapshot_data) for r in sent if r.is_snapshot] == [32 << 10], "only the one that fits"
+    bare = [r for r in sent if not r.is_snapshot]  # in place of the others: the follower keeps its leader
+    assert [(r.prev_index, r.prev_term, len(r.entries)) for r in bare] == [(7, term, 0)] * 3

@@ -259,15 +259,18 @@ def test_7_a_follower_that_lost_what_it_acknowledged_is_caught_up_again() -> Non
     assert sends(out) == [Heartbeat("a", "b", 2, 3, 1, node.log.entries(4, 4), 4)]
 
 
-def test_a_follower_that_cannot_store_what_it_must_take_keeps_its_match() -> None:
-    """A refusal at the very entry the leader sent next (the follower's disk refused it) is not
-    a lost log: the match stands, and the leader tries again at the next beat, not at once."""
+@pytest.mark.parametrize("hint", [0, 5])
+def test_a_follower_that_cannot_store_what_it_must_take_keeps_its_match(hint: int) -> None:
+    """A follower whose disk refused the entries answers a refusal with no hint (0,
+    ElectionDriver._beat_answer), or one at the very entry the leader sent next: not a lost
+    log. The match stands, and the leader tries again at the next beat, not at once (a full
+    catch-up from entry 1 would follow every failed write, as fast as the disk fails)."""
     node = make(term=1, log=log_of(1, 1, 1))
     elect(node)  # appends its no-op at 4
     respond(node, "b", True, 4)
     assert node.commit_index == 4
     node.propose(b"job")  # at 5
-    out = respond(node, "b", False, 5)
+    out = respond(node, "b", False, hint)
     assert not sends(out)
     respond(node, "c", True, 4)  # c behind: had b's match been forgotten, 4 would not be counted twice
     out = respond(node, "b", True, 5)

@@ -120,9 +120,10 @@ class Replication:
             # acknowledged: it lost its log (a new disk, or its journal moved aside:
             # docs/operations.md), and is caught up from what it has, snapshot or
             # entries. (A stale refusal, overtaken by an acknowledgement, costs a
-            # resend: the entries are then acknowledged again.)
+            # resend: the entries are then acknowledged again.) A hint of 0 is no
+            # hint: a follower whose disk refused the entries says so.
             before = self._next[peer]
-            if response.match_index <= self._match[peer]:
+            if 0 < response.match_index <= self._match[peer]:
                 self._match[peer] = 0
             hint = min(response.match_index, before - 1)
             self._next[peer] = max(self._match[peer] + 1, hint)

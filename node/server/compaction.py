@@ -152,7 +152,7 @@ class Compactor:
         self._retry_at = time.monotonic() + RETRY_S
 
     def _failed(self, error: BaseException) -> None:
-        wait_s = min(MAX_RETRY_S, RETRY_S * 2 ** self._failures)
+        wait_s = min(MAX_RETRY_S, RETRY_S * 2 ** min(self._failures, 16))
         self._failures += 1
         log.warning("cannot write a snapshot in %s: %s; the log keeps growing, next try in %.0f s",
                     self._journal.dir, error, wait_s)

@@ -386,7 +386,9 @@ class ElectionDriver:
             self.spawn(self._send_vote(message))
         elif isinstance(message, Heartbeat | InstallSnapshot):
             if isinstance(message, InstallSnapshot) and not self._fits(message):
-                return
+                # A bare beat instead, refused: the follower keeps its leader and does not campaign.
+                message = Heartbeat(message.src, message.dst, message.term, message.index,
+                                    message.snapshot_term)
             request = beat_to_proto(message, self.config.address, self.config.tick_ms)
             # Entries and snapshots need the stream; a bare beat may go by UDP.
             reliable = isinstance(message, InstallSnapshot) or bool(message.entries)
@@ -396,7 +398,8 @@ class ElectionDriver:
 
     def _fits(self, snapshot: InstallSnapshot) -> bool:
         """Whether `snapshot` fits a message (--max-message-bytes). One that does not could
-        never arrive: it is not built (each beat would build it again), and said once."""
+        never arrive: it is not built (each beat would build it again), and is said once for
+        each follower and snapshot."""
         if len(snapshot.data) + SNAPSHOT_ENVELOPE_BYTES <= self.config.limits.max_message_bytes:
             return True
         if (snapshot.dst, snapshot.index) not in self._oversized:
