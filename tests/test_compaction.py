@@ -15,8 +15,7 @@ from inproc import poll
 
 from node.core.election import Election
 from node.core.raftlog import Entry, RaftLog
-from node.server import compaction
-from node.server import journal as journal_module
+from node.server import compaction, durable
 from node.server.compaction import Compactor
 from node.server.journal import NEXT_SNAPSHOT_FILE, SNAPSHOT_FILE, Journal, Snapshot
 from node.server.logwriter import LogWriter
@@ -83,14 +82,21 @@ def held_write(monkeypatch: pytest.MonkeyPatch, journal: Journal) -> tuple[threa
     return release, calls
 
 
-async def test_a_snapshot_is_written_beside_the_event_loop_then_adopted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None
-) -> None:
-    node = Node(tmp_path)
+async def held_snapshot(node: Node, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[Any], int]:
+    """Five entries applied and a snapshot of them begun, its write held (`held_write`):
+    the event that lets it go, the write's calls, and the index it is taken at."""
     release, calls = held_write(monkeypatch, node.journal)
     applied = node.apply(5, 300)
     node.compactor.step(applied)
     await poll(lambda: calls, what="the write begun")
+    return release, calls, applied
+
+
+async def test_a_snapshot_is_written_beside_the_event_loop_then_adopted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None
+) -> None:
+    node = Node(tmp_path)
+    release, calls, applied = await held_snapshot(node, monkeypatch)
     # The loop runs on while the write is held: the snapshot is neither live nor adopted yet.
     await asyncio.sleep(0.05)
     assert node.core.compacted == [] and node.journal.snapshot.index == 0
@@ -130,10 +136,7 @@ async def test_a_leader_snapshot_that_came_meanwhile_supersedes_ours(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None
 ) -> None:
     node = Node(tmp_path)
-    release, calls = held_write(monkeypatch, node.journal)
-    ours = node.apply(5, 300)
-    node.compactor.step(ours)
-    await poll(lambda: calls, what="the write begun")
+    release, _, ours = await held_snapshot(node, monkeypatch)
     # Meanwhile the leader's snapshot, further on, replaces the follower's state (as
     # ElectionDriver does for a RestoreSnapshot): journal, core, then the compactor.
     leaders = Snapshot(ours + 10, 2, b"the leader's table")
@@ -282,7 +285,8 @@ async def test_a_failed_write_leaves_no_file_and_waits_longer_each_time(
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(journal_module, "_sync_data", full)
+    monkeypatch.setattr(durable, "SYNC_SLICE_BYTES", 256)  # so the write syncs a slice, and fails there
+    monkeypatch.setattr(durable, "_sync_data", full)
     applied = node.apply(5, 300)
     with caplog.at_level(logging.WARNING, logger="distnode"):
         for attempt in range(1, 4):

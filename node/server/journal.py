@@ -36,7 +36,7 @@ from pathlib import Path
 
 from node.core.raftlog import KINDS, Entry, RaftLog
 from node.errors import StateFileError
-from node.server.durable import fsync_dir, replace_durably
+from node.server.durable import fsync_dir, replace_durably, write_synced
 
 log = logging.getLogger("distnode")
 
@@ -44,8 +44,6 @@ JOURNAL_DIR = "journal"
 SNAPSHOT_FILE = "snapshot"
 #: This node's next snapshot while it is written off the event loop, until renamed over SNAPSHOT_FILE.
 NEXT_SNAPSHOT_FILE = "snapshot.next"
-#: A snapshot written off the event loop is synced this many bytes at a time (write_next_snapshot).
-SNAPSHOT_SLICE_BYTES = 4 << 20
 #: A new segment is started once the active one passes this size.
 SEGMENT_BYTES = 8 << 20
 
@@ -251,7 +249,7 @@ class Journal:
         self._roll()
         first_seq = self._first_seq_on_disk if keep_log else self._segments[-1].seq  # older ones: void
         with self._replacing:
-            replace_durably(self.dir / SNAPSHOT_FILE, _snapshot_header(snapshot, first_seq) + snapshot.data)
+            replace_durably(self.dir / SNAPSHOT_FILE, _snapshot_header(snapshot, first_seq), snapshot.data)
             self._snapshot_on_disk, self._first_seq_on_disk = snapshot.index, first_seq
         self._adopted(snapshot, keep_log)
 
@@ -259,23 +257,13 @@ class Journal:
         """Write `snapshot` (this node's own: its log kept) and rename it over the live one;
         False, and nothing replaced, if a newer snapshot is there already (the leader's).
         Then `adopt_snapshot` makes memory and the segments follow. It touches nothing an
-        append touches, so it runs in a thread of its own while appends go on (compaction.py).
-
-        The data goes to disk SNAPSHOT_SLICE_BYTES at a time, each slice synced before the
-        next is written: on ext4 (data=ordered) an append's fsync waits for every dirty page
-        of the filesystem, and a whole snapshot's worth held the node's appends 100-250 ms."""
+        append touches, so it runs in a thread of its own while appends go on (compaction.py);
+        its data is synced a slice at a time (`write_synced`), so those appends' fsyncs do
+        not wait for all of it."""
         path = self.dir / NEXT_SNAPSHOT_FILE
         try:
-            with open(path, "wb") as handle:
-                # The live file's first segment stays the first: older ones are void (save_snapshot).
-                handle.write(_snapshot_header(snapshot, self._first_seq_on_disk))
-                data = memoryview(snapshot.data)
-                for start in range(0, len(data), SNAPSHOT_SLICE_BYTES):
-                    handle.write(data[start:start + SNAPSHOT_SLICE_BYTES])
-                    handle.flush()
-                    _sync_data(handle.fileno())
-                handle.flush()
-                os.fsync(handle.fileno())
+            # The live file's first segment stays the first: older ones are void (save_snapshot).
+            write_synced(path, _snapshot_header(snapshot, self._first_seq_on_disk), snapshot.data)
         except BaseException:
             path.unlink(missing_ok=True)  # a full disk gets its space back for the log's appends
             raise
@@ -335,10 +323,6 @@ class Journal:
         self._size = 0
         fsync_dir(self.dir)
         self._segments.append(_Segment(seq, path, 0))
-
-
-#: The data of a file, not its times (fsync where there is no fdatasync: macOS).
-_sync_data = getattr(os, "fdatasync", os.fsync)
 
 
 def _snapshot_header(snapshot: Snapshot, first_seq: int) -> bytes:
