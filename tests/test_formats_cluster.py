@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from formats_data import write
-from inproc import InProcessCluster, StartCluster, poll
+from inproc import CALM, InProcessCluster, StartCluster, poll
 
 from node import AsyncClient, InvalidJob, JobError
 from node._proto import distnode_pb2 as pb
@@ -71,8 +71,7 @@ async def test_a_node_restarted_without_a_format_is_given_none_of_its_shards(
     spec = write("zarr3", tmp_path, "z", data, 500)
     # Calmer than FAST: a stall of the shared event loop while the node restarts must
     # not let the restarted node win an election (it would lead without zarr).
-    calm = {"heartbeat_ms": 30, "election_ms_min": 300, "election_ms_max": 600}
-    cluster = await start_cluster(3, shard_elems=SHARD_ELEMS, **calm)
+    cluster = await start_cluster(3, shard_elems=SHARD_ELEMS, **CALM)
     leader = await cluster.wait_for_leader()
     others = [d for d in cluster.daemons if d is not leader]
     # A worker gets lanes once the leader has heard it: the first job must not race that.

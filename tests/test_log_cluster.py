@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from inproc import StartCluster, poll
+from inproc import CALM, StartCluster, poll
 
 from node import AsyncClient
 from node._proto import distnode_pb2 as pb
@@ -79,7 +79,7 @@ async def test_every_node_journals_the_leaders_log_and_keeps_it_across_a_leader_
 
 
 async def test_a_restarted_node_reads_its_journal_back(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(3)
+    cluster = await start_cluster(3, **CALM)
     await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
     leader = cluster.leader()
     follower = next(d for d in cluster.daemons if d is not leader)
@@ -193,7 +193,7 @@ async def test_a_leader_whose_own_write_is_stuck_steps_down_and_the_job_lands_el
     counts as stuck: its held answers no longer count, CheckQuorum deposes it, a follower
     whose disk works leads, and the job commits there; the old leader catches up once
     its write returns."""
-    cluster = await start_cluster(3)
+    cluster = await start_cluster(3, **CALM)  # a stall must not depose it before its disk does
     await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
     leader = cluster.leader()
     assert leader is not None
