@@ -86,21 +86,34 @@ class InProcessCluster:
 
     async def restart(self, node_id: str, **overrides: Any) -> Daemon:
         """Stop `node_id`, wait until the leader has seen it die, and start it again
-        on the same address and state with `overrides` (another build of the node).
-        "The leader" is whoever leads at the time: a stall of the shared loop may move it."""
-        index = next(i for i, d in enumerate(self.daemons) if d.node_id == node_id)
+        on the same address and state with `overrides` (another build of the node)."""
+        await self.stop_node(node_id)
+        return await self.start_node(node_id, **overrides)
+
+    async def stop_node(self, node_id: str) -> None:
+        """Stop `node_id` and wait until the leader has seen it die. "The leader" is
+        whoever leads at the time: a stall of the shared event loop may move it."""
+        index = self._index(node_id)
         old = self.daemons[index]
         old.stop()
         await asyncio.wait_for(self.tasks[index], timeout=5)
-        address = old.config.address
         others = [d for d in self.daemons if d is not old]
-        await poll(lambda: self._leader_sees(others, address, alive=False), what=f"a leader to see {node_id} die")
-        new = Daemon(dataclasses.replace(old.config, **overrides))
+        await poll(lambda: self._leader_sees(others, old.config.address, alive=False),
+                   what=f"a leader to see {node_id} die")
+
+    async def start_node(self, node_id: str, **overrides: Any) -> Daemon:
+        """Start the stopped `node_id` again on its address and state with `overrides`,
+        and wait until the leader hears it."""
+        index = self._index(node_id)
+        new = Daemon(dataclasses.replace(self.daemons[index].config, **overrides))
         self.daemons[index] = new
         self.tasks[index] = asyncio.create_task(new.serve(handle_signals=False))
-        await poll(lambda: self._leader_sees(self.daemons, address, alive=True),
+        await poll(lambda: self._leader_sees(self.daemons, new.config.address, alive=True),
                    what=f"a leader to hear {node_id} again")
         return new
+
+    def _index(self, node_id: str) -> int:
+        return next(i for i, d in enumerate(self.daemons) if d.node_id == node_id)
 
     @staticmethod
     def _leader_sees(daemons: list[Daemon], address: str, alive: bool) -> bool:

@@ -10,14 +10,16 @@ import threading
 import time
 
 import pytest
-from inproc import CALM, StartCluster, poll
+from inproc import CALM, InProcessCluster, StartCluster, poll
 
 from node import AsyncClient
 from node._proto import distnode_pb2 as pb
 from node.core.limits import Limits
 from node.core.messages import InstallSnapshot, Role
 from node.core.raftlog import Entry
+from node.server import compaction
 from node.server.daemon import Daemon
+from node.server.journal import Journal, Snapshot
 
 
 def log_of(daemon: Daemon) -> list[tuple[int, str]]:
@@ -351,3 +353,80 @@ async def test_a_snapshot_over_the_message_limit_is_said_once_and_never_built(
     assert [len(r.snapshot_data) for r in sent if r.is_snapshot] == [32 << 10], "only the one that fits"
     bare = [r for r in sent if not r.is_snapshot]  # in place of the others: the follower keeps its leader
     assert [(r.prev_index, r.prev_term, len(r.entries)) for r in bare] == [(7, term, 0)] * 3
+
+
+async def behind_a_snapshot(cluster: InProcessCluster) -> tuple[Daemon, str, list[str]]:
+    """Stop a follower, run six detached jobs, and wait for the leader to compact past them
+    (with compaction.COMPACT_ENTRIES small): the leader, the stopped node, the jobs."""
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    lagging = next(d for d in cluster.daemons if d is not leader).node_id
+    await cluster.stop_node(lagging)
+    async with AsyncClient([d.config.address for d in cluster.daemons if d.node_id != lagging]) as client:
+        jobs = [await client.submit(op="sum", source=f"values:{n},1", detach=True) for n in range(6)]
+        for job_id in jobs:
+            await client.result(job_id, wait=10)
+    await poll(lambda: leader.election.log.snapshot_index > 4, what="the leader's snapshot")
+    return leader, lagging, jobs
+
+
+async def test_a_followers_copy_of_its_leaders_snapshot_is_written_beside_its_event_loop(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower behind its leader's snapshot writes it in the journal's thread (it is as large
+    as the job table: 42-85 MB with large answers), with its gate closed as for an append: the
+    event loop goes on meanwhile, and the records are taken once the snapshot is durable."""
+    monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 4)
+    cluster = await start_cluster(3, **CALM)
+    leader, lagging, jobs = await behind_a_snapshot(cluster)
+    release, writes = threading.Event(), []
+    real_save = Journal.save_snapshot
+
+    def held_save(journal: Journal, snapshot: Snapshot, keep_log: bool = True) -> None:
+        write = [journal.dir, threading.get_ident(), None]
+        writes.append(write)
+        write[2] = release.wait(10)
+        real_save(journal, snapshot, keep_log)
+
+    monkeypatch.setattr(Journal, "save_snapshot", held_save)
+    task = asyncio.create_task(cluster.start_node(lagging))
+    await poll(lambda: bool(writes), what="the leader's snapshot to be written")
+    restarted = next(d for d in cluster.daemons if d.node_id == lagging)
+    assert writes[0][0] == restarted.journal.dir and writes[0][1] != threading.get_ident()
+    assert restarted.elections.gate.closed and restarted.ledger.table.get(jobs[0]) is None
+    release.set()
+    await task
+    await poll(lambda: settled(cluster.daemons), what="the follower to catch up")
+    assert writes[0][2], "the write waited for the whole 10 s: the loop was blocked"
+    assert all(restarted.ledger.table.get(job_id) is not None for job_id in jobs)
+    assert leader.is_leader
+
+
+async def test_a_leaders_snapshot_the_disk_refuses_is_not_taken_and_comes_again(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The write fails in the journal's thread: the node goes back to the log its disk holds,
+    takes none of the snapshot's records, says so once, and takes the snapshot the leader sends
+    again after its wait (replication.py's SNAPSHOT_WAIT_TIMEOUTS)."""
+    monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 4)
+    cluster = await start_cluster(3, **CALM)
+    _, lagging, jobs = await behind_a_snapshot(cluster)
+    real_save, refused = Journal.save_snapshot, []
+
+    def full_disk(journal: Journal, snapshot: Snapshot, keep_log: bool = True) -> None:
+        if not refused:
+            refused.append(snapshot.index)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(journal, snapshot, keep_log)
+
+    monkeypatch.setattr(Journal, "save_snapshot", full_disk)
+    restarted = await cluster.start_node(lagging)
+    await poll(lambda: bool(refused), what="the refused write")
+    await poll(lambda: not restarted.elections.writer.in_flight, what="the refusal to come back")
+    assert restarted.ledger.table.get(jobs[0]) is None
+    assert restarted.election.log.snapshot_index < refused[0], "memory kept what the disk refused"
+    await poll(lambda: settled(cluster.daemons), what="the snapshot sent again, and taken")
+    assert all(restarted.ledger.table.get(job_id) is not None for job_id in jobs)
+    said = [r for r in caplog.records if "cannot write the journal" in r.getMessage()]
+    assert len(said) == 1 and "No space left on device" in said[0].getMessage()

@@ -26,6 +26,7 @@ from node.core.messages import (
     VoteResponse,
 )
 from node.core.raftlog import Entry, RaftLog
+from node.core.replication import SNAPSHOT_WAIT_TIMEOUTS
 
 PEERS = ("b", "c")
 
@@ -257,6 +258,32 @@ def test_7_a_follower_that_lost_what_it_acknowledged_is_caught_up_again() -> Non
     assert node.commit_index == 4, "nothing committed is taken back"
     out = respond(node, "b", True, 3)  # the snapshot is in: the entry after it follows
     assert sends(out) == [Heartbeat("a", "b", 2, 3, 1, node.log.entries(4, 4), 4)]
+
+
+def test_7_a_snapshot_is_sent_once_and_again_only_when_it_was_not_installed_in_time() -> None:
+    """A follower taking the snapshot gets bare beats (it keeps its leader; the leader does
+    not build and send the whole table at every beat) until it answers for the snapshot, or
+    until SNAPSHOT_WAIT_TIMEOUTS election timeouts pass without that answer (it was lost)."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)
+    respond(node, "c", True, 4)
+    node.compact(3, b"state@3")
+    assert sends(respond(node, "b", False, 1)) == [InstallSnapshot("a", "b", 2, 3, 1, b"state@3")]
+    bare = Heartbeat("a", "b", 2, 3, 1, (), 4)
+    wait_ticks = SNAPSHOT_WAIT_TIMEOUTS * node._config.election_ticks_max
+    to_b: list[object] = []
+    for _ in range(wait_ticks - 1):  # one beat a tick here
+        to_b += [m for m in sends(node.tick()) if m.dst == "b"]
+        respond(node, "c", True, 4)  # the leader keeps its quorum
+        assert sends(respond(node, "b", False, 1)) in ([], [bare]), "a refusal of a bare beat resends nothing"
+    assert to_b == [bare] * (wait_ticks - 1)
+    again = [m for m in sends(node.tick()) if m.dst == "b"]
+    assert again == [InstallSnapshot("a", "b", 2, 3, 1, b"state@3")], "never answered: sent again"
+    out = respond(node, "b", True, 3)  # installed: the entry after it follows, and no more waiting
+    assert sends(out) == [Heartbeat("a", "b", 2, 3, 1, node.log.entries(4, 4), 4)]
+    respond(node, "b", True, 4)
+    node.compact(4, b"state@4")
+    assert sends(respond(node, "b", False, 1)) == [InstallSnapshot("a", "b", 2, 4, 2, b"state@4")]
 
 
 @pytest.mark.parametrize("hint", [0, 5])

@@ -26,6 +26,10 @@ from node.core.messages import (
 )
 from node.core.raftlog import Entry, RaftLog
 
+#: Election timeouts (of the longest) a leader waits for a follower to install the snapshot
+#: it was sent before sending it again (a big one takes a while to arrive and be written).
+SNAPSHOT_WAIT_TIMEOUTS = 4
+
 
 class Replication:
     def __init__(self, config: ElectionConfig, log: RaftLog, snapshot: bytes) -> None:
@@ -39,6 +43,8 @@ class Replication:
         # Leader state, reset at every election win.
         self._next: dict[str, int] = {}
         self._match: dict[str, int] = {}
+        #: Followers sent our snapshot: the index sent, and the ticks left until it is sent again.
+        self._snapshot_sent: dict[str, tuple[int, int]] = {}
         # The last beat told followers the next comes within `_promised_ticks`; every
         # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
         self._promised_ticks = config.heartbeat_ticks
@@ -49,6 +55,7 @@ class Replication:
     def start_leading(self, term: int, out: list[Output]) -> None:
         self._next = dict.fromkeys(self._config.peers, self.log.last_index + 1)
         self._match = dict.fromkeys(self._config.peers, 0)
+        self._snapshot_sent = {}
         if self._config.replicate:
             self.append(term, "noop", (b"",), out)
 
@@ -70,6 +77,15 @@ class Replication:
         prev = next_index - 1
         prev_term = log.term_at(prev)
         if prev_term is None:  # compacted: only the snapshot can bring it along (§7)
+            sent = self._snapshot_sent.get(peer)
+            if sent is not None and sent[1] > 0:
+                # It is still taking the one sent: a bare beat keeps it following (refused until
+                # then, accepted after) without building and sending the snapshot at every beat,
+                # as etcd's snapshot state of a follower's progress does.
+                return Heartbeat(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
+                                 (), self.commit, self._slack_ticks)
+            wait_ticks = SNAPSHOT_WAIT_TIMEOUTS * self._config.election_ticks_max
+            self._snapshot_sent[peer] = (log.snapshot_index, wait_ticks)
             return InstallSnapshot(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
                                    self.snapshot)
         last = prev + self._config.max_append_entries
@@ -93,6 +109,8 @@ class Replication:
         """A beat goes to every peer now; it promises the next within `beat_ticks(quiet)`."""
         self._promised_ticks = self.beat_ticks(quiet)
         self._slack_ticks = self._promised_ticks - self._config.heartbeat_ticks
+        for peer, (index, ticks) in self._snapshot_sent.items():
+            self._snapshot_sent[peer] = (index, ticks - self._promised_ticks)
 
     def beat_interval(self, quiet: bool) -> int:
         """Ticks from the last beat to the next: what `beat_ticks` asks now, never more
@@ -113,6 +131,9 @@ class Replication:
             if matched > self._match[peer]:
                 self._match[peer] = matched
                 self._advance_commit(term, out)
+            sent = self._snapshot_sent.get(peer)
+            if sent is not None and matched >= sent[0]:
+                del self._snapshot_sent[peer]  # installed
             self._next[peer] = max(self._next[peer], matched + 1)
         else:
             # Fast back-off: the follower's hint, but always strictly down and

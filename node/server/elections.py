@@ -44,6 +44,7 @@ from node.core.messages import (
 )
 from node.core.raftlog import Entry
 from node.server.api import BeatAnswer, StatusView, VoteAnswer
+from node.server.beatsend import BeatSender
 from node.server.clock import Clock
 from node.server.compaction import Compactor
 from node.server.config import NodeConfig
@@ -55,13 +56,12 @@ from node.server.peerview import peer_view
 from node.server.statestore import ElectionState, StateStore
 from node.server.stepgate import StepGate
 from node.server.voterpc import ask_vote
-from node.wire.log import beat_to_proto, response_from_reply
+from node.wire.log import response_from_reply
 
 log = logging.getLogger("distnode")
 
 R = TypeVar("R", VoteResponse, HeartbeatResponse)
 CLOSED_GATE_TICKS = 1 << 20  # the clock sleeps its longest; the write that opens the gate wakes it
-SNAPSHOT_ENVELOPE_BYTES = 4096  # what a HeartbeatRequest adds around a snapshot's data, at most
 OnRoleChanged = Callable[[Role, int, "str | None"], None]
 #: Committed entries, in order, for the state machine.
 OnApply = Callable[[tuple[Entry, ...]], None]
@@ -106,8 +106,7 @@ class ElectionDriver:
         self.applied = election.commit_index
         #: Ticks until the disk is tried again while `storage_error` is set.
         self._retry_in_ticks = 0
-        #: (follower, snapshot index) already said to be over the message limit (`_fits`).
-        self._oversized: set[tuple[str, int]] = set()
+        self.beats = BeatSender(heartbeats, peers, config)
         #: The last role change carried out, so a rollback to it is not logged twice.
         self._reported = (election.role, election.term, election.leader)
         #: The leader's address as this node dials it (its own --peers entry), or "".
@@ -267,8 +266,13 @@ class ElectionDriver:
         An append is written in the background (logwriter.py). A leader's Sends
         right after it go at once, what else follows waits for the write; a
         leader alone has nobody to send to while it writes: it writes at once.
-        A follower's append closes the gate: all that follows waits for it."""
+        A follower's append, or its leader's snapshot, closes the gate: all that follows waits for it."""
         for position, out in enumerate(outputs):
+            if isinstance(out, RestoreSnapshot) and self.config.peers:  # a follower's, from its leader
+                rest = outputs[position + 1:]
+                self.writer.restore_later(out, functools.partial(self._restored, out, rest))
+                self.gate.close()
+                return True
             if isinstance(out, AppendLog) and self.config.peers:
                 rest = outputs[position + 1:]
                 if self.election.role is not Role.LEADER:
@@ -291,9 +295,7 @@ class ElectionDriver:
                     self._refused()
                     return False
                 if isinstance(out, RestoreSnapshot):
-                    self.on_restore(out.data, out.index)
-                    self.applied = out.index
-                    self.compactor.restored(out.data)
+                    self._restore(out)
             elif isinstance(out, Send):
                 self._send(out.message)
             elif isinstance(out, RoleChanged):
@@ -314,6 +316,17 @@ class ElectionDriver:
                 proposed = self._proposed_at.pop(entry.index, None)
                 if proposed is not None:
                     self.on_committed(now - proposed)
+
+    def _restored(self, out: RestoreSnapshot, later: list[Output], error: OSError | None) -> None:
+        """A leader's snapshot is durable (or not): the state machine takes it, then as `_wrote`."""
+        if error is None and self._write_error is None:
+            self._restore(out)
+        self._wrote(later, error)
+
+    def _restore(self, out: RestoreSnapshot) -> None:
+        self.on_restore(out.data, out.index)
+        self.applied = out.index
+        self.compactor.restored(out.data)
 
     def _wrote(self, later: list[Output], error: OSError | None) -> None:
         """An append returned; once none is pending, `_settle`."""
@@ -385,30 +398,8 @@ class ElectionDriver:
         if isinstance(message, VoteRequest):
             self.spawn(self._send_vote(message))
         elif isinstance(message, Heartbeat | InstallSnapshot):
-            if isinstance(message, InstallSnapshot) and not self._fits(message):
-                # A bare beat instead, refused: the follower keeps its leader and does not campaign.
-                message = Heartbeat(message.src, message.dst, message.term, message.index,
-                                    message.snapshot_term)
-            request = beat_to_proto(message, self.config.address, self.config.tick_ms)
-            # Entries and snapshots need the stream; a bare beat may go by UDP.
-            reliable = isinstance(message, InstallSnapshot) or bool(message.entries)
-            self.heartbeats.send(message.dst, request, reliable)
-        # Responses are returned by the RPC handlers; the core never emits
-        # them outside `step`, so there is nothing else to route.
-
-    def _fits(self, snapshot: InstallSnapshot) -> bool:
-        """Whether `snapshot` fits a message (--max-message-bytes). One that does not could
-        never arrive: it is not built (each beat would build it again), and is said once for
-        each follower and snapshot."""
-        if len(snapshot.data) + SNAPSHOT_ENVELOPE_BYTES <= self.config.limits.max_message_bytes:
-            return True
-        if (snapshot.dst, snapshot.index) not in self._oversized:
-            self._oversized.add((snapshot.dst, snapshot.index))
-            log.error("%s lacks entries this leader holds only in its snapshot at %d, and the snapshot "
-                      "(%d bytes) is over --max-message-bytes (%d): it cannot be caught up; give every node "
-                      "a larger --max-message-bytes, or a smaller --keep-result-bytes", snapshot.dst,
-                      snapshot.index, len(snapshot.data), self.config.limits.max_message_bytes)
-        return False
+            self.beats.send(message)
+        # Responses go back through the RPC handlers: the core emits them only from `step`.
 
     async def _send_vote(self, message: VoteRequest) -> None:
         response = await ask_vote(self.stubs, self.peers, self.config, message)

@@ -66,8 +66,15 @@ class LogWriter:
 
     def append_later(self, after: int, entries: tuple[Entry, ...], done: Done) -> None:
         """Append in the writer thread; `done` runs on the event loop when it is durable (or not)."""
-        future = asyncio.get_running_loop().run_in_executor(
-            self._thread, self._guarded, self._append, after, entries)
+        self._later(done, self._append, after, entries)
+
+    def restore_later(self, out: RestoreSnapshot, done: Done) -> None:
+        """Replace the log with a leader's snapshot in the writer thread, after the appends
+        before it; `done` as for `append_later`. It is as large as the job table."""
+        self._later(done, self.journal.save_snapshot, Snapshot(out.index, out.term, out.data), out.keep_log)
+
+    def _later(self, done: Done, write: Callable[..., None], *args: object) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._thread, self._guarded, write, *args)
         self.in_flight += 1  # once submitted: a refused submission (shut down) leaves nothing pending
         self._pending_since.append(time.monotonic())
 
