@@ -81,6 +81,24 @@ async def test_a_server_is_alive_if_it_speaks_or_stays_silent(
         await server.wait_closed()
 
 
+async def test_a_port_still_accepting_in_silence_is_dialled_once_more() -> None:
+    """A killed process's listening socket may outlast its streams on a loaded host: the
+    first dial is accepted and hears nothing for a beat, the second is refused. (One dial
+    took that silence for a live leader, and its follower waited out its timer.)"""
+    dials: list[int] = []
+
+    async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dials.append(1)
+        server.close()  # the listening socket goes; this connection stays, silent
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(dying, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert await gone(f"127.0.0.1:{port}", 0.2)
+    assert dials == [1]
+
+
 async def test_a_dead_leader_is_reported_gone() -> None:
     driver = Driver(f"127.0.0.1:{closed_port()}")
     await after_stream_closed(driver, "n1", 7)  # type: ignore[arg-type]

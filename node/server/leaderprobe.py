@@ -8,9 +8,9 @@ leader's streams at once. Forgetting a live leader on that alone would
 let a quorum of followers elect another and abort its jobs. So the
 follower first dials the leader's address (its own `--peers` entry):
 only a refused or reset connection, no process serving there, counts as
-dead. A server that answers, or a dial that takes longer than a beat (a
-host down or cut off, which closes no stream anyway), leaves the leader
-to the election timeout, as before.
+dead. A server that answers, or stays silent for a beat twice, or a dial
+that takes longer than a beat (a host down or cut off, which closes no
+stream anyway), leaves the leader to the election timeout, as before.
 """
 
 from __future__ import annotations
@@ -33,7 +33,18 @@ async def gone(address: str, timeout_s: float) -> bool:
     connection is reset or closed before a byte comes. A process being killed may close its
     streams before its listening socket, whose kernel still accepts; it resets what it
     accepted once that closes too. A live gRPC server writes its HTTP/2 settings at once;
-    with TLS it waits for the client, and silence for `timeout_s` counts as alive."""
+    with TLS it waits for the client. Silence for `timeout_s` is asked once more (on a loaded
+    host a killed process's port can outlast its streams by that much), then counts as alive."""
+    for _ in range(2):
+        verdict = await _dial(address, timeout_s)
+        if verdict is not None:
+            return verdict
+    return False
+
+
+async def _dial(address: str, timeout_s: float) -> bool | None:
+    """One connect to `address`: True if nothing serves it, False if something does or the
+    connect itself is slow (a host down or cut off), None if it accepted and stayed silent."""
     host, port = split_host_port(address)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
@@ -45,7 +56,9 @@ async def gone(address: str, timeout_s: float) -> bool:
         first = await asyncio.wait_for(reader.read(1), timeout_s)
     except ConnectionError:
         return True
-    except (OSError, TimeoutError):
+    except TimeoutError:
+        return None
+    except OSError:
         return False
     finally:
         writer.close()
