@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from inproc import FAST, InProcessCluster, StartCluster, poll
 
 from node.server.config import NodeConfig
 from node.server.daemon import Daemon
 from node.testing.ports import free_ports
+
+# Property tests draw the same examples on every run, so a CI run never fails on a draw the
+# runs before it never made; HYPOTHESIS_PROFILE=explore draws new ones (what finds new cases).
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture
