@@ -286,6 +286,30 @@ def test_7_a_snapshot_is_sent_once_and_again_only_when_it_was_not_installed_in_t
     assert sends(respond(node, "b", False, 1)) == [InstallSnapshot("a", "b", 2, 4, 2, b"state@4")]
 
 
+def test_7_the_wait_for_a_snapshot_is_counted_in_ticks_and_its_refusals_send_nothing() -> None:
+    """Every proposal is a beat too: a busy leader must not use the wait up in a few hundred
+    proposals and send the whole table again. And a follower refusing bare beats while the
+    snapshot is on its way (its hint above where the leader stands) is not asked again at
+    once, one entry lower each time."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)  # its no-op at 4
+    node.propose(*[b"job"] * 6)  # 5..10
+    respond(node, "c", True, 10)
+    node.compact(9, b"state@9")
+    snapshot = InstallSnapshot("a", "b", 2, 9, 2, b"state@9")
+    assert sends(respond(node, "b", False, 3)) == [snapshot]  # b holds 1..2
+    assert not sends(respond(node, "b", False, 3)), "a refused bare beat is not followed by another"
+    wait_ticks = SNAPSHOT_WAIT_TIMEOUTS * node._config.election_ticks_max
+    for _ in range(2 * wait_ticks):
+        _, out = node.propose(b"job")
+        assert snapshot not in sends(out)
+    respond(node, "c", True, node.log.last_index)
+    for _ in range(wait_ticks - 1):
+        assert snapshot not in sends(node.tick())
+        respond(node, "c", True, node.log.last_index)
+    assert snapshot in sends(node.tick())
+
+
 @pytest.mark.parametrize("hint", [0, 5])
 def test_a_follower_that_cannot_store_what_it_must_take_keeps_its_match(hint: int) -> None:
     """A follower whose disk refused the entries answers a refusal with no hint (0,

@@ -353,6 +353,7 @@ class Election:
         self._peers.tick(n)
         if self._role is Role.LEADER:
             self._heartbeat_elapsed += n
+            self._log.elapse(n)
         else:
             self._ticks_since_leader += n
             self._election_elapsed += n

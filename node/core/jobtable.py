@@ -260,14 +260,14 @@ class JobTable:
         return [self._encoded[job_id] for job_id in self._jobs]
 
     def restore(self, data: bytes) -> None:
-        """Replace the table with a snapshot's (ValueError if it does not decode)."""
+        """Replace the table with a snapshot's. A line that does not decode is skipped, as
+        `apply` skips it: the table is the one applying the same entries would have made."""
         self._jobs.clear()
         self._encoded.clear()
         for finished in self._finished.values():
             finished.clear()
         self._result_bytes = {True: 0, False: 0}
-        for line in data.split(b"\n") if data else ():
-            record = decode_command(line)
+        for record, line in decoded(data) if data else ():
             self._jobs[record.job_id] = record
             self._encoded[record.job_id] = line
             self._count(record, +1)

@@ -77,8 +77,7 @@ class Replication:
         prev = next_index - 1
         prev_term = log.term_at(prev)
         if prev_term is None:  # compacted: only the snapshot can bring it along (§7)
-            sent = self._snapshot_sent.get(peer)
-            if sent is not None and sent[1] > 0:
+            if self._taking_snapshot(peer):
                 # It is still taking the one sent: a bare beat keeps it following (refused until
                 # then, accepted after) without building and sending the snapshot at every beat,
                 # as etcd's snapshot state of a follower's progress does.
@@ -109,8 +108,17 @@ class Replication:
         """A beat goes to every peer now; it promises the next within `beat_ticks(quiet)`."""
         self._promised_ticks = self.beat_ticks(quiet)
         self._slack_ticks = self._promised_ticks - self._config.heartbeat_ticks
-        for peer, (index, ticks) in self._snapshot_sent.items():
-            self._snapshot_sent[peer] = (index, ticks - self._promised_ticks)
+
+    def elapse(self, ticks: int) -> None:
+        """A leader's clock moved: the waits for snapshots sent run down (ticks, not beats:
+        every proposal is a beat too)."""
+        for peer, (index, left) in self._snapshot_sent.items():
+            self._snapshot_sent[peer] = (index, left - ticks)
+
+    def _taking_snapshot(self, peer: str) -> bool:
+        """`peer` was sent our snapshot and its wait is not over."""
+        sent = self._snapshot_sent.get(peer)
+        return sent is not None and sent[1] > 0
 
     def beat_interval(self, quiet: bool) -> int:
         """Ticks from the last beat to the next: what `beat_ticks` asks now, never more
@@ -148,8 +156,11 @@ class Replication:
                 self._match[peer] = 0
             hint = min(response.match_index, before - 1)
             self._next[peer] = max(self._match[peer] + 1, hint)
-            if self._next[peer] == before:
-                return  # it refused what it must take (its disk?): try again at the next beat
+            if self._next[peer] == before or self._taking_snapshot(peer):
+                # It refused what it must take (its disk?), or refused a bare beat while the
+                # snapshot is on its way (each would lower `next` by one and ask again): the
+                # next beat tries again.
+                return
         if self._next[peer] <= self.log.last_index or not response.success:
             out.append(Send(self.message_for(peer, term)))  # catch it up without waiting a heartbeat
 

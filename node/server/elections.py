@@ -268,7 +268,7 @@ class ElectionDriver:
         leader alone has nobody to send to while it writes: it writes at once.
         A follower's append, or its leader's snapshot, closes the gate: all that follows waits for it."""
         for position, out in enumerate(outputs):
-            if isinstance(out, RestoreSnapshot) and self.config.peers:  # a follower's, from its leader
+            if isinstance(out, RestoreSnapshot):  # a follower's, from its leader
                 rest = outputs[position + 1:]
                 self.writer.restore_later(out, functools.partial(self._restored, out, rest))
                 self.gate.close()
@@ -290,12 +290,10 @@ class ElectionDriver:
                 if not self._persist(out):
                     self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
                     return False
-            elif isinstance(out, AppendLog | RestoreSnapshot):
+            elif isinstance(out, AppendLog):  # a lone node's: it writes at once
                 if not self.writer.store(out):
                     self._refused()
                     return False
-                if isinstance(out, RestoreSnapshot):
-                    self._restore(out)
             elif isinstance(out, Send):
                 self._send(out.message)
             elif isinstance(out, RoleChanged):
@@ -318,22 +316,24 @@ class ElectionDriver:
                     self.on_committed(now - proposed)
 
     def _restored(self, out: RestoreSnapshot, later: list[Output], error: OSError | None) -> None:
-        """A leader's snapshot is durable (or not): the state machine takes it, then as `_wrote`."""
-        if error is None and self._write_error is None:
-            self._restore(out)
-        self._wrote(later, error)
+        """A leader's snapshot returned: if durable, the state machine takes it; then as `_wrote`."""
+        self._wrote(later, error, functools.partial(self._restore, out))
 
     def _restore(self, out: RestoreSnapshot) -> None:
         self.on_restore(out.data, out.index)
         self.applied = out.index
         self.compactor.restored(out.data)
 
-    def _wrote(self, later: list[Output], error: OSError | None) -> None:
-        """An append returned; once none is pending, `_settle`."""
+    def _wrote(
+        self, later: list[Output], error: OSError | None, first: Callable[[], None] | None = None
+    ) -> None:
+        """An append returned (`first` runs if it is durable); once none is pending, `_settle`."""
         try:
             if error is not None:
                 self._write_error = self._write_error or error
             elif self._write_error is None:
+                if first is not None:
+                    first()
                 self.writer.wrote()
                 self._execute(later)
         finally:  # whatever happened here, nothing may wait for the writes any longer

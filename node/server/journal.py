@@ -25,6 +25,7 @@ is a log's, and this module is the whole of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -303,9 +304,13 @@ class Journal:
             self._segments.pop(0)
 
     def disk_bytes(self) -> int:
-        total = sum(s.path.stat().st_size for s in self._segments)
-        snapshot = self.dir / SNAPSHOT_FILE
-        return total + (snapshot.stat().st_size if snapshot.exists() else 0)
+        """The journal's files' sizes; read on the event loop while the writer thread may be
+        replacing the snapshot and deleting the segments it covers."""
+        total = 0
+        for path in [s.path for s in list(self._segments)] + [self.dir / SNAPSHOT_FILE]:
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -7,8 +7,9 @@ goes to one writer thread and the event loop goes on: a leader sends its
 AppendEntries and holds back whatever would count it (the followers'
 replies, an Apply) until `in_flight` is back to 0; a follower steps nothing
 until its write has returned (stepgate.py), so a slow disk delays its
-answers but never stops its loop. Every other write (the leader's snapshot
-sent to a follower, a lone leader's append, deleting the segments a
+answers but never stops its loop. A snapshot its leader sends a follower
+goes to the same thread, after the appends before it (`restore_later`).
+Every other write (a lone leader's append, deleting the segments a
 snapshot covers) runs on the caller's thread, after all the pending ones:
 one writer at a time, so the file stays in log order. A node's own
 snapshot is written and renamed into place `aside`, in a thread no append
@@ -112,13 +113,10 @@ class LogWriter:
             return self._guarded(write, *args)
         return self._thread.submit(self._guarded, write, *args).result()
 
-    def store(self, out: AppendLog | RestoreSnapshot) -> bool:
-        """Make a change to the log durable now; False (said once per episode) if the disk refused."""
+    def store(self, out: AppendLog) -> bool:
+        """Append now (a lone node); False (said once per episode) if the disk refused."""
         try:
-            if isinstance(out, AppendLog):
-                self.run(self._append, out.after, out.entries)
-            else:
-                self.run(self.journal.save_snapshot, Snapshot(out.index, out.term, out.data), out.keep_log)
+            self.run(self._append, out.after, out.entries)
         except OSError as exc:
             self.refused(exc)
             return False
