@@ -134,7 +134,7 @@ def _add_start(commands: Any) -> None:
                        help=f"finished jobs the job table keeps, oldest dropped first "
                             f"(default {DEFAULT_KEEP_JOBS:,})")
     start.add_argument("--keep-result-bytes", type=_non_negative_int, default=None, metavar="B",
-                       help=f"bytes of finished jobs' results the job table keeps "
+                       help=f"bytes of finished jobs' results and sources the job table keeps "
                             f"(default {DEFAULT_KEEP_RESULT_BYTES:,})")
     start.add_argument("--http", metavar="HOST:PORT", default="",
                        help="serve /metrics (Prometheus) and /status.json over HTTP, read-only "

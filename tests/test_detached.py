@@ -27,7 +27,7 @@ from node.errors import (
     NotLeader,
     UnknownJob,
 )
-from node.server import compaction
+from node.server import compaction, ledger
 from node.server.daemon import Daemon
 
 #: Jobs of many shards (shard_elems below): long enough to be caught running.
@@ -213,6 +213,23 @@ async def test_a_full_disk_refuses_detached_jobs_and_keeps_serving_attached_ones
         assert [a.result for a in answers] == [1 + i for i in range(20)]
         assert leader.is_leader and leader.ledger.skipped_records == 20
         leader.ledger._disk_free = lambda: 1 << 30  # room again: detached jobs are taken at once
+        job_id = await client.submit(op="sum", source="values:1,2", detach=True)
+        assert (await client.result(job_id, wait=5)).result == 3
+
+
+async def test_the_sources_of_live_detached_jobs_are_bounded_in_bytes(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `values:` source may be 1 MiB, and a queued or running job's record keeps it on every
+    node: MAX_LIVE_JOBS of them would be 10 GiB. Their bytes together are bounded too."""
+    monkeypatch.setattr(ledger, "MAX_LIVE_SOURCE_BYTES", 40)
+    cluster = await start_cluster(1)
+    async with AsyncClient(cluster.addresses, timeout=5) as client:
+        source = "values:" + "1," * 20 + "1"
+        with pytest.raises(LimitExceeded, match=f"RESOURCE_EXHAUSTED: source: .* hold 0 bytes of sources, "
+                                                f"and {len(source)} more would pass 40"):
+            await client.submit(op="sum", source=source, detach=True)
+        assert (await client.submit(op="sum", source=source)).result == 21, "attached jobs still run"
         job_id = await client.submit(op="sum", source="values:1,2", detach=True)
         assert (await client.result(job_id, wait=5)).result == 3
 

@@ -122,6 +122,22 @@ def test_retention_bounds_the_finished_jobs_and_their_results_but_never_drops_a_
     assert table.jobs(state="running")[0].job_id == "live" and len(table.jobs(limit=2)) == 2
 
 
+def test_a_finished_jobs_source_counts_with_its_answer_and_a_live_ones_is_summed() -> None:
+    """A `values:` source may be 1 MiB and is kept with its job's record: finished records
+    count it against keep_result_bytes with their answer, and the table sums the live
+    jobs' sources for the ledger to bound (MAX_LIVE_SOURCE_BYTES)."""
+    table = JobTable(keep_jobs=10, keep_result_bytes=100)
+    values = "values:" + "1," * 29 + "1"  # 66 bytes
+    table.apply(commands(*[replace(record(f"q{i}", "queued"), source=values) for i in range(3)]))
+    assert table.live_source_bytes == 3 * len(values) and len(table) == 3, "live jobs are never evicted"
+    table.apply(commands(*[replace(record(f"q{i}", "done", 10), source=values) for i in range(2)], first=4))
+    assert table.live_source_bytes == len(values)
+    assert [r.job_id for r in table.jobs(state="done")] == ["q1"], "two 76-byte records pass 100"
+    copy = JobTable(keep_jobs=10, keep_result_bytes=100)
+    copy.restore(table.snapshot())
+    assert copy.live_source_bytes == len(values) and copy.snapshot() == table.snapshot()
+
+
 def test_attached_jobs_never_push_a_detached_answer_out() -> None:
     table = JobTable(keep_jobs=3, keep_result_bytes=100)
     table.apply(commands(replace(record("d", "queued"), detached=True), first=1))

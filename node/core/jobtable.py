@@ -15,8 +15,8 @@ that races the job's end loses to whichever was committed first. Each node
 applies each entry once (from its snapshot on), in log order, so every table
 is the same: applying is a function of the log alone.
 
-Retention: finished jobs beyond `keep_jobs`, or whose results together pass
-`keep_result_bytes`, are forgotten oldest first, so the table, its snapshots
+Retention: finished jobs beyond `keep_jobs`, or whose answers and sources
+together pass `keep_result_bytes`, are forgotten oldest first, so the table, its snapshots
 and the journal stay bounded however long the cluster runs. Detached and
 attached jobs are bounded apiece: a flood of small attached jobs must not
 push out a detached job's answer before its client came back for it. The
@@ -119,6 +119,14 @@ def decode_command(data: bytes) -> JobRecord:
     return record
 
 
+def _kept_bytes(record: JobRecord) -> int:
+    """What a finished record counts against `keep_result_bytes`: its answer, and its source
+    (a `values:` source may be 1 MiB, kept with every record of its job); the rest is small."""
+    if record.state not in FINISHED:
+        return 0  # live jobs are bounded by number (the ledger's MAX_LIVE_JOBS), never evicted
+    return (len(record.result.data) if record.result is not None else 0) + len(record.source)
+
+
 @dataclass(frozen=True)
 class Proposed:
     """A command entry's data as the leader proposed it, with its records and their lines."""
@@ -155,6 +163,8 @@ class JobTable:
         #: Finished jobs per kind (detached or not), in the order they finished.
         self._finished: dict[bool, OrderedDict[str, None]] = {True: OrderedDict(), False: OrderedDict()}
         self._result_bytes = {True: 0, False: 0}
+        #: The sources of the jobs queued or running, in bytes (the ledger bounds them).
+        self.live_source_bytes = 0
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -236,8 +246,9 @@ class JobTable:
                 finished[record.job_id] = None
             else:
                 del finished[record.job_id]
-        if record.result is not None:
-            self._result_bytes[record.detached] += sign * len(record.result.data)
+        self._result_bytes[record.detached] += sign * _kept_bytes(record)
+        if record.state not in FINISHED:
+            self.live_source_bytes += sign * len(record.source)
 
     def _retain(self) -> None:
         """Each kind within its own bounds: attached jobs, often thousands a second, must
@@ -267,6 +278,8 @@ class JobTable:
         for finished in self._finished.values():
             finished.clear()
         self._result_bytes = {True: 0, False: 0}
+        #: The sources of the jobs queued or running, in bytes (the ledger bounds them).
+        self.live_source_bytes = 0
         for record, line in decoded(data) if data else ():
             self._jobs[record.job_id] = record
             self._encoded[record.job_id] = line

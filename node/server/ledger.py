@@ -80,8 +80,9 @@ DETACHED_RESULT_MAX_BYTES = 16 << 20
 MIN_FREE_BYTES = 1 << 20
 #: How long the attached path trusts its last look at the free space.
 FREE_SPACE_TTL_S = 1.0
-#: Detached jobs queued or running at once; more are refused (RESOURCE_EXHAUSTED).
-MAX_LIVE_JOBS = 10_000
+#: Detached jobs queued or running at once, and their sources' bytes together (a `values:`
+#: source may be 1 MiB, kept until the job ends); more are refused (RESOURCE_EXHAUSTED).
+MAX_LIVE_JOBS, MAX_LIVE_SOURCE_BYTES = 10_000, 64 << 20
 #: A detached job still running after this long is recorded as running.
 RUNNING_AFTER_S = 0.1
 #: After the leader's max-jobs refused a detached run, try again this much later.
@@ -193,8 +194,7 @@ class JobLedger:
     def _propose_record(self, record: JobRecord, urgent: bool) -> asyncio.Future[bool]:
         """Queue a record for the next proposal; the future says whether it committed."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        # Whoever awaits it may be gone (a client that hung up): its outcome is seen all the same.
-        future.add_done_callback(_retrieve)
+        future.add_done_callback(_retrieve)  # whoever awaits it may be gone (a client that hung up)
         self._pending.append((Proposed.of(((record, encode_command(record)),)), future))
         if urgent:
             self._hurry()
@@ -208,9 +208,8 @@ class JobLedger:
             self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        for handle in (self._flush_soon, self._flush_later):
-            if handle is not None:
-                handle.cancel()
+        for handle in filter(None, (self._flush_soon, self._flush_later)):
+            handle.cancel()
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
         if self._attached:
@@ -279,7 +278,7 @@ class JobLedger:
             return record
         joining = self._enqueuing.get(job_id)
         if joining is None:
-            self._check_room()
+            self._check_room(job.source)
             queued = JobRecord(job_id, job.op, job.source, "queued", job_spec(job), submitted_at=time.time(),
                                detached=True)
             joining = self._enqueuing[job_id] = self._propose_record(queued, urgent=True)
@@ -298,14 +297,17 @@ class JobLedger:
             self._free, self._free_at = self._disk_free(), now
         return self._free
 
-    def _check_room(self) -> None:
+    def _check_room(self, source: str) -> None:
         free = self._disk_free()
         if free < MIN_FREE_BYTES:
             raise LimitExceeded(f"data-dir: {free} bytes free on {self._who()}, under {MIN_FREE_BYTES}; "
                                 "detached jobs are refused until there is room (attached jobs still run)")
-        live = self.table.live
+        live, held = self.table.live, self.table.live_source_bytes
         if live >= MAX_LIVE_JOBS:
             raise LimitExceeded(f"detached jobs: {live} queued or running, the most a cluster holds")
+        if held + len(source) > MAX_LIVE_SOURCE_BYTES:
+            raise LimitExceeded(f"source: the detached jobs queued or running hold {held} bytes of sources,"
+                                f" and {len(source)} more would pass {MAX_LIVE_SOURCE_BYTES}")
 
     async def cancel(self, job_id: str) -> JobRecord:
         record = self.table.get(job_id)
