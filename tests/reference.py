@@ -119,7 +119,8 @@ def _overflow_either_way(job: Job, data: Array, actual: Array, expected: Array) 
     """A product overflows or not depending on the order of its factors, where some order's
     partial product can pass float64's largest: numpy's one pass and the shards' products of
     products may differ there (one CI run: 4.8e305 against inf). Where that can happen, the
-    exact product (long double) and an infinity of its sign are both right."""
+    exact product (long double) and an infinity of its sign are both right (or NaN, where
+    that infinity met a zero factor)."""
     x = np.abs(kernel_ref(job.kernel, data).astype(np.longdouble))
     if job.axis is None:
         x = x.reshape(-1)
@@ -127,7 +128,9 @@ def _overflow_either_way(job: Job, data: Array, actual: Array, expected: Array) 
         bound = np.prod(np.maximum(x, 1), axis=job.axis)  # the largest any partial product can be
         exact = np.prod(kernel_ref(job.kernel, data).astype(np.longdouble), axis=job.axis)
         risky = np.asarray(bound > np.finfo(np.float64).max)
-        settled = np.where(risky & np.isinf(actual) & (np.sign(actual) == np.sign(exact)), actual, exact)
+        # An infinity of the exact product's sign, or NaN where a zero factor met an infinity.
+        either = (np.isinf(actual) & (np.sign(actual) == np.sign(exact))) | (np.isnan(actual) & (exact == 0))
+        settled = np.where(risky & either, actual, exact)
         expected = np.where(risky, np.asarray(settled, np.float64), np.asarray(expected, np.float64))
     return np.asarray(actual, np.float64), expected
 

@@ -20,6 +20,7 @@ from node.core.raftlog import Entry
 from node.server import compaction
 from node.server.daemon import Daemon
 from node.server.journal import Journal, Snapshot
+from node.server.ledger import JobLedger
 
 
 def log_of(daemon: Daemon) -> list[tuple[int, str]]:
@@ -431,3 +432,28 @@ async def test_a_leaders_snapshot_the_disk_refuses_is_not_taken_and_comes_again(
     assert all(restarted.ledger.table.get(job_id) is not None for job_id in jobs)
     said = [r for r in caplog.records if "cannot write the journal" in r.getMessage()]
     assert len(said) == 1 and "No space left on device" in said[0].getMessage()
+
+
+async def test_a_snapshot_the_table_cannot_take_leaves_its_node_out_of_the_cluster(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Durable on disk, but the job table raised taking it: acknowledging it would leave a table
+    that is not the log's, so the node answers nothing more (its gate stays closed), says so
+    once, and the other two go on."""
+    monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 4)
+    cluster = await start_cluster(3, **CALM)
+    leader, lagging, _ = await behind_a_snapshot(cluster)
+
+    def broken(ledger: JobLedger, data: bytes, index: int) -> None:
+        raise RuntimeError("a bug in the table")
+
+    monkeypatch.setattr(JobLedger, "restore", broken)
+    await cluster.start_node(lagging)  # the leader hears it: its first beats are answered
+    restarted = next(d for d in cluster.daemons if d.node_id == lagging)
+    await poll(lambda: any("cannot take the leader's snapshot" in r.getMessage() for r in caplog.records),
+               what="the node to say it cannot take the snapshot")
+    assert restarted.elections.gate.closed and restarted.election.commit_index > 4
+    async with AsyncClient([d.config.address for d in cluster.daemons if d is not restarted]) as client:
+        assert (await client.submit(op="sum", source="values:1,2")).result == 3
+    peer = leader.peers.get(restarted.config.address)
+    await poll(lambda: peer is not None and not peer.alive, what="the leader to count it out")

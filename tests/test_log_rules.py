@@ -286,6 +286,22 @@ def test_7_a_snapshot_is_sent_once_and_again_only_when_it_was_not_installed_in_t
     assert sends(respond(node, "b", False, 1)) == [InstallSnapshot("a", "b", 2, 4, 2, b"state@4")]
 
 
+def test_7_the_bare_beats_of_the_wait_name_the_snapshot_sent_not_a_newer_one() -> None:
+    """A follower that took the snapshot sent, its answer lost, while the leader compacted again:
+    the bare beats name the snapshot it has, so it accepts one, the wait ends, and the newer
+    snapshot goes at once instead of after the rest of the wait."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)  # its no-op at 4
+    node.propose(b"job")  # 5
+    respond(node, "c", True, 5)
+    node.compact(3, b"state@3")
+    assert sends(respond(node, "b", False, 1)) == [InstallSnapshot("a", "b", 2, 3, 1, b"state@3")]
+    node.compact(5, b"state@5")
+    beats = [m for m in sends(node.tick()) if m.dst == "b"]
+    assert beats == [Heartbeat("a", "b", 2, 3, 1, (), 5)], "the bare beat names the snapshot sent"
+    assert sends(respond(node, "b", True, 3)) == [InstallSnapshot("a", "b", 2, 5, 2, b"state@5")]
+
+
 def test_7_the_wait_for_a_snapshot_is_counted_in_ticks_and_its_refusals_send_nothing() -> None:
     """Every proposal is a beat too: a busy leader must not use the wait up in a few hundred
     proposals and send the whole table again. And a follower refusing bare beats while the

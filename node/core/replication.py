@@ -43,8 +43,8 @@ class Replication:
         # Leader state, reset at every election win.
         self._next: dict[str, int] = {}
         self._match: dict[str, int] = {}
-        #: Followers sent our snapshot: the index sent, and the ticks left until it is sent again.
-        self._snapshot_sent: dict[str, tuple[int, int]] = {}
+        #: Followers sent our snapshot: its index and term, and the ticks left until it is sent again.
+        self._snapshot_sent: dict[str, tuple[int, int, int]] = {}
         # The last beat told followers the next comes within `_promised_ticks`; every
         # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
         self._promised_ticks = config.heartbeat_ticks
@@ -77,14 +77,16 @@ class Replication:
         prev = next_index - 1
         prev_term = log.term_at(prev)
         if prev_term is None:  # compacted: only the snapshot can bring it along (§7)
-            if self._taking_snapshot(peer):
-                # It is still taking the one sent: a bare beat keeps it following (refused until
-                # then, accepted after) without building and sending the snapshot at every beat,
-                # as etcd's snapshot state of a follower's progress does.
-                return Heartbeat(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
-                                 (), self.commit, self._slack_ticks)
+            sent = self._snapshot_sent.get(peer)
+            if sent is not None and sent[2] > 0:
+                # It is still taking the one sent: a bare beat at that snapshot keeps it following
+                # (refused until it is in, accepted after, even if we compacted again since)
+                # without building and sending a snapshot at every beat, as etcd's snapshot
+                # state of a follower's progress does.
+                return Heartbeat(self._config.node_id, peer, term, sent[0], sent[1], (), self.commit,
+                                 self._slack_ticks)
             wait_ticks = SNAPSHOT_WAIT_TIMEOUTS * self._config.election_ticks_max
-            self._snapshot_sent[peer] = (log.snapshot_index, wait_ticks)
+            self._snapshot_sent[peer] = (log.snapshot_index, log.snapshot_term, wait_ticks)
             return InstallSnapshot(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
                                    self.snapshot)
         last = prev + self._config.max_append_entries
@@ -112,13 +114,13 @@ class Replication:
     def elapse(self, ticks: int) -> None:
         """A leader's clock moved: the waits for snapshots sent run down (ticks, not beats:
         every proposal is a beat too)."""
-        for peer, (index, left) in self._snapshot_sent.items():
-            self._snapshot_sent[peer] = (index, left - ticks)
+        for peer, (index, snapshot_term, left) in self._snapshot_sent.items():
+            self._snapshot_sent[peer] = (index, snapshot_term, left - ticks)
 
     def _taking_snapshot(self, peer: str) -> bool:
         """`peer` was sent our snapshot and its wait is not over."""
         sent = self._snapshot_sent.get(peer)
-        return sent is not None and sent[1] > 0
+        return sent is not None and sent[2] > 0
 
     def beat_interval(self, quiet: bool) -> int:
         """Ticks from the last beat to the next: what `beat_ticks` asks now, never more

@@ -316,24 +316,29 @@ class ElectionDriver:
                     self.on_committed(now - proposed)
 
     def _restored(self, out: RestoreSnapshot, later: list[Output], error: OSError | None) -> None:
-        """A leader's snapshot returned: if durable, the state machine takes it; then as `_wrote`."""
-        self._wrote(later, error, functools.partial(self._restore, out))
+        """A leader's snapshot returned: if durable, the state machine takes it; then as `_wrote`.
+        One it cannot take leaves the gate closed: answering on a table that is not the log's
+        would let it diverge, so the node takes no further part (said once; restart it)."""
+        if error is None and self._write_error is None:
+            try:
+                self._restore(out)
+            except Exception:
+                log.exception("cannot take the leader's snapshot at %d into the job table: this node "
+                              "takes no further part in the cluster until it is restarted", out.index)
+                return
+        self._wrote(later, error)
 
     def _restore(self, out: RestoreSnapshot) -> None:
         self.on_restore(out.data, out.index)
         self.applied = out.index
         self.compactor.restored(out.data)
 
-    def _wrote(
-        self, later: list[Output], error: OSError | None, first: Callable[[], None] | None = None
-    ) -> None:
-        """An append returned (`first` runs if it is durable); once none is pending, `_settle`."""
+    def _wrote(self, later: list[Output], error: OSError | None) -> None:
+        """An append returned; once none is pending, `_settle`."""
         try:
             if error is not None:
                 self._write_error = self._write_error or error
             elif self._write_error is None:
-                if first is not None:
-                    first()
                 self.writer.wrote()
                 self._execute(later)
         finally:  # whatever happened here, nothing may wait for the writes any longer

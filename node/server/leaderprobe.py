@@ -69,7 +69,7 @@ async def _dial(address: str, timeout_s: float) -> bool | None:
 
 async def after_stream_closed(elections: ElectionDriver, leader_id: str, term: int) -> None:
     """The stream of `leader_id`'s beats in `term` closed: if it still leads us and nothing
-    serves its address (`gone`, within a beat or two), it is dead (`ElectionDriver.leader_gone`)."""
+    serves its address (`gone`, within a few beats), it is dead (`ElectionDriver.leader_gone`)."""
     address = elections.peers.address_of(leader_id)
     if not address or not elections.follows(leader_id, term):
         return
