@@ -315,9 +315,9 @@ async def test_an_idle_leader_is_quiet_and_a_running_job_brings_the_full_beat_ba
 ) -> None:
     """Beats thin only while no job runs (the core's rule is tested in test_election_rules):
     a job needs its workers' deaths seen at the full beat."""
-    # FAST beats every 10 ms; elections wait 300-600 ms here, not 40-80, so a stall of this
-    # host (100+ ms under load) does not move the leadership between the checks below.
-    cluster = await start_cluster(3, idle_heartbeat_ms=15, election_ms_min=300, election_ms_max=600)
+    # FAST beats every 20 ms; thinned to 30 ms while idle. Elections wait 300-600 ms, so a
+    # stall of this host (100+ ms under load) does not move the leadership between the checks.
+    cluster = await start_cluster(3, idle_heartbeat_ms=30, election_ms_min=300, election_ms_max=600)
     leader = await cluster.wait_for_leader()
     beat_ticks = leader.config.heartbeat_ticks
     assert leader.config.idle_heartbeat_ticks > beat_ticks

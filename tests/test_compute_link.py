@@ -381,8 +381,8 @@ def test_connect_reaches_an_abstract_socket_on_uvloop() -> None:
 
 SHARD_ELEMS = 1 << 18
 ROWS = 1 << 22
-#: Elections slower than FAST's 40-80 ms: these tests watch one leader's counters, and a
-#: stall of the shared event loop in a loaded run (100-200 ms) would otherwise move it.
+#: Elections slower than FAST's: these tests watch one leader's counters, and a stall of
+#: the shared event loop in a loaded run (100-200 ms) must not move it.
 STEADY = {"election_ms_min": 600, "election_ms_max": 1200}
 
 

@@ -69,7 +69,7 @@ async def test_a_node_restarted_without_a_format_is_given_none_of_its_shards(
 ) -> None:
     data = np.arange(40_000, dtype=np.float64)
     spec = write("zarr3", tmp_path, "z", data, 500)
-    # Calmer than FAST: a stall of the shared event loop while the node restarts must
+    # CALM: a stall of the shared event loop while the node restarts must
     # not let the restarted node win an election (it would lead without zarr).
     cluster = await start_cluster(3, shard_elems=SHARD_ELEMS, **CALM)
     leader = await cluster.wait_for_leader()

@@ -84,7 +84,7 @@ import urllib.request  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from typing import Any  # noqa: E402
 
-from inproc import StartCluster, poll, scraped  # noqa: E402
+from inproc import CALM, StartCluster, poll, scraped  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from node import AsyncClient  # noqa: E402
@@ -253,8 +253,8 @@ async def test_killing_the_leader_moves_the_election_and_peer_metrics(start_clus
 
 
 async def test_status_json_is_the_status_object_with_running_and_recent_jobs(start_cluster: StartCluster) -> None:
-    # Elections wait 300-600 ms, not FAST's 40-80: a stall of a loaded host (100+ ms) must not
-    # move the job to another leader than the one whose page is read.
+    # Elections wait 300-600 ms (CALM): a stall of a loaded host (100+ ms) must not move the
+    # job to another leader than the one whose page is read.
     cluster = await http_cluster(start_cluster, shard_elems=1 << 16, election_ms_min=300, election_ms_max=600)
     leader = cluster.leader()
     assert leader is not None
@@ -317,7 +317,7 @@ async def test_a_followers_status_json_shows_which_node_delivered_a_detached_job
 
 
 async def test_http_is_read_only_and_a_slow_or_huge_request_stalls_nothing(start_cluster: StartCluster) -> None:
-    cluster = await http_cluster(start_cluster)
+    cluster = await http_cluster(start_cluster, **CALM)  # it checks that the leadership stays
     leader = cluster.leader()
     assert leader is not None
     base = f"http://{leader.config.http}"
