@@ -131,8 +131,8 @@ def test_a_node_whose_journal_was_moved_aside_gets_the_leaders_snapshot(tmp_path
         started_s = time.monotonic()
         cluster.restart(victim)
         until(lambda: all_committed(cluster, held), 30, "the node to catch up", cluster)
-        # Sent once, and again only after SNAPSHOT_WAIT_TIMEOUTS election timeouts (2 s by
-        # default) without an answer; not at every beat until acknowledged, which cost the
+        # Sent once, and again only after SNAPSHOT_WAIT_TIMEOUTS election timeouts (8 s here)
+        # without an answer; not at every beat until acknowledged, which cost the
         # leader its leadership in a loaded run (and sent it 4 times in a quick one).
         status = cluster.status()
         assert (status.leader, status.term) == (leader, term), f"caught up through an election\n{cluster.logs()}"

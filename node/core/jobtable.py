@@ -123,7 +123,7 @@ def _kept_bytes(record: JobRecord) -> int:
     """What a finished record counts against `keep_result_bytes`: its answer, and its source
     (a `values:` source may be 1 MiB, kept with every record of its job); the rest is small."""
     if record.state not in FINISHED:
-        return 0  # live jobs are bounded by number (the ledger's MAX_LIVE_JOBS), never evicted
+        return 0  # live jobs are never evicted: the ledger bounds them (MAX_LIVE_JOBS, MAX_LIVE_SOURCE_BYTES)
     return (len(record.result.data) if record.result is not None else 0) + len(record.source)
 
 
@@ -278,7 +278,6 @@ class JobTable:
         for finished in self._finished.values():
             finished.clear()
         self._result_bytes = {True: 0, False: 0}
-        #: The sources of the jobs queued or running, in bytes (the ledger bounds them).
         self.live_source_bytes = 0
         for record, line in decoded(data) if data else ():
             self._jobs[record.job_id] = record

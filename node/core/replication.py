@@ -77,13 +77,13 @@ class Replication:
         prev = next_index - 1
         prev_term = log.term_at(prev)
         if prev_term is None:  # compacted: only the snapshot can bring it along (§7)
-            sent = self._snapshot_sent.get(peer)
-            if sent is not None and sent[2] > 0:
+            in_flight = self._snapshot_in_flight(peer)
+            if in_flight is not None:
                 # It is still taking the one sent: a bare beat at that snapshot keeps it following
                 # (refused until it is in, accepted after, even if we compacted again since)
                 # without building and sending a snapshot at every beat, as etcd's snapshot
                 # state of a follower's progress does.
-                return Heartbeat(self._config.node_id, peer, term, sent[0], sent[1], (), self.commit,
+                return Heartbeat(self._config.node_id, peer, term, *in_flight, (), self.commit,
                                  self._slack_ticks)
             wait_ticks = SNAPSHOT_WAIT_TIMEOUTS * self._config.election_ticks_max
             self._snapshot_sent[peer] = (log.snapshot_index, log.snapshot_term, wait_ticks)
@@ -117,10 +117,10 @@ class Replication:
         for peer, (index, snapshot_term, left) in self._snapshot_sent.items():
             self._snapshot_sent[peer] = (index, snapshot_term, left - ticks)
 
-    def _taking_snapshot(self, peer: str) -> bool:
-        """`peer` was sent our snapshot and its wait is not over."""
+    def _snapshot_in_flight(self, peer: str) -> tuple[int, int] | None:
+        """The index and term of the snapshot `peer` was sent, while its wait is not over."""
         sent = self._snapshot_sent.get(peer)
-        return sent is not None and sent[2] > 0
+        return sent[:2] if sent is not None and sent[2] > 0 else None
 
     def beat_interval(self, quiet: bool) -> int:
         """Ticks from the last beat to the next: what `beat_ticks` asks now, never more
@@ -158,7 +158,7 @@ class Replication:
                 self._match[peer] = 0
             hint = min(response.match_index, before - 1)
             self._next[peer] = max(self._match[peer] + 1, hint)
-            if self._next[peer] == before or self._taking_snapshot(peer):
+            if self._next[peer] == before or self._snapshot_in_flight(peer) is not None:
                 # It refused what it must take (its disk?), or refused a bare beat while the
                 # snapshot is on its way (each would lower `next` by one and ask again): the
                 # next beat tries again.

@@ -321,17 +321,14 @@ class ElectionDriver:
         would let it diverge, so the node takes no further part (said once; restart it)."""
         if error is None and self._write_error is None:
             try:
-                self._restore(out)
+                self.on_restore(out.data, out.index)
+                self.applied = out.index
+                self.compactor.restored(out.data)
             except Exception:
                 log.exception("cannot take the leader's snapshot at %d into the job table: this node "
                               "takes no further part in the cluster until it is restarted", out.index)
                 return
         self._wrote(later, error)
-
-    def _restore(self, out: RestoreSnapshot) -> None:
-        self.on_restore(out.data, out.index)
-        self.applied = out.index
-        self.compactor.restored(out.data)
 
     def _wrote(self, later: list[Output], error: OSError | None) -> None:
         """An append returned; once none is pending, `_settle`."""
