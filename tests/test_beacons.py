@@ -189,6 +189,21 @@ async def test_sender_takes_each_answer_once_and_only_under_its_key() -> None:
         answer(2)
         await poll(lambda: len(replies) == 2, 5.0, "the second genuine answer")
         assert [r.seq for r in replies] == [1, 2] and sender.answering
+        # Out of order, each once: a follower writing its journal answers a later bare beat at
+        # once while its answer to the entries before it waits for the write.
+        for seq in (3, 4):
+            sender.send(seq, beat())
+        answer(4)
+        answer(3)
+        answer(3)
+        await poll(lambda: len(replies) + sender.rejected == 8, 5.0, "three more answers judged")
+        assert [r.seq for r in replies] == [1, 2, 4, 3] and sender.rejected == 4 and sender.answering
+        for seq in range(5, 6 + beacons.REPLY_WINDOW):
+            sender.send(seq, beat())
+        answer(5)  # REPLY_WINDOW beats back: too old to take
+        answer(5 + beacons.REPLY_WINDOW)
+        await poll(lambda: len(replies) + sender.rejected == 10, 5.0, "two more answers judged")
+        assert replies[-1].seq == 5 + beacons.REPLY_WINDOW and sender.rejected == 5
         sender.close()
 
 

@@ -232,14 +232,16 @@ def test_every_append_entries_says_how_late_the_next_beat_may_be() -> None:
                 check_quorum=False, replicate=True)
     elect(node)
     node.quiet = True
-    node.step(HeartbeatResponse("b", "a", node.term, True, node.log.last_index))
+    for peer in ("b", "c"):
+        node.step(HeartbeatResponse(peer, "a", node.term, True, node.log.last_index))
     beats = [m for _ in range(2) for m in sends(node.tick())]
     assert [(m.dst, m.slack) for m in beats] == [("b", 3), ("c", 3)], "when promised; it promises 5"
     beats = [m for _ in range(5) for m in sends(node.tick())]
     assert [(m.dst, m.slack) for m in beats] == [("b", 3), ("c", 3)]
     node.tick()
-    # "c" answers without the no-op: its catch-up goes at once, one tick into a 5-tick promise.
-    out = node.step(HeartbeatResponse("c", "a", node.term, True, 0))
+    # "c" lost its log (its journal moved aside) and refuses: its catch-up goes at once, one
+    # tick into a 5-tick promise.
+    out = node.step(HeartbeatResponse("c", "a", node.term, False, 1))
     assert [(m.dst, m.slack, len(m.entries)) for m in sends(out)] == [("c", 2, 1)]
     node.quiet = False
     assert [m.slack for _ in range(4) for m in sends(node.tick())] == [0] * 4, "busy: no slack"

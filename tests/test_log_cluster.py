@@ -5,6 +5,7 @@ journal that refuses a write makes its node refuse, never fail."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import threading
 import time
@@ -15,9 +16,9 @@ from inproc import CALM, InProcessCluster, StartCluster, poll
 from node import AsyncClient
 from node._proto import distnode_pb2 as pb
 from node.core.limits import Limits
-from node.core.messages import InstallSnapshot, Role
+from node.core.messages import Heartbeat, InstallSnapshot, Role
 from node.core.raftlog import Entry
-from node.server import compaction
+from node.server import compaction, logwriter
 from node.server.daemon import Daemon
 from node.server.journal import Journal, Snapshot
 from node.server.ledger import JobLedger
@@ -283,8 +284,9 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(
 ) -> None:
     """While one follower's disk is slow, the leader commits with the other one and its
     next beats tell the slow follower so; those beats wait for the write, so the slow
-    follower neither learns the commit nor applies the entry before its disk holds it,
-    then applies it in order once the write returns. The clock's ticks are dropped
+    follower neither learns the commit nor applies the entry before its disk holds it
+    (it answers them "writing" and steps none), then applies it in order once the write
+    returns. The clock's ticks are dropped
     meanwhile: a write longer than an election timeout does not make the slow
     follower think its leader went silent; the write's delay is said (a WARNING, and
     the node's disk error) once it outlasts an election timeout, and unsaid after."""
@@ -311,8 +313,8 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(
             await poll(lambda: quick.elections.applied >= index, what="the quick follower to apply the entry")
             await poll(lambda: slow.elections.gate.closed, what="the slow follower to be writing")
             await poll(lambda: leader.election.commit_index >= index, what="the leader to have committed")
-            waited = slow.elections.gate.waiting
-            await poll(lambda: slow.elections.gate.waiting >= waited + 2,
+            answered = slow.elections.writing_answers
+            await poll(lambda: slow.elections.writing_answers >= answered + 2,
                        what="beats sent after the commit to reach the slow follower")
             assert slow.election.log.last_index >= index, "the entry is in the slow follower's memory"
             assert slow.journal.log.last_index < index
@@ -331,6 +333,53 @@ async def test_a_follower_steps_nothing_while_its_append_is_written(
         assert roles == [] and slow.election.term == term, f"the slow follower became {roles}"
         assert slow.elections.disk_error == ""
         assert (await client.result(job_id, wait=10)).result == 6
+
+
+async def test_followers_writing_at_once_keep_answering_and_their_leader_keeps_leading(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both followers' disks slow at once, for longer than two election timeouts (the
+    leader's CheckQuorum window): each answers its leader's bare beats "writing" while it
+    writes, so the leader keeps leading in its term and its failure detector keeps both
+    alive, where two silences at once deposed it. The entry went to each follower once,
+    not at every beat (once more if RESEND_BEATS passed before a follower began writing it).
+    Once the disks return, it commits. (The stuck-write limit is raised so a loaded host's
+    slower beats cannot reach it.)"""
+    monkeypatch.setattr(logwriter, "STUCK_WRITE_WINDOWS", 10)
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    followers = [d for d in cluster.daemons if d is not leader]
+    gate = threading.Event()
+    for follower in followers:
+        slow_disk(follower, gate)
+    term, index = leader.election.term, leader.election.log.last_index + 1
+    sent: collections.Counter[str] = collections.Counter()
+    send = leader.elections.beats.send
+
+    def counted(message: Heartbeat | InstallSnapshot) -> None:
+        if isinstance(message, Heartbeat) and any(entry.index == index for entry in message.entries):
+            sent[message.dst] += 1
+        send(message)
+
+    leader.elections.beats.send = counted  # type: ignore[method-assign]
+    beats = 2 * leader.config.election_ms_max // leader.config.heartbeat_ms + 2
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        submit = asyncio.create_task(client.submit(op="sum", source="values:1,2,3", detach=True))
+        try:
+            await poll(lambda: all(f.elections.writing_answers >= beats for f in followers), timeout_s=20,
+                       what=f"each follower to answer {beats} beats while it writes")
+            assert all(f.elections.gate.closed and f.journal.log.last_index < index for f in followers)
+            assert leader.is_leader and leader.election.term == term, "deposed while its followers wrote"
+            assert all(p.alive for p in leader.peers), "a writing follower was declared dead"
+            assert not submit.done()
+            assert set(sent) == {f.config.address for f in followers} and max(sent.values()) <= 2, sent
+        finally:
+            gate.set()
+        job_id = await submit
+        assert (await client.result(job_id, wait=10)).result == 6
+    assert leader.election.term == term
 
 
 async def test_a_snapshot_over_the_message_limit_is_said_once_and_never_built(

@@ -26,7 +26,7 @@ from node.core.messages import (
     VoteResponse,
 )
 from node.core.raftlog import Entry, RaftLog
-from node.core.replication import SNAPSHOT_WAIT_TIMEOUTS
+from node.core.replication import RESEND_BEATS, SNAPSHOT_WAIT_TIMEOUTS
 
 PEERS = ("b", "c")
 
@@ -155,6 +155,50 @@ def test_5_3_a_leader_sends_what_a_follower_lacks_in_batches() -> None:
     out = respond(node, "b", True, 2)
     assert sends(out) == [Heartbeat("a", "b", 2, 2, 1, node.log.entries(3, 4), 0)]
     assert not sends(respond(node, "b", True, 4)), "caught up: nothing more until the heartbeat"
+
+
+def to(peer: str, outputs: list[Output]) -> list[Heartbeat]:
+    return [m for m in sends(outputs) if isinstance(m, Heartbeat) and m.dst == peer]
+
+
+def entries_to(peer: str, outputs: list[Output]) -> list[list[int]]:
+    """The indices each Heartbeat to `peer` carries ([] for a bare beat)."""
+    return [[e.index for e in m.entries] for m in to(peer, outputs)]
+
+
+def test_5_3_entries_go_once_and_bare_beats_follow_until_they_are_answered_for() -> None:
+    """Entries go to a follower once; until it answers for them its beats are bare at the
+    same `prev` (a follower writing a 10.7 MB entry is not sent it again at every beat, and
+    answers bare beats while it writes: elections.py), entries proposed meanwhile wait, and
+    they go at once when it answers (etcd's flow control of a follower's progress)."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)  # its no-op at 4
+    respond(node, "b", True, 4)
+    assert entries_to("b", node.propose(b"big")[1]) == [[5]]
+    assert entries_to("b", node.tick()) == [[]] and to("b", node.tick())[0].prev_index == 4
+    assert not to("b", respond(node, "b", True, 4)), "an answer to a bare beat: still waiting"
+    assert entries_to("b", node.propose(b"next")[1]) == [[]]
+    assert entries_to("b", respond(node, "b", True, 5)) == [[6]], "answered for: the rest at once"
+    assert not to("b", respond(node, "b", True, 6))
+    assert entries_to("b", node.tick()) == [[]]
+
+
+def test_5_3_entries_not_answered_for_go_again_after_a_wait_that_an_answer_not_stepped_extends() -> None:
+    """Entries lost on the way go again once RESEND_BEATS pass without an answer for them;
+    an answer not stepped (the follower says it is writing, or the leader's own write holds
+    it: `heard`) restarts the wait. A refusal ends it: the next beat carries them."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)
+    respond(node, "b", True, 4)
+    node.propose(b"lost")
+    wait = RESEND_BEATS * node._config.heartbeat_ticks
+    assert [entries_to("b", node.tick()) for _ in range(wait - 1)] == [[[]]] * (wait - 1)
+    node.heard("b", node.term)
+    assert [entries_to("b", node.tick()) for _ in range(wait - 1)] == [[[]]] * (wait - 1)
+    assert entries_to("b", node.tick()) == [[5]], "never answered for: sent again"
+    assert entries_to("b", node.tick()) == [[]]
+    respond(node, "b", False, 5)
+    assert entries_to("b", node.tick()) == [[5]]
 
 
 # ---- §5.4.1 election restriction ---------------------------------------------------------------

@@ -278,7 +278,7 @@ async def test_a_node_that_cannot_persist_refuses_newer_terms_says_why_and_heals
     drivers.store.save = full_disk  # type: ignore[method-assign]
     leader.stop()  # the survivor campaigns, and needs the broken node's vote
     await poll(lambda: len(attempts) >= 10, timeout_s=20, what="the broken node to try its disk again and again")
-    assert (drivers.election.term, drivers.durable.term) == (term, term)
+    assert (drivers.election.term, drivers.terms.durable.term) == (term, term)
     assert healthy.election.term <= term + 2, "the survivor's term climbed"
     assert drivers.election.role.value != "leader" and healthy.election.role.value != "leader"
     lines = [r for r in caplog.records if "cannot persist term" in r.getMessage()]
@@ -291,7 +291,7 @@ async def test_a_node_that_cannot_persist_refuses_newer_terms_says_why_and_heals
     assert (vote.granted, vote.term) == (False, term)
 
     drivers.store.save = real_save  # type: ignore[method-assign]
-    await poll(lambda: not drivers.storage_error and any(d.is_leader for d in (broken, healthy)),
+    await poll(lambda: not drivers.terms.error and any(d.is_leader for d in (broken, healthy)),
                timeout_s=10, what="the healed node to clear its error and a leader to be elected")
     assert "is writable again" in caplog.text
     async with AsyncClient([broken.config.address, healthy.config.address]) as client:
@@ -322,7 +322,7 @@ async def test_the_leaders_status_shows_a_followers_storage_error(start_cluster:
         # An episode as a failed vote starts it (a follower inside its leader's
         # lease writes nothing, so the test opens the episode itself).
         follower.elections.store.save = full_disk  # type: ignore[method-assign]
-        follower.elections.storage_error = "data/election.json: No space left on device"
+        follower.elections.terms.error = "data/election.json: No space left on device"
         await poll(lambda: leader.peers.get(follower.config.address).storage_error != "",  # type: ignore[union-attr]
                    what="the leader to hear the follower's error")
         assert (await row()).storage_error.endswith("election.json: No space left on device")

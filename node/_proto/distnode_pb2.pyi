@@ -222,6 +222,7 @@ class HeartbeatReply(_message.Message):
     STORAGE_ERROR_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
     MATCH_INDEX_FIELD_NUMBER: _builtins.int
+    WRITING_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
@@ -235,6 +236,13 @@ class HeartbeatReply(_message.Message):
     last index known to match the leader's log.
     """
     match_index: _builtins.int
+    writing: _builtins.bool
+    """The follower is writing entries (or a snapshot) to its journal and stepped
+    nothing of this bare beat: it says only that it is alive and follows the
+    beat's leader in the beat's term (the leader's CheckQuorum counts it).
+    `refused` is set and `match_index` is 0, which a leader that does not
+    know this field takes as a refusal with no hint: it waits for its next beat.
+    """
     def __init__(
         self,
         *,
@@ -245,10 +253,11 @@ class HeartbeatReply(_message.Message):
         storage_error: _builtins.str = ...,
         refused: _builtins.bool = ...,
         match_index: _builtins.int = ...,
+        writing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "storage_error", b"storage_error", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "storage_error", b"storage_error", "term", b"term", "writing", b"writing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

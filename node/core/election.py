@@ -207,10 +207,11 @@ class Election:
         return out
 
     def heard(self, peer: str, term: int) -> None:
-        """An answer of this leader's term held back while its own write is pending (thesis §10.2.1):
-        CheckQuorum counts it (elections.py stops telling once the disk is stuck)."""
+        """An answer of this leader's term not stepped (held while our write is pending, §10.2.1, or
+        "writing"): CheckQuorum counts it, and what the peer was sent waits (Replication.wait_longer)."""
         if self._role is Role.LEADER and term == self._term:
             self._peers.heard(peer)
+            self._log.wait_longer(peer)
 
     def rollback(self, term: int, voted_for: str | None) -> list[Output]:
         """A write failed: back to the durable (term, vote), a follower with no leader (else the

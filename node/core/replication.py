@@ -29,6 +29,9 @@ from node.core.raftlog import Entry, RaftLog
 #: Election timeouts (of the longest) a leader waits for a follower to install the snapshot
 #: it was sent before sending it again (a big one takes a while to arrive and be written).
 SNAPSHOT_WAIT_TIMEOUTS = 4
+#: Beats a leader waits for a follower to answer for entries it was sent before sending them
+#: again (a lost datagram costs this much); each answer that it is still writing restarts it.
+RESEND_BEATS = 2
 
 
 class Replication:
@@ -45,6 +48,9 @@ class Replication:
         self._match: dict[str, int] = {}
         #: Followers sent our snapshot: its index and term, and the ticks left until it is sent again.
         self._snapshot_sent: dict[str, tuple[int, int, int]] = {}
+        #: Followers sent entries not yet answered for: the last index sent, and the ticks left
+        #: until they are sent again.
+        self._entries_sent: dict[str, tuple[int, int]] = {}
         # The last beat told followers the next comes within `_promised_ticks`; every
         # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
         self._promised_ticks = config.heartbeat_ticks
@@ -56,6 +62,7 @@ class Replication:
         self._next = dict.fromkeys(self._config.peers, self.log.last_index + 1)
         self._match = dict.fromkeys(self._config.peers, 0)
         self._snapshot_sent = {}
+        self._entries_sent = {}
         if self._config.replicate:
             self.append(term, "noop", (b"",), out)
 
@@ -71,7 +78,12 @@ class Replication:
         return entries
 
     def message_for(self, peer: str, term: int) -> Heartbeat | InstallSnapshot:
-        """What `peer` needs next: the entries from its next index, or our snapshot."""
+        """What `peer` needs next: the entries from its next index, or our snapshot.
+
+        Entries go once, then bare beats at the same `prev` until the follower answers for
+        them, refuses, or RESEND_BEATS pass without an answer (etcd's flow control of a
+        follower's progress, by time): a follower writing a 10.7 MB entry is not sent it again
+        at every beat, and answers the bare beats meanwhile (elections.py)."""
         log = self.log
         next_index = min(self._next.get(peer, log.last_index + 1), log.last_index + 1)
         prev = next_index - 1
@@ -90,13 +102,16 @@ class Replication:
             return InstallSnapshot(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
                                    self.snapshot)
         last = prev + self._config.max_append_entries
-        entries = log.entries(next_index, last) if prev < log.last_index else ()
+        waiting = self._entries_in_flight(peer) is not None
+        entries = log.entries(next_index, last) if prev < log.last_index and not waiting else ()
         size = 0
         for count, entry in enumerate(entries):
             size += len(entry.data)
             if size > self._config.max_append_bytes and count > 0:
                 entries = entries[:count]
                 break
+        if entries:
+            self._entries_sent[peer] = (entries[-1].index, self._resend_ticks())
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
                          self._slack_ticks)
 
@@ -116,6 +131,24 @@ class Replication:
         every proposal is a beat too)."""
         for peer, (index, snapshot_term, left) in self._snapshot_sent.items():
             self._snapshot_sent[peer] = (index, snapshot_term, left - ticks)
+        for peer, (index, left) in self._entries_sent.items():
+            self._entries_sent[peer] = (index, left - ticks)
+
+    def wait_longer(self, peer: str) -> None:
+        """`peer` answered, not yet stepped (it is writing, or our own write holds the answer):
+        the entries it was sent wait another RESEND_BEATS before they go again."""
+        sent = self._entries_sent.get(peer)
+        if sent is not None:
+            self._entries_sent[peer] = (sent[0], self._resend_ticks())
+
+    def _resend_ticks(self) -> int:
+        return RESEND_BEATS * max(self._config.heartbeat_ticks, self._config.idle_heartbeat_ticks)
+
+    def _entries_in_flight(self, peer: str) -> int | None:
+        """The last index of the entries `peer` was sent, while it has not answered for them
+        and the wait is not over."""
+        sent = self._entries_sent.get(peer)
+        return sent[0] if sent is not None and sent[1] > 0 and self._match[peer] < sent[0] else None
 
     def _snapshot_in_flight(self, peer: str) -> tuple[int, int] | None:
         """The index and term of the snapshot `peer` was sent, while its wait is not over."""
@@ -154,6 +187,7 @@ class Replication:
             # resend: the entries are then acknowledged again.) A hint of 0 is no
             # hint: a follower whose disk refused the entries says so.
             before = self._next[peer]
+            self._entries_sent.pop(peer, None)  # refused: what it was sent goes again, or the hint
             if 0 < response.match_index <= self._match[peer]:
                 self._match[peer] = 0
             hint = min(response.match_index, before - 1)
@@ -163,7 +197,8 @@ class Replication:
                 # snapshot is on its way (each would lower `next` by one and ask again): the
                 # next beat tries again.
                 return
-        if self._next[peer] <= self.log.last_index or not response.success:
+        if not response.success or (self._next[peer] <= self.log.last_index
+                                     and self._entries_in_flight(peer) is None):
             out.append(Send(self.message_for(peer, term)))  # catch it up without waiting a heartbeat
 
     def _advance_commit(self, term: int, out: list[Output]) -> None:

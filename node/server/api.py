@@ -71,6 +71,9 @@ class BeatAnswer:
     refused: bool = False
     #: The last index known to match the leader's log (refused: where to try next).
     match_index: int = 0
+    #: A bare beat answered, not stepped, while this node writes its journal: it is alive
+    #: and follows the beat's leader; `refused` and `match_index` mean nothing.
+    writing: bool = False
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,20 @@ gRPC stays the authority; UDP only makes the common case cheap.
   plus one datagram.
 - Each datagram carries `seq`, which grows through the leader's term. A
   follower takes a beat only with a seq above the last it took under that key,
-  and a leader takes a reply only above the last it took from that peer, so a
-  recorded datagram cannot be replayed to keep a dead leader or peer "alive".
+  and a leader takes a reply only once, and only to one of its last
+  `REPLY_WINDOW` beats, so a recorded datagram cannot be replayed to keep a
+  dead leader or peer "alive". (Replies may come out of order: a follower
+  writing its journal answers a bare beat at once while its answer to the
+  entries before it waits for the write.)
 
 Log entries: where the links are plaintext (no TLS), an AppendEntries that
 fits in one datagram goes as a datagram instead of on the stream, while the
 follower answers datagrams; the follower stores it and answers as it answers
 the stream (fsync first). A detached submit's acknowledgement waits for one
 such round trip, and a datagram is its cheapest form. A lost one is sent
-again at the next beat, which then also takes the stream, as any unanswered
-beat does. With TLS, entries take the stream only: a datagram is authenticated,
+again once two beats passed without an answer for it (replication.py's
+`RESEND_BEATS`); the beat after an unanswered datagram also takes the
+stream. With TLS, entries take the stream only: a datagram is authenticated,
 not encrypted, and the records hold the jobs' sources and answers.
 
 Wire format: MAGIC (4 bytes) | kind (1 byte) | protobuf message | tag (16
@@ -216,6 +220,8 @@ async def listen(listen_address: str, port: int, on_beat: OnBeat) -> BeaconListe
 
 #: Called with each reply that passed every check.
 OnReply = Callable[[pb.HeartbeatReply], None]
+#: Beats back (by seq) whose replies a leader still takes, each once.
+REPLY_WINDOW = 64
 
 
 class BeaconSender(_Endpoint):
@@ -227,6 +233,8 @@ class BeaconSender(_Endpoint):
         self.on_reply = on_reply
         self.sent_seq = 0
         self.answered_seq = 0
+        #: The seqs of the replies taken within the window (REPLY_WINDOW).
+        self._taken: set[int] = set()
         #: When the last datagram left, and the round trip of the last one answered (seconds).
         self._sent_at_s = 0.0
         self.last_rtt_s: float | None = None
@@ -252,10 +260,13 @@ class BeaconSender(_Endpoint):
             reply = None if payload is None else pb.HeartbeatReply.FromString(payload)
         except Exception:
             reply = None
-        if reply is None or not self.answered_seq < reply.seq <= self.sent_seq:
+        oldest = self.sent_seq - REPLY_WINDOW
+        if reply is None or not oldest < reply.seq <= self.sent_seq or reply.seq in self._taken:
             self.rejected += 1  # forged, a replay, or an answer to a beat we never sent
             return
-        self.answered_seq = reply.seq
+        self._taken = {seq for seq in self._taken if seq > oldest}
+        self._taken.add(reply.seq)
+        self.answered_seq = max(self.answered_seq, reply.seq)
         # Only an answer to the newest beat times it: an older one left before `_sent_at_s`.
         self.last_rtt_s = time.perf_counter() - self._sent_at_s if reply.seq == self.sent_seq else None
         self.on_reply(reply)

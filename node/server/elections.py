@@ -53,7 +53,7 @@ from node.server.journal import Journal
 from node.server.logwriter import LogWriter
 from node.server.peers import Peer, PeerTable
 from node.server.peerview import peer_view
-from node.server.statestore import ElectionState, StateStore
+from node.server.statestore import ElectionState, StateStore, TermKeeper
 from node.server.stepgate import StepGate
 from node.server.voterpc import ask_vote
 from node.wire.log import response_from_reply
@@ -98,19 +98,18 @@ class ElectionDriver:
         #: Our snapshots of the state machine (its records); replacing it with the leader's.
         self.compactor = Compactor(journal, self.writer, election, records)
         self.on_restore = on_restore
-        #: What the disk holds: memory goes back to it when a write fails.
-        self.durable = ElectionState(election.term, election.voted_for)
-        #: Why the last write of term and vote failed ("" while writes work).
-        self.storage_error = ""
+        #: Term and vote as the disk holds them (memory goes back to them when a save fails).
+        self.terms = TermKeeper(store, ElectionState(election.term, election.voted_for),
+                                config.election_ticks[0])
         #: The last index handed to the state machine (`on_apply`) or restored from a snapshot.
         self.applied = election.commit_index
-        #: Ticks until the disk is tried again while `storage_error` is set.
-        self._retry_in_ticks = 0
         self.beats = BeatSender(heartbeats, peers, config)
         #: The last role change carried out, so a rollback to it is not logged twice.
         self._reported = (election.role, election.term, election.leader)
         #: The leader's address as this node dials it (its own --peers entry), or "".
         self.leader_address = ""
+        #: Bare beats answered "writing" while the gate was closed (`_answer_writing`).
+        self.writing_answers = 0
 
     @property
     def node_id(self) -> str:
@@ -129,15 +128,7 @@ class ElectionDriver:
             if left > 0:
                 self._execute(self.election.tick())
                 left -= 1
-        if self.storage_error:
-            self._retry_disk(ticks)
-
-    def _retry_disk(self, ticks: int) -> None:
-        """Write term and vote again once an election timeout, so a healed disk clears the error."""
-        self._retry_in_ticks -= ticks
-        if self._retry_in_ticks <= 0:
-            self._retry_in_ticks = self.config.election_ticks[0]
-            self._persist(Persist(self.durable.term, self.durable.voted_for))
+        self.terms.retry(ticks)
 
     def ticks_until_due(self) -> int:
         """Ticks until the core needs the clock (while the gate is closed, the write wakes it)."""
@@ -153,7 +144,7 @@ class ElectionDriver:
         """Step a vote request; `answer` gets the reply (once the gate is open)."""
         if self.gate.defer(functools.partial(self.vote, request, answer)):
             return
-        if request.pre_vote and self.storage_error:
+        if request.pre_vote and self.terms.error:
             # It could not back the pre-vote with a real one: a grant would
             # only move the candidate's term, one failed election at a time.
             answer(VoteAnswer(self.election.term, False))
@@ -164,7 +155,9 @@ class ElectionDriver:
 
     def heartbeat(self, beat: Heartbeat | InstallSnapshot, answer: Callable[[BeatAnswer], None]) -> None:
         """Step a beat; `answer` gets the reply once the gate is open and the entries it
-        counts are durable (a refusal if a write failed)."""
+        counts are durable (a refusal if a write failed), or at once (`_answer_writing`)."""
+        if self.gate.closed and self._answer_writing(beat, answer):
+            return
         if self.gate.defer(functools.partial(self.heartbeat, beat, answer)):
             return
         leader_id, term = beat.src, beat.term
@@ -180,6 +173,25 @@ class ElectionDriver:
             self.gate.hold(lambda durable: answer(self._beat_answer(response if durable else None)))
         else:
             answer(self._beat_answer(response))
+
+    def _answer_writing(
+        self, beat: Heartbeat | InstallSnapshot, answer: Callable[[BeatAnswer], None]
+    ) -> bool:
+        """While our write is pending, our leader's bare beat is answered at once ("writing")
+        and never stepped: it carries nothing a later beat does not (its commit waits for the
+        write anyway), and the answer keeps the leader's CheckQuorum counting this node, which
+        the write of a large entry or a snapshot would otherwise silence (two such silences at
+        once deposed leaders). Only while a write is pending, and not once it is stuck: the
+        node then falls silent, as a leader's own stuck write stops counting its replies (a
+        gate left closed by a snapshot the table could not take answers nothing)."""
+        if (isinstance(beat, InstallSnapshot) or beat.entries or not self.follows(beat.src, beat.term)
+                or not self.writer.in_flight or self.writer.stuck(self.config.election_ms_max / 1000)):
+            return False
+        self.writing_answers += 1
+        # Refused with no hint, for a leader of the previous version: it then waits for its next beat.
+        role = self.election.role.value
+        answer(BeatAnswer(self.election.term, role, self.disk_error, True, 0, writing=True))
+        return True
 
     def leader_gone(self, leader_id: str, term: int) -> None:
         """`leader_id` of `term` looks dead (leaderprobe.py): if it leads us, campaign once it is late."""
@@ -200,7 +212,7 @@ class ElectionDriver:
         """Why this node cannot write its durable state (term and vote, or journal); "" if it can."""
         slow_s = self._write_overdue_s()
         slow = f"{self.journal.dir}: a journal write has been pending for {slow_s:.1f} s" if slow_s else ""
-        return self.storage_error or self.writer.error or slow
+        return self.terms.error or self.writer.error or slow
 
     def _write_overdue_s(self) -> float:
         """While the gate is closed: how long the write it waits for has been pending, once
@@ -215,8 +227,9 @@ class ElectionDriver:
         if self.gate.defer(functools.partial(self.on_heartbeat_reply, address, reply)):
             return
         peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
-        if self.writer.in_flight:
-            self._held_replies.append((address, reply))  # see _wrote
+        if reply.writing or self.writer.in_flight:
+            if not reply.writing:  # a follower writing says only that it is alive: nothing to step
+                self._held_replies.append((address, reply))  # see _wrote
             if not self.writer.stuck(self.config.election_ms_max / 1000):  # a slow disk, not a stuck one:
                 self.election.heard(address, reply.term)  # it answered, CheckQuorum counts it now
         else:
@@ -287,8 +300,8 @@ class ElectionDriver:
                 self._execute(rest[:sends])
                 return True
             if isinstance(out, Persist):
-                if not self._persist(out):
-                    self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
+                if not self.terms.save(out.term, out.voted_for):
+                    self._roll_back()
                     return False
             elif isinstance(out, AppendLog):  # a lone node's: it writes at once
                 if not self.writer.store(out):
@@ -371,30 +384,12 @@ class ElectionDriver:
         self.election.restore_log(durable, self.journal.snapshot.data, self.applied)
         self.writer.reset()
         if self.election.role is not Role.FOLLOWER:
-            self._execute(self.election.rollback(self.durable.term, self.durable.voted_for))
+            self._roll_back()
 
-    def _persist(self, out: Persist) -> bool:
-        """Make term and vote durable; False if the disk refused.
-
-        Nothing that follows a failed Persist is sent (Raft §5.2), and the core
-        goes back to the disk's term, so this node refuses votes and heartbeats
-        of newer terms instead of dragging its peers' terms along. It keeps
-        serving and tries again at its next step: a disk that frees up heals it.
-        """
-        state = ElectionState(out.term, out.voted_for)
-        try:
-            self.store.save(state)
-        except OSError as exc:
-            if not self.storage_error:
-                log.error("cannot persist term %d and vote %r in %s: %s; refusing newer terms until it can",
-                          out.term, out.voted_for, self.store.path, exc)
-            self.storage_error = f"{self.store.path}: {exc.strerror or exc}"
-            return False
-        self.durable = state
-        if self.storage_error:
-            log.warning("%s is writable again (term %d)", self.store.path, out.term)
-            self.storage_error = ""
-        return True
+    def _roll_back(self) -> None:
+        """Memory back to the term and vote the disk holds (a save or a write failed)."""
+        durable = self.terms.durable
+        self._execute(self.election.rollback(durable.term, durable.voted_for))
 
     def _send(self, message: Message) -> None:
         if isinstance(message, VoteRequest):

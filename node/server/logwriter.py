@@ -98,9 +98,9 @@ class LogWriter:
             return 0.0
         if not self._said_slow:
             self._said_slow = True
-            log.warning("a journal write has been pending for %.1f s: a follower answers its leader, votes "
-                        "and ticks once it returns; a leader steps down after %d election timeouts",
-                        pending_s, STUCK_WRITE_WINDOWS)
+            log.warning("a journal write has been pending for %.1f s: a follower steps its leader's beats, "
+                        "votes and ticks once it returns, and answers that it is writing for %d election "
+                        "timeouts; a leader steps down after as many", pending_s, STUCK_WRITE_WINDOWS)
         return pending_s
 
     def stuck(self, window_s: float) -> bool:

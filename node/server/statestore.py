@@ -3,7 +3,8 @@
 Raft §5.2 only works if a node never votes twice in one term, including
 across a crash. So `save()` writes a temporary file, fsyncs it, renames it over
 the old one and fsyncs the directory (durable.py); the caller sends the vote only after
-`save()` returns ("persist before you send").
+`save()` returns ("persist before you send"). `TermKeeper` is what a running node
+keeps of it: what its disk holds, and why its last save failed.
 """
 
 from __future__ import annotations
@@ -84,3 +85,46 @@ class StateStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({"term": state.term, "voted_for": state.voted_for})
         replace_durably(self.path, payload.encode())
+
+
+class TermKeeper:
+    """The term and vote the disk holds, and why the last save failed ("" while saves work).
+
+    Nothing that follows a failed save is sent (Raft §5.2): the caller goes back to
+    `durable`, so the node refuses votes and heartbeats of newer terms instead of
+    dragging its peers' terms along. It keeps serving, and saves again once every
+    `retry_ticks` (`retry`) and at its next step, so a disk that frees up heals it."""
+
+    def __init__(self, store: StateStore, durable: ElectionState, retry_ticks: int) -> None:
+        self.store = store
+        self.durable = durable
+        self.error = ""
+        self._retry_ticks = retry_ticks
+        self._retry_in_ticks = 0
+
+    def save(self, term: int, voted_for: str | None) -> bool:
+        """Make `term` and `voted_for` durable; False (said once, as an ERROR) if the disk refused."""
+        state = ElectionState(term, voted_for)
+        try:
+            self.store.save(state)
+        except OSError as exc:
+            if not self.error:
+                log.error("cannot persist term %d and vote %r in %s: %s; refusing newer terms until it can",
+                          term, voted_for, self.store.path, exc)
+            self.error = f"{self.store.path}: {exc.strerror or exc}"
+            return False
+        self.durable = state
+        if self.error:
+            log.warning("%s is writable again (term %d)", self.store.path, term)
+            self.error = ""
+        return True
+
+    def retry(self, ticks: int) -> None:
+        """`ticks` elapsed: while a save has failed, save the durable state again once every
+        `retry_ticks`, so a healed disk clears the error."""
+        if not self.error:
+            return
+        self._retry_in_ticks -= ticks
+        if self._retry_in_ticks <= 0:
+            self._retry_in_ticks = self._retry_ticks
+            self.save(self.durable.term, self.durable.voted_for)
