@@ -144,8 +144,10 @@ def test_5_3_a_leader_backs_off_to_the_hint_and_resends_at_once() -> None:
     elect(node)
     out = respond(node, "b", False, 2)
     assert sends(out) == [Heartbeat("a", "b", 4, 1, 1, node.log.entries(2, 3), 0)]
-    out = respond(node, "b", False, 9)  # a stale hint above the current try never moves it up
-    assert sends(out)[0].prev_index == 0  # type: ignore[attr-defined]
+    # A stale hint above the current try never moves it up, nor sends again what is on its way.
+    assert not sends(respond(node, "b", False, 9))
+    beats = [to("b", node.tick()) for _ in range(RESEND_BEATS * node._config.heartbeat_ticks)]
+    assert [(m.prev_index, len(m.entries)) for m in beats[-1]] == [(1, 2)], "not answered for: again"
 
 
 def test_5_3_a_leader_sends_what_a_follower_lacks_in_batches() -> None:
@@ -167,26 +169,49 @@ def entries_to(peer: str, outputs: list[Output]) -> list[list[int]]:
 
 
 def test_5_3_entries_go_once_and_bare_beats_follow_until_they_are_answered_for() -> None:
-    """Entries go to a follower once; until it answers for them its beats are bare at the
-    same `prev` (a follower writing a 10.7 MB entry is not sent it again at every beat, and
-    answers bare beats while it writes: elections.py), entries proposed meanwhile wait, and
-    they go at once when it answers (etcd's flow control of a follower's progress)."""
+    """Entries go to a follower once; until it answers for them its beats are bare at its
+    next index (a follower writing a 10.7 MB entry is not sent it again at every beat, and
+    answers bare beats while it writes: elections.py), and entries proposed meanwhile go at
+    once, after those sent (etcd's flow control of a follower's progress)."""
     node = make(term=1, log=log_of(1, 1, 1))
     elect(node)  # its no-op at 4
     respond(node, "b", True, 4)
     assert entries_to("b", node.propose(b"big")[1]) == [[5]]
     assert entries_to("b", node.tick()) == [[]] and to("b", node.tick())[0].prev_index == 4
     assert not to("b", respond(node, "b", True, 4)), "an answer to a bare beat: still waiting"
-    assert entries_to("b", node.propose(b"next")[1]) == [[]]
-    assert entries_to("b", respond(node, "b", True, 5)) == [[6]], "answered for: the rest at once"
+    (after,) = to("b", node.propose(b"next")[1])
+    assert (after.prev_index, [e.index for e in after.entries]) == (5, [6])
+    assert not to("b", respond(node, "b", True, 5)), "6 is on its way"
+    assert entries_to("b", node.tick()) == [[]]
     assert not to("b", respond(node, "b", True, 6))
     assert entries_to("b", node.tick()) == [[]]
+
+
+def test_7_a_follower_still_writing_when_its_leader_compacts_is_not_sent_the_snapshot() -> None:
+    """The leader compacts up to what it applied, maybe past a follower's next index while
+    that follower still writes the entries it was sent: its bare beats then name the last
+    entry sent, not the snapshot, and it is caught up with entries once it answers."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)  # its no-op at 4
+    respond(node, "b", True, 4)
+    respond(node, "c", True, 4)
+    node.propose(b"big")  # 5, to b and c
+    node.propose(b"next")  # 6, after it
+    respond(node, "c", True, 6)
+    node.compact(6, b"state@6")
+    (beat,) = to("b", node.tick())
+    assert (beat.prev_index, beat.entries) == (6, ())
+    node.propose(b"more")  # 7
+    assert not to("b", respond(node, "b", True, 6))
+    assert entries_to("b", respond(node, "b", True, 7)) == []
 
 
 def test_5_3_entries_not_answered_for_go_again_after_a_wait_that_an_answer_not_stepped_extends() -> None:
     """Entries lost on the way go again once RESEND_BEATS pass without an answer for them;
     an answer not stepped (the follower says it is writing, or the leader's own write holds
-    it: `heard`) restarts the wait. A refusal ends it: the next beat carries them."""
+    it: `heard`) restarts the wait, entries proposed meanwhile do not. A refusal saying it
+    lacks them changes nothing during the wait (they may still be on their way); one saying
+    its disk refused them (no hint) ends it."""
     node = make(term=1, log=log_of(1, 1, 1))
     elect(node)
     respond(node, "b", True, 4)
@@ -195,10 +220,12 @@ def test_5_3_entries_not_answered_for_go_again_after_a_wait_that_an_answer_not_s
     assert [entries_to("b", node.tick()) for _ in range(wait - 1)] == [[[]]] * (wait - 1)
     node.heard("b", node.term)
     assert [entries_to("b", node.tick()) for _ in range(wait - 1)] == [[[]]] * (wait - 1)
-    assert entries_to("b", node.tick()) == [[5]], "never answered for: sent again"
+    assert entries_to("b", node.propose(b"next")[1]) == [[6]]
+    assert not to("b", respond(node, "b", False, 5)), "it lacks 5: maybe still on its way"
+    assert entries_to("b", node.tick()) == [[5, 6]], "never answered for: sent again"
     assert entries_to("b", node.tick()) == [[]]
-    respond(node, "b", False, 5)
-    assert entries_to("b", node.tick()) == [[5]]
+    respond(node, "b", False, 0)
+    assert entries_to("b", node.tick()) == [[5, 6]]
 
 
 # ---- §5.4.1 election restriction ---------------------------------------------------------------

@@ -80,12 +80,18 @@ class Replication:
     def message_for(self, peer: str, term: int) -> Heartbeat | InstallSnapshot:
         """What `peer` needs next: the entries from its next index, or our snapshot.
 
-        Entries go once, then bare beats at the same `prev` until the follower answers for
-        them, refuses, or RESEND_BEATS pass without an answer (etcd's flow control of a
-        follower's progress, by time): a follower writing a 10.7 MB entry is not sent it again
-        at every beat, and answers the bare beats meanwhile (elections.py)."""
+        Entries go once (etcd's flow control of a follower's progress, by time): until the
+        follower answers for them, refuses, or RESEND_BEATS pass without an answer, new
+        entries go after them at once and beats are otherwise bare, at its next index (or at
+        the last entry sent, once we compacted past its next index). A follower writing a
+        10.7 MB entry is not sent it again at every beat, and answers the bare beats
+        meanwhile (elections.py); one still writing when we compact is not sent the snapshot."""
         log = self.log
         next_index = min(self._next.get(peer, log.last_index + 1), log.last_index + 1)
+        sent = self._entries_in_flight(peer)
+        if sent is not None and log.term_at(sent) is not None and (
+                sent < log.last_index or log.term_at(next_index - 1) is None):
+            next_index = sent + 1
         prev = next_index - 1
         prev_term = log.term_at(prev)
         if prev_term is None:  # compacted: only the snapshot can bring it along (§7)
@@ -102,8 +108,8 @@ class Replication:
             return InstallSnapshot(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
                                    self.snapshot)
         last = prev + self._config.max_append_entries
-        waiting = self._entries_in_flight(peer) is not None
-        entries = log.entries(next_index, last) if prev < log.last_index and not waiting else ()
+        fresh = sent is None or next_index > sent  # not what it was sent and has not answered for
+        entries = log.entries(next_index, last) if prev < log.last_index and fresh else ()
         size = 0
         for count, entry in enumerate(entries):
             size += len(entry.data)
@@ -111,7 +117,10 @@ class Replication:
                 entries = entries[:count]
                 break
         if entries:
-            self._entries_sent[peer] = (entries[-1].index, self._resend_ticks())
+            # Entries sent after others not answered for leave the wait where it is: it runs
+            # from the first of them, so a stream of proposals cannot put off their resending.
+            left = self._entries_sent[peer][1] if sent is not None else self._resend_ticks()
+            self._entries_sent[peer] = (entries[-1].index, left)
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
                          self._slack_ticks)
 
@@ -174,6 +183,7 @@ class Replication:
             if matched > self._match[peer]:
                 self._match[peer] = matched
                 self._advance_commit(term, out)
+                self.wait_longer(peer)  # it is taking what it was sent
             sent = self._snapshot_sent.get(peer)
             if sent is not None and matched >= sent[0]:
                 del self._snapshot_sent[peer]  # installed
@@ -186,6 +196,11 @@ class Replication:
             # entries. (A stale refusal, overtaken by an acknowledgement, costs a
             # resend: the entries are then acknowledged again.) A hint of 0 is no
             # hint: a follower whose disk refused the entries says so.
+            if response.match_index >= self._next[peer] and self._entries_in_flight(peer) is not None:
+                # It holds all before what it was sent and lacks some of that: still on the way (a
+                # bare beat or what followed overtook it) or lost, which the wait tells. Acting now
+                # would send it again, or the snapshot where we compacted past its next index.
+                return
             before = self._next[peer]
             self._entries_sent.pop(peer, None)  # refused: what it was sent goes again, or the hint
             if 0 < response.match_index <= self._match[peer]:
