@@ -26,7 +26,7 @@ from node.core.messages import (
     VoteResponse,
 )
 from node.core.raftlog import Entry, RaftLog
-from node.core.replication import RESEND_BEATS, SNAPSHOT_WAIT_TIMEOUTS
+from node.core.replication import RESEND_BEATS, RESEND_WAIT_TIMEOUTS, SNAPSHOT_WAIT_TIMEOUTS
 
 PEERS = ("b", "c")
 
@@ -179,8 +179,9 @@ def test_5_3_entries_go_once_and_bare_beats_follow_until_they_are_answered_for()
     assert entries_to("b", node.propose(b"big")[1]) == [[5]]
     assert entries_to("b", node.tick()) == [[]] and to("b", node.tick())[0].prev_index == 4
     assert not to("b", respond(node, "b", True, 4)), "an answer to a bare beat: still waiting"
-    (after,) = to("b", node.propose(b"next")[1])
+    after, bare = to("b", node.propose(b"next")[1])
     assert (after.prev_index, [e.index for e in after.entries]) == (5, [6])
+    assert (bare.prev_index, bare.entries) == (5, ()), "a bare beat after it, for a follower still writing"
     assert not to("b", respond(node, "b", True, 5)), "6 is on its way"
     assert entries_to("b", node.tick()) == [[]]
     assert not to("b", respond(node, "b", True, 6))
@@ -206,26 +207,33 @@ def test_7_a_follower_still_writing_when_its_leader_compacts_is_not_sent_the_sna
     assert entries_to("b", respond(node, "b", True, 7)) == []
 
 
-def test_5_3_entries_not_answered_for_go_again_after_a_wait_that_an_answer_not_stepped_extends() -> None:
-    """Entries lost on the way go again once RESEND_BEATS pass without an answer for them;
-    an answer not stepped (the follower says it is writing, or the leader's own write holds
-    it: `heard`) restarts the wait, entries proposed meanwhile do not. A refusal saying it
-    lacks them changes nothing during the wait (they may still be on their way); one saying
-    its disk refused them (no hint) ends it."""
+def test_5_3_entries_not_answered_for_go_again_after_a_wait_that_writing_answers_extend() -> None:
+    """Entries lost on the way go again once RESEND_BEATS pass without an answer for them.
+    A follower saying it is writing restarts the wait, up to RESEND_WAIT_TIMEOUTS election
+    timeouts in all; an answer held by the leader's own write does not, nor do entries
+    proposed meanwhile. A refusal saying it lacks them changes nothing during the wait (they
+    may still be on their way); one saying its disk refused them (no hint) ends it."""
     node = make(term=1, log=log_of(1, 1, 1))
     elect(node)
     respond(node, "b", True, 4)
     node.propose(b"lost")
     wait = RESEND_BEATS * node._config.heartbeat_ticks
     assert [entries_to("b", node.tick()) for _ in range(wait - 1)] == [[[]]] * (wait - 1)
-    node.heard("b", node.term)
+    node.heard("b", node.term, writing=True)
     assert [entries_to("b", node.tick()) for _ in range(wait - 1)] == [[[]]] * (wait - 1)
-    assert entries_to("b", node.propose(b"next")[1]) == [[6]]
+    node.heard("b", node.term)  # held, not writing: no longer
+    assert entries_to("b", node.propose(b"next")[1]) == [[6], []]
     assert not to("b", respond(node, "b", False, 5)), "it lacks 5: maybe still on its way"
     assert entries_to("b", node.tick()) == [[5, 6]], "never answered for: sent again"
     assert entries_to("b", node.tick()) == [[]]
     respond(node, "b", False, 0)
     assert entries_to("b", node.tick()) == [[5, 6]]
+    cap = RESEND_WAIT_TIMEOUTS * node._config.election_ticks_max
+    beats = []
+    for _ in range(cap + wait):
+        node.heard("b", node.term, writing=True)
+        beats += entries_to("b", node.tick())
+    assert [5, 6] in beats, "writing answers put it off for so long only"
 
 
 # ---- §5.4.1 election restriction ---------------------------------------------------------------

@@ -140,8 +140,7 @@ class Election:
         return len(self.active_peers()) + 1 >= self._config.quorum
 
     def ticks_until_due(self) -> int:
-        """`tick()` calls until one can produce output (at least 1): the caller may sleep that
-        long and catch up. Any `step()` can move it: ask again."""
+        """`tick()` calls until one can produce output (at least 1); any `step()` can move it."""
         if self._role is Role.LEADER and not self._config.peers:
             due = self._config.election_ticks_max  # alone: no beat to send, no quorum to lose
         elif self._role is Role.LEADER:
@@ -206,12 +205,13 @@ class Election:
             self._step_candidate(message, out)
         return out
 
-    def heard(self, peer: str, term: int) -> None:
+    def heard(self, peer: str, term: int, writing: bool = False) -> None:
         """An answer of this leader's term not stepped (held while our write is pending, §10.2.1, or
-        "writing"): CheckQuorum counts it, and what the peer was sent waits (Replication.wait_longer)."""
+        `writing`): CheckQuorum counts it; a writing peer's entries wait (Replication.wait_longer)."""
         if self._role is Role.LEADER and term == self._term:
             self._peers.heard(peer)
-            self._log.wait_longer(peer)
+            if writing:
+                self._log.wait_longer(peer)
 
     def rollback(self, term: int, voted_for: str | None) -> list[Output]:
         """A write failed: back to the durable (term, vote), a follower with no leader (else the
@@ -437,11 +437,11 @@ class Election:
         self._heartbeat_elapsed = 0
         self._log.promise_beat(self.quiet)
         for peer in self._config.peers:
-            self._send(self._log.message_for(peer, self._term), out)
+            for message in self._log.messages_for(peer, self._term):
+                self._send(message, out)
 
     def _respond_vote(self, request: VoteRequest, granted: bool, out: list[Output]) -> None:
-        # A granted pre-vote echoes the proposed term (thesis §9.6); anything
-        # else carries our own term so the candidate can catch up.
+        # A granted pre-vote echoes the proposed term (thesis §9.6); else ours, for the candidate.
         term = request.term if request.pre_vote and granted else self._term
         response = VoteResponse(self._config.node_id, request.src, term, granted, request.pre_vote)
         self._send(response, out)

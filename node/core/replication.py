@@ -32,6 +32,8 @@ SNAPSHOT_WAIT_TIMEOUTS = 4
 #: Beats a leader waits for a follower to answer for entries it was sent before sending them
 #: again (a lost datagram costs this much); each answer that it is still writing restarts it.
 RESEND_BEATS = 2
+#: Election timeouts (of the longest) after which they go again even while it says it is writing.
+RESEND_WAIT_TIMEOUTS = 1
 
 
 class Replication:
@@ -48,9 +50,9 @@ class Replication:
         self._match: dict[str, int] = {}
         #: Followers sent our snapshot: its index and term, and the ticks left until it is sent again.
         self._snapshot_sent: dict[str, tuple[int, int, int]] = {}
-        #: Followers sent entries not yet answered for: the last index sent, and the ticks left
-        #: until they are sent again.
-        self._entries_sent: dict[str, tuple[int, int]] = {}
+        #: Followers sent entries not yet answered for: the last index sent, the ticks left until
+        #: they are sent again, and the ticks since the first of them was sent.
+        self._entries_sent: dict[str, tuple[int, int, int]] = {}
         # The last beat told followers the next comes within `_promised_ticks`; every
         # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
         self._promised_ticks = config.heartbeat_ticks
@@ -119,10 +121,23 @@ class Replication:
         if entries:
             # Entries sent after others not answered for leave the wait where it is: it runs
             # from the first of them, so a stream of proposals cannot put off their resending.
-            left = self._entries_sent[peer][1] if sent is not None else self._resend_ticks()
-            self._entries_sent[peer] = (entries[-1].index, left)
+            _, left, age = self._entries_sent[peer] if sent is not None else (0, self._resend_ticks(), 0)
+            self._entries_sent[peer] = (entries[-1].index, left, age)
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
                          self._slack_ticks)
+
+    def messages_for(self, peer: str, term: int) -> list[Heartbeat | InstallSnapshot]:
+        """`message_for`; where that sends entries after others not answered for, a bare beat
+        follows it: a follower still writing those defers the new entries, and answers the
+        bare beat that it is writing (elections.py), where steady proposals, each of them a
+        beat, would leave it nothing to answer."""
+        pipelined = self._entries_in_flight(peer) is not None
+        message = self.message_for(peer, term)
+        if not (pipelined and isinstance(message, Heartbeat) and message.entries):
+            return [message]
+        bare = Heartbeat(self._config.node_id, peer, term, message.prev_index, message.prev_term, (),
+                         self.commit, self._slack_ticks)
+        return [message, bare]
 
     def beat_ticks(self, quiet: bool) -> int:
         """Ticks between a leader's beats: the idle interval while the caller says nothing
@@ -140,15 +155,15 @@ class Replication:
         every proposal is a beat too)."""
         for peer, (index, snapshot_term, left) in self._snapshot_sent.items():
             self._snapshot_sent[peer] = (index, snapshot_term, left - ticks)
-        for peer, (index, left) in self._entries_sent.items():
-            self._entries_sent[peer] = (index, left - ticks)
+        for peer, (index, left, age) in self._entries_sent.items():
+            self._entries_sent[peer] = (index, left - ticks, age + ticks)
 
     def wait_longer(self, peer: str) -> None:
-        """`peer` answered, not yet stepped (it is writing, or our own write holds the answer):
-        the entries it was sent wait another RESEND_BEATS before they go again."""
+        """`peer` is taking what it was sent (it says it is writing, or its match moved): that
+        waits another RESEND_BEATS before it goes again, up to RESEND_WAIT_TIMEOUTS in all."""
         sent = self._entries_sent.get(peer)
-        if sent is not None:
-            self._entries_sent[peer] = (sent[0], self._resend_ticks())
+        if sent is not None and sent[2] < RESEND_WAIT_TIMEOUTS * self._config.election_ticks_max:
+            self._entries_sent[peer] = (sent[0], self._resend_ticks(), sent[2])
 
     def _resend_ticks(self) -> int:
         return RESEND_BEATS * max(self._config.heartbeat_ticks, self._config.idle_heartbeat_ticks)
@@ -214,7 +229,7 @@ class Replication:
                 return
         if not response.success or (self._next[peer] <= self.log.last_index
                                      and self._entries_in_flight(peer) is None):
-            out.append(Send(self.message_for(peer, term)))  # catch it up without waiting a heartbeat
+            out.extend(Send(m) for m in self.messages_for(peer, term))  # catch up without waiting a beat
 
     def _advance_commit(self, term: int, out: list[Output]) -> None:
         matched = sorted([self.log.last_index, *self._match.values()], reverse=True)

@@ -220,8 +220,11 @@ async def listen(listen_address: str, port: int, on_beat: OnBeat) -> BeaconListe
 
 #: Called with each reply that passed every check.
 OnReply = Callable[[pb.HeartbeatReply], None]
-#: Beats back (by seq) whose replies a leader still takes, each once.
-REPLY_WINDOW = 64
+#: Seqs back whose replies a leader still takes, each once (seqs count the beats to all
+#: followers, so a follower's share of the window is this over their number).
+REPLY_WINDOW = 1024
+#: Seqs taken that are kept before those out of the window are forgotten.
+_TAKEN_KEPT = 64
 
 
 class BeaconSender(_Endpoint):
@@ -264,7 +267,8 @@ class BeaconSender(_Endpoint):
         if reply is None or not oldest < reply.seq <= self.sent_seq or reply.seq in self._taken:
             self.rejected += 1  # forged, a replay, or an answer to a beat we never sent
             return
-        self._taken = {seq for seq in self._taken if seq > oldest}
+        if len(self._taken) >= _TAKEN_KEPT:
+            self._taken = {seq for seq in self._taken if seq > oldest}
         self._taken.add(reply.seq)
         self.answered_seq = max(self.answered_seq, reply.seq)
         # Only an answer to the newest beat times it: an older one left before `_sent_at_s`.

@@ -231,7 +231,7 @@ class ElectionDriver:
             if not reply.writing:  # a follower writing says only that it is alive: nothing to step
                 self._held_replies.append((address, reply))  # see _wrote
             if not self.writer.stuck(self.config.election_ms_max / 1000):  # a slow disk, not a stuck one:
-                self.election.heard(address, reply.term)  # it answered, CheckQuorum counts it now
+                self.election.heard(address, reply.term, reply.writing)  # CheckQuorum counts it now
         else:
             self._step_reply(address, reply)
         if peer is not None and not peer.alive:  # a reply can only bring a peer back
