@@ -26,7 +26,12 @@ from node.core.messages import (
     VoteResponse,
 )
 from node.core.raftlog import Entry, RaftLog
-from node.core.replication import RESEND_BEATS, RESEND_WAIT_TIMEOUTS, SNAPSHOT_WAIT_TIMEOUTS
+from node.core.replication import (
+    MAX_MESSAGES_IN_FLIGHT,
+    RESEND_BEATS,
+    RESEND_WAIT_TIMEOUTS,
+    SNAPSHOT_WAIT_TIMEOUTS,
+)
 
 PEERS = ("b", "c")
 
@@ -233,7 +238,28 @@ def test_5_3_entries_not_answered_for_go_again_after_a_wait_that_writing_answers
     for _ in range(cap + wait):
         node.heard("b", node.term, writing=True)
         beats += entries_to("b", node.tick())
-    assert [5, 6] in beats, "writing answers put it off for so long only"
+    resent = beats.index([5, 6]) + 1  # the tick it went again, from the last send
+    assert wait < resent <= cap + wait, "writing answers put it off, for so long only"
+
+
+def test_5_3_at_most_max_messages_in_flight_and_a_follower_that_keeps_up_is_sent_nothing_twice() -> None:
+    """Entries go after those not answered for, up to MAX_MESSAGES_IN_FLIGHT messages; more
+    wait for an answer. A follower answering as the proposals come (its match moving, never
+    quite caught up) gets a new wait at each answer, so nothing it was sent goes again, however
+    long the proposals last."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)
+    respond(node, "b", True, 4)
+    sent = [entries_to("b", node.propose(f"job{i}".encode())[1]) for i in range(MAX_MESSAGES_IN_FLIGHT + 2)]
+    assert sent[:MAX_MESSAGES_IN_FLIGHT] == [[[5]]] + [[[i], []] for i in range(6, 5 + MAX_MESSAGES_IN_FLIGHT)]
+    assert sent[MAX_MESSAGES_IN_FLIGHT:] == [[[]], [[]]], "more wait for an answer"
+    assert entries_to("b", respond(node, "b", True, 5)) == [[9, 10], []], "room again: at once"
+    assert not to("b", respond(node, "b", True, 9))
+    ticks = 4 * RESEND_WAIT_TIMEOUTS * node._config.election_ticks_max
+    for _ in range(ticks):
+        first = [m.entries[0].index for m in to("b", node.propose(b"more")[1] + node.tick()) if m.entries]
+        assert all(index > node._log._match["b"] + 1 or index == node.log.last_index for index in first)
+        respond(node, "b", True, node.log.last_index - 1)  # always one behind
 
 
 # ---- §5.4.1 election restriction ---------------------------------------------------------------

@@ -34,6 +34,9 @@ SNAPSHOT_WAIT_TIMEOUTS = 4
 RESEND_BEATS = 2
 #: Election timeouts (of the longest) after which they go again even while it says it is writing.
 RESEND_WAIT_TIMEOUTS = 1
+#: Messages of entries a follower may have unanswered: more wait for its answer (etcd's inflights),
+#: so a follower slower than the proposals does not pile them up in its leader's link.
+MAX_MESSAGES_IN_FLIGHT = 4
 
 
 class Replication:
@@ -53,6 +56,8 @@ class Replication:
         #: Followers sent entries not yet answered for: the last index sent, the ticks left until
         #: they are sent again, and the ticks since the first of them was sent.
         self._entries_sent: dict[str, tuple[int, int, int]] = {}
+        #: The last index of each message of entries a follower has not answered for, oldest first.
+        self._unanswered: dict[str, list[int]] = {}
         # The last beat told followers the next comes within `_promised_ticks`; every
         # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
         self._promised_ticks = config.heartbeat_ticks
@@ -65,6 +70,7 @@ class Replication:
         self._match = dict.fromkeys(self._config.peers, 0)
         self._snapshot_sent = {}
         self._entries_sent = {}
+        self._unanswered = {}
         if self._config.replicate:
             self.append(term, "noop", (b"",), out)
 
@@ -91,8 +97,9 @@ class Replication:
         log = self.log
         next_index = min(self._next.get(peer, log.last_index + 1), log.last_index + 1)
         sent = self._entries_in_flight(peer)
+        full = sent is not None and len(self._unanswered.get(peer, ())) >= MAX_MESSAGES_IN_FLIGHT
         if sent is not None and log.term_at(sent) is not None and (
-                sent < log.last_index or log.term_at(next_index - 1) is None):
+                (sent < log.last_index and not full) or log.term_at(next_index - 1) is None):
             next_index = sent + 1
         prev = next_index - 1
         prev_term = log.term_at(prev)
@@ -110,7 +117,7 @@ class Replication:
             return InstallSnapshot(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
                                    self.snapshot)
         last = prev + self._config.max_append_entries
-        fresh = sent is None or next_index > sent  # not what it was sent and has not answered for
+        fresh = sent is None or (next_index > sent and not full)  # not sent and unanswered for
         entries = log.entries(next_index, last) if prev < log.last_index and fresh else ()
         size = 0
         for count, entry in enumerate(entries):
@@ -123,6 +130,8 @@ class Replication:
             # from the first of them, so a stream of proposals cannot put off their resending.
             _, left, age = self._entries_sent[peer] if sent is not None else (0, self._resend_ticks(), 0)
             self._entries_sent[peer] = (entries[-1].index, left, age)
+            self._unanswered[peer] = [*(self._unanswered.get(peer, []) if sent is not None else []),
+                                      entries[-1].index]
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
                          self._slack_ticks)
 
@@ -198,7 +207,10 @@ class Replication:
             if matched > self._match[peer]:
                 self._match[peer] = matched
                 self._advance_commit(term, out)
-                self.wait_longer(peer)  # it is taking what it was sent
+                self._unanswered[peer] = [last for last in self._unanswered.get(peer, []) if last > matched]
+                waiting = self._entries_sent.get(peer)
+                if waiting is not None:  # it is taking what it was sent: a new wait, from now
+                    self._entries_sent[peer] = (waiting[0], self._resend_ticks(), 0)
             sent = self._snapshot_sent.get(peer)
             if sent is not None and matched >= sent[0]:
                 del self._snapshot_sent[peer]  # installed
@@ -218,6 +230,7 @@ class Replication:
                 return
             before = self._next[peer]
             self._entries_sent.pop(peer, None)  # refused: what it was sent goes again, or the hint
+            self._unanswered.pop(peer, None)
             if 0 < response.match_index <= self._match[peer]:
                 self._match[peer] = 0
             hint = min(response.match_index, before - 1)
@@ -227,8 +240,10 @@ class Replication:
                 # snapshot is on its way (each would lower `next` by one and ask again): the
                 # next beat tries again.
                 return
-        if not response.success or (self._next[peer] <= self.log.last_index
-                                     and self._entries_in_flight(peer) is None):
+        unanswered = self._entries_in_flight(peer)
+        room = (unanswered is not None and unanswered < self.log.last_index
+                and len(self._unanswered.get(peer, ())) < MAX_MESSAGES_IN_FLIGHT)
+        if not response.success or room or (self._next[peer] <= self.log.last_index and unanswered is None):
             out.extend(Send(m) for m in self.messages_for(peer, term))  # catch up without waiting a beat
 
     def _advance_commit(self, term: int, out: list[Output]) -> None:

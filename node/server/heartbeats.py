@@ -8,8 +8,10 @@ datagram went unanswered also goes on the link's long-lived bidirectional
 `Heartbeat` gRPC stream, which carries the term's beacon key: that is how a
 follower learns the key, and how heartbeats keep flowing where UDP does not.
 
-A link never blocks the caller: `send()` skips a gRPC beat while the previous
-write is still pending (a paused peer whose window is full), and a stream that
+A link never blocks the caller: `send()` skips a bare gRPC beat while the
+previous write is still pending (a paused peer whose window is full), and
+queues one that carries entries or a snapshot (the leader sent them once:
+replication.py), up to MAX_QUEUED; a stream that
 has gone unanswered for `stale_s` is torn down and reopened, so a peer that
 died or restarted is picked up again within about one election timeout.
 """
@@ -17,6 +19,7 @@ died or restarted is picked up again within about one election timeout.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +38,10 @@ OnReply = Callable[[str, pb.HeartbeatReply], None]
 #: Called with (peer address, why) when a stream fails or goes unanswered.
 OnFailure = Callable[[str, str], None]
 Stream = grpc.aio.StreamStreamCall[pb.HeartbeatRequest, pb.HeartbeatReply]
+#: Beats with entries or a snapshot queued behind a pending write, at most: the leader has
+#: at most replication.MAX_MESSAGES_IN_FLIGHT of them unanswered, and one more is lost as
+#: a dropped message is (sent again after its wait).
+MAX_QUEUED = 8
 
 
 class HeartbeatLink:
@@ -57,6 +64,8 @@ class HeartbeatLink:
         self._reader: asyncio.Task[None] | None = None
         #: The call whose write is still pending, if any (one write at a time per stream).
         self._pending: Stream | None = None
+        #: Beats with entries or a snapshot waiting for that write, oldest first.
+        self._queued: collections.deque[pb.HeartbeatRequest] = collections.deque()
         self._writers: set[asyncio.Task[None]] = set()
         #: When the oldest gRPC beat still unanswered was written.
         self._unanswered_since_s: float | None = None
@@ -86,7 +95,7 @@ class HeartbeatLink:
                 return
             if self.key is not None:
                 request.beacon_key = self.key
-            self._send_grpc(request)
+            self._send_grpc(request, queue=True)
             return
         on_udp = self.on_udp
         if on_udp and not self._logged_udp:
@@ -133,14 +142,18 @@ class HeartbeatLink:
             self.on_rtt(self._beacon.last_rtt_s)
         self.on_reply(self.address, reply)
 
-    def _send_grpc(self, request: pb.HeartbeatRequest) -> None:
+    def _send_grpc(self, request: pb.HeartbeatRequest, queue: bool = False) -> None:
         now = time.monotonic()
         since = self._unanswered_since_s
         if self._call is not None and since is not None and now - since > self.stale_s:
             self.on_failure(self.address, f"heartbeat stream unanswered for {(now - since) * 1000:.0f} ms")
             self.close_stream()  # unanswered for too long (even a write stuck): start over
         if self._call is not None and self._pending is self._call:
-            return  # the previous beat has not left yet: the peer is not reading
+            # The previous beat has not left yet: the peer is not reading. A bare beat is skipped;
+            # entries wait their turn, as a stream would have carried them.
+            if queue and len(self._queued) < MAX_QUEUED:
+                self._queued.append(request)
+            return
         call = self._call if self._call is not None else self._open()
         if self._unanswered_since_s is None:
             self._unanswered_since_s = now
@@ -165,6 +178,8 @@ class HeartbeatLink:
         finally:
             if self._pending is call:
                 self._pending = None
+                if self._queued and self._call is call:
+                    self._send_grpc(self._queued.popleft(), queue=True)
 
     async def _read(self, call: Stream) -> None:
         try:
@@ -182,6 +197,7 @@ class HeartbeatLink:
     def _drop(self, call: Stream) -> None:
         if self._call is call:
             self._call = None
+            self._queued.clear()
             call.cancel()
 
     def close(self) -> None:
@@ -197,6 +213,7 @@ class HeartbeatLink:
         call, reader = self._call, self._reader
         self._call = self._reader = None
         self._unanswered_since_s = None
+        self._queued.clear()  # for the stream that ended: the leader sends them again after its wait
         if call is not None:
             call.cancel()
         if reader is not None:
