@@ -175,7 +175,7 @@ class Replication:
             self._entries_sent[peer] = (sent[0], self._resend_ticks(), sent[2])
 
     def _resend_ticks(self) -> int:
-        return RESEND_BEATS * max(self._config.heartbeat_ticks, self._config.idle_heartbeat_ticks)
+        return RESEND_BEATS * self._config.heartbeat_ticks  # while idle, at the next beat after it
 
     def _entries_in_flight(self, peer: str) -> int | None:
         """The last index of the entries `peer` was sent, while it has not answered for them
