@@ -13,6 +13,8 @@ committed entries come out as `Apply`, each exactly once per node life.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from node.core.electionconfig import ElectionConfig
 from node.core.messages import (
     AppendLog,
@@ -39,6 +41,18 @@ RESEND_WAIT_TIMEOUTS = 1
 MAX_MESSAGES_IN_FLIGHT = 4
 
 
+@dataclass
+class _Sent:
+    """Entries a follower was sent and has not answered for (all of them, once it has)."""
+
+    #: The last index of each message of them, oldest first.
+    lasts: list[int] = field(default_factory=list)
+    #: Ticks left until they are sent again.
+    left: int = 0
+    #: Ticks since the wait began: writing answers put it off only so long (RESEND_WAIT_TIMEOUTS).
+    age: int = 0
+
+
 class Replication:
     def __init__(self, config: ElectionConfig, log: RaftLog, snapshot: bytes) -> None:
         self._config = config
@@ -53,11 +67,8 @@ class Replication:
         self._match: dict[str, int] = {}
         #: Followers sent our snapshot: its index and term, and the ticks left until it is sent again.
         self._snapshot_sent: dict[str, tuple[int, int, int]] = {}
-        #: Followers sent entries not yet answered for: the last index sent, the ticks left until
-        #: they are sent again, and the ticks since the first of them was sent.
-        self._entries_sent: dict[str, tuple[int, int, int]] = {}
-        #: The last index of each message of entries a follower has not answered for, oldest first.
-        self._unanswered: dict[str, list[int]] = {}
+        #: Followers sent entries not yet answered for.
+        self._entries_sent: dict[str, _Sent] = {}
         # The last beat told followers the next comes within `_promised_ticks`; every
         # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
         self._promised_ticks = config.heartbeat_ticks
@@ -70,7 +81,6 @@ class Replication:
         self._match = dict.fromkeys(self._config.peers, 0)
         self._snapshot_sent = {}
         self._entries_sent = {}
-        self._unanswered = {}
         if self._config.replicate:
             self.append(term, "noop", (b"",), out)
 
@@ -89,15 +99,16 @@ class Replication:
         """What `peer` needs next: the entries from its next index, or our snapshot.
 
         Entries go once (etcd's flow control of a follower's progress, by time): until the
-        follower answers for them, refuses, or RESEND_BEATS pass without an answer, new
-        entries go after them at once and beats are otherwise bare, at its next index (or at
-        the last entry sent, once we compacted past its next index). A follower writing a
+        follower answers for them, refuses below its next index, or RESEND_BEATS pass without
+        an answer, new entries go after them at once (up to MAX_MESSAGES_IN_FLIGHT messages)
+        and beats are otherwise bare, at its next index (or at the last entry sent, once we
+        compacted past its next index). A follower writing a
         10.7 MB entry is not sent it again at every beat, and answers the bare beats
         meanwhile (elections.py); one still writing when we compact is not sent the snapshot."""
         log = self.log
         next_index = min(self._next.get(peer, log.last_index + 1), log.last_index + 1)
         sent = self._entries_in_flight(peer)
-        full = sent is not None and len(self._unanswered.get(peer, ())) >= MAX_MESSAGES_IN_FLIGHT
+        full = sent is not None and not self._room(peer)
         if sent is not None and log.term_at(sent) is not None and (
                 (sent < log.last_index and not full) or log.term_at(next_index - 1) is None):
             next_index = sent + 1
@@ -128,10 +139,9 @@ class Replication:
         if entries:
             # Entries sent after others not answered for leave the wait where it is: it runs
             # from the first of them, so a stream of proposals cannot put off their resending.
-            _, left, age = self._entries_sent[peer] if sent is not None else (0, self._resend_ticks(), 0)
-            self._entries_sent[peer] = (entries[-1].index, left, age)
-            self._unanswered[peer] = [*(self._unanswered.get(peer, []) if sent is not None else []),
-                                      entries[-1].index]
+            if sent is None:
+                self._entries_sent[peer] = _Sent(left=self._resend_ticks())
+            self._entries_sent[peer].lasts.append(entries[-1].index)
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
                          self._slack_ticks)
 
@@ -164,15 +174,16 @@ class Replication:
         every proposal is a beat too)."""
         for peer, (index, snapshot_term, left) in self._snapshot_sent.items():
             self._snapshot_sent[peer] = (index, snapshot_term, left - ticks)
-        for peer, (index, left, age) in self._entries_sent.items():
-            self._entries_sent[peer] = (index, left - ticks, age + ticks)
+        for waiting in self._entries_sent.values():
+            waiting.left -= ticks
+            waiting.age += ticks
 
     def wait_longer(self, peer: str) -> None:
         """`peer` is taking what it was sent (it says it is writing, or its match moved): that
         waits another RESEND_BEATS before it goes again, up to RESEND_WAIT_TIMEOUTS in all."""
-        sent = self._entries_sent.get(peer)
-        if sent is not None and sent[2] < RESEND_WAIT_TIMEOUTS * self._config.election_ticks_max:
-            self._entries_sent[peer] = (sent[0], self._resend_ticks(), sent[2])
+        waiting = self._entries_sent.get(peer)
+        if waiting is not None and waiting.age < RESEND_WAIT_TIMEOUTS * self._config.election_ticks_max:
+            waiting.left = self._resend_ticks()
 
     def _resend_ticks(self) -> int:
         return RESEND_BEATS * self._config.heartbeat_ticks  # while idle, at the next beat after it
@@ -180,8 +191,15 @@ class Replication:
     def _entries_in_flight(self, peer: str) -> int | None:
         """The last index of the entries `peer` was sent, while it has not answered for them
         and the wait is not over."""
-        sent = self._entries_sent.get(peer)
-        return sent[0] if sent is not None and sent[1] > 0 and self._match[peer] < sent[0] else None
+        waiting = self._entries_sent.get(peer)
+        if waiting is None or not waiting.lasts or waiting.left <= 0:
+            return None
+        return waiting.lasts[-1] if self._match[peer] < waiting.lasts[-1] else None
+
+    def _room(self, peer: str) -> bool:
+        """Whether another message of entries may go to `peer` before it answers (MAX_MESSAGES_IN_FLIGHT)."""
+        waiting = self._entries_sent.get(peer)
+        return waiting is None or len(waiting.lasts) < MAX_MESSAGES_IN_FLIGHT
 
     def _snapshot_in_flight(self, peer: str) -> tuple[int, int] | None:
         """The index and term of the snapshot `peer` was sent, while its wait is not over."""
@@ -207,10 +225,10 @@ class Replication:
             if matched > self._match[peer]:
                 self._match[peer] = matched
                 self._advance_commit(term, out)
-                self._unanswered[peer] = [last for last in self._unanswered.get(peer, []) if last > matched]
                 waiting = self._entries_sent.get(peer)
                 if waiting is not None:  # it is taking what it was sent: a new wait, from now
-                    self._entries_sent[peer] = (waiting[0], self._resend_ticks(), 0)
+                    waiting.lasts = [last for last in waiting.lasts if last > matched]
+                    waiting.left, waiting.age = self._resend_ticks(), 0
             sent = self._snapshot_sent.get(peer)
             if sent is not None and matched >= sent[0]:
                 del self._snapshot_sent[peer]  # installed
@@ -230,7 +248,6 @@ class Replication:
                 return
             before = self._next[peer]
             self._entries_sent.pop(peer, None)  # refused: what it was sent goes again, or the hint
-            self._unanswered.pop(peer, None)
             if 0 < response.match_index <= self._match[peer]:
                 self._match[peer] = 0
             hint = min(response.match_index, before - 1)
@@ -241,8 +258,7 @@ class Replication:
                 # next beat tries again.
                 return
         unanswered = self._entries_in_flight(peer)
-        room = (unanswered is not None and unanswered < self.log.last_index
-                and len(self._unanswered.get(peer, ())) < MAX_MESSAGES_IN_FLIGHT)
+        room = unanswered is not None and unanswered < self.log.last_index and self._room(peer)
         if not response.success or room or (self._next[peer] <= self.log.last_index and unanswered is None):
             out.extend(Send(m) for m in self.messages_for(peer, term))  # catch up without waiting a beat
 
