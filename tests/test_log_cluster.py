@@ -54,6 +54,22 @@ def settled(daemons: list[Daemon]) -> bool:
     )
 
 
+async def with_slow_followers(
+    start_cluster: StartCluster,
+) -> tuple[InProcessCluster, Daemon, list[Daemon], threading.Event]:
+    """A settled 3-node cluster whose followers' appends wait until the gate is set: the
+    cluster, its leader, its followers and the gate."""
+    cluster = await start_cluster(3)
+    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
+    leader = cluster.leader()
+    assert leader is not None
+    followers = [d for d in cluster.daemons if d is not leader]
+    gate = threading.Event()
+    for follower in followers:
+        slow_disk(follower, gate)
+    return cluster, leader, followers, gate
+
+
 async def test_every_node_journals_the_leaders_log_and_keeps_it_across_a_leader_kill(
     start_cluster: StartCluster,
 ) -> None:
@@ -253,14 +269,7 @@ async def test_a_follower_on_a_slow_disk_keeps_serving_and_acknowledges_only_wha
     event loop keeps answering (here it shares one loop with the test, which a write on
     the loop would block), and its answer to the beat, which counts the entry, waits
     for the write, so the leader commits only once a follower's disk holds the entry."""
-    cluster = await start_cluster(3)
-    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
-    leader = cluster.leader()
-    assert leader is not None
-    followers = [d for d in cluster.daemons if d is not leader]
-    gate = threading.Event()
-    for follower in followers:
-        slow_disk(follower, gate)
+    cluster, leader, followers, gate = await with_slow_followers(start_cluster)
     index = leader.election.log.last_index + 1
     async with AsyncClient(leader.config.address, timeout=20) as client:
         submit = asyncio.create_task(client.submit(op="sum", source="values:1,2,3", detach=True))
@@ -346,14 +355,7 @@ async def test_followers_writing_at_once_keep_answering_and_their_leader_keeps_l
     Once the disks return, it commits. (The stuck-write limit is raised so a loaded host's
     slower beats cannot reach it.)"""
     monkeypatch.setattr(logwriter, "STUCK_WRITE_WINDOWS", 10)
-    cluster = await start_cluster(3)
-    await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
-    leader = cluster.leader()
-    assert leader is not None
-    followers = [d for d in cluster.daemons if d is not leader]
-    gate = threading.Event()
-    for follower in followers:
-        slow_disk(follower, gate)
+    _, leader, followers, gate = await with_slow_followers(start_cluster)
     term, index = leader.election.term, leader.election.log.last_index + 1
     sent: collections.Counter[str] = collections.Counter()
     send = leader.elections.beats.send
