@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc import StartCluster
+from inproc import StartCluster, poll
 
 from cli.main import main
 from node import AsyncClient
@@ -111,6 +111,8 @@ async def test_the_cli_writes_the_trace_file_and_refuses_one_it_cannot_write(
     assert await asyncio.to_thread(main, [*base, "--trace", str(out)]) == 0
     answer = json.loads(capsys.readouterr().out.splitlines()[-1])  # after the daemons' LISTENING lines
     check_timeline(json.loads(out.read_text()), answer["shards"], answer["nodes"], ran_it(cluster, answer["leader"]))
+    # An attached job's record is flushed after its answer (every 100 ms): count once it is in.
+    await poll(lambda: leader.ledger.table.get(answer["job_id"]) is not None, what="the traced job's record")
     jobs_before = len(leader.ledger.table)
     for bad, words in ((tmp_path / "no-such-dir" / "t.json", "does not exist"), (tmp_path, "is a directory")):
         assert await asyncio.to_thread(main, [*base, "--trace", str(bad)]) == 2
