@@ -82,3 +82,33 @@ async def test_a_stall_shorter_than_warn_late_s_is_a_stall_but_not_logged(
         assert not [r for r in caplog.records if r.name == "distnode.clock"]
     finally:
         clock.stop()
+
+
+async def test_a_stall_is_not_fed_as_time_so_what_arrived_during_it_is_stepped_first() -> None:
+    """A handler that runs right after a stall, before the overdue wake-up, gets no ticks for
+    the stall (fed, they would time out a leader's quorum or a follower's leader before the
+    message is stepped); time goes on from there, and the wake-up is marked stalled."""
+    wakes: list[tuple[bool, int]] = []
+    clock = Clock(tick_ms=10, max_replay_ticks=100, stall_s=0.05, max_sleep_s=1.0)
+
+    def owner(stalled: bool) -> int:
+        wakes.append((stalled, clock.due_ticks()))
+        return 5  # due 50 ms from now: the stall below outlasts it six times over
+
+    clock.start(owner)
+    try:
+        await wait_for(lambda: len(wakes) >= 2, "two wake-ups")
+        seen = len(wakes)
+        block_the_loop(0.3)
+        stall_ticks = clock.due_ticks()  # as a message's handler does before stepping it
+        assert stall_ticks == 0, f"{stall_ticks} ticks of a 30-tick stall were fed"
+        await wait_for(lambda: len(wakes) > seen, "the wake-up after the stall")
+        assert wakes[seen][0] is True, "the wake-up after the stall is marked stalled"
+        assert [stalled for stalled, _ in wakes[seen + 1:]] == [False] * (len(wakes) - seen - 1)
+        t0, fed_before = time.monotonic(), sum(ticks for _, ticks in wakes) + clock.due_ticks()
+        await asyncio.sleep(0.1)
+        fed = sum(ticks for _, ticks in wakes) + clock.due_ticks() - fed_before
+        went_ticks = (time.monotonic() - t0) * 100
+        assert went_ticks - 2 <= fed <= went_ticks + 2, f"after the stall {fed} ticks in {went_ticks:.1f}"
+    finally:
+        clock.stop()

@@ -204,6 +204,19 @@ def test_leader_heartbeats_every_heartbeat_ticks() -> None:
     assert beats == [False, False, True] * 3
 
 
+def test_a_leaders_beat_on_demand_goes_to_every_peer_and_restarts_its_interval() -> None:
+    """Ours: after a stall the daemon asks for a beat at once (clock.py); the next follows a
+    whole interval later. A follower asked for one sends nothing."""
+    node = make(heartbeat_ticks=3, check_quorum=False)
+    elect(node)
+    node.tick()
+    beat = sends(node.beat())
+    assert sorted(m.dst for m in beat if isinstance(m, Heartbeat)) == ["b", "c"]
+    assert [bool(sends(node.tick())) for _ in range(3)] == [False, False, True]
+    follower = make()
+    assert follower.beat() == []
+
+
 def test_a_quiet_leader_with_everything_committed_beats_every_idle_heartbeat_ticks() -> None:
     """Ours, not the paper's: beats are most of what an idle cluster does. While the caller
     says no job runs (`quiet`) and every entry is committed, the leader beats every

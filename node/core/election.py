@@ -1,34 +1,29 @@
 # The consensus core: Raft's election, tick-driven and pure, with its log (replication.py).
 #
-# No network, disk or clock here: the daemon drives it with `tick()` (one unit
-# of logical time) and `step(message)`, and executes the outputs (messages.py)
-# in order, each `Persist`, `AppendLog` and `RestoreSnapshot` durable before a
-# later `Send` leaves (for an append, what the Send would count waits for it:
-# elections.py, `heard`), so a restarted node never votes twice in a term nor
-# forgets an entry it acknowledged (Raft §5.2, §5.3, Figure 2).
+# No network, disk or clock here: the daemon drives it with `tick()` (one unit of logical time) and
+# `step(message)`, and executes the outputs (messages.py) in order, each `Persist`, `AppendLog` and
+# `RestoreSnapshot` durable before a later `Send` leaves (for an append, what the Send would count waits for
+# it: elections.py, `heard`), so a restarted node never votes twice in a term nor forgets an entry it
+# acknowledged (Raft §5.2, §5.3, Figure 2).
 #
-# The protocol is Raft's election (§5.2) and up-to-date check (§5.4.1), plus
-# Ongaro's thesis: Pre-Vote (§9.6: "would you vote for me at term+1?" before
-# changing its term, so a node that was cut off cannot depose a healthy leader)
-# and CheckQuorum (§6.2: a leader that has not heard from a quorum within an
-# election timeout steps down; a follower that heard from its leader within
-# that time refuses votes, the lease of §4.2.3). Who answered lately
-# (`active_peers`) is also the daemon's failure detector. Heartbeats are
-# AppendEntries; with `replicate` off the log stays empty.
+# The protocol is Raft's election (§5.2) and up-to-date check (§5.4.1), plus Ongaro's thesis: Pre-Vote
+# (§9.6: "would you vote for me at term+1?" before changing its term, so a node that was cut off cannot
+# depose a healthy leader) and CheckQuorum (§6.2: a leader that has not heard from a quorum within an
+# election timeout steps down; a follower that heard from its leader within that time refuses votes, the
+# lease of §4.2.3). Who answered lately (`active_peers`) is also the daemon's failure detector. Heartbeats
+# are AppendEntries; with `replicate` off the log stays empty.
 #
-# Three rules of ours speed up the survivors of a dead leader; they touch only
-# pre-votes and timers (no term, no vote), so none affects safety.
-# - A follower that grants a pre-vote restarts its election timer (as §5.2
-#   has it do for a real vote), instead of starting a rival campaign.
-# - Of two pre-candidates that start within a heartbeat of each other, the
-#   larger id refuses the smaller's pre-vote, and the smaller grants the
-#   larger's and stands down. After that heartbeat a pre-candidate grants like
-#   anybody, so a cut-off campaign never blocks another.
-# - A follower told its leader's process is gone (`leader_gone`) forgets it,
-#   and campaigns once the beat a live leader owes it is overdue, not a timeout.
+# Three rules of ours speed up the survivors of a dead leader; they touch only pre-votes and timers (no
+# term, no vote), so none affects safety.
+# - A follower that grants a pre-vote restarts its election timer (as §5.2 has it do for a real vote),
+#   instead of starting a rival campaign.
+# - Of two pre-candidates that start within a heartbeat of each other, the larger id refuses the smaller's
+#   pre-vote, and the smaller grants the larger's and stands down. After that heartbeat a pre-candidate
+#   grants like anybody, so a cut-off campaign never blocks another.
+# - A follower told its leader's process is gone (`leader_gone`) forgets it, and campaigns once the beat a
+#   live leader owes it is overdue, not a timeout.
 #
-# A request's `src` is the sender's id; a response's `src` is the peer key it
-# went to (the address dialled); votes and liveness count per response `src`.
+# `src`: a request's sender id; a response's peer key (the address dialled): votes and liveness count by it.
 
 from __future__ import annotations
 
@@ -114,6 +109,13 @@ class Election:
         entries = self._log.append(self._term, "command", data, out)
         self._broadcast_heartbeats(out)  # AppendEntries now; it also counts as the heartbeat
         return entries, out
+
+    def beat(self) -> list[Output]:
+        """A leader's beat now, ahead of its interval: its loop stalled, and its followers waited."""
+        out: list[Output] = []
+        if self._role is Role.LEADER:
+            self._broadcast_heartbeats(out)
+        return out
 
     def compact(self, index: int, snapshot: bytes) -> None:
         """The caller's state machine, applied through `index`, is `snapshot` (§7)."""
@@ -240,8 +242,7 @@ class Election:
         if not self._bumps_term(message):
             return True
         if isinstance(message, VoteRequest) and self._in_lease(message.src):
-            # Thesis §4.2.3/§6.2: a node that hears from a live leader ignores
-            # disruptive candidates, and keeps its term.
+            # Thesis §4.2.3/§6.2: a node that hears from a live leader ignores disruptive candidates.
             self._respond_vote(message, False, out)
             return False
         leader = message.src if isinstance(message, Heartbeat | InstallSnapshot) else None
@@ -270,8 +271,7 @@ class Election:
                     self._become_follower(self._term, None, out)  # we yield to it
             self._respond_vote(message, grant, out)
             return
-        # Raft §5.2: at most one vote per term, first come first served, and
-        # §5.4.1: only for a candidate whose log is at least as up to date.
+        # Raft §5.2: one vote per term, first come first served; §5.4.1: only for a log as up to date.
         grant = (self._voted_for in (None, message.src) and not self._in_lease(message.src)
                  and self._up_to_date(message))
         if grant:

@@ -3,8 +3,17 @@
 Ticks are counted from an origin (`tick_ms` each), so the count never drifts
 however late a wake-up is. The owner steps its pure core with `due_ticks()`
 before anything else it steps, so the core sees time and messages in their
-real order; after a stall (SIGSTOP, a frozen VM) at most `max_replay_ticks`
-are replayed.
+real order, with at most `max_replay_ticks` at once.
+
+A stall (the loop ran nothing: a long computation on it, SIGSTOP, a frozen
+VM) is not fed as time: a due tick of the owner's overdue by more than
+`stall_s` means the loop stalled, and time goes on from the last tick fed
+before it. Fed as it elapsed, the stall would run what fell due in it
+(CheckQuorum, an election timeout) before the messages that arrived
+meanwhile: a leader whose loop was busy for an election timeout deposed
+itself, its followers' answers unread in its sockets, and every node of a
+frozen VM started an election. etcd's ticker loses a stall's ticks alike;
+the cost is that a peer that died during the stall is found that much later.
 
 Idle, a node does little but keep time, so the clock wakes only when its
 owner says something is due (`on_wake` returns the ticks until then) and at
@@ -49,6 +58,8 @@ class Clock:
         self._on_wake: Callable[[bool], int] | None = None
         self._waking = False
         self._wake_by_s = 0.0
+        #: How late the loop was at the last stall seen and not yet reported to the owner (s).
+        self._stall_late_s: float | None = None
 
     def restart(self) -> None:
         """Tick 0 is now: call before anything can be stepped."""
@@ -57,10 +68,23 @@ class Clock:
 
     def due_ticks(self) -> int:
         """How many ticks to feed the core now (those elapsed since the last call, capped)."""
-        elapsed = int((time.monotonic() - self._origin_s) * 1000 / self.tick_ms)
+        now_s = time.monotonic()
+        self._skip_stall(now_s)
+        elapsed = int((now_s - self._origin_s) * 1000 / self.tick_ms)
         due = elapsed - self._ticks_done
         self._ticks_done = elapsed
         return min(due, self.max_replay_ticks)
+
+    def _skip_stall(self, now_s: float) -> None:
+        """If the loop ran nothing for `stall_s` past the planned wake, move the origin so that
+        time stands at the last tick fed, and the next comes a tick from now."""
+        late_s = now_s - self._wake_by_s
+        if self._on_wake is None or late_s <= self.stall_s:
+            return
+        self._stall_late_s = max(late_s, self._stall_late_s or 0.0)
+        self._wake_by_s = now_s  # seen: a second call finds no stall until the next wake plans one
+        # Not exactly `_ticks_done` ticks back: a float a hair short would make it one fewer.
+        self._origin_s = now_s - (self._ticks_done + 0.001) * self.tick_ms / 1000
 
     def start(self, on_wake: Callable[[bool], int]) -> None:
         """Call `on_wake(stalled)` now and whenever it is due; it returns ticks until the next due."""
@@ -79,6 +103,7 @@ class Clock:
         if self._waking or self._timer is None:
             return
         self._timer.cancel()
+        self._wake_by_s = time.monotonic()  # due now: a stall from here on is one
         self._timer = asyncio.get_running_loop().call_soon(self._wake)
 
     def _wake(self) -> None:
@@ -89,9 +114,10 @@ class Clock:
         sleep_s = self.max_sleep_s
         self._waking = True
         try:
-            late_s = time.monotonic() - self._wake_by_s
-            stalled = late_s > self.stall_s
-            if self.warn_late_s is not None and late_s > self.warn_late_s:
+            self._skip_stall(time.monotonic())
+            late_s, self._stall_late_s = self._stall_late_s, None
+            stalled = late_s is not None
+            if late_s is not None and self.warn_late_s is not None and late_s > self.warn_late_s:
                 log.warning("the clock woke %.0f ms late: this process or the machine stalled", late_s * 1000)
             ticks = on_wake(stalled)
             # Wake at the monotonic time of the due tick, counted from the origin: no drift.

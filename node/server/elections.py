@@ -115,10 +115,12 @@ class ElectionDriver:
     def node_id(self) -> str:
         return self.config.node_id
 
-    def catch_up(self) -> None:
+    def catch_up(self, stalled: bool = False) -> None:
         """Feed the core every tick that has elapsed on the wall clock. While the gate is
         closed they are dropped: a node busy writing its leader's entries has not lost
-        touch with it, and one whose own are pending must not campaign (stepgate.py)."""
+        touch with it, and one whose own are pending must not campaign (stepgate.py).
+        After a stall (`stalled`: not fed as time, clock.py) a leader beats at once: its
+        followers' clocks ran, and its next beat would otherwise come a beat later still."""
         ticks = left = self.clock.due_ticks()
         if self.gate.closed:
             self._write_overdue_s()  # says so, once, if the write is slow
@@ -128,6 +130,8 @@ class ElectionDriver:
             if left > 0:
                 self._execute(self.election.tick())
                 left -= 1
+        if stalled and not self.gate.closed:
+            self._execute(self.election.beat())
         self.terms.retry(ticks)
 
     def ticks_until_due(self) -> int:

@@ -1,0 +1,70 @@
+"""A stalled event loop is not an election timeout: real daemons (in-process, real gRPC and
+UDP) whose loop blocks for longer than an election timeout keep their leader and term.
+
+Every in-process daemon shares the test's event loop, so blocking it stalls them all at
+once, as a frozen VM or a host that stops scheduling them does. Fed as time, the stall
+would time out the leader's quorum (its followers' answers unread) and every follower's
+leader, and the cluster would elect again for nothing (clock.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from inproc import FAST, StartCluster, poll
+
+from node.core.messages import Output
+
+#: Far past an election timeout and past the clock's replay cap (election maximum + 1 tick).
+STALL_S = 3 * FAST["election_ms_max"] / 1000
+
+
+def block_the_loop(seconds: float) -> None:
+    """The stall under test: called from the test's coroutine, it holds every daemon's loop."""
+    time.sleep(seconds)
+
+
+async def test_a_stall_of_every_node_longer_than_an_election_timeout_elects_no_one(
+    start_cluster: StartCluster,
+) -> None:
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    term = leader.election.term
+    await poll(lambda: all(d.election.leader == leader.node_id for d in cluster.daemons),
+               what="every node following the leader")
+    for _ in range(2):
+        block_the_loop(STALL_S)
+        # Three election timeouts of running loop: a stall fed as time would have
+        # deposed the leader within the first.
+        calm_until = time.monotonic() + 3 * FAST["election_ms_max"] / 1000
+        while time.monotonic() < calm_until:
+            roles = {d.node_id: (d.election.term, d.election.leader) for d in cluster.daemons}
+            assert set(roles.values()) == {(term, leader.node_id)}, f"after a stall: {roles}"
+            await asyncio.sleep(0.005)
+
+
+async def test_a_leader_beats_as_soon_as_its_loop_runs_again(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stall is not time to the leader, so its next beat would come a beat interval after
+    it, while its followers' clocks (other processes, in a real cluster) ran through it: it
+    beats at the wake that finds the stall, before any tick."""
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    beats: list[float] = []
+    asked = leader.election.beat
+
+    def beat() -> list[Output]:
+        out = asked()
+        if out:
+            beats.append(time.monotonic())
+        return out
+
+    monkeypatch.setattr(leader.election, "beat", beat)
+    beats.clear()  # a loaded host may have stalled the loop already
+    block_the_loop(STALL_S)
+    resumed = time.monotonic()
+    await poll(lambda: bool(beats), timeout_s=5.0, what="the leader's beat after the stall")
+    assert beats[0] - resumed < FAST["heartbeat_ms"] / 1000, f"{(beats[0] - resumed) * 1000:.1f} ms"
