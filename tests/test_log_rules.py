@@ -391,6 +391,33 @@ def test_7_a_snapshot_is_sent_once_and_again_only_when_it_was_not_installed_in_t
     assert sends(respond(node, "b", False, 1)) == [InstallSnapshot("a", "b", 2, 4, 2, b"state@4")]
 
 
+def test_7_a_follower_still_writing_the_snapshot_is_not_sent_it_again() -> None:
+    """A follower that answers a bare beat "writing" is still taking what it was sent: the
+    snapshot's wait starts again from that answer (a 42 MB snapshot on a slow disk outlasts
+    SNAPSHOT_WAIT_TIMEOUTS, and sending it again would only queue a second copy behind it)."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)
+    respond(node, "c", True, 4)
+    node.compact(3, b"state@3")
+    snapshot = InstallSnapshot("a", "b", 2, 3, 1, b"state@3")
+    assert sends(respond(node, "b", False, 1)) == [snapshot]
+    wait_ticks = SNAPSHOT_WAIT_TIMEOUTS * node._config.election_ticks_max
+    to_b: list[object] = []
+    for tick in range(2 * wait_ticks):
+        to_b += [m for m in sends(node.tick()) if m.dst == "b"]
+        respond(node, "c", True, 4)
+        if tick % node._config.election_ticks_max == 0:
+            node.heard("b", node.term, writing=True)
+    assert snapshot not in to_b, "sent again while it said it was writing"
+    node.heard("b", node.term, writing=True)  # its last such answer: then its write is stuck
+    to_b = []
+    for _ in range(wait_ticks - 1):
+        to_b += [m for m in sends(node.tick()) if m.dst == "b"]
+        respond(node, "c", True, 4)
+    assert snapshot not in to_b
+    assert snapshot in [m for m in sends(node.tick()) if m.dst == "b"], "silent a whole wait: sent again"
+
+
 def test_7_the_bare_beats_of_the_wait_name_the_snapshot_sent_not_a_newer_one() -> None:
     """A follower that took the snapshot sent, its answer lost, while the leader compacted again:
     the bare beats name the snapshot it has, so it accepts one, the wait ends, and the newer

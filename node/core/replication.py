@@ -123,8 +123,7 @@ class Replication:
                 # state of a follower's progress does.
                 return Heartbeat(self._config.node_id, peer, term, *in_flight, (), self.commit,
                                  self._slack_ticks)
-            wait_ticks = SNAPSHOT_WAIT_TIMEOUTS * self._config.election_ticks_max
-            self._snapshot_sent[peer] = (log.snapshot_index, log.snapshot_term, wait_ticks)
+            self._snapshot_sent[peer] = (log.snapshot_index, log.snapshot_term, self._snapshot_wait_ticks())
             return InstallSnapshot(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
                                    self.snapshot)
         last = prev + self._config.max_append_entries
@@ -180,10 +179,18 @@ class Replication:
 
     def wait_longer(self, peer: str) -> None:
         """`peer` is taking what it was sent (it says it is writing, or its match moved): that
-        waits another RESEND_BEATS before it goes again, up to RESEND_WAIT_TIMEOUTS in all."""
+        waits another RESEND_BEATS before it goes again, up to RESEND_WAIT_TIMEOUTS in all; a
+        snapshot it was sent waits SNAPSHOT_WAIT_TIMEOUTS again, as a follower whose write is
+        stuck stops saying so (elections.py)."""
         waiting = self._entries_sent.get(peer)
         if waiting is not None and waiting.age < RESEND_WAIT_TIMEOUTS * self._config.election_ticks_max:
             waiting.left = self._resend_ticks()
+        snapshot = self._snapshot_sent.get(peer)
+        if snapshot is not None and snapshot[2] > 0:
+            self._snapshot_sent[peer] = (*snapshot[:2], self._snapshot_wait_ticks())
+
+    def _snapshot_wait_ticks(self) -> int:
+        return SNAPSHOT_WAIT_TIMEOUTS * self._config.election_ticks_max
 
     def _resend_ticks(self) -> int:
         return RESEND_BEATS * self._config.heartbeat_ticks  # while idle, at the next beat after it
