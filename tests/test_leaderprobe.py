@@ -41,6 +41,31 @@ async def test_a_port_nothing_listens_on_is_gone() -> None:
     assert await gone(f"127.0.0.1:{closed_port()}", 1.0)
 
 
+async def test_a_name_whose_every_address_refuses_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`localhost` is often ::1 and 127.0.0.1; asyncio, dialling both itself, reports the two
+    refusals as one plain OSError. Here a name resolves to two loopback addresses, neither
+    served; and to one served and one not, which is alive."""
+    loop = asyncio.get_running_loop()
+    port = closed_port()
+    resolved = {"twice.test": ["127.0.0.2", "127.0.0.1"]}
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in resolved:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in resolved[host]]
+        return await real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    assert await gone(f"twice.test:{port}", 1.0)
+    server = await serving(b"\x00\x00\x12\x04", close=False)
+    served = server.sockets[0].getsockname()[1]
+    try:
+        assert not await gone(f"twice.test:{served}", 1.0)  # 127.0.0.2 refuses, 127.0.0.1 speaks
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def serving(answer: bytes | None, close: bool, reset: bool = False) -> asyncio.Server:
     """A server on 127.0.0.1 that writes `answer` (if any) to each connection, then closes it
     if `close` (with a reset if `reset`: what a socket closed by an exiting process sends for

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 from node.addresses import split_host_port
@@ -44,14 +45,35 @@ async def gone(address: str, timeout_s: float) -> bool:
 
 async def _dial(address: str, timeout_s: float) -> bool | None:
     """One connect to `address`: True if nothing serves it, False if something does or the
-    connect itself is slow (a host down or cut off), None if it accepted and stayed silent."""
+    connect itself is slow (a host down or cut off), None if it accepted and stayed silent.
+
+    A name is resolved here and each of its addresses dialled in turn, where asyncio would
+    dial them itself: `localhost` is often ::1 and 127.0.0.1, and asyncio (3.11) reports
+    two refusals as one plain OSError, which would leave a killed leader's followers to
+    their election timeout. Every address refusing is gone; the first to accept is asked."""
     host, port = split_host_port(address)
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    except ConnectionRefusedError:
-        return True
+        found = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout_s)
     except (OSError, TimeoutError):
-        return False
+        return False  # not resolved: nothing known of the process
+    for _family, _type, _proto, _name, sockaddr in found:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(str(sockaddr[0]), port),
+                                                    timeout_s)
+        except ConnectionRefusedError:
+            continue
+        except (OSError, TimeoutError):
+            return False
+        return await _first_byte(reader, writer, timeout_s)
+    return bool(found)
+
+
+async def _first_byte(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
+) -> bool | None:
+    """An accepted connection: True if it is reset or closed before a byte comes, False if a
+    byte comes, None if it stays silent for `timeout_s`."""
     try:
         first = await asyncio.wait_for(reader.read(1), timeout_s)
     except ConnectionError:
