@@ -126,6 +126,9 @@ def test_a_node_whose_journal_was_moved_aside_gets_the_leaders_snapshot(tmp_path
         held = until(lambda: all_committed(cluster, 4), 30, "the jobs' records on every node", cluster)
         term = cluster.status().term
         victim = next(n for n in cluster.ids if n != leader)
+        # A node that joined after the first answers were compacted was sent a snapshot
+        # during the jobs already: what is counted below is the catch-up's.
+        logged_before = len(cluster.log(leader))
         cluster.kill(victim)
         (tmp_path / "nodes" / victim / "journal").rename(tmp_path / f"{victim}-journal-aside")
         started_s = time.monotonic()
@@ -136,7 +139,7 @@ def test_a_node_whose_journal_was_moved_aside_gets_the_leaders_snapshot(tmp_path
         # leader its leadership in a loaded run (and sent it 4 times in a quick one).
         status = cluster.status()
         assert (status.leader, status.term) == (leader, term), f"caught up through an election\n{cluster.logs()}"
-        sent = cluster.log(leader).count(f"sending {victim} (")
+        sent = cluster.log(leader)[logged_before:].count(f"sending {victim} (")
         allowed = 1 + int((time.monotonic() - started_s) / (SNAPSHOT_WAIT_TIMEOUTS * election_ms[1] / 1000))
         assert 1 <= sent <= allowed, f"the snapshot went {sent} times\n{cluster.log(leader)}"
         # Its own snapshot would need the 42 MB of entries the leader no longer holds. It is
