@@ -365,6 +365,44 @@ def test_7_a_follower_that_lost_what_it_acknowledged_is_caught_up_again() -> Non
     assert sends(out) == [Heartbeat("a", "b", 2, 3, 1, node.log.entries(4, 4), 4)]
 
 
+def to_b(outputs: list[Output]) -> Heartbeat:
+    """The one Heartbeat to "b" among `outputs`."""
+    (beat,) = [m for m in sends(outputs) if isinstance(m, Heartbeat) and m.dst == "b"]
+    return beat
+
+
+def test_a_refusal_of_a_message_older_than_one_the_follower_took_is_dropped() -> None:
+    """Ours (etcd's `rejected`, by number): every AppendEntries and InstallSnapshot is
+    numbered (`serial`) and its answer echoes the number. A refusal of a bare beat that
+    a later message's entries overtook (a datagram answered late) says nothing about the
+    follower now: it keeps its match and is sent nothing, not the snapshot. A refusal of a
+    later message below the match still means it lost its log."""
+    node = make(term=1, log=log_of(1, 1, 1))
+    elect(node)
+    respond(node, "c", True, 4)
+    old = to_b(node.beat())
+    later = to_b(node.beat())
+    assert 0 < old.serial < later.serial
+    node.step(HeartbeatResponse("b", "a", node.term, True, 4, later.serial))
+    node.compact(3, b"state@3")
+    out = node.step(HeartbeatResponse("b", "a", node.term, False, 1, old.serial))
+    assert sends(out) == [], "a stale refusal sent something"
+    assert to_b(node.beat()) == Heartbeat("a", "b", 2, 4, 2, (), 4), "its match was kept"
+    newer = to_b(node.beat())
+    out = node.step(HeartbeatResponse("b", "a", node.term, False, 1, newer.serial))  # it lost its log
+    assert sends(out) == [InstallSnapshot("a", "b", 2, 3, 1, b"state@3")]
+
+
+def test_a_follower_echoes_the_number_of_what_it_answers() -> None:
+    node = make(term=2, log=log_of(1, 1))
+    took = node.step(Heartbeat("b", "a", 2, 2, 1, (Entry(3, 2),), 3, serial=7))
+    refused = node.step(Heartbeat("b", "a", 2, 9, 2, (), 3, serial=8))
+    snapshot = node.step(InstallSnapshot("b", "a", 2, 5, 2, b"s", serial=9))
+    assert [(m.success, m.serial) for m in sends(took + refused + snapshot)
+            if isinstance(m, HeartbeatResponse)] == [(True, 7), (False, 8), (True, 9)]
+    assert node._log.refuse(Heartbeat("b", "a", 2, 5, 2, (), 5, serial=10), 2).serial == 10
+
+
 def test_7_a_snapshot_is_sent_once_and_again_only_when_it_was_not_installed_in_time() -> None:
     """A follower taking the snapshot gets bare beats (it keeps its leader; the leader does
     not build and send the whole table at every beat) until it answers for the snapshot, or

@@ -124,6 +124,7 @@ class HeartbeatRequest(_message.Message):
     SNAPSHOT_TERM_FIELD_NUMBER: _builtins.int
     SNAPSHOT_DATA_FIELD_NUMBER: _builtins.int
     IDLE_SLACK_MS_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     leader_id: _builtins.str
     leader_address: _builtins.str
@@ -154,6 +155,11 @@ class HeartbeatRequest(_message.Message):
     idle leader thins its beats, --idle-heartbeat-ms): the follower waits that
     much longer before it campaigns. 0 from a leader that never thins.
     """
+    serial: _builtins.int
+    """The leader's number for this AppendEntries or InstallSnapshot, growing
+    through its term, on the stream and in datagrams alike; the reply echoes it.
+    0 from a leader that does not number them.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
     def __init__(
@@ -173,10 +179,11 @@ class HeartbeatRequest(_message.Message):
         snapshot_term: _builtins.int = ...,
         snapshot_data: _builtins.bytes = ...,
         idle_slack_ms: _builtins.int = ...,
+        serial: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "idle_slack_ms", b"idle_slack_ms", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "idle_slack_ms", b"idle_slack_ms", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "serial", b"serial", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +230,7 @@ class HeartbeatReply(_message.Message):
     REFUSED_FIELD_NUMBER: _builtins.int
     MATCH_INDEX_FIELD_NUMBER: _builtins.int
     WRITING_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
@@ -243,6 +251,10 @@ class HeartbeatReply(_message.Message):
     `refused` is set and `match_index` is 0, which a leader that does not
     know this field takes as a refusal with no hint: it waits for its next beat.
     """
+    serial: _builtins.int
+    """The `serial` of the beat answered: a leader drops a refusal of a beat older
+    than one this node already took (it was overtaken, not a lost log).
+    """
     def __init__(
         self,
         *,
@@ -254,10 +266,11 @@ class HeartbeatReply(_message.Message):
         refused: _builtins.bool = ...,
         match_index: _builtins.int = ...,
         writing: _builtins.bool = ...,
+        serial: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "storage_error", b"storage_error", "term", b"term", "writing", b"writing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "serial", b"serial", "storage_error", b"storage_error", "term", b"term", "writing", b"writing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,7 +9,7 @@ and compare them freely (tests/simnet.py).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from node.core.raftlog import Entry
@@ -62,6 +62,10 @@ class Heartbeat:
     #: leader's promise, Replication.beat_ticks); the follower waits that much
     #: longer before it campaigns, so a thinned beat keeps the stall tolerance.
     slack: int = 0
+    #: The leader's number for this message, growing through its term; the answer echoes
+    #: it, so an answer overtaken by a later one is known (Replication.on_response). 0:
+    #: not numbered (a leader of an earlier version). Not part of what the message says.
+    serial: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class HeartbeatResponse:
     #: On success the last index known to match the leader's log; on failure
     #: the index the leader should try next (fast back-off, §5.3).
     match_index: int = 0
+    #: The `serial` of the Heartbeat or InstallSnapshot answered (0: not numbered).
+    serial: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class InstallSnapshot:
     index: int
     snapshot_term: int
     data: bytes
+    #: As Heartbeat.serial.
+    serial: int = field(default=0, compare=False)
 
 
 Message: TypeAlias = VoteRequest | VoteResponse | Heartbeat | HeartbeatResponse | InstallSnapshot

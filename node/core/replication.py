@@ -69,6 +69,10 @@ class Replication:
         self._snapshot_sent: dict[str, tuple[int, int, int]] = {}
         #: Followers sent entries not yet answered for.
         self._entries_sent: dict[str, _Sent] = {}
+        #: The number of the last message sent (Heartbeat.serial), and of each follower's
+        #: latest message it took: a refusal of an earlier one is out of date.
+        self._serial = 0
+        self._took: dict[str, int] = {}
         # The last beat told followers the next comes within `_promised_ticks`; every
         # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
         self._promised_ticks = config.heartbeat_ticks
@@ -81,6 +85,7 @@ class Replication:
         self._match = dict.fromkeys(self._config.peers, 0)
         self._snapshot_sent = {}
         self._entries_sent = {}
+        self._took = {}
         if self._config.replicate:
             self.append(term, "noop", (b"",), out)
 
@@ -122,10 +127,10 @@ class Replication:
                 # without building and sending a snapshot at every beat, as etcd's snapshot
                 # state of a follower's progress does.
                 return Heartbeat(self._config.node_id, peer, term, *in_flight, (), self.commit,
-                                 self._slack_ticks)
+                                 self._slack_ticks, self._next_serial())
             self._snapshot_sent[peer] = (log.snapshot_index, log.snapshot_term, self._snapshot_wait_ticks())
             return InstallSnapshot(self._config.node_id, peer, term, log.snapshot_index, log.snapshot_term,
-                                   self.snapshot)
+                                   self.snapshot, self._next_serial())
         last = prev + self._config.max_append_entries
         fresh = sent is None or (next_index > sent and not full)  # not sent and unanswered for
         entries = log.entries(next_index, last) if prev < log.last_index and fresh else ()
@@ -142,7 +147,7 @@ class Replication:
                 self._entries_sent[peer] = _Sent(left=self._resend_ticks())
             self._entries_sent[peer].lasts.append(entries[-1].index)
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
-                         self._slack_ticks)
+                         self._slack_ticks, self._next_serial())
 
     def messages_for(self, peer: str, term: int) -> list[Heartbeat | InstallSnapshot]:
         """`message_for`; where that sends entries after others not answered for, a bare beat
@@ -154,8 +159,12 @@ class Replication:
         if not (pipelined and isinstance(message, Heartbeat) and message.entries):
             return [message]
         bare = Heartbeat(self._config.node_id, peer, term, message.prev_index, message.prev_term, (),
-                         self.commit, self._slack_ticks)
+                         self.commit, self._slack_ticks, self._next_serial())
         return [message, bare]
+
+    def _next_serial(self) -> int:
+        self._serial += 1
+        return self._serial
 
     def beat_ticks(self, quiet: bool) -> int:
         """Ticks between a leader's beats: the idle interval while the caller says nothing
@@ -228,6 +237,7 @@ class Replication:
         if peer not in self._next:
             return
         if response.success:
+            self._took[peer] = max(self._took.get(peer, 0), response.serial)
             matched = min(response.match_index, self.log.last_index)  # never count what we never sent
             if matched > self._match[peer]:
                 self._match[peer] = matched
@@ -240,6 +250,10 @@ class Replication:
             if sent is not None and matched >= sent[0]:
                 del self._snapshot_sent[peer]  # installed
             self._next[peer] = max(self._next[peer], matched + 1)
+        elif 0 < response.serial < self._took.get(peer, 0):
+            # It took a later message since: what it lacked then came (a datagram overtaken by
+            # entries on the stream, answered late). Acted on, its hint would take back a match.
+            return
         else:
             # Fast back-off: the follower's hint, but always strictly down and
             # never below what it already matched, unless it hints at an entry it
@@ -287,20 +301,20 @@ class Replication:
             prev_index = log.snapshot_index
         elif log.term_at(prev_index) != message.prev_term:
             hint = log.conflict_hint(prev_index)
-            return HeartbeatResponse(self._config.node_id, message.src, term, False, hint)
+            return HeartbeatResponse(self._config.node_id, message.src, term, False, hint, message.serial)
         after, appended = log.merge(entries)
         if appended:
             out.append(AppendLog(after, appended))
         last_new = prev_index + len(entries)
         if min(message.commit, last_new) > self.commit:
             self._commit_to(min(message.commit, last_new), out)
-        return HeartbeatResponse(self._config.node_id, message.src, term, True, last_new)
+        return HeartbeatResponse(self._config.node_id, message.src, term, True, last_new, message.serial)
 
     def refuse(self, message: Heartbeat | InstallSnapshot, term: int) -> HeartbeatResponse:
         """Answer without looking at the entries; the leader tries again at once."""
         hint = min(message.index if isinstance(message, InstallSnapshot) else message.prev_index + 1,
                    self.log.last_index + 1)
-        return HeartbeatResponse(self._config.node_id, message.src, term, False, hint)
+        return HeartbeatResponse(self._config.node_id, message.src, term, False, hint, message.serial)
 
     def on_snapshot(self, message: InstallSnapshot, term: int, out: list[Output]) -> HeartbeatResponse:
         if message.index > self.commit:
@@ -309,7 +323,7 @@ class Replication:
             self.commit = self.applied = message.index
             out.append(RestoreSnapshot(message.index, message.snapshot_term, message.data, kept))
         # Our log matches the leader's up to our commit index, which is at least the snapshot's.
-        return HeartbeatResponse(self._config.node_id, message.src, term, True, message.index)
+        return HeartbeatResponse(self._config.node_id, message.src, term, True, message.index, message.serial)
 
     # ---- both -----------------------------------------------------------------
 

@@ -74,6 +74,8 @@ class BeatAnswer:
     #: A bare beat answered, not stepped, while this node writes its journal: it is alive
     #: and follows the beat's leader; `refused` and `match_index` mean nothing.
     writing: bool = False
+    #: The answered beat's `serial` (0: not numbered).
+    serial: int = 0
 
 
 @dataclass(frozen=True)

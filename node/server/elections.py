@@ -208,8 +208,9 @@ class ElectionDriver:
 
     def _beat_answer(self, response: HeartbeatResponse | None) -> BeatAnswer:
         refused = response is None or not response.success
-        match = 0 if response is None else response.match_index
-        return BeatAnswer(self.election.term, self.election.role.value, self.disk_error, refused, match)
+        match, serial = (0, 0) if response is None else (response.match_index, response.serial)
+        return BeatAnswer(self.election.term, self.election.role.value, self.disk_error, refused, match,
+                          serial=serial)
 
     @property
     def disk_error(self) -> str:

@@ -128,7 +128,7 @@ def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
     """The reply to one heartbeat, whichever way it came (gRPC stream or UDP datagram)."""
     return pb.HeartbeatReply(
         term=beat.term, node_id=node_id, role=beat.role, storage_error=beat.storage_error,
-        refused=beat.refused, match_index=beat.match_index, writing=beat.writing,
+        refused=beat.refused, match_index=beat.match_index, writing=beat.writing, serial=beat.serial,
     )
 
 

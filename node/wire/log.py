@@ -21,7 +21,8 @@ MAX_IDLE_SLACK_MS = 60_000
 def beat_to_proto(
     message: Heartbeat | InstallSnapshot, leader_address: str, tick_ms: int
 ) -> pb.HeartbeatRequest:
-    request = pb.HeartbeatRequest(term=message.term, leader_id=message.src, leader_address=leader_address)
+    request = pb.HeartbeatRequest(term=message.term, leader_id=message.src, leader_address=leader_address,
+                                  serial=message.serial)
     if isinstance(message, InstallSnapshot):
         request.is_snapshot = True
         request.snapshot_index, request.snapshot_term = message.index, message.snapshot_term
@@ -44,7 +45,7 @@ def beat_from_proto(request: pb.HeartbeatRequest, dst: str, tick_ms: int) -> Hea
             problem = f"{request.snapshot_term} is past the beat's term {request.term}"
             raise InvalidField("snapshot_term", problem)
         return InstallSnapshot(request.leader_id, dst, request.term, request.snapshot_index,
-                               request.snapshot_term, request.snapshot_data)
+                               request.snapshot_term, request.snapshot_data, request.serial)
     if request.idle_slack_ms > MAX_IDLE_SLACK_MS:
         raise InvalidField("idle_slack_ms", f"{request.idle_slack_ms} is over {MAX_IDLE_SLACK_MS}")
     if request.prev_term > request.term:
@@ -62,8 +63,8 @@ def beat_from_proto(request: pb.HeartbeatRequest, dst: str, tick_ms: int) -> Hea
         previous = entry.term
         entries.append(Entry(entry.index, entry.term, entry.kind, entry.data))
     return Heartbeat(request.leader_id, dst, request.term, request.prev_index, request.prev_term,
-                     tuple(entries), request.commit, request.idle_slack_ms // tick_ms)
+                     tuple(entries), request.commit, request.idle_slack_ms // tick_ms, request.serial)
 
 
 def response_from_reply(reply: pb.HeartbeatReply, src: str, dst: str) -> HeartbeatResponse:
-    return HeartbeatResponse(src, dst, reply.term, not reply.refused, reply.match_index)
+    return HeartbeatResponse(src, dst, reply.term, not reply.refused, reply.match_index, reply.serial)
