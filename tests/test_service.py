@@ -41,6 +41,7 @@ from node.errors import (
 from node.server.api import (
     Answered,
     BeatAnswer,
+    BeatReply,
     IncomingPartial,
     JobProgress,
     NodeView,
@@ -85,8 +86,8 @@ class FakeNode:
             "request_vote", candidate_id, term, pre_vote, last_index, last_term
         )
 
-    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
-        return self._call("heartbeat", beat, beacon_key)  # type: ignore[no-any-return]
+    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes, reply: BeatReply) -> None:
+        reply(self._call("heartbeat", beat, beacon_key))
 
     def leader_stream_closed(self, leader_id: str, term: int) -> None:
         self.calls.append(("leader_stream_closed", (leader_id, term)))

@@ -9,7 +9,7 @@ the daemon without a server.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -76,6 +76,10 @@ class BeatAnswer:
     writing: bool = False
     #: The answered beat's `serial` (0: not numbered).
     serial: int = 0
+
+
+#: Takes a beat's answer, at once or once the entries it counts are durable.
+BeatReply = Callable[[BeatAnswer], None]
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,9 @@ class NodeApi(Protocol):
         self, candidate_id: str, term: int, pre_vote: bool, last_index: int, last_term: int
     ) -> VoteAnswer: ...
 
-    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer: ...
+    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes, reply: BeatReply) -> None:
+        """Admit and step `beat`; `reply` gets its answer at once, or once the entries it counts
+        are durable. Returns once it is stepped (or waits its turn), before it is answered."""
 
     def leader_stream_closed(self, leader_id: str, term: int) -> None: ...
 

@@ -40,7 +40,7 @@ from node.server import beacons, leaderprobe, localsocket
 from node.server.admission import ClientSlots
 from node.server.api import (
     Answered,
-    BeatAnswer,
+    BeatReply,
     IncomingPartial,
     JobProgress,
     JobView,
@@ -216,14 +216,13 @@ class Daemon:
         request = VoteRequest(candidate_id, self.node_id, term, pre_vote, last_index, last_term)
         return await answered(functools.partial(self.elections.vote, request))
 
-    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes) -> BeatAnswer:
+    async def heartbeat(self, beat: Heartbeat | InstallSnapshot, beacon_key: bytes, reply: BeatReply) -> None:
         await self.discovery.admit("leader_id", beat.src)
         self.peers.check_member("leader_id", beat.src, self.node_id)
         self._check_term(beat.term)
-        answer: BeatAnswer = await answered(functools.partial(self.elections.heartbeat, beat))
+        self.elections.heartbeat(beat, reply)
         if beacon_key and self.beacons is not None and self.elections.follows(beat.src, beat.term):
             self.beacons.grant(beat.src, beat.term, beacon_key)
-        return answer
 
     def leader_stream_closed(self, leader_id: str, term: int) -> None:
         if not self._stopping.is_set():  # our own shutdown ends the stream too

@@ -58,6 +58,7 @@ from node.server.api import (
     StatusView,
     Submitted,
 )
+from node.server.beatstream import answers_as_ready
 from node.server.computelink import Computed, LinkCallFailed, SendPartial
 from node.server.dispatch import incoming
 from node.server.jobinfo import view_to_info
@@ -245,27 +246,32 @@ class NodeServicer(pb_grpc.NodeServicer):
         close while it still runs. When the leader ends the stream instead
         (its process died, or it stopped leading), the node hears of it at
         once (`leader_stream_closed`), not an election timeout later.
+
+        Beats are answered as their answers are ready (beatstream.py): a bare
+        beat behind one whose entries are being written is answered at once.
         """
-        sender: list[tuple[str, int]] = []  # the leader and term of the last beat answered
+        sender: list[tuple[str, int]] = []  # the leader and term of the last beat stepped
+        refusal: list[Exception] = []
 
         def ended(_: Context) -> None:  # however the RPC ended: run by gRPC, not by this generator
             if sender:
                 self.node.leader_stream_closed(*sender[-1])
 
-        context.add_done_callback(ended)  # type: ignore[arg-type]  # the stub wants its own class, not a callable
-        async for request in request_iterator:
-            try:
-                message = beat_from_proto(request, self.node.node_id, self.node.tick_ms)
-                beat = await self.node.heartbeat(message, request.beacon_key)
-            except Exception as exc:
-                sender.clear()  # our refusal ends it: nothing to learn from that
-                code, details = status_of(exc)
-                context.set_code(code)
-                context.set_details(details)
-                context.set_trailing_metadata(node_trailer(self.node.node_id))
-                return
+        async def step(request: pb.HeartbeatRequest, reply: Callable[[pb.HeartbeatReply], None]) -> None:
+            message = beat_from_proto(request, self.node.node_id, self.node.tick_ms)
+            await self.node.heartbeat(message, request.beacon_key,
+                                      lambda beat: reply(beat_reply(self.node.node_id, beat)))
             sender[:] = [(message.src, message.term)]
-            yield beat_reply(self.node.node_id, beat)
+
+        context.add_done_callback(ended)  # type: ignore[arg-type]  # the stub wants its own class, not a callable
+        async for answer in answers_as_ready(request_iterator, step, refusal):
+            yield answer
+        if refusal:
+            sender.clear()  # our refusal ends it: nothing to learn from that
+            code, details = status_of(refusal[0])
+            context.set_code(code)
+            context.set_details(details)
+            context.set_trailing_metadata(node_trailer(self.node.node_id))
 
     # The reply is a SubmitAnswer or relayed bytes, not a SubmitReply: add_to_server
     # gives Submit its own serializer, which the generated signature cannot know.
