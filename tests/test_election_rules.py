@@ -204,17 +204,45 @@ def test_leader_heartbeats_every_heartbeat_ticks() -> None:
     assert beats == [False, False, True] * 3
 
 
-def test_a_leaders_beat_on_demand_goes_to_every_peer_and_restarts_its_interval() -> None:
-    """Ours: after a stall the daemon asks for a beat at once (clock.py); the next follows a
-    whole interval later. A follower asked for one sends nothing."""
+def test_after_a_stall_a_leader_beats_at_once_and_restarts_its_interval() -> None:
+    """Ours: the daemon tells the core its loop stalled (clock.py, the stall not fed as time):
+    a leader beats at once, its followers' clocks having run, and the next beat follows a
+    whole interval later. A follower sends nothing."""
     node = make(heartbeat_ticks=3, check_quorum=False)
     elect(node)
     node.tick()
-    beat = sends(node.beat())
+    beat = sends(node.stalled())
     assert sorted(m.dst for m in beat if isinstance(m, Heartbeat)) == ["b", "c"]
     assert [bool(sends(node.tick())) for _ in range(3)] == [False, False, True]
     follower = make()
-    assert follower.beat() == []
+    assert follower.stalled() == []
+
+
+def test_after_a_stall_a_leaders_reads_wait_for_a_quorum_to_answer_what_it_sent_since() -> None:
+    """Ours: answers read after a stall may be as old as the stall, which was no time to the
+    leader, so they would renew the evidence its reads rest on (a new leader may have been
+    elected meanwhile). Reads wait for a quorum to answer a message sent after the stall, or
+    for a window of ticks; CheckQuorum still counts every answer."""
+    node = make(heartbeat_ticks=3, election_ticks_min=10, election_ticks_max=20)
+    elect(node)
+    first = [m for m in sends(node.tick() + node.tick() + node.tick()) if isinstance(m, Heartbeat)]
+    for beat in first:
+        node.step(HeartbeatResponse(beat.dst, "a", node.term, True, 0, beat.serial))
+    assert node.may_read() and node.hears_quorum()
+    since = [m for m in sends(node.stalled()) if isinstance(m, Heartbeat)]
+    assert not node.may_read() and node.hears_quorum()
+    for beat in first:  # late answers to what went before the stall
+        node.heard(beat.dst, node.term, serial=beat.serial)
+        node.step(HeartbeatResponse(beat.dst, "a", node.term, True, 0, beat.serial))
+    assert not node.may_read(), "answers to beats sent before the stall renewed the reads"
+    node.heard(since[0].dst, node.term, writing=True, serial=since[0].serial)  # one peer + us: a quorum
+    assert node.may_read()
+    node.stalled()
+    for _ in range(9):
+        node.tick()
+    assert not node.may_read()
+    node.tick()  # a window of ticks since the stall: the evidence is what it says again
+    assert node.may_read() == node.hears_quorum()
 
 
 def test_a_quiet_leader_with_everything_committed_beats_every_idle_heartbeat_ticks() -> None:

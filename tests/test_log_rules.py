@@ -380,15 +380,15 @@ def test_a_refusal_of_a_message_older_than_one_the_follower_took_is_dropped() ->
     node = make(term=1, log=log_of(1, 1, 1))
     elect(node)
     respond(node, "c", True, 4)
-    old = to_b(node.beat())
-    later = to_b(node.beat())
+    old = to_b(node.tick())
+    later = to_b(node.tick())
     assert 0 < old.serial < later.serial
     node.step(HeartbeatResponse("b", "a", node.term, True, 4, later.serial))
     node.compact(3, b"state@3")
     out = node.step(HeartbeatResponse("b", "a", node.term, False, 1, old.serial))
     assert sends(out) == [], "a stale refusal sent something"
-    assert to_b(node.beat()) == Heartbeat("a", "b", 2, 4, 2, (), 4), "its match was kept"
-    newer = to_b(node.beat())
+    assert to_b(node.tick()) == Heartbeat("a", "b", 2, 4, 2, (), 4), "its match was kept"
+    newer = to_b(node.tick())
     out = node.step(HeartbeatResponse("b", "a", node.term, False, 1, newer.serial))  # it lost its log
     assert sends(out) == [InstallSnapshot("a", "b", 2, 3, 1, b"state@3")]
 

@@ -110,10 +110,11 @@ class Election:
         self._broadcast_heartbeats(out)  # AppendEntries now; it also counts as the heartbeat
         return entries, out
 
-    def beat(self) -> list[Output]:
-        """A leader's beat now, ahead of its interval: its loop stalled, and its followers waited."""
+    def stalled(self) -> list[Output]:
+        """Our loop stalled (clock.py): a leader beats now; its reads wait for answers (liveness.py)."""
         out: list[Output] = []
         if self._role is Role.LEADER:
+            self._peers.stalled(self._log.serial)
             self._broadcast_heartbeats(out)
         return out
 
@@ -141,6 +142,10 @@ class Election:
         """The active peers and this node are a quorum (what CheckQuorum asks of a leader)."""
         return len(self.active_peers()) + 1 >= self._config.quorum
 
+    def may_read(self) -> bool:
+        """A leader may answer from its state: a quorum hears it, by evidence newer than a stall."""
+        return self.hears_quorum() and self._peers.current(self._config.quorum)
+
     def ticks_until_due(self) -> int:
         """`tick()` calls until one can produce output (at least 1); any `step()` can move it."""
         if self._role is Role.LEADER and not self._config.peers:
@@ -163,9 +168,7 @@ class Election:
         self._count_ticks(1)
         if self._role is Role.LEADER:
             return self._tick_leader()
-        if self._election_elapsed >= self._election_timeout:
-            return self.campaign()
-        return []
+        return self.campaign() if self._election_elapsed >= self._election_timeout else []
 
     def campaign(self) -> list[Output]:
         """Start a (pre-)election now, as if the election timer had fired."""
@@ -196,7 +199,7 @@ class Election:
             self._step_stale(message, out)  # a late answer is no evidence the peer is up now
             return out
         if isinstance(message, VoteResponse | HeartbeatResponse):
-            self._peers.heard(message.src)
+            self._peers.heard(message.src, message.serial if isinstance(message, HeartbeatResponse) else 0)
         if isinstance(message, VoteRequest):
             self._step_vote_request(message, out)
         elif self._role is Role.LEADER:
@@ -207,11 +210,11 @@ class Election:
             self._step_candidate(message, out)
         return out
 
-    def heard(self, peer: str, term: int, writing: bool = False) -> None:
+    def heard(self, peer: str, term: int, writing: bool = False, serial: int = 0) -> None:
         """An answer of this leader's term not stepped (held while our write is pending, §10.2.1, or
         `writing`): CheckQuorum counts it; a writing peer's entries wait (Replication.wait_longer)."""
         if self._role is Role.LEADER and term == self._term:
-            self._peers.heard(peer)
+            self._peers.heard(peer, serial)
             if writing:
                 self._log.wait_longer(peer)
 
@@ -222,11 +225,10 @@ class Election:
             raise AssertionError(f"rollback to ({term}, {voted_for}) from ({self._term}, {self._voted_for})")
         self._term, self._voted_for = term, voted_for
         self._role, self._leader = Role.FOLLOWER, None
-        # Said even to a follower: the outputs dropped after the failed write may have held it.
-        out: list[Output] = [RoleChanged(Role.FOLLOWER, term, None)]
         self._reset_election_timer()
         self._ticks_since_leader = self._lease_slack = 0
-        return out
+        # Said even to a follower: the outputs dropped after the failed write may have held it.
+        return [RoleChanged(Role.FOLLOWER, term, None)]
 
     # ---- rules for every role -----------------------------------------------
 
@@ -330,8 +332,7 @@ class Election:
             self._lease_slack = min(message.slack, self._config.election_ticks_min)
             self._election_elapsed = -self._lease_slack
         if any(isinstance(o, Persist) for o in out):
-            # The message moved our term: take its entries from the next one, so a
-            # Persist the disk refuses (and `rollback`) never leaves the log changed.
+            # It moved our term: its entries wait a beat, so a refused Persist never changes the log.
             response = self._log.refuse(message, self._term)
         elif isinstance(message, Heartbeat):
             response = self._log.on_append(message, self._term, out)
@@ -375,8 +376,7 @@ class Election:
     # ---- transitions --------------------------------------------------------
 
     def _become_follower(self, term: int, leader: str | None, out: list[Output]) -> None:
-        voted_for = self._voted_for if term == self._term else None
-        self._set_hard_state(term, voted_for, out)
+        self._set_hard_state(term, self._voted_for if term == self._term else None, out)
         self._set_role(Role.FOLLOWER, leader, out)
         self._reset_election_timer()
         self._ticks_since_leader = self._lease_slack = 0
@@ -443,8 +443,7 @@ class Election:
     def _respond_vote(self, request: VoteRequest, granted: bool, out: list[Output]) -> None:
         # A granted pre-vote echoes the proposed term (thesis §9.6); else ours, for the candidate.
         term = request.term if request.pre_vote and granted else self._term
-        response = VoteResponse(self._config.node_id, request.src, term, granted, request.pre_vote)
-        self._send(response, out)
+        self._send(VoteResponse(self._config.node_id, request.src, term, granted, request.pre_vote), out)
 
     def _send(self, message: Message, out: list[Output]) -> None:
         out.append(Send(message))

@@ -10,6 +10,11 @@ check comes at most one beat interval late, and it rides a wake the leader
 has anyway: a wake of its own costs an idle leader more than the check
 (docs/observability.md). Never sooner than a window apart: asking more often
 would find more of a loaded host's late answers, and depose more leaders.
+
+After a stall of the leader's loop (`stalled`), answers read then may be as old
+as the stall, and the stall is not counted as time (clock.py): the leader's
+reads, which rest on a quorum hearing it, wait until a quorum answered a message
+numbered after the stall (`serial`), or until a window of ticks has passed since.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ class Liveness:
         self.window = window
         #: Ticks since the quorum was last checked (or since `forget()`).
         self.since_check = 0
+        #: After a stall: the last message number sent before it, the ticks until evidence
+        #: counts again anyway, and the peers that answered a later message.
+        self._stall_serial: int | None = None
+        self._stall_ticks_left = 0
+        self._since_stall: set[str] = set()
 
     def __contains__(self, peer: str) -> bool:
         return peer in self._heard
@@ -31,15 +41,31 @@ class Liveness:
         for peer, heard in self._heard.items():
             if heard is not None:
                 self._heard[peer] = heard + ticks
+        self._stall_ticks_left -= ticks
+        if self._stall_ticks_left <= 0:
+            self._stall_serial = None
 
-    def heard(self, peer: str) -> None:
+    def heard(self, peer: str, serial: int = 0) -> None:
+        """`peer` answered; `serial`: the number of the message it answered (0: unknown)."""
         if peer in self._heard:
             self._heard[peer] = 0
+            if self._stall_serial is not None and serial > self._stall_serial:
+                self._since_stall.add(peer)
+
+    def stalled(self, serial: int) -> None:
+        """The leader's loop stalled; `serial`: the last message number it sent before."""
+        self._stall_serial, self._stall_ticks_left, self._since_stall = serial, self.window, set()
+
+    def current(self, quorum: int) -> bool:
+        """Whether the evidence holds for reads: no stall since a window, or a quorum (counting
+        the leader) answered a message sent after it."""
+        return self._stall_serial is None or len(self._since_stall) + 1 >= quorum
 
     def forget(self) -> None:
         """No evidence from anybody yet (a new term's leader), and no check for a window."""
         self._heard = dict.fromkeys(self._heard)
         self.since_check = 0
+        self._stall_serial, self._since_stall = None, set()
 
     def check_due(self, beat: bool) -> bool:
         """Is CheckQuorum to run on this tick (`beat`: a beat goes out on it)?"""

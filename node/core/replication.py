@@ -166,6 +166,11 @@ class Replication:
         self._serial += 1
         return self._serial
 
+    @property
+    def serial(self) -> int:
+        """The number of the last message sent (Heartbeat.serial)."""
+        return self._serial
+
     def beat_ticks(self, quiet: bool) -> int:
         """Ticks between a leader's beats: the idle interval while the caller says nothing
         needs fast failure detection (`quiet`: no job runs) and every entry is committed."""

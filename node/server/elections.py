@@ -131,7 +131,7 @@ class ElectionDriver:
                 self._execute(self.election.tick())
                 left -= 1
         if stalled and not self.gate.closed:
-            self._execute(self.election.beat())
+            self._execute(self.election.stalled())
         self.terms.retry(ticks)
 
     def ticks_until_due(self) -> int:
@@ -193,8 +193,8 @@ class ElectionDriver:
             return False
         self.writing_answers += 1
         # Refused with no hint, for a leader of the previous version: it then waits for its next beat.
-        role = self.election.role.value
-        answer(BeatAnswer(self.election.term, role, self.disk_error, True, 0, writing=True))
+        term, role = self.election.term, self.election.role.value
+        answer(BeatAnswer(term, role, self.disk_error, True, 0, writing=True, serial=beat.serial))
         return True
 
     def leader_gone(self, leader_id: str, term: int) -> None:
@@ -236,7 +236,7 @@ class ElectionDriver:
             if not reply.writing:  # a follower writing says only that it is alive: nothing to step
                 self._held_replies.append((address, reply))  # see _wrote
             if not self.writer.stuck(self.config.election_ms_max / 1000):  # a slow disk, not a stuck one:
-                self.election.heard(address, reply.term, reply.writing)  # CheckQuorum counts it now
+                self.election.heard(address, reply.term, reply.writing, reply.serial)  # CheckQuorum counts it
         else:
             self._step_reply(address, reply)
         if peer is not None and not peer.alive:  # a reply can only bring a peer back

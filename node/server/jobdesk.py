@@ -107,7 +107,7 @@ class JobDesk:
         than a client may already have seen (Raft §8). Followers answer from theirs."""
         if not self.node.is_leader:
             return
-        if not self.node.ledger.caught_up or not self.node.election.hears_quorum():
+        if not self.node.ledger.caught_up or not self.node.election.may_read():
             raise NotLeader(f"{self.node.who()} leads but has not caught up with a quorum yet; retry")
 
     async def cancel(self, job_id: str, forwarded: bool) -> JobView:
