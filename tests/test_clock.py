@@ -102,6 +102,7 @@ async def test_a_stall_is_not_fed_as_time_so_what_arrived_during_it_is_stepped_f
         block_the_loop(0.3)
         stall_ticks = clock.due_ticks()  # as a message's handler does before stepping it
         assert stall_ticks == 0, f"{stall_ticks} ticks of a 30-tick stall were fed"
+        assert clock.take_stall() and not clock.take_stall(), "the stall is told once, at once"
         await wait_for(lambda: len(wakes) > seen, "the wake-up after the stall")
         assert wakes[seen][0] is True, "the wake-up after the stall is marked stalled"
         t0, fed_before = time.monotonic(), sum(ticks for _, ticks in wakes) + clock.due_ticks()

@@ -16,6 +16,7 @@ import pytest
 from inproc import FAST, StartCluster, poll
 
 from node.core.messages import Output
+from node.errors import NotLeader
 
 #: Far past an election timeout and past the clock's replay cap (election maximum + 1 tick).
 STALL_S = 3 * FAST["election_ms_max"] / 1000
@@ -73,3 +74,17 @@ async def test_a_leader_beats_as_soon_as_its_loop_runs_again_and_reads_only_on_f
     assert beat_s - resumed < FAST["election_ms_min"] / 1000, f"{(beat_s - resumed) * 1000:.1f} ms"
     assert not could_read, "reads right after the stall, on evidence from before it"
     await poll(lambda: leader.election.may_read(), what="reads again once the followers answered")
+
+
+async def test_a_read_that_finds_the_stall_first_is_refused(start_cluster: StartCluster) -> None:
+    """A read's handler may run before the clock's overdue wake-up: it feeds the ticks itself,
+    finds the stall, and is refused (clients retry) until a quorum answered anew."""
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    await poll(lambda: leader.election.may_read(), what="the leader's reads")
+    listed = await leader.desk.list_jobs(None, 10, forwarded=False)  # reads before the stall
+    block_the_loop(STALL_S)
+    with pytest.raises(NotLeader, match="has not caught up with a quorum"):
+        await leader.desk.list_jobs(None, 10, forwarded=False)
+    await poll(lambda: leader.election.may_read(), what="reads again once the followers answered")
+    assert await leader.desk.list_jobs(None, 10, forwarded=False) == listed

@@ -63,6 +63,8 @@ class Clock:
         self._wake_by_s = 0.0
         #: How late the loop was at the last stall seen and not yet reported to the owner (s).
         self._stall_late_s: float | None = None
+        #: A stall seen and not yet taken by `take_stall()`.
+        self._stall_untaken = False
 
     def restart(self) -> None:
         """Tick 0 is now: call before anything can be stepped."""
@@ -85,9 +87,16 @@ class Clock:
         if self._on_wake is None or late_s <= self.stall_s:
             return
         self._stall_late_s = max(late_s, self._stall_late_s or 0.0)
+        self._stall_untaken = True
         self._wake_by_s = now_s  # seen: a second call finds no stall until the next wake plans one
         # Not exactly `_ticks_done` ticks back: a float a hair short would make it one fewer.
         self._origin_s = now_s - (self._ticks_done + 0.001) * self.tick_ms / 1000
+
+    def take_stall(self) -> bool:
+        """Whether a stall was seen since the last call (by `due_ticks()` or a wake): the owner
+        acts on it as it feeds the ticks, before the message that found it, not a wake later."""
+        untaken, self._stall_untaken = self._stall_untaken, False
+        return untaken
 
     def start(self, on_wake: Callable[[bool], int]) -> None:
         """Call `on_wake(stalled)` now and whenever it is due; it returns ticks until the next due."""

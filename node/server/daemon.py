@@ -365,7 +365,7 @@ class Daemon:
     def _on_wake(self, stalled: bool) -> int:
         """One wake of the clock: tick the core, judge peers, watch the parent."""
         self.election.quiet = self.jobs_running() == 0  # beats thin while idle (Replication.beat_ticks)
-        self.elections.catch_up(stalled)
+        self.elections.catch_up()
         if self.is_leader:
             for peer in self.elections.judge_peers(deaths=not stalled):
                 log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address,

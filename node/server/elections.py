@@ -115,13 +115,15 @@ class ElectionDriver:
     def node_id(self) -> str:
         return self.config.node_id
 
-    def catch_up(self, stalled: bool = False) -> None:
+    def catch_up(self) -> None:
         """Feed the core every tick that has elapsed on the wall clock. While the gate is
         closed they are dropped: a node busy writing its leader's entries has not lost
         touch with it, and one whose own are pending must not campaign (stepgate.py).
-        After a stall (`stalled`: not fed as time, clock.py) a leader beats at once: its
-        followers' clocks ran, and its next beat would otherwise come a beat later still."""
+        After a stall (not fed as time, clock.py) a leader beats at once, its followers'
+        clocks having run, and holds its reads (Election.stalled), before the message
+        whose handler found the stall is stepped."""
         ticks = left = self.clock.due_ticks()
+        stalled = self.clock.take_stall()
         if self.gate.closed:
             self._write_overdue_s()  # says so, once, if the write is slow
             return

@@ -20,6 +20,7 @@ from node.server.ledger import LIVE
 if TYPE_CHECKING:
     from node.core.election import Election
     from node.server.admission import ClientSlots
+    from node.server.elections import ElectionDriver
     from node.server.jobs import JobManager
     from node.server.ledger import JobLedger
     from node.server.relay import Relay
@@ -31,6 +32,7 @@ class DeskNode(Protocol):
     relay: Relay
     clients: ClientSlots
     ledger: JobLedger
+    elections: ElectionDriver
 
     @property
     def node_id(self) -> str: ...
@@ -107,7 +109,8 @@ class JobDesk:
         than a client may already have seen (Raft §8). Followers answer from theirs."""
         if not self.node.is_leader:
             return
-        if not self.node.ledger.caught_up or not self.node.election.may_read():
+        self.node.elections.catch_up()  # a stall this handler is the first to find holds reads now
+        if not self.node.is_leader or not self.node.ledger.caught_up or not self.node.election.may_read():
             raise NotLeader(f"{self.node.who()} leads but has not caught up with a quorum yet; retry")
 
     async def cancel(self, job_id: str, forwarded: bool) -> JobView:
