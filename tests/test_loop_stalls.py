@@ -10,11 +10,14 @@ leader, and the cluster would elect again for nothing (clock.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
 from inproc import FAST, StartCluster, poll
 
+from node import AsyncClient
+from node.core.jobtable import JobRecord
 from node.core.messages import Output
 from node.errors import NotLeader
 
@@ -88,3 +91,27 @@ async def test_a_read_that_finds_the_stall_first_is_refused(start_cluster: Start
         await leader.desk.list_jobs(None, 10, forwarded=False)
     await poll(lambda: leader.election.may_read(), what="reads again once the followers answered")
     assert await leader.desk.list_jobs(None, 10, forwarded=False) == listed
+
+
+async def test_a_read_that_waited_through_a_stall_is_refused(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Result` with a wait checks again after it: the loop may have stalled meanwhile, and a
+    job still running in this table may have ended under a leader elected during the stall."""
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    async with AsyncClient(leader.config.address, timeout=10) as client:
+        job_id = await client.submit(op="sum", source="values:1,2,3", detach=True)
+        await client.result(job_id, wait=10)
+    await poll(lambda: leader.election.may_read(), what="the leader's reads")
+    done = leader.ledger.table.get(job_id)
+    assert done is not None
+    running = dataclasses.replace(done, state="running")
+
+    async def wait_through_a_stall(job_id: str, wait_s: float) -> JobRecord:
+        block_the_loop(STALL_S)
+        return running
+
+    monkeypatch.setattr(leader.ledger, "wait", wait_through_a_stall)
+    with pytest.raises(NotLeader, match="has not caught up with a quorum"):
+        await leader.desk.result(job_id, 5.0, forwarded=False)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from node.server.stepgate import MAX_WAITING, StepGate, answered
+from node.server.stepgate import MAX_WAITING, MAX_WAITING_BYTES, StepGate, answered
 
 
 def test_an_open_gate_defers_nothing() -> None:
@@ -94,3 +94,28 @@ def test_at_most_max_waiting_steps_wait_and_the_oldest_go_first() -> None:
     assert gate.waiting == MAX_WAITING and gate.dropped == 5
     gate.open(durable=True)
     assert ran == list(range(5, MAX_WAITING + 5))
+
+
+def test_the_waiting_beats_carry_at_most_max_waiting_bytes_and_the_oldest_go_first() -> None:
+    """Nothing slows a leader's resends to a follower whose disk is slow (its stream answers
+    beats as they are ready): past MAX_WAITING_BYTES of entries the oldest waiting beats are
+    dropped, as lost messages; a step that closes the gate again keeps the count right."""
+    gate, ran = StepGate(), []
+    gate.close()
+    quarter = MAX_WAITING_BYTES // 4
+    for number in range(6):
+        gate.defer(lambda number=number: ran.append(number), quarter)
+    assert gate.waiting == 4 and gate.dropped == 2
+    gate.defer(lambda: ran.append(-1))  # a vote or a bare beat carries nothing
+    assert gate.waiting == 5 and gate.dropped == 2
+
+    def close_again() -> None:
+        ran.append(6)
+        gate.close()
+
+    gate.defer(close_again, quarter)  # the oldest makes room
+    assert gate.waiting == 5 and gate.dropped == 3
+    gate.open(durable=True)
+    assert ran == [3, 4, 5, -1, 6] and gate.closed and gate.waiting == 0
+    gate.defer(lambda: ran.append(7), MAX_WAITING_BYTES)  # fits: nothing else waits
+    assert gate.waiting == 1 and gate.dropped == 3

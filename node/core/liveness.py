@@ -54,7 +54,8 @@ class Liveness:
 
     def stalled(self, serial: int) -> None:
         """The leader's loop stalled; `serial`: the last message number it sent before."""
-        self._stall_serial, self._stall_ticks_left, self._since_stall = serial, self.window, set()
+        # A window and a tick: evidence read just after the stall counts while its age is at most a window.
+        self._stall_serial, self._stall_ticks_left, self._since_stall = serial, self.window + 1, set()
 
     def current(self, quorum: int) -> bool:
         """Whether the evidence holds for reads: no stall since a window, or a quorum (counting

@@ -15,8 +15,9 @@ itself, its followers' answers unread in its sockets, and every node of a
 frozen VM started an election. etcd's ticker loses a stall's ticks alike.
 The cost: the owner's timers run only while the loop does, so a peer that
 died during a stall is found that much later, and a loop that stalls again
-and again slows them by as much. The owner hears of each stall (`on_wake`'s
-`stalled`): a leader then beats at once and holds its reads (election.py).
+and again slows them by as much. The owner hears of each stall where it is
+found (`take_stall()`, as it feeds the ticks; `on_wake`'s `stalled`): a
+leader then beats at once and holds its reads (election.py).
 
 Idle, a node does little but keep time, so the clock wakes only when its
 owner says something is due (`on_wake` returns the ticks until then) and at

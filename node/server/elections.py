@@ -164,7 +164,8 @@ class ElectionDriver:
         counts are durable (a refusal if a write failed), or at once (`_answer_writing`)."""
         if self.gate.closed and self._answer_writing(beat, answer):
             return
-        if self.gate.defer(functools.partial(self.heartbeat, beat, answer)):
+        size = len(beat.data) if isinstance(beat, InstallSnapshot) else sum(len(e.data) for e in beat.entries)
+        if self.gate.defer(functools.partial(self.heartbeat, beat, answer), size):
             return
         leader_id, term = beat.src, beat.term
         response = self._step_request(beat, HeartbeatResponse)

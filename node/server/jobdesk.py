@@ -91,6 +91,8 @@ class JobDesk:
                             " table (yet); retry")
         self._check_reads()
         record = await self.node.ledger.wait(job_id, wait_s)
+        if record is None or record.state in LIVE:
+            self._check_reads()  # again: the loop may have stalled while it waited
         if record is None:
             raise UnknownJob(f"job_id: no job {job_id!r} in the job table of {self.node.who()}")
         return self._view(record)

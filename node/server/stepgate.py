@@ -33,6 +33,10 @@ log = logging.getLogger("distnode")
 T = TypeVar("T")
 #: Steps that may wait at once: beats and votes at the leader's pace for a minute or more.
 MAX_WAITING = 1024
+#: The bytes of entries and snapshots the waiting beats may carry at once: a follower's
+#: stream answers its beats as they are ready (beatstream.py), so nothing slows a leader's
+#: resends while the disk is slow, and each may carry 4 MiB or one larger entry.
+MAX_WAITING_BYTES = 64 * 2**20
 
 #: Told whether the writes it waited for are durable.
 Release = Callable[[bool], None]
@@ -40,7 +44,9 @@ Release = Callable[[bool], None]
 
 class StepGate:
     def __init__(self) -> None:
-        self._waiting: collections.deque[Callable[[], None]] | None = None
+        #: The waiting steps, each with the bytes it carries; their total.
+        self._waiting: collections.deque[tuple[Callable[[], None], int]] | None = None
+        self._waiting_bytes = 0
         self._held: list[Release] = []
         #: Steps dropped because too many waited (MAX_WAITING).
         self.dropped = 0
@@ -59,18 +65,22 @@ class StepGate:
         if self._waiting is None:
             self._waiting = collections.deque()
 
-    def defer(self, step: Callable[[], None]) -> bool:
-        """Queue `step` if the gate is closed (True); False: the caller steps now.
+    def defer(self, step: Callable[[], None], size: int = 0) -> bool:
+        """Queue `step` (carrying `size` bytes of entries) if the gate is closed (True);
+        False: the caller steps now.
 
-        At most MAX_WAITING steps wait: past that the oldest is dropped, as the network
-        may drop any message (its sender tries again or times out), so a disk that
-        hangs for minutes does not fill memory with the beats of those minutes."""
+        At most MAX_WAITING steps and MAX_WAITING_BYTES wait: past that the oldest are
+        dropped, as the network may drop any message (its sender tries again or times
+        out), so a disk that hangs for minutes does not fill memory with the beats of
+        those minutes."""
         if self._waiting is None:
             return False
-        if len(self._waiting) >= MAX_WAITING:
-            self._waiting.popleft()
+        while self._waiting and (len(self._waiting) >= MAX_WAITING
+                                 or self._waiting_bytes + size > MAX_WAITING_BYTES):
+            self._waiting_bytes -= self._waiting.popleft()[1]
             self.dropped += 1
-        self._waiting.append(step)
+        self._waiting.append((step, size))
+        self._waiting_bytes += size
         return True
 
     def hold(self, release: Release) -> None:
@@ -80,20 +90,21 @@ class StepGate:
         """No write is pending: release the held answers, then run the waiting steps in
         order until one of them closes the gate again (the rest keep waiting, first)."""
         held, self._held = self._held, []
-        waiting, self._waiting = self._waiting, None
+        waiting, self._waiting, self._waiting_bytes = self._waiting, None, 0
         for release in held:
             try:
                 release(durable)
             except Exception:  # one answer that cannot be sent must not keep the others
                 log.exception("an answer that waited for the journal failed")
         while waiting:
-            step = waiting.popleft()
+            step, _ = waiting.popleft()
             try:
                 step()
             except Exception:  # a bug in one step must not leave the rest waiting forever
                 log.exception("a step that waited for the journal failed")
             if self._waiting is not None:
                 self._waiting.extendleft(reversed(waiting))
+                self._waiting_bytes += sum(size for _, size in waiting)
                 return
 
 
