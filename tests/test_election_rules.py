@@ -247,6 +247,28 @@ def test_after_a_stall_a_leaders_reads_wait_for_a_quorum_to_answer_what_it_sent_
     assert not node.may_read() and not node.hears_quorum()
 
 
+def test_an_answer_counted_once_is_no_news_when_stepped_again() -> None:
+    """Ours: a reply held while the leader's own write is pending is counted when it arrives
+    (`heard`) and stepped once the write returns; stepped, it must not count as heard anew,
+    or the leader's evidence (CheckQuorum, reads) would look younger by the write's length.
+    An answer to an older message than one counted is no news either."""
+    node = make(heartbeat_ticks=3, election_ticks_min=10, election_ticks_max=20)
+    elect(node)
+    beats = {m.dst: m for m in sends(node.tick() + node.tick() + node.tick()) if isinstance(m, Heartbeat)}
+    node.heard("b", node.term, serial=beats["b"].serial)  # held: counted on arrival
+    for _ in range(6):
+        node.tick()
+    node.step(HeartbeatResponse("b", "a", node.term, True, 0, beats["b"].serial))  # the write returned
+    assert node.peer_ticks_since_heard()["b"] == 6
+    newer = [m for m in sends(node.tick() + node.tick() + node.tick()) if isinstance(m, Heartbeat)]
+    later = next(m for m in newer if m.dst == "b")
+    node.step(HeartbeatResponse("b", "a", node.term, True, 0, later.serial))
+    assert node.peer_ticks_since_heard()["b"] == 0
+    node.tick()
+    node.step(HeartbeatResponse("b", "a", node.term, True, 0, beats["b"].serial))  # overtaken
+    assert node.peer_ticks_since_heard()["b"] == 1
+
+
 def test_a_quiet_leader_with_everything_committed_beats_every_idle_heartbeat_ticks() -> None:
     """Ours, not the paper's: beats are most of what an idle cluster does. While the caller
     says no job runs (`quiet`) and every entry is committed, the leader beats every

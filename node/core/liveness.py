@@ -24,6 +24,8 @@ class Liveness:
     def __init__(self, peers: tuple[str, ...], window: int) -> None:
         # Ticks since each peer last answered us; None: not since `forget()`.
         self._heard: dict[str, int | None] = dict.fromkeys(peers)
+        #: The number of the newest message each peer answered (Heartbeat.serial).
+        self._serials: dict[str, int] = {}
         self.window = window
         #: Ticks since the quorum was last checked (or since `forget()`).
         self.since_check = 0
@@ -46,8 +48,14 @@ class Liveness:
             self._stall_serial = None
 
     def heard(self, peer: str, serial: int = 0) -> None:
-        """`peer` answered; `serial`: the number of the message it answered (0: unknown)."""
+        """`peer` answered; `serial`: the number of the message it answered (0: unknown). An
+        answer to a message no newer than one already counted is no news (a reply held while
+        the leader's own write was pending is counted on arrival, then stepped after it)."""
         if peer in self._heard:
+            if serial:
+                if serial <= self._serials.get(peer, 0):
+                    return
+                self._serials[peer] = serial
             self._heard[peer] = 0
             if self._stall_serial is not None and serial > self._stall_serial:
                 self._since_stall.add(peer)
@@ -66,7 +74,7 @@ class Liveness:
         """No evidence from anybody yet (a new term's leader), and no check for a window."""
         self._heard = dict.fromkeys(self._heard)
         self.since_check = 0
-        self._stall_serial, self._since_stall = None, set()
+        self._serials, self._stall_serial, self._since_stall = {}, None, set()
 
     def check_due(self, beat: bool) -> bool:
         """Is CheckQuorum to run on this tick (`beat`: a beat goes out on it)?"""
