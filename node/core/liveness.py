@@ -29,11 +29,10 @@ class Liveness:
         self.window = window
         #: Ticks since the quorum was last checked (or since `forget()`).
         self.since_check = 0
-        #: After a stall: the last message number sent before it, the ticks until evidence
-        #: counts again anyway, and the peers that answered a later message.
+        #: After a stall: the last message number sent before it, and the ticks until evidence
+        #: counts again anyway.
         self._stall_serial: int | None = None
         self._stall_ticks_left = 0
-        self._since_stall: set[str] = set()
 
     def __contains__(self, peer: str) -> bool:
         return peer in self._heard
@@ -57,24 +56,23 @@ class Liveness:
                     return
                 self._serials[peer] = serial
             self._heard[peer] = 0
-            if self._stall_serial is not None and serial > self._stall_serial:
-                self._since_stall.add(peer)
 
     def stalled(self, serial: int) -> None:
         """The leader's loop stalled; `serial`: the last message number it sent before."""
         # A window and a tick: evidence read just after the stall counts while its age is at most a window.
-        self._stall_serial, self._stall_ticks_left, self._since_stall = serial, self.window + 1, set()
+        self._stall_serial, self._stall_ticks_left = serial, self.window + 1
 
     def current(self, quorum: int) -> bool:
         """Whether the evidence holds for reads: no stall since a window, or a quorum (counting
         the leader) answered a message sent after it."""
-        return self._stall_serial is None or len(self._since_stall) + 1 >= quorum
+        stall = self._stall_serial
+        return stall is None or sum(1 for serial in self._serials.values() if serial > stall) + 1 >= quorum
 
     def forget(self) -> None:
         """No evidence from anybody yet (a new term's leader), and no check for a window."""
         self._heard = dict.fromkeys(self._heard)
         self.since_check = 0
-        self._serials, self._stall_serial, self._since_stall = {}, None, set()
+        self._serials, self._stall_serial = {}, None
 
     def check_due(self, beat: bool) -> bool:
         """Is CheckQuorum to run on this tick (`beat`: a beat goes out on it)?"""

@@ -264,9 +264,10 @@ class Replication:
             # never below what it already matched, unless it hints at an entry it
             # acknowledged: it lost its log (a new disk, or its journal moved aside:
             # docs/operations.md), and is caught up from what it has, snapshot or
-            # entries. (A stale refusal, overtaken by an acknowledgement, costs a
-            # resend: the entries are then acknowledged again.) A hint of 0 is no
-            # hint: a follower whose disk refused the entries says so.
+            # entries. (A stale refusal the serial cannot tell, from a peer that does
+            # not number its answers or overtaken the other way round, costs a resend:
+            # the entries are then acknowledged again.) A hint of 0 is no hint: a
+            # follower whose disk refused the entries says so.
             if response.match_index >= self._next[peer] and self._entries_in_flight(peer) is not None:
                 # It holds all before what it was sent and lacks some of that: still on the way (a
                 # bare beat or what followed overtook it) or lost, which the wait tells. Acting now

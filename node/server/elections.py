@@ -162,10 +162,9 @@ class ElectionDriver:
     def heartbeat(self, beat: Heartbeat | InstallSnapshot, answer: Callable[[BeatAnswer], None]) -> None:
         """Step a beat; `answer` gets the reply once the gate is open and the entries it
         counts are durable (a refusal if a write failed), or at once (`_answer_writing`)."""
-        if self.gate.closed and self._answer_writing(beat, answer):
-            return
-        size = len(beat.data) if isinstance(beat, InstallSnapshot) else sum(len(e.data) for e in beat.entries)
-        if self.gate.defer(functools.partial(self.heartbeat, beat, answer), size):
+        if self.gate.closed:
+            if not self._answer_writing(beat, answer):
+                self.gate.defer(functools.partial(self.heartbeat, beat, answer), _carried_bytes(beat))
             return
         leader_id, term = beat.src, beat.term
         response = self._step_request(beat, HeartbeatResponse)
@@ -443,3 +442,8 @@ class ElectionDriver:
         """What this node knows, and nothing it does not (peerview.py)."""
         self.catch_up()
         return peer_view(self.election, self.peers, self.config, self.leader_address, self.disk_error)
+
+
+def _carried_bytes(beat: Heartbeat | InstallSnapshot) -> int:
+    """The bytes of entries or snapshot a beat holds while it waits at the gate."""
+    return len(beat.data) if isinstance(beat, InstallSnapshot) else sum(len(e.data) for e in beat.entries)
