@@ -1,5 +1,6 @@
 """A leader's gRPC heartbeat stream to one follower while a write is pending (a follower
-that is not reading): bare beats are skipped, beats with entries wait their turn.
+that is not reading): bare beats are skipped, beats with entries wait their turn. And a
+snapshot in chunks: one write, sent so only to a follower that said it takes them.
 
 The leader sends entries once (replication.py): one skipped would leave a gap the
 follower refuses until the leader's wait runs out, so they queue behind the pending
@@ -8,13 +9,22 @@ write, up to MAX_QUEUED, and go in order once it returns."""
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from inproc import poll
 
 from node._proto import distnode_pb2 as pb
+from node.core.limits import MAX_MESSAGE_BYTES, Limits
+from node.core.messages import InstallSnapshot
 from node.server import heartbeats
+from node.server.beatsend import BeatSender
+from node.server.config import NodeConfig
 from node.server.heartbeats import HeartbeatLink
+from node.server.peers import PeerTable
 
 
 class HeldCall:
@@ -84,3 +94,92 @@ async def test_at_most_max_queued_wait_and_a_closed_stream_forgets_them() -> Non
     link.close_stream()
     assert not link._queued and call.cancelled
     link.close()
+
+
+class AnsweringCall(HeldCall):
+    """A Heartbeat stream that answers with whatever the test puts in `replies`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: asyncio.Queue[pb.HeartbeatReply] = asyncio.Queue()
+
+    async def __anext__(self) -> pb.HeartbeatReply:
+        return await self.replies.get()
+
+
+def snapshot_head() -> pb.HeartbeatRequest:
+    return pb.HeartbeatRequest(term=1, leader_id="n1", is_snapshot=True, snapshot_index=9, snapshot_term=1)
+
+
+async def test_a_snapshot_in_chunks_is_one_write_that_entries_wait_behind() -> None:
+    call = HeldCall()
+    link = HeartbeatLink("127.0.0.1:1", Stubs(call), lambda address, reply: None, stale_s=60.0)  # type: ignore[arg-type]
+    link.send(beat(0))  # opens the stream; its write is pending until released
+    await poll(lambda: link._pending is call, what="the first write to be pending")
+    link.send_chunks(snapshot_head(), b"s" * 2500, 1000)
+    link.send(beat(9, entries=1), reliable=True)
+    call.release.set()
+    await poll(lambda: len(call.written) == 5, what="the chunks and the entries behind them")
+    snapshot = [(r.snapshot_offset, len(r.snapshot_data), r.snapshot_size) for r in call.written[1:4]]
+    assert snapshot == [(0, 1000, 2500), (1000, 1000, 2500), (2000, 500, 2500)]
+    assert (call.written[4].prev_index, len(call.written[4].entries)) == (9, 1), "after every chunk"
+    link.close()
+
+
+async def test_a_link_knows_its_follower_takes_chunks_from_its_replies_until_the_stream_drops() -> None:
+    call = AnsweringCall()
+    call.release.set()
+    link = HeartbeatLink("127.0.0.1:1", Stubs(call), lambda address, reply: None, stale_s=60.0)  # type: ignore[arg-type]
+    link.send(beat(0))
+    call.replies.put_nowait(pb.HeartbeatReply(term=1, node_id="n2"))  # an earlier version says nothing
+    await poll(lambda: call.replies.empty() and link._unanswered_since_s is None, what="the first reply")
+    assert not link.takes_chunks
+    link.send(beat(0))
+    call.replies.put_nowait(pb.HeartbeatReply(term=1, node_id="n2", takes_snapshot_chunks=True))
+    await poll(lambda: link.takes_chunks, what="the reply that says so")
+    link.close_stream()  # the follower may come back as another version
+    assert not link.takes_chunks
+    link.close()
+
+
+class Links:
+    """HeartbeatLinks' surface that BeatSender uses: one link, and what went whole."""
+
+    def __init__(self, link: HeartbeatLink | None) -> None:
+        self._link = link
+        self.whole: list[pb.HeartbeatRequest] = []
+
+    def link(self, address: str) -> HeartbeatLink | None:
+        return self._link
+
+    def send(self, address: str, request: pb.HeartbeatRequest, reliable: bool = False) -> None:
+        self.whole.append(request)
+
+
+@pytest.mark.parametrize("takes_chunks, size, limit, in_chunks", [
+    (True, 3 << 20, MAX_MESSAGE_BYTES, 3),  # 1 MiB chunks
+    (True, 3 << 20, 1 << 20, 4),  # under the limit: 1 MiB less the envelope
+    (True, 1 << 20, MAX_MESSAGE_BYTES, 0),  # no larger than a chunk: whole
+    (False, 3 << 20, MAX_MESSAGE_BYTES, 0),  # a follower of an earlier version: whole
+])
+def test_a_leader_sends_a_snapshot_in_chunks_only_where_they_help_and_are_taken(
+    takes_chunks: bool, size: int, limit: int, in_chunks: int, tmp_path: Path
+) -> None:
+    call = HeldCall()
+    link = HeartbeatLink("127.0.0.1:2", Stubs(call), lambda address, reply: None, stale_s=60.0)  # type: ignore[arg-type]
+    link.takes_chunks = takes_chunks
+    sent: list[Iterator[pb.HeartbeatRequest]] = []
+    link._send_grpc = lambda write, queue=False: sent.append(write)  # type: ignore[assignment,method-assign,misc]
+    links = Links(link)
+    config = NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=("127.0.0.1:2",), data_dir=tmp_path,
+                        limits=Limits(max_message_bytes=limit))
+    sender = BeatSender(links, PeerTable(config.peers), config)  # type: ignore[arg-type]
+    data = os.urandom(size)
+    sender.send(InstallSnapshot("n1", "127.0.0.1:2", 1, 9, 1, data, serial=4))
+    if not in_chunks:
+        assert not sent and [len(r.snapshot_data) for r in links.whole] == [size]
+        return
+    assert not links.whole and len(sent) == 1
+    cut = list(sent[0])
+    assert len(cut) == in_chunks and b"".join(c.snapshot_data for c in cut) == data
+    assert all(c.ByteSize() <= limit and c.serial == 4 and c.snapshot_index == 9 for c in cut)

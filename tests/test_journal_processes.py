@@ -140,6 +140,7 @@ def test_a_node_whose_journal_was_moved_aside_gets_the_leaders_snapshot(tmp_path
         status = cluster.status()
         assert (status.leader, status.term) == (leader, term), f"caught up through an election\n{cluster.logs()}"
         sent = cluster.log(leader)[logged_before:].count(f"sending {victim} (")
+        assert "bytes, in chunks of" in cluster.log(leader)[logged_before:], "sent whole (snapshotchunks.py)"
         allowed = 1 + int((time.monotonic() - started_s) / (SNAPSHOT_WAIT_TIMEOUTS * election_ms[1] / 1000))
         assert 1 <= sent <= allowed, f"the snapshot went {sent} times\n{cluster.log(leader)}"
         # Its own snapshot would need the 42 MB of entries the leader no longer holds. It is

@@ -9,6 +9,7 @@ import collections
 import errno
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from node._proto import distnode_pb2 as pb
 from node.core.limits import Limits
 from node.core.messages import Heartbeat, InstallSnapshot, Role
 from node.core.raftlog import Entry
-from node.server import compaction, logwriter
+from node.server import compaction, heartbeats, logwriter
 from node.server.daemon import Daemon
 from node.server.journal import Journal, Snapshot
 from node.server.ledger import JobLedger
@@ -396,8 +397,8 @@ async def test_followers_writing_at_once_keep_answering_and_their_leader_keeps_l
 async def test_a_snapshot_over_the_message_limit_is_said_once_and_never_built(
     start_cluster: StartCluster, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A follower behind the leader's snapshot needs it whole, in one message: one over
-    --max-message-bytes can never arrive. Built anew at every beat, it kept the leader's
+    """A follower that does not take snapshots in chunks (an earlier version) needs one whole,
+    in one message: one over --max-message-bytes can never arrive. Built anew at every beat, it kept the leader's
     loop busy for nothing; now it is not built, an ERROR names the flags once, and a bare
     beat goes instead, so the follower keeps its leader rather than campaign."""
     cluster = await start_cluster(1, limits=Limits(max_message_bytes=64 << 10))
@@ -416,20 +417,57 @@ async def test_a_snapshot_over_the_message_limit_is_said_once_and_never_built(
     assert [(r.prev_index, r.prev_term, len(r.entries)) for r in bare] == [(7, term, 0)] * 3
 
 
-async def behind_a_snapshot(cluster: InProcessCluster) -> tuple[Daemon, str, list[str]]:
-    """Stop a follower, run six detached jobs, and wait for the leader to compact past them
-    (with compaction.COMPACT_ENTRIES small): the leader, the stopped node, the jobs."""
+async def behind_a_snapshot(
+    cluster: InProcessCluster, source: Callable[[int], str] = lambda n: f"values:{n},1"
+) -> tuple[Daemon, str, list[str]]:
+    """Stop a follower, run six detached jobs (job n sums `source(n)`), and wait for the leader
+    to compact past them (with compaction.COMPACT_ENTRIES small): the leader, the stopped node,
+    the jobs."""
     await poll(lambda: settled(cluster.daemons), what="the first no-op on every node")
     leader = cluster.leader()
     assert leader is not None
     lagging = next(d for d in cluster.daemons if d is not leader).node_id
     await cluster.stop_node(lagging)
     async with AsyncClient([d.config.address for d in cluster.daemons if d.node_id != lagging]) as client:
-        jobs = [await client.submit(op="sum", source=f"values:{n},1", detach=True) for n in range(6)]
+        jobs = [await client.submit(op="sum", source=source(n), detach=True) for n in range(6)]
         for job_id in jobs:
             await client.result(job_id, wait=10)
     await poll(lambda: leader.election.log.snapshot_index > 4, what="the leader's snapshot")
     return leader, lagging, jobs
+
+
+async def test_a_snapshot_over_the_message_limit_reaches_its_follower_in_chunks(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent in one message, a snapshot over --max-message-bytes could never arrive, and its
+    follower was never caught up (the test above). In chunks under the limit it arrives
+    (snapshotchunks.py): the follower takes the whole snapshot, and the leader its term."""
+    monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 4)
+    real_chunks, cut = heartbeats.chunks, []
+
+    def counted(head: pb.HeartbeatRequest, data: bytes, chunk_bytes: int) -> Iterator[pb.HeartbeatRequest]:
+        for chunk in real_chunks(head, data, chunk_bytes):
+            cut.append(chunk)
+            yield chunk
+
+    monkeypatch.setattr(heartbeats, "chunks", counted)
+    limit = 64 << 10
+    cluster = await start_cluster(3, limits=Limits(max_message_bytes=limit), **CALM)
+    ones = ",".join(["1"] * 9000)  # 18 KB a source, kept in its job's record: 6 of them pass the limit
+    leader, lagging, jobs = await behind_a_snapshot(cluster, lambda n: f"values:{n},{ones}")
+    term = leader.election.term
+    await cluster.start_node(lagging)
+    await poll(lambda: settled(cluster.daemons), what="the follower to catch up")
+    restarted = next(d for d in cluster.daemons if d.node_id == lagging)
+    held = [restarted.ledger.table.get(job_id) for job_id in jobs]
+    assert all(r is not None and r.state == "done" for r in held)
+    assert held == [leader.ledger.table.get(job_id) for job_id in jobs]
+    last = [c for c in cut if c.serial == cut[-1].serial]  # the last snapshot sent, should there be more
+    assert len(last) > 1 and all(c.ByteSize() <= limit for c in cut)
+    assert [c.snapshot_offset for c in last] == [sum(len(c.snapshot_data) for c in last[:i]) for i in range(len(last))]
+    assert sum(len(c.snapshot_data) for c in last) == last[0].snapshot_size > limit
+    assert restarted.election.log.snapshot_index >= last[0].snapshot_index
+    assert leader.is_leader and leader.election.term == term
 
 
 async def test_a_followers_copy_of_its_leaders_snapshot_is_written_beside_its_event_loop(

@@ -125,6 +125,8 @@ class HeartbeatRequest(_message.Message):
     SNAPSHOT_DATA_FIELD_NUMBER: _builtins.int
     IDLE_SLACK_MS_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_SIZE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_OFFSET_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     leader_id: _builtins.str
     leader_address: _builtins.str
@@ -160,6 +162,15 @@ class HeartbeatRequest(_message.Message):
     through its term, on the stream and in datagrams alike; the reply echoes it.
     0 from a leader that does not number them.
     """
+    snapshot_size: _builtins.int
+    """A snapshot in chunks (node/wire/snapshotchunks.py): the whole snapshot's
+    bytes, and where in it this message's `snapshot_data` begins. The chunks of
+    one snapshot follow one another on one stream, each a message with the same
+    term, snapshot_index, snapshot_term and serial; only the last is answered.
+    0: `snapshot_data` is the whole snapshot. Sent only to a follower whose
+    replies say `takes_snapshot_chunks`.
+    """
+    snapshot_offset: _builtins.int
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
     def __init__(
@@ -180,10 +191,12 @@ class HeartbeatRequest(_message.Message):
         snapshot_data: _builtins.bytes = ...,
         idle_slack_ms: _builtins.int = ...,
         serial: _builtins.int = ...,
+        snapshot_size: _builtins.int = ...,
+        snapshot_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "idle_slack_ms", b"idle_slack_ms", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "serial", b"serial", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "idle_slack_ms", b"idle_slack_ms", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "serial", b"serial", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_offset", b"snapshot_offset", "snapshot_size", b"snapshot_size", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -231,6 +244,7 @@ class HeartbeatReply(_message.Message):
     MATCH_INDEX_FIELD_NUMBER: _builtins.int
     WRITING_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
+    TAKES_SNAPSHOT_CHUNKS_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
@@ -255,6 +269,10 @@ class HeartbeatReply(_message.Message):
     """The `serial` of the beat answered: a leader drops a refusal of a beat older
     than one this node already took (it was overtaken, not a lost log).
     """
+    takes_snapshot_chunks: _builtins.bool
+    """This node puts a snapshot sent in chunks back together
+    (HeartbeatRequest.snapshot_size): its leader may send one so.
+    """
     def __init__(
         self,
         *,
@@ -267,10 +285,11 @@ class HeartbeatReply(_message.Message):
         match_index: _builtins.int = ...,
         writing: _builtins.bool = ...,
         serial: _builtins.int = ...,
+        takes_snapshot_chunks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "serial", b"serial", "storage_error", b"storage_error", "term", b"term", "writing", b"writing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "serial", b"serial", "storage_error", b"storage_error", "takes_snapshot_chunks", b"takes_snapshot_chunks", "term", b"term", "writing", b"writing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

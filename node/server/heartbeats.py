@@ -11,7 +11,8 @@ follower learns the key, and how heartbeats keep flowing where UDP does not.
 A link never blocks the caller: `send()` skips a bare gRPC beat while the
 previous write is still pending (a paused peer whose window is full), and
 queues one that carries entries or a snapshot (the leader sent them once:
-replication.py), up to MAX_QUEUED; a stream that
+replication.py), up to MAX_QUEUED; a snapshot in chunks is one such write
+(`send_chunks`, snapshotchunks.py); a stream that
 has gone unanswered for `stale_s` is torn down and reopened, so a peer that
 died or restarted is picked up again within about one election timeout.
 """
@@ -22,7 +23,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -30,6 +31,7 @@ from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.server import beacons
 from node.server.beacons import BeaconSender
+from node.wire.snapshotchunks import chunks
 
 log = logging.getLogger("distnode.heartbeats")
 
@@ -38,6 +40,8 @@ OnReply = Callable[[str, pb.HeartbeatReply], None]
 #: Called with (peer address, why) when a stream fails or goes unanswered.
 OnFailure = Callable[[str, str], None]
 Stream = grpc.aio.StreamStreamCall[pb.HeartbeatRequest, pb.HeartbeatReply]
+#: What one write puts on a stream: a beat, or a snapshot's chunks (made as they are written).
+Write = pb.HeartbeatRequest | Iterator[pb.HeartbeatRequest]
 #: Beats with entries or a snapshot queued behind a pending write, at most: the leader has
 #: at most replication.MAX_MESSAGES_IN_FLIGHT of them unanswered, and one more is lost as
 #: a dropped message is (sent again after its wait).
@@ -65,7 +69,10 @@ class HeartbeatLink:
         #: The call whose write is still pending, if any (one write at a time per stream).
         self._pending: Stream | None = None
         #: Beats with entries or a snapshot waiting for that write, oldest first.
-        self._queued: collections.deque[pb.HeartbeatRequest] = collections.deque()
+        self._queued: collections.deque[Write] = collections.deque()
+        #: Whether the follower said it takes snapshots in chunks (in any reply since the
+        #: stream opened: a follower that restarted may run another version).
+        self.takes_chunks = False
         self._writers: set[asyncio.Task[None]] = set()
         #: When the oldest gRPC beat still unanswered was written.
         self._unanswered_since_s: float | None = None
@@ -115,6 +122,13 @@ class HeartbeatLink:
             request.beacon_key = self.key
         self._send_grpc(request)
 
+    def send_chunks(self, head: pb.HeartbeatRequest, data: bytes, chunk_bytes: int) -> None:
+        """Send a snapshot in chunks of `chunk_bytes` (`head`: its request without the data)
+        on the stream, as one write: made one at a time, so the loop serves between them."""
+        if self.key is not None:
+            head.beacon_key = self.key
+        self._send_grpc(chunks(head, data, chunk_bytes), queue=True)
+
     def _entries_by_datagram(self, request: pb.HeartbeatRequest, seq: int) -> bool:
         """Send `request` (entries, not a snapshot) as a datagram if allowed; True if sent."""
         beacon = self._beacon
@@ -138,11 +152,12 @@ class HeartbeatLink:
             beacon.close()  # closed while connecting
 
     def _on_beacon_reply(self, reply: pb.HeartbeatReply) -> None:
+        self.takes_chunks = self.takes_chunks or reply.takes_snapshot_chunks
         if self._beacon is not None and self._beacon.last_rtt_s is not None:
             self.on_rtt(self._beacon.last_rtt_s)
         self.on_reply(self.address, reply)
 
-    def _send_grpc(self, request: pb.HeartbeatRequest, queue: bool = False) -> None:
+    def _send_grpc(self, request: Write, queue: bool = False) -> None:
         now = time.monotonic()
         since = self._unanswered_since_s
         if self._call is not None and since is not None and now - since > self.stale_s:
@@ -170,9 +185,10 @@ class HeartbeatLink:
         self._reader = asyncio.get_running_loop().create_task(self._read(call))
         return call
 
-    async def _write(self, call: Stream, request: pb.HeartbeatRequest) -> None:
+    async def _write(self, call: Stream, write: Write) -> None:
         try:
-            await call.write(request)
+            for request in (write,) if isinstance(write, pb.HeartbeatRequest) else write:
+                await call.write(request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             self._drop(call)
         finally:
@@ -187,6 +203,7 @@ class HeartbeatLink:
                 if self._unanswered_since_s is not None:  # from the oldest beat still unanswered
                     self.on_rtt(time.monotonic() - self._unanswered_since_s)
                 self._unanswered_since_s = None
+                self.takes_chunks = self.takes_chunks or reply.takes_snapshot_chunks
                 self.on_reply(self.address, reply)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.CANCELLED:  # cancelled: closed by us
@@ -198,6 +215,7 @@ class HeartbeatLink:
         if self._call is call:
             self._call = None
             self._queued.clear()
+            self.takes_chunks = False
             call.cancel()
 
     def close(self) -> None:
@@ -213,6 +231,7 @@ class HeartbeatLink:
         call, reader = self._call, self._reader
         self._call = self._reader = None
         self._unanswered_since_s = None
+        self.takes_chunks = False
         self._queued.clear()  # for the stream that ended: the leader sends them again after its wait
         if call is not None:
             call.cancel()
@@ -253,6 +272,11 @@ class HeartbeatLinks:
         return self._links.get(address)
 
     def send(self, address: str, request: pb.HeartbeatRequest, reliable: bool = False) -> None:
+        link = self._link(address)  # first: a new leadership's first link numbers beats from 1
+        self._seq += 1
+        link.send(request, self._seq, reliable)
+
+    def _link(self, address: str) -> HeartbeatLink:
         link = self._links.get(address)
         if link is None:
             if self.udp and self._key is None:
@@ -261,8 +285,7 @@ class HeartbeatLinks:
                 address, self.stubs, self.on_reply, self.stale_s, self._key, self.on_failure, self.totals,
                 self.on_rtt, self.entries_by_udp,
             )
-        self._seq += 1
-        link.send(request, self._seq, reliable)
+        return link
 
     def close(self) -> None:
         self._key = None

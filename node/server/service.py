@@ -58,7 +58,7 @@ from node.server.api import (
     StatusView,
     Submitted,
 )
-from node.server.beatstream import answers_as_ready
+from node.server.beatstream import answers_as_ready, snapshots_whole
 from node.server.computelink import Computed, LinkCallFailed, SendPartial
 from node.server.dispatch import incoming
 from node.server.jobinfo import view_to_info
@@ -130,6 +130,7 @@ def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
     return pb.HeartbeatReply(
         term=beat.term, node_id=node_id, role=beat.role, storage_error=beat.storage_error,
         refused=beat.refused, match_index=beat.match_index, writing=beat.writing, serial=beat.serial,
+        takes_snapshot_chunks=True,
     )
 
 
@@ -249,6 +250,7 @@ class NodeServicer(pb_grpc.NodeServicer):
 
         Beats are answered as their answers are ready (beatstream.py): a bare
         beat behind one whose entries are being written is answered at once.
+        A snapshot in chunks is stepped once it is whole (snapshotchunks.py).
         """
         sender: list[tuple[str, int]] = []  # the leader and term of the last beat stepped
         refusal: list[Exception] = []
@@ -257,14 +259,16 @@ class NodeServicer(pb_grpc.NodeServicer):
             if sender:
                 self.node.leader_stream_closed(*sender[-1])
 
-        async def step(request: pb.HeartbeatRequest, reply: Callable[[pb.HeartbeatReply], None]) -> None:
-            message = beat_from_proto(request, self.node.node_id, self.node.tick_ms)
+        async def step(
+            request: pb.HeartbeatRequest, snapshot: bytes | None, reply: Callable[[pb.HeartbeatReply], None]
+        ) -> None:
+            message = beat_from_proto(request, self.node.node_id, self.node.tick_ms, snapshot)
             await self.node.heartbeat(message, request.beacon_key,
                                       lambda beat: reply(beat_reply(self.node.node_id, beat)))
             sender[:] = [(message.src, message.term)]
 
         context.add_done_callback(ended)  # type: ignore[arg-type]  # the stub wants its own class, not a callable
-        async for answer in answers_as_ready(request_iterator, step, refusal):
+        async for answer in answers_as_ready(request_iterator, snapshots_whole(step), refusal):
             yield answer
         if refusal:
             sender.clear()  # our refusal ends it: nothing to learn from that

@@ -37,15 +37,19 @@ def beat_to_proto(
     return request
 
 
-def beat_from_proto(request: pb.HeartbeatRequest, dst: str, tick_ms: int) -> Heartbeat | InstallSnapshot:
+def beat_from_proto(
+    request: pb.HeartbeatRequest, dst: str, tick_ms: int, snapshot_data: bytes | None = None
+) -> Heartbeat | InstallSnapshot:
     """The core's message for a beat, in this node's ticks; InvalidField if it could not
-    come from a leader's log."""
+    come from a leader's log. `snapshot_data`: a snapshot's bytes put together from its
+    chunks (snapshotchunks.py), in place of the request's own."""
     if request.is_snapshot:
         if request.snapshot_term > request.term:
             problem = f"{request.snapshot_term} is past the beat's term {request.term}"
             raise InvalidField("snapshot_term", problem)
+        data = request.snapshot_data if snapshot_data is None else snapshot_data
         return InstallSnapshot(request.leader_id, dst, request.term, request.snapshot_index,
-                               request.snapshot_term, request.snapshot_data, request.serial)
+                               request.snapshot_term, data, request.serial)
     if request.idle_slack_ms > MAX_IDLE_SLACK_MS:
         raise InvalidField("idle_slack_ms", f"{request.idle_slack_ms} is over {MAX_IDLE_SLACK_MS}")
     if request.prev_term > request.term:

@@ -1,0 +1,130 @@
+"""A snapshot cut into chunks at the leader and put back together at the follower
+(node/wire/snapshotchunks.py), and a follower's stream stepping it once, whole."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from node._proto import distnode_pb2 as pb
+from node.errors import InvalidField
+from node.server.beatstream import answers_as_ready, snapshots_whole
+from node.wire.log import beat_from_proto
+from node.wire.snapshotchunks import Reassembly, chunks, in_chunks
+
+DATA = os.urandom(10_000)
+
+
+def head(serial: int = 7, index: int = 9) -> pb.HeartbeatRequest:
+    return pb.HeartbeatRequest(term=3, leader_id="n1", leader_address="127.0.0.1:1", beacon_key=b"k",
+                               is_snapshot=True, snapshot_index=index, snapshot_term=2, serial=serial)
+
+
+def test_chunks_carry_the_head_each_slice_and_where_it_goes() -> None:
+    cut = list(chunks(head(), DATA, 4096))
+    assert [(c.snapshot_offset, len(c.snapshot_data), c.snapshot_size) for c in cut] == [
+        (0, 4096, 10_000), (4096, 4096, 10_000), (8192, 1808, 10_000)]
+    assert b"".join(c.snapshot_data for c in cut) == DATA
+    for chunk in cut:
+        assert in_chunks(chunk)
+        assert (chunk.term, chunk.leader_id, chunk.snapshot_index, chunk.snapshot_term, chunk.serial,
+                chunk.beacon_key) == (3, "n1", 9, 2, 7, b"k")
+
+
+def test_chunks_are_made_as_they_are_taken() -> None:
+    cut = chunks(head(), DATA, 1000)
+    first = next(cut)
+    assert first.snapshot_offset == 0 and len(first.snapshot_data) == 1000
+    assert sum(1 for _ in cut) == 9
+
+
+def test_a_whole_snapshot_is_not_in_chunks() -> None:
+    whole = head()
+    whole.snapshot_data = DATA
+    assert not in_chunks(whole) and not in_chunks(pb.HeartbeatRequest(term=3))
+
+
+def test_the_chunks_put_back_together_are_the_snapshot() -> None:
+    reassembly = Reassembly()
+    cut = list(chunks(head(), DATA, 3000))
+    assert [reassembly.add(c) for c in cut[:-1]] == [None, None, None]
+    assert reassembly.received_bytes == 9000
+    parts = reassembly.add(cut[-1])
+    assert parts is not None and b"".join(parts) == DATA
+    assert reassembly.received_bytes == 0, "the next snapshot starts afresh"
+    again = [reassembly.add(c) for c in chunks(head(serial=8), DATA, 6000)]
+    assert again[0] is None and again[1] is not None and b"".join(again[1]) == DATA
+
+
+@pytest.mark.parametrize("bad, problem", [
+    (lambda c: c.__setattr__("snapshot_offset", 4000), "snapshot_offset"),  # a gap
+    (lambda c: c.__setattr__("serial", 8), "snapshot_offset"),  # another snapshot's chunk
+    (lambda c: c.__setattr__("snapshot_index", 10), "snapshot_offset"),
+    (lambda c: c.__setattr__("snapshot_data", b""), "snapshot_data"),  # no bytes
+    (lambda c: c.__setattr__("snapshot_data", b"x" * 8000), "snapshot_data"),  # past the size
+])
+def test_a_chunk_that_does_not_continue_the_snapshot_is_invalid(
+    bad: Callable[[pb.HeartbeatRequest], None], problem: str
+) -> None:
+    reassembly = Reassembly()
+    cut = list(chunks(head(), DATA, 3000))
+    reassembly.add(cut[0])
+    bad(cut[1])
+    with pytest.raises(InvalidField) as raised:
+        reassembly.add(cut[1])
+    assert raised.value.field == problem, raised.value
+    assert reassembly.received_bytes == 0, "what was under way is dropped"
+    # The leader's next stream starts from the first chunk: that works.
+    parts = [reassembly.add(c) for c in chunks(head(), DATA, 3000)][-1]
+    assert parts is not None and b"".join(parts) == DATA
+
+
+def test_a_chunk_with_no_snapshot_under_way_is_invalid() -> None:
+    with pytest.raises(InvalidField, match="no such snapshot under way"):
+        Reassembly().add(list(chunks(head(), DATA, 3000))[1])
+
+
+def test_a_snapshot_put_back_together_becomes_the_cores_message() -> None:
+    message = beat_from_proto(head(), "n2", 10, snapshot_data=DATA)
+    assert (message.index, message.snapshot_term, message.serial, message.data) == (9, 2, 7, DATA)  # type: ignore[union-attr]
+
+
+async def beats(requests: list[pb.HeartbeatRequest]) -> AsyncIterator[pb.HeartbeatRequest]:
+    for request in requests:
+        yield request
+        await asyncio.sleep(0)
+
+
+async def test_a_stream_steps_a_snapshot_once_whole_and_every_other_beat_as_it_comes() -> None:
+    big = os.urandom(3 << 20)  # past bytes.join's GIL threshold: joined in a thread
+    bare = pb.HeartbeatRequest(term=3, leader_id="n1", prev_index=4, serial=6)
+    stepped: list[tuple[int, bytes | None]] = []
+
+    async def step(request: pb.HeartbeatRequest, snapshot: bytes | None,
+                   reply: Callable[[pb.HeartbeatReply], None]) -> None:
+        stepped.append((request.serial, snapshot))
+        reply(pb.HeartbeatReply(serial=request.serial))
+
+    requests = [bare, *chunks(head(), big, 1 << 20), pb.HeartbeatRequest(term=3, leader_id="n1", serial=8)]
+    refusal: list[Exception] = []
+    replies = [r.serial async for r in answers_as_ready(beats(requests), snapshots_whole(step), refusal)]
+    assert replies == [6, 7, 8] and not refusal, "the chunks are answered once, the snapshot's reply"
+    assert [serial for serial, _ in stepped] == [6, 7, 8]
+    assert stepped[0][1] is None and stepped[1][1] == big and stepped[2][1] is None
+
+
+async def test_a_stream_whose_chunks_do_not_follow_ends_with_the_reason() -> None:
+    stepped: list[int] = []
+
+    async def step(request: pb.HeartbeatRequest, snapshot: bytes | None,
+                   reply: Callable[[pb.HeartbeatReply], None]) -> None:
+        stepped.append(request.serial)
+
+    cut = list(chunks(head(), DATA, 3000))
+    refusal: list[Exception] = []
+    replies = [r async for r in answers_as_ready(beats([cut[0], cut[2]]), snapshots_whole(step), refusal)]
+    assert replies == [] and stepped == []
+    assert isinstance(refusal[0], InvalidField) and refusal[0].field == "snapshot_offset"
