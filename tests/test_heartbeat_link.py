@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from inproc import poll
 from node._proto import distnode_pb2 as pb
 from node.core.limits import MAX_MESSAGE_BYTES, Limits
 from node.core.messages import InstallSnapshot
+from node.core.raftlog import Entry
 from node.server import heartbeats
 from node.server.beatsend import BeatSender
 from node.server.config import NodeConfig
 from node.server.heartbeats import HeartbeatLink
 from node.server.peers import PeerTable
+from node.wire.log import LargeBeat
 
 
 class HeldCall:
@@ -183,3 +186,32 @@ def test_a_leader_sends_a_snapshot_in_chunks_only_where_they_help_and_are_taken(
     cut = list(sent[0])
     assert len(cut) == in_chunks and b"".join(c.snapshot_data for c in cut) == data
     assert all(c.ByteSize() <= limit and c.serial == 4 and c.snapshot_index == 9 for c in cut)
+
+
+async def test_a_beat_with_large_entries_is_framed_off_the_loop_and_keeps_its_turn(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    framed_in: list[int] = []
+    real_frame = LargeBeat.frame
+
+    def frame(beat: LargeBeat) -> bytes:
+        framed_in.append(threading.get_ident())
+        return real_frame(beat)
+
+    monkeypatch.setattr(LargeBeat, "frame", frame)
+    call = HeldCall()
+    link = HeartbeatLink("127.0.0.1:1", Stubs(call), lambda address, reply: None, stale_s=60.0,  # type: ignore[arg-type]
+                         key=b"k" * 32)
+    link.send(beat(3, entries=1), reliable=True)
+    await poll(lambda: link._pending is call, what="the first write to be pending")
+    entries = (Entry(5, 1, "command", b"x" * (2 << 20)),)
+    link.send(LargeBeat(pb.HeartbeatRequest(term=1, leader_id="n1", prev_index=4, prev_term=1), entries))
+    link.send(beat(5, entries=1), reliable=True)
+    call.release.set()
+    await poll(lambda: len(call.written) == 3, what="the three writes")
+    first, large, last = call.written
+    assert isinstance(large, bytes) and framed_in and framed_in[0] != threading.get_ident()
+    parsed = pb.HeartbeatRequest.FromString(large)
+    assert (parsed.prev_index, [e.data for e in parsed.entries], parsed.beacon_key) == (4, [entries[0].data], b"k" * 32)
+    assert (first.prev_index, last.prev_index) == (3, 5), "in the order sent"  # type: ignore[union-attr]
+    link.close()

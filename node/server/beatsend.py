@@ -21,7 +21,7 @@ from node.core.messages import Heartbeat, InstallSnapshot
 from node.server.config import NodeConfig
 from node.server.heartbeats import HeartbeatLinks
 from node.server.peers import PeerTable
-from node.wire.log import beat_to_proto
+from node.wire.log import beat_to_proto, beat_to_wire
 from node.wire.snapshotchunks import CHUNK_BYTES
 
 log = logging.getLogger("distnode")
@@ -43,7 +43,7 @@ class BeatSender:
             return
         if isinstance(message, InstallSnapshot) and not self._fits(message):
             message = Heartbeat(message.src, message.dst, message.term, message.index, message.snapshot_term)
-        request = beat_to_proto(message, self.config.address, self.config.tick_ms)
+        request = beat_to_wire(message, self.config.address, self.config.tick_ms)
         reliable = isinstance(message, InstallSnapshot) or bool(message.entries)
         self.heartbeats.send(message.dst, request, reliable)
 

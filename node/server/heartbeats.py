@@ -31,6 +31,7 @@ from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.server import beacons
 from node.server.beacons import BeaconSender
+from node.wire.log import LargeBeat
 from node.wire.snapshotchunks import chunks
 
 log = logging.getLogger("distnode.heartbeats")
@@ -39,9 +40,10 @@ log = logging.getLogger("distnode.heartbeats")
 OnReply = Callable[[str, pb.HeartbeatReply], None]
 #: Called with (peer address, why) when a stream fails or goes unanswered.
 OnFailure = Callable[[str, str], None]
-Stream = grpc.aio.StreamStreamCall[pb.HeartbeatRequest, pb.HeartbeatReply]
-#: What one write puts on a stream: a beat, or a snapshot's chunks (made as they are written).
-Write = pb.HeartbeatRequest | Iterator[pb.HeartbeatRequest]
+Stream = grpc.aio.StreamStreamCall[pb.HeartbeatRequest | bytes, pb.HeartbeatReply]
+#: What one write puts on a stream: a beat, one with large entries (framed in a thread),
+#: or a snapshot's chunks (made as they are written).
+Write = pb.HeartbeatRequest | LargeBeat | Iterator[pb.HeartbeatRequest]
 #: Beats with entries or a snapshot queued behind a pending write, at most: the leader has
 #: at most replication.MAX_MESSAGES_IN_FLIGHT of them unanswered, and one more is lost as
 #: a dropped message is (sent again after its wait).
@@ -93,10 +95,15 @@ class HeartbeatLink:
         """True while the follower answers every datagram (beats then skip gRPC)."""
         return self._beacon is not None and self._beacon.answering
 
-    def send(self, request: pb.HeartbeatRequest, seq: int = 0, reliable: bool = False) -> None:
+    def send(self, request: pb.HeartbeatRequest | LargeBeat, seq: int = 0, reliable: bool = False) -> None:
         """Send one heartbeat (`request` without key or seq); returns at once. A
         `reliable` one (it carries log entries or a snapshot) takes the stream, or a
         datagram alone if it carries entries that fit and datagrams are answered."""
+        if isinstance(request, LargeBeat):
+            if self.key is not None:
+                request.head.beacon_key = self.key
+            self._send_grpc(request, queue=True)
+            return
         if reliable:
             if self._entries_by_datagram(request, seq):
                 return
@@ -187,8 +194,13 @@ class HeartbeatLink:
 
     async def _write(self, call: Stream, write: Write) -> None:
         try:
-            for request in (write,) if isinstance(write, pb.HeartbeatRequest) else write:
-                await call.write(request)
+            if isinstance(write, LargeBeat):
+                await call.write(await asyncio.to_thread(write.frame))  # off the loop: see LargeBeat
+            elif isinstance(write, pb.HeartbeatRequest):
+                await call.write(write)
+            else:
+                for chunk in write:
+                    await call.write(chunk)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             self._drop(call)
         finally:
@@ -271,7 +283,7 @@ class HeartbeatLinks:
     def link(self, address: str) -> HeartbeatLink | None:
         return self._links.get(address)
 
-    def send(self, address: str, request: pb.HeartbeatRequest, reliable: bool = False) -> None:
+    def send(self, address: str, request: pb.HeartbeatRequest | LargeBeat, reliable: bool = False) -> None:
         link = self._link(address)  # first: a new leadership's first link numbers beats from 1
         self._seq += 1
         link.send(request, self._seq, reliable)

@@ -25,25 +25,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from node._proto import distnode_pb2 as pb
+from node.wire.protowire import LENGTH_DELIMITED, varint
 
 if TYPE_CHECKING:
     import numpy as np
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Node"].full_name
 SUBMIT_METHOD = f"/{SERVICE}/Submit"
-_LENGTH_DELIMITED = 2
 #: Replies up to this size are parsed by protobuf alone (copying the data is
 #: cheaper than walking the fields in Python).
 SMALL_REPLY_BYTES = 4096
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _read_varint(buf: memoryview, pos: int, stop: int) -> tuple[int, int]:
@@ -71,7 +62,7 @@ def _fields(buf: memoryview, start: int, stop: int) -> Iterator[tuple[int, int, 
             _, end = _read_varint(buf, pos, stop)
         elif wire_type == 1:
             end = pos + 8
-        elif wire_type == _LENGTH_DELIMITED:
+        elif wire_type == LENGTH_DELIMITED:
             length, pos = _read_varint(buf, pos, stop)
             end = pos + length
         elif wire_type == 5:
@@ -86,8 +77,8 @@ def _fields(buf: memoryview, start: int, stop: int) -> Iterator[tuple[int, int, 
 
 _RESULT = pb.SubmitReply.DESCRIPTOR.fields_by_name["result"].number
 _DATA = pb.Tensor.DESCRIPTOR.fields_by_name["data"].number
-_RESULT_TAG = _varint(_RESULT << 3 | _LENGTH_DELIMITED)
-_DATA_TAG = _varint(_DATA << 3 | _LENGTH_DELIMITED)
+_RESULT_TAG = varint(_RESULT << 3 | LENGTH_DELIMITED)
+_DATA_TAG = varint(_DATA << 3 | LENGTH_DELIMITED)
 
 
 @dataclass(frozen=True)
@@ -129,9 +120,9 @@ def serialize_submit_reply(reply: SubmitAnswer | pb.SubmitReply | bytes) -> byte
     size = len(reply.data)
     if not size:
         return bytes(head)
-    size_prefix = _varint(size)
+    size_prefix = varint(size)
     tensor_size = len(_DATA_TAG) + len(size_prefix) + size
-    return b"".join((head, _RESULT_TAG, _varint(tensor_size), _DATA_TAG, size_prefix, reply.data))
+    return b"".join((head, _RESULT_TAG, varint(tensor_size), _DATA_TAG, size_prefix, reply.data))
 
 
 def parse_submit_reply(raw: bytes) -> SubmitAnswer:
@@ -157,15 +148,15 @@ def split_submit_reply(raw: bytes) -> SubmitAnswer:
     head: list[bytes | memoryview] = []
     data = view[0:0]
     for number, wire_type, field_start, start, end in _fields(view, 0, len(view)):
-        if number != _RESULT or wire_type != _LENGTH_DELIMITED:
+        if number != _RESULT or wire_type != LENGTH_DELIMITED:
             head.append(view[field_start:end])
             continue
         rest: list[bytes | memoryview] = []
         for inner, inner_type, inner_start, value_start, value_end in _fields(view, start, end):
-            if inner == _DATA and inner_type == _LENGTH_DELIMITED:
+            if inner == _DATA and inner_type == LENGTH_DELIMITED:
                 data = view[value_start:value_end]  # proto3: the last occurrence wins
             else:
                 rest.append(view[inner_start:value_end])
         tensor = b"".join(rest)
-        head += [_RESULT_TAG, _varint(len(tensor)), tensor]
+        head += [_RESULT_TAG, varint(len(tensor)), tensor]
     return SubmitAnswer(pb.SubmitReply.FromString(b"".join(head)), data)

@@ -11,7 +11,7 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.wire.answers import SUBMIT_METHOD, SubmitAnswer, parse_submit_reply
+from node.wire.answers import SERVICE, SUBMIT_METHOD, SubmitAnswer, parse_submit_reply
 
 Metadata = tuple[tuple[str, str], ...]
 M = TypeVar("M", bound=Callable[..., Any])
@@ -29,6 +29,13 @@ def _with(metadata: Metadata | None, call: M) -> M:
     return cast(M, functools.partial(call, metadata=metadata))
 
 
+HEARTBEAT_METHOD = f"/{SERVICE}/Heartbeat"
+
+
+def _beat_bytes(request: pb.HeartbeatRequest | bytes) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
 class NodeStub:
     """The generated asyncio stub, except that `Submit` returns a SubmitAnswer
     (no copy of the result's bytes), `SubmitRelay` the reply's raw bytes, for a
@@ -37,7 +44,15 @@ class NodeStub:
     def __init__(self, channel: grpc.aio.Channel, metadata: Metadata | None = None) -> None:
         generated = pb_grpc.NodeStub(channel)
         self.RequestVote = _with(metadata, generated.RequestVote)
-        self.Heartbeat = _with(metadata, generated.Heartbeat)
+        # A leader's beats with large entries come framed already (log.LargeBeat), so the
+        # stream takes bytes as well as requests.
+        heartbeat: grpc.aio.StreamStreamMultiCallable[pb.HeartbeatRequest | bytes, pb.HeartbeatReply] = (
+            channel.stream_stream(  # type: ignore[call-arg]
+                HEARTBEAT_METHOD, request_serializer=_beat_bytes,
+                response_deserializer=pb.HeartbeatReply.FromString, _registered_method=True,
+            )
+        )
+        self.Heartbeat = _with(metadata, heartbeat)
         self.Compute = _with(metadata, generated.Compute)
         self.Reduce = _with(metadata, generated.Reduce)
         self.Skip = _with(metadata, generated.Skip)
