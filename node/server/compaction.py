@@ -18,8 +18,9 @@ live snapshot in a thread of the journal's writer that no append waits for
 (`LogWriter.aside`, `Journal.write_next_snapshot`). The loop goes on
 serving meanwhile, answering its leader and its clients. Back on the loop,
 once no append is pending, the journal forgets the entries the snapshot
-holds and deletes the segments it covers, and the core's log is compacted
-(`Journal.adopt_snapshot`). Written on the loop, a snapshot of 75 MB held
+holds and the segments it covers, and the core's log is compacted
+(`Journal.adopt_snapshot`); the segments are deleted in that thread again
+(`Journal.delete_covered`). Written on the loop, a snapshot of 75 MB held
 it 230-530 ms, and its peers declared it dead.
 
 A snapshot that the leader sent meanwhile (a follower that fell behind)
@@ -141,6 +142,7 @@ class Compactor:
             self._superseded()
             return
         self._election.compact(snapshot.index, snapshot.data)
+        self._writer.aside(self._journal.delete_covered)
         self._snapshot_bytes = len(snapshot.data)
         self._counted = self._failures = 0
 

@@ -134,6 +134,11 @@ class Journal:
         self._snapshot_on_disk = 0
         self._first_seq_on_disk = 0
         self._replacing = threading.Lock()
+        #: Segments an adopted snapshot covers, oldest first, still to delete (`delete_covered`):
+        #: the event loop adds to them, a thread deletes them, one thread at a time.
+        self._covered: list[Path] = []
+        self._covering = threading.Lock()
+        self._deleting = threading.Lock()
 
     # ---- opening --------------------------------------------------------------
 
@@ -253,6 +258,7 @@ class Journal:
             replace_durably(self.dir / SNAPSHOT_FILE, _snapshot_header(snapshot, first_seq), snapshot.data)
             self._snapshot_on_disk, self._first_seq_on_disk = snapshot.index, first_seq
         self._adopted(snapshot, keep_log)
+        self.delete_covered()  # in the journal's thread already
 
     def write_next_snapshot(self, snapshot: Snapshot) -> bool:
         """Write `snapshot` (this node's own: its log kept) and rename it over the live one;
@@ -278,8 +284,10 @@ class Journal:
         return True
 
     def adopt_snapshot(self, snapshot: Snapshot) -> bool:
-        """`write_next_snapshot` put `snapshot` on disk: forget the entries it holds and delete
-        the segments it covers. False if memory has moved past it (a leader's snapshot)."""
+        """`write_next_snapshot` put `snapshot` on disk: forget the entries it holds and the
+        segments it covers, which `delete_covered` deletes (in a thread: the unlink of a
+        segment of large entries took the loop 40-60 ms here). False if memory has moved past
+        it (a leader's snapshot)."""
         if snapshot.index <= self.snapshot.index or self.log.term_at(snapshot.index) != snapshot.term:
             return False
         self._adopted(snapshot, keep_log=True)
@@ -295,13 +303,25 @@ class Journal:
         # Oldest first, and only while a whole segment is covered: a later segment may
         # cut entries of an earlier one, so none is dropped from the middle.
         while len(self._segments) > 1 and (not keep_log or self._segments[0].last_index <= snapshot.index):
-            try:
-                self._segments[0].path.unlink(missing_ok=True)
-            except OSError as exc:  # the snapshot stands; a covered segment only costs its space
-                log.warning("cannot delete %s, which the snapshot covers: %s; trying again at the next one",
-                            self._segments[0].path, exc)
-                break
-            self._segments.pop(0)
+            with self._covering:
+                self._covered.append(self._segments.pop(0).path)
+
+    def delete_covered(self) -> None:
+        """Delete the segments adopted snapshots cover, oldest first. One that cannot be
+        deleted stops the rest, and they are tried again at the next snapshot: the snapshot
+        stands, a covered segment only costs its space (a start replays and drops it)."""
+        with self._deleting:
+            with self._covering:
+                covered, self._covered = self._covered, []
+            for number, path in enumerate(covered):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("cannot delete %s, which the snapshot covers: %s; "
+                                "trying again at the next one", path, exc)
+                    with self._covering:
+                        self._covered[:0] = covered[number:]
+                    return
 
     def disk_bytes(self) -> int:
         """The journal's files' sizes; read on the event loop while the writer thread may be
