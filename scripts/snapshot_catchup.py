@@ -59,11 +59,14 @@ def one_round(tree: Path, workdir: Path) -> dict[str, Any]:
         os.chdir(here)
     probe = None
     try:
-        leader = cluster.wait_for_leader()
+        cluster.wait_for_leader()
         for _ in range(4):
             job_id = cluster.client.submit(op="sum", source="npy:vec.npy", axis=0, detach=True)
             cluster.client.result(job_id, wait=60)
+        leader = cluster.wait_for_leader()  # now: the leader may have changed during the jobs
         term = cluster.status().term
+        if cluster.status().leader != leader:
+            raise RuntimeError("the leader changed while the round began; run it again")
         victim = next(n for n in cluster.ids if n != leader)
         other = next(n for n in cluster.ids if n not in (leader, victim))
         probe = Probe({n: a for n, a in zip(cluster.ids, cluster.addresses, strict=True)})

@@ -129,7 +129,7 @@ async def test_a_snapshot_in_chunks_is_one_write_that_entries_wait_behind() -> N
     link.close()
 
 
-async def test_a_link_knows_its_follower_takes_chunks_from_its_replies_until_the_stream_drops() -> None:
+async def test_a_link_trusts_its_follower_with_chunks_only_while_its_last_reply_says_so() -> None:
     call = AnsweringCall()
     call.release.set()
     link = HeartbeatLink("127.0.0.1:1", Stubs(call), lambda address, reply: None, stale_s=60.0)  # type: ignore[arg-type]
@@ -140,8 +140,19 @@ async def test_a_link_knows_its_follower_takes_chunks_from_its_replies_until_the
     link.send(beat(0))
     call.replies.put_nowait(pb.HeartbeatReply(term=1, node_id="n2", takes_snapshot_chunks=True))
     await poll(lambda: link.takes_chunks, what="the reply that says so")
+    link.send(beat(0))
+    call.replies.put_nowait(pb.HeartbeatReply(term=1, node_id="n2"))  # restarted as an earlier version
+    await poll(lambda: not link.takes_chunks, what="the reply that does not")
+    link._on_beacon_reply(pb.HeartbeatReply(term=1, node_id="n2", takes_snapshot_chunks=True))  # by UDP
+    assert link.takes_chunks
+    link._on_beacon_reply(pb.HeartbeatReply(term=1, node_id="n2"))
+    assert not link.takes_chunks
+    link._on_beacon_reply(pb.HeartbeatReply(term=1, node_id="n2", takes_snapshot_chunks=True))
     link.close_stream()  # the follower may come back as another version
     assert not link.takes_chunks
+    link.takes_chunks = True
+    link.send(beat(0))  # a new stream: not trusted before it says so
+    assert link._call is not None and not link.takes_chunks
     link.close()
 
 

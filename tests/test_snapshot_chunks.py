@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from node._proto import distnode_pb2 as pb
+from node.core.messages import Heartbeat, InstallSnapshot
 from node.errors import InvalidField
 from node.server.beatstream import answers_as_ready, snapshots_whole
 from node.wire.log import beat_from_proto
-from node.wire.snapshotchunks import Reassembly, chunks, in_chunks
+from node.wire.snapshotchunks import Reassembly, as_snapshot, chunks, in_chunks
 
 DATA = os.urandom(10_000)
 
@@ -32,6 +33,16 @@ def test_chunks_carry_the_head_each_slice_and_where_it_goes() -> None:
         assert in_chunks(chunk)
         assert (chunk.term, chunk.leader_id, chunk.snapshot_index, chunk.snapshot_term, chunk.serial,
                 chunk.beacon_key) == (3, "n1", 9, 2, 7, b"k")
+
+
+def test_a_node_that_does_not_know_chunks_reads_one_as_a_bare_beat_not_a_snapshot() -> None:
+    """A chunk that reached a node of an earlier version (downgraded between two replies)
+    must not be installed there as the whole snapshot: it reads a bare AppendEntries whose
+    previous entry is the snapshot's last, which it answers truly."""
+    for chunk in chunks(head(), DATA, 3000):
+        message = beat_from_proto(chunk, "n2", 10)  # what that node's parser makes of it
+        assert isinstance(message, Heartbeat) and not isinstance(message, InstallSnapshot)
+        assert (message.prev_index, message.prev_term, message.entries, message.commit) == (9, 2, (), 0)
 
 
 def test_chunks_are_made_as_they_are_taken() -> None:
@@ -88,8 +99,10 @@ def test_a_chunk_with_no_snapshot_under_way_is_invalid() -> None:
 
 
 def test_a_snapshot_put_back_together_becomes_the_cores_message() -> None:
-    message = beat_from_proto(head(), "n2", 10, snapshot_data=DATA)
-    assert (message.index, message.snapshot_term, message.serial, message.data) == (9, 2, 7, DATA)  # type: ignore[union-attr]
+    last = list(chunks(head(), DATA, 3000))[-1]
+    message = beat_from_proto(as_snapshot(last), "n2", 10, snapshot_data=DATA)
+    assert isinstance(message, InstallSnapshot)
+    assert (message.index, message.snapshot_term, message.serial, message.data) == (9, 2, 7, DATA)
 
 
 async def beats(requests: list[pb.HeartbeatRequest]) -> AsyncIterator[pb.HeartbeatRequest]:
@@ -106,6 +119,8 @@ async def test_a_stream_steps_a_snapshot_once_whole_and_every_other_beat_as_it_c
     async def step(request: pb.HeartbeatRequest, snapshot: bytes | None,
                    reply: Callable[[pb.HeartbeatReply], None]) -> None:
         stepped.append((request.serial, snapshot))
+        message = beat_from_proto(request, "n2", 10, snapshot)
+        assert isinstance(message, InstallSnapshot) == (snapshot is not None)
         reply(pb.HeartbeatReply(serial=request.serial))
 
     requests = [bare, *chunks(head(), big, 1 << 20), pb.HeartbeatRequest(term=3, leader_id="n1", serial=8)]

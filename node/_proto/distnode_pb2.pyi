@@ -167,8 +167,10 @@ class HeartbeatRequest(_message.Message):
     bytes, and where in it this message's `snapshot_data` begins. The chunks of
     one snapshot follow one another on one stream, each a message with the same
     term, snapshot_index, snapshot_term and serial; only the last is answered.
-    0: `snapshot_data` is the whole snapshot. Sent only to a follower whose
-    replies say `takes_snapshot_chunks`.
+    A chunk is not `is_snapshot`, and its prev_index and prev_term are the
+    snapshot's last entry: a node that does not know these fields reads a bare
+    beat. 0: no chunk. Sent only to a follower whose last reply said
+    `takes_snapshot_chunks`.
     """
     snapshot_offset: _builtins.int
     @_builtins.property

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from node._proto import distnode_pb2 as pb
-from node.wire.snapshotchunks import Reassembly, in_chunks
+from node.wire.snapshotchunks import Reassembly, as_snapshot, in_chunks
 
 Reply = Callable[[pb.HeartbeatReply], None]
 #: Admits and steps one beat; calls its second argument with the reply, at once or later.
@@ -65,6 +65,7 @@ def snapshots_whole(step: StepWhole) -> Step:
                 return
             # bytes.join drops the GIL past a MiB: in a thread, 42 MB cost the loop ~nothing.
             snapshot = await asyncio.to_thread(b"".join, parts) if len(parts) > 1 else parts[0]
+            request = as_snapshot(request)
         await step(request, snapshot, reply)
 
     return each

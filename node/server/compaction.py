@@ -142,7 +142,7 @@ class Compactor:
             self._superseded()
             return
         self._election.compact(snapshot.index, snapshot.data)
-        self._writer.aside(self._journal.delete_covered)
+        self._writer.aside(self._journal.delete_covered).add_done_callback(_said)
         self._snapshot_bytes = len(snapshot.data)
         self._counted = self._failures = 0
 
@@ -161,3 +161,9 @@ class Compactor:
         self._applied_bytes += self._counted
         self._counted = 0
         self._retry_at = time.monotonic() + wait_s
+
+
+def _said(deleting: asyncio.Future[None]) -> None:
+    """A deletion that failed in a way `delete_covered` does not expect is said, not lost."""
+    if not deleting.cancelled() and deleting.exception() is not None:
+        log.error("deleting the segments a snapshot covers failed", exc_info=deleting.exception())

@@ -72,8 +72,8 @@ class HeartbeatLink:
         self._pending: Stream | None = None
         #: Beats with entries or a snapshot waiting for that write, oldest first.
         self._queued: collections.deque[Write] = collections.deque()
-        #: Whether the follower said it takes snapshots in chunks (in any reply since the
-        #: stream opened: a follower that restarted may run another version).
+        #: Whether the follower's last reply said it takes snapshots in chunks (each reply
+        #: says, by UDP or on the stream: a follower that restarted may run another version).
         self.takes_chunks = False
         self._writers: set[asyncio.Task[None]] = set()
         #: When the oldest gRPC beat still unanswered was written.
@@ -159,7 +159,7 @@ class HeartbeatLink:
             beacon.close()  # closed while connecting
 
     def _on_beacon_reply(self, reply: pb.HeartbeatReply) -> None:
-        self.takes_chunks = self.takes_chunks or reply.takes_snapshot_chunks
+        self.takes_chunks = reply.takes_snapshot_chunks
         if self._beacon is not None and self._beacon.last_rtt_s is not None:
             self.on_rtt(self._beacon.last_rtt_s)
         self.on_reply(self.address, reply)
@@ -189,6 +189,7 @@ class HeartbeatLink:
     def _open(self) -> Stream:
         call = self._call = self.stubs.stub(self.address).Heartbeat()
         self._unanswered_since_s = None  # a new stream is judged from its first write
+        self.takes_chunks = False  # nor trusted with chunks before it says so
         self._reader = asyncio.get_running_loop().create_task(self._read(call))
         return call
 
@@ -215,7 +216,7 @@ class HeartbeatLink:
                 if self._unanswered_since_s is not None:  # from the oldest beat still unanswered
                     self.on_rtt(time.monotonic() - self._unanswered_since_s)
                 self._unanswered_since_s = None
-                self.takes_chunks = self.takes_chunks or reply.takes_snapshot_chunks
+                self.takes_chunks = reply.takes_snapshot_chunks
                 self.on_reply(self.address, reply)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.CANCELLED:  # cancelled: closed by us

@@ -258,7 +258,7 @@ class Journal:
             replace_durably(self.dir / SNAPSHOT_FILE, _snapshot_header(snapshot, first_seq), snapshot.data)
             self._snapshot_on_disk, self._first_seq_on_disk = snapshot.index, first_seq
         self._adopted(snapshot, keep_log)
-        self.delete_covered()  # in the journal's thread already
+        self.delete_covered(wait=False)  # in the journal's thread already; appends wait for it
 
     def write_next_snapshot(self, snapshot: Snapshot) -> bool:
         """Write `snapshot` (this node's own: its log kept) and rename it over the live one;
@@ -306,11 +306,14 @@ class Journal:
             with self._covering:
                 self._covered.append(self._segments.pop(0).path)
 
-    def delete_covered(self) -> None:
+    def delete_covered(self, wait: bool = True) -> None:
         """Delete the segments adopted snapshots cover, oldest first. One that cannot be
         deleted stops the rest, and they are tried again at the next snapshot: the snapshot
-        stands, a covered segment only costs its space (a start replays and drops it)."""
-        with self._deleting:
+        stands, a covered segment only costs its space (a start replays and drops it).
+        Without `wait`, nothing is done while another thread deletes (the next call will)."""
+        if not self._deleting.acquire(blocking=wait):
+            return
+        try:
             with self._covering:
                 covered, self._covered = self._covered, []
             for number, path in enumerate(covered):
@@ -322,12 +325,16 @@ class Journal:
                     with self._covering:
                         self._covered[:0] = covered[number:]
                     return
+        finally:
+            self._deleting.release()
 
     def disk_bytes(self) -> int:
         """The journal's files' sizes; read on the event loop while the writer thread may be
         replacing the snapshot and deleting the segments it covers."""
         total = 0
-        for path in [s.path for s in list(self._segments)] + [self.dir / SNAPSHOT_FILE]:
+        with self._covering:
+            covered = list(self._covered)  # still on disk until deleted
+        for path in [*covered, *[s.path for s in list(self._segments)], self.dir / SNAPSHOT_FILE]:
             with contextlib.suppress(FileNotFoundError):
                 total += path.stat().st_size
         return total

@@ -13,8 +13,13 @@ The chunks of one snapshot are consecutive messages on one stream (heartbeats.py
 them as one write), each the same request with its own `snapshot_offset` and slice of
 the data, and `snapshot_size` the whole. The follower answers only the last: the core
 sees one InstallSnapshot, as it would a whole one. A leader sends chunks only to a
-follower whose replies say `takes_snapshot_chunks`; a snapshot no larger than a chunk,
-and any to a follower that has not said so (a node of an earlier version), goes whole.
+follower whose last reply said `takes_snapshot_chunks`; a snapshot no larger than a
+chunk, and any to a follower that has not said so (a node of an earlier version), goes
+whole. Should chunks reach a node of an earlier version all the same (one downgraded
+between its replies), none of them reads as a snapshot there: a chunk is not
+`is_snapshot`, and its `prev_index` and `prev_term` are the snapshot's last entry, so
+such a node reads a bare AppendEntries and answers truly whether its log holds that
+entry (Raft's log matching: then it holds all before it).
 
 A chunk that does not continue the snapshot under way on its stream (another snapshot's,
 a gap, more bytes than the size said) is INVALID_ARGUMENT: it ends that stream, and the
@@ -44,13 +49,23 @@ def chunks(
     for offset in range(0, len(data), chunk_bytes):
         request = pb.HeartbeatRequest()
         request.CopyFrom(head)
+        request.is_snapshot = False  # see above: to an earlier version, a bare beat
+        request.prev_index, request.prev_term = head.snapshot_index, head.snapshot_term
         request.snapshot_size, request.snapshot_offset = len(data), offset
         request.snapshot_data = bytes(view[offset:offset + chunk_bytes])
         yield request
 
 
 def in_chunks(request: pb.HeartbeatRequest) -> bool:
-    return request.is_snapshot and request.snapshot_size > 0
+    return request.snapshot_size > 0
+
+
+def as_snapshot(request: pb.HeartbeatRequest) -> pb.HeartbeatRequest:
+    """A snapshot's last chunk made its InstallSnapshot's request (the data goes beside it)."""
+    request.is_snapshot = True
+    request.prev_index = request.prev_term = 0
+    request.snapshot_data = b""
+    return request
 
 
 class Reassembly:

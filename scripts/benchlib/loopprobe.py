@@ -17,6 +17,9 @@ class Probe:
     def __init__(self, addresses: dict[str, str]) -> None:
         self.longest_s = dict.fromkeys(addresses, 0.0)
         self.calls = dict.fromkeys(addresses, 0)
+        #: Bumped by `reset`: a call begun before it counts for no window.
+        self._generation = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(node_id, address), daemon=True)
                          for node_id, address in addresses.items()]
@@ -35,19 +38,23 @@ class Probe:
             with grpc.insecure_channel(address) as channel:
                 stub = pb_grpc.NodeStub(channel)
                 while not self._stop.is_set():
-                    started = time.monotonic()
+                    started, generation = time.monotonic(), self._generation
                     try:
                         stub.Status(pb.StatusRequest(), timeout=10)
                     except grpc.RpcError:
                         time.sleep(PROBE_S)  # restarting: nothing to measure
                         break
-                    self.longest_s[node_id] = max(self.longest_s[node_id], time.monotonic() - started)
-                    self.calls[node_id] += 1
+                    with self._lock:
+                        if generation == self._generation:
+                            self.longest_s[node_id] = max(self.longest_s[node_id], time.monotonic() - started)
+                            self.calls[node_id] += 1
                     time.sleep(PROBE_S)
 
     def reset(self) -> None:
-        for node_id in self.longest_s:
-            self.longest_s[node_id], self.calls[node_id] = 0.0, 0
+        with self._lock:
+            self._generation += 1
+            for node_id in self.longest_s:
+                self.longest_s[node_id], self.calls[node_id] = 0.0, 0
 
     def close(self) -> None:
         self._stop.set()
