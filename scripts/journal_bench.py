@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import print_json  # noqa: E402
+from benchlib import print_json, turn_order  # noqa: E402
 
 from node import AsyncClient, Client, LocalCluster  # noqa: E402
 from node.testing.ports import free_ports  # noqa: E402
@@ -117,7 +117,7 @@ def client_main(spec_path: str) -> None:
         # Latency first, each cluster in turn, then throughput in the reverse order, so no
         # latency phase follows its own cluster's throughput phase: a cluster that just ran
         # thousands of jobs is still replicating and applying their records for a while.
-        order = names if round_ % 2 == 0 else names[::-1]
+        order = turn_order(names, round_)
         row: dict[str, Any] = {}
         for name in order:
             latencies = []

@@ -32,7 +32,6 @@ after every such job; each stalled its peers' view of it and its clients
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import sys
@@ -45,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import compile_tree, print_json  # noqa: E402
+from benchlib import compile_tree, in_tree, print_json, turn_order  # noqa: E402
 from benchlib.loopprobe import Probe  # noqa: E402
 
 LATE = re.compile(r"the clock woke (\d+) ms late")
@@ -55,12 +54,8 @@ def run(tree: Path, jobs: int, workdir: Path) -> dict[str, Any]:
     from node import LocalCluster
     from node.errors import ClusterUnavailable, JobPending
 
-    here = os.getcwd()
-    os.chdir(tree)  # the daemons start in the tree's folder: `python -m cli` is its own
-    try:
+    with in_tree(tree):
         cluster = LocalCluster(nodes=3, workdir=workdir / "nodes", data_root=workdir).start()
-    finally:
-        os.chdir(here)
     probe = None
     try:
         first = cluster.status()
@@ -135,7 +130,7 @@ def main() -> int:
         compile_tree(tree)
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     for number in range(args.rounds):
-        for name in list(trees) if number % 2 == 0 else list(trees)[::-1]:
+        for name in turn_order(list(trees), number):
             with tempfile.TemporaryDirectory(prefix="distnode-large-answers-") as tmp:
                 workdir = Path(tmp)
                 np.save(workdir / "vec.npy", np.random.default_rng(7).random((3, args.cols)))

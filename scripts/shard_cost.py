@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import print_json  # noqa: E402
+from benchlib import print_json, turn_order  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
 
 #: (label, op, kernel, bins)
@@ -97,7 +97,7 @@ def main() -> int:
         source = write_big(args.n, workdir) if args.source is None else args.source
         names = list(trees)
         for number in range(args.rounds):
-            for name in names if number % 2 == 0 else names[::-1]:
+            for name in turn_order(names, number):
                 for label, ms in one_pass(trees[name], source, workdir, jobs).items():
                     times[name][label].append(ms)
     result: dict[str, Any] = {"source": source, "rounds": args.rounds}

@@ -25,7 +25,6 @@ other followers' election timers ran out.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import compile_tree, print_json  # noqa: E402
+from benchlib import compile_tree, in_tree, print_json, turn_order  # noqa: E402
 from benchlib.loopprobe import Probe  # noqa: E402
 
 #: How long the snapshot may take to reach the follower's disk before the round fails.
@@ -51,12 +50,8 @@ def one_round(tree: Path, workdir: Path) -> dict[str, Any]:
     whether the leader and term held."""
     from node import LocalCluster
 
-    here = os.getcwd()
-    os.chdir(tree)  # `python -m cli` is the tree's own
-    try:
+    with in_tree(tree):
         cluster = LocalCluster(nodes=3, workdir=workdir / "nodes", data_root=workdir).start()
-    finally:
-        os.chdir(here)
     probe = None
     try:
         cluster.wait_for_leader()
@@ -72,11 +67,8 @@ def one_round(tree: Path, workdir: Path) -> dict[str, Any]:
         probe = Probe({n: a for n, a in zip(cluster.ids, cluster.addresses, strict=True)})
         cluster.kill(victim)
         (workdir / "nodes" / victim / "journal").rename(workdir / "journal-aside")
-        os.chdir(tree)
-        try:
+        with in_tree(tree):
             cluster.restart(victim)
-        finally:
-            os.chdir(here)
         probe.reset()
         snapshot = workdir / "nodes" / victim / "journal" / "snapshot"
         deadline = time.monotonic() + CATCH_UP_S
@@ -114,7 +106,7 @@ def main() -> int:
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     try:
         for number in range(args.rounds):
-            for name in list(trees) if number % 2 == 0 else list(trees)[::-1]:
+            for name in turn_order(list(trees), number):
                 with tempfile.TemporaryDirectory(prefix="snapshot-catchup-") as scratch:
                     workdir = Path(scratch)
                     np.save(workdir / "vec.npy", np.random.default_rng(3).random((3, 1_000_000)))

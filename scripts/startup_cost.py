@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import compile_tree, print_json  # noqa: E402
+from benchlib import compile_tree, print_json, turn_order  # noqa: E402
 
 #: Run in each tree's folder: start a cluster, print its start-up times as JSON.
 START = r"""
@@ -78,10 +78,10 @@ def measure(trees: dict[str, Path], rounds: int, nodes: int, cli_runs: int) -> d
     starts: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     names = list(trees)
     for run in range(cli_runs):
-        for name in names if run % 2 == 0 else names[::-1]:
+        for name in turn_order(names, run):
             cli[name].append(cli_cpu_ms(trees[name]))
     for number in range(rounds):
-        for name in names if number % 2 == 0 else names[::-1]:
+        for name in turn_order(names, number):
             starts[name].append(start_times(trees[name], nodes))
             print(f"round {number + 1}: {name} {starts[name][-1]}", file=sys.stderr, flush=True)
     found: dict[str, Any] = {"nodes": nodes, "rounds": rounds, "cli_runs": cli_runs}

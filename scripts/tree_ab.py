@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_peers.peerdata import percentile  # noqa: E402
-from benchlib import compile_tree, print_json  # noqa: E402
+from benchlib import compile_tree, in_tree, print_json, turn_order  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
 
 SMALL_SOURCE = "range:n=1000"
@@ -132,12 +132,10 @@ def compare(
 
     clusters: dict[str, Any] = {}
     spinners: list[subprocess.Popen[bytes]] = []
-    here = os.getcwd()
     try:
         for name, tree in trees.items():
-            os.chdir(tree)  # the daemons start in the tree's folder: `python -m cli` is its own
-            clusters[name] = LocalCluster(nodes=3, data_root=workdir).start()
-        os.chdir(here)
+            with in_tree(tree):
+                clusters[name] = LocalCluster(nodes=3, data_root=workdir).start()
         if job.get("source") == SMALL_SOURCE:
             return compare_small(trees, clusters, rounds, reps)
         if job.get("throughput"):
@@ -155,13 +153,12 @@ def compare(
         names = list(trees)
         for number in range(rounds):
             medians = {}
-            for name in names if number % 2 == 0 else names[::-1]:
+            for name in turn_order(names, number):
                 elapsed = timed_turn(clusters[name], job, reps, turn_s)
                 times[name].extend(elapsed)
                 medians[name] = statistics.median(elapsed)
             ratios.append(medians["after"] / medians["before"])
     finally:
-        os.chdir(here)
         for cluster in clusters.values():
             cluster.close()
         for spinning in spinners:
@@ -222,7 +219,7 @@ def compare_throughput(
     names = list(trees)
     for number in range(rounds):
         turn = {name: throughput_turn(trees[name], clusters[name], seconds)
-                for name in (names if number % 2 == 0 else names[::-1])}
+                for name in turn_order(names, number)}
         for name, rate in turn.items():
             rates[name].append(rate)
         ratios.append(turn["after"] / turn["before"])
@@ -246,7 +243,7 @@ def compare_small(trees: dict[str, Path], clusters: dict[str, Any], rounds: int,
     names = list(trees)
     for number in range(rounds):
         turn = {}
-        for name in names if number % 2 == 0 else names[::-1]:
+        for name in turn_order(names, number):
             turn[name] = small_turn(trees[name], clusters[name], reps)
             times[name].extend(turn[name])
         for label, q in (("p50", 50), ("p99", 99)):

@@ -19,12 +19,16 @@ the JSON, so `--render-from` rebuilds the page without measuring.
 from __future__ import annotations
 
 import compileall
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -58,3 +62,20 @@ def compile_tree(root: Path) -> None:
     """
     for package in ("node", "cli"):
         compileall.compile_dir(str(root / package), quiet=1)
+
+
+def turn_order(names: list[T], number: int) -> list[T]:
+    """Round `number`'s order of two or more trees (or clusters) compared in interleaved
+    rounds: as given, reversed every other round, so the host's drift lands on all alike."""
+    return names if number % 2 == 0 else names[::-1]
+
+
+@contextlib.contextmanager
+def in_tree(tree: Path) -> Iterator[None]:
+    """Daemons started meanwhile start in `tree`'s folder, so `python -m cli` runs its code."""
+    here = os.getcwd()
+    os.chdir(tree)
+    try:
+        yield
+    finally:
+        os.chdir(here)
