@@ -100,16 +100,12 @@ class HeartbeatLink:
         `reliable` one (it carries log entries or a snapshot) takes the stream, or a
         datagram alone if it carries entries that fit and datagrams are answered."""
         if isinstance(request, LargeBeat):
-            if self.key is not None:
-                request.head.beacon_key = self.key
+            self._keyed(request.head)
             self._send_grpc(request, queue=True)
             return
         if reliable:
-            if self._entries_by_datagram(request, seq):
-                return
-            if self.key is not None:
-                request.beacon_key = self.key
-            self._send_grpc(request, queue=True)
+            if not self._entries_by_datagram(request, seq):
+                self._send_grpc(self._keyed(request), queue=True)
             return
         on_udp = self.on_udp
         if on_udp and not self._logged_udp:
@@ -125,16 +121,18 @@ class HeartbeatLink:
             self._unanswered_since_s = None  # the stream idles; judge it afresh when next used
             return
         request.seq = 0
-        if self.key is not None:
-            request.beacon_key = self.key
-        self._send_grpc(request)
+        self._send_grpc(self._keyed(request))
 
     def send_chunks(self, head: pb.HeartbeatRequest, data: bytes, chunk_bytes: int) -> None:
         """Send a snapshot in chunks of `chunk_bytes` (`head`: its request without the data)
         on the stream, as one write: made one at a time, so the loop serves between them."""
+        self._send_grpc(chunks(self._keyed(head), data, chunk_bytes), queue=True)
+
+    def _keyed(self, request: pb.HeartbeatRequest) -> pb.HeartbeatRequest:
+        """`request` with the term's beacon key: for the stream, never a datagram."""
         if self.key is not None:
-            head.beacon_key = self.key
-        self._send_grpc(chunks(head, data, chunk_bytes), queue=True)
+            request.beacon_key = self.key
+        return request
 
     def _entries_by_datagram(self, request: pb.HeartbeatRequest, seq: int) -> bool:
         """Send `request` (entries, not a snapshot) as a datagram if allowed; True if sent."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from node._proto import distnode_pb2 as pb
-from node.wire.protowire import LENGTH_DELIMITED, varint
+from node.wire.protowire import LENGTH_DELIMITED, delimited_key, varint
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,8 +77,8 @@ def _fields(buf: memoryview, start: int, stop: int) -> Iterator[tuple[int, int, 
 
 _RESULT = pb.SubmitReply.DESCRIPTOR.fields_by_name["result"].number
 _DATA = pb.Tensor.DESCRIPTOR.fields_by_name["data"].number
-_RESULT_TAG = varint(_RESULT << 3 | LENGTH_DELIMITED)
-_DATA_TAG = varint(_DATA << 3 | LENGTH_DELIMITED)
+_RESULT_TAG = delimited_key(_RESULT)
+_DATA_TAG = delimited_key(_DATA)
 
 
 @dataclass(frozen=True)
