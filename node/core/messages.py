@@ -67,6 +67,11 @@ class Heartbeat:
     #: not numbered (a leader of an earlier version). Not part of what the message says.
     serial: int = field(default=0, compare=False)
 
+    @property
+    def carried_bytes(self) -> int:
+        """The bytes of the entries' data: what the message weighs in a queue or on the wire."""
+        return sum(len(entry.data) for entry in self.entries)
+
 
 @dataclass(frozen=True)
 class HeartbeatResponse:
@@ -95,6 +100,11 @@ class InstallSnapshot:
     data: bytes
     #: As Heartbeat.serial.
     serial: int = field(default=0, compare=False)
+
+    @property
+    def carried_bytes(self) -> int:
+        """As Heartbeat.carried_bytes: the snapshot's."""
+        return len(self.data)
 
 
 Message: TypeAlias = VoteRequest | VoteResponse | Heartbeat | HeartbeatResponse | InstallSnapshot

@@ -164,7 +164,7 @@ class ElectionDriver:
         counts are durable (a refusal if a write failed), or at once (`_answer_writing`)."""
         if self.gate.closed:
             if not self._answer_writing(beat, answer):
-                self.gate.defer(functools.partial(self.heartbeat, beat, answer), _carried_bytes(beat))
+                self.gate.defer(functools.partial(self.heartbeat, beat, answer), beat.carried_bytes)
             return
         leader_id, term = beat.src, beat.term
         response = self._step_request(beat, HeartbeatResponse)
@@ -443,7 +443,3 @@ class ElectionDriver:
         self.catch_up()
         return peer_view(self.election, self.peers, self.config, self.leader_address, self.disk_error)
 
-
-def _carried_bytes(beat: Heartbeat | InstallSnapshot) -> int:
-    """The bytes of entries or snapshot a beat holds while it waits at the gate."""
-    return len(beat.data) if isinstance(beat, InstallSnapshot) else sum(len(e.data) for e in beat.entries)

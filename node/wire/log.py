@@ -57,7 +57,7 @@ def beat_to_wire(
     message: Heartbeat | InstallSnapshot, leader_address: str, tick_ms: int
 ) -> pb.HeartbeatRequest | LargeBeat:
     """`beat_to_proto`, or a LargeBeat where the entries carry LARGE_ENTRIES_BYTES or more."""
-    if isinstance(message, Heartbeat) and sum(len(e.data) for e in message.entries) >= LARGE_ENTRIES_BYTES:
+    if isinstance(message, Heartbeat) and message.carried_bytes >= LARGE_ENTRIES_BYTES:
         head = beat_to_proto(dataclasses.replace(message, entries=()), leader_address, tick_ms)
         return LargeBeat(head, message.entries)
     return beat_to_proto(message, leader_address, tick_ms)
