@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import compile_tree, in_tree, print_json, turn_order  # noqa: E402
+from benchlib import add_tree_options, in_tree, print_json, trees_compared, turn_order  # noqa: E402
 from benchlib.loopprobe import Probe  # noqa: E402
 
 #: How long the snapshot may take to reach the follower's disk before the round fails.
@@ -91,17 +91,14 @@ def one_round(tree: Path, workdir: Path) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ref", type=Path, required=True, help="the tree before (unpacked)")
-    parser.add_argument("--after", type=Path, default=ROOT, help="the tree after (default: this one)")
+    add_tree_options(parser, ROOT)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--busy", type=int, default=0, help="processes spinning for the whole run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     import numpy as np
 
-    trees = {"before": args.ref.resolve(), "after": args.after.resolve()}
-    for tree in trees.values():
-        compile_tree(tree)
+    trees = trees_compared(args)
     spinners = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"]) for _ in range(args.busy)]
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     try:

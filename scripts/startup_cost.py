@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import compile_tree, print_json, turn_order  # noqa: E402
+from benchlib import add_tree_options, print_json, trees_compared, turn_order  # noqa: E402
 
 #: Run in each tree's folder: start a cluster, print its start-up times as JSON.
 START = r"""
@@ -99,8 +99,7 @@ def measure(trees: dict[str, Path], rounds: int, nodes: int, cli_runs: int) -> d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--ref", type=Path, required=True, help="the tree to compare against")
-    parser.add_argument("--after", type=Path, default=ROOT, help="the tree measured (default: this one)")
+    add_tree_options(parser, ROOT)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--cli-runs", type=int, default=16)
@@ -108,9 +107,7 @@ def main() -> int:
     parser.add_argument("--as-is", action="store_true",
                         help="do not byte-compile the trees first (to measure what compiling saves)")
     args = parser.parse_args()
-    trees = {"before": args.ref.resolve(), "after": args.after.resolve()}
-    for tree in trees.values() if not args.as_is else ():
-        compile_tree(tree)  # as installed: neither tree pays the compiler
+    trees = trees_compared(args, compiled=not args.as_is)
     print_json(measure(trees, args.rounds, args.nodes, args.cli_runs), args.json)
     return 0
 

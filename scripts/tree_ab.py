@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_peers.peerdata import percentile  # noqa: E402
-from benchlib import compile_tree, in_tree, print_json, turn_order  # noqa: E402
+from benchlib import add_tree_options, in_tree, print_json, trees_compared, turn_order  # noqa: E402
 from cpu_per_job import write_big  # noqa: E402
 
 SMALL_SOURCE = "range:n=1000"
@@ -259,8 +259,7 @@ def compare_small(trees: dict[str, Path], clusters: dict[str, Any], rounds: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--ref", type=Path, required=True, help="the tree to compare against")
-    parser.add_argument("--after", type=Path, default=ROOT, help="the tree measured (default: this one)")
+    add_tree_options(parser, ROOT)
     parser.add_argument("--job", choices=("big", "vector", "small", "throughput"), default="big")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--reps", type=int, default=3)
@@ -277,9 +276,7 @@ def main() -> int:
     parser.add_argument("--turn-s", type=float, default=0.0, help="big/vector: jobs for S seconds per turn")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    trees = {"before": args.ref.resolve(), "after": args.after.resolve()}
-    for tree in trees.values():
-        compile_tree(tree)
+    trees = trees_compared(args)
     with tempfile.TemporaryDirectory(prefix="distnode-tree-ab-") as tmp:
         workdir = Path(tmp)
         if args.fsync_ms > 0:

@@ -18,6 +18,7 @@ the JSON, so `--render-from` rebuilds the page without measuring.
 
 from __future__ import annotations
 
+import argparse
 import compileall
 import contextlib
 import json
@@ -79,3 +80,19 @@ def in_tree(tree: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(here)
+
+
+def add_tree_options(parser: argparse.ArgumentParser, root: Path) -> None:
+    """`--ref DIR`, the tree compared against (unpacked: `git archive REV | tar -x -C DIR`),
+    and `--after DIR`, the tree measured (default: `root`, this one)."""
+    parser.add_argument("--ref", type=Path, required=True, help="the tree to compare against")
+    parser.add_argument("--after", type=Path, default=root, help="the tree measured (default: this one)")
+
+
+def trees_compared(args: argparse.Namespace, compiled: bool = True) -> dict[str, Path]:
+    """The trees of `add_tree_options`, as {"before": ..., "after": ...}; byte-compiled first
+    unless `compiled` is False, so neither pays the compiler (`compile_tree`)."""
+    trees: dict[str, Path] = {"before": args.ref.resolve(), "after": args.after.resolve()}
+    for tree in trees.values() if compiled else ():
+        compile_tree(tree)
+    return trees
