@@ -129,13 +129,52 @@ async def test_a_snapshot_in_chunks_is_one_write_that_entries_wait_behind() -> N
     link.close()
 
 
-async def test_a_link_trusts_its_follower_with_chunks_only_while_its_last_reply_says_so() -> None:
+class Clock:
+    """time.monotonic for heartbeats.py, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+
+async def test_answers_during_a_long_write_keep_its_stream_and_a_stuck_one_is_still_torn_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A snapshot's chunks are answered as they come (beatstream.py): each answer restarts the
+    stream's stale clock, so a transfer longer than `stale_s` keeps its stream; a write still
+    pending once the answers stop is torn down `stale_s` after the last one, as before."""
+    clock = Clock()
+    monkeypatch.setattr(heartbeats, "time", clock)
+    call, failures = AnsweringCall(), []
+    link = HeartbeatLink("127.0.0.1:1", Stubs(call), lambda address, reply: None, stale_s=0.5,  # type: ignore[arg-type]
+                         on_failure=lambda address, why: failures.append(why))
+    link.send_chunks(snapshot_head(), b"s" * 5000, 1000)  # opens the stream; the write stays pending
+    await poll(lambda: link._pending is call, what="the chunks' write to be pending")
+    for _ in range(10):  # 3 s of chunks, an answer every 0.3 s, a beat between
+        clock.now_s += 0.3
+        call.replies.put_nowait(pb.HeartbeatReply(term=1, node_id="n2", writing=True, refused=True))
+        await poll(lambda: call.replies.empty() and link._unanswered_since_s == clock.now_s,
+                   what="the answer to be read")
+        link.send(beat(9))  # bare: skipped behind the pending write, after the stale check
+    assert not failures and not call.cancelled and link._pending is call
+    clock.now_s += 0.4
+    link.send(beat(9))
+    assert not failures, "within stale_s of the last answer"
+    clock.now_s += 0.2
+    link.send(beat(9))
+    assert call.cancelled and len(failures) == 1 and "unanswered for 600 ms" in failures[0]
+    link.close()
+
+
+async def test_a_link_trusts_its_follower_with_chunks_while_its_last_reply_says_so_across_streams() -> None:
     call = AnsweringCall()
     call.release.set()
     link = HeartbeatLink("127.0.0.1:1", Stubs(call), lambda address, reply: None, stale_s=60.0)  # type: ignore[arg-type]
     link.send(beat(0))
     call.replies.put_nowait(pb.HeartbeatReply(term=1, node_id="n2"))  # an earlier version says nothing
-    await poll(lambda: call.replies.empty() and link._unanswered_since_s is None, what="the first reply")
+    await poll(call.replies.empty, what="the first reply to be read")
     assert not link.takes_chunks
     link.send(beat(0))
     call.replies.put_nowait(pb.HeartbeatReply(term=1, node_id="n2", takes_snapshot_chunks=True))
@@ -148,11 +187,11 @@ async def test_a_link_trusts_its_follower_with_chunks_only_while_its_last_reply_
     link._on_beacon_reply(pb.HeartbeatReply(term=1, node_id="n2"))
     assert not link.takes_chunks
     link._on_beacon_reply(pb.HeartbeatReply(term=1, node_id="n2", takes_snapshot_chunks=True))
-    link.close_stream()  # the follower may come back as another version
-    assert not link.takes_chunks
-    link.takes_chunks = True
-    link.send(beat(0))  # a new stream: not trusted before it says so
-    assert link._call is not None and not link.takes_chunks
+    link.close_stream()  # a follower back from a restart is caught up in chunks at once
+    link.send(beat(0))
+    assert link._call is not None and link.takes_chunks, "the last reply's word, on a new stream"
+    call.replies.put_nowait(pb.HeartbeatReply(term=1, node_id="n2"))  # it came back as an earlier version
+    await poll(lambda: not link.takes_chunks, what="its first reply to take the word back")
     link.close()
 
 

@@ -20,10 +20,11 @@ from node._proto import distnode_pb2 as pb
 from node.core.limits import Limits
 from node.core.messages import Heartbeat, InstallSnapshot, Role
 from node.core.raftlog import Entry
-from node.server import compaction, heartbeats, logwriter
+from node.server import beatsend, compaction, heartbeats, logwriter, service
 from node.server.daemon import Daemon
 from node.server.journal import Journal, Snapshot
 from node.server.ledger import JobLedger
+from node.wire.snapshotchunks import in_chunks
 
 
 def log_of(daemon: Daemon) -> list[tuple[int, str]]:
@@ -468,6 +469,58 @@ async def test_a_snapshot_over_the_message_limit_reaches_its_follower_in_chunks(
     assert sum(len(c.snapshot_data) for c in last) == last[0].snapshot_size > limit
     assert restarted.election.log.snapshot_index >= last[0].snapshot_index
     assert leader.is_leader and leader.election.term == term
+
+
+async def test_a_snapshot_in_chunks_slower_than_an_election_timeout_arrives_on_grpc_alone(
+    start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On gRPC alone, the chunks are all the follower hears while they go, and they went
+    unanswered: a transfer longer than an election timeout had its stream torn down as
+    stale and started over, so on a slow link the follower was never caught up. Each chunk
+    before the last is now answered that the follower is taking it (beatstream.py), which
+    keeps the stream and restarts the snapshot's wait: here 12 chunks, each arriving 0.3 s
+    after the one before (a slow link), past the stream's stale time (0.6 s) and the
+    snapshot's wait (2.4 s), go once, and the follower is caught up in the leader's term.
+    And at once in chunks: its link kept the word of its replies before the restart (not
+    whole, which over --max-message-bytes is refused with an ERROR, and waits)."""
+    monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 4)
+    monkeypatch.setattr(beatsend, "CHUNK_BYTES", 10_000)
+    real_chunks, cut = heartbeats.chunks, []
+
+    def counted(head: pb.HeartbeatRequest, data: bytes, chunk_bytes: int) -> Iterator[pb.HeartbeatRequest]:
+        for chunk in real_chunks(head, data, chunk_bytes):
+            cut.append(chunk)
+            yield chunk
+
+    monkeypatch.setattr(heartbeats, "chunks", counted)
+    real_whole, taken_s = service.snapshots_whole, []
+
+    def slow_link(step: Any) -> Any:
+        each = real_whole(step)
+
+        async def slowly(request: pb.HeartbeatRequest, reply: Any) -> None:
+            if in_chunks(request):
+                await asyncio.sleep(0.3)  # the link's speed: the stream is read no faster
+                taken_s.append(time.monotonic())
+            await each(request, reply)
+        return slowly
+
+    monkeypatch.setattr(service, "snapshots_whole", slow_link)
+    cluster = await start_cluster(3, limits=Limits(max_message_bytes=64 << 10), udp_heartbeats=False, **CALM)
+    ones = ",".join(["1"] * 9000)  # 18 KB a source, kept in its job's record: a 110 KB table
+    leader, lagging, jobs = await behind_a_snapshot(cluster, lambda n: f"values:{n},{ones}")
+    term, before = leader.election.term, len(cut)  # chunks sent to the stopped node: none arrived
+    await cluster.start_node(lagging)
+    await poll(lambda: settled(cluster.daemons), timeout_s=30, what="the follower to catch up")
+    restarted = next(d for d in cluster.daemons if d.node_id == lagging)
+    assert [restarted.ledger.table.get(j) for j in jobs] == [leader.ledger.table.get(j) for j in jobs]
+    sent = cut[before:]
+    offsets = [chunk.snapshot_offset for chunk in sent]
+    assert offsets == [10_000 * i for i in range(12)], f"one copy, whole: {offsets}"
+    assert not [r for r in caplog.records if "over --max-message-bytes" in r.getMessage()]
+    stale_s, wait_s = leader.config.election_ms_max / 1000, 4 * leader.config.election_ms_max / 1000
+    assert taken_s[-1] - taken_s[0] > max(stale_s, wait_s), "as slow as meant"
+    assert leader.is_leader and leader.election.term == term == restarted.election.term
 
 
 async def test_a_followers_copy_of_its_leaders_snapshot_is_written_beside_its_event_loop(

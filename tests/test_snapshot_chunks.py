@@ -1,5 +1,6 @@
 """A snapshot cut into chunks at the leader and put back together at the follower
-(node/wire/snapshotchunks.py), and a follower's stream stepping it once, whole."""
+(node/wire/snapshotchunks.py), and a follower's stream stepping it once, whole, and answering
+each chunk before the last that it is taking them (node/server/beatstream.py)."""
 
 from __future__ import annotations
 
@@ -111,35 +112,55 @@ async def beats(requests: list[pb.HeartbeatRequest]) -> AsyncIterator[pb.Heartbe
         await asyncio.sleep(0)
 
 
-async def test_a_stream_steps_a_snapshot_once_whole_and_every_other_beat_as_it_comes() -> None:
+async def test_a_stream_steps_a_snapshot_once_whole_and_answers_each_chunk_before_it_as_taking() -> None:
     big = os.urandom(3 << 20)  # past bytes.join's GIL threshold: joined in a thread
     bare = pb.HeartbeatRequest(term=3, leader_id="n1", prev_index=4, serial=6)
-    stepped: list[tuple[int, bytes | None]] = []
+    stepped: list[tuple[int, str, bytes | None]] = []
 
     async def step(request: pb.HeartbeatRequest, snapshot: bytes | None,
                    reply: Callable[[pb.HeartbeatReply], None]) -> None:
-        stepped.append((request.serial, snapshot))
         message = beat_from_proto(request, "n2", 10, snapshot)
         assert isinstance(message, InstallSnapshot) == (snapshot is not None)
-        reply(pb.HeartbeatReply(serial=request.serial))
+        stepped.append((request.serial, type(message).__name__, snapshot))
+        # The core's true answers: a bare beat refused with a hint, the snapshot taken.
+        taken = isinstance(message, InstallSnapshot)
+        reply(pb.HeartbeatReply(term=3, serial=request.serial, refused=not taken, match_index=2 + 7 * taken))
 
     requests = [bare, *chunks(head(), big, 1 << 20), pb.HeartbeatRequest(term=3, leader_id="n1", serial=8)]
     refusal: list[Exception] = []
-    replies = [r.serial async for r in answers_as_ready(beats(requests), snapshots_whole(step), refusal)]
-    assert replies == [6, 7, 8] and not refusal, "the chunks are answered once, the snapshot's reply"
-    assert [serial for serial, _ in stepped] == [6, 7, 8]
-    assert stepped[0][1] is None and stepped[1][1] == big and stepped[2][1] is None
+    replies = [r async for r in answers_as_ready(beats(requests), snapshots_whole(step), refusal)]
+    assert not refusal
+    said = [(r.serial, r.writing, r.refused, r.match_index) for r in replies]
+    assert said == [(6, False, True, 2), (7, True, True, 0), (7, True, True, 0), (7, False, False, 9),
+                    (8, False, True, 2)], "each chunk before the last answered as taking; the snapshot's own"
+    assert [(serial, kind) for serial, kind, _ in stepped] == [
+        (6, "Heartbeat"), (7, "Heartbeat"), (7, "Heartbeat"), (7, "InstallSnapshot"), (8, "Heartbeat")]
+    assert [snapshot for _, _, snapshot in stepped] == [None, None, None, big, None], "whole, once"
+    chunk_beat = beat_from_proto(requests[1], "n2", 10)  # what a chunk is stepped as
+    assert isinstance(chunk_beat, Heartbeat) and (chunk_beat.prev_index, chunk_beat.entries) == (9, ())
+
+
+async def test_a_chunks_answer_of_a_later_term_goes_as_it_is() -> None:
+    """A node of a later term does not follow the chunk's sender: its refusal, which tells
+    the sender so, is not made a taking answer."""
+    async def step(request: pb.HeartbeatRequest, snapshot: bytes | None,
+                   reply: Callable[[pb.HeartbeatReply], None]) -> None:
+        reply(pb.HeartbeatReply(term=4, serial=3, refused=True))
+
+    first = next(chunks(head(), DATA, 3000))
+    replies = [r async for r in answers_as_ready(beats([first]), snapshots_whole(step), [])]
+    assert [(r.term, r.writing, r.serial) for r in replies] == [(4, False, 3)]
 
 
 async def test_a_stream_whose_chunks_do_not_follow_ends_with_the_reason() -> None:
-    stepped: list[int] = []
+    stepped: list[tuple[int, bool]] = []
 
     async def step(request: pb.HeartbeatRequest, snapshot: bytes | None,
                    reply: Callable[[pb.HeartbeatReply], None]) -> None:
-        stepped.append(request.serial)
+        stepped.append((request.snapshot_offset, snapshot is None))
 
     cut = list(chunks(head(), DATA, 3000))
     refusal: list[Exception] = []
     replies = [r async for r in answers_as_ready(beats([cut[0], cut[2]]), snapshots_whole(step), refusal)]
-    assert replies == [] and stepped == []
+    assert replies == [] and stepped == [(0, True)], "the first chunk as a bare beat; nothing past the gap"
     assert isinstance(refusal[0], InvalidField) and refusal[0].field == "snapshot_offset"

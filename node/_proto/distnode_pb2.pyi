@@ -262,8 +262,10 @@ class HeartbeatReply(_message.Message):
     match_index: _builtins.int
     writing: _builtins.bool
     """The follower is writing entries (or a snapshot) to its journal and stepped
-    nothing of this bare beat: it says only that it is alive and follows the
-    beat's leader in the beat's term (the leader's CheckQuorum counts it).
+    nothing of this bare beat, or it is taking a snapshot in chunks and this
+    answers a chunk before the last: it says only that it is alive and follows
+    the beat's leader in the beat's term (the leader's CheckQuorum counts it,
+    and its wait before sending again restarts).
     `refused` is set and `match_index` is 0, which a leader that does not
     know this field takes as a refusal with no hint: it waits for its next beat.
     """

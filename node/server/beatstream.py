@@ -8,7 +8,8 @@ order, as the stream once answered them, those answers waited behind the held on
 follower reached on gRPC alone (`--no-udp-heartbeats`, or UDP filtered) fell silent for
 the whole write. A leader takes answers in any order: each is stepped on its own, and a
 late one is told apart by its `serial` (replication.py). A snapshot sent in chunks is
-stepped once, when its last chunk is in (`snapshots_whole`, snapshotchunks.py).
+stepped once, when its last chunk is in (`snapshots_whole`, snapshotchunks.py); each chunk
+before it is answered that this node is taking it (`_taking`).
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ async def answers_as_ready(
 
 
 def snapshots_whole(step: StepWhole) -> Step:
-    """A Step for one stream that hands `step` every beat but the chunks of a snapshot, and
-    the snapshot once its last chunk is in (snapshotchunks.py); a chunk that does not
-    continue it raises (InvalidField), which ends the stream."""
+    """A Step for one stream that hands `step` every beat, the snapshot once its last chunk
+    is in (snapshotchunks.py), and each chunk before it as the bare beat it reads as, its
+    answer said as taking (`_taking`); a chunk that does not continue the snapshot raises
+    (InvalidField), which ends the stream."""
     reassembly = Reassembly()
 
     async def each(request: pb.HeartbeatRequest, reply: Reply) -> None:
@@ -62,6 +64,7 @@ def snapshots_whole(step: StepWhole) -> Step:
         if in_chunks(request):
             parts = reassembly.add(request)
             if parts is None:
+                await step(request, None, _taking(request, reply))
                 return
             # bytes.join drops the GIL past a MiB: in a thread, 42 MB cost the loop ~nothing.
             snapshot = await asyncio.to_thread(b"".join, parts) if len(parts) > 1 else parts[0]
@@ -69,3 +72,22 @@ def snapshots_whole(step: StepWhole) -> Step:
         await step(request, snapshot, reply)
 
     return each
+
+
+def _taking(chunk: pb.HeartbeatRequest, reply: Reply) -> Reply:
+    """The answer to a chunk but the last, stepped as the bare beat it reads as: the contact
+    restarts this node's election timer, as any beat of its leader does, and the answer
+    says it is taking what it was sent, as a writing one does (elections.py), whatever the
+    bare beat's own (its log lacks the snapshot's last entry). So its leader's stream is
+    answered (heartbeats.py tears down one unanswered for an election timeout) and the
+    snapshot's wait restarts (replication.py), however long the transfer takes on a slow
+    link, with no beat but the chunks on gRPC alone. An answer of a later term goes as it
+    is: the sender is not this node's leader, and learns so."""
+
+    def said(answer: pb.HeartbeatReply) -> None:
+        if answer.term == chunk.term:  # stepped in the chunk's term: it follows the sender
+            answer.refused, answer.match_index, answer.writing = True, 0, True
+            answer.serial = chunk.serial
+        reply(answer)
+
+    return said

@@ -74,6 +74,9 @@ class HeartbeatLink:
         self._queued: collections.deque[Write] = collections.deque()
         #: Whether the follower's last reply said it takes snapshots in chunks (each reply
         #: says, by UDP or on the stream: a follower that restarted may run another version).
+        #: Kept across its streams, so a follower back from a restart is caught up in chunks
+        #: at once: should it have come back as an earlier version, it reads each chunk as a
+        #: bare beat (snapshotchunks.py), and its answer takes the word back.
         self.takes_chunks = False
         self._writers: set[asyncio.Task[None]] = set()
         #: When the oldest gRPC beat still unanswered was written.
@@ -187,7 +190,6 @@ class HeartbeatLink:
     def _open(self) -> Stream:
         call = self._call = self.stubs.stub(self.address).Heartbeat()
         self._unanswered_since_s = None  # a new stream is judged from its first write
-        self.takes_chunks = False  # nor trusted with chunks before it says so
         self._reader = asyncio.get_running_loop().create_task(self._read(call))
         return call
 
@@ -211,9 +213,12 @@ class HeartbeatLink:
     async def _read(self, call: Stream) -> None:
         try:
             async for reply in call:
+                now = time.monotonic()
                 if self._unanswered_since_s is not None:  # from the oldest beat still unanswered
-                    self.on_rtt(time.monotonic() - self._unanswered_since_s)
-                self._unanswered_since_s = None
+                    self.on_rtt(now - self._unanswered_since_s)
+                # A write still under way (a snapshot's chunks, answered as they come:
+                # beatstream.py) is judged from this answer on, so a stuck one is still found.
+                self._unanswered_since_s = now if self._pending is call else None
                 self.takes_chunks = reply.takes_snapshot_chunks
                 self.on_reply(self.address, reply)
         except grpc.aio.AioRpcError as exc:
@@ -226,7 +231,6 @@ class HeartbeatLink:
         if self._call is call:
             self._call = None
             self._queued.clear()
-            self.takes_chunks = False
             call.cancel()
 
     def close(self) -> None:
@@ -242,7 +246,6 @@ class HeartbeatLink:
         call, reader = self._call, self._reader
         self._call = self._reader = None
         self._unanswered_since_s = None
-        self.takes_chunks = False
         self._queued.clear()  # for the stream that ended: the leader sends them again after its wait
         if call is not None:
             call.cancel()
