@@ -269,6 +269,25 @@ def test_an_answer_counted_once_is_no_news_when_stepped_again() -> None:
     assert node.peer_ticks_since_heard()["b"] == 1
 
 
+def test_a_snapshots_chunks_answered_writing_keep_counting_under_one_serial() -> None:
+    """Ours: a snapshot's chunks share its message's serial, and each is answered writing as
+    it arrives (beatstream.py). Each such answer is news, or a follower taking a transfer
+    longer than an election timeout would drop out of CheckQuorum (and be declared dead)
+    while it answers every chunk; a plain answer of that serial again is still none."""
+    node = make(heartbeat_ticks=3, election_ticks_min=10, election_ticks_max=20)
+    elect(node)
+    beat = next(m for m in sends(node.tick() + node.tick() + node.tick()) if m.dst == "b")
+    for _ in range(8):  # 32 ticks of chunks, past the window of 10
+        for _ in range(4):
+            node.tick()
+        node.heard("b", node.term, writing=True, serial=beat.serial)
+        assert node.peer_ticks_since_heard()["b"] == 0
+    assert "b" in node.active_peers() and node.hears_quorum()
+    node.tick()
+    node.heard("b", node.term, serial=beat.serial)  # not writing: an answer counted before
+    assert node.peer_ticks_since_heard()["b"] == 1
+
+
 def test_a_quiet_leader_with_everything_committed_beats_every_idle_heartbeat_ticks() -> None:
     """Ours, not the paper's: beats are most of what an idle cluster does. While the caller
     says no job runs (`quiet`) and every entry is committed, the leader beats every

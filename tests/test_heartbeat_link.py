@@ -147,9 +147,9 @@ async def test_answers_during_a_long_write_keep_its_stream_and_a_stuck_one_is_st
     pending once the answers stop is torn down `stale_s` after the last one, as before."""
     clock = Clock()
     monkeypatch.setattr(heartbeats, "time", clock)
-    call, failures = AnsweringCall(), []
+    call, failures, rtts = AnsweringCall(), [], []
     link = HeartbeatLink("127.0.0.1:1", Stubs(call), lambda address, reply: None, stale_s=0.5,  # type: ignore[arg-type]
-                         on_failure=lambda address, why: failures.append(why))
+                         on_failure=lambda address, why: failures.append(why), on_rtt=rtts.append)
     link.send_chunks(snapshot_head(), b"s" * 5000, 1000)  # opens the stream; the write stays pending
     await poll(lambda: link._pending is call, what="the chunks' write to be pending")
     for _ in range(10):  # 3 s of chunks, an answer every 0.3 s, a beat between
@@ -159,6 +159,7 @@ async def test_answers_during_a_long_write_keep_its_stream_and_a_stuck_one_is_st
                    what="the answer to be read")
         link.send(beat(9))  # bare: skipped behind the pending write, after the stale check
     assert not failures and not call.cancelled and link._pending is call
+    assert rtts == [pytest.approx(0.3)], "one round trip: the gaps between answers are none"
     clock.now_s += 0.4
     link.send(beat(9))
     assert not failures, "within stale_s of the last answer"

@@ -15,7 +15,7 @@ from node.core.messages import Heartbeat, InstallSnapshot
 from node.errors import InvalidField
 from node.server.beatstream import answers_as_ready, snapshots_whole
 from node.wire.log import beat_from_proto
-from node.wire.snapshotchunks import Reassembly, as_snapshot, chunks, in_chunks
+from node.wire.snapshotchunks import Reassembly, as_snapshot, bare_beat, chunks, in_chunks
 
 DATA = os.urandom(10_000)
 
@@ -122,9 +122,12 @@ async def test_a_stream_steps_a_snapshot_once_whole_and_answers_each_chunk_befor
         message = beat_from_proto(request, "n2", 10, snapshot)
         assert isinstance(message, InstallSnapshot) == (snapshot is not None)
         stepped.append((request.serial, type(message).__name__, snapshot))
+        if not request.is_snapshot and (in_chunks(request) or request.snapshot_data):
+            raise AssertionError("a chunk's bytes stepped as a beat")
         # The core's true answers: a bare beat refused with a hint, the snapshot taken.
         taken = isinstance(message, InstallSnapshot)
-        reply(pb.HeartbeatReply(term=3, serial=request.serial, refused=not taken, match_index=2 + 7 * taken))
+        reply(pb.HeartbeatReply(term=3, role="follower", serial=request.serial, refused=not taken,
+                                match_index=2 + 7 * taken))
 
     requests = [bare, *chunks(head(), big, 1 << 20), pb.HeartbeatRequest(term=3, leader_id="n1", serial=8)]
     refusal: list[Exception] = []
@@ -140,16 +143,56 @@ async def test_a_stream_steps_a_snapshot_once_whole_and_answers_each_chunk_befor
     assert isinstance(chunk_beat, Heartbeat) and (chunk_beat.prev_index, chunk_beat.entries) == (9, ())
 
 
-async def test_a_chunks_answer_of_a_later_term_goes_as_it_is() -> None:
+@pytest.mark.parametrize("term, role", [(4, "follower"), (3, "pre-candidate")])
+async def test_a_chunks_answer_from_a_node_not_following_its_sender_goes_as_it_is(term: int, role: str) -> None:
     """A node of a later term does not follow the chunk's sender: its refusal, which tells
-    the sender so, is not made a taking answer."""
+    the sender so, is not made a taking answer; nor one built once the node stopped
+    following (an answer held until a write returned)."""
     async def step(request: pb.HeartbeatRequest, snapshot: bytes | None,
                    reply: Callable[[pb.HeartbeatReply], None]) -> None:
-        reply(pb.HeartbeatReply(term=4, serial=3, refused=True))
+        reply(pb.HeartbeatReply(term=term, role=role, serial=3, refused=True))
 
     first = next(chunks(head(), DATA, 3000))
     replies = [r async for r in answers_as_ready(beats([first]), snapshots_whole(step), [])]
-    assert [(r.term, r.writing, r.serial) for r in replies] == [(4, False, 3)]
+    assert [(r.term, r.writing, r.serial) for r in replies] == [(term, False, 3)]
+
+
+async def test_a_leader_that_does_not_ask_is_not_answered_its_chunks() -> None:
+    """A leader of the version before clears its stream's stale clock at any answer, so one
+    answer to a chunk would leave a transfer that stops never torn down: it does not set
+    `answer_chunks`, and its chunks before the last are stepped (the contact) but not
+    answered, as then."""
+    stepped: list[int] = []
+
+    async def step(request: pb.HeartbeatRequest, snapshot: bytes | None,
+                   reply: Callable[[pb.HeartbeatReply], None]) -> None:
+        stepped.append(request.serial)
+        reply(pb.HeartbeatReply(term=3, role="follower", serial=request.serial))
+
+    cut = list(chunks(head(), DATA, 3000))
+    for chunk in cut:
+        chunk.answer_chunks = False
+    replies = [r async for r in answers_as_ready(beats(cut), snapshots_whole(step), [])]
+    assert stepped == [7] * len(cut) and [(r.serial, r.writing) for r in replies] == [(7, False)]
+
+
+def test_a_chunk_marked_as_a_whole_snapshot_is_invalid() -> None:
+    """Read as a snapshot, a chunk's slice would stand for the whole table."""
+    first = next(chunks(head(), DATA, 3000))
+    first.is_snapshot = True
+    with pytest.raises(InvalidField) as caught:
+        Reassembly().add(first)
+    assert caught.value.field == "is_snapshot"
+
+
+def test_the_beat_a_chunk_is_stepped_as_holds_none_of_its_bytes() -> None:
+    first = next(chunks(head(), DATA, 3000))
+    beat = bare_beat(first)
+    assert beat.ByteSize() < 100 and not beat.snapshot_data and not in_chunks(beat)
+    message = beat_from_proto(beat, "n2", 10)
+    assert isinstance(message, Heartbeat)
+    assert (message.src, message.term, message.prev_index, message.prev_term, message.serial,
+            message.entries) == ("n1", 3, 9, 2, 7, ())
 
 
 async def test_a_stream_whose_chunks_do_not_follow_ends_with_the_reason() -> None:

@@ -127,6 +127,7 @@ class HeartbeatRequest(_message.Message):
     SERIAL_FIELD_NUMBER: _builtins.int
     SNAPSHOT_SIZE_FIELD_NUMBER: _builtins.int
     SNAPSHOT_OFFSET_FIELD_NUMBER: _builtins.int
+    ANSWER_CHUNKS_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     leader_id: _builtins.str
     leader_address: _builtins.str
@@ -166,13 +167,20 @@ class HeartbeatRequest(_message.Message):
     """A snapshot in chunks (node/wire/snapshotchunks.py): the whole snapshot's
     bytes, and where in it this message's `snapshot_data` begins. The chunks of
     one snapshot follow one another on one stream, each a message with the same
-    term, snapshot_index, snapshot_term and serial; only the last is answered.
+    term, snapshot_index, snapshot_term and serial; the last is answered as the
+    snapshot, and each before it too when `answer_chunks` is set.
     A chunk is not `is_snapshot`, and its prev_index and prev_term are the
     snapshot's last entry: a node that does not know these fields reads a bare
     beat. 0: no chunk. Sent only to a follower whose last reply said
     `takes_snapshot_chunks`.
     """
     snapshot_offset: _builtins.int
+    answer_chunks: _builtins.bool
+    """Answer each chunk before the last as a bare beat answered `writing`
+    (node/server/beatstream.py): the leader judges its stream by those answers.
+    A leader that does not set it clears its stream's clock at any answer, so it
+    is not sent them.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
     def __init__(
@@ -195,10 +203,11 @@ class HeartbeatRequest(_message.Message):
         serial: _builtins.int = ...,
         snapshot_size: _builtins.int = ...,
         snapshot_offset: _builtins.int = ...,
+        answer_chunks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "idle_slack_ms", b"idle_slack_ms", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "serial", b"serial", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_offset", b"snapshot_offset", "snapshot_size", b"snapshot_size", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_chunks", b"answer_chunks", "beacon_key", b"beacon_key", "commit", b"commit", "entries", b"entries", "idle_slack_ms", b"idle_slack_ms", "is_snapshot", b"is_snapshot", "leader_address", b"leader_address", "leader_id", b"leader_id", "prev_index", b"prev_index", "prev_term", b"prev_term", "seq", b"seq", "serial", b"serial", "snapshot_data", b"snapshot_data", "snapshot_index", b"snapshot_index", "snapshot_offset", b"snapshot_offset", "snapshot_size", b"snapshot_size", "snapshot_term", b"snapshot_term", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,7 +274,8 @@ class HeartbeatReply(_message.Message):
     nothing of this bare beat, or it is taking a snapshot in chunks and this
     answers a chunk before the last: it says only that it is alive and follows
     the beat's leader in the beat's term (the leader's CheckQuorum counts it,
-    and its wait before sending again restarts).
+    each answer to the same chunked snapshot too, and its wait before sending
+    again restarts).
     `refused` is set and `match_index` is 0, which a leader that does not
     know this field takes as a refusal with no hint: it waits for its next beat.
     """

@@ -214,7 +214,7 @@ class Election:
         """An answer of this leader's term not stepped (held while our write is pending, §10.2.1, or
         `writing`): CheckQuorum counts it; a writing peer's entries wait (Replication.wait_longer)."""
         if self._role is Role.LEADER and term == self._term:
-            self._peers.heard(peer, serial)
+            self._peers.heard(peer, serial, again=writing)  # a snapshot's chunks share a serial
             if writing:
                 self._log.wait_longer(peer)
 

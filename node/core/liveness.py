@@ -46,13 +46,16 @@ class Liveness:
         if self._stall_ticks_left <= 0:
             self._stall_serial = None
 
-    def heard(self, peer: str, serial: int = 0) -> None:
+    def heard(self, peer: str, serial: int = 0, again: bool = False) -> None:
         """`peer` answered; `serial`: the number of the message it answered (0: unknown). An
         answer to a message no newer than one already counted is no news (a reply held while
-        the leader's own write was pending is counted on arrival, then stepped after it)."""
+        the leader's own write was pending is counted on arrival, then stepped after it),
+        unless `again`: one message answered many times as it arrives (a snapshot's chunks,
+        each answered writing, which is never held)."""
         if peer in self._heard:
             if serial:
-                if serial <= self._serials.get(peer, 0):
+                seen = self._serials.get(peer, 0)
+                if serial < seen or (serial == seen and not again):
                     return
                 self._serials[peer] = serial
             self._heard[peer] = 0

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from node._proto import distnode_pb2 as pb
-from node.wire.snapshotchunks import Reassembly, as_snapshot, in_chunks
+from node.wire.snapshotchunks import Reassembly, as_snapshot, bare_beat, in_chunks
 
 Reply = Callable[[pb.HeartbeatReply], None]
 #: Admits and steps one beat; calls its second argument with the reply, at once or later.
@@ -64,7 +64,7 @@ def snapshots_whole(step: StepWhole) -> Step:
         if in_chunks(request):
             parts = reassembly.add(request)
             if parts is None:
-                await step(request, None, _taking(request, reply))
+                await step(bare_beat(request), None, _taking(request, reply))
                 return
             # bytes.join drops the GIL past a MiB: in a thread, 42 MB cost the loop ~nothing.
             snapshot = await asyncio.to_thread(b"".join, parts) if len(parts) > 1 else parts[0]
@@ -82,12 +82,17 @@ def _taking(chunk: pb.HeartbeatRequest, reply: Reply) -> Reply:
     answered (heartbeats.py tears down one unanswered for an election timeout) and the
     snapshot's wait restarts (replication.py), however long the transfer takes on a slow
     link, with no beat but the chunks on gRPC alone. An answer of a later term goes as it
-    is: the sender is not this node's leader, and learns so."""
+    is: the sender is not this node's leader, and learns so. A leader that does not ask for
+    these answers (`answer_chunks`) is not sent them."""
+
+    term, serial, asked = chunk.term, chunk.serial, chunk.answer_chunks  # not the chunk's MiB
 
     def said(answer: pb.HeartbeatReply) -> None:
-        if answer.term == chunk.term:  # stepped in the chunk's term: it follows the sender
+        if not asked:  # a leader that clears its stream's clock at any answer: see the .proto
+            return
+        if answer.term == term and answer.role == "follower":  # it follows the sender
             answer.refused, answer.match_index, answer.writing = True, 0, True
-            answer.serial = chunk.serial
+            answer.serial = serial
         reply(answer)
 
     return said

@@ -12,9 +12,13 @@ A link never blocks the caller: `send()` skips a bare gRPC beat while the
 previous write is still pending (a paused peer whose window is full), and
 queues one that carries entries or a snapshot (the leader sent them once:
 replication.py), up to MAX_QUEUED; a snapshot in chunks is one such write
-(`send_chunks`, snapshotchunks.py); a stream that
-has gone unanswered for `stale_s` is torn down and reopened, so a peer that
-died or restarted is picked up again within about one election timeout.
+(`send_chunks`, snapshotchunks.py); a stream that has gone unanswered for
+`stale_s` is torn down and reopened, so a peer that died or restarted is
+picked up again within about one election timeout. A write still under way
+is judged from the last answer (a snapshot's chunks are answered as they
+come, beatstream.py). While datagrams are answered the stream's clock is
+not kept: the follower is heard, and its stream is judged afresh when next
+used.
 """
 
 from __future__ import annotations
@@ -79,8 +83,11 @@ class HeartbeatLink:
         #: bare beat (snapshotchunks.py), and its answer takes the word back.
         self.takes_chunks = False
         self._writers: set[asyncio.Task[None]] = set()
-        #: When the oldest gRPC beat still unanswered was written.
+        #: When the oldest gRPC beat still unanswered was written, or the last answer that
+        #: came while a write was still under way (a snapshot's chunks): the stale clock.
         self._unanswered_since_s: float | None = None
+        #: When the oldest gRPC beat still unanswered was written: a round trip's start.
+        self._rtt_from_s: float | None = None
         #: Whether entries that fit may go as a datagram (only where the links are plaintext).
         self.entries_by_udp = entries_by_udp
         #: Beats sent on each path, for tests and reports; `entries_udp` of `sent_udp` carried entries.
@@ -121,7 +128,7 @@ class HeartbeatLink:
         elif self.key is not None and self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect(self.key))
         if on_udp:
-            self._unanswered_since_s = None  # the stream idles; judge it afresh when next used
+            self._unanswered_since_s = self._rtt_from_s = None  # the stream idles: judged afresh when used
             return
         request.seq = 0
         self._send_grpc(self._keyed(request))
@@ -180,6 +187,8 @@ class HeartbeatLink:
         call = self._call if self._call is not None else self._open()
         if self._unanswered_since_s is None:
             self._unanswered_since_s = now
+        if self._rtt_from_s is None:
+            self._rtt_from_s = now
         self.sent_grpc += 1
         self.totals[(self.address, "grpc")] = self.totals.get((self.address, "grpc"), 0) + 1
         self._pending = call
@@ -189,7 +198,7 @@ class HeartbeatLink:
 
     def _open(self) -> Stream:
         call = self._call = self.stubs.stub(self.address).Heartbeat()
-        self._unanswered_since_s = None  # a new stream is judged from its first write
+        self._unanswered_since_s = self._rtt_from_s = None  # judged from its first write
         self._reader = asyncio.get_running_loop().create_task(self._read(call))
         return call
 
@@ -214,8 +223,9 @@ class HeartbeatLink:
         try:
             async for reply in call:
                 now = time.monotonic()
-                if self._unanswered_since_s is not None:  # from the oldest beat still unanswered
-                    self.on_rtt(now - self._unanswered_since_s)
+                if self._rtt_from_s is not None:  # from the oldest beat still unanswered
+                    self.on_rtt(now - self._rtt_from_s)
+                self._rtt_from_s = None
                 # A write still under way (a snapshot's chunks, answered as they come:
                 # beatstream.py) is judged from this answer on, so a stuck one is still found.
                 self._unanswered_since_s = now if self._pending is call else None
@@ -245,7 +255,7 @@ class HeartbeatLink:
     def close_stream(self) -> None:
         call, reader = self._call, self._reader
         self._call = self._reader = None
-        self._unanswered_since_s = None
+        self._unanswered_since_s = self._rtt_from_s = None
         self._queued.clear()  # for the stream that ended: the leader sends them again after its wait
         if call is not None:
             call.cancel()

@@ -250,7 +250,8 @@ class NodeServicer(pb_grpc.NodeServicer):
 
         Beats are answered as their answers are ready (beatstream.py): a bare
         beat behind one whose entries are being written is answered at once.
-        A snapshot in chunks is stepped once it is whole (snapshotchunks.py).
+        A snapshot in chunks is stepped once it is whole, each chunk before
+        that as a bare beat, answered writing (snapshotchunks.py).
         """
         sender: list[tuple[str, int]] = []  # the leader and term of the last beat stepped
         refusal: list[Exception] = []

@@ -11,12 +11,14 @@ CHUNK_BYTES, each copy is small and the loops serve between them.
 
 The chunks of one snapshot are consecutive messages on one stream (heartbeats.py writes
 them as one write), each the same request with its own `snapshot_offset` and slice of
-the data, and `snapshot_size` the whole. The follower answers only the last: the core
-sees one InstallSnapshot, as it would a whole one. A leader sends chunks only to a
-follower whose last reply said `takes_snapshot_chunks`; a snapshot no larger than a
-chunk, and any to a follower that has not said so (a node of an earlier version), goes
-whole. Should chunks reach a node of an earlier version all the same (one downgraded
-between its replies), none of them reads as a snapshot there: a chunk is not
+the data, and `snapshot_size` the whole. The follower steps the last as one
+InstallSnapshot, as it would a whole one, and each before it as the bare beat it reads
+as, answered that it is taking them (`answer_chunks`, beatstream.py). A leader sends
+chunks only to a follower whose last reply said `takes_snapshot_chunks`; a snapshot no
+larger than a chunk, and any to a follower that has not said so (a node of an earlier
+version), goes whole. Should chunks reach a node of an earlier version all the same (one
+back from a restart as such: the leader keeps its follower's word across streams), none
+of them reads as a snapshot there: a chunk is not
 `is_snapshot`, and its `prev_index` and `prev_term` are the snapshot's last entry, so
 such a node reads a bare AppendEntries and answers truly whether its log holds that
 entry (Raft's log matching: then it holds all before it).
@@ -52,12 +54,23 @@ def chunks(
         request.is_snapshot = False  # see above: to an earlier version, a bare beat
         request.prev_index, request.prev_term = head.snapshot_index, head.snapshot_term
         request.snapshot_size, request.snapshot_offset = len(data), offset
+        request.answer_chunks = True
         request.snapshot_data = bytes(view[offset:offset + chunk_bytes])
         yield request
 
 
 def in_chunks(request: pb.HeartbeatRequest) -> bool:
     return request.snapshot_size > 0
+
+
+def bare_beat(chunk: pb.HeartbeatRequest) -> pb.HeartbeatRequest:
+    """The bare beat a chunk reads as (its previous entry the snapshot's last), without the
+    chunk's bytes: what a follower steps for each chunk before the last."""
+    return pb.HeartbeatRequest(
+        term=chunk.term, leader_id=chunk.leader_id, leader_address=chunk.leader_address,
+        beacon_key=chunk.beacon_key, prev_index=chunk.prev_index, prev_term=chunk.prev_term,
+        commit=chunk.commit, serial=chunk.serial,
+    )
 
 
 def as_snapshot(request: pb.HeartbeatRequest) -> pb.HeartbeatRequest:
@@ -86,6 +99,9 @@ class Reassembly:
         snapshot = (request.term, request.leader_id, request.snapshot_index, request.snapshot_term,
                     request.serial, request.snapshot_size)
         data = request.snapshot_data
+        if request.is_snapshot:  # read so, a chunk's slice would stand for the whole table
+            self._forget()
+            raise InvalidField("is_snapshot", "a chunk (snapshot_size set) is not a whole snapshot")
         if request.snapshot_offset == 0:
             self._snapshot, self._parts, self._received = snapshot, [], 0
         elif snapshot != self._snapshot or request.snapshot_offset != self._received:
