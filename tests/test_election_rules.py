@@ -286,6 +286,12 @@ def test_a_snapshots_chunks_answered_writing_keep_counting_under_one_serial() ->
     node.tick()
     node.heard("b", node.term, serial=beat.serial)  # not writing: an answer counted before
     assert node.peer_ticks_since_heard()["b"] == 1
+    node.heard("b", node.term, serial=beat.serial + 3)  # a later beat's answer, by datagram
+    for _ in range(8):  # then the datagrams stop: the chunks' answers, of the older number, still count
+        for _ in range(4):
+            node.tick()
+        node.heard("b", node.term, writing=True, serial=beat.serial)
+    assert "b" in node.active_peers() and node.peer_ticks_since_heard()["b"] == 0
 
 
 def test_a_quiet_leader_with_everything_committed_beats_every_idle_heartbeat_ticks() -> None:

@@ -169,6 +169,29 @@ async def test_answers_during_a_long_write_keep_its_stream_and_a_stuck_one_is_st
     link.close()
 
 
+async def test_a_write_whose_clock_was_not_kept_is_judged_from_the_first_beat_that_finds_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While datagrams are answered the stream's clock is not kept (the follower is heard);
+    once they are not, a write still under way is judged from the first beat that finds it
+    pending, and torn down `stale_s` later, not left until TCP gives up."""
+    clock = Clock()
+    monkeypatch.setattr(heartbeats, "time", clock)
+    call, failures = HeldCall(), []
+    link = HeartbeatLink("127.0.0.1:1", Stubs(call), lambda address, reply: None, stale_s=0.5,  # type: ignore[arg-type]
+                         on_failure=lambda address, why: failures.append(why))
+    link.send_chunks(snapshot_head(), b"s" * 5000, 1000)
+    await poll(lambda: link._pending is call, what="the chunks' write to be pending")
+    link._unanswered_since_s = None  # as `send` leaves it while datagrams are answered
+    clock.now_s += 5.0
+    link.send(beat(9))  # datagrams no longer answered: a bare beat goes to the stream, finds it pending
+    assert not failures and link._unanswered_since_s == clock.now_s
+    clock.now_s += 0.6
+    link.send(beat(9))
+    assert call.cancelled and len(failures) == 1 and "unanswered for 600 ms" in failures[0]
+    link.close()
+
+
 async def test_a_link_trusts_its_follower_with_chunks_while_its_last_reply_says_so_across_streams() -> None:
     call = AnsweringCall()
     call.release.set()

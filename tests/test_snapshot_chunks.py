@@ -37,7 +37,7 @@ def test_chunks_carry_the_head_each_slice_and_where_it_goes() -> None:
 
 
 def test_a_node_that_does_not_know_chunks_reads_one_as_a_bare_beat_not_a_snapshot() -> None:
-    """A chunk that reached a node of an earlier version (downgraded between two replies)
+    """A chunk that reached a node of an earlier version (one back from a restart as such)
     must not be installed there as the whole snapshot: it reads a bare AppendEntries whose
     previous entry is the snapshot's last, which it answers truly."""
     for chunk in chunks(head(), DATA, 3000):

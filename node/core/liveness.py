@@ -50,14 +50,17 @@ class Liveness:
         """`peer` answered; `serial`: the number of the message it answered (0: unknown). An
         answer to a message no newer than one already counted is no news (a reply held while
         the leader's own write was pending is counted on arrival, then stepped after it),
-        unless `again`: one message answered many times as it arrives (a snapshot's chunks,
-        each answered writing, which is never held)."""
+        unless `again`: an answer never held and never stepped (a writing one), so never
+        counted twice, though its number may be old (a snapshot's chunks share one, answered
+        one by one as they arrive, maybe after later messages' answers by datagram). The
+        numbers themselves only go up (`current`)."""
         if peer in self._heard:
             if serial:
                 seen = self._serials.get(peer, 0)
-                if serial < seen or (serial == seen and not again):
+                if serial > seen:
+                    self._serials[peer] = serial
+                elif not again:
                     return
-                self._serials[peer] = serial
             self._heard[peer] = 0
 
     def stalled(self, serial: int) -> None:

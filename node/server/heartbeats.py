@@ -17,8 +17,8 @@ replication.py), up to MAX_QUEUED; a snapshot in chunks is one such write
 picked up again within about one election timeout. A write still under way
 is judged from the last answer (a snapshot's chunks are answered as they
 come, beatstream.py). While datagrams are answered the stream's clock is
-not kept: the follower is heard, and its stream is judged afresh when next
-used.
+not kept (the follower is heard); once they are not, a write still under
+way is judged from the first beat that finds it so.
 """
 
 from __future__ import annotations
@@ -180,7 +180,10 @@ class HeartbeatLink:
             self.close_stream()  # unanswered for too long (even a write stuck): start over
         if self._call is not None and self._pending is self._call:
             # The previous beat has not left yet: the peer is not reading. A bare beat is skipped;
-            # entries wait their turn, as a stream would have carried them.
+            # entries wait their turn, as a stream would have carried them. A write its clock was
+            # not kept for (datagrams were answered meanwhile) is judged from now.
+            if self._unanswered_since_s is None:
+                self._unanswered_since_s = now
             if queue and len(self._queued) < MAX_QUEUED:
                 self._queued.append(request)
             return
