@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.addresses import is_loopback, split_host_port
+from node.core.electionconfig import ElectionConfig
 from node.core.job import SHARD_ELEMS
 from node.core.limits import Limits
 from node.errors import ConfigError
@@ -216,3 +217,13 @@ class NodeConfig:
     def election_ticks(self) -> tuple[int, int]:
         return self.election_ms_min // self.tick_ms, self.election_ms_max // self.tick_ms
 
+    def election_config(self) -> ElectionConfig:
+        """The consensus core's settings. A message of entries carries up to 4 MiB of them
+        past its first, less under a smaller --max-message-bytes (recordsize.py)."""
+        lo, hi = self.election_ticks
+        return ElectionConfig(
+            node_id=self.node_id, peers=self.peers, heartbeat_ticks=self.heartbeat_ticks,
+            idle_heartbeat_ticks=self.idle_heartbeat_ticks, election_ticks_min=lo, election_ticks_max=hi,
+            fast_first_election=True, replicate=True,
+            max_append_bytes=min(4 << 20, self.limits.max_message_bytes // 4),
+        )

@@ -31,7 +31,6 @@ from node import formats
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache
 from node.core.election import Election
-from node.core.electionconfig import ElectionConfig
 from node.core.job import Job
 from node.core.jobtable import JobTable
 from node.core.messages import Heartbeat, InstallSnapshot, Role, VoteRequest
@@ -105,19 +104,15 @@ class Daemon:
         saved = self.store.load()  # StateFileError (one line, exit 2) if damaged
         lo, hi = config.election_ticks
         election = Election(
-            ElectionConfig(
-                node_id=config.node_id, peers=config.peers, heartbeat_ticks=config.heartbeat_ticks,
-                idle_heartbeat_ticks=config.idle_heartbeat_ticks,
-                election_ticks_min=lo, election_ticks_max=hi, fast_first_election=True, replicate=True,
-            ),
-            rng=random.Random(), term=saved.term, voted_for=saved.voted_for, log=raft_log,
-            snapshot=self.journal.snapshot.data)
+            config.election_config(), rng=random.Random(), term=saved.term, voted_for=saved.voted_for,
+            log=raft_log, snapshot=self.journal.snapshot.data)
         table = JobTable(config.keep_jobs, config.keep_result_bytes)
         table.restore(self.journal.snapshot.data)
         self.ledger = JobLedger(
             table, lambda data: self.elections.propose(data), lambda: self.is_leader,
             lambda: self.election.term, self._run_detached, lambda job_id: self.jobs.cancel(job_id),
             lambda: shutil.disk_usage(config.data_dir).free, config.limits.max_jobs // 2, self.who,
+            config.limits.max_message_bytes,
         )
         self.ledger.applied = election.commit_index
         self.peers = PeerTable(config.peers, config.node_id)

@@ -45,6 +45,7 @@ from node.core.jobtable import (
     record_job,
     same_job,
 )
+from node.core.limits import MAX_MESSAGE_BYTES
 from node.core.raftlog import Entry
 from node.errors import (
     ClusterUnavailable,
@@ -59,6 +60,7 @@ from node.errors import (
 )
 from node.server.backlog import Backlog
 from node.server.outcomes import result_of
+from node.server.recordsize import ATTACHED_RESULT_MAX_BYTES, detached_result_cap, first_batch, source_fits
 
 if TYPE_CHECKING:
     from node.server.api import Outcome
@@ -69,12 +71,6 @@ LIVE = ("queued", "running")
 #: Attached jobs' records wait this long for company before they are proposed:
 #: each proposal is an fsync on every node (docs/journal.md).
 ATTACHED_FLUSH_S = 0.1
-#: Results up to this size go into an attached job's record (vector answers
-#: are megabytes; replicating each would cost more than the job).
-ATTACHED_RESULT_MAX_BYTES = 64 << 10
-#: Results up to this size go into a detached job's record; a bigger one is
-#: recorded as done without its bytes, and the error says so.
-DETACHED_RESULT_MAX_BYTES = 16 << 20
 #: Below this much free space in --data-dir, detached jobs are refused and
 #: attached jobs' records skipped: what is left is kept for the log's own entries.
 MIN_FREE_BYTES = 1 << 20
@@ -96,7 +92,7 @@ class JobLedger:
     def __init__(
         self, table: JobTable, propose: Propose, is_leader: Callable[[], bool], term: Callable[[], int],
         run: Run, stop_run: Callable[[str], None], disk_free: Callable[[], int],
-        max_running: int, who: Callable[[], str],
+        max_running: int, who: Callable[[], str], max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._table = table
         self._propose = propose
@@ -107,6 +103,7 @@ class JobLedger:
         self._disk_free = disk_free
         self._max_running = max(1, max_running)
         self._who = who
+        self._max_message_bytes = max_message_bytes  # what a record's entry must fit (recordsize.py)
         #: The last index applied to the table.
         self.applied = 0
         self._pending: list[tuple[Proposed, asyncio.Future[bool] | None]] = []
@@ -212,7 +209,7 @@ class JobLedger:
             handle.cancel()
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
-        if self._attached:
+        while self._attached:
             pending.append(self._attached_batch())
         if not pending:
             return
@@ -233,9 +230,9 @@ class JobLedger:
                 self._commits[entry.index] = (entry.term, future)
 
     def _attached_batch(self) -> tuple[Proposed, asyncio.Future[bool]]:
-        """The attached records since the last flush as one entry (one record per line):
-        whatever the rate, recording them costs the log a few entries a second."""
-        batch, self._attached = self._attached, []
+        """The attached records since the last flush as one entry (one record per line), or
+        the first of them that fit a message: whatever the rate, a few entries a second."""
+        batch, self._attached = first_batch(self._attached, self._max_message_bytes)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         job_ids = [record.job_id for record, _ in batch]
@@ -250,8 +247,8 @@ class JobLedger:
         """An attached job was answered: record it, batched, if the table does not know it yet."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
-        if self._free_bytes() < MIN_FREE_BYTES:
-            self.skipped_records += 1
+        if self._free_bytes() < MIN_FREE_BYTES or not source_fits(job.source, self._max_message_bytes):
+            self.skipped_records += 1  # no room on disk, or in a message to the followers
             return
         result, note = result_of(outcome, ATTACHED_RESULT_MAX_BYTES)
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
@@ -302,6 +299,9 @@ class JobLedger:
         if free < MIN_FREE_BYTES:
             raise LimitExceeded(f"data-dir: {free} bytes free on {self._who()}, under {MIN_FREE_BYTES}; "
                                 "detached jobs are refused until there is room (attached jobs still run)")
+        if not source_fits(source, self._max_message_bytes):
+            raise LimitExceeded(f"source: {len(source)} bytes make a record over --max-message-bytes "
+                                f"({self._max_message_bytes}), which no follower could take")
         live, held = self.table.live, self.table.live_source_bytes
         if live >= MAX_LIVE_JOBS:
             raise LimitExceeded(f"detached jobs: {live} queued or running, the most a cluster holds")
@@ -403,7 +403,7 @@ class JobLedger:
             except (InvalidJob, JobError) as exc:
                 self._finish(record, "failed", error=str(exc))
                 return
-        result, note = result_of(outcome, DETACHED_RESULT_MAX_BYTES)
+        result, note = result_of(outcome, detached_result_cap(self._max_message_bytes, job.source))
         ran = replace(record, shards=outcome.shards, nodes=outcome.nodes, elapsed_ms=outcome.elapsed_ms)
         self._finish(replace(ran, result=result, error=note), "done")
 
