@@ -15,6 +15,7 @@ import pytest
 from node.core import jobtable
 from node.core.job import Job
 from node.core.jobtable import JobRecord, JobTable, decode_command
+from node.core.limits import MAX_MESSAGE_BYTES
 from node.core.raftlog import Entry
 from node.errors import NotLeader
 from node.server.api import Outcome
@@ -75,7 +76,7 @@ async def test_a_client_that_hung_up_leaves_no_unretrieved_error_when_the_leader
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
-def running_ledger(proposed: list[Entry]) -> JobLedger:
+def running_ledger(proposed: list[Entry], max_message_bytes: int = MAX_MESSAGE_BYTES) -> JobLedger:
     """A leader's ledger whose runs end at once with the answer 6."""
     indices = itertools.count(1)
 
@@ -88,7 +89,7 @@ def running_ledger(proposed: list[Entry]) -> JobLedger:
         return Outcome(job_id, job.op, np.array(6.0), 1, ("n1",), 0.1)
 
     desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run, lambda job_id: None,
-                     lambda: 1 << 30, 4, lambda: "n1 (term 1)")
+                     lambda: 1 << 30, 4, lambda: "n1 (term 1)", max_message_bytes)
     desk.caught_up_term = 1
     return desk
 
@@ -172,4 +173,30 @@ async def test_the_leader_applies_its_own_records_without_decoding_them_and_to_t
     overwritten = Entry(proposed[-1].index, 2, "command", jobtable.encode_command(theirs))
     desk.apply((overwritten,))
     assert desk.table.get("theirs") == theirs and desk.table.get("mine") is None
+    await desk.close()
+
+
+async def test_attached_records_go_in_entries_that_fit_a_message_and_one_that_cannot_is_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a 256 KiB message limit, five attached records of 60 KB sources each go in
+    entries of at most half a message (recordsize.py), in order; a record whose source
+    alone would not fit is skipped (no follower could take it), and the others are kept."""
+    monkeypatch.setattr("node.server.ledger.ATTACHED_FLUSH_S", 0.0)
+    proposed: list[Entry] = []
+    limit = 256 << 10
+    desk = running_ledger(proposed, limit)
+    for number in range(5):
+        job = Job("sum", f"values:{number}," + "1," * 30_000 + "1")
+        desk.record_attached(f"a{number}", job, Outcome(f"a{number}", "sum", np.array(6.0), 1, ("n1",), 0.2),
+                             1.5e9)
+    huge = Job("sum", "values:" + "1," * 130_000 + "1")  # 260 KB: over the message alone
+    desk.record_attached("huge", huge, Outcome("huge", "sum", np.array(6.0), 1, ("n1",), 0.2), 1.5e9)
+    await turns()
+    assert desk.skipped_records == 1
+    assert all(len(entry.data) <= limit // 2 for entry in proposed) and len(proposed) == 3
+    batched = [decode_command(line).job_id for entry in proposed for line in entry.data.split(b"\n")]
+    assert batched == [f"a{number}" for number in range(5)]
+    desk.apply(tuple(proposed))
+    assert desk.table.get("huge") is None and all(desk.table.get(f"a{n}") is not None for n in range(5))
     await desk.close()

@@ -4,38 +4,78 @@ committing after a detached job whose answer would not fit (the log once stopped
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from inproc import StartCluster, poll
 
 from node import AsyncClient
-from node.core.jobtable import JobRecord, encode_command
+from node.core.jobtable import JobRecord
 from node.core.limits import MAX_MESSAGE_BYTES, Limits
-from node.errors import JobError, LimitExceeded
+from node.errors import InvalidField, InvalidJob, JobError, LimitExceeded
+from node.server.api import Outcome
+from node.server.config import NodeConfig
 from node.server.recordsize import (
+    ATTACHED_RESULT_MAX_BYTES,
     DETACHED_RESULT_MAX_BYTES,
     ENVELOPE_BYTES,
-    detached_result_cap,
+    command_of,
     first_batch,
-    source_fits,
+    with_result,
 )
+from node.wire.jobs import MAX_JOB_ID_CHARS, check_job_id
 
 
-def test_a_detached_result_is_kept_up_to_what_its_record_can_carry() -> None:
-    assert detached_result_cap(MAX_MESSAGE_BYTES, "npy:x.npy") == DETACHED_RESULT_MAX_BYTES
-    limit = 8 << 20
-    cap = detached_result_cap(limit, "npy:x.npy")
-    assert cap == (limit - ENVELOPE_BYTES - len("npy:x.npy")) * 3 // 4
-    # The record at the cap, its result in base64, fits the message with the envelope's room.
-    record = JobRecord("j", "sum", "npy:x.npy", "done", detached=True)
-    command = encode_command(record)
-    assert len(command) + (cap + 2) // 3 * 4 + ENVELOPE_BYTES <= limit + 1024
-    assert detached_result_cap(ENVELOPE_BYTES, "npy:x.npy") == 0, "never negative"
+def outcome(nbytes: int) -> Outcome:
+    return Outcome("j", "sum", np.ones(nbytes // 8), 1, ("n1",), 1.0)
 
 
-def test_a_source_fits_while_its_record_does() -> None:
-    assert source_fits("v" * 1000, 1000 + ENVELOPE_BYTES)
-    assert not source_fits("v" * 1001, 1000 + ENVELOPE_BYTES)
+@pytest.mark.parametrize("detached, nbytes, limit, kept", [
+    (True, 1 << 20, MAX_MESSAGE_BYTES, True),
+    (True, DETACHED_RESULT_MAX_BYTES + 8, MAX_MESSAGE_BYTES, False),  # past its kind's cap
+    (True, 6_000_000, 8 << 20, True),
+    (True, 10 << 20, 8 << 20, False),  # 13.4 MB in base64: its record would not fit
+    (False, ATTACHED_RESULT_MAX_BYTES, MAX_MESSAGE_BYTES, True),
+    (False, ATTACHED_RESULT_MAX_BYTES + 8, MAX_MESSAGE_BYTES, False),
+])
+def test_a_result_is_kept_while_within_its_cap_and_its_record_fits_a_message(
+    detached: bool, nbytes: int, limit: int, kept: bool
+) -> None:
+    bare = JobRecord("j", "sum", "npy:x.npy", "done", detached=detached)
+    record = with_result(bare, outcome(nbytes), limit)
+    assert (record.result is not None) == kept
+    assert kept or f"the result ({nbytes} bytes) was not kept" in record.error
+    command = command_of(record, limit)
+    assert command is not None and len(command) + ENVELOPE_BYTES <= limit, "fits, with the envelope's room"
+
+
+def test_a_record_is_measured_as_encoded() -> None:
+    """JSON writes a control character in six bytes: a source of 175 KB of them (a
+    `values:` item may carry any amount of whitespace) is a record of 1 MB."""
+    source = "values:1" + "\x1f" * 175_000 + ",2"
+    queued = JobRecord("j", "sum", source, "queued", detached=True)
+    assert len(source.encode()) + ENVELOPE_BYTES < 1 << 20
+    assert command_of(queued, 1 << 20) is None
+    assert command_of(queued, 2 << 20) is not None
+
+
+@pytest.mark.parametrize("job_id, ok", [
+    ("3f2b6c1e-1111-4a4a-8888-0123456789ab", True),
+    ("nightly sum, run 7", True),
+    ("x" * MAX_JOB_ID_CHARS, True),
+    ("x" * (MAX_JOB_ID_CHARS + 1), False),
+    ("a\x1fb", False),
+    ("line\nbreak", False),
+    ("", False),
+])
+def test_a_job_id_is_a_short_printable_name(job_id: str, ok: bool) -> None:
+    if ok:
+        check_job_id(job_id)
+        return
+    with pytest.raises(InvalidField) as caught:
+        check_job_id(job_id)
+    assert caught.value.field == "job_id"
 
 
 def record(n: int, size: int) -> tuple[JobRecord, bytes]:
@@ -56,16 +96,13 @@ def test_attached_records_go_in_batches_that_fit(sizes: list[int], limit: int, c
 
 
 async def test_a_cluster_with_a_small_message_limit_commits_past_a_large_detached_answer(
-    start_cluster: StartCluster, tmp_path: object,
+    start_cluster: StartCluster, tmp_path: Path,
 ) -> None:
     """Under --max-message-bytes of 1 MiB a detached job with a 1.6 MB answer made a record
     (2.1 MB in base64) no follower could take: the log stopped there, and every detached
     job after it waited for ever. Now the answer is not kept (the error says so, as for
     one over 16 MiB), the job is done, and the cluster commits on."""
-    from pathlib import Path
-
-    root = Path(str(tmp_path))
-    np.save(root / "wide.npy", np.ones((2, 200_000)))  # a 1.6 MB vector answer
+    np.save(tmp_path / "wide.npy", np.ones((2, 200_000)))  # a 1.6 MB vector answer
     limit = 1 << 20
     cluster = await start_cluster(3, limits=Limits(max_message_bytes=limit))
     leader = await cluster.wait_for_leader()
@@ -77,5 +114,14 @@ async def test_a_cluster_with_a_small_message_limit_commits_past_a_large_detache
         assert (await client.result(after, wait=10)).result == 6
         await poll(lambda: all(d.ledger.table.get(after) is not None for d in cluster.daemons),
                    what="every node to hold the later job")
-        with pytest.raises(LimitExceeded, match="--max-message-bytes"):
-            await client.submit(op="sum", source="values:" + ",".join(["1"] * 522_000), detach=True)
+        for source in ("values:" + ",".join(["1"] * 522_000), "values:1" + "\x1f" * 175_000 + ",2"):
+            with pytest.raises(LimitExceeded, match="--max-message-bytes"):  # by bytes, and as JSON
+                await client.submit(op="sum", source=source, detach=True)
+        with pytest.raises(InvalidJob, match="job_id: must be at most 256"):
+            await client.submit(op="sum", source="values:1", job_id="x" * 300, detach=True)
+
+
+@pytest.mark.parametrize("limit, most", [(MAX_MESSAGE_BYTES, 4 << 20), (8 << 20, 2 << 20), (1 << 20, 256 << 10)])
+def test_a_message_of_entries_carries_at_most_a_quarter_of_the_limit(limit: int, most: int, tmp_path: Path) -> None:
+    config = NodeConfig("n1", "127.0.0.1:1", ("127.0.0.1:2",), tmp_path, limits=Limits(max_message_bytes=limit))
+    assert config.election_config().max_append_bytes == most

@@ -58,9 +58,8 @@ from node.errors import (
     NotLeader,
     UnknownJob,
 )
+from node.server import recordsize
 from node.server.backlog import Backlog
-from node.server.outcomes import result_of
-from node.server.recordsize import ATTACHED_RESULT_MAX_BYTES, detached_result_cap, first_batch, source_fits
 
 if TYPE_CHECKING:
     from node.server.api import Outcome
@@ -232,7 +231,7 @@ class JobLedger:
     def _attached_batch(self) -> tuple[Proposed, asyncio.Future[bool]]:
         """The attached records since the last flush as one entry (one record per line), or
         the first of them that fit a message: whatever the rate, a few entries a second."""
-        batch, self._attached = first_batch(self._attached, self._max_message_bytes)
+        batch, self._attached = recordsize.first_batch(self._attached, self._max_message_bytes)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         job_ids = [record.job_id for record, _ in batch]
@@ -247,14 +246,15 @@ class JobLedger:
         """An attached job was answered: record it, batched, if the table does not know it yet."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
-        if self._free_bytes() < MIN_FREE_BYTES or not source_fits(job.source, self._max_message_bytes):
-            self.skipped_records += 1  # no room on disk, or in a message to the followers
+        bare = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
+                         submitted_at, time.time(), outcome.elapsed_ms)
+        record = recordsize.with_result(bare, outcome, self._max_message_bytes)
+        command = recordsize.command_of(record, self._max_message_bytes)
+        if self._free_bytes() < MIN_FREE_BYTES or command is None:
+            self.skipped_records += 1  # no room on disk, or in a message to the followers (its source)
             return
-        result, note = result_of(outcome, ATTACHED_RESULT_MAX_BYTES)
-        record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
-                           submitted_at, time.time(), outcome.elapsed_ms, result, note)
         self._recording.add(job_id)
-        self._attached.append((record, encode_command(record)))
+        self._attached.append((record, command))
         if self._flush_later is None and self._flush_soon is None:
             self._flush_later = asyncio.get_running_loop().call_later(ATTACHED_FLUSH_S, self._flush)
 
@@ -278,6 +278,9 @@ class JobLedger:
             self._check_room(job.source)
             queued = JobRecord(job_id, job.op, job.source, "queued", job_spec(job), submitted_at=time.time(),
                                detached=True)
+            if recordsize.command_of(queued, self._max_message_bytes) is None:
+                raise LimitExceeded(f"source: the job's record would be over --max-message-bytes "
+                                    f"({self._max_message_bytes}), which no follower could take")
             joining = self._enqueuing[job_id] = self._propose_record(queued, urgent=True)
             joining.add_done_callback(lambda _: self._enqueuing.pop(job_id, None))
         await self._committed(joining)
@@ -299,9 +302,6 @@ class JobLedger:
         if free < MIN_FREE_BYTES:
             raise LimitExceeded(f"data-dir: {free} bytes free on {self._who()}, under {MIN_FREE_BYTES}; "
                                 "detached jobs are refused until there is room (attached jobs still run)")
-        if not source_fits(source, self._max_message_bytes):
-            raise LimitExceeded(f"source: {len(source)} bytes make a record over --max-message-bytes "
-                                f"({self._max_message_bytes}), which no follower could take")
         live, held = self.table.live, self.table.live_source_bytes
         if live >= MAX_LIVE_JOBS:
             raise LimitExceeded(f"detached jobs: {live} queued or running, the most a cluster holds")
@@ -403,15 +403,15 @@ class JobLedger:
             except (InvalidJob, JobError) as exc:
                 self._finish(record, "failed", error=str(exc))
                 return
-        result, note = result_of(outcome, detached_result_cap(self._max_message_bytes, job.source))
         ran = replace(record, shards=outcome.shards, nodes=outcome.nodes, elapsed_ms=outcome.elapsed_ms)
-        self._finish(replace(ran, result=result, error=note), "done")
+        self._finish(recordsize.with_result(ran, outcome, self._max_message_bytes), "done")
 
     def _finish(self, record: JobRecord, state: str, error: str = "") -> None:
         """Propose the job's final record: at once if a client waits for it, else with the
         next flush (ATTACHED_FLUSH_S), where many jobs' records share one proposal, so a
         stream of small detached jobs costs the log one round trip each, not two."""
-        final = replace(record, state=state, finished_at=time.time(), error=error or record.error)
+        error = (error or record.error)[:recordsize.ERROR_CHARS]  # an exception's message may be long
+        final = replace(record, state=state, finished_at=time.time(), error=error)
         self._propose_record(final, urgent=bool(self._watchers.get(record.job_id)))
 
     async def close(self) -> None:

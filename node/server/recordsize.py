@@ -5,13 +5,20 @@ refuses a message past `--max-message-bytes` at both ends: an entry over it coul
 be sent, and the log would stop there, every later record with it. A detached job with
 a 10 MB answer under `--max-message-bytes 8388608` did that: from then on the cluster
 answered no detached job and committed nothing. So a detached job's result is kept only
-while its record fits, a record that cannot fit is refused or skipped, and attached
-records go in batches that fit (ledger.py).
+while its record fits, measured as encoded, a record that cannot fit is refused or
+skipped, and attached records go in batches that fit (ledger.py).
 """
 
 from __future__ import annotations
 
-from node.core.jobtable import JobRecord
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from node.core.jobtable import JobRecord, encode_command
+from node.server.outcomes import result_of
+
+if TYPE_CHECKING:
+    from node.server.api import Outcome
 
 #: Results up to this size go into an attached job's record (vector answers
 #: are megabytes; replicating each would cost more than the job).
@@ -23,19 +30,28 @@ DETACHED_RESULT_MAX_BYTES = 16 << 20
 #: request's own fields, the record's others (ids, times, an error's line), their JSON.
 ENVELOPE_BYTES = 8 << 10
 
+#: An error's text kept in a record, at most (an exception's message may be long).
+ERROR_CHARS = 1000
+
 Command = tuple[JobRecord, bytes]
 
 
-def detached_result_cap(max_message_bytes: int, source: str) -> int:
-    """The largest result a detached job's record keeps: DETACHED_RESULT_MAX_BYTES, or less
-    where the record, its result in base64 (4 bytes for 3), must fit a smaller message."""
-    room = max_message_bytes - ENVELOPE_BYTES - len(source.encode())
-    return max(0, min(DETACHED_RESULT_MAX_BYTES, room * 3 // 4))
+def command_of(record: JobRecord, max_message_bytes: int) -> bytes | None:
+    """The record's command if an entry holding it alone fits one message, else None:
+    measured encoded (JSON writes a control character in six bytes)."""
+    command = encode_command(record)
+    return command if len(command) + ENVELOPE_BYTES <= max_message_bytes else None
 
 
-def source_fits(source: str, max_message_bytes: int) -> bool:
-    """Whether a record of a job with this source fits one message (its result aside)."""
-    return len(source.encode()) + ENVELOPE_BYTES <= max_message_bytes
+def with_result(record: JobRecord, outcome: Outcome, max_message_bytes: int) -> JobRecord:
+    """`record` (without a result) with the outcome's, if it is within its kind's cap
+    (ATTACHED_RESULT_MAX_BYTES, DETACHED_RESULT_MAX_BYTES) and the record then still fits
+    one message (base64: 4 bytes for 3); else without it, the error saying why (`result`
+    then answers so)."""
+    cap = DETACHED_RESULT_MAX_BYTES if record.detached else ATTACHED_RESULT_MAX_BYTES
+    room = (max_message_bytes - ENVELOPE_BYTES - len(encode_command(record)) - 64) * 3 // 4
+    result, note = result_of(outcome, max(0, min(cap, room)))
+    return replace(record, result=result, error=note or record.error)
 
 
 def first_batch(commands: list[Command], max_message_bytes: int) -> tuple[list[Command], list[Command]]:
@@ -44,7 +60,7 @@ def first_batch(commands: list[Command], max_message_bytes: int) -> tuple[list[C
     at once), one at least; and the rest."""
     limit, size = (max_message_bytes - ENVELOPE_BYTES) // 2, 0
     for count, (_, command) in enumerate(commands):
-        size += len(command)
+        size += len(command) + 1  # and its newline
         if size > limit and count > 0:
             return commands[:count], commands[count:]
     return commands, []

@@ -66,7 +66,7 @@ from node.server.jobstream import JobStream
 from node.server.stealing import Skips
 from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
-from node.wire.jobs import job_from_proto
+from node.wire.jobs import check_job_id, job_from_proto
 from node.wire.log import beat_from_proto
 from node.wire.status import node_trailer
 from node.wire.trace import spans_to_json
@@ -293,8 +293,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         self, request: pb.SubmitRequest, caller: Caller, timeout_s: float | None = None
     ) -> Submitted:
         spec = request.job
-        if not spec.job_id:
-            raise InvalidField("job_id", "must not be empty")
+        check_job_id(spec.job_id)
         malformed = check_name(request.answer_file)
         if malformed is not None:
             raise InvalidField("answer_file.name", malformed)
@@ -393,8 +392,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         return view_to_info(await answer(self.node, context, self._enqueue(request, context)))
 
     async def _enqueue(self, request: pb.SubmitRequest, context: Context) -> JobView:
-        if not request.job.job_id:
-            raise InvalidField("job_id", "must not be empty")
+        check_job_id(request.job.job_id)
         job = job_from_proto(request.job)
         return await self.node.enqueue(request.job.job_id, job, context.peer(), request.forwarded)
 
@@ -402,8 +400,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         return view_to_info(await answer(self.node, context, self._result(request, context)))
 
     async def _result(self, request: pb.ResultRequest, context: Context) -> JobView:
-        if not request.job_id:
-            raise InvalidField("job_id", "must not be empty")
+        check_job_id(request.job_id)
         if not 0 <= request.wait_s <= MAX_WAIT_S:  # NaN fails both
             raise InvalidField("wait_s", f"must be 0 to {MAX_WAIT_S:g} seconds, got {request.wait_s}")
         remaining = context.time_remaining()
@@ -436,8 +433,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         return view_to_info(await answer(self.node, context, self._cancel(request)))
 
     async def _cancel(self, request: pb.CancelRequest) -> JobView:
-        if not request.job_id:
-            raise InvalidField("job_id", "must not be empty")
+        check_job_id(request.job_id)
         return await self.node.cancel(request.job_id, request.forwarded)
 
 

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from node._proto import distnode_pb2 as pb
 from node.core.job import Job
+from node.errors import InvalidField
+
+#: A job id's length at most: a client's are UUIDs (36); an id is in every record of the
+#: job, which must fit one message to the followers (server/recordsize.py).
+MAX_JOB_ID_CHARS = 256
+
+
+def check_job_id(job_id: str) -> None:
+    """InvalidField unless `job_id` is a name: 1 to MAX_JOB_ID_CHARS printable characters
+    (a control character is six bytes in a record's JSON)."""
+    if not job_id:
+        raise InvalidField("job_id", "must not be empty")
+    if len(job_id) > MAX_JOB_ID_CHARS or not job_id.isprintable():
+        raise InvalidField("job_id", f"must be at most {MAX_JOB_ID_CHARS} printable characters, "
+                                     f"got {len(job_id)} ({job_id[:40]!r}...)")
 
 
 def job_to_proto(job_id: str, job: Job) -> pb.JobSpec:
