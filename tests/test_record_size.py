@@ -22,7 +22,7 @@ from node.server.recordsize import (
     ENVELOPE_BYTES,
     command_of,
     first_batch,
-    with_result,
+    kept,
 )
 from node.wire.jobs import MAX_JOB_ID_CHARS, check_job_id
 
@@ -31,7 +31,7 @@ def outcome(nbytes: int) -> Outcome:
     return Outcome("j", "sum", np.ones(nbytes // 8), 1, ("n1",), 1.0)
 
 
-@pytest.mark.parametrize("detached, nbytes, limit, kept", [
+@pytest.mark.parametrize("detached, nbytes, limit, keeps", [
     (True, 1 << 20, MAX_MESSAGE_BYTES, True),
     (True, DETACHED_RESULT_MAX_BYTES + 8, MAX_MESSAGE_BYTES, False),  # past its kind's cap
     (True, 6_000_000, 8 << 20, True),
@@ -40,12 +40,13 @@ def outcome(nbytes: int) -> Outcome:
     (False, ATTACHED_RESULT_MAX_BYTES + 8, MAX_MESSAGE_BYTES, False),
 ])
 def test_a_result_is_kept_while_within_its_cap_and_its_record_fits_a_message(
-    detached: bool, nbytes: int, limit: int, kept: bool
+    detached: bool, nbytes: int, limit: int, keeps: bool
 ) -> None:
-    bare = JobRecord("j", "sum", "npy:x.npy", "done", detached=detached)
-    record = with_result(bare, outcome(nbytes), limit)
-    assert (record.result is not None) == kept
-    assert kept or f"the result ({nbytes} bytes) was not kept" in record.error
+    source = "values:1" + "\x1f" * 1000  # at its longest in JSON
+    result, note = kept(outcome(nbytes), detached, limit, "j", source, "n1")
+    assert (result is not None) == keeps
+    assert keeps or f"the result ({nbytes} bytes) was not kept" in note
+    record = JobRecord("j", "sum", source, "done", nodes=("n1",), result=result, error=note, detached=detached)
     command = command_of(record, limit)
     assert command is not None and len(command) + ENVELOPE_BYTES <= limit, "fits, with the envelope's room"
 

@@ -102,7 +102,7 @@ class JobLedger:
         self._disk_free = disk_free
         self._max_running = max(1, max_running)
         self._who = who
-        self._max_message_bytes = max_message_bytes  # what a record's entry must fit (recordsize.py)
+        self._max_bytes = max_message_bytes  # --max-message-bytes: what a record must fit (recordsize.py)
         #: The last index applied to the table.
         self.applied = 0
         self._pending: list[tuple[Proposed, asyncio.Future[bool] | None]] = []
@@ -229,9 +229,8 @@ class JobLedger:
                 self._commits[entry.index] = (entry.term, future)
 
     def _attached_batch(self) -> tuple[Proposed, asyncio.Future[bool]]:
-        """The attached records since the last flush as one entry (one record per line), or
-        the first of them that fit a message: whatever the rate, a few entries a second."""
-        batch, self._attached = recordsize.first_batch(self._attached, self._max_message_bytes)
+        """Attached records, as many as fit a message, as one entry (one per line): a few a second."""
+        batch, self._attached = recordsize.first_batch(self._attached, self._max_bytes)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         job_ids = [record.job_id for record, _ in batch]
@@ -246,10 +245,10 @@ class JobLedger:
         """An attached job was answered: record it, batched, if the table does not know it yet."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
-        bare = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
-                         submitted_at, time.time(), outcome.elapsed_ms)
-        record = recordsize.with_result(bare, outcome, self._max_message_bytes)
-        command = recordsize.command_of(record, self._max_message_bytes)
+        result, note = recordsize.kept(outcome, False, self._max_bytes, job_id, job.source, *outcome.nodes)
+        record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
+                           submitted_at, time.time(), outcome.elapsed_ms, result, note)
+        command = recordsize.command_of(record, self._max_bytes)
         if self._free_bytes() < MIN_FREE_BYTES or command is None:
             self.skipped_records += 1  # no room on disk, or in a message to the followers (its source)
             return
@@ -278,9 +277,9 @@ class JobLedger:
             self._check_room(job.source)
             queued = JobRecord(job_id, job.op, job.source, "queued", job_spec(job), submitted_at=time.time(),
                                detached=True)
-            if recordsize.command_of(queued, self._max_message_bytes) is None:
+            if recordsize.command_of(queued, self._max_bytes) is None:
                 raise LimitExceeded(f"source: the job's record would be over --max-message-bytes "
-                                    f"({self._max_message_bytes}), which no follower could take")
+                                    f"({self._max_bytes}), which no follower could take")
             joining = self._enqueuing[job_id] = self._propose_record(queued, urgent=True)
             joining.add_done_callback(lambda _: self._enqueuing.pop(job_id, None))
         await self._committed(joining)
@@ -403,8 +402,9 @@ class JobLedger:
             except (InvalidJob, JobError) as exc:
                 self._finish(record, "failed", error=str(exc))
                 return
+        result, note = recordsize.kept(outcome, True, self._max_bytes, job_id, job.source, *outcome.nodes)
         ran = replace(record, shards=outcome.shards, nodes=outcome.nodes, elapsed_ms=outcome.elapsed_ms)
-        self._finish(recordsize.with_result(ran, outcome, self._max_message_bytes), "done")
+        self._finish(replace(ran, result=result, error=note), "done")
 
     def _finish(self, record: JobRecord, state: str, error: str = "") -> None:
         """Propose the job's final record: at once if a client waits for it, else with the

@@ -11,10 +11,9 @@ skipped, and attached records go in batches that fit (ledger.py).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from node.core.jobtable import JobRecord, encode_command
+from node.core.jobtable import JobRecord, Result, encode_command
 from node.server.outcomes import result_of
 
 if TYPE_CHECKING:
@@ -43,15 +42,15 @@ def command_of(record: JobRecord, max_message_bytes: int) -> bytes | None:
     return command if len(command) + ENVELOPE_BYTES <= max_message_bytes else None
 
 
-def with_result(record: JobRecord, outcome: Outcome, max_message_bytes: int) -> JobRecord:
-    """`record` (without a result) with the outcome's, if it is within its kind's cap
-    (ATTACHED_RESULT_MAX_BYTES, DETACHED_RESULT_MAX_BYTES) and the record then still fits
-    one message (base64: 4 bytes for 3); else without it, the error saying why (`result`
-    then answers so)."""
-    cap = DETACHED_RESULT_MAX_BYTES if record.detached else ATTACHED_RESULT_MAX_BYTES
-    room = (max_message_bytes - ENVELOPE_BYTES - len(encode_command(record)) - 64) * 3 // 4
-    result, note = result_of(outcome, max(0, min(cap, room)))
-    return replace(record, result=result, error=note or record.error)
+def kept(outcome: Outcome, detached: bool, max_message_bytes: int, *text: str) -> tuple[Result | None, str]:
+    """The outcome's result as a record of its kind keeps it, or None and why not: within
+    the kind's cap (ATTACHED_RESULT_MAX_BYTES, DETACHED_RESULT_MAX_BYTES), and only while
+    the record still fits one message, its `text` (job id, source, nodes) at its longest
+    in JSON (six bytes a character: sized without encoding, which the small job's record
+    is spared) and the result in base64 (4 bytes for 3)."""
+    cap = DETACHED_RESULT_MAX_BYTES if detached else ATTACHED_RESULT_MAX_BYTES
+    room = (max_message_bytes - ENVELOPE_BYTES - 6 * sum(map(len, text)) - 2048) * 3 // 4
+    return result_of(outcome, max(0, min(cap, room)))
 
 
 def first_batch(commands: list[Command], max_message_bytes: int) -> tuple[list[Command], list[Command]]:
