@@ -51,6 +51,17 @@ def test_a_result_is_kept_while_within_its_cap_and_its_record_fits_a_message(
     assert command is not None and len(command) + ENVELOPE_BYTES <= limit, "fits, with the envelope's room"
 
 
+def test_a_small_answer_is_kept_beside_a_large_source() -> None:
+    """Sized from the text as JSON writes it, not six bytes for every character: a 200 KB
+    source under 1 MiB messages leaves room for an 8-byte answer (a first version kept
+    none, "over 0")."""
+    source = "values:" + ",".join(["1"] * 100_000)
+    result, note = kept(outcome(8), True, 1 << 20, "j", source, "n1")
+    assert result is not None and not note
+    result, note = kept(outcome(800_000), True, 1 << 20, "j", source, "n1")
+    assert result is None and "was not kept" in note
+
+
 def test_a_record_is_measured_as_encoded() -> None:
     """JSON writes a control character in six bytes: a source of 175 KB of them (a
     `values:` item may carry any amount of whitespace) is a record of 1 MB."""

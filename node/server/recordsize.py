@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from node.core.jobtable import JobRecord, Result, encode_command
 from node.server.outcomes import result_of
 
@@ -33,6 +35,7 @@ ENVELOPE_BYTES = 8 << 10
 ERROR_CHARS = 1000
 
 Command = tuple[JobRecord, bytes]
+_JSON = msgspec.json.Encoder()
 
 
 def command_of(record: JobRecord, max_message_bytes: int) -> bytes | None:
@@ -45,11 +48,11 @@ def command_of(record: JobRecord, max_message_bytes: int) -> bytes | None:
 def kept(outcome: Outcome, detached: bool, max_message_bytes: int, *text: str) -> tuple[Result | None, str]:
     """The outcome's result as a record of its kind keeps it, or None and why not: within
     the kind's cap (ATTACHED_RESULT_MAX_BYTES, DETACHED_RESULT_MAX_BYTES), and only while
-    the record still fits one message, its `text` (job id, source, nodes) at its longest
-    in JSON (six bytes a character: sized without encoding, which the small job's record
-    is spared) and the result in base64 (4 bytes for 3)."""
+    the record still fits one message: its `text` (job id, source, nodes) as JSON writes
+    it, 2 KiB for its other fields (numbers, and names from fixed lists), and the result
+    in base64 (4 bytes for 3). Sized so, the small job's record is encoded once, not twice."""
     cap = DETACHED_RESULT_MAX_BYTES if detached else ATTACHED_RESULT_MAX_BYTES
-    room = (max_message_bytes - ENVELOPE_BYTES - 6 * sum(map(len, text)) - 2048) * 3 // 4
+    room = (max_message_bytes - ENVELOPE_BYTES - len(_JSON.encode(text)) - 2048) * 3 // 4
     return result_of(outcome, max(0, min(cap, room)))
 
 

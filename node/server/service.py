@@ -400,7 +400,8 @@ class NodeServicer(pb_grpc.NodeServicer):
         return view_to_info(await answer(self.node, context, self._result(request, context)))
 
     async def _result(self, request: pb.ResultRequest, context: Context) -> JobView:
-        check_job_id(request.job_id)
+        if not request.job_id:  # an id already recorded is read as it is, however long (check_job_id)
+            raise InvalidField("job_id", "must not be empty")
         if not 0 <= request.wait_s <= MAX_WAIT_S:  # NaN fails both
             raise InvalidField("wait_s", f"must be 0 to {MAX_WAIT_S:g} seconds, got {request.wait_s}")
         remaining = context.time_remaining()
@@ -433,7 +434,8 @@ class NodeServicer(pb_grpc.NodeServicer):
         return view_to_info(await answer(self.node, context, self._cancel(request)))
 
     async def _cancel(self, request: pb.CancelRequest) -> JobView:
-        check_job_id(request.job_id)
+        if not request.job_id:  # an id already recorded is read as it is, however long (check_job_id)
+            raise InvalidField("job_id", "must not be empty")
         return await self.node.cancel(request.job_id, request.forwarded)
 
 
