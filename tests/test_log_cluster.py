@@ -419,6 +419,19 @@ async def test_a_snapshot_over_the_message_limit_is_said_once_and_never_built(
     assert [(r.prev_index, r.prev_term, len(r.entries)) for r in bare] == [(7, term, 0)] * 3
 
 
+def chunks_cut(monkeypatch: pytest.MonkeyPatch) -> list[pb.HeartbeatRequest]:
+    """Every chunk the leaders' links make from now on, in order (they are made as sent)."""
+    real_chunks, cut = heartbeats.chunks, []
+
+    def counted(head: pb.HeartbeatRequest, data: bytes, chunk_bytes: int) -> Iterator[pb.HeartbeatRequest]:
+        for chunk in real_chunks(head, data, chunk_bytes):
+            cut.append(chunk)
+            yield chunk
+
+    monkeypatch.setattr(heartbeats, "chunks", counted)
+    return cut
+
+
 async def behind_a_snapshot(
     cluster: InProcessCluster, source: Callable[[int], str] = lambda n: f"values:{n},1"
 ) -> tuple[Daemon, str, list[str]]:
@@ -445,14 +458,7 @@ async def test_a_snapshot_over_the_message_limit_reaches_its_follower_in_chunks(
     follower was never caught up (the test above). In chunks under the limit it arrives
     (snapshotchunks.py): the follower takes the whole snapshot, and the leader its term."""
     monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 4)
-    real_chunks, cut = heartbeats.chunks, []
-
-    def counted(head: pb.HeartbeatRequest, data: bytes, chunk_bytes: int) -> Iterator[pb.HeartbeatRequest]:
-        for chunk in real_chunks(head, data, chunk_bytes):
-            cut.append(chunk)
-            yield chunk
-
-    monkeypatch.setattr(heartbeats, "chunks", counted)
+    cut = chunks_cut(monkeypatch)
     limit = 64 << 10
     cluster = await start_cluster(3, limits=Limits(max_message_bytes=limit), **CALM)
     ones = ",".join(["1"] * 9000)  # 18 KB a source, kept in its job's record: 6 of them pass the limit
@@ -488,14 +494,7 @@ async def test_a_snapshot_in_chunks_slower_than_an_election_timeout_arrives_on_g
     whole, which over --max-message-bytes is refused with an ERROR, and waits)."""
     monkeypatch.setattr(compaction, "COMPACT_ENTRIES", 4)
     monkeypatch.setattr(beatsend, "CHUNK_BYTES", 5_000)
-    real_chunks, cut = heartbeats.chunks, []
-
-    def counted(head: pb.HeartbeatRequest, data: bytes, chunk_bytes: int) -> Iterator[pb.HeartbeatRequest]:
-        for chunk in real_chunks(head, data, chunk_bytes):
-            cut.append(chunk)
-            yield chunk
-
-    monkeypatch.setattr(heartbeats, "chunks", counted)
+    cut = chunks_cut(monkeypatch)
     real_whole, taken_s = service.snapshots_whole, []
 
     def slow_link(step: Any) -> Any:

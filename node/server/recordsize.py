@@ -4,9 +4,9 @@ A record reaches every follower in an AppendEntries (core/replication.py), and g
 refuses a message past `--max-message-bytes` at both ends: an entry over it could never
 be sent, and the log would stop there, every later record with it. A detached job with
 a 10 MB answer under `--max-message-bytes 8388608` did that: from then on the cluster
-answered no detached job and committed nothing. So a detached job's result is kept only
-while its record fits, measured as encoded, a record that cannot fit is refused or
-skipped, and attached records go in batches that fit (ledger.py).
+answered no detached job and committed nothing. So a result is kept only while its
+record still fits (`kept`), a record that cannot fit, measured as encoded (`command_of`),
+is refused or skipped, and attached records go in batches that fit (ledger.py).
 """
 
 from __future__ import annotations
