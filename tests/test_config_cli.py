@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from cli.main import EXIT_USAGE, main
 from node.addresses import parse_address, parse_addresses, split_host_port
+from node.core.limits import Limits
 from node.errors import ConfigError
 from node.server.config import NodeConfig, parse_range_ms
 
@@ -67,14 +69,27 @@ def test_a_wildcard_listen_needs_an_advertised_address(listen: str) -> None:
         ({"idle_heartbeat_ms": 40}, "idle-heartbeat-ms (40) must be at least heartbeat-ms (50)"),
         ({"idle_heartbeat_ms": 130}, "idle-heartbeat-ms (130) must be at least heartbeat-ms (50) and under half "
                                      "the election-ms minimum (250)"),
-        ({"node_id": ""}, "id: must be non-empty"),
+        ({"node_id": ""}, "id: 1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit; got ''"),
+        ({"node_id": "../n1"}, "id: 1 to 64 letters, digits"),
+        ({"node_id": "a/b"}, "id: 1 to 64 letters, digits"),
+        ({"node_id": "n 1"}, "id: 1 to 64 letters, digits"),
+        ({"node_id": "-n1"}, "id: 1 to 64 letters, digits"),
+        ({"node_id": "n" * 65}, "id: 1 to 64 letters, digits"),
+        ({"limits": Limits(max_message_bytes=65535)},
+         "max-message-bytes: a node needs at least 65536 (a job's record and a snapshot chunk must fit), got 65535"),
         ({"peers": ("127.0.0.1:5001",)}, "peers: lists this node's own address"),
         ({"peers": ("h:1", "h:1")}, "peers: duplicate address"),
     ],
 )
 def test_validation_names_both_values(overrides: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         config(**overrides).validate()
+
+
+def test_ids_and_message_sizes_at_their_bounds_are_taken() -> None:
+    for node_id in ("n1", "A.b_c-9", "n" * 64, "7"):
+        config(node_id=node_id).validate()
+    config(limits=Limits(max_message_bytes=65536)).validate()
 
 
 def test_address_parsing() -> None:
@@ -110,6 +125,8 @@ def test_range_ms_parsing() -> None:
         (["start", "--id", "n1", "--listen", "nope", "--peers", ""], "listen: expected HOST:PORT"),
         (["start", "--id", "n1", "--listen", "h:1", "--peers", "h:2", "--heartbeat-ms", "100", "--election-ms", "200-400"], "election-ms minimum (200)"),
         (["start", "--id", "n1", "--listen", "h:1", "--peers", "h:2", "--idle-heartbeat-ms", "200"], "idle-heartbeat-ms (200)"),
+        (["start", "--id", "n1", "--listen", "h:1", "--max-message-bytes", "4096"], "max-message-bytes: a node needs"),
+        (["start", "--id", "n1/x", "--listen", "h:1"], "id: 1 to 64 letters"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],

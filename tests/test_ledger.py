@@ -20,6 +20,7 @@ from node.core.raftlog import Entry
 from node.errors import NotLeader
 from node.server.api import Outcome
 from node.server.ledger import JobLedger
+from node.server.recordsize import ENVELOPE_BYTES
 
 
 def ledger(proposed: list[Entry], leading: Callable[[], bool] = lambda: True) -> JobLedger:
@@ -76,8 +77,10 @@ async def test_a_client_that_hung_up_leaves_no_unretrieved_error_when_the_leader
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
-def running_ledger(proposed: list[Entry], max_message_bytes: int = MAX_MESSAGE_BYTES) -> JobLedger:
-    """A leader's ledger whose runs end at once with the answer 6."""
+def running_ledger(
+    proposed: list[Entry], max_message_bytes: int = MAX_MESSAGE_BYTES, nodes: tuple[str, ...] = ("n1",)
+) -> JobLedger:
+    """A leader's ledger whose runs end at once with the answer 6, computed by `nodes`."""
     indices = itertools.count(1)
 
     def propose(data: tuple[bytes, ...]) -> tuple[Entry, ...]:
@@ -86,7 +89,7 @@ def running_ledger(proposed: list[Entry], max_message_bytes: int = MAX_MESSAGE_B
         return entries
 
     async def run(job_id: str, job: Job) -> Outcome:
-        return Outcome(job_id, job.op, np.array(6.0), 1, ("n1",), 0.1)
+        return Outcome(job_id, job.op, np.array(6.0), 1, nodes, 0.1)
 
     desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run, lambda job_id: None,
                      lambda: 1 << 30, 4, lambda: "n1 (term 1)", max_message_bytes)
@@ -201,4 +204,29 @@ async def test_attached_records_go_in_entries_that_fit_a_message_and_one_that_ca
     assert desk.table.get("huge") is None
     records = [desk.table.get(f"a{n}") for n in range(5)]
     assert all(r is not None and r.result is not None for r in records), "each with its answer"
+    await desk.close()
+
+
+async def test_a_final_record_that_grew_past_a_message_is_proposed_without_its_nodes() -> None:
+    """A detached job's `queued` record fitted; its `done` record adds the nodes that ran
+    it, which no check bounded: 3,000 ids of 40 characters under 64 KiB messages. It goes
+    without them (said in its error), with its answer, and fits (the log once stopped at
+    any record over the limit: recordsize.py)."""
+    proposed: list[Entry] = []
+    limit = 64 << 10
+    many = tuple(f"node-{number:04d}-" + "x" * 30 for number in range(3000))
+    desk = running_ledger(proposed, limit, nodes=many)
+    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
+    await turns()
+    desk.apply(tuple(proposed))
+    assert (await ack).state == "queued"
+    waiter = asyncio.create_task(desk.wait("a", 5.0))
+    await turns()
+    assert states(proposed) == [("a", "queued"), ("a", "done")]
+    assert len(proposed[1].data) + ENVELOPE_BYTES <= limit
+    desk.apply(tuple(proposed[1:]))
+    record = await waiter
+    assert record is not None and record.state == "done" and record.nodes == ()
+    assert record.result is not None and np.frombuffer(record.result.data, record.result.dtype)[0] == 6.0
+    assert "the 3000 nodes that ran it were not kept" in record.error
     await desk.close()

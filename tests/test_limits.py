@@ -18,9 +18,9 @@ LONG_JOB = {"op": "sum", "source": "random:n=3e7,seed=1"}
 
 
 async def test_message_size_limit(start_cluster: StartCluster) -> None:
-    cluster = await start_cluster(1, limits=Limits(max_message_bytes=4096))
+    cluster = await start_cluster(1, limits=Limits(max_message_bytes=64 << 10))
     stub = cluster.stub(cluster.addresses[0])
-    big = pb.JobSpec(job_id="big", op="sum", source="values:" + ",".join(["1"] * 5000))
+    big = pb.JobSpec(job_id="big", op="sum", source="values:" + ",".join(["1"] * 40_000))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Submit(pb.SubmitRequest(job=big), timeout=5)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

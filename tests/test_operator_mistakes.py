@@ -130,16 +130,18 @@ def test_settings_that_differ_are_named_and_the_election_holds(nodes: Nodes) -> 
     n1, n2, n3 = (f"127.0.0.1:{p}" for p in free_ports(3))
     nodes.start("n1", n1, [n2, n3], "--heartbeat-ms", "30", "--election-ms", "150-300")
     nodes.start("n2", n2, [n1, n3], "--heartbeat-ms", "40", "--election-ms", "200-400",
-                "--shard-elems", "1000")
+                "--shard-elems", "1000", "--max-message-bytes", "1048576")
     nodes.start("n3", n3, [n1, n2], "--heartbeat-ms", "30", "--election-ms", "150-300")
     stays_elected([n1, n2, n3], nodes)
-    n1_log = until(lambda: nodes.log(0).count("give every node the same") >= 3 and nodes.log(0),
+    n1_log = until(lambda: nodes.log(0).count("give every node the same") >= 4 and nodes.log(0),
                    "n1's warnings", nodes)
     warned = [line for line in n1_log.splitlines() if "give every node the same" in line]
     assert any(f"peer n2 ({n2}) runs with --heartbeat-ms 40, this node 30" in line for line in warned), warned
     assert any(f"peer n2 ({n2}) runs with --election-ms 200-400, this node 150-300" in line for line in warned)
     assert any(f"peer n2 ({n2}) runs with --shard-elems 1000, this node 8388608" in line for line in warned)
-    assert len(warned) == 3, f"one line per peer and setting, none for n3: {warned}"
+    assert any(f"peer n2 ({n2}) runs with --max-message-bytes 1048576, this node 67108864 (a leader sizes"
+               in line for line in warned), warned
+    assert len(warned) == 4, f"one line per peer and setting, none for n3: {warned}"
 
 
 def test_peer_lists_that_differ_are_named_and_terms_do_not_climb(nodes: Nodes) -> None:

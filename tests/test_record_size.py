@@ -11,7 +11,7 @@ import pytest
 from inproc import StartCluster, poll
 
 from node import AsyncClient
-from node.core.jobtable import JobRecord
+from node.core.jobtable import JobRecord, encode_command
 from node.core.limits import MAX_MESSAGE_BYTES, Limits
 from node.errors import InvalidField, InvalidJob, JobError, LimitExceeded
 from node.server.api import Outcome
@@ -22,6 +22,7 @@ from node.server.recordsize import (
     ENVELOPE_BYTES,
     command_of,
     first_batch,
+    fitting,
     kept,
 )
 from node.wire.jobs import MAX_JOB_ID_CHARS, check_job_id
@@ -43,7 +44,7 @@ def test_a_result_is_kept_while_within_its_cap_and_its_record_fits_a_message(
     detached: bool, nbytes: int, limit: int, keeps: bool
 ) -> None:
     source = "values:1" + "\x1f" * 1000  # at its longest in JSON
-    result, note = kept(outcome(nbytes), detached, limit, "j", source, "n1")
+    result, note, _ = kept(outcome(nbytes), detached, limit, "j", source)
     assert (result is not None) == keeps
     assert keeps or f"the result ({nbytes} bytes) was not kept" in note
     record = JobRecord("j", "sum", source, "done", nodes=("n1",), result=result, error=note, detached=detached)
@@ -56,10 +57,44 @@ def test_a_small_answer_is_kept_beside_a_large_source() -> None:
     source under 1 MiB messages leaves room for an 8-byte answer (a first version kept
     none, "over 0")."""
     source = "values:" + ",".join(["1"] * 100_000)
-    result, note = kept(outcome(8), True, 1 << 20, "j", source, "n1")
+    result, note, _ = kept(outcome(8), True, 1 << 20, "j", source)
     assert result is not None and not note
-    result, note = kept(outcome(800_000), True, 1 << 20, "j", source, "n1")
+    result, note, _ = kept(outcome(800_000), True, 1 << 20, "j", source)
     assert result is None and "was not kept" in note
+
+
+def test_every_record_is_fitted_where_proposals_pass() -> None:
+    """The last check before a proposal (ledger.py's `_propose_record`): a record that fits
+    goes as it is; one over a message loses its nodes, then its result, each said in its
+    error, and then fits. `kept` sizes both first; this holds for any record it missed."""
+    limit = 64 << 10
+    source = "values:1,2"
+    small, _, _ = kept(outcome(8), True, limit, "j", source)
+    fine = JobRecord("j", "sum", source, "done", nodes=("n1", "n2"), result=small, detached=True)
+    assert fitting(fine, limit) == (fine, encode_command(fine))
+    big, _, _ = kept(outcome(60_000), True, MAX_MESSAGE_BYTES, "j", source)  # sized for another limit
+    many = tuple(f"node-{number:04d}" for number in range(5000))
+    for nodes, result, said in [
+        (("n1",), big, ["the result was not kept: its record would be over 65536 bytes"]),
+        (many, small, ["the 5000 nodes that ran it were not kept"]),
+        (many, big, ["the 5000 nodes that ran it were not kept", "the result was not kept"]),
+    ]:
+        record = JobRecord("j", "sum", source, "done", nodes=nodes, result=result, error="", detached=True)
+        assert command_of(record, limit) is None
+        fitted, command = fitting(record, limit)
+        assert len(command) + ENVELOPE_BYTES <= limit and command == encode_command(fitted)
+        assert all(text in fitted.error for text in said), fitted.error
+        assert fitted.nodes == (nodes if nodes == ("n1",) else ())
+        assert (fitted.result is None) == (result is big)
+
+
+def test_a_record_lists_its_nodes_while_they_take_a_quarter_of_a_message() -> None:
+    few = Outcome("j", "sum", np.ones(1), 1, ("n1", "n2"), 1.0)
+    assert kept(few, True, 64 << 10, "j", "range:n=3")[1:] == ("", ("n1", "n2"))
+    many = Outcome("j", "sum", np.ones(1), 1, tuple(f"n{number:05d}" for number in range(3000)), 1.0)
+    result, note, nodes = kept(many, True, 64 << 10, "j", "range:n=3")
+    assert result is not None and nodes == () and "the 3000 nodes that ran it were not kept" in note
+    assert kept(many, True, 1 << 20, "j", "range:n=3")[2] == many.nodes
 
 
 def test_a_record_is_measured_as_encoded() -> None:

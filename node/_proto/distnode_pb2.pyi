@@ -1171,6 +1171,7 @@ class StatusReply(_message.Message):
     ELECTION_MS_MAX_FIELD_NUMBER: _builtins.int
     SHARD_ELEMS_FIELD_NUMBER: _builtins.int
     CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
     term: _builtins.int
@@ -1189,6 +1190,10 @@ class StatusReply(_message.Message):
     shard_elems: _builtins.int
     cluster_size: _builtins.int
     """The nodes this node counts in its cluster: its --peers and itself."""
+    max_message_bytes: _builtins.int
+    """Its --max-message-bytes: what it sends and takes at most, so a record or a
+    snapshot chunk sized by a leader with a larger one may not reach it.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]: ...
     @_builtins.property
@@ -1214,10 +1219,11 @@ class StatusReply(_message.Message):
         election_ms_max: _builtins.int = ...,
         shard_elems: _builtins.int = ...,
         cluster_size: _builtins.int = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_size", b"cluster_size", "commit_index", b"commit_index", "election_ms_max", b"election_ms_max", "election_ms_min", b"election_ms_min", "heartbeat_ms", b"heartbeat_ms", "leader_address", b"leader_address", "leader_id", b"leader_id", "log_index", b"log_index", "node_id", b"node_id", "nodes", b"nodes", "role", b"role", "shard_elems", b"shard_elems", "sources", b"sources", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_size", b"cluster_size", "commit_index", b"commit_index", "election_ms_max", b"election_ms_max", "election_ms_min", b"election_ms_min", "heartbeat_ms", b"heartbeat_ms", "leader_address", b"leader_address", "leader_id", b"leader_id", "log_index", b"log_index", "max_message_bytes", b"max_message_bytes", "node_id", b"node_id", "nodes", b"nodes", "role", b"role", "shard_elems", b"shard_elems", "sources", b"sources", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,6 +16,11 @@ from node.errors import LimitExceeded
 #: The largest gRPC message a node or a client sends or accepts, unless told
 #: otherwise (`--max-message-bytes`; `max_message_bytes=` on the clients).
 MAX_MESSAGE_BYTES = 64 << 20
+#: The least `--max-message-bytes` a node runs with. A node's messages carry a job's
+#: record beside 8 KiB of envelope (server/recordsize.py) and a snapshot's chunks
+#: beside 4 KiB (server/beatsend.py): below this it could record almost no job and
+#: send no snapshot at all. (A client's own limit has no floor: it bounds answers.)
+MIN_NODE_MESSAGE_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)

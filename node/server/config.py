@@ -17,13 +17,14 @@ Why the defaults (heartbeat 50 ms, election 250-500 ms, tick 10 ms):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.addresses import is_loopback, split_host_port
 from node.core.electionconfig import ElectionConfig
 from node.core.job import SHARD_ELEMS
-from node.core.limits import Limits
+from node.core.limits import MIN_NODE_MESSAGE_BYTES, Limits
 from node.errors import ConfigError
 from node.security import TlsFiles
 
@@ -31,6 +32,9 @@ DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_ELECTION_MS = (250, 500)
 DEFAULT_TICK_MS = 10
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+#: A node id names its state directory (default_data_dir) and travels in every beat,
+#: vote and record: short, and nothing a path or a log line would read otherwise.
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def parse_range_ms(text: str, field_name: str = "election-ms") -> tuple[int, int]:
@@ -123,8 +127,9 @@ class NodeConfig:
         return self.advertise or self.listen
 
     def validate(self) -> None:
-        if not self.node_id or any(c.isspace() for c in self.node_id):
-            raise ConfigError(f"id: must be non-empty without spaces, got {self.node_id!r}")
+        if not NODE_ID.fullmatch(self.node_id):
+            raise ConfigError(f"id: 1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit;"
+                              f" got {self.node_id[:80]!r}")
         if self.address in self.peers:
             raise ConfigError(f"peers: lists this node's own address {self.address}")
         if len(set(self.peers)) != len(self.peers):
@@ -141,6 +146,9 @@ class NodeConfig:
                               f"{self.keep_jobs}, {self.keep_result_bytes}")
         if self.shard_elems < 1:
             raise ConfigError(f"shard-elems: must be positive, got {self.shard_elems}")
+        if self.limits.max_message_bytes < MIN_NODE_MESSAGE_BYTES:
+            raise ConfigError(f"max-message-bytes: a node needs at least {MIN_NODE_MESSAGE_BYTES} (a job's"
+                              f" record and a snapshot chunk must fit), got {self.limits.max_message_bytes}")
         self._validate_formats()
         self._validate_exposure()
 

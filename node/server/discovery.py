@@ -7,7 +7,11 @@ must agree across the cluster: a mismatch is a WARNING, once per peer and
 setting, naming both values. None of them is refused: timings that differ
 still elect (within the ranges each node checks of its own), and a shard
 size that differs only changes which leader cuts which shards (a detached
-job keeps the shard size of the leader that took it).
+job keeps the shard size of the leader that took it). A --max-message-bytes
+that differs is the one that can stop something: a leader sizes its records
+and snapshot chunks by its own (recordsize.py), and a follower with a smaller
+one refuses those over its own, so the log stops there for that follower until
+every node runs with the same.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def shared_settings(config: NodeConfig) -> dict[str, int]:
     """What this node states in its Status for its peers to compare, by field name."""
     return {"heartbeat_ms": config.heartbeat_ms, "election_ms_min": config.election_ms_min,
             "election_ms_max": config.election_ms_max, "shard_elems": config.shard_elems,
-            "cluster_size": len(config.peers) + 1}
+            "cluster_size": len(config.peers) + 1, "max_message_bytes": config.limits.max_message_bytes}
 
 
 def mismatches(own: dict[str, int], reply: pb.StatusReply) -> dict[str, str]:
@@ -52,6 +56,11 @@ def mismatches(own: dict[str, int], reply: pb.StatusReply) -> dict[str, str]:
     if theirs["cluster_size"] and theirs["cluster_size"] != own["cluster_size"]:
         found["cluster_size"] = (f"a cluster of {theirs['cluster_size']} nodes (its --peers and itself),"
                                  f" this node {own['cluster_size']}: the --peers lists differ")
+    if theirs["max_message_bytes"] and theirs["max_message_bytes"] != own["max_message_bytes"]:
+        found["max_message_bytes"] = (
+            f"--max-message-bytes {theirs['max_message_bytes']}, this node {own['max_message_bytes']}"
+            " (a leader sizes records and snapshot chunks by its own: a node with a smaller one may"
+            " not take them, and the log stops there for it)")
     return found
 
 

@@ -40,7 +40,6 @@ from node.core.jobtable import (
     JobRecord,
     JobTable,
     Proposed,
-    encode_command,
     job_spec,
     record_job,
     same_job,
@@ -191,7 +190,7 @@ class JobLedger:
         """Queue a record for the next proposal; the future says whether it committed."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)  # whoever awaits it may be gone (a client that hung up)
-        self._pending.append((Proposed.of(((record, encode_command(record)),)), future))
+        self._pending.append((Proposed.of((recordsize.fitting(record, self._max_bytes),)), future))
         if urgent:
             self._hurry()
         elif self._flush_later is None and self._flush_soon is None:
@@ -245,8 +244,8 @@ class JobLedger:
         """An attached job was answered: record it, batched, if the table does not know it yet."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
-        result, note = recordsize.kept(outcome, False, self._max_bytes, job_id, job.source, *outcome.nodes)
-        record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, outcome.nodes,
+        result, note, nodes = recordsize.kept(outcome, False, self._max_bytes, job_id, job.source)
+        record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
         command = recordsize.command_of(record, self._max_bytes)
         if self._free_bytes() < MIN_FREE_BYTES or command is None:
@@ -402,8 +401,8 @@ class JobLedger:
             except (InvalidJob, JobError) as exc:
                 self._finish(record, "failed", error=str(exc))
                 return
-        result, note = recordsize.kept(outcome, True, self._max_bytes, job_id, job.source, *outcome.nodes)
-        ran = replace(record, shards=outcome.shards, nodes=outcome.nodes, elapsed_ms=outcome.elapsed_ms)
+        result, note, nodes = recordsize.kept(outcome, True, self._max_bytes, job_id, job.source)
+        ran = replace(record, shards=outcome.shards, nodes=nodes, elapsed_ms=outcome.elapsed_ms)
         self._finish(replace(ran, result=result, error=note), "done")
 
     def _finish(self, record: JobRecord, state: str, error: str = "") -> None:

@@ -6,11 +6,13 @@ be sent, and the log would stop there, every later record with it. A detached jo
 a 10 MB answer under `--max-message-bytes 8388608` did that: from then on the cluster
 answered no detached job and committed nothing. So a result is kept only while its
 record still fits (`kept`), a record that cannot fit, measured as encoded (`command_of`),
-is refused or skipped, and attached records go in batches that fit (ledger.py).
+is refused or skipped, attached records go in batches that fit (ledger.py), and every
+record is fitted once more where all proposals pass (`fitting`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -45,15 +47,51 @@ def command_of(record: JobRecord, max_message_bytes: int) -> bytes | None:
     return command if len(command) + ENVELOPE_BYTES <= max_message_bytes else None
 
 
-def kept(outcome: Outcome, detached: bool, max_message_bytes: int, *text: str) -> tuple[Result | None, str]:
-    """The outcome's result as a record of its kind keeps it, or None and why not: within
-    the kind's cap (ATTACHED_RESULT_MAX_BYTES, DETACHED_RESULT_MAX_BYTES), and only while
-    the record still fits one message: its `text` (job id, source, nodes) as JSON writes
-    it, 2 KiB for its other fields (numbers, and names from fixed lists), and the result
+def fitting(record: JobRecord, max_message_bytes: int) -> Command:
+    """The record as proposed, and its command: as it is while an entry holding it fits one
+    message, else without its result or its list of nodes (the nodes first where they take
+    more than a quarter of a message, as `kept` has it), then both, each said in its
+    `error`. Its source fitted when it was queued (or it was not recorded), and its error is
+    at most ERROR_CHARS, so what a job adds when it ends is all that can take it over: a
+    result `kept` would not have kept, or more nodes than a record holds."""
+    command = command_of(record, max_message_bytes)
+    crowded = len(_JSON.encode(record.nodes)) > max_message_bytes // 4
+    for part in ("nodes", "result") if crowded else ("result", "nodes"):
+        if command is None and getattr(record, part):
+            record = _without(record, part, max_message_bytes)
+            command = command_of(record, max_message_bytes)
+    return record, encode_command(record) if command is None else command
+
+
+def _without(record: JobRecord, part: str, max_message_bytes: int) -> JobRecord:
+    if part == "nodes":
+        note = f"the {len(record.nodes)} nodes that ran it were not kept: too many for a record"
+        return replace(record, nodes=(), error=_also(record.error, note))
+    note = f"the result was not kept: its record would be over {max_message_bytes} bytes"
+    return replace(record, result=None, error=_also(record.error, note))
+
+
+def _also(error: str, note: str) -> str:
+    return f"{error}; {note}"[:ERROR_CHARS] if error else note
+
+
+def kept(
+    outcome: Outcome, detached: bool, max_message_bytes: int, job_id: str, source: str
+) -> tuple[Result | None, str, tuple[str, ...]]:
+    """What a record of its kind keeps of the outcome: its result, or None and why not, and
+    the nodes that ran it. The nodes while their list takes at most a quarter of a message
+    (a record lists every node that ran the job; none if too many, said so). The result
+    within the kind's cap (ATTACHED_RESULT_MAX_BYTES, DETACHED_RESULT_MAX_BYTES), and only
+    while the record still fits one message: its job id, source and nodes as JSON writes
+    them, 2 KiB for its other fields (numbers, and names from fixed lists), and the result
     in base64 (4 bytes for 3). Sized so, the small job's record is encoded once, not twice."""
+    nodes = outcome.nodes if len(_JSON.encode(outcome.nodes)) <= max_message_bytes // 4 else ()
     cap = DETACHED_RESULT_MAX_BYTES if detached else ATTACHED_RESULT_MAX_BYTES
-    room = (max_message_bytes - ENVELOPE_BYTES - len(_JSON.encode(text)) - 2048) * 3 // 4
-    return result_of(outcome, max(0, min(cap, room)))
+    room = (max_message_bytes - ENVELOPE_BYTES - len(_JSON.encode((job_id, source, *nodes))) - 2048) * 3 // 4
+    result, note = result_of(outcome, max(0, min(cap, room)))
+    if len(nodes) < len(outcome.nodes):
+        note = _also(note, f"the {len(outcome.nodes)} nodes that ran it were not kept: too many for a record")
+    return result, note, nodes
 
 
 def first_batch(commands: list[Command], max_message_bytes: int) -> tuple[list[Command], list[Command]]:
