@@ -44,7 +44,7 @@ def print_answer(answer: Answer) -> None:
     print(strict_json(answer.result), flush=True)
     if sys.stderr.isatty():
         print(
-            f"{answer.op}: {answer.shards} shard(s) on {','.join(answer.nodes)} in "
+            f"{answer.op}: {answer.shards} shard(s) on {','.join(answer.nodes) or '(nodes not kept)'} in "
             f"{answer.elapsed_ms:.1f} ms (leader {answer.leader}, term {answer.term}, "
             f"retries {answer.retries})",
             file=sys.stderr,

@@ -69,12 +69,14 @@ def test_a_wildcard_listen_needs_an_advertised_address(listen: str) -> None:
         ({"idle_heartbeat_ms": 40}, "idle-heartbeat-ms (40) must be at least heartbeat-ms (50)"),
         ({"idle_heartbeat_ms": 130}, "idle-heartbeat-ms (130) must be at least heartbeat-ms (50) and under half "
                                      "the election-ms minimum (250)"),
-        ({"node_id": ""}, "id: 1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit; got ''"),
-        ({"node_id": "../n1"}, "id: 1 to 64 letters, digits"),
-        ({"node_id": "a/b"}, "id: 1 to 64 letters, digits"),
-        ({"node_id": "n 1"}, "id: 1 to 64 letters, digits"),
-        ({"node_id": "-n1"}, "id: 1 to 64 letters, digits"),
-        ({"node_id": "n" * 65}, "id: 1 to 64 letters, digits"),
+        ({"node_id": ""}, "id: 1 to 64 printable characters without spaces, '/' or '\\' (it names the node's "
+                          "state directory); got ''"),
+        ({"node_id": "../n1"}, "id: 1 to 64 printable characters"),
+        ({"node_id": "a\\b"}, "id: 1 to 64 printable characters"),
+        ({"node_id": "n 1"}, "id: 1 to 64 printable characters"),
+        ({"node_id": "n\u00a01"}, "id: 1 to 64 printable characters"),
+        ({"node_id": "n\x1b1"}, "id: 1 to 64 printable characters"),
+        ({"node_id": "n" * 65}, "id: 1 to 64 printable characters"),
         ({"limits": Limits(max_message_bytes=65535)},
          "max-message-bytes: a node needs at least 65536 (a job's record and a snapshot chunk must fit), got 65535"),
         ({"peers": ("127.0.0.1:5001",)}, "peers: lists this node's own address"),
@@ -87,7 +89,7 @@ def test_validation_names_both_values(overrides: dict[str, object], message: str
 
 
 def test_ids_and_message_sizes_at_their_bounds_are_taken() -> None:
-    for node_id in ("n1", "A.b_c-9", "n" * 64, "7"):
+    for node_id in ("n1", "A.b_c-9", "n" * 64, "7", "node@rack:2", "nœud-1", ".n1", ".."):
         config(node_id=node_id).validate()
     config(limits=Limits(max_message_bytes=65536)).validate()
 
@@ -126,7 +128,7 @@ def test_range_ms_parsing() -> None:
         (["start", "--id", "n1", "--listen", "h:1", "--peers", "h:2", "--heartbeat-ms", "100", "--election-ms", "200-400"], "election-ms minimum (200)"),
         (["start", "--id", "n1", "--listen", "h:1", "--peers", "h:2", "--idle-heartbeat-ms", "200"], "idle-heartbeat-ms (200)"),
         (["start", "--id", "n1", "--listen", "h:1", "--max-message-bytes", "4096"], "max-message-bytes: a node needs"),
-        (["start", "--id", "n1/x", "--listen", "h:1"], "id: 1 to 64 letters"),
+        (["start", "--id", "n1/x", "--listen", "h:1"], "id: 1 to 64 printable characters"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
@@ -240,3 +242,20 @@ def test_the_cluster_can_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("DISTNODE_CLUSTER")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["status"])
+
+
+@pytest.mark.parametrize(("nodes", "said"), [(["n1", "n2"], "on n1,n2 in"), ([], "on (nodes not kept) in")])
+def test_an_answer_on_a_terminal_names_its_nodes_or_says_they_were_not_kept(
+    nodes: list[str], said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detached job's record may leave its list of nodes out (too many for a message)."""
+    import numpy as np
+
+    from cli.render import print_answer
+    from node.client.answer import Answer
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    print_answer(Answer("j", "sum", np.array(6.0), 2, nodes, 1.5, "n1", 3, 0))
+    out, err = capsys.readouterr()
+    assert out == "6.0\n"
+    assert f"sum: 2 shard(s) {said} 1.5 ms (leader n1, term 3, retries 0)" in err

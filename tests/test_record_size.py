@@ -20,8 +20,10 @@ from node.server.recordsize import (
     ATTACHED_RESULT_MAX_BYTES,
     DETACHED_RESULT_MAX_BYTES,
     ENVELOPE_BYTES,
+    ERROR_CHARS,
     command_of,
     first_batch,
+    fits,
     fitting,
     kept,
 )
@@ -64,37 +66,68 @@ def test_a_small_answer_is_kept_beside_a_large_source() -> None:
 
 
 def test_every_record_is_fitted_where_proposals_pass() -> None:
-    """The last check before a proposal (ledger.py's `_propose_record`): a record that fits
-    goes as it is; one over a message loses its nodes, then its result, each said in its
-    error, and then fits. `kept` sizes both first; this holds for any record it missed."""
+    """The last check before a proposal (ledger.py: `_propose_record`, `record_attached`):
+    a record that fits goes as it is; one over a message loses the larger of its nodes and
+    its result, then the other, each said in its error, and then fits. `kept` sizes both
+    first; this holds for any record it missed."""
     limit = 64 << 10
     source = "values:1,2"
     small, _, _ = kept(outcome(8), True, limit, "j", source)
     fine = JobRecord("j", "sum", source, "done", nodes=("n1", "n2"), result=small, detached=True)
     assert fitting(fine, limit) == (fine, encode_command(fine))
     big, _, _ = kept(outcome(60_000), True, MAX_MESSAGE_BYTES, "j", source)  # sized for another limit
-    many = tuple(f"node-{number:04d}" for number in range(5000))
-    for nodes, result, said in [
-        (("n1",), big, ["the result was not kept: its record would be over 65536 bytes"]),
-        (many, small, ["the 5000 nodes that ran it were not kept"]),
-        (many, big, ["the 5000 nodes that ran it were not kept", "the result was not kept"]),
+    many = tuple(f"node-{number:04d}" for number in range(5000))  # 60 KB of JSON, under big's 80 KB
+    for nodes, result, said, left in [
+        (("n1",), big, ["the result was not kept: its record would be over 65536 bytes"], ("n1",)),
+        (many, small, ["the 5000 nodes that ran it were not kept"], ()),
+        (many, big, ["the result was not kept", "the 5000 nodes that ran it were not kept"], ()),
     ]:
         record = JobRecord("j", "sum", source, "done", nodes=nodes, result=result, error="", detached=True)
         assert command_of(record, limit) is None
         fitted, command = fitting(record, limit)
-        assert len(command) + ENVELOPE_BYTES <= limit and command == encode_command(fitted)
+        assert fits(command, limit) and command == encode_command(fitted)
         assert all(text in fitted.error for text in said), fitted.error
-        assert fitted.nodes == (nodes if nodes == ("n1",) else ())
+        assert fitted.nodes == left
         assert (fitted.result is None) == (result is big)
 
 
-def test_a_record_lists_its_nodes_while_they_take_a_quarter_of_a_message() -> None:
+def test_a_failed_record_whose_error_takes_it_over_a_message_has_its_error_cut() -> None:
+    """The queued record fitted with 8 KiB to spare; an error of 1,000 control characters
+    (six bytes each in JSON) takes the failed one past that."""
+    limit = 64 << 10
+    source = "values:" + "1," * 26_000 + "1"
+    assert command_of(JobRecord("j", "sum", source, "queued", detached=True), limit) is not None
+    failed = JobRecord("j", "sum", source, "failed", error="\x01" * ERROR_CHARS, detached=True)
+    assert command_of(failed, limit) is None
+    fitted, command = fitting(failed, limit)
+    assert fits(command, limit) and fitted.error == "\x01" * (ERROR_CHARS // 10)
+
+
+def test_a_note_after_a_long_error_is_kept_whole() -> None:
+    record = JobRecord("j", "sum", "values:1", "done", nodes=tuple(f"n{i:05d}" for i in range(9000)),
+                       error="e" * ERROR_CHARS, detached=True)
+    fitted, _ = fitting(record, 64 << 10)
+    assert len(fitted.error) <= ERROR_CHARS
+    assert fitted.error.endswith("the 9000 nodes that ran it were not kept: too many for a record")
+
+
+def test_a_record_keeps_its_answer_before_its_list_of_nodes() -> None:
     few = Outcome("j", "sum", np.ones(1), 1, ("n1", "n2"), 1.0)
     assert kept(few, True, 64 << 10, "j", "range:n=3")[1:] == ("", ("n1", "n2"))
-    many = Outcome("j", "sum", np.ones(1), 1, tuple(f"n{number:05d}" for number in range(3000)), 1.0)
+    many = Outcome("j", "sum", np.ones(1), 1, tuple(f"n{number:05d}" for number in range(7000)), 1.0)
     result, note, nodes = kept(many, True, 64 << 10, "j", "range:n=3")
-    assert result is not None and nodes == () and "the 3000 nodes that ran it were not kept" in note
+    assert result is not None and nodes == () and note == "the 7000 nodes that ran it were not kept: too many for a record"
     assert kept(many, True, 1 << 20, "j", "range:n=3")[2] == many.nodes
+    # A 52 KB source leaves 3.2 KB: 100 nodes (900 bytes) and a 2,000-byte answer do not both fit.
+    source = "values:" + "1," * 26_000 + "1"
+    hundred = tuple(f"n{number:05d}" for number in range(100))
+    wide = Outcome("j", "sum", np.ones(250), 1, hundred, 1.0)
+    result, note, nodes = kept(wide, True, 64 << 10, "j", source)
+    assert result is not None and nodes == () and "the 100 nodes" in note
+    narrow = Outcome("j", "sum", np.ones(4), 1, hundred, 1.0)
+    assert kept(narrow, True, 64 << 10, "j", source)[1:] == ("", hundred)
+    record = JobRecord("j", "sum", source, "done", nodes=nodes, result=result, error=note, detached=True)
+    assert command_of(record, 64 << 10) is not None
 
 
 def test_a_record_is_measured_as_encoded() -> None:

@@ -17,7 +17,6 @@ Why the defaults (heartbeat 50 ms, election 250-500 ms, tick 10 ms):
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ DEFAULT_TICK_MS = 10
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 #: A node id names its state directory (default_data_dir) and travels in every beat,
 #: vote and record: short, and nothing a path or a log line would read otherwise.
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_NODE_ID_CHARS = 64
 
 
 def parse_range_ms(text: str, field_name: str = "election-ms") -> tuple[int, int]:
@@ -51,6 +50,11 @@ def parse_range_ms(text: str, field_name: str = "election-ms") -> tuple[int, int
 #: Finished jobs the job table keeps by default, and bytes of their results.
 DEFAULT_KEEP_JOBS = 10_000
 DEFAULT_KEEP_RESULT_BYTES = 64 << 20
+
+
+def is_node_id(text: str) -> bool:
+    return (0 < len(text) <= MAX_NODE_ID_CHARS and text.isprintable()
+            and not any(c.isspace() or c in "/\\" for c in text))
 
 
 def default_data_dir(node_id: str, listen: str) -> Path:
@@ -127,9 +131,9 @@ class NodeConfig:
         return self.advertise or self.listen
 
     def validate(self) -> None:
-        if not NODE_ID.fullmatch(self.node_id):
-            raise ConfigError(f"id: 1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit;"
-                              f" got {self.node_id[:80]!r}")
+        if not is_node_id(self.node_id):
+            raise ConfigError(f"id: 1 to {MAX_NODE_ID_CHARS} printable characters without spaces, '/' or"
+                              f" '\\' (it names the node's state directory); got {self.node_id[:80]!r}")
         if self.address in self.peers:
             raise ConfigError(f"peers: lists this node's own address {self.address}")
         if len(set(self.peers)) != len(self.peers):

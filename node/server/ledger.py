@@ -247,8 +247,8 @@ class JobLedger:
         result, note, nodes = recordsize.kept(outcome, False, self._max_bytes, job_id, job.source)
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
-        command = recordsize.command_of(record, self._max_bytes)
-        if self._free_bytes() < MIN_FREE_BYTES or command is None:
+        record, command = recordsize.fitting(record, self._max_bytes)
+        if self._free_bytes() < MIN_FREE_BYTES or not recordsize.fits(command, self._max_bytes):
             self.skipped_records += 1  # no room on disk, or in a message to the followers (its source)
             return
         self._recording.add(job_id)

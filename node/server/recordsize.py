@@ -44,20 +44,27 @@ def command_of(record: JobRecord, max_message_bytes: int) -> bytes | None:
     """The record's command if an entry holding it alone fits one message, else None:
     measured encoded (JSON writes a control character in six bytes)."""
     command = encode_command(record)
-    return command if len(command) + ENVELOPE_BYTES <= max_message_bytes else None
+    return command if fits(command, max_message_bytes) else None
+
+
+def fits(command: bytes, max_message_bytes: int) -> bool:
+    return len(command) + ENVELOPE_BYTES <= max_message_bytes
 
 
 def fitting(record: JobRecord, max_message_bytes: int) -> Command:
     """The record as proposed, and its command: as it is while an entry holding it fits one
-    message, else without its result or its list of nodes (the nodes first where they take
-    more than a quarter of a message, as `kept` has it), then both, each said in its
-    `error`. Its source fitted when it was queued (or it was not recorded), and its error is
-    at most ERROR_CHARS, so what a job adds when it ends is all that can take it over: a
-    result `kept` would not have kept, or more nodes than a record holds."""
+    message, else without the larger of its result and its list of nodes, then without
+    the other, then with its error cut short, each said in its `error`. Its source fitted
+    when it was queued, or it was not recorded; so a record that still does not fit is one
+    whose error, at most ERROR_CHARS, JSON wrote six bytes a character, which the entry's
+    envelope (ENVELOPE_BYTES, of which an AppendEntries takes a few hundred) holds."""
     command = command_of(record, max_message_bytes)
-    crowded = len(_JSON.encode(record.nodes)) > max_message_bytes // 4
-    for part in ("nodes", "result") if crowded else ("result", "nodes"):
-        if command is None and getattr(record, part):
+    if command is not None:
+        return record, command
+    sizes = {"nodes": len(_JSON.encode(record.nodes)) if record.nodes else 0,
+             "result": len(record.result.data) * 4 // 3 + 1 if record.result is not None else 0}
+    for part in (*sorted(sizes, key=sizes.__getitem__, reverse=True), "error"):
+        if command is None and (sizes.get(part, 1)):
             record = _without(record, part, max_message_bytes)
             command = command_of(record, max_message_bytes)
     return record, encode_command(record) if command is None else command
@@ -65,32 +72,45 @@ def fitting(record: JobRecord, max_message_bytes: int) -> Command:
 
 def _without(record: JobRecord, part: str, max_message_bytes: int) -> JobRecord:
     if part == "nodes":
-        note = f"the {len(record.nodes)} nodes that ran it were not kept: too many for a record"
-        return replace(record, nodes=(), error=_also(record.error, note))
-    note = f"the result was not kept: its record would be over {max_message_bytes} bytes"
-    return replace(record, result=None, error=_also(record.error, note))
+        return replace(record, nodes=(), error=_also(record.error, _unlisted(len(record.nodes))))
+    if part == "result":
+        note = f"the result was not kept: its record would be over {max_message_bytes} bytes"
+        return replace(record, result=None, error=_also(record.error, note))
+    return replace(record, error=record.error[:ERROR_CHARS // 10])
+
+
+def _unlisted(count: int) -> str:
+    return f"the {count} nodes that ran it were not kept: too many for a record"
 
 
 def _also(error: str, note: str) -> str:
-    return f"{error}; {note}"[:ERROR_CHARS] if error else note
+    """`note` after `error`, the whole at most ERROR_CHARS: the error is cut, not the note."""
+    return f"{error[:ERROR_CHARS - len(note) - 2]}; {note}" if error else note
 
 
 def kept(
     outcome: Outcome, detached: bool, max_message_bytes: int, job_id: str, source: str
 ) -> tuple[Result | None, str, tuple[str, ...]]:
     """What a record of its kind keeps of the outcome: its result, or None and why not, and
-    the nodes that ran it. The nodes while their list takes at most a quarter of a message
-    (a record lists every node that ran the job; none if too many, said so). The result
-    within the kind's cap (ATTACHED_RESULT_MAX_BYTES, DETACHED_RESULT_MAX_BYTES), and only
-    while the record still fits one message: its job id, source and nodes as JSON writes
-    them, 2 KiB for its other fields (numbers, and names from fixed lists), and the result
-    in base64 (4 bytes for 3). Sized so, the small job's record is encoded once, not twice."""
-    nodes = outcome.nodes if len(_JSON.encode(outcome.nodes)) <= max_message_bytes // 4 else ()
+    the nodes that ran it, or none if they do not fit, said so. The result within the
+    kind's cap (ATTACHED_RESULT_MAX_BYTES, DETACHED_RESULT_MAX_BYTES), and only while the
+    record still fits one message: its job id, source and nodes as JSON writes them, 2 KiB
+    for its other fields (numbers, and names from fixed lists), and the result in base64
+    (4 bytes for 3); the answer comes before the list of nodes. Sized so, the small job's
+    record is encoded once, not twice."""
     cap = DETACHED_RESULT_MAX_BYTES if detached else ATTACHED_RESULT_MAX_BYTES
-    room = (max_message_bytes - ENVELOPE_BYTES - len(_JSON.encode((job_id, source, *nodes))) - 2048) * 3 // 4
-    result, note = result_of(outcome, max(0, min(cap, room)))
+    room = max_message_bytes - ENVELOPE_BYTES - 2048 - len(_JSON.encode((job_id, source)))
+    listed = len(_JSON.encode(outcome.nodes))
+    nodes = outcome.nodes
+    result, note = result_of(outcome, max(0, min(cap, (room - listed) * 3 // 4)))
+    if result is None and nodes:
+        alone, _ = result_of(outcome, max(0, min(cap, room * 3 // 4)))
+        if alone is not None:  # it fits without the list of nodes
+            result, note, nodes = alone, "", ()
+    if nodes and listed > room:
+        nodes = ()
     if len(nodes) < len(outcome.nodes):
-        note = _also(note, f"the {len(outcome.nodes)} nodes that ran it were not kept: too many for a record")
+        note = _also(note, _unlisted(len(outcome.nodes)))
     return result, note, nodes
 
 
