@@ -4,6 +4,7 @@ the client from the flags, call `node`, print the result (render.py)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from cli.parser import CLUSTER_ENV
 from cli.render import ProgressBar, print_answer, print_jobs, print_json, print_status
 from node.addresses import parse_address, parse_addresses
 from node.core.limits import Limits
-from node.errors import ConfigError, SecurityError
+from node.errors import CannotStart, ConfigError, SecurityError
 from node.security import TlsFiles, load_token
 from node.server.config import NodeConfig, default_data_dir, parse_range_ms
 
@@ -111,11 +112,14 @@ async def run_submit(args: argparse.Namespace) -> int:
     size = {"max_message_bytes": args.max_message_bytes} if args.max_message_bytes else {}
     async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls, **size) as client:
         if args.detach:
-            job_id = await client.submit(
+            job = await client.enqueue(
                 op=args.op, source=args.source, map=args.map, axis=args.axis, bins=args.bins,
-                range=args.range, job_id=args.job_id, detach=True,
+                range=args.range, job_id=args.job_id,
             )
-            print_json({"job_id": job_id, "state": "queued"}) if args.json else print(job_id, flush=True)
+            if args.json:
+                print_json({"job_id": job.job_id, "state": job.state})
+            else:
+                print(job.job_id, flush=True)
             return EXIT_OK
         try:
             answer = await client.submit(
@@ -190,33 +194,53 @@ def run_certs(args: argparse.Namespace) -> int:
 def run_local(args: argparse.Namespace) -> int:
     from node.testing.cluster import LocalCluster
 
-    options: dict[str, Any] = {}
-    if args.heartbeat_ms is not None:
-        options["heartbeat_ms"] = args.heartbeat_ms
-    if args.idle_heartbeat_ms is not None:
-        options["extra_args"] = ["--idle-heartbeat-ms", str(args.idle_heartbeat_ms)]
-    if args.election_ms is not None:
-        try:
-            options["election_ms"] = parse_range_ms(args.election_ms)
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
+    options = _local_timing(args)
+    if args.base_port is not None and not 0 < args.base_port <= 65536 - args.nodes:
+        raise UsageError(f"base-port: {args.nodes} nodes need ports {args.base_port} to "
+                         f"{args.base_port + args.nodes - 1}, within 1-65535")
     try:
         token = load_token(args.token_file)
     except SecurityError as exc:
         raise UsageError(str(exc)) from None
-    # The handlers only flip a flag: taking a lock (Event.set) inside a signal
-    # handler can deadlock against the main thread holding that same lock.
-    stop: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
-    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
-    with LocalCluster(
-        nodes=args.nodes, base_port=args.base_port, tls=args.tls, token=token,
-        keep_logs=args.keep_logs, http=True, **options,
-    ) as cluster:
+    with contextlib.ExitStack() as running:
+        try:
+            cluster = running.enter_context(LocalCluster(
+                nodes=args.nodes, base_port=args.base_port, tls=args.tls, token=token,
+                keep_logs=args.keep_logs, http=True, **options,
+            ))
+        except (RuntimeError, TimeoutError) as exc:  # a node exited, or never listened: its last words
+            said = [line for line in str(exc).splitlines() if line.strip()]
+            raise CannotStart(f"a node did not start: {said[-1] if said else exc}") from None
+        # Set once the cluster runs (a Ctrl-C while it starts stops what started). The
+        # handlers only flip a flag: taking a lock (Event.set) inside a signal handler can
+        # deadlock against the main thread holding that same lock.
+        stop: list[int] = []
+        signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
+        signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
         _announce(cluster, args.cluster_file, token is not None)
         while not stop:
             time.sleep(0.1)
     return EXIT_OK
+
+
+def _local_timing(args: argparse.Namespace) -> dict[str, Any]:
+    """`local`'s timing flags as LocalCluster takes them, checked as each node's `start`
+    will check them, before any node is spawned (UsageError)."""
+    options: dict[str, Any] = {}
+    timing: dict[str, Any] = {}
+    try:
+        if args.heartbeat_ms is not None:
+            options["heartbeat_ms"] = timing["heartbeat_ms"] = args.heartbeat_ms
+        if args.idle_heartbeat_ms is not None:
+            options["extra_args"] = ["--idle-heartbeat-ms", str(args.idle_heartbeat_ms)]
+            timing["idle_heartbeat_ms"] = args.idle_heartbeat_ms
+        if args.election_ms is not None:
+            options["election_ms"] = parse_range_ms(args.election_ms)
+            timing["election_ms_min"], timing["election_ms_max"] = options["election_ms"]
+        NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=(), data_dir=Path("."), **timing).validate()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return options
 
 
 def _announce(cluster: LocalCluster, cluster_file: Path | None, token: bool) -> None:

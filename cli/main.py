@@ -41,13 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:  # what argparse says of its own errors, in its words, and exit 2
         return _fail(EXIT_USAGE, f"distnode {args.command}: error: {exc}")
     except InvalidJob as exc:
-        return _fail(EXIT_USAGE, f"distnode {args.command}: invalid job: {exc}")
+        what = "job" if args.command == "submit" else "request"
+        return _fail(EXIT_USAGE, f"distnode {args.command}: invalid {what}: {exc}")
     except CallerError as exc:
         return _fail(EXIT_USAGE, f"distnode {args.command}: {exc}")
     except JobPending as exc:
         return _fail(EXIT_PENDING, f"distnode {args.command}: {exc}")
-    except JobError as exc:
-        return _fail(EXIT_JOB_FAILED, f"distnode {args.command}: job failed: {exc}")
+    except JobError as exc:  # of the job table's calls, the message says what became of the job
+        said = "job failed: " if args.command == "submit" else ""
+        return _fail(EXIT_JOB_FAILED, f"distnode {args.command}: {said}{exc}")
     except ClusterUnavailable as exc:
         return _fail(EXIT_UNAVAILABLE, f"distnode {args.command}: cluster unavailable: {exc}")
     except KeyboardInterrupt:

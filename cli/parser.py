@@ -51,7 +51,8 @@ def _checked(
 _positive_int = _checked(int, lambda v: v > 0, "a positive integer", "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer of 0 or more", "an integer of 0 or more")
 _non_negative_float = _checked(float, lambda v: v >= 0, "a number of 0 or more", "a number of 0 or more")
-_positive_float = _checked(float, lambda v: v > 0, "a number of seconds", "a positive number of seconds")
+_positive_float = _checked(float, lambda v: 0 < v <= 1e6, "a number of seconds",
+                           "a positive number of seconds, at most 1e6")
 
 
 def _value_range(text: str) -> tuple[float, float]:

@@ -20,7 +20,6 @@ from node.core.raftlog import Entry
 from node.errors import (
     InvalidJob,
     JobCancelled,
-    JobError,
     JobFinished,
     JobPending,
     LimitExceeded,
@@ -168,8 +167,8 @@ async def test_cancel_ends_the_run_and_what_cannot_be_cancelled_is_refused(start
         await poll(lambda: not leader.jobs.progress(job_id)[0], what="the run to end")
         with pytest.raises(JobCancelled, match=job_id):
             await client.result(job_id)
-        with pytest.raises(JobFinished, match=r"FAILED_PRECONDITION.*already cancelled"):
-            await client.cancel(job_id)
+        again = await client.cancel(job_id)  # a retry whose first answer was lost finds it so
+        assert again.state == "cancelled" and again.job_id == job_id
         with pytest.raises(UnknownJob, match=r"NOT_FOUND.*nope"):
             await client.cancel("nope")
         with pytest.raises(UnknownJob, match=r"NOT_FOUND.*nope"):
@@ -271,8 +270,9 @@ async def test_attached_jobs_are_recorded_after_their_answer_in_batches(
         wide = await client.submit(op="sum", source="npy:wide.npy", axis=0, job_id="w")
         assert wide.array.shape == (20_000,)
         await poll(lambda: leader.ledger.table.get("w") is not None, what="the wide job's record")
-        with pytest.raises(JobError, match=r"160000 bytes.*not kept"):
-            await client.result("w")
+        assert "160000 bytes" in (await client.jobs())[0].error  # not kept: over what a record keeps
+        read = await client.result("w")  # its bytes were not kept: `result` runs it again
+        assert read.array.tobytes() == wide.array.tobytes() and read.job_id == "w"
         again = await client.submit(op="sum", source="npy:wide.npy", axis=0, job_id="w")
         assert again.array.tobytes() == wide.array.tobytes(), "a job whose bytes were not kept runs again"
 

@@ -104,6 +104,16 @@ def test_a_server_certificate_from_another_ca(certs: Path, other_ca: Path) -> No
         assert "not trusted by --tls-ca" in diagnose(address, client_tls(other_ca, with_cert=False))
 
 
+def test_tls_files_that_are_not_what_they_say_are_named_not_a_traceback(certs: Path) -> None:
+    """A key given as --tls-ca, or a certificate with another's key, fails to load in the
+    probe: said, naming the flags (it raised ssl.SSLError out of the client before)."""
+    with grpc_server(certs) as address:
+        said = diagnose(address, TlsFiles(ca=certs / "client.key"))
+        assert f"--tls-ca {certs / 'client.key'} is not a PEM certificate this client can load" in said
+        said = diagnose(address, TlsFiles(certs / "client.pem", certs / "n1.key", certs / "ca.pem"))
+        assert f"--tls-cert {certs / 'client.pem'} and --tls-key {certs / 'n1.key'} cannot be loaded" in said
+
+
 def test_an_http1_server() -> None:
     with http1_server() as address:
         assert "not HTTP/2" in diagnose(address, None)

@@ -266,3 +266,19 @@ async def test_a_jobs_deadline_on_a_stream_is_its_own(start_cluster: StartCluste
         # The stream is still usable for the next job.
         client.timeout = 30
         assert (await client.submit(op="sum", source="range:n=10")).result == 45
+
+
+async def test_one_caller_giving_up_on_a_job_id_leaves_another_of_the_same_id_its_answer(
+    start_cluster: StartCluster,
+) -> None:
+    """Two submits of one job id at once share a stream: the one with a short timeout
+    gives up, the other gets the answer (both waited on one future, and the first one's
+    cancellation raised CancelledError in the second)."""
+    cluster = await start_cluster(1)
+    async with AsyncClient(cluster.daemons[0].config.address) as client:
+        job = {"op": "sum", "source": "random:n=6e7,seed=3", "job_id": "nightly"}
+        patient = asyncio.create_task(client.submit(**job, timeout=60))  # type: ignore[arg-type]
+        with pytest.raises((ClusterUnavailable, JobError), match=r"in time"):
+            await client.submit(**job, timeout=0.1)  # type: ignore[arg-type]
+        answer = await patient
+        assert answer.job_id == "nightly" and answer.shards > 1

@@ -32,33 +32,43 @@ from node.client.answer import (
     ProgressCallback,
     answer_file,
     answer_from,
-    cluster_status,
     read_answer_file,
 )
 from node.client.async_local_stream import open_local
 from node.client.fanout import Fanout
-from node.client.jobs import JobStatus, answer_of, call_any, job_status
-from node.client.reach import unreachable
+from node.client.jobs import (
+    JobStatus,
+    answer_of,
+    call_any,
+    job_status,
+    request_failure,
+    spec_of,
+    with_job_id,
+)
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
+    MAX_CALL_S,
     PROBE_FAILURES,
     PROBE_INTERVAL_S,
     Nodes,
     classify,
     new_request,
 )
+from node.client.statusround import cluster_view
 from node.client.streams import SocketStream, SubmitStream, SubmitStreams, stream_answer, unary_instead
 from node.core.limits import MAX_MESSAGE_BYTES
-from node.errors import AttemptFailed, ClusterUnavailable
+from node.errors import AttemptFailed, ClusterUnavailable, InvalidField
 from node.security import TlsFiles, load_token
 from node.wire.answers import SubmitAnswer
-from node.wire.status import signed_by
+from node.wire.jobs import MAX_WAIT_S
 from node.wire.stubs import NodeStub
 
 SubmitCall = grpc.aio.UnaryUnaryCall[pb.SubmitRequest, SubmitAnswer]
 log = logging.getLogger("distnode.client")
-#: The longest one node's Status may take before `status()` stops waiting for it.
-STATUS_PROBE_S = 2.0
+#: A job's states from which it does not move on (node/core/jobtable.py's FINISHED).
+FINISHED_STATES = ("done", "failed", "cancelled")
+#: `result` asks again while this much of its wait is left and the job has not ended.
+WAIT_AGAIN_S = 0.05
 
 
 @dataclass
@@ -163,7 +173,7 @@ class AsyncClient:
         job's timeline (Trace Event Format). Raises InvalidJob, JobError, ClusterUnavailable."""
         request = new_request(op, source, map, axis, bins, range, job_id, trace=trace, detach=detach)
         if detach:
-            return await self._enqueue(request, timeout)
+            return (await self._enqueue(request, timeout)).job_id
         started, started_ns = time.perf_counter(), time.time_ns()
 
         on_stream = axis is None  # a vector answer keeps the unary Submit, read without copies
@@ -178,30 +188,60 @@ class AsyncClient:
         self._nodes.prefer(reply.head.leader_address)
         return answer_from(reply, started, failed, started_ns if trace else None)
 
-    async def _enqueue(self, request: pb.SubmitRequest, timeout: float | None) -> str:
+    async def enqueue(
+        self, op: str, source: str, map: str | None = None, axis: int | None = None,
+        bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
+        timeout: float | None = None,
+    ) -> JobStatus:
+        """`submit(..., detach=True)`, answered with the job as the table holds it once the
+        cluster has committed it: queued, or, for an id already taken by the same job, its
+        record as it stands (running, done, ...). Raises InvalidJob, JobError, ClusterUnavailable."""
+        request = new_request(op, source, map, axis, bins, range, job_id, detach=True)
+        return await self._enqueue(request, timeout)
+
+    async def _enqueue(self, request: pb.SubmitRequest, timeout: float | None) -> JobStatus:
         async def call(address: str, remaining: float) -> pb.JobInfo:
             return await self._stub(address).Enqueue(request, timeout=remaining)
 
-        info, _ = await call_any(self._nodes, call, request.job.job_id, self._deadline(timeout), self._tls)
+        try:
+            info, _ = await call_any(self._nodes, call, request.job.job_id, self._deadline(timeout),
+                                     self._tls, request_failure)
+        except ClusterUnavailable as exc:
+            raise with_job_id(exc, request.job.job_id, self._nodes.reached) from None
         self._nodes.prefer(info.leader_address)  # a follower relays Enqueue: one hop each way saved
-        return info.job_id
+        return job_status(info)
 
     async def result(self, job_id: str, wait: float = 0.0, timeout: float | None = None) -> Answer:
         """A job's answer from the job table of any node, waiting up to `wait` seconds for it
-        to end. Raises JobPending (not done in time), JobFailed, JobCancelled, UnknownJob."""
-        request = pb.ResultRequest(job_id=job_id, wait_s=wait)
+        to end; a done job whose answer's bytes were not kept (over what a record keeps) is
+        run again under its id, to the same bits, within `timeout`. Raises JobPending (not
+        done in time), JobFailed, JobCancelled, UnknownJob."""
+        if not 0 <= wait <= MAX_CALL_S:  # NaN fails both
+            raise InvalidField("wait", f"expected 0 to {MAX_CALL_S:g} seconds, got {wait!r}")
+        request = pb.ResultRequest(job_id=job_id)
+        wait_until, deadline = time.monotonic() + wait, self._deadline(timeout, wait)
 
         async def call(address: str, remaining: float) -> pb.JobInfo:
-            request.wait_s = max(0.0, min(wait, remaining - 0.1))
+            # What is left of the wait, not all of it again after a retry; a node waits
+            # at most MAX_WAIT_S a call, so a longer wait asks again (below).
+            request.wait_s = max(0.0, min(wait_until - time.monotonic(), remaining - 0.1, MAX_WAIT_S))
             return await self._stub(address).Result(request, timeout=remaining)
 
-        info, retries = await call_any(self._nodes, call, job_id, self._deadline(timeout, wait), self._tls)
+        while True:
+            info, retries = await call_any(self._nodes, call, job_id, deadline, self._tls)
+            if info.state in FINISHED_STATES or wait_until - time.monotonic() < WAIT_AGAIN_S:
+                break
         self._nodes.prefer(info.leader_address)
+        if info.state == "done" and not info.result_kept:
+            left = max(0.1, deadline - time.monotonic())
+            return await self.submit(*spec_of(info), job_id=job_id, timeout=left)
         return answer_of(info, retries)
 
     async def jobs(self, state: str | None = None, limit: int = 100, timeout: float | None = None
                    ) -> list[JobStatus]:
         """Jobs from the job table of any node, newest first; only those in `state` if given."""
+        if not isinstance(limit, int) or not 0 < limit < 1 << 32:
+            raise InvalidField("limit", f"expected a positive integer, got {limit!r}")
         request = pb.JobsRequest(state=state or "", limit=limit)
 
         async def call(address: str, remaining: float) -> pb.JobsReply:
@@ -297,8 +337,8 @@ class AsyncClient:
             self._flights.discard(flight)
             if flight.watchdog is not None:
                 flight.watchdog.cancel()
-            if stream is not None:
-                stream.forget(request.job.job_id)
+            if stream is not None and waiting is not None:
+                stream.forget(request.job.job_id, waiting)
 
     async def _sweep(self) -> None:
         """Start a watchdog for each call in flight for PROBE_INTERVAL_S or more.
@@ -370,53 +410,10 @@ class AsyncClient:
         return None
 
     async def status(self, timeout: float | None = None) -> ClusterStatus:
-        """The leader's view of the cluster, or the freshest view without one.
-
-        Every node is asked at once, and the first leader to answer wins; a
-        follower's answer points at its leader, which is asked too. So one
-        paused or partitioned node costs nothing while the others answer. If
-        no leader answers, the view of the node with the highest term is
-        returned with `leader` None, and its claims about a leader dropped.
-        """
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        views: list[pb.StatusReply] = []
-        errors: dict[str, str] = {}
-
-        async def ask(address: str) -> pb.StatusReply | None:
-            return await self._status_of(address, deadline, errors)
-
-        async with Fanout(ask, self._nodes.order()) as answers:
-            async for _, reply in answers:
-                if reply is None:
-                    continue
-                self._nodes.reached = True
-                if reply.role == "leader":
-                    return cluster_status(reply)
-                views.append(reply)
-                if reply.leader_address:
-                    answers.add(reply.leader_address)
-        if views:
-            return cluster_status(max(views, key=lambda v: v.term), leaderless=True)
-        if not self._nodes.reached:
-            raise await asyncio.to_thread(unreachable, self._nodes.all(), self._stubs.factory.tls, errors)
-        detail = "; ".join(f"{address}: {error}" for address, error in errors.items()) or "no reply"
-        raise ClusterUnavailable(f"no node answered ({detail})")
-
-    async def _status_of(
-        self, address: str, deadline: float, errors: dict[str, str]
-    ) -> pb.StatusReply | None:
-        remaining = min(STATUS_PROBE_S, deadline - time.monotonic())
-        if remaining <= 0:
-            return None
-        try:
-            return await self._stub(address).Status(pb.StatusRequest(), timeout=remaining)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
-                raise classify(exc, accepted=False) from None  # the same everywhere: no use asking on
-            errors[address] = f"{exc.code().name}: {exc.details()}"
-            if signed_by(exc.trailing_metadata()) is not None:
-                self._nodes.reached = True
-            return None
+        """The leader's view of the cluster, or the freshest view without one, asking the
+        nodes again until one answers or `timeout` passes (statusround.py)."""
+        return await cluster_view(self._stub, self._nodes, self._stubs.factory.tls,
+                                  self.timeout if timeout is None else timeout)
 
     async def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
         """Poll `status()` until a leader is known; ClusterUnavailable at the deadline."""

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.client.local_stream import CONNECT_TIMEOUT_S
-from node.client.streams import CLOSE_WAIT_S, stream_refused, waiting_for
+from node.client.streams import CLOSE_WAIT_S, Waiting, stream_refused
 from node.errors import AttemptFailed, LimitExceeded
 from node.wire.localframes import frame, read_async, shake_hands
 
@@ -42,7 +42,7 @@ class AsyncLocalStream:
         self._writer = writer
         self.node_id = node_id
         self._max_bytes = max_message_bytes
-        self._waiting: dict[str, asyncio.Future[pb.SubmitStreamReply]] = {}
+        self._waiting = Waiting()
         self._unsent: list[pb.SubmitRequest] = []
         self.ended: Exception | None = None
         self.unsupported = False  # a node that names a socket has SubmitBatches
@@ -55,7 +55,7 @@ class AsyncLocalStream:
         if self.ended is not None:
             raise self.ended
         job_id = request.job.job_id
-        waiting = waiting_for(self._waiting, job_id)
+        waiting = self._waiting.join(job_id)
         if not self._unsent:
             asyncio.get_running_loop().call_soon(self._flush)
         self._unsent.append(request)
@@ -64,7 +64,7 @@ class AsyncLocalStream:
             try:
                 await self._writer.drain()
             except ConnectionError as exc:
-                self._waiting.pop(job_id, None)
+                self._waiting.leave(job_id, waiting)
                 raise self.ended or AttemptFailed(f"local socket: {exc}", reached=True) from None
         return waiting
 
@@ -73,10 +73,8 @@ class AsyncLocalStream:
         if batch and self.ended is None and not self._writer.is_closing():
             self._writer.write(frame(pb.SubmitBatch(jobs=batch)))
 
-    def forget(self, job_id: str) -> None:
-        waiting = self._waiting.pop(job_id, None)
-        if waiting is not None:
-            waiting.cancel()
+    def forget(self, job_id: str, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
+        self._waiting.leave(job_id, waiting)
 
     async def _read(self) -> None:
         ended: Exception = AttemptFailed("local socket: closed by the node", reached=True)
@@ -90,18 +88,13 @@ class AsyncLocalStream:
                     if not reply.job_id:
                         ended = stream_refused(reply, self.replied)
                         continue
-                    waiting = self._waiting.pop(reply.job_id, None)
-                    if waiting is not None and not waiting.done():
-                        waiting.set_result(reply)
+                    self._waiting.answer(reply.job_id, reply)
         except (OSError, asyncio.IncompleteReadError, LimitExceeded, DecodeError) as exc:
             ended = AttemptFailed(f"local socket: {exc}", reached=True)
         finally:
             self.ended = ended
             self._writer.close()  # nothing more can be read: the connection is done
-            for waiting in self._waiting.values():
-                if not waiting.done():
-                    waiting.set_exception(ended)
-            self._waiting.clear()
+            self._waiting.fail_all(ended)
 
     async def close(self) -> None:
         """Say "no more jobs" (an empty batch); the node closes once its jobs are answered.

@@ -38,7 +38,7 @@ from node.client.answer import (
 )
 from node.client.async_client import AsyncClient
 from node.client.blocking_stream import ThreadStream, ThreadStreams
-from node.client.jobs import JobStatus, call_any_blocking
+from node.client.jobs import JobStatus, call_any_blocking, request_failure, with_job_id
 from node.client.local_stream import CONNECT_TIMEOUT_S, LocalStream
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
@@ -79,6 +79,8 @@ class Client:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, BlockingNodeStub] = {}
         self._lock = threading.Lock()
+        #: Set by close(), under the lock: no channel is opened after it.
+        self._closed = False
         self._streams = ThreadStreams(max_message_bytes, local_socket)
         self._watchdog = Watchdog(self._probe, self._abandon, PROBE_INTERVAL_S, PROBE_FAILURES)
         self._loop = asyncio.new_event_loop()
@@ -130,7 +132,11 @@ class Client:
                 info: pb.JobInfo = self._stub(address).Enqueue(request, timeout=remaining)
                 return info
 
-            info, _ = call_any_blocking(self._nodes, enqueue, request.job.job_id, deadline, self._factory.tls)
+            try:
+                info, _ = call_any_blocking(self._nodes, enqueue, request.job.job_id, deadline,
+                                            self._factory.tls, request_failure)
+            except ClusterUnavailable as exc:
+                raise with_job_id(exc, request.job.job_id, self._nodes.reached) from None
             self._nodes.prefer(info.leader_address)  # a follower relays Enqueue: one hop each way saved
             return info.job_id
         started, started_ns = time.perf_counter(), time.time_ns()
@@ -223,6 +229,8 @@ class Client:
 
     def _stub_and_channel(self, address: str) -> tuple[BlockingNodeStub, grpc.Channel]:
         with self._lock:
+            if self._closed:  # close() ran in another thread: a channel opened now would leak
+                raise ClusterUnavailable("this client is closed")
             stub = self._stubs.get(address)
             if stub is None:
                 channel = self._factory.blocking(address)
@@ -233,6 +241,9 @@ class Client:
     # -- everything else, through the AsyncClient --------------------------
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            coro.close()  # never to run: said now, not as a warning at collection
+            raise ClusterUnavailable("this client is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def status(self, timeout: float | None = None) -> ClusterStatus:
@@ -264,10 +275,13 @@ class Client:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
-        for channel in self._channels.values():
+        with self._lock:
+            self._closed = True
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+        for channel in channels:
             channel.close()
-        self._channels.clear()
-        self._stubs.clear()
 
     def __enter__(self) -> Client:
         return self

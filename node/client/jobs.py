@@ -17,7 +17,16 @@ from node._proto import distnode_pb2 as pb
 from node.client.answer import Answer
 from node.client.reach import unreachable
 from node.client.retry import FailedCall, Nodes, RetryPlan, classify
-from node.errors import AttemptFailed, JobCancelled, JobError, JobFailed, JobFinished, JobPending, UnknownJob
+from node.errors import (
+    AttemptFailed,
+    ClusterUnavailable,
+    JobCancelled,
+    JobError,
+    JobFailed,
+    JobFinished,
+    JobPending,
+    UnknownJob,
+)
 from node.security import TlsFiles
 from node.wire.status import signed_by
 from node.wire.tensors import result_to_python, tensor_from_proto
@@ -93,6 +102,16 @@ def answer_of(info: pb.JobInfo, retries: int) -> Answer:
     )
 
 
+JobSpecArgs = tuple[str, str, str | None, int | None, int | None, tuple[float, float] | None]
+
+
+def spec_of(info: pb.JobInfo) -> JobSpecArgs:
+    """The job a record is of, as `submit` takes it: (op, source, map, axis, bins, range)."""
+    axis = info.axis if info.HasField("axis") else None
+    span = (info.range_lo, info.range_hi) if info.HasField("range_lo") and info.HasField("range_hi") else None
+    return info.op, info.source, info.map or None, axis, info.bins or None, span
+
+
 def failure(exc: FailedCall) -> Exception:
     """A job-table call's failed status: NOT_FOUND and FAILED_PRECONDITION are about the
     job (exit 1), not the request; the rest as for submit (retry.classify)."""
@@ -105,14 +124,29 @@ def failure(exc: FailedCall) -> Exception:
     return classify(exc, accepted=False)
 
 
+def with_job_id(exc: ClusterUnavailable, job_id: str, reached: bool) -> ClusterUnavailable:
+    """A detached submit that ran out of time after some node answered may have been
+    committed, its reply lost: its id, for `result`, is the caller's only handle on it."""
+    if not reached:
+        return exc
+    return ClusterUnavailable(f"{exc}; job {job_id} may have been taken meanwhile: `result {job_id}` says")
+
+
+def request_failure(exc: FailedCall) -> Exception:
+    """A failed status of a call that asks for a new job (Enqueue): NOT_FOUND and
+    FAILED_PRECONDITION are about the request (a missing file, a format this cluster
+    does not read), as for an attached submit, not about a job in the table."""
+    return classify(exc, accepted=False)
+
+
 async def call_any(
     nodes: Nodes, call: Callable[[str, float], Awaitable[R]], what: str, deadline_s: float,
-    tls: TlsFiles | None,
+    tls: TlsFiles | None, meaning: Callable[[FailedCall], Exception] = failure,
 ) -> tuple[R, int]:
     """`call(address, remaining_s)` on the last leader seen, else any node, until one answers;
     (its reply, the failed attempts before it). The AsyncClient's retry loop, for every call:
     `call` raises AttemptFailed to have the next node tried, or lets a failed RPC through
-    (`failure` says what it means)."""
+    (`meaning` says what it means: `failure` for the job table's calls)."""
     plan = RetryPlan(nodes, what, deadline_s)
     for step in plan:
         if isinstance(step, float):
@@ -123,7 +157,7 @@ async def call_any(
             try:
                 reply = await call(address, remaining)
             except grpc.aio.AioRpcError as exc:
-                raise failure(exc) from None
+                raise meaning(exc) from None
         except AttemptFailed as error:
             plan.failed_at(address, error)
             continue
@@ -140,6 +174,7 @@ def deadline(timeout_s: float, wait_s: float = 0.0) -> float:
 
 def call_any_blocking(
     nodes: Nodes, call: Callable[[str, float], R], what: str, deadline_s: float, tls: TlsFiles | None,
+    meaning: Callable[[FailedCall], Exception] = failure,
 ) -> tuple[R, int]:
     """`call_any` for the blocking Client: its calls run on its own thread, with no
     hop to an event loop (a detached submit is a round trip, and it shows)."""
@@ -153,7 +188,7 @@ def call_any_blocking(
             try:
                 reply = call(address, remaining)
             except grpc.RpcError as exc:
-                raise failure(exc) from None
+                raise meaning(exc) from None
         except AttemptFailed as error:
             plan.failed_at(address, error)
             continue

@@ -103,9 +103,16 @@ def _handshake(host: str, port: int, context: ssl.SSLContext | None, timeout_s: 
 
 
 def _tls_problem(host: str, port: int, tls: TlsFiles, timeout_s: float) -> str:
-    context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    except (ssl.SSLError, OSError) as exc:
+        return f"--tls-ca {tls.ca} is not a PEM certificate this client can load ({exc})"
     if tls.cert is not None and tls.key is not None:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
+        try:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+        except (ssl.SSLError, OSError) as exc:
+            return (f"--tls-cert {tls.cert} and --tls-key {tls.key} cannot be loaded as a certificate"
+                    f" and its key ({exc})")
     _, problem = _handshake(host, port, context, timeout_s)
     reason = problem.upper()
     if not problem:

@@ -38,11 +38,12 @@ from node.errors import (
     AttemptFailed,
     ClusterUnavailable,
     ConfigError,
+    InvalidField,
     InvalidJob,
     JobError,
     LimitExceeded,
 )
-from node.wire.jobs import job_to_proto
+from node.wire.jobs import check_job_id, job_to_proto
 from node.wire.status import signed_by
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -76,6 +77,11 @@ class FailedCall(Protocol):
     def details(self) -> str | None: ...
 
     def trailing_metadata(self) -> Any: ...
+
+
+#: The longest gRPC deadline one call is given: gRPC fails a call at once, as past its
+#: deadline, when given one of about 10^10 s or more (or infinity).
+MAX_CALL_S = 1e6
 
 
 def classify(exc: FailedCall, accepted: bool) -> Exception:
@@ -114,6 +120,20 @@ def cluster_addresses(addresses: Sequence[str] | str) -> list[str]:
     return parsed
 
 
+def check_numbers(axis: int | None, bins: int | None, range: tuple[float, float] | None) -> None:
+    """What JobSpec's fields hold (int32 axis, uint32 bins, two doubles), or InvalidField."""
+    if axis is not None and (not isinstance(axis, int) or not -(1 << 31) <= axis < 1 << 31):
+        raise InvalidField("axis", f"expected 0 or None, got {axis!r}")
+    if bins is not None and (not isinstance(bins, int) or not 0 <= bins < 1 << 32):
+        raise InvalidField("bins", f"expected a positive integer below 2^32, got {bins!r}")
+    if range is not None:
+        try:
+            lo, hi = range
+            float(lo), float(hi)
+        except (TypeError, ValueError):
+            raise InvalidField("range", f"expected two numbers (LO, HI), got {range!r}") from None
+
+
 def build_job(
     op: str,
     source: str,
@@ -140,7 +160,11 @@ def new_request(
     trace: bool = False,
     detach: bool = False,
 ) -> pb.SubmitRequest:
-    """The Submit request for one job; a fresh UUID unless the caller names the job."""
+    """The Submit request for one job; a fresh UUID unless the caller names the job.
+    InvalidField names a field the wire could not carry, before anything is sent."""
+    if job_id is not None:
+        check_job_id(job_id)
+    check_numbers(axis, bins, range)
     job = build_job(op, source, map, axis, bins, range)
     if trace and detach:
         raise InvalidJob("trace: a detached job has no timeline to send back; submit it attached")
@@ -211,7 +235,7 @@ class RetryPlan:
                 remaining = self.deadline_s - time.monotonic()
                 if remaining <= 0:
                     break
-                yield address, remaining
+                yield address, min(remaining, MAX_CALL_S)
             left = self.deadline_s - time.monotonic()
             if left <= 0 or self.unreachable:
                 return

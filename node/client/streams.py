@@ -73,14 +73,42 @@ def stream_refused(reply: pb.SubmitStreamReply, replied: int) -> Exception:
     return found
 
 
-def waiting_for(waiting: dict[str, asyncio.Future[pb.SubmitStreamReply]], job_id: str
-                ) -> asyncio.Future[pb.SubmitStreamReply]:
-    """The future `job_id`'s reply resolves, made if it is not there yet (a retry reuses it)."""
-    future = waiting.get(job_id)
-    if future is None:
-        future = waiting[job_id] = asyncio.get_running_loop().create_future()
+class Waiting:
+    """The replies a stream's callers wait for, by job id: one future for each caller, so
+    that two waiting for one id at once (two submits of it, or a retry beside the first
+    try) each get the reply, and one that gives up (its timeout, its cancellation, its
+    watchdog) takes only its own future with it."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, list[asyncio.Future[pb.SubmitStreamReply]]] = {}
+
+    def join(self, job_id: str) -> asyncio.Future[pb.SubmitStreamReply]:
+        future: asyncio.Future[pb.SubmitStreamReply] = asyncio.get_running_loop().create_future()
         future.add_done_callback(retrieved)
-    return future
+        self._by_id.setdefault(job_id, []).append(future)
+        return future
+
+    def leave(self, job_id: str, future: asyncio.Future[pb.SubmitStreamReply]) -> None:
+        """The caller of `future` stopped waiting (answered, cancelled, or out of time)."""
+        futures = self._by_id.get(job_id)
+        if futures is not None and future in futures:
+            futures.remove(future)
+            if not futures:
+                del self._by_id[job_id]
+        future.cancel()
+
+    def answer(self, job_id: str, reply: pb.SubmitStreamReply) -> None:
+        for future in self._by_id.pop(job_id, ()):
+            if not future.done():
+                future.set_result(reply)
+
+    def fail_all(self, exc: Exception) -> None:
+        """The stream ended: every caller still waiting hears why."""
+        for futures in self._by_id.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+        self._by_id.clear()
 
 
 def stream_answer(reply: pb.SubmitStreamReply, accepted: bool) -> SubmitAnswer:
@@ -153,7 +181,7 @@ class SubmitStream:
         self._call = stub.SubmitBatches()
         #: Told where the node's local socket is, if the node names one.
         self._on_local = on_local
-        self._waiting: dict[str, asyncio.Future[pb.SubmitStreamReply]] = {}
+        self._waiting = Waiting()
         #: Jobs sent and not yet written, and the future their write will resolve.
         self._unsent: list[pb.SubmitRequest] = []
         self._written: asyncio.Future[None] | None = None
@@ -176,7 +204,7 @@ class SubmitStream:
             raise self.ended
         loop = asyncio.get_running_loop()
         job_id = request.job.job_id
-        waiting = waiting_for(self._waiting, job_id)
+        waiting = self._waiting.join(job_id)
         if self._written is None:
             self._written = loop.create_future()
             self._written.add_done_callback(retrieved)
@@ -187,7 +215,7 @@ class SubmitStream:
         try:
             await asyncio.shield(written)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError) as exc:
-            self._waiting.pop(job_id, None)
+            self._waiting.leave(job_id, waiting)
             # The stream's own status says why (and whether the node has SubmitBatches at all).
             await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
             raise self.ended or AttemptFailed(f"SubmitBatches: the job could not be sent: {exc}") from None
@@ -216,11 +244,9 @@ class SubmitStream:
         finally:
             self._writer = None
 
-    def forget(self, job_id: str) -> None:
-        """The caller stopped waiting (cancelled, or its deadline passed)."""
-        waiting = self._waiting.pop(job_id, None)
-        if waiting is not None:
-            waiting.cancel()
+    def forget(self, job_id: str, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
+        """The caller of `waiting` stopped waiting (answered, cancelled, out of time)."""
+        self._waiting.leave(job_id, waiting)
 
     async def _read(self) -> None:
         ended: Exception = AttemptFailed("SubmitBatches: the node closed the stream")
@@ -230,17 +256,12 @@ class SubmitStream:
                     self._on_local(batch.local)
                 for reply in batch.replies:
                     self.replied += 1
-                    waiting = self._waiting.pop(reply.job_id, None)
-                    if waiting is not None and not waiting.done():
-                        waiting.set_result(reply)
+                    self._waiting.answer(reply.job_id, reply)
         except grpc.aio.AioRpcError as exc:
             ended, self.unsupported = stream_ended(exc, self.replied)
         finally:
             self.ended = ended
-            for waiting in self._waiting.values():
-                if not waiting.done():
-                    waiting.set_exception(ended)
-            self._waiting.clear()
+            self._waiting.fail_all(ended)
 
     async def finish(self) -> None:
         """Half-close, and wait until the node has answered every job and ended the stream."""
@@ -275,7 +296,7 @@ class SocketStream(OpenedStream, Protocol):
     """What SubmitStreams needs of a stream on a node's local socket (AsyncLocalStream)."""
 
     async def send(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]: ...
-    def forget(self, job_id: str) -> None: ...
+    def forget(self, job_id: str, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None: ...
     async def close(self) -> None: ...
 
 

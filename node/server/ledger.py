@@ -117,8 +117,7 @@ class JobLedger:
         #: Leader only: jobs waiting for a slot, and the tasks driving the others.
         self._waiting: collections.deque[str] = collections.deque()
         self._driving: dict[str, asyncio.Task[None]] = {}
-        self.skipped_records = 0
-        self._free, self._free_at = 0, -FREE_SPACE_TTL_S
+        self.skipped_records, self._free, self._free_at = 0, 0, -FREE_SPACE_TTL_S
         #: Attached jobs whose record is waiting for the next flush, or proposed and not yet committed.
         self._recording: set[str] = set()
         #: Attached jobs' records (record, command bytes) waiting for the next flush.
@@ -311,6 +310,8 @@ class JobLedger:
         record = self.table.get(job_id)
         if record is None:
             raise UnknownJob(f"job_id: no job {job_id!r} on {self._who()}")
+        if record.state == "cancelled":  # asked again (a retry whose first answer was lost): done
+            return record
         if record.state in FINISHED:
             raise JobFinished(f"job_id: job {job_id} is already {record.state}; only a queued or running "
                               "job can be cancelled")

@@ -66,7 +66,7 @@ from node.server.jobstream import JobStream
 from node.server.stealing import Skips
 from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
-from node.wire.jobs import check_job_id, job_from_proto
+from node.wire.jobs import MAX_WAIT_S, check_job_id, job_from_proto
 from node.wire.log import beat_from_proto
 from node.wire.status import node_trailer
 from node.wire.trace import spans_to_json
@@ -74,8 +74,6 @@ from node.wire.trace import spans_to_json
 log = logging.getLogger("distnode.service")
 
 T = TypeVar("T")
-#: The longest `Result` waits for a job to end (a client waits longer by asking again).
-MAX_WAIT_S = 3600.0
 DEFAULT_JOBS_LIMIT = 100
 #: A `Jobs` listing carries results up to this size each, and this much in all.
 JOBS_RESULT_MAX_BYTES = 64 << 10

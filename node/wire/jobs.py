@@ -9,6 +9,8 @@ from node.errors import InvalidField
 #: A job id's length at most: a client's are UUIDs (36); an id is in every record of the
 #: job, which must fit one message to the followers (server/recordsize.py).
 MAX_JOB_ID_CHARS = 256
+#: The longest one `Result` call waits for a job to end; a client that waits longer asks again.
+MAX_WAIT_S = 3600.0
 
 
 def check_job_id(job_id: str) -> None:

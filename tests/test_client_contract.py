@@ -1,0 +1,239 @@
+"""The clients and the CLI against DESIGN.md's contract where a node's answers are unusual.
+
+A stand-in node (a gRPC server in a thread) answers each method as a test
+scripts it: a status, signed as a node signs it, or a reply, after a delay if
+asked. So each case checks the client's side alone: what a detached submit's
+refusal means, what `--json` says of a job already there, how `result` and
+`status` wait, bounds the wire cannot carry, and calls after `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+
+from cli.main import main
+from node import AsyncClient, Client
+from node._proto import distnode_pb2 as pb
+from node.client.retry import new_request
+from node.errors import ClusterUnavailable, InvalidField, JobFailed, JobPending
+from node.wire.answers import SERVICE
+from node.wire.status import node_trailer
+
+#: method -> (request, context) -> reply; raise _Refuse to answer with a status.
+Script = dict[str, Callable[[Any, Any], Any]]
+
+
+class _Refuse(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _Status(grpc.Status):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details, self.trailing_metadata = code, details, node_trailer("n1")
+
+
+REQUESTS = {"Enqueue": pb.SubmitRequest, "Result": pb.ResultRequest, "Status": pb.StatusRequest,
+            "Jobs": pb.JobsRequest, "Cancel": pb.CancelRequest}
+
+
+@contextlib.contextmanager
+def stand_in(script: Script) -> Iterator[str]:
+    def handler(method: str) -> grpc.RpcMethodHandler:
+        def answer(request: Any, context: Any) -> Any:
+            try:
+                return script[method](request, context)
+            except _Refuse as refused:
+                context.abort_with_status(_Status(refused.code, refused.details))
+                raise AssertionError("abort returned") from None
+
+        return grpc.unary_unary_rpc_method_handler(
+            answer, request_deserializer=REQUESTS[method].FromString,
+            response_serializer=lambda reply: reply.SerializeToString(),
+        )
+
+    generic = grpc.method_handlers_generic_handler(SERVICE, {name: handler(name) for name in script})
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), handlers=[generic])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def refuse(code: grpc.StatusCode, details: str) -> Callable[[Any, Any], Any]:
+    def answer(request: Any, context: Any) -> Any:
+        raise _Refuse(code, details)
+    return answer
+
+
+ROWS = [
+    (grpc.StatusCode.INVALID_ARGUMENT, "op: unknown op 'sums'", 2, "invalid job"),
+    (grpc.StatusCode.NOT_FOUND, "source: no such file 'x.npy'", 2, "invalid job"),
+    (grpc.StatusCode.PERMISSION_DENIED, "source: 'x.npy' is outside the data root", 2, "invalid job"),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "detached jobs: 10000 queued", 1, "job failed"),
+    (grpc.StatusCode.FAILED_PRECONDITION, "source: zarr needs the formats extra", 1, "job failed"),
+]
+
+
+@pytest.mark.parametrize(("code", "details", "exit_code", "words"), ROWS, ids=[row[0].name for row in ROWS])
+def test_a_detached_submit_is_refused_as_an_attached_one_is(
+    code: grpc.StatusCode, details: str, exit_code: int, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing file is a wrong request (exit 2, InvalidJob) with --detach too; it was
+    read as a job-table answer (UnknownJob, exit 1, "job failed")."""
+    with stand_in({"Enqueue": refuse(code, details)}) as address:
+        got = main(["submit", "--cluster", address, "--op", "sum", "--source", "range:n=3", "--detach",
+                    "--timeout", "2"])
+    err = capsys.readouterr().err
+    assert got == exit_code, err
+    assert f"distnode submit: {words}: {code.name}: {details}" in err and err.count("\n") == 1
+
+
+def test_detach_json_says_the_state_of_the_job_the_id_names(capsys: pytest.CaptureFixture[str]) -> None:
+    """An id already taken by the same job answers with its record: done, not "queued"."""
+    def already_done(request: pb.SubmitRequest, context: Any) -> pb.JobInfo:
+        return pb.JobInfo(job_id=request.job.job_id, op="sum", source="range:n=3", state="done")
+
+    with stand_in({"Enqueue": already_done}) as address:
+        got = main(["submit", "--cluster", address, "--op", "sum", "--source", "range:n=3", "--detach",
+                    "--json", "--job-id", "nightly-42"])
+    assert got == 0
+    assert json.loads(capsys.readouterr().out) == {"job_id": "nightly-42", "state": "done"}
+
+
+def test_a_detached_submit_out_of_time_names_its_job_id() -> None:
+    """Its reply may have been lost after the cluster took it: the id is the only handle."""
+    lost = refuse(grpc.StatusCode.UNAVAILABLE, "no leader known to n1; retry")
+    said = r"job j-7 may have been taken meanwhile: `result j-7`"
+    with stand_in({"Enqueue": lost}) as address, Client(address, timeout=0.5) as client, \
+            pytest.raises(ClusterUnavailable, match=said):
+        client.submit(op="sum", source="range:n=3", job_id="j-7", detach=True)
+
+
+def test_a_huge_timeout_is_a_long_one_not_an_instant_failure() -> None:
+    """gRPC fails a call at once when given a deadline of about 10^10 s or more."""
+    def taken(request: pb.SubmitRequest, context: Any) -> pb.JobInfo:
+        return pb.JobInfo(job_id=request.job.job_id, state="queued")
+
+    with stand_in({"Enqueue": taken}) as address, Client(address, timeout=1e12) as client:
+        assert client.submit(op="sum", source="range:n=3", job_id="j", detach=True) == "j"
+
+
+async def test_result_waits_what_is_left_of_its_wait_after_a_retry() -> None:
+    """The first node waits half a second and goes away; the next is asked only for what is
+    left of the one-second wait (it was asked the whole second again), and the answer that
+    the job is still running comes about one second after the call, not 1.5."""
+    asked: list[float] = []
+
+    def result(request: pb.ResultRequest, context: Any) -> pb.JobInfo:
+        asked.append(request.wait_s)
+        if len(asked) == 1:
+            time.sleep(0.5)
+            raise _Refuse(grpc.StatusCode.UNAVAILABLE, "n1 stopped being the leader; retry")
+        time.sleep(request.wait_s)
+        return pb.JobInfo(job_id=request.job_id, state="running", shards_done=1, shards=4)
+
+    with stand_in({"Result": result}) as address:
+        async with AsyncClient(address, timeout=5) as client:
+            started = time.monotonic()
+            with pytest.raises(JobPending, match="running, 1/4 shards"):
+                await client.result("j", wait=1.0)
+            took = time.monotonic() - started
+    assert asked[0] == pytest.approx(1.0, abs=0.01) and 0.3 < asked[1] < 0.55, asked
+    assert took < 1.3, took
+
+
+async def test_a_wait_longer_than_a_node_allows_asks_again_within_its_bounds() -> None:
+    asked: list[float] = []
+
+    def result(request: pb.ResultRequest, context: Any) -> pb.JobInfo:
+        asked.append(request.wait_s)
+        return pb.JobInfo(job_id=request.job_id, state="failed", error="boom")
+
+    with stand_in({"Result": result}) as address:
+        async with AsyncClient(address, timeout=5) as client:
+            async with asyncio.timeout(10):  # a regression here waits for ever
+                with pytest.raises(JobFailed, match="boom"):
+                    await client.result("j", wait=7200)
+                with pytest.raises(InvalidField, match="wait: expected 0 to"):
+                    await client.result("j", wait=float("inf"))
+    assert asked == [3600.0]
+
+
+async def test_status_asks_again_until_a_node_answers_within_its_timeout() -> None:
+    """A restarting cluster answers a later round: one round only gave up at once."""
+    opened = time.monotonic() + 0.6
+
+    def status(request: pb.StatusRequest, context: Any) -> pb.StatusReply:
+        if time.monotonic() < opened:
+            raise _Refuse(grpc.StatusCode.UNAVAILABLE, "starting")
+        return pb.StatusReply(node_id="n1", role="leader", term=3, leader_id="n1")
+
+    with stand_in({"Status": status}) as address:
+        async with AsyncClient(address) as client:
+            view = await client.status(timeout=5)
+    assert view.leader == "n1" and view.term == 3
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"bins": 1 << 33}, "bins"), ({"bins": -1}, "bins"), ({"axis": 1 << 40}, "axis"),
+    ({"range": (0, "x")}, "range"), ({"range": (1,)}, "range"), ({"job_id": ""}, "job_id"),
+])
+def test_what_the_wire_cannot_carry_is_refused_naming_its_field(fields: dict[str, Any], named: str) -> None:
+    values: dict[str, Any] = {"map": None, "axis": None, "bins": None, "range": None, "job_id": None}
+    values.update(fields)
+    with pytest.raises(InvalidField) as refused:
+        new_request("histogram", "range:n=3", **values)
+    assert refused.value.field == named
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["submit", "--op", "histogram", "--source", "range:n=3", "--bins", "8589934592", "--range", "0:1"],
+     "invalid job: bins: expected a positive integer below 2^32"),
+    (["jobs", "--limit", "5000000000"], "invalid request: limit: expected a positive integer"),
+    (["submit", "--op", "sum", "--source", "range:n=3", "--job-id", ""], "invalid job: job_id: must not be empty"),
+])
+def test_cli_values_past_the_wire_exit_2_with_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([argv[0], "--cluster", "127.0.0.1:9", *argv[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["local", "--heartbeat-ms", "200"], "election-ms minimum (250) must be at least 3 x heartbeat-ms (200)"),
+    (["local", "--election-ms", "300-200"], "election-ms maximum (200) must be at least its minimum (300)"),
+    (["local", "--nodes", "3", "--base-port", "65534"], "base-port: 3 nodes need ports 65534 to 65536"),
+    (["submit", "--cluster", "h:1", "--op", "sum", "--source", "range:n=3", "--timeout", "inf"], "at most 1e6"),
+])
+def test_local_and_timeouts_refuse_what_no_node_would_take_before_starting_any(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_a_closed_client_says_so_for_every_call() -> None:
+    client = Client("127.0.0.1:9")
+    client.close()
+    for call in (client.status, lambda: client.result("j"), client.jobs, lambda: client.cancel("j"),
+                 lambda: client.submit(op="sum", source="range:n=3")):
+        with pytest.raises(ClusterUnavailable, match="this client is closed"):
+            call()
