@@ -39,10 +39,17 @@ class InvalidJob(CallerError):
         self.field = field
 
 
+#: The most of a problem's text an error carries: it may quote a request's field, which
+#: may be a megabyte, and gRPC ends a call whose status passes 16 KiB as RESOURCE_EXHAUSTED.
+PROBLEM_CHARS = 2000
+
+
 class InvalidField(InvalidJob):
     """A field of a request is malformed (gRPC INVALID_ARGUMENT)."""
 
     def __init__(self, field: str, problem: str) -> None:
+        if len(problem) > PROBLEM_CHARS:
+            problem = f"{problem[:PROBLEM_CHARS]}... ({len(problem) - PROBLEM_CHARS} more characters)"
         super().__init__(f"{field}: {problem}", field)
         self.problem = problem
 

@@ -124,6 +124,8 @@ def _validate_histogram(job: Job) -> None:
         raise InvalidField("range", f"LO and HI must be finite, got {lo}:{hi}")
     if not lo < hi:
         raise InvalidField("range", f"LO must be below HI, got {lo}:{hi}")
+    if not math.isfinite(hi - lo):
+        raise InvalidField("range", f"HI - LO must be finite, got {lo}:{hi}")
     if np.any(np.diff(np.linspace(lo, hi, job.bins + 1)) <= 0):  # numpy's own test of the edges
         raise InvalidField("range", f"{lo}:{hi} is too narrow for {job.bins} bins: two edges would be equal")
 
@@ -243,10 +245,11 @@ def _makes_temporaries(job: Job, raw: Array) -> bool:
 def partial_template(job: Job, source: DataSource) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
     """The keys, shapes and dtypes of every partial of `job` over `source`, read from none of it.
 
-    Computed over one row of zeros of the source's dtype and width: a real
-    row might be the first of a chunk that would be decoded for it alone.
+    Computed over one row of zeros of the source's dtype, as wide as the source for an
+    `--axis 0` job (its partials are vectors) and one column wide otherwise: a real row
+    might be the first of a chunk that would be decoded for it alone.
     """
-    shape = (1,) if source.cols is None else (1, source.cols)
+    shape = (1,) if source.cols is None else (1, source.cols if job.axis == 0 else 1)
     row = ValuesSource(np.zeros(shape, dtype=source.dtype))
     return {key: (value.shape, value.dtype) for key, value in compute_partial(job, row, 0, 1).items()}
 
@@ -306,7 +309,10 @@ def _arg_partial(op: str, x: Array, axis: int | None, offset: int) -> Partial:
     finder = np.argmin if op == "argmin" else np.argmax
     local = np.asarray(finder(x, axis=axis))
     if axis == 0:
+        # In this machine's byte order, as every partial arrives from the wire (a big-endian
+        # source's were all refused as malformed, and the workers dropped from the job).
         value = np.take_along_axis(x, local[np.newaxis, :], axis=0)[0]
+        value = value.astype(value.dtype.newbyteorder("="), copy=False)
     else:
         value = np.asarray(x[local[()]])
     index = np.asarray(local.astype(np.int64) + offset)

@@ -57,3 +57,8 @@ class Limits:
             raise LimitExceeded(
                 f"axis: a vector of {cols} exceeds max-vector ({self.max_vector})"
             )
+        if cols is not None and cols > self.max_vector:  # a shard is whole rows, at least one
+            raise LimitExceeded(
+                f"source: rows of {cols} elements exceed max-vector ({self.max_vector}); a node "
+                "reads at least one row at once"
+            )

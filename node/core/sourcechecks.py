@@ -24,6 +24,12 @@ NUMERIC_KINDS = "biuf"
 #: The largest chunk or row group a node decodes at once (1 GiB of float64):
 #: a file may declare chunks as large as it likes, and each is read whole.
 MAX_CHUNK_ELEMS = 1 << 27
+#: The most chunks a source may be cut in unless they hold SMALL_CHUNK_ELEMS or more.
+MAX_CHUNKS = 10_000_000
+SMALL_CHUNK_ELEMS = 1 << 16
+#: What Linux takes of a path (PATH_MAX) and of each of its components (NAME_MAX).
+PATH_MAX_BYTES = 4096
+NAME_MAX_BYTES = 255
 
 
 def confined_path(kind: str, text: str, data_root: Path | None) -> tuple[Path, os.stat_result]:
@@ -37,13 +43,17 @@ def confined_path(kind: str, text: str, data_root: Path | None) -> tuple[Path, o
     """
     if not text:
         raise InvalidField("source", f"{kind}: needs a path ({kind}:PATH)")
+    check_path_text(text)
     root = Path(os.path.realpath(data_root if data_root is not None else Path.cwd()))
     path = Path(text) if Path(text).is_absolute() else root / text
     plain = plain_path(root, path)
     if plain is not None:  # the path as written: no symlink, no `..`
         resolved, info = plain
     else:
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11)
+            raise InvalidField("source", f"cannot resolve {text!r}: {exc}") from None
         if not resolved.is_relative_to(root):
             raise SourceForbidden("source", f"{text!r} is outside the data root {str(root)!r}")
         try:
@@ -55,6 +65,29 @@ def confined_path(kind: str, text: str, data_root: Path | None) -> tuple[Path, o
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
         raise InvalidField("source", f"{text!r} is not a regular file or a directory (a FIFO or device?)")
     return resolved, info
+
+
+def check_chunk_count(what: str, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None:
+    """Not a great many small chunks: each costs a node tens of microseconds of Python,
+    whatever its size, so a 400-byte store of 10^11 one-element chunks would have cost
+    CPU-hours. (Large chunks past max-elements are that limit's to refuse.)"""
+    count = math.prod(-(-int(n) // max(1, int(c))) for n, c in zip(shape, chunks, strict=True))
+    elements = math.prod(int(c) for c in chunks)
+    if count > MAX_CHUNKS and elements < SMALL_CHUNK_ELEMS:
+        raise LimitExceeded(f"source: {what} is cut in {count} chunks of {elements} elements; past "
+                            f"{MAX_CHUNKS} chunks a source needs chunks of {SMALL_CHUNK_ELEMS} or more")
+
+
+def check_path_text(text: str) -> None:
+    """A path the file system could take, before it is asked anything: resolving a path of
+    a million components took 27 s on the event loop (Python's realpath is quadratic)."""
+    if "\0" in text:
+        raise InvalidField("source", "the path holds a NUL byte")
+    size = len(text.encode(errors="surrogateescape"))
+    if size > PATH_MAX_BYTES or any(len(part.encode(errors="surrogateescape")) > NAME_MAX_BYTES
+                                    for part in text.split("/")):
+        raise InvalidField("source", f"the path is {size} bytes; at most {PATH_MAX_BYTES}, "
+                                     f"{NAME_MAX_BYTES} a component")
 
 
 def lstat_beneath(root: str, relative: str | None) -> tuple[str, os.stat_result] | None:
@@ -77,7 +110,7 @@ def lstat_beneath(root: str, relative: str | None) -> tuple[str, os.stat_result]
         current = os.path.join(current, part)
         try:
             info = os.lstat(current)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte (a chunk key, say)
             return None
         if stat.S_ISLNK(info.st_mode):
             return None
@@ -122,6 +155,8 @@ def one_line(exc: BaseException) -> str:
 
 def check_chunk(what: str, elements: int) -> None:
     """A stored unit (chunk, row group) small enough to decode in one piece."""
+    if elements < 1:
+        raise InvalidField("source", f"{what} stores chunks of {elements} elements")
     if elements > MAX_CHUNK_ELEMS:
         raise LimitExceeded(
             f"source: {what} stores chunks of {elements} elements; a node decodes at most "

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import mmap
+import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -279,7 +280,7 @@ def _open_random(text: str) -> RandomSource:
     params = _parse_params(text, required=("n", "seed"), optional=("dist",))
     rows = _count_param(params, "n")
     seed_text = params["seed"]
-    if not seed_text.isascii() or not seed_text.isdigit() or len(seed_text) > 39:
+    if not seed_text.isascii() or not seed_text.isdigit() or len(seed_text) > 39 or int(seed_text) >> 128:
         problem = f"seed must be a non-negative integer below 2**128, got {seed_text!r}"
         raise InvalidField("source", problem)
     dist = params.get("dist", "uniform")
@@ -295,6 +296,8 @@ def _parse_values(text: str) -> Array:
         raise InvalidField("source", "values: needs at least one number")
     if "" in tokens:
         raise InvalidField("source", f"values: empty item in {text!r}")
+    if not text.isascii():  # int() and float() read other scripts' digits; range: does not
+        raise InvalidField("source", "values: numbers in ASCII digits only")
     try:
         return np.array([int(token) for token in tokens], dtype=np.int64)
     except OverflowError:
@@ -302,10 +305,16 @@ def _parse_values(text: str) -> Array:
     except ValueError:
         pass
     try:
-        return np.array([float(token) for token in tokens], dtype=np.float64)
+        values = np.array([float(token) for token in tokens], dtype=np.float64)
     except ValueError:
         bad = next(t for t in tokens if not _is_float(t))
         raise InvalidField("source", f"values: not a number: {bad!r}") from None
+    if not np.isfinite(values).all():  # inf and nan as written are numbers; 1e999 is not
+        spelled = next((t for t, v in zip(tokens, values, strict=True) if not np.isfinite(v)
+                        and t.lower().lstrip("+-") not in ("inf", "infinity", "nan")), None)
+        if spelled is not None:
+            raise InvalidField("source", f"values: {spelled[:40]!r} is beyond float64")
+    return values
 
 
 def _is_float(token: str) -> bool:
@@ -339,8 +348,16 @@ def _open_format(
 
 
 def _check_npy_header(path: Path, text: str) -> None:
-    """Refuse files that are not .npy or whose header is absurdly long."""
-    with open(path, "rb") as handle:
+    """Refuse files that are not .npy or whose header is absurdly long. Opened without
+    blocking or following a link, and checked a regular file once open: the path may have
+    been swapped for a FIFO since it was checked, whose open would wait for a writer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidField("source", f"cannot read {text!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidField("source", f"{text!r} is not a regular file (directory, FIFO or device)")
         prefix = handle.read(12)
     if not prefix.startswith(NPY_MAGIC) or len(prefix) < 10:
         raise InvalidField("source", f"not a valid .npy file: {text!r} (bad magic)")
@@ -383,7 +400,7 @@ def _load_memmap(path: str, mtime_ns: int, size: int) -> np.memmap[Any, np.dtype
     del mtime_ns, size  # only part of the cache key
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, OverflowError, TypeError) as exc:  # a header's absurd shape
         raise InvalidField("source", f"not a valid .npy file: {path!r} ({exc})") from None
     if not isinstance(array, np.memmap):  # e.g. an .npz archive
         getattr(array, "close", lambda: None)()

@@ -104,6 +104,8 @@ def _open_cached(path: str, mtime_ns: int, size: int, name: str) -> Hdf5Source:
     except Exception as exc:  # not HDF5, truncated superblock
         raise InvalidField("source", f"{label}: not a readable HDF5 file: {one_line(exc)}") from None
     dataset = _walk(h5py, handle, name, label)
+    if dataset.shape is None:  # h5py.Empty: a dataset without a dataspace
+        raise InvalidField("source", f"{label} has no dataspace (an empty dataset)")
     check_array(label, np.dtype(dataset.dtype), tuple(dataset.shape))
     _check_storage(dataset, label)
     plain = _plain_layout(dataset)

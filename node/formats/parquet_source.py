@@ -111,7 +111,10 @@ def open_parquet(text: str, data_root: Path | None) -> ParquetSource:
 
 
 def _data_files(directory: Path, text: str, data_root: Path | None) -> list[Path]:
-    names = sorted(p.name for p in directory.iterdir() if not p.name.startswith((".", "_")))
+    try:
+        names = sorted(p.name for p in directory.iterdir() if not p.name.startswith((".", "_")))
+    except OSError as exc:  # a directory this node may not list
+        raise InvalidField("source", f"parquet: cannot list {text!r}: {exc.strerror}") from None
     if not names:
         raise InvalidField("source", f"parquet: {text!r} holds no data files")
     if len(names) > MAX_FILES:

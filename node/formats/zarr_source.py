@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line, plain_path
+from node.core.sourcechecks import (
+    check_array,
+    check_chunk,
+    check_chunk_count,
+    confined_path,
+    one_line,
+    plain_path,
+)
 from node.core.sources import Array, ArrayBacked
 from node.errors import InvalidField
 from node.formats.mapped import ChunkPieces
@@ -97,8 +104,9 @@ def _open_cached(path: str, root: str, mtime_ns: int, size: int) -> ZarrSource:
     import zarr
 
     name = Path(path).name
+    store = _confined_store(path, Path(root))
     try:
-        array = zarr.open_array(store=_confined_store(path, Path(root)), mode="r")
+        array = zarr.open_array(store=store, mode="r")
     except Exception as exc:  # unknown codec, bad JSON, not an array: zarr's many errors
         raise InvalidField("source", f"zarr: {name!r} cannot be opened: {one_line(exc)}") from None
     codecs = _codec_names(array.metadata)
@@ -107,6 +115,11 @@ def _open_cached(path: str, root: str, mtime_ns: int, size: int) -> ZarrSource:
         raise InvalidField("source", f"zarr: {name!r} uses codecs distnode does not read: {refused}")
     check_array(f"zarr: {name!r}", np.dtype(array.dtype), tuple(array.shape))
     check_chunk(f"zarr: {name!r}", math.prod(array.chunks))
+    check_chunk_count(f"zarr: {name!r}", tuple(array.shape), tuple(array.chunks))
+    # A stored file is read whole (a shard's index aside): at most its chunks' bytes
+    # decoded, and room for a codec's worst case; a sparse 2 GiB file once was read whole.
+    per_file = math.prod(array.shards or array.chunks) * np.dtype(array.dtype).itemsize
+    store.max_file_bytes = 2 * per_file + (64 << 10)
     stored = (array.shards[0], array.chunks[0]) if array.shards else (array.chunks[0],)
     units = tuple(int(u) for u in stored)
     if not _plain_layout(array):
@@ -122,7 +135,8 @@ def _open_cached(path: str, root: str, mtime_ns: int, size: int) -> ZarrSource:
 
     pieces = ChunkPieces(
         f"zarr: {name}", int(array.shape[0]), int(array.shape[1]) if array.ndim == 2 else None,
-        np.dtype(array.dtype), units[-1], locate, array.fill_value, exact_files=True,
+        np.dtype(array.dtype), units[-1], locate, 0 if array.fill_value is None else array.fill_value,
+        exact_files=True,
     )
     return MappedZarrSource(Path(path), array, units, pieces)
 
@@ -151,18 +165,21 @@ def _confined_store(path: str, root: Path) -> Any:
     """
     from zarr.storage import LocalStore
 
-    def check(key: str) -> None:
-        _confined_key(Path(path), root, key)
-
     class ConfinedStore(LocalStore):
+        #: What a file read whole may hold: the metadata's bound until the array is open.
+        max_file_bytes = MAX_METADATA_BYTES
+
         async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
-            check(key)
+            found = _confined_key(Path(path), root, key)
+            if found is not None and byte_range is None and found.stat().st_size > self.max_file_bytes:
+                raise InvalidField("source", f"zarr: {Path(path).name}/{key} is {found.stat().st_size} "
+                                             f"bytes; its chunks hold at most {self.max_file_bytes}")
             return await super().get(key, prototype, byte_range)
 
         async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
             key_ranges = list(key_ranges)
             for key, _ in key_ranges:
-                check(key)
+                _confined_key(Path(path), root, key)
             return await super().get_partial_values(prototype, key_ranges)
 
     return ConfinedStore(path, read_only=True)
@@ -175,7 +192,10 @@ def _confined_key(store: Path, root: Path, key: str) -> Path | None:
     if plain is not None:
         target, mode = plain[0], plain[1].st_mode
     else:
-        target = (store / key).resolve()
+        try:
+            target = (store / key).resolve()
+        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11)
+            raise InvalidField("source", f"zarr: {store.name}/{key} cannot be resolved: {exc}") from None
         if not target.is_relative_to(root):
             raise InvalidField("source", f"zarr: {store.name}/{key} leads out of the data root")
         try:

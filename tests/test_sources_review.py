@@ -1,0 +1,181 @@
+"""Inputs a review of the sources found handled wrongly: each is now refused at once, as
+INVALID_ARGUMENT or RESOURCE_EXHAUSTED naming the field, before data is read (or, for a
+big-endian source, answered by every node again)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+import zarr.codecs
+
+from node.core.compute import compute_partial, merge, partial_template, validate_job
+from node.core.job import Job
+from node.core.limits import Limits
+from node.core.sources import open_source
+from node.errors import PROBLEM_CHARS, InvalidField, LimitExceeded
+from node.formats import openers
+from node.server.jobrun import JobRun
+from node.wire.tensors import partial_from_proto, partial_to_proto
+
+OPENERS = openers()
+
+
+def refused_fast(spec: str, root: Path, *said: str, error: type[Exception] = InvalidField) -> None:
+    started = time.monotonic()
+    with pytest.raises(error) as info:
+        job = Job("sum", spec)
+        source = validate_job(job, root, OPENERS)
+        Limits().check_shape(job, source.rows, source.cols)
+    assert time.monotonic() - started < 1.0, "refused before anything costly"
+    assert str(info.value).startswith("source: ") and all(part in str(info.value) for part in said), info.value
+
+
+def test_a_megabyte_path_is_refused_before_the_file_system_is_asked(tmp_path: Path) -> None:
+    """Resolving it took 27 s on the event loop (Python's realpath is quadratic)."""
+    refused_fast("npy:" + "a/" * 524_000 + "x.npy", tmp_path, "the path is 1048005 bytes; at most 4096")
+    refused_fast("npy:" + "n" * 256 + ".npy", tmp_path, "255 a component")
+
+
+@pytest.mark.parametrize("spec", ["npy:a\x00b.npy", "parquet:a\x00b#x", "zarr:z\x00"])
+def test_a_nul_byte_in_a_path_is_a_bad_field_not_an_internal_error(tmp_path: Path, spec: str) -> None:
+    refused_fast(spec, tmp_path, "NUL byte")
+
+
+def test_a_symlink_loop_is_a_bad_field(tmp_path: Path) -> None:
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    refused_fast("npy:loop1", tmp_path, "cannot resolve 'loop1'")
+
+
+def test_an_npy_whose_header_claims_an_absurd_shape_is_a_bad_file(tmp_path: Path) -> None:
+    for shape in (f"({10**30},)", "(True, 4)"):
+        header = f"{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}".encode()
+        header += b" " * (63 - len(header) % 64) + b"\n"
+        (tmp_path / "x.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+        os.utime(tmp_path / "x.npy", ns=(1, 10**9 + len(shape)))  # another map, not the cached one
+        refused_fast("npy:x.npy", tmp_path, "not a valid .npy file")
+
+
+def test_a_wide_row_is_a_limit_before_anything_is_read(tmp_path: Path) -> None:
+    """Shards are whole rows: a 400-byte store of rows of 2^28 elements cost 2.6 GiB."""
+    zarr.create_array(store=str(tmp_path / "w.zarr"), shape=(2, 1 << 28), chunks=(1, 1000), dtype="f8")
+    refused_fast("zarr:w.zarr", tmp_path, "rows of 268435456 elements exceed max-vector (10000000)",
+                 error=LimitExceeded)
+
+
+def test_an_axis_free_template_reads_one_column() -> None:
+    """The template of a job's partials is made on the leader's loop: one column unless the
+    partials are vectors (it was a whole row of zeros)."""
+    source = open_source("values:1.5,2,3")
+    wide = type("Wide", (), {"rows": 2, "cols": 10**12, "dtype": np.dtype("f8")})()  # 8 TB a row
+    template = partial_template(Job("sum", "values:1"), wide)
+    assert template == partial_template(Job("sum", "values:1"), source)
+
+
+def test_zarr_stores_cut_in_a_great_many_tiny_chunks_are_a_limit(tmp_path: Path) -> None:
+    zarr.create_array(store=str(tmp_path / "t.zarr"), shape=(10**11,), chunks=(1,), dtype="f8")
+    refused_fast("zarr:t.zarr", tmp_path, "cut in 100000000000 chunks of 1 elements", error=LimitExceeded)
+    meta = json.loads((tmp_path / "t.zarr" / "zarr.json").read_text())
+    meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"] = [10], [0]
+    (tmp_path / "z.zarr").mkdir()
+    (tmp_path / "z.zarr" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(InvalidField):  # a ZeroDivisionError (INTERNAL) once a shard was cut
+        validate_job(Job("sum", "zarr:z.zarr"), tmp_path, OPENERS)
+
+
+def test_a_compressed_chunk_file_larger_than_its_chunk_is_refused_unread(tmp_path: Path) -> None:
+    """A sparse 2 GiB chunk file of a 1000-element array was read whole (2.1 GiB of memory)."""
+    store = tmp_path / "c.zarr"
+    zarr.create_array(store=str(store), shape=(1000,), chunks=(1000,), dtype="f8",
+                      compressors=zarr.codecs.ZstdCodec())[:] = np.arange(1000.0)
+    (store / "c" / "0").unlink()
+    with open(store / "c" / "0", "wb") as sparse:
+        sparse.truncate(2 << 30)
+    source = validate_job(Job("sum", "zarr:c.zarr"), tmp_path, OPENERS)
+    with pytest.raises(InvalidField, match=r"c.zarr/c/0 is 2147483648 bytes; its chunks hold at most"):
+        compute_partial(Job("sum", "zarr:c.zarr"), source, 0, 1000)
+
+
+def test_zarr_2_without_a_fill_value_reads_absent_chunks_as_zeros_as_zarr_does(tmp_path: Path) -> None:
+    store = tmp_path / "f.zarr"
+    array = zarr.create_array(store=str(store), shape=(4000,), chunks=(1000,), dtype="f8", zarr_format=2,
+                              compressors=None, fill_value=None)
+    array[:1000] = 1.0
+    source = validate_job(Job("sum", "zarr:f.zarr"), tmp_path, OPENERS)
+    assert float(compute_partial(Job("sum", "zarr:f.zarr"), source, 0, 4000)["sum"]) == float(
+        np.sum(zarr.open_array(str(store))[:])) == 1000.0
+
+
+def test_an_hdf5_dataset_without_a_dataspace_is_a_bad_field(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "e.h5", "w") as handle:
+        handle.create_dataset("x", data=h5py.Empty("f8"))
+    refused_fast("hdf5:e.h5#x", tmp_path, "has no dataspace")
+
+
+def test_a_big_endian_argmin_vector_travels_as_every_partial_does(tmp_path: Path) -> None:
+    """Its partial kept the source's byte order and every worker's was refused as malformed
+    against the leader's template, once through the wire."""
+    data = np.arange(40, dtype=">f8").reshape(20, 2)[::-1].copy()
+    np.save(tmp_path / "b.npy", data)
+    job = Job("argmin", "npy:b.npy", axis=0)
+    source = validate_job(job, tmp_path, None)
+    run = JobRun("j", job, [(0, 10), (10, 20)], None, 0.0)  # type: ignore[arg-type]
+    run.template = partial_template(job, source)
+    for shard, (start, stop) in enumerate(run.shards):
+        partial = compute_partial(job, source, start, stop)
+        sent = partial_from_proto(partial_to_proto("j", shard, "n2", partial))
+        assert run.well_formed(sent), (sent, run.template)
+    both = merge("argmin", compute_partial(job, source, 0, 10), compute_partial(job, source, 10, 20))
+    assert both["index"].tolist() == [19, 19]
+
+
+@pytest.mark.parametrize(("spec", "said"), [
+    ("values:1,1e999", "'1e999' is beyond float64"),
+    ("values:1," + "9" * 5000, "is beyond float64"),
+    ("values:\uff11\uff12,3", "ASCII digits only"),
+    ("random:n=10,seed=" + "9" * 39, "below 2**128"),
+])
+def test_values_and_seeds_past_their_types_are_refused(spec: str, said: str, tmp_path: Path) -> None:
+    refused_fast(spec, tmp_path, said)
+
+
+def test_literal_infinities_and_nans_are_still_numbers() -> None:
+    values = open_source("values:1,inf,-Infinity,nan")
+    assert values.rows == 4
+
+
+def test_a_histogram_range_whose_width_overflows_says_so() -> None:
+    with pytest.raises(InvalidField, match=r"range: HI - LO must be finite"):
+        validate_job(Job("histogram", "values:1", bins=4, range_lo=-1e308, range_hi=1e308), None, None)
+
+
+def test_a_problem_quoting_a_megabyte_is_cut_to_a_status_grpc_carries() -> None:
+    error = InvalidField("source", "x" * (1 << 20))
+    assert len(error.problem) < PROBLEM_CHARS + 40 and error.problem.endswith(f"({(1 << 20) - PROBLEM_CHARS} more "
+                                                                              "characters)")
+
+
+def test_a_fifo_swapped_in_after_the_check_is_refused_without_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np.save(tmp_path / "x.npy", np.arange(3.0))
+    import node.core.sources as sources
+
+    checked = sources.confined_path
+
+    def swap(kind: str, text: str, root: Path | None) -> Any:
+        found = checked(kind, text, root)
+        (tmp_path / "x.npy").unlink()
+        os.mkfifo(tmp_path / "x.npy")  # a writer in the data root, between the check and the open
+        return found
+
+    monkeypatch.setattr(sources, "confined_path", swap)
+    refused_fast("npy:x.npy", tmp_path, "is not a regular file")
