@@ -112,8 +112,13 @@ def test_the_exit_codes_of_result_and_cancel(tmp_path: Path) -> None:
         assert cancelled.returncode == EXIT_OK and f"{job_id} cancelled" in cancelled.stdout, cancelled.stderr
         after = cli("result", "--cluster", address, job_id)
         assert after.returncode == EXIT_JOB_FAILED and "cancelled" in after.stderr
-        again = cli("cancel", "--cluster", address, job_id)
-        assert again.returncode == EXIT_JOB_FAILED and "FAILED_PRECONDITION" in again.stderr
+        again = cli("cancel", "--cluster", address, job_id)  # a retried cancel: what was asked
+        assert again.returncode == EXIT_OK and f"{job_id} cancelled" in again.stdout, again.stderr
+        small = cli("submit", "--cluster", address, "--op", "sum", "--source", "values:1", "--detach").stdout.strip()
+        assert cli("result", "--cluster", address, small, "--wait", "10").returncode == EXIT_OK
+        ended = cli("cancel", "--cluster", address, small)
+        assert ended.returncode == EXIT_JOB_FAILED and "FAILED_PRECONDITION" in ended.stderr
+        assert "job failed" not in ended.stderr and "already done" in ended.stderr
         listing = cli("jobs", "--cluster", address, "--state", "cancelled", "--json")
         assert [j["job_id"] for j in json.loads(listing.stdout)["jobs"]] == [job_id]
 
