@@ -82,6 +82,9 @@ class Waiting:
     def __init__(self) -> None:
         self._by_id: dict[str, list[asyncio.Future[pb.SubmitStreamReply]]] = {}
 
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._by_id
+
     def join(self, job_id: str) -> asyncio.Future[pb.SubmitStreamReply]:
         future: asyncio.Future[pb.SubmitStreamReply] = asyncio.get_running_loop().create_future()
         future.add_done_callback(retrieved)
