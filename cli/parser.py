@@ -51,7 +51,9 @@ def _checked(
 _positive_int = _checked(int, lambda v: v > 0, "a positive integer", "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer of 0 or more", "an integer of 0 or more")
 _non_negative_float = _checked(float, lambda v: v >= 0, "a number of 0 or more", "a number of 0 or more")
-_positive_float = _checked(float, lambda v: 0 < v <= 1e6, "a number of seconds",
+_positive_float = _checked(float, lambda v: v > 0, "a number of seconds", "a positive number of seconds")
+#: A client's --timeout: gRPC fails a call at once given a deadline of 10^10 s or infinity.
+_client_timeout = _checked(float, lambda v: 0 < v <= 1e6, "a number of seconds",
                            "a positive number of seconds, at most 1e6")
 
 
@@ -169,7 +171,7 @@ def _add_limits(start: argparse.ArgumentParser) -> None:
     for flag, unit, value in (
         ("--max-elements", "elements per job", f"{default.max_elements:.0e}"),
         ("--max-inline-bytes", "bytes of a values: source", f"{default.max_inline_bytes:,}"),
-        ("--max-vector", "elements of an --axis 0 answer", f"{default.max_vector:.0e}"),
+        ("--max-vector", "elements of an --axis 0 answer and of a 2-D row", f"{default.max_vector:.0e}"),
         ("--max-jobs", "jobs running on the leader", f"{default.max_jobs}"),
         ("--max-jobs-per-client", "jobs in flight per client connection", f"{default.max_jobs_per_client}"),
         ("--max-message-bytes", "bytes of any gRPC message, also to peers", f"{default.max_message_bytes:,}"),
@@ -218,7 +220,7 @@ def _add_submit(commands: Any) -> None:
                         help="histogram: the bins' span (required for histogram)")
     submit.add_argument("--job-id", default=None, metavar="ID",
                         help="resubmitting an id returns its answer, never a second run (default: a UUID)")
-    submit.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+    submit.add_argument("--timeout", type=_client_timeout, default=DEFAULT_TIMEOUT_S, metavar="S",
                         help=f"seconds for the whole job, retries included (default {DEFAULT_TIMEOUT_S:g})")
     submit.add_argument("--json", action="store_true", help="print one JSON object")
     submit.add_argument("--trace", type=Path, default=None, metavar="FILE",
@@ -250,7 +252,7 @@ def _add_journal_commands(commands: Any) -> None:
     _add_cluster(cancel)
     cancel.add_argument("job_id", metavar="JOB_ID")
     for command in (result, jobs, cancel):
-        command.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+        command.add_argument("--timeout", type=_client_timeout, default=DEFAULT_TIMEOUT_S, metavar="S",
                              help=f"seconds to find a node that answers (default {DEFAULT_TIMEOUT_S:g})")
         _add_tls_options(command, server=False)
 
@@ -258,7 +260,7 @@ def _add_journal_commands(commands: Any) -> None:
 def _add_status(commands: Any) -> None:
     status = commands.add_parser("status", help="show the leader and every node")
     _add_cluster(status)
-    status.add_argument("--timeout", type=_positive_float, default=STATUS_TIMEOUT_S, metavar="S",
+    status.add_argument("--timeout", type=_client_timeout, default=STATUS_TIMEOUT_S, metavar="S",
                         help=f"seconds to wait for an answer (default {STATUS_TIMEOUT_S:g})")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     _add_tls_options(status, server=False)

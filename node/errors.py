@@ -39,17 +39,20 @@ class InvalidJob(CallerError):
         self.field = field
 
 
-#: The most of a problem's text an error carries: it may quote a request's field, which
-#: may be a megabyte, and gRPC ends a call whose status passes 16 KiB as RESOURCE_EXHAUSTED.
-PROBLEM_CHARS = 2000
+#: The most of a problem's text an error carries, in UTF-8 bytes: it may quote a request's
+#: field, which may be a megabyte, and gRPC ends a call whose status passes 16 KiB (a
+#: byte past ASCII takes three there) as RESOURCE_EXHAUSTED.
+PROBLEM_BYTES = 2000
 
 
 class InvalidField(InvalidJob):
     """A field of a request is malformed (gRPC INVALID_ARGUMENT)."""
 
     def __init__(self, field: str, problem: str) -> None:
-        if len(problem) > PROBLEM_CHARS:
-            problem = f"{problem[:PROBLEM_CHARS]}... ({len(problem) - PROBLEM_CHARS} more characters)"
+        encoded = problem.encode(errors="replace")
+        if len(encoded) > PROBLEM_BYTES:
+            kept = encoded[:PROBLEM_BYTES].decode(errors="ignore")
+            problem = f"{kept}... ({len(encoded) - PROBLEM_BYTES} more bytes)"
         super().__init__(f"{field}: {problem}", field)
         self.problem = problem
 

@@ -70,6 +70,23 @@ class TlsFiles:
         for name, path in (("tls-cert", self.cert), ("tls-key", self.key), ("tls-ca", self.ca)):
             if path is not None and not path.is_file():
                 raise SecurityError(f"{name}: no such file {path}")
+        self._check_loadable()
+
+    def _check_loadable(self) -> None:
+        """The PEM files as TLS will load them (gRPC would only log its failure and go on,
+        so a key given as --tls-ca showed as an unreachable cluster)."""
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        except (ssl.SSLError, OSError) as exc:
+            raise SecurityError(f"tls-ca: {self.ca} is not a PEM certificate ({exc})") from None
+        if self.cert is not None and self.key is not None:
+            try:
+                context.load_cert_chain(str(self.cert), str(self.key))
+            except (ssl.SSLError, OSError) as exc:
+                raise SecurityError(f"tls-cert and tls-key: {self.cert} and {self.key} are not a "
+                                    f"certificate and its key ({exc})") from None
 
     def validate_server(self) -> None:
         """A server's CA means mutual TLS, which needs its own certificate too."""

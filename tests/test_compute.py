@@ -417,7 +417,7 @@ def test_npy_not_an_npy_file(tmp_path: Path, name: str, content: bytes, match: s
 
 
 @pytest.mark.parametrize(("array", "match"), [
-    (np.array([1, "a"], dtype=object), "not a valid .npy"),
+    (np.array([1, "a"], dtype=object), "has dtype object"),  # read without unpickling anything
     (np.array(["a", "bc"]), "dtype <U2"),
     (np.array([1 + 2j]), "dtype complex128"),
     (np.float64(3.0), "0-D"),

@@ -20,6 +20,7 @@ from node.core.raftlog import Entry
 from node.errors import (
     InvalidJob,
     JobCancelled,
+    JobError,
     JobFinished,
     JobPending,
     LimitExceeded,
@@ -271,8 +272,8 @@ async def test_attached_jobs_are_recorded_after_their_answer_in_batches(
         assert wide.array.shape == (20_000,)
         await poll(lambda: leader.ledger.table.get("w") is not None, what="the wide job's record")
         assert "160000 bytes" in (await client.jobs())[0].error  # not kept: over what a record keeps
-        read = await client.result("w")  # its bytes were not kept: `result` runs it again
-        assert read.array.tobytes() == wide.array.tobytes() and read.job_id == "w"
+        with pytest.raises(JobError, match=r"job w is done, but the result \(160000 bytes\) was not kept"):
+            await client.result("w")
         again = await client.submit(op="sum", source="npy:wide.npy", axis=0, job_id="w")
         assert again.array.tobytes() == wide.array.tobytes(), "a job whose bytes were not kept runs again"
 

@@ -155,3 +155,17 @@ def test_cli_submit_and_status_exit_3_with_the_cause(certs: Path, capsys: pytest
         assert "the node speaks TLS" in err and "Traceback" not in err
         assert main(["status", "--cluster", address]) == 3
         assert "the node speaks TLS" in capsys.readouterr().err
+
+
+def test_cli_tls_files_that_do_not_load_exit_2_naming_the_flag(
+    certs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any call (gRPC only logs a root certificate it cannot load, and the
+    cluster then looked unreachable: exit 3 after seconds)."""
+    code = main(["jobs", "--cluster", "127.0.0.1:9", "--tls-ca", str(certs / "client.key")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"tls-ca: {certs / 'client.key'} is not a PEM certificate" in err, err
+    code = main(["jobs", "--cluster", "127.0.0.1:9", "--tls-ca", str(certs / "ca.pem"),
+                 "--tls-cert", str(certs / "client.pem"), "--tls-key", str(certs / "n1.key")])
+    err = capsys.readouterr().err
+    assert code == 2 and "are not a certificate and its key" in err, err

@@ -29,7 +29,7 @@ from node.client.answer import Answer
 from node.client.async_local_stream import AsyncLocalStream
 from node.client.local_stream import LocalStream
 from node.core.limits import Limits
-from node.errors import ClusterUnavailable, JobError
+from node.errors import ClusterUnavailable, InvalidJob, JobError
 from node.server.jobstream import START_CHUNK_JOBS, JobStream
 from node.wire.stubs import NodeStub
 from node.wire.tensors import tensor_from_proto
@@ -282,3 +282,16 @@ async def test_one_caller_giving_up_on_a_job_id_leaves_another_of_the_same_id_it
             await client.submit(**job, timeout=0.1)  # type: ignore[arg-type]
         answer = await patient
         assert answer.job_id == "nightly" and answer.shards > 1
+
+
+async def test_a_refusal_of_one_request_for_a_job_id_is_not_anothers_answer(start_cluster: StartCluster) -> None:
+    """Replies are matched to requests by their number on the stream: a second submit of a
+    running job's id with another job is ALREADY_EXISTS for it alone (it was everyone's)."""
+    cluster = await start_cluster(1)
+    async with AsyncClient(cluster.daemons[0].config.address) as client:
+        running = asyncio.create_task(client.submit(op="sum", source="random:n=6e7,seed=5", job_id="mine", timeout=60))
+        await asyncio.sleep(0.05)
+        with pytest.raises(InvalidJob, match="ALREADY_EXISTS"):
+            await client.submit(op="max", source="random:n=6e7,seed=5", job_id="mine", timeout=60)
+        answer = await running
+        assert answer.job_id == "mine" and answer.op == "sum"

@@ -432,6 +432,7 @@ class SubmitRequest(_message.Message):
     TRACE_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     ANSWER_FILE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     forwarded: _builtins.bool
     """Set by a follower that forwards the request, so it is forwarded once only."""
     trace: _builtins.bool
@@ -439,6 +440,10 @@ class SubmitRequest(_message.Message):
     timeout_s: _builtins.float
     """On SubmitBatches, where a call has no deadline of its own: this job's, in
     seconds from its arrival (0: the node's --job-timeout-s alone).
+    """
+    seq: _builtins.int
+    """On SubmitBatches: the client's number for this request on its stream, echoed in
+    its reply, so two requests for one job id each get their own (0: not numbered).
     """
     @_builtins.property
     def job(self) -> Global___JobSpec: ...
@@ -454,10 +459,11 @@ class SubmitRequest(_message.Message):
         trace: _builtins.bool = ...,
         timeout_s: _builtins.float = ...,
         answer_file: Global___AnswerFile | None = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answer_file", b"answer_file", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_file", b"answer_file", "forwarded", b"forwarded", "job", b"job", "timeout_s", b"timeout_s", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_file", b"answer_file", "forwarded", b"forwarded", "job", b"job", "seq", b"seq", "timeout_s", b"timeout_s", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -630,10 +636,13 @@ class SubmitStreamReply(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     code: _builtins.int
     message: _builtins.str
     node_id: _builtins.str
+    seq: _builtins.int
+    """The request's seq (SubmitRequest.seq), as it came."""
     @_builtins.property
     def reply(self) -> Global___SubmitReply: ...
     def __init__(
@@ -644,10 +653,11 @@ class SubmitStreamReply(_message.Message):
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         node_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "job_id", b"job_id", "message", b"message", "node_id", b"node_id", "reply", b"reply"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "job_id", b"job_id", "message", b"message", "node_id", b"node_id", "reply", b"reply", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

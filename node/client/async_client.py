@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,6 @@ from node.client.jobs import (
     call_any,
     job_status,
     request_failure,
-    spec_of,
     with_job_id,
 )
 from node.client.retry import (
@@ -54,7 +54,7 @@ from node.client.retry import (
     classify,
     new_request,
 )
-from node.client.statusround import cluster_view
+from node.client.statusround import STATUS_TIMEOUT_S, cluster_view
 from node.client.streams import SocketStream, SubmitStream, SubmitStreams, stream_answer, unary_instead
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable, InvalidField
@@ -213,9 +213,9 @@ class AsyncClient:
 
     async def result(self, job_id: str, wait: float = 0.0, timeout: float | None = None) -> Answer:
         """A job's answer from the job table of any node, waiting up to `wait` seconds for it
-        to end; a done job whose answer's bytes were not kept (over what a record keeps) is
-        run again under its id, to the same bits, within `timeout`. Raises JobPending (not
-        done in time), JobFailed, JobCancelled, UnknownJob."""
+        to end. Raises JobPending (not done in time), JobFailed, JobCancelled, UnknownJob, and
+        JobError for a done job whose answer's bytes were not kept (submitting the same job
+        under its id computes it again)."""
         if not 0 <= wait <= MAX_CALL_S:  # NaN fails both
             raise InvalidField("wait", f"expected 0 to {MAX_CALL_S:g} seconds, got {wait!r}")
         request = pb.ResultRequest(job_id=job_id)
@@ -227,20 +227,23 @@ class AsyncClient:
             request.wait_s = max(0.0, min(wait_until - time.monotonic(), remaining - 0.1, MAX_WAIT_S))
             return await self._stub(address).Result(request, timeout=remaining)
 
+        pause_s = WAIT_AGAIN_S
         while True:
+            asked_at = time.monotonic()
             info, retries = await call_any(self._nodes, call, job_id, deadline, self._tls)
-            if info.state in FINISHED_STATES or wait_until - time.monotonic() < WAIT_AGAIN_S:
+            now = time.monotonic()
+            if info.state in FINISHED_STATES or wait_until - now < WAIT_AGAIN_S:
                 break
+            if now - asked_at < request.wait_s - WAIT_AGAIN_S:  # answered sooner than asked: a pause
+                await asyncio.sleep(min(pause_s, wait_until - now))
+                pause_s = min(2 * pause_s, 1.0)
         self._nodes.prefer(info.leader_address)
-        if info.state == "done" and not info.result_kept:
-            left = max(0.1, deadline - time.monotonic())
-            return await self.submit(*spec_of(info), job_id=job_id, timeout=left)
         return answer_of(info, retries)
 
     async def jobs(self, state: str | None = None, limit: int = 100, timeout: float | None = None
                    ) -> list[JobStatus]:
         """Jobs from the job table of any node, newest first; only those in `state` if given."""
-        if not isinstance(limit, int) or not 0 < limit < 1 << 32:
+        if not isinstance(limit, numbers.Integral) or not 0 < limit < 1 << 32:
             raise InvalidField("limit", f"expected a positive integer, got {limit!r}")
         request = pb.JobsRequest(state=state or "", limit=limit)
 
@@ -338,7 +341,7 @@ class AsyncClient:
             if flight.watchdog is not None:
                 flight.watchdog.cancel()
             if stream is not None and waiting is not None:
-                stream.forget(request.job.job_id, waiting)
+                stream.forget(request, waiting)
 
     async def _sweep(self) -> None:
         """Start a watchdog for each call in flight for PROBE_INTERVAL_S or more.
@@ -411,9 +414,10 @@ class AsyncClient:
 
     async def status(self, timeout: float | None = None) -> ClusterStatus:
         """The leader's view of the cluster, or the freshest view without one, asking the
-        nodes again until one answers or `timeout` passes (statusround.py)."""
+        nodes again until one answers or `timeout` (default STATUS_TIMEOUT_S, 5 s) passes
+        (statusround.py)."""
         return await cluster_view(self._stub, self._nodes, self._stubs.factory.tls,
-                                  self.timeout if timeout is None else timeout)
+                                  STATUS_TIMEOUT_S if timeout is None else timeout)
 
     async def wait_for_leader(self, timeout: float | None = None) -> ClusterStatus:
         """Poll `status()` until a leader is known; ClusterUnavailable at the deadline."""

@@ -54,8 +54,7 @@ class AsyncLocalStream:
         """Queue the job for this turn's frame; the future is its reply."""
         if self.ended is not None:
             raise self.ended
-        job_id = request.job.job_id
-        waiting = self._waiting.join(job_id)
+        waiting = self._waiting.join(request)
         if not self._unsent:
             asyncio.get_running_loop().call_soon(self._flush)
         self._unsent.append(request)
@@ -64,8 +63,11 @@ class AsyncLocalStream:
             try:
                 await self._writer.drain()
             except ConnectionError as exc:
-                self._waiting.leave(job_id, waiting)
+                self._waiting.leave(request, waiting)
                 raise self.ended or AttemptFailed(f"local socket: {exc}", reached=True) from None
+            except asyncio.CancelledError:  # written all the same: its reply finds nobody
+                self._waiting.leave(request, waiting)
+                raise
         return waiting
 
     def _flush(self) -> None:
@@ -73,8 +75,8 @@ class AsyncLocalStream:
         if batch and self.ended is None and not self._writer.is_closing():
             self._writer.write(frame(pb.SubmitBatch(jobs=batch)))
 
-    def forget(self, job_id: str, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
-        self._waiting.leave(job_id, waiting)
+    def forget(self, request: pb.SubmitRequest, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
+        self._waiting.leave(request, waiting)
 
     async def _read(self) -> None:
         ended: Exception = AttemptFailed("local socket: closed by the node", reached=True)
@@ -88,7 +90,7 @@ class AsyncLocalStream:
                     if not reply.job_id:
                         ended = stream_refused(reply, self.replied)
                         continue
-                    self._waiting.answer(reply.job_id, reply)
+                    self._waiting.answer(reply)
         except (OSError, asyncio.IncompleteReadError, LimitExceeded, DecodeError) as exc:
             ended = AttemptFailed(f"local socket: {exc}", reached=True)
         finally:

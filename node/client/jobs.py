@@ -93,23 +93,14 @@ def answer_of(info: pb.JobInfo, retries: int) -> Answer:
         progress = f", {info.shards_done}/{info.shards} shards" if info.shards else ""
         raise JobPending(f"job {info.job_id} is {info.state}{progress}", info.state, info.shards_done,
                          info.shards)
-    if not info.result_kept:
-        raise JobError(f"job {info.job_id} is done, but {info.error}")
+    if not info.result_kept:  # said without "failed": the job did not fail
+        raise JobError(f"job {info.job_id} is done, but {info.error}; submitting the same job with its "
+                       "id computes it again")
     return Answer(
         job_id=info.job_id, op=info.op, array=tensor_from_proto(info.result), shards=info.shards,
         nodes=list(info.nodes), elapsed_ms=info.elapsed_ms, leader=info.leader, term=info.term,
         retries=retries,
     )
-
-
-JobSpecArgs = tuple[str, str, str | None, int | None, int | None, tuple[float, float] | None]
-
-
-def spec_of(info: pb.JobInfo) -> JobSpecArgs:
-    """The job a record is of, as `submit` takes it: (op, source, map, axis, bins, range)."""
-    axis = info.axis if info.HasField("axis") else None
-    span = (info.range_lo, info.range_hi) if info.HasField("range_lo") and info.HasField("range_hi") else None
-    return info.op, info.source, info.map or None, axis, info.bins or None, span
 
 
 def failure(exc: FailedCall) -> Exception:

@@ -22,6 +22,8 @@ answers from its memory, and a new leader recomputes the same bits.
 from __future__ import annotations
 
 import itertools
+import numbers
+import operator
 import threading
 import time
 import uuid
@@ -122,16 +124,26 @@ def cluster_addresses(addresses: Sequence[str] | str) -> list[str]:
 
 def check_numbers(axis: int | None, bins: int | None, range: tuple[float, float] | None) -> None:
     """What JobSpec's fields hold (int32 axis, uint32 bins, two doubles), or InvalidField."""
-    if axis is not None and (not isinstance(axis, int) or not -(1 << 31) <= axis < 1 << 31):
+    if axis is not None and not -(1 << 31) <= _integer(axis, "axis") < 1 << 31:
         raise InvalidField("axis", f"expected 0 or None, got {axis!r}")
-    if bins is not None and (not isinstance(bins, int) or not 0 <= bins < 1 << 32):
-        raise InvalidField("bins", f"expected a positive integer below 2^32, got {bins!r}")
+    if bins is not None and not 0 <= _integer(bins, "bins") < 1 << 32:
+        raise InvalidField("bins", f"expected an integer from 0 below 2^32, got {bins!r}")
     if range is not None:
         try:
             lo, hi = range
+            if not (isinstance(lo, numbers.Real) and isinstance(hi, numbers.Real)):
+                raise TypeError
             float(lo), float(hi)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidField("range", f"expected two numbers (LO, HI), got {range!r}") from None
+
+
+def _integer(value: object, field: str) -> int:
+    """An int, or what stands for one (numpy's integers): operator.index's reading."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidField(field, f"expected an integer, got {value!r}") from None
 
 
 def build_job(

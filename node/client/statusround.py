@@ -31,9 +31,13 @@ from node.wire.stubs import NodeStub
 
 #: The longest one node's Status may take in a round before the round stops waiting for it.
 STATUS_PROBE_S = 2.0
-#: The first pause between rounds, doubled each round up to MAX_PAUSE_S.
+#: The first pause between rounds, doubled each round up to MAX_PAUSE_S; no round starts
+#: with less than LAST_ROUND_S left (its calls would end before they could be answered).
 FIRST_PAUSE_S = 0.05
 MAX_PAUSE_S = 0.5
+LAST_ROUND_S = 0.05
+#: What `status()` waits by default: the CLI's `--timeout` default, not a job's.
+STATUS_TIMEOUT_S = 5.0
 
 
 async def cluster_view(
@@ -43,15 +47,16 @@ async def cluster_view(
     ClusterUnavailable (its cause, for a client that reached no node) if none answered."""
     started = time.monotonic()
     deadline, pause = started + timeout_s, FIRST_PAUSE_S
+    errors: dict[str, str] = {}  # each node's latest, across rounds: what the last one heard
     while True:
-        errors: dict[str, str] = {}
         view = await _round(stub, nodes, deadline, errors)
         if view is not None:
             return view
         now = time.monotonic()
-        if now >= deadline or (not nodes.reached and now - started >= UNREACHABLE_AFTER_S):
+        given_up = not nodes.reached and now - started >= UNREACHABLE_AFTER_S
+        if given_up or deadline - now < pause + LAST_ROUND_S:
             break
-        await asyncio.sleep(min(pause, deadline - now))
+        await asyncio.sleep(pause)
         pause = min(2 * pause, MAX_PAUSE_S)
     if not nodes.reached:
         raise await asyncio.to_thread(unreachable, nodes.all(), tls, errors)

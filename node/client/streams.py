@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -74,41 +75,55 @@ def stream_refused(reply: pb.SubmitStreamReply, replied: int) -> Exception:
 
 
 class Waiting:
-    """The replies a stream's callers wait for, by job id: one future for each caller, so
-    that two waiting for one id at once (two submits of it, or a retry beside the first
-    try) each get the reply, and one that gives up (its timeout, its cancellation, its
-    watchdog) takes only its own future with it."""
+    """The replies a stream's callers wait for: one future for each request, numbered on the
+    stream (`SubmitRequest.seq`, echoed in its reply), so that two requests for one job id at
+    once (two submits of it, or a retry beside the first try) each get their own reply, a
+    refusal of one (another job under the id, a limit) not the other's, and one caller that
+    gives up (its timeout, its cancellation, its watchdog) takes only its own future with it.
+    A node that echoes no number (an earlier version) answers every request of the id."""
 
     def __init__(self) -> None:
-        self._by_id: dict[str, list[asyncio.Future[pb.SubmitStreamReply]]] = {}
+        self._by_id: dict[str, dict[int, asyncio.Future[pb.SubmitStreamReply]]] = {}
+        self._numbers = itertools.count(1)
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._by_id
 
-    def join(self, job_id: str) -> asyncio.Future[pb.SubmitStreamReply]:
+    def join(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]:
+        """The future of `request`'s reply; numbers the request (its `seq`) for the stream."""
         future: asyncio.Future[pb.SubmitStreamReply] = asyncio.get_running_loop().create_future()
         future.add_done_callback(retrieved)
-        self._by_id.setdefault(job_id, []).append(future)
+        request.seq = next(self._numbers)
+        self._by_id.setdefault(request.job.job_id, {})[request.seq] = future
         return future
 
-    def leave(self, job_id: str, future: asyncio.Future[pb.SubmitStreamReply]) -> None:
+    def leave(self, request: pb.SubmitRequest, future: asyncio.Future[pb.SubmitStreamReply]) -> None:
         """The caller of `future` stopped waiting (answered, cancelled, or out of time)."""
-        futures = self._by_id.get(job_id)
-        if futures is not None and future in futures:
-            futures.remove(future)
+        futures = self._by_id.get(request.job.job_id)
+        if futures is not None and futures.get(request.seq) is future:
+            del futures[request.seq]
             if not futures:
-                del self._by_id[job_id]
+                del self._by_id[request.job.job_id]
         future.cancel()
 
-    def answer(self, job_id: str, reply: pb.SubmitStreamReply) -> None:
-        for future in self._by_id.pop(job_id, ()):
+    def answer(self, reply: pb.SubmitStreamReply) -> None:
+        futures = self._by_id.get(reply.job_id)
+        if futures is None:
+            return
+        if reply.seq:
+            answered = [futures.pop(reply.seq)] if reply.seq in futures else []
+            if not futures:
+                del self._by_id[reply.job_id]
+        else:
+            answered = list(self._by_id.pop(reply.job_id).values())
+        for future in answered:
             if not future.done():
                 future.set_result(reply)
 
     def fail_all(self, exc: Exception) -> None:
         """The stream ended: every caller still waiting hears why."""
         for futures in self._by_id.values():
-            for future in futures:
+            for future in futures.values():
                 if not future.done():
                     future.set_exception(exc)
         self._by_id.clear()
@@ -206,8 +221,7 @@ class SubmitStream:
         if self.ended is not None:
             raise self.ended
         loop = asyncio.get_running_loop()
-        job_id = request.job.job_id
-        waiting = self._waiting.join(job_id)
+        waiting = self._waiting.join(request)
         if self._written is None:
             self._written = loop.create_future()
             self._written.add_done_callback(retrieved)
@@ -218,12 +232,13 @@ class SubmitStream:
         try:
             await asyncio.shield(written)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError) as exc:
-            self._waiting.leave(job_id, waiting)
+            self._waiting.leave(request, waiting)
             # The stream's own status says why (and whether the node has SubmitBatches at all).
             await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
             raise self.ended or AttemptFailed(f"SubmitBatches: the job could not be sent: {exc}") from None
         except asyncio.CancelledError:
             self._unsent = [other for other in self._unsent if other is not request]  # if not written yet
+            self._waiting.leave(request, waiting)  # nobody waits for its reply now
             raise
         return waiting
 
@@ -247,9 +262,9 @@ class SubmitStream:
         finally:
             self._writer = None
 
-    def forget(self, job_id: str, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
+    def forget(self, request: pb.SubmitRequest, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
         """The caller of `waiting` stopped waiting (answered, cancelled, out of time)."""
-        self._waiting.leave(job_id, waiting)
+        self._waiting.leave(request, waiting)
 
     async def _read(self) -> None:
         ended: Exception = AttemptFailed("SubmitBatches: the node closed the stream")
@@ -259,7 +274,7 @@ class SubmitStream:
                     self._on_local(batch.local)
                 for reply in batch.replies:
                     self.replied += 1
-                    self._waiting.answer(reply.job_id, reply)
+                    self._waiting.answer(reply)
         except grpc.aio.AioRpcError as exc:
             ended, self.unsupported = stream_ended(exc, self.replied)
         finally:
@@ -299,7 +314,7 @@ class SocketStream(OpenedStream, Protocol):
     """What SubmitStreams needs of a stream on a node's local socket (AsyncLocalStream)."""
 
     async def send(self, request: pb.SubmitRequest) -> asyncio.Future[pb.SubmitStreamReply]: ...
-    def forget(self, job_id: str, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None: ...
+    def forget(self, request: pb.SubmitRequest, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None: ...
     async def close(self) -> None: ...
 
 

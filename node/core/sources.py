@@ -33,11 +33,11 @@ import mmap
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -348,16 +348,8 @@ def _open_format(
 
 
 def _check_npy_header(path: Path, text: str) -> None:
-    """Refuse files that are not .npy or whose header is absurdly long. Opened without
-    blocking or following a link, and checked a regular file once open: the path may have
-    been swapped for a FIFO since it was checked, whose open would wait for a writer."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise InvalidField("source", f"cannot read {text!r}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidField("source", f"{text!r} is not a regular file (directory, FIFO or device)")
+    """Refuse files that are not .npy or whose header is absurdly long (`_opened`)."""
+    with _opened(path, text) as handle:
         prefix = handle.read(12)
     if not prefix.startswith(NPY_MAGIC) or len(prefix) < 10:
         raise InvalidField("source", f"not a valid .npy file: {text!r} (bad magic)")
@@ -398,12 +390,30 @@ def _load_memmap(path: str, mtime_ns: int, size: int) -> np.memmap[Any, np.dtype
     Errors are not cached (lru_cache does not store exceptions).
     """
     del mtime_ns, size  # only part of the cache key
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError, OverflowError, TypeError) as exc:  # a header's absurd shape
-        raise InvalidField("source", f"not a valid .npy file: {path!r} ({exc})") from None
-    if not isinstance(array, np.memmap):  # e.g. an .npz archive
-        getattr(array, "close", lambda: None)()
-        raise InvalidField("source", f"not a .npy array file: {path!r}")
-    check_array(repr(path), array.dtype, array.shape)
+    with _opened(path, path) as handle:  # mapped from what was checked, not opened by name again
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(handle)
+            check_array(repr(path), dtype, shape)
+            array = np.memmap(handle, dtype=dtype, mode="r", shape=shape, order="F" if fortran_order else "C",
+                              offset=handle.tell())
+        except (ValueError, OSError, EOFError, OverflowError, TypeError) as exc:  # a header's absurd shape
+            raise InvalidField("source", f"not a valid .npy file: {path!r} ({exc})") from None
     return in_huge_pages(array)
+
+
+@contextlib.contextmanager
+def _opened(path: str | Path, text: str) -> Iterator[BinaryIO]:
+    """`path` opened for reading without blocking or following a link, and checked a
+    regular file once open: it may have been swapped for a FIFO since it was checked,
+    whose open by name would wait for a writer, on the event loop."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidField("source", f"cannot read {text!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidField("source", f"{text!r} is not a regular file (directory, FIFO or device)")
+        yield handle

@@ -27,7 +27,6 @@ import numpy as np
 from node.core.sourcechecks import (
     check_array,
     check_chunk,
-    check_chunk_count,
     confined_path,
     one_line,
     plain_path,
@@ -115,11 +114,13 @@ def _open_cached(path: str, root: str, mtime_ns: int, size: int) -> ZarrSource:
         raise InvalidField("source", f"zarr: {name!r} uses codecs distnode does not read: {refused}")
     check_array(f"zarr: {name!r}", np.dtype(array.dtype), tuple(array.shape))
     check_chunk(f"zarr: {name!r}", math.prod(array.chunks))
-    check_chunk_count(f"zarr: {name!r}", tuple(array.shape), tuple(array.chunks))
-    # A stored file is read whole (a shard's index aside): at most its chunks' bytes
-    # decoded, and room for a codec's worst case; a sparse 2 GiB file once was read whole.
-    per_file = math.prod(array.shards or array.chunks) * np.dtype(array.dtype).itemsize
-    store.max_file_bytes = 2 * per_file + (64 << 10)
+    # What a read may bring: a file read whole, at most twice its chunks' bytes decoded
+    # (a codec's worst case), a shard's index and 64 KiB; a range of one (an inner chunk,
+    # or the index) as much for one chunk. A sparse 2 GiB file once was read whole.
+    itemsize = np.dtype(array.dtype).itemsize
+    index = 16 * (math.prod(array.shards) // math.prod(array.chunks) if array.shards else 0) + 4
+    store.max_file_bytes = 2 * math.prod(array.shards or array.chunks) * itemsize + index + (64 << 10)
+    store.max_range_bytes = max(2 * math.prod(array.chunks) * itemsize, index) + (64 << 10)
     stored = (array.shards[0], array.chunks[0]) if array.shards else (array.chunks[0],)
     units = tuple(int(u) for u in stored)
     if not _plain_layout(array):
@@ -166,23 +167,38 @@ def _confined_store(path: str, root: Path) -> Any:
     from zarr.storage import LocalStore
 
     class ConfinedStore(LocalStore):
-        #: What a file read whole may hold: the metadata's bound until the array is open.
-        max_file_bytes = MAX_METADATA_BYTES
+        #: What a read may bring, whole or a range: the metadata's bound until the array is open.
+        max_file_bytes = max_range_bytes = MAX_METADATA_BYTES
 
         async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
             found = _confined_key(Path(path), root, key)
-            if found is not None and byte_range is None and found.stat().st_size > self.max_file_bytes:
-                raise InvalidField("source", f"zarr: {Path(path).name}/{key} is {found.stat().st_size} "
-                                             f"bytes; its chunks hold at most {self.max_file_bytes}")
+            if found is not None:
+                wanted = _range_bytes(byte_range, found.stat().st_size)
+                limit = self.max_file_bytes if byte_range is None else self.max_range_bytes
+                if wanted > limit:
+                    raise InvalidField("source", f"zarr: {Path(path).name}/{key}: a read of {wanted} bytes "
+                                                 f"where its chunks hold at most {limit}")
             return await super().get(key, prototype, byte_range)
 
         async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
-            key_ranges = list(key_ranges)
-            for key, _ in key_ranges:
-                _confined_key(Path(path), root, key)
-            return await super().get_partial_values(prototype, key_ranges)
+            return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
 
     return ConfinedStore(path, read_only=True)
+
+
+def _range_bytes(byte_range: Any, size: int) -> int:
+    """The bytes a zarr byte request reads of a file of `size` (zarr's RangeByteRequest,
+    OffsetByteRequest, SuffixByteRequest, or None for all of it)."""
+    if byte_range is None:
+        return size
+    start, end = getattr(byte_range, "start", None), getattr(byte_range, "end", None)
+    if start is not None and end is not None:
+        return max(0, min(int(end), size) - int(start))
+    if getattr(byte_range, "offset", None) is not None:
+        return max(0, size - int(byte_range.offset))
+    if getattr(byte_range, "suffix", None) is not None:
+        return min(int(byte_range.suffix), size)
+    return size
 
 
 def _confined_key(store: Path, root: Path, key: str) -> Path | None:
@@ -200,8 +216,10 @@ def _confined_key(store: Path, root: Path, key: str) -> Path | None:
             raise InvalidField("source", f"zarr: {store.name}/{key} leads out of the data root")
         try:
             mode = target.stat().st_mode
-        except OSError:
+        except FileNotFoundError:
             return None
+        except OSError as exc:  # not an absent chunk (read as fill): one that cannot be read
+            raise InvalidField("source", f"zarr: {store.name}/{key} cannot be read: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
         raise InvalidField("source", f"zarr: {store.name}/{key} is not a regular file")
     return target

@@ -100,12 +100,16 @@ class JobStream:
 
     def _start(self, request: pb.SubmitRequest) -> None:
         if len(self._running) >= MAX_STREAM_JOBS:
-            self._replies.put_nowait(self._failed(request.job.job_id, LimitExceeded(
-                f"SubmitBatches: {MAX_STREAM_JOBS} jobs already in flight on this stream")))
+            refused = self._failed(request.job.job_id, LimitExceeded(
+                f"SubmitBatches: {MAX_STREAM_JOBS} jobs already in flight on this stream"))
+            refused.seq = request.seq
+            self._replies.put_nowait(refused)
             return
         task = asyncio.create_task(self._one(request))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
     async def _one(self, request: pb.SubmitRequest) -> None:
-        self._replies.put_nowait(await self._run(request))
+        reply = await self._run(request)
+        reply.seq = request.seq  # whose reply it is, where one job id has several requests
+        self._replies.put_nowait(reply)
