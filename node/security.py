@@ -75,6 +75,8 @@ class TlsFiles:
     def _check_loadable(self) -> None:
         """The PEM files as TLS will load them (gRPC would only log its failure and go on,
         so a key given as --tls-ca showed as an unreachable cluster)."""
+        if not self.enabled:  # loading the system's CA store alone costs a client ~40 ms
+            return
         import ssl
 
         try:
@@ -83,7 +85,9 @@ class TlsFiles:
             raise SecurityError(f"tls-ca: {self.ca} is not a PEM certificate ({exc})") from None
         if self.cert is not None and self.key is not None:
             try:
-                context.load_cert_chain(str(self.cert), str(self.key))
+                # An empty password, not a prompt on the terminal for an encrypted key (which
+                # gRPC would not take either): such a key is refused as one that does not load.
+                context.load_cert_chain(str(self.cert), str(self.key), password=b"")
             except (ssl.SSLError, OSError) as exc:
                 raise SecurityError(f"tls-cert and tls-key: {self.cert} and {self.key} are not a "
                                     f"certificate and its key ({exc})") from None

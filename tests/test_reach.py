@@ -169,3 +169,18 @@ def test_cli_tls_files_that_do_not_load_exit_2_naming_the_flag(
                  "--tls-cert", str(certs / "client.pem"), "--tls-key", str(certs / "n1.key")])
     err = capsys.readouterr().err
     assert code == 2 and "are not a certificate and its key" in err, err
+
+
+def test_an_encrypted_key_is_refused_without_a_prompt(certs: Path, tmp_path: Path) -> None:
+    """ssl asks for a passphrase on the terminal for an encrypted key, which held `distnode
+    start` (gRPC takes no encrypted key either): refused as a key that does not load."""
+    from cryptography.hazmat.primitives import serialization
+
+    from node.errors import SecurityError
+
+    key = serialization.load_pem_private_key((certs / "client.key").read_bytes(), password=None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"passphrase")))
+    with pytest.raises(SecurityError, match="are not a certificate and its key"):
+        TlsFiles(certs / "client.pem", locked, certs / "ca.pem").validate_client()

@@ -5,7 +5,7 @@ local socket on a SubmitBatches stream, the client connects
 in the background and, once connected, sends that node's jobs there
 (`SubmitStreams`, client/streams.py). It keeps `SubmitStream`'s interface
 and its batching: every job sent in one turn of the event loop goes in one
-frame, and replies are matched by job id.
+frame, and replies are matched to requests by job id and number (`Waiting`).
 """
 
 from __future__ import annotations

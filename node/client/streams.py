@@ -1,5 +1,5 @@
 """Attached jobs on one open `SubmitBatches` stream per node: many jobs, one stream,
-replies by job id.
+replies by job id and the request's number on the stream (`Waiting`).
 
 On this project's 2-core host a unary gRPC call costs 0.8-1.2 ms from Python
 and one message each way on an open stream half that

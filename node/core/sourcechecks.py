@@ -24,9 +24,6 @@ NUMERIC_KINDS = "biuf"
 #: The largest chunk or row group a node decodes at once (1 GiB of float64):
 #: a file may declare chunks as large as it likes, and each is read whole.
 MAX_CHUNK_ELEMS = 1 << 27
-#: The most stored chunks one shard may span (check_chunks_per_shard): about 4 s of a
-#: node's Python at 60 us a chunk; chunks of 128 elements or more at the default shard size.
-MAX_CHUNKS_PER_SHARD = 1 << 16
 #: What Linux takes of a path (PATH_MAX) and of each of its components (NAME_MAX).
 PATH_MAX_BYTES = 4096
 NAME_MAX_BYTES = 255
@@ -65,16 +62,6 @@ def confined_path(kind: str, text: str, data_root: Path | None) -> tuple[Path, o
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
         raise InvalidField("source", f"{text!r} is not a regular file or a directory (a FIFO or device?)")
     return resolved, info
-
-
-def check_chunks_per_shard(shard_rows: int, chunk_rows: tuple[int, ...] | None) -> None:
-    """Few enough stored chunks in one shard: each costs a node tens of microseconds of
-    Python whatever its size, and a shard under way cannot be stopped, so a 400-byte store
-    of one-element chunks made each shard of 2^23 elements cost 460-2,500 s."""
-    if chunk_rows and shard_rows // chunk_rows[-1] > MAX_CHUNKS_PER_SHARD:
-        count = shard_rows // chunk_rows[-1]
-        raise LimitExceeded(f"source: a shard of {shard_rows} rows spans {count} chunks of {chunk_rows[-1]} "
-                            f"rows; at most {MAX_CHUNKS_PER_SHARD} (store larger chunks)")
 
 
 def check_path_text(text: str) -> None:

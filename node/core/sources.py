@@ -393,6 +393,8 @@ def _load_memmap(path: str, mtime_ns: int, size: int) -> np.memmap[Any, np.dtype
     with _opened(path, path) as handle:  # mapped from what was checked, not opened by name again
         try:
             version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0), (3, 0)):  # the versions np.load reads
+                raise ValueError(f"format version {version[0]}.{version[1]}")
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                 np.lib.format.read_array_header_2_0
             shape, fortran_order, dtype = read_header(handle)

@@ -42,6 +42,9 @@ ALLOWED_CODECS = frozenset({
 })
 #: Metadata larger than this is not a Zarr array's.
 MAX_METADATA_BYTES = 1 << 20
+#: What a codec may add to a chunk, at most, beyond twice its decoded bytes (gzip's header
+#: and trailer, a block's framing): a chunk of a few bytes may grow past twice its size.
+CODEC_FRAMING_BYTES = 64
 CACHE_SIZE = 16
 
 
@@ -114,13 +117,16 @@ def _open_cached(path: str, root: str, mtime_ns: int, size: int) -> ZarrSource:
         raise InvalidField("source", f"zarr: {name!r} uses codecs distnode does not read: {refused}")
     check_array(f"zarr: {name!r}", np.dtype(array.dtype), tuple(array.shape))
     check_chunk(f"zarr: {name!r}", math.prod(array.chunks))
-    # What a read may bring: a file read whole, at most twice its chunks' bytes decoded
-    # (a codec's worst case), a shard's index and 64 KiB; a range of one (an inner chunk,
-    # or the index) as much for one chunk. A sparse 2 GiB file once was read whole.
+    # What a read may bring: a file read whole, at most twice its chunks' bytes decoded and
+    # a codec's framing for each (a codec's worst case), a shard's index and 64 KiB; a range
+    # of one (an inner chunk, or the index) as much for one chunk. A sparse 2 GiB file once
+    # was read whole.
     itemsize = np.dtype(array.dtype).itemsize
-    index = 16 * (math.prod(array.shards) // math.prod(array.chunks) if array.shards else 0) + 4
-    store.max_file_bytes = 2 * math.prod(array.shards or array.chunks) * itemsize + index + (64 << 10)
-    store.max_range_bytes = max(2 * math.prod(array.chunks) * itemsize, index) + (64 << 10)
+    inner = math.prod(array.shards) // math.prod(array.chunks) if array.shards else 1
+    index = 16 * inner + 4 if array.shards else 0
+    framed = 2 * math.prod(array.chunks) * itemsize + CODEC_FRAMING_BYTES
+    store.max_file_bytes = framed * inner + index + (64 << 10)
+    store.max_range_bytes = max(framed, index) + (64 << 10)
     stored = (array.shards[0], array.chunks[0]) if array.shards else (array.chunks[0],)
     units = tuple(int(u) for u in stored)
     if not _plain_layout(array):

@@ -51,7 +51,6 @@ from node.core.compute import (
 )
 from node.core.job import Job
 from node.core.limits import Limits
-from node.core.sourcechecks import check_chunks_per_shard
 from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import (
     InvalidField,
@@ -213,7 +212,6 @@ class JobManager:
             raise LimitExceeded(
                 f"source: {source.rows} rows make more than {MAX_SHARDS} shards of {rows} rows"
             )
-        check_chunks_per_shard(min(rows, source.rows), getattr(source, "chunk_rows", None))
         return source, plan_shards(source, shard_elems)
 
     def _run_inline(
