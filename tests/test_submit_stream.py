@@ -288,10 +288,19 @@ async def test_a_refusal_of_one_request_for_a_job_id_is_not_anothers_answer(star
     """Replies are matched to requests by their number on the stream: a second submit of a
     running job's id with another job is ALREADY_EXISTS for it alone (it was everyone's)."""
     cluster = await start_cluster(1)
-    async with AsyncClient(cluster.daemons[0].config.address) as client:
-        running = asyncio.create_task(client.submit(op="sum", source="random:n=6e7,seed=5", job_id="mine", timeout=60))
+    for local_socket in (False, True):  # both on the gRPC stream, then both on the socket
+        async with AsyncClient(cluster.daemons[0].config.address, local_socket=local_socket) as client:
+            await client.submit(op="sum", source="values:1")  # the stream (and the socket) open
+            await refused_alone(client, f"mine-{local_socket}")
+
+
+async def refused_alone(client: AsyncClient, job_id: str) -> None:
+    for _ in range(3):
+        running = asyncio.create_task(client.submit(op="sum", source="random:n=6e7,seed=5", job_id=job_id,
+                                                    timeout=60))
         await asyncio.sleep(0.05)
         with pytest.raises(InvalidJob, match="ALREADY_EXISTS"):
-            await client.submit(op="max", source="random:n=6e7,seed=5", job_id="mine", timeout=60)
+            await client.submit(op="max", source="random:n=6e7,seed=5", job_id=job_id, timeout=60)
         answer = await running
-        assert answer.job_id == "mine" and answer.op == "sum"
+        assert answer.job_id == job_id and answer.op == "sum"
+        job_id += "-again"
