@@ -287,3 +287,33 @@ def test_a_closed_client_says_so_for_every_call() -> None:
                  lambda: client.submit(op="sum", source="range:n=3")):
         with pytest.raises(ClusterUnavailable, match="this client is closed"):
             call()
+
+
+def test_a_call_in_flight_when_another_thread_closes_the_client_ends_with_it() -> None:
+    """It waited for ever on the client's stopped event loop."""
+    import threading
+
+    def slow(request: pb.JobsRequest, context: Any) -> pb.JobsReply:
+        time.sleep(1.5)
+        return pb.JobsReply()
+
+    outcome: list[BaseException | None] = []
+
+    with stand_in({"Jobs": slow}) as address:
+        client = Client(address, timeout=10)
+
+        def listing() -> None:
+            try:
+                client.jobs()
+                outcome.append(None)
+            except BaseException as exc:  # what the caller gets, whatever it is
+                outcome.append(exc)
+
+        caller = threading.Thread(target=listing, daemon=True)
+        caller.start()
+        time.sleep(0.3)  # the call is on the loop, waiting for its reply
+        client.close()
+        caller.join(timeout=5)
+    assert not caller.is_alive(), "the call still waits on a stopped loop"
+    assert len(outcome) == 1 and isinstance(outcome[0], ClusterUnavailable), outcome
+    assert "closed during the call" in str(outcome[0])

@@ -19,6 +19,7 @@ are not latency-critical and run on an AsyncClient in a private loop thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -81,6 +82,8 @@ class Client:
         self._lock = threading.Lock()
         #: Set by close(), under the lock: no channel is opened after it.
         self._closed = False
+        #: Calls of other threads on the loop, which close() ends (under the lock).
+        self._in_flight: set[concurrent.futures.Future[Any]] = set()
         self._streams = ThreadStreams(max_message_bytes, local_socket)
         self._watchdog = Watchdog(self._probe, self._abandon, PROBE_INTERVAL_S, PROBE_FAILURES)
         self._loop = asyncio.new_event_loop()
@@ -244,7 +247,16 @@ class Client:
         if self._loop.is_closed():
             coro.close()  # never to run: said now, not as a warning at collection
             raise ClusterUnavailable("this client is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        call = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        with self._lock:
+            self._in_flight.add(call)
+        try:
+            return call.result()
+        except concurrent.futures.CancelledError:  # close() ended it: its loop stops
+            raise ClusterUnavailable("this client was closed during the call") from None
+        finally:
+            with self._lock:
+                self._in_flight.discard(call)
 
     def status(self, timeout: float | None = None) -> ClusterStatus:
         return self._call(self._async.status(timeout))
@@ -271,6 +283,10 @@ class Client:
             return
         self._watchdog.close()
         self._streams.close()
+        with self._lock:  # another thread's call would wait for ever on a stopped loop
+            in_flight = list(self._in_flight)
+        for call in in_flight:
+            call.cancel()
         self._call(self._async.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
