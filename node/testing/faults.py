@@ -92,6 +92,11 @@ class Link:
         #: Connections accepted and forwarding, and those held by a blackhole.
         self._open: set[_Connection] = set()
         self._held: set[_Connection] = set()
+        #: Every connection accepted and not yet ended, whatever its state: stop() aborts
+        #: them all (one accepted as the link stopped, still connecting to its target or not
+        #: yet handled, was left open, and its transport warned when collected).
+        self._accepted: set[_Connection] = set()
+        self._stopped = False
         self._server: asyncio.Server | None = None
         self.port = 0
         self._udp_front: Any = None  # DatagramTransport on `port`
@@ -129,15 +134,17 @@ class Link:
         )
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._server is not None:
             self._server.close()
         for transport in (self._udp_front, self._udp_back):
             if transport is not None:
                 transport.close()
-        for conn in [*self._open, *self._held]:
+        for conn in [*self._open, *self._held, *self._accepted]:
             conn.abort()
         self._open.clear()
         self._held.clear()
+        self._accepted.clear()
 
     def set_cut(self, cut: bool) -> None:
         """Cut: drop established connections. Heal: drop the blackholed ones."""
@@ -177,8 +184,20 @@ class Link:
     # -- per connection ---------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
         conn = _Connection(writers=[writer])
+        if self._stopped:  # accepted as the link stopped: ended at once
+            conn.abort()
+            return
+        self.accepted += 1
+        self._accepted.add(conn)
+        try:
+            await self._handle(conn, reader, writer)
+        finally:
+            self._accepted.discard(conn)
+
+    async def _handle(
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         if self.cut:
             await self._refuse_or_hold(conn, reader)
             return
@@ -190,7 +209,7 @@ class Link:
             conn.abort()  # the target is down: the initiator sees the connection die
             return
         conn.writers.append(up_writer)
-        if self.cut:  # cut while we were connecting
+        if self.cut or self._stopped:  # cut, or stopped, while we were connecting
             conn.abort()
             return
         self._open.add(conn)
