@@ -176,7 +176,8 @@ def _confined_store(path: str, root: Path) -> Any:
         #: What a read may bring, whole or a range: the metadata's bound until the array is open.
         max_file_bytes = max_range_bytes = MAX_METADATA_BYTES
 
-        async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        def check(self, key: str, byte_range: Any) -> None:
+            """`key` confined to the root, and the read within what its chunks hold."""
             found = _confined_key(Path(path), root, key)
             if found is not None:
                 wanted = _range_bytes(byte_range, found.stat().st_size)
@@ -184,10 +185,16 @@ def _confined_store(path: str, root: Path) -> Any:
                 if wanted > limit:
                     raise InvalidField("source", f"zarr: {Path(path).name}/{key}: a read of {wanted} bytes "
                                                  f"where its chunks hold at most {limit}")
+
+        async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+            self.check(key, byte_range)
             return await super().get(key, prototype, byte_range)
 
         async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
-            return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
+            key_ranges = list(key_ranges)
+            for key, byte_range in key_ranges:
+                self.check(key, byte_range)
+            return await super().get_partial_values(prototype, key_ranges)  # its reads at once, in threads
 
     return ConfinedStore(path, read_only=True)
 
