@@ -10,73 +10,19 @@ refusal means, what `--json` says of a job already there, how `result` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import pytest
+from standin import Refuse, refuse, stand_in
 
 from cli.main import main
 from node import AsyncClient, Client
 from node._proto import distnode_pb2 as pb
 from node.client.retry import new_request
 from node.errors import ClusterUnavailable, InvalidField, JobFailed, JobPending
-from node.wire.answers import SERVICE
-from node.wire.status import node_trailer
-
-#: method -> (request, context) -> reply; raise _Refuse to answer with a status.
-Script = dict[str, Callable[[Any, Any], Any]]
-
-
-class _Refuse(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
-class _Status(grpc.Status):  # type: ignore[misc]
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self.code, self.details, self.trailing_metadata = code, details, node_trailer("n1")
-
-
-REQUESTS = {"Enqueue": pb.SubmitRequest, "Result": pb.ResultRequest, "Status": pb.StatusRequest,
-            "Jobs": pb.JobsRequest, "Cancel": pb.CancelRequest}
-
-
-@contextlib.contextmanager
-def stand_in(script: Script) -> Iterator[str]:
-    def handler(method: str) -> grpc.RpcMethodHandler:
-        def answer(request: Any, context: Any) -> Any:
-            try:
-                return script[method](request, context)
-            except _Refuse as refused:
-                context.abort_with_status(_Status(refused.code, refused.details))
-                raise AssertionError("abort returned") from None
-
-        return grpc.unary_unary_rpc_method_handler(
-            answer, request_deserializer=REQUESTS[method].FromString,
-            response_serializer=lambda reply: reply.SerializeToString(),
-        )
-
-    generic = grpc.method_handlers_generic_handler(SERVICE, {name: handler(name) for name in script})
-    server = grpc.server(ThreadPoolExecutor(max_workers=4), handlers=[generic])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
-
-
-def refuse(code: grpc.StatusCode, details: str) -> Callable[[Any, Any], Any]:
-    def answer(request: Any, context: Any) -> Any:
-        raise _Refuse(code, details)
-    return answer
-
 
 ROWS = [
     (grpc.StatusCode.INVALID_ARGUMENT, "op: unknown op 'sums'", 2, "invalid job"),
@@ -141,7 +87,7 @@ async def test_result_waits_what_is_left_of_its_wait_after_a_retry() -> None:
         asked.append(request.wait_s)
         if len(asked) == 1:
             time.sleep(0.5)
-            raise _Refuse(grpc.StatusCode.UNAVAILABLE, "n1 stopped being the leader; retry")
+            raise Refuse(grpc.StatusCode.UNAVAILABLE, "n1 stopped being the leader; retry")
         time.sleep(request.wait_s)
         return pb.JobInfo(job_id=request.job_id, state="running", shards_done=1, shards=4)
 
@@ -211,7 +157,7 @@ async def test_status_asks_again_until_a_node_answers_within_its_timeout() -> No
     def status(request: pb.StatusRequest, context: Any) -> pb.StatusReply:
         rounds.append(time.monotonic())
         if time.monotonic() < opened:
-            raise _Refuse(grpc.StatusCode.UNAVAILABLE, "starting")
+            raise Refuse(grpc.StatusCode.UNAVAILABLE, "starting")
         return pb.StatusReply(node_id="n1", role="leader", term=3, leader_id="n1")
 
     with stand_in({"Status": status}) as address:

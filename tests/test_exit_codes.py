@@ -8,16 +8,12 @@ So each row checks the whole path: status -> client error -> exit code.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import grpc
 import pytest
+from standin import refuse, stand_in
 
 from cli.main import main
-from node.wire.answers import SUBMIT_METHOD
-from node.wire.status import node_trailer
 
 #: (status, details, exit code, words on stderr). The README's exit-code table says the same.
 ROWS = [
@@ -34,29 +30,8 @@ ROWS = [
 ]
 
 
-@contextlib.contextmanager
-def node_answering(code: grpc.StatusCode, details: str) -> Iterator[str]:
-    def refuse(request: bytes, context: Any) -> bytes:
-        context.abort_with_status(_Status(code, details))
-        raise AssertionError("abort returned")
-
-    handler = grpc.method_handlers_generic_handler(
-        SUBMIT_METHOD.split("/")[1], {SUBMIT_METHOD.split("/")[2]: grpc.unary_unary_rpc_method_handler(refuse)}
-    )
-    server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[handler])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
-
-
-class _Status(grpc.Status):  # type: ignore[misc]
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self.code = code
-        self.details = details
-        self.trailing_metadata = node_trailer("n1")
+def node_answering(code: grpc.StatusCode, details: str) -> contextlib.AbstractContextManager[str]:
+    return stand_in({"Submit": refuse(code, details)})
 
 
 @pytest.mark.parametrize(("code", "details", "exit_code", "words"), ROWS, ids=[row[0].name for row in ROWS])
