@@ -109,7 +109,7 @@ def _tls_problem(host: str, port: int, tls: TlsFiles, timeout_s: float) -> str:
         return f"--tls-ca {tls.ca} is not a PEM certificate this client can load ({exc})"
     if tls.cert is not None and tls.key is not None:
         try:
-            context.load_cert_chain(str(tls.cert), str(tls.key))
+            context.load_cert_chain(str(tls.cert), str(tls.key), password=b"")  # no prompt: TlsFiles
         except (ssl.SSLError, OSError) as exc:
             return (f"--tls-cert {tls.cert} and --tls-key {tls.key} cannot be loaded as a certificate"
                     f" and its key ({exc})")
