@@ -239,7 +239,10 @@ def test_a_call_in_flight_when_another_thread_closes_the_client_ends_with_it() -
     """It waited for ever on the client's stopped event loop."""
     import threading
 
+    asked = threading.Event()
+
     def slow(request: pb.JobsRequest, context: Any) -> pb.JobsReply:
+        asked.set()
         time.sleep(1.5)
         return pb.JobsReply()
 
@@ -257,7 +260,7 @@ def test_a_call_in_flight_when_another_thread_closes_the_client_ends_with_it() -
 
         caller = threading.Thread(target=listing, daemon=True)
         caller.start()
-        time.sleep(0.3)  # the call is on the loop, waiting for its reply
+        assert asked.wait(5), "the call never reached the node"  # it waits for its reply now
         client.close()
         caller.join(timeout=5)
     assert not caller.is_alive(), "the call still waits on a stopped loop"

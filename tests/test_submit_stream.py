@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from inproc import StartCluster
+from inproc import StartCluster, poll
 
 from node import AsyncClient, Client, LocalCluster
 from node._proto import distnode_pb2 as pb
@@ -30,6 +30,7 @@ from node.client.async_local_stream import AsyncLocalStream
 from node.client.local_stream import LocalStream
 from node.core.limits import Limits
 from node.errors import ClusterUnavailable, InvalidJob, JobError
+from node.server.daemon import Daemon
 from node.server.jobstream import START_CHUNK_JOBS, JobStream
 from node.wire.stubs import NodeStub
 from node.wire.tensors import tensor_from_proto
@@ -291,14 +292,14 @@ async def test_a_refusal_of_one_request_for_a_job_id_is_not_anothers_answer(star
     for local_socket in (False, True):  # both on the gRPC stream, then both on the socket
         async with AsyncClient(cluster.daemons[0].config.address, local_socket=local_socket) as client:
             await client.submit(op="sum", source="values:1")  # the stream (and the socket) open
-            await refused_alone(client, f"mine-{local_socket}")
+            await refused_alone(client, cluster.daemons[0], f"mine-{local_socket}")
 
 
-async def refused_alone(client: AsyncClient, job_id: str) -> None:
+async def refused_alone(client: AsyncClient, leader: Daemon, job_id: str) -> None:
     for _ in range(3):
         running = asyncio.create_task(client.submit(op="sum", source="random:n=6e7,seed=5", job_id=job_id,
                                                     timeout=60))
-        await asyncio.sleep(0.05)
+        await poll(lambda: leader.jobs.progress(job_id)[0], what="the first job taken")  # noqa: B023
         with pytest.raises(InvalidJob, match="ALREADY_EXISTS"):
             await client.submit(op="max", source="random:n=6e7,seed=5", job_id=job_id, timeout=60)
         answer = await running
