@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from node.core import halt
 from node.core.job import KERNELS, OPS, SHARD_ELEMS, Job
 from node.core.sources import Array, DataSource, Opener, ValuesSource, open_source
 from node.errors import InvalidField
@@ -206,7 +207,10 @@ def compute_partial(job: Job, source: DataSource, start: int, stop: int) -> Part
     pieces = getattr(source, "read_pieces", None)
     if pieces is None:
         return _partial_of(job, source.read(start, stop), start, source.cols)
-    partials = [_partial_of(job, piece, first, source.cols) for first, piece in pieces(start, stop)]
+    partials = []
+    for first, piece in pieces(start, stop):
+        halt.check()  # a piece may be a row group decoded now: stop here if the shard is no longer wanted
+        partials.append(_partial_of(job, piece, first, source.cols))
     return functools.reduce(functools.partial(merge, job.op), partials)
 
 
@@ -226,6 +230,7 @@ def _partial_of(job: Job, raw: Array, start: int, cols: int | None) -> Partial:
     merged: Partial | None = None
     buffer: Array | None = None
     for first in range(0, raw.shape[0], rows):
+        halt.check()
         block = raw[first:first + rows]
         out = None if buffer is None else buffer[:block.shape[0]]
         x = apply_kernel(job.kernel, block, out)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from node.core import halt
 from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line, split_inner
 from node.core.sources import Array, ArrayBacked
 from node.errors import InvalidField
@@ -41,6 +42,14 @@ class Hdf5Source(ArrayBacked):
     array: Any  # h5py.Dataset
 
     def read(self, start: int, stop: int) -> Array:
+        """Rows [start, stop); a chunked dataset's a run of chunks at a time (halt.py)."""
+        chunks = self.array.chunks
+        if not chunks:
+            return self._read(start, stop)
+        bands = 1 if len(chunks) == 1 else -(-int(self.array.shape[1]) // int(chunks[1]))
+        return halt.read_in_runs(self._read, start, stop, halt.run_rows(int(chunks[0]), bands))
+
+    def _read(self, start: int, stop: int) -> Array:
         try:
             return np.asarray(self.array[start:stop])
         except Exception as exc:  # a truncated file, a corrupt chunk

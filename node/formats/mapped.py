@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from node.core import halt
 from node.core.sources import Array, in_huge_pages
 from node.errors import InvalidField
 
@@ -81,6 +82,7 @@ class ChunkPieces:
         c = self.chunk_rows
         pieces = []
         for first, count, where in self._runs(start // c, (stop - 1) // c + 1):
+            halt.check()
             lo, hi = max(start, first * c), min(stop, (first + count) * c)
             pieces.append((lo, self._chunks(first, count, where)[lo - first * c:hi - first * c]))
         return pieces
@@ -92,6 +94,7 @@ class ChunkPieces:
         size = self._chunk_bytes()
         previous: tuple[Path, int] | None = None
         for index in range(begin, end):
+            halt.check()  # locating a chunk file costs microseconds: a store may hold millions
             where = self.locate(index)
             if runs and where is not None and previous is not None and not self.exact_files and (
                 where[0] == previous[0] and where[1] == previous[1] + size

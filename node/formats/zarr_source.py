@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from node.core import halt
 from node.core.sourcechecks import (
     check_array,
     check_chunk,
@@ -55,6 +56,12 @@ class ZarrSource(ArrayBacked):
     chunk_rows: tuple[int, ...]  # (shard rows, chunk rows) with Zarr 3 sharding, else (chunk rows,)
 
     def read(self, start: int, stop: int) -> Array:
+        """Rows [start, stop), decoded by zarr a run of chunks at a time (halt.py): a shard of
+        a great many tiny chunks can be stopped between runs."""
+        bands = 1 if self.array.ndim == 1 else -(-int(self.array.shape[1]) // int(self.array.chunks[1]))
+        return halt.read_in_runs(self._read, start, stop, halt.run_rows(self.chunk_rows[-1], bands))
+
+    def _read(self, start: int, stop: int) -> Array:
         try:
             return np.asarray(self.array[start:stop])
         except InvalidField:

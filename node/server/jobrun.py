@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from node.core.compute import Partial, finalize, merge
+from node.core.halt import Halt
 from node.core.job import Job
 from node.server.api import Outcome
 from node.server.stealing import Holdings
@@ -61,6 +62,8 @@ class JobRun:
     trace: JobTrace | None = None
     #: Shards handed out and not back yet, by node (an idle lane takes one: stealing.py).
     holdings: Holdings = field(default_factory=Holdings)
+    #: Set as the run ends: its shards still in this node's pool stop between pieces (halt.py).
+    halt: Halt = field(default_factory=Halt)
 
     @property
     def finished(self) -> bool:

@@ -40,6 +40,7 @@ from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
 
+from node.core import halt
 from node.core.compute import (
     Partial,
     compute_partial,
@@ -188,6 +189,7 @@ class JobManager:
             self._running.pop(job_id, None)
             for task in run.tasks:
                 task.cancel()
+            run.halt.set()  # a shard still in the pool is nobody's now: it stops between pieces
             # Ended without an answer (the caller that started it was cancelled):
             # those who joined it must not wait for a run nobody drives.
             run.fail(RunAbandoned(f"job_id: the run of {job_id!r} ended with its first caller; retry"))
@@ -256,7 +258,7 @@ class JobManager:
 
     def _queue_here(self, run: JobRun, source: DataSource, index: int) -> tuple[int, InPool[Partial]]:
         """Hand shard `index` to this node's pool now; when it was queued, and its future."""
-        return to_pool(self.executor, self.compute, run.job, source, *run.shards[index])
+        return to_pool(self.executor, halt.under(run.halt, self.compute), run.job, source, *run.shards[index])
 
     def accept_partial(
         self, job_id: str, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None

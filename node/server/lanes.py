@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
 from typing import Any
 
+from node.core import halt
 from node.core.compute import Partial
 from node.core.job import Job
 from node.core.sources import FORMAT_KINDS, DataSource, source_kind
@@ -112,7 +113,7 @@ class Lanes:
         claimed: collections.deque[int] = collections.deque()
         queued: collections.deque[tuple[int, int, InPool[Partial | None]]] = collections.deque()
         skips = Skips()
-        compute = skips.guarded(self.compute)
+        compute = halt.under(run.halt, skips.guarded(self.compute))
 
         async def give_up(index: int) -> bool:
             if index in claimed:

@@ -9,8 +9,8 @@ always waits in the pool behind the one computing, so the pool's thread
 goes straight on while the event loop sends a partial (one ahead, never
 more: see lanes.py's `_compute_local`). If the leader cancels the call (the
 job ended, or the leader moved on), the remaining shards are skipped; a
-shard under way in the thread pool finishes and is dropped, and a partial
-already handed over is still written. If the leader gives one of a call's
+shard under way in the thread pool stops at its next piece (halt.py) and is
+dropped, and a partial already handed over is still written. If the leader gives one of a call's
 shards to an idle node instead (a SkipShards, on the compute link or in a
 `Skip` call), the pool's thread drops it unless it has begun it
 (stealing.py), and the call sends no partial for it.
@@ -28,6 +28,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from node.channels import StubCache
+from node.core import halt
 from node.core.compute import Partial, compute_partial, validate_job
 from node.core.job import Job
 from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
@@ -101,7 +102,8 @@ class Worker:
                 raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
             send = functools.partial(self.streams.send, reduce_to)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        compute = skips.guarded(self._compute_shard)
+        halted = halt.Halt()  # set as the call ends: a shard still in the pool stops between pieces
+        compute = halt.under(halted, skips.guarded(self._compute_shard))
         todo = iter(ranges)
         queued: collections.deque[tuple[int, int, InPool[Partial | None]]] = collections.deque()
 
@@ -128,6 +130,7 @@ class Worker:
                 await send(message, deadline)
                 sent += 1
         finally:
+            halted.set()
             for _, _, computing in queued:  # cancelled, or a shard failed: what has not begun never will
                 computing.cancel()
         return Computed(sent, tuple(skipped))

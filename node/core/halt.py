@@ -1,0 +1,101 @@
+"""Stopping a shard under way.
+
+A shard is computed in a pool's thread, and the event loop that handed it over
+cannot stop a thread: a job that ended (cancelled, past its deadline, its
+leader gone) would keep its node's pool busy until the shard's end. For most
+sources that is milliseconds; for a store of a great many tiny chunks, each a
+few tens of microseconds of a format library's Python, it was minutes, and
+every later job of that node queued behind it.
+
+So whoever hands shards to a pool gives them a `Halt` (`under`), sets it once
+their results are no longer wanted, and the pool's thread looks at it
+(`check`) between the pieces of a shard: a chunk file, a row group, a run of
+chunks a format's library decodes (`read_in_runs`). A halted shard raises
+`ShardHalted`, which nobody awaits any more. A piece under way still ends: a
+single numpy call over a shard's elements is not cut, and takes milliseconds.
+
+The halt travels in a thread-local, not as an argument: a source's `read` is
+called by code that knows nothing of jobs, and every piece loop can look
+without a new parameter on every reader.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+R = TypeVar("R")
+
+#: A format's library reads a shard at most this many stored chunks at a time (`read_in_runs`):
+#: at tens of microseconds a chunk, a halt is seen within a fraction of a second.
+RUN_CHUNKS = 1024
+
+
+class ShardHalted(Exception):
+    """The shard's results were no longer wanted: its computation stopped between pieces."""
+
+
+class Halt:
+    """Set (from any thread) once the shards handed with it are no longer wanted."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True  # one store: atomic under the GIL, read by the pool's thread
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+_current = threading.local()
+
+
+def under(halt: Halt, compute: Callable[..., R]) -> Callable[..., R]:
+    """`compute`, which runs in a pool's thread, watching `halt` while it runs (`check`)."""
+    def run(*args: Any) -> R:
+        if halt.is_set():  # halted before the thread came to it
+            raise ShardHalted("halted before it began")
+        _current.halt = halt
+        try:
+            return compute(*args)
+        finally:
+            _current.halt = None
+    return run
+
+
+def check() -> None:
+    """Raise ShardHalted if this thread's shard was halted; nothing outside `under`."""
+    halt: Halt | None = getattr(_current, "halt", None)
+    if halt is not None and halt.is_set():
+        raise ShardHalted("halted between pieces")
+
+
+def read_in_runs(read: Callable[[int, int], np.ndarray[Any, Any]], start: int, stop: int,
+                 run_rows: int) -> np.ndarray[Any, Any]:
+    """Rows [start, stop) as one array, read `run_rows` at a time with a `check` between runs.
+
+    The array holds what one read of the whole range would, so its reduction has the same
+    bits; the runs cost a copy of each into it, which only a range of more than one run
+    pays, and there the chunks' own cost is far larger."""
+    if stop - start <= run_rows:
+        return read(start, stop)
+    first = read(start, start + run_rows)
+    whole = np.empty((stop - start, *first.shape[1:]), dtype=first.dtype)
+    whole[:run_rows] = first
+    for lo in range(start + run_rows, stop, run_rows):
+        check()
+        hi = min(stop, lo + run_rows)
+        whole[lo - start:hi - start] = read(lo, hi)
+    return whole
+
+
+def run_rows(chunk_rows: int, chunks_per_row_band: int) -> int:
+    """Rows of RUN_CHUNKS stored chunks: whole chunks along axis 0, each band of `chunk_rows`
+    rows holding `chunks_per_row_band` chunks (more than one where columns are chunked too)."""
+    return max(1, RUN_CHUNKS // max(1, chunks_per_row_band)) * max(1, chunk_rows)
