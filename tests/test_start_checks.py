@@ -4,6 +4,7 @@ thing and the problem, exit 2, no traceback, and nothing served (#15's table, ro
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 from cli.exits import EXIT_USAGE
 from node.core.raftlog import Entry
 from node.server.journal import Journal
-from node.server.statestore import MAX_TERM
+from node.server.statestore import MAX_TERM, ElectionState, StateStore
 from node.testing.ports import free_ports
 
 pytestmark = pytest.mark.process
@@ -114,3 +115,17 @@ def test_reset_state_replaces_a_damaged_state_with_the_journals_last_term(tmp_pa
     assert node.returncode == 0, stderr
     assert "--reset-state: " in stderr and "replaced with term 4 and no vote" in stderr, stderr
     assert "Traceback" not in stderr
+
+
+def test_reset_state_keeps_a_state_that_loads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The flag left in a service's command line must not drop the vote, nor lower the term to
+    the journal's, at every restart: only a state that cannot be read is replaced."""
+    store = StateStore(tmp_path)
+    store.save(ElectionState(57, "n2"))
+    with caplog.at_level(logging.WARNING):
+        store.reset(last_log_term=50)
+    assert store.load() == ElectionState(57, "n2")
+    assert "is whole (term 57, voted for n2): kept" in caplog.text
+    (tmp_path / "election.json").write_text('{"term": 57, "voted_for": ')
+    store.reset(last_log_term=50)
+    assert store.load() == ElectionState(50, None)

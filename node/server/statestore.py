@@ -68,15 +68,27 @@ class StateStore:
         )
 
     def reset(self, last_log_term: int) -> None:
-        """Replace the state with the journal's last term and no vote (`--reset-state`).
+        """Replace a state that cannot be read with the journal's last term and no vote
+        (`--reset-state`); keep one that can.
 
         The term a node may have voted in is lost with the file: with no vote
         recorded it could vote again in that term, and two leaders of one term
         become possible. The journal's last term is only a floor. Safe when the
         cluster has moved past every term this node could have voted in (a
         leader elected since it stopped, which is what docs/operations.md asks
-        the operator to check first).
+        the operator to check first). A file that loads is never replaced: the
+        flag left in a service's command line would otherwise drop the vote, and
+        lower the term to the journal's, at every restart.
         """
+        try:
+            kept = self.load()
+        except StateFileError:
+            pass
+        else:
+            log.warning("--reset-state: %s is whole (term %d, %s): kept; the flag replaces only a state"
+                        " that cannot be read", self.path, kept.term,
+                        f"voted for {kept.voted_for}" if kept.voted_for else "no vote")
+            return
         log.warning("--reset-state: %s replaced with term %d and no vote; this node may vote a"
                     " second time in a term it had voted in", self.path, last_log_term)
         self.save(ElectionState(last_log_term, None))
