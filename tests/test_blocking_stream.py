@@ -162,3 +162,67 @@ async def test_the_clients_timeout_ends_a_job_on_a_stream_whose_node_never_answe
         assert took_s < 10.0  # without the deadline the call never returns (pytest-timeout ends it)
     finally:
         await server.stop(grace=None)
+
+
+class Interrupted(BaseException):
+    """A Ctrl-C in the middle of a thread's wait (a BaseException, as KeyboardInterrupt is)."""
+
+
+class ScriptedReplies:
+    """A SubmitBatches reply iterator: raises Interrupted first, then the scripted batches."""
+
+    def __init__(self, batches: list[pb.SubmitBatchReply]) -> None:
+        self.batches, self.interrupted = list(batches), False
+
+    def __iter__(self) -> ScriptedReplies:
+        return self
+
+    def __next__(self) -> pb.SubmitBatchReply:
+        if not self.interrupted:
+            self.interrupted = True
+            raise Interrupted
+        if not self.batches:
+            raise StopIteration
+        return self.batches.pop(0)
+
+
+def late_and_own(job_id: str) -> list[pb.SubmitBatchReply]:
+    """The first request's late refusal, then the second request's answer."""
+    late = pb.SubmitStreamReply(job_id=job_id, seq=1, code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                                message="max-jobs-per-client: 1")
+    own = pb.SubmitStreamReply(job_id=job_id, seq=2, node_id="n1")
+    return [pb.SubmitBatchReply(replies=[late]), pb.SubmitBatchReply(replies=[own])]
+
+
+def test_a_late_reply_is_not_taken_for_the_next_request_of_its_job_id() -> None:
+    """A thread interrupted while it waited, then submitting the same job id again on its
+    stream, got the first request's late reply (here a refusal) as the second's."""
+    from node.client.blocking_stream import ThreadStream
+    from node.client.local_stream import LocalStream
+    from node.wire.localframes import frame
+
+    replies = ScriptedReplies(late_and_own("j"))
+
+    class Stub:
+        def SubmitBatches(self, feed: Any) -> ScriptedReplies:
+            return replies
+
+    stream = ThreadStream(Stub(), channel=None)  # type: ignore[arg-type]
+    request = pb.SubmitRequest(job=pb.JobSpec(job_id="j", op="sum", source="range:n=5"))
+    with pytest.raises(Interrupted):
+        stream.run(request)
+    again = pb.SubmitRequest(job=pb.JobSpec(job_id="j", op="sum", source="range:n=5"))
+    assert stream.run(again).seq == 2
+    stream.close()
+
+    import socket
+
+    ours, node = socket.socketpair()
+    local = LocalStream.__new__(LocalStream)  # its connection made here, without a node's handshake
+    local.__dict__.update(_sock=ours, _max_bytes=1 << 20, ended=None, replied=0)
+    local._numbers = iter(range(2, 100))  # the first request (seq 1) was interrupted
+    for batch in late_and_own("j"):
+        node.sendall(frame(batch))
+    assert local.run(again).seq == 2
+    ours.close()
+    node.close()

@@ -23,6 +23,7 @@ are `client/streams.py`'s, shared with the AsyncClient's streams.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.client.local_stream import CONNECT_TIMEOUT_S, LocalStream
-from node.client.streams import stream_ended
+from node.client.streams import answers, stream_ended
 from node.errors import AttemptFailed
 from node.wire.localframes import UNREACHABLE
 from node.wire.stubs import BlockingNodeStub
@@ -58,6 +59,9 @@ class ThreadStream:
         self.unsupported = False
         #: Replies read so far: a stream that failed before its first worked nowhere yet.
         self.replied = 0
+        #: Numbers this stream's requests (`SubmitRequest.seq`), so a late reply is not taken
+        #: for the next request of its job id (streams.answers).
+        self._numbers = itertools.count(1)
 
     @property
     def answered(self) -> bool:
@@ -72,7 +76,7 @@ class ThreadStream:
         node answers DEADLINE_EXCEEDED for it). AttemptFailed/AccessDenied if the stream ends."""
         if self.ended is not None:
             raise self.ended
-        job_id = request.job.job_id
+        request.seq = next(self._numbers)
         self._requests.put(request)
         try:
             for batch in self._replies:
@@ -80,7 +84,7 @@ class ThreadStream:
                     self._on_local(batch.local)
                 self.replied += len(batch.replies)
                 for reply in batch.replies:
-                    if reply.job_id == job_id:
+                    if answers(reply, request):
                         return reply
                     # Not ours: only a job this thread stopped waiting for can answer late.
             self.ended = AttemptFailed("SubmitBatches: the node closed the stream")

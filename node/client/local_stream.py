@@ -19,6 +19,7 @@ only to one a node names anew.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import threading
 
@@ -26,7 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
-from node.client.streams import stream_refused
+from node.client.streams import answers, stream_refused
 from node.errors import AttemptFailed, LimitExceeded
 from node.wire.localframes import (
     ABSTRACT_PREFIX,
@@ -73,6 +74,8 @@ class LocalStream:
         self.ended: Exception | None = None
         self.unsupported = False  # a node that names a socket has SubmitBatches
         self.replied = 0
+        #: Numbers this connection's requests, as ThreadStream does its stream's.
+        self._numbers = itertools.count(1)
         #: The handshake was the node's answer: a job that fails here is not sent again as a
         #: unary call to find out whether the node is there (it was), but elsewhere.
         self.answered = True
@@ -81,14 +84,14 @@ class LocalStream:
         """Send the job and wait for its reply; AttemptFailed if the connection ends."""
         if self.ended is not None:
             raise self.ended
-        job_id = request.job.job_id
+        request.seq = next(self._numbers)
         try:
             self._sock.sendall(frame(pb.SubmitBatch(jobs=[request])))
             while True:
                 batch = read_blocking(self._sock, pb.SubmitBatchReply, self._max_bytes)
                 self.replied += len(batch.replies)
                 for reply in batch.replies:
-                    if reply.job_id == job_id:
+                    if answers(reply, request):
                         return reply
                     if not reply.job_id:
                         self.ended = stream_refused(reply, self.replied)

@@ -129,6 +129,13 @@ class Waiting:
         self._by_id.clear()
 
 
+def answers(reply: pb.SubmitStreamReply, request: pb.SubmitRequest) -> bool:
+    """Whether `reply` is `request`'s, on a blocking client's stream (one request at a time):
+    its job id, and its number where the node echoes one. An earlier request of the same id,
+    whose caller stopped waiting (an interrupt), may still be answered after it."""
+    return reply.job_id == request.job.job_id and reply.seq in (request.seq, 0)
+
+
 def stream_answer(reply: pb.SubmitStreamReply, accepted: bool) -> SubmitAnswer:
     """The job's answer, or the exception its status means (`classify`)."""
     if reply.code:
