@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 R = TypeVar("R")
+Array = np.ndarray[Any, Any]
 
 #: A format's library reads a shard at most this many stored chunks at a time (`read_in_runs`):
 #: at tens of microseconds a chunk, a halt is seen within a fraction of a second.
@@ -76,26 +77,25 @@ def check() -> None:
         raise ShardHalted("halted between pieces")
 
 
-def read_in_runs(read: Callable[[int, int], np.ndarray[Any, Any]], start: int, stop: int,
-                 run_rows: int) -> np.ndarray[Any, Any]:
-    """Rows [start, stop) as one array, read `run_rows` at a time with a `check` between runs.
-
-    The array holds what one read of the whole range would, so its reduction has the same
-    bits; the runs cost a copy of each into it, which only a range of more than one run
-    pays, and there the chunks' own cost is far larger."""
+def read_in_runs(start: int, stop: int, run_rows: int, read: Callable[[int, int], Array],
+                 blank: Callable[[int], Array], read_into: Callable[[int, int, Array], None]) -> Array:
+    """Rows [start, stop): `read` in one call if they are one run, else `read_into` one array
+    from `blank(rows)` (the dtype and memory order one read would give, so a reduction over
+    it has the same bits), `run_rows` at a time, with a `check` between runs. Each run is
+    written where it belongs: no copy beyond what one read makes."""
     if stop - start <= run_rows:
         return read(start, stop)
-    first = read(start, start + run_rows)
-    whole = np.empty((stop - start, *first.shape[1:]), dtype=first.dtype)
-    whole[:run_rows] = first
-    for lo in range(start + run_rows, stop, run_rows):
-        check()
+    whole = blank(stop - start)
+    for lo in range(start, stop, run_rows):
+        if lo > start:
+            check()
         hi = min(stop, lo + run_rows)
-        whole[lo - start:hi - start] = read(lo, hi)
+        read_into(lo, hi, whole[lo - start:hi - start])
     return whole
 
 
-def run_rows(chunk_rows: int, chunks_per_row_band: int) -> int:
-    """Rows of RUN_CHUNKS stored chunks: whole chunks along axis 0, each band of `chunk_rows`
-    rows holding `chunks_per_row_band` chunks (more than one where columns are chunked too)."""
-    return max(1, RUN_CHUNKS // max(1, chunks_per_row_band)) * max(1, chunk_rows)
+def run_rows(unit_rows: int, chunks_per_band: int) -> int:
+    """Rows of about RUN_CHUNKS stored chunks, in whole units along axis 0 (a chunk, or a Zarr
+    shard file read whole anyway), each band of `unit_rows` rows holding `chunks_per_band`
+    chunks (more than one where columns are chunked too, or a unit holds many)."""
+    return max(1, RUN_CHUNKS // max(1, chunks_per_band)) * max(1, unit_rows)

@@ -14,9 +14,11 @@ file's say-so.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +49,24 @@ class Hdf5Source(ArrayBacked):
         if not chunks:
             return self._read(start, stop)
         bands = 1 if len(chunks) == 1 else -(-int(self.array.shape[1]) // int(chunks[1]))
-        return halt.read_in_runs(self._read, start, stop, halt.run_rows(int(chunks[0]), bands))
+        rows = halt.run_rows(int(chunks[0]), bands)
+        return halt.read_in_runs(start, stop, rows, self._read, self._blank, self._read_into)
+
+    def _blank(self, rows: int) -> Array:
+        return np.empty((rows, *self.array.shape[1:]), dtype=self.array.dtype)
 
     def _read(self, start: int, stop: int) -> Array:
-        try:
+        with self._reading(start, stop):
             return np.asarray(self.array[start:stop])
+
+    def _read_into(self, start: int, stop: int, out: Array) -> None:
+        with self._reading(start, stop):
+            self.array.read_direct(out, np.s_[start:stop])
+
+    @contextlib.contextmanager
+    def _reading(self, start: int, stop: int) -> Iterator[None]:
+        try:
+            yield
         except Exception as exc:  # a truncated file, a corrupt chunk
             problem = f"cannot read rows [{start}, {stop}): {one_line(exc)}"
             raise InvalidField("source", f"hdf5: {self.path.name}: {problem}") from None

@@ -14,13 +14,15 @@ as for `npy:`). A damaged chunk is InvalidField naming the rows.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import stat
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -58,12 +60,36 @@ class ZarrSource(ArrayBacked):
     def read(self, start: int, stop: int) -> Array:
         """Rows [start, stop), decoded by zarr a run of chunks at a time (halt.py): a shard of
         a great many tiny chunks can be stopped between runs."""
-        bands = 1 if self.array.ndim == 1 else -(-int(self.array.shape[1]) // int(self.array.chunks[1]))
-        return halt.read_in_runs(self._read, start, stop, halt.run_rows(self.chunk_rows[-1], bands))
+        return halt.read_in_runs(start, stop, self._run_rows(), self._read, self._blank, self._read_into)
+
+    def _run_rows(self) -> int:
+        """About RUN_CHUNKS chunks of rows; whole shard files where the store has them, as zarr
+        reads one with a single request when a read covers it."""
+        array, cols = self.array, int(self.array.shape[1]) if self.array.ndim == 2 else 1
+        unit = array.shards or array.chunks
+        inner = math.prod(array.shards) // math.prod(array.chunks) if array.shards else 1
+        bands = -(-cols // int(unit[1])) if array.ndim == 2 else 1
+        return halt.run_rows(int(unit[0]), inner * bands)
+
+    def _blank(self, rows: int) -> Array:
+        shape = (rows, *(int(n) for n in self.array.shape[1:]))
+        order: Literal["C", "F"] = "F" if self.array.order == "F" else "C"  # Zarr 2 may store columns first
+        return np.empty(shape, dtype=np.dtype(self.array.dtype), order=order)
 
     def _read(self, start: int, stop: int) -> Array:
-        try:
+        with self._reading(start, stop):
             return np.asarray(self.array[start:stop])
+
+    def _read_into(self, start: int, stop: int, out: Array) -> None:
+        from zarr.core.buffer import cpu
+
+        with self._reading(start, stop):
+            self.array.get_basic_selection(slice(start, stop), out=cpu.NDBuffer.from_numpy_array(out))
+
+    @contextlib.contextmanager
+    def _reading(self, start: int, stop: int) -> Iterator[None]:
+        try:
+            yield
         except InvalidField:
             raise  # the store's own check (_confined_store): said as is
         except Exception as exc:  # a truncated or corrupt chunk, whatever zarr calls it

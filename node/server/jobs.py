@@ -197,8 +197,8 @@ class JobManager:
         return outcome
 
     async def _launch(self, run: JobRun, source: DataSource) -> None:
-        if len(run.shards) == 1:
-            await self._run_alone(run, source)
+        if len(run.shards) == 1:  # a task, as lanes are: a cancel or a lost leadership ends it
+            run.tasks.append(asyncio.create_task(self._run_alone(run, source)))
             return
         run.template = partial_template(run.job, source)
         self.lanes.start(run, source)
