@@ -179,3 +179,101 @@ async def test_the_leader_queues_its_next_shard_before_the_last_one_ends(shards:
     assert outcome.result == rows and outcome.shards == shards
     assert pool.next_was_queued == [True] * (shards - 1)
     assert pool.most_in_pool == 2
+
+
+# --- from a review of the job's run (2026-12-07) -------------------------------------------
+
+
+class OneWorker(PeerTable):
+    """A peer table with one live worker, "w1", that reads every source kind."""
+
+    def __init__(self) -> None:
+        super().__init__(("w1:1",))
+        self._dead = asyncio.Event()
+
+    def alive_addresses(self, reading: str | None = None) -> list[str]:
+        return ["w1"]
+
+    def id_of(self, address: str) -> str:
+        return address
+
+    def dead_event(self, address: str) -> asyncio.Event:
+        return self._dead
+
+    def sources_unknown(self) -> list[str]:
+        return []
+
+
+def planned_in_a_thread(monkeypatch: Any) -> None:
+    """`range:` planned as a file format is: in a thread, the run's caller awaiting it."""
+    import node.server.jobs
+
+    monkeypatch.setattr(node.server.jobs, "FORMAT_KINDS", frozenset({"range"}))
+
+
+async def test_a_second_caller_while_a_format_job_is_planned_joins_its_run(monkeypatch: Any) -> None:
+    """Two submits of one id while the first was planned made two runs under one id, whose
+    partials went to whichever was registered last: with another shard size (the same job by
+    the id rule), shard `i` of one plan was merged into the other's answer."""
+    from node.core.compute import compute_partial, validate_job
+
+    planned_in_a_thread(monkeypatch)
+    manager: JobManager | None = None
+    calls: list[tuple[int, ...]] = []
+
+    async def worker(address: str, job_id: str, job: Job, ranges: list[Any]) -> list[int]:
+        source = validate_job(job, None, None)
+        calls.append(tuple(index for index, _, _ in ranges))
+        for index, start, stop in ranges:
+            await asyncio.sleep(0.001)
+            assert manager is not None
+            manager.accept_partial(job_id, index, "w1", compute_partial(job, source, start, stop))
+        return []
+
+    manager = JobManager("n1", OneWorker(), remote=worker, executor=ThreadPoolExecutor(1), shard_elems=100)
+    first = Job(op="sum", source="range:n=20000", kernel="square")
+    second = Job(op="sum", source="range:n=20000", kernel="square", shard_elems=150)
+    answers = await asyncio.gather(manager.submit("x", first), manager.submit("x", second))
+    exact = sum(i * i for i in range(20000))
+    assert [answer.result for answer in answers] == [exact, exact]
+    assert answers[0] is answers[1] and answers[0].shards == 200  # one run: the first caller's plan
+    assert "w1" in answers[0].nodes and manager.running_count == 0
+
+
+async def test_a_cancel_while_a_format_job_is_planned_stops_it(monkeypatch: Any) -> None:
+    from node.errors import JobCancelled, NotLeader
+
+    planned_in_a_thread(monkeypatch)
+    manager = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1),
+                         shard_elems=100)
+    for stop, expected in ((lambda: manager.cancel("x"), JobCancelled),
+                           (lambda: manager.abort_all("stepped down"), NotLeader)):
+        started = asyncio.ensure_future(manager.submit("x", Job(op="sum", source="range:n=20000")))
+        await asyncio.sleep(0)  # the run is registered; its plan is in the thread
+        assert manager.progress("x")[0]
+        stop()
+        with pytest.raises(expected):
+            await started
+        assert manager.running_count == 0
+
+
+async def test_a_shard_put_back_whose_partial_came_since_is_not_taken_again() -> None:
+    """A batch given back (its worker late past the grace) whose partials then came was
+    computed again, and a copy computed by the leader stayed in its holdings, so its lane
+    never took another node's shard for the rest of the run."""
+    import time
+
+    from node.server.jobrun import JobRun
+
+    loop = asyncio.get_running_loop()
+    run = JobRun("j", Job("sum", "range:n=40"), [(i * 10, i * 10 + 10) for i in range(4)],
+                 loop.create_future(), time.perf_counter())
+    run.pending.extend(range(4))
+    batch = run.take(2)
+    run.holdings.hand("w1", batch, None, 0)
+    run.requeue(batch)  # late past the grace: back in the queue
+    assert run.accept(0, "w1", {"sum": np.array(45)}) and run.accept(1, "w1", {"sum": np.array(145)})
+    assert run.take(4) == [2, 3]
+    run.holdings.hand("n1", [1], None, 0)  # a copy handed before the partial came
+    assert not run.accept(1, "n1", {"sum": np.array(145)})
+    assert run.holdings.held_by("n1") == 0

@@ -8,9 +8,11 @@ import contextlib
 import gc
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
+from inproc import poll
 
 from node.core import jobtable
 from node.core.job import Job
@@ -230,3 +232,71 @@ async def test_a_final_record_that_grew_past_a_message_is_proposed_without_its_n
     assert record.result is not None and np.frombuffer(record.result.data, record.result.dtype)[0] == 6.0
     assert "the 3000 nodes that ran it were not kept" in record.error
     await desk.close()
+
+
+def scripted_ledger(proposed: list[Entry], run: Callable[[str, Job], Any]) -> JobLedger:
+    """A leader's ledger whose detached runs are `run`."""
+    indices = itertools.count(1)
+
+    def propose(data: tuple[bytes, ...]) -> tuple[Entry, ...]:
+        entries = tuple(Entry(next(indices), 1, "command", item) for item in data)
+        proposed.extend(entries)
+        return entries
+
+    desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run, lambda job_id: None,
+                     lambda: 1 << 30, 4, lambda: "n1 (term 1)")
+    desk.caught_up_term = 1
+    return desk
+
+
+async def test_a_detached_job_whose_joined_run_was_abandoned_gets_a_run_of_its_own() -> None:
+    """Its drive had joined an attached submit's run of the same id, whose client hung up:
+    it took the RunAbandoned for a lost leadership and stopped, the job left queued."""
+    from node.errors import RunAbandoned
+
+    proposed: list[Entry] = []
+    tries: list[str] = []
+
+    async def run(job_id: str, job: Job) -> Outcome:
+        tries.append(job_id)
+        if len(tries) == 1:
+            raise RunAbandoned(f"job_id: the run of {job_id!r} ended with its first caller; retry")
+        return Outcome(job_id, job.op, np.array(6.0), 1, ("n1",), 0.1)
+
+    desk = scripted_ledger(proposed, run)
+    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
+    await turns()
+    desk.apply(tuple(proposed))
+    await ack
+    waiter = asyncio.create_task(desk.wait("a", 5.0))
+    await turns()
+    desk.apply(tuple(proposed[1:]))
+    record = await waiter
+    assert tries == ["a", "a"] and record is not None and record.state == "done"
+
+
+async def test_a_detached_job_cancelled_while_it_waits_for_a_slot_is_not_run() -> None:
+    from node.errors import LimitExceeded
+
+    proposed: list[Entry] = []
+    busy, tries = [True], [0]
+
+    async def run(job_id: str, job: Job) -> Outcome:
+        tries[0] += 1
+        if busy[0]:
+            raise LimitExceeded("max-jobs: 1 jobs already running on the leader")
+        return Outcome(job_id, job.op, np.array(6.0), 1, ("n1",), 0.1)
+
+    desk = scripted_ledger(proposed, run)
+    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
+    await turns()
+    desk.apply(tuple(proposed))
+    await ack
+    await poll(lambda: tries[0] >= 2, what="the drive to be refused a slot twice")
+    cancel = asyncio.create_task(desk.cancel("a"))
+    await turns()
+    desk.apply(tuple(proposed[1:]))
+    assert (await cancel).state == "cancelled"
+    refused, busy[0] = tries[0], False  # a slot is free: a drive still retrying would run it now
+    await poll(lambda: "a" not in desk._driving, what="the drive to end")
+    assert tries[0] == refused and ("a", "done") not in states(proposed)

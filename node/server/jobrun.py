@@ -74,9 +74,12 @@ class JobRun:
         return self.next_merge + len(self.received)
 
     def take(self, count: int) -> list[int]:
+        """Up to `count` queued shards; one put back whose partial came since is not taken."""
         batch: list[int] = []
         while self.pending and len(batch) < count:
-            batch.append(self.pending.popleft())
+            shard = self.pending.popleft()
+            if shard >= self.next_merge and shard not in self.received:
+                batch.append(shard)
         return batch
 
     def fail(self, exc: Exception) -> None:
@@ -141,6 +144,7 @@ class JobRun:
         A traced run records the shard's `times` (and, for a remote one, its trip to
         `received_ns`) before the merge that may end the run."""
         if not 0 <= shard < len(self.shards) or shard < self.next_merge or shard in self.received:
+            self.holdings.drop((shard,))  # a second handing's copy: nobody holds it any more
             return False
         if not self.well_formed(partial):
             log.warning("job %s: dropped a malformed partial for shard %d from %s",

@@ -162,21 +162,32 @@ class JobManager:
         return outcome
 
     async def _execute(self, job_id: str, job: Job, trace: JobTrace | None) -> Outcome:
-        kind = source_kind(job.source)
-        if kind in FORMAT_KINDS:
-            # Opening a file format reads metadata from disk, and the first
-            # one imports its library (a second or so): not on the event loop.
-            source, shards = await asyncio.to_thread(self._plan, job)
-            if self.ask_sources is not None and self.peers.sources_unknown():
-                await self.ask_sources(self.peers.sources_unknown())
+        if source_kind(job.source) in FORMAT_KINDS:
+            run = self._new_run(job_id, job, trace)
+            # Opening a file format reads metadata from disk, and the first one imports its
+            # library (a second or so): not on the event loop. The run is known meanwhile, so
+            # a second caller of the id joins it (not a second run under the same id, whose
+            # partials the two would share), and a cancel or a lost leadership reaches it.
+            self._running[job_id] = run
+            try:
+                source, shards = await asyncio.to_thread(self._plan, job)
+                if self.ask_sources is not None and self.peers.sources_unknown():
+                    await self.ask_sources(self.peers.sources_unknown())
+            except BaseException as exc:
+                self._forget(run)
+                run.fail(exc if isinstance(exc, Exception) else self._abandoned(job_id))
+                raise
+            if run.finished:  # cancelled, or this node stopped leading, while it was planned
+                self._forget(run)
+                return await run.done
         else:
             source, shards = self._plan(job)
-        if len(shards) == 1 and (shards[0][1] - shards[0][0]) * (source.cols or 1) <= INLINE_ELEMS:
-            return self._run_inline(job_id, job, source, shards[0], trace)
-        loop = asyncio.get_running_loop()
-        run = JobRun(job_id, job, shards, loop.create_future(), time.perf_counter(), trace=trace)
+            if len(shards) == 1 and (shards[0][1] - shards[0][0]) * (source.cols or 1) <= INLINE_ELEMS:
+                return self._run_inline(job_id, job, source, shards[0], trace)
+            run = self._new_run(job_id, job, trace)
+            self._running[job_id] = run
+        run.shards, run.started_s = shards, time.perf_counter()
         run.pending.extend(range(len(shards)))
-        self._running[job_id] = run
         try:
             async with asyncio.timeout(self.limits.job_timeout_s):
                 await self._launch(run, source)
@@ -186,15 +197,27 @@ class JobManager:
             run.fail(timed_out)  # joiners of this job id fail too; our caller by the raise below
             raise timed_out from None
         finally:
-            self._running.pop(job_id, None)
+            self._forget(run)
             for task in run.tasks:
                 task.cancel()
             run.halt.set()  # a shard still in the pool is nobody's now: it stops between pieces
             # Ended without an answer (the caller that started it was cancelled):
             # those who joined it must not wait for a run nobody drives.
-            run.fail(RunAbandoned(f"job_id: the run of {job_id!r} ended with its first caller; retry"))
+            run.fail(self._abandoned(job_id))
         self._answers.remember(job_id, job, outcome)
         return outcome
+
+    @staticmethod
+    def _abandoned(job_id: str) -> RunAbandoned:
+        return RunAbandoned(f"job_id: the run of {job_id!r} ended with its first caller; retry")
+
+    @staticmethod
+    def _new_run(job_id: str, job: Job, trace: JobTrace | None) -> JobRun:
+        return JobRun(job_id, job, [], asyncio.get_running_loop().create_future(), 0.0, trace=trace)
+
+    def _forget(self, run: JobRun) -> None:
+        if self._running.get(run.job_id) is run:  # not a later run of the id
+            del self._running[run.job_id]
 
     async def _launch(self, run: JobRun, source: DataSource) -> None:
         if len(run.shards) == 1:  # a task, as lanes are: a cancel or a lost leadership ends it

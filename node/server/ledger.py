@@ -30,7 +30,7 @@ import collections
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -47,9 +47,6 @@ from node.core.jobtable import (
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.core.raftlog import Entry
 from node.errors import (
-    ClusterUnavailable,
-    InvalidJob,
-    JobCancelled,
     JobConflict,
     JobError,
     JobFinished,
@@ -57,7 +54,7 @@ from node.errors import (
     NotLeader,
     UnknownJob,
 )
-from node.server import recordsize
+from node.server import detachedrun, recordsize
 from node.server.backlog import Backlog
 
 if TYPE_CHECKING:
@@ -79,17 +76,14 @@ FREE_SPACE_TTL_S = 1.0
 MAX_LIVE_JOBS, MAX_LIVE_SOURCE_BYTES = 10_000, 64 << 20
 #: A detached job still running after this long is recorded as running.
 RUNNING_AFTER_S = 0.1
-#: After the leader's max-jobs refused a detached run, try again this much later.
-BUSY_RETRY_S = 0.05
 
 Propose = Callable[[tuple[bytes, ...]], tuple[Entry, ...]]
-Run = Callable[[str, Job], Awaitable["Outcome"]]
 
 
 class JobLedger:
     def __init__(
         self, table: JobTable, propose: Propose, is_leader: Callable[[], bool], term: Callable[[], int],
-        run: Run, stop_run: Callable[[str], None], disk_free: Callable[[], int],
+        run: detachedrun.Run, stop_run: Callable[[str], None], disk_free: Callable[[], int],
         max_running: int, who: Callable[[], str], max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._table = table
@@ -388,23 +382,19 @@ class JobLedger:
                 handle.cancel()
 
     async def _run_to_end(self, job_id: str, job: Job, record: JobRecord) -> None:
-        while True:
-            try:
-                outcome = await self._run(job_id, job)
-                break
-            except LimitExceeded as exc:
-                if not str(exc).startswith("max-jobs"):
-                    self._finish(record, "failed", error=str(exc))
-                    return
-                await asyncio.sleep(BUSY_RETRY_S)  # attached jobs fill the leader: wait for a slot
-            except (ClusterUnavailable, JobCancelled):
-                return  # not the leader any more (the next one resumes it), or cancelled
-            except (InvalidJob, JobError) as exc:
-                self._finish(record, "failed", error=str(exc))
-                return
+        wanted = functools.partial(self._wanted, job_id)  # a cancel while it waited for a slot: not run
+        outcome = await detachedrun.run_to_end(self._run, job_id, job, wanted)
+        if isinstance(outcome, str):
+            self._finish(record, "failed", error=outcome)
+        if outcome is None or isinstance(outcome, str):
+            return
         result, note, nodes = recordsize.kept(outcome, True, self._max_bytes, job_id, job.source)
         ran = replace(record, shards=outcome.shards, nodes=nodes, elapsed_ms=outcome.elapsed_ms)
         self._finish(replace(ran, result=result, error=note), "done")
+
+    def _wanted(self, job_id: str) -> bool:
+        record = self.table.get(job_id)
+        return record is not None and record.state not in FINISHED
 
     def _finish(self, record: JobRecord, state: str, error: str = "") -> None:
         """Propose the job's final record: at once if a client waits for it, else with the
