@@ -300,3 +300,25 @@ async def test_a_detached_job_cancelled_while_it_waits_for_a_slot_is_not_run() -
     refused, busy[0] = tries[0], False  # a slot is free: a drive still retrying would run it now
     await poll(lambda: "a" not in desk._driving, what="the drive to end")
     assert tries[0] == refused and ("a", "done") not in states(proposed)
+
+
+async def test_a_wait_that_ends_without_the_record_leaves_no_watcher() -> None:
+    """Each `result --wait` that ran out of time (or whose client went) on a live job left its
+    future behind until the job's state changed; a polling client collected them, and they
+    made the job's final record look awaited (proposed at once, not with the next flush)."""
+    proposed: list[Entry] = []
+    desk = scripted_ledger(proposed, lambda job_id, job: asyncio.Event().wait())  # runs for ever
+    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
+    await turns()
+    desk.apply(tuple(proposed))
+    await ack
+    for _ in range(3):
+        record = await desk.wait("a", 0.001)
+        assert record is not None and record.state in ("queued", "running")
+    gone = asyncio.create_task(desk.wait("a", 60.0))
+    await turns()
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    assert "a" not in desk._watchers
+    await desk.close()

@@ -332,6 +332,16 @@ class JobLedger:
                 await asyncio.wait_for(future, left)
             except TimeoutError:
                 return self.table.get(job_id)
+            finally:
+                self._unwatch(job_id, future)
+
+    def _unwatch(self, job_id: str, future: asyncio.Future[None]) -> None:
+        """A wait that ended without its record's change (out of time, or its client gone)."""
+        watchers = self._watchers.get(job_id)
+        if watchers is not None and future in watchers:
+            watchers.remove(future)
+            if not watchers:
+                del self._watchers[job_id]
 
     # ---- the leader's runs ------------------------------------------------------
 
