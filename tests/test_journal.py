@@ -10,6 +10,7 @@ import os
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,7 +174,7 @@ def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
     journal.close()
     path = tmp_path / "journal" / "snapshot"
     path.write_bytes(path.read_bytes()[:-1] + b"X")
-    with pytest.raises(JournalDamaged, match=f"snapshot {path} is damaged at offset 32"):
+    with pytest.raises(JournalDamaged, match=f"snapshot {path} is damaged: its header or data fail"):
         Journal(tmp_path).open()
 
 
@@ -269,3 +270,122 @@ async def test_an_append_pending_too_long_is_said_once(tmp_path: Path, caplog: p
     assert writer.overdue(-1.0) == 0.0 and not writer.stuck(-1.0)
     writer.close()
     journal.close()
+
+
+# --- from a review of the journal's durability (2026-12-07) ------------------------------------
+
+
+def test_a_snapshot_whose_header_is_damaged_is_refused_and_deletes_nothing(tmp_path: Path) -> None:
+    """The checksum covered the snapshot's data alone: a damaged first segment number made
+    `open` delete every segment after the snapshot (acknowledged entries), without a word."""
+    import struct
+    import zlib
+
+    journal = Journal(tmp_path, segment_bytes=64)
+    journal.open()
+    journal.append(0, entries(1, 10, 1))
+    journal.save_snapshot(Snapshot(10, 1, b"state"))
+    for index in range(11, 41):
+        journal.append(index - 1, entries(index, 1, 1))
+    journal.close()
+    path, kept = tmp_path / "journal" / "snapshot", segments(tmp_path)
+    good = path.read_bytes()
+    for offset in (0, 16):  # the index; the first segment replayed
+        damaged = bytearray(good)
+        damaged[offset] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(JournalDamaged, match="its header or data fail the checksum"):
+            Journal(tmp_path, segment_bytes=64).open()
+        assert segments(tmp_path) == kept
+    # A file of the earlier version, whose checksum is its data's alone, still opens.
+    index, term, first_seq, _, size = struct.unpack_from("<QQQII", good)
+    body = good[32:]
+    path.write_bytes(struct.pack("<QQQII", index, term, first_seq, zlib.crc32(body), size) + body)
+    again = Journal(tmp_path, segment_bytes=64)
+    assert content(again.open()) == (10, 1, tuple(e for i in range(11, 41) for e in entries(i, 1, 1)))
+
+
+def test_a_new_segment_the_disk_refuses_leaves_the_journal_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory fsync that failed once left the file open but not listed: every later
+    append failed with "File exists" until a restart; a file the disk refused to create
+    left no file open: every append failed with "Bad file descriptor"."""
+    import node.server.journal as journal_module
+
+    journal = Journal(tmp_path, segment_bytes=64)
+    journal.open()
+    journal.append(0, entries(1, 10, 1))  # past the segment's size: the next append rolls
+    real_fsync_dir, real_open = journal_module.fsync_dir, os.open
+
+    def refused_fsync(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def refused_create(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, *args)
+
+    for refuse in ((journal_module, "fsync_dir", refused_fsync), (os, "open", refused_create)):
+        monkeypatch.setattr(*refuse)
+        with pytest.raises(OSError):
+            journal.append(journal.log.last_index, entries(journal.log.last_index + 1, 1, 1))
+        monkeypatch.setattr(journal_module, "fsync_dir", real_fsync_dir)
+        monkeypatch.setattr(os, "open", real_open)
+        last = journal.log.last_index
+        journal.append(last, entries(last + 1, 3, 1))  # the disk takes it again: so does the journal
+    assert content(reopen(journal)[1]) == (0, 0, entries(1, 16, 1))
+
+
+def test_bytes_a_failed_write_left_are_cut_before_the_next_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cut that failed after a failed write left its bytes, and the next records went after
+    them: the next start found damage with records after it and refused to start."""
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, entries(1, 2, 1))
+    real_write, real_truncate = os.write, os.ftruncate
+
+    def half(fd: int, data: bytes) -> int:
+        return real_write(fd, data[: len(data) // 2])
+
+    def refused(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "write", half)
+    monkeypatch.setattr(os, "ftruncate", refused)
+    with pytest.raises(OSError) as info:
+        journal.append(2, entries(3, 2, 1))
+    assert info.value.errno == errno.ENOSPC  # the write's error, not the cut's
+    monkeypatch.setattr(os, "write", real_write)
+    with pytest.raises(OSError):
+        journal.append(2, entries(3, 2, 1))  # nothing goes after the torn bytes while they stay
+    monkeypatch.setattr(os, "ftruncate", real_truncate)
+    journal.append(2, entries(3, 2, 1))
+    assert content(reopen(journal)[1]) == (0, 0, entries(1, 4, 1))
+
+
+def test_a_snapshot_write_the_disk_refuses_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.server.durable as durable
+
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, entries(1, 4, 1))
+    real = durable.write_synced
+
+    def full(path: Path, *parts: bytes) -> None:
+        path.write_bytes(b"x" * 100)  # part of it written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(durable, "write_synced", full)
+    with pytest.raises(OSError):
+        journal.save_snapshot(Snapshot(2, 1, b"state" * 100))
+    assert not (tmp_path / "journal" / "snapshot.tmp").exists()
+    monkeypatch.setattr(durable, "write_synced", real)
+    journal.close()
+    (tmp_path / "journal" / "snapshot.tmp").write_bytes(b"left by an earlier version")
+    Journal(tmp_path).open()
+    assert not (tmp_path / "journal" / "snapshot.tmp").exists()

@@ -3,6 +3,7 @@ thing and the problem, exit 2, no traceback, and nothing served (#15's table, ro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -129,3 +130,41 @@ def test_reset_state_keeps_a_state_that_loads(tmp_path: Path, caplog: pytest.Log
     (tmp_path / "election.json").write_text('{"term": 57, "voted_for": ')
     store.reset(last_log_term=50)
     assert store.load() == ElectionState(50, None)
+
+
+def test_an_election_state_that_contradicts_the_journal_is_refused(tmp_path: Path) -> None:
+    """A node saves a term before it takes an entry of that term: a journal of entries beside no
+    `election.json`, or beside one of an older term, means the file was lost or swapped, and
+    with it maybe a vote. Such a node started at term 0 with no vote, free to vote twice."""
+    from node.server.statestore import StateFileError
+
+    store = StateStore(tmp_path)
+    with pytest.raises(StateFileError, match="is missing beside a journal of entries up to term 4"):
+        store.load_beside(last_log_term=4, journal_used=True)
+    assert store.load_beside(last_log_term=0, journal_used=False) == ElectionState()  # a new node
+    store.save(ElectionState(3, "n2"))
+    with pytest.raises(StateFileError, match=r"has term 3, below its journal's last entry's \(4\)"):
+        store.load_beside(last_log_term=4, journal_used=True)
+    store.reset(last_log_term=4, journal_used=True)  # --reset-state replaces it: it does not agree
+    assert store.load_beside(last_log_term=4, journal_used=True) == ElectionState(4, None)
+    (tmp_path / "election.json").unlink()
+    store.reset(last_log_term=4, journal_used=True)
+    assert store.load() == ElectionState(4, None)
+
+
+def test_a_node_does_not_start_on_a_journal_without_its_election_state(tmp_path: Path) -> None:
+    from node.server.config import NodeConfig
+    from node.server.daemon import Daemon
+    from node.server.statestore import StateFileError
+
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, (Entry(1, 2, "noop"), Entry(2, 4, "noop")))
+    journal.close()
+    config = NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=(), data_dir=tmp_path)
+    with pytest.raises(StateFileError, match=r"election\.json is missing beside a journal"):
+        Daemon(config)
+    daemon = Daemon(dataclasses.replace(config, reset_state=True))  # the way out the message names
+    daemon.journal.close()
+    daemon.executor.shutdown()
+    assert StateStore(tmp_path).load() == ElectionState(4, None)

@@ -99,9 +99,10 @@ class Daemon:
         self.store = StateStore(config.data_dir)
         self.journal = Journal(config.data_dir)
         raft_log = self.journal.open()  # JournalDamaged (one line, exit 2) if it cannot be trusted
+        journal_used = raft_log.last_index > 0
         if config.reset_state:
-            self.store.reset(raft_log.last_term)
-        saved = self.store.load()  # StateFileError (one line, exit 2) if damaged
+            self.store.reset(raft_log.last_term, journal_used)
+        saved = self.store.load_beside(raft_log.last_term, journal_used)  # StateFileError: one line, exit 2
         lo, hi = config.election_ticks
         election = Election(
             config.election_config(), rng=random.Random(), term=saved.term, voted_for=saved.voted_for,

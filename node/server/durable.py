@@ -17,7 +17,11 @@ def replace_durably(path: Path, *parts: bytes) -> None:
     A crash at any point leaves either the old file or the new one, never a torn one.
     """
     tmp = path.with_suffix(".tmp")
-    write_synced(tmp, *parts)
+    try:
+        write_synced(tmp, *parts)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk gets its space back
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -51,7 +51,8 @@ SEGMENT_BYTES = 8 << 20
 _RECORD = struct.Struct("<II")  # payload length, crc32 of the payload
 _AFTER = struct.Struct("<Q")
 _ENTRY = struct.Struct("<QQBI")  # index, term, kind, data size
-_SNAPSHOT = struct.Struct("<QQQII")  # index, term, first segment replayed, crc32 of data, data size
+_SNAPSHOT = struct.Struct("<QQQII")  # index, term, first segment replayed, crc32, data size
+_SNAPSHOT_FIELDS = struct.Struct("<QQQ")  # what the crc32 covers before the data (an earlier version: none)
 
 
 class JournalDamaged(StateFileError):
@@ -126,6 +127,10 @@ class Journal:
         self._segments: list[_Segment] = []
         self._fd = -1
         self._size = 0
+        #: The highest segment number created or found: a number is tried once (`_roll`).
+        self._last_seq = 0
+        #: A failed write's bytes could not be cut off yet: the next append cuts them first.
+        self._torn = False
         self.snapshot = Snapshot()
         #: What the disk holds, kept in step with every write that returned.
         self.log = RaftLog()
@@ -145,13 +150,15 @@ class Journal:
     def open(self) -> RaftLog:
         """Read the snapshot and replay the segments after it; cut a torn tail; the log they hold."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / NEXT_SNAPSHOT_FILE).unlink(missing_ok=True)  # a write cut short: never renamed
+        for cut_short in (NEXT_SNAPSHOT_FILE, f"{SNAPSHOT_FILE}.tmp"):  # writes never renamed
+            (self.dir / cut_short).unlink(missing_ok=True)
         self.snapshot, first_seq = self._read_snapshot()
         self._snapshot_on_disk, self._first_seq_on_disk = self.snapshot.index, first_seq
         # Entries after the snapshot. Records of older segments may hold entries that a
         # later record cut, so the log is only checked once every record is replayed.
         held: list[Entry] = []
         found = sorted((int(p.stem.removeprefix("segment-")), p) for p in self.dir.glob("segment-*.log"))
+        self._last_seq = max([0, *(seq for seq, _ in found)])
         for number, (seq, path) in enumerate(found):
             if seq < first_seq:
                 path.unlink()  # void: a snapshot installed without the log before it
@@ -222,8 +229,11 @@ class Journal:
             raise JournalDamaged(f"snapshot {path} is damaged at offset 0: {len(data)} bytes, no header")
         index, term, first_seq, crc, size = _SNAPSHOT.unpack_from(data)
         body = data[_SNAPSHOT.size:]
-        if len(body) != size or zlib.crc32(body) != crc:
-            raise JournalDamaged(f"snapshot {path} is damaged at offset {_SNAPSHOT.size} (checksum)")
+        # The header's fields are checked too: `open` deletes the segments below `first_seq`, and
+        # replays over `index`. A file of an earlier version checks its data alone.
+        whole = crc == _snapshot_crc(index, term, first_seq, body) or crc == zlib.crc32(body)
+        if len(body) != size or not whole:
+            raise JournalDamaged(f"snapshot {path} is damaged: its header or data fail the checksum")
         return Snapshot(index, term, body), first_seq
 
     # ---- writing --------------------------------------------------------------
@@ -231,6 +241,10 @@ class Journal:
     def append(self, after: int, entries: tuple[Entry, ...]) -> None:
         """One record, one fsync: durable when this returns. OSError if the disk refused
         (the segment is cut back to its last whole record, so a later append is clean)."""
+        if self._torn:  # a failed write's bytes are still there: nothing may follow them
+            os.ftruncate(self._fd, self._size)
+            os.fsync(self._fd)
+            self._torn = False
         if self._size >= self.segment_bytes:
             self._roll()
         record = encode_record(after, entries)
@@ -240,7 +254,10 @@ class Journal:
                 raise OSError(28, f"short write to {self._segments[-1].path}")
             os.fsync(self._fd)
         except OSError:
-            os.ftruncate(self._fd, self._size)
+            self._torn = True
+            with contextlib.suppress(OSError):  # the write's error is the one to tell
+                os.ftruncate(self._fd, self._size)
+                self._torn = False
             raise
         self._size += written
         self.log.replace_after(after, entries)
@@ -345,18 +362,31 @@ class Journal:
             self._fd = -1
 
     def _roll(self) -> None:
-        """Start a new, empty segment (unless the active one is still empty)."""
+        """Start a new, empty segment (unless the active one is still empty). All or nothing: a
+        disk that refuses the file or its directory entry leaves the active segment active (a
+        number is never tried twice, so a file left behind does not block the next try)."""
         if self._fd >= 0 and self._size == 0:
             return
-        seq = self._segments[-1].seq + 1 if self._segments else 1
+        self._last_seq = seq = max(self._last_seq, self._segments[-1].seq if self._segments else 0) + 1
         path = self.dir / f"segment-{seq:010d}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fsync_dir(self.dir)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         self.close()
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self._size = 0
-        fsync_dir(self.dir)
+        self._fd, self._size = fd, 0
         self._segments.append(_Segment(seq, path, 0))
 
 
 def _snapshot_header(snapshot: Snapshot, first_seq: int) -> bytes:
-    crc = zlib.crc32(snapshot.data)
+    crc = _snapshot_crc(snapshot.index, snapshot.term, first_seq, snapshot.data)
     return _SNAPSHOT.pack(snapshot.index, snapshot.term, first_seq, crc, len(snapshot.data))
+
+
+def _snapshot_crc(index: int, term: int, first_seq: int, data: bytes) -> int:
+    """The crc32 of the header's fields, then the data."""
+    return zlib.crc32(data, zlib.crc32(_SNAPSHOT_FIELDS.pack(index, term, first_seq)))

@@ -67,7 +67,20 @@ class StateStore:
             " --reset-state once you have read what that risks (docs/operations.md)"
         )
 
-    def reset(self, last_log_term: int) -> None:
+    def load_beside(self, last_log_term: int, journal_used: bool) -> ElectionState:
+        """`load`, refused (StateFileError) where it contradicts the journal beside it: a node
+        saves a term before it takes an entry of that term, so a journal that holds entries
+        was written by a node whose file exists, with a term at least its last entry's. A
+        file lost or swapped for an older one may have lost a vote: the node could vote twice
+        in one term."""
+        if journal_used and not self.path.exists():
+            raise self._damaged(f"is missing beside a journal of entries up to term {last_log_term}")
+        state = self.load()
+        if state.term < last_log_term:
+            raise self._damaged(f"has term {state.term}, below its journal's last entry's ({last_log_term})")
+        return state
+
+    def reset(self, last_log_term: int, journal_used: bool = False) -> None:
         """Replace a state that cannot be read with the journal's last term and no vote
         (`--reset-state`); keep one that can.
 
@@ -76,12 +89,13 @@ class StateStore:
         become possible. The journal's last term is only a floor. Safe when the
         cluster has moved past every term this node could have voted in (a
         leader elected since it stopped, which is what docs/operations.md asks
-        the operator to check first). A file that loads is never replaced: the
+        the operator to check first). A file that loads, and agrees with the journal
+        (`load_beside`), is never replaced: the
         flag left in a service's command line would otherwise drop the vote, and
         lower the term to the journal's, at every restart.
         """
         try:
-            kept = self.load()
+            kept = self.load_beside(last_log_term, journal_used)
         except StateFileError:
             pass
         else:
