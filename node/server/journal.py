@@ -8,6 +8,9 @@ state machine up to its index, and segments wholly below it are deleted.
 
 A record is `length (u32) | crc32 (u32) | payload`, the payload `after (u64)`
 then per entry `index (u64) | term (u64) | kind (u8) | size (u32) | data`.
+The snapshot file is `index (u64) | term (u64) | first SEQ replayed (u64) |
+crc32 (u32) of those fields and the data | size (u32) | data` (an earlier
+version's crc32 covers the data alone, and is still read).
 Segments are `segment-SEQ.log`, replayed in SEQ order. On open, a damaged
 record in the newest segment with no valid record anywhere after it is a
 write that never finished: it is cut, never trusted, and logged. Any other
