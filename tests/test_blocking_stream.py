@@ -226,3 +226,21 @@ def test_a_late_reply_is_not_taken_for_the_next_request_of_its_job_id() -> None:
     assert local.run(again).seq == 2
     ours.close()
     node.close()
+
+
+def test_a_node_that_echoes_no_number_is_still_answered_by_job_id() -> None:
+    """A node of the previous version sends replies without `seq`: they are the request's."""
+    from node.client.blocking_stream import ThreadStream
+
+    reply = pb.SubmitStreamReply(job_id="j", node_id="n1")  # seq 0
+    replies = ScriptedReplies([pb.SubmitBatchReply(replies=[reply])])
+    replies.interrupted = True  # no interrupt here
+
+    class Stub:
+        def SubmitBatches(self, feed: Any) -> ScriptedReplies:
+            return replies
+
+    stream = ThreadStream(Stub(), channel=None)  # type: ignore[arg-type]
+    request = pb.SubmitRequest(job=pb.JobSpec(job_id="j", op="sum", source="range:n=5"))
+    assert stream.run(request).node_id == "n1" and request.seq == 1
+    stream.close()

@@ -254,11 +254,11 @@ async def test_a_timed_out_job_halts_the_leaders_shard(
     start_cluster: StartCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = tiny_chunk_zarr(tmp_path, "tiny.zarr", TINY_ELEMENTS, compressed=False)
-    cluster = await start_cluster(1, limits=Limits(job_timeout_s=0.5))
+    cluster = await start_cluster(1, limits=Limits(job_timeout_s=3))
     shards = watch_leader(cluster.daemons[0], monkeypatch)
     async with AsyncClient(cluster.addresses) as client:
         with pytest.raises(JobError, match="DEADLINE_EXCEEDED: job-timeout-s"):
-            await client.submit(op="sum", source=spec)
+            await client.submit(op="sum", source=spec)  # its shard began well within the 3 s
         # Before, the shard ran to its end: over a minute of chunk lookups, then "done".
         await poll(lambda: shards.ended == ["halted"], timeout_s=20, what="the shard halted")
         assert (await client.submit(op="sum", source="range:n=300000")).result == 299999 * 300000 // 2
@@ -293,4 +293,6 @@ async def test_a_cancelled_call_halts_the_workers_shard(
         await client.enqueue(op="sum", source=spec, job_id="tiny")
         await poll(shards.began.is_set, timeout_s=20, what="the worker to begin a shard")
         assert (await client.cancel("tiny")).state == "cancelled"
-        await poll(lambda: shards.ended == ["halted"], timeout_s=20, what="the worker's shard halted")
+        # One shard or two (its calls are cancelled one after the other): each halted, none done.
+        await poll(lambda: bool(shards.ended) and set(shards.ended) == {"halted"}, timeout_s=20,
+                   what="the worker's shards halted")

@@ -240,21 +240,76 @@ async def test_a_second_caller_while_a_format_job_is_planned_joins_its_run(monke
     assert "w1" in answers[0].nodes and manager.running_count == 0
 
 
+class CountingPool(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.handed = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.handed += 1
+        return super().submit(fn, *args, **kwargs)
+
+
 async def test_a_cancel_while_a_format_job_is_planned_stops_it(monkeypatch: Any) -> None:
+    """A cancel or a lost leadership while the plan is made ends the run before any shard is
+    handed out, and the id is free at once (not joinable, failed, until the plan is made)."""
+    from inproc import poll
+
     from node.errors import JobCancelled, NotLeader
 
     planned_in_a_thread(monkeypatch)
-    manager = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1),
-                         shard_elems=100)
+    pool = CountingPool()
+    manager = JobManager("n1", PeerTable(()), remote=_no_remote, executor=pool, shard_elems=100)
+    planning, plan_made = threading.Event(), threading.Event()
+    real_plan = manager._plan
+
+    def slow_plan(job: Job) -> Any:
+        planning.set()
+        plan_made.wait(10)
+        return real_plan(job)
+
+    monkeypatch.setattr(manager, "_plan", slow_plan)
     for stop, expected in ((lambda: manager.cancel("x"), JobCancelled),
                            (lambda: manager.abort_all("stepped down"), NotLeader)):
+        planning.clear()
+        plan_made.clear()
         started = asyncio.ensure_future(manager.submit("x", Job(op="sum", source="range:n=20000")))
-        await asyncio.sleep(0)  # the run is registered; its plan is in the thread
+        await poll(planning.is_set, what="the plan to be under way")
         assert manager.progress("x")[0]
         stop()
+        assert manager.running_count == 0  # at once: the plan is still being made
+        plan_made.set()
         with pytest.raises(expected):
             await started
-        assert manager.running_count == 0
+        assert manager.running_count == 0 and pool.handed == 0
+
+
+async def test_a_late_partial_of_another_plan_of_the_job_id_is_not_merged(monkeypatch: Any) -> None:
+    """A run abandoned by its caller, then started again under the same id with another shard
+    size (a detached drive that had joined an attached submit): a partial of the first run,
+    late on the worker's stream, was merged as the second run's shard of the same number."""
+    planned_in_a_thread(monkeypatch)
+    handed: list[tuple[int, int, int]] = []
+    gate = asyncio.Event()
+
+    async def worker(address: str, job_id: str, job: Job, ranges: list[Any]) -> list[int]:
+        handed.extend(ranges)
+        await gate.wait()
+        return []
+
+    manager = JobManager("n1", OneWorker(), remote=worker, executor=ThreadPoolExecutor(1), shard_elems=100)
+    run = asyncio.ensure_future(manager.submit("x", Job(op="sum", source="range:n=20000", shard_elems=150)))
+    from inproc import poll
+
+    await poll(lambda: bool(handed), what="a Compute call")
+    index, start, stop = handed[0]
+    assert (start, stop) == (150 * index, 150 * index + 150)
+    other_plan = (100 * index, 100 * index + 100)  # the first run's shard of the same number
+    assert not manager.accept_partial("x", index, "w1", {"sum": np.array(-1)}, None, other_plan)
+    assert manager.accept_partial("x", index, "w1", {"sum": np.array(sum(range(start, stop)))}, None,
+                                  (start, stop))
+    gate.set()
+    assert (await run).result == sum(range(20000))
 
 
 async def test_a_shard_put_back_whose_partial_came_since_is_not_taken_again() -> None:

@@ -316,7 +316,7 @@ def test_a_new_segment_the_disk_refuses_leaves_the_journal_writable(
     journal = Journal(tmp_path, segment_bytes=64)
     journal.open()
     journal.append(0, entries(1, 10, 1))  # past the segment's size: the next append rolls
-    real_fsync_dir, real_open = journal_module.fsync_dir, os.open
+    real_open = os.open
 
     def refused_fsync(directory: Path) -> None:
         raise OSError(errno.EIO, "Input/output error")
@@ -326,12 +326,15 @@ def test_a_new_segment_the_disk_refuses_leaves_the_journal_writable(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, flags, *args)
 
+    def kept(path: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EIO, "Input/output error")  # the file the fsync failed for stays
+
     for refuse in ((journal_module, "fsync_dir", refused_fsync), (os, "open", refused_create)):
         monkeypatch.setattr(*refuse)
+        monkeypatch.setattr(Path, "unlink", kept)
         with pytest.raises(OSError):
             journal.append(journal.log.last_index, entries(journal.log.last_index + 1, 1, 1))
-        monkeypatch.setattr(journal_module, "fsync_dir", real_fsync_dir)
-        monkeypatch.setattr(os, "open", real_open)
+        monkeypatch.undo()
         last = journal.log.last_index
         journal.append(last, entries(last + 1, 3, 1))  # the disk takes it again: so does the journal
     assert content(reopen(journal)[1]) == (0, 0, entries(1, 16, 1))
@@ -364,6 +367,25 @@ def test_bytes_a_failed_write_left_are_cut_before_the_next_append(
     monkeypatch.setattr(os, "ftruncate", real_truncate)
     journal.append(2, entries(3, 2, 1))
     assert content(reopen(journal)[1]) == (0, 0, entries(1, 4, 1))
+
+
+def test_bytes_a_failed_write_left_are_cut_before_a_new_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, when the leader's snapshot comes next: it starts a new segment, which left
+    the torn bytes in the old one, before records the next start replays."""
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append(0, entries(1, 5, 1))
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[: len(data) // 2]))
+    monkeypatch.setattr(os, "ftruncate", lambda fd, length: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    with pytest.raises(OSError):
+        journal.append(5, entries(6, 2, 1))
+    monkeypatch.undo()
+    journal.save_snapshot(Snapshot(3, 1, b"leader's"))  # over a log that agrees: kept
+    journal.append(5, entries(6, 2, 1))
+    assert content(reopen(journal)[1]) == (3, 1, entries(4, 4, 1))
 
 
 def test_a_snapshot_write_the_disk_refuses_leaves_no_temporary_file(

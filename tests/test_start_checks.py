@@ -143,7 +143,7 @@ def test_an_election_state_that_contradicts_the_journal_is_refused(tmp_path: Pat
         store.load_beside(last_log_term=4, journal_used=True)
     assert store.load_beside(last_log_term=0, journal_used=False) == ElectionState()  # a new node
     store.save(ElectionState(3, "n2"))
-    with pytest.raises(StateFileError, match=r"has term 3, below its journal's last entry's \(4\)"):
+    with pytest.raises(StateFileError, match=r"has term 3, below its journal's last \(4\): it was lost"):
         store.load_beside(last_log_term=4, journal_used=True)
     store.reset(last_log_term=4, journal_used=True)  # --reset-state replaces it: it does not agree
     assert store.load_beside(last_log_term=4, journal_used=True) == ElectionState(4, None)

@@ -979,6 +979,8 @@ class Partial(_message.Message):
     QUEUED_NS_FIELD_NUMBER: _builtins.int
     STARTED_NS_FIELD_NUMBER: _builtins.int
     FINISHED_NS_FIELD_NUMBER: _builtins.int
+    START_ROW_FIELD_NUMBER: _builtins.int
+    STOP_ROW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     shard: _builtins.int
     node_id: _builtins.str
@@ -986,6 +988,12 @@ class Partial(_message.Message):
     """The worker's wall clock (ns): the shard handed to its compute pool, begun, done."""
     started_ns: _builtins.int
     finished_ns: _builtins.int
+    start_row: _builtins.int
+    """The shard's rows [start_row, stop_row) in the plan it was handed from: a partial of
+    another plan of the same job id (a run abandoned, then started again with another
+    shard size) is not merged. 0, 0 from a worker of an earlier version: not checked.
+    """
+    stop_row: _builtins.int
     @_builtins.property
     def state(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
         """The op's mergeable state, e.g. {"n", "mean", "m2"} for var."""
@@ -1000,10 +1008,12 @@ class Partial(_message.Message):
         queued_ns: _builtins.int = ...,
         started_ns: _builtins.int = ...,
         finished_ns: _builtins.int = ...,
+        start_row: _builtins.int = ...,
+        stop_row: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_ns", b"finished_ns", "job_id", b"job_id", "node_id", b"node_id", "queued_ns", b"queued_ns", "shard", b"shard", "started_ns", b"started_ns", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_ns", b"finished_ns", "job_id", b"job_id", "node_id", b"node_id", "queued_ns", b"queued_ns", "shard", b"shard", "start_row", b"start_row", "started_ns", b"started_ns", "state", b"state", "stop_row", b"stop_row"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,6 +111,8 @@ class IncomingPartial:
     node_id: str
     state: Partial
     times: ShardTimes | None = None
+    #: The shard's rows in the plan it was handed from; None from a worker that does not say.
+    rows: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -321,7 +321,7 @@ class Daemon:
         """A worker's partial, from its Reduce stream or its compute link, to its job."""
         member = partial.node_id != self.node_id and self.peers.is_member(partial.node_id)
         return member and self.jobs.accept_partial(
-            partial.job_id, partial.shard, partial.node_id, partial.state, partial.times
+            partial.job_id, partial.shard, partial.node_id, partial.state, partial.times, partial.rows
         )
 
     async def progress(self, job_id: str) -> JobProgress:

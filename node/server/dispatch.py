@@ -42,7 +42,8 @@ def incoming(message: pb.Partial) -> IncomingPartial:
     times = None
     if message.started_ns:  # a worker of an older version sends no times
         times = ShardTimes(message.queued_ns, message.started_ns, message.finished_ns)
-    return IncomingPartial(message.job_id, message.shard, message.node_id, state, times)
+    rows = (message.start_row, message.stop_row) if message.stop_row else None
+    return IncomingPartial(message.job_id, message.shard, message.node_id, state, times, rows)
 
 
 class Dispatch:

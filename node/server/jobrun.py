@@ -73,6 +73,10 @@ class JobRun:
     def shards_received(self) -> int:
         return self.next_merge + len(self.received)
 
+    def planned(self, shard: int) -> tuple[int, int] | None:
+        """Shard `shard`'s rows in this run's plan; None if the plan has no such shard."""
+        return self.shards[shard] if 0 <= shard < len(self.shards) else None
+
     def take(self, count: int) -> list[int]:
         """Up to `count` queued shards; one put back whose partial came since is not taken."""
         batch: list[int] = []

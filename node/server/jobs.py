@@ -215,6 +215,12 @@ class JobManager:
     def _new_run(job_id: str, job: Job, trace: JobTrace | None) -> JobRun:
         return JobRun(job_id, job, [], asyncio.get_running_loop().create_future(), 0.0, trace=trace)
 
+    def _end_planned(self, run: JobRun) -> None:
+        """A run failed while its plan is made (no shards yet) leaves at once: a later caller of
+        the id must not join a failed run (this node leading again, a resubmit)."""
+        if not run.shards:
+            self._forget(run)
+
     def _forget(self, run: JobRun) -> None:
         if self._running.get(run.job_id) is run:  # not a later run of the id
             del self._running[run.job_id]
@@ -284,10 +290,15 @@ class JobManager:
         return to_pool(self.executor, halt.under(run.halt, self.compute), run.job, source, *run.shards[index])
 
     def accept_partial(
-        self, job_id: str, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None
+        self, job_id: str, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None,
+        rows: tuple[int, int] | None = None,
     ) -> bool:
+        """A worker's partial for the running job `job_id`; dropped (False) if no run of it is
+        here, or the rows it says it covers are not this run's shard (another plan's, late)."""
         run = self._running.get(job_id)
-        return run.accept(shard, node_id, partial, times, time.time_ns()) if run is not None else False
+        if run is None or (rows is not None and rows != run.planned(shard)):
+            return False
+        return run.accept(shard, node_id, partial, times, time.time_ns())
 
     def running(self) -> list[dict[str, object]]:
         """The jobs running now, with their shard progress (for /status.json)."""
@@ -315,6 +326,7 @@ class JobManager:
         run = self._running.get(job_id)
         if run is not None:
             run.fail(JobCancelled(f"job {job_id} was cancelled"))
+            self._end_planned(run)
             for task in run.tasks:
                 task.cancel()
 
@@ -322,5 +334,6 @@ class JobManager:
         """Leadership is gone: fail every running job so clients retry elsewhere."""
         for run in list(self._running.values()):
             run.fail(NotLeader(reason))
+            self._end_planned(run)
             for task in run.tasks:
                 task.cancel()

@@ -244,10 +244,7 @@ class Journal:
     def append(self, after: int, entries: tuple[Entry, ...]) -> None:
         """One record, one fsync: durable when this returns. OSError if the disk refused
         (the segment is cut back to its last whole record, so a later append is clean)."""
-        if self._torn:  # a failed write's bytes are still there: nothing may follow them
-            os.ftruncate(self._fd, self._size)
-            os.fsync(self._fd)
-            self._torn = False
+        self._cut_torn()
         if self._size >= self.segment_bytes:
             self._roll()
         record = encode_record(after, entries)
@@ -364,10 +361,19 @@ class Journal:
             os.close(self._fd)
             self._fd = -1
 
+    def _cut_torn(self) -> None:
+        """Cut a failed write's bytes that are still there (their cut failed): nothing may
+        follow them, in this segment or after it. OSError while the disk refuses."""
+        if self._torn:
+            os.ftruncate(self._fd, self._size)
+            os.fsync(self._fd)
+            self._torn = False
+
     def _roll(self) -> None:
         """Start a new, empty segment (unless the active one is still empty). All or nothing: a
         disk that refuses the file or its directory entry leaves the active segment active (a
         number is never tried twice, so a file left behind does not block the next try)."""
+        self._cut_torn()
         if self._fd >= 0 and self._size == 0:
             return
         self._last_seq = seq = max(self._last_seq, self._segments[-1].seq if self._segments else 0) + 1

@@ -74,11 +74,17 @@ class StateStore:
         file lost or swapped for an older one may have lost a vote: the node could vote twice
         in one term."""
         if journal_used and not self.path.exists():
-            raise self._damaged(f"is missing beside a journal of entries up to term {last_log_term}")
+            raise self._contradicts(f"is missing beside a journal of entries up to term {last_log_term}")
         state = self.load()
         if state.term < last_log_term:
-            raise self._damaged(f"has term {state.term}, below its journal's last entry's ({last_log_term})")
+            raise self._contradicts(f"has term {state.term}, below its journal's last ({last_log_term})")
         return state
+
+    def _contradicts(self, problem: str) -> StateFileError:
+        return StateFileError(
+            f"election state {self.path} {problem}: it was lost or replaced by an older copy, and a vote"
+            " with it; start with --reset-state once you have read what that risks (docs/operations.md)"
+        )
 
     def reset(self, last_log_term: int, journal_used: bool = False) -> None:
         """Replace a state that cannot be read with the journal's last term and no vote
@@ -99,6 +105,8 @@ class StateStore:
         except StateFileError:
             pass
         else:
+            if not self.path.exists():
+                return  # a new node: nothing to replace, nothing kept
             log.warning("--reset-state: %s is whole (term %d, %s): kept; the flag replaces only a state"
                         " that cannot be read", self.path, kept.term,
                         f"voted for {kept.voted_for}" if kept.voted_for else "no vote")

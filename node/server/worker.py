@@ -105,6 +105,7 @@ class Worker:
         halted = halt.Halt()  # set as the call ends: a shard still in the pool stops between pieces
         compute = halt.under(halted, skips.guarded(self._compute_shard))
         todo = iter(ranges)
+        rows = {index: (start, stop) for index, start, stop in ranges}  # said with each partial
         queued: collections.deque[tuple[int, int, InPool[Partial | None]]] = collections.deque()
 
         def queue_next() -> None:
@@ -127,6 +128,7 @@ class Worker:
                 message = partial_to_proto(job_id, index, self.node_id, partial)
                 message.queued_ns, message.started_ns = queued_ns, started_ns
                 message.finished_ns = finished_ns
+                message.start_row, message.stop_row = rows[index]
                 await send(message, deadline)
                 sent += 1
         finally:
