@@ -159,12 +159,11 @@ async def _refuse(request: object, context: grpc.aio.ServicerContext[object, obj
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler[Req, Resp]) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
+    """A handler that answers UNAUTHENTICATED without reading the request: request-streaming
+    whatever `handler` is (the bytes on the wire are the same), as gRPC reads a unary request
+    whole, up to --max-message-bytes, before its handler runs; a caller without the token could
+    have made a node hold many such requests at once."""
     refuse: Any = _refuse  # gRPC runs async handlers, whose shape its stubs do not describe
-    if handler.request_streaming and not handler.response_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    if handler.request_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.stream_unary_rpc_method_handler(refuse)

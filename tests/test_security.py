@@ -195,3 +195,34 @@ def test_local_cluster_with_mtls_and_token_end_to_end() -> None:
         with Client(cluster.addresses, token="wrong", tls=cluster.client_tls, timeout=1) as bad_token, \
                 pytest.raises(AccessDenied, match="UNAUTHENTICATED"):
             bad_token.submit(op="sum", source="range:n=10")
+
+
+async def test_a_call_without_the_token_is_refused_before_its_request_is_read(
+    start_cluster: StartCluster,
+) -> None:
+    """gRPC reads a unary request whole, up to --max-message-bytes, before its handler runs: the
+    refusal of a caller without the token is request-streaming, so it reads nothing, and the
+    caller still hears UNAUTHENTICATED (here with a 4 MB request, and an empty one)."""
+    import grpc.aio
+
+    from node.security import _refusing_handler
+
+    async def anything(request: Any, context: Any) -> None:
+        return None
+
+    for shape in (grpc.unary_unary_rpc_method_handler(anything), grpc.unary_stream_rpc_method_handler(anything)):
+        assert _refusing_handler(shape).request_streaming
+    cluster = await start_cluster(1, token=TOKEN)
+    channel = grpc.aio.insecure_channel(cluster.addresses[0], options=[("grpc.max_send_message_length", 8 << 20)])
+    try:
+        stub = NodeStub(channel, None)
+        for values in ("1," * (2 << 20), "1"):
+            request = pb.SubmitRequest(job=pb.JobSpec(job_id="j", op="sum", source=f"values:{values}"))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Submit(request, timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Cancel(pb.CancelRequest(job_id="j"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await channel.close()
