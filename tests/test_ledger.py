@@ -80,9 +80,11 @@ async def test_a_client_that_hung_up_leaves_no_unretrieved_error_when_the_leader
 
 
 def running_ledger(
-    proposed: list[Entry], max_message_bytes: int = MAX_MESSAGE_BYTES, nodes: tuple[str, ...] = ("n1",)
+    proposed: list[Entry], max_message_bytes: int = MAX_MESSAGE_BYTES, nodes: tuple[str, ...] = ("n1",),
+    run: Callable[[str, Job], Any] | None = None,
 ) -> JobLedger:
-    """A leader's ledger whose runs end at once with the answer 6, computed by `nodes`."""
+    """A leader's ledger whose runs end at once with the answer 6, computed by `nodes`; or whose
+    runs are `run`."""
     indices = itertools.count(1)
 
     def propose(data: tuple[bytes, ...]) -> tuple[Entry, ...]:
@@ -90,13 +92,21 @@ def running_ledger(
         proposed.extend(entries)
         return entries
 
-    async def run(job_id: str, job: Job) -> Outcome:
+    async def answer(job_id: str, job: Job) -> Outcome:
         return Outcome(job_id, job.op, np.array(6.0), 1, nodes, 0.1)
 
-    desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run, lambda job_id: None,
+    desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run or answer, lambda job_id: None,
                      lambda: 1 << 30, 4, lambda: "n1 (term 1)", max_message_bytes)
     desk.caught_up_term = 1
     return desk
+
+
+async def enqueued(desk: JobLedger, proposed: list[Entry], job_id: str) -> None:
+    """`job_id` enqueued on `desk` (a sum of 1, 2, 3) and its `queued` record committed."""
+    ack = asyncio.create_task(desk.enqueue(job_id, Job("sum", "values:1,2,3")))
+    await turns()
+    desk.apply(tuple(proposed))
+    assert (await ack).state == "queued"
 
 
 async def turns(count: int = 10) -> None:
@@ -234,21 +244,6 @@ async def test_a_final_record_that_grew_past_a_message_is_proposed_without_its_n
     await desk.close()
 
 
-def scripted_ledger(proposed: list[Entry], run: Callable[[str, Job], Any]) -> JobLedger:
-    """A leader's ledger whose detached runs are `run`."""
-    indices = itertools.count(1)
-
-    def propose(data: tuple[bytes, ...]) -> tuple[Entry, ...]:
-        entries = tuple(Entry(next(indices), 1, "command", item) for item in data)
-        proposed.extend(entries)
-        return entries
-
-    desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run, lambda job_id: None,
-                     lambda: 1 << 30, 4, lambda: "n1 (term 1)")
-    desk.caught_up_term = 1
-    return desk
-
-
 async def test_a_detached_job_whose_joined_run_was_abandoned_gets_a_run_of_its_own() -> None:
     """Its drive had joined an attached submit's run of the same id, whose client hung up:
     it took the RunAbandoned for a lost leadership and stopped, the job left queued."""
@@ -263,11 +258,8 @@ async def test_a_detached_job_whose_joined_run_was_abandoned_gets_a_run_of_its_o
             raise RunAbandoned(f"job_id: the run of {job_id!r} ended with its first caller; retry")
         return Outcome(job_id, job.op, np.array(6.0), 1, ("n1",), 0.1)
 
-    desk = scripted_ledger(proposed, run)
-    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
-    await turns()
-    desk.apply(tuple(proposed))
-    await ack
+    desk = running_ledger(proposed, run=run)
+    await enqueued(desk, proposed, "a")
     waiter = asyncio.create_task(desk.wait("a", 5.0))
     await turns()
     desk.apply(tuple(proposed[1:]))
@@ -287,11 +279,8 @@ async def test_a_detached_job_cancelled_while_it_waits_for_a_slot_is_not_run() -
             raise LimitExceeded("max-jobs: 1 jobs already running on the leader")
         return Outcome(job_id, job.op, np.array(6.0), 1, ("n1",), 0.1)
 
-    desk = scripted_ledger(proposed, run)
-    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
-    await turns()
-    desk.apply(tuple(proposed))
-    await ack
+    desk = running_ledger(proposed, run=run)
+    await enqueued(desk, proposed, "a")
     await poll(lambda: tries[0] >= 2, what="the drive to be refused a slot twice")
     cancel = asyncio.create_task(desk.cancel("a"))
     await turns()
@@ -307,11 +296,8 @@ async def test_a_wait_that_ends_without_the_record_leaves_no_watcher() -> None:
     future behind until the job's state changed; a polling client collected them, and they
     made the job's final record look awaited (proposed at once, not with the next flush)."""
     proposed: list[Entry] = []
-    desk = scripted_ledger(proposed, lambda job_id, job: asyncio.Event().wait())  # runs for ever
-    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
-    await turns()
-    desk.apply(tuple(proposed))
-    await ack
+    desk = running_ledger(proposed, run=lambda job_id, job: asyncio.Event().wait())  # runs for ever
+    await enqueued(desk, proposed, "a")
     for _ in range(3):
         record = await desk.wait("a", 0.001)
         assert record is not None and record.state in ("queued", "running")

@@ -9,9 +9,11 @@ Errors are `InvalidField("source", ...)` naming the file and the problem
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,20 @@ def split_inner(kind: str, text: str, inner: str) -> tuple[str, str]:
 def one_line(exc: BaseException) -> str:
     """A library's error message on one line (some end theirs in newlines, or span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def rows_read(label: str, start: int, stop: int) -> Iterator[None]:
+    """A format library's error reading rows [start, stop) (a truncated or corrupt chunk,
+    whatever the library calls it) as InvalidField naming them; one that is InvalidField
+    already (a store's own check) as it is."""
+    try:
+        yield
+    except InvalidField:
+        raise
+    except Exception as exc:
+        problem = f"cannot read rows [{start}, {stop}): {one_line(exc)}"
+        raise InvalidField("source", f"{label}: {problem}") from None
 
 
 def check_chunk(what: str, elements: int) -> None:

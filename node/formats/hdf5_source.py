@@ -14,11 +14,9 @@ file's say-so.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from node.core import halt
-from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line, split_inner
+from node.core.sourcechecks import check_array, check_chunk, confined_path, one_line, rows_read, split_inner
 from node.core.sources import Array, ArrayBacked
 from node.errors import InvalidField
 from node.formats.mapped import ChunkPieces, file_bytes
@@ -56,20 +54,12 @@ class Hdf5Source(ArrayBacked):
         return np.empty((rows, *self.array.shape[1:]), dtype=self.array.dtype)
 
     def _read(self, start: int, stop: int) -> Array:
-        with self._reading(start, stop):
+        with rows_read(f"hdf5: {self.path.name}", start, stop):
             return np.asarray(self.array[start:stop])
 
     def _read_into(self, start: int, stop: int, out: Array) -> None:
-        with self._reading(start, stop):
+        with rows_read(f"hdf5: {self.path.name}", start, stop):
             self.array.read_direct(out, np.s_[start:stop])
-
-    @contextlib.contextmanager
-    def _reading(self, start: int, stop: int) -> Iterator[None]:
-        try:
-            yield
-        except Exception as exc:  # a truncated file, a corrupt chunk
-            problem = f"cannot read rows [{start}, {stop}): {one_line(exc)}"
-            raise InvalidField("source", f"hdf5: {self.path.name}: {problem}") from None
 
 
 @dataclass(frozen=True, eq=False)

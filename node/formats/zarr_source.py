@@ -14,12 +14,10 @@ as for `npy:`). A damaged chunk is InvalidField naming the rows.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import stat
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +31,7 @@ from node.core.sourcechecks import (
     confined_path,
     one_line,
     plain_path,
+    rows_read,
 )
 from node.core.sources import Array, ArrayBacked
 from node.errors import InvalidField
@@ -77,24 +76,14 @@ class ZarrSource(ArrayBacked):
         return np.empty(shape, dtype=np.dtype(self.array.dtype), order=order)
 
     def _read(self, start: int, stop: int) -> Array:
-        with self._reading(start, stop):
+        with rows_read(f"zarr: {self.path.name}", start, stop):
             return np.asarray(self.array[start:stop])
 
     def _read_into(self, start: int, stop: int, out: Array) -> None:
         from zarr.core.buffer import cpu
 
-        with self._reading(start, stop):
+        with rows_read(f"zarr: {self.path.name}", start, stop):
             self.array.get_basic_selection(slice(start, stop), out=cpu.NDBuffer.from_numpy_array(out))
-
-    @contextlib.contextmanager
-    def _reading(self, start: int, stop: int) -> Iterator[None]:
-        try:
-            yield
-        except InvalidField:
-            raise  # the store's own check (_confined_store): said as is
-        except Exception as exc:  # a truncated or corrupt chunk, whatever zarr calls it
-            problem = f"cannot read rows [{start}, {stop}): {one_line(exc)}"
-            raise InvalidField("source", f"zarr: {self.path.name}: {problem}") from None
 
 
 @dataclass(frozen=True, eq=False)

@@ -177,8 +177,7 @@ class JobManager:
                 self._forget(run)
                 run.fail(exc if isinstance(exc, Exception) else self._abandoned(job_id))
                 raise
-            if run.finished:  # cancelled, or this node stopped leading, while it was planned
-                self._forget(run)
+            if run.finished:  # cancelled, or this node stopped leading, while it was planned (_end_planned)
                 return await run.done
         else:
             source, shards = self._plan(job)

@@ -376,7 +376,8 @@ class Journal:
         self._cut_torn()
         if self._fd >= 0 and self._size == 0:
             return
-        self._last_seq = seq = max(self._last_seq, self._segments[-1].seq if self._segments else 0) + 1
+        self._last_seq += 1  # `open` set it to the highest number in the directory
+        seq = self._last_seq
         path = self.dir / f"segment-{seq:010d}.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
