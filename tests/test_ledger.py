@@ -96,7 +96,7 @@ def running_ledger(
         return Outcome(job_id, job.op, np.array(6.0), 1, nodes, 0.1)
 
     desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run or answer, lambda job_id: None,
-                     lambda: 1 << 30, 4, lambda: "n1 (term 1)", max_message_bytes)
+                     lambda: 1 << 30, 4, lambda: "n1 (term 1)", lambda: max_message_bytes)
     desk.caught_up_term = 1
     return desk
 

@@ -165,6 +165,42 @@ async def test_a_connection_without_the_key_gets_nothing_and_the_node_serves_on(
     assert any("without the key refused" in r.getMessage() for r in caplog.records)
 
 
+async def test_connections_in_their_handshake_are_bounded_and_clients_are_served_meanwhile(
+    start_cluster: StartCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any process of the host could open connections and say nothing: each held a descriptor
+    of the node for the handshake's timeout, with no bound on how many. Past MAX_HANDSHAKES a
+    new one is closed unread; a client then keeps gRPC, and the socket takes it again after."""
+    cluster = await start_cluster(1)
+    daemon = cluster.daemons[0]
+    local = daemon._local
+    assert local is not None
+    silent = [await asyncio.to_thread(raw, local.endpoint) for _ in range(localsocket.MAX_HANDSHAKES)]
+    try:
+        await poll(lambda: local.handshaking == localsocket.MAX_HANDSHAKES, what="every silent one in its handshake")
+        extra = await asyncio.to_thread(raw, local.endpoint)
+        with extra:
+            assert await asyncio.to_thread(closed_unanswered, extra), "past the bound: closed unread"
+        assert local.handshaking == localsocket.MAX_HANDSHAKES
+        with Client([daemon.config.address], timeout=10) as client:
+            assert [(await asyncio.to_thread(client.submit, op="sum", source="values:1,2")).result
+                    for _ in range(3)] == [3, 3, 3]
+    finally:
+        for sock in silent:
+            sock.close()
+    await poll(lambda: local.handshaking == 0, what="the silent ones to be gone")
+
+    def through_the_socket() -> object:
+        with shake_hands(local.endpoint) as good:
+            good.sendall(frame(pb.SubmitBatch(jobs=[job("k", "values:4,5")])))
+            [reply] = read_blocking(good, pb.SubmitBatchReply, MAX_READ_BYTES).replies
+            return value(reply)
+
+    assert await asyncio.to_thread(through_the_socket) == 9
+    assert any(f"past {localsocket.MAX_HANDSHAKES} in their handshake refused" in r.getMessage()
+               for r in caplog.records)
+
+
 @pytest.mark.parametrize("what, code, message", [
     (HEADER.pack(1 << 31), grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit of"),
     (HEADER.pack(2) + b"\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "not a SubmitBatch"),

@@ -173,6 +173,23 @@ def entries_to(peer: str, outputs: list[Output]) -> list[list[int]]:
     return [[e.index for e in m.entries] for m in to(peer, outputs)]
 
 
+def test_5_3_a_follower_with_a_smaller_message_bound_is_sent_smaller_batches() -> None:
+    """Entries past a message's first fill at most `max_append_bytes`, or a quarter of the
+    follower's own bound on a message where the caller knows a smaller one: a follower with
+    a smaller --max-message-bytes refuses a larger message, and its log would stop there."""
+    config = ElectionConfig("a", PEERS, replicate=True, max_append_entries=100, max_append_bytes=1000)
+    node = Election(config, random.Random(0), term=1)
+    node.replication.peer_message_bytes = {"b": 800, "c": 0}  # 0: c's is not known
+    elect(node)  # its no-op at index 1
+    respond(node, "b", True, 1)
+    respond(node, "c", True, 1)
+    _, out = node.propose(*(bytes(100) for _ in range(8)))
+    assert entries_to("b", out) == [[2, 3]]  # 100 + 100 bytes: a quarter of 800 holds no third
+    assert entries_to("c", out) == [list(range(2, 10))]
+    out = respond(node, "b", True, 3)
+    assert entries_to("b", out) == [[4, 5]]
+
+
 def test_5_3_entries_go_once_and_bare_beats_follow_until_they_are_answered_for() -> None:
     """Entries go to a follower once; until it answers for them its beats are bare at its
     next index (a follower writing a 10.7 MB entry is not sent it again at every beat, and
@@ -258,7 +275,7 @@ def test_5_3_at_most_max_messages_in_flight_and_a_follower_that_keeps_up_is_sent
     ticks = 4 * RESEND_WAIT_TIMEOUTS * node._config.election_ticks_max
     for _ in range(ticks):
         first = [m.entries[0].index for m in to("b", node.propose(b"more")[1] + node.tick()) if m.entries]
-        assert all(index > node._log._match["b"] + 1 or index == node.log.last_index for index in first)
+        assert all(index > node.replication._match["b"] + 1 or index == node.log.last_index for index in first)
         respond(node, "b", True, node.log.last_index - 1)  # always one behind
 
 
@@ -400,7 +417,7 @@ def test_a_follower_echoes_the_number_of_what_it_answers() -> None:
     snapshot = node.step(InstallSnapshot("b", "a", 2, 5, 2, b"s", serial=9))
     assert [(m.success, m.serial) for m in sends(took + refused + snapshot)
             if isinstance(m, HeartbeatResponse)] == [(True, 7), (False, 8), (True, 9)]
-    assert node._log.refuse(Heartbeat("b", "a", 2, 5, 2, (), 5, serial=10), 2).serial == 10
+    assert node.replication.refuse(Heartbeat("b", "a", 2, 5, 2, (), 5, serial=10), 2).serial == 10
 
 
 def test_7_a_snapshot_is_sent_once_and_again_only_when_it_was_not_installed_in_time() -> None:

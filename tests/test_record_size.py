@@ -4,11 +4,12 @@ committing after a detached job whose answer would not fit (the log once stopped
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
-from inproc import StartCluster, poll
+from inproc import InProcessCluster, StartCluster, poll
 
 from node import AsyncClient
 from node.core.jobtable import JobRecord, encode_command
@@ -16,6 +17,8 @@ from node.core.limits import MAX_MESSAGE_BYTES, Limits
 from node.errors import InvalidField, InvalidJob, JobError, LimitExceeded
 from node.server.api import Outcome
 from node.server.config import NodeConfig
+from node.server.daemon import Daemon
+from node.server.peers import PeerTable
 from node.server.recordsize import (
     ATTACHED_RESULT_MAX_BYTES,
     DETACHED_RESULT_MAX_BYTES,
@@ -209,3 +212,70 @@ async def test_a_cluster_with_a_small_message_limit_commits_past_a_large_detache
 def test_a_message_of_entries_carries_at_most_a_quarter_of_the_limit(limit: int, most: int, tmp_path: Path) -> None:
     config = NodeConfig("n1", "127.0.0.1:1", ("127.0.0.1:2",), tmp_path, limits=Limits(max_message_bytes=limit))
     assert config.election_config().max_append_bytes == most
+
+
+#: A follower's --max-message-bytes, well under its leader's (64 MiB).
+SMALL_BYTES = 64 << 10
+
+
+async def small_follower_cluster(start_cluster: StartCluster) -> tuple[InProcessCluster, Daemon]:
+    """Three nodes, one follower restarted with SMALL_BYTES, and a leader that learnt it (a
+    leader asks a peer that comes back again: the restart could have changed it)."""
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    follower = next(d for d in cluster.daemons if d is not leader)
+    small = (await cluster.restart(follower.node_id, limits=Limits(max_message_bytes=SMALL_BYTES))).config.address
+    leader = await cluster.wait_for_leader()
+    assert leader.config.address != small
+    await poll(lambda: leader.peers.message_bytes_of(small, MAX_MESSAGE_BYTES) == SMALL_BYTES,
+               what="the leader to learn the follower's new limit")
+    return cluster, leader
+
+
+async def test_a_follower_with_a_smaller_message_limit_takes_a_record_sized_for_it(
+    start_cluster: StartCluster, tmp_path: Path,
+) -> None:
+    """A leader sized a job's record by its own --max-message-bytes: an attached job's 64 KB
+    answer, kept in its record, made an entry a follower under 64 KiB refused, and that
+    follower's log stopped there for good (each later job too). The leader sizes records by
+    the smallest limit it heard of: the answer is not kept, and every node takes the log."""
+    np.save(tmp_path / "wide.npy", np.ones((2, 8_000)))
+    cluster, leader = await small_follower_cluster(start_cluster)
+    async with AsyncClient(leader.config.address, timeout=10) as client:
+        wide = await client.submit(op="sum", source="npy:wide.npy", axis=0)
+        later = await client.submit(op="sum", source="values:1,2,3")
+        assert wide.array.shape == (8_000,) and later.result == 6
+        await poll(lambda: all(d.ledger.table.get(job.job_id) is not None
+                               for d in cluster.daemons for job in (wide, later)),
+                   timeout_s=10, what="every node to hold both jobs' records")
+        (record,) = [job for job in await client.jobs() if job.job_id == wide.job_id]
+        assert record.result is None and "was not kept" in record.error, record
+
+
+async def test_a_follower_with_a_smaller_message_limit_takes_batches_sized_for_it(
+    start_cluster: StartCluster,
+) -> None:
+    """Attached jobs' records go to the followers in batches: a leader put as many in one entry
+    as half its own limit allows, and sent up to 4 MiB of entries at once, so a burst of 300
+    small jobs (about 120 KB of records) stopped a follower under 64 KiB. Both are sized for
+    the smaller limit now, the batch of entries for that follower alone."""
+    cluster, leader = await small_follower_cluster(start_cluster)
+    async with AsyncClient(leader.config.address, timeout=10) as client:
+        answers = await asyncio.gather(*(client.submit(op="sum", source=f"values:{i},1") for i in range(300)))
+    assert [a.result for a in answers] == [i + 1 for i in range(300)]
+    await poll(lambda: all(d.ledger.table.get(a.job_id) is not None for d in cluster.daemons for a in answers),
+               timeout_s=10, what="every node to hold the 300 jobs' records")
+
+
+def test_the_peer_table_bounds_messages_by_the_limits_it_heard_of() -> None:
+    peers = PeerTable(("127.0.0.1:2", "127.0.0.1:3"), "n1")
+    assert peers.message_bytes_bound(MAX_MESSAGE_BYTES) == MAX_MESSAGE_BYTES  # nothing heard yet
+    peers.learn("127.0.0.1:2", "n2", (), 1 << 20)
+    peers.learn("127.0.0.1:3", "n3", ())  # a Status that states none: not a bound
+    peers.learn("127.0.0.1:9", "n9", (), 1 << 16)  # not one of ours
+    assert peers.message_bytes_bound(MAX_MESSAGE_BYTES) == 1 << 20
+    assert peers.message_bytes_bound(1 << 18) == 1 << 18  # ours is the smaller
+    assert peers.message_bytes_of("127.0.0.1:2", MAX_MESSAGE_BYTES) == 1 << 20
+    assert peers.message_bytes_of("127.0.0.1:3", MAX_MESSAGE_BYTES) == MAX_MESSAGE_BYTES
+    peers.learn("127.0.0.1:2", "n2", (), 8 << 20)  # restarted with a larger one
+    assert peers.message_bytes_bound(MAX_MESSAGE_BYTES) == 8 << 20

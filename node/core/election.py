@@ -72,7 +72,7 @@ class Election:
         self._lease_slack = 0  # a follower's lease and timer run longer by its leader's Heartbeat.slack
         # Ticks since each peer last answered us; None: not since we became leader.
         self._peers = Liveness(config.peers, config.election_ticks_min)  # and when CheckQuorum asks
-        self._log = Replication(config, log if log is not None else RaftLog(), snapshot)
+        self.replication = Replication(config, log if log is not None else RaftLog(), snapshot)
         self._reset_election_timer()
         if config.fast_first_election:
             self._election_elapsed = config.election_ticks_min - 1
@@ -95,18 +95,18 @@ class Election:
 
     @property
     def log(self) -> RaftLog:
-        return self._log.log
+        return self.replication.log
 
     @property
     def commit_index(self) -> int:
-        return self._log.commit
+        return self.replication.commit
 
     def propose(self, *data: bytes) -> tuple[tuple[Entry, ...], list[Output]]:
         """On a leader (with `replicate`): append commands; none if not leading."""
         out: list[Output] = []
         if self._role is not Role.LEADER or not self._config.replicate or not data:
             return (), out
-        entries = self._log.append(self._term, "command", data, out)
+        entries = self.replication.append(self._term, "command", data, out)
         self._broadcast_heartbeats(out)  # AppendEntries now; it also counts as the heartbeat
         return entries, out
 
@@ -114,17 +114,17 @@ class Election:
         """Our loop stalled (clock.py): a leader beats now; its reads wait for answers (liveness.py)."""
         out: list[Output] = []
         if self._role is Role.LEADER:
-            self._peers.stalled(self._log.serial)
+            self._peers.stalled(self.replication.serial)
             self._broadcast_heartbeats(out)
         return out
 
     def compact(self, index: int, snapshot: bytes) -> None:
         """The caller's state machine, applied through `index`, is `snapshot` (§7)."""
-        self._log.compact(index, snapshot)
+        self.replication.compact(index, snapshot)
 
     def restore_log(self, log: RaftLog, snapshot: bytes, applied: int) -> None:
         """The journal refused an append: back to its log and the state applied through `applied`."""
-        self._log.reset(log, snapshot, applied)
+        self.replication.reset(log, snapshot, applied)
 
     @property
     def ticks_since_leader(self) -> int:  # a follower's, since its leader's last beat (or since it followed)
@@ -151,7 +151,7 @@ class Election:
         if self._role is Role.LEADER and not self._config.peers:
             due = self._config.election_ticks_max  # alone: no beat to send, no quorum to lose
         elif self._role is Role.LEADER:
-            due = self._log.beat_interval(self.quiet) - self._heartbeat_elapsed  # CheckQuorum rides it
+            due = self.replication.beat_interval(self.quiet) - self._heartbeat_elapsed  # CheckQuorum rides it
         else:
             due = self._election_timeout - self._election_elapsed
         return max(1, due)
@@ -216,7 +216,7 @@ class Election:
         if self._role is Role.LEADER and term == self._term:
             self._peers.heard(peer, serial, again=writing)  # a snapshot's chunks share a serial
             if writing:
-                self._log.wait_longer(peer)
+                self.replication.wait_longer(peer)
 
     def rollback(self, term: int, voted_for: str | None) -> list[Output]:
         """A write failed: back to the durable (term, vote), a follower with no leader (else the
@@ -282,7 +282,7 @@ class Election:
         self._respond_vote(message, grant, out)
 
     def _up_to_date(self, request: VoteRequest) -> bool:
-        return self._log.log.up_to_date(request.last_index, request.last_term)
+        return self.replication.log.up_to_date(request.last_index, request.last_term)
 
     def _concurrent_pre_candidate(self, request: VoteRequest) -> bool:
         """We are a pre-candidate for the requester's term and started within a heartbeat."""
@@ -302,7 +302,7 @@ class Election:
     def _step_leader(self, message: Message, out: list[Output]) -> None:
         # Responses were counted as evidence in `step`; they also carry the log's progress.
         if isinstance(message, HeartbeatResponse):
-            self._log.on_response(message, self._term, out, self._heartbeat_elapsed)
+            self.replication.on_response(message, self._term, out, self._heartbeat_elapsed)
         elif isinstance(message, Heartbeat | InstallSnapshot):
             # Two leaders in one term would break Raft §5.2; answer, change nothing.
             self._send(HeartbeatResponse(self._config.node_id, message.src, self._term, False), out)
@@ -333,11 +333,11 @@ class Election:
             self._election_elapsed = -self._lease_slack
         if any(isinstance(o, Persist) for o in out):
             # It moved our term: its entries wait a beat, so a refused Persist never changes the log.
-            response = self._log.refuse(message, self._term)
+            response = self.replication.refuse(message, self._term)
         elif isinstance(message, Heartbeat):
-            response = self._log.on_append(message, self._term, out)
+            response = self.replication.on_append(message, self._term, out)
         else:
-            response = self._log.on_snapshot(message, self._term, out)
+            response = self.replication.on_snapshot(message, self._term, out)
         self._send(response, out)  # after any AppendLog: stored before acknowledged
 
     def _count_votes(self, out: list[Output]) -> None:
@@ -355,14 +355,14 @@ class Election:
         self._peers.tick(n)
         if self._role is Role.LEADER:
             self._heartbeat_elapsed += n
-            self._log.elapse(n)
+            self.replication.elapse(n)
         else:
             self._ticks_since_leader += n
             self._election_elapsed += n
 
     def _tick_leader(self) -> list[Output]:
         out: list[Output] = []
-        beat = self._heartbeat_elapsed >= self._log.beat_interval(self.quiet)
+        beat = self._heartbeat_elapsed >= self.replication.beat_interval(self.quiet)
         if self._config.check_quorum and self._peers.check_due(beat):
             self._peers.since_check = 0
             if not self.hears_quorum():
@@ -399,7 +399,7 @@ class Election:
     def _become_leader(self, out: list[Output]) -> None:
         self._set_role(Role.LEADER, self._config.node_id, out)
         self._peers.forget()  # no evidence yet of this term
-        self._log.start_leading(self._term, out)
+        self.replication.start_leading(self._term, out)
         self._broadcast_heartbeats(out)  # Raft §5.2: assert authority at once
 
     def _start_count(self) -> None:
@@ -429,15 +429,15 @@ class Election:
     # ---- sending ------------------------------------------------------------
 
     def _broadcast_vote_requests(self, term: int, pre_vote: bool, out: list[Output]) -> None:
-        last_index, last_term = self._log.log.last_index, self._log.log.last_term
+        last_index, last_term = self.replication.log.last_index, self.replication.log.last_term
         for peer in self._config.peers:
             self._send(VoteRequest(self._config.node_id, peer, term, pre_vote, last_index, last_term), out)
 
     def _broadcast_heartbeats(self, out: list[Output]) -> None:
         self._heartbeat_elapsed = 0
-        self._log.promise_beat(self.quiet)
+        self.replication.promise_beat(self.quiet)
         for peer in self._config.peers:
-            for message in self._log.messages_for(peer, self._term):
+            for message in self.replication.messages_for(peer, self._term):
                 self._send(message, out)
 
     def _respond_vote(self, request: VoteRequest, granted: bool, out: list[Output]) -> None:

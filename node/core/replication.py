@@ -13,6 +13,7 @@ committed entries come out as `Apply`, each exactly once per node life.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from node.core.electionconfig import ElectionConfig
@@ -77,6 +78,9 @@ class Replication:
         # AppendEntries says how much past `heartbeat_ticks` that is (Heartbeat.slack).
         self._promised_ticks = config.heartbeat_ticks
         self._slack_ticks = 0
+        #: Each peer's own bound on a message it takes (its --max-message-bytes), where the
+        #: caller learnt it: a smaller one than ours bounds the entries sent to it.
+        self.peer_message_bytes: Mapping[str, int] = {}
 
     # ---- leader ---------------------------------------------------------------
 
@@ -134,10 +138,10 @@ class Replication:
         last = prev + self._config.max_append_entries
         fresh = sent is None or (next_index > sent and not full)  # not sent and unanswered for
         entries = log.entries(next_index, last) if prev < log.last_index and fresh else ()
-        size = 0
+        size, limit = 0, self._append_bytes(peer)
         for count, entry in enumerate(entries):
             size += len(entry.data)
-            if size > self._config.max_append_bytes and count > 0:
+            if size > limit and count > 0:
                 entries = entries[:count]
                 break
         if entries:
@@ -148,6 +152,12 @@ class Replication:
             self._entries_sent[peer].lasts.append(entries[-1].index)
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
                          self._slack_ticks, self._next_serial())
+
+    def _append_bytes(self, peer: str) -> int:
+        """Bytes of entries past the first in one message to `peer`: `max_append_bytes`, or a
+        quarter of the peer's own bound if that is less (as ours makes `max_append_bytes`)."""
+        theirs = self.peer_message_bytes.get(peer, 0)
+        return min(self._config.max_append_bytes, theirs // 4) if theirs else self._config.max_append_bytes
 
     def messages_for(self, peer: str, term: int) -> list[Heartbeat | InstallSnapshot]:
         """`message_for`; where that sends entries after others not answered for, a bare beat

@@ -49,7 +49,7 @@ class BeatSender:
 
     def _send_chunks(self, snapshot: InstallSnapshot) -> bool:
         """Send `snapshot` in chunks if it is larger than one and its follower takes them."""
-        chunk_bytes = min(CHUNK_BYTES, self.config.limits.max_message_bytes - SNAPSHOT_ENVELOPE_BYTES)
+        chunk_bytes = min(CHUNK_BYTES, self._limit(snapshot.dst) - SNAPSHOT_ENVELOPE_BYTES)
         link = self.heartbeats.link(snapshot.dst)
         if link is None or not link.takes_chunks or not 0 < chunk_bytes < len(snapshot.data):
             return False
@@ -63,7 +63,7 @@ class BeatSender:
     def _fits(self, snapshot: InstallSnapshot) -> bool:
         """Whether `snapshot` fits a message; said at INFO if so, else once as an ERROR."""
         who = self.peers.name(snapshot.dst)
-        limit = self.config.limits.max_message_bytes
+        limit = self._limit(snapshot.dst)
         if len(snapshot.data) + SNAPSHOT_ENVELOPE_BYTES <= limit:
             log.info("sending %s the snapshot at %d (%d bytes): it lacks entries compacted away",
                      who, snapshot.index, len(snapshot.data))
@@ -75,3 +75,7 @@ class BeatSender:
                       "a larger --max-message-bytes, or a smaller --keep-result-bytes",
                       who, snapshot.index, len(snapshot.data), limit)
         return False
+
+    def _limit(self, follower: str) -> int:
+        """What a message to `follower` may be: its --max-message-bytes, if smaller than ours."""
+        return self.peers.message_bytes_of(follower, self.config.limits.max_message_bytes)

@@ -113,10 +113,11 @@ class Daemon:
             table, lambda data: self.elections.propose(data), lambda: self.is_leader,
             lambda: self.election.term, self._run_detached, lambda job_id: self.jobs.cancel(job_id),
             lambda: shutil.disk_usage(config.data_dir).free, config.limits.max_jobs // 2, self.who,
-            config.limits.max_message_bytes,
+            lambda: self.peers.message_bytes_bound(config.limits.max_message_bytes),
         )
         self.ledger.applied = election.commit_index
         self.peers = PeerTable(config.peers, config.node_id)
+        election.replication.peer_message_bytes = self.peers.message_bytes  # learnt from their Status
         self.stubs = StubCache(ChannelFactory(config.tls, config.token, config.limits.max_message_bytes))
         self.clock = Clock(
             config.tick_ms, max_replay_ticks=hi + 1, stall_s=2 * config.heartbeat_ms / 1000,
@@ -366,6 +367,7 @@ class Daemon:
             for peer in self.elections.judge_peers(deaths=not stalled):
                 log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address,
                             extra={"peer": peer.address})
+            self.discovery.ask_revived()
         if self.config.parent_pid and os.getppid() != self.config.parent_pid:
             log.warning("parent process %d is gone; shutting down", self.config.parent_pid)
             self._stopping.set()

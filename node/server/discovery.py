@@ -8,10 +8,12 @@ setting, naming both values. None of them is refused: timings that differ
 still elect (within the ranges each node checks of its own), and a shard
 size that differs only changes which leader cuts which shards (a detached
 job keeps the shard size of the leader that took it). A --max-message-bytes
-that differs is the one that can stop something: a leader sizes its records
-and snapshot chunks by its own (recordsize.py), and a follower with a smaller
-one refuses those over its own, so the log stops there for that follower until
-every node runs with the same.
+that differs would stop a follower's log at the first message over its own
+limit, so a node keeps each peer's (PeerTable.message_bytes): a leader sizes
+its records by the smallest it heard of (recordsize.py), and what it sends
+one follower (a batch of entries, a snapshot's chunks) by that follower's.
+A leader asks a peer again once it comes back from the dead, as a restart
+may have changed it (`ask_revived`).
 """
 
 from __future__ import annotations
@@ -59,8 +61,7 @@ def mismatches(own: dict[str, int], reply: pb.StatusReply) -> dict[str, str]:
     if theirs["max_message_bytes"] and theirs["max_message_bytes"] != own["max_message_bytes"]:
         found["max_message_bytes"] = (
             f"--max-message-bytes {theirs['max_message_bytes']}, this node {own['max_message_bytes']}"
-            " (a leader sizes records and snapshot chunks by its own: a node with a smaller one may"
-            " not take them, and the log stops there for it)")
+            " (the cluster's records are sized for the smaller: fewer results are kept whole)")
     return found
 
 
@@ -82,6 +83,7 @@ class IdDiscovery:
         #: Peers whose Status was read at least once (its settings compared).
         self._asked: set[str] = set()
         self._discovery: asyncio.Future[None] | None = None
+        self._reasking: asyncio.Future[None] | None = None
         #: Set whenever discovery learns an id (for callers waiting on one).
         self._learnt = asyncio.Event()
 
@@ -108,8 +110,9 @@ class IdDiscovery:
             await asyncio.sleep(DISCOVERY_INTERVAL_S)
 
     def close(self) -> None:
-        if self._discovery is not None:
-            self._discovery.cancel()
+        for round_ in (self._discovery, self._reasking):
+            if round_ is not None:
+                round_.cancel()
 
     async def discover_once(self, wanted: str = "") -> None:
         """One round: every unknown peer asked at once; callers during a round share it.
@@ -145,13 +148,20 @@ class IdDiscovery:
             if exc.code() is not grpc.StatusCode.CANCELLED:  # cancelled: this node is stopping
                 self.peers.failed(address, describe(exc, DISCOVERY_TIMEOUT_S))
             return
-        self.peers.learn(address, reply.node_id, reply.sources)
+        self.peers.learn(address, reply.node_id, reply.sources, reply.max_message_bytes)
         self._asked.add(address)
         for setting, what in mismatches(self.settings, reply).items():
             if (address, setting) not in self._warned:
                 self._warned.add((address, setting))
                 log.warning("peer %s runs with %s; give every node the same", self.peers.name(address), what)
         self._learnt.set()
+
+    def ask_revived(self) -> None:
+        """Ask the live peers not asked since they came back (PeerTable.sources_unknown), one
+        round at a time: a restart may have changed what they read and their message bound."""
+        revived = self.peers.sources_unknown()
+        if revived and (self._reasking is None or self._reasking.done()):
+            self._reasking = asyncio.ensure_future(self.ask_sources(revived))
 
     async def ask_sources(self, addresses: list[str]) -> None:
         """Ask these peers (at once) what source kinds they read; who does not answer stays unknown."""

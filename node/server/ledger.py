@@ -83,8 +83,8 @@ Propose = Callable[[tuple[bytes, ...]], tuple[Entry, ...]]
 class JobLedger:
     def __init__(
         self, table: JobTable, propose: Propose, is_leader: Callable[[], bool], term: Callable[[], int],
-        run: detachedrun.Run, stop_run: Callable[[str], None], disk_free: Callable[[], int],
-        max_running: int, who: Callable[[], str], max_message_bytes: int = MAX_MESSAGE_BYTES,
+        run: detachedrun.Run, stop_run: Callable[[str], None], disk_free: Callable[[], int], max_running: int,
+        who: Callable[[], str], message_bytes: Callable[[], int] = lambda: MAX_MESSAGE_BYTES,
     ) -> None:
         self._table = table
         self._propose = propose
@@ -95,7 +95,7 @@ class JobLedger:
         self._disk_free = disk_free
         self._max_running = max(1, max_running)
         self._who = who
-        self._max_bytes = max_message_bytes  # --max-message-bytes: what a record must fit (recordsize.py)
+        self._max_bytes = message_bytes  # the cluster's least --max-message-bytes: what a record must fit
         #: The last index applied to the table.
         self.applied = 0
         self._pending: list[tuple[Proposed, asyncio.Future[bool] | None]] = []
@@ -183,7 +183,7 @@ class JobLedger:
         """Queue a record for the next proposal; the future says whether it committed."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)  # whoever awaits it may be gone (a client that hung up)
-        self._pending.append((Proposed.of((recordsize.fitting(record, self._max_bytes),)), future))
+        self._pending.append((Proposed.of((recordsize.fitting(record, self._max_bytes()),)), future))
         if urgent:
             self._hurry()
         elif self._flush_later is None and self._flush_soon is None:
@@ -222,7 +222,7 @@ class JobLedger:
 
     def _attached_batch(self) -> tuple[Proposed, asyncio.Future[bool]]:
         """Attached records, as many as fit a message, as one entry (one per line): a few a second."""
-        batch, self._attached = recordsize.first_batch(self._attached, self._max_bytes)
+        batch, self._attached = recordsize.first_batch(self._attached, self._max_bytes())
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         job_ids = [record.job_id for record, _ in batch]
@@ -237,11 +237,11 @@ class JobLedger:
         """An attached job was answered: record it, batched, if the table does not know it yet."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
-        result, note, nodes = recordsize.kept(outcome, False, self._max_bytes, job_id, job.source)
+        result, note, nodes = recordsize.kept(outcome, False, self._max_bytes(), job_id, job.source)
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
-        record, command = recordsize.fitting(record, self._max_bytes)
-        if self._free_bytes() < MIN_FREE_BYTES or not recordsize.fits(command, self._max_bytes):
+        record, command = recordsize.fitting(record, self._max_bytes())
+        if self._free_bytes() < MIN_FREE_BYTES or not recordsize.fits(command, self._max_bytes()):
             self.skipped_records += 1  # no room on disk, or in a message to the followers (its source)
             return
         self._recording.add(job_id)
@@ -269,9 +269,9 @@ class JobLedger:
             self._check_room(job.source)
             queued = JobRecord(job_id, job.op, job.source, "queued", job_spec(job), submitted_at=time.time(),
                                detached=True)
-            if recordsize.command_of(queued, self._max_bytes) is None:
+            if recordsize.command_of(queued, limit := self._max_bytes()) is None:
                 raise LimitExceeded(f"source: the job's record would be over --max-message-bytes "
-                                    f"({self._max_bytes}), which no follower could take")
+                                    f"({limit}), which no follower could take")
             joining = self._enqueuing[job_id] = self._propose_record(queued, urgent=True)
             joining.add_done_callback(lambda _: self._enqueuing.pop(job_id, None))
         await self._committed(joining)
@@ -398,7 +398,7 @@ class JobLedger:
             self._finish(record, "failed", error=outcome)
         if outcome is None or isinstance(outcome, str):
             return
-        result, note, nodes = recordsize.kept(outcome, True, self._max_bytes, job_id, job.source)
+        result, note, nodes = recordsize.kept(outcome, True, self._max_bytes(), job_id, job.source)
         ran = replace(record, shards=outcome.shards, nodes=nodes, elapsed_ms=outcome.elapsed_ms)
         self._finish(replace(ran, result=result, error=note), "done")
 

@@ -68,8 +68,13 @@ from node.wire.localframes import (
 
 log = logging.getLogger(__name__)
 
-#: A connection that has not proven itself by then is closed.
-HANDSHAKE_TIMEOUT_S = 5.0
+#: A connection that has not proven itself by then is closed (a client's takes well under
+#: a millisecond; a leader dialling a worker's gives up after computelink.CONNECT_TIMEOUT_S).
+HANDSHAKE_TIMEOUT_S = 2.0
+#: Connections proving themselves at once; a new one past this is closed unread, so a
+#: process without the key holds no more of the node's descriptors than this (a client
+#: closed so falls back to gRPC, as one that cannot reach the socket does).
+MAX_HANDSHAKES = 64
 #: Refused connections are logged at most once per this long (anyone on the host can make them).
 REFUSED_LOG_S = 10.0
 
@@ -129,6 +134,8 @@ class LocalSocket:
         self._closing = False
         self._refused = 0
         self._refused_logged_s = -REFUSED_LOG_S
+        #: Connections in their handshake now (MAX_HANDSHAKES).
+        self.handshaking = 0
         self._numbers = itertools.count(1)
 
     async def start(self) -> None:
@@ -153,7 +160,10 @@ class LocalSocket:
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._closing:
+        if self._closing or self.handshaking >= MAX_HANDSHAKES:
+            if not self._closing:
+                peer = _peer_of(writer, next(self._numbers))
+                self._refuse(peer, f"past {MAX_HANDSHAKES} in their handshake")
             writer.close()
             return
         self._connections.add(task)
@@ -174,23 +184,32 @@ class LocalSocket:
     ) -> pb.LocalHello | None:
         """Prove the node, and have the client prove itself (localframes.py): its hello
         (which says what the connection carries) if it did, else None."""
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            hello = await read_async(reader, pb.LocalHello, HANDSHAKE_MAX_BYTES)
-            answer = welcome(self.endpoint.key, self.node_id, hello)
-            if answer is not None:
-                assert hello is not None
-                node_nonce, welcome_frame = answer
-                writer.write(welcome_frame)
-                claimed = await read_async(reader, pb.LocalProof, HANDSHAKE_MAX_BYTES)
-                if proven(self.endpoint.key, hello.nonce, node_nonce, claimed):
-                    return hello
+        self.handshaking += 1
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                hello = await read_async(reader, pb.LocalHello, HANDSHAKE_MAX_BYTES)
+                answer = welcome(self.endpoint.key, self.node_id, hello)
+                if answer is not None:
+                    assert hello is not None
+                    node_nonce, welcome_frame = answer
+                    writer.write(welcome_frame)
+                    claimed = await read_async(reader, pb.LocalProof, HANDSHAKE_MAX_BYTES)
+                    if proven(self.endpoint.key, hello.nonce, node_nonce, claimed):
+                        return hello
+        finally:
+            self.handshaking -= 1
+        self._refuse(peer, "without the key")
+        return None
+
+    def _refuse(self, peer: str, why: str) -> None:
+        """Count a refused connection; said at most once per REFUSED_LOG_S (anyone on the host
+        can make them)."""
         self._refused += 1
         now = time.monotonic()
         if now - self._refused_logged_s >= REFUSED_LOG_S:
-            log.warning("local socket: %d connection(s) without the key refused, the last from %s",
-                        self._refused, peer)
+            log.warning("local socket: %d connection(s) %s refused, the last from %s",
+                        self._refused, why, peer)
             self._refused, self._refused_logged_s = 0, now
-        return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         hello = await self._handshake(reader, writer, peer)

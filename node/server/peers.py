@@ -56,6 +56,9 @@ class Peer:
 class PeerTable:
     def __init__(self, addresses: tuple[str, ...], own_id: str = "") -> None:
         self._peers = {address: Peer(address) for address in addresses}
+        #: Address -> the peer's --max-message-bytes, as its last Status said (the consensus
+        #: core reads it too: Replication.peer_message_bytes).
+        self.message_bytes: dict[str, int] = {}
         self.own_id = own_id
         #: Address -> why its id cannot be trusted: this node's own, or one that
         #: another --peers entry answers as too. Such an id gets no vote here.
@@ -69,15 +72,19 @@ class PeerTable:
     def get(self, address: str) -> Peer | None:
         return self._peers.get(address)
 
-    def learn(self, address: str, node_id: str, sources: Iterable[str] | None = None) -> None:
-        """Record the id of the node behind `address` (from any reply it sent),
-        and the source kinds it reads (from its Status)."""
+    def learn(
+        self, address: str, node_id: str, sources: Iterable[str] | None = None, message_bytes: int = 0,
+    ) -> None:
+        """Record the id of the node behind `address` (from any reply it sent), and the
+        source kinds it reads and its --max-message-bytes (from its Status)."""
         peer = self._peers.get(address)
         if peer is not None and node_id:
             changed = peer.node_id != node_id
             peer.node_id = node_id
             if sources is not None:
                 peer.sources = frozenset(sources)
+            if message_bytes:
+                self.message_bytes[address] = message_bytes
             self.reached(address)
             if changed:
                 self._check_ids()
@@ -124,6 +131,15 @@ class PeerTable:
             level = logging.WARNING if peer.reached else logging.INFO
             log.log(level, "peer %s: contact failed: %s", self.name(address), reason, extra={"peer": address})
         peer.problem = reason
+
+    def message_bytes_bound(self, own: int) -> int:
+        """The smallest --max-message-bytes of this node (`own`) and the peers it heard from:
+        what a message every node must take (a job's record) may be."""
+        return min([own, *self.message_bytes.values()])
+
+    def message_bytes_of(self, address: str, own: int) -> int:
+        """What a message to `address` may be: the smaller of its bound (if known) and `own`."""
+        return min(own, self.message_bytes.get(address, own))
 
     def reached(self, address: str) -> None:
         """`address` answered: the end of its episode of failures, if it was in one."""
