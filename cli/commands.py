@@ -174,7 +174,7 @@ async def run_status(args: argparse.Namespace) -> int:
     from node.client.async_client import AsyncClient
 
     async with AsyncClient(args.cluster, timeout=args.timeout, token=token, tls=tls) as client:
-        view = await client.status()
+        view = await client.status(timeout=args.timeout)
     if args.json:
         print_json(view.as_dict())
     else:

@@ -203,3 +203,8 @@ class AttemptFailed(ClusterUnavailable):
         #: A node was reached (a status it signed, or a call on a connection it
         #: had accepted): the failure is the cluster's, not a misconfiguration.
         self.reached = reached
+
+
+class GaveUp(AttemptFailed):
+    """The client ended the attempt itself: its timeout passed, or the node stopped
+    answering progress probes. Not sent to the same node again in another form."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -117,6 +118,16 @@ def test_tls_files_that_are_not_what_they_say_are_named_not_a_traceback(certs: P
 def test_an_http1_server() -> None:
     with http1_server() as address:
         assert "not HTTP/2" in diagnose(address, None)
+
+
+def test_a_node_that_accepts_connections_and_says_nothing_is_called_silent_not_foreign() -> None:
+    """A paused node (SIGSTOP: the kernel still accepts its connections) was said to be "not
+    a gRPC server, so not a distnode": a silent probe read as a wrong answer."""
+    with socket.socket() as listener:  # listening, never accepting: what a stopped process is
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        said = diagnose(f"127.0.0.1:{listener.getsockname()[1]}", None, timeout_s=0.3)
+    assert "accepts connections but sends nothing within 0.3 s" in said and "not a distnode" not in said
 
 
 def test_a_grpc_server_that_is_not_a_distnode() -> None:

@@ -13,7 +13,7 @@ from inproc import InProcessCluster, StartCluster, poll
 
 from node import AsyncClient
 from node.core.jobtable import JobRecord, encode_command
-from node.core.limits import MAX_MESSAGE_BYTES, Limits
+from node.core.limits import MAX_MESSAGE_BYTES, MIN_NODE_MESSAGE_BYTES, Limits
 from node.errors import InvalidField, InvalidJob, JobError, LimitExceeded
 from node.server.api import Outcome
 from node.server.config import NodeConfig
@@ -169,7 +169,7 @@ def record(n: int, size: int) -> tuple[JobRecord, bytes]:
     ([10, 10, 10], 1 << 20, 3),  # all in one entry
     ([300_000, 300_000, 300_000], 1 << 20, 1),  # each past half the room: one an entry
     ([200_000, 200_000, 200_000], 1 << 20, 2),
-    ([5_000_000], 1 << 20, 1),  # one at least, whatever its size (its source was checked)
+    ([900_000], 1 << 20, 1),  # one at least, past half the room (one over the limit: below)
 ])
 def test_attached_records_go_in_batches_that_fit(sizes: list[int], limit: int, cut: int) -> None:
     commands = [record(n, size) for n, size in enumerate(sizes)]
@@ -219,8 +219,9 @@ SMALL_BYTES = 64 << 10
 
 
 async def small_follower_cluster(start_cluster: StartCluster) -> tuple[InProcessCluster, Daemon]:
-    """Three nodes, one follower restarted with SMALL_BYTES, and a leader that learnt it (a
-    leader asks a peer that comes back again: the restart could have changed it)."""
+    """Three nodes, one follower restarted with SMALL_BYTES, and a leader that learnt it from
+    that follower's heartbeat replies (its Status, read at the leader's start, said 64 MiB;
+    a leader elected after such a restart learns it the same way)."""
     cluster = await start_cluster(3)
     leader = await cluster.wait_for_leader()
     follower = next(d for d in cluster.daemons if d is not leader)
@@ -279,3 +280,26 @@ def test_the_peer_table_bounds_messages_by_the_limits_it_heard_of() -> None:
     assert peers.message_bytes_of("127.0.0.1:3", MAX_MESSAGE_BYTES) == MAX_MESSAGE_BYTES
     peers.learn("127.0.0.1:2", "n2", (), 8 << 20)  # restarted with a larger one
     assert peers.message_bytes_bound(MAX_MESSAGE_BYTES) == 8 << 20
+
+
+def test_records_sized_before_a_smaller_limit_was_heard_of_are_sized_again_for_it() -> None:
+    """Attached records were sized when their jobs were answered and proposed up to 100 ms
+    later: a bound that shrank meanwhile (a follower's, heard of just then) let an entry over
+    it go out. The batch sizes them again; one that cannot fit (its source alone) is left out."""
+    small = 64 << 10
+    kept = fitting(JobRecord("kept", "sum", "values:1", "done"), MAX_MESSAGE_BYTES)
+    large = fitting(JobRecord("large", "sum", "values:1", "done", nodes=tuple(f"n{i:05}" for i in range(9000))),
+                    MAX_MESSAGE_BYTES)
+    unfit = fitting(JobRecord("unfit", "sum", "values:" + "1," * 40_000 + "1", "done"), MAX_MESSAGE_BYTES)
+    assert not fits(large[1], small) and not fits(unfit[1], small)
+    batch, rest = first_batch([kept, large, unfit], small)
+    assert [record.job_id for record, _ in batch + rest] == ["kept", "large"]
+    assert all(fits(command, small) for _, command in batch + rest)
+
+
+def test_a_peer_that_states_less_than_a_node_may_run_with_bounds_nothing_below_it() -> None:
+    """A peer stating 1 byte (a damaged or foreign reply) made every detached job's record
+    too large for the cluster, and no snapshot went to it."""
+    peers = PeerTable(("127.0.0.1:2",), "n1")
+    peers.heard("127.0.0.1:2", "n2", "follower", 1, message_bytes=1)
+    assert peers.message_bytes_bound(MAX_MESSAGE_BYTES) == MIN_NODE_MESSAGE_BYTES

@@ -66,6 +66,7 @@ class FakeNode:
 
     node_id = "n1"
     tick_ms = 10
+    max_bytes = 1 << 20
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []

@@ -5,6 +5,7 @@ Waits poll with deadlines; the only sleeps stand in for a call in flight.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -149,3 +150,27 @@ def test_a_closed_client_refuses_to_submit() -> None:
     client.close()
     with pytest.raises(ClusterUnavailable, match="closed"):
         client.submit(op="sum", source="range:n=10")
+
+
+def test_calls_due_at_once_are_probed_at_once() -> None:
+    """Probes went one by one, each up to its timeout when the node is silent: with eight calls
+    to a paused node watched, their deadlines and give-ups came seconds late. Calls due
+    together are now probed together."""
+    release, lock = threading.Event(), threading.Lock()
+    under_way: list[str] = []
+
+    def silent(address: str, job_id: str) -> None:
+        with lock:
+            under_way.append(job_id)
+        release.wait(5)
+
+    dog = Watchdog(silent, lambda watch: None, interval_s=INTERVAL_S, failures=100)
+    try:
+        with contextlib.ExitStack() as calls:
+            for i in range(4):
+                calls.enter_context(dog.watch("a:1", f"job-{i}", None))
+            wait_until(lambda: len(set(under_way)) == 4, "the four calls probed at once")
+            release.set()
+    finally:
+        release.set()
+        dog.close()

@@ -32,10 +32,11 @@ def test_a_beat_and_a_snapshot_keep_their_number_across_the_wire() -> None:
     assert back_snapshot == snapshot and back_snapshot.serial == 42
 
 
-def test_an_answer_echoes_the_number_across_the_wire() -> None:
-    reply = beat_reply("n2", BeatAnswer(3, "follower", refused=True, match_index=5, serial=43))
+def test_an_answer_echoes_the_number_across_the_wire_and_states_the_nodes_limit() -> None:
+    reply = beat_reply("n2", BeatAnswer(3, "follower", refused=True, match_index=5, serial=43), 1 << 20)
     answer = response_from_reply(reply, "127.0.0.1:2", "n1")
     assert answer == HeartbeatResponse("127.0.0.1:2", "n1", 3, False, 5) and answer.serial == 43
+    assert reply.max_message_bytes == 1 << 20  # what its leader sends it, at most
 
 
 def large(entries: tuple[Entry, ...], serial: int = 44) -> Heartbeat:

@@ -256,6 +256,7 @@ class HeartbeatReply(_message.Message):
     WRITING_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
     TAKES_SNAPSHOT_CHUNKS_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
@@ -287,6 +288,11 @@ class HeartbeatReply(_message.Message):
     """This node puts a snapshot sent in chunks back together
     (HeartbeatRequest.snapshot_size): its leader may send one so.
     """
+    max_message_bytes: _builtins.int
+    """This node's --max-message-bytes: its leader sends it no larger message, and
+    sizes the records every node must take by the smallest of these. 0 from a
+    node of an earlier version (its Status says it).
+    """
     def __init__(
         self,
         *,
@@ -300,10 +306,11 @@ class HeartbeatReply(_message.Message):
         writing: _builtins.bool = ...,
         serial: _builtins.int = ...,
         takes_snapshot_chunks: _builtins.bool = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "serial", b"serial", "storage_error", b"storage_error", "takes_snapshot_chunks", b"takes_snapshot_chunks", "term", b"term", "writing", b"writing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_index", b"match_index", "max_message_bytes", b"max_message_bytes", "node_id", b"node_id", "refused", b"refused", "role", b"role", "seq", b"seq", "serial", b"serial", "storage_error", b"storage_error", "takes_snapshot_chunks", b"takes_snapshot_chunks", "term", b"term", "writing", b"writing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from node._proto import distnode_pb2 as pb
-from node.errors import AttemptFailed
+from node.errors import AttemptFailed, JobError
 from node.wire.answerfile import AnswerFile
 from node.wire.answers import SubmitAnswer
 from node.wire.tensors import result_to_python
@@ -133,8 +133,13 @@ def answer_from(reply: SubmitAnswer, started_s: float, retries: int, traced_from
             spans, notes["trace_error"] = [], str(exc)
         spans.append(Span("submit: round trip", "client", "submit", traced_from_ns, time.time_ns(), notes))
         trace = trace_document(spans)
+    try:
+        array = reply.array
+    except ValueError as exc:  # only a node of another build, or a damaged reply, sends one
+        who = head.leader or "the node"
+        raise JobError(f"job {head.job_id}: a malformed answer from {who}: {exc}") from None
     return Answer(
-        job_id=head.job_id, op=head.op, array=reply.array,
+        job_id=head.job_id, op=head.op, array=array,
         shards=head.shards, nodes=list(head.nodes), elapsed_ms=elapsed_ms,
         leader=head.leader, term=head.term, retries=retries, trace=trace,
     )

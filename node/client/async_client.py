@@ -51,13 +51,14 @@ from node.client.retry import (
     PROBE_FAILURES,
     PROBE_INTERVAL_S,
     Nodes,
+    checked_timeout,
     classify,
     new_request,
 )
 from node.client.statusround import STATUS_TIMEOUT_S, cluster_view
 from node.client.streams import SocketStream, SubmitStream, SubmitStreams, stream_answer, unary_instead
 from node.core.limits import MAX_MESSAGE_BYTES
-from node.errors import AttemptFailed, ClusterUnavailable, InvalidField
+from node.errors import AttemptFailed, ClusterUnavailable, GaveUp, InvalidField
 from node.security import TlsFiles, load_token
 from node.wire.answers import SubmitAnswer
 from node.wire.jobs import MAX_WAIT_S
@@ -112,12 +113,13 @@ class AsyncClient:
         local_socket: bool = True,
     ) -> None:
         self._nodes = Nodes(addresses)
-        self.timeout = timeout
+        self.timeout = checked_timeout(timeout)
         token = token if token is not None else load_token(None)
         self._stubs = StubCache(ChannelFactory(tls, token, max_message_bytes))
         self._status_error = ""
         self._flights: set[_Flight] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
         self._streams = SubmitStreams(
             functools.partial(open_local, max_message_bytes=max_message_bytes) if local_socket else None
         )
@@ -129,6 +131,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -136,6 +139,8 @@ class AsyncClient:
         await self._stubs.close()
 
     def _stub(self, address: str) -> NodeStub:
+        if self._closed:  # a call still retrying when close() ran must not open channels again
+            raise ClusterUnavailable("this client was closed during the call")
         return self._stubs.stub(address)
 
     @overload
@@ -265,7 +270,7 @@ class AsyncClient:
         return job_status(info)
 
     def _deadline(self, timeout: float | None, wait: float = 0.0) -> float:
-        return time.monotonic() + (self.timeout if timeout is None else timeout) + wait
+        return time.monotonic() + (self.timeout if timeout is None else checked_timeout(timeout)) + wait
 
     @property
     def _tls(self) -> TlsFiles | None:
@@ -278,12 +283,16 @@ class AsyncClient:
         """One job at one node: on its SubmitBatches stream if `on_stream`; as a unary Submit if the
         node has none (an older version: remembered), or if the stream failed before it
         ever answered (then the unary call finds out whether the node is there)."""
+        deadline = time.monotonic() + remaining
         if on_stream and self._streams.usable(address):
             stream = self._streams.to(address, self._stub(address))
             try:
                 return await self._attempt_once(address, request, remaining, on_progress, stream)
+            except GaveUp:
+                raise
             except AttemptFailed:
-                if not unary_instead(stream, self._streams.unsupported, address):
+                remaining = deadline - time.monotonic()  # what the stream's attempt left
+                if remaining <= 0 or not unary_instead(stream, self._streams.unsupported, address):
                     raise
         return await self._attempt_once(address, request, remaining, on_progress, None)
 
@@ -321,8 +330,7 @@ class AsyncClient:
                 async with asyncio.timeout(remaining):
                     reply = await waiting
             except TimeoutError:
-                raise AttemptFailed("no answer before the client's timeout",
-                                    accepted=flight.seen.known) from None
+                raise GaveUp("no answer before the client's timeout", accepted=flight.seen.known) from None
             except AttemptFailed as exc:  # the stream ended under the job
                 raise AttemptFailed(str(exc), accepted=flight.seen.known, reached=exc.reached) from None
             return stream_answer(reply, flight.seen.known)
@@ -333,6 +341,8 @@ class AsyncClient:
             mine = task is not None and task.cancelling() > 0
             if not mine and watchdog is not None and watchdog.done() and not watchdog.cancelled():
                 raise watchdog.result() from None
+            if not mine and self._closed:  # close() ended our channel's calls, not a cancel of ours
+                raise ClusterUnavailable("this client was closed during the call") from None
             raise
         except grpc.aio.AioRpcError as exc:
             raise classify(exc, flight.seen.known) from None
@@ -376,8 +386,7 @@ class AsyncClient:
                 if failures >= PROBE_FAILURES:
                     call.cancel()
                     # reached: the call went out on a connection the node had accepted.
-                    return AttemptFailed("node stopped answering progress probes", accepted=seen.known,
-                                         reached=True)
+                    return GaveUp("node stopped answering progress probes", accepted=seen.known, reached=True)
             await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def _probe(self, stub: NodeStub, job_id: str, on_progress: ProgressCallback | None) -> bool:

@@ -46,13 +46,14 @@ from node.client.retry import (
     PROBE_FAILURES,
     PROBE_INTERVAL_S,
     Nodes,
+    checked_timeout,
     classify,
     new_request,
 )
 from node.client.streams import stream_answer, unary_instead
 from node.client.watchdog import Watch, Watchdog
 from node.core.limits import MAX_MESSAGE_BYTES
-from node.errors import AttemptFailed, ClusterUnavailable
+from node.errors import AttemptFailed, ClusterUnavailable, GaveUp
 from node.security import TlsFiles, load_token
 from node.wire.answers import SubmitAnswer
 from node.wire.stubs import BlockingNodeStub
@@ -74,7 +75,7 @@ class Client:
         local_socket: bool = True,
     ) -> None:
         self._nodes = Nodes(addresses)
-        self.timeout = timeout
+        self.timeout = checked_timeout(timeout)
         token = token if token is not None else load_token(None)
         self._factory = ChannelFactory(tls, token, max_message_bytes)
         self._channels: dict[str, grpc.Channel] = {}
@@ -129,7 +130,7 @@ class Client:
         if self._loop.is_closed():
             raise ClusterUnavailable("this client is closed")
         request = new_request(op, source, map, axis, bins, range, job_id, trace=trace, detach=detach)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (self.timeout if timeout is None else checked_timeout(timeout))
         if detach:
             def enqueue(address: str, remaining: float) -> pb.JobInfo:
                 info: pb.JobInfo = self._stub(address).Enqueue(request, timeout=remaining)
@@ -161,13 +162,17 @@ class Client:
         """One job at one node: on this thread's SubmitBatches stream if `on_stream`; as a unary
         Submit if the node has none (an older version: remembered), or if the stream failed
         before it ever answered (then the unary call finds out whether the node is there)."""
+        deadline = time.monotonic() + remaining
         if on_stream and self._streams.usable(address):
             stub, channel = self._stub_and_channel(address)
             stream = self._streams.to(address, stub, channel, min(CONNECT_TIMEOUT_S, remaining))
             try:
                 return self._attempt_once(address, request, remaining, on_progress, stream)
+            except GaveUp:
+                raise
             except AttemptFailed:
-                if not unary_instead(stream, self._streams.unsupported, address):
+                remaining = deadline - time.monotonic()  # what the stream's attempt left
+                if remaining <= 0 or not unary_instead(stream, self._streams.unsupported, address):
                     raise
         return self._attempt_once(address, request, remaining, on_progress, None)
 
@@ -190,16 +195,16 @@ class Client:
                     reply = stream.run(request)
                 except AttemptFailed as exc:
                     if watch.timed_out:
-                        raise AttemptFailed("no answer before the client's timeout",
-                                            accepted=watch.known, reached=True) from None
+                        raise GaveUp("no answer before the client's timeout",
+                                     accepted=watch.known, reached=True) from None
                     if watch.abandoned:
-                        raise AttemptFailed("node stopped answering progress probes",
-                                            accepted=watch.known, reached=True) from None
+                        raise GaveUp("node stopped answering progress probes",
+                                     accepted=watch.known, reached=True) from None
                     raise AttemptFailed(str(exc), accepted=watch.known, reached=exc.reached) from None
                 return stream_answer(reply, watch.known)
             except grpc.RpcError as exc:
                 if watch.abandoned:  # reached: the node had accepted the connection
-                    raise AttemptFailed(
+                    raise GaveUp(
                         "node stopped answering progress probes", accepted=watch.known, reached=True
                     ) from None
                 raise classify(exc, watch.known) from None
@@ -254,6 +259,9 @@ class Client:
             return call.result()
         except concurrent.futures.CancelledError:  # close() ended it: its loop stops
             raise ClusterUnavailable("this client was closed during the call") from None
+        except BaseException:  # interrupted (Ctrl-C): the call stops too, not on its own
+            call.cancel()
+            raise
         finally:
             with self._lock:
                 self._in_flight.discard(call)
@@ -288,6 +296,7 @@ class Client:
         for call in in_flight:
             call.cancel()
         self._call(self._async.close())
+        self._call(_end_the_rest())  # a call given up (interrupted) may still be ending
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -311,3 +320,11 @@ async def _make_async(
     max_message_bytes: int,
 ) -> AsyncClient:
     return AsyncClient(list(addresses), timeout, token, tls, max_message_bytes)
+
+
+async def _end_the_rest() -> None:
+    """Cancel every other task of this loop and wait for their ends."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)

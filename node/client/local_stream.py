@@ -98,6 +98,11 @@ class LocalStream:
                         raise self.ended
         except (OSError, LimitExceeded, DecodeError) as exc:
             self.ended = AttemptFailed(f"local socket: {exc}", reached=True)
+        except BaseException:
+            # Interrupted (Ctrl-C) maybe within a frame: what is left of it would be read as
+            # the next frame, so the connection ends here (the node cancels its jobs).
+            self.close()
+            raise
         raise self.ended
 
     def cancel(self) -> None:

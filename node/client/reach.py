@@ -59,6 +59,10 @@ def diagnose(address: str, tls: TlsFiles | None, error: str = "", timeout_s: flo
     except (OSError, ValueError) as exc:
         return f"{address}: cannot connect ({getattr(exc, 'strerror', None) or exc})"
     server_tls, _ = _handshake(host, port, None, timeout_s)
+    speaks = True if server_tls else _speaks_http2(host, port, timeout_s)
+    if speaks is None:  # the kernel accepts the connection, and nothing answers on it
+        return (f"{address}: accepts connections but sends nothing within {timeout_s:g} s: a paused,"
+                " overloaded or hung node?")
     client_tls = tls is not None and tls.enabled
     if server_tls and not client_tls:
         return (f"{address}: the node speaks TLS and this client does not; give --tls-ca "
@@ -67,7 +71,7 @@ def diagnose(address: str, tls: TlsFiles | None, error: str = "", timeout_s: flo
         return f"{address}: the node does not speak TLS; drop --tls-ca, --tls-cert and --tls-key"
     if server_tls and tls is not None:
         return f"{address}: {_tls_problem(host, port, tls, timeout_s)}"
-    if not _speaks_http2(host, port, timeout_s):
+    if not speaks:
         return f"{address}: something answers there, but not HTTP/2: not a gRPC server, so not a distnode"
     if "UNIMPLEMENTED" in error:
         return f"{address}: a gRPC server, but not a distnode (it has no distnode.v1.Node service)"
@@ -128,12 +132,15 @@ def _tls_problem(host: str, port: int, tls: TlsFiles, timeout_s: float) -> str:
     return f"the TLS handshake fails: {problem}"
 
 
-def _speaks_http2(host: str, port: int, timeout_s: float) -> bool:
-    """True if the server answers the HTTP/2 preface with a SETTINGS frame, as gRPC servers do."""
+def _speaks_http2(host: str, port: int, timeout_s: float) -> bool | None:
+    """True if the server answers the HTTP/2 preface with a SETTINGS frame, as gRPC servers do;
+    None if it answers nothing within `timeout_s`."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as conn:
             conn.sendall(_H2_PREFACE)
             head = conn.recv(9)
+    except TimeoutError:
+        return None
     except OSError:
         return False
     return len(head) >= 4 and head[3] == _SETTINGS_FRAME_TYPE

@@ -86,6 +86,14 @@ class FailedCall(Protocol):
 MAX_CALL_S = 1e6
 
 
+def checked_timeout(value: float) -> float:
+    """A client's timeout in seconds, or InvalidField: NaN would never run out (a huge one is
+    a long one: each call is given at most MAX_CALL_S)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:  # NaN too
+        raise InvalidField("timeout", f"expected a number of seconds above 0, got {value!r}")
+    return float(value)
+
+
 def classify(exc: FailedCall, accepted: bool) -> Exception:
     """Turn a failed call's status into what the caller should do with it."""
     code, details = exc.code(), exc.details() or ""
@@ -257,7 +265,7 @@ class RetryPlan:
         self.failed += 1
         self._last_error = f"{address}: {exc}"
         self._accepted = self._accepted or exc.accepted
-        if exc.reached:
+        if exc.reached or exc.accepted:  # a node that knew the job answered a probe about it
             self.nodes.reached = True
         else:
             self.unreached[address] = str(exc)

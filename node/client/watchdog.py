@@ -13,7 +13,11 @@ has the call's channel closed, which ends the blocking call with CANCELLED
 (and any other call on that channel: the node is silent for them too).
 The caller sees `abandoned` and retries elsewhere, as AsyncClient does.
 A probe or a progress callback that raises is logged and never stops the
-thread: a probe that raised counts as a miss.
+thread: a probe that raised counts as a miss. Probes run in a small pool,
+each as its call falls due, while this thread goes on keeping deadlines: a
+silent node's probe takes its whole timeout, and one by one, in this
+thread, eight calls to a paused node had their deadlines come two seconds
+late.
 
 Cost on the hot path: a lock and a set insert per call, and a wake-up of
 this thread only when it was idle. A stream of short calls wakes it about
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +43,8 @@ log = logging.getLogger("distnode.watchdog")
 
 #: (address, job_id) -> (shards done, shards total) if the node holds the job, else None.
 Probe = Callable[[str, str], "tuple[int, int] | None"]
+#: Probes made at once, at most.
+PROBES_AT_ONCE = 8
 
 
 @dataclass(eq=False)
@@ -56,6 +64,7 @@ class Watch:
     deadline_s: float | None = None
     on_deadline: Callable[[], None] | None = None
     timed_out: bool = False  # the watchdog ended the call at its deadline
+    probing: bool = False  # a probe of it is under way in the pool
 
 
 class Watchdog:
@@ -71,6 +80,7 @@ class Watchdog:
         self._idle = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._probes: ThreadPoolExecutor | None = None  # made at the first probe
 
     @contextlib.contextmanager
     def watch(
@@ -103,6 +113,8 @@ class Watchdog:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        if self._probes is not None:
+            self._probes.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
         while True:
@@ -114,15 +126,22 @@ class Watchdog:
                     due = [w for w in self._watches if _next_s(w) <= now]
                     if due:
                         break
-                    self._idle = not self._watches
-                    wait_s = None if self._idle else min(_next_s(w) for w in self._watches) - now
-                    self._cond.wait(wait_s)
+                    next_s = min((_next_s(w) for w in self._watches), default=math.inf)
+                    # A new watch wakes this thread only if it would sleep past that one's first probe.
+                    self._idle = next_s - now > self.interval_s
+                    self._cond.wait(None if math.isinf(next_s) else next_s - now)
                     self._idle = False
-            for watch in due:
-                if watch.deadline_s is not None and watch.deadline_s <= now:
-                    self._expire(watch)
-                else:
-                    self._check(watch)
+                expired = [w for w in due if w.deadline_s is not None and w.deadline_s <= now]
+                probed = [w for w in due if w not in expired]
+                for watch in probed:
+                    watch.probing = True
+            for watch in expired:
+                self._expire(watch)
+            if probed and self._probes is None:
+                self._probes = ThreadPoolExecutor(PROBES_AT_ONCE, thread_name_prefix="distnode-probe")
+            for watch in probed:
+                assert self._probes is not None
+                self._probes.submit(self._check, watch)
 
     def _expire(self, watch: Watch) -> None:
         with self._cond:
@@ -136,12 +155,15 @@ class Watchdog:
             log.exception("ending a call at its deadline failed")
 
     def _check(self, watch: Watch) -> None:
+        """One probe of `watch`, in the pool."""
         try:
             progress = self._probe(watch.address, watch.job_id)
         except Exception:
             log.exception("progress probe of %s failed; counted as a miss", watch.address)
             progress = None
         with self._cond:
+            watch.probing = False
+            self._cond.notify()  # its next probe falls due again
             if watch not in self._watches:  # the call ended while we probed
                 return
             watch.due_s = time.monotonic() + self.interval_s
@@ -163,5 +185,7 @@ class Watchdog:
 
 
 def _next_s(watch: Watch) -> float:
-    """When the watchdog must next look at `watch`: its probe, or its deadline if sooner."""
-    return watch.due_s if watch.deadline_s is None else min(watch.due_s, watch.deadline_s)
+    """When the watchdog must next look at `watch`: its probe (none while one is under way),
+    or its deadline if sooner."""
+    probe_s = math.inf if watch.probing else watch.due_s
+    return probe_s if watch.deadline_s is None else min(probe_s, watch.deadline_s)

@@ -188,6 +188,8 @@ class NodeApi(Protocol):
 
     #: The node's clock grain: durations in a beat travel in ms, the core counts ticks.
     tick_ms: int
+    #: Its --max-message-bytes, which its heartbeat replies state.
+    max_bytes: int
 
     async def request_vote(
         self, candidate_id: str, term: int, pre_vote: bool, last_index: int, last_term: int

@@ -153,7 +153,7 @@ class Daemon:
         self.compute_stack = ComputeStack(self.executor)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
-        self.port, self.tick_ms = 0, config.tick_ms
+        self.port, self.tick_ms, self.max_bytes = 0, config.tick_ms, config.limits.max_message_bytes
 
     @property
     def node_id(self) -> str:
@@ -229,7 +229,7 @@ class Daemon:
         """A beat by UDP, under a key granted over gRPC; its entries stored before `reply`, as there."""
         beat = beat_from_proto(request, self.node_id, self.config.tick_ms)
         self.peers.check_member("leader_id", beat.src, self.node_id)  # an id found twice since the grant
-        self.elections.heartbeat(beat, lambda answer: reply(beat_reply(self.node_id, answer)))
+        self.elections.heartbeat(beat, lambda answer: reply(beat_reply(self.node_id, answer, self.max_bytes)))
 
     async def submit(
         self, job_id: str, job: Job, client: str, forwarded: bool, timeout_s: float | None,
@@ -367,7 +367,6 @@ class Daemon:
             for peer in self.elections.judge_peers(deaths=not stalled):
                 log.warning("peer %s (%s) missed heartbeats: dead", peer.node_id, peer.address,
                             extra={"peer": peer.address})
-            self.discovery.ask_revived()
         if self.config.parent_pid and os.getppid() != self.config.parent_pid:
             log.warning("parent process %d is gone; shutting down", self.config.parent_pid)
             self._stopping.set()

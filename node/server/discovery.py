@@ -9,11 +9,11 @@ still elect (within the ranges each node checks of its own), and a shard
 size that differs only changes which leader cuts which shards (a detached
 job keeps the shard size of the leader that took it). A --max-message-bytes
 that differs would stop a follower's log at the first message over its own
-limit, so a node keeps each peer's (PeerTable.message_bytes): a leader sizes
-its records by the smallest it heard of (recordsize.py), and what it sends
-one follower (a batch of entries, a snapshot's chunks) by that follower's.
-A leader asks a peer again once it comes back from the dead, as a restart
-may have changed it (`ask_revived`).
+limit, so a node keeps each peer's (PeerTable.message_bytes), from its
+Status and then from each of its heartbeat replies, which state it too (a
+restart may change it): a leader sizes its records by the smallest it
+heard of (recordsize.py), and what it sends one follower (a batch of
+entries, a snapshot's chunks) by that follower's.
 """
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ class IdDiscovery:
         #: Peers whose Status was read at least once (its settings compared).
         self._asked: set[str] = set()
         self._discovery: asyncio.Future[None] | None = None
-        self._reasking: asyncio.Future[None] | None = None
         #: Set whenever discovery learns an id (for callers waiting on one).
         self._learnt = asyncio.Event()
 
@@ -110,9 +109,8 @@ class IdDiscovery:
             await asyncio.sleep(DISCOVERY_INTERVAL_S)
 
     def close(self) -> None:
-        for round_ in (self._discovery, self._reasking):
-            if round_ is not None:
-                round_.cancel()
+        if self._discovery is not None:
+            self._discovery.cancel()
 
     async def discover_once(self, wanted: str = "") -> None:
         """One round: every unknown peer asked at once; callers during a round share it.
@@ -155,13 +153,6 @@ class IdDiscovery:
                 self._warned.add((address, setting))
                 log.warning("peer %s runs with %s; give every node the same", self.peers.name(address), what)
         self._learnt.set()
-
-    def ask_revived(self) -> None:
-        """Ask the live peers not asked since they came back (PeerTable.sources_unknown), one
-        round at a time: a restart may have changed what they read and their message bound."""
-        revived = self.peers.sources_unknown()
-        if revived and (self._reasking is None or self._reasking.done()):
-            self._reasking = asyncio.ensure_future(self.ask_sources(revived))
 
     async def ask_sources(self, addresses: list[str]) -> None:
         """Ask these peers (at once) what source kinds they read; who does not answer stays unknown."""

@@ -233,7 +233,8 @@ class ElectionDriver:
     def on_heartbeat_reply(self, address: str, reply: pb.HeartbeatReply) -> None:
         if self.gate.defer(functools.partial(self.on_heartbeat_reply, address, reply)):
             return
-        peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error)
+        peer = self.peers.heard(address, reply.node_id, reply.role, reply.term, reply.storage_error,
+                                reply.max_message_bytes)
         if reply.writing or self.writer.in_flight:
             if not reply.writing:  # a follower writing says only that it is alive: nothing to step
                 self._held_replies.append((address, reply))  # see _wrote

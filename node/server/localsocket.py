@@ -37,6 +37,7 @@ clients then use gRPC alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -132,7 +133,7 @@ class LocalSocket:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._refused = 0
+        self._refused: collections.Counter[str] = collections.Counter()  # by why, since last said
         self._refused_logged_s = -REFUSED_LOG_S
         #: Connections in their handshake now (MAX_HANDSHAKES).
         self.handshaking = 0
@@ -204,12 +205,13 @@ class LocalSocket:
     def _refuse(self, peer: str, why: str) -> None:
         """Count a refused connection; said at most once per REFUSED_LOG_S (anyone on the host
         can make them)."""
-        self._refused += 1
+        self._refused[why] += 1
         now = time.monotonic()
         if now - self._refused_logged_s >= REFUSED_LOG_S:
-            log.warning("local socket: %d connection(s) %s refused, the last from %s",
-                        self._refused, why, peer)
-            self._refused, self._refused_logged_s = 0, now
+            counts = ", ".join(f"{count} {reason}" for reason, count in self._refused.items())
+            log.warning("local socket: connections refused: %s (the last from %s)", counts, peer)
+            self._refused.clear()
+            self._refused_logged_s = now
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         hello = await self._handshake(reader, writer, peer)

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from node.core.limits import MIN_NODE_MESSAGE_BYTES
 from node.errors import InvalidField, NotAMember
 
 log = logging.getLogger("distnode")
@@ -56,8 +57,8 @@ class Peer:
 class PeerTable:
     def __init__(self, addresses: tuple[str, ...], own_id: str = "") -> None:
         self._peers = {address: Peer(address) for address in addresses}
-        #: Address -> the peer's --max-message-bytes, as its last Status said (the consensus
-        #: core reads it too: Replication.peer_message_bytes).
+        #: Address -> the peer's --max-message-bytes, as its last heartbeat reply or Status said
+        #: (the consensus core reads it too: Replication.peer_message_bytes).
         self.message_bytes: dict[str, int] = {}
         self.own_id = own_id
         #: Address -> why its id cannot be trusted: this node's own, or one that
@@ -83,8 +84,7 @@ class PeerTable:
             peer.node_id = node_id
             if sources is not None:
                 peer.sources = frozenset(sources)
-            if message_bytes:
-                self.message_bytes[address] = message_bytes
+            self._bound(address, message_bytes)
             self.reached(address)
             if changed:
                 self._check_ids()
@@ -110,15 +110,25 @@ class PeerTable:
             conflicts.update(dict.fromkeys(addresses, why))
         self.conflicts = conflicts
 
-    def heard(self, address: str, node_id: str, role: str, term: int, storage_error: str = "") -> Peer | None:
+    def heard(
+        self, address: str, node_id: str, role: str, term: int, storage_error: str = "",
+        message_bytes: int = 0,
+    ) -> Peer | None:
         """Record what a peer said about itself in a reply; the peer, if it is one of ours."""
         peer = self._peers.get(address)
         if peer is not None:
             peer.node_id, peer.role, peer.term = node_id or peer.node_id, role, term
             peer.storage_error = storage_error
             peer.replies += 1
+            self._bound(address, message_bytes)
             self.reached(address)
         return peer
+
+    def _bound(self, address: str, message_bytes: int) -> None:
+        """A peer's --max-message-bytes as it stated it (0: not stated). Never below what a node
+        may run with: one stating less would have the cluster refuse every detached job."""
+        if message_bytes:
+            self.message_bytes[address] = max(message_bytes, MIN_NODE_MESSAGE_BYTES)
 
     def failed(self, address: str, reason: str) -> None:
         """A contact with `address` failed: counted, and said if it had answered till now."""

@@ -123,12 +123,12 @@ async def answer(node: NodeApi, context: Context, call: Awaitable[T]) -> T:
     await context.abort(*status_of(failure), trailing_metadata=node_trailer(node.node_id))
 
 
-def beat_reply(node_id: str, beat: BeatAnswer) -> pb.HeartbeatReply:
+def beat_reply(node_id: str, beat: BeatAnswer, max_message_bytes: int) -> pb.HeartbeatReply:
     """The reply to one heartbeat, whichever way it came (gRPC stream or UDP datagram)."""
     return pb.HeartbeatReply(
         term=beat.term, node_id=node_id, role=beat.role, storage_error=beat.storage_error,
         refused=beat.refused, match_index=beat.match_index, writing=beat.writing, serial=beat.serial,
-        takes_snapshot_chunks=True,
+        takes_snapshot_chunks=True, max_message_bytes=max_message_bytes,
     )
 
 
@@ -262,8 +262,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             request: pb.HeartbeatRequest, snapshot: bytes | None, reply: Callable[[pb.HeartbeatReply], None]
         ) -> None:
             message = beat_from_proto(request, self.node.node_id, self.node.tick_ms, snapshot)
-            await self.node.heartbeat(message, request.beacon_key,
-                                      lambda beat: reply(beat_reply(self.node.node_id, beat)))
+            node = self.node
+            await node.heartbeat(message, request.beacon_key,
+                                 lambda beat: reply(beat_reply(node.node_id, beat, node.max_bytes)))
             sender[:] = [(message.src, message.term)]
 
         context.add_done_callback(ended)  # type: ignore[arg-type]  # the stub wants its own class, not a callable

@@ -41,6 +41,34 @@ from node.server.stealing import Skips, SkipsByCall
 from node.server.tracing import InPool, clocked, to_pool
 from node.wire.tensors import partial_to_proto
 
+#: A job's later calls to this worker within this long reuse the source its first call
+#: opened (its path resolved, the file's header read): a big job's calls come milliseconds
+#: apart, and opening it again was about a fifth of a worker's event loop per job.
+SOURCE_REUSE_S = 1.0
+#: Sources kept for that, the most recent.
+SOURCES_KEPT = 16
+
+
+class RecentSources:
+    """Sources opened for a job's call in the last SOURCE_REUSE_S, by job id and job: only
+    the same job's later calls take one, and never a file format's (read in a thread)."""
+
+    def __init__(self) -> None:
+        self._kept: collections.OrderedDict[tuple[str, Job], tuple[float, DataSource]] = (
+            collections.OrderedDict())
+
+    def get(self, job_id: str, job: Job) -> DataSource | None:
+        found = self._kept.get((job_id, job))
+        if found is None or time.monotonic() - found[0] > SOURCE_REUSE_S:
+            return None
+        return found[1]
+
+    def keep(self, job_id: str, job: Job, source: DataSource) -> None:
+        self._kept[(job_id, job)] = (time.monotonic(), source)
+        self._kept.move_to_end((job_id, job))
+        while len(self._kept) > SOURCES_KEPT:
+            self._kept.popitem(last=False)
+
 
 class Worker:
     def __init__(
@@ -66,6 +94,7 @@ class Worker:
         self.streams = ReduceStreams(lambda address: stubs.stub(address).Reduce())
         #: (leader id, job id) -> what becomes of the shards of its gRPC calls here (Skip calls).
         self._skips: SkipsByCall[tuple[str, str]] = SkipsByCall()
+        self._sources = RecentSources()
 
     async def compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
@@ -92,7 +121,8 @@ class Worker:
         if source_kind(job.source) in FORMAT_KINDS:  # reads metadata, maybe imports a library: off the loop
             source = await asyncio.to_thread(validate_job, job, self.data_root, self.openers)
         else:
-            source = validate_job(job, self.data_root, self.openers)
+            known = self._sources.get(job_id, job)
+            source = known if known is not None else self._open(job_id, job)
         check_ranges(ranges, source)
         # Dial the aggregator only through our own --peers entry for it (which
         # may be a proxy or NAT address), never the address it advertises.
@@ -136,6 +166,11 @@ class Worker:
             for _, _, computing in queued:  # cancelled, or a shard failed: what has not begun never will
                 computing.cancel()
         return Computed(sent, tuple(skipped))
+
+    def _open(self, job_id: str, job: Job) -> DataSource:
+        source = validate_job(job, self.data_root, self.openers)
+        self._sources.keep(job_id, job, source)
+        return source
 
     @contextlib.contextmanager
     def _skipping(

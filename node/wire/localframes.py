@@ -169,20 +169,22 @@ async def shake_hands(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
     """Connect to a node's socket as its client, for `purpose`: the streams, and the id of
     the node that proved it holds the key. NotProven if it did not, or (with `node_id`) if
-    it is another node, checked before our own proof goes; the OSErrors of connecting.
-    The caller bounds the time it takes."""
+    it is another node, checked before our own proof goes; the OSErrors of connecting, and
+    ConnectionResetError if it closed before its welcome (busy: try again later). The
+    caller bounds the time it takes."""
     reader, writer = await connect(endpoint.name)
     try:
         nonce, first = hello(purpose)
         writer.write(first)
         welcome = await read_async(reader, pb.LocalWelcome, HANDSHAKE_MAX_BYTES)
-        if node_id is not None and welcome is not None and welcome.node_id != node_id:
+        if welcome is None:  # closed unanswered: a node at its bound of handshakes, or stopping
+            raise ConnectionResetError("local socket: closed before the node's welcome")
+        if node_id is not None and welcome.node_id != node_id:
             raise NotProven(f"local socket: {welcome.node_id!r} answered, not {node_id!r}")
         writer.write(answer_welcome(endpoint.key, nonce, welcome))
     except BaseException:
         writer.close()
         raise
-    assert welcome is not None  # answer_welcome refused a missing one
     return reader, writer, welcome.node_id
 
 

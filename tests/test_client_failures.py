@@ -1,0 +1,179 @@
+"""The clients under a node that misbehaves in one exact way (tests/fakenode.py): a job that
+outlasts the client's timeout, a status that never comes. Each test names what the client
+did before it was fixed."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from fakenode import fake_node
+
+from cli.main import main
+from node import AsyncClient, Client
+from node._proto import distnode_pb2 as pb
+from node.client import local_stream, retry
+from node.client.local_stream import LocalStream
+from node.errors import AttemptFailed, ClusterUnavailable, InvalidField, JobError
+from node.wire import localframes
+
+
+def test_a_job_past_the_timeout_on_a_stream_is_not_sent_again_as_a_unary_call() -> None:
+    """A thread's first job went on a stream; when the client's own timeout ended it, the
+    job went again to the same node as a unary Submit with a whole new timeout: submit(timeout=T)
+    raised after 2T."""
+    with fake_node(stream="hang", submit="hang", known=True) as (node, address):
+        with Client([address], timeout=1.0, local_socket=False) as client:
+            started = time.monotonic()
+            with pytest.raises(JobError, match="did not finish in time"):
+                client.submit(op="sum", source="range:n=10")
+            elapsed_s = time.monotonic() - started
+        assert "Submit" not in node.methods(), node.calls
+    assert elapsed_s < 1.9, f"took {elapsed_s:.2f} s for a timeout of 1 s"
+
+
+async def test_a_unary_job_past_the_timeout_on_a_live_node_is_not_called_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A vector job (a unary Submit) that ran past the client's timeout on a node that answered
+    every progress probe was reported as "no node answered" (ClusterUnavailable, exit 3)
+    once UNREACHABLE_AFTER_S had passed: the client's own deadline counted as a node not
+    reached. It is JobError (exit 1): the job did not finish in time."""
+    monkeypatch.setattr(retry, "UNREACHABLE_AFTER_S", 0.5)
+    with fake_node(submit="hang", known=True) as (node, address):
+        async with AsyncClient([address], timeout=1.5, local_socket=False) as client:
+            with pytest.raises(JobError, match="did not finish in time"):
+                await client.submit(op="sum", source="range:n=10", axis=0)
+        assert "Progress" in node.methods()
+
+
+def test_status_takes_its_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    """`distnode status --timeout S` waited its 5-s default whatever S was."""
+    with fake_node(status_unavailable=True) as (_, address):
+        started = time.monotonic()
+        assert main(["status", "--cluster", address, "--timeout", "1"]) == 3
+        elapsed_s = time.monotonic() - started
+    assert elapsed_s < 3.5, f"status --timeout 1 took {elapsed_s:.1f} s"
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+class Interrupted(BaseException):
+    """A Ctrl-C in the middle of a read (a BaseException, as KeyboardInterrupt is)."""
+
+
+def job(job_id: str) -> pb.SubmitRequest:
+    return pb.SubmitRequest(job=pb.JobSpec(job_id=job_id, op="histogram", source="range:n=10"))
+
+
+def test_a_local_socket_interrupted_within_a_frame_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C while a large reply was half read left the connection open: the thread's next
+    job read the rest of that frame as its own (a frame "of 69861376 bytes", a decode error,
+    or a wait for ever). Now an interrupted connection ends, and the next job goes elsewhere."""
+    name, key = f"distnode-test-{secrets.token_hex(8)}", secrets.token_bytes(32)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(localframes.ABSTRACT_PREFIX + name)
+    listener.listen(1)
+    done = threading.Event()
+
+    def node() -> None:  # the handshake, then the first part of a 32-KiB reply
+        conn, _ = listener.accept()
+        with conn:
+            hello = localframes.read_blocking(conn, pb.LocalHello, localframes.HANDSHAKE_MAX_BYTES)
+            answer = localframes.welcome(key, "fake", hello)
+            assert answer is not None
+            conn.sendall(answer[1])
+            localframes.read_blocking(conn, pb.LocalProof, localframes.HANDSHAKE_MAX_BYTES)
+            request = localframes.read_blocking(conn, pb.SubmitBatch, 1 << 20).jobs[0]
+            tensor = pb.Tensor(dtype="int64", shape=[4096], data=bytes(8 * 4096))
+            reply = pb.SubmitStreamReply(job_id=request.job.job_id, seq=request.seq, node_id="fake",
+                                         reply=pb.SubmitReply(job_id=request.job.job_id, result=tensor))
+            conn.sendall(localframes.frame(pb.SubmitBatchReply(replies=[reply]))[:1000])
+            done.wait(10)
+
+    thread = threading.Thread(target=node, daemon=True)
+    thread.start()
+    stream = LocalStream(pb.LocalEndpoint(name=name, key=key), None, 1 << 20)  # type: ignore[arg-type]
+    try:
+        def interrupted_within(sock: socket.socket, kind: type, max_bytes: int) -> None:
+            sock.recv(500)  # some of the frame read, as a Ctrl-C in the middle of a read leaves it
+            raise Interrupted
+
+        monkeypatch.setattr(local_stream, "read_blocking", interrupted_within)
+        with pytest.raises(Interrupted):
+            stream.run(job("first"))
+        monkeypatch.undo()
+        assert stream.ended is not None, "still open, in the middle of a frame"
+        with pytest.raises(AttemptFailed):
+            stream.run(job("second"))
+    finally:
+        done.set()
+        stream.close()
+        listener.close()
+        thread.join(5)
+
+
+def test_a_call_interrupted_stops_asking_the_nodes() -> None:
+    """A Ctrl-C in `wait_for_leader` (or result, jobs, cancel, status) left the call running on
+    the client's loop: it kept asking the nodes until its own timeout, and close() then
+    destroyed it pending. Now the call ends with the interrupt."""
+    # Python's own Ctrl-C, whatever an earlier test in this process left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with fake_node() as (node, address), Client([address], timeout=30, local_socket=False) as client:
+            def interrupt_when_asked() -> None:
+                deadline = time.monotonic() + 10
+                while node.methods().count("Status") < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+            threading.Thread(target=interrupt_when_asked, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                client.wait_for_leader(timeout=20)  # no leader: it asks again and again
+            time.sleep(0.2)  # a Status already on its way may still arrive
+            asked = node.methods().count("Status")
+            time.sleep(1.0)
+            assert node.methods().count("Status") == asked, "still asking after the interrupt"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+async def test_a_submit_under_way_when_its_client_closes_says_so() -> None:
+    """AsyncClient.close() while another task's submit waited ended that submit with a bare
+    CancelledError (its task marked cancelled though nobody cancelled it), where the blocking
+    client says ClusterUnavailable; and a submit still retrying opened channels again."""
+    with fake_node(stream="hang", submit="hang") as (_, address):
+        client = AsyncClient([address], timeout=6.0, local_socket=False)
+        submitting = asyncio.create_task(client.submit(op="sum", source="range:n=10"))
+        await asyncio.sleep(0.3)
+        await client.close()
+        with pytest.raises(ClusterUnavailable, match="closed"):
+            await submitting
+        assert not submitting.cancelled()
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), "10", True])
+def test_a_timeout_that_would_never_end_or_never_begin_is_refused(timeout: object) -> None:
+    """The Python API took any timeout: NaN never ran out, so a client that had reached a node
+    retried for ever, and none or less gave "no node tried". (A huge one is a long one:
+    test_client_contract.py.)"""
+    with pytest.raises(InvalidField, match="timeout"):
+        Client(["127.0.0.1:1"], timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(InvalidField, match="timeout"):
+        AsyncClient(["127.0.0.1:1"], timeout=timeout)  # type: ignore[arg-type]
+    with Client(["127.0.0.1:1"], timeout=1.0, local_socket=False) as client, \
+            pytest.raises(InvalidField, match="timeout"):
+        client.submit(op="sum", source="range:n=10", timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_a_malformed_answer_is_a_job_error_not_a_traceback() -> None:
+    """A reply whose tensor names no dtype (a damaged reply, or a foreign build) escaped
+    submit as a bare ValueError, which the CLI printed as a traceback."""
+    with fake_node(stream="answer", dtype="") as (_, address), \
+            Client([address], timeout=5.0, local_socket=False) as client, \
+            pytest.raises(JobError, match="a malformed answer"):
+        client.submit(op="sum", source="range:n=10")
