@@ -81,10 +81,10 @@ async def test_a_client_that_hung_up_leaves_no_unretrieved_error_when_the_leader
 
 def running_ledger(
     proposed: list[Entry], max_message_bytes: int = MAX_MESSAGE_BYTES, nodes: tuple[str, ...] = ("n1",),
-    run: Callable[[str, Job], Any] | None = None,
+    run: Callable[[str, Job], Any] | None = None, bound: Callable[[], int] | None = None,
 ) -> JobLedger:
     """A leader's ledger whose runs end at once with the answer 6, computed by `nodes`; or whose
-    runs are `run`."""
+    runs are `run`; its records sized by `bound` (the cluster's least limit) if given."""
     indices = itertools.count(1)
 
     def propose(data: tuple[bytes, ...]) -> tuple[Entry, ...]:
@@ -96,7 +96,7 @@ def running_ledger(
         return Outcome(job_id, job.op, np.array(6.0), 1, nodes, 0.1)
 
     desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run or answer, lambda job_id: None,
-                     lambda: 1 << 30, 4, lambda: "n1 (term 1)", lambda: max_message_bytes)
+                     lambda: 1 << 30, 4, lambda: "n1 (term 1)", bound or (lambda: max_message_bytes))
     desk.caught_up_term = 1
     return desk
 
@@ -216,6 +216,35 @@ async def test_attached_records_go_in_entries_that_fit_a_message_and_one_that_ca
     assert desk.table.get("huge") is None
     records = [desk.table.get(f"a{n}") for n in range(5)]
     assert all(r is not None and r.result is not None for r in records), "each with its answer"
+    await desk.close()
+
+
+async def test_a_record_left_out_under_a_bound_that_shrank_is_recorded_once_it_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attached record is sized when its job is answered and proposed at the next flush: a
+    smaller limit heard of meanwhile (a follower's) sizes it again, and one whose source alone
+    is over it is left out. Its job id stayed among those on their way, so the job answered
+    again was never recorded, even once the bound grew back."""
+    monkeypatch.setattr("node.server.ledger.ATTACHED_FLUSH_S", 0.0)
+    proposed: list[Entry] = []
+    bound = [MAX_MESSAGE_BYTES]
+    desk = running_ledger(proposed, bound=lambda: bound[0])
+    job = Job("sum", "values:" + "1," * 40_000 + "1")  # an 80 KB source
+    outcome = Outcome("big", "sum", np.array(6.0), 1, ("n1",), 0.2)
+    desk.record_attached("big", job, outcome, 1.5e9)
+    bound[0] = 64 << 10  # heard of before the flush
+    await turns()
+    desk.apply(tuple(proposed))
+    await turns()
+    assert all(len(entry.data) + (8 << 10) <= bound[0] for entry in proposed)
+    assert desk.table.get("big") is None
+    bound[0] = MAX_MESSAGE_BYTES
+    desk.record_attached("big", job, outcome, 1.5e9)
+    await turns()
+    desk.apply(tuple(proposed))
+    record = desk.table.get("big")
+    assert record is not None and record.state == "done"
     await desk.close()
 
 

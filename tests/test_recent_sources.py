@@ -3,13 +3,18 @@ only briefly (node/server/worker.py, RecentSources)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
+from node._proto import distnode_pb2 as pb
 from node.core.job import Job
-from node.core.sources import ValuesSource
+from node.core.sources import DataSource, ValuesSource
 from node.server import worker
-from node.server.worker import RecentSources
+from node.server.worker import RecentSources, Worker
 
 JOB = Job(op="sum", source="values:1,2,3")
 
@@ -18,10 +23,9 @@ def source() -> ValuesSource:
     return ValuesSource(np.array([1.0, 2.0, 3.0]))
 
 
-def test_a_jobs_later_call_takes_the_source_its_first_opened(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_jobs_later_call_takes_the_source_its_first_opened() -> None:
     now = [100.0]
-    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
-    recent, opened = RecentSources(), source()
+    recent, opened = RecentSources(clock=lambda: now[0]), source()
     recent.keep("j1", JOB, opened)
     assert recent.get("j1", JOB) is opened
     assert recent.get("j2", JOB) is None, "another job: opened again"
@@ -36,3 +40,29 @@ def test_only_the_most_recent_are_kept() -> None:
         recent.keep(f"j{number}", JOB, source())
     assert recent.get("j0", JOB) is None
     assert recent.get(f"j{worker.SOURCES_KEPT}", JOB) is not None
+
+
+async def test_a_workers_calls_of_one_job_open_its_source_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    np.save(tmp_path / "x.npy", np.arange(100.0))
+    opened: list[str] = []
+
+    def counted(job: Job, *rest: Any) -> DataSource:
+        opened.append(job.source)
+        return validate(job, *rest)
+
+    validate = worker.validate_job
+    monkeypatch.setattr(worker, "validate_job", counted)
+    sent: list[int] = []
+
+    async def send(partial: pb.Partial, deadline: float | None) -> None:
+        sent.append(partial.shard)
+
+    job = Job(op="sum", source="npy:x.npy")
+    with ThreadPoolExecutor(1) as pool:
+        node = Worker("n2", None, pool, tmp_path, lambda leader: None)  # type: ignore[arg-type]
+        for ranges in ([(0, 0, 50)], [(1, 50, 100)]):
+            await node.compute("j1", job, ranges, "n1", None, send=send)
+        await node.compute("j2", job, [(0, 0, 100)], "n1", None, send=send)
+    assert sent == [0, 1, 0] and opened == ["npy:x.npy", "npy:x.npy"], "j1 once, j2 once"

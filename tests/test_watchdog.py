@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 
 import inproc
@@ -173,4 +174,18 @@ def test_calls_due_at_once_are_probed_at_once() -> None:
             release.set()
     finally:
         release.set()
+        dog.close()
+
+
+def test_a_deadline_sooner_than_the_watchdogs_next_look_is_kept() -> None:
+    """A new call woke the watchdog only if it slept past that call's first probe, so a deadline
+    sooner than the thread's next look at another call waited for it: here 2 s instead of 0.05."""
+    dog = Watchdog(lambda address, job_id: (0, 1), lambda watch: None, interval_s=2.0, failures=2)
+    ended = threading.Event()
+    try:
+        with dog.watch("a:1", "first", None):
+            time.sleep(0.1)  # a call in flight: the watchdog sleeps until its first probe, 2 s on
+            with dog.watch("a:1", "timed", None, deadline_s=time.monotonic() + 0.05, on_deadline=ended.set):
+                assert ended.wait(1.0), "the deadline waited for the other call's first probe"
+    finally:
         dog.close()

@@ -166,6 +166,9 @@ class Client:
         if on_stream and self._streams.usable(address):
             stub, channel = self._stub_and_channel(address)
             stream = self._streams.to(address, stub, channel, min(CONNECT_TIMEOUT_S, remaining))
+            remaining = deadline - time.monotonic()  # less a local socket's handshake, if one was made
+            if remaining <= 0:
+                raise GaveUp("no answer before the client's timeout", reached=True)
             try:
                 return self._attempt_once(address, request, remaining, on_progress, stream)
             except GaveUp:

@@ -77,7 +77,9 @@ class Watchdog:
         self.failures = failures
         self._cond = threading.Condition()
         self._watches: set[Watch] = set()
-        self._idle = False
+        #: When this thread wakes next (monotonic; inf: only when told): a new watch due sooner
+        #: (its first probe, or its deadline) wakes it.
+        self._wake_s = math.inf
         self._closed = False
         self._thread: threading.Thread | None = None
         self._probes: ThreadPoolExecutor | None = None  # made at the first probe
@@ -98,7 +100,7 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._run, name="distnode-watchdog", daemon=True)
                 self._thread.start()
             self._watches.add(watch)
-            if self._idle:
+            if _next_s(watch) < self._wake_s:
                 self._cond.notify()
         try:
             yield watch
@@ -113,8 +115,8 @@ class Watchdog:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        if self._probes is not None:
-            self._probes.shutdown(wait=False, cancel_futures=True)
+        if self._probes is not None:  # a probe under way ends within its timeout; none runs after
+            self._probes.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
         while True:
@@ -126,11 +128,9 @@ class Watchdog:
                     due = [w for w in self._watches if _next_s(w) <= now]
                     if due:
                         break
-                    next_s = min((_next_s(w) for w in self._watches), default=math.inf)
-                    # A new watch wakes this thread only if it would sleep past that one's first probe.
-                    self._idle = next_s - now > self.interval_s
-                    self._cond.wait(None if math.isinf(next_s) else next_s - now)
-                    self._idle = False
+                    self._wake_s = min((_next_s(w) for w in self._watches), default=math.inf)
+                    self._cond.wait(None if math.isinf(self._wake_s) else self._wake_s - now)
+                    self._wake_s = -math.inf  # awake: it looks at every watch before it sleeps
                 expired = [w for w in due if w.deadline_s is not None and w.deadline_s <= now]
                 probed = [w for w in due if w not in expired]
                 for watch in probed:
@@ -155,7 +155,11 @@ class Watchdog:
             log.exception("ending a call at its deadline failed")
 
     def _check(self, watch: Watch) -> None:
-        """One probe of `watch`, in the pool."""
+        """One probe of `watch`, in the pool (not if its call ended while it waited there)."""
+        with self._cond:
+            if watch not in self._watches:
+                watch.probing = False
+                return
         try:
             progress = self._probe(watch.address, watch.job_id)
         except Exception:

@@ -222,10 +222,10 @@ class JobLedger:
 
     def _attached_batch(self) -> tuple[Proposed, asyncio.Future[bool]]:
         """Attached records, as many as fit a message, as one entry (one per line): a few a second."""
-        batch, self._attached = recordsize.first_batch(self._attached, self._max_bytes())
+        batch, self._attached = recordsize.first_batch(consumed := self._attached, self._max_bytes())
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        job_ids = [record.job_id for record, _ in batch]
+        job_ids = [r.job_id for r, _ in consumed[:len(consumed) - len(self._attached)]]  # the left out too
         future.add_done_callback(lambda _: self._recording.difference_update(job_ids))
         return Proposed.of(batch), future
 

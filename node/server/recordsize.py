@@ -117,14 +117,18 @@ def kept(
 def first_batch(commands: list[Command], max_message_bytes: int) -> tuple[list[Command], list[Command]]:
     """Attached jobs' records, in order: as many of the first as fit one message with room
     for another entry beside them (replication.py sends up to `max_append_bytes` of entries
-    at once), one at least; and the rest. Each was sized when its job was answered: one that
-    does not fit `max_message_bytes` (a smaller bound heard of since) is sized again, and
-    left out if it still cannot fit (its source alone is over it), as it would have been then."""
-    resized = (c if fits(c[1], max_message_bytes) else fitting(c[0], max_message_bytes) for c in commands)
-    commands = [sized for sized in resized if fits(sized[1], max_message_bytes)]
+    at once), one at least; and the rest, as given. Each was sized when its job was answered:
+    one that does not fit `max_message_bytes` (a smaller bound heard of since) is sized again,
+    and left out if it still cannot fit (its source alone is over it), as it would have been."""
     limit, size = (max_message_bytes - ENVELOPE_BYTES) // 2, 0
-    for count, (_, command) in enumerate(commands):
-        size += len(command) + 1  # and its newline
-        if size > limit and count > 0:
-            return commands[:count], commands[count:]
-    return commands, []
+    batch: list[Command] = []
+    for taken, command in enumerate(commands):
+        if not fits(command[1], max_message_bytes):
+            command = fitting(command[0], max_message_bytes)
+            if not fits(command[1], max_message_bytes):
+                continue
+        size += len(command[1]) + 1  # and its newline
+        if size > limit and batch:
+            return batch, commands[taken:]
+        batch.append(command)
+    return batch, []

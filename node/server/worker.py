@@ -53,18 +53,19 @@ class RecentSources:
     """Sources opened for a job's call in the last SOURCE_REUSE_S, by job id and job: only
     the same job's later calls take one, and never a file format's (read in a thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._kept: collections.OrderedDict[tuple[str, Job], tuple[float, DataSource]] = (
             collections.OrderedDict())
 
     def get(self, job_id: str, job: Job) -> DataSource | None:
         found = self._kept.get((job_id, job))
-        if found is None or time.monotonic() - found[0] > SOURCE_REUSE_S:
+        if found is None or self._clock() - found[0] > SOURCE_REUSE_S:
             return None
         return found[1]
 
     def keep(self, job_id: str, job: Job, source: DataSource) -> None:
-        self._kept[(job_id, job)] = (time.monotonic(), source)
+        self._kept[(job_id, job)] = (self._clock(), source)
         self._kept.move_to_end((job_id, job))
         while len(self._kept) > SOURCES_KEPT:
             self._kept.popitem(last=False)
