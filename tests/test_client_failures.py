@@ -13,12 +13,14 @@ import time
 
 import pytest
 from fakenode import fake_node
+from inproc import StartCluster
 
 from cli.main import main
 from node import AsyncClient, Client
 from node._proto import distnode_pb2 as pb
 from node.client import local_stream, retry
 from node.client.local_stream import LocalStream
+from node.core.limits import Limits
 from node.errors import AttemptFailed, ClusterUnavailable, InvalidField, JobError
 from node.wire import localframes
 
@@ -177,3 +179,16 @@ def test_a_malformed_answer_is_a_job_error_not_a_traceback() -> None:
             Client([address], timeout=5.0, local_socket=False) as client, \
             pytest.raises(JobError, match="a malformed answer"):
         client.submit(op="sum", source="range:n=10")
+
+
+async def test_a_stream_job_past_its_clients_timeout_frees_the_clients_slot(start_cluster: StartCluster) -> None:
+    """A job on a stream that its client gave up on (its timeout) ran on at the node, holding the
+    client's --max-jobs-per-client slot until it ended (up to --job-timeout-s): after two, this
+    client's every submit was refused. A stream's job now ends at its timeout_s, as a unary
+    call's does at its deadline."""
+    cluster = await start_cluster(1, limits=Limits(max_jobs_per_client=2))
+    async with AsyncClient(cluster.addresses, timeout=1.2) as client:  # past a first progress probe
+        for _ in range(3):
+            with pytest.raises(JobError, match="did not finish in time"):
+                await client.submit(op="sum", source="range:n=100000000000")
+        assert (await client.submit(op="sum", source="values:1,2", timeout=10)).result == 3

@@ -21,16 +21,20 @@ large batch.
 
 Each job runs as a unary Submit would (the servicer's `run`), its failure
 is its own reply, and the stream goes on. A stream has at most
-MAX_STREAM_JOBS jobs in flight; more are refused one by one.
+MAX_STREAM_JOBS jobs in flight; more are refused one by one. A job ends at
+its `timeout_s`, as gRPC ends a unary call at its deadline: its client has
+given up on it by then, and a job nobody waits for kept the client's
+`--max-jobs-per-client` slot until it ended (up to `--job-timeout-s`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from node._proto import distnode_pb2 as pb
-from node.errors import LimitExceeded
+from node.errors import JobTimedOut, LimitExceeded
 
 #: Jobs one stream may have running at once; more are refused (RESOURCE_EXHAUSTED)
 #: without a task each. The node's per-client limit applies to each job as well.
@@ -110,6 +114,12 @@ class JobStream:
         task.add_done_callback(self._running.discard)
 
     async def _one(self, request: pb.SubmitRequest) -> None:
-        reply = await self._run(request)
+        wait_s = request.timeout_s if 0 < request.timeout_s < math.inf else None  # NaN: none either
+        try:
+            async with asyncio.timeout(wait_s):
+                reply = await self._run(request)
+        except TimeoutError:  # not `job-timeout-s`'s words: the client reads its own deadline
+            reply = self._failed(request.job.job_id, JobTimedOut(
+                f"timeout_s: the caller's {request.timeout_s:g} s passed before the job's end"))
         reply.seq = request.seq  # whose reply it is, where one job id has several requests
         self._replies.put_nowait(reply)
