@@ -201,12 +201,18 @@ class Link:
         if self.cut:
             await self._refuse_or_hold(conn, reader)
             return
+        connecting = asyncio.ensure_future(asyncio.open_connection(*split_host_port(self.target)))
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(*split_host_port(self.target)), CONNECT_TIMEOUT_S
-            )
-        except OSError:  # refused, or timed out (TimeoutError is an OSError)
-            conn.abort()  # the target is down: the initiator sees the connection die
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                up_reader, up_writer = await asyncio.shield(connecting)
+        except BaseException as exc:
+            # Given up (timed out, or the proxy stopping cancelled us) as the connection may have
+            # just been made: closed then, not left to the garbage collector's warning.
+            connecting.cancel()
+            connecting.add_done_callback(_close_if_made)
+            if not isinstance(exc, OSError):
+                raise
+            conn.abort()  # refused, or timed out: the initiator sees the connection die
             return
         conn.writers.append(up_writer)
         if self.cut or self._stopped:  # cut, or stopped, while we were connecting
@@ -360,3 +366,8 @@ class FaultProxy:
         for task in stuck:
             task.cancel()
         await asyncio.gather(*stuck, return_exceptions=True)
+
+
+def _close_if_made(connecting: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result()[1].close()
