@@ -485,7 +485,9 @@ async def test_a_job_failed_on_a_local_socket_is_retried_elsewhere_not_sent_unar
             local.close()  # ended, no reply read
             grpc_stream = ThreadStream(BlockingNodeStub(channel, None), channel)
             grpc_stream.ended = AttemptFailed("ended before any reply")
-            unary_after = unary_instead(grpc_stream, set(), address), unary_instead(local, set(), address)
+            failure, deadline_s = AttemptFailed("ended"), time.monotonic() + 10
+            unary_after = tuple(unary_instead(stream, set(), address, failure, deadline_s) is not None
+                                for stream in (grpc_stream, local))
             grpc_stream.close()
             return unary_after
         finally:

@@ -288,12 +288,11 @@ class AsyncClient:
             stream = self._streams.to(address, self._stub(address))
             try:
                 return await self._attempt_once(address, request, remaining, on_progress, stream)
-            except GaveUp:
-                raise
-            except AttemptFailed:
-                remaining = deadline - time.monotonic()  # what the stream's attempt left
-                if remaining <= 0 or not unary_instead(stream, self._streams.unsupported, address):
+            except AttemptFailed as failure:
+                left = unary_instead(stream, self._streams.unsupported, address, failure, deadline)
+                if left is None:
                     raise
+                remaining = left
         return await self._attempt_once(address, request, remaining, on_progress, None)
 
     async def _attempt_once(

@@ -171,12 +171,11 @@ class Client:
                 raise GaveUp("no answer before the client's timeout", reached=True)
             try:
                 return self._attempt_once(address, request, remaining, on_progress, stream)
-            except GaveUp:
-                raise
-            except AttemptFailed:
-                remaining = deadline - time.monotonic()  # what the stream's attempt left
-                if remaining <= 0 or not unary_instead(stream, self._streams.unsupported, address):
+            except AttemptFailed as failure:
+                left = unary_instead(stream, self._streams.unsupported, address, failure, deadline)
+                if left is None:
                     raise
+                remaining = left
         return self._attempt_once(address, request, remaining, on_progress, None)
 
     def _attempt_once(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,7 +36,7 @@ import grpc
 
 from node._proto import distnode_pb2 as pb
 from node.client.retry import FailedCall, classify
-from node.errors import AccessDenied, AttemptFailed
+from node.errors import AccessDenied, AttemptFailed, GaveUp
 from node.wire.answers import SubmitAnswer
 from node.wire.localframes import UNREACHABLE
 from node.wire.status import NODE_TRAILER
@@ -175,15 +176,23 @@ class OpenedStream(Protocol):
         """The node has answered on it: a reply, or (a local socket) the handshake."""
 
 
-def unary_instead(stream: OpenedStream, unsupported: set[str], address: str) -> bool:
-    """After a job failed on `stream` to `address`: send it as a unary Submit to that node?
-    Yes if the node has no SubmitBatches (remembered in `unsupported`), or if the stream
-    failed before the node ever answered on it (the unary call finds out whether the node
-    is there); no if it had answered, or only this job failed."""
+def unary_instead(
+    stream: OpenedStream, unsupported: set[str], address: str, failure: AttemptFailed, deadline_s: float,
+) -> float | None:
+    """After `failure` ended a job on `stream` to `address`: the seconds left (of the monotonic
+    `deadline_s`) to send it as a unary Submit to that node, or None not to. Never after the
+    client gave up on it itself (GaveUp: its timeout, or the node stopped answering probes),
+    or with no time left; else yes if the node has no SubmitBatches (remembered in
+    `unsupported`), or if the stream failed before the node ever answered on it (the unary
+    call finds out whether the node is there); no if it had answered, or only this job failed."""
+    if isinstance(failure, GaveUp):
+        return None
     if stream.unsupported:
         unsupported.add(address)
-        return True
-    return not stream.answered and stream.ended is not None
+    elif stream.answered or stream.ended is None:
+        return None
+    remaining = deadline_s - time.monotonic()
+    return remaining if remaining > 0 else None
 
 
 def retrieved(future: asyncio.Future[Any]) -> None:

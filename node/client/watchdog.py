@@ -20,8 +20,9 @@ thread, eight calls to a paused node had their deadlines come two seconds
 late.
 
 Cost on the hot path: a lock and a set insert per call, and a wake-up of
-this thread only when it was idle. A stream of short calls wakes it about
-once per PROBE_INTERVAL_S; with no call in flight it sleeps.
+this thread only when it would sleep past the new call's first look. A
+stream of short calls wakes it about once per PROBE_INTERVAL_S; with no
+call in flight it sleeps.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ class Daemon:
         )
         self.ledger.applied = election.commit_index
         self.peers = PeerTable(config.peers, config.node_id)
-        election.replication.peer_message_bytes = self.peers.message_bytes  # learnt from their Status
+        election.replication.peer_message_bytes = self.peers.message_bytes  # as peers state them
         self.stubs = StubCache(ChannelFactory(config.tls, config.token, config.limits.max_message_bytes))
         self.clock = Clock(
             config.tick_ms, max_replay_ticks=hi + 1, stall_s=2 * config.heartbeat_ms / 1000,

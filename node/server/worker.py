@@ -43,7 +43,7 @@ from node.wire.tensors import partial_to_proto
 
 #: A job's later calls to this worker within this long reuse the source its first call
 #: opened (its path resolved, the file's header read): a big job's calls come milliseconds
-#: apart, and opening it again was about a fifth of a worker's event loop per job.
+#: apart, and opening it again was about a tenth of a worker's event loop per job.
 SOURCE_REUSE_S = 1.0
 #: Sources kept for that, the most recent.
 SOURCES_KEPT = 16
