@@ -24,11 +24,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import math
 import re
 import secrets
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +43,15 @@ from inproc import InProcessCluster, StartCluster, poll, scraped
 from node import AsyncClient, Client, LocalCluster
 from node._proto import distnode_pb2 as pb
 from node.core.compute import reduce_all, validate_job
+from node.core.halt import ShardHalted
 from node.core.job import Job
 from node.errors import InvalidField
-from node.server import computelink, localsocket
-from node.server.computelink import (
-    Computed,
-    ComputeLink,
-    LinkBroken,
-    LinkCallFailed,
-    LinkCompute,
-    SendPartial,
-)
+from node.server import computelink, linkserve, localsocket
+from node.server.computelink import Computed, ComputeLink, LinkBroken, LinkCallFailed
 from node.server.config import NodeConfig
 from node.server.daemon import Daemon
 from node.server.dispatch import Dispatch
+from node.server.linkserve import CallHalt, LinkCompute, LinkServer, SendBlocking
 from node.server.stealing import Skips
 from node.testing.cluster import FAST_TIMING
 from node.wire.localframes import ABSTRACT_PREFIX, client_proof, connect, frame, read_async, read_blocking
@@ -66,34 +65,46 @@ def request(shards: int, job_id: str = "j1") -> pb.ComputeRequest:
 
 
 @contextlib.asynccontextmanager
-async def served_on(compute: LinkCompute) -> AsyncIterator[tuple[str, list[asyncio.Task[None]]]]:
-    """`serve` on a fresh abstract socket (no handshake: that is the local socket's, tested
-    with the daemons below): its name, and the worker's connection tasks."""
+async def served_on(compute: LinkCompute) -> AsyncIterator[tuple[str, list[LinkServer]]]:
+    """A worker's end of links (linkserve.py) on a fresh abstract socket, each handed over as
+    the local socket does after its handshake (no handshake here: that is the local socket's,
+    tested with the daemons below): its name, and the links served."""
     name = f"distnode-test-{secrets.token_hex(8)}"
-    served: list[asyncio.Task[None]] = []
+    served: list[LinkServer] = []
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")  # as a node's
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        served.append(asyncio.current_task())  # type: ignore[arg-type]
-        try:
-            await computelink.serve(reader, writer, compute, MAX_BYTES)
-        finally:
-            writer.close()
+    def accept(listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:  # the listener closed: the test is over
+                return
+            link = LinkServer(sock, b"", compute, pool, MAX_BYTES)
+            served.append(link)
+            link.start()
 
-    server = await asyncio.start_unix_server(handle, path=ABSTRACT_PREFIX + name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(ABSTRACT_PREFIX + name)
+    listener.listen()
+    accepting = threading.Thread(target=accept, args=(listener,), daemon=True)
+    accepting.start()
     try:
         yield name, served
     finally:
-        server.close()
-        for task in served:
-            task.cancel()
-        await asyncio.gather(*served, return_exceptions=True)
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        for link in served:
+            link.close()
+        ended = await asyncio.to_thread(lambda: all(link.join() for link in served))
+        pool.shutdown(wait=True)
+        assert ended, "a link's threads did not end"
 
 
 @contextlib.asynccontextmanager
 async def link_to(
     compute: LinkCompute, accept: Callable[[pb.Partial], object], leader_max_bytes: int = MAX_BYTES
-) -> AsyncIterator[tuple[ComputeLink, list[asyncio.Task[None]]]]:
-    """A leader's link to `serve`, and the worker's connection tasks."""
+) -> AsyncIterator[tuple[ComputeLink, list[LinkServer]]]:
+    """A leader's link to a worker's end, and the worker's links."""
     async with served_on(compute) as (name, served):
         reader, writer = await connect(name)
         link = ComputeLink(reader, writer, accept, leader_max_bytes)
@@ -103,35 +114,40 @@ async def link_to(
             link.close()
 
 
-async def each_shard(
-    request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+def each_shard(
+    request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+    queued_ns: int = 0,
 ) -> Computed:
     for shard in request.shards:
-        await send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"), None)
+        send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"))
     return Computed(len(request.shards))
 
 
+async def waited(event: threading.Event, what: str) -> None:
+    assert await asyncio.to_thread(event.wait, 5.0), f"no sign of {what} within 5 s"
+
+
 class Blocking:
-    """A worker's compute that waits until cancelled, and says when it started and ended."""
+    """A worker's compute that runs until halted, and says when it started and was halted."""
 
     def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.cancelled = asyncio.Event()
-        self.timeouts: list[float | None] = []
+        self.started = threading.Event()
+        self.halted = threading.Event()
+        self.seconds_left: list[float] = []
 
-    async def __call__(
-        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+    def __call__(
+        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        queued_ns: int = 0,
     ) -> Computed:
         if request.job.job_id != "block":
-            return await each_shard(request, timeout_s, send)
-        self.timeouts.append(timeout_s)
+            return each_shard(request, halted, send, skips, queued_ns)
+        deadline = halted.deadline
+        self.seconds_left.append(math.inf if deadline is None else deadline - time.monotonic())
         self.started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-        return Computed(0)
+        while not halted.is_set():  # a shard's pieces, each followed by a look at its halt
+            time.sleep(0.005)
+        self.halted.set()
+        raise ShardHalted("halted between pieces")
 
 
 async def test_a_calls_partials_arrive_before_its_end_which_counts_them() -> None:
@@ -148,19 +164,20 @@ async def test_a_skip_applies_to_the_calls_of_its_job_read_before_it_and_the_lin
     job read before it, which the worker checks as it comes to each shard, and is answered
     with the shards let go; a later call hands a skipped shard back; a skip for a job with
     no call on the link lets nothing go."""
-    gate = asyncio.Event()
+    gate = threading.Event()
 
-    async def gated(
-        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
+    def gated(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        queued_ns: int = 0,
     ) -> Computed:
-        await gate.wait()  # the skip is read while the call waits here
+        gate.wait(10)  # the skip is read while the call waits here
         compute = skips.guarded(lambda index: (index, 0, 0))
         sent, skipped = 0, []
         for shard in request.shards:
             if compute(skips.entry(shard.index), shard.index)[0] is None:
                 skipped.append(shard.index)
                 continue
-            await send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"), None)
+            send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"))
             sent += 1
         return Computed(sent, tuple(skipped))
 
@@ -178,30 +195,43 @@ async def test_a_skip_applies_to_the_calls_of_its_job_read_before_it_and_the_lin
     assert await link.skip("j1", [1]) == []  # a link that is gone lets nothing go
 
 
-async def test_a_call_cancelled_before_its_task_began_leaves_no_shards_to_let_go() -> None:
-    """The leader cancels a call in the frame right behind it, so the worker reads both before
-    the call's task has run: the call's shards are no longer handed there, and a skip lets
-    none go. (Undone only by the task's own code, they would stay for the link's life.)"""
+async def test_a_call_cancelled_before_the_pool_came_to_it_never_runs_and_leaves_no_shards() -> None:
+    """The leader cancels a call queued behind another in the worker's pool: it never runs,
+    says nothing, and its shards are no longer handed there once the pool came to it (a skip
+    lets none go)."""
     worker = Blocking()
-    async with served_on(worker) as (name, _):
-        reader, writer = await connect(name)
-        numbers = itertools.count(2)
+    ran: list[str] = []
 
-        async def skip() -> list[int]:
-            asked = pb.SkipShards(job_id="block", shards=[0])
+    def compute(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        queued_ns: int = 0,
+    ) -> Computed:
+        ran.append(request.job.job_id)
+        return worker(request, halted, send, skips, queued_ns)
+
+    async with served_on(compute) as (name, _):
+        reader, writer = await connect(name)
+        numbers = itertools.count(3)
+
+        async def skip(job_id: str) -> list[int]:
+            asked = pb.SkipShards(job_id=job_id, shards=[0])
             writer.write(frame(pb.ComputeCall(call=next(numbers), skip=asked)))
             event = await read_async(reader, pb.ComputeEvent, MAX_BYTES)
-            assert event is not None and event.HasField("skipped")  # a cancelled call says nothing
+            assert event is not None and event.HasField("skipped"), event  # a cancelled call says nothing
             return list(event.skipped.skipped)
 
         try:
-            writer.write(frame(pb.ComputeCall(call=1, request=request(2, "block")))
-                         + frame(pb.ComputeCall(call=1, cancel=True)))
+            writer.write(frame(pb.ComputeCall(call=1, request=request(1, "block"))))
+            await waited(worker.started, "the first call in the pool")
+            writer.write(frame(pb.ComputeCall(call=2, request=request(2, "queued")))
+                         + frame(pb.ComputeCall(call=2, cancel=True)))
+            writer.write(frame(pb.ComputeCall(call=1, cancel=True)))  # the pool comes to the second
+            await waited(worker.halted, "the first call halted")
             deadline_s = time.monotonic() + 10.0
-            while await skip():
+            while await skip("queued"):
                 assert time.monotonic() < deadline_s, "the cancelled call's shards are still handed here"
                 await asyncio.sleep(0.005)
-            assert not worker.started.is_set(), "the call's task ran: not the case under test"
+            assert ran == ["block"]
         finally:
             writer.close()
 
@@ -209,8 +239,9 @@ async def test_a_call_cancelled_before_its_task_began_leaves_no_shards_to_let_go
 async def test_a_worker_of_an_older_version_answers_a_skip_at_once_with_nothing_let_go() -> None:
     """An older worker takes a skip frame for a call (it knows no `skip` field) and fails
     it: the leader reads that as a no, at once, not after SKIP_TIMEOUT_S."""
-    async def older(
-        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
+    def older(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        queued_ns: int = 0,
     ) -> Computed:
         raise LinkCallFailed("PERMISSION_DENIED: leader_id: '' is not a member of this cluster")
 
@@ -232,14 +263,15 @@ async def test_a_worker_of_an_older_version_answers_a_skip_at_once_with_nothing_
 
 
 async def test_a_failed_call_says_what_grpc_would_and_the_link_serves_on() -> None:
-    async def refuse(
-        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+    def refuse(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        queued_ns: int = 0,
     ) -> Computed:
         if request.job.job_id == "bad":
             raise LinkCallFailed("INVALID_ARGUMENT: shards: shard 0 rows [5, 9) outside the source's 4 rows")
         if request.job.job_id == "bug":
             raise RuntimeError("a bug")
-        return await each_shard(request, timeout_s, send)
+        return each_shard(request, halted, send, skips, queued_ns)
 
     async with link_to(refuse, lambda p: None) as (link, _):
         with pytest.raises(LinkCallFailed, match=r"^INVALID_ARGUMENT: shards: shard 0 rows \[5, 9\)"):
@@ -249,23 +281,23 @@ async def test_a_failed_call_says_what_grpc_would_and_the_link_serves_on() -> No
         assert (await link.compute(request(2), 5.0)).shards_sent == 2
 
 
-async def test_a_cancelled_call_is_cancelled_on_the_worker_and_the_link_serves_on() -> None:
+async def test_a_cancelled_call_is_halted_on_the_worker_and_the_link_serves_on() -> None:
     worker = Blocking()
     async with link_to(worker, lambda p: None) as (link, _):
         call = asyncio.create_task(link.compute(request(1, "block"), 30.0))
-        await asyncio.wait_for(worker.started.wait(), 5)
-        assert worker.timeouts == [30.0]  # the deadline travels with the call
+        await waited(worker.started, "the call")
+        assert 29.0 < worker.seconds_left[0] <= 30.0  # the deadline travels with the call
         call.cancel()
-        await asyncio.wait_for(worker.cancelled.wait(), 5)
+        await waited(worker.halted, "the call halted")
         assert (await link.compute(request(1), 5.0)).shards_sent == 1
 
 
-async def test_a_call_past_its_deadline_times_out_and_is_cancelled_on_the_worker() -> None:
+async def test_a_call_past_its_deadline_times_out_and_is_halted_on_the_worker() -> None:
     worker = Blocking()
     async with link_to(worker, lambda p: None) as (link, _):
         with pytest.raises(TimeoutError):
             await link.compute(request(1, "block"), 0.2)
-        await asyncio.wait_for(worker.cancelled.wait(), 5)
+        await waited(worker.halted, "the call halted")
         assert link.broken is None
 
 
@@ -279,41 +311,73 @@ async def test_the_worker_ends_a_call_past_its_deadline_itself() -> None:
         writer.close()
     assert event is not None and event.call == 77
     assert event.error == "DEADLINE_EXCEEDED: the call ran past 0.2 s"
-    assert worker.cancelled.is_set()
+    assert worker.halted.is_set()
 
 
 async def test_a_link_the_worker_closes_fails_the_calls_waiting_on_it() -> None:
     worker = Blocking()
     async with link_to(worker, lambda p: None) as (link, served):
         call = asyncio.create_task(link.compute(request(1, "block"), 30.0))
-        await asyncio.wait_for(worker.started.wait(), 5)
-        served[0].cancel()  # the worker's end goes away (its process died, say)
+        await waited(worker.started, "the call")
+        served[0].close()  # the worker's end goes away (its node stopping, say)
         with pytest.raises(LinkBroken, match="closed by the worker"):
             await asyncio.wait_for(call, 5)
         assert isinstance(link.broken, LinkBroken)
-        assert worker.cancelled.is_set()
+        await waited(worker.halted, "the call halted")
         with pytest.raises(LinkBroken):  # and no call goes on it any more
             await link.compute(request(1), 5.0)
 
 
-async def test_a_link_the_leader_closes_cancels_the_calls_running_on_the_worker() -> None:
+async def test_a_link_the_leader_closes_halts_the_calls_running_on_the_worker() -> None:
     worker = Blocking()
-    async with link_to(worker, lambda p: None) as (link, _):
+    async with link_to(worker, lambda p: None) as (link, served):
         call = asyncio.create_task(link.compute(request(1, "block"), 30.0))
-        await asyncio.wait_for(worker.started.wait(), 5)
+        await waited(worker.started, "the call")
         link.close()
         with pytest.raises(LinkBroken, match="closed by the leader"):
             await asyncio.wait_for(call, 5)
-        await asyncio.wait_for(worker.cancelled.wait(), 5)
+        await waited(worker.halted, "the call halted")
+        assert await asyncio.to_thread(served[0].join), "the worker's end of the link did not end"
+
+
+async def test_a_leader_that_reads_nothing_has_its_link_closed_and_frees_the_pool(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write cannot wait for ever in a one-thread pool: past STALLED_S with the socket's
+    buffer full, the link ends, its call with it (no error: nobody is there to be told),
+    and the pool takes the next link's calls."""
+    monkeypatch.setattr(linkserve, "STALLED_S", 0.3)
+    big = pb.Partial(job_id="j1", shard=0, node_id="w")
+    big.state["sum"].data = b"\0" * 65536
+
+    def flood(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        queued_ns: int = 0,
+    ) -> Computed:
+        if request.job.job_id == "flood":
+            for _ in range(1000):  # 64 MiB: far past what the socket buffers
+                send(big)
+        return each_shard(request, halted, send, skips, queued_ns)
+
+    async with served_on(flood) as (name, served):
+        _, stalled = await connect(name)  # a leader whose loop never reads
+        stalled.write(frame(pb.ComputeCall(call=1, request=request(1, "flood"), timeout_s=60)))
+        await poll(lambda: bool(served), 5.0, "the first link")
+        assert await asyncio.to_thread(served[0].join), "the stalled link did not end"
+        async with link_to(each_shard, lambda p: None) as (link, _):
+            assert (await link.compute(request(2), 5.0)).shards_sent == 2
+        stalled.close()
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 async def test_a_frame_over_the_limit_breaks_the_link_before_it_is_read() -> None:
-    async def large(
-        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+    def large(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        queued_ns: int = 0,
     ) -> Computed:
         partial = pb.Partial(job_id="j1", shard=0, node_id="w")
         partial.state["sum"].data = b"\0" * 4096
-        await send(partial, None)
+        send(partial)
         return Computed(1)
 
     taken: list[pb.Partial] = []
@@ -332,10 +396,11 @@ async def test_a_partial_at_the_limit_passes_though_its_frame_is_larger() -> Non
         partial.state["sum"].data = b"\0" * size
     assert pb.ComputeEvent(call=1, partial=partial).ByteSize() > 1024
 
-    async def at_limit(
-        request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips | None = None
+    def at_limit(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        queued_ns: int = 0,
     ) -> Computed:
-        await send(partial, None)
+        send(partial)
         return Computed(1)
 
     taken: list[pb.Partial] = []
@@ -483,8 +548,8 @@ async def test_a_link_closed_between_jobs_is_replaced_through_the_next_grpc_repl
         worker = workers[0]
         grpc_before = calls(leader, worker, "grpc")
         assert worker._local is not None
-        for connection in list(worker._local._connections):  # the worker ends its side of the link
-            connection.cancel()
+        for served in list(worker._local.links):  # the worker ends its side of the link
+            served.close()
         await poll(lambda: not links.linked(worker.config.address), 5.0, "the leader to see the link end")
         await sums_until(client, data, lambda: links.linked(worker.config.address), "a new link")
         assert calls(leader, worker, "grpc") > grpc_before
@@ -514,7 +579,7 @@ async def test_two_lanes_that_open_a_link_at_once_share_one(start_cluster: Start
     links.learn(worker.config.address, worker.node_id, worker._local.endpoint)
     first, second = await asyncio.gather(links.link(worker.config.address), links.link(worker.config.address))
     assert first is not None and first is second and links.linked(worker.config.address)
-    await poll(lambda: len(worker._local._connections) == 1, 5.0, "the worker to serve the link")  # type: ignore[union-attr]
+    await poll(lambda: len(worker._local.links) == 1, 5.0, "the worker to serve the link")  # type: ignore[union-attr]
 
 
 def shake_hands_for_compute(endpoint: pb.LocalEndpoint) -> socket.socket:

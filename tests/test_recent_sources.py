@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from node._proto import distnode_pb2 as pb
+from node.core.halt import Halt
 from node.core.job import Job
 from node.core.sources import DataSource, ValuesSource
 from node.server import worker
+from node.server.stealing import Skips
 from node.server.worker import RecentSources, Worker
 
 JOB = Job(op="sum", source="values:1,2,3")
@@ -42,9 +44,7 @@ def test_only_the_most_recent_are_kept() -> None:
     assert recent.get(f"j{worker.SOURCES_KEPT}", JOB) is not None
 
 
-async def test_a_workers_calls_of_one_job_open_its_source_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_workers_calls_of_one_job_open_its_source_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     np.save(tmp_path / "x.npy", np.arange(100.0))
     opened: list[str] = []
 
@@ -56,13 +56,12 @@ async def test_a_workers_calls_of_one_job_open_its_source_once(
     monkeypatch.setattr(worker, "validate_job", counted)
     sent: list[int] = []
 
-    async def send(partial: pb.Partial, deadline: float | None) -> None:
+    def send(partial: pb.Partial) -> None:
         sent.append(partial.shard)
 
     job = Job(op="sum", source="npy:x.npy")
     with ThreadPoolExecutor(1) as pool:
         node = Worker("n2", None, pool, tmp_path, lambda leader: None)  # type: ignore[arg-type]
-        for ranges in ([(0, 0, 50)], [(1, 50, 100)]):
-            await node.compute("j1", job, ranges, "n1", None, send=send)
-        await node.compute("j2", job, [(0, 0, 100)], "n1", None, send=send)
+        for job_id, ranges in (("j1", [(0, 0, 50)]), ("j1", [(1, 50, 100)]), ("j2", [(0, 0, 100)])):
+            node.compute_in_pool(job_id, job, ranges, Halt(), send, Skips(), 0)  # a compute link's call
     assert sent == [0, 1, 0] and opened == ["npy:x.npy", "npy:x.npy"], "j1 once, j2 once"

@@ -32,6 +32,7 @@ import node.server.lanes
 import node.server.worker
 from node import AsyncClient
 from node.core.compute import compute_partial, reduce_all, validate_job
+from node.core.halt import Halt
 from node.core.job import Job
 from node.errors import NotAMember
 from node.server.computelink import Computed
@@ -219,6 +220,10 @@ def _race() -> None:
 # ---- a worker's call ---------------------------------------------------------------
 
 
+#: A call's four shards of 10 rows.
+RANGES = [(i, 10 * i, 10 * (i + 1)) for i in range(4)]
+
+
 class HeldWorker:
     """A worker whose pool's one thread is held until `release`, and the shards it sent."""
 
@@ -227,17 +232,27 @@ class HeldWorker:
         self.gate = threading.Event()
         self.pool.submit(self.gate.wait, DEADLINE_S)  # the calls' shards queue behind this
         self.worker = Worker("n2", None, self.pool, None, lambda leader_id: "n1:1")  # type: ignore[arg-type]
+        self.worker.streams = self  # type: ignore[assignment]
         self.sent: list[int] = []
 
-    async def send(self, partial: Any, deadline: float | None) -> None:
+    async def send(self, reduce_to: str, partial: Any, deadline: float | None) -> None:
+        """The worker's Reduce stream to its leader (reducestream.py): the partials it took."""
         self.sent.append(partial.shard)
 
-    def call(self, skips: Skips | None = None, source: str = "range:n=40") -> asyncio.Future[Computed]:
-        """A call of job "j" from leader n1: four shards of 10 rows."""
-        ranges = [(i, 10 * i, 10 * (i + 1)) for i in range(4)]
+    def call(self, source: str = "range:n=40") -> asyncio.Future[Computed]:
+        """A gRPC call of job "j" from leader n1: four shards of 10 rows."""
         return asyncio.ensure_future(
-            self.worker.compute("j", Job(op="sum", source=source), ranges, "n1", DEADLINE_S, self.send, skips)
-        )
+            self.worker.compute("j", Job(op="sum", source=source), RANGES, "n1", DEADLINE_S))
+
+    def link_call(self, skips: Skips) -> asyncio.Future[Computed]:
+        """The same call on a compute link: the whole call queued in the pool, as the link's
+        reader hands it over (linkserve.py), its shards under the link's `skips`."""
+        def send(partial: Any) -> None:
+            self.sent.append(partial.shard)
+
+        job = Job(op="sum", source="range:n=40")
+        return asyncio.wrap_future(self.pool.submit(
+            self.worker.compute_in_pool, "j", job, RANGES, Halt(), send, skips, 0))
 
     async def released(self, call: asyncio.Future[Computed]) -> Computed:
         """Let the pool's thread go; what the call did."""
@@ -249,9 +264,9 @@ class HeldWorker:
 
 async def test_a_workers_call_sends_no_partial_for_a_shard_skipped_before_it_began() -> None:
     held = HeldWorker()
-    skips = Skips()  # the compute link's, for this job: its calls' shards handed as read (computelink.serve)
+    skips = Skips()  # the compute link's, for this job: its calls' shards handed as read (linkserve.py)
     skips.hand(range(4))
-    call = held.call(skips)
+    call = held.link_call(skips)
     assert skips.skip(1) and skips.skip(3)  # the pool's thread is held: none of them has begun
     assert await held.released(call) == Computed(sent=2, skipped=(1, 3))  # the reply names them
     assert held.sent == [0, 2]

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
+if TYPE_CHECKING:  # the daemon imports this before its compute stack (node/core/job.py)
+    import numpy as np
+
+    Array = np.ndarray[Any, Any]
 
 R = TypeVar("R")
-Array = np.ndarray[Any, Any]
 
 #: A format's library reads a shard at most this many stored chunks at a time (`read_in_runs`):
 #: at tens of microseconds a chunk, a halt is seen within a fraction of a second.

@@ -1,4 +1,4 @@
-"""Compute calls between a leader and a worker on one host, without gRPC: both ends.
+"""Compute calls between a leader and a worker on one host, without gRPC: the leader's end.
 
 Each remote shard of a big job costs its leader and worker a share of a
 `Compute` call and a `Reduce` message on gRPC's asyncio stack, and on the
@@ -11,7 +11,8 @@ share a network namespace: a worker that has a local socket names it in its
 a connection to that socket opened for LOCAL_COMPUTE. The leader writes
 `ComputeCall` frames (a call number it chose, the request, its deadline, or
 a cancellation); the worker answers each call with `ComputeEvent` frames:
-every partial as soon as it is computed, then the call's end.
+every partial as soon as it is computed, then the call's end. The worker
+serves its end in threads beside its event loop (linkserve.py).
 
 What the gRPC calls give, the link keeps:
 
@@ -49,18 +50,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
-from node.errors import LimitExceeded, ReduceFailed
-from node.server.stealing import Skips, SkipsByCall
+from node.errors import LimitExceeded
 from node.wire.localframes import (
     UNREACHABLE,
     NotProven,
@@ -91,10 +90,7 @@ class Computed:
     sent: int
     skipped: tuple[int, ...] = ()
 
-#: Writes a partial of the call; returns once it is handed to the socket.
-SendPartial = Callable[[pb.Partial, float | None], Awaitable[None]]
-#: Runs a Compute request: (request, timeout_s, send, skips) -> what the call did.
-LinkCompute = Callable[[pb.ComputeRequest, float | None, SendPartial, Skips], Awaitable[Computed]]
+
 #: The leader's taker of a partial that arrived on a link.
 AcceptPartial = Callable[[pb.Partial], object]
 
@@ -107,81 +103,12 @@ class LinkCallFailed(Exception):
     """The worker answered a call on the link with an error ("CODE: details")."""
 
 
-# --- the worker's end --------------------------------------------------------
+# The worker's end is linkserve.py: it runs in threads, off the worker's event loop.
 
 
-async def serve(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, compute: LinkCompute, max_bytes: int
-) -> None:
-    """Serve one compute link until the leader closes it; then cancel what still runs.
-
-    `compute` raises LinkCallFailed with what a gRPC Compute would have answered. Each job
-    with calls running here has one `Skips`, updated as frames are read: a call hands its
-    shards to it again, a SkipShards marks them, so a skip always applies to the calls
-    read before it, even one whose task has not begun."""
-    calls: dict[int, asyncio.Task[None]] = {}
-    jobs: SkipsByCall[str] = SkipsByCall()
-
-    def ended(job_id: str, task: asyncio.Task[None]) -> None:
-        jobs.unregister(job_id)
-
-    def sender(number: int) -> SendPartial:
-        async def send(partial: pb.Partial, deadline: float | None) -> None:
-            del deadline  # the call's own, which `run` enforces on everything the call does
-            try:
-                _write(writer, pb.ComputeEvent(call=number, partial=partial))
-                await writer.drain()
-            except (ConnectionError, RuntimeError) as exc:
-                raise ReduceFailed(f"compute link: {exc}") from None
-        return send
-
-    async def run(number: int, call: pb.ComputeCall, skips: Skips) -> None:
-        timeout_s = call.timeout_s or None
-        try:
-            async with asyncio.timeout(timeout_s):  # what gRPC does to a handler past its deadline
-                done = await compute(call.request, timeout_s, sender(number), skips)
-            event = pb.ComputeEvent(call=number, done=pb.ComputeReply(shards_sent=done.sent,
-                                                                      skipped=done.skipped))
-        except LinkCallFailed as exc:
-            event = pb.ComputeEvent(call=number, error=str(exc))
-        except TimeoutError:
-            event = pb.ComputeEvent(call=number, error=f"DEADLINE_EXCEEDED: the call ran past {timeout_s} s")
-        except Exception as exc:  # CancelledError is not one: a cancelled call says nothing
-            log.error("compute link: unexpected error", exc_info=exc)
-            event = pb.ComputeEvent(call=number, error=f"INTERNAL: {type(exc).__name__}: {exc}")
-        finally:
-            calls.pop(number, None)
-        with contextlib.suppress(ConnectionError, RuntimeError):  # the leader is gone: nobody to tell
-            _write(writer, event)
-
-    try:
-        while True:
-            call = await read_async(reader, pb.ComputeCall, max_bytes + ENVELOPE_BYTES)
-            if call is None:
-                return
-            if call.HasField("skip"):
-                skipped = pb.SkipReply(skipped=jobs.skip(call.skip.job_id, call.skip.shards))
-                with contextlib.suppress(ConnectionError, RuntimeError):  # the leader is gone
-                    _write(writer, pb.ComputeEvent(call=call.call, skipped=skipped))
-            elif call.cancel:
-                cancelled = calls.pop(call.call, None)
-                if cancelled is not None:
-                    cancelled.cancel()
-            elif call.call not in calls:
-                job_id = call.request.job.job_id
-                skips = jobs.register(job_id, (shard.index for shard in call.request.shards))
-                task = calls[call.call] = asyncio.create_task(run(call.call, call, skips))
-                # On the task, not in it: a call cancelled before its task began never runs it.
-                task.add_done_callback(functools.partial(ended, job_id))
-    finally:
-        for task in calls.values():
-            task.cancel()
-        await asyncio.gather(*calls.values(), return_exceptions=True)
-
-
-def _write(writer: asyncio.StreamWriter, message: pb.ComputeCall | pb.ComputeEvent) -> None:
+def _write(writer: asyncio.StreamWriter, message: pb.ComputeCall) -> None:
     """One frame. On a connection already lost, uvloop raises RuntimeError where asyncio
-    drops the write: both ends catch it."""
+    drops the write: callers catch it."""
     writer.write(frame(message))
 
 

@@ -21,7 +21,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,6 +31,7 @@ from node import formats
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache
 from node.core.election import Election
+from node.core.halt import Halt
 from node.core.job import Job
 from node.core.jobtable import JobTable
 from node.core.messages import Heartbeat, InstallSnapshot, Role, VoteRequest
@@ -52,7 +53,7 @@ from node.server.api import (
 )
 from node.server.beacons import BeaconListener
 from node.server.clock import Clock
-from node.server.computelink import Computed, SendPartial
+from node.server.computelink import Computed
 from node.server.computestack import ComputeStack
 from node.server.config import NodeConfig
 from node.server.discovery import IdDiscovery, shared_settings
@@ -62,6 +63,7 @@ from node.server.heartbeats import HeartbeatLinks
 from node.server.jobdesk import JobDesk
 from node.server.journal import Journal
 from node.server.ledger import JobLedger
+from node.server.linkserve import SendBlocking
 from node.server.metrics import NodeMetrics
 from node.server.outcomes import outcome_of as answer_of
 from node.server.peers import PeerTable
@@ -298,11 +300,23 @@ class Daemon:
 
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
-        send: SendPartial | None = None, skips: Skips | None = None,
     ) -> Computed:
         self.peers.check_member("leader_id", leader_id, self.node_id)
         await self.compute_ready()
-        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s, send, skips)
+        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s)
+
+    async def link_pool(self) -> Executor:
+        self.compute_stack.preload()
+        await self.compute_ready()
+        assert self.worker is not None  # built here, on the loop: the links' threads only use it
+        return self.executor
+
+    def compute_in_pool(
+        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, halted: Halt,
+        send: SendBlocking, skips: Skips, queued_ns: int,
+    ) -> Computed:
+        self.peers.check_member("leader_id", leader_id, self.node_id)
+        return self.worker.compute_in_pool(job_id, job, shards, halted, send, skips, queued_ns)
 
     async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]:
         self.peers.check_member("leader_id", leader_id, self.node_id)

@@ -42,19 +42,23 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
 import secrets
+import socket
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.errors import InvalidField, LimitExceeded
-from node.server import computelink
 from node.server.api import Caller
-from node.server.computelink import Computed, LinkCompute, SendPartial
+from node.server.computelink import Computed
 from node.server.jobstream import Failed, JobStream
+from node.server.linkserve import CallHalt, LinkCompute, LinkServer, SendBlocking
 from node.server.stealing import Skips
 from node.wire.localframes import (
     ABSTRACT_PREFIX,
@@ -97,8 +101,9 @@ class Servicer(Protocol):
 
     async def stream_job(self, caller: Caller, request: pb.SubmitRequest) -> pb.SubmitStreamReply: ...
     def stream_failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply: ...
-    async def link_compute(
-        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
+    async def link_pool(self) -> Executor: ...
+    def link_compute(
+        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips, queued_ns: int
     ) -> Computed: ...
 
 
@@ -120,7 +125,7 @@ class LocalSocket:
 
     def __init__(
         self, node_id: str, run: StreamJob, failed: Failed, max_message_bytes: int,
-        compute: LinkCompute | None = None,
+        compute: LinkCompute | None = None, link_pool: Callable[[], Awaitable[Executor]] | None = None,
     ) -> None:
         self.node_id = node_id
         name = f"distnode-{secrets.token_hex(16)}"
@@ -129,6 +134,10 @@ class LocalSocket:
         self._failed = failed
         #: Runs a leader's Compute calls on a compute link (computelink.py); None: no links.
         self._compute = compute
+        #: The compute pool the links' calls run in, once it is ready.
+        self._link_pool = link_pool
+        #: Compute links handed to their threads (linkserve.py), until they end.
+        self.links: set[LinkServer] = set()
         self._max_bytes = max_message_bytes
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -155,6 +164,10 @@ class LocalSocket:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        links = list(self.links)
+        for link in links:
+            link.close()
+        await asyncio.to_thread(_join, links)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -221,7 +234,7 @@ class LocalSocket:
             # Compute calls answer with the partials of any data this node reads: only to a
             # process of this node's own user, who may read that data anyway.
             if self._compute is not None and same_user(writer.get_extra_info("socket")):
-                await computelink.serve(reader, writer, self._compute, self._max_bytes)
+                await self._hand_over(reader, writer)
             return
         if hello.purpose != pb.LOCAL_SUBMIT:  # from a newer version: nothing here to serve it
             return
@@ -234,6 +247,21 @@ class LocalSocket:
         if refused:  # the client's last frame was not one we could read: say why, then close
             writer.write(frame(pb.SubmitBatchReply(replies=refused)))
             await writer.drain()
+
+    async def _hand_over(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve a compute link in its own threads (linkserve.py): its socket, and what the
+        loop read past the handshake; the connection's transport then closes, the link
+        holding a descriptor of its own."""
+        assert self._compute is not None and self._link_pool is not None
+        pool = await self._link_pool()
+        if self._closing:
+            return
+        typing.cast(asyncio.Transport, writer.transport).pause_reading()
+        pending = bytes(getattr(reader, "_buffer", b""))  # asyncio's StreamReader keeps it there
+        sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+        link = LinkServer(sock, pending, self._compute, pool, self._max_bytes, self.links.discard)
+        self.links.add(link)
+        link.start()
 
     async def _batches(
         self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply], stream: JobStream
@@ -260,6 +288,11 @@ class LocalSocket:
             yield batch
 
 
+def _join(links: list[LinkServer]) -> None:
+    for link in links:
+        link.join()
+
+
 def _peer_of(writer: asyncio.StreamWriter, number: int) -> str:
     """`local:pid=N`: the per-client limit counts a process's local jobs together.
 
@@ -276,7 +309,7 @@ async def listen(servicer: Servicer, max_message_bytes: int) -> LocalSocket | No
     """The node's local socket, listening, and told to `servicer` for its SubmitBatches
     clients; None where the platform has no abstract sockets (clients keep gRPC)."""
     local = LocalSocket(servicer.node.node_id, servicer.stream_job, servicer.stream_failed, max_message_bytes,
-                        servicer.link_compute)
+                        servicer.link_compute, servicer.link_pool)
     try:
         await local.start()
     except (OSError, NotImplementedError) as exc:

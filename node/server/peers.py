@@ -207,13 +207,16 @@ class PeerTable:
             raise NotAMember(field, f"{node_id!r} is this node's own id")
         if not self.is_member(node_id):
             raise NotAMember(field, f"{node_id!r} is not a member of this cluster")
-        for address, why in self.conflicts.items():
-            if self._peers[address].node_id == node_id:
+        # A compute link's thread asks too (linkserve.py): tuple() takes each dict whole,
+        # under the GIL, where iterating it could meet a change made by the event loop.
+        for address, why in tuple(self.conflicts.items()):
+            peer = self._peers.get(address)
+            if peer is not None and peer.node_id == node_id:
                 raise NotAMember(field, f"{why}: ids must be unique")
 
     def is_member(self, node_id: str) -> bool:
-        """True if `node_id` answers at one of this node's --peers addresses."""
-        return any(peer.node_id == node_id for peer in self._peers.values())
+        """True if `node_id` answers at one of this node's --peers addresses (any thread)."""
+        return any(peer.node_id == node_id for peer in tuple(self._peers.values()))
 
     def unknown_ids(self) -> list[str]:
         return [peer.address for peer in self._peers.values() if not peer.node_id]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
@@ -27,6 +28,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
 from node.channels import server_options
+from node.core.halt import ShardHalted
 from node.core.jobtable import STATES
 from node.errors import (
     Forbidden,
@@ -59,10 +61,11 @@ from node.server.api import (
     Submitted,
 )
 from node.server.beatstream import answers_as_ready, snapshots_whole
-from node.server.computelink import Computed, LinkCallFailed, SendPartial
+from node.server.computelink import Computed, LinkCallFailed
 from node.server.dispatch import incoming
 from node.server.jobinfo import view_to_info
 from node.server.jobstream import JobStream
+from node.server.linkserve import CallHalt, SendBlocking
 from node.server.stealing import Skips
 from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
@@ -345,25 +348,29 @@ class NodeServicer(pb_grpc.NodeServicer):
             reply.local.CopyFrom(self.local)
         return reply
 
-    async def link_compute(
-        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial, skips: Skips
+    async def link_pool(self) -> Executor:
+        return await self.node.link_pool()
+
+    def link_compute(
+        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips, queued_ns: int
     ) -> Computed:
-        """`Compute` on a compute link (computelink.py): the same call, its partials sent
-        with `send`, its shards skipped as `skips` says; a failure is LinkCallFailed with the
-        status gRPC would have given."""
+        """`Compute` on a compute link, in the pool's thread (linkserve.py): the same call,
+        its partials sent with `send`, its shards skipped as `skips` says; a failure is
+        LinkCallFailed with the status gRPC would have given."""
         try:
-            return await self._compute(request, timeout_s, send, skips)
+            shards = [(s.index, s.start, s.stop) for s in request.shards]
+            return self.node.compute_in_pool(request.job.job_id, job_from_proto(request.job), shards,
+                                             request.leader_id, halted, send, skips, queued_ns)
+        except ShardHalted:
+            raise
         except Exception as exc:
             code, message = status_of(exc)
             raise LinkCallFailed(f"{code.name}: {message}") from None
 
-    async def _compute(
-        self, request: pb.ComputeRequest, timeout_s: float | None, send: SendPartial | None = None,
-        skips: Skips | None = None,
-    ) -> Computed:
+    async def _compute(self, request: pb.ComputeRequest, timeout_s: float | None) -> Computed:
         shards = [(s.index, s.start, s.stop) for s in request.shards]
         return await self.node.compute(
-            request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s, send, skips
+            request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s
         )
 
     async def Skip(self, request: pb.SkipShards, context: Context) -> pb.SkipReply:

@@ -1,9 +1,10 @@
 """The worker's side of a job: compute the shards it was handed, stream partials.
 
-`Compute(job, shards, reduce_to)` hands each partial, as soon as it is
-computed, to this worker's one open `Reduce` stream to the aggregator
-(reducestream.py), or, for a call that came on a compute link, to that link
-(computelink.py), and is answered once every partial is written. The
+`Compute(job, shards, reduce_to)` on gRPC hands each partial, as soon as it
+is computed, to this worker's one open `Reduce` stream to the aggregator
+(reducestream.py), and is answered once every partial is written; a call on
+a compute link runs in the pool's thread whole (`compute_in_pool`), which
+writes its partials to the link itself (linkserve.py). The
 leader then waits for them to arrive (jobs.py). The next shard of the call
 always waits in the pool behind the one computing, so the pool's thread
 goes straight on while the event loop sends a partial (one ahead, never
@@ -22,11 +23,13 @@ import asyncio
 import collections
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
+from node._proto import distnode_pb2 as pb
 from node.channels import StubCache
 from node.core import halt
 from node.core.compute import Partial, compute_partial, validate_job
@@ -34,7 +37,8 @@ from node.core.job import Job
 from node.core.sources import FORMAT_KINDS, DataSource, Opener, source_kind
 from node.errors import InvalidField, JobFailed, ReduceFailed
 from node.server.api import ShardRange
-from node.server.computelink import Computed, SendPartial
+from node.server.computelink import Computed
+from node.server.linkserve import SendBlocking
 from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
 from node.server.stealing import Skips, SkipsByCall
@@ -57,18 +61,22 @@ class RecentSources:
         self._clock = clock
         self._kept: collections.OrderedDict[tuple[str, Job], tuple[float, DataSource]] = (
             collections.OrderedDict())
+        #: The event loop (gRPC calls) and the pool's thread (compute links) both use it.
+        self._lock = threading.Lock()
 
     def get(self, job_id: str, job: Job) -> DataSource | None:
-        found = self._kept.get((job_id, job))
+        with self._lock:
+            found = self._kept.get((job_id, job))
         if found is None or self._clock() - found[0] > SOURCE_REUSE_S:
             return None
         return found[1]
 
     def keep(self, job_id: str, job: Job, source: DataSource) -> None:
-        self._kept[(job_id, job)] = (self._clock(), source)
-        self._kept.move_to_end((job_id, job))
-        while len(self._kept) > SOURCES_KEPT:
-            self._kept.popitem(last=False)
+        with self._lock:
+            self._kept[(job_id, job)] = (self._clock(), source)
+            self._kept.move_to_end((job_id, job))
+            while len(self._kept) > SOURCES_KEPT:
+                self._kept.popitem(last=False)
 
 
 class Worker:
@@ -99,25 +107,23 @@ class Worker:
 
     async def compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
-        send: SendPartial | None = None, skips: Skips | None = None,
     ) -> Computed:
-        """Compute the shards in `ranges`, send each partial to the leader `leader_id`: with
-        `send` (the call's compute link) if given, else on the Reduce stream. A shard the
-        leader gave to an idle node before the pool's thread began it is dropped: as `skips`
-        (the link's, for this job) says, or for a gRPC call, this worker's record (`skip`);
-        the answer names it, so the leader knows even if its skip's answer came too late.
+        """A gRPC `Compute` call: compute the shards in `ranges`, send each partial to the
+        leader `leader_id` on the Reduce stream. A shard the leader gave to an idle node
+        before the pool's thread began it (a `Skip` call: `skip`) is dropped; the answer
+        names it, so the leader knows even if its skip's answer came too late.
 
         A shard that cannot be computed is JobFailed (INTERNAL); a leader that
         cannot be reached, or drops the stream, is ReduceFailed (UNAVAILABLE).
         """
         # The call's shards are here from now on, also while a format's metadata is read:
         # a Skip that comes meanwhile must find them.
-        with self._skipping(leader_id, job_id, ranges, skips) as skipping:
-            return await self._compute(job_id, job, ranges, leader_id, timeout_s, send, skipping)
+        with self._skipping(leader_id, job_id, ranges) as skipping:
+            return await self._compute(job_id, job, ranges, leader_id, timeout_s, skipping)
 
     async def _compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
-        send: SendPartial | None, skips: Skips,
+        skips: Skips,
     ) -> Computed:
         if source_kind(job.source) in FORMAT_KINDS:  # reads metadata, maybe imports a library: off the loop
             source = await asyncio.to_thread(validate_job, job, self.data_root, self.openers)
@@ -127,11 +133,10 @@ class Worker:
         check_ranges(ranges, source)
         # Dial the aggregator only through our own --peers entry for it (which
         # may be a proxy or NAT address), never the address it advertises.
-        if send is None:
-            reduce_to = self.address_of(leader_id)
-            if reduce_to is None:
-                raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
-            send = functools.partial(self.streams.send, reduce_to)
+        reduce_to = self.address_of(leader_id)
+        if reduce_to is None:
+            raise ReduceFailed(f"leader_id: {leader_id!r} is not yet known behind any --peers address")
+        send = functools.partial(self.streams.send, reduce_to)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         halted = halt.Halt()  # set as the call ends: a shard still in the pool stops between pieces
         compute = halt.under(halted, skips.guarded(self._compute_shard))
@@ -156,10 +161,8 @@ class Worker:
                 if partial is None:  # the leader gave it to an idle node (skip)
                     skipped.append(index)
                     continue
-                message = partial_to_proto(job_id, index, self.node_id, partial)
-                message.queued_ns, message.started_ns = queued_ns, started_ns
-                message.finished_ns = finished_ns
-                message.start_row, message.stop_row = rows[index]
+                message = _message(job_id, index, self.node_id, partial,
+                                   (queued_ns, started_ns, finished_ns), rows[index])
                 await send(message, deadline)
                 sent += 1
         finally:
@@ -168,21 +171,48 @@ class Worker:
                 computing.cancel()
         return Computed(sent, tuple(skipped))
 
+    def compute_in_pool(
+        self, job_id: str, job: Job, ranges: list[ShardRange], halted: halt.Halt, send: SendBlocking,
+        skips: Skips, queued_ns: int,
+    ) -> Computed:
+        """A compute link's call, run in the pool's thread (linkserve.py): the shards in
+        `ranges` one after the other, each partial written with `send` as it is computed,
+        until `halted` is set (then ShardHalted). A shard the leader gave to an idle node
+        before this thread began it is dropped, as `skips` says, and the answer names it.
+        `queued_ns`: when the call was handed to the pool (its shards wait there from then)."""
+        if source_kind(job.source) in FORMAT_KINDS:
+            source = validate_job(job, self.data_root, self.openers)
+        else:
+            known = self._sources.get(job_id, job)
+            source = known if known is not None else self._open(job_id, job)
+        check_ranges(ranges, source)
+        compute = halt.under(halted, skips.guarded(self._compute_shard))
+        sent, skipped = 0, []
+        for index, start, stop in ranges:
+            try:
+                partial, started_ns, finished_ns = compute(skips.entry(index), job, source, start, stop)
+            except (InvalidField, halt.ShardHalted):
+                raise
+            except Exception as exc:
+                raise JobFailed(f"shard {index}: computation failed: {type(exc).__name__}: {exc}") from exc
+            if partial is None:  # the leader gave it to an idle node (skip)
+                skipped.append(index)
+                continue
+            send(_message(job_id, index, self.node_id, partial, (queued_ns, started_ns, finished_ns),
+                          (start, stop)))
+            sent += 1
+        return Computed(sent, tuple(skipped))
+
     def _open(self, job_id: str, job: Job) -> DataSource:
         source = validate_job(job, self.data_root, self.openers)
         self._sources.keep(job_id, job, source)
         return source
 
     @contextlib.contextmanager
-    def _skipping(
-        self, leader_id: str, job_id: str, ranges: list[ShardRange], given: Skips | None
-    ) -> Iterator[Skips]:
-        """The call's Skips: the compute link's (`given`), or for a gRPC call this worker's
-        record of the job from that leader, which its Skip calls mark, kept while a call of
-        it runs. (A job's calls from an old leader have their own.)"""
-        if given is not None:
-            yield given
-            return
+    def _skipping(self, leader_id: str, job_id: str, ranges: list[ShardRange]) -> Iterator[Skips]:
+        """A gRPC call's Skips: this worker's record of the job from that leader, which its
+        Skip calls mark, kept while a call of it runs. (A job's calls from an old leader have
+        their own; a compute link keeps its own, linkserve.py.)"""
         key = (leader_id, job_id)
         skips = self._skips.register(key, (index for index, _, _ in ranges))
         try:
@@ -209,6 +239,18 @@ class Worker:
             raise  # the data is bad (a damaged chunk): INVALID_ARGUMENT, said as is
         except Exception as exc:
             raise JobFailed(f"shard {index}: computation failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _message(
+    job_id: str, index: int, node_id: str, partial: Partial, times_ns: tuple[int, int, int],
+    rows: tuple[int, int],
+) -> pb.Partial:
+    """A shard's partial as it travels: with when it was queued, begun and done (tracing.py),
+    and the rows it covers."""
+    message = partial_to_proto(job_id, index, node_id, partial)
+    message.queued_ns, message.started_ns, message.finished_ns = times_ns
+    message.start_row, message.stop_row = rows
+    return message
 
 
 def check_ranges(ranges: list[ShardRange], source: DataSource) -> None:

@@ -194,6 +194,45 @@ def read_blocking(sock: socket.socket, kind: type[M], max_bytes: int) -> M:
     return kind.FromString(_exactly(sock, length))
 
 
+class FrameReader:
+    """Frames from a socket that a thread reads as they come: what an event loop had read
+    of it already (`pending`) first. A socket with a timeout is waited on again past it,
+    so a reader that must never block for ever can use one and check in between."""
+
+    #: Read this much at a time: a frame's header and a small body in one recv.
+    CHUNK_BYTES = 65536
+
+    def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
+        self._sock = sock
+        self._buffer = bytearray(pending)
+
+    def read(self, kind: type[M], max_bytes: int) -> M | None:
+        """The next message, or None at a clean end of the stream (between frames);
+        ConnectionError at an end within one; LimitExceeded (the body unread) past `max_bytes`."""
+        if not self._fill(HEADER.size):
+            if self._buffer:
+                raise ConnectionError("local socket: closed within a frame")
+            return None
+        length = _length(bytes(self._buffer[:HEADER.size]), max_bytes)
+        if not self._fill(HEADER.size + length):
+            raise ConnectionError("local socket: closed within a frame")
+        body = bytes(self._buffer[HEADER.size:HEADER.size + length])
+        del self._buffer[:HEADER.size + length]
+        return kind.FromString(body)
+
+    def _fill(self, size: int) -> bool:
+        """At least `size` bytes buffered: False if the stream ended first."""
+        while len(self._buffer) < size:
+            try:
+                chunk = self._sock.recv(max(self.CHUNK_BYTES, size - len(self._buffer)))
+            except TimeoutError:
+                continue
+            if not chunk:
+                return False
+            self._buffer += chunk
+        return True
+
+
 def _exactly(sock: socket.socket, size: int) -> bytes:
     if size == 0:
         return b""
