@@ -46,14 +46,7 @@ from node.core.jobtable import (
 )
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.core.raftlog import Entry
-from node.errors import (
-    JobConflict,
-    JobError,
-    JobFinished,
-    LimitExceeded,
-    NotLeader,
-    UnknownJob,
-)
+from node.errors import JobConflict, JobError, JobFinished, LimitExceeded, NotLeader, UnknownJob
 from node.server import detachedrun, recordsize
 from node.server.backlog import Backlog
 
@@ -201,7 +194,7 @@ class JobLedger:
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
         while self._attached:
-            pending.append(self._attached_batch())
+            pending.extend(self._attached_batch())
         if not pending:
             return
         entries = self._propose(tuple(proposed.data for proposed, _ in pending)) if self._is_leader() else ()
@@ -220,14 +213,20 @@ class JobLedger:
             else:
                 self._commits[entry.index] = (entry.term, future)
 
-    def _attached_batch(self) -> tuple[Proposed, asyncio.Future[bool]]:
-        """Attached records, as many as fit a message, as one entry (one per line): a few a second."""
+    def _attached_batch(self) -> list[tuple[Proposed, asyncio.Future[bool]]]:
+        """Attached records, as many as fit a message, as one entry (one per line): a few a second;
+        none if each was left out (a smaller bound heard of since it was sized: skipped)."""
         batch, self._attached = recordsize.first_batch(consumed := self._attached, self._max_bytes())
+        taken = consumed[:len(consumed) - len(self._attached)]  # the left out too
+        self.skipped_records += len(taken) - len(batch)
+        job_ids = [record.job_id for record, _ in taken]
+        if not batch:
+            self._recording.difference_update(job_ids)
+            return []
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        job_ids = [r.job_id for r, _ in consumed[:len(consumed) - len(self._attached)]]  # the left out too
         future.add_done_callback(lambda _: self._recording.difference_update(job_ids))
-        return Proposed.of(batch), future
+        return [(Proposed.of(batch), future)]
 
     async def _committed(self, future: asyncio.Future[bool]) -> None:
         if not await asyncio.shield(future):
