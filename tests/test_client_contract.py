@@ -21,8 +21,8 @@ from standin import Refuse, refuse, stand_in
 from cli.main import main
 from node import AsyncClient, Client
 from node._proto import distnode_pb2 as pb
-from node.client.retry import new_request
-from node.errors import ClusterUnavailable, InvalidField, JobFailed, JobPending
+from node.client.retry import Nodes, RetryPlan, new_request
+from node.errors import AttemptFailed, ClusterUnavailable, InvalidField, JobError, JobFailed, JobPending
 
 ROWS = [
     (grpc.StatusCode.INVALID_ARGUMENT, "op: unknown op 'sums'", 2, "invalid job"),
@@ -266,3 +266,18 @@ def test_a_call_in_flight_when_another_thread_closes_the_client_ends_with_it() -
     assert not caller.is_alive(), "the call still waits on a stopped loop"
     assert len(outcome) == 1 and isinstance(outcome[0], ClusterUnavailable), outcome
     assert "closed during the call" in str(outcome[0])
+
+
+def test_out_of_time_says_what_the_last_attempt_found() -> None:
+    """A job accepted by a leader that then failed, with no leader after it until the
+    deadline, is "no leader within --timeout" (ClusterUnavailable, exit 3), not a job that
+    did not finish (JobError, exit 1); a job running on a leader at the deadline is that."""
+    plan = RetryPlan(Nodes(["n1:1", "n2:1"]), "j-9", time.monotonic())
+    plan.failed_at("n1:1", AttemptFailed("UNAVAILABLE: leader lost", accepted=True))
+    plan.failed_at("n2:1", AttemptFailed("UNAVAILABLE: no leader known to n2; retry"))
+    lost = plan.out_of_time()
+    assert isinstance(lost, ClusterUnavailable) and not isinstance(lost, JobError)
+    assert "no leader answered in time" in str(lost) and "no leader known to n2" in str(lost)
+    plan.failed_at("n1:1", AttemptFailed("no answer before the client's timeout", accepted=True))
+    late = plan.out_of_time()
+    assert isinstance(late, JobError) and "job j-9 did not finish in time" in str(late)

@@ -52,7 +52,8 @@ from node.server.config import NodeConfig
 from node.server.daemon import Daemon
 from node.server.dispatch import Dispatch
 from node.server.linkserve import CallHalt, LinkCompute, LinkServer, SendBlocking
-from node.server.stealing import Skips
+from node.server.stealing import CallSkips
+from node.server.worker import Worker
 from node.testing.cluster import FAST_TIMING
 from node.wire.localframes import ABSTRACT_PREFIX, client_proof, connect, frame, read_async, read_blocking
 
@@ -115,7 +116,7 @@ async def link_to(
 
 
 def each_shard(
-    request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+    request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
     queued_ns: int = 0,
 ) -> Computed:
     for shard in request.shards:
@@ -136,7 +137,7 @@ class Blocking:
         self.seconds_left: list[float] = []
 
     def __call__(
-        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
         queued_ns: int = 0,
     ) -> Computed:
         if request.job.job_id != "block":
@@ -167,7 +168,7 @@ async def test_a_skip_applies_to_the_calls_of_its_job_read_before_it_and_the_lin
     gate = threading.Event()
 
     def gated(
-        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
         queued_ns: int = 0,
     ) -> Computed:
         gate.wait(10)  # the skip is read while the call waits here
@@ -203,7 +204,7 @@ async def test_a_call_cancelled_before_the_pool_came_to_it_never_runs_and_leaves
     ran: list[str] = []
 
     def compute(
-        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
         queued_ns: int = 0,
     ) -> Computed:
         ran.append(request.job.job_id)
@@ -240,7 +241,7 @@ async def test_a_worker_of_an_older_version_answers_a_skip_at_once_with_nothing_
     """An older worker takes a skip frame for a call (it knows no `skip` field) and fails
     it: the leader reads that as a no, at once, not after SKIP_TIMEOUT_S."""
     def older(
-        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
         queued_ns: int = 0,
     ) -> Computed:
         raise LinkCallFailed("PERMISSION_DENIED: leader_id: '' is not a member of this cluster")
@@ -264,7 +265,7 @@ async def test_a_worker_of_an_older_version_answers_a_skip_at_once_with_nothing_
 
 async def test_a_failed_call_says_what_grpc_would_and_the_link_serves_on() -> None:
     def refuse(
-        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
         queued_ns: int = 0,
     ) -> Computed:
         if request.job.job_id == "bad":
@@ -351,7 +352,7 @@ async def test_a_leader_that_reads_nothing_has_its_link_closed_and_frees_the_poo
     big.state["sum"].data = b"\0" * 65536
 
     def flood(
-        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
         queued_ns: int = 0,
     ) -> Computed:
         if request.job.job_id == "flood":
@@ -370,9 +371,101 @@ async def test_a_leader_that_reads_nothing_has_its_link_closed_and_frees_the_poo
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
+def test_a_shard_let_go_then_handed_here_again_is_computed_by_the_later_call() -> None:
+    """A call waiting in the pool behind another keeps the handings it was read with: a shard
+    of it let go at a skip, then handed here again by a later call (its thief failed), is
+    the later call's to compute (stealing.py's Skips), not the first one's."""
+    gate = threading.Event()
+    worker = Worker("w", None, None, None, lambda leader: None)  # type: ignore[arg-type]
+
+    def compute(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips, queued_ns: int,
+    ) -> Computed:
+        if request.job.job_id == "gate":  # holds the pool's one thread
+            gate.wait(10)
+            return Computed(0)
+        shards = [(shard.index, shard.start, shard.stop) for shard in request.shards]
+        return worker.compute_in_pool(request.job.job_id, Job(op="sum", source="range:n=8"), shards, halted,
+                                      send, skips, queued_ns)
+
+    def job(job_id: str, shards: list[int]) -> pb.ComputeRequest:
+        return pb.ComputeRequest(job=pb.JobSpec(job_id=job_id, op="sum", source="range:n=8"),
+                                 shards=[pb.Shard(index=i, start=i, stop=i + 1) for i in shards])
+
+    def skip(number: int, job_id: str, shard: int) -> list[int]:
+        leader.sendall(frame(pb.ComputeCall(call=number, skip=pb.SkipShards(job_id=job_id, shards=[shard]))))
+        event = read_blocking(leader, pb.ComputeEvent, MAX_BYTES)
+        assert event.call == number and event.HasField("skipped"), event
+        return list(event.skipped.skipped)
+
+    pool = ThreadPoolExecutor(1)
+    leader, mine = socket.socketpair()
+    link = LinkServer(mine, b"", compute, pool, MAX_BYTES)
+    link.start()
+    try:
+        leader.sendall(frame(pb.ComputeCall(call=1, request=job("gate", [0]), timeout_s=30))
+                       + frame(pb.ComputeCall(call=2, request=job("J", [6, 7]), timeout_s=30)))
+        assert skip(3, "J", 7) == [7]  # let go: call 2 waits behind the gate
+        leader.sendall(frame(pb.ComputeCall(call=4, request=job("J", [7]), timeout_s=30)))  # handed again
+        assert skip(5, "other", 0) == []  # frames are read in order: call 4 is registered
+        gate.set()
+        sent: dict[int, list[int]] = {2: [], 4: []}
+        ends: dict[int, pb.ComputeReply] = {}
+        while len(ends) < 3:
+            event = read_blocking(leader, pb.ComputeEvent, MAX_BYTES)
+            if event.WhichOneof("event") == "partial":
+                sent[event.call].append(event.partial.shard)
+            else:
+                ends[event.call] = event.done
+        assert (sent[2], list(ends[2].skipped)) == ([6], [7]), "call 2 computed the shard it let go"
+        assert (sent[4], list(ends[4].skipped)) == ([7], [])
+    finally:
+        leader.close()
+        link.join()
+        pool.shutdown()
+
+
+def test_a_link_that_ends_frees_a_write_blocked_on_a_leader_that_reads_nothing() -> None:
+    """The reader ends (here on a frame over the limit) while the pool's thread is blocked
+    writing to a leader that is not reading: the write fails at once, not after STALLED_S,
+    so the node's next pool entry runs."""
+    sent = [0]
+
+    def flood(
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips, queued_ns: int,
+    ) -> Computed:
+        while True:  # partials until the link ends under them
+            send(pb.Partial(job_id="j", shard=sent[0], node_id="w" * 2000))
+            sent[0] += 1
+
+    def blocked() -> bool:
+        """The socket's buffer is full: the count stands still (polled with a deadline)."""
+        before = sent[0]
+        time.sleep(0.05)
+        return sent[0] == before > 0
+
+    pool = ThreadPoolExecutor(1)
+    leader, mine = socket.socketpair()
+    link = LinkServer(mine, b"", flood, pool, MAX_BYTES)
+    link.start()
+    try:
+        leader.sendall(frame(pb.ComputeCall(call=1, request=request(1), timeout_s=60)))
+        deadline_s = time.monotonic() + 10
+        while not blocked():
+            assert time.monotonic() < deadline_s, "the write never blocked"
+        ended_s = time.monotonic()
+        leader.sendall(b"\xff\xff\xff\x7f")  # a frame over the limit: the reader ends
+        probe = pool.submit(time.monotonic)  # the node's next pool entry (any job)
+        assert probe.result(timeout=linkserve.STALLED_S) - ended_s < linkserve.STALLED_S / 3
+        assert link.join()
+    finally:
+        leader.close()
+        pool.shutdown()
+
+
 async def test_a_frame_over_the_limit_breaks_the_link_before_it_is_read() -> None:
     def large(
-        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
         queued_ns: int = 0,
     ) -> Computed:
         partial = pb.Partial(job_id="j1", shard=0, node_id="w")
@@ -397,7 +490,7 @@ async def test_a_partial_at_the_limit_passes_though_its_frame_is_larger() -> Non
     assert pb.ComputeEvent(call=1, partial=partial).ByteSize() > 1024
 
     def at_limit(
-        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips,
+        request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
         queued_ns: int = 0,
     ) -> Computed:
         send(partial)

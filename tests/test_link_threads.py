@@ -20,7 +20,7 @@ from node._proto import distnode_pb2 as pb
 from node.server.computelink import Computed
 from node.server.linkserve import CallHalt, SendBlocking
 from node.server.localsocket import LocalSocket
-from node.server.stealing import Skips
+from node.server.stealing import CallSkips
 from node.wire.localframes import ABSTRACT_PREFIX, answer_welcome, frame, hello, read_blocking
 
 MAX_BYTES = 1 << 20
@@ -29,7 +29,7 @@ HELD_S = 1.5
 
 
 def each_shard(
-    request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips, queued_ns: int
+    request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips, queued_ns: int
 ) -> Computed:
     for shard in request.shards:
         send(pb.Partial(job_id=request.job.job_id, shard=shard.index, node_id="w"))

@@ -15,7 +15,7 @@ from node.core.halt import Halt
 from node.core.job import Job
 from node.core.sources import DataSource, ValuesSource
 from node.server import worker
-from node.server.stealing import Skips
+from node.server.stealing import CallSkips, Skips
 from node.server.worker import RecentSources, Worker
 
 JOB = Job(op="sum", source="values:1,2,3")
@@ -63,5 +63,6 @@ def test_a_workers_calls_of_one_job_open_its_source_once(tmp_path: Path, monkeyp
     with ThreadPoolExecutor(1) as pool:
         node = Worker("n2", None, pool, tmp_path, lambda leader: None)  # type: ignore[arg-type]
         for job_id, ranges in (("j1", [(0, 0, 50)]), ("j1", [(1, 50, 100)]), ("j2", [(0, 0, 100)])):
-            node.compute_in_pool(job_id, job, ranges, Halt(), send, Skips(), 0)  # a compute link's call
+            skips = CallSkips(Skips(), [index for index, _, _ in ranges])
+            node.compute_in_pool(job_id, job, ranges, Halt(), send, skips, 0)  # a compute link's call
     assert sent == [0, 1, 0] and opened == ["npy:x.npy", "npy:x.npy"], "j1 once, j2 once"

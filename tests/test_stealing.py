@@ -40,7 +40,7 @@ from node.server.config import NodeConfig
 from node.server.daemon import Daemon
 from node.server.jobs import JobManager
 from node.server.peers import PeerTable
-from node.server.stealing import Holdings, Skips
+from node.server.stealing import CallSkips, Holdings, Skips
 from node.server.tracing import clocked
 from node.server.worker import Worker
 
@@ -252,7 +252,7 @@ class HeldWorker:
 
         job = Job(op="sum", source="range:n=40")
         return asyncio.wrap_future(self.pool.submit(
-            self.worker.compute_in_pool, "j", job, RANGES, Halt(), send, skips, 0))
+            self.worker.compute_in_pool, "j", job, RANGES, Halt(), send, CallSkips(skips, range(4)), 0))
 
     async def released(self, call: asyncio.Future[Computed]) -> Computed:
         """Let the pool's thread go; what the call did."""

@@ -264,7 +264,9 @@ class RetryPlan:
     def failed_at(self, address: str, exc: AttemptFailed) -> None:
         self.failed += 1
         self._last_error = f"{address}: {exc}"
-        self._accepted = self._accepted or exc.accepted
+        # What the deadline finds: a leader that had the job running (it did not finish in
+        # time), or none after the one that took it failed ("no leader within --timeout").
+        self._accepted = exc.accepted
         if exc.reached or exc.accepted:  # a node that knew the job answered a probe about it
             self.nodes.reached = True
         else:

@@ -20,16 +20,12 @@ from node.server.tracing import ShardTimes
 from node.wire.trace import Span
 
 if TYPE_CHECKING:  # numpy: loaded with the compute stack, after the election
-    from concurrent.futures import Executor
-
     import numpy as np
 
     from node._proto import distnode_pb2 as pb
     from node.core.compute import Partial
-    from node.core.halt import Halt
     from node.server.computelink import Computed
-    from node.server.linkserve import SendBlocking
-    from node.server.stealing import Skips
+    from node.server.linkserve import LinkHost
 
 #: (shard index, first row, end row) of one shard handed to a worker.
 ShardRange = tuple[int, int, int]
@@ -190,6 +186,9 @@ class NodeApi(Protocol):
     @property
     def node_id(self) -> str: ...
 
+    #: What its compute links run on (linkserve.py).
+    links: LinkHost
+
     #: The node's clock grain: durations in a beat travel in ms, the core counts ticks.
     tick_ms: int
     #: Its --max-message-bytes, which its heartbeat replies state.
@@ -213,17 +212,6 @@ class NodeApi(Protocol):
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
     ) -> Computed: ...
-
-    async def link_pool(self) -> Executor:
-        """The compute pool, its stack loaded and the worker built: where a compute link's
-        calls run (linkserve.py)."""
-
-    def compute_in_pool(
-        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, halted: Halt,
-        send: SendBlocking, skips: Skips, queued_ns: int,
-    ) -> Computed:
-        """`compute` for a compute link's call, in the pool's thread: ShardHalted once
-        `halted` is set."""
 
     async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]: ...
 

@@ -21,7 +21,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,7 +31,6 @@ from node import formats
 from node._proto import distnode_pb2 as pb
 from node.channels import ChannelFactory, StubCache
 from node.core.election import Election
-from node.core.halt import Halt
 from node.core.job import Job
 from node.core.jobtable import JobTable
 from node.core.messages import Heartbeat, InstallSnapshot, Role, VoteRequest
@@ -63,7 +62,7 @@ from node.server.heartbeats import HeartbeatLinks
 from node.server.jobdesk import JobDesk
 from node.server.journal import Journal
 from node.server.ledger import JobLedger
-from node.server.linkserve import SendBlocking
+from node.server.linkserve import LinkHost
 from node.server.metrics import NodeMetrics
 from node.server.outcomes import outcome_of as answer_of
 from node.server.peers import PeerTable
@@ -71,7 +70,6 @@ from node.server.relay import Relay
 from node.server.service import add_services, beat_reply, make_server
 from node.server.startchecks import bind_port, check_data_dir
 from node.server.statestore import MAX_TERM, StateStore
-from node.server.stealing import Skips
 from node.server.stepgate import answered
 from node.wire.answers import SERVICE
 from node.wire.log import beat_from_proto
@@ -153,6 +151,7 @@ class Daemon:
         self._jobs: JobManager | None = None
         self._worker: Worker | None = None
         self.compute_stack = ComputeStack(self.executor)
+        self.links = LinkHost(config.node_id, self.peers, lambda: self.worker, self.compute_ready)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self.port, self.tick_ms, self.max_bytes = 0, config.tick_ms, config.limits.max_message_bytes
@@ -304,19 +303,6 @@ class Daemon:
         self.peers.check_member("leader_id", leader_id, self.node_id)
         await self.compute_ready()
         return await self.worker.compute(job_id, job, shards, leader_id, timeout_s)
-
-    async def link_pool(self) -> Executor:
-        self.compute_stack.preload()
-        await self.compute_ready()
-        assert self.worker is not None  # built here, on the loop: the links' threads only use it
-        return self.executor
-
-    def compute_in_pool(
-        self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, halted: Halt,
-        send: SendBlocking, skips: Skips, queued_ns: int,
-    ) -> Computed:
-        self.peers.check_member("leader_id", leader_id, self.node_id)
-        return self.worker.compute_in_pool(job_id, job, shards, halted, send, skips, queued_ns)
 
     async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]:
         self.peers.check_member("leader_id", leader_id, self.node_id)

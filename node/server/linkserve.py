@@ -22,9 +22,9 @@ handshake, and the link never touches the loop again:
 - a link that ends (the leader closed it, or it broke) halts every call on
   it, and its socket is closed once none of them can write to it any more,
   never under a thread that still may;
-- a leader that reads nothing for STALLED_S while the socket's buffer is
-  full has the link closed (a write cannot wait for ever in the compute
-  pool, which has one thread).
+- a write that takes longer than STALLED_S (a leader that reads nothing,
+  the socket's buffer full) closes the link: a write cannot wait for ever
+  in the compute pool, which has one thread.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -44,15 +45,20 @@ from node._proto import distnode_pb2 as pb
 from node.core import halt
 from node.errors import LimitExceeded
 from node.server.computelink import ENVELOPE_BYTES, Computed, LinkCallFailed
-from node.server.stealing import Skips, SkipsByCall
+from node.server.stealing import CallSkips, SkipsByCall
 from node.wire.localframes import FrameReader, frame
+
+if TYPE_CHECKING:
+    from node.core.job import Job
+    from node.server.peers import PeerTable
 
 log = logging.getLogger(__name__)
 
-#: How long a write may wait for a leader that reads nothing, its socket's buffer full,
+#: How long one write may take (a leader that reads nothing, its socket's buffer full)
 #: before the link is closed; and how often an idle reader wakes (nothing to do).
 STALLED_S = 30.0
-#: How long `close` waits for a link's threads to end (a shard under way ends first).
+#: How long a node's close waits for its links' threads, all of them (a shard under way ends
+#: first).
 CLOSE_WAIT_S = 5.0
 
 #: Writes one partial of a call to the link (in the compute pool's thread).
@@ -90,7 +96,41 @@ class CallHalt(halt.Halt):
 #: when the call was handed to the pool, for the trace) -> what the call did. It raises
 #: LinkCallFailed with what a gRPC Compute would have answered, and ShardHalted (halt.py) once
 #: `halt` is set.
-LinkCompute = Callable[[pb.ComputeRequest, CallHalt, SendBlocking, Skips, int], Computed]
+LinkCompute = Callable[[pb.ComputeRequest, CallHalt, SendBlocking, CallSkips, int], Computed]
+
+
+class PoolWorker(Protocol):
+    """The worker's part a link's call runs (worker.py, which loads numpy: not imported here)."""
+
+    executor: Executor
+
+    def compute_in_pool(
+        self, job_id: str, job: Job, ranges: list[tuple[int, int, int]], halted: halt.Halt,
+        send: SendBlocking, skips: CallSkips, queued_ns: int,
+    ) -> Computed: ...
+
+
+class LinkHost:
+    """What a node gives its compute links: its compute pool, once the compute stack is
+    loaded and the worker built (on the event loop), and each call's run in that pool,
+    after the check that its leader is a member."""
+
+    def __init__(
+        self, node_id: str, peers: PeerTable, worker: Callable[[], PoolWorker],
+        ready: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._node_id, self._peers, self._worker, self._ready = node_id, peers, worker, ready
+
+    async def pool(self) -> Executor:
+        await self._ready()
+        return self._worker().executor  # built here: the links' threads only use it
+
+    def compute(
+        self, job_id: str, job: Job, shards: list[tuple[int, int, int]], leader_id: str, halted: CallHalt,
+        send: SendBlocking, skips: CallSkips, queued_ns: int,
+    ) -> Computed:
+        self._peers.check_member("leader_id", leader_id, self._node_id)
+        return self._worker().compute_in_pool(job_id, job, shards, halted, send, skips, queued_ns)
 
 
 class LinkServer:
@@ -108,6 +148,7 @@ class LinkServer:
         self._max_bytes = max_bytes
         self._ended = ended
         self._write_lock = threading.Lock()
+        self._close_lock, self._closed = threading.Lock(), False
         #: Guards `_calls` and `_jobs`, which the reader and the pool's thread both change.
         self._lock = threading.Lock()
         self._calls: dict[int, tuple[CallHalt, concurrent.futures.Future[None]]] = {}
@@ -118,9 +159,11 @@ class LinkServer:
         self._thread.start()
 
     def close(self) -> None:
-        """End the link: the reader wakes to its end, and halts the calls."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        """End the link: the reader wakes to its end, and halts the calls. (Any thread: the
+        reader closes the socket, never while a shutdown may still use its descriptor.)"""
+        with self._close_lock, contextlib.suppress(OSError):
+            if not self._closed:
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def join(self, timeout_s: float = CLOSE_WAIT_S) -> bool:
         """Wait for the link's reader (which waits for its calls); True if it ended."""
@@ -139,11 +182,13 @@ class LinkServer:
                 running = list(self._calls.values())
             for halted, _ in running:
                 halted.cancel()
+            self.close()  # a call blocked writing to a leader that reads nothing fails at once
             # Close only once no call can write any more: a descriptor closed under a thread
             # that still writes may be another file's by then.
             concurrent.futures.wait([call for _, call in running])
-            self.close()
-            self._sock.close()
+            with self._close_lock:
+                self._closed = True
+                self._sock.close()
             self._ended(self)
 
     def _read(self) -> None:
@@ -165,10 +210,11 @@ class LinkServer:
 
     def _start(self, call: pb.ComputeCall) -> None:
         job_id = call.request.job.job_id
+        shards = [shard.index for shard in call.request.shards]
         with self._lock:
             if call.call in self._calls:
                 return
-            skips = self._jobs.register(job_id, (shard.index for shard in call.request.shards))
+            skips = CallSkips(self._jobs.register(job_id, shards), shards)
             halted = CallHalt(call.timeout_s or None)
             try:
                 running = self._executor.submit(self._run, call, halted, skips, time.time_ns())
@@ -177,7 +223,7 @@ class LinkServer:
                 raise ConnectionAbortedError("compute link: the node is stopping") from None
             self._calls[call.call] = (halted, running)
 
-    def _run(self, call: pb.ComputeCall, halted: CallHalt, skips: Skips, queued_ns: int) -> None:
+    def _run(self, call: pb.ComputeCall, halted: CallHalt, skips: CallSkips, queued_ns: int) -> None:
         """One call, in the compute pool's thread."""
         number = call.call
 

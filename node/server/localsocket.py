@@ -58,8 +58,8 @@ from node.errors import InvalidField, LimitExceeded
 from node.server.api import Caller
 from node.server.computelink import Computed
 from node.server.jobstream import Failed, JobStream
-from node.server.linkserve import CallHalt, LinkCompute, LinkServer, SendBlocking
-from node.server.stealing import Skips
+from node.server.linkserve import CLOSE_WAIT_S, CallHalt, LinkCompute, LinkServer, SendBlocking
+from node.server.stealing import CallSkips
 from node.wire.localframes import (
     ABSTRACT_PREFIX,
     HANDSHAKE_MAX_BYTES,
@@ -103,7 +103,8 @@ class Servicer(Protocol):
     def stream_failed(self, job_id: str, exc: Exception) -> pb.SubmitStreamReply: ...
     async def link_pool(self) -> Executor: ...
     def link_compute(
-        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips, queued_ns: int
+        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
+        queued_ns: int,
     ) -> Computed: ...
 
 
@@ -260,8 +261,12 @@ class LocalSocket:
         pending = bytes(getattr(reader, "_buffer", b""))  # asyncio's StreamReader keeps it there
         sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
         link = LinkServer(sock, pending, self._compute, pool, self._max_bytes, self.links.discard)
+        try:
+            link.start()
+        except RuntimeError:  # no thread to be had: the leader's next call goes on gRPC
+            sock.close()
+            raise
         self.links.add(link)
-        link.start()
 
     async def _batches(
         self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply], stream: JobStream
@@ -289,8 +294,10 @@ class LocalSocket:
 
 
 def _join(links: list[LinkServer]) -> None:
+    """Wait for the links' threads, CLOSE_WAIT_S in all."""
+    deadline_s = time.monotonic() + CLOSE_WAIT_S
     for link in links:
-        link.join()
+        link.join(max(0.0, deadline_s - time.monotonic()))
 
 
 def _peer_of(writer: asyncio.StreamWriter, number: int) -> str:

@@ -66,7 +66,7 @@ from node.server.dispatch import incoming
 from node.server.jobinfo import view_to_info
 from node.server.jobstream import JobStream
 from node.server.linkserve import CallHalt, SendBlocking
-from node.server.stealing import Skips
+from node.server.stealing import CallSkips
 from node.wire.answerfile import check_name, deliver
 from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
 from node.wire.jobs import MAX_WAIT_S, check_job_id, job_from_proto
@@ -349,18 +349,19 @@ class NodeServicer(pb_grpc.NodeServicer):
         return reply
 
     async def link_pool(self) -> Executor:
-        return await self.node.link_pool()
+        return await self.node.links.pool()
 
     def link_compute(
-        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: Skips, queued_ns: int
+        self, request: pb.ComputeRequest, halted: CallHalt, send: SendBlocking, skips: CallSkips,
+        queued_ns: int,
     ) -> Computed:
         """`Compute` on a compute link, in the pool's thread (linkserve.py): the same call,
         its partials sent with `send`, its shards skipped as `skips` says; a failure is
         LinkCallFailed with the status gRPC would have given."""
         try:
             shards = [(s.index, s.start, s.stop) for s in request.shards]
-            return self.node.compute_in_pool(request.job.job_id, job_from_proto(request.job), shards,
-                                             request.leader_id, halted, send, skips, queued_ns)
+            return self.node.links.compute(request.job.job_id, job_from_proto(request.job), shards,
+                                           request.leader_id, halted, send, skips, queued_ns)
         except ShardHalted:
             raise
         except Exception as exc:
@@ -369,18 +370,15 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     async def _compute(self, request: pb.ComputeRequest, timeout_s: float | None) -> Computed:
         shards = [(s.index, s.start, s.stop) for s in request.shards]
-        return await self.node.compute(
-            request.job.job_id, job_from_proto(request.job), shards, request.leader_id, timeout_s
-        )
+        job = job_from_proto(request.job)
+        return await self.node.compute(request.job.job_id, job, shards, request.leader_id, timeout_s)
 
     async def Skip(self, request: pb.SkipShards, context: Context) -> pb.SkipReply:
         shards = list(request.shards)
         skipped = await answer(self.node, context, self.node.skip(request.job_id, shards, request.leader_id))
         return pb.SkipReply(skipped=skipped)
 
-    async def Reduce(
-        self, request_iterator: AsyncIterator[pb.Partial], context: Context
-    ) -> pb.ReduceReply:
+    async def Reduce(self, request_iterator: AsyncIterator[pb.Partial], context: Context) -> pb.ReduceReply:
         count = await answer(self.node, context, self.node.reduce(_partials(request_iterator)))
         return pb.ReduceReply(accepted=count.accepted, dropped=count.dropped)
 

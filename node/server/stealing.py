@@ -203,6 +203,23 @@ class Skips:
         return run
 
 
+class CallSkips:
+    """One call's shards under its job's `Skips`, each keyed by the handing this call made
+    (its `entry` as the call arrived): a call may wait in the pool behind others, and a
+    shard of it let go, then handed here again by a later call, is the later call's to
+    compute, not this one's (a compute link's call: linkserve.py)."""
+
+    def __init__(self, skips: Skips, shards: Iterable[int]) -> None:
+        self._skips = skips
+        self._entries = {shard: skips.entry(shard) for shard in shards}
+
+    def entry(self, shard: int) -> tuple[int, int]:
+        return self._entries[shard]
+
+    def guarded(self, compute: Callable[..., tuple[R, int, int]]) -> Callable[..., tuple[R | None, int, int]]:
+        return self._skips.guarded(compute)
+
+
 class SkipsByCall(Generic[K]):
     """A node's `Skips`, one per key (a job on one compute link; a leader and job for gRPC
     calls), kept while calls of the key run here: a call registers as it arrives, so a

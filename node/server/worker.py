@@ -41,7 +41,7 @@ from node.server.computelink import Computed
 from node.server.linkserve import SendBlocking
 from node.server.metrics import NodeMetrics
 from node.server.reducestream import ReduceStreams
-from node.server.stealing import Skips, SkipsByCall
+from node.server.stealing import CallSkips, Skips, SkipsByCall
 from node.server.tracing import InPool, clocked, to_pool
 from node.wire.tensors import partial_to_proto
 
@@ -173,7 +173,7 @@ class Worker:
 
     def compute_in_pool(
         self, job_id: str, job: Job, ranges: list[ShardRange], halted: halt.Halt, send: SendBlocking,
-        skips: Skips, queued_ns: int,
+        skips: CallSkips, queued_ns: int,
     ) -> Computed:
         """A compute link's call, run in the pool's thread (linkserve.py): the shards in
         `ranges` one after the other, each partial written with `send` as it is computed,
