@@ -204,15 +204,21 @@ def test_vector_answer_relayed_by_a_follower(tmp_path: Any) -> None:
         assert logs.count("event loop uvloop") == 3, logs  # the daemons run on uvloop
 
 
-def test_restarted_node_rejoins(cluster: LocalCluster) -> None:
-    leader = cluster.leader()
-    follower = next(node for node in cluster.ids if node != leader)
-    cluster.restart(follower)
-    wait_until(
-        lambda: any(n.id == follower and n.alive for n in cluster.status().nodes),
-        10, "restarted node to rejoin", cluster.logs,
-    )
-    assert cluster.leader() == leader
+def test_restarted_node_rejoins() -> None:
+    """A follower restarted rejoins under the same leader and term. Elections slower than
+    FAST's: a new process starting on a loaded 2-core host stalled the leader past 150-300
+    ms once in CI, and the others rightly elected another. (Pre-Vote itself, a rejoining
+    node that does not disrupt, is the consensus core's: tests/test_election_sim.py.)"""
+    with LocalCluster(nodes=3, shard_elems=SHARD_ELEMS, heartbeat_ms=30, election_ms=(600, 1200)) as cluster:
+        leader = cluster.wait_all_alive(timeout_s=10)
+        term = cluster.status().term
+        follower = next(node for node in cluster.ids if node != leader)
+        cluster.restart(follower)
+        wait_until(
+            lambda: any(n.id == follower and n.alive for n in cluster.status().nodes),
+            10, "restarted node to rejoin", cluster.logs,
+        )
+        assert (cluster.leader(), cluster.status().term) == (leader, term)
 
 
 def run_cli(*args: str, timeout_s: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
