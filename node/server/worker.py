@@ -128,8 +128,7 @@ class Worker:
         if source_kind(job.source) in FORMAT_KINDS:  # reads metadata, maybe imports a library: off the loop
             source = await asyncio.to_thread(validate_job, job, self.data_root, self.openers)
         else:
-            known = self._sources.get(job_id, job)
-            source = known if known is not None else self._open(job_id, job)
+            source = self._source(job_id, job)
         check_ranges(ranges, source)
         # Dial the aggregator only through our own --peers entry for it (which
         # may be a proxy or NAT address), never the address it advertises.
@@ -183,8 +182,7 @@ class Worker:
         if source_kind(job.source) in FORMAT_KINDS:
             source = validate_job(job, self.data_root, self.openers)
         else:
-            known = self._sources.get(job_id, job)
-            source = known if known is not None else self._open(job_id, job)
+            source = self._source(job_id, job)
         check_ranges(ranges, source)
         compute = halt.under(halted, skips.guarded(self._compute_shard))
         sent, skipped = 0, []
@@ -194,7 +192,7 @@ class Worker:
             except (InvalidField, halt.ShardHalted):
                 raise
             except Exception as exc:
-                raise JobFailed(f"shard {index}: computation failed: {type(exc).__name__}: {exc}") from exc
+                raise _shard_failed(index, exc) from exc
             if partial is None:  # the leader gave it to an idle node (skip)
                 skipped.append(index)
                 continue
@@ -203,7 +201,11 @@ class Worker:
             sent += 1
         return Computed(sent, tuple(skipped))
 
-    def _open(self, job_id: str, job: Job) -> DataSource:
+    def _source(self, job_id: str, job: Job) -> DataSource:
+        """The job's source as an earlier call of it opened it (RecentSources), or opened now."""
+        known = self._sources.get(job_id, job)
+        if known is not None:
+            return known
         source = validate_job(job, self.data_root, self.openers)
         self._sources.keep(job_id, job, source)
         return source
@@ -238,7 +240,12 @@ class Worker:
         except InvalidField:
             raise  # the data is bad (a damaged chunk): INVALID_ARGUMENT, said as is
         except Exception as exc:
-            raise JobFailed(f"shard {index}: computation failed: {type(exc).__name__}: {exc}") from exc
+            raise _shard_failed(index, exc) from exc
+
+
+def _shard_failed(index: int, exc: Exception) -> JobFailed:
+    """A shard that could not be computed (INTERNAL); bad data (InvalidField) is said as is."""
+    return JobFailed(f"shard {index}: computation failed: {type(exc).__name__}: {exc}")
 
 
 def _message(
