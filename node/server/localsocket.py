@@ -12,7 +12,10 @@ that can connect sends its next jobs there, and one that cannot keeps gRPC.
 What the socket carries is what the stream carries (node/wire/localframes.py),
 answered by the same code: each job runs as the servicer's SubmitBatches job
 does (`JobStream`, the servicer's `stream_job`), so limits, deadlines,
-relaying and errors are the same. What gRPC gave and this must keep:
+relaying and errors are the same. A leader's compute link (a connection
+whose hello says LOCAL_COMPUTE, computelink.py) is handed, once its
+handshake is done, to threads of its own (linkserve.py). What gRPC gave
+and this must keep:
 
 - Authentication: the key is handed out only over gRPC, where the cluster
   token (and TLS) apply, and never crosses the socket: each end proves it
