@@ -81,8 +81,8 @@ async def served_on(compute: LinkCompute) -> AsyncIterator[tuple[str, list[LinkS
             except OSError:  # the listener closed: the test is over
                 return
             link = LinkServer(sock, b"", compute, pool, MAX_BYTES)
-            served.append(link)
             link.start()
+            served.append(link)  # started first: a test may join it as soon as it is here
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(ABSTRACT_PREFIX + name)
@@ -362,12 +362,14 @@ async def test_a_leader_that_reads_nothing_has_its_link_closed_and_frees_the_poo
 
     async with served_on(flood) as (name, served):
         _, stalled = await connect(name)  # a leader whose loop never reads
-        stalled.write(frame(pb.ComputeCall(call=1, request=request(1, "flood"), timeout_s=60)))
-        await poll(lambda: bool(served), 5.0, "the first link")
-        assert await asyncio.to_thread(served[0].join), "the stalled link did not end"
-        async with link_to(each_shard, lambda p: None) as (link, _):
-            assert (await link.compute(request(2), 5.0)).shards_sent == 2
-        stalled.close()
+        try:
+            stalled.write(frame(pb.ComputeCall(call=1, request=request(1, "flood"), timeout_s=60)))
+            await poll(lambda: bool(served), 5.0, "the first link")
+            assert await asyncio.to_thread(served[0].join), "the stalled link did not end"
+            async with link_to(each_shard, lambda p: None) as (link, _):
+                assert (await link.compute(request(2), 5.0)).shards_sent == 2
+        finally:
+            stalled.close()
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 

@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import pytest
+from inproc import poll
 
 from node._proto import distnode_pb2 as pb
 from node.server.computelink import Computed
-from node.server.linkserve import CallHalt, SendBlocking
+from node.server.linkserve import CallHalt, LinkServer, SendBlocking
 from node.server.localsocket import LocalSocket
 from node.server.stealing import CallSkips
 from node.wire.localframes import ABSTRACT_PREFIX, answer_welcome, frame, hello, read_blocking
@@ -138,3 +139,21 @@ async def test_a_frame_that_is_not_a_call_ends_the_link_not_the_node(frames: byt
         sock = await asyncio.to_thread(linked, local, frame(call(3)))
         with sock:
             assert await asyncio.to_thread(answered, sock, 3) == ["partial", "partial", "done"]
+
+
+async def test_a_link_that_ends_as_soon_as_it_starts_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link's thread may end (its leader gone) before the event loop's next line: the node's
+    set of links must not keep it after."""
+    start = LinkServer.start
+    ended: list[LinkServer] = []
+
+    def start_and_end(link: LinkServer) -> None:  # the link ends before `start` returns
+        start(link)
+        assert link.join(10), "the link did not end"
+        ended.append(link)
+
+    monkeypatch.setattr(LinkServer, "start", start_and_end)
+    async with local_socket() as local:
+        await asyncio.to_thread(lambda: linked(local).close())  # the leader goes at once
+        await poll(lambda: bool(ended), 10.0, "the link's end")
+        assert local.links == set()

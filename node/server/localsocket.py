@@ -264,12 +264,13 @@ class LocalSocket:
         pending = bytes(getattr(reader, "_buffer", b""))  # asyncio's StreamReader keeps it there
         sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
         link = LinkServer(sock, pending, self._compute, pool, self._max_bytes, self.links.discard)
+        self.links.add(link)  # before it starts: a link that ends at once discards itself
         try:
             link.start()
         except RuntimeError:  # no thread to be had: the leader's next call goes on gRPC
+            self.links.discard(link)
             sock.close()
             raise
-        self.links.add(link)
 
     async def _batches(
         self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply], stream: JobStream
