@@ -483,16 +483,26 @@ class SubmitBatch(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitRequest]: ...
+    @_builtins.property
+    def cancel(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The seqs of earlier requests on this stream whose callers stopped waiting (a
+        cancelled task): the node ends them as gRPC ends a cancelled call, with no reply.
+        On a local socket only to a node whose welcome said it takes them: a node that
+        does not reads a batch without jobs there as the client's end.
+        """
+
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___SubmitRequest] | None = ...,
+        cancel: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "jobs", b"jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -591,20 +601,24 @@ class LocalWelcome(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
+    TAKES_CANCELS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     nonce: _builtins.bytes
     proof: _builtins.bytes
     """HMAC-SHA256(key, "node" NUL, the client's nonce, the node's nonce)."""
+    takes_cancels: _builtins.bool
+    """The node reads SubmitBatch.cancel on this socket."""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         nonce: _builtins.bytes = ...,
         proof: _builtins.bytes = ...,
+        takes_cancels: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "nonce", b"nonce", "proof", b"proof"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "nonce", b"nonce", "proof", b"proof", "takes_cancels", b"takes_cancels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,22 +28,28 @@ HIGH_WATER_BYTES = 1 << 20
 async def open_local(endpoint: pb.LocalEndpoint, max_message_bytes: int) -> AsyncLocalStream:
     """Connect and shake hands; OSError (NotProven, TimeoutError, ...) or DecodeError if that fails."""
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-        reader, writer, node_id = await shake_hands(endpoint)
-    return AsyncLocalStream(reader, writer, node_id, max_message_bytes)
+        reader, writer, welcome = await shake_hands(endpoint)
+    return AsyncLocalStream(reader, writer, welcome.node_id, max_message_bytes, welcome.takes_cancels)
 
 
 class AsyncLocalStream:
     """One connection to one node's local socket, and the jobs waiting on it."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, node_id: str, max_message_bytes: int
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, node_id: str,
+        max_message_bytes: int, takes_cancels: bool = False,
     ) -> None:
         self._replies = reader
         self._writer = writer
         self.node_id = node_id
         self._max_bytes = max_message_bytes
+        #: The node's welcome said it reads cancels: one that does not would take a batch of
+        #: cancels alone for this client's end.
+        self._takes_cancels = takes_cancels
         self._waiting = Waiting()
         self._unsent: list[pb.SubmitRequest] = []
+        #: The seqs of written requests whose callers stopped waiting, for the next frame.
+        self._cancels: list[int] = []
         self.ended: Exception | None = None
         self.unsupported = False  # a node that names a socket has SubmitBatches
         self.replied = 0
@@ -55,8 +61,7 @@ class AsyncLocalStream:
         if self.ended is not None:
             raise self.ended
         waiting = self._waiting.join(request)
-        if not self._unsent:
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._flush_soon()
         self._unsent.append(request)
         transport = self._writer.transport
         if transport.get_write_buffer_size() > HIGH_WATER_BYTES:
@@ -65,18 +70,33 @@ class AsyncLocalStream:
             except ConnectionError as exc:
                 self._waiting.leave(request, waiting)
                 raise self.ended or AttemptFailed(f"local socket: {exc}", reached=True) from None
-            except asyncio.CancelledError:  # written all the same: its reply finds nobody
-                self._waiting.leave(request, waiting)
+            except asyncio.CancelledError:  # written all the same: cancelled as it goes
+                self.forget(request, waiting)
                 raise
         return waiting
 
+    def _flush_soon(self) -> None:
+        if not self._unsent and not self._cancels:
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         batch, self._unsent = self._unsent, []
-        if batch and self.ended is None and not self._writer.is_closing():
-            self._writer.write(frame(pb.SubmitBatch(jobs=batch)))
+        cancels, self._cancels = self._cancels, []
+        if (batch or cancels) and self.ended is None and not self._writer.is_closing():
+            self._writer.write(frame(pb.SubmitBatch(jobs=batch, cancel=cancels)))
 
     def forget(self, request: pb.SubmitRequest, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
+        """The caller of `waiting` stopped waiting: a job not answered yet is cancelled on the
+        node (where it takes cancels), which ends it and frees its slot there."""
+        unanswered = not waiting.done() or waiting.cancelled()  # cancelled: its timeout, a watchdog
         self._waiting.leave(request, waiting)
+        if not unanswered or self.ended is not None:
+            return
+        if any(other is request for other in self._unsent):  # never written: nothing to end there
+            self._unsent = [other for other in self._unsent if other is not request]
+        elif self._takes_cancels and request.seq:
+            self._flush_soon()
+            self._cancels.append(request.seq)
 
     async def _read(self) -> None:
         ended: Exception = AttemptFailed("local socket: closed by the node", reached=True)

@@ -218,6 +218,8 @@ class SubmitStream:
         self._waiting = Waiting()
         #: Jobs sent and not yet written, and the future their write will resolve.
         self._unsent: list[pb.SubmitRequest] = []
+        #: The seqs of written requests whose callers stopped waiting, for the next message.
+        self._cancels: list[int] = []
         self._written: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         #: Why the stream ended (what the jobs still waiting on it raise); None while it is open.
@@ -253,23 +255,26 @@ class SubmitStream:
             await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
             raise self.ended or AttemptFailed(f"SubmitBatches: the job could not be sent: {exc}") from None
         except asyncio.CancelledError:
-            self._unsent = [other for other in self._unsent if other is not request]  # if not written yet
-            self._waiting.leave(request, waiting)  # nobody waits for its reply now
+            self.forget(request, waiting)  # nobody waits for its reply now
             raise
         return waiting
 
     async def _write_all(self) -> None:
-        """Write what is unsent, as one message, until nothing is."""
+        """Write what is unsent (jobs, cancels), as one message, until nothing is."""
+        written: asyncio.Future[None] | None = None
         try:
-            while self._unsent and self._written is not None:
+            while self._unsent or self._cancels:
                 batch, self._unsent = self._unsent, []
+                cancels, self._cancels = self._cancels, []
                 written, self._written = self._written, None
                 try:
-                    await self._call.write(pb.SubmitBatch(jobs=batch))
+                    await self._call.write(pb.SubmitBatch(jobs=batch, cancel=cancels))
                 except Exception as exc:  # the senders say what it means (send)
-                    written.set_exception(exc)
+                    if written is not None:
+                        written.set_exception(exc)
                 else:
-                    written.set_result(None)
+                    if written is not None:
+                        written.set_result(None)
         except asyncio.CancelledError:  # the loop stops: whoever still waits must hear of it
             for future in (written, self._written):
                 if future is not None and not future.done():
@@ -279,8 +284,19 @@ class SubmitStream:
             self._writer = None
 
     def forget(self, request: pb.SubmitRequest, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
-        """The caller of `waiting` stopped waiting (answered, cancelled, out of time)."""
+        """The caller of `waiting` stopped waiting (answered, cancelled, out of time). A job
+        written and not answered is cancelled on the node, which ends it and frees its slot
+        there; a node of an earlier version ignores the cancel (a batch without jobs)."""
+        unanswered = not waiting.done() or waiting.cancelled()  # cancelled: its timeout, a watchdog
         self._waiting.leave(request, waiting)
+        if not unanswered or self.ended is not None:
+            return
+        if any(other is request for other in self._unsent):  # never written: nothing to end there
+            self._unsent = [other for other in self._unsent if other is not request]
+        elif request.seq:
+            self._cancels.append(request.seq)
+            if self._writer is None:
+                self._writer = asyncio.get_running_loop().create_task(self._write_all())
 
     async def _read(self) -> None:
         ended: Exception = AttemptFailed("SubmitBatches: the node closed the stream")

@@ -21,17 +21,19 @@ large batch.
 
 Each job runs as a unary Submit would (the servicer's `run`), its failure
 is its own reply, and the stream goes on. A stream has at most
-MAX_STREAM_JOBS jobs in flight; more are refused one by one. A job ends at
-its `timeout_s`, as gRPC ends a unary call at its deadline: its client has
-given up on it by then, and a job nobody waits for kept the client's
-`--max-jobs-per-client` slot until it ended (up to `--job-timeout-s`).
+MAX_STREAM_JOBS jobs in flight; more are refused one by one. A job nobody
+waits for must not hold the client's `--max-jobs-per-client` slot until it
+ends (up to `--job-timeout-s`), so a job ends at its `timeout_s`, as gRPC
+ends a unary call at its deadline, and when a later batch names its request
+(`SubmitBatch.cancel`, by `seq`): its caller stopped waiting (a cancelled
+task), and it ends as a cancelled unary call does, with no reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 
 from node._proto import distnode_pb2 as pb
 from node.errors import JobTimedOut, LimitExceeded
@@ -58,6 +60,8 @@ class JobStream:
         #: Replies in the order their jobs ended; None once the client half-closed and all ended.
         self._replies: asyncio.Queue[pb.SubmitStreamReply | None] = asyncio.Queue()
         self._running: set[asyncio.Task[None]] = set()
+        #: The running jobs' tasks by their requests' seq (a cancel names one).
+        self._by_seq: dict[int, asyncio.Task[None]] = {}
 
     async def replies(
         self, batches: AsyncIterator[pb.SubmitBatch]
@@ -91,6 +95,7 @@ class JobStream:
                     if number and not number % START_CHUNK_JOBS:
                         await asyncio.sleep(0)  # the jobs started so far run, their replies go
                     self._start(request)
+                self._cancel(batch.cancel)
             if self._running:
                 await asyncio.wait(set(self._running))
         finally:
@@ -102,6 +107,14 @@ class JobStream:
         for task in list(self._running):
             task.cancel()
 
+    def _cancel(self, seqs: Iterable[int]) -> None:
+        """The callers of these requests stopped waiting: their jobs end, unanswered. A seq
+        already answered, or never seen, is nothing to end."""
+        for seq in seqs:
+            task = self._by_seq.get(seq)
+            if task is not None:
+                task.cancel()
+
     def _start(self, request: pb.SubmitRequest) -> None:
         if len(self._running) >= MAX_STREAM_JOBS:
             refused = self._failed(request.job.job_id, LimitExceeded(
@@ -112,6 +125,10 @@ class JobStream:
         task = asyncio.create_task(self._one(request))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        seq = request.seq
+        if seq and seq not in self._by_seq:  # 0: not numbered (an earlier client), not cancellable
+            self._by_seq[seq] = task
+            task.add_done_callback(lambda _: self._by_seq.pop(seq, None))
 
     async def _one(self, request: pb.SubmitRequest) -> None:
         wait_s = request.timeout_s if 0 < request.timeout_s < math.inf else None  # NaN: none either

@@ -275,7 +275,8 @@ class LocalSocket:
     async def _batches(
         self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply], stream: JobStream
     ) -> AsyncIterator[pb.SubmitBatch]:
-        """The client's batches until an empty one (no more jobs: those running are answered)
+        """The client's batches until an empty one (no jobs and no cancels: no more jobs,
+        those running are answered)
         or the end of the socket (the client is gone: they are cancelled). A frame over the
         limit, or not a batch, ends them with a reply for no job (an empty job id) that says
         what was wrong."""
@@ -292,7 +293,7 @@ class LocalSocket:
             if batch is None:
                 stream.cancel_all()
                 return
-            if not batch.jobs:
+            if not batch.jobs and not batch.cancel:
                 return
             yield batch
 

@@ -136,7 +136,7 @@ def welcome(key: bytes, node_id: str, hello: pb.LocalHello | None) -> tuple[byte
         return None
     nonce = secrets.token_bytes(NONCE_BYTES)
     proof = node_proof(key, hello.nonce, nonce)
-    return nonce, frame(pb.LocalWelcome(node_id=node_id, nonce=nonce, proof=proof))
+    return nonce, frame(pb.LocalWelcome(node_id=node_id, nonce=nonce, proof=proof, takes_cancels=True))
 
 
 def proven(key: bytes, client_nonce: bytes, node_nonce: bytes, claimed: pb.LocalProof | None) -> bool:
@@ -166,9 +166,9 @@ async def read_async(reader: asyncio.StreamReader, kind: type[M], max_bytes: int
 async def shake_hands(
     endpoint: pb.LocalEndpoint, purpose: pb.LocalPurpose.ValueType = pb.LOCAL_SUBMIT,
     node_id: str | None = None,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
-    """Connect to a node's socket as its client, for `purpose`: the streams, and the id of
-    the node that proved it holds the key. NotProven if it did not, or (with `node_id`) if
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, pb.LocalWelcome]:
+    """Connect to a node's socket as its client, for `purpose`: the streams, and the welcome
+    of the node that proved it holds the key. NotProven if it did not, or (with `node_id`) if
     it is another node, checked before our own proof goes; the OSErrors of connecting, and
     ConnectionResetError if it closed before its welcome (busy: try again later). The
     caller bounds the time it takes."""
@@ -185,7 +185,7 @@ async def shake_hands(
     except BaseException:
         writer.close()
         raise
-    return reader, writer, welcome.node_id
+    return reader, writer, welcome
 
 
 def read_blocking(sock: socket.socket, kind: type[M], max_bytes: int) -> M:
