@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from node.core.compute import reduce_all
 from node.core.job import Job
+from node.core.sources import open_source
 from node.server.answercache import ANSWER_CACHE_BYTES
 from node.server.jobs import JobManager
 from node.server.peers import PeerTable
@@ -90,24 +92,42 @@ async def test_a_job_aborted_after_its_submitter_left_logs_nothing() -> None:
     assert not [c for c in reported if "never retrieved" in c.get("message", "")], reported
 
 
-async def test_a_joiner_is_not_stranded_when_the_first_caller_goes_away() -> None:
-    """The first submit of a job id drives its run; cancelled (its client gone), the run
-    ends, and whoever joined the same id must hear so at once, not wait forever."""
+async def test_a_joiner_keeps_the_run_when_the_first_caller_goes_away() -> None:
+    """The first submit of a job id starts its run, and a second joins it; the first one's
+    client goes (its call cancelled). The joiner, a client's retry say, still gets the
+    run's answer: the run ended with its first caller before, and the joiner had to start
+    over. The run ends once its last caller goes."""
     from inproc import poll
 
-    from node.errors import RunAbandoned
-
     jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 16)
-    job = Job(op="sum", source="random:n=1e7,seed=1")  # ~150 shards, one at a time on one thread
+    job = Job(op="sum", source="random:n=2e6,seed=1")  # ~30 shards, one at a time on one thread
     first = asyncio.ensure_future(jobs.submit("j", job))
     await poll(lambda: jobs.progress("j")[1] > 0, what="the run to start")
     joiner = asyncio.ensure_future(jobs.submit("j", job))
     await asyncio.sleep(0)  # one turn of the loop: the joiner's submit runs up to its wait on the run
     assert not joiner.done()
     first.cancel()
-    with pytest.raises(RunAbandoned, match="retry"):
-        await asyncio.wait_for(joiner, 5)
+    answer = await asyncio.wait_for(joiner, 30)
     assert first.cancelled()
+    assert answer.result == reduce_all(job, open_source(job.source, None), 1 << 16)  # the same bits
+    assert jobs.running_count == 0
+
+
+async def test_the_run_ends_when_its_last_caller_goes_away() -> None:
+    from inproc import poll
+
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 16)
+    job = Job(op="sum", source="random:n=1e8,seed=1")  # ~1,500 shards: minutes on one thread
+    callers = [asyncio.ensure_future(jobs.submit("j", job)) for _ in range(2)]
+    await poll(lambda: jobs.progress("j")[1] > 0, what="the run to start")
+    callers[0].cancel()
+    await asyncio.wait([callers[0]])  # its wait has ended: a cancel of the run would be scheduled now
+    for _ in range(3):
+        await asyncio.sleep(0)  # turns of the loop, in which a cancelled run would end
+    assert jobs.progress("j")[0] and jobs.running_count == 1, "the run ended with a caller still waiting"
+    callers[1].cancel()
+    await poll(lambda: jobs.running_count == 0, 5, "the run's end")
+    assert all(caller.cancelled() for caller in callers)
     assert jobs.progress("j") == (False, 0, 0)
 
 

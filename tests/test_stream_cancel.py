@@ -93,12 +93,34 @@ async def test_a_cancelled_callers_job_ends_on_the_node_and_frees_its_slot(
         job = asyncio.create_task(client.submit(op="sum", source=ENDLESS))
         await poll(lambda: leader.jobs_running() == 1, 10, "the long job running")
         job.cancel()
+        # At once, on the same stream: the cancel goes in the new job's batch, and the node
+        # ends the cancelled job first, so its slot (one per client here) is the new job's.
+        assert (await client.submit(op="sum", source="range:n=10")).result == 45
         with pytest.raises(asyncio.CancelledError):
             await job
         await poll(lambda: leader.jobs_running() == 0, 10, "the cancelled job's end on the node")
-        # Its slot (one per client here) is free, on the same stream: a cancel is not its end.
-        assert (await client.submit(op="sum", source="range:n=10")).result == 45
-        assert client._streams._open[address] is stream
+        assert client._streams._open[address] is stream  # a batch of cancels is not the stream's end
+
+
+async def test_a_job_left_on_a_stream_the_local_socket_replaced_is_cancelled_there(
+    start_cluster: StartCluster,
+) -> None:
+    """A new client's first job goes on gRPC, whose first message names the node's socket;
+    the client moves there, and the gRPC stream, retired, ends once its last job does. Its
+    job's caller that stops waiting cancels it there too (a half-closed stream could not)."""
+    cluster = await start_cluster(1)
+    leader = cluster.daemons[0]
+    address = leader.config.address
+    async with AsyncClient(address, timeout=120) as client:
+        job = asyncio.create_task(client.submit(op="sum", source=ENDLESS))
+        await poll(lambda: leader.jobs_running() == 1, 10, "the long job running")
+        await poll(lambda: isinstance(client._streams._open.get(address), AsyncLocalStream), 5, "the socket")
+        assert client._streams._retired, "the job's gRPC stream was not kept for it"
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        await poll(lambda: leader.jobs_running() == 0, 10, "the cancelled job's end on the node")
+        await poll(lambda: not client._streams._retired, 5, "the retired stream's end")
 
 
 async def test_no_cancel_goes_to_a_local_socket_whose_node_does_not_read_them(start_cluster: StartCluster) -> None:
@@ -127,3 +149,35 @@ async def test_no_cancel_goes_to_a_local_socket_whose_node_does_not_read_them(st
             await job
         assert (await client.submit(op="sum", source="range:n=10")).result == 45
         assert [list(batch.cancel) for batch in written] == [[], []] and len(written[1].jobs) == 1
+
+
+async def test_nothing_follows_a_local_sockets_last_frame(start_cluster: StartCluster) -> None:
+    """Once a closing client has written "no more jobs" (an empty batch), a caller that then
+    stops waiting sends nothing: the node would not read it, and its close would reset the
+    connection. The close itself ends what is left on the node (the socket's end)."""
+    cluster = await start_cluster(1)
+    leader = cluster.daemons[0]
+    address = leader.config.address
+    async with AsyncClient(address, timeout=120) as client:
+        await client.submit(op="sum", source="values:1")
+        await poll(lambda: isinstance(client._streams._open.get(address), AsyncLocalStream), 5, "the socket")
+        stream = client._streams._open[address]
+        assert isinstance(stream, AsyncLocalStream)
+        written: list[pb.SubmitBatch] = []
+        write = stream._writer.write
+
+        def decoded(data: bytes | bytearray | memoryview) -> None:
+            written.append(pb.SubmitBatch.FromString(bytes(data)[HEADER.size:]))
+            write(data)
+
+        stream._writer.write = decoded  # type: ignore[method-assign]
+        job = asyncio.create_task(client.submit(op="sum", source=ENDLESS))
+        await poll(lambda: leader.jobs_running() == 1, 10, "the long job running")
+        closing = asyncio.create_task(stream.close())
+        await poll(lambda: len(written) == 2, 5, "the end frame")
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        await closing
+        assert written[-1] == pb.SubmitBatch(), written  # the end frame was the last
+        await poll(lambda: leader.jobs_running() == 0, 10, "the job's end with the socket's")

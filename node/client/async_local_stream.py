@@ -50,6 +50,9 @@ class AsyncLocalStream:
         self._unsent: list[pb.SubmitRequest] = []
         #: The seqs of written requests whose callers stopped waiting, for the next frame.
         self._cancels: list[int] = []
+        #: The "no more jobs" frame is written: nothing may follow it (the node would not
+        #: read it, and its close would then reset the connection).
+        self._closing = False
         self.ended: Exception | None = None
         self.unsupported = False  # a node that names a socket has SubmitBatches
         self.replied = 0
@@ -94,7 +97,7 @@ class AsyncLocalStream:
             return
         if any(other is request for other in self._unsent):  # never written: nothing to end there
             self._unsent = [other for other in self._unsent if other is not request]
-        elif self._takes_cancels and request.seq:
+        elif self._takes_cancels and request.seq and not self._closing:  # closing: the close ends it
             self._flush_soon()
             self._cancels.append(request.seq)
 
@@ -124,6 +127,7 @@ class AsyncLocalStream:
         if self.ended is None and not self._writer.is_closing():
             self._flush()
             self._writer.write(frame(pb.SubmitBatch()))
+        self._closing = True
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
             await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
         self._reader.cancel()

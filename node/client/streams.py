@@ -86,6 +86,9 @@ class Waiting:
     def __init__(self) -> None:
         self._by_id: dict[str, dict[int, asyncio.Future[pb.SubmitStreamReply]]] = {}
         self._numbers = itertools.count(1)
+        #: Set while no caller waits.
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._by_id
@@ -96,6 +99,7 @@ class Waiting:
         future.add_done_callback(retrieved)
         request.seq = next(self._numbers)
         self._by_id.setdefault(request.job.job_id, {})[request.seq] = future
+        self.idle.clear()
         return future
 
     def leave(self, request: pb.SubmitRequest, future: asyncio.Future[pb.SubmitStreamReply]) -> None:
@@ -106,6 +110,8 @@ class Waiting:
             if not futures:
                 del self._by_id[request.job.job_id]
         future.cancel()
+        if not self._by_id:
+            self.idle.set()
 
     def answer(self, reply: pb.SubmitStreamReply) -> None:
         futures = self._by_id.get(reply.job_id)
@@ -120,6 +126,8 @@ class Waiting:
         for future in answered:
             if not future.done():
                 future.set_result(reply)
+        if not self._by_id:
+            self.idle.set()
 
     def fail_all(self, exc: Exception) -> None:
         """The stream ended: every caller still waiting hears why."""
@@ -128,6 +136,7 @@ class Waiting:
                 if not future.done():
                     future.set_exception(exc)
         self._by_id.clear()
+        self.idle.set()
 
 
 def answers(reply: pb.SubmitStreamReply, request: pb.SubmitRequest) -> bool:
@@ -220,6 +229,8 @@ class SubmitStream:
         self._unsent: list[pb.SubmitRequest] = []
         #: The seqs of written requests whose callers stopped waiting, for the next message.
         self._cancels: list[int] = []
+        #: Half-closed, or closing: nothing more is written (cancels neither).
+        self._closing = False
         self._written: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         #: Why the stream ended (what the jobs still waiting on it raise); None while it is open.
@@ -293,7 +304,7 @@ class SubmitStream:
             return
         if any(other is request for other in self._unsent):  # never written: nothing to end there
             self._unsent = [other for other in self._unsent if other is not request]
-        elif request.seq:
+        elif request.seq and not self._closing:  # closing: the call's cancel ends what is left
             self._cancels.append(request.seq)
             if self._writer is None:
                 self._writer = asyncio.get_running_loop().create_task(self._write_all())
@@ -314,7 +325,14 @@ class SubmitStream:
             self._waiting.fail_all(ended)
 
     async def finish(self) -> None:
-        """Half-close, and wait until the node has answered every job and ended the stream."""
+        """Once no caller waits on it, half-close, and wait until the node has ended the stream.
+        (Half-closed, it could not carry the cancel of a caller that stops waiting.)"""
+        idle = asyncio.ensure_future(self._waiting.idle.wait())
+        try:
+            await asyncio.wait({idle, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+        self._closing = True
         if self._writer is not None:  # gRPC allows one write at a time, half-closing included
             await asyncio.wait({self._writer})
         if self.ended is None:
@@ -327,6 +345,7 @@ class SubmitStream:
         """Half-close; the node ends the stream once its jobs are answered. Waited for, briefly:
         gRPC must see the call end while this loop still runs, or its poller thread later
         calls into a closed loop."""
+        self._closing = True
         if self._writer is not None:  # gRPC allows one write at a time, half-closing included
             await asyncio.wait({self._writer})
         if self.ended is None:

@@ -3,9 +3,10 @@
 The ledger (ledger.py) drives each detached job the table shows queued or
 running; this is one drive's loop. A run is tried again:
 - while the leader's `--max-jobs` are taken by attached jobs (a slot frees);
-- when the run it had joined, an attached submit of the same job id, ended
-  with that submit's client (RunAbandoned): the job is still wanted, so it
-  gets a run of its own, where before it stayed queued until an election.
+- when the run it was to join, an attached submit's of the same job id,
+  ended as it joined, its last caller gone (RunAbandoned: jobs.py keeps a run
+  while anyone waits for it): the job is still wanted, so it gets a run of
+  its own, where before it stayed queued until an election.
 Before each try the job's record is read again: a job cancelled while it
 waited for a slot is not run.
 """
@@ -40,7 +41,7 @@ async def run_to_end(run: Run, job_id: str, job: Job, wanted: Callable[[], bool]
                 return str(exc)
             await asyncio.sleep(BUSY_RETRY_S)  # attached jobs fill the leader: wait for a slot
         except RunAbandoned:
-            continue  # the attached run it joined ended with its client: a run of its own
+            continue  # the attached run it joined ended with its last caller: a run of its own
         except (ClusterUnavailable, JobCancelled):
             return None
         except (InvalidJob, JobError) as exc:

@@ -64,6 +64,10 @@ class JobRun:
     holdings: Holdings = field(default_factory=Holdings)
     #: Set as the run ends: its shards still in this node's pool stop between pieces (halt.py).
     halt: Halt = field(default_factory=Halt)
+    #: The task that drives the run (jobs.py), and how many callers wait for it: the last
+    #: one to stop waiting ends it.
+    driver: asyncio.Task[Outcome] | None = None
+    waiters: int = 0
 
     @property
     def finished(self) -> bool:

@@ -25,7 +25,11 @@ of its batch go back to the front of the queue for the other lanes. A partial
 for a shard already received is dropped, so re-running a shard is harmless.
 
 The leader remembers answers by `job_id` (bounded), so a client that retries
-gets the same answer instead of a second run. If this node stops being the
+gets the same answer instead of a second run. A submit of a job id whose run
+is going joins it: a run is driven by a task of its own that every caller
+waits for, and it ends only when the last of them stops waiting (a retry
+that joined keeps the run its first try started, which that try's client
+cancelled meanwhile). If this node stops being the
 leader, every running job fails with `NotLeader`; clients retry elsewhere.
 """
 
@@ -72,6 +76,9 @@ from node.server.peers import PeerTable
 from node.server.tracing import InPool, JobTrace, ShardTimes, clocked, to_pool
 
 log = logging.getLogger("distnode.jobs")
+
+#: A job's source, opened, and its shards' rows.
+Planned = tuple[DataSource, list[tuple[int, int]]]
 
 #: Jobs at most this many elements are computed on the event loop itself:
 #: the thread hop costs more than summing them.
@@ -131,7 +138,7 @@ class JobManager:
         run = self._running.get(job_id)
         if run is not None:
             self._check_same(job_id, run.job, job)
-            return await asyncio.shield(run.done)
+            return await self._wait(run)
         if len(self._running) >= self.limits.max_jobs:
             raise LimitExceeded(f"max-jobs: {self.limits.max_jobs} jobs already running on the leader")
         return await self._run(job_id, job, JobTrace(self.node_id) if trace else None)
@@ -154,23 +161,64 @@ class JobManager:
     async def _run(self, job_id: str, job: Job, trace: JobTrace | None) -> Outcome:
         started = time.perf_counter()
         try:
-            outcome = await self._execute(job_id, job, trace)
+            begun = self._begin(job_id, job, trace, started)
         except BaseException as exc:
             self.metrics.job_ended(job.op, outcome_of(exc), time.perf_counter() - started)
             raise
-        self.metrics.job_ended(job.op, "done", time.perf_counter() - started)
+        if isinstance(begun, Outcome):  # tiny: computed at once
+            self.metrics.job_ended(job.op, "done", time.perf_counter() - started)
+            return begun
+        return await self._wait(begun)
+
+    def _begin(self, job_id: str, job: Job, trace: JobTrace | None, started: float) -> Outcome | JobRun:
+        """A tiny job's outcome; or the run of the job, its driver started (`_drive`)."""
+        if source_kind(job.source) in FORMAT_KINDS:
+            # Opening a file format reads metadata from disk, and the first one imports its
+            # library (a second or so): not on the event loop (`_drive`). The run is known
+            # meanwhile, so a second caller of the id joins it (not a second run under the same
+            # id, whose partials the two would share), and a cancel or a lost leadership reaches it.
+            planned: Planned | None = None
+        else:
+            planned = self._plan(job)
+            source, shards = planned
+            if len(shards) == 1 and (shards[0][1] - shards[0][0]) * (source.cols or 1) <= INLINE_ELEMS:
+                return self._run_inline(job_id, job, source, shards[0], trace)
+        run = self._new_run(job_id, job, trace)
+        self._running[job_id] = run
+        run.driver = asyncio.create_task(self._drive(run, planned, started))
+        return run
+
+    async def _wait(self, run: JobRun) -> Outcome:
+        """The run's outcome, for one of its callers. The last caller to stop waiting (its
+        client gone) ends the run; the others keep it."""
+        assert run.driver is not None
+        run.waiters += 1
+        try:
+            return await asyncio.shield(run.driver)
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if run.driver.cancelled() and caller is not None and not caller.cancelling():
+                raise self._abandoned(run.job_id) from None  # joined as its last caller left
+            raise
+        finally:
+            run.waiters -= 1
+            if not run.waiters and not run.driver.done():
+                run.driver.cancel()  # nobody waits for it any more
+
+    async def _drive(self, run: JobRun, planned: Planned | None, started: float) -> Outcome:
+        try:
+            outcome = await self._execute(run, planned)
+        except BaseException as exc:
+            self.metrics.job_ended(run.job.op, outcome_of(exc), time.perf_counter() - started)
+            raise
+        self.metrics.job_ended(run.job.op, "done", time.perf_counter() - started)
         return outcome
 
-    async def _execute(self, job_id: str, job: Job, trace: JobTrace | None) -> Outcome:
-        if source_kind(job.source) in FORMAT_KINDS:
-            run = self._new_run(job_id, job, trace)
-            # Opening a file format reads metadata from disk, and the first one imports its
-            # library (a second or so): not on the event loop. The run is known meanwhile, so
-            # a second caller of the id joins it (not a second run under the same id, whose
-            # partials the two would share), and a cancel or a lost leadership reaches it.
-            self._running[job_id] = run
+    async def _execute(self, run: JobRun, planned: Planned | None) -> Outcome:
+        job_id = run.job_id
+        if planned is None:  # a file format: planned here, off the event loop
             try:
-                source, shards = await asyncio.to_thread(self._plan, job)
+                planned = await asyncio.to_thread(self._plan, run.job)
                 if self.ask_sources is not None and self.peers.sources_unknown():
                     await self.ask_sources(self.peers.sources_unknown())
             except BaseException as exc:
@@ -179,12 +227,7 @@ class JobManager:
                 raise
             if run.finished:  # cancelled, or this node stopped leading, while it was planned (_end_planned)
                 return await run.done
-        else:
-            source, shards = self._plan(job)
-            if len(shards) == 1 and (shards[0][1] - shards[0][0]) * (source.cols or 1) <= INLINE_ELEMS:
-                return self._run_inline(job_id, job, source, shards[0], trace)
-            run = self._new_run(job_id, job, trace)
-            self._running[job_id] = run
+        source, shards = planned
         run.shards, run.started_s = shards, time.perf_counter()
         run.pending.extend(range(len(shards)))
         try:
@@ -193,22 +236,21 @@ class JobManager:
                 outcome = await asyncio.shield(run.done)
         except TimeoutError:
             timed_out = JobTimedOut(f"job-timeout-s: job ran past {self.limits.job_timeout_s} s")
-            run.fail(timed_out)  # joiners of this job id fail too; our caller by the raise below
+            run.fail(timed_out)
             raise timed_out from None
         finally:
             self._forget(run)
             for task in run.tasks:
                 task.cancel()
             run.halt.set()  # a shard still in the pool is nobody's now: it stops between pieces
-            # Ended without an answer (the caller that started it was cancelled):
-            # those who joined it must not wait for a run nobody drives.
+            # Ended without an answer (its last caller went away): nothing else waits for it.
             run.fail(self._abandoned(job_id))
-        self._answers.remember(job_id, job, outcome)
+        self._answers.remember(job_id, run.job, outcome)
         return outcome
 
     @staticmethod
     def _abandoned(job_id: str) -> RunAbandoned:
-        return RunAbandoned(f"job_id: the run of {job_id!r} ended with its first caller; retry")
+        return RunAbandoned(f"job_id: the run of {job_id!r} ended with its last caller; retry")
 
     @staticmethod
     def _new_run(job_id: str, job: Job, trace: JobTrace | None) -> JobRun:
@@ -231,7 +273,7 @@ class JobManager:
         run.template = partial_template(run.job, source)
         self.lanes.start(run, source)
 
-    def _plan(self, job: Job) -> tuple[DataSource, list[tuple[int, int]]]:
+    def _plan(self, job: Job) -> Planned:
         """Validate the job against the limits and its source; cut the fixed shards."""
         self.limits.check_spec(job)
         source = validate_job(job, self.data_root, self.openers)

@@ -91,11 +91,12 @@ class JobStream:
     async def _read(self, batches: AsyncIterator[pb.SubmitBatch]) -> None:
         try:
             async for batch in batches:
+                # Cancels first: they name earlier requests, whose slots the batch's jobs may need.
+                self._cancel(batch.cancel)
                 for number, request in enumerate(batch.jobs):
                     if number and not number % START_CHUNK_JOBS:
                         await asyncio.sleep(0)  # the jobs started so far run, their replies go
                     self._start(request)
-                self._cancel(batch.cancel)
             if self._running:
                 await asyncio.wait(set(self._running))
         finally:

@@ -243,11 +243,17 @@ class LocalSocket:
         if hello.purpose != pb.LOCAL_SUBMIT:  # from a newer version: nothing here to serve it
             return
         refused: list[pb.SubmitStreamReply] = []
+        watching: list[asyncio.Task[None]] = []
         stream = JobStream(functools.partial(self._run, LocalCaller(peer)), self._failed)
-        async with contextlib.aclosing(stream.replies(self._batches(reader, refused, stream))) as replies:
-            async for batch in replies:
-                writer.write(frame(batch))
-                await writer.drain()
+        batches = self._batches(reader, refused, stream, watching)
+        try:
+            async with contextlib.aclosing(stream.replies(batches)) as replies:
+                async for batch in replies:
+                    writer.write(frame(batch))
+                    await writer.drain()
+        finally:
+            for task in watching:
+                task.cancel()
         if refused:  # the client's last frame was not one we could read: say why, then close
             writer.write(frame(pb.SubmitBatchReply(replies=refused)))
             await writer.drain()
@@ -273,7 +279,8 @@ class LocalSocket:
             raise
 
     async def _batches(
-        self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply], stream: JobStream
+        self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply], stream: JobStream,
+        watching: list[asyncio.Task[None]],
     ) -> AsyncIterator[pb.SubmitBatch]:
         """The client's batches until an empty one (no jobs and no cancels: no more jobs,
         those running are answered)
@@ -294,8 +301,18 @@ class LocalSocket:
                 stream.cancel_all()
                 return
             if not batch.jobs and not batch.cancel:
+                watching.append(asyncio.create_task(_until_gone(reader, stream)))
                 return
             yield batch
+
+
+async def _until_gone(reader: asyncio.StreamReader, stream: JobStream) -> None:
+    """After a client's "no more jobs", its jobs still running are answered; if it closes
+    the socket first, nobody waits for them: they end, as when it leaves without saying so.
+    (Anything it sends after its end breaks the protocol, and ends them as well.)"""
+    with contextlib.suppress(OSError):
+        await reader.read(1)
+    stream.cancel_all()
 
 
 def _join(links: list[LinkServer]) -> None:
