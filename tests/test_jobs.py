@@ -131,6 +131,36 @@ async def test_the_run_ends_when_its_last_caller_goes_away() -> None:
     assert jobs.progress("j") == (False, 0, 0)
 
 
+async def test_a_cancel_while_a_file_format_is_planned_reaches_every_caller_at_once() -> None:
+    """A file format's plan is made in a thread, and may take long (a slow disk); a cancel
+    (or a lost leadership) meanwhile is every caller's answer at once, not after the plan."""
+    from node.errors import InvalidField, JobCancelled
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_opener(text: str, data_root: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        raise InvalidField("source", "the test's opener reads nothing")
+
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1),
+                      shard_elems=1 << 16, openers={"zarr": slow_opener})
+    job = Job(op="sum", source="zarr:slow.zarr")
+    try:
+        callers = [asyncio.ensure_future(jobs.submit("j", job)) for _ in range(2)]
+        await asyncio.to_thread(entered.wait, 10)
+        assert entered.is_set() and not any(caller.done() for caller in callers)
+        jobs.cancel("j")
+        done, _ = await asyncio.wait(callers, timeout=5)
+        assert len(done) == 2, "a caller waited for the plan"
+        for caller in callers:
+            with pytest.raises(JobCancelled):
+                caller.result()
+        assert jobs.running_count == 0
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize("rows", [1000, 200_000], ids=["inline", "one-shard-in-the-pool"])
 async def test_a_damaged_file_is_the_callers_error_not_ours(tmp_path: Any, rows: int) -> None:
     """A chunk that cannot be decoded is InvalidField naming the file and rows, on every path a

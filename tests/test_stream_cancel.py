@@ -82,7 +82,8 @@ async def test_a_cancel_ends_the_named_job_unanswered_and_the_stream_goes_on() -
 async def test_a_cancelled_callers_job_ends_on_the_node_and_frees_its_slot(
     start_cluster: StartCluster, local_socket: bool,
 ) -> None:
-    cluster = await start_cluster(1, limits=Limits(max_jobs_per_client=1))
+    # One job per client, and one on the leader: the cancelled job's slot in each is the next one's.
+    cluster = await start_cluster(1, limits=Limits(max_jobs_per_client=1, max_jobs=1))
     leader = cluster.daemons[0]
     address = leader.config.address
     async with AsyncClient(address, timeout=120, local_socket=local_socket) as client:
@@ -94,7 +95,7 @@ async def test_a_cancelled_callers_job_ends_on_the_node_and_frees_its_slot(
         await poll(lambda: leader.jobs_running() == 1, 10, "the long job running")
         job.cancel()
         # At once, on the same stream: the cancel goes in the new job's batch, and the node
-        # ends the cancelled job first, so its slot (one per client here) is the new job's.
+        # ends the cancelled job first, so its slots are the new job's.
         assert (await client.submit(op="sum", source="range:n=10")).result == 45
         with pytest.raises(asyncio.CancelledError):
             await job

@@ -3,10 +3,11 @@
 The ledger (ledger.py) drives each detached job the table shows queued or
 running; this is one drive's loop. A run is tried again:
 - while the leader's `--max-jobs` are taken by attached jobs (a slot frees);
-- when the run it was to join, an attached submit's of the same job id,
-  ended as it joined, its last caller gone (RunAbandoned: jobs.py keeps a run
-  while anyone waits for it): the job is still wanted, so it gets a run of
-  its own, where before it stayed queued until an election.
+- when the run it joined (an attached submit's of the same job id) ended
+  as it joined, because that run's last caller had just gone (RunAbandoned;
+  jobs.py keeps a run while anyone waits for it): the job is still wanted,
+  so it gets a run of its own, where before it stayed queued until an
+  election.
 Before each try the job's record is read again: a job cancelled while it
 waited for a slot is not run.
 """

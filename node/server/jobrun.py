@@ -91,10 +91,10 @@ class JobRun:
         return batch
 
     def fail(self, exc: Exception) -> None:
-        """End the run with `exc` for whoever awaits it. Marked as retrieved: the
-        submit that started the run may itself have been cancelled meanwhile
-        (its client went away), and then nobody awaits it, which asyncio would
-        log as an error when the future is collected."""
+        """End the run with `exc` for whoever awaits it. Marked as retrieved: its
+        callers may all have gone meanwhile (their clients went away), and then
+        nobody awaits it, which asyncio would log as an error when the future is
+        collected."""
         if not self.finished:
             self.done.set_exception(exc)
             self.done.exception()

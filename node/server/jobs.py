@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from node.core import halt
 from node.core.compute import (
@@ -129,7 +130,7 @@ class JobManager:
         Raises node.errors classes: InvalidField for a bad job, LimitExceeded
         over a limit, JobConflict for a reused id, JobTimedOut past the job
         deadline, NotLeader if leadership is lost meanwhile, RunAbandoned if
-        the caller that started the run went away.
+        it joined a run as the run's last other caller went away.
         """
         known = self._answers.get(job_id)
         if known is not None:
@@ -203,7 +204,10 @@ class JobManager:
         finally:
             run.waiters -= 1
             if not run.waiters and not run.driver.done():
-                run.driver.cancel()  # nobody waits for it any more
+                # Nobody waits for it any more: it ends now, not on a later turn of the loop,
+                # so a submit that follows at once finds its --max-jobs slot free.
+                self._end(run)
+                run.driver.cancel()
 
     async def _drive(self, run: JobRun, planned: Planned | None, started: float) -> Outcome:
         try:
@@ -218,7 +222,7 @@ class JobManager:
         job_id = run.job_id
         if planned is None:  # a file format: planned here, off the event loop
             try:
-                planned = await asyncio.to_thread(self._plan, run.job)
+                planned = await self._plan_aside(run)
                 if self.ask_sources is not None and self.peers.sources_unknown():
                     await self.ask_sources(self.peers.sources_unknown())
             except BaseException as exc:
@@ -239,14 +243,34 @@ class JobManager:
             run.fail(timed_out)
             raise timed_out from None
         finally:
-            self._forget(run)
-            for task in run.tasks:
-                task.cancel()
-            run.halt.set()  # a shard still in the pool is nobody's now: it stops between pieces
-            # Ended without an answer (its last caller went away): nothing else waits for it.
-            run.fail(self._abandoned(job_id))
+            self._end(run)
         self._answers.remember(job_id, run.job, outcome)
         return outcome
+
+    async def _plan_aside(self, run: JobRun) -> Planned:
+        """A file format's plan, made in a thread; or the run's failure (a cancel, a lost
+        leadership) as soon as it comes: its callers need not wait for the plan."""
+        planning = asyncio.ensure_future(asyncio.to_thread(self._plan, run.job))
+        either: set[asyncio.Future[Any]] = {planning, run.done}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not planning.done():  # the thread goes on; what it finds is nobody's
+                planning.add_done_callback(lambda done: done.cancelled() or done.exception())
+        if not planning.done():  # the run failed first
+            failed = run.done.exception()
+            raise failed if failed is not None else self._abandoned(run.job_id)
+        return planning.result()
+
+    def _end(self, run: JobRun) -> None:
+        """The run is over, answered or not: out of the table, its lanes stopped, its shards
+        still in the pool halted between pieces, and failed if it has no answer (its last
+        caller went away). Idempotent."""
+        self._forget(run)
+        for task in run.tasks:
+            task.cancel()
+        run.halt.set()
+        run.fail(self._abandoned(run.job_id))
 
     @staticmethod
     def _abandoned(job_id: str) -> RunAbandoned:

@@ -309,7 +309,9 @@ class LocalSocket:
 async def _until_gone(reader: asyncio.StreamReader, stream: JobStream) -> None:
     """After a client's "no more jobs", its jobs still running are answered; if it closes
     the socket first, nobody waits for them: they end, as when it leaves without saying so.
-    (Anything it sends after its end breaks the protocol, and ends them as well.)"""
+    A client keeps its end open until its answers are in (both clients do): a shutdown of
+    its writing side alone reads here as its close. Anything it sends after "no more jobs"
+    breaks the protocol, and ends them as well."""
     with contextlib.suppress(OSError):
         await reader.read(1)
     stream.cancel_all()
