@@ -244,3 +244,32 @@ def test_a_node_that_echoes_no_number_is_still_answered_by_job_id() -> None:
     request = pb.SubmitRequest(job=pb.JobSpec(job_id="j", op="sum", source="range:n=5"))
     assert stream.run(request).node_id == "n1" and request.seq == 1
     stream.close()
+
+
+def test_an_interrupted_threads_job_is_cancelled_on_its_stream() -> None:
+    """A thread interrupted while it waits (Ctrl-C) leaves its job to nobody: the stream's
+    next message names it (`SubmitBatch.cancel`), and the node ends it (test_stream_cancel.py),
+    where it used to run on to its deadline; the stream goes on for the thread's next job."""
+    from node.client.blocking_stream import ThreadStream
+
+    replies = ScriptedReplies(late_and_own("j"))
+
+    class Stub:
+        def SubmitBatches(self, feed: Any) -> ScriptedReplies:
+            return replies
+
+    def written() -> list[Any]:  # what the stream's feed would send next (gRPC's thread reads it)
+        found = []
+        while not stream._requests.empty():
+            found.append(stream._requests.get_nowait())
+        return found
+
+    stream = ThreadStream(Stub(), channel=None)  # type: ignore[arg-type]
+    request = pb.SubmitRequest(job=pb.JobSpec(job_id="j", op="sum", source="range:n=5"))
+    with pytest.raises(Interrupted):
+        stream.run(request)
+    assert written() == [pb.SubmitBatch(jobs=[request]), pb.SubmitBatch(cancel=[1])]
+    again = pb.SubmitRequest(job=pb.JobSpec(job_id="j", op="sum", source="range:n=5"))
+    assert stream.run(again).seq == 2
+    assert written() == [pb.SubmitBatch(jobs=[again])]
+    stream.close()

@@ -48,7 +48,7 @@ class ThreadStream:
     ) -> None:
         #: Told where the node's local socket is, if the node names one.
         self._on_local = on_local
-        self._requests: queue.SimpleQueue[pb.SubmitRequest | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[pb.SubmitBatch | None] = queue.SimpleQueue()
         self._replies: Iterator[pb.SubmitBatchReply] = stub.SubmitBatches(self._feed())
         #: What it was opened on: once the watchdog closes that channel, the stream is done.
         self.channel = channel
@@ -68,8 +68,8 @@ class ThreadStream:
         return self.replied > 0
 
     def _feed(self) -> Iterator[pb.SubmitBatch]:
-        while (request := self._requests.get()) is not None:
-            yield pb.SubmitBatch(jobs=[request])
+        while (batch := self._requests.get()) is not None:
+            yield batch
 
     def run(self, request: pb.SubmitRequest) -> pb.SubmitStreamReply:
         """Send the job and wait for its reply (the job's deadline is in the request: the
@@ -77,7 +77,7 @@ class ThreadStream:
         if self.ended is not None:
             raise self.ended
         request.seq = next(self._numbers)
-        self._requests.put(request)
+        self._requests.put(pb.SubmitBatch(jobs=[request]))
         try:
             for batch in self._replies:
                 if batch.HasField("local") and self._on_local is not None:
@@ -93,6 +93,12 @@ class ThreadStream:
             self.ended, self.unsupported = stream_ended(exc, self.replied)
         except ValueError as exc:  # the watchdog closed the channel under the call
             self.ended = AttemptFailed(f"SubmitBatches: channel closed: {exc}")
+        except BaseException:
+            # Interrupted (Ctrl-C): nobody waits for the job now, and the node ends it (one of
+            # the previous version ignores a batch without jobs: the job runs to its deadline).
+            if self.ended is None:
+                self._requests.put(pb.SubmitBatch(cancel=[request.seq]))
+            raise
         raise self.ended
 
     def cancel(self) -> None:
