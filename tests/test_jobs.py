@@ -116,7 +116,11 @@ async def test_a_joiner_keeps_the_run_when_the_first_caller_goes_away() -> None:
 async def test_the_run_ends_when_its_last_caller_goes_away() -> None:
     from inproc import poll
 
-    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 16)
+    from node.server.metrics import NodeMetrics
+
+    metrics = NodeMetrics()
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 16,
+                      metrics=metrics)
     job = Job(op="sum", source="random:n=1e8,seed=1")  # ~1,500 shards: minutes on one thread
     callers = [asyncio.ensure_future(jobs.submit("j", job)) for _ in range(2)]
     await poll(lambda: jobs.progress("j")[1] > 0, what="the run to start")
@@ -129,6 +133,10 @@ async def test_the_run_ends_when_its_last_caller_goes_away() -> None:
     await poll(lambda: jobs.running_count == 0, 5, "the run's end")
     assert all(caller.cancelled() for caller in callers)
     assert jobs.progress("j") == (False, 0, 0)
+    # Counted once, as nobody's any more: not as a failure of the job.
+    await poll(lambda: metrics.registry.get_sample_value("distnode_jobs_total", {"outcome": "abandoned"}) == 1,
+               5, "the run counted")
+    assert metrics.registry.get_sample_value("distnode_jobs_total", {"outcome": "failed"}) == 0
 
 
 async def test_a_cancel_while_a_file_format_is_planned_reaches_every_caller_at_once() -> None:

@@ -15,6 +15,7 @@ eleven ops, `outcome` one of OUTCOMES.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -73,8 +74,8 @@ def outcome_of(exc: BaseException) -> str:
         return "cancelled"
     if isinstance(exc, InvalidJob | LimitExceeded):
         return "refused"  # the job or a limit said no before anything ran
-    if isinstance(exc, ClusterUnavailable):
-        return "abandoned"  # leadership lost, or the caller that drove it went away
+    if isinstance(exc, ClusterUnavailable | asyncio.CancelledError):
+        return "abandoned"  # leadership lost, or every caller of the run went away
     return "failed"  # a JobError (a worker, a timeout), or anything unforeseen
 
 
