@@ -28,6 +28,16 @@ from node.core.limits import Limits
 from node.errors import AttemptFailed
 
 
+async def moved_to_socket(client: AsyncClient, address: str) -> AsyncLocalStream:
+    """The client's stream to the node at `address` once it is on the node's local socket (a
+    job on gRPC first: the stream's first message names the socket)."""
+    await client.submit(op="sum", source="values:1")
+    await poll(lambda: isinstance(client._streams._open.get(address), AsyncLocalStream), 5, "the socket")
+    stream = client._streams._open[address]
+    assert isinstance(stream, AsyncLocalStream)
+    return stream
+
+
 async def test_a_nodes_jobs_move_to_its_local_socket_and_go_together_in_frames(
     start_cluster: StartCluster,
 ) -> None:
@@ -99,11 +109,9 @@ async def test_a_socket_closed_under_a_job_fails_it_for_the_retry_loop(start_clu
     daemon = cluster.daemons[0]
     address = daemon.config.address
     async with AsyncClient(address, timeout=30) as client:
-        await client.submit(op="sum", source="values:1")
-        await poll(lambda: isinstance(client._streams._open.get(address), AsyncLocalStream), 5, "the socket")
-        stream = client._streams._open[address]
+        stream = await moved_to_socket(client, address)
         job = asyncio.ensure_future(client.submit(op="sum", source="random:n=60000000,seed=4", job_id="cut"))
-        await poll(lambda: "cut" in stream._waiting, 5, "the job on the socket")  # type: ignore[union-attr]
+        await poll(lambda: "cut" in stream._waiting, 5, "the job on the socket")
         assert daemon._local is not None
         await daemon._local.close()  # every connection ends; the node itself serves on
         answer = await job

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from inproc import StartCluster, poll
+from test_local_socket_async import moved_to_socket
 
 from node import AsyncClient
 from node._proto import distnode_pb2 as pb
@@ -28,6 +29,19 @@ from node.wire.localframes import HEADER
 
 #: A sum that runs for minutes: only a cancel ends it within a test.
 ENDLESS = "range:n=100000000000"
+
+
+def recorded(stream: AsyncLocalStream) -> list[pb.SubmitBatch]:
+    """The batches `stream` writes from now on, as the node reads them."""
+    written: list[pb.SubmitBatch] = []
+    write = stream._writer.write
+
+    def decoded(data: bytes | bytearray | memoryview) -> None:
+        written.append(pb.SubmitBatch.FromString(bytes(data)[HEADER.size:]))
+        write(data)
+
+    stream._writer.write = decoded  # type: ignore[method-assign]
+    return written
 
 
 def numbered(seq: int, job_id: str) -> pb.SubmitRequest:
@@ -130,19 +144,10 @@ async def test_no_cancel_goes_to_a_local_socket_whose_node_does_not_read_them(st
     cluster = await start_cluster(1)
     address = cluster.daemons[0].config.address
     async with AsyncClient(address, timeout=120) as client:
-        await client.submit(op="sum", source="values:1")
-        await poll(lambda: isinstance(client._streams._open.get(address), AsyncLocalStream), 5, "the socket")
-        stream = client._streams._open[address]
-        assert isinstance(stream, AsyncLocalStream) and stream._takes_cancels  # this version's node
+        stream = await moved_to_socket(client, address)
+        assert stream._takes_cancels  # this version's node
         stream._takes_cancels = False  # as an earlier version's welcome
-        written: list[pb.SubmitBatch] = []
-        write = stream._writer.write
-
-        def decoded(data: bytes | bytearray | memoryview) -> None:
-            written.append(pb.SubmitBatch.FromString(bytes(data)[HEADER.size:]))
-            write(data)
-
-        stream._writer.write = decoded  # type: ignore[method-assign]
+        written = recorded(stream)
         job = asyncio.create_task(client.submit(op="sum", source=ENDLESS, job_id="left"))
         await poll(lambda: bool(written), 5, "the job written")
         job.cancel()
@@ -160,18 +165,8 @@ async def test_nothing_follows_a_local_sockets_last_frame(start_cluster: StartCl
     leader = cluster.daemons[0]
     address = leader.config.address
     async with AsyncClient(address, timeout=120) as client:
-        await client.submit(op="sum", source="values:1")
-        await poll(lambda: isinstance(client._streams._open.get(address), AsyncLocalStream), 5, "the socket")
-        stream = client._streams._open[address]
-        assert isinstance(stream, AsyncLocalStream)
-        written: list[pb.SubmitBatch] = []
-        write = stream._writer.write
-
-        def decoded(data: bytes | bytearray | memoryview) -> None:
-            written.append(pb.SubmitBatch.FromString(bytes(data)[HEADER.size:]))
-            write(data)
-
-        stream._writer.write = decoded  # type: ignore[method-assign]
+        stream = await moved_to_socket(client, address)
+        written = recorded(stream)
         job = asyncio.create_task(client.submit(op="sum", source=ENDLESS))
         await poll(lambda: leader.jobs_running() == 1, 10, "the long job running")
         closing = asyncio.create_task(stream.close())

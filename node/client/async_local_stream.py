@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.client.local_stream import CONNECT_TIMEOUT_S
-from node.client.streams import CLOSE_WAIT_S, Waiting, stream_refused
+from node.client.streams import CLOSE_WAIT_S, Waiting, stream_refused, withdraw
 from node.errors import AttemptFailed, LimitExceeded
 from node.wire.localframes import frame, read_async, shake_hands
 
@@ -91,13 +91,10 @@ class AsyncLocalStream:
     def forget(self, request: pb.SubmitRequest, waiting: asyncio.Future[pb.SubmitStreamReply]) -> None:
         """The caller of `waiting` stopped waiting: a job not answered yet is cancelled on the
         node (where it takes cancels), which ends it and frees its slot there."""
-        unanswered = not waiting.done() or waiting.cancelled()  # cancelled: its timeout, a watchdog
-        self._waiting.leave(request, waiting)
-        if not unanswered or self.ended is not None:
+        unanswered = self._waiting.leave(request, waiting)
+        if not unanswered or self.ended is not None or withdraw(self._unsent, request):
             return
-        if any(other is request for other in self._unsent):  # never written: nothing to end there
-            self._unsent = [other for other in self._unsent if other is not request]
-        elif self._takes_cancels and request.seq and not self._closing:  # closing: the close ends it
+        if self._takes_cancels and request.seq and not self._closing:  # closing: the close ends it
             self._flush_soon()
             self._cancels.append(request.seq)
 

@@ -102,8 +102,10 @@ class Waiting:
         self.idle.clear()
         return future
 
-    def leave(self, request: pb.SubmitRequest, future: asyncio.Future[pb.SubmitStreamReply]) -> None:
-        """The caller of `future` stopped waiting (answered, cancelled, or out of time)."""
+    def leave(self, request: pb.SubmitRequest, future: asyncio.Future[pb.SubmitStreamReply]) -> bool:
+        """The caller of `future` stopped waiting (answered, cancelled, or out of time); True
+        if it had no answer (a future cancelled by its timeout or a watchdog had none)."""
+        unanswered = not future.done() or future.cancelled()
         futures = self._by_id.get(request.job.job_id)
         if futures is not None and futures.get(request.seq) is future:
             del futures[request.seq]
@@ -112,6 +114,7 @@ class Waiting:
         future.cancel()
         if not self._by_id:
             self.idle.set()
+        return unanswered
 
     def answer(self, reply: pb.SubmitStreamReply) -> None:
         futures = self._by_id.get(reply.job_id)
@@ -137,6 +140,16 @@ class Waiting:
                     future.set_exception(exc)
         self._by_id.clear()
         self.idle.set()
+
+
+def withdraw(unsent: list[pb.SubmitRequest], request: pb.SubmitRequest) -> bool:
+    """Take `request` out of `unsent`, the jobs not yet written; True if it was there (never
+    written: there is nothing to end on the node)."""
+    for index, other in enumerate(unsent):
+        if other is request:
+            del unsent[index]
+            return True
+    return False
 
 
 def answers(reply: pb.SubmitStreamReply, request: pb.SubmitRequest) -> bool:
@@ -298,13 +311,10 @@ class SubmitStream:
         """The caller of `waiting` stopped waiting (answered, cancelled, out of time). A job
         written and not answered is cancelled on the node, which ends it and frees its slot
         there; a node of an earlier version ignores the cancel (a batch without jobs)."""
-        unanswered = not waiting.done() or waiting.cancelled()  # cancelled: its timeout, a watchdog
-        self._waiting.leave(request, waiting)
-        if not unanswered or self.ended is not None:
+        unanswered = self._waiting.leave(request, waiting)
+        if not unanswered or self.ended is not None or withdraw(self._unsent, request):
             return
-        if any(other is request for other in self._unsent):  # never written: nothing to end there
-            self._unsent = [other for other in self._unsent if other is not request]
-        elif request.seq and not self._closing:  # closing: the call's cancel ends what is left
+        if request.seq and not self._closing:  # closing: the call's cancel ends what is left
             self._cancels.append(request.seq)
             if self._writer is None:
                 self._writer = asyncio.get_running_loop().create_task(self._write_all())
