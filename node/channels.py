@@ -27,10 +27,10 @@ not an interceptor).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import msgspec
 
 from node.core.limits import MAX_MESSAGE_BYTES
 from node.security import TlsFiles, token_metadata
@@ -55,8 +55,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [("grpc.so_reuseport", 0), *size_options(max_message_bytes), *HTTP2_OPTIONS]
 
 
-@dataclass(frozen=True)
-class ChannelFactory:
+class ChannelFactory(msgspec.Struct, frozen=True):
     """How one party (a node, a client, the harness) dials the cluster."""
 
     tls: TlsFiles | None = None

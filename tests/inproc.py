@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from msgspec.structs import replace
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -107,7 +107,7 @@ class InProcessCluster:
         """Start the stopped `node_id` again on its address and state with `overrides`,
         and wait until the leader hears it."""
         index = self._index(node_id)
-        new = Daemon(dataclasses.replace(self.daemons[index].config, **overrides))
+        new = Daemon(replace(self.daemons[index].config, **overrides))
         self.daemons[index] = new
         self.tasks[index] = asyncio.create_task(new.serve(handle_signals=False))
         await poll(lambda: self._leader_sees(self.daemons, new.config.address, alive=True),

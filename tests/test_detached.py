@@ -5,13 +5,13 @@ kept across a restart of every node, cancelled, refused when the disk is full.""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from inproc import InProcessCluster, StartCluster, poll
+from msgspec.structs import replace
 
 from node import AsyncClient, Client
 from node.core.jobtable import decode_command
@@ -111,7 +111,7 @@ async def test_finished_jobs_survive_a_restart_of_every_node_with_snapshots(
     for daemon, task in zip(cluster.daemons, cluster.tasks, strict=True):
         daemon.stop()
         await task
-    restarted = [Daemon(dataclasses.replace(c)) for c in configs]
+    restarted = [Daemon(replace(c)) for c in configs]
     cluster.daemons[:] = restarted
     cluster.tasks[:] = [asyncio.create_task(d.serve(handle_signals=False)) for d in restarted]
     await cluster.wait_for_leader()

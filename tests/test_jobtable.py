@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 
 import pytest
+from msgspec.structs import replace
 
 from node.core.job import Job
 from node.core.jobtable import (
@@ -23,6 +23,23 @@ from node.core.raftlog import Entry
 def record(job_id: str, state: str, result_bytes: int = 0, **fields: object) -> JobRecord:
     result = Result("<u1", (result_bytes,), bytes(range(256))[:result_bytes] * 1) if result_bytes else None
     return JobRecord(job_id, "sum", "range:n=10", state, result=result, **fields)  # type: ignore[arg-type]
+
+
+#: A record as nodes have written it to their journals since records became msgspec JSON: the
+#: fields in their declared order, every one written. Nodes of different versions read each
+#: other's entries, so these bytes are a format, not an implementation detail.
+WRITTEN = (
+    b'{"job_id":"j1","op":"sum","source":"npy:x.npy","state":"done","spec":{"map":"square"},'
+    b'"shards":12,"nodes":["n1","n2"],"submitted_at":1.5,"finished_at":null,"elapsed_ms":null,'
+    b'"result":{"dtype":"<f8","shape":[],"data":"AAAAAAAAAAA="},"error":"","detached":false}'
+)
+
+
+def test_a_records_bytes_are_the_journals_format_both_ways() -> None:
+    written = JobRecord("j1", "sum", "npy:x.npy", "done", spec={"map": "square"}, shards=12,
+                        nodes=("n1", "n2"), submitted_at=1.5, result=Result("<f8", (), bytes(8)))
+    assert encode_command(written) == WRITTEN
+    assert decode_command(WRITTEN) == written
 
 
 def commands(*records: JobRecord, first: int = 1) -> tuple[Entry, ...]:

@@ -10,11 +10,11 @@ leader, and the cluster would elect again for nothing (clock.py).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 import pytest
 from inproc import FAST, StartCluster, poll
+from msgspec.structs import replace
 
 from node import AsyncClient
 from node.core.jobtable import JobRecord
@@ -106,7 +106,7 @@ async def test_a_read_that_waited_through_a_stall_is_refused(
     await poll(lambda: leader.election.may_read(), what="the leader's reads")
     done = leader.ledger.table.get(job_id)
     assert done is not None
-    running = dataclasses.replace(done, state="running")
+    running = replace(done, state="running")
 
     async def wait_through_a_stall(job_id: str, wait_s: float) -> JobRecord:
         block_the_loop(STALL_S)

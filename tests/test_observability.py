@@ -81,10 +81,10 @@ import asyncio  # noqa: E402
 import socket  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
-from dataclasses import replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 from inproc import CALM, StartCluster, poll, scraped  # noqa: E402
+from msgspec.structs import replace  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from node import AsyncClient  # noqa: E402

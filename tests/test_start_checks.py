@@ -3,7 +3,6 @@ thing and the problem, exit 2, no traceback, and nothing served (#15's table, ro
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from cli.exits import EXIT_USAGE
 from node.core.raftlog import Entry
@@ -164,7 +164,7 @@ def test_a_node_does_not_start_on_a_journal_without_its_election_state(tmp_path:
     config = NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=(), data_dir=tmp_path)
     with pytest.raises(StateFileError, match=r"election\.json is missing beside a journal"):
         Daemon(config)
-    daemon = Daemon(dataclasses.replace(config, reset_state=True))  # the way out the message names
+    daemon = Daemon(replace(config, reset_state=True))  # the way out the message names
     daemon.journal.close()
     daemon.executor.shutdown()
     assert StateStore(tmp_path).load() == ElectionState(4, None)

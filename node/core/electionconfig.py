@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True)
-class ElectionConfig:
+class ElectionConfig(msgspec.Struct, frozen=True):
     """Static election settings. All durations are in ticks of the daemon's clock."""
 
     node_id: str  # this node's key

@@ -10,7 +10,7 @@ import alone is ~0.8 CPU-seconds of the start-up storm.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 OPS: tuple[str, ...] = (
     "sum", "prod", "min", "max", "mean", "count", "var", "std", "argmin", "argmax", "histogram",
@@ -19,8 +19,7 @@ KERNELS: tuple[str, ...] = ("identity", "square", "abs", "sqrt", "exp", "log", "
 SHARD_ELEMS: int = 1 << 23  # default shard size in elements (64 MiB of float64)
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(msgspec.Struct, frozen=True):
     """What to compute; `source` is the spec string, e.g. "range:n=1e6"."""
 
     op: str

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
+from msgspec.structs import replace
 
 from node.core.job import Job
 from node.core.raftlog import Entry
@@ -42,8 +42,7 @@ FINISHED = frozenset({"done", "failed", "cancelled"})
 _RANK = {state: rank for rank, state in enumerate(STATES)}
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(msgspec.Struct, frozen=True):
     """An answer as bytes: numpy's dtype string, shape and raw little-endian data."""
 
     dtype: str
@@ -51,14 +50,13 @@ class Result:
     data: bytes
 
 
-@dataclass(frozen=True)
-class JobRecord:
+class JobRecord(msgspec.Struct, frozen=True):
     job_id: str
     op: str
     source: str
     state: str
     #: The job as the client gave it (map, axis, bins, range), for `jobs` and resubmission checks.
-    spec: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] = msgspec.field(default_factory=dict)
     shards: int = 0
     nodes: tuple[str, ...] = ()
     submitted_at: float | None = None  # seconds since the epoch, the leader's clock
@@ -127,8 +125,7 @@ def _kept_bytes(record: JobRecord) -> int:
     return (len(record.result.data) if record.result is not None else 0) + len(record.source)
 
 
-@dataclass(frozen=True)
-class Proposed:
+class Proposed(msgspec.Struct, frozen=True):
     """A command entry's data as the leader proposed it, with its records and their lines."""
 
     data: bytes

@@ -8,7 +8,7 @@ and costs the node nothing: checks run before any data is touched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from node.core.job import Job
 from node.errors import LimitExceeded
@@ -23,8 +23,7 @@ MAX_MESSAGE_BYTES = 64 << 20
 MIN_NODE_MESSAGE_BYTES = 64 << 10
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True):
     #: Elements one job may reduce (rows x cols of its source).
     max_elements: int = 10**11
     #: Bytes of a job's source spec (bounds `values:` inline data).

@@ -2,8 +2,12 @@
 
 Inputs are messages between nodes (`step(message)`); outputs are what the
 caller must do, in list order (node/core/election.py explains the contract).
-All are frozen dataclasses, so a simulated network can copy, delay, reorder
-and compare them freely (tests/simnet.py).
+All are frozen value types, so a simulated network can copy, delay, reorder
+and compare them freely (tests/simnet.py): msgspec Structs, which cost a
+daemon ~12 us each to define where a dataclass costs ~500 us of its start
+(docs/design.md, "Start-up"), except the three that carry a `serial`, which
+is not part of what the message says and so is left out of equality (a
+dataclass field's `compare=False`; a Struct compares every field).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import TypeAlias
+
+import msgspec
 
 from node.core.raftlog import Entry
 
@@ -25,8 +31,7 @@ class Role(enum.Enum):
 # Messages. For a pre-vote request `term` is the candidate's *future* term.
 
 
-@dataclass(frozen=True)
-class VoteRequest:
+class VoteRequest(msgspec.Struct, frozen=True):
     src: str
     dst: str
     term: int
@@ -36,8 +41,7 @@ class VoteRequest:
     last_term: int = 0
 
 
-@dataclass(frozen=True)
-class VoteResponse:
+class VoteResponse(msgspec.Struct, frozen=True):
     src: str
     dst: str
     term: int
@@ -113,21 +117,18 @@ Message: TypeAlias = VoteRequest | VoteResponse | Heartbeat | HeartbeatResponse 
 # Outputs, executed by the caller in list order.
 
 
-@dataclass(frozen=True)
-class Persist:
+class Persist(msgspec.Struct, frozen=True):
     """Make (term, voted_for) durable before executing any later Send in the list."""
 
     term: int
     voted_for: str | None
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(msgspec.Struct, frozen=True):
     message: Message
 
 
-@dataclass(frozen=True)
-class RoleChanged:
+class RoleChanged(msgspec.Struct, frozen=True):
     """The role or the known leader changed (for logs and leader-only duties)."""
 
     role: Role
@@ -135,8 +136,7 @@ class RoleChanged:
     leader: str | None
 
 
-@dataclass(frozen=True)
-class AppendLog:
+class AppendLog(msgspec.Struct, frozen=True):
     """Make durable, before executing any later Send in the list: drop the log's
     entries after index `after`, then append `entries` (possibly none)."""
 
@@ -144,8 +144,7 @@ class AppendLog:
     entries: tuple[Entry, ...]
 
 
-@dataclass(frozen=True)
-class RestoreSnapshot:
+class RestoreSnapshot(msgspec.Struct, frozen=True):
     """Replace the state machine with this snapshot and keep it durable (with the
     log cut at `index`) before executing any later Send."""
 
@@ -156,8 +155,7 @@ class RestoreSnapshot:
     keep_log: bool = False
 
 
-@dataclass(frozen=True)
-class Apply:
+class Apply(msgspec.Struct, frozen=True):
     """These entries are committed: apply them to the state machine, in order."""
 
     entries: tuple[Entry, ...]

@@ -12,14 +12,14 @@ Index 0 is the empty prefix (term 0). A snapshot replaces every entry up to
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+import msgspec
 
 #: What an entry's `data` is for (see Entry).
 KINDS = ("noop", "command", "config")
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     """One log entry. `kind` says how to read `data`: "noop" (a new leader's first
     entry, §5.4.2), "command" (for the state machine); a membership change
     (§6) would be one more kind, so the log needs no new shape for it."""

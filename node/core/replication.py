@@ -14,7 +14,8 @@ committed entries come out as `Apply`, each exactly once per node life.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+import msgspec
 
 from node.core.electionconfig import ElectionConfig
 from node.core.messages import (
@@ -42,12 +43,11 @@ RESEND_WAIT_TIMEOUTS = 1
 MAX_MESSAGES_IN_FLIGHT = 4
 
 
-@dataclass
-class _Sent:
+class _Sent(msgspec.Struct):
     """Entries a follower was sent and has not answered for (all of them, once it has)."""
 
     #: The last index of each message of them, oldest first.
-    lasts: list[int] = field(default_factory=list)
+    lasts: list[int] = msgspec.field(default_factory=list)
     #: Ticks left until they are sent again.
     left: int = 0
     #: Ticks since the wait began: writing answers put it off only so long (RESEND_WAIT_TIMEOUTS).

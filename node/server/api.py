@@ -10,8 +10,9 @@ the daemon without a server.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+import msgspec
 
 from node.core.job import Job
 from node.core.jobtable import JobRecord
@@ -39,8 +40,7 @@ class Caller(Protocol):
     def time_remaining(self) -> float | None: ...
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """A finished job on the leader: its answer and how it was made."""
 
     job_id: str
@@ -53,14 +53,12 @@ class Outcome:
     trace: tuple[Span, ...] = ()
 
 
-@dataclass(frozen=True)
-class VoteAnswer:
+class VoteAnswer(msgspec.Struct, frozen=True):
     term: int
     granted: bool
 
 
-@dataclass(frozen=True)
-class BeatAnswer:
+class BeatAnswer(msgspec.Struct, frozen=True):
     """A follower's answer to one heartbeat: its term and role."""
 
     term: int
@@ -82,8 +80,7 @@ class BeatAnswer:
 BeatReply = Callable[[BeatAnswer], None]
 
 
-@dataclass(frozen=True)
-class Answered:
+class Answered(msgspec.Struct, frozen=True):
     """The leader ran the job (or remembered it): the answer and who gave it."""
 
     outcome: Outcome
@@ -92,8 +89,7 @@ class Answered:
     leader_address: str
 
 
-@dataclass(frozen=True)
-class Relayed:
+class Relayed(msgspec.Struct, frozen=True):
     """A follower relayed the job: the leader's reply, passed on byte for byte."""
 
     reply: bytes
@@ -102,8 +98,7 @@ class Relayed:
 Submitted = Answered | Relayed
 
 
-@dataclass(frozen=True)
-class IncomingPartial:
+class IncomingPartial(msgspec.Struct, frozen=True):
     """One partial from a worker's Reduce stream, already turned into arrays."""
 
     job_id: str
@@ -115,23 +110,20 @@ class IncomingPartial:
     rows: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True)
-class ReduceCount:
+class ReduceCount(msgspec.Struct, frozen=True):
     accepted: int
     dropped: int
 
 
-@dataclass(frozen=True)
-class JobProgress:
+class JobProgress(msgspec.Struct, frozen=True):
     known: bool
     shards_done: int
     shards_total: int
     #: Shards each node (by id) has delivered, while the job runs on this leader.
-    by_node: dict[str, int] = field(default_factory=dict)
+    by_node: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class JobView:
+class JobView(msgspec.Struct, frozen=True):
     """One job as the answering node's job table holds it, and who answered."""
 
     record: JobRecord
@@ -144,8 +136,7 @@ class JobView:
     leader_address: str = ""
 
 
-@dataclass(frozen=True)
-class NodeView:
+class NodeView(msgspec.Struct, frozen=True):
     """One node as the answering node sees it."""
 
     id: str
@@ -163,8 +154,7 @@ class NodeView:
     failures: int = 0
 
 
-@dataclass(frozen=True)
-class StatusView:
+class StatusView(msgspec.Struct, frozen=True):
     node_id: str
     role: str
     term: int
@@ -177,7 +167,7 @@ class StatusView:
     log_index: int = 0
     commit_index: int = 0
     #: The settings peers compare with theirs (discovery.py), by StatusReply field name.
-    settings: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class NodeApi(Protocol):

@@ -66,8 +66,9 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
+
+import msgspec
 
 from node._proto import distnode_pb2 as pb
 from node.addresses import split_host_port
@@ -147,8 +148,7 @@ async def _open(endpoint: E, level: int, why_not: str, **where: Any) -> E | None
 # -- follower side --------------------------------------------------------
 
 
-@dataclass
-class _Grant:
+class _Grant(msgspec.Struct):
     """The key a leader gave us over gRPC, and the last seq taken under it."""
 
     leader_id: str

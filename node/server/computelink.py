@@ -53,9 +53,9 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
@@ -82,8 +82,7 @@ SKIP_TIMEOUT_S = 5.0
 #: applies to the partial, as on gRPC, not to its envelope.
 ENVELOPE_BYTES = 64
 
-@dataclass(frozen=True)
-class Computed:
+class Computed(msgspec.Struct, frozen=True):
     """What a worker's Compute call did: the partials it sent, and the shards it let go
     to an idle node (stealing.py) and sent none for."""
 

@@ -17,8 +17,9 @@ Why the defaults (heartbeat 50 ms, election 250-500 ms, tick 10 ms):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from node.addresses import is_loopback, split_host_port
 from node.core.electionconfig import ElectionConfig
@@ -68,8 +69,7 @@ def default_data_dir(node_id: str, listen: str) -> Path:
     return Path(base) / "distnode" / f"{node_id}-{port}"
 
 
-@dataclass(frozen=True)
-class NodeConfig:
+class NodeConfig(msgspec.Struct, frozen=True):
     """Everything a daemon needs to run. Build with `NodeConfig(...)`, then `validate()`."""
 
     node_id: str
@@ -100,12 +100,12 @@ class NodeConfig:
     #: daemons never outlive it). 0 disables.
     parent_pid: int = 0
     #: TLS files; mutual TLS when `tls.ca` is set (for both peer and client traffic).
-    tls: TlsFiles = field(default_factory=TlsFiles)
+    tls: TlsFiles = msgspec.field(default_factory=TlsFiles)
     #: Cluster token every RPC must carry; None disables authentication.
     token: str | None = None
     #: Allow listening beyond loopback without TLS and a token.
     insecure: bool = False
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = msgspec.field(default_factory=Limits)
     #: The file formats (node/formats/) this node reads; None: every one whose
     #: library is installed. Nodes advertise them, and get shards only of those.
     formats: tuple[str, ...] | None = None

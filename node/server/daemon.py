@@ -12,7 +12,6 @@ stop the servers with a grace period, close the peer channels, drop the pool.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2
+from msgspec.structs import replace
 
 from node import formats
 from node._proto import distnode_pb2 as pb
@@ -332,7 +332,7 @@ class Daemon:
         return JobProgress(*self.jobs.progress(job_id), self.jobs.shards_by_node(job_id))
 
     async def status(self) -> StatusView:
-        return dataclasses.replace(
+        return replace(
             self.elections.status(), sources=(*BASE_KINDS, *self.openers),
             log_index=self.election.log.last_index, commit_index=self.election.commit_index,
             settings=self.discovery.settings,

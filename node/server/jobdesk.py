@@ -8,8 +8,9 @@ but only a leader says that a job id is unknown.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
+
+from msgspec.structs import replace
 
 from node.core.job import Job
 from node.core.jobtable import JobRecord

@@ -15,9 +15,9 @@ import collections
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from node.core.compute import Partial, finalize, merge
@@ -33,8 +33,7 @@ log = logging.getLogger("distnode.jobs")
 ARRIVAL_STEP_S = 0.05
 
 
-@dataclass
-class JobRun:
+class JobRun(msgspec.Struct):
     """One running job's bookkeeping; lives on the leader's event loop only."""
 
     job_id: str
@@ -42,28 +41,28 @@ class JobRun:
     shards: list[tuple[int, int]]
     done: asyncio.Future[Outcome]
     started_s: float
-    pending: collections.deque[int] = field(default_factory=collections.deque)
-    received: dict[int, Partial] = field(default_factory=dict)
+    pending: collections.deque[int] = msgspec.field(default_factory=collections.deque)
+    received: dict[int, Partial] = msgspec.field(default_factory=dict)
     merged: Partial | None = None
     next_merge: int = 0
-    contributors: set[str] = field(default_factory=set)
+    contributors: set[str] = msgspec.field(default_factory=set)
     #: Shards received from each node so far (for /status.json: which node computed what).
-    by_node: dict[str, int] = field(default_factory=dict)
-    failed_nodes: set[str] = field(default_factory=set)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    by_node: dict[str, int] = msgspec.field(default_factory=dict)
+    failed_nodes: set[str] = msgspec.field(default_factory=set)
+    wakeup: asyncio.Event = msgspec.field(default_factory=asyncio.Event)
     #: Set whenever a partial is stored (lanes wait on it for their batch's partials).
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    arrived: asyncio.Event = msgspec.field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = msgspec.field(default_factory=list)
     #: Keys, shapes and dtypes every partial of this job must have (from a
     #: one-row partial computed locally), so a malformed partial from the
     #: network is dropped before it can poison the merge.
-    template: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = field(default_factory=dict)
+    template: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = msgspec.field(default_factory=dict)
     #: The run's timeline, when the job was submitted with `trace`.
     trace: JobTrace | None = None
     #: Shards handed out and not back yet, by node (an idle lane takes one: stealing.py).
-    holdings: Holdings = field(default_factory=Holdings)
+    holdings: Holdings = msgspec.field(default_factory=Holdings)
     #: Set as the run ends: its shards still in this node's pool stop between pieces (halt.py).
-    halt: Halt = field(default_factory=Halt)
+    halt: Halt = msgspec.field(default_factory=Halt)
     #: The task that drives the run (jobs.py), and how many callers wait for it: the last
     #: one to stop waiting ends it.
     driver: asyncio.Task[Outcome] | None = None

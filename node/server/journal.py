@@ -35,8 +35,9 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from node.core.raftlog import KINDS, Entry, RaftLog
 from node.errors import StateFileError
@@ -62,15 +63,13 @@ class JournalDamaged(StateFileError):
     """The journal holds damage that is not a torn last write; the node will not guess."""
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(msgspec.Struct, frozen=True):
     index: int = 0
     term: int = 0
     data: bytes = b""
 
 
-@dataclass
-class _Segment:
+class _Segment(msgspec.Struct):
     seq: int
     path: Path
     last_index: int  # the largest index a record in it holds (0: none)

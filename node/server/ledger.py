@@ -31,8 +31,9 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
+
+from msgspec.structs import replace
 
 from node.core.job import Job
 from node.core.jobtable import (

@@ -19,9 +19,9 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -79,8 +79,7 @@ def outcome_of(exc: BaseException) -> str:
     return "failed"  # a JobError (a worker, a timeout), or anything unforeseen
 
 
-@dataclass
-class NodeState:
+class NodeState(msgspec.Struct):
     """What the daemon is, as the scrape reads it (daemon.py fills it in on each scrape)."""
 
     is_leader: bool = False
@@ -93,13 +92,13 @@ class NodeState:
     jobs_running: int = 0
     table_jobs: int = 0
     #: --peers address -> (answered lately, failed contacts so far, heartbeat replies so far).
-    peers: dict[str, tuple[bool, int, int]] = field(default_factory=dict)
+    peers: dict[str, tuple[bool, int, int]] = msgspec.field(default_factory=dict)
     #: (peer, transport) -> heartbeats sent, as leader, over every leadership.
-    beats: dict[tuple[str, str], int] = field(default_factory=dict)
+    beats: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
     #: Peers whose heartbeats go by UDP now (the leader's links).
-    on_udp: set[str] = field(default_factory=set)
+    on_udp: set[str] = msgspec.field(default_factory=set)
     #: (peer, transport) -> Compute calls made, as leader, on a compute link or on gRPC.
-    compute_calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    compute_calls: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
 
 
 class StateCollector(Collector):

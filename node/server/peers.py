@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+
+import msgspec
 
 from node.core.limits import MIN_NODE_MESSAGE_BYTES
 from node.errors import InvalidField, NotAMember
@@ -32,8 +33,7 @@ log = logging.getLogger("distnode")
 REASON_CHARS = 200
 
 
-@dataclass
-class Peer:
+class Peer(msgspec.Struct):
     address: str
     node_id: str = ""
     role: str = "unknown"
@@ -51,7 +51,7 @@ class Peer:
     reached: bool = False
     #: Heartbeat replies from it since this node started.
     replies: int = 0
-    _dead: asyncio.Event = field(default_factory=asyncio.Event)
+    _dead: asyncio.Event = msgspec.field(default_factory=asyncio.Event)
 
 
 class PeerTable:

@@ -12,10 +12,10 @@ record is fitted once more where all proposals pass (`fitting`).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import msgspec
+from msgspec.structs import replace
 
 from node.core.jobtable import JobRecord, Result, encode_command
 from node.server.outcomes import result_of

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from node.errors import StateFileError
 from node.server.durable import replace_durably
@@ -25,8 +26,7 @@ STATE_FILE = "election.json"
 MAX_TERM = 1 << 62
 
 
-@dataclass(frozen=True)
-class ElectionState:
+class ElectionState(msgspec.Struct, frozen=True):
     term: int = 0
     voted_for: str | None = None
 

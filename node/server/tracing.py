@@ -14,8 +14,9 @@ import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import msgspec
 
 from node.wire.trace import Span
 
@@ -24,8 +25,7 @@ R = TypeVar("R")
 InPool = asyncio.Future[tuple[R, int, int]]
 
 
-@dataclass(frozen=True)
-class ShardTimes:
+class ShardTimes(msgspec.Struct, frozen=True):
     """A worker's wall clock (ns): the shard handed to its pool, begun in a thread, done."""
 
     queued_ns: int

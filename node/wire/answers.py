@@ -21,8 +21,9 @@ follower relaying a Submit passes the leader's bytes through untouched.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from node._proto import distnode_pb2 as pb
 from node.wire.protowire import LENGTH_DELIMITED, delimited_key, varint
@@ -81,8 +82,7 @@ _RESULT_TAG = delimited_key(_RESULT)
 _DATA_TAG = delimited_key(_DATA)
 
 
-@dataclass(frozen=True)
-class SubmitAnswer:
+class SubmitAnswer(msgspec.Struct, frozen=True):
     """A SubmitReply split in two: `head` (its result has dtype and shape but
     no data) and the result's bytes, `data`, kept out of protobuf's hands."""
 

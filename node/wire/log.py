@@ -9,7 +9,8 @@ never an exception inside the consensus core.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+
+import msgspec
 
 from node._proto import distnode_pb2 as pb
 from node.core.messages import Heartbeat, HeartbeatResponse, InstallSnapshot
@@ -26,8 +27,7 @@ _ENTRIES_KEY = delimited_key(pb.HeartbeatRequest.ENTRIES_FIELD_NUMBER)
 _DATA_KEY = delimited_key(pb.LogEntry.DATA_FIELD_NUMBER)
 
 
-@dataclass
-class LargeBeat:
+class LargeBeat(msgspec.Struct):
     """An AppendEntries whose entries are large (an 8 MB answer's record is 10.7 MB): its
     request without them, `head`, and the entries themselves, framed into the message's
     bytes by `frame`.

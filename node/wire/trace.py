@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgspec
 
-@dataclass(frozen=True)
-class Span:
+
+class Span(msgspec.Struct, frozen=True):
     """One thing that took time on one node."""
 
     name: str
@@ -30,11 +30,11 @@ class Span:
     lane: str
     start_ns: int
     end_ns: int
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 def spans_to_json(spans: Iterable[Span]) -> str:
-    return json.dumps([asdict(span) for span in spans], separators=(",", ":"))
+    return json.dumps([msgspec.structs.asdict(span) for span in spans], separators=(",", ":"))
 
 
 def spans_from_json(text: str) -> list[Span]:
