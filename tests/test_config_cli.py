@@ -30,21 +30,24 @@ def test_defaults_are_valid_and_convert_to_ticks() -> None:
     cfg.validate()
     assert cfg.heartbeat_ticks == 5
     assert cfg.election_ticks == (25, 50)
-    assert cfg.idle_heartbeat_ticks == 10  # twice the beat: under half the election minimum
+    assert cfg.idle_heartbeat_ticks == 12  # 120 ms: the longest whole tick under half the election minimum
 
 
 @pytest.mark.parametrize(
     ("overrides", "idle_ticks"),
     [
-        ({"heartbeat_ms": 30, "election_ms_min": 150, "election_ms_max": 300}, 6),
-        ({"heartbeat_ms": 50, "election_ms_min": 200, "election_ms_max": 400}, 5),  # 100 is not under half
+        ({"heartbeat_ms": 30, "election_ms_min": 150, "election_ms_max": 300}, 7),  # 75 is not under half
+        ({"heartbeat_ms": 50, "election_ms_min": 200, "election_ms_max": 400}, 9),  # 100 is not under half
+        ({"heartbeat_ms": 50, "election_ms_min": 1000, "election_ms_max": 2000}, 12),  # at most 2.5 beats
+        ({"heartbeat_ms": 100, "election_ms_min": 300, "election_ms_max": 600}, 14),
+        ({"heartbeat_ms": 10, "election_ms_min": 30, "election_ms_max": 60}, 1),  # no tick between: not thinned
         ({"idle_heartbeat_ms": 100}, 10),
         ({"idle_heartbeat_ms": 120}, 12),
         ({"idle_heartbeat_ms": 50}, 5),  # equal to heartbeat-ms: never thinned
         ({"heartbeat_ms": 30, "election_ms_min": 150, "election_ms_max": 300, "idle_heartbeat_ms": 74}, 7),
     ],
 )
-def test_idle_heartbeats_are_twice_the_beat_where_allowed_unless_asked_and_counted_in_ticks(
+def test_idle_heartbeats_are_as_thin_as_the_quorum_check_allows_unless_asked_and_counted_in_ticks(
     overrides: dict[str, object], idle_ticks: int,
 ) -> None:
     cfg = config(**overrides)

@@ -31,6 +31,9 @@ from node.security import TlsFiles
 DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_ELECTION_MS = (250, 500)
 DEFAULT_TICK_MS = 10
+#: The default idle beat is at most this many beats: a failover while idle then takes up
+#: to a beat and a half longer (docs/operations.md, "Timing").
+IDLE_BEATS_MAX = 2.5
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 #: A node id names its state directory (default_data_dir) and travels in every beat,
 #: vote and record: short, and nothing a path or a log line would read otherwise.
@@ -79,9 +82,10 @@ class NodeConfig(msgspec.Struct, frozen=True):
     #: How often the leader sends heartbeats. Also the follower's failure-detection grain.
     heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
     #: How often while no job runs and every entry is committed: an idle cluster's CPU is
-    #: mostly beats. None: twice `heartbeat_ms` where that is under half the election
-    #: minimum, else `heartbeat_ms`. Each beat says how late the next may be, and
-    #: followers wait that much longer (Heartbeat.slack): the stall tolerance stays.
+    #: mostly beats. None: the longest whole tick under half the election minimum (the
+    #: quorum check hears two beats in every election minimum), at most IDLE_BEATS_MAX
+    #: beats and at least one. Each beat says how late the next may be, and followers
+    #: wait that much longer (Heartbeat.slack): the stall tolerance stays.
     idle_heartbeat_ms: int | None = None
     #: Randomized election timeout range; also the leader's CheckQuorum window
     #: and the time after which a silent worker is declared dead.
@@ -221,8 +225,8 @@ class NodeConfig(msgspec.Struct, frozen=True):
     @property
     def idle_heartbeat_ticks(self) -> int:
         if self.idle_heartbeat_ms is None:
-            doubled = 2 * self.heartbeat_ticks
-            return doubled if 2 * doubled < self.election_ticks[0] else self.heartbeat_ticks
+            under_half = (self.election_ticks[0] - 1) // 2
+            return max(self.heartbeat_ticks, min(under_half, int(IDLE_BEATS_MAX * self.heartbeat_ticks)))
         return max(self.heartbeat_ticks, self.idle_heartbeat_ms // self.tick_ms)
 
     @property
