@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from cli.main import main
 from node import Client, ClusterUnavailable, TlsFiles
-from node.client.reach import diagnose
+from node.client.reach import GRACE_S, diagnose, unreachable
 from node.testing.certs import make_certs
 from node.testing.ports import free_ports
 
@@ -128,6 +128,43 @@ def test_a_node_that_accepts_connections_and_says_nothing_is_called_silent_not_f
         listener.listen(8)
         said = diagnose(f"127.0.0.1:{listener.getsockname()[1]}", None, timeout_s=0.3)
     assert "accepts connections but sends nothing within 0.3 s" in said and "not a distnode" not in said
+
+
+
+@contextlib.contextmanager
+def silent_address() -> Iterator[str]:
+    """Listening, never accepting: the kernel completes connections, nothing answers on them
+    (what a stopped process, or a hung one, looks like)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)  # room for gRPC's reconnects and the probes: a full queue drops the SYN
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_diagnosis_at_the_deadline_waits_no_longer_than_the_grace_and_says_what_grpc_said() -> None:
+    (dead,) = free_ports(1)
+    with silent_address() as silent:
+        started = time.monotonic()
+        error = unreachable([silent, f"127.0.0.1:{dead}"], None, {silent: "Deadline Exceeded"},
+                            deadline_s=started - 1.0)
+        took_s = time.monotonic() - started
+    said = str(error)
+    assert took_s < GRACE_S + 0.5, took_s  # the probe of the silent one waits 1 s per step
+    assert f"{silent}: no answer before the client's timeout (Deadline Exceeded)" in said, said
+    assert f"127.0.0.1:{dead}: nothing is listening there" in said, said  # told within the grace
+
+
+def test_the_client_gives_up_within_its_timeout_with_the_diagnosis() -> None:
+    """The probes of an unreachable cluster ran after the deadline: two of their seconds
+    more for a node that accepts and says nothing."""
+    timeout_s = 3.5  # past UNREACHABLE_AFTER_S (3 s): the client diagnoses, rather than times out
+    with silent_address() as silent, Client([silent], timeout=timeout_s) as client:
+        started = time.monotonic()
+        with pytest.raises(ClusterUnavailable) as failed:
+            client.submit(op="sum", source="range:n=10")
+        took_s = time.monotonic() - started
+    assert took_s < timeout_s + 0.6, (took_s, str(failed.value))
+    assert f"{silent}: no answer before the client's timeout" in str(failed.value), str(failed.value)
 
 
 def test_a_grpc_server_that_is_not_a_distnode() -> None:

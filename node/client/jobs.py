@@ -155,7 +155,7 @@ async def call_any(
         nodes.reached = True
         return reply, plan.failed
     if plan.unreachable:
-        raise await asyncio.to_thread(unreachable, nodes.all(), tls, plan.unreached)
+        raise await asyncio.to_thread(unreachable, nodes.all(), tls, plan.unreached, deadline_s)
     raise plan.out_of_time()
 
 
@@ -186,5 +186,5 @@ def call_any_blocking(
         nodes.reached = True
         return reply, plan.failed
     if plan.unreachable:
-        raise unreachable(nodes.all(), tls, plan.unreached)
+        raise unreachable(nodes.all(), tls, plan.unreached, deadline_s)
     raise plan.out_of_time()
