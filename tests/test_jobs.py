@@ -390,3 +390,38 @@ async def test_a_shard_put_back_whose_partial_came_since_is_not_taken_again() ->
     run.holdings.hand("n1", [1], None, 0)  # a copy handed before the partial came
     assert not run.accept(1, "n1", {"sum": np.array(145)})
     assert run.holdings.held_by("n1") == 0
+
+
+async def test_an_answer_that_comes_as_its_last_caller_leaves_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's answer came in the turn of the loop in which its last caller left (a client
+    that gave up just then): the run was cancelled before it remembered the answer, so the
+    client's retry ran the job again."""
+    from inproc import poll
+
+    from node.server.jobrun import JobRun
+
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 16)
+    job = Job(op="sum", source="random:n=2e5,seed=1")  # 4 shards
+    callers: list[asyncio.Future[Any]] = []
+    finish = JobRun._finish
+
+    def finish_and_leave(run: JobRun) -> None:
+        finish(run)  # the answer is in
+        callers[0].cancel()  # and its caller leaves, in the same turn
+
+    monkeypatch.setattr(JobRun, "_finish", finish_and_leave)
+    callers.append(asyncio.ensure_future(jobs.submit("j", job)))
+    with pytest.raises(asyncio.CancelledError):
+        await callers[0]
+    await poll(lambda: jobs.running_count == 0, 5, "the run's end")
+    assert jobs.progress("j")[0], "the answer was not kept"
+    monkeypatch.undo()
+    ran = _shards_computed(jobs)
+    answer = await jobs.submit("j", job)
+    assert answer.result == reduce_all(job, open_source(job.source, None), 1 << 16)
+    assert ran == 4 and _shards_computed(jobs) == ran, "the job ran again"
+
+
+def _shards_computed(jobs: JobManager) -> float:
+    (family,) = jobs.metrics.shards.collect()
+    return next(sample.value for sample in family.samples if sample.name.endswith("_total"))

@@ -90,6 +90,11 @@ INLINE_ELEMS = 1 << 16
 MAX_SHARDS = 100_000
 
 
+def _answered(run: JobRun) -> bool:
+    done = run.done
+    return done.done() and not done.cancelled() and done.exception() is None
+
+
 class JobManager:
     """Runs jobs while this node is the leader."""
 
@@ -204,9 +209,10 @@ class JobManager:
             raise
         finally:
             run.waiters -= 1
-            if not run.waiters and not run.driver.done():
+            if not run.waiters and not run.driver.done() and not _answered(run):
                 # Nobody waits for it any more: it ends now, not on a later turn of the loop,
-                # so a submit that follows at once finds its --max-jobs slot free.
+                # so a submit that follows at once finds its --max-jobs slot free. (An answer
+                # already in is left to the driver, which remembers it on its next turn.)
                 self._end(run)
                 run.driver.cancel()
 
