@@ -21,6 +21,7 @@ where the client runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -60,7 +61,8 @@ class Server:
         self._lines: queue.Queue[str] = queue.Queue()
         # A thread reads stdout, so a rep can wait with a deadline and a peer's other output
         # (MPI's warnings) never fills the pipe.
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -71,8 +73,12 @@ class Server:
 
     def rep(self, figure: str) -> Rep:
         assert self.process.stdin is not None
-        self.process.stdin.write(figure + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(figure + "\n")
+            self.process.stdin.flush()
+        except OSError:  # it ended since its last rep (a broken pipe): say how, and what it said
+            raise RuntimeError(f"{self.name} ended (exit {self.process.wait()}) before {figure}: "
+                               f"{self.stderr_tail()}") from None
         try:
             line = self._lines.get(timeout=REP_TIMEOUT_S)
         except queue.Empty:
@@ -87,17 +93,19 @@ class Server:
         return "\n".join(self._stderr.read().strip().splitlines()[-15:])
 
     def close(self) -> None:
-        try:
-            assert self.process.stdin is not None
-            self.process.stdin.write(QUIT + "\n")
-            self.process.stdin.close()
-        except (OSError, ValueError):
-            pass  # already gone
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        with contextlib.suppress(OSError, ValueError):  # already gone
+            stdin.write(QUIT + "\n")
+        with contextlib.suppress(OSError, ValueError):
+            stdin.close()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._reader.join(timeout=10)  # it reads to the end of the pipe, which came with the exit
+        stdout.close()
         self._stderr.close()
 
 

@@ -1,0 +1,44 @@
+"""A bench peer runner in serve mode (scripts/benchlib/rounds.py's `Server`) that ends between reps.
+
+A full bench run lost its scaling phase to a `BrokenPipeError` writing the next figure
+to a runner whose process had ended: nothing said which runner, how it ended or what it
+printed. Now the error names all three.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # benchlib
+
+from bench_peers.peerdata import REP_PREFIX  # noqa: E402
+from benchlib.rounds import Server  # noqa: E402
+
+#: Answers one figure, then ends with a complaint: a runner that died after its first rep.
+ONE_REP_THEN_DIE = f"""
+import json, sys
+figure = sys.stdin.readline().strip()
+print({REP_PREFIX!r} + json.dumps({{"figure": figure, "s": 0.5, "cpu_s": 0.1, "value": 3}}), flush=True)
+print("out of patience", file=sys.stderr, flush=True)
+sys.exit(7)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_that_ended_between_reps_is_named_with_its_exit_and_its_last_words() -> None:
+    server = Server("numpy", [sys.executable, "-c", ONE_REP_THEN_DIE], {})
+    try:
+        first = server.rep("big_sum")
+        assert (first.seconds, first.value) == (0.5, 3)
+        server.process.wait(timeout=30)  # it has ended: the next figure meets a closed pipe
+        with pytest.raises(RuntimeError) as failed:
+            for _ in range(64):  # the pipe's buffer may take the first writes: a rep still fails
+                server.rep("big_sum")
+    finally:
+        server.close()
+    said = str(failed.value)
+    assert said.startswith("numpy ended (exit 7)") and "out of patience" in said, said
