@@ -154,6 +154,16 @@ def test_a_diagnosis_at_the_deadline_waits_no_longer_than_the_grace_and_says_wha
     assert f"127.0.0.1:{dead}: nothing is listening there" in said, said  # told within the grace
 
 
+
+@pytest.mark.parametrize("timeout_s", [1e12, float("inf")])
+def test_a_huge_deadline_waits_for_the_probes(timeout_s: float) -> None:
+    """A client may be given any timeout; one past the lock's limit raised OverflowError
+    where the diagnosis was due."""
+    (dead,) = free_ports(1)
+    said = str(unreachable([f"127.0.0.1:{dead}"], None, {}, deadline_s=time.monotonic() + timeout_s))
+    assert f"127.0.0.1:{dead}: nothing is listening there" in said, said
+
+
 def test_the_client_gives_up_within_its_timeout_with_the_diagnosis() -> None:
     """The probes of an unreachable cluster ran after the deadline: two of their seconds
     more for a node that accepts and says nothing."""

@@ -61,7 +61,9 @@ def unreachable(
         thread.start()
     until_s = None if deadline_s is None else max(deadline_s, time.monotonic() + GRACE_S)
     for thread in probes:
-        thread.join(None if until_s is None else max(0.0, until_s - time.monotonic()))
+        # A client's timeout may be huge (or inf): a wait longer than the lock's limit is no wait limit.
+        left_s = None if until_s is None else max(0.0, until_s - time.monotonic())
+        thread.join(None if left_s is None or left_s > threading.TIMEOUT_MAX else left_s)
     said = [causes.get(address) or _not_probed(address, errors.get(address, "")) for address in addresses]
     return ClusterUnavailable(f"no node answered: {'; '.join(said)}")
 

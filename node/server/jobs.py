@@ -211,8 +211,9 @@ class JobManager:
             run.waiters -= 1
             if not run.waiters and not run.driver.done() and not _answered(run):
                 # Nobody waits for it any more: it ends now, not on a later turn of the loop,
-                # so a submit that follows at once finds its --max-jobs slot free. (An answer
-                # already in is left to the driver, which remembers it on its next turn.)
+                # so a submit that follows at once finds its --max-jobs slot free. (A run whose
+                # answer is in is left to its driver, which remembers the answer and frees the
+                # slot on its next turn.)
                 self._end(run)
                 run.driver.cancel()
 

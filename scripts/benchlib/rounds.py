@@ -76,8 +76,13 @@ class Server:
         try:
             self.process.stdin.write(figure + "\n")
             self.process.stdin.flush()
-        except OSError:  # it ended since its last rep (a broken pipe): say how, and what it said
-            raise RuntimeError(f"{self.name} ended (exit {self.process.wait()}) before {figure}: "
+        except OSError:  # its end of the pipe is closed (it ended?): say how, and what it said
+            try:
+                code: int | str = self.process.wait(timeout=REP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                code = "none: it closed its input and ran on; killed"
+            raise RuntimeError(f"{self.name} ended (exit {code}) before {figure}: "
                                f"{self.stderr_tail()}") from None
         try:
             line = self._lines.get(timeout=REP_TIMEOUT_S)
@@ -105,7 +110,10 @@ class Server:
             self.process.kill()
             self.process.wait()
         self._reader.join(timeout=10)  # it reads to the end of the pipe, which came with the exit
-        stdout.close()
+        if not self._reader.is_alive():
+            # Else a process the runner left behind holds the pipe open, and closing it would
+            # wait for that process (the reader holds the pipe's lock): the reader keeps it.
+            stdout.close()
         self._stderr.close()
 
 
