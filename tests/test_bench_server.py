@@ -7,7 +7,10 @@ printed. Now the error names all three.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # benchlib
 
 from bench_peers.peerdata import REP_PREFIX  # noqa: E402
+from benchlib import rounds  # noqa: E402
 from benchlib.rounds import Server  # noqa: E402
 
 #: Answers one figure, then ends with a complaint: a runner that died after its first rep.
@@ -42,3 +46,42 @@ def test_a_runner_that_ended_between_reps_is_named_with_its_exit_and_its_last_wo
         server.close()
     said = str(failed.value)
     assert said.startswith("numpy ended (exit 7)") and "out of patience" in said, said
+
+
+#: Leaves a process behind that holds its stdout, writes that process's pid to the file
+#: named by its argument, and ends when told to.
+LEAVES_A_HOLDER = """
+import pathlib, subprocess, sys
+holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+pathlib.Path(sys.argv[1]).write_text(str(holder.pid))
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_closing_a_runner_whose_leftover_process_holds_its_output_does_not_wait_for_that_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """Closing the output pipe while the reader thread is blocked on it waits for every
+    process that holds its other end: a rank an MPI launcher left behind, say."""
+    monkeypatch.setattr(rounds, "READER_JOIN_S", 0.5)
+    said = tmp_path / "holder.pid"
+    server = Server("mpi4py np=2", [sys.executable, "-c", LEAVES_A_HOLDER, str(said)], {})
+    holder = None
+    try:
+        deadline = time.monotonic() + 30
+        while holder is None and time.monotonic() < deadline:
+            text = said.read_text() if said.exists() else ""
+            holder = int(text) if text else None
+            time.sleep(0.01)  # polling, with a deadline: the runner starts a Python of its own
+        assert holder is not None, "the runner did not start its holder"
+        started = time.monotonic()
+        server.close()
+        took_s = time.monotonic() - started
+        assert took_s < 10.0, took_s  # the holder sleeps 30 s
+    finally:
+        if holder is not None:
+            os.kill(holder, signal.SIGKILL)
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()

@@ -41,6 +41,8 @@ from node import Client, LocalCluster
 
 #: How long one rep may take before the server is declared stuck.
 REP_TIMEOUT_S = 300.0
+#: How long a closing server's reader may take to reach the end of its output once it exited.
+READER_JOIN_S = 10.0
 
 
 @dataclass
@@ -65,10 +67,12 @@ class Server:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith(REP_PREFIX):
-                self._lines.put(line[len(REP_PREFIX):])
+        stdout = self.process.stdout
+        assert stdout is not None
+        with stdout:  # closed here, at its end, which may come after `close` stopped waiting for it
+            for line in stdout:
+                if line.startswith(REP_PREFIX):
+                    self._lines.put(line[len(REP_PREFIX):])
         self._lines.put("")
 
     def rep(self, figure: str) -> Rep:
@@ -98,8 +102,8 @@ class Server:
         return "\n".join(self._stderr.read().strip().splitlines()[-15:])
 
     def close(self) -> None:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
+        stdin = self.process.stdin
+        assert stdin is not None
         with contextlib.suppress(OSError, ValueError):  # already gone
             stdin.write(QUIT + "\n")
         with contextlib.suppress(OSError, ValueError):
@@ -109,11 +113,9 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self._reader.join(timeout=10)  # it reads to the end of the pipe, which came with the exit
-        if not self._reader.is_alive():
-            # Else a process the runner left behind holds the pipe open, and closing it would
-            # wait for that process (the reader holds the pipe's lock): the reader keeps it.
-            stdout.close()
+        # The reader closes the output at its end, which came with the exit, unless a process the
+        # runner left behind holds the pipe open: closing it here would wait for that process.
+        self._reader.join(timeout=READER_JOIN_S)
         self._stderr.close()
 
 
