@@ -157,9 +157,10 @@ def _add_timing(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-ms", type=_positive_int, default=None, metavar="MS",
                         help=f"milliseconds between the leader's heartbeats (default {DEFAULT_HEARTBEAT_MS})")
     parser.add_argument("--idle-heartbeat-ms", type=_positive_int, default=None, metavar="MS",
-                        help="the same while no job runs and the log is committed, under half the election "
-                             "minimum; followers wait the difference longer (default: the longest whole tick "
-                             "under half the election minimum, at most 2.5 x --heartbeat-ms)")
+                        help="the same while no job runs and the log is committed: at least --heartbeat-ms "
+                             "and under half the election minimum; followers wait the difference longer "
+                             "(default: the longest whole tick under half the election minimum, at most "
+                             "2.5 x --heartbeat-ms)")
     parser.add_argument("--election-ms", metavar="MIN-MAX", default=None,
                         help="milliseconds of silence before a follower campaigns, drawn from MIN-MAX; "
                              f"one number N means N-2N; MIN >= 3 x --heartbeat-ms (default {lo}-{hi})")
