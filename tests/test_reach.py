@@ -120,17 +120,6 @@ def test_an_http1_server() -> None:
         assert "not HTTP/2" in diagnose(address, None)
 
 
-def test_a_node_that_accepts_connections_and_says_nothing_is_called_silent_not_foreign() -> None:
-    """A paused node (SIGSTOP: the kernel still accepts its connections) was said to be "not
-    a gRPC server, so not a distnode": a silent probe read as a wrong answer."""
-    with socket.socket() as listener:  # listening, never accepting: what a stopped process is
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        said = diagnose(f"127.0.0.1:{listener.getsockname()[1]}", None, timeout_s=0.3)
-    assert "accepts connections but sends nothing within 0.3 s" in said and "not a distnode" not in said
-
-
-
 @contextlib.contextmanager
 def silent_address() -> Iterator[str]:
     """Listening, never accepting: the kernel completes connections, nothing answers on them
@@ -139,6 +128,15 @@ def silent_address() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)  # room for gRPC's reconnects and the probes: a full queue drops the SYN
         yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_node_that_accepts_connections_and_says_nothing_is_called_silent_not_foreign() -> None:
+    """A paused node (SIGSTOP: the kernel still accepts its connections) was said to be "not
+    a gRPC server, so not a distnode": a silent probe read as a wrong answer."""
+    with silent_address() as address:  # what a stopped process is
+        said = diagnose(address, None, timeout_s=0.3)
+    assert "accepts connections but sends nothing within 0.3 s" in said and "not a distnode" not in said
+
 
 
 def test_a_diagnosis_at_the_deadline_waits_no_longer_than_the_grace_and_says_what_grpc_said() -> None:

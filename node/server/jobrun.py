@@ -73,6 +73,11 @@ class JobRun(msgspec.Struct):
         return self.done.done()
 
     @property
+    def answered(self) -> bool:
+        """Finished with an answer (not failed, not cancelled)."""
+        return self.finished and not self.done.cancelled() and self.done.exception() is None
+
+    @property
     def shards_received(self) -> int:
         return self.next_merge + len(self.received)
 

@@ -90,11 +90,6 @@ INLINE_ELEMS = 1 << 16
 MAX_SHARDS = 100_000
 
 
-def _answered(run: JobRun) -> bool:
-    done = run.done
-    return done.done() and not done.cancelled() and done.exception() is None
-
-
 class JobManager:
     """Runs jobs while this node is the leader."""
 
@@ -209,7 +204,7 @@ class JobManager:
             raise
         finally:
             run.waiters -= 1
-            if not run.waiters and not run.driver.done() and not _answered(run):
+            if not run.waiters and not run.driver.done() and not run.answered:
                 # Nobody waits for it any more: it ends now, not on a later turn of the loop,
                 # so a submit that follows at once finds its --max-jobs slot free. (A run whose
                 # answer is in is left to its driver, which remembers the answer and frees the

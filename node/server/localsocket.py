@@ -282,11 +282,10 @@ class LocalSocket:
         self, reader: asyncio.StreamReader, refused: list[pb.SubmitStreamReply], stream: JobStream,
         watching: list[asyncio.Task[None]],
     ) -> AsyncIterator[pb.SubmitBatch]:
-        """The client's batches until an empty one (no jobs and no cancels: no more jobs,
-        those running are answered)
-        or the end of the socket (the client is gone: they are cancelled). A frame over the
-        limit, or not a batch, ends them with a reply for no job (an empty job id) that says
-        what was wrong."""
+        """The client's batches until an empty one (no jobs and no cancels: no more jobs, those
+        running are answered) or the end of the socket (the client is gone: they are
+        cancelled). A frame over the limit, or not a batch, ends them with a reply for no job
+        (an empty job id) that says what was wrong."""
         while True:
             try:
                 batch = await read_async(reader, pb.SubmitBatch, self._max_bytes)

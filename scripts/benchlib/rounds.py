@@ -81,12 +81,9 @@ class Server:
             self.process.stdin.write(figure + "\n")
             self.process.stdin.flush()
         except OSError:  # its end of the pipe is closed (it ended?): say how, and what it said
-            try:
-                code: int | str = self.process.wait(timeout=REP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                code = "none: it closed its input and ran on; killed"
-            raise RuntimeError(f"{self.name} ended (exit {code}) before {figure}: "
+            code = self._ended_within(REP_TIMEOUT_S)
+            said = "none: it closed its input and ran on; killed" if code is None else code
+            raise RuntimeError(f"{self.name} ended (exit {said}) before {figure}: "
                                f"{self.stderr_tail()}") from None
         try:
             line = self._lines.get(timeout=REP_TIMEOUT_S)
@@ -96,6 +93,15 @@ class Server:
             raise RuntimeError(f"{self.name} ended (exit {self.process.wait()}): {self.stderr_tail()}")
         found = json.loads(line)
         return Rep(found["s"], found["cpu_s"], found["value"])
+
+    def _ended_within(self, timeout_s: float) -> int | None:
+        """Its exit code once it ends within `timeout_s`; None if it did not, and was killed."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
 
     def stderr_tail(self) -> str:
         self._stderr.seek(0)
@@ -108,11 +114,7 @@ class Server:
             stdin.write(QUIT + "\n")
         with contextlib.suppress(OSError, ValueError):
             stdin.close()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self._ended_within(30.0)
         # The reader closes the output at its end, which came with the exit, unless a process the
         # runner left behind holds the pipe open: closing it here would wait for that process.
         self._reader.join(timeout=READER_JOIN_S)
