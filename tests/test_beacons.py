@@ -207,6 +207,38 @@ async def test_sender_takes_each_answer_once_and_only_under_its_key() -> None:
         sender.close()
 
 
+async def test_through_many_beats_a_leader_takes_each_answer_once_and_holds_only_its_window() -> None:
+    """Replies replayed at once, later within the window, and after it, through five windows
+    of beats: each genuine one taken once, every replay refused, and what the sender holds to
+    tell them apart stays within the window (forgetting costs one step a reply, not a pass
+    over everything held)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        replies: list[Any] = []
+        sender = await make_sender(f"127.0.0.1:{peer.getsockname()[1]}", replies)
+
+        def answer(seq: int) -> None:  # handed to the sender as its socket would
+            reply = pb.HeartbeatReply(term=3, node_id="n2", role="follower", seq=seq)
+            sender.datagram_received(seal(KEY, REPLY, reply.SerializeToString()), None)
+
+        beats = 5 * beacons.REPLY_WINDOW
+        late = beacons.REPLY_WINDOW // 2
+        held = sender._taken
+        for seq in range(1, beats + 1):
+            sender.send(seq, beat())
+            answer(seq)
+            answer(seq)  # replayed at once
+            if seq > late:
+                answer(seq - late)  # replayed while still in the window
+            if seq > beacons.REPLY_WINDOW:
+                answer(seq - beacons.REPLY_WINDOW)  # replayed as it leaves the window
+            assert len(sender._taken) <= beacons.REPLY_WINDOW
+        assert sender._taken is held  # forgotten in place, never copied
+        assert [r.seq for r in replies] == list(range(1, beats + 1))
+        assert sender.rejected == beats + (beats - late) + (beats - beacons.REPLY_WINDOW)
+        sender.close()
+
+
 async def test_nobody_listening_is_no_answer_and_no_error() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -59,6 +59,7 @@ leader's connected socket then drops the answers and that pair stays on gRPC.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import hmac
@@ -223,8 +224,6 @@ OnReply = Callable[[pb.HeartbeatReply], None]
 #: Seqs back whose replies a leader still takes, each once (seqs count the beats to all
 #: followers, so a follower's share of the window is this over their number).
 REPLY_WINDOW = 1024
-#: Seqs taken that are kept before those out of the window are forgotten.
-_TAKEN_KEPT = 64
 
 
 class BeaconSender(_Endpoint):
@@ -236,8 +235,11 @@ class BeaconSender(_Endpoint):
         self.on_reply = on_reply
         self.sent_seq = 0
         self.answered_seq = 0
-        #: The seqs of the replies taken within the window (REPLY_WINDOW).
+        #: The seqs of the replies taken within the window (REPLY_WINDOW), and the same seqs
+        #: in the order they were taken, which forgets them as they leave the window: a
+        #: reply costs the same however many are held (the set is never rebuilt).
         self._taken: set[int] = set()
+        self._taken_order: collections.deque[int] = collections.deque()
         #: When the last datagram left, and the round trip of the last one answered (seconds).
         self._sent_at_s = 0.0
         self.last_rtt_s: float | None = None
@@ -267,9 +269,10 @@ class BeaconSender(_Endpoint):
         if reply is None or not oldest < reply.seq <= self.sent_seq or reply.seq in self._taken:
             self.rejected += 1  # forged, a replay, or an answer to a beat we never sent
             return
-        if len(self._taken) >= _TAKEN_KEPT:
-            self._taken = {seq for seq in self._taken if seq > oldest}
+        while self._taken_order and self._taken_order[0] <= oldest:
+            self._taken.discard(self._taken_order.popleft())
         self._taken.add(reply.seq)
+        self._taken_order.append(reply.seq)
         self.answered_seq = max(self.answered_seq, reply.seq)
         # Only an answer to the newest beat times it: an older one left before `_sent_at_s`.
         self.last_rtt_s = time.perf_counter() - self._sent_at_s if reply.seq == self.sent_seq else None
