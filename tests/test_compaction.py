@@ -41,7 +41,10 @@ class Node:
         self.core = Core(self.journal.open())
         self.writer = LogWriter(self.journal)
         self.records: list[bytes] = []
-        self.compactor = Compactor(self.journal, self.writer, cast(Election, self.core), lambda: self.records)
+        #: What the core's Replication.snapshot_wanted would say.
+        self.wanted = 0
+        self.compactor = Compactor(self.journal, self.writer, cast(Election, self.core), lambda: self.records,
+                                   lambda: self.wanted)
 
     def apply(self, count: int, size: int, term: int = 1) -> int:
         """`count` committed entries of `size` bytes, durable and applied; the last index."""
@@ -110,6 +113,26 @@ async def test_a_snapshot_is_written_beside_the_event_loop_then_adopted(
     assert node.journal.log.snapshot_index == applied, "the journal's own log was not compacted"
     assert node.on_disk() == Snapshot(applied, 1, b"\n".join(node.records))
     assert not (node.journal.dir / NEXT_SNAPSHOT_FILE).exists()
+    node.writer.close()
+
+
+async def test_a_snapshot_a_follower_needs_is_taken_at_once_once_its_entry_is_applied(tmp_path: Path) -> None:
+    """Far under both thresholds, a leader snapshots as soon as a follower can take the log
+    again only from a snapshot (an entry that fits no message to it), once that entry is
+    applied here: not before, as a snapshot must reach past it."""
+    node = Node(tmp_path)
+    applied = node.apply(3, 100)
+    node.compactor.step(applied)
+    await asyncio.sleep(0.05)
+    assert node.core.compacted == [], "under the thresholds, nobody waiting: no snapshot"
+    node.wanted = applied + 1  # not applied here yet
+    node.compactor.step(applied)
+    await asyncio.sleep(0.05)
+    assert node.core.compacted == []
+    applied = node.apply(1, 100)
+    node.compactor.step(applied)
+    await poll(lambda: node.core.compacted, what="the snapshot adopted")
+    assert node.core.compacted == [applied] and node.on_disk() == Snapshot(applied, 1, b"\n".join(node.records))
     node.writer.close()
 
 

@@ -177,17 +177,45 @@ def test_5_3_a_follower_with_a_smaller_message_bound_is_sent_smaller_batches() -
     """Entries past a message's first fill at most `max_append_bytes`, or a quarter of the
     follower's own bound on a message where the caller knows a smaller one: a follower with
     a smaller --max-message-bytes refuses a larger message, and its log would stop there."""
-    config = ElectionConfig("a", PEERS, replicate=True, max_append_entries=100, max_append_bytes=1000)
+    config = ElectionConfig("a", PEERS, replicate=True, max_append_entries=100, max_append_bytes=10_000)
     node = Election(config, random.Random(0), term=1)
-    node.replication.peer_message_bytes = {"b": 800, "c": 0}  # 0: c's is not known
+    node.replication.peer_message_bytes = {"b": 8000, "c": 0}  # 0: c's is not known
     elect(node)  # its no-op at index 1
     respond(node, "b", True, 1)
     respond(node, "c", True, 1)
-    _, out = node.propose(*(bytes(100) for _ in range(8)))
-    assert entries_to("b", out) == [[2, 3]]  # 100 + 100 bytes: a quarter of 800 holds no third
+    _, out = node.propose(*(bytes(1000) for _ in range(8)))
+    assert entries_to("b", out) == [[2, 3]]  # 1000 + 1000 bytes: a quarter of 8000 holds no third
     assert entries_to("c", out) == [list(range(2, 10))]
     out = respond(node, "b", True, 3)
     assert entries_to("b", out) == [[4, 5]]
+
+
+def test_7_an_entry_no_message_to_a_follower_can_carry_reaches_it_in_a_snapshot() -> None:
+    """An entry written before the leader heard of a follower's smaller bound on a message (a
+    follower restarted with a smaller --max-message-bytes) would be refused with the message
+    that carries it, and the follower's stream with it. The follower is sent bare beats
+    instead, the leader wants a snapshot past the entry, and once it has compacted that far
+    the follower is sent the snapshot (which goes in chunks it takes)."""
+    config = ElectionConfig("a", PEERS, replicate=True, max_append_entries=100)
+    node = Election(config, random.Random(0), term=1)
+    elect(node)  # its no-op at 1
+    respond(node, "b", True, 1)
+    respond(node, "c", True, 1)
+    _, out = node.propose(bytes(4000))  # 2: nobody's bound known yet, so it goes to both
+    assert entries_to("b", out) == [[2]] and entries_to("c", out) == [[2]]
+    respond(node, "c", True, 2)
+    assert node.commit_index == 2 and node.replication.snapshot_wanted() == 0
+    node.replication.peer_message_bytes = {"b": 2048, "c": 0}  # b came back with 2 KiB
+    beats = [m for _ in range((RESEND_BEATS + 1) * config.heartbeat_ticks) for m in to("b", node.tick())]
+    assert beats[-1].entries == () and beats[-1].prev_index == 1, "resent: as a bare beat"
+    assert all(m.entries == () for m in beats), "2 never goes to b: it fits no message to b"
+    assert node.replication.snapshot_wanted() == 2
+    _, out = node.propose(bytes(100))  # 3 fits b, but b needs 2 first
+    assert all(m.entries == () for m in to("b", out)) and entries_to("c", out) == [[3]]
+    node.compact(2, b"state@2")
+    assert [m for m in sends(node.stalled()) if isinstance(m, InstallSnapshot)] == [
+        InstallSnapshot("a", "b", node.term, 2, node.term, b"state@2")]
+    assert node.replication.snapshot_wanted() == 0
 
 
 def test_5_3_entries_go_once_and_bare_beats_follow_until_they_are_answered_for() -> None:

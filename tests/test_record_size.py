@@ -303,3 +303,27 @@ def test_a_peer_that_states_less_than_a_node_may_run_with_bounds_nothing_below_i
     peers = PeerTable(("127.0.0.1:2",), "n1")
     peers.heard("127.0.0.1:2", "n2", "follower", 1, message_bytes=1)
     assert peers.message_bytes_bound(MAX_MESSAGE_BYTES) == MIN_NODE_MESSAGE_BYTES
+
+
+async def test_a_follower_restarted_with_a_smaller_limit_takes_an_entry_written_before(
+    start_cluster: StartCluster, tmp_path: Path,
+) -> None:
+    """An attached job's 64 KB answer, kept whole while the cluster's limits allowed it, in an
+    entry committed while one follower was down; that follower comes back under 64 KiB. No
+    message to it can carry that entry, and its log stopped there until the leader's next
+    snapshot, due only after thousands of entries or megabytes more. The leader snapshots at
+    once instead, and sends it in chunks the follower takes."""
+    np.save(tmp_path / "wide.npy", np.ones((2, 8_000)))
+    cluster = await start_cluster(3)
+    leader = await cluster.wait_for_leader()
+    follower = next(d for d in cluster.daemons if d is not leader).node_id
+    await cluster.stop_node(follower)
+    async with AsyncClient(leader.config.address, timeout=10) as client:
+        wide = await client.submit(op="sum", source="npy:wide.npy", axis=0)
+        await poll(lambda: leader.ledger.table.get(wide.job_id) is not None, what="the record committed")
+        (record,) = [job for job in await client.jobs() if job.job_id == wide.job_id]
+        assert record.result is not None, "kept whole: sized for the limits the leader knew"
+    small = await cluster.start_node(follower, limits=Limits(max_message_bytes=SMALL_BYTES))
+    await poll(lambda: small.ledger.table.get(wide.job_id) is not None, timeout_s=10,
+               what="the restarted follower to hold the record")
+    assert leader.is_leader and small.ledger.table.get(wide.job_id).result is not None

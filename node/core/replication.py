@@ -41,6 +41,10 @@ RESEND_WAIT_TIMEOUTS = 1
 #: Messages of entries a follower may have unanswered: more wait for its answer (etcd's inflights),
 #: so a follower slower than the proposals does not pile them up in its leader's link.
 MAX_MESSAGES_IN_FLIGHT = 4
+#: What an AppendEntries adds around its one entry, at most (ids, term and indexes, the
+#: commit, a beacon key): an entry goes to a peer in one message if its bytes and this fit
+#: the peer's bound on a message.
+BEAT_ENVELOPE_BYTES = 1 << 10
 
 
 class _Sent(msgspec.Struct):
@@ -81,6 +85,8 @@ class Replication:
         #: Each peer's own bound on a message it takes (its --max-message-bytes), where the
         #: caller learnt it: a smaller one than ours bounds the entries sent to it.
         self.peer_message_bytes: Mapping[str, int] = {}
+        #: Followers whose next entry fits no message to them (`snapshot_wanted`): its index.
+        self._unfit: dict[str, int] = {}
 
     # ---- leader ---------------------------------------------------------------
 
@@ -90,6 +96,7 @@ class Replication:
         self._snapshot_sent = {}
         self._entries_sent = {}
         self._took = {}
+        self._unfit = {}
         if self._config.replicate:
             self.append(term, "noop", (b"",), out)
 
@@ -138,6 +145,12 @@ class Replication:
         last = prev + self._config.max_append_entries
         fresh = sent is None or (next_index > sent and not full)  # not sent and unanswered for
         entries = log.entries(next_index, last) if prev < log.last_index and fresh else ()
+        self._unfit.pop(peer, None)
+        if entries and not self._fits(peer, entries[0]):
+            # The follower would refuse the message, and its stream with it: a bare beat keeps
+            # it following until a snapshot takes it past the entry (`snapshot_wanted`).
+            self._unfit[peer] = entries[0].index
+            entries = ()
         size, limit = 0, self._append_bytes(peer)
         for count, entry in enumerate(entries):
             size += len(entry.data)
@@ -152,6 +165,18 @@ class Replication:
             self._entries_sent[peer].lasts.append(entries[-1].index)
         return Heartbeat(self._config.node_id, peer, term, prev, prev_term, entries, self.commit,
                          self._slack_ticks, self._next_serial())
+
+    def _fits(self, peer: str, entry: Entry) -> bool:
+        theirs = self.peer_message_bytes.get(peer, 0)
+        return not theirs or len(entry.data) + BEAT_ENVELOPE_BYTES <= theirs
+
+    def snapshot_wanted(self) -> int:
+        """The index a leader's snapshot must reach for each follower to take the log again;
+        0 if none needs one. An entry written before the leader heard of a follower's smaller
+        bound on a message (a follower restarted with a smaller --max-message-bytes) fits no
+        message to it: it passes to that follower only inside a snapshot, which goes in
+        chunks the follower takes."""
+        return max((index for index in self._unfit.values() if index > self.log.snapshot_index), default=0)
 
     def _append_bytes(self, peer: str) -> int:
         """Bytes of entries past the first in one message to `peer`: `max_append_bytes`, or a
@@ -365,3 +390,4 @@ class Replication:
         if index > self.log.snapshot_index:
             self.log.compact(index)
             self.snapshot = snapshot
+            self._unfit = {peer: at for peer, at in self._unfit.items() if at > index}

@@ -9,7 +9,11 @@ entry), whatever the table holds. Fixed thresholds did not: a detached
 job's answer may be 16 MiB and the table keeps up to `--keep-result-bytes`
 of them, so a table of large vector answers was rewritten whole, 43-85 MB,
 on every node after every such job (docs/journal.md, "Large answers in the
-table").
+table"). A leader also snapshots as soon as a follower can take the log again
+only from a snapshot: an entry written before the leader heard of that
+follower's smaller --max-message-bytes fits no message to it
+(`Replication.snapshot_wanted`; docs/journal.md, "Followers with a smaller
+limit").
 
 How. The table's records are taken on the event loop (a list of the bytes
 of each, which nothing changes later); they are joined, checksummed and
@@ -60,12 +64,15 @@ class Compactor:
 
     def __init__(
         self, journal: Journal, writer: LogWriter, election: Election, records: Callable[[], Sequence[bytes]],
+        snapshot_wanted: Callable[[], int] = lambda: 0,
     ) -> None:
         self._journal = journal
         self._writer = writer
         self._election = election
         #: The state machine's records; the snapshot is them, one per line.
         self._records = records
+        #: The index a snapshot must reach now, or 0 (Replication.snapshot_wanted).
+        self._snapshot_wanted = snapshot_wanted
         #: Bytes of the entries applied since the last snapshot (taken here, or the leader's).
         self._applied_bytes = 0
         #: Bytes of that snapshot: the yardstick of the second rule.
@@ -96,7 +103,11 @@ class Compactor:
         raft_log = self._election.log
         held = applied - raft_log.snapshot_index
         scale = max(1.0, self._snapshot_bytes / COMPACT_BYTES)
-        if held <= 0 or (held < COMPACT_ENTRIES * scale and self._applied_bytes < COMPACT_BYTES * scale):
+        # A follower that can take the log again only from a snapshot (Replication.snapshot_wanted)
+        # gets one now, once the entry it cannot take is applied here.
+        wanted = 0 < self._snapshot_wanted() <= applied
+        if held <= 0 or (not wanted and held < COMPACT_ENTRIES * scale
+                         and self._applied_bytes < COMPACT_BYTES * scale):
             return
         term = raft_log.term_at(applied) or 0
         records = list(self._records())

@@ -128,6 +128,7 @@ class Daemon:
             udp=config.udp_heartbeats, on_failure=self.peers.failed,
         )
         self.discovery = IdDiscovery(self.peers, self.stubs, shared_settings(config))
+        self.heartbeats.on_refused = lambda address: self._spawn(self.discovery.ask_again(address))
         self.metrics = NodeMetrics()
         self._http: AppRunner | None = None
         self._local: localsocket.LocalSocket | None = None

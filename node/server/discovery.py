@@ -154,6 +154,10 @@ class IdDiscovery:
                 log.warning("peer %s runs with %s; give every node the same", self.peers.name(address), what)
         self._learnt.set()
 
+    async def ask_again(self, address: str) -> None:
+        """Ask a peer its Status again: a restart may have changed what it states."""
+        await self._ask_id(address)
+
     async def ask_sources(self, addresses: list[str]) -> None:
         """Ask these peers (at once) what source kinds they read; who does not answer stays unknown."""
         await asyncio.gather(*(self._ask_id(address) for address in addresses))

@@ -59,7 +59,7 @@ class HeartbeatLink:
         self, address: str, stubs: StubCache, on_reply: OnReply, stale_s: float,
         key: bytes | None = None, on_failure: OnFailure | None = None,
         totals: dict[tuple[str, str], int] | None = None, on_rtt: Callable[[float], None] | None = None,
-        entries_by_udp: bool = False,
+        entries_by_udp: bool = False, on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.address = address
         self.stubs = stubs
@@ -98,6 +98,8 @@ class HeartbeatLink:
         self.totals = totals if totals is not None else {}
         #: Told each beat's round trip, in seconds, when one can be timed.
         self.on_rtt = on_rtt or (lambda seconds: None)
+        #: Told the follower's address when it refused a message as too large.
+        self.on_refused = on_refused or (lambda address: None)
         self._logged_udp = False
 
     @property
@@ -237,6 +239,10 @@ class HeartbeatLink:
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.CANCELLED:  # cancelled: closed by us
                 self.on_failure(self.address, f"heartbeat stream ended: {exc.code().name}: {exc.details()}")
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # Over the follower's --max-message-bytes: it may have restarted with a smaller
+                # one before any of its replies said so; its Status says (daemon.py).
+                self.on_refused(self.address)
         finally:
             self._drop(call)
 
@@ -286,6 +292,8 @@ class HeartbeatLinks:
         self.totals: dict[tuple[str, str], int] = {}
         #: Told each beat's round trip (the metrics' histogram).
         self.on_rtt: Callable[[float], None] = lambda seconds: None
+        #: Told a follower's address when it refused a message as larger than it takes.
+        self.on_refused: Callable[[str], None] = lambda address: None
         self.stale_s = stale_s
         self.udp = udp
         #: Datagrams are sealed, not encrypted: entries (jobs' sources, answers) take
@@ -310,7 +318,7 @@ class HeartbeatLinks:
                 self._key, self._seq = beacons.new_key(), 0
             link = self._links[address] = HeartbeatLink(
                 address, self.stubs, self.on_reply, self.stale_s, self._key, self.on_failure, self.totals,
-                self.on_rtt, self.entries_by_udp,
+                self.on_rtt, self.entries_by_udp, self.on_refused,
             )
         return link
 
