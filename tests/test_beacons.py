@@ -239,6 +239,35 @@ async def test_through_many_beats_a_leader_takes_each_answer_once_and_holds_only
         sender.close()
 
 
+async def test_answers_out_of_order_are_each_taken_once_and_what_is_held_stays_bounded() -> None:
+    """Beats go in groups whose answers come back in reverse, through five windows: each is
+    taken once, its replay refused, and the sender holds at most two windows of seqs (one
+    taken late sits behind later ones until those leave the window)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        replies: list[Any] = []
+        sender = await make_sender(f"127.0.0.1:{peer.getsockname()[1]}", replies)
+
+        def answer(seq: int) -> None:
+            reply = pb.HeartbeatReply(term=3, node_id="n2", role="follower", seq=seq)
+            sender.datagram_received(seal(KEY, REPLY, reply.SerializeToString()), None)
+
+        group, taken = 16, []
+        for first in range(1, 5 * beacons.REPLY_WINDOW, group):
+            seqs = list(range(first, first + group))
+            for seq in seqs:
+                sender.send(seq, beat())
+            for seq in reversed(seqs):
+                answer(seq)
+                answer(seq)
+            taken += reversed(seqs)
+            assert len(sender._taken) <= 2 * beacons.REPLY_WINDOW
+        assert [r.seq for r in replies] == taken and sender.rejected == len(taken)
+        answer(taken[-1])  # the newest, replayed after all that
+        assert len(replies) == len(taken) and sender.rejected == len(taken) + 1
+        sender.close()
+
+
 async def test_nobody_listening_is_no_answer_and_no_error() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))

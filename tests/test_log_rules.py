@@ -210,12 +210,35 @@ def test_7_an_entry_no_message_to_a_follower_can_carry_reaches_it_in_a_snapshot(
     assert beats[-1].entries == () and beats[-1].prev_index == 1, "resent: as a bare beat"
     assert all(m.entries == () for m in beats), "2 never goes to b: it fits no message to b"
     assert node.replication.snapshot_wanted() == 2
+    assert not to("b", respond(node, "b", True, 1)), "its answer to a bare beat is not answered at once"
     _, out = node.propose(bytes(100))  # 3 fits b, but b needs 2 first
     assert all(m.entries == () for m in to("b", out)) and entries_to("c", out) == [[3]]
     node.compact(2, b"state@2")
     assert [m for m in sends(node.stalled()) if isinstance(m, InstallSnapshot)] == [
         InstallSnapshot("a", "b", node.term, 2, node.term, b"state@2")]
     assert node.replication.snapshot_wanted() == 0
+    assert entries_to("b", respond(node, "b", True, 2)) == [[3]], "installed: the entries after it go"
+
+
+def test_7_the_snapshot_wanted_first_is_the_one_a_follower_can_take_now() -> None:
+    """Two followers each need an entry that fits no message to them: b one committed (through
+    c), c one that only b can commit, once b has a snapshot past its own. The snapshot wanted
+    is b's, at the lower index: waiting for c's entry to be applied would wait for ever."""
+    config = ElectionConfig("a", PEERS, replicate=True, max_append_entries=100)
+    node = Election(config, random.Random(0), term=1)
+    elect(node)  # its no-op at 1
+    respond(node, "b", True, 1)
+    respond(node, "c", True, 1)
+    node.propose(bytes(4000))  # 2
+    respond(node, "c", True, 2)
+    node.propose(bytes(4000))  # 3: nobody answers for it
+    assert node.commit_index == 2
+    node.replication.peer_message_bytes = {"b": 2048, "c": 2048}
+    for _ in range((RESEND_BEATS + 1) * config.heartbeat_ticks):
+        node.tick()
+    assert node.replication.snapshot_wanted() == 2
+    node.compact(2, b"state@2")
+    assert node.replication.snapshot_wanted() == 3, "c's, once b's is taken"
 
 
 def test_5_3_entries_go_once_and_bare_beats_follow_until_they_are_answered_for() -> None:

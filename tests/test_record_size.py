@@ -326,4 +326,4 @@ async def test_a_follower_restarted_with_a_smaller_limit_takes_an_entry_written_
     small = await cluster.start_node(follower, limits=Limits(max_message_bytes=SMALL_BYTES))
     await poll(lambda: small.ledger.table.get(wide.job_id) is not None, timeout_s=10,
                what="the restarted follower to hold the record")
-    assert leader.is_leader and small.ledger.table.get(wide.job_id).result is not None
+    assert small.ledger.table.get(wide.job_id).result is not None

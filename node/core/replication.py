@@ -120,7 +120,9 @@ class Replication:
         and beats are otherwise bare, at its next index (or at the last entry sent, once we
         compacted past its next index). A follower writing a
         10.7 MB entry is not sent it again at every beat, and answers the bare beats
-        meanwhile (elections.py); one still writing when we compact is not sent the snapshot."""
+        meanwhile (elections.py); one still writing when we compact is not sent the snapshot.
+        An entry that fits no message to the follower is not sent either: it gets bare beats
+        until a snapshot takes it past the entry (`snapshot_wanted`)."""
         log = self.log
         next_index = min(self._next.get(peer, log.last_index + 1), log.last_index + 1)
         sent = self._entries_in_flight(peer)
@@ -150,6 +152,7 @@ class Replication:
             # The follower would refuse the message, and its stream with it: a bare beat keeps
             # it following until a snapshot takes it past the entry (`snapshot_wanted`).
             self._unfit[peer] = entries[0].index
+            self._entries_sent.pop(peer, None)  # what it was sent before never arrived
             entries = ()
         size, limit = 0, self._append_bytes(peer)
         for count, entry in enumerate(entries):
@@ -171,12 +174,14 @@ class Replication:
         return not theirs or len(entry.data) + BEAT_ENVELOPE_BYTES <= theirs
 
     def snapshot_wanted(self) -> int:
-        """The index a leader's snapshot must reach for each follower to take the log again;
-        0 if none needs one. An entry written before the leader heard of a follower's smaller
-        bound on a message (a follower restarted with a smaller --max-message-bytes) fits no
-        message to it: it passes to that follower only inside a snapshot, which goes in
-        chunks the follower takes."""
-        return max((index for index in self._unfit.values() if index > self.log.snapshot_index), default=0)
+        """The index a leader's snapshot must reach for a follower to take the log again; 0 if
+        none needs one. An entry written before the leader heard of a follower's smaller bound
+        on a message (a follower restarted with a smaller --max-message-bytes) fits no message
+        to it: it passes to that follower only inside a snapshot, which goes in chunks the
+        follower takes. The lowest such index: a snapshot is taken at what is applied, which
+        covers every index up to it, and one not applied yet may commit only through a
+        follower that waits for the snapshot."""
+        return min((index for index in self._unfit.values() if index > self.log.snapshot_index), default=0)
 
     def _append_bytes(self, peer: str) -> int:
         """Bytes of entries past the first in one message to `peer`: `max_append_bytes`, or a
@@ -321,7 +326,10 @@ class Replication:
                 return
         unanswered = self._entries_in_flight(peer)
         room = unanswered is not None and unanswered < self.log.last_index and self._room(peer)
-        if not response.success or room or (self._next[peer] <= self.log.last_index and unanswered is None):
+        # Not a follower whose next entry fits no message to it: it waits for its snapshot at the
+        # beats, and answering its bare beats with more would have the two ping-pong.
+        behind = self._next[peer] <= self.log.last_index and unanswered is None and peer not in self._unfit
+        if not response.success or room or behind:
             out.extend(Send(m) for m in self.messages_for(peer, term))  # catch up without waiting a beat
 
     def _advance_commit(self, term: int, out: list[Output]) -> None:

@@ -237,7 +237,9 @@ class BeaconSender(_Endpoint):
         self.answered_seq = 0
         #: The seqs of the replies taken within the window (REPLY_WINDOW), and the same seqs
         #: in the order they were taken, which forgets them as they leave the window: a
-        #: reply costs the same however many are held (the set is never rebuilt).
+        #: reply costs the same however many are held (the set is never rebuilt). One taken
+        #: out of order may stay a while past the window, behind later ones: at most two
+        #: windows' worth are held.
         self._taken: set[int] = set()
         self._taken_order: collections.deque[int] = collections.deque()
         #: When the last datagram left, and the round trip of the last one answered (seconds).

@@ -96,8 +96,8 @@ class ElectionDriver:
         self.on_role_changed = on_role_changed
         self.on_apply = on_apply
         #: Our snapshots of the state machine (its records); replacing it with the leader's.
-        self.compactor = Compactor(journal, self.writer, election, records,
-                                   election.replication.snapshot_wanted)
+        self.compactor = Compactor(journal, self.writer, election, records, lambda: (  # a leader's only
+            election.replication.snapshot_wanted() if election.role is Role.LEADER else 0))
         self.on_restore = on_restore
         #: Term and vote as the disk holds them (memory goes back to them when a save fails).
         self.terms = TermKeeper(store, ElectionState(election.term, election.voted_for),
