@@ -22,13 +22,15 @@ def test_every_public_name_resolves() -> None:
     assert set(node.__all__) == set(node._HOMES)
 
 
-def test_a_daemon_starts_without_the_client_side_or_numpy() -> None:
-    """numpy and the compute stack load after the election (node/core/job.py says why)."""
+def test_a_daemon_starts_without_the_client_side_numpy_or_prometheus_client() -> None:
+    """numpy and the compute stack load after the election (node/core/job.py says why);
+    prometheus-client with the first scrape (node/server/tally.py says why)."""
     loaded = run_python("import sys, cli.main, cli.commands, node.server.daemon; print(' '.join(sorted(sys.modules)))")
     modules = loaded.split()
     assert "node.server.daemon" in modules
     heavy = ("numpy", "node.server.jobs", "node.server.worker", "node.core.compute", "node.core.sources",
-             "node.wire.tensors", "node.client.async_client", "node.client.blocking", "node.testing.cluster")
+             "node.wire.tensors", "node.client.async_client", "node.client.blocking", "node.testing.cluster",
+             "prometheus_client")
     assert not set(heavy) & set(modules), set(heavy) & set(modules)
 
 

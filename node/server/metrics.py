@@ -1,11 +1,13 @@
-"""The node's Prometheus metrics (prometheus-client), one registry per daemon.
+"""The node's Prometheus metrics, one registry per daemon (prometheus-client's).
 
 Two kinds. What the node *is* (leader or not, its term, which peers answer,
 its log and journal) is read from the daemon's state when Prometheus
 scrapes (`StateCollector`), so it costs nothing between scrapes. What
 *happens* (leader changes, jobs ending, shards computed, journal writes) is
 counted where it happens: one counter increment or histogram observation
-each, a microsecond or two.
+each, a microsecond or two, in tally.py's plain counters; a scrape reads
+them (`TallyCollector`). prometheus-client is imported by the first reader
+of `NodeMetrics.registry`, not as the daemon starts (tally.py says why).
 
 Names follow etcd's style and Prometheus' rules: `distnode_` prefix, base
 units, `_total` counters. No label carries a job id, a path or a client
@@ -19,17 +21,18 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from node.core.messages import Role
 from node.errors import ClusterUnavailable, InvalidJob, JobCancelled, LimitExceeded
+from node.server.tally import Child, Counted, Timed, TimedChild
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
     from node.core.election import Election
     from node.server.dispatch import Dispatch
     from node.server.elections import ElectionDriver
@@ -101,11 +104,13 @@ class NodeState(msgspec.Struct):
     compute_calls: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
 
 
-class StateCollector(Collector):
+class StateCollector:
     def __init__(self, state: Callable[[], NodeState]) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         now = self.state()
         gauges = (
             ("distnode_is_leader", "1 if this node is the leader", now.is_leader),
@@ -146,11 +151,45 @@ class StateCollector(Collector):
         yield from (up, failures, replies, udp, beats, calls)
 
 
+class TallyCollector:
+    """What was counted (tally.py), as prometheus-client's own Counter and Histogram give it."""
+
+    def __init__(self, counted: list[Counted], timed: list[Timed]) -> None:
+        self.counted, self.timed = counted, timed
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client import utils
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        go_float = cast(Callable[[float], str], utils.floatToGoString)  # `le` as Histogram writes it
+        for counter in self.counted:
+            family = CounterMetricFamily(counter.name, counter.help_text, labels=counter.label_names)
+            for labels, value in counter.samples():
+                family.add_metric(list(labels), value)
+            yield family
+        for timing in self.timed:
+            histogram = HistogramMetricFamily(timing.name, timing.help_text, labels=timing.label_names)
+            bounds = [go_float(bound) for bound in timing.bounds] + ["+Inf"]
+            for labels, cumulative, total in timing.samples():
+                histogram.add_metric(list(labels), list(zip(bounds, cumulative, strict=True)), total)
+            yield histogram
+
+
 class NodeMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        count = functools.partial(Counter, registry=self.registry)
-        timing = functools.partial(Histogram, buckets=BUCKETS_S, registry=self.registry)
+        self._counted: list[Counted] = []
+        self._timed: list[Timed] = []
+        #: What a scrape reads of the daemon, once `observe` hooked it in.
+        self._state: Callable[[], NodeState] | None = None
+
+        def count(name: str, help_text: str, labels: tuple[str, ...] | list[str] = ()) -> Counted:
+            self._counted.append(Counted(name, help_text, labels))
+            return self._counted[-1]
+
+        def timing(name: str, help_text: str, labels: tuple[str, ...] | list[str] = ()) -> Timed:
+            self._timed.append(Timed(name, help_text, BUCKETS_S, labels))
+            return self._timed[-1]
+
         self.leader_changes = count("distnode_leader_changes_seen", "leaders seen to change")
         self.elections = count("distnode_elections_started", "elections this node started")
         self.pre_votes = count("distnode_pre_votes_started", "pre-vote rounds this node started")
@@ -171,10 +210,21 @@ class NodeMetrics:
         self.relayed = count("distnode_relayed", "calls this node passed on to its leader")
         # Children looked up once: `labels()` takes a lock and builds a key on every call.
         self._ended = {outcome: self.jobs.labels(outcome) for outcome in OUTCOMES}  # all exported, at 0
-        self._took: dict[str, Histogram] = {}
-        self._read: dict[str, Counter] = {}
+        self._took: dict[str, TimedChild] = {}
+        self._read: dict[str, Child] = {}
         #: The last leader seen (a change of it is counted).
         self._leader: str | None = None
+
+    @functools.cached_property
+    def registry(self) -> CollectorRegistry:
+        """What a scrape reads: built, and prometheus-client imported, by its first reader."""
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(TallyCollector(self._counted, self._timed))
+        if self._state is not None:
+            registry.register(StateCollector(self._state))
+        return registry
 
     def observe(self, daemon: Observed) -> None:
         """Hook the counters into the daemon's parts, and read its state at each scrape."""
@@ -182,7 +232,9 @@ class NodeMetrics:
         daemon.elections.on_committed = self.commit_seconds.observe
         daemon.relay.on_relay = self.relayed.inc
         daemon.heartbeats.on_rtt = self.heartbeat_rtt.observe
-        self.registry.register(StateCollector(lambda: node_state(daemon)))
+        self._state = functools.partial(node_state, daemon)
+        if "registry" in self.__dict__:  # read before the daemon was hooked in
+            self.registry.register(StateCollector(self._state))
 
     def job_ended(self, op: str, outcome: str, seconds: float) -> None:
         self._ended[outcome].inc()
