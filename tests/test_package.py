@@ -24,7 +24,7 @@ def test_every_public_name_resolves() -> None:
 
 def test_a_daemon_starts_without_the_client_side_numpy_or_prometheus_client() -> None:
     """numpy and the compute stack load after the election (node/core/job.py says why);
-    prometheus-client with the first scrape (node/server/tally.py says why)."""
+    prometheus-client only with --http, for /metrics (node/server/tally.py says why)."""
     loaded = run_python("import sys, cli.main, cli.commands, node.server.daemon; print(' '.join(sorted(sys.modules)))")
     modules = loaded.split()
     assert "node.server.daemon" in modules

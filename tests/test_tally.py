@@ -1,50 +1,65 @@
 """The node's own counters and histograms (node/server/tally.py), read through metrics.py's
-registry: the same samples prometheus-client's Counter and Histogram give for the same
+registry: the same text prometheus-client's Counter and Histogram give for the same
 updates, none lost between threads."""
 
 from __future__ import annotations
 
+import math
+import random
 import sys
 import threading
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from node.server.metrics import BUCKETS_S, NodeMetrics
+from node.server.metrics import BUCKETS_S, OUTCOMES, NodeMetrics
 from node.server.tally import Counted, Timed
 
 
-def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample but the `_created` ones (the time a metric was made: ours has none)."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in registry.collect() for s in family.samples if not s.name.endswith("_created")}
+def text(registry: CollectorRegistry) -> list[str]:
+    """The exposition's lines but the `_created` ones (when a metric was made: ours have none)."""
+    return sorted(line for line in generate_latest(registry).decode().splitlines() if "_created" not in line)
 
 
-def test_counts_and_timings_read_as_prometheus_clients_own_types_give_them() -> None:
-    ours = NodeMetrics()
+def mirror(ours: NodeMetrics) -> tuple[CollectorRegistry, dict[str, Counter | Histogram]]:
+    """prometheus-client's own Counter and Histogram for each of `ours`'s families."""
     theirs = CollectorRegistry()
-    rtt = Histogram("distnode_heartbeat_rtt_seconds", "a leader's beat, sent to answered",
-                    buckets=BUCKETS_S, registry=theirs)
-    took = Histogram("distnode_job_duration_seconds", "jobs run as leader, start to answer", ["op"],
-                     buckets=BUCKETS_S, registry=theirs)
-    moved = Counter("distnode_shards_moved", "shards taken from a busy node for an idle one, as leader",
-                    registry=theirs)
-    # On a bound (it counts in that bucket), between bounds, past the last, zero.
-    for seconds in (0.0001, 0.0003, 0.001, 0.0025, 7.0, 60.0, 61.0, 0.0):
-        ours.heartbeat_rtt.observe(seconds)
-        rtt.observe(seconds)
-    for op, seconds in (("sum", 0.03), ("sum", 0.5), ("var", 2.5)):
-        ours.job_ended(op, "done", seconds)
-        took.labels(op).observe(seconds)
-    for _ in range(3):
-        ours.shards_moved.inc()
-        moved.inc()
-    mine = samples(ours.registry)
-    for name, labels in samples(theirs):
-        assert mine[(name, labels)] == samples(theirs)[(name, labels)], (name, labels)
-    assert mine[("distnode_heartbeat_rtt_seconds_bucket", (("le", "0.0001"),))] == 2  # 0 and the bound
-    assert mine[("distnode_heartbeat_rtt_seconds_bucket", (("le", "+Inf"),))] == 8
-    assert mine[("distnode_jobs_total", (("outcome", "done"),))] == 3
-    assert mine[("distnode_jobs_total", (("outcome", "failed"),))] == 0, "every outcome is exported"
+    made: dict[str, Counter | Histogram] = {}
+    for counted in ours._counted:
+        made[counted.name] = Counter(counted.name, counted.help_text, counted.label_names, registry=theirs)
+    for timed in ours._timed:
+        made[timed.name] = Histogram(timed.name, timed.help_text, timed.label_names, buckets=timed.bounds,
+                                     registry=theirs)
+    return theirs, made
+
+
+def test_every_family_reads_as_prometheus_clients_own_types_give_it() -> None:
+    """The same updates on every family of a NodeMetrics and on the library's own types made
+    alike: the same text, HELP and TYPE lines, names, labels, buckets and values."""
+    ours = NodeMetrics()
+    theirs, made = mirror(ours)
+    for outcome in OUTCOMES:  # NodeMetrics exports every outcome from the start
+        cast(Counter, made["distnode_jobs"]).labels(outcome)
+    rng = random.Random(7)
+    # On a bound (counted in that bucket), between bounds, past the last, zero, NaN (the sum only).
+    seconds = [*BUCKETS_S, 0.0, 0.0003, 7.0, 61.0, 1e9, math.nan] + [rng.uniform(0, 2) for _ in range(50)]
+    for counted in ours._counted:
+        for _ in range(20):
+            labels = tuple(rng.choice(("a", "b", "sum")) for _ in counted.label_names)
+            amount = rng.choice((1.0, 2.5, 1000.0))
+            (counted.labels(*labels).inc(amount) if labels else counted.inc(amount))
+            theirs_family = cast(Counter, made[counted.name])
+            (theirs_family.labels(*labels) if labels else theirs_family).inc(amount)
+    for timed in ours._timed:
+        for value in seconds:
+            labels = tuple(rng.choice(("a", "b")) for _ in timed.label_names)
+            (timed.labels(*labels).observe(value) if labels else timed.observe(value))
+            theirs_timing = cast(Histogram, made[timed.name])
+            (theirs_timing.labels(*labels) if labels else theirs_timing).observe(value)
+    ours.job_ended("var", "done", 0.25)
+    cast(Counter, made["distnode_jobs"]).labels("done").inc()
+    cast(Histogram, made["distnode_job_duration_seconds"]).labels("var").observe(0.25)
+    assert text(ours.registry) == text(theirs)
 
 
 def test_updates_from_many_threads_are_all_counted() -> None:

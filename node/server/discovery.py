@@ -82,6 +82,8 @@ class IdDiscovery:
         self._warned: set[tuple[str, str]] = set()
         #: Peers whose Status was read at least once (its settings compared).
         self._asked: set[str] = set()
+        #: Peers being asked again (`ask_again`): one question at a time each.
+        self._asking: set[str] = set()
         self._discovery: asyncio.Future[None] | None = None
         #: Set whenever discovery learns an id (for callers waiting on one).
         self._learnt = asyncio.Event()
@@ -155,8 +157,15 @@ class IdDiscovery:
         self._learnt.set()
 
     async def ask_again(self, address: str) -> None:
-        """Ask a peer its Status again: a restart may have changed what it states."""
-        await self._ask_id(address)
+        """Ask a peer its Status again: a restart may have changed what it states. A second
+        call while the first waits for its answer adds nothing."""
+        if address in self._asking:
+            return
+        self._asking.add(address)
+        try:
+            await self._ask_id(address)
+        finally:
+            self._asking.discard(address)
 
     async def ask_sources(self, addresses: list[str]) -> None:
         """Ask these peers (at once) what source kinds they read; who does not answer stays unknown."""

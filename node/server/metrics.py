@@ -7,7 +7,8 @@ scrapes (`StateCollector`), so it costs nothing between scrapes. What
 counted where it happens: one counter increment or histogram observation
 each, a microsecond or two, in tally.py's plain counters; a scrape reads
 them (`TallyCollector`). prometheus-client is imported by the first reader
-of `NodeMetrics.registry`, not as the daemon starts (tally.py says why).
+of `NodeMetrics.registry`, which is httpd.py in a node that serves
+`--http`, and by nothing else in a daemon (tally.py says why).
 
 Names follow etcd's style and Prometheus' rules: `distnode_` prefix, base
 units, `_total` counters. No label carries a job id, a path or a client
@@ -105,13 +106,15 @@ class NodeState(msgspec.Struct):
 
 
 class StateCollector:
-    def __init__(self, state: Callable[[], NodeState]) -> None:
+    def __init__(self, state: Callable[[], NodeState | None]) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         now = self.state()
+        if now is None:  # no daemon hooked in (NodeMetrics.observe)
+            return
         gauges = (
             ("distnode_is_leader", "1 if this node is the leader", now.is_leader),
             ("distnode_has_leader", "1 if this node knows a leader", now.has_leader),
@@ -220,10 +223,9 @@ class NodeMetrics:
         """What a scrape reads: built, and prometheus-client imported, by its first reader."""
         from prometheus_client import CollectorRegistry
 
-        registry = CollectorRegistry(auto_describe=True)
+        registry = CollectorRegistry()
         registry.register(TallyCollector(self._counted, self._timed))
-        if self._state is not None:
-            registry.register(StateCollector(self._state))
+        registry.register(StateCollector(lambda: self._state() if self._state is not None else None))
         return registry
 
     def observe(self, daemon: Observed) -> None:
@@ -233,8 +235,6 @@ class NodeMetrics:
         daemon.relay.on_relay = self.relayed.inc
         daemon.heartbeats.on_rtt = self.heartbeat_rtt.observe
         self._state = functools.partial(node_state, daemon)
-        if "registry" in self.__dict__:  # read before the daemon was hooked in
-            self.registry.register(StateCollector(self._state))
 
     def job_ended(self, op: str, outcome: str, seconds: float) -> None:
         self._ended[outcome].inc()

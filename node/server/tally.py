@@ -7,9 +7,10 @@ daemon's imports, paid by every daemon as it starts whether or not it is
 ever scraped; a 16-node cluster starting on two cores paid it sixteen times
 (docs/timeline.md, "Starting a large cluster"). Counting takes a few lines,
 so it is done here, and the library is imported only by whoever reads the
-metrics (metrics.py's registry: a scrape, a test), as the collector of
-numbers kept elsewhere that its documentation describes. Names, labels,
-buckets and values come out as the library's own types would give them.
+metrics (metrics.py's registry: a node serving `--http`, a test), as the
+collector of numbers kept elsewhere that its documentation describes.
+Names, labels, buckets and values come out as the library's own types
+would give them (tests/test_tally.py).
 
 Each family takes a lock around its updates: shards are counted in the
 compute threads, journal writes in the writer's.
@@ -18,6 +19,7 @@ compute threads, journal writes in the writer's.
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 from collections.abc import Sequence
 
@@ -69,16 +71,24 @@ class Timed:
         self.values: dict[tuple[str, ...], tuple[list[int], float]] = {}
         self._lock = threading.Lock()
         if not label_names:
-            self.values[()] = ([0] * (len(self.bounds) + 1), 0.0)
+            self.values[()] = self._empty()
 
     def observe(self, seconds: float, labels: tuple[str, ...] = ()) -> None:
+        """One observation; NaN goes into the sum only, in no bucket, as the library does."""
         slot = bisect.bisect_left(self.bounds, seconds)
         with self._lock:
-            counts, total = self.values.get(labels) or ([0] * (len(self.bounds) + 1), 0.0)
-            counts[slot] += 1
+            counts, total = self.values.get(labels) or self._empty()
+            if not math.isnan(seconds):
+                counts[slot] += 1
             self.values[labels] = (counts, total + seconds)
 
+    def _empty(self) -> tuple[list[int], float]:
+        return [0] * (len(self.bounds) + 1), 0.0
+
     def labels(self, *values: str) -> TimedChild:
+        """The family's histogram for `values`, exported from now on (empty until observed)."""
+        with self._lock:
+            self.values.setdefault(values, self._empty())
         return TimedChild(self, values)
 
     def samples(self) -> list[tuple[tuple[str, ...], list[int], float]]:
