@@ -37,7 +37,8 @@ async def test_a_peer_is_asked_again_once_at_a_time_and_its_new_limit_learnt() -
     discovery = IdDiscovery(peers, cast(StubCache, status), settings)
     first = asyncio.create_task(discovery.ask_again(ADDRESS))
     await asyncio.sleep(0)
-    await discovery.ask_again(ADDRESS)  # the first still waits: nothing more is asked
+    # The first still waits for its answer: this one returns at once, asking nothing.
+    await asyncio.wait_for(discovery.ask_again(ADDRESS), timeout=5)
     assert status.asked == 1 and not first.done()
     status.answer.set()
     await first
