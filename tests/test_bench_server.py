@@ -85,3 +85,29 @@ def test_closing_a_runner_whose_leftover_process_holds_its_output_does_not_wait_
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+#: Closes its output at the first figure and runs on: a runner whose output ended but not it.
+CLOSES_ITS_OUTPUT = """
+import os, sys, time
+sys.stdin.readline()
+os.close(1)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_runner_whose_output_ended_but_not_it_is_killed_after_the_reps_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rep that read the end of a runner's output waited for its exit without a bound."""
+    monkeypatch.setattr(rounds, "REP_TIMEOUT_S", 1.0)
+    server = Server("dask", [sys.executable, "-c", CLOSES_ITS_OUTPUT], {})
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"dask ended \(exit none: it closed its output and ran on"):
+            server.rep("big_sum")
+        assert time.monotonic() - started < 30, "waited for the runner past the rep's timeout"
+        assert server.process.poll() is not None, "the runner was left running"
+    finally:
+        server.close()

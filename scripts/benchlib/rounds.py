@@ -89,8 +89,10 @@ class Server:
             line = self._lines.get(timeout=REP_TIMEOUT_S)
         except queue.Empty:
             raise RuntimeError(f"{self.name}: no answer to {figure} in {REP_TIMEOUT_S:.0f} s") from None
-        if not line:
-            raise RuntimeError(f"{self.name} ended (exit {self.process.wait()}): {self.stderr_tail()}")
+        if not line:  # its output ended: so has it, or it soon will
+            code = self._ended_within(REP_TIMEOUT_S)
+            said = "none: it closed its output and ran on; killed" if code is None else code
+            raise RuntimeError(f"{self.name} ended (exit {said}): {self.stderr_tail()}")
         found = json.loads(line)
         return Rep(found["s"], found["cpu_s"], found["value"])
 
