@@ -19,6 +19,7 @@ compute threads, journal writes in the writer's.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -95,7 +96,8 @@ class Timed:
         """Per label values: the cumulative count at each bound and past the last, and the sum."""
         with self._lock:
             found = [(labels, list(counts), total) for labels, (counts, total) in self.values.items()]
-        return [(labels, _cumulative(counts), total) for labels, counts, total in sorted(found)]
+        return [(labels, list(itertools.accumulate(counts)), total)
+                for labels, counts, total in sorted(found)]
 
 
 class TimedChild:
@@ -109,10 +111,3 @@ class TimedChild:
     def observe(self, seconds: float) -> None:
         self.family.observe(seconds, self.labels)
 
-
-def _cumulative(counts: list[int]) -> list[int]:
-    running, out = 0, []
-    for count in counts:
-        running += count
-        out.append(running)
-    return out

@@ -81,20 +81,22 @@ class Server:
             self.process.stdin.write(figure + "\n")
             self.process.stdin.flush()
         except OSError:  # its end of the pipe is closed (it ended?): say how, and what it said
-            code = self._ended_within(REP_TIMEOUT_S)
-            said = "none: it closed its input and ran on; killed" if code is None else code
-            raise RuntimeError(f"{self.name} ended (exit {said}) before {figure}: "
+            raise RuntimeError(f"{self.name} ended (exit {self._exit_said('input')}) before {figure}: "
                                f"{self.stderr_tail()}") from None
         try:
             line = self._lines.get(timeout=REP_TIMEOUT_S)
         except queue.Empty:
             raise RuntimeError(f"{self.name}: no answer to {figure} in {REP_TIMEOUT_S:.0f} s") from None
         if not line:  # its output ended: so has it, or it soon will
-            code = self._ended_within(REP_TIMEOUT_S)
-            said = "none: it closed its output and ran on; killed" if code is None else code
-            raise RuntimeError(f"{self.name} ended (exit {said}): {self.stderr_tail()}")
+            raise RuntimeError(f"{self.name} ended (exit {self._exit_said('output')}): {self.stderr_tail()}")
         found = json.loads(line)
         return Rep(found["s"], found["cpu_s"], found["value"])
+
+    def _exit_said(self, closed: str) -> str:
+        """How it ended, waited for at most a rep's timeout: its exit code, or that it closed
+        its `closed` pipe and ran on, and was killed."""
+        code = self._ended_within(REP_TIMEOUT_S)
+        return f"none: it closed its {closed} and ran on; killed" if code is None else str(code)
 
     def _ended_within(self, timeout_s: float) -> int | None:
         """Its exit code once it ends within `timeout_s`; None if it did not, and was killed."""
