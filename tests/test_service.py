@@ -54,7 +54,8 @@ from node.server.api import (
     VoteAnswer,
 )
 from node.server.computelink import Computed
-from node.server.service import NodeServicer, add_services, add_to_server
+from node.server.grpcserver import add_services, add_to_server
+from node.server.service import NodeServicer
 from node.wire.answers import parse_submit_reply, serialize_submit_reply, submit_answer
 from node.wire.status import signed_by
 from node.wire.stubs import NodeStub

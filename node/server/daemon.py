@@ -58,6 +58,7 @@ from node.server.config import NodeConfig
 from node.server.discovery import IdDiscovery, shared_settings
 from node.server.dispatch import Dispatch, incoming
 from node.server.elections import ElectionDriver
+from node.server.grpcserver import add_services, make_server
 from node.server.heartbeats import HeartbeatLinks
 from node.server.jobdesk import JobDesk
 from node.server.journal import Journal
@@ -67,7 +68,7 @@ from node.server.metrics import NodeMetrics
 from node.server.outcomes import outcome_of as answer_of
 from node.server.peers import PeerTable
 from node.server.relay import Relay
-from node.server.service import add_services, beat_reply, make_server
+from node.server.service import beat_reply
 from node.server.startchecks import bind_port, check_data_dir
 from node.server.statestore import MAX_TERM, StateStore
 from node.server.stepgate import answered

@@ -22,12 +22,9 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from node._proto import distnode_pb2 as pb
 from node._proto import distnode_pb2_grpc as pb_grpc
-from node.channels import server_options
 from node.core.halt import ShardHalted
 from node.core.jobtable import STATES
 from node.errors import (
@@ -49,7 +46,6 @@ from node.errors import (
     SourceNotFound,
     UnknownJob,
 )
-from node.security import TokenServerInterceptor
 from node.server.api import (
     Answered,
     BeatAnswer,
@@ -68,7 +64,7 @@ from node.server.jobstream import JobStream
 from node.server.linkserve import CallHalt, SendBlocking
 from node.server.stealing import CallSkips
 from node.wire.answerfile import check_name, deliver
-from node.wire.answers import SERVICE, SubmitAnswer, serialize_submit_reply, submit_answer
+from node.wire.answers import SubmitAnswer, submit_answer
 from node.wire.jobs import MAX_WAIT_S, check_job_id, job_from_proto
 from node.wire.log import beat_from_proto
 from node.wire.status import node_trailer
@@ -135,12 +131,6 @@ def beat_reply(node_id: str, beat: BeatAnswer, max_message_bytes: int) -> pb.Hea
     )
 
 
-def make_server(max_message_bytes: int, token: str | None) -> grpc.aio.Server:
-    """The daemon's gRPC server: its message size, and the token checked on every call."""
-    interceptors = [TokenServerInterceptor(token)] if token else []
-    return grpc.aio.server(options=server_options(max_message_bytes), interceptors=interceptors)
-
-
 def status_reply(view: StatusView) -> pb.StatusReply:
     reply = pb.StatusReply(
         node_id=view.node_id, role=view.role, term=view.term,
@@ -171,59 +161,6 @@ def submit_reply(submitted: Answered | bytes, trace: bool = False) -> SubmitAnsw
         term=submitted.term, leader_address=submitted.leader_address,
         trace_json=spans_to_json(outcome.trace) if trace else "",
     )
-
-
-class _Handlers:
-    """Stands in for a server to catch the generated code's handler table."""
-
-    def __init__(self) -> None:
-        self.service = ""
-        self.table: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass
-
-    def add_registered_method_handlers(self, service: str, table: dict[str, Any]) -> None:
-        self.service, self.table = service, dict(table)
-
-
-def _handlers_of(add: Callable[[Any, Any], None], servicer: Any) -> _Handlers:
-    """The service name and handler table a generated `add_*_to_server` would register."""
-    caught = _Handlers()
-    add(servicer, caught)
-    return caught
-
-
-def _add_by_name(server: grpc.aio.Server, caught: _Handlers) -> None:
-    """Methods found by name rather than registered one by one: grpc's asyncio server
-    keeps a waiting task per registered method and waits on all of them again after
-    every call: ~18 % of a busy leader's loop thread in a profile, 2-8 % of its
-    small-job throughput in A/B runs (docs/journal.md, "The attached path")."""
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(caught.service, caught.table),))
-
-
-def add_to_server(servicer: NodeServicer, server: grpc.aio.Server) -> None:
-    """The generated handlers, found by name (`_add_by_name`), except that Submit's answer
-    is serialised by `serialize_submit_reply` (one copy of a vector answer, not four)."""
-    caught = _handlers_of(pb_grpc.add_NodeServicer_to_server, servicer)
-    caught.table["Submit"] = caught.table["Submit"]._replace(  # type: ignore[attr-defined]
-        response_serializer=serialize_submit_reply
-    )
-    _add_by_name(server, caught)
-
-
-def add_services(node: NodeApi, server: grpc.aio.Server) -> tuple[health.aio.HealthServicer, NodeServicer]:
-    """Our service, gRPC health (serving nothing until the caller says so) and reflection,
-    so grpcurl and other stock clients need no .proto file."""
-    servicer = NodeServicer(node)
-    add_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    _add_by_name(server, _handlers_of(health_pb2_grpc.add_HealthServicer_to_server, health_servicer))
-    # What reflection.enable_server_reflection does, by name.
-    names = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    _add_by_name(server, _handlers_of(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
-                                      reflection.aio.ReflectionServicer(names)))
-    return health_servicer, servicer
 
 
 class NodeServicer(pb_grpc.NodeServicer):
