@@ -143,12 +143,17 @@ def check_trace_file(path: Path, detach: bool) -> None:
     """--trace: refused before anything is submitted if it cannot be written."""
     if detach:
         raise UsageError("--trace: a detached job has no timeline to send back; submit it without --detach")
+    check_writable("--trace", path)
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """UsageError, naming `flag`, unless `path` is a file this process may write."""
     if path.is_dir():
-        raise UsageError(f"--trace {path}: is a directory")
+        raise UsageError(f"{flag} {path}: is a directory")
     if not path.parent.is_dir():
-        raise UsageError(f"--trace {path}: directory {path.parent} does not exist")
+        raise UsageError(f"{flag} {path}: directory {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"--trace {path}: not writable")
+        raise UsageError(f"{flag} {path}: not writable")
 
 
 async def run_journal(args: argparse.Namespace) -> int:
@@ -202,6 +207,8 @@ def run_local(args: argparse.Namespace) -> int:
         token = load_token(args.token_file)
     except SecurityError as exc:
         raise UsageError(str(exc)) from None
+    if args.cluster_file is not None:  # before any node starts, not once they all have
+        check_writable("--cluster-file", args.cluster_file)
     with contextlib.ExitStack() as running:
         try:
             cluster = running.enter_context(LocalCluster(

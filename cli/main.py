@@ -19,13 +19,13 @@ from collections.abc import Sequence
 
 from cli import commands
 from cli.exits import EXIT_JOB_FAILED, EXIT_PENDING, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
-from cli.parser import build_parser
+from cli.parser import build_parser, joined_signed_values
 from node.errors import CallerError, ClusterUnavailable, InvalidJob, JobError, JobPending
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(joined_signed_values(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "start":
             return commands.run_start(args)

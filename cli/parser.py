@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +67,24 @@ def _value_range(text: str) -> tuple[float, float]:
     if not sep or not lo < hi:
         raise argparse.ArgumentTypeError(f"expected LO:HI with LO < HI, got {text!r}")
     return lo, hi
+
+
+#: Options whose value may begin with "-": argparse takes `-3:3` for an option, not a value
+#: (only a plain negative number such as `-3` passes), so `--range -3:3` would be a usage error.
+_SIGNED_VALUES = frozenset({"--range"})
+_SIGNED_START = re.compile(r"-(\d|\.\d|inf)")
+
+
+def joined_signed_values(argv: Sequence[str]) -> list[str]:
+    """`argv` with `--range -3:3` written as `--range=-3:3`, which argparse reads as meant. Only
+    a word that starts as a number does: `--range --bins 4` stays a missing value."""
+    joined: list[str] = []
+    for word in argv:
+        if joined and joined[-1] in _SIGNED_VALUES and _SIGNED_START.match(word):
+            joined[-1] = f"{joined[-1]}={word}"
+        else:
+            joined.append(word)
+    return joined
 
 
 def version() -> str:

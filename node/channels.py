@@ -33,7 +33,7 @@ import grpc
 import msgspec
 
 from node.core.limits import MAX_MESSAGE_BYTES
-from node.security import TlsFiles, token_metadata
+from node.security import TlsFiles, check_token, token_metadata
 from node.wire.stubs import NodeStub
 
 #: HTTP/2 options shared by servers and channels (see the module docstring).
@@ -61,6 +61,10 @@ class ChannelFactory(msgspec.Struct, frozen=True):
     tls: TlsFiles | None = None
     token: str | None = None
     max_message_bytes: int = MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.token is not None:
+            check_token(self.token)
 
     def options(self) -> list[tuple[str, Any]]:
         return [

@@ -41,14 +41,26 @@ def load_token(token_file: str | Path | None, environ: dict[str, str] | None = N
     """The token from `token_file`, else from $DISTNODE_TOKEN, else None (no auth)."""
     if token_file is not None:
         try:
-            token = Path(token_file).read_text().strip()
+            token = Path(token_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecurityError(f"token-file: cannot read {token_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SecurityError(f"token-file: {token_file} is not text") from None
         if not token:
             raise SecurityError(f"token-file: {token_file} is empty")
-        return token
+        return check_token(token, f"token-file: {token_file}")
     token = (environ if environ is not None else os.environ).get(TOKEN_ENV, "").strip()
-    return token or None
+    return check_token(token, TOKEN_ENV) if token else None
+
+
+def check_token(token: str, origin: str = "token") -> str:
+    """The token, if an HTTP/2 header can carry it (printable ASCII): gRPC refuses any other
+    value on every call, so a token of another character would lock every client out."""
+    bad = next((char for char in token if not " " <= char <= "~"), None)
+    if bad is not None:
+        raise SecurityError(f"{origin}: the token holds {bad!r}, which a gRPC header cannot carry;"
+                            " use printable ASCII only (e.g. `openssl rand -hex 16`)")
+    return token
 
 
 @dataclass(frozen=True)

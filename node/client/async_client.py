@@ -61,7 +61,7 @@ from node.core.limits import MAX_MESSAGE_BYTES
 from node.errors import AttemptFailed, ClusterUnavailable, GaveUp, InvalidField
 from node.security import TlsFiles, load_token
 from node.wire.answers import SubmitAnswer
-from node.wire.jobs import MAX_WAIT_S
+from node.wire.jobs import MAX_WAIT_S, check_wire_text
 from node.wire.stubs import NodeStub
 
 SubmitCall = grpc.aio.UnaryUnaryCall[pb.SubmitRequest, SubmitAnswer]
@@ -223,7 +223,7 @@ class AsyncClient:
         under its id computes it again)."""
         if not 0 <= wait <= MAX_CALL_S:  # NaN fails both
             raise InvalidField("wait", f"expected 0 to {MAX_CALL_S:g} seconds, got {wait!r}")
-        request = pb.ResultRequest(job_id=job_id)
+        request = pb.ResultRequest(job_id=check_wire_text("job_id", job_id))
         wait_until, deadline = time.monotonic() + wait, self._deadline(timeout, wait)
 
         async def call(address: str, remaining: float) -> pb.JobInfo:
@@ -260,7 +260,7 @@ class AsyncClient:
 
     async def cancel(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Cancel a queued or running job. Raises JobFinished if it has ended, UnknownJob."""
-        request = pb.CancelRequest(job_id=job_id)
+        request = pb.CancelRequest(job_id=check_wire_text("job_id", job_id))
 
         async def call(address: str, remaining: float) -> pb.JobInfo:
             return await self._stub(address).Cancel(request, timeout=remaining)
@@ -406,6 +406,8 @@ class AsyncClient:
         Every node is asked at once (followers relay to their leader): a paused
         node costs nothing while another answers.
         """
+        check_wire_text("job_id", job_id)
+
         async def ask(address: str) -> pb.ProgressReply | None:
             try:
                 return await self._stub(address).Progress(

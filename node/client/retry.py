@@ -45,7 +45,7 @@ from node.errors import (
     JobError,
     LimitExceeded,
 )
-from node.wire.jobs import check_job_id, job_to_proto
+from node.wire.jobs import check_job_id, check_wire_text, job_to_proto
 from node.wire.status import signed_by
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -185,7 +185,7 @@ def new_request(
     if job_id is not None:
         check_job_id(job_id)
     check_numbers(axis, bins, range)
-    job = build_job(op, source, map, axis, bins, range)
+    job = build_job(op, check_wire_text("source", source), map, axis, bins, range)
     if trace and detach:
         raise InvalidJob("trace: a detached job has no timeline to send back; submit it attached")
     return pb.SubmitRequest(job=job_to_proto(job_id or str(uuid.uuid4()), job), trace=trace)

@@ -26,7 +26,7 @@ from node.core.electionconfig import ElectionConfig
 from node.core.job import SHARD_ELEMS
 from node.core.limits import MIN_NODE_MESSAGE_BYTES, Limits
 from node.errors import ConfigError
-from node.security import TlsFiles
+from node.security import TlsFiles, check_token
 
 DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_ELECTION_MS = (250, 500)
@@ -149,6 +149,8 @@ class NodeConfig(msgspec.Struct, frozen=True):
                 "the address others reach this node at"
             )
         self._validate_timing()
+        if self.token is not None:
+            check_token(self.token)
         if self.keep_jobs < 0 or self.keep_result_bytes < 0:
             raise ConfigError(f"keep-jobs, keep-result-bytes: must not be negative, got "
                               f"{self.keep_jobs}, {self.keep_result_bytes}")

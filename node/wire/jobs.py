@@ -23,6 +23,17 @@ def check_job_id(job_id: str) -> None:
                                      f"got {len(job_id)} ({job_id[:40]!r}...)")
 
 
+def check_wire_text(field: str, text: str) -> str:
+    """`text`, if protobuf can carry it: InvalidField for a string that is not UTF-8 (what
+    Python makes of a file name in another encoding, `\\udce9`), which it refuses to encode."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidField(field, f"is not UTF-8 text: {text[exc.start:exc.end]!r} at character {exc.start}"
+                                  " (a file name in another encoding? rename it)") from None
+    return text
+
+
 def job_to_proto(job_id: str, job: Job) -> pb.JobSpec:
     spec = pb.JobSpec(
         job_id=job_id, op=job.op, source=job.source, map=job.kernel, bins=job.bins

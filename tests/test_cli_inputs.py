@@ -1,0 +1,125 @@
+"""What the CLI and the clients refuse before any node is asked: one line, the flag or field
+named, exit 2 (DESIGN §1), never a traceback; and what they take that argparse alone would not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from cli.parser import build_parser, joined_signed_values
+from node import AsyncClient, Client
+from node.channels import ChannelFactory
+from node.client.retry import new_request
+from node.errors import InvalidField, SecurityError
+from node.security import load_token
+from node.server.config import NodeConfig
+
+UNUSED = "127.0.0.1:9"  # nothing is sent: every case here is refused first
+SUBMIT = ["submit", "--cluster", UNUSED, "--op", "histogram", "--source", "range:n=3", "--bins", "4"]
+
+
+def exit_code_and_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = int(exit_info.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("words", "span"), [
+    (["--range", "-3:3"], (-3.0, 3.0)), (["--range", "-.5:1e3"], (-0.5, 1000.0)),
+    (["--range", "-inf:0"], (float("-inf"), 0.0)), (["--range=-1:1"], (-1.0, 1.0)),
+    (["--range", "0:1"], (0.0, 1.0)),
+])
+def test_a_histogram_range_below_zero_is_a_value_not_an_option(words: list[str], span: tuple[float, float]) -> None:
+    args = build_parser().parse_args(joined_signed_values([*SUBMIT, *words]))
+    assert args.range == span
+
+
+def test_a_range_with_no_value_still_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = exit_code_and_error([*SUBMIT, "--range", "--json"], capsys)
+    assert code == 2 and "--range: expected one argument" in err, err
+
+
+def test_the_cli_reads_a_negative_range_through_main(capsys: pytest.CaptureFixture[str]) -> None:
+    # No node listens on UNUSED: getting as far as the cluster is what is checked (exit 3, not 2).
+    code, err = exit_code_and_error([*SUBMIT, "--range", "-3:3", "--timeout", "0.3"], capsys)
+    assert code == 3 and "cluster unavailable" in err, err
+
+
+@pytest.mark.parametrize("token", ["abc\ndef", "p\u00e4ss", "tab\there"])
+def test_a_token_no_grpc_header_can_carry_is_refused_where_it_is_given(tmp_path: Path, token: str) -> None:
+    path = tmp_path / "token"
+    path.write_text(token)
+    with pytest.raises(SecurityError, match=rf"token-file: {path}: the token holds"):
+        load_token(path)
+    with pytest.raises(SecurityError, match="DISTNODE_TOKEN: the token holds"):
+        load_token(None, {"DISTNODE_TOKEN": token})
+    with pytest.raises(SecurityError, match="token: the token holds"):
+        ChannelFactory(None, token)
+    with pytest.raises(SecurityError, match="token: the token holds"):
+        Client(UNUSED, token=token)
+    with pytest.raises(SecurityError, match="token: the token holds"):
+        NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=(), data_dir=tmp_path, token=token).validate()
+
+
+def test_a_token_file_that_is_not_text_is_said_so(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SecurityError, match="is not text"):
+        load_token(path)
+
+
+@pytest.mark.parametrize("command", [["status"], ["jobs"], ["submit", "--op", "sum", "--source", "range:n=3"],
+                                     ["start", "--id", "n1", "--listen", "127.0.0.1:0", "--peers", "127.0.0.1:1"]])
+def test_every_command_given_such_a_token_exits_2_with_one_line(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("first\nsecond\n")
+    cluster = [] if command[0] == "start" else ["--cluster", UNUSED]
+    code, err = exit_code_and_error([command[0], *cluster, *command[1:], "--token-file", str(path)], capsys)
+    assert code == 2 and "the token holds '\\n'" in err and err.count("\n") == 1, err
+
+
+SURROGATE = "caf\udce9"  # what Python makes of a Latin-1 file name on a UTF-8 system
+
+
+def test_text_protobuf_cannot_carry_is_refused_naming_its_field() -> None:
+    with pytest.raises(InvalidField, match="source: is not UTF-8 text") as refused:
+        new_request("sum", f"npy:{SURROGATE}.npy", None, None, None, None, None)
+    assert refused.value.field == "source"
+
+
+async def test_the_async_client_refuses_such_job_ids_before_asking() -> None:
+    async with AsyncClient(UNUSED, timeout=0.5) as client:
+        for call in (client.result(SURROGATE), client.cancel(SURROGATE), client.progress(SURROGATE)):
+            with pytest.raises(InvalidField, match="job_id: is not UTF-8 text"):
+                await call
+
+
+@pytest.mark.parametrize("command", [["submit", "--op", "sum", "--source", f"npy:{SURROGATE}.npy"],
+                                     ["result", SURROGATE], ["cancel", SURROGATE]])
+def test_the_cli_says_so_in_one_line(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = exit_code_and_error([command[0], "--cluster", UNUSED, *command[1:]], capsys)
+    assert code == 2 and "is not UTF-8 text" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("where", ["missing/cluster.txt", "."])
+def test_local_refuses_a_cluster_file_it_cannot_write_before_starting_any_node(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.testing.cluster
+
+    started: list[object] = []
+
+    def spawn(**kwargs: object) -> None:
+        started.append(kwargs)
+        raise RuntimeError("a node was started")
+
+    monkeypatch.setattr(node.testing.cluster, "LocalCluster", spawn)
+    code, err = exit_code_and_error(["local", "--nodes", "1", "--cluster-file", str(tmp_path / where)], capsys)
+    assert code == 2 and "--cluster-file" in err and err.count("\n") == 1, err
+    assert started == []
