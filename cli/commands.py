@@ -130,12 +130,13 @@ async def run_submit(args: argparse.Namespace) -> int:
         finally:
             if progress is not None:
                 progress.close()
-    if args.trace is not None:
-        args.trace.write_text(json.dumps(answer.trace))
-    if args.json:
-        print_json(answer.as_dict())
-    else:
-        print_answer(answer)
+        # Said before the client closes: closing waits (briefly) for the nodes to end its streams.
+        if args.trace is not None:
+            args.trace.write_text(json.dumps(answer.trace))
+        if args.json:
+            print_json(answer.as_dict())
+        else:
+            print_answer(answer)
     return EXIT_OK
 
 

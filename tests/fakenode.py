@@ -23,7 +23,9 @@ from node._proto import distnode_pb2_grpc as pb_grpc
 from node.wire.status import node_trailer
 
 ANSWER = 45.0
-Behaviour = Literal["answer", "hang"]
+#: "silent": takes jobs and never answers, and holds the stream open once the client is done
+#: with it (a paused node, as its clients see it).
+Behaviour = Literal["answer", "hang", "silent"]
 
 
 def _answer(job: pb.JobSpec, dtype: str = "float64") -> pb.SubmitReply:
@@ -74,6 +76,8 @@ class FakeNode(pb_grpc.NodeServicer):
                 if self.stream == "answer":
                     yield pb.SubmitBatchReply(replies=[pb.SubmitStreamReply(
                         job_id=job.job.job_id, seq=job.seq, node_id="fake", reply=_answer(job.job, self.dtype))])
+        if self.stream == "silent":
+            self._until_gone(context)
 
     def Progress(self, request: pb.ProgressRequest, context: grpc.ServicerContext) -> pb.ProgressReply:
         self._note("Progress")

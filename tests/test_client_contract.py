@@ -21,6 +21,7 @@ from standin import Refuse, refuse, stand_in
 from cli.main import main
 from node import AsyncClient, Client
 from node._proto import distnode_pb2 as pb
+from node.client import retry
 from node.client.retry import Nodes, RetryPlan, new_request
 from node.errors import AttemptFailed, ClusterUnavailable, InvalidField, JobError, JobFailed, JobPending
 
@@ -281,3 +282,25 @@ def test_out_of_time_says_what_the_last_attempt_found() -> None:
     plan.failed_at("n1:1", AttemptFailed("no answer before the client's timeout", accepted=True))
     late = plan.out_of_time()
     assert isinstance(late, JobError) and "job j-9 did not finish in time" in str(late)
+
+
+def test_a_learned_leader_address_that_failed_is_not_tried_first_again_for_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through a tunnel, the client reaches the given address, whose replies name the leader
+    by an address the client cannot reach: each success made that address first again, so
+    every call began with a failed attempt there (`retries` 1 on every answer)."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    nodes = Nodes(["tunnel:7001"])
+    nodes.prefer("10.0.0.2:7001")
+    assert nodes.order() == ["10.0.0.2:7001", "tunnel:7001"]
+    nodes.forget("10.0.0.2:7001")  # its attempt failed; the call went on through the tunnel
+    nodes.prefer("10.0.0.2:7001")  # and the tunnel's reply names it again
+    assert nodes.order() == ["tunnel:7001", "10.0.0.2:7001"]
+    now[0] += retry.LEARNED_RETRY_S
+    nodes.prefer("10.0.0.2:7001")  # tried first again once in a while: the route may be back
+    assert nodes.order() == ["10.0.0.2:7001", "tunnel:7001"]
+    nodes.forget("tunnel:7001")  # a given address that failed is first again once a reply names it
+    nodes.prefer("tunnel:7001")
+    assert nodes.order()[0] == "tunnel:7001"

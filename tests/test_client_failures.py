@@ -5,11 +5,13 @@ did before it was fixed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from fakenode import fake_node
@@ -197,3 +199,39 @@ async def test_a_stream_job_past_its_clients_timeout_frees_the_clients_slot(star
             with pytest.raises(JobError, match="did not finish in time"):
                 await client.submit(op="sum", source="range:n=100000000000")
         assert (await client.submit(op="sum", source="values:1,2", timeout=10)).result == 3
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[str]:
+    """An address that accepts connections and never says a word: a paused node, as a client sees it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_status_with_no_node_answering_keeps_its_timeout_diagnosis_included(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The diagnosis of an unreachable cluster (a TLS and an HTTP/2 probe, a second each)
+    ran past `status --timeout` to its end: 2.6 s for a timeout of 0.5."""
+    with silent_listener() as address:
+        started = time.monotonic()
+        assert main(["status", "--cluster", address, "--timeout", "0.5"]) == 3
+        elapsed_s = time.monotonic() - started
+    assert elapsed_s < 1.5, f"status --timeout 0.5 took {elapsed_s:.1f} s"
+    assert "cluster unavailable" in capsys.readouterr().err
+
+
+async def test_closing_a_client_does_not_wait_for_a_silent_node_no_caller_waits_on() -> None:
+    """After a job timed out on a node that never answers, closing the client waited a
+    second more (CLOSE_WAIT_S) for that node to end the stream, so `distnode submit` said
+    its answer or error and exited a second late."""
+    with fake_node(stream="silent", known=True) as (_, address):
+        client = AsyncClient([address], timeout=1.0, local_socket=False)
+        with pytest.raises(JobError, match="did not finish in time"):
+            await client.submit(op="sum", source="range:n=10")
+        started = time.monotonic()
+        await client.close()
+        close_s = time.monotonic() - started
+    assert close_s < 0.5, f"close took {close_s:.2f} s"

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from node._proto import distnode_pb2 as pb
 from node.client.local_stream import CONNECT_TIMEOUT_S
-from node.client.streams import CLOSE_WAIT_S, Waiting, stream_refused, withdraw
+from node.client.streams import Waiting, close_wait_s, stream_refused, withdraw
 from node.errors import AttemptFailed, LimitExceeded
 from node.wire.localframes import frame, read_async, shake_hands
 
@@ -126,7 +126,7 @@ class AsyncLocalStream:
             self._writer.write(frame(pb.SubmitBatch()))
         self._closing = True
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-            await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self._reader), close_wait_s(self._waiting))
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader

@@ -69,6 +69,9 @@ _INVALID = {
 #: No node sent this status and no node may ever answer: giving up after this
 #: long without a single node's answer is better than waiting for the deadline.
 UNREACHABLE_AFTER_S = 3.0
+#: A leader address learned from a reply whose attempt failed is not tried first again for
+#: this long (`Nodes.prefer`); the given addresses are, as the caller said they are reachable.
+LEARNED_RETRY_S = 30.0
 
 
 class FailedCall(Protocol):
@@ -197,6 +200,9 @@ class Nodes:
     def __init__(self, addresses: Sequence[str] | str) -> None:
         self._addresses = cluster_addresses(addresses)
         self._preferred: str | None = None
+        self._given = frozenset(self._addresses)
+        #: Learned addresses (not given) whose last attempt failed, and when.
+        self._failed_learned: dict[str, float] = {}
         self._lock = threading.Lock()
         #: Some node has answered this client (a reply, or a status it signed).
         self.reached = False
@@ -212,12 +218,18 @@ class Nodes:
             return ([first] if first else []) + [a for a in self._addresses if a != first]
 
     def prefer(self, address: str) -> None:
-        """A reply named the leader: learn its address and try it first next time."""
+        """A reply named the leader: learn its address and try it first next time, unless
+        it was learned so and failed within LEARNED_RETRY_S (a client that reaches the
+        cluster through a tunnel or NAT may never reach the address the nodes know each
+        other by: its every call would begin with a failed attempt there)."""
         if not address:
             return
         with self._lock:
             if address not in self._addresses:
                 self._addresses.append(address)
+            failed_at = self._failed_learned.get(address)
+            if failed_at is not None and time.monotonic() - failed_at < LEARNED_RETRY_S:
+                return
             self._preferred = address
 
     def forget(self, address: str) -> None:
@@ -225,6 +237,8 @@ class Nodes:
         with self._lock:
             if self._preferred == address:
                 self._preferred = None
+            if address not in self._given:
+                self._failed_learned[address] = time.monotonic()
 
 
 class RetryPlan:

@@ -59,7 +59,7 @@ async def cluster_view(
         await asyncio.sleep(pause)
         pause = min(2 * pause, MAX_PAUSE_S)
     if not nodes.reached:
-        raise await asyncio.to_thread(unreachable, nodes.all(), tls, errors)
+        raise await asyncio.to_thread(unreachable, nodes.all(), tls, errors, deadline)
     detail = "; ".join(f"{address}: {error}" for address, error in errors.items()) or "no reply"
     raise ClusterUnavailable(f"no node answered ({detail})")
 

@@ -62,8 +62,16 @@ class StreamStatus:
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-#: How long closing a client waits for its streams' last answers before cancelling them.
+#: How long closing a client waits for its streams' last answers before cancelling them;
+#: and, when no caller waits on a stream, for the node to end it (a healthy node does so
+#: within a round trip; a paused one never would, and the client would wait for nothing).
 CLOSE_WAIT_S = 1.0
+IDLE_CLOSE_WAIT_S = 0.05
+
+
+def close_wait_s(waiting: Waiting) -> float:
+    """How long closing a stream waits for its node to end it."""
+    return IDLE_CLOSE_WAIT_S if waiting.idle.is_set() else CLOSE_WAIT_S
 
 
 def stream_refused(reply: pb.SubmitStreamReply, replied: int) -> Exception:
@@ -362,7 +370,7 @@ class SubmitStream:
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.RpcError):
                 await self._call.done_writing()
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-            await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(self._reader), close_wait_s(self._waiting))
         if not self._reader.done():
             self._call.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
