@@ -297,6 +297,8 @@ async def test_a_leader_answers_reads_only_once_caught_up_and_heard_by_a_quorum(
             await leader.result("r1", 0, forwarded=True)
         with pytest.raises(NotLeader, match="not caught up"):
             await leader.list_jobs(None, 10, forwarded=True)
+        with pytest.raises(NotLeader, match="not caught up"):  # it said NOT_FOUND, which no client retries
+            await leader.cancel("committed-before-its-term", forwarded=True)
         leader.ledger.caught_up_term += 1
         # As if no peer had answered it lately: it may be deposed without knowing yet.
         leader.election.active_peers = lambda: set()  # type: ignore[method-assign]

@@ -82,6 +82,7 @@ async def test_a_client_that_hung_up_leaves_no_unretrieved_error_when_the_leader
 def running_ledger(
     proposed: list[Entry], max_message_bytes: int = MAX_MESSAGE_BYTES, nodes: tuple[str, ...] = ("n1",),
     run: Callable[[str, Job], Any] | None = None, bound: Callable[[], int] | None = None,
+    leading: Callable[[], bool] = lambda: True, table: JobTable | None = None,
 ) -> JobLedger:
     """A leader's ledger whose runs end at once with the answer 6, computed by `nodes`; or whose
     runs are `run`; its records sized by `bound` (the cluster's least limit) if given."""
@@ -95,7 +96,7 @@ def running_ledger(
     async def answer(job_id: str, job: Job) -> Outcome:
         return Outcome(job_id, job.op, np.array(6.0), 1, nodes, 0.1)
 
-    desk = JobLedger(JobTable(), propose, lambda: True, lambda: 1, run or answer, lambda job_id: None,
+    desk = JobLedger(table if table is not None else JobTable(), propose, leading, lambda: 1, run or answer, lambda job_id: None,
                      lambda: 1 << 30, 4, lambda: "n1 (term 1)", bound or (lambda: max_message_bytes))
     desk.caught_up_term = 1
     return desk
@@ -317,7 +318,7 @@ async def test_a_detached_job_cancelled_while_it_waits_for_a_slot_is_not_run() -
     desk.apply(tuple(proposed[1:]))
     assert (await cancel).state == "cancelled"
     refused, busy[0] = tries[0], False  # a slot is free: a drive still retrying would run it now
-    await poll(lambda: "a" not in desk._driving, what="the drive to end")
+    await poll(lambda: "a" not in desk._slots, what="the drive to end")
     assert tries[0] == refused and ("a", "done") not in states(proposed)
 
 
@@ -338,3 +339,44 @@ async def test_a_wait_that_ends_without_the_record_leaves_no_watcher() -> None:
         await gone
     assert "a" not in desk._watchers
     await desk.close()
+
+
+async def test_a_job_committed_as_its_leader_steps_down_runs_when_it_leads_again() -> None:
+    """The `queued` record's commit schedules its run a turn later; a leader that stepped
+    down within that turn put the job in its waiting line anyway, and when it led again it
+    took the job for one on its way and never ran it."""
+    proposed: list[Entry] = []
+    leading = [True]
+    desk = running_ledger(proposed, leading=lambda: leading[0])
+    ack = asyncio.create_task(desk.enqueue("a", Job("sum", "values:1,2,3")))
+    await turns()
+    desk.apply(tuple(proposed))  # the commit: the run is scheduled for the next turn
+    leading[0] = False
+    desk.step_down()  # in the same turn
+    assert (await ack).state == "queued"
+    await turns()
+    assert "a" not in desk._slots, "a node that does not lead keeps nothing waiting"
+    leading[0] = True  # elected again: its no-op applied
+    desk.apply((Entry(len(proposed) + 1, 1, "noop", b""),))
+    waiter = asyncio.create_task(desk.wait("a", 5.0))
+    await poll(lambda: ("a", "done") in states(proposed), what="the job's run")
+    desk.apply(tuple(entry for entry in proposed if entry.index > 1))
+    record = await waiter
+    assert record is not None and record.state == "done"
+
+
+async def test_a_detached_answer_past_what_the_table_keeps_leaves_a_done_record() -> None:
+    """It was forgotten as its record was applied: `result --wait` said "no job"."""
+    proposed: list[Entry] = []
+
+    async def run(job_id: str, job: Job) -> Outcome:
+        return Outcome(job_id, job.op, np.zeros(300_000), 1, ("n1",), 0.1)  # 2.4 MB
+
+    desk = running_ledger(proposed, run=run, table=JobTable(keep_result_bytes=1 << 20))
+    await enqueued(desk, proposed, "a")
+    waiter = asyncio.create_task(desk.wait("a", 5.0))
+    await poll(lambda: ("a", "done") in states(proposed), what="the job's run")
+    desk.apply(tuple(proposed[1:]))
+    record = await waiter
+    assert record is not None and record.state == "done" and record.result is None
+    assert "the result (2400000 bytes) was not kept" in record.error

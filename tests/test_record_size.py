@@ -12,7 +12,7 @@ import pytest
 from inproc import InProcessCluster, StartCluster, poll
 
 from node import AsyncClient
-from node.core.jobtable import JobRecord, encode_command
+from node.core.jobtable import JobRecord, JobTable, encode_command
 from node.core.limits import MAX_MESSAGE_BYTES, MIN_NODE_MESSAGE_BYTES, Limits
 from node.errors import InvalidField, InvalidJob, JobError, LimitExceeded
 from node.server.api import Outcome
@@ -49,7 +49,7 @@ def test_a_result_is_kept_while_within_its_cap_and_its_record_fits_a_message(
     detached: bool, nbytes: int, limit: int, keeps: bool
 ) -> None:
     source = "values:1" + "\x1f" * 1000  # at its longest in JSON
-    result, note, _ = kept(outcome(nbytes), detached, limit, "j", source)
+    result, note, _ = kept(outcome(nbytes), detached, limit, "j", source, KEEP)
     assert (result is not None) == keeps
     assert keeps or f"the result ({nbytes} bytes) was not kept" in note
     record = JobRecord("j", "sum", source, "done", nodes=("n1",), result=result, error=note, detached=detached)
@@ -62,9 +62,9 @@ def test_a_small_answer_is_kept_beside_a_large_source() -> None:
     source under 1 MiB messages leaves room for an 8-byte answer (a first version kept
     none, "over 0")."""
     source = "values:" + ",".join(["1"] * 100_000)
-    result, note, _ = kept(outcome(8), True, 1 << 20, "j", source)
+    result, note, _ = kept(outcome(8), True, 1 << 20, "j", source, KEEP)
     assert result is not None and not note
-    result, note, _ = kept(outcome(800_000), True, 1 << 20, "j", source)
+    result, note, _ = kept(outcome(800_000), True, 1 << 20, "j", source, KEEP)
     assert result is None and "was not kept" in note
 
 
@@ -75,10 +75,10 @@ def test_every_record_is_fitted_where_proposals_pass() -> None:
     first; this holds for any record it missed."""
     limit = 64 << 10
     source = "values:1,2"
-    small, _, _ = kept(outcome(8), True, limit, "j", source)
+    small, _, _ = kept(outcome(8), True, limit, "j", source, KEEP)
     fine = JobRecord("j", "sum", source, "done", nodes=("n1", "n2"), result=small, detached=True)
     assert fitting(fine, limit) == (fine, encode_command(fine))
-    big, _, _ = kept(outcome(60_000), True, MAX_MESSAGE_BYTES, "j", source)  # sized for another limit
+    big, _, _ = kept(outcome(60_000), True, MAX_MESSAGE_BYTES, "j", source, KEEP)  # sized for another limit
     many = tuple(f"node-{number:04d}" for number in range(5000))  # 60 KB of JSON, under big's 80 KB
     for nodes, result, said, left in [
         (("n1",), big, ["the result was not kept: its record would be over 65536 bytes"], ("n1",)),
@@ -116,19 +116,19 @@ def test_a_note_after_a_long_error_is_kept_whole() -> None:
 
 def test_a_record_keeps_its_answer_before_its_list_of_nodes() -> None:
     few = Outcome("j", "sum", np.ones(1), 1, ("n1", "n2"), 1.0)
-    assert kept(few, True, 64 << 10, "j", "range:n=3")[1:] == ("", ("n1", "n2"))
+    assert kept(few, True, 64 << 10, "j", "range:n=3", KEEP)[1:] == ("", ("n1", "n2"))
     many = Outcome("j", "sum", np.ones(1), 1, tuple(f"n{number:05d}" for number in range(7000)), 1.0)
-    result, note, nodes = kept(many, True, 64 << 10, "j", "range:n=3")
+    result, note, nodes = kept(many, True, 64 << 10, "j", "range:n=3", KEEP)
     assert result is not None and nodes == () and note == "the 7000 nodes that ran it were not kept: too many for a record"
-    assert kept(many, True, 1 << 20, "j", "range:n=3")[2] == many.nodes
+    assert kept(many, True, 1 << 20, "j", "range:n=3", KEEP)[2] == many.nodes
     # A 52 KB source leaves 3.2 KB: 100 nodes (900 bytes) and a 2,000-byte answer do not both fit.
     source = "values:" + "1," * 26_000 + "1"
     hundred = tuple(f"n{number:05d}" for number in range(100))
     wide = Outcome("j", "sum", np.ones(250), 1, hundred, 1.0)
-    result, note, nodes = kept(wide, True, 64 << 10, "j", source)
+    result, note, nodes = kept(wide, True, 64 << 10, "j", source, KEEP)
     assert result is not None and nodes == () and "the 100 nodes" in note
     narrow = Outcome("j", "sum", np.ones(4), 1, hundred, 1.0)
-    assert kept(narrow, True, 64 << 10, "j", source)[1:] == ("", hundred)
+    assert kept(narrow, True, 64 << 10, "j", source, KEEP)[1:] == ("", hundred)
     record = JobRecord("j", "sum", source, "done", nodes=nodes, result=result, error=note, detached=True)
     assert command_of(record, 64 << 10) is not None
 
@@ -216,6 +216,21 @@ def test_a_message_of_entries_carries_at_most_a_quarter_of_the_limit(limit: int,
 
 #: A follower's --max-message-bytes, well under its leader's (64 MiB).
 SMALL_BYTES = 64 << 10
+KEEP = JobTable().keep_result_bytes
+
+
+def test_a_result_past_what_the_table_keeps_is_not_kept_and_its_record_stays() -> None:
+    """A finished record whose answer and source pass --keep-result-bytes was forgotten,
+    state and all, the moment it was applied: `result --wait` then said the job was unknown."""
+    source = "values:1,2,3"
+    result, note, _ = kept(outcome(2_400_000), True, MAX_MESSAGE_BYTES, "j", source, 1 << 20)
+    assert result is None and "the result (2400000 bytes) was not kept" in note
+    table = JobTable(keep_result_bytes=1 << 20)
+    record = JobRecord("j", "sum", source, "done", result=result, error=note, detached=True)
+    table.put(record, encode_command(record))
+    assert table.get("j") == record
+    kept_result, note, _ = kept(outcome((1 << 20) - len(source)), True, MAX_MESSAGE_BYTES, "j", source, 1 << 20)
+    assert kept_result is not None and not note, "up to the bound, source counted"
 
 
 async def small_follower_cluster(start_cluster: StartCluster) -> tuple[InProcessCluster, Daemon]:

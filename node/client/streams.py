@@ -63,10 +63,8 @@ class StreamStatus:
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 #: How long closing a client waits for its streams' last answers before cancelling them;
-#: and, when no caller waits on a stream, for the node to end it (a healthy node does so
-#: within a round trip; a paused one never would, and the client would wait for nothing).
-CLOSE_WAIT_S = 1.0
-IDLE_CLOSE_WAIT_S = 0.05
+#: for a stream no caller waits on, for its node to end it (a paused node never does).
+CLOSE_WAIT_S, IDLE_CLOSE_WAIT_S = 1.0, 0.05
 
 
 def close_wait_s(waiting: Waiting) -> float:

@@ -50,6 +50,7 @@ from node.core.raftlog import Entry
 from node.errors import JobConflict, JobError, JobFinished, LimitExceeded, NotLeader, UnknownJob
 from node.server import detachedrun, recordsize
 from node.server.backlog import Backlog
+from node.server.slots import Slots
 
 if TYPE_CHECKING:
     from node.server.api import Outcome
@@ -87,7 +88,6 @@ class JobLedger:
         self._run = run
         self._stop_run = stop_run
         self._disk_free = disk_free
-        self._max_running = max(1, max_running)
         self._who = who
         self._max_bytes = message_bytes  # the cluster's least --max-message-bytes: what a record must fit
         #: The last index applied to the table.
@@ -102,9 +102,8 @@ class JobLedger:
         #: Detached jobs whose `queued` record is proposed, not yet committed.
         self._enqueuing: dict[str, asyncio.Future[bool]] = {}
         self._watchers: dict[str, list[asyncio.Future[None]]] = collections.defaultdict(list)
-        #: Leader only: jobs waiting for a slot, and the tasks driving the others.
-        self._waiting: collections.deque[str] = collections.deque()
-        self._driving: dict[str, asyncio.Task[None]] = {}
+        #: Leader only: the detached jobs driven, and those waiting for a slot.
+        self._slots = Slots(max_running, is_leader, self._drive)
         self.skipped_records, self._free, self._free_at = 0, 0, -FREE_SPACE_TTL_S
         #: Attached jobs whose record is waiting for the next flush, or proposed and not yet committed.
         self._recording: set[str] = set()
@@ -157,7 +156,7 @@ class JobLedger:
             if record is not None and record.state == "queued":
                 # A turn later: the acknowledgement this commit releases goes out
                 # before the job's first step takes the loop (a small job's ~0.3 ms).
-                loop.call_soon(self._schedule, job_id)
+                loop.call_soon(self._slots.schedule, job_id)
             elif record is not None and record.state == "cancelled":
                 self._stop_run(job_id)
 
@@ -237,7 +236,8 @@ class JobLedger:
         """An attached job was answered: record it, batched, if the table does not know it yet."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
-        result, note, nodes = recordsize.kept(outcome, False, self._max_bytes(), job_id, job.source)
+        result, note, nodes = recordsize.kept(outcome, False, self._max_bytes(), job_id, job.source,
+                                              self._table.keep_result_bytes)
         record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, nodes,
                            submitted_at, time.time(), outcome.elapsed_ms, result, note)
         record, command = recordsize.fitting(record, self._max_bytes())
@@ -347,26 +347,9 @@ class JobLedger:
 
     def _resume_all(self) -> None:
         for record in reversed(self.table.jobs(state="running", limit=MAX_LIVE_JOBS)):
-            self._schedule(record.job_id)
+            self._slots.schedule(record.job_id)
         for record in reversed(self.table.jobs(state="queued", limit=MAX_LIVE_JOBS)):
-            self._schedule(record.job_id)
-
-    def _schedule(self, job_id: str) -> None:
-        if job_id in self._driving or job_id in self._waiting:
-            return
-        self._waiting.append(job_id)
-        self._pump()
-
-    def _pump(self) -> None:
-        while self._waiting and len(self._driving) < self._max_running and self._is_leader():
-            job_id = self._waiting.popleft()
-            task = asyncio.get_running_loop().create_task(self._drive(job_id))
-            self._driving[job_id] = task
-            task.add_done_callback(functools.partial(self._drove, job_id))
-
-    def _drove(self, job_id: str, _: asyncio.Task[None]) -> None:
-        self._driving.pop(job_id, None)
-        self._pump()
+            self._slots.schedule(record.job_id)
 
     async def _drive(self, job_id: str) -> None:
         record = self.table.get(job_id)
@@ -398,7 +381,8 @@ class JobLedger:
             self._finish(record, "failed", error=outcome)
         if outcome is None or isinstance(outcome, str):
             return
-        result, note, nodes = recordsize.kept(outcome, True, self._max_bytes(), job_id, job.source)
+        result, note, nodes = recordsize.kept(outcome, True, self._max_bytes(), job_id, job.source,
+                                              self._table.keep_result_bytes)
         ran = replace(record, shards=outcome.shards, nodes=nodes, elapsed_ms=outcome.elapsed_ms)
         self._finish(replace(ran, result=result, error=note), "done")
 
@@ -428,15 +412,13 @@ class JobLedger:
             if future is not None and not future.done():
                 future.set_exception(NotLeader(f"{self._who()} is shutting down; retry"))
                 future.exception()  # seen now: the loop may not turn again to run its callbacks
-        tasks = list(self._driving.values())
+        tasks = self._slots.stop()
         self.step_down()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def step_down(self) -> None:
         """Not the leader any more: the next one drives the jobs; waiting clients retry."""
-        self._waiting.clear()
-        for task in list(self._driving.values()):
-            task.cancel()
+        self._slots.stop()
         for _, future in self._commits.values():
             if not future.done():
                 future.set_exception(NotLeader(f"{self._who()} lost the leadership; retry"))

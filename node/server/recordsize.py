@@ -89,7 +89,8 @@ def _also(error: str, note: str) -> str:
 
 
 def kept(
-    outcome: Outcome, detached: bool, max_message_bytes: int, job_id: str, source: str
+    outcome: Outcome, detached: bool, max_message_bytes: int, job_id: str, source: str,
+    keep_result_bytes: int,
 ) -> tuple[Result | None, str, tuple[str, ...]]:
     """What a record of its kind keeps of the outcome: its result, or None and why not, and
     the nodes that ran it, or none if they do not fit, said so. The result within the
@@ -97,8 +98,11 @@ def kept(
     record still fits one message: its job id, source and nodes as JSON writes them, 2 KiB
     for its other fields (numbers, and names from fixed lists), and the result in base64
     (4 bytes for 3); the answer comes before the list of nodes. Sized so, the small job's
-    record is encoded once, not twice."""
+    record is encoded once, not twice. Nor past what the table keeps of its finished jobs
+    (`keep_result_bytes`, the source counted): such a record would be forgotten, state and
+    all, as it is applied."""
     cap = DETACHED_RESULT_MAX_BYTES if detached else ATTACHED_RESULT_MAX_BYTES
+    cap = min(cap, max(0, keep_result_bytes - len(source)))
     room = max_message_bytes - ENVELOPE_BYTES - 2048 - len(_JSON.encode((job_id, source)))
     listed = len(_JSON.encode(outcome.nodes))
     nodes = outcome.nodes
