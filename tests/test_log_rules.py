@@ -220,6 +220,30 @@ def test_7_an_entry_no_message_to_a_follower_can_carry_reaches_it_in_a_snapshot(
     assert entries_to("b", respond(node, "b", True, 2)) == [[3]], "installed: the entries after it go"
 
 
+def test_7_entries_on_their_way_before_one_that_fits_no_message_are_not_sent_again() -> None:
+    """Entries that fit, on their way to a follower, were forgotten once the next one did not
+    fit it: the bare beat instead went where the follower was not yet (refused: a round
+    trip), the next proposal sent the same entries again, and the snapshot wanted came and
+    went with every other message."""
+    config = ElectionConfig("a", PEERS, replicate=True, max_append_entries=100)
+    node = Election(config, random.Random(0), term=1)
+    elect(node)  # its no-op at 1
+    respond(node, "b", True, 1)
+    respond(node, "c", True, 1)
+    node.replication.peer_message_bytes = {"b": 4096, "c": 0}  # b's bound, known from the start
+    _, out = node.propose(bytes(100), bytes(100), bytes(5000))  # 2, 3 fit b; 4 fits no message to b
+    assert entries_to("b", out) == [[2, 3]] and entries_to("c", out) == [[2, 3, 4]]
+    respond(node, "c", True, 4)
+    for _ in range(3):  # b is slow to answer; more jobs come
+        _, out = node.propose(bytes(10))
+        beats = to("b", out)
+        assert all(m.entries == () for m in beats), "2 and 3 are on their way: not sent again"
+        assert all(m.prev_index == 1 for m in beats), "a bare beat where b is, not where it is going"
+        assert node.replication.snapshot_wanted() == 4
+    out = respond(node, "b", True, 3)  # 2 and 3 arrived
+    assert all(m.entries == () for m in to("b", out)) and node.replication.snapshot_wanted() == 4
+
+
 def test_7_the_snapshot_wanted_first_is_the_one_a_follower_can_take_now() -> None:
     """Two followers each need an entry that fits no message to them: b one committed (through
     c), c one that only b can commit, once b has a snapshot past its own. The snapshot wanted

@@ -124,7 +124,7 @@ class Replication:
         An entry that fits no message to the follower is not sent either: it gets bare beats
         until a snapshot takes it past the entry (`snapshot_wanted`)."""
         log = self.log
-        next_index = min(self._next.get(peer, log.last_index + 1), log.last_index + 1)
+        next_index = held = min(self._next.get(peer, log.last_index + 1), log.last_index + 1)
         sent = self._entries_in_flight(peer)
         full = sent is not None and not self._room(peer)
         if sent is not None and log.term_at(sent) is not None and (
@@ -152,8 +152,11 @@ class Replication:
             # The follower would refuse the message, and its stream with it: a bare beat keeps
             # it following until a snapshot takes it past the entry (`snapshot_wanted`).
             self._unfit[peer] = entries[0].index
-            self._entries_sent.pop(peer, None)  # what it was sent before never arrived
             entries = ()
+            if sent is None:
+                self._entries_sent.pop(peer, None)  # a wait that is over: what it was sent never arrived
+            elif (held_term := log.term_at(held - 1)) is not None:  # entries before it on their
+                prev, prev_term = held - 1, held_term  # way: a beat where it is, as any bare beat
         size, limit = 0, self._append_bytes(peer)
         for count, entry in enumerate(entries):
             size += len(entry.data)
