@@ -289,3 +289,32 @@ async def test_a_beat_with_large_entries_is_framed_off_the_loop_and_keeps_its_tu
     assert (parsed.prev_index, [e.data for e in parsed.entries], parsed.beacon_key) == (4, [entries[0].data], b"k" * 32)
     assert (first.prev_index, last.prev_index) == (3, 5), "in the order sent"  # type: ignore[union-attr]
     link.close()
+
+
+async def test_a_udp_socket_that_could_not_be_had_is_asked_for_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first connect that failed (the follower's name did not resolve yet, as a container
+    restarts) kept every beat of the leadership on gRPC: it was never tried again."""
+    from node.server import beacons
+
+    asked: list[int] = []
+
+    async def connect(address: str, key: bytes, on_reply: Any, level: int = 0) -> beacons.BeaconSender | None:
+        asked.append(level)
+        return None if len(asked) == 1 else beacons.BeaconSender(key, on_reply)
+
+    now = [100.0]
+    monkeypatch.setattr(heartbeats.beacons, "connect", connect)
+    monkeypatch.setattr(heartbeats.time, "monotonic", lambda: now[0])
+    link = HeartbeatLink("127.0.0.1:1", Stubs(HeldCall()), lambda address, reply: None, stale_s=60.0,  # type: ignore[arg-type]
+                         key=b"k" * 32)
+    for seq in range(1, 11):
+        link.send(beat(0), seq)
+        await asyncio.sleep(0)
+    assert len(asked) == 1 and link._beacon is None, "asked once, and not again at every beat"
+    now[0] += heartbeats.UDP_RETRY_S
+    for seq in range(11, 14):
+        link.send(beat(0), seq)
+        await asyncio.sleep(0)
+    assert len(asked) == 2 and link._beacon is not None, "asked again once the wait is over"
+    assert asked[1] < asked[0], "the second failure would be said at a lower level than the first"
+    link.close()

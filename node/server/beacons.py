@@ -281,8 +281,10 @@ class BeaconSender(_Endpoint):
         self.on_reply(reply)
 
 
-async def connect(address: str, key: bytes, on_reply: OnReply) -> BeaconSender | None:
-    """A socket to the UDP twin of `address`; None (logged) if it cannot be had."""
-    return await _open(BeaconSender(key, on_reply), logging.INFO, f"no UDP heartbeats to {address}",
+async def connect(
+    address: str, key: bytes, on_reply: OnReply, level: int = logging.INFO
+) -> BeaconSender | None:
+    """A socket to the UDP twin of `address`; None (logged at `level`) if it cannot be had."""
+    return await _open(BeaconSender(key, on_reply), level, f"no UDP heartbeats to {address}",
                        remote_addr=split_host_port(address))
 

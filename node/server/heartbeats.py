@@ -52,6 +52,9 @@ Write = pb.HeartbeatRequest | LargeBeat | Iterator[pb.HeartbeatRequest]
 #: at most replication.MAX_MESSAGES_IN_FLIGHT of them unanswered, and one more is lost as
 #: a dropped message is (sent again after its wait).
 MAX_QUEUED = 8
+#: A UDP socket to a follower that could not be had is asked for again after this long;
+#: its beats go by gRPC meanwhile.
+UDP_RETRY_S = 5.0
 
 
 class HeartbeatLink:
@@ -70,6 +73,8 @@ class HeartbeatLink:
         self.key = key
         self._beacon: BeaconSender | None = None
         self._connecting: asyncio.Task[None] | None = None
+        #: When a UDP socket that could not be had is asked for again; how many were not.
+        self._udp_retry_at_s, self._udp_failures = 0.0, 0
         self._call: Stream | None = None
         self._reader: asyncio.Task[None] | None = None
         #: The call whose write is still pending, if any (one write at a time per stream).
@@ -127,7 +132,8 @@ class HeartbeatLink:
             self._beacon.send(seq, request)
             self.sent_udp += 1
             self.totals[(self.address, "udp")] = self.totals.get((self.address, "udp"), 0) + 1
-        elif self.key is not None and self._connecting is None:
+        elif self.key is not None and (self._connecting is None or (
+                self._connecting.done() and time.monotonic() >= self._udp_retry_at_s)):
             self._connecting = asyncio.get_running_loop().create_task(self._connect(self.key))
         if on_udp:
             self._unanswered_since_s = self._rtt_from_s = None  # the stream idles: judged afresh when used
@@ -162,8 +168,12 @@ class HeartbeatLink:
         return True
 
     async def _connect(self, key: bytes) -> None:
-        beacon = await beacons.connect(self.address, key, self._on_beacon_reply)
-        if beacon is not None and self.key is key:
+        level = logging.DEBUG if self._udp_failures else logging.INFO  # said once a leadership
+        beacon = await beacons.connect(self.address, key, self._on_beacon_reply, level)
+        if beacon is None:  # its name does not resolve yet (a container restarting), say
+            self._udp_failures += 1
+            self._udp_retry_at_s = time.monotonic() + UDP_RETRY_S
+        elif self.key is key:
             self._beacon = beacon
         elif beacon is not None:
             beacon.close()  # closed while connecting
