@@ -19,6 +19,7 @@ from msgspec.structs import replace
 
 from cli.exits import EXIT_USAGE
 from node.core.raftlog import Entry
+from node.errors import CannotStart
 from node.server.journal import Journal
 from node.server.statestore import MAX_TERM, ElectionState, StateStore
 from node.testing.ports import free_ports
@@ -166,5 +167,31 @@ def test_a_node_does_not_start_on_a_journal_without_its_election_state(tmp_path:
         Daemon(config)
     daemon = Daemon(replace(config, reset_state=True))  # the way out the message names
     daemon.journal.close()
+    daemon._claim.release()
     daemon.executor.shutdown()
     assert StateStore(tmp_path).load() == ElectionState(4, None)
+
+
+def test_a_data_dir_in_use_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """A node started twice on one data dir (the same id and port: its default dir) opened
+    the journal before it found the port taken, creating the next segment and cutting what
+    looked torn: the first node's next roll then failed and it stopped leading. Two nodes on
+    one dir on different ports would share one vote."""
+    from node.server.config import NodeConfig
+    from node.server.daemon import Daemon
+
+    first = Daemon(NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=(), data_dir=tmp_path))
+    try:
+        before = sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir())
+        with pytest.raises(CannotStart, match=rf"data-dir {tmp_path}: in use by another distnode process"
+                                              rf" \(pid {os.getpid()}\); each node needs its own --data-dir"):
+            Daemon(NodeConfig(node_id="n2", listen="127.0.0.1:2", peers=(), data_dir=tmp_path))
+        assert sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir()) == before
+    finally:
+        first.journal.close()
+        first._claim.release()
+        first.executor.shutdown()
+    again = Daemon(NodeConfig(node_id="n1", listen="127.0.0.1:1", peers=(), data_dir=tmp_path))
+    again.journal.close()
+    again._claim.release()
+    again.executor.shutdown()

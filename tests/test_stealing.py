@@ -582,6 +582,7 @@ async def test_a_skip_before_any_call_lets_nothing_go_and_builds_no_worker(tmp_p
             await daemon.skip("j", [0], "n7")
     finally:
         daemon.journal.close()
+        daemon._claim.release()
 
 
 SHARD_ELEMS = 1 << 18

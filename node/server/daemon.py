@@ -55,13 +55,13 @@ from node.server.clock import Clock
 from node.server.computelink import Computed
 from node.server.computestack import ComputeStack
 from node.server.config import NodeConfig
+from node.server.datadir import open_data_dir
 from node.server.discovery import IdDiscovery, shared_settings
 from node.server.dispatch import Dispatch, incoming
 from node.server.elections import ElectionDriver
 from node.server.grpcserver import add_services, make_server
 from node.server.heartbeats import HeartbeatLinks
 from node.server.jobdesk import JobDesk
-from node.server.journal import Journal
 from node.server.ledger import JobLedger
 from node.server.linkserve import LinkHost
 from node.server.metrics import NodeMetrics
@@ -69,8 +69,8 @@ from node.server.outcomes import outcome_of as answer_of
 from node.server.peers import PeerTable
 from node.server.relay import Relay
 from node.server.service import beat_reply
-from node.server.startchecks import bind_port, check_data_dir
-from node.server.statestore import MAX_TERM, StateStore
+from node.server.startchecks import bind_port
+from node.server.statestore import MAX_TERM
 from node.server.stepgate import answered
 from node.wire.answers import SERVICE
 from node.wire.log import beat_from_proto
@@ -96,14 +96,9 @@ class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         config.validate()
         self.config = config
-        check_data_dir(config.data_dir)  # CannotStart now, not at the first vote
-        self.store = StateStore(config.data_dir)
-        self.journal = Journal(config.data_dir)
-        raft_log = self.journal.open()  # JournalDamaged (one line, exit 2) if it cannot be trusted
-        journal_used = raft_log.last_index > 0
-        if config.reset_state:
-            self.store.reset(raft_log.last_term, journal_used)
-        saved = self.store.load_beside(raft_log.last_term, journal_used)  # StateFileError: one line, exit 2
+        # Now, not at the first vote: CannotStart, JournalDamaged, StateFileError (exit 2).
+        self._claim, self.store, self.journal, raft_log, saved = open_data_dir(
+            config.data_dir, config.reset_state)
         lo, hi = config.election_ticks
         election = Election(
             config.election_config(), rng=random.Random(), term=saved.term, voted_for=saved.voted_for,
@@ -385,6 +380,7 @@ class Daemon:
             self.port = bind_port(server, self.config.listen, self.config.tls)
         except CannotStart:
             self.journal.close()
+            self._claim.release()
             raise
         try:
             await self._start(server, handle_signals)
@@ -445,4 +441,5 @@ class Daemon:
         await self.stubs.close()
         self.elections.writer.close()
         self.journal.close()
+        self._claim.release()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,5 @@
-"""What a node checks before it serves: a data dir it can write, a port it can listen on.
+"""What a node checks before it serves: a data dir it can write and no other process
+holds, a port it can listen on.
 
 A node that could not persist its vote or its journal would only find out at
 its first election, and then fail at every one; so the directory is tried
@@ -8,13 +9,20 @@ the operating system the reason with a plain socket. Either failure is a
 CannotStart, one line naming the thing and the reason: `distnode start`
 prints it and exits 2. The port is asked before gRPC binds it, as gRPC
 would print a line of its own.
+
+The data dir is locked (`flock` on its LOCK_FILE) for the life of the node: two
+processes on one dir, a node started twice by mistake, would share one vote and
+one journal, and the second's opening of the journal (it cuts what looks torn,
+and creates the next segment) would break the first's writes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 from pathlib import Path
+from typing import IO
 
 import grpc
 
@@ -24,10 +32,22 @@ from node.security import TlsFiles
 from node.server.durable import fsync_dir
 
 PROBE_FILE = ".distnode-write-check"
+LOCK_FILE = "lock"
 
 
-def check_data_dir(data_dir: Path) -> None:
-    """CannotStart unless `data_dir` exists (or can be made) and takes a durable write."""
+class DirClaim:
+    """A data dir's lock, held until `release` (or this process ends)."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+
+    def release(self) -> None:
+        self._file.close()
+
+
+def check_data_dir(data_dir: Path) -> DirClaim:
+    """`data_dir`, locked for this process; CannotStart unless it exists (or can be made),
+    takes a durable write and no other process holds it."""
     step = "create it"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -45,6 +65,27 @@ def check_data_dir(data_dir: Path) -> None:
         fsync_dir(data_dir)
     except OSError as exc:
         raise CannotStart(f"data-dir {data_dir}: cannot {step}: {exc.strerror or exc}") from None
+    return _claim(data_dir)
+
+
+def _claim(data_dir: Path) -> DirClaim:
+    try:
+        file = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open: the lock lives with it)
+    except OSError as exc:
+        raise CannotStart(f"data-dir {data_dir}: cannot open its {LOCK_FILE} file: {exc.strerror}") from None
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        file.seek(0)
+        holder = file.read().strip()
+        file.close()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise CannotStart(f"data-dir {data_dir}: in use by another distnode process{by}; each node needs"
+                          " its own --data-dir") from None
+    file.truncate(0)
+    file.write(f"{os.getpid()}\n")
+    file.flush()
+    return DirClaim(file)
 
 
 def why_not_listening(listen: str) -> str:
