@@ -234,6 +234,10 @@ async def test_killing_the_leader_moves_the_election_and_peer_metrics(start_clus
                what="the leader to hear both followers")
     metrics = await scrape(leader)
     assert all(metrics[f"distnode_peer_up{{peer={d.config.address}}}"] == 1 for d in followers), metrics
+    # A follower hears only its leader, as `distnode status` says (it said 0 for its leader).
+    seen = await scrape(followers[0])
+    assert seen[f"distnode_peer_up{{peer={leader.config.address}}}"] == 1, seen
+    assert seen[f"distnode_peer_up{{peer={followers[1].config.address}}}"] == 0, seen
     changes_before = {d.node_id: (await scrape(d))["distnode_leader_changes_seen_total"] for d in followers}
     old_term = leader.election.term
     leader.stop()  # the worker that dies is the old leader: its peer gauge drops on the new one

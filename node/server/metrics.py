@@ -130,8 +130,8 @@ class StateCollector:
         )
         for name, help_text, value in gauges:
             yield GaugeMetricFamily(name, help_text, value=float(value))
-        up = GaugeMetricFamily("distnode_peer_up", "1 if the peer answered within the failure timeout",
-                               labels=["peer"])
+        up = GaugeMetricFamily("distnode_peer_up", "1 if this node heard the peer within the failure timeout"
+                               " (a follower hears only its leader)", labels=["peer"])
         failures = CounterMetricFamily("distnode_peer_contact_failures", "failed contacts with the peer",
                                        labels=["peer"])
         replies = CounterMetricFamily("distnode_heartbeat_replies", "heartbeat replies from the peer",
@@ -281,7 +281,10 @@ def node_state(daemon: Observed) -> NodeState:
     election = daemon.election
     table = daemon.ledger.table
     running = daemon.jobs_running()
-    peers = {p.address: (p.alive, p.failures, p.replies) for p in daemon.peers}
+    # Alive as `distnode status` says (peerview.py): a follower hears only its leader, and a
+    # former leader's last word on the others is no longer news.
+    alive = {node.address: node.alive for node in daemon.elections.status().nodes}
+    peers = {p.address: (alive.get(p.address, False), p.failures, p.replies) for p in daemon.peers}
     links = daemon.heartbeats
     on_udp = {p.address for p in daemon.peers if (link := links.link(p.address)) is not None and link.on_udp}
     return NodeState(
