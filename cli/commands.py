@@ -210,6 +210,8 @@ def run_local(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.cluster_file is not None:  # before any node starts, not once they all have
         check_writable("--cluster-file", args.cluster_file)
+    for signum in STOP_SIGNALS:  # while it starts, each stops what started, as Ctrl-C does
+        signal.signal(signum, _interrupt)
     with contextlib.ExitStack() as running:
         try:
             cluster = running.enter_context(LocalCluster(
@@ -223,12 +225,21 @@ def run_local(args: argparse.Namespace) -> int:
         # handlers only flip a flag: taking a lock (Event.set) inside a signal handler can
         # deadlock against the main thread holding that same lock.
         stop: list[int] = []
-        signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
-        signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda signum, _frame: stop.append(signum))
         _announce(cluster, args.cluster_file, token is not None)
         while not stop:
             time.sleep(0.1)
     return EXIT_OK
+
+
+#: What stops `distnode local` (and its cluster, and its work directory): Ctrl-C, kill, a
+#: closed terminal. Without a handler, the last two would end it with no clean-up at all.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _local_timing(args: argparse.Namespace) -> dict[str, Any]:

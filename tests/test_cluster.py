@@ -439,6 +439,26 @@ def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path: Any
     shutil.rmtree(workdir)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_distnode_local_stopped_while_it_starts_leaves_nothing_behind(tmp_path: Path, signum: int) -> None:
+    """A kill or a closed terminal while its nodes started ended `distnode local` with no
+    clean-up: its work directory (every node's data and logs; with --tls, keys) stayed."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    # Elections of 5-10 s: no leader for 5 s at least, so the signal comes while it starts.
+    argv = [sys.executable, "-m", "cli", "local", "--nodes", "3", "--heartbeat-ms", "500", "--election-ms", "5000-10000"]
+    with subprocess.Popen(argv, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            wait_until(lambda: any(tmp_path.glob("distnode-cluster-*/n*.log")), 30,
+                       "a node to start", lambda: "")
+            process.send_signal(signum)
+            assert process.wait(timeout=30) == 130
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert not list(tmp_path.glob("distnode-cluster-*")), "its work directory was left behind"
+
+
 def test_submit_shows_a_progress_bar_on_a_terminal_only(cluster: LocalCluster) -> None:
     """On a tty, a long job draws `shards N/M`; piped, the output is the answer alone."""
     import pty

@@ -33,3 +33,13 @@ def test_a_port_another_listener_holds_is_never_handed_out(monkeypatch: pytest.M
         assert held not in free_ports(1)
         with pytest.raises(RuntimeError, match=r"found only \d+ free ports of .*"):
             free_ports(high - low)
+
+
+def test_ports_drawn_before_and_not_bound_yet_are_not_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`distnode local` drew its nodes' gRPC and HTTP ports in two draws, neither bound yet:
+    a port could be handed to both, and that node did not start."""
+    monkeypatch.setattr(ports, "LOWEST_PORT", 20_000)
+    monkeypatch.setattr(ports, "ephemeral_low", lambda: 20_008)
+    monkeypatch.setattr(ports, "_bindable", lambda port: True)
+    grpc_ports = free_ports(4)
+    assert sorted(free_ports(4, avoid=grpc_ports) + grpc_ports) == list(range(20_000, 20_008))

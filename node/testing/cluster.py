@@ -120,7 +120,7 @@ class LocalCluster:
         #: With `http`, each node's --http address (/metrics, /status.json).
         self.http_addresses: dict[str, str] = {}
         if http:
-            ports_for_http = free_ports(nodes)
+            ports_for_http = free_ports(nodes, avoid=ports)  # the gRPC ports are not bound yet
             self.http_addresses = {n: f"127.0.0.1:{ports_for_http[i]}" for i, n in enumerate(self._nodes)}
         self._client: Client | None = None
         # Every process ever started; the finalizer must not hold `self`.

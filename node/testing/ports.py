@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Collection
 from pathlib import Path
 
 #: Where the kernel says its ephemeral range is (Linux); the default where it cannot.
@@ -42,8 +43,9 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free right now for TCP and UDP, below the ephemeral range.
+def free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """`count` distinct ports free right now for TCP and UDP, below the ephemeral range,
+    none of `avoid` (ports drawn before and not bound yet).
 
     Another listener may still take one before the daemon binds it; the daemon
     then exits and `start()` raises with its log (scripts/bench.py retries).
@@ -54,7 +56,7 @@ def free_ports(count: int) -> list[int]:
     for port in _draw.sample(range(low, high), high - low):
         if len(ports) == count:
             break
-        if _bindable(port):
+        if port not in avoid and _bindable(port):
             ports.append(port)
     if len(ports) < count:
         raise RuntimeError(f"found only {len(ports)} free ports of {count} in [{low}, {high})")
