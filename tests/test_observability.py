@@ -153,14 +153,17 @@ async def test_job_metrics_count_each_outcome_shard_and_byte(start_cluster: Star
     assert leader is not None
     before = await scrape(leader)
     async with AsyncClient(leader.config.address, timeout=20) as client:
-        for _ in range(3):
-            assert (await client.submit(op="sum", source="range:n=100000")).result == 4999950000
+        for number in range(3):
+            job_id = "reused" if number == 0 else None
+            assert (await client.submit(op="sum", source="range:n=100000", job_id=job_id)).result == 4999950000
         with pytest.raises(InvalidJob):
             await client.submit(op="sum", source="range:n=0")
+        with pytest.raises(InvalidJob, match="ALREADY_EXISTS"):  # refused before any run: it was not counted
+            await client.submit(op="sum", source="range:n=5", job_id="reused")
         with pytest.raises(JobError, match="job-timeout-s"):
             await client.submit(op="sum", source="random:n=300000000,seed=1")
     after = await scrape(leader)
-    for outcome, more in (("done", 3), ("refused", 1), ("failed", 1)):
+    for outcome, more in (("done", 3), ("refused", 2), ("failed", 1)):
         key = f"distnode_jobs_total{{outcome={outcome}}}"
         assert after[key] == before.get(key, 0) + more, (outcome, before, after)
     assert after["distnode_job_duration_seconds_count{op=sum}"] >= 3

@@ -133,16 +133,20 @@ class JobManager:
         deadline, NotLeader if leadership is lost meanwhile, RunAbandoned if
         it joined a run as the run's last other caller went away.
         """
-        known = self._answers.get(job_id)
+        known, run = self._answers.get(job_id), self._running.get(job_id)
+        earlier = known[0] if known is not None else run.job if run is not None else None
+        try:
+            if earlier is not None:
+                self._check_same(job_id, earlier, job)
+            elif len(self._running) >= self.limits.max_jobs:
+                raise LimitExceeded(f"max-jobs: {self.limits.max_jobs} jobs already running on the leader")
+        except (JobConflict, LimitExceeded):
+            self.metrics.job_ended(job.op, "refused", 0.0)  # refused before any run: counted here
+            raise
         if known is not None:
-            self._check_same(job_id, known[0], job)
             return known[1]
-        run = self._running.get(job_id)
         if run is not None:
-            self._check_same(job_id, run.job, job)
             return await self._wait(run)
-        if len(self._running) >= self.limits.max_jobs:
-            raise LimitExceeded(f"max-jobs: {self.limits.max_jobs} jobs already running on the leader")
         return await self._run(job_id, job, JobTrace(self.node_id) if trace else None)
 
     async def validate(self, job: Job) -> None:
