@@ -279,7 +279,7 @@ async def test_a_second_caller_while_a_format_job_is_planned_joins_its_run(monke
     manager: JobManager | None = None
     calls: list[tuple[int, ...]] = []
 
-    async def worker(address: str, job_id: str, job: Job, ranges: list[Any]) -> list[int]:
+    async def worker(address: str, job_id: str, job: Job, ranges: list[Any], run: int = 0) -> list[int]:
         source = validate_job(job, None, None)
         calls.append(tuple(index for index, _, _ in ranges))
         for index, start, stop in ranges:
@@ -350,7 +350,7 @@ async def test_a_late_partial_of_another_plan_of_the_job_id_is_not_merged(monkey
     handed: list[tuple[int, int, int]] = []
     gate = asyncio.Event()
 
-    async def worker(address: str, job_id: str, job: Job, ranges: list[Any]) -> list[int]:
+    async def worker(address: str, job_id: str, job: Job, ranges: list[Any], run: int = 0) -> list[int]:
         handed.extend(ranges)
         await gate.wait()
         return []
@@ -421,3 +421,72 @@ async def test_an_answer_that_comes_as_its_last_caller_leaves_is_kept(monkeypatc
     answer = await jobs.submit("j", job)
     assert answer.result == reduce_all(job, open_source(job.source, None), 1 << 16)
     assert ran == 4 and jobs.metrics.registry.get_sample_value(computed) == ran, "the job ran again"
+
+
+async def test_a_late_partial_of_an_abandoned_run_is_not_merged_into_another_job_under_its_id() -> None:
+    """A run of job X abandoned (its client gone), then another job submitted under X with as
+    many rows: a partial of the first run, still on its way, covered the same rows and was
+    merged into the second job's answer, which was then kept under X."""
+    gate = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    pool.submit(gate.wait)  # the leader's pool is busy: nothing of either run computes yet
+    try:
+        await _abandon_then_reuse(gate, pool)
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
+async def _abandon_then_reuse(gate: threading.Event, pool: ThreadPoolExecutor) -> None:
+    from node.core.compute import compute_partial, plan_shards
+
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=pool, shard_elems=1 << 16)
+    old, new = Job("sum", "random:n=1e6,seed=1"), Job("sum", "random:n=1e6,seed=2")
+    first = asyncio.ensure_future(jobs.submit("X", old))
+    await poll_until(lambda: "X" in jobs._running)
+    old_run = jobs._running["X"].number
+    first.cancel()  # its client went away: the run is abandoned, and no answer kept
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = asyncio.ensure_future(jobs.submit("X", new))
+    await poll_until(lambda: "X" in jobs._running and jobs._running["X"].shards)  # planned
+    assert jobs._running["X"].number != old_run
+    source = open_source(old.source, None)
+    rows = plan_shards(source, 1 << 16)[3]
+    late = compute_partial(old, source, *rows)
+    assert not jobs.accept_partial("X", 3, "n2", late, None, rows, old_run), "the first run's partial"
+    gate.set()
+    answer = await second
+    assert answer.result == reduce_all(new, open_source(new.source, None), 1 << 16)
+
+
+async def poll_until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("transport", ["link", "grpc"])
+async def test_every_partial_says_the_run_whose_call_it_answers(start_cluster: Any, transport: str) -> None:
+    """On a compute link and on gRPC alike, each worker's partial carries the number of the
+    leader's run that asked for it, the number `accept_partial` checks."""
+    overrides = {} if transport == "link" else {"local_socket": False}
+    cluster = await start_cluster(3, shard_elems=1 << 12, **overrides)
+    leader = cluster.leader()
+    assert leader is not None
+    took: list[tuple[int, int]] = []
+    accept = leader.jobs.accept_partial
+
+    def noted(job_id: str, shard: int, node_id: str, *rest: Any) -> bool:
+        run = leader.jobs._running.get(job_id)
+        took.append((rest[-1], run.number if run is not None else -1))
+        return accept(job_id, shard, node_id, *rest)
+
+    leader.jobs.accept_partial = noted  # type: ignore[method-assign]
+    from node import AsyncClient
+
+    async with AsyncClient(leader.config.address, timeout=20) as client:
+        for _ in range(3):
+            assert (await client.submit(op="sum", source="range:n=100000")).result == 4999950000
+    assert took and all(said == number > 0 for said, number in took), took

@@ -198,7 +198,7 @@ class LateWorker:
         self.later: set[asyncio.Task[None]] = set()
 
     async def __call__(
-        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]
+        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]], run: int = 0
     ) -> list[int]:
         source = validate_job(job, self.root)
         partials = [(i, compute_partial(job, source, a, b)) for i, a, b in ranges]

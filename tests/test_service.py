@@ -102,10 +102,9 @@ class FakeNode:
 
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
-        send: object = None, skips: object = None,
+        run: int = 0,
     ) -> Computed:
-        assert send is None and skips is None  # gRPC's Compute: partials on the Reduce stream, no skips
-        return self._call("compute", job_id, job, shards, leader_id)  # type: ignore[no-any-return]
+        return self._call("compute", job_id, job, shards, leader_id, run)  # type: ignore[no-any-return]
 
     async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]:
         return self._call("skip", job_id, shards, leader_id)  # type: ignore[no-any-return]
@@ -278,11 +277,12 @@ async def test_compute_passes_shards_and_leader(served: tuple[FakeNode, NodeStub
     node.results["compute"] = Computed(2, skipped=(3,))
     request = pb.ComputeRequest(
         job=SUM_SPEC, shards=[pb.Shard(index=0, start=0, stop=5), pb.Shard(index=1, start=5, stop=10)],
-        leader_id="n2",
+        leader_id="n2", run=77,
     )
     reply = await stub.Compute(request)
     assert (reply.shards_sent, list(reply.skipped)) == (2, [3])
-    assert node.calls == [("compute", ("j1", Job("sum", "range:n=10", "square", axis=0), [(0, 0, 5), (1, 5, 10)], "n2"))]
+    assert node.calls == [("compute", ("j1", Job("sum", "range:n=10", "square", axis=0), [(0, 0, 5), (1, 5, 10)],
+                                       "n2", 77))]
 
 
 async def test_skip_passes_the_job_its_shards_and_the_leader_and_answers_what_was_let_go(served: tuple[FakeNode, NodeStub]) -> None:

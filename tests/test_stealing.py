@@ -341,7 +341,7 @@ class SlowWorker:
         self.to_skip.update(shards)
 
     async def __call__(
-        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]
+        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]], run: int = 0
     ) -> list[int]:
         """A Compute call: the shards of `ranges` it let go, as a real worker's reply names them."""
         source = validate_job(job, self.root)
@@ -446,7 +446,7 @@ class AskedWorker(SlowWorker):
         return [] if self.fail else await super().skip(address, job_id, shards)
 
     async def __call__(
-        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]
+        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]], run: int = 0
     ) -> list[int]:
         if self.fail:
             await self.fail_now.wait()
@@ -499,7 +499,7 @@ class GatedWorker(AskedWorker):
         self.calls: list[list[int]] = []
 
     async def __call__(
-        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]]
+        self, address: str, job_id: str, job: Job, ranges: list[tuple[int, int, int]], run: int = 0
     ) -> list[int]:
         self.calls.append([index for index, _, _ in ranges])
         await self.gate.wait()

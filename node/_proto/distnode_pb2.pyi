@@ -771,10 +771,16 @@ class ComputeRequest(_message.Message):
     REDUCE_TO_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
     LEADER_ID_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     reduce_to: _builtins.str
     """Address of the aggregator the partials go to."""
     term: _builtins.int
     leader_id: _builtins.str
+    run: _builtins.int
+    """The leader's run of the job that makes this call (a number it draws for each run):
+    each partial says it back, so a late partial of another run of the same job id
+    (one abandoned, then another job submitted under its id) is not merged.
+    """
     @_builtins.property
     def job(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -787,10 +793,11 @@ class ComputeRequest(_message.Message):
         reduce_to: _builtins.str = ...,
         term: _builtins.int = ...,
         leader_id: _builtins.str = ...,
+        run: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "leader_id", b"leader_id", "reduce_to", b"reduce_to", "shards", b"shards", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "leader_id", b"leader_id", "reduce_to", b"reduce_to", "run", b"run", "shards", b"shards", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1002,6 +1009,7 @@ class Partial(_message.Message):
     FINISHED_NS_FIELD_NUMBER: _builtins.int
     START_ROW_FIELD_NUMBER: _builtins.int
     STOP_ROW_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     shard: _builtins.int
     node_id: _builtins.str
@@ -1015,6 +1023,10 @@ class Partial(_message.Message):
     shard size) is not merged. 0, 0 from a worker of an earlier version: not checked.
     """
     stop_row: _builtins.int
+    run: _builtins.int
+    """The run of the call it answers (ComputeRequest.run); 0 from a worker of an earlier
+    version, or for a call that named none: not checked.
+    """
     @_builtins.property
     def state(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
         """The op's mergeable state, e.g. {"n", "mean", "m2"} for var."""
@@ -1031,10 +1043,11 @@ class Partial(_message.Message):
         finished_ns: _builtins.int = ...,
         start_row: _builtins.int = ...,
         stop_row: _builtins.int = ...,
+        run: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_ns", b"finished_ns", "job_id", b"job_id", "node_id", b"node_id", "queued_ns", b"queued_ns", "shard", b"shard", "start_row", b"start_row", "started_ns", b"started_ns", "state", b"state", "stop_row", b"stop_row"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_ns", b"finished_ns", "job_id", b"job_id", "node_id", b"node_id", "queued_ns", b"queued_ns", "run", b"run", "shard", b"shard", "start_row", b"start_row", "started_ns", b"started_ns", "state", b"state", "stop_row", b"stop_row"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

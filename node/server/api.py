@@ -108,6 +108,8 @@ class IncomingPartial(msgspec.Struct, frozen=True):
     times: ShardTimes | None = None
     #: The shard's rows in the plan it was handed from; None from a worker that does not say.
     rows: tuple[int, int] | None = None
+    #: The number of the run whose call it answers; 0 from a worker that does not say.
+    run: int = 0
 
 
 class ReduceCount(msgspec.Struct, frozen=True):
@@ -201,6 +203,7 @@ class NodeApi(Protocol):
 
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
+        run: int = 0,
     ) -> Computed: ...
 
     async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]: ...

@@ -296,10 +296,11 @@ class Daemon:
 
     async def compute(
         self, job_id: str, job: Job, shards: list[ShardRange], leader_id: str, timeout_s: float | None,
+        run: int = 0,
     ) -> Computed:
         self.peers.check_member("leader_id", leader_id, self.node_id)
         await self.compute_ready()
-        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s)
+        return await self.worker.compute(job_id, job, shards, leader_id, timeout_s, run)
 
     async def skip(self, job_id: str, shards: list[int], leader_id: str) -> list[int]:
         self.peers.check_member("leader_id", leader_id, self.node_id)
@@ -319,8 +320,8 @@ class Daemon:
         """A worker's partial, from its Reduce stream or its compute link, to its job."""
         member = partial.node_id != self.node_id and self.peers.is_member(partial.node_id)
         return member and self.jobs.accept_partial(
-            partial.job_id, partial.shard, partial.node_id, partial.state, partial.times, partial.rows
-        )
+            partial.job_id, partial.shard, partial.node_id, partial.state, partial.times, partial.rows,
+            partial.run)
 
     async def progress(self, job_id: str) -> JobProgress:
         if not self.is_leader:

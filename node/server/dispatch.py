@@ -43,7 +43,7 @@ def incoming(message: pb.Partial) -> IncomingPartial:
     if message.started_ns:  # a worker of an older version sends no times
         times = ShardTimes(message.queued_ns, message.started_ns, message.finished_ns)
     rows = (message.start_row, message.stop_row) if message.stop_row else None
-    return IncomingPartial(message.job_id, message.shard, message.node_id, state, times, rows)
+    return IncomingPartial(message.job_id, message.shard, message.node_id, state, times, rows, message.run)
 
 
 class Dispatch:
@@ -66,13 +66,15 @@ class Dispatch:
         #: (worker address, job id, "link" or "grpc") -> Compute calls under way: what `skip` tells.
         self._under_way: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
-    async def __call__(self, address: str, job_id: str, job: Job, ranges: list[ShardRange]) -> list[int]:
-        """One Compute call to the worker at `address`: the shards of `ranges` it let go
-        (stealing.py), once it has sent the partials of the others."""
+    async def __call__(
+        self, address: str, job_id: str, job: Job, ranges: list[ShardRange], run: int = 0
+    ) -> list[int]:
+        """One Compute call to the worker at `address` for the run numbered `run`: the shards
+        of `ranges` it let go (stealing.py), once it has sent the partials of the others."""
         request = pb.ComputeRequest(
             job=job_to_proto(job_id, job),
             shards=[pb.Shard(index=i, start=start, stop=stop) for i, start, stop in ranges],
-            reduce_to=self.address, term=self.term(), leader_id=self.node_id,
+            reduce_to=self.address, term=self.term(), leader_id=self.node_id, run=run,
         )
         link = await self.links.link(address)
         transport = "link" if link is not None else "grpc"

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import math
+import secrets
 import time
 from typing import Any
 
@@ -67,6 +68,9 @@ class JobRun(msgspec.Struct):
     #: one to stop waiting ends it.
     driver: asyncio.Task[Outcome] | None = None
     waiters: int = 0
+    #: The run's number, drawn at random, said in its Compute calls and said back in their
+    #: partials: a late partial of another run of the same job id is not merged (`accept_partial`).
+    number: int = msgspec.field(default_factory=lambda: secrets.randbits(63) + 1)
 
     @property
     def finished(self) -> bool:

@@ -363,12 +363,16 @@ class JobManager:
 
     def accept_partial(
         self, job_id: str, shard: int, node_id: str, partial: Partial, times: ShardTimes | None = None,
-        rows: tuple[int, int] | None = None,
+        rows: tuple[int, int] | None = None, number: int = 0,
     ) -> bool:
         """A worker's partial for the running job `job_id`; dropped (False) if no run of it is
-        here, or the rows it says it covers are not this run's shard (another plan's, late)."""
+        here, or it answers another run's call (`number`), or the rows it says it covers are
+        not this run's shard: a late partial of a run abandoned, of another job under its id
+        or of another plan. A worker of an earlier version says no number, or no rows."""
         run = self._running.get(job_id)
-        if run is None or (rows is not None and rows != run.planned(shard)):
+        if run is None or (number and number != run.number):
+            return False
+        if rows is not None and rows != run.planned(shard):
             return False
         return run.accept(shard, node_id, partial, times, time.time_ns())
 

@@ -43,9 +43,9 @@ POOL_AHEAD = 1
 #: (written to the worker's Reduce stream, maybe not yet read) before giving back the rest.
 PARTIALS_GRACE_S = 1.0
 
-#: (worker address, job id, job, shards) -> those of `shards` the worker let go (SkipRemote):
-#: it sent the partials of the others.
-RemoteCompute = Callable[[str, str, Job, list[ShardRange]], Coroutine[Any, Any, list[int]]]
+#: (worker address, job id, job, shards, the run's number) -> those of `shards` the worker let
+#: go (SkipRemote): it sent the partials of the others.
+RemoteCompute = Callable[[str, str, Job, list[ShardRange], int], Coroutine[Any, Any, list[int]]]
 #: (worker address, job id, shards) -> those of `shards` the worker let go (it will not begin them).
 SkipRemote = Callable[[str, str, list[int]], Awaitable[list[int]]]
 
@@ -256,7 +256,8 @@ class Lanes:
     async def _compute_remote(self, run: JobRun, address: str, batch: list[int]) -> list[int]:
         """The worker's Compute call over `batch`: the shards it let go."""
         ranges = [(i, *run.shards[i]) for i in batch]
-        call: asyncio.Task[list[int]] = asyncio.create_task(self.remote(address, run.job_id, run.job, ranges))
+        call: asyncio.Task[list[int]] = asyncio.create_task(
+            self.remote(address, run.job_id, run.job, ranges, run.number))
         call.add_done_callback(_retrieve)  # whoever wins below, asyncio never logs it as lost
         await self._unless_dead(call, address)  # also cancelled if the job ends meanwhile
         if not call.done():  # cancelled just above: cancellation lands on a later loop turn

@@ -106,7 +106,7 @@ class PoolWorker(Protocol):
 
     def compute_in_pool(
         self, job_id: str, job: Job, ranges: list[tuple[int, int, int]], halted: halt.Halt,
-        send: SendBlocking, skips: CallSkips, queued_ns: int,
+        send: SendBlocking, skips: CallSkips, queued_ns: int, run: int = 0,
     ) -> Computed: ...
 
 
@@ -127,10 +127,10 @@ class LinkHost:
 
     def compute(
         self, job_id: str, job: Job, shards: list[tuple[int, int, int]], leader_id: str, halted: CallHalt,
-        send: SendBlocking, skips: CallSkips, queued_ns: int,
+        send: SendBlocking, skips: CallSkips, queued_ns: int, run: int = 0,
     ) -> Computed:
         self._peers.check_member("leader_id", leader_id, self._node_id)
-        return self._worker().compute_in_pool(job_id, job, shards, halted, send, skips, queued_ns)
+        return self._worker().compute_in_pool(job_id, job, shards, halted, send, skips, queued_ns, run)
 
 
 class LinkServer:

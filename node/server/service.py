@@ -298,7 +298,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         try:
             shards = [(s.index, s.start, s.stop) for s in request.shards]
             return self.node.links.compute(request.job.job_id, job_from_proto(request.job), shards,
-                                           request.leader_id, halted, send, skips, queued_ns)
+                                           request.leader_id, halted, send, skips, queued_ns, request.run)
         except ShardHalted:
             raise
         except Exception as exc:
@@ -308,7 +308,8 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def _compute(self, request: pb.ComputeRequest, timeout_s: float | None) -> Computed:
         shards = [(s.index, s.start, s.stop) for s in request.shards]
         job = job_from_proto(request.job)
-        return await self.node.compute(request.job.job_id, job, shards, request.leader_id, timeout_s)
+        return await self.node.compute(request.job.job_id, job, shards, request.leader_id, timeout_s,
+                                       request.run)
 
     async def Skip(self, request: pb.SkipShards, context: Context) -> pb.SkipReply:
         shards = list(request.shards)

@@ -107,11 +107,13 @@ class Worker:
 
     async def compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
+        run: int = 0,
     ) -> Computed:
         """A gRPC `Compute` call: compute the shards in `ranges`, send each partial to the
         leader `leader_id` on the Reduce stream. A shard the leader gave to an idle node
         before the pool's thread began it (a `Skip` call: `skip`) is dropped; the answer
-        names it, so the leader knows even if its skip's answer came too late.
+        names it, so the leader knows even if its skip's answer came too late. Each partial
+        says the leader's `run` back (jobs.py: a late one of another run is not merged).
 
         A shard that cannot be computed is JobFailed (INTERNAL); a leader that
         cannot be reached, or drops the stream, is ReduceFailed (UNAVAILABLE).
@@ -119,11 +121,11 @@ class Worker:
         # The call's shards are here from now on, also while a format's metadata is read:
         # a Skip that comes meanwhile must find them.
         with self._skipping(leader_id, job_id, ranges) as skipping:
-            return await self._compute(job_id, job, ranges, leader_id, timeout_s, skipping)
+            return await self._compute(job_id, job, ranges, leader_id, timeout_s, skipping, run)
 
     async def _compute(
         self, job_id: str, job: Job, ranges: list[ShardRange], leader_id: str, timeout_s: float | None,
-        skips: Skips,
+        skips: Skips, run: int,
     ) -> Computed:
         if source_kind(job.source) in FORMAT_KINDS:  # reads metadata, maybe imports a library: off the loop
             source = await asyncio.to_thread(validate_job, job, self.data_root, self.openers)
@@ -161,7 +163,7 @@ class Worker:
                     skipped.append(index)
                     continue
                 message = _message(job_id, index, self.node_id, partial,
-                                   (queued_ns, started_ns, finished_ns), rows[index])
+                                   (queued_ns, started_ns, finished_ns), rows[index], run)
                 await send(message, deadline)
                 sent += 1
         finally:
@@ -172,7 +174,7 @@ class Worker:
 
     def compute_in_pool(
         self, job_id: str, job: Job, ranges: list[ShardRange], halted: halt.Halt, send: SendBlocking,
-        skips: CallSkips, queued_ns: int,
+        skips: CallSkips, queued_ns: int, run: int = 0,
     ) -> Computed:
         """A compute link's call, run in the pool's thread (linkserve.py): the shards in
         `ranges` one after the other, each partial written with `send` as it is computed,
@@ -197,7 +199,7 @@ class Worker:
                 skipped.append(index)
                 continue
             send(_message(job_id, index, self.node_id, partial, (queued_ns, started_ns, finished_ns),
-                          (start, stop)))
+                          (start, stop), run))
             sent += 1
         return Computed(sent, tuple(skipped))
 
@@ -250,13 +252,14 @@ def _shard_failed(index: int, exc: Exception) -> JobFailed:
 
 def _message(
     job_id: str, index: int, node_id: str, partial: Partial, times_ns: tuple[int, int, int],
-    rows: tuple[int, int],
+    rows: tuple[int, int], run: int,
 ) -> pb.Partial:
     """A shard's partial as it travels: with when it was queued, begun and done (tracing.py),
-    and the rows it covers."""
+    the rows it covers, and the leader's run whose call it answers."""
     message = partial_to_proto(job_id, index, node_id, partial)
     message.queued_ns, message.started_ns, message.finished_ns = times_ns
     message.start_row, message.stop_row = rows
+    message.run = run
     return message
 
 
