@@ -12,7 +12,9 @@ from inproc import StartCluster, poll
 
 from node import AsyncClient, JobError
 from node._proto import distnode_pb2 as pb
+from node.core.job import Job
 from node.core.limits import Limits
+from node.errors import LimitExceeded, NotLeader
 
 LONG_JOB = {"op": "sum", "source": "random:n=3e7,seed=1"}
 
@@ -95,3 +97,34 @@ async def test_job_deadline_and_leader_stays(start_cluster: StartCluster) -> Non
             await client.submit(**LONG_JOB)
         assert (await client.submit(op="count", source="range:n=7")).result == 7
     assert cluster.leader() is leader and leader.election.term == term
+
+
+async def test_detached_jobs_count_against_their_client_where_it_calls(start_cluster: StartCluster) -> None:
+    """Enqueue through a follower took no slot there and one of the follower's own connection on
+    the leader: a follower's clients were not limited at all where they called, and all shared
+    one limit at the leader. Now, as for Submit, the node a client calls counts its jobs."""
+    cluster = await start_cluster(3, limits=Limits(max_jobs_per_client=1))
+    leader = cluster.leader()
+    assert leader is not None
+    follower = next(d for d in cluster.daemons if d is not leader)
+    relayed, release = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: object) -> object:
+        relayed.set()
+        await release.wait()  # the leader has not answered yet: the client's slot is held
+        raise NotLeader("released")
+
+    follower.relay.enqueue = held  # type: ignore[assignment,method-assign]
+    first = asyncio.ensure_future(follower.enqueue("a", Job("sum", "values:1"), "client-1", forwarded=False))
+    await relayed.wait()
+    try:
+        with pytest.raises(LimitExceeded, match="max-jobs-per-client: 1"):
+            await asyncio.wait_for(follower.enqueue("b", Job("sum", "values:2"), "client-1", forwarded=False), 5)
+    finally:
+        release.set()
+    with pytest.raises(NotLeader):
+        await first
+    for job_id in ("c", "d"):  # relayed ones take none on the leader: their client was counted
+        with leader.clients.take("one-follower-connection"):
+            view = await leader.enqueue(job_id, Job("sum", "values:3"), "one-follower-connection", forwarded=True)
+        assert view.record.state == "queued"

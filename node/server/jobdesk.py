@@ -67,14 +67,22 @@ class JobDesk:
                        self.node.relay.leader_address())
 
     async def enqueue(self, job_id: str, job: Job, client: str, forwarded: bool) -> JobView:
+        """A detached job, counted against its client's limit where the client is, as
+        `submit` does: on the node it called, not on the leader a follower relays to (where
+        every client of that follower would share one connection's limit)."""
+        if forwarded:
+            return await self._enqueue(job_id, job, forwarded)
+        with self.node.clients.take(client):
+            return await self._enqueue(job_id, job, forwarded)
+
+    async def _enqueue(self, job_id: str, job: Job, forwarded: bool) -> JobView:
         if not self.node.is_leader:
             return await self.node.relay.enqueue(job_id, job, forwarded, None)
-        with self.node.clients.take(client):
-            await self.node.compute_ready()
-            await self.node.jobs.validate(job)  # a bad job is refused now, not failed later
-            # The shard size goes into the record: whichever leader resumes it cuts the same shards.
-            job = replace(job, shard_elems=job.shard_elems or self.node.jobs.shard_elems)
-            return self._view(await self.node.ledger.enqueue(job_id, job))
+        await self.node.compute_ready()
+        await self.node.jobs.validate(job)  # a bad job is refused now, not failed later
+        # The shard size goes into the record: whichever leader resumes it cuts the same shards.
+        job = replace(job, shard_elems=job.shard_elems or self.node.jobs.shard_elems)
+        return self._view(await self.node.ledger.enqueue(job_id, job))
 
     async def result(self, job_id: str, wait_s: float, forwarded: bool) -> JobView:
         known = self.node.ledger.table.get(job_id)
