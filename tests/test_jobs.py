@@ -14,7 +14,7 @@ from node.core.compute import reduce_all
 from node.core.job import Job
 from node.core.sources import open_source
 from node.server.answercache import ANSWER_CACHE_BYTES
-from node.server.jobs import JobManager
+from node.server.jobs import INLINE_ELEMS, JobManager
 from node.server.peers import PeerTable
 
 
@@ -490,3 +490,22 @@ async def test_every_partial_says_the_run_whose_call_it_answers(start_cluster: A
         for _ in range(3):
             assert (await client.submit(op="sum", source="range:n=100000")).result == 4999950000
     assert took and all(said == number > 0 for said, number in took), took
+
+
+async def test_a_failed_shard_is_logged_with_its_job_id(caplog: pytest.LogCaptureFixture) -> None:
+    """`--log-format json` puts a record's `job_id` in its line: the job's own failures said none."""
+    from node.errors import JobFailed
+
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 17)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    jobs.compute = jobs.lanes.compute = broken  # the leader's own shards: nobody else to take them
+    # One shard (past what is computed on the loop itself), then many: the pool, then the lanes.
+    for job_id, rows in (("one-shard-job", INLINE_ELEMS + 1), ("sharded-job", 1 << 19)):
+        caplog.clear()
+        with pytest.raises(JobFailed, match="computation failed: boom"):
+            await jobs.submit(job_id, Job(op="sum", source=f"range:n={rows}"))
+        failed = [r for r in caplog.records if "computation failed" in r.getMessage()]
+        assert failed and all(getattr(r, "job_id", None) == job_id for r in failed), failed

@@ -54,7 +54,8 @@ class BeatSender:
         if link is None or not link.takes_chunks or not 0 < chunk_bytes < len(snapshot.data):
             return False
         log.info("sending %s the snapshot at %d (%d bytes, in chunks of %d): it lacks entries compacted away",
-                 self.peers.name(snapshot.dst), snapshot.index, len(snapshot.data), chunk_bytes)
+                 self.peers.name(snapshot.dst), snapshot.index, len(snapshot.data), chunk_bytes,
+                 extra={"peer": snapshot.dst})
         bare = dataclasses.replace(snapshot, data=b"")
         head = beat_to_proto(bare, self.config.address, self.config.tick_ms)
         link.send_chunks(head, snapshot.data, chunk_bytes)
@@ -66,14 +67,14 @@ class BeatSender:
         limit = self._limit(snapshot.dst)
         if len(snapshot.data) + SNAPSHOT_ENVELOPE_BYTES <= limit:
             log.info("sending %s the snapshot at %d (%d bytes): it lacks entries compacted away",
-                     who, snapshot.index, len(snapshot.data))
+                     who, snapshot.index, len(snapshot.data), extra={"peer": snapshot.dst})
             return True
         if (snapshot.dst, snapshot.index) not in self._oversized:
             self._oversized.add((snapshot.dst, snapshot.index))
             log.error("%s lacks entries this leader holds only in its snapshot at %d, and the snapshot "
                       "(%d bytes) is over --max-message-bytes (%d): it cannot be caught up; give every node "
                       "a larger --max-message-bytes, or a smaller --keep-result-bytes",
-                      who, snapshot.index, len(snapshot.data), limit)
+                      who, snapshot.index, len(snapshot.data), limit, extra={"peer": snapshot.dst})
         return False
 
     def _limit(self, follower: str) -> int:

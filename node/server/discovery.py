@@ -153,7 +153,8 @@ class IdDiscovery:
         for setting, what in mismatches(self.settings, reply).items():
             if (address, setting) not in self._warned:
                 self._warned.add((address, setting))
-                log.warning("peer %s runs with %s; give every node the same", self.peers.name(address), what)
+                log.warning("peer %s runs with %s; give every node the same", self.peers.name(address), what,
+                            extra={"peer": address})
         self._learnt.set()
 
     async def ask_again(self, address: str) -> None:

@@ -127,7 +127,7 @@ class HeartbeatLink:
         on_udp = self.on_udp
         if on_udp and not self._logged_udp:
             self._logged_udp = True
-            log.info("heartbeats to %s go by UDP", self.address)
+            log.info("heartbeats to %s go by UDP", self.address, extra={"peer": self.address})
         if self._beacon is not None:
             self._beacon.send(seq, request)
             self.sent_udp += 1

@@ -346,7 +346,7 @@ class JobManager:
             run.fail(exc)
             return
         except Exception as exc:
-            log.exception("job %s: computation failed", run.job_id)
+            log.exception("job %s: computation failed", run.job_id, extra={"job_id": run.job_id})
             run.fail(JobFailed(f"computation failed: {exc}"))  # _run raises it
             return
         run.accept(0, self.node_id, partial, times)

@@ -103,7 +103,7 @@ class Lanes:
             run.fail(exc)
         except Exception as exc:
             # Workers may fail and be replaced; the leader is the last resort.
-            log.exception("job %s: local computation failed", run.job_id)
+            log.exception("job %s: local computation failed", run.job_id, extra={"job_id": run.job_id})
             run.fail(JobFailed(f"computation failed: {exc}"))
 
     async def _compute_local(self, run: JobRun, source: DataSource, batch_size: int) -> None:
@@ -159,7 +159,7 @@ class Lanes:
             given = await self._answer(give_up(shard), holder)
         except Exception:  # a best-effort ask: whatever went wrong, the shard stays where it is
             log.exception("job %s: asking %s for shard %d failed", run.job_id, self.peers.id_of(holder),
-                          shard)
+                          shard, extra={"job_id": run.job_id, "peer": holder, "shard": shard})
         finally:
             run.holdings.settle(thief, shard, given)
         if run.trace is not None:
@@ -244,7 +244,8 @@ class Lanes:
                 run.failed_nodes.add(address)
             except Exception:
                 # A bug here must not strand the batch: log it, drop the worker.
-                log.exception("job %s: lane to %s failed", run.job_id, address)
+                log.exception("job %s: lane to %s failed", run.job_id, address,
+                              extra={"job_id": run.job_id, "peer": address})
                 run.failed_nodes.add(address)
             finally:
                 # Anything the worker claimed but did not deliver goes back,
