@@ -111,3 +111,63 @@ def test_a_runner_whose_output_ended_but_not_it_is_killed_after_the_reps_timeout
         assert server.process.poll() is not None, "the runner was left running"
     finally:
         server.close()
+
+
+def test_the_peers_square_then_sum_a_block_at_a_time_and_agree_with_numpy() -> None:
+    """The peers squared a whole third at once (a 267 MB temporary in fresh pages): their
+    square-then-sum measured that kernel, not their reduction. They square as distnode
+    does now, a block at a time into one buffer, with the same answer."""
+    import numpy as np
+    from bench_peers import peerdata
+
+    data = np.random.default_rng(3).random(3 * peerdata.SQUARE_BLOCK + 17)
+    assert np.isclose(peerdata.square_sum(data), float(np.sum(np.square(data))), rtol=1e-12, atol=0)
+    assert peerdata.square_sum(data[:5]) == float(np.sum(np.square(data[:5])))
+
+
+def test_cpu_between_two_readings_does_not_subtract_a_thread_that_ended() -> None:
+    """Idle CPU summed the live threads' totals at both ends: a thread that ended in the
+    window (gRPC ends idle pool threads after 20 s) took its whole life off the figure."""
+    import threading
+
+    before = rounds.thread_times_s(os.getpid())
+    assert before is not None
+
+    def spin() -> None:
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    worker.join()  # born and ended between the readings
+    mid = rounds.thread_times_s(os.getpid())
+    assert mid is not None
+    lived = threading.Thread(target=spin)
+    lived.start()
+    lived.join()
+    after = rounds.thread_times_s(os.getpid())
+    assert after is not None
+    assert rounds.cpu_between_s(before, after) >= 0
+    # A reading that holds a thread the later one has not: it is not taken off.
+    ended = {**mid, "ended-thread": 0.2}
+    assert rounds.cpu_between_s(ended, after) == rounds.cpu_between_s(mid, after) >= 0
+
+
+def test_the_quiet_check_counts_what_others_spent_whoever_it_was() -> None:
+    """It summed the utime+stime of the other processes alive at both ends of a sample: one
+    that came and went between them, or children another process reaped, counted nothing,
+    and a virtual machine's stolen time was not read. Others' cores are now the machine's
+    busy time less this bench's own, its reaped children's included."""
+    import subprocess
+
+    from benchlib import loadwatch
+
+    watch = loadwatch.LoadWatch()
+    own0 = watch._own_ticks()
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)  # a child, reaped
+    assert (watch._own_ticks() - own0) / os.sysconf("SC_CLK_TCK") >= 0.25, "a reaped child is ours"
+    ticks = os.sysconf("SC_CLK_TCK")  # readings of ((busy, stolen), ours), 2 s apart
+    others, stolen = watch._cores(((1000, 50), 400), ((1150, 90), 420), 2.0)
+    assert (others, stolen) == (130 / ticks / 2.0, 40 / ticks / 2.0)

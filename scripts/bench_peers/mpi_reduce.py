@@ -2,7 +2,8 @@
 
 Each rank memory-maps the .npy once (the map is reused across reps), then for
 every rep: `Barrier`, its clock start, its contiguous third summed (or squared
-and summed) with numpy, `comm.reduce(op=SUM, root=0)`; rank 0 stops the clock
+and summed a block at a time, `peerdata.square_sum`) with numpy,
+`comm.reduce(op=SUM, root=0)`; rank 0 stops the clock
 when the reduced value arrives, and the rep's time runs from the *earliest*
 rank's start (gathered after the rep, off the clock; CLOCK_MONOTONIC, one
 clock for every process of a host). Timing from rank 0's own start, as
@@ -66,7 +67,7 @@ def main() -> int:
             out["big_sum"] = {**peerdata.summary(samples), "result": value}
         if "big_square_sum" in figures:
             samples, value = timed(
-                lambda: comm.reduce(float(np.sum(np.square(mine))), op=MPI.SUM, root=0)
+                lambda: comm.reduce(peerdata.square_sum(mine), op=MPI.SUM, root=0)
             )
             out["big_square_sum"] = {**peerdata.summary(samples), "result": value}
     if "vector_reduce" in figures:
@@ -115,7 +116,7 @@ def serve(spec: dict[str, Any], comm: Any, mpi: Any) -> int:
     mine = data[start:stop]
     bodies: dict[str, Callable[[], Any]] = {
         "big_sum": lambda: comm.reduce(float(np.sum(mine)), op=mpi.SUM, root=0),
-        "big_square_sum": lambda: comm.reduce(float(np.sum(np.square(mine))), op=mpi.SUM, root=0),
+        "big_square_sum": lambda: comm.reduce(peerdata.square_sum(mine), op=mpi.SUM, root=0),
     }
     if peerdata.memmap(spec["vec"]).shape[0] == size:
         row = peerdata.row(spec["vec"], rank)

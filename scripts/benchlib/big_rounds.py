@@ -89,13 +89,21 @@ def measure_big(cluster: Any, data: Data, p: Params, res: dict[str, Any]) -> dic
             out[figure] = {**described(reps["distnode"]), **_distnode_answers(figure, reps["distnode"], data)}
             for name in peers:
                 answer = "result_first" if figure == "vector_reduce" else "result"
-                res["peers"].setdefault(name, {})[figure] = {**described(reps[name]),
-                                                             answer: reps[name][-1].value}
+                wrong = sum(not close_enough(rep.value, right_answer(figure, data)) for rep in reps[name])
+                res["peers"].setdefault(name, {})[figure] = {
+                    **described(reps[name]), answer: reps[name][-1].value, "wrong_reps": wrong}
             res.setdefault("rounds", {})[figure] = round_ratios(reps, "distnode", peers)
             medians = {n: f"{v['median']:.2f}" for n, v in res["rounds"][figure].items()}
             log(f"distnode {figure}: median {out[figure]['median_ms']:.1f} ms, ratios {medians}, "
                 f"correct {out[figure]['correct']}")
     return out
+
+
+def right_answer(figure: str, data: Data) -> float:
+    """A peer's right answer to `figure`: the vector reduce's is its first element."""
+    if figure == "vector_reduce":
+        return float(data.expected_vec[0])
+    return data.expected_sum if figure == "big_sum" else data.expected_square_sum
 
 
 def _distnode_answers(figure: str, reps: list[Rep], data: Data) -> dict[str, Any]:

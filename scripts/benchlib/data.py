@@ -237,11 +237,20 @@ def answer_checks(res: dict[str, Any], data: Data) -> list[str]:
             problems.append(f"distnode formats {name}: answer wrong, or not the same bits every round")
     if (formats.get("identity") or {}).get("differing"):
         problems.append(f"distnode formats: 1 node and 3 nodes differ on {formats['identity']['differing']}")
+    scaling = res["distnode"].get("scaling") or {}
+    for label in scaling.get("wrong_answers") or ():
+        problems.append(f"scaling: {label} gave a wrong big sum")
+    expected_first = float(data.expected_vec[0]) if data.expected_vec.size else None
     for name, peer in res["peers"].items():
-        for key, expected in (("big_sum", data.expected_sum), ("big_square_sum", data.expected_square_sum)):
-            value = (peer or {}).get(key, {}).get("result")
-            if value is not None and not close_enough(value, expected):
+        for key, expected, said in (("big_sum", data.expected_sum, "result"),
+                                    ("big_square_sum", data.expected_square_sum, "result"),
+                                    ("vector_reduce", expected_first, "result_first")):
+            figure = (peer or {}).get(key, {})
+            value = figure.get(said)
+            if value is not None and expected is not None and not close_enough(value, expected):
                 problems.append(f"{name} {key} = {value!r}, expected {expected!r}")
+            if figure.get("wrong_reps"):
+                problems.append(f"{name} {key}: {figure['wrong_reps']} reps gave a wrong answer")
         for fmt_name, figure in ((peer or {}).get("formats") or {}).items():
             if not close_enough(figure.get("result"), data.expected_sum):
                 value = figure.get("result")

@@ -1,10 +1,15 @@
 """How busy the rest of the machine is while the bench runs, phase by phase.
 
-A benchmark on a shared machine is only as good as its quiet: the CPU time
-(utime+stime from /proc) of every process that is not this process or one
-of its descendants is summed per phase and reported as cores in use. The
-notes under the table flag a phase where others used more than
-`QUIET_CORES` on average; before each phase the bench can wait for quiet.
+A benchmark on a shared machine is only as good as its quiet. The machine's
+busy time (/proc/stat: every CPU's user, nice, system, irq and softirq time)
+less what this process and its descendants spent (utime+stime, and cutime+
+cstime for the children they reaped) is what others used: so a process that
+starts and ends between two samples counts too, as summing the others' own
+utime+stime missed it. The hypervisor's steal time (a virtual machine's
+vCPUs not running because the host ran something else) is reported beside
+it. The notes under the table flag a phase where others used more than
+`QUIET_CORES` on average, or more than BURST_CORES in one sample, or steal
+passed `QUIET_CORES`; before each phase the bench can wait for quiet.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from benchlib import log
 
 #: Other processes using less than this many cores on average leave a phase's figures trustworthy.
 QUIET_CORES = 0.1
+#: ... and never more than this in one sample (a burst inside one system's reps).
+BURST_CORES = 0.5
 
 
 class LoadWatch:
@@ -66,12 +73,32 @@ class LoadWatch:
 
     def foreign_cores(self, seconds: float = 1.0) -> float:
         """Cores used by other processes over the next `seconds`."""
-        before, _ = self._snapshot()
+        before = _machine_ticks(), self._own_ticks()
         t0 = time.monotonic()
         time.sleep(seconds)
-        after, _ = self._snapshot()
-        used = sum(after[pid] - before[pid] for pid in after if pid in before)
-        return used / self._ticks / (time.monotonic() - t0)
+        after = _machine_ticks(), self._own_ticks()
+        return self._cores(before, after, time.monotonic() - t0)[0]
+
+    def _cores(self, before: tuple[tuple[int, int], int], after: tuple[tuple[int, int], int],
+               seconds: float) -> tuple[float, float]:
+        """Cores others used, and cores stolen, between two readings `seconds` apart."""
+        (busy0, steal0), own0 = before
+        (busy1, steal1), own1 = after
+        others = max(0, (busy1 - busy0) - (own1 - own0))  # the two are read a moment apart
+        return others / self._ticks / seconds, (steal1 - steal0) / self._ticks / seconds
+
+    def _own_ticks(self) -> int:
+        """CPU ticks of this process and its descendants, with the children they reaped."""
+        stats, parents = {}, {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = _fields((entry / "stat").read_text())
+                except OSError:
+                    continue
+                stats[int(entry.name)], parents[int(entry.name)] = fields, int(fields[1])
+        ours = _descendants(os.getpid(), parents)
+        return sum(sum(int(f) for f in stats[pid][11:15]) for pid in ours if pid in stats)
 
     def _snapshot(self) -> tuple[dict[int, int], dict[int, str]]:
         """CPU ticks of every process outside this benchmark's tree, and every process's name."""
@@ -84,9 +111,8 @@ class LoadWatch:
             except OSError:
                 continue
             pid = int(entry.name)
-            close = stat.rindex(")")
-            fields = stat[close + 2:].split()
-            names[pid] = stat[stat.index("(") + 1:close]
+            fields = _fields(stat)
+            names[pid] = stat[stat.index("(") + 1:stat.rindex(")")]
             parents[pid] = int(fields[1])
             cpu[pid] = int(fields[11]) + int(fields[12])
         ours = _descendants(os.getpid(), parents)
@@ -95,31 +121,50 @@ class LoadWatch:
 
     def _run(self) -> None:
         before, _ = self._snapshot()
+        totals = _machine_ticks(), self._own_ticks()
         t0 = time.monotonic()
         while not self._stop.wait(self.interval_s):
             after, names = self._snapshot()
+            now = _machine_ticks(), self._own_ticks()
             t1 = time.monotonic()
+            others, stolen = self._cores(totals, now, t1 - t0)
+            # Who it was, where they lived through the sample (a process that came and went is
+            # in `foreign_cores`, not here).
             deltas = {pid: after[pid] - before[pid] for pid in after if pid in before}
             top = sorted(deltas.items(), key=lambda kv: -kv[1])[:3]
             self.samples.append({
                 "phase": self.phase, "seconds": t1 - t0, "loadavg1": os.getloadavg()[0],
-                "foreign_cores": sum(deltas.values()) / self._ticks / (t1 - t0),
+                "foreign_cores": others, "steal_cores": stolen,
                 "top": [f"{names.get(pid, '?')}[{pid}] {d / self._ticks / (t1 - t0):.2f}" for pid, d in top],
             })
-            before, t0 = after, t1
+            before, totals, t0 = after, now, t1
 
     def report(self) -> dict[str, Any]:
         """Per phase: mean and max cores used by others, max load average; and every sample."""
-        phases: dict[str, dict[str, Any]] = {}
+        phases: dict[str, dict[str, list[float]]] = {}
         for sample in self.samples:
-            phase = phases.setdefault(sample["phase"], {"foreign_cores": [], "loadavg1": []})
-            phase["foreign_cores"].append(sample["foreign_cores"])
-            phase["loadavg1"].append(sample["loadavg1"])
+            phase = phases.setdefault(sample["phase"],
+                                      {"foreign_cores": [], "steal_cores": [], "loadavg1": []})
+            for key, values in phase.items():
+                values.append(sample[key])
         return {
             name: {"foreign_cores_mean": statistics.mean(v["foreign_cores"]),
-                   "foreign_cores_max": max(v["foreign_cores"]), "loadavg1_max": max(v["loadavg1"])}
+                   "foreign_cores_max": max(v["foreign_cores"]),
+                   "steal_cores_mean": statistics.mean(v["steal_cores"]), "loadavg1_max": max(v["loadavg1"])}
             for name, v in phases.items()
         } | {"samples": self.samples}
+
+
+def _fields(stat: str) -> list[str]:
+    """The fields of a /proc/PID/stat line after the command's name (which may hold spaces)."""
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """Every CPU's busy ticks (user, nice, system, irq, softirq) and stolen ticks, since boot."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal
 
 
 def _descendants(root: int, parents: dict[int, int]) -> set[int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchlib.loadwatch import QUIET_CORES
+from benchlib.loadwatch import BURST_CORES, QUIET_CORES
 from benchlib.peers import PEERS
 from benchlib.rows import Row, fmt
 
@@ -111,10 +111,14 @@ def result_notes(res: dict[str, Any]) -> list[str]:
 
 
 def _load_note(machine_load: dict[str, Any]) -> str:
-    busy = {k: v for k, v in machine_load.items() if k != "samples" and v["foreign_cores_mean"] > QUIET_CORES}
+    phases = {k: v for k, v in machine_load.items() if k != "samples"}
+    busy = {k: v for k, v in phases.items()
+            if v["foreign_cores_mean"] > QUIET_CORES or v["foreign_cores_max"] > BURST_CORES
+            or v.get("steal_cores_mean", 0.0) > QUIET_CORES}
     if not busy:
-        return f"machine quiet: other processes used < {QUIET_CORES} core on average in every phase"
-    phases = ", ".join(f"'{k}' {v['foreign_cores_mean']:.2f} (max {v['foreign_cores_max']:.2f})"
-                       for k, v in busy.items())
-    return (f"**machine not quiet**: other processes used cores on average during {phases}; "
-            "those figures are suspect (machine_load in the JSON names the processes)")
+        return (f"machine quiet: other processes used < {QUIET_CORES} core on average and < {BURST_CORES}"
+                f" in any sample, and the host stole < {QUIET_CORES} core, in every phase")
+    said = ", ".join(f"'{k}' {v['foreign_cores_mean']:.2f} (max {v['foreign_cores_max']:.2f}, stolen"
+                     f" {v.get('steal_cores_mean', 0.0):.2f})" for k, v in busy.items())
+    return (f"**machine not quiet**: other processes' cores on average, at most, and the host's steal during"
+            f" {said}; those figures are suspect (machine_load in the JSON names the processes)")

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -125,17 +125,26 @@ class Server:
         self._stderr.close()
 
 
-def run_time_s(pid: int) -> float | None:
-    """CPU time of a process's live threads in nanoseconds' precision (schedstat), None if unknown.
+def thread_times_s(pid: int) -> dict[str, float] | None:
+    """CPU time of each of a process's live threads, by tid, in nanoseconds' precision
+    (schedstat); None if unknown.
 
     utime+stime count whole clock ticks (10 ms): over an idle window of 30 s
     that is a 0.03 % grain, and a ~1 % figure deserves better.
     """
     try:
-        return sum(int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-                   for tid in os.listdir(f"/proc/{pid}/task")) / 1e9
+        return {tid: int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+                for tid in os.listdir(f"/proc/{pid}/task")}
     except (OSError, ValueError, IndexError):
         return None
+
+
+def cpu_between_s(before: Mapping[object, float], after: Mapping[object, float]) -> float:
+    """CPU spent between two readings of threads' times: each live thread's growth, one born
+    since counted from zero. A thread that ended between them counts nothing (its time since
+    `before` is not known here); the sum of the live threads' totals subtracted its whole
+    life, and gRPC ends idle pool threads 20 s after their last work."""
+    return sum(spent - before.get(thread, 0.0) for thread, spent in after.items())
 
 
 class DistnodeJobs:
@@ -146,15 +155,18 @@ class DistnodeJobs:
         self.cluster, self.jobs, self.keep = cluster, jobs, keep
         self.client = Client(cluster.addresses, timeout=timeout_s)
 
-    def _cpu_s(self) -> float:
-        pids = [pid for nid in self.cluster.ids if (pid := self.cluster.pid(nid))]
-        return sum(run_time_s(pid) or 0.0 for pid in pids) + time.process_time()
+    def _threads_s(self) -> dict[object, float]:
+        """Each daemon thread's CPU time, and this process's, by (pid, tid)."""
+        times: dict[object, float] = {"client": time.process_time()}
+        for pid in (pid for nid in self.cluster.ids if (pid := self.cluster.pid(nid))):
+            times.update(((pid, tid), spent) for tid, spent in (thread_times_s(pid) or {}).items())
+        return times
 
     def rep(self, figure: str) -> Rep:
-        cpu0_s, t0 = self._cpu_s(), time.perf_counter()
+        before, t0 = self._threads_s(), time.perf_counter()
         answer = self.client.submit(**self.jobs[figure])
         elapsed_s = time.perf_counter() - t0
-        cpu_s = self._cpu_s() - cpu0_s
+        cpu_s = cpu_between_s(before, self._threads_s())
         return Rep(elapsed_s, cpu_s, self.keep[figure](answer.array))
 
     def close(self) -> None:
