@@ -548,3 +548,13 @@ def test_partials_are_small_numpy_arrays(tmp_path: Path) -> None:
             result = finalize(job, merge(op, partial, partial))
             assert type(result) is np.ndarray
             assert all(np.array_equal(partial[k], v, equal_nan=True) for k, v in before.items())
+
+
+def test_floats_wider_than_64_bits_are_refused_naming_the_source(tmp_path: Path) -> None:
+    """A float128 .npy was taken: `min`/`max` answered a numpy.longdouble (`submit --json`
+    then failed with a traceback), and its bytes would be another number on a node of
+    another architecture."""
+    np.save(tmp_path / "wide.npy", np.arange(1, 11, dtype=np.longdouble))  # 16 bytes on x86-64 Linux
+    with pytest.raises(InvalidField, match=r"float128.*save it as float64") as refused:
+        validate_job(Job("max", f"npy:{tmp_path / 'wide.npy'}"), None)
+    assert refused.value.field == "source"

@@ -525,3 +525,37 @@ class _Writer:
 ])
 def test_the_per_client_key_is_the_process_or_else_the_connection(sock: object, expected: str) -> None:
     assert localsocket._peer_of(_Writer(sock), 7) == expected  # type: ignore[arg-type]
+
+
+def test_a_welcome_sent_a_byte_at_a_time_cannot_stretch_the_handshake_past_its_timeout() -> None:
+    """The blocking client bounded each recv of the handshake, not the whole: a process that
+    took a dead node's socket name and sent a byte just before each timeout held the client
+    for minutes (a 512-byte welcome, 2 s a byte) before any deadline of its job applied."""
+    import threading
+
+    name = "distnode-" + secrets.token_hex(16)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(localframes.ABSTRACT_PREFIX + name)
+        server.listen()
+        stop = threading.Event()
+
+        def drip() -> None:
+            peer, _ = server.accept()
+            with peer:
+                data = localframes.frame(pb.LocalWelcome(node_id="n1", nonce=b"x" * 16, proof=b"y" * 32))
+                for byte in data:
+                    if stop.wait(0.1):  # well within the client's timeout, every time
+                        return
+                    peer.send(bytes([byte]))
+
+        dripping = threading.Thread(target=drip)
+        dripping.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(TimeoutError):
+                LocalStream(pb.LocalEndpoint(name=name, key=b"k" * 32), None, 1 << 20, timeout_s=0.5)  # type: ignore[arg-type]
+            elapsed_s = time.monotonic() - started
+        finally:
+            stop.set()
+            dripping.join()
+    assert elapsed_s < 1.5, f"the handshake took {elapsed_s:.1f} s for a timeout of 0.5 s"

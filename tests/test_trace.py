@@ -129,6 +129,11 @@ def test_spans_round_trip_and_a_document_names_each_node_and_lane() -> None:
     assert spans_from_json(spans_to_json(spans)) == spans
     with pytest.raises(ValueError, match="trace_json"):
         spans_from_json('[{"name": 1}]')
+    # Fields of the wrong type were taken, and failed later outside the caller's guard.
+    good = json.loads(spans_to_json(spans[:1]))[0]
+    for wrong in ({**good, "start_ns": "1000"}, {**good, "lane": 7}, {**good, "args": []}):
+        with pytest.raises(ValueError, match="trace_json"):
+            spans_from_json(json.dumps([wrong]))
     document = trace_document(spans)
     events = spans_of(document)
     assert [(e["node"], e["lane"], e["ts"], e["dur"]) for e in events] == [

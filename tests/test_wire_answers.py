@@ -117,3 +117,16 @@ def test_relayed_bytes_pass_through_untouched() -> None:
     assert serialize_submit_reply(raw) is raw
     plain = reference(np.arange(3.0), {"job_id": "k"})
     assert serialize_submit_reply(plain) == plain.SerializeToString()
+
+
+@pytest.mark.parametrize(("dtype", "shape", "data"), [
+    ("<f8", [1 << 40, 0], b""),  # holds no byte, and `tolist()` would build 2^40 lists
+    ("<f8", [1, 1, 1], bytes(8)),
+    ("<f16", [], bytes(16)),  # x87's 80 bits here, IEEE's 128 elsewhere
+    ("<f8", [3, 0], b""),
+])
+def test_a_tensor_no_partial_or_answer_can_be_is_refused(dtype: str, shape: list[int], data: bytes) -> None:
+    from node.wire.tensors import tensor_from_proto
+
+    with pytest.raises(ValueError, match="tensor"):
+        tensor_from_proto(pb.Tensor(dtype=dtype, shape=shape, data=data))

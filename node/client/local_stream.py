@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import socket
 import threading
+import time
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -52,12 +53,13 @@ class LocalStream:
         """Connect and shake hands within `timeout_s`; OSError (NotProven, TimeoutError, ...)
         or DecodeError if that fails."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline_s = time.monotonic() + timeout_s  # the whole handshake's, not each recv's
         try:
             sock.settimeout(timeout_s)
             sock.connect(ABSTRACT_PREFIX + endpoint.name)
             nonce, first = hello()
             sock.sendall(first)
-            welcome = read_blocking(sock, pb.LocalWelcome, HANDSHAKE_MAX_BYTES)
+            welcome = read_blocking(sock, pb.LocalWelcome, HANDSHAKE_MAX_BYTES, deadline_s)
             sock.sendall(answer_welcome(endpoint.key, nonce, welcome))
             sock.settimeout(None)  # a job's deadline is the node's, and the watchdog's
         except BaseException:

@@ -122,6 +122,9 @@ def check_array(what: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None
     """The shapes and dtypes a source may have: 1-D or 2-D, numeric, not empty."""
     if dtype.kind not in NUMERIC_KINDS:
         raise InvalidField("source", f"{what} has dtype {dtype}; need bool, integer or float data")
+    if dtype.kind == "f" and dtype.itemsize > 8:  # x87's 80 bits here, IEEE's 128 on another machine
+        raise InvalidField("source", f"{what} has dtype {dtype}, whose bytes mean another number on"
+                                     " another kind of machine; save it as float64")
     if len(shape) not in (1, 2):
         raise InvalidField("source", f"{what} is {len(shape)}-D; need 1-D or 2-D data")
     if math.prod(shape) == 0:

@@ -31,6 +31,7 @@ import os
 import secrets
 import socket
 import struct
+import time
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -188,10 +189,12 @@ async def shake_hands(
     return reader, writer, welcome
 
 
-def read_blocking(sock: socket.socket, kind: type[M], max_bytes: int) -> M:
-    """The next message; ConnectionError if the node closed the socket."""
-    length = _length(_exactly(sock, HEADER.size), max_bytes)
-    return kind.FromString(_exactly(sock, length))
+def read_blocking(sock: socket.socket, kind: type[M], max_bytes: int, deadline_s: float | None = None) -> M:
+    """The next message; ConnectionError if the node closed the socket. With `deadline_s`
+    (time.monotonic()), TimeoutError once it passes, however the bytes trickle in: the
+    socket's own timeout bounds each recv, and a peer sending a byte at a time resets it."""
+    length = _length(_exactly(sock, HEADER.size, deadline_s), max_bytes)
+    return kind.FromString(_exactly(sock, length, deadline_s))
 
 
 class FrameReader:
@@ -233,13 +236,18 @@ class FrameReader:
         return True
 
 
-def _exactly(sock: socket.socket, size: int) -> bytes:
+def _exactly(sock: socket.socket, size: int, deadline_s: float | None = None) -> bytes:
     if size == 0:
         return b""
     buffer = bytearray(size)
     view = memoryview(buffer)
     got = 0
     while got < size:
+        if deadline_s is not None:
+            left_s = deadline_s - time.monotonic()
+            if left_s <= 0:
+                raise TimeoutError("local socket: the node's answer did not come in time")
+            sock.settimeout(left_s)
         n = sock.recv_into(view[got:])
         if n == 0:
             raise ConnectionError("local socket: closed by the node")

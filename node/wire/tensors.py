@@ -45,9 +45,13 @@ def tensor_from_proto(tensor: pb.Tensor, data: bytes | memoryview | None = None)
         dtype = np.dtype(tensor.dtype)
     except (TypeError, ValueError):
         raise ValueError(f"tensor dtype {tensor.dtype!r} is not a numpy dtype") from None
-    if dtype.kind not in _WIRE_KINDS:
-        raise ValueError(f"tensor dtype {tensor.dtype!r} is not numeric")
+    if dtype.kind not in _WIRE_KINDS or (dtype.kind == "f" and dtype.itemsize > 8):
+        raise ValueError(f"tensor dtype {tensor.dtype!r} is not a portable number")
     shape = tuple(int(n) for n in tensor.shape)
+    # No partial or answer is more; and an empty one of shape (2**40, 0), no byte long, would
+    # be 2^40 empty lists to `tolist()`.
+    if len(shape) > 2 or (math.prod(shape) == 0 and any(shape)):
+        raise ValueError(f"tensor of shape {shape}: at most 2-D, and an empty one empty in every dimension")
     expected = math.prod(shape) * dtype.itemsize
     if expected != len(data) or any(n < 0 for n in shape):
         raise ValueError(f"tensor of shape {shape} and dtype {dtype} cannot hold {len(data)} bytes")

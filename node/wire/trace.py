@@ -40,8 +40,8 @@ def spans_to_json(spans: Iterable[Span]) -> str:
 def spans_from_json(text: str) -> list[Span]:
     """The leader's spans as sent; ValueError if they are not spans."""
     try:
-        return [Span(**item) for item in json.loads(text)]
-    except (TypeError, json.JSONDecodeError) as exc:
+        return msgspec.json.decode(text, type=list[Span])
+    except msgspec.DecodeError as exc:  # malformed JSON, or a field of the wrong type
         raise ValueError(f"trace_json: not a list of spans: {exc}") from None
 
 
