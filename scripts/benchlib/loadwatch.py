@@ -23,6 +23,8 @@ from typing import Any
 
 from benchlib import log
 
+#: The machine's (busy, stolen) ticks, and ours by pid.
+Reading = tuple[tuple[int, int], dict[int, int]]
 #: Other processes using less than this many cores on average leave a phase's figures trustworthy.
 QUIET_CORES = 0.1
 #: ... and never more than this in one sample (a burst inside one system's reps).
@@ -79,16 +81,22 @@ class LoadWatch:
         after = _machine_ticks(), self._own_ticks()
         return self._cores(before, after, time.monotonic() - t0)[0]
 
-    def _cores(self, before: tuple[tuple[int, int], int], after: tuple[tuple[int, int], int],
-               seconds: float) -> tuple[float, float]:
-        """Cores others used, and cores stolen, between two readings `seconds` apart."""
+    def _cores(self, before: Reading, after: Reading, seconds: float) -> tuple[float, float]:
+        """Cores others used, and cores stolen, between two readings `seconds` apart.
+
+        Ours is what each process in our tree at the second reading grew by (all it has, if
+        it is new): one that left the tree (a daemon that detached, as Ray's do) counts as
+        another's from then, but the history it took along is not read as others' work; a
+        child of ours that one of ours reaped adds its life to its parent's, which can only
+        make that sample's figure for others low (never below 0)."""
         (busy0, steal0), own0 = before
         (busy1, steal1), own1 = after
-        others = max(0, (busy1 - busy0) - (own1 - own0))  # the two are read a moment apart
+        ours = sum(max(0, ticks - own0.get(pid, 0)) for pid, ticks in own1.items())
+        others = max(0, (busy1 - busy0) - ours)
         return others / self._ticks / seconds, (steal1 - steal0) / self._ticks / seconds
 
-    def _own_ticks(self) -> int:
-        """CPU ticks of this process and its descendants, with the children they reaped."""
+    def _own_ticks(self) -> dict[int, int]:
+        """CPU ticks of this process and each descendant, with the children each reaped."""
         stats, parents = {}, {}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -98,7 +106,7 @@ class LoadWatch:
                     continue
                 stats[int(entry.name)], parents[int(entry.name)] = fields, int(fields[1])
         ours = _descendants(os.getpid(), parents)
-        return sum(sum(int(f) for f in stats[pid][11:15]) for pid in ours if pid in stats)
+        return {pid: sum(int(f) for f in stats[pid][11:15]) for pid in ours if pid in stats}
 
     def _snapshot(self) -> tuple[dict[int, int], dict[int, str]]:
         """CPU ticks of every process outside this benchmark's tree, and every process's name."""
