@@ -45,8 +45,11 @@ def tensor_from_proto(tensor: pb.Tensor, data: bytes | memoryview | None = None)
         dtype = np.dtype(tensor.dtype)
     except (TypeError, ValueError):
         raise ValueError(f"tensor dtype {tensor.dtype!r} is not a numpy dtype") from None
-    if dtype.kind not in _WIRE_KINDS or (dtype.kind == "f" and dtype.itemsize > 8):
-        raise ValueError(f"tensor dtype {tensor.dtype!r} is not a portable number")
+    if dtype.kind not in _WIRE_KINDS:
+        raise ValueError(f"tensor dtype {tensor.dtype!r} is not numeric")
+    if dtype.kind == "f" and dtype.itemsize > 8:  # x87's 80 bits here, IEEE's 128 elsewhere
+        raise ValueError(f"tensor dtype {tensor.dtype!r}: a float wider than 64 bits is not the same number"
+                         " on every machine")
     shape = tuple(int(n) for n in tensor.shape)
     # No partial or answer is more; and an empty one of shape (2**40, 0), no byte long, would
     # be 2^40 empty lists to `tolist()`.
