@@ -383,8 +383,10 @@ def test_children_never_outlive_the_harness(tmp_path: Any) -> None:
         "print(' '.join(str(c.pid(n)) for n in c.ids), flush=True)\n"
         "sys.stdin.read()\n"
     )
+    # A harness killed so cannot remove its work directory: it goes under tmp_path.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True) as parent:
+                          text=True, env=env) as parent:
         try:
             assert parent.stdout is not None
             pids = [int(p) for p in parent.stdout.readline().split()]
