@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from simnet import SimNet
-from test_election_sim import ELECTION_BOUND_TICKS, check_jobs, ids
+from test_election_sim import ELECTION_BOUND_TICKS, ids, settle_every_job
 
 from node.core.messages import Heartbeat, Message
 from node.core.replication import BEAT_ENVELOPE_BYTES
@@ -95,14 +95,7 @@ def bounded_schedule(seed: int, **overrides: Any) -> BoundedNet:
     net.drop = net.duplicate = 0.0
     for node in sorted(net.down):
         net.restart(node)
-    assert net.run_until_stable(ELECTION_BOUND_TICKS) is not None, f"seed={seed}: no leader after healing"
-    for _ in range(3):
-        for job_id in sorted(set(net.submitted) - net.acknowledged):
-            net.submit(job_id)
-        assert net.settle(4 * ELECTION_BOUND_TICKS) is not None, f"seed={seed}: the log did not settle"
-        if net.acknowledged == set(net.submitted):
-            break
-    check_jobs(net, seed)
+    settle_every_job(net, seed, 4 * ELECTION_BOUND_TICKS)  # a snapshot may be needed first
     return net
 
 

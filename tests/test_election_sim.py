@@ -453,21 +453,26 @@ def random_schedule(seed: int, **overrides: Any) -> SimNet:
         net.resume(node)
     for node in sorted(net.down):
         net.restart(node)
+    settle_every_job(net, seed, ELECTION_BOUND_TICKS)
+    return net
+
+
+def settle_every_job(net: SimNet, seed: int, settle_ticks: int) -> None:
+    """Once the network is healthy: a leader within ELECTION_BOUND_TICKS, then the clients
+    resubmit what was never acknowledged (same job ids), until it is: a leader elected
+    before the heal may still be deposed by CheckQuorum for the silence before it, and
+    what it took unreplicated is then gone, as for any leader. Then every node must hold
+    the same jobs, each once, and every acknowledged one (`check_jobs`)."""
     assert net.run_until_stable(ELECTION_BOUND_TICKS) is not None, (
         f"seed={seed}: no leader {ELECTION_BOUND_TICKS} ticks after healing"
     )
-    # The clients resubmit what was never acknowledged (same job ids), until it is: a leader
-    # elected before the heal may still be deposed by CheckQuorum for the silence before it,
-    # and what it took unreplicated is then gone, as for any leader. Then every node must
-    # hold the same jobs, each once, and every acknowledged one.
     for _ in range(3):
         for job_id in sorted(set(net.submitted) - net.acknowledged):
             net.submit(job_id)
-        assert net.settle(ELECTION_BOUND_TICKS) is not None, f"seed={seed}: the log did not settle"
+        assert net.settle(settle_ticks) is not None, f"seed={seed}: the log did not settle"
         if net.acknowledged == set(net.submitted):
             break
     check_jobs(net, seed)
-    return net
 
 
 def check_jobs(net: SimNet, seed: int) -> None:
