@@ -164,10 +164,10 @@ def test_the_quiet_check_counts_what_others_spent_whoever_it_was() -> None:
     from benchlib import loadwatch
 
     watch = loadwatch.LoadWatch()
-    own0 = watch._own_ticks()
+    own0 = watch._reading()[0][1]
     burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
     subprocess.run([sys.executable, "-c", burn], check=True)  # a child, reaped
-    grown = sum(ticks - own0.get(pid, 0) for pid, ticks in watch._own_ticks().items())
+    grown = sum(ticks - own0.get(pid, 0) for pid, ticks in watch._reading()[0][1].items())
     assert grown / os.sysconf("SC_CLK_TCK") >= 0.25, "a reaped child is ours"
     ticks = os.sysconf("SC_CLK_TCK")  # readings of ((busy, stolen), ours by pid), 2 s apart
     others, stolen = watch._cores(((1000, 50), {1: 400, 2: 300}), ((1150, 90), {1: 420}), 2.0)

@@ -75,10 +75,10 @@ class LoadWatch:
 
     def foreign_cores(self, seconds: float = 1.0) -> float:
         """Cores used by other processes over the next `seconds`."""
-        before = _machine_ticks(), self._own_ticks()
+        before = self._reading()[0]
         t0 = time.monotonic()
         time.sleep(seconds)
-        after = _machine_ticks(), self._own_ticks()
+        after = self._reading()[0]
         return self._cores(before, after, time.monotonic() - t0)[0]
 
     def _cores(self, before: Reading, after: Reading, seconds: float) -> tuple[float, float]:
@@ -95,22 +95,10 @@ class LoadWatch:
         others = max(0, (busy1 - busy0) - ours)
         return others / self._ticks / seconds, (steal1 - steal0) / self._ticks / seconds
 
-    def _own_ticks(self) -> dict[int, int]:
-        """CPU ticks of this process and each descendant, with the children each reaped."""
-        stats, parents = {}, {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = _fields((entry / "stat").read_text())
-                except OSError:
-                    continue
-                stats[int(entry.name)], parents[int(entry.name)] = fields, int(fields[1])
-        ours = _descendants(os.getpid(), parents)
-        return {pid: sum(int(f) for f in stats[pid][11:15]) for pid in ours if pid in stats}
-
-    def _snapshot(self) -> tuple[dict[int, int], dict[int, str]]:
-        """CPU ticks of every process outside this benchmark's tree, and every process's name."""
-        cpu, names, parents = {}, {}, {}
+    def _reading(self) -> tuple[Reading, dict[int, int], dict[int, str]]:
+        """One pass over /proc: the machine's ticks with ours by pid (a `Reading`), every
+        other process's own CPU ticks, and every process's name."""
+        fields_of, names, parents = {}, {}, {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -118,22 +106,20 @@ class LoadWatch:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            pid = int(entry.name)
-            fields = _fields(stat)
+            pid, fields = int(entry.name), _fields(stat)
+            fields_of[pid], parents[pid] = fields, int(fields[1])
             names[pid] = stat[stat.index("(") + 1:stat.rindex(")")]
-            parents[pid] = int(fields[1])
-            cpu[pid] = int(fields[11]) + int(fields[12])
         ours = _descendants(os.getpid(), parents)
-        foreign = {pid: ticks for pid, ticks in cpu.items() if pid not in ours}
-        return foreign, names
+        # Ours with the children each reaped (cutime, cstime); the others' own utime+stime.
+        own = {pid: sum(int(f) for f in fields[11:15]) for pid, fields in fields_of.items() if pid in ours}
+        foreign = {pid: int(f[11]) + int(f[12]) for pid, f in fields_of.items() if pid not in ours}
+        return (_machine_ticks(), own), foreign, names
 
     def _run(self) -> None:
-        before, _ = self._snapshot()
-        totals = _machine_ticks(), self._own_ticks()
+        totals, before, _ = self._reading()
         t0 = time.monotonic()
         while not self._stop.wait(self.interval_s):
-            after, names = self._snapshot()
-            now = _machine_ticks(), self._own_ticks()
+            now, after, names = self._reading()
             t1 = time.monotonic()
             others, stolen = self._cores(totals, now, t1 - t0)
             # Who it was, where they lived through the sample (a process that came and went is
