@@ -211,10 +211,17 @@ async def test_a_full_disk_refuses_detached_jobs_and_keeps_serving_attached_ones
             await client.submit(op="sum", source="values:1,2", detach=True)
         answers = [await client.submit(op="sum", source=f"values:1,{i}") for i in range(20)]
         assert [a.result for a in answers] == [1 + i for i in range(20)]
-        assert leader.is_leader and leader.ledger.skipped_records == 20
+        # Their records are sized, and skipped, at the next flush.
+        await poll(lambda: leader.ledger.skipped_records == 20, what="the 20 records skipped")
+        assert leader.is_leader and all(leader.ledger.table.get(a.job_id) is None for a in answers)
         leader.ledger._disk_free = lambda: 1 << 30  # room again: detached jobs are taken at once
+        leader.ledger._free_at = -1e9  # (the attached path asks the disk every few seconds)
         job_id = await client.submit(op="sum", source="values:1,2", detach=True)
         assert (await client.result(job_id, wait=5)).result == 3
+        # A skipped record is not taken for one on its way: the job submitted again is recorded.
+        again = await client.submit(op="sum", source="values:1,3", job_id=answers[3].job_id)
+        assert again.result == 4
+        await poll(lambda: leader.ledger.table.get(again.job_id) is not None, what="the record")
 
 
 async def test_the_sources_of_live_detached_jobs_are_bounded_in_bytes(

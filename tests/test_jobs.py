@@ -423,6 +423,32 @@ async def test_an_answer_that_comes_as_its_last_caller_leaves_is_kept(monkeypatc
     assert ran == 4 and jobs.metrics.registry.get_sample_value(computed) == ran, "the job ran again"
 
 
+async def test_the_caller_has_the_answer_one_turn_after_the_last_partial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer's way to its caller went through the driver: a callback to wake it, its
+    bookkeeping and the lanes' ends, a callback to wake the caller; three turns of the loop
+    at least, each running whatever else was ready, before the reply could be written."""
+    from node.server.jobrun import JobRun
+
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 16)
+    job = Job(op="sum", source="random:n=2e5,seed=1")  # 4 shards
+    caller: list[asyncio.Future[Any]] = []
+    answered_next_turn: list[bool] = []
+    finish = JobRun._finish
+
+    def finish_and_look(run: JobRun) -> None:
+        finish(run)
+        asyncio.get_running_loop().call_soon(lambda: answered_next_turn.append(caller[0].done()))
+
+    monkeypatch.setattr(JobRun, "_finish", finish_and_look)
+    caller.append(asyncio.ensure_future(jobs.submit("j", job)))
+    answer = await caller[0]
+    assert answer.result == reduce_all(job, open_source(job.source, None), 1 << 16)
+    assert answered_next_turn == [True]
+    assert jobs.progress("j")[0], "the answer is remembered as it is given"
+    assert jobs.metrics.registry.get_sample_value("distnode_jobs_total", {"outcome": "done"}) == 1
+    await poll_until(lambda: jobs.running_count == 0)  # and the run ends, its driver after
+
+
 async def test_a_late_partial_of_an_abandoned_run_is_not_merged_into_another_job_under_its_id() -> None:
     """A run of job X abandoned (its client gone), then another job submitted under X with as
     many rows: a partial of the first run, still on its way, covered the same rows and was

@@ -68,6 +68,12 @@ class JobRun(msgspec.Struct):
     #: one to stop waiting ends it.
     driver: asyncio.Task[Outcome] | None = None
     waiters: int = 0
+    #: When its first caller's submit began (perf_counter): the job's time in the metrics.
+    submitted_s: float = 0.0
+    #: Its answer is in the answer cache and counted in the metrics (jobs.py `_remember`).
+    remembered: bool = False
+    #: Futures resolved in the very call that finishes the run (`settled`).
+    listeners: list[asyncio.Future[None]] = msgspec.field(default_factory=list)
     #: The run's number, drawn at random, said in its Compute calls and said back in their
     #: partials: a late partial of another run of the same job id is not merged (`accept_partial`).
     number: int = msgspec.field(default_factory=lambda: secrets.randbits(63) + 1)
@@ -75,6 +81,25 @@ class JobRun(msgspec.Struct):
     @property
     def finished(self) -> bool:
         return self.done.done()
+
+    def settled(self) -> asyncio.Future[None]:
+        """A future of one caller's own, resolved as the run finishes, however. A callback on
+        `done` would resolve it a turn of the event loop later, and the task awaiting it wakes a
+        turn after that (asyncio schedules both); the answer's way to its client is the last
+        stretch of every job, so the run resolves it directly. Cancelling it (the caller gone)
+        leaves the run alone."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.finished:
+            waiter.set_result(None)
+        else:
+            self.listeners.append(waiter)
+        return waiter
+
+    def _settle_listeners(self) -> None:
+        listeners, self.listeners = self.listeners, []
+        for waiter in listeners:
+            if not waiter.done():
+                waiter.set_result(None)
 
     @property
     def answered(self) -> bool:
@@ -104,6 +129,7 @@ class JobRun(msgspec.Struct):
         nobody awaits it, which asyncio would log as an error when the future is
         collected."""
         if not self.finished:
+            self._settle_listeners()
             self.done.set_exception(exc)
             self.done.exception()
 
@@ -199,5 +225,8 @@ class JobRun(msgspec.Struct):
             elapsed_ms=(time.perf_counter() - self.started_s) * 1000,
             trace=tuple(self.trace.finish(self.job.op, len(self.shards))) if self.trace is not None else (),
         )
+        # The callers first: asyncio runs what is scheduled in order, and the driver's
+        # bookkeeping (done's callbacks) and the lanes' ends can wait until the answer is out.
+        self._settle_listeners()
         self.done.set_result(outcome)
         self.wakeup.set()

@@ -190,16 +190,25 @@ class JobManager:
             if len(shards) == 1 and (shards[0][1] - shards[0][0]) * (source.cols or 1) <= INLINE_ELEMS:
                 return self._run_inline(job_id, job, source, shards[0], trace)
         run = self._new_run(job_id, job, trace)
+        run.submitted_s = started
         self._running[job_id] = run
-        run.driver = asyncio.create_task(self._drive(run, planned, started))
+        run.driver = asyncio.create_task(self._drive(run, planned))
         return run
 
     async def _wait(self, run: JobRun) -> Outcome:
-        """The run's outcome, for one of its callers. The last caller to stop waiting (its
-        client gone) ends the run; the others keep it."""
+        """The run's outcome, for one of its callers: its answer as soon as it is in (the driver
+        may not have woken yet), anything else as the driver ends. The last caller to stop
+        waiting (its client gone) ends the run; the others keep it."""
         assert run.driver is not None
         run.waiters += 1
         try:
+            if not run.finished:
+                settled = run.settled()
+                # A driver that ends without finishing the run (cancelled before it began).
+                run.driver.add_done_callback(lambda _: _resolve(settled))
+                await settled
+            if run.answered:  # the driver ends the run (its lanes) next: the answer goes first
+                return self._remember(run)
             return await asyncio.shield(run.driver)
         except asyncio.CancelledError:
             caller = asyncio.current_task()
@@ -216,14 +225,12 @@ class JobManager:
                 self._end(run)
                 run.driver.cancel()
 
-    async def _drive(self, run: JobRun, planned: Planned | None, started: float) -> Outcome:
+    async def _drive(self, run: JobRun, planned: Planned | None) -> Outcome:
         try:
-            outcome = await self._execute(run, planned)
+            return await self._execute(run, planned)
         except BaseException as exc:
-            self.metrics.job_ended(run.job.op, outcome_of(exc), time.perf_counter() - started)
+            self.metrics.job_ended(run.job.op, outcome_of(exc), time.perf_counter() - run.submitted_s)
             raise
-        self.metrics.job_ended(run.job.op, "done", time.perf_counter() - started)
-        return outcome
 
     async def _execute(self, run: JobRun, planned: Planned | None) -> Outcome:
         job_id = run.job_id
@@ -244,14 +251,24 @@ class JobManager:
         try:
             async with asyncio.timeout(self.limits.job_timeout_s):
                 await self._launch(run, source)
-                outcome = await asyncio.shield(run.done)
+                await asyncio.shield(run.done)
         except TimeoutError:
-            timed_out = JobTimedOut(f"job-timeout-s: job ran past {self.limits.job_timeout_s} s")
-            run.fail(timed_out)
-            raise timed_out from None
+            if not run.answered:  # an answer in as the time ran out is still the answer
+                timed_out = JobTimedOut(f"job-timeout-s: job ran past {self.limits.job_timeout_s} s")
+                run.fail(timed_out)
+                raise timed_out from None
         finally:
             self._end(run)
-        self._answers.remember(job_id, run.job, outcome)
+        return self._remember(run)
+
+    def _remember(self, run: JobRun) -> Outcome:
+        """An answered run's outcome, remembered and counted once, by whoever comes first: a
+        caller (`_wait`) or the driver."""
+        outcome = run.done.result()
+        if not run.remembered:
+            run.remembered = True
+            self._answers.remember(run.job_id, run.job, outcome)
+            self.metrics.job_ended(run.job.op, "done", time.perf_counter() - run.submitted_s)
         return outcome
 
     async def _plan_aside(self, run: JobRun) -> Planned:
@@ -413,3 +430,8 @@ class JobManager:
             self._end_planned(run)
             for task in run.tasks:
                 task.cancel()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -107,7 +107,9 @@ class JobLedger:
         self.skipped_records, self._free, self._free_at = 0, 0, -FREE_SPACE_TTL_S
         #: Attached jobs whose record is waiting for the next flush, or proposed and not yet committed.
         self._recording: set[str] = set()
-        #: Attached jobs' records (record, command bytes) waiting for the next flush.
+        #: Attached jobs answered since the last flush (job id, job, outcome, submitted, finished),
+        #: and their records (record, command bytes) as it sized them.
+        self._answered: list[tuple[str, Job, Outcome, float, float]] = []
         self._attached: list[tuple[JobRecord, bytes]] = []
         #: The term whose leader's no-op this node has applied: as leader, its table holds
         #: everything committed before its term, and it may answer reads (Raft §8).
@@ -193,6 +195,7 @@ class JobLedger:
             handle.cancel()
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
+        self._size_answered()
         while self._attached:
             pending.extend(self._attached_batch())
         if not pending:
@@ -233,21 +236,30 @@ class JobLedger:
             raise NotLeader(f"{self._who()} lost the leadership before the job's record was committed; retry")
 
     def record_attached(self, job_id: str, job: Job, outcome: Outcome, submitted_at: float) -> None:
-        """An attached job was answered: record it, batched, if the table does not know it yet."""
+        """An attached job was answered: record it, batched, if the table does not know it yet.
+        Noted here and sized at the flush, so its reply does not wait for that (60 us a job)."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
-        result, note, nodes = recordsize.kept(outcome, False, self._max_bytes(), job_id, job.source,
-                                              self._table.keep_result_bytes)
-        record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, nodes,
-                           submitted_at, time.time(), outcome.elapsed_ms, result, note)
-        record, command = recordsize.fitting(record, self._max_bytes())
-        if self._free_bytes() < MIN_FREE_BYTES or not recordsize.fits(command, self._max_bytes()):
-            self.skipped_records += 1  # no room on disk, or in a message to the followers (its source)
-            return
         self._recording.add(job_id)
-        self._attached.append((record, command))
+        self._answered.append((job_id, job, outcome, submitted_at, time.time()))
         if self._flush_later is None and self._flush_soon is None:
             self._flush_later = asyncio.get_running_loop().call_later(ATTACHED_FLUSH_S, self._flush)
+
+    def _size_answered(self) -> None:
+        """The noted attached jobs' records, as they fit one message; one that does not, or
+        with no room on disk, is skipped."""
+        answered, self._answered = self._answered, []
+        for job_id, job, outcome, submitted_at, finished_at in answered:
+            result, note, nodes = recordsize.kept(outcome, False, self._max_bytes(), job_id, job.source,
+                                                  self._table.keep_result_bytes)
+            record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, nodes,
+                               submitted_at, finished_at, outcome.elapsed_ms, result, note)
+            record, command = recordsize.fitting(record, self._max_bytes())
+            if self._free_bytes() < MIN_FREE_BYTES or not recordsize.fits(command, self._max_bytes()):
+                self.skipped_records += 1  # no room on disk, or in a message to the followers (its source)
+                self._recording.discard(job_id)
+            else:
+                self._attached.append((record, command))
 
     # ---- client calls -----------------------------------------------------------
 
@@ -406,7 +418,8 @@ class JobLedger:
                 handle.cancel()
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
-        self._attached.clear()  # answered already; a record not yet proposed is only a record lost
+        self._answered.clear()  # answered already; a record not yet proposed is only a record lost
+        self._attached.clear()
         self._recording.clear()
         for _, future in pending:
             if future is not None and not future.done():
