@@ -12,7 +12,9 @@ leader within --timeout; 4 (`result`) the job had not finished within
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -39,24 +41,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.run_certs(args)
         return commands.run_local(args)
     except UsageError as exc:  # what argparse says of its own errors, in its words, and exit 2
-        return _fail(EXIT_USAGE, f"distnode {args.command}: error: {exc}")
+        return _fail(EXIT_USAGE, f"distnode {args.command}: error: {exc}", args)
     except InvalidJob as exc:
         what = "job" if args.command == "submit" else "request"
-        return _fail(EXIT_USAGE, f"distnode {args.command}: invalid {what}: {exc}")
+        return _fail(EXIT_USAGE, f"distnode {args.command}: invalid {what}: {exc}", args)
     except CallerError as exc:
-        return _fail(EXIT_USAGE, f"distnode {args.command}: {exc}")
+        return _fail(EXIT_USAGE, f"distnode {args.command}: {exc}", args)
     except JobPending as exc:
-        return _fail(EXIT_PENDING, f"distnode {args.command}: {exc}")
+        return _fail(EXIT_PENDING, f"distnode {args.command}: {exc}", args)
     except JobError as exc:  # of the job table's calls, the message says what became of the job
         said = "job failed: " if args.command == "submit" else ""
-        return _fail(EXIT_JOB_FAILED, f"distnode {args.command}: {said}{exc}")
+        return _fail(EXIT_JOB_FAILED, f"distnode {args.command}: {said}{exc}", args)
     except ClusterUnavailable as exc:
-        return _fail(EXIT_UNAVAILABLE, f"distnode {args.command}: cluster unavailable: {exc}")
+        return _fail(EXIT_UNAVAILABLE, f"distnode {args.command}: cluster unavailable: {exc}", args)
     except KeyboardInterrupt:
         return 130
 
 
-def _fail(code: int, message: str) -> int:
+def _fail(code: int, message: str, args: argparse.Namespace | None = None) -> int:
+    """Say why on stderr; a node started with `--log-format json` says it as its log lines
+    are, one JSON object (a log pipeline reads no other line)."""
+    if args is not None and args.command == "start" and getattr(args, "log_format", "text") == "json":
+        from node.server.logs import JsonFormatter
+
+        record = logging.LogRecord("distnode", logging.ERROR, __file__, 0, message, None, None)
+        message = JsonFormatter(getattr(args, "id", None) or "").format(record)
     print(message, file=sys.stderr)
     return code
 

@@ -56,6 +56,42 @@ async def test_a_unary_job_past_the_timeout_on_a_live_node_is_not_called_unreach
         assert "Progress" in node.methods()
 
 
+@pytest.mark.parametrize("path", ["stream", "unary"])
+def test_a_job_taken_but_not_done_within_a_short_timeout_is_exit_1(path: str) -> None:
+    """With a timeout under a second, a job a live leader had taken and not finished was
+    told as "no leader answered" (ClusterUnavailable, exit 3): whether a leader took it is
+    known from the progress probes, and the first came half a second into the call. It
+    comes halfway to a nearer deadline now."""
+    with fake_node(stream="hang", submit="hang", known=True) as (node, address):
+        with Client([address], timeout=0.3, local_socket=False) as client, \
+                pytest.raises(JobError, match="did not finish in time"):
+            client.submit(op="sum", source="range:n=10", axis=0 if path == "unary" else None)
+        assert "Progress" in node.methods()
+
+
+@pytest.mark.parametrize("path", ["stream", "unary"])
+async def test_a_job_taken_but_not_done_within_a_short_timeout_is_exit_1_async(path: str) -> None:
+    with fake_node(stream="hang", submit="hang", known=True) as (node, address):
+        async with AsyncClient([address], timeout=0.3, local_socket=False) as client:
+            with pytest.raises(JobError, match="did not finish in time"):
+                await client.submit(op="sum", source="range:n=10", axis=0 if path == "unary" else None)
+        assert "Progress" in node.methods()
+
+
+def test_the_cli_says_exit_1_for_a_job_taken_within_a_short_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    with fake_node(stream="hang", submit="hang", known=True) as (_, address):
+        code = main(["submit", "--cluster", address, "--op", "sum", "--source", "range:n=10", "--timeout", "0.3"])
+    assert code == 1, capsys.readouterr().err
+
+
+def test_a_job_no_leader_took_within_a_short_timeout_is_still_exit_3() -> None:
+    """The other side: the node answers, but never knew the job (no leader took it)."""
+    with fake_node(stream="hang", submit="hang", known=False) as (node, address):
+        with Client([address], timeout=0.3, local_socket=False) as client, pytest.raises(ClusterUnavailable):
+            client.submit(op="sum", source="range:n=10")
+        assert "Progress" in node.methods()
+
+
 def test_status_takes_its_timeout(capsys: pytest.CaptureFixture[str]) -> None:
     """`distnode status --timeout S` waited its 5-s default whatever S was."""
     with fake_node(status_unavailable=True) as (_, address):

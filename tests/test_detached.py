@@ -224,6 +224,27 @@ async def test_a_full_disk_refuses_detached_jobs_and_keeps_serving_attached_ones
         await poll(lambda: leader.ledger.table.get(again.job_id) is not None, what="the record")
 
 
+async def test_a_disk_that_cannot_be_asked_skips_the_records_not_the_answers(start_cluster: StartCluster) -> None:
+    """Free space is asked of the disk as a job's record is made; an error there (a data dir
+    gone) failed the job's submit after the job had run."""
+    cluster = await start_cluster(3)
+    leader = cluster.leader()
+    assert leader is not None
+
+    def gone() -> int:
+        raise FileNotFoundError("no such data dir")
+
+    leader.ledger._disk_free, leader.ledger._free_at = gone, -1e9
+    async with AsyncClient(leader.config.address, timeout=5) as client:
+        answers = [await client.submit(op="sum", source=f"values:2,{i}") for i in range(5)]
+        assert [a.result for a in answers] == [2 + i for i in range(5)]
+        await poll(lambda: leader.ledger.skipped_records == 5, what="the 5 records skipped")
+        leader.ledger._disk_free, leader.ledger._free_at = (lambda: 1 << 30), -1e9
+        later = await client.submit(op="sum", source="values:2,9")
+        await poll(lambda: leader.ledger.table.get(later.job_id) is not None, what="the next job's record")
+    assert leader.is_leader and all(leader.ledger.table.get(a.job_id) is None for a in answers)
+
+
 async def test_the_sources_of_live_detached_jobs_are_bounded_in_bytes(
     start_cluster: StartCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -445,8 +445,11 @@ async def test_the_caller_has_the_answer_one_turn_after_the_last_partial(monkeyp
     assert answer.result == reduce_all(job, open_source(job.source, None), 1 << 16)
     assert answered_next_turn == [True]
     assert jobs.progress("j")[0], "the answer is remembered as it is given"
-    assert jobs.metrics.registry.get_sample_value("distnode_jobs_total", {"outcome": "done"}) == 1
+    counted = jobs.metrics.registry.get_sample_value
+    assert counted("distnode_jobs_total", {"outcome": "done"}) == 1
     await poll_until(lambda: jobs.running_count == 0)  # and the run ends, its driver after
+    assert counted("distnode_jobs_total", {"outcome": "done"}) == 1, "counted again by the driver"
+    assert counted("distnode_job_duration_seconds_count", {"op": "sum"}) == 1
 
 
 async def test_a_late_partial_of_an_abandoned_run_is_not_merged_into_another_job_under_its_id() -> None:

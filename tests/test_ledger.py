@@ -223,8 +223,8 @@ async def test_attached_records_go_in_entries_that_fit_a_message_and_one_that_ca
 async def test_a_record_left_out_under_a_bound_that_shrank_is_recorded_once_it_fits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An attached record is sized when its job is answered and proposed at the next flush: a
-    smaller limit heard of meanwhile (a follower's) sizes it again, and one whose source alone
+    """An attached record is sized just after its job is answered and proposed at the next
+    flush: a smaller limit heard of meanwhile (a follower's) sizes it again, and one whose source alone
     is over it is left out, and counted skipped; with nothing left, nothing is proposed (an
     empty entry was). Its job id stayed among those on their way, so the job answered again
     was never recorded, even once the bound grew back."""
@@ -235,6 +235,9 @@ async def test_a_record_left_out_under_a_bound_that_shrank_is_recorded_once_it_f
     job = Job("sum", "values:" + "1," * 40_000 + "1")  # an 80 KB source
     outcome = Outcome("big", "sum", np.array(6.0), 1, ("n1",), 0.2)
     desk.record_attached("big", job, outcome, 1.5e9)
+    for _ in range(2):  # its record is sized two turns of the loop on, under the bound then
+        await asyncio.sleep(0)
+    assert desk.skipped_records == 0
     bound[0] = 64 << 10  # heard of before the flush
     await turns()
     desk.apply(tuple(proposed))

@@ -53,6 +53,19 @@ def test_a_port_already_taken_is_named_with_the_reason(tmp_path: Path) -> None:
     assert line == f"distnode start: cannot listen on 127.0.0.1:{port}: address already in use"
 
 
+def test_a_refused_start_with_json_logs_says_so_in_json(tmp_path: Path) -> None:
+    """With `--log-format json` every log line is one JSON object, but a refused start was one
+    line of plain text: a log pipeline reading the node's stderr could not parse why it stopped."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = json.loads(one_line(start(tmp_path / "n1", port, "--log-format", "json")))
+    assert {"time", "level", "node", "term", "message"} <= set(line), line
+    assert line["level"] == "ERROR" and line["node"] == "n1" and str(line["time"]).endswith("Z")
+    assert line["message"] == f"distnode start: cannot listen on 127.0.0.1:{port}: address already in use"
+
+
 def test_a_data_dir_that_cannot_be_created_is_refused_before_listening(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     line = one_line(start(tmp_path / "file" / "n1"))

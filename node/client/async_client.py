@@ -53,6 +53,7 @@ from node.client.retry import (
     Nodes,
     checked_timeout,
     classify,
+    first_probe_s,
     new_request,
 )
 from node.client.statusround import STATUS_TIMEOUT_S, cluster_view
@@ -318,6 +319,9 @@ class AsyncClient:
         handle = waiting if waiting is not None else unary
         assert handle is not None
         flight = _Flight(stub, request.job.job_id, handle, on_progress, time.monotonic())
+        if (first_s := first_probe_s(remaining, PROBE_INTERVAL_S)) < PROBE_INTERVAL_S:  # before the sweeper
+            flight.watchdog = asyncio.get_running_loop().create_task(self._watch(
+                stub, flight.job_id, handle, on_progress, flight.seen, first_s))
         self._flights.add(flight)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -373,10 +377,11 @@ class AsyncClient:
 
     async def _watch(
         self, stub: NodeStub, job_id: str, call: SubmitCall | asyncio.Future[pb.SubmitStreamReply],
-        on_progress: ProgressCallback | None, seen: Seen,
+        on_progress: ProgressCallback | None, seen: Seen, first_s: float = 0.0,
     ) -> AttemptFailed:
-        """Probe the node every PROBE_INTERVAL_S; cancel `call` once it misses PROBE_FAILURES."""
+        """Probe the node every PROBE_INTERVAL_S, first in `first_s`; cancel `call` after PROBE_FAILURES."""
         failures = 0
+        await asyncio.sleep(first_s)
         while True:
             if await self._probe(stub, job_id, on_progress):
                 failures, seen.known = 0, True

@@ -53,6 +53,10 @@ DEFAULT_TIMEOUT_S = 120.0
 #: probes in a row mean the node is gone (paused, cut off) and we move on.
 PROBE_INTERVAL_S = 0.5
 PROBE_FAILURES = 2
+#: A call with less than two intervals left is probed first halfway to its deadline, not
+#: an interval in, but not before this: whether a leader took its job is known from the
+#: probes, and a job taken and not done is exit 1, one that no leader took exit 3.
+FIRST_PROBE_MIN_S = 0.05
 # DEADLINE_EXCEEDED is final: either our own deadline passed (nothing left to
 # retry with) or the leader's job deadline did (the job is too long anywhere).
 _RETRY_ELSEWHERE = {
@@ -87,6 +91,12 @@ class FailedCall(Protocol):
 #: The longest gRPC deadline one call is given: gRPC fails a call at once, as past its
 #: deadline, when given one of about 10^10 s or more (or infinity).
 MAX_CALL_S = 1e6
+
+
+def first_probe_s(remaining_s: float, interval_s: float = PROBE_INTERVAL_S) -> float:
+    """How long into a call with `remaining_s` left its first Progress probe goes, when the
+    client probes every `interval_s`."""
+    return min(interval_s, max(FIRST_PROBE_MIN_S, remaining_s / 2))
 
 
 def checked_timeout(value: float) -> float:

@@ -6,7 +6,8 @@ caller, costs ~0.15-0.2 ms per job in thread hand-offs: a fifth of a small
 job. But a blocking call cannot watch itself, and a leader that hangs (paused,
 partitioned away) must not hang the caller until the deadline.
 
-So each call registers a `Watch` here. Once a call has run PROBE_INTERVAL_S,
+So each call registers a `Watch` here. Once a call has run PROBE_INTERVAL_S
+(or half its time, if it has less than two intervals: `first_probe_s`),
 this thread asks its node for the job's Progress; every answer resets the
 count, and after `failures` misses in a row it marks the watch abandoned and
 has the call's channel closed, which ends the blocking call with CANCELLED
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.client.answer import ProgressCallback
+from node.client.retry import first_probe_s
 from node.errors import ClusterUnavailable
 
 log = logging.getLogger("distnode.watchdog")
@@ -90,9 +92,14 @@ class Watchdog:
         self, address: str, job_id: str, on_progress: ProgressCallback | None, channel: Any = None,
         deadline_s: float | None = None, on_deadline: Callable[[], None] | None = None,
     ) -> Iterator[Watch]:
-        """Watch the call made inside the `with` block (on `channel`, to `address`); at the
-        monotonic `deadline_s`, if given, call `on_deadline` (it must end the call)."""
-        watch = Watch(address, job_id, on_progress, channel, time.monotonic() + self.interval_s,
+        """Watch the call made inside the `with` block (on `channel`, to `address`), whose
+        client gives up at the monotonic `deadline_s`; then call `on_deadline`, if given (it
+        must end the call)."""
+        now = time.monotonic()
+        first_s = self.interval_s
+        if deadline_s is not None:
+            first_s = first_probe_s(deadline_s - now, self.interval_s)
+        watch = Watch(address, job_id, on_progress, channel, now + first_s,
                       deadline_s=deadline_s if on_deadline is not None else None, on_deadline=on_deadline)
         with self._cond:
             if self._closed:  # the client that owns this watchdog was closed, maybe meanwhile

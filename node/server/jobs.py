@@ -229,7 +229,8 @@ class JobManager:
         try:
             return await self._execute(run, planned)
         except BaseException as exc:
-            self.metrics.job_ended(run.job.op, outcome_of(exc), time.perf_counter() - run.submitted_s)
+            if not run.remembered:  # an answer its callers have is counted as that
+                self.metrics.job_ended(run.job.op, outcome_of(exc), time.perf_counter() - run.submitted_s)
             raise
 
     async def _execute(self, run: JobRun, planned: Planned | None) -> Outcome:

@@ -107,9 +107,7 @@ class JobLedger:
         self.skipped_records, self._free, self._free_at = 0, 0, -FREE_SPACE_TTL_S
         #: Attached jobs whose record is waiting for the next flush, or proposed and not yet committed.
         self._recording: set[str] = set()
-        #: Attached jobs answered since the last flush (job id, job, outcome, submitted, finished),
-        #: and their records (record, command bytes) as it sized them.
-        self._answered: list[tuple[str, Job, Outcome, float, float]] = []
+        #: Attached jobs' records (record, command bytes) waiting for the next flush.
         self._attached: list[tuple[JobRecord, bytes]] = []
         #: The term whose leader's no-op this node has applied: as leader, its table holds
         #: everything committed before its term, and it may answer reads (Raft §8).
@@ -195,7 +193,6 @@ class JobLedger:
             handle.cancel()
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
-        self._size_answered()
         while self._attached:
             pending.extend(self._attached_batch())
         if not pending:
@@ -237,29 +234,36 @@ class JobLedger:
 
     def record_attached(self, job_id: str, job: Job, outcome: Outcome, submitted_at: float) -> None:
         """An attached job was answered: record it, batched, if the table does not know it yet.
-        Noted here and sized at the flush, so its reply does not wait for that (60 us a job)."""
+        Its record is sized (60 us a job on a busy host) two turns of the event loop on: its
+        reply is written one turn after its stream has it (jobstream.py), and goes first. Each
+        in a turn of its own, not all at the flush: that would hold the loop for a batch."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
         self._recording.add(job_id)
-        self._answered.append((job_id, job, outcome, submitted_at, time.time()))
-        if self._flush_later is None and self._flush_soon is None:
-            self._flush_later = asyncio.get_running_loop().call_later(ATTACHED_FLUSH_S, self._flush)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._size_attached, job_id, job, outcome, submitted_at, time.time())
 
-    def _size_answered(self) -> None:
-        """The noted attached jobs' records, as they fit one message; one that does not, or
-        with no room on disk, is skipped."""
-        answered, self._answered = self._answered, []
-        for job_id, job, outcome, submitted_at, finished_at in answered:
+    def _size_attached(self, job_id: str, job: Job, outcome: Outcome, submitted_at: float,
+                       finished_at: float) -> None:
+        """The record, as it fits one message, waiting for the next flush; skipped if it does
+        not fit, if there is no room on disk, or if that cannot be told."""
+        try:
             result, note, nodes = recordsize.kept(outcome, False, self._max_bytes(), job_id, job.source,
                                                   self._table.keep_result_bytes)
             record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, nodes,
                                submitted_at, finished_at, outcome.elapsed_ms, result, note)
             record, command = recordsize.fitting(record, self._max_bytes())
-            if self._free_bytes() < MIN_FREE_BYTES or not recordsize.fits(command, self._max_bytes()):
-                self.skipped_records += 1  # no room on disk, or in a message to the followers (its source)
-                self._recording.discard(job_id)
-            else:
-                self._attached.append((record, command))
+            kept = self._free_bytes() >= MIN_FREE_BYTES and recordsize.fits(command, self._max_bytes())
+        except Exception:  # the disk not asked (a data dir gone); an answer it cannot encode
+            log.exception("job %s: its record could not be made", job_id, extra={"job_id": job_id})
+            kept = False
+        if not kept:
+            self.skipped_records += 1  # no room on disk, or in a message to the followers (its source)
+            self._recording.discard(job_id)
+            return
+        self._attached.append((record, command))
+        if self._flush_later is None and self._flush_soon is None:
+            self._flush_later = asyncio.get_running_loop().call_later(ATTACHED_FLUSH_S, self._flush)
 
     # ---- client calls -----------------------------------------------------------
 
@@ -418,8 +422,7 @@ class JobLedger:
                 handle.cancel()
         self._flush_soon = self._flush_later = None
         pending, self._pending = self._pending, []
-        self._answered.clear()  # answered already; a record not yet proposed is only a record lost
-        self._attached.clear()
+        self._attached.clear()  # answered already; a record not yet proposed is only a record lost
         self._recording.clear()
         for _, future in pending:
             if future is not None and not future.done():
