@@ -205,7 +205,7 @@ async def test_a_full_disk_refuses_detached_jobs_and_keeps_serving_attached_ones
     cluster = await start_cluster(3)
     leader = cluster.leader()
     assert leader is not None
-    leader.ledger._disk_free = lambda: 4096
+    leader.ledger.room.disk_free = lambda: 4096
     async with AsyncClient(leader.config.address, timeout=5) as client:
         with pytest.raises(LimitExceeded, match="RESOURCE_EXHAUSTED: data-dir: 4096 bytes free"):
             await client.submit(op="sum", source="values:1,2", detach=True)
@@ -214,8 +214,8 @@ async def test_a_full_disk_refuses_detached_jobs_and_keeps_serving_attached_ones
         # Their records are sized, and skipped, at the next flush.
         await poll(lambda: leader.ledger.skipped_records == 20, what="the 20 records skipped")
         assert leader.is_leader and all(leader.ledger.table.get(a.job_id) is None for a in answers)
-        leader.ledger._disk_free = lambda: 1 << 30  # room again: detached jobs are taken at once
-        leader.ledger._free_at = -1e9  # (the attached path asks the disk every few seconds)
+        leader.ledger.room.disk_free = lambda: 1 << 30  # room again: detached jobs are taken at once
+        leader.ledger.room.forget()  # (the attached path asks the disk once a second)
         job_id = await client.submit(op="sum", source="values:1,2", detach=True)
         assert (await client.result(job_id, wait=5)).result == 3
         # A skipped record is not taken for one on its way: the job submitted again is recorded.
@@ -234,12 +234,14 @@ async def test_a_disk_that_cannot_be_asked_skips_the_records_not_the_answers(sta
     def gone() -> int:
         raise FileNotFoundError("no such data dir")
 
-    leader.ledger._disk_free, leader.ledger._free_at = gone, -1e9
+    leader.ledger.room.disk_free = gone
+    leader.ledger.room.forget()
     async with AsyncClient(leader.config.address, timeout=5) as client:
         answers = [await client.submit(op="sum", source=f"values:2,{i}") for i in range(5)]
         assert [a.result for a in answers] == [2 + i for i in range(5)]
         await poll(lambda: leader.ledger.skipped_records == 5, what="the 5 records skipped")
-        leader.ledger._disk_free, leader.ledger._free_at = (lambda: 1 << 30), -1e9
+        leader.ledger.room.disk_free = lambda: 1 << 30
+        leader.ledger.room.forget()
         later = await client.submit(op="sum", source="values:2,9")
         await poll(lambda: leader.ledger.table.get(later.job_id) is not None, what="the next job's record")
     assert leader.is_leader and all(leader.ledger.table.get(a.job_id) is None for a in answers)

@@ -452,6 +452,23 @@ async def test_the_caller_has_the_answer_one_turn_after_the_last_partial(monkeyp
     assert counted("distnode_job_duration_seconds_count", {"op": "sum"}) == 1
 
 
+async def test_a_driver_stopped_after_its_callers_had_the_answer_counts_the_job_once() -> None:
+    """The callers have the answer a turn before the run's driver wakes; a driver cancelled in
+    between (the node stopping) also counted the job as abandoned."""
+    jobs = JobManager("n1", PeerTable(()), remote=_no_remote, executor=ThreadPoolExecutor(1), shard_elems=1 << 16)
+    job = Job(op="sum", source="random:n=2e5,seed=1")  # 4 shards
+    caller = asyncio.ensure_future(jobs.submit("j", job))
+    await poll_until(lambda: "j" in jobs._running)
+    run = jobs._running["j"]
+    await caller
+    assert run.driver is not None and not run.driver.done()
+    run.driver.cancel()
+    await poll_until(run.driver.done)
+    counted = jobs.metrics.registry.get_sample_value
+    assert counted("distnode_jobs_total", {"outcome": "done"}) == 1
+    assert counted("distnode_jobs_total", {"outcome": "abandoned"}) == 0
+
+
 async def test_a_late_partial_of_an_abandoned_run_is_not_merged_into_another_job_under_its_id() -> None:
     """A run of job X abandoned (its client gone), then another job submitted under X with as
     many rows: a partial of the first run, still on its way, covered the same rows and was

@@ -220,6 +220,23 @@ async def test_attached_records_go_in_entries_that_fit_a_message_and_one_that_ca
     await desk.close()
 
 
+async def test_an_attached_record_still_to_be_sized_when_the_ledger_closes_is_not_proposed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job answered just before the node stops: its record, sized two turns of the loop
+    later, was put back among those to propose after `close` had cleared them, and armed a new
+    flush that proposed it on a closing journal."""
+    monkeypatch.setattr("node.server.ledger.ATTACHED_FLUSH_S", 0.0)
+    proposed: list[Entry] = []
+    desk = running_ledger(proposed)
+    outcome = Outcome("late", "sum", np.array(6.0), 1, ("n1",), 0.2)
+    desk.record_attached("late", Job("sum", "values:1,2,3"), outcome, 1.5e9)
+    await desk.close()
+    await turns()
+    await asyncio.sleep(0.01)  # any flush armed meanwhile has run
+    assert proposed == [] and desk.skipped_records == 0
+
+
 async def test_a_record_left_out_under_a_bound_that_shrank_is_recorded_once_it_fits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

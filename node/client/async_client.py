@@ -307,7 +307,8 @@ class AsyncClient:
         sweeper task per client, alive only while calls are in flight, gives
         each call that has run PROBE_INTERVAL_S a watchdog task; that probes
         Progress, and if the node stops answering it cancels the call and
-        leaves a `AttemptFailed` behind for us to raise.
+        leaves a `AttemptFailed` behind for us to raise. A call with under two
+        intervals left has its watchdog from the start (`first_probe_s`).
         """
         stub = self._stub(address)
         waiting, unary = None, None
@@ -359,8 +360,8 @@ class AsyncClient:
     async def _sweep(self) -> None:
         """Start a watchdog for each call in flight for PROBE_INTERVAL_S or more.
 
-        Wakes every half interval, so probing starts 0.5-0.75 s into a call;
-        ends (and forgets itself) as soon as nothing is in flight.
+        Wakes every half interval, so probing starts 0.5-0.75 s into a call (sooner
+        for one with little time: `_attempt_once`); ends as soon as nothing is in flight.
         """
         try:
             while self._flights:

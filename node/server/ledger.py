@@ -50,6 +50,7 @@ from node.core.raftlog import Entry
 from node.errors import JobConflict, JobError, JobFinished, LimitExceeded, NotLeader, UnknownJob
 from node.server import detachedrun, recordsize
 from node.server.backlog import Backlog
+from node.server.diskroom import DiskRoom
 from node.server.slots import Slots
 
 if TYPE_CHECKING:
@@ -61,11 +62,6 @@ LIVE = ("queued", "running")
 #: Attached jobs' records wait this long for company before they are proposed:
 #: each proposal is an fsync on every node (docs/journal.md).
 ATTACHED_FLUSH_S = 0.1
-#: Below this much free space in --data-dir, detached jobs are refused and
-#: attached jobs' records skipped: what is left is kept for the log's own entries.
-MIN_FREE_BYTES = 1 << 20
-#: How long the attached path trusts its last look at the free space.
-FREE_SPACE_TTL_S = 1.0
 #: Detached jobs queued or running at once, and their sources' bytes together (a `values:`
 #: source may be 1 MiB, kept until the job ends); more are refused (RESOURCE_EXHAUSTED).
 MAX_LIVE_JOBS, MAX_LIVE_SOURCE_BYTES = 10_000, 64 << 20
@@ -87,8 +83,9 @@ class JobLedger:
         self._term = term
         self._run = run
         self._stop_run = stop_run
-        self._disk_free = disk_free
         self._who = who
+        #: Room on the data dir's disk for records (diskroom.py).
+        self.room = DiskRoom(disk_free, who)
         self._max_bytes = message_bytes  # the cluster's least --max-message-bytes: what a record must fit
         #: The last index applied to the table.
         self.applied = 0
@@ -104,7 +101,8 @@ class JobLedger:
         self._watchers: dict[str, list[asyncio.Future[None]]] = collections.defaultdict(list)
         #: Leader only: the detached jobs driven, and those waiting for a slot.
         self._slots = Slots(max_running, is_leader, self._drive)
-        self.skipped_records, self._free, self._free_at = 0, 0, -FREE_SPACE_TTL_S
+        self.skipped_records = 0
+        self._closed = False
         #: Attached jobs whose record is waiting for the next flush, or proposed and not yet committed.
         self._recording: set[str] = set()
         #: Attached jobs' records (record, command bytes) waiting for the next flush.
@@ -234,9 +232,9 @@ class JobLedger:
 
     def record_attached(self, job_id: str, job: Job, outcome: Outcome, submitted_at: float) -> None:
         """An attached job was answered: record it, batched, if the table does not know it yet.
-        Its record is sized (60 us a job on a busy host) two turns of the event loop on: its
-        reply is written one turn after its stream has it (jobstream.py), and goes first. Each
-        in a turn of its own, not all at the flush: that would hold the loop for a batch."""
+        Its record is sized (60 us a job on a busy host) two turns of the event loop on: a
+        local socket writes the reply one turn after its stream has it (jobstream.py), so the
+        reply goes first. Not all at the flush: that would hold the loop for a batch."""
         if self.table.get(job_id) is not None or job_id in self._recording or not self._is_leader():
             return  # known, or on its way (a retried submit answered twice)
         self._recording.add(job_id)
@@ -246,15 +244,18 @@ class JobLedger:
     def _size_attached(self, job_id: str, job: Job, outcome: Outcome, submitted_at: float,
                        finished_at: float) -> None:
         """The record, as it fits one message, waiting for the next flush; skipped if it does
-        not fit, if there is no room on disk, or if that cannot be told."""
+        not fit, if there is no room on disk, or if the ledger closed or stopped leading since."""
+        if self._closed or not self._is_leader():
+            self._recording.discard(job_id)
+            return
         try:
             result, note, nodes = recordsize.kept(outcome, False, self._max_bytes(), job_id, job.source,
                                                   self._table.keep_result_bytes)
             record = JobRecord(job_id, job.op, job.source, "done", job_spec(job), outcome.shards, nodes,
                                submitted_at, finished_at, outcome.elapsed_ms, result, note)
             record, command = recordsize.fitting(record, self._max_bytes())
-            kept = self._free_bytes() >= MIN_FREE_BYTES and recordsize.fits(command, self._max_bytes())
-        except Exception:  # the disk not asked (a data dir gone); an answer it cannot encode
+            kept = self.room.for_record() and recordsize.fits(command, self._max_bytes())
+        except Exception:  # a fault of ours: logged, the answer given anyway
             log.exception("job %s: its record could not be made", job_id, extra={"job_id": job_id})
             kept = False
         if not kept:
@@ -296,19 +297,8 @@ class JobLedger:
             raise JobError(f"job {job_id} was committed but is past retention already (--keep-jobs)")
         return record
 
-    def _free_bytes(self) -> int:
-        """Free space in --data-dir, asked of the disk at most every FREE_SPACE_TTL_S on the
-        attached path (a statvfs per job is a few percent of the leader's time)."""
-        now = time.monotonic()
-        if now - self._free_at > FREE_SPACE_TTL_S:
-            self._free, self._free_at = self._disk_free(), now
-        return self._free
-
     def _check_room(self, source: str) -> None:
-        free = self._disk_free()
-        if free < MIN_FREE_BYTES:
-            raise LimitExceeded(f"data-dir: {free} bytes free on {self._who()}, under {MIN_FREE_BYTES}; "
-                                "detached jobs are refused until there is room (attached jobs still run)")
+        self.room.check_detached()
         live, held = self.table.live, self.table.live_source_bytes
         if live >= MAX_LIVE_JOBS:
             raise LimitExceeded(f"detached jobs: {live} queued or running, the most a cluster holds")
@@ -416,6 +406,7 @@ class JobLedger:
 
     async def close(self) -> None:
         """The daemon stops: no more proposals, no run left behind, no waiter left hanging."""
+        self._closed = True
         self._backlog.close()
         for handle in (self._flush_soon, self._flush_later):
             if handle is not None:
