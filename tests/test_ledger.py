@@ -400,3 +400,25 @@ async def test_a_detached_answer_past_what_the_table_keeps_leaves_a_done_record(
     record = await waiter
     assert record is not None and record.state == "done" and record.result is None
     assert "the result (2400000 bytes) was not kept" in record.error
+
+
+def test_a_disk_that_cannot_be_asked_has_no_room_and_is_asked_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A data dir gone: every attached job asked the disk again and logged a traceback."""
+    from node.server.diskroom import DiskRoom
+
+    asked: list[int] = []
+
+    def gone() -> int:
+        asked.append(1)
+        raise FileNotFoundError("no such data dir")
+
+    room = DiskRoom(gone, lambda: "n1 (term 1)")
+    assert not any(room.for_record() for _ in range(100))
+    said = [r for r in caplog.records if "free space cannot be had" in r.getMessage()]
+    assert len(asked) == 1 and len(said) == 1 and said[0].exc_info is None
+    room.disk_free = lambda: 1 << 30
+    assert not room.for_record(), "trusted for FREE_SPACE_TTL_S"
+    room.forget()
+    assert room.for_record()
