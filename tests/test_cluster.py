@@ -441,6 +441,36 @@ def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path: Any
     shutil.rmtree(workdir)
 
 
+def test_an_interrupt_inside_a_spawn_leaves_no_node_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C or kill landing inside `Popen` (`distnode local` raises KeyboardInterrupt from
+    its handler) left a node started and never registered: it ran on, writing into the work
+    directory as that was removed, which then stayed (seen once in CI)."""
+    from node.testing import processes
+
+    spawn = processes.DaemonProcess.spawn
+    started: list[Any] = []
+
+    def spawn_then_interrupt(self: Any, command: Any) -> Any:
+        started.append(spawn(self, command))
+        if len(started) == 2:
+            raise KeyboardInterrupt("signal 1")  # the child runs; its Popen never reaches the cluster
+        return started[-1]
+
+    monkeypatch.setattr(processes.DaemonProcess, "spawn", spawn_then_interrupt)
+    workdir = tmp_path / "work"
+    monkeypatch.setattr("tempfile.mkdtemp", lambda prefix="": str(workdir.mkdir() or workdir))
+    try:
+        with pytest.raises(KeyboardInterrupt), LocalCluster(nodes=3):
+            pass
+        assert all(process.poll() is not None for process in started), "a node still runs"
+        assert not workdir.exists(), "its work directory was left behind"
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_distnode_local_stopped_while_it_starts_leaves_nothing_behind(tmp_path: Path, signum: int) -> None:
     """A kill or a closed terminal while its nodes started ended `distnode local` with no

@@ -51,7 +51,7 @@ from node.testing.background import FaultedJob, run_with_fault
 from node.testing.faults import Mode
 from node.testing.links import CLIENT, Links
 from node.testing.ports import free_ports
-from node.testing.processes import DaemonProcess, stop_processes
+from node.testing.processes import DaemonProcess, stop_processes, stop_strays
 from node.wire.stubs import BlockingNodeStub
 
 #: Fast timing for tests: failover in ~0.2 s, still 3 heartbeats per timeout.
@@ -432,6 +432,7 @@ class LocalCluster:
             self._client.close()
             self._client = None
         self._finalizer()
+        stop_strays(self.workdir)
         if self._link_set is not None:
             self._link_set.close()
             self._link_set = None

@@ -112,3 +112,56 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], grace_s: float = 3.
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def stop_strays(workdir: Path, grace_s: float = 3.0) -> list[int]:
+    """Stop this process's children that run in `workdir` (their `--data-dir` is under it)
+    and were never registered: a Ctrl-C or a kill that lands inside `Popen` leaves a child
+    started and no handle on it, writing into a work directory about to be removed. The
+    pids stopped (Linux: read from /proc)."""
+    marker = os.fsencode(str(workdir) + os.sep)
+    strays = [pid for pid in _children() if marker in _cmdline(pid)]
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for pid in strays:
+        while _running_child(pid) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        if _running_child(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return strays
+
+
+def _children() -> list[int]:
+    me, found = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == me:  # after "(comm)": state, ppid
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _running_child(pid: int) -> bool:
+    """Not yet ended; reaps it once it has."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
