@@ -83,23 +83,25 @@ class JobRun(msgspec.Struct):
         return self.done.done()
 
     def settled(self) -> asyncio.Future[None]:
-        """A future of one caller's own, resolved as the run finishes, however. A callback on
-        `done` would resolve it a turn of the event loop later, and the task awaiting it wakes a
-        turn after that (asyncio schedules both); the answer's way to its client is the last
+        """A future of one caller's own, resolved as the run finishes, however, or as its
+        driver ends without finishing it (cancelled before it began). A callback on `done`
+        would resolve it a turn of the event loop later, and the task awaiting it wakes a turn
+        after that (asyncio schedules both); the answer's way to its client is the last
         stretch of every job, so the run resolves it directly. Cancelling it (the caller gone)
         leaves the run alone."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.finished:
             waiter.set_result(None)
-        else:
-            self.listeners.append(waiter)
+            return waiter
+        self.listeners.append(waiter)
+        if self.driver is not None:
+            self.driver.add_done_callback(lambda _: _resolve(waiter))
         return waiter
 
     def _settle_listeners(self) -> None:
         listeners, self.listeners = self.listeners, []
         for waiter in listeners:
-            if not waiter.done():
-                waiter.set_result(None)
+            _resolve(waiter)
 
     @property
     def answered(self) -> bool:
@@ -230,3 +232,8 @@ class JobRun(msgspec.Struct):
         self._settle_listeners()
         self.done.set_result(outcome)
         self.wakeup.set()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

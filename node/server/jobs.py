@@ -203,10 +203,7 @@ class JobManager:
         run.waiters += 1
         try:
             if not run.finished:
-                settled = run.settled()
-                # A driver that ends without finishing the run (cancelled before it began).
-                run.driver.add_done_callback(lambda _: _resolve(settled))
-                await settled
+                await run.settled()
             if run.answered:  # the driver ends the run (its lanes) next: the answer goes first
                 return self._remember(run)
             return await asyncio.shield(run.driver)
@@ -431,8 +428,3 @@ class JobManager:
             self._end_planned(run)
             for task in run.tasks:
                 task.cancel()
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
