@@ -185,6 +185,40 @@ async def test_cancel_ends_the_run_and_what_cannot_be_cancelled_is_refused(start
     assert leader.ledger.table.get(job_id).state == "cancelled"  # type: ignore[union-attr]
 
 
+async def test_a_running_job_says_its_progress_out_of_its_shards_on_every_node(
+    start_cluster: StartCluster,
+) -> None:
+    """`result` of a running job says "running, D/T shards" and `jobs` lists T: the leader's
+    total while it runs, where the record holds the count only once the job is done (both
+    said 0 shards in all, so the progress was never shown), asked of the leader and of a
+    follower, which relays the leader's view."""
+    cluster = await start_cluster(3, shard_elems=1 << 22)
+    async with AsyncClient(cluster.addresses, timeout=20) as client:
+        job_id = await client.submit(op="sum", source="range:n=2e10", detach=True)
+
+        def leader_running() -> Daemon | None:
+            leader = cluster.leader()
+            record = leader.ledger.table.get(job_id) if leader is not None else None
+            if leader is None or record is None or record.state != "running":
+                return None  # the record says "running" a little after the run begins
+            return leader if leader.jobs.progress(job_id)[1] > 0 else None
+
+        await poll(lambda: leader_running() is not None, timeout_s=30, what="the job running")
+        leader = leader_running()
+        assert leader is not None
+        total = leader.jobs.progress(job_id)[2]
+        assert total == 4769, total  # 2e10 / 2^22, rounded up
+        follower = next(d for d in cluster.daemons if d is not leader)
+        for address in (leader.config.address, follower.config.address):
+            async with AsyncClient(address, timeout=20) as one:
+                with pytest.raises(JobPending, match=rf"running, \d+/{total} shards") as pending:
+                    await one.result(job_id, wait=0.1)
+                assert 0 < pending.value.shards_done < total and pending.value.shards == total
+                listed = [job for job in await one.jobs(state="running") if job.job_id == job_id]
+                assert [(job.shards, 0 < job.shards_done < total) for job in listed] == [(total, True)], listed
+        await client.cancel(job_id)
+
+
 async def test_bad_requests_name_the_field(start_cluster: StartCluster) -> None:
     cluster = await start_cluster(1)
     async with AsyncClient(cluster.addresses, timeout=5) as client:

@@ -147,7 +147,7 @@ async def test_hostile_files_are_refused_and_disturb_no_other_job(
         await cluster.wait_for_leader()
         # On whichever node leads: a stall of the shared loop may move the leadership, and
         # the client's retry then runs the job on the new leader.
-        await poll(lambda: any(d.shards_done("good") > 0 for d in cluster.daemons), what="the good job under way")
+        await poll(lambda: any(d.shard_progress("good")[0] > 0 for d in cluster.daemons), what="the good job under way")
         for spec, (error, message) in hostile.items():
             with pytest.raises(error) as info:
                 await client.submit(op="sum", source=spec)

@@ -136,6 +136,9 @@ class JobView(msgspec.Struct, frozen=True):
     shards_done: int = 0
     #: The leader's address as the answering node knows it; "" if none.
     leader_address: str = ""
+    #: The job's shards in all while it runs (its record says how many once it is done);
+    #: known only on the leader that runs it, 0 elsewhere.
+    shards_total: int = 0
 
 
 class NodeView(msgspec.Struct, frozen=True):

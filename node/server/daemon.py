@@ -278,9 +278,9 @@ class Daemon:
     def jobs_running(self) -> int:
         return self._jobs.running_count if self._jobs is not None else 0
 
-    def shards_done(self, job_id: str) -> int:
-        """Shards merged so far of a job this leader runs; 0 if it runs none."""
-        return self._jobs.progress(job_id)[1] if self._jobs is not None else 0
+    def shard_progress(self, job_id: str) -> tuple[int, int]:
+        """(shards merged so far, shards in all) of a job this leader runs; (0, 0) if it runs none."""
+        return self._jobs.progress(job_id)[1:] if self._jobs is not None else (0, 0)
 
     async def enqueue(self, job_id: str, job: Job, client: str, forwarded: bool) -> JobView:
         return await self.desk.enqueue(job_id, job, client, forwarded)

@@ -49,7 +49,7 @@ class DeskNode(Protocol):
 
     def who(self) -> str: ...
 
-    def shards_done(self, job_id: str) -> int: ...
+    def shard_progress(self, job_id: str) -> tuple[int, int]: ...
 
     async def compute_ready(self) -> None: ...
 
@@ -59,12 +59,12 @@ class JobDesk:
         self.node = node
 
     def _view(self, record: JobRecord) -> JobView:
-        done = 0
+        done = total = 0
         if self.node.is_leader and record.state == "running":
-            done = self.node.shards_done(record.job_id)
+            done, total = self.node.shard_progress(record.job_id)
         election = self.node.election
         return JobView(record, self.node.node_id, election.leader or "", election.term, done,
-                       self.node.relay.leader_address())
+                       self.node.relay.leader_address(), total)
 
     async def enqueue(self, job_id: str, job: Job, client: str, forwarded: bool) -> JobView:
         """A detached job, counted against its client's limit where the client is, as

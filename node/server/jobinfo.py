@@ -12,7 +12,8 @@ def view_to_info(view: JobView) -> pb.JobInfo:
     spec = record.spec
     info = pb.JobInfo(
         job_id=record.job_id, op=record.op, source=record.source, state=record.state,
-        shards_done=record.shards if record.state == "done" else view.shards_done, shards=record.shards,
+        shards_done=record.shards if record.state == "done" else view.shards_done,
+        shards=record.shards or view.shards_total,
         submitted_at=record.submitted_at or 0.0, finished_at=record.finished_at or 0.0,
         elapsed_ms=record.elapsed_ms or 0.0, error=record.error, nodes=record.nodes,
         answered_by=view.answered_by, leader=view.leader, term=view.term, leader_address=view.leader_address,
@@ -36,8 +37,10 @@ def view_from_info(info: pb.JobInfo) -> JobView:
             "range_hi": info.range_hi if info.HasField("range_hi") else None}
     kept = info.result
     result = Result(kept.dtype, tuple(kept.shape), kept.data) if info.result_kept else None
+    running = info.state == "running"  # its shards in all are the leader's progress, not the record's
     record = JobRecord(
-        info.job_id, info.op, info.source, info.state, spec, info.shards, tuple(info.nodes),
+        info.job_id, info.op, info.source, info.state, spec, 0 if running else info.shards, tuple(info.nodes),
         info.submitted_at or None, info.finished_at or None, info.elapsed_ms or None, result, info.error,
     )
-    return JobView(record, info.answered_by, info.leader, info.term, info.shards_done, info.leader_address)
+    return JobView(record, info.answered_by, info.leader, info.term, info.shards_done, info.leader_address,
+                   info.shards if running else 0)
