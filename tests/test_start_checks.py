@@ -72,6 +72,19 @@ def test_a_data_dir_that_cannot_be_created_is_refused_before_listening(tmp_path:
     assert line == f"distnode start: data-dir {tmp_path}/file/n1: cannot create it: Not a directory"
 
 
+def test_a_data_root_that_is_not_a_directory_is_refused_before_listening(tmp_path: Path) -> None:
+    """Such a node started and served, and refused every job's path, each time about the file."""
+    (tmp_path / "file").write_text("not a directory")
+    line = one_line(start(tmp_path / "n1", 0, "--data-root", str(tmp_path / "nowhere")))
+    assert line == f"distnode start: error: data-root: {str(tmp_path / 'nowhere')!r} does not exist"
+    line = one_line(start(tmp_path / "n1", 0, "--data-root", str(tmp_path / "file")))
+    assert line == f"distnode start: error: data-root: {str(tmp_path / 'file')!r} is not a directory"
+    # Python 3.11's is_dir() raises where the path cannot be looked at (here: a name too long)
+    line = one_line(start(tmp_path / "n1", 0, "--data-root", str(tmp_path / ("x" * 300))))
+    assert line.startswith("distnode start: error: data-root: ") and line.endswith(
+        "cannot be examined: File name too long"), line
+
+
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory on a read-only file system (a tmpfs mounted ro; the suite runs as root)."""
@@ -93,6 +106,7 @@ def test_a_data_dir_on_a_read_only_file_system_is_refused_before_listening(read_
     ('{"term": 3, "vot', "is not JSON (16 bytes: "),
     ('{"term": -5, "voted_for": 7}', f"has term -5: not an integer from 0 to {MAX_TERM}"),
     ('{"term": 5, "voted_for": 7}', "has voted_for 7: not a node id or null"),
+    ('{"term": 5, "voted_for": "a b"}', "has voted_for 'a b': not a node id or null"),
     ('{"term": true}', "has term True"),
     ('[5, "n2"]', 'is not {"term": N, "voted_for": ID or null}'),
     ("", "is not JSON (0 bytes"),

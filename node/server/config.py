@@ -159,8 +159,20 @@ class NodeConfig(msgspec.Struct, frozen=True):
         if self.limits.max_message_bytes < MIN_NODE_MESSAGE_BYTES:
             raise ConfigError(f"max-message-bytes: a node needs at least {MIN_NODE_MESSAGE_BYTES} (a job's"
                               f" record and a snapshot chunk must fit), got {self.limits.max_message_bytes}")
+        if self.data_root is not None:
+            self._validate_data_root(self.data_root)
         self._validate_formats()
         self._validate_exposure()
+
+    @staticmethod
+    def _validate_data_root(root: Path) -> None:
+        """A root that is no directory would refuse every job's path, each about the file."""
+        try:
+            why = "" if root.is_dir() else "is not a directory" if root.exists() else "does not exist"
+        except OSError as exc:  # 3.11's is_dir() raises for a denied search or a name too long
+            why = f"cannot be examined: {exc.strerror}"
+        if why:
+            raise ConfigError(f"data-root: {str(root)[:200]!r} {why}")
 
     def _validate_formats(self) -> None:
         if self.formats is None:

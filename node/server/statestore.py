@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from node.errors import StateFileError
+from node.server.config import is_node_id
 from node.server.durable import replace_durably
 
 log = logging.getLogger("distnode")
@@ -57,7 +58,7 @@ class StateStore:
         term, voted_for = raw["term"], raw.get("voted_for")
         if isinstance(term, bool) or not isinstance(term, int) or not 0 <= term <= MAX_TERM:
             raise self._damaged(f"has term {term!r}: not an integer from 0 to {MAX_TERM}")
-        if voted_for is not None and (not isinstance(voted_for, str) or not voted_for):
+        if voted_for is not None and (not isinstance(voted_for, str) or not is_node_id(voted_for)):
             raise self._damaged(f"has voted_for {voted_for!r}: not a node id or null")
         return ElectionState(term, voted_for)
 
