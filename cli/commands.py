@@ -228,9 +228,32 @@ def run_local(args: argparse.Namespace) -> int:
         for signum in STOP_SIGNALS:
             signal.signal(signum, lambda signum, _frame: stop.append(signum))
         _announce(cluster, args.cluster_file, token is not None)
+        reported: set[int] = set()
         while not stop:
             time.sleep(0.1)
+            if not stop:  # a stop signal reaches the nodes too: their ends are no news then
+                _say_exits(cluster, reported)
     return EXIT_OK
+
+
+def _say_exits(cluster: LocalCluster, said: set[int]) -> None:
+    """One line on stderr for each node that ended while the cluster runs (killed to watch a
+    failover, or crashed): without it, `local` went on in silence with nodes gone."""
+    for node_id, pid, code in cluster.exits():
+        if pid in said:
+            continue
+        said.add(pid)
+        if code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:  # a real-time signal has no name
+                how = f"killed by signal {-code}"
+        else:
+            last = [line for line in cluster.log(node_id).splitlines() if line.strip()][-1:]
+            how = f"exit code {code}" + (f": {last[0][:300]}" if last else "")
+        alive = sum(cluster.pid(other) is not None for other in cluster.ids)
+        print(f"distnode local: {node_id} (pid {pid}) ended, {how}; {alive} of {len(cluster.ids)} nodes run",
+              file=sys.stderr, flush=True)
 
 
 #: What stops `distnode local` (and its cluster, and its work directory): Ctrl-C, kill, a

@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +29,8 @@ from node.server.config import (
 #: Where client commands find the cluster when --cluster is not given.
 CLUSTER_ENV = "DISTNODE_CLUSTER"
 STATUS_TIMEOUT_S = 5.0
-SOURCES = "range:n=N | random:n=N,seed=S[,dist=uniform|normal] | npy:PATH | values:1,2,3"
+SOURCES = ("range:n=N | random:n=N,seed=S[,dist=uniform|normal] | npy:PATH | values:1,2,3"
+           " | zarr:PATH | hdf5:PATH#/DATASET | parquet:PATH#COLUMN")
 
 
 N = TypeVar("N", int, float)
@@ -49,8 +51,37 @@ def _checked(
     return parse
 
 
-_positive_int = _checked(int, lambda v: v > 0, "a positive integer", "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "an integer of 0 or more", "an integer of 0 or more")
+#: An integer as `--help` shows the defaults: in scientific notation ("1e+11", exact), or
+#: with its thousands grouped ("8,388,608").
+_SCIENTIFIC = re.compile(r"[0-9][0-9_]*(\.[0-9_]*)?[eE]\+?[0-9]{1,2}")
+_GROUPED = re.compile(r"[0-9]{1,3}(,[0-9]{3})+")
+#: No flag means more than an int64 holds (the wire's fields are 64-bit at most).
+MAX_FLAG_INT = (1 << 63) - 1
+
+
+def _integer(text: str) -> int:
+    """int(text), or an integer written as `--help` writes defaults ("1e+11", "8,388,608");
+    ArgumentTypeError past MAX_FLAG_INT."""
+    written = text.strip()
+    try:
+        value = int(written)
+    except ValueError:
+        if _GROUPED.fullmatch(written):
+            value = int(written.replace(",", ""))
+        elif _SCIENTIFIC.fullmatch(written):
+            number = Decimal(written.replace("_", ""))
+            if number != number.to_integral_value():
+                raise ValueError(text) from None
+            value = int(number)
+        else:
+            raise
+    if value > MAX_FLAG_INT:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_FLAG_INT}, got {text!r}")
+    return value
+
+
+_positive_int = _checked(_integer, lambda v: v > 0, "a positive integer", "a positive integer")
+_non_negative_int = _checked(_integer, lambda v: v >= 0, "an integer of 0 or more", "an integer of 0 or more")
 _non_negative_float = _checked(float, lambda v: v >= 0, "a number of 0 or more", "a number of 0 or more")
 _positive_float = _checked(float, lambda v: v > 0, "a number of seconds", "a positive number of seconds")
 #: A client's --timeout: gRPC fails a call at once given a deadline of 10^10 s or infinity.

@@ -3,6 +3,8 @@ named, exit 2 (DESIGN §1), never a traceback; and what they take that argparse 
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,41 @@ def exit_code_and_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> 
 def test_a_histogram_range_below_zero_is_a_value_not_an_option(words: list[str], span: tuple[float, float]) -> None:
     args = build_parser().parse_args(joined_signed_values([*SUBMIT, *words]))
     assert args.range == span
+
+
+NEEDED = {"start": ["--id", "n1", "--listen", "127.0.0.1:7001"], "submit": SUBMIT[1:], "jobs": ["--cluster", UNUSED],
+          "local": []}
+
+
+def test_the_defaults_help_shows_are_taken_back_as_written() -> None:
+    """`start --help` shows "--max-elements N ... (default 1e+11)" and "--shard-elems N ...
+    (default 8,388,608)"; typed back, both were refused as not integers. Every integer default
+    any command's help shows is taken back as it is written."""
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    shown = [(name, flag, value) for name in NEEDED for flag, value in re.findall(
+        r"(--[\w-]+) (?:N|B|MS|PORT) [^()]*?\(default ([^)]+)\)", " ".join(commands[name].format_help().split()))]
+    assert {(flag, value) for _, flag, value in shown} >= {("--max-elements", "1e+11"), ("--shard-elems", "8,388,608")}
+    for name, flag, value in shown:
+        args = build_parser().parse_args([name, *NEEDED[name], flag, value])
+        assert getattr(args, flag[2:].replace("-", "_")) == int(Decimal(value.replace(",", ""))), (name, flag)
+    assert build_parser().parse_args([*SUBMIT, "--bins", "2e6"]).bins == 2_000_000
+    assert build_parser().parse_args(["jobs", "--cluster", UNUSED, "--limit", "1E2"]).limit == 100
+    assert build_parser().parse_args(["start", *NEEDED["start"], "--keep-jobs", "0e3"]).keep_jobs == 0
+
+
+@pytest.mark.parametrize("value", ["1.5e0", "1e-3", "2.5", "1e", "e5", "1e999", "0e3", "1x", "1,00", "1,000,00", ",100"])
+def test_integer_flags_still_refuse_what_is_not_an_exact_positive_integer(
+    value: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, err = exit_code_and_error([*SUBMIT, "--bins", value], capsys)
+    assert code == 2 and f"--bins: expected a positive integer, got {value!r}" in err, err
+
+
+def test_an_integer_flag_past_an_int64_is_refused_by_its_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--shard-elems 1e20` was taken, then failed where the wire's 64-bit field took it."""
+    for value in ("1e20", str(1 << 63)):
+        code, err = exit_code_and_error([*SUBMIT, "--bins", value], capsys)
+        assert code == 2 and f"--bins: expected at most {(1 << 63) - 1}, got {value!r}" in err, err
 
 
 def test_a_range_with_no_value_still_says_so(capsys: pytest.CaptureFixture[str]) -> None:

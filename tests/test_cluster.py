@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -439,6 +440,80 @@ def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path: Any
     workdir = Path(lines[3].split(maxsplit=2)[2].strip())
     assert (workdir / "n1.log").exists(), "--keep-logs kept nothing"
     shutil.rmtree(workdir)
+
+
+def node_of(parent: int, node_id: str) -> int | None:
+    """The pid of the daemon `--id node_id` that `parent` started; None if none runs."""
+    for name in os.listdir("/proc"):
+        try:
+            if (name.isdigit() and int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
+                    and f"\0--id\0{node_id}\0" in Path(f"/proc/{name}/cmdline").read_text()):
+                return int(name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def test_distnode_local_says_when_one_of_its_nodes_ends(tmp_path: Path) -> None:
+    """A node killed (to watch a failover) or crashed was a silent zombie under `local`,
+    which went on as if nothing had happened, and said nothing when all its nodes were gone."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "cli", "local", "--nodes", "2", "--heartbeat-ms", "30", "--election-ms", "150-300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    ) as process:
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            while not process.stdout.readline().startswith("Ctrl-C stops"):
+                assert process.poll() is None, process.stderr.read()
+            victim = node_of(process.pid, "n2")
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            said, _, _ = select.select([process.stderr], [], [], 15)  # it looks ten times a second
+            assert said, "nothing said within 15 s of the kill"
+            line = process.stderr.readline()
+            assert line == f"distnode local: n2 (pid {victim}) ended, killed by SIGKILL; 1 of 2 nodes run\n", line
+            assert Path(f"/proc/{victim}").exists() is False, "not reaped: still a zombie"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+class EndedNodes:
+    """What `_say_exits` reads of a LocalCluster: nodes that ended (id, pid, code), logs."""
+
+    def __init__(self, ended: list[tuple[str, int, int]], log: str = "") -> None:
+        self.ended, self.ids, self._log = ended, ["n1", "n2", "n3"], log
+
+    def exits(self) -> list[tuple[str, int, int]]:
+        return self.ended
+
+    def pid(self, node_id: str) -> int | None:
+        return None if any(node_id == ended for ended, _, _ in self.ended) else 1
+
+    def log(self, node_id: str) -> str:
+        return self._log
+
+
+@pytest.mark.parametrize(("code", "log", "how"), [
+    (-signal.SIGKILL, "", "killed by SIGKILL"),
+    # A real-time signal has no name: `signal.Signals` refuses it, which ended `local` too.
+    (-(signal.SIGRTMIN + 6), "", f"killed by signal {signal.SIGRTMIN + 6}"),
+    (1, "INFO became leader\nERROR journal: disk full\n\n", "exit code 1: ERROR journal: disk full"),
+    (0, "", "exit code 0"),
+])
+def test_distnode_local_says_how_a_node_ended_once(code: int, log: str, how: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from typing import cast
+
+    from cli.commands import _say_exits
+
+    said: set[int] = set()
+    cluster = cast(LocalCluster, EndedNodes([("n2", 4242, code)], log))
+    _say_exits(cluster, said)
+    _say_exits(cluster, said)
+    assert capsys.readouterr().err == f"distnode local: n2 (pid 4242) ended, {how}; 2 of 3 nodes run\n"
 
 
 def test_an_interrupt_inside_a_spawn_leaves_no_node_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
