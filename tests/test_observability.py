@@ -75,6 +75,40 @@ def test_json_logs_are_one_object_per_line_with_node_term_and_peer(tmp_path: Pat
     assert any(line["message"] == "shutting down" for line in lines)
 
 
+def test_a_json_role_change_line_carries_the_term_its_message_names(tmp_path: Path) -> None:
+    """A one-node cluster goes pre-candidate (term 0), candidate and leader (term 1) in one
+    step; the JSON line of the first said `"term": 1` beside "became pre-candidate term=0",
+    the node's term when the line was written rather than the one it was about."""
+    import os
+    import re
+    import signal
+    import sys
+    import time
+
+    from node.testing.ports import free_ports
+
+    node = subprocess.Popen(
+        [sys.executable, "-m", "cli", "start", "--id", "n1", "--listen", f"127.0.0.1:{free_ports(1)[0]}",
+         "--data-dir", str(tmp_path / "n1"), "--log-format", "json", "--parent-pid", str(os.getpid())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[dict[str, object]] = []
+    try:
+        assert node.stderr is not None
+        deadline = time.monotonic() + 30
+        while not any(str(line["message"]).startswith("became leader") for line in lines):
+            assert time.monotonic() < deadline and node.poll() is None, f"no leader line: {lines}"
+            lines.append(json.loads(node.stderr.readline()))
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.communicate(timeout=30)
+    changes = [(line["term"], re.fullmatch(r"became (\S+) term=(\d+).*", str(line["message"])))
+               for line in lines if str(line["message"]).startswith("became ")]
+    said = [(term, found.group(1), int(found.group(2))) for term, found in changes if found]
+    assert [role for _, role, _ in said] == ["pre-candidate", "candidate", "leader"], said
+    assert all(term == named for term, _, named in said), said
+
+
 # ---- /metrics and /status.json (in-process daemons, real HTTP) ---------------------------
 
 import asyncio  # noqa: E402

@@ -34,7 +34,7 @@ from node.core.sourcechecks import (
     rows_read,
 )
 from node.core.sources import Array, ArrayBacked
-from node.errors import InvalidField
+from node.errors import InvalidField, SourceForbidden
 from node.formats.mapped import ChunkPieces
 
 #: Codec names (Zarr 3) and numcodecs ids (Zarr 2) a store may use.
@@ -248,7 +248,7 @@ def _confined_key(store: Path, root: Path, key: str) -> Path | None:
         except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11)
             raise InvalidField("source", f"zarr: {store.name}/{key} cannot be resolved: {exc}") from None
         if not target.is_relative_to(root):
-            raise InvalidField("source", f"zarr: {store.name}/{key} leads out of the data root")
+            raise SourceForbidden("source", f"zarr: {store.name}/{key} leads out of the data root")
         try:
             mode = target.stat().st_mode
         except FileNotFoundError:

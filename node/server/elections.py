@@ -427,7 +427,7 @@ class ElectionDriver:
         self._reported = reported
         self.clock.wake_now()  # the next deadline may now be earlier
         leader = f" leader={change.leader}" if change.leader else ""
-        log.info("became %s term=%d%s", change.role.value, change.term, leader)
+        log.info("became %s term=%d%s", change.role.value, change.term, leader, extra={"term": change.term})
         if change.role is Role.LEADER:
             self.leader_address = self.config.address
             self.judge_peers()  # a new leader starts with no evidence: no worker is alive yet

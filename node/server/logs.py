@@ -43,7 +43,9 @@ class GrpcCoreLogFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; `term` asks the node for its current term."""
+    """One JSON object per record; `term` asks the node for its current term, unless the
+    record states its own (a role change is logged as the core has moved on: a pre-candidate
+    of term 0 may be a candidate of term 1 by then)."""
 
     def __init__(self, node_id: str) -> None:
         super().__init__()
@@ -54,7 +56,8 @@ class JsonFormatter(logging.Formatter):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line: dict[str, object] = {
             "time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname, "node": self.node_id,
-            "term": self.term() if self.term is not None else None, "message": record.getMessage(),
+            "term": getattr(record, "term", None) if hasattr(record, "term")
+            else self.term() if self.term is not None else None, "message": record.getMessage(),
         }
         for name in CONTEXT_FIELDS:
             if hasattr(record, name):
