@@ -7,6 +7,7 @@ polling the job's progress, never by sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import mmap
@@ -440,6 +441,32 @@ def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path: Any
     workdir = Path(lines[3].split(maxsplit=2)[2].strip())
     assert (workdir / "n1.log").exists(), "--keep-logs kept nothing"
     shutil.rmtree(workdir)
+
+
+def test_an_async_client_serves_one_event_loop_after_another() -> None:
+    """grpc.aio's channels belong to the loop they were opened on: a client used by a second
+    `asyncio.run` failed with "RuntimeError: Event loop is closed", not an error of ours.
+    It opens its own on the new loop; one used from two open loops at once is refused."""
+    from node import AsyncClient
+    from node.errors import ClusterUnavailable, ConfigError
+
+    with LocalCluster(nodes=1) as cluster:
+        client = AsyncClient(cluster.addresses, timeout=20)
+        assert asyncio.run(client.submit(op="sum", source="range:n=10")).result == 45
+        assert asyncio.run(client.submit(op="sum", source="range:n=100")).result == 4950
+        assert [j.state for j in asyncio.run(client.jobs(limit=1))] in (["done"], [])
+        asyncio.run(client.close())  # its loop closed too: nothing of it to close there
+        with pytest.raises(ClusterUnavailable, match="this client is closed"):
+            asyncio.run(client.submit(op="sum", source="range:n=10"))
+        first = asyncio.new_event_loop()
+        try:
+            shared = AsyncClient(cluster.addresses, timeout=20)
+            assert first.run_until_complete(shared.submit(op="max", source="values:1,5")).result == 5
+            with pytest.raises(ConfigError, match="one client per loop"):
+                asyncio.run(shared.submit(op="sum", source="range:n=10"))
+            first.run_until_complete(shared.close())
+        finally:
+            first.close()
 
 
 def node_of(parent: int, node_id: str) -> int | None:

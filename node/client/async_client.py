@@ -37,14 +37,7 @@ from node.client.answer import (
 )
 from node.client.async_local_stream import open_local
 from node.client.fanout import Fanout
-from node.client.jobs import (
-    JobStatus,
-    answer_of,
-    call_any,
-    job_status,
-    request_failure,
-    with_job_id,
-)
+from node.client.jobs import JobStatus, answer_of, call_any, job_status, request_failure, with_job_id
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
     MAX_CALL_S,
@@ -59,7 +52,7 @@ from node.client.retry import (
 from node.client.statusround import STATUS_TIMEOUT_S, cluster_view
 from node.client.streams import SocketStream, SubmitStream, SubmitStreams, stream_answer, unary_instead
 from node.core.limits import MAX_MESSAGE_BYTES
-from node.errors import AttemptFailed, ClusterUnavailable, GaveUp, InvalidField
+from node.errors import AttemptFailed, ClusterUnavailable, ConfigError, GaveUp, InvalidField
 from node.security import TlsFiles, load_token
 from node.wire.answers import SubmitAnswer
 from node.wire.jobs import MAX_WAIT_S, check_wire_text
@@ -121,9 +114,11 @@ class AsyncClient:
         self._flights: set[_Flight] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
-        self._streams = SubmitStreams(
-            functools.partial(open_local, max_message_bytes=max_message_bytes) if local_socket else None
-        )
+        local = functools.partial(open_local, max_message_bytes=max_message_bytes) if local_socket else None
+        self._new_streams = functools.partial(SubmitStreams, local)
+        self._streams = self._new_streams()
+        #: The event loop its channels and streams belong to: that of its first call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -133,6 +128,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closed = True
+        if self._loop is not None and self._loop.is_closed():
+            self._forget_loop()  # what it had opened went with its loop
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -140,9 +137,20 @@ class AsyncClient:
         await self._stubs.close()
 
     def _stub(self, address: str) -> NodeStub:
-        if self._closed:  # a call still retrying when close() ran must not open channels again
-            raise ClusterUnavailable("this client was closed during the call")
+        if self._closed:  # also a call still retrying when close() ran: no channel opens again
+            raise ClusterUnavailable("this client is closed")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise ConfigError("AsyncClient: its event loop is still open; use one client per loop")
+            self._forget_loop()  # a client used again by a later asyncio.run() opens its own
+            self._loop = loop
         return self._stubs.stub(address)
+
+    def _forget_loop(self) -> None:
+        """Drop the channels and streams of a loop that has closed: grpc.aio's belong to one."""
+        self._stubs = StubCache(self._stubs.factory)
+        self._streams, self._sweeper, self._flights = self._new_streams(), None, set()
 
     @overload
     async def submit(
@@ -161,18 +169,10 @@ class AsyncClient:
     ) -> str: ...
 
     async def submit(
-        self,
-        op: str,
-        source: str,
-        map: str | None = None,
-        axis: int | None = None,
-        bins: int | None = None,
-        range: tuple[float, float] | None = None,
-        job_id: str | None = None,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        detach: bool = False,
-        trace: bool = False,
+        self, op: str, source: str, map: str | None = None, axis: int | None = None,
+        bins: int | None = None, range: tuple[float, float] | None = None, job_id: str | None = None,
+        timeout: float | None = None, on_progress: ProgressCallback | None = None,
+        detach: bool = False, trace: bool = False,
     ) -> Answer | str:
         """Run one job and return its answer; with `detach`, return its job id as soon as
         the cluster has committed it (see `result`); with `trace`, the answer's `trace` is the
@@ -181,7 +181,6 @@ class AsyncClient:
         if detach:
             return (await self._enqueue(request, timeout)).job_id
         started, started_ns = time.perf_counter(), time.time_ns()
-
         on_stream = axis is None  # a vector answer keeps the unary Submit, read without copies
         with answer_file(request, on_stream) as target:
             async def attempt(address: str, remaining: float) -> SubmitAnswer:
@@ -285,8 +284,9 @@ class AsyncClient:
         node has none (an older version: remembered), or if the stream failed before it
         ever answered (then the unary call finds out whether the node is there)."""
         deadline = time.monotonic() + remaining
+        stub = self._stub(address)  # first: it may move the client to this loop's streams
         if on_stream and self._streams.usable(address):
-            stream = self._streams.to(address, self._stub(address))
+            stream = self._streams.to(address, stub)
             try:
                 return await self._attempt_once(address, request, remaining, on_progress, stream)
             except AttemptFailed as failure:
