@@ -14,7 +14,7 @@ from cli.parser import build_parser, joined_signed_values
 from node import AsyncClient, Client
 from node.channels import ChannelFactory
 from node.client.retry import new_request
-from node.errors import InvalidField, SecurityError
+from node.errors import InvalidField, InvalidJob, SecurityError
 from node.security import load_token
 from node.server.config import NodeConfig
 
@@ -73,6 +73,17 @@ def test_an_integer_flag_past_an_int64_is_refused_by_its_bound(capsys: pytest.Ca
     for value in ("1e20", str(1 << 63)):
         code, err = exit_code_and_error([*SUBMIT, "--bins", value], capsys)
         assert code == 2 and f"--bins: expected at most {(1 << 63) - 1}, got {value!r}" in err, err
+
+
+async def test_a_traced_detached_job_is_refused_naming_the_trace_field() -> None:
+    """Every other refusal before sending names its field in `InvalidJob.field`; this one said ""."""
+    with Client(UNUSED) as client, pytest.raises(InvalidJob, match="trace: a detached job") as refused:
+        client.submit(op="sum", source="range:n=10", detach=True, trace=True)  # type: ignore[call-overload]
+    assert refused.value.field == "trace"
+    async with AsyncClient(UNUSED) as async_client:
+        with pytest.raises(InvalidJob, match="trace: a detached job") as refused:
+            await async_client.submit(op="sum", source="range:n=10", detach=True, trace=True)  # type: ignore[call-overload]
+    assert refused.value.field == "trace"
 
 
 def test_a_range_with_no_value_still_says_so(capsys: pytest.CaptureFixture[str]) -> None:

@@ -200,7 +200,7 @@ def new_request(
     check_numbers(axis, bins, range)
     job = build_job(op, check_wire_text("source", source), map, axis, bins, range)
     if trace and detach:
-        raise InvalidJob("trace: a detached job has no timeline to send back; submit it attached")
+        raise InvalidField("trace", "a detached job has no timeline to send back; submit it attached")
     return pb.SubmitRequest(job=job_to_proto(job_id or str(uuid.uuid4()), job), trace=trace)
 
 
