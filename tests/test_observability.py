@@ -4,6 +4,7 @@ no .proto file, on every node of a real cluster; the schema is open, the calls a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -328,8 +329,16 @@ async def test_status_json_is_the_status_object_with_running_and_recent_jobs(sta
         return list(json.loads((await fetch(f"http://{leader.config.http}/status.json"))[1])["recent"])
 
     deadline = asyncio.get_running_loop().time() + 10
-    while not any(j["job_id"] == "small" and j["state"] == "done" for j in await recent()):
+    listed = await recent()
+    while not any(j["job_id"] == "small" and j["state"] == "done" for j in listed):
         assert asyncio.get_running_loop().time() < deadline, "the attached job never listed as done"
+        listed = await recent()
+    (small,) = [j for j in listed if j["job_id"] == "small"]
+    # Times as `jobs --json` gives them (DESIGN §6: RFC 3339 UTC), where they were epoch floats.
+    assert set(small) == {"job_id", "op", "source", "state", "shards", "elapsed_ms", "submitted_at",
+                          "finished_at"}, small
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", small[name])
+               for name in ("submitted_at", "finished_at")), small
 
 
 async def test_a_followers_status_json_shows_which_node_delivered_a_detached_jobs_shards(

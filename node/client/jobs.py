@@ -8,7 +8,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -30,15 +29,9 @@ from node.errors import (
 from node.security import TlsFiles
 from node.wire.status import signed_by
 from node.wire.tensors import result_to_python, tensor_from_proto
+from node.wire.times import rfc3339
 
 R = TypeVar("R")
-
-
-def rfc3339(seconds: float) -> str | None:
-    """Seconds since the epoch as RFC 3339 UTC (None for 0: not yet)."""
-    if not seconds:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from node.server.api import JobProgress, StatusView
 from node.server.metrics import NodeMetrics
 from node.server.startchecks import why_not_listening
 from node.server.statuspage import PAGE
+from node.wire.times import rfc3339
 
 #: The largest request accepted: a GET has no body.
 MAX_REQUEST_BYTES = 1024
@@ -77,7 +78,8 @@ async def running_jobs(
 def recent_jobs(table: JobTable, limit: int = RECENT_JOBS) -> list[dict[str, Any]]:
     """The table's newest jobs, as /status.json lists them."""
     return [{"job_id": r.job_id, "op": r.op, "source": r.source, "state": r.state, "shards": r.shards,
-             "elapsed_ms": r.elapsed_ms, "finished_at": r.finished_at} for r in table.jobs(limit=limit)]
+             "elapsed_ms": r.elapsed_ms, "submitted_at": rfc3339(r.submitted_at),
+             "finished_at": rfc3339(r.finished_at)} for r in table.jobs(limit=limit)]
 
 
 async def serve_http(
