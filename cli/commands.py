@@ -201,9 +201,9 @@ def run_local(args: argparse.Namespace) -> int:
     from node.testing.cluster import LocalCluster
 
     options = _local_timing(args)
-    if args.base_port is not None and not 0 < args.base_port <= 65536 - args.nodes:
+    if args.base_port is not None and not 0 < args.base_port <= 65536 - 2 * args.nodes:
         raise UsageError(f"base-port: {args.nodes} nodes need ports {args.base_port} to "
-                         f"{args.base_port + args.nodes - 1}, within 1-65535")
+                         f"{args.base_port + 2 * args.nodes - 1} (gRPC, then their pages), within 1-65535")
     try:
         token = load_token(args.token_file)
     except SecurityError as exc:

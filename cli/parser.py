@@ -321,7 +321,8 @@ def _add_local(commands: Any) -> None:
     local = commands.add_parser("local", help="run a whole cluster in the foreground")
     local.add_argument("--nodes", type=_positive_int, default=3, metavar="N", help="nodes (default 3)")
     local.add_argument("--base-port", type=_positive_int, default=None, metavar="PORT",
-                       help="ports PORT, PORT+1, ... (default: free ports)")
+                       help="gRPC on PORT, PORT+1, ..., each node's page on the N ports after those"
+                            " (default: free ports)")
     _add_timing(local)
     local.add_argument("--tls", action="store_true",
                        help="make a throwaway CA and run every link with mutual TLS")

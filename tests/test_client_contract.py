@@ -213,7 +213,7 @@ def test_cli_values_past_the_wire_exit_2_with_one_line(
 @pytest.mark.parametrize(("argv", "needle"), [
     (["local", "--heartbeat-ms", "200"], "election-ms minimum (250) must be at least 3 x heartbeat-ms (200)"),
     (["local", "--election-ms", "300-200"], "election-ms maximum (200) must be at least its minimum (300)"),
-    (["local", "--nodes", "3", "--base-port", "65534"], "base-port: 3 nodes need ports 65534 to 65536"),
+    (["local", "--nodes", "3", "--base-port", "65531"], "base-port: 3 nodes need ports 65531 to 65536"),
     (["submit", "--cluster", "h:1", "--op", "sum", "--source", "range:n=3", "--timeout", "inf"], "at most 1e6"),
 ])
 def test_local_and_timeouts_refuse_what_no_node_would_take_before_starting_any(

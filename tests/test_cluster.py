@@ -481,17 +481,35 @@ def node_of(parent: int, node_id: str) -> int | None:
     return None
 
 
+def four_free_ports_in_a_row() -> int:
+    """The first of four consecutive ports free now (TCP and UDP), drawn as free_ports draws."""
+    from node.testing.ports import _bindable, free_ports
+
+    for base in free_ports(50):
+        if all(_bindable(base + i) for i in range(1, 4)):
+            return base
+    raise AssertionError("no four free ports in a row in 50 draws")
+
+
 def test_distnode_local_says_when_one_of_its_nodes_ends(tmp_path: Path) -> None:
     """A node killed (to watch a failover) or crashed was a silent zombie under `local`,
-    which went on as if nothing had happened, and said nothing when all its nodes were gone."""
+    which went on as if nothing had happened, and said nothing when all its nodes were gone.
+    With --base-port, the nodes' pages follow their gRPC ports (they were anywhere)."""
+    base = four_free_ports_in_a_row()
     with subprocess.Popen(
-        [sys.executable, "-m", "cli", "local", "--nodes", "2", "--heartbeat-ms", "30", "--election-ms", "150-300"],
+        [sys.executable, "-m", "cli", "local", "--nodes", "2", "--heartbeat-ms", "30", "--election-ms", "150-300",
+         "--base-port", str(base)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     ) as process:
         try:
             assert process.stdout is not None and process.stderr is not None
-            while not process.stdout.readline().startswith("Ctrl-C stops"):
+            printed: list[str] = []
+            while not (printed and printed[-1].startswith("Ctrl-C stops")):
                 assert process.poll() is None, process.stderr.read()
+                printed.append(process.stdout.readline())
+            assert f"n1 127.0.0.1:{base}\n" in printed and f"n2 127.0.0.1:{base + 1}\n" in printed, printed
+            pages = [line.split()[2] for line in printed if " page " in line]
+            assert pages == [f"http://127.0.0.1:{base + 2}/", f"http://127.0.0.1:{base + 3}/"], printed
             victim = node_of(process.pid, "n2")
             assert victim is not None
             os.kill(victim, signal.SIGKILL)

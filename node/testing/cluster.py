@@ -120,7 +120,9 @@ class LocalCluster:
         #: With `http`, each node's --http address (/metrics, /status.json).
         self.http_addresses: dict[str, str] = {}
         if http:
-            ports_for_http = free_ports(nodes, avoid=ports)  # the gRPC ports are not bound yet
+            # After the gRPC ports with a base port (one range to open in a firewall), else free ones.
+            ports_for_http = [base_port + nodes + i for i in range(nodes)] if base_port else free_ports(
+                nodes, avoid=ports)  # the gRPC ports are not bound yet
             self.http_addresses = {n: f"127.0.0.1:{ports_for_http[i]}" for i, n in enumerate(self._nodes)}
         self._client: Client | None = None
         # Every process ever started; the finalizer must not hold `self`.
