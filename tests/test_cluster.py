@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -443,28 +444,42 @@ def test_distnode_local_runs_in_the_foreground_and_stops_on_ctrl_c(tmp_path: Any
     shutil.rmtree(workdir)
 
 
-def test_an_async_client_serves_one_event_loop_after_another() -> None:
+def test_an_async_client_on_another_event_loop_says_so() -> None:
     """grpc.aio's channels belong to the loop they were opened on: a client used by a second
-    `asyncio.run` failed with "RuntimeError: Event loop is closed", not an error of ours.
-    It opens its own on the new loop; one used from two open loops at once is refused."""
+    `asyncio.run` failed deep in grpc with "RuntimeError: Event loop is closed", not an error
+    of ours. It is a ConfigError saying what to do; closing it after its loop ended is
+    quiet; a closed client says so at once, `wait_for_leader` and a detached submit too."""
     from node import AsyncClient
     from node.errors import ClusterUnavailable, ConfigError
 
     with LocalCluster(nodes=1) as cluster:
         client = AsyncClient(cluster.addresses, timeout=20)
         assert asyncio.run(client.submit(op="sum", source="range:n=10")).result == 45
-        assert asyncio.run(client.submit(op="sum", source="range:n=100")).result == 4950
-        assert [j.state for j in asyncio.run(client.jobs(limit=1))] in (["done"], [])
-        asyncio.run(client.close())  # its loop closed too: nothing of it to close there
-        with pytest.raises(ClusterUnavailable, match="this client is closed"):
-            asyncio.run(client.submit(op="sum", source="range:n=10"))
+        for call in (lambda: client.submit(op="sum", source="range:n=10"), lambda: client.jobs()):
+            with pytest.raises(ConfigError, match=r"another event loop; make one per loop"):
+                asyncio.run(call())  # type: ignore[no-untyped-call]
+        asyncio.run(client.close())  # its loop has ended: nothing is left to close
         first = asyncio.new_event_loop()
         try:
-            shared = AsyncClient(cluster.addresses, timeout=20)
-            assert first.run_until_complete(shared.submit(op="max", source="values:1,5")).result == 5
-            with pytest.raises(ConfigError, match="one client per loop"):
-                asyncio.run(shared.submit(op="sum", source="range:n=10"))
-            first.run_until_complete(shared.close())
+            other = AsyncClient(cluster.addresses, timeout=20)
+            assert first.run_until_complete(other.submit(op="max", source="values:1,5")).result == 5
+            with pytest.raises(ConfigError, match="another event loop"):  # its own is still open
+                asyncio.run(other.close())
+            first.run_until_complete(other.close())
+
+            async def closed_calls() -> list[str]:
+                said = []
+                for call in (lambda: other.submit(op="sum", source="range:n=10"),
+                             lambda: other.submit(op="sum", source="range:n=10", detach=True, job_id="j1"),
+                             lambda: other.wait_for_leader(timeout=10)):
+                    started = time.monotonic()
+                    with pytest.raises(ClusterUnavailable) as refused:
+                        await call()
+                    assert time.monotonic() - started < 1, "a closed client waits for nothing"
+                    said.append(str(refused.value))
+                return said
+
+            assert first.run_until_complete(closed_calls()) == ["this client is closed"] * 3
         finally:
             first.close()
 
@@ -483,10 +498,10 @@ def node_of(parent: int, node_id: str) -> int | None:
 
 def four_free_ports_in_a_row() -> int:
     """The first of four consecutive ports free now (TCP and UDP), drawn as free_ports draws."""
-    from node.testing.ports import _bindable, free_ports
+    from node.testing.ports import _bindable, ephemeral_low, free_ports
 
-    for base in free_ports(50):
-        if all(_bindable(base + i) for i in range(1, 4)):
+    for base in free_ports(50):  # and all four below the ephemeral range, where no client takes one
+        if base + 3 < ephemeral_low() and all(_bindable(base + i) for i in range(1, 4)):
             return base
     raise AssertionError("no four free ports in a row in 50 draws")
 
@@ -539,6 +554,14 @@ class EndedNodes:
 
     def log(self, node_id: str) -> str:
         return self._log
+
+
+def test_a_base_port_with_too_few_ports_above_it_is_refused_before_anything_starts() -> None:
+    before = set(Path(tempfile.gettempdir()).glob("distnode-cluster-*"))
+    with pytest.raises(ValueError, match="3 nodes need 6 ports from it"):
+        LocalCluster(nodes=3, base_port=65531, http=True)
+    LocalCluster(nodes=3, base_port=65531).close()  # without pages, three are enough (none started)
+    assert set(Path(tempfile.gettempdir()).glob("distnode-cluster-*")) == before, "a work dir was left"
 
 
 @pytest.mark.parametrize(("code", "log", "how"), [

@@ -38,6 +38,7 @@ from node.client.answer import (
 from node.client.async_local_stream import open_local
 from node.client.fanout import Fanout
 from node.client.jobs import JobStatus, answer_of, call_any, job_status, request_failure, with_job_id
+from node.client.oneloop import OneLoop
 from node.client.retry import (
     DEFAULT_TIMEOUT_S,
     MAX_CALL_S,
@@ -52,7 +53,7 @@ from node.client.retry import (
 from node.client.statusround import STATUS_TIMEOUT_S, cluster_view
 from node.client.streams import SocketStream, SubmitStream, SubmitStreams, stream_answer, unary_instead
 from node.core.limits import MAX_MESSAGE_BYTES
-from node.errors import AttemptFailed, ClusterUnavailable, ConfigError, GaveUp, InvalidField
+from node.errors import AttemptFailed, ClusterUnavailable, GaveUp, InvalidField
 from node.security import TlsFiles, load_token
 from node.wire.answers import SubmitAnswer
 from node.wire.jobs import MAX_WAIT_S, check_wire_text
@@ -115,10 +116,8 @@ class AsyncClient:
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
         local = functools.partial(open_local, max_message_bytes=max_message_bytes) if local_socket else None
-        self._new_streams = functools.partial(SubmitStreams, local)
-        self._streams = self._new_streams()
-        #: The event loop its channels and streams belong to: that of its first call.
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams = SubmitStreams(local)
+        self._loop = OneLoop("AsyncClient")
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -127,9 +126,11 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._loop.gone:
+            self._closed, self._sweeper, self._flights = True, None, set()
+            return
+        self._loop.check()
         self._closed = True
-        if self._loop is not None and self._loop.is_closed():
-            self._forget_loop()  # what it had opened went with its loop
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -137,20 +138,13 @@ class AsyncClient:
         await self._stubs.close()
 
     def _stub(self, address: str) -> NodeStub:
-        if self._closed:  # also a call still retrying when close() ran: no channel opens again
-            raise ClusterUnavailable("this client is closed")
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            if self._loop is not None and not self._loop.is_closed():
-                raise ConfigError("AsyncClient: its event loop is still open; use one client per loop")
-            self._forget_loop()  # a client used again by a later asyncio.run() opens its own
-            self._loop = loop
+        self._usable()
         return self._stubs.stub(address)
 
-    def _forget_loop(self) -> None:
-        """Drop the channels and streams of a loop that has closed: grpc.aio's belong to one."""
-        self._stubs = StubCache(self._stubs.factory)
-        self._streams, self._sweeper, self._flights = self._new_streams(), None, set()
+    def _usable(self) -> None:
+        if self._closed:  # also a call still retrying when close() ran: no channel opens again
+            raise ClusterUnavailable("this client is closed")
+        self._loop.check()
 
     @overload
     async def submit(
@@ -205,6 +199,8 @@ class AsyncClient:
         return await self._enqueue(request, timeout)
 
     async def _enqueue(self, request: pb.SubmitRequest, timeout: float | None) -> JobStatus:
+        self._usable()  # said before anything is sent: a closed client's error takes no job id
+
         async def call(address: str, remaining: float) -> pb.JobInfo:
             return await self._stub(address).Enqueue(request, timeout=remaining)
 
@@ -284,9 +280,8 @@ class AsyncClient:
         node has none (an older version: remembered), or if the stream failed before it
         ever answered (then the unary call finds out whether the node is there)."""
         deadline = time.monotonic() + remaining
-        stub = self._stub(address)  # first: it may move the client to this loop's streams
         if on_stream and self._streams.usable(address):
-            stream = self._streams.to(address, stub)
+            stream = self._streams.to(address, self._stub(address))
             try:
                 return await self._attempt_once(address, request, remaining, on_progress, stream)
             except AttemptFailed as failure:
@@ -363,6 +358,7 @@ class AsyncClient:
         Wakes every half interval, so probing starts 0.5-0.75 s into a call (sooner
         for one with little time: `_attempt_once`); ends as soon as nothing is in flight.
         """
+        me = asyncio.current_task()  # its end may come with its loop gone (none is running then)
         try:
             while self._flights:
                 await asyncio.sleep(PROBE_INTERVAL_S / 2)
@@ -373,7 +369,7 @@ class AsyncClient:
                             flight.stub, flight.job_id, flight.call, flight.on_progress, flight.seen
                         ))
         finally:
-            if self._sweeper is asyncio.current_task():
+            if self._sweeper is me:
                 self._sweeper = None
 
     async def _watch(
@@ -444,7 +440,8 @@ class AsyncClient:
                 if view.leader is not None:
                     return view
             except ClusterUnavailable:
-                pass
+                if self._closed:
+                    raise
             if time.monotonic() >= deadline:
                 raise ClusterUnavailable("no leader elected in time")
             await asyncio.sleep(0.05)

@@ -87,6 +87,9 @@ class LocalCluster:
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
+        needed = (2 if http else 1) * nodes  # with http, each node's page after the gRPC ports
+        if base_port and base_port + needed > 65536:
+            raise ValueError(f"base_port {base_port}: {nodes} nodes need {needed} ports from it, to 65535")
         #: A work directory made here is removed on close, unless `keep_logs`
         #: (or DISTNODE_KEEP_LOGS=1, to keep a failing test's logs).
         keep = keep_logs or os.environ.get("DISTNODE_KEEP_LOGS", "").lower() in ("1", "true", "yes")
