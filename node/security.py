@@ -71,6 +71,14 @@ class TlsFiles:
     key: Path | None = None
     ca: Path | None = None
 
+    def __post_init__(self) -> None:
+        # Paths given as strings (the README writes `TlsFiles(cert, key, ca)`) failed later
+        # with "'str' object has no attribute 'read_bytes'".
+        for name in ("cert", "key", "ca"):
+            value = getattr(self, name)
+            if isinstance(value, str | os.PathLike) and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
     @property
     def enabled(self) -> bool:
         return self.cert is not None or self.ca is not None

@@ -154,6 +154,16 @@ def test_token_loading(tmp_path: Path) -> None:
         load_token(tmp_path / "missing")
 
 
+def test_tls_files_given_as_strings_are_paths(certs: Path) -> None:
+    """The README writes `TlsFiles(cert, key, ca)`: with strings, a client failed at its first
+    call with "'str' object has no attribute 'read_bytes'"."""
+    files = TlsFiles(str(certs / "client.pem"), str(certs / "client.key"), str(certs / "ca.pem"))  # type: ignore[arg-type]
+    assert (files.cert, files.key, files.ca) == (certs / "client.pem", certs / "client.key", certs / "ca.pem")
+    files.validate_client()
+    assert files.channel_credentials() is not None  # reads the three files
+    assert TlsFiles(ca=certs / "ca.pem") == TlsFiles(ca=str(certs / "ca.pem"))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("listen", "tls", "token", "insecure", "ok"),
     [
@@ -177,8 +187,9 @@ def test_exposed_listen_needs_tls_and_token_or_insecure(
     if ok:
         config.validate()
     else:
-        with pytest.raises(ConfigError, match="reachable from the network"):
-            config.validate()
+        lacking = " and no ".join(name for name, has in (("TLS", tls), ("token", token)) if not has)
+        with pytest.raises(ConfigError, match=f"reachable from the network but has no {lacking};"):
+            config.validate()  # it said "has no a token"
 
 
 @pytest.mark.process

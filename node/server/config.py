@@ -200,7 +200,7 @@ class NodeConfig(msgspec.Struct, frozen=True):
         host, _ = split_host_port(self.listen)
         if is_loopback(host) or self.insecure:
             return
-        missing = [name for name, ok in (("TLS", self.tls.enabled), ("a token", bool(self.token))) if not ok]
+        missing = [name for name, ok in (("TLS", self.tls.enabled), ("token", bool(self.token))) if not ok]
         if missing:
             raise ConfigError(
                 f"listen: {self.listen} is reachable from the network but has no "
