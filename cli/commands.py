@@ -192,6 +192,9 @@ def run_certs(args: argparse.Namespace) -> int:
     from node.testing.certs import make_certs
 
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    if (Path(args.out) / "ca.pem").exists():  # a new CA would silently split nodes that trust the old one
+        raise UsageError(f"out: {args.out} already holds a CA (ca.pem), which nodes may trust; "
+                         "remove it first, or choose another directory")
     for path in make_certs(Path(args.out), args.nodes, hosts):
         print(path)
     return EXIT_OK

@@ -86,6 +86,17 @@ async def test_a_traced_detached_job_is_refused_naming_the_trace_field() -> None
     assert refused.value.field == "trace"
 
 
+def test_certs_refuses_to_replace_a_ca_it_made_before(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run twice on one directory, `distnode certs` made a new CA over the old one, with exit 0:
+    nodes restarted on the new files no longer trusted those still on the old."""
+    out = tmp_path / "certs"
+    assert main(["certs", "--out", str(out), "--nodes", "1"]) == 0
+    ca = (out / "ca.pem").read_bytes()
+    code, err = exit_code_and_error(["certs", "--out", str(out), "--nodes", "1"], capsys)
+    assert code == 2 and f"out: {out} already holds a CA (ca.pem)" in err and err.count("\n") == 1, err
+    assert (out / "ca.pem").read_bytes() == ca
+
+
 def test_a_range_with_no_value_still_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = exit_code_and_error([*SUBMIT, "--range", "--json"], capsys)
     assert code == 2 and "--range: expected one argument" in err, err
