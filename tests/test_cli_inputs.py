@@ -7,14 +7,15 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cli.main import main
 from cli.parser import build_parser, joined_signed_values
 from node import AsyncClient, Client
 from node.channels import ChannelFactory
-from node.client.retry import new_request
-from node.errors import InvalidField, InvalidJob, SecurityError
+from node.client.retry import classify, new_request
+from node.errors import InvalidField, InvalidJob, LimitExceeded, SecurityError
 from node.security import load_token
 from node.server.config import NodeConfig
 
@@ -95,6 +96,38 @@ def test_certs_refuses_to_replace_a_ca_it_made_before(tmp_path: Path, capsys: py
     code, err = exit_code_and_error(["certs", "--out", str(out), "--nodes", "1"], capsys)
     assert code == 2 and f"out: {out} already holds a CA (ca.pem)" in err and err.count("\n") == 1, err
     assert (out / "ca.pem").read_bytes() == ca
+
+
+class SizeRefusal:
+    """A failed call as gRPC reports a message over a side's limit (no node signed it)."""
+
+    def __init__(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+
+@pytest.mark.parametrize(("details", "said"), [
+    ("SERVER: Sent message larger than max (160099 vs. 65536)",
+     "the job's answer, 160,099 bytes, is over the node's --max-message-bytes, 65,536"),
+    ("SERVER: Received message larger than max (120078 vs. 65536)",
+     "the job's request, 120,078 bytes, is over the node's --max-message-bytes, 65,536"),
+    ("CLIENT: Received message larger than max (9000000 vs. 4194304)",
+     "the job's answer, 9,000,000 bytes, is over this client's max_message_bytes, 4,194,304"),
+])
+def test_grpcs_size_refusal_says_which_message_is_over_whose_limit(details: str, said: str) -> None:
+    """It said only gRPC's "SERVER: Sent message larger than max (160099 vs. 65536)"."""
+    refused = classify(SizeRefusal(details), accepted=False)
+    assert isinstance(refused, LimitExceeded) and str(refused) == f"RESOURCE_EXHAUSTED: {details} ({said})"
+    other = classify(SizeRefusal("max-jobs: 256 jobs already running on the leader"), accepted=False)
+    assert str(other) == "RESOURCE_EXHAUSTED: max-jobs: 256 jobs already running on the leader"
 
 
 def test_a_range_with_no_value_still_says_so(capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import numbers
 import operator
+import re
 import threading
 import time
 import uuid
@@ -121,8 +122,24 @@ def classify(exc: FailedCall, accepted: bool) -> Exception:
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return AccessDenied(f"UNAUTHENTICATED: {details} (the token: --token-file or $DISTNODE_TOKEN)")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return LimitExceeded(f"{code.name}: {details}")
+        return LimitExceeded(f"{code.name}: {details}{_over_max(details)}")
     return JobError(f"{code.name}: {details}")
+
+
+#: gRPC's own words for a message over one side's limit, e.g. "SERVER: Sent message larger
+#: than max (160099 vs. 65536)": the side, which way, the message's bytes, the limit.
+_OVER_MAX = re.compile(r"(SERVER|CLIENT): (Sent|Received) message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _over_max(details: str) -> str:
+    """What gRPC's size refusal means in our terms: which message, over whose flag."""
+    found = _OVER_MAX.search(details)
+    if found is None:
+        return ""
+    side, way, size, limit = found.groups()
+    what = "answer" if (side == "SERVER") == (way == "Sent") else "request"
+    whose = "the node's --max-message-bytes" if side == "SERVER" else "this client's max_message_bytes"
+    return f" (the job's {what}, {int(size):,} bytes, is over {whose}, {int(limit):,})"
 
 
 def out_of_time(job_id: str, accepted: bool, last_error: str) -> Exception:
