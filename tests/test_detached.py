@@ -45,6 +45,16 @@ def records_in_journal(daemon: Daemon, job_id: str) -> list[str]:
     return states
 
 
+def leader_running(cluster: InProcessCluster, job_id: str) -> Daemon | None:
+    """The leader, once its record of `job_id` says running (a little after the run begins)
+    and a shard of it has been merged; else None."""
+    leader = cluster.leader()
+    record = leader.ledger.table.get(job_id) if leader is not None else None
+    if leader is None or record is None or record.state != "running":
+        return None
+    return leader if leader.jobs.progress(job_id)[1] > 0 else None
+
+
 async def other_client(cluster: InProcessCluster, but: Daemon) -> AsyncClient:
     return AsyncClient([d.config.address for d in cluster.daemons if d is not but], timeout=20)
 
@@ -152,16 +162,8 @@ async def test_cancel_ends_the_run_and_what_cannot_be_cancelled_is_refused(start
     cluster = await start_cluster(3, shard_elems=1 << 22)  # 4,768 shards of 4 M elements: seconds of work
     async with AsyncClient(cluster.addresses, timeout=20) as client:
         job_id = await client.submit(op="sum", source="range:n=2e10", detach=True)
-
-        def running() -> Daemon | None:
-            leader = cluster.leader()
-            record = leader.ledger.table.get(job_id) if leader is not None else None
-            if leader is None or record is None or record.state != "running":
-                return None
-            return leader if leader.jobs.progress(job_id)[1] > 0 else None
-
-        await poll(lambda: running() is not None, timeout_s=30, what="the job running")
-        leader = running()
+        await poll(lambda: leader_running(cluster, job_id) is not None, timeout_s=30, what="the job running")
+        leader = leader_running(cluster, job_id)
         assert leader is not None
         status = await client.cancel(job_id)
         assert status.state == "cancelled"
@@ -195,16 +197,8 @@ async def test_a_running_job_says_its_progress_out_of_its_shards_on_every_node(
     cluster = await start_cluster(3, shard_elems=1 << 22)
     async with AsyncClient(cluster.addresses, timeout=20) as client:
         job_id = await client.submit(op="sum", source="range:n=2e10", detach=True)
-
-        def leader_running() -> Daemon | None:
-            leader = cluster.leader()
-            record = leader.ledger.table.get(job_id) if leader is not None else None
-            if leader is None or record is None or record.state != "running":
-                return None  # the record says "running" a little after the run begins
-            return leader if leader.jobs.progress(job_id)[1] > 0 else None
-
-        await poll(lambda: leader_running() is not None, timeout_s=30, what="the job running")
-        leader = leader_running()
+        await poll(lambda: leader_running(cluster, job_id) is not None, timeout_s=30, what="the job running")
+        leader = leader_running(cluster, job_id)
         assert leader is not None
         total = leader.jobs.progress(job_id)[2]
         assert total == 4769, total  # 2e10 / 2^22, rounded up
