@@ -486,14 +486,10 @@ def test_an_async_client_on_another_event_loop_says_so() -> None:
 
 def node_of(parent: int, node_id: str) -> int | None:
     """The pid of the daemon `--id node_id` that `parent` started; None if none runs."""
-    for name in os.listdir("/proc"):
-        try:
-            if (name.isdigit() and int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
-                    and f"\0--id\0{node_id}\0" in Path(f"/proc/{name}/cmdline").read_text()):
-                return int(name)
-        except (OSError, ValueError, IndexError):
-            continue
-    return None
+    from node.testing.processes import children_of, cmdline_of
+
+    wanted = f"\0--id\0{node_id}\0".encode()
+    return next((pid for pid in children_of(parent) if wanted in cmdline_of(pid)), None)
 
 
 def four_free_ports_in_a_row() -> int:

@@ -54,10 +54,12 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        term = getattr(record, "term", None)  # a role change's own; else the node's now
+        if term is None and self.term is not None:
+            term = self.term()
         line: dict[str, object] = {
             "time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname, "node": self.node_id,
-            "term": getattr(record, "term", None) if hasattr(record, "term")
-            else self.term() if self.term is not None else None, "message": record.getMessage(),
+            "term": term, "message": record.getMessage(),
         }
         for name in CONTEXT_FIELDS:
             if hasattr(record, name):

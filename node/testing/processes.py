@@ -120,7 +120,7 @@ def stop_strays(workdir: Path, grace_s: float = 3.0) -> list[int]:
     started and no handle on it, writing into a work directory about to be removed. The
     pids stopped (Linux: read from /proc)."""
     marker = os.fsencode(str(workdir) + os.sep)
-    strays = [pid for pid in _children() if marker in _cmdline(pid)]
+    strays = [pid for pid in children_of(os.getpid()) if marker in cmdline_of(pid)]
     for pid in strays:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
@@ -137,22 +137,23 @@ def stop_strays(workdir: Path, grace_s: float = 3.0) -> list[int]:
     return strays
 
 
-def _children() -> list[int]:
-    me, found = os.getpid(), []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
+def children_of(parent: int) -> list[int]:
+    """The pids whose parent is `parent` (Linux: read from /proc)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError), os.scandir("/proc") as entries:
+        for entry in entries:
             if not entry.name.isdigit():
                 continue
             try:
                 stat = Path(f"/proc/{entry.name}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == me:  # after "(comm)": state, ppid
+                if int(stat.rsplit(")", 1)[1].split()[1]) == parent:  # after "(comm)": state, ppid
                     found.append(int(entry.name))
             except (OSError, ValueError, IndexError):
                 continue  # gone meanwhile
     return found
 
 
-def _cmdline(pid: int) -> bytes:
+def cmdline_of(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
